@@ -1,0 +1,233 @@
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::*;
+use crate::clock::ManualClock;
+
+/// Redis used by the tests; the CI script starts it.
+fn redis_url() -> String {
+    std::env::var("CODELAB_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned())
+}
+
+async fn redis_cache(prefix: &str) -> Cache {
+    let url = redis_url();
+    connect_cache(Some(&url), prefix)
+        .await
+        .unwrap_or_else(|err| {
+            panic!(
+                "Redis is required for this test but {url} is unreachable ({err}); \
+             start redis-server or set CODELAB_TEST_REDIS_URL"
+            )
+        })
+}
+
+/// Deletes every key under `prefix` (SCAN + DEL), so tests leave Redis as they found it.
+async fn delete_prefix(cache: &Cache, prefix: &str) {
+    let Cache::Redis(r) = cache else { return };
+    let mut conn = r.conn.clone();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(100)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            redis::cmd("DEL")
+                .arg(&keys)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+}
+
+/// The behaviour both backends share.
+async fn exercise_common_behaviour(cache: &Cache) {
+    let ttl = Duration::from_secs(60);
+    assert_eq!(cache.get("missing").await.unwrap(), None);
+    assert_eq!(cache.ttl("missing").await.unwrap(), None);
+
+    cache.set_ex("k", "v1", ttl).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some("v1"));
+    let left = cache.ttl("k").await.unwrap().unwrap();
+    assert!(left <= ttl && left > Duration::from_secs(50), "{left:?}");
+    cache.set_ex("k", "v2", ttl).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some("v2"));
+
+    assert!(cache.set_nx_ex("once", "first", ttl).await.unwrap());
+    assert!(!cache.set_nx_ex("once", "second", ttl).await.unwrap());
+    assert_eq!(cache.get("once").await.unwrap().as_deref(), Some("first"));
+
+    assert_eq!(
+        cache
+            .incr_ex("count", Duration::from_secs(100))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        cache
+            .incr_ex("count", Duration::from_secs(5))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        cache
+            .incr_ex("count", Duration::from_secs(5))
+            .await
+            .unwrap(),
+        3
+    );
+    let left = cache.ttl("count").await.unwrap().unwrap();
+    assert!(
+        left > Duration::from_secs(90),
+        "the TTL is set on creation only: {left:?}"
+    );
+    assert_eq!(cache.get("count").await.unwrap().as_deref(), Some("3"));
+
+    cache.set_ex("text", "abc", ttl).await.unwrap();
+    assert!(cache.incr_ex("text", ttl).await.is_err());
+
+    cache.del("k").await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap(), None);
+    cache.del("never-existed").await.unwrap();
+    cache.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn memory_cache_behaves_like_redis() {
+    let cache = Cache::memory();
+    assert!(!cache.is_redis());
+    exercise_common_behaviour(&cache).await;
+    assert!(matches!(
+        cache.incr_ex("text", Duration::from_secs(1)).await,
+        Err(CacheError::NotAnInteger(_))
+    ));
+}
+
+#[tokio::test]
+async fn memory_entries_expire_by_the_clock() {
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000_000));
+    let cache = Cache::memory_with_clock(Arc::new(clock.clone()));
+    cache
+        .set_ex("k", "v", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.incr_ex("n", Duration::from_secs(10)).await.unwrap(),
+        1
+    );
+    clock.advance(Duration::from_secs(9));
+    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some("v"));
+    assert_eq!(cache.ttl("k").await.unwrap(), Some(Duration::from_secs(1)));
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(cache.get("k").await.unwrap(), None);
+    assert_eq!(cache.ttl("k").await.unwrap(), None);
+    assert!(
+        cache
+            .set_nx_ex("k", "again", Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        cache.incr_ex("n", Duration::from_secs(10)).await.unwrap(),
+        1,
+        "expired counters restart"
+    );
+}
+
+#[tokio::test]
+async fn memory_purges_expired_entries_so_it_cannot_grow_forever() {
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000_000));
+    let cache = Cache::memory_with_clock(Arc::new(clock.clone()));
+    for i in 0..500 {
+        cache
+            .set_ex(&format!("old-{i}"), "x", Duration::from_secs(1))
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(2));
+    for i in 0..(PURGE_EVERY as usize) {
+        cache.get(&format!("probe-{i}")).await.unwrap();
+    }
+    let Cache::Memory(memory) = &cache else {
+        unreachable!()
+    };
+    assert_eq!(memory.len(), 0);
+}
+
+#[tokio::test]
+async fn memory_is_chosen_without_a_redis_url() {
+    assert!(!connect_cache(None, "p:").await.unwrap().is_redis());
+    assert!(!connect_cache(Some(""), "p:").await.unwrap().is_redis());
+    assert!(matches!(
+        connect_cache(Some("not a url"), "p:").await,
+        Err(CacheError::InvalidUrl(_))
+    ));
+}
+
+#[tokio::test]
+async fn redis_cache_behaves_and_prefixes_keys() {
+    let prefix = format!("codelab-core-test:{}:", crate::ids::random_hex(6));
+    let cache = redis_cache(&prefix).await;
+    assert!(cache.is_redis());
+    exercise_common_behaviour(&cache).await;
+
+    // Keys really live under the prefix.
+    let Cache::Redis(r) = &cache else {
+        unreachable!()
+    };
+    let mut conn = r.conn.clone();
+    let raw: Option<String> = redis::cmd("GET")
+        .arg(format!("{prefix}once"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(raw.as_deref(), Some("first"));
+
+    // Sub-millisecond TTLs are rounded up rather than rejected by Redis.
+    cache
+        .set_ex("tiny", "v", Duration::from_micros(10))
+        .await
+        .unwrap();
+
+    delete_prefix(&cache, &prefix).await;
+    assert_eq!(cache.get("once").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn concurrent_redis_increments_are_atomic() {
+    let prefix = format!("codelab-core-test:{}:", crate::ids::random_hex(6));
+    let cache = redis_cache(&prefix).await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .incr_ex("hits", Duration::from_secs(30))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for task in tasks {
+        seen.push(task.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=20).collect::<Vec<i64>>());
+    assert!(cache.ttl("hits").await.unwrap().is_some());
+    delete_prefix(&cache, &prefix).await;
+}

@@ -1,0 +1,330 @@
+use super::*;
+
+/// PostgreSQL server used by the tests; the CI script starts it.
+fn postgres_base_url() -> String {
+    std::env::var("CODELAB_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// `base` with its database name replaced by `name`.
+fn with_database(base: &str, name: &str) -> String {
+    let (without_query, query) = match base.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (base, None),
+    };
+    let scheme_end = without_query.find("://").map_or(0, |i| i + 3);
+    let server = match without_query[scheme_end..].find('/') {
+        Some(slash) => &without_query[..scheme_end + slash],
+        None => without_query,
+    };
+    match query {
+        Some(q) => format!("{server}/{name}?{q}"),
+        None => format!("{server}/{name}"),
+    }
+}
+
+async fn maintenance_connection() -> sqlx::PgConnection {
+    let base = postgres_base_url();
+    let options = PgConnectOptions::from_str(&normalize_database_url(&base).unwrap())
+        .unwrap()
+        .database("postgres");
+    sqlx::PgConnection::connect_with(&options)
+        .await
+        .unwrap_or_else(|err| {
+            panic!(
+                "PostgreSQL is required for this test but {} is unreachable ({err}); \
+             start PostgreSQL or set CODELAB_TEST_DATABASE_URL",
+                redact_database_url(&base)
+            )
+        })
+}
+
+fn write_migrations(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("0001_notes.sql"),
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL);",
+    )
+    .unwrap();
+}
+
+#[test]
+fn sqlite_urls_follow_sqlalchemy() {
+    let cases = [
+        ("sqlite:///data/auth.db", "sqlite://data/auth.db"),
+        (
+            "sqlite+aiosqlite:///data/agent_runtime.db",
+            "sqlite://data/agent_runtime.db",
+        ),
+        ("sqlite:///./rel.db", "sqlite://./rel.db"),
+        (
+            "sqlite:////var/lib/codelab/auth.db",
+            "sqlite:///var/lib/codelab/auth.db",
+        ),
+        ("sqlite+aiosqlite:////abs/x.db", "sqlite:///abs/x.db"),
+        ("sqlite://rel.db", "sqlite://rel.db"),
+        ("sqlite:rel.db", "sqlite://rel.db"),
+        ("sqlite:/abs.db", "sqlite:///abs.db"),
+        ("sqlite::memory:", "sqlite://:memory:"),
+        (
+            "sqlite:///data/x.db?mode=rwc",
+            "sqlite://data/x.db?mode=rwc",
+        ),
+    ];
+    for (input, expected) in cases {
+        assert_eq!(normalize_database_url(input).unwrap(), expected, "{input}");
+    }
+    assert!(normalize_database_url("sqlite://").is_err());
+}
+
+#[test]
+fn postgres_urls_drop_the_driver_suffix() {
+    let cases = [
+        (
+            "postgresql+asyncpg://codelab:codelab_password@postgres:5432/auth_db",
+            "postgres://codelab:codelab_password@postgres:5432/auth_db",
+        ),
+        ("postgresql://u@h/db", "postgres://u@h/db"),
+        ("postgres://u@h:5433/db", "postgres://u@h:5433/db"),
+        (
+            "postgresql+asyncpg://u:p@h/db?ssl=require",
+            "postgres://u:p@h/db?sslmode=require",
+        ),
+        (
+            "postgresql://u:p@h/db?ssl=true&application_name=x",
+            "postgres://u:p@h/db?sslmode=require&application_name=x",
+        ),
+        (
+            "postgresql://u:p@h/db?sslmode=verify-full",
+            "postgres://u:p@h/db?sslmode=verify-full",
+        ),
+    ];
+    for (input, expected) in cases {
+        assert_eq!(normalize_database_url(input).unwrap(), expected, "{input}");
+    }
+}
+
+#[test]
+fn other_schemes_are_clear_errors_without_passwords() {
+    let err = normalize_database_url("mysql://root:hunter2@db/app").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("\"mysql\" is not supported"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("root:***@db"), "{text}");
+    assert!(normalize_database_url("no-scheme-at-all").is_err());
+    assert!(normalize_database_url("postgresql:db").is_err());
+}
+
+#[test]
+fn passwords_are_redacted_and_identifiers_quoted() {
+    assert_eq!(
+        redact_database_url("postgres://u:secret@h:5432/db"),
+        "postgres://u:***@h:5432/db"
+    );
+    assert_eq!(
+        redact_database_url("postgres://u@h/db"),
+        "postgres://u@h/db"
+    );
+    assert_eq!(
+        redact_database_url("sqlite://data/x.db"),
+        "sqlite://data/x.db"
+    );
+    assert_eq!(quote_identifier("auth_db"), "\"auth_db\"");
+    assert_eq!(quote_identifier("we\"ird"), "\"we\"\"ird\"");
+}
+
+#[tokio::test]
+async fn sqlite_database_is_created_with_wal_and_foreign_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nested/deeper/app.db");
+    let url = format!("sqlite:///{}", file.display()); // four slashes: absolute
+    let pool = connect_database(&url, &DbOptions::default()).await.unwrap();
+    assert_eq!(pool.kind(), DbKind::Sqlite);
+    pool.ping().await.unwrap();
+    assert!(file.exists());
+
+    let DbPool::Sqlite(sqlite) = &pool else {
+        unreachable!()
+    };
+    let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+        .fetch_one(sqlite)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let (fk,): (i64,) = sqlx::query_as("PRAGMA foreign_keys")
+        .fetch_one(sqlite)
+        .await
+        .unwrap();
+    assert_eq!(fk, 1);
+    let (busy,): (i64,) = sqlx::query_as("PRAGMA busy_timeout")
+        .fetch_one(sqlite)
+        .await
+        .unwrap();
+    assert_eq!(busy, 5000);
+
+    let (idle, in_use, max) = pool.connection_counts();
+    assert_eq!(max, 10);
+    assert!(idle + in_use >= 1);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_without_create_if_missing_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:///{}", dir.path().join("absent.db").display());
+    let options = DbOptions {
+        create_if_missing: false,
+        ..DbOptions::default()
+    };
+    let err = connect_database(&url, &options).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("cannot connect to sqlite database"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_keeps_its_data_across_connections() {
+    let pool = connect_database("sqlite::memory:", &DbOptions::default())
+        .await
+        .unwrap();
+    let DbPool::Sqlite(sqlite) = &pool else {
+        unreachable!()
+    };
+    sqlx::query("CREATE TABLE t (x INTEGER)")
+        .execute(sqlite)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO t VALUES (1)")
+        .execute(sqlite)
+        .await
+        .unwrap();
+    let mut a = sqlite.acquire().await.unwrap();
+    let mut b = sqlite.acquire().await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
+        .fetch_one(&mut *a)
+        .await
+        .unwrap();
+    let (m,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
+        .fetch_one(&mut *b)
+        .await
+        .unwrap();
+    assert_eq!((n, m), (1, 1));
+}
+
+#[tokio::test]
+async fn migrations_run_on_sqlite_and_pool_metrics_are_published() {
+    let dir = tempfile::tempdir().unwrap();
+    write_migrations(&dir.path().join("sqlite"));
+    write_migrations(&dir.path().join("postgres"));
+    let sqlite_migrator = Migrator::new(dir.path().join("sqlite")).await.unwrap();
+    let postgres_migrator = Migrator::new(dir.path().join("postgres")).await.unwrap();
+
+    let url = format!("sqlite:///{}", dir.path().join("m.db").display());
+    let pool = connect_database(&url, &DbOptions::default()).await.unwrap();
+    run_migrations(&pool, &postgres_migrator, &sqlite_migrator)
+        .await
+        .unwrap();
+    run_migrations(&pool, &postgres_migrator, &sqlite_migrator)
+        .await
+        .unwrap();
+    let DbPool::Sqlite(sqlite) = &pool else {
+        unreachable!()
+    };
+    sqlx::query("INSERT INTO notes (id, body) VALUES (1, 'x')")
+        .execute(sqlite)
+        .await
+        .unwrap();
+
+    let info = ServiceInfo::new("db-metrics-test", "1");
+    register_pool_metrics(&info, pool.clone());
+    let text = crate::telemetry::render_metrics(&info);
+    assert!(
+        text.contains("codelab_db_metrics_test_db_pool_connections{state=\"idle\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("codelab_db_metrics_test_db_pool_connections{state=\"in_use\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("codelab_db_metrics_test_db_pool_max_connections 10"),
+        "{text}"
+    );
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn postgres_database_is_created_when_missing_then_dropped() {
+    let name = format!("codelab-core-Test-{}", crate::ids::random_hex(4));
+    let url = with_database(&postgres_base_url(), &name);
+    let mut admin = maintenance_connection().await;
+
+    let (url_in_task, name_in_task) = (url.clone(), name.clone());
+    let outcome = async move {
+        let (url, name) = (url_in_task, name_in_task);
+        let pool = connect_database(
+            &url,
+            &DbOptions {
+                max_connections: 2,
+                ..DbOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(pool.kind(), DbKind::Postgres);
+        pool.ping().await.unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        write_migrations(&dir.path().join("pg"));
+        let migrator = Migrator::new(dir.path().join("pg")).await.unwrap();
+        run_migrations(&pool, &migrator, &migrator).await.unwrap();
+        let DbPool::Postgres(pg) = &pool else {
+            unreachable!()
+        };
+        let (db,): (String,) = sqlx::query_as("SELECT current_database()")
+            .fetch_one(pg)
+            .await
+            .unwrap();
+        assert_eq!(db, name);
+        pool.close().await;
+
+        // A second connect finds the database and does not try to create it again.
+        let again = connect_database(&url, &DbOptions::default()).await.unwrap();
+        again.ping().await.unwrap();
+        again.close().await;
+    };
+    let result = tokio::spawn(outcome).await;
+
+    sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        quote_identifier(&name)
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}
+
+#[tokio::test]
+async fn postgres_without_create_if_missing_reports_the_missing_database() {
+    let name = format!("codelab_core_absent_{}", crate::ids::random_hex(4));
+    let base = postgres_base_url();
+    let _reachable = maintenance_connection().await;
+    let url = with_database(&base, &name);
+    let options = DbOptions {
+        create_if_missing: false,
+        ..DbOptions::default()
+    };
+    let err = connect_database(&url, &options).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("cannot connect to postgres database"),
+        "{err}"
+    );
+}

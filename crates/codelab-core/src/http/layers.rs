@@ -1,0 +1,184 @@
+//! The standard middleware stack: request ids, a tracing span, HTTP metrics and body limits.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower_http::LatencyUnit;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use super::{ApiError, ServiceInfo};
+use crate::telemetry::metrics_handle;
+
+/// The request id header, generated when absent and echoed on the response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Longest client-supplied request id we keep; longer ones are replaced by a fresh UUID.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Route label for requests that matched no route (bounded, never the raw path).
+const UNMATCHED: &str = "unmatched";
+
+/// Metric names for one service, computed once.
+struct HttpMetricNames {
+    requests: String,
+    duration: String,
+}
+
+/// Wraps every route of `router` (and its fallback) with: request id (`x-request-id`, a UUID
+/// when absent, echoed back), a tracing span (method, route template, request id; never
+/// headers or bodies), `codelab_<service>_http_requests_total` and
+/// `codelab_<service>_http_request_duration_seconds`, and a body limit answered with a 413
+/// envelope. Call it last, after merging every route and adding auth layers.
+pub fn with_standard_layers(router: Router, info: &ServiceInfo, body_limit_bytes: usize) -> Router {
+    let _ = metrics_handle();
+    let names = Arc::new(HttpMetricNames {
+        requests: info.metric_name("http_requests_total"),
+        duration: info.metric_name("http_request_duration_seconds"),
+    });
+    metrics::describe_counter!(
+        names.requests.clone(),
+        "HTTP requests by method, route and status"
+    );
+    metrics::describe_histogram!(
+        names.duration.clone(),
+        metrics::Unit::Seconds,
+        "HTTP request latency until the response head, by method, route and status class"
+    );
+
+    let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
+    router
+        // Innermost first: Router::layer wraps what is already there.
+        .layer(RequestBodyLimitLayer::new(body_limit_bytes))
+        .layer(DefaultBodyLimit::max(body_limit_bytes))
+        .layer(middleware::from_fn_with_state(
+            body_limit_bytes,
+            payload_too_large_envelope,
+        ))
+        .layer(middleware::from_fn_with_state(names, record_http_metrics))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or(UNMATCHED, |p| p.as_str());
+                    let request_id = req
+                        .headers()
+                        .get(REQUEST_ID_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!("request", method = %req.method(), route, request_id)
+                })
+                .on_response(
+                    DefaultOnResponse::new()
+                        .level(Level::INFO)
+                        .latency_unit(LatencyUnit::Millis),
+                )
+                // ApiError already logs 5xx once with its detail; avoid a second error line.
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(middleware::map_request(drop_unusable_request_id))
+}
+
+/// Removes a client-supplied request id that is too long or not plain text, so logs stay
+/// clean; the next layer then generates a fresh one.
+async fn drop_unusable_request_id(mut req: Request) -> Request {
+    let unusable = req.headers().get(REQUEST_ID_HEADER).is_some_and(|value| {
+        value.len() > MAX_REQUEST_ID_LEN
+            || value.is_empty()
+            || !value
+                .as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    });
+    if unusable {
+        req.headers_mut().remove(REQUEST_ID_HEADER);
+    }
+    req
+}
+
+async fn record_http_metrics(
+    State(names): State<Arc<HttpMetricNames>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = method_label(req.method());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| UNMATCHED.to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(req).await;
+    let status = response.status();
+    metrics::counter!(
+        names.requests.clone(),
+        "method" => method,
+        "route" => route.clone(),
+        "status" => status.as_u16().to_string()
+    )
+    .increment(1);
+    metrics::histogram!(
+        names.duration.clone(),
+        "method" => method,
+        "route" => route,
+        "status_class" => status_class(status)
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Turns the body-limit layers' plain-text 413 into our envelope.
+async fn payload_too_large_envelope(
+    State(limit): State<usize>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(req).await;
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        ApiError::payload_too_large(format!(
+            "request body is larger than the {limit} byte limit"
+        ))
+        .into_response()
+    } else {
+        response
+    }
+}
+
+/// A bounded method label: the standard methods, or `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

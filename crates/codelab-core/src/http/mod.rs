@@ -1,0 +1,54 @@
+//! HTTP plumbing shared by every service: the error envelope, `/health` `/ready` `/metrics`,
+//! `X-Internal-Auth`, request ids, tracing and metrics layers, body limits and serving.
+
+mod auth;
+mod error;
+mod health;
+mod layers;
+mod serve;
+
+use std::time::Instant;
+
+pub use auth::{
+    INTERNAL_AUTH_HEADER, InternalAuth, InternalAuthLayer, internal_auth_layer,
+    require_internal_auth,
+};
+pub use error::{ApiError, ApiJson, json_rejection_to_api_error};
+pub use health::{READY_CHECK_TIMEOUT, Readiness, ReadinessReport, common_routes};
+pub use layers::{REQUEST_ID_HEADER, with_standard_layers};
+pub use serve::{serve, shutdown_on_signals};
+
+/// Who is answering: the service's name (as in `codelab serve <name>`), version and start time.
+#[derive(Debug, Clone)]
+pub struct ServiceInfo {
+    /// Service name, e.g. `llm-proxy`.
+    pub name: &'static str,
+    /// Version reported by `/health` and `codelab_build_info`.
+    pub version: String,
+    /// When the service started (for the uptime gauge).
+    pub started_at: Instant,
+}
+
+impl ServiceInfo {
+    /// Describes service `name` at `version`, started now.
+    pub fn new(name: &'static str, version: impl Into<String>) -> Self {
+        Self {
+            name,
+            version: version.into(),
+            started_at: Instant::now(),
+        }
+    }
+
+    /// The metric name prefix, `codelab_<name>` with dashes as underscores (`codelab_llm_proxy`).
+    pub fn metric_prefix(&self) -> String {
+        format!("codelab_{}", self.name.replace('-', "_"))
+    }
+
+    /// A full metric name for this service: `codelab_<name>_<suffix>`.
+    pub fn metric_name(&self, suffix: &str) -> String {
+        format!("{}_{suffix}", self.metric_prefix())
+    }
+}
+
+#[cfg(test)]
+mod tests;

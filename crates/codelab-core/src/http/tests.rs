@@ -1,0 +1,607 @@
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use futures_util::FutureExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::config::Secret;
+
+/// A server on 127.0.0.1:0 serving `router`; cancel the token to stop it.
+struct TestServer {
+    base: String,
+    shutdown: CancellationToken,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(router: Router) -> TestServer {
+    start_with_drain(router, Duration::from_secs(5)).await
+}
+
+async fn start_with_drain(router: Router, drain: Duration) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(serve(listener, router, shutdown.clone(), drain));
+    TestServer {
+        base,
+        shutdown,
+        task,
+    }
+}
+
+impl TestServer {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+#[derive(Deserialize)]
+struct Item {
+    name: String,
+    #[allow(dead_code)]
+    count: u32,
+}
+
+async fn create_item(ApiJson(item): ApiJson<Item>) -> impl IntoResponse {
+    axum::Json(json!({ "created": item.name }))
+}
+
+async fn raw_echo(body: Bytes) -> impl IntoResponse {
+    body.len().to_string()
+}
+
+async fn get_item(Path(id): Path<u32>) -> Result<String, ApiError> {
+    match id {
+        0 => Err(ApiError::not_found("no such item")),
+        13 => Err(ApiError::internal("database exploded: password=hunter2")),
+        14 => Err(ApiError::service_unavailable("busy")
+            .with_retry_after(7)
+            .with_code("overloaded")),
+        id => Ok(format!("item {id}")),
+    }
+}
+
+fn app(info: &ServiceInfo, readiness: Readiness, limit: usize) -> Router {
+    let routes = Router::new()
+        .route("/items", post(create_item))
+        .route("/items/{id}", get(get_item))
+        .route("/raw", post(raw_echo))
+        .merge(common_routes(info.clone(), readiness));
+    with_standard_layers(routes, info, limit)
+}
+
+#[tokio::test]
+async fn health_has_the_original_shape() {
+    let info = ServiceInfo::new("http-health", "1.2.3");
+    let server = start(app(&info, Readiness::new(), 1024)).await;
+    let resp = client().get(server.url("/health")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"status": "healthy", "service": "http-health", "version": "1.2.3"})
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ready_reports_each_check() {
+    let info = ServiceInfo::new("http-ready", "1");
+    let ok = Readiness::new()
+        .with_check("database", || async { Ok(()) }.boxed())
+        .with_check("cache", || async { Ok(()) }.boxed());
+    let server = start(app(&info, ok, 1024)).await;
+    let resp = client().get(server.url("/ready")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"status": "ready", "checks": {"database": "ok", "cache": "ok"}})
+    );
+    server.stop().await;
+
+    let failing = Readiness::new()
+        .with_check("database", || async { Ok(()) }.boxed())
+        .with_check("cache", || {
+            async { Err("connection refused".to_owned()) }.boxed()
+        });
+    let server = start(app(&info, failing, 1024)).await;
+    let resp = client().get(server.url("/ready")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"status": "not_ready", "checks": {"database": "ok", "cache": "connection refused"}})
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_hanging_check_times_out_and_others_still_run() {
+    let readiness = Readiness::new()
+        .with_check("slow", || {
+            std::future::pending::<Result<(), String>>().boxed()
+        })
+        .with_check("fast", || async { Ok(()) }.boxed());
+    let started = std::time::Instant::now();
+    let report = readiness.run().await;
+    assert!(started.elapsed() < READY_CHECK_TIMEOUT + Duration::from_secs(1));
+    assert!(!report.ready);
+    assert_eq!(report.checks["slow"], "timed out after 2s");
+    assert_eq!(report.checks["fast"], "ok");
+}
+
+#[tokio::test]
+async fn metrics_show_request_series_with_route_templates() {
+    let info = ServiceInfo::new("http-metrics", "4.5.6");
+    let server = start(app(&info, Readiness::new(), 1024)).await;
+    let http = client();
+    assert_eq!(
+        http.get(server.url("/items/42"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        http.get(server.url("/items/0"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        http.get(server.url("/nope/123"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+
+    let resp = http.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains(
+            r#"codelab_http_metrics_http_requests_total{method="GET",route="/items/{id}",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"route="/items/{id}",status="404"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"route="unmatched",status="404"} 1"#),
+        "{text}"
+    );
+    assert!(
+        !text.contains("/items/42") && !text.contains("/nope/123"),
+        "raw paths leak: {text}"
+    );
+    assert!(
+        text.contains(
+            r#"codelab_http_metrics_http_request_duration_seconds_bucket{method="GET",route="/items/{id}",status_class="2xx",le="0.005"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"codelab_build_info{service="http-metrics",version="4.5.6"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("codelab_http_metrics_uptime_seconds"),
+        "{text}"
+    );
+    assert!(text.contains("process_resident_memory_bytes"), "{text}");
+    assert!(
+        !text.contains("codelab_http_health_"),
+        "other services' series leak: {text}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn errors_use_one_envelope() {
+    let info = ServiceInfo::new("http-errors", "1");
+    let server = start(app(&info, Readiness::new(), 1024)).await;
+    let http = client();
+
+    let resp = http.get(server.url("/items/0")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"error": {"message": "no such item", "type": "not_found_error", "param": null, "code": null}})
+    );
+
+    let resp = http.get(server.url("/items/13")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let text = resp.text().await.unwrap();
+    assert!(
+        !text.contains("hunter2") && !text.contains("exploded"),
+        "{text}"
+    );
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["error"]["type"], "internal_error");
+    assert_eq!(body["error"]["message"], "internal server error");
+
+    let resp = http.get(server.url("/items/14")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["retry-after"], "7");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded");
+    assert_eq!(body["error"]["type"], "service_unavailable");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn json_bodies_get_clear_4xx() {
+    let info = ServiceInfo::new("http-json", "1");
+    let server = start(app(&info, Readiness::new(), 1024)).await;
+    let http = client();
+    let post = |body: &'static str, content_type: Option<&'static str>| {
+        let mut request = http.post(server.url("/items")).body(body);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        request.send()
+    };
+
+    let resp = post(r#"{"name":"a","count":1}"#, Some("application/json"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    let resp = post(r#"{"name":"#, Some("application/json")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid JSON in request body: ")
+    );
+
+    let resp = post(r#"{"name":"a"}"#, Some("application/json"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = resp.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("missing field `count`"), "{message}");
+
+    let resp = post(r#"{"name":"a","count":"x"}"#, Some("application/json"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = resp.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("count") && message.contains("invalid type"),
+        "{message}"
+    );
+
+    let resp = post(r#"{"name":"a","count":1}"#, None).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversize_bodies_get_413_in_our_envelope() {
+    let info = ServiceInfo::new("http-limit", "1");
+    let server = start(app(&info, Readiness::new(), 1024)).await;
+    let http = client();
+    let big = format!(r#"{{"name":"{}","count":1}}"#, "x".repeat(4096));
+
+    // Declared length over the limit (rejected before the handler).
+    for path in ["/items", "/raw"] {
+        let resp = http
+            .post(server.url(path))
+            .header("content-type", "application/json")
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{path}");
+        assert_eq!(body["error"]["code"], "payload_too_large", "{path}");
+    }
+
+    // Chunked body without a length (caught while reading).
+    for path in ["/items", "/raw"] {
+        let chunks: Vec<Result<Bytes, Infallible>> = big
+            .as_bytes()
+            .chunks(512)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let resp = http
+            .post(server.url(path))
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "payload_too_large", "{path}");
+    }
+
+    let resp = http
+        .post(server.url("/raw"))
+        .body("small")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "5");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let info = ServiceInfo::new("http-request-id", "1");
+    let server = start(app(&info, Readiness::new(), 1024)).await;
+    let http = client();
+
+    let resp = http
+        .get(server.url("/health"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "abc-123");
+
+    let resp = http.get(server.url("/health")).send().await.unwrap();
+    let generated = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
+
+    let resp = http.get(server.url("/nope")).send().await.unwrap();
+    assert!(
+        resp.headers().contains_key("x-request-id"),
+        "also on unmatched routes"
+    );
+
+    let resp = http
+        .get(server.url("/health"))
+        .header("x-request-id", "x".repeat(500))
+        .send()
+        .await
+        .unwrap();
+    let replaced = resp.headers()["x-request-id"].to_str().unwrap();
+    assert!(
+        uuid::Uuid::parse_str(replaced).is_ok(),
+        "oversize ids are replaced: {replaced}"
+    );
+    server.stop().await;
+}
+
+const EXEMPT: &[&str] = &["/health", "/metrics"];
+
+#[tokio::test]
+async fn internal_auth_guards_everything_but_exempt_paths() {
+    let info = ServiceInfo::new("http-auth", "1");
+    let key = Secret::new("internal-key-0123456789abcdef");
+    let routes = Router::new()
+        .route("/items", post(create_item))
+        .route("/secret", get(|| async { "classified" }))
+        .merge(common_routes(info.clone(), Readiness::new()));
+    let router = with_standard_layers(require_internal_auth(routes, key, EXEMPT), &info, 1024);
+    let server = start(router).await;
+    let http = client();
+
+    for request in [
+        http.get(server.url("/secret")),
+        http.get(server.url("/secret"))
+            .header("X-Internal-Auth", "wrong"),
+        http.get(server.url("/secret"))
+            .header("X-Internal-Auth", ""),
+        http.get(server.url("/ready")),
+        http.get(server.url("/does-not-exist")),
+        http.get(server.url("/health/")),
+        // Rejected before the body is parsed: invalid JSON still gets 401, not 400.
+        http.post(server.url("/items"))
+            .header("content-type", "application/json")
+            .body("{"),
+    ] {
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        assert!(resp.headers().contains_key("x-request-id"));
+        assert_eq!(resp.text().await.unwrap(), r#"{"detail":"unauthorized"}"#);
+    }
+
+    let resp = http
+        .get(server.url("/secret"))
+        .header("X-Internal-Auth", "internal-key-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.text().await.unwrap(), "classified");
+
+    for path in EXEMPT {
+        let resp = http.get(server.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connect_info_is_available_to_handlers() {
+    let router =
+        Router::new().route(
+            "/peer",
+            get(
+                |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
+                    std::net::SocketAddr,
+                >| async move { peer.ip().to_string() },
+            ),
+        );
+    let server = start(router).await;
+    let text = client()
+        .get(server.url("/peer"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text, "127.0.0.1");
+    server.stop().await;
+}
+
+/// A route streaming whatever the test sends on the channel it hands out.
+fn streaming_router() -> (Router, mpsc::UnboundedSender<&'static str>) {
+    let (tx, rx) = mpsc::unbounded_channel::<&'static str>();
+    let slot = Arc::new(Mutex::new(Some(rx)));
+    let router = Router::new().route(
+        "/stream",
+        get(move || {
+            let rx = slot.lock().unwrap().take();
+            async move {
+                let Some(rx) = rx else {
+                    return StatusCode::CONFLICT.into_response();
+                };
+                let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv()
+                        .await
+                        .map(|chunk| (Ok::<_, Infallible>(Bytes::from(chunk)), rx))
+                });
+                Body::from_stream(stream).into_response()
+            }
+        }),
+    );
+    (router, tx)
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_an_in_flight_stream_finish() {
+    let (router, tx) = streaming_router();
+    let server = start(router).await;
+    tx.send("first;").unwrap();
+    let mut resp = client().get(server.url("/stream")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.chunk().await.unwrap().unwrap(), "first;");
+
+    server.shutdown.cancel();
+    // The stream is still open, so the server must still be draining.
+    tokio::task::yield_now().await;
+    assert!(!server.task.is_finished());
+
+    tx.send("second;").unwrap();
+    tx.send("last").unwrap();
+    drop(tx);
+    let mut rest = Vec::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, b"second;last");
+    tokio::time::timeout(Duration::from_secs(5), server.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn drain_timeout_bounds_a_stream_that_never_ends() {
+    let (router, tx) = streaming_router();
+    let server = start_with_drain(router, Duration::from_millis(200)).await;
+    tx.send("forever").unwrap();
+    let mut resp = client().get(server.url("/stream")).send().await.unwrap();
+    assert_eq!(resp.chunk().await.unwrap().unwrap(), "forever");
+    server.shutdown.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(5), server.task).await;
+    assert!(
+        result.unwrap().unwrap().is_ok(),
+        "serve returns after the drain timeout"
+    );
+    drop(tx);
+}
+
+#[tokio::test]
+async fn the_listener_stops_accepting_after_shutdown() {
+    let server = start(Router::new().route("/", get(|| async { "hi" }))).await;
+    let url = server.url("/");
+    assert_eq!(
+        client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "hi"
+    );
+    server.stop().await;
+    assert!(reqwest::Client::new().get(&url).send().await.is_err());
+}
+
+#[test]
+fn api_error_builders_and_display() {
+    let error = ApiError::bad_request("bad model").with_code("model_not_found");
+    assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error.kind(), "invalid_request_error");
+    assert_eq!(error.message(), "bad model");
+    assert_eq!(error.code(), Some("model_not_found"));
+    assert_eq!(error.to_string(), "400 invalid_request_error: bad model");
+    assert_eq!(
+        ApiError::unauthorized("x").status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        ApiError::payload_too_large("x").status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let internal = ApiError::internal("secret detail");
+    assert_eq!(internal.message(), "internal server error");
+    assert!(!internal.to_json().to_string().contains("secret detail"));
+    assert_eq!(
+        ServiceInfo::new("llm-proxy", "1").metric_prefix(),
+        "codelab_llm_proxy"
+    );
+    assert_eq!(
+        ServiceInfo::new("agent-runtime", "1").metric_name("turns_total"),
+        "codelab_agent_runtime_turns_total"
+    );
+}

@@ -1,0 +1,124 @@
+//! Settings of the LLM proxy: the original's `LLM_PROXY__*` names and defaults, plus the ones
+//! its docs promised (concurrency, timeout, retries) and ours (model table file, mock delay).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use codelab_core::config::{Environment, Secret};
+use serde::{Deserialize, Serialize};
+
+/// Default port of the proxy.
+pub const DEFAULT_PORT: u16 = 8002;
+/// Environment prefix of every setting.
+pub const ENV_PREFIX: &str = "LLM_PROXY";
+/// Section name in the TOML config file.
+pub const SECTION: &str = "llm_proxy";
+
+/// How model names are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmMode {
+    /// Every model name is served by the mock.
+    Mock,
+    /// Route through the model table (the original's default name for this mode).
+    #[default]
+    Litellm,
+}
+
+/// `[llm_proxy]` / `LLM_PROXY__*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// `LLM_PROXY__PORT`; wins over plain `PORT`.
+    pub port: Option<u16>,
+    /// Address to bind (`0.0.0.0` in containers).
+    pub host: String,
+    /// Shared secret expected in `X-Internal-Auth`.
+    pub internal_api_key: Secret,
+    pub llm_mode: LlmMode,
+    /// One more OpenAI-compatible upstream (an external LiteLLM) for names nothing else matched.
+    pub litellm_proxy_url: Option<String>,
+    /// Bearer key for `litellm_proxy_url` (the original sends `dummy-key` when empty).
+    pub litellm_api_key: Secret,
+    /// Used when a request's `model` is an empty string.
+    pub default_model: String,
+    /// Model table in the `litellm_config.yaml` format.
+    pub config_file: Option<PathBuf>,
+    pub log_level: String,
+    pub version: String,
+    /// Requests served at once; beyond it the proxy answers 429 with `Retry-After`.
+    pub max_concurrent_requests: usize,
+    /// Seconds to wait for an upstream's answer to start, and between two streamed pieces.
+    pub request_timeout: f64,
+    /// Extra attempts per deployment on connect errors, 429 and 5xx before the first byte.
+    pub max_retries: u32,
+    /// Base of the exponential retry backoff, in milliseconds (jitter is added).
+    pub retry_backoff_ms: u64,
+    /// Pause before each streamed piece of the mock model.
+    pub mock_token_delay_ms: u64,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Seconds between SSE keep-alive comments.
+    pub keepalive_interval: u64,
+    /// `max_tokens` sent to Anthropic when a request has none (required there).
+    pub anthropic_max_tokens: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: None,
+            host: "0.0.0.0".to_owned(),
+            internal_api_key: Secret::new("change-me-internal-key"),
+            llm_mode: LlmMode::Litellm,
+            litellm_proxy_url: None,
+            litellm_api_key: Secret::default(),
+            default_model: "gpt-3.5-turbo".to_owned(),
+            config_file: None,
+            log_level: "INFO".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            max_concurrent_requests: 100,
+            request_timeout: 120.0,
+            max_retries: 2,
+            retry_backoff_ms: 250,
+            mock_token_delay_ms: 0,
+            max_body_bytes: 32 * 1024 * 1024,
+            keepalive_interval: 15,
+            anthropic_max_tokens: 4096,
+        }
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigProblem {
+    #[error(
+        "LLM_PROXY__INTERNAL_API_KEY must be set to a strong secret (16+ characters, not a default) in {0}"
+    )]
+    WeakInternalKey(&'static str),
+    #[error("LLM_PROXY__REQUEST_TIMEOUT must be a positive number of seconds")]
+    BadTimeout,
+    #[error("LLM_PROXY__MAX_CONCURRENT_REQUESTS must be at least 1")]
+    NoConcurrency,
+}
+
+impl Config {
+    /// The per-request timeout as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.request_timeout)
+    }
+
+    /// Refuses settings that cannot work, and default secrets outside development.
+    pub fn validate(&self, environment: Environment) -> Result<(), ConfigProblem> {
+        if !(self.request_timeout.is_finite() && self.request_timeout > 0.0) {
+            return Err(ConfigProblem::BadTimeout);
+        }
+        if self.max_concurrent_requests == 0 {
+            return Err(ConfigProblem::NoConcurrency);
+        }
+        if environment.is_production() && self.internal_api_key.is_weak() {
+            return Err(ConfigProblem::WeakInternalKey(environment.as_str()));
+        }
+        Ok(())
+    }
+}

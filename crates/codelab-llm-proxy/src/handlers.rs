@@ -1,0 +1,381 @@
+//! HTTP handlers: `/v1/chat/completions`, the model lists.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use codelab_core::http::ApiError;
+use codelab_protocol::openai::{ChatCompletionRequest, ModelInfo};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::AppState;
+use crate::dispatch::{OpenStream, is_token};
+use crate::events::{LlmEvent, UpstreamError};
+use crate::metrics::{self as m, InflightGuard};
+use crate::providers::ProviderKind;
+use crate::render::{
+    Accumulator, AnswerIdentity, ChunkRenderer, client_status, upstream_error_body,
+};
+
+/// `POST /v1/chat/completions`.
+pub async fn create_chat_completion(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let received_at = Instant::now();
+    let Ok(permit) = state.limiter.clone().try_acquire_owned() else {
+        metrics::counter!(m::CONCURRENCY_REJECTIONS).increment(1);
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            format!(
+                "the proxy is already serving its limit of {} concurrent requests; retry shortly",
+                state.dispatcher.config.max_concurrent_requests
+            ),
+        )
+        .with_code("concurrency_limit")
+        .with_retry_after(1)
+        .into_response();
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_rejection(rejection).into_response(),
+    };
+    let mut request = match parse_request(&body) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
+    if request.model.is_empty() {
+        request.model = state.dispatcher.config.default_model.clone();
+    }
+    let plan = match state.dispatcher.plan(&request.model) {
+        Ok(plan) => plan,
+        Err(unknown) => {
+            metrics::counter!(m::REQUESTS, "provider" => "none", "outcome" => "rejected")
+                .increment(1);
+            return ApiError::bad_request(format!(
+                "the model `{}` does not exist: it is not in the model table and has no provider prefix",
+                unknown.0
+            ))
+            .with_code("model_not_found")
+            .into_response();
+        }
+    };
+    tracing::debug!(model = %request.model, stream = request.is_stream(), "chat completion");
+    let opened = state.dispatcher.open(&plan, &request).await;
+    let provider = plan
+        .first()
+        .map(|d| d.provider)
+        .unwrap_or(ProviderKind::Mock);
+    let opened = match opened {
+        Ok(opened) => opened,
+        Err(error) => {
+            metrics::counter!(m::REQUESTS, "provider" => provider.label(), "outcome" => "error")
+                .increment(1);
+            return upstream_failure(&error);
+        }
+    };
+    let identity = AnswerIdentity::new(&request.model);
+    if request.is_stream() {
+        stream_answer(
+            opened,
+            identity,
+            request.wants_stream_usage(),
+            received_at,
+            permit,
+            &state,
+        )
+    } else {
+        json_answer(opened, identity, received_at).await
+    }
+}
+
+/// Checks the body the way clients need to hear about it: bad JSON is 400, a body without
+/// `model` or `messages` (or with wrong types) is 422, each with the reason.
+fn parse_request(body: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("the body is not valid JSON: {e}")).with_code("invalid_json")
+    })?;
+    let Some(object) = value.as_object() else {
+        return Err(unprocessable(
+            format!("expected a JSON object, got {}", json_type(&value)),
+            None,
+        ));
+    };
+    for (field, expected) in [("model", "a string"), ("messages", "an array")] {
+        match object.get(field) {
+            None | Some(Value::Null) => {
+                return Err(unprocessable(
+                    format!("field `{field}` is required"),
+                    Some(field),
+                ));
+            }
+            Some(v)
+                if (field == "model" && !v.is_string())
+                    || (field == "messages" && !v.is_array()) =>
+            {
+                return Err(unprocessable(
+                    format!("field `{field}` must be {expected}, got {}", json_type(v)),
+                    Some(field),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    serde_json::from_value(value).map_err(|e| unprocessable(format!("invalid request: {e}"), None))
+}
+
+fn unprocessable(message: String, param: Option<&str>) -> ApiError {
+    let mut error = ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request_error",
+        message,
+    )
+    .with_code("invalid_body");
+    if let Some(param) = param {
+        error = error.with_param(param);
+    }
+    error
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn body_rejection(rejection: BytesRejection) -> ApiError {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::payload_too_large(
+            "the request body is larger than the proxy accepts (LLM_PROXY__MAX_BODY_BYTES)",
+        )
+    } else {
+        ApiError::new(status, "invalid_request_error", rejection.body_text())
+    }
+}
+
+fn upstream_failure(error: &UpstreamError) -> Response {
+    let status = StatusCode::from_u16(client_status(error)).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = (status, Json(upstream_error_body(error))).into_response();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let secs = error.retry_after.map(|d| d.as_secs().max(1)).unwrap_or(1);
+        if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+    }
+    response
+}
+
+/// Token and time accounting shared by both answer forms.
+struct Accounting {
+    provider: ProviderKind,
+    received_at: Instant,
+    first_token_seen: bool,
+}
+
+impl Accounting {
+    fn observe(&mut self, event: &LlmEvent) {
+        if !self.first_token_seen && is_token(event) {
+            self.first_token_seen = true;
+            metrics::histogram!(m::TTFT, "provider" => self.provider.label())
+                .record(self.received_at.elapsed().as_secs_f64());
+        }
+        if let LlmEvent::Usage(usage) = event {
+            let label = self.provider.label();
+            metrics::counter!(m::TOKENS, "provider" => label, "direction" => "in")
+                .increment(usage.prompt_tokens);
+            metrics::counter!(m::TOKENS, "provider" => label, "direction" => "out")
+                .increment(usage.completion_tokens);
+        }
+    }
+
+    fn finish(&self, outcome: &'static str) {
+        let label = self.provider.label();
+        metrics::counter!(m::REQUESTS, "provider" => label, "outcome" => outcome).increment(1);
+        metrics::histogram!(m::REQUEST_DURATION, "provider" => label)
+            .record(self.received_at.elapsed().as_secs_f64());
+    }
+}
+
+async fn json_answer(
+    opened: OpenStream,
+    identity: AnswerIdentity,
+    received_at: Instant,
+) -> Response {
+    let mut accounting = Accounting {
+        provider: opened.provider,
+        received_at,
+        first_token_seen: false,
+    };
+    let mut accumulator = Accumulator::default();
+    let mut events = opened.events;
+    while let Some(item) = events.next().await {
+        match item {
+            Ok(event) => {
+                accounting.observe(&event);
+                accumulator.push(event);
+            }
+            Err(error) => {
+                accounting.finish("error");
+                return upstream_failure(&error);
+            }
+        }
+    }
+    accounting.finish("ok");
+    Json(accumulator.into_response(identity)).into_response()
+}
+
+fn stream_answer(
+    opened: OpenStream,
+    identity: AnswerIdentity,
+    include_usage: bool,
+    received_at: Instant,
+    permit: OwnedSemaphorePermit,
+    state: &AppState,
+) -> Response {
+    struct Relay {
+        events: crate::events::EventStream,
+        renderer: ChunkRenderer,
+        accounting: Accounting,
+        pending: std::collections::VecDeque<String>,
+        done: bool,
+        _permit: OwnedSemaphorePermit,
+        _inflight: InflightGuard,
+    }
+    let relay = Relay {
+        events: opened.events,
+        renderer: ChunkRenderer::new(identity, include_usage),
+        accounting: Accounting {
+            provider: opened.provider,
+            received_at,
+            first_token_seen: false,
+        },
+        pending: Default::default(),
+        done: false,
+        _permit: permit,
+        _inflight: InflightGuard::new(),
+    };
+    // The permit and the upstream stream live inside the body: when the client goes away,
+    // hyper drops the body, which drops the upstream response and cancels the request.
+    let body = futures_util::stream::unfold(relay, |mut relay| async move {
+        loop {
+            if let Some(payload) = relay.pending.pop_front() {
+                return Some((
+                    Ok::<Event, Infallible>(Event::default().data(payload)),
+                    relay,
+                ));
+            }
+            if relay.done {
+                return None;
+            }
+            match relay.events.next().await {
+                Some(Ok(event)) => {
+                    relay.accounting.observe(&event);
+                    relay.pending.extend(relay.renderer.render(&event));
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(provider = relay.accounting.provider.label(), error = %error.message, "upstream failed mid-stream");
+                    relay.accounting.finish("error");
+                    relay
+                        .pending
+                        .extend(serde_json::to_string(&upstream_error_body(&error)).ok());
+                    relay.pending.push_back("[DONE]".to_owned());
+                    relay.done = true;
+                }
+                None => {
+                    relay.accounting.finish("ok");
+                    relay.pending.extend(relay.renderer.finish());
+                    relay.pending.push_back("[DONE]".to_owned());
+                    relay.done = true;
+                }
+            }
+        }
+    });
+    let keepalive = Duration::from_secs(state.dispatcher.config.keepalive_interval.max(1));
+    let mut response = Sse::new(body)
+        .keep_alive(KeepAlive::new().interval(keepalive).text("ping"))
+        .into_response();
+    // nginx must not buffer a token stream.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// `GET /v1/llm/models` (and the original's unauthenticated `/llm/models`): a bare array.
+pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<Vec<ModelInfo>> {
+    let models = state
+        .dispatcher
+        .table
+        .list()
+        .into_iter()
+        .map(|model| {
+            let is_mock = model.provider == ProviderKind::Mock;
+            ModelInfo {
+                name: if is_mock {
+                    "FakeLLM Echo".to_owned()
+                } else {
+                    model.name.clone()
+                },
+                id: model.name,
+                provider: if is_mock {
+                    "Fake".to_owned()
+                } else {
+                    model.provider.label().to_owned()
+                },
+                context_length: model.context_length.unwrap_or(4096),
+                is_available: true,
+            }
+        })
+        .collect();
+    Json(models)
+}
+
+/// `GET /v1/models`: the OpenAI list shape, for SDK users.
+pub async fn list_models_openai(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let data: Vec<Value> = state
+        .dispatcher
+        .table
+        .list()
+        .into_iter()
+        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": m.provider.label()}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_reports_what_is_missing() {
+        let err = parse_request(br#"{"messages":[]}"#).unwrap_err();
+        assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(err.message().contains("`model`"));
+        let err = parse_request(br#"{"model":"m"}"#).unwrap_err();
+        assert!(err.message().contains("`messages`"));
+        let err = parse_request(br#"{"model":1,"messages":[]}"#).unwrap_err();
+        assert!(err.message().contains("must be a string, got a number"));
+        let err = parse_request(b"{not json").unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        let err =
+            parse_request(br#"{"model":"m","messages":[{"content":"no role"}]}"#).unwrap_err();
+        assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(err.message().contains("role"), "{}", err.message());
+    }
+}

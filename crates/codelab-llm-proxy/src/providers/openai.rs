@@ -1,0 +1,923 @@
+//! OpenAI Chat Completions upstreams (§12): OpenAI, OpenRouter, vLLM, LM Studio, LiteLLM,
+//! Ollama `/v1`, and Azure OpenAI (§12.4).
+//!
+//! The client's request is forwarded nearly verbatim (unknown fields included, §16 "forward
+//! where supported"); the reply is always streamed upstream and parsed into [`LlmEvent`]s.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use codelab_protocol::openai::{ChatCompletionRequest, Usage};
+use secrecy::ExposeSecret;
+use serde_json::{Map, Value};
+
+use super::wire::{self, EventResult, FrameDecoder, SseEvent, SseParser};
+use super::{Deployment, ProviderKind};
+use crate::events::{EventStream, FinishReason, LlmEvent, UpstreamError};
+
+/// Azure `api-version` used when the deployment configures none.
+pub const DEFAULT_AZURE_API_VERSION: &str = "2024-02-15-preview";
+
+/// Sends `request` to an OpenAI-compatible (or Azure) deployment and returns its event stream
+/// once the upstream answered with a success status.
+pub async fn open(
+    http: &reqwest::Client,
+    deployment: &Deployment,
+    request: &ChatCompletionRequest,
+    timeout: Duration,
+) -> Result<EventStream, UpstreamError> {
+    let azure = deployment.provider == ProviderKind::Azure;
+    let body = build_body(deployment, request)?;
+    let mut builder = if azure {
+        let mut url = wire::endpoint_url(
+            &deployment.api_base,
+            None,
+            &[
+                "openai",
+                "deployments",
+                &deployment.upstream_model,
+                "chat",
+                "completions",
+            ],
+        )?;
+        let version = deployment
+            .api_version
+            .as_deref()
+            .unwrap_or(DEFAULT_AZURE_API_VERSION);
+        url.query_pairs_mut().append_pair("api-version", version);
+        let builder = http.post(url);
+        match &deployment.api_key {
+            Some(key) => builder.header("api-key", key.expose_secret()),
+            None => builder,
+        }
+    } else {
+        let url = wire::endpoint_url(&deployment.api_base, None, &["chat", "completions"])?;
+        let builder = http.post(url);
+        match &deployment.api_key {
+            Some(key) => builder.bearer_auth(key.expose_secret()),
+            None => builder,
+        }
+    };
+    builder = builder
+        .header(reqwest::header::ACCEPT, "text/event-stream")
+        .json(&body);
+    tracing::debug!(
+        provider = deployment.provider.label(),
+        model = %deployment.upstream_model,
+        "sending chat completion upstream"
+    );
+    let response = wire::send(builder, deployment.timeout.unwrap_or(timeout)).await?;
+    Ok(parse_stream(wire::response_bytes(response)))
+}
+
+/// Parses an OpenAI Chat Completions SSE body into events.
+pub fn parse_stream(
+    bytes: impl futures_util::Stream<Item = Result<bytes::Bytes, UpstreamError>> + Send + 'static,
+) -> EventStream {
+    wire::decode_stream(bytes, SseParser::new(), OpenAiDecoder::new())
+}
+
+/// The upstream request body: the client's request with the deployment's model, `stream: true`,
+/// usage requested (§10), and every field the proxy does not know passed through (§5.3).
+pub fn build_body(
+    deployment: &Deployment,
+    request: &ChatCompletionRequest,
+) -> Result<Value, UpstreamError> {
+    let value = serde_json::to_value(request)
+        .map_err(|err| UpstreamError::protocol(format!("cannot encode request: {err}")))?;
+    let Value::Object(mut body) = value else {
+        return Err(UpstreamError::protocol(
+            "request did not encode to a JSON object",
+        ));
+    };
+    // Null-valued keys are dropped when forwarding (§5.3): strict servers reject e.g.
+    // `"function_call": null` on messages.
+    body.retain(|_, v| !v.is_null());
+    if let Some(Value::Array(messages)) = body.get_mut("messages") {
+        for message in messages {
+            if let Value::Object(message) = message {
+                message.retain(|_, v| !v.is_null());
+            }
+        }
+    }
+    body.insert(
+        "model".to_owned(),
+        Value::String(deployment.upstream_model.clone()),
+    );
+    body.insert("stream".to_owned(), Value::Bool(true));
+    let azure = deployment.provider == ProviderKind::Azure;
+    // Older Azure api-versions reject `stream_options` (§12.4): only forward the client's own.
+    if !azure {
+        let mut options = match body.remove("stream_options") {
+            Some(Value::Object(options)) => options,
+            _ => Map::new(),
+        };
+        options.insert("include_usage".to_owned(), Value::Bool(true));
+        body.insert("stream_options".to_owned(), Value::Object(options));
+    }
+    // o-series reasoning models reject `max_tokens` and want `max_completion_tokens` (§12.1).
+    // Only recognisable by name on OpenAI-kind deployments (Azure names are deployment names).
+    if !azure
+        && is_reasoning_model(&deployment.upstream_model)
+        && let Some(max) = body.remove("max_tokens")
+    {
+        body.entry("max_completion_tokens").or_insert(max);
+    }
+    Ok(Value::Object(body))
+}
+
+/// Whether `model` (optionally `vendor/`-prefixed, as on OpenRouter) is an OpenAI o-series model.
+fn is_reasoning_model(model: &str) -> bool {
+    let name = model.rsplit('/').next().unwrap_or(model);
+    let mut chars = name.chars();
+    chars.next() == Some('o') && chars.next().is_some_and(|c| c.is_ascii_digit())
+}
+
+/// One tool call being assembled from fragments that share an upstream `index`.
+#[derive(Debug, Default)]
+struct ToolState {
+    /// Index in the normalised stream, once `ToolStart` was emitted.
+    out_index: Option<u32>,
+    id: Option<String>,
+    name: Option<String>,
+    /// Argument fragments received before `ToolStart` could be emitted.
+    pending_args: String,
+}
+
+/// State machine from OpenAI SSE events to [`LlmEvent`]s (§12.2).
+#[derive(Debug, Default)]
+pub struct OpenAiDecoder {
+    started: bool,
+    /// Tool calls by upstream key (the `index`, remapped when a server reuses one).
+    tools: BTreeMap<u64, ToolState>,
+    /// Upstream `index` → key in `tools`.
+    keys: BTreeMap<u64, u64>,
+    next_key: u64,
+    last_key: Option<u64>,
+    next_out_index: u32,
+    finished: bool,
+    done: bool,
+    usage: Option<Usage>,
+}
+
+impl OpenAiDecoder {
+    /// A decoder at the start of a reply.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn start(&mut self, chunk: &Value, out: &mut Vec<EventResult>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let field = |name: &str| {
+            chunk
+                .get(name)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        out.push(Ok(LlmEvent::Start {
+            id: field("id"),
+            model: field("model"),
+        }));
+    }
+
+    fn chunk(&mut self, chunk: &Value, out: &mut Vec<EventResult>) {
+        if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
+            // OpenRouter and vLLM report failures mid-stream as a data event (§12.3); a numeric
+            // code is the HTTP status they would have answered.
+            let status = error
+                .get("code")
+                .and_then(Value::as_u64)
+                .and_then(|c| u16::try_from(c).ok())
+                .filter(|c| (400..600).contains(c));
+            out.push(Err(wire::error_from_body(
+                status,
+                chunk,
+                "upstream reported an error",
+            )));
+            return;
+        }
+        let choices = chunk.get("choices").and_then(Value::as_array);
+        // Azure's prompt-filter chunk has empty `choices` and empty id/model (§12.4): wait for a
+        // real chunk to take them from.
+        if choices.is_some_and(|c| !c.is_empty()) {
+            self.start(chunk, out);
+        }
+        // Only choice 0 is relayed (the proxy serves one choice).
+        let choice = choices.and_then(|c| {
+            c.iter()
+                .find(|ch| ch.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
+        });
+        if let Some(choice) = choice {
+            if let Some(delta) = choice.get("delta") {
+                self.delta(delta, out);
+            }
+            if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+                if reason == "error" {
+                    // OpenRouter: `finish_reason:"error"` (normally with an `error` object,
+                    // handled above).
+                    out.push(Err(UpstreamError::protocol(
+                        "upstream finished with an error",
+                    )));
+                    return;
+                }
+                if !self.finished {
+                    self.flush_tools(out);
+                    self.finished = true;
+                    out.push(Ok(LlmEvent::Finish {
+                        reason: FinishReason::from_openai(reason),
+                    }));
+                }
+            }
+        }
+        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+            let count = |name: &str| usage.get(name).and_then(Value::as_u64).unwrap_or(0);
+            let (prompt, completion) = (count("prompt_tokens"), count("completion_tokens"));
+            // Some servers repeat usage in several chunks: keep the last, emit it once at the end.
+            self.usage = Some(Usage::new(prompt, completion));
+        }
+    }
+
+    fn delta(&mut self, delta: &Value, out: &mut Vec<EventResult>) {
+        for name in ["reasoning_content", "reasoning"] {
+            if let Some(text) = delta
+                .get(name)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
+                out.push(Ok(LlmEvent::Reasoning(text.to_owned())));
+                break;
+            }
+        }
+        if let Some(text) = delta
+            .get("content")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            out.push(Ok(LlmEvent::Text(text.to_owned())));
+        }
+        if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+            for call in calls {
+                self.tool_fragment(call, out);
+            }
+        }
+    }
+
+    fn tool_fragment(&mut self, call: &Value, out: &mut Vec<EventResult>) {
+        let non_empty = |v: Option<&Value>| {
+            v.and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let id = non_empty(call.get("id"));
+        let function = call.get("function");
+        let name = non_empty(function.and_then(|f| f.get("name")));
+        let args = function.and_then(|f| f.get("arguments"));
+        // Arguments are a string in OpenAI's format; a few servers send an object.
+        let args = match args {
+            Some(Value::String(s)) => s.clone(),
+            Some(v @ Value::Object(_)) => v.to_string(),
+            _ => String::new(),
+        };
+        let key = self.key_for(call, id.as_deref(), name.as_deref());
+        let state = self.tools.entry(key).or_default();
+        if state.id.is_none() {
+            state.id = id;
+        }
+        if state.name.is_none() {
+            state.name = name;
+        }
+        state.pending_args.push_str(&args);
+        if state.out_index.is_none() && state.name.is_some() {
+            let index = self.next_out_index;
+            self.next_out_index += 1;
+            emit_start(state, index, out);
+        } else if let Some(index) = state.out_index
+            && !state.pending_args.is_empty()
+        {
+            let fragment = std::mem::take(&mut state.pending_args);
+            out.push(Ok(LlmEvent::ToolArgs { index, fragment }));
+        }
+    }
+
+    /// Which assembled call a fragment belongs to: normally the one of its `index`. A fragment
+    /// naming a different id or function than that call's is a new call (servers that reuse
+    /// an index or send every call complete under index 0). Without `index` (non-conforming
+    /// servers), a fragment joins the call with its id, else the last call unless it names a
+    /// function while that one already has a name.
+    fn key_for(&mut self, call: &Value, id: Option<&str>, name: Option<&str>) -> u64 {
+        let upstream = call.get("index").and_then(Value::as_u64);
+        let existing = match (upstream, id) {
+            (Some(index), _) => self.keys.get(&index).copied(),
+            (None, Some(id)) => self
+                .tools
+                .iter()
+                .find(|(_, t)| t.id.as_deref() == Some(id))
+                .map(|(k, _)| *k),
+            (None, None) => self.last_key,
+        };
+        let reuse = existing.filter(|k| {
+            let Some(state) = self.tools.get(k) else {
+                return false;
+            };
+            let differs = |known: Option<&str>, new: Option<&str>| {
+                matches!((known, new), (Some(known), Some(new)) if known != new)
+            };
+            let new_name = upstream.is_none() && id.is_none() && name.is_some() && state.name.is_some();
+            !differs(state.id.as_deref(), id) && !differs(state.name.as_deref(), name) && !new_name
+        });
+        let key = match reuse {
+            Some(key) => key,
+            None => {
+                let key = self.next_key;
+                self.next_key += 1;
+                if let Some(index) = upstream {
+                    self.keys.insert(index, key);
+                }
+                key
+            }
+        };
+        self.last_key = Some(key);
+        key
+    }
+
+    /// Emits calls that never got a name (a non-conforming server) so their arguments are not
+    /// lost, in upstream order.
+    fn flush_tools(&mut self, out: &mut Vec<EventResult>) {
+        for state in self.tools.values_mut() {
+            if state.out_index.is_none() && (state.id.is_some() || !state.pending_args.is_empty()) {
+                let index = self.next_out_index;
+                self.next_out_index += 1;
+                emit_start(state, index, out);
+            }
+        }
+    }
+
+    fn finish_reply(&mut self, out: &mut Vec<EventResult>) {
+        if !self.started {
+            self.start(&Value::Null, out);
+        }
+        if !self.finished {
+            self.flush_tools(out);
+            self.finished = true;
+            let reason = if self.next_out_index > 0 {
+                FinishReason::ToolCalls
+            } else {
+                FinishReason::Stop
+            };
+            out.push(Ok(LlmEvent::Finish { reason }));
+        }
+        if let Some(usage) = self.usage.take() {
+            out.push(Ok(LlmEvent::Usage(usage)));
+        }
+    }
+}
+
+fn emit_start(state: &mut ToolState, index: u32, out: &mut Vec<EventResult>) {
+    state.out_index = Some(index);
+    let id = state.id.get_or_insert_with(wire::new_tool_call_id).clone();
+    let name = state.name.clone().unwrap_or_default();
+    out.push(Ok(LlmEvent::ToolStart { index, id, name }));
+    if !state.pending_args.is_empty() {
+        let fragment = std::mem::take(&mut state.pending_args);
+        out.push(Ok(LlmEvent::ToolArgs { index, fragment }));
+    }
+}
+
+impl FrameDecoder for OpenAiDecoder {
+    type Frame = SseEvent;
+
+    fn frame(&mut self, frame: SseEvent) -> Vec<EventResult> {
+        let mut out = Vec::new();
+        let data = frame.data.trim();
+        if data.is_empty() {
+            return out;
+        }
+        if data == "[DONE]" {
+            self.done = true;
+            self.finish_reply(&mut out);
+            return out;
+        }
+        match serde_json::from_str::<Value>(data) {
+            Ok(chunk) => self.chunk(&chunk, &mut out),
+            Err(err) => out.push(Err(UpstreamError::protocol(format!(
+                "invalid JSON in upstream stream: {err}"
+            )))),
+        }
+        out
+    }
+
+    fn end(&mut self) -> Vec<EventResult> {
+        let mut out = Vec::new();
+        if self.finished {
+            // Finished but no `[DONE]`: some servers just close; nothing was lost.
+            self.finish_reply(&mut out);
+        } else {
+            out.push(Err(UpstreamError::protocol("upstream stream ended early")));
+        }
+        out
+    }
+
+    fn is_complete(&self) -> bool {
+        self.done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::UpstreamErrorKind;
+    use futures_util::StreamExt;
+    use serde_json::json;
+
+    fn deployment(provider: ProviderKind) -> Deployment {
+        Deployment {
+            provider,
+            upstream_model: "gpt-4o".to_owned(),
+            api_base: "https://api.openai.com/v1/".to_owned(),
+            api_key: Some("sk-test".to_owned().into()),
+            api_version: None,
+            timeout: None,
+        }
+    }
+
+    fn request() -> ChatCompletionRequest {
+        serde_json::from_value(json!({
+            "model": "gpt-4",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Read a.py"},
+                {"role": "assistant", "content": null, "function_call": null, "tool_calls": [
+                    {"id": "call_A", "type": "function",
+                     "function": {"name": "read_file", "arguments": "{\"path\":\"a.py\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_A", "content": "print(1)"}
+            ],
+            "logprobs": null,
+            "tools": [{"type": "function", "function": {"name": "read_file",
+                "description": "Read a file",
+                "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}}],
+            "tool_choice": "auto",
+            "temperature": 0.2,
+            "max_tokens": 100,
+            "stream": false,
+            "seed": 7,
+            "response_format": {"type": "json_object"},
+            "parallel_tool_calls": false
+        }))
+        .unwrap()
+    }
+
+    fn expected_messages() -> Value {
+        json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Read a.py"},
+            {"role": "assistant", "tool_calls": [
+                {"id": "call_A", "type": "function",
+                 "function": {"name": "read_file", "arguments": "{\"path\":\"a.py\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_A", "content": "print(1)"}
+        ])
+    }
+
+    #[test]
+    fn body_forwards_everything_with_model_stream_and_usage() {
+        let body = build_body(&deployment(ProviderKind::OpenAi), &request()).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "model": "gpt-4o",
+                "messages": expected_messages(),
+                "tools": [{"type": "function", "function": {"name": "read_file",
+                    "description": "Read a file",
+                    "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}}],
+                "tool_choice": "auto",
+                "temperature": 0.2,
+                "max_tokens": 100,
+                "stream": true,
+                "stream_options": {"include_usage": true},
+                "seed": 7,
+                "response_format": {"type": "json_object"},
+                "parallel_tool_calls": false
+            })
+        );
+    }
+
+    #[test]
+    fn azure_body_keeps_only_the_clients_stream_options() {
+        let mut req = request();
+        let body = build_body(&deployment(ProviderKind::Azure), &req).unwrap();
+        assert!(body.get("stream_options").is_none());
+        req.stream_options = Some(serde_json::from_value(json!({"include_usage": true})).unwrap());
+        let body = build_body(&deployment(ProviderKind::Azure), &req).unwrap();
+        assert_eq!(body["stream_options"], json!({"include_usage": true}));
+        assert_eq!(body["max_tokens"], 100);
+    }
+
+    #[test]
+    fn o_series_models_get_max_completion_tokens() {
+        let mut d = deployment(ProviderKind::OpenAi);
+        d.upstream_model = "openai/o3-mini".to_owned();
+        let body = build_body(&d, &request()).unwrap();
+        assert!(body.get("max_tokens").is_none());
+        assert_eq!(body["max_completion_tokens"], 100);
+        assert!(!is_reasoning_model("gpt-4o"));
+        assert!(!is_reasoning_model("olmo-2"));
+    }
+
+    fn decode(input: &str) -> Vec<EventResult> {
+        wire::decode_all(&[input.as_bytes()], SseParser::new(), OpenAiDecoder::new())
+    }
+
+    /// Decodes `input` split at every byte boundary and checks every split gives `expected`.
+    fn decode_all_splits(input: &str, expected: &[EventResult]) {
+        let bytes = input.as_bytes();
+        for i in 0..=bytes.len() {
+            let got = wire::decode_all(
+                &[&bytes[..i], &bytes[i..]],
+                SseParser::new(),
+                OpenAiDecoder::new(),
+            );
+            assert_eq!(got, expected, "split at {i}");
+        }
+    }
+
+    const PARALLEL: &str = concat!(
+        "data: {\"id\":\"chatcmpl-1\",\"model\":\"gpt-4o-2024\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"index\":0,\"id\":\"call_A\",\"type\":\"function\",\"function\":{\"name\":\"read_file\",\"arguments\":\"\"}}]},\"finish_reason\":null}],\"usage\":null}\n\n",
+        ": OPENROUTER PROCESSING\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"path\\\":\"}}]},\"finish_reason\":null}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"a.py\\\"}\"}}]},\"finish_reason\":null}]}\r\n\r\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_B\",\"type\":\"function\",\"function\":{\"name\":\"echo\",\"arguments\":\"\"}}]},\"finish_reason\":null}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"function\":{\"arguments\":\"{\\\"text\\\":\\\"hi\\\"}\"}}]},\"finish_reason\":null}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":82,\"completion_tokens\":31,\"total_tokens\":113}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    fn parallel_events() -> Vec<EventResult> {
+        vec![
+            Ok(LlmEvent::Start {
+                id: Some("chatcmpl-1".to_owned()),
+                model: Some("gpt-4o-2024".to_owned()),
+            }),
+            Ok(LlmEvent::ToolStart {
+                index: 0,
+                id: "call_A".to_owned(),
+                name: "read_file".to_owned(),
+            }),
+            Ok(LlmEvent::ToolArgs {
+                index: 0,
+                fragment: "{\"path\":".to_owned(),
+            }),
+            Ok(LlmEvent::ToolArgs {
+                index: 0,
+                fragment: "\"a.py\"}".to_owned(),
+            }),
+            Ok(LlmEvent::ToolStart {
+                index: 1,
+                id: "call_B".to_owned(),
+                name: "echo".to_owned(),
+            }),
+            Ok(LlmEvent::ToolArgs {
+                index: 1,
+                fragment: "{\"text\":\"hi\"}".to_owned(),
+            }),
+            Ok(LlmEvent::Finish {
+                reason: FinishReason::ToolCalls,
+            }),
+            Ok(LlmEvent::Usage(Usage::new(82, 31))),
+        ]
+    }
+
+    #[test]
+    fn parallel_tool_calls_at_every_split() {
+        decode_all_splits(PARALLEL, &parallel_events());
+    }
+
+    #[tokio::test]
+    async fn parse_stream_over_byte_chunks() {
+        let chunks: Vec<Result<bytes::Bytes, UpstreamError>> = PARALLEL
+            .as_bytes()
+            .chunks(7)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        let got: Vec<_> = parse_stream(futures_util::stream::iter(chunks))
+            .collect()
+            .await;
+        assert_eq!(got, parallel_events());
+    }
+
+    #[test]
+    fn text_reasoning_azure_filter_chunk_and_multiline_data() {
+        let input = concat!(
+            "data: {\"choices\":[],\"created\":0,\"id\":\"\",\"model\":\"\",\"object\":\"\",\"prompt_filter_results\":[]}\n\n",
+            "data: {\"id\":\"c2\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+            "data: {\"id\":\"c2\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"think\"}}]}\n\n",
+            "data: {\"id\":\"c2\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning\":\"more\"}}]}\n\n",
+            // sse-starlette framing (§5.3): a JSON split over two data lines plus an empty one.
+            "data: {\"id\":\"c2\",\"choices\":[{\"index\":0,\r\ndata: \"delta\":{\"content\":\"Hel\"}}]}\r\ndata: \r\n\r\n",
+            "event: chunk\nid: 4\ndata: {\"id\":\"c2\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"}}]}\n\n",
+            // A second choice (n>1) is not relayed.
+            "data: {\"id\":\"c2\",\"choices\":[{\"index\":1,\"delta\":{\"content\":\"other\"}}]}\n\n",
+            "data: {\"id\":\"c2\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"content_filter\"}]}\n\n",
+            "data: [DONE]",
+        );
+        let expected = vec![
+            Ok(LlmEvent::Start {
+                id: Some("c2".to_owned()),
+                model: Some("m".to_owned()),
+            }),
+            Ok(LlmEvent::Reasoning("think".to_owned())),
+            Ok(LlmEvent::Reasoning("more".to_owned())),
+            Ok(LlmEvent::Text("Hel".to_owned())),
+            Ok(LlmEvent::Text("lo".to_owned())),
+            Ok(LlmEvent::Finish {
+                reason: FinishReason::ContentFilter,
+            }),
+        ];
+        decode_all_splits(input, &expected);
+    }
+
+    #[test]
+    fn text_then_finish_then_usage() {
+        let input = concat!(
+            "data: {\"id\":\"c2\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hel\"}}]}\n\n",
+            "data: {\"id\":\"c2\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"}}]}\n\n",
+            "data: {\"id\":\"c2\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n",
+            "data: {\"id\":\"c2\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n",
+            "data: [DONE]",
+        );
+        assert_eq!(
+            decode(input),
+            vec![
+                Ok(LlmEvent::Start {
+                    id: Some("c2".to_owned()),
+                    model: Some("m".to_owned())
+                }),
+                Ok(LlmEvent::Text("Hel".to_owned())),
+                Ok(LlmEvent::Text("lo".to_owned())),
+                Ok(LlmEvent::Finish {
+                    reason: FinishReason::Length
+                }),
+                Ok(LlmEvent::Usage(Usage::new(3, 2))),
+            ]
+        );
+    }
+
+    #[test]
+    fn sloppy_servers_repeat_names_send_empty_names_and_whole_calls() {
+        let input = concat!(
+            // Whole call in one fragment, no id (synthesized).
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"echo\",\"arguments\":\"{\\\"a\\\":1}\"}}]}}]}\n\n",
+            // Arguments before the name is known are buffered.
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_X\",\"function\":{\"name\":\"\",\"arguments\":\"{\\\"b\\\"\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_X\",\"function\":{\"name\":\"calc\",\"arguments\":\":2}\"}}]}}]}\n\n",
+            // Repeated id and name with an argument piece.
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_X\",\"type\":\"function\",\"function\":{\"name\":\"calc\",\"arguments\":\"\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let got = decode(input);
+        let Ok(LlmEvent::ToolStart { index: 0, id, name }) = &got[1] else {
+            panic!("unexpected {got:?}");
+        };
+        assert!(id.starts_with("call_") && id.len() == 29);
+        assert_eq!(name, "echo");
+        assert_eq!(
+            got[2..],
+            [
+                Ok(LlmEvent::ToolArgs {
+                    index: 0,
+                    fragment: "{\"a\":1}".to_owned()
+                }),
+                Ok(LlmEvent::ToolStart {
+                    index: 1,
+                    id: "call_X".to_owned(),
+                    name: "calc".to_owned()
+                }),
+                Ok(LlmEvent::ToolArgs {
+                    index: 1,
+                    fragment: "{\"b\":2}".to_owned()
+                }),
+                Ok(LlmEvent::Finish {
+                    reason: FinishReason::Stop
+                }),
+            ]
+        );
+    }
+
+    #[test]
+    fn reused_index_with_new_id_is_a_new_call() {
+        let input = concat!(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":{\"name\":\"x\",\"arguments\":\"{}\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"b\",\"function\":{\"name\":\"y\",\"arguments\":\"{}\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\" \"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n",
+        );
+        let got = decode(input);
+        assert_eq!(
+            got[1..],
+            [
+                Ok(LlmEvent::ToolStart {
+                    index: 0,
+                    id: "a".to_owned(),
+                    name: "x".to_owned()
+                }),
+                Ok(LlmEvent::ToolArgs {
+                    index: 0,
+                    fragment: "{}".to_owned()
+                }),
+                Ok(LlmEvent::ToolStart {
+                    index: 1,
+                    id: "b".to_owned(),
+                    name: "y".to_owned()
+                }),
+                Ok(LlmEvent::ToolArgs {
+                    index: 1,
+                    fragment: "{}".to_owned()
+                }),
+                Ok(LlmEvent::ToolArgs {
+                    index: 1,
+                    fragment: " ".to_owned()
+                }),
+                Ok(LlmEvent::Finish {
+                    reason: FinishReason::ToolCalls
+                }),
+            ]
+        );
+    }
+
+    #[test]
+    fn calls_without_index_are_told_apart_by_id_and_name() {
+        let input = concat!(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"function\":{\"name\":\"a\",\"arguments\":\"{\\\"x\\\":\"}},{\"function\":{\"arguments\":\"1}\"}},{\"function\":{\"name\":\"b\",\"arguments\":\"{}\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"id\":\"k1\",\"function\":{\"name\":\"c\",\"arguments\":\"{}\"}},{\"id\":\"k2\",\"function\":{\"name\":\"c\",\"arguments\":\"{}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n",
+        );
+        let got = decode(input);
+        let summary: Vec<String> = got
+            .iter()
+            .map(|e| match e {
+                Ok(LlmEvent::ToolStart { index, name, .. }) => format!("start {index} {name}"),
+                Ok(LlmEvent::ToolArgs { index, fragment }) => format!("args {index} {fragment}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            summary[1..],
+            [
+                "start 0 a",
+                "args 0 {\"x\":",
+                "args 0 1}",
+                "start 1 b",
+                "args 1 {}",
+                "start 2 c",
+                "args 2 {}",
+                "start 3 c",
+                "args 3 {}",
+                "Ok(Finish { reason: ToolCalls })",
+            ]
+        );
+    }
+
+    #[test]
+    fn mid_stream_error_event_ends_the_stream() {
+        let input = concat!(
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+            "data: {\"error\":{\"message\":\"Provider overloaded\",\"code\":502,\"type\":\"upstream\"},\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"error\"}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ignored\"}}]}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let got = decode(input);
+        assert_eq!(got.len(), 3);
+        let Err(err) = &got[2] else {
+            panic!("expected an error: {got:?}")
+        };
+        assert_eq!(err.kind, UpstreamErrorKind::Status(502));
+        assert_eq!(err.message, "Provider overloaded");
+        assert_eq!(err.error_type.as_deref(), Some("upstream"));
+    }
+
+    #[test]
+    fn early_end_is_a_protocol_error() {
+        let input =
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+        let got = decode(input);
+        assert_eq!(got.len(), 3);
+        assert_eq!(
+            got[2],
+            Err(UpstreamError::protocol("upstream stream ended early"))
+        );
+
+        // A finished reply whose body closes without `[DONE]` is complete.
+        let input = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\n";
+        let got = decode(input);
+        assert_eq!(
+            got.last(),
+            Some(&Ok(LlmEvent::Finish {
+                reason: FinishReason::Stop
+            }))
+        );
+        assert!(got.iter().all(Result::is_ok));
+
+        // `[DONE]` without finish_reason: a finish is synthesized.
+        let got = decode("data: [DONE]\n\n");
+        assert_eq!(
+            got,
+            vec![
+                Ok(LlmEvent::Start {
+                    id: None,
+                    model: None
+                }),
+                Ok(LlmEvent::Finish {
+                    reason: FinishReason::Stop
+                })
+            ]
+        );
+    }
+
+    #[test]
+    fn garbage_data_is_a_protocol_error() {
+        let got = decode("data: <html>\n\n");
+        assert!(matches!(&got[..], [Err(e)] if e.kind == UpstreamErrorKind::Protocol));
+    }
+
+    #[tokio::test]
+    async fn connect_errors_are_retryable() {
+        // A closed local port: a connect error without any network.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let mut d = deployment(ProviderKind::OpenAi);
+        d.api_base = format!("http://{addr}/v1");
+        let err = open(
+            &reqwest::Client::new(),
+            &d,
+            &request(),
+            Duration::from_secs(5),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(err.kind, UpstreamErrorKind::Connect);
+        assert!(err.is_retryable());
+        assert!(!err.message.contains("sk-test"));
+    }
+
+    #[tokio::test]
+    async fn sends_bearer_request_and_maps_status_errors() {
+        let (addr, seen) = wire::test_server::serve_once(
+            "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 3\r\n",
+            r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+        )
+        .await;
+        let mut d = deployment(ProviderKind::OpenAi);
+        d.api_base = format!("http://{addr}/v1/");
+        let err = open(
+            &reqwest::Client::new(),
+            &d,
+            &request(),
+            Duration::from_secs(5),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(err.kind, UpstreamErrorKind::Status(429));
+        assert_eq!(err.message, "Rate limit reached");
+        assert_eq!(err.error_type.as_deref(), Some("requests"));
+        assert_eq!(err.retry_after, Some(Duration::from_secs(3)));
+        let seen = seen.await.unwrap();
+        assert_eq!(seen.request_line, "POST /v1/chat/completions HTTP/1.1");
+        assert_eq!(seen.header("authorization"), Some("Bearer sk-test"));
+        assert_eq!(seen.json()["stream"], true);
+    }
+
+    #[tokio::test]
+    async fn azure_url_and_api_key_and_a_streamed_reply() {
+        let (addr, seen) = wire::test_server::serve_once(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n",
+            PARALLEL,
+        )
+        .await;
+        let mut d = deployment(ProviderKind::Azure);
+        d.api_base = format!("http://{addr}/");
+        d.upstream_model = "my-gpt4".to_owned();
+        let stream = open(
+            &reqwest::Client::new(),
+            &d,
+            &request(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let got: Vec<_> = stream.collect().await;
+        assert_eq!(got, parallel_events());
+        let seen = seen.await.unwrap();
+        assert_eq!(
+            seen.request_line,
+            "POST /openai/deployments/my-gpt4/chat/completions?api-version=2024-02-15-preview HTTP/1.1"
+        );
+        assert_eq!(seen.header("api-key"), Some("sk-test"));
+        assert_eq!(seen.header("authorization"), None);
+        assert_eq!(seen.json()["model"], "my-gpt4");
+    }
+}

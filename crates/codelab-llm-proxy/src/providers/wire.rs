@@ -1,0 +1,1010 @@
+//! Byte-level plumbing shared by the real provider clients: an incremental SSE parser
+//! (OpenAI-compatible and Anthropic, §12.2 / §13.3), an NDJSON line splitter (Ollama, §14),
+//! the driver that turns an upstream body into an [`EventStream`], and the HTTP helpers every
+//! provider uses to send a request and map an error status (§12.3, §13.4, §14).
+//!
+//! The parsers are pure (fed byte chunks, no I/O) so they can be tested with input split at
+//! every byte boundary; the driver only pulls chunks when the consumer polls it, so dropping the
+//! stream drops the upstream response (that is how a client disconnect cancels the upstream).
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde_json::Value;
+
+use crate::events::{EventStream, LlmEvent, UpstreamError, UpstreamErrorKind};
+
+/// One decoded item of an upstream reply, or the error that ends it.
+pub type EventResult = Result<LlmEvent, UpstreamError>;
+
+/// A new OpenAI-style tool-call id: `call_` and 24 random lowercase hex digits (§6: ids are
+/// synthesized when a provider sends none, e.g. Ollama).
+pub fn new_tool_call_id() -> String {
+    let bytes: [u8; 12] = rand::random();
+    let mut id = String::with_capacity(5 + 24);
+    id.push_str("call_");
+    for b in bytes {
+        // Writing into a String cannot fail.
+        let _ = write!(id, "{b:02x}");
+    }
+    id
+}
+
+// ---------------------------------------------------------------------------------------------
+// Framing
+// ---------------------------------------------------------------------------------------------
+
+/// Splits a byte stream into frames; fed chunks cut anywhere, including inside a line ending
+/// or a multi-byte UTF-8 character.
+pub trait Framing: Send + 'static {
+    /// What one complete frame is.
+    type Frame;
+    /// Consumes a chunk and returns the frames it completed.
+    fn push(&mut self, chunk: &[u8]) -> Vec<Self::Frame>;
+    /// The body ended: returns a last frame that was not terminated, if any.
+    fn finish(&mut self) -> Vec<Self::Frame>;
+}
+
+/// One server-sent event: its `event:` name (if any) and its `data:` lines joined with `\n`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` field (Anthropic's event type); `None` for OpenAI's unnamed events.
+    pub event: Option<String>,
+    /// The `data:` lines joined with `\n`.
+    pub data: String,
+}
+
+/// Incremental SSE parser (WHATWG event-stream rules): lines end with CRLF, LF or CR; a blank
+/// line dispatches the event; `data:` lines are joined with `\n`; `:` lines are comments
+/// (OpenRouter's `: OPENROUTER PROCESSING` keep-alives); `id:`, `retry:` and unknown fields
+/// are ignored. Events without data are not dispatched.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    lines: LineBuffer,
+    event: Option<String>,
+    data: String,
+    has_data: bool,
+}
+
+impl SseParser {
+    /// An empty parser.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Consumes a chunk and returns the events it completed.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        for line in self.lines.push(chunk) {
+            self.line(&line, &mut out);
+        }
+        out
+    }
+
+    /// The body ended: dispatches an event whose terminating blank line never came (servers
+    /// that close right after `data: [DONE]`).
+    pub fn finish(&mut self) -> Option<SseEvent> {
+        let mut out = Vec::new();
+        if let Some(line) = self.lines.finish() {
+            self.line(&line, &mut out);
+        }
+        self.line("", &mut out);
+        out.pop()
+    }
+
+    fn line(&mut self, line: &str, out: &mut Vec<SseEvent>) {
+        if line.is_empty() {
+            let event = self.event.take();
+            if self.has_data {
+                self.has_data = false;
+                let mut data = std::mem::take(&mut self.data);
+                // Each data line appended a `\n`; the spec drops the last one.
+                data.pop();
+                out.push(SseEvent { event, data });
+            }
+            return;
+        }
+        if line.starts_with(':') {
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => {
+                self.data.push_str(value);
+                self.data.push('\n');
+                self.has_data = true;
+            }
+            "event" => self.event = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+}
+
+impl Framing for SseParser {
+    type Frame = SseEvent;
+
+    fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
+        SseParser::push(self, chunk)
+    }
+
+    fn finish(&mut self) -> Vec<SseEvent> {
+        SseParser::finish(self).into_iter().collect()
+    }
+}
+
+/// Incremental NDJSON splitter: returns each complete non-blank line (LF or CRLF terminated),
+/// trimmed of surrounding whitespace.
+#[derive(Debug, Default)]
+pub struct NdjsonSplitter {
+    buf: Vec<u8>,
+}
+
+impl NdjsonSplitter {
+    /// An empty splitter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Consumes a chunk and returns the lines it completed.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = chunk;
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            self.buf.extend_from_slice(&rest[..pos]);
+            rest = &rest[pos + 1..];
+            let line = std::mem::take(&mut self.buf);
+            push_trimmed(&line, &mut out);
+        }
+        self.buf.extend_from_slice(rest);
+        out
+    }
+
+    /// The body ended: returns a last line that had no newline.
+    pub fn finish(&mut self) -> Option<String> {
+        let line = std::mem::take(&mut self.buf);
+        let mut out = Vec::new();
+        push_trimmed(&line, &mut out);
+        out.pop()
+    }
+}
+
+fn push_trimmed(line: &[u8], out: &mut Vec<String>) {
+    // Lines are complete, so a multi-byte character is never cut here.
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim();
+    if !text.is_empty() {
+        out.push(text.to_owned());
+    }
+}
+
+impl Framing for NdjsonSplitter {
+    type Frame = String;
+
+    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        NdjsonSplitter::push(self, chunk)
+    }
+
+    fn finish(&mut self) -> Vec<String> {
+        NdjsonSplitter::finish(self).into_iter().collect()
+    }
+}
+
+/// Splits bytes into lines ending in CRLF, LF or CR, holding back a CR at the end of a chunk
+/// until the next byte shows whether an LF follows.
+#[derive(Debug, Default)]
+struct LineBuffer {
+    buf: Vec<u8>,
+    /// Whether a UTF-8 byte-order mark may still open the stream (it is skipped).
+    bom_checked: bool,
+}
+
+impl LineBuffer {
+    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        self.buf.extend_from_slice(chunk);
+        if !self.bom_checked {
+            const BOM: &[u8] = b"\xEF\xBB\xBF";
+            if self.buf.len() < BOM.len() && BOM.starts_with(&self.buf) {
+                return Vec::new();
+            }
+            if self.buf.starts_with(BOM) {
+                self.buf.drain(..BOM.len());
+            }
+            self.bom_checked = true;
+        }
+        let mut lines = Vec::new();
+        let mut start = 0;
+        let mut i = 0;
+        while i < self.buf.len() {
+            match self.buf[i] {
+                b'\n' => {
+                    lines.push(String::from_utf8_lossy(&self.buf[start..i]).into_owned());
+                    i += 1;
+                    start = i;
+                }
+                b'\r' => {
+                    if i + 1 == self.buf.len() {
+                        // Could be the first half of a CRLF split across chunks.
+                        break;
+                    }
+                    lines.push(String::from_utf8_lossy(&self.buf[start..i]).into_owned());
+                    i += if self.buf[i + 1] == b'\n' { 2 } else { 1 };
+                    start = i;
+                }
+                _ => i += 1,
+            }
+        }
+        self.buf.drain(..start);
+        lines
+    }
+
+    fn finish(&mut self) -> Option<String> {
+        let mut line = std::mem::take(&mut self.buf);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        (!line.is_empty()).then(|| String::from_utf8_lossy(&line).into_owned())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding driver
+// ---------------------------------------------------------------------------------------------
+
+/// A provider's state machine from frames to normalised events.
+pub trait FrameDecoder: Send + 'static {
+    /// The frame type it reads ([`SseEvent`] or an NDJSON line).
+    type Frame;
+    /// Handles one frame.
+    fn frame(&mut self, frame: Self::Frame) -> Vec<EventResult>;
+    /// The body ended (normally or not): flushes what is pending, or reports an early end.
+    fn end(&mut self) -> Vec<EventResult>;
+    /// Whether the reply is complete (`[DONE]`, `message_stop`, `done:true`); later frames are
+    /// ignored and the body is no longer read.
+    fn is_complete(&self) -> bool;
+}
+
+/// Runs `framing` and `decoder` over `bytes` until the first one of: the reply completes,
+/// the body ends, an error. Nothing is read before the consumer polls; the first `Err` is the
+/// last item.
+pub fn decode_stream<S, F, D>(bytes: S, framing: F, decoder: D) -> EventStream
+where
+    S: Stream<Item = Result<Bytes, UpstreamError>> + Send + 'static,
+    F: Framing,
+    D: FrameDecoder<Frame = F::Frame>,
+{
+    let driver = Driver {
+        bytes: Some(Box::pin(bytes)),
+        framing,
+        decoder,
+        pending: VecDeque::new(),
+    };
+    Box::pin(futures_util::stream::unfold(driver, Driver::next))
+}
+
+/// Decodes in-memory `chunks` and returns every item (the first error included, nothing after
+/// it), with the same completion rules as [`decode_stream`]: for tests of the state machines.
+pub fn decode_all<F, D>(chunks: &[&[u8]], mut framing: F, mut decoder: D) -> Vec<EventResult>
+where
+    F: Framing,
+    D: FrameDecoder<Frame = F::Frame>,
+{
+    let mut out = Vec::new();
+    for chunk in chunks {
+        for frame in framing.push(chunk) {
+            if decoder.is_complete() {
+                break;
+            }
+            out.extend(decoder.frame(frame));
+        }
+    }
+    for frame in framing.finish() {
+        if !decoder.is_complete() {
+            out.extend(decoder.frame(frame));
+        }
+    }
+    if !decoder.is_complete() {
+        out.extend(decoder.end());
+    }
+    truncate_after_error(out)
+}
+
+fn truncate_after_error(mut items: Vec<EventResult>) -> Vec<EventResult> {
+    if let Some(pos) = items.iter().position(Result::is_err) {
+        items.truncate(pos + 1);
+    }
+    items
+}
+
+type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
+
+struct Driver<F, D> {
+    /// The upstream body; `None` once it is finished with, so it is dropped early.
+    bytes: Option<ByteStream>,
+    framing: F,
+    decoder: D,
+    pending: VecDeque<EventResult>,
+}
+
+/// How long to keep reading after the reply completed, so a well-behaved upstream's body is
+/// read to its end and the connection can go back to the pool; a misbehaving one that keeps the
+/// body open is simply dropped.
+const DRAIN_LIMIT: Duration = Duration::from_millis(100);
+
+impl<F, D> Driver<F, D>
+where
+    F: Framing,
+    D: FrameDecoder<Frame = F::Frame>,
+{
+    async fn next(mut self) -> Option<(EventResult, Self)> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                if item.is_err() {
+                    self.pending.clear();
+                    self.bytes = None;
+                }
+                return Some((item, self));
+            }
+            let mut bytes = self.bytes.take()?;
+            if self.decoder.is_complete() {
+                let _ = tokio::time::timeout(DRAIN_LIMIT, async {
+                    while let Some(Ok(_)) = bytes.next().await {}
+                })
+                .await;
+                return None;
+            }
+            match bytes.next().await {
+                Some(Ok(chunk)) => {
+                    for frame in self.framing.push(&chunk) {
+                        if self.decoder.is_complete() {
+                            break;
+                        }
+                        self.pending.extend(self.decoder.frame(frame));
+                    }
+                    self.bytes = Some(bytes);
+                }
+                Some(Err(err)) => {
+                    // A reply that already finished loses nothing when the body breaks
+                    // afterwards; otherwise the transport error is the more useful cause than
+                    // "ended early".
+                    let tail = self.decoder.end();
+                    if tail.iter().any(Result::is_err) {
+                        self.pending.push_back(Err(err));
+                    } else {
+                        tracing::debug!(error = %err, "upstream body broke after the reply finished");
+                        self.pending.extend(tail);
+                    }
+                }
+                None => {
+                    for frame in self.framing.finish() {
+                        if !self.decoder.is_complete() {
+                            self.pending.extend(self.decoder.frame(frame));
+                        }
+                    }
+                    if !self.decoder.is_complete() {
+                        self.pending.extend(self.decoder.end());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The body of `response` as a byte stream with transport errors already classified.
+pub fn response_bytes(
+    response: reqwest::Response,
+) -> impl Stream<Item = Result<Bytes, UpstreamError>> + Send + 'static {
+    response
+        .bytes_stream()
+        .map(|chunk| chunk.map_err(|err| UpstreamError::from_transport(&err)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Builds `{api_base}/{segments...}`: trailing `/` on the base removed, and the suffix
+/// `strip_suffix` (e.g. `/v1`) too when given, so `http://host:11434/v1` and
+/// `http://host:11434` both work. Segments are percent-encoded (Azure deployment names).
+pub fn endpoint_url(
+    api_base: &str,
+    strip_suffix: Option<&str>,
+    segments: &[&str],
+) -> Result<reqwest::Url, UpstreamError> {
+    let mut base = api_base.trim().trim_end_matches('/');
+    if let Some(suffix) = strip_suffix {
+        base = base
+            .strip_suffix(suffix)
+            .unwrap_or(base)
+            .trim_end_matches('/');
+    }
+    let mut url = reqwest::Url::parse(base).map_err(|err| {
+        // A misconfigured base is not the client's fault: count it as a connect failure so the
+        // router can fall back to another deployment.
+        UpstreamError::new(
+            UpstreamErrorKind::Connect,
+            format!("invalid upstream api_base: {err}"),
+        )
+    })?;
+    {
+        let mut path = url.path_segments_mut().map_err(|()| {
+            UpstreamError::new(
+                UpstreamErrorKind::Connect,
+                "upstream api_base cannot be a base URL",
+            )
+        })?;
+        path.pop_if_empty().extend(segments);
+    }
+    Ok(url)
+}
+
+/// The message and error type found in an upstream error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorInfo<'a> {
+    /// Human-readable message.
+    pub message: Option<&'a str>,
+    /// Error type (`rate_limit_error`, ...), or OpenAI's `code` when there is no type.
+    pub error_type: Option<&'a str>,
+}
+
+/// Reads the upstream's error message and type from an error body, tolerating every shape the
+/// supported upstreams use: OpenAI `{"error":{"message","type","code"}}`, Anthropic
+/// `{"type":"error","error":{"type","message"}}`, Ollama `{"error":"..."}`, and the vLLM /
+/// FastAPI `{"message","type"}` / `{"detail":"..."}` forms.
+pub fn error_info(body: &Value) -> ErrorInfo<'_> {
+    fn str_of(v: Option<&Value>) -> Option<&str> {
+        v.and_then(Value::as_str).filter(|s| !s.is_empty())
+    }
+    match body.get("error") {
+        Some(Value::String(message)) => ErrorInfo {
+            message: Some(message.as_str()),
+            error_type: None,
+        },
+        Some(error @ Value::Object(_)) => ErrorInfo {
+            message: str_of(error.get("message")),
+            error_type: str_of(error.get("type")).or_else(|| str_of(error.get("code"))),
+        },
+        _ => ErrorInfo {
+            message: str_of(body.get("message")).or_else(|| str_of(body.get("detail"))),
+            error_type: str_of(body.get("type")).filter(|t| *t != "error"),
+        },
+    }
+}
+
+/// An upstream error from a JSON error body received mid-stream (or in an error status's body),
+/// with `status` as its kind when known, else a protocol error.
+pub fn error_from_body(status: Option<u16>, body: &Value, fallback: &str) -> UpstreamError {
+    let info = error_info(body);
+    let message = info.message.unwrap_or(fallback).to_owned();
+    let mut err = match status {
+        Some(status) => UpstreamError::status(status, message),
+        None => UpstreamError::protocol(message),
+    };
+    err.error_type = info.error_type.map(str::to_owned);
+    err
+}
+
+/// Sends `request`, waiting at most `timeout` for the answer's headers, and maps an error
+/// status to an [`UpstreamError`] carrying the upstream's message, type and `Retry-After`.
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<reqwest::Response, UpstreamError> {
+    let response = match tokio::time::timeout(timeout, request.send()).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => return Err(UpstreamError::from_transport(&err)),
+        Err(_) => {
+            return Err(UpstreamError::new(
+                UpstreamErrorKind::Timeout,
+                format!(
+                    "upstream did not answer within {:.1}s",
+                    timeout.as_secs_f64()
+                ),
+            ));
+        }
+    };
+    let status = response.status();
+    tracing::debug!(status = status.as_u16(), "upstream answered");
+    if status.is_success() {
+        return Ok(response);
+    }
+    Err(status_error(response, timeout).await)
+}
+
+/// How much of an error body is read: error bodies are small, an HTML error page need not be
+/// read whole.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+async fn status_error(mut response: reqwest::Response, timeout: Duration) -> UpstreamError {
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let mut body = Vec::new();
+    let read = tokio::time::timeout(timeout, async {
+        while body.len() < MAX_ERROR_BODY {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+    });
+    // A body that does not arrive in time still leaves us the status.
+    let _ = read.await;
+    let mut err = status_error_from_body(status.as_u16(), &body);
+    err.retry_after = retry_after;
+    err
+}
+
+/// The [`UpstreamError`] for an error status and its (possibly empty or non-JSON) body.
+pub fn status_error_from_body(status: u16, body: &[u8]) -> UpstreamError {
+    let fallback = match reqwest::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+    {
+        Some(reason) => format!("upstream returned HTTP {status} {reason}"),
+        None => format!("upstream returned HTTP {status}"),
+    };
+    match serde_json::from_slice::<Value>(body) {
+        Ok(json) if json.is_object() => error_from_body(Some(status), &json, &fallback),
+        _ => {
+            let text = String::from_utf8_lossy(body);
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            if text.is_empty() {
+                UpstreamError::status(status, fallback)
+            } else {
+                UpstreamError::status(status, format!("{fallback}: {}", truncate(&text, 300)))
+            }
+        }
+    }
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((pos, _)) => format!("{}…", &text[..pos]),
+        None => text.to_owned(),
+    }
+}
+
+/// `Retry-After` in seconds (OpenAI, Anthropic), or OpenAI's `retry-after-ms` when that is all
+/// there is. HTTP-date values are ignored.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+    };
+    header("retry-after")
+        .map(Duration::from_secs_f64)
+        .or_else(|| header("retry-after-ms").map(|ms| Duration::from_secs_f64(ms / 1000.0)))
+}
+
+/// Splits a base64 `data:` URL (an OpenAI `image_url` part) into `(media type, data)`.
+pub fn parse_data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let media_type = meta.strip_suffix(";base64")?;
+    (!media_type.is_empty()).then_some((media_type, data))
+}
+
+/// A one-shot local HTTP server for the provider tests (no network: loopback only).
+#[cfg(test)]
+pub(crate) mod test_server {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::task::JoinHandle;
+
+    /// The request the server received.
+    pub(crate) struct Seen {
+        pub(crate) request_line: String,
+        pub(crate) headers: Vec<(String, String)>,
+        pub(crate) body: Vec<u8>,
+    }
+
+    impl Seen {
+        pub(crate) fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+
+        pub(crate) fn json(&self) -> serde_json::Value {
+            serde_json::from_slice(&self.body).unwrap()
+        }
+    }
+
+    /// Accepts one connection, reads the request head, writes `response` (if any) and then
+    /// waits for the client to close the connection; resolves to `true` once it did.
+    pub(crate) async fn serve_and_wait_for_close(
+        response: Option<&'static str>,
+    ) -> (SocketAddr, JoinHandle<bool>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut chunk).await.unwrap();
+                assert!(n > 0);
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            if let Some(response) = response {
+                socket.write_all(response.as_bytes()).await.unwrap();
+            }
+            // Drain the request body and whatever follows until the client hangs up.
+            loop {
+                match socket.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => {}
+                }
+            }
+        });
+        (addr, handle)
+    }
+
+    /// Accepts one connection, reads one request and answers `head` (status line and headers,
+    /// each CRLF-terminated, without `content-length`) followed by `body`.
+    pub(crate) async fn serve_once(head: &str, body: &str) -> (SocketAddr, JoinHandle<Seen>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let response = format!(
+            "{head}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let handle = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let (head_end, content_length) = loop {
+                let n = socket.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "client closed before sending a request");
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..pos]).to_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                    break (pos + 4, length);
+                }
+            };
+            while buf.len() < head_end + content_length {
+                let n = socket.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "client closed mid-body");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let head = String::from_utf8_lossy(&buf[..head_end - 4]).into_owned();
+            let mut lines = head.split("\r\n");
+            let request_line = lines.next().unwrap_or_default().to_owned();
+            let headers = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+                .collect();
+            socket.write_all(response.as_bytes()).await.unwrap();
+            socket.shutdown().await.unwrap();
+            Seen {
+                request_line,
+                headers,
+                body: buf[head_end..head_end + content_length].to_vec(),
+            }
+        });
+        (addr, handle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sse_all_splits(input: &[u8]) -> Vec<Vec<SseEvent>> {
+        let mut results = Vec::new();
+        for i in 0..=input.len() {
+            for j in i..=input.len() {
+                let mut p = SseParser::new();
+                let mut out = p.push(&input[..i]);
+                out.extend(p.push(&input[i..j]));
+                out.extend(p.push(&input[j..]));
+                out.extend(p.finish());
+                results.push(out);
+            }
+        }
+        results
+    }
+
+    fn ev(event: Option<&str>, data: &str) -> SseEvent {
+        SseEvent {
+            event: event.map(str::to_owned),
+            data: data.to_owned(),
+        }
+    }
+
+    #[test]
+    fn sse_parses_lf_crlf_cr_comments_multiline_at_every_split() {
+        let input = "\u{feff}: OPENROUTER PROCESSING\n\n\
+            data: {\"a\":1}\n\n\
+            event: message_start\r\ndata: {\"b\":\"é\"}\r\n\r\n\
+            id: 7\rretry: 10\rdata:x\rdata:  y\r\r\
+            data: {\"json\":1}\r\ndata: \r\n\r\n\
+            event: ping\n\n\
+            data\n\n\
+            data: [DONE]";
+        let expected = vec![
+            ev(None, "{\"a\":1}"),
+            ev(Some("message_start"), "{\"b\":\"é\"}"),
+            ev(None, "x\n y"),
+            ev(None, "{\"json\":1}\n"),
+            ev(None, ""),
+            ev(None, "[DONE]"),
+        ];
+        for (n, got) in sse_all_splits(input.as_bytes()).into_iter().enumerate() {
+            assert_eq!(got, expected, "split case {n}");
+        }
+    }
+
+    #[test]
+    fn sse_byte_by_byte() {
+        let input = b"event: a\r\ndata: 1\r\n\r\nevent: b\ndata: 2\n\n";
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        for b in input {
+            out.extend(p.push(std::slice::from_ref(b)));
+        }
+        assert_eq!(p.finish(), None);
+        assert_eq!(out, vec![ev(Some("a"), "1"), ev(Some("b"), "2")]);
+    }
+
+    #[test]
+    fn ndjson_splits_at_every_boundary() {
+        let input = "{\"a\":\"ü\"}\n\r\n  \n{\"b\":2}\r\n{\"c\":3}";
+        let expected = vec!["{\"a\":\"ü\"}", "{\"b\":2}", "{\"c\":3}"];
+        let bytes = input.as_bytes();
+        for i in 0..=bytes.len() {
+            for j in i..=bytes.len() {
+                let mut s = NdjsonSplitter::new();
+                let mut out = s.push(&bytes[..i]);
+                out.extend(s.push(&bytes[i..j]));
+                out.extend(s.push(&bytes[j..]));
+                out.extend(s.finish());
+                assert_eq!(out, expected, "split {i}/{j}");
+            }
+        }
+    }
+
+    #[test]
+    fn tool_call_ids_are_call_and_24_hex() {
+        let a = new_tool_call_id();
+        let b = new_tool_call_id();
+        assert_ne!(a, b);
+        let hex = a.strip_prefix("call_").unwrap();
+        assert_eq!(hex.len(), 24);
+        assert!(
+            hex.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        );
+    }
+
+    #[test]
+    fn endpoint_urls() {
+        let u = endpoint_url("https://api.openai.com/v1/", None, &["chat", "completions"]);
+        assert_eq!(
+            u.unwrap().as_str(),
+            "https://api.openai.com/v1/chat/completions"
+        );
+        let u = endpoint_url("http://ollama:11434/v1/", Some("/v1"), &["api", "chat"]);
+        assert_eq!(u.unwrap().as_str(), "http://ollama:11434/api/chat");
+        let u = endpoint_url("http://ollama:11434", Some("/v1"), &["api", "chat"]);
+        assert_eq!(u.unwrap().as_str(), "http://ollama:11434/api/chat");
+        let err = endpoint_url("not a url", None, &[]).unwrap_err();
+        assert_eq!(err.kind, UpstreamErrorKind::Connect);
+    }
+
+    #[test]
+    fn error_bodies_of_every_provider() {
+        let e = status_error_from_body(
+            429,
+            br#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+        );
+        assert_eq!(e.kind, UpstreamErrorKind::Status(429));
+        assert_eq!(e.message, "Rate limit reached");
+        assert_eq!(e.error_type.as_deref(), Some("requests"));
+
+        let e = status_error_from_body(
+            529,
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        );
+        assert_eq!(e.kind, UpstreamErrorKind::Status(529));
+        assert!(e.is_retryable());
+        assert_eq!(e.message, "Overloaded");
+        assert_eq!(e.error_type.as_deref(), Some("overloaded_error"));
+
+        let e = status_error_from_body(404, br#"{"error":"model 'qwen3' not found"}"#);
+        assert_eq!(e.message, "model 'qwen3' not found");
+        assert_eq!(e.error_type, None);
+
+        let e = status_error_from_body(
+            400,
+            br#"{"object":"error","message":"bad","type":"BadRequestError"}"#,
+        );
+        assert_eq!(e.message, "bad");
+        assert_eq!(e.error_type.as_deref(), Some("BadRequestError"));
+
+        let e = status_error_from_body(502, b"<html>\n<b>Bad gateway</b></html>");
+        assert_eq!(
+            e.message,
+            "upstream returned HTTP 502 Bad Gateway: <html> <b>Bad gateway</b></html>"
+        );
+
+        let e = status_error_from_body(503, b"");
+        assert_eq!(e.message, "upstream returned HTTP 503 Service Unavailable");
+    }
+
+    #[test]
+    fn retry_after_headers() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after-ms", "1500".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
+        h.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn data_urls() {
+        assert_eq!(
+            parse_data_url("data:image/png;base64,AAAA"),
+            Some(("image/png", "AAAA"))
+        );
+        assert_eq!(parse_data_url("https://x/y.png"), None);
+        assert_eq!(parse_data_url("data:text/plain,hello"), None);
+    }
+
+    /// Counts frames and completes on the frame `"end"`; `"boom"` is an error.
+    struct Echo {
+        complete: bool,
+        finished: bool,
+    }
+
+    impl FrameDecoder for Echo {
+        type Frame = String;
+        fn frame(&mut self, frame: String) -> Vec<EventResult> {
+            match frame.as_str() {
+                "end" => {
+                    self.complete = true;
+                    vec![]
+                }
+                "boom" => vec![Err(UpstreamError::protocol("boom"))],
+                "finish" => {
+                    self.finished = true;
+                    vec![Ok(LlmEvent::Text(frame))]
+                }
+                _ => vec![Ok(LlmEvent::Text(frame))],
+            }
+        }
+        fn end(&mut self) -> Vec<EventResult> {
+            if self.finished {
+                vec![]
+            } else {
+                vec![Err(UpstreamError::protocol("upstream stream ended early"))]
+            }
+        }
+        fn is_complete(&self) -> bool {
+            self.complete
+        }
+    }
+
+    fn echo() -> Echo {
+        Echo {
+            complete: false,
+            finished: false,
+        }
+    }
+
+    async fn collect(chunks: Vec<Result<Bytes, UpstreamError>>) -> Vec<EventResult> {
+        let stream = decode_stream(
+            futures_util::stream::iter(chunks),
+            NdjsonSplitter::new(),
+            echo(),
+        );
+        stream.collect().await
+    }
+
+    fn text(s: &str) -> EventResult {
+        Ok(LlmEvent::Text(s.to_owned()))
+    }
+
+    #[tokio::test]
+    async fn driver_stops_at_completion_and_after_errors() {
+        let got = collect(vec![
+            Ok(Bytes::from("a\nb")),
+            Ok(Bytes::from("\nend\nignored\n")),
+        ])
+        .await;
+        assert_eq!(got, vec![text("a"), text("b")]);
+
+        let got = collect(vec![Ok(Bytes::from("a\nboom\nc\n"))]).await;
+        assert_eq!(got, vec![text("a"), Err(UpstreamError::protocol("boom"))]);
+
+        let got = collect(vec![Ok(Bytes::from("a\nfinish"))]).await;
+        assert_eq!(got, vec![text("a"), text("finish")]);
+
+        let got = collect(vec![Ok(Bytes::from("a\n"))]).await;
+        assert_eq!(
+            got,
+            vec![
+                text("a"),
+                Err(UpstreamError::protocol("upstream stream ended early"))
+            ]
+        );
+
+        let broken = UpstreamError::protocol("connection reset");
+        let got = collect(vec![Ok(Bytes::from("a\n")), Err(broken.clone())]).await;
+        assert_eq!(got, vec![text("a"), Err(broken.clone())]);
+
+        let got = collect(vec![Ok(Bytes::from("finish\n")), Err(broken)]).await;
+        assert_eq!(got, vec![text("finish")]);
+    }
+
+    #[tokio::test]
+    async fn header_wait_is_bounded_by_the_timeout() {
+        let (addr, closed) = test_server::serve_and_wait_for_close(None).await;
+        let request = reqwest::Client::new()
+            .post(format!("http://{addr}/"))
+            .body("{}");
+        let started = std::time::Instant::now();
+        let err = send(request, Duration::from_millis(200)).await.unwrap_err();
+        assert_eq!(err.kind, UpstreamErrorKind::Timeout);
+        assert!(err.is_retryable());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The abandoned request's connection is closed.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), closed)
+                .await
+                .unwrap()
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_stream_closes_the_upstream_connection() {
+        let (addr, closed) = test_server::serve_and_wait_for_close(Some(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n4\r\na\nb\n\r\n",
+        ))
+        .await;
+        let request = reqwest::Client::new()
+            .post(format!("http://{addr}/"))
+            .body("{}");
+        let response = send(request, Duration::from_secs(5)).await.unwrap();
+        let mut stream = decode_stream(response_bytes(response), NdjsonSplitter::new(), echo());
+        assert_eq!(stream.next().await, Some(text("a")));
+        assert_eq!(stream.next().await, Some(text("b")));
+        drop(stream);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), closed)
+                .await
+                .unwrap()
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn decode_all_matches_driver_semantics() {
+        let got = decode_all(&[b"a\nbo", b"om\nc\n"], NdjsonSplitter::new(), echo());
+        assert_eq!(got, vec![text("a"), Err(UpstreamError::protocol("boom"))]);
+        let got = decode_all(&[b"a\nend\nc\n"], NdjsonSplitter::new(), echo());
+        assert_eq!(got, vec![text("a")]);
+    }
+}

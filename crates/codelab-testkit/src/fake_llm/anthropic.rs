@@ -1,0 +1,230 @@
+//! Anthropic Messages API wire format (§13): `message` objects with content blocks,
+//! named-event SSE (`event: <type>` + `data: <json>`, no `[DONE]`), and error bodies.
+
+use axum::body::Bytes;
+use serde_json::{Value, json};
+
+use super::{FakeReply, ReplyCtx};
+
+const SIGNATURE: &str = "ZmFrZS10aGlua2luZy1zaWduYXR1cmU=";
+
+fn event(value: &Value) -> Bytes {
+    let kind = value
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown");
+    Bytes::from(format!("event: {kind}\ndata: {value}\n\n"))
+}
+
+fn id(ctx: &ReplyCtx) -> String {
+    format!("msg_{}", ctx.uid)
+}
+
+fn stop_reason(reply: &FakeReply) -> &'static str {
+    if reply.tool_calls.is_empty() {
+        "end_turn"
+    } else {
+        "tool_use"
+    }
+}
+
+/// Whether a text block is emitted: when there is text, or nothing else at all.
+fn has_text_block(reply: &FakeReply) -> bool {
+    !reply.text_chunks.is_empty()
+        || (reply.tool_calls.is_empty() && reply.reasoning_chunks.is_empty())
+}
+
+/// The SSE events of a streamed reply, one body chunk each.
+pub(super) fn stream_events(reply: &FakeReply, ctx: &ReplyCtx) -> Vec<Bytes> {
+    let (input_tokens, output_tokens) = reply.usage;
+    let mut out = vec![
+        event(&json!({
+            "type": "message_start",
+            "message": {
+                "id": id(ctx),
+                "type": "message",
+                "role": "assistant",
+                "model": ctx.model,
+                "content": [],
+                "stop_reason": null,
+                "stop_sequence": null,
+                "usage": {
+                    "input_tokens": input_tokens,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 0,
+                    "output_tokens": 1,
+                },
+            },
+        })),
+        event(&json!({"type": "ping"})),
+    ];
+    let mut index = 0_usize;
+    if !reply.reasoning_chunks.is_empty() {
+        out.push(event(&json!({
+            "type": "content_block_start",
+            "index": index,
+            "content_block": {"type": "thinking", "thinking": ""},
+        })));
+        for piece in &reply.reasoning_chunks {
+            out.push(event(&json!({
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "thinking_delta", "thinking": piece},
+            })));
+        }
+        out.push(event(&json!({
+            "type": "content_block_delta",
+            "index": index,
+            "delta": {"type": "signature_delta", "signature": SIGNATURE},
+        })));
+        out.push(event(
+            &json!({"type": "content_block_stop", "index": index}),
+        ));
+        index += 1;
+    }
+    if has_text_block(reply) {
+        out.push(event(&json!({
+            "type": "content_block_start",
+            "index": index,
+            "content_block": {"type": "text", "text": ""},
+        })));
+        for piece in &reply.text_chunks {
+            out.push(event(&json!({
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "text_delta", "text": piece},
+            })));
+        }
+        out.push(event(
+            &json!({"type": "content_block_stop", "index": index}),
+        ));
+        index += 1;
+    }
+    for call in &reply.tool_calls {
+        out.push(event(&json!({
+            "type": "content_block_start",
+            "index": index,
+            "content_block": {"type": "tool_use", "id": call.id, "name": call.name, "input": {}},
+        })));
+        // Real Anthropic opens every tool input with an empty partial_json.
+        let fragments = std::iter::once(String::new()).chain(call.fragments());
+        for fragment in fragments {
+            out.push(event(&json!({
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "input_json_delta", "partial_json": fragment},
+            })));
+        }
+        out.push(event(
+            &json!({"type": "content_block_stop", "index": index}),
+        ));
+        index += 1;
+    }
+    if let Some(message) = &reply.stream_error {
+        out.push(event(&json!({
+            "type": "error",
+            "error": {"type": "overloaded_error", "message": message},
+        })));
+        return out;
+    }
+    out.push(event(&json!({
+        "type": "message_delta",
+        "delta": {"stop_reason": stop_reason(reply), "stop_sequence": null},
+        "usage": {"output_tokens": output_tokens},
+    })));
+    out.push(event(&json!({"type": "message_stop"})));
+    out
+}
+
+/// The non-stream `message` object.
+pub(super) fn message(reply: &FakeReply, ctx: &ReplyCtx) -> Value {
+    let mut content = Vec::new();
+    if !reply.reasoning_chunks.is_empty() {
+        content.push(json!({
+            "type": "thinking",
+            "thinking": reply.full_reasoning(),
+            "signature": SIGNATURE,
+        }));
+    }
+    if has_text_block(reply) {
+        content.push(json!({"type": "text", "text": reply.full_text()}));
+    }
+    for call in &reply.tool_calls {
+        content.push(json!({
+            "type": "tool_use",
+            "id": call.id,
+            "name": call.name,
+            "input": call.arguments_object(),
+        }));
+    }
+    let (input_tokens, output_tokens) = reply.usage;
+    json!({
+        "id": id(ctx),
+        "type": "message",
+        "role": "assistant",
+        "model": ctx.model,
+        "content": content,
+        "stop_reason": stop_reason(reply),
+        "stop_sequence": null,
+        "usage": {
+            "input_tokens": input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": output_tokens,
+        },
+    })
+}
+
+/// `{"type":"error","error":{"type","message"}}` for an HTTP error status.
+pub(super) fn error_body(status: u16, message: Option<&str>) -> Value {
+    let (kind, default_message) = match status {
+        400 => ("invalid_request_error", "Invalid request (fake)"),
+        401 => ("authentication_error", "invalid x-api-key"),
+        403 => (
+            "permission_error",
+            "Your API key does not have permission to use the specified resource.",
+        ),
+        404 => ("not_found_error", "Not found (fake)"),
+        413 => (
+            "request_too_large",
+            "Request exceeds the maximum allowed number of bytes.",
+        ),
+        429 => (
+            "rate_limit_error",
+            "Number of request tokens has exceeded your rate limit (fake)",
+        ),
+        529 => ("overloaded_error", "Overloaded"),
+        500.. => ("api_error", "Internal server error"),
+        _ => ("invalid_request_error", "Invalid request (fake)"),
+    };
+    json!({
+        "type": "error",
+        "error": {"type": kind, "message": message.unwrap_or(default_message)},
+    })
+}
+
+/// 404 body for an unknown route.
+pub(super) fn not_found() -> Value {
+    error_body(404, Some("Not Found"))
+}
+
+/// `GET /v1/models`.
+pub(super) fn models(models: &[String]) -> Value {
+    let data: Vec<Value> = models
+        .iter()
+        .map(|m| {
+            json!({
+                "type": "model",
+                "id": m,
+                "display_name": m,
+                "created_at": "2025-05-14T00:00:00Z",
+            })
+        })
+        .collect();
+    json!({
+        "data": data,
+        "has_more": false,
+        "first_id": models.first(),
+        "last_id": models.last(),
+    })
+}

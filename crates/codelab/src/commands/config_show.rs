@@ -1,0 +1,41 @@
+//! `codelab config show`: the effective configuration with secrets redacted.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde::Serialize;
+
+use super::services::{ListenOverrides, llm_proxy_config};
+
+/// `codelab config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration of every service (defaults < file < environment);
+    /// secrets print as "[redacted]".
+    Show,
+}
+
+#[derive(Serialize)]
+struct Effective {
+    environment: String,
+    llm_proxy: codelab_llm_proxy::Config,
+}
+
+/// Prints the configuration as TOML.
+pub fn run(file: Option<PathBuf>, command: ConfigCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ConfigCommand::Show => {
+            let (llm_proxy, environment) = llm_proxy_config(file, &ListenOverrides::default())?;
+            let effective = Effective {
+                environment: environment.as_str().to_owned(),
+                llm_proxy,
+            };
+            let text =
+                toml::to_string_pretty(&effective).context("cannot render the configuration")?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

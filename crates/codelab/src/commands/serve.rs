@@ -1,0 +1,69 @@
+//! `codelab serve <service>`: one service per process, as containers run it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use codelab_core::config::resolve_port;
+use codelab_core::http::{serve, shutdown_on_signals};
+use codelab_core::telemetry::init_tracing;
+use codelab_llm_proxy::routing::ProviderEnv;
+
+use super::services::{ListenOverrides, llm_proxy_config};
+
+/// How long in-flight requests and streams may take to finish after SIGTERM.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The services `serve` can run.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Service {
+    LlmProxy,
+}
+
+/// Arguments of `codelab serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The service to run.
+    service: Service,
+    /// Port to listen on (wins over `<PREFIX>__PORT` and `PORT`).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Address to bind.
+    #[arg(long)]
+    host: Option<String>,
+}
+
+/// Runs the chosen service until SIGINT/SIGTERM.
+pub async fn run(file: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let overrides = ListenOverrides {
+        port: args.port,
+        host: args.host,
+    };
+    match args.service {
+        Service::LlmProxy => {
+            let (config, environment) = llm_proxy_config(file, &overrides)?;
+            init_tracing(environment, &config.log_level);
+            let port = resolve_port(config.port, codelab_llm_proxy::config::DEFAULT_PORT, true)?;
+            let host = config.host.clone();
+            let deps = codelab_llm_proxy::Deps {
+                environment,
+                provider_env: ProviderEnv::from_process(),
+            };
+            let state = codelab_llm_proxy::build(config, deps).await?;
+            let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+                .await
+                .with_context(|| format!("cannot listen on {host}:{port}"))?;
+            tracing::info!(address = %listener.local_addr()?, "llm-proxy listening");
+            serve(
+                listener,
+                codelab_llm_proxy::router(state),
+                shutdown_on_signals(),
+                DRAIN_TIMEOUT,
+            )
+            .await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,29 @@
+//! Loading each service's configuration section the same way for `serve`, `up` and `config show`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use codelab_core::config::{ConfigLoader, Environment};
+use serde::Serialize;
+
+/// Flags that override a service's file and environment settings.
+#[derive(Debug, Default, Serialize)]
+pub struct ListenOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// The LLM proxy's settings and environment.
+pub fn llm_proxy_config(
+    file: Option<PathBuf>,
+    overrides: &impl Serialize,
+) -> anyhow::Result<(codelab_llm_proxy::Config, Environment)> {
+    use codelab_llm_proxy::config::{ENV_PREFIX, SECTION};
+    let environment = codelab_core::config::environment(ENV_PREFIX)?;
+    let config = ConfigLoader::from_env_or(file)
+        .load(SECTION, ENV_PREFIX, overrides)
+        .context("invalid llm-proxy configuration")?;
+    Ok((config, environment))
+}

@@ -1,0 +1,66 @@
+//! `codelab`: one binary for every CodeLab service and its administration.
+//!
+//! This crate only parses the command line and wires the service libraries together; behaviour
+//! lives in the libraries.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// CodeLab: a self-hostable backend for AI coding assistants.
+#[derive(Debug, Parser)]
+#[command(name = "codelab", version, about)]
+struct Cli {
+    /// TOML configuration file (sections `[llm_proxy]`, ...); also `CODELAB_CONFIG`.
+    #[arg(long, global = true, env = "CODELAB_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole system in one process with embedded defaults.
+    Up(commands::up::UpArgs),
+    /// Run one service (for containers and Kubernetes).
+    Serve(commands::serve::ServeArgs),
+    /// Inspect the effective configuration.
+    Config {
+        #[command(subcommand)]
+        command: commands::config_show::ConfigCommand,
+    },
+    /// Check a service's health endpoint; exit code 0 when healthy (container health checks).
+    Healthcheck(commands::healthcheck::HealthcheckArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => commands::up::run(cli.config, args).await,
+            Command::Serve(args) => commands::serve::run(cli.config, args).await,
+            Command::Config { command } => commands::config_show::run(cli.config, command),
+            Command::Healthcheck(args) => commands::healthcheck::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
