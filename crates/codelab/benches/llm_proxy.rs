@@ -183,6 +183,22 @@ async fn run_round(
     all
 }
 
+/// CPU time (user + system) the process has used, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+            let rest = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks_per_second)
+        })
+        .unwrap_or(0.0)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -248,12 +264,15 @@ async fn main() {
     for concurrency in [1usize, 64] {
         let mut direct = Samples::default();
         let mut proxied = Samples::default();
+        let mut proxy_cpu = 0.0;
         for _ in 0..ROUNDS {
             direct
                 .merge(run_round(&client, &direct_url, None, "gpt-4o", concurrency, length).await);
+            let before = cpu_seconds(pid);
             proxied.merge(
                 run_round(&client, &proxy_url, Some(KEY), "bench", concurrency, length).await,
             );
+            proxy_cpu += cpu_seconds(pid) - before;
         }
         let rss = rss_kib(pid, "VmRSS:");
         println!();
@@ -291,6 +310,13 @@ async fn main() {
             ms(p.2) - ms(d.2),
             ms(p.3) - ms(d.3),
             p.4 / d.4
+        );
+        let cpu_per_request = proxy_cpu / proxied.requests.max(1) as f64;
+        println!(
+            "  proxy CPU {:.0}us per streamed request (one proxy core relays {:.0} req/s); it used {:.0}% of a core here",
+            cpu_per_request * 1e6,
+            1.0 / cpu_per_request.max(1e-9),
+            100.0 * proxy_cpu / proxied.elapsed.as_secs_f64().max(1e-9)
         );
         println!(
             "  proxy RSS {:.1} MiB (peak {:.1} MiB)",
