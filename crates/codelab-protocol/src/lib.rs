@@ -3,4 +3,6 @@
 //! This crate owns shapes only. It never performs I/O and never depends on a service crate, so
 //! servers, the terminal client and tests all speak through the same definitions.
 
+pub mod ide;
 pub mod openai;
+pub mod runtime;

@@ -32,8 +32,15 @@ enum Command {
         #[command(subcommand)]
         command: commands::config_show::ConfigCommand,
     },
+    /// Manage the auth service's users and OAuth clients (works while the server runs).
+    Admin(commands::admin::AdminArgs),
     /// Check a service's health endpoint; exit code 0 when healthy (container health checks).
     Healthcheck(commands::healthcheck::HealthcheckArgs),
+    /// Manage the auth service's RSA signing keys (generate a pair, rotate the active key).
+    Keys {
+        #[command(subcommand)]
+        command: commands::keys::KeysCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,7 +60,9 @@ fn main() -> ExitCode {
             Command::Up(args) => commands::up::run(cli.config, args).await,
             Command::Serve(args) => commands::serve::run(cli.config, args).await,
             Command::Config { command } => commands::config_show::run(cli.config, command),
+            Command::Admin(args) => commands::admin::run(cli.config, args).await,
             Command::Healthcheck(args) => commands::healthcheck::run(args).await,
+            Command::Keys { command } => commands::keys::run(cli.config, command).await,
         }
     });
     match result {

@@ -180,10 +180,8 @@ async fn up_serves_the_public_listener_and_stops_cleanly() {
     });
     let public = loop {
         let line = rx.recv_timeout(Duration::from_secs(60)).expect("`codelab up` printed no public address");
-        if line.contains("public") {
-            if let Some(start) = line.find("http://") {
-                break line[start..].split_whitespace().next().unwrap().to_owned();
-            }
+        if let Some(start) = line.find("http://").filter(|_| line.contains("public")) {
+            break line[start..].split_whitespace().next().unwrap().to_owned();
         }
     };
     let health = reqwest::get(format!("{public}/nginx-health")).await.unwrap();

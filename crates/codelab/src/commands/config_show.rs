@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde::Serialize;
 
-use super::services::{ListenOverrides, llm_proxy_config};
+use super::services::{ListenOverrides, auth_config, llm_proxy_config};
 
 /// `codelab config ...`
 #[derive(Debug, Subcommand)]
@@ -21,16 +21,20 @@ pub enum ConfigCommand {
 struct Effective {
     environment: String,
     llm_proxy: codelab_llm_proxy::Config,
+    auth_service: codelab_auth::Config,
 }
 
 /// Prints the configuration as TOML.
 pub fn run(file: Option<PathBuf>, command: ConfigCommand) -> anyhow::Result<ExitCode> {
     match command {
         ConfigCommand::Show => {
-            let (llm_proxy, environment) = llm_proxy_config(file, &ListenOverrides::default())?;
+            let (llm_proxy, environment) =
+                llm_proxy_config(file.clone(), &ListenOverrides::default())?;
+            let (auth_service, _) = auth_config(file, &ListenOverrides::default())?;
             let effective = Effective {
                 environment: environment.as_str().to_owned(),
                 llm_proxy,
+                auth_service,
             };
             let text =
                 toml::to_string_pretty(&effective).context("cannot render the configuration")?;

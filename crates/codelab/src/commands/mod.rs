@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
+pub mod admin;
 pub mod config_show;
 pub mod healthcheck;
+pub mod keys;
 pub mod serve;
 pub mod services;
 pub mod up;

@@ -11,7 +11,7 @@ use codelab_core::http::{serve, shutdown_on_signals};
 use codelab_core::telemetry::init_tracing;
 use codelab_llm_proxy::routing::ProviderEnv;
 
-use super::services::{ListenOverrides, llm_proxy_config};
+use super::services::{ListenOverrides, auth_config, llm_proxy_config, print_seeded_credentials};
 
 /// How long in-flight requests and streams may take to finish after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,6 +20,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Service {
     LlmProxy,
+    Auth,
 }
 
 /// Arguments of `codelab serve`.
@@ -59,6 +60,27 @@ pub async fn run(file: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitC
             serve(
                 listener,
                 codelab_llm_proxy::router(state),
+                shutdown_on_signals(),
+                DRAIN_TIMEOUT,
+            )
+            .await?;
+        }
+        Service::Auth => {
+            let (config, environment) = auth_config(file, &overrides)?;
+            init_tracing(environment, &config.log_level);
+            let port = resolve_port(config.port, codelab_auth::config::DEFAULT_PORT, true)?;
+            let host = config.host.clone();
+            let state = codelab_auth::build(config, codelab_auth::Deps::new(environment)).await?;
+            if let Some(report) = state.take_seed_report() {
+                print_seeded_credentials(&report);
+            }
+            let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+                .await
+                .with_context(|| format!("cannot listen on {host}:{port}"))?;
+            tracing::info!(address = %listener.local_addr()?, "auth listening");
+            serve(
+                listener,
+                codelab_auth::router(state),
                 shutdown_on_signals(),
                 DRAIN_TIMEOUT,
             )

@@ -27,3 +27,42 @@ pub fn llm_proxy_config(
         .context("invalid llm-proxy configuration")?;
     Ok((config, environment))
 }
+
+/// The auth service's settings and environment.
+pub fn auth_config(
+    file: Option<PathBuf>,
+    overrides: &impl Serialize,
+) -> anyhow::Result<(codelab_auth::Config, Environment)> {
+    use codelab_auth::config::{ENV_PREFIX, SECTION};
+    let environment = codelab_core::config::environment(ENV_PREFIX)?;
+    let config = ConfigLoader::from_env_or(file)
+        .load(SECTION, ENV_PREFIX, overrides)
+        .context("invalid auth configuration")?;
+    Ok((config, environment))
+}
+
+/// Prints credentials generated while seeding, once, to stdout (never through tracing, which
+/// may ship logs elsewhere). Nothing is printed when nothing was generated.
+pub fn print_seeded_credentials(report: &codelab_auth::seed::SeedReport) {
+    if let Some(password) = &report.admin_password {
+        let origin = if report.admin_password_generated {
+            "generated; shown only this once"
+        } else {
+            "from AUTH_SERVICE__MASTER_KEY"
+        };
+        if report.admin_password_generated {
+            println!(
+                "Created the admin user: username admin, password {} ({origin})",
+                password.expose()
+            );
+        } else {
+            println!("Created the admin user: username admin ({origin})");
+        }
+    }
+    if let Some(secret) = &report.internal_client_secret {
+        println!(
+            "Created the codelab-internal client with secret {} (generated; shown only this once)",
+            secret.expose()
+        );
+    }
+}

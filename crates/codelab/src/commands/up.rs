@@ -4,12 +4,15 @@
 //! Services listen on 127.0.0.1 on their usual ports (an ephemeral port when that one is
 //! taken), so they can still be reached one by one while the public listener is the front door.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::http::Uri;
 use axum::routing::get;
 use clap::Args;
 use codelab_core::config::{Environment, Secret};
@@ -20,9 +23,10 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use super::serve::DRAIN_TIMEOUT;
-use super::services::llm_proxy_config;
+use super::services::{auth_config, llm_proxy_config, print_seeded_credentials};
 
 /// Arguments of `codelab up`.
 #[derive(Debug, Args)]
@@ -36,12 +40,29 @@ pub struct UpArgs {
     /// Bind every internal service to an ephemeral port instead of its usual one.
     #[arg(long)]
     ephemeral_ports: bool,
+    /// Set the `admin` user's password (development only: refused with ENVIRONMENT=production).
+    #[arg(long, value_name = "PASSWORD")]
+    admin_password: Option<String>,
 }
 
 #[derive(Serialize)]
 struct ProxyOverrides {
     host: String,
     internal_api_key: String,
+}
+
+#[derive(Serialize)]
+struct AuthOverrides {
+    host: String,
+    db_url: String,
+    public_url: String,
+    /// Empty: the in-memory cache (one process needs no Redis).
+    redis_url: String,
+    /// None: nothing stands between the public listener and the client, and the in-process
+    /// hop to the auth router is not a proxy, so no forwarding header is believed.
+    trusted_proxies: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    master_key: Option<String>,
 }
 
 /// A service running inside `up`.
@@ -52,6 +73,13 @@ struct Running {
 
 /// Starts everything and waits for Ctrl-C / SIGTERM.
 pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode> {
+    if args.admin_password.is_some()
+        && codelab_core::config::environment(codelab_auth::config::ENV_PREFIX)?.is_production()
+    {
+        anyhow::bail!(
+            "--admin-password is for development only; with ENVIRONMENT=production use `codelab admin`"
+        );
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
     let data_dir = args
@@ -69,7 +97,7 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
         host: "127.0.0.1".into(),
         internal_api_key: proxy_key.expose().to_owned(),
     };
-    let (proxy_config, _) = llm_proxy_config(file, &overrides)?;
+    let (proxy_config, _) = llm_proxy_config(file.clone(), &overrides)?;
     init_tracing(Environment::Development, &proxy_config.log_level);
     let proxy_port = proxy_config
         .port
@@ -91,6 +119,7 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
         DRAIN_TIMEOUT,
     ));
 
+    // Bound before the auth service is built: its issuer and metadata URLs name this address.
     let public = TcpListener::bind(args.listen).await.with_context(|| {
         format!(
             "cannot listen on {} (is another `codelab up` running? use --listen)",
@@ -98,20 +127,114 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
         )
     })?;
     let public_address = public.local_addr()?;
+
+    let auth_state = start_auth(
+        file,
+        &args,
+        &data_dir,
+        public_address,
+        &mut tasks,
+        &mut running,
+        &shutdown,
+    )
+    .await?;
+
     tasks.spawn(serve(
         public,
-        public_router(),
+        public_router(&auth_state),
         shutdown.clone(),
         DRAIN_TIMEOUT,
     ));
 
     print_summary(public_address, &data_dir, &running);
+    if let Some(mut report) = auth_state.take_seed_report() {
+        if args.admin_password.is_some() {
+            // Printed below with its real origin.
+            report.admin_password = None;
+        }
+        print_seeded_credentials(&report);
+    }
+    if let Some(password) = &args.admin_password {
+        println!("Admin login: username admin, password {password} (from --admin-password)");
+    }
     wait(tasks, shutdown).await
 }
 
-/// Routes of the public listener, in nginx's order.
-fn public_router() -> Router {
-    Router::new().route("/nginx-health", get(|| async { "healthy\n" }))
+/// The URL clients use for the public listener (a wildcard bind is reached on loopback).
+fn public_url(address: SocketAddr) -> String {
+    let ip = if address.ip().is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        address.ip()
+    };
+    format!("http://{}", SocketAddr::new(ip, address.port()))
+}
+
+/// Builds the auth service on SQLite in the data dir (keys generated into it on first start)
+/// and serves it on its internal port.
+async fn start_auth(
+    file: Option<PathBuf>,
+    args: &UpArgs,
+    data_dir: &Path,
+    public_address: SocketAddr,
+    tasks: &mut JoinSet<std::io::Result<()>>,
+    running: &mut Vec<Running>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<codelab_auth::AppState>> {
+    let overrides = AuthOverrides {
+        host: "127.0.0.1".into(),
+        db_url: format!("sqlite:///{}", data_dir.join("auth.db").display()),
+        public_url: public_url(public_address),
+        redis_url: String::new(),
+        trusted_proxies: Vec::new(),
+        master_key: args.admin_password.clone(),
+    };
+    let (config, _) = auth_config(file, &overrides)?;
+    let port = config.port.unwrap_or(codelab_auth::config::DEFAULT_PORT);
+    let state =
+        codelab_auth::build(config, codelab_auth::Deps::new(Environment::Development)).await?;
+    if let Some(password) = &args.admin_password {
+        // The admin may exist from an earlier start: make the flag's password the one in force.
+        codelab_auth::seed::set_admin_password(&state.store, password)
+            .await
+            .context("cannot set the admin password")?;
+    }
+    let listener = bind_internal(port, args.ephemeral_ports).await?;
+    running.push(Running {
+        name: codelab_auth::SERVICE_NAME,
+        address: listener.local_addr()?,
+    });
+    tasks.spawn(serve(
+        listener,
+        codelab_auth::router(Arc::clone(&state)),
+        shutdown.clone(),
+        DRAIN_TIMEOUT,
+    ));
+    Ok(state)
+}
+
+/// Routes of the public listener, in nginx's order. Auth paths are dispatched in process to
+/// the auth router, keeping the caller's connection info (this hop is not a proxy, so no
+/// forwarding header is added).
+fn public_router(auth: &Arc<codelab_auth::AppState>) -> Router {
+    let auth_router = codelab_auth::router(Arc::clone(auth));
+    // The auth router matches on the full path; the outer route's MatchedPath is dropped so
+    // its metrics see its own route templates.
+    let to_auth = move |rewrite: Option<&'static str>| {
+        auth_router.clone().map_request(move |mut req: Request| {
+            req.extensions_mut().remove::<MatchedPath>();
+            if let Some(path) = rewrite {
+                *req.uri_mut() = Uri::from_static(path);
+            }
+            req
+        })
+    };
+    Router::new()
+        .route("/nginx-health", get(|| async { "healthy\n" }))
+        .route_service("/oauth/{*path}", to_auth(None))
+        .route_service("/.well-known/{*path}", to_auth(None))
+        // nginx maps `/auth-health` to the auth service's `/health`.
+        .route_service("/auth-health", to_auth(Some("/health")))
 }
 
 async fn bind_internal(port: u16, ephemeral: bool) -> anyhow::Result<TcpListener> {
@@ -131,6 +254,7 @@ fn print_summary(public: SocketAddr, data_dir: &Path, running: &[Running]) {
     println!("CodeLab is up.");
     println!("  public address   http://{public}");
     println!("  health           http://{public}/nginx-health");
+    println!("  oauth            http://{public}/oauth/token");
     for service in running {
         println!(
             "  {:<16} http://{} (internal)",

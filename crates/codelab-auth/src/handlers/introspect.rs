@@ -1,0 +1,111 @@
+//! `POST /oauth/introspect` (RFC 7662), for confidential clients only (resource servers).
+//!
+//! An active token gets its full claim set; anything else (expired, revoked, garbage, a
+//! refresh token whose row is revoked, a token of a disabled user) only `{"active":false}`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::authenticate_client;
+use super::error::{OAuthError, no_store_headers};
+use super::form::{client_credentials, parse_form_body};
+use crate::AppState;
+use crate::tokens::{self, Claims, TokenType};
+
+/// `POST /oauth/introspect`.
+pub async fn introspect_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match introspect(&state, &headers, &body).await {
+        Ok(answer) => (no_store_headers(), Json(answer)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn introspect(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Value, OAuthError> {
+    let form = parse_form_body(headers, body)?;
+    let credentials = client_credentials(headers, &form)?;
+    let client = authenticate_client(state, &credentials).await?;
+    // RFC 7662 §2.1: the endpoint requires authorization; here, a confidential client.
+    if !client.is_confidential {
+        return Err(OAuthError::invalid_client(
+            "Introspection is only available to confidential clients",
+            credentials.basic,
+        ));
+    }
+    let token = form.require("token")?;
+    let inactive = json!({ "active": false });
+    let prefer_refresh = form.get("token_type_hint") == Some("refresh_token");
+    let order = if prefer_refresh {
+        [TokenType::Refresh, TokenType::Access]
+    } else {
+        [TokenType::Access, TokenType::Refresh]
+    };
+    let mut verified = None;
+    for kind in order {
+        if let Ok(claims) = state.tokens.verify(token, kind).await {
+            verified = Some((kind, claims));
+            break;
+        }
+    }
+    let Some((kind, claims)) = verified else {
+        return Ok(inactive);
+    };
+    if kind == TokenType::Refresh {
+        let record = state
+            .store
+            .find_refresh_token(&tokens::jti_hash(&claims.jti))
+            .await?;
+        match record {
+            Some(record) if !record.revoked && record.expires_at > state.now() => {}
+            _ => return Ok(inactive),
+        }
+    }
+    // A token of a user who was disabled (or deleted) since it was issued is no longer active.
+    let username = if claims.sub == claims.client_id {
+        None
+    } else {
+        match state.store.get_user(&claims.sub).await? {
+            Some(user) if user.is_active => Some(user.username),
+            _ => return Ok(inactive),
+        }
+    };
+    Ok(active_answer(&claims, kind, username))
+}
+
+fn active_answer(claims: &Claims, kind: TokenType, username: Option<String>) -> Value {
+    let (token_type, token_use) = match kind {
+        TokenType::Access => ("Bearer", "access_token"),
+        TokenType::Refresh => ("refresh_token", "refresh_token"),
+    };
+    let mut answer = json!({
+        "active": true,
+        "scope": claims.scope,
+        "client_id": claims.client_id,
+        "token_type": token_type,
+        "token_use": token_use,
+        "exp": claims.exp,
+        "iat": claims.iat,
+        "nbf": claims.nbf,
+        "sub": claims.sub,
+        "aud": claims.aud,
+        "iss": claims.iss,
+        "jti": claims.jti,
+    });
+    if let (Some(username), Some(map)) = (username, answer.as_object_mut()) {
+        map.insert("username".to_owned(), Value::String(username));
+    }
+    answer
+}

@@ -1,0 +1,372 @@
+//! HTTP handlers, one module per endpoint, and what several of them share: who is calling
+//! (IP, user agent), client and user authentication, the scope rule, token issuing and audit.
+
+pub mod authorize;
+pub mod discovery;
+pub mod error;
+pub mod form;
+pub mod introspect;
+pub mod openapi;
+pub mod revoke;
+pub mod token;
+pub mod userinfo;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header;
+use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::AppState;
+use crate::model::{ADMIN_SCOPE, AuditEvent, Client, RefreshTokenRecord, User};
+use crate::passwords::{self, PasswordCheck};
+use crate::tokens::{self, IssuedToken, TokenType};
+use error::OAuthError;
+use form::ClientCredentials;
+
+/// Longest user agent kept in the audit log.
+const MAX_USER_AGENT_CHARS: usize = 512;
+
+/// Who sent a request: the socket peer (from `ConnectInfo`, absent when a test server was
+/// started without it) and the user agent.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// The TCP peer.
+    pub peer: Option<IpAddr>,
+    /// The `User-Agent` header, truncated.
+    pub user_agent: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip());
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(MAX_USER_AGENT_CHARS).collect());
+        Ok(Self { peer, user_agent })
+    }
+}
+
+/// A request's audit context: the client's IP (after trusted-proxy resolution) and user agent.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The client IP bucket used for limits and the audit row.
+    pub ip: String,
+    /// The user agent, if sent.
+    pub user_agent: Option<String>,
+}
+
+impl RequestContext {
+    /// Resolves the client IP of a request.
+    pub fn new(state: &AppState, caller: Caller, headers: &axum::http::HeaderMap) -> Self {
+        Self {
+            ip: state.limits.client_key(caller.peer, headers),
+            user_agent: caller.user_agent,
+        }
+    }
+}
+
+impl RequestContext {
+    /// An audit row of `event_type` carrying this request's IP and user agent; callers fill
+    /// in the rest with struct update syntax.
+    pub fn event(&self, event_type: &str, success: bool) -> AuditEvent {
+        AuditEvent {
+            user_id: None,
+            client_id: None,
+            event_type: event_type.to_owned(),
+            event_data: None,
+            ip_address: Some(self.ip.clone()),
+            user_agent: self.user_agent.clone(),
+            success,
+            error_message: None,
+        }
+    }
+}
+
+/// Writes one audit row; a failure is logged and does not fail the request.
+pub async fn audit(state: &AppState, event: AuditEvent) {
+    let event_type = event.event_type.clone();
+    if let Err(error) = state.store.insert_audit(event).await {
+        tracing::warn!(event_type, %error, "cannot write audit row");
+    }
+}
+
+/// Finds and authenticates the calling client (RFC 6749 §2.3). Confidential clients must
+/// prove their secret; public clients only name themselves and must not send one.
+pub async fn authenticate_client(
+    state: &AppState,
+    credentials: &ClientCredentials,
+) -> Result<Client, OAuthError> {
+    let Some(client_id) = credentials.client_id.as_deref() else {
+        return Err(OAuthError::invalid_request(
+            "Missing required parameter: client_id",
+        ));
+    };
+    let basic = credentials.basic;
+    let client = match state.store.get_client(client_id).await? {
+        Some(client) if client.is_active => client,
+        _ => {
+            return Err(OAuthError::invalid_client(
+                "Unknown or inactive client",
+                basic,
+            ));
+        }
+    };
+    if !client.is_confidential {
+        if credentials.secret.is_some() {
+            return Err(OAuthError::invalid_client(
+                "Public clients authenticate without a secret",
+                basic,
+            ));
+        }
+        return Ok(client);
+    }
+    let (Some(secret), Some(hash)) = (credentials.secret.as_deref(), client.secret_hash.as_deref())
+    else {
+        return Err(OAuthError::invalid_client(
+            "Client authentication required",
+            basic,
+        ));
+    };
+    match passwords::verify_password(secret, hash)
+        .await
+        .map_err(OAuthError::server_error)?
+    {
+        PasswordCheck::Valid { .. } => Ok(client),
+        PasswordCheck::Invalid => Err(OAuthError::invalid_client(
+            "Client authentication failed",
+            basic,
+        )),
+    }
+}
+
+/// Checks a username (or email) and password. `None` for any failure: unknown user, disabled
+/// user or wrong password, which callers must not tell apart. On success the login time is
+/// recorded and a bcrypt or outdated hash is replaced by a fresh argon2id one.
+pub async fn check_user_password(
+    state: &AppState,
+    login: &str,
+    password: &str,
+) -> Result<Option<User>, OAuthError> {
+    let Some(user) = state.store.find_user_by_login(login).await? else {
+        // Same work as a real check, so response time does not reveal which usernames exist.
+        passwords::dummy_verify(password).await;
+        return Ok(None);
+    };
+    let check = passwords::verify_password(password, &user.password_hash)
+        .await
+        .map_err(OAuthError::server_error)?;
+    let PasswordCheck::Valid { needs_rehash } = check else {
+        return Ok(None);
+    };
+    if !user.is_active {
+        return Ok(None);
+    }
+    if needs_rehash {
+        match passwords::hash_password(password).await {
+            Ok(hash) => {
+                if let Err(error) = state.store.set_password_hash(&user.id, &hash).await {
+                    tracing::warn!(user_id = %user.id, %error, "cannot store the rehashed password");
+                }
+            }
+            Err(error) => tracing::warn!(user_id = %user.id, %error, "cannot rehash password"),
+        }
+    }
+    if let Err(error) = state.store.record_login(&user.id, state.now()).await {
+        tracing::warn!(user_id = %user.id, %error, "cannot record the login time");
+    }
+    Ok(Some(user))
+}
+
+/// Whether a scope token has the allowed shape (the original's validator: `[A-Za-z0-9_:.-]`,
+/// at most 100 characters).
+fn valid_scope_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 100
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_:.-".contains(&b))
+}
+
+/// The scope rule. Nothing requested: the client's allowed scopes, without `api:admin` unless
+/// the subject is an administrator (kept in the client's order, as the original answered).
+/// Something requested: it must be a subset of the allowed scopes (and `api:admin` needs an
+/// administrator), and the grant is the requested set de-duplicated, sorted, space-joined.
+pub fn grant_scope(
+    requested: Option<&str>,
+    allowed: &[String],
+    is_admin: bool,
+) -> Result<String, OAuthError> {
+    let permitted = |s: &str| allowed.iter().any(|a| a == s) && (is_admin || s != ADMIN_SCOPE);
+    let Some(requested) = requested.map(str::trim).filter(|r| !r.is_empty()) else {
+        let mut seen = BTreeSet::new();
+        let default: Vec<&str> = allowed
+            .iter()
+            .map(String::as_str)
+            .filter(|s| permitted(s) && seen.insert(*s))
+            .collect();
+        return Ok(default.join(" "));
+    };
+    let mut granted = BTreeSet::new();
+    for token in requested.split_whitespace() {
+        if !valid_scope_token(token) {
+            return Err(OAuthError::invalid_scope("Malformed scope value"));
+        }
+        if !permitted(token) {
+            return Err(OAuthError::invalid_scope(format!(
+                "Scope '{token}' is not allowed"
+            )));
+        }
+        granted.insert(token);
+    }
+    Ok(granted.into_iter().collect::<Vec<_>>().join(" "))
+}
+
+/// A narrower scope for a refresh (RFC 6749 §6): the requested set must lie within the
+/// original grant; nothing requested keeps it.
+pub fn narrow_scope(requested: Option<&str>, original: &str) -> Result<String, OAuthError> {
+    let Some(requested) = requested.map(str::trim).filter(|r| !r.is_empty()) else {
+        return Ok(original.to_owned());
+    };
+    let original: BTreeSet<&str> = original.split_whitespace().collect();
+    let mut granted = BTreeSet::new();
+    for token in requested.split_whitespace() {
+        if !original.contains(token) {
+            return Err(OAuthError::invalid_scope(format!(
+                "Scope '{token}' exceeds the original grant"
+            )));
+        }
+        granted.insert(token);
+    }
+    Ok(granted.into_iter().collect::<Vec<_>>().join(" "))
+}
+
+/// The token endpoint's success body (the original's shape: lowercase `bearer`).
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    /// The access JWT.
+    pub access_token: String,
+    /// The refresh JWT (absent for `client_credentials`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// Always `bearer`.
+    pub token_type: &'static str,
+    /// Access token lifetime in seconds.
+    pub expires_in: i64,
+    /// The granted scope.
+    pub scope: String,
+}
+
+/// Tokens just issued for a subject: the access token and, when asked, a refresh token with
+/// the row to store for it.
+pub struct Issued {
+    /// What the token endpoint answers.
+    pub response: TokenResponse,
+    /// The refresh token's row (family and parent filled in by the caller's choice).
+    pub refresh_record: Option<RefreshTokenRecord>,
+}
+
+/// Where a new refresh token sits in its rotation chain.
+pub enum Family {
+    /// A fresh login: the token starts its own family.
+    New,
+    /// A rotation: the family and the parent's `jti` hash.
+    Rotated {
+        /// The family id inherited from the parent.
+        family_id: String,
+        /// The parent's `jti` hash.
+        parent_jti_hash: String,
+    },
+}
+
+/// Issues an access token (and a refresh token when `family` is given) with the client's
+/// lifetimes.
+pub fn issue_tokens(
+    state: &AppState,
+    subject: &str,
+    client: &Client,
+    scope: &str,
+    family: Option<Family>,
+) -> Result<Issued, OAuthError> {
+    let access = state
+        .tokens
+        .issue(
+            TokenType::Access,
+            subject,
+            &client.client_id,
+            scope,
+            client.access_token_lifetime,
+        )
+        .map_err(OAuthError::server_error)?;
+    let (refresh_token, refresh_record) = match family {
+        None => (None, None),
+        Some(family) => {
+            let refresh = state
+                .tokens
+                .issue(
+                    TokenType::Refresh,
+                    subject,
+                    &client.client_id,
+                    scope,
+                    client.refresh_token_lifetime,
+                )
+                .map_err(OAuthError::server_error)?;
+            let record = refresh_row(state, &refresh, subject, client, scope, family);
+            (Some(refresh.token), Some(record))
+        }
+    };
+    Ok(Issued {
+        response: TokenResponse {
+            access_token: access.token,
+            refresh_token,
+            token_type: "bearer",
+            expires_in: client.access_token_lifetime,
+            scope: scope.to_owned(),
+        },
+        refresh_record,
+    })
+}
+
+fn refresh_row(
+    state: &AppState,
+    refresh: &IssuedToken,
+    subject: &str,
+    client: &Client,
+    scope: &str,
+    family: Family,
+) -> RefreshTokenRecord {
+    let jti_hash = tokens::jti_hash(&refresh.jti);
+    let (family_id, parent_jti_hash) = match family {
+        Family::New => (jti_hash.clone(), None),
+        Family::Rotated {
+            family_id,
+            parent_jti_hash,
+        } => (family_id, Some(parent_jti_hash)),
+    };
+    RefreshTokenRecord {
+        jti_hash,
+        family_id,
+        user_id: subject.to_owned(),
+        client_id: client.client_id.clone(),
+        scope: scope.to_owned(),
+        expires_at: expires_at(refresh),
+        revoked: false,
+        revoked_at: None,
+        parent_jti_hash,
+        created_at: state.now(),
+    }
+}
+
+fn expires_at(token: &IssuedToken) -> DateTime<Utc> {
+    token.expires_at
+}

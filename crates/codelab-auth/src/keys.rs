@@ -1,0 +1,830 @@
+//! RSA signing keys: generation, import, the in-memory key set and the JWKS (RFC 7517).
+//!
+//! The key set lives in the database, shared by every replica: one active signing key (the
+//! newest unretired one) plus retired verify-only keys kept published until every token they
+//! signed has expired. The public key is always derived from the private key (the original
+//! read it from a second file, so a mismatched pair went unnoticed). Key material is never
+//! logged; only `kid`s are.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
+use aws_lc_rs::rsa::{KeyPair, KeySize, PublicKeyComponents};
+use aws_lc_rs::signature::KeyPair as _;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use codelab_core::clock::{Clock, SharedClock};
+use jsonwebtoken::DecodingKey;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::model::SigningKeyRecord;
+use crate::store::{AuthStore, StoreError};
+
+/// How often [`KeyManager::spawn_reloader`] re-reads the key set, picking up rotations done by
+/// the CLI or another replica. A rotation must keep the old key published this much longer,
+/// since replicas may sign with it until they reload.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(60);
+/// Shortest time between two reloads forced by tokens with an unknown `kid`, so forged
+/// `kid`s cannot hammer the database.
+pub const UNKNOWN_KID_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+/// Size of generated keys (the original's default; RFC 7518 §3.3 asks for at least 2048).
+const KEY_BITS: usize = 2048;
+const PRIVATE_KEY_TAG: &str = "PRIVATE KEY";
+const PKCS1_PRIVATE_KEY_TAG: &str = "RSA PRIVATE KEY";
+const PUBLIC_KEY_TAG: &str = "PUBLIC KEY";
+
+/// A signing-key problem.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Reading or writing the key set failed.
+    #[error("signing key storage failed: {0}")]
+    Store(#[from] StoreError),
+    /// The PEM file to import could not be read.
+    #[error("cannot read the private key file {}: {source}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A private key (from a file or the database) is not a usable RSA key.
+    #[error("invalid RSA private key {origin}: {reason}")]
+    InvalidKey {
+        /// `in file <path>` or `with kid <kid>`.
+        origin: String,
+        /// What was expected and what came.
+        reason: String,
+    },
+    /// The key set is empty and neither an import nor generation is possible.
+    #[error(
+        "the signing key set is empty and generating a key is not allowed here: \
+         set AUTH_SERVICE__PRIVATE_KEY_PATH to a PKCS#8 PEM key or run `codelab keys rotate`"
+    )]
+    NoKey,
+    /// Every stored key is retired, so none may sign.
+    #[error("the signing key set has no active key: run `codelab keys rotate`")]
+    NoActiveKey,
+    /// The crypto library failed to generate or encode a key.
+    #[error("RSA key generation failed: {0}")]
+    Generate(String),
+    /// The blocking task generating a key panicked or was cancelled.
+    #[error("key generation task failed: {0}")]
+    Task(String),
+}
+
+/// The key that signs new tokens.
+pub(crate) struct ActiveKey {
+    pub(crate) kid: String,
+    pub(crate) key_pair: KeyPair,
+}
+
+/// The public half of a key that verifies tokens and appears in the JWKS.
+struct PublicKey {
+    kid: String,
+    /// Minimal big-endian modulus.
+    n: Vec<u8>,
+    /// Minimal big-endian exponent.
+    e: Vec<u8>,
+    decoding: DecodingKey,
+    /// `None` while the key is unretired; else the end of its publication.
+    publish_until: Option<DateTime<Utc>>,
+}
+
+/// An immutable snapshot of the key set; replaced whole on reload.
+pub(crate) struct KeySet {
+    active: Arc<ActiveKey>,
+    /// Active key first, then the other published keys, newest first.
+    public: Vec<Arc<PublicKey>>,
+}
+
+impl KeySet {
+    /// The key that signs new tokens.
+    pub(crate) fn active(&self) -> &ActiveKey {
+        &self.active
+    }
+
+    /// The verification key for `kid`, if it is in the set.
+    pub(crate) fn decoding_key(&self, kid: &str) -> Option<&DecodingKey> {
+        self.public
+            .iter()
+            .find(|k| k.kid == kid)
+            .map(|k| &k.decoding)
+    }
+
+    /// The active key's verification key.
+    pub(crate) fn active_decoding_key(&self) -> Option<&DecodingKey> {
+        self.decoding_key(&self.active.kid)
+    }
+}
+
+/// The current key set of this replica, reloaded from the store when keys rotate.
+pub struct KeyManager {
+    store: Arc<dyn AuthStore>,
+    clock: SharedClock,
+    current: RwLock<Arc<KeySet>>,
+    /// When the last reload forced by an unknown `kid` ran; the async mutex also makes
+    /// concurrent unknown-`kid` verifications wait for one reload instead of each running one.
+    last_forced_reload: tokio::sync::Mutex<Option<SystemTime>>,
+}
+
+impl std::fmt::Debug for KeyManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyManager")
+            .field("active_kid", &self.active_kid())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyManager {
+    /// Loads the key set from the store; when it has no active key, imports the PKCS#8 PEM at
+    /// `import_pem_path` (if given and present) under `import_kid`, or else generates a key
+    /// when `allow_generate`, stores it and loads again.
+    ///
+    /// Replicas starting together may race: a `Conflict` on insert means another one stored
+    /// its key first, and everyone converges on the newest unretired key after the reload.
+    pub async fn load_or_init(
+        store: Arc<dyn AuthStore>,
+        import_pem_path: Option<&Path>,
+        import_kid: &str,
+        clock: SharedClock,
+        allow_generate: bool,
+    ) -> Result<KeyManager, KeyError> {
+        let records = store.list_signing_keys().await?;
+        if active_record(&records).is_some() {
+            let set = build_key_set(&records, now_utc(&*clock), None)?;
+            return Ok(Self::with_set(store, clock, set));
+        }
+
+        let record = match import_pem_path {
+            Some(path) if tokio::fs::try_exists(path).await.unwrap_or(false) => {
+                let pem =
+                    tokio::fs::read_to_string(path)
+                        .await
+                        .map_err(|source| KeyError::ReadFile {
+                            path: path.to_owned(),
+                            source,
+                        })?;
+                let origin = format!("in file {}", path.display());
+                let key_pair = parse_private_pem(&pem, &origin)?;
+                tracing::info!(kid = import_kid, path = %path.display(), "importing the signing key");
+                record_for(import_kid.to_owned(), &key_pair, now_utc(&*clock))?
+            }
+            missing => {
+                if !allow_generate {
+                    return Err(KeyError::NoKey);
+                }
+                if let Some(path) = missing {
+                    tracing::warn!(path = %path.display(), "private key file not found; generating a new signing key instead");
+                }
+                let record = generate_record(now_utc(&*clock)).await?;
+                tracing::warn!(kid = %record.kid, "generated a new RSA-2048 signing key (the key set was empty)");
+                record
+            }
+        };
+
+        match store.insert_signing_key(record).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => {
+                tracing::info!("another replica stored a signing key first; using the stored set");
+            }
+            Err(error) => return Err(error.into()),
+        }
+        let records = store.list_signing_keys().await?;
+        let set = build_key_set(&records, now_utc(&*clock), None)?;
+        Ok(Self::with_set(store, clock, set))
+    }
+
+    fn with_set(store: Arc<dyn AuthStore>, clock: SharedClock, set: KeySet) -> Self {
+        tracing::info!(kid = %set.active.kid, published = set.public.len(), "signing keys loaded");
+        Self {
+            store,
+            clock,
+            current: RwLock::new(Arc::new(set)),
+            last_forced_reload: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Re-reads the key set from the store (keys rotated by the CLI or another replica, and
+    /// retired keys whose publication ended). On failure the current set stays in use.
+    pub async fn reload(&self) -> Result<(), KeyError> {
+        let records = self.store.list_signing_keys().await?;
+        let previous = self.current();
+        let set = build_key_set(&records, now_utc(&*self.clock), Some(&previous))?;
+        if set.active.kid != previous.active.kid {
+            tracing::info!(old = %previous.active.kid, new = %set.active.kid, "signing key changed");
+        }
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
+        Ok(())
+    }
+
+    /// Reloads because a token named a `kid` we do not know, at most once per
+    /// [`UNKNOWN_KID_RELOAD_INTERVAL`]; returns whether a reload ran (or finished while this
+    /// call waited for another one).
+    pub(crate) async fn reload_for_unknown_kid(&self) -> bool {
+        let entered_at = self.clock.now();
+        let mut last = self.last_forced_reload.lock().await;
+        if let Some(at) = *last {
+            if at >= entered_at {
+                // Another caller reloaded while this one waited: its result is fresh.
+                return true;
+            }
+            // A clock that went backwards counts as due.
+            let since = entered_at.duration_since(at).unwrap_or(Duration::MAX);
+            if since < UNKNOWN_KID_RELOAD_INTERVAL {
+                return false;
+            }
+        }
+        *last = Some(entered_at);
+        match self.reload().await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, "reloading signing keys for an unknown kid failed");
+                false
+            }
+        }
+    }
+
+    /// Reloads every [`RELOAD_INTERVAL`] until `shutdown` is cancelled; failures are logged
+    /// and the current set stays in use.
+    pub fn spawn_reloader(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let manager = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(RELOAD_INTERVAL);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick fires at once; the set was just loaded.
+            interval.tick().await;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = interval.tick() => {
+                        if let Err(error) = manager.reload().await {
+                            tracing::warn!(%error, "periodic signing key reload failed");
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// The current snapshot.
+    pub(crate) fn current(&self) -> Arc<KeySet> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// `kid` of the key that signs new tokens.
+    pub fn active_kid(&self) -> String {
+        self.current().active.kid.clone()
+    }
+
+    /// The JWKS document (RFC 7517 §5): the active key and every retired key still within
+    /// its publication window.
+    pub fn jwks(&self) -> serde_json::Value {
+        let set = self.current();
+        let now = now_utc(&*self.clock);
+        let keys: Vec<serde_json::Value> = set
+            .public
+            .iter()
+            .filter(|k| k.publish_until.is_none_or(|until| until > now))
+            .map(|k| jwk(&k.kid, &k.n, &k.e))
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+
+    /// Generates a new key, stores it as the active one and retires every other unretired
+    /// key, keeping it published for `publish_for` (the longest token lifetime plus leeway
+    /// plus [`RELOAD_INTERVAL`]). Returns the new `kid`. Running replicas pick it up on their
+    /// next reload.
+    pub async fn rotate(
+        store: &dyn AuthStore,
+        clock: &dyn Clock,
+        publish_for: Duration,
+    ) -> Result<String, KeyError> {
+        let now = now_utc(clock);
+        let record = generate_record(now).await?;
+        let kid = record.kid.clone();
+        store.insert_signing_key(record).await?;
+        let publish_for = chrono::Duration::from_std(publish_for)
+            .map_err(|e| KeyError::Generate(format!("publication period out of range: {e}")))?;
+        store
+            .retire_signing_keys_except(&kid, now, now + publish_for)
+            .await?;
+        tracing::info!(%kid, "rotated the signing key");
+        Ok(kid)
+    }
+
+    /// Generates an RSA-2048 key pair as (PKCS#8 PEM private key, SPKI PEM public key).
+    pub fn generate_pem() -> Result<(String, String), KeyError> {
+        let key_pair = generate_key_pair()?;
+        Ok((private_pem(&key_pair)?, public_pem(&key_pair)?))
+    }
+}
+
+/// The RFC 7638 thumbprint of a private key's public half: the `kid` of generated keys.
+pub fn thumbprint_of_private_pem(private_key_pem: &str) -> Result<String, KeyError> {
+    let key_pair = parse_private_pem(private_key_pem, "given")?;
+    let (n, e) = components(&key_pair);
+    Ok(jwk_thumbprint(&n, &e))
+}
+
+/// Derives the SPKI PEM public key of a PKCS#8 (or PKCS#1) PEM private key.
+pub fn public_pem_of_private_pem(private_key_pem: &str) -> Result<String, KeyError> {
+    let key_pair = parse_private_pem(private_key_pem, "given")?;
+    public_pem(&key_pair)
+}
+
+fn now_utc(clock: &dyn Clock) -> DateTime<Utc> {
+    DateTime::<Utc>::from(clock.now())
+}
+
+/// The newest unretired record (records come oldest first).
+fn active_record(records: &[SigningKeyRecord]) -> Option<&SigningKeyRecord> {
+    records.iter().rev().find(|r| r.retired_at.is_none())
+}
+
+/// Builds a snapshot from the stored records, reusing the parsed keys of `previous`.
+fn build_key_set(
+    records: &[SigningKeyRecord],
+    now: DateTime<Utc>,
+    previous: Option<&KeySet>,
+) -> Result<KeySet, KeyError> {
+    let active_record = active_record(records).ok_or(KeyError::NoActiveKey)?;
+    let reusable: HashMap<&str, &Arc<PublicKey>> = previous
+        .map(|p| p.public.iter().map(|k| (k.kid.as_str(), k)).collect())
+        .unwrap_or_default();
+
+    let active = match previous {
+        Some(p) if p.active.kid == active_record.kid => Arc::clone(&p.active),
+        _ => Arc::new(ActiveKey {
+            kid: active_record.kid.clone(),
+            key_pair: parse_record(active_record)?,
+        }),
+    };
+
+    let mut public = Vec::new();
+    // The active key first in the JWKS, then the others newest first.
+    let ordered = std::iter::once(active_record)
+        .chain(records.iter().rev().filter(|r| r.kid != active_record.kid));
+    for record in ordered {
+        let published = match (record.retired_at, record.publish_until) {
+            (None, _) => true,
+            (Some(_), Some(until)) => until > now,
+            (Some(_), None) => false,
+        };
+        if !published {
+            continue;
+        }
+        let key = match reusable.get(record.kid.as_str()) {
+            Some(&existing) => Arc::new(PublicKey {
+                kid: existing.kid.clone(),
+                n: existing.n.clone(),
+                e: existing.e.clone(),
+                decoding: existing.decoding.clone(),
+                publish_until: record.publish_until.filter(|_| record.retired_at.is_some()),
+            }),
+            None => {
+                let key_pair = if record.kid == active.kid {
+                    None
+                } else {
+                    Some(parse_record(record)?)
+                };
+                let (n, e) = components(key_pair.as_ref().unwrap_or(&active.key_pair));
+                Arc::new(PublicKey {
+                    kid: record.kid.clone(),
+                    decoding: DecodingKey::from_rsa_raw_components(&n, &e),
+                    n,
+                    e,
+                    publish_until: record.publish_until.filter(|_| record.retired_at.is_some()),
+                })
+            }
+        };
+        public.push(key);
+    }
+    Ok(KeySet { active, public })
+}
+
+/// Parses a stored key and warns when its stored public key is not the derived one.
+fn parse_record(record: &SigningKeyRecord) -> Result<KeyPair, KeyError> {
+    let origin = format!("with kid {}", record.kid);
+    let key_pair = parse_private_pem(&record.private_key_pem, &origin)?;
+    let stored_public = pem::parse(&record.public_key_pem).ok();
+    let derived = key_pair
+        .public_key()
+        .as_der()
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    if stored_public.as_ref().map(pem::Pem::contents) != Some(derived.as_ref()) {
+        tracing::warn!(kid = %record.kid, "stored public key does not match its private key; using the one derived from the private key");
+    }
+    Ok(key_pair)
+}
+
+/// Parses a PKCS#8 (`PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`) PEM RSA private key.
+fn parse_private_pem(text: &str, origin: &str) -> Result<KeyPair, KeyError> {
+    let invalid = |reason: String| KeyError::InvalidKey {
+        origin: origin.to_owned(),
+        reason,
+    };
+    let parsed = pem::parse(text).map_err(|e| invalid(format!("expected PEM: {e}")))?;
+    let key_pair = match parsed.tag() {
+        PRIVATE_KEY_TAG => KeyPair::from_pkcs8(parsed.contents()),
+        PKCS1_PRIVATE_KEY_TAG => KeyPair::from_der(parsed.contents()),
+        other => {
+            return Err(invalid(format!(
+                "expected a \"{PRIVATE_KEY_TAG}\" PEM block, found \"{other}\""
+            )));
+        }
+    }
+    .map_err(|e| invalid(format!("not an RSA key of 2048 to 8192 bits: {e}")))?;
+    let bits = key_pair.public_modulus_len() * 8;
+    if bits < KEY_BITS {
+        return Err(invalid(format!(
+            "expected at least {KEY_BITS} bits, found {bits}"
+        )));
+    }
+    Ok(key_pair)
+}
+
+fn generate_key_pair() -> Result<KeyPair, KeyError> {
+    KeyPair::generate(KeySize::Rsa2048).map_err(|e| KeyError::Generate(e.to_string()))
+}
+
+/// Generates a key off the runtime (tens to hundreds of milliseconds) as a new record whose
+/// `kid` is its RFC 7638 thumbprint.
+async fn generate_record(now: DateTime<Utc>) -> Result<SigningKeyRecord, KeyError> {
+    let key_pair = tokio::task::spawn_blocking(generate_key_pair)
+        .await
+        .map_err(|e| KeyError::Task(e.to_string()))??;
+    let (n, e) = components(&key_pair);
+    record_for(jwk_thumbprint(&n, &e), &key_pair, now)
+}
+
+fn record_for(
+    kid: String,
+    key_pair: &KeyPair,
+    now: DateTime<Utc>,
+) -> Result<SigningKeyRecord, KeyError> {
+    Ok(SigningKeyRecord {
+        kid,
+        private_key_pem: private_pem(key_pair)?,
+        public_key_pem: public_pem(key_pair)?,
+        created_at: now,
+        retired_at: None,
+        publish_until: None,
+    })
+}
+
+fn pem_lf(tag: &str, der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new(tag, der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+fn private_pem(key_pair: &KeyPair) -> Result<String, KeyError> {
+    let der: Pkcs8V1Der<'static> = key_pair
+        .as_der()
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    Ok(pem_lf(PRIVATE_KEY_TAG, der.as_ref()))
+}
+
+fn public_pem(key_pair: &KeyPair) -> Result<String, KeyError> {
+    let der: PublicKeyX509Der<'static> = key_pair
+        .public_key()
+        .as_der()
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    Ok(pem_lf(PUBLIC_KEY_TAG, der.as_ref()))
+}
+
+/// Minimal big-endian (n, e) of a key pair (RFC 7518 §6.3.1: no leading zero octets).
+fn components(key_pair: &KeyPair) -> (Vec<u8>, Vec<u8>) {
+    let PublicKeyComponents { n, e } = PublicKeyComponents::<Vec<u8>>::from(key_pair.public_key());
+    (strip_leading_zeros(n), strip_leading_zeros(e))
+}
+
+fn strip_leading_zeros(mut bytes: Vec<u8>) -> Vec<u8> {
+    let zeros = bytes.iter().take_while(|&&b| b == 0).count();
+    // Keep one byte for the value zero (never a real modulus or exponent).
+    bytes.drain(..zeros.min(bytes.len().saturating_sub(1)));
+    bytes
+}
+
+/// One JWK (RFC 7517 §4, RFC 7518 §6.3.1): public parameters only.
+fn jwk(kid: &str, n: &[u8], e: &[u8]) -> serde_json::Value {
+    serde_json::json!({
+        "kty": "RSA",
+        "use": "sig",
+        "kid": kid,
+        "alg": "RS256",
+        "n": URL_SAFE_NO_PAD.encode(n),
+        "e": URL_SAFE_NO_PAD.encode(e),
+    })
+}
+
+/// RFC 7638 §3: SHA-256 over the required members in lexicographic order, no whitespace.
+fn jwk_thumbprint(n: &[u8], e: &[u8]) -> String {
+    let canonical = format!(
+        r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
+        URL_SAFE_NO_PAD.encode(e),
+        URL_SAFE_NO_PAD.encode(n)
+    );
+    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use codelab_core::clock::ManualClock;
+    use codelab_core::db::{DbOptions, connect_database};
+
+    use super::*;
+
+    /// A fresh in-memory SQLite store (one connection: each in-memory connection is its own
+    /// database).
+    pub(crate) async fn sqlite_store() -> Arc<dyn AuthStore> {
+        let options = DbOptions {
+            max_connections: 1,
+            ..DbOptions::default()
+        };
+        let pool = connect_database("sqlite::memory:", &options).await.unwrap();
+        crate::store::open_store(pool).await.unwrap()
+    }
+
+    pub(crate) fn start() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    pub(crate) async fn manager(store: &Arc<dyn AuthStore>, clock: &ManualClock) -> KeyManager {
+        KeyManager::load_or_init(
+            Arc::clone(store),
+            None,
+            "unused",
+            Arc::new(clock.clone()),
+            true,
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn stored(store: &Arc<dyn AuthStore>) -> Vec<SigningKeyRecord> {
+        store.list_signing_keys().await.unwrap()
+    }
+
+    fn decode_b64(s: &str) -> Vec<u8> {
+        URL_SAFE_NO_PAD.decode(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn jwks_has_the_original_shape_and_minimal_unpadded_components() {
+        let store = sqlite_store().await;
+        let clock = ManualClock::new(start());
+        let keys = manager(&store, &clock).await;
+        let jwks = keys.jwks();
+        let list = jwks["keys"].as_array().unwrap();
+        assert_eq!(list.len(), 1);
+        let key = list[0].as_object().unwrap();
+        let mut names: Vec<&str> = key.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["alg", "e", "kid", "kty", "n", "use"]);
+        assert_eq!(key["kty"], "RSA");
+        assert_eq!(key["use"], "sig");
+        assert_eq!(key["alg"], "RS256");
+        assert_eq!(key["e"], "AQAB");
+        assert_eq!(key["kid"], keys.active_kid());
+        let n = key["n"].as_str().unwrap();
+        assert!(!n.contains('=') && !n.contains('+') && !n.contains('/'));
+        let n = decode_b64(n);
+        assert_eq!(n.len(), 256, "2048-bit modulus, no leading zero octet");
+        assert_ne!(n[0], 0);
+        // The stored public key is the derived one.
+        let record = &stored(&store).await[0];
+        assert_eq!(
+            public_pem_of_private_pem(&record.private_key_pem).unwrap(),
+            record.public_key_pem
+        );
+        assert!(
+            record
+                .private_key_pem
+                .starts_with("-----BEGIN PRIVATE KEY-----\n")
+        );
+        assert!(
+            record
+                .public_key_pem
+                .starts_with("-----BEGIN PUBLIC KEY-----\n")
+        );
+    }
+
+    #[test]
+    fn thumbprint_matches_rfc_7638_example() {
+        // RFC 7638 §3.1's example key and thumbprint.
+        let n = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
+        let thumbprint = jwk_thumbprint(&decode_b64(n), &decode_b64("AQAB"));
+        assert_eq!(thumbprint, "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+    }
+
+    #[test]
+    fn thumbprint_kid_is_deterministic_for_a_key() {
+        let (private, public) = KeyManager::generate_pem().unwrap();
+        let a = thumbprint_of_private_pem(&private).unwrap();
+        let b = thumbprint_of_private_pem(&private).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 43, "base64url of 32 bytes, unpadded");
+        assert_eq!(public_pem_of_private_pem(&private).unwrap(), public);
+        let (other, _) = KeyManager::generate_pem().unwrap();
+        assert_ne!(thumbprint_of_private_pem(&other).unwrap(), a);
+    }
+
+    #[tokio::test]
+    async fn generated_key_is_stored_with_its_thumbprint_as_kid_and_reused() {
+        let store = sqlite_store().await;
+        let clock = ManualClock::new(start());
+        let first = manager(&store, &clock).await;
+        let records = stored(&store).await;
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            first.active_kid(),
+            thumbprint_of_private_pem(&records[0].private_key_pem).unwrap()
+        );
+        // A second replica (or restart) loads the same key instead of generating one.
+        let second = manager(&store, &clock).await;
+        assert_eq!(second.active_kid(), first.active_kid());
+        assert_eq!(stored(&store).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn imports_the_pem_file_under_the_configured_kid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private_key.pem");
+        let (private, public) = KeyManager::generate_pem().unwrap();
+        std::fs::write(&path, &private).unwrap();
+        let store = sqlite_store().await;
+        let keys = KeyManager::load_or_init(
+            Arc::clone(&store),
+            Some(&path),
+            "2024-01-key-1",
+            Arc::new(ManualClock::new(start())),
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(keys.active_kid(), "2024-01-key-1");
+        let records = stored(&store).await;
+        assert_eq!(records[0].public_key_pem, public);
+        assert_eq!(keys.jwks()["keys"][0]["kid"], "2024-01-key-1");
+    }
+
+    #[tokio::test]
+    async fn empty_set_without_import_or_generation_is_an_error() {
+        let store = sqlite_store().await;
+        let missing = Path::new("/nonexistent/private_key.pem");
+        let error = KeyManager::load_or_init(
+            store,
+            Some(missing),
+            "2024-01-key-1",
+            Arc::new(ManualClock::new(start())),
+            false,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(error, KeyError::NoKey), "{error}");
+    }
+
+    #[tokio::test]
+    async fn invalid_pem_file_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private_key.pem");
+        std::fs::write(
+            &path,
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let error = KeyManager::load_or_init(
+            sqlite_store().await,
+            Some(&path),
+            "k",
+            Arc::new(ManualClock::new(start())),
+            true,
+        )
+        .await
+        .unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(
+            message.contains("expected a \"PRIVATE KEY\" PEM block"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_import_conflict_reloads_the_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private_key.pem");
+        let (private, _) = KeyManager::generate_pem().unwrap();
+        std::fs::write(&path, &private).unwrap();
+        let store = sqlite_store().await;
+        let clock: SharedClock = Arc::new(ManualClock::new(start()));
+        let (a, b) = tokio::join!(
+            KeyManager::load_or_init(
+                Arc::clone(&store),
+                Some(&path),
+                "legacy",
+                Arc::clone(&clock),
+                false
+            ),
+            KeyManager::load_or_init(
+                Arc::clone(&store),
+                Some(&path),
+                "legacy",
+                Arc::clone(&clock),
+                false
+            ),
+        );
+        assert_eq!(a.unwrap().active_kid(), "legacy");
+        assert_eq!(b.unwrap().active_kid(), "legacy");
+        assert_eq!(stored(&store).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_the_old_key_published_until_publish_until() {
+        let store = sqlite_store().await;
+        let clock = ManualClock::new(start());
+        let keys = manager(&store, &clock).await;
+        let old = keys.active_kid();
+
+        let new = KeyManager::rotate(store.as_ref(), &clock, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_ne!(new, old);
+        // Not yet reloaded: the replica still signs with (and publishes) the old key only.
+        assert_eq!(keys.active_kid(), old);
+        keys.reload().await.unwrap();
+        assert_eq!(keys.active_kid(), new);
+        let kids: Vec<String> = keys.jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(kids, [new.clone(), old.clone()], "active key first");
+        let retired = stored(&store)
+            .await
+            .into_iter()
+            .find(|r| r.kid == old)
+            .unwrap();
+        assert_eq!(
+            retired.publish_until.unwrap(),
+            DateTime::<Utc>::from(start() + Duration::from_secs(3600))
+        );
+
+        // Still published just before the end of the window, gone after it.
+        clock.advance(Duration::from_secs(3599));
+        assert_eq!(keys.jwks()["keys"].as_array().unwrap().len(), 2);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(keys.jwks()["keys"].as_array().unwrap().len(), 1);
+        keys.reload().await.unwrap();
+        assert!(keys.current().decoding_key(&old).is_none());
+        assert!(keys.current().decoding_key(&new).is_some());
+    }
+
+    #[tokio::test]
+    async fn unknown_kid_reloads_are_rate_limited() {
+        let store = sqlite_store().await;
+        let clock = ManualClock::new(start());
+        let keys = manager(&store, &clock).await;
+        assert!(keys.reload_for_unknown_kid().await);
+
+        // A rotation elsewhere is not seen by a forced reload within 10 s of the last one...
+        let new = KeyManager::rotate(store.as_ref(), &clock, Duration::from_secs(60))
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(9));
+        assert!(!keys.reload_for_unknown_kid().await);
+        assert_ne!(keys.active_kid(), new);
+        // ...but is once 10 s have passed.
+        clock.advance(Duration::from_secs(1));
+        assert!(keys.reload_for_unknown_kid().await);
+        assert_eq!(keys.active_kid(), new);
+    }
+
+    #[tokio::test]
+    async fn reloader_stops_on_shutdown() {
+        let store = sqlite_store().await;
+        let keys = Arc::new(manager(&store, &ManualClock::new(start())).await);
+        let shutdown = CancellationToken::new();
+        let task = keys.spawn_reloader(shutdown.clone());
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn strip_leading_zeros_keeps_the_value() {
+        assert_eq!(strip_leading_zeros(vec![0, 0, 1, 0]), vec![1, 0]);
+        assert_eq!(strip_leading_zeros(vec![1, 0, 1]), vec![1, 0, 1]);
+        assert_eq!(strip_leading_zeros(vec![0]), vec![0]);
+    }
+}

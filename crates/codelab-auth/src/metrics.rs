@@ -1,0 +1,90 @@
+//! Metric names of the auth service (`codelab_auth_*`). Labels are bounded sets: grant type,
+//! outcome (an OAuth error code or `success`), lockout kind. Never a username, IP or client id.
+
+/// Token endpoint requests by `grant_type` and `outcome`.
+pub const TOKEN_REQUESTS: &str = "codelab_auth_token_requests_total";
+/// Token endpoint latency by `grant_type`.
+pub const TOKEN_REQUEST_DURATION: &str = "codelab_auth_token_request_duration_seconds";
+/// Failed logins (password grant and login page).
+pub const FAILED_LOGINS: &str = "codelab_auth_failed_logins_total";
+/// Lockouts started, by `kind` (`username` or `ip`).
+pub const LOCKOUTS: &str = "codelab_auth_lockouts_total";
+/// Successful refresh-token rotations.
+pub const REFRESH_ROTATIONS: &str = "codelab_auth_refresh_rotations_total";
+/// Reuse of a rotated or revoked refresh token (the family is revoked).
+pub const REFRESH_REUSE: &str = "codelab_auth_refresh_reuse_total";
+/// Requests refused by the per-IP rate limit.
+pub const RATE_LIMITED: &str = "codelab_auth_rate_limited_total";
+/// Cache (Redis) errors; brute-force and rate limits fail open when they happen.
+pub const CACHE_ERRORS: &str = "codelab_auth_cache_errors_total";
+/// Expired refresh tokens deleted by the hourly cleanup.
+pub const EXPIRED_TOKENS_DELETED: &str = "codelab_auth_expired_refresh_tokens_deleted_total";
+
+/// Registers help texts (once per process; repeated calls are harmless).
+pub fn describe() {
+    metrics::describe_counter!(
+        TOKEN_REQUESTS,
+        "Token endpoint requests by grant type and outcome"
+    );
+    metrics::describe_histogram!(
+        TOKEN_REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Token endpoint latency by grant type"
+    );
+    metrics::describe_counter!(FAILED_LOGINS, "Failed password logins");
+    metrics::describe_counter!(LOCKOUTS, "Brute-force lockouts started, by kind");
+    metrics::describe_counter!(REFRESH_ROTATIONS, "Refresh tokens rotated");
+    metrics::describe_counter!(REFRESH_REUSE, "Reused refresh tokens (family revoked)");
+    metrics::describe_counter!(RATE_LIMITED, "Requests refused by the per-IP rate limit");
+    metrics::describe_counter!(CACHE_ERRORS, "Cache errors (limits fail open)");
+    metrics::describe_counter!(EXPIRED_TOKENS_DELETED, "Expired refresh tokens deleted");
+}
+
+/// A bounded label for a `grant_type` value.
+pub fn grant_label(grant_type: Option<&str>) -> &'static str {
+    match grant_type {
+        None => "none",
+        Some("password") => "password",
+        Some("refresh_token") => "refresh_token",
+        Some("authorization_code") => "authorization_code",
+        Some("client_credentials") => "client_credentials",
+        Some(_) => "other",
+    }
+}
+
+pub(crate) fn counter_cache_error(operation: &'static str) {
+    metrics::counter!(CACHE_ERRORS, "operation" => operation).increment(1);
+}
+
+pub(crate) fn counter_rate_limited() {
+    metrics::counter!(RATE_LIMITED).increment(1);
+}
+
+pub(crate) fn counter_failed_login() {
+    metrics::counter!(FAILED_LOGINS).increment(1);
+}
+
+pub(crate) fn counter_lockout(kind: &'static str) {
+    metrics::counter!(LOCKOUTS, "kind" => kind).increment(1);
+}
+
+pub(crate) fn counter_token_request(grant_type: &'static str, outcome: &'static str) {
+    metrics::counter!(TOKEN_REQUESTS, "grant_type" => grant_type, "outcome" => outcome)
+        .increment(1);
+}
+
+pub(crate) fn histogram_token_duration(grant_type: &'static str, seconds: f64) {
+    metrics::histogram!(TOKEN_REQUEST_DURATION, "grant_type" => grant_type).record(seconds);
+}
+
+pub(crate) fn counter_refresh_rotation() {
+    metrics::counter!(REFRESH_ROTATIONS).increment(1);
+}
+
+pub(crate) fn counter_refresh_reuse() {
+    metrics::counter!(REFRESH_REUSE).increment(1);
+}
+
+pub(crate) fn counter_expired_deleted(count: u64) {
+    metrics::counter!(EXPIRED_TOKENS_DELETED).increment(count);
+}

@@ -1,0 +1,153 @@
+//! Storage of the auth service: one trait, implemented for PostgreSQL and SQLite, each with its
+//! own migrations, and one conformance suite run against both (`tests/store_conformance.rs`).
+//!
+//! Handlers never branch on the database type; everything that must be atomic (refresh-token
+//! rotation, code redemption) is one call here.
+
+pub mod postgres;
+mod rows;
+mod sql;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use codelab_core::db::DbPool;
+
+use crate::model::{
+    AuditEvent, AuditRecord, AuthorizationCode, Client, NewClient, NewUser, RefreshTokenRecord,
+    RotateOutcome, SigningKeyRecord, User,
+};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique value (username, email, client id, kid) is already taken.
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// The record to change does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Everything the auth service stores.
+#[async_trait]
+pub trait AuthStore: Send + Sync + 'static {
+    /// Checks the database answers (for `/ready`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    // ---- users ----
+    /// Creates a user; `Conflict` when the username or email is taken (case-insensitively).
+    async fn create_user(&self, user: NewUser) -> Result<User, StoreError>;
+    /// Finds an account by username (case-insensitive) or, failing that, by email
+    /// (case-insensitive).
+    async fn find_user_by_login(&self, login: &str) -> Result<Option<User>, StoreError>;
+    async fn get_user(&self, user_id: &str) -> Result<Option<User>, StoreError>;
+    async fn list_users(&self) -> Result<Vec<User>, StoreError>;
+    /// Enables or disables a user by username; `NotFound` when there is none.
+    async fn set_user_active(&self, username: &str, active: bool) -> Result<User, StoreError>;
+    /// Replaces a user's password hash (password change, or rehash to argon2id on login).
+    async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<(), StoreError>;
+    /// Sets or clears the admin flag by username.
+    async fn set_user_admin(&self, username: &str, admin: bool) -> Result<User, StoreError>;
+    async fn record_login(&self, user_id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    // ---- clients ----
+    /// Creates a client; `Conflict` when the client id exists.
+    async fn create_client(&self, client: NewClient) -> Result<Client, StoreError>;
+    async fn get_client(&self, client_id: &str) -> Result<Option<Client>, StoreError>;
+    async fn list_clients(&self) -> Result<Vec<Client>, StoreError>;
+    async fn set_client_active(&self, client_id: &str, active: bool) -> Result<Client, StoreError>;
+    /// Replaces a client's redirect URIs (used to keep seeded clients in step with config).
+    async fn set_client_redirect_uris(
+        &self,
+        client_id: &str,
+        uris: &[String],
+    ) -> Result<(), StoreError>;
+
+    // ---- refresh tokens ----
+    async fn insert_refresh_token(&self, token: RefreshTokenRecord) -> Result<(), StoreError>;
+    async fn find_refresh_token(
+        &self,
+        jti_hash: &str,
+    ) -> Result<Option<RefreshTokenRecord>, StoreError>;
+    /// In one transaction: revoke `old_jti_hash` only if it is active and unexpired at `now`
+    /// (an atomic check-and-revoke, so two concurrent rotations cannot both succeed) and, if
+    /// it was, insert `new_token`.
+    async fn rotate_refresh_token(
+        &self,
+        old_jti_hash: &str,
+        new_token: RefreshTokenRecord,
+        now: DateTime<Utc>,
+    ) -> Result<RotateOutcome, StoreError>;
+    /// Revokes every active token of a rotation family; returns how many were revoked.
+    async fn revoke_family(&self, family_id: &str, now: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Revokes every active token of a user (on disable).
+    async fn revoke_user_tokens(
+        &self,
+        user_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+    /// Deletes tokens that expired before `before`; returns how many.
+    async fn delete_expired_refresh_tokens(&self, before: DateTime<Utc>)
+    -> Result<u64, StoreError>;
+
+    // ---- authorization codes ----
+    async fn insert_authorization_code(&self, code: AuthorizationCode) -> Result<(), StoreError>;
+    /// Atomically takes a code: returns it and deletes it if it exists and is unexpired at
+    /// `now`; a second call for the same code returns `None`.
+    async fn consume_authorization_code(
+        &self,
+        code_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<AuthorizationCode>, StoreError>;
+    /// Deletes codes that expired before `before` and were never redeemed; returns how many.
+    async fn delete_expired_authorization_codes(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+
+    // ---- audit ----
+    async fn insert_audit(&self, event: AuditEvent) -> Result<(), StoreError>;
+    /// The newest `limit` rows, newest first.
+    async fn list_audit(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+
+    // ---- signing keys ----
+    /// Adds a key; `Conflict` when the kid exists.
+    async fn insert_signing_key(&self, key: SigningKeyRecord) -> Result<(), StoreError>;
+    /// Every key, oldest first.
+    async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
+    /// Marks every key except `active_kid` that is not yet retired as retired at `now`, published
+    /// until `publish_until`.
+    async fn retire_signing_keys_except(
+        &self,
+        active_kid: &str,
+        now: DateTime<Utc>,
+        publish_until: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+}
+
+/// Opens the store for a connected pool and runs its migrations.
+pub async fn open_store(pool: DbPool) -> Result<std::sync::Arc<dyn AuthStore>, StoreError> {
+    match pool {
+        DbPool::Postgres(pool) => Ok(std::sync::Arc::new(
+            postgres::PostgresStore::open(pool).await?,
+        )),
+        DbPool::Sqlite(pool) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open(pool).await?)),
+    }
+}
+
+/// What a rotation that revoked nothing found: the row as it is now, if any.
+fn not_rotated(current: Option<RefreshTokenRecord>) -> RotateOutcome {
+    match current {
+        None => RotateOutcome::NotFound,
+        Some(old) if old.revoked => RotateOutcome::AlreadyRevoked { old },
+        // Not revoked, yet the guarded UPDATE skipped it: it is past `expires_at`.
+        Some(old) => RotateOutcome::Expired { old },
+    }
+}

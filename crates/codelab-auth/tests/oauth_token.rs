@@ -1,0 +1,620 @@
+//! `POST /oauth/token` over real HTTP: every grant's success and failure answers (RFC 6749 and
+//! the original's wire format the Flutter IDE maps), refresh rotation, the concurrent refresh
+//! race and reuse detection, on SQLite and on PostgreSQL.
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use reqwest::StatusCode;
+use serde_json::Value;
+use support::{ADMIN_PASSWORD, Auth, Backend, FLUTTER, INTERNAL_SECRET, tokens_of};
+
+/// Turns each `async fn(Backend)` into a `sqlite` and a `postgres` test.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Backend::Sqlite).await; })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Backend::Postgres).await; })*
+        }
+    };
+}
+
+on_both_backends!(
+    password_grant_answers_the_original_shape,
+    password_grant_failures_are_generic_401_and_audited_without_the_password,
+    refresh_rotates_and_reuse_revokes_only_that_family,
+    concurrent_refreshes_with_one_token_let_exactly_one_through,
+    client_credentials_for_confidential_clients_only,
+);
+
+fn basic(id: &str, secret: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+    )
+}
+
+async fn password_grant_answers_the_original_shape(backend: Backend) {
+    let auth = Auth::start(backend).await;
+    let (status, headers, body) = auth
+        .token(&[
+            ("grant_type", "password"),
+            ("client_id", FLUTTER),
+            ("username", "admin"),
+            ("password", ADMIN_PASSWORD),
+            ("scope", ""),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(headers["pragma"], "no-cache");
+    let keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys.len(),
+        5,
+        "exactly access_token, refresh_token, token_type, expires_in, scope: {body}"
+    );
+    assert_eq!(body["token_type"], "bearer");
+    assert_eq!(body["expires_in"], 900);
+    // Default scope: the client's allowed scopes (no api:admin on the Flutter client).
+    assert_eq!(body["scope"], "api:read api:write");
+    assert!(body["access_token"].as_str().unwrap().split('.').count() == 3);
+    assert!(body["refresh_token"].is_string());
+
+    // Requested scopes are de-duplicated and sorted.
+    let (status, _, body) = auth
+        .token(&[
+            ("grant_type", "password"),
+            ("client_id", FLUTTER),
+            ("username", "ADMIN@codelab.local"),
+            ("password", ADMIN_PASSWORD),
+            ("scope", "api:write api:read api:write"),
+        ])
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "login by case-insensitive email: {body}"
+    );
+    assert_eq!(body["scope"], "api:read api:write");
+    // A scope the client does not have: 400 invalid_scope.
+    let (status, _, body) = auth
+        .token(&[
+            ("grant_type", "password"),
+            ("client_id", FLUTTER),
+            ("username", "admin"),
+            ("password", ADMIN_PASSWORD),
+            ("scope", "api:admin"),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_scope");
+}
+
+async fn password_grant_failures_are_generic_401_and_audited_without_the_password(
+    backend: Backend,
+) {
+    let auth = Auth::start(backend).await;
+    auth.add_user("alice", "alice-password-1").await;
+    for (username, password) in [("alice", "wrong-password-9"), ("nobody", "whatever-123")] {
+        let (status, headers, body) = auth
+            .token(&[
+                ("grant_type", "password"),
+                ("client_id", FLUTTER),
+                ("username", username),
+                ("password", password),
+            ])
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "invalid_grant", "error_description": "Invalid username or password"})
+        );
+        assert!(headers.get("www-authenticate").is_none());
+    }
+    // A disabled user cannot log in with the right password either.
+    auth.state
+        .store
+        .set_user_active("alice", false)
+        .await
+        .unwrap();
+    let (status, _, _) = auth
+        .token(&[
+            ("grant_type", "password"),
+            ("client_id", FLUTTER),
+            ("username", "alice"),
+            ("password", "alice-password-1"),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let rows = auth.audit_rows().await;
+    let failed: Vec<_> = rows
+        .iter()
+        .filter(|r| r.event.event_type == "login_failed")
+        .collect();
+    assert_eq!(failed.len(), 3);
+    assert!(
+        failed
+            .iter()
+            .any(|r| r.event.event_data.as_ref().unwrap()["username"] == "nobody")
+    );
+    assert!(
+        failed
+            .iter()
+            .all(|r| r.event.ip_address.as_deref() == Some("127.0.0.1"))
+    );
+    let text = serde_json::to_string(&rows).unwrap();
+    assert!(!text.contains("wrong-password-9") && !text.contains("whatever-123"));
+    assert!(!text.contains("alice-password-1"));
+}
+
+async fn refresh_rotates_and_reuse_revokes_only_that_family(backend: Backend) {
+    let auth = Auth::start(backend).await;
+    let first = auth.login("admin", ADMIN_PASSWORD).await;
+    let other_session = auth.login("admin", ADMIN_PASSWORD).await;
+
+    let old = first.refresh.unwrap();
+    let (status, body) = auth.refresh(&old).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["token_type"], "bearer");
+    assert_eq!(body["scope"], "api:read api:write");
+    let rotated = tokens_of(body).refresh.unwrap();
+    assert_ne!(rotated, old);
+
+    // The old token comes back: reuse. The whole family (including the rotated token) dies.
+    let (status, body) = auth.refresh(&old).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "invalid_grant");
+    assert_eq!(
+        body["error_description"],
+        "Refresh token has been revoked (reuse detected)"
+    );
+    let (status, _) = auth.refresh(&rotated).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the rotated token belongs to the family"
+    );
+    // The other login is another family and still works.
+    let (status, body) = auth
+        .refresh(other_session.refresh.as_deref().unwrap())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let events: Vec<String> = auth
+        .audit_rows()
+        .await
+        .into_iter()
+        .map(|r| r.event.event_type)
+        .collect();
+    assert!(
+        events.contains(&"refresh_reuse_detected".to_owned()),
+        "{events:?}"
+    );
+    assert!(events.contains(&"token_refresh".to_owned()));
+}
+
+async fn concurrent_refreshes_with_one_token_let_exactly_one_through(backend: Backend) {
+    let auth = Arc::new(Auth::start(backend).await);
+    let refresh = auth.login("admin", ADMIN_PASSWORD).await.refresh.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let auth = Arc::clone(&auth);
+        let refresh = refresh.clone();
+        tasks.push(tokio::spawn(async move { auth.refresh(&refresh).await }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        if status == StatusCode::OK {
+            ok += 1;
+        } else {
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+            assert_eq!(body["error"], "invalid_grant");
+        }
+    }
+    assert_eq!(ok, 1, "exactly one concurrent refresh may succeed");
+}
+
+async fn client_credentials_for_confidential_clients_only(backend: Backend) {
+    let auth = Auth::start(backend).await;
+    // HTTP Basic.
+    let (status, headers, body) = auth
+        .post_form(
+            "/oauth/token",
+            &[("grant_type", "client_credentials")],
+            &[("authorization", &basic("codelab-internal", INTERNAL_SECRET))],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(
+        body.get("refresh_token").is_none(),
+        "no refresh token: {body}"
+    );
+    assert_eq!(body["expires_in"], 3600);
+    assert_eq!(body["scope"], "api:admin api:read api:write");
+    let claims = auth
+        .introspect(body["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(claims["sub"], "codelab-internal");
+    // client_secret_post with a narrower scope.
+    let (status, _, body) = auth
+        .token(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "codelab-internal"),
+            ("client_secret", INTERNAL_SECRET),
+            ("scope", "api:read"),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["scope"], "api:read");
+    // Wrong secret over Basic: 401 invalid_client with a Basic challenge.
+    let (status, headers, body) = auth
+        .post_form(
+            "/oauth/token",
+            &[("grant_type", "client_credentials")],
+            &[("authorization", &basic("codelab-internal", "wrong"))],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "invalid_client");
+    assert!(
+        headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic")
+    );
+    // Without a secret in the body: 401 invalid_client, no challenge.
+    let (status, headers, body) = auth
+        .token(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "codelab-internal"),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "invalid_client");
+    assert!(headers.get("www-authenticate").is_none());
+    // A public client may not use it.
+    let (status, _, body) = auth
+        .token(&[("grant_type", "client_credentials"), ("client_id", FLUTTER)])
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "unauthorized_client");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_clear_4xx_answers() {
+    let auth = Auth::start(Backend::Sqlite).await;
+    // (form, status, error, error_description)
+    type Case<'a> = (&'a [(&'a str, &'a str)], StatusCode, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            &[("client_id", FLUTTER)],
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Missing required parameter: grant_type",
+        ),
+        (
+            &[
+                ("grant_type", "password"),
+                ("client_id", FLUTTER),
+                ("username", "admin"),
+            ],
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Missing required parameters: username and password",
+        ),
+        (
+            &[("grant_type", "refresh_token"), ("client_id", FLUTTER)],
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Missing required parameter: refresh_token",
+        ),
+        (
+            &[("grant_type", "implicit"), ("client_id", FLUTTER)],
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "Grant type 'implicit' is not supported",
+        ),
+        (
+            &[
+                ("grant_type", "password"),
+                ("username", "admin"),
+                ("password", "x"),
+            ],
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Missing required parameter: client_id",
+        ),
+        (
+            &[
+                ("grant_type", "password"),
+                ("client_id", "no-such-client"),
+                ("username", "admin"),
+                ("password", "x"),
+            ],
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Unknown or inactive client",
+        ),
+        (
+            &[
+                ("grant_type", "password"),
+                ("client_id", "codelab-web"),
+                ("username", "admin"),
+                ("password", ADMIN_PASSWORD),
+            ],
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            "Client is not allowed to use grant type 'password'",
+        ),
+        (
+            &[
+                ("grant_type", "refresh_token"),
+                ("client_id", FLUTTER),
+                ("refresh_token", "garbage"),
+            ],
+            StatusCode::UNAUTHORIZED,
+            "invalid_grant",
+            "Invalid or expired refresh token",
+        ),
+    ];
+    for (form, status, error, description) in cases {
+        let (got, _, body) = auth.token(form).await;
+        assert_eq!(got, status, "{form:?}: {body}");
+        assert_eq!(body["error"], error, "{form:?}");
+        assert_eq!(body["error_description"], description, "{form:?}");
+    }
+
+    let post = |body: String, content_type: &'static str| {
+        auth.http
+            .post(auth.url("/oauth/token"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    // Repeated parameters (RFC 6749 §3.2).
+    let response = post(
+        "grant_type=password&grant_type=password&client_id=x".into(),
+        "application/x-www-form-urlencoded",
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("repeated")
+    );
+    // JSON bodies are not accepted.
+    let response = post(r#"{"grant_type":"password"}"#.into(), "application/json")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("form-encoded")
+    );
+    // A huge field: 400; a body over the limit: 413.
+    let huge = format!(
+        "grant_type=password&client_id={FLUTTER}&username={}",
+        "a".repeat(5000)
+    );
+    let response = post(huge, "application/x-www-form-urlencoded")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let long_password = format!(
+        "grant_type=password&client_id={FLUTTER}&username=admin&password={}",
+        "p".repeat(1025)
+    );
+    let response = post(long_password, "application/x-www-form-urlencoded")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let oversized = format!("grant_type=password&x={}", "a".repeat(100 * 1024));
+    let response = post(oversized, "application/x-www-form-urlencoded")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Wrong method.
+    let response = auth
+        .http
+        .get(auth.url("/oauth/token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn bcrypt_hashes_from_the_original_verify_and_are_rehashed_to_argon2id() {
+    let auth = Auth::start(Backend::Sqlite).await;
+    let bcrypt_hash = bcrypt::hash("legacy-password-1", 4).unwrap();
+    let user = auth.add_user_with_hash("legacy", &bcrypt_hash).await;
+    auth.login("legacy", "legacy-password-1").await;
+    let stored = auth.state.store.get_user(&user.id).await.unwrap().unwrap();
+    assert!(
+        stored.password_hash.starts_with("$argon2id$"),
+        "rehashed on login"
+    );
+    assert!(stored.last_login_at.is_some());
+    // And the new hash verifies.
+    auth.login("legacy", "legacy-password-1").await;
+}
+
+#[tokio::test]
+async fn refresh_may_only_narrow_scope_and_is_bound_to_its_client() {
+    let auth = Auth::start(Backend::Sqlite).await;
+    let tokens = auth.login("admin", ADMIN_PASSWORD).await;
+    let refresh = tokens.refresh.unwrap();
+    // A scope beyond the original grant.
+    let (status, _, body) = auth
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", FLUTTER),
+            ("refresh_token", &refresh),
+            ("scope", "api:read api:admin"),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_scope");
+    // Another client presenting it.
+    let (status, _, body) = auth
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", "codelab-cli"),
+            ("refresh_token", &refresh),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error_description"], "Invalid refresh token");
+    // Narrowing works, and the failures above left the token usable.
+    let (status, _, body) = auth
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", FLUTTER),
+            ("refresh_token", &refresh),
+            ("scope", "api:read"),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["scope"], "api:read");
+}
+
+#[tokio::test]
+async fn expired_refresh_tokens_and_disabled_users_are_refused() {
+    let auth = Auth::start(Backend::Sqlite).await;
+    auth.add_user("bob", "bob-password-1").await;
+    let tokens = auth.login("bob", "bob-password-1").await;
+    let refresh = tokens.refresh.unwrap();
+    // Disabling a user revokes their tokens (as `codelab admin user disable` does).
+    let user = auth
+        .state
+        .store
+        .set_user_active("bob", false)
+        .await
+        .unwrap();
+    auth.state
+        .store
+        .revoke_user_tokens(&user.id, auth.state.now())
+        .await
+        .unwrap();
+    let (status, _) = auth.refresh(&refresh).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let tokens = auth.login("admin", ADMIN_PASSWORD).await;
+    auth.clock.advance(Duration::from_secs(2_592_000 + 120));
+    let (status, body) = auth.refresh(tokens.refresh.as_deref().unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        body["error_description"],
+        "Invalid or expired refresh token"
+    );
+}
+
+#[tokio::test]
+async fn seeding_is_idempotent_and_prints_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:///{}", dir.path().join("auth.db").display());
+    let config = || codelab_auth::Config {
+        db_url: url.clone(),
+        ..codelab_auth::Config::default()
+    };
+    let first = codelab_auth::build(config(), codelab_auth::Deps::default())
+        .await
+        .unwrap();
+    let report = first.take_seed_report().unwrap();
+    let password = report.admin_password.unwrap();
+    assert!(report.admin_password_generated);
+    assert_eq!(password.expose().len(), 20);
+    assert!(report.internal_client_secret.is_some());
+    assert!(first.take_seed_report().is_none(), "reported once");
+    let clients = first.store.list_clients().await.unwrap();
+    let ids: Vec<&str> = clients.iter().map(|c| c.client_id.as_str()).collect();
+    for id in [
+        "codelab-flutter-app",
+        "codelab-cli",
+        "codelab-web",
+        "codelab-internal",
+    ] {
+        assert!(ids.contains(&id), "{id} seeded: {ids:?}");
+    }
+    drop(first);
+    let second = codelab_auth::build(config(), codelab_auth::Deps::default())
+        .await
+        .unwrap();
+    let report = second.take_seed_report().unwrap();
+    assert!(report.admin_password.is_none() && report.internal_client_secret.is_none());
+    assert_eq!(second.store.list_users().await.unwrap().len(), 1);
+
+    // `codelab up --admin-password` sets it.
+    codelab_auth::seed::set_admin_password(&second.store, "new-admin-pass")
+        .await
+        .unwrap();
+    assert!(
+        codelab_auth::seed::set_admin_password(&second.store, "short")
+            .await
+            .is_err(),
+        "the password policy applies"
+    );
+}
+
+#[tokio::test]
+async fn production_refuses_generated_keys_and_a_placeholder_master_key() {
+    use codelab_core::config::Environment;
+    let dir = tempfile::tempdir().unwrap();
+    let config = codelab_auth::Config {
+        db_url: format!("sqlite:///{}", dir.path().join("auth.db").display()),
+        public_url: "https://auth.example.com".into(),
+        master_key: "change-me-in-production".into(),
+        ..codelab_auth::Config::default()
+    };
+    // No key set and no PEM to import: production does not invent a key.
+    let error = codelab_auth::build(
+        config.clone(),
+        codelab_auth::Deps::new(Environment::Production),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(error, codelab_auth::BuildError::Keys(_)),
+        "{error}"
+    );
+    // With a key to import, the published placeholder admin password stops startup.
+    let (private_pem, _) = codelab_auth::keys::KeyManager::generate_pem().unwrap();
+    let pem_path = dir.path().join("private_key.pem");
+    std::fs::write(&pem_path, private_pem).unwrap();
+    let config = codelab_auth::Config {
+        private_key_path: Some(pem_path),
+        ..config
+    };
+    let error = codelab_auth::build(config, codelab_auth::Deps::new(Environment::Production))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, codelab_auth::BuildError::Seed(_)),
+        "{error}"
+    );
+}

@@ -1,0 +1,360 @@
+//! Shared test harness: the auth service built with `build` + `router` and served over real
+//! HTTP on `127.0.0.1:0` through core's `serve` (so handlers see the peer address), on a
+//! SQLite temp file or a fresh PostgreSQL database, with a manual clock.
+#![allow(dead_code)] // each test binary uses a different part of these helpers
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use codelab_auth::{AppState, Config, Deps, build, router};
+use codelab_core::cache::Cache;
+use codelab_core::clock::ManualClock;
+use codelab_core::config::{Environment, Secret};
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_PASSWORD: &str = "admin-password-123";
+pub const INTERNAL_SECRET: &str = "internal-secret-0123456789";
+pub const WEB_REDIRECT: &str = "http://localhost:3000/cb";
+pub const FLUTTER: &str = "codelab-flutter-app";
+const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Which database the service runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// How to start the service.
+pub struct Options {
+    pub backend: Backend,
+    pub environment: Environment,
+    pub cache: Option<Cache>,
+    pub tweak: Box<dyn FnOnce(&mut Config) + Send>,
+}
+
+impl Options {
+    pub fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            environment: Environment::Development,
+            cache: None,
+            tweak: Box::new(|_| {}),
+        }
+    }
+
+    pub fn tweak(mut self, tweak: impl FnOnce(&mut Config) + Send + 'static) -> Self {
+        self.tweak = Box::new(tweak);
+        self
+    }
+}
+
+/// A running auth service and what it needs to be cleaned up.
+pub struct Auth {
+    pub base: String,
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub clock: ManualClock,
+    /// Follows no redirects, so tests can read `Location`.
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    _db: DbGuard,
+}
+
+enum DbGuard {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres(#[allow(dead_code)] DropDatabase),
+}
+
+/// A successful token answer.
+pub struct Tokens {
+    pub access: String,
+    pub refresh: Option<String>,
+    pub body: Value,
+}
+
+impl Auth {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(Options::new(backend)).await
+    }
+
+    pub async fn start_with(options: Options) -> Self {
+        let (db_url, guard) = match options.backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite:///{}", dir.path().join("auth.db").display());
+                (url, DbGuard::Sqlite(dir))
+            }
+            Backend::Postgres => {
+                let server = std::env::var("CODELAB_TEST_DATABASE_URL")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| DEFAULT_PG_URL.to_owned());
+                let name = format!(
+                    "codelab_auth_http_{}_{}",
+                    std::process::id(),
+                    codelab_core::random_hex(6)
+                );
+                let url = with_database(&server, &name);
+                (url, DbGuard::Postgres(DropDatabase { server, name }))
+            }
+        };
+        Self::start_on(options, db_url, guard).await
+    }
+
+    async fn start_on(options: Options, db_url: String, guard: DbGuard) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config {
+            db_url,
+            public_url: format!("http://{addr}"),
+            master_key: Secret::new(ADMIN_PASSWORD),
+            internal_client_secret: Secret::new(INTERNAL_SECRET),
+            web_redirect_uris: vec![WEB_REDIRECT.to_owned()],
+            // The test client connects from 127.0.0.1: no proxy unless a test says so.
+            trusted_proxies: Vec::new(),
+            enable_rate_limiting: Some(false),
+            ..Config::default()
+        };
+        (options.tweak)(&mut config);
+        let clock = ManualClock::starting_now();
+        let deps = Deps {
+            environment: options.environment,
+            clock: Arc::new(clock.clone()),
+            cache: options.cache,
+        };
+        let state = build(config, deps).await.unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(codelab_core::http::serve(
+            listener,
+            router(Arc::clone(&state)),
+            shutdown.clone(),
+            Duration::from_secs(1),
+        ));
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Self {
+            base: format!("http://{addr}"),
+            addr,
+            state,
+            clock,
+            http,
+            shutdown,
+            _db: guard,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Posts a form to `path`; returns status, headers and the JSON body (Null when empty).
+    pub async fn post_form(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, Value) {
+        let mut request = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(encode_form(form));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, headers, body)
+    }
+
+    pub async fn token(&self, form: &[(&str, &str)]) -> (StatusCode, HeaderMap, Value) {
+        self.post_form("/oauth/token", form, &[]).await
+    }
+
+    /// A password grant for the Flutter client that must succeed.
+    pub async fn login(&self, username: &str, password: &str) -> Tokens {
+        let (status, _, body) = self
+            .token(&[
+                ("grant_type", "password"),
+                ("client_id", FLUTTER),
+                ("username", username),
+                ("password", password),
+            ])
+            .await;
+        assert_eq!(status, StatusCode::OK, "login failed: {body}");
+        tokens_of(body)
+    }
+
+    /// A refresh grant for the Flutter client.
+    pub async fn refresh(&self, refresh: &str) -> (StatusCode, Value) {
+        let (status, _, body) = self
+            .token(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", FLUTTER),
+                ("refresh_token", refresh),
+            ])
+            .await;
+        (status, body)
+    }
+
+    /// Introspects `token` as the internal (confidential) client.
+    pub async fn introspect(&self, token: &str) -> Value {
+        let (status, _, body) = self
+            .post_form(
+                "/oauth/introspect",
+                &[
+                    ("token", token),
+                    ("client_id", "codelab-internal"),
+                    ("client_secret", INTERNAL_SECRET),
+                ],
+                &[],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// Creates a non-admin user with an argon2id password.
+    pub async fn add_user(&self, username: &str, password: &str) -> codelab_auth::model::User {
+        let hash = codelab_auth::passwords::hash_password(password)
+            .await
+            .unwrap();
+        self.add_user_with_hash(username, &hash).await
+    }
+
+    pub async fn add_user_with_hash(
+        &self,
+        username: &str,
+        hash: &str,
+    ) -> codelab_auth::model::User {
+        self.state
+            .store
+            .create_user(codelab_auth::model::NewUser {
+                username: username.to_owned(),
+                email: Some(format!("{username}@Example.COM")),
+                password_hash: hash.to_owned(),
+                is_admin: false,
+            })
+            .await
+            .unwrap()
+    }
+
+    /// Audit rows, newest first, as JSON text (to look for leaked secrets).
+    pub async fn audit_rows(&self) -> Vec<codelab_auth::model::AuditRecord> {
+        self.state.store.list_audit(100).await.unwrap()
+    }
+}
+
+impl Drop for Auth {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// `a=1&b=2` (reqwest's `form` feature is not enabled in the workspace).
+pub fn encode_form<K: AsRef<str>, V: AsRef<str>>(form: &[(K, V)]) -> String {
+    let mut serializer = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in form {
+        serializer.append_pair(name.as_ref(), value.as_ref());
+    }
+    serializer.finish()
+}
+
+pub fn tokens_of(body: Value) -> Tokens {
+    Tokens {
+        access: body["access_token"].as_str().unwrap().to_owned(),
+        refresh: body["refresh_token"].as_str().map(str::to_owned),
+        body,
+    }
+}
+
+/// `url` with its database path replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| i + authority_start);
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// Drops the test database when the test ends, passed or failed.
+struct DropDatabase {
+    server: String,
+    name: String,
+}
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let server = self.server.clone();
+        let name = self.name.clone();
+        // Drop may run while a panic unwinds the test's runtime: use a runtime of our own on
+        // a thread of our own. FORCE ends the pool's connections that are still open.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&server).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await?;
+                Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+            })
+        })
+        .join();
+        if let Ok(Err(error)) = dropped {
+            eprintln!("cannot drop test database {}: {error}", self.name);
+        }
+    }
+}
+
+/// A PKCE verifier and its S256 challenge.
+pub fn pkce_pair() -> (String, String) {
+    let verifier = codelab_auth::tokens::random_token(48);
+    let challenge = codelab_auth::tokens::pkce_s256(&verifier);
+    (verifier, challenge)
+}
+
+/// The value of cookie `name` in a response's `Set-Cookie` headers.
+pub fn set_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_owned())
+}
+
+/// The value of hidden input `name` in an HTML page.
+pub fn hidden_field(html: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker)? + marker.len();
+    let end = html[start..].find('"')? + start;
+    Some(
+        html[start..end]
+            .replace("&amp;", "&")
+            .replace("&quot;", "\""),
+    )
+}
