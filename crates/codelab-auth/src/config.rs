@@ -117,12 +117,15 @@ impl Default for Config {
 impl Config {
     /// The `iss` of issued tokens.
     pub fn issuer(&self) -> String {
-        self.jwt_issuer.clone().unwrap_or_else(|| self.public_url.trim_end_matches('/').to_owned())
+        self.jwt_issuer
+            .clone()
+            .unwrap_or_else(|| self.public_url.trim_end_matches('/').to_owned())
     }
 
     /// Whether the per-IP limit applies: the setting, else off only in development (as the
     /// original's Compose file has it).
     pub fn rate_limiting_enabled(&self, environment: Environment) -> bool {
-        self.enable_rate_limiting.unwrap_or(environment != Environment::Development)
+        self.enable_rate_limiting
+            .unwrap_or(environment != Environment::Development)
     }
 }

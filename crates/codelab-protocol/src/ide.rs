@@ -104,13 +104,20 @@ impl FrameError {
 }
 
 /// The frame types the gateway accepts.
-pub const CLIENT_FRAME_TYPES: [&str; 6] =
-    ["user_message", "tool_result", "switch_agent", "hitl_decision", "cancel_turn", "hello"];
+pub const CLIENT_FRAME_TYPES: [&str; 6] = [
+    "user_message",
+    "tool_result",
+    "switch_agent",
+    "hitl_decision",
+    "cancel_turn",
+    "hello",
+];
 
 /// Parses one text frame: JSON object, known `type`, fields of the right types. `null` values
 /// are dropped first (the Flutter IDE's way of saying "absent").
 pub fn parse_client_frame(text: &str) -> Result<(ClientFrame, Map<String, Value>), FrameError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| FrameError::InvalidJson(e.to_string()))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| FrameError::InvalidJson(e.to_string()))?;
     let Value::Object(mut object) = value else {
         return Err(FrameError::NotAnObject(json_kind(&value)));
     };
@@ -212,19 +219,42 @@ mod tests {
                 error: Some("Операция отклонена: write_file".into()),
             }
         );
-        let (frame, _) = parse_client_frame(r#"{"type":"user_message","content":"hi","role":"user","call_id":null}"#).unwrap();
+        let (frame, _) = parse_client_frame(
+            r#"{"type":"user_message","content":"hi","role":"user","call_id":null}"#,
+        )
+        .unwrap();
         assert!(matches!(frame, ClientFrame::UserMessage { .. }));
     }
 
     #[test]
     fn bad_frames_say_what_is_wrong() {
-        assert!(matches!(parse_client_frame("{nope"), Err(FrameError::InvalidJson(_))));
-        assert_eq!(parse_client_frame("[1]").unwrap_err().to_string(), "Invalid JSON message: expected a JSON object, got an array");
-        assert_eq!(parse_client_frame(r#"{"content":"x"}"#).unwrap_err().to_string(), "Unknown message type: None");
-        assert_eq!(parse_client_frame(r#"{"type":"ping"}"#).unwrap_err().to_string(), "Unknown message type: ping");
-        let err = parse_client_frame(r#"{"type":"tool_result"}"#).unwrap_err().to_string();
+        assert!(matches!(
+            parse_client_frame("{nope"),
+            Err(FrameError::InvalidJson(_))
+        ));
+        assert_eq!(
+            parse_client_frame("[1]").unwrap_err().to_string(),
+            "Invalid JSON message: expected a JSON object, got an array"
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"content":"x"}"#)
+                .unwrap_err()
+                .to_string(),
+            "Unknown message type: None"
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"type":"ping"}"#)
+                .unwrap_err()
+                .to_string(),
+            "Unknown message type: ping"
+        );
+        let err = parse_client_frame(r#"{"type":"tool_result"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("call_id"), "{err}");
-        let err = parse_client_frame(r#"{"type":"hitl_decision","call_id":"c","decision":"APPROVE"}"#).unwrap_err();
+        let err =
+            parse_client_frame(r#"{"type":"hitl_decision","call_id":"c","decision":"APPROVE"}"#)
+                .unwrap_err();
         assert!(err.to_string().contains("APPROVE"), "{err}");
     }
 
@@ -232,6 +262,9 @@ mod tests {
     fn server_frames_omit_absent_keys() {
         let frame = ServerFrame::error("boom", Some("INVALID_TYPE"));
         let text = serde_json::to_string(&frame).unwrap();
-        assert_eq!(text, r#"{"type":"error","content":"boom","is_final":true,"error":"boom","error_code":"INVALID_TYPE"}"#);
+        assert_eq!(
+            text,
+            r#"{"type":"error","content":"boom","is_final":true,"error":"boom","error_code":"INVALID_TYPE"}"#
+        );
     }
 }

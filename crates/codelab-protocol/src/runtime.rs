@@ -28,7 +28,10 @@ pub enum TurnOutcome {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RuntimeEvent {
     /// First event of every stream: the session and its current agent.
-    SessionInfo { session_id: String, current_agent: String },
+    SessionInfo {
+        session_id: String,
+        current_agent: String,
+    },
     /// The session's agent changed.
     AgentSwitched {
         #[serde(default)]
@@ -39,9 +42,17 @@ pub enum RuntimeEvent {
         confidence: Option<String>,
     },
     /// A piece of assistant text, as the model produced it.
-    AssistantDelta { message_id: String, agent: String, delta: String },
+    AssistantDelta {
+        message_id: String,
+        agent: String,
+        delta: String,
+    },
     /// A complete assistant message (stored before it is sent).
-    AssistantMessage { message_id: String, agent: String, content: String },
+    AssistantMessage {
+        message_id: String,
+        agent: String,
+        content: String,
+    },
     /// A tool call the IDE must run (after a human decision when `requires_approval`).
     ToolCall {
         call_id: String,
@@ -53,7 +64,12 @@ pub enum RuntimeEvent {
         agent: String,
     },
     /// A tool call waits for a human decision (`hitl_decision`, or a Flutter-style `tool_result`).
-    ApprovalRequired { call_id: String, tool_name: String, arguments: Value, reason: String },
+    ApprovalRequired {
+        call_id: String,
+        tool_name: String,
+        arguments: Value,
+        reason: String,
+    },
     /// A tool call was settled (result, refusal, decision, cancellation).
     ToolSettled {
         call_id: String,
@@ -105,6 +121,9 @@ mod tests {
         };
         let text = serde_json::to_string(&event).unwrap();
         assert!(text.starts_with(r#"{"seq":7,"type":"tool_call""#), "{text}");
-        assert_eq!(serde_json::from_str::<SequencedEvent>(&text).unwrap(), event);
+        assert_eq!(
+            serde_json::from_str::<SequencedEvent>(&text).unwrap(),
+            event
+        );
     }
 }

@@ -20,26 +20,40 @@ impl Drop for Running {
 
 impl Running {
     fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = self.0.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "the process did not stop after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "the process did not stop after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn codelab(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(BIN);
-    command.args(args).env_remove("PORT").env_remove("ENVIRONMENT").env_remove("CODELAB_CONFIG");
+    command
+        .args(args)
+        .env_remove("PORT")
+        .env_remove("ENVIRONMENT")
+        .env_remove("CODELAB_CONFIG");
     for (k, v) in env {
         command.env(k, v);
     }
@@ -53,7 +67,10 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
 async fn wait_healthy(url: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
+        if reqwest::get(url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -62,18 +79,33 @@ async fn wait_healthy(url: &str) {
 }
 
 fn serve_proxy(env: &[(&str, &str)]) -> Running {
-    let mut all = vec![("LLM_PROXY__INTERNAL_API_KEY", KEY), ("LLM_PROXY__HOST", "127.0.0.1")];
+    let mut all = vec![
+        ("LLM_PROXY__INTERNAL_API_KEY", KEY),
+        ("LLM_PROXY__HOST", "127.0.0.1"),
+    ];
     all.extend_from_slice(env);
-    Running(codelab(&["serve", "llm-proxy"], &all).stdout(Stdio::null()).spawn().unwrap())
+    Running(
+        codelab(&["serve", "llm-proxy"], &all)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 #[tokio::test]
 async fn the_service_port_wins_over_plain_port_and_healthcheck_sees_it() {
     let (own, plain) = (free_port(), free_port());
-    let proxy = serve_proxy(&[("LLM_PROXY__PORT", &own.to_string()), ("PORT", &plain.to_string())]);
+    let proxy = serve_proxy(&[
+        ("LLM_PROXY__PORT", &own.to_string()),
+        ("PORT", &plain.to_string()),
+    ]);
     let url = format!("http://127.0.0.1:{own}/health");
     wait_healthy(&url).await;
-    assert!(reqwest::get(format!("http://127.0.0.1:{plain}/health")).await.is_err());
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{plain}/health"))
+            .await
+            .is_err()
+    );
     let check = run(&["healthcheck", "--url", &url], &[]);
     assert!(check.status.success());
     assert!(String::from_utf8_lossy(&check.stdout).contains("\"service\":\"llm-proxy\""));
@@ -98,10 +130,16 @@ fn healthcheck_fails_on_a_dead_url() {
 
 #[test]
 fn a_bad_setting_is_named_with_its_source() {
-    let out = run(&["serve", "llm-proxy"], &[("LLM_PROXY__MAX_CONCURRENT_REQUESTS", "lots")]);
+    let out = run(
+        &["serve", "llm-proxy"],
+        &[("LLM_PROXY__MAX_CONCURRENT_REQUESTS", "lots")],
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("LLM_PROXY__MAX_CONCURRENT_REQUESTS"), "{stderr}");
+    assert!(
+        stderr.contains("LLM_PROXY__MAX_CONCURRENT_REQUESTS"),
+        "{stderr}"
+    );
     assert!(stderr.contains("environment"), "{stderr}");
 
     let dir = tempfile::tempdir().unwrap();
@@ -110,30 +148,62 @@ fn a_bad_setting_is_named_with_its_source() {
     let out = run(&["--config", file.to_str().unwrap(), "config", "show"], &[]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("request_timeout") && stderr.contains("codelab.toml"), "{stderr}");
+    assert!(
+        stderr.contains("request_timeout") && stderr.contains("codelab.toml"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn config_show_layers_sources_and_redacts_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("codelab.toml");
-    std::fs::write(&file, "[llm_proxy]\nmax_retries = 7\nmax_concurrent_requests = 5\n").unwrap();
+    std::fs::write(
+        &file,
+        "[llm_proxy]\nmax_retries = 7\nmax_concurrent_requests = 5\n",
+    )
+    .unwrap();
     let out = run(
         &["--config", file.to_str().unwrap(), "config", "show"],
-        &[("LLM_PROXY__INTERNAL_API_KEY", "do-not-print-this-secret-value"), ("LLM_PROXY__MAX_RETRIES", "3")],
+        &[
+            (
+                "LLM_PROXY__INTERNAL_API_KEY",
+                "do-not-print-this-secret-value",
+            ),
+            ("LLM_PROXY__MAX_RETRIES", "3"),
+        ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("do-not-print-this-secret-value"));
-    assert!(stdout.contains("internal_api_key = \"[redacted]\""), "{stdout}");
-    assert!(stdout.contains("max_retries = 3"), "environment beats the file: {stdout}");
-    assert!(stdout.contains("max_concurrent_requests = 5"), "the file beats defaults: {stdout}");
+    assert!(
+        stdout.contains("internal_api_key = \"[redacted]\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("max_retries = 3"),
+        "environment beats the file: {stdout}"
+    );
+    assert!(
+        stdout.contains("max_concurrent_requests = 5"),
+        "the file beats defaults: {stdout}"
+    );
     assert!(stdout.contains("environment = \"development\""));
 }
 
 #[test]
 fn production_refuses_the_default_internal_key() {
-    let out = run(&["serve", "llm-proxy"], &[("ENVIRONMENT", "production"), ("LLM_PROXY__PORT", &free_port().to_string())]);
+    let out = run(
+        &["serve", "llm-proxy"],
+        &[
+            ("ENVIRONMENT", "production"),
+            ("LLM_PROXY__PORT", &free_port().to_string()),
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("LLM_PROXY__INTERNAL_API_KEY"));
 }
@@ -154,16 +224,29 @@ async fn sigterm_lets_an_in_flight_stream_finish() {
     let pid = proxy.0.id();
     let killer = std::thread::spawn(move || proxy.terminate());
     let body = response.text().await.unwrap();
-    assert!(body.trim_end().ends_with("data: [DONE]"), "the stream was cut: {body}");
+    assert!(
+        body.trim_end().ends_with("data: [DONE]"),
+        "the stream was cut: {body}"
+    );
     assert!(body.contains("(static)"));
-    assert!(killer.join().unwrap().success(), "pid {pid} did not exit cleanly");
+    assert!(
+        killer.join().unwrap().success(),
+        "pid {pid} did not exit cleanly"
+    );
 }
 
 #[tokio::test]
 async fn up_serves_the_public_listener_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = codelab(
-        &["up", "--listen", "127.0.0.1:0", "--data-dir", dir.path().to_str().unwrap(), "--ephemeral-ports"],
+        &[
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--ephemeral-ports",
+        ],
         &[],
     )
     .stdout(Stdio::piped())
@@ -179,15 +262,22 @@ async fn up_serves_the_public_listener_and_stops_cleanly() {
         }
     });
     let public = loop {
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("`codelab up` printed no public address");
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("`codelab up` printed no public address");
         if let Some(start) = line.find("http://").filter(|_| line.contains("public")) {
             break line[start..].split_whitespace().next().unwrap().to_owned();
         }
     };
-    let health = reqwest::get(format!("{public}/nginx-health")).await.unwrap();
+    let health = reqwest::get(format!("{public}/nginx-health"))
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     assert!(dir.path().exists());
     assert!(up.terminate().success());
     let rest: Vec<String> = rx.try_iter().collect();
-    assert!(rest.iter().any(|l| l.contains("CodeLab stopped")), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("CodeLab stopped")),
+        "{rest:?}"
+    );
 }
