@@ -84,7 +84,7 @@ pub(crate) struct ActiveKey {
 }
 
 /// The public half of a key that verifies tokens and appears in the JWKS.
-struct PublicKey {
+struct PublishedKey {
     kid: String,
     /// Minimal big-endian modulus.
     n: Vec<u8>,
@@ -99,7 +99,7 @@ struct PublicKey {
 pub(crate) struct KeySet {
     active: Arc<ActiveKey>,
     /// Active key first, then the other published keys, newest first.
-    public: Vec<Arc<PublicKey>>,
+    public: Vec<Arc<PublishedKey>>,
 }
 
 impl KeySet {
@@ -176,7 +176,14 @@ impl KeyManager {
             }
             missing => {
                 if !allow_generate {
-                    return Err(KeyError::NoKey);
+                    return Err(match missing {
+                        // Name the configured file rather than ask for the setting.
+                        Some(path) => KeyError::ReadFile {
+                            path: path.to_owned(),
+                            source: std::io::ErrorKind::NotFound.into(),
+                        },
+                        None => KeyError::NoKey,
+                    });
                 }
                 if let Some(path) = missing {
                     tracing::warn!(path = %path.display(), "private key file not found; generating a new signing key instead");
@@ -356,7 +363,7 @@ fn build_key_set(
     previous: Option<&KeySet>,
 ) -> Result<KeySet, KeyError> {
     let active_record = active_record(records).ok_or(KeyError::NoActiveKey)?;
-    let reusable: HashMap<&str, &Arc<PublicKey>> = previous
+    let reusable: HashMap<&str, &Arc<PublishedKey>> = previous
         .map(|p| p.public.iter().map(|k| (k.kid.as_str(), k)).collect())
         .unwrap_or_default();
 
@@ -381,33 +388,46 @@ fn build_key_set(
         if !published {
             continue;
         }
+        let publish_until = record.publish_until.filter(|_| record.retired_at.is_some());
         let key = match reusable.get(record.kid.as_str()) {
-            Some(&existing) => Arc::new(PublicKey {
+            Some(&existing) if existing.publish_until == publish_until => Arc::clone(existing),
+            Some(&existing) => Arc::new(PublishedKey {
                 kid: existing.kid.clone(),
                 n: existing.n.clone(),
                 e: existing.e.clone(),
                 decoding: existing.decoding.clone(),
-                publish_until: record.publish_until.filter(|_| record.retired_at.is_some()),
+                publish_until,
             }),
-            None => {
-                let key_pair = if record.kid == active.kid {
-                    None
-                } else {
-                    Some(parse_record(record)?)
-                };
-                let (n, e) = components(key_pair.as_ref().unwrap_or(&active.key_pair));
-                Arc::new(PublicKey {
-                    kid: record.kid.clone(),
-                    decoding: DecodingKey::from_rsa_raw_components(&n, &e),
-                    n,
-                    e,
-                    publish_until: record.publish_until.filter(|_| record.retired_at.is_some()),
-                })
+            None if record.kid == active.kid => {
+                Arc::new(published_key(&record.kid, &active.key_pair, publish_until))
             }
+            None => match parse_record(record) {
+                Ok(key_pair) => Arc::new(published_key(&record.kid, &key_pair, publish_until)),
+                Err(error) => {
+                    // A broken verify-only key must not take the whole set (and signing) down.
+                    tracing::error!(kid = %record.kid, %error, "skipping an unusable signing key");
+                    continue;
+                }
+            },
         };
         public.push(key);
     }
     Ok(KeySet { active, public })
+}
+
+fn published_key(
+    kid: &str,
+    key_pair: &KeyPair,
+    publish_until: Option<DateTime<Utc>>,
+) -> PublishedKey {
+    let (n, e) = components(key_pair);
+    PublishedKey {
+        kid: kid.to_owned(),
+        decoding: DecodingKey::from_rsa_raw_components(&n, &e),
+        n,
+        e,
+        publish_until,
+    }
 }
 
 /// Parses a stored key and warns when its stored public key is not the derived one.
@@ -681,17 +701,28 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn empty_set_without_import_or_generation_is_an_error() {
         let store = sqlite_store().await;
-        let missing = Path::new("/nonexistent/private_key.pem");
+        let clock: SharedClock = Arc::new(ManualClock::new(start()));
         let error = KeyManager::load_or_init(
-            store,
-            Some(missing),
+            Arc::clone(&store),
+            None,
             "2024-01-key-1",
-            Arc::new(ManualClock::new(start())),
+            Arc::clone(&clock),
             false,
         )
         .await
         .unwrap_err();
         assert!(matches!(error, KeyError::NoKey), "{error}");
+        let missing = Path::new("/nonexistent/private_key.pem");
+        let error = KeyManager::load_or_init(store, Some(missing), "k", clock, false)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "cannot read the private key file {}: entity not found",
+                missing.display()
+            )
+        );
     }
 
     #[tokio::test]
@@ -789,6 +820,26 @@ pub(crate) mod tests {
         keys.reload().await.unwrap();
         assert!(keys.current().decoding_key(&old).is_none());
         assert!(keys.current().decoding_key(&new).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_unusable_retired_key_is_skipped_not_fatal() {
+        let store = sqlite_store().await;
+        let clock = ManualClock::new(start());
+        store
+            .insert_signing_key(SigningKeyRecord {
+                kid: "broken".into(),
+                private_key_pem: "not a key".into(),
+                public_key_pem: "not a key".into(),
+                created_at: DateTime::<Utc>::from(start()),
+                retired_at: Some(DateTime::<Utc>::from(start())),
+                publish_until: Some(DateTime::<Utc>::from(start() + Duration::from_secs(60))),
+            })
+            .await
+            .unwrap();
+        let keys = manager(&store, &clock).await;
+        assert_ne!(keys.active_kid(), "broken");
+        assert_eq!(keys.jwks()["keys"].as_array().unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -245,9 +245,12 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<AppState>, BuildErr
         },
     };
 
-    // Outside development a missing key set is an operator error (`codelab keys generate`,
-    // or a PEM to import), not something to paper over with a key no other replica has.
-    let allow_generate = deps.environment == Environment::Development;
+    // Keys live in the database every replica shares, so the first replica to start may
+    // generate the set for all (a concurrent start loses the insert and loads the winner's).
+    let allow_generate = true;
+    if deps.environment != Environment::Development {
+        tracing::info!("signing keys are generated into the database when none exist");
+    }
     let keys = KeyManager::load_or_init(
         Arc::clone(&store),
         config.private_key_path.as_deref(),

@@ -582,7 +582,7 @@ async fn seeding_is_idempotent_and_prints_nothing_twice() {
 }
 
 #[tokio::test]
-async fn production_refuses_generated_keys_and_a_placeholder_master_key() {
+async fn production_refuses_a_placeholder_master_key() {
     use codelab_core::config::Environment;
     let dir = tempfile::tempdir().unwrap();
     let config = codelab_auth::Config {
@@ -591,25 +591,8 @@ async fn production_refuses_generated_keys_and_a_placeholder_master_key() {
         master_key: "change-me-in-production".into(),
         ..codelab_auth::Config::default()
     };
-    // No key set and no PEM to import: production does not invent a key.
-    let error = codelab_auth::build(
-        config.clone(),
-        codelab_auth::Deps::new(Environment::Production),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(error, codelab_auth::BuildError::Keys(_)),
-        "{error}"
-    );
-    // With a key to import, the published placeholder admin password stops startup.
-    let (private_pem, _) = codelab_auth::keys::KeyManager::generate_pem().unwrap();
-    let pem_path = dir.path().join("private_key.pem");
-    std::fs::write(&pem_path, private_pem).unwrap();
-    let config = codelab_auth::Config {
-        private_key_path: Some(pem_path),
-        ..config
-    };
+    // Keys are generated into the shared database in every environment, so the only thing
+    // that stops this start is the published placeholder admin password.
     let error = codelab_auth::build(config, codelab_auth::Deps::new(Environment::Production))
         .await
         .unwrap_err();

@@ -27,7 +27,7 @@ pub enum TurnOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RuntimeEvent {
-    /// First event of every stream: the session and its current agent.
+    /// First event of every `user_message` stream: the session and its current agent.
     SessionInfo {
         session_id: String,
         current_agent: String,

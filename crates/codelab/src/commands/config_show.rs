@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde::Serialize;
 
-use super::services::{ListenOverrides, auth_config, llm_proxy_config};
+use super::services::{ListenOverrides, agent_runtime_config, auth_config, llm_proxy_config};
 
 /// `codelab config ...`
 #[derive(Debug, Subcommand)]
@@ -22,6 +22,7 @@ struct Effective {
     environment: String,
     llm_proxy: codelab_llm_proxy::Config,
     auth_service: codelab_auth::Config,
+    agent_runtime: codelab_agent_runtime::Config,
 }
 
 /// Prints the configuration as TOML.
@@ -30,11 +31,13 @@ pub fn run(file: Option<PathBuf>, command: ConfigCommand) -> anyhow::Result<Exit
         ConfigCommand::Show => {
             let (llm_proxy, environment) =
                 llm_proxy_config(file.clone(), &ListenOverrides::default())?;
-            let (auth_service, _) = auth_config(file, &ListenOverrides::default())?;
+            let (auth_service, _) = auth_config(file.clone(), &ListenOverrides::default())?;
+            let (agent_runtime, _) = agent_runtime_config(file, &ListenOverrides::default())?;
             let effective = Effective {
                 environment: environment.as_str().to_owned(),
                 llm_proxy,
                 auth_service,
+                agent_runtime,
             };
             let text =
                 toml::to_string_pretty(&effective).context("cannot render the configuration")?;

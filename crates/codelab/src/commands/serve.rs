@@ -11,7 +11,9 @@ use codelab_core::http::{serve, shutdown_on_signals};
 use codelab_core::telemetry::init_tracing;
 use codelab_llm_proxy::routing::ProviderEnv;
 
-use super::services::{ListenOverrides, auth_config, llm_proxy_config, print_seeded_credentials};
+use super::services::{
+    ListenOverrides, agent_runtime_config, auth_config, llm_proxy_config, print_seeded_credentials,
+};
 
 /// How long in-flight requests and streams may take to finish after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,6 +23,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Service {
     LlmProxy,
     Auth,
+    AgentRuntime,
 }
 
 /// Arguments of `codelab serve`.
@@ -85,6 +88,34 @@ pub async fn run(file: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitC
                 DRAIN_TIMEOUT,
             )
             .await?;
+        }
+        Service::AgentRuntime => {
+            let (config, environment) = agent_runtime_config(file, &overrides)?;
+            init_tracing(environment, &config.log_level);
+            let port = resolve_port(
+                config.port,
+                codelab_agent_runtime::config::DEFAULT_PORT,
+                true,
+            )?;
+            let host = config.host.clone();
+            let state =
+                codelab_agent_runtime::build(config, codelab_agent_runtime::Deps::new(environment))
+                    .await?;
+            let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+                .await
+                .with_context(|| format!("cannot listen on {host}:{port}"))?;
+            tracing::info!(address = %listener.local_addr()?, "agent-runtime listening");
+            serve(
+                listener,
+                codelab_agent_runtime::router(state.clone()),
+                shutdown_on_signals(),
+                DRAIN_TIMEOUT,
+            )
+            .await?;
+            // Frames whose client left are still being worked on: let them store their results.
+            if !state.drain(DRAIN_TIMEOUT).await {
+                tracing::warn!("turns still running after the drain timeout; stopping anyway");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -41,6 +41,19 @@ pub fn auth_config(
     Ok((config, environment))
 }
 
+/// The agent runtime's settings and environment.
+pub fn agent_runtime_config(
+    file: Option<PathBuf>,
+    overrides: &impl Serialize,
+) -> anyhow::Result<(codelab_agent_runtime::Config, Environment)> {
+    use codelab_agent_runtime::config::{ENV_PREFIX, SECTION};
+    let environment = codelab_core::config::environment(ENV_PREFIX)?;
+    let config = ConfigLoader::from_env_or(file)
+        .load(SECTION, ENV_PREFIX, overrides)
+        .context("invalid agent-runtime configuration")?;
+    Ok((config, environment))
+}
+
 /// Prints credentials generated while seeding, once, to stdout (never through tracing, which
 /// may ship logs elsewhere). Nothing is printed when nothing was generated.
 pub fn print_seeded_credentials(report: &codelab_auth::seed::SeedReport) {

@@ -26,7 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::serve::DRAIN_TIMEOUT;
-use super::services::{auth_config, llm_proxy_config, print_seeded_credentials};
+use super::services::{
+    agent_runtime_config, auth_config, llm_proxy_config, print_seeded_credentials,
+};
 
 /// Arguments of `codelab up`.
 #[derive(Debug, Args)]
@@ -63,6 +65,30 @@ struct AuthOverrides {
     trusted_proxies: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     master_key: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RuntimeOverrides {
+    host: String,
+    db_url: String,
+    llm_proxy_url: String,
+    /// The proxy's internal key, sent as `X-Internal-Auth` on the runtime→proxy link.
+    llm_proxy_api_key: String,
+    /// Guards the runtime (the gateway→runtime link).
+    internal_api_key: String,
+}
+
+/// An internal service as another service inside `up` reaches it.
+struct InternalLink {
+    url: String,
+    key: Secret,
+}
+
+/// What `up` wires between its services beyond their own listeners.
+struct Wiring {
+    /// The agent runtime and the key the gateway must send it.
+    #[expect(dead_code, reason = "read by the gateway's wiring, which comes next")]
+    agent_runtime: InternalLink,
 }
 
 /// A service running inside `up`.
@@ -108,9 +134,10 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
     };
     let proxy_state = codelab_llm_proxy::build(proxy_config, deps).await?;
     let listener = bind_internal(proxy_port, args.ephemeral_ports).await?;
+    let proxy_address = listener.local_addr()?;
     running.push(Running {
         name: codelab_llm_proxy::SERVICE_NAME,
-        address: listener.local_addr()?,
+        address: proxy_address,
     });
     tasks.spawn(serve(
         listener,
@@ -118,6 +145,22 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
         shutdown.clone(),
         DRAIN_TIMEOUT,
     ));
+
+    let _wiring = Wiring {
+        agent_runtime: start_agent_runtime(
+            file.clone(),
+            &args,
+            &data_dir,
+            InternalLink {
+                url: format!("http://{proxy_address}"),
+                key: proxy_key,
+            },
+            &mut tasks,
+            &mut running,
+            &shutdown,
+        )
+        .await?,
+    };
 
     // Bound before the auth service is built: its issuer and metadata URLs name this address.
     let public = TcpListener::bind(args.listen).await.with_context(|| {
@@ -211,6 +254,54 @@ async fn start_auth(
         DRAIN_TIMEOUT,
     ));
     Ok(state)
+}
+
+/// Builds the agent runtime on SQLite in the data dir, talking to the in-process proxy, and
+/// serves it on its internal port. Returns how the gateway reaches it (with a key generated
+/// for that link only).
+async fn start_agent_runtime(
+    file: Option<PathBuf>,
+    args: &UpArgs,
+    data_dir: &Path,
+    proxy: InternalLink,
+    tasks: &mut JoinSet<std::io::Result<()>>,
+    running: &mut Vec<Running>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<InternalLink> {
+    let runtime_key = Secret::generate();
+    // The model stays `mock-llm` unless AGENT_RUNTIME__LLM_MODEL (or the file) names another.
+    let overrides = RuntimeOverrides {
+        host: "127.0.0.1".into(),
+        db_url: format!("sqlite:///{}", data_dir.join("agent_runtime.db").display()),
+        llm_proxy_url: proxy.url,
+        llm_proxy_api_key: proxy.key.expose().to_owned(),
+        internal_api_key: runtime_key.expose().to_owned(),
+    };
+    let (config, _) = agent_runtime_config(file, &overrides)?;
+    let port = config
+        .port
+        .unwrap_or(codelab_agent_runtime::config::DEFAULT_PORT);
+    let state = codelab_agent_runtime::build(
+        config,
+        codelab_agent_runtime::Deps::new(Environment::Development),
+    )
+    .await?;
+    let listener = bind_internal(port, args.ephemeral_ports).await?;
+    let address = listener.local_addr()?;
+    running.push(Running {
+        name: codelab_agent_runtime::SERVICE_NAME,
+        address,
+    });
+    tasks.spawn(serve(
+        listener,
+        codelab_agent_runtime::router(state),
+        shutdown.clone(),
+        DRAIN_TIMEOUT,
+    ));
+    Ok(InternalLink {
+        url: format!("http://{address}"),
+        key: runtime_key,
+    })
 }
 
 /// Routes of the public listener, in nginx's order. Auth paths are dispatched in process to

@@ -1,0 +1,150 @@
+//! Settings of the agent runtime: the original's `AGENT_RUNTIME__*` names and defaults, plus the
+//! limits and files our turn loop needs.
+
+use std::path::PathBuf;
+
+use codelab_core::config::{Environment, Secret};
+use serde::{Deserialize, Serialize};
+
+/// Default port of the runtime.
+pub const DEFAULT_PORT: u16 = 8001;
+/// Environment prefix of every setting.
+pub const ENV_PREFIX: &str = "AGENT_RUNTIME";
+/// Section name in the TOML config file.
+pub const SECTION: &str = "agent_runtime";
+
+/// `[agent_runtime]` / `AGENT_RUNTIME__*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub port: Option<u16>,
+    pub host: String,
+    /// Guards the runtime's API (`X-Internal-Auth` from the gateway).
+    pub internal_api_key: Secret,
+    /// Base URL of the LLM proxy.
+    pub llm_proxy_url: String,
+    /// Sent to the proxy as `X-Internal-Auth` (the proxy's `LLM_PROXY__INTERNAL_API_KEY`).
+    /// Empty means the same value as `internal_api_key`, as the original did.
+    pub llm_proxy_api_key: Secret,
+    /// Model of every agent unless `agent_models` names one.
+    pub llm_model: String,
+    /// Per-agent models, e.g. `architect=claude-sonnet,coder=gpt-4.1`.
+    pub agent_models: String,
+    /// `false`: one `universal` agent does everything.
+    pub multi_agent_mode: bool,
+    /// A folder of `<agent>.md.j2` templates overriding the built-in system prompts.
+    pub prompts_dir: Option<PathBuf>,
+    /// A YAML or JSON file of HITL rules replacing the built-in table.
+    pub hitl_policy_file: Option<PathBuf>,
+    /// Seconds allowed for the routing classification call.
+    pub routing_timeout: f64,
+    /// Seconds allowed for one LLM step (until the stream starts and between pieces).
+    pub llm_timeout: f64,
+    pub max_steps_per_turn: u32,
+    pub max_tool_calls_per_step: u32,
+    /// Token budget of the context sent to the model (0: no trimming).
+    pub context_tokens: u64,
+    pub session_retention_days: u32,
+    /// `sqlite:///data/agent_runtime.db` or `postgres://...`.
+    pub db_url: String,
+    pub db_max_connections: u32,
+    pub max_body_bytes: usize,
+    pub log_level: String,
+    pub version: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: None,
+            host: "0.0.0.0".to_owned(),
+            internal_api_key: Secret::new("change-me-internal-key"),
+            llm_proxy_url: "http://localhost:8002".to_owned(),
+            llm_proxy_api_key: Secret::default(),
+            llm_model: "mock-llm".to_owned(),
+            agent_models: String::new(),
+            multi_agent_mode: true,
+            prompts_dir: None,
+            hitl_policy_file: None,
+            routing_timeout: 5.0,
+            llm_timeout: 120.0,
+            max_steps_per_turn: 25,
+            max_tool_calls_per_step: 10,
+            context_tokens: 0,
+            session_retention_days: 30,
+            db_url: "sqlite:///data/agent_runtime.db".to_owned(),
+            db_max_connections: 10,
+            max_body_bytes: 32 * 1024 * 1024,
+            log_level: "INFO".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks the settings the rest of `build` does not: limits and, outside development,
+    /// keys that are not the published defaults. The error names the setting.
+    pub fn validate(&self, environment: Environment) -> Result<(), String> {
+        if !(self.routing_timeout.is_finite() && self.routing_timeout > 0.0) {
+            return Err(format!(
+                "AGENT_RUNTIME__ROUTING_TIMEOUT must be a positive number of seconds, got {}",
+                self.routing_timeout
+            ));
+        }
+        if self.max_steps_per_turn == 0 {
+            return Err("AGENT_RUNTIME__MAX_STEPS_PER_TURN must be at least 1".to_owned());
+        }
+        if self.max_tool_calls_per_step == 0 {
+            return Err("AGENT_RUNTIME__MAX_TOOL_CALLS_PER_STEP must be at least 1".to_owned());
+        }
+        if environment.is_production() {
+            if self.internal_api_key.is_weak() {
+                return Err(format!(
+                    "AGENT_RUNTIME__INTERNAL_API_KEY is missing, too short or a published \
+                     default; set a long random key ({} refuses weak keys)",
+                    environment.as_str()
+                ));
+            }
+            if !self.llm_proxy_api_key.is_empty() && self.llm_proxy_api_key.is_weak() {
+                return Err(format!(
+                    "AGENT_RUNTIME__LLM_PROXY_API_KEY is too short or a published default ({} \
+                     refuses weak keys)",
+                    environment.as_str()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn production_refuses_the_default_key() {
+        let config = Config::default();
+        assert!(config.validate(Environment::Development).is_ok());
+        let err = config.validate(Environment::Production).unwrap_err();
+        assert!(err.starts_with("AGENT_RUNTIME__INTERNAL_API_KEY"), "{err}");
+        let strong = Config {
+            internal_api_key: Secret::generate(),
+            ..Config::default()
+        };
+        assert!(strong.validate(Environment::Production).is_ok());
+    }
+
+    #[test]
+    fn limits_must_be_usable() {
+        let zero_steps = Config {
+            max_steps_per_turn: 0,
+            ..Config::default()
+        };
+        assert!(zero_steps.validate(Environment::Development).is_err());
+        let bad_timeout = Config {
+            routing_timeout: f64::NAN,
+            ..Config::default()
+        };
+        assert!(bad_timeout.validate(Environment::Development).is_err());
+    }
+}

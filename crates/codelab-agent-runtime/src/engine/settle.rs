@@ -1,0 +1,413 @@
+//! Settling tool calls: IDE results (including the Flutter IDE's refusals), human decisions,
+//! and cancellation. Every change is one atomic `update_tool_call` from the expected states,
+//! so a repeated or racing frame changes nothing and gets a `notice`.
+
+use codelab_protocol::ide::Decision;
+use codelab_protocol::runtime::{RuntimeEvent, TurnOutcome};
+use serde_json::{Map, Value};
+
+use super::calls::result_message;
+use super::step::StepEnd;
+use super::{Cx, Engine, EngineError, settled_event};
+use crate::agents::AgentKind;
+use crate::metrics;
+use crate::model::{ToolCallRecord, ToolCallStatus, ToolCallUpdate, TurnStatus, UpdateOutcome};
+use crate::tools;
+
+/// How many times a settlement re-reads a call that changed under it before giving up.
+const SETTLE_ATTEMPTS: usize = 3;
+
+impl Engine {
+    // ---- tool_result ----
+
+    /// The IDE's outcome for a call. For a call waiting for approval it is also the decision
+    /// (the Flutter IDE asks the user itself): an error means refused, a result approved and
+    /// run.
+    pub(crate) async fn tool_result(
+        &self,
+        cx: &Cx<'_>,
+        call_id: &str,
+        result: Option<Value>,
+        error: Option<String>,
+    ) -> Result<(), EngineError> {
+        let mut attempt = 0;
+        let settled = loop {
+            let Some(call) = self.store.get_tool_call(cx.session_id, call_id).await? else {
+                return self.unknown_call(cx, call_id).await;
+            };
+            if !call.status.is_open() {
+                return self.already_settled(cx, &call).await;
+            }
+            let (status, decision, feedback) = match (call.status, &error) {
+                (ToolCallStatus::PendingApproval, Some(error)) => (
+                    ToolCallStatus::Rejected,
+                    Some("reject"),
+                    Some(error.clone()),
+                ),
+                (ToolCallStatus::PendingApproval, None) => {
+                    (ToolCallStatus::Succeeded, Some("approve"), None)
+                }
+                (_, Some(_)) => (ToolCallStatus::Failed, None, None),
+                (_, None) => (ToolCallStatus::Succeeded, None, None),
+            };
+            let update = ToolCallUpdate {
+                status,
+                decision: decision.map(str::to_owned),
+                feedback,
+                modified_arguments: None,
+                result: if error.is_some() {
+                    None
+                } else {
+                    result.clone()
+                },
+                error: error.clone(),
+                settle: true,
+            };
+            match self
+                .store
+                .update_tool_call(cx.session_id, call_id, &[call.status], update)
+                .await?
+            {
+                UpdateOutcome::Updated(updated) => {
+                    if let Some(decision) = decision {
+                        metrics::approval(decision);
+                    }
+                    break updated;
+                }
+                UpdateOutcome::NotFound => return self.unknown_call(cx, call_id).await,
+                UpdateOutcome::Unchanged(current) => {
+                    attempt += 1;
+                    if !current.status.is_open() || attempt >= SETTLE_ATTEMPTS {
+                        return self.already_settled(cx, &current).await;
+                    }
+                }
+            }
+        };
+        metrics::tool_call_settled(&settled.tool_name, settled.status.as_str());
+        let text = result_message(
+            &settled,
+            if error.is_some() {
+                None
+            } else {
+                result.as_ref()
+            },
+            error.as_deref(),
+        );
+        self.append_tool_message(cx, call_id, text).await?;
+        cx.out.emit(settled_event(&settled, error)).await?;
+        self.after_settlement(cx, &settled).await
+    }
+
+    // ---- hitl_decision ----
+
+    /// A person's decision on a call that waits for approval. Approve and edit hand the call
+    /// to the IDE (a new `tool_call` without `requires_approval`); reject settles it.
+    pub(crate) async fn hitl_decision(
+        &self,
+        cx: &Cx<'_>,
+        call_id: &str,
+        decision: Decision,
+        modified_arguments: Option<Map<String, Value>>,
+        feedback: Option<String>,
+    ) -> Result<(), EngineError> {
+        let Some(call) = self.store.get_tool_call(cx.session_id, call_id).await? else {
+            return self.unknown_call(cx, call_id).await;
+        };
+        let modified = modified_arguments.map(Value::Object);
+        let same_edit = decision != Decision::Edit || call.modified_arguments == modified;
+        if call.decision.as_deref() == Some(decision.as_str()) && same_edit {
+            cx.out
+                .emit(RuntimeEvent::Notice {
+                    message: format!(
+                        "call {call_id} was already decided ({}); nothing changed",
+                        decision.as_str()
+                    ),
+                })
+                .await?;
+            return Ok(());
+        }
+        if call.status != ToolCallStatus::PendingApproval {
+            return self.conflict(cx, &call).await;
+        }
+        match decision {
+            Decision::Approve | Decision::Edit => {
+                let edited = if decision == Decision::Edit {
+                    match self.check_edit(&call, modified) {
+                        Ok(edited) => Some(edited),
+                        Err(message) => {
+                            cx.out
+                                .emit(RuntimeEvent::Error {
+                                    message,
+                                    code: Some("invalid_arguments".to_owned()),
+                                })
+                                .await?;
+                            return Ok(());
+                        }
+                    }
+                } else {
+                    None
+                };
+                let update = ToolCallUpdate {
+                    status: ToolCallStatus::AwaitingResult,
+                    decision: Some(decision.as_str().to_owned()),
+                    feedback: feedback.clone(),
+                    modified_arguments: edited.clone(),
+                    result: None,
+                    error: None,
+                    settle: false,
+                };
+                let call = match self
+                    .store
+                    .update_tool_call(
+                        cx.session_id,
+                        call_id,
+                        &[ToolCallStatus::PendingApproval],
+                        update,
+                    )
+                    .await?
+                {
+                    UpdateOutcome::Updated(call) => call,
+                    UpdateOutcome::Unchanged(current) => return self.conflict(cx, &current).await,
+                    UpdateOutcome::NotFound => return self.unknown_call(cx, call_id).await,
+                };
+                metrics::approval(decision.as_str());
+                cx.out
+                    .emit(RuntimeEvent::ToolCall {
+                        call_id: call.call_id.clone(),
+                        tool_name: call.tool_name.clone(),
+                        arguments: edited.unwrap_or_else(|| call.arguments.clone()),
+                        requires_approval: false,
+                        approval_reason: None,
+                        agent: call.agent.clone(),
+                    })
+                    .await?;
+                let open = self
+                    .store
+                    .list_step_calls(&call.turn_id, call.step)
+                    .await?
+                    .iter()
+                    .filter(|c| c.status.is_open())
+                    .count();
+                cx.out
+                    .emit(RuntimeEvent::StepFinished {
+                        step: u32::try_from(call.step).unwrap_or(0),
+                        pending_calls: u32::try_from(open).unwrap_or(u32::MAX),
+                    })
+                    .await?;
+                Ok(())
+            }
+            Decision::Reject => {
+                let update = ToolCallUpdate {
+                    status: ToolCallStatus::Rejected,
+                    decision: Some("reject".to_owned()),
+                    feedback: feedback.clone(),
+                    modified_arguments: None,
+                    result: None,
+                    error: None,
+                    settle: true,
+                };
+                let call = match self
+                    .store
+                    .update_tool_call(
+                        cx.session_id,
+                        call_id,
+                        &[ToolCallStatus::PendingApproval],
+                        update,
+                    )
+                    .await?
+                {
+                    UpdateOutcome::Updated(call) => call,
+                    UpdateOutcome::Unchanged(current) => return self.conflict(cx, &current).await,
+                    UpdateOutcome::NotFound => return self.unknown_call(cx, call_id).await,
+                };
+                metrics::approval("reject");
+                metrics::tool_call_settled(&call.tool_name, "rejected");
+                let mut text = "The user rejected this call.".to_owned();
+                if let Some(feedback) = &feedback {
+                    text.push_str(" Feedback: ");
+                    text.push_str(feedback);
+                }
+                self.append_tool_message(cx, call_id, text).await?;
+                cx.out.emit(settled_event(&call, feedback)).await?;
+                self.after_settlement(cx, &call).await
+            }
+        }
+    }
+
+    /// The edited arguments of an `edit` decision, checked like the model's own.
+    fn check_edit(&self, call: &ToolCallRecord, modified: Option<Value>) -> Result<Value, String> {
+        let Some(edited) = modified else {
+            return Err(format!(
+                "an edit of call {} needs modified_arguments: the arguments to run {} with",
+                call.call_id, call.tool_name
+            ));
+        };
+        if let Some(agent) = AgentKind::parse(&call.agent) {
+            self.registry
+                .check_tool_allowed(agent, &call.tool_name, &edited)
+                .map_err(|e| format!("the edited arguments are refused: {e}"))?;
+        }
+        tools::validate_arguments(&call.tool_name, &edited.to_string())
+            .map_err(|e| format!("the edited arguments are invalid: {e}"))
+    }
+
+    // ---- cancel_turn ----
+
+    /// Stops the turn in progress: its open calls are cancelled (with tool messages, so the
+    /// history stays valid) and the turn is marked cancelled.
+    pub(crate) async fn cancel_turn(
+        &self,
+        cx: &Cx<'_>,
+        reason: Option<String>,
+    ) -> Result<(), EngineError> {
+        let text = format!(
+            "Cancelled: {}",
+            reason.as_deref().unwrap_or("the user cancelled the turn")
+        );
+        let had_turn = self.store.active_turn(cx.session_id).await?.is_some();
+        let cancelled = self.cancel_open_work(cx, &text).await?;
+        if !had_turn && cancelled.is_empty() {
+            cx.out
+                .emit(RuntimeEvent::Notice {
+                    message: "no turn is in progress; nothing to cancel".to_owned(),
+                })
+                .await?;
+            return Ok(());
+        }
+        for call in &cancelled {
+            cx.out.emit(settled_event(call, None)).await?;
+        }
+        cx.out
+            .emit(RuntimeEvent::TurnFinished {
+                outcome: TurnOutcome::Cancelled,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Cancels every open call of the session (each answered by a tool message `text`) and
+    /// the active turn; returns the calls it cancelled. Emits nothing.
+    pub(crate) async fn cancel_open_work(
+        &self,
+        cx: &Cx<'_>,
+        text: &str,
+    ) -> Result<Vec<ToolCallRecord>, EngineError> {
+        let mut cancelled = Vec::new();
+        for call in self.store.list_open_calls(cx.session_id).await? {
+            let update = ToolCallUpdate {
+                status: ToolCallStatus::Cancelled,
+                decision: None,
+                feedback: None,
+                modified_arguments: None,
+                result: None,
+                error: Some(text.to_owned()),
+                settle: true,
+            };
+            let outcome = self
+                .store
+                .update_tool_call(
+                    cx.session_id,
+                    &call.call_id,
+                    &[
+                        ToolCallStatus::PendingApproval,
+                        ToolCallStatus::AwaitingResult,
+                    ],
+                    update,
+                )
+                .await?;
+            if let UpdateOutcome::Updated(call) = outcome {
+                metrics::tool_call_settled(&call.tool_name, "cancelled");
+                self.append_tool_message(cx, &call.call_id, text.to_owned())
+                    .await?;
+                cancelled.push(call);
+            }
+        }
+        if let Some(turn) = self.store.active_turn(cx.session_id).await? {
+            self.store
+                .update_turn(&turn.id, TurnStatus::Cancelled, turn.steps, &turn.agent)
+                .await?;
+            metrics::turn("cancelled");
+        }
+        Ok(cancelled)
+    }
+
+    // ---- shared ----
+
+    /// After a call settled: the next step when it was the step's last open call, else a
+    /// `step_finished` saying how many remain.
+    async fn after_settlement(
+        &self,
+        cx: &Cx<'_>,
+        call: &ToolCallRecord,
+    ) -> Result<(), EngineError> {
+        let Some(mut turn) = self.store.get_turn(&call.turn_id).await? else {
+            return Err(EngineError::Inconsistent(format!(
+                "call {} names turn {}, which does not exist",
+                call.call_id, call.turn_id
+            )));
+        };
+        if turn.status.is_finished() {
+            // Open calls of a finished turn are not expected; settle without continuing.
+            let open = self
+                .store
+                .list_step_calls(&turn.id, call.step)
+                .await?
+                .iter()
+                .filter(|c| c.status.is_open())
+                .count();
+            cx.out
+                .emit(RuntimeEvent::StepFinished {
+                    step: u32::try_from(call.step).unwrap_or(0),
+                    pending_calls: u32::try_from(open).unwrap_or(u32::MAX),
+                })
+                .await?;
+            return Ok(());
+        }
+        match self.finish_step(cx, &mut turn, call.step, false).await? {
+            StepEnd::Continue => self.run_turn(cx, &mut turn).await,
+            StepEnd::Stop => Ok(()),
+        }
+    }
+
+    async fn unknown_call(&self, cx: &Cx<'_>, call_id: &str) -> Result<(), EngineError> {
+        cx.out
+            .emit(RuntimeEvent::Error {
+                message: format!("unknown call_id \"{call_id}\" in this session"),
+                code: Some("unknown_call".to_owned()),
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn already_settled(&self, cx: &Cx<'_>, call: &ToolCallRecord) -> Result<(), EngineError> {
+        cx.out
+            .emit(RuntimeEvent::Notice {
+                message: format!(
+                    "call {} is already settled ({})",
+                    call.call_id,
+                    call.status.as_str()
+                ),
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn conflict(&self, cx: &Cx<'_>, call: &ToolCallRecord) -> Result<(), EngineError> {
+        let message = if !call.requires_approval {
+            format!("call {} does not wait for approval", call.call_id)
+        } else {
+            format!(
+                "call {} was already decided ({})",
+                call.call_id,
+                call.status.as_str()
+            )
+        };
+        cx.out
+            .emit(RuntimeEvent::Error {
+                message,
+                code: Some("conflict".to_owned()),
+            })
+            .await?;
+        Ok(())
+    }
+}

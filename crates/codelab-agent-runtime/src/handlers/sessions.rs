@@ -1,0 +1,333 @@
+//! Sessions (spec §2.2, with the original's quirks fixed): create, list with a real total,
+//! read, rename, delete, history with the agent context, stored events, pending approvals.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::stream::create;
+use super::{
+    HttpError, Owner, dev_sessions, is_valid_session_id, owned_session, session_json, time,
+};
+use crate::AppState;
+use crate::engine::MAX_TITLE_CHARS;
+use crate::model::{Message, Role, SessionQuery, ToolCallStatus};
+
+/// Default and largest page of `GET /sessions`.
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
+/// Default page of `GET /sessions/{id}/events`.
+const DEFAULT_EVENTS_LIMIT: u32 = 500;
+
+type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+/// The query parameters, or a 400 naming the problem.
+fn params(query: Params) -> Result<HashMap<String, String>, HttpError> {
+    query
+        .map(|Query(map)| map)
+        .map_err(|e| HttpError::bad_request(format!("invalid query string: {e}")))
+}
+
+/// An integer parameter within `min..=max`, `default` when absent.
+fn number(
+    params: &HashMap<String, String>,
+    name: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, HttpError> {
+    let Some(raw) = params.get(name) else {
+        return Ok(default);
+    };
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| {
+            HttpError::bad_request(format!(
+                "{name} must be an integer from {min} to {max}, got \"{raw}\""
+            ))
+        })
+}
+
+/// A JSON object body (an empty body counts as `{}` when `empty_ok`).
+fn object_body(body: &Bytes, empty_ok: bool) -> Result<Map<String, Value>, HttpError> {
+    if empty_ok && body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(HttpError::bad_request(
+            "expected a JSON object in the request body",
+        )),
+        Err(e) => Err(HttpError::bad_request(format!(
+            "invalid JSON in request body: {e}"
+        ))),
+    }
+}
+
+/// `POST /sessions`: a new session with a random UUID v4 id (the gateway hands it to the IDE
+/// as a capability). `{"session_id"}` chooses the id, in the development mode only.
+pub async fn create_session(
+    State(state): State<Arc<AppState>>,
+    owner: Owner,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let body = object_body(&body, true)?;
+    let requested = match body.get("session_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) => Some(id.clone()),
+        Some(_) => return Err(HttpError::bad_request("session_id must be a string")),
+    };
+    let id = match requested {
+        None => uuid::Uuid::new_v4().to_string(),
+        Some(_) if !dev_sessions(&headers) => {
+            return Err(HttpError::bad_request(
+                "a client-chosen session_id is only accepted in the development session mode \
+                 (X-Codelab-Dev-Sessions: true); omit it to get a random id",
+            ));
+        }
+        Some(id) if !is_valid_session_id(&id) => {
+            return Err(HttpError::bad_request(
+                "session_id must be 1 to 64 characters of A-Z a-z 0-9 _ . -",
+            ));
+        }
+        Some(id) => id,
+    };
+    let session = create(&state, &owner, id).await?;
+    let body = json!({
+        "id": session.id,
+        "message_count": 0,
+        "created_at": time(session.created_at),
+        "is_active": true,
+        "current_agent": session.current_agent,
+        "title": null,
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `GET /sessions?limit=100&offset=0&search=`: the user's sessions, most recently active
+/// first, with the real number of matches in `total`.
+pub async fn list_sessions(
+    State(state): State<Arc<AppState>>,
+    owner: Owner,
+    query: Params,
+) -> Result<Json<Value>, HttpError> {
+    let params = params(query)?;
+    let limit = number(
+        &params,
+        "limit",
+        u64::from(DEFAULT_LIMIT),
+        1,
+        u64::from(MAX_LIMIT),
+    )?;
+    let offset = number(&params, "offset", 0, 0, u64::from(u32::MAX))?;
+    let (limit, offset) = (
+        u32::try_from(limit).unwrap_or(MAX_LIMIT),
+        u32::try_from(offset).unwrap_or(u32::MAX),
+    );
+    let search = params
+        .get("search")
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
+    let (sessions, total) = state
+        .store
+        .list_sessions(&SessionQuery {
+            owner: owner.0,
+            search,
+            limit,
+            offset,
+        })
+        .await?;
+    Ok(Json(json!({
+        "sessions": sessions.iter().map(session_json).collect::<Vec<_>>(),
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+    })))
+}
+
+/// `GET /sessions/{id}`: the flat session object.
+pub async fn get_session(
+    State(state): State<Arc<AppState>>,
+    owner: Owner,
+    Path(session_id): Path<String>,
+) -> Result<Json<Value>, HttpError> {
+    let session = owned_session(&state, &owner, &session_id).await?;
+    Ok(Json(session_json(&session)))
+}
+
+/// `PATCH /sessions/{id}` `{"title": "..."}`: renames the session.
+pub async fn update_session(
+    State(state): State<Arc<AppState>>,
+    owner: Owner,
+    Path(session_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, HttpError> {
+    owned_session(&state, &owner, &session_id).await?;
+    let body = object_body(&body, false)?;
+    let title = match body.get("title") {
+        Some(Value::String(title)) => title.trim().to_owned(),
+        None => return Err(HttpError::bad_request("\"title\" is required")),
+        Some(_) => return Err(HttpError::bad_request("title must be a string")),
+    };
+    if title.is_empty() {
+        return Err(HttpError::bad_request("title must not be empty"));
+    }
+    let chars = title.chars().count();
+    if chars > MAX_TITLE_CHARS {
+        return Err(HttpError::bad_request(format!(
+            "title must be at most {MAX_TITLE_CHARS} characters, got {chars}"
+        )));
+    }
+    state.store.set_title(&session_id, &title).await?;
+    let session = owned_session(&state, &owner, &session_id).await?;
+    Ok(Json(session_json(&session)))
+}
+
+/// `DELETE /sessions/{id}`: 204, after which the session is gone for every read.
+pub async fn delete_session(
+    State(state): State<Arc<AppState>>,
+    owner: Owner,
+    Path(session_id): Path<String>,
+) -> Result<StatusCode, HttpError> {
+    owned_session(&state, &owner, &session_id).await?;
+    if state.store.delete_session(&session_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(HttpError::session_not_found(&session_id))
+    }
+}
+
+/// One message of the history page: OpenAI style, null keys left out.
+fn message_json(message: &Message) -> Value {
+    let mut out = Map::new();
+    out.insert("role".into(), json!(message.role.as_str()));
+    // The original wrote `""` for an assistant message that only calls tools.
+    out.insert(
+        "content".into(),
+        json!(message.content.clone().unwrap_or_default()),
+    );
+    if message.role == Role::Assistant
+        && let Some(agent) = &message.agent
+    {
+        out.insert("name".into(), json!(agent));
+    }
+    if let Some(id) = &message.tool_call_id {
+        out.insert("tool_call_id".into(), json!(id));
+    }
+    if let Some(calls) = message.tool_calls.as_ref().filter(|c| !c.is_null()) {
+        out.insert("tool_calls".into(), calls.clone());
+    }
+    Value::Object(out)
+}
+
+/// `GET /sessions/{id}/history`: messages, the agent context and every tool call's state.
+pub async fn session_history(
+    State(state): State<Arc<AppState>>,
+    owner: Owner,
+    Path(session_id): Path<String>,
+) -> Result<Json<Value>, HttpError> {
+    let session = owned_session(&state, &owner, &session_id).await?;
+    let messages = state.store.list_messages(&session_id).await?;
+    let switches = state.store.list_switches(&session_id).await?;
+    let calls = state.store.list_session_calls(&session_id).await?;
+    Ok(Json(json!({
+        "session_id": session.id,
+        "messages": messages.iter().map(message_json).collect::<Vec<_>>(),
+        "message_count": session.message_count,
+        "last_activity": time(session.last_activity),
+        "current_agent": session.current_agent,
+        "agent_history": switches.iter().map(|s| json!({
+            "from": s.from_agent,
+            "to": s.to_agent,
+            "reason": s.reason,
+            "timestamp": time(s.created_at),
+            "confidence": s.confidence,
+            "method": s.method,
+        })).collect::<Vec<_>>(),
+        "tool_calls": calls.iter().map(|c| json!({
+            "call_id": c.call_id,
+            "tool_name": c.tool_name,
+            "arguments": c.arguments,
+            "status": c.status.as_str(),
+            "requires_approval": c.requires_approval,
+            "decision": c.decision,
+            "result": c.result,
+            "error": c.error,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /sessions/{id}/events?after=SEQ&limit=N`: stored events after `seq` (for a gateway
+/// that reconnects). Text deltas are not stored; the `assistant_message` holding their whole
+/// text is.
+pub async fn session_events(
+    State(state): State<Arc<AppState>>,
+    owner: Owner,
+    Path(session_id): Path<String>,
+    query: Params,
+) -> Result<Json<Value>, HttpError> {
+    owned_session(&state, &owner, &session_id).await?;
+    let params = params(query)?;
+    let after = number(&params, "after", 0, 0, i64::MAX.unsigned_abs())?;
+    let limit = number(
+        &params,
+        "limit",
+        u64::from(DEFAULT_EVENTS_LIMIT),
+        1,
+        u64::from(MAX_LIMIT),
+    )?;
+    let events = state
+        .store
+        .list_events(
+            &session_id,
+            after,
+            u32::try_from(limit).unwrap_or(MAX_LIMIT),
+        )
+        .await?;
+    Ok(Json(json!({ "events": events })))
+}
+
+/// `GET /sessions/{id}/pending-approvals`: calls waiting for a person, oldest first, in the
+/// original's shape (unified fields and the legacy mirrors the Flutter IDE reads).
+pub async fn pending_approvals(
+    State(state): State<Arc<AppState>>,
+    owner: Owner,
+    Path(session_id): Path<String>,
+) -> Result<Json<Value>, HttpError> {
+    owned_session(&state, &owner, &session_id).await?;
+    let pending: Vec<Value> = state
+        .store
+        .list_open_calls(&session_id)
+        .await?
+        .into_iter()
+        .filter(|c| c.status == ToolCallStatus::PendingApproval)
+        .map(|c| {
+            json!({
+                "request_id": c.call_id,
+                "request_type": "tool",
+                "subject": c.tool_name,
+                "details": {"arguments": c.arguments},
+                "reason": c.approval_reason,
+                "created_at": time(c.created_at),
+                "call_id": c.call_id,
+                "tool_name": c.tool_name,
+                "arguments": c.arguments,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "session_id": session_id,
+        "count": pending.len(),
+        "pending_approvals": pending,
+    })))
+}

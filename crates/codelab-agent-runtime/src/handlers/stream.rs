@@ -1,0 +1,160 @@
+//! `POST /agent/message/stream`: one client frame in, a stream of our events out.
+//!
+//! Body `{"session_id": "...", "message": {<client frame>}}`. Everything that can be refused
+//! without touching the session's state is refused here with a 400 (malformed frame, unknown
+//! agent) or 404 (unknown or foreign session), before any stream starts. The work itself
+//! runs in a tracked task under the session lock; the response relays what it emits as
+//! `data: <SequencedEvent JSON>\n\n` records and ends when the work is done. A client that
+//! goes away does not stop the work.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use codelab_protocol::ide::parse_client_frame;
+use codelab_protocol::runtime::SequencedEvent;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::{HttpError, Owner, dev_sessions, is_valid_session_id};
+use crate::AppState;
+use crate::agents::AgentKind;
+use crate::engine::Work;
+use crate::model::{NewSession, Session};
+use crate::store::StoreError;
+
+/// Events buffered between the work and a slow reader.
+const EVENT_BUFFER: usize = 64;
+
+/// Processes one client frame and streams the events it produces.
+pub async fn stream_message(
+    State(state): State<Arc<AppState>>,
+    owner: Owner,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let body: Value = serde_json::from_slice(&body)
+        .map_err(|e| HttpError::bad_request(format!("invalid JSON in request body: {e}")))?;
+    let Value::Object(body) = body else {
+        return Err(HttpError::bad_request(
+            "expected a JSON object with \"session_id\" and \"message\"",
+        ));
+    };
+    let message = match body.get("message") {
+        None | Some(Value::Null) => {
+            return Err(HttpError::bad_request(
+                "\"message\" is required: the client frame to process",
+            ));
+        }
+        Some(message) => message.to_string(),
+    };
+    let (frame, _) =
+        parse_client_frame(&message).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let work = Work::from_frame(frame, state.engine.registry())
+        .map_err(|e| HttpError::bad_request(e.0))?;
+    let session_id = match body.get("session_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if !id.trim().is_empty() => Some(id.clone()),
+        Some(_) => {
+            return Err(HttpError::bad_request(
+                "session_id must be a non-empty string",
+            ));
+        }
+    };
+    let session = match session_id {
+        Some(id) => resolve_session(&state, &owner, &id, dev_sessions(&headers)).await?,
+        // The gateway's auto-session mode sends no id with a first user message: a new
+        // session is made, and the stream's `session_info` tells its id.
+        None if matches!(work, Work::UserMessage { .. }) => {
+            create(&state, &owner, uuid::Uuid::new_v4().to_string()).await?
+        }
+        None => {
+            return Err(HttpError::bad_request(
+                "session_id is required (only a user_message may start a new session)",
+            ));
+        }
+    };
+
+    let (tx, rx) = mpsc::channel::<SequencedEvent>(EVENT_BUFFER);
+    let worker = Arc::clone(&state);
+    state.tasks.spawn(async move {
+        worker.engine.process(session.id, work, tx).await;
+    });
+    let records = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        let record = match serde_json::to_string(&event) {
+            Ok(json) => format!("data: {json}\n\n"),
+            Err(error) => {
+                tracing::error!(%error, "cannot encode an event");
+                String::new()
+            }
+        };
+        Some((Ok::<_, Infallible>(Bytes::from(record)), rx))
+    });
+    let mut response = Response::new(Body::from_stream(records));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // nginx must pass events on at once, not buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// The session the frame is for: the owner's existing session, or — in the gateway's
+/// development mode only — a new one with the requested id, as the original created
+/// sessions on first use.
+async fn resolve_session(
+    state: &AppState,
+    owner: &Owner,
+    session_id: &str,
+    dev: bool,
+) -> Result<Session, HttpError> {
+    match state.store.get_session(session_id).await? {
+        Some(session) if session.owner == owner.0 => Ok(session),
+        Some(_) => Err(HttpError::session_not_found(session_id)),
+        None if dev && is_valid_session_id(session_id) => {
+            match create(state, owner, session_id.to_owned()).await {
+                Ok(session) => Ok(session),
+                // Created by a concurrent request meanwhile (or a deleted id): read again.
+                Err(error) if error.status() == StatusCode::CONFLICT => {
+                    match state.store.get_session(session_id).await? {
+                        Some(session) if session.owner == owner.0 => Ok(session),
+                        _ => Err(HttpError::session_not_found(session_id)),
+                    }
+                }
+                Err(error) => Err(error),
+            }
+        }
+        None => Err(HttpError::session_not_found(session_id)),
+    }
+}
+
+/// Creates a session owned by `owner` on the orchestrator.
+pub(crate) async fn create(
+    state: &AppState,
+    owner: &Owner,
+    session_id: String,
+) -> Result<Session, HttpError> {
+    state
+        .store
+        .create_session(NewSession {
+            id: session_id.clone(),
+            owner: owner.0.clone(),
+            current_agent: AgentKind::Orchestrator.as_str().to_owned(),
+        })
+        .await
+        .map_err(|error| match error {
+            StoreError::Conflict(_) => HttpError::new(
+                StatusCode::CONFLICT,
+                format!("session {session_id} already exists"),
+            ),
+            other => HttpError::internal(other),
+        })
+}

@@ -1,0 +1,449 @@
+//! The human-in-the-loop policy: which tool calls wait for a person's approval, and why.
+//!
+//! Rules are shell-glob patterns on the tool name, evaluated first match wins; a rule may
+//! apply to some agents only; an unmatched tool needs no approval. The built-in table is the
+//! original's (spec §5.2); `AGENT_RUNTIME__HITL_POLICY_FILE` replaces it with a YAML or JSON
+//! file (format in `docs/agent-runtime.md`, "HITL policy file").
+
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobMatcher};
+use serde::{Deserialize, Serialize};
+
+use crate::agents::AgentKind;
+
+/// What the policy says about one call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub requires_approval: bool,
+    /// The matching rule's reason (shown in the approval dialog).
+    pub reason: Option<String>,
+}
+
+impl Verdict {
+    /// No approval needed and nothing to say.
+    pub fn allow() -> Verdict {
+        Verdict {
+            requires_approval: false,
+            reason: None,
+        }
+    }
+}
+
+/// One rule as written in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HitlRule {
+    /// Shell glob on the tool name (`write_file`, `*_file`, `execute_*`, `*`).
+    pub pattern: String,
+    pub requires_approval: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Only these agents; `None` (absent) for every agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents: Option<Vec<String>>,
+}
+
+/// A policy file's shape.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default = "enabled_by_default")]
+    enabled: bool,
+    /// Append the built-in table after the file's rules (so a file can add a few overrides).
+    #[serde(default)]
+    include_defaults: bool,
+    #[serde(default)]
+    rules: Vec<HitlRule>,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    matcher: GlobMatcher,
+    requires_approval: bool,
+    reason: Option<String>,
+    agents: Option<Vec<AgentKind>>,
+}
+
+/// A policy file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HitlError {
+    #[error("cannot read the HITL policy file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the HITL policy file {path} is not valid {format}: {message}")]
+    Parse {
+        path: PathBuf,
+        format: &'static str,
+        message: String,
+    },
+    #[error("the HITL policy file {path}, rule {index}: {message}")]
+    Rule {
+        path: PathBuf,
+        /// 0-based position in `rules`.
+        index: usize,
+        message: String,
+    },
+    #[error("the HITL policy file {path} must end in .yaml, .yml or .json")]
+    Extension { path: PathBuf },
+}
+
+/// The rules in force.
+#[derive(Debug, Clone)]
+pub struct HitlPolicy {
+    /// `false`: nothing needs approval.
+    pub enabled: bool,
+    rules: Vec<CompiledRule>,
+}
+
+/// The original's table: (pattern, requires approval, reason).
+const DEFAULT_RULES: [(&str, bool, Option<&str>); 8] = [
+    (
+        "write_file",
+        true,
+        Some("File modification requires user approval"),
+    ),
+    (
+        "delete_file",
+        true,
+        Some("File deletion requires user approval"),
+    ),
+    (
+        "execute_command",
+        true,
+        Some("Command execution requires user approval"),
+    ),
+    (
+        "create_directory",
+        true,
+        Some("Directory creation requires user approval"),
+    ),
+    ("move_file", true, Some("File move requires user approval")),
+    ("read_file", false, None),
+    ("list_files", false, None),
+    ("search_files", false, None),
+];
+
+impl Default for HitlPolicy {
+    /// The original's table, enabled.
+    fn default() -> Self {
+        HitlPolicy {
+            enabled: true,
+            rules: default_rules(),
+        }
+    }
+}
+
+impl HitlPolicy {
+    /// The built-in table without a path; the file's rules with one (`.yaml`/`.yml` or `.json`).
+    pub fn load(path: Option<&Path>) -> Result<HitlPolicy, HitlError> {
+        let Some(path) = path else {
+            return Ok(HitlPolicy::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| HitlError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let file: PolicyFile = match extension.as_deref() {
+            Some("yaml" | "yml") => {
+                serde_norway::from_str(&text).map_err(|e| HitlError::Parse {
+                    path: path.to_owned(),
+                    format: "YAML",
+                    message: e.to_string(),
+                })?
+            }
+            Some("json") => serde_json::from_str(&text).map_err(|e| HitlError::Parse {
+                path: path.to_owned(),
+                format: "JSON",
+                message: e.to_string(),
+            })?,
+            _ => {
+                return Err(HitlError::Extension {
+                    path: path.to_owned(),
+                });
+            }
+        };
+        let mut policy =
+            HitlPolicy::from_rules(file.enabled, &file.rules).map_err(|(index, message)| {
+                HitlError::Rule {
+                    path: path.to_owned(),
+                    index,
+                    message,
+                }
+            })?;
+        if file.include_defaults {
+            policy.rules.extend(default_rules());
+        }
+        Ok(policy)
+    }
+
+    /// A policy from rules; the error is the failing rule's index and what is wrong with it.
+    pub fn from_rules(enabled: bool, rules: &[HitlRule]) -> Result<HitlPolicy, (usize, String)> {
+        let rules = rules
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| compile(rule).map_err(|message| (index, message)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(HitlPolicy { enabled, rules })
+    }
+
+    /// Whether a call of `tool` by `agent` needs approval: the first rule that matches the name
+    /// and applies to the agent decides; nothing matches → no approval.
+    pub fn evaluate(&self, agent: AgentKind, tool: &str) -> Verdict {
+        if !self.enabled {
+            return Verdict::allow();
+        }
+        self.rules
+            .iter()
+            .filter(|rule| {
+                rule.agents
+                    .as_ref()
+                    .is_none_or(|agents| agents.contains(&agent))
+            })
+            .find(|rule| rule.matcher.is_match(tool))
+            .map_or_else(Verdict::allow, |rule| Verdict {
+                requires_approval: rule.requires_approval,
+                reason: rule.reason.clone(),
+            })
+    }
+}
+
+fn compile(rule: &HitlRule) -> Result<CompiledRule, String> {
+    if rule.pattern.trim().is_empty() {
+        return Err("the pattern is empty".to_owned());
+    }
+    let matcher = Glob::new(&rule.pattern)
+        .map_err(|e| format!("bad pattern \"{}\": {e}", rule.pattern))?
+        .compile_matcher();
+    let agents = match &rule.agents {
+        None => None,
+        Some(names) => Some(
+            names
+                .iter()
+                .map(|name| {
+                    AgentKind::parse(name).ok_or_else(|| {
+                        format!(
+                            "unknown agent \"{name}\" (expected one of orchestrator, coder, \
+                             architect, debug, ask, universal)"
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(CompiledRule {
+        matcher,
+        requires_approval: rule.requires_approval,
+        reason: rule.reason.clone(),
+        agents,
+    })
+}
+
+fn default_rules() -> Vec<CompiledRule> {
+    DEFAULT_RULES
+        .iter()
+        .map(|(pattern, requires_approval, reason)| CompiledRule {
+            matcher: Glob::new(pattern)
+                .expect("the built-in patterns are plain tool names")
+                .compile_matcher(),
+            requires_approval: *requires_approval,
+            reason: reason.map(str::to_owned),
+            agents: None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn the_default_table_is_the_originals() {
+        let policy = HitlPolicy::load(None).unwrap();
+        let v = policy.evaluate(AgentKind::Coder, "write_file");
+        assert!(v.requires_approval);
+        assert_eq!(
+            v.reason.as_deref(),
+            Some("File modification requires user approval")
+        );
+        assert_eq!(
+            policy
+                .evaluate(AgentKind::Debug, "execute_command")
+                .reason
+                .as_deref(),
+            Some("Command execution requires user approval")
+        );
+        assert_eq!(
+            policy
+                .evaluate(AgentKind::Coder, "create_directory")
+                .reason
+                .as_deref(),
+            Some("Directory creation requires user approval")
+        );
+        assert!(
+            policy
+                .evaluate(AgentKind::Coder, "delete_file")
+                .requires_approval
+        );
+        assert!(
+            policy
+                .evaluate(AgentKind::Coder, "move_file")
+                .requires_approval
+        );
+        for safe in [
+            "read_file",
+            "list_files",
+            "search_files",
+            "search_in_code",
+            "switch_mode",
+        ] {
+            assert_eq!(
+                policy.evaluate(AgentKind::Coder, safe),
+                Verdict::allow(),
+                "{safe}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_disabled_policy_approves_nothing() {
+        let (_dir, path) = write("p.yaml", "enabled: false\ninclude_defaults: true\n");
+        let policy = HitlPolicy::load(Some(&path)).unwrap();
+        assert!(
+            !policy
+                .evaluate(AgentKind::Coder, "write_file")
+                .requires_approval
+        );
+    }
+
+    #[test]
+    fn yaml_rules_apply_first_match_first_and_per_agent() {
+        let (_dir, path) = write(
+            "policy.yml",
+            r#"
+rules:
+  - pattern: write_file
+    requires_approval: false
+    agents: [architect]
+  - pattern: "*_file"
+    requires_approval: true
+    reason: Files need a look
+  - pattern: read_file
+    requires_approval: false
+  - pattern: "execute_*"
+    requires_approval: true
+    reason: Commands need a look
+"#,
+        );
+        let policy = HitlPolicy::load(Some(&path)).unwrap();
+        // The architect-only rule comes first for the architect...
+        assert_eq!(
+            policy.evaluate(AgentKind::Architect, "write_file"),
+            Verdict::allow()
+        );
+        // ...and is skipped for everyone else.
+        let v = policy.evaluate(AgentKind::Coder, "write_file");
+        assert!(v.requires_approval);
+        assert_eq!(v.reason.as_deref(), Some("Files need a look"));
+        // First match wins: `*_file` shadows the later read_file rule.
+        assert!(
+            policy
+                .evaluate(AgentKind::Coder, "read_file")
+                .requires_approval
+        );
+        assert!(
+            policy
+                .evaluate(AgentKind::Debug, "execute_command")
+                .requires_approval
+        );
+        // Unmatched: no approval (the built-in table is replaced, not merged).
+        assert_eq!(
+            policy.evaluate(AgentKind::Coder, "create_directory"),
+            Verdict::allow()
+        );
+    }
+
+    #[test]
+    fn json_files_and_include_defaults_work() {
+        let (_dir, path) = write(
+            "policy.json",
+            r#"{"include_defaults": true, "rules": [{"pattern": "execute_command", "requires_approval": false, "agents": ["debug"]}]}"#,
+        );
+        let policy = HitlPolicy::load(Some(&path)).unwrap();
+        assert!(
+            !policy
+                .evaluate(AgentKind::Debug, "execute_command")
+                .requires_approval
+        );
+        assert!(
+            policy
+                .evaluate(AgentKind::Coder, "execute_command")
+                .requires_approval
+        );
+        assert!(
+            policy
+                .evaluate(AgentKind::Coder, "write_file")
+                .requires_approval
+        );
+    }
+
+    #[test]
+    fn bad_files_name_the_file_and_the_rule() {
+        let (_dir, path) = write(
+            "p.yaml",
+            "rules:\n  - pattern: read_file\n    requires_approval: false\n  - pattern: x\n    requires_approval: true\n    agents: [wizard]\n",
+        );
+        let err = HitlPolicy::load(Some(&path)).unwrap_err().to_string();
+        assert!(
+            err.contains("p.yaml") && err.contains("rule 1") && err.contains("wizard"),
+            "{err}"
+        );
+
+        let (_dir, path) = write(
+            "p.yaml",
+            "rules:\n  - pattern: \"[\"\n    requires_approval: true\n",
+        );
+        let err = HitlPolicy::load(Some(&path)).unwrap_err().to_string();
+        assert!(
+            err.contains("rule 0") && err.contains("bad pattern"),
+            "{err}"
+        );
+
+        let (_dir, path) = write("p.yaml", "rules:\n  - pattern: a\n    approve: true\n");
+        let err = HitlPolicy::load(Some(&path)).unwrap_err().to_string();
+        assert!(
+            err.contains("p.yaml") && err.contains("not valid YAML"),
+            "{err}"
+        );
+
+        let (_dir, path) = write("p.json", "{not json");
+        let err = HitlPolicy::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("not valid JSON"), "{err}");
+
+        let (_dir, path) = write("p.toml", "");
+        assert!(matches!(
+            HitlPolicy::load(Some(&path)).unwrap_err(),
+            HitlError::Extension { .. }
+        ));
+        let missing = Path::new("/nonexistent/policy.yaml");
+        let err = HitlPolicy::load(Some(missing)).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/policy.yaml"), "{err}");
+    }
+}

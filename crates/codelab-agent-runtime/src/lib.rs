@@ -1,0 +1,319 @@
+//! The CodeLab agent runtime: agents, tools, human approvals and the turn loop.
+//!
+//! It owns sessions, their messages, tool calls and approvals, and drives the model through the
+//! LLM proxy. It never executes IDE tools itself: they go to the IDE through the gateway, and
+//! their results come back as frames. Everything is stored before it is emitted, and it never
+//! logs message contents above debug level.
+
+pub mod agents;
+pub mod config;
+pub mod context;
+pub mod engine;
+pub mod handlers;
+pub mod hitl;
+pub mod llm;
+pub mod metrics;
+pub mod model;
+pub mod prompts;
+pub mod routing;
+pub mod store;
+pub mod tools;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use codelab_core::clock::{SharedClock, SystemClock};
+use codelab_core::config::Environment;
+use codelab_core::db::{DbError, DbOptions, connect_database, register_pool_metrics};
+use codelab_core::http::{
+    Readiness, ServiceInfo, common_routes, require_internal_auth, with_standard_layers,
+};
+use codelab_core::telemetry::metrics_handle;
+use futures_util::FutureExt;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+use engine::{Engine, Limits};
+use store::{RuntimeStore, StoreError};
+
+/// Service name in health answers, logs and metric names (`codelab_agent_runtime_*`).
+pub const SERVICE_NAME: &str = "agent-runtime";
+/// How often idle sessions are purged.
+pub const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Sessions removed per purge statement (so one purge never holds the database for long).
+pub const PURGE_BATCH: u32 = 100;
+
+/// What the runtime needs from outside its config section.
+#[derive(Clone)]
+pub struct Deps {
+    /// The deployment profile.
+    pub environment: Environment,
+    /// Time for the retention cutoff.
+    pub clock: SharedClock,
+}
+
+impl Deps {
+    /// Production dependencies for `environment`: the system clock.
+    pub fn new(environment: Environment) -> Deps {
+        Deps {
+            environment,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl Default for Deps {
+    fn default() -> Self {
+        Deps::new(Environment::Development)
+    }
+}
+
+impl std::fmt::Debug for Deps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deps")
+            .field("environment", &self.environment)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A setting is unusable.
+    #[error("invalid agent-runtime configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Agents(#[from] agents::AgentConfigError),
+    #[error(transparent)]
+    Prompts(#[from] prompts::PromptError),
+    #[error(transparent)]
+    Hitl(#[from] hitl::HitlError),
+    #[error(transparent)]
+    Llm(#[from] llm::LlmError),
+    /// The database could not be reached.
+    #[error(transparent)]
+    Database(#[from] DbError),
+    /// Migrations failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Aborts a background task when the state holding it is dropped.
+struct TaskGuard(JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Shared state of the runtime's handlers.
+pub struct AppState {
+    /// Name, version, start time.
+    pub info: ServiceInfo,
+    /// The effective configuration.
+    pub config: Config,
+    /// The deployment profile.
+    pub environment: Environment,
+    /// Sessions, messages, tool calls, turns, events.
+    pub store: Arc<dyn RuntimeStore>,
+    /// The turn engine.
+    pub engine: Engine,
+    /// The work of streaming requests, which outlives a client that goes away.
+    pub tasks: TaskTracker,
+    readiness: Readiness,
+    _background: Vec<TaskGuard>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("info", &self.info)
+            .field("environment", &self.environment)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Waits up to `timeout` for frames still being processed (after the server stopped
+    /// accepting requests), so their results are stored; `false` if some were still running.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(timeout, self.tasks.wait())
+            .await
+            .is_ok()
+    }
+}
+
+/// Validates the settings, loads agents, prompts and the HITL policy, connects the database
+/// (running its migrations) and starts the hourly purge of idle sessions.
+pub async fn build(config: Config, deps: Deps) -> Result<Arc<AppState>, BuildError> {
+    let _ = metrics_handle();
+    metrics::describe();
+    config
+        .validate(deps.environment)
+        .map_err(BuildError::Config)?;
+    let registry = agents::AgentRegistry::from_config(&config)?;
+    let prompts = prompts::Prompts::load(config.prompts_dir.as_deref())?;
+    let hitl = hitl::HitlPolicy::load(config.hitl_policy_file.as_deref())?;
+    let llm = llm::LlmClient::from_config(&config)?;
+    let info = ServiceInfo::new(SERVICE_NAME, config.version.clone());
+    let options = DbOptions {
+        max_connections: config.db_max_connections,
+        ..DbOptions::default()
+    };
+    let pool = connect_database(&config.db_url, &options).await?;
+    register_pool_metrics(&info, pool.clone());
+    let store = store::open_store(pool).await?;
+    let readiness = readiness(Arc::clone(&store), &config.llm_proxy_url)?;
+    let mut background = Vec::new();
+    if config.session_retention_days > 0 {
+        background.push(TaskGuard(tokio::spawn(purge_loop(
+            Arc::clone(&store),
+            deps.clock.clone(),
+            config.session_retention_days,
+        ))));
+    }
+    let engine = Engine::new(
+        Arc::clone(&store),
+        registry,
+        prompts,
+        hitl,
+        llm,
+        Limits::from_config(&config),
+    );
+    tracing::info!(
+        multi_agent_mode = config.multi_agent_mode,
+        model = %config.llm_model,
+        database = store_kind(&config.db_url),
+        "agent runtime ready"
+    );
+    Ok(Arc::new(AppState {
+        info,
+        environment: deps.environment,
+        store,
+        engine,
+        tasks: TaskTracker::new(),
+        readiness,
+        config,
+        _background: background,
+    }))
+}
+
+fn store_kind(url: &str) -> &'static str {
+    if url.trim_start().starts_with("sqlite") {
+        "sqlite"
+    } else {
+        "postgres"
+    }
+}
+
+/// `/ready`: the database answers and the LLM proxy's `/health` is 2xx.
+fn readiness(store: Arc<dyn RuntimeStore>, proxy_url: &str) -> Result<Readiness, BuildError> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| BuildError::Config(format!("cannot create the HTTP client: {e}")))?;
+    let health = format!("{}/health", proxy_url.trim().trim_end_matches('/'));
+    Ok(Readiness::new()
+        .with_check("database", move || {
+            let store = Arc::clone(&store);
+            async move { store.ping().await.map_err(|e| e.to_string()) }.boxed()
+        })
+        .with_check("llm_proxy", move || {
+            let (http, health) = (http.clone(), health.clone());
+            async move {
+                let response = http
+                    .get(&health)
+                    .send()
+                    .await
+                    .map_err(|e| format!("cannot reach the LLM proxy: {e}"))?;
+                if response.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("the LLM proxy answered {}", response.status()))
+                }
+            }
+            .boxed()
+        }))
+}
+
+/// Purges idle sessions now and then every [`PURGE_INTERVAL`].
+async fn purge_loop(store: Arc<dyn RuntimeStore>, clock: SharedClock, retention_days: u32) {
+    let mut interval = tokio::time::interval(PURGE_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let now = DateTime::<Utc>::from(clock.now());
+        let cutoff = now - chrono::Duration::days(i64::from(retention_days));
+        match purge_idle_sessions(store.as_ref(), cutoff).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, retention_days, "purged idle sessions"),
+            Err(error) => tracing::warn!(%error, "purging idle sessions failed"),
+        }
+    }
+}
+
+/// Removes every session idle since before `cutoff`, [`PURGE_BATCH`] at a time; returns how
+/// many were removed.
+pub async fn purge_idle_sessions(
+    store: &dyn RuntimeStore,
+    cutoff: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let removed = store.purge_idle_sessions(cutoff, PURGE_BATCH).await?;
+        total += removed;
+        ::metrics::counter!(metrics::SESSIONS_PURGED).increment(removed);
+        if removed < u64::from(PURGE_BATCH) {
+            return Ok(total);
+        }
+        // Let requests in between batches.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// All routes of the runtime, with internal auth, limits and telemetry applied.
+pub fn router(state: Arc<AppState>) -> Router {
+    use handlers::{agents as agent_routes, sessions, stream};
+    let api = Router::new()
+        .route("/agent/message/stream", post(stream::stream_message))
+        .route(
+            "/sessions",
+            get(sessions::list_sessions).post(sessions::create_session),
+        )
+        .route(
+            "/sessions/{session_id}",
+            get(sessions::get_session)
+                .patch(sessions::update_session)
+                .delete(sessions::delete_session),
+        )
+        .route(
+            "/sessions/{session_id}/history",
+            get(sessions::session_history),
+        )
+        .route(
+            "/sessions/{session_id}/events",
+            get(sessions::session_events),
+        )
+        .route(
+            "/sessions/{session_id}/pending-approvals",
+            get(sessions::pending_approvals),
+        )
+        .route("/agents", get(agent_routes::list_agents))
+        .route(
+            "/agents/{session_id}/current",
+            get(agent_routes::current_agent),
+        )
+        .fallback(handlers::not_found)
+        .with_state(Arc::clone(&state));
+    // `/health`, `/ready` and `/metrics` are merged outside the auth layer: probes and
+    // Prometheus carry no key.
+    let app = require_internal_auth(api, state.config.internal_api_key.clone(), &[])
+        .merge(common_routes(state.info.clone(), state.readiness.clone()));
+    with_standard_layers(app, &state.info, state.config.max_body_bytes)
+}

@@ -1,0 +1,139 @@
+//! Metric names of the agent runtime (`codelab_agent_runtime_*`). Labels are bounded sets: tool
+//! names of the registry (anything else is `other`), call outcomes, decisions, agent kinds,
+//! routing methods, token directions. Never a session, user or call id.
+
+use std::time::Duration;
+
+use crate::tools;
+
+/// Turn endings (and pauses) by `outcome`: `completed`, `awaiting_tools`, `cancelled`,
+/// `step_limit`, `failed`.
+pub const TURNS: &str = "codelab_agent_runtime_turns_total";
+/// LLM steps started.
+pub const STEPS: &str = "codelab_agent_runtime_steps_total";
+/// Tool calls that reached a final state, by `tool` and `outcome`.
+pub const TOOL_CALLS: &str = "codelab_agent_runtime_tool_calls_total";
+/// Human decisions on calls that required approval, by `decision` (`approve`, `edit`, `reject`).
+pub const APPROVALS: &str = "codelab_agent_runtime_approvals_total";
+/// Agent changes by target `agent` and `method` (`llm`, `fallback`, `single_agent`,
+/// `explicit`, `tool`).
+pub const ROUTING_DECISIONS: &str = "codelab_agent_runtime_routing_decisions_total";
+/// One LLM step from request to the end of the answer, by `outcome` (`ok`, `error`).
+pub const LLM_REQUEST_DURATION: &str = "codelab_agent_runtime_llm_request_duration_seconds";
+/// Time from the LLM request to its first piece of text or tool call.
+pub const LLM_TTFT: &str = "codelab_agent_runtime_llm_ttft_seconds";
+/// Tokens by `direction` (`in` = prompt, `out` = completion) as the proxy reported them.
+pub const LLM_TOKENS: &str = "codelab_agent_runtime_llm_tokens_total";
+/// Frames being processed right now (each holds its session's lock).
+pub const ACTIVE_TURNS: &str = "codelab_agent_runtime_active_turns";
+/// Idle sessions removed by the retention task.
+pub const SESSIONS_PURGED: &str = "codelab_agent_runtime_sessions_purged_total";
+
+/// Registers help texts (once per process; repeated calls are harmless).
+pub fn describe() {
+    metrics::describe_counter!(TURNS, "Turns ended or paused, by outcome");
+    metrics::describe_counter!(STEPS, "LLM steps started");
+    metrics::describe_counter!(TOOL_CALLS, "Tool calls settled, by tool and outcome");
+    metrics::describe_counter!(APPROVALS, "Human decisions on tool calls, by decision");
+    metrics::describe_counter!(
+        ROUTING_DECISIONS,
+        "Agent changes by target agent and method"
+    );
+    metrics::describe_histogram!(
+        LLM_REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "LLM step duration, request to end of answer, by outcome"
+    );
+    metrics::describe_histogram!(
+        LLM_TTFT,
+        metrics::Unit::Seconds,
+        "Time to the first piece of an LLM answer"
+    );
+    metrics::describe_counter!(LLM_TOKENS, "LLM tokens by direction");
+    metrics::describe_gauge!(ACTIVE_TURNS, "Frames being processed");
+    metrics::describe_counter!(SESSIONS_PURGED, "Idle sessions removed by retention");
+}
+
+/// A bounded label for a tool name: a registry name, or `other`.
+pub fn tool_label(name: &str) -> &'static str {
+    tools::get(name).map_or("other", |tool| tool.name)
+}
+
+/// Counts a call that reached a final state.
+pub fn tool_call_settled(tool: &str, outcome: &'static str) {
+    metrics::counter!(TOOL_CALLS, "tool" => tool_label(tool), "outcome" => outcome).increment(1);
+}
+
+/// Counts a human decision (`approve`, `edit`, `reject`).
+pub fn approval(decision: &'static str) {
+    metrics::counter!(APPROVALS, "decision" => decision).increment(1);
+}
+
+/// Counts an agent change.
+pub fn routing_decision(agent: &'static str, method: &'static str) {
+    metrics::counter!(ROUTING_DECISIONS, "agent" => agent, "method" => method).increment(1);
+}
+
+/// Counts a turn ending or pausing.
+pub fn turn(outcome: &'static str) {
+    metrics::counter!(TURNS, "outcome" => outcome).increment(1);
+}
+
+/// Counts a step started.
+pub fn counter_step() {
+    metrics::counter!(STEPS).increment(1);
+}
+
+/// Records one LLM step.
+pub fn llm_request(elapsed: Duration, ok: bool) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::histogram!(LLM_REQUEST_DURATION, "outcome" => outcome).record(elapsed.as_secs_f64());
+}
+
+/// Records the time to the first piece of an answer.
+pub fn llm_ttft(elapsed: Duration) {
+    metrics::histogram!(LLM_TTFT).record(elapsed.as_secs_f64());
+}
+
+/// Adds the token counts of one answer.
+pub fn llm_tokens(prompt: u64, completion: u64) {
+    metrics::counter!(LLM_TOKENS, "direction" => "in").increment(prompt);
+    metrics::counter!(LLM_TOKENS, "direction" => "out").increment(completion);
+}
+
+/// Keeps the active-turns gauge right however processing ends (finished, failed, panicked).
+#[derive(Debug)]
+pub struct ActiveTurnGuard;
+
+impl ActiveTurnGuard {
+    /// Counts one more frame in progress.
+    pub fn new() -> Self {
+        metrics::gauge!(ACTIVE_TURNS).increment(1.0);
+        ActiveTurnGuard
+    }
+}
+
+impl Default for ActiveTurnGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ActiveTurnGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(ACTIVE_TURNS).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_labels_are_bounded_to_the_registry() {
+        assert_eq!(tool_label("write_file"), "write_file");
+        assert_eq!(tool_label("switch_mode"), "switch_mode");
+        assert_eq!(tool_label("rm -rf /"), "other");
+        assert_eq!(tool_label(""), "other");
+    }
+}

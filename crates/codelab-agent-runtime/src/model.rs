@@ -1,0 +1,280 @@
+//! Records of the agent runtime: sessions, messages, tool calls, agent switches, turns.
+//!
+//! The turn is a state machine kept here, not in a call stack: after a crash or on another
+//! replica, the rows say exactly what is awaited.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A conversation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Session {
+    /// Random UUID v4 for sessions we create (the gateway treats it as a capability); in the
+    /// development WebSocket mode a client-chosen id of safe characters.
+    pub id: String,
+    /// The user id that owns the session (`sub` of the token, or the development user).
+    pub owner: String,
+    /// The first user message, trimmed to 500 characters; settable.
+    pub title: Option<String>,
+    pub current_agent: String,
+    pub message_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub last_activity: DateTime<Utc>,
+}
+
+/// What is needed to create a session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSession {
+    pub id: String,
+    pub owner: String,
+    pub current_agent: String,
+}
+
+/// Filters and paging for listing sessions.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SessionQuery {
+    pub owner: String,
+    /// Case-insensitive substring of the title.
+    pub search: Option<String>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// Role of a stored message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+    System,
+    Tool,
+}
+
+impl Role {
+    /// The OpenAI role name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::System => "system",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+/// A stored message of the conversation, in the order the LLM sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Message {
+    pub id: String,
+    pub session_id: String,
+    /// Position in the session, from 1.
+    pub seq: i64,
+    pub role: Role,
+    pub content: Option<String>,
+    /// The agent that produced an assistant message.
+    pub agent: Option<String>,
+    /// OpenAI-style `tool_calls` of an assistant message, with our call ids.
+    pub tool_calls: Option<Value>,
+    /// For a `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A message to append (id, seq and time are assigned by the store).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    pub session_id: String,
+    pub role: Role,
+    pub content: Option<String>,
+    pub agent: Option<String>,
+    pub tool_calls: Option<Value>,
+    pub tool_call_id: Option<String>,
+}
+
+/// Where a tool call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolCallStatus {
+    /// Waits for a human decision (and then the IDE's result).
+    PendingApproval,
+    /// Sent to the IDE; waits for its result.
+    AwaitingResult,
+    /// The IDE returned a result.
+    Succeeded,
+    /// The IDE returned an error.
+    Failed,
+    /// A human refused it.
+    Rejected,
+    /// The turn was cancelled before it settled.
+    Cancelled,
+    /// The arguments did not match the tool's schema, or the agent may not use the tool; the
+    /// error went back to the model.
+    Invalid,
+    /// A server-side tool (`switch_mode`, `attempt_completion`, ...) that ran in the runtime.
+    Executed,
+}
+
+impl ToolCallStatus {
+    /// Whether the call still waits for something.
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            ToolCallStatus::PendingApproval | ToolCallStatus::AwaitingResult
+        )
+    }
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolCallStatus::PendingApproval => "pending_approval",
+            ToolCallStatus::AwaitingResult => "awaiting_result",
+            ToolCallStatus::Succeeded => "succeeded",
+            ToolCallStatus::Failed => "failed",
+            ToolCallStatus::Rejected => "rejected",
+            ToolCallStatus::Cancelled => "cancelled",
+            ToolCallStatus::Invalid => "invalid",
+            ToolCallStatus::Executed => "executed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "pending_approval" => ToolCallStatus::PendingApproval,
+            "awaiting_result" => ToolCallStatus::AwaitingResult,
+            "succeeded" => ToolCallStatus::Succeeded,
+            "failed" => ToolCallStatus::Failed,
+            "rejected" => ToolCallStatus::Rejected,
+            "cancelled" => ToolCallStatus::Cancelled,
+            "invalid" => ToolCallStatus::Invalid,
+            "executed" => ToolCallStatus::Executed,
+            _ => return None,
+        })
+    }
+}
+
+/// One tool call of an assistant reply, with its approval verdict and outcome.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallRecord {
+    /// Unique per session; what the IDE sees.
+    pub call_id: String,
+    pub session_id: String,
+    pub turn_id: String,
+    /// Step of the turn (1-based) whose reply made the call.
+    pub step: i32,
+    /// The id the provider gave, when it differs from `call_id` (repeated ids are replaced).
+    pub provider_call_id: Option<String>,
+    pub tool_name: String,
+    /// Arguments exactly as the model sent them (a JSON object, never default-filled).
+    pub arguments: Value,
+    pub requires_approval: bool,
+    pub approval_reason: Option<String>,
+    pub agent: String,
+    pub status: ToolCallStatus,
+    /// `approve`, `edit`, `reject` when a human decided.
+    pub decision: Option<String>,
+    pub feedback: Option<String>,
+    /// Edited arguments of an `edit` decision.
+    pub modified_arguments: Option<Value>,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub settled_at: Option<DateTime<Utc>>,
+}
+
+/// A change of a tool call's state, applied only if the call is in one of `from`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCallUpdate {
+    pub status: ToolCallStatus,
+    pub decision: Option<String>,
+    pub feedback: Option<String>,
+    pub modified_arguments: Option<Value>,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    /// Set `settled_at` (terminal states).
+    pub settle: bool,
+}
+
+/// Outcome of an atomic tool-call update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateOutcome {
+    /// The call was in an expected state and now has the new one.
+    Updated(ToolCallRecord),
+    /// The call is in another state; nothing changed.
+    Unchanged(ToolCallRecord),
+    /// No such call in this session.
+    NotFound,
+}
+
+/// A recorded change of agent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentSwitch {
+    pub session_id: String,
+    pub from_agent: Option<String>,
+    pub to_agent: String,
+    pub reason: String,
+    pub confidence: Option<String>,
+    /// `llm`, `fallback`, `explicit`, `tool`, `single_agent`.
+    pub method: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Where a turn stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnStatus {
+    /// An LLM step is being produced.
+    Running,
+    /// Waiting for tool results or decisions.
+    AwaitingTools,
+    Completed,
+    Cancelled,
+    Failed,
+    StepLimit,
+}
+
+impl TurnStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnStatus::Running => "running",
+            TurnStatus::AwaitingTools => "awaiting_tools",
+            TurnStatus::Completed => "completed",
+            TurnStatus::Cancelled => "cancelled",
+            TurnStatus::Failed => "failed",
+            TurnStatus::StepLimit => "step_limit",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "running" => TurnStatus::Running,
+            "awaiting_tools" => TurnStatus::AwaitingTools,
+            "completed" => TurnStatus::Completed,
+            "cancelled" => TurnStatus::Cancelled,
+            "failed" => TurnStatus::Failed,
+            "step_limit" => TurnStatus::StepLimit,
+            _ => return None,
+        })
+    }
+
+    /// Whether the turn is over.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, TurnStatus::Running | TurnStatus::AwaitingTools)
+    }
+}
+
+/// One user request and the steps it took.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Turn {
+    pub id: String,
+    pub session_id: String,
+    pub status: TurnStatus,
+    /// Steps taken so far.
+    pub steps: i32,
+    pub agent: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}

@@ -1,0 +1,148 @@
+//! Storage of the agent runtime: one trait, implemented for PostgreSQL and SQLite, each with its
+//! own migrations, and one conformance suite run against both (`tests/store_conformance.rs`).
+//!
+//! Everything stored is stored before it is emitted; every state change that must not race
+//! (settling a tool call) is one atomic call here.
+
+pub mod postgres;
+mod rows;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use codelab_core::db::DbPool;
+use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
+
+use crate::model::{
+    AgentSwitch, Message, NewMessage, NewSession, Session, SessionQuery, ToolCallRecord,
+    ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
+};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The id is taken.
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Held while a session's turn is processed; dropping it releases the session for others
+/// (PostgreSQL: an advisory lock on a dedicated connection; SQLite: a process-wide mutex).
+pub trait SessionLock: Send {}
+
+/// Everything the runtime stores.
+#[async_trait]
+pub trait RuntimeStore: Send + Sync + 'static {
+    /// Checks the database answers (for `/ready`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Serialises work on one session across tasks, processes and replicas.
+    async fn lock_session(&self, session_id: &str) -> Result<Box<dyn SessionLock>, StoreError>;
+
+    // ---- sessions ----
+    /// Creates a session; `Conflict` when the id exists (deleted sessions included).
+    async fn create_session(&self, session: NewSession) -> Result<Session, StoreError>;
+    /// A live (not deleted) session.
+    async fn get_session(&self, session_id: &str) -> Result<Option<Session>, StoreError>;
+    /// An owner's live sessions, most recently active first, and the total that match.
+    async fn list_sessions(&self, query: &SessionQuery) -> Result<(Vec<Session>, u64), StoreError>;
+    /// Sets the title (also used once from the first user message).
+    async fn set_title(&self, session_id: &str, title: &str) -> Result<(), StoreError>;
+    async fn set_current_agent(&self, session_id: &str, agent: &str) -> Result<(), StoreError>;
+    /// Soft-deletes a session; `false` when there was no live session with that id.
+    async fn delete_session(&self, session_id: &str) -> Result<bool, StoreError>;
+    /// Removes (hard-deletes, with everything in them) up to `batch` sessions whose last
+    /// activity is before `cutoff`; returns how many were removed.
+    async fn purge_idle_sessions(
+        &self,
+        cutoff: DateTime<Utc>,
+        batch: u32,
+    ) -> Result<u64, StoreError>;
+
+    // ---- messages ----
+    /// Appends a message (next `seq`) and bumps the session's activity and message count.
+    async fn append_message(&self, message: NewMessage) -> Result<Message, StoreError>;
+    /// Every message of a session in order.
+    async fn list_messages(&self, session_id: &str) -> Result<Vec<Message>, StoreError>;
+
+    // ---- agent switches ----
+    async fn record_switch(&self, switch: AgentSwitch) -> Result<(), StoreError>;
+    /// A session's switches, oldest first.
+    async fn list_switches(&self, session_id: &str) -> Result<Vec<AgentSwitch>, StoreError>;
+
+    // ---- tool calls ----
+    /// Stores the calls of one reply; `Conflict` if a `call_id` is taken in the session.
+    async fn insert_tool_calls(&self, calls: Vec<ToolCallRecord>) -> Result<(), StoreError>;
+    async fn get_tool_call(
+        &self,
+        session_id: &str,
+        call_id: &str,
+    ) -> Result<Option<ToolCallRecord>, StoreError>;
+    /// Whether a call id (ours or a provider's) was ever used in the session.
+    async fn call_id_exists(&self, session_id: &str, call_id: &str) -> Result<bool, StoreError>;
+    /// Atomically applies `update` only when the call's status is one of `from`.
+    async fn update_tool_call(
+        &self,
+        session_id: &str,
+        call_id: &str,
+        from: &[ToolCallStatus],
+        update: ToolCallUpdate,
+    ) -> Result<UpdateOutcome, StoreError>;
+    /// The calls of one turn step, in the order the model made them.
+    async fn list_step_calls(
+        &self,
+        turn_id: &str,
+        step: i32,
+    ) -> Result<Vec<ToolCallRecord>, StoreError>;
+    /// Calls still open (pending approval or awaiting a result) in a session, oldest first.
+    async fn list_open_calls(&self, session_id: &str) -> Result<Vec<ToolCallRecord>, StoreError>;
+    /// Every call of a session, oldest first (history pages).
+    async fn list_session_calls(&self, session_id: &str)
+    -> Result<Vec<ToolCallRecord>, StoreError>;
+
+    // ---- turns ----
+    async fn create_turn(&self, turn: Turn) -> Result<(), StoreError>;
+    /// The session's newest turn that is not finished.
+    async fn active_turn(&self, session_id: &str) -> Result<Option<Turn>, StoreError>;
+    async fn get_turn(&self, turn_id: &str) -> Result<Option<Turn>, StoreError>;
+    async fn update_turn(
+        &self,
+        turn_id: &str,
+        status: TurnStatus,
+        steps: i32,
+        agent: &str,
+    ) -> Result<(), StoreError>;
+
+    // ---- events (for reconnect replay) ----
+    /// Stores an event with the session's next `seq`.
+    async fn append_event(
+        &self,
+        session_id: &str,
+        event: &RuntimeEvent,
+    ) -> Result<SequencedEvent, StoreError>;
+    /// Events with `seq > after`, oldest first, at most `limit`.
+    async fn list_events(
+        &self,
+        session_id: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<SequencedEvent>, StoreError>;
+}
+
+/// Opens the store for a connected pool and runs its migrations.
+pub async fn open_store(pool: DbPool) -> Result<Arc<dyn RuntimeStore>, StoreError> {
+    match pool {
+        DbPool::Postgres(pool) => Ok(Arc::new(postgres::PostgresStore::open(pool).await?)),
+        DbPool::Sqlite(pool) => Ok(Arc::new(sqlite::SqliteStore::open(pool).await?)),
+    }
+}

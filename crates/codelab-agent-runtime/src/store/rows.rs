@@ -1,0 +1,598 @@
+//! What both backends share: SQL text ([`sql`]), row mapping and value encoding, so a record
+//! reads the same way from PostgreSQL and SQLite. Each backend only says how to read one cell
+//! ([`Cells`]) and how to bind a timestamp.
+//!
+//! Stored forms: timestamps are `TIMESTAMPTZ` on PostgreSQL and fixed-width RFC 3339 UTC text
+//! on SQLite (`2024-01-02T03:04:05.123456Z`), so text order is time order in SQL comparisons;
+//! JSON is `JSONB` on PostgreSQL and JSON text on SQLite (sqlx's `Json` binds either).
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::types::Json;
+
+use super::StoreError;
+use crate::model::{
+    AgentSwitch, Message, Role, Session, ToolCallRecord, ToolCallStatus, Turn, TurnStatus,
+};
+
+/// Reads one cell of a row as one of the few types the runtime's tables use.
+pub(super) trait Cells {
+    fn text(&self, column: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, column: &str) -> Result<i64, StoreError>;
+    fn int32(&self, column: &str) -> Result<i32, StoreError>;
+    fn flag(&self, column: &str) -> Result<bool, StoreError>;
+    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
+    fn opt_json(&self, column: &str) -> Result<Option<Value>, StoreError>;
+
+    fn time(&self, column: &str) -> Result<DateTime<Utc>, StoreError> {
+        self.opt_time(column)?
+            .ok_or_else(|| StoreError::Corrupt(format!("{column} is NULL")))
+    }
+
+    fn json(&self, column: &str) -> Result<Value, StoreError> {
+        self.opt_json(column)?
+            .ok_or_else(|| StoreError::Corrupt(format!("{column} is NULL")))
+    }
+}
+
+impl Cells for PgRow {
+    fn text(&self, column: &str) -> Result<String, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn int32(&self, column: &str) -> Result<i32, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn flag(&self, column: &str) -> Result<bool, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_json(&self, column: &str) -> Result<Option<Value>, StoreError> {
+        Ok(self.try_get::<Option<Json<Value>>, _>(column)?.map(|j| j.0))
+    }
+}
+
+impl Cells for SqliteRow {
+    fn text(&self, column: &str) -> Result<String, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn int32(&self, column: &str) -> Result<i32, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn flag(&self, column: &str) -> Result<bool, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.try_get::<Option<String>, _>(column)?
+            .map(|text| parse_sqlite_time(column, &text))
+            .transpose()
+    }
+    fn opt_json(&self, column: &str) -> Result<Option<Value>, StoreError> {
+        self.try_get::<Option<String>, _>(column)?
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|e| {
+                    StoreError::Corrupt(format!("{column}: expected JSON text, got {text:?}: {e}"))
+                })
+            })
+            .transpose()
+    }
+}
+
+// ---- values ----
+
+/// The current time at the precision both databases keep (microseconds), so a record read
+/// back equals the one returned when it was written.
+pub(super) fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// A timestamp as SQLite stores it: RFC 3339 UTC, always six fractional digits, so that text
+/// comparison is time comparison.
+pub(super) fn sqlite_time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_sqlite_time(column: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|_| {
+            StoreError::Corrupt(format!(
+                "{column}: expected an RFC 3339 timestamp, got {text:?}"
+            ))
+        })
+}
+
+/// A JSON value to bind (JSONB on PostgreSQL, text on SQLite).
+pub(super) fn json(value: &Value) -> Json<&Value> {
+    Json(value)
+}
+
+/// An optional JSON value to bind; `None` binds SQL NULL.
+pub(super) fn opt_json(value: Option<&Value>) -> Option<Json<&Value>> {
+    value.map(Json)
+}
+
+/// The lower-cased title the search compares with: folding in Rust gives the same Unicode
+/// folding on both databases (SQLite's `lower` only folds ASCII).
+pub(super) fn fold_title(title: &str) -> String {
+    title.to_lowercase()
+}
+
+/// The `LIKE` pattern of a case-insensitive substring search (`ESCAPE '\'`): the user's `%`,
+/// `_` and `\` match themselves.
+pub(super) fn search_pattern(search: Option<&str>) -> Option<String> {
+    let search = search?;
+    let mut pattern = String::with_capacity(search.len() + 2);
+    pattern.push('%');
+    for c in search.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    Some(pattern)
+}
+
+/// An event as stored.
+pub(super) fn event_json(event: &RuntimeEvent) -> Result<Value, StoreError> {
+    serde_json::to_value(event)
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode event as JSON: {e}")))
+}
+
+/// A `u64` bound to a BIGINT; values past `i64::MAX` mean "everything" anyway.
+pub(super) fn clamp_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Maps a constraint violation to the error callers expect: `Conflict(what)` for a taken key,
+/// `NotFound(missing)` for a missing parent row.
+pub(super) fn classify(
+    err: sqlx::Error,
+    what: impl FnOnce() -> String,
+    missing: &str,
+) -> StoreError {
+    if let sqlx::Error::Database(db) = &err {
+        if db.is_unique_violation() {
+            return StoreError::Conflict(what());
+        }
+        if db.is_foreign_key_violation() {
+            return StoreError::NotFound(missing.to_owned());
+        }
+    }
+    StoreError::Database(err)
+}
+
+/// The `NotFound` text of a session.
+pub(super) fn session_name(session_id: &str) -> String {
+    format!("session {session_id:?}")
+}
+
+// ---- records ----
+
+/// Maps every row with `map`.
+pub(super) fn all<R, T>(
+    rows: &[R],
+    map: impl Fn(&R) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    rows.iter().map(map).collect()
+}
+
+/// A row of [`sql::SESSION_COLUMNS`].
+pub(super) fn session(row: &impl Cells) -> Result<Session, StoreError> {
+    Ok(Session {
+        id: row.text("id")?,
+        owner: row.text("owner")?,
+        title: row.opt_text("title")?,
+        current_agent: row.text("current_agent")?,
+        message_count: row.int("message_count")?,
+        created_at: row.time("created_at")?,
+        last_activity: row.time("last_activity")?,
+    })
+}
+
+/// A row of the message columns (the id read as text).
+pub(super) fn message(row: &impl Cells) -> Result<Message, StoreError> {
+    let role = row.text("role")?;
+    Ok(Message {
+        id: row.text("id")?,
+        session_id: row.text("session_id")?,
+        seq: row.int("seq")?,
+        role: parse_role(&role)?,
+        content: row.opt_text("content")?,
+        agent: row.opt_text("agent")?,
+        tool_calls: row.opt_json("tool_calls")?,
+        tool_call_id: row.opt_text("tool_call_id")?,
+        created_at: row.time("created_at")?,
+    })
+}
+
+fn parse_role(role: &str) -> Result<Role, StoreError> {
+    Ok(match role {
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        "system" => Role::System,
+        "tool" => Role::Tool,
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "expected a message role (user, assistant, system, tool), got {other:?}"
+            )));
+        }
+    })
+}
+
+/// A row of [`sql::SWITCH_COLUMNS`].
+pub(super) fn switch(row: &impl Cells) -> Result<AgentSwitch, StoreError> {
+    Ok(AgentSwitch {
+        session_id: row.text("session_id")?,
+        from_agent: row.opt_text("from_agent")?,
+        to_agent: row.text("to_agent")?,
+        reason: row.text("reason")?,
+        confidence: row.opt_text("confidence")?,
+        method: row.text("method")?,
+        created_at: row.time("created_at")?,
+    })
+}
+
+/// A row of [`sql::CALL_COLUMNS`].
+pub(super) fn tool_call(row: &impl Cells) -> Result<ToolCallRecord, StoreError> {
+    let status = row.text("status")?;
+    Ok(ToolCallRecord {
+        call_id: row.text("call_id")?,
+        session_id: row.text("session_id")?,
+        turn_id: row.text("turn_id")?,
+        step: row.int32("step")?,
+        provider_call_id: row.opt_text("provider_call_id")?,
+        tool_name: row.text("tool_name")?,
+        arguments: row.json("arguments")?,
+        requires_approval: row.flag("requires_approval")?,
+        approval_reason: row.opt_text("approval_reason")?,
+        agent: row.text("agent")?,
+        status: ToolCallStatus::parse(&status).ok_or_else(|| {
+            StoreError::Corrupt(format!("expected a tool call status, got {status:?}"))
+        })?,
+        decision: row.opt_text("decision")?,
+        feedback: row.opt_text("feedback")?,
+        modified_arguments: row.opt_json("modified_arguments")?,
+        result: row.opt_json("result")?,
+        error: row.opt_text("error")?,
+        created_at: row.time("created_at")?,
+        settled_at: row.opt_time("settled_at")?,
+    })
+}
+
+/// A row of [`sql::TURN_COLUMNS`].
+pub(super) fn turn(row: &impl Cells) -> Result<Turn, StoreError> {
+    let status = row.text("status")?;
+    Ok(Turn {
+        id: row.text("id")?,
+        session_id: row.text("session_id")?,
+        status: TurnStatus::parse(&status).ok_or_else(|| {
+            StoreError::Corrupt(format!("expected a turn status, got {status:?}"))
+        })?,
+        steps: row.int32("steps")?,
+        agent: row.text("agent")?,
+        created_at: row.time("created_at")?,
+        updated_at: row.time("updated_at")?,
+    })
+}
+
+/// A row of [`sql::LIST_EVENTS`].
+pub(super) fn event(row: &impl Cells) -> Result<SequencedEvent, StoreError> {
+    let seq = event_seq(row.int("seq")?)?;
+    let event = serde_json::from_value(row.json("event")?)
+        .map_err(|e| StoreError::Corrupt(format!("event {seq} is not a runtime event: {e}")))?;
+    Ok(SequencedEvent { seq, event })
+}
+
+/// Converts a stored seq (assigned by the store, from 1) to the protocol's `u64`.
+pub(super) fn event_seq(seq: i64) -> Result<u64, StoreError> {
+    u64::try_from(seq)
+        .map_err(|_| StoreError::Corrupt(format!("expected a positive event seq, got {seq}")))
+}
+
+/// SQL text shared by both backends: PostgreSQL and SQLite (≥ 3.35, for `RETURNING`) agree on
+/// every statement here, and sqlx binds `$n` placeholders on both. What differs is only the
+/// type of bound timestamps (see the module docs) and the message id (`UUID` on PostgreSQL,
+/// so its statements live in the backend files).
+pub(super) mod sql {
+    /// Restricts a statement whose `$1` is a session id to live (not deleted) sessions:
+    /// soft-deleted sessions are invisible to every read.
+    macro_rules! live_session {
+        () => {
+            "EXISTS (SELECT 1 FROM sessions s WHERE s.id = $1 AND s.deleted_at IS NULL)"
+        };
+    }
+
+    macro_rules! session_columns {
+        () => {
+            "id, owner, title, current_agent, message_count, created_at, last_activity"
+        };
+    }
+
+    macro_rules! switch_columns {
+        () => {
+            "session_id, from_agent, to_agent, reason, confidence, method, created_at"
+        };
+    }
+
+    macro_rules! call_columns {
+        () => {
+            "call_id, session_id, turn_id, step, provider_call_id, tool_name, arguments, \
+             requires_approval, approval_reason, agent, status, decision, feedback, \
+             modified_arguments, result, error, created_at, settled_at"
+        };
+    }
+
+    macro_rules! turn_columns {
+        () => {
+            "id, session_id, status, steps, agent, created_at, updated_at"
+        };
+    }
+
+    /// The statuses of an open call; spelled as in the partial index `ix_tool_calls_open`, which
+    /// SQLite only uses when the query repeats its predicate.
+    macro_rules! open_statuses {
+        () => {
+            "status IN ('pending_approval', 'awaiting_result')"
+        };
+    }
+
+    /// The statuses of an unfinished turn, as in the partial index `ix_turns_active`.
+    macro_rules! active_statuses {
+        () => {
+            "status IN ('running', 'awaiting_tools')"
+        };
+    }
+
+    pub(in crate::store) use live_session;
+
+    pub(in crate::store) const PING: &str = "SELECT 1";
+
+    // ---- sessions ----
+
+    /// $1 id, $2 owner, $3 current agent, $4 now.
+    pub(in crate::store) const INSERT_SESSION: &str = concat!(
+        "INSERT INTO sessions (id, owner, title, title_folded, current_agent, message_count, \
+         last_event_seq, created_at, last_activity, deleted_at) \
+         VALUES ($1, $2, NULL, NULL, $3, 0, 0, $4, $4, NULL) RETURNING ",
+        session_columns!()
+    );
+
+    /// $1 id.
+    pub(in crate::store) const GET_SESSION: &str = concat!(
+        "SELECT ",
+        session_columns!(),
+        " FROM sessions WHERE id = $1 AND deleted_at IS NULL"
+    );
+
+    /// $1 owner, $2 `LIKE` pattern on the folded title or NULL, $3 limit, $4 offset. The id
+    /// breaks ties so pages never overlap.
+    pub(in crate::store) const LIST_SESSIONS: &str = concat!(
+        "SELECT ",
+        session_columns!(),
+        " FROM sessions WHERE owner = $1 AND deleted_at IS NULL \
+         AND ($2 IS NULL OR title_folded LIKE $2 ESCAPE '\\') \
+         ORDER BY last_activity DESC, id LIMIT $3 OFFSET $4"
+    );
+
+    /// $1 owner, $2 pattern or NULL (as [`LIST_SESSIONS`]).
+    pub(in crate::store) const COUNT_SESSIONS: &str = "SELECT COUNT(*) FROM sessions \
+         WHERE owner = $1 AND deleted_at IS NULL \
+         AND ($2 IS NULL OR title_folded LIKE $2 ESCAPE '\\')";
+
+    /// $1 id, $2 title, $3 folded title.
+    pub(in crate::store) const SET_TITLE: &str =
+        "UPDATE sessions SET title = $2, title_folded = $3 WHERE id = $1 AND deleted_at IS NULL";
+
+    /// $1 id, $2 agent.
+    pub(in crate::store) const SET_CURRENT_AGENT: &str =
+        "UPDATE sessions SET current_agent = $2 WHERE id = $1 AND deleted_at IS NULL";
+
+    /// $1 id, $2 now.
+    pub(in crate::store) const DELETE_SESSION: &str =
+        "UPDATE sessions SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL";
+
+    /// $1 cutoff, $2 batch size. Deleted sessions go too; children follow by `ON DELETE
+    /// CASCADE`.
+    pub(in crate::store) const PURGE_SESSIONS: &str = "DELETE FROM sessions WHERE id IN \
+         (SELECT id FROM sessions WHERE last_activity < $1 ORDER BY last_activity LIMIT $2)";
+
+    // ---- sequence numbers ----
+
+    /// $1 id, $2 now. Takes the session row's write lock until the transaction ends, so the
+    /// returned count is the new message's seq and no other append can get it.
+    pub(in crate::store) const NEXT_MESSAGE_SEQ: &str = "UPDATE sessions \
+         SET message_count = message_count + 1, last_activity = $2 \
+         WHERE id = $1 AND deleted_at IS NULL RETURNING message_count";
+
+    /// $1 id, $2 now; as [`NEXT_MESSAGE_SEQ`] for events.
+    pub(in crate::store) const NEXT_EVENT_SEQ: &str = "UPDATE sessions \
+         SET last_event_seq = last_event_seq + 1, last_activity = $2 \
+         WHERE id = $1 AND deleted_at IS NULL RETURNING last_event_seq";
+
+    // ---- agent switches ----
+
+    /// $1 session, $2 from, $3 to, $4 reason, $5 confidence, $6 method, $7 at. Inserts
+    /// nothing for a missing or deleted session.
+    pub(in crate::store) const INSERT_SWITCH: &str = concat!(
+        "INSERT INTO agent_switches (",
+        switch_columns!(),
+        ") SELECT $1, $2, $3, $4, $5, $6, $7 WHERE ",
+        live_session!()
+    );
+
+    /// $1 session.
+    pub(in crate::store) const LIST_SWITCHES: &str = concat!(
+        "SELECT ",
+        switch_columns!(),
+        " FROM agent_switches WHERE session_id = $1 AND ",
+        live_session!(),
+        " ORDER BY id"
+    );
+
+    // ---- tool calls ----
+
+    /// $1 session: whether it is live (before inserting children).
+    pub(in crate::store) const SESSION_IS_LIVE: &str =
+        "SELECT 1 FROM sessions WHERE id = $1 AND deleted_at IS NULL";
+
+    /// Every column of [`CALL_COLUMNS`] in order, $1..$18.
+    pub(in crate::store) const INSERT_CALL: &str = concat!(
+        "INSERT INTO tool_calls (",
+        call_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+         $18)"
+    );
+
+    /// $1 session, $2 call id.
+    pub(in crate::store) const GET_CALL: &str = concat!(
+        "SELECT ",
+        call_columns!(),
+        " FROM tool_calls WHERE session_id = $1 AND call_id = $2"
+    );
+
+    /// $1 session, $2 call id: ours or the provider's.
+    pub(in crate::store) const CALL_ID_EXISTS: &str = "SELECT 1 FROM tool_calls \
+         WHERE session_id = $1 AND (call_id = $2 OR provider_call_id = $2) LIMIT 1";
+
+    /// $1 turn, $2 step. `id` is the insertion order, i.e. the order of the model's reply.
+    pub(in crate::store) const LIST_STEP_CALLS: &str = concat!(
+        "SELECT ",
+        call_columns!(),
+        " FROM tool_calls WHERE turn_id = $1 AND step = $2 ORDER BY id"
+    );
+
+    /// $1 session.
+    pub(in crate::store) const LIST_OPEN_CALLS: &str = concat!(
+        "SELECT ",
+        call_columns!(),
+        " FROM tool_calls WHERE session_id = $1 AND ",
+        open_statuses!(),
+        " AND ",
+        live_session!(),
+        " ORDER BY id"
+    );
+
+    /// $1 session.
+    pub(in crate::store) const LIST_SESSION_CALLS: &str = concat!(
+        "SELECT ",
+        call_columns!(),
+        " FROM tool_calls WHERE session_id = $1 AND ",
+        live_session!(),
+        " ORDER BY id"
+    );
+
+    /// The one atomic conditional update of a call: $1 session, $2 call id, $3 new status,
+    /// $4 decision, $5 feedback, $6 modified arguments, $7 result, $8 error, $9 settled at
+    /// (NULL params keep the stored value), then one placeholder per expected status. The
+    /// status test and the write are one statement, so of racing updates exactly one matches.
+    pub(in crate::store) fn update_call(expected: usize) -> String {
+        let placeholders = (0..expected)
+            .map(|i| format!("${}", i + 10))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "UPDATE tool_calls SET status = $3, decision = COALESCE($4, decision), \
+             feedback = COALESCE($5, feedback), \
+             modified_arguments = COALESCE($6, modified_arguments), \
+             result = COALESCE($7, result), error = COALESCE($8, error), \
+             settled_at = COALESCE($9, settled_at) \
+             WHERE session_id = $1 AND call_id = $2 AND status IN ({placeholders}) \
+             RETURNING {}",
+            call_columns!()
+        )
+    }
+
+    // ---- turns ----
+
+    /// $1 session, $2 id, $3 status, $4 steps, $5 agent, $6 created, $7 updated. Inserts
+    /// nothing for a missing or deleted session.
+    pub(in crate::store) const INSERT_TURN: &str = concat!(
+        "INSERT INTO turns (session_id, id, status, steps, agent, created_at, updated_at) \
+         SELECT $1, $2, $3, $4, $5, $6, $7 WHERE ",
+        live_session!()
+    );
+
+    /// $1 session.
+    pub(in crate::store) const ACTIVE_TURN: &str = concat!(
+        "SELECT ",
+        turn_columns!(),
+        " FROM turns WHERE session_id = $1 AND ",
+        active_statuses!(),
+        " AND ",
+        live_session!(),
+        " ORDER BY created_at DESC, id DESC LIMIT 1"
+    );
+
+    /// $1 id.
+    pub(in crate::store) const GET_TURN: &str =
+        concat!("SELECT ", turn_columns!(), " FROM turns WHERE id = $1");
+
+    /// $1 id, $2 status, $3 steps, $4 agent, $5 now.
+    pub(in crate::store) const UPDATE_TURN: &str = "UPDATE turns \
+         SET status = $2, steps = $3, agent = $4, updated_at = $5 WHERE id = $1";
+
+    // ---- events ----
+
+    /// $1 session, $2 seq, $3 event, $4 now.
+    pub(in crate::store) const INSERT_EVENT: &str =
+        "INSERT INTO events (session_id, seq, event, created_at) VALUES ($1, $2, $3, $4)";
+
+    /// $1 session, $2 after, $3 limit.
+    pub(in crate::store) const LIST_EVENTS: &str = concat!(
+        "SELECT seq, event FROM events WHERE session_id = $1 AND seq > $2 AND ",
+        live_session!(),
+        " ORDER BY seq LIMIT $3"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_patterns_escape_like_wildcards_and_fold_case() {
+        assert_eq!(search_pattern(None), None);
+        assert_eq!(search_pattern(Some("Fix")).as_deref(), Some("%fix%"));
+        assert_eq!(
+            search_pattern(Some(r"50%_a\b")).as_deref(),
+            Some(r"%50\%\_a\\b%")
+        );
+    }
+
+    #[test]
+    fn sqlite_times_are_fixed_width_and_round_trip() {
+        let at = DateTime::parse_from_rfc3339("2024-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let text = sqlite_time(at);
+        assert_eq!(text, "2024-01-02T03:04:05.000000Z");
+        assert_eq!(parse_sqlite_time("x", &text).unwrap(), at);
+        assert!(parse_sqlite_time("x", "yesterday").is_err());
+    }
+
+    #[test]
+    fn the_update_statement_has_one_placeholder_per_expected_status() {
+        let text = sql::update_call(2);
+        assert!(text.contains("status IN ($10, $11)"), "{text}");
+    }
+}

@@ -1,0 +1,648 @@
+//! The tool registry: the original's exact JSON-schema parameters for the six IDE tools
+//! (spec §5.1) and our server-side tools, the definitions offered to each agent, and the
+//! validation of the arguments a model sends.
+//!
+//! Arguments are validated before anything reaches the IDE and are then relayed exactly as
+//! the model sent them: the schemas' `default`s document the IDE's behaviour and are never
+//! filled in here.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use codelab_protocol::openai::{FunctionDefinition, ToolDefinition};
+use jsonschema::Validator;
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use serde_json::{Value, json};
+
+use crate::agents::{AgentKind, tools_of};
+
+/// Where a tool runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolLocation {
+    /// Sent to the IDE as a `tool_call`; its result comes back as `tool_result`.
+    Ide,
+    /// Handled inside the runtime (`switch_mode`, `attempt_completion`, ...).
+    Server,
+}
+
+/// One registered tool.
+#[derive(Debug)]
+pub struct ToolSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub location: ToolLocation,
+    /// The JSON schema of the arguments object.
+    pub parameters: Value,
+}
+
+impl ToolSpec {
+    /// The OpenAI `{"type":"function","function":{...}}` definition.
+    pub fn definition(&self) -> ToolDefinition {
+        ToolDefinition {
+            kind: "function".to_owned(),
+            function: FunctionDefinition {
+                name: self.name.to_owned(),
+                description: Some(self.description.to_owned()),
+                parameters: Some(self.parameters.clone()),
+            },
+        }
+    }
+}
+
+/// Names of the tools the IDE executes, in registry order.
+pub const IDE_TOOLS: [&str; 6] = [
+    "read_file",
+    "write_file",
+    "list_files",
+    "create_directory",
+    "execute_command",
+    "search_in_code",
+];
+
+/// Names of the tools the runtime handles itself.
+pub const SERVER_TOOLS: [&str; 3] = ["switch_mode", "attempt_completion", "ask_followup_question"];
+
+static REGISTRY: LazyLock<Vec<ToolSpec>> = LazyLock::new(build_registry);
+
+/// Compiled once: validating a call must not recompile its schema.
+static VALIDATORS: LazyLock<HashMap<&'static str, Validator>> = LazyLock::new(|| {
+    REGISTRY
+        .iter()
+        .map(|tool| {
+            let validator = jsonschema::draft7::new(&tool.parameters)
+                .expect("the built-in tool schemas are valid draft-7 schemas (tested)");
+            (tool.name, validator)
+        })
+        .collect()
+});
+
+/// Every tool, in registry order (the order definitions are offered in).
+pub fn all() -> &'static [ToolSpec] {
+    &REGISTRY
+}
+
+/// A registered tool by name.
+pub fn get(name: &str) -> Option<&'static ToolSpec> {
+    REGISTRY.iter().find(|t| t.name == name)
+}
+
+/// Whether the runtime handles this tool itself (never sent to the IDE).
+pub fn is_server_side(name: &str) -> bool {
+    SERVER_TOOLS.contains(&name)
+}
+
+/// Whether the IDE executes this tool.
+pub fn is_ide_tool(name: &str) -> bool {
+    IDE_TOOLS.contains(&name)
+}
+
+/// The tool definitions offered to an agent, in the agent's order (none for the orchestrator).
+pub fn definitions_for(agent: AgentKind) -> Vec<ToolDefinition> {
+    tools_of(agent)
+        .iter()
+        .filter_map(|name| get(name))
+        .map(ToolSpec::definition)
+        .collect()
+}
+
+/// Checks a model's raw `arguments` string for `name`: it must be a JSON object matching the
+/// tool's schema. Returns the parsed object exactly as sent (no defaults filled in), or an
+/// error meant for the model, e.g. `write_file: missing required property "content"`.
+///
+/// An empty string is read as `{}` (some models send it for argument-less calls).
+pub fn validate_arguments(name: &str, raw_arguments: &str) -> Result<Value, String> {
+    let Some(validator) = VALIDATORS.get(name) else {
+        let known = REGISTRY
+            .iter()
+            .map(|t| t.name)
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(format!("unknown tool \"{name}\" (known tools: {known})"));
+    };
+    let raw = raw_arguments.trim();
+    let value: Value = if raw.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_str(raw)
+            .map_err(|e| format!("{name}: the arguments are not valid JSON ({e})"))?
+    };
+    if !value.is_object() {
+        return Err(format!(
+            "{name}: the arguments must be a JSON object, got {}",
+            json_kind(&value)
+        ));
+    }
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|error| {
+            describe(
+                error.kind(),
+                error.instance_path().as_str(),
+                error.instance(),
+                &error.to_string(),
+            )
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(value)
+    } else {
+        Err(format!("{name}: {}", errors.join("; ")))
+    }
+}
+
+/// One validation error in words a model can act on.
+fn describe(kind: &ValidationErrorKind, pointer: &str, instance: &Value, fallback: &str) -> String {
+    let property = property_name(pointer);
+    match kind {
+        ValidationErrorKind::Required { property } => {
+            let name = property
+                .as_str()
+                .map_or_else(|| property.to_string(), str::to_owned);
+            format!("missing required property \"{name}\"")
+        }
+        ValidationErrorKind::Type { kind } => {
+            let expected = match kind {
+                TypeKind::Single(t) => t.to_string(),
+                TypeKind::Multiple(set) => set
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            };
+            format!(
+                "property {property} must be of type {expected}, got {}",
+                json_kind(instance)
+            )
+        }
+        ValidationErrorKind::Enum { options } => {
+            let allowed = options
+                .as_array()
+                .map(|values| {
+                    values
+                        .iter()
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_else(|| options.to_string());
+            format!("property {property} must be one of {allowed}, got {instance}")
+        }
+        ValidationErrorKind::Minimum { limit } => {
+            format!("property {property} must be at least {limit}, got {instance}")
+        }
+        ValidationErrorKind::MinItems { limit } => {
+            format!("property {property} must have at least {limit} items")
+        }
+        ValidationErrorKind::MaxItems { limit } => {
+            format!("property {property} must have at most {limit} items")
+        }
+        _ => format!("property {property}: {fallback}"),
+    }
+}
+
+/// `"/suggestions/0"` → `"suggestions/0"` in quotes; the root is named as such.
+fn property_name(pointer: &str) -> String {
+    match pointer.strip_prefix('/') {
+        Some(path) if !path.is_empty() => format!("\"{path}\""),
+        _ => "(root)".to_owned(),
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn build_registry() -> Vec<ToolSpec> {
+    // Order matters for the LLM request (spec §5.1): switch_mode first, then the IDE tools,
+    // then our completion tools.
+    vec![
+        ToolSpec {
+            name: "switch_mode",
+            description: "Hand the task to another agent when it needs abilities you do not \
+                have. The conversation is kept; the other agent continues right away.",
+            location: ToolLocation::Server,
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "mode": {
+                        "type": "string",
+                        "enum": ["orchestrator", "coder", "architect", "debug", "ask"],
+                        "description": "The agent to hand over to: coder writes code, architect \
+                            designs and documents, debug investigates failures, ask explains; \
+                            orchestrator when unsure."
+                    },
+                    "reason": {
+                        "type": "string",
+                        "description": "Why the other agent is better suited.",
+                        "default": "Task requires different agent capabilities"
+                    }
+                },
+                "required": ["mode"]
+            }),
+        },
+        ToolSpec {
+            name: "read_file",
+            description: "Read a text file of the workspace, whole or a range of lines.",
+            location: ToolLocation::Ide,
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "path": {
+                        "type": "string",
+                        "description": "File path relative to the workspace root."
+                    },
+                    "encoding": {
+                        "type": "string",
+                        "description": "Text encoding of the file.",
+                        "default": "utf-8"
+                    },
+                    "start_line": {
+                        "type": "integer",
+                        "description": "First line to read (1-based, inclusive).",
+                        "minimum": 1
+                    },
+                    "end_line": {
+                        "type": "integer",
+                        "description": "Last line to read (1-based, inclusive).",
+                        "minimum": 1
+                    }
+                },
+                "required": ["path"]
+            }),
+        },
+        ToolSpec {
+            name: "write_file",
+            description: "Create a file or replace its whole content.",
+            location: ToolLocation::Ide,
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "path": {
+                        "type": "string",
+                        "description": "File path relative to the workspace root."
+                    },
+                    "content": {
+                        "type": "string",
+                        "description": "The complete new content of the file."
+                    },
+                    "encoding": {
+                        "type": "string",
+                        "description": "Text encoding to write.",
+                        "default": "utf-8"
+                    },
+                    "create_dirs": {
+                        "type": "boolean",
+                        "description": "Create missing parent directories.",
+                        "default": false
+                    },
+                    "backup": {
+                        "type": "boolean",
+                        "description": "Keep a backup of the previous content.",
+                        "default": true
+                    }
+                },
+                "required": ["path", "content"]
+            }),
+        },
+        ToolSpec {
+            name: "list_files",
+            description: "List the files and directories of a workspace directory.",
+            location: ToolLocation::Ide,
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "path": {
+                        "type": "string",
+                        "description": "Directory relative to the workspace root (\".\" for the root)."
+                    },
+                    "recursive": {
+                        "type": "boolean",
+                        "description": "Include subdirectories.",
+                        "default": false
+                    },
+                    "include_hidden": {
+                        "type": "boolean",
+                        "description": "Include hidden entries (names starting with a dot).",
+                        "default": false
+                    },
+                    "pattern": {
+                        "type": "string",
+                        "description": "Only names matching this glob, e.g. \"*.py\"."
+                    }
+                },
+                "required": ["path"]
+            }),
+        },
+        ToolSpec {
+            name: "create_directory",
+            description: "Create a directory in the workspace.",
+            location: ToolLocation::Ide,
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "path": {
+                        "type": "string",
+                        "description": "Directory path relative to the workspace root."
+                    },
+                    "recursive": {
+                        "type": "boolean",
+                        "description": "Create missing parent directories too.",
+                        "default": true
+                    }
+                },
+                "required": ["path"]
+            }),
+        },
+        ToolSpec {
+            name: "execute_command",
+            description: "Run a command in the workspace and return its output and exit code.",
+            location: ToolLocation::Ide,
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "command": {
+                        "type": "string",
+                        "description": "The command line to run."
+                    },
+                    "cwd": {
+                        "type": "string",
+                        "description": "Working directory relative to the workspace root."
+                    },
+                    "timeout": {
+                        "type": "integer",
+                        "description": "Seconds before the command is stopped (at most 300).",
+                        "default": 60
+                    },
+                    "shell": {
+                        "type": "boolean",
+                        "description": "Run through the shell (pipes, redirections).",
+                        "default": false
+                    }
+                },
+                "required": ["command"]
+            }),
+        },
+        ToolSpec {
+            name: "search_in_code",
+            description: "Search the workspace's files for text or a regular expression.",
+            location: ToolLocation::Ide,
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "query": {
+                        "type": "string",
+                        "description": "Text or regular expression to find."
+                    },
+                    "path": {
+                        "type": "string",
+                        "description": "Directory to search, relative to the workspace root.",
+                        "default": "."
+                    },
+                    "file_pattern": {
+                        "type": "string",
+                        "description": "Only files matching this glob, e.g. \"*.rs\"."
+                    },
+                    "case_sensitive": {
+                        "type": "boolean",
+                        "description": "Match case exactly.",
+                        "default": false
+                    },
+                    "regex": {
+                        "type": "boolean",
+                        "description": "Treat the query as a regular expression.",
+                        "default": false
+                    },
+                    "max_results": {
+                        "type": "integer",
+                        "description": "Most matches to return (at most 1000).",
+                        "default": 100
+                    }
+                },
+                "required": ["query"]
+            }),
+        },
+        ToolSpec {
+            name: "attempt_completion",
+            description: "Finish the task: present the final result to the user. Use it once \
+                the work is done; do not end with a question.",
+            location: ToolLocation::Server,
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "result": {
+                        "type": "string",
+                        "description": "What was done and its outcome, as shown to the user."
+                    }
+                },
+                "required": ["result"]
+            }),
+        },
+        ToolSpec {
+            name: "ask_followup_question",
+            description: "Ask the user a question when you cannot go on without their answer.",
+            location: ToolLocation::Server,
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "question": {
+                        "type": "string",
+                        "description": "The question, clear and specific."
+                    },
+                    "suggestions": {
+                        "type": "array",
+                        "description": "Two to four short answers the user can pick.",
+                        "items": {"type": "string"},
+                        "minItems": 2,
+                        "maxItems": 4
+                    }
+                },
+                "required": ["question"]
+            }),
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(name: &str) -> &'static Value {
+        &get(name).unwrap().parameters
+    }
+
+    #[test]
+    fn every_schema_compiles() {
+        assert_eq!(VALIDATORS.len(), IDE_TOOLS.len() + SERVER_TOOLS.len());
+        for name in IDE_TOOLS.iter().chain(SERVER_TOOLS.iter()) {
+            assert!(get(name).is_some(), "{name}");
+        }
+    }
+
+    #[test]
+    fn ide_tool_schemas_are_the_originals() {
+        let read = params("read_file");
+        assert_eq!(read["required"], json!(["path"]));
+        assert_eq!(read["properties"]["encoding"]["default"], "utf-8");
+        assert_eq!(read["properties"]["start_line"]["type"], "integer");
+        assert_eq!(read["properties"]["start_line"]["minimum"], 1);
+        assert_eq!(read["properties"]["end_line"]["minimum"], 1);
+
+        let write = params("write_file");
+        assert_eq!(write["required"], json!(["path", "content"]));
+        assert_eq!(write["properties"]["create_dirs"]["default"], false);
+        assert_eq!(write["properties"]["backup"]["default"], true);
+
+        let list = params("list_files");
+        assert_eq!(list["required"], json!(["path"]));
+        assert_eq!(list["properties"]["recursive"]["default"], false);
+        assert_eq!(list["properties"]["include_hidden"]["default"], false);
+        assert_eq!(list["properties"]["pattern"]["type"], "string");
+
+        let mkdir = params("create_directory");
+        assert_eq!(mkdir["properties"]["recursive"]["default"], true);
+
+        let exec = params("execute_command");
+        assert_eq!(exec["required"], json!(["command"]));
+        assert_eq!(exec["properties"]["timeout"]["type"], "integer");
+        assert_eq!(exec["properties"]["timeout"]["default"], 60);
+        assert_eq!(exec["properties"]["shell"]["default"], false);
+        assert_eq!(exec["properties"]["cwd"]["type"], "string");
+
+        let search = params("search_in_code");
+        assert_eq!(search["required"], json!(["query"]));
+        assert_eq!(search["properties"]["path"]["default"], ".");
+        assert_eq!(search["properties"]["case_sensitive"]["default"], false);
+        assert_eq!(search["properties"]["regex"]["default"], false);
+        assert_eq!(search["properties"]["max_results"]["default"], 100);
+
+        let switch = params("switch_mode");
+        assert_eq!(
+            switch["properties"]["mode"]["enum"],
+            json!(["orchestrator", "coder", "architect", "debug", "ask"])
+        );
+        assert_eq!(switch["required"], json!(["mode"]));
+        assert_eq!(
+            params("ask_followup_question")["properties"]["suggestions"]["minItems"],
+            2
+        );
+        assert_eq!(
+            params("ask_followup_question")["properties"]["suggestions"]["maxItems"],
+            4
+        );
+    }
+
+    #[test]
+    fn definitions_follow_each_agents_list() {
+        let names = |agent| {
+            definitions_for(agent)
+                .into_iter()
+                .map(|d| d.function.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(AgentKind::Ask),
+            [
+                "read_file",
+                "search_in_code",
+                "list_files",
+                "switch_mode",
+                "attempt_completion"
+            ]
+        );
+        assert_eq!(names(AgentKind::Coder).len(), 8);
+        assert!(names(AgentKind::Orchestrator).is_empty());
+        assert!(!names(AgentKind::Universal).contains(&"switch_mode".to_owned()));
+        let def = serde_json::to_value(&definitions_for(AgentKind::Debug)[0]).unwrap();
+        assert_eq!(def["type"], "function");
+        assert_eq!(def["function"]["name"], "read_file");
+        assert!(def["function"]["parameters"]["properties"]["path"].is_object());
+    }
+
+    #[test]
+    fn server_side_tools_are_known() {
+        assert!(is_server_side("switch_mode"));
+        assert!(is_server_side("attempt_completion"));
+        assert!(is_server_side("ask_followup_question"));
+        assert!(!is_server_side("write_file"));
+        assert!(is_ide_tool("search_in_code"));
+        assert!(get("echo").is_none() && get("calculator").is_none());
+    }
+
+    #[test]
+    fn valid_arguments_are_returned_verbatim_without_defaults() {
+        let raw = r#"{"path": "src/a.py", "start_line": 3}"#;
+        let value = validate_arguments("read_file", raw).unwrap();
+        assert_eq!(value, json!({"path": "src/a.py", "start_line": 3}));
+        assert!(value.get("encoding").is_none());
+        // Unknown extra properties are relayed too: the schemas do not forbid them.
+        let value = validate_arguments("list_files", r#"{"path": ".", "x": 1}"#).unwrap();
+        assert_eq!(value, json!({"path": ".", "x": 1}));
+    }
+
+    #[test]
+    fn a_missing_required_property_is_named() {
+        let err = validate_arguments("write_file", r#"{"path": "a.py"}"#).unwrap_err();
+        assert_eq!(err, "write_file: missing required property \"content\"");
+    }
+
+    #[test]
+    fn a_wrong_type_is_explained() {
+        let err =
+            validate_arguments("read_file", r#"{"path": "a", "start_line": "3"}"#).unwrap_err();
+        assert_eq!(
+            err,
+            "read_file: property \"start_line\" must be of type integer, got a string"
+        );
+        let err = validate_arguments("read_file", r#"{"path": "a", "start_line": 0}"#).unwrap_err();
+        assert!(err.contains("\"start_line\" must be at least 1"), "{err}");
+        let err = validate_arguments("switch_mode", r#"{"mode": "wizard"}"#).unwrap_err();
+        assert!(err.contains("must be one of orchestrator, coder"), "{err}");
+        let err = validate_arguments(
+            "ask_followup_question",
+            r#"{"question": "?", "suggestions": ["a"]}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("at least 2 items"), "{err}");
+        let err = validate_arguments(
+            "ask_followup_question",
+            r#"{"question": "?", "suggestions": ["a", 2]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("\"suggestions/1\" must be of type string"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_tools_and_non_objects_are_refused() {
+        assert!(
+            validate_arguments("echo", "{}")
+                .unwrap_err()
+                .starts_with("unknown tool \"echo\"")
+        );
+        let err = validate_arguments("read_file", r#"["a"]"#).unwrap_err();
+        assert_eq!(
+            err,
+            "read_file: the arguments must be a JSON object, got an array"
+        );
+        let err = validate_arguments("read_file", "{path:").unwrap_err();
+        assert!(
+            err.starts_with("read_file: the arguments are not valid JSON"),
+            "{err}"
+        );
+        let err = validate_arguments("attempt_completion", "").unwrap_err();
+        assert_eq!(
+            err,
+            "attempt_completion: missing required property \"result\""
+        );
+    }
+}

@@ -1,0 +1,419 @@
+//! Shared test setup: empty databases on both backends (a temp SQLite file; a fresh database
+//! on the PostgreSQL server at `CODELAB_TEST_DATABASE_URL`, dropped afterwards), and the
+//! runtime served in-process against the real LLM proxy (its mock model), with a small SSE
+//! reader for the streaming endpoint.
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use codelab_agent_runtime::store::{RuntimeStore, open_store};
+use codelab_agent_runtime::{AppState, Config, Deps};
+use codelab_core::config::Secret;
+use codelab_core::db::{DbOptions, connect_database, redact_database_url};
+use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
+use codelab_testkit::ServerGuard;
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------------------------
+// Databases
+// ---------------------------------------------------------------------------------------------
+
+pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// What must be cleaned up after a test database.
+pub enum Cleanup {
+    /// The temp dir holding the SQLite file; deleted on drop.
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres(#[allow(dead_code)] DropDatabase),
+}
+
+/// A URL of an empty database (created on first connect) and its cleanup.
+pub fn database_url(backend: Backend) -> (String, Cleanup) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!(
+                "sqlite:///{}",
+                dir.path().join("agent_runtime.db").display()
+            );
+            (url, Cleanup::Sqlite(dir))
+        }
+        Backend::Postgres => {
+            let server = std::env::var("CODELAB_TEST_DATABASE_URL")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| DEFAULT_PG_URL.to_owned());
+            let name = format!(
+                "codelab_runtime_test_{}_{}",
+                std::process::id(),
+                codelab_core::random_hex(6)
+            );
+            // The guard exists before the database does, so a failure anywhere after CREATE
+            // drops it.
+            let guard = DropDatabase {
+                server: server.clone(),
+                name: name.clone(),
+            };
+            (with_database(&server, &name), Cleanup::Postgres(guard))
+        }
+    }
+}
+
+/// A store on an empty database, and what must be cleaned up after it.
+pub struct TestDb {
+    pub store: Arc<dyn RuntimeStore>,
+    /// How to open another pool on the same database.
+    pub url: String,
+    pub _cleanup: Cleanup,
+}
+
+pub async fn sqlite_db() -> TestDb {
+    test_db(Backend::Sqlite).await
+}
+
+pub async fn postgres_db() -> TestDb {
+    test_db(Backend::Postgres).await
+}
+
+async fn test_db(backend: Backend) -> TestDb {
+    let (url, cleanup) = database_url(backend);
+    let pool = match connect_database(&url, &DbOptions::default()).await {
+        Ok(pool) => pool,
+        Err(error) => panic!("{}", no_database(&url, &error.to_string())),
+    };
+    let store = open_store(pool).await.unwrap();
+    TestDb {
+        store,
+        url,
+        _cleanup: cleanup,
+    }
+}
+
+fn no_database(url: &str, error: &str) -> String {
+    format!(
+        "the test needs its database: cannot create and open {} ({error}); for PostgreSQL \
+         start a server (the test script does) or set CODELAB_TEST_DATABASE_URL to one where \
+         this user may CREATE DATABASE",
+        redact_database_url(url)
+    )
+}
+
+/// `url` with its database path replaced by `name`.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| i + authority_start);
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// Drops the test database when the test ends, passed or failed.
+pub struct DropDatabase {
+    server: String,
+    name: String,
+}
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let server = self.server.clone();
+        let name = self.name.clone();
+        // Drop may run while the test's runtime unwinds a panic: use a runtime of our own on
+        // a thread of our own. FORCE ends the pools' connections that are still open.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&server).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await?;
+                conn.close().await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!(
+                "warning: could not drop test database {}: {error}",
+                self.name
+            ),
+            Err(_) => eprintln!("warning: dropping test database {} panicked", self.name),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The runtime and the proxy
+// ---------------------------------------------------------------------------------------------
+
+pub const PROXY_KEY: &str = "test-proxy-key-0123456789abcdef";
+pub const RUNTIME_KEY: &str = "test-runtime-key-0123456789abcdef";
+
+/// The real LLM proxy on 127.0.0.1:0 (`mock-llm` is its deterministic mock model).
+pub async fn start_proxy() -> ServerGuard {
+    let config = codelab_llm_proxy::Config {
+        internal_api_key: Secret::new(PROXY_KEY),
+        retry_backoff_ms: 1,
+        request_timeout: 10.0,
+        ..codelab_llm_proxy::Config::default()
+    };
+    let state = codelab_llm_proxy::build(config, codelab_llm_proxy::Deps::default())
+        .await
+        .unwrap();
+    ServerGuard::start(codelab_llm_proxy::router(state)).await
+}
+
+/// The runtime on its own port, in front of the proxy, on an empty database.
+pub struct Runtime {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub state: Arc<AppState>,
+    server: ServerGuard,
+    proxy: ServerGuard,
+    _db: Cleanup,
+}
+
+impl Runtime {
+    /// The runtime with the test defaults.
+    pub async fn start(backend: Backend) -> Runtime {
+        Runtime::start_with(backend, |_| {}).await
+    }
+
+    /// The runtime with settings changed by `configure`.
+    pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Runtime {
+        let proxy = start_proxy().await;
+        let (db_url, cleanup) = database_url(backend);
+        let mut config = Config {
+            internal_api_key: Secret::new(RUNTIME_KEY),
+            llm_proxy_url: proxy.base_url(),
+            llm_proxy_api_key: Secret::new(PROXY_KEY),
+            llm_model: "mock-llm".to_owned(),
+            db_url: db_url.clone(),
+            llm_timeout: 10.0,
+            routing_timeout: 5.0,
+            ..Config::default()
+        };
+        configure(&mut config);
+        let state = match codelab_agent_runtime::build(config, Deps::default()).await {
+            Ok(state) => state,
+            Err(error) => panic!("{}", no_database(&db_url, &error.to_string())),
+        };
+        let server = ServerGuard::start(codelab_agent_runtime::router(Arc::clone(&state))).await;
+        Runtime {
+            base: server.base_url(),
+            http: reqwest::Client::new(),
+            state,
+            server,
+            proxy,
+            _db: cleanup,
+        }
+    }
+
+    /// A request with the internal key, acting for `user`.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        user: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header("X-Internal-Auth", RUNTIME_KEY)
+            .header("X-Codelab-User-Id", user)
+    }
+
+    /// `GET path` as `user`: status and JSON body (`null` when the body is not JSON).
+    pub async fn get(&self, path: &str, user: &str) -> (u16, Value) {
+        let response = self
+            .request(reqwest::Method::GET, path, user)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET path` as `user`, which must answer 200.
+    pub async fn get_ok(&self, path: &str, user: &str) -> Value {
+        let (status, body) = self.get(path, user).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// A new session of `user` (through `POST /sessions`).
+    pub async fn new_session(&self, user: &str) -> String {
+        let response = self
+            .request(reqwest::Method::POST, "/sessions", user)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Posts `body` to the streaming endpoint as `user`: status and the raw body text.
+    pub async fn post_stream(&self, user: &str, body: &Value) -> (u16, reqwest::Response) {
+        let response = self
+            .request(reqwest::Method::POST, "/agent/message/stream", user)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response)
+    }
+
+    /// Sends one frame on `session` as `user` and reads the whole event stream.
+    pub async fn send_as(&self, user: &str, session: &str, frame: Value) -> Vec<SequencedEvent> {
+        let body = json!({"session_id": session, "message": frame});
+        let (status, response) = self.post_stream(user, &body).await;
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, 200, "stream refused: {text}");
+        assert_eq!(content_type, "text/event-stream");
+        parse_sse(&text)
+    }
+
+    /// [`Runtime::send_as`] for the development user.
+    pub async fn send(&self, session: &str, frame: Value) -> Vec<SequencedEvent> {
+        self.send_as("dev", session, frame).await
+    }
+
+    /// A user message, optionally aimed at an agent.
+    pub async fn say(&self, session: &str, text: &str, agent: Option<&str>) -> Vec<SequencedEvent> {
+        let mut frame = json!({"type": "user_message", "content": text, "role": "user"});
+        if let Some(agent) = agent {
+            frame["agent_type"] = json!(agent);
+        }
+        self.send(session, frame).await
+    }
+
+    /// A `tool_result` with a result.
+    pub async fn result(&self, session: &str, call_id: &str, result: Value) -> Vec<SequencedEvent> {
+        self.send(
+            session,
+            json!({"type": "tool_result", "call_id": call_id, "result": result}),
+        )
+        .await
+    }
+
+    /// The session's stored events (the replay a reconnecting gateway gets).
+    pub async fn stored_events(&self, session: &str) -> Vec<SequencedEvent> {
+        self.stored_events_of("dev", session).await
+    }
+
+    /// [`Runtime::stored_events`] of a session of `user`.
+    pub async fn stored_events_of(&self, user: &str, session: &str) -> Vec<SequencedEvent> {
+        let body = self
+            .get_ok(
+                &format!("/sessions/{session}/events?after=0&limit=1000"),
+                user,
+            )
+            .await;
+        serde_json::from_value(body["events"].clone()).unwrap()
+    }
+
+    /// The session's history page.
+    pub async fn history(&self, session: &str) -> Value {
+        self.get_ok(&format!("/sessions/{session}/history"), "dev")
+            .await
+    }
+
+    /// The proxy's base URL.
+    pub fn proxy_url(&self) -> String {
+        self.proxy.base_url()
+    }
+
+    /// Stops serving (the state stays alive while the test holds it).
+    pub fn stop(&self) {
+        self.server.abort();
+    }
+}
+
+/// Reads an SSE body: one `data: <json>` line per event, blank lines between.
+pub fn parse_sse(text: &str) -> Vec<SequencedEvent> {
+    text.split("\n\n")
+        .filter(|record| !record.trim().is_empty())
+        .map(|record| {
+            let data = record
+                .lines()
+                .find_map(|line| line.strip_prefix("data: "))
+                .unwrap_or_else(|| panic!("an SSE record without data: {record:?}"));
+            serde_json::from_str(data).unwrap_or_else(|e| panic!("bad event {data}: {e}"))
+        })
+        .collect()
+}
+
+/// The `type` of each event.
+pub fn kinds(events: &[SequencedEvent]) -> Vec<String> {
+    events.iter().map(|e| kind(&e.event)).collect()
+}
+
+/// The `type` of an event.
+pub fn kind(event: &RuntimeEvent) -> String {
+    serde_json::to_value(event).unwrap()["type"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The events of `events` that are stored (all but text deltas, which carry `seq` 0).
+pub fn stored(events: &[SequencedEvent]) -> Vec<SequencedEvent> {
+    events.iter().filter(|e| e.seq > 0).cloned().collect()
+}
+
+/// The first event of type `kind`, as JSON.
+pub fn first(events: &[SequencedEvent], kind_name: &str) -> Value {
+    events
+        .iter()
+        .find(|e| kind(&e.event) == kind_name)
+        .map(|e| serde_json::to_value(e).unwrap())
+        .unwrap_or_else(|| panic!("no {kind_name} in {:?}", kinds(events)))
+}
+
+/// Every event of type `kind`, as JSON.
+pub fn all(events: &[SequencedEvent], kind_name: &str) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| kind(&e.event) == kind_name)
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect()
+}
+
+/// The concatenated text of the `assistant_message` events.
+pub fn assistant_text(events: &[SequencedEvent]) -> String {
+    all(events, "assistant_message")
+        .iter()
+        .map(|e| e["content"].as_str().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A bound for things that happen promptly.
+pub const PROMPTLY: Duration = Duration::from_secs(20);
