@@ -18,10 +18,7 @@ struct RedisKeys {
 
 impl RedisKeys {
     async fn connect() -> Self {
-        let url = std::env::var("CODELAB_TEST_REDIS_URL")
-            .ok()
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+        let url = codelab_testkit::databases::redis_url();
         let prefix = format!("codelab:test:auth:{}:", codelab_core::random_hex(6));
         let cache = connect_cache(Some(&url), &prefix).await.unwrap_or_else(|error| {
             panic!("this test needs Redis at {url} ({error}); start redis-server or set CODELAB_TEST_REDIS_URL")

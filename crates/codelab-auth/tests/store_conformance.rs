@@ -13,14 +13,13 @@ use codelab_auth::model::{
     SigningKeyRecord, User,
 };
 use codelab_auth::store::{AuthStore, StoreError, open_store};
-use codelab_core::db::{DbOptions, DbPool, connect_database, redact_database_url};
+use codelab_core::db::{DbOptions, DbPool, connect_database};
+use codelab_testkit::TempPostgres;
 use serde_json::json;
 
 // ---------------------------------------------------------------------------------------------
 // Backends
 // ---------------------------------------------------------------------------------------------
-
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// A store on an empty database, and what must be cleaned up after it.
 struct TestDb {
@@ -31,7 +30,7 @@ struct TestDb {
 enum Cleanup {
     /// The temp dir holding the SQLite file; deleted on drop.
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
-    Postgres(#[allow(dead_code)] DropDatabase),
+    Postgres(#[allow(dead_code)] TempPostgres),
 }
 
 /// A connection to a new SQLite file, and the temp dir holding it.
@@ -45,29 +44,12 @@ async fn fresh_sqlite() -> (DbPool, tempfile::TempDir) {
 }
 
 /// A connection to a new, uniquely named PostgreSQL database, and the guard that drops it.
-async fn fresh_postgres() -> (DbPool, DropDatabase) {
-    let server = std::env::var("CODELAB_TEST_DATABASE_URL")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| DEFAULT_PG_URL.to_owned());
-    let name = format!(
-        "codelab_auth_test_{}_{}",
-        std::process::id(),
-        codelab_core::random_hex(6)
-    );
+async fn fresh_postgres() -> (DbPool, TempPostgres) {
     // The guard exists before the database does, so a failure anywhere after CREATE drops it.
-    let guard = DropDatabase {
-        server: server.clone(),
-        name: name.clone(),
-    };
-    match connect_database(&with_database(&server, &name), &DbOptions::default()).await {
-        Ok(pool) => (pool, guard),
-        Err(error) => panic!(
-            "the conformance suite needs PostgreSQL: cannot create and open database {name} on \
-             {} ({error}); start a server (the test script does) or set \
-             CODELAB_TEST_DATABASE_URL to one where this user may CREATE DATABASE",
-            redact_database_url(&server)
-        ),
+    let database = TempPostgres::new("auth_test");
+    match connect_database(&database.url, &DbOptions::default()).await {
+        Ok(pool) => (pool, database),
+        Err(error) => panic!("{}", database.unavailable(&error)),
     }
 }
 
@@ -86,62 +68,6 @@ async fn postgres_db() -> TestDb {
     TestDb {
         store,
         _cleanup: Cleanup::Postgres(guard),
-    }
-}
-
-/// `url` with its database path replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| i + authority_start);
-    let mut out = format!("{}/{name}", &base[..path_start]);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
-}
-
-/// Drops the test database when the test ends, passed or failed.
-struct DropDatabase {
-    server: String,
-    name: String,
-}
-
-impl Drop for DropDatabase {
-    fn drop(&mut self) {
-        let server = self.server.clone();
-        let name = self.name.clone();
-        // Drop may run while the test's runtime unwinds a panic: use a runtime of our own on
-        // a thread of our own. FORCE ends the pool's connections that are still open.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&server).await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await?;
-                conn.close().await?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-            })
-        })
-        .join();
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => eprintln!(
-                "warning: could not drop test database {}: {error}",
-                self.name
-            ),
-            Err(_) => eprintln!("warning: dropping test database {} panicked", self.name),
-        }
     }
 }
 

@@ -11,6 +11,7 @@ use codelab_auth::{AppState, Config, Deps, build, router};
 use codelab_core::cache::Cache;
 use codelab_core::clock::ManualClock;
 use codelab_core::config::{Environment, Secret};
+use codelab_testkit::TempPostgres;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
@@ -20,7 +21,6 @@ pub const ADMIN_PASSWORD: &str = "admin-password-123";
 pub const INTERNAL_SECRET: &str = "internal-secret-0123456789";
 pub const WEB_REDIRECT: &str = "http://localhost:3000/cb";
 pub const FLUTTER: &str = "codelab-flutter-app";
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// Which database the service runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +67,7 @@ pub struct Auth {
 
 enum DbGuard {
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
-    Postgres(#[allow(dead_code)] DropDatabase),
+    Postgres(#[allow(dead_code)] TempPostgres),
 }
 
 /// A successful token answer.
@@ -90,17 +90,8 @@ impl Auth {
                 (url, DbGuard::Sqlite(dir))
             }
             Backend::Postgres => {
-                let server = std::env::var("CODELAB_TEST_DATABASE_URL")
-                    .ok()
-                    .filter(|v| !v.is_empty())
-                    .unwrap_or_else(|| DEFAULT_PG_URL.to_owned());
-                let name = format!(
-                    "codelab_auth_http_{}_{}",
-                    std::process::id(),
-                    codelab_core::random_hex(6)
-                );
-                let url = with_database(&server, &name);
-                (url, DbGuard::Postgres(DropDatabase { server, name }))
+                let database = TempPostgres::new("auth_http");
+                (database.url.clone(), DbGuard::Postgres(database))
             }
         };
         Self::start_on(options, db_url, guard).await
@@ -275,56 +266,6 @@ pub fn tokens_of(body: Value) -> Tokens {
         access: body["access_token"].as_str().unwrap().to_owned(),
         refresh: body["refresh_token"].as_str().map(str::to_owned),
         body,
-    }
-}
-
-/// `url` with its database path replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| i + authority_start);
-    let mut out = format!("{}/{name}", &base[..path_start]);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
-}
-
-/// Drops the test database when the test ends, passed or failed.
-struct DropDatabase {
-    server: String,
-    name: String,
-}
-
-impl Drop for DropDatabase {
-    fn drop(&mut self) {
-        let server = self.server.clone();
-        let name = self.name.clone();
-        // Drop may run while a panic unwinds the test's runtime: use a runtime of our own on
-        // a thread of our own. FORCE ends the pool's connections that are still open.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&server).await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await?;
-                Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
-            })
-        })
-        .join();
-        if let Ok(Err(error)) = dropped {
-            eprintln!("cannot drop test database {}: {error}", self.name);
-        }
     }
 }
 
