@@ -45,6 +45,9 @@ pub struct Config {
     /// Token budget of the context sent to the model (0: no trimming).
     pub context_tokens: u64,
     pub session_retention_days: u32,
+    /// Seconds between sweeps for turns whose runner died (also one at start); 0 turns the
+    /// sweep off, and such a turn is resumed by the next frame of its session only.
+    pub recovery_interval: f64,
     /// `sqlite:///data/agent_runtime.db` or `postgres://...`.
     pub db_url: String,
     pub db_max_connections: u32,
@@ -72,6 +75,7 @@ impl Default for Config {
             max_tool_calls_per_step: 10,
             context_tokens: 0,
             session_retention_days: 30,
+            recovery_interval: 60.0,
             db_url: "sqlite:///data/agent_runtime.db".to_owned(),
             db_max_connections: 10,
             max_body_bytes: 32 * 1024 * 1024,
@@ -89,6 +93,13 @@ impl Config {
             return Err(format!(
                 "AGENT_RUNTIME__ROUTING_TIMEOUT must be a positive number of seconds, got {}",
                 self.routing_timeout
+            ));
+        }
+        if !(self.recovery_interval.is_finite() && self.recovery_interval >= 0.0) {
+            return Err(format!(
+                "AGENT_RUNTIME__RECOVERY_INTERVAL must be a number of seconds (0 turns the \
+                 sweep off), got {}",
+                self.recovery_interval
             ));
         }
         if self.max_steps_per_turn == 0 {

@@ -122,7 +122,9 @@ pub struct AppState {
     /// Sessions, messages, tool calls, turns, events.
     pub store: Arc<dyn RuntimeStore>,
     /// The turn engine.
-    pub engine: Engine,
+    pub engine: Arc<Engine>,
+    /// Time for the retention cutoff.
+    clock: SharedClock,
     /// The work of streaming requests, which outlives a client that goes away.
     pub tasks: TaskTracker,
     readiness: Readiness,
@@ -141,11 +143,23 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// Waits up to `timeout` for frames still being processed (after the server stopped
     /// accepting requests), so their results are stored; `false` if some were still running.
+    /// What does not finish is resumed by the next process (see `Engine::recover`).
     pub async fn drain(&self, timeout: Duration) -> bool {
         self.tasks.close();
         tokio::time::timeout(timeout, self.tasks.wait())
             .await
             .is_ok()
+    }
+
+    /// Removes the sessions idle longer than `AGENT_RUNTIME__SESSION_RETENTION_DAYS` by the
+    /// state's clock, as the hourly job does; returns how many (0 when retention is off).
+    pub async fn purge_now(&self) -> Result<u64, StoreError> {
+        purge_once(
+            self.store.as_ref(),
+            &self.clock,
+            self.config.session_retention_days,
+        )
+        .await
     }
 }
 
@@ -178,14 +192,23 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<AppState>, BuildErr
             config.session_retention_days,
         ))));
     }
-    let engine = Engine::new(
+    let engine = Arc::new(Engine::new(
         Arc::clone(&store),
         registry,
         prompts,
         hitl,
         llm,
         Limits::from_config(&config),
-    );
+    ));
+    if let Some(every) = Duration::try_from_secs_f64(config.recovery_interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+    {
+        background.push(TaskGuard(tokio::spawn(recovery_loop(
+            Arc::clone(&engine),
+            every,
+        ))));
+    }
     tracing::info!(
         multi_agent_mode = config.multi_agent_mode,
         model = %config.llm_model,
@@ -197,6 +220,7 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<AppState>, BuildErr
         environment: deps.environment,
         store,
         engine,
+        clock: deps.clock.clone(),
         tasks: TaskTracker::new(),
         readiness,
         config,
@@ -248,18 +272,34 @@ async fn purge_loop(store: Arc<dyn RuntimeStore>, clock: SharedClock, retention_
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let now = DateTime::<Utc>::from(clock.now());
-        let cutoff = now - chrono::Duration::days(i64::from(retention_days));
-        match purge_idle_sessions(store.as_ref(), cutoff).await {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, retention_days, "purged idle sessions"),
-            Err(error) => tracing::warn!(%error, "purging idle sessions failed"),
+        if let Err(error) = purge_once(store.as_ref(), &clock, retention_days).await {
+            tracing::warn!(%error, "purging idle sessions failed");
         }
     }
 }
 
+/// One run of the retention job: removes the sessions idle for more than `retention_days`
+/// (0 keeps everything) and logs how many.
+async fn purge_once(
+    store: &dyn RuntimeStore,
+    clock: &SharedClock,
+    retention_days: u32,
+) -> Result<u64, StoreError> {
+    if retention_days == 0 {
+        return Ok(0);
+    }
+    let now = DateTime::<Utc>::from(clock.now());
+    let cutoff = now - chrono::Duration::days(i64::from(retention_days));
+    let removed = purge_idle_sessions(store, cutoff).await?;
+    if removed > 0 {
+        tracing::info!(removed, retention_days, "purged idle sessions");
+    }
+    Ok(removed)
+}
+
 /// Removes every session idle since before `cutoff`, [`PURGE_BATCH`] at a time; returns how
-/// many were removed.
+/// many were removed. Each batch is one statement, committed on its own: a purge that stops
+/// half way keeps what it removed, and never holds the database for long.
 pub async fn purge_idle_sessions(
     store: &dyn RuntimeStore,
     cutoff: DateTime<Utc>,
@@ -269,11 +309,29 @@ pub async fn purge_idle_sessions(
         let removed = store.purge_idle_sessions(cutoff, PURGE_BATCH).await?;
         total += removed;
         ::metrics::counter!(metrics::SESSIONS_PURGED).increment(removed);
+        if removed > 0 {
+            tracing::debug!(removed, total, "purged a batch of idle sessions");
+        }
         if removed < u64::from(PURGE_BATCH) {
             return Ok(total);
         }
         // Let requests in between batches.
         tokio::task::yield_now().await;
+    }
+}
+
+/// Resumes turns whose runner died, at start and then `every` (a replica that crashed leaves
+/// its turns to the others).
+async fn recovery_loop(engine: Arc<Engine>, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match engine.recover_stalled_turns().await {
+            Ok(0) => {}
+            Ok(resumed) => tracing::info!(resumed, "resumed turns whose runner had stopped"),
+            Err(error) => tracing::warn!(%error, "looking for stalled turns failed"),
+        }
     }
 }
 
@@ -303,6 +361,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/sessions/{session_id}/pending-approvals",
             get(sessions::pending_approvals),
+        )
+        .route("/sessions/{session_id}/cancel", post(sessions::cancel_turn))
+        .route(
+            "/internal/sessions/{session_id}/owner",
+            get(sessions::session_owner),
         )
         .route("/agents", get(agent_routes::list_agents))
         .route(

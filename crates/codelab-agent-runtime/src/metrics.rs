@@ -28,6 +28,8 @@ pub const LLM_TOKENS: &str = "codelab_agent_runtime_llm_tokens_total";
 pub const ACTIVE_TURNS: &str = "codelab_agent_runtime_active_turns";
 /// Idle sessions removed by the retention task.
 pub const SESSIONS_PURGED: &str = "codelab_agent_runtime_sessions_purged_total";
+/// Turns resumed after their runner died (a crash, a restart, a lost replica).
+pub const TURNS_RECOVERED: &str = "codelab_agent_runtime_turns_recovered_total";
 
 /// Registers help texts (once per process; repeated calls are harmless).
 pub fn describe() {
@@ -52,6 +54,10 @@ pub fn describe() {
     metrics::describe_counter!(LLM_TOKENS, "LLM tokens by direction");
     metrics::describe_gauge!(ACTIVE_TURNS, "Frames being processed");
     metrics::describe_counter!(SESSIONS_PURGED, "Idle sessions removed by retention");
+    metrics::describe_counter!(
+        TURNS_RECOVERED,
+        "Turns resumed after their runner died (crash, restart, lost replica)"
+    );
 }
 
 /// A bounded label for a tool name: a registry name, or `other`.
@@ -77,6 +83,11 @@ pub fn routing_decision(agent: &'static str, method: &'static str) {
 /// Counts a turn ending or pausing.
 pub fn turn(outcome: &'static str) {
     metrics::counter!(TURNS, "outcome" => outcome).increment(1);
+}
+
+/// Counts a turn resumed after its runner died.
+pub fn turn_recovered() {
+    metrics::counter!(TURNS_RECOVERED).increment(1);
 }
 
 /// Counts a step started.

@@ -4,6 +4,7 @@
 //! replica, the rows say exactly what is awaited.
 
 use chrono::{DateTime, Utc};
+use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -194,6 +195,9 @@ pub struct ToolCallUpdate {
     pub error: Option<String>,
     /// Set `settled_at` (terminal states).
     pub settle: bool,
+    /// The `tool` message answering the call, appended in the same transaction when the
+    /// update applies (so a settled call always has its result in the history, exactly once).
+    pub tool_message: Option<String>,
 }
 
 /// Outcome of an atomic tool-call update.
@@ -277,4 +281,55 @@ pub struct Turn {
     pub agent: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When a `cancel_turn` asked for this turn to stop (set without the session lock; the
+    /// process running the turn polls it).
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+}
+
+/// A turn's new state, part of a [`StepCommit`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnUpdate {
+    pub turn_id: String,
+    pub status: TurnStatus,
+    pub steps: i32,
+    pub agent: String,
+    /// Apply only if the turn is still in this state (status, steps); otherwise the whole
+    /// commit is refused with `Conflict` and nothing of it is stored. Guards against a second
+    /// runner of the same step (e.g. a lock lost with its connection).
+    pub expect: Option<(TurnStatus, i32)>,
+}
+
+/// Everything one step of a turn changes, stored in one transaction: all of it or none.
+///
+/// A step's outcome is the assistant message, its tool calls, the tool messages of the calls
+/// settled at once (refused or server-side), agent switches, the completion text when the turn
+/// ends, the turn's new status, and the events that tell about all that. The start of a turn
+/// (the user message and the new turn) and the end of a turn after its last result (the
+/// completion text and the status) are commits too, so after a crash the stored state is
+/// always one the engine can resume from, and the event log (the client's replay) says
+/// exactly what the state holds.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StepCommit {
+    pub session_id: String,
+    /// A turn to create, before anything else.
+    pub new_turn: Option<Turn>,
+    /// Messages to append, in this order.
+    pub messages: Vec<NewMessage>,
+    /// Tool calls to store; `Conflict` (and nothing stored) when a `call_id` is taken.
+    pub calls: Vec<ToolCallRecord>,
+    /// Agent changes, in order; the session's current agent becomes the last `to_agent`.
+    pub switches: Vec<AgentSwitch>,
+    /// The turn's new state.
+    pub turn: Option<TurnUpdate>,
+    /// Events stored last, with the session's next seqs.
+    pub events: Vec<RuntimeEvent>,
+}
+
+/// What a [`StepCommit`] stored.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Committed {
+    /// The messages, in order.
+    pub messages: Vec<Message>,
+    /// The events with their seqs, in order.
+    pub events: Vec<SequencedEvent>,
 }

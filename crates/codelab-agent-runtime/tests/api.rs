@@ -547,3 +547,41 @@ async fn the_purge_removes_idle_sessions_in_batches() {
     );
     assert_eq!(rt.get_ok("/sessions", "dev").await["total"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_can_look_up_a_sessions_owner_with_the_internal_key() {
+    let rt = runtime().await;
+    let id = rt.new_session("alice").await;
+    // Any acting user gets the same answer: the gateway asks before it knows who the socket is.
+    for user in ["bob", "dev"] {
+        let (status, body) = rt
+            .get(&format!("/internal/sessions/{id}/owner"), user)
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(body, json!({"owner": "alice"}));
+    }
+    let (status, body) = rt.get("/internal/sessions/nope/owner", "alice").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["detail"], "session nope not found");
+    let response = rt
+        .request(Method::DELETE, &format!("/sessions/{id}"), "alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    let (status, _) = rt
+        .get(&format!("/internal/sessions/{id}/owner"), "alice")
+        .await;
+    assert_eq!(status, 404, "a deleted session has no owner");
+    let response = rt
+        .http
+        .get(format!("{}/internal/sessions/{id}/owner", rt.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        401,
+        "the internal key guards it"
+    );
+}

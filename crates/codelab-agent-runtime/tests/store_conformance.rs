@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use codelab_agent_runtime::model::{
-    AgentSwitch, Message, NewMessage, NewSession, Role, SessionQuery, ToolCallRecord,
-    ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
+    AgentSwitch, Committed, Message, NewMessage, NewSession, Role, SessionQuery, StepCommit,
+    ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate, UpdateOutcome,
 };
 use codelab_agent_runtime::store::{RuntimeStore, StoreError, open_store};
 use codelab_core::db::{DbOptions, DbPool, connect_database};
@@ -77,6 +77,14 @@ conformance!(
     locks_on_different_sessions_do_not_block_each_other,
     a_cancelled_lock_wait_leaves_the_session_unlocked,
     a_session_can_be_locked_and_released_many_times,
+    try_lock_answers_none_while_the_session_is_held,
+    commits_a_steps_outcome_in_one_transaction,
+    a_commit_can_start_a_turn_with_its_user_message,
+    a_failing_commit_stores_nothing_of_the_step,
+    a_commit_against_a_turn_that_moved_on_is_stale_and_stores_nothing,
+    settling_a_call_appends_its_tool_message_exactly_once,
+    a_cancel_request_marks_the_active_turn_once,
+    lists_the_turns_that_lost_their_runner,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -167,6 +175,7 @@ fn update(status: ToolCallStatus) -> ToolCallUpdate {
         result: None,
         error: None,
         settle: false,
+        tool_message: None,
     }
 }
 
@@ -179,6 +188,7 @@ fn turn(id: &str, session_id: &str, status: TurnStatus, created_at: DateTime<Utc
         agent: "coder".to_owned(),
         created_at,
         updated_at: created_at,
+        cancel_requested_at: None,
     }
 }
 
@@ -930,6 +940,7 @@ async fn updates_a_call_only_from_an_expected_state_keeping_unset_fields(
     let result = ToolCallUpdate {
         result: Some(json!({"written": 12})),
         settle: true,
+        tool_message: None,
         ..update(ToolCallStatus::Succeeded)
     };
     let UpdateOutcome::Updated(settled) = store
@@ -1008,6 +1019,7 @@ async fn of_twenty_concurrent_settlements_of_one_call_exactly_one_wins(
                 let settle = ToolCallUpdate {
                     result: Some(json!({"attempt": i})),
                     settle: true,
+                    tool_message: None,
                     ..update(if i % 2 == 0 {
                         ToolCallStatus::Succeeded
                     } else {
@@ -1127,6 +1139,7 @@ async fn lists_open_calls_and_all_calls_of_a_session_oldest_first(store: Arc<dyn
         .unwrap();
     let settle = ToolCallUpdate {
         settle: true,
+        tool_message: None,
         ..update(ToolCallStatus::Rejected)
     };
     store
@@ -1429,6 +1442,437 @@ async fn a_session_can_be_locked_and_released_many_times(store: Arc<dyn RuntimeS
         drop(guard);
     }
     store.ping().await.unwrap();
+}
+
+async fn try_lock_answers_none_while_the_session_is_held(store: Arc<dyn RuntimeStore>) {
+    let held = store
+        .try_lock_session("s1")
+        .await
+        .unwrap()
+        .expect("a free session");
+    assert!(store.try_lock_session("s1").await.unwrap().is_none());
+    let other = store.try_lock_session("s2").await.unwrap();
+    assert!(other.is_some(), "another session is free");
+    // A waiting lock_session is not granted while try_lock's guard is held.
+    assert!(
+        timeout(STILL_WAITING, store.lock_session("s1"))
+            .await
+            .is_err()
+    );
+    drop(held);
+    // The release may take a moment (PostgreSQL unlocks on a task).
+    let again = timeout(PROMPTLY, async {
+        loop {
+            if let Some(guard) = store.try_lock_session("s1").await.unwrap() {
+                return guard;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the session is free again");
+    drop((again, other));
+    // Failed attempts keep no connection: more than any pool holds.
+    let held = store.lock_session("s3").await.unwrap();
+    for _ in 0..40 {
+        assert!(store.try_lock_session("s3").await.unwrap().is_none());
+    }
+    drop(held);
+    store.ping().await.unwrap();
+}
+
+/// A session `s1` with a running turn `t1` at step 1 and its user message.
+async fn running_turn(store: &Arc<dyn RuntimeStore>) {
+    create(store, "s1", "alice").await;
+    store
+        .commit_step(StepCommit {
+            session_id: "s1".into(),
+            new_turn: Some(turn("t1", "s1", TurnStatus::Running, t0())),
+            messages: vec![message("s1", Role::User, "write main.rs")],
+            events: vec![notice("turn started")],
+            ..StepCommit::default()
+        })
+        .await
+        .unwrap();
+    store
+        .update_turn("t1", TurnStatus::Running, 1, "coder")
+        .await
+        .unwrap();
+}
+
+fn assistant_calling(session_id: &str, call_ids: &[&str]) -> NewMessage {
+    NewMessage {
+        session_id: session_id.to_owned(),
+        role: Role::Assistant,
+        content: Some("Let me look.".to_owned()),
+        agent: Some("coder".to_owned()),
+        tool_calls: Some(json!(
+            call_ids
+                .iter()
+                .map(|id| json!({
+                    "id": id, "type": "function",
+                    "function": {"name": "write_file", "arguments": "{}"}
+                }))
+                .collect::<Vec<_>>()
+        )),
+        tool_call_id: None,
+    }
+}
+
+fn tool_message(session_id: &str, call_id: &str, text: &str) -> NewMessage {
+    NewMessage {
+        tool_call_id: Some(call_id.to_owned()),
+        ..message(session_id, Role::Tool, text)
+    }
+}
+
+fn step_update(status: TurnStatus, steps: i32, expect: Option<(TurnStatus, i32)>) -> TurnUpdate {
+    TurnUpdate {
+        turn_id: "t1".into(),
+        status,
+        steps,
+        agent: "architect".into(),
+        expect,
+    }
+}
+
+async fn commits_a_steps_outcome_in_one_transaction(store: Arc<dyn RuntimeStore>) {
+    running_turn(&store).await;
+    let mut invalid = call("s1", "t1", 1, "call_2", ToolCallStatus::Invalid);
+    invalid.error = Some("bad arguments".into());
+    let committed = store
+        .commit_step(StepCommit {
+            session_id: "s1".into(),
+            new_turn: None,
+            messages: vec![
+                assistant_calling("s1", &["call_1", "call_2"]),
+                tool_message("s1", "call_2", "Error: bad arguments"),
+            ],
+            calls: vec![
+                call("s1", "t1", 1, "call_1", ToolCallStatus::PendingApproval),
+                invalid,
+            ],
+            switches: vec![switch("s1", Some("coder"), "architect", None)],
+            turn: Some(step_update(
+                TurnStatus::AwaitingTools,
+                1,
+                Some((TurnStatus::Running, 1)),
+            )),
+            events: vec![notice("call_1 waits"), notice("step 1 done")],
+        })
+        .await
+        .unwrap();
+    let stored = committed.messages;
+    assert_eq!(stored.len(), 2);
+    assert_eq!(
+        stored.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [2, 3],
+        "after the user message"
+    );
+    assert_eq!(stored[1].tool_call_id.as_deref(), Some("call_2"));
+    // The events come after the one stored with the user message, in order.
+    let seqs: Vec<u64> = committed.events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [2, 3]);
+    assert_eq!(
+        store.list_events("s1", 1, 10).await.unwrap(),
+        committed.events
+    );
+
+    let messages = store.list_messages("s1").await.unwrap();
+    assert_eq!(messages.len(), 3);
+    assert_eq!(messages[1], stored[0]);
+    let calls = store.list_step_calls("t1", 1).await.unwrap();
+    assert_eq!(ids(&calls), ["call_1", "call_2"]);
+    assert_eq!(calls[1].error.as_deref(), Some("bad arguments"));
+    let session = store.get_session("s1").await.unwrap().unwrap();
+    assert_eq!(session.current_agent, "architect");
+    assert_eq!(session.message_count, 3);
+    assert_eq!(store.list_switches("s1").await.unwrap().len(), 1);
+    let turn = store.get_turn("t1").await.unwrap().unwrap();
+    assert_eq!(turn.status, TurnStatus::AwaitingTools);
+    assert_eq!((turn.steps, turn.agent.as_str()), (1, "architect"));
+
+    // An empty commit changes nothing and is fine; one on a missing session is NotFound.
+    assert!(
+        store
+            .commit_step(StepCommit {
+                session_id: "s1".into(),
+                ..StepCommit::default()
+            })
+            .await
+            .unwrap()
+            == Committed::default()
+    );
+    let missing = store
+        .commit_step(StepCommit {
+            session_id: "nope".into(),
+            messages: vec![message("nope", Role::User, "x")],
+            ..StepCommit::default()
+        })
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
+    );
+}
+
+async fn a_commit_can_start_a_turn_with_its_user_message(store: Arc<dyn RuntimeStore>) {
+    create(&store, "s1", "alice").await;
+    let mut started = turn("t1", "s1", TurnStatus::Running, t0());
+    started.agent = "debug".into();
+    let stored = store
+        .commit_step(StepCommit {
+            session_id: "s1".into(),
+            new_turn: Some(started.clone()),
+            messages: vec![message("s1", Role::User, "why does it crash?")],
+            switches: vec![switch("s1", Some("orchestrator"), "debug", Some("high"))],
+            ..StepCommit::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.messages[0].content.as_deref(),
+        Some("why does it crash?")
+    );
+    assert_eq!(store.active_turn("s1").await.unwrap(), Some(started));
+    assert_eq!(
+        store
+            .get_session("s1")
+            .await
+            .unwrap()
+            .unwrap()
+            .current_agent,
+        "debug"
+    );
+    // The same turn id again: nothing of that commit is stored.
+    let again = store
+        .commit_step(StepCommit {
+            session_id: "s1".into(),
+            new_turn: Some(turn("t1", "s1", TurnStatus::Running, t0())),
+            messages: vec![message("s1", Role::User, "again")],
+            ..StepCommit::default()
+        })
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert_eq!(store.list_messages("s1").await.unwrap().len(), 1);
+}
+
+async fn a_failing_commit_stores_nothing_of_the_step(store: Arc<dyn RuntimeStore>) {
+    running_turn(&store).await;
+    store
+        .insert_tool_calls(vec![call(
+            "s1",
+            "t1",
+            1,
+            "call_taken",
+            ToolCallStatus::Succeeded,
+        )])
+        .await
+        .unwrap();
+    let before = store.get_turn("t1").await.unwrap().unwrap();
+    let failed = store
+        .commit_step(StepCommit {
+            session_id: "s1".into(),
+            new_turn: None,
+            messages: vec![assistant_calling("s1", &["call_new", "call_taken"])],
+            calls: vec![
+                call("s1", "t1", 1, "call_new", ToolCallStatus::AwaitingResult),
+                call("s1", "t1", 1, "call_taken", ToolCallStatus::AwaitingResult),
+            ],
+            switches: vec![switch("s1", Some("coder"), "architect", None)],
+            turn: Some(step_update(TurnStatus::AwaitingTools, 1, None)),
+            events: vec![notice("never told")],
+        })
+        .await;
+    assert!(matches!(failed, Err(StoreError::Conflict(_))), "{failed:?}");
+    assert_eq!(
+        store.list_events("s1", 0, 10).await.unwrap().len(),
+        1,
+        "only the user message's event"
+    );
+    // Nothing of it: no assistant message, no new call, no switch, the turn as it was.
+    assert_eq!(store.list_messages("s1").await.unwrap().len(), 1);
+    let session = store.get_session("s1").await.unwrap().unwrap();
+    assert_eq!(
+        (session.message_count, session.current_agent.as_str()),
+        (1, "orchestrator")
+    );
+    assert!(
+        store
+            .get_tool_call("s1", "call_new")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.list_switches("s1").await.unwrap().is_empty());
+    assert_eq!(store.get_turn("t1").await.unwrap().unwrap(), before);
+    // The next message still gets the next seq: the failed commit used none.
+    let next = store
+        .append_message(message("s1", Role::User, "next"))
+        .await
+        .unwrap();
+    assert_eq!(next.seq, 2);
+}
+
+async fn a_commit_against_a_turn_that_moved_on_is_stale_and_stores_nothing(
+    store: Arc<dyn RuntimeStore>,
+) {
+    running_turn(&store).await;
+    // Another runner finished step 1 meanwhile.
+    store
+        .update_turn("t1", TurnStatus::Completed, 1, "coder")
+        .await
+        .unwrap();
+    let stale = store
+        .commit_step(StepCommit {
+            session_id: "s1".into(),
+            messages: vec![message("s1", Role::Assistant, "late answer")],
+            turn: Some(step_update(
+                TurnStatus::Completed,
+                1,
+                Some((TurnStatus::Running, 1)),
+            )),
+            ..StepCommit::default()
+        })
+        .await;
+    let Err(StoreError::Stale(text)) = stale else {
+        panic!("expected Stale, got {stale:?}")
+    };
+    assert!(text.contains("no longer running at step 1"), "{text}");
+    assert_eq!(store.list_messages("s1").await.unwrap().len(), 1);
+    // Without `expect` a missing turn is NotFound.
+    let missing = store
+        .commit_step(StepCommit {
+            session_id: "s1".into(),
+            turn: Some(TurnUpdate {
+                turn_id: "nope".into(),
+                ..step_update(TurnStatus::Completed, 1, None)
+            }),
+            ..StepCommit::default()
+        })
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
+    );
+}
+
+async fn settling_a_call_appends_its_tool_message_exactly_once(store: Arc<dyn RuntimeStore>) {
+    running_turn(&store).await;
+    store
+        .insert_tool_calls(vec![call(
+            "s1",
+            "t1",
+            1,
+            "call_1",
+            ToolCallStatus::AwaitingResult,
+        )])
+        .await
+        .unwrap();
+    let settle = ToolCallUpdate {
+        result: Some(json!("done")),
+        settle: true,
+        tool_message: Some("done".into()),
+        ..update(ToolCallStatus::Succeeded)
+    };
+    let first = store
+        .update_tool_call(
+            "s1",
+            "call_1",
+            &[ToolCallStatus::AwaitingResult],
+            settle.clone(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(first, UpdateOutcome::Updated(_)));
+    let again = store
+        .update_tool_call("s1", "call_1", &[ToolCallStatus::AwaitingResult], settle)
+        .await
+        .unwrap();
+    assert!(matches!(again, UpdateOutcome::Unchanged(_)));
+    let messages = store.list_messages("s1").await.unwrap();
+    let tools: Vec<&Message> = messages.iter().filter(|m| m.role == Role::Tool).collect();
+    assert_eq!(tools.len(), 1, "one tool message for one settlement");
+    assert_eq!(tools[0].tool_call_id.as_deref(), Some("call_1"));
+    assert_eq!(tools[0].content.as_deref(), Some("done"));
+}
+
+async fn a_cancel_request_marks_the_active_turn_once(store: Arc<dyn RuntimeStore>) {
+    create(&store, "s1", "alice").await;
+    assert_eq!(store.request_cancel("s1").await.unwrap(), None);
+    store
+        .create_turn(turn("t_old", "s1", TurnStatus::Completed, t0()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.request_cancel("s1").await.unwrap(),
+        None,
+        "a finished turn is not asked to stop"
+    );
+    store
+        .create_turn(turn("t1", "s1", TurnStatus::AwaitingTools, t0()))
+        .await
+        .unwrap();
+    let first = store.request_cancel("s1").await.unwrap().unwrap();
+    assert_eq!(first.id, "t1");
+    let at = first.cancel_requested_at.expect("marked");
+    let second = store.request_cancel("s1").await.unwrap().unwrap();
+    assert_eq!(
+        second.cancel_requested_at,
+        Some(at),
+        "the first request's time stays"
+    );
+    assert_eq!(store.get_turn("t1").await.unwrap().unwrap(), second);
+    assert_eq!(
+        store
+            .get_turn("t_old")
+            .await
+            .unwrap()
+            .unwrap()
+            .cancel_requested_at,
+        None
+    );
+    assert_eq!(store.request_cancel("nope").await.unwrap(), None);
+}
+
+async fn lists_the_turns_that_lost_their_runner(store: Arc<dyn RuntimeStore>) {
+    // s1: running (its runner may have died). s2: waits on an open call (not stalled).
+    // s3: waits, but every call of its step is settled (stalled). s4: completed. s5: running,
+    // in a deleted session.
+    for id in ["s1", "s2", "s3", "s4", "s5"] {
+        create(&store, id, "alice").await;
+    }
+    let turns = [
+        ("t1", "s1", TurnStatus::Running),
+        ("t2", "s2", TurnStatus::AwaitingTools),
+        ("t3", "s3", TurnStatus::AwaitingTools),
+        ("t4", "s4", TurnStatus::Completed),
+        ("t5", "s5", TurnStatus::Running),
+    ];
+    for (id, session, status) in turns {
+        store
+            .create_turn(turn(id, session, status, t0()))
+            .await
+            .unwrap();
+        store.update_turn(id, status, 1, "coder").await.unwrap();
+    }
+    store
+        .insert_tool_calls(vec![
+            call("s2", "t2", 1, "c2", ToolCallStatus::AwaitingResult),
+            call("s2", "t2", 1, "c2b", ToolCallStatus::Succeeded),
+        ])
+        .await
+        .unwrap();
+    store
+        .insert_tool_calls(vec![call("s3", "t3", 1, "c3", ToolCallStatus::Succeeded)])
+        .await
+        .unwrap();
+    store.delete_session("s5").await.unwrap();
+    let stalled = store.list_stalled_turns(10).await.unwrap();
+    let mut found: Vec<&str> = stalled.iter().map(|t| t.id.as_str()).collect();
+    found.sort_unstable();
+    assert_eq!(found, ["t1", "t3"]);
+    assert_eq!(store.list_stalled_turns(1).await.unwrap().len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ enum Command {
         #[command(subcommand)]
         command: commands::keys::KeysCommand,
     },
+    /// Create each service's database when missing and apply its migrations (before a rollout).
+    Migrate(commands::migrate::MigrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
             Command::Admin(args) => commands::admin::run(cli.config, args).await,
             Command::Healthcheck(args) => commands::healthcheck::run(args).await,
             Command::Keys { command } => commands::keys::run(cli.config, command).await,
+            Command::Migrate(args) => commands::migrate::run(cli.config, args).await,
         }
     });
     match result {

@@ -9,10 +9,17 @@
 //!
 //! One frame is processed at a time per session (`RuntimeStore::lock_session`). Processing
 //! runs in its own task and does not stop when the client goes away: the LLM answer is kept
-//! and the turn reaches a consistent point (part 2 of the issue makes resuming after a crash
-//! durable as well).
+//! and the turn reaches a consistent point.
+//!
+//! Durability: each transition is one transaction (`RuntimeStore::commit_step` for the start
+//! of a turn, a step's outcome and the end of a turn; `update_tool_call` with its tool message
+//! for a settlement), so after a crash the store holds a state the engine can resume from.
+//! Whoever takes the session lock next and finds the turn `running` (its runner died: the
+//! lock was free) or waiting on a step whose calls are all settled resumes it ([`Engine::recover`]):
+//! an uncommitted step runs again, a settled step goes on to the next one.
 
 mod calls;
+mod cancel;
 mod settle;
 mod step;
 
@@ -27,18 +34,22 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 pub use calls::{choose_call_id, fresh_call_id};
+pub use cancel::{CANCEL_POLL, CANCEL_WAIT};
 
 use crate::agents::{AgentKind, AgentRegistry};
 use crate::config::Config;
 use crate::hitl::HitlPolicy;
 use crate::llm::LlmClient;
 use crate::metrics;
-use crate::model::{AgentSwitch, NewMessage, Role, Turn, TurnStatus};
+use crate::model::{AgentSwitch, NewMessage, Role, StepCommit, Turn, TurnStatus, TurnUpdate};
 use crate::prompts::{PromptError, Prompts};
 use crate::store::{RuntimeStore, StoreError};
+use cancel::RunningTurns;
 
 /// Longest stored title (the original's column size).
 pub const MAX_TITLE_CHARS: usize = 500;
+/// Stalled turns resumed per sweep.
+pub const RECOVERY_BATCH: u32 = 100;
 
 /// The turn loop's limits, from the settings.
 #[derive(Debug, Clone)]
@@ -237,6 +248,13 @@ impl Emitter {
         Ok(())
     }
 
+    /// Sends events a commit already stored.
+    pub(crate) async fn send_all(&self, events: Vec<SequencedEvent>) {
+        for event in events {
+            self.send(event).await;
+        }
+    }
+
     /// Sends without storing (`seq` 0): streamed text deltas, whose whole is stored as the
     /// `assistant_message` that follows them.
     pub(crate) async fn send_unstored(&self, event: RuntimeEvent) {
@@ -277,6 +295,8 @@ pub struct Engine {
     pub(crate) hitl: HitlPolicy,
     pub(crate) llm: LlmClient,
     pub(crate) limits: Limits,
+    /// The turns this process is running, for `cancel_turn`.
+    pub(crate) running: Arc<RunningTurns>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -304,6 +324,7 @@ impl Engine {
             hitl,
             llm,
             limits,
+            running: Arc::default(),
         }
     }
 
@@ -314,10 +335,22 @@ impl Engine {
 
     /// Processes one frame for an existing session under its lock, sending every event to
     /// `tx` after storing it. Returns when the work for the frame is done, whether or not
-    /// the receiver is still there.
+    /// the receiver is still there. A turn left behind by a runner that died is resumed
+    /// first; `cancel_turn` asks the running turn to stop before it waits for the lock.
     pub async fn process(&self, session_id: String, work: Work, tx: mpsc::Sender<SequencedEvent>) {
         let _active = metrics::ActiveTurnGuard::new();
         let out = Emitter::new(Arc::clone(&self.store), session_id.clone(), tx);
+        let cx = Cx {
+            session_id: &session_id,
+            out: &out,
+        };
+        if let Work::CancelTurn { reason } = work {
+            if let Err(error) = self.cancel_turn(&cx, reason).await {
+                tracing::error!(%session_id, %error, "cancelling a turn failed");
+                out.emit_best_effort(internal_error()).await;
+            }
+            return;
+        }
         let _lock = match self.store.lock_session(&session_id).await {
             Ok(lock) => lock,
             Err(error) => {
@@ -326,38 +359,125 @@ impl Engine {
                 return;
             }
         };
-        let cx = Cx {
-            session_id: &session_id,
-            out: &out,
+        let result = match self.recover(&cx).await {
+            Ok(_) => self.dispatch(&cx, work).await,
+            Err(error) => Err(error),
         };
-        let result = match work {
-            Work::UserMessage { content, agent } => self.user_message(&cx, content, agent).await,
+        if let Err(error) = result {
+            self.fail(&cx, error).await;
+        }
+    }
+
+    async fn dispatch(&self, cx: &Cx<'_>, work: Work) -> Result<(), EngineError> {
+        match work {
+            Work::UserMessage { content, agent } => self.user_message(cx, content, agent).await,
             Work::ToolResult {
                 call_id,
                 result,
                 error,
-            } => self.tool_result(&cx, &call_id, result, error).await,
-            Work::SwitchAgent { agent, reason } => self.switch_agent(&cx, agent, reason).await,
+            } => self.tool_result(cx, &call_id, result, error).await,
+            Work::SwitchAgent { agent, reason } => self.switch_agent(cx, agent, reason).await,
             Work::HitlDecision {
                 call_id,
                 decision,
                 modified_arguments,
                 feedback,
             } => {
-                self.hitl_decision(&cx, &call_id, decision, modified_arguments, feedback)
+                self.hitl_decision(cx, &call_id, decision, modified_arguments, feedback)
                     .await
             }
-            Work::CancelTurn { reason } => self.cancel_turn(&cx, reason).await,
-        };
-        if let Err(error) = result {
-            tracing::error!(%session_id, %error, "processing a frame failed");
-            self.fail_active_turn(&cx).await;
+            Work::CancelTurn { reason } => self.cancel_turn(cx, reason).await,
         }
     }
 
+    /// Resumes the turns whose runner died (see [`Engine::recover`]) in sessions nobody holds
+    /// right now, up to [`RECOVERY_BATCH`]; returns how many were resumed. Their events are
+    /// stored for the client's replay (`GET /sessions/{id}/events`).
+    pub async fn recover_stalled_turns(&self) -> Result<usize, StoreError> {
+        let mut resumed = 0;
+        for turn in self.store.list_stalled_turns(RECOVERY_BATCH).await? {
+            // Held by a live runner (here or on another replica): not stalled after all.
+            let Some(_lock) = self.store.try_lock_session(&turn.session_id).await? else {
+                continue;
+            };
+            let (tx, rx) = mpsc::channel(1);
+            // Nobody listens: the events are stored for replay.
+            drop(rx);
+            let out = Emitter::new(Arc::clone(&self.store), turn.session_id.clone(), tx);
+            let cx = Cx {
+                session_id: &turn.session_id,
+                out: &out,
+            };
+            match self.recover(&cx).await {
+                Ok(true) => resumed += 1,
+                Ok(false) => {}
+                Err(error) => self.fail(&cx, error).await,
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// Resumes the session's turn when its runner died: it is `running` although the caller
+    /// holds the lock, or it waits on a step whose calls are all settled. A step whose outcome
+    /// was never committed runs again (nothing of it was stored); a settled step goes on to
+    /// the next one. A turn asked to stop is cancelled instead. `false` when nothing needed
+    /// resuming. Must be called under the session lock.
+    pub(crate) async fn recover(&self, cx: &Cx<'_>) -> Result<bool, EngineError> {
+        let Some(mut turn) = self.store.active_turn(cx.session_id).await? else {
+            return Ok(false);
+        };
+        let calls = if turn.steps > 0 {
+            self.store.list_step_calls(&turn.id, turn.steps).await?
+        } else {
+            Vec::new()
+        };
+        let stalled = match turn.status {
+            TurnStatus::Running => true,
+            TurnStatus::AwaitingTools => {
+                !calls.is_empty() && calls.iter().all(|c| !c.status.is_open())
+            }
+            _ => false,
+        };
+        if !stalled {
+            return Ok(false);
+        }
+        tracing::warn!(
+            session_id = %cx.session_id,
+            turn_id = %turn.id,
+            step = turn.steps,
+            status = turn.status.as_str(),
+            "resuming a turn whose runner stopped"
+        );
+        metrics::turn_recovered();
+        cx.out
+            .emit(RuntimeEvent::Notice {
+                message: format!(
+                    "resuming the turn that was interrupted at step {}",
+                    turn.steps
+                ),
+            })
+            .await?;
+        if turn.cancel_requested_at.is_some() {
+            self.stop_cancelled(cx, &mut turn).await?;
+        } else if turn.status == TurnStatus::Running && calls.is_empty() {
+            // The step's outcome was never committed: run it again, as the same step.
+            turn.steps = (turn.steps - 1).max(0);
+            self.run_turn(cx, &mut turn).await?;
+        } else {
+            let step = turn.steps;
+            self.continue_after_step(cx, &mut turn, step, calls).await?;
+        }
+        Ok(true)
+    }
+
     /// After an unexpected failure: the turn in progress is marked failed (best effort) and
-    /// the client is told.
-    async fn fail_active_turn(&self, cx: &Cx<'_>) {
+    /// the client is told. A turn another runner moved on (`Stale`) is left to it.
+    async fn fail(&self, cx: &Cx<'_>, error: EngineError) {
+        tracing::error!(session_id = %cx.session_id, %error, "processing a frame failed");
+        if matches!(error, EngineError::Store(StoreError::Stale(_))) {
+            cx.out.emit_best_effort(internal_error()).await;
+            return;
+        }
         if let Ok(Some(turn)) = self.store.active_turn(cx.session_id).await {
             let _ = self
                 .store
@@ -387,22 +507,7 @@ impl Engine {
         let cancelled = self
             .cancel_open_work(cx, "Cancelled: the user sent a new message")
             .await?;
-        self.store
-            .append_message(NewMessage {
-                session_id: cx.session_id.to_owned(),
-                role: Role::User,
-                content: Some(content.clone()),
-                agent: None,
-                tool_calls: None,
-                tool_call_id: None,
-            })
-            .await?;
         let session = self.session(cx).await?;
-        if session.title.is_none() {
-            self.store
-                .set_title(cx.session_id, &title_of(&content))
-                .await?;
-        }
         let now = Utc::now();
         let mut turn = Turn {
             id: codelab_core::new_id().to_string(),
@@ -412,39 +517,63 @@ impl Engine {
             agent: session.current_agent.clone(),
             created_at: now,
             updated_at: now,
+            cancel_requested_at: None,
         };
-        self.store.create_turn(turn.clone()).await?;
-        cx.out
-            .emit(RuntimeEvent::SessionInfo {
-                session_id: cx.session_id.to_owned(),
-                current_agent: session.current_agent.clone(),
-            })
-            .await?;
-        for call in &cancelled {
-            cx.out.emit(settled_event(call, None)).await?;
-        }
-        if let Some(agent) = agent
-            && agent.as_str() != session.current_agent
-        {
-            self.record_switch(
+        let explicit = agent.filter(|a| a.as_str() != session.current_agent);
+        let mut switches = Vec::new();
+        if let Some(agent) = explicit {
+            switches.push(self.switch_record(
                 cx,
                 &session.current_agent,
                 agent,
                 "User requested".to_owned(),
                 Some("high".to_owned()),
                 "explicit",
-            )
-            .await?;
-            cx.out
-                .emit(switched_event(
-                    &session.current_agent,
-                    agent,
-                    "User requested",
-                    Some("high"),
-                ))
-                .await?;
+            ));
             turn.agent = agent.as_str().to_owned();
         }
+        let mut events = vec![RuntimeEvent::SessionInfo {
+            session_id: cx.session_id.to_owned(),
+            current_agent: session.current_agent.clone(),
+        }];
+        events.extend(cancelled.iter().map(|call| settled_event(call, None)));
+        if let Some(agent) = explicit {
+            events.push(switched_event(
+                &session.current_agent,
+                agent,
+                "User requested",
+                Some("high"),
+            ));
+        }
+        // The message, the turn that answers it and their events are stored together: after
+        // a crash a message is never left without its turn.
+        let committed = self
+            .store
+            .commit_step(StepCommit {
+                session_id: cx.session_id.to_owned(),
+                new_turn: Some(turn.clone()),
+                messages: vec![NewMessage {
+                    session_id: cx.session_id.to_owned(),
+                    role: Role::User,
+                    content: Some(content.clone()),
+                    agent: None,
+                    tool_calls: None,
+                    tool_call_id: None,
+                }],
+                switches,
+                events,
+                ..StepCommit::default()
+            })
+            .await?;
+        if session.title.is_none() {
+            self.store
+                .set_title(cx.session_id, &title_of(&content))
+                .await?;
+        }
+        if let Some(agent) = explicit {
+            metrics::routing_decision(agent.as_str(), "explicit");
+        }
+        cx.out.send_all(committed.events).await;
         self.run_turn(cx, &mut turn).await
     }
 
@@ -470,25 +599,14 @@ impl Engine {
             cx,
             &session.current_agent,
             agent,
-            reason.clone(),
+            reason,
             Some("high".to_owned()),
             "explicit",
-        )
-        .await?;
-        cx.out
-            .emit(switched_event(
-                &session.current_agent,
-                agent,
-                &reason,
-                Some("high"),
-            ))
-            .await?;
-        cx.out
-            .emit(RuntimeEvent::TurnFinished {
+            vec![RuntimeEvent::TurnFinished {
                 outcome: TurnOutcome::Completed,
-            })
-            .await?;
-        Ok(())
+            }],
+        )
+        .await
     }
 
     // ---- shared helpers ----
@@ -501,7 +619,30 @@ impl Engine {
             .ok_or_else(|| StoreError::NotFound(format!("session {:?}", cx.session_id)).into())
     }
 
-    /// Stores a change of agent (the event is the caller's, after everything is stored).
+    /// A change of agent to store (in a [`StepCommit`]).
+    pub(crate) fn switch_record(
+        &self,
+        cx: &Cx<'_>,
+        from: &str,
+        to: AgentKind,
+        reason: String,
+        confidence: Option<String>,
+        method: &'static str,
+    ) -> AgentSwitch {
+        AgentSwitch {
+            session_id: cx.session_id.to_owned(),
+            from_agent: Some(from.to_owned()),
+            to_agent: to.as_str().to_owned(),
+            reason,
+            confidence,
+            method: method.to_owned(),
+            created_at: Utc::now(),
+        }
+    }
+
+    /// Stores a change of agent, the session's new agent, its `agent_switched` event and
+    /// `then` together, then sends the events.
+    #[allow(clippy::too_many_arguments)] // the fields of the switch, spelled out at each call
     pub(crate) async fn record_switch(
         &self,
         cx: &Cx<'_>,
@@ -510,36 +651,34 @@ impl Engine {
         reason: String,
         confidence: Option<String>,
         method: &'static str,
+        then: Vec<RuntimeEvent>,
     ) -> Result<(), EngineError> {
-        self.store
-            .record_switch(AgentSwitch {
+        let mut events = vec![switched_event(from, to, &reason, confidence.as_deref())];
+        events.extend(then);
+        let switch = self.switch_record(cx, from, to, reason, confidence, method);
+        let committed = self
+            .store
+            .commit_step(StepCommit {
                 session_id: cx.session_id.to_owned(),
-                from_agent: Some(from.to_owned()),
-                to_agent: to.as_str().to_owned(),
-                reason,
-                confidence,
-                method: method.to_owned(),
-                created_at: Utc::now(),
+                switches: vec![switch],
+                events,
+                ..StepCommit::default()
             })
             .await?;
-        self.store
-            .set_current_agent(cx.session_id, to.as_str())
-            .await?;
         metrics::routing_decision(to.as_str(), method);
+        cx.out.send_all(committed.events).await;
         Ok(())
     }
 
-    /// Ends the turn with `outcome` in the store and tells the client.
+    /// Ends the turn with `status`: the turn, the events `before` (an error) and its
+    /// `turn_finished` in one transaction, then sent.
     pub(crate) async fn finish_turn(
         &self,
         cx: &Cx<'_>,
         turn: &mut Turn,
         status: TurnStatus,
+        before: Vec<RuntimeEvent>,
     ) -> Result<(), EngineError> {
-        turn.status = status;
-        self.store
-            .update_turn(&turn.id, status, turn.steps, &turn.agent)
-            .await?;
         let outcome = match status {
             TurnStatus::AwaitingTools => TurnOutcome::AwaitingTools,
             TurnStatus::Cancelled => TurnOutcome::Cancelled,
@@ -547,8 +686,26 @@ impl Engine {
             TurnStatus::Failed => TurnOutcome::Failed,
             TurnStatus::Completed | TurnStatus::Running => TurnOutcome::Completed,
         };
+        let mut events = before;
+        events.push(RuntimeEvent::TurnFinished { outcome });
+        let committed = self
+            .store
+            .commit_step(StepCommit {
+                session_id: cx.session_id.to_owned(),
+                turn: Some(TurnUpdate {
+                    turn_id: turn.id.clone(),
+                    status,
+                    steps: turn.steps,
+                    agent: turn.agent.clone(),
+                    expect: None,
+                }),
+                events,
+                ..StepCommit::default()
+            })
+            .await?;
+        turn.status = status;
         metrics::turn(status.as_str());
-        cx.out.emit(RuntimeEvent::TurnFinished { outcome }).await?;
+        cx.out.send_all(committed.events).await;
         Ok(())
     }
 }

@@ -1,18 +1,24 @@
 //! Settling tool calls: IDE results (including the Flutter IDE's refusals), human decisions,
 //! and cancellation. Every change is one atomic `update_tool_call` from the expected states,
-//! so a repeated or racing frame changes nothing and gets a `notice`.
+//! with the call's tool message in the same transaction, so a repeated or racing frame changes
+//! nothing and gets a `notice`, and a crash never leaves a settled call without its result.
 
 use codelab_protocol::ide::Decision;
 use codelab_protocol::runtime::{RuntimeEvent, TurnOutcome};
 use serde_json::{Map, Value};
 
 use super::calls::result_message;
-use super::step::StepEnd;
+use super::cancel::CANCEL_WAIT;
 use super::{Cx, Engine, EngineError, settled_event};
 use crate::agents::AgentKind;
 use crate::metrics;
-use crate::model::{ToolCallRecord, ToolCallStatus, ToolCallUpdate, TurnStatus, UpdateOutcome};
+use crate::model::{
+    ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
+};
 use crate::tools;
+
+/// The tool message of calls cancelled with their turn.
+const CANCELLED_BY_USER: &str = "Cancelled: the user cancelled the turn";
 
 /// How many times a settlement re-reads a call that changed under it before giving up.
 const SETTLE_ATTEMPTS: usize = 3;
@@ -50,18 +56,29 @@ impl Engine {
                 (_, Some(_)) => (ToolCallStatus::Failed, None, None),
                 (_, None) => (ToolCallStatus::Succeeded, None, None),
             };
+            let outcome_error = error.as_deref();
+            let outcome_result = if error.is_some() {
+                None
+            } else {
+                result.as_ref()
+            };
+            // As the row will read after the update (its decision is kept when none is given),
+            // so an edited call's result says it was edited.
+            let decided = ToolCallRecord {
+                decision: decision
+                    .map(str::to_owned)
+                    .or_else(|| call.decision.clone()),
+                ..call.clone()
+            };
             let update = ToolCallUpdate {
                 status,
                 decision: decision.map(str::to_owned),
                 feedback,
                 modified_arguments: None,
-                result: if error.is_some() {
-                    None
-                } else {
-                    result.clone()
-                },
+                result: outcome_result.cloned(),
                 error: error.clone(),
                 settle: true,
+                tool_message: Some(result_message(&decided, outcome_result, outcome_error)),
             };
             match self
                 .store
@@ -84,16 +101,6 @@ impl Engine {
             }
         };
         metrics::tool_call_settled(&settled.tool_name, settled.status.as_str());
-        let text = result_message(
-            &settled,
-            if error.is_some() {
-                None
-            } else {
-                result.as_ref()
-            },
-            error.as_deref(),
-        );
-        self.append_tool_message(cx, call_id, text).await?;
         cx.out.emit(settled_event(&settled, error)).await?;
         self.after_settlement(cx, &settled).await
     }
@@ -155,6 +162,7 @@ impl Engine {
                     result: None,
                     error: None,
                     settle: false,
+                    tool_message: None,
                 };
                 let call = match self
                     .store
@@ -197,6 +205,11 @@ impl Engine {
                 Ok(())
             }
             Decision::Reject => {
+                let mut text = "The user rejected this call.".to_owned();
+                if let Some(feedback) = &feedback {
+                    text.push_str(" Feedback: ");
+                    text.push_str(feedback);
+                }
                 let update = ToolCallUpdate {
                     status: ToolCallStatus::Rejected,
                     decision: Some("reject".to_owned()),
@@ -205,6 +218,7 @@ impl Engine {
                     result: None,
                     error: None,
                     settle: true,
+                    tool_message: Some(text),
                 };
                 let call = match self
                     .store
@@ -222,12 +236,6 @@ impl Engine {
                 };
                 metrics::approval("reject");
                 metrics::tool_call_settled(&call.tool_name, "rejected");
-                let mut text = "The user rejected this call.".to_owned();
-                if let Some(feedback) = &feedback {
-                    text.push_str(" Feedback: ");
-                    text.push_str(feedback);
-                }
-                self.append_tool_message(cx, call_id, text).await?;
                 cx.out.emit(settled_event(&call, feedback)).await?;
                 self.after_settlement(cx, &call).await
             }
@@ -253,27 +261,90 @@ impl Engine {
 
     // ---- cancel_turn ----
 
-    /// Stops the turn in progress: its open calls are cancelled (with tool messages, so the
-    /// history stays valid) and the turn is marked cancelled.
+    /// Stops the turn in progress without waiting behind its lock: the running turn is asked
+    /// to stop (locally and through the database, for another replica), then, under the lock
+    /// once it is free (at most [`CANCEL_WAIT`]), whatever is still open is cancelled (with
+    /// tool messages, so the history stays valid) and the turn is marked cancelled.
     pub(crate) async fn cancel_turn(
         &self,
         cx: &Cx<'_>,
         reason: Option<String>,
     ) -> Result<(), EngineError> {
+        let requested = self.store.request_cancel(cx.session_id).await?;
+        if let Some(turn) = &requested {
+            self.running.cancel(cx.session_id, &turn.id);
+        }
+        let Ok(lock) =
+            tokio::time::timeout(CANCEL_WAIT, self.store.lock_session(cx.session_id)).await
+        else {
+            cx.out
+                .emit(RuntimeEvent::Notice {
+                    message: format!(
+                        "cancellation requested: the turn did not stop within {} s and stops \
+                         at its next check",
+                        CANCEL_WAIT.as_secs()
+                    ),
+                })
+                .await?;
+            return Ok(());
+        };
+        let _lock = lock?;
         let text = format!(
             "Cancelled: {}",
             reason.as_deref().unwrap_or("the user cancelled the turn")
         );
         let had_turn = self.store.active_turn(cx.session_id).await?.is_some();
         let cancelled = self.cancel_open_work(cx, &text).await?;
-        if !had_turn && cancelled.is_empty() {
+        if had_turn || !cancelled.is_empty() {
+            for call in &cancelled {
+                cx.out.emit(settled_event(call, None)).await?;
+            }
             cx.out
-                .emit(RuntimeEvent::Notice {
-                    message: "no turn is in progress; nothing to cancel".to_owned(),
+                .emit(RuntimeEvent::TurnFinished {
+                    outcome: TurnOutcome::Cancelled,
                 })
                 .await?;
             return Ok(());
         }
+        // Nothing is open any more: the running turn stopped itself (or ended first).
+        if let Some(turn) = requested
+            && let Some(now) = self.store.get_turn(&turn.id).await?
+        {
+            if now.status == TurnStatus::Cancelled {
+                cx.out
+                    .emit(RuntimeEvent::TurnFinished {
+                        outcome: TurnOutcome::Cancelled,
+                    })
+                    .await?;
+            } else {
+                cx.out
+                    .emit(RuntimeEvent::Notice {
+                        message: format!(
+                            "the turn ended ({}) before it could be cancelled",
+                            now.status.as_str()
+                        ),
+                    })
+                    .await?;
+            }
+            return Ok(());
+        }
+        cx.out
+            .emit(RuntimeEvent::Notice {
+                message: "no turn is in progress; nothing to cancel".to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a turn someone cancelled while it ran (called by its runner, under the lock):
+    /// open calls are cancelled, the turn is marked cancelled, and the client is told.
+    pub(crate) async fn stop_cancelled(
+        &self,
+        cx: &Cx<'_>,
+        turn: &mut Turn,
+    ) -> Result<(), EngineError> {
+        let cancelled = self.cancel_open_work(cx, CANCELLED_BY_USER).await?;
+        turn.status = TurnStatus::Cancelled;
         for call in &cancelled {
             cx.out.emit(settled_event(call, None)).await?;
         }
@@ -302,6 +373,7 @@ impl Engine {
                 result: None,
                 error: Some(text.to_owned()),
                 settle: true,
+                tool_message: Some(text.to_owned()),
             };
             let outcome = self
                 .store
@@ -317,8 +389,6 @@ impl Engine {
                 .await?;
             if let UpdateOutcome::Updated(call) = outcome {
                 metrics::tool_call_settled(&call.tool_name, "cancelled");
-                self.append_tool_message(cx, &call.call_id, text.to_owned())
-                    .await?;
                 cancelled.push(call);
             }
         }
@@ -363,10 +433,9 @@ impl Engine {
                 .await?;
             return Ok(());
         }
-        match self.finish_step(cx, &mut turn, call.step, false).await? {
-            StepEnd::Continue => self.run_turn(cx, &mut turn).await,
-            StepEnd::Stop => Ok(()),
-        }
+        let calls = self.store.list_step_calls(&turn.id, call.step).await?;
+        self.continue_after_step(cx, &mut turn, call.step, calls)
+            .await
     }
 
     async fn unknown_call(&self, cx: &Cx<'_>, call_id: &str) -> Result<(), EngineError> {
@@ -395,9 +464,15 @@ impl Engine {
     async fn conflict(&self, cx: &Cx<'_>, call: &ToolCallRecord) -> Result<(), EngineError> {
         let message = if !call.requires_approval {
             format!("call {} does not wait for approval", call.call_id)
+        } else if let Some(decision) = &call.decision {
+            format!(
+                "call {} was already decided ({decision}; now {})",
+                call.call_id,
+                call.status.as_str()
+            )
         } else {
             format!(
-                "call {} was already decided ({})",
+                "call {} is already settled ({}) and takes no decision",
                 call.call_id,
                 call.status.as_str()
             )

@@ -1,12 +1,13 @@
-//! One turn's steps: routing to a specialist when needed, the streamed LLM call, storing the
-//! reply and its tool calls, and deciding what comes after a step.
+//! One turn's steps: routing to a specialist when needed, the streamed LLM call, committing
+//! the reply with its tool calls in one transaction, and deciding what comes after a step.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
 use codelab_protocol::openai::{ChatCompletionRequest, ChatMessage};
-use codelab_protocol::runtime::RuntimeEvent;
+use codelab_protocol::runtime::{RuntimeEvent, TurnOutcome};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -20,7 +21,9 @@ use crate::agents::AgentKind;
 use crate::context;
 use crate::llm::{CompletedToolCall, LlmDelta, LlmError};
 use crate::metrics;
-use crate::model::{NewMessage, Role, ToolCallRecord, ToolCallStatus, Turn, TurnStatus};
+use crate::model::{
+    NewMessage, Role, StepCommit, ToolCallRecord, ToolCallStatus, Turn, TurnStatus, TurnUpdate,
+};
 use crate::prompts::PromptContext;
 use crate::routing;
 use crate::tools;
@@ -32,6 +35,76 @@ pub(crate) enum StepEnd {
     Continue,
     /// The turn ended or waits for the IDE.
     Stop,
+}
+
+/// How an LLM step ended.
+#[derive(Debug, Clone, PartialEq)]
+enum StepResult {
+    /// Committed; what follows.
+    Done(StepEnd),
+    /// The call failed, with the `error` event to send (nothing of the answer is stored).
+    Failed(RuntimeEvent),
+    /// Someone cancelled the turn mid-step (nothing of the answer is stored).
+    Cancelled,
+}
+
+/// What a step's calls say about its turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StepState {
+    /// This many calls still wait for the IDE or a person.
+    Waiting(usize),
+    /// The turn is complete (no calls, or the agent finished or asked): the texts of its
+    /// completion calls, with their agents, to show as assistant messages.
+    Complete(Vec<(String, String)>),
+    /// Every call is settled and the agent goes on.
+    Continue,
+}
+
+impl StepState {
+    /// Decided from the step's calls alone.
+    pub(crate) fn of(calls: &[ToolCallRecord]) -> StepState {
+        let open = calls.iter().filter(|c| c.status.is_open()).count();
+        if open > 0 {
+            return StepState::Waiting(open);
+        }
+        if calls.is_empty() || calls.iter().any(ends_turn) {
+            return StepState::Complete(
+                calls
+                    .iter()
+                    .filter(|c| ends_turn(c))
+                    .filter_map(|c| completion_text(c).map(|text| (c.agent.clone(), text)))
+                    .collect(),
+            );
+        }
+        StepState::Continue
+    }
+
+    /// The turn's status once the step is in this state.
+    fn turn_status(&self) -> TurnStatus {
+        match self {
+            StepState::Waiting(_) => TurnStatus::AwaitingTools,
+            StepState::Complete(_) => TurnStatus::Completed,
+            StepState::Continue => TurnStatus::Running,
+        }
+    }
+
+    /// The assistant messages showing the completion texts.
+    fn completion_messages(&self, session_id: &str) -> Vec<NewMessage> {
+        let StepState::Complete(texts) = self else {
+            return Vec::new();
+        };
+        texts
+            .iter()
+            .map(|(agent, text)| NewMessage {
+                session_id: session_id.to_owned(),
+                role: Role::Assistant,
+                content: Some(text.clone()),
+                agent: Some(agent.clone()),
+                tool_calls: None,
+                tool_call_id: None,
+            })
+            .collect()
+    }
 }
 
 /// A streamed answer, accumulated.
@@ -51,19 +124,29 @@ struct Planned {
 }
 
 impl Engine {
-    /// Runs steps until the turn ends or waits for the IDE.
+    /// Runs steps until the turn ends, waits for the IDE, or is cancelled. While it runs,
+    /// the turn is registered for `cancel_turn` (locally and through the database).
     pub(crate) async fn run_turn(&self, cx: &Cx<'_>, turn: &mut Turn) -> Result<(), EngineError> {
+        let running = self
+            .running
+            .start(Arc::clone(&self.store), cx.session_id, &turn.id);
+        if turn.cancel_requested_at.is_some() {
+            running.token().cancel();
+        }
         loop {
+            if running.token().is_cancelled() {
+                return self.stop_cancelled(cx, turn).await;
+            }
             let agent = self.specialist(cx).await?;
             let limit = self.limits.max_steps_per_turn;
             if u32::try_from(turn.steps).unwrap_or(u32::MAX) >= limit {
-                cx.out
-                    .emit(RuntimeEvent::Error {
-                        message: format!("step limit reached ({limit} steps)"),
-                        code: Some("step_limit".to_owned()),
-                    })
-                    .await?;
-                return self.finish_turn(cx, turn, TurnStatus::StepLimit).await;
+                let error = RuntimeEvent::Error {
+                    message: format!("step limit reached ({limit} steps)"),
+                    code: Some("step_limit".to_owned()),
+                };
+                return self
+                    .finish_turn(cx, turn, TurnStatus::StepLimit, vec![error])
+                    .await;
             }
             turn.steps += 1;
             turn.agent = agent.as_str().to_owned();
@@ -72,12 +155,15 @@ impl Engine {
                 .update_turn(&turn.id, TurnStatus::Running, turn.steps, &turn.agent)
                 .await?;
             metrics::counter_step();
-            if !self.llm_step(cx, turn, agent).await? {
-                return self.finish_turn(cx, turn, TurnStatus::Failed).await;
-            }
-            match self.finish_step(cx, turn, turn.steps, true).await? {
-                StepEnd::Continue => {}
-                StepEnd::Stop => return Ok(()),
+            match self.llm_step(cx, turn, agent, running.token()).await? {
+                StepResult::Done(StepEnd::Continue) => {}
+                StepResult::Done(StepEnd::Stop) => return Ok(()),
+                StepResult::Failed(error) => {
+                    return self
+                        .finish_turn(cx, turn, TurnStatus::Failed, vec![error])
+                        .await;
+                }
+                StepResult::Cancelled => return self.stop_cancelled(cx, turn).await,
             }
         }
     }
@@ -126,33 +212,27 @@ impl Engine {
             decision.reason.clone(),
             Some(decision.confidence.clone()),
             decision.method.as_str(),
+            Vec::new(),
         )
         .await?;
-        cx.out
-            .emit(switched_event(
-                &session.current_agent,
-                agent,
-                &decision.reason,
-                Some(&decision.confidence),
-            ))
-            .await?;
         Ok(agent)
     }
 
     /// One LLM call by `agent`, its text streamed as it comes, the reply and its tool calls
-    /// stored and announced. `false` when the call failed (the `error` event is sent; nothing
-    /// of the failed answer is stored).
+    /// committed and announced. A failed or cancelled call stores nothing of its answer.
     async fn llm_step(
         &self,
         cx: &Cx<'_>,
-        turn: &Turn,
+        turn: &mut Turn,
         agent: AgentKind,
-    ) -> Result<bool, EngineError> {
+        cancel: &CancellationToken,
+    ) -> Result<StepResult, EngineError> {
         let history = self.store.list_messages(cx.session_id).await?;
         let system = self.prompts.render(
             agent,
             &PromptContext::for_agent(agent, self.registry.multi_agent()),
         )?;
+        // Every step is fitted to the budget: the history grows within a turn too.
         let messages = match context::fit_to_budget(
             ChatMessage::text("system", system),
             to_chat_messages(&history),
@@ -160,13 +240,10 @@ impl Engine {
         ) {
             Ok(messages) => messages,
             Err(error) => {
-                cx.out
-                    .emit(RuntimeEvent::Error {
-                        message: error.to_string(),
-                        code: Some("context_too_large".to_owned()),
-                    })
-                    .await?;
-                return Ok(false);
+                return Ok(StepResult::Failed(RuntimeEvent::Error {
+                    message: error.to_string(),
+                    code: Some("context_too_large".to_owned()),
+                }));
             }
         };
         let tools = tools::definitions_for(agent);
@@ -180,25 +257,29 @@ impl Engine {
         let reply_id = codelab_core::new_id().to_string();
         let started = Instant::now();
         let answer = match self
-            .stream_answer(cx, request, &reply_id, agent, started)
+            .stream_answer(cx, request, &reply_id, agent, started, cancel)
             .await
         {
             Ok(answer) => answer,
+            Err(LlmError::Cancelled) => {
+                metrics::llm_request(started.elapsed(), false);
+                tracing::info!(session_id = %cx.session_id, "turn cancelled mid-step");
+                return Ok(StepResult::Cancelled);
+            }
             Err(error) => {
                 metrics::llm_request(started.elapsed(), false);
                 tracing::warn!(session_id = %cx.session_id, agent = agent.as_str(), %error, "LLM step failed");
-                cx.out
-                    .emit(RuntimeEvent::Error {
-                        message: error.to_string(),
-                        code: Some("llm_error".to_owned()),
-                    })
-                    .await?;
-                return Ok(false);
+                return Ok(StepResult::Failed(RuntimeEvent::Error {
+                    message: error.to_string(),
+                    code: Some("llm_error".to_owned()),
+                }));
             }
         };
         metrics::llm_request(started.elapsed(), true);
-        self.store_reply(cx, turn, agent, &reply_id, answer).await?;
-        Ok(true)
+        let end = self
+            .commit_reply(cx, turn, agent, &reply_id, answer)
+            .await?;
+        Ok(StepResult::Done(end))
     }
 
     /// Streams the answer, forwarding text as `assistant_delta` events (not stored: the whole
@@ -210,9 +291,11 @@ impl Engine {
         reply_id: &str,
         agent: AgentKind,
         started: Instant,
+        cancel: &CancellationToken,
     ) -> Result<Answer, LlmError> {
-        // Never cancelled in part 1: a client leaving must not lose the answer.
-        let mut stream = self.llm.stream(request, CancellationToken::new()).await?;
+        // Only `cancel_turn` cancels: a client leaving must not lose the answer. Dropping the
+        // stream closes the connection, which cancels the upstream request.
+        let mut stream = self.llm.stream(request, cancel.clone()).await?;
         let mut answer = Answer::default();
         let mut calls: BTreeMap<u32, CompletedToolCall> = BTreeMap::new();
         let mut first = true;
@@ -263,16 +346,17 @@ impl Engine {
         Ok(answer)
     }
 
-    /// Stores the reply as one assistant message, its tool calls with their verdicts, the
-    /// results of refused and server-side calls, and agent switches; then announces them.
-    async fn store_reply(
+    /// Commits the reply in one transaction — the assistant message, its tool calls with
+    /// their verdicts, the results of refused and server-side calls, agent switches, the
+    /// completion text when the turn ends, and the turn's new status — then announces it.
+    async fn commit_reply(
         &self,
         cx: &Cx<'_>,
-        turn: &Turn,
+        turn: &mut Turn,
         agent: AgentKind,
         reply_id: &str,
         answer: Answer,
-    ) -> Result<(), EngineError> {
+    ) -> Result<StepEnd, EngineError> {
         let now = Utc::now();
         let cap = usize::try_from(self.limits.max_tool_calls_per_step).unwrap_or(usize::MAX);
         let mut taken_in_reply: HashSet<String> = HashSet::new();
@@ -376,92 +460,82 @@ impl Engine {
             });
         }
 
-        // Store everything first.
-        self.store
-            .append_message(NewMessage {
+        // The reply, its calls, their results, the switches, the turn's new state and the
+        // events telling about them: one transaction, then sent.
+        let records: Vec<ToolCallRecord> = planned.iter().map(|p| p.record.clone()).collect();
+        let state = StepState::of(&records);
+        let mut messages = vec![NewMessage {
+            session_id: cx.session_id.to_owned(),
+            role: Role::Assistant,
+            content: (!answer.content.is_empty()).then(|| answer.content.clone()),
+            agent: Some(agent.as_str().to_owned()),
+            tool_calls: (!wire_calls.is_empty()).then_some(Value::Array(wire_calls)),
+            tool_call_id: None,
+        }];
+        messages.extend(planned.iter().filter_map(|plan| {
+            plan.tool_message.as_ref().map(|text| NewMessage {
                 session_id: cx.session_id.to_owned(),
-                role: Role::Assistant,
-                content: (!answer.content.is_empty()).then(|| answer.content.clone()),
-                agent: Some(agent.as_str().to_owned()),
-                tool_calls: (!wire_calls.is_empty()).then_some(Value::Array(wire_calls)),
-                tool_call_id: None,
+                role: Role::Tool,
+                content: Some(text.clone()),
+                agent: None,
+                tool_calls: None,
+                tool_call_id: Some(plan.record.call_id.clone()),
+            })
+        }));
+        messages.extend(state.completion_messages(cx.session_id));
+        let switches = planned
+            .iter()
+            .filter_map(|plan| plan.switch.as_ref())
+            .map(|(from, to, reason)| {
+                self.switch_record(cx, from.as_str(), *to, reason.clone(), None, "tool")
+            })
+            .collect();
+        let mut events = Vec::new();
+        if !answer.content.is_empty() {
+            events.push(RuntimeEvent::AssistantMessage {
+                message_id: reply_id.to_owned(),
+                agent: agent.as_str().to_owned(),
+                content: answer.content,
+            });
+        }
+        for plan in &planned {
+            events.extend(call_events(&plan.record, plan.switch.as_ref()));
+        }
+        events.extend(step_end_events(turn.steps, &state, true));
+        let status = state.turn_status();
+        let committed = self
+            .store
+            .commit_step(StepCommit {
+                session_id: cx.session_id.to_owned(),
+                new_turn: None,
+                messages,
+                calls: records,
+                switches,
+                turn: Some(TurnUpdate {
+                    turn_id: turn.id.clone(),
+                    status,
+                    steps: turn.steps,
+                    agent: turn.agent.clone(),
+                    expect: Some((TurnStatus::Running, turn.steps)),
+                }),
+                events,
             })
             .await?;
-        self.store
-            .insert_tool_calls(planned.iter().map(|p| p.record.clone()).collect())
-            .await?;
+        turn.status = status;
         for plan in &planned {
-            if let Some(text) = &plan.tool_message {
-                self.append_tool_message(cx, &plan.record.call_id, text.clone())
-                    .await?;
+            if let Some((_, to, _)) = &plan.switch {
+                metrics::routing_decision(to.as_str(), "tool");
             }
-            if let Some((from, to, reason)) = &plan.switch {
-                self.record_switch(cx, from.as_str(), *to, reason.clone(), None, "tool")
-                    .await?;
+            if !plan.record.status.is_open() {
+                metrics::tool_call_settled(&plan.record.tool_name, plan.record.status.as_str());
             }
         }
-
-        // Then tell.
-        if !answer.content.is_empty() {
-            cx.out
-                .emit(RuntimeEvent::AssistantMessage {
-                    message_id: reply_id.to_owned(),
-                    agent: agent.as_str().to_owned(),
-                    content: answer.content,
-                })
-                .await?;
-        }
-        for plan in planned {
-            let call = plan.record;
-            match call.status {
-                ToolCallStatus::Invalid => {
-                    metrics::tool_call_settled(&call.tool_name, "invalid");
-                    let summary = call.error.clone();
-                    cx.out.emit(super::settled_event(&call, summary)).await?;
-                }
-                ToolCallStatus::PendingApproval => {
-                    cx.out
-                        .emit(RuntimeEvent::ToolCall {
-                            call_id: call.call_id.clone(),
-                            tool_name: call.tool_name.clone(),
-                            arguments: call.arguments.clone(),
-                            requires_approval: true,
-                            approval_reason: call.approval_reason.clone(),
-                            agent: call.agent.clone(),
-                        })
-                        .await?;
-                    cx.out
-                        .emit(RuntimeEvent::ApprovalRequired {
-                            call_id: call.call_id,
-                            tool_name: call.tool_name,
-                            arguments: call.arguments,
-                            reason: call.approval_reason.unwrap_or_default(),
-                        })
-                        .await?;
-                }
-                ToolCallStatus::AwaitingResult => {
-                    cx.out
-                        .emit(RuntimeEvent::ToolCall {
-                            call_id: call.call_id,
-                            tool_name: call.tool_name,
-                            arguments: call.arguments,
-                            requires_approval: false,
-                            approval_reason: None,
-                            agent: call.agent,
-                        })
-                        .await?;
-                }
-                _ => {
-                    metrics::tool_call_settled(&call.tool_name, call.status.as_str());
-                    if let Some((from, to, reason)) = plan.switch {
-                        cx.out
-                            .emit(switched_event(from.as_str(), to, &reason, None))
-                            .await?;
-                    }
-                }
-            }
-        }
-        Ok(())
+        count_step_end(&state, true);
+        cx.out.send_all(committed.events).await;
+        Ok(match state {
+            StepState::Continue => StepEnd::Continue,
+            _ => StepEnd::Stop,
+        })
     }
 
     /// Runs a server-side tool: its tool message, and the agent to switch to (with the
@@ -505,94 +579,135 @@ impl Engine {
         }
     }
 
-    /// Stores a `tool` message answering `call_id`.
-    pub(crate) async fn append_tool_message(
-        &self,
-        cx: &Cx<'_>,
-        call_id: &str,
-        content: String,
-    ) -> Result<(), EngineError> {
-        self.store
-            .append_message(NewMessage {
-                session_id: cx.session_id.to_owned(),
-                role: Role::Tool,
-                content: Some(content),
-                agent: None,
-                tool_calls: None,
-                tool_call_id: Some(call_id.to_owned()),
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// What follows step `step`, decided from its stored calls alone: open calls → wait
-    /// (`fresh`: this request ran the step, so the turn is announced as awaiting tools);
-    /// finished by `attempt_completion`/`ask_followup_question`, or no calls → the turn is
-    /// complete (the completion's text is stored and sent now, after every result of the
-    /// step, so the history stays valid for providers); otherwise the next step.
-    pub(crate) async fn finish_step(
+    /// What follows step `step` once its calls are settled (or some still wait), decided
+    /// from its stored calls: the end of the turn is committed with its completion text, and
+    /// the next step runs when the agent goes on. Used after a settlement and by recovery.
+    pub(crate) async fn continue_after_step(
         &self,
         cx: &Cx<'_>,
         turn: &mut Turn,
         step: i32,
-        fresh: bool,
-    ) -> Result<StepEnd, EngineError> {
-        let calls = self.store.list_step_calls(&turn.id, step).await?;
-        let step_number = u32::try_from(step).unwrap_or(0);
-        let open = calls.iter().filter(|c| c.status.is_open()).count();
-        if open > 0 {
-            cx.out
-                .emit(RuntimeEvent::StepFinished {
-                    step: step_number,
-                    pending_calls: u32::try_from(open).unwrap_or(u32::MAX),
-                })
-                .await?;
-            if fresh {
-                self.finish_turn(cx, turn, TurnStatus::AwaitingTools)
-                    .await?;
-            }
-            return Ok(StepEnd::Stop);
-        }
-        let finished_by_tool = calls.iter().any(ends_turn);
-        if finished_by_tool || calls.is_empty() {
-            for call in calls.iter().filter(|c| ends_turn(c)) {
-                let Some(text) = completion_text(call) else {
-                    continue;
-                };
-                let message = self
+        calls: Vec<ToolCallRecord>,
+    ) -> Result<(), EngineError> {
+        let state = StepState::of(&calls);
+        match &state {
+            StepState::Complete(_) => {
+                // The completion text, the turn's end and their events in one transaction:
+                // after a crash the text is never stored twice, nor the turn left open.
+                let committed = self
                     .store
-                    .append_message(NewMessage {
+                    .commit_step(StepCommit {
                         session_id: cx.session_id.to_owned(),
-                        role: Role::Assistant,
-                        content: Some(text.clone()),
-                        agent: Some(call.agent.clone()),
-                        tool_calls: None,
-                        tool_call_id: None,
+                        messages: state.completion_messages(cx.session_id),
+                        turn: Some(TurnUpdate {
+                            turn_id: turn.id.clone(),
+                            status: TurnStatus::Completed,
+                            steps: turn.steps,
+                            agent: turn.agent.clone(),
+                            expect: Some((turn.status, turn.steps)),
+                        }),
+                        events: step_end_events(step, &state, false),
+                        ..StepCommit::default()
                     })
                     .await?;
-                cx.out
-                    .emit(RuntimeEvent::AssistantMessage {
-                        message_id: message.id,
-                        agent: call.agent.clone(),
-                        content: text,
-                    })
-                    .await?;
+                turn.status = TurnStatus::Completed;
+                count_step_end(&state, false);
+                cx.out.send_all(committed.events).await;
+                Ok(())
             }
-            cx.out
-                .emit(RuntimeEvent::StepFinished {
-                    step: step_number,
-                    pending_calls: 0,
-                })
-                .await?;
-            self.finish_turn(cx, turn, TurnStatus::Completed).await?;
-            return Ok(StepEnd::Stop);
+            StepState::Waiting(_) => {
+                for event in step_end_events(step, &state, false) {
+                    cx.out.emit(event).await?;
+                }
+                Ok(())
+            }
+            StepState::Continue => {
+                for event in step_end_events(step, &state, false) {
+                    cx.out.emit(event).await?;
+                }
+                self.run_turn(cx, turn).await
+            }
         }
-        cx.out
-            .emit(RuntimeEvent::StepFinished {
-                step: step_number,
-                pending_calls: 0,
-            })
-            .await?;
-        Ok(StepEnd::Continue)
+    }
+}
+
+/// The events announcing one call of a fresh reply.
+fn call_events(
+    call: &ToolCallRecord,
+    switch: Option<&(AgentKind, AgentKind, String)>,
+) -> Vec<RuntimeEvent> {
+    let tool_call = |requires_approval: bool| RuntimeEvent::ToolCall {
+        call_id: call.call_id.clone(),
+        tool_name: call.tool_name.clone(),
+        arguments: call.arguments.clone(),
+        requires_approval,
+        approval_reason: requires_approval
+            .then(|| call.approval_reason.clone())
+            .flatten(),
+        agent: call.agent.clone(),
+    };
+    match call.status {
+        ToolCallStatus::Invalid => vec![super::settled_event(call, call.error.clone())],
+        ToolCallStatus::PendingApproval => vec![
+            tool_call(true),
+            RuntimeEvent::ApprovalRequired {
+                call_id: call.call_id.clone(),
+                tool_name: call.tool_name.clone(),
+                arguments: call.arguments.clone(),
+                reason: call.approval_reason.clone().unwrap_or_default(),
+            },
+        ],
+        ToolCallStatus::AwaitingResult => vec![tool_call(false)],
+        _ => switch
+            .map(|(from, to, reason)| switched_event(from.as_str(), *to, reason, None))
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// The events ending step `step`: `step_finished`; the completion texts and
+/// `turn_finished{completed}` when the turn ended; `turn_finished{awaiting_tools}` when the
+/// step just ran (`fresh`) and waits for the IDE.
+fn step_end_events(step: i32, state: &StepState, fresh: bool) -> Vec<RuntimeEvent> {
+    let step = u32::try_from(step).unwrap_or(0);
+    let finished = |pending: usize| RuntimeEvent::StepFinished {
+        step,
+        pending_calls: u32::try_from(pending).unwrap_or(u32::MAX),
+    };
+    match state {
+        StepState::Waiting(open) => {
+            let mut events = vec![finished(*open)];
+            if fresh {
+                events.push(RuntimeEvent::TurnFinished {
+                    outcome: TurnOutcome::AwaitingTools,
+                });
+            }
+            events
+        }
+        StepState::Complete(texts) => {
+            let mut events: Vec<RuntimeEvent> = texts
+                .iter()
+                .map(|(agent, text)| RuntimeEvent::AssistantMessage {
+                    message_id: codelab_core::new_id().to_string(),
+                    agent: agent.clone(),
+                    content: text.clone(),
+                })
+                .collect();
+            events.push(finished(0));
+            events.push(RuntimeEvent::TurnFinished {
+                outcome: TurnOutcome::Completed,
+            });
+            events
+        }
+        StepState::Continue => vec![finished(0)],
+    }
+}
+
+/// Counts the turn outcome a step end announced.
+fn count_step_end(state: &StepState, fresh: bool) {
+    match state {
+        StepState::Waiting(_) if fresh => metrics::turn(TurnStatus::AwaitingTools.as_str()),
+        StepState::Complete(_) => metrics::turn(TurnStatus::Completed.as_str()),
+        _ => {}
     }
 }

@@ -10,14 +10,16 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent, TurnOutcome};
 use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
 
 use super::stream::create;
 use super::{
     HttpError, Owner, dev_sessions, is_valid_session_id, owned_session, session_json, time,
 };
 use crate::AppState;
-use crate::engine::MAX_TITLE_CHARS;
+use crate::engine::{MAX_TITLE_CHARS, Work};
 use crate::model::{Message, Role, SessionQuery, ToolCallStatus};
 
 /// Default and largest page of `GET /sessions`.
@@ -165,6 +167,20 @@ pub async fn get_session(
     Ok(Json(session_json(&session)))
 }
 
+/// `GET /internal/sessions/{id}/owner`: `{"owner": "<user id>"}` of a live session, 404
+/// otherwise. Only for the gateway's `session` WebSocket mode: a socket without a token proves
+/// access by knowing the unguessable session id and then acts as the session's owner, whom the
+/// gateway cannot know otherwise (the internal key guards this route like every other).
+pub async fn session_owner(
+    State(state): State<Arc<AppState>>,
+    Path(session_id): Path<String>,
+) -> Result<Json<Value>, HttpError> {
+    match state.store.get_session(&session_id).await? {
+        Some(session) => Ok(Json(json!({ "owner": session.owner }))),
+        None => Err(HttpError::session_not_found(&session_id)),
+    }
+}
+
 /// `PATCH /sessions/{id}` `{"title": "..."}`: renames the session.
 pub async fn update_session(
     State(state): State<Arc<AppState>>,
@@ -240,6 +256,23 @@ pub async fn session_history(
     let messages = state.store.list_messages(&session_id).await?;
     let switches = state.store.list_switches(&session_id).await?;
     let calls = state.store.list_session_calls(&session_id).await?;
+    // What the session waits for right now (after a restart too): the unfinished turn and
+    // its open calls.
+    let active_turn = state.store.active_turn(&session_id).await?.map(|turn| {
+        json!({
+            "id": turn.id,
+            "status": turn.status.as_str(),
+            "step": turn.steps,
+            "agent": turn.agent,
+            "cancel_requested": turn.cancel_requested_at.is_some(),
+            "open_calls": calls
+                .iter()
+                .filter(|c| c.turn_id == turn.id && c.status.is_open())
+                .map(|c| json!({"call_id": c.call_id, "tool_name": c.tool_name,
+                    "status": c.status.as_str()}))
+                .collect::<Vec<_>>(),
+        })
+    });
     Ok(Json(json!({
         "session_id": session.id,
         "messages": messages.iter().map(message_json).collect::<Vec<_>>(),
@@ -264,6 +297,50 @@ pub async fn session_history(
             "result": c.result,
             "error": c.error,
         })).collect::<Vec<_>>(),
+        "active_turn": active_turn,
+    })))
+}
+
+/// `POST /sessions/{id}/cancel`: the REST form of a `cancel_turn` frame (body empty or
+/// `{"reason": "..."}`). Answers when the turn has stopped (at most `CANCEL_WAIT`):
+/// `{"session_id", "cancelled", "events"}` with the events the cancellation produced.
+pub async fn cancel_turn(
+    State(state): State<Arc<AppState>>,
+    owner: Owner,
+    Path(session_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, HttpError> {
+    owned_session(&state, &owner, &session_id).await?;
+    let reason = match object_body(&body, true)?.get("reason") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(reason)) => Some(reason.trim().to_owned()).filter(|r| !r.is_empty()),
+        Some(_) => return Err(HttpError::bad_request("reason must be a string")),
+    };
+    let (tx, mut rx) = mpsc::channel::<SequencedEvent>(16);
+    let worker = Arc::clone(&state);
+    let id = session_id.clone();
+    state.tasks.spawn(async move {
+        worker
+            .engine
+            .process(id, Work::CancelTurn { reason }, tx)
+            .await;
+    });
+    let mut events = Vec::new();
+    while let Some(event) = rx.recv().await {
+        events.push(event);
+    }
+    let cancelled = events.iter().any(|e| {
+        matches!(
+            e.event,
+            RuntimeEvent::TurnFinished {
+                outcome: TurnOutcome::Cancelled
+            }
+        )
+    });
+    Ok(Json(json!({
+        "session_id": session_id,
+        "cancelled": cancelled,
+        "events": events,
     })))
 }
 

@@ -2,7 +2,8 @@
 //! own migrations, and one conformance suite run against both (`tests/store_conformance.rs`).
 //!
 //! Everything stored is stored before it is emitted; every state change that must not race
-//! (settling a tool call) is one atomic call here.
+//! (settling a tool call) or must not be seen half done after a crash (a step's outcome, see
+//! [`RuntimeStore::commit_step`]) is one atomic call here.
 
 pub mod postgres;
 mod rows;
@@ -16,8 +17,8 @@ use codelab_core::db::DbPool;
 use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 
 use crate::model::{
-    AgentSwitch, Message, NewMessage, NewSession, Session, SessionQuery, ToolCallRecord,
-    ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
+    AgentSwitch, Committed, Message, NewMessage, NewSession, Session, SessionQuery, StepCommit,
+    ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
 };
 
 /// A storage failure.
@@ -34,6 +35,10 @@ pub enum StoreError {
     Migration(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A conditional write found the row in another state than expected (someone else
+    /// changed it meanwhile); nothing was written.
+    #[error("{0}")]
+    Stale(String),
 }
 
 /// Held while a session's turn is processed; dropping it releases the session for others
@@ -48,6 +53,17 @@ pub trait RuntimeStore: Send + Sync + 'static {
 
     /// Serialises work on one session across tasks, processes and replicas.
     async fn lock_session(&self, session_id: &str) -> Result<Box<dyn SessionLock>, StoreError>;
+    /// [`RuntimeStore::lock_session`] without waiting: `None` when someone holds the lock.
+    async fn try_lock_session(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<Box<dyn SessionLock>>, StoreError>;
+
+    /// Stores a step's outcome in one transaction (see [`StepCommit`]): the new turn, the
+    /// messages in order, the tool calls, the agent switches, the turn's new state and the
+    /// events, or nothing at all. `NotFound` for a missing session or turn; `Conflict` for a
+    /// taken call id; `Stale` for a turn no longer in the expected state.
+    async fn commit_step(&self, commit: StepCommit) -> Result<Committed, StoreError>;
 
     // ---- sessions ----
     /// Creates a session; `Conflict` when the id exists (deleted sessions included).
@@ -90,7 +106,8 @@ pub trait RuntimeStore: Send + Sync + 'static {
     ) -> Result<Option<ToolCallRecord>, StoreError>;
     /// Whether a call id (ours or a provider's) was ever used in the session.
     async fn call_id_exists(&self, session_id: &str, call_id: &str) -> Result<bool, StoreError>;
-    /// Atomically applies `update` only when the call's status is one of `from`.
+    /// Atomically applies `update` only when the call's status is one of `from`, together with
+    /// its `tool_message` (one transaction).
     async fn update_tool_call(
         &self,
         session_id: &str,
@@ -122,6 +139,14 @@ pub trait RuntimeStore: Send + Sync + 'static {
         steps: i32,
         agent: &str,
     ) -> Result<(), StoreError>;
+
+    /// Asks the session's active turn to stop (without the session lock): sets its
+    /// `cancel_requested_at` unless already set. Returns the turn, `None` when none is active.
+    async fn request_cancel(&self, session_id: &str) -> Result<Option<Turn>, StoreError>;
+    /// Unfinished turns of live sessions that nothing visibly waits on — `running`, or
+    /// `awaiting_tools` without an open call — oldest change first, at most `limit`. Their
+    /// runner died unless it still holds the session lock.
+    async fn list_stalled_turns(&self, limit: u32) -> Result<Vec<Turn>, StoreError>;
 
     // ---- events (for reconnect replay) ----
     /// Stores an event with the session's next `seq`.

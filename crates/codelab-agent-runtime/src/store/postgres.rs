@@ -7,13 +7,13 @@ use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Postgres};
+use sqlx::{PgConnection, PgPool, Postgres};
 
 use super::rows::{self, sql};
 use super::{RuntimeStore, SessionLock, StoreError};
 use crate::model::{
-    AgentSwitch, Message, NewMessage, NewSession, Session, SessionQuery, ToolCallRecord,
-    ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
+    AgentSwitch, Committed, Message, NewMessage, NewSession, Session, SessionQuery, StepCommit,
+    ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate, UpdateOutcome,
 };
 
 /// The PostgreSQL migrations, embedded in the binary.
@@ -53,6 +53,9 @@ const LOCK: &str =
     "SELECT pg_advisory_lock(hashtextextended('codelab-agent-runtime/session/' || $1, 0))";
 const UNLOCK: &str =
     "SELECT pg_advisory_unlock(hashtextextended('codelab-agent-runtime/session/' || $1, 0))";
+/// [`LOCK`] without waiting: `false` when another connection holds it.
+const TRY_LOCK: &str =
+    "SELECT pg_try_advisory_lock(hashtextextended('codelab-agent-runtime/session/' || $1, 0))";
 
 /// The agent runtime's store on a PostgreSQL pool.
 #[derive(Debug, Clone)]
@@ -166,6 +169,72 @@ impl RuntimeStore for PostgresStore {
         Ok(Box::new(guard))
     }
 
+    async fn try_lock_session(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<Box<dyn SessionLock>>, StoreError> {
+        let conn = self.locks.acquire().await?;
+        // As in `lock_session`: the guard owns the connection before the request is sent.
+        let mut guard = PgSessionLock {
+            conn: Some(conn),
+            session_id: session_id.to_owned(),
+            locked: false,
+        };
+        let Some(conn) = guard.conn.as_mut() else {
+            return Ok(None);
+        };
+        let granted: bool = sqlx::query_scalar(TRY_LOCK)
+            .bind(&guard.session_id)
+            .fetch_one(&mut **conn)
+            .await?;
+        if !granted {
+            // Not granted, nothing queued: the connection may go back to the pool as is.
+            guard.conn = None;
+            return Ok(None);
+        }
+        guard.locked = true;
+        Ok(Some(Box::new(guard)))
+    }
+
+    async fn commit_step(&self, commit: StepCommit) -> Result<Committed, StoreError> {
+        let now = rows::now();
+        let mut tx = self.pool.begin().await?;
+        require_live(&mut tx, &commit.session_id).await?;
+        if let Some(turn) = &commit.new_turn {
+            insert_turn(&mut tx, turn).await?;
+        }
+        let mut stored = Vec::with_capacity(commit.messages.len());
+        for message in &commit.messages {
+            stored.push(append_message(&mut tx, message, now).await?);
+        }
+        for call in &commit.calls {
+            insert_call(&mut tx, call).await?;
+        }
+        for switch in &commit.switches {
+            insert_switch(&mut tx, switch).await?;
+        }
+        if let Some(last) = commit.switches.last() {
+            let done = sqlx::query(sql::SET_CURRENT_AGENT)
+                .bind(&commit.session_id)
+                .bind(&last.to_agent)
+                .execute(&mut *tx)
+                .await?;
+            require_session(done.rows_affected(), &commit.session_id)?;
+        }
+        if let Some(update) = &commit.turn {
+            update_turn(&mut tx, update, now).await?;
+        }
+        let mut events = Vec::with_capacity(commit.events.len());
+        for event in &commit.events {
+            events.push(append_event(&mut tx, &commit.session_id, event, now).await?);
+        }
+        tx.commit().await?;
+        Ok(Committed {
+            messages: stored,
+            events,
+        })
+    }
+
     // ---- sessions ----
 
     async fn create_session(&self, session: NewSession) -> Result<Session, StoreError> {
@@ -254,32 +323,8 @@ impl RuntimeStore for PostgresStore {
     // ---- messages ----
 
     async fn append_message(&self, message: NewMessage) -> Result<Message, StoreError> {
-        let now = rows::now();
         let mut tx = self.pool.begin().await?;
-        // The UPDATE holds the session row's lock until commit: concurrent appends queue here.
-        let seq: Option<i64> = sqlx::query_scalar(sql::NEXT_MESSAGE_SEQ)
-            .bind(&message.session_id)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(seq) = seq else {
-            return Err(StoreError::NotFound(rows::session_name(
-                &message.session_id,
-            )));
-        };
-        let row = sqlx::query(INSERT_MESSAGE)
-            .bind(codelab_core::new_id().to_string())
-            .bind(&message.session_id)
-            .bind(seq)
-            .bind(message.role.as_str())
-            .bind(&message.content)
-            .bind(&message.agent)
-            .bind(rows::opt_json(message.tool_calls.as_ref()))
-            .bind(&message.tool_call_id)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-        let stored = rows::message(&row)?;
+        let stored = append_message(&mut tx, &message, rows::now()).await?;
         tx.commit().await?;
         Ok(stored)
     }
@@ -295,18 +340,8 @@ impl RuntimeStore for PostgresStore {
     // ---- agent switches ----
 
     async fn record_switch(&self, switch: AgentSwitch) -> Result<(), StoreError> {
-        let done = sqlx::query(sql::INSERT_SWITCH)
-            .bind(&switch.session_id)
-            .bind(&switch.from_agent)
-            .bind(&switch.to_agent)
-            .bind(&switch.reason)
-            .bind(&switch.confidence)
-            .bind(&switch.method)
-            .bind(switch.created_at)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| rows::classify(e, || "agent switch".to_owned(), "session"))?;
-        require_session(done.rows_affected(), &switch.session_id)
+        let mut conn = self.pool.acquire().await?;
+        insert_switch(&mut conn, &switch).await
     }
 
     async fn list_switches(&self, session_id: &str) -> Result<Vec<AgentSwitch>, StoreError> {
@@ -328,48 +363,10 @@ impl RuntimeStore for PostgresStore {
         let mut checked: Vec<&str> = Vec::new();
         for call in &calls {
             if !checked.contains(&call.session_id.as_str()) {
-                let live: Option<i32> = sqlx::query_scalar(sql::SESSION_IS_LIVE)
-                    .bind(&call.session_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if live.is_none() {
-                    return Err(StoreError::NotFound(rows::session_name(&call.session_id)));
-                }
+                require_live(&mut tx, &call.session_id).await?;
                 checked.push(&call.session_id);
             }
-            sqlx::query(sql::INSERT_CALL)
-                .bind(&call.call_id)
-                .bind(&call.session_id)
-                .bind(&call.turn_id)
-                .bind(call.step)
-                .bind(&call.provider_call_id)
-                .bind(&call.tool_name)
-                .bind(rows::json(&call.arguments))
-                .bind(call.requires_approval)
-                .bind(&call.approval_reason)
-                .bind(&call.agent)
-                .bind(call.status.as_str())
-                .bind(&call.decision)
-                .bind(&call.feedback)
-                .bind(rows::opt_json(call.modified_arguments.as_ref()))
-                .bind(rows::opt_json(call.result.as_ref()))
-                .bind(&call.error)
-                .bind(call.created_at)
-                .bind(call.settled_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| {
-                    rows::classify(
-                        e,
-                        || {
-                            format!(
-                                "tool call {:?} in session {:?}",
-                                call.call_id, call.session_id
-                            )
-                        },
-                        "session",
-                    )
-                })?;
+            insert_call(&mut tx, call).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -408,6 +405,7 @@ impl RuntimeStore for PostgresStore {
     ) -> Result<UpdateOutcome, StoreError> {
         if !from.is_empty() {
             let text = sql::update_call(from.len());
+            let mut tx = self.pool.begin().await?;
             let mut query = sqlx::query(&text)
                 .bind(session_id)
                 .bind(call_id)
@@ -421,8 +419,14 @@ impl RuntimeStore for PostgresStore {
             for status in from {
                 query = query.bind(status.as_str());
             }
-            if let Some(row) = query.fetch_optional(&self.pool).await? {
-                return Ok(UpdateOutcome::Updated(rows::tool_call(&row)?));
+            if let Some(row) = query.fetch_optional(&mut *tx).await? {
+                let updated = rows::tool_call(&row)?;
+                if let Some(text) = &update.tool_message {
+                    let message = rows::tool_message(session_id, call_id, text);
+                    append_message(&mut tx, &message, rows::now()).await?;
+                }
+                tx.commit().await?;
+                return Ok(UpdateOutcome::Updated(updated));
             }
         }
         Ok(match self.get_tool_call(session_id, call_id).await? {
@@ -466,18 +470,8 @@ impl RuntimeStore for PostgresStore {
     // ---- turns ----
 
     async fn create_turn(&self, turn: Turn) -> Result<(), StoreError> {
-        let done = sqlx::query(sql::INSERT_TURN)
-            .bind(&turn.session_id)
-            .bind(&turn.id)
-            .bind(turn.status.as_str())
-            .bind(turn.steps)
-            .bind(&turn.agent)
-            .bind(turn.created_at)
-            .bind(turn.updated_at)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| rows::classify(e, || format!("turn {:?}", turn.id), "session"))?;
-        require_session(done.rows_affected(), &turn.session_id)
+        let mut conn = self.pool.acquire().await?;
+        insert_turn(&mut conn, &turn).await
     }
 
     async fn active_turn(&self, session_id: &str) -> Result<Option<Turn>, StoreError> {
@@ -521,6 +515,25 @@ impl RuntimeStore for PostgresStore {
         Ok(())
     }
 
+    async fn request_cancel(&self, session_id: &str) -> Result<Option<Turn>, StoreError> {
+        sqlx::query(sql::REQUEST_CANCEL)
+            .bind(session_id)
+            .bind(rows::now())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(rows::turn)
+            .transpose()
+    }
+
+    async fn list_stalled_turns(&self, limit: u32) -> Result<Vec<Turn>, StoreError> {
+        let found = sqlx::query(sql::LIST_STALLED_TURNS)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows::all(&found, rows::turn)
+    }
+
     // ---- events ----
 
     async fn append_event(
@@ -528,29 +541,10 @@ impl RuntimeStore for PostgresStore {
         session_id: &str,
         event: &RuntimeEvent,
     ) -> Result<SequencedEvent, StoreError> {
-        let json = rows::event_json(event)?;
-        let now = rows::now();
         let mut tx = self.pool.begin().await?;
-        let seq: Option<i64> = sqlx::query_scalar(sql::NEXT_EVENT_SEQ)
-            .bind(session_id)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(seq) = seq else {
-            return Err(StoreError::NotFound(rows::session_name(session_id)));
-        };
-        sqlx::query(sql::INSERT_EVENT)
-            .bind(session_id)
-            .bind(seq)
-            .bind(rows::json(&json))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let stored = append_event(&mut tx, session_id, event, rows::now()).await?;
         tx.commit().await?;
-        Ok(SequencedEvent {
-            seq: rows::event_seq(seq)?,
-            event: event.clone(),
-        })
+        Ok(stored)
     }
 
     async fn list_events(
@@ -575,4 +569,175 @@ fn require_session(rows_affected: u64, session_id: &str) -> Result<(), StoreErro
         return Err(StoreError::NotFound(rows::session_name(session_id)));
     }
     Ok(())
+}
+
+// ---- statements inside a transaction ----
+
+/// `NotFound` unless the session is live.
+async fn require_live(conn: &mut PgConnection, session_id: &str) -> Result<(), StoreError> {
+    let live: Option<i32> = sqlx::query_scalar(sql::SESSION_IS_LIVE)
+        .bind(session_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match live {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NotFound(rows::session_name(session_id))),
+    }
+}
+
+/// Appends a message with the session's next seq; the seq UPDATE holds the session row's lock
+/// until the transaction ends, so concurrent appends queue there.
+async fn append_message(
+    conn: &mut PgConnection,
+    message: &NewMessage,
+    now: DateTime<Utc>,
+) -> Result<Message, StoreError> {
+    let seq: Option<i64> = sqlx::query_scalar(sql::NEXT_MESSAGE_SEQ)
+        .bind(&message.session_id)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(seq) = seq else {
+        return Err(StoreError::NotFound(rows::session_name(
+            &message.session_id,
+        )));
+    };
+    let row = sqlx::query(INSERT_MESSAGE)
+        .bind(codelab_core::new_id().to_string())
+        .bind(&message.session_id)
+        .bind(seq)
+        .bind(message.role.as_str())
+        .bind(&message.content)
+        .bind(&message.agent)
+        .bind(rows::opt_json(message.tool_calls.as_ref()))
+        .bind(&message.tool_call_id)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?;
+    rows::message(&row)
+}
+
+async fn insert_call(conn: &mut PgConnection, call: &ToolCallRecord) -> Result<(), StoreError> {
+    sqlx::query(sql::INSERT_CALL)
+        .bind(&call.call_id)
+        .bind(&call.session_id)
+        .bind(&call.turn_id)
+        .bind(call.step)
+        .bind(&call.provider_call_id)
+        .bind(&call.tool_name)
+        .bind(rows::json(&call.arguments))
+        .bind(call.requires_approval)
+        .bind(&call.approval_reason)
+        .bind(&call.agent)
+        .bind(call.status.as_str())
+        .bind(&call.decision)
+        .bind(&call.feedback)
+        .bind(rows::opt_json(call.modified_arguments.as_ref()))
+        .bind(rows::opt_json(call.result.as_ref()))
+        .bind(&call.error)
+        .bind(call.created_at)
+        .bind(call.settled_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| {
+            rows::classify(
+                e,
+                || {
+                    format!(
+                        "tool call {:?} in session {:?}",
+                        call.call_id, call.session_id
+                    )
+                },
+                "session",
+            )
+        })?;
+    Ok(())
+}
+
+async fn insert_switch(conn: &mut PgConnection, switch: &AgentSwitch) -> Result<(), StoreError> {
+    let done = sqlx::query(sql::INSERT_SWITCH)
+        .bind(&switch.session_id)
+        .bind(&switch.from_agent)
+        .bind(&switch.to_agent)
+        .bind(&switch.reason)
+        .bind(&switch.confidence)
+        .bind(&switch.method)
+        .bind(switch.created_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| rows::classify(e, || "agent switch".to_owned(), "session"))?;
+    require_session(done.rows_affected(), &switch.session_id)
+}
+
+async fn insert_turn(conn: &mut PgConnection, turn: &Turn) -> Result<(), StoreError> {
+    let done = sqlx::query(sql::INSERT_TURN)
+        .bind(&turn.session_id)
+        .bind(&turn.id)
+        .bind(turn.status.as_str())
+        .bind(turn.steps)
+        .bind(&turn.agent)
+        .bind(turn.created_at)
+        .bind(turn.updated_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| rows::classify(e, || format!("turn {:?}", turn.id), "session"))?;
+    require_session(done.rows_affected(), &turn.session_id)
+}
+
+/// Applies a step's turn update; `Conflict` when the turn left the expected state.
+async fn update_turn(
+    conn: &mut PgConnection,
+    update: &TurnUpdate,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let query = match update.expect {
+        Some((status, steps)) => sqlx::query(sql::UPDATE_TURN_IF)
+            .bind(&update.turn_id)
+            .bind(update.status.as_str())
+            .bind(update.steps)
+            .bind(&update.agent)
+            .bind(now)
+            .bind(status.as_str())
+            .bind(steps),
+        None => sqlx::query(sql::UPDATE_TURN)
+            .bind(&update.turn_id)
+            .bind(update.status.as_str())
+            .bind(update.steps)
+            .bind(&update.agent)
+            .bind(now),
+    };
+    if query.execute(&mut *conn).await?.rows_affected() == 0 {
+        return Err(rows::turn_not_updated(update));
+    }
+    Ok(())
+}
+
+/// Appends an event with the session's next seq (the seq UPDATE holds the session row until
+/// the transaction ends).
+async fn append_event(
+    conn: &mut PgConnection,
+    session_id: &str,
+    event: &RuntimeEvent,
+    now: DateTime<Utc>,
+) -> Result<SequencedEvent, StoreError> {
+    let json = rows::event_json(event)?;
+    let seq: Option<i64> = sqlx::query_scalar(sql::NEXT_EVENT_SEQ)
+        .bind(session_id)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(seq) = seq else {
+        return Err(StoreError::NotFound(rows::session_name(session_id)));
+    };
+    sqlx::query(sql::INSERT_EVENT)
+        .bind(session_id)
+        .bind(seq)
+        .bind(rows::json(&json))
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    Ok(SequencedEvent {
+        seq: rows::event_seq(seq)?,
+        event: event.clone(),
+    })
 }

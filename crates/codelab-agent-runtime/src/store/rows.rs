@@ -16,7 +16,8 @@ use sqlx::types::Json;
 
 use super::StoreError;
 use crate::model::{
-    AgentSwitch, Message, Role, Session, ToolCallRecord, ToolCallStatus, Turn, TurnStatus,
+    AgentSwitch, Message, NewMessage, Role, Session, ToolCallRecord, ToolCallStatus, Turn,
+    TurnStatus, TurnUpdate,
 };
 
 /// Reads one cell of a row as one of the few types the runtime's tables use.
@@ -181,6 +182,31 @@ pub(super) fn classify(
     StoreError::Database(err)
 }
 
+/// The `tool` message answering `call_id`.
+pub(super) fn tool_message(session_id: &str, call_id: &str, text: &str) -> NewMessage {
+    NewMessage {
+        session_id: session_id.to_owned(),
+        role: Role::Tool,
+        content: Some(text.to_owned()),
+        agent: None,
+        tool_calls: None,
+        tool_call_id: Some(call_id.to_owned()),
+    }
+}
+
+/// The error of a turn update that touched no row: `Stale` when it was conditional (the turn
+/// moved on, or is gone), `NotFound` otherwise.
+pub(super) fn turn_not_updated(update: &TurnUpdate) -> StoreError {
+    match update.expect {
+        Some((status, steps)) => StoreError::Stale(format!(
+            "turn {:?} is no longer {} at step {steps}",
+            update.turn_id,
+            status.as_str()
+        )),
+        None => StoreError::NotFound(format!("turn {:?}", update.turn_id)),
+    }
+}
+
 /// The `NotFound` text of a session.
 pub(super) fn session_name(session_id: &str) -> String {
     format!("session {session_id:?}")
@@ -292,6 +318,7 @@ pub(super) fn turn(row: &impl Cells) -> Result<Turn, StoreError> {
         agent: row.text("agent")?,
         created_at: row.time("created_at")?,
         updated_at: row.time("updated_at")?,
+        cancel_requested_at: row.opt_time("cancel_requested_at")?,
     })
 }
 
@@ -344,7 +371,7 @@ pub(super) mod sql {
 
     macro_rules! turn_columns {
         () => {
-            "id, session_id, status, steps, agent, created_at, updated_at"
+            "id, session_id, status, steps, agent, created_at, updated_at, cancel_requested_at"
         };
     }
 
@@ -550,6 +577,37 @@ pub(super) mod sql {
     /// $1 id, $2 status, $3 steps, $4 agent, $5 now.
     pub(in crate::store) const UPDATE_TURN: &str = "UPDATE turns \
          SET status = $2, steps = $3, agent = $4, updated_at = $5 WHERE id = $1";
+
+    /// As [`UPDATE_TURN`], only while the turn is still in state ($6 status, $7 steps).
+    pub(in crate::store) const UPDATE_TURN_IF: &str = "UPDATE turns \
+         SET status = $2, steps = $3, agent = $4, updated_at = $5 \
+         WHERE id = $1 AND status = $6 AND steps = $7";
+
+    /// $1 session, $2 now. Marks the newest unfinished turn as cancel-requested, keeping the
+    /// time of an earlier request; returns it.
+    pub(in crate::store) const REQUEST_CANCEL: &str = concat!(
+        "UPDATE turns SET cancel_requested_at = COALESCE(cancel_requested_at, $2) \
+         WHERE id = (SELECT id FROM turns WHERE session_id = $1 AND ",
+        active_statuses!(),
+        " AND ",
+        live_session!(),
+        " ORDER BY created_at DESC, id DESC LIMIT 1) RETURNING ",
+        turn_columns!()
+    );
+
+    /// $1 limit. Unfinished turns of live sessions that no step is visibly waiting on:
+    /// `running` ones, and `awaiting_tools` ones without an open call. Oldest change first.
+    pub(in crate::store) const LIST_STALLED_TURNS: &str = concat!(
+        "SELECT ",
+        turn_columns!(),
+        " FROM turns t WHERE t.",
+        active_statuses!(),
+        " AND (t.status = 'running' OR NOT EXISTS (SELECT 1 FROM tool_calls c \
+         WHERE c.turn_id = t.id AND c.",
+        open_statuses!(),
+        ")) AND EXISTS (SELECT 1 FROM sessions s WHERE s.id = t.session_id \
+         AND s.deleted_at IS NULL) ORDER BY t.updated_at LIMIT $1"
+    );
 
     // ---- events ----
 

@@ -10,15 +10,15 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
-use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
+use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::OwnedMutexGuard;
 
 use super::rows::{self, sql};
 use super::{RuntimeStore, SessionLock, StoreError};
 use crate::model::{
-    AgentSwitch, Message, NewMessage, NewSession, Session, SessionQuery, ToolCallRecord,
-    ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
+    AgentSwitch, Committed, Message, NewMessage, NewSession, Session, SessionQuery, StepCommit,
+    ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate, UpdateOutcome,
 };
 
 /// The SQLite migrations, embedded in the binary.
@@ -154,6 +154,61 @@ impl RuntimeStore for SqliteStore {
         }))
     }
 
+    async fn try_lock_session(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<Box<dyn SessionLock>>, StoreError> {
+        let key = (self.lock_scope.clone(), session_id.to_owned());
+        let mutex = registry().mutex(key.clone());
+        let Ok(guard) = mutex.try_lock_owned() else {
+            registry().release(&key);
+            return Ok(None);
+        };
+        Ok(Some(Box::new(SqliteSessionLock {
+            guard: Some(guard),
+            key,
+        })))
+    }
+
+    async fn commit_step(&self, commit: StepCommit) -> Result<Committed, StoreError> {
+        let now = rows::now();
+        let mut tx = self.pool.begin_with(BEGIN_IMMEDIATE).await?;
+        require_live(&mut tx, &commit.session_id).await?;
+        if let Some(turn) = &commit.new_turn {
+            insert_turn(&mut tx, turn).await?;
+        }
+        let mut stored = Vec::with_capacity(commit.messages.len());
+        for message in &commit.messages {
+            stored.push(append_message(&mut tx, message, now).await?);
+        }
+        for call in &commit.calls {
+            insert_call(&mut tx, call).await?;
+        }
+        for switch in &commit.switches {
+            insert_switch(&mut tx, switch).await?;
+        }
+        if let Some(last) = commit.switches.last() {
+            let done = sqlx::query(sql::SET_CURRENT_AGENT)
+                .bind(&commit.session_id)
+                .bind(&last.to_agent)
+                .execute(&mut *tx)
+                .await?;
+            require_session(done.rows_affected(), &commit.session_id)?;
+        }
+        if let Some(update) = &commit.turn {
+            update_turn(&mut tx, update, now).await?;
+        }
+        let mut events = Vec::with_capacity(commit.events.len());
+        for event in &commit.events {
+            events.push(append_event(&mut tx, &commit.session_id, event, now).await?);
+        }
+        tx.commit().await?;
+        Ok(Committed {
+            messages: stored,
+            events,
+        })
+    }
+
     // ---- sessions ----
 
     async fn create_session(&self, session: NewSession) -> Result<Session, StoreError> {
@@ -242,32 +297,9 @@ impl RuntimeStore for SqliteStore {
     // ---- messages ----
 
     async fn append_message(&self, message: NewMessage) -> Result<Message, StoreError> {
-        let now = rows::now();
-        let mut tx = self.pool.begin_with(BEGIN_IMMEDIATE).await?;
         // BEGIN IMMEDIATE holds the write lock until commit: concurrent appends queue there.
-        let seq: Option<i64> = sqlx::query_scalar(sql::NEXT_MESSAGE_SEQ)
-            .bind(&message.session_id)
-            .bind(rows::sqlite_time(now))
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(seq) = seq else {
-            return Err(StoreError::NotFound(rows::session_name(
-                &message.session_id,
-            )));
-        };
-        let row = sqlx::query(INSERT_MESSAGE)
-            .bind(codelab_core::new_id().to_string())
-            .bind(&message.session_id)
-            .bind(seq)
-            .bind(message.role.as_str())
-            .bind(&message.content)
-            .bind(&message.agent)
-            .bind(rows::opt_json(message.tool_calls.as_ref()))
-            .bind(&message.tool_call_id)
-            .bind(rows::sqlite_time(now))
-            .fetch_one(&mut *tx)
-            .await?;
-        let stored = rows::message(&row)?;
+        let mut tx = self.pool.begin_with(BEGIN_IMMEDIATE).await?;
+        let stored = append_message(&mut tx, &message, rows::now()).await?;
         tx.commit().await?;
         Ok(stored)
     }
@@ -283,18 +315,8 @@ impl RuntimeStore for SqliteStore {
     // ---- agent switches ----
 
     async fn record_switch(&self, switch: AgentSwitch) -> Result<(), StoreError> {
-        let done = sqlx::query(sql::INSERT_SWITCH)
-            .bind(&switch.session_id)
-            .bind(&switch.from_agent)
-            .bind(&switch.to_agent)
-            .bind(&switch.reason)
-            .bind(&switch.confidence)
-            .bind(&switch.method)
-            .bind(rows::sqlite_time(switch.created_at))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| rows::classify(e, || "agent switch".to_owned(), "session"))?;
-        require_session(done.rows_affected(), &switch.session_id)
+        let mut conn = self.pool.acquire().await?;
+        insert_switch(&mut conn, &switch).await
     }
 
     async fn list_switches(&self, session_id: &str) -> Result<Vec<AgentSwitch>, StoreError> {
@@ -316,48 +338,10 @@ impl RuntimeStore for SqliteStore {
         let mut checked: Vec<&str> = Vec::new();
         for call in &calls {
             if !checked.contains(&call.session_id.as_str()) {
-                let live: Option<i32> = sqlx::query_scalar(sql::SESSION_IS_LIVE)
-                    .bind(&call.session_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if live.is_none() {
-                    return Err(StoreError::NotFound(rows::session_name(&call.session_id)));
-                }
+                require_live(&mut tx, &call.session_id).await?;
                 checked.push(&call.session_id);
             }
-            sqlx::query(sql::INSERT_CALL)
-                .bind(&call.call_id)
-                .bind(&call.session_id)
-                .bind(&call.turn_id)
-                .bind(call.step)
-                .bind(&call.provider_call_id)
-                .bind(&call.tool_name)
-                .bind(rows::json(&call.arguments))
-                .bind(call.requires_approval)
-                .bind(&call.approval_reason)
-                .bind(&call.agent)
-                .bind(call.status.as_str())
-                .bind(&call.decision)
-                .bind(&call.feedback)
-                .bind(rows::opt_json(call.modified_arguments.as_ref()))
-                .bind(rows::opt_json(call.result.as_ref()))
-                .bind(&call.error)
-                .bind(rows::sqlite_time(call.created_at))
-                .bind(call.settled_at.map(rows::sqlite_time))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| {
-                    rows::classify(
-                        e,
-                        || {
-                            format!(
-                                "tool call {:?} in session {:?}",
-                                call.call_id, call.session_id
-                            )
-                        },
-                        "session",
-                    )
-                })?;
+            insert_call(&mut tx, call).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -396,6 +380,7 @@ impl RuntimeStore for SqliteStore {
     ) -> Result<UpdateOutcome, StoreError> {
         if !from.is_empty() {
             let text = sql::update_call(from.len());
+            let mut tx = self.pool.begin_with(BEGIN_IMMEDIATE).await?;
             let mut query = sqlx::query(&text)
                 .bind(session_id)
                 .bind(call_id)
@@ -409,8 +394,14 @@ impl RuntimeStore for SqliteStore {
             for status in from {
                 query = query.bind(status.as_str());
             }
-            if let Some(row) = query.fetch_optional(&self.pool).await? {
-                return Ok(UpdateOutcome::Updated(rows::tool_call(&row)?));
+            if let Some(row) = query.fetch_optional(&mut *tx).await? {
+                let updated = rows::tool_call(&row)?;
+                if let Some(text) = &update.tool_message {
+                    let message = rows::tool_message(session_id, call_id, text);
+                    append_message(&mut tx, &message, rows::now()).await?;
+                }
+                tx.commit().await?;
+                return Ok(UpdateOutcome::Updated(updated));
             }
         }
         Ok(match self.get_tool_call(session_id, call_id).await? {
@@ -454,18 +445,8 @@ impl RuntimeStore for SqliteStore {
     // ---- turns ----
 
     async fn create_turn(&self, turn: Turn) -> Result<(), StoreError> {
-        let done = sqlx::query(sql::INSERT_TURN)
-            .bind(&turn.session_id)
-            .bind(&turn.id)
-            .bind(turn.status.as_str())
-            .bind(turn.steps)
-            .bind(&turn.agent)
-            .bind(rows::sqlite_time(turn.created_at))
-            .bind(rows::sqlite_time(turn.updated_at))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| rows::classify(e, || format!("turn {:?}", turn.id), "session"))?;
-        require_session(done.rows_affected(), &turn.session_id)
+        let mut conn = self.pool.acquire().await?;
+        insert_turn(&mut conn, &turn).await
     }
 
     async fn active_turn(&self, session_id: &str) -> Result<Option<Turn>, StoreError> {
@@ -509,6 +490,25 @@ impl RuntimeStore for SqliteStore {
         Ok(())
     }
 
+    async fn request_cancel(&self, session_id: &str) -> Result<Option<Turn>, StoreError> {
+        sqlx::query(sql::REQUEST_CANCEL)
+            .bind(session_id)
+            .bind(rows::sqlite_time(rows::now()))
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(rows::turn)
+            .transpose()
+    }
+
+    async fn list_stalled_turns(&self, limit: u32) -> Result<Vec<Turn>, StoreError> {
+        let found = sqlx::query(sql::LIST_STALLED_TURNS)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows::all(&found, rows::turn)
+    }
+
     // ---- events ----
 
     async fn append_event(
@@ -516,29 +516,10 @@ impl RuntimeStore for SqliteStore {
         session_id: &str,
         event: &RuntimeEvent,
     ) -> Result<SequencedEvent, StoreError> {
-        let json = rows::event_json(event)?;
-        let now = rows::now();
         let mut tx = self.pool.begin_with(BEGIN_IMMEDIATE).await?;
-        let seq: Option<i64> = sqlx::query_scalar(sql::NEXT_EVENT_SEQ)
-            .bind(session_id)
-            .bind(rows::sqlite_time(now))
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(seq) = seq else {
-            return Err(StoreError::NotFound(rows::session_name(session_id)));
-        };
-        sqlx::query(sql::INSERT_EVENT)
-            .bind(session_id)
-            .bind(seq)
-            .bind(rows::json(&json))
-            .bind(rows::sqlite_time(now))
-            .execute(&mut *tx)
-            .await?;
+        let stored = append_event(&mut tx, session_id, event, rows::now()).await?;
         tx.commit().await?;
-        Ok(SequencedEvent {
-            seq: rows::event_seq(seq)?,
-            event: event.clone(),
-        })
+        Ok(stored)
     }
 
     async fn list_events(
@@ -563,4 +544,177 @@ fn require_session(rows_affected: u64, session_id: &str) -> Result<(), StoreErro
         return Err(StoreError::NotFound(rows::session_name(session_id)));
     }
     Ok(())
+}
+
+// ---- statements inside a transaction ----
+
+/// `NotFound` unless the session is live.
+async fn require_live(conn: &mut SqliteConnection, session_id: &str) -> Result<(), StoreError> {
+    let live: Option<i32> = sqlx::query_scalar(sql::SESSION_IS_LIVE)
+        .bind(session_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match live {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NotFound(rows::session_name(session_id))),
+    }
+}
+
+/// Appends a message with the session's next seq (inside a write transaction).
+async fn append_message(
+    conn: &mut SqliteConnection,
+    message: &NewMessage,
+    now: DateTime<Utc>,
+) -> Result<Message, StoreError> {
+    let seq: Option<i64> = sqlx::query_scalar(sql::NEXT_MESSAGE_SEQ)
+        .bind(&message.session_id)
+        .bind(rows::sqlite_time(now))
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(seq) = seq else {
+        return Err(StoreError::NotFound(rows::session_name(
+            &message.session_id,
+        )));
+    };
+    let row = sqlx::query(INSERT_MESSAGE)
+        .bind(codelab_core::new_id().to_string())
+        .bind(&message.session_id)
+        .bind(seq)
+        .bind(message.role.as_str())
+        .bind(&message.content)
+        .bind(&message.agent)
+        .bind(rows::opt_json(message.tool_calls.as_ref()))
+        .bind(&message.tool_call_id)
+        .bind(rows::sqlite_time(now))
+        .fetch_one(&mut *conn)
+        .await?;
+    rows::message(&row)
+}
+
+async fn insert_call(conn: &mut SqliteConnection, call: &ToolCallRecord) -> Result<(), StoreError> {
+    sqlx::query(sql::INSERT_CALL)
+        .bind(&call.call_id)
+        .bind(&call.session_id)
+        .bind(&call.turn_id)
+        .bind(call.step)
+        .bind(&call.provider_call_id)
+        .bind(&call.tool_name)
+        .bind(rows::json(&call.arguments))
+        .bind(call.requires_approval)
+        .bind(&call.approval_reason)
+        .bind(&call.agent)
+        .bind(call.status.as_str())
+        .bind(&call.decision)
+        .bind(&call.feedback)
+        .bind(rows::opt_json(call.modified_arguments.as_ref()))
+        .bind(rows::opt_json(call.result.as_ref()))
+        .bind(&call.error)
+        .bind(rows::sqlite_time(call.created_at))
+        .bind(call.settled_at.map(rows::sqlite_time))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| {
+            rows::classify(
+                e,
+                || {
+                    format!(
+                        "tool call {:?} in session {:?}",
+                        call.call_id, call.session_id
+                    )
+                },
+                "session",
+            )
+        })?;
+    Ok(())
+}
+
+async fn insert_switch(
+    conn: &mut SqliteConnection,
+    switch: &AgentSwitch,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(sql::INSERT_SWITCH)
+        .bind(&switch.session_id)
+        .bind(&switch.from_agent)
+        .bind(&switch.to_agent)
+        .bind(&switch.reason)
+        .bind(&switch.confidence)
+        .bind(&switch.method)
+        .bind(rows::sqlite_time(switch.created_at))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| rows::classify(e, || "agent switch".to_owned(), "session"))?;
+    require_session(done.rows_affected(), &switch.session_id)
+}
+
+async fn insert_turn(conn: &mut SqliteConnection, turn: &Turn) -> Result<(), StoreError> {
+    let done = sqlx::query(sql::INSERT_TURN)
+        .bind(&turn.session_id)
+        .bind(&turn.id)
+        .bind(turn.status.as_str())
+        .bind(turn.steps)
+        .bind(&turn.agent)
+        .bind(rows::sqlite_time(turn.created_at))
+        .bind(rows::sqlite_time(turn.updated_at))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| rows::classify(e, || format!("turn {:?}", turn.id), "session"))?;
+    require_session(done.rows_affected(), &turn.session_id)
+}
+
+/// Applies a step's turn update; `Stale` when the turn left the expected state.
+async fn update_turn(
+    conn: &mut SqliteConnection,
+    update: &TurnUpdate,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let query = match update.expect {
+        Some((status, steps)) => sqlx::query(sql::UPDATE_TURN_IF)
+            .bind(&update.turn_id)
+            .bind(update.status.as_str())
+            .bind(update.steps)
+            .bind(&update.agent)
+            .bind(rows::sqlite_time(now))
+            .bind(status.as_str())
+            .bind(steps),
+        None => sqlx::query(sql::UPDATE_TURN)
+            .bind(&update.turn_id)
+            .bind(update.status.as_str())
+            .bind(update.steps)
+            .bind(&update.agent)
+            .bind(rows::sqlite_time(now)),
+    };
+    if query.execute(&mut *conn).await?.rows_affected() == 0 {
+        return Err(rows::turn_not_updated(update));
+    }
+    Ok(())
+}
+
+/// Appends an event with the session's next seq (the seq UPDATE holds the session row until
+/// the transaction ends).
+async fn append_event(
+    conn: &mut SqliteConnection,
+    session_id: &str,
+    event: &RuntimeEvent,
+    now: DateTime<Utc>,
+) -> Result<SequencedEvent, StoreError> {
+    let json = rows::event_json(event)?;
+    let seq: Option<i64> = sqlx::query_scalar(sql::NEXT_EVENT_SEQ)
+        .bind(session_id)
+        .bind(rows::sqlite_time(now))
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(seq) = seq else {
+        return Err(StoreError::NotFound(rows::session_name(session_id)));
+    };
+    sqlx::query(sql::INSERT_EVENT)
+        .bind(session_id)
+        .bind(seq)
+        .bind(rows::json(&json))
+        .bind(rows::sqlite_time(now))
+        .execute(&mut *conn)
+        .await?;
+    Ok(SequencedEvent {
+        seq: rows::event_seq(seq)?,
+        event: event.clone(),
+    })
 }

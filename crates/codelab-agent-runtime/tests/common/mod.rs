@@ -184,14 +184,49 @@ pub async fn start_proxy() -> ServerGuard {
     ServerGuard::start(codelab_llm_proxy::router(state)).await
 }
 
+/// The real LLM proxy with a model table: the model `fake` is `fake` (an OpenAI-style
+/// [`codelab_testkit::FakeLlm`]), so a test scripts every reply and sees every request.
+pub async fn start_proxy_to(
+    fake: &codelab_testkit::FakeLlm,
+) -> (ServerGuard, tempfile::NamedTempFile) {
+    let table = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        table.path(),
+        format!(
+            "model_list:\n  - model_name: fake\n    litellm_params:\n      model: openai/gpt-4o\n      \
+             api_base: {}\n      api_key: sk-fake-key\n",
+            fake.openai_base()
+        ),
+    )
+    .unwrap();
+    let config = codelab_llm_proxy::Config {
+        internal_api_key: Secret::new(PROXY_KEY),
+        config_file: Some(table.path().to_owned()),
+        retry_backoff_ms: 1,
+        max_retries: 0,
+        request_timeout: 10.0,
+        ..codelab_llm_proxy::Config::default()
+    };
+    let state = codelab_llm_proxy::build(config, codelab_llm_proxy::Deps::default())
+        .await
+        .unwrap();
+    (
+        ServerGuard::start(codelab_llm_proxy::router(state)).await,
+        table,
+    )
+}
+
 /// The runtime on its own port, in front of the proxy, on an empty database.
 pub struct Runtime {
     pub base: String,
     pub http: reqwest::Client,
     pub state: Arc<AppState>,
+    /// Where its database is (another runtime may open it too).
+    pub db_url: String,
     server: ServerGuard,
     proxy: ServerGuard,
-    _db: Cleanup,
+    _table: Option<tempfile::NamedTempFile>,
+    _db: Option<Cleanup>,
 }
 
 impl Runtime {
@@ -202,8 +237,46 @@ impl Runtime {
 
     /// The runtime with settings changed by `configure`.
     pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Runtime {
-        let proxy = start_proxy().await;
         let (db_url, cleanup) = database_url(backend);
+        Runtime::start_on(db_url, Some(cleanup), start_proxy().await, None, configure).await
+    }
+
+    /// The runtime in front of a proxy to `fake` (model `fake`, see [`start_proxy_to`]).
+    pub async fn start_with_fake(
+        backend: Backend,
+        fake: &codelab_testkit::FakeLlm,
+        configure: impl FnOnce(&mut Config),
+    ) -> Runtime {
+        let (db_url, cleanup) = database_url(backend);
+        let (proxy, table) = start_proxy_to(fake).await;
+        Runtime::start_on(db_url, Some(cleanup), proxy, Some(table), |config| {
+            config.llm_model = "fake".to_owned();
+            configure(config);
+        })
+        .await
+    }
+
+    /// A second replica: another runtime (own pool, own proxy, own process state) on this
+    /// runtime's database.
+    pub async fn replica(&self, configure: impl FnOnce(&mut Config)) -> Runtime {
+        Runtime::start_on(
+            self.db_url.clone(),
+            None,
+            start_proxy().await,
+            None,
+            configure,
+        )
+        .await
+    }
+
+    /// The runtime on `db_url`, in front of `proxy`.
+    pub async fn start_on(
+        db_url: String,
+        cleanup: Option<Cleanup>,
+        proxy: ServerGuard,
+        table: Option<tempfile::NamedTempFile>,
+        configure: impl FnOnce(&mut Config),
+    ) -> Runtime {
         let mut config = Config {
             internal_api_key: Secret::new(RUNTIME_KEY),
             llm_proxy_url: proxy.base_url(),
@@ -212,6 +285,9 @@ impl Runtime {
             db_url: db_url.clone(),
             llm_timeout: 10.0,
             routing_timeout: 5.0,
+            // Tests resume stalled turns themselves (a frame, or a direct sweep), never racing
+            // a background sweep.
+            recovery_interval: 0.0,
             ..Config::default()
         };
         configure(&mut config);
@@ -224,8 +300,10 @@ impl Runtime {
             base: server.base_url(),
             http: reqwest::Client::new(),
             state,
+            db_url,
             server,
             proxy,
+            _table: table,
             _db: cleanup,
         }
     }
@@ -417,3 +495,63 @@ pub fn assistant_text(events: &[SequencedEvent]) -> String {
 
 /// A bound for things that happen promptly.
 pub const PROMPTLY: Duration = Duration::from_secs(20);
+
+/// A streaming answer read event by event, as it arrives.
+pub struct EventReader {
+    response: reqwest::Response,
+    buffer: String,
+    ready: std::collections::VecDeque<SequencedEvent>,
+}
+
+impl EventReader {
+    /// The next event; `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<SequencedEvent> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event);
+            }
+            let chunk = self.response.chunk().await.unwrap()?;
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+            while let Some(end) = self.buffer.find("\n\n") {
+                let record: String = self.buffer.drain(..end + 2).collect();
+                self.ready.extend(parse_sse(&record));
+            }
+        }
+    }
+
+    /// Events up to and including the first of type `kind_name`.
+    pub async fn until(&mut self, kind_name: &str) -> Vec<SequencedEvent> {
+        let mut out = Vec::new();
+        while let Some(event) = self.next().await {
+            let done = kind(&event.event) == kind_name;
+            out.push(event);
+            if done {
+                return out;
+            }
+        }
+        panic!("the stream ended without {kind_name}: {:?}", kinds(&out));
+    }
+
+    /// Every remaining event, until the stream ends.
+    pub async fn rest(mut self) -> Vec<SequencedEvent> {
+        let mut out = Vec::new();
+        while let Some(event) = self.next().await {
+            out.push(event);
+        }
+        out
+    }
+}
+
+impl Runtime {
+    /// Sends one frame and returns the answer to read as it streams.
+    pub async fn open(&self, session: &str, frame: Value) -> EventReader {
+        let body = json!({"session_id": session, "message": frame});
+        let (status, response) = self.post_stream("dev", &body).await;
+        assert_eq!(status, 200);
+        EventReader {
+            response,
+            buffer: String::new(),
+            ready: Default::default(),
+        }
+    }
+}

@@ -7,7 +7,9 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde::Serialize;
 
-use super::services::{ListenOverrides, agent_runtime_config, auth_config, llm_proxy_config};
+use super::services::{
+    ListenOverrides, agent_runtime_config, auth_config, gateway_config, llm_proxy_config,
+};
 
 /// `codelab config ...`
 #[derive(Debug, Subcommand)]
@@ -23,6 +25,7 @@ struct Effective {
     llm_proxy: codelab_llm_proxy::Config,
     auth_service: codelab_auth::Config,
     agent_runtime: codelab_agent_runtime::Config,
+    gateway: codelab_gateway::Config,
 }
 
 /// Prints the configuration as TOML.
@@ -32,12 +35,15 @@ pub fn run(file: Option<PathBuf>, command: ConfigCommand) -> anyhow::Result<Exit
             let (llm_proxy, environment) =
                 llm_proxy_config(file.clone(), &ListenOverrides::default())?;
             let (auth_service, _) = auth_config(file.clone(), &ListenOverrides::default())?;
-            let (agent_runtime, _) = agent_runtime_config(file, &ListenOverrides::default())?;
+            let (agent_runtime, _) =
+                agent_runtime_config(file.clone(), &ListenOverrides::default())?;
+            let (gateway, _) = gateway_config(file, &ListenOverrides::default())?;
             let effective = Effective {
                 environment: environment.as_str().to_owned(),
                 llm_proxy,
                 auth_service,
                 agent_runtime,
+                gateway,
             };
             let text =
                 toml::to_string_pretty(&effective).context("cannot render the configuration")?;

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod config_show;
 pub mod healthcheck;
 pub mod keys;
+pub mod migrate;
 pub mod serve;
 pub mod services;
 pub mod up;

@@ -12,7 +12,8 @@ use codelab_core::telemetry::init_tracing;
 use codelab_llm_proxy::routing::ProviderEnv;
 
 use super::services::{
-    ListenOverrides, agent_runtime_config, auth_config, llm_proxy_config, print_seeded_credentials,
+    ListenOverrides, agent_runtime_config, auth_config, gateway_config, llm_proxy_config,
+    print_seeded_credentials,
 };
 
 /// How long in-flight requests and streams may take to finish after SIGTERM.
@@ -24,6 +25,7 @@ pub enum Service {
     LlmProxy,
     Auth,
     AgentRuntime,
+    Gateway,
 }
 
 /// Arguments of `codelab serve`.
@@ -115,6 +117,35 @@ pub async fn run(file: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitC
             // Frames whose client left are still being worked on: let them store their results.
             if !state.drain(DRAIN_TIMEOUT).await {
                 tracing::warn!("turns still running after the drain timeout; stopping anyway");
+            }
+        }
+        Service::Gateway => {
+            let (config, environment) = gateway_config(file, &overrides)?;
+            init_tracing(environment, &config.log_level);
+            let port = resolve_port(config.port, codelab_gateway::config::DEFAULT_PORT, true)?;
+            let host = config.host.clone();
+            let shutdown = shutdown_on_signals();
+            let deps = codelab_gateway::Deps {
+                shutdown: shutdown.clone(),
+                ..codelab_gateway::Deps::new(environment)
+            };
+            let state = codelab_gateway::build(config, deps).await?;
+            let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+                .await
+                .with_context(|| format!("cannot listen on {host}:{port}"))?;
+            tracing::info!(address = %listener.local_addr()?, "gateway listening");
+            serve(
+                listener,
+                codelab_gateway::router(state.clone()),
+                shutdown,
+                DRAIN_TIMEOUT,
+            )
+            .await?;
+            // Events of REST decisions still on their way to the sockets' fan-out.
+            if !state.drain(DRAIN_TIMEOUT).await {
+                tracing::warn!(
+                    "gateway relays still running after the drain timeout; stopping anyway"
+                );
             }
         }
     }

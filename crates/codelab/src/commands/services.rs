@@ -54,6 +54,19 @@ pub fn agent_runtime_config(
     Ok((config, environment))
 }
 
+/// The gateway's settings and environment.
+pub fn gateway_config(
+    file: Option<PathBuf>,
+    overrides: &impl Serialize,
+) -> anyhow::Result<(codelab_gateway::Config, Environment)> {
+    use codelab_gateway::config::{ENV_PREFIX, SECTION};
+    let environment = codelab_core::config::environment(ENV_PREFIX)?;
+    let config = ConfigLoader::from_env_or(file)
+        .load(SECTION, ENV_PREFIX, overrides)
+        .context("invalid gateway configuration")?;
+    Ok((config, environment))
+}
+
 /// Prints credentials generated while seeding, once, to stdout (never through tracing, which
 /// may ship logs elsewhere). Nothing is printed when nothing was generated.
 pub fn print_seeded_credentials(report: &codelab_auth::seed::SeedReport) {

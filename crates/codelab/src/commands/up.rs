@@ -1,5 +1,6 @@
 //! `codelab up`: every service in one process, plus one public listener that routes like our
-//! nginx (`/` website, `/oauth/` and `/.well-known/` auth, `/api/v1/` gateway, health routes).
+//! nginx (`/` website, `/oauth/` and `/.well-known/` auth, `/api/v1/` gateway incl. its
+//! WebSocket, health routes).
 //!
 //! Services listen on 127.0.0.1 on their usual ports (an ephemeral port when that one is
 //! taken), so they can still be reached one by one while the public listener is the front door.
@@ -11,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, OriginalUri, Request};
 use axum::http::Uri;
 use axum::routing::get;
 use clap::Args;
@@ -27,7 +28,7 @@ use tower::ServiceExt;
 
 use super::serve::DRAIN_TIMEOUT;
 use super::services::{
-    agent_runtime_config, auth_config, llm_proxy_config, print_seeded_credentials,
+    agent_runtime_config, auth_config, gateway_config, llm_proxy_config, print_seeded_credentials,
 };
 
 /// Arguments of `codelab up`.
@@ -45,6 +46,11 @@ pub struct UpArgs {
     /// Set the `admin` user's password (development only: refused with ENVIRONMENT=production).
     #[arg(long, value_name = "PASSWORD")]
     admin_password: Option<String>,
+    /// Turn the gateway's authentication off: REST calls without a token act as the
+    /// development user and WebSockets need no token (development only; tokens presented are
+    /// still verified).
+    #[arg(long)]
+    no_auth: bool,
 }
 
 #[derive(Serialize)]
@@ -78,6 +84,23 @@ struct RuntimeOverrides {
     internal_api_key: String,
 }
 
+#[derive(Serialize)]
+struct GatewayOverrides {
+    host: String,
+    /// The in-process runtime and the key of the gateway→runtime link.
+    agent_url: String,
+    internal_api_key: String,
+    /// The auth service's internal address (JWKS) and its issuer (the public address).
+    auth_service_url: String,
+    jwt_issuer: String,
+    use_jwt_auth: bool,
+    /// `session` (the Flutter IDE connects without a token to sessions it created), or `off`
+    /// with `--no-auth`.
+    ws_auth: String,
+    /// Empty: the in-process fan-out (one process needs no Redis).
+    redis_url: String,
+}
+
 /// An internal service as another service inside `up` reaches it.
 struct InternalLink {
     url: String,
@@ -87,7 +110,6 @@ struct InternalLink {
 /// What `up` wires between its services beyond their own listeners.
 struct Wiring {
     /// The agent runtime and the key the gateway must send it.
-    #[expect(dead_code, reason = "read by the gateway's wiring, which comes next")]
     agent_runtime: InternalLink,
 }
 
@@ -104,6 +126,13 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
     {
         anyhow::bail!(
             "--admin-password is for development only; with ENVIRONMENT=production use `codelab admin`"
+        );
+    }
+    if args.no_auth
+        && codelab_core::config::environment(codelab_gateway::config::ENV_PREFIX)?.is_production()
+    {
+        anyhow::bail!(
+            "--no-auth is for development only; it is refused with ENVIRONMENT=production"
         );
     }
     std::fs::create_dir_all(&args.data_dir)
@@ -146,7 +175,7 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
         DRAIN_TIMEOUT,
     ));
 
-    let _wiring = Wiring {
+    let wiring = Wiring {
         agent_runtime: start_agent_runtime(
             file.clone(),
             &args,
@@ -171,6 +200,7 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
     })?;
     let public_address = public.local_addr()?;
 
+    let file_for_gateway = file.clone();
     let auth_state = start_auth(
         file,
         &args,
@@ -182,14 +212,31 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
     )
     .await?;
 
+    let auth_address = running
+        .iter()
+        .find(|service| service.name == codelab_auth::SERVICE_NAME)
+        .map(|service| service.address)
+        .context("the auth service did not start")?;
+    let gateway_state = start_gateway(
+        file_for_gateway,
+        &args,
+        &wiring.agent_runtime,
+        auth_address,
+        auth_state.config.issuer(),
+        &mut tasks,
+        &mut running,
+        &shutdown,
+    )
+    .await?;
+
     tasks.spawn(serve(
         public,
-        public_router(&auth_state),
+        public_router(&auth_state, &gateway_state),
         shutdown.clone(),
         DRAIN_TIMEOUT,
     ));
 
-    print_summary(public_address, &data_dir, &running);
+    print_summary(public_address, &data_dir, &running, args.no_auth);
     if let Some(mut report) = auth_state.take_seed_report() {
         if args.admin_password.is_some() {
             // Printed below with its real origin.
@@ -292,22 +339,79 @@ async fn start_agent_runtime(
         name: codelab_agent_runtime::SERVICE_NAME,
         address,
     });
-    tasks.spawn(serve(
-        listener,
-        codelab_agent_runtime::router(state),
-        shutdown.clone(),
-        DRAIN_TIMEOUT,
-    ));
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let served = serve(
+            listener,
+            codelab_agent_runtime::router(Arc::clone(&state)),
+            shutdown,
+            DRAIN_TIMEOUT,
+        )
+        .await;
+        // As `serve` does: frames whose client left are still being worked on; let them
+        // store their results (what does not finish is resumed at the next start).
+        if !state.drain(DRAIN_TIMEOUT).await {
+            tracing::warn!("turns still running after the drain timeout; stopping anyway");
+        }
+        served
+    });
     Ok(InternalLink {
         url: format!("http://{address}"),
         key: runtime_key,
     })
 }
 
+/// Builds the gateway against the in-process runtime and auth service and serves it on its
+/// internal port.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
+async fn start_gateway(
+    file: Option<PathBuf>,
+    args: &UpArgs,
+    runtime: &InternalLink,
+    auth_address: SocketAddr,
+    issuer: String,
+    tasks: &mut JoinSet<std::io::Result<()>>,
+    running: &mut Vec<Running>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<codelab_gateway::AppState>> {
+    let overrides = GatewayOverrides {
+        host: "127.0.0.1".into(),
+        agent_url: runtime.url.clone(),
+        internal_api_key: runtime.key.expose().to_owned(),
+        auth_service_url: format!("http://{auth_address}"),
+        jwt_issuer: issuer,
+        use_jwt_auth: !args.no_auth,
+        ws_auth: if args.no_auth { "off" } else { "session" }.to_owned(),
+        redis_url: String::new(),
+    };
+    let (config, _) = gateway_config(file, &overrides)?;
+    let port = config.port.unwrap_or(codelab_gateway::config::DEFAULT_PORT);
+    let deps = codelab_gateway::Deps {
+        shutdown: shutdown.clone(),
+        ..codelab_gateway::Deps::new(Environment::Development)
+    };
+    let state = codelab_gateway::build(config, deps).await?;
+    let listener = bind_internal(port, args.ephemeral_ports).await?;
+    running.push(Running {
+        name: codelab_gateway::SERVICE_NAME,
+        address: listener.local_addr()?,
+    });
+    tasks.spawn(serve(
+        listener,
+        codelab_gateway::router(Arc::clone(&state)),
+        shutdown.clone(),
+        DRAIN_TIMEOUT,
+    ));
+    Ok(state)
+}
+
 /// Routes of the public listener, in nginx's order. Auth paths are dispatched in process to
 /// the auth router, keeping the caller's connection info (this hop is not a proxy, so no
 /// forwarding header is added).
-fn public_router(auth: &Arc<codelab_auth::AppState>) -> Router {
+fn public_router(
+    auth: &Arc<codelab_auth::AppState>,
+    gateway: &Arc<codelab_gateway::AppState>,
+) -> Router {
     let auth_router = codelab_auth::router(Arc::clone(auth));
     // The auth router matches on the full path; the outer route's MatchedPath is dropped so
     // its metrics see its own route templates.
@@ -320,12 +424,49 @@ fn public_router(auth: &Arc<codelab_auth::AppState>) -> Router {
             req
         })
     };
+    // The gateway likewise. `/api/v1/` is nested rather than routed with a `{*path}` wildcard:
+    // axum would hand the wildcard to the gateway's own `Path` extractors as an extra
+    // parameter, while a nest's tail is not passed on. The nest strips the prefix; the
+    // original URI (path and query string) is put back, and the request is otherwise
+    // untouched, so WebSocket upgrades pass.
+    let gateway_router = codelab_gateway::router(Arc::clone(gateway));
+    let api = gateway_router.clone().map_request(|mut req: Request| {
+        req.extensions_mut().remove::<MatchedPath>();
+        if let Some(OriginalUri(uri)) = req.extensions().get::<OriginalUri>().cloned() {
+            *req.uri_mut() = uri;
+        }
+        req
+    });
+    let gateway_health = gateway_router.map_request(|mut req: Request| {
+        req.extensions_mut().remove::<MatchedPath>();
+        *req.uri_mut() = Uri::from_static("/health");
+        req
+    });
     Router::new()
         .route("/nginx-health", get(|| async { "healthy\n" }))
+        .nest_service("/api/v1", api)
+        // nginx maps `/gateway-health` to the gateway's `/health`.
+        .route_service("/gateway-health", gateway_health)
         .route_service("/oauth/{*path}", to_auth(None))
         .route_service("/.well-known/{*path}", to_auth(None))
         // nginx maps `/auth-health` to the auth service's `/health`.
         .route_service("/auth-health", to_auth(Some("/health")))
+}
+
+/// How to reach the gateway: the Flutter IDE's server URL, the terminal client, auth state.
+fn print_gateway_summary(public: SocketAddr, no_auth: bool) {
+    let url = public_url(public);
+    let ws = url.replacen("http://", "ws://", 1);
+    println!("  api              {url}/api/v1 (REST; WebSocket {ws}/api/v1/ws/<session id>)");
+    println!("  gateway health   {url}/gateway-health");
+    println!("  Flutter IDE      set the server URL to {url} and log in (e.g. as admin)");
+    println!("  terminal         codelab chat, with {url} as the server");
+    if no_auth {
+        println!(
+            "  authentication   OFF (--no-auth): calls without a token act as the user `dev`, \
+             WebSockets are not authenticated"
+        );
+    }
 }
 
 async fn bind_internal(port: u16, ephemeral: bool) -> anyhow::Result<TcpListener> {
@@ -340,7 +481,7 @@ async fn bind_internal(port: u16, ephemeral: bool) -> anyhow::Result<TcpListener
         .context("cannot bind an internal port")
 }
 
-fn print_summary(public: SocketAddr, data_dir: &Path, running: &[Running]) {
+fn print_summary(public: SocketAddr, data_dir: &Path, running: &[Running], no_auth: bool) {
     println!();
     println!("CodeLab is up.");
     println!("  public address   http://{public}");
@@ -353,6 +494,7 @@ fn print_summary(public: SocketAddr, data_dir: &Path, running: &[Running]) {
         );
     }
     println!("  data dir         {}", data_dir.display());
+    print_gateway_summary(public, no_auth);
     println!("Press Ctrl-C to stop.");
     println!();
 }

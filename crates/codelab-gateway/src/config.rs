@@ -1,0 +1,101 @@
+//! Settings of the gateway: the original's `GATEWAY__*` names and defaults, plus the WebSocket
+//! limits and authentication modes the original documented but never read.
+
+use codelab_core::config::Secret;
+use serde::{Deserialize, Serialize};
+
+/// Default port of the gateway.
+pub const DEFAULT_PORT: u16 = 8000;
+/// Environment prefix of every setting.
+pub const ENV_PREFIX: &str = "GATEWAY";
+/// Section name in the TOML config file.
+pub const SECTION: &str = "gateway";
+
+/// How WebSocket connections authenticate (`GATEWAY__WS_AUTH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WsAuthMode {
+    /// A Bearer token is required (header, `access_token` query parameter, or the
+    /// `Sec-WebSocket-Protocol` bearer form).
+    Required,
+    /// Without a token a connection may attach only to an existing session (its id is an
+    /// unguessable capability created by an authenticated user). The Flutter IDE works this way.
+    #[default]
+    Session,
+    /// Development without auth: sessions are created on first use.
+    Off,
+}
+
+/// `[gateway]` / `GATEWAY__*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub port: Option<u16>,
+    pub host: String,
+    /// Base URL of the agent runtime.
+    pub agent_url: String,
+    /// Sent to the runtime as `X-Internal-Auth`; also accepted from service callers.
+    pub internal_api_key: Secret,
+    /// Base URL of the auth service (JWKS at `<url>/.well-known/jwks.json`).
+    pub auth_service_url: String,
+    /// `true`: REST calls need a Bearer JWT (or the internal key); `false` (development only):
+    /// calls without a token act as the development user.
+    pub use_jwt_auth: bool,
+    /// Expected `iss` of tokens.
+    pub jwt_issuer: String,
+    /// Expected `aud` of tokens.
+    pub jwt_audience: String,
+    /// Seconds of clock skew accepted.
+    pub jwt_leeway: u64,
+    /// Seconds the JWKS is cached.
+    pub jwks_cache_ttl: u64,
+    pub ws_auth: WsAuthMode,
+    /// Seconds between protocol pings; a peer that misses two is closed.
+    pub ws_heartbeat_interval: u64,
+    /// Seconds to wait for the close handshake.
+    pub ws_close_timeout: u64,
+    /// Largest accepted WebSocket message (the Flutter IDE sends whole files).
+    pub ws_max_frame_bytes: usize,
+    /// Messages per second one socket may send (burst of the same size).
+    pub ws_max_messages_per_second: u32,
+    /// Seconds of silence allowed between two events of a runtime stream.
+    pub agent_stream_timeout: f64,
+    /// Seconds allowed for a REST call to the runtime.
+    pub request_timeout: f64,
+    /// Redis for fan-out of events to the replica holding a session's socket.
+    pub redis_url: Option<String>,
+    /// Browser origins allowed by CORS.
+    pub cors_origins: Vec<String>,
+    pub max_body_bytes: usize,
+    pub log_level: String,
+    pub version: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: None,
+            host: "0.0.0.0".to_owned(),
+            agent_url: "http://localhost:8001".to_owned(),
+            internal_api_key: Secret::new("change-me-internal-key"),
+            auth_service_url: "http://auth-service:8003".to_owned(),
+            use_jwt_auth: true,
+            jwt_issuer: "https://auth.codelab.local".to_owned(),
+            jwt_audience: "codelab-api".to_owned(),
+            jwt_leeway: 30,
+            jwks_cache_ttl: 3600,
+            ws_auth: WsAuthMode::Session,
+            ws_heartbeat_interval: 30,
+            ws_close_timeout: 10,
+            ws_max_frame_bytes: 16 * 1024 * 1024,
+            ws_max_messages_per_second: 20,
+            agent_stream_timeout: 300.0,
+            request_timeout: 30.0,
+            redis_url: None,
+            cors_origins: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+            log_level: "INFO".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}

@@ -1,0 +1,635 @@
+//! Fan-out of runtime events to every socket of a session, on any replica.
+//!
+//! The gateway process that runs a runtime stream publishes every event it receives to the
+//! session's channel; each socket renders what its subscription delivers. Without Redis the
+//! channel is in process. With Redis (`GATEWAY__REDIS_URL`) events go through pub/sub: one
+//! publisher connection (a connection manager) and one subscriber connection per process,
+//! whose task subscribes to the channels of the sessions that have local sockets and
+//! dispatches messages to them. After Redis comes back it subscribes again, and every local
+//! subscriber is told it may have missed events (it then replays them from the runtime,
+//! which stores every event).
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use codelab_protocol::runtime::SequencedEvent;
+use futures_util::{Stream, StreamExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::metrics;
+
+/// Timeout for connecting to Redis and for each command.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Events queued for one slow subscriber before it is told it lagged (and events are dropped
+/// for it until it has caught up through a replay).
+const SUBSCRIBER_QUEUE: usize = 1024;
+/// Waits between attempts to reconnect the subscriber connection.
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// A fan-out failure.
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    /// The Redis URL could not be parsed.
+    #[error("invalid Redis URL: {0}")]
+    InvalidUrl(String),
+    /// Redis could not be reached.
+    #[error("cannot reach Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// What a subscription delivers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// An event of the session.
+    Event(Arc<SequencedEvent>),
+    /// Events may have been missed since the last delivery (a slow subscriber, or Redis was
+    /// away): replay from the runtime.
+    Lagged,
+}
+
+/// Publishes and subscribes to the events of sessions; clones share everything.
+#[derive(Clone)]
+pub struct Fanout {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Fanout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fanout")
+            .field("redis", &self.inner.redis.is_some())
+            .field("prefix", &self.inner.registry.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    registry: Arc<Registry>,
+    redis: Option<RedisSide>,
+}
+
+struct RedisSide {
+    publisher: ConnectionManager,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RedisSide {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The local subscribers by session, shared with the Redis subscriber task.
+struct Registry {
+    prefix: String,
+    channels: Mutex<HashMap<String, Channel>>,
+    next_id: AtomicU64,
+    /// `Some` with Redis: (un)subscriptions for the subscriber task, in order.
+    commands: Option<mpsc::UnboundedSender<Command>>,
+}
+
+struct Channel {
+    subscribers: Vec<Subscriber>,
+    /// `true` while the channel's Redis subscription is confirmed (always, in process).
+    ready: watch::Sender<bool>,
+}
+
+/// A queued delivery: an event, or `None` for "events may have been missed here".
+type Queued = Option<Arc<SequencedEvent>>;
+
+struct Subscriber {
+    id: u64,
+    queue: Arc<SubscriberQueue>,
+}
+
+/// The events waiting for one subscriber. A mutex-guarded deque and a `Notify` rather than a
+/// channel: an idle socket's queue is a few dozen bytes (a tokio channel preallocates a block
+/// and cache-padded state, about 1 KiB, and there are 10,000 idle sockets to a replica).
+#[derive(Default)]
+struct SubscriberQueue {
+    state: Mutex<QueueState>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    items: VecDeque<Queued>,
+    /// The queue overflowed: events are dropped until the gap has been reported.
+    lagged: bool,
+}
+
+impl SubscriberQueue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues an event; on overflow the subscriber is marked lagged instead.
+    fn push(&self, event: Arc<SequencedEvent>) {
+        let mut state = self.lock();
+        // A lagging subscriber gets nothing until it has noticed the gap: it replays
+        // everything after what it saw, so nothing is lost and nothing is reordered.
+        if state.lagged {
+            return;
+        }
+        if state.items.len() >= SUBSCRIBER_QUEUE {
+            metrics::fanout_error("lagged");
+            state.lagged = true;
+        } else {
+            state.items.push_back(Some(event));
+        }
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// Reports a gap after the events queued so far.
+    fn push_gap(&self) {
+        let mut state = self.lock();
+        if !state.lagged {
+            state.items.push_back(None);
+        }
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// The next delivery without waiting.
+    fn try_pop(&self) -> Option<Delivery> {
+        let mut state = self.lock();
+        if let Some(queued) = state.items.pop_front() {
+            return Some(queued.map_or(Delivery::Lagged, Delivery::Event));
+        }
+        // An overflow is reported after the events queued before it, and only then does the
+        // dispatcher deliver again (so a replay covers everything in between).
+        if std::mem::take(&mut state.lagged) {
+            return Some(Delivery::Lagged);
+        }
+        None
+    }
+
+    /// The next delivery (single consumer: a stored `Notify` permit covers a push between
+    /// the check and the wait).
+    async fn pop(&self) -> Delivery {
+        loop {
+            if let Some(delivery) = self.try_pop() {
+                return delivery;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Channel>> {
+        // Nothing that can panic runs under the lock; recover the map regardless.
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn channel_name(&self, session_id: &str) -> String {
+        format!("{}events:{session_id}", self.prefix)
+    }
+
+    fn session_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix("events:"))
+    }
+
+    /// Hands `event` to every local subscriber of `session_id`, without waiting.
+    fn dispatch(&self, session_id: &str, event: Arc<SequencedEvent>) {
+        let channels = self.lock();
+        let Some(channel) = channels.get(session_id) else {
+            return;
+        };
+        for subscriber in &channel.subscribers {
+            subscriber.queue.push(Arc::clone(&event));
+        }
+    }
+
+    /// Tells every local subscriber that it may have missed events.
+    fn mark_all_lagged(&self) {
+        for channel in self.lock().values() {
+            for subscriber in &channel.subscribers {
+                subscriber.queue.push_gap();
+            }
+        }
+    }
+
+    fn set_ready(&self, session_id: &str, ready: bool) {
+        if let Some(channel) = self.lock().get(session_id) {
+            channel.ready.send_replace(ready);
+        }
+    }
+
+    fn set_all_ready(&self, ready: bool) {
+        for channel in self.lock().values() {
+            channel.ready.send_replace(ready);
+        }
+    }
+
+    fn sessions(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    fn remove(&self, session_id: &str, id: u64) {
+        let mut channels = self.lock();
+        let Some(channel) = channels.get_mut(session_id) else {
+            return;
+        };
+        channel.subscribers.retain(|s| s.id != id);
+        if channel.subscribers.is_empty() {
+            channels.remove(session_id);
+            if let Some(commands) = &self.commands {
+                let _ = commands.send(Command::Unsubscribe(session_id.to_owned()));
+            }
+        }
+    }
+}
+
+impl Fanout {
+    /// In process when `redis_url` is `None` or empty; otherwise Redis pub/sub on channels
+    /// `<key_prefix>events:<session_id>` (fails when Redis cannot be reached now).
+    pub async fn connect(redis_url: Option<&str>, key_prefix: &str) -> Result<Fanout, FanoutError> {
+        metrics::describe();
+        let Some(url) = redis_url.map(str::trim).filter(|u| !u.is_empty()) else {
+            return Ok(Fanout {
+                inner: Arc::new(Inner {
+                    registry: Arc::new(Registry {
+                        prefix: key_prefix.to_owned(),
+                        channels: Mutex::default(),
+                        next_id: AtomicU64::new(1),
+                        commands: None,
+                    }),
+                    redis: None,
+                }),
+            });
+        };
+        let client =
+            redis::Client::open(url).map_err(|e| FanoutError::InvalidUrl(e.to_string()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(REDIS_TIMEOUT)
+            .set_response_timeout(REDIS_TIMEOUT)
+            .set_number_of_retries(3);
+        let mut publisher = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let _: String = redis::cmd("PING").query_async(&mut publisher).await?;
+        let pubsub = tokio::time::timeout(REDIS_TIMEOUT, client.get_async_pubsub())
+            .await
+            .map_err(|_| {
+                redis::RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "timed out connecting the subscriber",
+                ))
+            })??;
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let registry = Arc::new(Registry {
+            prefix: key_prefix.to_owned(),
+            channels: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            commands: Some(commands),
+        });
+        let task = tokio::spawn(subscriber_loop(
+            client,
+            pubsub,
+            Arc::clone(&registry),
+            command_rx,
+        ));
+        Ok(Fanout {
+            inner: Arc::new(Inner {
+                registry,
+                redis: Some(RedisSide { publisher, task }),
+            }),
+        })
+    }
+
+    /// Whether events go through Redis.
+    pub fn is_redis(&self) -> bool {
+        self.inner.redis.is_some()
+    }
+
+    /// Publishes `event` to the sockets of `session_id` on every replica. A Redis failure is
+    /// logged and the event still reaches this process's sockets.
+    pub async fn publish(&self, session_id: &str, event: &SequencedEvent) {
+        let registry = &self.inner.registry;
+        let Some(redis) = &self.inner.redis else {
+            metrics::fanout_published("memory");
+            registry.dispatch(session_id, Arc::new(event.clone()));
+            return;
+        };
+        let payload = match serde_json::to_string(event) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::error!(%error, "cannot encode an event for the fan-out");
+                return;
+            }
+        };
+        let mut conn = redis.publisher.clone();
+        let published: Result<i64, _> = redis::cmd("PUBLISH")
+            .arg(registry.channel_name(session_id))
+            .arg(payload)
+            .query_async(&mut conn)
+            .await;
+        match published {
+            // Local sockets get it back through the subscriber connection, exactly once.
+            Ok(_) => metrics::fanout_published("redis"),
+            Err(error) => {
+                metrics::fanout_error("publish");
+                tracing::warn!(%error, "publishing an event to Redis failed; delivering locally");
+                registry.dispatch(session_id, Arc::new(event.clone()));
+            }
+        }
+    }
+
+    /// Subscribes to the events of `session_id`; dropping the subscription unsubscribes
+    /// (from Redis when it was the last local one).
+    pub fn subscribe(&self, session_id: &str) -> FanoutSubscription {
+        let registry = Arc::clone(&self.inner.registry);
+        let id = registry.next_id.fetch_add(1, Ordering::Relaxed);
+        let queue = Arc::new(SubscriberQueue::default());
+        let ready = {
+            let mut channels = registry.lock();
+            let channel = channels.entry(session_id.to_owned()).or_insert_with(|| {
+                let in_process = registry.commands.is_none();
+                if let Some(commands) = &registry.commands {
+                    let _ = commands.send(Command::Subscribe(session_id.to_owned()));
+                }
+                Channel {
+                    subscribers: Vec::new(),
+                    ready: watch::Sender::new(in_process),
+                }
+            });
+            channel.subscribers.push(Subscriber {
+                id,
+                queue: Arc::clone(&queue),
+            });
+            channel.ready.subscribe()
+        };
+        FanoutSubscription {
+            registry,
+            session_id: session_id.to_owned(),
+            id,
+            queue,
+            ready,
+            pending: None,
+        }
+    }
+
+    /// `/ready`: Redis answers PING (always ready in process).
+    pub async fn ping(&self) -> Result<(), FanoutError> {
+        let Some(redis) = &self.inner.redis else {
+            return Ok(());
+        };
+        let mut conn = redis.publisher.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+}
+
+/// The events of one session for one socket. A `Stream` of events; [`FanoutSubscription::recv`]
+/// also reports gaps.
+pub struct FanoutSubscription {
+    registry: Arc<Registry>,
+    session_id: String,
+    id: u64,
+    queue: Arc<SubscriberQueue>,
+    ready: watch::Receiver<bool>,
+    /// The wait of the `Stream` implementation (made only when it is used as one).
+    pending: Option<Pin<Box<dyn Future<Output = Delivery> + Send>>>,
+}
+
+impl std::fmt::Debug for FanoutSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanoutSubscription")
+            .field("session_id", &self.session_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FanoutSubscription {
+    /// The session subscribed to.
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    /// Waits until events published from now on are delivered (with Redis: the subscription
+    /// is confirmed), at most `timeout`; `false` if it was not in time.
+    pub async fn ready(&mut self, timeout: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(timeout, self.ready.wait_for(|ready| *ready)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// The next delivery. Never `None` today (the fan-out outlives its subscriptions); the
+    /// `Option` leaves room for a fan-out that can end.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        Some(self.queue.pop().await)
+    }
+}
+
+impl Stream for FanoutSubscription {
+    type Item = SequencedEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            let queue = Arc::clone(&self.queue);
+            let pending = self
+                .pending
+                .get_or_insert_with(|| Box::pin(async move { queue.pop().await }));
+            match pending.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(delivery) => {
+                    self.pending = None;
+                    match delivery {
+                        Delivery::Event(event) => {
+                            return Poll::Ready(Some(Arc::unwrap_or_clone(event)));
+                        }
+                        // A plain stream of events has no way to say "replay": skip the gap.
+                        Delivery::Lagged => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for FanoutSubscription {
+    fn drop(&mut self) {
+        self.registry.remove(&self.session_id, self.id);
+    }
+}
+
+/// The subscriber connection: applies (un)subscriptions in order, dispatches messages, and
+/// reconnects (subscribing again to every channel with local subscribers) when Redis goes away.
+async fn subscriber_loop(
+    client: redis::Client,
+    first: redis::aio::PubSub,
+    registry: Arc<Registry>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut pubsub = Some(first);
+    let mut backoff = RECONNECT_MIN;
+    let mut reconnecting = false;
+    loop {
+        let connection = match pubsub.take() {
+            Some(connection) => connection,
+            None => match tokio::time::timeout(REDIS_TIMEOUT, client.get_async_pubsub()).await {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "cannot reconnect the Redis subscriber");
+                    metrics::fanout_error("reconnect");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                    continue;
+                }
+                Err(_) => {
+                    metrics::fanout_error("reconnect");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                    continue;
+                }
+            },
+        };
+        let (mut sink, mut messages) = connection.split();
+        let mut healthy = true;
+        for session_id in registry.sessions() {
+            if let Err(error) = sink.subscribe(registry.channel_name(&session_id)).await {
+                tracing::warn!(%error, "resubscribing to Redis failed");
+                healthy = false;
+                break;
+            }
+            registry.set_ready(&session_id, true);
+        }
+        if healthy && reconnecting {
+            tracing::info!("the Redis subscriber is back; sockets replay what they missed");
+            registry.mark_all_lagged();
+        }
+        if healthy {
+            backoff = RECONNECT_MIN;
+        }
+        while healthy {
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some(command) = command else {
+                        // Every `Fanout` is gone.
+                        return;
+                    };
+                    let result = match &command {
+                        Command::Subscribe(session_id) => {
+                            let result = sink.subscribe(registry.channel_name(session_id)).await;
+                            if result.is_ok() {
+                                registry.set_ready(session_id, true);
+                            }
+                            result
+                        }
+                        Command::Unsubscribe(session_id) => {
+                            sink.unsubscribe(registry.channel_name(session_id)).await
+                        }
+                    };
+                    if let Err(error) = result {
+                        tracing::warn!(%error, "a Redis (un)subscription failed; reconnecting");
+                        metrics::fanout_error("subscribe");
+                        healthy = false;
+                    }
+                }
+                message = messages.next() => {
+                    let Some(message) = message else {
+                        tracing::warn!("the Redis subscriber connection closed; reconnecting");
+                        healthy = false;
+                        continue;
+                    };
+                    let channel = message.get_channel_name().to_owned();
+                    let Some(session_id) = registry.session_of(&channel) else {
+                        continue;
+                    };
+                    match serde_json::from_slice::<SequencedEvent>(message.get_payload_bytes()) {
+                        Ok(event) => registry.dispatch(session_id, Arc::new(event)),
+                        Err(error) => {
+                            metrics::fanout_error("decode");
+                            tracing::warn!(%error, "skipping a fan-out message that cannot be read");
+                        }
+                    }
+                }
+            }
+        }
+        // Until the new connection has subscribed, publishes are not delivered here.
+        registry.set_all_ready(false);
+        reconnecting = true;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codelab_protocol::runtime::RuntimeEvent;
+
+    fn notice(seq: u64) -> SequencedEvent {
+        SequencedEvent {
+            seq,
+            event: RuntimeEvent::Notice {
+                message: format!("n{seq}"),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_subscriber_is_told_it_lagged_after_what_it_had() {
+        let fanout = Fanout::connect(None, "t:").await.unwrap();
+        let mut slow = fanout.subscribe("s");
+        for seq in 1..=(SUBSCRIBER_QUEUE as u64 + 5) {
+            fanout.publish("s", &notice(seq)).await;
+        }
+        for seq in 1..=SUBSCRIBER_QUEUE as u64 {
+            match slow.recv().await.unwrap() {
+                Delivery::Event(event) => assert_eq!(event.seq, seq),
+                Delivery::Lagged => panic!("lag reported too early at {seq}"),
+            }
+        }
+        assert_eq!(slow.recv().await.unwrap(), Delivery::Lagged);
+        fanout.publish("s", &notice(9999)).await;
+        match slow.recv().await.unwrap() {
+            Delivery::Event(event) => assert_eq!(event.seq, 9999),
+            Delivery::Lagged => panic!("lag reported twice"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redis_outage_is_reported_as_a_gap_after_the_events_before_it() {
+        let fanout = Fanout::connect(None, "t:").await.unwrap();
+        let mut sub = fanout.subscribe("s");
+        fanout.publish("s", &notice(1)).await;
+        // What the subscriber task does once Redis is back.
+        fanout.inner.registry.mark_all_lagged();
+        fanout.publish("s", &notice(2)).await;
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(match sub.recv().await.unwrap() {
+                Delivery::Event(event) => Some(event.seq),
+                Delivery::Lagged => None,
+            });
+        }
+        assert_eq!(got, vec![Some(1), None, Some(2)]);
+    }
+
+    #[tokio::test]
+    async fn the_last_subscriber_leaving_removes_the_channel() {
+        let fanout = Fanout::connect(None, "t:").await.unwrap();
+        let a = fanout.subscribe("s");
+        let b = fanout.subscribe("s");
+        drop(a);
+        assert_eq!(fanout.inner.registry.sessions(), vec!["s".to_owned()]);
+        drop(b);
+        assert!(fanout.inner.registry.sessions().is_empty());
+    }
+}

@@ -1,0 +1,313 @@
+//! The OpenAPI 3.1 description of the REST API, served at `/api/v1/openapi.json` (and
+//! `/openapi.json`, as the original). Hand-built so it describes exactly the routes of
+//! [`crate::rest`] and the shapes the Flutter IDE parses.
+
+use serde_json::{Value, json};
+
+/// The OpenAPI document for gateway `version`.
+pub fn document(version: &str) -> Value {
+    let session_id = path_param(
+        "session_id",
+        "A session id (a UUID handed out by POST /sessions).",
+    );
+    let secured = json!([{ "bearerAuth": [] }, { "internalKey": [] }]);
+    let errors = |codes: &[&str]| -> Value {
+        let mut map = serde_json::Map::new();
+        for code in codes {
+            let response = match *code {
+                "401" => json!({ "$ref": "#/components/responses/Unauthorized" }),
+                "404" => json!({ "$ref": "#/components/responses/NotFound" }),
+                "502" => json!({ "$ref": "#/components/responses/GatewayError" }),
+                "503" => json!({ "$ref": "#/components/responses/Unavailable" }),
+                "409" => json!({ "description": "The call was already decided or settled.",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" },
+                    "example": { "error": "conflict", "detail": "call call_1 was already decided" } } } }),
+                "400" => json!({ "description": "The request body is invalid.",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }),
+                _ => json!({ "description": "Error" }),
+            };
+            map.insert((*code).to_owned(), response);
+        }
+        Value::Object(map)
+    };
+    let with = |ok: (&str, Value), codes: &[&str]| -> Value {
+        let mut responses = errors(codes);
+        if let Value::Object(map) = &mut responses {
+            map.insert(ok.0.to_owned(), ok.1);
+        }
+        responses
+    };
+    let json_ok = |description: &str, schema: &str| {
+        json!({ "description": description,
+            "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
+    };
+    let common = ["401", "502", "503"];
+    let with_404 = ["401", "404", "502", "503"];
+
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "CodeLab Gateway",
+            "version": version,
+            "description": "REST API of the CodeLab gateway (the IDE's WebSocket is at /api/v1/ws/{session_id}). \
+                Authenticate with `Authorization: Bearer <access token>` from the auth service's \
+                /oauth/token; service callers may send X-Internal-Auth (and X-Codelab-User-Id). \
+                Another user's session answers 404, like a missing one. Errors from the agent \
+                runtime keep their status with {\"error\": \"Agent Runtime error: <status>\", \"detail\": ...}."
+        },
+        "servers": [{ "url": "/" }],
+        "security": secured,
+        "paths": {
+            "/health": { "get": health_operation("getHealth") },
+            "/api/v1/health": { "get": health_operation("getApiHealth") },
+            "/api/v1/sessions": {
+                "get": {
+                    "operationId": "listSessions",
+                    "summary": "The caller's sessions, most recently active first",
+                    "parameters": [
+                        query_param("limit", "integer", "Page size, 1 to 1000 (default 100)."),
+                        query_param("offset", "integer", "Sessions to skip (default 0)."),
+                        query_param("search", "string", "Case-insensitive substring of the title.")
+                    ],
+                    "responses": with(("200", json_ok("A page of sessions.", "SessionList")), &["400", "401", "502", "503"])
+                },
+                "post": {
+                    "operationId": "createSession",
+                    "summary": "Creates a session (any request body is ignored); 200 as the original gateway answered",
+                    "responses": with(("200", json_ok("The new session.", "Session")), &common)
+                }
+            },
+            "/api/v1/sessions/{session_id}": {
+                "parameters": [session_id],
+                "get": {
+                    "operationId": "getSession",
+                    "summary": "One session, as a flat object",
+                    "responses": with(("200", json_ok("The session.", "Session")), &with_404)
+                },
+                "patch": {
+                    "operationId": "updateSession",
+                    "summary": "Renames a session",
+                    "requestBody": { "required": true, "content": { "application/json": {
+                        "schema": { "$ref": "#/components/schemas/SessionUpdate" } } } },
+                    "responses": with(("200", json_ok("The renamed session.", "Session")), &["400", "401", "404", "502", "503"])
+                },
+                "delete": {
+                    "operationId": "deleteSession",
+                    "summary": "Deletes a session and everything in it",
+                    "responses": with(("204", json!({ "description": "Deleted." })), &with_404)
+                }
+            },
+            "/api/v1/sessions/{session_id}/history": {
+                "parameters": [session_id],
+                "get": {
+                    "operationId": "getSessionHistory",
+                    "summary": "Messages, agent changes and tool calls of a session",
+                    "responses": with(("200", json_ok("The history.", "History")), &with_404)
+                }
+            },
+            "/api/v1/sessions/{session_id}/pending-approvals": {
+                "parameters": [session_id],
+                "get": {
+                    "operationId": "listPendingApprovals",
+                    "summary": "Tool calls waiting for a person's decision, oldest first",
+                    "responses": with(("200", json_ok("The pending approvals.", "PendingApprovals")), &with_404)
+                }
+            },
+            "/api/v1/sessions/{session_id}/approvals/{call_id}": {
+                "parameters": [session_id, path_param("call_id", "The call_id of the pending tool call.")],
+                "post": {
+                    "operationId": "decideApproval",
+                    "summary": "Approves, edits or rejects a pending tool call",
+                    "description": "The runtime's events for the decision (for approve/edit: the tool_call again, without requires_approval) are delivered to the session's WebSocket.",
+                    "requestBody": { "required": true, "content": { "application/json": {
+                        "schema": { "$ref": "#/components/schemas/ApprovalDecision" },
+                        "example": { "decision": "edit", "modified_arguments": { "path": "notes/todo.md" } } } } },
+                    "responses": with(("200", json_ok("The decision was accepted.", "ApprovalAccepted")),
+                        &["400", "401", "404", "409", "502", "503"])
+                }
+            },
+            "/api/v1/sessions/{session_id}/cancel": {
+                "parameters": [session_id],
+                "post": {
+                    "operationId": "cancelTurn",
+                    "summary": "Cancels the session's running turn and its open tool calls",
+                    "responses": with(("200", json_ok("Cancelled (or nothing was running).", "Cancelled")), &with_404)
+                }
+            },
+            "/api/v1/agents": {
+                "get": {
+                    "operationId": "listAgents",
+                    "summary": "The agents of this deployment",
+                    "responses": with(("200", json_ok("The agents.", "AgentList")), &common)
+                }
+            },
+            "/api/v1/agents/{agent_id}": {
+                "parameters": [path_param("agent_id", "The agent's type, e.g. coder.")],
+                "get": {
+                    "operationId": "getAgent",
+                    "summary": "One agent",
+                    "responses": with(("200", json_ok("The agent.", "Agent")), &with_404)
+                }
+            },
+            "/api/v1/agents/{session_id}/current": {
+                "parameters": [session_id],
+                "get": {
+                    "operationId": "getCurrentAgent",
+                    "summary": "A session's agent and how it got there",
+                    "responses": with(("200", json_ok("The agent context.", "AgentContext")), &with_404)
+                }
+            },
+            "/api/v1/openapi.json": {
+                "get": {
+                    "operationId": "getOpenApi",
+                    "summary": "This document",
+                    "security": [],
+                    "responses": { "200": { "description": "OpenAPI 3.1 JSON." } }
+                }
+            }
+        },
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                    "description": "An access token of the auth service (RS256, type access)." },
+                "internalKey": { "type": "apiKey", "in": "header", "name": "X-Internal-Auth",
+                    "description": "Service callers; X-Codelab-User-Id names the user they act for." }
+            },
+            "responses": {
+                "Unauthorized": {
+                    "description": "No or invalid credentials (RFC 6750; see WWW-Authenticate).",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/AuthError" },
+                        "example": { "error": "invalid_token", "error_description": "the access token has expired" } } }
+                },
+                "NotFound": {
+                    "description": "Unknown (or another user's) session, agent or call.",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+                },
+                "GatewayError": {
+                    "description": "The agent runtime cannot be reached.",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" },
+                        "example": { "error": "Gateway error", "detail": "connection refused" } } }
+                },
+                "Unavailable": {
+                    "description": "The runtime is unavailable, or token keys cannot be fetched.",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+                }
+            },
+            "schemas": schemas()
+        }
+    })
+}
+
+fn health_operation(id: &str) -> Value {
+    json!({
+        "operationId": id,
+        "summary": "Liveness",
+        "security": [],
+        "responses": { "200": { "description": "Alive.", "content": { "application/json": {
+            "schema": { "$ref": "#/components/schemas/Health" },
+            "example": { "status": "healthy", "service": "gateway", "version": "0.1.0" } } } } }
+    })
+}
+
+fn path_param(name: &str, description: &str) -> Value {
+    json!({ "name": name, "in": "path", "required": true, "description": description,
+        "schema": { "type": "string" } })
+}
+
+fn query_param(name: &str, kind: &str, description: &str) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "description": description,
+        "schema": { "type": kind } })
+}
+
+fn schemas() -> Value {
+    let time = json!({ "type": "string", "format": "date-time" });
+    let nullable_string = json!({ "type": ["string", "null"] });
+    json!({
+        "Health": { "type": "object", "required": ["status", "service", "version"], "properties": {
+            "status": { "type": "string", "const": "healthy" },
+            "service": { "type": "string" }, "version": { "type": "string" } } },
+        "Error": { "type": "object", "required": ["error"], "properties": {
+            "error": { "type": "string" }, "detail": {} } },
+        "AuthError": { "type": "object", "required": ["error", "error_description"], "properties": {
+            "error": { "type": "string", "enum": ["invalid_token", "unauthorized", "invalid_request", "temporarily_unavailable"] },
+            "error_description": { "type": "string" } } },
+        "Session": { "type": "object", "required": ["id", "message_count"], "properties": {
+            "id": { "type": "string" }, "title": nullable_string,
+            "message_count": { "type": "integer" }, "created_at": time,
+            "last_activity": time, "is_active": { "type": "boolean" },
+            "current_agent": { "type": "string" } } },
+        "SessionList": { "type": "object", "required": ["sessions", "total", "limit", "offset"], "properties": {
+            "sessions": { "type": "array", "items": { "$ref": "#/components/schemas/Session" } },
+            "total": { "type": "integer" }, "limit": { "type": "integer" }, "offset": { "type": "integer" } } },
+        "SessionUpdate": { "type": "object", "required": ["title"], "properties": {
+            "title": { "type": "string", "minLength": 1, "maxLength": 500 } } },
+        "History": { "type": "object", "required": ["session_id", "messages", "message_count"], "properties": {
+            "session_id": { "type": "string" },
+            "messages": { "type": "array", "items": { "type": "object", "required": ["role"], "properties": {
+                "role": { "type": "string" }, "content": { "type": "string" }, "name": { "type": "string" },
+                "tool_call_id": { "type": "string" },
+                "tool_calls": { "type": "array", "items": { "type": "object" } } } } },
+            "message_count": { "type": "integer" }, "last_activity": time,
+            "current_agent": { "type": "string" },
+            "agent_history": { "type": "array", "items": { "type": "object" } },
+            "tool_calls": { "type": "array", "items": { "type": "object", "properties": {
+                "call_id": { "type": "string" }, "tool_name": { "type": "string" },
+                "arguments": {}, "status": { "type": "string" },
+                "requires_approval": { "type": "boolean" }, "decision": nullable_string,
+                "result": {}, "error": nullable_string } } } } },
+        "PendingApprovals": { "type": "object", "required": ["session_id", "count", "pending_approvals"], "properties": {
+            "session_id": { "type": "string" }, "count": { "type": "integer" },
+            "pending_approvals": { "type": "array", "items": { "type": "object",
+                "required": ["call_id", "tool_name", "arguments", "created_at"], "properties": {
+                "call_id": { "type": "string" }, "tool_name": { "type": "string" },
+                "arguments": { "type": "object" }, "created_at": time, "reason": nullable_string,
+                "request_id": { "type": "string" }, "request_type": { "type": "string" },
+                "subject": { "type": "string" }, "details": { "type": "object" } } } } } },
+        "ApprovalDecision": { "type": "object", "required": ["decision"], "properties": {
+            "decision": { "type": "string", "enum": ["approve", "edit", "reject"] },
+            "modified_arguments": { "type": "object", "description": "Required for edit." },
+            "feedback": { "type": "string", "description": "Passed to the model with a rejection." } } },
+        "ApprovalAccepted": { "type": "object", "required": ["call_id", "decision", "status"], "properties": {
+            "call_id": { "type": "string" }, "decision": { "type": "string" },
+            "status": { "type": "string", "const": "accepted" } } },
+        "Cancelled": { "type": "object", "required": ["status"], "properties": {
+            "status": { "type": "string", "const": "cancelled" },
+            "cancelled_calls": { "type": "integer" } } },
+        "Agent": { "type": "object", "required": ["type", "name"], "properties": {
+            "type": { "type": "string" }, "name": { "type": "string" },
+            "description": { "type": "string" },
+            "allowed_tools": { "type": "array", "items": { "type": "string" } },
+            "has_file_restrictions": { "type": "boolean" } } },
+        "AgentList": { "type": "object", "required": ["agents", "total"], "properties": {
+            "agents": { "type": "array", "items": { "$ref": "#/components/schemas/Agent" } },
+            "total": { "type": "integer" } } },
+        "AgentContext": { "type": "object", "required": ["context"], "properties": {
+            "context": { "type": "object", "properties": {
+                "session_id": { "type": "string" }, "current_agent": { "type": "string" },
+                "switch_count": { "type": "integer" },
+                "switch_history": { "type": "array", "items": { "type": "object" } },
+                "last_switch_at": { "type": ["string", "null"], "format": "date-time" },
+                "created_at": time } } } }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reference_resolves() {
+        let doc = document("1.2.3");
+        let text = doc.to_string();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("\"$ref\":\"#/") {
+            let tail = &rest[at + 8..];
+            let end = tail.find('"').unwrap();
+            let pointer = &tail[1..end];
+            assert!(doc.pointer(pointer).is_some(), "dangling {pointer}");
+            rest = &tail[end..];
+        }
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(doc["info"]["version"], "1.2.3");
+    }
+}

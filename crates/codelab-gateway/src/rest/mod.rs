@@ -1,0 +1,252 @@
+//! The REST half of `/api/v1`: sessions, approvals, agents and the OpenAPI document, proxied
+//! to the agent runtime for the authenticated user, in the shapes the Flutter IDE parses
+//! (gateway spec §9).
+//!
+//! Every call acts for the caller's user (`X-Codelab-User-Id` on the runtime link), so another
+//! user's session answers 404 exactly like a missing one. Runtime errors keep their status as
+//! `{"error": "Agent Runtime error: <status>", "detail": <runtime detail>}`; an unreachable
+//! runtime is 502 `{"error": "Gateway error", "detail": ...}`. The original's
+//! `GET /events/metrics...`, `/events/audit-log` and `/events/stats` passthroughs are gone:
+//! the runtime no longer serves them (its metrics are Prometheus series at `/metrics`).
+
+mod agents;
+mod approvals;
+mod sessions;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::{Principal, credentials_required};
+use crate::runtime_client::{RuntimeError, encode_segment};
+
+/// Longest id accepted in a path (session, call or agent); the runtime's are shorter.
+const MAX_ID_LEN: usize = 128;
+
+/// The REST routes (health, sessions, approvals, agents, OpenAPI), without layers.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/v1/health", get(show_health))
+        .route("/api/v1/openapi.json", get(show_openapi))
+        .route("/openapi.json", get(show_openapi))
+        .route(
+            "/api/v1/sessions",
+            get(sessions::list_sessions).post(sessions::create_session),
+        )
+        .route(
+            "/api/v1/sessions/{id}",
+            get(sessions::get_session)
+                .patch(sessions::update_session)
+                .delete(sessions::delete_session),
+        )
+        .route(
+            "/api/v1/sessions/{id}/history",
+            get(sessions::session_history),
+        )
+        .route(
+            "/api/v1/sessions/{id}/pending-approvals",
+            get(sessions::pending_approvals),
+        )
+        .route(
+            "/api/v1/sessions/{id}/approvals/{call_id}",
+            post(approvals::decide_approval),
+        )
+        .route("/api/v1/sessions/{id}/cancel", post(approvals::cancel_turn))
+        .route("/api/v1/agents", get(agents::list_agents))
+        .route("/api/v1/agents/{id}", get(agents::get_agent))
+        .route("/api/v1/agents/{id}/current", get(agents::current_agent))
+}
+
+/// `GET /api/v1/health`: the same liveness answer as `/health`, in the original's shape.
+async fn show_health(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(health_body(&state))
+}
+
+/// `{"status": "healthy", "service": "gateway", "version": ...}`.
+pub fn health_body(state: &AppState) -> Value {
+    json!({
+        "status": "healthy",
+        "service": state.info.name,
+        "version": state.info.version,
+    })
+}
+
+/// `GET /api/v1/openapi.json` (and `/openapi.json`).
+async fn show_openapi(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(crate::openapi::document(&state.info.version))
+}
+
+/// The authenticated caller of a REST request.
+///
+/// A presented credential is always checked (an invalid one is 401 in every mode). Without
+/// one, `use_jwt_auth = false` (development only) acts as the development user `dev`;
+/// otherwise the answer is 401 with `WWW-Authenticate: Bearer`.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        match state.auth.authenticate(&parts.headers, None).await {
+            Ok(Some(principal)) => Ok(Caller(principal)),
+            Ok(None) if !state.config.use_jwt_auth => Ok(Caller(Principal::dev())),
+            Ok(None) => Err(credentials_required()),
+            Err(error) => {
+                crate::metrics::auth_failure(error.reason());
+                tracing::debug!(reason = error.reason(), "refused REST credentials");
+                Err(error.into_response())
+            }
+        }
+    }
+}
+
+/// A path id the gateway forwards: 1 to 128 characters, no control characters, and not a dot
+/// segment (which URL normalisation would turn into another path on the runtime).
+fn usable_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && !id.chars().all(|c| c == '.')
+        && !id.chars().any(char::is_control)
+}
+
+/// `id` as one encoded path segment of a runtime URL.
+fn segment(id: &str) -> String {
+    encode_segment(id)
+}
+
+/// A gateway-made error: `{"error": <code>, "detail": <text>}`.
+fn error(status: StatusCode, code: &str, detail: impl Into<Value>) -> Response {
+    (
+        status,
+        Json(json!({ "error": code, "detail": detail.into() })),
+    )
+        .into_response()
+}
+
+/// 404 for an id the gateway will not forward (the same answer as an unknown session).
+fn session_not_found(id: &str) -> Response {
+    let shown: String = id.chars().take(MAX_ID_LEN).collect();
+    error(
+        StatusCode::NOT_FOUND,
+        "Agent Runtime error: 404",
+        format!("session {shown} not found"),
+    )
+}
+
+/// A runtime answer that is not 2xx, its status preserved (spec §9, branch shape).
+fn runtime_failure(status: u16, body: &Value) -> Response {
+    let detail = match body.get("detail") {
+        Some(detail) => detail.clone(),
+        None => body.clone(),
+    };
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    error(
+        status,
+        &format!("Agent Runtime error: {}", status.as_u16()),
+        detail,
+    )
+}
+
+/// A failed runtime call: a status answer keeps its status; no answer is 502 (504 when it
+/// timed out), as `{"error": "Gateway error", "detail": ...}`.
+fn gateway_failure(failure: &RuntimeError) -> Response {
+    match failure {
+        RuntimeError::Status { status, detail } => {
+            runtime_failure(*status, &json!({ "detail": detail }))
+        }
+        RuntimeError::Timeout(_) => {
+            tracing::warn!(error = %failure, "agent runtime timed out");
+            error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Gateway error",
+                failure.to_string(),
+            )
+        }
+        _ => {
+            tracing::warn!(error = %failure, "agent runtime unreachable");
+            error(
+                StatusCode::BAD_GATEWAY,
+                "Gateway error",
+                failure.to_string(),
+            )
+        }
+    }
+}
+
+/// One REST call to the runtime as `caller`: `Ok((status, body))` for a 2xx answer, the
+/// error response otherwise.
+async fn call_runtime(
+    state: &AppState,
+    caller: &Principal,
+    method: reqwest::Method,
+    path_and_query: &str,
+    body: Option<Value>,
+) -> Result<(u16, Value), Response> {
+    match state
+        .runtime
+        .request(method, path_and_query, &caller.user_id, body, false)
+        .await
+    {
+        Ok((status, body)) if (200..300).contains(&status) => Ok((status, body)),
+        Ok((status, body)) => Err(runtime_failure(status, &body)),
+        Err(failure) => Err(gateway_failure(&failure)),
+    }
+}
+
+/// Relays a runtime call: any 2xx is 200 with the body (201 becomes 200, as the original
+/// gateway answered), 204 stays 204.
+async fn proxy(
+    state: &AppState,
+    caller: &Principal,
+    method: reqwest::Method,
+    path_and_query: &str,
+    body: Option<Value>,
+) -> Response {
+    match call_runtime(state, caller, method, path_and_query, body).await {
+        Ok((204, _)) => StatusCode::NO_CONTENT.into_response(),
+        Ok((_, body)) => (StatusCode::OK, Json(body)).into_response(),
+        Err(response) => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_and_control_characters_are_not_forwarded() {
+        for bad in ["", ".", "..", "...", "a\nb", &"x".repeat(129)] {
+            assert!(!usable_id(bad), "{bad:?}");
+        }
+        for ok in [
+            "0f8fad5b-d9cb-469f-a165-70867728950e",
+            "new_1",
+            "a.b",
+            "call_1:x",
+        ] {
+            assert!(usable_id(ok), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn runtime_errors_keep_their_status_and_detail() {
+        let response = runtime_failure(404, &json!({"detail": "session s not found"}));
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let response = gateway_failure(&RuntimeError::Unreachable("refused".into()));
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        let response = gateway_failure(&RuntimeError::Timeout(30.0));
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+}

@@ -1,0 +1,670 @@
+//! The gateway's client of the agent runtime's internal API: the streaming endpoint (one client
+//! frame in, SSE events out), stored events for replays, and a REST passthrough for `rest/`.
+//!
+//! One pooled HTTP client serves every socket and request. Every call carries
+//! `X-Internal-Auth` and acts for a user (`X-Codelab-User-Id`); the runtime believes that
+//! header only because the key is valid.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use codelab_protocol::runtime::SequencedEvent;
+use futures_util::{Stream, StreamExt};
+use reqwest::header::{ACCEPT, HeaderValue};
+use serde_json::{Value, json};
+
+use crate::config::Config;
+
+/// Header carrying the internal key.
+const INTERNAL_AUTH_HEADER: &str = "x-internal-auth";
+/// Header naming the user a call acts for.
+const USER_HEADER: &str = "x-codelab-user-id";
+/// Header of the development session mode (a client-chosen id may create a session).
+const DEV_SESSIONS_HEADER: &str = "x-codelab-dev-sessions";
+/// Largest SSE record accepted (a `tool_call` may carry a whole file in its arguments).
+pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+/// Page size of `GET /sessions/{id}/events` (the runtime's largest).
+const EVENTS_PAGE: usize = 1000;
+/// Longest runtime error text put into a client-facing message.
+const MAX_DETAIL_CHARS: usize = 500;
+/// Connecting to the runtime never takes longer than this, whatever the request timeout.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A failed call to the runtime.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The settings cannot make a client (bad URL, key not usable as a header).
+    #[error("invalid agent runtime settings: {0}")]
+    Config(String),
+    /// The runtime answered with a non-2xx status; `detail` is its `detail` text.
+    #[error("the agent runtime answered {status}: {detail}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The runtime's explanation (its `{"detail": ...}`, else the body text).
+        detail: String,
+    },
+    /// Connecting, sending or reading failed.
+    #[error("{0}")]
+    Unreachable(String),
+    /// Nothing arrived within the allowed time.
+    #[error("no answer from the agent runtime within {0:.0} s")]
+    Timeout(f64),
+    /// The runtime answered something we cannot read.
+    #[error("invalid answer from the agent runtime: {0}")]
+    Invalid(String),
+}
+
+impl RuntimeError {
+    /// A bounded metric label for the failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RuntimeError::Config(_) | RuntimeError::Invalid(_) => "invalid",
+            RuntimeError::Status { .. } => "status",
+            RuntimeError::Unreachable(_) => "unreachable",
+            RuntimeError::Timeout(_) => "timeout",
+        }
+    }
+}
+
+/// Client of the agent runtime, cheap to clone (one connection pool).
+#[derive(Clone)]
+pub struct RuntimeClient {
+    http: reqwest::Client,
+    base: Arc<str>,
+    key: HeaderValue,
+    stream_idle: Duration,
+    request_timeout: Duration,
+}
+
+impl fmt::Debug for RuntimeClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuntimeClient")
+            .field("base", &self.base)
+            .field("stream_idle", &self.stream_idle)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Seconds from a setting; anything not positive and finite falls back to `default`.
+fn seconds(value: f64, default: f64) -> Duration {
+    if value.is_finite() && value > 0.0 {
+        Duration::from_secs_f64(value)
+    } else {
+        Duration::from_secs_f64(default)
+    }
+}
+
+impl RuntimeClient {
+    /// A client for `config.agent_url` with `config.internal_api_key`.
+    pub fn new(config: &Config) -> Result<Self, RuntimeError> {
+        let base = config.agent_url.trim().trim_end_matches('/');
+        let url = reqwest::Url::parse(base)
+            .map_err(|e| RuntimeError::Config(format!("agent_url {base:?}: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(RuntimeError::Config(format!(
+                "agent_url must be http or https, got {base:?}"
+            )));
+        }
+        let mut key = HeaderValue::from_str(config.internal_api_key.expose()).map_err(|_| {
+            RuntimeError::Config("internal_api_key is not usable as a header value".to_owned())
+        })?;
+        key.set_sensitive(true);
+        let request_timeout = seconds(config.request_timeout, 30.0);
+        let http = reqwest::Client::builder()
+            .connect_timeout(request_timeout.min(MAX_CONNECT_TIMEOUT))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| RuntimeError::Config(format!("cannot create the HTTP client: {e}")))?;
+        Ok(RuntimeClient {
+            http,
+            base: Arc::from(base),
+            key,
+            stream_idle: seconds(config.agent_stream_timeout, 300.0),
+            request_timeout,
+        })
+    }
+
+    fn builder(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        user_id: &str,
+        dev_sessions: bool,
+    ) -> reqwest::RequestBuilder {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path_and_query}", self.base))
+            .header(INTERNAL_AUTH_HEADER, self.key.clone());
+        // No header means the runtime's development user; every real caller names a user.
+        if !user_id.is_empty() {
+            request = request.header(USER_HEADER, user_id);
+        }
+        if dev_sessions {
+            request = request.header(DEV_SESSIONS_HEADER, "true");
+        }
+        request
+    }
+
+    /// Sends one client frame to `POST /agent/message/stream` and returns its events. A non-2xx
+    /// answer is [`RuntimeError::Status`] with the runtime's `detail`; between two events at
+    /// most `agent_stream_timeout` may pass.
+    pub async fn stream_frame(
+        &self,
+        session_id: &str,
+        user_id: &str,
+        frame: Value,
+        dev_sessions: bool,
+    ) -> Result<EventStream, RuntimeError> {
+        let body = json!({ "session_id": session_id, "message": frame });
+        let request = self
+            .builder(
+                reqwest::Method::POST,
+                "/agent/message/stream",
+                user_id,
+                dev_sessions,
+            )
+            .header(ACCEPT, "text/event-stream")
+            .json(&body);
+        let idle = self.stream_idle;
+        let response = match tokio::time::timeout(idle, request.send()).await {
+            Err(_) => return Err(RuntimeError::Timeout(idle.as_secs_f64())),
+            Ok(Err(error)) => return Err(transport_error(error)),
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let text = tokio::time::timeout(self.request_timeout, response.text())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            return Err(RuntimeError::Status {
+                status: status.as_u16(),
+                detail: detail_of(&text),
+            });
+        }
+        let state = StreamState {
+            body: Box::pin(response.bytes_stream()),
+            decoder: SseDecoder::default(),
+            ready: VecDeque::new(),
+            idle,
+            finished: false,
+            failure: None,
+        };
+        Ok(EventStream {
+            inner: Box::pin(futures_util::stream::unfold(state, next_event)),
+        })
+    }
+
+    /// A REST call for `rest/`: the status and JSON body of any HTTP answer (a 204 or an empty
+    /// body is `Value::Null`; a non-JSON error body becomes `{"detail": "<text>"}`). Fails when
+    /// the runtime cannot be reached within `request_timeout` or sends non-JSON with a 2xx.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        user_id: &str,
+        body: Option<Value>,
+        dev_sessions: bool,
+    ) -> Result<(u16, Value), RuntimeError> {
+        let mut request = self
+            .builder(method, path_and_query, user_id, dev_sessions)
+            .timeout(self.request_timeout);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| {
+            if e.is_timeout() {
+                RuntimeError::Timeout(self.request_timeout.as_secs_f64())
+            } else {
+                transport_error(e)
+            }
+        })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                RuntimeError::Timeout(self.request_timeout.as_secs_f64())
+            } else {
+                transport_error(e)
+            }
+        })?;
+        if status == reqwest::StatusCode::NO_CONTENT || bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok((status.as_u16(), Value::Null));
+        }
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(value) => Ok((status.as_u16(), value)),
+            Err(_) if !status.is_success() => Ok((
+                status.as_u16(),
+                json!({ "detail": detail_of(&String::from_utf8_lossy(&bytes)) }),
+            )),
+            Err(error) => Err(RuntimeError::Invalid(format!(
+                "expected JSON with status {status}, got a body that is not ({error})"
+            ))),
+        }
+    }
+
+    /// The stored events of `session_id` with `seq > after`, oldest first, all pages.
+    pub async fn events_after(
+        &self,
+        session_id: &str,
+        user_id: &str,
+        after: u64,
+    ) -> Result<Vec<SequencedEvent>, RuntimeError> {
+        let mut events = Vec::new();
+        let mut after = after;
+        loop {
+            let path = format!(
+                "/sessions/{}/events?after={after}&limit={EVENTS_PAGE}",
+                encode_segment(session_id)
+            );
+            let body = self.ok_json(&path, user_id).await?;
+            let Some(page) = body.get("events").and_then(Value::as_array) else {
+                return Err(RuntimeError::Invalid(
+                    "expected {\"events\": [...]} from the events endpoint".to_owned(),
+                ));
+            };
+            let count = page.len();
+            for raw in page {
+                // An event type this gateway does not know (a newer runtime) is skipped, not
+                // fatal: the rest of the replay is still worth having.
+                match serde_json::from_value::<SequencedEvent>(raw.clone()) {
+                    Ok(event) => {
+                        after = after.max(event.seq);
+                        events.push(event);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "skipping a stored event this gateway cannot read");
+                        if let Some(seq) = raw.get("seq").and_then(Value::as_u64) {
+                            after = after.max(seq);
+                        }
+                    }
+                }
+            }
+            if count < EVENTS_PAGE {
+                return Ok(events);
+            }
+        }
+    }
+
+    /// The owner of a live session, `None` when there is none (the runtime's
+    /// `GET /internal/sessions/{id}/owner`).
+    pub async fn session_owner(&self, session_id: &str) -> Result<Option<String>, RuntimeError> {
+        let path = format!("/internal/sessions/{}/owner", encode_segment(session_id));
+        let (status, body) = self
+            .request(reqwest::Method::GET, &path, "", None, false)
+            .await?;
+        match status {
+            200 => body
+                .get("owner")
+                .and_then(Value::as_str)
+                .map(|owner| Some(owner.to_owned()))
+                .ok_or_else(|| RuntimeError::Invalid("expected {\"owner\": \"...\"}".to_owned())),
+            404 => Ok(None),
+            _ => Err(status_error(status, &body)),
+        }
+    }
+
+    /// `GET path` as `user_id`, which must answer 2xx with JSON.
+    pub async fn ok_json(&self, path: &str, user_id: &str) -> Result<Value, RuntimeError> {
+        let (status, body) = self
+            .request(reqwest::Method::GET, path, user_id, None, false)
+            .await?;
+        if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            Err(status_error(status, &body))
+        }
+    }
+
+    /// `/ready`: the runtime's `/health` answers 2xx.
+    pub async fn health(&self) -> Result<(), RuntimeError> {
+        let (status, body) = self
+            .request(reqwest::Method::GET, "/health", "", None, false)
+            .await?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(status_error(status, &body))
+        }
+    }
+}
+
+/// [`RuntimeError::Status`] from a JSON error body.
+fn status_error(status: u16, body: &Value) -> RuntimeError {
+    let detail = match body.get("detail") {
+        Some(Value::String(text)) => truncate(text),
+        Some(other) => truncate(&other.to_string()),
+        None if body.is_null() => String::new(),
+        None => truncate(&body.to_string()),
+    };
+    RuntimeError::Status { status, detail }
+}
+
+/// The runtime's `detail` from an error body, else the (shortened) body text.
+fn detail_of(text: &str) -> String {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => match map.get("detail") {
+            Some(Value::String(detail)) => truncate(detail),
+            Some(other) => truncate(&other.to_string()),
+            None => truncate(text.trim()),
+        },
+        _ => truncate(text.trim()),
+    }
+}
+
+fn truncate(text: &str) -> String {
+    match text.char_indices().nth(MAX_DETAIL_CHARS) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// A client-presentable text for a transport failure: no internal URL, the root cause kept.
+fn transport_error(error: reqwest::Error) -> RuntimeError {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    let mut last = None;
+    while let Some(cause) = source {
+        last = Some(cause.to_string());
+        source = cause.source();
+    }
+    if let Some(cause) = last.filter(|c| !text.contains(c.as_str())) {
+        text = format!("{text}: {cause}");
+    }
+    RuntimeError::Unreachable(text)
+}
+
+/// Percent-encodes one path segment (everything but RFC 3986 unreserved characters).
+pub fn encode_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The events of one runtime stream, ending when the runtime's body ends. An error item
+/// (idle timeout, broken connection, oversized record) is always the last one.
+pub struct EventStream {
+    inner: Pin<Box<dyn Stream<Item = Result<SequencedEvent, RuntimeError>> + Send>>,
+}
+
+impl fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventStream").finish_non_exhaustive()
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Result<SequencedEvent, RuntimeError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+// `axum::body::Bytes` is `bytes::Bytes`, the chunk type of `reqwest`'s body stream.
+type BodyStream = Pin<Box<dyn Stream<Item = reqwest::Result<axum::body::Bytes>> + Send>>;
+
+struct StreamState {
+    body: BodyStream,
+    decoder: SseDecoder,
+    ready: VecDeque<SequencedEvent>,
+    idle: Duration,
+    finished: bool,
+    /// The failure that ends the stream once the events decoded before it are out.
+    failure: Option<RuntimeError>,
+}
+
+async fn next_event(
+    mut state: StreamState,
+) -> Option<(Result<SequencedEvent, RuntimeError>, StreamState)> {
+    loop {
+        if let Some(event) = state.ready.pop_front() {
+            return Some((Ok(event), state));
+        }
+        if let Some(error) = state.failure.take() {
+            return Some((Err(error), state));
+        }
+        if state.finished {
+            return None;
+        }
+        match tokio::time::timeout(state.idle, state.body.next()).await {
+            Err(_) => {
+                state.finished = true;
+                state.failure = Some(RuntimeError::Timeout(state.idle.as_secs_f64()));
+            }
+            Ok(None) => {
+                state.finished = true;
+                state.ready.extend(state.decoder.finish().events);
+            }
+            Ok(Some(Err(error))) => {
+                state.finished = true;
+                state.failure = Some(if error.is_timeout() {
+                    RuntimeError::Timeout(state.idle.as_secs_f64())
+                } else {
+                    transport_error(error)
+                });
+            }
+            Ok(Some(Ok(chunk))) => match state.decoder.push(&chunk) {
+                Ok(output) => {
+                    state.ready.extend(output.events);
+                    state.finished = output.done;
+                }
+                Err(error) => {
+                    state.finished = true;
+                    state.failure = Some(error);
+                }
+            },
+        }
+    }
+}
+
+/// What one chunk of SSE produced.
+#[derive(Debug, Default, PartialEq)]
+pub struct SseOutput {
+    /// Events completed by the chunk, in order.
+    pub events: Vec<SequencedEvent>,
+    /// The stream said it is done (`event: done` or `data: [DONE]`).
+    pub done: bool,
+}
+
+/// An incremental SSE reader, as lenient as the original gateway's: `data:` lines (joined with
+/// newlines when a record has several), `event: done` and `data: [DONE]` end the stream,
+/// comments and unknown fields are ignored, unparsable JSON is logged and skipped.
+#[derive(Debug, Default)]
+pub struct SseDecoder {
+    line: Vec<u8>,
+    data: Option<String>,
+    done: bool,
+}
+
+impl SseDecoder {
+    /// Feeds bytes; returns the events they complete.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<SseOutput, RuntimeError> {
+        let mut output = SseOutput::default();
+        if self.done {
+            output.done = true;
+            return Ok(output);
+        }
+        let mut rest = chunk;
+        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+            self.line.extend_from_slice(&rest[..end]);
+            rest = &rest[end + 1..];
+            let line = std::mem::take(&mut self.line);
+            self.line_done(&line, &mut output);
+            if self.done {
+                output.done = true;
+                return Ok(output);
+            }
+        }
+        self.line.extend_from_slice(rest);
+        let pending = self.line.len() + self.data.as_ref().map_or(0, String::len);
+        if pending > MAX_RECORD_BYTES {
+            self.done = true;
+            return Err(RuntimeError::Invalid(format!(
+                "an event larger than {MAX_RECORD_BYTES} bytes"
+            )));
+        }
+        Ok(output)
+    }
+
+    /// The end of the body: a last record without its blank line still counts.
+    pub fn finish(&mut self) -> SseOutput {
+        let mut output = SseOutput::default();
+        if !self.done {
+            let line = std::mem::take(&mut self.line);
+            if !line.is_empty() {
+                self.line_done(&line, &mut output);
+            }
+            if !self.done {
+                self.dispatch(&mut output);
+            }
+        }
+        output.done = true;
+        self.done = true;
+        output
+    }
+
+    fn line_done(&mut self, line: &[u8], output: &mut SseOutput) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            self.dispatch(output);
+            return;
+        }
+        if line.starts_with(b":") {
+            return;
+        }
+        let text = String::from_utf8_lossy(line);
+        let (field, value) = match text.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (text.as_ref(), ""),
+        };
+        match field {
+            "data" => match &mut self.data {
+                Some(data) => {
+                    data.push('\n');
+                    data.push_str(value);
+                }
+                None => self.data = Some(value.to_owned()),
+            },
+            "event" if value.trim() == "done" => self.done = true,
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self, output: &mut SseOutput) {
+        let Some(data) = self.data.take() else {
+            return;
+        };
+        let data = data.trim();
+        if data == "[DONE]" {
+            self.done = true;
+            return;
+        }
+        if data.is_empty() {
+            return;
+        }
+        match serde_json::from_str::<SequencedEvent>(data) {
+            Ok(event) => output.events.push(event),
+            // Contents are never logged above debug: they hold user code and text.
+            Err(error) => {
+                tracing::warn!(%error, "skipping an agent runtime event that cannot be read");
+                tracing::debug!(event = data, "unreadable agent runtime event");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codelab_protocol::runtime::RuntimeEvent;
+
+    fn event(seq: u64, text: &str) -> String {
+        format!(
+            r#"{{"seq":{seq},"type":"assistant_delta","message_id":"m","agent":"coder","delta":"{text}"}}"#
+        )
+    }
+
+    #[test]
+    fn records_split_anywhere_are_reassembled() {
+        let body = format!("data: {}\n\ndata: {}\r\n\r\n", event(0, "a"), event(0, "b"));
+        for cut in 0..body.len() {
+            let mut decoder = SseDecoder::default();
+            let mut events = decoder.push(&body.as_bytes()[..cut]).unwrap().events;
+            events.extend(decoder.push(&body.as_bytes()[cut..]).unwrap().events);
+            events.extend(decoder.finish().events);
+            assert_eq!(events.len(), 2, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn comments_unknown_fields_and_bad_json_are_skipped() {
+        let mut decoder = SseDecoder::default();
+        let body = format!(
+            ": keep-alive\nid: 3\nretry: 10\ndata: {{not json\n\ndata: {}\n\n",
+            event(1, "x")
+        );
+        let output = decoder.push(body.as_bytes()).unwrap();
+        assert_eq!(output.events.len(), 1);
+        assert!(!output.done);
+    }
+
+    #[test]
+    fn done_markers_end_the_stream() {
+        let mut decoder = SseDecoder::default();
+        let body = format!("data: [DONE]\n\ndata: {}\n\n", event(1, "late"));
+        let output = decoder.push(body.as_bytes()).unwrap();
+        assert!(output.done);
+        assert!(output.events.is_empty());
+
+        let mut decoder = SseDecoder::default();
+        let body = format!(
+            "data: {}\n\nevent: done\ndata: {}\n\n",
+            event(1, "a"),
+            event(2, "b")
+        );
+        let output = decoder.push(body.as_bytes()).unwrap();
+        assert!(output.done);
+        assert_eq!(output.events.len(), 1);
+    }
+
+    #[test]
+    fn a_last_record_without_its_blank_line_counts() {
+        let mut decoder = SseDecoder::default();
+        let body = format!("data: {}", event(5, "end"));
+        assert!(decoder.push(body.as_bytes()).unwrap().events.is_empty());
+        let output = decoder.finish();
+        assert_eq!(output.events.len(), 1);
+        assert_eq!(output.events[0].seq, 5);
+        assert!(matches!(
+            output.events[0].event,
+            RuntimeEvent::AssistantDelta { .. }
+        ));
+    }
+
+    #[test]
+    fn error_details_are_the_runtimes_text() {
+        assert_eq!(
+            detail_of(r#"{"detail":"session s not found"}"#),
+            "session s not found"
+        );
+        assert_eq!(detail_of("Bad Gateway"), "Bad Gateway");
+        assert_eq!(detail_of(&"x".repeat(600)).chars().count(), 503);
+        assert_eq!(encode_segment("a/b c"), "a%2Fb%20c");
+        assert_eq!(encode_segment("new_1.2-3~"), "new_1.2-3~");
+    }
+}

@@ -1,0 +1,940 @@
+//! One socket after the upgrade: a reader (the upgrade's task) and a writer task.
+//!
+//! The reader parses frames, applies the rate limit and the heartbeat, and hands each accepted
+//! frame to its own task that streams it through the runtime and publishes every event to the
+//! fan-out; those tasks run concurrently (a `tool_result` never waits behind a streaming
+//! turn), but their requests reach the runtime in arrival order. The writer renders what the
+//! session's fan-out subscription delivers for the socket's profile, plus the frames meant
+//! for this socket only (errors about its frames, resumption state), through one queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use codelab_protocol::ide::{ClientFrame, parse_client_frame};
+use codelab_protocol::runtime::SequencedEvent;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Map, Value};
+use tokio::sync::{Notify, oneshot};
+use tokio_tungstenite::tungstenite;
+use tokio_util::sync::CancellationToken;
+
+use super::Access;
+use super::render::{
+    Frame, Profile, approval_frame, error_frame, frame_error, frame_type, render,
+    session_info_frame, tool_call_frame,
+};
+use crate::AppState;
+use crate::fanout::{Delivery, FanoutSubscription};
+use crate::metrics;
+use crate::runtime_client::{RuntimeError, encode_segment};
+
+/// Close codes (RFC 6455 §7.4.1).
+pub mod close_code {
+    /// The peer is leaving or the server shuts down, or the peer stopped answering pings.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The peer broke the WebSocket protocol.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A close frame without a code.
+    pub const NO_STATUS: u16 = 1005;
+    /// The connection ended without a close frame.
+    pub const ABNORMAL: u16 = 1006;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A policy was violated (the message rate limit).
+    pub const POLICY: u16 = 1008;
+    /// A message larger than `GATEWAY__WS_MAX_FRAME_BYTES`.
+    pub const TOO_BIG: u16 = 1009;
+    /// The server cannot go on with this socket.
+    pub const INTERNAL: u16 = 1011;
+}
+
+/// Refused messages in a row (over the rate limit) before the socket is closed with 1008.
+pub const MAX_RATE_VIOLATIONS: u32 = 3;
+/// How long a resumption waits for the fan-out subscription to be live before it reads the
+/// runtime's stored events (events published before that would be missed).
+const SUBSCRIPTION_READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest a socket is held open after a message it could not read (too large, broken):
+/// time for the peer to read the close frame before the connection is dropped.
+const MAX_LINGER: Duration = Duration::from_secs(5);
+
+/// What the writer is asked to do.
+enum Command {
+    /// A frame for this socket only.
+    Frame(Frame),
+    /// The client switched profile (`hello`).
+    Profile(Profile),
+    /// Fetch what the client needs to resume; live events wait meanwhile.
+    Sync(Sync),
+    /// What a [`Command::Sync`] fetched.
+    Replay(Box<Replay>),
+    /// A `user_message` arrived now (time to first token starts).
+    TurnStarted(Instant),
+    /// A heartbeat ping.
+    Ping,
+    /// Close with this code and reason, then stop.
+    Close(u16, &'static str),
+    /// The peer closed: flush the close reply, then stop.
+    Finish,
+}
+
+/// What a resumption fetches.
+#[derive(Debug, Clone, Copy)]
+enum Sync {
+    /// Protocol 2 on connect or `hello`: `session_info`, then the stored events after
+    /// `last_seq`, or (without it) the open tool calls again.
+    Resume { last_seq: Option<u64> },
+    /// The subscription lost events: the stored events after `after`.
+    CatchUp { after: u64 },
+}
+
+/// Frames and events of a resumption, in the order they go out.
+#[derive(Debug, Default)]
+struct Replay {
+    before: Vec<Frame>,
+    events: Vec<SequencedEvent>,
+    after: Vec<Frame>,
+}
+
+/// What one socket shares with its writer and the tasks of its frames.
+struct Conn {
+    state: Arc<AppState>,
+    access: Access,
+    /// The writer's queue.
+    commands: Mailbox<Command>,
+}
+
+impl Conn {
+    /// Queues a frame for this socket only (nothing happens if it is gone).
+    fn direct(&self, frame: Frame) {
+        self.commands.push(Command::Frame(frame));
+    }
+}
+
+/// A single-consumer queue: a mutex-guarded deque and a `Notify`. An idle socket's queue
+/// costs a few dozen bytes, where a tokio channel preallocates about 1 KiB (a block and
+/// cache-padded state) — and a replica holds 10,000 idle sockets.
+struct Mailbox<T> {
+    state: Mutex<MailboxState<T>>,
+    notify: Notify,
+}
+
+struct MailboxState<T> {
+    items: VecDeque<T>,
+    /// The consumer is gone: pushes are dropped.
+    closed: bool,
+}
+
+impl<T> Mailbox<T> {
+    fn new() -> Self {
+        Mailbox {
+            state: Mutex::new(MailboxState {
+                items: VecDeque::new(),
+                closed: false,
+            }),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MailboxState<T>> {
+        // Nothing that can panic runs under the lock; recover the queue regardless.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, item: T) {
+        let mut state = self.lock();
+        if state.closed {
+            return;
+        }
+        state.items.push_back(item);
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// The consumer stops: what is queued and what comes later is dropped.
+    fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.items.clear();
+    }
+
+    /// The next item (one consumer: a stored `Notify` permit covers a push between the check
+    /// and the wait).
+    async fn pop(&self) -> T {
+        loop {
+            if let Some(item) = self.lock().items.pop_front() {
+                return item;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// Serves one upgraded socket until it closes.
+pub(super) async fn run(
+    socket: WebSocket,
+    state: Arc<AppState>,
+    access: Access,
+    profile: Profile,
+    last_seq: Option<u64>,
+) {
+    let heartbeat = Duration::from_secs(state.config.ws_heartbeat_interval);
+    let close_timeout = Duration::from_secs(state.config.ws_close_timeout.max(1));
+    let rate = state.config.ws_max_messages_per_second;
+    let (sink, mut stream) = socket.split();
+    let closed = CancellationToken::new();
+    let subscription = state.fanout.subscribe(&access.session_id);
+    let conn = Arc::new(Conn {
+        state,
+        access,
+        commands: Mailbox::new(),
+    });
+    if profile == Profile::V2 {
+        // Queued before the writer starts, so no live event can overtake the resumption.
+        conn.commands.push(Command::Sync(Sync::Resume { last_seq }));
+    }
+    let writer = Writer {
+        sink,
+        conn: Arc::clone(&conn),
+        profile,
+        pending_syncs: 0,
+        replayed_up_to: 0,
+        max_seen: 0,
+        ttft_start: None,
+        closed: closed.clone(),
+    };
+    let writer = tokio::spawn(writer.run(subscription));
+    let mut reader = Reader {
+        conn: Arc::clone(&conn),
+        closed: closed.clone(),
+        active: metrics::ActiveSocket::new(profile.label()),
+        bucket: TokenBucket::new(rate, Instant::now()),
+        violations: 0,
+        last_heard: Instant::now(),
+        previous: None,
+    };
+    let end = reader.run(&mut stream, heartbeat).await;
+    drop(reader);
+    match end {
+        End::PeerClosed(code) => {
+            metrics::close(code);
+            conn.commands.push(Command::Finish);
+        }
+        End::Gone => {
+            metrics::close(close_code::ABNORMAL);
+            closed.cancel();
+        }
+        End::Close {
+            code,
+            reason,
+            readable,
+        } => {
+            metrics::close(code);
+            tracing::debug!(code, reason, "closing a WebSocket");
+            conn.commands.push(Command::Close(code, reason));
+            if readable {
+                // The close handshake: read (and ignore) until the peer's close arrives.
+                let _ = tokio::time::timeout(close_timeout, async {
+                    while let Some(Ok(_)) = stream.next().await {}
+                })
+                .await;
+            } else {
+                // Nothing more can be read; give the peer time to read the close frame
+                // before the connection is dropped (unread input would reset it).
+                tokio::time::sleep(close_timeout.min(MAX_LINGER)).await;
+            }
+        }
+    }
+    let mut writer = writer;
+    if tokio::time::timeout(close_timeout, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+    closed.cancel();
+}
+
+/// How the reader loop ended.
+#[derive(Debug, PartialEq)]
+enum End {
+    /// The peer sent a close frame with this code.
+    PeerClosed(u16),
+    /// The connection is gone (no close frame) or the writer failed.
+    Gone,
+    /// We close with `code`; `readable` says whether the stream can still be read.
+    Close {
+        code: u16,
+        reason: &'static str,
+        readable: bool,
+    },
+}
+
+struct Reader {
+    conn: Arc<Conn>,
+    closed: CancellationToken,
+    active: metrics::ActiveSocket,
+    bucket: TokenBucket,
+    violations: u32,
+    last_heard: Instant,
+    /// Completes when the previous frame's request has reached the runtime.
+    previous: Option<oneshot::Receiver<()>>,
+}
+
+impl Reader {
+    async fn run(&mut self, stream: &mut SplitStream<WebSocket>, heartbeat: Duration) -> End {
+        let mut ticker = (!heartbeat.is_zero()).then(|| {
+            let mut ticker =
+                tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker
+        });
+        let shutdown = self.conn.state.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    return End::Close {
+                        code: close_code::GOING_AWAY,
+                        reason: "server shutting down",
+                        readable: true,
+                    };
+                }
+                () = self.closed.cancelled() => return End::Gone,
+                () = tick(&mut ticker) => {
+                    // A peer that answered nothing (no pong, no frame) for two intervals is
+                    // dead or stuck.
+                    if self.last_heard.elapsed() >= heartbeat * 2 {
+                        return End::Close {
+                            code: close_code::GOING_AWAY,
+                            reason: "heartbeat timeout",
+                            readable: true,
+                        };
+                    }
+                    self.conn.commands.push(Command::Ping);
+                }
+                message = stream.next() => {
+                    let message = match message {
+                        None => return End::Gone,
+                        Some(Err(error)) => return read_error(error),
+                        Some(Ok(message)) => message,
+                    };
+                    self.last_heard = Instant::now();
+                    let end = match message {
+                        Message::Text(text) => self.on_text(text.as_str()),
+                        // The Flutter IDE sends text only; a binary frame holding UTF-8 JSON
+                        // is read the same way.
+                        Message::Binary(bytes) => match std::str::from_utf8(&bytes) {
+                            Ok(text) => self.on_text(text),
+                            Err(_) => {
+                                metrics::frame("in", "invalid");
+                                self.conn.direct(error_frame(
+                                    "Invalid JSON message: a binary frame that is not UTF-8 text",
+                                    Some("INVALID_FORMAT"),
+                                ));
+                                None
+                            }
+                        },
+                        Message::Ping(_) | Message::Pong(_) => None,
+                        Message::Close(frame) => Some(End::PeerClosed(
+                            frame.map_or(close_code::NO_STATUS, |f| f.code),
+                        )),
+                    };
+                    if let Some(end) = end {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one text message; `Some` ends the connection.
+    fn on_text(&mut self, text: &str) -> Option<End> {
+        if !self.bucket.take(Instant::now()) {
+            self.violations += 1;
+            metrics::frame("in", "invalid");
+            self.conn
+                .direct(error_frame("rate limit exceeded", Some("RATE_LIMITED")));
+            if self.violations >= MAX_RATE_VIOLATIONS {
+                return Some(End::Close {
+                    code: close_code::POLICY,
+                    reason: "rate limit exceeded",
+                    readable: true,
+                });
+            }
+            return None;
+        }
+        self.violations = 0;
+        match parse_client_frame(text) {
+            Err(error) => {
+                metrics::frame("in", "invalid");
+                tracing::debug!(code = error.code(), "refused a WebSocket frame");
+                self.conn.direct(frame_error(&error));
+            }
+            Ok((frame, raw)) => {
+                let kind = raw.get("type").and_then(Value::as_str).unwrap_or_default();
+                metrics::frame("in", kind);
+                match frame {
+                    ClientFrame::Hello { protocol } => self.hello(protocol, &raw),
+                    ClientFrame::UserMessage { .. } => {
+                        self.conn
+                            .commands
+                            .push(Command::TurnStarted(Instant::now()));
+                        self.dispatch(raw);
+                    }
+                    _ => self.dispatch(raw),
+                }
+            }
+        }
+        None
+    }
+
+    /// `{"type":"hello","protocol":N,"last_seq"?:S}`: switches the profile; protocol 2 gets
+    /// its resumption.
+    fn hello(&mut self, protocol: u32, raw: &Map<String, Value>) {
+        let Some(profile) = Profile::from_number(u64::from(protocol)) else {
+            self.conn.direct(error_frame(
+                &format!("unsupported protocol {protocol}: this gateway speaks 1 and 2"),
+                Some("INVALID_FORMAT"),
+            ));
+            return;
+        };
+        self.active.set_profile(profile.label());
+        self.conn.commands.push(Command::Profile(profile));
+        if profile == Profile::V2 {
+            let last_seq = raw.get("last_seq").and_then(Value::as_u64);
+            self.conn
+                .commands
+                .push(Command::Sync(Sync::Resume { last_seq }));
+        }
+    }
+
+    /// Relays a frame in its own task, after the previous frame's request was sent.
+    fn dispatch(&mut self, frame: Map<String, Value>) {
+        let (done, next) = oneshot::channel();
+        let previous = self.previous.replace(next);
+        // Tracked by the state: a stream whose socket has gone still runs to its end, so its
+        // events reach the session's other sockets (and replicas) and shutdown can drain it.
+        let conn = Arc::clone(&self.conn);
+        self.conn
+            .state
+            .tasks
+            .spawn(relay(conn, frame, previous, done));
+    }
+}
+
+/// Ticks `ticker`, or never when heartbeats are off.
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// How a read error ends the socket.
+fn read_error(error: axum::Error) -> End {
+    let inner = error.into_inner();
+    let close = |code, reason| End::Close {
+        code,
+        reason,
+        readable: false,
+    };
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => close(close_code::TOO_BIG, "message too big"),
+        Some(tungstenite::Error::Utf8(_)) => close(close_code::INVALID_PAYLOAD, "invalid UTF-8"),
+        Some(tungstenite::Error::Protocol(_)) => {
+            close(close_code::PROTOCOL_ERROR, "protocol error")
+        }
+        Some(tungstenite::Error::WriteBufferFull(_)) => {
+            close(close_code::INTERNAL, "client is not reading")
+        }
+        _ => {
+            tracing::debug!(error = %inner, "WebSocket read failed");
+            End::Gone
+        }
+    }
+}
+
+/// Streams one frame through the runtime and publishes every event to the session's fan-out.
+/// Failures of this frame go to this socket only.
+async fn relay(
+    conn: Arc<Conn>,
+    frame: Map<String, Value>,
+    previous: Option<oneshot::Receiver<()>>,
+    done: oneshot::Sender<()>,
+) {
+    // Frames reach the runtime in the order they arrived (it then works on one at a time per
+    // session); only the sending waits, not the streaming.
+    if let Some(previous) = previous {
+        let _ = previous.await;
+    }
+    let access = &conn.access;
+    let runtime = &conn.state.runtime;
+    let started = runtime
+        .stream_frame(
+            &access.session_id,
+            &access.user_id,
+            Value::Object(frame),
+            access.dev_sessions,
+        )
+        .await;
+    drop(done);
+    let mut events = match started {
+        Ok(events) => events,
+        Err(error) => return report(&conn, &error),
+    };
+    while let Some(item) = events.next().await {
+        match item {
+            Ok(event) => conn.state.fanout.publish(&access.session_id, &event).await,
+            Err(error) => return report(&conn, &error),
+        }
+    }
+}
+
+/// The `error` frame for a failed runtime call, as the original worded it.
+fn report(conn: &Conn, error: &RuntimeError) {
+    metrics::runtime_stream_error(error.kind());
+    let frame = match error {
+        RuntimeError::Status { status, detail } if detail.is_empty() => {
+            error_frame(&format!("Agent error: {status}"), Some("AGENT_ERROR"))
+        }
+        RuntimeError::Status { status, detail } => error_frame(
+            &format!("Agent error: {status}: {detail}"),
+            Some("AGENT_ERROR"),
+        ),
+        other => {
+            tracing::warn!(error = %other, "an agent runtime stream failed");
+            error_frame(
+                &format!("Streaming error: {other}"),
+                Some("STREAMING_ERROR"),
+            )
+        }
+    };
+    conn.direct(frame);
+}
+
+struct Writer {
+    sink: SplitSink<WebSocket, Message>,
+    conn: Arc<Conn>,
+    profile: Profile,
+    /// Resumptions being fetched; live events wait meanwhile.
+    pending_syncs: u32,
+    /// Live stored events up to here were delivered by a replay.
+    replayed_up_to: u64,
+    /// The highest `seq` delivered so far.
+    max_seen: u64,
+    ttft_start: Option<Instant>,
+    closed: CancellationToken,
+}
+
+/// What the writer loop woke up for.
+enum Wake {
+    Stop,
+    Command(Command),
+    Delivery(Option<Delivery>),
+}
+
+impl Writer {
+    async fn run(mut self, mut subscription: FanoutSubscription) {
+        let closed = self.closed.clone();
+        let conn = Arc::clone(&self.conn);
+        loop {
+            let wake = tokio::select! {
+                biased;
+                () = closed.cancelled() => Wake::Stop,
+                command = conn.commands.pop() => Wake::Command(command),
+                delivery = subscription.recv(), if self.pending_syncs == 0 => Wake::Delivery(delivery),
+            };
+            let go_on = match wake {
+                Wake::Stop => false,
+                Wake::Command(command) => self.command(command, &mut subscription).await,
+                Wake::Delivery(None) => {
+                    tracing::warn!("the fan-out ended under a WebSocket");
+                    self.write(close_message(close_code::INTERNAL, "fan-out ended"))
+                        .await;
+                    false
+                }
+                Wake::Delivery(Some(delivery)) => self.delivery(delivery, &mut subscription).await,
+            };
+            if !go_on {
+                break;
+            }
+        }
+        // A writer that stops ends the socket (the reader watches this token); frames for it
+        // that come later are dropped.
+        conn.commands.close();
+        closed.cancel();
+    }
+
+    /// Handles a command; `false` stops the writer.
+    async fn command(&mut self, command: Command, subscription: &mut FanoutSubscription) -> bool {
+        match command {
+            Command::Frame(frame) => self.send(frame).await,
+            Command::Profile(profile) => {
+                self.profile = profile;
+                true
+            }
+            Command::Sync(sync) => {
+                self.start_sync(sync, subscription).await;
+                true
+            }
+            Command::Replay(replay) => self.replay(*replay).await,
+            Command::TurnStarted(at) => {
+                self.ttft_start.get_or_insert(at);
+                true
+            }
+            Command::Ping => self.write(Message::Ping(axum::body::Bytes::new())).await,
+            Command::Close(code, reason) => {
+                self.write(close_message(code, reason)).await;
+                false
+            }
+            Command::Finish => {
+                let _ = tokio::time::timeout(MAX_LINGER, self.sink.close()).await;
+                false
+            }
+        }
+    }
+
+    async fn delivery(
+        &mut self,
+        delivery: Delivery,
+        subscription: &mut FanoutSubscription,
+    ) -> bool {
+        match delivery {
+            Delivery::Event(event) => {
+                if event.seq > 0 && event.seq <= self.replayed_up_to {
+                    return true;
+                }
+                self.max_seen = self.max_seen.max(event.seq);
+                match render(self.profile, &event) {
+                    Some(frame) => self.send(frame).await,
+                    None => true,
+                }
+            }
+            Delivery::Lagged if self.max_seen > 0 => {
+                let after = self.max_seen;
+                self.start_sync(Sync::CatchUp { after }, subscription).await;
+                true
+            }
+            Delivery::Lagged => {
+                tracing::warn!("a WebSocket lost events before it had seen any; not replayed");
+                true
+            }
+        }
+    }
+
+    /// Pauses live events and fetches a resumption in the background.
+    async fn start_sync(&mut self, sync: Sync, subscription: &mut FanoutSubscription) {
+        self.pending_syncs += 1;
+        if !subscription.ready(SUBSCRIPTION_READY_TIMEOUT).await {
+            tracing::warn!("the fan-out subscription is not live yet; resuming anyway");
+        }
+        let conn = Arc::clone(&self.conn);
+        self.conn.state.tasks.spawn(fetch(conn, sync));
+    }
+
+    async fn replay(&mut self, replay: Replay) -> bool {
+        self.pending_syncs = self.pending_syncs.saturating_sub(1);
+        for frame in replay.before {
+            if !self.send(frame).await {
+                return false;
+            }
+        }
+        for event in replay.events {
+            // Already delivered live on this socket.
+            if event.seq > 0 && event.seq <= self.max_seen {
+                continue;
+            }
+            self.replayed_up_to = self.replayed_up_to.max(event.seq);
+            self.max_seen = self.max_seen.max(event.seq);
+            if let Some(frame) = render(self.profile, &event)
+                && !self.send(frame).await
+            {
+                return false;
+            }
+        }
+        for frame in replay.after {
+            if !self.send(frame).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Writes a frame; `false` when the socket is gone.
+    async fn send(&mut self, frame: Frame) -> bool {
+        let kind = frame_type(&frame);
+        metrics::frame("out", kind);
+        match kind {
+            "assistant_message" => {
+                if let Some(start) = self.ttft_start.take() {
+                    metrics::ttft(start.elapsed());
+                }
+            }
+            // A turn that failed before any text must not stretch the next one's measure.
+            "error" => self.ttft_start = None,
+            _ => {}
+        }
+        let text = match serde_json::to_string(&frame) {
+            Ok(text) => text,
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a frame");
+                return true;
+            }
+        };
+        self.write(Message::Text(Utf8Bytes::from(text))).await
+    }
+
+    async fn write(&mut self, message: Message) -> bool {
+        tokio::select! {
+            result = self.sink.send(message) => result.is_ok(),
+            // A peer that stopped reading blocks the write; the reader's heartbeat ends it.
+            () = self.closed.cancelled() => false,
+        }
+    }
+}
+
+fn close_message(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+/// Fetches a resumption and hands it to the writer.
+async fn fetch(conn: Arc<Conn>, sync: Sync) {
+    let replay = match sync {
+        Sync::Resume { last_seq } => resume(&conn, last_seq).await,
+        Sync::CatchUp { after } => catch_up(&conn, after).await,
+    };
+    conn.commands.push(Command::Replay(Box::new(replay)));
+}
+
+async fn resume(conn: &Conn, last_seq: Option<u64>) -> Replay {
+    let runtime = &conn.state.runtime;
+    let access = &conn.access;
+    let mut replay = Replay::default();
+    let path = format!("/sessions/{}", encode_segment(&access.session_id));
+    // A session that does not exist yet (`off` mode) has no agent to tell.
+    let agent = runtime
+        .ok_json(&path, &access.user_id)
+        .await
+        .ok()
+        .and_then(|session| {
+            session
+                .get("current_agent")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+    replay
+        .before
+        .push(session_info_frame(&access.session_id, agent.as_deref()));
+    match last_seq {
+        Some(after) => match runtime
+            .events_after(&access.session_id, &access.user_id, after)
+            .await
+        {
+            Ok(events) => replay.events = events,
+            Err(RuntimeError::Status { status: 404, .. }) => {}
+            Err(error) => replay.after.push(error_frame(
+                &format!("cannot replay missed events: {error}"),
+                Some("REPLAY_FAILED"),
+            )),
+        },
+        None => match open_calls(conn).await {
+            Ok(frames) => replay.after = frames,
+            Err(error) => replay.after.push(error_frame(
+                &format!("cannot restore open tool calls: {error}"),
+                Some("REPLAY_FAILED"),
+            )),
+        },
+    }
+    replay
+}
+
+async fn catch_up(conn: &Conn, after: u64) -> Replay {
+    let access = &conn.access;
+    let mut replay = Replay::default();
+    match conn
+        .state
+        .runtime
+        .events_after(&access.session_id, &access.user_id, after)
+        .await
+    {
+        Ok(events) => replay.events = events,
+        Err(error) => {
+            tracing::warn!(%error, "cannot replay events a WebSocket missed");
+            replay.after.push(error_frame(
+                &format!("some events could not be delivered; reload the session: {error}"),
+                Some("REPLAY_FAILED"),
+            ));
+        }
+    }
+    replay
+}
+
+/// The session's open tool calls as frames: each `tool_call` again (the IDE has not answered
+/// it), with `approval_required` after those still waiting for a person.
+async fn open_calls(conn: &Conn) -> Result<Vec<Frame>, RuntimeError> {
+    let runtime = &conn.state.runtime;
+    let access = &conn.access;
+    let session = encode_segment(&access.session_id);
+    let history = match runtime
+        .ok_json(&format!("/sessions/{session}/history"), &access.user_id)
+        .await
+    {
+        Ok(history) => history,
+        Err(RuntimeError::Status { status: 404, .. }) => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let open: Vec<&Value> = history
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .map(|calls| {
+            calls
+                .iter()
+                .filter(|call| {
+                    matches!(
+                        call.get("status").and_then(Value::as_str),
+                        Some("pending_approval" | "awaiting_result")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if open.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut reasons = HashMap::new();
+    if open
+        .iter()
+        .any(|call| call.get("status").and_then(Value::as_str) == Some("pending_approval"))
+    {
+        let pending = runtime
+            .ok_json(
+                &format!("/sessions/{session}/pending-approvals"),
+                &access.user_id,
+            )
+            .await?;
+        for approval in pending
+            .get("pending_approvals")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(call_id), Some(reason)) = (
+                approval.get("call_id").and_then(Value::as_str),
+                approval.get("reason").and_then(Value::as_str),
+            ) {
+                reasons.insert(call_id.to_owned(), reason.to_owned());
+            }
+        }
+    }
+    let mut frames = Vec::new();
+    for call in open {
+        let (Some(call_id), Some(tool_name)) = (
+            call.get("call_id").and_then(Value::as_str),
+            call.get("tool_name").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        let arguments = call.get("arguments").cloned().unwrap_or(Value::Null);
+        let pending = call.get("status").and_then(Value::as_str) == Some("pending_approval");
+        let reason = reasons.get(call_id).map(String::as_str);
+        frames.push(tool_call_frame(
+            call_id, tool_name, &arguments, pending, reason,
+        ));
+        if pending {
+            frames.push(approval_frame(
+                call_id,
+                tool_name,
+                &arguments,
+                reason.unwrap_or("this tool call needs approval"),
+            ));
+        }
+    }
+    Ok(frames)
+}
+
+/// A token bucket: `rate` messages per second with a burst of the same size (`0`: no limit).
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket at `now`.
+    pub fn new(rate: u32, now: Instant) -> Self {
+        let rate = f64::from(rate);
+        TokenBucket {
+            rate,
+            tokens: rate,
+            last: now,
+        }
+    }
+
+    /// Takes a token at `now`; `false` when the bucket is empty.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(5, start);
+        assert!((0..5).all(|_| bucket.take(start)));
+        assert!(!bucket.take(start));
+        assert!(bucket.take(start + Duration::from_millis(200)));
+        assert!(!bucket.take(start + Duration::from_millis(210)));
+        // A long pause refills to the burst size, not beyond.
+        let later = start + Duration::from_secs(60);
+        assert!((0..5).all(|_| bucket.take(later)));
+        assert!(!bucket.take(later));
+    }
+
+    #[tokio::test]
+    async fn the_mailbox_keeps_order_wakes_its_consumer_and_drops_after_close() {
+        let mailbox = Arc::new(Mailbox::new());
+        let consumer = {
+            let mailbox = Arc::clone(&mailbox);
+            tokio::spawn(async move { (mailbox.pop().await, mailbox.pop().await) })
+        };
+        tokio::task::yield_now().await;
+        mailbox.push(1);
+        mailbox.push(2);
+        assert_eq!(consumer.await.unwrap(), (1, 2));
+        mailbox.push(3);
+        mailbox.close();
+        mailbox.push(4);
+        assert!(mailbox.lock().items.is_empty());
+    }
+
+    #[test]
+    fn a_zero_rate_means_no_limit() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(0, start);
+        assert!((0..10_000).all(|_| bucket.take(start)));
+    }
+}
