@@ -1,0 +1,136 @@
+//! What the deployment tests share: the environment variable names each service reads, taken
+//! from the configuration structs themselves (`Config::default()` serialised), so Compose,
+//! Helm and the configuration reference are checked against the code, not against a list.
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The keys a config struct serialises to (every setting, `None` ones included).
+pub fn keys_of(config: impl Serialize) -> BTreeSet<String> {
+    match serde_json::to_value(config).unwrap() {
+        serde_json::Value::Object(map) => map.keys().cloned().collect(),
+        other => panic!("a Config serialises to an object, got {other}"),
+    }
+}
+
+/// The default of every setting of a config struct, as JSON.
+pub fn defaults_of(config: impl Serialize) -> BTreeMap<String, serde_json::Value> {
+    match serde_json::to_value(config).unwrap() {
+        serde_json::Value::Object(map) => map.into_iter().collect(),
+        other => panic!("a Config serialises to an object, got {other}"),
+    }
+}
+
+/// Every built service: environment prefix -> its settings' defaults.
+pub fn services() -> BTreeMap<&'static str, BTreeMap<String, serde_json::Value>> {
+    BTreeMap::from([
+        (
+            codelab_llm_proxy::config::ENV_PREFIX,
+            defaults_of(codelab_llm_proxy::Config::default()),
+        ),
+        (
+            codelab_auth::config::ENV_PREFIX,
+            defaults_of(codelab_auth::Config::default()),
+        ),
+        (
+            codelab_agent_runtime::config::ENV_PREFIX,
+            defaults_of(codelab_agent_runtime::Config::default()),
+        ),
+        (
+            codelab_gateway::config::ENV_PREFIX,
+            defaults_of(codelab_gateway::Config::default()),
+        ),
+    ])
+}
+
+/// PENDING: the website (`codelab serve website`, port 3000) is not built yet. These are the
+/// settings planned for it (docs/configuration.md lists them as planned); when its crate lands,
+/// replace this with its `Config::default()` in [`services`].
+pub const PENDING_WEBSITE: (&str, &[&str]) = ("WEBSITE", &["port", "host", "log_level"]);
+
+/// Provider credentials and addresses the LLM proxy reads by their usual names (each is
+/// checked to appear in the proxy's routing code).
+pub const PROVIDER_VARIABLES: &[&str] = &[
+    "OPENAI_API_KEY",
+    "OPENAI_API_BASE",
+    "OPENAI_BASE_URL",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_API_BASE",
+    "ANTHROPIC_BASE_URL",
+    "OPENROUTER_API_KEY",
+    "OPENROUTER_API_BASE",
+    "OLLAMA_API_BASE",
+    "OLLAMA_BASE_URL",
+    "AZURE_API_KEY",
+    "AZURE_API_BASE",
+    "AZURE_API_VERSION",
+    "HOSTED_VLLM_API_KEY",
+    "HOSTED_VLLM_API_BASE",
+    "VLLM_API_KEY",
+    "VLLM_BASE_URL",
+    "LM_STUDIO_API_KEY",
+    "LM_STUDIO_API_BASE",
+];
+
+/// Names read outside the `<PREFIX>__` scheme: the profile, the port, the log filter and the
+/// provider variables.
+pub fn plain_variables() -> BTreeSet<String> {
+    let routing =
+        std::fs::read_to_string(repo_root().join("crates/codelab-llm-proxy/src/routing.rs"))
+            .unwrap();
+    for name in PROVIDER_VARIABLES {
+        assert!(
+            routing.contains(&format!("\"{name}\"")),
+            "{name} is not read by crates/codelab-llm-proxy/src/routing.rs"
+        );
+    }
+    ["ENVIRONMENT", "PORT", "RUST_LOG"]
+        .iter()
+        .chain(PROVIDER_VARIABLES)
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+
+/// Whether `name` is a variable some service reads: `<PREFIX>__<KEY>` of a built or pending
+/// service (`<PREFIX>__ENVIRONMENT` included), or a plain one.
+pub fn is_known_variable(name: &str) -> bool {
+    if plain_variables().contains(name) {
+        return true;
+    }
+    let Some((prefix, key)) = name.split_once("__") else {
+        return false;
+    };
+    if key == "ENVIRONMENT" {
+        return true;
+    }
+    let key = key.to_ascii_lowercase();
+    if let Some(keys) = services().get(prefix) {
+        return keys.contains_key(&key);
+    }
+    prefix == PENDING_WEBSITE.0 && PENDING_WEBSITE.1.contains(&key.as_str())
+}
+
+/// The JSON handed to deploy/tests/validate_deploy.py (`--config-keys`).
+pub fn config_keys_json() -> serde_json::Value {
+    let services: BTreeMap<_, Vec<_>> = services()
+        .into_iter()
+        .map(|(prefix, defaults)| (prefix, defaults.into_keys().collect()))
+        .collect();
+    serde_json::json!({
+        "services": services,
+        "pending": { PENDING_WEBSITE.0: PENDING_WEBSITE.1 },
+        "plain": plain_variables(),
+    })
+}

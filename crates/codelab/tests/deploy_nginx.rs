@@ -1,0 +1,539 @@
+//! deploy/nginx/nginx.conf, for real: `nginx -t` accepts it with and without tls.conf, and an
+//! nginx started from it (unprivileged prefix in a temp dir, loopback, free ports, upstreams.conf
+//! generated here) routes like the original's table, corrected: `/oauth/` and `/.well-known/` to
+//! auth with the query string, `/auth-health` and `/gateway-health` to each `/health`,
+//! `/api/v1/` to the gateway with the WebSocket upgrade and the query string kept (the original
+//! dropped it), streams unbuffered, `/` to the website (an endpoint list while it is down),
+//! `/nginx-health` answered by nginx, forwarding headers set; with tls.conf, HTTPS with HSTS and
+//! a redirect from HTTP.
+//!
+//! Needs nginx (`CODELAB_TEST_NGINX`, else /usr/sbin/nginx; scripts/test installs it from Debian
+//! packages) and the openssl command for the TLS case.
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{OriginalUri, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn nginx_binary() -> PathBuf {
+    let path = std::env::var_os("CODELAB_TEST_NGINX")
+        .map_or_else(|| PathBuf::from("/usr/sbin/nginx"), PathBuf::from);
+    assert!(
+        path.exists(),
+        "nginx not found at {}: install it (Debian: apt-get install -y nginx; scripts/test does \
+         when run as root) or set CODELAB_TEST_NGINX",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A copy of deploy/nginx in a temp prefix, listening on loopback ports.
+struct Prefix {
+    dir: tempfile::TempDir,
+    port: u16,
+    tls_port: Option<u16>,
+}
+
+impl Prefix {
+    /// nginx.conf (only its `listen 80` moved to a free loopback port), mime.types,
+    /// `upstreams`, and with `tls` the example tls.conf (port and certificate paths moved) and
+    /// a fresh self-signed certificate.
+    fn new(upstreams: &str, tls: bool) -> Prefix {
+        let dir = tempfile::tempdir().unwrap();
+        let source = common::repo_root().join("deploy/nginx");
+        let port = free_port();
+        let conf = std::fs::read_to_string(source.join("nginx.conf")).unwrap();
+        assert_eq!(conf.matches("listen 80 default_server;").count(), 1);
+        let conf = conf.replace(
+            "listen 80 default_server;",
+            &format!("listen 127.0.0.1:{port} default_server;"),
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let mime = std::fs::read_to_string("/etc/nginx/mime.types").unwrap_or_else(|_| {
+            "types { text/html html; text/plain txt; application/json json; }\n".to_owned()
+        });
+        std::fs::write(dir.path().join("mime.types"), mime).unwrap();
+        std::fs::write(dir.path().join("upstreams.conf"), upstreams).unwrap();
+        let tls_port = tls.then(|| {
+            let tls_port = free_port();
+            let certs = dir.path().join("certs");
+            std::fs::create_dir(&certs).unwrap();
+            let example = std::fs::read_to_string(source.join("tls.conf.example")).unwrap();
+            assert_eq!(example.matches("listen 443 ssl;").count(), 1);
+            let tls_conf = example
+                .replace(
+                    "listen 443 ssl;",
+                    &format!("listen 127.0.0.1:{tls_port} ssl;"),
+                )
+                .replace("/etc/nginx/certs", certs.to_str().unwrap());
+            std::fs::write(dir.path().join("tls.conf"), tls_conf).unwrap();
+            let status = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args(["-subj", "/CN=localhost", "-keyout"])
+                .arg(certs.join("tls.key"))
+                .arg("-out")
+                .arg(certs.join("tls.crt"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("the openssl command is needed to make a test certificate");
+            assert!(status.success());
+            tls_port
+        });
+        Prefix {
+            dir,
+            port,
+            tls_port,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// nginx with this prefix: single process in the foreground, errors on stderr.
+    fn command(&self) -> Command {
+        let mut command = Command::new(nginx_binary());
+        command
+            .arg("-e")
+            .arg("stderr")
+            .arg("-p")
+            .arg(self.path())
+            .arg("-c")
+            .arg(self.path().join("nginx.conf"))
+            .arg("-g")
+            .arg(format!(
+                "pid {}; daemon off; master_process off;",
+                self.path().join("nginx.pid").display()
+            ));
+        command
+    }
+
+    /// `nginx -t`: the output when the configuration is valid.
+    fn test_config(&self) -> String {
+        let output = self.command().arg("-t").output().unwrap();
+        let text = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "nginx -t failed:\n{text}");
+        text
+    }
+
+    async fn start(&self) -> Nginx {
+        self.test_config();
+        // nginx's own log (expected errors included, like the 413 below) stays in the prefix.
+        let log = std::fs::File::create(self.path().join("error.log")).unwrap();
+        let child = self
+            .command()
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let nginx = Nginx(child);
+        let url = format!("http://127.0.0.1:{}/nginx-health", self.port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) {
+                return nginx;
+            }
+            assert!(Instant::now() < deadline, "nginx did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The nginx process, stopped when the test ends.
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Answers any request with what it received.
+async fn echo(
+    State(name): State<&'static str>,
+    OriginalUri(uri): OriginalUri,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let header = |h: &str| {
+        parts
+            .headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    axum::Json(json!({
+        "upstream": name,
+        "uri": uri.to_string(),
+        "body_len": body.len(),
+        "host": header("host"),
+        "x_forwarded_for": header("x-forwarded-for"),
+        "x_forwarded_proto": header("x-forwarded-proto"),
+        "x_forwarded_host": header("x-forwarded-host"),
+        "x_real_ip": header("x-real-ip"),
+        "x_request_id": header("x-request-id"),
+    }))
+    .into_response()
+}
+
+/// The gateway's socket: first sends the URI it was opened with, then echoes.
+async fn websocket(OriginalUri(uri): OriginalUri, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |mut socket: WebSocket| async move {
+        let _ = socket.send(Message::Text(uri.to_string().into())).await;
+        while let Some(Ok(message)) = socket.recv().await {
+            if let Message::Text(text) = message {
+                let _ = socket
+                    .send(Message::Text(format!("echo {text}").into()))
+                    .await;
+            }
+        }
+    })
+}
+
+/// A stream with a pause: the first piece must reach the client before the second is written.
+async fn slow_stream() -> Response {
+    let pieces = futures_util::stream::iter(["data: first\n\n", "data: second\n\n"]).then(
+        |piece| async move {
+            if piece.contains("second") {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            Ok::<_, std::io::Error>(piece)
+        },
+    );
+    (
+        [("content-type", "text/event-stream")],
+        axum::body::Body::from_stream(pieces),
+    )
+        .into_response()
+}
+
+async fn upstream(name: &'static str) -> (SocketAddr, codelab_testkit::ServerGuard) {
+    let mut router = Router::new();
+    if name == "gateway" {
+        router = router
+            .route("/api/v1/ws/{session_id}", get(websocket))
+            .route("/api/v1/stream", get(slow_stream));
+    }
+    let router = router.fallback(any(echo)).with_state(name);
+    let server = codelab_testkit::ServerGuard::start(router).await;
+    (server.addr(), server)
+}
+
+fn upstreams_conf(auth: SocketAddr, gateway: SocketAddr, website: SocketAddr) -> String {
+    format!(
+        "upstream codelab_auth {{ server {auth}; keepalive 4; }}\n\
+         upstream codelab_gateway {{ server {gateway}; keepalive 4; }}\n\
+         upstream codelab_website {{ server {website}; }}\n"
+    )
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    let response = client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    response.json().await.unwrap()
+}
+
+#[test]
+fn nginx_accepts_the_config_with_and_without_tls() {
+    let upstreams = "upstream codelab_auth { server 127.0.0.1:9; }\n\
+                     upstream codelab_gateway { server 127.0.0.1:9; }\n\
+                     upstream codelab_website { server 127.0.0.1:9; }\n";
+    let plain = Prefix::new(upstreams, false);
+    assert!(plain.test_config().contains("test is successful"));
+    let tls = Prefix::new(upstreams, true);
+    assert!(tls.test_config().contains("test is successful"));
+    // A missing upstream is an error: the config depends on upstreams.conf for every address.
+    let partial = Prefix::new("upstream codelab_auth { server 127.0.0.1:9; }\n", false);
+    let output = partial.command().arg("-t").output().unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no live upstreams")
+            || String::from_utf8_lossy(&output.stderr).contains("host not found in upstream"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_config_keeps_the_originals_limits_and_timeouts() {
+    let conf =
+        std::fs::read_to_string(common::repo_root().join("deploy/nginx/nginx.conf")).unwrap();
+    for directive in [
+        "client_max_body_size 50M;",
+        "client_body_buffer_size 128k;",
+        "proxy_connect_timeout 60s;",
+        "proxy_send_timeout 3600s;",
+        "proxy_read_timeout 3600s;",
+        "proxy_http_version 1.1;",
+        "proxy_buffering off;",
+        "worker_connections 1024;",
+        "keepalive_timeout 65;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection $connection_upgrade;",
+    ] {
+        assert!(conf.contains(directive), "nginx.conf lacks {directive}");
+    }
+}
+
+#[tokio::test]
+async fn nginx_routes_like_the_original_table_corrected() {
+    let (auth_addr, _auth) = upstream("auth").await;
+    let (gateway_addr, _gateway) = upstream("gateway").await;
+    let (website_addr, website) = upstream("website").await;
+    let prefix = Prefix::new(
+        &upstreams_conf(auth_addr, gateway_addr, website_addr),
+        false,
+    );
+    let _nginx = prefix.start().await;
+    let base = format!("http://127.0.0.1:{}", prefix.port);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // path -> (upstream, URI it receives)
+    let table = [
+        (
+            "/oauth/token?grant_type=password",
+            "auth",
+            "/oauth/token?grant_type=password",
+        ),
+        (
+            "/oauth/authorize?client_id=x&state=y",
+            "auth",
+            "/oauth/authorize?client_id=x&state=y",
+        ),
+        ("/.well-known/jwks.json", "auth", "/.well-known/jwks.json"),
+        (
+            "/.well-known/oauth-authorization-server",
+            "auth",
+            "/.well-known/oauth-authorization-server",
+        ),
+        ("/auth-health", "auth", "/health"),
+        ("/api/v1/health", "gateway", "/api/v1/health"),
+        (
+            "/api/v1/sessions?limit=5&offset=10",
+            "gateway",
+            "/api/v1/sessions?limit=5&offset=10",
+        ),
+        (
+            "/api/v1/events/metrics/session/abc",
+            "gateway",
+            "/api/v1/events/metrics/session/abc",
+        ),
+        ("/gateway-health", "gateway", "/health"),
+        ("/", "website", "/"),
+        (
+            "/docs/deployment?lang=ru",
+            "website",
+            "/docs/deployment?lang=ru",
+        ),
+    ];
+    for (path, expected_upstream, expected_uri) in table {
+        let seen = get_json(&client, &format!("{base}{path}")).await;
+        assert_eq!(seen["upstream"], expected_upstream, "{path}: {seen}");
+        assert_eq!(seen["uri"], expected_uri, "{path}: {seen}");
+    }
+
+    let health = client
+        .get(format!("{base}/nginx-health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "healthy\n");
+
+    // Forwarding headers: the client's address appended to its own X-Forwarded-For, the
+    // scheme, the host without the port, a request id (the client's when it sent one).
+    let seen: Value = client
+        .get(format!("{base}/api/v1/sessions"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-request-id", "req-abc-123")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["x_forwarded_for"], "203.0.113.9, 127.0.0.1", "{seen}");
+    assert_eq!(seen["x_real_ip"], "127.0.0.1");
+    assert_eq!(seen["x_forwarded_proto"], "http");
+    assert_eq!(seen["host"], "127.0.0.1");
+    assert_eq!(seen["x_forwarded_host"], "127.0.0.1");
+    assert_eq!(seen["x_request_id"], "req-abc-123");
+    let seen = get_json(&client, &format!("{base}/oauth/token")).await;
+    let generated = seen["x_request_id"].as_str().unwrap();
+    assert_eq!(generated.len(), 32, "nginx's $request_id: {seen}");
+    assert_eq!(seen["x_forwarded_for"], "127.0.0.1");
+
+    // Bodies up to 50 MB pass (nginx's default is 1 MB); larger ones are refused by nginx.
+    let body = vec![b'x'; 2 * 1024 * 1024];
+    let seen: Value = client
+        .post(format!("{base}/api/v1/files"))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["body_len"], 2 * 1024 * 1024);
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", prefix.port))
+        .await
+        .unwrap();
+    raw.write_all(
+        b"POST /api/v1/files HTTP/1.1\r\nHost: localhost\r\nContent-Length: 62914560\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0; 64];
+    let n = raw.read(&mut head).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+
+    // The WebSocket upgrade passes, with the query string (token, protocol) intact.
+    let ws_url = format!(
+        "ws://127.0.0.1:{}/api/v1/ws/session-42?access_token=tok.en-1&protocol=2",
+        prefix.port
+    );
+    let (mut socket, response) = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    let first = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.into_text().unwrap().as_str(),
+        "/api/v1/ws/session-42?access_token=tok.en-1&protocol=2"
+    );
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::Text("ping".into()))
+        .await
+        .unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "echo ping");
+    socket.close(None).await.unwrap();
+
+    // Streams are not buffered: the first event arrives while the upstream still writes.
+    let started = Instant::now();
+    let mut stream = client
+        .get(format!("{base}/api/v1/stream"))
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("first"));
+    assert!(
+        started.elapsed() < Duration::from_millis(1200),
+        "the first event waited for the whole stream ({:?})",
+        started.elapsed()
+    );
+    let mut rest = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(String::from_utf8_lossy(&rest).contains("second"));
+
+    // The website down: `/` answers 503 with the endpoint list; the API is unaffected.
+    website.abort();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let down = client.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(down.status(), 503);
+    let text = down.text().await.unwrap();
+    assert!(
+        text.contains("/api/v1/") && text.contains("/oauth/token"),
+        "{text}"
+    );
+    let seen = get_json(&client, &format!("{base}/api/v1/health")).await;
+    assert_eq!(seen["upstream"], "gateway");
+}
+
+#[tokio::test]
+async fn with_tls_conf_nginx_serves_https_with_hsts_and_redirects_http() {
+    let (auth_addr, _auth) = upstream("auth").await;
+    let (gateway_addr, _gateway) = upstream("gateway").await;
+    let (website_addr, _website) = upstream("website").await;
+    let prefix = Prefix::new(&upstreams_conf(auth_addr, gateway_addr, website_addr), true);
+    let tls_port = prefix.tls_port.unwrap();
+    let _nginx = prefix.start().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+
+    // Plain HTTP is redirected with the path and query kept...
+    let redirect = client
+        .get(format!(
+            "http://127.0.0.1:{}/api/v1/sessions?limit=1",
+            prefix.port
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirect.status(), 301);
+    assert_eq!(
+        redirect.headers()["location"],
+        "https://127.0.0.1/api/v1/sessions?limit=1"
+    );
+    // ...except the container health check.
+    let health = client
+        .get(format!("http://127.0.0.1:{}/nginx-health", prefix.port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    // HTTPS routes the same table, says so upstream, and sends HSTS.
+    let response = client
+        .get(format!("https://127.0.0.1:{tls_port}/oauth/token?x=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let hsts = response.headers()["strict-transport-security"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(hsts.starts_with("max-age=63072000"), "{hsts}");
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["upstream"], "auth");
+    assert_eq!(seen["uri"], "/oauth/token?x=1");
+    assert_eq!(seen["x_forwarded_proto"], "https");
+}
