@@ -64,6 +64,8 @@ pub struct Config {
     pub request_timeout: f64,
     /// Redis for fan-out of events to the replica holding a session's socket.
     pub redis_url: Option<String>,
+    /// Prefix of the fan-out's Redis channels: deployments sharing one Redis keep apart.
+    pub redis_prefix: String,
     /// Browser origins allowed by CORS.
     pub cors_origins: Vec<String>,
     pub max_body_bytes: usize,
@@ -92,6 +94,7 @@ impl Default for Config {
             agent_stream_timeout: 300.0,
             request_timeout: 30.0,
             redis_url: None,
+            redis_prefix: "codelab:gateway:".to_owned(),
             cors_origins: Vec::new(),
             max_body_bytes: 1024 * 1024,
             log_level: "INFO".to_owned(),

@@ -34,8 +34,6 @@ use config::WsAuthMode;
 
 /// Service name in health answers, logs and metric names (`codelab_gateway_*`).
 pub const SERVICE_NAME: &str = "gateway";
-/// Key prefix of the gateway's channels in a shared Redis.
-pub const REDIS_PREFIX: &str = "codelab:gateway:";
 /// Largest clock skew accepted on token times (auth spec §11: at most 60 s).
 pub const MAX_JWT_LEEWAY: u64 = 60;
 
@@ -220,7 +218,7 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<AppState>, BuildErr
     let runtime = runtime_client::RuntimeClient::new(&config)?;
     let auth = auth::Authenticator::new(&config, deps.clock.clone())
         .map_err(|e| BuildError::HttpClient(e.to_string()))?;
-    let fanout = fanout::Fanout::connect(config.redis_url.as_deref(), REDIS_PREFIX).await?;
+    let fanout = fanout::Fanout::connect(config.redis_url.as_deref(), &config.redis_prefix).await?;
     if !config.use_jwt_auth {
         tracing::warn!(
             "use_jwt_auth is false: REST calls without a token act as the development user \"dev\""

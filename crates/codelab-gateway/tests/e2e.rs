@@ -21,7 +21,6 @@ use std::time::Duration;
 use codelab_auth::tokens::{TokenService, TokenType};
 use codelab_core::config::Environment;
 use codelab_gateway::config::WsAuthMode;
-use codelab_gateway::fanout::Fanout;
 use codelab_protocol::runtime::RuntimeEvent;
 use codelab_testkit::ServerGuard;
 use codelab_testkit::ide_clients::{
@@ -943,8 +942,14 @@ async fn a_turn_survives_the_ide_dropping_off_mid_turn() {
 /// A gateway replica with its own state (as another process would have), on the test Redis
 /// with `prefix`, talking to the stack's runtime and auth service.
 async fn replica(stack: &Stack, prefix: &str) -> (ServerGuard, Arc<codelab_gateway::AppState>) {
-    let config = (*stack.gateway.config).clone();
-    let built = codelab_gateway::build(
+    let url = codelab_testkit::databases::redis_url();
+    let config = codelab_gateway::Config {
+        redis_url: Some(url.clone()),
+        // A unique channel prefix keeps parallel runs apart.
+        redis_prefix: prefix.to_owned(),
+        ..(*stack.gateway.config).clone()
+    };
+    let state = codelab_gateway::build(
         config,
         codelab_gateway::Deps {
             environment: Environment::Development,
@@ -953,17 +958,12 @@ async fn replica(stack: &Stack, prefix: &str) -> (ServerGuard, Arc<codelab_gatew
         },
     )
     .await
-    .unwrap();
-    // The channel prefix is not a setting; a unique one keeps parallel runs apart.
-    let mut state = Arc::try_unwrap(built).unwrap();
-    let url = codelab_testkit::databases::redis_url();
-    state.fanout = Fanout::connect(Some(&url), prefix)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("this test needs Redis at {url} ({e}); start redis-server or set CODELAB_TEST_REDIS_URL")
-        });
+    .unwrap_or_else(|e| {
+        panic!(
+            "this test needs Redis at {url} ({e}); start redis-server or set CODELAB_TEST_REDIS_URL"
+        )
+    });
     assert!(state.fanout.is_redis());
-    let state = Arc::new(state);
     let server = ServerGuard::start(codelab_gateway::router(Arc::clone(&state))).await;
     (server, state)
 }
