@@ -313,6 +313,8 @@ pub struct StepCommit {
     pub session_id: String,
     /// A turn to create, before anything else.
     pub new_turn: Option<Turn>,
+    /// The session's title, set only if it has none (a session is named by its first message).
+    pub title: Option<String>,
     /// Messages to append, in this order.
     pub messages: Vec<NewMessage>,
     /// Tool calls to store; `Conflict` (and nothing stored) when a `call_id` is taken.

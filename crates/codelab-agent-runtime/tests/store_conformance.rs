@@ -1544,6 +1544,7 @@ async fn commits_a_steps_outcome_in_one_transaction(store: Arc<dyn RuntimeStore>
         .commit_step(StepCommit {
             session_id: "s1".into(),
             new_turn: None,
+            title: Some("Write main.rs".into()),
             messages: vec![
                 assistant_calling("s1", &["call_1", "call_2"]),
                 tool_message("s1", "call_2", "Error: bad arguments"),
@@ -1587,6 +1588,18 @@ async fn commits_a_steps_outcome_in_one_transaction(store: Arc<dyn RuntimeStore>
     let session = store.get_session("s1").await.unwrap().unwrap();
     assert_eq!(session.current_agent, "architect");
     assert_eq!(session.message_count, 3);
+    assert_eq!(session.title.as_deref(), Some("Write main.rs"));
+    // A title once set stays.
+    store
+        .commit_step(StepCommit {
+            session_id: "s1".into(),
+            title: Some("another".into()),
+            ..StepCommit::default()
+        })
+        .await
+        .unwrap();
+    let session = store.get_session("s1").await.unwrap().unwrap();
+    assert_eq!(session.title.as_deref(), Some("Write main.rs"));
     assert_eq!(store.list_switches("s1").await.unwrap().len(), 1);
     let turn = store.get_turn("t1").await.unwrap().unwrap();
     assert_eq!(turn.status, TurnStatus::AwaitingTools);
@@ -1674,6 +1687,7 @@ async fn a_failing_commit_stores_nothing_of_the_step(store: Arc<dyn RuntimeStore
         .commit_step(StepCommit {
             session_id: "s1".into(),
             new_turn: None,
+            title: Some("never set".into()),
             messages: vec![assistant_calling("s1", &["call_new", "call_taken"])],
             calls: vec![
                 call("s1", "t1", 1, "call_new", ToolCallStatus::AwaitingResult),
@@ -1697,6 +1711,7 @@ async fn a_failing_commit_stores_nothing_of_the_step(store: Arc<dyn RuntimeStore
         (session.message_count, session.current_agent.as_str()),
         (1, "orchestrator")
     );
+    assert_eq!(session.title, None);
     assert!(
         store
             .get_tool_call("s1", "call_new")

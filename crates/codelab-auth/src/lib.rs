@@ -388,7 +388,7 @@ async fn not_found() -> axum::response::Response {
 /// `/health`, `/ready` and `/metrics` are served here rather than by core's `common_routes`
 /// because `/health` keeps the original's shape (with `environment`).
 pub fn router(state: Arc<AppState>) -> Router {
-    use handlers::{authorize, discovery, introspect, openapi, revoke, token, userinfo};
+    use handlers::{admin_api, authorize, discovery, introspect, openapi, revoke, token, userinfo};
     let mut app = Router::new()
         .route("/oauth/token", post(token::issue_token))
         .route(
@@ -398,6 +398,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/oauth/revoke", post(revoke::revoke_token))
         .route("/oauth/introspect", post(introspect::introspect_token))
         .route("/oauth/userinfo", get(userinfo::show_userinfo))
+        .route(
+            "/admin/users",
+            get(admin_api::list_users).post(admin_api::create_user),
+        )
+        .route(
+            "/admin/users/{username}/{action}",
+            post(admin_api::change_user),
+        )
+        .route("/admin/clients", get(admin_api::list_clients))
         .route("/.well-known/jwks.json", get(discovery::show_jwks))
         .route(
             "/.well-known/oauth-authorization-server",

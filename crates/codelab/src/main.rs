@@ -43,6 +43,12 @@ enum Command {
     },
     /// Create each service's database when missing and apply its migrations (before a rollout).
     Migrate(commands::migrate::MigrateArgs),
+    /// The terminal IDE: chat with an agent that works in a workspace folder.
+    Chat(commands::chat::ChatArgs),
+    /// Log in to a CodeLab server and keep the tokens for `codelab chat`.
+    Login(commands::chat::LoginArgs),
+    /// Revoke and delete the saved login of a server.
+    Logout(commands::chat::LogoutArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +72,9 @@ fn main() -> ExitCode {
             Command::Healthcheck(args) => commands::healthcheck::run(args).await,
             Command::Keys { command } => commands::keys::run(cli.config, command).await,
             Command::Migrate(args) => commands::migrate::run(cli.config, args).await,
+            Command::Chat(args) => commands::chat::chat(args).await,
+            Command::Login(args) => commands::chat::login(args).await,
+            Command::Logout(args) => commands::chat::logout(args).await,
         }
     });
     match result {

@@ -509,11 +509,12 @@ impl Engine {
             .await?;
         let session = self.session(cx).await?;
         let now = Utc::now();
+        // Created at step 1, running: the first step starts with the turn (one commit less).
         let mut turn = Turn {
             id: codelab_core::new_id().to_string(),
             session_id: cx.session_id.to_owned(),
             status: TurnStatus::Running,
-            steps: 0,
+            steps: 1,
             agent: session.current_agent.clone(),
             created_at: now,
             updated_at: now,
@@ -552,6 +553,7 @@ impl Engine {
             .commit_step(StepCommit {
                 session_id: cx.session_id.to_owned(),
                 new_turn: Some(turn.clone()),
+                title: session.title.is_none().then(|| title_of(&content)),
                 messages: vec![NewMessage {
                     session_id: cx.session_id.to_owned(),
                     role: Role::User,
@@ -565,16 +567,11 @@ impl Engine {
                 ..StepCommit::default()
             })
             .await?;
-        if session.title.is_none() {
-            self.store
-                .set_title(cx.session_id, &title_of(&content))
-                .await?;
-        }
         if let Some(agent) = explicit {
             metrics::routing_decision(agent.as_str(), "explicit");
         }
         cx.out.send_all(committed.events).await;
-        self.run_turn(cx, &mut turn).await
+        self.run_steps(cx, &mut turn, true, Vec::new()).await
     }
 
     // ---- switch_agent ----

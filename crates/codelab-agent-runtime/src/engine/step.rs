@@ -124,9 +124,24 @@ struct Planned {
 }
 
 impl Engine {
-    /// Runs steps until the turn ends, waits for the IDE, or is cancelled. While it runs,
-    /// the turn is registered for `cancel_turn` (locally and through the database).
+    /// Runs steps until the turn ends, waits for the IDE, or is cancelled.
     pub(crate) async fn run_turn(&self, cx: &Cx<'_>, turn: &mut Turn) -> Result<(), EngineError> {
+        self.run_steps(cx, turn, false, Vec::new()).await
+    }
+
+    /// Runs steps until the turn ends, waits for the IDE, or is cancelled. While it runs, the
+    /// turn is registered for `cancel_turn` (locally and through the database).
+    ///
+    /// `started`: the next step is already recorded (a new turn is created at step 1), so it
+    /// is not written again. `pending`: events stored with the next step's start (one commit
+    /// instead of two), or with the turn's end when no step starts.
+    pub(crate) async fn run_steps(
+        &self,
+        cx: &Cx<'_>,
+        turn: &mut Turn,
+        mut started: bool,
+        mut pending: Vec<RuntimeEvent>,
+    ) -> Result<(), EngineError> {
         let running = self
             .running
             .start(Arc::clone(&self.store), cx.session_id, &turn.id);
@@ -135,25 +150,46 @@ impl Engine {
         }
         loop {
             if running.token().is_cancelled() {
+                for event in std::mem::take(&mut pending) {
+                    cx.out.emit(event).await?;
+                }
                 return self.stop_cancelled(cx, turn).await;
             }
-            let agent = self.specialist(cx).await?;
-            let limit = self.limits.max_steps_per_turn;
-            if u32::try_from(turn.steps).unwrap_or(u32::MAX) >= limit {
-                let error = RuntimeEvent::Error {
-                    message: format!("step limit reached ({limit} steps)"),
-                    code: Some("step_limit".to_owned()),
-                };
-                return self
-                    .finish_turn(cx, turn, TurnStatus::StepLimit, vec![error])
-                    .await;
+            if !started {
+                let limit = self.limits.max_steps_per_turn;
+                if u32::try_from(turn.steps).unwrap_or(u32::MAX) >= limit {
+                    pending.push(RuntimeEvent::Error {
+                        message: format!("step limit reached ({limit} steps)"),
+                        code: Some("step_limit".to_owned()),
+                    });
+                    return self
+                        .finish_turn(cx, turn, TurnStatus::StepLimit, pending)
+                        .await;
+                }
+                // The step is recorded as running before anything of it happens: a process
+                // that finds it so after a crash runs it again.
+                turn.steps += 1;
+                turn.status = TurnStatus::Running;
+                let committed = self
+                    .store
+                    .commit_step(StepCommit {
+                        session_id: cx.session_id.to_owned(),
+                        turn: Some(TurnUpdate {
+                            turn_id: turn.id.clone(),
+                            status: TurnStatus::Running,
+                            steps: turn.steps,
+                            agent: turn.agent.clone(),
+                            expect: None,
+                        }),
+                        events: std::mem::take(&mut pending),
+                        ..StepCommit::default()
+                    })
+                    .await?;
+                cx.out.send_all(committed.events).await;
             }
-            turn.steps += 1;
+            started = false;
+            let agent = self.specialist(cx).await?;
             turn.agent = agent.as_str().to_owned();
-            turn.status = TurnStatus::Running;
-            self.store
-                .update_turn(&turn.id, TurnStatus::Running, turn.steps, &turn.agent)
-                .await?;
             metrics::counter_step();
             match self.llm_step(cx, turn, agent, running.token()).await? {
                 StepResult::Done(StepEnd::Continue) => {}
@@ -508,6 +544,7 @@ impl Engine {
             .commit_step(StepCommit {
                 session_id: cx.session_id.to_owned(),
                 new_turn: None,
+                title: None,
                 messages,
                 calls: records,
                 switches,
@@ -622,10 +659,9 @@ impl Engine {
                 Ok(())
             }
             StepState::Continue => {
-                for event in step_end_events(step, &state, false) {
-                    cx.out.emit(event).await?;
-                }
-                self.run_turn(cx, turn).await
+                // `step_finished` is stored with the next step's start.
+                self.run_steps(cx, turn, false, step_end_events(step, &state, false))
+                    .await
             }
         }
     }

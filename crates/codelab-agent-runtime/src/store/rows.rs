@@ -430,6 +430,11 @@ pub(super) mod sql {
     pub(in crate::store) const SET_TITLE: &str =
         "UPDATE sessions SET title = $2, title_folded = $3 WHERE id = $1 AND deleted_at IS NULL";
 
+    /// $1 id, $2 title, $3 folded title; keeps a title already set.
+    pub(in crate::store) const SET_TITLE_IF_UNSET: &str = "UPDATE sessions \
+         SET title = COALESCE(title, $2), title_folded = COALESCE(title_folded, $3) \
+         WHERE id = $1 AND deleted_at IS NULL";
+
     /// $1 id, $2 agent.
     pub(in crate::store) const SET_CURRENT_AGENT: &str =
         "UPDATE sessions SET current_agent = $2 WHERE id = $1 AND deleted_at IS NULL";

@@ -177,6 +177,14 @@ impl RuntimeStore for SqliteStore {
         if let Some(turn) = &commit.new_turn {
             insert_turn(&mut tx, turn).await?;
         }
+        if let Some(title) = &commit.title {
+            sqlx::query(sql::SET_TITLE_IF_UNSET)
+                .bind(&commit.session_id)
+                .bind(title)
+                .bind(rows::fold_title(title))
+                .execute(&mut *tx)
+                .await?;
+        }
         let mut stored = Vec::with_capacity(commit.messages.len());
         for message in &commit.messages {
             stored.push(append_message(&mut tx, message, now).await?);

@@ -1,6 +1,7 @@
 //! HTTP handlers, one module per endpoint, and what several of them share: who is calling
 //! (IP, user agent), client and user authentication, the scope rule, token issuing and audit.
 
+pub mod admin_api;
 pub mod authorize;
 pub mod discovery;
 pub mod error;

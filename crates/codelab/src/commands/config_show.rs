@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::services::{
     ListenOverrides, agent_runtime_config, auth_config, gateway_config, llm_proxy_config,
+    website_config,
 };
 
 /// `codelab config ...`
@@ -26,6 +27,7 @@ struct Effective {
     auth_service: codelab_auth::Config,
     agent_runtime: codelab_agent_runtime::Config,
     gateway: codelab_gateway::Config,
+    website: codelab_website::Config,
 }
 
 /// Prints the configuration as TOML.
@@ -37,13 +39,15 @@ pub fn run(file: Option<PathBuf>, command: ConfigCommand) -> anyhow::Result<Exit
             let (auth_service, _) = auth_config(file.clone(), &ListenOverrides::default())?;
             let (agent_runtime, _) =
                 agent_runtime_config(file.clone(), &ListenOverrides::default())?;
-            let (gateway, _) = gateway_config(file, &ListenOverrides::default())?;
+            let (gateway, _) = gateway_config(file.clone(), &ListenOverrides::default())?;
+            let (website, _) = website_config(file, &ListenOverrides::default())?;
             let effective = Effective {
                 environment: environment.as_str().to_owned(),
                 llm_proxy,
                 auth_service,
                 agent_runtime,
                 gateway,
+                website,
             };
             let text =
                 toml::to_string_pretty(&effective).context("cannot render the configuration")?;

@@ -13,7 +13,7 @@ use codelab_llm_proxy::routing::ProviderEnv;
 
 use super::services::{
     ListenOverrides, agent_runtime_config, auth_config, gateway_config, llm_proxy_config,
-    print_seeded_credentials,
+    print_seeded_credentials, website_config,
 };
 
 /// How long in-flight requests and streams may take to finish after SIGTERM.
@@ -26,6 +26,7 @@ pub enum Service {
     Auth,
     AgentRuntime,
     Gateway,
+    Website,
 }
 
 /// Arguments of `codelab serve`.
@@ -147,6 +148,25 @@ pub async fn run(file: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitC
                     "gateway relays still running after the drain timeout; stopping anyway"
                 );
             }
+        }
+        Service::Website => {
+            let (config, environment) = website_config(file, &overrides)?;
+            init_tracing(environment, &config.log_level);
+            let port = resolve_port(config.port, codelab_website::config::DEFAULT_PORT, true)?;
+            let host = config.host.clone();
+            let state =
+                codelab_website::build(config, codelab_website::Deps::new(environment)).await?;
+            let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+                .await
+                .with_context(|| format!("cannot listen on {host}:{port}"))?;
+            tracing::info!(address = %listener.local_addr()?, "website listening");
+            serve(
+                listener,
+                codelab_website::router(state),
+                shutdown_on_signals(),
+                DRAIN_TIMEOUT,
+            )
+            .await?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -67,6 +67,19 @@ pub fn gateway_config(
     Ok((config, environment))
 }
 
+/// The website's settings and environment.
+pub fn website_config(
+    file: Option<PathBuf>,
+    overrides: &impl Serialize,
+) -> anyhow::Result<(codelab_website::Config, Environment)> {
+    use codelab_website::config::{ENV_PREFIX, SECTION};
+    let environment = codelab_core::config::environment(ENV_PREFIX)?;
+    let config = ConfigLoader::from_env_or(file)
+        .load(SECTION, ENV_PREFIX, overrides)
+        .context("invalid website configuration")?;
+    Ok((config, environment))
+}
+
 /// Prints credentials generated while seeding, once, to stdout (never through tracing, which
 /// may ship logs elsewhere). Nothing is printed when nothing was generated.
 pub fn print_seeded_credentials(report: &codelab_auth::seed::SeedReport) {

@@ -29,6 +29,7 @@ use tower::ServiceExt;
 use super::serve::DRAIN_TIMEOUT;
 use super::services::{
     agent_runtime_config, auth_config, gateway_config, llm_proxy_config, print_seeded_credentials,
+    website_config,
 };
 
 /// Arguments of `codelab up`.
@@ -82,6 +83,20 @@ struct RuntimeOverrides {
     llm_proxy_api_key: String,
     /// Guards the runtime (the gateway→runtime link).
     internal_api_key: String,
+}
+
+#[derive(Serialize)]
+struct WebsiteOverrides {
+    host: String,
+    /// The public listener: the console's redirect URI and the browser's addresses.
+    public_url: String,
+    auth_public_url: String,
+    gateway_public_url: String,
+    /// The in-process services, called server to server.
+    auth_url: String,
+    gateway_url: String,
+    agent_runtime_url: String,
+    llm_proxy_url: String,
 }
 
 #[derive(Serialize)]
@@ -201,6 +216,7 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
     let public_address = public.local_addr()?;
 
     let file_for_gateway = file.clone();
+    let file_for_website = file.clone();
     let auth_state = start_auth(
         file,
         &args,
@@ -229,9 +245,19 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
     )
     .await?;
 
+    let website_state = start_website(
+        file_for_website,
+        &args,
+        public_address,
+        &mut tasks,
+        &mut running,
+        &shutdown,
+    )
+    .await?;
+
     tasks.spawn(serve(
         public,
-        public_router(&auth_state, &gateway_state),
+        public_router(&auth_state, &gateway_state, &website_state),
         shutdown.clone(),
         DRAIN_TIMEOUT,
     ));
@@ -279,7 +305,12 @@ async fn start_auth(
         trusted_proxies: Vec::new(),
         master_key: args.admin_password.clone(),
     };
-    let (config, _) = auth_config(file, &overrides)?;
+    let (mut config, _) = auth_config(file, &overrides)?;
+    // The console signs in through this listener, whatever port it got.
+    let console_callback = format!("{}/console/callback", public_url(public_address));
+    if !config.web_redirect_uris.contains(&console_callback) {
+        config.web_redirect_uris.push(console_callback);
+    }
     let port = config.port.unwrap_or(codelab_auth::config::DEFAULT_PORT);
     let state =
         codelab_auth::build(config, codelab_auth::Deps::new(Environment::Development)).await?;
@@ -405,12 +436,60 @@ async fn start_gateway(
     Ok(state)
 }
 
+/// Builds the website against the in-process services (server-side calls) with the public
+/// listener as the browser's address, and serves it on its internal port too.
+async fn start_website(
+    file: Option<PathBuf>,
+    args: &UpArgs,
+    public_address: SocketAddr,
+    tasks: &mut JoinSet<std::io::Result<()>>,
+    running: &mut Vec<Running>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<codelab_website::AppState>> {
+    let internal = |name: &str| {
+        running
+            .iter()
+            .find(|service| service.name == name)
+            .map(|service| format!("http://{}", service.address))
+            .unwrap_or_default()
+    };
+    let public = public_url(public_address);
+    let overrides = WebsiteOverrides {
+        host: "127.0.0.1".into(),
+        public_url: public.clone(),
+        auth_public_url: public.clone(),
+        gateway_public_url: public,
+        auth_url: internal(codelab_auth::SERVICE_NAME),
+        gateway_url: internal(codelab_gateway::SERVICE_NAME),
+        agent_runtime_url: internal(codelab_agent_runtime::SERVICE_NAME),
+        llm_proxy_url: internal(codelab_llm_proxy::SERVICE_NAME),
+    };
+    let (config, _) = website_config(file, &overrides)?;
+    let port = config.port.unwrap_or(codelab_website::config::DEFAULT_PORT);
+    let state =
+        codelab_website::build(config, codelab_website::Deps::new(Environment::Development))
+            .await?;
+    let listener = bind_internal(port, args.ephemeral_ports).await?;
+    running.push(Running {
+        name: codelab_website::SERVICE_NAME,
+        address: listener.local_addr()?,
+    });
+    tasks.spawn(serve(
+        listener,
+        codelab_website::router(Arc::clone(&state)),
+        shutdown.clone(),
+        DRAIN_TIMEOUT,
+    ));
+    Ok(state)
+}
+
 /// Routes of the public listener, in nginx's order. Auth paths are dispatched in process to
 /// the auth router, keeping the caller's connection info (this hop is not a proxy, so no
 /// forwarding header is added).
 fn public_router(
     auth: &Arc<codelab_auth::AppState>,
     gateway: &Arc<codelab_gateway::AppState>,
+    website: &Arc<codelab_website::AppState>,
 ) -> Router {
     let auth_router = codelab_auth::router(Arc::clone(auth));
     // The auth router matches on the full path; the outer route's MatchedPath is dropped so
@@ -451,6 +530,13 @@ fn public_router(
         .route_service("/.well-known/{*path}", to_auth(None))
         // nginx maps `/auth-health` to the auth service's `/health`.
         .route_service("/auth-health", to_auth(Some("/health")))
+        // Everything else is the website (docs and console), as nginx's `location /`.
+        .fallback_service(codelab_website::router(Arc::clone(website)).map_request(
+            |mut req: Request| {
+                req.extensions_mut().remove::<MatchedPath>();
+                req
+            },
+        ))
 }
 
 /// How to reach the gateway: the Flutter IDE's server URL, the terminal client, auth state.
@@ -487,6 +573,7 @@ fn print_summary(public: SocketAddr, data_dir: &Path, running: &[Running], no_au
     println!("  public address   http://{public}");
     println!("  health           http://{public}/nginx-health");
     println!("  oauth            http://{public}/oauth/token");
+    println!("  website          http://{public}/ (docs at /docs, console at /console)");
     for service in running {
         println!(
             "  {:<16} http://{} (internal)",

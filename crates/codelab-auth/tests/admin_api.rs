@@ -1,0 +1,289 @@
+//! The admin API (`/admin/users`, `/admin/clients`) the website's admin pages use: only a
+//! Bearer access token with `api:admin` whose user is an active administrator gets in, and
+//! the changes are those of `codelab admin` (disable revokes logins, policy-checked passwords).
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+
+mod support;
+
+use codelab_auth::tokens::TokenType;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{ADMIN_PASSWORD, Auth, Backend};
+
+const ADMIN_SCOPES: &str = "api:read api:write api:admin";
+
+/// An access token as the website's login gives it (client `codelab-web`).
+fn web_token(auth: &Auth, user_id: &str, scope: &str) -> String {
+    auth.state
+        .tokens
+        .issue(TokenType::Access, user_id, "codelab-web", scope, 900)
+        .unwrap()
+        .token
+}
+
+async fn admin_token(auth: &Auth) -> String {
+    let admin = auth
+        .state
+        .store
+        .find_user_by_login("admin")
+        .await
+        .unwrap()
+        .unwrap();
+    web_token(auth, &admin.id, ADMIN_SCOPES)
+}
+
+async fn call(
+    auth: &Auth,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let mut request = auth.http.request(method, auth.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+#[tokio::test]
+async fn only_active_administrators_with_the_admin_scope_get_in() {
+    let auth = Auth::start(Backend::Sqlite).await;
+    let get = reqwest::Method::GET;
+
+    let (status, headers, _) = call(&auth, get.clone(), "/admin/users", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+
+    let (status, _, body) = call(&auth, get.clone(), "/admin/users", Some("not-a-jwt"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "invalid_token");
+
+    // The Flutter client's token: a real admin, but no api:admin scope.
+    let flutter = auth.login("admin", ADMIN_PASSWORD).await;
+    let (status, headers, body) = call(
+        &auth,
+        get.clone(),
+        "/admin/users",
+        Some(&flutter.access),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"], "insufficient_scope");
+    assert!(
+        headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("scope=\"api:admin\"")
+    );
+
+    // A user who is not an administrator, even with a token claiming the scope.
+    let bob = auth.add_user("bob", "bob-password-123").await;
+    let forged_scope = web_token(&auth, &bob.id, ADMIN_SCOPES);
+    let (status, _, _) = call(
+        &auth,
+        get.clone(),
+        "/admin/clients",
+        Some(&forged_scope),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // A refresh token is not an access token.
+    let admin = auth
+        .state
+        .store
+        .find_user_by_login("admin")
+        .await
+        .unwrap()
+        .unwrap();
+    let refresh = auth
+        .state
+        .tokens
+        .issue(
+            TokenType::Refresh,
+            &admin.id,
+            "codelab-web",
+            ADMIN_SCOPES,
+            900,
+        )
+        .unwrap()
+        .token;
+    let (status, _, _) = call(&auth, get.clone(), "/admin/users", Some(&refresh), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let token = admin_token(&auth).await;
+    let (status, headers, body) =
+        call(&auth, get.clone(), "/admin/users", Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["cache-control"], "no-store");
+    let names: Vec<&str> = body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["admin", "bob"]);
+    assert!(
+        !body.to_string().contains("password"),
+        "no hash leaks: {body}"
+    );
+
+    let (status, _, body) = call(&auth, get, "/admin/clients", Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let web = body["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == "codelab-web")
+        .unwrap();
+    assert_eq!(web["is_confidential"], false);
+    assert!(!body.to_string().contains("secret_hash"), "{body}");
+}
+
+#[tokio::test]
+async fn users_are_created_disabled_enabled_and_given_new_passwords() {
+    let auth = Auth::start(Backend::Sqlite).await;
+    let token = admin_token(&auth).await;
+    let post = reqwest::Method::POST;
+
+    let (status, _, user) = call(
+        &auth,
+        post.clone(),
+        "/admin/users",
+        Some(&token),
+        Some(json!({"username": "carol", "password": "carol-password-1", "email": "Carol@Example.com"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{user}");
+    assert_eq!(user["username"], "carol");
+    assert_eq!(user["email"], "carol@example.com");
+    assert_eq!(user["is_admin"], false);
+    let carol = auth.login("carol", "carol-password-1").await;
+
+    // The same name again, a short password, an unknown field: refused with a reason.
+    let (status, _, body) = call(
+        &auth,
+        post.clone(),
+        "/admin/users",
+        Some(&token),
+        Some(json!({"username": "carol", "password": "another-password"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, _, body) = call(
+        &auth,
+        post.clone(),
+        "/admin/users",
+        Some(&token),
+        Some(json!({"username": "dave", "password": "short"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_request");
+    let (status, _, _) = call(
+        &auth,
+        post.clone(),
+        "/admin/users",
+        Some(&token),
+        Some(json!({"username": "dave", "password": "long-enough-1", "role": "root"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Disabling ends the user's logins.
+    let (status, _, body) = call(
+        &auth,
+        post.clone(),
+        "/admin/users/carol/disable",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user"]["is_active"], false);
+    assert_eq!(body["revoked_refresh_tokens"], 1);
+    let (status, _) = auth.refresh(carol.refresh.as_deref().unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (status, _, body) = call(
+        &auth,
+        post.clone(),
+        "/admin/users/carol/enable",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user"]["is_active"], true);
+
+    let (status, _, body) = call(
+        &auth,
+        post.clone(),
+        "/admin/users/carol/password",
+        Some(&token),
+        Some(json!({"password": "a-brand-new-password"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    auth.login("carol", "a-brand-new-password").await;
+
+    let (status, _, _) = call(
+        &auth,
+        post.clone(),
+        "/admin/users/nobody/disable",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = call(
+        &auth,
+        post.clone(),
+        "/admin/users/carol/explode",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // An administrator cannot lock themselves out.
+    let (status, _, _) = call(
+        &auth,
+        post,
+        "/admin/users/admin/disable",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Every change left its audit row, and no row holds a password.
+    let rows = auth.audit_rows().await;
+    let events: Vec<&str> = rows.iter().map(|r| r.event.event_type.as_str()).collect();
+    for expected in [
+        "admin_user_add",
+        "admin_user_disable",
+        "admin_user_enable",
+        "admin_password_change",
+    ] {
+        assert!(events.contains(&expected), "{events:?}");
+    }
+    let text = format!("{rows:?}");
+    assert!(!text.contains("a-brand-new-password") && !text.contains("carol-password-1"));
+}

@@ -1,0 +1,49 @@
+//! The IDE side of CodeLab, as used by `codelab chat`: logging in (password grant as the
+//! `codelab-cli` client) and keeping tokens in a private store, the gateway's REST API and
+//! its protocol-2 WebSocket (token streaming, approvals, resumption by `seq`), the IDE tools
+//! (`read_file`, `write_file`, `list_files`, `create_directory`, `execute_command`,
+//! `search_in_code`) run in a workspace folder, and the terminal rendering.
+//!
+//! It must never touch a file outside the workspace: every path a tool names is confined to
+//! the workspace after resolving `..` and symlinks, and refused otherwise. It never logs or
+//! prints a token or password, never stores tokens readable by other users, and never runs a
+//! call that requires approval without a person's (or `--yes`'s) decision. It shares nothing
+//! with the test clients of `codelab-testkit` except the wire types of `codelab-protocol`.
+
+pub mod api;
+pub mod auth;
+pub mod chat;
+pub mod credentials;
+pub mod diff;
+pub mod input;
+pub mod login;
+pub mod render;
+pub mod tools;
+pub mod ws;
+
+/// The default server: `codelab up`'s public listener.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+/// A transport error in words a user can act on.
+pub fn describe_reqwest(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        return "the request timed out".to_owned();
+    }
+    if error.is_connect() {
+        let mut source: Option<&dyn std::error::Error> = std::error::Error::source(error);
+        let mut detail = String::new();
+        while let Some(cause) = source {
+            detail = cause.to_string();
+            source = cause.source();
+        }
+        return format!(
+            "cannot connect ({}); is the server running? `codelab up` starts one",
+            if detail.is_empty() {
+                "connection failed".to_owned()
+            } else {
+                detail
+            }
+        );
+    }
+    error.to_string()
+}

@@ -1,0 +1,505 @@
+//! `read_file`, `write_file`, `list_files` and `create_directory`, with the result shapes the
+//! Flutter IDE returns. Every path goes through [`Workspace::resolve`] first.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use globset::{GlobBuilder, GlobMatcher};
+use serde_json::{Value, json};
+
+use super::args::Args;
+use super::workspace::Workspace;
+use super::{Limits, SKIPPED_DIRS};
+
+/// Where `write_file` keeps the previous content of a file it replaces (inside the workspace,
+/// hidden, so listings and searches skip it unless asked).
+pub const BACKUP_DIR: &str = ".codelab-backup";
+
+fn io_error(what: &str, path: &str, error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::NotFound => format!("{what} {path:?}: no such file or directory"),
+        io::ErrorKind::PermissionDenied => format!("{what} {path:?}: permission denied"),
+        _ => format!("{what} {path:?}: {error}"),
+    }
+}
+
+fn check_encoding(args: &Args<'_>) -> Result<(), String> {
+    match args.opt_string("encoding")? {
+        None => Ok(()),
+        Some(e) if matches!(e.to_ascii_lowercase().as_str(), "utf-8" | "utf8") => Ok(()),
+        Some(other) => Err(format!(
+            "unsupported encoding {other:?}: this IDE reads and writes utf-8 only"
+        )),
+    }
+}
+
+/// `read_file {path, start_line?, end_line?}` → `{success, content, lines_read}`.
+pub fn read_file(ws: &Workspace, args: Args<'_>, limits: &Limits) -> Result<Value, String> {
+    let requested = args.string("path")?;
+    check_encoding(&args)?;
+    let start = args.opt_u64("start_line")?;
+    let end = args.opt_u64("end_line")?;
+    if start == Some(0) || end == Some(0) {
+        return Err("start_line and end_line count from 1".to_owned());
+    }
+    if let (Some(s), Some(e)) = (start, end)
+        && e < s
+    {
+        return Err(format!("end_line {e} is before start_line {s}"));
+    }
+    let path = ws.resolve(requested).map_err(|e| e.to_string())?;
+    let metadata = fs::metadata(&path).map_err(|e| io_error("cannot read", requested, &e))?;
+    if metadata.is_dir() {
+        return Err(format!(
+            "cannot read {requested:?}: it is a directory (use list_files)"
+        ));
+    }
+    if metadata.len() > limits.max_read_file_bytes {
+        return Err(format!(
+            "cannot read {requested:?}: {} bytes is more than the {} bytes this IDE reads",
+            metadata.len(),
+            limits.max_read_file_bytes
+        ));
+    }
+    let bytes = fs::read(&path).map_err(|e| io_error("cannot read", requested, &e))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("cannot read {requested:?}: it is not utf-8 text"))?;
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let first = start.map_or(0, |s| usize::try_from(s - 1).unwrap_or(usize::MAX));
+    if first > 0 && first >= lines.len() {
+        return Err(format!(
+            "start_line {} is past the end of {requested:?} ({} lines)",
+            first + 1,
+            lines.len()
+        ));
+    }
+    let last = end.map_or(lines.len(), |e| {
+        usize::try_from(e).unwrap_or(usize::MAX).min(lines.len())
+    });
+    let selected = &lines[first..last.max(first)];
+    let content: String = selected.concat();
+    if content.len() > limits.max_read_content_bytes {
+        return Err(format!(
+            "{requested:?} has {} bytes in the requested lines, more than {}: read a range \
+             with start_line and end_line",
+            content.len(),
+            limits.max_read_content_bytes
+        ));
+    }
+    Ok(json!({"success": true, "content": content, "lines_read": selected.len()}))
+}
+
+/// `write_file {path, content, create_dirs?, backup?}` → `{success, bytes_written,
+/// backup_path}`; `backup_path` is `null` when there was nothing to back up.
+pub fn write_file(ws: &Workspace, args: Args<'_>) -> Result<Value, String> {
+    let requested = args.string("path")?;
+    let content = args.string("content")?;
+    check_encoding(&args)?;
+    let create_dirs = args.flag("create_dirs", false)?;
+    let backup = args.flag("backup", true)?;
+    let path = ws.resolve(requested).map_err(|e| e.to_string())?;
+    if path == ws.root() || path.is_dir() {
+        return Err(format!("cannot write {requested:?}: it is a directory"));
+    }
+    let parent = path
+        .parent()
+        .ok_or_else(|| format!("cannot write {requested:?}: no parent directory"))?;
+    if !parent.is_dir() {
+        if !create_dirs {
+            return Err(format!(
+                "cannot write {requested:?}: the directory {:?} does not exist (set create_dirs)",
+                ws.relative(parent)
+            ));
+        }
+        fs::create_dir_all(parent).map_err(|e| io_error("cannot create", requested, &e))?;
+        // Re-check after creating: a directory swapped for a symlink meanwhile must not
+        // carry the write outside.
+        if !ws.contains_real(parent) {
+            return Err(format!("path {requested:?} is outside the workspace"));
+        }
+    }
+    let existing = fs::metadata(&path).ok();
+    let backup_path = match (&existing, backup) {
+        (Some(_), true) => {
+            Some(make_backup(ws, &path).map_err(|e| io_error("cannot back up", requested, &e))?)
+        }
+        _ => None,
+    };
+    write_atomically(&path, content.as_bytes(), existing.as_ref())
+        .map_err(|e| io_error("cannot write", requested, &e))?;
+    Ok(json!({
+        "success": true,
+        "bytes_written": content.len(),
+        "backup_path": backup_path.map(|p| ws.relative(&p)),
+    }))
+}
+
+/// Copies `path` to `.codelab-backup/<UTC time>/<path relative to the root>`.
+fn make_backup(ws: &Workspace, path: &Path) -> io::Result<PathBuf> {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    let relative = ws.relative(path);
+    let base = ws.root().join(BACKUP_DIR);
+    let mut dir = base.join(&stamp);
+    let mut n = 1;
+    while dir.join(&relative).exists() {
+        n += 1;
+        dir = base.join(format!("{stamp}-{n}"));
+    }
+    let target = dir.join(&relative);
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::copy(path, &target)?;
+    Ok(target)
+}
+
+/// Writes through a temporary file in the same directory and renames it over the target, so
+/// a crash never leaves half a file; the old file's permissions are kept.
+fn write_atomically(path: &Path, bytes: &[u8], existing: Option<&fs::Metadata>) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.codelab-tmp-{}", std::process::id()));
+    let result = (|| {
+        fs::write(&temp, bytes)?;
+        if let Some(metadata) = existing {
+            fs::set_permissions(&temp, metadata.permissions())?;
+        }
+        fs::rename(&temp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+fn pattern_matcher(pattern: Option<&str>, what: &str) -> Result<Option<GlobMatcher>, String> {
+    pattern
+        .map(|p| {
+            GlobBuilder::new(p)
+                .literal_separator(false)
+                .build()
+                .map(|g| g.compile_matcher())
+                .map_err(|e| format!("invalid {what} {p:?}: {e}"))
+        })
+        .transpose()
+}
+
+/// Whether a glob matches an entry: against the name, or the relative path when the
+/// pattern names directories (`src/*.rs`).
+pub fn glob_matches(matcher: &GlobMatcher, pattern_has_slash: bool, name: &str, rel: &str) -> bool {
+    if pattern_has_slash {
+        matcher.is_match(rel)
+    } else {
+        matcher.is_match(name)
+    }
+}
+
+/// `list_files {path, recursive?, include_hidden?, pattern?}` → `{success, path, items,
+/// total_count}`; each item is `{name, path, type, size}` (`type` is `file`, `directory` or
+/// `symlink`; `size` in bytes for files). A recursive listing does not descend into `.git`,
+/// `target`, `node_modules` or symlinked directories; at most `max_list_items` are returned
+/// (`total_count` counts them all).
+pub fn list_files(ws: &Workspace, args: Args<'_>, limits: &Limits) -> Result<Value, String> {
+    let requested = args.string("path")?;
+    let recursive = args.flag("recursive", false)?;
+    let include_hidden = args.flag("include_hidden", false)?;
+    let pattern = args.opt_string("pattern")?;
+    let matcher = pattern_matcher(pattern, "pattern")?;
+    let has_slash = pattern.is_some_and(|p| p.contains('/'));
+    let dir = ws.resolve(requested).map_err(|e| e.to_string())?;
+    let metadata = fs::metadata(&dir).map_err(|e| io_error("cannot list", requested, &e))?;
+    if !metadata.is_dir() {
+        return Err(format!("cannot list {requested:?}: it is not a directory"));
+    }
+    let mut items = Vec::new();
+    let mut total = 0usize;
+    let mut stack = vec![dir.clone()];
+    while let Some(current) = stack.pop() {
+        let entries = match fs::read_dir(&current) {
+            Ok(entries) => entries,
+            // The top directory must be readable; a subdirectory that is not is skipped.
+            Err(e) if current == dir => return Err(io_error("cannot list", requested, &e)),
+            Err(_) => continue,
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !include_hidden && name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
+            let rel = ws.relative(&path);
+            let kind = if file_type.is_symlink() {
+                "symlink"
+            } else if file_type.is_dir() {
+                "directory"
+            } else {
+                "file"
+            };
+            if recursive && file_type.is_dir() && !SKIPPED_DIRS.contains(&name.as_str()) {
+                stack.push(path.clone());
+            }
+            if let Some(matcher) = &matcher
+                && !glob_matches(matcher, has_slash, &name, &rel)
+            {
+                continue;
+            }
+            total += 1;
+            if items.len() < limits.max_list_items {
+                let size = if file_type.is_file() {
+                    entry.metadata().map(|m| m.len()).ok()
+                } else {
+                    None
+                };
+                items.push(json!({"name": name, "path": rel, "type": kind, "size": size}));
+            }
+        }
+    }
+    items.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
+    Ok(json!({
+        "success": true,
+        "path": ws.relative(&dir),
+        "items": items,
+        "total_count": total,
+    }))
+}
+
+/// `create_directory {path, recursive?}` → `{success, path, created, already_exists}`.
+pub fn create_directory(ws: &Workspace, args: Args<'_>) -> Result<Value, String> {
+    let requested = args.string("path")?;
+    let recursive = args.flag("recursive", true)?;
+    let path = ws.resolve(requested).map_err(|e| e.to_string())?;
+    let rel = ws.relative(&path);
+    match fs::metadata(&path) {
+        Ok(m) if m.is_dir() => {
+            return Ok(
+                json!({"success": true, "path": rel, "created": false, "already_exists": true}),
+            );
+        }
+        Ok(_) => return Err(format!("cannot create {requested:?}: a file has that name")),
+        Err(_) => {}
+    }
+    let created = if recursive {
+        fs::create_dir_all(&path)
+    } else {
+        fs::create_dir(&path)
+    };
+    created.map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => {
+            format!("cannot create {requested:?}: its parent does not exist (set recursive)")
+        }
+        _ => io_error("cannot create", requested, &e),
+    })?;
+    if !ws.contains_real(&path) {
+        return Err(format!("path {requested:?} is outside the workspace"));
+    }
+    Ok(json!({"success": true, "path": rel, "created": true, "already_exists": false}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Workspace) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("ws")).unwrap();
+        let ws = Workspace::open(&dir.path().join("ws")).unwrap();
+        (dir, ws)
+    }
+
+    fn call<T>(f: impl Fn(Args<'_>) -> T, value: Value) -> T {
+        let empty = serde_json::Map::new();
+        f(Args::new(&value, &empty).unwrap())
+    }
+
+    #[test]
+    fn read_file_returns_content_and_lines_read() {
+        let (_d, ws) = setup();
+        let limits = Limits::default();
+        fs::write(ws.root().join("a.txt"), "one\ntwo\nthree\n").unwrap();
+        let whole = call(|a| read_file(&ws, a, &limits), json!({"path": "a.txt"})).unwrap();
+        assert_eq!(
+            whole,
+            json!({"success": true, "content": "one\ntwo\nthree\n", "lines_read": 3})
+        );
+        let range = call(
+            |a| read_file(&ws, a, &limits),
+            json!({"path": "a.txt", "start_line": 2, "end_line": 9}),
+        )
+        .unwrap();
+        assert_eq!(range["content"], "two\nthree\n");
+        assert_eq!(range["lines_read"], 2);
+        let err = call(|a| read_file(&ws, a, &limits), json!({"path": "nope"})).unwrap_err();
+        assert!(err.contains("no such file"), "{err}");
+        let err = call(|a| read_file(&ws, a, &limits), json!({"path": "../x"})).unwrap_err();
+        assert!(err.contains("outside the workspace"), "{err}");
+        let err = call(|a| read_file(&ws, a, &limits), json!({})).unwrap_err();
+        assert_eq!(err, "missing required argument \"path\"");
+        fs::write(ws.root().join("bin"), [0xff, 0xfe]).unwrap();
+        let err = call(|a| read_file(&ws, a, &limits), json!({"path": "bin"})).unwrap_err();
+        assert!(err.contains("not utf-8"), "{err}");
+    }
+
+    #[test]
+    fn read_file_refuses_oversized_content() {
+        let (_d, ws) = setup();
+        let limits = Limits {
+            max_read_content_bytes: 4,
+            ..Limits::default()
+        };
+        fs::write(ws.root().join("a.txt"), "123456\n").unwrap();
+        let err = call(|a| read_file(&ws, a, &limits), json!({"path": "a.txt"})).unwrap_err();
+        assert!(err.contains("read a range"), "{err}");
+    }
+
+    #[test]
+    fn write_file_backs_up_the_old_content() {
+        let (_d, ws) = setup();
+        let first = call(
+            |a| write_file(&ws, a),
+            json!({"path": "b.txt", "content": "old"}),
+        )
+        .unwrap();
+        assert_eq!(
+            first,
+            json!({"success": true, "bytes_written": 3, "backup_path": null})
+        );
+        let second = call(
+            |a| write_file(&ws, a),
+            json!({"path": "b.txt", "content": "new!"}),
+        )
+        .unwrap();
+        assert_eq!(second["bytes_written"], 4);
+        let backup = second["backup_path"].as_str().unwrap();
+        assert!(backup.starts_with(".codelab-backup/"), "{backup}");
+        assert!(backup.ends_with("/b.txt"), "{backup}");
+        assert_eq!(fs::read_to_string(ws.root().join(backup)).unwrap(), "old");
+        assert_eq!(fs::read_to_string(ws.root().join("b.txt")).unwrap(), "new!");
+        let no_backup = call(
+            |a| write_file(&ws, a),
+            json!({"path": "b.txt", "content": "x", "backup": false}),
+        )
+        .unwrap();
+        assert_eq!(no_backup["backup_path"], Value::Null);
+    }
+
+    #[test]
+    fn write_file_needs_create_dirs_for_missing_parents() {
+        let (_d, ws) = setup();
+        let err = call(
+            |a| write_file(&ws, a),
+            json!({"path": "d/e/f.txt", "content": "x"}),
+        )
+        .unwrap_err();
+        assert!(err.contains("set create_dirs"), "{err}");
+        call(
+            |a| write_file(&ws, a),
+            json!({"path": "d/e/f.txt", "content": "x", "create_dirs": true}),
+        )
+        .unwrap();
+        assert!(ws.root().join("d/e/f.txt").is_file());
+    }
+
+    #[test]
+    fn write_file_never_touches_outside() {
+        let (dir, ws) = setup();
+        fs::write(dir.path().join("outside.txt"), "keep").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside.txt"), ws.root().join("link")).unwrap();
+        for path in ["../outside.txt", "link", "/tmp/codelab-never-written"] {
+            let err = call(
+                |a| write_file(&ws, a),
+                json!({"path": path, "content": "pwned"}),
+            )
+            .unwrap_err();
+            assert!(err.contains("outside the workspace"), "{path}: {err}");
+        }
+        assert_eq!(
+            fs::read_to_string(dir.path().join("outside.txt")).unwrap(),
+            "keep"
+        );
+        assert!(!Path::new("/tmp/codelab-never-written").exists());
+    }
+
+    #[test]
+    fn list_files_has_the_flutter_shape() {
+        let (_d, ws) = setup();
+        let limits = Limits::default();
+        fs::write(ws.root().join("a.py"), "x").unwrap();
+        fs::write(ws.root().join(".hidden"), "x").unwrap();
+        fs::create_dir_all(ws.root().join("src/deep")).unwrap();
+        fs::write(ws.root().join("src/deep/b.py"), "xy").unwrap();
+        fs::create_dir_all(ws.root().join("target/debug")).unwrap();
+        fs::write(ws.root().join("target/debug/c.py"), "x").unwrap();
+        let flat = call(|a| list_files(&ws, a, &limits), json!({"path": "."})).unwrap();
+        assert_eq!(flat["success"], true);
+        assert_eq!(flat["path"], ".");
+        assert_eq!(flat["total_count"], 3);
+        assert_eq!(
+            flat["items"][0],
+            json!({"name": "a.py", "path": "a.py", "type": "file", "size": 1})
+        );
+        assert_eq!(flat["items"][1]["type"], "directory");
+        let deep = call(
+            |a| list_files(&ws, a, &limits),
+            json!({"path": ".", "recursive": true, "pattern": "*.py"}),
+        )
+        .unwrap();
+        let paths: Vec<&str> = deep["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(paths, ["a.py", "src/deep/b.py"]);
+        let hidden = call(
+            |a| list_files(&ws, a, &limits),
+            json!({"path": ".", "include_hidden": true}),
+        )
+        .unwrap();
+        assert_eq!(hidden["total_count"], 4);
+        let capped = call(
+            |a| {
+                list_files(
+                    &ws,
+                    a,
+                    &Limits {
+                        max_list_items: 1,
+                        ..Limits::default()
+                    },
+                )
+            },
+            json!({"path": "."}),
+        )
+        .unwrap();
+        assert_eq!(capped["items"].as_array().unwrap().len(), 1);
+        assert_eq!(capped["total_count"], 3);
+        let err = call(|a| list_files(&ws, a, &limits), json!({"path": "a.py"})).unwrap_err();
+        assert!(err.contains("not a directory"), "{err}");
+    }
+
+    #[test]
+    fn create_directory_reports_what_it_did() {
+        let (_d, ws) = setup();
+        let made = call(|a| create_directory(&ws, a), json!({"path": "x/y"})).unwrap();
+        assert_eq!(
+            made,
+            json!({"success": true, "path": "x/y", "created": true, "already_exists": false})
+        );
+        let again = call(|a| create_directory(&ws, a), json!({"path": "x/y"})).unwrap();
+        assert_eq!(again["created"], false);
+        assert_eq!(again["already_exists"], true);
+        let err = call(
+            |a| create_directory(&ws, a),
+            json!({"path": "p/q", "recursive": false}),
+        )
+        .unwrap_err();
+        assert!(err.contains("parent does not exist"), "{err}");
+        let err = call(|a| create_directory(&ws, a), json!({"path": "../up"})).unwrap_err();
+        assert!(err.contains("outside"), "{err}");
+    }
+}

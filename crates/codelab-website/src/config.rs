@@ -1,0 +1,166 @@
+//! Settings of the website (`WEBSITE__*`, TOML section `[website]`).
+//!
+//! Two kinds of address: the ones the website itself calls (`auth_url`, `gateway_url`, ... —
+//! internal addresses, server to server) and the ones a browser is sent to (`public_url`,
+//! `auth_public_url`, `gateway_public_url`), which default to the public URL because nginx
+//! (and `codelab up`) serve everything from one origin.
+
+use codelab_core::config::Secret;
+use serde::{Deserialize, Serialize};
+
+/// Default port of the website.
+pub const DEFAULT_PORT: u16 = 3000;
+/// Environment prefix of every setting.
+pub const ENV_PREFIX: &str = "WEBSITE";
+/// Section name in the TOML config file.
+pub const SECTION: &str = "website";
+/// The OAuth client the console signs in with (seeded by the auth service).
+pub const WEB_CLIENT_ID: &str = "codelab-web";
+
+/// `[website]` / `WEBSITE__*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// `WEBSITE__PORT`; wins over plain `PORT`.
+    pub port: Option<u16>,
+    pub host: String,
+    /// The address browsers use for the website (through nginx: the site's origin). The
+    /// console's redirect URI is `<public_url>/console/callback`; an `https` URL makes the
+    /// session cookie `Secure`.
+    pub public_url: String,
+    /// The auth service as the website calls it (token exchange, revocation, user admin).
+    /// Unset: the console is off and only the docs are served.
+    pub auth_url: Option<String>,
+    /// The auth service as browsers reach it (the login page); defaults to `public_url`.
+    pub auth_public_url: Option<String>,
+    /// The gateway as the website calls it (REST `/api/v1`). Unset: the console is off.
+    pub gateway_url: Option<String>,
+    /// The gateway as browsers reach it (the chat's WebSocket); defaults to `public_url`.
+    pub gateway_public_url: Option<String>,
+    /// The agent runtime, for the status page only (`/health`, `/ready`, `/metrics`).
+    pub agent_runtime_url: Option<String>,
+    /// The LLM proxy, for the status page only.
+    pub llm_proxy_url: Option<String>,
+    /// Key that signs the session cookie (HMAC-SHA256). Empty: a random key per start
+    /// (sessions end with the process); production requires a strong one, shared by replicas.
+    pub session_key: Secret,
+    /// Seconds a console login lasts without use.
+    pub session_idle_timeout: u64,
+    /// Seconds a console login lasts at most.
+    pub session_max_age: u64,
+    /// The OAuth client of the console.
+    pub client_id: String,
+    /// Seconds allowed for a call to another service.
+    pub request_timeout: f64,
+    /// Seconds between two refreshes of the live status figures in the browser.
+    pub status_refresh_interval: u64,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    pub log_level: String,
+    pub version: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: None,
+            host: "0.0.0.0".to_owned(),
+            public_url: "http://localhost:3000".to_owned(),
+            auth_url: None,
+            auth_public_url: None,
+            gateway_url: None,
+            gateway_public_url: None,
+            agent_runtime_url: None,
+            llm_proxy_url: None,
+            session_key: Secret::default(),
+            session_idle_timeout: 2 * 3600,
+            session_max_age: 12 * 3600,
+            client_id: WEB_CLIENT_ID.to_owned(),
+            request_timeout: 10.0,
+            status_refresh_interval: 5,
+            max_body_bytes: 64 * 1024,
+            log_level: "INFO".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
+
+/// `url` without a trailing slash; `None` for an empty or blank value.
+pub(crate) fn base_url(url: Option<&str>) -> Option<String> {
+    url.map(|u| u.trim().trim_end_matches('/').to_owned())
+        .filter(|u| !u.is_empty())
+}
+
+impl Config {
+    /// The public URL without a trailing slash.
+    pub fn public_base(&self) -> String {
+        self.public_url.trim().trim_end_matches('/').to_owned()
+    }
+
+    /// The console's redirect URI (must be one of `codelab-web`'s, exactly).
+    pub fn redirect_uri(&self) -> String {
+        format!("{}/console/callback", self.public_base())
+    }
+
+    /// Where browsers find the auth service's login page.
+    pub fn auth_public_base(&self) -> String {
+        base_url(self.auth_public_url.as_deref()).unwrap_or_else(|| self.public_base())
+    }
+
+    /// Where browsers open the gateway's WebSocket: `ws(s)://host[:port]`.
+    pub fn gateway_ws_base(&self) -> String {
+        let http =
+            base_url(self.gateway_public_url.as_deref()).unwrap_or_else(|| self.public_base());
+        if let Some(rest) = http.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = http.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            http
+        }
+    }
+
+    /// Whether the site is served over TLS (the session cookie is then `Secure`).
+    pub fn is_https(&self) -> bool {
+        self.public_base().starts_with("https://")
+    }
+
+    /// Whether the console can work: it needs the auth service and the gateway.
+    pub fn console_enabled(&self) -> bool {
+        base_url(self.auth_url.as_deref()).is_some()
+            && base_url(self.gateway_url.as_deref()).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn browser_addresses_default_to_the_public_url() {
+        let config = Config {
+            public_url: "https://codelab.example.com/".to_owned(),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.redirect_uri(),
+            "https://codelab.example.com/console/callback"
+        );
+        assert_eq!(config.auth_public_base(), "https://codelab.example.com");
+        assert_eq!(config.gateway_ws_base(), "wss://codelab.example.com");
+        assert!(config.is_https());
+        assert!(!config.console_enabled());
+    }
+
+    #[test]
+    fn a_separate_gateway_address_is_used_for_the_socket() {
+        let config = Config {
+            gateway_public_url: Some("http://127.0.0.1:8000".to_owned()),
+            auth_url: Some("http://auth:8003".to_owned()),
+            gateway_url: Some(" ".to_owned()),
+            ..Config::default()
+        };
+        assert_eq!(config.gateway_ws_base(), "ws://127.0.0.1:8000");
+        assert!(!config.console_enabled());
+    }
+}

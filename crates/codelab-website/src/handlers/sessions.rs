@@ -1,0 +1,596 @@
+//! `/console/sessions`: the user's sessions, one session's whole conversation, and the
+//! decisions on its pending tool calls (which the gateway relays to the IDE).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{Form, OriginalUri, Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde_json::{Value, json};
+
+use super::{
+    access_token, check_csrf, console_clients, require_session, short_time, upstream_failed,
+};
+use crate::AppState;
+use crate::session::ConsoleSession;
+use crate::upstream::SessionSummary;
+use crate::web::{ForwardedFor, Layout, PageError, PageResult, render};
+
+/// Sessions per page of the list.
+pub const PAGE_SIZE: u32 = 20;
+
+/// A session in a list.
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    /// The id.
+    pub id: String,
+    /// The title, or a stand-in.
+    pub title: String,
+    /// The current agent.
+    pub agent: String,
+    /// Messages.
+    pub message_count: i64,
+    /// When it was last used.
+    pub last_activity: String,
+    /// When it was created.
+    pub created_at: String,
+}
+
+impl From<&SessionSummary> for SessionRow {
+    fn from(s: &SessionSummary) -> Self {
+        Self {
+            id: s.id.clone(),
+            title: s
+                .title
+                .clone()
+                .filter(|t| !t.trim().is_empty())
+                .unwrap_or_else(|| "Untitled session".to_owned()),
+            agent: s.current_agent.clone().unwrap_or_else(|| "—".to_owned()),
+            message_count: s.message_count,
+            last_activity: short_time(s.last_activity.as_deref()),
+            created_at: short_time(s.created_at.as_deref()),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "sessions.html")]
+struct SessionsPage {
+    layout: Layout,
+    sessions: Vec<SessionRow>,
+    query: String,
+    previous_url: Option<String>,
+    next_url: Option<String>,
+    range_text: String,
+}
+
+/// A tool call as the session page shows it.
+#[derive(Debug, Clone, Default)]
+pub struct CallView {
+    /// Its id.
+    pub call_id: String,
+    /// The tool.
+    pub tool_name: String,
+    /// Its arguments, pretty-printed.
+    pub arguments: String,
+    /// `pending_approval`, `completed`, ...
+    pub status: String,
+    /// A CSS-safe form of the status.
+    pub status_class: String,
+    /// The decision, if one was made (`approve`, `edit`, `reject`).
+    pub decision: String,
+    /// The result, pretty-printed.
+    pub result: String,
+    /// The error text.
+    pub error: String,
+}
+
+/// One message of the conversation.
+#[derive(Debug, Clone, Default)]
+pub struct EntryView {
+    /// `user`, `assistant`, `tool`, `system`.
+    pub role: String,
+    /// What the page labels it.
+    pub role_label: String,
+    /// The agent that wrote it.
+    pub agent: String,
+    /// The text.
+    pub content: String,
+    /// The tool calls it made.
+    pub calls: Vec<CallView>,
+}
+
+/// An agent change.
+#[derive(Debug, Clone)]
+pub struct SwitchView {
+    when: String,
+    from: String,
+    to: String,
+    reason: String,
+    method: String,
+}
+
+/// A call waiting for a person.
+#[derive(Debug, Clone)]
+pub struct PendingView {
+    call_id: String,
+    tool_name: String,
+    arguments: String,
+    reason: String,
+    rows: usize,
+}
+
+#[derive(Template)]
+#[template(path = "session.html")]
+struct SessionPage {
+    layout: Layout,
+    session_id: String,
+    title: String,
+    agent: String,
+    message_count: i64,
+    last_activity: String,
+    tool_call_count: usize,
+    has_active_turn: bool,
+    pending: Vec<PendingView>,
+    entries: Vec<EntryView>,
+    switches: Vec<SwitchView>,
+}
+
+fn text(value: &Value, key: &str) -> String {
+    match value.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// JSON for people: pretty-printed; a string holding JSON is unpacked first.
+pub fn pretty(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(inner @ (Value::Object(_) | Value::Array(_))) => {
+                serde_json::to_string_pretty(&inner).unwrap_or_else(|_| s.clone())
+            }
+            _ => s.clone(),
+        },
+        Some(other) => serde_json::to_string_pretty(other).unwrap_or_else(|_| other.to_string()),
+    }
+}
+
+/// The conversation of a `/history` answer: messages in order, each assistant message with
+/// its tool calls and their states, decisions, results and errors.
+pub fn conversation(history: &Value) -> Vec<EntryView> {
+    let calls: HashMap<String, &Value> = history
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .map(|calls| calls.iter().map(|c| (text(c, "call_id"), c)).collect())
+        .unwrap_or_default();
+    let mut shown = std::collections::HashSet::new();
+    let mut entries = Vec::new();
+    for message in history
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let role = text(message, "role");
+        // A tool message repeats its call's result, which is shown with the call.
+        if role == "tool" && calls.contains_key(&text(message, "tool_call_id")) {
+            continue;
+        }
+        let mut entry = EntryView {
+            role_label: match role.as_str() {
+                "user" => "You".to_owned(),
+                "assistant" => "Assistant".to_owned(),
+                "tool" => "Tool result".to_owned(),
+                other => other.to_owned(),
+            },
+            role: if ["user", "assistant", "tool", "system"].contains(&role.as_str()) {
+                role.clone()
+            } else {
+                "other".to_owned()
+            },
+            agent: text(message, "name"),
+            content: text(message, "content"),
+            calls: Vec::new(),
+        };
+        for requested in message
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let call_id = text(requested, "id");
+            let function = requested.get("function").cloned().unwrap_or(Value::Null);
+            let stored = calls.get(&call_id).copied();
+            shown.insert(call_id.clone());
+            entry.calls.push(call_view(&call_id, &function, stored));
+        }
+        entries.push(entry);
+    }
+    // Calls no stored message mentions (a turn cut short) are still worth seeing.
+    let mut orphans: Vec<CallView> = calls
+        .iter()
+        .filter(|(id, _)| !shown.contains(*id))
+        .map(|(id, stored)| call_view(id, &Value::Null, Some(stored)))
+        .collect();
+    if !orphans.is_empty() {
+        orphans.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+        entries.push(EntryView {
+            role: "tool".to_owned(),
+            role_label: "Other tool calls".to_owned(),
+            calls: orphans,
+            ..EntryView::default()
+        });
+    }
+    entries
+}
+
+fn call_view(call_id: &str, function: &Value, stored: Option<&Value>) -> CallView {
+    let tool_name = stored
+        .map(|s| text(s, "tool_name"))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| text(function, "name"));
+    let arguments = stored
+        .and_then(|s| s.get("arguments"))
+        .or_else(|| function.get("arguments"));
+    let status = stored.map(|s| text(s, "status")).unwrap_or_default();
+    let decision = stored
+        .and_then(|s| s.get("decision"))
+        .map(|d| match d {
+            Value::Object(map) => map
+                .get("decision")
+                .and_then(Value::as_str)
+                .map_or_else(|| d.to_string(), str::to_owned),
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        })
+        .unwrap_or_default();
+    CallView {
+        call_id: call_id.to_owned(),
+        tool_name,
+        arguments: pretty(arguments),
+        status_class: status
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect(),
+        status: if status.is_empty() {
+            "requested".to_owned()
+        } else {
+            status.replace('_', " ")
+        },
+        decision,
+        result: pretty(stored.and_then(|s| s.get("result"))),
+        error: stored.map(|s| text(s, "error")).unwrap_or_default(),
+    }
+}
+
+fn switches(history: &Value) -> Vec<SwitchView> {
+    history
+        .get("agent_history")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|s| SwitchView {
+            when: short_time(s.get("timestamp").and_then(Value::as_str)),
+            from: Some(text(s, "from"))
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| "—".into()),
+            to: text(s, "to"),
+            reason: text(s, "reason"),
+            method: text(s, "method"),
+        })
+        .collect()
+}
+
+fn pending_calls(answer: &Value) -> Vec<PendingView> {
+    answer
+        .get("pending_approvals")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let arguments = pretty(p.get("arguments"));
+            PendingView {
+                call_id: text(p, "call_id"),
+                tool_name: text(p, "tool_name"),
+                rows: arguments.lines().count().clamp(3, 16),
+                arguments,
+                reason: text(p, "reason"),
+            }
+        })
+        .collect()
+}
+
+/// Runs `page` for the signed-in user; errors become error pages.
+pub(crate) async fn with_session<F, Fut>(
+    state: Arc<AppState>,
+    headers: &HeaderMap,
+    return_to: &str,
+    page: F,
+) -> Response
+where
+    F: FnOnce(Arc<AppState>, Arc<ConsoleSession>) -> Fut,
+    Fut: std::future::Future<Output = PageResult>,
+{
+    let found = state.sessions.lookup(headers);
+    let session = match require_session(&state, found.as_ref(), return_to) {
+        Ok(session) => session,
+        Err(error) => return error.into_page(&state, None),
+    };
+    match page(Arc::clone(&state), Arc::clone(&session)).await {
+        Ok(response) => response,
+        Err(error) => error.into_page(&state, Some(&session)),
+    }
+}
+
+pub(crate) fn return_path(uri: &OriginalUri) -> String {
+    uri.0
+        .path_and_query()
+        .map_or_else(|| uri.0.path().to_owned(), |pq| pq.as_str().to_owned())
+}
+
+/// `GET /console/sessions?q=&page=`.
+pub async fn list_sessions(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    uri: OriginalUri,
+    ForwardedFor(forwarded): ForwardedFor,
+) -> Response {
+    let return_to = return_path(&uri);
+    with_session(
+        state,
+        &headers,
+        &return_to.clone(),
+        |state, session| async move {
+            let (_, gateway) = console_clients(&state)?;
+            let query: String = params
+                .get("q")
+                .map(|q| q.trim().chars().take(200).collect())
+                .unwrap_or_default();
+            let page: u64 = params
+                .get("page")
+                .and_then(|p| p.parse().ok())
+                .filter(|p| *p >= 1)
+                .unwrap_or(1);
+            let token = access_token(&state, &session, forwarded.as_deref(), &return_to).await?;
+            let offset = (page - 1) * u64::from(PAGE_SIZE);
+            let answer = gateway
+                .list_sessions(&token, PAGE_SIZE, offset, &query)
+                .await
+                .map_err(|e| upstream_failed(&state, &session, e, &return_to))?;
+            let link = |page: u64| {
+                let mut q = form_urlencoded::Serializer::new(String::new());
+                if !query.is_empty() {
+                    q.append_pair("q", &query);
+                }
+                q.append_pair("page", &page.to_string());
+                format!("/console/sessions?{}", q.finish())
+            };
+            let total = u64::try_from(answer.total).unwrap_or(0);
+            let shown = answer.sessions.len() as u64;
+            let range_text = if shown == 0 {
+                String::new()
+            } else {
+                format!("{}–{} of {total}", offset + 1, offset + shown)
+            };
+            Ok(render(&SessionsPage {
+                layout: Layout::new(&state, "Sessions", "sessions", Some(&session)),
+                sessions: answer.sessions.iter().map(SessionRow::from).collect(),
+                previous_url: (page > 1).then(|| link(page - 1)),
+                next_url: (offset + shown < total).then(|| link(page + 1)),
+                range_text,
+                query,
+            }))
+        },
+    )
+    .await
+}
+
+/// Which decision a session page asked for; shown after the redirect.
+fn notice_text(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "approve" => "Approved: the IDE runs the call now.",
+        "edit" => "Approved with your arguments: the IDE runs the changed call now.",
+        "reject" => "Rejected: the agent has been told.",
+        "cancelled" => "The running turn was cancelled.",
+        _ => return None,
+    })
+}
+
+/// `GET /console/sessions/{id}`.
+pub async fn show_session(
+    State(state): State<Arc<AppState>>,
+    Path(session_id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    uri: OriginalUri,
+    ForwardedFor(forwarded): ForwardedFor,
+) -> Response {
+    let return_to = return_path(&uri);
+    with_session(
+        state,
+        &headers,
+        &return_to.clone(),
+        |state, session| async move {
+            let (_, gateway) = console_clients(&state)?;
+            let token = access_token(&state, &session, forwarded.as_deref(), &return_to).await?;
+            let failed = |e| upstream_failed(&state, &session, e, &return_to);
+            let (summary, history, pending) = tokio::join!(
+                gateway.get_session(&token, &session_id),
+                gateway.history(&token, &session_id),
+                gateway.pending_approvals(&token, &session_id),
+            );
+            let summary = summary.map_err(failed)?;
+            let history = history.map_err(failed)?;
+            let pending = pending.map_err(failed)?;
+            let row = SessionRow::from(&summary);
+            let mut layout = Layout::new(&state, row.title.clone(), "sessions", Some(&session));
+            layout.notice = params
+                .get("notice")
+                .and_then(|c| notice_text(c))
+                .map(str::to_owned);
+            layout.error = params.get("error").map(|e| e.chars().take(300).collect());
+            Ok(render(&SessionPage {
+                layout,
+                tool_call_count: history
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len),
+                has_active_turn: history.get("active_turn").is_some_and(|t| !t.is_null()),
+                pending: pending_calls(&pending),
+                entries: conversation(&history),
+                switches: switches(&history),
+                session_id: summary.id,
+                title: row.title,
+                agent: row.agent,
+                message_count: row.message_count,
+                last_activity: row.last_activity,
+            }))
+        },
+    )
+    .await
+}
+
+fn session_url(session_id: &str, key: &str, value: &str) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair(key, value);
+    format!(
+        "/console/sessions/{}?{}",
+        crate::upstream::path_segment(session_id),
+        q.finish()
+    )
+}
+
+/// `POST /console/sessions/{id}/approvals/{call_id}`: approve, approve with edited
+/// arguments, or reject a pending call. The gateway relays the outcome to the IDE's socket.
+pub async fn decide_approval(
+    State(state): State<Arc<AppState>>,
+    Path((session_id, call_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    ForwardedFor(forwarded): ForwardedFor,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let return_to = format!(
+        "/console/sessions/{}",
+        crate::upstream::path_segment(&session_id)
+    );
+    with_session(state, &headers, &return_to.clone(), |state, session| async move {
+        check_csrf(&session, form.get("csrf_token").map(String::as_str))?;
+        let (_, gateway) = console_clients(&state)?;
+        let decision = form.get("decision").map(String::as_str).unwrap_or_default();
+        let body = match decision {
+            "approve" => json!({ "decision": "approve" }),
+            "reject" => {
+                let feedback = form.get("feedback").map(|f| f.trim()).filter(|f| !f.is_empty());
+                json!({ "decision": "reject", "feedback": feedback.unwrap_or("rejected in the console") })
+            }
+            "edit" => {
+                let raw = form.get("modified_arguments").map(String::as_str).unwrap_or_default();
+                match serde_json::from_str::<Value>(raw) {
+                    Ok(arguments @ Value::Object(_)) => {
+                        json!({ "decision": "edit", "modified_arguments": arguments })
+                    }
+                    _ => {
+                        let url = session_url(&session_id, "error", "The edited arguments must be a JSON object.");
+                        return Ok(Redirect::to(&url).into_response());
+                    }
+                }
+            }
+            other => {
+                return Err(PageError::BadRequest(format!(
+                    "expected a decision of approve, edit or reject, got {other:?}"
+                )));
+            }
+        };
+        let token = access_token(&state, &session, forwarded.as_deref(), &return_to).await?;
+        let url = match gateway.decide(&token, &session_id, &call_id, &body).await {
+            Ok(_) => session_url(&session_id, "notice", decision),
+            Err(error) if matches!(error.status(), Some(400 | 404 | 409 | 422)) => {
+                session_url(&session_id, "error", &error.message())
+            }
+            Err(error) => return Err(upstream_failed(&state, &session, error, &return_to)),
+        };
+        Ok(Redirect::to(&url).into_response())
+    })
+    .await
+}
+
+/// `POST /console/sessions/{id}/cancel`: cancels the running turn.
+pub async fn cancel_turn(
+    State(state): State<Arc<AppState>>,
+    Path(session_id): Path<String>,
+    headers: HeaderMap,
+    ForwardedFor(forwarded): ForwardedFor,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let return_to = format!(
+        "/console/sessions/{}",
+        crate::upstream::path_segment(&session_id)
+    );
+    with_session(
+        state,
+        &headers,
+        &return_to.clone(),
+        |state, session| async move {
+            check_csrf(&session, form.get("csrf_token").map(String::as_str))?;
+            let (_, gateway) = console_clients(&state)?;
+            let token = access_token(&state, &session, forwarded.as_deref(), &return_to).await?;
+            gateway
+                .cancel(&token, &session_id)
+                .await
+                .map_err(|e| upstream_failed(&state, &session, e, &return_to))?;
+            Ok(Redirect::to(&session_url(&session_id, "notice", "cancelled")).into_response())
+        },
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_conversation_pairs_calls_with_their_state() {
+        let history = json!({
+            "messages": [
+                {"role": "user", "content": "Add a test"},
+                {"role": "assistant", "content": "", "name": "coder", "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "write_file", "arguments": "{\"path\":\"t.rs\"}"}}
+                ]},
+                {"role": "tool", "content": "ok", "tool_call_id": "call_1"},
+                {"role": "assistant", "content": "Done.", "name": "coder"}
+            ],
+            "tool_calls": [
+                {"call_id": "call_1", "tool_name": "write_file", "arguments": {"path": "t.rs"},
+                 "status": "completed", "requires_approval": true,
+                 "decision": {"decision": "approve"}, "result": {"success": true}, "error": null},
+                {"call_id": "call_2", "tool_name": "read_file", "arguments": {"path": "x"},
+                 "status": "pending", "decision": null, "result": null, "error": null}
+            ]
+        });
+        let entries = conversation(&history);
+        assert_eq!(entries.len(), 4, "{entries:?}");
+        assert_eq!(entries[0].role_label, "You");
+        let call = &entries[1].calls[0];
+        assert_eq!(call.tool_name, "write_file");
+        assert_eq!(call.decision, "approve");
+        assert_eq!(call.status, "completed");
+        assert!(call.arguments.contains("\"path\": \"t.rs\""));
+        assert!(call.result.contains("\"success\": true"));
+        assert_eq!(entries[2].content, "Done.");
+        assert_eq!(entries[3].calls[0].call_id, "call_2");
+    }
+
+    #[test]
+    fn json_in_strings_is_unpacked_for_reading() {
+        assert_eq!(pretty(Some(&json!("{\"a\":1}"))), "{\n  \"a\": 1\n}");
+        assert_eq!(pretty(Some(&json!("plain"))), "plain");
+        assert_eq!(pretty(Some(&Value::Null)), "");
+    }
+}

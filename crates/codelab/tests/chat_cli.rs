@@ -1,0 +1,789 @@
+//! `codelab login`, `codelab chat` and `codelab logout` end to end: the real binary against
+//! `codelab up` (auth, gateway, runtime and the mock model) started as a child process, in
+//! temporary workspaces and config folders. The mock's `::tool NAME JSON` directives make the
+//! agent call the IDE tools; `::slow` keeps a turn running while the server is restarted.
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_codelab");
+const ADMIN_PASSWORD: &str = "chat-cli-admin-pw";
+/// Bound of every wait for a child process.
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Environment that would change what the children do (a real provider, another server).
+const SCRUBBED: &[&str] = &[
+    "PORT",
+    "ENVIRONMENT",
+    "CODELAB_CONFIG",
+    "CODELAB_SERVER",
+    "CODELAB_USERNAME",
+    "CODELAB_PASSWORD",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "OLLAMA_BASE_URL",
+    "EDITOR",
+    "VISUAL",
+];
+
+fn codelab(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    for name in SCRUBBED {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// `codelab up` as a child process, killed when dropped.
+struct Up {
+    child: Option<Child>,
+    url: String,
+    data: PathBuf,
+    _lines: Receiver<String>,
+}
+
+impl Up {
+    /// Starts on a fresh data dir inside `dir` with an ephemeral public port.
+    fn start(dir: &Path, env: &[(&str, &str)]) -> Up {
+        Up::start_on(&dir.join("data"), "127.0.0.1:0", env)
+    }
+
+    fn start_on(data: &Path, listen: &str, env: &[(&str, &str)]) -> Up {
+        let mut command = codelab(&[
+            "up",
+            "--listen",
+            listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--ephemeral-ports",
+            "--admin-password",
+            ADMIN_PASSWORD,
+        ]);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let url = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("`codelab up` printed no public address");
+            if let Some(start) = line.find("http://").filter(|_| line.contains("public")) {
+                break line[start..].split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        // Serving starts before the summary is printed; wait for its last line.
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+            if line.contains("Press Ctrl-C") {
+                break;
+            }
+        }
+        Up {
+            child: Some(child),
+            url,
+            data: data.to_path_buf(),
+            _lines: rx,
+        }
+    }
+
+    /// `host:port` of the public listener.
+    fn listen(&self) -> String {
+        self.url.trim_start_matches("http://").to_owned()
+    }
+
+    /// Kills the process at once (a crash: no drain).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A user of `codelab chat`: a config folder (the token store) and a workspace.
+struct User {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    workspace: PathBuf,
+    server: String,
+}
+
+/// What one `codelab` run printed.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The JSON lines of `--json` output.
+    fn lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+}
+
+fn frames_in(lines: &[Value]) -> Vec<&Value> {
+    lines
+        .iter()
+        .filter(|l| l["direction"] == "in")
+        .map(|l| &l["frame"])
+        .collect()
+}
+
+fn results_out(lines: &[Value]) -> Vec<&Value> {
+    lines
+        .iter()
+        .filter(|l| l["direction"] == "out" && l.get("tool_result").is_some())
+        .map(|l| &l["tool_result"])
+        .collect()
+}
+
+/// The final assistant text of a turn.
+fn final_text(lines: &[Value]) -> String {
+    frames_in(lines)
+        .into_iter()
+        .filter(|f| f["type"] == "assistant_message" && f["is_final"] == true)
+        .map(|f| f["content"].as_str().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn wait_with_output(mut child: Child) -> Run {
+    // Either stream may have been taken by the caller already.
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut stdout) = stdout {
+            std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
+        }
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut stderr) = stderr {
+            std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+        }
+        text
+    });
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("codelab did not finish within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Run {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+impl User {
+    fn new(server: &str) -> User {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config");
+        let workspace = dir.path().join("workspace");
+        std::fs::create_dir_all(&workspace).unwrap();
+        User {
+            config,
+            workspace,
+            server: server.to_owned(),
+            _dir: dir,
+        }
+    }
+
+    /// The folder around the workspace (outside it).
+    fn outside(&self) -> PathBuf {
+        self.workspace.parent().unwrap().to_path_buf()
+    }
+
+    fn credentials(&self) -> PathBuf {
+        self.config.join("codelab/credentials.json")
+    }
+
+    fn stored(&self) -> Value {
+        let file: Value =
+            serde_json::from_slice(&std::fs::read(self.credentials()).unwrap()).unwrap();
+        file["servers"][&self.server].clone()
+    }
+
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut command = codelab(args);
+        command.env("XDG_CONFIG_HOME", &self.config);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command
+    }
+
+    fn run(&self, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
+        let mut child = self
+            .command(args, env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).unwrap();
+        drop(input);
+        wait_with_output(child)
+    }
+
+    fn login(&self, password: &str) -> Run {
+        self.run(
+            &[
+                "login",
+                "--server",
+                &self.server,
+                "--username",
+                "admin",
+                "--password-stdin",
+            ],
+            &format!("{password}\n"),
+            &[],
+        )
+    }
+
+    /// `codelab chat -m MESSAGE --json --agent coder --workspace W` plus `extra`.
+    fn chat(&self, message: &str, extra: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
+        let workspace = self.workspace.to_str().unwrap().to_owned();
+        let mut args = vec![
+            "chat",
+            "--server",
+            &self.server,
+            "--workspace",
+            &workspace,
+            "--agent",
+            "coder",
+            "-m",
+            message,
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args, stdin, env)
+    }
+}
+
+#[test]
+fn a_turn_runs_the_workspace_tools_and_refuses_escapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path(), &[]);
+    let user = User::new(&up.url);
+
+    let login = user.login(ADMIN_PASSWORD);
+    assert_eq!(login.code(), 0, "{}", login.stderr);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&user.credentials()), 0o600);
+    assert_eq!(mode(user.credentials().parent().unwrap()), 0o700);
+    assert_eq!(user.stored()["username"], "admin");
+
+    // List and read: the calls arrive as frames, the results go out in the Flutter shapes,
+    // and the mock summarises what it got.
+    std::fs::write(user.workspace.join("a.txt"), "alpha\nbeta\n").unwrap();
+    let run = user.chat(
+        "::tool list_files {\"path\":\".\"}\n::tool read_file {\"path\":\"a.txt\"}",
+        &["--yes", "--json"],
+        "",
+        &[],
+    );
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    let lines = run.lines();
+    let calls: Vec<&str> = frames_in(&lines)
+        .into_iter()
+        .filter(|f| f["type"] == "tool_call")
+        .map(|f| f["tool_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(calls, ["list_files", "read_file"]);
+    let results = results_out(&lines);
+    let list = results
+        .iter()
+        .find(|r| r["tool_name"] == "list_files")
+        .unwrap();
+    assert_eq!(list["type"], "tool_result");
+    assert_eq!(
+        list["result"],
+        json!({"success": true, "path": ".", "total_count": 1,
+               "items": [{"name": "a.txt", "path": "a.txt", "type": "file", "size": 11}]})
+    );
+    let read = results
+        .iter()
+        .find(|r| r["tool_name"] == "read_file")
+        .unwrap();
+    assert_eq!(
+        read["result"],
+        json!({"success": true, "content": "alpha\nbeta\n", "lines_read": 2})
+    );
+    let text = final_text(&lines);
+    assert!(text.contains("Tool list_files returned: "), "{text}");
+    assert!(text.contains("Tool read_file returned: "), "{text}");
+    assert!(text.contains("alpha"), "{text}");
+    assert_eq!(
+        frames_in(&lines).last().unwrap()["type"],
+        "turn_finished",
+        "{lines:?}"
+    );
+
+    // A write needs approval: `--yes` approves it with `hitl_decision`, the runtime sends the
+    // call again and the file is written; the second write backs up the first content.
+    for (content, backup_expected) in [("hi", false), ("hello", true)] {
+        let run = user.chat(
+            &format!("::tool write_file {{\"path\":\"b.txt\",\"content\":\"{content}\"}}"),
+            &["--yes", "--json"],
+            "",
+            &[],
+        );
+        assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+        let lines = run.lines();
+        assert!(
+            frames_in(&lines)
+                .iter()
+                .any(|f| f["type"] == "approval_required" && f["tool_name"] == "write_file"),
+            "{lines:?}"
+        );
+        let decision = lines.iter().find_map(|l| l.get("hitl_decision")).unwrap();
+        assert_eq!(decision["decision"], "approve");
+        let result = &results_out(&lines)[0]["result"];
+        assert_eq!(result["success"], true);
+        assert_eq!(result["bytes_written"], content.len());
+        assert_eq!(
+            std::fs::read_to_string(user.workspace.join("b.txt")).unwrap(),
+            content
+        );
+        if backup_expected {
+            let backup = result["backup_path"].as_str().unwrap();
+            assert_eq!(
+                std::fs::read_to_string(user.workspace.join(backup)).unwrap(),
+                "hi"
+            );
+        } else {
+            assert_eq!(result["backup_path"], Value::Null);
+        }
+    }
+
+    // Escapes: `..`, an absolute path, a symlink pointing out; reads and writes are refused
+    // with an error result and nothing outside is read or touched.
+    let outside = user.outside().join("secret.txt");
+    std::fs::write(&outside, "top secret").unwrap();
+    std::os::unix::fs::symlink(&outside, user.workspace.join("link.txt")).unwrap();
+    let run = user.chat(
+        "::tool read_file {\"path\":\"../secret.txt\"}\n\
+         ::tool read_file {\"path\":\"/etc/passwd\"}\n\
+         ::tool read_file {\"path\":\"link.txt\"}\n\
+         ::tool write_file {\"path\":\"link.txt\",\"content\":\"pwned\"}\n\
+         ::tool write_file {\"path\":\"../new.txt\",\"content\":\"pwned\"}\n\
+         ::tool create_directory {\"path\":\"../newdir\"}",
+        &["--yes", "--json"],
+        "",
+        &[],
+    );
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    let lines = run.lines();
+    let results = results_out(&lines);
+    assert_eq!(results.len(), 6, "{lines:?}");
+    for result in &results {
+        let error = result["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{result}"));
+        assert!(error.contains("outside the workspace"), "{error}");
+        assert!(result.get("result").is_none(), "{result}");
+    }
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "top secret");
+    assert!(!user.outside().join("new.txt").exists());
+    assert!(!user.outside().join("newdir").exists());
+    assert!(!final_text(&lines).contains("top secret"));
+    assert!(!final_text(&lines).contains("root:"));
+
+    // The other tools, end to end.
+    let run = user.chat(
+        "::tool create_directory {\"path\":\"src/deep\"}\n\
+         ::tool search_in_code {\"query\":\"BETA\",\"file_pattern\":\"*.txt\"}\n\
+         ::tool execute_command {\"command\":\"echo 'from the command'\"}",
+        &["--yes", "--json"],
+        "",
+        &[],
+    );
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    let lines = run.lines();
+    let by_tool = |name: &str| {
+        results_out(&lines)
+            .into_iter()
+            .find(|r| r["tool_name"] == name)
+            .unwrap_or_else(|| panic!("no {name} result: {lines:?}"))["result"]
+            .clone()
+    };
+    assert_eq!(
+        by_tool("create_directory"),
+        json!({"success": true, "path": "src/deep", "created": true, "already_exists": false})
+    );
+    let search = by_tool("search_in_code");
+    assert_eq!(search["query"], "BETA");
+    assert_eq!(search["total_matches"], 1);
+    assert_eq!(search["truncated"], false);
+    assert_eq!(search["matches"][0]["file"], "a.txt");
+    assert_eq!(search["matches"][0]["line"], 2);
+    assert_eq!(
+        by_tool("execute_command"),
+        json!({"success": true, "exit_code": 0, "stdout": "from the command\n", "stderr": "",
+               "timed_out": false})
+    );
+
+    // Logout revokes the login on the server: the saved refresh token no longer works.
+    let saved = std::fs::read(user.credentials()).unwrap();
+    let logout = user.run(&["logout", "--server", &up.url], "", &[]);
+    assert_eq!(logout.code(), 0, "{}", logout.stderr);
+    assert!(!user.credentials().exists());
+    std::fs::create_dir_all(user.credentials().parent().unwrap()).unwrap();
+    std::fs::write(user.credentials(), &saved).unwrap();
+    // Make the access token look expired so the client must use the refresh token.
+    let mut file: Value = serde_json::from_slice(&saved).unwrap();
+    file["servers"][&up.url]["expires_at"] = json!("2000-01-01T00:00:00Z");
+    std::fs::write(user.credentials(), file.to_string()).unwrap();
+    let run = user.chat("::reply hi", &["--json"], "", &[]);
+    assert_eq!(run.code(), 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("log in again"), "{}", run.stderr);
+}
+
+#[test]
+fn approvals_can_be_rejected_edited_put_off_and_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path(), &[]);
+    let user = User::new(&up.url);
+    assert_eq!(user.login(ADMIN_PASSWORD).code(), 0);
+    let write = "::tool write_file {\"path\":\"c.txt\",\"content\":\"draft\"}";
+
+    // `--reject` with feedback.
+    let run = user.chat(
+        write,
+        &["--json", "--reject", "--feedback", "not now"],
+        "",
+        &[],
+    );
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    let lines = run.lines();
+    let decision = lines.iter().find_map(|l| l.get("hitl_decision")).unwrap();
+    assert_eq!(decision["decision"], "reject");
+    assert_eq!(decision["feedback"], "not now");
+    assert!(results_out(&lines).is_empty());
+    assert!(final_text(&lines).contains("not now"), "{lines:?}");
+    assert!(!user.workspace.join("c.txt").exists());
+
+    // Answers on stdin: `r` and a feedback line. The prompt shows the diff first.
+    let run = user.chat(write, &["--json"], "r\nwrong file\n", &[]);
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    let lines = run.lines();
+    let decision = lines.iter().find_map(|l| l.get("hitl_decision")).unwrap();
+    assert_eq!(decision["decision"], "reject");
+    assert_eq!(decision["feedback"], "wrong file");
+    assert!(run.stderr.contains("+++ b/c.txt"), "{}", run.stderr);
+    assert!(run.stderr.contains("+draft"), "{}", run.stderr);
+    assert!(!user.workspace.join("c.txt").exists());
+
+    // `e` opens $EDITOR on the arguments; the edited call is what runs.
+    let editor = user.outside().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/c.txt/edited.txt/; s/draft/final/' \"$1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&editor, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = user.chat(
+        write,
+        &["--json"],
+        "e\n",
+        &[("EDITOR", editor.to_str().unwrap())],
+    );
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    let lines = run.lines();
+    let decision = lines.iter().find_map(|l| l.get("hitl_decision")).unwrap();
+    assert_eq!(decision["decision"], "edit");
+    assert_eq!(
+        decision["modified_arguments"],
+        json!({"path": "edited.txt", "content": "final"})
+    );
+    assert_eq!(
+        std::fs::read_to_string(user.workspace.join("edited.txt")).unwrap(),
+        "final"
+    );
+    assert!(!user.workspace.join("c.txt").exists());
+
+    // `l` puts the approval off: the turn waits (exit 1); resuming the session shows its
+    // history and offers the approval again, and approving it runs the call.
+    let run = user.chat(write, &["--json"], "l\n", &[]);
+    assert_eq!(run.code(), 1, "{}\n{}", run.stdout, run.stderr);
+    let lines = run.lines();
+    let session = frames_in(&lines)
+        .into_iter()
+        .find_map(|f| f["session_id"].as_str())
+        .unwrap()
+        .to_owned();
+    assert!(!user.workspace.join("c.txt").exists());
+    let workspace = user.workspace.to_str().unwrap().to_owned();
+    let run = user.run(
+        &[
+            "chat",
+            "--server",
+            &up.url,
+            "--workspace",
+            &workspace,
+            "--session",
+            &session,
+        ],
+        "a\n/history\n/quit\n",
+        &[],
+    );
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains(&session), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("you> ::tool write_file"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("Approval needed: write_file"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(user.workspace.join("c.txt")).unwrap(),
+        "draft"
+    );
+    assert!(
+        run.stdout.contains("Tool write_file returned"),
+        "{}",
+        run.stdout
+    );
+
+    // The interactive slash commands.
+    let run = user.run(
+        &["chat", "--server", &up.url, "--workspace", &workspace],
+        "/agents\n/agent debug\n/sessions\n::reply streamed answer\n/nope\n/quit\n",
+        &[],
+    );
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    for expected in ["coder", "→ debug agent", &session, "streamed answer"] {
+        assert!(run.stdout.contains(expected), "{expected}: {}", run.stdout);
+    }
+    assert!(
+        run.stderr.contains("unknown command /nope"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn login_failures_exit_two_and_explain_lockouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path(), &[]);
+    let user = User::new(&up.url);
+
+    let wrong = user.login("not the password");
+    assert_eq!(wrong.code(), 2);
+    assert!(
+        wrong.stderr.contains("Invalid username or password"),
+        "{}",
+        wrong.stderr
+    );
+    assert!(!user.credentials().exists());
+
+    // Without a login, a tty or credentials in the environment, chat cannot log in.
+    let run = user.chat("::reply hi", &["--json"], "", &[]);
+    assert_eq!(run.code(), 2, "{}", run.stderr);
+    assert!(run.stderr.contains("codelab login"), "{}", run.stderr);
+    // Wrong credentials from the environment.
+    let run = user.chat(
+        "::reply hi",
+        &["--json"],
+        "",
+        &[
+            ("CODELAB_USERNAME", "admin"),
+            ("CODELAB_PASSWORD", "nope-nope"),
+        ],
+    );
+    assert_eq!(run.code(), 2, "{}", run.stderr);
+
+    // The fifth failure locks the account: even the right password is refused, and the
+    // message says for how long.
+    for _ in 0..4 {
+        user.login("still not it");
+    }
+    let locked = user.login(ADMIN_PASSWORD);
+    assert_eq!(locked.code(), 2);
+    assert!(
+        locked
+            .stderr
+            .contains("Too many failed attempts. Try again in"),
+        "{}",
+        locked.stderr
+    );
+}
+
+#[test]
+fn an_unreachable_server_is_reported() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let user = User::new(&url);
+    let run = user.chat(
+        "::reply hi",
+        &["--json"],
+        "",
+        &[
+            ("CODELAB_USERNAME", "admin"),
+            ("CODELAB_PASSWORD", "whatever1"),
+        ],
+    );
+    assert_eq!(run.code(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot reach the server"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("codelab up"), "{}", run.stderr);
+}
+
+#[test]
+fn tokens_are_refreshed_before_expiry_and_after_a_rejection() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two-second access tokens for the seeded clients (read at the first start).
+    let up = Up::start(dir.path(), &[("AUTH_SERVICE__ACCESS_TOKEN_LIFETIME", "2")]);
+    let user = User::new(&up.url);
+    assert_eq!(user.login(ADMIN_PASSWORD).code(), 0);
+    let first = user.stored();
+    assert_eq!(first["expires_in"], 2);
+
+    // Expired: the client refreshes before using it, and stores the rotated tokens.
+    std::thread::sleep(Duration::from_millis(2500));
+    let run = user.chat("::reply after expiry", &["--json"], "", &[]);
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(final_text(&run.lines()), "after expiry");
+    let second = user.stored();
+    assert_ne!(second["access_token"], first["access_token"]);
+    assert_ne!(second["refresh_token"], first["refresh_token"]);
+
+    // A token the gateway refuses (here: garbage that looks fresh) is refreshed after the 401.
+    let mut file: Value =
+        serde_json::from_slice(&std::fs::read(user.credentials()).unwrap()).unwrap();
+    file["servers"][&up.url]["access_token"] = json!("not-a-jwt");
+    file["servers"][&up.url]["expires_at"] = json!("2999-01-01T00:00:00Z");
+    std::fs::write(user.credentials(), file.to_string()).unwrap();
+    let run = user.chat("::reply after a 401", &["--json"], "", &[]);
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(final_text(&run.lines()), "after a 401");
+    let third = user.stored();
+    assert_ne!(third["access_token"], "not-a-jwt");
+    assert_ne!(third["refresh_token"], second["refresh_token"]);
+}
+
+#[test]
+fn chat_reconnects_and_resumes_after_the_server_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(dir.path(), &[]);
+    let user = User::new(&up.url);
+    assert_eq!(user.login(ADMIN_PASSWORD).code(), 0);
+    let workspace = user.workspace.to_str().unwrap().to_owned();
+    let mut child = user
+        .command(
+            &[
+                "chat",
+                "--server",
+                &up.url,
+                "--workspace",
+                &workspace,
+                "--agent",
+                "coder",
+                "--json",
+                "-m",
+                "::slow 250\n::reply one two three four five six seven eight nine ten",
+            ],
+            &[],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the turn is under way, then crash the server mid-turn.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("the turn did not start: {seen:?}"));
+        let started = line.contains("agent_switched");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    let listen = up.listen();
+    let data = up.data.clone();
+    up.kill();
+    // The same data dir and public address: the runtime resumes the interrupted turn.
+    let _restarted = Up::start_on(&data, &listen, &[]);
+    let rest = wait_with_output(child);
+    seen.extend(rx.iter());
+    let stdout = seen.join("\n");
+    assert_eq!(rest.code(), 0, "{stdout}\n{}", rest.stderr);
+    let lines: Vec<Value> = seen
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["direction"] == "local"
+            && l["notice"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("reconnected")),
+        "{lines:?}"
+    );
+    assert_eq!(
+        final_text(&lines),
+        "one two three four five six seven eight nine ten"
+    );
+    let last = (*frames_in(&lines).last().unwrap()).clone();
+    assert_eq!(last["type"], "turn_finished");
+    assert_eq!(last["content"], "completed");
+}
