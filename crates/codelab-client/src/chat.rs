@@ -166,6 +166,8 @@ const REFUSAL_CODES: [&str; 7] = [
 
 /// How long a cancelled turn may take to say so.
 const CANCEL_WAIT: Duration = Duration::from_secs(12);
+/// How long a resumed session's running turn is waited for.
+const RUNNING_TURN_WAIT: Duration = Duration::from_secs(300);
 /// Silence after a reconnect after which the stored events are fetched again (a turn the
 /// runtime resumed on its own is not relayed live).
 const RESYNC_AFTER: Duration = Duration::from_secs(8);
@@ -473,17 +475,53 @@ impl Chat {
         &mut self,
         lines: Option<&mut LineReader>,
     ) -> Result<Option<TurnEnd>, ChatError> {
-        let history = self.api.history(&self.session_id).await?;
+        let mut history = self.api.history(&self.session_id).await?;
+        let polling_since = Instant::now();
+        let mut told = false;
+        // A turn still running on the server (another client's, or one the runtime resumed
+        // by itself) is not relayed to this socket: wait until it finishes or needs the IDE.
+        while history
+            .pointer("/active_turn/status")
+            .and_then(Value::as_str)
+            == Some("running")
+            && polling_since.elapsed() < RUNNING_TURN_WAIT
+        {
+            if !told {
+                self.out
+                    .notice("the session's turn is still running on the server; waiting for it");
+                told = true;
+            }
+            tokio::select! {
+                _ = interrupted(&mut self.interrupt) => return Ok(Some(TurnEnd::Interrupted)),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            history = self.api.history(&self.session_id).await?;
+        }
         let Some(turn) = history.get("active_turn").filter(|t| !t.is_null()) else {
+            if told {
+                self.out.notice("the turn finished; /history shows it");
+            }
             return Ok(None);
         };
         self.reset_turn();
-        let status = str_of(turn, "status");
-        self.out.notice(&format!(
-            "the session has a turn in progress ({status}); continuing it"
-        ));
-        let awaiting = status == "awaiting_tools";
-        Ok(Some(self.drive(lines, awaiting).await?))
+        let status = str_of(turn, "status").to_owned();
+        if status != "awaiting_tools" {
+            self.out.notice(&format!(
+                "the session's turn is {status}; send a message to go on"
+            ));
+            return Ok(None);
+        }
+        self.out
+            .notice("the session waits for tool results or approvals; continuing its turn");
+        if told {
+            // The calls were re-sent when this socket connected, before the turn paused:
+            // connecting again has the gateway offer them now.
+            if let Some(socket) = self.socket.take() {
+                socket.close().await;
+            }
+            self.connect(None).await?;
+        }
+        Ok(Some(self.drive(lines, true).await?))
     }
 
     /// Offers the session's pending approvals again (`/approvals`).
@@ -654,11 +692,13 @@ impl Chat {
         lines: &mut Option<&mut LineReader>,
     ) -> Result<Option<TurnEnd>, ChatError> {
         if let Some(seq) = seq_of(&frame) {
-            if self.last_seq > 0 && seq <= self.last_seq {
-                // Already seen (a replay overlapping what arrived live).
+            // Already seen (a replay overlapping what arrived live). Calls re-offered on
+            // connect keep their old numbers and are guarded by their call id instead.
+            let reoffer = matches!(str_of(&frame, "type"), "tool_call" | "approval_required");
+            if seq <= self.last_seq && !reoffer {
                 return Ok(None);
             }
-            self.last_seq = seq;
+            self.last_seq = self.last_seq.max(seq);
         }
         self.out.frame_in(&frame);
         match str_of(&frame, "type") {

@@ -590,6 +590,48 @@ fn approvals_can_be_rejected_edited_put_off_and_resumed() {
         run.stdout
     );
 
+    // With `-m`, a resumed session's pending work is finished first (here by `--yes`), then
+    // the message is sent.
+    let later = "::tool write_file {\"path\":\"later.txt\",\"content\":\"late\"}";
+    let run = user.chat(later, &["--json"], "l\n", &[]);
+    assert_eq!(run.code(), 1, "{}\n{}", run.stdout, run.stderr);
+    let session = frames_in(&run.lines())
+        .into_iter()
+        .find_map(|f| f["session_id"].as_str())
+        .unwrap()
+        .to_owned();
+    let run = user.run(
+        &[
+            "chat",
+            "--server",
+            &up.url,
+            "--workspace",
+            &workspace,
+            "--session",
+            &session,
+            "--yes",
+            "--json",
+            "-m",
+            "::reply and now the message",
+        ],
+        "",
+        &[],
+    );
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    let lines = run.lines();
+    assert_eq!(
+        lines.iter().find_map(|l| l.get("hitl_decision")).unwrap()["decision"],
+        "approve"
+    );
+    assert_eq!(
+        std::fs::read_to_string(user.workspace.join("later.txt")).unwrap(),
+        "late"
+    );
+    assert!(
+        final_text(&lines).ends_with("and now the message"),
+        "{lines:?}"
+    );
+
     // The interactive slash commands.
     let run = user.run(
         &["chat", "--server", &up.url, "--workspace", &workspace],

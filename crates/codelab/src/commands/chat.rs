@@ -236,7 +236,7 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     };
     let mut lines = LineReader::stdin();
     let code = match &args.message {
-        Some(message) => match chat.run_turn(message, Some(&mut lines)).await {
+        Some(message) => match run_message(&mut chat, message, resumed, &mut lines).await {
             Ok(end) => {
                 if mode == OutputMode::Human {
                     report_end(end);
@@ -252,6 +252,23 @@ pub async fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     };
     chat.close().await;
     Ok(code)
+}
+
+/// `-m`: in a resumed session, first the work it waits for (a new message would cancel its
+/// open calls), then the message.
+async fn run_message(
+    chat: &mut Chat,
+    message: &str,
+    resumed: bool,
+    lines: &mut LineReader,
+) -> Result<TurnEnd, ChatError> {
+    if resumed
+        && let Some(end) = chat.finish_open_work(Some(lines)).await?
+        && end == TurnEnd::Interrupted
+    {
+        return Ok(end);
+    }
+    chat.run_turn(message, Some(lines)).await
 }
 
 fn report_end(end: TurnEnd) {
