@@ -30,7 +30,11 @@ pub fn init_tracing(environment: Environment, level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level_directive(level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Logs go to stderr: stdout carries what commands print for people and scripts
+    // (`codelab up`'s summary, `config show`, `chat --json`).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // Already initialised (several services in one process, or tests): keep the first one.
     let _ = match environment {
         Environment::Development => builder.try_init(),
