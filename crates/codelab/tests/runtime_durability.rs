@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -16,7 +15,6 @@ use serde_json::{Value, json};
 const BIN: &str = env!("CARGO_BIN_EXE_codelab");
 const PROXY_KEY: &str = "durability-proxy-key-0123456789abcdef";
 const RUNTIME_KEY: &str = "durability-runtime-key-0123456789abcdef";
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// A bound for things that happen promptly.
 const PROMPTLY: Duration = Duration::from_secs(20);
 
@@ -140,12 +138,10 @@ enum Backend {
 /// A database URL (created by the runtime on first connect) and what removes it afterwards.
 enum Database {
     /// The folder of the file, removed on drop.
-    Sqlite {
-        _dir: tempfile::TempDir,
-    },
+    Sqlite { _dir: tempfile::TempDir },
+    /// Dropped (with FORCE: a killed process may have left connections) when the guard goes.
     Postgres {
-        server: String,
-        name: String,
+        _database: codelab_testkit::TempPostgres,
     },
 }
 
@@ -161,71 +157,17 @@ impl Database {
                 (Database::Sqlite { _dir: dir }, url)
             }
             Backend::Postgres => {
-                static NEXT: AtomicU32 = AtomicU32::new(0);
-                let server = std::env::var("CODELAB_TEST_DATABASE_URL")
-                    .ok()
-                    .filter(|v| !v.is_empty())
-                    .unwrap_or_else(|| DEFAULT_PG_URL.to_owned());
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .subsec_nanos();
-                let name = format!(
-                    "codelab_runtime_durability_{}_{}_{nanos}",
-                    std::process::id(),
-                    NEXT.fetch_add(1, Ordering::SeqCst)
-                );
-                let url = with_database(&server, &name);
-                (Database::Postgres { server, name }, url)
+                let database = codelab_testkit::TempPostgres::new("runtime_durability");
+                let url = database.url.clone();
+                (
+                    Database::Postgres {
+                        _database: database,
+                    },
+                    url,
+                )
             }
         }
     }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let Database::Postgres { server, name } = self else {
-            return;
-        };
-        let (server, name) = (server.clone(), name.clone());
-        // Drop may run while a panic unwinds the test's runtime: a runtime of our own on a
-        // thread of our own. FORCE ends connections a killed process may have left behind.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&server).await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await?;
-                conn.close().await?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("warning: could not drop the test database");
-        }
-    }
-}
-
-/// `url` with its database path replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let authority = base.find("://").map_or(0, |i| i + 3);
-    let path = base[authority..]
-        .find('/')
-        .map_or(base.len(), |i| i + authority);
-    let mut out = format!("{}/{name}", &base[..path]);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,13 +14,12 @@ use codelab_core::config::Secret;
 use codelab_core::db::{DbOptions, connect_database, redact_database_url};
 use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 use codelab_testkit::ServerGuard;
+use codelab_testkit::TempPostgres;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
 // Databases
 // ---------------------------------------------------------------------------------------------
-
-pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +32,7 @@ pub enum Backend {
 pub enum Cleanup {
     /// The temp dir holding the SQLite file; deleted on drop.
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
-    Postgres(#[allow(dead_code)] DropDatabase),
+    Postgres(#[allow(dead_code)] TempPostgres),
 }
 
 /// A URL of an empty database (created on first connect) and its cleanup.
@@ -48,22 +47,10 @@ pub fn database_url(backend: Backend) -> (String, Cleanup) {
             (url, Cleanup::Sqlite(dir))
         }
         Backend::Postgres => {
-            let server = std::env::var("CODELAB_TEST_DATABASE_URL")
-                .ok()
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| DEFAULT_PG_URL.to_owned());
-            let name = format!(
-                "codelab_runtime_test_{}_{}",
-                std::process::id(),
-                codelab_core::random_hex(6)
-            );
             // The guard exists before the database does, so a failure anywhere after CREATE
             // drops it.
-            let guard = DropDatabase {
-                server: server.clone(),
-                name: name.clone(),
-            };
-            (with_database(&server, &name), Cleanup::Postgres(guard))
+            let database = TempPostgres::new("runtime_test");
+            (database.url.clone(), Cleanup::Postgres(database))
         }
     }
 }
@@ -105,62 +92,6 @@ fn no_database(url: &str, error: &str) -> String {
          this user may CREATE DATABASE",
         redact_database_url(url)
     )
-}
-
-/// `url` with its database path replaced by `name`.
-pub fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| i + authority_start);
-    let mut out = format!("{}/{name}", &base[..path_start]);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
-}
-
-/// Drops the test database when the test ends, passed or failed.
-pub struct DropDatabase {
-    server: String,
-    name: String,
-}
-
-impl Drop for DropDatabase {
-    fn drop(&mut self) {
-        let server = self.server.clone();
-        let name = self.name.clone();
-        // Drop may run while the test's runtime unwinds a panic: use a runtime of our own on
-        // a thread of our own. FORCE ends the pools' connections that are still open.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&server).await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await?;
-                conn.close().await?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-            })
-        })
-        .join();
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => eprintln!(
-                "warning: could not drop test database {}: {error}",
-                self.name
-            ),
-            Err(_) => eprintln!("warning: dropping test database {} panicked", self.name),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
