@@ -66,6 +66,16 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
+/// A message for the next page a session sees (after a form's redirect): kept on the server,
+/// so no address can make a page show a text of someone else's choosing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flash {
+    /// Something worked.
+    Notice(String),
+    /// Something was refused; the text says why.
+    Error(String),
+}
+
 /// One signed-in browser.
 #[derive(Debug)]
 pub struct ConsoleSession {
@@ -80,9 +90,23 @@ pub struct ConsoleSession {
     pub tokens: tokio::sync::Mutex<Tokens>,
     created_at: SystemTime,
     last_seen: Mutex<SystemTime>,
+    flash: Mutex<Option<Flash>>,
 }
 
 impl ConsoleSession {
+    /// Leaves `flash` for the next page.
+    pub fn set_flash(&self, flash: Flash) {
+        *self.flash.lock().unwrap_or_else(PoisonError::into_inner) = Some(flash);
+    }
+
+    /// The message left for this page, once.
+    pub fn take_flash(&self) -> Option<Flash> {
+        self.flash
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
     /// Whether `presented` is this session's CSRF token (constant time).
     pub fn csrf_matches(&self, presented: &str) -> bool {
         let expected = self.csrf.as_bytes();
@@ -277,6 +301,7 @@ impl SessionStore {
             tokens: tokio::sync::Mutex::new(tokens),
             created_at: now,
             last_seen: Mutex::new(now),
+            flash: Mutex::new(None),
         });
         {
             let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);

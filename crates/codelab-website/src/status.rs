@@ -378,18 +378,23 @@ impl StatusBoard {
                 .map(|p| p.metrics.as_slice())
                 .unwrap_or_default()
         };
+        // A series appears with its first event: a service that answered `/metrics` without
+        // it has seen none yet (zero), one that did not answer is unknown.
+        let counted = |service: &str, metric: &str| {
+            let lines = by_service(service);
+            sum(lines, metric).or_else(|| (!lines.is_empty()).then_some(0.0))
+        };
         let mut sample = Sample {
             at: Some(now),
-            turns: sum(
-                by_service("agent-runtime"),
-                "codelab_agent_runtime_turns_total",
-            ),
-            tokens: sum(by_service("llm-proxy"), "codelab_llm_proxy_tokens_total").or_else(|| {
-                sum(
-                    by_service("agent-runtime"),
-                    "codelab_agent_runtime_llm_tokens_total",
-                )
-            }),
+            turns: counted("agent-runtime", "codelab_agent_runtime_turns_total"),
+            tokens: sum(by_service("llm-proxy"), "codelab_llm_proxy_tokens_total")
+                .or_else(|| {
+                    sum(
+                        by_service("agent-runtime"),
+                        "codelab_agent_runtime_llm_tokens_total",
+                    )
+                })
+                .or_else(|| counted("llm-proxy", "codelab_llm_proxy_tokens_total")),
             ..Sample::default()
         };
         for line in &lines {
@@ -410,7 +415,7 @@ impl StatusBoard {
                 *sample.ttft_buckets.entry(OrderedBound(bound)).or_default() += line.value;
             }
         }
-        let active_sockets = sum(by_service("gateway"), "codelab_gateway_ws_active_sockets");
+        let active_sockets = counted("gateway", "codelab_gateway_ws_active_sockets");
         let figures = self.figures(sample, active_sockets);
         Snapshot {
             services: probes.into_iter().map(|p| p.status).collect(),

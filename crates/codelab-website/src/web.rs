@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
 use crate::AppState;
-use crate::session::ConsoleSession;
+use crate::session::{ConsoleSession, Flash};
 use crate::upstream::UpstreamError;
 
 /// The signed-in user as pages show them.
@@ -55,6 +55,11 @@ impl Layout {
         section: &'static str,
         session: Option<&ConsoleSession>,
     ) -> Self {
+        let (notice, error) = match session.and_then(ConsoleSession::take_flash) {
+            Some(Flash::Notice(text)) => (Some(text), None),
+            Some(Flash::Error(text)) => (None, Some(text)),
+            None => (None, None),
+        };
         Self {
             title: title.into(),
             section,
@@ -65,8 +70,8 @@ impl Layout {
             csrf: session.map(|s| s.csrf.clone()).unwrap_or_default(),
             console_enabled: state.config.console_enabled(),
             scripts: Vec::new(),
-            notice: None,
-            error: None,
+            notice,
+            error,
             version: state.info.version.clone(),
         }
     }

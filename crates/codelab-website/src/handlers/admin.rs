@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::json;
@@ -15,7 +15,7 @@ use serde_json::json;
 use super::sessions::with_session;
 use super::{access_token, check_csrf, console_clients, short_time, upstream_failed};
 use crate::AppState;
-use crate::session::ConsoleSession;
+use crate::session::{ConsoleSession, Flash};
 use crate::upstream::{AdminClient, path_segment};
 use crate::web::{ForwardedFor, Layout, PageError, render};
 
@@ -28,6 +28,8 @@ pub struct UserRow {
     email: String,
     is_admin: bool,
     is_active: bool,
+    /// The signed-in administrator (who cannot disable themselves).
+    is_self: bool,
     created_at: String,
     last_login_at: String,
 }
@@ -50,26 +52,12 @@ fn require_admin(session: &ConsoleSession) -> Result<(), PageError> {
     }
 }
 
-fn notice_text(code: &str) -> Option<&'static str> {
-    Some(match code {
-        "created" => "The user was created.",
-        "disabled" => "The user was disabled and signed out everywhere.",
-        "enabled" => "The user was enabled.",
-        "password" => "The password was changed; the user's other logins were ended.",
-        _ => return None,
-    })
-}
-
-fn admin_url(key: &str, value: &str) -> String {
-    let mut q = form_urlencoded::Serializer::new(String::new());
-    q.append_pair(key, value);
-    format!("/console/admin?{}", q.finish())
-}
+/// The admin page's address.
+const ADMIN_PAGE: &str = "/console/admin";
 
 /// `GET /console/admin`.
 pub async fn show_admin(
     State(state): State<Arc<AppState>>,
-    Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     ForwardedFor(forwarded): ForwardedFor,
 ) -> Response {
@@ -86,17 +74,13 @@ pub async fn show_admin(
             let (users, clients) = tokio::join!(auth.list_users(&token), auth.list_clients(&token));
             let users = users.map_err(failed)?;
             let clients = clients.map_err(failed)?;
-            let mut layout = Layout::new(&state, "Administration", "admin", Some(&session));
-            layout.notice = params
-                .get("notice")
-                .and_then(|c| notice_text(c))
-                .map(str::to_owned);
-            layout.error = params.get("error").map(|e| e.chars().take(300).collect());
+            let layout = Layout::new(&state, "Administration", "admin", Some(&session));
             Ok(render(&AdminPage {
                 layout,
                 users: users
                     .into_iter()
                     .map(|u| UserRow {
+                        is_self: u.id == session.user.user_id,
                         path: path_segment(&u.username),
                         email: u.email.unwrap_or_default(),
                         created_at: short_time(u.created_at.as_deref()),
@@ -142,14 +126,14 @@ pub async fn create_user(
                 "password": form.get("password").cloned().unwrap_or_default(),
                 "admin": form.get("admin").is_some_and(|v| v == "true" || v == "on"),
             });
-            let url = match auth.create_user(&token, &body).await {
-                Ok(_) => admin_url("notice", "created"),
+            match auth.create_user(&token, &body).await {
+                Ok(_) => session.set_flash(Flash::Notice("The user was created.".to_owned())),
                 Err(error) if matches!(error.status(), Some(400 | 409 | 422)) => {
-                    admin_url("error", &error.message())
+                    session.set_flash(Flash::Error(error.message()));
                 }
                 Err(error) => return Err(upstream_failed(&state, &session, error, &return_to)),
-            };
-            Ok(Redirect::to(&url).into_response())
+            }
+            Ok(Redirect::to(ADMIN_PAGE).into_response())
         },
     )
     .await
@@ -176,29 +160,29 @@ pub async fn change_user(
             let (result, notice) = match action.as_str() {
                 "disable" => (
                     auth.set_user_enabled(&token, &username, false).await,
-                    "disabled",
+                    "The user was disabled and signed out everywhere.",
                 ),
                 "enable" => (
                     auth.set_user_enabled(&token, &username, true).await,
-                    "enabled",
+                    "The user was enabled.",
                 ),
                 "password" => {
                     let password = form.get("password").map(String::as_str).unwrap_or_default();
                     (
                         auth.set_password(&token, &username, password).await,
-                        "password",
+                        "The password was changed; the user's other logins were ended.",
                     )
                 }
                 _ => return Err(PageError::NotFound),
             };
-            let url = match result {
-                Ok(_) => admin_url("notice", notice),
+            match result {
+                Ok(_) => session.set_flash(Flash::Notice(notice.to_owned())),
                 Err(error) if matches!(error.status(), Some(400 | 404 | 409 | 422)) => {
-                    admin_url("error", &error.message())
+                    session.set_flash(Flash::Error(error.message()));
                 }
                 Err(error) => return Err(upstream_failed(&state, &session, error, &return_to)),
-            };
-            Ok(Redirect::to(&url).into_response())
+            }
+            Ok(Redirect::to(ADMIN_PAGE).into_response())
         },
     )
     .await

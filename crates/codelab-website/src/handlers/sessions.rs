@@ -14,7 +14,7 @@ use super::{
     access_token, check_csrf, console_clients, require_session, short_time, upstream_failed,
 };
 use crate::AppState;
-use crate::session::ConsoleSession;
+use crate::session::{ConsoleSession, Flash};
 use crate::upstream::SessionSummary;
 use crate::web::{ForwardedFor, Layout, PageError, PageResult, render};
 
@@ -392,22 +392,10 @@ pub async fn list_sessions(
     .await
 }
 
-/// Which decision a session page asked for; shown after the redirect.
-fn notice_text(code: &str) -> Option<&'static str> {
-    Some(match code {
-        "approve" => "Approved: the IDE runs the call now.",
-        "edit" => "Approved with your arguments: the IDE runs the changed call now.",
-        "reject" => "Rejected: the agent has been told.",
-        "cancelled" => "The running turn was cancelled.",
-        _ => return None,
-    })
-}
-
 /// `GET /console/sessions/{id}`.
 pub async fn show_session(
     State(state): State<Arc<AppState>>,
     Path(session_id): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     uri: OriginalUri,
     ForwardedFor(forwarded): ForwardedFor,
@@ -430,12 +418,7 @@ pub async fn show_session(
             let history = history.map_err(failed)?;
             let pending = pending.map_err(failed)?;
             let row = SessionRow::from(&summary);
-            let mut layout = Layout::new(&state, row.title.clone(), "sessions", Some(&session));
-            layout.notice = params
-                .get("notice")
-                .and_then(|c| notice_text(c))
-                .map(str::to_owned);
-            layout.error = params.get("error").map(|e| e.chars().take(300).collect());
+            let layout = Layout::new(&state, row.title.clone(), "sessions", Some(&session));
             Ok(render(&SessionPage {
                 layout,
                 tool_call_count: history
@@ -457,14 +440,21 @@ pub async fn show_session(
     .await
 }
 
-fn session_url(session_id: &str, key: &str, value: &str) -> String {
-    let mut q = form_urlencoded::Serializer::new(String::new());
-    q.append_pair(key, value);
+/// The session page's address.
+fn session_url(session_id: &str) -> String {
     format!(
-        "/console/sessions/{}?{}",
-        crate::upstream::path_segment(session_id),
-        q.finish()
+        "/console/sessions/{}",
+        crate::upstream::path_segment(session_id)
     )
+}
+
+/// What the page says after a decision.
+fn decided(decision: &str) -> &'static str {
+    match decision {
+        "approve" => "Approved: the IDE runs the call now.",
+        "edit" => "Approved with your arguments: the IDE runs the changed call now.",
+        _ => "Rejected: the agent has been told.",
+    }
 }
 
 /// `POST /console/sessions/{id}/approvals/{call_id}`: approve, approve with edited
@@ -497,8 +487,10 @@ pub async fn decide_approval(
                         json!({ "decision": "edit", "modified_arguments": arguments })
                     }
                     _ => {
-                        let url = session_url(&session_id, "error", "The edited arguments must be a JSON object.");
-                        return Ok(Redirect::to(&url).into_response());
+                        session.set_flash(Flash::Error(
+                            "The edited arguments must be a JSON object.".to_owned(),
+                        ));
+                        return Ok(Redirect::to(&session_url(&session_id)).into_response());
                     }
                 }
             }
@@ -509,14 +501,14 @@ pub async fn decide_approval(
             }
         };
         let token = access_token(&state, &session, forwarded.as_deref(), &return_to).await?;
-        let url = match gateway.decide(&token, &session_id, &call_id, &body).await {
-            Ok(_) => session_url(&session_id, "notice", decision),
+        match gateway.decide(&token, &session_id, &call_id, &body).await {
+            Ok(_) => session.set_flash(Flash::Notice(decided(decision).to_owned())),
             Err(error) if matches!(error.status(), Some(400 | 404 | 409 | 422)) => {
-                session_url(&session_id, "error", &error.message())
+                session.set_flash(Flash::Error(error.message()));
             }
             Err(error) => return Err(upstream_failed(&state, &session, error, &return_to)),
-        };
-        Ok(Redirect::to(&url).into_response())
+        }
+        Ok(Redirect::to(&session_url(&session_id)).into_response())
     })
     .await
 }
@@ -545,7 +537,8 @@ pub async fn cancel_turn(
                 .cancel(&token, &session_id)
                 .await
                 .map_err(|e| upstream_failed(&state, &session, e, &return_to))?;
-            Ok(Redirect::to(&session_url(&session_id, "notice", "cancelled")).into_response())
+            session.set_flash(Flash::Notice("The running turn was cancelled.".to_owned()));
+            Ok(Redirect::to(&session_url(&session_id)).into_response())
         },
     )
     .await

@@ -75,6 +75,14 @@ fn serve(listener: TcpListener, router: Router, shutdown: &CancellationToken) {
 /// Starts every service; the seeded `admin` has [`ADMIN_PASSWORD`] and `bob` (not an admin)
 /// [`USER_PASSWORD`].
 pub async fn start_site(layout: Layout) -> Site {
+    start_site_with_clock(layout, Arc::new(codelab_core::clock::SystemClock)).await
+}
+
+/// As [`start_site`], the website running on `clock` (the other services on real time).
+pub async fn start_site_with_clock(
+    layout: Layout,
+    clock: codelab_core::clock::SharedClock,
+) -> Site {
     let shutdown = CancellationToken::new();
     let mut dirs = Vec::new();
     let (front_listener, front_addr) = listener().await;
@@ -111,7 +119,11 @@ pub async fn start_site(layout: Layout) -> Site {
     codelab_auth::admin::add_user(auth.store.as_ref(), "bob", USER_PASSWORD, None, false)
         .await
         .unwrap();
-    serve(auth_listener, codelab_auth::router(Arc::clone(&auth)), &shutdown);
+    serve(
+        auth_listener,
+        codelab_auth::router(Arc::clone(&auth)),
+        &shutdown,
+    );
     dirs.push(auth_dir);
 
     let proxy_config = codelab_llm_proxy::Config {
@@ -188,9 +200,15 @@ pub async fn start_site(layout: Layout) -> Site {
         status_refresh_interval: 1,
         ..codelab_website::Config::default()
     };
-    let website = codelab_website::build(website_config, codelab_website::Deps::default())
-        .await
-        .unwrap();
+    let website = codelab_website::build(
+        website_config,
+        codelab_website::Deps {
+            environment: Environment::Development,
+            clock,
+        },
+    )
+    .await
+    .unwrap();
     serve(
         website_listener,
         codelab_website::router(Arc::clone(&website)),
@@ -321,6 +339,11 @@ impl Browser {
     /// The cookie `name`, as the browser holds it.
     pub fn cookie(&self, name: &str) -> Option<&str> {
         self.cookies.get(name).map(String::as_str)
+    }
+
+    /// Takes `other`'s cookies (a second tab of the same browser).
+    pub fn cookies_from(&mut self, other: &Browser) {
+        self.cookies.clone_from(&other.cookies);
     }
 
     pub fn forget_cookies(&mut self) {
