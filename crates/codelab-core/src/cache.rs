@@ -95,10 +95,15 @@ pub async fn connect_cache(redis_url: Option<&str>, key_prefix: &str) -> Result<
         return Ok(Cache::memory());
     };
     let client = redis::Client::open(url).map_err(|e| CacheError::InvalidUrl(e.to_string()))?;
+    // No reconnection retries: a command sent while Redis is away waits for one reconnect
+    // attempt, and the next command tries again. With retries, redis-rs waits 1 s, then
+    // `factor` (100) times longer capped at 60 s, plus jitter, between attempts: minutes per
+    // command, where callers must fail fast (auth's limits fail open, the fan-out delivers
+    // locally). Redis must therefore answer when the service starts.
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(REDIS_TIMEOUT)
         .set_response_timeout(REDIS_TIMEOUT)
-        .set_number_of_retries(3);
+        .set_number_of_retries(0);
     let conn = ConnectionManager::new_with_config(client, config)
         .await
         .map_err(CacheError::Connect)?;

@@ -276,10 +276,15 @@ impl Fanout {
         };
         let client =
             redis::Client::open(url).map_err(|e| FanoutError::InvalidUrl(e.to_string()))?;
+        // No reconnection retries: a command sent while Redis is away waits for one reconnect
+        // attempt, and the next command tries again. With retries, redis-rs waits 1 s, then
+        // `factor` (100) times longer capped at 60 s, plus jitter, between attempts: minutes per
+        // command, where callers must fail fast (auth's limits fail open, the fan-out delivers
+        // locally). Redis must therefore answer when the service starts.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(REDIS_TIMEOUT)
             .set_response_timeout(REDIS_TIMEOUT)
-            .set_number_of_retries(3);
+            .set_number_of_retries(0);
         let mut publisher = ConnectionManager::new_with_config(client.clone(), config).await?;
         let _: String = redis::cmd("PING").query_async(&mut publisher).await?;
         let pubsub = tokio::time::timeout(REDIS_TIMEOUT, client.get_async_pubsub())

@@ -72,6 +72,18 @@ impl TempPostgres {
         }
     }
 
+    /// A guard for the database `<this one's name>_<suffix>` on the same server, dropped
+    /// likewise: for databases a program derives from this one's name (`codelab up
+    /// --postgres-url` makes `<name>_auth` and `<name>_agent_runtime`).
+    pub fn derived(&self, suffix: &str) -> Self {
+        let name = format!("{}_{suffix}", self.name);
+        TempPostgres {
+            url: with_database(&self.server, &name),
+            server: self.server.clone(),
+            name,
+        }
+    }
+
     /// The database's name.
     pub fn name(&self) -> &str {
         &self.name

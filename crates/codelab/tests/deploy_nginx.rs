@@ -14,8 +14,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -27,150 +25,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn nginx_binary() -> PathBuf {
-    let path = std::env::var_os("CODELAB_TEST_NGINX")
-        .map_or_else(|| PathBuf::from("/usr/sbin/nginx"), PathBuf::from);
-    assert!(
-        path.exists(),
-        "nginx not found at {}: install it (Debian: apt-get install -y nginx; scripts/test does \
-         when run as root) or set CODELAB_TEST_NGINX",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A copy of deploy/nginx in a temp prefix, listening on loopback ports.
-struct Prefix {
-    dir: tempfile::TempDir,
-    port: u16,
-    tls_port: Option<u16>,
-}
-
-impl Prefix {
-    /// nginx.conf (only its `listen 80` moved to a free loopback port), mime.types,
-    /// `upstreams`, and with `tls` the example tls.conf (port and certificate paths moved) and
-    /// a fresh self-signed certificate.
-    fn new(upstreams: &str, tls: bool) -> Prefix {
-        let dir = tempfile::tempdir().unwrap();
-        let source = common::repo_root().join("deploy/nginx");
-        let port = free_port();
-        let conf = std::fs::read_to_string(source.join("nginx.conf")).unwrap();
-        assert_eq!(conf.matches("listen 80 default_server;").count(), 1);
-        let conf = conf.replace(
-            "listen 80 default_server;",
-            &format!("listen 127.0.0.1:{port} default_server;"),
-        );
-        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let mime = std::fs::read_to_string("/etc/nginx/mime.types").unwrap_or_else(|_| {
-            "types { text/html html; text/plain txt; application/json json; }\n".to_owned()
-        });
-        std::fs::write(dir.path().join("mime.types"), mime).unwrap();
-        std::fs::write(dir.path().join("upstreams.conf"), upstreams).unwrap();
-        let tls_port = tls.then(|| {
-            let tls_port = free_port();
-            let certs = dir.path().join("certs");
-            std::fs::create_dir(&certs).unwrap();
-            let example = std::fs::read_to_string(source.join("tls.conf.example")).unwrap();
-            assert_eq!(example.matches("listen 443 ssl;").count(), 1);
-            let tls_conf = example
-                .replace(
-                    "listen 443 ssl;",
-                    &format!("listen 127.0.0.1:{tls_port} ssl;"),
-                )
-                .replace("/etc/nginx/certs", certs.to_str().unwrap());
-            std::fs::write(dir.path().join("tls.conf"), tls_conf).unwrap();
-            let status = Command::new("openssl")
-                .args([
-                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                ])
-                .args(["-subj", "/CN=localhost", "-keyout"])
-                .arg(certs.join("tls.key"))
-                .arg("-out")
-                .arg(certs.join("tls.crt"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("the openssl command is needed to make a test certificate");
-            assert!(status.success());
-            tls_port
-        });
-        Prefix {
-            dir,
-            port,
-            tls_port,
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// nginx with this prefix: single process in the foreground, errors on stderr.
-    fn command(&self) -> Command {
-        let mut command = Command::new(nginx_binary());
-        command
-            .arg("-e")
-            .arg("stderr")
-            .arg("-p")
-            .arg(self.path())
-            .arg("-c")
-            .arg(self.path().join("nginx.conf"))
-            .arg("-g")
-            .arg(format!(
-                "pid {}; daemon off; master_process off;",
-                self.path().join("nginx.pid").display()
-            ));
-        command
-    }
-
-    /// `nginx -t`: the output when the configuration is valid.
-    fn test_config(&self) -> String {
-        let output = self.command().arg("-t").output().unwrap();
-        let text = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert!(output.status.success(), "nginx -t failed:\n{text}");
-        text
-    }
-
-    async fn start(&self) -> Nginx {
-        self.test_config();
-        // nginx's own log (expected errors included, like the 413 below) stays in the prefix.
-        let log = std::fs::File::create(self.path().join("error.log")).unwrap();
-        let child = self
-            .command()
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let nginx = Nginx(child);
-        let url = format!("http://127.0.0.1:{}/nginx-health", self.port);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) {
-                return nginx;
-            }
-            assert!(Instant::now() < deadline, "nginx did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// The nginx process, stopped when the test ends.
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::nginx::{Prefix, upstreams_conf};
 
 /// Answers any request with what it received.
 async fn echo(
@@ -244,14 +99,6 @@ async fn upstream(name: &'static str) -> (SocketAddr, codelab_testkit::ServerGua
     (server.addr(), server)
 }
 
-fn upstreams_conf(auth: SocketAddr, gateway: SocketAddr, website: SocketAddr) -> String {
-    format!(
-        "upstream codelab_auth {{ server {auth}; keepalive 4; }}\n\
-         upstream codelab_gateway {{ server {gateway}; keepalive 4; }}\n\
-         upstream codelab_website {{ server {website}; }}\n"
-    )
-}
-
 async fn get_json(client: &reqwest::Client, url: &str) -> Value {
     let response = client.get(url).send().await.unwrap();
     assert_eq!(response.status(), 200, "{url}");
@@ -306,7 +153,7 @@ async fn nginx_routes_like_the_original_table_corrected() {
     let (gateway_addr, _gateway) = upstream("gateway").await;
     let (website_addr, website) = upstream("website").await;
     let prefix = Prefix::new(
-        &upstreams_conf(auth_addr, gateway_addr, website_addr),
+        &upstreams_conf(&[auth_addr], &[gateway_addr], &[website_addr]),
         false,
     );
     let _nginx = prefix.start().await;
@@ -489,7 +336,10 @@ async fn with_tls_conf_nginx_serves_https_with_hsts_and_redirects_http() {
     let (auth_addr, _auth) = upstream("auth").await;
     let (gateway_addr, _gateway) = upstream("gateway").await;
     let (website_addr, _website) = upstream("website").await;
-    let prefix = Prefix::new(&upstreams_conf(auth_addr, gateway_addr, website_addr), true);
+    let prefix = Prefix::new(
+        &upstreams_conf(&[auth_addr], &[gateway_addr], &[website_addr]),
+        true,
+    );
     let tls_port = prefix.tls_port.unwrap();
     let _nginx = prefix.start().await;
     let client = reqwest::Client::builder()

@@ -52,12 +52,29 @@ pub struct UpArgs {
     /// still verified).
     #[arg(long)]
     no_auth: bool,
+    /// PostgreSQL instead of SQLite files: one database per service on this server
+    /// (`codelab_auth`, `codelab_agent_runtime`; when the URL names a database other than
+    /// `postgres`, that name is the prefix: `<name>_auth`, `<name>_agent_runtime`), each created
+    /// if missing.
+    #[arg(long, value_name = "URL")]
+    postgres_url: Option<String>,
+    /// Redis instead of memory for the auth service's rate limits and lockouts and the
+    /// gateway's event fan-out.
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+    /// The model every agent uses and the proxy's default (else `AGENT_RUNTIME__LLM_MODEL`,
+    /// else `mock-llm`).
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
 }
 
 #[derive(Serialize)]
 struct ProxyOverrides {
     host: String,
     internal_api_key: String,
+    /// `--model`: the model of requests that name none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    default_model: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -65,7 +82,7 @@ struct AuthOverrides {
     host: String,
     db_url: String,
     public_url: String,
-    /// Empty: the in-memory cache (one process needs no Redis).
+    /// Empty: the in-memory cache (one process needs no Redis), unless `--redis-url`.
     redis_url: String,
     /// None: nothing stands between the public listener and the client, and the in-process
     /// hop to the auth router is not a proxy, so no forwarding header is believed.
@@ -83,6 +100,9 @@ struct RuntimeOverrides {
     llm_proxy_api_key: String,
     /// Guards the runtime (the gateway→runtime link).
     internal_api_key: String,
+    /// `--model`: every agent's model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    llm_model: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -112,7 +132,7 @@ struct GatewayOverrides {
     /// `session` (the Flutter IDE connects without a token to sessions it created), or `off`
     /// with `--no-auth`.
     ws_auth: String,
-    /// Empty: the in-process fan-out (one process needs no Redis).
+    /// Empty: the in-process fan-out (one process needs no Redis), unless `--redis-url`.
     redis_url: String,
 }
 
@@ -150,6 +170,10 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
             "--no-auth is for development only; it is refused with ENVIRONMENT=production"
         );
     }
+    if let Some(server) = &args.postgres_url {
+        // A bad URL stops `up` before anything starts.
+        postgres_database_url(server, "auth")?;
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
     let data_dir = args
@@ -166,6 +190,7 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
     let overrides = ProxyOverrides {
         host: "127.0.0.1".into(),
         internal_api_key: proxy_key.expose().to_owned(),
+        default_model: args.model.clone(),
     };
     let (proxy_config, _) = llm_proxy_config(file.clone(), &overrides)?;
     init_tracing(Environment::Development, &proxy_config.log_level);
@@ -262,7 +287,8 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
         DRAIN_TIMEOUT,
     ));
 
-    print_summary(public_address, &data_dir, &running, args.no_auth);
+    let backends = backends(&args, &data_dir)?;
+    print_summary(public_address, &data_dir, &running, &backends, args.no_auth);
     if let Some(mut report) = auth_state.take_seed_report() {
         if args.admin_password.is_some() {
             // Printed below with its real origin.
@@ -286,6 +312,50 @@ fn public_url(address: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, address.port()))
 }
 
+/// The database URL of `service` (`auth`, `agent_runtime`): its SQLite file in the data dir,
+/// or with `--postgres-url` its own database on that server (see [`postgres_database_url`]).
+fn database_url(args: &UpArgs, data_dir: &Path, service: &str) -> anyhow::Result<String> {
+    match &args.postgres_url {
+        Some(server) => postgres_database_url(server, service),
+        None => Ok(format!(
+            "sqlite:///{}",
+            data_dir.join(format!("{service}.db")).display()
+        )),
+    }
+}
+
+/// `server` (any form `AUTH_SERVICE__DB_URL` accepts) with its database replaced by the
+/// service's own: `codelab_<service>`, or `<name>_<service>` when the URL names a database
+/// `<name>` other than the maintenance database `postgres`. Query parameters are kept.
+fn postgres_database_url(server: &str, service: &str) -> anyhow::Result<String> {
+    let normalized = codelab_core::db::normalize_database_url(server)
+        .map_err(|e| anyhow::anyhow!("invalid --postgres-url: {e}"))?;
+    let mut url = reqwest::Url::parse(&normalized).context("invalid --postgres-url")?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        anyhow::bail!(
+            "--postgres-url must be a postgres:// URL, got {}",
+            codelab_core::db::redact_database_url(server)
+        );
+    }
+    let prefix = match url.path().trim_matches('/') {
+        "" | "postgres" => "codelab".to_owned(),
+        name => name.to_owned(),
+    };
+    url.set_path(&format!("/{prefix}_{service}"));
+    Ok(url.to_string())
+}
+
+/// `url` with its password hidden, for the summary.
+fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Builds the auth service on SQLite in the data dir (keys generated into it on first start)
 /// and serves it on its internal port.
 async fn start_auth(
@@ -299,9 +369,9 @@ async fn start_auth(
 ) -> anyhow::Result<Arc<codelab_auth::AppState>> {
     let overrides = AuthOverrides {
         host: "127.0.0.1".into(),
-        db_url: format!("sqlite:///{}", data_dir.join("auth.db").display()),
+        db_url: database_url(args, data_dir, "auth")?,
         public_url: public_url(public_address),
-        redis_url: String::new(),
+        redis_url: args.redis_url.clone().unwrap_or_default(),
         trusted_proxies: Vec::new(),
         master_key: args.admin_password.clone(),
     };
@@ -347,13 +417,15 @@ async fn start_agent_runtime(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<InternalLink> {
     let runtime_key = Secret::generate();
-    // The model stays `mock-llm` unless AGENT_RUNTIME__LLM_MODEL (or the file) names another.
+    // The model stays `mock-llm` unless `--model`, AGENT_RUNTIME__LLM_MODEL or the file names
+    // another.
     let overrides = RuntimeOverrides {
         host: "127.0.0.1".into(),
-        db_url: format!("sqlite:///{}", data_dir.join("agent_runtime.db").display()),
+        db_url: database_url(args, data_dir, "agent_runtime")?,
         llm_proxy_url: proxy.url,
         llm_proxy_api_key: proxy.key.expose().to_owned(),
         internal_api_key: runtime_key.expose().to_owned(),
+        llm_model: args.model.clone(),
     };
     let (config, _) = agent_runtime_config(file, &overrides)?;
     let port = config
@@ -413,7 +485,7 @@ async fn start_gateway(
         jwt_issuer: issuer,
         use_jwt_auth: !args.no_auth,
         ws_auth: if args.no_auth { "off" } else { "session" }.to_owned(),
-        redis_url: String::new(),
+        redis_url: args.redis_url.clone().unwrap_or_default(),
     };
     let (config, _) = gateway_config(file, &overrides)?;
     let port = config.port.unwrap_or(codelab_gateway::config::DEFAULT_PORT);
@@ -567,7 +639,13 @@ async fn bind_internal(port: u16, ephemeral: bool) -> anyhow::Result<TcpListener
         .context("cannot bind an internal port")
 }
 
-fn print_summary(public: SocketAddr, data_dir: &Path, running: &[Running], no_auth: bool) {
+fn print_summary(
+    public: SocketAddr,
+    data_dir: &Path,
+    running: &[Running],
+    backends: &[String],
+    no_auth: bool,
+) {
     println!();
     println!("CodeLab is up.");
     println!("  public address   http://{public}");
@@ -581,9 +659,41 @@ fn print_summary(public: SocketAddr, data_dir: &Path, running: &[Running], no_au
         );
     }
     println!("  data dir         {}", data_dir.display());
+    for line in backends {
+        println!("{line}");
+    }
     print_gateway_summary(public, no_auth);
     println!("Press Ctrl-C to stop.");
     println!();
+}
+
+/// Summary lines: where the data lives, what holds the counters and the fan-out, `--model`.
+fn backends(args: &UpArgs, data_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    if args.postgres_url.is_some() {
+        let redacted = |service| {
+            database_url(args, data_dir, service)
+                .map(|url| codelab_core::db::redact_database_url(&url))
+        };
+        lines.push(format!(
+            "  databases        PostgreSQL {} and {}",
+            redacted("auth")?,
+            redacted("agent_runtime")?
+        ));
+    } else {
+        lines.push("  databases        SQLite files in the data dir".to_owned());
+    }
+    lines.push(match &args.redis_url {
+        Some(url) => format!(
+            "  redis            {} (rate limits, lockouts, event fan-out)",
+            redact_url(url)
+        ),
+        None => "  redis            none (rate limits, lockouts and fan-out in memory)".to_owned(),
+    });
+    if let Some(model) = &args.model {
+        lines.push(format!("  model            {model} (--model)"));
+    }
+    Ok(lines)
 }
 
 async fn wait(
@@ -610,4 +720,33 @@ async fn wait(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_service_gets_its_own_postgres_database() {
+        let url = |server| postgres_database_url(server, "auth").unwrap();
+        assert_eq!(
+            url("postgres://u:p@db:5432"),
+            "postgres://u:p@db:5432/codelab_auth"
+        );
+        assert_eq!(
+            url("postgres://u@db/postgres?sslmode=disable"),
+            "postgres://u@db/codelab_auth?sslmode=disable"
+        );
+        assert_eq!(url("postgresql://db/ci_42"), "postgres://db/ci_42_auth");
+        assert_eq!(
+            url("postgresql+asyncpg://u:p@db:5432/"),
+            "postgres://u:p@db:5432/codelab_auth"
+        );
+        assert!(postgres_database_url("sqlite:///x.db", "auth").is_err());
+        assert_eq!(
+            redact_url("redis://:secret@r:6379/1"),
+            "redis://:***@r:6379/1"
+        );
+        assert_eq!(redact_url("redis://r:6379"), "redis://r:6379");
+    }
 }

@@ -1,8 +1,13 @@
 //! What the deployment tests share: the environment variable names each service reads, taken
 //! from the configuration structs themselves (`Config::default()` serialised), so Compose,
-//! Helm and the configuration reference are checked against the code, not against a list.
+//! Helm and the configuration reference are checked against the code, not against a list;
+//! a real nginx in front of test upstreams ([`nginx`]); real processes of the binary and a
+//! private Redis ([`processes`]).
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
+
+pub mod nginx;
+pub mod processes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
