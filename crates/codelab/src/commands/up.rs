@@ -187,10 +187,13 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
     // Internal keys are per link and only live as long as this process: nothing outside it
     // needs them.
     let proxy_key = Secret::generate();
+    let model = chosen_model(args.model.as_deref(), |name| {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    });
     let overrides = ProxyOverrides {
         host: "127.0.0.1".into(),
         internal_api_key: proxy_key.expose().to_owned(),
-        default_model: args.model.clone(),
+        default_model: model.as_ref().map(|(name, _)| name.clone()),
     };
     let (proxy_config, _) = llm_proxy_config(file.clone(), &overrides)?;
     init_tracing(Environment::Development, &proxy_config.log_level);
@@ -425,7 +428,10 @@ async fn start_agent_runtime(
         llm_proxy_url: proxy.url,
         llm_proxy_api_key: proxy.key.expose().to_owned(),
         internal_api_key: runtime_key.expose().to_owned(),
-        llm_model: args.model.clone(),
+        llm_model: chosen_model(args.model.as_deref(), |name| {
+            std::env::var(name).ok().filter(|v| !v.is_empty())
+        })
+        .map(|(name, _)| name),
     };
     let (config, _) = agent_runtime_config(file, &overrides)?;
     let port = config
@@ -690,10 +696,57 @@ fn backends(args: &UpArgs, data_dir: &Path) -> anyhow::Result<Vec<String>> {
         ),
         None => "  redis            none (rate limits, lockouts and fan-out in memory)".to_owned(),
     });
-    if let Some(model) = &args.model {
-        lines.push(format!("  model            {model} (--model)"));
-    }
+    lines.push(
+        match chosen_model(args.model.as_deref(), |name| {
+            std::env::var(name).ok().filter(|v| !v.is_empty())
+        }) {
+            Some((model, why)) => format!("  model            {model} ({why})"),
+            None => "  model            mock-llm unless AGENT_RUNTIME__LLM_MODEL names another \
+                     (the deterministic mock; --model or a provider key picks a real one)"
+                .to_owned(),
+        },
+    );
     Ok(lines)
+}
+
+/// The default model of `up`: `--model`; else, when AGENT_RUNTIME__LLM_MODEL does not name
+/// one, a model of the first provider whose key is in the environment; else none (the mock).
+fn chosen_model(
+    flag: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<(String, &'static str)> {
+    if let Some(model) = flag {
+        return Some((model.to_owned(), "--model"));
+    }
+    if env("AGENT_RUNTIME__LLM_MODEL").is_some() {
+        return None;
+    }
+    let by_key = [
+        (
+            "OPENAI_API_KEY",
+            "openai/gpt-4o-mini",
+            "OPENAI_API_KEY is set",
+        ),
+        (
+            "ANTHROPIC_API_KEY",
+            "anthropic/claude-3-5-haiku-latest",
+            "ANTHROPIC_API_KEY is set",
+        ),
+        (
+            "OLLAMA_BASE_URL",
+            "ollama/llama3.2",
+            "OLLAMA_BASE_URL is set",
+        ),
+        (
+            "OLLAMA_API_BASE",
+            "ollama/llama3.2",
+            "OLLAMA_API_BASE is set",
+        ),
+    ];
+    by_key
+        .iter()
+        .find(|(key, _, _)| env(key).is_some())
+        .map(|(_, model, why)| ((*model).to_owned(), *why))
 }
 
 async fn wait(
@@ -725,6 +778,35 @@ async fn wait(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_model_is_the_mock_unless_a_flag_setting_or_provider_key_says_otherwise() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert_eq!(chosen_model(None, env(&[])), None);
+        assert_eq!(
+            chosen_model(Some("gpt-4.1"), env(&[("OPENAI_API_KEY", "k")])),
+            Some(("gpt-4.1".to_owned(), "--model"))
+        );
+        assert_eq!(
+            chosen_model(None, env(&[("ANTHROPIC_API_KEY", "k")])).map(|(m, _)| m),
+            Some("anthropic/claude-3-5-haiku-latest".to_owned())
+        );
+        assert_eq!(
+            chosen_model(
+                None,
+                env(&[("OPENAI_API_KEY", "k"), ("AGENT_RUNTIME__LLM_MODEL", "x")])
+            ),
+            None,
+            "the runtime's own setting wins over a guess from the keys"
+        );
+    }
 
     #[test]
     fn each_service_gets_its_own_postgres_database() {
