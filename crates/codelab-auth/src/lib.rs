@@ -29,7 +29,7 @@ use codelab_core::clock::{SharedClock, SystemClock};
 use codelab_core::config::Environment;
 use codelab_core::db::{DbError, DbOptions, connect_database, register_pool_metrics};
 use codelab_core::http::{Readiness, ServiceInfo, with_standard_layers};
-use codelab_core::telemetry::{metrics_handle, render_metrics};
+use codelab_core::telemetry::{metrics_handle, register_scrape_hook, render_metrics};
 use futures_util::FutureExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -243,7 +243,14 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<AppState>, BuildErr
             Some(url) => connect_cache(Some(url), CACHE_PREFIX).await?,
             None => Cache::memory_with_clock(deps.clock.clone()),
         },
-    };
+    }
+    .with_fallback_observer(Arc::new(metrics::counter_cache_fallback));
+    {
+        let cache = cache.clone();
+        register_scrape_hook(&info, "cache_degraded", move || {
+            metrics::gauge_cache_degraded(cache.is_degraded());
+        });
+    }
 
     // Keys live in the database every replica shares, so the first replica to start may
     // generate the set for all (a concurrent start loses the insert and loads the winner's).

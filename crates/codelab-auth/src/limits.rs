@@ -3,9 +3,10 @@
 //!
 //! The counters live in [`Cache`]: Redis when configured so replicas share them, in memory for
 //! `codelab up`. Key names are the original's (`failed_attempts:username:{u}`,
-//! `failed_attempts:ip:{ip}`, `rate_limit:ip:{ip}`) under the cache's key prefix. A cache
-//! failure never locks anyone out: the limits fail open, with a warning and a metric (as the
-//! original did).
+//! `failed_attempts:ip:{ip}`, `rate_limit:ip:{ip}`) under the cache's key prefix. While Redis
+//! is unavailable the cache counts in this process's memory (each replica on its own), so the
+//! limits keep working; an error Redis itself returns never locks anyone out: that limit is
+//! skipped for the request, with a warning and a metric.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -145,7 +146,7 @@ pub struct Lockout {
 /// The per-IP limiter's verdict for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateDecision {
-    /// The limiter is off (or the cache failed: fail open).
+    /// The limiter is off (or the cache returned an error: skipped).
     Off,
     /// Allowed; `remaining` requests are left in the window.
     Allowed {
@@ -210,7 +211,7 @@ fn ceil_secs(duration: Duration) -> u64 {
 
 fn cache_failed(operation: &'static str, error: &CacheError) {
     metrics::counter_cache_error(operation);
-    tracing::warn!(operation, %error, "cache unavailable; auth limits fail open");
+    tracing::warn!(operation, %error, "cache error; this auth limit is skipped for the request");
 }
 
 impl Limits {

@@ -15,8 +15,13 @@ pub const REFRESH_ROTATIONS: &str = "codelab_auth_refresh_rotations_total";
 pub const REFRESH_REUSE: &str = "codelab_auth_refresh_reuse_total";
 /// Requests refused by the per-IP rate limit.
 pub const RATE_LIMITED: &str = "codelab_auth_rate_limited_total";
-/// Cache (Redis) errors; brute-force and rate limits fail open when they happen.
+/// Cache errors Redis returned (not an outage: those are served from memory); the limit that
+/// met one is skipped for that request.
 pub const CACHE_ERRORS: &str = "codelab_auth_cache_errors_total";
+/// Cache operations served from process memory because Redis was unavailable, by `operation`.
+pub const CACHE_FALLBACKS: &str = "codelab_auth_cache_fallbacks_total";
+/// 1 while Redis is unavailable and the limits are counted per replica in memory, else 0.
+pub const CACHE_DEGRADED: &str = "codelab_auth_cache_degraded";
 /// Expired refresh tokens deleted by the hourly cleanup.
 pub const EXPIRED_TOKENS_DELETED: &str = "codelab_auth_expired_refresh_tokens_deleted_total";
 
@@ -36,7 +41,15 @@ pub fn describe() {
     metrics::describe_counter!(REFRESH_ROTATIONS, "Refresh tokens rotated");
     metrics::describe_counter!(REFRESH_REUSE, "Reused refresh tokens (family revoked)");
     metrics::describe_counter!(RATE_LIMITED, "Requests refused by the per-IP rate limit");
-    metrics::describe_counter!(CACHE_ERRORS, "Cache errors (limits fail open)");
+    metrics::describe_counter!(CACHE_ERRORS, "Cache errors Redis returned (limit skipped)");
+    metrics::describe_counter!(
+        CACHE_FALLBACKS,
+        "Cache operations served from memory while Redis was unavailable"
+    );
+    metrics::describe_gauge!(
+        CACHE_DEGRADED,
+        "1 while Redis is unavailable and limits are kept in process memory"
+    );
     metrics::describe_counter!(EXPIRED_TOKENS_DELETED, "Expired refresh tokens deleted");
 }
 
@@ -54,6 +67,14 @@ pub fn grant_label(grant_type: Option<&str>) -> &'static str {
 
 pub(crate) fn counter_cache_error(operation: &'static str) {
     metrics::counter!(CACHE_ERRORS, "operation" => operation).increment(1);
+}
+
+pub(crate) fn counter_cache_fallback(operation: &'static str) {
+    metrics::counter!(CACHE_FALLBACKS, "operation" => operation).increment(1);
+}
+
+pub(crate) fn gauge_cache_degraded(degraded: bool) {
+    metrics::gauge!(CACHE_DEGRADED).set(if degraded { 1.0 } else { 0.0 });
 }
 
 pub(crate) fn counter_rate_limited() {

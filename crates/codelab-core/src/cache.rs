@@ -1,8 +1,15 @@
 //! A small key-value cache: Redis when configured (shared by replicas), else in process.
+//!
+//! When Redis stops answering, the Redis variant serves every command from its own in-process
+//! map instead of failing, so what depends on the cache (auth's rate limits and lockouts, its
+//! login forms) goes on per replica. It tries Redis again at most once per
+//! [`REDIS_RETRY_INTERVAL`] and returns to it as soon as it answers; what was written in memory
+//! meanwhile stays there and expires. Only [`Cache::ping`] reports the outage (for `/ready`).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -10,6 +17,11 @@ use crate::clock::{Clock, SharedClock, SystemClock};
 
 /// Timeout for connecting to Redis and for each command.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// While Redis is down, commands skip it and use memory; one is let through to Redis this
+/// often to see whether it is back (a partitioned Redis would otherwise cost each command the
+/// full [`REDIS_TIMEOUT`]).
+pub const REDIS_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The in-memory cache drops expired entries once every this many operations.
 const PURGE_EVERY: u64 = 1024;
@@ -49,11 +61,18 @@ pub enum Cache {
     Memory(MemoryCache),
 }
 
-/// The Redis side of [`Cache`].
+/// Called with the operation's name each time a command is served from memory because Redis
+/// is unavailable (services count it in their metrics).
+pub type FallbackObserver = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// The Redis side of [`Cache`], with the in-process map it falls back to.
 #[derive(Clone)]
 pub struct RedisCache {
     conn: ConnectionManager,
     prefix: String,
+    fallback: MemoryCache,
+    outage: Arc<Mutex<Outage>>,
+    observer: Option<FallbackObserver>,
 }
 
 impl std::fmt::Debug for RedisCache {
@@ -62,6 +81,12 @@ impl std::fmt::Debug for RedisCache {
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether Redis is currently considered down, and when it was last tried.
+#[derive(Debug, Default)]
+struct Outage {
+    last_failure: Option<Instant>,
 }
 
 /// The in-process side of [`Cache`]; entries expire lazily by the injected clock.
@@ -96,10 +121,9 @@ pub async fn connect_cache(redis_url: Option<&str>, key_prefix: &str) -> Result<
     };
     let client = redis::Client::open(url).map_err(|e| CacheError::InvalidUrl(e.to_string()))?;
     // No reconnection retries: a command sent while Redis is away waits for one reconnect
-    // attempt, and the next command tries again. With retries, redis-rs waits 1 s, then
-    // `factor` (100) times longer capped at 60 s, plus jitter, between attempts: minutes per
-    // command, where callers must fail fast (auth's limits fail open, the fan-out delivers
-    // locally). Redis must therefore answer when the service starts.
+    // attempt and then falls back to memory. With retries, redis-rs waits 1 s, then `factor`
+    // (100) times longer capped at 60 s, plus jitter, between attempts: minutes per command.
+    // Redis must answer when the service starts, so a wrong URL is found at once.
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(REDIS_TIMEOUT)
         .set_response_timeout(REDIS_TIMEOUT)
@@ -110,6 +134,9 @@ pub async fn connect_cache(redis_url: Option<&str>, key_prefix: &str) -> Result<
     let cache = Cache::Redis(RedisCache {
         conn,
         prefix: key_prefix.to_owned(),
+        fallback: MemoryCache::new(Arc::new(SystemClock)),
+        outage: Arc::default(),
+        observer: None,
     });
     cache.ping().await?;
     Ok(cache)
@@ -120,6 +147,15 @@ fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// Whether `error` means Redis cannot be reached (as opposed to Redis refusing the command).
+fn is_unavailable(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_unrecoverable_error()
+}
+
 impl Cache {
     /// An empty in-memory cache on the system clock.
     pub fn memory() -> Self {
@@ -128,10 +164,7 @@ impl Cache {
 
     /// An empty in-memory cache whose expiry follows `clock` (tests use a `ManualClock`).
     pub fn memory_with_clock(clock: SharedClock) -> Self {
-        Self::Memory(MemoryCache {
-            state: Arc::default(),
-            clock,
-        })
+        Self::Memory(MemoryCache::new(clock))
     }
 
     /// Whether this is the Redis variant.
@@ -139,23 +172,38 @@ impl Cache {
         matches!(self, Self::Redis(_))
     }
 
+    /// Calls `observer` with the operation's name whenever the Redis variant serves a command
+    /// from memory because Redis is unavailable (no effect in memory).
+    #[must_use]
+    pub fn with_fallback_observer(mut self, observer: FallbackObserver) -> Self {
+        if let Self::Redis(r) = &mut self {
+            r.observer = Some(observer);
+        }
+        self
+    }
+
+    /// Whether commands are being served from memory because Redis is unavailable.
+    pub fn is_degraded(&self) -> bool {
+        match self {
+            Self::Redis(r) => r.outage().last_failure.is_some(),
+            Self::Memory(_) => false,
+        }
+    }
+
     /// The value at `key`, if present and not expired.
     pub async fn get(&self, key: &str) -> Result<Option<String>, CacheError> {
         match self {
             Self::Redis(r) => {
-                let mut conn = r.conn.clone();
-                Ok(redis::cmd("GET")
-                    .arg(r.key(key))
-                    .query_async(&mut conn)
-                    .await?)
+                let command = async {
+                    let mut conn = r.conn.clone();
+                    redis::cmd("GET")
+                        .arg(r.key(key))
+                        .query_async(&mut conn)
+                        .await
+                };
+                r.or_memory("get", command, |m| Ok(m.get(key))).await
             }
-            Self::Memory(m) => Ok(m.with_state(|state, now| {
-                state
-                    .entries
-                    .get(key)
-                    .filter(|e| e.expires_at > now)
-                    .map(|e| e.value.clone())
-            })),
+            Self::Memory(m) => Ok(m.get(key)),
         }
     }
 
@@ -163,24 +211,24 @@ impl Cache {
     pub async fn set_ex(&self, key: &str, value: &str, ttl: Duration) -> Result<(), CacheError> {
         match self {
             Self::Redis(r) => {
-                let mut conn = r.conn.clone();
-                redis::cmd("SET")
-                    .arg(r.key(key))
-                    .arg(value)
-                    .arg("PX")
-                    .arg(ttl_millis(ttl))
-                    .query_async::<()>(&mut conn)
-                    .await?;
-                Ok(())
+                let command = async {
+                    let mut conn = r.conn.clone();
+                    redis::cmd("SET")
+                        .arg(r.key(key))
+                        .arg(value)
+                        .arg("PX")
+                        .arg(ttl_millis(ttl))
+                        .query_async::<()>(&mut conn)
+                        .await
+                };
+                r.or_memory("set_ex", command, |m| {
+                    m.set_ex(key, value, ttl);
+                    Ok(())
+                })
+                .await
             }
             Self::Memory(m) => {
-                m.with_state(|state, now| {
-                    let entry = Entry {
-                        value: value.to_owned(),
-                        expires_at: now + ttl,
-                    };
-                    state.entries.insert(key.to_owned(), entry);
-                });
+                m.set_ex(key, value, ttl);
                 Ok(())
             }
         }
@@ -195,28 +243,22 @@ impl Cache {
     ) -> Result<bool, CacheError> {
         match self {
             Self::Redis(r) => {
-                let mut conn = r.conn.clone();
-                let reply: Option<String> = redis::cmd("SET")
-                    .arg(r.key(key))
-                    .arg(value)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_millis(ttl))
-                    .query_async(&mut conn)
-                    .await?;
-                Ok(reply.is_some())
-            }
-            Self::Memory(m) => Ok(m.with_state(|state, now| {
-                if state.entries.get(key).is_some_and(|e| e.expires_at > now) {
-                    return false;
-                }
-                let entry = Entry {
-                    value: value.to_owned(),
-                    expires_at: now + ttl,
+                let command = async {
+                    let mut conn = r.conn.clone();
+                    let reply: Option<String> = redis::cmd("SET")
+                        .arg(r.key(key))
+                        .arg(value)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl_millis(ttl))
+                        .query_async(&mut conn)
+                        .await?;
+                    Ok(reply.is_some())
                 };
-                state.entries.insert(key.to_owned(), entry);
-                true
-            })),
+                r.or_memory("set_nx_ex", command, |m| Ok(m.set_nx_ex(key, value, ttl)))
+                    .await
+            }
+            Self::Memory(m) => Ok(m.set_nx_ex(key, value, ttl)),
         }
     }
 
@@ -225,37 +267,20 @@ impl Cache {
     pub async fn incr_ex(&self, key: &str, ttl: Duration) -> Result<i64, CacheError> {
         match self {
             Self::Redis(r) => {
-                let mut conn = r.conn.clone();
-                Ok(redis::cmd("EVAL")
-                    .arg(INCR_EX_SCRIPT)
-                    .arg(1)
-                    .arg(r.key(key))
-                    .arg(ttl_millis(ttl))
-                    .query_async(&mut conn)
-                    .await?)
+                let command = async {
+                    let mut conn = r.conn.clone();
+                    redis::cmd("EVAL")
+                        .arg(INCR_EX_SCRIPT)
+                        .arg(1)
+                        .arg(r.key(key))
+                        .arg(ttl_millis(ttl))
+                        .query_async(&mut conn)
+                        .await
+                };
+                r.or_memory("incr_ex", command, |m| m.incr_ex(key, ttl))
+                    .await
             }
-            Self::Memory(m) => m.with_state(|state, now| {
-                match state.entries.get_mut(key).filter(|e| e.expires_at > now) {
-                    Some(entry) => {
-                        let next = entry
-                            .value
-                            .parse::<i64>()
-                            .ok()
-                            .and_then(|v| v.checked_add(1))
-                            .ok_or_else(|| CacheError::NotAnInteger(key.to_owned()))?;
-                        entry.value = next.to_string();
-                        Ok(next)
-                    }
-                    None => {
-                        let entry = Entry {
-                            value: "1".to_owned(),
-                            expires_at: now + ttl,
-                        };
-                        state.entries.insert(key.to_owned(), entry);
-                        Ok(1)
-                    }
-                }
-            }),
+            Self::Memory(m) => m.incr_ex(key, ttl),
         }
     }
 
@@ -263,21 +288,18 @@ impl Cache {
     pub async fn ttl(&self, key: &str) -> Result<Option<Duration>, CacheError> {
         match self {
             Self::Redis(r) => {
-                let mut conn = r.conn.clone();
-                let millis: i64 = redis::cmd("PTTL")
-                    .arg(r.key(key))
-                    .query_async(&mut conn)
-                    .await?;
-                // -2: no such key, -1: no expiry.
-                Ok(u64::try_from(millis).ok().map(Duration::from_millis))
+                let command = async {
+                    let mut conn = r.conn.clone();
+                    let millis: i64 = redis::cmd("PTTL")
+                        .arg(r.key(key))
+                        .query_async(&mut conn)
+                        .await?;
+                    // -2: no such key, -1: no expiry.
+                    Ok(u64::try_from(millis).ok().map(Duration::from_millis))
+                };
+                r.or_memory("ttl", command, |m| Ok(m.ttl(key))).await
             }
-            Self::Memory(m) => Ok(m.with_state(|state, now| {
-                state
-                    .entries
-                    .get(key)
-                    .and_then(|e| e.expires_at.duration_since(now).ok())
-                    .filter(|left| !left.is_zero())
-            })),
+            Self::Memory(m) => Ok(m.ttl(key)),
         }
     }
 
@@ -285,27 +307,37 @@ impl Cache {
     pub async fn del(&self, key: &str) -> Result<(), CacheError> {
         match self {
             Self::Redis(r) => {
-                let mut conn = r.conn.clone();
-                redis::cmd("DEL")
-                    .arg(r.key(key))
-                    .query_async::<()>(&mut conn)
-                    .await?;
-                Ok(())
+                let command = async {
+                    let mut conn = r.conn.clone();
+                    redis::cmd("DEL")
+                        .arg(r.key(key))
+                        .query_async::<()>(&mut conn)
+                        .await
+                };
+                // Removed from both: a key written during an outage must not outlive its del.
+                r.fallback.del(key);
+                r.or_memory("del", command, |_| Ok(())).await
             }
             Self::Memory(m) => {
-                m.with_state(|state, _| state.entries.remove(key));
+                m.del(key);
                 Ok(())
             }
         }
     }
 
-    /// Checks the connection (for `/ready`); always succeeds in memory.
+    /// Checks the connection (for `/ready`): fails while Redis is down, even though the
+    /// other commands go on in memory; always succeeds in memory.
     pub async fn ping(&self) -> Result<(), CacheError> {
         match self {
             Self::Redis(r) => {
                 let mut conn = r.conn.clone();
-                redis::cmd("PING").query_async::<()>(&mut conn).await?;
-                Ok(())
+                let answer = redis::cmd("PING").query_async::<()>(&mut conn).await;
+                match &answer {
+                    Ok(()) => r.recovered(),
+                    Err(error) if is_unavailable(error) => r.failed("ping", error),
+                    Err(_) => {}
+                }
+                Ok(answer?)
             }
             Self::Memory(_) => Ok(()),
         }
@@ -316,9 +348,141 @@ impl RedisCache {
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
+
+    fn outage(&self) -> std::sync::MutexGuard<'_, Outage> {
+        self.outage.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `command` on Redis unless Redis failed less than [`REDIS_RETRY_INTERVAL`] ago; when
+    /// Redis is unavailable, answers from memory with `local` instead. Errors Redis itself
+    /// returns (a wrong type, a script error) are passed on.
+    async fn or_memory<T>(
+        &self,
+        operation: &'static str,
+        command: impl Future<Output = redis::RedisResult<T>>,
+        local: impl FnOnce(&MemoryCache) -> Result<T, CacheError>,
+    ) -> Result<T, CacheError> {
+        let skip_redis = self
+            .outage()
+            .last_failure
+            .is_some_and(|at| at.elapsed() < REDIS_RETRY_INTERVAL);
+        if !skip_redis {
+            match command.await {
+                Ok(value) => {
+                    self.recovered();
+                    return Ok(value);
+                }
+                Err(error) if is_unavailable(&error) => self.failed(operation, &error),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if let Some(observer) = &self.observer {
+            observer(operation);
+        }
+        local(&self.fallback)
+    }
+
+    /// Records a failed attempt; the first one of an outage is logged.
+    fn failed(&self, operation: &'static str, error: &redis::RedisError) {
+        let was_down = self.outage().last_failure.replace(Instant::now()).is_some();
+        if !was_down {
+            tracing::warn!(
+                operation,
+                %error,
+                "Redis unavailable: the cache is served from process memory until it returns"
+            );
+        }
+    }
+
+    /// Records a successful command; the first one after an outage is logged.
+    fn recovered(&self) {
+        if self.outage().last_failure.take().is_some() {
+            tracing::info!("Redis is back: the cache is shared again");
+        }
+    }
 }
 
 impl MemoryCache {
+    fn new(clock: SharedClock) -> Self {
+        Self {
+            state: Arc::default(),
+            clock,
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        self.with_state(|state, now| {
+            state
+                .entries
+                .get(key)
+                .filter(|e| e.expires_at > now)
+                .map(|e| e.value.clone())
+        })
+    }
+
+    fn set_ex(&self, key: &str, value: &str, ttl: Duration) {
+        self.with_state(|state, now| {
+            let entry = Entry {
+                value: value.to_owned(),
+                expires_at: now + ttl,
+            };
+            state.entries.insert(key.to_owned(), entry);
+        });
+    }
+
+    fn set_nx_ex(&self, key: &str, value: &str, ttl: Duration) -> bool {
+        self.with_state(|state, now| {
+            if state.entries.get(key).is_some_and(|e| e.expires_at > now) {
+                return false;
+            }
+            let entry = Entry {
+                value: value.to_owned(),
+                expires_at: now + ttl,
+            };
+            state.entries.insert(key.to_owned(), entry);
+            true
+        })
+    }
+
+    fn incr_ex(&self, key: &str, ttl: Duration) -> Result<i64, CacheError> {
+        self.with_state(|state, now| {
+            match state.entries.get_mut(key).filter(|e| e.expires_at > now) {
+                Some(entry) => {
+                    let next = entry
+                        .value
+                        .parse::<i64>()
+                        .ok()
+                        .and_then(|v| v.checked_add(1))
+                        .ok_or_else(|| CacheError::NotAnInteger(key.to_owned()))?;
+                    entry.value = next.to_string();
+                    Ok(next)
+                }
+                None => {
+                    let entry = Entry {
+                        value: "1".to_owned(),
+                        expires_at: now + ttl,
+                    };
+                    state.entries.insert(key.to_owned(), entry);
+                    Ok(1)
+                }
+            }
+        })
+    }
+
+    fn ttl(&self, key: &str) -> Option<Duration> {
+        self.with_state(|state, now| {
+            state
+                .entries
+                .get(key)
+                .and_then(|e| e.expires_at.duration_since(now).ok())
+                .filter(|left| !left.is_zero())
+        })
+    }
+
+    fn del(&self, key: &str) {
+        self.with_state(|state, _| state.entries.remove(key));
+    }
+
     /// Runs `f` under the lock (never held across an await), purging expired entries now
     /// and then so the map cannot grow without bound.
     fn with_state<T>(&self, f: impl FnOnce(&mut MemoryState, SystemTime) -> T) -> T {

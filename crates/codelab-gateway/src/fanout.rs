@@ -279,7 +279,7 @@ impl Fanout {
         // No reconnection retries: a command sent while Redis is away waits for one reconnect
         // attempt, and the next command tries again. With retries, redis-rs waits 1 s, then
         // `factor` (100) times longer capped at 60 s, plus jitter, between attempts: minutes per
-        // command, where callers must fail fast (auth's limits fail open, the fan-out delivers
+        // command, where callers must fail fast (auth counts in memory, the fan-out delivers
         // locally). Redis must therefore answer when the service starts.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(REDIS_TIMEOUT)

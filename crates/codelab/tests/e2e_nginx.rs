@@ -14,8 +14,8 @@
 //!    REST; protocol 2: resumed by `last_seq` while gateway 1 still streams).
 //! 3. Redis stopped: the `/ready` of auth (`cache`) and of both gateways (`redis`) answer 503
 //!    while the runtimes and the proxy stay ready; the system degrades as documented instead of
-//!    failing: logins still work (auth's limits fail open and count
-//!    `codelab_auth_cache_errors_total`), a turn still completes (the gateway delivers events
+//!    failing: logins still work and a sixth wrong password is still locked out (auth counts
+//!    in memory, `codelab_auth_cache_degraded` is 1), a turn still completes (the gateway delivers events
 //!    locally). Redis started again on the same port: every `/ready` is 200 again and events
 //!    cross gateways again. Likewise the proxy (the runtimes' `llm_proxy` check), a runtime
 //!    (its gateway's `agent_runtime` check) and auth (the gateways stay ready on their cached
@@ -677,6 +677,27 @@ async fn jwks_kids(base: &str) -> Vec<String> {
     kids
 }
 
+/// A password grant for `username` through `base` (both URL-safe as given): the status and
+/// any `Retry-After`.
+async fn password_grant(base: &str, username: &str, password: &str) -> (u16, Option<String>) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/oauth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=password&username={username}&password={password}\
+             &client_id=codelab-flutter-app"
+        ))
+        .send()
+        .await
+        .unwrap();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (response.status().as_u16(), retry_after)
+}
+
 /// GET `base` + `path`: the status and body.
 async fn get(base: &str, path: &str) -> (u16, String) {
     let response = reqwest::get(format!("{base}{path}")).await.unwrap();
@@ -903,13 +924,35 @@ async fn every_service_behind_nginx_on_postgres_and_redis() {
         "readiness followed redis down in {:?}; auth: {auth_checks:?}",
         phase.elapsed()
     );
-    // Logins still work (the limits fail open, counted), and so does a turn.
+    // Logins still work, and the brute-force limit still holds: counted in auth's memory.
     let mut client = logged_in(&public).await;
+    let intruder = format!("intruder-{}", codelab_core::random_hex(4));
+    let mut refusals = Vec::new();
+    for _ in 0..6 {
+        refusals.push(password_grant(&public, &intruder, "wrong-password").await);
+    }
+    assert!(
+        refusals[..5].iter().all(|(status, _)| *status == 401),
+        "{refusals:?}"
+    );
+    let (status, retry_after) = &refusals[5];
+    assert_eq!(*status, 429, "locked out while Redis is down: {refusals:?}");
+    assert!(
+        retry_after
+            .as_deref()
+            .is_some_and(|s| s.parse::<u64>().is_ok())
+    );
     let (_, metrics) = get(&stack.auth.url, "/metrics").await;
     assert!(
         metrics
             .lines()
-            .any(|l| l.starts_with("codelab_auth_cache_errors_total")),
+            .any(|l| l == "codelab_auth_cache_degraded 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("codelab_auth_cache_fallbacks_total{operation=\"incr_ex\"}")),
         "{metrics}"
     );
     let session = client.create_session().await.unwrap().id;
@@ -929,6 +972,13 @@ async fn every_service_behind_nginx_on_postgres_and_redis() {
     let phase = Instant::now();
     stack.redis.resume().await;
     stack.auth.ready_is(200).await;
+    let (_, metrics) = get(&stack.auth.url, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "codelab_auth_cache_degraded 0"),
+        "{metrics}"
+    );
     for gateway in &mut stack.gateways {
         gateway.ready_is(200).await;
     }

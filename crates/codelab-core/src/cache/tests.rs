@@ -231,3 +231,125 @@ async fn concurrent_redis_increments_are_atomic() {
     assert!(cache.ttl("hits").await.unwrap().is_some());
     delete_prefix(&cache, &prefix).await;
 }
+
+/// A TCP relay to the test Redis that can be switched off: while down it closes every open
+/// connection and every new one at once, as a Redis that went away would.
+struct SwitchableRelay {
+    address: std::net::SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl SwitchableRelay {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (up, _) = tokio::sync::watch::channel(true);
+        let watch = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !*watch.borrow() {
+                    continue; // dropped: closed at once
+                }
+                let mut down = watch.subscribe();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = down.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Self { address, up }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.address)
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+/// host:port of the test Redis, from its URL.
+fn redis_host_port() -> String {
+    let url = redis_url();
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, hp)| hp);
+    host_port.split('/').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn redis_outage_is_served_from_memory_and_ends_when_redis_returns() {
+    let relay = SwitchableRelay::start(redis_host_port()).await;
+    let prefix = format!("codelab-core-test:{}:", crate::ids::random_hex(6));
+    let fallbacks = Arc::new(Mutex::new(Vec::<&'static str>::new()));
+    let seen = Arc::clone(&fallbacks);
+    let cache = connect_cache(Some(&relay.url()), &prefix)
+        .await
+        .unwrap()
+        .with_fallback_observer(Arc::new(move |operation| {
+            seen.lock().unwrap().push(operation);
+        }));
+    let ttl = Duration::from_secs(60);
+    cache.set_ex("shared", "in redis", ttl).await.unwrap();
+    assert!(!cache.is_degraded());
+
+    relay.set_up(false);
+    // Every command still answers, from memory, with the usual semantics.
+    assert_eq!(cache.incr_ex("hits", ttl).await.unwrap(), 1);
+    assert!(cache.is_degraded());
+    assert_eq!(cache.incr_ex("hits", ttl).await.unwrap(), 2);
+    assert!(cache.ttl("hits").await.unwrap().unwrap() > Duration::from_secs(50));
+    assert!(cache.set_nx_ex("once", "a", ttl).await.unwrap());
+    assert!(!cache.set_nx_ex("once", "b", ttl).await.unwrap());
+    assert_eq!(cache.get("once").await.unwrap().as_deref(), Some("a"));
+    cache.del("once").await.unwrap();
+    assert_eq!(cache.get("once").await.unwrap(), None);
+    assert_eq!(
+        cache.get("shared").await.unwrap(),
+        None,
+        "Redis' data is not reachable"
+    );
+    // Readiness still sees the outage.
+    assert!(cache.ping().await.is_err());
+    assert!(cache.is_degraded());
+    {
+        let operations = fallbacks.lock().unwrap();
+        assert!(operations.starts_with(&["incr_ex", "incr_ex", "ttl", "set_nx_ex"]));
+        assert!(operations.contains(&"del") && operations.contains(&"get"));
+    }
+
+    // Redis returns: the next ping ends the outage, and commands reach Redis again.
+    relay.set_up(true);
+    cache.ping().await.unwrap();
+    assert!(!cache.is_degraded());
+    assert_eq!(
+        cache.get("shared").await.unwrap().as_deref(),
+        Some("in redis")
+    );
+    assert_eq!(
+        cache.incr_ex("hits", ttl).await.unwrap(),
+        1,
+        "Redis never saw the counts made in memory"
+    );
+    delete_prefix(&cache, &prefix).await;
+}
+
+#[tokio::test]
+async fn redis_errors_that_are_not_an_outage_are_returned() {
+    let prefix = format!("codelab-core-test:{}:", crate::ids::random_hex(6));
+    let cache = redis_cache(&prefix).await;
+    let ttl = Duration::from_secs(60);
+    cache.set_ex("text", "abc", ttl).await.unwrap();
+    assert!(matches!(
+        cache.incr_ex("text", ttl).await,
+        Err(CacheError::Redis(_))
+    ));
+    assert!(!cache.is_degraded());
+    delete_prefix(&cache, &prefix).await;
+}
