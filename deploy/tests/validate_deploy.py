@@ -9,8 +9,7 @@ dockerfile, promql-parser, pyyaml):
 
 KEYS.json maps each environment prefix (GATEWAY, AUTH_SERVICE, ...) to the keys its `Config`
 serialises to (written by the Rust test from `Config::default()`), plus "plain" names every
-service reads (ENVIRONMENT, PORT, provider credentials) and "pending" prefixes whose service is
-not built yet (with the keys planned for it).
+service reads (ENVIRONMENT, PORT, provider credentials).
 
 What is checked:
   Dockerfile   hadolint (no ignored rule but the one documented inline); multi-stage with cargo
@@ -202,9 +201,10 @@ def load_compose() -> dict:
     return yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
 
 
-SECRETS = {"POSTGRES_PASSWORD", "ADMIN_PASSWORD", "RUNTIME_INTERNAL_KEY", "PROXY_INTERNAL_KEY"}
+SECRETS = {"POSTGRES_PASSWORD", "ADMIN_PASSWORD", "RUNTIME_INTERNAL_KEY", "PROXY_INTERNAL_KEY",
+           "WEBSITE_SESSION_KEY"}
 FILLED = {"POSTGRES_PASSWORD": "a" * 48, "ADMIN_PASSWORD": "b" * 32,
-          "RUNTIME_INTERNAL_KEY": "c" * 64, "PROXY_INTERNAL_KEY": "d" * 64}
+          "RUNTIME_INTERNAL_KEY": "c" * 64, "PROXY_INTERNAL_KEY": "d" * 64, "WEBSITE_SESSION_KEY": "e" * 64}
 APP_SERVICES = {"auth": 8003, "gateway": 8000, "agent-runtime": 8001, "llm-proxy": 8002, "website": 3000}
 
 
@@ -268,7 +268,7 @@ def compose_structure():
                f"{name}: healthcheck {test}")
         expect(service.get("read_only") is True and service.get("cap_drop") == ["ALL"],
                f"{name}: read-only root, no capabilities")
-    expect(services["website"].get("profiles") == ["website"], "website is opt-in until it exists")
+    expect("profiles" not in services["website"], "the website starts with everything else")
     expect(services["migrate"]["command"] == ["migrate"], "migrate runs codelab migrate")
 
     def after(name):
@@ -280,7 +280,9 @@ def compose_structure():
            after("agent-runtime"))
     expect(after("gateway") == {"agent-runtime": "service_healthy", "auth": "service_healthy", "redis": "service_healthy"},
            after("gateway"))
-    expect(after("nginx") == {"auth": "service_healthy", "gateway": "service_healthy"}, after("nginx"))
+    expect(after("website") == {"auth": "service_healthy", "gateway": "service_healthy"}, after("website"))
+    expect(after("nginx") == {"auth": "service_healthy", "gateway": "service_healthy", "website": "service_healthy"},
+           after("nginx"))
     for name in ("postgres", "redis", "nginx"):
         expect("healthcheck" in services[name], f"{name} has a healthcheck")
 
@@ -299,6 +301,13 @@ def compose_structure():
     expect(migrate_env["AGENT_RUNTIME__DB_URL"] == env["agent-runtime"]["AGENT_RUNTIME__DB_URL"], "migrate uses runtime's URL")
     expect(env["gateway"]["GATEWAY__JWT_ISSUER"] == env["auth"]["AUTH_SERVICE__JWT_ISSUER"], "one issuer")
     expect(env["gateway"]["GATEWAY__USE_JWT_AUTH"] == "true", "JWT on by default")
+    public = env["auth"]["AUTH_SERVICE__PUBLIC_URL"]
+    expect(env["website"]["WEBSITE__PUBLIC_URL"] == public, "the website's origin is the public URL")
+    expect(env["auth"]["AUTH_SERVICE__WEB_REDIRECT_URIS"] == f"{public}/console/callback",
+           "auth accepts the console's redirect URI")
+    expect(env["website"]["WEBSITE__AUTH_URL"] == "http://auth:8003" and env["website"]["WEBSITE__GATEWAY_URL"] == "http://gateway:8000",
+           "the console reaches auth and the gateway")
+    expect(env["website"]["WEBSITE__SESSION_KEY"] == FILLED["WEBSITE_SESSION_KEY"], "the console's cookie key")
 
     volumes = services["nginx"]["volumes"]
     expect("../nginx/nginx.conf:/etc/nginx/nginx.conf:ro" in volumes, volumes)
@@ -408,7 +417,12 @@ def assert_common(env, docs):
            in ("gateway", "auth", "agent-runtime", "llm-proxy", "website")}
     expect(set(app) >= {"codelab-gateway", "codelab-auth", "codelab-agent-runtime", "codelab-llm-proxy"},
            f"{env}: deployments {sorted(app)}")
-    expect("codelab-website" not in app, f"{env}: the website is not built yet and stays off")
+    expect("codelab-website" in app, f"{env}: the website runs")
+    website_env = env_of(app["codelab-website"]["spec"]["template"]["spec"]["containers"][0])
+    expect(website_env["WEBSITE__AUTH_URL"]["value"] == "http://codelab-auth:8003"
+           and website_env["WEBSITE__GATEWAY_URL"]["value"] == "http://codelab-gateway:8000", f"{env}: website upstreams")
+    expect(website_env["WEBSITE__SESSION_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "website-session-key",
+           f"{env}: the console's cookie key")
     services = objects(docs, "Service")
     for name, deployment in app.items():
         component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
@@ -446,8 +460,13 @@ def assert_common(env, docs):
                 or p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name")
                 for p in rule["from"]]
 
-    expect(sources("codelab-gateway") == ["ingress-nginx"], f"{env}: gateway ingress {sources('codelab-gateway')}")
-    expect(sources("codelab-auth") == ["ingress-nginx", "gateway"], f"{env}: auth ingress {sources('codelab-auth')}")
+    expect(sources("codelab-gateway") == ["ingress-nginx", "website"], f"{env}: gateway ingress {sources('codelab-gateway')}")
+    expect(sources("codelab-auth") == ["ingress-nginx", "gateway", "website"], f"{env}: auth ingress {sources('codelab-auth')}")
+    expect(sources("codelab-website") == ["ingress-nginx"], f"{env}: website ingress {sources('codelab-website')}")
+    website_egress = json.dumps(policies["codelab-website"]["spec"]["egress"])
+    expect('"gateway"' in website_egress and '"auth"' in website_egress and '"agent-runtime"' not in website_egress
+           and '"llm-proxy"' not in website_egress and "ipBlock" not in website_egress,
+           f"{env}: the website reaches auth and the gateway only")
     expect(sources("codelab-agent-runtime") == ["gateway"], f"{env}: runtime ingress")
     expect(sources("codelab-llm-proxy") == ["agent-runtime"], f"{env}: proxy ingress")
     proxy_egress = policies["codelab-llm-proxy"]["spec"]["egress"]
@@ -465,6 +484,15 @@ def assert_common(env, docs):
     annotations = ingress["metadata"]["annotations"]
     expect(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "3600"
            and annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "50m", "ingress limits")
+    website = objects(docs, "Ingress")["codelab-website"]
+    (rule,) = website["spec"]["rules"]
+    expect([(p["path"], p["backend"]["service"]["name"]) for p in rule["http"]["paths"]] == [("/", "codelab-website")],
+           "the website at /")
+    website_annotations = website["metadata"]["annotations"]
+    expect(website_annotations["nginx.ingress.kubernetes.io/affinity"] == "cookie"
+           and website_annotations["nginx.ingress.kubernetes.io/session-cookie-max-age"] == "43200",
+           f"{env}: a browser stays on the website replica holding its console login")
+    expect(website.get("spec", {}).get("tls") == ingress["spec"].get("tls"), f"{env}: the website's TLS")
     health = objects(docs, "Ingress")["codelab-health"]
     expect(health["metadata"]["annotations"]["nginx.ingress.kubernetes.io/rewrite-target"] == "/health", "health rewrite")
     return app
@@ -516,7 +544,8 @@ def helm_staging():
     expect(job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"], "codelab migrate")
     secrets = objects(docs, "Secret")
     expect(set(secrets) == {"codelab-secrets", "codelab-postgresql"}, sorted(secrets))
-    expect(set(secrets["codelab-secrets"]["data"]) == {"runtime-internal-key", "proxy-internal-key", "admin-password", "internal-client-secret"},
+    expect(set(secrets["codelab-secrets"]["data"]) == {"runtime-internal-key", "proxy-internal-key", "admin-password", "internal-client-secret",
+                                                         "website-session-key"},
            "generated secrets")
     ingress = objects(docs, "Ingress")["codelab"]
     expect(ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt-staging", "staging issuer")
@@ -591,7 +620,7 @@ def helm_refusals():
 
 def known_names(keys):
     names = {n for n in keys["plain"]}
-    for prefix, fields in {**keys["services"], **keys["pending"]}.items():
+    for prefix, fields in keys["services"].items():
         names |= {f"{prefix}__{field.upper()}" for field in fields} | {f"{prefix}__ENVIRONMENT"}
     return names
 
@@ -600,8 +629,7 @@ def known_names(keys):
 def helm_env_names(keys):
     known = known_names(keys) | {"CODELAB_DB_PASSWORD"}  # only a helper for $(...) expansion
     for env in ENVIRONMENTS:
-        values = merge(values_of(env), {"services": {"website": {"enabled": True}}})
-        for doc in render(values):
+        for doc in render(values_of(env)):
             if doc["kind"] not in ("Deployment", "Job", "StatefulSet"):
                 continue
             component = doc["metadata"]["labels"]["app.kubernetes.io/component"]

@@ -1,7 +1,6 @@
 //! docs/configuration.md's reference tables list exactly the settings the services read: every
 //! key of each `Config::default()` appears as `<PREFIX>__<KEY>` in its service's table and every
-//! row is such a key, with the default the code has. The website's table lists the settings
-//! planned for it (PENDING until its crate exists). On a mismatch the test prints the rows to
+//! row is such a key, with the default the code has. On a mismatch the test prints the rows to
 //! add, so the table is easy to keep up.
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
 
@@ -133,24 +132,9 @@ fn the_reference_lists_every_setting_with_its_default_and_nothing_else() {
             }
         }
     }
-    // PENDING: the website is not built; its table lists the planned settings exactly.
-    let (prefix, planned) = common::PENDING_WEBSITE;
-    let listed: BTreeSet<String> = tables
-        .get(prefix)
-        .map(|t| t.keys().cloned().collect())
-        .unwrap_or_default();
-    let planned: BTreeSet<String> = planned
-        .iter()
-        .map(|k| format!("{prefix}__{}", k.to_ascii_uppercase()))
-        .collect();
-    if listed != planned {
-        problems.push(format!(
-            "website (planned): table {listed:?}, planned {planned:?}"
-        ));
-    }
     let unknown: Vec<&String> = tables
         .keys()
-        .filter(|p| !common::services().contains_key(p.as_str()) && p.as_str() != prefix)
+        .filter(|p| !common::services().contains_key(p.as_str()))
         .collect();
     if !unknown.is_empty() {
         problems.push(format!("tables for unknown prefixes {unknown:?}"));

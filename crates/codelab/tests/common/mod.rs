@@ -57,13 +57,12 @@ pub fn services() -> BTreeMap<&'static str, BTreeMap<String, serde_json::Value>>
             codelab_gateway::config::ENV_PREFIX,
             defaults_of(codelab_gateway::Config::default()),
         ),
+        (
+            codelab_website::config::ENV_PREFIX,
+            defaults_of(codelab_website::Config::default()),
+        ),
     ])
 }
-
-/// PENDING: the website (`codelab serve website`, port 3000) is not built yet. These are the
-/// settings planned for it (docs/configuration.md lists them as planned); when its crate lands,
-/// replace this with its `Config::default()` in [`services`].
-pub const PENDING_WEBSITE: (&str, &[&str]) = ("WEBSITE", &["port", "host", "log_level"]);
 
 /// Provider credentials and addresses the LLM proxy reads by their usual names (each is
 /// checked to appear in the proxy's routing code).
@@ -108,8 +107,8 @@ pub fn plain_variables() -> BTreeSet<String> {
         .collect()
 }
 
-/// Whether `name` is a variable some service reads: `<PREFIX>__<KEY>` of a built or pending
-/// service (`<PREFIX>__ENVIRONMENT` included), or a plain one.
+/// Whether `name` is a variable some service reads: `<PREFIX>__<KEY>` of a service
+/// (`<PREFIX>__ENVIRONMENT` included), or a plain one.
 pub fn is_known_variable(name: &str) -> bool {
     if plain_variables().contains(name) {
         return true;
@@ -121,10 +120,9 @@ pub fn is_known_variable(name: &str) -> bool {
         return true;
     }
     let key = key.to_ascii_lowercase();
-    if let Some(keys) = services().get(prefix) {
-        return keys.contains_key(&key);
-    }
-    prefix == PENDING_WEBSITE.0 && PENDING_WEBSITE.1.contains(&key.as_str())
+    services()
+        .get(prefix)
+        .is_some_and(|keys| keys.contains_key(&key))
 }
 
 /// The JSON handed to deploy/tests/validate_deploy.py (`--config-keys`).
@@ -135,7 +133,6 @@ pub fn config_keys_json() -> serde_json::Value {
         .collect();
     serde_json::json!({
         "services": services,
-        "pending": { PENDING_WEBSITE.0: PENDING_WEBSITE.1 },
         "plain": plain_variables(),
     })
 }

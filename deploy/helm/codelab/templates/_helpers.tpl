@@ -260,6 +260,18 @@ website: {component: website, prefix: WEBSITE}
 {{- end }}
 
 {{- define "codelab.env.website" -}}
+{{- $fn := include "codelab.fullname" .root }}
+- name: WEBSITE__PUBLIC_URL
+  value: {{ include "codelab.publicUrl" .root | quote }}
+- name: WEBSITE__AUTH_URL
+  value: {{ printf "http://%s-auth:%v" $fn .root.Values.services.auth.port | quote }}
+- name: WEBSITE__GATEWAY_URL
+  value: {{ printf "http://%s-gateway:%v" $fn .root.Values.services.gateway.port | quote }}
+- name: WEBSITE__SESSION_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "codelab.secretName" .root }}
+      key: website-session-key
 {{- end }}
 
 {{/* Whether a service keeps files under /app/data (SQLite). */}}
