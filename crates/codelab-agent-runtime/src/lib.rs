@@ -46,6 +46,12 @@ pub const SERVICE_NAME: &str = "agent-runtime";
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Sessions removed per purge statement (so one purge never holds the database for long).
 pub const PURGE_BATCH: u32 = 100;
+/// How often the pending-approvals gauge is recounted. This process recounts right after every
+/// change it makes (a frame, a resumed turn, a deleted or purged session); the periodic count
+/// is for the other replicas' changes. Half the chart's 30 s scrape interval: another
+/// replica's change is at most 15 s old in a scrape, for one indexed `COUNT` per replica every
+/// 15 s (human approvals take seconds to minutes, so finer is not worth it).
+pub const PENDING_APPROVALS_REFRESH: Duration = Duration::from_secs(15);
 
 /// What the runtime needs from outside its config section.
 #[derive(Clone)]
@@ -164,7 +170,8 @@ impl AppState {
 }
 
 /// Validates the settings, loads agents, prompts and the HITL policy, connects the database
-/// (running its migrations) and starts the hourly purge of idle sessions.
+/// (running its migrations), counts the pending approvals and starts the background tasks:
+/// the hourly purge of idle sessions, the recount of pending approvals and the recovery sweep.
 pub async fn build(config: Config, deps: Deps) -> Result<Arc<AppState>, BuildError> {
     let _ = metrics_handle();
     metrics::describe();
@@ -184,7 +191,10 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<AppState>, BuildErr
     register_pool_metrics(&info, pool.clone());
     let store = store::open_store(pool).await?;
     let readiness = readiness(Arc::clone(&store), &config.llm_proxy_url)?;
-    let mut background = Vec::new();
+    // Counted before the first request, so the gauge is in the first scrape and right.
+    metrics::refresh_pending_approvals(store.as_ref()).await;
+    let recount = tokio::spawn(pending_approvals_loop(Arc::clone(&store)));
+    let mut background = vec![TaskGuard(recount)];
     if config.session_retention_days > 0 {
         background.push(TaskGuard(tokio::spawn(purge_loop(
             Arc::clone(&store),
@@ -293,6 +303,8 @@ async fn purge_once(
     let removed = purge_idle_sessions(store, cutoff).await?;
     if removed > 0 {
         tracing::info!(removed, retention_days, "purged idle sessions");
+        // Their waiting calls went with them.
+        metrics::refresh_pending_approvals(store).await;
     }
     Ok(removed)
 }
@@ -317,6 +329,18 @@ pub async fn purge_idle_sessions(
         }
         // Let requests in between batches.
         tokio::task::yield_now().await;
+    }
+}
+
+/// Recounts the pending approvals every [`PENDING_APPROVALS_REFRESH`] (the first count is
+/// `build`'s), so this replica's gauge follows what the others change.
+async fn pending_approvals_loop(store: Arc<dyn RuntimeStore>) {
+    let start = tokio::time::Instant::now() + PENDING_APPROVALS_REFRESH;
+    let mut interval = tokio::time::interval_at(start, PENDING_APPROVALS_REFRESH);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        metrics::refresh_pending_approvals(store.as_ref()).await;
     }
 }
 

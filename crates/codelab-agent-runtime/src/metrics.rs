@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::store::RuntimeStore;
 use crate::tools;
 
 /// Turn endings (and pauses) by `outcome`: `completed`, `awaiting_tools`, `cancelled`,
@@ -30,6 +31,9 @@ pub const ACTIVE_TURNS: &str = "codelab_agent_runtime_active_turns";
 pub const SESSIONS_PURGED: &str = "codelab_agent_runtime_sessions_purged_total";
 /// Turns resumed after their runner died (a crash, a restart, a lost replica).
 pub const TURNS_RECOVERED: &str = "codelab_agent_runtime_turns_recovered_total";
+/// Tool calls waiting for a human approval right now, in all sessions. Counted in the shared
+/// database, so every replica reports the same number: dashboards take `max`, not `sum`.
+pub const PENDING_APPROVALS: &str = "codelab_agent_runtime_pending_approvals";
 
 /// Registers help texts (once per process; repeated calls are harmless).
 pub fn describe() {
@@ -57,6 +61,10 @@ pub fn describe() {
     metrics::describe_counter!(
         TURNS_RECOVERED,
         "Turns resumed after their runner died (crash, restart, lost replica)"
+    );
+    metrics::describe_gauge!(
+        PENDING_APPROVALS,
+        "Tool calls waiting for a human approval, in all sessions (the same on every replica)"
     );
 }
 
@@ -110,6 +118,16 @@ pub fn llm_ttft(elapsed: Duration) {
 pub fn llm_tokens(prompt: u64, completion: u64) {
     metrics::counter!(LLM_TOKENS, "direction" => "in").increment(prompt);
     metrics::counter!(LLM_TOKENS, "direction" => "out").increment(completion);
+}
+
+/// Sets the pending-approvals gauge from the database. On a database error it logs a warning
+/// and keeps the previous value (a scrape shows the last known number, not a false 0).
+pub async fn refresh_pending_approvals(store: &dyn RuntimeStore) {
+    match store.count_pending_approvals().await {
+        // Exact up to 2^53 calls.
+        Ok(count) => metrics::gauge!(PENDING_APPROVALS).set(count as f64),
+        Err(error) => tracing::warn!(%error, "counting the pending approvals failed"),
+    }
 }
 
 /// Keeps the active-turns gauge right however processing ends (finished, failed, panicked).

@@ -68,6 +68,7 @@ conformance!(
     of_twenty_concurrent_settlements_of_one_call_exactly_one_wins,
     lists_a_steps_calls_in_the_order_the_model_made_them,
     lists_open_calls_and_all_calls_of_a_session_oldest_first,
+    counts_the_calls_waiting_for_approval_in_all_live_sessions,
     a_turn_is_active_until_it_finishes,
     the_active_turn_is_the_newest_unfinished_one,
     numbers_events_from_one_per_session,
@@ -1157,6 +1158,74 @@ async fn lists_open_calls_and_all_calls_of_a_session_oldest_first(store: Arc<dyn
     );
     assert_eq!(ids(&store.list_open_calls("s2").await.unwrap()), ["call_9"]);
     assert!(store.list_open_calls("nope").await.unwrap().is_empty());
+}
+
+async fn counts_the_calls_waiting_for_approval_in_all_live_sessions(store: Arc<dyn RuntimeStore>) {
+    assert_eq!(store.count_pending_approvals().await.unwrap(), 0);
+    create(&store, "s1", "alice").await;
+    create(&store, "s2", "bob").await;
+    create(&store, "gone", "alice").await;
+    store
+        .insert_tool_calls(vec![
+            call("s1", "t1", 1, "call_1", ToolCallStatus::PendingApproval),
+            call("s1", "t1", 1, "call_2", ToolCallStatus::PendingApproval),
+            call("s1", "t1", 1, "call_3", ToolCallStatus::AwaitingResult),
+            call("s1", "t1", 1, "call_4", ToolCallStatus::Succeeded),
+            call("s1", "t1", 1, "call_5", ToolCallStatus::Rejected),
+            call("s1", "t1", 1, "call_6", ToolCallStatus::Cancelled),
+            call("s1", "t1", 1, "call_7", ToolCallStatus::Executed),
+        ])
+        .await
+        .unwrap();
+    store
+        .insert_tool_calls(vec![
+            call("s2", "t2", 1, "call_1", ToolCallStatus::PendingApproval),
+            call("s2", "t2", 1, "call_2", ToolCallStatus::Failed),
+            call("s2", "t2", 1, "call_3", ToolCallStatus::Invalid),
+        ])
+        .await
+        .unwrap();
+    store
+        .insert_tool_calls(vec![call(
+            "gone",
+            "t3",
+            1,
+            "call_1",
+            ToolCallStatus::PendingApproval,
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.count_pending_approvals().await.unwrap(),
+        4,
+        "the pending_approval calls of every session, nothing else"
+    );
+
+    // A deleted session's calls wait for nobody.
+    assert!(store.delete_session("gone").await.unwrap());
+    assert_eq!(store.count_pending_approvals().await.unwrap(), 3);
+
+    // Approved (now awaiting its result) and rejected calls no longer count.
+    let approve = ToolCallUpdate {
+        decision: Some("approve".to_owned()),
+        ..update(ToolCallStatus::AwaitingResult)
+    };
+    let outcome = store
+        .update_tool_call("s1", "call_1", &[ToolCallStatus::PendingApproval], approve)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, UpdateOutcome::Updated(_)), "{outcome:?}");
+    let reject = ToolCallUpdate {
+        decision: Some("reject".to_owned()),
+        settle: true,
+        ..update(ToolCallStatus::Rejected)
+    };
+    let outcome = store
+        .update_tool_call("s2", "call_1", &[ToolCallStatus::PendingApproval], reject)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, UpdateOutcome::Updated(_)), "{outcome:?}");
+    assert_eq!(store.count_pending_approvals().await.unwrap(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------

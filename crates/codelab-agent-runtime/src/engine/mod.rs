@@ -344,27 +344,36 @@ impl Engine {
             session_id: &session_id,
             out: &out,
         };
+        self.process_frame(&cx, work).await;
+        // Nearly every frame can ask for or settle an approval. Recounted after the session
+        // lock is released but before the stream ends (`out` holds its sender), so a client
+        // that reads `/metrics` after its frame's answer sees the new number.
+        metrics::refresh_pending_approvals(self.store.as_ref()).await;
+    }
+
+    async fn process_frame(&self, cx: &Cx<'_>, work: Work) {
+        let session_id = cx.session_id;
         if let Work::CancelTurn { reason } = work {
-            if let Err(error) = self.cancel_turn(&cx, reason).await {
+            if let Err(error) = self.cancel_turn(cx, reason).await {
                 tracing::error!(%session_id, %error, "cancelling a turn failed");
-                out.emit_best_effort(internal_error()).await;
+                cx.out.emit_best_effort(internal_error()).await;
             }
             return;
         }
-        let _lock = match self.store.lock_session(&session_id).await {
+        let _lock = match self.store.lock_session(session_id).await {
             Ok(lock) => lock,
             Err(error) => {
                 tracing::error!(%session_id, %error, "cannot lock the session");
-                out.send_unstored(internal_error()).await;
+                cx.out.send_unstored(internal_error()).await;
                 return;
             }
         };
-        let result = match self.recover(&cx).await {
-            Ok(_) => self.dispatch(&cx, work).await,
+        let result = match self.recover(cx).await {
+            Ok(_) => self.dispatch(cx, work).await,
             Err(error) => Err(error),
         };
         if let Err(error) = result {
-            self.fail(&cx, error).await;
+            self.fail(cx, error).await;
         }
     }
 
@@ -413,6 +422,10 @@ impl Engine {
                 Ok(false) => {}
                 Err(error) => self.fail(&cx, error).await,
             }
+        }
+        if resumed > 0 {
+            // A resumed turn may have asked for (or settled) approvals.
+            metrics::refresh_pending_approvals(self.store.as_ref()).await;
         }
         Ok(resumed)
     }

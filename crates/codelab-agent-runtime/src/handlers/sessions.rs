@@ -217,6 +217,8 @@ pub async fn delete_session(
 ) -> Result<StatusCode, HttpError> {
     owned_session(&state, &owner, &session_id).await?;
     if state.store.delete_session(&session_id).await? {
+        // A deleted session's calls wait for nobody any more.
+        crate::metrics::refresh_pending_approvals(state.store.as_ref()).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(HttpError::session_not_found(&session_id))

@@ -126,6 +126,9 @@ pub trait RuntimeStore: Send + Sync + 'static {
     /// Every call of a session, oldest first (history pages).
     async fn list_session_calls(&self, session_id: &str)
     -> Result<Vec<ToolCallRecord>, StoreError>;
+    /// How many calls wait for a human approval (`pending_approval`) in all live sessions
+    /// together (for the `codelab_agent_runtime_pending_approvals` gauge).
+    async fn count_pending_approvals(&self) -> Result<u64, StoreError>;
 
     // ---- turns ----
     async fn create_turn(&self, turn: Turn) -> Result<(), StoreError>;

@@ -524,6 +524,16 @@ pub(super) mod sql {
         " ORDER BY id"
     );
 
+    /// No parameters. Calls waiting for a human decision in every live session (all replicas
+    /// share the database, so this is the deployment's number). The open-call predicate is
+    /// repeated so SQLite may use the partial index `ix_tool_calls_open`.
+    pub(in crate::store) const COUNT_PENDING_APPROVALS: &str = concat!(
+        "SELECT COUNT(*) FROM tool_calls c WHERE c.",
+        open_statuses!(),
+        " AND c.status = 'pending_approval' AND EXISTS (SELECT 1 FROM sessions s \
+         WHERE s.id = c.session_id AND s.deleted_at IS NULL)"
+    );
+
     /// $1 session.
     pub(in crate::store) const LIST_SESSION_CALLS: &str = concat!(
         "SELECT ",

@@ -450,6 +450,13 @@ impl RuntimeStore for SqliteStore {
         rows::all(&found, rows::tool_call)
     }
 
+    async fn count_pending_approvals(&self) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(sql::COUNT_PENDING_APPROVALS)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     // ---- turns ----
 
     async fn create_turn(&self, turn: Turn) -> Result<(), StoreError> {
