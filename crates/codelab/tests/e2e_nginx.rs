@@ -208,7 +208,7 @@ impl Stack {
             logs_dir,
         );
         let auth_url = format!("http://127.0.0.1:{auth_port}");
-        let mut auth = Service::spawn(
+        let auth = Service::spawn(
             "auth",
             "AUTH_SERVICE",
             auth_port,
@@ -262,10 +262,10 @@ impl Stack {
             ],
             logs_dir,
         );
-        // The gateways start once auth serves its keys, as Compose orders them: a gateway
-        // whose first JWKS fetch fails waits 30 s before the next (FAILURE_BACKOFF).
-        auth.ready_is(200).await;
-        // Gateway i talks to runtime i; both runtimes share the database.
+        // The gateways start at the same time as auth, in no order, as Kubernetes starts pods:
+        // a gateway whose JWKS fetch fails retries after 1 s, 2 s, ... and becomes ready soon
+        // after auth serves its keys. Gateway i talks to runtime i; both runtimes share the
+        // database.
         let gateways: Vec<Service> = gateway_ports
             .iter()
             .zip(runtimes.iter().zip(&runtime_keys))

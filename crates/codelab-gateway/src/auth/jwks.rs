@@ -5,7 +5,9 @@
 //! that is not in the cache forces one refetch, at most once per [`UNKNOWN_KID_REFETCH_INTERVAL`]
 //! (a rotation by the auth service is seen at once, yet garbage `kid`s cannot make us hammer
 //! it). When a refresh fails the stale set stays in use (logged), retried after
-//! [`FAILURE_BACKOFF`]; only with no set at all do verifications fail (`jwks_unavailable`).
+//! [`FAILURE_BACKOFF`]; only with no set at all do verifications fail (`jwks_unavailable`), and
+//! then the next attempt comes after 1 s, doubling up to [`FAILURE_BACKOFF`], so a gateway that
+//! started before the auth service is ready within a second or two of it.
 //! Fetches are single-flight: concurrent requests wait for one fetch rather than each running one.
 
 use std::sync::{Arc, PoisonError, RwLock};
@@ -26,6 +28,9 @@ pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 /// After a failed refresh, how long the stale set (or the failure, with no set) is kept before
 /// the next attempt, so a down auth service does not make every request wait for a timeout.
 pub const FAILURE_BACKOFF: Duration = Duration::from_secs(30);
+/// With no set at all, the first retry comes this soon (then twice as late each time, up to
+/// [`FAILURE_BACKOFF`]): the usual cause is a gateway that started before the auth service.
+pub const FIRST_RETRY_WITHOUT_KEYS: Duration = Duration::from_secs(1);
 /// Largest JWKS document accepted (a few keys are a few KiB).
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
@@ -48,8 +53,21 @@ struct KeySet {
 struct FetchState {
     /// When an unknown `kid` last forced a refetch.
     last_forced: Option<SystemTime>,
-    /// When a fetch last failed while no set was cached (fail fast until the backoff ends).
-    failed_without_set: Option<SystemTime>,
+    /// When a fetch last failed while no set was cached, and the wait before the next attempt
+    /// (fail fast until it ends).
+    failed_without_set: Option<(SystemTime, Duration)>,
+}
+
+impl FetchState {
+    /// Records a failed fetch with no set cached: the wait doubles from
+    /// [`FIRST_RETRY_WITHOUT_KEYS`] up to [`FAILURE_BACKOFF`].
+    fn failed_without_set(&mut self, now: SystemTime) {
+        let wait = self
+            .failed_without_set
+            .map_or(FIRST_RETRY_WITHOUT_KEYS, |(_, wait)| wait.saturating_mul(2))
+            .min(FAILURE_BACKOFF);
+        self.failed_without_set = Some((now, wait));
+    }
 }
 
 /// The cached JWKS of the auth service.
@@ -175,8 +193,8 @@ impl JwksCache {
         }
         let now = self.clock.now();
         if stale.is_none()
-            && let Some(at) = state.failed_without_set
-            && now.duration_since(at).unwrap_or(Duration::ZERO) < FAILURE_BACKOFF
+            && let Some((at, wait)) = state.failed_without_set
+            && now.duration_since(at).unwrap_or(Duration::ZERO) < wait
         {
             return Err(AuthError::JwksUnavailable);
         }
@@ -207,7 +225,7 @@ impl JwksCache {
                 }
                 None => {
                     tracing::error!(url = %self.url, %error, "cannot fetch the JWKS; tokens cannot be verified");
-                    state.failed_without_set = Some(now);
+                    state.failed_without_set(now);
                     Err(AuthError::JwksUnavailable)
                 }
             },
@@ -433,6 +451,56 @@ mod tests {
             Some(AuthError::JwksUnavailable)
         );
         assert!(cache.check().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn without_keys_the_retries_start_after_a_second_and_double_up_to_the_backoff() {
+        use std::sync::atomic::AtomicBool;
+        let up = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (serving, counter) = (Arc::clone(&up), Arc::clone(&hits));
+        let body =
+            serde_json::json!({"keys": [{"kty": "RSA", "kid": "a", "n": "sXch", "e": "AQAB"}]});
+        let app = axum::Router::new().route(
+            JWKS_PATH,
+            axum::routing::get(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let answer = serving
+                    .load(Ordering::SeqCst)
+                    .then(|| axum::Json(body.clone()))
+                    .ok_or(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+                async move { answer }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let clock = ManualClock::starting_now();
+        let cache =
+            JwksCache::new(&url, Duration::from_secs(3600), Arc::new(clock.clone())).unwrap();
+        let attempts = || hits.load(Ordering::SeqCst);
+
+        // Waits of 1, 2, 4, ... s between attempts, never longer than FAILURE_BACKOFF.
+        let mut wait = FIRST_RETRY_WITHOUT_KEYS;
+        for attempt in 1..=8 {
+            assert!(cache.check().await.is_err());
+            assert_eq!(attempts(), attempt, "attempt {attempt} reached the server");
+            clock.advance(wait - Duration::from_millis(1));
+            assert!(cache.check().await.is_err());
+            assert_eq!(attempts(), attempt, "no attempt before {wait:?}");
+            clock.advance(Duration::from_millis(1));
+            wait = (wait * 2).min(FAILURE_BACKOFF);
+        }
+        assert_eq!(wait, FAILURE_BACKOFF);
+
+        // The auth service answers: the next attempt succeeds and the keys are cached.
+        up.store(true, Ordering::SeqCst);
+        assert!(cache.check().await.is_ok());
+        assert!(cache.keys_for(Some("a")).await.is_ok());
+        assert_eq!(attempts(), 9);
+        server.abort();
     }
 
     #[test]
