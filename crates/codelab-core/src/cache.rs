@@ -26,6 +26,11 @@ pub const REDIS_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// The in-memory cache drops expired entries once every this many operations.
 const PURGE_EVERY: u64 = 1024;
 
+/// Most entries the in-memory cache holds. Keys come from outside (usernames, addresses), so
+/// without a bound a flood of distinct ones would grow it until they expire. About 100 bytes
+/// an entry: a few tens of MiB at most.
+pub const MEMORY_CAPACITY: usize = 100_000;
+
 /// INCR that sets the TTL when the key is new (or has none), atomically.
 const INCR_EX_SCRIPT: &str = r"
 local value = redis.call('INCR', KEYS[1])
@@ -89,11 +94,14 @@ struct Outage {
     last_failure: Option<Instant>,
 }
 
-/// The in-process side of [`Cache`]; entries expire lazily by the injected clock.
+/// The in-process side of [`Cache`]; entries expire lazily by the injected clock. When full
+/// ([`MEMORY_CAPACITY`]) it drops the expired entries, then the tenth that expires soonest: the
+/// counters with the least time left lose the least.
 #[derive(Clone)]
 pub struct MemoryCache {
     state: Arc<Mutex<MemoryState>>,
     clock: SharedClock,
+    capacity: usize,
 }
 
 impl std::fmt::Debug for MemoryCache {
@@ -106,6 +114,30 @@ impl std::fmt::Debug for MemoryCache {
 struct MemoryState {
     entries: HashMap<String, Entry>,
     operations: u64,
+}
+
+impl MemoryState {
+    /// Inserts `entry`, first making room when a new key would exceed `capacity`.
+    fn insert(&mut self, key: &str, entry: Entry, capacity: usize, now: SystemTime) {
+        if self.entries.len() >= capacity && !self.entries.contains_key(key) {
+            self.entries.retain(|_, e| e.expires_at > now);
+            if self.entries.len() >= capacity {
+                // A tenth at a time, so a flood costs one scan per many inserts.
+                let evict = (capacity / 10).max(1);
+                let mut expiries: Vec<SystemTime> =
+                    self.entries.values().map(|e| e.expires_at).collect();
+                let (_, cutoff, _) = expiries.select_nth_unstable(evict - 1);
+                let cutoff = *cutoff;
+                let mut left = evict;
+                self.entries.retain(|_, e| {
+                    let drop = left > 0 && e.expires_at <= cutoff;
+                    left -= usize::from(drop);
+                    !drop
+                });
+            }
+        }
+        self.entries.insert(key.to_owned(), entry);
+    }
 }
 
 struct Entry {
@@ -407,6 +439,7 @@ impl MemoryCache {
         Self {
             state: Arc::default(),
             clock,
+            capacity: MEMORY_CAPACITY,
         }
     }
 
@@ -426,7 +459,7 @@ impl MemoryCache {
                 value: value.to_owned(),
                 expires_at: now + ttl,
             };
-            state.entries.insert(key.to_owned(), entry);
+            state.insert(key, entry, self.capacity, now);
         });
     }
 
@@ -439,7 +472,7 @@ impl MemoryCache {
                 value: value.to_owned(),
                 expires_at: now + ttl,
             };
-            state.entries.insert(key.to_owned(), entry);
+            state.insert(key, entry, self.capacity, now);
             true
         })
     }
@@ -462,7 +495,7 @@ impl MemoryCache {
                         value: "1".to_owned(),
                         expires_at: now + ttl,
                     };
-                    state.entries.insert(key.to_owned(), entry);
+                    state.insert(key, entry, self.capacity, now);
                     Ok(1)
                 }
             }
@@ -493,6 +526,15 @@ impl MemoryCache {
             state.entries.retain(|_, e| e.expires_at > now);
         }
         f(&mut state, now)
+    }
+
+    /// An empty cache holding at most `capacity` entries (tests of the bound).
+    #[cfg(test)]
+    fn with_capacity(clock: SharedClock, capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            ..Self::new(clock)
+        }
     }
 
     /// Number of entries held, expired or not (for tests of the purge).

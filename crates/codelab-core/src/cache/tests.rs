@@ -353,3 +353,73 @@ async fn redis_errors_that_are_not_an_outage_are_returned() {
     assert!(!cache.is_degraded());
     delete_prefix(&cache, &prefix).await;
 }
+
+#[tokio::test]
+async fn a_full_memory_cache_drops_expired_entries_then_those_expiring_soonest() {
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000_000));
+    let memory = MemoryCache::with_capacity(Arc::new(clock.clone()), 20);
+    let cache = Cache::Memory(memory.clone());
+    // Twenty keys, key-i living i+1 seconds.
+    for i in 0..20u64 {
+        cache
+            .set_ex(&format!("key-{i}"), "v", Duration::from_secs(i + 1))
+            .await
+            .unwrap();
+    }
+    assert_eq!(memory.len(), 20);
+    // Rewriting a key that exists never evicts.
+    cache
+        .set_ex("key-0", "again", Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(memory.len(), 20);
+
+    // A new key when full: nothing has expired, so the two expiring soonest (a tenth) go.
+    assert_eq!(
+        cache
+            .incr_ex("new-1", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(memory.len(), 19);
+    for gone in ["key-0", "key-1"] {
+        assert_eq!(cache.get(gone).await.unwrap(), None, "{gone}");
+    }
+    for kept in ["key-2", "key-19", "new-1"] {
+        assert!(cache.get(kept).await.unwrap().is_some(), "{kept}");
+    }
+
+    // Later, expired entries make the room first: after 10 s key-2..key-9 have expired. new-2
+    // fills the last place; new-3 finds the cache full, and only the 8 expired entries go.
+    clock.advance(Duration::from_secs(10));
+    cache
+        .set_ex("new-2", "v", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        cache
+            .set_nx_ex("new-3", "v", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert_eq!(memory.len(), 20 - 8 + 1);
+    for kept in ["key-10", "key-19", "new-1", "new-2", "new-3"] {
+        assert!(cache.get(kept).await.unwrap().is_some(), "{kept}");
+    }
+}
+
+#[test]
+fn the_memory_capacity_bounds_a_flood_of_distinct_keys() {
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000_000));
+    let memory = MemoryCache::with_capacity(Arc::new(clock), 1000);
+    for i in 0..50_000 {
+        memory.set_ex(&format!("flood-{i}"), "1", Duration::from_secs(900));
+    }
+    assert!(memory.len() <= 1000, "{}", memory.len());
+    assert_eq!(
+        memory.get("flood-49999").as_deref(),
+        Some("1"),
+        "the newest stays"
+    );
+}
