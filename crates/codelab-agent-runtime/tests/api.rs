@@ -466,15 +466,7 @@ async fn metrics_count_turns_steps_calls_approvals_routing_and_tokens() {
         .to_owned();
     rt.send(&s, json!({"type": "tool_result", "call_id": call_id, "error": "Операция отклонена: write_file"}))
         .await;
-    let text = rt
-        .http
-        .get(format!("{}/metrics", rt.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = rt.metrics_text().await;
     for needle in [
         "codelab_agent_runtime_turns_total{outcome=\"completed\"}",
         "codelab_agent_runtime_turns_total{outcome=\"awaiting_tools\"}",

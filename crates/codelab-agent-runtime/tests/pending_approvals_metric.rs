@@ -13,15 +13,7 @@ const GAUGE: &str = "codelab_agent_runtime_pending_approvals";
 
 /// The gauge's value in a scrape of `/metrics` (which carries no key).
 async fn pending(rt: &Runtime) -> String {
-    let text = rt
-        .http
-        .get(format!("{}/metrics", rt.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = rt.metrics_text().await;
     text.lines()
         .find_map(|line| line.strip_prefix(GAUGE)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("no {GAUGE} in the scrape:\n{text}"))

@@ -354,6 +354,18 @@ impl Runtime {
             .await
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// The proxy's base URL.
     pub fn proxy_url(&self) -> String {
         self.proxy.base_url()
