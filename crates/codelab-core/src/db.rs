@@ -9,6 +9,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection, PgPool, SqlitePool};
 
+pub mod cells;
+
 use crate::http::ServiceInfo;
 use crate::telemetry::register_scrape_hook;
 

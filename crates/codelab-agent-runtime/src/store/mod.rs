@@ -41,6 +41,16 @@ pub enum StoreError {
     Stale(String),
 }
 
+/// A cell that could not be read is a driver error or corrupt data.
+impl From<codelab_core::db::cells::CellError> for StoreError {
+    fn from(error: codelab_core::db::cells::CellError) -> Self {
+        match error {
+            codelab_core::db::cells::CellError::Database(error) => Self::Database(error),
+            codelab_core::db::cells::CellError::Corrupt(message) => Self::Corrupt(message),
+        }
+    }
+}
+
 /// Held while a session's turn is processed; dropping it releases the session for others
 /// (PostgreSQL: an advisory lock on a dedicated connection; SQLite: a process-wide mutex).
 pub trait SessionLock: Send {}

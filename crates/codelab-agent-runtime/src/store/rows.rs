@@ -1,17 +1,14 @@
 //! What both backends share: SQL text ([`sql`]), row mapping and value encoding, so a record
-//! reads the same way from PostgreSQL and SQLite. Each backend only says how to read one cell
-//! ([`Cells`]) and how to bind a timestamp.
+//! reads the same way from PostgreSQL and SQLite (cells are read through
+//! `codelab_core::db::cells`). Each backend only says how to bind a timestamp.
 //!
 //! Stored forms: timestamps are `TIMESTAMPTZ` on PostgreSQL and fixed-width RFC 3339 UTC text
 //! on SQLite (`2024-01-02T03:04:05.123456Z`), so text order is time order in SQL comparisons;
 //! JSON is `JSONB` on PostgreSQL and JSON text on SQLite (sqlx's `Json` binds either).
 
-use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+pub(super) use codelab_core::db::cells::{Cells, now, sqlite_time};
 use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 use serde_json::Value;
-use sqlx::Row;
-use sqlx::postgres::PgRow;
-use sqlx::sqlite::SqliteRow;
 use sqlx::types::Json;
 
 use super::StoreError;
@@ -19,107 +16,6 @@ use crate::model::{
     AgentSwitch, Message, NewMessage, Role, Session, ToolCallRecord, ToolCallStatus, Turn,
     TurnStatus, TurnUpdate,
 };
-
-/// Reads one cell of a row as one of the few types the runtime's tables use.
-pub(super) trait Cells {
-    fn text(&self, column: &str) -> Result<String, StoreError>;
-    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError>;
-    fn int(&self, column: &str) -> Result<i64, StoreError>;
-    fn int32(&self, column: &str) -> Result<i32, StoreError>;
-    fn flag(&self, column: &str) -> Result<bool, StoreError>;
-    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
-    fn opt_json(&self, column: &str) -> Result<Option<Value>, StoreError>;
-
-    fn time(&self, column: &str) -> Result<DateTime<Utc>, StoreError> {
-        self.opt_time(column)?
-            .ok_or_else(|| StoreError::Corrupt(format!("{column} is NULL")))
-    }
-
-    fn json(&self, column: &str) -> Result<Value, StoreError> {
-        self.opt_json(column)?
-            .ok_or_else(|| StoreError::Corrupt(format!("{column} is NULL")))
-    }
-}
-
-impl Cells for PgRow {
-    fn text(&self, column: &str) -> Result<String, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn int(&self, column: &str) -> Result<i64, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn int32(&self, column: &str) -> Result<i32, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn flag(&self, column: &str) -> Result<bool, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_json(&self, column: &str) -> Result<Option<Value>, StoreError> {
-        Ok(self.try_get::<Option<Json<Value>>, _>(column)?.map(|j| j.0))
-    }
-}
-
-impl Cells for SqliteRow {
-    fn text(&self, column: &str) -> Result<String, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn int(&self, column: &str) -> Result<i64, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn int32(&self, column: &str) -> Result<i32, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn flag(&self, column: &str) -> Result<bool, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
-        self.try_get::<Option<String>, _>(column)?
-            .map(|text| parse_sqlite_time(column, &text))
-            .transpose()
-    }
-    fn opt_json(&self, column: &str) -> Result<Option<Value>, StoreError> {
-        self.try_get::<Option<String>, _>(column)?
-            .map(|text| {
-                serde_json::from_str(&text).map_err(|e| {
-                    StoreError::Corrupt(format!("{column}: expected JSON text, got {text:?}: {e}"))
-                })
-            })
-            .transpose()
-    }
-}
-
-// ---- values ----
-
-/// The current time at the precision both databases keep (microseconds), so a record read
-/// back equals the one returned when it was written.
-pub(super) fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
-}
-
-/// A timestamp as SQLite stores it: RFC 3339 UTC, always six fractional digits, so that text
-/// comparison is time comparison.
-pub(super) fn sqlite_time(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-fn parse_sqlite_time(column: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|at| at.with_timezone(&Utc))
-        .map_err(|_| {
-            StoreError::Corrupt(format!(
-                "{column}: expected an RFC 3339 timestamp, got {text:?}"
-            ))
-        })
-}
 
 /// A JSON value to bind (JSONB on PostgreSQL, text on SQLite).
 pub(super) fn json(value: &Value) -> Json<&Value> {
@@ -650,17 +546,6 @@ mod tests {
             search_pattern(Some(r"50%_a\b")).as_deref(),
             Some(r"%50\%\_a\\b%")
         );
-    }
-
-    #[test]
-    fn sqlite_times_are_fixed_width_and_round_trip() {
-        let at = DateTime::parse_from_rfc3339("2024-01-02T03:04:05Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let text = sqlite_time(at);
-        assert_eq!(text, "2024-01-02T03:04:05.000000Z");
-        assert_eq!(parse_sqlite_time("x", &text).unwrap(), at);
-        assert!(parse_sqlite_time("x", "yesterday").is_err());
     }
 
     #[test]

@@ -35,6 +35,16 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// A cell that could not be read is a driver error or corrupt data.
+impl From<codelab_core::db::cells::CellError> for StoreError {
+    fn from(error: codelab_core::db::cells::CellError) -> Self {
+        match error {
+            codelab_core::db::cells::CellError::Database(error) => Self::Database(error),
+            codelab_core::db::cells::CellError::Corrupt(message) => Self::Corrupt(message),
+        }
+    }
+}
+
 /// Everything the auth service stores.
 #[async_trait]
 pub trait AuthStore: Send + Sync + 'static {

@@ -1,101 +1,22 @@
 //! Row mapping and value encoding shared by both backends, so a record reads the same way from
-//! PostgreSQL and SQLite: each backend only says how to read one cell ([`Cells`]).
+//! PostgreSQL and SQLite (cells are read through `codelab_core::db::cells`).
 //!
 //! Stored forms (the original's where it had the column): `allowed_scopes` space-separated,
 //! `allowed_grant_types` and `redirect_uris` JSON array text, `event_data` JSON. Timestamps
 //! are `TIMESTAMPTZ` on PostgreSQL and fixed-width RFC 3339 UTC text on SQLite
 //! (`2024-01-02T03:04:05.123456Z`), so that text order is time order in SQL comparisons.
 
-use chrono::{DateTime, NaiveDateTime, SecondsFormat, SubsecRound, Utc};
-use sqlx::Row;
-use sqlx::postgres::PgRow;
-use sqlx::sqlite::SqliteRow;
+use chrono::{DateTime, Utc};
+pub(super) use codelab_core::db::cells::{Cells, now, sqlite_time};
 
 use super::StoreError;
 use crate::model::{
     AuditEvent, AuditRecord, AuthorizationCode, Client, RefreshTokenRecord, SigningKeyRecord, User,
 };
 
-/// Reads one cell of a row as one of the few types the auth tables use.
-pub(super) trait Cells {
-    fn text(&self, column: &str) -> Result<String, StoreError>;
-    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError>;
-    fn flag(&self, column: &str) -> Result<bool, StoreError>;
-    fn int(&self, column: &str) -> Result<i64, StoreError>;
-    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
-
-    fn time(&self, column: &str) -> Result<DateTime<Utc>, StoreError> {
-        self.opt_time(column)?
-            .ok_or_else(|| StoreError::Corrupt(format!("{column} is NULL")))
-    }
-}
-
-impl Cells for PgRow {
-    fn text(&self, column: &str) -> Result<String, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn flag(&self, column: &str) -> Result<bool, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn int(&self, column: &str) -> Result<i64, StoreError> {
-        // The original's lifetime columns are INTEGER (int4); sqlx will not widen implicitly.
-        Ok(self.try_get::<i32, _>(column).map(i64::from)?)
-    }
-    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-}
-
-impl Cells for SqliteRow {
-    fn text(&self, column: &str) -> Result<String, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn flag(&self, column: &str) -> Result<bool, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn int(&self, column: &str) -> Result<i64, StoreError> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
-        self.try_get::<Option<String>, _>(column)?
-            .map(|text| parse_sqlite_time(&text))
-            .transpose()
-    }
-}
-
-/// The current time at the precision both databases keep (microseconds), so a record read
-/// back equals the one written.
-pub(super) fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
-}
-
-/// A timestamp as SQLite stores it: RFC 3339 UTC, always six fractional digits.
-pub(super) fn sqlite_time(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
 /// Optional [`sqlite_time`].
 pub(super) fn sqlite_opt_time(at: Option<DateTime<Utc>>) -> Option<String> {
     at.map(sqlite_time)
-}
-
-/// Reads our RFC 3339 text, or the original's naive UTC text (`2024-01-02 03:04:05.123456`)
-/// in case a row escaped the migration's rewrite.
-pub(super) fn parse_sqlite_time(text: &str) -> Result<DateTime<Utc>, StoreError> {
-    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
-        return Ok(at.with_timezone(&Utc));
-    }
-    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
-        .iter()
-        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
-        .map(|naive| naive.and_utc())
-        .ok_or_else(|| StoreError::Corrupt(format!("expected an RFC 3339 timestamp, got {text:?}")))
 }
 
 /// A token lifetime for the original's INTEGER columns; beyond 68 years is clamped rather
@@ -161,8 +82,9 @@ pub(super) fn client(row: &impl Cells) -> Result<Client, StoreError> {
             &row.text("allowed_grant_types")?,
         )?,
         redirect_uris: parse_json_list("redirect_uris", &row.text("redirect_uris")?)?,
-        access_token_lifetime: row.int("access_token_lifetime")?,
-        refresh_token_lifetime: row.int("refresh_token_lifetime")?,
+        // The original's lifetime columns are INTEGER (int4 on PostgreSQL).
+        access_token_lifetime: i64::from(row.int32("access_token_lifetime")?),
+        refresh_token_lifetime: i64::from(row.int32("refresh_token_lifetime")?),
         is_active: row.flag("is_active")?,
         created_at: row.time("created_at")?,
         updated_at: row.time("updated_at")?,
@@ -276,23 +198,6 @@ pub(super) fn user_conflict(hint: &str, username: &str, email: Option<&str>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
-
-    #[test]
-    fn sqlite_times_are_fixed_width_and_read_back() {
-        let whole = Utc
-            .with_ymd_and_hms(2024, 1, 2, 3, 4, 5)
-            .single()
-            .expect("valid date");
-        assert_eq!(sqlite_time(whole), "2024-01-02T03:04:05.000000Z");
-        assert_eq!(
-            parse_sqlite_time("2024-01-02T03:04:05.000000Z").ok(),
-            Some(whole)
-        );
-        // The original's naive text is UTC.
-        assert_eq!(parse_sqlite_time("2024-01-02 03:04:05").ok(), Some(whole));
-        assert!(parse_sqlite_time("yesterday").is_err());
-    }
 
     #[test]
     fn lists_round_trip_and_lifetimes_clamp() {
