@@ -18,13 +18,20 @@ What is checked:
   Compose      the Compose Specification schema (check-jsonschema's vendored compose-spec);
                interpolation as `docker compose` does it: refuses to run without each secret,
                resolves fully with them; only nginx publishes ports; health-gated start order;
-               the per-link keys wired consistently; nginx upstreams on compose service names.
+               the per-link keys wired consistently; nginx upstreams on compose service names;
+               one PostgreSQL role per service database, Redis with a password, a memory cap
+               and noeviction, the key-encryption key (docs/security.md).
+  nginx        introspection and the website's /metrics and /ready not routed, the internal
+               headers stripped, an access log without request line, query string or Referer,
+               the HTTPS redirect to the configured address (never the client's Host).
   Helm         `helm lint --strict` and a render per environment (values.yaml, -dev, -staging,
                -prod) with Helm's own engine; every manifest against the Kubernetes OpenAPI
                schemas (kubernetes-validate, strict) except the Prometheus Operator CRDs, checked
                here; per-environment assertions (replicas, probes, security contexts, network
                policies, the migration hook, secrets only by reference in production, refusals
-               of settings that cannot work); environment names against KEYS.json.
+               of settings that cannot work, per-service database roles, Redis password and
+               memory policy, Ingress paths without introspection, metrics or readiness, access
+               log off by default); environment names against KEYS.json.
   Monitoring   alert rules structure (groups/rules/expr/for/labels/annotations) and every PromQL
                expression of the rules and the dashboard parsed by a real PromQL parser; the
                chart's copies identical to deploy/prometheus and deploy/grafana.
@@ -202,9 +209,12 @@ def load_compose() -> dict:
 
 
 SECRETS = {"POSTGRES_PASSWORD", "ADMIN_PASSWORD", "RUNTIME_INTERNAL_KEY", "PROXY_INTERNAL_KEY",
-           "WEBSITE_SESSION_KEY"}
+           "WEBSITE_SESSION_KEY", "AUTH_DB_PASSWORD", "AGENT_RUNTIME_DB_PASSWORD", "REDIS_PASSWORD",
+           "KEY_ENCRYPTION_KEY", "INTERNAL_CLIENT_SECRET"}
 FILLED = {"POSTGRES_PASSWORD": "a" * 48, "ADMIN_PASSWORD": "b" * 32,
-          "RUNTIME_INTERNAL_KEY": "c" * 64, "PROXY_INTERNAL_KEY": "d" * 64, "WEBSITE_SESSION_KEY": "e" * 64}
+          "RUNTIME_INTERNAL_KEY": "c" * 64, "PROXY_INTERNAL_KEY": "d" * 64, "WEBSITE_SESSION_KEY": "e" * 64,
+          "AUTH_DB_PASSWORD": "f" * 48, "AGENT_RUNTIME_DB_PASSWORD": "g" * 48, "REDIS_PASSWORD": "h" * 64,
+          "KEY_ENCRYPTION_KEY": "1" * 64, "INTERNAL_CLIENT_SECRET": "2" * 64}
 APP_SERVICES = {"auth": 8003, "gateway": 8000, "agent-runtime": 8001, "llm-proxy": 8002, "website": 3000}
 
 
@@ -294,8 +304,34 @@ def compose_structure():
     expect(FILLED["RUNTIME_INTERNAL_KEY"] != FILLED["PROXY_INTERNAL_KEY"], "per-link keys")
     subnet = compose["networks"]["codelab"]["ipam"]["config"][0]["subnet"]
     expect(env["auth"]["AUTH_SERVICE__TRUSTED_PROXIES"] == subnet, "auth trusts exactly the compose network")
-    expect(env["auth"]["AUTH_SERVICE__DB_URL"].endswith("@postgres:5432/auth_db"), env["auth"]["AUTH_SERVICE__DB_URL"])
-    expect(env["agent-runtime"]["AGENT_RUNTIME__DB_URL"].endswith("@postgres:5432/agent_runtime"), "runtime db")
+    # One role per service database: each URL names its own role and password, never the
+    # superuser's, and the database server gets the same passwords for its init script.
+    expect(env["auth"]["AUTH_SERVICE__DB_URL"] == f"postgres://codelab_auth:{FILLED['AUTH_DB_PASSWORD']}@postgres:5432/auth_db",
+           env["auth"]["AUTH_SERVICE__DB_URL"])
+    expect(env["agent-runtime"]["AGENT_RUNTIME__DB_URL"]
+           == f"postgres://codelab_agent_runtime:{FILLED['AGENT_RUNTIME_DB_PASSWORD']}@postgres:5432/agent_runtime",
+           env["agent-runtime"]["AGENT_RUNTIME__DB_URL"])
+    pg_env = services["postgres"]["environment"]
+    expect(pg_env["AUTH_DB_PASSWORD"] == FILLED["AUTH_DB_PASSWORD"]
+           and pg_env["AGENT_RUNTIME_DB_PASSWORD"] == FILLED["AGENT_RUNTIME_DB_PASSWORD"], "init script gets the role passwords")
+    for name in APP_SERVICES:
+        dumped_env = json.dumps(env[name])
+        expect(FILLED["POSTGRES_PASSWORD"] not in dumped_env, f"{name} holds the superuser's password")
+    expect(FILLED["AGENT_RUNTIME_DB_PASSWORD"] not in json.dumps(env["auth"])
+           and FILLED["AUTH_DB_PASSWORD"] not in json.dumps(env["agent-runtime"]), "each service knows its own role only")
+    # Redis: password in every URL, memory cap, noeviction (counters are never evicted).
+    redis = services["redis"]
+    redis_command = " ".join(redis["command"])
+    for needle in ('--requirepass "$REDIS_PASSWORD"', "--maxmemory 256mb", "--maxmemory-policy noeviction"):
+        expect(needle in redis_command, f"redis command lacks {needle}: {redis_command}")
+    expect(redis["environment"]["REDIS_PASSWORD"] == FILLED["REDIS_PASSWORD"], "redis password from .env")
+    expect("REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"]), "the health check authenticates")
+    expect(env["auth"]["AUTH_SERVICE__REDIS_URL"] == f"redis://:{FILLED['REDIS_PASSWORD']}@redis:6379/1", "auth's Redis URL")
+    expect(env["gateway"]["GATEWAY__REDIS_URL"] == f"redis://:{FILLED['REDIS_PASSWORD']}@redis:6379/2", "gateway's Redis URL")
+    expect(env["auth"]["AUTH_SERVICE__KEY_ENCRYPTION_KEY"] == FILLED["KEY_ENCRYPTION_KEY"], "signing keys encrypted at rest")
+    expect(env["auth"]["AUTH_SERVICE__INTERNAL_CLIENT_SECRET"] == FILLED["INTERNAL_CLIENT_SECRET"], "internal client secret given")
+    expect(env["gateway"]["GATEWAY__WS_AUTH"] == "required", "WebSockets need a token unless the operator opts in")
+    expect(not any(k.endswith("SERVICE_API_KEY") for k in env["gateway"]), "no service key: nothing internal calls the gateway")
     migrate_env = services["migrate"]["environment"]
     expect(migrate_env["AUTH_SERVICE__DB_URL"] == env["auth"]["AUTH_SERVICE__DB_URL"], "migrate uses auth's URL")
     expect(migrate_env["AGENT_RUNTIME__DB_URL"] == env["agent-runtime"]["AGENT_RUNTIME__DB_URL"], "migrate uses runtime's URL")
@@ -313,13 +349,23 @@ def compose_structure():
     expect("../nginx/nginx.conf:/etc/nginx/nginx.conf:ro" in volumes, volumes)
     expect("./nginx/upstreams.conf:/etc/nginx/upstreams.conf:ro" in volumes, volumes)
     tls = yaml.safe_load((COMPOSE / "docker-compose.tls.yml").read_text())["services"]["nginx"]
-    expect("../nginx/tls.conf.example:/etc/nginx/tls.conf:ro" in tls["volumes"], "TLS override mounts tls.conf")
+    expect("../nginx/tls.conf.example:/etc/nginx/templates/tls.conf.template:ro" in tls["volumes"],
+           "TLS override mounts tls.conf as an envsubst template")
+    expect(tls["environment"]["NGINX_ENVSUBST_OUTPUT_DIR"] == "/etc/nginx"
+           and tls["environment"]["NGINX_ENVSUBST_FILTER"] == "^CODELAB_"
+           and tls["environment"]["CODELAB_PUBLIC_URL"].startswith("${CODELAB_PUBLIC_URL:?"),
+           "the redirect target comes from CODELAB_PUBLIC_URL")
     expect("./certs:/etc/nginx/certs:ro" in tls["volumes"], "TLS override mounts the certificates")
     pg = services["postgres"]
     expect("./postgres/init-databases.sh:/docker-entrypoint-initdb.d/01-init-databases.sh:ro" in pg["volumes"], pg["volumes"])
     init = (COMPOSE / "postgres" / "init-databases.sh").read_text()
-    expect("auth_db agent_runtime" in init and "\\gexec" in init, "init script creates both databases idempotently")
+    for needle in ("CREATE ROLE %I LOGIN", "NOSUPERUSER NOCREATEDB NOCREATEROLE", "CREATE DATABASE %I OWNER %I",
+                   "REVOKE ALL ON DATABASE %I FROM PUBLIC", '"${AUTH_DB_USER:-codelab_auth}"',
+                   '"${AGENT_RUNTIME_DB_USER:-codelab_agent_runtime}"', "\\gexec"):
+        expect(needle in init, f"init script lacks {needle}")
     expect(os.access(COMPOSE / "postgres" / "init-databases.sh", os.X_OK), "init script is executable")
+    expect((CHART / "files" / "init-databases.sh").read_bytes() == init.encode(),
+           "the chart's init script is Compose's: cp deploy/compose/postgres/init-databases.sh deploy/helm/codelab/files/")
 
 
 @check("nginx upstreams: Compose and example define the three upstreams on the right ports")
@@ -333,6 +379,37 @@ def nginx_upstreams():
     code = re.sub(r"#.*", "", conf)
     expect(re.search(r"server\s+[\w.\-]+:\d+", code) is None, "nginx.conf names no upstream address")
     expect("include upstreams.conf;" in code and "include tls[.]conf;" in code, "includes")
+
+
+def nginx_code(path: Path) -> str:
+    return "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+
+
+@check("nginx: internal routes not public, internal headers stripped, no credentials in the access log")
+def nginx_security():
+    code = nginx_code(DEPLOY / "nginx" / "nginx.conf")
+    squashed = re.sub(r"\s+", " ", code)
+    for block in ("location ^~ /oauth/introspect { return 404; }", "location = /metrics { return 404; }",
+                  "location = /ready { return 404; }"):
+        expect(block in squashed, f"nginx.conf lacks {block}")
+    server = code[code.index("server {"):]
+    first_location = server.index("location ")
+    headers = re.findall(r"proxy_set_header\s+([\w-]+)\s+([^;]*);", server)
+    expect(("X-Internal-Auth", '""') in headers and ("X-Codelab-User-Id", '""') in headers,
+           f"internal headers must be cleared: {headers}")
+    expect(all(m.start() < first_location for m in re.finditer("proxy_set_header", server)),
+           "a location with its own proxy_set_header would drop the cleared headers")
+    fmt = re.search(r"log_format\s+codelab\s+((?:'[^']*'\s*)+);", code)
+    expect(fmt, "log_format codelab")
+    fmt = fmt.group(1)
+    for variable in (r"\$request\b(?!_)", r"\$request_uri", r"\$args", r"\$query_string", r"\$arg_", r"\$http_referer", r"\$uri\b"):
+        expect(not re.search(variable, fmt), f"the access log format uses {variable}")
+    expect("$codelab_log_path" in fmt and "map $uri $codelab_log_path" in squashed, "routes logged with ids replaced")
+    tls = nginx_code(DEPLOY / "nginx" / "tls.conf.example")
+    expect('set $codelab_https_origin "${CODELAB_PUBLIC_URL}";' in tls, "the redirect target is configured")
+    returns = re.findall(r"return\s+301\s+([^;]+);", tls)
+    expect(returns == ["$codelab_https_origin$request_uri"], f"redirect to the configured address only: {returns}")
+    expect("$host" not in tls and "$http_host" not in tls, "the client's Host never makes the redirect")
 
 
 # ----------------------------------------------------------------------------------------- Helm
@@ -479,15 +556,35 @@ def assert_common(env, docs):
     for name, policy in policies.items():
         expect(policy["spec"]["policyTypes"] == ["Ingress", "Egress"], f"{name}: both directions")
     ingress = objects(docs, "Ingress")["codelab"]
-    paths = {p["path"]: p["backend"]["service"]["name"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
-    expect(paths == {"/oauth": "codelab-auth", "/.well-known": "codelab-auth", "/api/v1": "codelab-gateway"}, paths)
+    paths = {p["path"]: (p["pathType"], p["backend"]["service"]["name"]) for p in ingress["spec"]["rules"][0]["http"]["paths"]}
+    expect(paths == {"/oauth/token": ("Exact", "codelab-auth"), "/oauth/authorize": ("Exact", "codelab-auth"),
+                     "/oauth/revoke": ("Exact", "codelab-auth"), "/oauth/userinfo": ("Exact", "codelab-auth"),
+                     "/.well-known": ("Prefix", "codelab-auth"), "/api/v1": ("Prefix", "codelab-gateway")},
+           f"{env}: public paths only (no /oauth/introspect): {paths}")
+    for name, other in objects(docs, "Ingress").items():
+        for rule in other["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                expect(not path["path"].startswith("/oauth/introspect") and path["path"] not in ("/metrics", "/ready"),
+                       f"{env}: {name} routes {path['path']}")
+                expect(not (path["path"] in ("/", "/oauth") and path["pathType"] == "Prefix"),
+                       f"{env}: {name} routes everything under {path['path']}")
+    for name in ("codelab", "codelab-website"):
+        expect(objects(docs, "Ingress")[name]["metadata"]["annotations"].get("nginx.ingress.kubernetes.io/enable-access-log") == "false",
+               f"{env}: {name}: the controller's access log (request line with ids and tokens) is off by default")
+    auth_env = env_of(app["codelab-auth"]["spec"]["template"]["spec"]["containers"][0])
+    expect(auth_env["AUTH_SERVICE__KEY_ENCRYPTION_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "key-encryption-key",
+           f"{env}: signing keys encrypted with the Secret's key")
+    expect("optional" not in auth_env["AUTH_SERVICE__INTERNAL_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"],
+           f"{env}: the internal client's secret is required")
     annotations = ingress["metadata"]["annotations"]
     expect(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "3600"
            and annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "50m", "ingress limits")
     website = objects(docs, "Ingress")["codelab-website"]
     (rule,) = website["spec"]["rules"]
-    expect([(p["path"], p["backend"]["service"]["name"]) for p in rule["http"]["paths"]] == [("/", "codelab-website")],
-           "the website at /")
+    expect([(p["path"], p["pathType"], p["backend"]["service"]["name"]) for p in rule["http"]["paths"]]
+           == [("/", "Exact", "codelab-website"), ("/docs", "Prefix", "codelab-website"),
+               ("/assets", "Prefix", "codelab-website"), ("/console", "Prefix", "codelab-website")],
+           "the website's pages only (not its /metrics or /ready)")
     website_annotations = website["metadata"]["annotations"]
     expect(website_annotations["nginx.ingress.kubernetes.io/affinity"] == "cookie"
            and website_annotations["nginx.ingress.kubernetes.io/session-cookie-max-age"] == "43200",
@@ -531,13 +628,40 @@ def helm_staging():
     expect(pg["metadata"]["name"] == "codelab-postgresql" and pg["spec"]["template"]["spec"]["containers"][0]["image"] == "postgres:16-alpine", "PostgreSQL 16")
     expect("codelab-redis" in objects(docs, "Deployment"), "Redis")
     auth_env = env_of(app["codelab-auth"]["spec"]["template"]["spec"]["containers"][0])
-    expect(auth_env["AUTH_SERVICE__DB_URL"]["value"] == "postgres://codelab:$(CODELAB_DB_PASSWORD)@codelab-postgresql:5432/auth_db?sslmode=disable",
+    expect(auth_env["AUTH_SERVICE__DB_URL"]["value"] == "postgres://codelab_auth:$(CODELAB_AUTH_DB_PASSWORD)@codelab-postgresql:5432/auth_db?sslmode=disable",
            auth_env["AUTH_SERVICE__DB_URL"])
+    expect(auth_env["CODELAB_AUTH_DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "codelab-postgresql", "key": "auth-password"},
+           "auth's own role password")
     names = list(auth_env)
-    expect(names.index("CODELAB_DB_PASSWORD") < names.index("AUTH_SERVICE__DB_URL"), "password declared before its use")
-    expect(auth_env["AUTH_SERVICE__REDIS_URL"]["value"] == "redis://codelab-redis:6379/1", "auth Redis")
+    expect(names.index("CODELAB_AUTH_DB_PASSWORD") < names.index("AUTH_SERVICE__DB_URL"), "password declared before its use")
+    runtime_env = env_of(app["codelab-agent-runtime"]["spec"]["template"]["spec"]["containers"][0])
+    expect(runtime_env["AGENT_RUNTIME__DB_URL"]["value"]
+           == "postgres://codelab_agent_runtime:$(CODELAB_AGENT_RUNTIME_DB_PASSWORD)@codelab-postgresql:5432/agent_runtime?sslmode=disable",
+           runtime_env["AGENT_RUNTIME__DB_URL"])
+    expect(runtime_env["CODELAB_AGENT_RUNTIME_DB_PASSWORD"]["valueFrom"]["secretKeyRef"]
+           == {"name": "codelab-postgresql", "key": "agent-runtime-password"}, "the runtime's own role password")
+    expect("CODELAB_AUTH_DB_PASSWORD" not in runtime_env and "CODELAB_AGENT_RUNTIME_DB_PASSWORD" not in auth_env,
+           "each service knows its own role only")
+    pg_container = pg["spec"]["template"]["spec"]["containers"][0]
+    pg_env = env_of(pg_container)
+    expect(pg_env["AUTH_DB_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "auth-password"
+           and pg_env["AGENT_RUNTIME_DB_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "agent-runtime-password",
+           "the init script gets the role passwords")
+    init = objects(docs, "ConfigMap")["codelab-postgresql-init"]["data"]["01-init-databases.sh"]
+    expect(init == (COMPOSE / "postgres" / "init-databases.sh").read_text(), "the in-chart init script is Compose's")
+    expect(auth_env["CODELAB_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "codelab-secrets", "key": "redis-password"},
+           "Redis password from the Secret")
+    expect(auth_env["AUTH_SERVICE__REDIS_URL"]["value"] == "redis://:$(CODELAB_REDIS_PASSWORD)@codelab-redis:6379/1", "auth Redis")
+    expect(names.index("CODELAB_REDIS_PASSWORD") < names.index("AUTH_SERVICE__REDIS_URL"), "Redis password declared before its use")
     gateway_env = env_of(app["codelab-gateway"]["spec"]["template"]["spec"]["containers"][0])
-    expect(gateway_env["GATEWAY__REDIS_URL"]["value"] == "redis://codelab-redis:6379/2", "gateway fan-out")
+    expect(gateway_env["GATEWAY__REDIS_URL"]["value"] == "redis://:$(CODELAB_REDIS_PASSWORD)@codelab-redis:6379/2", "gateway fan-out")
+    redis = objects(docs, "Deployment")["codelab-redis"]["spec"]["template"]["spec"]["containers"][0]
+    redis_command = " ".join(redis["command"] + redis["args"])
+    for needle in ('--requirepass "$REDIS_PASSWORD"', "--maxmemory 256mb", "--maxmemory-policy noeviction"):
+        expect(needle in redis_command, f"in-chart Redis lacks {needle}: {redis_command}")
+    redis_env = env_of(redis)
+    expect(redis_env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "redis-password"
+           and redis_env["REDISCLI_AUTH"]["valueFrom"]["secretKeyRef"]["key"] == "redis-password", "Redis password from the Secret")
     expect(set(objects(docs, "PodDisruptionBudget")) == set(app), "a PDB per service")
     (job,) = objects(docs, "Job").values()
     expect(job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,pre-upgrade", job["metadata"]["annotations"])
@@ -545,8 +669,10 @@ def helm_staging():
     secrets = objects(docs, "Secret")
     expect(set(secrets) == {"codelab-secrets", "codelab-postgresql"}, sorted(secrets))
     expect(set(secrets["codelab-secrets"]["data"]) == {"runtime-internal-key", "proxy-internal-key", "admin-password", "internal-client-secret",
-                                                         "website-session-key"},
+                                                         "website-session-key", "key-encryption-key", "redis-password"},
            "generated secrets")
+    expect(set(secrets["codelab-postgresql"]["data"]) == {"postgres-password", "auth-password", "agent-runtime-password"},
+           "a password per database role")
     ingress = objects(docs, "Ingress")["codelab"]
     expect(ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt-staging", "staging issuer")
     expect(ingress["spec"]["tls"][0]["secretName"] == "codelab-stage-tls", "TLS")
@@ -569,8 +695,12 @@ def helm_prod():
     expect(job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade", "pre-install,pre-upgrade hook")
     expect("serviceAccountName" not in job["spec"]["template"]["spec"], "hook uses no account created by the release")
     job_env = env_of(job["spec"]["template"]["spec"]["containers"][0])
-    expect(job_env["CODELAB_DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "codelab-postgres", "key": "password"}, "db password by reference")
-    expect(job_env["AUTH_SERVICE__DB_URL"]["value"].startswith("postgres://codelab_user:$(CODELAB_DB_PASSWORD)@postgres.example.com:5432/auth_db?sslmode=require"), job_env)
+    expect(job_env["CODELAB_AUTH_DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "codelab-postgres", "key": "auth-password"}, "db password by reference")
+    expect(job_env["CODELAB_AGENT_RUNTIME_DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "codelab-postgres", "key": "agent-runtime-password"},
+           "db password by reference")
+    expect(job_env["AUTH_SERVICE__DB_URL"]["value"].startswith("postgres://codelab_auth:$(CODELAB_AUTH_DB_PASSWORD)@postgres.example.com:5432/auth_db?sslmode=require"), job_env)
+    expect(job_env["AGENT_RUNTIME__DB_URL"]["value"].startswith(
+        "postgres://codelab_agent_runtime:$(CODELAB_AGENT_RUNTIME_DB_PASSWORD)@postgres.example.com:5432/agent_runtime?sslmode=require"), job_env)
     proxy = app["codelab-llm-proxy"]["spec"]["template"]["spec"]["containers"][0]
     expect(proxy["envFrom"] == [{"secretRef": {"name": "codelab-llm-providers"}}], "provider keys from their Secret")
     for name, deployment in app.items():
@@ -603,7 +733,8 @@ def helm_refusals():
         "production: set secrets.existingSecret": merge(prod, {"secrets": {"existingSecret": ""}}),
         "externalDatabase.existingSecret is required": merge(prod, {"externalDatabase": {"existingSecret": ""}}),
         "production: use database.type=postgresql": merge(prod, {"database": {"type": "sqlite"}, "replicaCount": 1, "services": {k: {"autoscaling": {"enabled": False}} for k in ("gateway", "auth", "agentRuntime", "llmProxy")}}),
-        "production: GATEWAY__USE_JWT_AUTH=false is refused": merge(prod, {"services": {"gateway": {"env": {"GATEWAY__USE_JWT_AUTH": "false"}}}}),
+        "production: GATEWAY__USE_JWT_AUTH=false is refused outside development": merge(prod, {"services": {"gateway": {"env": {"GATEWAY__USE_JWT_AUTH": "false"}}}}),
+        "staging: GATEWAY__USE_JWT_AUTH=false is refused outside development": merge(values_of("staging"), {"services": {"gateway": {"env": {"GATEWAY__USE_JWT_AUTH": "false"}}}}),
         "SQLite supports one replica": {"replicaCount": 2},
         "more than one replica needs Redis": {"database": {"type": "postgresql"}, "postgresql": {"enabled": True}, "replicaCount": 2},
         "enable postgresql (in-chart server) or set externalDatabase.host": {"database": {"type": "postgresql"}},
@@ -627,7 +758,8 @@ def known_names(keys):
 
 @check("Helm sets only environment variables the services read")
 def helm_env_names(keys):
-    known = known_names(keys) | {"CODELAB_DB_PASSWORD"}  # only a helper for $(...) expansion
+    # Only helpers for $(...) expansion.
+    known = known_names(keys) | {"CODELAB_AUTH_DB_PASSWORD", "CODELAB_AGENT_RUNTIME_DB_PASSWORD", "CODELAB_REDIS_PASSWORD"}
     for env in ENVIRONMENTS:
         for doc in render(values_of(env)):
             if doc["kind"] not in ("Deployment", "Job", "StatefulSet"):
@@ -779,6 +911,7 @@ def main():
     compose_interpolation()
     compose_structure()
     nginx_upstreams()
+    nginx_security()
     helm_lint()
     helm_kubernetes_schemas()
     helm_dev()

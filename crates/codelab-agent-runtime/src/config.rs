@@ -40,6 +40,9 @@ pub struct Config {
     pub routing_timeout: f64,
     /// Seconds allowed for one LLM step (until the stream starts and between pieces).
     pub llm_timeout: f64,
+    /// Longest line (or SSE event) accepted from the LLM proxy's stream; past it the turn
+    /// fails, so a broken proxy cannot make the runtime buffer without bound.
+    pub max_stream_line_bytes: usize,
     pub max_steps_per_turn: u32,
     pub max_tool_calls_per_step: u32,
     /// Token budget of the context sent to the model (0: no trimming).
@@ -71,6 +74,7 @@ impl Default for Config {
             hitl_policy_file: None,
             routing_timeout: 5.0,
             llm_timeout: 120.0,
+            max_stream_line_bytes: crate::llm::DEFAULT_MAX_STREAM_LINE_BYTES,
             max_steps_per_turn: 25,
             max_tool_calls_per_step: 10,
             context_tokens: 0,
@@ -105,10 +109,17 @@ impl Config {
         if self.max_steps_per_turn == 0 {
             return Err("AGENT_RUNTIME__MAX_STEPS_PER_TURN must be at least 1".to_owned());
         }
+        if self.max_stream_line_bytes < crate::llm::MIN_STREAM_LINE_BYTES {
+            return Err(format!(
+                "AGENT_RUNTIME__MAX_STREAM_LINE_BYTES must be at least {}, got {}",
+                crate::llm::MIN_STREAM_LINE_BYTES,
+                self.max_stream_line_bytes
+            ));
+        }
         if self.max_tool_calls_per_step == 0 {
             return Err("AGENT_RUNTIME__MAX_TOOL_CALLS_PER_STEP must be at least 1".to_owned());
         }
-        if environment.is_production() {
+        if environment.is_hardened() {
             if self.internal_api_key.is_weak() {
                 return Err(format!(
                     "AGENT_RUNTIME__INTERNAL_API_KEY is missing, too short or a published \

@@ -1,16 +1,25 @@
 //! The human-in-the-loop policy: which tool calls wait for a person's approval, and why.
 //!
 //! Rules are shell-glob patterns on the tool name, evaluated first match wins; a rule may
-//! apply to some agents only; an unmatched tool needs no approval. The built-in table is the
-//! original's (spec §5.2); `AGENT_RUNTIME__HITL_POLICY_FILE` replaces it with a YAML or JSON
-//! file (format in `docs/agent-runtime.md`, "HITL policy file").
+//! apply to some agents only. A tool no rule matches needs approval when it can change the
+//! workspace (unless the file says `unmatched: allow`); read-only and server-side tools do
+//! not. The built-in table is the original's (spec §5.2); `AGENT_RUNTIME__HITL_POLICY_FILE`
+//! replaces it with a YAML or JSON file (format in `docs/agent-runtime.md`, "HITL policy
+//! file").
+//!
+//! A rule limited to some agents that waives approval for a workspace-changing tool is an
+//! *exemption* of those agents. Exemptions apply only to an agent the user chose (see
+//! [`agents_chosen_by_user`]): a model must not reach them through `switch_mode`.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobMatcher};
 use serde::{Deserialize, Serialize};
 
-use crate::agents::AgentKind;
+use crate::agents::{AgentKind, tools_of};
+use crate::model::AgentSwitch;
+use crate::tools;
 
 /// What the policy says about one call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -53,8 +62,23 @@ struct PolicyFile {
     /// Append the built-in table after the file's rules (so a file can add a few overrides).
     #[serde(default)]
     include_defaults: bool,
+    /// What a workspace-changing tool no rule matches needs.
+    #[serde(default)]
+    unmatched: Unmatched,
     #[serde(default)]
     rules: Vec<HitlRule>,
+}
+
+/// What a workspace-changing tool that no rule matches needs (read-only tools never need
+/// approval when unmatched).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmatched {
+    /// A person approves it: a policy file that forgets a tool must not let it run unasked.
+    #[default]
+    RequireApproval,
+    /// It runs without approval (the file's explicit choice).
+    Allow,
 }
 
 fn enabled_by_default() -> bool {
@@ -99,6 +123,8 @@ pub enum HitlError {
 pub struct HitlPolicy {
     /// `false`: nothing needs approval.
     pub enabled: bool,
+    /// What an unmatched workspace-changing tool needs.
+    pub unmatched: Unmatched,
     rules: Vec<CompiledRule>,
 }
 
@@ -135,6 +161,7 @@ impl Default for HitlPolicy {
     fn default() -> Self {
         HitlPolicy {
             enabled: true,
+            unmatched: Unmatched::RequireApproval,
             rules: default_rules(),
         }
     }
@@ -184,6 +211,7 @@ impl HitlPolicy {
         if file.include_defaults {
             policy.rules.extend(default_rules());
         }
+        policy.unmatched = file.unmatched;
         Ok(policy)
     }
 
@@ -194,28 +222,124 @@ impl HitlPolicy {
             .enumerate()
             .map(|(index, rule)| compile(rule).map_err(|message| (index, message)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(HitlPolicy { enabled, rules })
+        Ok(HitlPolicy {
+            enabled,
+            unmatched: Unmatched::RequireApproval,
+            rules,
+        })
     }
 
     /// Whether a call of `tool` by `agent` needs approval: the first rule that matches the name
-    /// and applies to the agent decides; nothing matches → no approval.
+    /// and applies to the agent decides; when none matches, a workspace-changing tool needs
+    /// approval unless the policy says `unmatched: allow`.
     pub fn evaluate(&self, agent: AgentKind, tool: &str) -> Verdict {
+        self.evaluate_where(tool, |agents| agents.is_none_or(|a| a.contains(&agent)))
+    }
+
+    /// [`HitlPolicy::evaluate`] for a call the session's agent makes, where
+    /// `exemptions_allowed` says whether the user chose that agent (see
+    /// [`agents_chosen_by_user`]): if not, the agent's exemptions do not apply and the call
+    /// needs what it would need from any agent.
+    pub fn evaluate_in_session(
+        &self,
+        agent: AgentKind,
+        tool: &str,
+        exemptions_allowed: bool,
+    ) -> Verdict {
+        let verdict = self.evaluate(agent, tool);
+        if exemptions_allowed || verdict.requires_approval || !self.is_exemption(agent, tool) {
+            return verdict;
+        }
+        Verdict {
+            requires_approval: true,
+            reason: Some(format!(
+                "{tool} requires user approval: the HITL policy waives it only for the {agent} \
+                 agent when you choose that agent, and the model switched to it itself"
+            )),
+        }
+    }
+
+    /// The workspace-changing tools of `agent` that a rule limited to some agents lets it run
+    /// without the approval every agent would need.
+    pub fn exemptions(&self, agent: AgentKind) -> Vec<&'static str> {
+        tools_of(agent)
+            .iter()
+            .copied()
+            .filter(|tool| self.is_exemption(agent, tool))
+            .collect()
+    }
+
+    /// Whether any agent has an exemption (when none has, nobody's choice matters).
+    pub fn has_exemptions(&self) -> bool {
+        AgentKind::ALL
+            .iter()
+            .any(|agent| !self.exemptions(*agent).is_empty())
+    }
+
+    fn is_exemption(&self, agent: AgentKind, tool: &str) -> bool {
+        tools::changes_workspace(tool)
+            && !self.evaluate(agent, tool).requires_approval
+            && self
+                .evaluate_where(tool, |agents| agents.is_none())
+                .requires_approval
+    }
+
+    /// The verdict of the first rule that matches `tool` among those whose agent list
+    /// `applies` accepts, else the unmatched verdict.
+    fn evaluate_where(
+        &self,
+        tool: &str,
+        applies: impl Fn(Option<&Vec<AgentKind>>) -> bool,
+    ) -> Verdict {
         if !self.enabled {
             return Verdict::allow();
         }
-        self.rules
+        let matched = self
+            .rules
             .iter()
-            .filter(|rule| {
-                rule.agents
-                    .as_ref()
-                    .is_none_or(|agents| agents.contains(&agent))
-            })
-            .find(|rule| rule.matcher.is_match(tool))
-            .map_or_else(Verdict::allow, |rule| Verdict {
+            .filter(|rule| applies(rule.agents.as_ref()))
+            .find(|rule| rule.matcher.is_match(tool));
+        match matched {
+            Some(rule) => Verdict {
                 requires_approval: rule.requires_approval,
                 reason: rule.reason.clone(),
-            })
+            },
+            None if self.unmatched == Unmatched::RequireApproval
+                && tools::changes_workspace(tool) =>
+            {
+                Verdict {
+                    requires_approval: true,
+                    reason: Some(format!(
+                        "{tool} requires user approval (no rule of the HITL policy names it)"
+                    )),
+                }
+            }
+            None => Verdict::allow(),
+        }
     }
+}
+
+/// The agents whose exemptions apply in a session with these switches (oldest first): every
+/// agent the user picked (`switch_agent`, `agent_type` on a message), and every agent the
+/// router chose for the user's message unless a model's `switch_mode` had sent the session
+/// to the router. An agent reached only through `switch_mode` is not among them.
+pub fn agents_chosen_by_user(switches: &[AgentSwitch]) -> BTreeSet<AgentKind> {
+    let mut chosen = BTreeSet::new();
+    // Whether the session reached the router through `switch_mode` (a new one did not).
+    let mut after_switch_mode = false;
+    for switch in switches {
+        let by_user = match switch.method.as_str() {
+            "explicit" => true,
+            "tool" => false,
+            // Routing (`llm`, `fallback`, `single_agent`) classifies the user's own message.
+            _ => !after_switch_mode,
+        };
+        if by_user && let Some(agent) = AgentKind::parse(&switch.to_agent) {
+            chosen.insert(agent);
+        }
+        after_switch_mode = switch.method == "tool";
+    }
+    chosen
 }
 
 fn compile(rule: &HitlRule) -> Result<CompiledRule, String> {
@@ -373,10 +497,102 @@ rules:
                 .evaluate(AgentKind::Debug, "execute_command")
                 .requires_approval
         );
-        // Unmatched: no approval (the built-in table is replaced, not merged).
+        // Unmatched (the built-in table is replaced, not merged): a workspace-changing tool
+        // still needs approval, a read-only one does not.
+        let v = policy.evaluate(AgentKind::Coder, "create_directory");
+        assert!(v.requires_approval);
         assert_eq!(
-            policy.evaluate(AgentKind::Coder, "create_directory"),
+            v.reason.as_deref(),
+            Some("create_directory requires user approval (no rule of the HITL policy names it)")
+        );
+        assert_eq!(
+            policy.evaluate(AgentKind::Coder, "search_in_code"),
             Verdict::allow()
+        );
+    }
+
+    #[test]
+    fn unmatched_allow_must_be_written_out() {
+        let (_dir, path) = write("p.yaml", "unmatched: allow\nrules: []\n");
+        let policy = HitlPolicy::load(Some(&path)).unwrap();
+        assert_eq!(
+            policy.evaluate(AgentKind::Coder, "execute_command"),
+            Verdict::allow()
+        );
+        let (_dir, path) = write("p.yaml", "unmatched: sometimes\n");
+        let err = HitlPolicy::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("not valid YAML"), "{err}");
+    }
+
+    #[test]
+    fn agent_limited_waivers_are_exemptions_that_need_the_users_choice() {
+        let (_dir, path) = write(
+            "p.yaml",
+            "include_defaults: true\nrules:\n  - pattern: execute_command\n    \
+             requires_approval: false\n    agents: [debug]\n",
+        );
+        let policy = HitlPolicy::load(Some(&path)).unwrap();
+        assert_eq!(policy.exemptions(AgentKind::Debug), ["execute_command"]);
+        assert!(policy.exemptions(AgentKind::Coder).is_empty());
+        assert!(policy.has_exemptions());
+        assert!(
+            !policy
+                .evaluate_in_session(AgentKind::Debug, "execute_command", true)
+                .requires_approval
+        );
+        assert!(
+            policy
+                .evaluate_in_session(AgentKind::Debug, "execute_command", false)
+                .requires_approval
+        );
+        // A policy that waives approval for everyone has no exemption to protect.
+        let (_dir, path) = write("p.yaml", "enabled: false\n");
+        assert!(!HitlPolicy::load(Some(&path)).unwrap().has_exemptions());
+        assert!(!HitlPolicy::default().has_exemptions());
+    }
+
+    fn switch(method: &str, to: &str) -> AgentSwitch {
+        AgentSwitch {
+            session_id: "s".into(),
+            from_agent: None,
+            to_agent: to.into(),
+            reason: String::new(),
+            confidence: None,
+            method: method.into(),
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn the_user_chooses_agents_by_picking_them_or_by_their_first_message_being_routed() {
+        let chosen = |switches: &[AgentSwitch]| {
+            agents_chosen_by_user(switches)
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(chosen(&[]), []);
+        assert_eq!(chosen(&[switch("llm", "debug")]), [AgentKind::Debug]);
+        assert_eq!(
+            chosen(&[switch("explicit", "ask"), switch("tool", "debug")]),
+            [AgentKind::Ask]
+        );
+        // switch_mode to the router, which then picks debug: still the model's doing.
+        assert_eq!(
+            chosen(&[
+                switch("fallback", "ask"),
+                switch("tool", "orchestrator"),
+                switch("llm", "debug"),
+            ]),
+            [AgentKind::Ask]
+        );
+        // The user sending the session back to the router lets routing choose again.
+        assert_eq!(
+            chosen(&[
+                switch("tool", "debug"),
+                switch("explicit", "orchestrator"),
+                switch("llm", "debug"),
+            ]),
+            [AgentKind::Orchestrator, AgentKind::Debug]
         );
     }
 

@@ -33,6 +33,11 @@ pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(250);
 pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 /// Most bytes of an error body read to find its message.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Longest line (or event) of the proxy's stream by default (`AGENT_RUNTIME__MAX_STREAM_LINE_BYTES`):
+/// far above any real chunk, yet a bound on what a broken proxy can make the runtime buffer.
+pub const DEFAULT_MAX_STREAM_LINE_BYTES: usize = 1024 * 1024;
+/// Smallest accepted line cap: below it ordinary chunks of a reply would not fit.
+pub const MIN_STREAM_LINE_BYTES: usize = 1024;
 
 /// Why an LLM call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +65,15 @@ pub enum LlmError {
     /// The stream broke or carried something unreadable.
     #[error("the LLM stream broke: {0}")]
     Stream(String),
+    /// A line of the stream was longer than the cap.
+    #[error(
+        "the LLM proxy sent a stream line longer than the {limit} byte limit \
+         (AGENT_RUNTIME__MAX_STREAM_LINE_BYTES)"
+    )]
+    LineTooLong {
+        /// The cap in bytes.
+        limit: usize,
+    },
     /// The caller cancelled the call.
     #[error("the LLM call was cancelled")]
     Cancelled,
@@ -133,6 +147,7 @@ pub struct LlmClient {
     idle_timeout: Duration,
     max_retries: u32,
     backoff: Duration,
+    max_line_bytes: usize,
 }
 
 impl std::fmt::Debug for LlmClient {
@@ -177,6 +192,7 @@ impl LlmClient {
             idle_timeout,
             max_retries: DEFAULT_MAX_RETRIES,
             backoff: DEFAULT_BACKOFF,
+            max_line_bytes: DEFAULT_MAX_STREAM_LINE_BYTES,
         })
     }
 
@@ -197,7 +213,8 @@ impl LlmClient {
                     config.llm_timeout
                 ))
             })?;
-        LlmClient::new(&config.llm_proxy_url, key, idle)
+        Ok(LlmClient::new(&config.llm_proxy_url, key, idle)?
+            .with_max_stream_line_bytes(config.max_stream_line_bytes))
     }
 
     /// The same client with another retry policy (`max_retries` 0 disables retries).
@@ -205,6 +222,13 @@ impl LlmClient {
     pub fn with_retries(mut self, max_retries: u32, backoff: Duration) -> LlmClient {
         self.max_retries = max_retries;
         self.backoff = backoff;
+        self
+    }
+
+    /// The same client with another cap on the length of one line (or event) of the stream.
+    #[must_use]
+    pub fn with_max_stream_line_bytes(mut self, max_line_bytes: usize) -> LlmClient {
+        self.max_line_bytes = max_line_bytes;
         self
     }
 
@@ -235,7 +259,12 @@ impl LlmClient {
         loop {
             let error = match self.send_once(body.clone(), &cancel).await {
                 Ok(response) => {
-                    return Ok(LlmStream::new(response, cancel, self.idle_timeout));
+                    return Ok(LlmStream::new(
+                        response,
+                        cancel,
+                        self.idle_timeout,
+                        self.max_line_bytes,
+                    ));
                 }
                 Err(error) => error,
             };
@@ -414,10 +443,15 @@ impl Stream for LlmStream {
 }
 
 impl LlmStream {
-    fn new(response: reqwest::Response, cancel: CancellationToken, idle: Duration) -> LlmStream {
+    fn new(
+        response: reqwest::Response,
+        cancel: CancellationToken,
+        idle: Duration,
+        max_line_bytes: usize,
+    ) -> LlmStream {
         let state = StreamState {
             body: Box::pin(response.bytes_stream()),
-            lines: SseParser::default(),
+            lines: SseParser::with_max_line_bytes(max_line_bytes),
             decoder: DeltaDecoder::default(),
             pending: VecDeque::new(),
             cancel,
@@ -453,6 +487,11 @@ impl LlmStream {
                     Ok(Some(Ok(chunk))) => {
                         for data in st.lines.push(&chunk) {
                             st.event(&data);
+                        }
+                        if let Some(limit) = st.lines.line_too_long()
+                            && !st.finished
+                        {
+                            st.pending.push_back(Err(LlmError::LineTooLong { limit }));
                         }
                     }
                     Ok(None) => {
@@ -509,19 +548,44 @@ impl StreamState {
 /// Incremental SSE parser for OpenAI-style streams: lines end with LF or CRLF, `data:` lines
 /// are joined with `\n`, a blank line ends the event, comments (`:`) and other fields are
 /// ignored. Bytes are buffered until a line ends, so a UTF-8 character split across chunks is
-/// never cut.
-#[derive(Debug, Default)]
+/// never cut. A line, or an event's data, longer than the cap stops the parser: it then holds
+/// nothing and returns nothing more (see [`SseParser::line_too_long`]).
+#[derive(Debug)]
 struct SseParser {
     buf: Vec<u8>,
     data: Option<String>,
+    max_line_bytes: usize,
+    overflowed: bool,
+}
+
+impl Default for SseParser {
+    fn default() -> Self {
+        Self::with_max_line_bytes(DEFAULT_MAX_STREAM_LINE_BYTES)
+    }
 }
 
 impl SseParser {
+    fn with_max_line_bytes(max_line_bytes: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            data: None,
+            max_line_bytes,
+            overflowed: false,
+        }
+    }
+
     /// Consumes a chunk and returns the `data` of every event it completed.
     fn push(&mut self, chunk: &[u8]) -> Vec<String> {
         let mut out = Vec::new();
+        if self.overflowed {
+            return out;
+        }
         let mut rest = chunk;
         while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            if self.buf.len() + pos > self.max_line_bytes {
+                self.overflow();
+                return out;
+            }
             self.buf.extend_from_slice(&rest[..pos]);
             rest = &rest[pos + 1..];
             let mut line = std::mem::take(&mut self.buf);
@@ -529,13 +593,34 @@ impl SseParser {
                 line.pop();
             }
             self.line(&String::from_utf8_lossy(&line), &mut out);
+            if self.overflowed {
+                return out;
+            }
+        }
+        if self.buf.len() + rest.len() > self.max_line_bytes {
+            self.overflow();
+            return out;
         }
         self.buf.extend_from_slice(rest);
         out
     }
 
+    /// The cap, once a line or an event's data went past it.
+    fn line_too_long(&self) -> Option<usize> {
+        self.overflowed.then_some(self.max_line_bytes)
+    }
+
+    fn overflow(&mut self) {
+        self.overflowed = true;
+        self.buf = Vec::new();
+        self.data = None;
+    }
+
     /// The body ended: the data of an event whose blank line never came.
     fn finish(&mut self) -> Option<String> {
+        if self.overflowed {
+            return None;
+        }
         let mut out = Vec::new();
         let line = std::mem::take(&mut self.buf);
         if !line.is_empty() {
@@ -561,6 +646,12 @@ impl SseParser {
             None => (line, ""),
         };
         if field == "data" {
+            let gathered = self.data.as_ref().map_or(0, |data| data.len() + 1);
+            if gathered + value.len() > self.max_line_bytes {
+                // Many short `data:` lines must not add up to more than one long one.
+                self.overflow();
+                return;
+            }
             match &mut self.data {
                 Some(data) => {
                     data.push('\n');

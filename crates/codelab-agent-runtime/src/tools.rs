@@ -59,6 +59,11 @@ pub const IDE_TOOLS: [&str; 6] = [
     "search_in_code",
 ];
 
+/// IDE tools that only read the workspace. Every other IDE tool (and any name not known
+/// here) is treated as changing it, so a new tool needs approval until a rule says otherwise.
+pub const READ_ONLY_IDE_TOOLS: [&str; 4] =
+    ["read_file", "list_files", "search_in_code", "search_files"];
+
 /// Names of the tools the runtime handles itself.
 pub const SERVER_TOOLS: [&str; 3] = ["switch_mode", "attempt_completion", "ask_followup_question"];
 
@@ -89,6 +94,12 @@ pub fn get(name: &str) -> Option<&'static ToolSpec> {
 /// Whether the runtime handles this tool itself (never sent to the IDE).
 pub fn is_server_side(name: &str) -> bool {
     SERVER_TOOLS.contains(&name)
+}
+
+/// Whether a call of this tool can change the user's workspace or machine (anything but the
+/// read-only IDE tools and the runtime's own tools).
+pub fn changes_workspace(name: &str) -> bool {
+    !READ_ONLY_IDE_TOOLS.contains(&name) && !is_server_side(name)
 }
 
 /// Whether the IDE executes this tool.
@@ -574,6 +585,21 @@ mod tests {
         assert!(!is_server_side("write_file"));
         assert!(is_ide_tool("search_in_code"));
         assert!(get("echo").is_none() && get("calculator").is_none());
+    }
+
+    #[test]
+    fn every_ide_tool_but_the_readers_changes_the_workspace() {
+        let changing: Vec<&str> = IDE_TOOLS
+            .into_iter()
+            .filter(|t| changes_workspace(t))
+            .collect();
+        assert_eq!(
+            changing,
+            ["write_file", "create_directory", "execute_command"]
+        );
+        // Unknown names count as changing: a new IDE tool asks until a rule says otherwise.
+        assert!(changes_workspace("delete_file") && changes_workspace("format_disk"));
+        assert!(!changes_workspace("switch_mode") && !changes_workspace("search_files"));
     }
 
     #[test]

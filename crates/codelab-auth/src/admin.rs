@@ -9,7 +9,7 @@ use codelab_core::config::Secret;
 use serde_json::json;
 
 use crate::model::{AuditEvent, Client, NewClient, NewUser, User};
-use crate::passwords::{PasswordError, check_password_policy, hash_password};
+use crate::passwords::{PasswordError, check_password_policy, hash_client_secret, hash_password};
 use crate::store::{AuthStore, StoreError};
 
 /// Longest accepted username, in characters.
@@ -68,6 +68,46 @@ impl From<StoreError> for AdminError {
         match error {
             StoreError::Conflict(what) => Self::Taken(what),
             other => Self::Store(other),
+        }
+    }
+}
+
+/// Who made an admin change, recorded in its audit row (docs/auth.md, "Audit log").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// `admin_api` or `cli`.
+    pub via: &'static str,
+    /// The acting administrator's user id (admin API); `None` for `codelab admin`, which
+    /// whoever can open the database runs.
+    pub user_id: Option<String>,
+    /// The caller's IP, resolved through the trusted proxies (admin API).
+    pub ip_address: Option<String>,
+    /// The caller's user agent (admin API).
+    pub user_agent: Option<String>,
+}
+
+impl Actor {
+    /// `codelab admin ...` on the command line.
+    pub fn command_line() -> Self {
+        Self {
+            via: "cli",
+            user_id: None,
+            ip_address: None,
+            user_agent: None,
+        }
+    }
+
+    /// An administrator calling `/admin/*` from `ip_address`.
+    pub fn admin_api(
+        user_id: impl Into<String>,
+        ip_address: impl Into<String>,
+        user_agent: Option<String>,
+    ) -> Self {
+        Self {
+            via: "admin_api",
+            user_id: Some(user_id.into()),
+            ip_address: Some(ip_address.into()),
+            user_agent,
         }
     }
 }
@@ -133,9 +173,30 @@ pub struct AddedClient {
     pub secret: Option<Secret>,
 }
 
-/// Creates a user after checking the username, email and password policy.
+/// Creates a user after checking the username, email and password policy (as `codelab
+/// admin`; see [`add_user_by`]).
 pub async fn add_user(
     store: &dyn AuthStore,
+    username: &str,
+    password: &str,
+    email: Option<&str>,
+    admin: bool,
+) -> Result<User, AdminError> {
+    add_user_by(
+        store,
+        &Actor::command_line(),
+        username,
+        password,
+        email,
+        admin,
+    )
+    .await
+}
+
+/// [`add_user`] by `actor`, who is named in the audit row.
+pub async fn add_user_by(
+    store: &dyn AuthStore,
+    actor: &Actor,
     username: &str,
     password: &str,
     email: Option<&str>,
@@ -155,6 +216,7 @@ pub async fn add_user(
         .await?;
     audit(
         store,
+        actor,
         Some(&user.id),
         None,
         "admin_user_add",
@@ -176,6 +238,16 @@ pub async fn set_user_enabled(
     username: &str,
     enabled: bool,
 ) -> Result<UserUpdate, AdminError> {
+    set_user_enabled_by(store, &Actor::command_line(), username, enabled).await
+}
+
+/// [`set_user_enabled`] by `actor`, who is named in the audit row.
+pub async fn set_user_enabled_by(
+    store: &dyn AuthStore,
+    actor: &Actor,
+    username: &str,
+    enabled: bool,
+) -> Result<UserUpdate, AdminError> {
     let user = store
         .set_user_active(username, enabled)
         .await
@@ -192,6 +264,7 @@ pub async fn set_user_enabled(
     };
     audit(
         store,
+        actor,
         Some(&user.id),
         None,
         event_type,
@@ -211,6 +284,16 @@ pub async fn set_password(
     username: &str,
     password: &str,
 ) -> Result<UserUpdate, AdminError> {
+    set_password_by(store, &Actor::command_line(), username, password).await
+}
+
+/// [`set_password`] by `actor`, who is named in the audit row.
+pub async fn set_password_by(
+    store: &dyn AuthStore,
+    actor: &Actor,
+    username: &str,
+    password: &str,
+) -> Result<UserUpdate, AdminError> {
     check_password_policy(password).map_err(AdminError::InvalidPassword)?;
     let user = find_by_username(store, username).await?;
     let hash = hash_password(password).await.map_err(AdminError::Hashing)?;
@@ -221,6 +304,7 @@ pub async fn set_password(
     let revoked_refresh_tokens = store.revoke_user_tokens(&user.id, Utc::now()).await?;
     audit(
         store,
+        actor,
         Some(&user.id),
         None,
         "admin_password_change",
@@ -244,19 +328,16 @@ pub async fn add_client(
 ) -> Result<AddedClient, AdminError> {
     let new = validate_client(spec)?;
     let secret = new.is_confidential.then(Secret::generate);
-    let secret_hash = match &secret {
-        Some(secret) => Some(
-            hash_password(secret.expose())
-                .await
-                .map_err(AdminError::Hashing)?,
-        ),
-        None => None,
-    };
+    // Generated random secrets use the fast hash (docs/auth.md, "Protection").
+    let secret_hash = secret
+        .as_ref()
+        .map(|secret| hash_client_secret(secret.expose()));
     let client = store
         .create_client(NewClient { secret_hash, ..new })
         .await?;
     audit(
         store,
+        &Actor::command_line(),
         None,
         Some(&client.client_id),
         "admin_client_add",
@@ -295,7 +376,15 @@ pub async fn set_client_enabled(
     } else {
         "admin_client_disable"
     };
-    audit(store, None, Some(&client.client_id), event_type, json!({})).await?;
+    audit(
+        store,
+        &Actor::command_line(),
+        None,
+        Some(&client.client_id),
+        event_type,
+        json!({}),
+    )
+    .await?;
     Ok(client)
 }
 
@@ -477,21 +566,30 @@ fn unknown_user(error: StoreError, username: &str) -> AdminError {
     }
 }
 
+/// One audit row for a change to `user_id` / `client_id`; `data` gains the acting
+/// administrator (`actor`), and the row the caller's IP and user agent.
 async fn audit(
     store: &dyn AuthStore,
+    actor: &Actor,
     user_id: Option<&str>,
     client_id: Option<&str>,
     event_type: &str,
-    data: serde_json::Value,
+    mut data: serde_json::Value,
 ) -> Result<(), AdminError> {
+    if let Some(fields) = data.as_object_mut() {
+        fields.insert(
+            "actor".to_owned(),
+            json!({ "user_id": actor.user_id, "via": actor.via }),
+        );
+    }
     store
         .insert_audit(AuditEvent {
             user_id: user_id.map(str::to_owned),
             client_id: client_id.map(str::to_owned),
             event_type: event_type.to_owned(),
             event_data: Some(data),
-            ip_address: None,
-            user_agent: None,
+            ip_address: actor.ip_address.clone(),
+            user_agent: actor.user_agent.clone(),
             success: true,
             error_message: None,
         })

@@ -14,6 +14,15 @@ pub const ENV_PREFIX: &str = "AUTH_SERVICE";
 pub const SECTION: &str = "auth_service";
 /// `kid` of a key imported from `AUTH_SERVICE__PRIVATE_KEY_PATH` (the original's constant).
 pub const LEGACY_KEY_ID: &str = "2024-01-key-1";
+/// Redirect URIs of the seeded `codelab-web` client in development when none are configured:
+/// the console on the usual local addresses. Elsewhere the default is none (docs/auth.md).
+pub const DEVELOPMENT_WEB_REDIRECT_URIS: &[&str] = &[
+    "http://127.0.0.1:8080/console/callback",
+    "http://localhost:8080/console/callback",
+    "http://localhost/console/callback",
+    "http://127.0.0.1/console/callback",
+    "http://localhost:3000/console/callback",
+];
 
 /// `[auth_service]` / `AUTH_SERVICE__*`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,11 +56,21 @@ pub struct Config {
     pub public_key_path: Option<PathBuf>,
     /// `kid` given to an imported key.
     pub key_id: String,
+    /// 32 random bytes (base64 or hex) encrypting the private signing keys in the database;
+    /// required outside development.
+    pub key_encryption_key: Secret,
+    /// The key-encryption key being rotated away from: keys under it are re-encrypted under
+    /// `key_encryption_key` at start.
+    pub key_encryption_key_previous: Secret,
     /// Password of the seeded `admin` user when it is first created; empty means a random one,
     /// printed once.
     pub master_key: Secret,
-    /// Secret of the seeded confidential client `codelab-internal`; empty means a random one.
+    /// Secret of the seeded confidential client `codelab-internal`; empty means a random one
+    /// (outside development written to `internal_client_secret_file`, never printed).
     pub internal_client_secret: Secret,
+    /// Where a generated `codelab-internal` secret is written once (mode 0600) outside
+    /// development; an existing file is read as the secret.
+    pub internal_client_secret_file: Option<PathBuf>,
     /// Per-IP rate limit on the token endpoint; unset means off in development, on elsewhere.
     pub enable_rate_limiting: Option<bool>,
     /// Token requests per IP per `rate_limit_window` seconds.
@@ -65,7 +84,8 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     /// Browser origins allowed by CORS; never `*` outside development.
     pub cors_origins: Vec<String>,
-    /// Redirect URIs of the seeded `codelab-web` client (exact match).
+    /// Redirect URIs of the seeded `codelab-web` client (exact match); empty means
+    /// [`DEVELOPMENT_WEB_REDIRECT_URIS`] in development and none elsewhere.
     pub web_redirect_uris: Vec<String>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
@@ -91,8 +111,11 @@ impl Default for Config {
             private_key_path: None,
             public_key_path: None,
             key_id: LEGACY_KEY_ID.to_owned(),
+            key_encryption_key: Secret::default(),
+            key_encryption_key_previous: Secret::default(),
             master_key: Secret::default(),
             internal_client_secret: Secret::default(),
+            internal_client_secret_file: None,
             enable_rate_limiting: None,
             rate_limit_per_ip: 5,
             rate_limit_window: 60,
@@ -100,13 +123,7 @@ impl Default for Config {
             brute_force_lockout_duration: 900,
             trusted_proxies: vec!["127.0.0.1/32".to_owned(), "::1/128".to_owned()],
             cors_origins: Vec::new(),
-            web_redirect_uris: vec![
-                "http://127.0.0.1:8080/console/callback".to_owned(),
-                "http://localhost:8080/console/callback".to_owned(),
-                "http://localhost/console/callback".to_owned(),
-                "http://127.0.0.1/console/callback".to_owned(),
-                "http://localhost:3000/console/callback".to_owned(),
-            ],
+            web_redirect_uris: Vec::new(),
             max_body_bytes: 64 * 1024,
             log_level: "INFO".to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -122,10 +139,59 @@ impl Config {
             .unwrap_or_else(|| self.public_url.trim_end_matches('/').to_owned())
     }
 
+    /// The `codelab-web` client's redirect URIs: the configured ones, else the local console
+    /// addresses in development only (a loopback callback elsewhere would let whoever runs a
+    /// server on a user's machine receive that user's codes).
+    pub fn effective_web_redirect_uris(&self, environment: Environment) -> Vec<String> {
+        let configured: Vec<String> = self
+            .web_redirect_uris
+            .iter()
+            .map(|uri| uri.trim())
+            .filter(|uri| !uri.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if !configured.is_empty() || environment.is_hardened() {
+            return configured;
+        }
+        DEVELOPMENT_WEB_REDIRECT_URIS
+            .iter()
+            .map(|uri| (*uri).to_owned())
+            .collect()
+    }
+
     /// Whether the per-IP limit applies: the setting, else off only in development (as the
     /// original's Compose file has it).
     pub fn rate_limiting_enabled(&self, environment: Environment) -> bool {
         self.enable_rate_limiting
             .unwrap_or(environment != Environment::Development)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_web_redirect_uris_are_local_in_development_only() {
+        let config = Config::default();
+        let development = config.effective_web_redirect_uris(Environment::Development);
+        assert!(development.iter().any(|uri| uri.contains("localhost")));
+        for environment in [Environment::Staging, Environment::Production] {
+            assert_eq!(
+                config.effective_web_redirect_uris(environment),
+                Vec::<String>::new(),
+                "{environment}"
+            );
+        }
+        let configured = Config {
+            web_redirect_uris: vec!["https://codelab.example.com/console/callback".into()],
+            ..Config::default()
+        };
+        for environment in [Environment::Development, Environment::Production] {
+            assert_eq!(
+                configured.effective_web_redirect_uris(environment),
+                ["https://codelab.example.com/console/callback"]
+            );
+        }
     }
 }

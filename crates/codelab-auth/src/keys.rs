@@ -5,19 +5,29 @@
 //! signed has expired. The public key is always derived from the private key (the original
 //! read it from a second file, so a mismatched pair went unnoticed). Key material is never
 //! logged; only `kid`s are.
+//!
+//! Private keys are stored encrypted (AES-256-GCM, [`KeyEncryption`]) under the
+//! key-encryption key `AUTH_SERVICE__KEY_ENCRYPTION_KEY`, so a copy of the database or a
+//! backup does not hold a usable signing key (docs/auth.md, "Signing keys"). Plaintext keys
+//! from before are encrypted at start; keys under `AUTH_SERVICE__KEY_ENCRYPTION_KEY_PREVIOUS`
+//! are re-encrypted under the current key. The same secret also yields the service's HMAC
+//! keys ([`KeyManager::derived_key`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
+use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
 use aws_lc_rs::rsa::{KeyPair, KeySize, PublicKeyComponents};
 use aws_lc_rs::signature::KeyPair as _;
+use aws_lc_rs::{hkdf, hmac};
 use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use codelab_core::clock::{Clock, SharedClock};
+use codelab_core::config::{Environment, Secret};
 use jsonwebtoken::DecodingKey;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +47,18 @@ const KEY_BITS: usize = 2048;
 const PRIVATE_KEY_TAG: &str = "PRIVATE KEY";
 const PKCS1_PRIVATE_KEY_TAG: &str = "RSA PRIVATE KEY";
 const PUBLIC_KEY_TAG: &str = "PUBLIC KEY";
+/// How an encrypted private key starts in `signing_keys.private_key_pem`; then the
+/// fingerprint of the key-encryption key, `:`, and base64url(nonce ‖ ciphertext ‖ tag).
+const SEALED_PREFIX: &str = "codelab-sealed:v1:";
+/// Length of a key-encryption key (AES-256).
+const KEY_ENCRYPTION_KEY_BYTES: usize = 32;
+/// Name of the setting holding the key-encryption key, for error messages.
+const KEY_ENCRYPTION_SETTING: &str = "AUTH_SERVICE__KEY_ENCRYPTION_KEY";
+/// Name of the setting holding the previous key-encryption key.
+const PREVIOUS_KEY_ENCRYPTION_SETTING: &str = "AUTH_SERVICE__KEY_ENCRYPTION_KEY_PREVIOUS";
+/// File in `codelab up`'s data directory holding a generated key-encryption key (read by
+/// `codelab keys rotate --data-dir`).
+pub const DATA_DIR_KEY_ENCRYPTION_FILE: &str = "auth-key-encryption.key";
 
 /// A signing-key problem.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +97,309 @@ pub enum KeyError {
     /// The blocking task generating a key panicked or was cancelled.
     #[error("key generation task failed: {0}")]
     Task(String),
+    /// Outside development the private keys must be stored encrypted.
+    #[error(
+        "{KEY_ENCRYPTION_SETTING} is required outside development: it encrypts the private \
+         signing keys in the database (generate one with `openssl rand -base64 32`)"
+    )]
+    EncryptionKeyRequired,
+    /// A key-encryption key setting is not 32 bytes in base64 or hex.
+    #[error(
+        "{setting} must be {KEY_ENCRYPTION_KEY_BYTES} random bytes as base64 or 64 hex \
+         characters (`openssl rand -base64 32`): {reason}"
+    )]
+    InvalidEncryptionKey {
+        /// The setting's name.
+        setting: &'static str,
+        /// What was wrong (never the value).
+        reason: String,
+    },
+    /// A stored key is encrypted but no key-encryption key is configured.
+    #[error(
+        "the signing key {kid} is stored encrypted, but {KEY_ENCRYPTION_SETTING} is not set: \
+         set the key it was encrypted with"
+    )]
+    EncryptionKeyMissing {
+        /// The stored key.
+        kid: String,
+    },
+    /// A stored key was encrypted under a key-encryption key that is not configured.
+    #[error(
+        "the signing key {kid} was encrypted with a key-encryption key (fingerprint \
+         {fingerprint}) that is neither {KEY_ENCRYPTION_SETTING} nor \
+         {PREVIOUS_KEY_ENCRYPTION_SETTING}: set the key it was encrypted with (after a \
+         rotation, the old one as {PREVIOUS_KEY_ENCRYPTION_SETTING})"
+    )]
+    WrongEncryptionKey {
+        /// The stored key.
+        kid: String,
+        /// Fingerprint of the key-encryption key it was stored under.
+        fingerprint: String,
+    },
+    /// The stored ciphertext does not open with the key named by its fingerprint.
+    #[error(
+        "cannot decrypt the signing key {kid}: the stored value is damaged or belongs to \
+         another key"
+    )]
+    Decrypt {
+        /// The stored key.
+        kid: String,
+    },
+}
+
+/// One key-encryption key: AES-256-GCM with random nonces, its fingerprint (stored with each
+/// encrypted key so a wrong key is named, not guessed), and the HKDF key derived from it.
+struct SealingKey {
+    aead: RandomizedNonceKey,
+    fingerprint: String,
+    derivation: hkdf::Prk,
+}
+
+impl SealingKey {
+    fn parse(setting: &'static str, text: &str) -> Result<Self, KeyError> {
+        let bytes = decode_key_encryption_key(text.trim())
+            .map_err(|reason| KeyError::InvalidEncryptionKey { setting, reason })?;
+        Self::from_bytes(&bytes)
+            .map_err(|reason| KeyError::InvalidEncryptionKey { setting, reason })
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let aead = RandomizedNonceKey::new(&AES_256_GCM, bytes)
+            .map_err(|_| "the AES-256-GCM key was refused".to_owned())?;
+        // A fingerprint must not help guess the key: a domain-separated hash, shortened.
+        let mut hasher = Sha256::new();
+        hasher.update(b"codelab key-encryption-key fingerprint v1\0");
+        hasher.update(bytes);
+        let fingerprint = hex_prefix(&hasher.finalize(), 8);
+        let derivation =
+            hkdf::Salt::new(hkdf::HKDF_SHA256, b"codelab-auth derived keys v1").extract(bytes);
+        Ok(Self {
+            aead,
+            fingerprint,
+            derivation,
+        })
+    }
+
+    fn seal(&self, kid: &str, plaintext: &str) -> Result<String, KeyError> {
+        let mut buffer = plaintext.as_bytes().to_vec();
+        let nonce = self
+            .aead
+            .seal_in_place_append_tag(Aad::from(kid.as_bytes()), &mut buffer)
+            .map_err(|_| KeyError::Generate("AES-256-GCM encryption failed".to_owned()))?;
+        let mut sealed = nonce.as_ref().to_vec();
+        sealed.extend_from_slice(&buffer);
+        Ok(format!(
+            "{SEALED_PREFIX}{}:{}",
+            self.fingerprint,
+            URL_SAFE_NO_PAD.encode(sealed)
+        ))
+    }
+
+    fn open(&self, kid: &str, sealed: &str) -> Result<String, KeyError> {
+        let damaged = || KeyError::Decrypt {
+            kid: kid.to_owned(),
+        };
+        let mut bytes = URL_SAFE_NO_PAD.decode(sealed).map_err(|_| damaged())?;
+        if bytes.len() < NONCE_LEN {
+            return Err(damaged());
+        }
+        let mut ciphertext = bytes.split_off(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(&bytes).map_err(|_| damaged())?;
+        let plaintext = self
+            .aead
+            .open_in_place(nonce, Aad::from(kid.as_bytes()), &mut ciphertext)
+            .map_err(|_| damaged())?;
+        String::from_utf8(plaintext.to_vec()).map_err(|_| damaged())
+    }
+}
+
+/// Lower-case hex of the first `bytes` bytes of `digest`.
+fn hex_prefix(digest: &[u8], bytes: usize) -> String {
+    digest
+        .iter()
+        .take(bytes)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// 32 bytes from 64 hex characters or base64 (standard or URL-safe, padded or not).
+fn decode_key_encryption_key(text: &str) -> Result<Vec<u8>, String> {
+    if text.len() == 2 * KEY_ENCRYPTION_KEY_BYTES && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|e| e.to_string()))
+            .collect();
+    }
+    let decoded = [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text).ok())
+        .ok_or_else(|| {
+            format!(
+                "got {} characters that are neither hex nor base64",
+                text.len()
+            )
+        })?;
+    if decoded.len() != KEY_ENCRYPTION_KEY_BYTES {
+        return Err(format!(
+            "it decodes to {} bytes, expected {KEY_ENCRYPTION_KEY_BYTES}",
+            decoded.len()
+        ));
+    }
+    Ok(decoded)
+}
+
+/// A new random key-encryption key, base64 (what `codelab up` writes into its data dir).
+pub fn generate_key_encryption_key() -> Result<String, KeyError> {
+    let mut bytes = [0u8; KEY_ENCRYPTION_KEY_BYTES];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| KeyError::Generate("no randomness for a key-encryption key".to_owned()))?;
+    Ok(STANDARD.encode(bytes))
+}
+
+/// How private signing keys are stored: encrypted under the configured key-encryption key
+/// (and readable under the previous one during a rotation), or, in development without one,
+/// as PEM.
+#[derive(Clone, Default)]
+pub struct KeyEncryption {
+    current: Option<Arc<SealingKey>>,
+    previous: Option<Arc<SealingKey>>,
+}
+
+impl std::fmt::Debug for KeyEncryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyEncryption")
+            .field("current", &self.current.as_ref().map(|k| &k.fingerprint))
+            .field("previous", &self.previous.as_ref().map(|k| &k.fingerprint))
+            .finish()
+    }
+}
+
+impl KeyEncryption {
+    /// Keys stored as PEM (development without a key-encryption key).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Encryption under `current` (base64 or hex of 32 bytes), also reading keys encrypted
+    /// under `previous`.
+    pub fn new(current: &str, previous: Option<&str>) -> Result<Self, KeyError> {
+        let current = SealingKey::parse(KEY_ENCRYPTION_SETTING, current)?;
+        let previous = previous
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| SealingKey::parse(PREVIOUS_KEY_ENCRYPTION_SETTING, p))
+            .transpose()?;
+        Ok(Self {
+            current: Some(Arc::new(current)),
+            previous: previous.map(Arc::new),
+        })
+    }
+
+    /// From the two settings: the current key is required outside development.
+    pub fn from_settings(
+        current: &Secret,
+        previous: &Secret,
+        environment: Environment,
+    ) -> Result<Self, KeyError> {
+        if current.is_empty() {
+            if environment.is_hardened() {
+                return Err(KeyError::EncryptionKeyRequired);
+            }
+            if !previous.is_empty() {
+                return Err(KeyError::InvalidEncryptionKey {
+                    setting: PREVIOUS_KEY_ENCRYPTION_SETTING,
+                    reason: format!("it is only used together with {KEY_ENCRYPTION_SETTING}"),
+                });
+            }
+            return Ok(Self::none());
+        }
+        Self::new(current.expose(), Some(previous.expose()))
+    }
+
+    /// Whether private keys are stored encrypted.
+    pub fn is_enabled(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// Fingerprint of the current key-encryption key (shown by the CLI, never the key).
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.current.as_ref().map(|k| k.fingerprint.as_str())
+    }
+
+    /// What to store for `kid`'s private key `pem`.
+    fn seal(&self, kid: &str, pem: &str) -> Result<String, KeyError> {
+        match &self.current {
+            Some(key) => key.seal(kid, pem),
+            None => Ok(pem.to_owned()),
+        }
+    }
+
+    /// The PEM of a stored private key (encrypted or, from before encryption, plain).
+    fn open(&self, kid: &str, stored: &str) -> Result<String, KeyError> {
+        let Some(rest) = stored.strip_prefix(SEALED_PREFIX) else {
+            return Ok(stored.to_owned());
+        };
+        let (fingerprint, sealed) = rest.split_once(':').ok_or_else(|| KeyError::Decrypt {
+            kid: kid.to_owned(),
+        })?;
+        let key = [&self.current, &self.previous]
+            .into_iter()
+            .flatten()
+            .find(|k| k.fingerprint == fingerprint);
+        match key {
+            Some(key) => key.open(kid, sealed),
+            None if self.current.is_none() => Err(KeyError::EncryptionKeyMissing {
+                kid: kid.to_owned(),
+            }),
+            None => Err(KeyError::WrongEncryptionKey {
+                kid: kid.to_owned(),
+                fingerprint: fingerprint.to_owned(),
+            }),
+        }
+    }
+
+    /// Whether a stored value should be rewritten: plain PEM while a key is configured, or
+    /// encrypted under another key than the current one.
+    fn needs_resealing(&self, stored: &str) -> bool {
+        let Some(current) = &self.current else {
+            return false;
+        };
+        match stored.strip_prefix(SEALED_PREFIX) {
+            None => true,
+            Some(rest) => !rest.starts_with(&format!("{}:", current.fingerprint)),
+        }
+    }
+}
+
+/// HMAC-SHA-256 keys derived from the key-encryption key (HKDF, RFC 5869), one per purpose;
+/// random for this process when there is none (development).
+struct Derivation {
+    prk: hkdf::Prk,
+}
+
+impl Derivation {
+    fn new(encryption: &KeyEncryption) -> Result<Self, KeyError> {
+        if let Some(key) = &encryption.current {
+            return Ok(Self {
+                prk: key.derivation.clone(),
+            });
+        }
+        let mut random = [0u8; KEY_ENCRYPTION_KEY_BYTES];
+        aws_lc_rs::rand::fill(&mut random)
+            .map_err(|_| KeyError::Generate("no randomness for a derived key".to_owned()))?;
+        Ok(Self {
+            prk: hkdf::Salt::new(hkdf::HKDF_SHA256, b"codelab-auth derived keys v1")
+                .extract(&random),
+        })
+    }
+
+    fn key(&self, purpose: &str) -> Result<hmac::Key, KeyError> {
+        let info = [purpose.as_bytes()];
+        self.prk
+            .expand(&info, hmac::HMAC_SHA256)
+            .map(hmac::Key::from)
+            .map_err(|_| KeyError::Generate(format!("cannot derive the {purpose} key")))
+    }
 }
 
 /// The key that signs new tokens.
@@ -130,6 +455,10 @@ pub struct KeyManager {
     /// When the last reload forced by an unknown `kid` ran; the async mutex also makes
     /// concurrent unknown-`kid` verifications wait for one reload instead of each running one.
     last_forced_reload: tokio::sync::Mutex<Option<SystemTime>>,
+    /// Opens the stored private keys.
+    encryption: KeyEncryption,
+    /// The service's HMAC keys.
+    derivation: Derivation,
 }
 
 impl std::fmt::Debug for KeyManager {
@@ -147,6 +476,9 @@ impl KeyManager {
     ///
     /// Replicas starting together may race: a `Conflict` on insert means another one stored
     /// its key first, and everyone converges on the newest unretired key after the reload.
+    ///
+    /// Keys are stored as PEM: development without a key-encryption key (see
+    /// [`Self::load_or_init_with`]).
     pub async fn load_or_init(
         store: Arc<dyn AuthStore>,
         import_pem_path: Option<&Path>,
@@ -154,10 +486,35 @@ impl KeyManager {
         clock: SharedClock,
         allow_generate: bool,
     ) -> Result<KeyManager, KeyError> {
+        Self::load_or_init_with(
+            store,
+            import_pem_path,
+            import_kid,
+            clock,
+            allow_generate,
+            KeyEncryption::none(),
+        )
+        .await
+    }
+
+    /// [`Self::load_or_init`] with private keys stored under `encryption`. Stored keys are
+    /// first brought under its current key (plain PEM from before encryption, or keys under
+    /// the previous key-encryption key); a published key that cannot be opened stops the
+    /// start with an error naming the setting to fix.
+    pub async fn load_or_init_with(
+        store: Arc<dyn AuthStore>,
+        import_pem_path: Option<&Path>,
+        import_kid: &str,
+        clock: SharedClock,
+        allow_generate: bool,
+        encryption: KeyEncryption,
+    ) -> Result<KeyManager, KeyError> {
+        let records = store.list_signing_keys().await?;
+        reseal_stored_keys(&*store, &records, &encryption, now_utc(&*clock)).await?;
         let records = store.list_signing_keys().await?;
         if active_record(&records).is_some() {
-            let set = build_key_set(&records, now_utc(&*clock), None)?;
-            return Ok(Self::with_set(store, clock, set));
+            let set = build_key_set(&records, now_utc(&*clock), None, &encryption)?;
+            return Self::with_set(store, clock, set, encryption);
         }
 
         let record = match import_pem_path {
@@ -171,8 +528,19 @@ impl KeyManager {
                         })?;
                 let origin = format!("in file {}", path.display());
                 let key_pair = parse_private_pem(&pem, &origin)?;
-                tracing::info!(kid = import_kid, path = %path.display(), "importing the signing key");
-                record_for(import_kid.to_owned(), &key_pair, now_utc(&*clock))?
+                tracing::info!(
+                    kid = import_kid,
+                    path = %path.display(),
+                    encrypted = encryption.is_enabled(),
+                    "importing the signing key into the database; the file is no longer read \
+                     once the key set holds a key"
+                );
+                record_for(
+                    import_kid.to_owned(),
+                    &key_pair,
+                    now_utc(&*clock),
+                    &encryption,
+                )?
             }
             missing => {
                 if !allow_generate {
@@ -188,7 +556,7 @@ impl KeyManager {
                 if let Some(path) = missing {
                     tracing::warn!(path = %path.display(), "private key file not found; generating a new signing key instead");
                 }
-                let record = generate_record(now_utc(&*clock)).await?;
+                let record = generate_record(now_utc(&*clock), &encryption).await?;
                 tracing::warn!(kid = %record.kid, "generated a new RSA-2048 signing key (the key set was empty)");
                 record
             }
@@ -202,18 +570,37 @@ impl KeyManager {
             Err(error) => return Err(error.into()),
         }
         let records = store.list_signing_keys().await?;
-        let set = build_key_set(&records, now_utc(&*clock), None)?;
-        Ok(Self::with_set(store, clock, set))
+        let set = build_key_set(&records, now_utc(&*clock), None, &encryption)?;
+        Self::with_set(store, clock, set, encryption)
     }
 
-    fn with_set(store: Arc<dyn AuthStore>, clock: SharedClock, set: KeySet) -> Self {
-        tracing::info!(kid = %set.active.kid, published = set.public.len(), "signing keys loaded");
-        Self {
+    fn with_set(
+        store: Arc<dyn AuthStore>,
+        clock: SharedClock,
+        set: KeySet,
+        encryption: KeyEncryption,
+    ) -> Result<Self, KeyError> {
+        tracing::info!(
+            kid = %set.active.kid,
+            published = set.public.len(),
+            encrypted = encryption.is_enabled(),
+            "signing keys loaded"
+        );
+        Ok(Self {
             store,
             clock,
             current: RwLock::new(Arc::new(set)),
             last_forced_reload: tokio::sync::Mutex::new(None),
-        }
+            derivation: Derivation::new(&encryption)?,
+            encryption,
+        })
+    }
+
+    /// An HMAC-SHA-256 key for `purpose` (e.g. `"login-form"`), derived from the
+    /// key-encryption key: the same on every replica and across restarts. Without a
+    /// key-encryption key (development only) it is random for this process.
+    pub fn derived_key(&self, purpose: &str) -> Result<hmac::Key, KeyError> {
+        self.derivation.key(purpose)
     }
 
     /// Re-reads the key set from the store (keys rotated by the CLI or another replica, and
@@ -221,7 +608,12 @@ impl KeyManager {
     pub async fn reload(&self) -> Result<(), KeyError> {
         let records = self.store.list_signing_keys().await?;
         let previous = self.current();
-        let set = build_key_set(&records, now_utc(&*self.clock), Some(&previous))?;
+        let set = build_key_set(
+            &records,
+            now_utc(&*self.clock),
+            Some(&previous),
+            &self.encryption,
+        )?;
         if set.active.kid != previous.active.kid {
             tracing::info!(old = %previous.active.kid, new = %set.active.kid, "signing key changed");
         }
@@ -309,13 +701,37 @@ impl KeyManager {
     /// key, keeping it published for `publish_for` (the longest token lifetime plus leeway
     /// plus [`RELOAD_INTERVAL`]). Returns the new `kid`. Running replicas pick it up on their
     /// next reload.
+    ///
+    /// The new key is stored as PEM (development without a key-encryption key); see
+    /// [`Self::rotate_with`].
     pub async fn rotate(
         store: &dyn AuthStore,
         clock: &dyn Clock,
         publish_for: Duration,
     ) -> Result<String, KeyError> {
+        Self::rotate_with(store, clock, publish_for, &KeyEncryption::none()).await
+    }
+
+    /// [`Self::rotate`] storing the new key encrypted under `encryption`; without a
+    /// key-encryption key this refuses when the stored keys are encrypted (it would add a
+    /// plaintext key beside them).
+    pub async fn rotate_with(
+        store: &dyn AuthStore,
+        clock: &dyn Clock,
+        publish_for: Duration,
+        encryption: &KeyEncryption,
+    ) -> Result<String, KeyError> {
+        if !encryption.is_enabled()
+            && let Some(sealed) = store
+                .list_signing_keys()
+                .await?
+                .into_iter()
+                .find(|r| r.private_key_pem.starts_with(SEALED_PREFIX))
+        {
+            return Err(KeyError::EncryptionKeyMissing { kid: sealed.kid });
+        }
         let now = now_utc(clock);
-        let record = generate_record(now).await?;
+        let record = generate_record(now, encryption).await?;
         let kid = record.kid.clone();
         store.insert_signing_key(record).await?;
         let publish_for = chrono::Duration::from_std(publish_for)
@@ -351,6 +767,49 @@ fn now_utc(clock: &dyn Clock) -> DateTime<Utc> {
     DateTime::<Utc>::from(clock.now())
 }
 
+/// Brings every stored key under the current key-encryption key. Keys that are still
+/// published must open (a wrong or missing key-encryption key is an error); unpublished
+/// leftovers that do not are left alone. Replicas starting together may race: the replace is
+/// conditional, and the loser's key is already resealed by the winner.
+async fn reseal_stored_keys(
+    store: &dyn AuthStore,
+    records: &[SigningKeyRecord],
+    encryption: &KeyEncryption,
+    now: DateTime<Utc>,
+) -> Result<(), KeyError> {
+    for record in records {
+        let published = match (record.retired_at, record.publish_until) {
+            (None, _) => true,
+            (Some(_), until) => until.is_some_and(|until| until > now),
+        };
+        let stored = &record.private_key_pem;
+        let opened = match encryption.open(&record.kid, stored) {
+            Ok(pem) => pem,
+            Err(error) if published => return Err(error),
+            Err(error) => {
+                tracing::warn!(kid = %record.kid, %error, "leaving an unpublished signing key as stored");
+                continue;
+            }
+        };
+        if !encryption.needs_resealing(stored) {
+            continue;
+        }
+        let sealed = encryption.seal(&record.kid, &opened)?;
+        if store
+            .replace_signing_key_private(&record.kid, stored, &sealed)
+            .await?
+        {
+            let from = if stored.starts_with(SEALED_PREFIX) {
+                "the previous key-encryption key"
+            } else {
+                "plain PEM"
+            };
+            tracing::info!(kid = %record.kid, from, "encrypted the stored signing key under the current key-encryption key");
+        }
+    }
+    Ok(())
+}
+
 /// The newest unretired record (records come oldest first).
 fn active_record(records: &[SigningKeyRecord]) -> Option<&SigningKeyRecord> {
     records.iter().rev().find(|r| r.retired_at.is_none())
@@ -361,6 +820,7 @@ fn build_key_set(
     records: &[SigningKeyRecord],
     now: DateTime<Utc>,
     previous: Option<&KeySet>,
+    encryption: &KeyEncryption,
 ) -> Result<KeySet, KeyError> {
     let active_record = active_record(records).ok_or(KeyError::NoActiveKey)?;
     let reusable: HashMap<&str, &Arc<PublishedKey>> = previous
@@ -371,7 +831,7 @@ fn build_key_set(
         Some(p) if p.active.kid == active_record.kid => Arc::clone(&p.active),
         _ => Arc::new(ActiveKey {
             kid: active_record.kid.clone(),
-            key_pair: parse_record(active_record)?,
+            key_pair: parse_record(active_record, encryption)?,
         }),
     };
 
@@ -401,7 +861,7 @@ fn build_key_set(
             None if record.kid == active.kid => {
                 Arc::new(published_key(&record.kid, &active.key_pair, publish_until))
             }
-            None => match parse_record(record) {
+            None => match parse_record(record, encryption) {
                 Ok(key_pair) => Arc::new(published_key(&record.kid, &key_pair, publish_until)),
                 Err(error) => {
                     // A broken verify-only key must not take the whole set (and signing) down.
@@ -431,9 +891,13 @@ fn published_key(
 }
 
 /// Parses a stored key and warns when its stored public key is not the derived one.
-fn parse_record(record: &SigningKeyRecord) -> Result<KeyPair, KeyError> {
+fn parse_record(
+    record: &SigningKeyRecord,
+    encryption: &KeyEncryption,
+) -> Result<KeyPair, KeyError> {
     let origin = format!("with kid {}", record.kid);
-    let key_pair = parse_private_pem(&record.private_key_pem, &origin)?;
+    let pem = encryption.open(&record.kid, &record.private_key_pem)?;
+    let key_pair = parse_private_pem(&pem, &origin)?;
     let stored_public = pem::parse(&record.public_key_pem).ok();
     let derived = key_pair
         .public_key()
@@ -477,22 +941,28 @@ fn generate_key_pair() -> Result<KeyPair, KeyError> {
 
 /// Generates a key off the runtime (tens to hundreds of milliseconds) as a new record whose
 /// `kid` is its RFC 7638 thumbprint.
-async fn generate_record(now: DateTime<Utc>) -> Result<SigningKeyRecord, KeyError> {
+async fn generate_record(
+    now: DateTime<Utc>,
+    encryption: &KeyEncryption,
+) -> Result<SigningKeyRecord, KeyError> {
     let key_pair = tokio::task::spawn_blocking(generate_key_pair)
         .await
         .map_err(|e| KeyError::Task(e.to_string()))??;
     let (n, e) = components(&key_pair);
-    record_for(jwk_thumbprint(&n, &e), &key_pair, now)
+    record_for(jwk_thumbprint(&n, &e), &key_pair, now, encryption)
 }
 
+/// The row for a key: its private key encrypted under `encryption` (bound to the `kid`).
 fn record_for(
     kid: String,
     key_pair: &KeyPair,
     now: DateTime<Utc>,
+    encryption: &KeyEncryption,
 ) -> Result<SigningKeyRecord, KeyError> {
+    let private_key = encryption.seal(&kid, &private_pem(key_pair)?)?;
     Ok(SigningKeyRecord {
         kid,
-        private_key_pem: private_pem(key_pair)?,
+        private_key_pem: private_key,
         public_key_pem: public_pem(key_pair)?,
         created_at: now,
         retired_at: None,
@@ -870,6 +1340,32 @@ pub(crate) mod tests {
         let task = keys.spawn_reloader(shutdown.clone());
         shutdown.cancel();
         task.await.unwrap();
+    }
+
+    #[test]
+    fn key_encryption_keys_are_32_bytes_of_base64_or_hex_and_seal_per_kid() {
+        let base64 = generate_key_encryption_key().unwrap();
+        let bytes = STANDARD.decode(&base64).unwrap();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let from_base64 = KeyEncryption::new(&base64, None).unwrap();
+        let from_hex = KeyEncryption::new(&hex, None).unwrap();
+        assert_eq!(from_base64.fingerprint(), from_hex.fingerprint());
+        for bad in ["", "change-me", &STANDARD.encode([7u8; 16])] {
+            let error = KeyEncryption::new(bad, None).unwrap_err().to_string();
+            assert!(error.contains("32 random bytes"), "{error}");
+        }
+        let (pem, _) = KeyManager::generate_pem().unwrap();
+        let sealed = from_base64.seal("kid-1", &pem).unwrap();
+        assert!(sealed.starts_with(SEALED_PREFIX) && !sealed.contains("PRIVATE KEY"));
+        assert_eq!(from_hex.open("kid-1", &sealed).unwrap(), pem);
+        // Bound to its kid: a ciphertext moved to another row does not open.
+        assert!(matches!(
+            from_hex.open("kid-2", &sealed),
+            Err(KeyError::Decrypt { .. })
+        ));
+        assert!(!from_base64.needs_resealing(&sealed));
+        assert!(from_base64.needs_resealing(&pem));
+        assert!(!KeyEncryption::none().needs_resealing(&pem));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! only hashes are stored, and only ids reach the logs.
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod handlers;
 pub mod keys;
@@ -225,7 +226,7 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<AppState>, BuildErr
     cors_layer(&config, deps.environment)?;
     let trusted = TrustedProxies::parse(&config.trusted_proxies)
         .map_err(|e| BuildError::Config(e.to_string()))?;
-    if deps.environment.is_production() && !config.issuer().starts_with("https://") {
+    if deps.environment.is_hardened() && !config.issuer().starts_with("https://") {
         tracing::warn!(issuer = %config.issuer(), "the token issuer is not an https URL");
     }
 
@@ -258,12 +259,19 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<AppState>, BuildErr
     if deps.environment != Environment::Development {
         tracing::info!("signing keys are generated into the database when none exist");
     }
-    let keys = KeyManager::load_or_init(
+    let encryption = keys::KeyEncryption::from_settings(
+        &config.key_encryption_key,
+        &config.key_encryption_key_previous,
+        deps.environment,
+    )
+    .map_err(|e| BuildError::Keys(e.to_string()))?;
+    let keys = KeyManager::load_or_init_with(
         Arc::clone(&store),
         config.private_key_path.as_deref(),
         &config.key_id,
         deps.clock.clone(),
         allow_generate,
+        encryption,
     )
     .await
     .map_err(|e| BuildError::Keys(e.to_string()))?;

@@ -1,9 +1,20 @@
 //! Who the client is (its IP, believed from proxy headers only when the peer is a trusted
-//! proxy), the per-IP token-endpoint rate limit, and brute-force lockouts by username and IP.
+//! proxy), the per-IP rate limits (token endpoint; introspection and revocation in their own
+//! bucket), and brute-force lockouts by account, device, known address and IP.
+//!
+//! Sign-in attempts follow the device-cookie pattern of docs/auth.md ("Protection"): an
+//! attempt is reserved (counted) atomically *before* the password is checked, so concurrent
+//! guesses cannot all pass; counters are keyed by the resolved account, so a username and its
+//! email share one; a browser with a valid device cookie for the account is
+//! counted per device and a password-grant client from an address that signed in to the
+//! account before is counted per (account, address), so a stranger's failures, which count
+//! against the account's "untrusted clients" counter, lock neither of them out.
 //!
 //! The counters live in [`Cache`]: Redis when configured so replicas share them, in memory for
-//! `codelab up`. Key names are the original's (`failed_attempts:username:{u}`,
-//! `failed_attempts:ip:{ip}`, `rate_limit:ip:{ip}`) under the cache's key prefix. While Redis
+//! `codelab up`, under the cache's key prefix (`failed_attempts:account:{id}`,
+//! `failed_attempts:device:{id}`, `failed_attempts:account_ip:{id}:{ip}`,
+//! `failed_attempts:ip:{ip}`, `known_address:{id}:{ip}`, `rate_limit:ip:{ip}`,
+//! `rate_limit:client:ip:{ip}`). While Redis
 //! is unavailable the cache counts in this process's memory (each replica on its own), so the
 //! limits keep working; an error Redis itself returns never locks anyone out: that limit is
 //! skipped for the request, with a warning and a metric.
@@ -16,6 +27,10 @@ use codelab_core::cache::{Cache, CacheError};
 use ipnet::IpNet;
 
 use crate::metrics;
+use crate::tokens::sha256_hex;
+
+/// How long an address that signed in to an account stays "known" for it (password grant).
+pub const KNOWN_ADDRESS_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A trusted-proxy entry that is neither an IP nor a CIDR.
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +182,8 @@ pub enum RateDecision {
 /// Settings of [`Limits`].
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
-    /// Failed logins per username before lockout; per IP the threshold is twice this.
+    /// Sign-in attempts per account (untrusted clients), device or known address before
+    /// lockout; failures per IP lock untrusted clients at twice this.
     pub brute_force_threshold: u32,
     /// How long the failure counters live (the lockout's length).
     pub lockout: Duration,
@@ -183,12 +199,21 @@ pub struct Limits {
     settings: LimitSettings,
 }
 
-fn username_key(username: &str) -> String {
-    // Logins are case-insensitive, so the counter is too: "Admin" and "admin" are one target.
-    format!(
-        "failed_attempts:username:{}",
-        username.trim().to_lowercase()
-    )
+/// The failure counter of an account's untrusted clients (no device cookie, unknown address).
+fn account_key(account: &str) -> String {
+    format!("failed_attempts:account:{account}")
+}
+
+fn device_key(device: &str) -> String {
+    format!("failed_attempts:device:{device}")
+}
+
+fn account_address_key(account: &str, ip: &str) -> String {
+    format!("failed_attempts:account_ip:{account}:{ip}")
+}
+
+fn known_address_key(account: &str, ip: &str) -> String {
+    format!("known_address:{account}:{ip}")
 }
 
 fn ip_failures_key(ip: &str) -> String {
@@ -197,6 +222,54 @@ fn ip_failures_key(ip: &str) -> String {
 
 fn rate_key(ip: &str) -> String {
     format!("rate_limit:ip:{ip}")
+}
+
+/// Introspection and revocation count in their own bucket, so a flood of them (failed client
+/// authentication included) never rate-limits the token endpoint for that address.
+fn client_rate_key(ip: &str) -> String {
+    format!("rate_limit:client:ip:{ip}")
+}
+
+/// The counter identity of a sign-in: the account's id, or for a login that matches no
+/// account, a hash of the typed login (case-insensitive). Unknown logins thus lock exactly as
+/// real accounts do (no way to tell them apart by the lockout), and the typed text, which may
+/// be a mistyped password, is never a cache key.
+pub fn account_id_for(user_id: Option<&str>, login: &str) -> String {
+    match user_id {
+        Some(id) => id.to_owned(),
+        None => {
+            let hash = sha256_hex(login.trim().to_lowercase().as_bytes());
+            format!("unknown-{}", &hash[..32])
+        }
+    }
+}
+
+/// Where a sign-in attempt comes from, as far as the lockout is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginSource {
+    /// A browser presenting a valid device cookie for this account (the cookie's id).
+    KnownDevice(String),
+    /// A password-grant client at an address that signed in to this account before.
+    KnownAddress,
+    /// Anything else: counted against the account's untrusted-clients counter and the IP.
+    Untrusted,
+}
+
+/// A reserved sign-in attempt: the counter it was counted in and the count it got.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    ip: String,
+    source: LoginSource,
+    /// The reserved counter's key; `None` when the cache failed (the limit is skipped).
+    key: Option<String>,
+    count: i64,
+}
+
+impl Reservation {
+    /// The source the attempt was counted as.
+    pub fn source(&self) -> &LoginSource {
+        &self.source
+    }
 }
 
 /// Whole seconds left, rounded up so "Try again in 0 seconds" never shows while locked.
@@ -241,11 +314,28 @@ impl Limits {
 
     /// Counts one token request from `ip` (a fixed window, INCR and EXPIRE in one step).
     pub async fn check_rate(&self, ip: &str) -> RateDecision {
+        let decision = self.count_in_window(&rate_key(ip)).await;
+        if matches!(decision, RateDecision::Limited { .. }) {
+            metrics::counter_rate_limited();
+        }
+        decision
+    }
+
+    /// Counts one introspection or revocation request from `ip`, with the token endpoint's
+    /// limit and window but in a bucket of its own (see [`client_rate_key`]).
+    pub async fn check_client_rate(&self, ip: &str) -> RateDecision {
+        let decision = self.count_in_window(&client_rate_key(ip)).await;
+        if matches!(decision, RateDecision::Limited { .. }) {
+            metrics::counter_client_rate_limited();
+        }
+        decision
+    }
+
+    async fn count_in_window(&self, key: &str) -> RateDecision {
         let Some((limit, window)) = self.settings.rate_limit else {
             return RateDecision::Off;
         };
-        let key = rate_key(ip);
-        let count = match self.cache.incr_ex(&key, window).await {
+        let count = match self.cache.incr_ex(key, window).await {
             Ok(count) => count,
             Err(error) => {
                 cache_failed("rate_limit", &error);
@@ -253,11 +343,10 @@ impl Limits {
             }
         };
         if count > i64::from(limit) {
-            let retry_after = match self.cache.ttl(&key).await {
+            let retry_after = match self.cache.ttl(key).await {
                 Ok(Some(left)) => ceil_secs(left).max(1),
                 _ => window.as_secs().max(1),
             };
-            metrics::counter_rate_limited();
             RateDecision::Limited { limit, retry_after }
         } else {
             let used = u32::try_from(count).unwrap_or(limit);
@@ -268,65 +357,135 @@ impl Limits {
         }
     }
 
-    /// Whether logins for `username` or from `ip` are locked (username at the threshold, IP at
-    /// twice it). Locked attempts are refused even with the right password and not counted.
-    pub async fn check_lockout(&self, username: &str, ip: &str) -> Option<Lockout> {
-        let threshold = i64::from(self.settings.brute_force_threshold);
-        let checks = [
-            (
-                username_key(username),
-                threshold,
-                "Too many failed attempts.",
-            ),
-            (
-                ip_failures_key(ip),
-                threshold.saturating_mul(2),
-                "Too many failed attempts from this IP.",
-            ),
-        ];
-        for (key, limit, text) in checks {
-            let count = match self.cache.get(&key).await {
-                Ok(value) => value.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0),
-                Err(error) => {
-                    cache_failed("lockout_check", &error);
-                    return None;
-                }
-            };
-            if count >= limit {
-                let retry_after = match self.cache.ttl(&key).await {
-                    Ok(Some(left)) => ceil_secs(left).max(1),
-                    _ => self.settings.lockout.as_secs(),
-                };
-                return Some(Lockout {
-                    message: format!("{text} Try again in {retry_after} seconds."),
-                    retry_after,
-                });
+    /// Whether `ip` signed in to `account` with the password grant within
+    /// [`KNOWN_ADDRESS_TTL`]. A cache error answers `false` (the stricter counting).
+    pub async fn is_known_address(&self, account: &str, ip: &str) -> bool {
+        match self.cache.get(&known_address_key(account, ip)).await {
+            Ok(value) => value.is_some(),
+            Err(error) => {
+                cache_failed("known_address", &error);
+                false
             }
         }
-        None
     }
 
-    /// Counts a failed login against both `username` and `ip`; the counters expire
-    /// `lockout` after the first failure.
-    pub async fn record_failure(&self, username: &str, ip: &str) {
+    /// Remembers that `ip` signed in to `account` (password grant).
+    pub async fn remember_address(&self, account: &str, ip: &str) {
+        if let Err(error) = self
+            .cache
+            .set_ex(&known_address_key(account, ip), "1", KNOWN_ADDRESS_TTL)
+            .await
+        {
+            cache_failed("remember_address", &error);
+        }
+    }
+
+    fn lockout_for(&self, text: &str, retry_after: u64) -> Lockout {
+        Lockout {
+            message: format!("{text} Try again in {retry_after} seconds."),
+            retry_after,
+        }
+    }
+
+    async fn retry_after(&self, key: &str) -> u64 {
+        match self.cache.ttl(key).await {
+            Ok(Some(left)) => ceil_secs(left).max(1),
+            _ => self.settings.lockout.as_secs().max(1),
+        }
+    }
+
+    /// Reserves one sign-in attempt for `account` from `ip` before its password is checked:
+    /// the counter of `source` is incremented atomically and the attempt may go on only while
+    /// the count is within the threshold, so of N concurrent guesses at most the threshold
+    /// are verified. Untrusted attempts are also refused while `ip` has failed twice the
+    /// threshold (any accounts). A refused attempt answers the lockout to show.
+    ///
+    /// The count is a reservation: [`Limits::record_success`] clears it, a failure leaves it.
+    pub async fn reserve_attempt(
+        &self,
+        account: &str,
+        ip: &str,
+        source: LoginSource,
+    ) -> Result<Reservation, Lockout> {
+        let threshold = i64::from(self.settings.brute_force_threshold);
+        if source == LoginSource::Untrusted {
+            let key = ip_failures_key(ip);
+            match self.cache.get(&key).await {
+                Ok(value) => {
+                    let count = value.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+                    if count >= threshold.saturating_mul(2) {
+                        let retry_after = self.retry_after(&key).await;
+                        return Err(
+                            self.lockout_for("Too many failed attempts from this IP.", retry_after)
+                        );
+                    }
+                }
+                Err(error) => cache_failed("lockout_check", &error),
+            }
+        }
+        let key = match &source {
+            LoginSource::KnownDevice(device) => device_key(device),
+            LoginSource::KnownAddress => account_address_key(account, ip),
+            LoginSource::Untrusted => account_key(account),
+        };
+        let mut reservation = Reservation {
+            ip: ip.to_owned(),
+            source,
+            key: None,
+            count: 0,
+        };
+        match self.cache.incr_ex(&key, self.settings.lockout).await {
+            Ok(count) if count > threshold => {
+                let retry_after = self.retry_after(&key).await;
+                Err(self.lockout_for("Too many failed attempts.", retry_after))
+            }
+            Ok(count) => {
+                reservation.key = Some(key);
+                reservation.count = count;
+                Ok(reservation)
+            }
+            Err(error) => {
+                cache_failed("reserve_attempt", &error);
+                Ok(reservation)
+            }
+        }
+    }
+
+    /// The reserved attempt failed: it stays counted, and an untrusted one also counts against
+    /// the IP; the counters expire `lockout` after their first failure.
+    pub async fn record_failure(&self, reservation: &Reservation) {
         metrics::counter_failed_login();
         let threshold = i64::from(self.settings.brute_force_threshold);
-        let counters = [
-            (username_key(username), threshold, "username"),
-            (ip_failures_key(ip), threshold.saturating_mul(2), "ip"),
-        ];
-        for (key, limit, kind) in counters {
-            match self.cache.incr_ex(&key, self.settings.lockout).await {
-                Ok(count) if count == limit => metrics::counter_lockout(kind),
+        if reservation.key.is_some() && reservation.count == threshold {
+            metrics::counter_lockout(match reservation.source {
+                LoginSource::KnownDevice(_) => "device",
+                LoginSource::KnownAddress => "known_address",
+                LoginSource::Untrusted => "account",
+            });
+        }
+        if reservation.source == LoginSource::Untrusted {
+            match self
+                .cache
+                .incr_ex(&ip_failures_key(&reservation.ip), self.settings.lockout)
+                .await
+            {
+                Ok(count) if count == threshold.saturating_mul(2) => {
+                    metrics::counter_lockout("ip");
+                }
                 Ok(_) => {}
                 Err(error) => cache_failed("record_failure", &error),
             }
         }
     }
 
-    /// Forgets the failures of `username` and `ip` after a successful login.
-    pub async fn clear(&self, username: &str, ip: &str) {
-        for key in [username_key(username), ip_failures_key(ip)] {
+    /// The reserved attempt succeeded: its counter (and for an untrusted attempt the IP's)
+    /// is cleared.
+    pub async fn record_success(&self, reservation: &Reservation) {
+        let mut keys: Vec<String> = reservation.key.iter().cloned().collect();
+        if reservation.source == LoginSource::Untrusted {
+            keys.push(ip_failures_key(&reservation.ip));
+        }
+        for key in keys {
             if let Err(error) = self.cache.del(&key).await {
                 cache_failed("clear_failures", &error);
             }
@@ -426,7 +585,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn lockout_after_threshold_and_clear() {
+    async fn reservations_lock_at_the_threshold_and_success_clears() {
         let limits = Limits::new(
             Cache::memory(),
             TrustedProxies::default(),
@@ -436,22 +595,37 @@ mod tests {
                 rate_limit: Some((2, Duration::from_secs(60))),
             },
         );
+        let alice = account_id_for(Some("alice-id"), "Alice");
         for _ in 0..3 {
-            assert_eq!(limits.check_lockout("Alice", "192.0.2.1").await, None);
-            limits.record_failure("alice", "192.0.2.1").await;
+            let reservation = limits
+                .reserve_attempt(&alice, "192.0.2.1", LoginSource::Untrusted)
+                .await
+                .expect("within the threshold");
+            limits.record_failure(&reservation).await;
         }
         let lockout = limits
-            .check_lockout("ALICE", "192.0.2.2")
+            .reserve_attempt(&alice, "192.0.2.2", LoginSource::Untrusted)
             .await
-            .expect("locked");
+            .expect_err("locked");
         assert!(
             lockout
                 .message
                 .starts_with("Too many failed attempts. Try again in ")
         );
         assert!(lockout.retry_after > 890 && lockout.retry_after <= 900);
-        limits.clear("alice", "192.0.2.1").await;
-        assert_eq!(limits.check_lockout("alice", "192.0.2.1").await, None);
+        // A known device of the account is counted on its own.
+        let device = limits
+            .reserve_attempt(&alice, "192.0.2.2", LoginSource::KnownDevice("d1".into()))
+            .await
+            .expect("known devices are not locked by untrusted failures");
+        limits.record_success(&device).await;
+
+        // Unknown logins are keyed by a hash of the typed text, case-insensitively.
+        assert_eq!(
+            account_id_for(None, " Nobody "),
+            account_id_for(None, "nobody")
+        );
+        assert!(account_id_for(None, "nobody").starts_with("unknown-"));
 
         assert!(matches!(
             limits.check_rate("x").await,
@@ -464,6 +638,11 @@ mod tests {
         assert!(matches!(
             limits.check_rate("x").await,
             RateDecision::Limited { limit: 2, .. }
+        ));
+        // Introspection and revocation count in their own bucket.
+        assert!(matches!(
+            limits.check_client_rate("x").await,
+            RateDecision::Allowed { remaining: 1, .. }
         ));
     }
 }

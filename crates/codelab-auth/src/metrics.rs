@@ -7,7 +7,7 @@ pub const TOKEN_REQUESTS: &str = "codelab_auth_token_requests_total";
 pub const TOKEN_REQUEST_DURATION: &str = "codelab_auth_token_request_duration_seconds";
 /// Failed logins (password grant and login page).
 pub const FAILED_LOGINS: &str = "codelab_auth_failed_logins_total";
-/// Lockouts started, by `kind` (`username` or `ip`).
+/// Lockouts started, by `kind` (`account`, `known_address`, `device` or `ip`).
 pub const LOCKOUTS: &str = "codelab_auth_lockouts_total";
 /// Successful refresh-token rotations.
 pub const REFRESH_ROTATIONS: &str = "codelab_auth_refresh_rotations_total";
@@ -22,6 +22,16 @@ pub const CACHE_ERRORS: &str = "codelab_auth_cache_errors_total";
 pub const CACHE_FALLBACKS: &str = "codelab_auth_cache_fallbacks_total";
 /// 1 while Redis is unavailable and the limits are counted per replica in memory, else 0.
 pub const CACHE_DEGRADED: &str = "codelab_auth_cache_degraded";
+/// Failed client authentications (wrong or missing client secret, unknown client), by
+/// `endpoint`; counted apart from user logins and never locking anyone out.
+pub const CLIENT_AUTH_FAILURES: &str = "codelab_auth_client_auth_failures_total";
+/// Introspection and revocation requests refused by their own per-IP rate limit.
+pub const CLIENT_RATE_LIMITED: &str = "codelab_auth_client_rate_limited_total";
+/// argon2/bcrypt verifications run, by `kind` (`user_password`, `legacy_client_secret`).
+pub const PASSWORD_VERIFICATIONS: &str = "codelab_auth_password_verifications_total";
+/// Requests refused with 503 because every password-hashing slot and the wait queue were
+/// taken.
+pub const PASSWORD_HASHING_REFUSED: &str = "codelab_auth_password_hashing_refused_total";
 /// Expired refresh tokens deleted by the hourly cleanup.
 pub const EXPIRED_TOKENS_DELETED: &str = "codelab_auth_expired_refresh_tokens_deleted_total";
 
@@ -51,6 +61,22 @@ pub fn describe() {
         "1 while Redis is unavailable and limits are kept in process memory"
     );
     metrics::describe_counter!(EXPIRED_TOKENS_DELETED, "Expired refresh tokens deleted");
+    metrics::describe_counter!(
+        CLIENT_AUTH_FAILURES,
+        "Failed client authentications by endpoint (never counted as failed logins)"
+    );
+    metrics::describe_counter!(
+        CLIENT_RATE_LIMITED,
+        "Introspection and revocation requests refused by their per-IP rate limit"
+    );
+    metrics::describe_counter!(
+        PASSWORD_VERIFICATIONS,
+        "Password hash verifications run (argon2id or bcrypt), by kind"
+    );
+    metrics::describe_counter!(
+        PASSWORD_HASHING_REFUSED,
+        "Requests refused because the password-hashing cap and its queue were full"
+    );
 }
 
 /// A bounded label for a `grant_type` value.
@@ -108,4 +134,20 @@ pub(crate) fn counter_refresh_reuse() {
 
 pub(crate) fn counter_expired_deleted(count: u64) {
     metrics::counter!(EXPIRED_TOKENS_DELETED).increment(count);
+}
+
+pub(crate) fn counter_client_auth_failure(endpoint: &'static str) {
+    metrics::counter!(CLIENT_AUTH_FAILURES, "endpoint" => endpoint).increment(1);
+}
+
+pub(crate) fn counter_client_rate_limited() {
+    metrics::counter!(CLIENT_RATE_LIMITED).increment(1);
+}
+
+pub(crate) fn counter_password_verification(kind: &'static str) {
+    metrics::counter!(PASSWORD_VERIFICATIONS, "kind" => kind).increment(1);
+}
+
+pub(crate) fn counter_hashing_refused() {
+    metrics::counter!(PASSWORD_HASHING_REFUSED).increment(1);
 }

@@ -1,12 +1,26 @@
-//! Password and client-secret hashing: argon2id for new hashes, bcrypt verification for the
-//! hashes imported from the original database, and the NIST SP 800-63B password policy.
+//! Password and client-secret hashing: argon2id for user passwords, bcrypt verification for
+//! the hashes imported from the original database, a fast SHA-256 form for client secrets,
+//! the process-wide cap on concurrent password hashing, and the NIST SP 800-63B policy.
 //!
-//! Hashing and verification are CPU-heavy (tens of milliseconds) and run on the blocking pool,
-//! never on the async runtime. Neither passwords nor hashes are ever logged.
+//! Password hashing and verification are CPU- and memory-heavy (tens of milliseconds, 19 MiB
+//! each) and run on the blocking pool, never on the async runtime, at most
+//! [`password_hashing_concurrency`] at a time (see docs/auth.md, "Protection").
+//! Client secrets are generated random values, so a keyed slow hash adds nothing but cost: they
+//! are stored as SHA-256 and compared in constant time. Neither passwords, secrets nor hashes
+//! are ever logged.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use rand::RngCore;
+use subtle::ConstantTimeEq;
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::metrics;
+use crate::tokens::sha256_hex;
 
 /// argon2id memory cost in KiB (OWASP Password Storage Cheat Sheet: m=19 MiB, t=2, p=1).
 pub const ARGON2_M_COST_KIB: u32 = 19_456;
@@ -58,6 +72,10 @@ pub enum PasswordError {
     /// The blocking task running the hasher panicked or was cancelled.
     #[error("password hashing task failed: {0}")]
     Task(String),
+    /// Every password-hashing slot and its wait queue are taken; retry after
+    /// [`HASHING_RETRY_AFTER`].
+    #[error("password hashing is at capacity")]
+    Busy,
 }
 
 /// Outcome of [`verify_password`].
@@ -187,6 +205,199 @@ fn verify_bcrypt(password: &str, hash: &str) -> PasswordCheck {
             PasswordCheck::Invalid
         }
     }
+}
+
+/// Prefix of a client secret stored in the fast form: `$sha256$` and 64 lowercase hex digits.
+pub const CLIENT_SECRET_HASH_PREFIX: &str = "$sha256$";
+/// Longest client secret accepted for checking; ours are 64 hex digits, and the cap bounds
+/// the work a request can ask for.
+pub const MAX_CLIENT_SECRET_BYTES: usize = 512;
+
+/// Outcome of [`verify_client_secret`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientSecretCheck {
+    /// The secret matches; when `needs_rehash`, the stored hash is an argon2 or bcrypt one
+    /// and should be replaced by [`hash_client_secret`]'s result.
+    Valid {
+        /// Whether the stored hash is in a slow legacy form.
+        needs_rehash: bool,
+    },
+    /// The secret does not match (or the stored hash is unusable).
+    Invalid,
+}
+
+/// The stored form of a client secret: `$sha256$<hex>`. Secrets are generated with at least
+/// 256 random bits ([`codelab_core::config::Secret::generate`]), so a fast hash cannot be
+/// brute-forced and costs a request almost nothing (docs/auth.md, "Protection").
+pub fn hash_client_secret(secret: &str) -> String {
+    format!(
+        "{CLIENT_SECRET_HASH_PREFIX}{}",
+        sha256_hex(secret.as_bytes())
+    )
+}
+
+/// Checks a client secret against its stored hash. The fast form is compared in constant
+/// time on the calling task; argon2 and bcrypt hashes written before the fast form existed
+/// are verified on the blocking pool, one at a time in the whole process and never waiting
+/// (a slot taken answers [`PasswordError::Busy`]), so client authentication can neither pile
+/// up memory nor take the password-hashing slots logins use.
+pub async fn verify_client_secret(
+    secret: &str,
+    hash: &str,
+) -> Result<ClientSecretCheck, PasswordError> {
+    if secret.len() > MAX_CLIENT_SECRET_BYTES {
+        return Ok(ClientSecretCheck::Invalid);
+    }
+    if let Some(stored) = hash.strip_prefix(CLIENT_SECRET_HASH_PREFIX) {
+        let computed = sha256_hex(secret.as_bytes());
+        let matches = computed.len() == stored.len()
+            && bool::from(computed.as_bytes().ct_eq(stored.as_bytes()));
+        return Ok(if matches {
+            ClientSecretCheck::Valid {
+                needs_rehash: false,
+            }
+        } else {
+            ClientSecretCheck::Invalid
+        });
+    }
+    let Ok(_slot) = legacy_client_gate().try_acquire() else {
+        return Err(PasswordError::Busy);
+    };
+    metrics::counter_password_verification("legacy_client_secret");
+    Ok(match verify_password(secret, hash).await? {
+        PasswordCheck::Valid { .. } => ClientSecretCheck::Valid { needs_rehash: true },
+        PasswordCheck::Invalid => ClientSecretCheck::Invalid,
+    })
+}
+
+/// One legacy (argon2/bcrypt) client-secret verification at a time in the process.
+fn legacy_client_gate() -> &'static Semaphore {
+    static GATE: OnceLock<Semaphore> = OnceLock::new();
+    GATE.get_or_init(|| Semaphore::new(1))
+}
+
+/// How long a caller refused with [`PasswordError::Busy`] is told to wait (`Retry-After`).
+pub const HASHING_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Requests that may wait for a password-hashing slot, per slot; beyond that they are refused
+/// at once. Eight waiting per slot is well under a second of queueing with our parameters.
+const HASHING_QUEUE_PER_SLOT: usize = 8;
+
+/// The process-wide cap on concurrent password hashing: argon2id needs 19 MiB and one core
+/// for tens of milliseconds, so unbounded concurrency turns a login flood into gigabytes of
+/// memory. One slot per core, a bounded wait queue, and a refusal beyond it.
+struct HashingGate {
+    slots: Semaphore,
+    slot_count: usize,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+}
+
+static HASHING_GATE: OnceLock<HashingGate> = OnceLock::new();
+
+fn hashing_gate() -> &'static HashingGate {
+    HASHING_GATE.get_or_init(|| HashingGate::new(default_hashing_concurrency()))
+}
+
+impl HashingGate {
+    fn new(slot_count: usize) -> Self {
+        let slot_count = slot_count.max(1);
+        Self {
+            slots: Semaphore::new(slot_count),
+            slot_count,
+            waiting: AtomicUsize::new(0),
+            max_waiting: slot_count.saturating_mul(HASHING_QUEUE_PER_SLOT),
+        }
+    }
+
+    fn is_saturated(&self) -> bool {
+        self.slots.available_permits() == 0
+            && self.waiting.load(Ordering::Acquire) >= self.max_waiting
+    }
+
+    async fn acquire(&'static self) -> Result<HashingPermit, PasswordError> {
+        if let Ok(slot) = self.slots.try_acquire() {
+            return Ok(HashingPermit { _slot: slot });
+        }
+        // Join the queue only while it has room; the count is given back however the wait
+        // ends (the request may be dropped while waiting).
+        let joined = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_waiting).then_some(n + 1)
+            })
+            .is_ok();
+        if !joined {
+            metrics::counter_hashing_refused();
+            return Err(PasswordError::Busy);
+        }
+        let _leave = LeaveQueue(&self.waiting);
+        // The semaphore is never closed; were it, refusing is the safe answer.
+        match self.slots.acquire().await {
+            Ok(slot) => Ok(HashingPermit { _slot: slot }),
+            Err(_) => Err(PasswordError::Busy),
+        }
+    }
+}
+
+/// One slot per available core (one when the count is unknown).
+fn default_hashing_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// Sets the number of concurrent password hashings for this process (at least 1). It takes
+/// effect only before the first login or password change; `false` when the cap was already
+/// fixed (by an earlier call or by use).
+pub fn set_password_hashing_concurrency(slots: usize) -> bool {
+    HASHING_GATE.set(HashingGate::new(slots)).is_ok()
+}
+
+/// How many password hashings may run at once in this process.
+pub fn password_hashing_concurrency() -> usize {
+    hashing_gate().slot_count
+}
+
+/// Whether every password-hashing slot is taken and the wait queue is full, so a new
+/// request would be refused; checked before a sign-in attempt is counted.
+pub fn hashing_is_saturated() -> bool {
+    hashing_gate().is_saturated()
+}
+
+/// A password-hashing slot; hashing done while it is held counts against the cap.
+#[derive(Debug)]
+pub struct HashingPermit {
+    _slot: SemaphorePermit<'static>,
+}
+
+/// Waits for a password-hashing slot, or refuses with [`PasswordError::Busy`] when every slot
+/// is taken and the wait queue is full.
+pub async fn acquire_hashing_permit() -> Result<HashingPermit, PasswordError> {
+    hashing_gate().acquire().await
+}
+
+/// Leaves the wait queue when dropped.
+struct LeaveQueue<'a>(&'a AtomicUsize);
+
+impl Drop for LeaveQueue<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// [`verify_password`] of a user's password, counted in
+/// `codelab_auth_password_verifications_total`; the caller holds a [`HashingPermit`].
+pub async fn verify_user_password(
+    _permit: &HashingPermit,
+    password: &str,
+    hash: &str,
+) -> Result<PasswordCheck, PasswordError> {
+    metrics::counter_password_verification("user_password");
+    verify_password(password, hash).await
+}
+
+/// [`dummy_verify`] under a held [`HashingPermit`], counted like a real verification.
+pub async fn dummy_verify_user(_permit: &HashingPermit, password: &str) {
+    metrics::counter_password_verification("user_password");
+    dummy_verify(password).await;
 }
 
 /// Spends the time of one verification without a stored hash: call it when the user (or
@@ -338,6 +549,75 @@ mod tests {
                 "{hash:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn client_secrets_use_the_fast_form_and_legacy_hashes_ask_for_rewrite() {
+        let secret = codelab_core::config::Secret::generate();
+        let fast = hash_client_secret(secret.expose());
+        assert!(fast.starts_with("$sha256$") && fast.len() == "$sha256$".len() + 64);
+        assert_eq!(
+            verify_client_secret(secret.expose(), &fast).await.unwrap(),
+            ClientSecretCheck::Valid {
+                needs_rehash: false
+            }
+        );
+        for wrong in ["", "x", &format!("{}x", secret.expose())] {
+            assert_eq!(
+                verify_client_secret(wrong, &fast).await.unwrap(),
+                ClientSecretCheck::Invalid
+            );
+        }
+        let too_long = "a".repeat(MAX_CLIENT_SECRET_BYTES + 1);
+        let hash = hash_client_secret(&too_long);
+        assert_eq!(
+            verify_client_secret(&too_long, &hash).await.unwrap(),
+            ClientSecretCheck::Invalid
+        );
+        // A client created before the fast form: argon2id and bcrypt still verify.
+        let argon = hash_password("legacy-secret").await.unwrap();
+        assert_eq!(
+            verify_client_secret("legacy-secret", &argon).await.unwrap(),
+            ClientSecretCheck::Valid { needs_rehash: true }
+        );
+        let bcrypt = bcrypt::hash("legacy-secret", 4).unwrap();
+        assert_eq!(
+            verify_client_secret("legacy-secret", &bcrypt)
+                .await
+                .unwrap(),
+            ClientSecretCheck::Valid { needs_rehash: true }
+        );
+        assert_eq!(
+            verify_client_secret("other", &argon).await.unwrap(),
+            ClientSecretCheck::Invalid
+        );
+        // A password verifier never accepts the fast form.
+        assert_eq!(
+            verify_password(secret.expose(), &fast).await.unwrap(),
+            PasswordCheck::Invalid
+        );
+    }
+
+    #[tokio::test]
+    async fn the_hashing_gate_queues_a_bounded_number_then_refuses() {
+        let gate: &'static HashingGate = Box::leak(Box::new(HashingGate::new(1)));
+        let held = gate.acquire().await.unwrap();
+        let mut waiters = Vec::new();
+        for _ in 0..HASHING_QUEUE_PER_SLOT {
+            waiters.push(tokio::spawn(gate.acquire()));
+        }
+        while gate.waiting.load(Ordering::Acquire) < HASHING_QUEUE_PER_SLOT {
+            tokio::task::yield_now().await;
+        }
+        assert!(gate.is_saturated());
+        assert!(matches!(gate.acquire().await, Err(PasswordError::Busy)));
+        drop(held);
+        for waiter in waiters {
+            drop(waiter.await.unwrap().unwrap());
+        }
+        assert_eq!(gate.waiting.load(Ordering::Acquire), 0);
+        assert!(!gate.is_saturated());
+        assert!(gate.acquire().await.is_ok());
     }
 
     #[test]

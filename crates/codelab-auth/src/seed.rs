@@ -2,8 +2,11 @@
 //!
 //! Generated credentials (the admin password when no master key is set, the internal client's
 //! secret when none is configured) are returned to the caller, which prints them once to
-//! stdout. They never go through tracing.
+//! stdout. They never go through tracing. Outside development a generated internal secret is
+//! never printed: it is written to `AUTH_SERVICE__INTERNAL_CLIENT_SECRET_FILE` (mode 0600) and
+//! only the path is reported, or the secret must be configured.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use codelab_core::config::{Environment, Secret};
@@ -27,6 +30,8 @@ pub const INTERNAL_CLIENT_ID: &str = "codelab-internal";
 pub const ADMIN_USERNAME: &str = "admin";
 /// The seeded administrator's email.
 pub const ADMIN_EMAIL: &str = "admin@codelab.local";
+/// Longest life of the website client's access tokens (it gives them to browser JavaScript).
+pub const WEB_ACCESS_TOKEN_MAX_SECONDS: i64 = 300;
 /// Length of a generated admin password.
 const GENERATED_PASSWORD_CHARS: usize = 20;
 
@@ -48,6 +53,114 @@ pub enum SeedError {
     /// `set_admin_password` found no `admin` user.
     #[error("there is no user named admin")]
     NoAdmin,
+    /// Outside development a generated internal secret would have to be printed.
+    #[error(
+        "the codelab-internal client must be created but has no secret: set \
+         AUTH_SERVICE__INTERNAL_CLIENT_SECRET, or AUTH_SERVICE__INTERNAL_CLIENT_SECRET_FILE for \
+         a generated one written to that file (outside development a secret is never printed)"
+    )]
+    InternalSecretRequired,
+    /// Outside development a configured internal secret must not be guessable.
+    #[error(
+        "AUTH_SERVICE__INTERNAL_CLIENT_SECRET is a known placeholder or shorter than 16 \
+         characters: use a random value such as `openssl rand -hex 32`"
+    )]
+    WeakInternalSecret,
+    /// The internal secret file could not be read or written.
+    #[error("cannot use the internal client secret file {}: {source}", path.display())]
+    InternalSecretFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Where the internal client's secret came from, so it is shown (or not) accordingly.
+enum SecretOrigin {
+    /// `AUTH_SERVICE__INTERNAL_CLIENT_SECRET`, or a file that existed: the operator has it.
+    Configured,
+    /// Generated in development without a file: printed once.
+    GeneratedToShow,
+    /// Generated and written to this file (mode 0600): only the path is shown.
+    File(PathBuf),
+}
+
+/// The `codelab-internal` secret to create the client with: configured, read from
+/// `internal_client_secret_file`, or generated (into that file when it is set; outside
+/// development a file is required, so the secret never reaches stdout or logs).
+async fn internal_client_secret(
+    config: &Config,
+    environment: Environment,
+) -> Result<(Secret, SecretOrigin), SeedError> {
+    if !config.internal_client_secret.is_empty() {
+        return Ok((
+            config.internal_client_secret.clone(),
+            SecretOrigin::Configured,
+        ));
+    }
+    let Some(path) = &config.internal_client_secret_file else {
+        if environment.is_hardened() {
+            return Err(SeedError::InternalSecretRequired);
+        }
+        return Ok((Secret::generate(), SecretOrigin::GeneratedToShow));
+    };
+    let file_error = |source| SeedError::InternalSecretFile {
+        path: path.clone(),
+        source,
+    };
+    match tokio::fs::read_to_string(path).await {
+        Ok(text) if !text.trim().is_empty() => {
+            return Ok((Secret::new(text.trim()), SecretOrigin::Configured));
+        }
+        Ok(_) => {
+            return Err(file_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the file is empty",
+            )));
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(file_error(error)),
+    }
+    let secret = Secret::generate();
+    write_secret_file(path, secret.expose()).map_err(file_error)?;
+    Ok((secret, SecretOrigin::File(path.clone())))
+}
+
+/// Creates `path` with mode 0600 from the start (never readable by others, even briefly) and
+/// writes `secret`; an existing file is never overwritten.
+fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(secret.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+/// Whether a redirect URI points at the local machine.
+fn is_loopback_uri(uri: &str) -> bool {
+    let Some((_, rest)) = uri.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Credentials generated while seeding, to be shown to the operator exactly once.
@@ -57,8 +170,11 @@ pub struct SeedReport {
     pub admin_password: Option<Secret>,
     /// Whether `admin_password` was generated (rather than taken from the master key).
     pub admin_password_generated: bool,
-    /// The `codelab-internal` client's secret, when it was generated.
+    /// The `codelab-internal` client's secret, when it was generated in development without
+    /// `internal_client_secret_file` (never set outside development).
     pub internal_client_secret: Option<Secret>,
+    /// The file a generated `codelab-internal` secret was written to (mode 0600).
+    pub internal_client_secret_file: Option<PathBuf>,
 }
 
 /// A random password of letters and digits (easy to copy from a terminal).
@@ -81,6 +197,11 @@ pub async fn seed(
     config: &Config,
     environment: Environment,
 ) -> Result<SeedReport, SeedError> {
+    let configured_internal = &config.internal_client_secret;
+    if environment.is_hardened() && !configured_internal.is_empty() && configured_internal.is_weak()
+    {
+        return Err(SeedError::WeakInternalSecret);
+    }
     let mut report = SeedReport::default();
     let public = |client_id: &str, name: &str, grants: &[&str], scopes: &[&str]| NewClient {
         client_id: client_id.to_owned(),
@@ -117,22 +238,34 @@ pub async fn seed(
         &["authorization_code", "refresh_token"],
         &["api:read", "api:write", ADMIN_SCOPE],
     );
-    web.redirect_uris = config.web_redirect_uris.clone();
+    let redirect_uris = config.effective_web_redirect_uris(environment);
+    if environment.is_hardened() && redirect_uris.iter().any(|uri| is_loopback_uri(uri)) {
+        tracing::warn!(
+            "AUTH_SERVICE__WEB_REDIRECT_URIS lists a localhost address outside development: \
+             whoever runs a server on that port of a user's machine can receive their codes"
+        );
+    }
+    web.redirect_uris = redirect_uris.clone();
+    // The website hands its access tokens to the browser's chat page: keep them short.
+    let web_lifetime = config
+        .access_token_lifetime
+        .clamp(1, WEB_ACCESS_TOKEN_MAX_SECONDS);
+    web.access_token_lifetime = web_lifetime;
     if !ensure_client(store, web).await? {
         store
-            .set_client_redirect_uris(WEB_CLIENT_ID, &config.web_redirect_uris)
+            .set_client_redirect_uris(WEB_CLIENT_ID, &redirect_uris)
+            .await?;
+        store
+            .set_client_access_token_lifetime(WEB_CLIENT_ID, web_lifetime)
             .await?;
     }
 
     if store.get_client(INTERNAL_CLIENT_ID).await?.is_none() {
-        let (secret, generated) = if config.internal_client_secret.is_empty() {
-            (Secret::generate(), true)
-        } else {
-            (config.internal_client_secret.clone(), false)
-        };
+        let (secret, origin) = internal_client_secret(config, environment).await?;
         let client = NewClient {
             client_id: INTERNAL_CLIENT_ID.to_owned(),
-            secret_hash: Some(passwords::hash_password(secret.expose()).await?),
+            // Client secrets use the fast hash (docs/auth.md, "Protection").
+            secret_hash: Some(passwords::hash_client_secret(secret.expose())),
             name: "CodeLab Internal Services".to_owned(),
             description: None,
             is_confidential: true,
@@ -142,8 +275,12 @@ pub async fn seed(
             access_token_lifetime: 3600,
             refresh_token_lifetime: 7_776_000,
         };
-        if ensure_client(store, client).await? && generated {
-            report.internal_client_secret = Some(secret);
+        if ensure_client(store, client).await? {
+            match origin {
+                SecretOrigin::Configured => {}
+                SecretOrigin::GeneratedToShow => report.internal_client_secret = Some(secret),
+                SecretOrigin::File(path) => report.internal_client_secret_file = Some(path),
+            }
         }
     }
 
@@ -155,7 +292,7 @@ pub async fn seed(
             passwords::check_password_policy(key.expose())
                 .map_err(|e| SeedError::MasterKey(e.to_string()))?;
             // Production never starts with a published placeholder as the admin password.
-            if environment.is_production() && key.is_weak() {
+            if environment.is_hardened() && key.is_weak() {
                 return Err(SeedError::MasterKey(
                     "it is a known placeholder or shorter than 16 characters".to_owned(),
                 ));

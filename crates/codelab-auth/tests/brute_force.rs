@@ -70,16 +70,29 @@ async fn lockout_behind_a_trusted_proxy_counts_the_forwarded_client() {
     }
     .tweak(|config| config.trusted_proxies = vec!["127.0.0.1/32".into()]);
     let auth = Auth::start_with(options).await;
-    auth.add_user("alice", "alice-password-1").await;
+    let alice = auth.add_user("alice", "alice-password-1").await;
+    let admin = auth
+        .state
+        .store
+        .find_user_by_login("admin")
+        .await
+        .unwrap()
+        .unwrap();
+    // Counters are keyed by the resolved account (issue 14, finding 4), not the typed name.
+    let alice_key = format!("failed_attempts:account:{}", alice.id);
     redis.keys = vec![
-        "failed_attempts:username:alice".into(),
-        "failed_attempts:username:admin".into(),
+        alice_key.clone(),
+        format!("failed_attempts:account:{}", admin.id),
+        format!("known_address:{}:203.0.113.6", admin.id),
         "failed_attempts:ip:203.0.113.5".into(),
         "failed_attempts:ip:203.0.113.6".into(),
     ];
-    redis
-        .keys
-        .extend((0..5).map(|i| format!("failed_attempts:username:mallory{i}")));
+    redis.keys.extend((0..5).map(|i| {
+        format!(
+            "failed_attempts:account:{}",
+            codelab_auth::limits::account_id_for(None, &format!("mallory{i}"))
+        )
+    }));
 
     // The client wrote a fake first hop; the proxy appended the real one.
     let client = Some("6.6.6.6, 203.0.113.5");
@@ -99,15 +112,11 @@ async fn lockout_behind_a_trusted_proxy_counts_the_forwarded_client() {
     // From another client IP the username is still locked.
     let (status, _) = attempt(&auth, "alice", "alice-password-1", Some("203.0.113.6")).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    // The counters live in Redis under the original names.
+    // The counters live in Redis, keyed by the account; the attempt is reserved before the
+    // password check, so the two refused attempts above were counted too.
     assert_eq!(
-        redis
-            .cache
-            .get("failed_attempts:username:alice")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("5")
+        redis.cache.get(&alice_key).await.unwrap().as_deref(),
+        Some("7")
     );
     assert_eq!(
         redis
@@ -157,7 +166,12 @@ async fn forwarding_headers_from_an_untrusted_peer_are_ignored() {
     };
     let auth = Auth::start_with(options).await;
     redis.keys = (0..10)
-        .map(|i| format!("failed_attempts:username:user{i}"))
+        .map(|i| {
+            format!(
+                "failed_attempts:account:{}",
+                codelab_auth::limits::account_id_for(None, &format!("user{i}"))
+            )
+        })
         .chain(["failed_attempts:ip:127.0.0.1".to_owned()])
         .collect();
     // Ten failures on ten usernames, each claiming another IP: all count against the peer.

@@ -377,6 +377,8 @@ async fn cors_allows_any_origin_only_in_development_and_the_list_elsewhere() {
         config.cors_origins = vec!["https://app.example".into()];
         config.private_key_path = Some(pem);
         config.master_key = "a-strong-staging-admin-password".into();
+        // Required outside development (docs/auth.md, "Signing keys").
+        config.key_encryption_key = "q83vEjRWeJDx2sXo0LqHkN6sYbF2cW5zZ1VnUkB4aTQ=".into();
     });
     let staging = Auth::start_with(options).await;
     for (origin, allowed) in [

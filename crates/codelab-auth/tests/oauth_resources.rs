@@ -323,7 +323,6 @@ async fn discovery_metadata_matches_what_is_served() {
         ("authorization_endpoint", "GET"),
         ("jwks_uri", "GET"),
         ("revocation_endpoint", "POST"),
-        ("introspection_endpoint", "POST"),
         ("userinfo_endpoint", "GET"),
     ] {
         let url = metadata[field].as_str().unwrap();
@@ -337,6 +336,8 @@ async fn discovery_metadata_matches_what_is_served() {
         assert_ne!(status, StatusCode::NOT_FOUND, "{field}");
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{field}");
     }
+    // Introspection is internal: the public metadata does not point clients at it.
+    assert!(metadata.get("introspection_endpoint").is_none());
     let (_, _, openid) = get_json(&auth, "/.well-known/openid-configuration").await;
     assert_eq!(openid["issuer"], auth.base);
     assert_eq!(

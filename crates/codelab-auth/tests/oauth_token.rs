@@ -147,11 +147,14 @@ async fn password_grant_failures_are_generic_401_and_audited_without_the_passwor
         .filter(|r| r.event.event_type == "login_failed")
         .collect();
     assert_eq!(failed.len(), 3);
+    // A name that matches no account is stored only as a keyed hash (it may be a password
+    // typed into the wrong field): see storage_attacks.rs.
     assert!(
         failed
             .iter()
-            .any(|r| r.event.event_data.as_ref().unwrap()["username"] == "nobody")
+            .any(|r| r.event.event_data.as_ref().unwrap()["login_hmac"].is_string())
     );
+    assert!(!serde_json::to_string(&rows).unwrap().contains("nobody"));
     assert!(
         failed
             .iter()
@@ -501,6 +504,18 @@ async fn refresh_may_only_narrow_scope_and_is_bound_to_its_client() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["scope"], "api:read");
+    // The narrowing applied to that access token only: the rotated refresh token keeps the
+    // original grant (RFC 6749 §6), so the next refresh without `scope` gets all of it back.
+    let rotated = body["refresh_token"].as_str().unwrap().to_owned();
+    let (status, _, body) = auth
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", FLUTTER),
+            ("refresh_token", &rotated),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["scope"], tokens.body["scope"]);
 }
 
 #[tokio::test]
@@ -589,6 +604,9 @@ async fn production_refuses_a_placeholder_master_key() {
         db_url: format!("sqlite:///{}", dir.path().join("auth.db").display()),
         public_url: "https://auth.example.com".into(),
         master_key: "change-me-in-production".into(),
+        // Present, so that the placeholder admin password is what stops the start.
+        key_encryption_key: "q83vEjRWeJDx2sXo0LqHkN6sYbF2cW5zZ1VnUkB4aTQ=".into(),
+        internal_client_secret: "internal-secret-0123456789".into(),
         ..codelab_auth::Config::default()
     };
     // Keys are generated into the shared database in every environment, so the only thing

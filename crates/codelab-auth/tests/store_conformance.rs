@@ -110,6 +110,7 @@ conformance!(
     lists_clients_by_client_id,
     disables_and_enables_a_client,
     replaces_a_clients_redirect_uris,
+    replaces_a_clients_secret_hash,
     stores_and_finds_a_refresh_token_by_hash,
     refuses_a_duplicate_refresh_token_or_one_for_an_unknown_user,
     rotation_revokes_the_old_token_and_stores_the_new_one,
@@ -124,6 +125,8 @@ conformance!(
     lists_audit_rows_newest_first_with_their_data,
     lists_signing_keys_oldest_first_and_refuses_a_duplicate_kid,
     retiring_keys_marks_every_other_active_key_once,
+    replaces_a_private_key_only_while_it_holds_the_expected_value,
+    sets_a_clients_access_token_lifetime,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -477,6 +480,15 @@ async fn disables_and_enables_a_client(store: Arc<dyn AuthStore>) {
     );
     assert!(store.get_client("app").await.unwrap().unwrap().is_active);
     assert_not_found(store.set_client_active("nope", false).await);
+}
+
+async fn replaces_a_clients_secret_hash(store: Arc<dyn AuthStore>) {
+    store.create_client(new_client("svc")).await.unwrap();
+    let fast = format!("$sha256${}", "ab".repeat(32));
+    store.set_client_secret_hash("svc", &fast).await.unwrap();
+    let client = store.get_client("svc").await.unwrap().unwrap();
+    assert_eq!(client.secret_hash.as_deref(), Some(fast.as_str()));
+    assert_not_found(store.set_client_secret_hash("nope", &fast).await);
 }
 
 async fn replaces_a_clients_redirect_uris(store: Arc<dyn AuthStore>) {
@@ -1020,6 +1032,45 @@ INSERT INTO refresh_tokens VALUES
 INSERT INTO audit_logs VALUES ('a1', 'u1', 'codelab-flutter-app', 'login_success',
     '{\"scope\": \"api:read\"}', '10.0.0.1', NULL, true, NULL, '2024-01-02 03:04:05.123456{tz}');
 ";
+
+async fn replaces_a_private_key_only_while_it_holds_the_expected_value(store: Arc<dyn AuthStore>) {
+    let record = key("k1", t0());
+    store.insert_signing_key(record.clone()).await.unwrap();
+    let sealed = "codelab-sealed:v1:00:AAAA";
+    assert!(
+        store
+            .replace_signing_key_private("k1", &record.private_key_pem, sealed)
+            .await
+            .unwrap()
+    );
+    // A second writer that read the old value loses: the first one's value stays.
+    assert!(
+        !store
+            .replace_signing_key_private("k1", &record.private_key_pem, "other")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .replace_signing_key_private("nope", sealed, "other")
+            .await
+            .unwrap()
+    );
+    let stored = store.list_signing_keys().await.unwrap();
+    assert_eq!(stored[0].private_key_pem, sealed);
+    assert_eq!(stored[0].public_key_pem, record.public_key_pem);
+}
+
+async fn sets_a_clients_access_token_lifetime(store: Arc<dyn AuthStore>) {
+    store.create_client(new_client("web")).await.unwrap();
+    store
+        .set_client_access_token_lifetime("web", 300)
+        .await
+        .unwrap();
+    let client = store.get_client("web").await.unwrap().unwrap();
+    assert_eq!(client.access_token_lifetime, 300);
+    assert_not_found(store.set_client_access_token_lifetime("nope", 300).await);
+}
 
 async fn check_adopted(store: Arc<dyn AuthStore>) {
     let admin = store

@@ -15,7 +15,8 @@ use tokio::time::Instant;
 use crate::api::{ApiError, GatewayApi};
 use crate::auth::AuthError;
 use crate::input::{LineReader, edit_json};
-use crate::render::{Output, OutputMode, summarize_args};
+use crate::render::{Output, OutputMode, approval_prompt, summarize_args};
+use crate::sanitize::{Shape, for_terminal};
 use crate::tools::{ToolExecutor, ToolOutcome};
 use crate::ws::{GatewaySocket, SocketError};
 
@@ -797,7 +798,7 @@ impl Chat {
                 self.deferred.push(approval.call_id.clone());
                 self.out.notice(&format!(
                     "{} put off; /approvals offers it again",
-                    approval.tool_name
+                    for_terminal(&approval.tool_name, Shape::Line)
                 ));
                 return Ok(());
             }
@@ -836,22 +837,19 @@ impl Chat {
     }
 
     async fn ask(&mut self, approval: &Approval, lines: &mut Option<&mut LineReader>) -> Choice {
-        let mut text = format!(
-            "\nApproval needed: {} {}\n",
-            approval.tool_name,
-            summarize_args(&approval.tool_name, &approval.arguments)
-        );
-        if !approval.reason.is_empty() {
-            text.push_str(&format!("  reason: {}\n", approval.reason));
-        }
-        if approval.tool_name == "write_file" {
-            if let Some(diff) = self.executor.write_preview(&approval.arguments) {
-                text.push_str(&diff);
-            }
+        // A write shows what it changes; anything else (or a write whose path is refused)
+        // shows its arguments.
+        let diff = if approval.tool_name == "write_file" {
+            self.executor.write_preview(&approval.arguments)
         } else {
-            let pretty = serde_json::to_string_pretty(&approval.arguments).unwrap_or_default();
-            text.push_str(&format!("  arguments: {pretty}\n"));
-        }
+            None
+        };
+        let text = approval_prompt(
+            &approval.tool_name,
+            &approval.arguments,
+            &approval.reason,
+            diff.as_deref(),
+        );
         self.out.approval_text(&text);
         let Some(lines) = lines.as_deref_mut() else {
             return Choice::Reject(Some("no one could be asked".to_owned()));
@@ -916,7 +914,7 @@ impl Chat {
                 "user" => self.out.info(&format!("you> {content}")),
                 "assistant" => {
                     if !content.is_empty() {
-                        let name = str_of(message, "name");
+                        let name = for_terminal(str_of(message, "name"), Shape::Line);
                         self.out.info(&format!("{name}> {content}"));
                     }
                     for call in message
@@ -932,8 +930,11 @@ impl Chat {
                             .unwrap_or("{}");
                         let args: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
                         let name = name.unwrap_or("?");
-                        self.out
-                            .info(&format!("⚙ {name} {}", summarize_args(name, &args)));
+                        self.out.info(&format!(
+                            "⚙ {} {}",
+                            for_terminal(name, Shape::Line),
+                            summarize_args(name, &args)
+                        ));
                     }
                 }
                 "tool" => {

@@ -1,5 +1,9 @@
 //! A small line diff for the approval prompt of `write_file` (what the file becomes), in the
-//! unified format with three lines of context.
+//! unified format with three lines of context. The name and the lines come from the model and
+//! the workspace: they are escaped for the terminal ([`crate::sanitize`]), so a `\r` or an escape
+//! sequence in a file shows instead of acting.
+
+use crate::sanitize::{Shape, for_terminal};
 
 /// Above this many lines on either side the LCS table would be too large: a summary is shown.
 const MAX_DIFF_LINES: usize = 4000;
@@ -16,6 +20,7 @@ enum Op {
 /// A unified diff from `old` to `new` for a file called `name` (`--- a/name`, `+++ b/name`,
 /// `@@` hunks). Identical texts give a one-line note.
 pub fn unified(old: &str, new: &str, name: &str) -> String {
+    let name = for_terminal(name, Shape::Line);
     if old == new {
         return format!("(no change to {name})\n");
     }
@@ -83,7 +88,7 @@ pub fn unified(old: &str, new: &str, name: &str) -> String {
                 Op::Add => ('+', b[*bj]),
             };
             out.push(sign);
-            out.push_str(line);
+            out.push_str(&for_terminal(line, Shape::Block));
             if !line.ends_with('\n') {
                 out.push_str("\n\\ No newline at end of file\n");
             }
@@ -153,5 +158,20 @@ mod tests {
             tail.ends_with("+b\n\\ No newline at end of file\n"),
             "{tail}"
         );
+    }
+
+    #[test]
+    fn control_characters_in_lines_and_names_are_shown_escaped() {
+        let diff = unified(
+            "safe\n",
+            "safe\nrm -rf ~\x1b[2K\recho ok\n",
+            "a\u{202e}txt.sh\n",
+        );
+        assert!(
+            diff.starts_with("--- a/a\\u{202e}txt.sh\\n\n+++ b/a\\u{202e}txt.sh\\n\n"),
+            "{diff}"
+        );
+        assert!(diff.contains("+rm -rf ~\\x1b[2K\\recho ok\n"), "{diff}");
+        assert!(!diff.contains(['\x1b', '\r', '\u{202e}']), "{diff}");
     }
 }

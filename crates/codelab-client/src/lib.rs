@@ -4,10 +4,12 @@
 //! (`read_file`, `write_file`, `list_files`, `create_directory`, `execute_command`,
 //! `search_in_code`) run in a workspace folder, and the terminal rendering.
 //!
-//! It must never touch a file outside the workspace: every path a tool names is confined to
-//! the workspace after resolving `..` and symlinks, and refused otherwise. It never logs or
-//! prints a token or password, never stores tokens readable by other users, and never runs a
-//! call that requires approval without a person's (or `--yes`'s) decision. It shares nothing
+//! It must never touch a file outside the workspace: every file operation goes through an
+//! opened handle of the workspace directory, which no `..`, absolute path or symlink can leave.
+//! It never prints text from the model or the workspace with its control characters live
+//! (escape sequences, `\r`, bidi overrides are shown escaped), never logs or prints a token or
+//! password, never stores tokens readable by other users, and never runs a call that requires
+//! approval without a person's (or `--yes`'s) decision. It shares nothing
 //! with the test clients of `codelab-testkit` except the wire types of `codelab-protocol`.
 
 pub mod api;
@@ -18,6 +20,7 @@ pub mod diff;
 pub mod input;
 pub mod login;
 pub mod render;
+pub mod sanitize;
 pub mod tools;
 pub mod ws;
 

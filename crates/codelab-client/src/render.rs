@@ -1,6 +1,8 @@
 //! What the user sees: the conversation on stdout (assistant text streamed as it arrives,
 //! agent switches, compact tool calls and results), notices and the spinner on stderr; or, in
-//! JSON mode, one JSON object per line on stdout and nothing else there.
+//! JSON mode, one JSON object per line on stdout and nothing else there. Text from the model or
+//! the workspace is escaped ([`crate::sanitize`]) before it is written, and before our own
+//! colours are added.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::sanitize::{Shape, for_terminal, has_hidden_characters, json_for_terminal};
 use crate::tools::ToolOutcome;
 
 /// How output is written.
@@ -102,7 +105,8 @@ impl Output {
     }
 
     fn json_line(&mut self, value: Value) {
-        let _ = writeln!(self.out, "{value}");
+        let text = value.to_string();
+        let _ = writeln!(self.out, "{}", json_for_terminal(&text));
         let _ = self.out.flush();
     }
 
@@ -129,6 +133,7 @@ impl Output {
             OutputMode::Human => {
                 self.break_line();
                 let _ = self.out.flush();
+                let text = for_terminal(text, Shape::Prose);
                 let text = self.paint("2", &format!("· {text}"));
                 let _ = writeln!(self.err, "{text}");
                 let _ = self.err.flush();
@@ -144,6 +149,7 @@ impl Output {
             OutputMode::Human => {
                 self.break_line();
                 let _ = self.out.flush();
+                let text = for_terminal(text, Shape::Prose);
                 let text = self.paint("31", &format!("error: {text}"));
                 let _ = writeln!(self.err, "{text}");
                 let _ = self.err.flush();
@@ -154,7 +160,7 @@ impl Output {
     /// Plain text for people (command answers such as `/agents`); nothing in JSON mode.
     pub fn info(&mut self, text: &str) {
         if self.mode == OutputMode::Human {
-            self.line(text);
+            self.line(&for_terminal(text, Shape::Prose));
         }
     }
 
@@ -163,7 +169,7 @@ impl Output {
         self.stop_spinner();
         self.break_line();
         let _ = self.out.flush();
-        let _ = write!(self.err, "{text}");
+        let _ = write!(self.err, "{}", for_terminal(text, Shape::Prose));
         let _ = self.err.flush();
     }
 
@@ -172,6 +178,7 @@ impl Output {
         self.stop_spinner();
         self.break_line();
         let _ = self.out.flush();
+        let text = for_terminal(text, Shape::Block);
         let _ = write!(self.err, "{text}");
         if !text.ends_with('\n') {
             let _ = writeln!(self.err);
@@ -230,7 +237,7 @@ impl Output {
                     .pointer("/metadata/message_id")
                     .and_then(Value::as_str)
                     .map(str::to_owned);
-                let content = text("content");
+                let content = for_terminal(text("content"), Shape::Prose);
                 self.stop_spinner();
                 if !final_ {
                     if self.streaming.is_none() {
@@ -257,7 +264,8 @@ impl Output {
                     .or_else(|| frame.pointer("/metadata/to_agent"))
                     .and_then(Value::as_str)
                     .unwrap_or("?");
-                let reason = text("reason");
+                let to = for_terminal(to, Shape::Line);
+                let reason = for_terminal(text("reason"), Shape::Line);
                 let line = if reason.is_empty() {
                     format!("→ {to} agent")
                 } else {
@@ -277,7 +285,12 @@ impl Output {
                 }
                 let name = text("tool_name");
                 let args = frame.get("arguments").cloned().unwrap_or(Value::Null);
-                let line = self.paint("33", &format!("⚙ {name} {}", summarize_args(name, &args)));
+                let line = format!(
+                    "⚙ {} {}",
+                    for_terminal(name, Shape::Line),
+                    summarize_args(name, &args)
+                );
+                let line = self.paint("33", &line);
                 self.line(&line);
             }
             "error" => {
@@ -286,6 +299,7 @@ impl Output {
                     .or_else(|| frame.get("error"))
                     .and_then(Value::as_str)
                     .unwrap_or("unknown error");
+                let message = for_terminal(message, Shape::Block);
                 let line = self.paint("31", &format!("✗ {message}"));
                 self.line(&line);
             }
@@ -297,15 +311,18 @@ impl Output {
                     "cancelled" => self.notice("turn cancelled"),
                     "step_limit" => self.notice("the turn stopped at the step limit"),
                     "failed" => self.notice("the turn failed"),
-                    other => self.notice(&format!("turn finished: {other}")),
+                    other => {
+                        let other = for_terminal(other, Shape::Line).into_owned();
+                        self.notice(&format!("turn finished: {other}"));
+                    }
                 }
             }
             // Shown by the caller when it matters (connect, resume); approval prompts too.
             "session_info" | "approval_required" => {}
             _ => {
-                let content = text("content");
+                let content = for_terminal(text("content"), Shape::Prose);
                 if !content.is_empty() {
-                    self.line(content);
+                    self.line(&content);
                 }
             }
         }
@@ -321,7 +338,10 @@ impl Output {
             ToolOutcome::Result(result) => {
                 self.paint("2", &format!("  ✓ {}", summarize_result(tool_name, result)))
             }
-            ToolOutcome::Error(error) => self.paint("31", &format!("  ✗ {error}")),
+            ToolOutcome::Error(error) => {
+                let error = for_terminal(error, Shape::Block);
+                self.paint("31", &format!("  ✗ {error}"))
+            }
         };
         self.line(&line);
     }
@@ -332,6 +352,7 @@ impl Output {
             OutputMode::Json => self.json_line(json!({"direction": "out", "hitl_decision": frame})),
             OutputMode::Human => {
                 let decision = frame.get("decision").and_then(Value::as_str).unwrap_or("");
+                let decision = for_terminal(decision, Shape::Line);
                 let line = self.paint("2", &format!("  decision: {decision}"));
                 self.line(&line);
             }
@@ -348,8 +369,14 @@ fn short(text: &str, max: usize) -> String {
     }
 }
 
-/// The arguments of a call in a few words (`src/lib.rs`, `cargo test`, `"parse" in *.rs`).
+/// The arguments of a call in a few words (`src/lib.rs`, `cargo test`, `"parse" in *.rs`), on
+/// one line, escaped for the terminal.
 pub fn summarize_args(tool_name: &str, args: &Value) -> String {
+    let summary = summary_of_args(tool_name, args);
+    for_terminal(&summary, Shape::Line).into_owned()
+}
+
+fn summary_of_args(tool_name: &str, args: &Value) -> String {
     let s = |key: &str| args.get(key).and_then(Value::as_str);
     match tool_name {
         "read_file" | "list_files" | "create_directory" => s("path").unwrap_or(".").to_owned(),
@@ -367,8 +394,85 @@ pub fn summarize_args(tool_name: &str, args: &Value) -> String {
     }
 }
 
-/// A result in a few words (`3 lines`, `exit 0`, `12 matches`).
+/// A result in a few words (`3 lines`, `exit 0`, `12 matches`), escaped for the terminal (the
+/// output lines of a command each on their own line).
 pub fn summarize_result(tool_name: &str, result: &Value) -> String {
+    if tool_name == "execute_command" {
+        return summary_of_command(result);
+    }
+    for_terminal(&summary_of_result(tool_name, result), Shape::Line).into_owned()
+}
+
+/// The text shown before an approval decision: the call on one line, the reason, and what it
+/// would change (`diff`, for `write_file`) or its arguments. Everything from the model or the
+/// workspace is escaped, so a `\r` or an erase-line sequence cannot hide part of a command;
+/// when the arguments hold such characters a warning says so.
+pub fn approval_prompt(
+    tool_name: &str,
+    arguments: &Value,
+    reason: &str,
+    diff: Option<&str>,
+) -> String {
+    let mut text = format!(
+        "\nApproval needed: {} {}\n",
+        for_terminal(tool_name, Shape::Line),
+        summarize_args(tool_name, arguments)
+    );
+    if !reason.is_empty() {
+        text.push_str(&format!(
+            "  reason: {}\n",
+            for_terminal(reason, Shape::Line)
+        ));
+    }
+    match diff {
+        Some(diff) => text.push_str(&for_terminal(diff, Shape::Block)),
+        None => {
+            let pretty = serde_json::to_string_pretty(arguments).unwrap_or_default();
+            text.push_str(&format!("  arguments: {}\n", json_for_terminal(&pretty)));
+        }
+    }
+    if value_has_hidden_characters(arguments) {
+        text.push_str(
+            "  warning: the arguments contain control or invisible characters (shown escaped as \
+             \\r, \\x1b, \\u{...}): check what they do before approving\n",
+        );
+    }
+    text
+}
+
+fn value_has_hidden_characters(value: &Value) -> bool {
+    match value {
+        Value::String(s) => has_hidden_characters(s),
+        Value::Array(items) => items.iter().any(value_has_hidden_characters),
+        Value::Object(map) => map
+            .iter()
+            .any(|(k, v)| has_hidden_characters(k) || value_has_hidden_characters(v)),
+        _ => false,
+    }
+}
+
+fn summary_of_command(result: &Value) -> String {
+    let code = result
+        .get("exit_code")
+        .and_then(Value::as_i64)
+        .map_or("killed".to_owned(), |c| format!("exit {c}"));
+    let stdout = result.get("stdout").and_then(Value::as_str).unwrap_or("");
+    let tail: Vec<&str> = stdout.lines().rev().take(5).collect();
+    let mut text = if result.get("timed_out").and_then(Value::as_bool) == Some(true) {
+        "timed out".to_owned()
+    } else {
+        code
+    };
+    for line in tail.iter().rev() {
+        text.push_str(&format!(
+            "\n    {}",
+            for_terminal(&short(line, 160), Shape::Line)
+        ));
+    }
+    text
+}
+
+fn summary_of_result(tool_name: &str, result: &Value) -> String {
     let n = |key: &str| result.get(key).and_then(Value::as_u64).unwrap_or(0);
     match tool_name {
         "read_file" => format!("{} lines", n("lines_read")),
@@ -385,23 +489,6 @@ pub fn summarize_result(tool_name: &str, result: &Value) -> String {
             }
         }
         "search_in_code" => format!("{} matches", n("total_matches")),
-        "execute_command" => {
-            let code = result
-                .get("exit_code")
-                .and_then(Value::as_i64)
-                .map_or("killed".to_owned(), |c| format!("exit {c}"));
-            let stdout = result.get("stdout").and_then(Value::as_str).unwrap_or("");
-            let tail: Vec<&str> = stdout.lines().rev().take(5).collect();
-            let mut text = if result.get("timed_out").and_then(Value::as_bool) == Some(true) {
-                "timed out".to_owned()
-            } else {
-                code
-            };
-            for line in tail.iter().rev() {
-                text.push_str(&format!("\n    {}", short(line, 160)));
-            }
-            text
-        }
         _ => short(&result.to_string(), 100),
     }
 }
@@ -478,6 +565,107 @@ mod tests {
         assert_eq!(lines[1]["tool_result"]["call_id"], "c");
         assert_eq!(lines.len(), 2);
         assert!(err.text().is_empty());
+    }
+
+    #[test]
+    fn an_approval_prompt_shows_a_command_hidden_behind_cr_or_erase_line_in_full() {
+        for (command, shown) in [
+            ("rm -rf ~\x1b[2K\rls -la", r"$ rm -rf ~\x1b[2K\rls -la"),
+            ("rm -rf ~ \r ls", r"$ rm -rf ~ \r ls"),
+        ] {
+            let prompt = approval_prompt(
+                "execute_command",
+                &json!({"command": command}),
+                "commands need approval",
+                None,
+            );
+            assert!(
+                prompt.contains(&format!("Approval needed: execute_command {shown}\n")),
+                "{prompt}"
+            );
+            assert!(
+                prompt.contains("warning: the arguments contain control"),
+                "{prompt}"
+            );
+            // What reaches the terminal has nothing left to act on.
+            let (out, err) = (Sink::default(), Sink::default());
+            let mut o = Output::to_writers(OutputMode::Human, Box::new(out), Box::new(err.clone()));
+            o.approval_text(&prompt);
+            let written = err.text();
+            assert!(!written.contains(['\x1b', '\r']), "{written:?}");
+            assert!(written.contains(shown), "{written}");
+        }
+        let plain = approval_prompt("execute_command", &json!({"command": "ls -la"}), "", None);
+        assert!(!plain.contains("warning"), "{plain}");
+    }
+
+    #[test]
+    fn a_bidi_override_in_a_path_is_escaped_at_the_prompt() {
+        let path = "invoice\u{202e}txt.exe";
+        let arguments = json!({"path": path, "content": "x\n"});
+        let diff = crate::diff::unified("", "x\n", path);
+        let prompt = approval_prompt("write_file", &arguments, "", Some(&diff));
+        assert!(
+            prompt.contains(r"Approval needed: write_file invoice\u{202e}txt.exe (2 bytes)"),
+            "{prompt}"
+        );
+        assert!(prompt.contains(r"+++ b/invoice\u{202e}txt.exe"), "{prompt}");
+        assert!(!prompt.contains('\u{202e}'), "{prompt}");
+        assert_eq!(
+            summarize_args("read_file", &json!({"path": "a\u{2066}b\nc"})),
+            r"a\u{2066}b\nc"
+        );
+    }
+
+    #[test]
+    fn streamed_osc_sequences_are_neutralized() {
+        let (out, err) = (Sink::default(), Sink::default());
+        let mut o = Output::to_writers(OutputMode::Human, Box::new(out.clone()), Box::new(err));
+        let meta = json!({"message_id": "m1"});
+        // OSC 52 (set the clipboard) split across two pieces, then an OSC 8 hyperlink.
+        for piece in [
+            "copy \x1b]5",
+            "2;c;cm0gLXJmIH4=\x07 then ",
+            "\x1b]8;;https://evil.example\x1b\\docs\x1b]8;;\x1b\\\r\n",
+        ] {
+            o.frame_in(
+                &json!({"type":"assistant_message","content":piece,"is_final":false,
+                              "metadata":meta}),
+            );
+        }
+        o.frame_in(&json!({"type":"error","content":"bad \x1b]0;title\x07"}));
+        let text = out.text();
+        assert!(!text.contains(['\x1b', '\x07', '\r']), "{text:?}");
+        assert!(
+            text.contains(r"copy \x1b]52;c;cm0gLXJmIH4=\x07 then "),
+            "{text}"
+        );
+        assert!(
+            text.contains(r"\x1b]8;;https://evil.example\x1b\docs"),
+            "{text}"
+        );
+        assert!(text.contains(r"✗ bad \x1b]0;title\x07"), "{text}");
+    }
+
+    #[test]
+    fn our_colours_survive_and_theirs_are_escaped() {
+        let (out, err) = (Sink::default(), Sink::default());
+        let mut o = Output::to_writers(OutputMode::Human, Box::new(out.clone()), Box::new(err));
+        o.color = true;
+        o.frame_in(&json!({"type":"error","content":"\x1b[32mfake ok"}));
+        assert_eq!(out.text(), "\x1b[31m✗ \\x1b[32mfake ok\x1b[0m\n");
+    }
+
+    #[test]
+    fn json_lines_carry_the_same_values_without_live_controls() {
+        let (out, err) = (Sink::default(), Sink::default());
+        let mut o = Output::to_writers(OutputMode::Json, Box::new(out.clone()), Box::new(err));
+        let frame = json!({"type":"assistant_message","content":"a\u{9b}2Kb\u{202e}c\u{7f}"});
+        o.frame_in(&frame);
+        let text = out.text();
+        assert!(!text.contains(['\u{9b}', '\u{202e}', '\u{7f}']), "{text:?}");
+        let line: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["frame"], frame);
     }
 
     #[test]

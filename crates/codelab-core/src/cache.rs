@@ -4,7 +4,10 @@
 //! map instead of failing, so what depends on the cache (auth's rate limits and lockouts, its
 //! login forms) goes on per replica. It tries Redis again at most once per
 //! [`REDIS_RETRY_INTERVAL`] and returns to it as soon as it answers; what was written in memory
-//! meanwhile stays there and expires. Only [`Cache::ping`] reports the outage (for `/ready`).
+//! meanwhile stays there and expires (reads that find nothing in Redis look there too). A
+//! Redis that is full (`OOM` under `maxmemory-policy noeviction`) is treated the same way, so a
+//! flood that fills it cannot switch the limits off. Only [`Cache::ping`] reports an outage
+//! (for `/ready`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -95,8 +98,10 @@ struct Outage {
 }
 
 /// The in-process side of [`Cache`]; entries expire lazily by the injected clock. When full
-/// ([`MEMORY_CAPACITY`]) it drops the expired entries, then the tenth that expires soonest: the
-/// counters with the least time left lose the least.
+/// ([`MEMORY_CAPACITY`]) it drops the expired entries, then the tenth that expires soonest among
+/// the plain entries ([`Cache::set_ex`], [`Cache::set_nx_ex`]); counters ([`Cache::incr_ex`]:
+/// rate limits, lockouts) go only when nothing else is left, so a flood of single-use entries
+/// cannot evict the limiter's own counts.
 #[derive(Clone)]
 pub struct MemoryCache {
     state: Arc<Mutex<MemoryState>>,
@@ -124,25 +129,54 @@ impl MemoryState {
             if self.entries.len() >= capacity {
                 // A tenth at a time, so a flood costs one scan per many inserts.
                 let evict = (capacity / 10).max(1);
-                let mut expiries: Vec<SystemTime> =
-                    self.entries.values().map(|e| e.expires_at).collect();
-                let (_, cutoff, _) = expiries.select_nth_unstable(evict - 1);
-                let cutoff = *cutoff;
-                let mut left = evict;
-                self.entries.retain(|_, e| {
-                    let drop = left > 0 && e.expires_at <= cutoff;
-                    left -= usize::from(drop);
-                    !drop
-                });
+                let left = self.evict_soonest(evict, Retention::Plain);
+                if left > 0 {
+                    self.evict_soonest(left, Retention::Counter);
+                }
             }
         }
         self.entries.insert(key.to_owned(), entry);
     }
+
+    /// Drops up to `count` entries of class `retention`, those expiring soonest; returns how
+    /// many more were wanted than that class held.
+    fn evict_soonest(&mut self, count: usize, retention: Retention) -> usize {
+        let mut expiries: Vec<SystemTime> = self
+            .entries
+            .values()
+            .filter(|e| e.retention == retention)
+            .map(|e| e.expires_at)
+            .collect();
+        if expiries.is_empty() {
+            return count;
+        }
+        let evict = count.min(expiries.len());
+        let (_, cutoff, _) = expiries.select_nth_unstable(evict - 1);
+        let cutoff = *cutoff;
+        let mut left = evict;
+        self.entries.retain(|_, e| {
+            let drop = left > 0 && e.retention == retention && e.expires_at <= cutoff;
+            left -= usize::from(drop);
+            !drop
+        });
+        count - evict
+    }
+}
+
+/// Which entries a full in-memory cache drops first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retention {
+    /// Values and flags (`set_ex`, `set_nx_ex`): dropped first.
+    Plain,
+    /// Counters (`incr_ex`: rate limits, lockouts): dropped only when nothing else is left,
+    /// since losing one resets a limit an attacker is pushing against.
+    Counter,
 }
 
 struct Entry {
     value: String,
     expires_at: SystemTime,
+    retention: Retention,
 }
 
 /// Connects to Redis at `redis_url` (keys prefixed with `key_prefix`, as given), or returns an
@@ -179,13 +213,26 @@ fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// Whether `error` means Redis cannot be reached (as opposed to Redis refusing the command).
+/// Whether `error` means Redis cannot serve the command (as opposed to Redis refusing it as
+/// wrong): it cannot be reached, or it is full. Our deployments run Redis with
+/// `maxmemory-policy noeviction` (docs/operations.md), so a full Redis answers writes with
+/// `OOM`; serving them from memory keeps the limits counting instead of skipping them.
 fn is_unavailable(error: &redis::RedisError) -> bool {
     error.is_io_error()
         || error.is_timeout()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
         || error.is_unrecoverable_error()
+        || is_out_of_memory(error)
+}
+
+/// Whether Redis refused a write because it reached `maxmemory` (`-OOM ...`, also when the
+/// write was inside a script).
+fn is_out_of_memory(error: &redis::RedisError) -> bool {
+    error.code() == Some("OOM")
+        || error
+            .detail()
+            .is_some_and(|detail| detail.contains("OOM command not allowed"))
 }
 
 impl Cache {
@@ -214,6 +261,15 @@ impl Cache {
         self
     }
 
+    /// Entries held in this process's memory, expired ones included until purged: the whole
+    /// in-memory cache, or the Redis variant's fallback map.
+    pub fn memory_entries(&self) -> usize {
+        match self {
+            Self::Redis(r) => r.fallback.len(),
+            Self::Memory(m) => m.len(),
+        }
+    }
+
     /// Whether commands are being served from memory because Redis is unavailable.
     pub fn is_degraded(&self) -> bool {
         match self {
@@ -233,7 +289,10 @@ impl Cache {
                         .query_async(&mut conn)
                         .await
                 };
-                r.or_memory("get", command, |m| Ok(m.get(key))).await
+                let value = r.or_memory("get", command, |m| Ok(m.get(key))).await?;
+                // A count written to memory while Redis refused writes (full or away) still
+                // counts once Redis answers reads again.
+                Ok(value.or_else(|| r.fallback.get(key)))
             }
             Self::Memory(m) => Ok(m.get(key)),
         }
@@ -329,7 +388,8 @@ impl Cache {
                     // -2: no such key, -1: no expiry.
                     Ok(u64::try_from(millis).ok().map(Duration::from_millis))
                 };
-                r.or_memory("ttl", command, |m| Ok(m.ttl(key))).await
+                let left = r.or_memory("ttl", command, |m| Ok(m.ttl(key))).await?;
+                Ok(left.or_else(|| r.fallback.ttl(key)))
             }
             Self::Memory(m) => Ok(m.ttl(key)),
         }
@@ -458,6 +518,7 @@ impl MemoryCache {
             let entry = Entry {
                 value: value.to_owned(),
                 expires_at: now + ttl,
+                retention: Retention::Plain,
             };
             state.insert(key, entry, self.capacity, now);
         });
@@ -471,6 +532,7 @@ impl MemoryCache {
             let entry = Entry {
                 value: value.to_owned(),
                 expires_at: now + ttl,
+                retention: Retention::Plain,
             };
             state.insert(key, entry, self.capacity, now);
             true
@@ -494,6 +556,7 @@ impl MemoryCache {
                     let entry = Entry {
                         value: "1".to_owned(),
                         expires_at: now + ttl,
+                        retention: Retention::Counter,
                     };
                     state.insert(key, entry, self.capacity, now);
                     Ok(1)
@@ -537,8 +600,7 @@ impl MemoryCache {
         }
     }
 
-    /// Number of entries held, expired or not (for tests of the purge).
-    #[cfg(test)]
+    /// Number of entries held, expired or not.
     fn len(&self) -> usize {
         self.state
             .lock()

@@ -14,6 +14,17 @@ pub fn random_hex(bytes: usize) -> String {
     hex_encode(&buf)
 }
 
+/// A short reference to a session id for log lines: the first 12 hex digits of its SHA-256.
+///
+/// Where tokenless sockets may attach by session id, the id is a credential, so logs carry this
+/// instead (docs/security.md). The same id always gives the same reference, so one session's
+/// lines can still be found together; the id cannot be recovered from it.
+pub fn log_reference(id: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    hex_encode(&digest[..6])
+}
+
 /// Lower-case hex encoding of `bytes`.
 pub(crate) fn hex_encode(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -48,5 +59,17 @@ mod tests {
         assert_ne!(a, random_hex(32));
         assert_eq!(random_hex(0), "");
         assert_eq!(hex_encode(&[0x00, 0xff, 0x1a]), "00ff1a");
+    }
+
+    #[test]
+    fn log_references_are_stable_short_and_do_not_contain_the_id() {
+        let id = "3f6c2a9e-8d1b-4c57-9a0e-2b7f5d4c1e88";
+        let reference = log_reference(id);
+        assert_eq!(reference.len(), 12);
+        assert_eq!(reference, log_reference(id));
+        assert_ne!(reference, log_reference("another-session"));
+        assert!(!id.contains(&reference) && !reference.contains("3f6c2a9e"));
+        // SHA-256("abc") starts with ba7816bf8f01.
+        assert_eq!(log_reference("abc"), "ba7816bf8f01");
     }
 }

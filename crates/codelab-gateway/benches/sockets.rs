@@ -74,8 +74,10 @@ fn server() {
         let stack = common::start_stack_with(StackOptions::gateway(|config| {
             // IDEs on their own machines: no token, sessions created on first use, no
             // per-socket message limit in the way of the measurement.
-            config.ws_auth = WsAuthMode::Off;
+            config.ws_auth = Some(WsAuthMode::Off);
             config.ws_max_messages_per_second = 0;
+            // Every socket is the development user's: room for all of them.
+            config.ws_max_sockets_per_user = usize::MAX;
             config.agent_stream_timeout = 120.0;
         }))
         .await;

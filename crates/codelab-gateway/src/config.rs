@@ -1,7 +1,7 @@
 //! Settings of the gateway: the original's `GATEWAY__*` names and defaults, plus the WebSocket
 //! limits and authentication modes the original documented but never read.
 
-use codelab_core::config::Secret;
+use codelab_core::config::{Environment, Secret};
 use serde::{Deserialize, Serialize};
 
 /// Default port of the gateway.
@@ -12,18 +12,31 @@ pub const ENV_PREFIX: &str = "GATEWAY";
 pub const SECTION: &str = "gateway";
 
 /// How WebSocket connections authenticate (`GATEWAY__WS_AUTH`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WsAuthMode {
     /// A Bearer token is required (header, `access_token` query parameter, or the
     /// `Sec-WebSocket-Protocol` bearer form).
     Required,
     /// Without a token a connection may attach only to an existing session (its id is an
-    /// unguessable capability created by an authenticated user). The Flutter IDE works this way.
-    #[default]
+    /// unguessable capability created by an authenticated user) and send only what the
+    /// Flutter IDE sends. The Flutter IDE, which cannot send a token, works this way.
     Session,
     /// Development without auth: sessions are created on first use.
     Off,
+}
+
+impl WsAuthMode {
+    /// The mode when `GATEWAY__WS_AUTH` is unset: `session` in development (the Flutter IDE
+    /// connects unchanged), `required` everywhere else, because there a session id must not
+    /// act as a bearer credential (docs/websocket-protocol.md, "Authentication").
+    pub fn default_for(environment: Environment) -> Self {
+        if environment.is_hardened() {
+            Self::Required
+        } else {
+            Self::Session
+        }
+    }
 }
 
 /// `[gateway]` / `GATEWAY__*`.
@@ -34,8 +47,11 @@ pub struct Config {
     pub host: String,
     /// Base URL of the agent runtime.
     pub agent_url: String,
-    /// Sent to the runtime as `X-Internal-Auth`; also accepted from service callers.
+    /// Sent to the runtime as `X-Internal-Auth` (the runtime's key; never accepted here).
     pub internal_api_key: Secret,
+    /// Accepted from service callers as `X-Internal-Auth` (with `X-Codelab-User-Id`); empty:
+    /// no service callers at all. Its own key, so the runtime's key opens nothing here.
+    pub service_api_key: Secret,
     /// Base URL of the auth service (JWKS at `<url>/.well-known/jwks.json`).
     pub auth_service_url: String,
     /// `true`: REST calls need a Bearer JWT (or the internal key); `false` (development only):
@@ -49,7 +65,12 @@ pub struct Config {
     pub jwt_leeway: u64,
     /// Seconds the JWKS is cached.
     pub jwks_cache_ttl: u64,
-    pub ws_auth: WsAuthMode,
+    /// `None`: [`WsAuthMode::default_for`] the environment, resolved by `build`; read it
+    /// through [`Config::ws_auth_mode`].
+    pub ws_auth: Option<WsAuthMode>,
+    /// Browser origins (besides the gateway's own and `cors_origins`) allowed to open a
+    /// WebSocket; an upgrade without `Origin` (native clients) is always allowed.
+    pub ws_allowed_origins: Vec<String>,
     /// Seconds between protocol pings; a peer that misses two is closed.
     pub ws_heartbeat_interval: u64,
     /// Seconds to wait for the close handshake.
@@ -58,6 +79,16 @@ pub struct Config {
     pub ws_max_frame_bytes: usize,
     /// Messages per second one socket may send (burst of the same size).
     pub ws_max_messages_per_second: u32,
+    /// Frames waiting to be written to one socket (its events and its own frames) before it
+    /// counts as a slow consumer and is closed with 1013; without a bound a client that stops
+    /// reading would make the gateway buffer its session's whole stream.
+    pub ws_max_queued_frames: usize,
+    /// Bytes waiting to be written to one socket before it is closed with 1013 (see
+    /// `ws_max_queued_frames`).
+    pub ws_max_queued_bytes: usize,
+    /// Open WebSockets one user may hold on this gateway process; more are refused with 429
+    /// (0: no cap).
+    pub ws_max_sockets_per_user: usize,
     /// Seconds of silence allowed between two events of a runtime stream.
     pub agent_stream_timeout: f64,
     /// Seconds allowed for a REST call to the runtime.
@@ -80,17 +111,22 @@ impl Default for Config {
             host: "0.0.0.0".to_owned(),
             agent_url: "http://localhost:8001".to_owned(),
             internal_api_key: Secret::new("change-me-internal-key"),
+            service_api_key: Secret::default(),
             auth_service_url: "http://auth-service:8003".to_owned(),
             use_jwt_auth: true,
             jwt_issuer: "https://auth.codelab.local".to_owned(),
             jwt_audience: "codelab-api".to_owned(),
             jwt_leeway: 30,
             jwks_cache_ttl: 3600,
-            ws_auth: WsAuthMode::Session,
+            ws_auth: None,
+            ws_allowed_origins: Vec::new(),
             ws_heartbeat_interval: 30,
             ws_close_timeout: 10,
             ws_max_frame_bytes: 16 * 1024 * 1024,
             ws_max_messages_per_second: 20,
+            ws_max_queued_frames: 1024,
+            ws_max_queued_bytes: 8 * 1024 * 1024,
+            ws_max_sockets_per_user: 256,
             agent_stream_timeout: 300.0,
             request_timeout: 30.0,
             redis_url: None,
@@ -100,5 +136,13 @@ impl Default for Config {
             log_level: "INFO".to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         }
+    }
+}
+
+impl Config {
+    /// The effective WebSocket authentication mode. `build` fills in the environment's
+    /// default; a config that skipped `build` gets the strict mode.
+    pub fn ws_auth_mode(&self) -> WsAuthMode {
+        self.ws_auth.unwrap_or(WsAuthMode::Required)
     }
 }

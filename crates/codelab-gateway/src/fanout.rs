@@ -8,6 +8,12 @@
 //! dispatches messages to them. After Redis comes back it subscribes again, and every local
 //! subscriber is told it may have missed events (it then replays them from the runtime,
 //! which stores every event).
+//!
+//! Every subscriber's queue is bounded (frames and bytes): a subscriber that falls further
+//! behind is told it overflowed and gets nothing more, so a client that stops reading never
+//! makes this process buffer its session's stream. The fan-out also counts each user's
+//! sockets on this process (the per-user cap of `GATEWAY__WS_MAX_SOCKETS_PER_USER`): the
+//! subscriptions are this replica's registry of local sockets.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -22,14 +28,17 @@ use futures_util::{Stream, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
 
 /// Timeout for connecting to Redis and for each command.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
-/// Events queued for one slow subscriber before it is told it lagged (and events are dropped
-/// for it until it has caught up through a replay).
-const SUBSCRIBER_QUEUE: usize = 1024;
+/// Events queued for one subscriber of [`Fanout::subscribe`] before it is told it overflowed.
+pub const DEFAULT_QUEUED_EVENTS: usize = 1024;
+/// Bytes (encoded events) queued for one subscriber of [`Fanout::subscribe`] before it is
+/// told it overflowed.
+pub const DEFAULT_QUEUED_BYTES: usize = 8 * 1024 * 1024;
 /// Waits between attempts to reconnect the subscriber connection.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
@@ -50,9 +59,31 @@ pub enum FanoutError {
 pub enum Delivery {
     /// An event of the session.
     Event(Arc<SequencedEvent>),
-    /// Events may have been missed since the last delivery (a slow subscriber, or Redis was
-    /// away): replay from the runtime.
+    /// Events may have been missed since the last delivery (Redis was away): replay from the
+    /// runtime.
     Lagged,
+    /// The subscriber fell further behind than its queue allows: nothing more is delivered
+    /// (a socket closes and its client resumes after the last event it saw).
+    Overflowed,
+}
+
+/// How much may wait in one subscriber's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Events.
+    pub events: usize,
+    /// Bytes of the events, JSON-encoded. One event larger than this is still queued when
+    /// nothing else waits (a tool call may carry a whole file).
+    pub bytes: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits {
+            events: DEFAULT_QUEUED_EVENTS,
+            bytes: DEFAULT_QUEUED_BYTES,
+        }
+    }
 }
 
 /// Publishes and subscribes to the events of sessions; clones share everything.
@@ -93,6 +124,8 @@ struct Registry {
     next_id: AtomicU64,
     /// `Some` with Redis: (un)subscriptions for the subscriber task, in order.
     commands: Option<mpsc::UnboundedSender<Command>>,
+    /// Open sockets by user on this process.
+    sockets_by_user: Mutex<HashMap<String, usize>>,
 }
 
 struct Channel {
@@ -101,8 +134,9 @@ struct Channel {
     ready: watch::Sender<bool>,
 }
 
-/// A queued delivery: an event, or `None` for "events may have been missed here".
-type Queued = Option<Arc<SequencedEvent>>;
+/// A queued delivery: an event and its encoded size, or `None` for "events may have been
+/// missed here".
+type Queued = Option<(Arc<SequencedEvent>, usize)>;
 
 struct Subscriber {
     id: u64,
@@ -112,17 +146,22 @@ struct Subscriber {
 /// The events waiting for one subscriber. A mutex-guarded deque and a `Notify` rather than a
 /// channel: an idle socket's queue is a few dozen bytes (a tokio channel preallocates a block
 /// and cache-padded state, about 1 KiB, and there are 10,000 idle sockets to a replica).
-#[derive(Default)]
 struct SubscriberQueue {
     state: Mutex<QueueState>,
     notify: Notify,
+    limits: QueueLimits,
+    /// Cancelled when the queue overflows, so a consumer blocked elsewhere (a socket write
+    /// that does not progress) learns it at once.
+    overflow: CancellationToken,
 }
 
 #[derive(Default)]
 struct QueueState {
     items: VecDeque<Queued>,
-    /// The queue overflowed: events are dropped until the gap has been reported.
-    lagged: bool,
+    /// Encoded bytes of the queued events.
+    bytes: usize,
+    /// The queue overflowed: nothing is queued any more.
+    overflowed: bool,
 }
 
 impl SubscriberQueue {
@@ -130,28 +169,44 @@ impl SubscriberQueue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues an event; on overflow the subscriber is marked lagged instead.
-    fn push(&self, event: Arc<SequencedEvent>) {
+    fn new(limits: QueueLimits, overflow: CancellationToken) -> Self {
+        SubscriberQueue {
+            state: Mutex::default(),
+            notify: Notify::new(),
+            limits,
+            overflow,
+        }
+    }
+
+    /// Queues an event of `bytes` encoded bytes; past the limits the subscriber is marked
+    /// overflowed instead, and gets nothing more.
+    fn push(&self, event: Arc<SequencedEvent>, bytes: usize) {
         let mut state = self.lock();
-        // A lagging subscriber gets nothing until it has noticed the gap: it replays
-        // everything after what it saw, so nothing is lost and nothing is reordered.
-        if state.lagged {
+        if state.overflowed {
             return;
         }
-        if state.items.len() >= SUBSCRIBER_QUEUE {
-            metrics::fanout_error("lagged");
-            state.lagged = true;
+        let too_many = state.items.len() >= self.limits.events;
+        let too_large =
+            !state.items.is_empty() && state.bytes.saturating_add(bytes) > self.limits.bytes;
+        if too_many || too_large {
+            metrics::fanout_error("overflow");
+            state.overflowed = true;
+            // What is queued is still delivered (then `Overflowed`); the client resumes after
+            // the last event it saw, so memory is freed as soon as the consumer stops.
+            drop(state);
+            self.overflow.cancel();
         } else {
-            state.items.push_back(Some(event));
+            state.bytes += bytes;
+            state.items.push_back(Some((event, bytes)));
+            drop(state);
         }
-        drop(state);
         self.notify.notify_one();
     }
 
     /// Reports a gap after the events queued so far.
     fn push_gap(&self) {
         let mut state = self.lock();
-        if !state.lagged {
+        if !state.overflowed {
             state.items.push_back(None);
         }
         drop(state);
@@ -161,15 +216,16 @@ impl SubscriberQueue {
     /// The next delivery without waiting.
     fn try_pop(&self) -> Option<Delivery> {
         let mut state = self.lock();
-        if let Some(queued) = state.items.pop_front() {
-            return Some(queued.map_or(Delivery::Lagged, Delivery::Event));
+        match state.items.pop_front() {
+            Some(Some((event, bytes))) => {
+                state.bytes = state.bytes.saturating_sub(bytes);
+                Some(Delivery::Event(event))
+            }
+            Some(None) => Some(Delivery::Lagged),
+            // An overflow is reported after the events queued before it.
+            None if state.overflowed => Some(Delivery::Overflowed),
+            None => None,
         }
-        // An overflow is reported after the events queued before it, and only then does the
-        // dispatcher deliver again (so a replay covers everything in between).
-        if std::mem::take(&mut state.lagged) {
-            return Some(Delivery::Lagged);
-        }
-        None
     }
 
     /// The next delivery (single consumer: a stored `Notify` permit covers a push between
@@ -205,14 +261,15 @@ impl Registry {
             .and_then(|rest| rest.strip_prefix("events:"))
     }
 
-    /// Hands `event` to every local subscriber of `session_id`, without waiting.
-    fn dispatch(&self, session_id: &str, event: Arc<SequencedEvent>) {
+    /// Hands `event` (`bytes` encoded) to every local subscriber of `session_id`, without
+    /// waiting.
+    fn dispatch(&self, session_id: &str, event: Arc<SequencedEvent>, bytes: usize) {
         let channels = self.lock();
         let Some(channel) = channels.get(session_id) else {
             return;
         };
         for subscriber in &channel.subscribers {
-            subscriber.queue.push(Arc::clone(&event));
+            subscriber.queue.push(Arc::clone(&event), bytes);
         }
     }
 
@@ -269,6 +326,7 @@ impl Fanout {
                         channels: Mutex::default(),
                         next_id: AtomicU64::new(1),
                         commands: None,
+                        sockets_by_user: Mutex::default(),
                     }),
                     redis: None,
                 }),
@@ -301,6 +359,7 @@ impl Fanout {
             channels: Mutex::default(),
             next_id: AtomicU64::new(1),
             commands: Some(commands),
+            sockets_by_user: Mutex::default(),
         });
         let task = tokio::spawn(subscriber_loop(
             client,
@@ -327,7 +386,7 @@ impl Fanout {
         let registry = &self.inner.registry;
         let Some(redis) = &self.inner.redis else {
             metrics::fanout_published("memory");
-            registry.dispatch(session_id, Arc::new(event.clone()));
+            registry.dispatch(session_id, Arc::new(event.clone()), encoded_len(event));
             return;
         };
         let payload = match serde_json::to_string(event) {
@@ -340,7 +399,7 @@ impl Fanout {
         let mut conn = redis.publisher.clone();
         let published: Result<i64, _> = redis::cmd("PUBLISH")
             .arg(registry.channel_name(session_id))
-            .arg(payload)
+            .arg(&payload)
             .query_async(&mut conn)
             .await;
         match published {
@@ -349,17 +408,29 @@ impl Fanout {
             Err(error) => {
                 metrics::fanout_error("publish");
                 tracing::warn!(%error, "publishing an event to Redis failed; delivering locally");
-                registry.dispatch(session_id, Arc::new(event.clone()));
+                let bytes = payload.len();
+                registry.dispatch(session_id, Arc::new(event.clone()), bytes);
             }
         }
     }
 
-    /// Subscribes to the events of `session_id`; dropping the subscription unsubscribes
-    /// (from Redis when it was the last local one).
+    /// Subscribes to the events of `session_id` with the default queue limits; dropping the
+    /// subscription unsubscribes (from Redis when it was the last local one).
     pub fn subscribe(&self, session_id: &str) -> FanoutSubscription {
+        self.subscribe_with(session_id, QueueLimits::default(), CancellationToken::new())
+    }
+
+    /// Subscribes to the events of `session_id`; past `limits` the subscription delivers
+    /// [`Delivery::Overflowed`] and cancels `overflow`.
+    pub fn subscribe_with(
+        &self,
+        session_id: &str,
+        limits: QueueLimits,
+        overflow: CancellationToken,
+    ) -> FanoutSubscription {
         let registry = Arc::clone(&self.inner.registry);
         let id = registry.next_id.fetch_add(1, Ordering::Relaxed);
-        let queue = Arc::new(SubscriberQueue::default());
+        let queue = Arc::new(SubscriberQueue::new(limits, overflow));
         let ready = {
             let mut channels = registry.lock();
             let channel = channels.entry(session_id.to_owned()).or_insert_with(|| {
@@ -388,6 +459,28 @@ impl Fanout {
         }
     }
 
+    /// Counts a socket of `user_id` on this process while the returned claim lives; `None`
+    /// when the user already holds `max_per_user` sockets here.
+    pub fn claim_socket(&self, user_id: &str, max_per_user: usize) -> Option<SocketClaim> {
+        let registry = &self.inner.registry;
+        let mut sockets = registry
+            .sockets_by_user
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let count = sockets.entry(user_id.to_owned()).or_insert(0);
+        if *count >= max_per_user {
+            if *count == 0 {
+                sockets.remove(user_id);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(SocketClaim {
+            registry: Arc::clone(registry),
+            user_id: user_id.to_owned(),
+        })
+    }
+
     /// `/ready`: Redis answers PING (always ready in process).
     pub async fn ping(&self) -> Result<(), FanoutError> {
         let Some(redis) = &self.inner.redis else {
@@ -397,6 +490,54 @@ impl Fanout {
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
     }
+}
+
+/// One socket of a user counted by [`Fanout::claim_socket`]; dropping it frees the place.
+pub struct SocketClaim {
+    registry: Arc<Registry>,
+    user_id: String,
+}
+
+impl std::fmt::Debug for SocketClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketClaim").finish_non_exhaustive()
+    }
+}
+
+impl Drop for SocketClaim {
+    fn drop(&mut self) {
+        let mut sockets = self
+            .registry
+            .sockets_by_user
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = sockets.get_mut(&self.user_id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                sockets.remove(&self.user_id);
+            }
+        }
+    }
+}
+
+/// The JSON-encoded size of `value` (an event or a frame), counted without building the text:
+/// what the per-socket queue limits are measured in.
+pub(crate) fn encoded_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Events and frames are JSON objects with string keys: encoding cannot fail (an error would
+    // only leave a smaller count).
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
 }
 
 /// The events of one session for one socket. A `Stream` of events; [`FanoutSubscription::recv`]
@@ -460,6 +601,8 @@ impl Stream for FanoutSubscription {
                         }
                         // A plain stream of events has no way to say "replay": skip the gap.
                         Delivery::Lagged => {}
+                        // Nothing more will come.
+                        Delivery::Overflowed => return Poll::Ready(None),
                     }
                 }
             }
@@ -556,8 +699,9 @@ async fn subscriber_loop(
                     let Some(session_id) = registry.session_of(&channel) else {
                         continue;
                     };
-                    match serde_json::from_slice::<SequencedEvent>(message.get_payload_bytes()) {
-                        Ok(event) => registry.dispatch(session_id, Arc::new(event)),
+                    let payload = message.get_payload_bytes();
+                    match serde_json::from_slice::<SequencedEvent>(payload) {
+                        Ok(event) => registry.dispatch(session_id, Arc::new(event), payload.len()),
                         Err(error) => {
                             metrics::fanout_error("decode");
                             tracing::warn!(%error, "skipping a fan-out message that cannot be read");
@@ -589,24 +733,65 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_slow_subscriber_is_told_it_lagged_after_what_it_had() {
+    async fn a_slow_subscriber_overflows_after_what_it_had_and_gets_nothing_more() {
         let fanout = Fanout::connect(None, "t:").await.unwrap();
-        let mut slow = fanout.subscribe("s");
-        for seq in 1..=(SUBSCRIBER_QUEUE as u64 + 5) {
+        let overflow = CancellationToken::new();
+        let limits = QueueLimits {
+            events: 8,
+            bytes: usize::MAX,
+        };
+        let mut slow = fanout.subscribe_with("s", limits, overflow.clone());
+        for seq in 1..=10 {
             fanout.publish("s", &notice(seq)).await;
         }
-        for seq in 1..=SUBSCRIBER_QUEUE as u64 {
+        assert!(overflow.is_cancelled());
+        for seq in 1..=8 {
             match slow.recv().await.unwrap() {
                 Delivery::Event(event) => assert_eq!(event.seq, seq),
-                Delivery::Lagged => panic!("lag reported too early at {seq}"),
+                other => panic!("expected event {seq}, got {other:?}"),
             }
         }
-        assert_eq!(slow.recv().await.unwrap(), Delivery::Lagged);
-        fanout.publish("s", &notice(9999)).await;
-        match slow.recv().await.unwrap() {
-            Delivery::Event(event) => assert_eq!(event.seq, 9999),
-            Delivery::Lagged => panic!("lag reported twice"),
+        assert_eq!(slow.recv().await.unwrap(), Delivery::Overflowed);
+        fanout.publish("s", &notice(99)).await;
+        assert_eq!(slow.recv().await.unwrap(), Delivery::Overflowed);
+    }
+
+    #[tokio::test]
+    async fn the_byte_limit_bounds_a_queue_but_admits_one_large_event() {
+        let fanout = Fanout::connect(None, "t:").await.unwrap();
+        let overflow = CancellationToken::new();
+        let one = encoded_len(&notice(1));
+        let limits = QueueLimits {
+            events: 1000,
+            bytes: one * 3,
+        };
+        let mut sub = fanout.subscribe_with("s", limits, overflow.clone());
+        let large = SequencedEvent {
+            seq: 1,
+            event: RuntimeEvent::Notice {
+                message: "x".repeat(one * 10),
+            },
+        };
+        fanout.publish("s", &large).await;
+        assert!(!overflow.is_cancelled(), "one event alone is always queued");
+        assert!(matches!(sub.recv().await, Some(Delivery::Event(_))));
+        for seq in 2..=4 {
+            fanout.publish("s", &notice(seq)).await;
         }
+        assert!(!overflow.is_cancelled());
+        fanout.publish("s", &notice(5)).await;
+        assert!(overflow.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn sockets_are_capped_per_user_and_freed_when_dropped() {
+        let fanout = Fanout::connect(None, "t:").await.unwrap();
+        let first = fanout.claim_socket("u", 2).unwrap();
+        let _second = fanout.claim_socket("u", 2).unwrap();
+        assert!(fanout.claim_socket("u", 2).is_none());
+        assert!(fanout.claim_socket("other", 2).is_some());
+        drop(first);
+        assert!(fanout.claim_socket("u", 2).is_some());
     }
 
     #[tokio::test]
@@ -622,6 +807,7 @@ mod tests {
             got.push(match sub.recv().await.unwrap() {
                 Delivery::Event(event) => Some(event.seq),
                 Delivery::Lagged => None,
+                Delivery::Overflowed => panic!("nothing overflowed"),
             });
         }
         assert_eq!(got, vec![Some(1), None, Some(2)]);

@@ -123,32 +123,54 @@ impl AppState {
     }
 }
 
-/// Refuses settings that cannot work, and those production must never run with.
+/// Refuses settings that cannot work, and those staging and production must never run with.
+/// Expects `ws_auth` resolved (see [`build`]).
 fn validate(config: &Config, environment: Environment) -> Result<(), BuildError> {
     let problem = |text: &str| Err(BuildError::Config(text.to_owned()));
-    if environment.is_production() {
+    if environment.is_hardened() {
         if !config.use_jwt_auth {
             return problem(
                 "use_jwt_auth = false (GATEWAY__USE_JWT_AUTH) lets anyone act as the development \
-                 user; it is refused with ENVIRONMENT=production",
+                 user; it is refused outside ENVIRONMENT=development",
             );
         }
-        if config.ws_auth == WsAuthMode::Off {
+        if config.ws_auth_mode() == WsAuthMode::Off {
             return problem(
                 "ws_auth = off (GATEWAY__WS_AUTH) accepts unauthenticated sockets; it is refused \
-                 with ENVIRONMENT=production (use session or required)",
+                 outside ENVIRONMENT=development (use required, or session for the Flutter IDE)",
             );
         }
         if config.internal_api_key.is_weak() {
             return problem(
                 "internal_api_key (GATEWAY__INTERNAL_API_KEY) is missing, shorter than 16 \
-                 characters or a published placeholder; production needs a strong key",
+                 characters or a published placeholder; staging and production need a strong key",
+            );
+        }
+        if !config.service_api_key.is_empty() && config.service_api_key.is_weak() {
+            return problem(
+                "service_api_key (GATEWAY__SERVICE_API_KEY) is shorter than 16 characters or a \
+                 published placeholder; set a strong key (openssl rand -hex 32) or leave it empty \
+                 to accept no service callers",
             );
         }
     }
     if config.internal_api_key.is_empty() {
         return problem("internal_api_key (GATEWAY__INTERNAL_API_KEY) must not be empty");
     }
+    // A leaked runtime key must not also let its holder act as any user here (issue 14,
+    // finding 6; docs/gateway.md "Service callers").
+    if !config.service_api_key.is_empty()
+        && config
+            .service_api_key
+            .matches(config.internal_api_key.expose().as_bytes())
+    {
+        return problem(
+            "service_api_key (GATEWAY__SERVICE_API_KEY) must differ from internal_api_key \
+             (GATEWAY__INTERNAL_API_KEY), the key the gateway sends to the runtime",
+        );
+    }
+    ws::origin::validate_allowed_origins(&config.ws_allowed_origins, environment)
+        .map_err(BuildError::Config)?;
     let auth_url = config.auth_service_url.trim();
     if !(auth_url.starts_with("http://") || auth_url.starts_with("https://")) {
         return Err(BuildError::Config(format!(
@@ -209,9 +231,13 @@ fn cors_layer(config: &Config, environment: Environment) -> Result<Option<CorsLa
 
 /// Validates the settings, prepares the runtime client, the authenticator and the fan-out
 /// (Redis when `redis_url` is set).
-pub async fn build(config: Config, deps: Deps) -> Result<Arc<AppState>, BuildError> {
+pub async fn build(mut config: Config, deps: Deps) -> Result<Arc<AppState>, BuildError> {
     let _ = metrics_handle();
     metrics::describe();
+    let ws_auth = config
+        .ws_auth
+        .unwrap_or_else(|| WsAuthMode::default_for(deps.environment));
+    config.ws_auth = Some(ws_auth);
     validate(&config, deps.environment)?;
     // Validated here so a bad setting stops startup rather than the first request.
     cors_layer(&config, deps.environment)?;
@@ -224,8 +250,19 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<AppState>, BuildErr
             "use_jwt_auth is false: REST calls without a token act as the development user \"dev\""
         );
     }
-    if config.ws_auth == WsAuthMode::Off {
-        tracing::warn!("ws_auth is off: WebSocket connections are not authenticated");
+    match ws_auth {
+        WsAuthMode::Off => {
+            tracing::warn!("ws_auth is off: WebSocket connections are not authenticated");
+        }
+        WsAuthMode::Session if deps.environment.is_hardened() => tracing::warn!(
+            "ws_auth is session: a socket without a token that presents a session id may send \
+             messages and tool results for its owner (the Flutter IDE's mode); use required \
+             when every client can send a token"
+        ),
+        _ => {}
+    }
+    if config.service_api_key.is_empty() {
+        tracing::info!("service_api_key is empty: X-Internal-Auth callers are refused");
     }
     let info = ServiceInfo::new(SERVICE_NAME, config.version.clone());
     tracing::info!(
@@ -234,7 +271,7 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<AppState>, BuildErr
         jwks = %auth.jwks().url(),
         issuer = %config.jwt_issuer,
         use_jwt_auth = config.use_jwt_auth,
-        ws_auth = ?config.ws_auth,
+        ws_auth = ?ws_auth,
         redis = fanout.is_redis(),
         "gateway ready"
     );
@@ -310,7 +347,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn production_refuses_development_settings() {
+    fn staging_and_production_refuse_development_settings() {
         let strong = codelab_core::config::Secret::new("0123456789abcdef0123456789abcdef");
         let good = Config {
             internal_api_key: strong.clone(),
@@ -323,15 +360,26 @@ mod tests {
                 ..good.clone()
             },
             Config {
-                ws_auth: WsAuthMode::Off,
+                ws_auth: Some(WsAuthMode::Off),
                 ..good.clone()
             },
             Config::default(),
+            Config {
+                service_api_key: codelab_core::config::Secret::new("short"),
+                ..good.clone()
+            },
         ];
         for config in cases {
             assert!(validate(&config, Environment::Production).is_err());
+            assert!(validate(&config, Environment::Staging).is_err());
             assert!(validate(&config, Environment::Development).is_ok());
         }
+        // The runtime's key is never the key service callers present here.
+        let shared = Config {
+            service_api_key: strong.clone(),
+            ..good.clone()
+        };
+        assert!(validate(&shared, Environment::Development).is_err());
         let loose = Config {
             jwt_leeway: 600,
             ..good.clone()

@@ -10,10 +10,15 @@ pub const WS_ACTIVE_SOCKETS: &str = "codelab_gateway_ws_active_sockets";
 /// Frames by `direction` (`in`, `out`) and `type`.
 pub const WS_FRAMES: &str = "codelab_gateway_ws_frames_total";
 /// Upgrade attempts by `outcome` (`accepted`, `unauthorized`, `forbidden`, `bad_request`,
-/// `runtime_unavailable`).
+/// `runtime_unavailable`, `too_many_sockets`).
 pub const WS_CONNECTIONS: &str = "codelab_gateway_ws_connections_total";
 /// Closed sockets by `code` (`1000`, `1001`, `1008`, `1009`, ..., `1006` without a close frame).
 pub const WS_CLOSES: &str = "codelab_gateway_ws_closes_total";
+/// Sockets closed with 1013 because they did not read what was queued for them.
+pub const WS_SLOW_CONSUMERS: &str = "codelab_gateway_ws_slow_consumers_total";
+/// Resumption requests (`hello`, connect with protocol 2, a fan-out gap) by `outcome`:
+/// `fetched` (read from the runtime) or `coalesced` (merged into the next fetch).
+pub const WS_REPLAYS: &str = "codelab_gateway_ws_replays_total";
 /// Refused credentials by `reason`.
 pub const AUTH_FAILURES: &str = "codelab_gateway_auth_failures_total";
 /// Time from a `user_message` to the first assistant text written to that socket.
@@ -22,7 +27,7 @@ pub const TTFT: &str = "codelab_gateway_ttft_seconds";
 pub const RUNTIME_STREAM_ERRORS: &str = "codelab_gateway_runtime_stream_errors_total";
 /// Events published to the fan-out, by `transport` (`memory`, `redis`).
 pub const FANOUT_PUBLISHED: &str = "codelab_gateway_fanout_published_total";
-/// Fan-out failures by `kind` (`publish`, `subscribe`, `reconnect`, `decode`, `lagged`).
+/// Fan-out failures by `kind` (`publish`, `subscribe`, `reconnect`, `decode`, `overflow`).
 pub const FANOUT_ERRORS: &str = "codelab_gateway_fanout_errors_total";
 
 /// Frame types counted by name; any other is counted as `other`.
@@ -66,6 +71,14 @@ pub fn describe() {
         metrics::describe_counter!(WS_FRAMES, "WebSocket frames by direction and type");
         metrics::describe_counter!(WS_CONNECTIONS, "WebSocket upgrade attempts by outcome");
         metrics::describe_counter!(WS_CLOSES, "Closed WebSockets by close code");
+        metrics::describe_counter!(
+            WS_SLOW_CONSUMERS,
+            "WebSockets closed with 1013 because their queue was full"
+        );
+        metrics::describe_counter!(
+            WS_REPLAYS,
+            "WebSocket resumptions by outcome (fetched, coalesced)"
+        );
         metrics::describe_counter!(AUTH_FAILURES, "Refused credentials by reason");
         metrics::describe_histogram!(
             TTFT,
@@ -112,6 +125,16 @@ pub fn connection(outcome: &'static str) {
 /// Counts a closed socket.
 pub fn close(code: u16) {
     metrics::counter!(WS_CLOSES, "code" => close_code_label(code)).increment(1);
+}
+
+/// Counts a socket closed for not reading.
+pub fn slow_consumer() {
+    metrics::counter!(WS_SLOW_CONSUMERS).increment(1);
+}
+
+/// Counts a resumption request (`fetched` or `coalesced`).
+pub fn replay(outcome: &'static str) {
+    metrics::counter!(WS_REPLAYS, "outcome" => outcome).increment(1);
 }
 
 /// Counts refused credentials.

@@ -16,6 +16,7 @@ pub fn document(version: &str) -> Value {
         for code in codes {
             let response = match *code {
                 "401" => json!({ "$ref": "#/components/responses/Unauthorized" }),
+                "403" => json!({ "$ref": "#/components/responses/InsufficientScope" }),
                 "404" => json!({ "$ref": "#/components/responses/NotFound" }),
                 "502" => json!({ "$ref": "#/components/responses/GatewayError" }),
                 "503" => json!({ "$ref": "#/components/responses/Unavailable" }),
@@ -41,8 +42,8 @@ pub fn document(version: &str) -> Value {
         json!({ "description": description,
             "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
     };
-    let common = ["401", "502", "503"];
-    let with_404 = ["401", "404", "502", "503"];
+    let common = ["401", "403", "502", "503"];
+    let with_404 = ["401", "403", "404", "502", "503"];
 
     json!({
         "openapi": "3.1.0",
@@ -51,7 +52,9 @@ pub fn document(version: &str) -> Value {
             "version": version,
             "description": "REST API of the CodeLab gateway (the IDE's WebSocket is at /api/v1/ws/{session_id}). \
                 Authenticate with `Authorization: Bearer <access token>` from the auth service's \
-                /oauth/token; service callers may send X-Internal-Auth (and X-Codelab-User-Id). \
+                /oauth/token. Reading needs the api:read scope, acting (creating, renaming, deleting, \
+                deciding, cancelling) api:write. Service callers inside the deployment may send \
+                X-Internal-Auth with the gateway's service key (and X-Codelab-User-Id). \
                 Another user's session answers 404, like a missing one. Errors from the agent \
                 runtime keep their status with {\"error\": \"Agent Runtime error: <status>\", \"detail\": ...}."
         },
@@ -69,7 +72,7 @@ pub fn document(version: &str) -> Value {
                         query_param("offset", "integer", "Sessions to skip (default 0)."),
                         query_param("search", "string", "Case-insensitive substring of the title.")
                     ],
-                    "responses": with(("200", json_ok("A page of sessions.", "SessionList")), &["400", "401", "502", "503"])
+                    "responses": with(("200", json_ok("A page of sessions.", "SessionList")), &["400", "401", "403", "502", "503"])
                 },
                 "post": {
                     "operationId": "createSession",
@@ -89,7 +92,7 @@ pub fn document(version: &str) -> Value {
                     "summary": "Renames a session",
                     "requestBody": { "required": true, "content": { "application/json": {
                         "schema": { "$ref": "#/components/schemas/SessionUpdate" } } } },
-                    "responses": with(("200", json_ok("The renamed session.", "Session")), &["400", "401", "404", "502", "503"])
+                    "responses": with(("200", json_ok("The renamed session.", "Session")), &["400", "401", "403", "404", "502", "503"])
                 },
                 "delete": {
                     "operationId": "deleteSession",
@@ -123,7 +126,7 @@ pub fn document(version: &str) -> Value {
                         "schema": { "$ref": "#/components/schemas/ApprovalDecision" },
                         "example": { "decision": "edit", "modified_arguments": { "path": "notes/todo.md" } } } } },
                     "responses": with(("200", json_ok("The decision was accepted.", "ApprovalAccepted")),
-                        &["400", "401", "404", "409", "502", "503"])
+                        &["400", "401", "403", "404", "409", "502", "503"])
                 }
             },
             "/api/v1/sessions/{session_id}/cancel": {
@@ -171,13 +174,19 @@ pub fn document(version: &str) -> Value {
                 "bearerAuth": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                     "description": "An access token of the auth service (RS256, type access)." },
                 "internalKey": { "type": "apiKey", "in": "header", "name": "X-Internal-Auth",
-                    "description": "Service callers; X-Codelab-User-Id names the user they act for." }
+                    "description": "Service callers with GATEWAY__SERVICE_API_KEY (none when it is \
+                        empty); X-Codelab-User-Id names the user they act for." }
             },
             "responses": {
                 "Unauthorized": {
                     "description": "No or invalid credentials (RFC 6750; see WWW-Authenticate).",
                     "content": { "application/json": { "schema": { "$ref": "#/components/schemas/AuthError" },
                         "example": { "error": "invalid_token", "error_description": "the access token has expired" } } }
+                },
+                "InsufficientScope": {
+                    "description": "The token lacks the scope the call needs (RFC 6750 §3.1).",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/AuthError" },
+                        "example": { "error": "insufficient_scope", "error_description": "this call needs the api:write scope" } } }
                 },
                 "NotFound": {
                     "description": "Unknown (or another user's) session, agent or call.",

@@ -34,6 +34,15 @@ const MAX_DETAIL_CHARS: usize = 500;
 /// Connecting to the runtime never takes longer than this, whatever the request timeout.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// One page of a session's stored events ([`RuntimeClient::events_page`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventsPage {
+    /// The events, oldest first.
+    pub events: Vec<SequencedEvent>,
+    /// `Some(seq)`: more may follow; ask again with `after = seq`.
+    pub next_after: Option<u64>,
+}
+
 /// A failed call to the runtime.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RuntimeError {
@@ -260,37 +269,58 @@ impl RuntimeClient {
         let mut events = Vec::new();
         let mut after = after;
         loop {
-            let path = format!(
-                "/sessions/{}/events?after={after}&limit={EVENTS_PAGE}",
-                encode_segment(session_id)
-            );
-            let body = self.ok_json(&path, user_id).await?;
-            let Some(page) = body.get("events").and_then(Value::as_array) else {
-                return Err(RuntimeError::Invalid(
-                    "expected {\"events\": [...]} from the events endpoint".to_owned(),
-                ));
-            };
-            let count = page.len();
-            for raw in page {
-                // An event type this gateway does not know (a newer runtime) is skipped, not
-                // fatal: the rest of the replay is still worth having.
-                match serde_json::from_value::<SequencedEvent>(raw.clone()) {
-                    Ok(event) => {
-                        after = after.max(event.seq);
-                        events.push(event);
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "skipping a stored event this gateway cannot read");
-                        if let Some(seq) = raw.get("seq").and_then(Value::as_u64) {
-                            after = after.max(seq);
-                        }
+            let page = self
+                .events_page(session_id, user_id, after, EVENTS_PAGE)
+                .await?;
+            events.extend(page.events);
+            match page.next_after {
+                Some(next) => after = next,
+                None => return Ok(events),
+            }
+        }
+    }
+
+    /// One page of the stored events of `session_id` with `seq > after`, oldest first: at
+    /// most `limit` (capped at the runtime's largest page, 1000).
+    pub async fn events_page(
+        &self,
+        session_id: &str,
+        user_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<EventsPage, RuntimeError> {
+        let limit = limit.clamp(1, EVENTS_PAGE);
+        let path = format!(
+            "/sessions/{}/events?after={after}&limit={limit}",
+            encode_segment(session_id)
+        );
+        let body = self.ok_json(&path, user_id).await?;
+        let Some(raw_events) = body.get("events").and_then(Value::as_array) else {
+            return Err(RuntimeError::Invalid(
+                "expected {\"events\": [...]} from the events endpoint".to_owned(),
+            ));
+        };
+        let mut events = Vec::with_capacity(raw_events.len());
+        let mut last = after;
+        for raw in raw_events {
+            // An event type this gateway does not know (a newer runtime) is skipped, not
+            // fatal: the rest of the replay is still worth having.
+            match serde_json::from_value::<SequencedEvent>(raw.clone()) {
+                Ok(event) => {
+                    last = last.max(event.seq);
+                    events.push(event);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "skipping a stored event this gateway cannot read");
+                    if let Some(seq) = raw.get("seq").and_then(Value::as_u64) {
+                        last = last.max(seq);
                     }
                 }
             }
-            if count < EVENTS_PAGE {
-                return Ok(events);
-            }
         }
+        // A full page may have more behind it; a page that made no progress ends the walk.
+        let next_after = (raw_events.len() >= limit && last > after).then_some(last);
+        Ok(EventsPage { events, next_after })
     }
 
     /// The owner of a live session, `None` when there is none (the runtime's

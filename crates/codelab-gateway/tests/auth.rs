@@ -14,7 +14,8 @@ use codelab_auth::tokens::{TokenService, TokenType};
 use codelab_core::clock::{Clock, ManualClock};
 use codelab_core::config::{Environment, Secret};
 use common::{
-    RUNTIME_KEY, Stack, StackOptions, forge, jwt_claims, jwt_header, start_stack, start_stack_with,
+    RUNTIME_KEY, SERVICE_KEY, Stack, StackOptions, forge, jwt_claims, jwt_header, start_stack,
+    start_stack_with,
 };
 use jsonwebtoken::{EncodingKey, Header};
 use reqwest::Method;
@@ -163,12 +164,12 @@ async fn tokens_of_the_password_grant_are_accepted_and_nothing_else() {
 
     assert_refused(&stack, "not-a-jwt", "malformed", "malformed").await;
 
-    // A bad token is not rescued by a valid internal key (the original's rule).
+    // A bad token is not rescued by a valid service key (the original's rule).
     let (status, _, _) = stack
         .send(
             stack
                 .request(Method::GET, "/api/v1/sessions", Some("not-a-jwt"))
-                .header("X-Internal-Auth", RUNTIME_KEY),
+                .header("X-Internal-Auth", SERVICE_KEY),
         )
         .await;
     assert_eq!(status, 401);
@@ -272,7 +273,7 @@ async fn without_jwt_auth_tokenless_calls_act_as_the_development_user() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn service_callers_use_the_internal_key_and_name_the_user() {
+async fn service_callers_use_the_service_key_and_name_the_user() {
     let stack = start_stack().await;
     let (alice_id, alice) = stack.user("alice").await;
     let session = stack.new_session(&alice).await;
@@ -287,11 +288,11 @@ async fn service_callers_use_the_internal_key_and_name_the_user() {
         }
         request
     };
-    let (status, _, list) = stack.send(as_service(Some(&alice_id), RUNTIME_KEY)).await;
+    let (status, _, list) = stack.send(as_service(Some(&alice_id), SERVICE_KEY)).await;
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["sessions"][0]["id"], session.as_str());
     // Without a user the caller is `system`, who owns nothing.
-    let (status, _, list) = stack.send(as_service(None, RUNTIME_KEY)).await;
+    let (status, _, list) = stack.send(as_service(None, SERVICE_KEY)).await;
     assert_eq!(status, 200);
     assert_eq!(list["total"], 0);
 
@@ -299,7 +300,7 @@ async fn service_callers_use_the_internal_key_and_name_the_user() {
     assert_eq!(status, 401);
     assert_eq!(body["error"], "unauthorized");
     let (status, _, _) = stack
-        .send(as_service(Some("no spaces allowed"), RUNTIME_KEY))
+        .send(as_service(Some("no spaces allowed"), SERVICE_KEY))
         .await;
     assert_eq!(status, 400);
     assert!(
@@ -327,7 +328,7 @@ async fn production_refuses_the_development_settings() {
     assert!(error.to_string().contains("use_jwt_auth"), "{error}");
 
     let open_sockets = codelab_gateway::Config {
-        ws_auth: codelab_gateway::config::WsAuthMode::Off,
+        ws_auth: Some(codelab_gateway::config::WsAuthMode::Off),
         internal_api_key: Secret::new(strong),
         ..codelab_gateway::Config::default()
     };
@@ -362,7 +363,7 @@ async fn production_refuses_the_development_settings() {
     // The same settings start in development.
     let stack = start_stack_with(StackOptions::gateway(|config| {
         config.use_jwt_auth = false;
-        config.ws_auth = codelab_gateway::config::WsAuthMode::Off;
+        config.ws_auth = Some(codelab_gateway::config::WsAuthMode::Off);
     }))
     .await;
     let (status, _) = stack

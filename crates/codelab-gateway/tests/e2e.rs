@@ -545,7 +545,10 @@ async fn a_reconnect_with_last_seq_loses_nothing_and_repeats_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn required_mode_refuses_tokenless_sockets_and_accepts_tokens() {
-    let stack = start_stack_with(StackOptions::gateway(|c| c.ws_auth = WsAuthMode::Required)).await;
+    let stack = start_stack_with(StackOptions::gateway(|c| {
+        c.ws_auth = Some(WsAuthMode::Required)
+    }))
+    .await;
     let client = logged_in(&stack, stack.admin_username, stack.admin_password).await;
     let token = client.access_token().unwrap().to_owned();
     let session = client.create_session().await.unwrap().id;
@@ -611,7 +614,8 @@ fn uuid_like() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn off_mode_creates_sessions_on_first_use() {
-    let stack = start_stack_with(StackOptions::gateway(|c| c.ws_auth = WsAuthMode::Off)).await;
+    let stack =
+        start_stack_with(StackOptions::gateway(|c| c.ws_auth = Some(WsAuthMode::Off))).await;
     let session = format!("e2e-dev-{}", codelab_core::random_hex(6));
     // Nobody logged in, nothing created beforehand.
     let client = flutter(&stack);

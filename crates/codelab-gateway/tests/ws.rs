@@ -844,7 +844,10 @@ async fn session_mode_checks_tokens_and_accepts_a_known_session_id_without_one()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn required_mode_refuses_sockets_without_a_token() {
-    let stack = start_stack_with(StackOptions::gateway(|c| c.ws_auth = WsAuthMode::Required)).await;
+    let stack = start_stack_with(StackOptions::gateway(|c| {
+        c.ws_auth = Some(WsAuthMode::Required)
+    }))
+    .await;
     let (_, token, session) = user_with_session(&stack, "alice").await;
     assert_eq!(refused(&stack.ws_url(&session), &[]).await, 401);
     connect(&format!("{}?access_token={token}", stack.ws_url(&session))).await;
@@ -852,7 +855,8 @@ async fn required_mode_refuses_sockets_without_a_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn off_mode_creates_sessions_on_first_use() {
-    let stack = start_stack_with(StackOptions::gateway(|c| c.ws_auth = WsAuthMode::Off)).await;
+    let stack =
+        start_stack_with(StackOptions::gateway(|c| c.ws_auth = Some(WsAuthMode::Off))).await;
     let mut socket = connect(&stack.ws_url("my-dev-session")).await;
     send(
         &mut socket,

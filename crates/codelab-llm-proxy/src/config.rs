@@ -62,6 +62,9 @@ pub struct Config {
     pub keepalive_interval: u64,
     /// `max_tokens` sent to Anthropic when a request has none (required there).
     pub anthropic_max_tokens: u64,
+    /// Longest line (or SSE event) accepted from an upstream's stream; past it the reply ends
+    /// with an error event, so one upstream cannot make the proxy buffer without bound.
+    pub max_stream_line_bytes: usize,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             max_body_bytes: 32 * 1024 * 1024,
             keepalive_interval: 15,
             anthropic_max_tokens: 4096,
+            max_stream_line_bytes: crate::providers::wire::DEFAULT_MAX_LINE_BYTES,
         }
     }
 }
@@ -100,7 +104,12 @@ pub enum ConfigProblem {
     BadTimeout,
     #[error("LLM_PROXY__MAX_CONCURRENT_REQUESTS must be at least 1")]
     NoConcurrency,
+    #[error("LLM_PROXY__MAX_STREAM_LINE_BYTES must be at least {MIN_STREAM_LINE_BYTES}")]
+    TinyStreamLineCap,
 }
+
+/// Smallest accepted stream line cap: below it ordinary chunks of a reply would not fit.
+pub const MIN_STREAM_LINE_BYTES: usize = 1024;
 
 impl Config {
     /// The per-request timeout as a duration.
@@ -116,7 +125,10 @@ impl Config {
         if self.max_concurrent_requests == 0 {
             return Err(ConfigProblem::NoConcurrency);
         }
-        if environment.is_production() && self.internal_api_key.is_weak() {
+        if self.max_stream_line_bytes < MIN_STREAM_LINE_BYTES {
+            return Err(ConfigProblem::TinyStreamLineCap);
+        }
+        if environment.is_hardened() && self.internal_api_key.is_weak() {
             return Err(ConfigProblem::WeakInternalKey(environment.as_str()));
         }
         Ok(())

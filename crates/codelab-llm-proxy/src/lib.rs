@@ -83,6 +83,7 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<AppState>, BuildErr
             token_delay: Duration::from_millis(config.mock_token_delay_ms),
         },
         anthropic_default_max_tokens: config.anthropic_max_tokens,
+        max_stream_line_bytes: config.max_stream_line_bytes,
     };
     let info = ServiceInfo::new(SERVICE_NAME, config.version.clone());
     let limiter = Arc::new(Semaphore::new(config.max_concurrent_requests));

@@ -174,7 +174,7 @@ fn validate(config: &Config, environment: Environment) -> Result<(), BuildError>
             config.request_timeout
         )));
     }
-    if environment.is_production() && config.console_enabled() {
+    if environment.is_hardened() && config.console_enabled() {
         if config.session_key.is_weak() {
             return Err(BuildError::Config(
                 "session_key (WEBSITE__SESSION_KEY) is missing, shorter than 16 characters or a \
@@ -274,8 +274,13 @@ pub async fn build(config: Config, deps: Deps) -> Result<Arc<AppState>, BuildErr
     }))
 }
 
+/// What `/ready` says about a failing check.
+const READY_CHECK_FAILED: &str = "unavailable";
+
 /// `/ready`: the docs are rendered; when the console is configured, the auth service and
-/// the gateway answer `/health`.
+/// the gateway answer `/health`. A failing check answers only `unavailable`: `/ready` may be
+/// reachable by anyone, and an error text names internal addresses; the detail goes to the
+/// log.
 fn readiness(state: &Arc<AppState>) -> Readiness {
     let mut readiness = Readiness::new();
     let services = [
@@ -290,11 +295,13 @@ fn readiness(state: &Arc<AppState>) -> Readiness {
         readiness = readiness.with_check(name, move || {
             let upstream = upstream.clone();
             async move {
-                match upstream.probe("/health").await {
-                    Ok((200, _)) => Ok(()),
-                    Ok((status, _)) => Err(format!("{name} /health answered {status}")),
-                    Err(error) => Err(error.to_string()),
-                }
+                let detail = match upstream.probe("/health").await {
+                    Ok((200, _)) => return Ok(()),
+                    Ok((status, _)) => format!("{name} /health answered {status}"),
+                    Err(error) => error.to_string(),
+                };
+                tracing::warn!(check = name, %detail, "readiness check failed");
+                Err(READY_CHECK_FAILED.to_owned())
             }
             .boxed()
         });

@@ -9,11 +9,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use codelab_core::clock::SharedClock;
 use codelab_core::config::Secret;
+use codelab_core::http::cookie_value;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -160,18 +161,6 @@ pub fn random_token(bytes: usize) -> String {
 /// The PKCE S256 challenge of `verifier` (RFC 7636 §4.2).
 pub fn pkce_challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
-}
-
-/// The value of cookie `name` in the request's `Cookie` headers.
-pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
 }
 
 impl SessionStore {
@@ -373,6 +362,7 @@ fn expired(now: SystemTime, since: SystemTime, ttl: Duration) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::header;
     use codelab_core::clock::ManualClock;
 
     use super::*;

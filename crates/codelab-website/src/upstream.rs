@@ -94,23 +94,24 @@ impl Upstream {
         &self.base
     }
 
-    fn unreachable(&self, error: &reqwest::Error) -> UpstreamError {
-        // reqwest's text names the URL but never headers, so no token leaks into it.
+    fn unreachable(&self, error: reqwest::Error) -> UpstreamError {
+        // Without the URL: its path can carry a session id, which must stay out of error text
+        // and logs (docs/security.md); reqwest's text never holds headers, so no token either.
         UpstreamError::Unreachable {
             service: self.service,
             message: if error.is_timeout() {
                 "timed out".to_owned()
             } else {
-                error.to_string()
+                error.without_url().to_string()
             },
         }
     }
 
     /// Sends a request and returns the status and body text of a success.
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<String, UpstreamError> {
-        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
-        let body = response.text().await.map_err(|e| self.unreachable(&e))?;
+        let body = response.text().await.map_err(|e| self.unreachable(e))?;
         if status.is_success() {
             Ok(body)
         } else {
@@ -191,9 +192,9 @@ impl Upstream {
             .get(format!("{}{path}", self.base))
             .send()
             .await
-            .map_err(|e| self.unreachable(&e))?;
+            .map_err(|e| self.unreachable(e))?;
         let status = response.status().as_u16();
-        let body = response.text().await.map_err(|e| self.unreachable(&e))?;
+        let body = response.text().await.map_err(|e| self.unreachable(e))?;
         Ok((status, body))
     }
 }
@@ -331,23 +332,25 @@ impl AuthClient {
         self.parse_tokens(&body)
     }
 
-    /// RFC 6749 §6: new tokens for a refresh token (which rotates).
+    /// RFC 6749 §6: new tokens for a refresh token (which rotates); `scope` narrows the new
+    /// access token to part of the login's grant (`None`: the whole grant).
     pub async fn refresh(
         &self,
         refresh_token: &str,
+        scope: Option<&str>,
         forwarded_for: Option<&str>,
     ) -> Result<TokenAnswer, UpstreamError> {
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", self.client_id.as_str()),
+        ];
+        if let Some(scope) = scope {
+            form.push(("scope", scope));
+        }
         let body = self
             .upstream
-            .post_form(
-                "/oauth/token",
-                &[
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", refresh_token),
-                    ("client_id", &self.client_id),
-                ],
-                forwarded_for,
-            )
+            .post_form("/oauth/token", &form, forwarded_for)
             .await?;
         self.parse_tokens(&body)
     }

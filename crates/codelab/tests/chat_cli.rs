@@ -425,7 +425,7 @@ fn a_turn_runs_the_workspace_tools_and_refuses_escapes() {
         let error = result["error"]
             .as_str()
             .unwrap_or_else(|| panic!("{result}"));
-        assert!(error.contains("outside the workspace"), "{error}");
+        assert!(error.contains("leaves the workspace"), "{error}");
         assert!(result.get("result").is_none(), "{result}");
     }
     assert_eq!(std::fs::read_to_string(&outside).unwrap(), "top secret");
@@ -651,6 +651,89 @@ fn approvals_can_be_rejected_edited_put_off_and_resumed() {
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn terminal_escapes_from_the_model_are_shown_not_obeyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path(), &[]);
+    let user = User::new(&up.url);
+    assert_eq!(user.login(ADMIN_PASSWORD).code(), 0);
+    let live = |text: &str| text.contains(['\x1b', '\x07', '\r', '\u{202e}', '\u{9b}']);
+
+    // A command hidden behind an erase-line sequence and a carriage return: on a terminal the
+    // prompt would read `ls -la`. It is shown in full, escaped, with a warning; rejected, it
+    // never runs.
+    let marker = user.workspace.join("ran");
+    let command = format!("touch {} \\u001b[2K\\rls -la", marker.display());
+    let run = user.chat(
+        &format!("::tool execute_command {{\"command\":\"{command}\"}}"),
+        &["--json"],
+        "r\n\n",
+        &[],
+    );
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "Approval needed: execute_command $ touch {} \\x1b[2K\\rls -la",
+            marker.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("warning: the arguments contain control"),
+        "{}",
+        run.stderr
+    );
+    assert!(!live(&run.stderr), "{:?}", run.stderr);
+    assert!(!live(&run.stdout), "{:?}", run.stdout);
+    let lines = run.lines();
+    assert_eq!(
+        lines.iter().find_map(|l| l.get("hitl_decision")).unwrap()["decision"],
+        "reject"
+    );
+    assert!(!marker.exists());
+
+    // A bidi override in a path (`invoice<RLO>txt.exe` reads as `invoiceexe.txt`).
+    let run = user.chat(
+        "::tool write_file {\"path\":\"invoice\\u202etxt.exe\",\"content\":\"x\"}",
+        &["--json"],
+        "r\n\n",
+        &[],
+    );
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains("Approval needed: write_file invoice\\u{202e}txt.exe (1 bytes)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("+++ b/invoice\\u{202e}txt.exe"),
+        "{}",
+        run.stderr
+    );
+    assert!(!live(&run.stderr), "{:?}", run.stderr);
+    assert!(!live(&run.stdout), "{:?}", run.stdout);
+
+    // Streamed text with OSC 52 (set the clipboard) and OSC 8 (a disguised link), for people.
+    let run = user.chat(
+        "::reply copy \x1b]52;c;cm0gLXJmIH4=\x07 and \x1b]8;;https://evil.example\x1b\\docs\x1b]8;;\x1b\\ done",
+        &[],
+        "",
+        &[],
+    );
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains(r"copy \x1b]52;c;cm0gLXJmIH4=\x07 and \x1b]8;;https://evil.example"),
+        "{}",
+        run.stdout
+    );
+    assert!(!live(&run.stdout), "{:?}", run.stdout);
+    assert!(!live(&run.stderr), "{:?}", run.stderr);
 }
 
 #[test]

@@ -195,6 +195,108 @@ fn config_show_layers_sources_and_redacts_secrets() {
     assert!(stdout.contains("environment = \"development\""));
 }
 
+#[tokio::test]
+async fn serve_cuts_a_slow_header_client_after_the_configured_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = free_port();
+    let proxy = serve_proxy(&[
+        ("LLM_PROXY__PORT", &port.to_string()),
+        ("HTTP__HEADER_READ_TIMEOUT", "1"),
+    ]);
+    wait_healthy(&format!("http://127.0.0.1:{port}/health")).await;
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    // One header byte every 250 ms, never finishing the headers.
+    for byte in b"GET /health HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+        if slow.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(250), slow.read(&mut buf)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the slow client was never disconnected");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "disconnected after {:?}",
+        started.elapsed()
+    );
+    assert!(proxy.terminate().success());
+}
+
+#[test]
+fn a_bad_listener_limit_is_named() {
+    let out = run(
+        &["serve", "llm-proxy"],
+        &[
+            ("HTTP__MAX_CONNECTIONS", "0"),
+            ("LLM_PROXY__PORT", &free_port().to_string()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("HTTP__MAX_CONNECTIONS"), "{stderr}");
+}
+
+#[test]
+fn config_show_redacts_passwords_inside_database_and_redis_urls() {
+    let out = run(
+        &["config", "show"],
+        &[
+            (
+                "AUTH_SERVICE__DB_URL",
+                "postgres://auth:db-pass-auth-1@db.internal:5432/auth_db",
+            ),
+            (
+                "AUTH_SERVICE__REDIS_URL",
+                "redis://:redis-pass-2@cache:6379/0",
+            ),
+            (
+                "AGENT_RUNTIME__DB_URL",
+                "postgresql://runtime:db-pass-runtime-3@db/agent_runtime?sslmode=require&password=db-pass-query-4",
+            ),
+            (
+                "GATEWAY__REDIS_URL",
+                "rediss://default:redis-pass-5@cache:6380",
+            ),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for password in [
+        "db-pass-auth-1",
+        "redis-pass-2",
+        "db-pass-runtime-3",
+        "db-pass-query-4",
+        "redis-pass-5",
+    ] {
+        assert!(!stdout.contains(password), "{password} printed:\n{stdout}");
+    }
+    for redacted in [
+        "postgres://auth:[redacted]@db.internal:5432/auth_db",
+        "redis://:[redacted]@cache:6379/0",
+        "postgresql://runtime:[redacted]@db/agent_runtime?sslmode=require&password=[redacted]",
+        "rediss://default:[redacted]@cache:6380",
+    ] {
+        assert!(stdout.contains(redacted), "{redacted} missing:\n{stdout}");
+    }
+    // The listener limits common to every service are shown too.
+    assert!(stdout.contains("[http]"), "{stdout}");
+    assert!(stdout.contains("header_read_timeout = 10.0"), "{stdout}");
+}
+
 #[test]
 fn production_refuses_the_default_internal_key() {
     let out = run(

@@ -5,7 +5,12 @@
 //! `/api/v1/` to the gateway with the WebSocket upgrade and the query string kept (the original
 //! dropped it), streams unbuffered, `/` to the website (an endpoint list while it is down),
 //! `/nginx-health` answered by nginx, forwarding headers set; with tls.conf, HTTPS with HSTS and
-//! a redirect from HTTP.
+//! a redirect from HTTP to the configured address (never the client's Host).
+//!
+//! The attack tests (docs/security.md): `/oauth/introspect` and the website's `/metrics` and
+//! `/ready` are 404 from outside and never reach an upstream; `X-Internal-Auth` and
+//! `X-Codelab-User-Id` sent by a client never reach one either; the access log holds neither
+//! session ids nor query-string tokens.
 //!
 //! Needs nginx (`CODELAB_TEST_NGINX`, else /usr/sbin/nginx; scripts/test installs it from Debian
 //! packages) and the openssl command for the TLS case.
@@ -25,7 +30,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::nginx::{Prefix, upstreams_conf};
+use common::nginx::{Prefix, public_https_url, upstreams_conf};
 
 /// Answers any request with what it received.
 async fn echo(
@@ -52,6 +57,8 @@ async fn echo(
         "x_forwarded_host": header("x-forwarded-host"),
         "x_real_ip": header("x-real-ip"),
         "x_request_id": header("x-request-id"),
+        "x_internal_auth": header("x-internal-auth"),
+        "x_codelab_user_id": header("x-codelab-user-id"),
     }))
     .into_response()
 }
@@ -348,20 +355,26 @@ async fn with_tls_conf_nginx_serves_https_with_hsts_and_redirects_http() {
         .build()
         .unwrap();
 
-    // Plain HTTP is redirected with the path and query kept...
-    let redirect = client
-        .get(format!(
+    // Plain HTTP is redirected with the path and query kept, to the configured public address
+    // whatever Host the client sends (a forged Host must not turn the redirect into an open
+    // redirect to the attacker's site)...
+    let public = public_https_url(tls_port);
+    for host in [None, Some("evil.example"), Some("evil.example:8443")] {
+        let mut request = client.get(format!(
             "http://127.0.0.1:{}/api/v1/sessions?limit=1",
             prefix.port
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(redirect.status(), 301);
-    assert_eq!(
-        redirect.headers()["location"],
-        "https://127.0.0.1/api/v1/sessions?limit=1"
-    );
+        ));
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        let redirect = request.send().await.unwrap();
+        assert_eq!(redirect.status(), 301, "Host {host:?}");
+        assert_eq!(
+            redirect.headers()["location"],
+            format!("{public}/api/v1/sessions?limit=1").as_str(),
+            "Host {host:?}"
+        );
+    }
     // ...except the container health check.
     let health = client
         .get(format!("http://127.0.0.1:{}/nginx-health", prefix.port))
@@ -386,4 +399,193 @@ async fn with_tls_conf_nginx_serves_https_with_hsts_and_redirects_http() {
     assert_eq!(seen["upstream"], "auth");
     assert_eq!(seen["uri"], "/oauth/token?x=1");
     assert_eq!(seen["x_forwarded_proto"], "https");
+}
+
+#[test]
+fn the_config_logs_no_request_line_query_or_referer() {
+    let conf =
+        std::fs::read_to_string(common::repo_root().join("deploy/nginx/nginx.conf")).unwrap();
+    let code: String = conf
+        .lines()
+        .map(|line| line.split('#').next().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let format = &code[code.find("log_format codelab").unwrap()..];
+    let format = &format[..format.find(';').unwrap()];
+    for variable in [
+        "$request ",
+        "$request\"",
+        "$request_uri",
+        "$args",
+        "$query_string",
+        "$arg_",
+        "$http_referer",
+        "$uri",
+    ] {
+        assert!(
+            !format.contains(variable),
+            "the access log format uses {variable}: {format}"
+        );
+    }
+    assert!(format.contains("$codelab_log_path"), "{format}");
+}
+
+/// A WebSocket through nginx, opened and closed (so nginx writes its access log line).
+async fn open_and_close_socket(port: u16, path: &str) {
+    let url = format!("ws://127.0.0.1:{port}{path}");
+    let (mut socket, response) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    let _ = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
+    socket.close(None).await.unwrap();
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), socket.next()).await {}
+}
+
+#[tokio::test]
+async fn nginx_keeps_internal_routes_headers_and_credentials_from_the_internet() {
+    let (auth_addr, _auth) = upstream("auth").await;
+    let (gateway_addr, _gateway) = upstream("gateway").await;
+    let (website_addr, _website) = upstream("website").await;
+    let prefix = Prefix::new(
+        &upstreams_conf(&[auth_addr], &[gateway_addr], &[website_addr]),
+        false,
+    );
+    let _nginx = prefix.start().await;
+    let base = prefix.url();
+    let client = reqwest::Client::new();
+
+    // Introspection (and every spelling nginx normalises to it) is answered by nginx: 404,
+    // without reaching auth. The rest of /oauth/ still passes.
+    for path in [
+        "/oauth/introspect",
+        "/oauth/introspect/",
+        "/oauth//introspect",
+        "/oauth/%69ntrospect",
+        "/oauth/./introspect",
+        "/oauth/x/../introspect",
+    ] {
+        let response = client
+            .post(format!("{base}{path}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("token=x&client_id=codelab-internal&client_secret=wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        let body = response.text().await.unwrap();
+        assert!(
+            !body.contains("upstream"),
+            "{path} reached an upstream: {body}"
+        );
+    }
+    let seen = get_json(&client, &format!("{base}/oauth/revoke")).await;
+    assert_eq!(seen["upstream"], "auth");
+
+    // The website's metrics and readiness are not public; its pages are.
+    for path in ["/metrics", "/ready", "/metrics?x=1"] {
+        let response = client.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+    }
+    assert_eq!(
+        get_json(&client, &format!("{base}/docs")).await["upstream"],
+        "website"
+    );
+
+    // A client's internal headers never reach a service, in any letter case, on any route.
+    for path in [
+        "/api/v1/sessions",
+        "/oauth/token",
+        "/.well-known/jwks.json",
+        "/docs",
+    ] {
+        for (auth_name, user_name) in [
+            ("X-Internal-Auth", "X-Codelab-User-Id"),
+            ("x-internal-auth", "x-codelab-user-id"),
+            ("X-INTERNAL-AUTH", "X-CODELAB-USER-ID"),
+        ] {
+            let seen: Value = client
+                .get(format!("{base}{path}"))
+                .header(auth_name, "the-runtime-key-the-attacker-guessed")
+                .header(user_name, "victim")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert!(seen["upstream"].is_string(), "{path}: {seen}");
+            assert_eq!(seen["x_internal_auth"], Value::Null, "{path}: {seen}");
+            assert_eq!(seen["x_codelab_user_id"], Value::Null, "{path}: {seen}");
+        }
+    }
+    // Underscore spellings are dropped by nginx as invalid header names.
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", prefix.port))
+        .await
+        .unwrap();
+    raw.write_all(
+        b"GET /api/v1/sessions HTTP/1.1\r\nHost: localhost\r\nX_Internal_Auth: k\r\n\
+          X_Codelab_User_Id: victim\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.contains("\"x_internal_auth\":null"), "{answer}");
+    assert!(answer.contains("\"x_codelab_user_id\":null"), "{answer}");
+
+    // Session ids and tokens reach the gateway but not the access log.
+    let session = "0b9f6a52-5d0e-4c55-8f0d-3f1d2c4b5a69";
+    let token = "eyJhbGciOiJSUzI1NiJ9.SECRET-ACCESS-TOKEN.sig";
+    let code = "SECRET-AUTHORIZATION-CODE";
+    open_and_close_socket(
+        prefix.port,
+        &format!("/api/v1/ws/{session}?access_token={token}&protocol=2"),
+    )
+    .await;
+    for path in [
+        format!("/api/v1/sessions/{session}/history?access_token={token}"),
+        format!("/api/v1/sessions/{session}"),
+        format!("/console/chat/{session}"),
+        format!("/console/sessions/{session}/approvals/call-1"),
+        format!("/console/callback?code={code}&state=s"),
+        format!("/oauth/authorize?client_id=x&code_challenge={code}"),
+    ] {
+        let response = client
+            .get(format!("{base}{path}"))
+            .header(
+                "referer",
+                format!("{base}/console/chat/{session}?t={token}"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    // nginx writes a WebSocket's line when the connection ends: wait (bounded) for all of them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = prefix.access_log();
+        if log.contains("/api/v1/ws/:id") && log.contains("/oauth/authorize") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "access log incomplete:\n{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for secret in [session, token, "SECRET", code, "access_token"] {
+        assert!(
+            !log.contains(secret),
+            "the access log holds {secret:?}:\n{log}"
+        );
+    }
+    for route in [
+        "\"GET /api/v1/ws/:id HTTP/1.1\" 101",
+        "\"GET /api/v1/sessions/:id/history HTTP/1.1\" 200",
+        "\"GET /api/v1/sessions/:id HTTP/1.1\" 200",
+        "\"GET /console/chat/:id HTTP/1.1\" 200",
+        "\"GET /console/sessions/:id/approvals/call-1 HTTP/1.1\" 200",
+        "\"GET /console/callback HTTP/1.1\" 200",
+    ] {
+        assert!(log.contains(route), "the access log lacks {route}:\n{log}");
+    }
 }

@@ -63,11 +63,13 @@ pub(crate) enum Verdict {
 
 /// Checks call number `index` (0-based) of a reply by `agent`: the per-reply cap, the agent's
 /// tool list and file rule, then the tool's schema; then where it runs and whether it needs
-/// approval.
+/// approval (`exemptions_allowed`: the user chose `agent`, so its policy exemptions apply).
+#[allow(clippy::too_many_arguments)] // each is one independent input of the check
 pub(crate) fn check_call(
     registry: &AgentRegistry,
     hitl: &HitlPolicy,
     agent: AgentKind,
+    exemptions_allowed: bool,
     index: usize,
     cap: usize,
     name: &str,
@@ -109,7 +111,7 @@ pub(crate) fn check_call(
     if tools::is_server_side(name) {
         return Verdict::Server { arguments };
     }
-    let verdict = hitl.evaluate(agent, name);
+    let verdict = hitl.evaluate_in_session(agent, name, exemptions_allowed);
     let reason = verdict.reason.or_else(|| {
         verdict
             .requires_approval
@@ -251,6 +253,7 @@ mod tests {
             &registry(),
             &HitlPolicy::default(),
             agent,
+            true,
             index,
             10,
             name,
@@ -331,6 +334,7 @@ mod tests {
             &registry(),
             &HitlPolicy::default(),
             AgentKind::Coder,
+            true,
             3,
             3,
             "read_file",

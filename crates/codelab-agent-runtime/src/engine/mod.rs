@@ -264,7 +264,7 @@ impl Emitter {
     /// Stores and sends; when storing fails, still tells the client (unstored).
     async fn emit_best_effort(&self, event: RuntimeEvent) {
         if let Err(error) = self.emit(event.clone()).await {
-            tracing::warn!(session_id = %self.session_id, %error, "cannot store an event");
+            tracing::warn!(session = %codelab_core::ids::log_reference(&self.session_id), %error, "cannot store an event");
             self.send_unstored(event).await;
         }
     }
@@ -275,7 +275,7 @@ impl Emitter {
         }
         if self.tx.send(event).await.is_err() {
             // The client disconnected; processing continues to a consistent point.
-            tracing::debug!(session_id = %self.session_id, "client left; continuing without it");
+            tracing::debug!(session = %codelab_core::ids::log_reference(&self.session_id), "client left; continuing without it");
             self.gone.store(true, Ordering::Relaxed);
         }
     }
@@ -355,7 +355,7 @@ impl Engine {
         let session_id = cx.session_id;
         if let Work::CancelTurn { reason } = work {
             if let Err(error) = self.cancel_turn(cx, reason).await {
-                tracing::error!(%session_id, %error, "cancelling a turn failed");
+                tracing::error!(session = %codelab_core::ids::log_reference(session_id), %error, "cancelling a turn failed");
                 cx.out.emit_best_effort(internal_error()).await;
             }
             return;
@@ -363,7 +363,7 @@ impl Engine {
         let _lock = match self.store.lock_session(session_id).await {
             Ok(lock) => lock,
             Err(error) => {
-                tracing::error!(%session_id, %error, "cannot lock the session");
+                tracing::error!(session = %codelab_core::ids::log_reference(session_id), %error, "cannot lock the session");
                 cx.out.send_unstored(internal_error()).await;
                 return;
             }
@@ -455,7 +455,7 @@ impl Engine {
             return Ok(false);
         }
         tracing::warn!(
-            session_id = %cx.session_id,
+            session = %codelab_core::ids::log_reference(cx.session_id),
             turn_id = %turn.id,
             step = turn.steps,
             status = turn.status.as_str(),
@@ -486,7 +486,7 @@ impl Engine {
     /// After an unexpected failure: the turn in progress is marked failed (best effort) and
     /// the client is told. A turn another runner moved on (`Stale`) is left to it.
     async fn fail(&self, cx: &Cx<'_>, error: EngineError) {
-        tracing::error!(session_id = %cx.session_id, %error, "processing a frame failed");
+        tracing::error!(session = %codelab_core::ids::log_reference(cx.session_id), %error, "processing a frame failed");
         if matches!(error, EngineError::Store(StoreError::Stale(_))) {
             cx.out.emit_best_effort(internal_error()).await;
             return;
@@ -596,7 +596,7 @@ impl Engine {
         reason: Option<String>,
     ) -> Result<(), EngineError> {
         let session = self.session(cx).await?;
-        if session.current_agent == agent.as_str() {
+        if session.current_agent == agent.as_str() && !self.confirms_exemptions(cx, agent).await? {
             cx.out
                 .emit(RuntimeEvent::Notice {
                     message: format!("the session is already with the {agent} agent"),
@@ -617,6 +617,20 @@ impl Engine {
             }],
         )
         .await
+    }
+
+    /// Whether a `switch_agent` to the session's own agent is the user's choice of an agent
+    /// the model switched to: its HITL exemptions apply from then on, so it is recorded.
+    async fn confirms_exemptions(
+        &self,
+        cx: &Cx<'_>,
+        agent: AgentKind,
+    ) -> Result<bool, EngineError> {
+        if self.hitl.exemptions(agent).is_empty() {
+            return Ok(false);
+        }
+        let switches = self.store.list_switches(cx.session_id).await?;
+        Ok(!crate::hitl::agents_chosen_by_user(&switches).contains(&agent))
     }
 
     // ---- shared helpers ----

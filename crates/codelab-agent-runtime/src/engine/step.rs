@@ -19,6 +19,7 @@ use super::calls::{
 use super::{Cx, Engine, EngineError, switched_event};
 use crate::agents::AgentKind;
 use crate::context;
+use crate::hitl;
 use crate::llm::{CompletedToolCall, LlmDelta, LlmError};
 use crate::metrics;
 use crate::model::{
@@ -299,12 +300,12 @@ impl Engine {
             Ok(answer) => answer,
             Err(LlmError::Cancelled) => {
                 metrics::llm_request(started.elapsed(), false);
-                tracing::info!(session_id = %cx.session_id, "turn cancelled mid-step");
+                tracing::info!(session = %codelab_core::ids::log_reference(cx.session_id), "turn cancelled mid-step");
                 return Ok(StepResult::Cancelled);
             }
             Err(error) => {
                 metrics::llm_request(started.elapsed(), false);
-                tracing::warn!(session_id = %cx.session_id, agent = agent.as_str(), %error, "LLM step failed");
+                tracing::warn!(session = %codelab_core::ids::log_reference(cx.session_id), agent = agent.as_str(), %error, "LLM step failed");
                 return Ok(StepResult::Failed(RuntimeEvent::Error {
                     message: error.to_string(),
                     code: Some("llm_error".to_owned()),
@@ -399,6 +400,7 @@ impl Engine {
         let mut current = agent;
         let mut planned: Vec<Planned> = Vec::with_capacity(answer.calls.len());
         let mut wire_calls: Vec<Value> = Vec::with_capacity(answer.calls.len());
+        let exemptions_allowed = self.exemptions_allowed(cx, agent, &answer).await?;
         for (index, call) in answer.calls.iter().enumerate() {
             let in_session = is_usable_id(&call.id)
                 && self.store.call_id_exists(cx.session_id, &call.id).await?;
@@ -441,6 +443,7 @@ impl Engine {
                 &self.registry,
                 &self.hitl,
                 agent,
+                exemptions_allowed,
                 index,
                 cap,
                 &call.name,
@@ -573,6 +576,22 @@ impl Engine {
             StepState::Continue => StepEnd::Continue,
             _ => StepEnd::Stop,
         })
+    }
+
+    /// Whether `agent`'s HITL exemptions apply to this reply's calls: only when the user chose
+    /// it, so a model cannot reach an exemption with `switch_mode` (`docs/agent-runtime.md`,
+    /// "HITL policy file"). The switches are read only when it can matter.
+    async fn exemptions_allowed(
+        &self,
+        cx: &Cx<'_>,
+        agent: AgentKind,
+        answer: &Answer,
+    ) -> Result<bool, EngineError> {
+        if answer.calls.is_empty() || self.hitl.exemptions(agent).is_empty() {
+            return Ok(true);
+        }
+        let switches = self.store.list_switches(cx.session_id).await?;
+        Ok(hitl::agents_chosen_by_user(&switches).contains(&agent))
     }
 
     /// Runs a server-side tool: its tool message, and the agent to switch to (with the

@@ -483,3 +483,91 @@ async fn dropping_the_stream_cancels_the_upstream_request() {
     drop(stream);
     assert!(fake.wait_for_cancelled(1, Duration::from_secs(5)).await);
 }
+
+// ---- the stream line cap ----
+
+/// Two MiB: twice the default cap.
+const HUGE: usize = 2 * 1024 * 1024;
+
+#[test]
+fn a_line_past_the_cap_stops_the_parser_without_buffering_it() {
+    let mut parser = SseParser::with_max_line_bytes(1024 * 1024);
+    assert_eq!(parser.push(b"data: {\"a\":1}\n\n"), ["{\"a\":1}"]);
+    // A line that never ends, fed 64 KiB at a time: the parser gives up once it passes the
+    // cap instead of holding all of it.
+    let piece = vec![b'x'; 64 * 1024];
+    let mut fed = 0;
+    while parser.line_too_long().is_none() {
+        assert!(parser.push(&piece).is_empty());
+        fed += piece.len();
+        assert!(fed <= HUGE, "the parser kept buffering past the cap");
+    }
+    assert_eq!(parser.line_too_long(), Some(1024 * 1024));
+    assert!(fed <= 1024 * 1024 + piece.len());
+    assert!(
+        parser.buf.is_empty(),
+        "the parser still holds the long line"
+    );
+    assert!(parser.push(b"\n\ndata: late\n\n").is_empty());
+    assert_eq!(parser.finish(), None);
+}
+
+#[test]
+fn many_short_data_lines_cannot_add_up_past_the_cap() {
+    let mut parser = SseParser::with_max_line_bytes(MIN_STREAM_LINE_BYTES);
+    let line = format!("data: {}\n", "y".repeat(100));
+    for _ in 0..20 {
+        assert!(parser.push(line.as_bytes()).is_empty());
+    }
+    assert_eq!(parser.line_too_long(), Some(MIN_STREAM_LINE_BYTES));
+    assert!(parser.push(b"\n").is_empty());
+}
+
+#[tokio::test]
+async fn a_stream_line_past_the_cap_fails_the_answer_with_a_clear_error() {
+    let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
+    let huge = "x".repeat(HUGE);
+    fake.push_reply(FakeReply::text(&["hello ", &huge]));
+    let stream = client(&fake.base_url())
+        .stream(request("hi"), CancellationToken::new())
+        .await
+        .unwrap();
+    let items = tokio::time::timeout(Duration::from_secs(10), collect(stream))
+        .await
+        .expect("the stream did not end");
+    assert_eq!(items.first(), Some(&Ok(LlmDelta::Text("hello ".into()))));
+    let last = items.last().unwrap().clone().unwrap_err();
+    assert_eq!(
+        last,
+        LlmError::LineTooLong {
+            limit: DEFAULT_MAX_STREAM_LINE_BYTES
+        }
+    );
+    assert!(
+        last.to_string()
+            .contains("AGENT_RUNTIME__MAX_STREAM_LINE_BYTES"),
+        "{last}"
+    );
+    assert!(
+        !items
+            .iter()
+            .any(|item| matches!(item, Ok(LlmDelta::Text(text)) if text.len() > 1024)),
+        "the long line was passed on"
+    );
+
+    // The setting raises the cap.
+    fake.push_reply(FakeReply::text(&["hello ", &huge]));
+    let config = Config {
+        llm_proxy_url: fake.base_url(),
+        internal_api_key: Secret::new(PROXY_KEY),
+        max_stream_line_bytes: 4 * HUGE,
+        llm_timeout: 5.0,
+        ..Config::default()
+    };
+    let completion = LlmClient::from_config(&config)
+        .unwrap()
+        .complete(request("hi"))
+        .await
+        .unwrap();
+    assert_eq!(completion.content.len(), "hello ".len() + HUGE);
+}

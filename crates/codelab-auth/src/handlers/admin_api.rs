@@ -1,7 +1,8 @@
 //! `/admin/*`: what `codelab admin user|client list` and the user commands do, over HTTP, for
 //! the website's admin pages. Every call needs `Authorization: Bearer <access token>` whose
 //! scope holds `api:admin` and whose user is, right now, an active administrator; the work
-//! itself is [`crate::admin`]'s (checks, hashing, audit rows).
+//! itself is [`crate::admin`]'s (checks, hashing, audit rows). Each change's audit row names
+//! the acting administrator and the caller's IP (resolved through the trusted proxies).
 //!
 //! Not routed by nginx or `codelab up`'s public listener: callers reach the auth service
 //! directly (the website does, server to server).
@@ -19,8 +20,9 @@ use serde_json::{Value, json};
 
 use super::error::{OAuthError, no_store_headers};
 use super::userinfo::bearer_token;
+use super::{Caller, RequestContext};
 use crate::AppState;
-use crate::admin::{self, AdminError, UserUpdate};
+use crate::admin::{self, Actor, AdminError, UserUpdate};
 use crate::model::{ADMIN_SCOPE, User};
 use crate::tokens::TokenType;
 
@@ -72,6 +74,13 @@ async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<User, OA
             "The token's user is not an active administrator",
         )),
     }
+}
+
+/// The audit actor of an admin API call: the administrator and the client's IP bucket (the
+/// same resolution through trusted proxies as the limits use).
+fn acting_admin(state: &AppState, admin: &User, caller: Caller, headers: &HeaderMap) -> Actor {
+    let context = RequestContext::new(state, caller, headers);
+    Actor::admin_api(admin.id.clone(), context.ip, context.user_agent)
 }
 
 fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, OAuthError> {
@@ -154,17 +163,20 @@ pub async fn list_users(State(state): State<Arc<AppState>>, headers: HeaderMap) 
 /// `POST /admin/users` `{"username","password","email"?,"admin"?}`: 201 with the user.
 pub async fn create_user(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     answer(
         async {
             let actor = require_admin(&state, &headers).await?;
+            let audit_actor = acting_admin(&state, &actor, caller, &headers);
             let body: NewUserBody = parse_body(&body)?;
             check_password_length(&body.password)?;
             let email = body.email.as_deref().map(str::trim).filter(|e| !e.is_empty());
-            let user = admin::add_user(
+            let user = admin::add_user_by(
                 state.store.as_ref(),
+                &audit_actor,
                 body.username.trim(),
                 &body.password,
                 email,
@@ -183,12 +195,14 @@ pub async fn create_user(
 pub async fn change_user(
     State(state): State<Arc<AppState>>,
     Path((username, action)): Path<(String, String)>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     answer(
         async {
             let actor = require_admin(&state, &headers).await?;
+            let audit_actor = acting_admin(&state, &actor, caller, &headers);
             let store = state.store.as_ref();
             let update = match action.as_str() {
                 "disable" => {
@@ -198,13 +212,13 @@ pub async fn change_user(
                             "an administrator cannot disable their own account",
                         ));
                     }
-                    admin::set_user_enabled(store, &username, false).await
+                    admin::set_user_enabled_by(store, &audit_actor, &username, false).await
                 }
-                "enable" => admin::set_user_enabled(store, &username, true).await,
+                "enable" => admin::set_user_enabled_by(store, &audit_actor, &username, true).await,
                 "password" => {
                     let body: PasswordBody = parse_body(&body)?;
                     check_password_length(&body.password)?;
-                    admin::set_password(store, &username, &body.password).await
+                    admin::set_password_by(store, &audit_actor, &username, &body.password).await
                 }
                 _ => {
                     return Err(OAuthError::new(

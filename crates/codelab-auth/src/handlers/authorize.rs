@@ -4,22 +4,28 @@
 //! The client and its redirect URI are checked (exact string match) before anything else: a
 //! wrong one is answered with an HTML page, never a redirect (RFC 6749 §4.1.2.1), so the
 //! endpoint cannot be used as an open redirector. The form is protected by a CSRF token that
-//! lives in an HttpOnly, SameSite=Lax cookie, in the form, and (single use) in the cache.
+//! lives in an HttpOnly, SameSite=Lax cookie and in the form. The token is signed (HMAC) and
+//! expiring, so showing the form stores nothing: a flood of `GET /oauth/authorize` cannot fill
+//! the cache or push out the rate-limit counters. Only a submission stores the token's nonce,
+//! to refuse a replay (docs/security.md).
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use aws_lc_rs::hmac;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::TimeDelta;
 use sha2::{Digest, Sha256};
 
 use super::form::{FormParams, parse_form_body, parse_pairs};
-use super::{Caller, RequestContext, audit, check_user_password, grant_scope};
+use super::{Caller, RequestContext, SignIn, SignInChannel, audit, device, grant_scope, sign_in};
 use crate::AppState;
+use crate::keys::KeyError;
 use crate::limits::RateDecision;
 use crate::model::{AuditEvent, AuthorizationCode, Client};
 use crate::tokens;
@@ -28,6 +34,12 @@ use crate::tokens;
 const CSRF_COOKIE: &str = "codelab_auth_csrf";
 /// How long a rendered login form stays usable.
 const CSRF_TTL: Duration = Duration::from_secs(600);
+/// Purpose of the derived HMAC key that signs login-form tokens.
+const CSRF_KEY_PURPOSE: &str = "login-form-csrf";
+/// Random bytes that make each login-form token single-use.
+const CSRF_NONCE_BYTES: usize = 16;
+/// Longest login-form token looked at (a real one is 75 characters).
+const MAX_CSRF_TOKEN_CHARS: usize = 128;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;background:#f4f5f7;margin:0}\
 main{max-width:22rem;margin:4rem auto;background:#fff;padding:2rem;border-radius:8px;\
@@ -305,11 +317,55 @@ fn login_form(
     page("Sign in to CodeLab", &body)
 }
 
-fn csrf_key(token: &str) -> String {
-    format!("csrf:{}", tokens::sha256_hex(token.as_bytes()))
+/// Cache key marking a login-form token's nonce as used.
+fn csrf_key(nonce: &[u8]) -> String {
+    format!("csrf_used:{}", URL_SAFE_NO_PAD.encode(nonce))
 }
 
-/// Renders the login form with a fresh CSRF token (cookie + cache + hidden field).
+/// A new login-form token, `base64url(expiry ‖ nonce) "." base64url(HMAC-SHA-256)`, valid for
+/// [`CSRF_TTL`]. Nothing is stored for it.
+fn issue_csrf_token(state: &AppState) -> Result<String, KeyError> {
+    let expires = state
+        .now()
+        .timestamp()
+        .saturating_add(CSRF_TTL.as_secs().cast_signed());
+    let mut payload = expires.to_be_bytes().to_vec();
+    let mut nonce = [0u8; CSRF_NONCE_BYTES];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
+    payload.extend_from_slice(&nonce);
+    let key = state.keys.derived_key(CSRF_KEY_PURPOSE)?;
+    let tag = hmac::sign(&key, &payload);
+    Ok(format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(&payload),
+        URL_SAFE_NO_PAD.encode(tag.as_ref())
+    ))
+}
+
+/// The nonce of `token` and the time it has left, when we signed it and it has not expired.
+fn verify_csrf_token(state: &AppState, token: &str) -> Option<(Vec<u8>, Duration)> {
+    if token.len() > MAX_CSRF_TOKEN_CHARS {
+        return None;
+    }
+    let (payload, tag) = token.split_once('.')?;
+    let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+    let key = match state.keys.derived_key(CSRF_KEY_PURPOSE) {
+        Ok(key) => key,
+        Err(error) => {
+            tracing::error!(%error, "cannot derive the login-form key");
+            return None;
+        }
+    };
+    // Constant-time comparison of the tag (aws-lc's verify).
+    hmac::verify(&key, &payload, &tag).ok()?;
+    let (expires, nonce) = payload.split_first_chunk::<8>()?;
+    let left = i64::from_be_bytes(*expires).checked_sub(state.now().timestamp())?;
+    let left = u64::try_from(left).ok().filter(|left| *left > 0)?;
+    (nonce.len() == CSRF_NONCE_BYTES).then(|| (nonce.to_vec(), Duration::from_secs(left)))
+}
+
+/// Renders the login form with a fresh CSRF token (cookie + hidden field; nothing stored).
 async fn render_login(
     state: &AppState,
     target: &ValidRedirect,
@@ -318,16 +374,16 @@ async fn render_login(
     error: Option<&str>,
     status: StatusCode,
 ) -> Response {
-    let csrf = tokens::random_token(32);
-    if let Err(error) = state
-        .limits
-        .cache()
-        .set_ex(&csrf_key(&csrf), "1", CSRF_TTL)
-        .await
-    {
-        // The cookie/field comparison still protects the form; only single use is lost.
-        tracing::warn!(%error, "cannot store the CSRF token");
-    }
+    let csrf = match issue_csrf_token(state) {
+        Ok(csrf) => csrf,
+        Err(error) => {
+            tracing::error!(%error, "cannot sign a login-form token");
+            return error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "An internal error occurred",
+            );
+        }
+    };
     let mut response = html(status, login_form(target, request, &csrf, username, error));
     let secure = if state.config.public_url.starts_with("https://") {
         "; Secure"
@@ -344,21 +400,14 @@ async fn render_login(
     response
 }
 
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
-}
-
-/// Whether the form's CSRF token matches the cookie and is unused; consumes it.
+/// Whether the form's CSRF token matches the cookie, carries our signature, has not expired
+/// and was not used before; marks it used. Only here is anything stored, and only for a token
+/// we signed, until it would have expired anyway.
 async fn check_csrf(state: &AppState, headers: &HeaderMap, form: &FormParams) -> bool {
-    let (Some(cookie), Some(field)) = (cookie_value(headers, CSRF_COOKIE), form.get("csrf_token"))
-    else {
+    let (Some(cookie), Some(field)) = (
+        codelab_core::http::cookie_value(headers, CSRF_COOKIE),
+        form.get("csrf_token"),
+    ) else {
         return false;
     };
     if cookie.len() != field.len()
@@ -369,16 +418,19 @@ async fn check_csrf(state: &AppState, headers: &HeaderMap, form: &FormParams) ->
     {
         return false;
     }
-    let key = csrf_key(field);
-    let cache = state.limits.cache();
-    match cache.get(&key).await {
-        Ok(Some(_)) => {
-            let _ = cache.del(&key).await;
-            true
-        }
-        Ok(None) => false,
+    let Some((nonce, left)) = verify_csrf_token(state, field) else {
+        return false;
+    };
+    match state
+        .limits
+        .cache()
+        .set_nx_ex(&csrf_key(&nonce), "1", left)
+        .await
+    {
+        Ok(first_use) => first_use,
         Err(error) => {
-            tracing::warn!(%error, "cannot check the CSRF token in the cache; cookie check only");
+            // The signature, expiry and cookie still protect the form; only single use is lost.
+            tracing::warn!(%error, "cannot record the login-form token as used; signature check only");
             true
         }
     }
@@ -416,6 +468,18 @@ pub async fn submit_login(
         Ok(target) => target,
         Err(page) => return *page,
     };
+    let ctx = RequestContext::new(&state, caller, &headers);
+    // Before the CSRF check: an accepted form token stores its nonce once (single use), so the
+    // per-address limit also bounds how many such entries one address can create.
+    if let RateDecision::Limited { retry_after, .. } = state.limits.check_rate(&ctx.ip).await {
+        let mut page = error_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many requests. Please try again later.",
+        );
+        page.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        return page;
+    }
     if !check_csrf(&state, &headers, &form).await {
         return error_page(
             StatusCode::BAD_REQUEST,
@@ -434,7 +498,6 @@ pub async fn submit_login(
             StatusCode::SEE_OTHER,
         );
     }
-    let ctx = RequestContext::new(&state, caller, &headers);
     let username = form.get("username").unwrap_or_default();
     let retry = |message: &str, status: StatusCode| {
         let state = Arc::clone(&state);
@@ -444,35 +507,40 @@ pub async fn submit_login(
         let request = &request;
         async move { render_login(&state, target, request, &username, Some(&message), status).await }
     };
-    if let RateDecision::Limited { .. } = state.limits.check_rate(&ctx.ip).await {
-        return retry(
-            "Too many requests. Please try again later.",
-            StatusCode::TOO_MANY_REQUESTS,
-        )
-        .await;
-    }
     let Some(password) = form.get("password").filter(|_| !username.is_empty()) else {
         return retry("Enter your username and password.", StatusCode::BAD_REQUEST).await;
     };
-    if let Some(lockout) = state.limits.check_lockout(username, &ctx.ip).await {
-        return retry(&lockout.message, StatusCode::TOO_MANY_REQUESTS).await;
-    }
-    let user = match check_user_password(&state, username, password).await {
-        Ok(Some(user)) => user,
-        Ok(None) => {
-            state.limits.record_failure(username, &ctx.ip).await;
+    // The device cookie: a browser that signed in to this account before is counted on its
+    // own, so strangers' failures do not lock it out (docs/auth.md, "Protection").
+    let channel = SignInChannel::Browser {
+        device: device::verify(&state, &headers).map(|d| (d.account, d.id)),
+    };
+    let user = match sign_in(&state, &ctx.ip, username, password, &channel).await {
+        Ok(SignIn::Success(user)) => user,
+        Ok(SignIn::Locked(lockout)) => {
+            return retry(&lockout.message, StatusCode::TOO_MANY_REQUESTS).await;
+        }
+        Ok(SignIn::Failure) => {
             let event = AuditEvent {
                 client_id: Some(target.client.client_id.clone()),
-                event_data: Some(serde_json::json!({ "username": username })),
+                event_data: Some(crate::audit::failed_login_data(&state, username).await),
                 error_message: Some("Invalid credentials".to_owned()),
                 ..ctx.event("login_failed", false)
             };
             audit(&state, event).await;
             return retry("Invalid username or password", StatusCode::OK).await;
         }
+        // The password-hashing cap is full: the form again, with the 503's Retry-After.
+        Err(error) if error.status() == StatusCode::SERVICE_UNAVAILABLE => {
+            let mut page = retry(error.description(), StatusCode::SERVICE_UNAVAILABLE).await;
+            page.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::passwords::HASHING_RETRY_AFTER.as_secs()),
+            );
+            return page;
+        }
         Err(error) => return error.into_response(),
     };
-    state.limits.clear(username, &ctx.ip).await;
     let requested = Some(request.scope.as_str()).filter(|s| !s.is_empty());
     let scope = match grant_scope(requested, &target.client.allowed_scopes, user.is_admin) {
         Ok(scope) => scope,
@@ -517,7 +585,11 @@ pub async fn submit_login(
     if let Some(client_state) = target.state.as_deref() {
         params.push(("state", client_state));
     }
-    redirect_to(&target.redirect_uri, &params, StatusCode::SEE_OTHER)
+    let mut response = redirect_to(&target.redirect_uri, &params, StatusCode::SEE_OTHER);
+    if let Some(cookie) = device::set_cookie_header(&state, &user.id) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
 }
 
 #[cfg(test)]

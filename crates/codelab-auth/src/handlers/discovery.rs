@@ -29,7 +29,9 @@ pub async fn show_jwks(State(state): State<Arc<AppState>>) -> Response {
     response
 }
 
-/// The RFC 8414 metadata (also the base of the OpenID document).
+/// The RFC 8414 metadata (also the base of the OpenID document). Introspection is left out: it
+/// serves callers inside the deployment at auth's own address and is not routed at the public
+/// URL (docs/security.md).
 pub fn metadata(state: &AppState) -> Value {
     let base = state.config.public_url.trim_end_matches('/');
     let url = |path: &str| format!("{base}{path}");
@@ -39,7 +41,6 @@ pub fn metadata(state: &AppState) -> Value {
         "token_endpoint": url("/oauth/token"),
         "jwks_uri": url("/.well-known/jwks.json"),
         "revocation_endpoint": url("/oauth/revoke"),
-        "introspection_endpoint": url("/oauth/introspect"),
         "userinfo_endpoint": url("/oauth/userinfo"),
         "grant_types_supported": ["password", "refresh_token", "authorization_code", "client_credentials"],
         "response_types_supported": ["code"],
@@ -47,7 +48,6 @@ pub fn metadata(state: &AppState) -> Value {
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "scopes_supported": ["api:read", "api:write", ADMIN_SCOPE],
         "service_documentation": url("/openapi.json"),
     })

@@ -12,18 +12,26 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::authenticate_client;
 use super::error::{OAuthError, no_store_headers};
 use super::form::{client_credentials, parse_form_body};
+use super::{Caller, authenticate_client};
 use crate::AppState;
+use crate::limits::RateDecision;
 use crate::tokens::{self, Claims, TokenType};
 
-/// `POST /oauth/introspect`.
+/// `POST /oauth/introspect`. Counted by the per-IP limiter in the bucket it shares with
+/// revocation (see [`crate::limits::Limits::check_client_rate`]).
 pub async fn introspect_token(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let ip = state.limits.client_key(caller.peer, &headers);
+    if let RateDecision::Limited { limit, retry_after } = state.limits.check_client_rate(&ip).await
+    {
+        return OAuthError::rate_limited(limit, retry_after).into_response();
+    }
     match introspect(&state, &headers, &body).await {
         Ok(answer) => (no_store_headers(), Json(answer)).into_response(),
         Err(error) => error.into_response(),
@@ -37,7 +45,7 @@ async fn introspect(
 ) -> Result<Value, OAuthError> {
     let form = parse_form_body(headers, body)?;
     let credentials = client_credentials(headers, &form)?;
-    let client = authenticate_client(state, &credentials).await?;
+    let client = authenticate_client(state, &credentials, "introspect").await?;
     // RFC 7662 §2.1: the endpoint requires authorization; here, a confidential client.
     if !client.is_confidential {
         return Err(OAuthError::invalid_client(

@@ -3,6 +3,7 @@
 
 pub mod admin_api;
 pub mod authorize;
+pub mod device;
 pub mod discovery;
 pub mod error;
 pub mod form;
@@ -16,14 +17,16 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::AppState;
+use crate::limits::{self, Lockout, LoginSource};
+use crate::metrics;
 use crate::model::{ADMIN_SCOPE, AuditEvent, Client, RefreshTokenRecord, User};
-use crate::passwords::{self, PasswordCheck};
+use crate::passwords::{self, ClientSecretCheck, PasswordCheck, PasswordError};
 use crate::tokens::{self, IssuedToken, TokenType};
 use error::OAuthError;
 use form::ClientCredentials;
@@ -102,9 +105,41 @@ pub async fn audit(state: &AppState, event: AuditEvent) {
     }
 }
 
+/// The answer when the password-hashing cap and its queue are full: 503 with `Retry-After`
+/// (docs/auth.md, "Protection").
+pub fn hashing_busy() -> OAuthError {
+    OAuthError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "The server is busy checking other sign-ins. Please try again shortly.",
+    )
+    .with_header(
+        header::RETRY_AFTER,
+        passwords::HASHING_RETRY_AFTER.as_secs().to_string(),
+    )
+}
+
 /// Finds and authenticates the calling client (RFC 6749 §2.3). Confidential clients must
 /// prove their secret; public clients only name themselves and must not send one.
+///
+/// Client secrets are checked with the fast hash (see [`passwords::verify_client_secret`]);
+/// a legacy argon2/bcrypt hash is rewritten to it on the first success. Failures are counted
+/// by `endpoint` in `codelab_auth_client_auth_failures_total`, never as failed logins.
 pub async fn authenticate_client(
+    state: &AppState,
+    credentials: &ClientCredentials,
+    endpoint: &'static str,
+) -> Result<Client, OAuthError> {
+    let result = authenticate_client_inner(state, credentials).await;
+    if let Err(error) = &result
+        && error.code() == "invalid_client"
+    {
+        metrics::counter_client_auth_failure(endpoint);
+    }
+    result
+}
+
+async fn authenticate_client_inner(
     state: &AppState,
     credentials: &ClientCredentials,
 ) -> Result<Client, OAuthError> {
@@ -139,40 +174,134 @@ pub async fn authenticate_client(
             basic,
         ));
     };
-    match passwords::verify_password(secret, hash)
-        .await
-        .map_err(OAuthError::server_error)?
-    {
-        PasswordCheck::Valid { .. } => Ok(client),
-        PasswordCheck::Invalid => Err(OAuthError::invalid_client(
+    let check = match passwords::verify_client_secret(secret, hash).await {
+        Ok(check) => check,
+        // A legacy hash whose single verification slot is taken: a refusal, not a 5xx, and
+        // never a wait for the slots password logins use.
+        Err(PasswordError::Busy) => {
+            return Err(OAuthError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "slow_down",
+                "Too many client authentications at once. Please try again shortly.",
+            )
+            .with_header(
+                header::RETRY_AFTER,
+                passwords::HASHING_RETRY_AFTER.as_secs().to_string(),
+            ));
+        }
+        Err(error) => return Err(OAuthError::server_error(error)),
+    };
+    match check {
+        ClientSecretCheck::Valid { needs_rehash } => {
+            if needs_rehash {
+                let fast = passwords::hash_client_secret(secret);
+                match state
+                    .store
+                    .set_client_secret_hash(&client.client_id, &fast)
+                    .await
+                {
+                    Ok(()) => tracing::info!(
+                        client_id = %client.client_id,
+                        "client secret hash rewritten to the fast form"
+                    ),
+                    Err(error) => tracing::warn!(
+                        client_id = %client.client_id,
+                        %error,
+                        "cannot store the rewritten client secret hash"
+                    ),
+                }
+            }
+            Ok(client)
+        }
+        ClientSecretCheck::Invalid => Err(OAuthError::invalid_client(
             "Client authentication failed",
             basic,
         )),
     }
 }
 
-/// Checks a username (or email) and password. `None` for any failure: unknown user, disabled
-/// user or wrong password, which callers must not tell apart. On success the login time is
-/// recorded and a bcrypt or outdated hash is replaced by a fresh argon2id one.
-pub async fn check_user_password(
+/// Where a sign-in comes from: the password grant (trusted by known address) or the browser
+/// login form (trusted by a valid device cookie).
+#[derive(Debug, Clone)]
+pub enum SignInChannel {
+    /// `grant_type=password`: no cookies; an address that signed in before is trusted.
+    PasswordGrant,
+    /// The authorize form, with the device cookie's account and id when one verified.
+    Browser {
+        /// `(account id, device id)` of a valid device cookie.
+        device: Option<(String, String)>,
+    },
+}
+
+/// The result of [`sign_in`].
+#[derive(Debug)]
+pub enum SignIn {
+    /// The password matched an active account.
+    Success(User),
+    /// Unknown login, disabled account or wrong password: callers must not tell them apart.
+    Failure,
+    /// Refused before checking the password.
+    Locked(Lockout),
+}
+
+/// Checks a username (or email) and password with brute-force protection: the attempt is
+/// reserved against the account's counter (see [`crate::limits`]) before the password is
+/// verified, under the password-hashing cap. On success the login time is recorded, a bcrypt
+/// or outdated hash is replaced by a fresh argon2id one, the counters are cleared and (for the
+/// password grant) the address is remembered as known for the account. A full hashing cap
+/// answers [`hashing_busy`].
+pub async fn sign_in(
     state: &AppState,
+    ip: &str,
     login: &str,
     password: &str,
-) -> Result<Option<User>, OAuthError> {
-    let Some(user) = state.store.find_user_by_login(login).await? else {
-        // Same work as a real check, so response time does not reveal which usernames exist.
-        passwords::dummy_verify(password).await;
-        return Ok(None);
+    channel: &SignInChannel,
+) -> Result<SignIn, OAuthError> {
+    // Refused before anything is counted, so a busy server does not lock anyone out.
+    if passwords::hashing_is_saturated() {
+        metrics::counter_hashing_refused();
+        return Err(hashing_busy());
+    }
+    let user = state.store.find_user_by_login(login).await?;
+    let account = limits::account_id_for(user.as_ref().map(|u| u.id.as_str()), login);
+    let source = match channel {
+        SignInChannel::Browser {
+            device: Some((device_account, device_id)),
+        } if *device_account == account => LoginSource::KnownDevice(device_id.clone()),
+        SignInChannel::Browser { .. } => LoginSource::Untrusted,
+        SignInChannel::PasswordGrant => {
+            if user.is_some() && state.limits.is_known_address(&account, ip).await {
+                LoginSource::KnownAddress
+            } else {
+                LoginSource::Untrusted
+            }
+        }
     };
-    let check = passwords::verify_password(password, &user.password_hash)
+    let reservation = match state.limits.reserve_attempt(&account, ip, source).await {
+        Ok(reservation) => reservation,
+        Err(lockout) => return Ok(SignIn::Locked(lockout)),
+    };
+    let permit = match passwords::acquire_hashing_permit().await {
+        Ok(permit) => permit,
+        Err(PasswordError::Busy) => return Err(hashing_busy()),
+        Err(error) => return Err(OAuthError::server_error(error)),
+    };
+    let Some(user) = user else {
+        // Same work as a real check, so response time does not reveal which usernames exist.
+        passwords::dummy_verify_user(&permit, password).await;
+        state.limits.record_failure(&reservation).await;
+        return Ok(SignIn::Failure);
+    };
+    let check = passwords::verify_user_password(&permit, password, &user.password_hash)
         .await
         .map_err(OAuthError::server_error)?;
-    let PasswordCheck::Valid { needs_rehash } = check else {
-        return Ok(None);
+    let needs_rehash = match check {
+        PasswordCheck::Valid { needs_rehash } if user.is_active => needs_rehash,
+        _ => {
+            state.limits.record_failure(&reservation).await;
+            return Ok(SignIn::Failure);
+        }
     };
-    if !user.is_active {
-        return Ok(None);
-    }
     if needs_rehash {
         match passwords::hash_password(password).await {
             Ok(hash) => {
@@ -183,10 +312,15 @@ pub async fn check_user_password(
             Err(error) => tracing::warn!(user_id = %user.id, %error, "cannot rehash password"),
         }
     }
+    drop(permit);
+    state.limits.record_success(&reservation).await;
+    if matches!(channel, SignInChannel::PasswordGrant) {
+        state.limits.remember_address(&account, ip).await;
+    }
     if let Err(error) = state.store.record_login(&user.id, state.now()).await {
         tracing::warn!(user_id = %user.id, %error, "cannot record the login time");
     }
-    Ok(Some(user))
+    Ok(SignIn::Success(user))
 }
 
 /// Whether a scope token has the allowed shape (the original's validator: `[A-Za-z0-9_:.-]`,
@@ -287,6 +421,9 @@ pub enum Family {
         family_id: String,
         /// The parent's `jti` hash.
         parent_jti_hash: String,
+        /// The parent's scope, which the new refresh token keeps even when the access token
+        /// was narrowed (RFC 6749 §6: a rotated refresh token's scope is identical to the old).
+        scope: String,
     },
 }
 
@@ -312,17 +449,21 @@ pub fn issue_tokens(
     let (refresh_token, refresh_record) = match family {
         None => (None, None),
         Some(family) => {
+            let refresh_scope = match &family {
+                Family::New => scope.to_owned(),
+                Family::Rotated { scope, .. } => scope.clone(),
+            };
             let refresh = state
                 .tokens
                 .issue(
                     TokenType::Refresh,
                     subject,
                     &client.client_id,
-                    scope,
+                    &refresh_scope,
                     client.refresh_token_lifetime,
                 )
                 .map_err(OAuthError::server_error)?;
-            let record = refresh_row(state, &refresh, subject, client, scope, family);
+            let record = refresh_row(state, &refresh, subject, client, &refresh_scope, family);
             (Some(refresh.token), Some(record))
         }
     };
@@ -352,6 +493,7 @@ fn refresh_row(
         Family::Rotated {
             family_id,
             parent_jti_hash,
+            ..
         } => (family_id, Some(parent_jti_hash)),
     };
     RefreshTokenRecord {

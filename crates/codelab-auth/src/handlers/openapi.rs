@@ -48,8 +48,9 @@ pub fn document(state: &AppState) -> Value {
                     "200": json_ok("Tokens (Cache-Control: no-store)", json!({ "$ref": "#/components/schemas/TokenResponse" })),
                     "400": error_response("invalid_request, invalid_scope, unsupported_grant_type, unauthorized_client, invalid_grant (authorization_code)"),
                     "401": error_response("invalid_client; invalid_grant for the password and refresh grants"),
-                    "429": error_response("invalid_grant (lockout after failed logins) or rate_limit_exceeded"),
-                    "500": error_response("server_error")
+                    "429": error_response("invalid_grant (lockout after failed logins), rate_limit_exceeded, or slow_down (a client secret in an old hash format is being checked)"),
+                    "500": error_response("server_error"),
+                    "503": error_response("temporarily_unavailable: every password-hashing slot is busy (Retry-After)")
                 }
             } },
             "/oauth/authorize": {
@@ -77,7 +78,8 @@ pub fn document(state: &AppState) -> Value {
                         "303": { "description": "Redirect to redirect_uri with code and state, or error=access_denied" },
                         "200": { "description": "Login page again with an error", "content": { "text/html": {} } },
                         "400": { "description": "Bad request or CSRF failure (HTML)", "content": { "text/html": {} } },
-                        "429": { "description": "Locked out (HTML)", "content": { "text/html": {} } }
+                        "429": { "description": "Locked out or rate-limited (HTML, Retry-After)", "content": { "text/html": {} } },
+                        "503": { "description": "Every password-hashing slot is busy (HTML, Retry-After)", "content": { "text/html": {} } }
                     }
                 }
             },
@@ -88,17 +90,19 @@ pub fn document(state: &AppState) -> Value {
                 "responses": {
                     "200": { "description": "Revoked, or the token was unknown/invalid" },
                     "400": error_response("invalid_request or unauthorized_client"),
-                    "401": error_response("invalid_client")
+                    "401": error_response("invalid_client"),
+                    "429": error_response("rate_limit_exceeded (per client address) or slow_down (a client secret in an old hash format is being checked)")
                 }
             } },
             "/oauth/introspect": { "post": {
-                "summary": "Introspect a token (RFC 7662); confidential clients only",
+                "summary": "Introspect a token (RFC 7662); confidential clients only, at auth's own address (not routed publicly)",
                 "security": [{ "clientBasic": [] }],
                 "requestBody": form_body("TokenActionRequest"),
                 "responses": {
                     "200": json_ok("Introspection answer", json!({ "$ref": "#/components/schemas/Introspection" })),
                     "400": error_response("invalid_request"),
-                    "401": error_response("invalid_client")
+                    "401": error_response("invalid_client"),
+                    "429": error_response("rate_limit_exceeded (per client address) or slow_down (a client secret in an old hash format is being checked)")
                 }
             } },
             "/oauth/userinfo": { "get": {

@@ -17,6 +17,7 @@ use super::error::{OAuthError, no_store_headers};
 use super::form::{client_credentials, parse_form_body};
 use super::{Caller, RequestContext, audit, authenticate_client};
 use crate::AppState;
+use crate::limits::RateDecision;
 use crate::model::AuditEvent;
 use crate::tokens::{self, TokenType};
 
@@ -28,6 +29,12 @@ pub async fn revoke_token(
     body: Bytes,
 ) -> Response {
     let ctx = RequestContext::new(&state, caller, &headers);
+    // Its own per-IP bucket, shared with introspection, never the token endpoint's.
+    if let RateDecision::Limited { limit, retry_after } =
+        state.limits.check_client_rate(&ctx.ip).await
+    {
+        return OAuthError::rate_limited(limit, retry_after).into_response();
+    }
     match revoke(&state, &ctx, &headers, &body).await {
         Ok(()) => (StatusCode::OK, no_store_headers()).into_response(),
         Err(error) => error.into_response(),
@@ -43,7 +50,7 @@ async fn revoke(
     let form = parse_form_body(headers, body)?;
     let token = form.require("token")?;
     // RFC 7009 §2.1: confidential clients authenticate; public ones identify with client_id.
-    let client = authenticate_client(state, &client_credentials(headers, &form)?).await?;
+    let client = authenticate_client(state, &client_credentials(headers, &form)?, "revoke").await?;
     // The hint only orders lookups; an unknown hint is ignored (§2.1), and since we can tell
     // the types apart by their `type` claim, there is nothing to order.
     let Ok(claims) = state.tokens.verify(token, TokenType::Refresh).await else {

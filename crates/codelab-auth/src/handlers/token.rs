@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use super::error::{OAuthError, no_store_headers};
 use super::form::{FormParams, client_credentials, parse_form_body};
 use super::{
-    Caller, Family, Issued, RequestContext, audit, authenticate_client, check_user_password,
-    grant_scope, issue_tokens, narrow_scope,
+    Caller, Family, Issued, RequestContext, SignIn, SignInChannel, audit, authenticate_client,
+    grant_scope, issue_tokens, narrow_scope, sign_in,
 };
 use crate::AppState;
 use crate::limits::RateDecision;
@@ -132,24 +132,33 @@ async fn password_grant(
             "Parameter username is too long",
         ));
     }
-    let client = authenticate_client(state, credentials).await?;
+    let client = authenticate_client(state, credentials, "token").await?;
     require_grant(&client, "password")?;
-    if let Some(lockout) = state.limits.check_lockout(username, &ctx.ip).await {
-        return Err(OAuthError::locked(lockout.message, lockout.retry_after));
-    }
-    let Some(user) = check_user_password(state, username, password).await? else {
-        state.limits.record_failure(username, &ctx.ip).await;
-        // The username as submitted is recorded (never the password), as the original did.
-        let event = AuditEvent {
-            client_id: Some(client.client_id.clone()),
-            event_data: Some(serde_json::json!({ "username": username })),
-            error_message: Some("Invalid credentials".to_owned()),
-            ..ctx.event("login_failed", false)
-        };
-        audit(state, event).await;
-        return Err(bad_credentials());
+    let user = match sign_in(
+        state,
+        &ctx.ip,
+        username,
+        password,
+        &SignInChannel::PasswordGrant,
+    )
+    .await?
+    {
+        SignIn::Success(user) => user,
+        SignIn::Locked(lockout) => {
+            return Err(OAuthError::locked(lockout.message, lockout.retry_after));
+        }
+        SignIn::Failure => {
+            // The account, or a keyed hash of text that names none (it may be a password).
+            let event = AuditEvent {
+                client_id: Some(client.client_id.clone()),
+                event_data: Some(crate::audit::failed_login_data(state, username).await),
+                error_message: Some("Invalid credentials".to_owned()),
+                ..ctx.event("login_failed", false)
+            };
+            audit(state, event).await;
+            return Err(bad_credentials());
+        }
     };
-    state.limits.clear(username, &ctx.ip).await;
     let scope = grant_scope(form.get("scope"), &client.allowed_scopes, user.is_admin)?;
     let Issued {
         response,
@@ -179,7 +188,7 @@ async fn refresh_grant(
             "Missing required parameter: refresh_token",
         ));
     };
-    let client = authenticate_client(state, credentials).await?;
+    let client = authenticate_client(state, credentials, "token").await?;
     require_grant(&client, "refresh_token")?;
     let claims = state
         .tokens
@@ -209,6 +218,7 @@ async fn refresh_grant(
     let family = Family::Rotated {
         family_id: old.family_id.clone(),
         parent_jti_hash: old_hash.clone(),
+        scope: old.scope.clone(),
     };
     let Issued {
         response,
@@ -286,7 +296,7 @@ async fn client_credentials_grant(
     form: &FormParams,
     credentials: &super::form::ClientCredentials,
 ) -> Result<super::TokenResponse, OAuthError> {
-    let client = authenticate_client(state, credentials).await?;
+    let client = authenticate_client(state, credentials, "token").await?;
     // RFC 6749 §4.4: only confidential clients may use this grant.
     if !client.is_confidential {
         return Err(OAuthError::unauthorized_client(
@@ -328,7 +338,7 @@ async fn authorization_code_grant(
             "code_verifier must be 43 to 128 characters of [A-Za-z0-9-._~] (RFC 7636 §4.1)",
         ));
     }
-    let client = authenticate_client(state, credentials).await?;
+    let client = authenticate_client(state, credentials, "token").await?;
     require_grant(&client, "authorization_code")?;
     // Taken atomically: a code works once, even when two requests race with it.
     let Some(grant) = state

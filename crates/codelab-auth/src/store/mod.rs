@@ -79,6 +79,9 @@ pub trait AuthStore: Send + Sync + 'static {
         client_id: &str,
         uris: &[String],
     ) -> Result<(), StoreError>;
+    /// Replaces a client's secret hash (a legacy argon2/bcrypt hash rewritten to the fast form
+    /// after the secret was verified); `NotFound` when the client does not exist.
+    async fn set_client_secret_hash(&self, client_id: &str, hash: &str) -> Result<(), StoreError>;
 
     // ---- refresh tokens ----
     async fn insert_refresh_token(&self, token: RefreshTokenRecord) -> Result<(), StoreError>;
@@ -139,6 +142,22 @@ pub trait AuthStore: Send + Sync + 'static {
         active_kid: &str,
         now: DateTime<Utc>,
         publish_until: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Replaces the stored private key of `kid` only while it still holds `expected` (the key
+    /// re-encrypted under another key-encryption key); `false` when another replica changed it
+    /// first or the key does not exist.
+    async fn replace_signing_key_private(
+        &self,
+        kid: &str,
+        expected: &str,
+        private_key: &str,
+    ) -> Result<bool, StoreError>;
+    /// Sets a client's access-token lifetime in seconds (keeps the seeded website client's
+    /// short); `NotFound` when the client does not exist.
+    async fn set_client_access_token_lifetime(
+        &self,
+        client_id: &str,
+        seconds: i64,
     ) -> Result<(), StoreError>;
 }
 

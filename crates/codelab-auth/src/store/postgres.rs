@@ -208,6 +208,19 @@ impl AuthStore for PostgresStore {
         Ok(())
     }
 
+    async fn set_client_secret_hash(&self, client_id: &str, hash: &str) -> Result<(), StoreError> {
+        let done = sqlx::query(sql::SET_CLIENT_SECRET_HASH)
+            .bind(hash)
+            .bind(rows::now())
+            .bind(client_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("client {client_id:?}")));
+        }
+        Ok(())
+    }
+
     async fn insert_refresh_token(&self, token: RefreshTokenRecord) -> Result<(), StoreError> {
         insert_refresh(&self.pool, &token).await
     }
@@ -390,6 +403,37 @@ impl AuthStore for PostgresStore {
             .bind(publish_until)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+    async fn replace_signing_key_private(
+        &self,
+        kid: &str,
+        expected: &str,
+        private_key: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql::REPLACE_KEY_PRIVATE)
+            .bind(kid)
+            .bind(expected)
+            .bind(private_key)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_client_access_token_lifetime(
+        &self,
+        client_id: &str,
+        seconds: i64,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(sql::SET_CLIENT_ACCESS_LIFETIME)
+            .bind(rows::lifetime_i32(seconds))
+            .bind(rows::now())
+            .bind(client_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("client {client_id:?}")));
+        }
         Ok(())
     }
 }

@@ -120,6 +120,9 @@ pub(super) const SET_CLIENT_ACTIVE: &str = concat!(
 pub(super) const SET_CLIENT_REDIRECT_URIS: &str =
     "UPDATE oauth_clients SET redirect_uris = $1, updated_at = $2 WHERE client_id = $3";
 
+pub(super) const SET_CLIENT_SECRET_HASH: &str =
+    "UPDATE oauth_clients SET client_secret_hash = $1, updated_at = $2 WHERE client_id = $3";
+
 // ---- refresh tokens ----
 
 /// $1 row id, $2 jti_hash, $3 family_id, $4 user_id, $5 client_id, $6 scope, $7 expires_at,
@@ -193,3 +196,11 @@ pub(super) const LIST_KEYS: &str = concat!(
 /// $1 active kid, $2 now, $3 publish_until.
 pub(super) const RETIRE_KEYS_EXCEPT: &str = "UPDATE signing_keys \
      SET retired_at = $2, publish_until = $3 WHERE kid <> $1 AND retired_at IS NULL";
+
+/// $1 kid, $2 the value expected now, $3 the new value.
+pub(super) const REPLACE_KEY_PRIVATE: &str = "UPDATE signing_keys \
+     SET private_key_pem = $3 WHERE kid = $1 AND private_key_pem = $2";
+
+/// $1 seconds, $2 updated_at, $3 client id.
+pub(super) const SET_CLIENT_ACCESS_LIFETIME: &str = "UPDATE oauth_clients \
+     SET access_token_lifetime = $1, updated_at = $2 WHERE client_id = $3";

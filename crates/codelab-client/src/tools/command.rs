@@ -15,7 +15,8 @@ use tokio::process::Command;
 
 use super::Limits;
 use super::args::Args;
-use super::workspace::Workspace;
+use super::files::fs_error;
+use super::workspace::{Workspace, display};
 
 /// Seconds a command may run when the call does not say.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
@@ -169,16 +170,15 @@ pub async fn execute_command(
     let line = args.string("command")?;
     let shell = args.flag("shell", false)?;
     let timeout = effective_timeout(args.opt_u64("timeout")?);
-    let cwd = match args.opt_string("cwd")? {
-        Some(dir) => ws.resolve(dir).map_err(|e| e.to_string())?,
-        None => ws.root().to_path_buf(),
-    };
-    if !cwd.is_dir() {
-        return Err(format!(
-            "cannot run in {:?}: not a directory",
-            ws.relative(&cwd)
-        ));
-    }
+    let requested_cwd = args.opt_string("cwd")?.unwrap_or(".");
+    let rel = ws.resolve(requested_cwd).map_err(|e| e.to_string())?;
+    // Checked through the workspace handle; the child can only be given a path.
+    let cwd = ws.command_dir(&rel).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => {
+            format!("cannot run in {:?}: not a directory", display(&rel))
+        }
+        _ => fs_error("cannot run in", requested_cwd, &e),
+    })?;
     let mut command = if shell {
         let mut c = Command::new("sh");
         c.arg("-c").arg(line);
@@ -368,7 +368,7 @@ mod tests {
         let err = exec(&ws, json!({"command": "pwd", "cwd": "../"}), &limits)
             .await
             .unwrap_err();
-        assert!(err.contains("outside"), "{err}");
+        assert!(err.contains("leaves the workspace"), "{err}");
         let err = exec(&ws, json!({"command": "no-such-program-xyz"}), &limits)
             .await
             .unwrap_err();

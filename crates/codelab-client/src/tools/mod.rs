@@ -138,8 +138,21 @@ impl ToolExecutor {
     pub fn write_preview(&self, arguments: &Value) -> Option<String> {
         let path = arguments.get("path")?.as_str()?;
         let content = arguments.get("content")?.as_str()?;
-        let resolved = self.workspace.resolve(path).ok()?;
-        let old = std::fs::read_to_string(&resolved).unwrap_or_default();
+        let rel = self.workspace.resolve(path).ok()?;
+        let old = match self.workspace.dir().open(workspace::at(&rel)) {
+            Ok(mut file) => match files::read_capped(&mut file, self.limits.max_read_file_bytes) {
+                Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+                Ok(None) => {
+                    return Some(format!(
+                        "({} is larger than {} bytes: no diff)\n",
+                        crate::sanitize::for_terminal(path, crate::sanitize::Shape::Line),
+                        self.limits.max_read_file_bytes
+                    ));
+                }
+                Err(_) => String::new(),
+            },
+            Err(_) => String::new(),
+        };
         Some(crate::diff::unified(&old, content, path))
     }
 }

@@ -1,14 +1,14 @@
 //! `search_in_code`: a text or regular-expression search over the workspace's files.
 
-use std::fs;
+use std::io;
 use std::path::PathBuf;
 
 use regex::RegexBuilder;
 use serde_json::{Value, json};
 
 use super::args::Args;
-use super::files::glob_matches;
-use super::workspace::Workspace;
+use super::files::{fs_error, glob_matches, read_capped};
+use super::workspace::{Workspace, at, display};
 use super::{Limits, SKIPPED_DIRS};
 
 /// Matches returned when the call does not say.
@@ -60,14 +60,19 @@ pub fn search_in_code(ws: &Workspace, args: Args<'_>, _limits: &Limits) -> Resul
         .build()
         .map_err(|e| format!("invalid regular expression: {e}"))?;
 
-    let root = ws.resolve(start).map_err(|e| e.to_string())?;
+    let top = ws.resolve(start).map_err(|e| e.to_string())?;
+    let metadata = ws.dir().metadata(at(&top)).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => format!("cannot search {start:?}: no such file or directory"),
+        _ => fs_error("cannot search", start, &e),
+    })?;
+    // Relative paths inside the workspace; every open below goes through its handle.
     let mut files: Vec<PathBuf> = Vec::new();
-    if root.is_file() {
-        files.push(root.clone());
-    } else if root.is_dir() {
-        let mut stack = vec![root.clone()];
+    if metadata.is_file() {
+        files.push(top.clone());
+    } else if metadata.is_dir() {
+        let mut stack = vec![top.clone()];
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else {
+            let Ok(entries) = ws.open_dir(&dir).and_then(|d| d.entries()) else {
                 continue;
             };
             for entry in entries.flatten() {
@@ -78,10 +83,10 @@ pub fn search_in_code(ws: &Workspace, args: Args<'_>, _limits: &Limits) -> Resul
                 let Ok(file_type) = entry.file_type() else {
                     continue;
                 };
-                let path = entry.path();
+                let path = dir.join(entry.file_name());
                 if file_type.is_symlink() {
-                    // Followed only to files that really are inside the workspace.
-                    if ws.contains_real(&path) && path.is_file() {
+                    // Followed only to files inside: the handle refuses a link leading out.
+                    if ws.dir().metadata(&path).is_ok_and(|m| m.is_file()) {
                         files.push(path);
                     }
                 } else if file_type.is_dir() {
@@ -103,7 +108,7 @@ pub fn search_in_code(ws: &Workspace, args: Args<'_>, _limits: &Limits) -> Resul
     let mut matches = Vec::new();
     let mut total = 0usize;
     'files: for path in files {
-        let rel = ws.relative(&path);
+        let rel = display(&path);
         if let Some(matcher) = &matcher {
             let name = path
                 .file_name()
@@ -113,10 +118,13 @@ pub fn search_in_code(ws: &Workspace, args: Args<'_>, _limits: &Limits) -> Resul
                 continue;
             }
         }
-        if fs::metadata(&path).map_or(true, |m| m.len() > MAX_FILE_BYTES) {
+        let Ok(mut file) = ws.dir().open(&path) else {
+            continue;
+        };
+        if file.metadata().map_or(true, |m| m.len() > MAX_FILE_BYTES) {
             continue;
         }
-        let Ok(bytes) = fs::read(&path) else {
+        let Ok(Some(bytes)) = read_capped(&mut file, MAX_FILE_BYTES) else {
             continue;
         };
         // A NUL byte early on marks a binary file, as grep decides.
@@ -154,6 +162,8 @@ pub fn search_in_code(ws: &Workspace, args: Args<'_>, _limits: &Limits) -> Resul
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     fn setup() -> (tempfile::TempDir, Workspace) {
@@ -242,6 +252,6 @@ mod tests {
         let result = search(&ws, json!({"query": "parse me"})).unwrap();
         assert_eq!(result["total_matches"], 0);
         let err = search(&ws, json!({"query": "x", "path": ".."})).unwrap_err();
-        assert!(err.contains("outside"), "{err}");
+        assert!(err.contains("leaves the workspace"), "{err}");
     }
 }

@@ -1,19 +1,24 @@
-//! The workspace folder and the confinement of every path a tool names to it.
+//! The workspace folder, opened once as a directory handle (`cap_std::fs::Dir`) through which
+//! every file operation of the tools goes.
 //!
-//! A requested path is joined to the workspace root, its `.` and `..` components are resolved
-//! lexically (a `..` that would climb above the root is refused outright), and then every
-//! component that exists on disk is resolved through symlinks: the real location must still be
-//! inside the (canonical) root. Components that do not exist yet (a file about to be written)
-//! cannot be symlinks, so the longest existing ancestor decides.
+//! A requested path is first made relative to the root: an absolute path must name something
+//! inside the workspace, and `.` and `..` are resolved lexically (a `..` above the root is
+//! refused). Its existing part is then canonicalized *through the handle*, so symlinks inside
+//! are followed and results and backups name real locations. The operations themselves (open,
+//! create, rename, ...) go through the handle too, and the handle refuses to leave the directory
+//! by `..`, an absolute path or a symlink, even one swapped in after the checks here: a check can
+//! be raced, the handle cannot (docs/codelab-chat.md, "Security model: the workspace").
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
+use cap_std::fs::{Dir, MetadataExt};
+
 /// Why a path was refused or could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum PathError {
-    /// The path leaves the workspace (after `..` or through a symlink).
-    #[error("path {path:?} is outside the workspace")]
+    /// The path leaves the workspace (by `..`, as an absolute path, or through a symlink).
+    #[error("path {path:?} leaves the workspace")]
     Outside {
         /// The path as requested.
         path: String,
@@ -34,10 +39,47 @@ pub enum PathError {
     },
 }
 
+/// Whether an error of a `cap_std` operation is its refusal to leave the directory (a `..`, an
+/// absolute path or a symlink leading out), rather than an error of the file system.
+pub fn is_escape(error: &io::Error) -> bool {
+    // cap-std reports an escape as `PermissionDenied` without an OS error code; a real EACCES
+    // always carries one.
+    error.kind() == io::ErrorKind::PermissionDenied && error.raw_os_error().is_none()
+}
+
 /// The workspace root all file tools are confined to.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Workspace {
+    /// The canonical root (shown to the user, the working directory of commands).
     root: PathBuf,
+    /// The root as it was named when opened (an absolute path through it is inside too).
+    named: PathBuf,
+    /// The handle every file operation goes through.
+    dir: Dir,
+}
+
+/// `rel` as a `cap_std` path: the root itself is `.` (an empty path is an error there).
+pub fn at(rel: &Path) -> &Path {
+    if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    }
+}
+
+/// A relative path inside the workspace as the tools show it: `/` separators, `.` for the
+/// root.
+pub fn display(rel: &Path) -> String {
+    let parts: Vec<_> = rel
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect();
+    if parts.is_empty() {
+        ".".to_owned()
+    } else {
+        parts.join("/")
+    }
 }
 
 impl Workspace {
@@ -50,7 +92,13 @@ impl Workspace {
                 format!("{} is not a directory", root.display()),
             ));
         }
-        Ok(Workspace { root })
+        let named = std::path::absolute(dir)?;
+        let handle = Dir::open_ambient_dir(&root, cap_std::ambient_authority())?;
+        Ok(Workspace {
+            root,
+            named,
+            dir: handle,
+        })
     }
 
     /// The canonical root.
@@ -58,49 +106,132 @@ impl Workspace {
         &self.root
     }
 
-    /// Resolves `requested` (relative to the root, or absolute) to a real path inside the
-    /// workspace. The path need not exist; its existing part is resolved through symlinks.
+    /// The directory handle every file operation goes through.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
+    /// Resolves `requested` (relative to the root, or absolute) to a path relative to the root,
+    /// empty for the root itself. The path need not exist; its existing part is canonicalized
+    /// through the handle (symlinks inside followed, one leading out refused).
     pub fn resolve(&self, requested: &str) -> Result<PathBuf, PathError> {
         if requested.contains('\0') {
             return Err(PathError::Invalid(requested.to_owned()));
         }
         let requested_path = Path::new(requested.trim());
-        let joined = if requested_path.is_absolute() {
+        let relative = if requested_path.is_absolute() {
+            self.strip_root(requested_path)
+                .ok_or_else(|| outside(requested))?
+        } else {
             requested_path.to_path_buf()
-        } else {
-            self.root.join(requested_path)
         };
-        let lexical = normalize(&joined).ok_or_else(|| outside(requested))?;
-        // An absolute path may name the workspace itself through another spelling (a
-        // symlinked home, say): it is checked after symlinks are resolved, like any other.
-        let real = resolve_existing(&lexical, requested)?;
-        if real.starts_with(&self.root) {
-            Ok(real)
+        let lexical = normalize_relative(&relative).ok_or_else(|| outside(requested))?;
+        self.canonical_inside(&lexical, requested)
+    }
+
+    /// An absolute path as a path relative to the root, if it names something inside.
+    fn strip_root(&self, absolute: &Path) -> Option<PathBuf> {
+        let lexical = normalize_absolute(absolute)?;
+        for base in [&self.root, &self.named] {
+            if let Ok(rest) = lexical.strip_prefix(base) {
+                return Some(rest.to_path_buf());
+            }
+        }
+        // Another spelling of the workspace (a symlinked home, say): the real location of
+        // its longest existing ancestor decides. Only looked up, never opened.
+        let mut existing = lexical.clone();
+        let mut rest: Vec<std::ffi::OsString> = Vec::new();
+        loop {
+            if let Ok(real) = existing.canonicalize() {
+                let mut inside = real.strip_prefix(&self.root).ok()?.to_path_buf();
+                inside.extend(rest.iter().rev());
+                return Some(inside);
+            }
+            rest.push(existing.file_name()?.to_owned());
+            if !existing.pop() {
+                return None;
+            }
+        }
+    }
+
+    /// Canonicalizes the longest existing ancestor of `rel` through the handle and appends the
+    /// rest (which does not exist, so holds no symlink).
+    fn canonical_inside(&self, rel: &Path, requested: &str) -> Result<PathBuf, PathError> {
+        let io_error = |source| PathError::Io {
+            path: requested.to_owned(),
+            source,
+        };
+        let mut existing = rel.to_path_buf();
+        let mut rest: Vec<std::ffi::OsString> = Vec::new();
+        loop {
+            match self.dir.canonicalize(at(&existing)) {
+                Ok(real) => {
+                    let mut full: PathBuf = real
+                        .components()
+                        .filter(|c| !matches!(c, Component::CurDir))
+                        .collect();
+                    full.extend(rest.iter().rev());
+                    return Ok(full);
+                }
+                Err(error) if is_escape(&error) => return Err(outside(requested)),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    let Some(name) = existing.file_name().map(ToOwned::to_owned) else {
+                        // The root itself is gone.
+                        return Err(io_error(error));
+                    };
+                    if self
+                        .dir
+                        .symlink_metadata(&existing)
+                        .is_ok_and(|m| m.is_symlink())
+                    {
+                        return Err(PathError::Dangling(requested.to_owned()));
+                    }
+                    rest.push(name);
+                    existing.pop();
+                }
+                Err(error) => return Err(io_error(error)),
+            }
+        }
+    }
+
+    /// Opens the directory at `rel` (empty for the root) through the handle.
+    pub fn open_dir(&self, rel: &Path) -> io::Result<Dir> {
+        self.dir.open_dir(at(rel))
+    }
+
+    /// Creates `rel` and its missing parents through the handle. An existing part that leads
+    /// out of the workspace is reported as the escape it is, not as "file exists".
+    pub fn create_dir_all(&self, rel: &Path) -> io::Result<()> {
+        match self.dir.create_dir_all(at(rel)) {
+            Ok(()) => Ok(()),
+            Err(error) => match self.dir.metadata(at(rel)) {
+                Err(escape) if is_escape(&escape) => Err(escape),
+                _ => Err(error),
+            },
+        }
+    }
+
+    /// The absolute path of the directory `rel` for a child process's working directory
+    /// (which can only be given as a path), after checking through the handle that it is a
+    /// directory inside the workspace and that the path still names that same directory.
+    pub fn command_dir(&self, rel: &Path) -> io::Result<PathBuf> {
+        let checked = self.dir.open_dir(at(rel))?.dir_metadata()?;
+        let path = if rel.as_os_str().is_empty() {
+            self.root.clone()
         } else {
-            Err(outside(requested))
+            self.root.join(rel)
+        };
+        let named = std::fs::metadata(&path)?;
+        if std::os::unix::fs::MetadataExt::dev(&named) != checked.dev()
+            || std::os::unix::fs::MetadataExt::ino(&named) != checked.ino()
+        {
+            // Swapped since it was checked: the path would lead somewhere else.
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "a path led outside of the filesystem",
+            ));
         }
-    }
-
-    /// `path` (inside the workspace) relative to the root, with `/` separators; `.` for the
-    /// root itself.
-    pub fn relative(&self, path: &Path) -> String {
-        match path.strip_prefix(&self.root) {
-            Ok(rest) if rest.as_os_str().is_empty() => ".".to_owned(),
-            Ok(rest) => rest
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/"),
-            Err(_) => path.display().to_string(),
-        }
-    }
-
-    /// Whether a path found while walking the workspace (a directory entry, maybe a symlink)
-    /// really lies inside it.
-    pub fn contains_real(&self, path: &Path) -> bool {
-        path.canonicalize()
-            .map(|real| real.starts_with(&self.root))
-            .unwrap_or(false)
+        Ok(path)
     }
 }
 
@@ -110,8 +241,26 @@ fn outside(requested: &str) -> PathError {
     }
 }
 
-/// Resolves `.` and `..` lexically; `None` when a `..` climbs above the file system root.
-fn normalize(path: &Path) -> Option<PathBuf> {
+/// Resolves `.` and `..` of a relative path lexically; `None` when a `..` climbs above it.
+fn normalize_relative(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            Component::Normal(name) => out.push(name),
+            Component::Prefix(_) | Component::RootDir => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Resolves `.` and `..` of an absolute path lexically; `None` when a `..` climbs above `/`.
+fn normalize_absolute(path: &Path) -> Option<PathBuf> {
     let mut out = PathBuf::new();
     for component in path.components() {
         match component {
@@ -129,57 +278,6 @@ fn normalize(path: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-/// Canonicalizes the longest existing ancestor of `path` and appends the rest (which does not
-/// exist, so holds no symlink).
-fn resolve_existing(path: &Path, requested: &str) -> Result<PathBuf, PathError> {
-    let mut existing = path.to_path_buf();
-    let mut rest: Vec<std::ffi::OsString> = Vec::new();
-    loop {
-        match existing.symlink_metadata() {
-            Ok(metadata) => {
-                let real = match existing.canonicalize() {
-                    Ok(real) => real,
-                    Err(_) if metadata.file_type().is_symlink() => {
-                        return Err(PathError::Dangling(requested.to_owned()));
-                    }
-                    Err(source) => {
-                        return Err(PathError::Io {
-                            path: requested.to_owned(),
-                            source,
-                        });
-                    }
-                };
-                let mut full = real;
-                for name in rest.iter().rev() {
-                    full.push(name);
-                }
-                return Ok(full);
-            }
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                let Some(name) = existing.file_name().map(ToOwned::to_owned) else {
-                    return Err(PathError::Io {
-                        path: requested.to_owned(),
-                        source: error,
-                    });
-                };
-                rest.push(name);
-                if !existing.pop() {
-                    return Err(PathError::Io {
-                        path: requested.to_owned(),
-                        source: error,
-                    });
-                }
-            }
-            Err(source) => {
-                return Err(PathError::Io {
-                    path: requested.to_owned(),
-                    source,
-                });
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,16 +293,16 @@ mod tests {
     fn relative_paths_inside_resolve_even_when_missing() {
         let (_dir, ws) = workspace();
         std::fs::write(ws.root().join("a.txt"), "x").unwrap();
-        assert_eq!(ws.resolve("a.txt").unwrap(), ws.root().join("a.txt"));
-        assert_eq!(ws.resolve("./a.txt").unwrap(), ws.root().join("a.txt"));
-        assert_eq!(ws.resolve(".").unwrap(), ws.root());
+        assert_eq!(ws.resolve("a.txt").unwrap(), Path::new("a.txt"));
+        assert_eq!(ws.resolve("./a.txt").unwrap(), Path::new("a.txt"));
+        assert_eq!(ws.resolve(".").unwrap(), Path::new(""));
         assert_eq!(
             ws.resolve("new/dir/b.txt").unwrap(),
-            ws.root().join("new/dir/b.txt")
+            Path::new("new/dir/b.txt")
         );
-        assert_eq!(ws.resolve("sub/../a.txt").unwrap(), ws.root().join("a.txt"));
-        assert_eq!(ws.relative(&ws.root().join("new/dir")), "new/dir");
-        assert_eq!(ws.relative(ws.root()), ".");
+        assert_eq!(ws.resolve("sub/../a.txt").unwrap(), Path::new("a.txt"));
+        assert_eq!(display(Path::new("new/dir")), "new/dir");
+        assert_eq!(display(Path::new("")), ".");
     }
 
     #[test]
@@ -212,9 +310,11 @@ mod tests {
         let (dir, ws) = workspace();
         std::fs::write(dir.path().join("secret"), "s").unwrap();
         for path in ["../secret", "..", "a/../../secret", "../ws/../secret"] {
-            assert!(
-                matches!(ws.resolve(path), Err(PathError::Outside { .. })),
-                "{path}"
+            let error = ws.resolve(path).unwrap_err();
+            assert!(matches!(error, PathError::Outside { .. }), "{path}");
+            assert_eq!(
+                error.to_string(),
+                format!("path {path:?} leaves the workspace")
             );
         }
     }
@@ -227,7 +327,14 @@ mod tests {
             Err(PathError::Outside { .. })
         ));
         let inside = ws.root().join("x.txt");
-        assert_eq!(ws.resolve(inside.to_str().unwrap()).unwrap(), inside);
+        assert_eq!(
+            ws.resolve(inside.to_str().unwrap()).unwrap(),
+            Path::new("x.txt")
+        );
+        assert_eq!(
+            ws.resolve(ws.root().to_str().unwrap()).unwrap(),
+            Path::new("")
+        );
     }
 
     #[test]
@@ -236,14 +343,14 @@ mod tests {
         std::fs::write(dir.path().join("secret"), "s").unwrap();
         std::fs::create_dir(dir.path().join("outdir")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("secret"), ws.root().join("link")).unwrap();
-        std::os::unix::fs::symlink(dir.path().join("outdir"), ws.root().join("dirlink")).unwrap();
+        std::os::unix::fs::symlink("../outdir", ws.root().join("dirlink")).unwrap();
         assert!(matches!(ws.resolve("link"), Err(PathError::Outside { .. })));
         // A file that does not exist yet under a symlinked directory is outside too.
         assert!(matches!(
             ws.resolve("dirlink/new.txt"),
             Err(PathError::Outside { .. })
         ));
-        std::os::unix::fs::symlink(dir.path().join("nowhere"), ws.root().join("dangling")).unwrap();
+        std::os::unix::fs::symlink("nowhere", ws.root().join("dangling")).unwrap();
         assert!(matches!(
             ws.resolve("dangling"),
             Err(PathError::Dangling(_))
@@ -251,12 +358,20 @@ mod tests {
     }
 
     #[test]
-    fn symlinks_inside_are_followed() {
+    fn relative_symlinks_inside_are_followed() {
         let (_dir, ws) = workspace();
         std::fs::create_dir(ws.root().join("real")).unwrap();
         std::fs::write(ws.root().join("real/f"), "x").unwrap();
-        std::os::unix::fs::symlink(ws.root().join("real"), ws.root().join("alias")).unwrap();
-        assert_eq!(ws.resolve("alias/f").unwrap(), ws.root().join("real/f"));
+        std::os::unix::fs::symlink("real", ws.root().join("alias")).unwrap();
+        assert_eq!(ws.resolve("alias/f").unwrap(), Path::new("real/f"));
+        // An absolute target is refused even when it points inside: the handle cannot tell
+        // where an absolute path leads without leaving the directory (and a repository's
+        // absolute links point into its author's machine, not into this checkout).
+        std::os::unix::fs::symlink(ws.root().join("real"), ws.root().join("absolute")).unwrap();
+        assert!(matches!(
+            ws.resolve("absolute/f"),
+            Err(PathError::Outside { .. })
+        ));
     }
 
     #[test]

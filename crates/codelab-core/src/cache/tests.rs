@@ -423,3 +423,215 @@ fn the_memory_capacity_bounds_a_flood_of_distinct_keys() {
         "the newest stays"
     );
 }
+
+#[tokio::test]
+async fn a_flood_of_single_use_entries_never_evicts_the_limit_counters() {
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000_000));
+    let memory = MemoryCache::with_capacity(Arc::new(clock), 100);
+    let cache = Cache::Memory(memory.clone());
+    // Counters with the least time left: before the fix, exactly what eviction dropped first.
+    for i in 0..10 {
+        for _ in 0..3 {
+            cache
+                .incr_ex(
+                    &format!("rate_limit:ip:10.0.0.{i}"),
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    // A flood of distinct single-use entries, each living longer than the counters.
+    for i in 0..5_000 {
+        assert!(
+            cache
+                .set_nx_ex(&format!("csrf_used:{i}"), "1", Duration::from_secs(600))
+                .await
+                .unwrap()
+        );
+    }
+    assert!(memory.len() <= 100, "{}", memory.len());
+    for i in 0..10 {
+        assert_eq!(
+            cache
+                .get(&format!("rate_limit:ip:10.0.0.{i}"))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("3"),
+            "counter {i} survived the flood"
+        );
+    }
+    assert!(
+        cache.get("csrf_used:4999").await.unwrap().is_some(),
+        "the newest entry stays"
+    );
+}
+
+#[test]
+fn counters_are_evicted_soonest_first_once_nothing_else_is_left() {
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000_000));
+    let memory = MemoryCache::with_capacity(Arc::new(clock), 10);
+    for i in 0..10u64 {
+        memory
+            .incr_ex(&format!("count-{i}"), Duration::from_secs(100 + i))
+            .unwrap();
+    }
+    memory.set_ex("plain", "v", Duration::from_secs(1_000));
+    assert_eq!(memory.len(), 10);
+    assert_eq!(
+        memory.get("count-0"),
+        None,
+        "the soonest-expiring counter went"
+    );
+    assert_eq!(memory.get("count-1").as_deref(), Some("1"));
+    assert_eq!(memory.get("plain").as_deref(), Some("v"));
+}
+
+/// A private `redis-server` (never the shared one: the test changes its `maxmemory`) on a
+/// Unix socket in a temporary directory, killed on drop.
+struct PrivateRedis {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    /// Starts one and returns once it logs that it accepts connections.
+    fn start() -> Self {
+        use std::io::BufRead;
+        let binary =
+            std::env::var_os("CODELAB_TEST_REDIS_SERVER").unwrap_or_else(|| "redis-server".into());
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("redis.sock");
+        let mut child = std::process::Command::new(&binary)
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&socket)
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot start {binary:?} ({error}): install redis-server or set \
+                     CODELAB_TEST_REDIS_SERVER"
+                )
+            });
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            // "Ready to accept connections" (TCP) or "... now ready to accept connections at
+            // <socket>" (a Unix socket only).
+            .any(|line| {
+                line.contains("ready to accept connections")
+                    || line.contains("Ready to accept connections")
+            });
+        assert!(ready, "redis-server exited before it was ready");
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket.display())
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_full_redis_serves_writes_from_memory_so_limits_keep_counting() {
+    let redis = PrivateRedis::start();
+    let fallbacks = Arc::new(Mutex::new(Vec::<&'static str>::new()));
+    let seen = Arc::clone(&fallbacks);
+    let cache = connect_cache(Some(&redis.url()), "oom-test:")
+        .await
+        .unwrap()
+        .with_fallback_observer(Arc::new(move |operation| {
+            seen.lock().unwrap().push(operation);
+        }));
+    let ttl = Duration::from_secs(60);
+    assert_eq!(cache.incr_ex("rate_limit:ip:1", ttl).await.unwrap(), 1);
+
+    // As deployed (docs/operations.md): noeviction, and now full.
+    let Cache::Redis(r) = &cache else {
+        unreachable!("a Redis URL gives the Redis variant")
+    };
+    let mut conn = r.conn.clone();
+    for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+    let refused = redis::cmd("SET")
+        .arg("oom-test:probe")
+        .arg("x")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("OOM"), "{refused}");
+
+    // Every write still answers, from memory, with its usual meaning: a limit never skips.
+    for expected in 1..=5 {
+        assert_eq!(
+            cache.incr_ex("failed_attempts:user:x", ttl).await.unwrap(),
+            expected
+        );
+    }
+    assert!(cache.set_nx_ex("csrf_used:a", "1", ttl).await.unwrap());
+    assert!(!cache.set_nx_ex("csrf_used:a", "1", ttl).await.unwrap());
+    cache.set_ex("flag", "on", ttl).await.unwrap();
+    assert!(cache.is_degraded());
+
+    // Once the retry interval has passed, reads reach Redis again (they are allowed when full)
+    // and still see the counts kept in memory.
+    r.outage().last_failure = Some(Instant::now() - REDIS_RETRY_INTERVAL);
+    assert_eq!(
+        cache
+            .get("failed_attempts:user:x")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("5")
+    );
+    assert!(cache.ttl("failed_attempts:user:x").await.unwrap().is_some());
+    assert_eq!(
+        cache.get("rate_limit:ip:1").await.unwrap().as_deref(),
+        Some("1"),
+        "what Redis holds is still read from Redis"
+    );
+    {
+        let operations = fallbacks.lock().unwrap();
+        assert!(operations.contains(&"incr_ex"), "{operations:?}");
+        assert!(operations.contains(&"set_nx_ex"), "{operations:?}");
+    }
+
+    // Room again: writes go back to Redis.
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    r.outage().last_failure = Some(Instant::now() - REDIS_RETRY_INTERVAL);
+    assert_eq!(cache.incr_ex("rate_limit:ip:1", ttl).await.unwrap(), 2);
+    assert!(!cache.is_degraded());
+}

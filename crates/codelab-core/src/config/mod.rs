@@ -59,7 +59,8 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// The deployment profile; production refuses weak secrets and logs JSON.
+/// The deployment profile. Everything that is not development (staging included) refuses weak
+/// secrets and insecure modes and logs JSON: see [`Environment::is_hardened`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Environment {
     /// A developer's machine (the default).
@@ -72,9 +73,13 @@ pub enum Environment {
 }
 
 impl Environment {
-    /// Whether this is production.
-    pub fn is_production(self) -> bool {
-        self == Self::Production
+    /// Whether weak secrets and insecure modes are refused: every profile but development.
+    ///
+    /// This is the one predicate for every such refusal in every service (docs/security.md):
+    /// staging is a real deployment reachable by real users and must not be weaker than
+    /// production.
+    pub fn is_hardened(self) -> bool {
+        self != Self::Development
     }
 
     /// The canonical lower-case name (`development`, `staging`, `production`).

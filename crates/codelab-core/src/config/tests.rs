@@ -493,8 +493,9 @@ fn environment_names_parse_case_insensitively() {
         assert_eq!(raw.parse::<Environment>().unwrap(), env);
     }
     assert!("test".parse::<Environment>().is_err());
-    assert!(Environment::Production.is_production());
-    assert!(!Environment::Staging.is_production());
+    assert!(Environment::Production.is_hardened());
+    assert!(Environment::Staging.is_hardened());
+    assert!(!Environment::Development.is_hardened());
     assert_eq!(Environment::Staging.as_str(), "staging");
     assert_eq!(
         serde_json::to_string(&Environment::Production).unwrap(),

@@ -105,10 +105,12 @@ where
         if allowed {
             Either::Right(self.inner.call(req))
         } else {
-            tracing::debug!(
-                path = req.uri().path(),
-                "rejected request without a valid internal key"
-            );
+            // The route template, never the raw path: paths carry session ids (docs/security.md).
+            let route = req
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map_or("unmatched", |matched| matched.as_str());
+            tracing::debug!(route, "rejected request without a valid internal key");
             Either::Left(ready(Ok(unauthorized())))
         }
     }

@@ -1,10 +1,13 @@
 //! HTTP plumbing shared by every service: the error envelope, `/health` `/ready` `/metrics`,
-//! `X-Internal-Auth`, request ids, tracing and metrics layers, body limits and serving.
+//! `X-Internal-Auth`, request ids, tracing and metrics layers, body limits and serving with
+//! listener limits (header and body read timeouts, a connection cap).
 
 mod auth;
+mod cookies;
 mod error;
 mod health;
 mod layers;
+mod limits;
 mod serve;
 
 use std::time::Instant;
@@ -13,10 +16,12 @@ pub use auth::{
     INTERNAL_AUTH_HEADER, InternalAuth, InternalAuthLayer, internal_auth_layer,
     require_internal_auth,
 };
+pub use cookies::cookie_value;
 pub use error::{ApiError, ApiJson, json_rejection_to_api_error};
 pub use health::{READY_CHECK_TIMEOUT, Readiness, ReadinessReport, common_routes};
 pub use layers::{REQUEST_ID_HEADER, with_standard_layers};
-pub use serve::{serve, shutdown_on_signals};
+pub use limits::{LISTENER_LIMITS_ENV_PREFIX, LISTENER_LIMITS_SECTION, ListenerLimits};
+pub use serve::{serve, serve_with_limits, shutdown_on_signals};
 
 /// Who is answering: the service's name (as in `codelab serve <name>`), version and start time.
 #[derive(Debug, Clone)]

@@ -605,3 +605,121 @@ fn api_error_builders_and_display() {
         "codelab_agent_runtime_turns_total"
     );
 }
+
+/// Everything the tracing subscriber of [`captured_logs`] writes, shared with the test.
+#[derive(Clone, Default)]
+struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Sends `request` (raw HTTP/1.1, `Connection: close`) to `base` and returns the status line.
+async fn raw_request(base: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+// A raw TCP client (not reqwest) so the only log lines are the server's; the current-thread
+// runtime keeps the server's tasks on this thread, under the test's subscriber.
+#[tokio::test(flavor = "current_thread")]
+async fn request_logs_carry_route_templates_never_session_ids_or_tokens() {
+    const SESSION_ID: &str = "5b0c2f4e-session-id-d7a1";
+    const TOKEN: &str = "tok3n-s3cr3t-value";
+    let capture = LogCapture::default();
+    let writer = capture.clone();
+    // JSON lines with spans, as staging and production log, at the most verbose level.
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_span_list(true)
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let info = ServiceInfo::new("log-test", "1");
+    let public = Router::new()
+        .route("/api/v1/ws/{session_id}", get(|| async { "socket" }))
+        .route(
+            "/api/v1/sessions/{id}/messages",
+            get(|Path(_id): Path<String>| async { "[]" }),
+        );
+    let internal = require_internal_auth(
+        Router::new().route("/v1/sessions/{id}/frames", post(|| async { "ok" })),
+        Secret::new("an-internal-key-long-enough"),
+        EXEMPT,
+    );
+    let router = with_standard_layers(public.merge(internal), &info, 1024);
+    let server = start(router).await;
+
+    for (path, status) in [
+        (
+            format!("/api/v1/ws/{SESSION_ID}?access_token={TOKEN}"),
+            "200",
+        ),
+        (
+            format!("/api/v1/sessions/{SESSION_ID}/messages?code={TOKEN}&refresh_token={TOKEN}"),
+            "200",
+        ),
+        // Rejected by the internal-key check, which logs the refusal.
+        (
+            format!("/v1/sessions/{SESSION_ID}/frames?access_token={TOKEN}"),
+            "401",
+        ),
+        // Matches no route (the internal-key check covers the fallback too: 401 or 404).
+        (format!("/nowhere/{SESSION_ID}?access_token={TOKEN}"), " 40"),
+    ] {
+        let method = if path.starts_with("/v1/") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let line = raw_request(
+            &server.base,
+            &format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert!(line.contains(status), "{path}: {line}");
+    }
+    server.stop().await;
+
+    let logs = capture.text();
+    assert!(
+        logs.contains("/api/v1/ws/{session_id}") && logs.contains("/api/v1/sessions/{id}/messages"),
+        "the request lines name the route templates:\n{logs}"
+    );
+    assert!(
+        !logs.contains(SESSION_ID),
+        "a session id was logged:\n{logs}"
+    );
+    assert!(!logs.contains(TOKEN), "a token was logged:\n{logs}");
+    assert!(
+        !logs.contains("access_token"),
+        "a query string was logged:\n{logs}"
+    );
+}

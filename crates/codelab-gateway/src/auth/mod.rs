@@ -1,5 +1,6 @@
 //! Who is calling: a Bearer JWT of the auth service verified locally (never a call to the auth
-//! service per request), or a service caller with the internal key.
+//! service per request), or a service caller with the gateway's own service key; and what the
+//! caller may do (scopes: `api:read` to read, `api:write` to act).
 //!
 //! Token checks follow RFC 7519 §7.2 and RFC 8725: the algorithm is pinned to RS256 before
 //! any key is touched (§3.1: no `none`, no HS256 signed with the RSA public key), the key is
@@ -30,6 +31,10 @@ use jwks::JwksCache;
 
 /// The header naming the user an internal-key caller acts for (as on the runtime's API).
 pub const USER_HEADER: &str = "x-codelab-user-id";
+/// The scope a token needs to read sessions, history, approvals and agents.
+pub const READ_SCOPE: &str = "api:read";
+/// The scope a token needs to act: send messages, decide approvals, create or delete sessions.
+pub const WRITE_SCOPE: &str = "api:write";
 /// The user of internal-key callers that name none (the original's `system`).
 pub const SYSTEM_USER: &str = "system";
 /// The user of unauthenticated REST calls when `use_jwt_auth = false` (development only).
@@ -41,9 +46,23 @@ const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Longest user id (the runtime's limit on `X-Codelab-User-Id`).
 const MAX_USER_ID_LEN: usize = 128;
 
+/// How a caller authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerKind {
+    /// A user's access token: limited to its scopes.
+    Token,
+    /// A service holding `service_api_key`: not limited by scopes.
+    Service,
+    /// No credentials with `use_jwt_auth = false` (development only): not limited by scopes.
+    Development,
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
+    /// How the caller authenticated; decides whether scopes apply. Never derived from a
+    /// token's claims, so no `scope` value can make a token unrestricted.
+    pub kind: CallerKind,
     /// The user requests act for (`sub` of the token; `system` or `X-Codelab-User-Id` for
     /// internal-key callers; `dev` in the development mode without a token).
     pub user_id: String,
@@ -57,6 +76,7 @@ impl Principal {
     /// The development user of unauthenticated calls when `use_jwt_auth = false`.
     pub fn dev() -> Self {
         Self {
+            kind: CallerKind::Development,
             user_id: DEV_USER.to_owned(),
             scopes: vec!["dev".to_owned()],
             client_id: None,
@@ -65,7 +85,37 @@ impl Principal {
 
     /// Whether this is a service caller holding the internal key.
     pub fn is_internal(&self) -> bool {
-        self.scopes.iter().any(|s| s == "internal")
+        self.kind == CallerKind::Service
+    }
+
+    /// Whether the caller may read (`api:read`; service callers and the development user
+    /// always may).
+    pub fn may_read(&self) -> bool {
+        self.has_scope(READ_SCOPE)
+    }
+
+    /// Whether the caller may act (`api:write`; service callers and the development user
+    /// always may).
+    pub fn may_write(&self) -> bool {
+        self.has_scope(WRITE_SCOPE)
+    }
+
+    /// `Ok` when the caller holds `scope` (one of [`READ_SCOPE`], [`WRITE_SCOPE`]), else the
+    /// `insufficient_scope` refusal (RFC 6750 §3.1).
+    pub fn require(&self, scope: &'static str) -> Result<(), AuthError> {
+        if self.has_scope(scope) {
+            Ok(())
+        } else {
+            Err(AuthError::InsufficientScope(scope))
+        }
+    }
+
+    fn has_scope(&self, scope: &str) -> bool {
+        match self.kind {
+            CallerKind::Token => self.scopes.iter().any(|s| s == scope),
+            // Neither holds a token: the key, or the development mode, is the whole grant.
+            CallerKind::Service | CallerKind::Development => true,
+        }
     }
 }
 
@@ -103,6 +153,12 @@ pub enum AuthError {
     /// `X-Internal-Auth` was presented with a wrong value.
     #[error("invalid internal key")]
     BadInternalKey,
+    /// `X-Internal-Auth` was presented, but no service key is configured.
+    #[error("this gateway accepts no service callers (GATEWAY__SERVICE_API_KEY is not set)")]
+    ServiceCallersDisabled,
+    /// The token is valid but lacks the scope the call needs.
+    #[error("this call needs the {0} scope")]
+    InsufficientScope(&'static str),
     /// An internal-key caller named an unusable user in `X-Codelab-User-Id`.
     #[error("X-Codelab-User-Id must be 1 to 128 characters of A-Z a-z 0-9 _ . - @ : |")]
     BadUserHeader,
@@ -125,15 +181,19 @@ impl AuthError {
             Self::Malformed(_) | Self::BadUserHeader => "malformed",
             Self::UnsupportedAlgorithm => "unsupported_algorithm",
             Self::BadInternalKey => "bad_internal_key",
+            Self::ServiceCallersDisabled => "service_callers_disabled",
+            Self::InsufficientScope(_) => "insufficient_scope",
             Self::JwksUnavailable => "jwks_unavailable",
         }
     }
 
-    /// The HTTP status of the refusal: 401, except 400 for a bad user header and 503 when
-    /// keys are unavailable (the caller's token may be fine; retrying later can work).
+    /// The HTTP status of the refusal: 401, except 400 for a bad user header, 403 for a
+    /// missing scope and 503 when keys are unavailable (the caller's token may be fine;
+    /// retrying later can work).
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadUserHeader => StatusCode::BAD_REQUEST,
+            Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Self::JwksUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         }
@@ -142,8 +202,9 @@ impl AuthError {
     /// The OAuth error code of the body (RFC 6750 §3.1).
     pub fn error_code(&self) -> &'static str {
         match self {
-            Self::BadInternalKey => "unauthorized",
+            Self::BadInternalKey | Self::ServiceCallersDisabled => "unauthorized",
             Self::BadUserHeader => "invalid_request",
+            Self::InsufficientScope(_) => "insufficient_scope",
             Self::JwksUnavailable => "temporarily_unavailable",
             _ => "invalid_token",
         }
@@ -163,12 +224,17 @@ impl IntoResponse for AuthError {
         let challenge = if self.is_token_error() {
             // RFC 6750 §3: the error and its description in the challenge.
             format!("Bearer error=\"invalid_token\", error_description=\"{description}\"")
+        } else if let Self::InsufficientScope(scope) = self {
+            // RFC 6750 §3: the scope that would have been enough.
+            format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"")
         } else {
             "Bearer".to_owned()
         };
-        if self.status() == StatusCode::UNAUTHORIZED
-            && let Ok(value) = HeaderValue::from_str(&challenge)
-        {
+        let challenged = matches!(
+            self.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        );
+        if challenged && let Ok(value) = HeaderValue::from_str(&challenge) {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, value);
@@ -193,13 +259,15 @@ pub fn credentials_required() -> Response {
     response
 }
 
-/// Verifies Bearer JWTs against the auth service's JWKS and recognises the internal key.
+/// Verifies Bearer JWTs against the auth service's JWKS and recognises the service key.
 pub struct Authenticator {
     jwks: JwksCache,
     issuer: String,
     audience: String,
     leeway_secs: u64,
-    internal_key: Secret,
+    /// `service_api_key`: never the runtime's key (`build` refuses equal keys); empty when
+    /// service callers are not accepted.
+    service_key: Secret,
     clock: SharedClock,
 }
 
@@ -270,7 +338,7 @@ impl Authenticator {
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
             leeway_secs: config.jwt_leeway,
-            internal_key: config.internal_api_key.clone(),
+            service_key: config.service_api_key.clone(),
             clock,
         })
     }
@@ -282,8 +350,8 @@ impl Authenticator {
 
     /// Authenticates a request: an `Authorization: Bearer` JWT (scheme case-insensitive,
     /// RFC 6750 §2.1), else `query_token` (the WebSocket passes `?access_token=`), else
-    /// `X-Internal-Auth` (compared in constant time; such callers may name the acting user
-    /// in `X-Codelab-User-Id`).
+    /// `X-Internal-Auth` with `service_api_key` (compared in constant time; such callers may
+    /// name the acting user in `X-Codelab-User-Id`; refused when no service key is set).
     ///
     /// `Ok(None)` when nothing was presented; `Err` when something presented is invalid.
     /// The caller counts refusals with [`crate::metrics::auth_failure`]`(error.reason())`
@@ -301,7 +369,11 @@ impl Authenticator {
             return self.verify(token).await.map(Some);
         }
         if let Some(presented) = headers.get(INTERNAL_AUTH_HEADER) {
-            if !self.internal_key.matches(presented.as_bytes()) {
+            // Refused rather than ignored, so a misconfigured service learns why at once.
+            if self.service_key.is_empty() {
+                return Err(AuthError::ServiceCallersDisabled);
+            }
+            if !self.service_key.matches(presented.as_bytes()) {
                 return Err(AuthError::BadInternalKey);
             }
             let user_id = match headers.get(USER_HEADER) {
@@ -312,6 +384,7 @@ impl Authenticator {
                 },
             };
             return Ok(Some(Principal {
+                kind: CallerKind::Service,
                 user_id,
                 scopes: vec!["internal".to_owned()],
                 client_id: Some("internal".to_owned()),
@@ -390,6 +463,7 @@ impl Authenticator {
             .filter(|s| is_valid_user_id(s))
             .ok_or(AuthError::Malformed("the token has no usable sub claim"))?;
         Ok(Principal {
+            kind: CallerKind::Token,
             user_id,
             scopes: claims
                 .scope
@@ -539,6 +613,12 @@ mod tests {
         );
         let response = credentials_required();
         assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let response = AuthError::InsufficientScope(WRITE_SCOPE).into_response();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            response.headers()[header::WWW_AUTHENTICATE],
+            "Bearer error=\"insufficient_scope\", scope=\"api:write\""
+        );
         let response = AuthError::JwksUnavailable.into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(response.headers().get(header::WWW_AUTHENTICATE).is_none());

@@ -9,12 +9,15 @@ use axum::response::{IntoResponse, Response};
 use reqwest::Method;
 use serde_json::Value;
 
-use super::{Caller, call_runtime, error, proxy, segment, session_not_found, usable_id};
+use super::{ReadCaller, call_runtime, error, proxy, segment, session_not_found, usable_id};
 use crate::AppState;
 
 /// `GET /api/v1/agents`: `{"agents": [{"type", "name", "description", "allowed_tools",
 /// "has_file_restrictions"}], "total"}`.
-pub async fn list_agents(State(state): State<Arc<AppState>>, Caller(caller): Caller) -> Response {
+pub async fn list_agents(
+    State(state): State<Arc<AppState>>,
+    ReadCaller(caller): ReadCaller,
+) -> Response {
     proxy(&state, &caller, Method::GET, "/agents", None).await
 }
 
@@ -22,7 +25,7 @@ pub async fn list_agents(State(state): State<Arc<AppState>>, Caller(caller): Cal
 /// list, so it is picked from there); 404 for an unknown agent.
 pub async fn get_agent(
     State(state): State<Arc<AppState>>,
-    Caller(caller): Caller,
+    ReadCaller(caller): ReadCaller,
     Path(id): Path<String>,
 ) -> Response {
     let body = match call_runtime(&state, &caller, Method::GET, "/agents", None).await {
@@ -54,7 +57,7 @@ pub async fn get_agent(
 /// original's route, kept for the Flutter IDE).
 pub async fn current_agent(
     State(state): State<Arc<AppState>>,
-    Caller(caller): Caller,
+    ReadCaller(caller): ReadCaller,
     Path(session_id): Path<String>,
 ) -> Response {
     if !usable_id(&session_id) {

@@ -18,7 +18,9 @@ use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::{Caller, call_runtime, error, gateway_failure, segment, session_not_found, usable_id};
+use super::{
+    WriteCaller, call_runtime, error, gateway_failure, segment, session_not_found, usable_id,
+};
 use crate::AppState;
 use crate::auth::Principal;
 
@@ -80,7 +82,7 @@ fn find_call<'a>(list: Option<&'a Value>, call_id: &str) -> Option<&'a Value> {
 /// 409 when the call was already decided or settled, or does not wait for approval.
 pub async fn decide_approval(
     State(state): State<Arc<AppState>>,
-    Caller(caller): Caller,
+    WriteCaller(caller): WriteCaller,
     Path((session_id, call_id)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
@@ -176,7 +178,7 @@ pub async fn decide_approval(
 /// 200 `{"status": "cancelled", "cancelled_calls": N}` (0 when nothing was running).
 pub async fn cancel_turn(
     State(state): State<Arc<AppState>>,
-    Caller(caller): Caller,
+    WriteCaller(caller): WriteCaller,
     Path(session_id): Path<String>,
 ) -> Response {
     if !usable_id(&session_id) {

@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::auth::{Principal, credentials_required};
+use crate::auth::{Principal, READ_SCOPE, WRITE_SCOPE, credentials_required};
 use crate::runtime_client::{RuntimeError, encode_segment};
 
 /// Longest id accepted in a path (session, call or agent); the runtime's are shorter.
@@ -84,7 +84,7 @@ async fn show_openapi(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(crate::openapi::document(&state.info.version))
 }
 
-/// The authenticated caller of a REST request.
+/// The authenticated caller of a REST request, with any scope.
 ///
 /// A presented credential is always checked (an invalid one is 401 in every mode). Without
 /// one, `use_jwt_auth = false` (development only) acts as the development user `dev`;
@@ -109,6 +109,52 @@ impl FromRequestParts<Arc<AppState>> for Caller {
                 Err(error.into_response())
             }
         }
+    }
+}
+
+/// A [`Caller`] that holds `scope`, else 403 `insufficient_scope`.
+async fn caller_with_scope(
+    parts: &mut Parts,
+    state: &Arc<AppState>,
+    scope: &'static str,
+) -> Result<Principal, Response> {
+    let Caller(principal) = Caller::from_request_parts(parts, state).await?;
+    principal.require(scope).map_err(|error| {
+        crate::metrics::auth_failure(error.reason());
+        error.into_response()
+    })?;
+    Ok(principal)
+}
+
+/// A caller that may read (`api:read`): listing and reading sessions, history, approvals and
+/// agents.
+#[derive(Debug, Clone)]
+pub struct ReadCaller(pub Principal);
+
+impl FromRequestParts<Arc<AppState>> for ReadCaller {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        caller_with_scope(parts, state, READ_SCOPE).await.map(Self)
+    }
+}
+
+/// A caller that may act (`api:write`): creating, renaming and deleting sessions, deciding
+/// approvals, cancelling turns.
+#[derive(Debug, Clone)]
+pub struct WriteCaller(pub Principal);
+
+impl FromRequestParts<Arc<AppState>> for WriteCaller {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        caller_with_scope(parts, state, WRITE_SCOPE).await.map(Self)
     }
 }
 

@@ -9,7 +9,7 @@ use axum::response::Response;
 use reqwest::Method;
 use serde_json::Value;
 
-use super::{Caller, error, proxy, segment, session_not_found, usable_id};
+use super::{ReadCaller, WriteCaller, error, proxy, segment, session_not_found, usable_id};
 use crate::AppState;
 
 /// Query parameters of `GET /sessions` passed on to the runtime; others are dropped (the
@@ -20,7 +20,7 @@ const LIST_PARAMS: [&str; 3] = ["limit", "offset", "search"];
 /// `{"sessions": [{"id", "message_count", ...}], "total", "limit", "offset"}`.
 pub async fn list_sessions(
     State(state): State<Arc<AppState>>,
-    Caller(caller): Caller,
+    ReadCaller(caller): ReadCaller,
     RawQuery(query): RawQuery,
 ) -> Response {
     let path = list_path(query.as_deref().unwrap_or_default());
@@ -51,7 +51,7 @@ fn list_path(query: &str) -> String {
 /// `message_count`, as the original gateway did.
 pub async fn create_session(
     State(state): State<Arc<AppState>>,
-    Caller(caller): Caller,
+    WriteCaller(caller): WriteCaller,
 ) -> Response {
     proxy(&state, &caller, Method::POST, "/sessions", None).await
 }
@@ -60,7 +60,7 @@ pub async fn create_session(
 /// (the Flutter IDE reads it unwrapped).
 pub async fn get_session(
     State(state): State<Arc<AppState>>,
-    Caller(caller): Caller,
+    ReadCaller(caller): ReadCaller,
     Path(id): Path<String>,
 ) -> Response {
     if !usable_id(&id) {
@@ -73,7 +73,7 @@ pub async fn get_session(
 /// `PATCH /api/v1/sessions/{id}` `{"title": "..."}`: renames the session.
 pub async fn update_session(
     State(state): State<Arc<AppState>>,
-    Caller(caller): Caller,
+    WriteCaller(caller): WriteCaller,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
@@ -104,7 +104,7 @@ pub async fn update_session(
 /// `DELETE /api/v1/sessions/{id}`: 204.
 pub async fn delete_session(
     State(state): State<Arc<AppState>>,
-    Caller(caller): Caller,
+    WriteCaller(caller): WriteCaller,
     Path(id): Path<String>,
 ) -> Response {
     if !usable_id(&id) {
@@ -118,7 +118,7 @@ pub async fn delete_session(
 /// `message_count`, `agent_history`, `tool_calls`, ...).
 pub async fn session_history(
     State(state): State<Arc<AppState>>,
-    Caller(caller): Caller,
+    ReadCaller(caller): ReadCaller,
     Path(id): Path<String>,
 ) -> Response {
     if !usable_id(&id) {
@@ -132,7 +132,7 @@ pub async fn session_history(
 /// `pending_approvals[]` with `call_id`, `tool_name`, `arguments`, `created_at`, ...).
 pub async fn pending_approvals(
     State(state): State<Arc<AppState>>,
-    Caller(caller): Caller,
+    ReadCaller(caller): ReadCaller,
     Path(id): Path<String>,
 ) -> Response {
     if !usable_id(&id) {

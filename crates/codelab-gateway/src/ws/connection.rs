@@ -6,6 +6,12 @@
 //! turn), but their requests reach the runtime in arrival order. The writer renders what the
 //! session's fan-out subscription delivers for the socket's profile, plus the frames meant
 //! for this socket only (errors about its frames, resumption state), through one queue.
+//!
+//! Limits (docs/websocket-protocol.md, "Limits, heartbeat and close codes"): what waits for
+//! the writer (that queue and the fan-out subscription) is bounded by
+//! `GATEWAY__WS_MAX_QUEUED_FRAMES` / `_BYTES`, and a socket over either is closed with 1013;
+//! at most one resumption is fetched at a time, later requests are merged into one more; only
+//! a pong proves the peer alive.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -27,7 +33,7 @@ use super::render::{
     session_info_frame, tool_call_frame,
 };
 use crate::AppState;
-use crate::fanout::{Delivery, FanoutSubscription};
+use crate::fanout::{Delivery, FanoutSubscription, QueueLimits, SocketClaim};
 use crate::metrics;
 use crate::runtime_client::{RuntimeError, encode_segment};
 
@@ -49,7 +55,12 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     /// The server cannot go on with this socket.
     pub const INTERNAL: u16 = 1011;
+    /// Try again later: the client did not read what was queued for it (a slow consumer).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
+
+/// The close reason of a slow consumer: what the client should do.
+const SLOW_CONSUMER_REASON: &str = "client too slow: reconnect and resume";
 
 /// Refused messages in a row (over the rate limit) before the socket is closed with 1008.
 pub const MAX_RATE_VIOLATIONS: u32 = 3;
@@ -88,14 +99,23 @@ enum Sync {
     Resume { last_seq: Option<u64> },
     /// The subscription lost events: the stored events after `after`.
     CatchUp { after: u64 },
+    /// The next page of a replay: the stored events after `after`.
+    NextPage { after: u64 },
 }
 
-/// Frames and events of a resumption, in the order they go out.
+/// Stored events fetched per page of a replay: a socket holds at most one page, however long
+/// the session's history.
+const REPLAY_PAGE: usize = 200;
+
+/// Frames and events of a resumption (one page of it), in the order they go out.
 #[derive(Debug, Default)]
 struct Replay {
     before: Vec<Frame>,
     events: Vec<SequencedEvent>,
     after: Vec<Frame>,
+    /// More stored events follow after this `seq`: the next page is fetched once this one
+    /// is written.
+    next_page: Option<u64>,
 }
 
 /// What one socket shares with its writer and the tasks of its frames.
@@ -104,12 +124,24 @@ struct Conn {
     access: Access,
     /// The writer's queue.
     commands: Mailbox<Command>,
+    /// Bounds of the writer's queue (and of the fan-out subscription).
+    limits: QueueLimits,
+    /// Cancelled when a queue of this socket overflowed: the writer closes with 1013.
+    slow: CancellationToken,
 }
 
 impl Conn {
     /// Queues a frame for this socket only (nothing happens if it is gone).
     fn direct(&self, frame: Frame) {
-        self.commands.push(Command::Frame(frame));
+        let bytes = crate::fanout::encoded_len(&frame);
+        self.queue(Command::Frame(frame), bytes);
+    }
+
+    /// Queues a command within the socket's limits; past them the socket is a slow consumer.
+    fn queue(&self, command: Command, bytes: usize) {
+        if !self.commands.push_bounded(command, bytes, self.limits) {
+            self.slow.cancel();
+        }
     }
 }
 
@@ -122,7 +154,10 @@ struct Mailbox<T> {
 }
 
 struct MailboxState<T> {
-    items: VecDeque<T>,
+    /// Items with the bytes each counts against the limits.
+    items: VecDeque<(T, usize)>,
+    /// Bytes of the queued items.
+    bytes: usize,
     /// The consumer is gone: pushes are dropped.
     closed: bool,
 }
@@ -132,6 +167,7 @@ impl<T> Mailbox<T> {
         Mailbox {
             state: Mutex::new(MailboxState {
                 items: VecDeque::new(),
+                bytes: 0,
                 closed: false,
             }),
             notify: Notify::new(),
@@ -143,14 +179,34 @@ impl<T> Mailbox<T> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Queues a control item (ping, close), outside the limits: there are never many.
     fn push(&self, item: T) {
         let mut state = self.lock();
         if state.closed {
             return;
         }
-        state.items.push_back(item);
+        state.items.push_back((item, 0));
         drop(state);
         self.notify.notify_one();
+    }
+
+    /// Queues `item` counting `bytes` unless that takes the queue past `limits`; `false` (and
+    /// nothing queued) when it would. One item alone always fits.
+    fn push_bounded(&self, item: T, bytes: usize, limits: QueueLimits) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return true;
+        }
+        let too_many = state.items.len() >= limits.events;
+        let too_large = !state.items.is_empty() && state.bytes.saturating_add(bytes) > limits.bytes;
+        if too_many || too_large {
+            return false;
+        }
+        state.bytes += bytes;
+        state.items.push_back((item, bytes));
+        drop(state);
+        self.notify.notify_one();
+        true
     }
 
     /// The consumer stops: what is queued and what comes later is dropped.
@@ -158,14 +214,19 @@ impl<T> Mailbox<T> {
         let mut state = self.lock();
         state.closed = true;
         state.items.clear();
+        state.bytes = 0;
     }
 
     /// The next item (one consumer: a stored `Notify` permit covers a push between the check
     /// and the wait).
     async fn pop(&self) -> T {
         loop {
-            if let Some(item) = self.lock().items.pop_front() {
-                return item;
+            {
+                let mut state = self.lock();
+                if let Some((item, bytes)) = state.items.pop_front() {
+                    state.bytes = state.bytes.saturating_sub(bytes);
+                    return item;
+                }
             }
             self.notify.notified().await;
         }
@@ -179,31 +240,45 @@ pub(super) async fn run(
     access: Access,
     profile: Profile,
     last_seq: Option<u64>,
+    // Held while the socket lives: it counts against its user's socket cap.
+    _claim: SocketClaim,
 ) {
     let heartbeat = Duration::from_secs(state.config.ws_heartbeat_interval);
     let close_timeout = Duration::from_secs(state.config.ws_close_timeout.max(1));
     let rate = state.config.ws_max_messages_per_second;
+    let limits = QueueLimits {
+        events: state.config.ws_max_queued_frames.max(1),
+        bytes: state.config.ws_max_queued_bytes,
+    };
     let (sink, mut stream) = socket.split();
     let closed = CancellationToken::new();
-    let subscription = state.fanout.subscribe(&access.session_id);
+    let slow = CancellationToken::new();
+    let subscription = state
+        .fanout
+        .subscribe_with(&access.session_id, limits, slow.clone());
     let conn = Arc::new(Conn {
         state,
         access,
         commands: Mailbox::new(),
+        limits,
+        slow,
     });
     if profile == Profile::V2 {
         // Queued before the writer starts, so no live event can overtake the resumption.
-        conn.commands.push(Command::Sync(Sync::Resume { last_seq }));
+        conn.queue(Command::Sync(Sync::Resume { last_seq }), 0);
     }
     let writer = Writer {
         sink,
         conn: Arc::clone(&conn),
         profile,
-        pending_syncs: 0,
+        fetching: false,
+        next_resume: None,
+        next_catch_up: false,
         replayed_up_to: 0,
         max_seen: 0,
         ttft_start: None,
         closed: closed.clone(),
+        close_timeout,
     };
     let writer = tokio::spawn(writer.run(subscription));
     let mut reader = Reader {
@@ -212,7 +287,7 @@ pub(super) async fn run(
         active: metrics::ActiveSocket::new(profile.label()),
         bucket: TokenBucket::new(rate, Instant::now()),
         violations: 0,
-        last_heard: Instant::now(),
+        last_pong: Instant::now(),
         previous: None,
     };
     let end = reader.run(&mut stream, heartbeat).await;
@@ -232,6 +307,9 @@ pub(super) async fn run(
             readable,
         } => {
             metrics::close(code);
+            if code == close_code::TRY_AGAIN_LATER {
+                metrics::slow_consumer();
+            }
             tracing::debug!(code, reason, "closing a WebSocket");
             conn.commands.push(Command::Close(code, reason));
             if readable {
@@ -278,7 +356,9 @@ struct Reader {
     active: metrics::ActiveSocket,
     bucket: TokenBucket,
     violations: u32,
-    last_heard: Instant,
+    /// When the peer last answered a ping (or connected). Only a pong counts: a peer that
+    /// sends frames but never reads is not alive for us.
+    last_pong: Instant,
     /// Completes when the previous frame's request has reached the runtime.
     previous: Option<oneshot::Receiver<()>>,
 }
@@ -302,11 +382,19 @@ impl Reader {
                         readable: true,
                     };
                 }
+                // Before `closed`: the writer that stops for a slow consumer also cancels it.
+                () = self.conn.slow.cancelled() => {
+                    return End::Close {
+                        code: close_code::TRY_AGAIN_LATER,
+                        reason: SLOW_CONSUMER_REASON,
+                        readable: true,
+                    };
+                }
                 () = self.closed.cancelled() => return End::Gone,
                 () = tick(&mut ticker) => {
-                    // A peer that answered nothing (no pong, no frame) for two intervals is
-                    // dead or stuck.
-                    if self.last_heard.elapsed() >= heartbeat * 2 {
+                    // A peer that answered no ping for two intervals is dead or stuck, even
+                    // if it keeps sending: frames prove nothing about it reading ours.
+                    if self.last_pong.elapsed() >= heartbeat * 2 {
                         return End::Close {
                             code: close_code::GOING_AWAY,
                             reason: "heartbeat timeout",
@@ -321,7 +409,6 @@ impl Reader {
                         Some(Err(error)) => return read_error(error),
                         Some(Ok(message)) => message,
                     };
-                    self.last_heard = Instant::now();
                     let end = match message {
                         Message::Text(text) => self.on_text(text.as_str()),
                         // The Flutter IDE sends text only; a binary frame holding UTF-8 JSON
@@ -337,7 +424,11 @@ impl Reader {
                                 None
                             }
                         },
-                        Message::Ping(_) | Message::Pong(_) => None,
+                        Message::Pong(_) => {
+                            self.last_pong = Instant::now();
+                            None
+                        }
+                        Message::Ping(_) => None,
                         Message::Close(frame) => Some(End::PeerClosed(
                             frame.map_or(close_code::NO_STATUS, |f| f.code),
                         )),
@@ -376,12 +467,13 @@ impl Reader {
             Ok((frame, raw)) => {
                 let kind = raw.get("type").and_then(Value::as_str).unwrap_or_default();
                 metrics::frame("in", kind);
+                if !self.permitted(kind) {
+                    return None;
+                }
                 match frame {
                     ClientFrame::Hello { protocol } => self.hello(protocol, &raw),
                     ClientFrame::UserMessage { .. } => {
-                        self.conn
-                            .commands
-                            .push(Command::TurnStarted(Instant::now()));
+                        self.conn.queue(Command::TurnStarted(Instant::now()), 0);
                         self.dispatch(raw);
                     }
                     _ => self.dispatch(raw),
@@ -389,6 +481,20 @@ impl Reader {
             }
         }
         None
+    }
+
+    /// Whether this socket may send a frame of type `kind`; a refused frame is answered with
+    /// an `error` frame and never reaches the runtime (see `permissions`).
+    fn permitted(&self, kind: &str) -> bool {
+        match self.conn.access.permissions.check(kind) {
+            Ok(()) => true,
+            Err(refusal) => {
+                metrics::auth_failure("frame_not_permitted");
+                tracing::debug!(kind, code = refusal.code, "refused a WebSocket frame");
+                self.conn.direct(refusal.frame());
+                false
+            }
+        }
     }
 
     /// `{"type":"hello","protocol":N,"last_seq"?:S}`: switches the profile; protocol 2 gets
@@ -402,12 +508,11 @@ impl Reader {
             return;
         };
         self.active.set_profile(profile.label());
-        self.conn.commands.push(Command::Profile(profile));
+        self.conn.queue(Command::Profile(profile), 0);
         if profile == Profile::V2 {
             let last_seq = raw.get("last_seq").and_then(Value::as_u64);
-            self.conn
-                .commands
-                .push(Command::Sync(Sync::Resume { last_seq }));
+            // The writer merges it into the resumption in flight, if any (`Writer::sync`).
+            self.conn.queue(Command::Sync(Sync::Resume { last_seq }), 0);
         }
     }
 
@@ -521,19 +626,25 @@ struct Writer {
     sink: SplitSink<WebSocket, Message>,
     conn: Arc<Conn>,
     profile: Profile,
-    /// Resumptions being fetched; live events wait meanwhile.
-    pending_syncs: u32,
+    /// A resumption is being fetched; live events wait meanwhile.
+    fetching: bool,
+    /// A `hello` resumption asked for while one was being fetched (the latest wins).
+    next_resume: Option<Option<u64>>,
+    /// A fan-out gap reported while a resumption was being fetched.
+    next_catch_up: bool,
     /// Live stored events up to here were delivered by a replay.
     replayed_up_to: u64,
     /// The highest `seq` delivered so far.
     max_seen: u64,
     ttft_start: Option<Instant>,
     closed: CancellationToken,
+    close_timeout: Duration,
 }
 
 /// What the writer loop woke up for.
 enum Wake {
     Stop,
+    Slow,
     Command(Command),
     Delivery(Option<Delivery>),
 }
@@ -541,16 +652,18 @@ enum Wake {
 impl Writer {
     async fn run(mut self, mut subscription: FanoutSubscription) {
         let closed = self.closed.clone();
+        let slow = self.conn.slow.clone();
         let conn = Arc::clone(&self.conn);
         loop {
             let wake = tokio::select! {
                 biased;
                 () = closed.cancelled() => Wake::Stop,
+                () = slow.cancelled() => Wake::Slow,
                 command = conn.commands.pop() => Wake::Command(command),
-                delivery = subscription.recv(), if self.pending_syncs == 0 => Wake::Delivery(delivery),
+                delivery = subscription.recv(), if !self.fetching => Wake::Delivery(delivery),
             };
             let go_on = match wake {
-                Wake::Stop => false,
+                Wake::Stop | Wake::Slow => false,
                 Wake::Command(command) => self.command(command, &mut subscription).await,
                 Wake::Delivery(None) => {
                     tracing::warn!("the fan-out ended under a WebSocket");
@@ -564,9 +677,18 @@ impl Writer {
                 break;
             }
         }
+        // Nothing queued for this socket is kept: the client resumes after the last event it
+        // saw (protocol 2) or reloads the session over REST (the Flutter IDE).
+        conn.commands.close();
+        drop(subscription);
+        if slow.is_cancelled() && !closed.is_cancelled() {
+            // Whatever write was stuck is abandoned; the close frame goes out once the peer
+            // reads again, or the connection is dropped after the close timeout.
+            let close = close_message(close_code::TRY_AGAIN_LATER, SLOW_CONSUMER_REASON);
+            let _ = tokio::time::timeout(self.close_timeout, self.sink.send(close)).await;
+        }
         // A writer that stops ends the socket (the reader watches this token); frames for it
         // that come later are dropped.
-        conn.commands.close();
         closed.cancel();
     }
 
@@ -579,10 +701,10 @@ impl Writer {
                 true
             }
             Command::Sync(sync) => {
-                self.start_sync(sync, subscription).await;
+                self.sync(sync, subscription).await;
                 true
             }
-            Command::Replay(replay) => self.replay(*replay).await,
+            Command::Replay(replay) => self.replay(*replay, subscription).await,
             Command::TurnStarted(at) => {
                 self.ttft_start.get_or_insert(at);
                 true
@@ -617,19 +739,39 @@ impl Writer {
             }
             Delivery::Lagged if self.max_seen > 0 => {
                 let after = self.max_seen;
-                self.start_sync(Sync::CatchUp { after }, subscription).await;
+                self.sync(Sync::CatchUp { after }, subscription).await;
                 true
             }
             Delivery::Lagged => {
                 tracing::warn!("a WebSocket lost events before it had seen any; not replayed");
                 true
             }
+            // The subscription already cancelled `slow`; the loop stops on its next turn.
+            Delivery::Overflowed => {
+                self.conn.slow.cancel();
+                true
+            }
+        }
+    }
+
+    /// Starts a resumption, or merges it into the next one when one is being fetched: a
+    /// socket never has more than one fetch of the session's history in flight, however many
+    /// `hello` frames it sends (issue 14, finding 7).
+    async fn sync(&mut self, sync: Sync, subscription: &mut FanoutSubscription) {
+        if !self.fetching {
+            return self.start_sync(sync, subscription).await;
+        }
+        metrics::replay("coalesced");
+        match sync {
+            Sync::Resume { last_seq } => self.next_resume = Some(last_seq),
+            Sync::CatchUp { .. } | Sync::NextPage { .. } => self.next_catch_up = true,
         }
     }
 
     /// Pauses live events and fetches a resumption in the background.
     async fn start_sync(&mut self, sync: Sync, subscription: &mut FanoutSubscription) {
-        self.pending_syncs += 1;
+        self.fetching = true;
+        metrics::replay("fetched");
         if !subscription.ready(SUBSCRIPTION_READY_TIMEOUT).await {
             tracing::warn!("the fan-out subscription is not live yet; resuming anyway");
         }
@@ -637,8 +779,35 @@ impl Writer {
         self.conn.state.tasks.spawn(fetch(conn, sync));
     }
 
-    async fn replay(&mut self, replay: Replay) -> bool {
-        self.pending_syncs = self.pending_syncs.saturating_sub(1);
+    async fn replay(&mut self, mut replay: Replay, subscription: &mut FanoutSubscription) -> bool {
+        self.fetching = false;
+        let next_page = replay.next_page.take();
+        if !self.send_replay(replay).await {
+            return false;
+        }
+        if let Some(after) = next_page {
+            // Still the same resumption: live events keep waiting, merged requests too.
+            self.fetching = true;
+            let conn = Arc::clone(&self.conn);
+            self.conn
+                .state
+                .tasks
+                .spawn(fetch(conn, Sync::NextPage { after }));
+            return true;
+        }
+        // What was asked for meanwhile, once: a catch-up covers what this socket missed live,
+        // computed from what it has seen by now.
+        if let Some(last_seq) = self.next_resume.take() {
+            self.start_sync(Sync::Resume { last_seq }, subscription)
+                .await;
+        } else if std::mem::take(&mut self.next_catch_up) && self.max_seen > 0 {
+            let after = self.max_seen;
+            self.start_sync(Sync::CatchUp { after }, subscription).await;
+        }
+        true
+    }
+
+    async fn send_replay(&mut self, replay: Replay) -> bool {
         for frame in replay.before {
             if !self.send(frame).await {
                 return false;
@@ -692,8 +861,10 @@ impl Writer {
     async fn write(&mut self, message: Message) -> bool {
         tokio::select! {
             result = self.sink.send(message) => result.is_ok(),
-            // A peer that stopped reading blocks the write; the reader's heartbeat ends it.
             () = self.closed.cancelled() => false,
+            // A peer that stopped reading blocks the write while its queues fill; once one
+            // overflows the write is abandoned and the socket closed with 1013.
+            () = self.conn.slow.cancelled() => false,
         }
     }
 }
@@ -709,9 +880,10 @@ fn close_message(code: u16, reason: &'static str) -> Message {
 async fn fetch(conn: Arc<Conn>, sync: Sync) {
     let replay = match sync {
         Sync::Resume { last_seq } => resume(&conn, last_seq).await,
-        Sync::CatchUp { after } => catch_up(&conn, after).await,
+        Sync::CatchUp { after } | Sync::NextPage { after } => catch_up(&conn, after).await,
     };
-    conn.commands.push(Command::Replay(Box::new(replay)));
+    // One replay at a time per socket (`Writer::sync`), so it is not counted as queued bytes.
+    conn.queue(Command::Replay(Box::new(replay)), 0);
 }
 
 async fn resume(conn: &Conn, last_seq: Option<u64>) -> Replay {
@@ -735,10 +907,13 @@ async fn resume(conn: &Conn, last_seq: Option<u64>) -> Replay {
         .push(session_info_frame(&access.session_id, agent.as_deref()));
     match last_seq {
         Some(after) => match runtime
-            .events_after(&access.session_id, &access.user_id, after)
+            .events_page(&access.session_id, &access.user_id, after, REPLAY_PAGE)
             .await
         {
-            Ok(events) => replay.events = events,
+            Ok(page) => {
+                replay.events = page.events;
+                replay.next_page = page.next_after;
+            }
             Err(RuntimeError::Status { status: 404, .. }) => {}
             Err(error) => replay.after.push(error_frame(
                 &format!("cannot replay missed events: {error}"),
@@ -756,16 +931,20 @@ async fn resume(conn: &Conn, last_seq: Option<u64>) -> Replay {
     replay
 }
 
+/// One page of the stored events after `after` (a catch-up, or the next page of a replay).
 async fn catch_up(conn: &Conn, after: u64) -> Replay {
     let access = &conn.access;
     let mut replay = Replay::default();
     match conn
         .state
         .runtime
-        .events_after(&access.session_id, &access.user_id, after)
+        .events_page(&access.session_id, &access.user_id, after, REPLAY_PAGE)
         .await
     {
-        Ok(events) => replay.events = events,
+        Ok(page) => {
+            replay.events = page.events;
+            replay.next_page = page.next_after;
+        }
         Err(error) => {
             tracing::warn!(%error, "cannot replay events a WebSocket missed");
             replay.after.push(error_frame(
@@ -929,6 +1108,25 @@ mod tests {
         mailbox.close();
         mailbox.push(4);
         assert!(mailbox.lock().items.is_empty());
+    }
+
+    #[test]
+    fn the_mailbox_refuses_past_its_limits_but_always_takes_control_items() {
+        let mailbox = Mailbox::new();
+        let limits = QueueLimits {
+            events: 3,
+            bytes: 100,
+        };
+        // One item alone fits whatever its size.
+        assert!(mailbox.push_bounded(1, 500, limits));
+        assert!(!mailbox.push_bounded(2, 1, limits), "over the byte limit");
+        mailbox.close();
+        let mailbox = Mailbox::new();
+        assert!((0..3).all(|i| mailbox.push_bounded(i, 10, limits)));
+        assert!(!mailbox.push_bounded(3, 10, limits), "over the frame limit");
+        mailbox.push(99);
+        assert_eq!(mailbox.lock().items.len(), 4);
+        assert_eq!(mailbox.lock().bytes, 30);
     }
 
     #[test]

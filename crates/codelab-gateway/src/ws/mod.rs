@@ -3,11 +3,16 @@
 //! The upgrade decides who the socket acts for (`GATEWAY__WS_AUTH`, see
 //! `docs/websocket-protocol.md`): with a token, its user, who must own the session; without
 //! one, in `session` mode, the owner of the existing session whose unguessable id was
-//! presented; in `off` mode (development), `dev`, with sessions created on first use. After
-//! the upgrade `connection` relays frames to the runtime and renders the session's events
-//! (from the fan-out) for the socket's profile (`render`).
+//! presented; in `off` mode (development), `dev`, with sessions created on first use. Before
+//! that, a browser's `Origin` must be allowed (`origin`); the socket's
+//! [`permissions::FramePermissions`] follow from how it authenticated. After the upgrade
+//! `connection` relays frames to the runtime and renders the session's events (from the
+//! fan-out) for the socket's profile (`render`).
 
 pub mod connection;
+mod limits;
+pub mod origin;
+pub mod permissions;
 pub mod render;
 
 use std::collections::HashMap;
@@ -26,10 +31,11 @@ use serde_json::json;
 pub use render::Profile;
 
 use crate::AppState;
-use crate::auth::{AuthError, credentials_required};
+use crate::auth::{AuthError, Principal, READ_SCOPE};
 use crate::config::WsAuthMode;
 use crate::metrics;
 use crate::runtime_client::{MAX_RECORD_BYTES, RuntimeError, encode_segment};
+use permissions::FramePermissions;
 
 /// The user of sockets in `off` mode on sessions that do not exist yet (the runtime's
 /// development user).
@@ -63,12 +69,16 @@ pub struct Access {
     pub user_id: String,
     /// The runtime may create the session (`off` mode).
     pub dev_sessions: bool,
+    /// Which frames the socket may send.
+    pub permissions: FramePermissions,
 }
 
 /// Why an upgrade was refused.
 #[derive(Debug)]
 enum Refusal {
     BadRequest(String),
+    /// A browser page of an origin that is not allowed.
+    Origin,
     Unauthenticated,
     BadCredentials(AuthError),
     Forbidden,
@@ -79,6 +89,7 @@ impl Refusal {
     fn outcome(&self) -> &'static str {
         match self {
             Refusal::BadRequest(_) => "bad_request",
+            Refusal::Origin => "origin_refused",
             Refusal::Unauthenticated => "unauthorized",
             Refusal::BadCredentials(_) | Refusal::Forbidden => "forbidden",
             Refusal::Runtime(_) => "runtime_unavailable",
@@ -90,7 +101,14 @@ impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let (status, error, description) = match self {
             Refusal::BadRequest(text) => (StatusCode::BAD_REQUEST, "invalid_request", text),
-            Refusal::Unauthenticated => return credentials_required(),
+            Refusal::Origin => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this origin may not open WebSockets here; an operator can allow it in \
+                 GATEWAY__WS_ALLOWED_ORIGINS"
+                    .to_owned(),
+            ),
+            Refusal::Unauthenticated => return token_required(),
             // Keys unavailable: the token may be fine, retrying later can work.
             Refusal::BadCredentials(error @ AuthError::JwksUnavailable) => {
                 return error.into_response();
@@ -138,6 +156,12 @@ async fn upgrade(
                 return refusal.into_response();
             }
         };
+    // Counted against the user the socket acts for: a tokenless socket in `session` mode
+    // counts against the session's owner.
+    let claim = match limits::claim(&state, &access.user_id) {
+        Ok(claim) => claim,
+        Err(refused) => return refused.into_response(),
+    };
     metrics::connection("accepted");
     let config = &state.config;
     let frame_limit = config.ws_max_frame_bytes.max(1024);
@@ -154,7 +178,7 @@ async fn upgrade(
         ws = ws.protocols([BEARER_SUBPROTOCOL]);
     }
     ws.on_failed_upgrade(|error| tracing::debug!(%error, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| connection::run(socket, state, access, profile, last_seq))
+        .on_upgrade(move |socket| connection::run(socket, state, access, profile, last_seq, claim))
 }
 
 /// Everything decided before the upgrade; the `bool` says the token came as a subprotocol.
@@ -187,6 +211,10 @@ async fn admit(
             "the session id must be 1 to {MAX_SESSION_ID_LEN} characters of A-Z a-z 0-9 _ . -"
         )));
     }
+    if !origin::allowed(headers, &state.config) {
+        tracing::debug!("refused a WebSocket from an origin that is not allowed");
+        return Err(Refusal::Origin);
+    }
     let subprotocol_token = subprotocol_token(headers);
     let query_token = query
         .get("access_token")
@@ -202,8 +230,15 @@ async fn admit(
             tracing::debug!(reason = error.reason(), "refused WebSocket credentials");
             Refusal::BadCredentials(error)
         })?;
-    let mode = state.config.ws_auth;
-    let access = decide_access(state, session_id, principal.map(|p| p.user_id), mode).await?;
+    // Watching a session is reading it; acting is checked per frame (`permissions`).
+    if let Some(principal) = &principal
+        && let Err(error) = principal.require(READ_SCOPE)
+    {
+        metrics::auth_failure(error.reason());
+        return Err(Refusal::BadCredentials(error));
+    }
+    let mode = state.config.ws_auth_mode();
+    let access = decide_access(state, session_id, principal, mode).await?;
     Ok((profile, last_seq, access, subprotocol_token.is_some()))
 }
 
@@ -211,16 +246,18 @@ async fn admit(
 async fn decide_access(
     state: &AppState,
     session_id: &str,
-    user: Option<String>,
+    principal: Option<Principal>,
     mode: WsAuthMode,
 ) -> Result<Access, Refusal> {
     let runtime = &state.runtime;
+    let caller = principal.as_ref();
     let access = |user_id: String, dev_sessions: bool| Access {
         session_id: session_id.to_owned(),
         user_id,
         dev_sessions,
+        permissions: FramePermissions::for_socket(caller, dev_sessions),
     };
-    match (user, mode) {
+    match (principal.as_ref().map(|p| p.user_id.clone()), mode) {
         (Some(user_id), _) => {
             let path = format!("/sessions/{}", encode_segment(session_id));
             let (status, _) = runtime
@@ -248,6 +285,10 @@ async fn decide_access(
         }
         (None, WsAuthMode::Required) => {
             metrics::auth_failure("missing_token");
+            // Once per process: the operator of an IDE that cannot send a token learns the
+            // setting from the log as well as from the refusal.
+            static HINTED: std::sync::Once = std::sync::Once::new();
+            HINTED.call_once(|| tracing::warn!("{TOKEN_REQUIRED}"));
             Err(Refusal::Unauthenticated)
         }
         (None, WsAuthMode::Session) => {
@@ -273,6 +314,23 @@ async fn decide_access(
             }
         }
     }
+}
+
+/// Why a socket without a token is refused in `required` mode, naming the setting to change.
+const TOKEN_REQUIRED: &str = "a token is required (GATEWAY__WS_AUTH=required); set \
+    GATEWAY__WS_AUTH=session to let IDEs without tokens (the Flutter IDE) attach to existing \
+    sessions";
+
+/// 401 for a tokenless upgrade in `required` mode: the status the Flutter IDE has always got
+/// for a refused credential, with a description naming the setting that lets it in.
+fn token_required() -> Response {
+    let body = json!({ "error": "unauthorized", "error_description": TOKEN_REQUIRED });
+    let mut response = (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    response
 }
 
 /// The token of `Sec-WebSocket-Protocol: bearer, <token>`, if that is what was offered.

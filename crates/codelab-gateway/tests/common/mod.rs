@@ -30,8 +30,10 @@ pub const ADMIN_PASSWORD: &str = "admin-password-123";
 pub const USER_PASSWORD: &str = "user-password-123";
 /// The Flutter IDE's OAuth client.
 pub const FLUTTER_CLIENT: &str = "codelab-flutter-app";
-/// Key of the gateway→runtime link (also accepted by the gateway from service callers).
+/// Key of the gateway→runtime link (never accepted by the gateway itself).
 pub const RUNTIME_KEY: &str = "test-runtime-key-0123456789abcdef";
+/// The gateway's own key for service callers (`GATEWAY__SERVICE_API_KEY`).
+pub const SERVICE_KEY: &str = "test-gateway-service-key-0123456789";
 /// Key of the runtime→proxy link.
 pub const PROXY_KEY: &str = "test-proxy-key-0123456789abcdef";
 /// An origin the gateway's CORS allowlist contains in the default stack.
@@ -206,6 +208,7 @@ pub async fn start_stack_with(options: StackOptions) -> Stack {
     let mut gateway_config = codelab_gateway::Config {
         agent_url: format!("http://{runtime_addr}"),
         internal_api_key: Secret::new(RUNTIME_KEY),
+        service_api_key: Secret::new(SERVICE_KEY),
         auth_service_url: format!("http://{auth_addr}"),
         jwt_issuer: issuer.clone(),
         cors_origins: vec![ALLOWED_ORIGIN.to_owned()],

@@ -27,6 +27,7 @@ pub async fn open(
     request: &ChatCompletionRequest,
     timeout: Duration,
     default_max_tokens: u64,
+    max_line_bytes: usize,
 ) -> Result<EventStream, UpstreamError> {
     let url = wire::endpoint_url(&deployment.api_base, Some("/v1"), &["v1", "messages"])?;
     let body = build_body(deployment, request, default_max_tokens);
@@ -40,14 +41,20 @@ pub async fn open(
     }
     tracing::debug!(model = %deployment.upstream_model, "sending messages request to anthropic");
     let response = wire::send(builder, deployment.timeout.unwrap_or(timeout)).await?;
-    Ok(parse_stream(wire::response_bytes(response)))
+    Ok(parse_stream(wire::response_bytes(response), max_line_bytes))
 }
 
 /// Parses an Anthropic Messages SSE body into events.
+/// A line (or SSE event) longer than `max_line_bytes` ends the stream with an error.
 pub fn parse_stream(
     bytes: impl futures_util::Stream<Item = Result<bytes::Bytes, UpstreamError>> + Send + 'static,
+    max_line_bytes: usize,
 ) -> EventStream {
-    wire::decode_stream(bytes, SseParser::new(), AnthropicDecoder::new())
+    wire::decode_stream(
+        bytes,
+        SseParser::with_max_line_bytes(max_line_bytes),
+        AnthropicDecoder::new(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -879,9 +886,12 @@ mod tests {
             .chunks(11)
             .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
             .collect();
-        let got: Vec<_> = parse_stream(futures_util::stream::iter(chunks))
-            .collect()
-            .await;
+        let got: Vec<_> = parse_stream(
+            futures_util::stream::iter(chunks),
+            wire::DEFAULT_MAX_LINE_BYTES,
+        )
+        .collect()
+        .await;
         assert_eq!(got, stream_events());
     }
 
@@ -970,6 +980,7 @@ mod tests {
             &request(),
             Duration::from_secs(5),
             4096,
+            super::wire::DEFAULT_MAX_LINE_BYTES,
         )
         .await
         .err()
@@ -1003,6 +1014,7 @@ mod tests {
             &request(),
             Duration::from_secs(5),
             4096,
+            super::wire::DEFAULT_MAX_LINE_BYTES,
         )
         .await
         .unwrap();

@@ -68,6 +68,9 @@ pub struct Providers {
     pub mock: mock::MockProvider,
     /// `max_tokens` sent to Anthropic when the request has none (the field is required there).
     pub anthropic_default_max_tokens: u64,
+    /// Longest line (or SSE event) accepted from an upstream stream
+    /// (`LLM_PROXY__MAX_STREAM_LINE_BYTES`); past it the reply fails.
+    pub max_stream_line_bytes: usize,
 }
 
 impl Providers {
@@ -81,7 +84,14 @@ impl Providers {
     ) -> Result<EventStream, UpstreamError> {
         match deployment.provider {
             ProviderKind::OpenAi | ProviderKind::Azure => {
-                openai::open(&self.http, deployment, request, timeout).await
+                openai::open(
+                    &self.http,
+                    deployment,
+                    request,
+                    timeout,
+                    self.max_stream_line_bytes,
+                )
+                .await
             }
             ProviderKind::Anthropic => {
                 anthropic::open(
@@ -90,10 +100,20 @@ impl Providers {
                     request,
                     timeout,
                     self.anthropic_default_max_tokens,
+                    self.max_stream_line_bytes,
                 )
                 .await
             }
-            ProviderKind::Ollama => ollama::open(&self.http, deployment, request, timeout).await,
+            ProviderKind::Ollama => {
+                ollama::open(
+                    &self.http,
+                    deployment,
+                    request,
+                    timeout,
+                    self.max_stream_line_bytes,
+                )
+                .await
+            }
             ProviderKind::Mock => self.mock.open(request),
         }
     }

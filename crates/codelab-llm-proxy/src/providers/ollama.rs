@@ -19,6 +19,7 @@ pub async fn open(
     deployment: &Deployment,
     request: &ChatCompletionRequest,
     timeout: Duration,
+    max_line_bytes: usize,
 ) -> Result<EventStream, UpstreamError> {
     let url = wire::endpoint_url(&deployment.api_base, Some("/v1"), &["api", "chat"])?;
     let body = build_body(deployment, request);
@@ -29,14 +30,20 @@ pub async fn open(
     }
     tracing::debug!(model = %deployment.upstream_model, "sending chat request to ollama");
     let response = wire::send(builder, deployment.timeout.unwrap_or(timeout)).await?;
-    Ok(parse_stream(wire::response_bytes(response)))
+    Ok(parse_stream(wire::response_bytes(response), max_line_bytes))
 }
 
 /// Parses an Ollama `/api/chat` NDJSON body into events.
+/// A line (or SSE event) longer than `max_line_bytes` ends the stream with an error.
 pub fn parse_stream(
     bytes: impl futures_util::Stream<Item = Result<bytes::Bytes, UpstreamError>> + Send + 'static,
+    max_line_bytes: usize,
 ) -> EventStream {
-    wire::decode_stream(bytes, NdjsonSplitter::new(), OllamaDecoder::new())
+    wire::decode_stream(
+        bytes,
+        NdjsonSplitter::with_max_line_bytes(max_line_bytes),
+        OllamaDecoder::new(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -448,9 +455,12 @@ mod tests {
             .chunks(5)
             .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
             .collect();
-        let got: Vec<_> = parse_stream(futures_util::stream::iter(chunks))
-            .collect()
-            .await;
+        let got: Vec<_> = parse_stream(
+            futures_util::stream::iter(chunks),
+            wire::DEFAULT_MAX_LINE_BYTES,
+        )
+        .collect()
+        .await;
         check_stream(&got);
     }
 
@@ -529,6 +539,7 @@ mod tests {
             &d,
             &request(),
             Duration::from_secs(5),
+            super::wire::DEFAULT_MAX_LINE_BYTES,
         )
         .await
         .err()
@@ -558,6 +569,7 @@ mod tests {
             &d,
             &request(),
             Duration::from_secs(5),
+            super::wire::DEFAULT_MAX_LINE_BYTES,
         )
         .await
         .unwrap();

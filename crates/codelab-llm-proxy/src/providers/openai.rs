@@ -25,6 +25,7 @@ pub async fn open(
     deployment: &Deployment,
     request: &ChatCompletionRequest,
     timeout: Duration,
+    max_line_bytes: usize,
 ) -> Result<EventStream, UpstreamError> {
     let azure = deployment.provider == ProviderKind::Azure;
     let body = build_body(deployment, request)?;
@@ -67,14 +68,20 @@ pub async fn open(
         "sending chat completion upstream"
     );
     let response = wire::send(builder, deployment.timeout.unwrap_or(timeout)).await?;
-    Ok(parse_stream(wire::response_bytes(response)))
+    Ok(parse_stream(wire::response_bytes(response), max_line_bytes))
 }
 
 /// Parses an OpenAI Chat Completions SSE body into events.
+/// A line (or SSE event) longer than `max_line_bytes` ends the stream with an error.
 pub fn parse_stream(
     bytes: impl futures_util::Stream<Item = Result<bytes::Bytes, UpstreamError>> + Send + 'static,
+    max_line_bytes: usize,
 ) -> EventStream {
-    wire::decode_stream(bytes, SseParser::new(), OpenAiDecoder::new())
+    wire::decode_stream(
+        bytes,
+        SseParser::with_max_line_bytes(max_line_bytes),
+        OpenAiDecoder::new(),
+    )
 }
 
 /// The upstream request body: the client's request with the deployment's model, `stream: true`,
@@ -602,9 +609,12 @@ mod tests {
             .chunks(7)
             .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
             .collect();
-        let got: Vec<_> = parse_stream(futures_util::stream::iter(chunks))
-            .collect()
-            .await;
+        let got: Vec<_> = parse_stream(
+            futures_util::stream::iter(chunks),
+            wire::DEFAULT_MAX_LINE_BYTES,
+        )
+        .collect()
+        .await;
         assert_eq!(got, parallel_events());
     }
 
@@ -854,6 +864,7 @@ mod tests {
             &d,
             &request(),
             Duration::from_secs(5),
+            super::wire::DEFAULT_MAX_LINE_BYTES,
         )
         .await
         .err()
@@ -877,6 +888,7 @@ mod tests {
             &d,
             &request(),
             Duration::from_secs(5),
+            super::wire::DEFAULT_MAX_LINE_BYTES,
         )
         .await
         .err()
@@ -906,6 +918,7 @@ mod tests {
             &d,
             &request(),
             Duration::from_secs(5),
+            super::wire::DEFAULT_MAX_LINE_BYTES,
         )
         .await
         .unwrap();

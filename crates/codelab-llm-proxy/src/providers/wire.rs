@@ -38,6 +38,11 @@ pub fn new_tool_call_id() -> String {
 // Framing
 // ---------------------------------------------------------------------------------------------
 
+/// Longest line (and SSE event) an upstream stream may send by default: far above any real
+/// chunk, yet a bound on what one misbehaving upstream can make the proxy buffer
+/// (`LLM_PROXY__MAX_STREAM_LINE_BYTES`).
+pub const DEFAULT_MAX_LINE_BYTES: usize = 1024 * 1024;
+
 /// Splits a byte stream into frames; fed chunks cut anywhere, including inside a line ending
 /// or a multi-byte UTF-8 character.
 pub trait Framing: Send + 'static {
@@ -47,6 +52,20 @@ pub trait Framing: Send + 'static {
     fn push(&mut self, chunk: &[u8]) -> Vec<Self::Frame>;
     /// The body ended: returns a last frame that was not terminated, if any.
     fn finish(&mut self) -> Vec<Self::Frame>;
+    /// The line cap, once a line (or event) went past it: the frames before it were returned,
+    /// nothing after it is, and the stream must fail.
+    fn line_too_long(&self) -> Option<usize>;
+}
+
+/// The error that ends a stream whose line went past `limit` bytes.
+fn line_too_long_error(limit: usize) -> UpstreamError {
+    UpstreamError::new(
+        UpstreamErrorKind::Protocol,
+        format!(
+            "the upstream sent a stream line longer than the {limit} byte limit \
+             (LLM_PROXY__MAX_STREAM_LINE_BYTES)"
+        ),
+    )
 }
 
 /// One server-sent event: its `event:` name (if any) and its `data:` lines joined with `\n`.
@@ -61,34 +80,59 @@ pub struct SseEvent {
 /// Incremental SSE parser (WHATWG event-stream rules): lines end with CRLF, LF or CR; a blank
 /// line dispatches the event; `data:` lines are joined with `\n`; `:` lines are comments
 /// (OpenRouter's `: OPENROUTER PROCESSING` keep-alives); `id:`, `retry:` and unknown fields
-/// are ignored. Events without data are not dispatched.
+/// are ignored. Events without data are not dispatched. A line or an event's data longer than
+/// the cap stops the parser (see [`Framing::line_too_long`]).
 #[derive(Debug, Default)]
 pub struct SseParser {
     lines: LineBuffer,
     event: Option<String>,
     data: String,
     has_data: bool,
+    /// The event's data went past the cap (many short `data:` lines).
+    data_too_long: bool,
 }
 
 impl SseParser {
-    /// An empty parser.
+    /// An empty parser with the default line cap ([`DEFAULT_MAX_LINE_BYTES`]).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty parser whose lines, and events' data, may be at most `max_line_bytes` long.
+    pub fn with_max_line_bytes(max_line_bytes: usize) -> Self {
+        Self {
+            lines: LineBuffer::with_max_line_bytes(max_line_bytes),
+            ..Self::default()
+        }
     }
 
     /// Consumes a chunk and returns the events it completed.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         let mut out = Vec::new();
+        if self.data_too_long {
+            return out;
+        }
         for line in self.lines.push(chunk) {
             self.line(&line, &mut out);
+            if self.data_too_long {
+                break;
+            }
         }
         out
+    }
+
+    /// The cap, once a line or an event's data went past it.
+    pub fn line_too_long(&self) -> Option<usize> {
+        (self.lines.overflowed || self.data_too_long).then_some(self.lines.max_line_bytes)
     }
 
     /// The body ended: dispatches an event whose terminating blank line never came (servers
     /// that close right after `data: [DONE]`).
     pub fn finish(&mut self) -> Option<SseEvent> {
         let mut out = Vec::new();
+        if self.line_too_long().is_some() {
+            return None;
+        }
         if let Some(line) = self.lines.finish() {
             self.line(&line, &mut out);
         }
@@ -117,6 +161,12 @@ impl SseParser {
         };
         match field {
             "data" => {
+                if self.data.len() + value.len() + 1 > self.lines.max_line_bytes {
+                    // Drop what was gathered: nothing of this event is dispatched.
+                    self.data = String::new();
+                    self.data_too_long = true;
+                    return;
+                }
                 self.data.push_str(value);
                 self.data.push('\n');
                 self.has_data = true;
@@ -137,37 +187,83 @@ impl Framing for SseParser {
     fn finish(&mut self) -> Vec<SseEvent> {
         SseParser::finish(self).into_iter().collect()
     }
+
+    fn line_too_long(&self) -> Option<usize> {
+        SseParser::line_too_long(self)
+    }
 }
 
 /// Incremental NDJSON splitter: returns each complete non-blank line (LF or CRLF terminated),
-/// trimmed of surrounding whitespace.
-#[derive(Debug, Default)]
+/// trimmed of surrounding whitespace. A line longer than the cap stops the splitter (see
+/// [`Framing::line_too_long`]).
+#[derive(Debug)]
 pub struct NdjsonSplitter {
     buf: Vec<u8>,
+    max_line_bytes: usize,
+    overflowed: bool,
+}
+
+impl Default for NdjsonSplitter {
+    fn default() -> Self {
+        Self::with_max_line_bytes(DEFAULT_MAX_LINE_BYTES)
+    }
 }
 
 impl NdjsonSplitter {
-    /// An empty splitter.
+    /// An empty splitter with the default line cap ([`DEFAULT_MAX_LINE_BYTES`]).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty splitter whose lines may be at most `max_line_bytes` long.
+    pub fn with_max_line_bytes(max_line_bytes: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            max_line_bytes,
+            overflowed: false,
+        }
     }
 
     /// Consumes a chunk and returns the lines it completed.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<String> {
         let mut out = Vec::new();
+        if self.overflowed {
+            return out;
+        }
         let mut rest = chunk;
         while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            if self.buf.len() + pos > self.max_line_bytes {
+                self.overflow();
+                return out;
+            }
             self.buf.extend_from_slice(&rest[..pos]);
             rest = &rest[pos + 1..];
             let line = std::mem::take(&mut self.buf);
             push_trimmed(&line, &mut out);
         }
+        if self.buf.len() + rest.len() > self.max_line_bytes {
+            self.overflow();
+            return out;
+        }
         self.buf.extend_from_slice(rest);
         out
     }
 
+    /// The cap, once a line went past it.
+    pub fn line_too_long(&self) -> Option<usize> {
+        self.overflowed.then_some(self.max_line_bytes)
+    }
+
+    fn overflow(&mut self) {
+        self.overflowed = true;
+        self.buf = Vec::new();
+    }
+
     /// The body ended: returns a last line that had no newline.
     pub fn finish(&mut self) -> Option<String> {
+        if self.overflowed {
+            return None;
+        }
         let line = std::mem::take(&mut self.buf);
         let mut out = Vec::new();
         push_trimmed(&line, &mut out);
@@ -194,19 +290,44 @@ impl Framing for NdjsonSplitter {
     fn finish(&mut self) -> Vec<String> {
         NdjsonSplitter::finish(self).into_iter().collect()
     }
+
+    fn line_too_long(&self) -> Option<usize> {
+        NdjsonSplitter::line_too_long(self)
+    }
 }
 
 /// Splits bytes into lines ending in CRLF, LF or CR, holding back a CR at the end of a chunk
-/// until the next byte shows whether an LF follows.
-#[derive(Debug, Default)]
+/// until the next byte shows whether an LF follows. Never holds more than the cap of an
+/// unfinished line: past it, it stops (`overflowed`) and drops what it held.
+#[derive(Debug)]
 struct LineBuffer {
     buf: Vec<u8>,
     /// Whether a UTF-8 byte-order mark may still open the stream (it is skipped).
     bom_checked: bool,
+    max_line_bytes: usize,
+    overflowed: bool,
+}
+
+impl Default for LineBuffer {
+    fn default() -> Self {
+        Self::with_max_line_bytes(DEFAULT_MAX_LINE_BYTES)
+    }
 }
 
 impl LineBuffer {
+    fn with_max_line_bytes(max_line_bytes: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            bom_checked: false,
+            max_line_bytes,
+            overflowed: false,
+        }
+    }
+
     fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        if self.overflowed {
+            return Vec::new();
+        }
         self.buf.extend_from_slice(chunk);
         if !self.bom_checked {
             const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -222,6 +343,11 @@ impl LineBuffer {
         let mut start = 0;
         let mut i = 0;
         while i < self.buf.len() {
+            if i - start > self.max_line_bytes {
+                self.overflowed = true;
+                self.buf = Vec::new();
+                return lines;
+            }
             match self.buf[i] {
                 b'\n' => {
                     lines.push(String::from_utf8_lossy(&self.buf[start..i]).into_owned());
@@ -241,10 +367,17 @@ impl LineBuffer {
             }
         }
         self.buf.drain(..start);
+        if self.buf.len() > self.max_line_bytes {
+            self.overflowed = true;
+            self.buf = Vec::new();
+        }
         lines
     }
 
     fn finish(&mut self) -> Option<String> {
+        if self.overflowed {
+            return None;
+        }
         let mut line = std::mem::take(&mut self.buf);
         if line.last() == Some(&b'\r') {
             line.pop();
@@ -302,6 +435,12 @@ where
                 break;
             }
             out.extend(decoder.frame(frame));
+        }
+        if let Some(limit) = framing.line_too_long()
+            && !decoder.is_complete()
+        {
+            out.push(Err(line_too_long_error(limit)));
+            return truncate_after_error(out);
         }
     }
     for frame in framing.finish() {
@@ -367,7 +506,13 @@ where
                         }
                         self.pending.extend(self.decoder.frame(frame));
                     }
-                    self.bytes = Some(bytes);
+                    match self.framing.line_too_long() {
+                        // The reply cannot go on: the error ends it after what came before.
+                        Some(limit) if !self.decoder.is_complete() => {
+                            self.pending.push_back(Err(line_too_long_error(limit)));
+                        }
+                        _ => self.bytes = Some(bytes),
+                    }
                 }
                 Some(Err(err)) => {
                     // A reply that already finished loses nothing when the body breaks
@@ -1006,5 +1151,90 @@ mod tests {
         assert_eq!(got, vec![text("a"), Err(UpstreamError::protocol("boom"))]);
         let got = decode_all(&[b"a\nend\nc\n"], NdjsonSplitter::new(), echo());
         assert_eq!(got, vec![text("a")]);
+    }
+
+    /// Two MiB: twice the default cap.
+    const HUGE: usize = 2 * 1024 * 1024;
+
+    #[test]
+    fn sse_and_ndjson_stop_at_a_line_past_the_cap_without_buffering_it() {
+        let piece = vec![b'x'; 64 * 1024];
+        // SSE: one event, then a line that never ends.
+        let mut sse = SseParser::new();
+        assert_eq!(sse.push(b"data: first\n\n"), vec![ev(None, "first")]);
+        let mut fed = 0;
+        while sse.line_too_long().is_none() {
+            assert!(sse.push(&piece).is_empty());
+            fed += piece.len();
+            assert!(fed <= HUGE, "the SSE parser kept buffering past the cap");
+        }
+        assert_eq!(sse.line_too_long(), Some(DEFAULT_MAX_LINE_BYTES));
+        assert!(
+            sse.lines.buf.is_empty(),
+            "the SSE parser still holds the line"
+        );
+        assert!(sse.push(b"\n\ndata: late\n\n").is_empty());
+        assert_eq!(sse.finish(), None);
+
+        // NDJSON likewise.
+        let mut ndjson = NdjsonSplitter::new();
+        assert_eq!(ndjson.push(b"{\"a\":1}\n"), vec!["{\"a\":1}".to_owned()]);
+        let mut fed = 0;
+        while ndjson.line_too_long().is_none() {
+            assert!(ndjson.push(&piece).is_empty());
+            fed += piece.len();
+            assert!(
+                fed <= HUGE,
+                "the NDJSON splitter kept buffering past the cap"
+            );
+        }
+        assert!(
+            ndjson.buf.is_empty(),
+            "the NDJSON splitter still holds the line"
+        );
+        assert_eq!(ndjson.finish(), None);
+
+        // Many short `data:` lines of one SSE event count together.
+        let mut sse = SseParser::with_max_line_bytes(1024);
+        let line = format!("data: {}\n", "y".repeat(100));
+        for _ in 0..20 {
+            assert!(sse.push(line.as_bytes()).is_empty());
+        }
+        assert_eq!(sse.line_too_long(), Some(1024));
+
+        // A line of exactly the cap is fine.
+        let mut exact = NdjsonSplitter::with_max_line_bytes(1024);
+        let line = "z".repeat(1024);
+        assert_eq!(exact.push(format!("{line}\n").as_bytes()), vec![line]);
+        assert_eq!(exact.line_too_long(), None);
+    }
+
+    #[tokio::test]
+    async fn a_line_that_never_ends_fails_the_stream_instead_of_waiting_for_it() {
+        // 2 MiB without a newline, then an upstream that stays open forever: the stream must
+        // end on the cap, not wait for the line's end.
+        let chunks = (0..HUGE / (64 * 1024))
+            .map(|_| Ok(Bytes::from(vec![b'x'; 64 * 1024])))
+            .collect::<Vec<_>>();
+        let body = futures_util::stream::iter(vec![Ok(Bytes::from("a\n"))])
+            .chain(futures_util::stream::iter(chunks))
+            .chain(futures_util::stream::pending());
+        let stream = decode_stream(body, NdjsonSplitter::new(), echo());
+        let got: Vec<EventResult> = tokio::time::timeout(Duration::from_secs(10), stream.collect())
+            .await
+            .expect("the stream waited for the end of the line");
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0], text("a"));
+        let error = got[1].clone().unwrap_err();
+        assert_eq!(error.kind, UpstreamErrorKind::Protocol);
+        assert!(
+            error.message.contains("1048576 byte limit")
+                && error.message.contains("LLM_PROXY__MAX_STREAM_LINE_BYTES"),
+            "{error}"
+        );
+
+        let got = decode_all(&[b"a\n", &vec![b'x'; HUGE]], NdjsonSplitter::new(), echo());
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[1].is_err());
     }
 }

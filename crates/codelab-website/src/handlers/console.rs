@@ -14,7 +14,9 @@ use codelab_core::config::Secret;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{access_token, check_csrf, console_clients, format_epoch, safe_return_path};
+use super::{
+    SocketToken, check_csrf, console_clients, format_epoch, safe_return_path, socket_token,
+};
 use crate::AppState;
 use crate::session::{LOGIN_COOKIE, SESSION_COOKIE, Tokens, UserInfo};
 use crate::status::{Figures, Snapshot};
@@ -210,17 +212,10 @@ pub async fn issue_socket_token(
             "the X-CSRF-Token header is missing or wrong",
         );
     }
-    match access_token(&state, &session, forwarded.as_deref(), "/console/chat").await {
-        Ok(token) => {
-            let expires_in = {
-                let tokens = session.tokens.lock().await;
-                tokens
-                    .access_expires_at
-                    .duration_since(state.clock.now())
-                    .map_or(0, |d| d.as_secs())
-            };
+    match socket_token(&state, &session, forwarded.as_deref(), "/console/chat").await {
+        Ok(SocketToken { token, expires_in }) => {
             let mut response = Json(json!({
-                "access_token": token,
+                "access_token": token.expose(),
                 "expires_in": expires_in,
                 "ws_base": state.config.gateway_ws_base(),
             }))
@@ -232,6 +227,16 @@ pub async fn issue_socket_token(
         }
         Err(PageError::LoginRequired(_)) => {
             json_error(StatusCode::UNAUTHORIZED, "unauthorized", "sign in again")
+        }
+        Err(PageError::Internal(reason)) => {
+            // The operator's problem, told in the log; the page only learns the chat is off.
+            tracing::error!(%reason, "refused to hand a chat token to the browser");
+            json_error(
+                StatusCode::BAD_GATEWAY,
+                "token_refused",
+                "the auth service issued a chat token the console may not hand out; see the \
+                 website's log",
+            )
         }
         Err(error) => json_error(StatusCode::BAD_GATEWAY, "upstream", &error.to_string()),
     }

@@ -19,6 +19,13 @@ use crate::web::PageError;
 /// An access token this close to expiry is refreshed before use.
 const REFRESH_MARGIN: Duration = Duration::from_secs(30);
 
+/// What the chat page's socket token may do: read and act on the user's sessions, never
+/// administer (the admin pages use the server-side token).
+pub(crate) const SOCKET_TOKEN_SCOPE: &str = "api:read api:write";
+/// Longest a token handed to the browser's script may be valid: one that leaks from the page
+/// (an extension, a crash report) is soon useless.
+pub(crate) const MAX_SOCKET_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+
 /// The auth service and gateway clients, when the console is configured.
 pub(crate) fn console_clients(
     state: &AppState,
@@ -73,7 +80,7 @@ pub(crate) async fn access_token(
         state.sessions.remove(&session.id);
         return Err(PageError::LoginRequired(return_to.to_owned()));
     };
-    match auth.refresh(refresh.expose(), forwarded_for).await {
+    match auth.refresh(refresh.expose(), None, forwarded_for).await {
         Ok(answer) => {
             tokens.access = Secret::new(answer.access_token);
             if let Some(refresh) = answer.refresh_token {
@@ -89,6 +96,100 @@ pub(crate) async fn access_token(
         }
         Err(other) => Err(other.into()),
     }
+}
+
+/// A token for the chat page's WebSocket and the seconds it stays valid.
+#[derive(Debug)]
+pub(crate) struct SocketToken {
+    pub token: Secret,
+    pub expires_in: u64,
+}
+
+/// The claims of an access token the website checks before handing it to a page.
+#[derive(Debug, serde::Deserialize)]
+struct SocketTokenClaims {
+    exp: u64,
+    iat: u64,
+    #[serde(default)]
+    scope: String,
+}
+
+/// A fresh access token for the chat page, narrowed to [`SOCKET_TOKEN_SCOPE`] by a refresh
+/// grant (the login's refresh token rotates; the session's own access token is kept). The
+/// token is refused unless its scope is within that set and it lives at most
+/// [`MAX_SOCKET_TOKEN_LIFETIME`], whatever the auth service is configured to issue.
+pub(crate) async fn socket_token(
+    state: &AppState,
+    session: &ConsoleSession,
+    forwarded_for: Option<&str>,
+    return_to: &str,
+) -> Result<SocketToken, PageError> {
+    let (auth, _) = console_clients(state)?;
+    let answer = {
+        let mut tokens = session.tokens.lock().await;
+        let Some(refresh) = tokens.refresh.clone() else {
+            state.sessions.remove(&session.id);
+            return Err(PageError::LoginRequired(return_to.to_owned()));
+        };
+        let answer = match auth
+            .refresh(refresh.expose(), Some(SOCKET_TOKEN_SCOPE), forwarded_for)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(UpstreamError::Status { status, .. }) if (400..500).contains(&status) => {
+                state.sessions.remove(&session.id);
+                return Err(PageError::LoginRequired(return_to.to_owned()));
+            }
+            Err(other) => return Err(other.into()),
+        };
+        if let Some(rotated) = &answer.refresh_token {
+            tokens.refresh = Some(Secret::new(rotated.clone()));
+        }
+        answer
+    };
+    let lifetime = check_socket_token(&answer.access_token)?;
+    Ok(SocketToken {
+        token: Secret::new(answer.access_token),
+        expires_in: answer.expires_in.map_or(lifetime, |e| e.min(lifetime)),
+    })
+}
+
+/// The token's lifetime in seconds (`exp - iat`), if it is short-lived and read/write only.
+/// The token comes straight from the auth service; its signature is the gateway's to check.
+fn check_socket_token(token: &str) -> Result<u64, PageError> {
+    use base64::Engine;
+    let claims: SocketTokenClaims = token
+        .split('.')
+        .nth(1)
+        .and_then(|payload| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .ok()
+        })
+        .and_then(|json| serde_json::from_slice(&json).ok())
+        .ok_or_else(|| {
+            PageError::Internal("the auth service answered a token that is not a JWT".to_owned())
+        })?;
+    let allowed: Vec<&str> = SOCKET_TOKEN_SCOPE.split_whitespace().collect();
+    if let Some(extra) = claims
+        .scope
+        .split_whitespace()
+        .find(|scope| !allowed.contains(scope))
+    {
+        return Err(PageError::Internal(format!(
+            "the chat token carries the scope {extra}; only \"{SOCKET_TOKEN_SCOPE}\" may reach \
+             the browser (does the auth service narrow scopes on refresh?)"
+        )));
+    }
+    let lifetime = claims.exp.saturating_sub(claims.iat);
+    let max = MAX_SOCKET_TOKEN_LIFETIME.as_secs();
+    if claims.exp <= claims.iat || lifetime > max {
+        return Err(PageError::Internal(format!(
+            "the chat token is valid for {lifetime} s, more than the {max} s the browser may \
+             hold; the codelab-web client's access tokens must last at most {max} s"
+        )));
+    }
+    Ok(lifetime)
 }
 
 /// A failed call for the user: a refused token ends the session (sign in again); anything
@@ -162,6 +263,41 @@ pub(crate) fn safe_return_path(next: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A JWT-shaped token with these claims (the signature is not looked at).
+    fn token(claims: &serde_json::Value) -> String {
+        use base64::Engine;
+        let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        format!(
+            "{}.{}.sig",
+            encode(br#"{"alg":"RS256"}"#),
+            encode(claims.to_string().as_bytes())
+        )
+    }
+
+    #[test]
+    fn only_short_read_write_tokens_may_reach_the_chat_page() {
+        let ok =
+            token(&serde_json::json!({"iat": 1000, "exp": 1300, "scope": "api:read api:write"}));
+        assert_eq!(check_socket_token(&ok).unwrap(), 300);
+        let narrower = token(&serde_json::json!({"iat": 1000, "exp": 1060, "scope": "api:read"}));
+        assert_eq!(check_socket_token(&narrower).unwrap(), 60);
+        for refused in [
+            serde_json::json!({"iat": 1000, "exp": 1301, "scope": "api:read"}),
+            serde_json::json!({"iat": 1000, "exp": 1000, "scope": "api:read"}),
+            serde_json::json!({"iat": 1000, "exp": 1100, "scope": "api:read api:admin"}),
+            serde_json::json!({"iat": 1000, "scope": "api:read"}),
+        ] {
+            assert!(
+                matches!(
+                    check_socket_token(&token(&refused)),
+                    Err(PageError::Internal(_))
+                ),
+                "{refused}"
+            );
+        }
+        assert!(check_socket_token("not-a-jwt").is_err());
+    }
 
     #[test]
     fn times_are_shown_in_utc_without_fractions() {

@@ -78,10 +78,27 @@ pub async fn start_site(layout: Layout) -> Site {
     start_site_with_clock(layout, Arc::new(codelab_core::clock::SystemClock)).await
 }
 
+/// Seconds the auth service's access tokens live in these tests: the website hands the chat
+/// page only tokens of at most 5 minutes (`docs/website.md`, "Chat").
+pub const ACCESS_TOKEN_LIFETIME: i64 = 300;
+
 /// As [`start_site`], the website running on `clock` (the other services on real time).
 pub async fn start_site_with_clock(
     layout: Layout,
     clock: codelab_core::clock::SharedClock,
+) -> Site {
+    start_site_with(layout, clock, None).await
+}
+
+/// The website's OAuth client when a test gives it its own access-token lifetime.
+pub const CUSTOM_WEB_CLIENT_ID: &str = "codelab-web-custom";
+
+/// As [`start_site_with_clock`]; with `web_token_lifetime`, the website signs in through its
+/// own client (a copy of the seeded `codelab-web`) whose access tokens live that many seconds.
+pub async fn start_site_with(
+    layout: Layout,
+    clock: codelab_core::clock::SharedClock,
+    web_token_lifetime: Option<i64>,
 ) -> Site {
     let shutdown = CancellationToken::new();
     let mut dirs = Vec::new();
@@ -110,6 +127,7 @@ pub async fn start_site_with_clock(
         trusted_proxies: Vec::new(),
         enable_rate_limiting: Some(false),
         web_redirect_uris: vec![format!("{public}/console/callback")],
+        access_token_lifetime: ACCESS_TOKEN_LIFETIME,
         ..codelab_auth::Config::default()
     };
     let issuer = auth_config.issuer();
@@ -119,6 +137,33 @@ pub async fn start_site_with_clock(
     codelab_auth::admin::add_user(auth.store.as_ref(), "bob", USER_PASSWORD, None, false)
         .await
         .unwrap();
+    let web_client_id = match web_token_lifetime {
+        None => codelab_auth::seed::WEB_CLIENT_ID.to_owned(),
+        Some(lifetime) => {
+            let seeded = auth
+                .store
+                .get_client(codelab_auth::seed::WEB_CLIENT_ID)
+                .await
+                .unwrap()
+                .unwrap();
+            auth.store
+                .create_client(codelab_auth::model::NewClient {
+                    client_id: CUSTOM_WEB_CLIENT_ID.to_owned(),
+                    secret_hash: None,
+                    name: "Website with its own token lifetime".to_owned(),
+                    description: None,
+                    is_confidential: false,
+                    allowed_scopes: seeded.allowed_scopes,
+                    allowed_grant_types: seeded.allowed_grant_types,
+                    redirect_uris: seeded.redirect_uris,
+                    access_token_lifetime: lifetime,
+                    refresh_token_lifetime: seeded.refresh_token_lifetime,
+                })
+                .await
+                .unwrap();
+            CUSTOM_WEB_CLIENT_ID.to_owned()
+        }
+    };
     serve(
         auth_listener,
         codelab_auth::router(Arc::clone(&auth)),
@@ -197,6 +242,7 @@ pub async fn start_site_with_clock(
         agent_runtime_url: Some(format!("http://{runtime_addr}")),
         llm_proxy_url: Some(format!("http://{proxy_addr}")),
         session_key: Secret::new("a-session-key-for-tests-0123456789"),
+        client_id: web_client_id,
         status_refresh_interval: 1,
         ..codelab_website::Config::default()
     };

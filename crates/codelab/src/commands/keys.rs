@@ -1,6 +1,7 @@
 //! `codelab keys ...`: RSA signing keys of the auth service. `generate` writes a key pair
 //! offline (to import with `AUTH_SERVICE__PRIVATE_KEY_PATH`); `rotate` replaces the signing key
-//! in the auth database, keeping the old one published until every token it signed expired.
+//! in the auth database, keeping the old one published until every token it signed expired,
+//! and stores it encrypted like the service does (docs/operations.md, "Signing keys").
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use codelab_auth::keys::{KeyManager, RELOAD_INTERVAL, thumbprint_of_private_pem};
+use codelab_auth::keys::{
+    DATA_DIR_KEY_ENCRYPTION_FILE, KeyEncryption, KeyManager, RELOAD_INTERVAL,
+    thumbprint_of_private_pem,
+};
 use codelab_core::clock::{Clock, SystemClock};
 use codelab_core::config::ConfigLoader;
 use codelab_core::db::{DbOptions, connect_database, redact_database_url};
@@ -28,7 +32,9 @@ pub enum KeysCommand {
     /// (SPKI, mode 0644).
     Generate(GenerateArgs),
     /// Make a new signing key active in the auth database; the old one stays in the JWKS until
-    /// every token it signed has expired. Running replicas switch within a minute.
+    /// every token it signed has expired. Running replicas switch within a minute. The new
+    /// key is stored encrypted under AUTH_SERVICE__KEY_ENCRYPTION_KEY (with --data-dir and no
+    /// such setting, the key `codelab up` keeps in that directory).
     Rotate(RotateArgs),
 }
 
@@ -160,7 +166,8 @@ async fn rotate(config: Option<PathBuf>, args: RotateArgs) -> anyhow::Result<Exi
             redact_database_url(&db_url)
         )
     })?;
-    let result = rotate_in(pool.clone(), &config).await;
+    let encryption = key_encryption(&config, args.data_dir.as_deref())?;
+    let result = rotate_in(pool.clone(), &config, &encryption).await;
     pool.close().await;
     let Rotated {
         kid,
@@ -169,6 +176,15 @@ async fn rotate(config: Option<PathBuf>, args: RotateArgs) -> anyhow::Result<Exi
     } = result?;
     let until = chrono::DateTime::<chrono::Utc>::from(SystemClock.now() + publish_for);
     println!("new signing key: {kid}");
+    match encryption.fingerprint() {
+        Some(fingerprint) => {
+            println!("stored encrypted under the key-encryption key with fingerprint {fingerprint}")
+        }
+        None => println!(
+            "stored unencrypted: no AUTH_SERVICE__KEY_ENCRYPTION_KEY (only acceptable in \
+             development)"
+        ),
+    }
     if retired.is_empty() {
         println!("there was no active key to retire");
     } else {
@@ -195,9 +211,34 @@ struct Rotated {
     retired: Vec<String>,
 }
 
+/// The key-encryption key: the configured one, else (with `--data-dir`) the one `codelab up`
+/// generated into that directory, else none.
+fn key_encryption(
+    config: &codelab_auth::Config,
+    data_dir: Option<&Path>,
+) -> anyhow::Result<KeyEncryption> {
+    if !config.key_encryption_key.is_empty() {
+        return KeyEncryption::new(
+            config.key_encryption_key.expose(),
+            Some(config.key_encryption_key_previous.expose()),
+        )
+        .context("invalid key-encryption key");
+    }
+    let Some(path) = data_dir.map(|dir| dir.join(DATA_DIR_KEY_ENCRYPTION_FILE)) else {
+        return Ok(KeyEncryption::none());
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(key) => KeyEncryption::new(&key, None)
+            .with_context(|| format!("invalid key-encryption key in {}", path.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(KeyEncryption::none()),
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
 async fn rotate_in(
     pool: codelab_core::db::DbPool,
     config: &codelab_auth::Config,
+    encryption: &KeyEncryption,
 ) -> anyhow::Result<Rotated> {
     let store = codelab_auth::store::open_store(pool)
         .await
@@ -220,7 +261,7 @@ async fn rotate_in(
             .flat_map(|c| [c.refresh_token_lifetime, c.access_token_lifetime]),
         config,
     );
-    let kid = KeyManager::rotate(&*store, &SystemClock, publish_for)
+    let kid = KeyManager::rotate_with(&*store, &SystemClock, publish_for, encryption)
         .await
         .context("cannot rotate the signing key")?;
     Ok(Rotated {
@@ -266,6 +307,38 @@ mod tests {
         assert_eq!(
             publication_period(std::iter::empty(), &config),
             Duration::from_secs(2_592_000 + 30 + 60)
+        );
+    }
+
+    #[test]
+    fn rotate_encrypts_with_the_setting_else_the_data_dir_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = codelab_auth::Config::default();
+        assert!(
+            !key_encryption(&plain, Some(dir.path()))
+                .unwrap()
+                .is_enabled()
+        );
+        let in_dir = codelab_auth::keys::generate_key_encryption_key().unwrap();
+        std::fs::write(dir.path().join(DATA_DIR_KEY_ENCRYPTION_FILE), &in_dir).unwrap();
+        let from_dir = key_encryption(&plain, Some(dir.path())).unwrap();
+        assert_eq!(
+            from_dir.fingerprint(),
+            KeyEncryption::new(&in_dir, None).unwrap().fingerprint()
+        );
+        assert!(!key_encryption(&plain, None).unwrap().is_enabled());
+        let configured = codelab_auth::Config {
+            key_encryption_key: codelab_auth::keys::generate_key_encryption_key()
+                .unwrap()
+                .into(),
+            ..codelab_auth::Config::default()
+        };
+        assert_ne!(
+            key_encryption(&configured, Some(dir.path()))
+                .unwrap()
+                .fingerprint(),
+            from_dir.fingerprint(),
+            "the setting wins over the data dir's file"
         );
     }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use codelab_core::config::resolve_port;
-use codelab_core::http::{serve, shutdown_on_signals};
+use codelab_core::config::{ConfigLoader, resolve_port};
+use codelab_core::http::{ListenerLimits, serve_with_limits, shutdown_on_signals};
 use codelab_core::telemetry::init_tracing;
 use codelab_llm_proxy::routing::ProviderEnv;
 
@@ -44,6 +44,10 @@ pub struct ServeArgs {
 
 /// Runs the chosen service until SIGINT/SIGTERM.
 pub async fn run(file: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // Header and body read timeouts and the connection cap of the listener (`[http]`,
+    // `HTTP__*`), common to every service.
+    let limits = ListenerLimits::load(&ConfigLoader::from_env_or(file.clone()))
+        .context("invalid listener limits")?;
     let overrides = ListenOverrides {
         port: args.port,
         host: args.host,
@@ -63,11 +67,12 @@ pub async fn run(file: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitC
                 .await
                 .with_context(|| format!("cannot listen on {host}:{port}"))?;
             tracing::info!(address = %listener.local_addr()?, "llm-proxy listening");
-            serve(
+            serve_with_limits(
                 listener,
                 codelab_llm_proxy::router(state),
                 shutdown_on_signals(),
                 DRAIN_TIMEOUT,
+                &limits,
             )
             .await?;
         }
@@ -84,11 +89,12 @@ pub async fn run(file: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitC
                 .await
                 .with_context(|| format!("cannot listen on {host}:{port}"))?;
             tracing::info!(address = %listener.local_addr()?, "auth listening");
-            serve(
+            serve_with_limits(
                 listener,
                 codelab_auth::router(state),
                 shutdown_on_signals(),
                 DRAIN_TIMEOUT,
+                &limits,
             )
             .await?;
         }
@@ -108,11 +114,12 @@ pub async fn run(file: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitC
                 .await
                 .with_context(|| format!("cannot listen on {host}:{port}"))?;
             tracing::info!(address = %listener.local_addr()?, "agent-runtime listening");
-            serve(
+            serve_with_limits(
                 listener,
                 codelab_agent_runtime::router(state.clone()),
                 shutdown_on_signals(),
                 DRAIN_TIMEOUT,
+                &limits,
             )
             .await?;
             // Frames whose client left are still being worked on: let them store their results.
@@ -135,11 +142,12 @@ pub async fn run(file: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitC
                 .await
                 .with_context(|| format!("cannot listen on {host}:{port}"))?;
             tracing::info!(address = %listener.local_addr()?, "gateway listening");
-            serve(
+            serve_with_limits(
                 listener,
                 codelab_gateway::router(state.clone()),
                 shutdown,
                 DRAIN_TIMEOUT,
+                &limits,
             )
             .await?;
             // Events of REST decisions still on their way to the sockets' fan-out.
@@ -160,11 +168,12 @@ pub async fn run(file: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitC
                 .await
                 .with_context(|| format!("cannot listen on {host}:{port}"))?;
             tracing::info!(address = %listener.local_addr()?, "website listening");
-            serve(
+            serve_with_limits(
                 listener,
                 codelab_website::router(state),
                 shutdown_on_signals(),
                 DRAIN_TIMEOUT,
+                &limits,
             )
             .await?;
         }

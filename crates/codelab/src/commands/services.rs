@@ -98,6 +98,12 @@ pub fn print_seeded_credentials(report: &codelab_auth::seed::SeedReport) {
             println!("Created the admin user: username admin ({origin})");
         }
     }
+    if let Some(path) = &report.internal_client_secret_file {
+        println!(
+            "Created the codelab-internal client; its generated secret is in {} (mode 0600)",
+            path.display()
+        );
+    }
     if let Some(secret) = &report.internal_client_secret {
         println!(
             "Created the codelab-internal client with secret {} (generated; shown only this once)",

@@ -4,6 +4,11 @@
 //!
 //! Services listen on 127.0.0.1 on their usual ports (an ephemeral port when that one is
 //! taken), so they can still be reached one by one while the public listener is the front door.
+//!
+//! `up` is the development profile (generated keys, SQLite, `session` WebSocket auth for the
+//! Flutter IDE): it refuses to start in staging or production. Its public listener exposes what
+//! nginx exposes and no more (docs/security.md): no token introspection, no `/metrics` or
+//! `/ready`, and the internal headers are removed from every client request.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -13,11 +18,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::{MatchedPath, OriginalUri, Request};
+use axum::http::StatusCode;
 use axum::http::Uri;
-use axum::routing::get;
+use axum::routing::{any, get};
 use clap::Args;
+use codelab_core::config::ConfigLoader;
 use codelab_core::config::{Environment, Secret};
-use codelab_core::http::{serve, shutdown_on_signals};
+use codelab_core::http::{ListenerLimits, serve, serve_with_limits, shutdown_on_signals};
 use codelab_core::telemetry::init_tracing;
 use codelab_llm_proxy::routing::ProviderEnv;
 use serde::Serialize;
@@ -44,7 +51,7 @@ pub struct UpArgs {
     /// Bind every internal service to an ephemeral port instead of its usual one.
     #[arg(long)]
     ephemeral_ports: bool,
-    /// Set the `admin` user's password (development only: refused with ENVIRONMENT=production).
+    /// Set the `admin` user's password (development only, as all of `up`).
     #[arg(long, value_name = "PASSWORD")]
     admin_password: Option<String>,
     /// Turn the gateway's authentication off: REST calls without a token act as the
@@ -130,7 +137,8 @@ struct GatewayOverrides {
     jwt_issuer: String,
     use_jwt_auth: bool,
     /// `session` (the Flutter IDE connects without a token to sessions it created), or `off`
-    /// with `--no-auth`.
+    /// with `--no-auth`. Always set: outside development the gateway's default is `required`,
+    /// and `up` must keep the Flutter IDE working whatever that default is.
     ws_auth: String,
     /// Empty: the in-process fan-out (one process needs no Redis), unless `--redis-url`.
     redis_url: String,
@@ -156,20 +164,19 @@ struct Running {
 
 /// Starts everything and waits for Ctrl-C / SIGTERM.
 pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode> {
-    if args.admin_password.is_some()
-        && codelab_core::config::environment(codelab_auth::config::ENV_PREFIX)?.is_production()
-    {
+    // Everything `up` sets up (generated keys, `session` WebSocket auth, --admin-password,
+    // --no-auth) is a development convenience: a deployment must not get it by accident.
+    if let Some((variable, environment)) = hardened_environment(|name| std::env::var(name).ok())? {
         anyhow::bail!(
-            "--admin-password is for development only; with ENVIRONMENT=production use `codelab admin`"
+            "`codelab up` is for development only and refuses {variable}={environment}: run each \
+             service with `codelab serve <service>`, or deploy with Docker Compose \
+             (deploy/compose) or Helm (deploy/helm/codelab); see docs/deployment.md"
         );
     }
-    if args.no_auth
-        && codelab_core::config::environment(codelab_gateway::config::ENV_PREFIX)?.is_production()
-    {
-        anyhow::bail!(
-            "--no-auth is for development only; it is refused with ENVIRONMENT=production"
-        );
-    }
+    // The public listener faces clients: the configured header, body and connection limits
+    // (`HTTP__*`) apply to it as to every `codelab serve` listener.
+    let public_limits = ListenerLimits::load(&ConfigLoader::from_env_or(file.clone()))
+        .context("invalid [http] listener limits")?;
     if let Some(server) = &args.postgres_url {
         // A bad URL stops `up` before anything starts.
         postgres_database_url(server, "auth")?;
@@ -283,12 +290,18 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
     )
     .await?;
 
-    tasks.spawn(serve(
-        public,
-        public_router(&auth_state, &gateway_state, &website_state),
-        shutdown.clone(),
-        DRAIN_TIMEOUT,
-    ));
+    let router = public_router(&auth_state, &gateway_state, &website_state);
+    let public_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        serve_with_limits(
+            public,
+            router,
+            public_shutdown,
+            DRAIN_TIMEOUT,
+            &public_limits,
+        )
+        .await
+    });
 
     let backends = backends(&args, &data_dir)?;
     print_summary(public_address, &data_dir, &running, &backends, args.no_auth);
@@ -303,6 +316,36 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
         println!("Admin login: username admin, password {password} (from --admin-password)");
     }
     wait(tasks, shutdown).await
+}
+
+/// The environment variables naming a profile for one of `up`'s services, in the order they
+/// are reported: each service's own `<PREFIX>__ENVIRONMENT`, then plain `ENVIRONMENT`.
+const ENVIRONMENT_PREFIXES: [&str; 5] = [
+    codelab_auth::config::ENV_PREFIX,
+    codelab_gateway::config::ENV_PREFIX,
+    codelab_agent_runtime::config::ENV_PREFIX,
+    codelab_llm_proxy::config::ENV_PREFIX,
+    codelab_website::config::ENV_PREFIX,
+];
+
+/// The first variable that puts one of `up`'s services in a hardened profile (staging,
+/// production) and that profile, or `None` when every service would run as development.
+fn hardened_environment(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<Option<(String, Environment)>> {
+    for prefix in ENVIRONMENT_PREFIXES {
+        let environment = codelab_core::config::environment_with(prefix, &lookup)?;
+        if environment.is_hardened() {
+            let own = format!("{prefix}__ENVIRONMENT");
+            let variable = if lookup(&own).is_some_and(|v| !v.trim().is_empty()) {
+                own
+            } else {
+                "ENVIRONMENT".to_owned()
+            };
+            return Ok(Some((variable, environment)));
+        }
+    }
+    Ok(None)
 }
 
 /// The URL clients use for the public listener (a wildcard bind is reached on loopback).
@@ -359,6 +402,32 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// The key-encryption key in the data dir (`codelab keys rotate --data-dir` reads the same
+/// file), created with mode 0600 on first start.
+fn data_dir_key_encryption_key(data_dir: &Path) -> anyhow::Result<Secret> {
+    use std::io::Write;
+    let path = data_dir.join(codelab_auth::keys::DATA_DIR_KEY_ENCRYPTION_FILE);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(&path) {
+        Ok(mut created) => {
+            let key = codelab_auth::keys::generate_key_encryption_key()?;
+            created
+                .write_all(format!("{key}\n").as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(Secret::new(key))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            let key = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Ok(Secret::new(key.trim().to_owned()))
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
 /// Builds the auth service on SQLite in the data dir (keys generated into it on first start)
 /// and serves it on its internal port.
 async fn start_auth(
@@ -379,6 +448,11 @@ async fn start_auth(
         master_key: args.admin_password.clone(),
     };
     let (mut config, _) = auth_config(file, &overrides)?;
+    if config.key_encryption_key.is_empty() {
+        // Signing keys are encrypted at rest here too, with a key kept next to them (the data
+        // dir is the development profile's only secret store; docs/operations.md).
+        config.key_encryption_key = data_dir_key_encryption_key(data_dir)?;
+    }
     // The console signs in through this listener, whatever port it got.
     let console_callback = format!("{}/console/callback", public_url(public_address));
     if !config.web_redirect_uris.contains(&console_callback) {
@@ -601,6 +675,12 @@ fn public_router(
     });
     Router::new()
         .route("/nginx-health", get(|| async { "healthy\n" }))
+        // Not public, as in nginx: introspection is for services inside the deployment (here
+        // they call auth's internal port), metrics and readiness for the operator's tools.
+        .route("/oauth/introspect", any(not_routed))
+        .route("/oauth/introspect/{*rest}", any(not_routed))
+        .route("/metrics", any(not_routed))
+        .route("/ready", any(not_routed))
         .nest_service("/api/v1", api)
         // nginx maps `/gateway-health` to the gateway's `/health`.
         .route_service("/gateway-health", gateway_health)
@@ -615,6 +695,21 @@ fn public_router(
                 req
             },
         ))
+        .layer(axum::middleware::map_request(strip_internal_headers))
+}
+
+/// What nginx answers for a path it does not route.
+async fn not_routed() -> StatusCode {
+    StatusCode::NOT_FOUND
+}
+
+/// Removes the headers only services inside the deployment may send, as nginx does: with them
+/// a client could present itself as a service acting for any user (docs/security.md).
+async fn strip_internal_headers(mut req: Request) -> Request {
+    let headers = req.headers_mut();
+    headers.remove(codelab_core::http::INTERNAL_AUTH_HEADER);
+    headers.remove(codelab_gateway::auth::USER_HEADER);
+    req
 }
 
 /// How to reach the gateway: the Flutter IDE's server URL, the terminal client, auth state.
@@ -806,6 +901,36 @@ mod tests {
             None,
             "the runtime's own setting wins over a guess from the keys"
         );
+    }
+
+    #[test]
+    fn up_refuses_every_hardened_profile_and_names_the_variable() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert_eq!(hardened_environment(env(&[])).unwrap(), None);
+        assert_eq!(
+            hardened_environment(env(&[("ENVIRONMENT", "development")])).unwrap(),
+            None
+        );
+        assert_eq!(
+            hardened_environment(env(&[("ENVIRONMENT", "staging")])).unwrap(),
+            Some(("ENVIRONMENT".to_owned(), Environment::Staging))
+        );
+        assert_eq!(
+            hardened_environment(env(&[
+                ("ENVIRONMENT", "development"),
+                ("GATEWAY__ENVIRONMENT", "production")
+            ]))
+            .unwrap(),
+            Some(("GATEWAY__ENVIRONMENT".to_owned(), Environment::Production))
+        );
+        assert!(hardened_environment(env(&[("ENVIRONMENT", "qa")])).is_err());
     }
 
     #[test]

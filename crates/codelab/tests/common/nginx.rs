@@ -45,6 +45,11 @@ pub fn upstreams_conf(
     )
 }
 
+/// The public address a TLS prefix is configured with (its HTTP->HTTPS redirects go there).
+pub fn public_https_url(tls_port: u16) -> String {
+    format!("https://localhost:{tls_port}")
+}
+
 /// A copy of deploy/nginx in a temp prefix, listening on loopback ports.
 pub struct Prefix {
     pub dir: tempfile::TempDir,
@@ -78,11 +83,14 @@ impl Prefix {
             std::fs::create_dir(&certs).unwrap();
             let example = std::fs::read_to_string(source.join("tls.conf.example")).unwrap();
             assert_eq!(example.matches("listen 443 ssl;").count(), 1);
+            // The configured public address, as Compose's envsubst template writes it.
+            assert_eq!(example.matches("\"${CODELAB_PUBLIC_URL}\"").count(), 1);
             let tls_conf = example
                 .replace(
                     "listen 443 ssl;",
                     &format!("listen 127.0.0.1:{tls_port} ssl;"),
                 )
+                .replace("${CODELAB_PUBLIC_URL}", &public_https_url(tls_port))
                 .replace("/etc/nginx/certs", certs.to_str().unwrap());
             std::fs::write(dir.path().join("tls.conf"), tls_conf).unwrap();
             let status = Command::new("openssl")

@@ -95,7 +95,7 @@ website: {component: website, prefix: WEBSITE}
 {{- end }}
 {{- end }}
 
-{{/* The Secret and key holding the PostgreSQL password. */}}
+{{/* The Secret holding the services' PostgreSQL passwords. */}}
 {{- define "codelab.postgres.passwordSecret" -}}
 {{- if include "codelab.postgres.internal" . }}
 {{- default (printf "%s-postgresql" (include "codelab.fullname" .)) .Values.postgresql.existingSecret }}
@@ -104,21 +104,44 @@ website: {component: website, prefix: WEBSITE}
 {{- end }}
 {{- end }}
 
-{{- define "codelab.postgres.passwordKey" -}}
-{{- if include "codelab.postgres.internal" . }}postgres-password{{ else }}{{ .Values.externalDatabase.existingSecretPasswordKey }}{{ end }}
+{{/* Each service's database role; pass (dict "root" $ "service" "auth"|"agentRuntime").
+     In-chart: the role files/init-databases.sh created for that database only. External: the
+     service's own user when set, else externalDatabase.username. */}}
+{{- define "codelab.postgres.user" -}}
+{{- $v := .root.Values }}
+{{- if include "codelab.postgres.internal" .root }}
+{{- ternary "codelab_auth" "codelab_agent_runtime" (eq .service "auth") }}
+{{- else }}
+{{- default $v.externalDatabase.username (index $v.externalDatabase (printf "%sUsername" .service)) }}
+{{- end }}
 {{- end }}
 
-{{/* A database URL; pass (dict "root" $ "db" "auth_db" "sqlite" "auth.db"). The password is
-     expanded by Kubernetes from CODELAB_DB_PASSWORD, declared before it. */}}
+{{- define "codelab.postgres.passwordKey" -}}
+{{- $v := .root.Values }}
+{{- if include "codelab.postgres.internal" .root }}
+{{- ternary "auth-password" "agent-runtime-password" (eq .service "auth") }}
+{{- else }}
+{{- default $v.externalDatabase.existingSecretPasswordKey (index $v.externalDatabase (printf "%sPasswordKey" .service)) }}
+{{- end }}
+{{- end }}
+
+{{/* The env variable holding a service's database password (only a helper for $(...)). */}}
+{{- define "codelab.postgres.passwordVar" -}}
+{{- ternary "CODELAB_AUTH_DB_PASSWORD" "CODELAB_AGENT_RUNTIME_DB_PASSWORD" (eq .service "auth") }}
+{{- end }}
+
+{{/* A database URL; pass (dict "root" $ "service" "auth" "db" "auth_db" "sqlite" "auth.db").
+     The password is expanded by Kubernetes from the variable of codelab.dbPasswordEnv,
+     declared before it. */}}
 {{- define "codelab.dbUrl" -}}
 {{- $v := .root.Values }}
 {{- if eq $v.database.type "sqlite" }}
 {{- printf "sqlite:///data/%s" .sqlite }}
 {{- else if eq $v.database.type "postgresql" }}
-{{- $user := ternary $v.postgresql.username $v.externalDatabase.username (not (empty (include "codelab.postgres.internal" .root))) }}
+{{- $user := include "codelab.postgres.user" . }}
 {{- $port := ternary 5432 $v.externalDatabase.port (not (empty (include "codelab.postgres.internal" .root))) }}
 {{- $ssl := ternary "disable" $v.externalDatabase.sslmode (not (empty (include "codelab.postgres.internal" .root))) }}
-{{- printf "postgres://%s:$(CODELAB_DB_PASSWORD)@%s:%v/%s?sslmode=%s" $user (include "codelab.postgres.host" .root) $port .db $ssl }}
+{{- printf "postgres://%s:$(%s)@%s:%v/%s?sslmode=%s" $user (include "codelab.postgres.passwordVar" .) (include "codelab.postgres.host" .root) $port .db $ssl }}
 {{- else }}
 {{- fail (printf "database.type must be sqlite or postgresql, not %q" $v.database.type) }}
 {{- end }}
@@ -132,23 +155,35 @@ website: {component: website, prefix: WEBSITE}
 {{- if include "codelab.postgres.internal" . }}agent_runtime{{ else }}{{ .Values.externalDatabase.agentRuntimeDatabase }}{{ end }}
 {{- end }}
 
-{{/* The env entry CODELAB_DB_PASSWORD (PostgreSQL only): only a helper for $(...) expansion. */}}
+{{/* A service's database password variable (PostgreSQL only); pass (dict "root" $ "service" S). */}}
 {{- define "codelab.dbPasswordEnv" -}}
-{{- if eq .Values.database.type "postgresql" }}
-- name: CODELAB_DB_PASSWORD
+{{- if eq .root.Values.database.type "postgresql" }}
+- name: {{ include "codelab.postgres.passwordVar" . }}
   valueFrom:
     secretKeyRef:
-      name: {{ include "codelab.postgres.passwordSecret" . }}
+      name: {{ include "codelab.postgres.passwordSecret" .root }}
       key: {{ include "codelab.postgres.passwordKey" . }}
 {{- end }}
 {{- end }}
 
-{{/* Redis URL base (without database number), or empty. */}}
+{{/* Redis URL base (without database number), or empty. The in-chart Redis's password is
+     expanded by Kubernetes from CODELAB_REDIS_PASSWORD (codelab.redisPasswordEnv). */}}
 {{- define "codelab.redisBase" -}}
 {{- if .Values.redis.url }}
 {{- .Values.redis.url | trimSuffix "/" }}
 {{- else if .Values.redis.enabled }}
-{{- printf "redis://%s-redis:6379" (include "codelab.fullname" .) }}
+{{- printf "redis://:$(CODELAB_REDIS_PASSWORD)@%s-redis:6379" (include "codelab.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* CODELAB_REDIS_PASSWORD for the in-chart Redis (only a helper for $(...) expansion). */}}
+{{- define "codelab.redisPasswordEnv" -}}
+{{- if and .Values.redis.enabled (not .Values.redis.url) }}
+- name: CODELAB_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "codelab.secretName" . }}
+      key: redis-password
 {{- end }}
 {{- end }}
 
@@ -193,15 +228,16 @@ website: {component: website, prefix: WEBSITE}
       name: {{ include "codelab.secretName" .root }}
       key: runtime-internal-key
 {{- with include "codelab.redisBase" .root }}
+{{- include "codelab.redisPasswordEnv" $.root }}
 - name: GATEWAY__REDIS_URL
   value: {{ printf "%s/2" . | quote }}
 {{- end }}
 {{- end }}
 
 {{- define "codelab.env.auth" -}}
-{{- include "codelab.dbPasswordEnv" .root }}
+{{- include "codelab.dbPasswordEnv" (dict "root" .root "service" "auth") }}
 - name: AUTH_SERVICE__DB_URL
-  value: {{ include "codelab.dbUrl" (dict "root" .root "db" (include "codelab.authDatabase" .root) "sqlite" "auth.db") | quote }}
+  value: {{ include "codelab.dbUrl" (dict "root" .root "service" "auth" "db" (include "codelab.authDatabase" .root) "sqlite" "auth.db") | quote }}
 - name: AUTH_SERVICE__DB_MAX_CONNECTIONS
   value: {{ .root.Values.database.maxConnections | quote }}
 - name: AUTH_SERVICE__PUBLIC_URL
@@ -219,22 +255,27 @@ website: {component: website, prefix: WEBSITE}
     secretKeyRef:
       name: {{ include "codelab.secretName" .root }}
       key: admin-password
+- name: AUTH_SERVICE__KEY_ENCRYPTION_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "codelab.secretName" .root }}
+      key: key-encryption-key
 - name: AUTH_SERVICE__INTERNAL_CLIENT_SECRET
   valueFrom:
     secretKeyRef:
       name: {{ include "codelab.secretName" .root }}
       key: internal-client-secret
-      optional: true
 {{- with include "codelab.redisBase" .root }}
+{{- include "codelab.redisPasswordEnv" $.root }}
 - name: AUTH_SERVICE__REDIS_URL
   value: {{ printf "%s/1" . | quote }}
 {{- end }}
 {{- end }}
 
 {{- define "codelab.env.agentRuntime" -}}
-{{- include "codelab.dbPasswordEnv" .root }}
+{{- include "codelab.dbPasswordEnv" (dict "root" .root "service" "agentRuntime") }}
 - name: AGENT_RUNTIME__DB_URL
-  value: {{ include "codelab.dbUrl" (dict "root" .root "db" (include "codelab.agentRuntimeDatabase" .root) "sqlite" "agent_runtime.db") | quote }}
+  value: {{ include "codelab.dbUrl" (dict "root" .root "service" "agentRuntime" "db" (include "codelab.agentRuntimeDatabase" .root) "sqlite" "agent_runtime.db") | quote }}
 - name: AGENT_RUNTIME__DB_MAX_CONNECTIONS
   value: {{ .root.Values.database.maxConnections | quote }}
 - name: AGENT_RUNTIME__LLM_PROXY_URL

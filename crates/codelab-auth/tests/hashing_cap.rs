@@ -1,0 +1,80 @@
+//! The process-wide cap on concurrent password hashing (issue 14, finding 1): with one slot,
+//! a burst of password grants is answered 503 with `Retry-After` beyond the slot and its
+//! bounded queue, never with a 500 or an unbounded wait, and the service recovers at once.
+//!
+//! Its own test binary: the cap is fixed once per process, before the first login.
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+
+mod support;
+
+use reqwest::StatusCode;
+use support::{ADMIN_PASSWORD, Auth, Backend};
+
+#[tokio::test]
+async fn a_full_hashing_cap_answers_503_with_retry_after() {
+    assert!(
+        codelab_auth::passwords::set_password_hashing_concurrency(1),
+        "the cap must be set before anything hashes a password"
+    );
+    let auth = Auth::start(Backend::Sqlite).await;
+    // Distinct unknown logins: no lockout interferes, and each costs a full verification.
+    let burst: Vec<_> = (0..100)
+        .map(|i| {
+            let http = auth.http.clone();
+            let url = auth.url("/oauth/token");
+            tokio::spawn(async move {
+                let body = support::encode_form(&[
+                    ("grant_type", "password"),
+                    ("client_id", support::FLUTTER),
+                    ("username", &format!("nobody-{i}")),
+                    ("password", "some-password"),
+                ]);
+                let response = http
+                    .post(url)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let body: serde_json::Value = response.json().await.unwrap();
+                (status, retry_after, body)
+            })
+        })
+        .collect();
+    let mut busy = 0;
+    for request in burst {
+        let (status, retry_after, body) = request.await.unwrap();
+        match status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                busy += 1;
+                assert_eq!(retry_after.as_deref(), Some("1"), "{body}");
+                assert_eq!(body["error"], "temporarily_unavailable");
+            }
+            // Checked and refused, or refused by the per-IP failure counter.
+            StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("a request was answered {other}: {body}"),
+        }
+    }
+    assert!(
+        busy > 0,
+        "100 concurrent logins never filled one slot and its queue"
+    );
+    assert_eq!(codelab_auth::passwords::password_hashing_concurrency(), 1);
+    // Nothing stays taken: the next login gets a slot (after the failures of the burst have
+    // expired from the per-IP counter).
+    auth.clock.advance(std::time::Duration::from_secs(901));
+    let (status, _, body) = auth
+        .token(&[
+            ("grant_type", "password"),
+            ("client_id", support::FLUTTER),
+            ("username", "admin"),
+            ("password", ADMIN_PASSWORD),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -1,0 +1,841 @@
+//! Attacks on what the auth service stores: a flood of login-form requests (finding 5), the
+//! signing keys at rest (finding 10), and what audit rows, seeding and defaults reveal (the
+//! low findings of docs/security.md). Each test starts the real service on 127.0.0.1:0 and
+//! reads the stored outcome: cache entries, signing-key rows, audit rows, files on disk.
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use codelab_auth::model::AuditRecord;
+use codelab_auth::tokens::TokenType;
+use codelab_auth::{AppState, BuildError, Config, Deps};
+use codelab_core::cache::Cache;
+use codelab_core::clock::ManualClock;
+use codelab_core::config::{Environment, Secret};
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+use support::{
+    ADMIN_PASSWORD, Auth, Backend, FLUTTER, INTERNAL_SECRET, Options, WEB_REDIRECT, hidden_field,
+    pkce_pair, set_cookie,
+};
+use tokio_util::sync::CancellationToken;
+
+const WEB: &str = "codelab-web";
+/// Two key-encryption keys, as `openssl rand -base64 32` prints them (test values only).
+const KEY_A: &str = "q83vEjRWeJDx2sXo0LqHkN6sYbF2cW5zZ1VnUkB4aTQ=";
+const KEY_B: &str = "8fXl1y0m7cBq3JtR2wKzNaHs5vEg9pUiLoYdTc4bQ6M=";
+
+/// The query of an authorization request for the website client.
+fn authorize_query(challenge: &str, scope: Option<&str>) -> String {
+    let mut query = vec![
+        ("response_type", "code"),
+        ("client_id", WEB),
+        ("redirect_uri", WEB_REDIRECT),
+        ("state", "s1"),
+        ("code_challenge", challenge),
+        ("code_challenge_method", "S256"),
+    ];
+    if let Some(scope) = scope {
+        query.push(("scope", scope));
+    }
+    support::encode_form(&query)
+}
+
+async fn get_login_form(auth: &Auth, query: &str) -> (StatusCode, HeaderMap, String) {
+    let response = auth
+        .http
+        .get(format!("{}?{query}", auth.url("/oauth/authorize")))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap())
+}
+
+/// Posts the login form of `html` with `cookie` as the CSRF cookie.
+async fn post_login_form(
+    auth: &Auth,
+    cookie: &str,
+    html: &str,
+    username: &str,
+    password: &str,
+) -> (StatusCode, HeaderMap, String) {
+    let mut form: Vec<(String, String)> = [
+        "csrf_token",
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "state",
+        "scope",
+        "code_challenge",
+        "code_challenge_method",
+    ]
+    .iter()
+    .filter_map(|name| hidden_field(html, name).map(|v| ((*name).to_owned(), v)))
+    .collect();
+    form.push(("action".into(), "login".into()));
+    form.push(("username".into(), username.into()));
+    form.push(("password".into(), password.into()));
+    let response = auth
+        .http
+        .post(auth.url("/oauth/authorize"))
+        .header("cookie", format!("codelab_auth_csrf={cookie}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(support::encode_form(&form))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap())
+}
+
+/// Signs in through the login page and redeems the code; returns the token answer.
+async fn browser_login(auth: &Auth, username: &str, password: &str, scope: Option<&str>) -> Value {
+    let (verifier, challenge) = pkce_pair();
+    let (status, headers, html) = get_login_form(auth, &authorize_query(&challenge, scope)).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let cookie = set_cookie(&headers, "codelab_auth_csrf").unwrap();
+    let (status, headers, body) = post_login_form(auth, &cookie, &html, username, password).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let location = headers["location"].to_str().unwrap();
+    let code = form_urlencoded::parse(location.split_once('?').unwrap().1.as_bytes())
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let (status, _, body) = auth
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("client_id", WEB),
+            ("code", &code),
+            ("redirect_uri", WEB_REDIRECT),
+            ("code_verifier", &verifier),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+// ---- finding 5: the login form stores nothing until it is submitted ----
+
+#[tokio::test]
+async fn a_flood_of_authorize_gets_stores_nothing_and_the_form_still_works() {
+    let cache = Cache::memory();
+    let options = Options {
+        cache: Some(cache.clone()),
+        ..Options::new(Backend::Sqlite)
+    };
+    let auth = Arc::new(Auth::start_with(options).await);
+    let (_, challenge) = pkce_pair();
+    let query = authorize_query(&challenge, None);
+    let before = cache.memory_entries();
+
+    let ok = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    futures_util::stream::iter(0..20_000)
+        .for_each_concurrent(64, |_| {
+            let auth = Arc::clone(&auth);
+            let query = query.clone();
+            let ok = Arc::clone(&ok);
+            async move {
+                let (status, headers, _) = get_login_form(&auth, &query).await;
+                if status == StatusCode::OK && set_cookie(&headers, "codelab_auth_csrf").is_some() {
+                    ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+        .await;
+    assert_eq!(ok.load(std::sync::atomic::Ordering::Relaxed), 20_000);
+    assert_eq!(
+        cache.memory_entries(),
+        before,
+        "showing the login form must not store anything"
+    );
+
+    // The form still works, and its submission stores exactly one (expiring) entry.
+    let tokens = browser_login(&auth, "admin", ADMIN_PASSWORD, None).await;
+    assert!(tokens["access_token"].is_string());
+    assert!(cache.memory_entries() <= before + 1);
+}
+
+#[tokio::test]
+async fn login_form_tokens_are_signed_single_use_and_expire() {
+    let auth = Auth::start(Backend::Sqlite).await;
+    let (_, challenge) = pkce_pair();
+    let query = authorize_query(&challenge, None);
+
+    // A token we did not sign (cookie and field agree, as an attacker can arrange) is refused.
+    let (_, _, html) = get_login_form(&auth, &query).await;
+    let forged = "AAAAAGZmZmZmZmZmZmZmZmZmZmZmZmZm.c2lnbmF0dXJlLW9mLXRoZS1hdHRhY2tlcg";
+    let html_forged = html.replace(&hidden_field(&html, "csrf_token").unwrap(), forged);
+    let (status, _, body) =
+        post_login_form(&auth, forged, &html_forged, "admin", ADMIN_PASSWORD).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("has expired"), "{body}");
+
+    // A signed token works once; its replay is refused.
+    let (_, headers, html) = get_login_form(&auth, &query).await;
+    let cookie = set_cookie(&headers, "codelab_auth_csrf").unwrap();
+    let (status, _, body) = post_login_form(&auth, &cookie, &html, "admin", ADMIN_PASSWORD).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    let (status, _, body) = post_login_form(&auth, &cookie, &html, "admin", ADMIN_PASSWORD).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "replayed: {body}");
+
+    // A signed token past its ten minutes is refused.
+    let (_, headers, html) = get_login_form(&auth, &query).await;
+    let cookie = set_cookie(&headers, "codelab_auth_csrf").unwrap();
+    auth.clock.advance(Duration::from_secs(601));
+    let (status, _, body) = post_login_form(&auth, &cookie, &html, "admin", ADMIN_PASSWORD).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "expired: {body}");
+}
+
+// ---- finding 10: private signing keys are encrypted at rest ----
+
+/// An auth service on a given database, for tests that restart it on the same data.
+struct Service {
+    base: String,
+    state: Arc<AppState>,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn config_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Config {
+    let mut config = Config {
+        db_url: db_url.to_owned(),
+        master_key: Secret::new("a-strong-admin-password-for-tests"),
+        internal_client_secret: Secret::new(INTERNAL_SECRET),
+        web_redirect_uris: vec![WEB_REDIRECT.to_owned()],
+        trusted_proxies: Vec::new(),
+        enable_rate_limiting: Some(false),
+        // Each restart listens on a new port: one issuer, so tokens outlive a restart.
+        jwt_issuer: Some("https://auth.codelab.test".to_owned()),
+        ..Config::default()
+    };
+    tweak(&mut config);
+    config
+}
+
+async fn try_build(config: Config, environment: Environment) -> Result<Arc<AppState>, BuildError> {
+    let deps = Deps {
+        environment,
+        clock: Arc::new(ManualClock::starting_now()),
+        cache: None,
+    };
+    codelab_auth::build(config, deps).await
+}
+
+async fn serve(mut config: Config, environment: Environment) -> Service {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    config.public_url = base.clone();
+    let state = try_build(config, environment).await.unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(codelab_core::http::serve(
+        listener,
+        codelab_auth::router(Arc::clone(&state)),
+        shutdown.clone(),
+        Duration::from_secs(1),
+    ));
+    Service {
+        base,
+        state,
+        http: reqwest::Client::new(),
+        shutdown,
+    }
+}
+
+impl Service {
+    async fn password_login(&self) -> String {
+        let response = self
+            .http
+            .post(format!("{}/oauth/token", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(support::encode_form(&[
+                ("grant_type", "password"),
+                ("client_id", FLUTTER),
+                ("username", "admin"),
+                ("password", "a-strong-admin-password-for-tests"),
+            ]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    async fn userinfo_status(&self, token: &str) -> StatusCode {
+        self.http
+            .get(format!("{}/oauth/userinfo", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    async fn stored_private_keys(&self) -> Vec<String> {
+        self.state
+            .store
+            .list_signing_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.private_key_pem)
+            .collect()
+    }
+}
+
+/// The `private_key_pem` column of every row, read from the SQLite file itself.
+async fn private_key_column(db_path: &std::path::Path) -> Vec<String> {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path.display()))
+        .await
+        .unwrap();
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT private_key_pem FROM signing_keys")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    rows.into_iter().map(|(pem,)| pem).collect()
+}
+
+fn assert_no_plaintext_key(stored: &[String]) {
+    assert!(!stored.is_empty());
+    for value in stored {
+        assert!(
+            !value.contains("PRIVATE KEY") && !value.contains("-----BEGIN"),
+            "a private key is stored in plaintext: {}…",
+            &value[..40.min(value.len())]
+        );
+        assert!(value.starts_with("codelab-sealed:v1:"), "{value:.40}");
+    }
+}
+
+#[tokio::test]
+async fn signing_keys_are_stored_encrypted_and_plaintext_keys_are_encrypted_on_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("auth.db");
+    let db_url = format!("sqlite:///{}", db_path.display());
+
+    // Before: a key set from a version without encryption (development, no key).
+    let old = serve(config_on(&db_url, |_| {}), Environment::Development).await;
+    let token = old.password_login().await;
+    let plaintext = old.stored_private_keys().await;
+    assert!(plaintext[0].starts_with("-----BEGIN PRIVATE KEY-----"));
+    drop(old);
+
+    // Started with a key-encryption key: the stored key is encrypted in place...
+    let new = serve(
+        config_on(&db_url, |c| c.key_encryption_key = KEY_A.into()),
+        Environment::Production,
+    )
+    .await;
+    assert_no_plaintext_key(&private_key_column(&db_path).await);
+    // ...it is the same key: tokens it signed before still verify, and new ones too.
+    assert_eq!(new.userinfo_status(&token).await, StatusCode::OK);
+    let fresh = new.password_login().await;
+    assert_eq!(new.userinfo_status(&fresh).await, StatusCode::OK);
+
+    // A rotation stores the new key encrypted as well.
+    let encryption = codelab_auth::keys::KeyEncryption::new(KEY_A, None).unwrap();
+    codelab_auth::keys::KeyManager::rotate_with(
+        new.state.store.as_ref(),
+        &*new.state.clock,
+        Duration::from_secs(3600),
+        &encryption,
+    )
+    .await
+    .unwrap();
+    let stored = private_key_column(&db_path).await;
+    assert_eq!(stored.len(), 2);
+    assert_no_plaintext_key(&stored);
+}
+
+#[tokio::test]
+async fn a_wrong_key_encryption_key_refuses_to_start_and_the_previous_key_rotates() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("auth.db");
+    let db_url = format!("sqlite:///{}", db_path.display());
+    let first = serve(
+        config_on(&db_url, |c| c.key_encryption_key = KEY_A.into()),
+        Environment::Staging,
+    )
+    .await;
+    let token = first.password_login().await;
+    let under_a = private_key_column(&db_path).await;
+    drop(first);
+
+    // Another key: a clear startup error naming the settings, and nothing rewritten.
+    let error = try_build(
+        config_on(&db_url, |c| c.key_encryption_key = KEY_B.into()),
+        Environment::Staging,
+    )
+    .await
+    .unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, BuildError::Keys(_)), "{message}");
+    assert!(
+        message.contains("AUTH_SERVICE__KEY_ENCRYPTION_KEY_PREVIOUS"),
+        "{message}"
+    );
+    assert!(message.contains("fingerprint"), "{message}");
+    assert_eq!(private_key_column(&db_path).await, under_a);
+
+    // Not even a key in development, when the stored keys are encrypted.
+    let error = try_build(config_on(&db_url, |_| {}), Environment::Development)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("is stored encrypted"), "{error}");
+
+    // Rotation of the key-encryption key: B current, A previous. The key is re-encrypted
+    // under B, and tokens it signed still verify.
+    let rotated = serve(
+        config_on(&db_url, |c| {
+            c.key_encryption_key = KEY_B.into();
+            c.key_encryption_key_previous = KEY_A.into();
+        }),
+        Environment::Staging,
+    )
+    .await;
+    let under_b = private_key_column(&db_path).await;
+    assert_no_plaintext_key(&under_b);
+    assert_ne!(under_b, under_a);
+    assert_eq!(rotated.userinfo_status(&token).await, StatusCode::OK);
+    drop(rotated);
+    // From now on B alone opens it.
+    let only_b = serve(
+        config_on(&db_url, |c| c.key_encryption_key = KEY_B.into()),
+        Environment::Staging,
+    )
+    .await;
+    assert_eq!(only_b.userinfo_status(&token).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn staging_and_production_refuse_to_start_without_a_key_encryption_key() {
+    for environment in [Environment::Staging, Environment::Production] {
+        let dir = tempfile::tempdir().unwrap();
+        let db_url = format!("sqlite:///{}", dir.path().join("auth.db").display());
+        let error = try_build(config_on(&db_url, |_| {}), environment)
+            .await
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, BuildError::Keys(_)), "{message}");
+        assert!(
+            message.contains("AUTH_SERVICE__KEY_ENCRYPTION_KEY is required outside development"),
+            "{message}"
+        );
+        // A key that is not 32 bytes is refused, without echoing it.
+        let error = try_build(
+            config_on(&db_url, |c| c.key_encryption_key = "change-me".into()),
+            environment,
+        )
+        .await
+        .unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("32 random bytes"), "{message}");
+        assert!(!message.contains("change-me"), "{message}");
+    }
+}
+
+// ---- low findings: audit rows ----
+
+fn rows_mentioning(rows: &[AuditRecord], event_type: &str) -> Vec<AuditRecord> {
+    rows.iter()
+        .filter(|r| r.event.event_type == event_type)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn admin_api_audit_rows_name_the_acting_admin_and_the_client_ip() {
+    let options = Options::new(Backend::Sqlite).tweak(|config| {
+        // The test client connects from 127.0.0.1, as a proxy in front would.
+        config.trusted_proxies = vec!["127.0.0.1/32".into()];
+    });
+    let auth = Auth::start_with(options).await;
+    let admin = auth
+        .state
+        .store
+        .find_user_by_login("admin")
+        .await
+        .unwrap()
+        .unwrap();
+    let token = auth
+        .state
+        .tokens
+        .issue(
+            TokenType::Access,
+            &admin.id,
+            WEB,
+            "api:read api:write api:admin",
+            900,
+        )
+        .unwrap()
+        .token;
+    let response = auth
+        .http
+        .post(auth.url("/admin/users"))
+        .bearer_auth(&token)
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("user-agent", "console-test")
+        .json(&serde_json::json!({ "username": "carol", "password": "carol-password-123" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let carol: Value = response.json().await.unwrap();
+    let response = auth
+        .http
+        .post(auth.url("/admin/users/carol/disable"))
+        .bearer_auth(&token)
+        .header("x-forwarded-for", "203.0.113.8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let rows = auth.audit_rows().await;
+    let added = rows_mentioning(&rows, "admin_user_add");
+    assert_eq!(added.len(), 1, "{rows:?}");
+    let added = &added[0];
+    assert_eq!(
+        added.event.user_id.as_deref(),
+        carol["id"].as_str(),
+        "the target"
+    );
+    let data = added.event.event_data.as_ref().unwrap();
+    assert_eq!(data["actor"]["user_id"], admin.id.as_str(), "{data}");
+    assert_eq!(data["actor"]["via"], "admin_api");
+    assert_eq!(added.event.ip_address.as_deref(), Some("203.0.113.7"));
+    assert_eq!(added.event.user_agent.as_deref(), Some("console-test"));
+    let disabled = &rows_mentioning(&rows, "admin_user_disable")[0];
+    assert_eq!(
+        disabled.event.event_data.as_ref().unwrap()["actor"]["user_id"],
+        admin.id.as_str()
+    );
+    assert_eq!(disabled.event.ip_address.as_deref(), Some("203.0.113.8"));
+
+    // `codelab admin` (the library it calls) is recorded as such, without an address.
+    codelab_auth::admin::set_user_enabled(auth.state.store.as_ref(), "carol", true)
+        .await
+        .unwrap();
+    let rows = auth.audit_rows().await;
+    let enabled = &rows_mentioning(&rows, "admin_user_enable")[0];
+    assert_eq!(
+        enabled.event.event_data.as_ref().unwrap()["actor"]["via"],
+        "cli"
+    );
+    assert_eq!(enabled.event.ip_address, None);
+}
+
+#[tokio::test]
+async fn a_failed_login_with_an_unknown_name_stores_a_keyed_hash_not_the_text() {
+    let auth = Auth::start(Backend::Sqlite).await;
+    // Someone typed their password into the username field, in both sign-in flows.
+    let (status, _, _) = auth
+        .token(&[
+            ("grant_type", "password"),
+            ("client_id", FLUTTER),
+            ("username", "hunter2-secret"),
+            ("password", "whatever-1234"),
+        ])
+        .await;
+    assert!(status.is_client_error(), "{status}");
+    let (_, challenge) = pkce_pair();
+    let (_, headers, html) = get_login_form(&auth, &authorize_query(&challenge, None)).await;
+    let cookie = set_cookie(&headers, "codelab_auth_csrf").unwrap();
+    let (status, _, body) =
+        post_login_form(&auth, &cookie, &html, "hunter2-secret", "whatever-1234").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("Invalid username or password"));
+    // A failure for a real account names the account.
+    let (status, _, _) = auth
+        .token(&[
+            ("grant_type", "password"),
+            ("client_id", FLUTTER),
+            ("username", "ADMIN@codelab.local"),
+            ("password", "wrong-password-123"),
+        ])
+        .await;
+    assert!(status.is_client_error(), "{status}");
+
+    let rows = auth.audit_rows().await;
+    let text = serde_json::to_string(
+        &rows
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect::<Vec<String>>(),
+    )
+    .unwrap();
+    assert!(
+        !text.contains("hunter2"),
+        "the typed text was stored: {text}"
+    );
+    let failed = rows_mentioning(&rows, "login_failed");
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    let hashes: Vec<&str> = failed
+        .iter()
+        .filter_map(|r| r.event.event_data.as_ref()?.get("login_hmac")?.as_str())
+        .collect();
+    assert_eq!(hashes.len(), 2, "{failed:?}");
+    assert_eq!(hashes[0], hashes[1], "the same text gives the same hash");
+    assert_eq!(hashes[0].len(), 32);
+    let named: Vec<&str> = failed
+        .iter()
+        .filter_map(|r| r.event.event_data.as_ref()?.get("username")?.as_str())
+        .collect();
+    assert_eq!(named, ["admin"]);
+}
+
+// ---- low findings: seeding ----
+
+#[tokio::test]
+async fn outside_development_a_generated_internal_secret_goes_to_a_0600_file_never_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("internal-client-secret");
+    let db_url = format!("sqlite:///{}", dir.path().join("auth.db").display());
+    let path = secret_file.clone();
+    let service = serve(
+        config_on(&db_url, move |c| {
+            c.key_encryption_key = KEY_A.into();
+            c.internal_client_secret = Secret::default();
+            c.internal_client_secret_file = Some(path);
+        }),
+        Environment::Production,
+    )
+    .await;
+    let report = service.state.take_seed_report().unwrap();
+    assert!(
+        report.internal_client_secret.is_none(),
+        "nothing to print outside development"
+    );
+    assert_eq!(
+        report.internal_client_secret_file.as_deref(),
+        Some(secret_file.as_path())
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret_file)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    let secret = secret.trim();
+    assert!(secret.len() >= 32);
+    // The file holds the client's real secret.
+    let response = service
+        .http
+        .post(format!("{}/oauth/token", service.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(support::encode_form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "codelab-internal"),
+            ("client_secret", secret),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn outside_development_the_internal_secret_must_be_provided() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite:///{}", dir.path().join("auth.db").display());
+    let error = try_build(
+        config_on(&db_url, |c| {
+            c.key_encryption_key = KEY_A.into();
+            c.internal_client_secret = Secret::default();
+        }),
+        Environment::Staging,
+    )
+    .await
+    .unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, BuildError::Seed(_)), "{message}");
+    assert!(
+        message.contains("AUTH_SERVICE__INTERNAL_CLIENT_SECRET_FILE"),
+        "{message}"
+    );
+
+    // A provided secret must not be guessable.
+    let error = try_build(
+        config_on(&db_url, |c| {
+            c.key_encryption_key = KEY_A.into();
+            c.internal_client_secret = "short-secret".into();
+        }),
+        Environment::Staging,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("AUTH_SERVICE__INTERNAL_CLIENT_SECRET is a known placeholder"),
+        "{error}"
+    );
+
+    // An existing file is the provided secret: read, never rewritten.
+    let secret_file = dir.path().join("provided");
+    std::fs::write(&secret_file, "a-provided-internal-secret-0123456789\n").unwrap();
+    let path = secret_file.clone();
+    let service = serve(
+        config_on(&db_url, move |c| {
+            c.key_encryption_key = KEY_A.into();
+            c.internal_client_secret = Secret::default();
+            c.internal_client_secret_file = Some(path);
+        }),
+        Environment::Staging,
+    )
+    .await;
+    let report = service.state.take_seed_report().unwrap();
+    assert!(report.internal_client_secret.is_none());
+    assert!(
+        report.internal_client_secret_file.is_none(),
+        "nothing generated"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&secret_file).unwrap(),
+        "a-provided-internal-secret-0123456789\n"
+    );
+}
+
+#[tokio::test]
+async fn the_default_web_redirect_uris_hold_no_localhost_outside_development() {
+    for (environment, expect_localhost) in [
+        (Environment::Development, true),
+        (Environment::Staging, false),
+        (Environment::Production, false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let db_url = format!("sqlite:///{}", dir.path().join("auth.db").display());
+        let service = serve(
+            config_on(&db_url, |c| {
+                c.key_encryption_key = KEY_A.into();
+                c.web_redirect_uris = Config::default().web_redirect_uris;
+            }),
+            environment,
+        )
+        .await;
+        let web = service.state.store.get_client(WEB).await.unwrap().unwrap();
+        let has_localhost = web
+            .redirect_uris
+            .iter()
+            .any(|uri| uri.contains("localhost") || uri.contains("127.0.0.1"));
+        assert_eq!(has_localhost, expect_localhost, "{environment}: {web:?}");
+        // So a code cannot be sent to a local port outside development.
+        let (_, challenge) = pkce_pair();
+        let query = support::encode_form(&[
+            ("response_type", "code"),
+            ("client_id", WEB),
+            ("redirect_uri", "http://localhost:8080/console/callback"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ]);
+        let status = service
+            .http
+            .get(format!("{}/oauth/authorize?{query}", service.base))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let expected = if expect_localhost {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        assert_eq!(status, expected, "{environment}");
+    }
+}
+
+// ---- low findings: the seeded clients' scopes ----
+
+#[tokio::test]
+async fn a_grant_without_scope_gets_the_clients_full_allowed_set() {
+    let auth = Auth::start(Backend::Sqlite).await;
+    auth.add_user("dora", "dora-password-123").await;
+    let scope_of = |body: &Value| body["scope"].as_str().unwrap().to_owned();
+
+    // The IDE and CLI clients: read and write, for users and administrators alike.
+    for client in [FLUTTER, "codelab-cli"] {
+        for (user, password) in [("dora", "dora-password-123"), ("admin", ADMIN_PASSWORD)] {
+            let (status, _, body) = auth
+                .token(&[
+                    ("grant_type", "password"),
+                    ("client_id", client),
+                    ("username", user),
+                    ("password", password),
+                ])
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(scope_of(&body), "api:read api:write", "{client} {user}");
+        }
+    }
+    // The website: read and write, plus api:admin for an administrator only.
+    let body = browser_login(&auth, "dora", "dora-password-123", None).await;
+    assert_eq!(scope_of(&body), "api:read api:write");
+    let body = browser_login(&auth, "admin", ADMIN_PASSWORD, None).await;
+    assert_eq!(scope_of(&body), "api:read api:write api:admin");
+    // The internal services' client: everything it is allowed.
+    let (status, _, body) = auth
+        .token(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "codelab-internal"),
+            ("client_secret", INTERNAL_SECRET),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(scope_of(&body), "api:admin api:read api:write");
+}
+
+// ---- the website's tokens reach browser JavaScript: they live at most five minutes ----
+
+#[tokio::test]
+async fn the_website_clients_access_tokens_last_at_most_five_minutes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("auth.db");
+    let db_url = format!("sqlite:///{}", db_path.display());
+    let first = serve(config_on(&db_url, |_| {}), Environment::Development).await;
+    let web = first.state.store.get_client(WEB).await.unwrap().unwrap();
+    assert_eq!(web.access_token_lifetime, 300, "the default is 900");
+    drop(first);
+
+    // A row seeded by an older version with the general lifetime is shortened at start.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE oauth_clients SET access_token_lifetime = 900 WHERE client_id = ?")
+        .bind(WEB)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let again = serve(config_on(&db_url, |_| {}), Environment::Development).await;
+    let web = again.state.store.get_client(WEB).await.unwrap().unwrap();
+    assert_eq!(web.access_token_lifetime, 300);
+    // Other clients keep the configured lifetime.
+    let ide = again
+        .state
+        .store
+        .get_client(FLUTTER)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ide.access_token_lifetime, 900);
+}
