@@ -37,7 +37,10 @@ pub fn init_tracing(environment: Environment, level: &str) {
         .with_writer(std::io::stderr);
     // Already initialised (several services in one process, or tests): keep the first one.
     let _ = match environment {
-        Environment::Development => builder.try_init(),
+        // Colours only on a terminal: a file or a log collector would get raw escape codes.
+        Environment::Development => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
         Environment::Staging | Environment::Production => builder
             .json()
             .flatten_event(true)

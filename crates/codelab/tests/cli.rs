@@ -196,6 +196,36 @@ fn config_show_layers_sources_and_redacts_secrets() {
 }
 
 #[tokio::test]
+async fn development_logs_into_a_pipe_carry_no_colour_codes() {
+    let port = free_port();
+    let mut child = codelab(
+        &["serve", "llm-proxy"],
+        &[
+            ("LLM_PROXY__INTERNAL_API_KEY", KEY),
+            ("LLM_PROXY__HOST", "127.0.0.1"),
+            ("LLM_PROXY__PORT", &port.to_string()),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let proxy = Running(child);
+    wait_healthy(&format!("http://127.0.0.1:{port}/health")).await;
+    assert!(proxy.terminate().success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    // Human-readable lines in development, coloured only on a terminal: a pipe, a file or a
+    // log collector gets plain text.
+    assert!(log.contains("llm proxy ready"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "colour codes in a piped log: {log:?}"
+    );
+}
+
+#[tokio::test]
 async fn serve_cuts_a_slow_header_client_after_the_configured_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let port = free_port();
