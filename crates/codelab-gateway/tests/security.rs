@@ -8,33 +8,25 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use codelab_auth::tokens::{TokenService, TokenType};
 use codelab_core::config::{Environment, Secret};
 use codelab_gateway::config::WsAuthMode;
 use codelab_testkit::ide_clients::{FlutterReplicaClient, ToolDecision};
 use common::{
-    ALLOWED_ORIGIN, FLUTTER_CLIENT, RUNTIME_KEY, SERVICE_KEY, Stack, StackOptions, USER_PASSWORD,
-    jwt_claims, start_stack, start_stack_with,
+    ALLOWED_ORIGIN, FLUTTER_CLIENT, PROMPTLY, RUNTIME_KEY, SERVICE_KEY, Socket, Stack,
+    StackOptions, USER_PASSWORD, jwt_claims, next_frame, send, start_stack, start_stack_with,
 };
-use futures_util::{SinkExt, StreamExt};
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// A bound for things that happen promptly.
-const PROMPTLY: Duration = Duration::from_secs(20);
 /// An origin no setting allows.
 const EVIL_ORIGIN: &str = "https://evil.example";
 /// An IDE origin allowed by `GATEWAY__WS_ALLOWED_ORIGINS` in [`origin_stack`].
 const IDE_ORIGIN: &str = "https://ide.example.test";
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn open(url: &str, headers: &[(&str, &str)]) -> Result<Socket, tungstenite::Error> {
     let mut request = url.into_client_request().unwrap();
@@ -61,26 +53,6 @@ async fn refusal(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
         }
         Err(other) => panic!("expected an HTTP refusal, got {other}"),
         Ok(_) => panic!("the upgrade of {url} was accepted"),
-    }
-}
-
-async fn send(socket: &mut Socket, frame: &Value) {
-    socket.send(Message::text(frame.to_string())).await.unwrap();
-}
-
-/// The next text frame as JSON.
-async fn next_frame(socket: &mut Socket) -> Value {
-    loop {
-        let message = tokio::time::timeout(PROMPTLY, socket.next())
-            .await
-            .expect("no frame in time")
-            .expect("the socket ended")
-            .expect("the socket failed");
-        match message {
-            Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
-            Message::Close(frame) => panic!("closed: {frame:?}"),
-            _ => {}
-        }
     }
 }
 

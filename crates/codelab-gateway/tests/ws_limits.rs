@@ -14,19 +14,16 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
-use common::{Stack, StackOptions, start_stack, start_stack_with};
+use common::{
+    PROMPTLY, Socket, Stack, StackOptions, next_frame, send, start_stack, start_stack_with,
+};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-/// A bound for things that happen promptly.
-const PROMPTLY: Duration = Duration::from_secs(20);
-
-type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(url: &str) -> Result<Socket, tungstenite::Error> {
     let (socket, _) = tokio_tungstenite::connect_async(url).await?;
@@ -39,26 +36,6 @@ async fn refused(url: &str) -> u16 {
         Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
         Err(other) => panic!("expected an HTTP refusal, got {other}"),
         Ok(_) => panic!("the upgrade of {url} was accepted"),
-    }
-}
-
-async fn send(socket: &mut Socket, frame: &Value) {
-    socket.send(Message::text(frame.to_string())).await.unwrap();
-}
-
-/// The next text frame as JSON.
-async fn frame(socket: &mut Socket) -> Value {
-    loop {
-        let message = tokio::time::timeout(PROMPTLY, socket.next())
-            .await
-            .expect("no frame in time")
-            .expect("the socket ended")
-            .expect("the socket failed");
-        match message {
-            Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
-            Message::Close(frame) => panic!("closed: {frame:?}"),
-            _ => {}
-        }
     }
 }
 
@@ -231,7 +208,7 @@ async fn a_hello_flood_fetches_the_history_once_at_a_time() {
     }
     // Frames are handled in order: once this one's error is back, every hello was.
     send(&mut socket, &json!({"type": "nope"})).await;
-    let error = frame(&mut socket).await;
+    let error = next_frame(&mut socket).await;
     assert_eq!(error["content"], "Unknown message type: nope", "{error}");
     assert_eq!(
         relay.fetches.load(Ordering::SeqCst),
@@ -244,7 +221,7 @@ async fn a_hello_flood_fetches_the_history_once_at_a_time() {
     let mut infos = 0;
     let mut replayed = 0;
     while infos < 2 {
-        let next = frame(&mut socket).await;
+        let next = next_frame(&mut socket).await;
         match next["type"].as_str() {
             Some("session_info") if next["metadata"]["seq"].is_null() => infos += 1,
             Some("assistant_message") => replayed += 1,
@@ -261,7 +238,7 @@ async fn a_hello_flood_fetches_the_history_once_at_a_time() {
         &json!({"type": "hello", "protocol": 2, "last_seq": 0}),
     )
     .await;
-    while frame(&mut socket).await["type"] != "session_info" {}
+    while next_frame(&mut socket).await["type"] != "session_info" {}
     assert_eq!(relay.fetches.load(Ordering::SeqCst), 3);
 
     let peak_growth = memory_bytes("VmHWM:").saturating_sub(resident_before);
@@ -435,7 +412,7 @@ async fn a_peer_that_sends_but_never_answers_pings_is_closed() {
     stop.send_replace(true);
     let mut alive = reader.await.unwrap();
     send(&mut alive, &json!({"type": "hello", "protocol": 2})).await;
-    assert_eq!(frame(&mut alive).await["type"], "session_info");
+    assert_eq!(next_frame(&mut alive).await["type"], "session_info");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -467,11 +444,11 @@ async fn a_long_replay_is_fetched_page_by_page_and_arrives_whole_in_order() {
         replica.url.replacen("http://", "ws://", 1)
     );
     let mut socket = connect(&url).await.unwrap();
-    assert_eq!(frame(&mut socket).await["type"], "session_info");
+    assert_eq!(next_frame(&mut socket).await["type"], "session_info");
     let mut seqs = Vec::new();
     let mut replies = Vec::new();
     while seqs.last() != Some(&last) {
-        let next = frame(&mut socket).await;
+        let next = next_frame(&mut socket).await;
         seqs.push(next["metadata"]["seq"].as_u64().unwrap());
         if next["type"] == "assistant_message" {
             replies.push(next["content"].as_str().unwrap().to_owned());

@@ -506,3 +506,39 @@ pub fn forge(header: &Value, claims: &Value, signature: &[u8]) -> String {
         URL_SAFE_NO_PAD.encode(signature)
     )
 }
+
+/// A client WebSocket of the tests.
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How long a test waits for a frame that should come.
+pub const PROMPTLY: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Sends `frame` as a text frame.
+pub async fn send(socket: &mut Socket, frame: &Value) {
+    use futures_util::SinkExt;
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            frame.to_string(),
+        ))
+        .await
+        .unwrap();
+}
+
+/// The next text frame as JSON (pings and pongs skipped); panics on close or after [`PROMPTLY`].
+pub async fn next_frame(socket: &mut Socket) -> Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(PROMPTLY, socket.next())
+            .await
+            .expect("no frame in time")
+            .expect("the socket ended")
+            .expect("the socket failed");
+        match message {
+            Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+            Message::Close(frame) => panic!("closed: {frame:?}"),
+            _ => {}
+        }
+    }
+}
