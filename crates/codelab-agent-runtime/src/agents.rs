@@ -1,12 +1,14 @@
-//! The agents: their kinds, tool sets and file rules (spec §3, §4.2), which of them a mode
-//! registers, and which model each one talks to.
+//! The agents (`docs/agent-runtime.md`, "Agents"): their kinds, tool sets and file rules,
+//! which of them a mode registers, and which model each one talks to.
 //!
 //! This is pure data and checks; prompts live in [`crate::prompts`], tool schemas in
 //! [`crate::tools`], and the turn engine decides what to do with a refused call.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::LazyLock;
 
+use codelab_protocol::ide::IDE_TOOLS;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -109,7 +111,7 @@ pub struct AgentSpec {
 }
 
 impl AgentSpec {
-    /// The spec of one kind (spec §4.2 tool sets, with our server-side tools).
+    /// The spec of one kind (the original's tool sets, with our server-side tools).
     pub fn of(kind: AgentKind) -> AgentSpec {
         AgentSpec {
             kind,
@@ -124,6 +126,14 @@ impl AgentSpec {
         self.tools.contains(&tool_name)
     }
 }
+
+/// Every IDE tool in registry order, then the completion tools; nobody to switch to.
+static UNIVERSAL_TOOLS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    IDE_TOOLS
+        .into_iter()
+        .chain(["attempt_completion", "ask_followup_question"])
+        .collect()
+});
 
 /// The tool names of one kind, in the order they are offered to the model.
 pub fn tools_of(kind: AgentKind) -> &'static [&'static str] {
@@ -166,17 +176,7 @@ pub fn tools_of(kind: AgentKind) -> &'static [&'static str] {
             "switch_mode",
             "attempt_completion",
         ],
-        // Every IDE tool in registry order; nobody to switch to.
-        AgentKind::Universal => &[
-            "read_file",
-            "write_file",
-            "list_files",
-            "create_directory",
-            "execute_command",
-            "search_in_code",
-            "attempt_completion",
-            "ask_followup_question",
-        ],
+        AgentKind::Universal => &UNIVERSAL_TOOLS,
     }
 }
 
@@ -433,6 +433,11 @@ mod tests {
         AgentRegistry::new(true, "mock-llm", "").unwrap()
     }
 
+    /// Whether the architect may call `write_file` with `arguments`.
+    fn architect_writes(r: &AgentRegistry, arguments: Value) -> Result<(), String> {
+        r.check_tool_allowed(AgentKind::Architect, "write_file", &arguments)
+    }
+
     #[test]
     fn multi_agent_mode_registers_the_five_agents_in_order() {
         let kinds: Vec<_> = multi().list().iter().map(|a| a.kind.as_str()).collect();
@@ -522,35 +527,12 @@ mod tests {
     #[test]
     fn architect_writes_only_markdown() {
         let r = multi();
-        assert!(
-            r.check_tool_allowed(
-                AgentKind::Architect,
-                "write_file",
-                &json!({"path": "docs/plan.md"})
-            )
-            .is_ok()
-        );
-        let err = r
-            .check_tool_allowed(
-                AgentKind::Architect,
-                "write_file",
-                &json!({"path": "src/main.rs"}),
-            )
-            .unwrap_err();
+        assert!(architect_writes(&r, json!({"path": "docs/plan.md"})).is_ok());
+        let err = architect_writes(&r, json!({"path": "src/main.rs"})).unwrap_err();
         assert!(err.contains("Markdown") && err.contains("coder"), "{err}");
         // Case-sensitive, as the original's regex.
-        assert!(
-            r.check_tool_allowed(
-                AgentKind::Architect,
-                "write_file",
-                &json!({"path": "README.MD"})
-            )
-            .is_err()
-        );
-        assert!(
-            r.check_tool_allowed(AgentKind::Architect, "write_file", &json!({}))
-                .is_err()
-        );
+        assert!(architect_writes(&r, json!({"path": "README.MD"})).is_err());
+        assert!(architect_writes(&r, json!({})).is_err());
     }
 
     #[test]

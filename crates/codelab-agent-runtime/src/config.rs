@@ -4,14 +4,8 @@
 use std::path::PathBuf;
 
 use codelab_core::config::{Environment, Secret};
+use codelab_core::service::{ConfigProblem, Listen, ServiceConfig};
 use serde::{Deserialize, Serialize};
-
-/// Default port of the runtime.
-pub const DEFAULT_PORT: u16 = 8001;
-/// Environment prefix of every setting.
-pub const ENV_PREFIX: &str = "AGENT_RUNTIME";
-/// Section name in the TOML config file.
-pub const SECTION: &str = "agent_runtime";
 
 /// `[agent_runtime]` / `AGENT_RUNTIME__*`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,10 +83,24 @@ impl Default for Config {
     }
 }
 
-impl Config {
+impl ServiceConfig for Config {
+    const SECTION: &'static str = "agent_runtime";
+    const ENV_PREFIX: &'static str = "AGENT_RUNTIME";
+    const DEFAULT_PORT: u16 = 8001;
+
     /// Checks the settings the rest of `build` does not: limits and, outside development,
     /// keys that are not the published defaults. The error names the setting.
-    pub fn validate(&self, environment: Environment) -> Result<(), String> {
+    fn validate(&self, environment: Environment) -> Result<(), ConfigProblem> {
+        self.settings_problem(environment).map_err(ConfigProblem)
+    }
+
+    fn listen(&self) -> Listen<'_> {
+        Listen::new(&self.host, self.port, &self.log_level)
+    }
+}
+
+impl Config {
+    fn settings_problem(&self, environment: Environment) -> Result<(), String> {
         if !(self.routing_timeout.is_finite() && self.routing_timeout > 0.0) {
             return Err(format!(
                 "AGENT_RUNTIME__ROUTING_TIMEOUT must be a positive number of seconds, got {}",

@@ -3,7 +3,7 @@
 //! Rules are shell-glob patterns on the tool name, evaluated first match wins; a rule may
 //! apply to some agents only. A tool no rule matches needs approval when it can change the
 //! workspace (unless the file says `unmatched: allow`); read-only and server-side tools do
-//! not. The built-in table is the original's (spec §5.2); `AGENT_RUNTIME__HITL_POLICY_FILE`
+//! not. The built-in table is the original's; `AGENT_RUNTIME__HITL_POLICY_FILE`
 //! replaces it with a YAML or JSON file (format in `docs/agent-runtime.md`, "HITL policy
 //! file").
 //!
@@ -389,6 +389,10 @@ fn default_rules() -> Vec<CompiledRule> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::disallowed_methods,
+        reason = "tests own their clock, ids and tasks"
+    )]
     use super::*;
 
     fn write(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
@@ -396,6 +400,16 @@ mod tests {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         (dir, path)
+    }
+
+    fn needs_approval(policy: &HitlPolicy, agent: AgentKind, tool: &str) -> bool {
+        policy.evaluate(agent, tool).requires_approval
+    }
+
+    /// The policy of a file `name` holding `text` (and the dir that holds it).
+    fn load(name: &str, text: &str) -> (tempfile::TempDir, HitlPolicy) {
+        let (dir, path) = write(name, text);
+        (dir, HitlPolicy::load(Some(&path)).unwrap())
     }
 
     #[test]
@@ -421,16 +435,8 @@ mod tests {
                 .as_deref(),
             Some("Directory creation requires user approval")
         );
-        assert!(
-            policy
-                .evaluate(AgentKind::Coder, "delete_file")
-                .requires_approval
-        );
-        assert!(
-            policy
-                .evaluate(AgentKind::Coder, "move_file")
-                .requires_approval
-        );
+        assert!(needs_approval(&policy, AgentKind::Coder, "delete_file"));
+        assert!(needs_approval(&policy, AgentKind::Coder, "move_file"));
         for safe in [
             "read_file",
             "list_files",
@@ -448,18 +454,13 @@ mod tests {
 
     #[test]
     fn a_disabled_policy_approves_nothing() {
-        let (_dir, path) = write("p.yaml", "enabled: false\ninclude_defaults: true\n");
-        let policy = HitlPolicy::load(Some(&path)).unwrap();
-        assert!(
-            !policy
-                .evaluate(AgentKind::Coder, "write_file")
-                .requires_approval
-        );
+        let (_dir, policy) = load("p.yaml", "enabled: false\ninclude_defaults: true\n");
+        assert!(!needs_approval(&policy, AgentKind::Coder, "write_file"));
     }
 
     #[test]
     fn yaml_rules_apply_first_match_first_and_per_agent() {
-        let (_dir, path) = write(
+        let (_dir, policy) = load(
             "policy.yml",
             r#"
 rules:
@@ -476,7 +477,6 @@ rules:
     reason: Commands need a look
 "#,
         );
-        let policy = HitlPolicy::load(Some(&path)).unwrap();
         // The architect-only rule comes first for the architect...
         assert_eq!(
             policy.evaluate(AgentKind::Architect, "write_file"),
@@ -487,16 +487,8 @@ rules:
         assert!(v.requires_approval);
         assert_eq!(v.reason.as_deref(), Some("Files need a look"));
         // First match wins: `*_file` shadows the later read_file rule.
-        assert!(
-            policy
-                .evaluate(AgentKind::Coder, "read_file")
-                .requires_approval
-        );
-        assert!(
-            policy
-                .evaluate(AgentKind::Debug, "execute_command")
-                .requires_approval
-        );
+        assert!(needs_approval(&policy, AgentKind::Coder, "read_file"));
+        assert!(needs_approval(&policy, AgentKind::Debug, "execute_command"));
         // Unmatched (the built-in table is replaced, not merged): a workspace-changing tool
         // still needs approval, a read-only one does not.
         let v = policy.evaluate(AgentKind::Coder, "create_directory");
@@ -513,8 +505,7 @@ rules:
 
     #[test]
     fn unmatched_allow_must_be_written_out() {
-        let (_dir, path) = write("p.yaml", "unmatched: allow\nrules: []\n");
-        let policy = HitlPolicy::load(Some(&path)).unwrap();
+        let (_dir, policy) = load("p.yaml", "unmatched: allow\nrules: []\n");
         assert_eq!(
             policy.evaluate(AgentKind::Coder, "execute_command"),
             Verdict::allow()
@@ -526,12 +517,11 @@ rules:
 
     #[test]
     fn agent_limited_waivers_are_exemptions_that_need_the_users_choice() {
-        let (_dir, path) = write(
+        let (_dir, policy) = load(
             "p.yaml",
             "include_defaults: true\nrules:\n  - pattern: execute_command\n    \
              requires_approval: false\n    agents: [debug]\n",
         );
-        let policy = HitlPolicy::load(Some(&path)).unwrap();
         assert_eq!(policy.exemptions(AgentKind::Debug), ["execute_command"]);
         assert!(policy.exemptions(AgentKind::Coder).is_empty());
         assert!(policy.has_exemptions());
@@ -598,26 +588,17 @@ rules:
 
     #[test]
     fn json_files_and_include_defaults_work() {
-        let (_dir, path) = write(
+        let (_dir, policy) = load(
             "policy.json",
             r#"{"include_defaults": true, "rules": [{"pattern": "execute_command", "requires_approval": false, "agents": ["debug"]}]}"#,
         );
-        let policy = HitlPolicy::load(Some(&path)).unwrap();
-        assert!(
-            !policy
-                .evaluate(AgentKind::Debug, "execute_command")
-                .requires_approval
-        );
-        assert!(
-            policy
-                .evaluate(AgentKind::Coder, "execute_command")
-                .requires_approval
-        );
-        assert!(
-            policy
-                .evaluate(AgentKind::Coder, "write_file")
-                .requires_approval
-        );
+        assert!(!needs_approval(
+            &policy,
+            AgentKind::Debug,
+            "execute_command"
+        ));
+        assert!(needs_approval(&policy, AgentKind::Coder, "execute_command"));
+        assert!(needs_approval(&policy, AgentKind::Coder, "write_file"));
     }
 
     #[test]

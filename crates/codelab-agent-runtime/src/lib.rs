@@ -25,23 +25,26 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
-use codelab_core::clock::{SharedClock, SystemClock};
+use codelab_core::clock::SharedClock;
 use codelab_core::config::Environment;
-use codelab_core::db::{DbError, DbOptions, connect_database, register_pool_metrics};
+use codelab_core::db::DbError;
 use codelab_core::http::{
-    Readiness, ServiceInfo, common_routes, require_internal_auth, with_standard_layers,
+    ErrorShape, Readiness, ServiceInfo, common_routes, require_internal_auth, with_standard_layers,
 };
-use codelab_core::telemetry::metrics_handle;
-use futures_util::FutureExt;
-use tokio::task::JoinHandle;
+use codelab_core::service::{
+    BackgroundTask, ConfigProblem, Service, SharedDeps, connect_service_database, drain_tasks,
+    fmt_state,
+};
 use tokio_util::task::TaskTracker;
 
 pub use config::Config;
-use engine::{Engine, Limits};
+use engine::{Engine, EngineParts, Limits};
 use store::{RuntimeStore, StoreError};
 
 /// Service name in health answers, logs and metric names (`codelab_agent_runtime_*`).
 pub const SERVICE_NAME: &str = "agent-runtime";
+/// The agent runtime, as `codelab serve agent-runtime`, `codelab up` and the test stack run it.
+pub type RuntimeService = AppState;
 /// How often idle sessions are purged.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Sessions removed per purge statement (so one purge never holds the database for long).
@@ -53,45 +56,12 @@ pub const PURGE_BATCH: u32 = 100;
 /// 15 s (human approvals take seconds to minutes, so finer is not worth it).
 pub const PENDING_APPROVALS_REFRESH: Duration = Duration::from_secs(15);
 
-/// What the runtime needs from outside its config section.
-#[derive(Clone)]
-pub struct Deps {
-    /// The deployment profile.
-    pub environment: Environment,
-    /// Time for the retention cutoff.
-    pub clock: SharedClock,
-}
-
-impl Deps {
-    /// Production dependencies for `environment`: the system clock.
-    pub fn new(environment: Environment) -> Deps {
-        Deps {
-            environment,
-            clock: Arc::new(SystemClock),
-        }
-    }
-}
-
-impl Default for Deps {
-    fn default() -> Self {
-        Deps::new(Environment::Development)
-    }
-}
-
-impl std::fmt::Debug for Deps {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deps")
-            .field("environment", &self.environment)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// A setting is unusable.
     #[error("invalid agent-runtime configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigProblem),
     #[error(transparent)]
     Agents(#[from] agents::AgentConfigError),
     #[error(transparent)]
@@ -106,15 +76,6 @@ pub enum BuildError {
     /// Migrations failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// Aborts a background task when the state holding it is dropped.
-struct TaskGuard(JoinHandle<()>);
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Shared state of the runtime's handlers.
@@ -134,29 +95,16 @@ pub struct AppState {
     /// The work of streaming requests, which outlives a client that goes away.
     pub tasks: TaskTracker,
     readiness: Readiness,
-    _background: Vec<TaskGuard>,
+    _background: Vec<BackgroundTask>,
 }
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState")
-            .field("info", &self.info)
-            .field("environment", &self.environment)
-            .finish_non_exhaustive()
+        fmt_state(f, &self.info, self.environment)
     }
 }
 
 impl AppState {
-    /// Waits up to `timeout` for frames still being processed (after the server stopped
-    /// accepting requests), so their results are stored; `false` if some were still running.
-    /// What does not finish is resumed by the next process (see `Engine::recover`).
-    pub async fn drain(&self, timeout: Duration) -> bool {
-        self.tasks.close();
-        tokio::time::timeout(timeout, self.tasks.wait())
-            .await
-            .is_ok()
-    }
-
     /// Removes the sessions idle longer than `AGENT_RUNTIME__SESSION_RETENTION_DAYS` by the
     /// state's clock, as the hourly job does; returns how many (0 when retention is off).
     pub async fn purge_now(&self) -> Result<u64, StoreError> {
@@ -169,73 +117,132 @@ impl AppState {
     }
 }
 
-/// Validates the settings, loads agents, prompts and the HITL policy, connects the database
-/// (running its migrations), counts the pending approvals and starts the background tasks:
-/// the hourly purge of idle sessions, the recount of pending approvals and the recovery sweep.
-pub async fn build(config: Config, deps: Deps) -> Result<Arc<AppState>, BuildError> {
-    let _ = metrics_handle();
-    metrics::describe();
-    config
-        .validate(deps.environment)
-        .map_err(BuildError::Config)?;
-    let registry = agents::AgentRegistry::from_config(&config)?;
-    let prompts = prompts::Prompts::load(config.prompts_dir.as_deref())?;
-    let hitl = hitl::HitlPolicy::load(config.hitl_policy_file.as_deref())?;
-    let llm = llm::LlmClient::from_config(&config)?;
-    let info = ServiceInfo::new(SERVICE_NAME, config.version.clone());
-    let options = DbOptions {
-        max_connections: config.db_max_connections,
-        ..DbOptions::default()
-    };
-    let pool = connect_database(&config.db_url, &options).await?;
-    register_pool_metrics(&info, pool.clone());
-    let store = store::open_store(pool).await?;
-    let readiness = readiness(Arc::clone(&store), &config.llm_proxy_url)?;
-    // Counted before the first request, so the gauge is in the first scrape and right.
-    metrics::refresh_pending_approvals(store.as_ref()).await;
-    let recount = tokio::spawn(pending_approvals_loop(Arc::clone(&store)));
-    let mut background = vec![TaskGuard(recount)];
-    if config.session_retention_days > 0 {
-        background.push(TaskGuard(tokio::spawn(purge_loop(
-            Arc::clone(&store),
-            deps.clock.clone(),
-            config.session_retention_days,
-        ))));
+impl Service for AppState {
+    const NAME: &'static str = SERVICE_NAME;
+    type Config = Config;
+    type BuildError = BuildError;
+
+    /// Loads agents, prompts and the HITL policy, connects the database
+    /// (running its migrations), counts the pending approvals and starts the background tasks:
+    /// the hourly purge of idle sessions, the recount of pending approvals and the recovery sweep.
+    async fn start(config: Config, deps: SharedDeps) -> Result<Arc<AppState>, BuildError> {
+        let registry = agents::AgentRegistry::from_config(&config)?;
+        let prompts = prompts::Prompts::load(config.prompts_dir.as_deref())?;
+        let hitl = hitl::HitlPolicy::load(config.hitl_policy_file.as_deref())?;
+        let llm = llm::LlmClient::from_config(&config)?;
+        metrics::describe();
+        let info = ServiceInfo::new(SERVICE_NAME, config.version.clone())
+            .with_error_shape(ErrorShape::Detail);
+        let pool =
+            connect_service_database(&info, &config.db_url, config.db_max_connections).await?;
+        let store = store::open_store(pool, deps.clock.clone()).await?;
+        let readiness = readiness(Arc::clone(&store), &config.llm_proxy_url)?;
+        // Counted before the first request, so the gauge is in the first scrape and right.
+        metrics::refresh_pending_approvals(store.as_ref()).await;
+        let recount = codelab_core::tasks::spawn(
+            "pending-approvals-gauge",
+            pending_approvals_loop(Arc::clone(&store)),
+        );
+        let mut background = vec![BackgroundTask(recount)];
+        if config.session_retention_days > 0 {
+            background.push(BackgroundTask(codelab_core::tasks::spawn(
+                "session-retention",
+                purge_loop(
+                    Arc::clone(&store),
+                    deps.clock.clone(),
+                    config.session_retention_days,
+                ),
+            )));
+        }
+        let engine = Arc::new(Engine::new(EngineParts {
+            store: Arc::clone(&store),
+            registry,
+            prompts,
+            hitl,
+            llm,
+            limits: Limits::from_config(&config),
+            clock: deps.clock.clone(),
+        }));
+        if let Some(every) = Duration::try_from_secs_f64(config.recovery_interval)
+            .ok()
+            .filter(|d| !d.is_zero())
+        {
+            background.push(BackgroundTask(codelab_core::tasks::spawn(
+                "turn-recovery",
+                recovery_loop(Arc::clone(&engine), every),
+            )));
+        }
+        tracing::info!(
+            multi_agent_mode = config.multi_agent_mode,
+            model = %config.llm_model,
+            database = store_kind(&config.db_url),
+            "agent runtime ready"
+        );
+        Ok(Arc::new(AppState {
+            info,
+            environment: deps.environment,
+            store,
+            engine,
+            clock: deps.clock.clone(),
+            tasks: TaskTracker::new(),
+            readiness,
+            config,
+            _background: background,
+        }))
     }
-    let engine = Arc::new(Engine::new(
-        Arc::clone(&store),
-        registry,
-        prompts,
-        hitl,
-        llm,
-        Limits::from_config(&config),
-    ));
-    if let Some(every) = Duration::try_from_secs_f64(config.recovery_interval)
-        .ok()
-        .filter(|d| !d.is_zero())
-    {
-        background.push(TaskGuard(tokio::spawn(recovery_loop(
-            Arc::clone(&engine),
-            every,
-        ))));
+
+    /// All routes of the runtime, with internal auth, limits and telemetry applied.
+    fn router(state: Arc<AppState>) -> Router {
+        use handlers::{agents as agent_routes, sessions, stream};
+        let api = Router::new()
+            .route("/agent/message/stream", post(stream::stream_message))
+            .route(
+                "/sessions",
+                get(sessions::list_sessions).post(sessions::create_session),
+            )
+            .route(
+                "/sessions/{session_id}",
+                get(sessions::get_session)
+                    .patch(sessions::update_session)
+                    .delete(sessions::delete_session),
+            )
+            .route(
+                "/sessions/{session_id}/history",
+                get(sessions::session_history),
+            )
+            .route(
+                "/sessions/{session_id}/events",
+                get(sessions::session_events),
+            )
+            .route(
+                "/sessions/{session_id}/pending-approvals",
+                get(sessions::pending_approvals),
+            )
+            .route("/sessions/{session_id}/cancel", post(sessions::cancel_turn))
+            .route(
+                "/internal/sessions/{session_id}/owner",
+                get(sessions::session_owner),
+            )
+            .route("/agents", get(agent_routes::list_agents))
+            .route(
+                "/agents/{session_id}/current",
+                get(agent_routes::current_agent),
+            )
+            .fallback(handlers::not_found)
+            .with_state(Arc::clone(&state));
+        // `/health`, `/ready` and `/metrics` are merged outside the auth layer: probes and
+        // Prometheus carry no key.
+        let app = require_internal_auth(api, state.config.internal_api_key.clone(), &[])
+            .merge(common_routes(state.info.clone(), state.readiness.clone()));
+        with_standard_layers(app, &state.info, state.config.max_body_bytes)
     }
-    tracing::info!(
-        multi_agent_mode = config.multi_agent_mode,
-        model = %config.llm_model,
-        database = store_kind(&config.db_url),
-        "agent runtime ready"
-    );
-    Ok(Arc::new(AppState {
-        info,
-        environment: deps.environment,
-        store,
-        engine,
-        clock: deps.clock.clone(),
-        tasks: TaskTracker::new(),
-        readiness,
-        config,
-        _background: background,
-    }))
+
+    /// Waits up to `timeout` for frames still being processed (after the server stopped
+    /// accepting requests), so their results are stored; `false` if some were still running.
+    /// What does not finish is resumed by the next process (see `Engine::recover`).
+    async fn drain(&self, timeout: Duration) -> bool {
+        drain_tasks(&self.tasks, timeout).await
+    }
 }
 
 fn store_kind(url: &str) -> &'static str {
@@ -251,28 +258,23 @@ fn readiness(store: Arc<dyn RuntimeStore>, proxy_url: &str) -> Result<Readiness,
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .build()
-        .map_err(|e| BuildError::Config(format!("cannot create the HTTP client: {e}")))?;
+        .map_err(|e| {
+            BuildError::Config(ConfigProblem(format!("cannot create the HTTP client: {e}")))
+        })?;
     let health = format!("{}/health", proxy_url.trim().trim_end_matches('/'));
     Ok(Readiness::new()
-        .with_check("database", move || {
-            let store = Arc::clone(&store);
-            async move { store.ping().await.map_err(|e| e.to_string()) }.boxed()
-        })
-        .with_check("llm_proxy", move || {
-            let (http, health) = (http.clone(), health.clone());
-            async move {
-                let response = http
-                    .get(&health)
-                    .send()
-                    .await
-                    .map_err(|e| format!("cannot reach the LLM proxy: {e}"))?;
-                if response.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("the LLM proxy answered {}", response.status()))
-                }
+        .with_probe("database", store, |store| async move { store.ping().await })
+        .with_probe("llm_proxy", (http, health), |(http, health)| async move {
+            let response = http
+                .get(&health)
+                .send()
+                .await
+                .map_err(|e| format!("cannot reach the LLM proxy: {e}"))?;
+            if response.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("the LLM proxy answered {}", response.status()))
             }
-            .boxed()
         }))
 }
 
@@ -357,50 +359,4 @@ async fn recovery_loop(engine: Arc<Engine>, every: Duration) {
             Err(error) => tracing::warn!(%error, "looking for stalled turns failed"),
         }
     }
-}
-
-/// All routes of the runtime, with internal auth, limits and telemetry applied.
-pub fn router(state: Arc<AppState>) -> Router {
-    use handlers::{agents as agent_routes, sessions, stream};
-    let api = Router::new()
-        .route("/agent/message/stream", post(stream::stream_message))
-        .route(
-            "/sessions",
-            get(sessions::list_sessions).post(sessions::create_session),
-        )
-        .route(
-            "/sessions/{session_id}",
-            get(sessions::get_session)
-                .patch(sessions::update_session)
-                .delete(sessions::delete_session),
-        )
-        .route(
-            "/sessions/{session_id}/history",
-            get(sessions::session_history),
-        )
-        .route(
-            "/sessions/{session_id}/events",
-            get(sessions::session_events),
-        )
-        .route(
-            "/sessions/{session_id}/pending-approvals",
-            get(sessions::pending_approvals),
-        )
-        .route("/sessions/{session_id}/cancel", post(sessions::cancel_turn))
-        .route(
-            "/internal/sessions/{session_id}/owner",
-            get(sessions::session_owner),
-        )
-        .route("/agents", get(agent_routes::list_agents))
-        .route(
-            "/agents/{session_id}/current",
-            get(agent_routes::current_agent),
-        )
-        .fallback(handlers::not_found)
-        .with_state(Arc::clone(&state));
-    // `/health`, `/ready` and `/metrics` are merged outside the auth layer: probes and
-    // Prometheus carry no key.
-    let app = require_internal_auth(api, state.config.internal_api_key.clone(), &[])
-        .merge(common_routes(state.info.clone(), state.readiness.clone()));
-    with_standard_layers(app, &state.info, state.config.max_body_bytes)
 }

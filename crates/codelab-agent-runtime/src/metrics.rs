@@ -35,33 +35,39 @@ pub const TURNS_RECOVERED: &str = "codelab_agent_runtime_turns_recovered_total";
 /// database, so every replica reports the same number: dashboards take `max`, not `sum`.
 pub const PENDING_APPROVALS: &str = "codelab_agent_runtime_pending_approvals";
 
+/// Help texts of the counters.
+const COUNTERS: [(&str, &str); 8] = [
+    (TURNS, "Turns ended or paused, by outcome"),
+    (STEPS, "LLM steps started"),
+    (TOOL_CALLS, "Tool calls settled, by tool and outcome"),
+    (APPROVALS, "Human decisions on tool calls, by decision"),
+    (
+        ROUTING_DECISIONS,
+        "Agent changes by target agent and method",
+    ),
+    (LLM_TOKENS, "LLM tokens by direction"),
+    (SESSIONS_PURGED, "Idle sessions removed by retention"),
+    (
+        TURNS_RECOVERED,
+        "Turns resumed after their runner died (crash, restart, lost replica)",
+    ),
+];
+
 /// Registers help texts (once per process; repeated calls are harmless).
 pub fn describe() {
-    metrics::describe_counter!(TURNS, "Turns ended or paused, by outcome");
-    metrics::describe_counter!(STEPS, "LLM steps started");
-    metrics::describe_counter!(TOOL_CALLS, "Tool calls settled, by tool and outcome");
-    metrics::describe_counter!(APPROVALS, "Human decisions on tool calls, by decision");
-    metrics::describe_counter!(
-        ROUTING_DECISIONS,
-        "Agent changes by target agent and method"
-    );
-    metrics::describe_histogram!(
-        LLM_REQUEST_DURATION,
-        metrics::Unit::Seconds,
-        "LLM step duration, request to end of answer, by outcome"
-    );
-    metrics::describe_histogram!(
-        LLM_TTFT,
-        metrics::Unit::Seconds,
-        "Time to the first piece of an LLM answer"
-    );
-    metrics::describe_counter!(LLM_TOKENS, "LLM tokens by direction");
+    for (name, help) in COUNTERS {
+        metrics::describe_counter!(name, help);
+    }
+    for (name, help) in [
+        (
+            LLM_REQUEST_DURATION,
+            "LLM step duration, request to end of answer, by outcome",
+        ),
+        (LLM_TTFT, "Time to the first piece of an LLM answer"),
+    ] {
+        metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+    }
     metrics::describe_gauge!(ACTIVE_TURNS, "Frames being processed");
-    metrics::describe_counter!(SESSIONS_PURGED, "Idle sessions removed by retention");
-    metrics::describe_counter!(
-        TURNS_RECOVERED,
-        "Turns resumed after their runner died (crash, restart, lost replica)"
-    );
     metrics::describe_gauge!(
         PENDING_APPROVALS,
         "Tool calls waiting for a human approval, in all sessions (the same on every replica)"
@@ -135,16 +141,10 @@ pub async fn refresh_pending_approvals(store: &dyn RuntimeStore) {
 pub struct ActiveTurnGuard;
 
 impl ActiveTurnGuard {
-    /// Counts one more frame in progress.
-    pub fn new() -> Self {
+    /// Counts one more frame in progress, until the guard is dropped.
+    pub fn start() -> Self {
         metrics::gauge!(ACTIVE_TURNS).increment(1.0);
         ActiveTurnGuard
-    }
-}
-
-impl Default for ActiveTurnGuard {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

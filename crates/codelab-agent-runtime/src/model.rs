@@ -8,6 +8,29 @@ use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// `as_str` (the stored name; for [`Role`] also the OpenAI role name) and `parse` from one
+/// table, so the two directions cannot drift apart.
+macro_rules! stored_names {
+    ($kind:ident { $($variant:ident => $name:literal),* $(,)? }) => {
+        impl $kind {
+            /// The stored name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($kind::$variant => $name,)*
+                }
+            }
+
+            /// Parses a stored name.
+            pub fn parse(value: &str) -> Option<Self> {
+                match value {
+                    $($name => Some($kind::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
 /// A conversation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Session {
@@ -52,17 +75,12 @@ pub enum Role {
     Tool,
 }
 
-impl Role {
-    /// The OpenAI role name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::User => "user",
-            Role::Assistant => "assistant",
-            Role::System => "system",
-            Role::Tool => "tool",
-        }
-    }
-}
+stored_names!(Role {
+    User => "user",
+    Assistant => "assistant",
+    System => "system",
+    Tool => "tool",
+});
 
 /// A stored message of the conversation, in the order the LLM sees it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -91,6 +109,28 @@ pub struct NewMessage {
     pub agent: Option<String>,
     pub tool_calls: Option<Value>,
     pub tool_call_id: Option<String>,
+}
+
+impl NewMessage {
+    /// A message of `role` holding `text` alone (no agent, tool calls or call id).
+    pub fn text(session_id: &str, role: Role, text: &str) -> Self {
+        NewMessage {
+            session_id: session_id.to_owned(),
+            role,
+            content: Some(text.to_owned()),
+            agent: None,
+            tool_calls: None,
+            tool_call_id: None,
+        }
+    }
+
+    /// The `tool` message answering `call_id`.
+    pub fn tool_result(session_id: &str, call_id: &str, text: &str) -> Self {
+        NewMessage {
+            tool_call_id: Some(call_id.to_owned()),
+            ..NewMessage::text(session_id, Role::Tool, text)
+        }
+    }
 }
 
 /// Where a tool call stands.
@@ -124,36 +164,18 @@ impl ToolCallStatus {
             ToolCallStatus::PendingApproval | ToolCallStatus::AwaitingResult
         )
     }
-
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ToolCallStatus::PendingApproval => "pending_approval",
-            ToolCallStatus::AwaitingResult => "awaiting_result",
-            ToolCallStatus::Succeeded => "succeeded",
-            ToolCallStatus::Failed => "failed",
-            ToolCallStatus::Rejected => "rejected",
-            ToolCallStatus::Cancelled => "cancelled",
-            ToolCallStatus::Invalid => "invalid",
-            ToolCallStatus::Executed => "executed",
-        }
-    }
-
-    /// Parses a stored name.
-    pub fn parse(value: &str) -> Option<Self> {
-        Some(match value {
-            "pending_approval" => ToolCallStatus::PendingApproval,
-            "awaiting_result" => ToolCallStatus::AwaitingResult,
-            "succeeded" => ToolCallStatus::Succeeded,
-            "failed" => ToolCallStatus::Failed,
-            "rejected" => ToolCallStatus::Rejected,
-            "cancelled" => ToolCallStatus::Cancelled,
-            "invalid" => ToolCallStatus::Invalid,
-            "executed" => ToolCallStatus::Executed,
-            _ => return None,
-        })
-    }
 }
+
+stored_names!(ToolCallStatus {
+    PendingApproval => "pending_approval",
+    AwaitingResult => "awaiting_result",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Rejected => "rejected",
+    Cancelled => "cancelled",
+    Invalid => "invalid",
+    Executed => "executed",
+});
 
 /// One tool call of an assistant reply, with its approval verdict and outcome.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -200,6 +222,22 @@ pub struct ToolCallUpdate {
     pub tool_message: Option<String>,
 }
 
+impl ToolCallUpdate {
+    /// A change to `status` alone: every other field keeps its stored value, nothing settles.
+    pub fn to(status: ToolCallStatus) -> Self {
+        ToolCallUpdate {
+            status,
+            decision: None,
+            feedback: None,
+            modified_arguments: None,
+            result: None,
+            error: None,
+            settle: false,
+            tool_message: None,
+        }
+    }
+}
+
 /// Outcome of an atomic tool-call update.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UpdateOutcome {
@@ -238,32 +276,16 @@ pub enum TurnStatus {
     StepLimit,
 }
 
+stored_names!(TurnStatus {
+    Running => "running",
+    AwaitingTools => "awaiting_tools",
+    Completed => "completed",
+    Cancelled => "cancelled",
+    Failed => "failed",
+    StepLimit => "step_limit",
+});
+
 impl TurnStatus {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TurnStatus::Running => "running",
-            TurnStatus::AwaitingTools => "awaiting_tools",
-            TurnStatus::Completed => "completed",
-            TurnStatus::Cancelled => "cancelled",
-            TurnStatus::Failed => "failed",
-            TurnStatus::StepLimit => "step_limit",
-        }
-    }
-
-    /// Parses a stored name.
-    pub fn parse(value: &str) -> Option<Self> {
-        Some(match value {
-            "running" => TurnStatus::Running,
-            "awaiting_tools" => TurnStatus::AwaitingTools,
-            "completed" => TurnStatus::Completed,
-            "cancelled" => TurnStatus::Cancelled,
-            "failed" => TurnStatus::Failed,
-            "step_limit" => TurnStatus::StepLimit,
-            _ => return None,
-        })
-    }
-
     /// Whether the turn is over.
     pub fn is_finished(self) -> bool {
         !matches!(self, TurnStatus::Running | TurnStatus::AwaitingTools)
@@ -284,6 +306,20 @@ pub struct Turn {
     /// When a `cancel_turn` asked for this turn to stop (set without the session lock; the
     /// process running the turn polls it).
     pub cancel_requested_at: Option<DateTime<Utc>>,
+}
+
+impl Turn {
+    /// This turn, at its current steps and agent, moving to `status` (only while still in
+    /// `expect`, when given).
+    pub fn update_to(&self, status: TurnStatus, expect: Option<(TurnStatus, i32)>) -> TurnUpdate {
+        TurnUpdate {
+            turn_id: self.id.clone(),
+            status,
+            steps: self.steps,
+            agent: self.agent.clone(),
+            expect,
+        }
+    }
 }
 
 /// A turn's new state, part of a [`StepCommit`].

@@ -1,5 +1,5 @@
 //! The tool registry: the original's exact JSON-schema parameters for the six IDE tools
-//! (spec §5.1) and our server-side tools, the definitions offered to each agent, and the
+//! and our server-side tools, the definitions offered to each agent, and the
 //! validation of the arguments a model sends.
 //!
 //! Arguments are validated before anything reaches the IDE and are then relayed exactly as
@@ -50,14 +50,7 @@ impl ToolSpec {
 }
 
 /// Names of the tools the IDE executes, in registry order.
-pub const IDE_TOOLS: [&str; 6] = [
-    "read_file",
-    "write_file",
-    "list_files",
-    "create_directory",
-    "execute_command",
-    "search_in_code",
-];
+pub use codelab_protocol::ide::IDE_TOOLS;
 
 /// IDE tools that only read the workspace. Every other IDE tool (and any name not known
 /// here) is treated as changing it, so a new tool needs approval until a rule says otherwise.
@@ -231,9 +224,19 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
+/// A property of a tool's argument schema.
+fn property(kind: &str, description: &str) -> Value {
+    json!({"type": kind, "description": description})
+}
+
+/// A property with the default the IDE applies when the model leaves it out.
+fn property_with_default(kind: &str, description: &str, default: impl Into<Value>) -> Value {
+    json!({"type": kind, "description": description, "default": default.into()})
+}
+
 fn build_registry() -> Vec<ToolSpec> {
-    // Order matters for the LLM request (spec §5.1): switch_mode first, then the IDE tools,
-    // then our completion tools.
+    // Order matters for the LLM request (the original's order): switch_mode first, then the
+    // IDE tools, then our completion tools.
     vec![
         ToolSpec {
             name: "switch_mode",
@@ -250,11 +253,11 @@ fn build_registry() -> Vec<ToolSpec> {
                             designs and documents, debug investigates failures, ask explains; \
                             orchestrator when unsure."
                     },
-                    "reason": {
-                        "type": "string",
-                        "description": "Why the other agent is better suited.",
-                        "default": "Task requires different agent capabilities"
-                    }
+                    "reason": property_with_default(
+                        "string",
+                        "Why the other agent is better suited.",
+                        "Task requires different agent capabilities",
+                    )
                 },
                 "required": ["mode"]
             }),
@@ -266,15 +269,12 @@ fn build_registry() -> Vec<ToolSpec> {
             parameters: json!({
                 "type": "object",
                 "properties": {
-                    "path": {
-                        "type": "string",
-                        "description": "File path relative to the workspace root."
-                    },
-                    "encoding": {
-                        "type": "string",
-                        "description": "Text encoding of the file.",
-                        "default": "utf-8"
-                    },
+                    "path": property("string", "File path relative to the workspace root."),
+                    "encoding": property_with_default(
+                        "string",
+                        "Text encoding of the file.",
+                        "utf-8",
+                    ),
                     "start_line": {
                         "type": "integer",
                         "description": "First line to read (1-based, inclusive).",
@@ -296,29 +296,19 @@ fn build_registry() -> Vec<ToolSpec> {
             parameters: json!({
                 "type": "object",
                 "properties": {
-                    "path": {
-                        "type": "string",
-                        "description": "File path relative to the workspace root."
-                    },
-                    "content": {
-                        "type": "string",
-                        "description": "The complete new content of the file."
-                    },
-                    "encoding": {
-                        "type": "string",
-                        "description": "Text encoding to write.",
-                        "default": "utf-8"
-                    },
-                    "create_dirs": {
-                        "type": "boolean",
-                        "description": "Create missing parent directories.",
-                        "default": false
-                    },
-                    "backup": {
-                        "type": "boolean",
-                        "description": "Keep a backup of the previous content.",
-                        "default": true
-                    }
+                    "path": property("string", "File path relative to the workspace root."),
+                    "content": property("string", "The complete new content of the file."),
+                    "encoding": property_with_default("string", "Text encoding to write.", "utf-8"),
+                    "create_dirs": property_with_default(
+                        "boolean",
+                        "Create missing parent directories.",
+                        false,
+                    ),
+                    "backup": property_with_default(
+                        "boolean",
+                        "Keep a backup of the previous content.",
+                        true,
+                    )
                 },
                 "required": ["path", "content"]
             }),
@@ -330,24 +320,17 @@ fn build_registry() -> Vec<ToolSpec> {
             parameters: json!({
                 "type": "object",
                 "properties": {
-                    "path": {
-                        "type": "string",
-                        "description": "Directory relative to the workspace root (\".\" for the root)."
-                    },
-                    "recursive": {
-                        "type": "boolean",
-                        "description": "Include subdirectories.",
-                        "default": false
-                    },
-                    "include_hidden": {
-                        "type": "boolean",
-                        "description": "Include hidden entries (names starting with a dot).",
-                        "default": false
-                    },
-                    "pattern": {
-                        "type": "string",
-                        "description": "Only names matching this glob, e.g. \"*.py\"."
-                    }
+                    "path": property(
+                        "string",
+                        "Directory relative to the workspace root (\".\" for the root).",
+                    ),
+                    "recursive": property_with_default("boolean", "Include subdirectories.", false),
+                    "include_hidden": property_with_default(
+                        "boolean",
+                        "Include hidden entries (names starting with a dot).",
+                        false,
+                    ),
+                    "pattern": property("string", "Only names matching this glob, e.g. \"*.py\".")
                 },
                 "required": ["path"]
             }),
@@ -359,15 +342,12 @@ fn build_registry() -> Vec<ToolSpec> {
             parameters: json!({
                 "type": "object",
                 "properties": {
-                    "path": {
-                        "type": "string",
-                        "description": "Directory path relative to the workspace root."
-                    },
-                    "recursive": {
-                        "type": "boolean",
-                        "description": "Create missing parent directories too.",
-                        "default": true
-                    }
+                    "path": property("string", "Directory path relative to the workspace root."),
+                    "recursive": property_with_default(
+                        "boolean",
+                        "Create missing parent directories too.",
+                        true,
+                    )
                 },
                 "required": ["path"]
             }),
@@ -379,24 +359,18 @@ fn build_registry() -> Vec<ToolSpec> {
             parameters: json!({
                 "type": "object",
                 "properties": {
-                    "command": {
-                        "type": "string",
-                        "description": "The command line to run."
-                    },
-                    "cwd": {
-                        "type": "string",
-                        "description": "Working directory relative to the workspace root."
-                    },
-                    "timeout": {
-                        "type": "integer",
-                        "description": "Seconds before the command is stopped (at most 300).",
-                        "default": 60
-                    },
-                    "shell": {
-                        "type": "boolean",
-                        "description": "Run through the shell (pipes, redirections).",
-                        "default": false
-                    }
+                    "command": property("string", "The command line to run."),
+                    "cwd": property("string", "Working directory relative to the workspace root."),
+                    "timeout": property_with_default(
+                        "integer",
+                        "Seconds before the command is stopped (at most 300).",
+                        60,
+                    ),
+                    "shell": property_with_default(
+                        "boolean",
+                        "Run through the shell (pipes, redirections).",
+                        false,
+                    )
                 },
                 "required": ["command"]
             }),
@@ -408,34 +382,31 @@ fn build_registry() -> Vec<ToolSpec> {
             parameters: json!({
                 "type": "object",
                 "properties": {
-                    "query": {
-                        "type": "string",
-                        "description": "Text or regular expression to find."
-                    },
-                    "path": {
-                        "type": "string",
-                        "description": "Directory to search, relative to the workspace root.",
-                        "default": "."
-                    },
-                    "file_pattern": {
-                        "type": "string",
-                        "description": "Only files matching this glob, e.g. \"*.rs\"."
-                    },
-                    "case_sensitive": {
-                        "type": "boolean",
-                        "description": "Match case exactly.",
-                        "default": false
-                    },
-                    "regex": {
-                        "type": "boolean",
-                        "description": "Treat the query as a regular expression.",
-                        "default": false
-                    },
-                    "max_results": {
-                        "type": "integer",
-                        "description": "Most matches to return (at most 1000).",
-                        "default": 100
-                    }
+                    "query": property("string", "Text or regular expression to find."),
+                    "path": property_with_default(
+                        "string",
+                        "Directory to search, relative to the workspace root.",
+                        ".",
+                    ),
+                    "file_pattern": property(
+                        "string",
+                        "Only files matching this glob, e.g. \"*.rs\".",
+                    ),
+                    "case_sensitive": property_with_default(
+                        "boolean",
+                        "Match case exactly.",
+                        false,
+                    ),
+                    "regex": property_with_default(
+                        "boolean",
+                        "Treat the query as a regular expression.",
+                        false,
+                    ),
+                    "max_results": property_with_default(
+                        "integer",
+                        "Most matches to return (at most 1000).",
+                        100,
+                    )
                 },
                 "required": ["query"]
             }),
@@ -448,10 +419,10 @@ fn build_registry() -> Vec<ToolSpec> {
             parameters: json!({
                 "type": "object",
                 "properties": {
-                    "result": {
-                        "type": "string",
-                        "description": "What was done and its outcome, as shown to the user."
-                    }
+                    "result": property(
+                        "string",
+                        "What was done and its outcome, as shown to the user.",
+                    )
                 },
                 "required": ["result"]
             }),
@@ -463,10 +434,7 @@ fn build_registry() -> Vec<ToolSpec> {
             parameters: json!({
                 "type": "object",
                 "properties": {
-                    "question": {
-                        "type": "string",
-                        "description": "The question, clear and specific."
-                    },
+                    "question": property("string", "The question, clear and specific."),
                     "suggestions": {
                         "type": "array",
                         "description": "Two to four short answers the user can pick.",

@@ -1,22 +1,30 @@
 //! One conformance suite for [`RuntimeStore`], run against SQLite (a temp file) and PostgreSQL
 //! (a fresh database on the server at `CODELAB_TEST_DATABASE_URL`, dropped afterwards).
 //!
-//! Every check below is an `async fn(Arc<dyn RuntimeStore>)`; `conformance!` turns each into a
-//! `sqlite::<check>` and a `postgres::<check>` test, each on its own empty database. A few
-//! backend-specific tests (two pools as two replicas, reopening a file) follow at the end.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+//! Every check below is an `async fn(Arc<dyn RuntimeStore>)`; `store_conformance!` (testkit)
+//! turns each into a `sqlite::<check>` and a `postgres::<check>` test, each on its own empty
+//! database. A few backend-specific tests (two pools as two replicas, reopening a file)
+//! follow at the end.
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a failed unwrap is the test's report; tests own their clock, ids and tasks"
+)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use ToolCallStatus::{AwaitingResult, Executed, Invalid, PendingApproval, Rejected, Succeeded};
 use chrono::{DateTime, SubsecRound, Utc};
 use codelab_agent_runtime::model::{
-    AgentSwitch, Committed, Message, NewMessage, NewSession, Role, SessionQuery, StepCommit,
-    ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate, UpdateOutcome,
+    AgentSwitch, Committed, Message, NewMessage, NewSession, Role, Session, SessionQuery,
+    StepCommit, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate,
+    UpdateOutcome,
 };
 use codelab_agent_runtime::store::{RuntimeStore, StoreError, open_store};
+use codelab_core::clock::SystemClock;
 use codelab_core::db::{DbOptions, DbPool, connect_database};
-use codelab_protocol::runtime::{RuntimeEvent, TurnOutcome};
+use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent, TurnOutcome};
 use serde_json::json;
 use tokio::time::timeout;
 
@@ -24,30 +32,8 @@ mod common;
 
 use common::{postgres_db, sqlite_db};
 
-macro_rules! conformance {
-    ($($check:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $check() {
-                    let db = super::sqlite_db().await;
-                    super::$check(db.store.clone()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $check() {
-                    let db = super::postgres_db().await;
-                    super::$check(db.store.clone()).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+codelab_testkit::store_conformance!(
+    sqlite: super::sqlite_db, postgres: super::postgres_db;
     answers_a_ping,
     creates_a_session_and_reads_it_back,
     refuses_a_duplicate_session_id_even_after_deletion,
@@ -126,15 +112,105 @@ async fn create(store: &Arc<dyn RuntimeStore>, id: &str, owner: &str) {
     store.create_session(new_session(id, owner)).await.unwrap();
 }
 
+async fn append(store: &Arc<dyn RuntimeStore>, message: NewMessage) -> Message {
+    store.append_message(message).await.unwrap()
+}
+
+async fn append_event(
+    store: &Arc<dyn RuntimeStore>,
+    session_id: &str,
+    event: &RuntimeEvent,
+) -> SequencedEvent {
+    store.append_event(session_id, event).await.unwrap()
+}
+
+async fn update_turn(
+    store: &Arc<dyn RuntimeStore>,
+    turn_id: &str,
+    status: TurnStatus,
+    steps: i32,
+    agent: &str,
+) {
+    store
+        .update_turn(turn_id, status, steps, agent)
+        .await
+        .unwrap();
+}
+
+async fn insert(store: &Arc<dyn RuntimeStore>, calls: Vec<ToolCallRecord>) {
+    store.insert_tool_calls(calls).await.unwrap();
+}
+
+/// Stores one call made by `write_file` (see [`call`]).
+async fn insert_call(
+    store: &Arc<dyn RuntimeStore>,
+    session_id: &str,
+    turn_id: &str,
+    step: i32,
+    call_id: &str,
+    status: ToolCallStatus,
+) {
+    insert(
+        store,
+        vec![call(session_id, turn_id, step, call_id, status)],
+    )
+    .await;
+}
+
+async fn start_turn(store: &Arc<dyn RuntimeStore>, turn: Turn) {
+    store.create_turn(turn).await.unwrap();
+}
+
+async fn record(store: &Arc<dyn RuntimeStore>, switch: AgentSwitch) {
+    store.record_switch(switch).await.unwrap();
+}
+
+/// Every kind of write into `session_id`, each of which must fail; the errors in order.
+async fn failed_writes(store: &Arc<dyn RuntimeStore>, session_id: &str) -> Vec<StoreError> {
+    vec![
+        store
+            .append_message(message(session_id, Role::User, "again"))
+            .await
+            .unwrap_err(),
+        store
+            .append_event(session_id, &notice("again"))
+            .await
+            .unwrap_err(),
+        store
+            .record_switch(switch(session_id, Some("coder"), "architect", None))
+            .await
+            .unwrap_err(),
+        store
+            .create_turn(turn("t2", session_id, TurnStatus::Running, t0()))
+            .await
+            .unwrap_err(),
+        store
+            .insert_tool_calls(vec![call(session_id, "t2", 1, "call_2", AwaitingResult)])
+            .await
+            .unwrap_err(),
+    ]
+}
+
+/// The live session `id`, which must exist.
+async fn live_session(store: &Arc<dyn RuntimeStore>, id: &str) -> Session {
+    store.get_session(id).await.unwrap().unwrap()
+}
+
+async fn update_call(
+    store: &Arc<dyn RuntimeStore>,
+    session_id: &str,
+    call_id: &str,
+    expected: &[ToolCallStatus],
+    update: ToolCallUpdate,
+) -> UpdateOutcome {
+    store
+        .update_tool_call(session_id, call_id, expected, update)
+        .await
+        .unwrap()
+}
+
 fn message(session_id: &str, role: Role, content: &str) -> NewMessage {
-    NewMessage {
-        session_id: session_id.to_owned(),
-        role,
-        content: Some(content.to_owned()),
-        agent: None,
-        tool_calls: None,
-        tool_call_id: None,
-    }
+    NewMessage::text(session_id, role, content)
 }
 
 fn call(
@@ -168,16 +244,7 @@ fn call(
 }
 
 fn update(status: ToolCallStatus) -> ToolCallUpdate {
-    ToolCallUpdate {
-        status,
-        decision: None,
-        feedback: None,
-        modified_arguments: None,
-        result: None,
-        error: None,
-        settle: false,
-        tool_message: None,
-    }
+    ToolCallUpdate::to(status)
 }
 
 fn turn(id: &str, session_id: &str, status: TurnStatus, created_at: DateTime<Utc>) -> Turn {
@@ -211,13 +278,21 @@ fn notice(text: &str) -> RuntimeEvent {
     }
 }
 
-fn query(owner: &str, search: Option<&str>, limit: u32, offset: u32) -> SessionQuery {
-    SessionQuery {
+/// A page of `owner`'s sessions and the total.
+async fn list(
+    store: &Arc<dyn RuntimeStore>,
+    owner: &str,
+    search: Option<&str>,
+    limit: u32,
+    offset: u32,
+) -> (Vec<Session>, u64) {
+    let query = SessionQuery {
         owner: owner.to_owned(),
         search: search.map(str::to_owned),
         limit,
         offset,
-    }
+    };
+    store.list_sessions(&query).await.unwrap()
 }
 
 fn ids<'a>(items: impl IntoIterator<Item = &'a ToolCallRecord>) -> Vec<&'a str> {
@@ -276,15 +351,9 @@ async fn lists_an_owners_sessions_most_recently_active_first_with_paging_and_a_t
     }
     create(&store, "d", "bob").await;
     // Activity on the oldest brings it to the front.
-    store
-        .append_message(message("a", Role::User, "hello"))
-        .await
-        .unwrap();
+    append(&store, message("a", Role::User, "hello")).await;
 
-    let (page, total) = store
-        .list_sessions(&query("alice", None, 2, 0))
-        .await
-        .unwrap();
+    let (page, total) = list(&store, "alice", None, 2, 0).await;
     assert_eq!(
         page.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
         ["a", "c"]
@@ -292,34 +361,22 @@ async fn lists_an_owners_sessions_most_recently_active_first_with_paging_and_a_t
     assert_eq!(total, 3);
     assert_eq!(page[0].message_count, 1);
 
-    let (page, total) = store
-        .list_sessions(&query("alice", None, 2, 2))
-        .await
-        .unwrap();
+    let (page, total) = list(&store, "alice", None, 2, 2).await;
     assert_eq!(
         page.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
         ["b"]
     );
     assert_eq!(total, 3);
 
-    let (page, total) = store
-        .list_sessions(&query("alice", None, 10, 5))
-        .await
-        .unwrap();
+    let (page, total) = list(&store, "alice", None, 10, 5).await;
     assert!(page.is_empty());
     assert_eq!(total, 3);
 
-    let (page, total) = store
-        .list_sessions(&query("bob", None, 10, 0))
-        .await
-        .unwrap();
-    assert_eq!(page, vec![store.get_session("d").await.unwrap().unwrap()]);
+    let (page, total) = list(&store, "bob", None, 10, 0).await;
+    assert_eq!(page, vec![live_session(&store, "d").await]);
     assert_eq!(total, 1);
 
-    let (page, total) = store
-        .list_sessions(&query("carol", None, 10, 0))
-        .await
-        .unwrap();
+    let (page, total) = list(&store, "carol", None, 10, 0).await;
     assert!(page.is_empty());
     assert_eq!(total, 0);
 }
@@ -348,10 +405,7 @@ async fn searches_titles_ignoring_case_and_matches_wildcards_literally(
     let search = |text: &'static str| {
         let store = store.clone();
         async move {
-            let (found, total) = store
-                .list_sessions(&query("alice", Some(text), 50, 0))
-                .await
-                .unwrap();
+            let (found, total) = list(&store, "alice", Some(text), 50, 0).await;
             let mut ids = found.into_iter().map(|s| s.id).collect::<Vec<_>>();
             ids.sort();
             assert_eq!(total, ids.len() as u64, "total of {text:?}");
@@ -370,10 +424,7 @@ async fn searches_titles_ignoring_case_and_matches_wildcards_literally(
     assert_eq!(search("coverage").await, ["percent", "plain"]);
     assert_eq!(search("nothing like it").await, Vec::<String>::new());
 
-    let (page, total) = store
-        .list_sessions(&query("alice", Some("reach"), 1, 1))
-        .await
-        .unwrap();
+    let (page, total) = list(&store, "alice", Some("reach"), 1, 1).await;
     assert_eq!(page.len(), 1);
     assert_eq!(total, 2);
 }
@@ -382,7 +433,7 @@ async fn sets_the_title_and_the_current_agent_of_live_sessions_only(store: Arc<d
     create(&store, "s1", "alice").await;
     store.set_title("s1", "Refactor the parser").await.unwrap();
     store.set_current_agent("s1", "coder").await.unwrap();
-    let session = store.get_session("s1").await.unwrap().unwrap();
+    let session = live_session(&store, "s1").await;
     assert_eq!(session.title.as_deref(), Some("Refactor the parser"));
     assert_eq!(session.current_agent, "coder");
 
@@ -404,29 +455,11 @@ async fn sets_the_title_and_the_current_agent_of_live_sessions_only(store: Arc<d
 async fn deleting_a_session_hides_it_and_everything_in_it(store: Arc<dyn RuntimeStore>) {
     create(&store, "s1", "alice").await;
     create(&store, "s2", "alice").await;
-    store
-        .append_message(message("s1", Role::User, "hi"))
-        .await
-        .unwrap();
-    store
-        .record_switch(switch("s1", None, "coder", Some("high")))
-        .await
-        .unwrap();
-    store.append_event("s1", &notice("hello")).await.unwrap();
-    store
-        .create_turn(turn("t1", "s1", TurnStatus::AwaitingTools, t0()))
-        .await
-        .unwrap();
-    store
-        .insert_tool_calls(vec![call(
-            "s1",
-            "t1",
-            1,
-            "call_1",
-            ToolCallStatus::PendingApproval,
-        )])
-        .await
-        .unwrap();
+    append(&store, message("s1", Role::User, "hi")).await;
+    record(&store, switch("s1", None, "coder", Some("high"))).await;
+    append_event(&store, "s1", &notice("hello")).await;
+    start_turn(&store, turn("t1", "s1", TurnStatus::AwaitingTools, t0())).await;
+    insert_call(&store, "s1", "t1", 1, "call_1", PendingApproval).await;
 
     assert!(store.delete_session("s1").await.unwrap());
     assert!(
@@ -436,10 +469,7 @@ async fn deleting_a_session_hides_it_and_everything_in_it(store: Arc<dyn Runtime
     assert!(!store.delete_session("never").await.unwrap());
 
     assert_eq!(store.get_session("s1").await.unwrap(), None);
-    let (page, total) = store
-        .list_sessions(&query("alice", None, 10, 0))
-        .await
-        .unwrap();
+    let (page, total) = list(&store, "alice", None, 10, 0).await;
     assert_eq!(
         page.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
         ["s2"]
@@ -452,37 +482,9 @@ async fn deleting_a_session_hides_it_and_everything_in_it(store: Arc<dyn Runtime
     assert!(store.list_session_calls("s1").await.unwrap().is_empty());
     assert_eq!(store.active_turn("s1").await.unwrap(), None);
 
-    let err = store
-        .append_message(message("s1", Role::User, "again"))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-    let err = store
-        .append_event("s1", &notice("again"))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-    let err = store
-        .record_switch(switch("s1", Some("coder"), "architect", None))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-    let err = store
-        .create_turn(turn("t2", "s1", TurnStatus::Running, t0()))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-    let err = store
-        .insert_tool_calls(vec![call(
-            "s1",
-            "t2",
-            1,
-            "call_2",
-            ToolCallStatus::AwaitingResult,
-        )])
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    for err in failed_writes(&store, "s1").await {
+        assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    }
 }
 
 async fn purges_sessions_idle_before_the_cutoff_in_batches_with_everything_in_them(
@@ -491,42 +493,20 @@ async fn purges_sessions_idle_before_the_cutoff_in_batches_with_everything_in_th
     create(&store, "old-deleted", "alice").await;
     store.delete_session("old-deleted").await.unwrap();
     create(&store, "old", "alice").await;
-    store
-        .append_message(message("old", Role::User, "hi"))
-        .await
-        .unwrap();
-    store
-        .record_switch(switch("old", None, "coder", None))
-        .await
-        .unwrap();
-    store.append_event("old", &notice("hello")).await.unwrap();
-    store
-        .create_turn(turn("t-old", "old", TurnStatus::AwaitingTools, t0()))
-        .await
-        .unwrap();
-    store
-        .insert_tool_calls(vec![call(
-            "old",
-            "t-old",
-            1,
-            "call_1",
-            ToolCallStatus::PendingApproval,
-        )])
-        .await
-        .unwrap();
-    let newest_old = store
-        .get_session("old")
-        .await
-        .unwrap()
-        .unwrap()
-        .last_activity;
+    append(&store, message("old", Role::User, "hi")).await;
+    record(&store, switch("old", None, "coder", None)).await;
+    append_event(&store, "old", &notice("hello")).await;
+    start_turn(
+        &store,
+        turn("t-old", "old", TurnStatus::AwaitingTools, t0()),
+    )
+    .await;
+    insert_call(&store, "old", "t-old", 1, "call_1", PendingApproval).await;
+    let newest_old = live_session(&store, "old").await.last_activity;
 
     let cutoff = instant_after(newest_old);
     create(&store, "fresh", "alice").await;
-    store
-        .append_message(message("fresh", Role::User, "hi"))
-        .await
-        .unwrap();
+    append(&store, message("fresh", Role::User, "hi")).await;
 
     assert_eq!(
         store.purge_idle_sessions(cutoff, 1).await.unwrap(),
@@ -545,34 +525,16 @@ async fn purges_sessions_idle_before_the_cutoff_in_batches_with_everything_in_th
     create(&store, "old", "alice").await;
     create(&store, "old-deleted", "alice").await;
     assert_eq!(
-        store
-            .append_message(message("old", Role::User, "again"))
+        append(&store, message("old", Role::User, "again"))
             .await
-            .unwrap()
             .seq,
         1
     );
-    assert_eq!(
-        store
-            .append_event("old", &notice("again"))
-            .await
-            .unwrap()
-            .seq,
-        1
-    );
+    assert_eq!(append_event(&store, "old", &notice("again")).await.seq, 1);
     assert!(store.list_switches("old").await.unwrap().is_empty());
-    store
-        .insert_tool_calls(vec![call(
-            "old",
-            "t-new",
-            1,
-            "call_1",
-            ToolCallStatus::AwaitingResult,
-        )])
-        .await
-        .unwrap();
+    insert_call(&store, "old", "t-new", 1, "call_1", AwaitingResult).await;
 
-    let fresh = store.get_session("fresh").await.unwrap().unwrap();
+    let fresh = live_session(&store, "fresh").await;
     assert_eq!(fresh.message_count, 1);
     assert_eq!(store.list_messages("fresh").await.unwrap().len(), 1);
 }
@@ -610,12 +572,9 @@ async fn appends_messages_in_order_with_consecutive_seqs_and_counts_them(
     ];
     let mut stored: Vec<Message> = Vec::new();
     for input in inputs.clone() {
-        stored.push(store.append_message(input).await.unwrap());
+        stored.push(append(&store, input).await);
     }
-    let other = store
-        .append_message(message("s2", Role::User, "elsewhere"))
-        .await
-        .unwrap();
+    let other = append(&store, message("s2", Role::User, "elsewhere")).await;
     assert_eq!(other.seq, 1, "seqs are per session");
 
     for (i, (message, input)) in stored.iter().zip(&inputs).enumerate() {
@@ -637,15 +596,7 @@ async fn appends_messages_in_order_with_consecutive_seqs_and_counts_them(
     assert_eq!(store.list_messages("s1").await.unwrap(), stored);
     assert_eq!(store.list_messages("s2").await.unwrap(), vec![other]);
     assert!(store.list_messages("nope").await.unwrap().is_empty());
-    assert_eq!(
-        store
-            .get_session("s1")
-            .await
-            .unwrap()
-            .unwrap()
-            .message_count,
-        4
-    );
+    assert_eq!(live_session(&store, "s1").await.message_count, 4);
 }
 
 async fn appending_a_message_bumps_the_sessions_last_activity(store: Arc<dyn RuntimeStore>) {
@@ -654,11 +605,8 @@ async fn appending_a_message_bumps_the_sessions_last_activity(store: Arc<dyn Run
         .await
         .unwrap();
     instant_after(created.last_activity);
-    let appended = store
-        .append_message(message("s1", Role::User, "hi"))
-        .await
-        .unwrap();
-    let session = store.get_session("s1").await.unwrap().unwrap();
+    let appended = append(&store, message("s1", Role::User, "hi")).await;
+    let session = live_session(&store, "s1").await;
     assert!(session.last_activity > created.last_activity);
     assert_eq!(session.last_activity, appended.created_at);
     assert_eq!(session.created_at, created.created_at);
@@ -670,10 +618,7 @@ async fn concurrent_message_appends_get_distinct_consecutive_seqs(store: Arc<dyn
         .map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
-                store
-                    .append_message(message("s1", Role::User, &format!("message {i}")))
-                    .await
-                    .unwrap()
+                append(&store, message("s1", Role::User, &format!("message {i}"))).await
             })
         })
         .collect::<Vec<_>>();
@@ -683,15 +628,7 @@ async fn concurrent_message_appends_get_distinct_consecutive_seqs(store: Arc<dyn
     }
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=20).collect::<Vec<i64>>());
-    assert_eq!(
-        store
-            .get_session("s1")
-            .await
-            .unwrap()
-            .unwrap()
-            .message_count,
-        20
-    );
+    assert_eq!(live_session(&store, "s1").await.message_count, 20);
     let listed = store.list_messages("s1").await.unwrap();
     assert_eq!(
         listed.iter().map(|m| m.seq).collect::<Vec<_>>(),
@@ -700,34 +637,9 @@ async fn concurrent_message_appends_get_distinct_consecutive_seqs(store: Arc<dyn
 }
 
 async fn writes_to_an_unknown_session_are_not_found(store: Arc<dyn RuntimeStore>) {
-    let err = store
-        .append_message(message("nope", Role::User, "hi"))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-    let err = store.append_event("nope", &notice("hi")).await.unwrap_err();
-    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-    let err = store
-        .record_switch(switch("nope", None, "coder", None))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-    let err = store
-        .create_turn(turn("t1", "nope", TurnStatus::Running, t0()))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-    let err = store
-        .insert_tool_calls(vec![call(
-            "nope",
-            "t1",
-            1,
-            "call_1",
-            ToolCallStatus::AwaitingResult,
-        )])
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    for err in failed_writes(&store, "nope").await {
+        assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    }
     assert_eq!(store.get_session("nope").await.unwrap(), None);
 }
 
@@ -750,12 +662,9 @@ async fn records_agent_switches_oldest_first_keeping_their_confidence(
         ..switch("s1", Some("coder"), "debug", Some("0.85"))
     };
     for s in [&first, &second, &third] {
-        store.record_switch(s.clone()).await.unwrap();
+        record(&store, s.clone()).await;
     }
-    store
-        .record_switch(switch("s2", None, "ask", Some("low")))
-        .await
-        .unwrap();
+    record(&store, switch("s2", None, "ask", Some("low"))).await;
 
     assert_eq!(
         store.list_switches("s1").await.unwrap(),
@@ -773,7 +682,7 @@ async fn stores_tool_calls_and_reads_them_back(store: Arc<dyn RuntimeStore>) {
     create(&store, "s1", "alice").await;
     let pending = ToolCallRecord {
         provider_call_id: Some("toolu_01".to_owned()),
-        ..call("s1", "t1", 1, "call_1", ToolCallStatus::PendingApproval)
+        ..call("s1", "t1", 1, "call_1", PendingApproval)
     };
     let settled = ToolCallRecord {
         tool_name: "read_file".to_owned(),
@@ -784,13 +693,10 @@ async fn stores_tool_calls_and_reads_them_back(store: Arc<dyn RuntimeStore>) {
         result: Some(json!({"content": "print(1)", "lines": 1})),
         error: None,
         settled_at: Some(t0()),
-        ..call("s1", "t1", 1, "call_2", ToolCallStatus::Succeeded)
+        ..call("s1", "t1", 1, "call_2", Succeeded)
     };
-    store
-        .insert_tool_calls(vec![pending.clone(), settled.clone()])
-        .await
-        .unwrap();
-    store.insert_tool_calls(Vec::new()).await.unwrap();
+    insert(&store, vec![pending.clone(), settled.clone()]).await;
+    insert(&store, Vec::new()).await;
 
     assert_eq!(
         store.get_tool_call("s1", "call_1").await.unwrap(),
@@ -811,21 +717,12 @@ async fn stores_tool_calls_and_reads_them_back(store: Arc<dyn RuntimeStore>) {
 async fn refuses_a_taken_call_id_and_stores_none_of_that_batch(store: Arc<dyn RuntimeStore>) {
     create(&store, "s1", "alice").await;
     create(&store, "s2", "alice").await;
-    store
-        .insert_tool_calls(vec![call(
-            "s1",
-            "t1",
-            1,
-            "call_1",
-            ToolCallStatus::AwaitingResult,
-        )])
-        .await
-        .unwrap();
+    insert_call(&store, "s1", "t1", 1, "call_1", AwaitingResult).await;
 
     let err = store
         .insert_tool_calls(vec![
-            call("s1", "t1", 2, "call_2", ToolCallStatus::AwaitingResult),
-            call("s1", "t1", 2, "call_1", ToolCallStatus::AwaitingResult),
+            call("s1", "t1", 2, "call_2", AwaitingResult),
+            call("s1", "t1", 2, "call_1", AwaitingResult),
         ])
         .await
         .unwrap_err();
@@ -843,8 +740,8 @@ async fn refuses_a_taken_call_id_and_stores_none_of_that_batch(store: Arc<dyn Ru
 
     let err = store
         .insert_tool_calls(vec![
-            call("s1", "t1", 3, "call_3", ToolCallStatus::AwaitingResult),
-            call("s1", "t1", 3, "call_3", ToolCallStatus::AwaitingResult),
+            call("s1", "t1", 3, "call_3", AwaitingResult),
+            call("s1", "t1", 3, "call_3", AwaitingResult),
         ])
         .await
         .unwrap_err();
@@ -852,16 +749,7 @@ async fn refuses_a_taken_call_id_and_stores_none_of_that_batch(store: Arc<dyn Ru
     assert_eq!(store.get_tool_call("s1", "call_3").await.unwrap(), None);
 
     // Call ids are unique per session, not globally.
-    store
-        .insert_tool_calls(vec![call(
-            "s2",
-            "t2",
-            1,
-            "call_1",
-            ToolCallStatus::AwaitingResult,
-        )])
-        .await
-        .unwrap();
+    insert_call(&store, "s2", "t2", 1, "call_1", AwaitingResult).await;
     assert_eq!(store.list_session_calls("s1").await.unwrap().len(), 1);
 }
 
@@ -870,9 +758,9 @@ async fn call_id_exists_knows_our_ids_and_the_providers(store: Arc<dyn RuntimeSt
     create(&store, "s2", "alice").await;
     let renamed = ToolCallRecord {
         provider_call_id: Some("toolu_01".to_owned()),
-        ..call("s1", "t1", 1, "call_x1", ToolCallStatus::AwaitingResult)
+        ..call("s1", "t1", 1, "call_x1", AwaitingResult)
     };
-    store.insert_tool_calls(vec![renamed]).await.unwrap();
+    insert(&store, vec![renamed]).await;
 
     assert!(store.call_id_exists("s1", "call_x1").await.unwrap());
     assert!(store.call_id_exists("s1", "toolu_01").await.unwrap());
@@ -885,27 +773,17 @@ async fn updates_a_call_only_from_an_expected_state_keeping_unset_fields(
     store: Arc<dyn RuntimeStore>,
 ) {
     create(&store, "s1", "alice").await;
-    let original = call("s1", "t1", 1, "call_1", ToolCallStatus::PendingApproval);
-    store
-        .insert_tool_calls(vec![original.clone()])
-        .await
-        .unwrap();
+    let original = call("s1", "t1", 1, "call_1", PendingApproval);
+    insert(&store, vec![original.clone()]).await;
 
     let approve = ToolCallUpdate {
         decision: Some("edit".to_owned()),
         feedback: Some("write to b.rs".to_owned()),
         modified_arguments: Some(json!({"path": "b.rs"})),
-        ..update(ToolCallStatus::AwaitingResult)
+        ..update(AwaitingResult)
     };
-    let UpdateOutcome::Updated(approved) = store
-        .update_tool_call(
-            "s1",
-            "call_1",
-            &[ToolCallStatus::PendingApproval],
-            approve.clone(),
-        )
-        .await
-        .unwrap()
+    let UpdateOutcome::Updated(approved) =
+        update_call(&store, "s1", "call_1", &[PendingApproval], approve.clone()).await
     else {
         panic!("a pending call must accept the decision");
     };
@@ -921,20 +799,16 @@ async fn updates_a_call_only_from_an_expected_state_keeping_unset_fields(
     );
 
     // A repeated decision finds the call in another state and changes nothing.
-    let repeated = store
-        .update_tool_call(
-            "s1",
-            "call_1",
-            &[ToolCallStatus::PendingApproval],
-            update(ToolCallStatus::Rejected),
-        )
-        .await
-        .unwrap();
+    let repeated = update_call(&store, "s1", "call_1", &[PendingApproval], update(Rejected)).await;
     assert_eq!(repeated, UpdateOutcome::Unchanged(approved.clone()));
-    let nothing_expected = store
-        .update_tool_call("s1", "call_1", &[], update(ToolCallStatus::Cancelled))
-        .await
-        .unwrap();
+    let nothing_expected = update_call(
+        &store,
+        "s1",
+        "call_1",
+        &[],
+        update(ToolCallStatus::Cancelled),
+    )
+    .await;
     assert_eq!(nothing_expected, UpdateOutcome::Unchanged(approved.clone()));
 
     let before_settling = Utc::now().trunc_subsecs(6);
@@ -942,20 +816,16 @@ async fn updates_a_call_only_from_an_expected_state_keeping_unset_fields(
         result: Some(json!({"written": 12})),
         settle: true,
         tool_message: None,
-        ..update(ToolCallStatus::Succeeded)
+        ..update(Succeeded)
     };
-    let UpdateOutcome::Updated(settled) = store
-        .update_tool_call(
-            "s1",
-            "call_1",
-            &[
-                ToolCallStatus::PendingApproval,
-                ToolCallStatus::AwaitingResult,
-            ],
-            result,
-        )
-        .await
-        .unwrap()
+    let UpdateOutcome::Updated(settled) = update_call(
+        &store,
+        "s1",
+        "call_1",
+        &[PendingApproval, AwaitingResult],
+        result,
+    )
+    .await
     else {
         panic!("an awaited call must accept its result");
     };
@@ -975,25 +845,16 @@ async fn updates_a_call_only_from_an_expected_state_keeping_unset_fields(
         Some(settled)
     );
 
-    let missing = store
-        .update_tool_call(
-            "s1",
-            "call_9",
-            &[ToolCallStatus::PendingApproval],
-            update(ToolCallStatus::Rejected),
-        )
-        .await
-        .unwrap();
+    let missing = update_call(&store, "s1", "call_9", &[PendingApproval], update(Rejected)).await;
     assert_eq!(missing, UpdateOutcome::NotFound);
-    let other_session = store
-        .update_tool_call(
-            "s2",
-            "call_1",
-            &[ToolCallStatus::Succeeded],
-            update(ToolCallStatus::Failed),
-        )
-        .await
-        .unwrap();
+    let other_session = update_call(
+        &store,
+        "s2",
+        "call_1",
+        &[Succeeded],
+        update(ToolCallStatus::Failed),
+    )
+    .await;
     assert_eq!(other_session, UpdateOutcome::NotFound);
 }
 
@@ -1001,16 +862,7 @@ async fn of_twenty_concurrent_settlements_of_one_call_exactly_one_wins(
     store: Arc<dyn RuntimeStore>,
 ) {
     create(&store, "s1", "alice").await;
-    store
-        .insert_tool_calls(vec![call(
-            "s1",
-            "t1",
-            1,
-            "call_1",
-            ToolCallStatus::PendingApproval,
-        )])
-        .await
-        .unwrap();
+    insert_call(&store, "s1", "t1", 1, "call_1", PendingApproval).await;
     let barrier = Arc::new(tokio::sync::Barrier::new(20));
     let tasks = (0..20)
         .map(|i| {
@@ -1028,18 +880,14 @@ async fn of_twenty_concurrent_settlements_of_one_call_exactly_one_wins(
                     })
                 };
                 barrier.wait().await;
-                store
-                    .update_tool_call(
-                        "s1",
-                        "call_1",
-                        &[
-                            ToolCallStatus::PendingApproval,
-                            ToolCallStatus::AwaitingResult,
-                        ],
-                        settle,
-                    )
-                    .await
-                    .unwrap()
+                update_call(
+                    &store,
+                    "s1",
+                    "call_1",
+                    &[PendingApproval, AwaitingResult],
+                    settle,
+                )
+                .await
             })
         })
         .collect::<Vec<_>>();
@@ -1064,32 +912,23 @@ async fn of_twenty_concurrent_settlements_of_one_call_exactly_one_wins(
 
 async fn lists_a_steps_calls_in_the_order_the_model_made_them(store: Arc<dyn RuntimeStore>) {
     create(&store, "s1", "alice").await;
-    store
-        .insert_tool_calls(
-            ["call_z", "call_a", "call_m"]
-                .iter()
-                .map(|id| call("s1", "t1", 1, id, ToolCallStatus::AwaitingResult))
-                .collect(),
-        )
-        .await
-        .unwrap();
-    store
-        .insert_tool_calls(vec![
-            call("s1", "t1", 2, "call_b", ToolCallStatus::AwaitingResult),
-            call("s1", "t1", 2, "call_0", ToolCallStatus::Executed),
-        ])
-        .await
-        .unwrap();
-    store
-        .insert_tool_calls(vec![call(
-            "s1",
-            "t2",
-            1,
-            "call_c",
-            ToolCallStatus::AwaitingResult,
-        )])
-        .await
-        .unwrap();
+    insert(
+        &store,
+        ["call_z", "call_a", "call_m"]
+            .iter()
+            .map(|id| call("s1", "t1", 1, id, AwaitingResult))
+            .collect(),
+    )
+    .await;
+    insert(
+        &store,
+        vec![
+            call("s1", "t1", 2, "call_b", AwaitingResult),
+            call("s1", "t1", 2, "call_0", Executed),
+        ],
+    )
+    .await;
+    insert_call(&store, "s1", "t2", 1, "call_c", AwaitingResult).await;
 
     assert_eq!(
         ids(&store.list_step_calls("t1", 1).await.unwrap()),
@@ -1109,44 +948,24 @@ async fn lists_a_steps_calls_in_the_order_the_model_made_them(store: Arc<dyn Run
 async fn lists_open_calls_and_all_calls_of_a_session_oldest_first(store: Arc<dyn RuntimeStore>) {
     create(&store, "s1", "alice").await;
     create(&store, "s2", "alice").await;
-    store
-        .insert_tool_calls(vec![
-            call("s1", "t1", 1, "call_4", ToolCallStatus::PendingApproval),
-            call("s1", "t1", 1, "call_3", ToolCallStatus::AwaitingResult),
-            call("s1", "t1", 1, "call_2", ToolCallStatus::Executed),
-            call("s1", "t1", 1, "call_1", ToolCallStatus::Invalid),
-        ])
-        .await
-        .unwrap();
-    store
-        .insert_tool_calls(vec![call(
-            "s1",
-            "t1",
-            2,
-            "call_0",
-            ToolCallStatus::PendingApproval,
-        )])
-        .await
-        .unwrap();
-    store
-        .insert_tool_calls(vec![call(
-            "s2",
-            "t9",
-            1,
-            "call_9",
-            ToolCallStatus::PendingApproval,
-        )])
-        .await
-        .unwrap();
+    insert(
+        &store,
+        vec![
+            call("s1", "t1", 1, "call_4", PendingApproval),
+            call("s1", "t1", 1, "call_3", AwaitingResult),
+            call("s1", "t1", 1, "call_2", Executed),
+            call("s1", "t1", 1, "call_1", Invalid),
+        ],
+    )
+    .await;
+    insert_call(&store, "s1", "t1", 2, "call_0", PendingApproval).await;
+    insert_call(&store, "s2", "t9", 1, "call_9", PendingApproval).await;
     let settle = ToolCallUpdate {
         settle: true,
         tool_message: None,
-        ..update(ToolCallStatus::Rejected)
+        ..update(Rejected)
     };
-    store
-        .update_tool_call("s1", "call_4", &[ToolCallStatus::PendingApproval], settle)
-        .await
-        .unwrap();
+    update_call(&store, "s1", "call_4", &[PendingApproval], settle).await;
 
     assert_eq!(
         ids(&store.list_open_calls("s1").await.unwrap()),
@@ -1165,36 +984,29 @@ async fn counts_the_calls_waiting_for_approval_in_all_live_sessions(store: Arc<d
     create(&store, "s1", "alice").await;
     create(&store, "s2", "bob").await;
     create(&store, "gone", "alice").await;
-    store
-        .insert_tool_calls(vec![
-            call("s1", "t1", 1, "call_1", ToolCallStatus::PendingApproval),
-            call("s1", "t1", 1, "call_2", ToolCallStatus::PendingApproval),
-            call("s1", "t1", 1, "call_3", ToolCallStatus::AwaitingResult),
-            call("s1", "t1", 1, "call_4", ToolCallStatus::Succeeded),
-            call("s1", "t1", 1, "call_5", ToolCallStatus::Rejected),
+    insert(
+        &store,
+        vec![
+            call("s1", "t1", 1, "call_1", PendingApproval),
+            call("s1", "t1", 1, "call_2", PendingApproval),
+            call("s1", "t1", 1, "call_3", AwaitingResult),
+            call("s1", "t1", 1, "call_4", Succeeded),
+            call("s1", "t1", 1, "call_5", Rejected),
             call("s1", "t1", 1, "call_6", ToolCallStatus::Cancelled),
-            call("s1", "t1", 1, "call_7", ToolCallStatus::Executed),
-        ])
-        .await
-        .unwrap();
-    store
-        .insert_tool_calls(vec![
-            call("s2", "t2", 1, "call_1", ToolCallStatus::PendingApproval),
+            call("s1", "t1", 1, "call_7", Executed),
+        ],
+    )
+    .await;
+    insert(
+        &store,
+        vec![
+            call("s2", "t2", 1, "call_1", PendingApproval),
             call("s2", "t2", 1, "call_2", ToolCallStatus::Failed),
-            call("s2", "t2", 1, "call_3", ToolCallStatus::Invalid),
-        ])
-        .await
-        .unwrap();
-    store
-        .insert_tool_calls(vec![call(
-            "gone",
-            "t3",
-            1,
-            "call_1",
-            ToolCallStatus::PendingApproval,
-        )])
-        .await
-        .unwrap();
+            call("s2", "t2", 1, "call_3", Invalid),
+        ],
+    )
+    .await;
+    insert_call(&store, "gone", "t3", 1, "call_1", PendingApproval).await;
     assert_eq!(
         store.count_pending_approvals().await.unwrap(),
         4,
@@ -1208,22 +1020,16 @@ async fn counts_the_calls_waiting_for_approval_in_all_live_sessions(store: Arc<d
     // Approved (now awaiting its result) and rejected calls no longer count.
     let approve = ToolCallUpdate {
         decision: Some("approve".to_owned()),
-        ..update(ToolCallStatus::AwaitingResult)
+        ..update(AwaitingResult)
     };
-    let outcome = store
-        .update_tool_call("s1", "call_1", &[ToolCallStatus::PendingApproval], approve)
-        .await
-        .unwrap();
+    let outcome = update_call(&store, "s1", "call_1", &[PendingApproval], approve).await;
     assert!(matches!(outcome, UpdateOutcome::Updated(_)), "{outcome:?}");
     let reject = ToolCallUpdate {
         decision: Some("reject".to_owned()),
         settle: true,
-        ..update(ToolCallStatus::Rejected)
+        ..update(Rejected)
     };
-    let outcome = store
-        .update_tool_call("s2", "call_1", &[ToolCallStatus::PendingApproval], reject)
-        .await
-        .unwrap();
+    let outcome = update_call(&store, "s2", "call_1", &[PendingApproval], reject).await;
     assert!(matches!(outcome, UpdateOutcome::Updated(_)), "{outcome:?}");
     assert_eq!(store.count_pending_approvals().await.unwrap(), 1);
 }
@@ -1235,7 +1041,7 @@ async fn counts_the_calls_waiting_for_approval_in_all_live_sessions(store: Arc<d
 async fn a_turn_is_active_until_it_finishes(store: Arc<dyn RuntimeStore>) {
     create(&store, "s1", "alice").await;
     let running = turn("t1", "s1", TurnStatus::Running, t0());
-    store.create_turn(running.clone()).await.unwrap();
+    start_turn(&store, running.clone()).await;
     assert_eq!(store.get_turn("t1").await.unwrap(), Some(running.clone()));
     assert_eq!(
         store.active_turn("s1").await.unwrap(),
@@ -1246,10 +1052,7 @@ async fn a_turn_is_active_until_it_finishes(store: Arc<dyn RuntimeStore>) {
     let err = store.create_turn(running.clone()).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
 
-    store
-        .update_turn("t1", TurnStatus::AwaitingTools, 1, "architect")
-        .await
-        .unwrap();
+    update_turn(&store, "t1", TurnStatus::AwaitingTools, 1, "architect").await;
     let waiting = store.active_turn("s1").await.unwrap().unwrap();
     assert_eq!(
         (waiting.status, waiting.steps, waiting.agent.as_str()),
@@ -1258,10 +1061,7 @@ async fn a_turn_is_active_until_it_finishes(store: Arc<dyn RuntimeStore>) {
     assert_eq!(waiting.created_at, running.created_at);
     assert!(waiting.updated_at >= running.updated_at);
 
-    store
-        .update_turn("t1", TurnStatus::Completed, 2, "architect")
-        .await
-        .unwrap();
+    update_turn(&store, "t1", TurnStatus::Completed, 2, "architect").await;
     assert_eq!(store.active_turn("s1").await.unwrap(), None);
     let done = store.get_turn("t1").await.unwrap().unwrap();
     assert_eq!((done.status, done.steps), (TurnStatus::Completed, 2));
@@ -1271,15 +1071,9 @@ async fn a_turn_is_active_until_it_finishes(store: Arc<dyn RuntimeStore>) {
         TurnStatus::Failed,
         TurnStatus::StepLimit,
     ] {
-        store
-            .update_turn("t1", TurnStatus::Running, 2, "architect")
-            .await
-            .unwrap();
+        update_turn(&store, "t1", TurnStatus::Running, 2, "architect").await;
         assert!(store.active_turn("s1").await.unwrap().is_some());
-        store
-            .update_turn("t1", finished, 3, "architect")
-            .await
-            .unwrap();
+        update_turn(&store, "t1", finished, 3, "architect").await;
         assert_eq!(
             store.active_turn("s1").await.unwrap(),
             None,
@@ -1298,35 +1092,34 @@ async fn the_active_turn_is_the_newest_unfinished_one(store: Arc<dyn RuntimeStor
     create(&store, "s1", "alice").await;
     create(&store, "s2", "alice").await;
     let now = t0();
-    store
-        .create_turn(turn(
+    start_turn(
+        &store,
+        turn(
             "t-old",
             "s1",
             TurnStatus::Running,
             now - chrono::Duration::seconds(20),
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     let middle = turn(
         "t-mid",
         "s1",
         TurnStatus::AwaitingTools,
         now - chrono::Duration::seconds(10),
     );
-    store.create_turn(middle.clone()).await.unwrap();
-    store
-        .create_turn(turn("t-new", "s1", TurnStatus::Completed, now))
-        .await
-        .unwrap();
-    store
-        .create_turn(turn(
+    start_turn(&store, middle.clone()).await;
+    start_turn(&store, turn("t-new", "s1", TurnStatus::Completed, now)).await;
+    start_turn(
+        &store,
+        turn(
             "t-other",
             "s2",
             TurnStatus::Running,
             now + chrono::Duration::seconds(5),
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
 
     assert_eq!(store.active_turn("s1").await.unwrap(), Some(middle));
     assert_eq!(store.active_turn("nope").await.unwrap(), None);
@@ -1357,18 +1150,11 @@ async fn numbers_events_from_one_per_session(store: Arc<dyn RuntimeStore>) {
         },
     ];
     for (i, event) in events.iter().enumerate() {
-        let stored = store.append_event("s1", event).await.unwrap();
+        let stored = append_event(&store, "s1", event).await;
         assert_eq!(stored.seq, i as u64 + 1);
         assert_eq!(&stored.event, event);
     }
-    assert_eq!(
-        store
-            .append_event("s2", &notice("other"))
-            .await
-            .unwrap()
-            .seq,
-        1
-    );
+    assert_eq!(append_event(&store, "s2", &notice("other")).await.seq, 1);
 
     let listed = store.list_events("s1", 0, 100).await.unwrap();
     assert_eq!(listed.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
@@ -1381,10 +1167,7 @@ async fn numbers_events_from_one_per_session(store: Arc<dyn RuntimeStore>) {
 async fn lists_events_after_a_seq_up_to_a_limit(store: Arc<dyn RuntimeStore>) {
     create(&store, "s1", "alice").await;
     for i in 1..=5 {
-        store
-            .append_event("s1", &notice(&format!("event {i}")))
-            .await
-            .unwrap();
+        append_event(&store, "s1", &notice(&format!("event {i}"))).await;
     }
     let seqs = |after: u64, limit: u32| {
         let store = store.clone();
@@ -1417,15 +1200,10 @@ async fn concurrent_event_appends_get_distinct_consecutive_seqs(store: Arc<dyn R
             tokio::spawn(async move {
                 // Messages interleave with events: both counters live on the session row.
                 if i % 4 == 0 {
-                    store
-                        .append_message(message("s1", Role::User, "hi"))
-                        .await
-                        .unwrap();
+                    append(&store, message("s1", Role::User, "hi")).await;
                 }
-                store
-                    .append_event("s1", &notice(&format!("event {i}")))
+                append_event(&store, "s1", &notice(&format!("event {i}")))
                     .await
-                    .unwrap()
                     .seq
             })
         })
@@ -1437,15 +1215,7 @@ async fn concurrent_event_appends_get_distinct_consecutive_seqs(store: Arc<dyn R
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=20).collect::<Vec<u64>>());
     assert_eq!(store.list_events("s1", 0, 100).await.unwrap().len(), 20);
-    assert_eq!(
-        store
-            .get_session("s1")
-            .await
-            .unwrap()
-            .unwrap()
-            .message_count,
-        5
-    );
+    assert_eq!(live_session(&store, "s1").await.message_count, 5);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1563,10 +1333,7 @@ async fn running_turn(store: &Arc<dyn RuntimeStore>) {
         })
         .await
         .unwrap();
-    store
-        .update_turn("t1", TurnStatus::Running, 1, "coder")
-        .await
-        .unwrap();
+    update_turn(store, "t1", TurnStatus::Running, 1, "coder").await;
 }
 
 fn assistant_calling(session_id: &str, call_ids: &[&str]) -> NewMessage {
@@ -1589,10 +1356,7 @@ fn assistant_calling(session_id: &str, call_ids: &[&str]) -> NewMessage {
 }
 
 fn tool_message(session_id: &str, call_id: &str, text: &str) -> NewMessage {
-    NewMessage {
-        tool_call_id: Some(call_id.to_owned()),
-        ..message(session_id, Role::Tool, text)
-    }
+    NewMessage::tool_result(session_id, call_id, text)
 }
 
 fn step_update(status: TurnStatus, steps: i32, expect: Option<(TurnStatus, i32)>) -> TurnUpdate {
@@ -1607,7 +1371,7 @@ fn step_update(status: TurnStatus, steps: i32, expect: Option<(TurnStatus, i32)>
 
 async fn commits_a_steps_outcome_in_one_transaction(store: Arc<dyn RuntimeStore>) {
     running_turn(&store).await;
-    let mut invalid = call("s1", "t1", 1, "call_2", ToolCallStatus::Invalid);
+    let mut invalid = call("s1", "t1", 1, "call_2", Invalid);
     invalid.error = Some("bad arguments".into());
     let committed = store
         .commit_step(StepCommit {
@@ -1618,10 +1382,7 @@ async fn commits_a_steps_outcome_in_one_transaction(store: Arc<dyn RuntimeStore>
                 assistant_calling("s1", &["call_1", "call_2"]),
                 tool_message("s1", "call_2", "Error: bad arguments"),
             ],
-            calls: vec![
-                call("s1", "t1", 1, "call_1", ToolCallStatus::PendingApproval),
-                invalid,
-            ],
+            calls: vec![call("s1", "t1", 1, "call_1", PendingApproval), invalid],
             switches: vec![switch("s1", Some("coder"), "architect", None)],
             turn: Some(step_update(
                 TurnStatus::AwaitingTools,
@@ -1654,7 +1415,7 @@ async fn commits_a_steps_outcome_in_one_transaction(store: Arc<dyn RuntimeStore>
     let calls = store.list_step_calls("t1", 1).await.unwrap();
     assert_eq!(ids(&calls), ["call_1", "call_2"]);
     assert_eq!(calls[1].error.as_deref(), Some("bad arguments"));
-    let session = store.get_session("s1").await.unwrap().unwrap();
+    let session = live_session(&store, "s1").await;
     assert_eq!(session.current_agent, "architect");
     assert_eq!(session.message_count, 3);
     assert_eq!(session.title.as_deref(), Some("Write main.rs"));
@@ -1667,7 +1428,7 @@ async fn commits_a_steps_outcome_in_one_transaction(store: Arc<dyn RuntimeStore>
         })
         .await
         .unwrap();
-    let session = store.get_session("s1").await.unwrap().unwrap();
+    let session = live_session(&store, "s1").await;
     assert_eq!(session.title.as_deref(), Some("Write main.rs"));
     assert_eq!(store.list_switches("s1").await.unwrap().len(), 1);
     let turn = store.get_turn("t1").await.unwrap().unwrap();
@@ -1717,15 +1478,7 @@ async fn a_commit_can_start_a_turn_with_its_user_message(store: Arc<dyn RuntimeS
         Some("why does it crash?")
     );
     assert_eq!(store.active_turn("s1").await.unwrap(), Some(started));
-    assert_eq!(
-        store
-            .get_session("s1")
-            .await
-            .unwrap()
-            .unwrap()
-            .current_agent,
-        "debug"
-    );
+    assert_eq!(live_session(&store, "s1").await.current_agent, "debug");
     // The same turn id again: nothing of that commit is stored.
     let again = store
         .commit_step(StepCommit {
@@ -1741,16 +1494,7 @@ async fn a_commit_can_start_a_turn_with_its_user_message(store: Arc<dyn RuntimeS
 
 async fn a_failing_commit_stores_nothing_of_the_step(store: Arc<dyn RuntimeStore>) {
     running_turn(&store).await;
-    store
-        .insert_tool_calls(vec![call(
-            "s1",
-            "t1",
-            1,
-            "call_taken",
-            ToolCallStatus::Succeeded,
-        )])
-        .await
-        .unwrap();
+    insert_call(&store, "s1", "t1", 1, "call_taken", Succeeded).await;
     let before = store.get_turn("t1").await.unwrap().unwrap();
     let failed = store
         .commit_step(StepCommit {
@@ -1759,8 +1503,8 @@ async fn a_failing_commit_stores_nothing_of_the_step(store: Arc<dyn RuntimeStore
             title: Some("never set".into()),
             messages: vec![assistant_calling("s1", &["call_new", "call_taken"])],
             calls: vec![
-                call("s1", "t1", 1, "call_new", ToolCallStatus::AwaitingResult),
-                call("s1", "t1", 1, "call_taken", ToolCallStatus::AwaitingResult),
+                call("s1", "t1", 1, "call_new", AwaitingResult),
+                call("s1", "t1", 1, "call_taken", AwaitingResult),
             ],
             switches: vec![switch("s1", Some("coder"), "architect", None)],
             turn: Some(step_update(TurnStatus::AwaitingTools, 1, None)),
@@ -1775,7 +1519,7 @@ async fn a_failing_commit_stores_nothing_of_the_step(store: Arc<dyn RuntimeStore
     );
     // Nothing of it: no assistant message, no new call, no switch, the turn as it was.
     assert_eq!(store.list_messages("s1").await.unwrap().len(), 1);
-    let session = store.get_session("s1").await.unwrap().unwrap();
+    let session = live_session(&store, "s1").await;
     assert_eq!(
         (session.message_count, session.current_agent.as_str()),
         (1, "orchestrator")
@@ -1791,10 +1535,7 @@ async fn a_failing_commit_stores_nothing_of_the_step(store: Arc<dyn RuntimeStore
     assert!(store.list_switches("s1").await.unwrap().is_empty());
     assert_eq!(store.get_turn("t1").await.unwrap().unwrap(), before);
     // The next message still gets the next seq: the failed commit used none.
-    let next = store
-        .append_message(message("s1", Role::User, "next"))
-        .await
-        .unwrap();
+    let next = append(&store, message("s1", Role::User, "next")).await;
     assert_eq!(next.seq, 2);
 }
 
@@ -1803,10 +1544,7 @@ async fn a_commit_against_a_turn_that_moved_on_is_stale_and_stores_nothing(
 ) {
     running_turn(&store).await;
     // Another runner finished step 1 meanwhile.
-    store
-        .update_turn("t1", TurnStatus::Completed, 1, "coder")
-        .await
-        .unwrap();
+    update_turn(&store, "t1", TurnStatus::Completed, 1, "coder").await;
     let stale = store
         .commit_step(StepCommit {
             session_id: "s1".into(),
@@ -1843,36 +1581,16 @@ async fn a_commit_against_a_turn_that_moved_on_is_stale_and_stores_nothing(
 
 async fn settling_a_call_appends_its_tool_message_exactly_once(store: Arc<dyn RuntimeStore>) {
     running_turn(&store).await;
-    store
-        .insert_tool_calls(vec![call(
-            "s1",
-            "t1",
-            1,
-            "call_1",
-            ToolCallStatus::AwaitingResult,
-        )])
-        .await
-        .unwrap();
+    insert_call(&store, "s1", "t1", 1, "call_1", AwaitingResult).await;
     let settle = ToolCallUpdate {
         result: Some(json!("done")),
         settle: true,
         tool_message: Some("done".into()),
-        ..update(ToolCallStatus::Succeeded)
+        ..update(Succeeded)
     };
-    let first = store
-        .update_tool_call(
-            "s1",
-            "call_1",
-            &[ToolCallStatus::AwaitingResult],
-            settle.clone(),
-        )
-        .await
-        .unwrap();
+    let first = update_call(&store, "s1", "call_1", &[AwaitingResult], settle.clone()).await;
     assert!(matches!(first, UpdateOutcome::Updated(_)));
-    let again = store
-        .update_tool_call("s1", "call_1", &[ToolCallStatus::AwaitingResult], settle)
-        .await
-        .unwrap();
+    let again = update_call(&store, "s1", "call_1", &[AwaitingResult], settle).await;
     assert!(matches!(again, UpdateOutcome::Unchanged(_)));
     let messages = store.list_messages("s1").await.unwrap();
     let tools: Vec<&Message> = messages.iter().filter(|m| m.role == Role::Tool).collect();
@@ -1884,19 +1602,13 @@ async fn settling_a_call_appends_its_tool_message_exactly_once(store: Arc<dyn Ru
 async fn a_cancel_request_marks_the_active_turn_once(store: Arc<dyn RuntimeStore>) {
     create(&store, "s1", "alice").await;
     assert_eq!(store.request_cancel("s1").await.unwrap(), None);
-    store
-        .create_turn(turn("t_old", "s1", TurnStatus::Completed, t0()))
-        .await
-        .unwrap();
+    start_turn(&store, turn("t_old", "s1", TurnStatus::Completed, t0())).await;
     assert_eq!(
         store.request_cancel("s1").await.unwrap(),
         None,
         "a finished turn is not asked to stop"
     );
-    store
-        .create_turn(turn("t1", "s1", TurnStatus::AwaitingTools, t0()))
-        .await
-        .unwrap();
+    start_turn(&store, turn("t1", "s1", TurnStatus::AwaitingTools, t0())).await;
     let first = store.request_cancel("s1").await.unwrap().unwrap();
     assert_eq!(first.id, "t1");
     let at = first.cancel_requested_at.expect("marked");
@@ -1934,23 +1646,18 @@ async fn lists_the_turns_that_lost_their_runner(store: Arc<dyn RuntimeStore>) {
         ("t5", "s5", TurnStatus::Running),
     ];
     for (id, session, status) in turns {
-        store
-            .create_turn(turn(id, session, status, t0()))
-            .await
-            .unwrap();
-        store.update_turn(id, status, 1, "coder").await.unwrap();
+        start_turn(&store, turn(id, session, status, t0())).await;
+        update_turn(&store, id, status, 1, "coder").await;
     }
-    store
-        .insert_tool_calls(vec![
-            call("s2", "t2", 1, "c2", ToolCallStatus::AwaitingResult),
-            call("s2", "t2", 1, "c2b", ToolCallStatus::Succeeded),
-        ])
-        .await
-        .unwrap();
-    store
-        .insert_tool_calls(vec![call("s3", "t3", 1, "c3", ToolCallStatus::Succeeded)])
-        .await
-        .unwrap();
+    insert(
+        &store,
+        vec![
+            call("s2", "t2", 1, "c2", AwaitingResult),
+            call("s2", "t2", 1, "c2b", Succeeded),
+        ],
+    )
+    .await;
+    insert_call(&store, "s3", "t3", 1, "c3", Succeeded).await;
     store.delete_session("s5").await.unwrap();
     let stalled = store.list_stalled_turns(10).await.unwrap();
     let mut found: Vec<&str> = stalled.iter().map(|t| t.id.as_str()).collect();
@@ -1974,6 +1681,7 @@ mod postgres_only {
             connect_database(&db.url, &DbOptions::default())
                 .await
                 .unwrap(),
+            Arc::new(SystemClock),
         )
         .await
         .unwrap();
@@ -2020,13 +1728,11 @@ mod postgres_only {
             connect_database(&db.url, &DbOptions::default())
                 .await
                 .unwrap(),
+            Arc::new(SystemClock),
         )
         .await
         .unwrap();
-        assert_eq!(
-            again.get_session("s1").await.unwrap().unwrap().owner,
-            "alice"
-        );
+        assert_eq!(live_session(&again, "s1").await.owner, "alice");
     }
 }
 
@@ -2036,7 +1742,7 @@ mod sqlite_only {
     async fn second_store(url: &str) -> Arc<dyn RuntimeStore> {
         let pool = connect_database(url, &DbOptions::default()).await.unwrap();
         assert!(matches!(pool, DbPool::Sqlite(_)));
-        open_store(pool).await.unwrap()
+        open_store(pool, Arc::new(SystemClock)).await.unwrap()
     }
 
     /// Session locks are per process and database file, not per store value.
@@ -2071,26 +1777,11 @@ mod sqlite_only {
     async fn reopening_a_migrated_file_keeps_its_data() {
         let db = sqlite_db().await;
         create(&db.store, "s1", "alice").await;
-        db.store
-            .append_message(message("s1", Role::User, "hi"))
-            .await
-            .unwrap();
+        append(&db.store, message("s1", Role::User, "hi")).await;
         let again = second_store(&db.url).await;
+        assert_eq!(live_session(&again, "s1").await.message_count, 1);
         assert_eq!(
-            again
-                .get_session("s1")
-                .await
-                .unwrap()
-                .unwrap()
-                .message_count,
-            1
-        );
-        assert_eq!(
-            again
-                .append_message(message("s1", Role::User, "again"))
-                .await
-                .unwrap()
-                .seq,
+            append(&again, message("s1", Role::User, "again")).await.seq,
             2
         );
     }

@@ -5,7 +5,12 @@
 //!
 //! Run with `cargo bench -p codelab-auth --bench auth`. Everything runs sequentially on one
 //! thread, so the numbers are per core.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests own their clock, ids and tasks"
+)]
 
+use codelab_core::service::Service as _;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,12 +64,14 @@ fn main() {
         )
         .await
         .expect("in-memory SQLite opens");
-        let store = codelab_auth::store::open_store(pool)
+        let store = codelab_auth::store::open_store(pool, Arc::clone(&clock))
             .await
             .expect("migrations run on a fresh database");
-        let keys = KeyManager::load_or_init(store, None, "bench", Arc::clone(&clock), true)
-            .await
-            .expect("a key is generated");
+        let plain = codelab_auth::keys::KeyEncryption::none();
+        let keys =
+            KeyManager::load_or_init_with(store, None, "bench", Arc::clone(&clock), true, plain)
+                .await
+                .expect("a key is generated");
         TokenService::new(
             Arc::new(keys),
             "https://auth.codelab.local",
@@ -190,9 +197,12 @@ async fn grants_over_http() -> Vec<Row> {
         db_url: format!("sqlite:///{}", dir.path().join("auth.db").display()),
         ..codelab_auth::Config::default()
     };
-    let state = codelab_auth::build(config, codelab_auth::Deps::new(Environment::Development))
-        .await
-        .expect("the auth service builds");
+    let state = codelab_auth::AuthService::build(
+        config,
+        codelab_core::service::SharedDeps::isolated(Environment::Development),
+    )
+    .await
+    .expect("the auth service builds");
     codelab_auth::admin::add_user(
         state.store.as_ref(),
         "bench",
@@ -209,8 +219,8 @@ async fn grants_over_http() -> Vec<Row> {
         "http://{}/oauth/token",
         listener.local_addr().expect("addr")
     );
-    let app =
-        codelab_auth::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = codelab_auth::AuthService::router(state)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, app).await });
     let client = reqwest::Client::new();
     let password_form = [

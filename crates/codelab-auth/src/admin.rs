@@ -255,7 +255,7 @@ pub async fn set_user_enabled_by(
     let revoked_refresh_tokens = if enabled {
         0
     } else {
-        store.revoke_user_tokens(&user.id, Utc::now()).await?
+        store.revoke_user_tokens(&user.id, wall_time()).await?
     };
     let event_type = if enabled {
         "admin_user_enable"
@@ -301,7 +301,7 @@ pub async fn set_password_by(
         .set_password_hash(&user.id, &hash)
         .await
         .map_err(|e| unknown_user(e, username))?;
-    let revoked_refresh_tokens = store.revoke_user_tokens(&user.id, Utc::now()).await?;
+    let revoked_refresh_tokens = store.revoke_user_tokens(&user.id, wall_time()).await?;
     audit(
         store,
         actor,
@@ -551,6 +551,12 @@ fn unique(items: Vec<String>) -> Vec<String> {
 }
 
 /// A user by username (case-insensitive), never by email.
+/// Now, for revocations: the admin functions run from the command line and the admin API,
+/// which give them no clock, so the real one (the store's own in production).
+fn wall_time() -> chrono::DateTime<Utc> {
+    codelab_core::db::now_from(&codelab_core::SystemClock)
+}
+
 async fn find_by_username(store: &dyn AuthStore, username: &str) -> Result<User, AdminError> {
     match store.find_user_by_login(username).await? {
         // The lookup falls back to emails; an admin command names accounts by username only.

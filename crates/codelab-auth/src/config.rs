@@ -3,15 +3,14 @@
 
 use std::path::PathBuf;
 
+use axum::http::Method;
 use codelab_core::config::{Environment, Secret};
+use codelab_core::http::cors_layer;
+use codelab_core::service::{ConfigProblem, Listen, ServiceConfig};
 use serde::{Deserialize, Serialize};
 
-/// Default port of the auth service.
-pub const DEFAULT_PORT: u16 = 8003;
-/// Environment prefix of every setting.
-pub const ENV_PREFIX: &str = "AUTH_SERVICE";
-/// Section name in the TOML config file.
-pub const SECTION: &str = "auth_service";
+use crate::limits::TrustedProxies;
+
 /// `kid` of a key imported from `AUTH_SERVICE__PRIVATE_KEY_PATH` (the original's constant).
 pub const LEGACY_KEY_ID: &str = "2024-01-key-1";
 /// Redirect URIs of the seeded `codelab-web` client in development when none are configured:
@@ -164,6 +163,43 @@ impl Config {
     pub fn rate_limiting_enabled(&self, environment: Environment) -> bool {
         self.enable_rate_limiting
             .unwrap_or(environment != Environment::Development)
+    }
+}
+
+/// Methods browsers may use across origins (`cors_origins`).
+pub const CORS_METHODS: &[Method] = &[Method::GET, Method::POST];
+
+impl ServiceConfig for Config {
+    const SECTION: &'static str = "auth_service";
+    const ENV_PREFIX: &'static str = "AUTH_SERVICE";
+    const DEFAULT_PORT: u16 = 8003;
+
+    /// Refuses a public URL, CORS origins or trusted proxies that cannot work, so a bad
+    /// setting stops startup rather than the first request.
+    fn validate(&self, environment: Environment) -> Result<(), ConfigProblem> {
+        check_public_url(&self.public_url)?;
+        cors_layer(&self.cors_origins, CORS_METHODS, environment)?;
+        TrustedProxies::parse(&self.trusted_proxies).map_err(|e| ConfigProblem(e.to_string()))?;
+        Ok(())
+    }
+
+    fn listen(&self) -> Listen<'_> {
+        Listen::new(&self.host, self.port, &self.log_level)
+    }
+}
+
+/// Checks that `public_url` is an absolute http(s) URL without query or fragment (RFC 8414
+/// §2: the issuer has none).
+fn check_public_url(url: &str) -> Result<(), ConfigProblem> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && !url.contains(['?', '#'])
+        && url.len() > "https://".len();
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigProblem(format!(
+            "public_url must be an absolute http(s) URL without query or fragment, got {url:?}"
+        )))
     }
 }
 

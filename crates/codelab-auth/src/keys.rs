@@ -477,30 +477,10 @@ impl KeyManager {
     /// Replicas starting together may race: a `Conflict` on insert means another one stored
     /// its key first, and everyone converges on the newest unretired key after the reload.
     ///
-    /// Keys are stored as PEM: development without a key-encryption key (see
-    /// [`Self::load_or_init_with`]).
-    pub async fn load_or_init(
-        store: Arc<dyn AuthStore>,
-        import_pem_path: Option<&Path>,
-        import_kid: &str,
-        clock: SharedClock,
-        allow_generate: bool,
-    ) -> Result<KeyManager, KeyError> {
-        Self::load_or_init_with(
-            store,
-            import_pem_path,
-            import_kid,
-            clock,
-            allow_generate,
-            KeyEncryption::none(),
-        )
-        .await
-    }
-
-    /// [`Self::load_or_init`] with private keys stored under `encryption`. Stored keys are
-    /// first brought under its current key (plain PEM from before encryption, or keys under
-    /// the previous key-encryption key); a published key that cannot be opened stops the
-    /// start with an error naming the setting to fix.
+    /// Private keys are stored under `encryption` ([`KeyEncryption::none`]: as PEM, development
+    /// only). Stored keys are first brought under its current key (plain PEM from before
+    /// encryption, or keys under the previous key-encryption key); a published key that cannot
+    /// be opened stops the start with an error naming the setting to fix.
     pub async fn load_or_init_with(
         store: Arc<dyn AuthStore>,
         import_pem_path: Option<&Path>,
@@ -655,7 +635,7 @@ impl KeyManager {
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let manager = Arc::clone(self);
-        tokio::spawn(async move {
+        codelab_core::tasks::spawn("signing-key-reloader", async move {
             let mut interval = tokio::time::interval(RELOAD_INTERVAL);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // The first tick fires at once; the set was just loaded.
@@ -1042,7 +1022,9 @@ pub(crate) mod tests {
             ..DbOptions::default()
         };
         let pool = connect_database("sqlite::memory:", &options).await.unwrap();
-        crate::store::open_store(pool).await.unwrap()
+        crate::store::open_store(pool, Arc::new(codelab_core::clock::SystemClock))
+            .await
+            .unwrap()
     }
 
     pub(crate) fn start() -> SystemTime {
@@ -1050,15 +1032,44 @@ pub(crate) mod tests {
     }
 
     pub(crate) async fn manager(store: &Arc<dyn AuthStore>, clock: &ManualClock) -> KeyManager {
-        KeyManager::load_or_init(
+        KeyManager::load_or_init_with(
             Arc::clone(store),
             None,
             "unused",
             Arc::new(clock.clone()),
             true,
+            KeyEncryption::none(),
         )
         .await
         .unwrap()
+    }
+
+    /// A key manager that generated its key on a new store, at [`start`] on a manual clock.
+    async fn fresh_manager() -> (Arc<dyn AuthStore>, ManualClock, KeyManager) {
+        let store = sqlite_store().await;
+        let clock = ManualClock::new(start());
+        let keys = manager(&store, &clock).await;
+        (store, clock, keys)
+    }
+
+    /// Loads the key set of `store` at [`start`], importing `file` or generating if asked.
+    async fn load(
+        store: &Arc<dyn AuthStore>,
+        file: Option<&Path>,
+        kid: &str,
+        generate: bool,
+    ) -> Result<KeyManager, KeyError> {
+        let clock = Arc::new(ManualClock::new(start()));
+        let plain = KeyEncryption::none();
+        KeyManager::load_or_init_with(Arc::clone(store), file, kid, clock, generate, plain).await
+    }
+
+    /// A temporary directory holding `private_key.pem` with `contents`, and that file's path.
+    fn key_file(contents: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private_key.pem");
+        std::fs::write(&path, contents).unwrap();
+        (dir, path)
     }
 
     async fn stored(store: &Arc<dyn AuthStore>) -> Vec<SigningKeyRecord> {
@@ -1071,9 +1082,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn jwks_has_the_original_shape_and_minimal_unpadded_components() {
-        let store = sqlite_store().await;
-        let clock = ManualClock::new(start());
-        let keys = manager(&store, &clock).await;
+        let (store, _clock, keys) = fresh_manager().await;
         let jwks = keys.jwks();
         let list = jwks["keys"].as_array().unwrap();
         assert_eq!(list.len(), 1);
@@ -1148,20 +1157,12 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn imports_the_pem_file_under_the_configured_kid() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("private_key.pem");
         let (private, public) = KeyManager::generate_pem().unwrap();
-        std::fs::write(&path, &private).unwrap();
+        let (_dir, path) = key_file(&private);
         let store = sqlite_store().await;
-        let keys = KeyManager::load_or_init(
-            Arc::clone(&store),
-            Some(&path),
-            "2024-01-key-1",
-            Arc::new(ManualClock::new(start())),
-            false,
-        )
-        .await
-        .unwrap();
+        let keys = load(&store, Some(&path), "2024-01-key-1", false)
+            .await
+            .unwrap();
         assert_eq!(keys.active_kid(), "2024-01-key-1");
         let records = stored(&store).await;
         assert_eq!(records[0].public_key_pem, public);
@@ -1171,21 +1172,12 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn empty_set_without_import_or_generation_is_an_error() {
         let store = sqlite_store().await;
-        let clock: SharedClock = Arc::new(ManualClock::new(start()));
-        let error = KeyManager::load_or_init(
-            Arc::clone(&store),
-            None,
-            "2024-01-key-1",
-            Arc::clone(&clock),
-            false,
-        )
-        .await
-        .unwrap_err();
-        assert!(matches!(error, KeyError::NoKey), "{error}");
-        let missing = Path::new("/nonexistent/private_key.pem");
-        let error = KeyManager::load_or_init(store, Some(missing), "k", clock, false)
+        let error = load(&store, None, "2024-01-key-1", false)
             .await
             .unwrap_err();
+        assert!(matches!(error, KeyError::NoKey), "{error}");
+        let missing = Path::new("/nonexistent/private_key.pem");
+        let error = load(&store, Some(missing), "k", false).await.unwrap_err();
         assert_eq!(
             error.to_string(),
             format!(
@@ -1197,22 +1189,10 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn invalid_pem_file_is_refused_with_its_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("private_key.pem");
-        std::fs::write(
-            &path,
-            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
-        )
-        .unwrap();
-        let error = KeyManager::load_or_init(
-            sqlite_store().await,
-            Some(&path),
-            "k",
-            Arc::new(ManualClock::new(start())),
-            true,
-        )
-        .await
-        .unwrap_err();
+        let (_dir, path) = key_file("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n");
+        let error = load(&sqlite_store().await, Some(&path), "k", true)
+            .await
+            .unwrap_err();
         let message = error.to_string();
         assert!(message.contains(&path.display().to_string()), "{message}");
         assert!(
@@ -1223,27 +1203,12 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn concurrent_import_conflict_reloads_the_winner() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("private_key.pem");
         let (private, _) = KeyManager::generate_pem().unwrap();
-        std::fs::write(&path, &private).unwrap();
+        let (_dir, path) = key_file(&private);
         let store = sqlite_store().await;
-        let clock: SharedClock = Arc::new(ManualClock::new(start()));
         let (a, b) = tokio::join!(
-            KeyManager::load_or_init(
-                Arc::clone(&store),
-                Some(&path),
-                "legacy",
-                Arc::clone(&clock),
-                false
-            ),
-            KeyManager::load_or_init(
-                Arc::clone(&store),
-                Some(&path),
-                "legacy",
-                Arc::clone(&clock),
-                false
-            ),
+            load(&store, Some(&path), "legacy", false),
+            load(&store, Some(&path), "legacy", false),
         );
         assert_eq!(a.unwrap().active_kid(), "legacy");
         assert_eq!(b.unwrap().active_kid(), "legacy");
@@ -1252,9 +1217,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn rotation_keeps_the_old_key_published_until_publish_until() {
-        let store = sqlite_store().await;
-        let clock = ManualClock::new(start());
-        let keys = manager(&store, &clock).await;
+        let (store, clock, keys) = fresh_manager().await;
         let old = keys.active_kid();
 
         let new = KeyManager::rotate(store.as_ref(), &clock, Duration::from_secs(3600))
@@ -1314,9 +1277,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn unknown_kid_reloads_are_rate_limited() {
-        let store = sqlite_store().await;
-        let clock = ManualClock::new(start());
-        let keys = manager(&store, &clock).await;
+        let (store, clock, keys) = fresh_manager().await;
         assert!(keys.reload_for_unknown_kid().await);
 
         // A rotation elsewhere is not seen by a forced reload within 10 s of the last one...

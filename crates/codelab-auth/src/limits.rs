@@ -548,26 +548,20 @@ mod tests {
     #[test]
     fn real_ip_is_used_without_forwarded_for_and_garbage_falls_back() {
         let proxies = trusted(&["127.0.0.1"]);
-        let h = headers(&[("x-real-ip", "198.51.100.20")]);
-        assert_eq!(
-            client_ip(Some(ip("127.0.0.1")), &h, &proxies),
-            Some(ip("198.51.100.20"))
-        );
-        let h = headers(&[("x-real-ip", "not-an-ip")]);
-        assert_eq!(
-            client_ip(Some(ip("127.0.0.1")), &h, &proxies),
-            Some(ip("127.0.0.1"))
-        );
-        let h = headers(&[("x-forwarded-for", "garbage, 198.51.100.1")]);
-        assert_eq!(
-            client_ip(Some(ip("127.0.0.1")), &h, &proxies),
-            Some(ip("198.51.100.1"))
-        );
+        // (header, value, the client it names)
+        for (name, value, client) in [
+            ("x-real-ip", "198.51.100.20", "198.51.100.20"),
+            ("x-real-ip", "not-an-ip", "127.0.0.1"),
+            ("x-forwarded-for", "garbage, 198.51.100.1", "198.51.100.1"),
+            ("x-forwarded-for", "198.51.100.1, garbage", "127.0.0.1"),
+        ] {
+            let h = headers(&[(name, value)]);
+            assert_eq!(
+                client_ip(Some(ip("127.0.0.1")), &h, &proxies),
+                Some(ip(client))
+            );
+        }
         let h = headers(&[("x-forwarded-for", "198.51.100.1, garbage")]);
-        assert_eq!(
-            client_ip(Some(ip("127.0.0.1")), &h, &proxies),
-            Some(ip("127.0.0.1"))
-        );
         assert_eq!(client_ip(None, &h, &proxies), None);
     }
 

@@ -428,6 +428,10 @@ pub fn check_password_policy(password: &str) -> Result<(), PasswordError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::disallowed_methods,
+        reason = "tests own their clock, ids and tasks"
+    )]
     use super::*;
 
     #[tokio::test]

@@ -26,7 +26,7 @@ use crate::keys::KeyManager;
 /// The only accepted `alg` (RFC 8725 §3.1: an allowlist of one).
 const ALG: &str = "RS256";
 
-/// The claims of every token, access and refresh alike (spec §3).
+/// The claims of every token, access and refresh alike (`docs/auth.md`, "Tokens and keys").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     /// The issuer (`AUTH_SERVICE__JWT_ISSUER`).
@@ -223,7 +223,7 @@ impl TokenService {
             exp,
             iat: now,
             nbf: now,
-            jti: uuid::Uuid::new_v4().to_string(),
+            jti: codelab_core::ids::new_random_id().to_string(),
             token_type: token_type.as_str().to_owned(),
             client_id: client_id.to_owned(),
             scope: scope.to_owned(),
@@ -316,7 +316,7 @@ impl TokenService {
             return Err(TokenError::WrongAudience);
         }
         // Refresh and access tokens share iss/aud: the type is what keeps a refresh token
-        // from being used as an access token (spec §3, RFC 8725 §3.11).
+        // from being used as an access token (RFC 8725 §3.11).
         if claims.token_type != expected.as_str() {
             return Err(TokenError::WrongType {
                 expected,
@@ -365,7 +365,7 @@ fn decode_rs256(token: &str, key: &DecodingKey) -> Result<Claims, TokenError> {
         })
 }
 
-/// Lower-case hex SHA-256 of a `jti`: how refresh tokens are stored (spec §5).
+/// Lower-case hex SHA-256 of a `jti`: how refresh tokens are stored (never the token itself).
 pub fn jti_hash(jti: &str) -> String {
     sha256_hex(jti.as_bytes())
 }
@@ -428,6 +428,20 @@ mod tests {
         }
     }
 
+    impl Fixture {
+        /// A token of `kind` for user `u` of client `c`, valid for `seconds`.
+        fn token(&self, kind: TokenType, scope: &str, seconds: i64) -> String {
+            self.service
+                .issue(kind, "u", "c", scope, seconds)
+                .unwrap()
+                .token
+        }
+
+        async fn verify_access(&self, token: &str) -> Result<Claims, TokenError> {
+            self.service.verify(token, TokenType::Access).await
+        }
+    }
+
     async fn fixture() -> Fixture {
         fixture_with_leeway(0).await
     }
@@ -480,11 +494,7 @@ mod tests {
         assert_eq!(claims.as_object().unwrap().len(), 10);
         assert_eq!(issued.expires_at.timestamp(), now + 900);
 
-        let verified = f
-            .service
-            .verify(&issued.token, TokenType::Access)
-            .await
-            .unwrap();
+        let verified = f.verify_access(&issued.token).await.unwrap();
         assert_eq!(verified.sub, "user-1");
         assert_eq!(verified.jti, issued.jti);
     }
@@ -493,10 +503,7 @@ mod tests {
     async fn token_verifies_with_the_published_jwk_alone() {
         // What the gateway does: verify with n/e from the JWKS, RS256 pinned.
         let f = fixture().await;
-        let issued = f
-            .service
-            .issue(TokenType::Access, "u", "c", "s", 60)
-            .unwrap();
+        let issued = f.token(TokenType::Access, "s", 60);
         let jwks = f.service.keys().jwks();
         let jwk = &jwks["keys"][0];
         let key = DecodingKey::from_rsa_components(
@@ -504,86 +511,48 @@ mod tests {
             jwk["e"].as_str().unwrap(),
         )
         .unwrap();
-        assert_eq!(decode_rs256(&issued.token, &key).unwrap().sub, "u");
+        assert_eq!(decode_rs256(&issued, &key).unwrap().sub, "u");
     }
 
     #[tokio::test]
     async fn expiry_uses_the_injected_clock() {
         let f = fixture().await;
-        let issued = f
-            .service
-            .issue(TokenType::Access, "u", "c", "s", 900)
-            .unwrap();
+        let issued = f.token(TokenType::Access, "s", 900);
         f.clock.advance(Duration::from_secs(899));
-        assert!(
-            f.service
-                .verify(&issued.token, TokenType::Access)
-                .await
-                .is_ok()
-        );
+        assert!(f.verify_access(&issued).await.is_ok());
         f.clock.advance(Duration::from_secs(1));
-        assert_eq!(
-            f.service.verify(&issued.token, TokenType::Access).await,
-            Err(TokenError::Expired)
-        );
+        assert_eq!(f.verify_access(&issued).await, Err(TokenError::Expired));
     }
 
     #[tokio::test]
     async fn leeway_tolerates_skew_on_both_sides() {
         let f = fixture_with_leeway(30).await;
-        let issued = f
-            .service
-            .issue(TokenType::Access, "u", "c", "s", 900)
-            .unwrap();
+        let issued = f.token(TokenType::Access, "s", 900);
         // A verifier whose clock is 30 s behind still accepts it...
         f.clock.set(start() - Duration::from_secs(30));
-        assert!(
-            f.service
-                .verify(&issued.token, TokenType::Access)
-                .await
-                .is_ok()
-        );
+        assert!(f.verify_access(&issued).await.is_ok());
         // ...but not 31 s behind.
         f.clock.set(start() - Duration::from_secs(31));
-        assert_eq!(
-            f.service.verify(&issued.token, TokenType::Access).await,
-            Err(TokenError::NotYetValid)
-        );
+        assert_eq!(f.verify_access(&issued).await, Err(TokenError::NotYetValid));
         // Expiry gets the same 30 s.
         f.clock.set(start() + Duration::from_secs(929));
-        assert!(
-            f.service
-                .verify(&issued.token, TokenType::Access)
-                .await
-                .is_ok()
-        );
+        assert!(f.verify_access(&issued).await.is_ok());
         f.clock.set(start() + Duration::from_secs(930));
-        assert_eq!(
-            f.service.verify(&issued.token, TokenType::Access).await,
-            Err(TokenError::Expired)
-        );
+        assert_eq!(f.verify_access(&issued).await, Err(TokenError::Expired));
     }
 
     #[tokio::test]
     async fn refresh_token_is_not_an_access_token() {
         let f = fixture().await;
-        let refresh = f
-            .service
-            .issue(TokenType::Refresh, "u", "c", "s", 60)
-            .unwrap();
+        let refresh = f.token(TokenType::Refresh, "s", 60);
         assert_eq!(
-            f.service.verify(&refresh.token, TokenType::Access).await,
+            f.verify_access(&refresh).await,
             Err(TokenError::WrongType {
                 expected: TokenType::Access,
                 found: "refresh".into()
             })
         );
-        assert!(
-            f.service
-                .verify(&refresh.token, TokenType::Refresh)
-                .await
-                .is_ok()
-        );
+        assert!(f.service.verify(&refresh, TokenType::Refresh).await.is_ok());
     }
 
     #[tokio::test]
@@ -597,16 +566,13 @@ mod tests {
             .issue(TokenType::Access, "u", "c", "s", 60)
             .unwrap()
             .token;
-        assert_eq!(
-            f.service.verify(&token, TokenType::Access).await,
-            Err(TokenError::WrongIssuer)
-        );
+        assert_eq!(f.verify_access(&token).await, Err(TokenError::WrongIssuer));
         let token = other_aud
             .issue(TokenType::Access, "u", "c", "s", 60)
             .unwrap()
             .token;
         assert_eq!(
-            f.service.verify(&token, TokenType::Access).await,
+            f.verify_access(&token).await,
             Err(TokenError::WrongAudience)
         );
     }
@@ -614,18 +580,15 @@ mod tests {
     #[tokio::test]
     async fn alg_none_is_refused() {
         let f = fixture().await;
-        let issued = f
-            .service
-            .issue(TokenType::Access, "u", "c", "s", 60)
-            .unwrap();
-        let claims = issued.token.split('.').nth(1).unwrap();
+        let issued = f.token(TokenType::Access, "s", 60);
+        let claims = issued.split('.').nth(1).unwrap();
         for header in [
             serde_json::json!({"alg": "none", "typ": "JWT"}),
             serde_json::json!({"alg": "None", "kid": f.service.keys().active_kid()}),
         ] {
             let unsigned = format!("{}.{claims}.", b64_json(&header));
             assert!(matches!(
-                f.service.verify(&unsigned, TokenType::Access).await,
+                f.verify_access(&unsigned).await,
                 Err(TokenError::UnsupportedAlgorithm(_))
             ));
         }
@@ -638,13 +601,7 @@ mod tests {
         let public_pem = f.store.list_signing_keys().await.unwrap()[0]
             .public_key_pem
             .clone();
-        let claims = part(
-            &f.service
-                .issue(TokenType::Access, "u", "c", "s", 60)
-                .unwrap()
-                .token,
-            1,
-        );
+        let claims = part(&f.token(TokenType::Access, "s", 60), 1);
         let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
         header.kid = Some(f.service.keys().active_kid());
         let forged = encode(
@@ -654,7 +611,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            f.service.verify(&forged, TokenType::Access).await,
+            f.verify_access(&forged).await,
             Err(TokenError::UnsupportedAlgorithm("HS256".into()))
         );
     }
@@ -662,13 +619,10 @@ mod tests {
     #[tokio::test]
     async fn tampered_claims_fail_the_signature() {
         let f = fixture().await;
-        let issued = f
-            .service
-            .issue(TokenType::Access, "u", "c", "api:read", 60)
-            .unwrap();
-        let mut claims = part(&issued.token, 1);
+        let issued = f.token(TokenType::Access, "api:read", 60);
+        let mut claims = part(&issued, 1);
         claims["scope"] = "api:admin".into();
-        let mut parts: Vec<String> = issued.token.split('.').map(str::to_owned).collect();
+        let mut parts: Vec<String> = issued.split('.').map(str::to_owned).collect();
         parts[1] = b64_json(&claims);
         assert_eq!(
             f.service.verify(&parts.join("."), TokenType::Access).await,
@@ -680,7 +634,7 @@ mod tests {
     async fn garbage_is_malformed() {
         let f = fixture().await;
         for token in ["", "abc", "a.b", "a.b.c.d", "!!!.e30.sig", "e30.e30.sig"] {
-            let result = f.service.verify(token, TokenType::Access).await;
+            let result = f.verify_access(token).await;
             assert!(
                 matches!(result, Err(TokenError::Malformed(_))),
                 "{token}: {result:?}"
@@ -719,14 +673,7 @@ mod tests {
         let claims = part(&issued.token, 1);
         let header = serde_json::json!({"alg": "RS256", "typ": "JWT"});
         let token = sign_raw(&f.store, &header, &claims).await;
-        assert_eq!(
-            f.service
-                .verify(&token, TokenType::Access)
-                .await
-                .unwrap()
-                .jti,
-            issued.jti
-        );
+        assert_eq!(f.verify_access(&token).await.unwrap().jti, issued.jti);
     }
 
     #[tokio::test]
@@ -754,20 +701,17 @@ mod tests {
 
         let token = rotate_other().await;
         assert_ne!(other_keys.active_kid(), f.service.keys().active_kid());
-        assert!(f.service.verify(&token, TokenType::Access).await.is_ok());
+        assert!(f.verify_access(&token).await.is_ok());
         // The reload also switched this replica's signing key.
         assert_eq!(f.service.keys().active_kid(), other_keys.active_kid());
 
         // Within 10 s of that reload, another unknown kid does not reach the store again...
         let token = rotate_other().await;
         f.clock.advance(Duration::from_secs(9));
-        assert_eq!(
-            f.service.verify(&token, TokenType::Access).await,
-            Err(TokenError::UnknownKey)
-        );
+        assert_eq!(f.verify_access(&token).await, Err(TokenError::UnknownKey));
         // ...after 10 s it does.
         f.clock.advance(Duration::from_secs(1));
-        assert!(f.service.verify(&token, TokenType::Access).await.is_ok());
+        assert!(f.verify_access(&token).await.is_ok());
     }
 
     #[tokio::test]

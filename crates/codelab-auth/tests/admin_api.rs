@@ -1,12 +1,16 @@
 //! The admin API (`/admin/users`, `/admin/clients`) the website's admin pages use: only a
 //! Bearer access token with `api:admin` whose user is an active administrator gets in, and
 //! the changes are those of `codelab admin` (disable revokes logins, policy-checked passwords).
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
 mod support;
 
 use codelab_auth::tokens::TokenType;
 use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use support::{ADMIN_PASSWORD, Auth, Backend};
 
@@ -14,22 +18,25 @@ const ADMIN_SCOPES: &str = "api:read api:write api:admin";
 
 /// An access token as the website's login gives it (client `codelab-web`).
 fn web_token(auth: &Auth, user_id: &str, scope: &str) -> String {
-    auth.state
-        .tokens
-        .issue(TokenType::Access, user_id, "codelab-web", scope, 900)
-        .unwrap()
-        .token
+    auth.issue(TokenType::Access, user_id, "codelab-web", scope)
 }
 
 async fn admin_token(auth: &Auth) -> String {
-    let admin = auth
-        .state
-        .store
-        .find_user_by_login("admin")
-        .await
-        .unwrap()
-        .unwrap();
+    let admin = auth.user("admin").await;
     web_token(auth, &admin.id, ADMIN_SCOPES)
+}
+
+async fn get_as(auth: &Auth, path: &str, token: Option<&str>) -> (StatusCode, HeaderMap, Value) {
+    call(auth, reqwest::Method::GET, path, token, None).await
+}
+
+async fn post_as(
+    auth: &Auth,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, HeaderMap, Value) {
+    call(auth, reqwest::Method::POST, path, Some(token), body).await
 }
 
 async fn call(
@@ -38,7 +45,7 @@ async fn call(
     path: &str,
     token: Option<&str>,
     body: Option<Value>,
-) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+) -> (StatusCode, HeaderMap, Value) {
     let mut request = auth.http.request(method, auth.url(path));
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -58,9 +65,8 @@ async fn call(
 #[tokio::test]
 async fn only_active_administrators_with_the_admin_scope_get_in() {
     let auth = Auth::start(Backend::Sqlite).await;
-    let get = reqwest::Method::GET;
 
-    let (status, headers, _) = call(&auth, get.clone(), "/admin/users", None, None).await;
+    let (status, headers, _) = get_as(&auth, "/admin/users", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(
         headers["www-authenticate"]
@@ -69,20 +75,13 @@ async fn only_active_administrators_with_the_admin_scope_get_in() {
             .starts_with("Bearer")
     );
 
-    let (status, _, body) = call(&auth, get.clone(), "/admin/users", Some("not-a-jwt"), None).await;
+    let (status, _, body) = get_as(&auth, "/admin/users", Some("not-a-jwt")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"], "invalid_token");
 
     // The Flutter client's token: a real admin, but no api:admin scope.
     let flutter = auth.login("admin", ADMIN_PASSWORD).await;
-    let (status, headers, body) = call(
-        &auth,
-        get.clone(),
-        "/admin/users",
-        Some(&flutter.access),
-        None,
-    )
-    .await;
+    let (status, headers, body) = get_as(&auth, "/admin/users", Some(&flutter.access)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["error"], "insufficient_scope");
     assert!(
@@ -95,42 +94,17 @@ async fn only_active_administrators_with_the_admin_scope_get_in() {
     // A user who is not an administrator, even with a token claiming the scope.
     let bob = auth.add_user("bob", "bob-password-123").await;
     let forged_scope = web_token(&auth, &bob.id, ADMIN_SCOPES);
-    let (status, _, _) = call(
-        &auth,
-        get.clone(),
-        "/admin/clients",
-        Some(&forged_scope),
-        None,
-    )
-    .await;
+    let (status, _, _) = get_as(&auth, "/admin/clients", Some(&forged_scope)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // A refresh token is not an access token.
-    let admin = auth
-        .state
-        .store
-        .find_user_by_login("admin")
-        .await
-        .unwrap()
-        .unwrap();
-    let refresh = auth
-        .state
-        .tokens
-        .issue(
-            TokenType::Refresh,
-            &admin.id,
-            "codelab-web",
-            ADMIN_SCOPES,
-            900,
-        )
-        .unwrap()
-        .token;
-    let (status, _, _) = call(&auth, get.clone(), "/admin/users", Some(&refresh), None).await;
+    let admin = auth.user("admin").await;
+    let refresh = auth.issue(TokenType::Refresh, &admin.id, "codelab-web", ADMIN_SCOPES);
+    let (status, _, _) = get_as(&auth, "/admin/users", Some(&refresh)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     let token = admin_token(&auth).await;
-    let (status, headers, body) =
-        call(&auth, get.clone(), "/admin/users", Some(&token), None).await;
+    let (status, headers, body) = get_as(&auth, "/admin/users", Some(&token)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(headers["cache-control"], "no-store");
     let names: Vec<&str> = body["users"]
@@ -145,7 +119,7 @@ async fn only_active_administrators_with_the_admin_scope_get_in() {
         "no hash leaks: {body}"
     );
 
-    let (status, _, body) = call(&auth, get, "/admin/clients", Some(&token), None).await;
+    let (status, _, body) = get_as(&auth, "/admin/clients", Some(&token)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let web = body["clients"]
         .as_array()
@@ -161,16 +135,10 @@ async fn only_active_administrators_with_the_admin_scope_get_in() {
 async fn users_are_created_disabled_enabled_and_given_new_passwords() {
     let auth = Auth::start(Backend::Sqlite).await;
     let token = admin_token(&auth).await;
-    let post = reqwest::Method::POST;
 
-    let (status, _, user) = call(
-        &auth,
-        post.clone(),
-        "/admin/users",
-        Some(&token),
-        Some(json!({"username": "carol", "password": "carol-password-1", "email": "Carol@Example.com"})),
-    )
-    .await;
+    let carol =
+        json!({"username": "carol", "password": "carol-password-1", "email": "Carol@Example.com"});
+    let (status, _, user) = post_as(&auth, "/admin/users", &token, Some(carol)).await;
     assert_eq!(status, StatusCode::CREATED, "{user}");
     assert_eq!(user["username"], "carol");
     assert_eq!(user["email"], "carol@example.com");
@@ -178,99 +146,60 @@ async fn users_are_created_disabled_enabled_and_given_new_passwords() {
     let carol = auth.login("carol", "carol-password-1").await;
 
     // The same name again, a short password, an unknown field: refused with a reason.
-    let (status, _, body) = call(
+    let (status, _, body) = post_as(
         &auth,
-        post.clone(),
         "/admin/users",
-        Some(&token),
+        &token,
         Some(json!({"username": "carol", "password": "another-password"})),
     )
     .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    let (status, _, body) = call(
+    let (status, _, body) = post_as(
         &auth,
-        post.clone(),
         "/admin/users",
-        Some(&token),
+        &token,
         Some(json!({"username": "dave", "password": "short"})),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "invalid_request");
-    let (status, _, _) = call(
+    let (status, _, _) = post_as(
         &auth,
-        post.clone(),
         "/admin/users",
-        Some(&token),
+        &token,
         Some(json!({"username": "dave", "password": "long-enough-1", "role": "root"})),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // Disabling ends the user's logins.
-    let (status, _, body) = call(
-        &auth,
-        post.clone(),
-        "/admin/users/carol/disable",
-        Some(&token),
-        None,
-    )
-    .await;
+    let (status, _, body) = post_as(&auth, "/admin/users/carol/disable", &token, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["user"]["is_active"], false);
     assert_eq!(body["revoked_refresh_tokens"], 1);
     let (status, _) = auth.refresh(carol.refresh.as_deref().unwrap()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    let (status, _, body) = call(
-        &auth,
-        post.clone(),
-        "/admin/users/carol/enable",
-        Some(&token),
-        None,
-    )
-    .await;
+    let (status, _, body) = post_as(&auth, "/admin/users/carol/enable", &token, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["user"]["is_active"], true);
 
-    let (status, _, body) = call(
+    let (status, _, body) = post_as(
         &auth,
-        post.clone(),
         "/admin/users/carol/password",
-        Some(&token),
+        &token,
         Some(json!({"password": "a-brand-new-password"})),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     auth.login("carol", "a-brand-new-password").await;
 
-    let (status, _, _) = call(
-        &auth,
-        post.clone(),
-        "/admin/users/nobody/disable",
-        Some(&token),
-        None,
-    )
-    .await;
+    let (status, _, _) = post_as(&auth, "/admin/users/nobody/disable", &token, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _, _) = call(
-        &auth,
-        post.clone(),
-        "/admin/users/carol/explode",
-        Some(&token),
-        None,
-    )
-    .await;
+    let (status, _, _) = post_as(&auth, "/admin/users/carol/explode", &token, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // An administrator cannot lock themselves out.
-    let (status, _, _) = call(
-        &auth,
-        post,
-        "/admin/users/admin/disable",
-        Some(&token),
-        None,
-    )
-    .await;
+    let (status, _, _) = post_as(&auth, "/admin/users/admin/disable", &token, None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // Every change left its audit row, and no row holds a password.

@@ -1,14 +1,17 @@
 //! Brute-force lockout and the per-IP rate limit over real HTTP, with the counters in Redis
 //! (`CODELAB_TEST_REDIS_URL`, a unique key prefix, cleaned up): the client IP comes from
 //! proxy headers only when the peer is a trusted proxy.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
 mod support;
 
 use codelab_core::cache::{Cache, connect_cache};
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{ADMIN_PASSWORD, Auth, Backend, FLUTTER, Options};
+use support::{ADMIN_PASSWORD, Auth, Backend, Options};
 
 /// A Redis cache under a fresh prefix, and the keys to delete afterwards.
 struct RedisKeys {
@@ -42,42 +45,19 @@ async fn attempt(
     password: &str,
     forwarded_for: Option<&str>,
 ) -> (StatusCode, Value) {
-    let headers: Vec<(&str, &str)> = forwarded_for
-        .map(|ip| ("x-forwarded-for", ip))
-        .into_iter()
-        .collect();
-    let (status, _, body) = auth
-        .post_form(
-            "/oauth/token",
-            &[
-                ("grant_type", "password"),
-                ("client_id", FLUTTER),
-                ("username", username),
-                ("password", password),
-            ],
-            &headers,
-        )
-        .await;
+    let (status, _, body) = auth.password_grant(username, password, forwarded_for).await;
     (status, body)
 }
 
 #[tokio::test]
 async fn lockout_behind_a_trusted_proxy_counts_the_forwarded_client() {
     let mut redis = RedisKeys::connect().await;
-    let options = Options {
-        cache: Some(redis.cache.clone()),
-        ..Options::new(Backend::Sqlite)
-    }
-    .tweak(|config| config.trusted_proxies = vec!["127.0.0.1/32".into()]);
+    let options = Options::new(Backend::Sqlite)
+        .cache(redis.cache.clone())
+        .tweak(|config| config.trusted_proxies = vec!["127.0.0.1/32".into()]);
     let auth = Auth::start_with(options).await;
     let alice = auth.add_user("alice", "alice-password-1").await;
-    let admin = auth
-        .state
-        .store
-        .find_user_by_login("admin")
-        .await
-        .unwrap()
-        .unwrap();
+    let admin = auth.user("admin").await;
     // Counters are keyed by the resolved account (issue 14, finding 4), not the typed name.
     let alice_key = format!("failed_attempts:account:{}", alice.id);
     redis.keys = vec![
@@ -160,10 +140,7 @@ async fn lockout_behind_a_trusted_proxy_counts_the_forwarded_client() {
 async fn forwarding_headers_from_an_untrusted_peer_are_ignored() {
     let mut redis = RedisKeys::connect().await;
     // No trusted proxies: the test client (127.0.0.1) talks to us directly.
-    let options = Options {
-        cache: Some(redis.cache.clone()),
-        ..Options::new(Backend::Sqlite)
-    };
+    let options = Options::new(Backend::Sqlite).cache(redis.cache.clone());
     let auth = Auth::start_with(options).await;
     redis.keys = (0..10)
         .map(|i| {
@@ -232,14 +209,12 @@ async fn successful_login_clears_the_counters_and_refresh_never_counts() {
 #[tokio::test]
 async fn the_token_endpoint_rate_limit_reports_the_real_limit() {
     let mut redis = RedisKeys::connect().await;
-    let options = Options {
-        cache: Some(redis.cache.clone()),
-        ..Options::new(Backend::Sqlite)
-    }
-    .tweak(|config| {
-        config.enable_rate_limiting = Some(true);
-        config.rate_limit_per_ip = 3;
-    });
+    let options = Options::new(Backend::Sqlite)
+        .cache(redis.cache.clone())
+        .tweak(|config| {
+            config.enable_rate_limiting = Some(true);
+            config.rate_limit_per_ip = 3;
+        });
     let auth = Auth::start_with(options).await;
     redis.keys = vec!["rate_limit:ip:127.0.0.1".into()];
     for remaining in [2, 1, 0] {
@@ -262,13 +237,7 @@ async fn the_token_endpoint_rate_limit_reports_the_real_limit() {
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry));
     // Health and keys are never limited.
-    let status = auth
-        .http
-        .get(auth.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let (status, _, _) = auth.get_text("/health").await;
     assert_eq!(status, StatusCode::OK);
     redis.cleanup().await;
 }

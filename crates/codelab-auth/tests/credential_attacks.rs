@@ -6,7 +6,10 @@
 //! Counts of password verifications are read from `/metrics`, which is process-wide: nextest
 //! runs each test in its own process, and under `cargo test` the tests of this file take
 //! [`SERIAL`] so none counts another's work.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
 mod support;
 
@@ -16,7 +19,7 @@ use codelab_auth::model::NewClient;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use support::{ADMIN_PASSWORD, Auth, Backend, INTERNAL_SECRET, Options, WEB_REDIRECT};
-use support::{hidden_field, pkce_pair, set_cookie};
+use support::{pkce_pair, set_cookie};
 
 /// Held for a whole test: the metrics and the hashing slots are shared by the process.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -26,15 +29,7 @@ const INTERNAL: &str = "codelab-internal";
 
 /// The value of a counter series in the auth service's `/metrics` (0 when absent).
 async fn metric(auth: &Auth, series: &str) -> f64 {
-    let text = auth
-        .http
-        .get(auth.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, _, text) = auth.get_text("/metrics").await;
     text.lines()
         .find_map(|line| {
             line.strip_prefix(series)
@@ -46,30 +41,6 @@ async fn metric(auth: &Auth, series: &str) -> f64 {
 
 const USER_VERIFICATIONS: &str =
     "codelab_auth_password_verifications_total{kind=\"user_password\"}";
-
-/// A password grant for the Flutter client, optionally as a client behind a trusted proxy.
-async fn password_grant(
-    auth: &Auth,
-    username: &str,
-    password: &str,
-    client_ip: Option<&str>,
-) -> (StatusCode, HeaderMap, serde_json::Value) {
-    let headers: Vec<(&str, &str)> = client_ip
-        .map(|ip| ("x-forwarded-for", ip))
-        .into_iter()
-        .collect();
-    auth.post_form(
-        "/oauth/token",
-        &[
-            ("grant_type", "password"),
-            ("client_id", support::FLUTTER),
-            ("username", username),
-            ("password", password),
-        ],
-        &headers,
-    )
-    .await
-}
 
 /// An introspection with the internal client's id and `secret`.
 async fn introspect_with(auth: &Auth, secret: &str) -> StatusCode {
@@ -91,13 +62,7 @@ async fn an_argon2_client_secret_is_rewritten_to_the_fast_form_on_first_success(
     let _serial = SERIAL.lock().await;
     let auth = Auth::start(Backend::Sqlite).await;
     // The seeded internal client is stored in the fast form from the start.
-    let internal = auth
-        .state
-        .store
-        .get_client(INTERNAL)
-        .await
-        .unwrap()
-        .unwrap();
+    let internal = auth.client(INTERNAL).await;
     assert!(
         internal
             .secret_hash
@@ -140,26 +105,14 @@ async fn an_argon2_client_secret_is_rewritten_to_the_fast_form_on_first_success(
     };
     // A wrong secret changes nothing.
     assert_eq!(grant("wrong").await, StatusCode::UNAUTHORIZED);
-    let stored = auth
-        .state
-        .store
-        .get_client("old-service")
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = auth.client("old-service").await;
     assert_eq!(stored.secret_hash.as_deref(), Some(legacy.as_str()));
     // The first success rewrites the hash; the secret keeps working, a wrong one still fails.
     assert_eq!(
         grant("legacy-client-secret-0123456789").await,
         StatusCode::OK
     );
-    let stored = auth
-        .state
-        .store
-        .get_client("old-service")
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = auth.client("old-service").await;
     let rewritten = stored.secret_hash.unwrap();
     assert!(rewritten.starts_with("$sha256$"), "{rewritten}");
     assert_eq!(
@@ -176,27 +129,19 @@ async fn a_flood_of_wrong_secret_introspections_is_refused_cheaply_and_logins_go
     let before = metric(&auth, USER_VERIFICATIONS).await;
     let flood: Vec<_> = (0..500)
         .map(|i| {
-            let http = auth.http.clone();
-            let url = auth.url("/oauth/introspect");
-            tokio::spawn(async move {
-                let body = support::encode_form(&[
+            auth.spawn_form(
+                "/oauth/introspect",
+                &[
                     ("token", "not-a-token"),
                     ("client_id", INTERNAL),
                     ("client_secret", &format!("guess-{i}")),
-                ]);
-                http.post(url)
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-            })
+                ],
+            )
         })
         .collect();
     // A password login from the same address during the flood.
     let started = Instant::now();
-    let (status, _, body) = password_grant(&auth, "admin", ADMIN_PASSWORD, None).await;
+    let (status, _, body) = auth.password_grant("admin", ADMIN_PASSWORD, None).await;
     let login_took = started.elapsed();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(
@@ -204,7 +149,7 @@ async fn a_flood_of_wrong_secret_introspections_is_refused_cheaply_and_logins_go
         "login took {login_took:?} during the flood"
     );
     for request in flood {
-        let status = request.await.unwrap();
+        let status = request.await.unwrap().status();
         assert!(
             status == StatusCode::UNAUTHORIZED || status == StatusCode::TOO_MANY_REQUESTS,
             "a flood request was answered {status}"
@@ -248,18 +193,14 @@ async fn introspection_and_revocation_are_rate_limited_per_ip_apart_from_the_tok
     );
     // Revocation shares the bucket.
     let (status, headers, body) = auth
-        .post_form(
-            "/oauth/revoke",
-            &[("token", "x"), ("client_id", support::FLUTTER)],
-            &[],
-        )
+        .revoke(&[("token", "x"), ("client_id", support::FLUTTER)])
         .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["error"], "rate_limit_exceeded");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry));
     // The failed client authentications neither rate-limit nor lock out logins from here.
-    let (status, _, body) = password_grant(&auth, "admin", ADMIN_PASSWORD, None).await;
+    let (status, _, body) = auth.password_grant("admin", ADMIN_PASSWORD, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
@@ -271,29 +212,21 @@ async fn fifty_concurrent_wrong_guesses_verify_at_most_the_threshold() {
     let before = metric(&auth, USER_VERIFICATIONS).await;
     let guesses: Vec<_> = (0..50)
         .map(|i| {
-            let http = auth.http.clone();
-            let url = auth.url("/oauth/token");
-            tokio::spawn(async move {
-                let body = support::encode_form(&[
+            auth.spawn_form(
+                "/oauth/token",
+                &[
                     ("grant_type", "password"),
                     ("client_id", support::FLUTTER),
                     ("username", "admin"),
                     ("password", &format!("guess-number-{i}")),
-                ]);
-                http.post(url)
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-            })
+                ],
+            )
         })
         .collect();
     let mut refused = 0;
     let mut wrong = 0;
     for guess in guesses {
-        match guess.await.unwrap() {
+        match guess.await.unwrap().status() {
             StatusCode::UNAUTHORIZED => wrong += 1,
             StatusCode::TOO_MANY_REQUESTS => refused += 1,
             other => panic!("a guess was answered {other}"),
@@ -307,7 +240,7 @@ async fn fifty_concurrent_wrong_guesses_verify_at_most_the_threshold() {
     assert!(wrong <= threshold, "{wrong} guesses were checked");
     assert_eq!(wrong + refused, 50);
     // And the right password is refused now too: the account is locked for untrusted clients.
-    let (status, _, _) = password_grant(&auth, "admin", ADMIN_PASSWORD, None).await;
+    let (status, _, _) = auth.password_grant("admin", ADMIN_PASSWORD, None).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
 }
 
@@ -324,15 +257,15 @@ async fn the_username_and_the_email_of_an_account_share_one_counter() {
         "Alice@Example.com",
         "alice",
     ] {
-        let (status, _, body) = password_grant(&auth, login, "wrong-password", None).await;
+        let (status, _, body) = auth.password_grant(login, "wrong-password", None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{login}: {body}");
     }
     for login in ["alice", "alice@example.com"] {
-        let (status, _, body) = password_grant(&auth, login, "alice-password-1", None).await;
+        let (status, _, body) = auth.password_grant(login, "alice-password-1", None).await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{login}: {body}");
     }
     // Another account is not affected.
-    let (status, _, _) = password_grant(&auth, "admin", ADMIN_PASSWORD, None).await;
+    let (status, _, _) = auth.password_grant("admin", ADMIN_PASSWORD, None).await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -343,13 +276,15 @@ async fn admin_signs_in_from_a_known_address_while_a_stranger_hammers_the_accoun
         .tweak(|config| config.trusted_proxies = vec!["127.0.0.1/32".into()]);
     let auth = Auth::start_with(options).await;
     let home = Some("198.51.100.10");
-    let (status, _, body) = password_grant(&auth, "admin", ADMIN_PASSWORD, home).await;
+    let (status, _, body) = auth.password_grant("admin", ADMIN_PASSWORD, home).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // A stranger hammers the account from elsewhere until it is locked for strangers.
     let stranger = Some("203.0.113.66");
     let mut locked = false;
     for _ in 0..30 {
-        let (status, _, _) = password_grant(&auth, "admin", "guess-password", stranger).await;
+        let (status, _, _) = auth
+            .password_grant("admin", "guess-password", stranger)
+            .await;
         assert!(
             status == StatusCode::UNAUTHORIZED || status == StatusCode::TOO_MANY_REQUESTS,
             "{status}"
@@ -358,10 +293,12 @@ async fn admin_signs_in_from_a_known_address_while_a_stranger_hammers_the_accoun
     }
     assert!(locked, "the stranger was never locked out");
     // A new address is refused even with the right password ...
-    let (status, _, _) = password_grant(&auth, "admin", ADMIN_PASSWORD, Some("192.0.2.200")).await;
+    let (status, _, _) = auth
+        .password_grant("admin", ADMIN_PASSWORD, Some("192.0.2.200"))
+        .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     // ... while the address admin signed in from before still gets in.
-    let (status, _, body) = password_grant(&auth, "admin", ADMIN_PASSWORD, home).await;
+    let (status, _, body) = auth.password_grant("admin", ADMIN_PASSWORD, home).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
@@ -383,52 +320,19 @@ impl Browser<'_> {
             ("code_challenge", challenge.as_str()),
             ("code_challenge_method", "S256"),
         ]);
-        let page = self
-            .auth
-            .http
-            .get(format!("{}?{query}", self.auth.url("/oauth/authorize")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(page.status(), StatusCode::OK);
-        let csrf_cookie = set_cookie(page.headers(), "codelab_auth_csrf").unwrap();
-        let html = page.text().await.unwrap();
-        let mut form: Vec<(String, String)> = [
-            "csrf_token",
-            "response_type",
-            "client_id",
-            "redirect_uri",
-            "state",
-            "scope",
-            "code_challenge",
-            "code_challenge_method",
-        ]
-        .iter()
-        .filter_map(|name| hidden_field(&html, name).map(|v| ((*name).to_owned(), v)))
-        .collect();
-        form.push(("action".into(), "login".into()));
-        form.push(("username".into(), username.into()));
-        form.push(("password".into(), password.into()));
+        let (status, headers, html) = self.auth.authorize_page(&query).await;
+        assert_eq!(status, StatusCode::OK);
+        let csrf_cookie = set_cookie(&headers, "codelab_auth_csrf").unwrap();
+        let form = support::login_form(&html, &[("username", username), ("password", password)]);
         let mut cookies = format!("codelab_auth_csrf={csrf_cookie}");
         if let Some(device) = &self.device {
             cookies.push_str(&format!("; codelab_device={device}"));
         }
-        let response = self
-            .auth
-            .http
-            .post(self.auth.url("/oauth/authorize"))
-            .header("cookie", cookies)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(support::encode_form(&form))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
+        let (status, headers, body) = self.auth.post_authorize(&cookies, &form).await;
         if let Some(device) = set_cookie(&headers, "codelab_device") {
             self.device = Some(device);
         }
-        (status, headers, response.text().await.unwrap())
+        (status, headers, body)
     }
 }
 

@@ -3,7 +3,11 @@
 //! bounded queue, never with a 500 or an unbounded wait, and the service recovers at once.
 //!
 //! Its own test binary: the cap is fixed once per process, before the first login.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a failed unwrap is the test's report; tests own their clock, ids and tasks"
+)]
 
 mod support;
 
@@ -20,22 +24,17 @@ async fn a_full_hashing_cap_answers_503_with_retry_after() {
     // Distinct unknown logins: no lockout interferes, and each costs a full verification.
     let burst: Vec<_> = (0..100)
         .map(|i| {
-            let http = auth.http.clone();
-            let url = auth.url("/oauth/token");
-            tokio::spawn(async move {
-                let body = support::encode_form(&[
+            let request = auth.spawn_form(
+                "/oauth/token",
+                &[
                     ("grant_type", "password"),
                     ("client_id", support::FLUTTER),
                     ("username", &format!("nobody-{i}")),
                     ("password", "some-password"),
-                ]);
-                let response = http
-                    .post(url)
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
+                ],
+            );
+            tokio::spawn(async move {
+                let response = request.await.unwrap();
                 let status = response.status();
                 let retry_after = response
                     .headers()
@@ -68,13 +67,6 @@ async fn a_full_hashing_cap_answers_503_with_retry_after() {
     // Nothing stays taken: the next login gets a slot (after the failures of the burst have
     // expired from the per-IP counter).
     auth.clock.advance(std::time::Duration::from_secs(901));
-    let (status, _, body) = auth
-        .token(&[
-            ("grant_type", "password"),
-            ("client_id", support::FLUTTER),
-            ("username", "admin"),
-            ("password", ADMIN_PASSWORD),
-        ])
-        .await;
+    let (status, _, body) = auth.password_grant("admin", ADMIN_PASSWORD, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }

@@ -1,7 +1,10 @@
 //! The browser flow over real HTTP: `/oauth/authorize`, the CSRF-protected login page, the
 //! authorization code grant with PKCE S256 (RFC 7636), exact redirect-URI matching, security
 //! headers and CORS.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
 mod support;
 
@@ -54,19 +57,7 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// The login page for `query`: (status, headers, html).
 async fn get_authorize(auth: &Auth, query: &[(String, String)]) -> (StatusCode, HeaderMap, String) {
-    let response = auth
-        .http
-        .get(format!(
-            "{}?{}",
-            auth.url("/oauth/authorize"),
-            support::encode_form(query)
-        ))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    (status, headers, response.text().await.unwrap())
+    auth.authorize_page(&support::encode_form(query)).await
 }
 
 /// Submits the login form rendered in `html` with the cookie from `headers`.
@@ -76,37 +67,10 @@ async fn submit(
     html: &str,
     overrides: &[(&str, &str)],
 ) -> (StatusCode, HeaderMap, String) {
-    let mut form: Vec<(String, String)> = [
-        "csrf_token",
-        "response_type",
-        "client_id",
-        "redirect_uri",
-        "state",
-        "scope",
-        "code_challenge",
-        "code_challenge_method",
-    ]
-    .iter()
-    .filter_map(|name| hidden_field(html, name).map(|v| ((*name).to_owned(), v)))
-    .collect();
-    form.push(("action".into(), "login".into()));
-    for (name, value) in overrides {
-        form.retain(|(n, _)| n != name);
-        form.push(((*name).to_owned(), (*value).to_owned()));
-    }
     let cookie = set_cookie(headers, "codelab_auth_csrf").unwrap();
-    let response = auth
-        .http
-        .post(auth.url("/oauth/authorize"))
-        .header("cookie", format!("codelab_auth_csrf={cookie}"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(support::encode_form(&form))
-        .send()
+    let form = support::login_form(html, overrides);
+    auth.post_authorize(&format!("codelab_auth_csrf={cookie}"), &form)
         .await
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    (status, headers, response.text().await.unwrap())
 }
 
 /// Logs in through the page and returns the code from the redirect.

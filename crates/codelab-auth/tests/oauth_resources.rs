@@ -1,6 +1,9 @@
 //! Revocation (RFC 7009), introspection (RFC 7662), userinfo (RFC 6750), discovery (RFC 8414),
 //! the JWKS checked by an independent JWT library, key rotation, and the operational routes.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
 mod support;
 
@@ -168,11 +171,7 @@ async fn introspection_reports_active_tokens_and_nothing_about_the_rest() {
     assert_eq!(auth.introspect("garbage").await, inactive);
     // Revoked refresh tokens are inactive.
     let (status, _, _) = auth
-        .post_form(
-            "/oauth/revoke",
-            &[("token", &refresh), ("client_id", FLUTTER)],
-            &[],
-        )
+        .revoke(&[("token", &refresh), ("client_id", FLUTTER)])
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(auth.introspect(&refresh).await, inactive);
@@ -202,15 +201,11 @@ async fn revocation_kills_the_family_and_answers_200_for_unknown_tokens() {
     let rotated = body["refresh_token"].as_str().unwrap().to_owned();
 
     let (status, headers, _) = auth
-        .post_form(
-            "/oauth/revoke",
-            &[
-                ("token", &rotated),
-                ("token_type_hint", "refresh_token"),
-                ("client_id", FLUTTER),
-            ],
-            &[],
-        )
+        .revoke(&[
+            ("token", &rotated),
+            ("token_type_hint", "refresh_token"),
+            ("client_id", FLUTTER),
+        ])
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["cache-control"], "no-store");
@@ -228,27 +223,17 @@ async fn revocation_kills_the_family_and_answers_200_for_unknown_tokens() {
     // RFC 7009 §2.2: unknown and invalid tokens, and access tokens, are answered 200.
     for token in ["garbage", session.access.as_str()] {
         let (status, _, _) = auth
-            .post_form(
-                "/oauth/revoke",
-                &[("token", token), ("client_id", FLUTTER)],
-                &[],
-            )
+            .revoke(&[("token", token), ("client_id", FLUTTER)])
             .await;
         assert_eq!(status, StatusCode::OK);
     }
     // A token of another client cannot be revoked by this one.
     let fresh = auth.login("admin", ADMIN_PASSWORD).await.refresh.unwrap();
     let (status, _, body) = auth
-        .post_form(
-            "/oauth/revoke",
-            &[("token", &fresh), ("client_id", "codelab-cli")],
-            &[],
-        )
+        .revoke(&[("token", &fresh), ("client_id", "codelab-cli")])
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    let (status, _, body) = auth
-        .post_form("/oauth/revoke", &[("client_id", FLUTTER)], &[])
-        .await;
+    let (status, _, body) = auth.revoke(&[("client_id", FLUTTER)]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"], "invalid_request");
 }
@@ -377,24 +362,9 @@ async fn health_ready_and_metrics() {
     assert_eq!(ready["checks"]["cache"], "ok");
 
     auth.login("admin", ADMIN_PASSWORD).await;
-    let (status, _, _) = auth
-        .token(&[
-            ("grant_type", "password"),
-            ("client_id", FLUTTER),
-            ("username", "admin"),
-            ("password", "nope-nope"),
-        ])
-        .await;
+    let (status, _, _) = auth.password_grant("admin", "nope-nope", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let text = auth
-        .http
-        .get(auth.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, _, text) = auth.get_text("/metrics").await;
     assert!(
         text.contains(
             "codelab_auth_token_requests_total{grant_type=\"password\",outcome=\"success\"}"

@@ -1,10 +1,15 @@
 //! `POST /oauth/token` over real HTTP: every grant's success and failure answers (RFC 6749 and
 //! the original's wire format the Flutter IDE maps), refresh rotation, the concurrent refresh
 //! race and reuse detection, on SQLite and on PostgreSQL.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a failed unwrap is the test's report; tests own their clock, ids and tasks"
+)]
 
 mod support;
 
+use codelab_core::service::Service as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,14 +115,7 @@ async fn password_grant_failures_are_generic_401_and_audited_without_the_passwor
     let auth = Auth::start(backend).await;
     auth.add_user("alice", "alice-password-1").await;
     for (username, password) in [("alice", "wrong-password-9"), ("nobody", "whatever-123")] {
-        let (status, headers, body) = auth
-            .token(&[
-                ("grant_type", "password"),
-                ("client_id", FLUTTER),
-                ("username", username),
-                ("password", password),
-            ])
-            .await;
+        let (status, headers, body) = auth.password_grant(username, password, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(
             body,
@@ -131,14 +129,7 @@ async fn password_grant_failures_are_generic_401_and_audited_without_the_passwor
         .set_user_active("alice", false)
         .await
         .unwrap();
-    let (status, _, _) = auth
-        .token(&[
-            ("grant_type", "password"),
-            ("client_id", FLUTTER),
-            ("username", "alice"),
-            ("password", "alice-password-1"),
-        ])
-        .await;
+    let (status, _, _) = auth.password_grant("alice", "alice-password-1", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     let rows = auth.audit_rows().await;
@@ -384,71 +375,53 @@ async fn malformed_requests_get_clear_4xx_answers() {
     }
 
     let post = |body: String, content_type: &'static str| {
-        auth.http
+        let request = auth
+            .http
             .post(auth.url("/oauth/token"))
             .header("content-type", content_type)
-            .body(body)
-            .send()
+            .body(body);
+        async move { support::parts(request.send().await.unwrap()).await }
     };
-    // Repeated parameters (RFC 6749 §3.2).
-    let response = post(
-        "grant_type=password&grant_type=password&client_id=x".into(),
-        "application/x-www-form-urlencoded",
-    )
-    .await
-    .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"], "invalid_request");
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("repeated")
-    );
-    // JSON bodies are not accepted.
-    let response = post(r#"{"grant_type":"password"}"#.into(), "application/json")
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"], "invalid_request");
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("form-encoded")
-    );
+    // Repeated parameters (RFC 6749 §3.2); JSON bodies are not accepted.
+    for (request, content_type, reason) in [
+        (
+            "grant_type=password&grant_type=password&client_id=x",
+            "application/x-www-form-urlencoded",
+            "repeated",
+        ),
+        (
+            r#"{"grant_type":"password"}"#,
+            "application/json",
+            "form-encoded",
+        ),
+    ] {
+        let (status, _, text) = post(request.into(), content_type).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["error"], "invalid_request");
+        assert!(body["error_description"].as_str().unwrap().contains(reason));
+    }
     // A huge field: 400; a body over the limit: 413.
     let huge = format!(
         "grant_type=password&client_id={FLUTTER}&username={}",
         "a".repeat(5000)
     );
-    let response = post(huge, "application/x-www-form-urlencoded")
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let long_password = format!(
         "grant_type=password&client_id={FLUTTER}&username=admin&password={}",
         "p".repeat(1025)
     );
-    let response = post(long_password, "application/x-www-form-urlencoded")
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let oversized = format!("grant_type=password&x={}", "a".repeat(100 * 1024));
-    let response = post(oversized, "application/x-www-form-urlencoded")
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    for (request, expected) in [
+        (huge, StatusCode::BAD_REQUEST),
+        (long_password, StatusCode::BAD_REQUEST),
+        (oversized, StatusCode::PAYLOAD_TOO_LARGE),
+    ] {
+        let (status, _, _) = post(request, "application/x-www-form-urlencoded").await;
+        assert_eq!(status, expected);
+    }
     // Wrong method.
-    let response = auth
-        .http
-        .get(auth.url("/oauth/token"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _, _) = auth.get_text("/oauth/token").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
 
 #[tokio::test]
@@ -557,9 +530,10 @@ async fn seeding_is_idempotent_and_prints_nothing_twice() {
         db_url: url.clone(),
         ..codelab_auth::Config::default()
     };
-    let first = codelab_auth::build(config(), codelab_auth::Deps::default())
-        .await
-        .unwrap();
+    let first =
+        codelab_auth::AuthService::build(config(), codelab_core::service::SharedDeps::default())
+            .await
+            .unwrap();
     let report = first.take_seed_report().unwrap();
     let password = report.admin_password.unwrap();
     assert!(report.admin_password_generated);
@@ -577,9 +551,10 @@ async fn seeding_is_idempotent_and_prints_nothing_twice() {
         assert!(ids.contains(&id), "{id} seeded: {ids:?}");
     }
     drop(first);
-    let second = codelab_auth::build(config(), codelab_auth::Deps::default())
-        .await
-        .unwrap();
+    let second =
+        codelab_auth::AuthService::build(config(), codelab_core::service::SharedDeps::default())
+            .await
+            .unwrap();
     let report = second.take_seed_report().unwrap();
     assert!(report.admin_password.is_none() && report.internal_client_secret.is_none());
     assert_eq!(second.store.list_users().await.unwrap().len(), 1);
@@ -611,11 +586,33 @@ async fn production_refuses_a_placeholder_master_key() {
     };
     // Keys are generated into the shared database in every environment, so the only thing
     // that stops this start is the published placeholder admin password.
-    let error = codelab_auth::build(config, codelab_auth::Deps::new(Environment::Production))
-        .await
-        .unwrap_err();
+    let error = codelab_auth::AuthService::build(
+        config,
+        codelab_core::service::SharedDeps::isolated(Environment::Production),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(error, codelab_auth::BuildError::Seed(_)),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_in_the_rfc_6749_shape() {
+    let auth = Auth::start(Backend::Sqlite).await;
+    let oversized = format!("grant_type=password&x={}", "a".repeat(100 * 1024));
+    let response = auth
+        .http
+        .post(auth.url("/oauth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(oversized)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].is_string(), "{body}");
+    assert!(body["error_description"].is_string(), "{body}");
+    assert!(body.get("detail").is_none(), "{body}");
 }

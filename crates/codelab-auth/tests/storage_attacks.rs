@@ -2,19 +2,24 @@
 //! signing keys at rest (finding 10), and what audit rows, seeding and defaults reveal (the
 //! low findings of docs/security.md). Each test starts the real service on 127.0.0.1:0 and
 //! reads the stored outcome: cache entries, signing-key rows, audit rows, files on disk.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
 mod support;
 
+use codelab_core::service::Service as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use codelab_auth::model::AuditRecord;
 use codelab_auth::tokens::TokenType;
-use codelab_auth::{AppState, BuildError, Config, Deps};
+use codelab_auth::{BuildError, Config};
 use codelab_core::cache::Cache;
 use codelab_core::clock::ManualClock;
 use codelab_core::config::{Environment, Secret};
+use codelab_core::service::SharedDeps;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
@@ -23,7 +28,6 @@ use support::{
     ADMIN_PASSWORD, Auth, Backend, FLUTTER, INTERNAL_SECRET, Options, WEB_REDIRECT, hidden_field,
     pkce_pair, set_cookie,
 };
-use tokio_util::sync::CancellationToken;
 
 const WEB: &str = "codelab-web";
 /// Two key-encryption keys, as `openssl rand -base64 32` prints them (test values only).
@@ -47,15 +51,7 @@ fn authorize_query(challenge: &str, scope: Option<&str>) -> String {
 }
 
 async fn get_login_form(auth: &Auth, query: &str) -> (StatusCode, HeaderMap, String) {
-    let response = auth
-        .http
-        .get(format!("{}?{query}", auth.url("/oauth/authorize")))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    (status, headers, response.text().await.unwrap())
+    auth.authorize_page(query).await
 }
 
 /// Posts the login form of `html` with `cookie` as the CSRF cookie.
@@ -66,34 +62,9 @@ async fn post_login_form(
     username: &str,
     password: &str,
 ) -> (StatusCode, HeaderMap, String) {
-    let mut form: Vec<(String, String)> = [
-        "csrf_token",
-        "response_type",
-        "client_id",
-        "redirect_uri",
-        "state",
-        "scope",
-        "code_challenge",
-        "code_challenge_method",
-    ]
-    .iter()
-    .filter_map(|name| hidden_field(html, name).map(|v| ((*name).to_owned(), v)))
-    .collect();
-    form.push(("action".into(), "login".into()));
-    form.push(("username".into(), username.into()));
-    form.push(("password".into(), password.into()));
-    let response = auth
-        .http
-        .post(auth.url("/oauth/authorize"))
-        .header("cookie", format!("codelab_auth_csrf={cookie}"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(support::encode_form(&form))
-        .send()
+    let form = support::login_form(html, &[("username", username), ("password", password)]);
+    auth.post_authorize(&format!("codelab_auth_csrf={cookie}"), &form)
         .await
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    (status, headers, response.text().await.unwrap())
 }
 
 /// Signs in through the login page and redeems the code; returns the token answer.
@@ -128,10 +99,7 @@ async fn browser_login(auth: &Auth, username: &str, password: &str, scope: Optio
 #[tokio::test]
 async fn a_flood_of_authorize_gets_stores_nothing_and_the_form_still_works() {
     let cache = Cache::memory();
-    let options = Options {
-        cache: Some(cache.clone()),
-        ..Options::new(Backend::Sqlite)
-    };
+    let options = Options::new(Backend::Sqlite).cache(cache.clone());
     let auth = Arc::new(Auth::start_with(options).await);
     let (_, challenge) = pkce_pair();
     let query = authorize_query(&challenge, None);
@@ -197,20 +165,6 @@ async fn login_form_tokens_are_signed_single_use_and_expire() {
 
 // ---- finding 10: private signing keys are encrypted at rest ----
 
-/// An auth service on a given database, for tests that restart it on the same data.
-struct Service {
-    base: String,
-    state: Arc<AppState>,
-    http: reqwest::Client,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 fn config_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Config {
     let mut config = Config {
         db_url: db_url.to_owned(),
@@ -227,58 +181,68 @@ fn config_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Config {
     config
 }
 
-async fn try_build(config: Config, environment: Environment) -> Result<Arc<AppState>, BuildError> {
-    let deps = Deps {
-        environment,
-        clock: Arc::new(ManualClock::starting_now()),
-        cache: None,
-    };
-    codelab_auth::build(config, deps).await
+/// Why the service refuses to start on `db_url` with `tweak`'s settings.
+async fn refused(
+    db_url: &str,
+    environment: Environment,
+    tweak: impl FnOnce(&mut Config),
+) -> BuildError {
+    let deps = SharedDeps::isolated(environment).with_clock(Arc::new(ManualClock::starting_now()));
+    codelab_auth::AuthService::build(config_on(db_url, tweak), deps)
+        .await
+        .unwrap_err()
 }
 
-async fn serve(mut config: Config, environment: Environment) -> Service {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    config.public_url = base.clone();
-    let state = try_build(config, environment).await.unwrap();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(codelab_core::http::serve(
-        listener,
-        codelab_auth::router(Arc::clone(&state)),
-        shutdown.clone(),
-        Duration::from_secs(1),
-    ));
-    Service {
-        base,
-        state,
-        http: reqwest::Client::new(),
-        shutdown,
-    }
+/// An auth service on `config`'s database, for tests that restart it on the same data.
+async fn serve(config: Config, environment: Environment) -> Auth {
+    Auth::start_configured(config, environment).await
 }
 
-impl Service {
+/// A service whose internal client secret is read from, or generated into, `secret_file`.
+async fn serve_with_secret_file(
+    db_url: &str,
+    secret_file: &std::path::Path,
+    environment: Environment,
+) -> Auth {
+    let path = secret_file.to_owned();
+    let config = config_on(db_url, move |c| {
+        c.key_encryption_key = KEY_A.into();
+        c.internal_client_secret = Secret::default();
+        c.internal_client_secret_file = Some(path);
+    });
+    serve(config, environment).await
+}
+
+/// The URL of a SQLite database file `auth.db` in `dir`.
+fn sqlite_url(dir: &std::path::Path) -> String {
+    format!("sqlite:///{}", dir.join("auth.db").display())
+}
+
+/// A new temp dir for a SQLite database: the dir, the file's path and its URL.
+fn sqlite_file() -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let path = dir.path().join("auth.db");
+    (dir, path, url)
+}
+
+/// A pool reading the SQLite file itself, beside the service.
+async fn open_file(db_path: &std::path::Path) -> sqlx::SqlitePool {
+    sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path.display()))
+        .await
+        .unwrap()
+}
+
+impl Auth {
     async fn password_login(&self) -> String {
-        let response = self
-            .http
-            .post(format!("{}/oauth/token", self.base))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(support::encode_form(&[
-                ("grant_type", "password"),
-                ("client_id", FLUTTER),
-                ("username", "admin"),
-                ("password", "a-strong-admin-password-for-tests"),
-            ]))
-            .send()
+        self.login("admin", "a-strong-admin-password-for-tests")
             .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        let body: Value = response.json().await.unwrap();
-        body["access_token"].as_str().unwrap().to_owned()
+            .access
     }
 
     async fn userinfo_status(&self, token: &str) -> StatusCode {
         self.http
-            .get(format!("{}/oauth/userinfo", self.base))
+            .get(self.url("/oauth/userinfo"))
             .bearer_auth(token)
             .send()
             .await
@@ -300,9 +264,7 @@ impl Service {
 
 /// The `private_key_pem` column of every row, read from the SQLite file itself.
 async fn private_key_column(db_path: &std::path::Path) -> Vec<String> {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path.display()))
-        .await
-        .unwrap();
+    let pool = open_file(db_path).await;
     let rows: Vec<(String,)> = sqlx::query_as("SELECT private_key_pem FROM signing_keys")
         .fetch_all(&pool)
         .await
@@ -325,9 +287,7 @@ fn assert_no_plaintext_key(stored: &[String]) {
 
 #[tokio::test]
 async fn signing_keys_are_stored_encrypted_and_plaintext_keys_are_encrypted_on_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("auth.db");
-    let db_url = format!("sqlite:///{}", db_path.display());
+    let (_dir, db_path, db_url) = sqlite_file();
 
     // Before: a key set from a version without encryption (development, no key).
     let old = serve(config_on(&db_url, |_| {}), Environment::Development).await;
@@ -365,9 +325,7 @@ async fn signing_keys_are_stored_encrypted_and_plaintext_keys_are_encrypted_on_s
 
 #[tokio::test]
 async fn a_wrong_key_encryption_key_refuses_to_start_and_the_previous_key_rotates() {
-    let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("auth.db");
-    let db_url = format!("sqlite:///{}", db_path.display());
+    let (_dir, db_path, db_url) = sqlite_file();
     let first = serve(
         config_on(&db_url, |c| c.key_encryption_key = KEY_A.into()),
         Environment::Staging,
@@ -378,12 +336,10 @@ async fn a_wrong_key_encryption_key_refuses_to_start_and_the_previous_key_rotate
     drop(first);
 
     // Another key: a clear startup error naming the settings, and nothing rewritten.
-    let error = try_build(
-        config_on(&db_url, |c| c.key_encryption_key = KEY_B.into()),
-        Environment::Staging,
-    )
-    .await
-    .unwrap_err();
+    let error = refused(&db_url, Environment::Staging, |c| {
+        c.key_encryption_key = KEY_B.into()
+    })
+    .await;
     let message = error.to_string();
     assert!(matches!(error, BuildError::Keys(_)), "{message}");
     assert!(
@@ -394,9 +350,7 @@ async fn a_wrong_key_encryption_key_refuses_to_start_and_the_previous_key_rotate
     assert_eq!(private_key_column(&db_path).await, under_a);
 
     // Not even a key in development, when the stored keys are encrypted.
-    let error = try_build(config_on(&db_url, |_| {}), Environment::Development)
-        .await
-        .unwrap_err();
+    let error = refused(&db_url, Environment::Development, |_| {}).await;
     assert!(error.to_string().contains("is stored encrypted"), "{error}");
 
     // Rotation of the key-encryption key: B current, A previous. The key is re-encrypted
@@ -427,10 +381,8 @@ async fn a_wrong_key_encryption_key_refuses_to_start_and_the_previous_key_rotate
 async fn staging_and_production_refuse_to_start_without_a_key_encryption_key() {
     for environment in [Environment::Staging, Environment::Production] {
         let dir = tempfile::tempdir().unwrap();
-        let db_url = format!("sqlite:///{}", dir.path().join("auth.db").display());
-        let error = try_build(config_on(&db_url, |_| {}), environment)
-            .await
-            .unwrap_err();
+        let db_url = sqlite_url(dir.path());
+        let error = refused(&db_url, environment, |_| {}).await;
         let message = error.to_string();
         assert!(matches!(error, BuildError::Keys(_)), "{message}");
         assert!(
@@ -438,12 +390,10 @@ async fn staging_and_production_refuse_to_start_without_a_key_encryption_key() {
             "{message}"
         );
         // A key that is not 32 bytes is refused, without echoing it.
-        let error = try_build(
-            config_on(&db_url, |c| c.key_encryption_key = "change-me".into()),
-            environment,
-        )
-        .await
-        .unwrap_err();
+        let error = refused(&db_url, environment, |c| {
+            c.key_encryption_key = "change-me".into()
+        })
+        .await;
         let message = error.to_string();
         assert!(message.contains("32 random bytes"), "{message}");
         assert!(!message.contains("change-me"), "{message}");
@@ -466,25 +416,13 @@ async fn admin_api_audit_rows_name_the_acting_admin_and_the_client_ip() {
         config.trusted_proxies = vec!["127.0.0.1/32".into()];
     });
     let auth = Auth::start_with(options).await;
-    let admin = auth
-        .state
-        .store
-        .find_user_by_login("admin")
-        .await
-        .unwrap()
-        .unwrap();
-    let token = auth
-        .state
-        .tokens
-        .issue(
-            TokenType::Access,
-            &admin.id,
-            WEB,
-            "api:read api:write api:admin",
-            900,
-        )
-        .unwrap()
-        .token;
+    let admin = auth.user("admin").await;
+    let token = auth.issue(
+        TokenType::Access,
+        &admin.id,
+        WEB,
+        "api:read api:write api:admin",
+    );
     let response = auth
         .http
         .post(auth.url("/admin/users"))
@@ -546,12 +484,7 @@ async fn a_failed_login_with_an_unknown_name_stores_a_keyed_hash_not_the_text() 
     let auth = Auth::start(Backend::Sqlite).await;
     // Someone typed their password into the username field, in both sign-in flows.
     let (status, _, _) = auth
-        .token(&[
-            ("grant_type", "password"),
-            ("client_id", FLUTTER),
-            ("username", "hunter2-secret"),
-            ("password", "whatever-1234"),
-        ])
+        .password_grant("hunter2-secret", "whatever-1234", None)
         .await;
     assert!(status.is_client_error(), "{status}");
     let (_, challenge) = pkce_pair();
@@ -563,12 +496,7 @@ async fn a_failed_login_with_an_unknown_name_stores_a_keyed_hash_not_the_text() 
     assert!(body.contains("Invalid username or password"));
     // A failure for a real account names the account.
     let (status, _, _) = auth
-        .token(&[
-            ("grant_type", "password"),
-            ("client_id", FLUTTER),
-            ("username", "ADMIN@codelab.local"),
-            ("password", "wrong-password-123"),
-        ])
+        .password_grant("ADMIN@codelab.local", "wrong-password-123", None)
         .await;
     assert!(status.is_client_error(), "{status}");
 
@@ -606,17 +534,8 @@ async fn a_failed_login_with_an_unknown_name_stores_a_keyed_hash_not_the_text() 
 async fn outside_development_a_generated_internal_secret_goes_to_a_0600_file_never_stdout() {
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("internal-client-secret");
-    let db_url = format!("sqlite:///{}", dir.path().join("auth.db").display());
-    let path = secret_file.clone();
-    let service = serve(
-        config_on(&db_url, move |c| {
-            c.key_encryption_key = KEY_A.into();
-            c.internal_client_secret = Secret::default();
-            c.internal_client_secret_file = Some(path);
-        }),
-        Environment::Production,
-    )
-    .await;
+    let db_url = sqlite_url(dir.path());
+    let service = serve_with_secret_file(&db_url, &secret_file, Environment::Production).await;
     let report = service.state.take_seed_report().unwrap();
     assert!(
         report.internal_client_secret.is_none(),
@@ -639,34 +558,25 @@ async fn outside_development_a_generated_internal_secret_goes_to_a_0600_file_nev
     let secret = secret.trim();
     assert!(secret.len() >= 32);
     // The file holds the client's real secret.
-    let response = service
-        .http
-        .post(format!("{}/oauth/token", service.base))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(support::encode_form(&[
+    let (status, _, _) = service
+        .token(&[
             ("grant_type", "client_credentials"),
             ("client_id", "codelab-internal"),
             ("client_secret", secret),
-        ]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+        ])
+        .await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn outside_development_the_internal_secret_must_be_provided() {
     let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite:///{}", dir.path().join("auth.db").display());
-    let error = try_build(
-        config_on(&db_url, |c| {
-            c.key_encryption_key = KEY_A.into();
-            c.internal_client_secret = Secret::default();
-        }),
-        Environment::Staging,
-    )
-    .await
-    .unwrap_err();
+    let db_url = sqlite_url(dir.path());
+    let error = refused(&db_url, Environment::Staging, |c| {
+        c.key_encryption_key = KEY_A.into();
+        c.internal_client_secret = Secret::default();
+    })
+    .await;
     let message = error.to_string();
     assert!(matches!(error, BuildError::Seed(_)), "{message}");
     assert!(
@@ -675,15 +585,11 @@ async fn outside_development_the_internal_secret_must_be_provided() {
     );
 
     // A provided secret must not be guessable.
-    let error = try_build(
-        config_on(&db_url, |c| {
-            c.key_encryption_key = KEY_A.into();
-            c.internal_client_secret = "short-secret".into();
-        }),
-        Environment::Staging,
-    )
-    .await
-    .unwrap_err();
+    let error = refused(&db_url, Environment::Staging, |c| {
+        c.key_encryption_key = KEY_A.into();
+        c.internal_client_secret = "short-secret".into();
+    })
+    .await;
     assert!(
         error
             .to_string()
@@ -694,16 +600,7 @@ async fn outside_development_the_internal_secret_must_be_provided() {
     // An existing file is the provided secret: read, never rewritten.
     let secret_file = dir.path().join("provided");
     std::fs::write(&secret_file, "a-provided-internal-secret-0123456789\n").unwrap();
-    let path = secret_file.clone();
-    let service = serve(
-        config_on(&db_url, move |c| {
-            c.key_encryption_key = KEY_A.into();
-            c.internal_client_secret = Secret::default();
-            c.internal_client_secret_file = Some(path);
-        }),
-        Environment::Staging,
-    )
-    .await;
+    let service = serve_with_secret_file(&db_url, &secret_file, Environment::Staging).await;
     let report = service.state.take_seed_report().unwrap();
     assert!(report.internal_client_secret.is_none());
     assert!(
@@ -724,7 +621,7 @@ async fn the_default_web_redirect_uris_hold_no_localhost_outside_development() {
         (Environment::Production, false),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let db_url = format!("sqlite:///{}", dir.path().join("auth.db").display());
+        let db_url = sqlite_url(dir.path());
         let service = serve(
             config_on(&db_url, |c| {
                 c.key_encryption_key = KEY_A.into();
@@ -733,7 +630,7 @@ async fn the_default_web_redirect_uris_hold_no_localhost_outside_development() {
             environment,
         )
         .await;
-        let web = service.state.store.get_client(WEB).await.unwrap().unwrap();
+        let web = service.client(WEB).await;
         let has_localhost = web
             .redirect_uris
             .iter()
@@ -748,13 +645,7 @@ async fn the_default_web_redirect_uris_hold_no_localhost_outside_development() {
             ("code_challenge", challenge.as_str()),
             ("code_challenge_method", "S256"),
         ]);
-        let status = service
-            .http
-            .get(format!("{}/oauth/authorize?{query}", service.base))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let (status, _, _) = service.authorize_page(&query).await;
         let expected = if expect_localhost {
             StatusCode::OK
         } else {
@@ -808,18 +699,14 @@ async fn a_grant_without_scope_gets_the_clients_full_allowed_set() {
 
 #[tokio::test]
 async fn the_website_clients_access_tokens_last_at_most_five_minutes() {
-    let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("auth.db");
-    let db_url = format!("sqlite:///{}", db_path.display());
+    let (_dir, db_path, db_url) = sqlite_file();
     let first = serve(config_on(&db_url, |_| {}), Environment::Development).await;
-    let web = first.state.store.get_client(WEB).await.unwrap().unwrap();
+    let web = first.client(WEB).await;
     assert_eq!(web.access_token_lifetime, 300, "the default is 900");
     drop(first);
 
     // A row seeded by an older version with the general lifetime is shortened at start.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path.display()))
-        .await
-        .unwrap();
+    let pool = open_file(&db_path).await;
     sqlx::query("UPDATE oauth_clients SET access_token_lifetime = 900 WHERE client_id = ?")
         .bind(WEB)
         .execute(&pool)
@@ -827,15 +714,9 @@ async fn the_website_clients_access_tokens_last_at_most_five_minutes() {
         .unwrap();
     pool.close().await;
     let again = serve(config_on(&db_url, |_| {}), Environment::Development).await;
-    let web = again.state.store.get_client(WEB).await.unwrap().unwrap();
+    let web = again.client(WEB).await;
     assert_eq!(web.access_token_lifetime, 300);
     // Other clients keep the configured lifetime.
-    let ide = again
-        .state
-        .store
-        .get_client(FLUTTER)
-        .await
-        .unwrap()
-        .unwrap();
+    let ide = again.client(FLUTTER).await;
     assert_eq!(ide.access_token_lifetime, 900);
 }

@@ -1,9 +1,14 @@
 //! One conformance suite for [`AuthStore`], run against SQLite (a temp file) and PostgreSQL (a
 //! fresh database on the server at `CODELAB_TEST_DATABASE_URL`, dropped afterwards).
 //!
-//! Every check below is an `async fn(Arc<dyn AuthStore>)`; `conformance!` turns each into a
-//! `sqlite::<check>` and a `postgres::<check>` test, each on its own empty database.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+//! Every check below is an `async fn(Arc<dyn AuthStore>)`; `codelab_testkit::store_conformance!`
+//! turns each into a `sqlite::<check>` and a `postgres::<check>` test, each on its own empty
+//! database.
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a failed unwrap is the test's report; tests own their clock, ids and tasks"
+)]
 
 use std::sync::Arc;
 
@@ -13,88 +18,44 @@ use codelab_auth::model::{
     SigningKeyRecord, User,
 };
 use codelab_auth::store::{AuthStore, StoreError, open_store};
-use codelab_core::db::{DbOptions, DbPool, connect_database};
-use codelab_testkit::TempPostgres;
+use codelab_core::db::DbPool;
+use codelab_testkit::TempDatabase;
 use serde_json::json;
 
 // ---------------------------------------------------------------------------------------------
 // Backends
 // ---------------------------------------------------------------------------------------------
 
-/// A store on an empty database, and what must be cleaned up after it.
+/// The real clock: the checks pass their own `now` wherever time matters.
+fn system_clock() -> codelab_core::clock::SharedClock {
+    Arc::new(codelab_core::clock::SystemClock)
+}
+
+/// A store on an empty database, and the database (deleted when the test ends).
 struct TestDb {
     store: Arc<dyn AuthStore>,
-    _cleanup: Cleanup,
+    _database: TempDatabase,
 }
 
-enum Cleanup {
-    /// The temp dir holding the SQLite file; deleted on drop.
-    Sqlite(#[allow(dead_code)] tempfile::TempDir),
-    Postgres(#[allow(dead_code)] TempPostgres),
-}
-
-/// A connection to a new SQLite file, and the temp dir holding it.
-async fn fresh_sqlite() -> (DbPool, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:///{}", dir.path().join("auth.db").display());
-    (
-        connect_database(&url, &DbOptions::default()).await.unwrap(),
-        dir,
-    )
-}
-
-/// A connection to a new, uniquely named PostgreSQL database, and the guard that drops it.
-async fn fresh_postgres() -> (DbPool, TempPostgres) {
-    // The guard exists before the database does, so a failure anywhere after CREATE drops it.
-    let database = TempPostgres::new("auth_test");
-    match connect_database(&database.url, &DbOptions::default()).await {
-        Ok(pool) => (pool, database),
-        Err(error) => panic!("{}", database.unavailable(&error)),
+async fn test_db(database: TempDatabase) -> TestDb {
+    let store = open_store(database.connect().await, system_clock())
+        .await
+        .unwrap();
+    TestDb {
+        store,
+        _database: database,
     }
 }
 
 async fn sqlite_db() -> TestDb {
-    let (pool, dir) = fresh_sqlite().await;
-    let store = open_store(pool).await.unwrap();
-    TestDb {
-        store,
-        _cleanup: Cleanup::Sqlite(dir),
-    }
+    test_db(TempDatabase::sqlite("auth.db")).await
 }
 
 async fn postgres_db() -> TestDb {
-    let (pool, guard) = fresh_postgres().await;
-    let store = open_store(pool).await.unwrap();
-    TestDb {
-        store,
-        _cleanup: Cleanup::Postgres(guard),
-    }
+    test_db(TempDatabase::postgres("auth_test")).await
 }
 
-macro_rules! conformance {
-    ($($check:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $check() {
-                    let db = super::sqlite_db().await;
-                    super::$check(db.store.clone()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $check() {
-                    let db = super::postgres_db().await;
-                    super::$check(db.store.clone()).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+codelab_testkit::store_conformance!(sqlite: super::sqlite_db, postgres: super::postgres_db;
     answers_a_ping,
     creates_a_user_and_finds_it_by_username_or_email_ignoring_case,
     refuses_a_username_taken_in_another_case,
@@ -1120,45 +1081,40 @@ async fn check_adopted(store: Arc<dyn AuthStore>) {
     );
 }
 
-#[tokio::test]
-async fn sqlite_adopts_an_original_database_and_reopens_it_unchanged() {
-    let (pool, _dir) = fresh_sqlite().await;
-    let DbPool::Sqlite(sqlite) = &pool else {
-        panic!("expected SQLite")
-    };
-    sqlx::raw_sql(include_str!(
-        "../migrations/sqlite/0001_original_schema.sql"
-    ))
-    .execute(sqlite)
-    .await
-    .unwrap();
-    sqlx::raw_sql(&ORIGINAL_ROWS.replace("{tz}", ""))
-        .execute(sqlite)
-        .await
+/// Loads the original service's schema and rows (`tz`: the timestamps' zone suffix) into a
+/// new database, then opens it as a store twice.
+async fn adopts_and_reopens(database: TempDatabase, original_schema: &str, tz: &str) {
+    let pool = database.connect().await;
+    let rows = ORIGINAL_ROWS.replace("{tz}", tz);
+    for script in [original_schema, rows.as_str()] {
+        match &pool {
+            DbPool::Sqlite(sqlite) => sqlx::raw_sql(script).execute(sqlite).await.map(drop),
+            DbPool::Postgres(pg) => sqlx::raw_sql(script).execute(pg).await.map(drop),
+        }
         .unwrap();
-    check_adopted(open_store(pool.clone()).await.unwrap()).await;
+    }
+    check_adopted(open_store(pool.clone(), system_clock()).await.unwrap()).await;
     // Opening again finds every migration applied.
-    let again = open_store(pool).await.unwrap();
+    let again = open_store(pool, system_clock()).await.unwrap();
     assert!(again.find_user_by_login("admin").await.unwrap().is_some());
 }
 
 #[tokio::test]
+async fn sqlite_adopts_an_original_database_and_reopens_it_unchanged() {
+    adopts_and_reopens(
+        TempDatabase::sqlite("auth.db"),
+        include_str!("../migrations/sqlite/0001_original_schema.sql"),
+        "",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn postgres_adopts_an_original_database_and_reopens_it_unchanged() {
-    let (pool, _guard) = fresh_postgres().await;
-    let DbPool::Postgres(pg) = &pool else {
-        panic!("expected PostgreSQL")
-    };
-    sqlx::raw_sql(include_str!(
-        "../migrations/postgres/0001_original_schema.sql"
-    ))
-    .execute(pg)
-    .await
-    .unwrap();
-    sqlx::raw_sql(&ORIGINAL_ROWS.replace("{tz}", "+00"))
-        .execute(pg)
-        .await
-        .unwrap();
-    check_adopted(open_store(pool.clone()).await.unwrap()).await;
-    let again = open_store(pool).await.unwrap();
-    assert!(again.find_user_by_login("admin").await.unwrap().is_some());
+    adopts_and_reopens(
+        TempDatabase::postgres("auth_test"),
+        include_str!("../migrations/postgres/0001_original_schema.sql"),
+        "+00",
+    )
+    .await;
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use codelab_protocol::internal::{PendingApprovals, SessionPage};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -54,27 +55,9 @@ impl ApiError {
     }
 }
 
-/// A session as the gateway lists it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SessionSummary {
-    /// The id.
-    pub id: String,
-    /// Its title, once set.
-    #[serde(default)]
-    pub title: Option<String>,
-    /// Messages stored.
-    #[serde(default)]
-    pub message_count: u64,
-    /// Its agent.
-    #[serde(default)]
-    pub current_agent: Option<String>,
-    /// RFC 3339.
-    #[serde(default)]
-    pub last_activity: Option<String>,
-    /// RFC 3339.
-    #[serde(default)]
-    pub created_at: Option<String>,
-}
+/// A session as the gateway lists it, and a tool call waiting for a person (the runtime's
+/// shapes, which the gateway passes on).
+pub use codelab_protocol::internal::{PendingApproval, SessionSummary};
 
 /// One agent of `GET /agents`.
 #[derive(Debug, Clone, Deserialize)]
@@ -93,37 +76,10 @@ pub struct AgentInfo {
     pub allowed_tools: Vec<String>,
 }
 
-/// A tool call waiting for a person (`GET /sessions/{id}/pending-approvals`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct PendingApproval {
-    /// The call.
-    pub call_id: String,
-    /// The tool.
-    pub tool_name: String,
-    /// Its arguments.
-    #[serde(default)]
-    pub arguments: Value,
-    /// Why approval is needed.
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SessionList {
-    #[serde(default)]
-    sessions: Vec<SessionSummary>,
-}
-
 #[derive(Debug, Deserialize)]
 struct AgentList {
     #[serde(default)]
     agents: Vec<AgentInfo>,
-}
-
-#[derive(Debug, Deserialize)]
-struct PendingList {
-    #[serde(default)]
-    pending_approvals: Vec<PendingApproval>,
 }
 
 /// The gateway's REST API for the logged-in user.
@@ -226,7 +182,7 @@ impl GatewayApi {
     pub async fn sessions(&self, limit: u32) -> Result<Vec<SessionSummary>, ApiError> {
         let path = format!("/sessions?limit={limit}");
         let value = self.call(reqwest::Method::GET, &path).await?;
-        Ok(Self::decode::<SessionList>(&path, value)?.sessions)
+        Ok(Self::decode::<SessionPage>(&path, value)?.sessions)
     }
 
     /// `GET /sessions/{id}/history` (messages, agent changes, tool calls, `active_turn`).
@@ -239,7 +195,7 @@ impl GatewayApi {
     pub async fn pending_approvals(&self, id: &str) -> Result<Vec<PendingApproval>, ApiError> {
         let path = format!("/sessions/{}/pending-approvals", segment(id));
         let value = self.call(reqwest::Method::GET, &path).await?;
-        Ok(Self::decode::<PendingList>(&path, value)?.pending_approvals)
+        Ok(Self::decode::<PendingApprovals>(&path, value)?.pending_approvals)
     }
 
     /// `GET /agents`.

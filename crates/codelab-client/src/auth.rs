@@ -169,7 +169,7 @@ impl AuthClient {
                 username: username.to_owned(),
                 access_token: answer.access_token,
                 refresh_token,
-                expires_at: Utc::now() + chrono::Duration::seconds(expires_in),
+                expires_at: crate::now() + chrono::Duration::seconds(expires_in),
                 expires_in,
             });
         }
@@ -306,7 +306,7 @@ impl TokenManager {
     /// A current access token, refreshed first when it is about to expire.
     pub async fn access_token(&self) -> Result<String, AuthError> {
         let mut tokens = self.tokens.lock().await;
-        if needs_refresh(&tokens, Utc::now()) {
+        if needs_refresh(&tokens, crate::now()) {
             self.renew(&mut tokens).await?;
         }
         Ok(tokens.access_token.clone())
@@ -330,7 +330,7 @@ impl TokenManager {
             && stored.username == tokens.username
         {
             *tokens = stored;
-            if !needs_refresh(tokens, Utc::now()) {
+            if !needs_refresh(tokens, crate::now()) {
                 return Ok(());
             }
         }
@@ -357,7 +357,7 @@ mod tests {
 
     #[test]
     fn tokens_are_refreshed_shortly_before_they_expire() {
-        let now = Utc::now();
+        let now = crate::now();
         let tokens = |lifetime: i64, left: i64| StoredTokens {
             username: "u".into(),
             access_token: "a".into(),

@@ -190,7 +190,7 @@ mod tests {
             username: "admin".into(),
             access_token: access.into(),
             refresh_token: "r".into(),
-            expires_at: Utc::now(),
+            expires_at: crate::now(),
             expires_in: 900,
         }
     }

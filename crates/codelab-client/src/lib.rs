@@ -21,8 +21,33 @@ pub mod input;
 pub mod login;
 pub mod render;
 pub mod sanitize;
+pub mod session;
 pub mod tools;
 pub mod ws;
+
+/// The current time. The client has no injected clock, so this is the one place it reads the
+/// wall clock (`chrono::Utc::now` is a disallowed method elsewhere, see `clippy.toml`).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the client's one reading of the wall clock"
+)]
+pub(crate) fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
+
+/// Starts a tokio task: the client's one place for `tokio::spawn` (a disallowed method
+/// elsewhere, see `clippy.toml`); the client does not depend on `codelab-core`'s task helper.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the client's one place to start a task"
+)]
+pub(crate) fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(future)
+}
 
 /// The default server: `codelab up`'s public listener.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";

@@ -193,7 +193,7 @@ impl Output {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        let task = tokio::spawn(async move {
+        let task = crate::spawn(async move {
             const FRAMES: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
             let mut i = 0;
             while !flag.load(Ordering::Relaxed) {

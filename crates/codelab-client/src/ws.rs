@@ -246,7 +246,7 @@ mod tests {
         // support is not compiled in", and no panic choosing a crypto provider).
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
+        crate::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 drop(socket);
             }

@@ -3,7 +3,10 @@
 //! symlinked parent directory, `..` and absolute paths, and a directory swapped for a symlink
 //! while writes run. Each test asserts on the filesystem outside the workspace (a sibling folder)
 //! staying exactly as it was.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

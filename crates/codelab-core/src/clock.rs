@@ -12,6 +12,13 @@ pub trait Clock: Send + Sync {
 /// A shared, type-erased clock as stored in service state.
 pub type SharedClock = Arc<dyn Clock>;
 
+/// Prints as `Clock`, so state holding a clock can derive `Debug`.
+impl std::fmt::Debug for dyn Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
 /// The real clock.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;

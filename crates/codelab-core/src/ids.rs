@@ -7,6 +7,16 @@ pub fn new_id() -> uuid::Uuid {
     uuid::Uuid::now_v7()
 }
 
+/// A new random identifier (UUID v4: 122 random bits, nothing derived from the time), for ids
+/// that must not be guessed or dated, e.g. session ids and token ids.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the one place shipped code makes a random UUID"
+)]
+pub fn new_random_id() -> uuid::Uuid {
+    uuid::Uuid::new_v4()
+}
+
 /// `bytes` random bytes from the OS-seeded CSPRNG, hex-encoded (`2 * bytes` characters).
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -46,6 +56,13 @@ mod tests {
         let b = new_id();
         assert_eq!(a.get_version_num(), 7);
         assert!(b > a);
+    }
+
+    #[test]
+    fn random_ids_are_v4_and_differ() {
+        let a = new_random_id();
+        assert_eq!(a.get_version_num(), 4);
+        assert_ne!(a, new_random_id());
     }
 
     #[test]

@@ -11,8 +11,11 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod html;
 pub mod http;
 pub mod ids;
+pub mod service;
+pub mod tasks;
 pub mod telemetry;
 
 pub use cache::{Cache, CacheError, connect_cache};
@@ -21,3 +24,7 @@ pub use config::{ConfigError, ConfigLoader, Environment, Secret};
 pub use db::{DbError, DbOptions, DbPool, connect_database};
 pub use http::{ApiError, Readiness, ServiceInfo};
 pub use ids::{new_id, random_hex};
+pub use service::{
+    BackgroundTask, ConfigProblem, EnvVars, Listen, Service, ServiceConfig, SharedDeps,
+    drain_tasks, fmt_state,
+};

@@ -1,7 +1,11 @@
 //! Attack tests of the listener limits (docs/operations.md, "Listener limits"): slow headers
 //! and slow bodies are cut, connections beyond the cap wait in the backlog instead of being
 //! refused, and response streams (SSE, WebSocket) outlive the request timeouts.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a failed unwrap is the test's report; tests own their clock, ids and tasks"
+)]
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -11,7 +15,9 @@ use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::sse::{Event, Sse};
 use axum::routing::{get, post};
-use codelab_core::http::{ListenerLimits, serve, serve_with_limits};
+use codelab_core::http::{
+    ErrorShape, ListenerLimits, ServiceInfo, serve, serve_with_limits, with_standard_layers,
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -428,4 +434,50 @@ async fn limits_load_from_the_http_section_and_environment_and_bad_ones_are_refu
     ] {
         assert!(bad.validate().is_err(), "{bad:?} was accepted");
     }
+}
+
+#[tokio::test]
+async fn the_408_takes_the_shape_of_the_service_that_was_reading() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let info = ServiceInfo::new("shaped", "0").with_error_shape(ErrorShape::Detail);
+    let router = with_standard_layers(app(), &info, 1 << 20);
+    let limits = limits(10.0, 1.0, 100);
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            serve_with_limits(listener, router, shutdown, Duration::from_secs(5), &limits).await
+        }
+    });
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = None;
+    for _ in 0..100 {
+        if stream.write_all(b"x").await.is_err() {
+            break;
+        }
+        if let Some(found) = read_head(&mut stream, Duration::from_millis(200)).await {
+            head = Some(found);
+            break;
+        }
+    }
+    let head = head.expect("no answer while the body trickled in");
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    let mut body = Vec::new();
+    tokio::time::timeout(GRACE, stream.read_to_end(&mut body))
+        .await
+        .unwrap()
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(body["detail"].is_string(), "{body}");
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

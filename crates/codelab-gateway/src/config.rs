@@ -1,15 +1,11 @@
 //! Settings of the gateway: the original's `GATEWAY__*` names and defaults, plus the WebSocket
 //! limits and authentication modes the original documented but never read.
 
+use axum::http::Method;
 use codelab_core::config::{Environment, Secret};
+use codelab_core::http::cors_layer;
+use codelab_core::service::{ConfigProblem, Listen, ServiceConfig};
 use serde::{Deserialize, Serialize};
-
-/// Default port of the gateway.
-pub const DEFAULT_PORT: u16 = 8000;
-/// Environment prefix of every setting.
-pub const ENV_PREFIX: &str = "GATEWAY";
-/// Section name in the TOML config file.
-pub const SECTION: &str = "gateway";
 
 /// How WebSocket connections authenticate (`GATEWAY__WS_AUTH`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,5 +140,95 @@ impl Config {
     /// default; a config that skipped `build` gets the strict mode.
     pub fn ws_auth_mode(&self) -> WsAuthMode {
         self.ws_auth.unwrap_or(WsAuthMode::Required)
+    }
+}
+
+/// Methods browsers may use across origins (`cors_origins`).
+pub const CORS_METHODS: &[Method] = &[
+    Method::GET,
+    Method::POST,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
+impl ServiceConfig for Config {
+    const SECTION: &'static str = "gateway";
+    const ENV_PREFIX: &'static str = "GATEWAY";
+    const DEFAULT_PORT: u16 = 8000;
+
+    /// Refuses settings that cannot work, and those staging and production must never run with.
+    fn validate(&self, environment: Environment) -> Result<(), ConfigProblem> {
+        let problem = |text: &str| Err(ConfigProblem::new(text));
+        let ws_auth = self
+            .ws_auth
+            .unwrap_or_else(|| WsAuthMode::default_for(environment));
+        if environment.is_hardened() {
+            if !self.use_jwt_auth {
+                return problem(
+                    "use_jwt_auth = false (GATEWAY__USE_JWT_AUTH) lets anyone act as the development \
+                     user; it is refused outside ENVIRONMENT=development",
+                );
+            }
+            if ws_auth == WsAuthMode::Off {
+                return problem(
+                    "ws_auth = off (GATEWAY__WS_AUTH) accepts unauthenticated sockets; it is refused \
+                     outside ENVIRONMENT=development (use required, or session for the Flutter IDE)",
+                );
+            }
+            if self.internal_api_key.is_weak() {
+                return problem(
+                    "internal_api_key (GATEWAY__INTERNAL_API_KEY) is missing, shorter than 16 \
+                     characters or a published placeholder; staging and production need a strong key",
+                );
+            }
+            if !self.service_api_key.is_empty() && self.service_api_key.is_weak() {
+                return problem(
+                    "service_api_key (GATEWAY__SERVICE_API_KEY) is shorter than 16 characters or a \
+                     published placeholder; set a strong key (openssl rand -hex 32) or leave it empty \
+                     to accept no service callers",
+                );
+            }
+        }
+        if self.internal_api_key.is_empty() {
+            return problem("internal_api_key (GATEWAY__INTERNAL_API_KEY) must not be empty");
+        }
+        // A leaked runtime key must not also let its holder act as any user here (issue 14,
+        // finding 6; docs/gateway.md "Service callers").
+        if !self.service_api_key.is_empty()
+            && self
+                .service_api_key
+                .matches(self.internal_api_key.expose().as_bytes())
+        {
+            return problem(
+                "service_api_key (GATEWAY__SERVICE_API_KEY) must differ from internal_api_key \
+                 (GATEWAY__INTERNAL_API_KEY), the key the gateway sends to the runtime",
+            );
+        }
+        crate::ws::origin::validate_allowed_origins(&self.ws_allowed_origins, environment)
+            .map_err(ConfigProblem)?;
+        let auth_url = self.auth_service_url.trim();
+        if !(auth_url.starts_with("http://") || auth_url.starts_with("https://")) {
+            return Err(ConfigProblem(format!(
+                "auth_service_url must be an http(s) URL, got {auth_url:?}"
+            )));
+        }
+        if self.jwt_issuer.trim().is_empty() || self.jwt_audience.trim().is_empty() {
+            return problem("jwt_issuer and jwt_audience must not be empty");
+        }
+        if self.jwt_leeway > crate::MAX_JWT_LEEWAY {
+            return Err(ConfigProblem(format!(
+                "jwt_leeway must be at most {} seconds, got {}",
+                crate::MAX_JWT_LEEWAY,
+                self.jwt_leeway
+            )));
+        }
+        // Checked here so a bad origin stops startup rather than the first request.
+        cors_layer(&self.cors_origins, CORS_METHODS, environment)?;
+        Ok(())
+    }
+
+    fn listen(&self) -> Listen<'_> {
+        Listen::new(&self.host, self.port, &self.log_level)
     }
 }

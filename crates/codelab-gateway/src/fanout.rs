@@ -361,12 +361,10 @@ impl Fanout {
             commands: Some(commands),
             sockets_by_user: Mutex::default(),
         });
-        let task = tokio::spawn(subscriber_loop(
-            client,
-            pubsub,
-            Arc::clone(&registry),
-            command_rx,
-        ));
+        let task = codelab_core::tasks::spawn(
+            "fanout-subscriber",
+            subscriber_loop(client, pubsub, Arc::clone(&registry), command_rx),
+        );
         Ok(Fanout {
             inner: Arc::new(Inner {
                 registry,

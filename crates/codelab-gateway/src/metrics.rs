@@ -5,6 +5,8 @@
 use std::sync::Once;
 use std::time::Duration;
 
+use codelab_protocol::ide::CLIENT_FRAME_TYPES;
+
 /// Open WebSockets by `profile` (`flutter`, `protocol2`).
 pub const WS_ACTIVE_SOCKETS: &str = "codelab_gateway_ws_active_sockets";
 /// Frames by `direction` (`in`, `out`) and `type`.
@@ -30,14 +32,9 @@ pub const FANOUT_PUBLISHED: &str = "codelab_gateway_fanout_published_total";
 /// Fan-out failures by `kind` (`publish`, `subscribe`, `reconnect`, `decode`, `overflow`).
 pub const FANOUT_ERRORS: &str = "codelab_gateway_fanout_errors_total";
 
-/// Frame types counted by name; any other is counted as `other`.
-const FRAME_TYPES: [&str; 14] = [
-    "user_message",
-    "tool_result",
-    "switch_agent",
-    "hitl_decision",
-    "cancel_turn",
-    "hello",
+/// Frame types counted by name besides the client's ([`CLIENT_FRAME_TYPES`]); any other is
+/// counted as `other`.
+const OTHER_FRAME_TYPES: [&str; 8] = [
     "invalid",
     "assistant_message",
     "tool_call",
@@ -96,8 +93,9 @@ pub fn describe() {
 
 /// A bounded label for a frame type.
 pub fn frame_type_label(kind: &str) -> &'static str {
-    FRAME_TYPES
+    CLIENT_FRAME_TYPES
         .iter()
+        .chain(&OTHER_FRAME_TYPES)
         .find(|known| **known == kind)
         .copied()
         .unwrap_or("other")

@@ -1,5 +1,7 @@
 //! The gateway's client of the agent runtime's internal API: the streaming endpoint (one client
-//! frame in, SSE events out), stored events for replays, and a REST passthrough for `rest/`.
+//! frame in, SSE events out), stored events for replays, sessions, history and pending
+//! approvals as the typed answers of `codelab_protocol::internal`, and a REST passthrough for
+//! `rest/`.
 //!
 //! One pooled HTTP client serves every socket and request. Every call carries
 //! `X-Internal-Auth` and acts for a user (`X-Codelab-User-Id`); the runtime believes that
@@ -12,19 +14,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use codelab_protocol::internal::{
+    DEV_SESSIONS_HEADER, INTERNAL_AUTH_HEADER, SessionOwner, SessionResource, StoredEvents,
+    StreamRequest, USER_HEADER,
+};
 use codelab_protocol::runtime::SequencedEvent;
+use codelab_protocol::sse::{SseEvent, SseParser};
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{ACCEPT, HeaderValue};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::config::Config;
 
-/// Header carrying the internal key.
-const INTERNAL_AUTH_HEADER: &str = "x-internal-auth";
-/// Header naming the user a call acts for.
-const USER_HEADER: &str = "x-codelab-user-id";
-/// Header of the development session mode (a client-chosen id may create a session).
-const DEV_SESSIONS_HEADER: &str = "x-codelab-dev-sessions";
 /// Largest SSE record accepted (a `tool_call` may carry a whole file in its arguments).
 pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
 /// Page size of `GET /sessions/{id}/events` (the runtime's largest).
@@ -161,17 +164,21 @@ impl RuntimeClient {
         request
     }
 
-    /// Sends one client frame to `POST /agent/message/stream` and returns its events. A non-2xx
-    /// answer is [`RuntimeError::Status`] with the runtime's `detail`; between two events at
-    /// most `agent_stream_timeout` may pass.
-    pub async fn stream_frame(
+    /// Sends one client frame (a [`codelab_protocol::ide::ClientFrame`]; tests also send raw
+    /// JSON) to `POST /agent/message/stream` as a [`StreamRequest`] and returns its events. A
+    /// non-2xx answer is [`RuntimeError::Status`] with the runtime's `detail`; between two
+    /// events at most `agent_stream_timeout` may pass.
+    pub async fn stream_frame<M: Serialize>(
         &self,
         session_id: &str,
         user_id: &str,
-        frame: Value,
+        frame: M,
         dev_sessions: bool,
     ) -> Result<EventStream, RuntimeError> {
-        let body = json!({ "session_id": session_id, "message": frame });
+        let body = StreamRequest {
+            message: frame,
+            session_id: Some(session_id.to_owned()),
+        };
         let request = self
             .builder(
                 reqwest::Method::POST,
@@ -223,40 +230,62 @@ impl RuntimeClient {
         body: Option<Value>,
         dev_sessions: bool,
     ) -> Result<(u16, Value), RuntimeError> {
+        let (status, bytes) = self
+            .send(method, path_and_query, user_id, body, dev_sessions)
+            .await?;
+        json_answer(status, &bytes).map(|value| (status.as_u16(), value))
+    }
+
+    /// Sends a request; the status and the whole body.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        user_id: &str,
+        body: Option<Value>,
+        dev_sessions: bool,
+    ) -> Result<(reqwest::StatusCode, axum::body::Bytes), RuntimeError> {
         let mut request = self
             .builder(method, path_and_query, user_id, dev_sessions)
             .timeout(self.request_timeout);
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.map_err(|e| {
+        let failed = |e: reqwest::Error| {
             if e.is_timeout() {
                 RuntimeError::Timeout(self.request_timeout.as_secs_f64())
             } else {
                 transport_error(e)
             }
-        })?;
+        };
+        let response = request.send().await.map_err(failed)?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| {
-            if e.is_timeout() {
-                RuntimeError::Timeout(self.request_timeout.as_secs_f64())
-            } else {
-                transport_error(e)
-            }
-        })?;
-        if status == reqwest::StatusCode::NO_CONTENT || bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok((status.as_u16(), Value::Null));
+        let bytes = response.bytes().await.map_err(failed)?;
+        Ok((status, bytes))
+    }
+
+    /// `GET path` as `user_id`, which must answer 2xx with a `T` (read straight from the body).
+    async fn get<T: DeserializeOwned>(&self, path: &str, user_id: &str) -> Result<T, RuntimeError> {
+        let (status, bytes) = self
+            .send(reqwest::Method::GET, path, user_id, None, false)
+            .await?;
+        if !status.is_success() {
+            let body = json_answer(status, &bytes)?;
+            return Err(status_error(status.as_u16(), &body));
         }
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(value) => Ok((status.as_u16(), value)),
-            Err(_) if !status.is_success() => Ok((
-                status.as_u16(),
-                json!({ "detail": detail_of(&String::from_utf8_lossy(&bytes)) }),
-            )),
-            Err(error) => Err(RuntimeError::Invalid(format!(
-                "expected JSON with status {status}, got a body that is not ({error})"
-            ))),
-        }
+        serde_json::from_slice(&bytes).map_err(|error| {
+            RuntimeError::Invalid(format!("unexpected answer from GET {path}: {error}"))
+        })
+    }
+
+    /// `GET /sessions/{id}`, `/history` or `/pending-approvals` as `user_id`, by the answer's type.
+    pub async fn session_part<T: SessionResource>(
+        &self,
+        session_id: &str,
+        user_id: &str,
+    ) -> Result<T, RuntimeError> {
+        let path = format!("/sessions/{}{}", encode_segment(session_id), T::SUFFIX);
+        self.get(&path, user_id).await
     }
 
     /// The stored events of `session_id` with `seq > after`, oldest first, all pages.
@@ -294,32 +323,30 @@ impl RuntimeClient {
             "/sessions/{}/events?after={after}&limit={limit}",
             encode_segment(session_id)
         );
-        let body = self.ok_json(&path, user_id).await?;
-        let Some(raw_events) = body.get("events").and_then(Value::as_array) else {
-            return Err(RuntimeError::Invalid(
-                "expected {\"events\": [...]} from the events endpoint".to_owned(),
-            ));
-        };
-        let mut events = Vec::with_capacity(raw_events.len());
+        let StoredEvents { events: raw_events } =
+            self.get::<StoredEvents<Value>>(&path, user_id).await?;
+        let page_len = raw_events.len();
+        let mut events = Vec::with_capacity(page_len);
         let mut last = after;
         for raw in raw_events {
+            let seq = raw.get("seq").and_then(Value::as_u64);
             // An event type this gateway does not know (a newer runtime) is skipped, not
             // fatal: the rest of the replay is still worth having.
-            match serde_json::from_value::<SequencedEvent>(raw.clone()) {
+            match serde_json::from_value::<SequencedEvent>(raw) {
                 Ok(event) => {
                     last = last.max(event.seq);
                     events.push(event);
                 }
                 Err(error) => {
                     tracing::warn!(%error, "skipping a stored event this gateway cannot read");
-                    if let Some(seq) = raw.get("seq").and_then(Value::as_u64) {
+                    if let Some(seq) = seq {
                         last = last.max(seq);
                     }
                 }
             }
         }
         // A full page may have more behind it; a page that made no progress ends the walk.
-        let next_after = (raw_events.len() >= limit && last > after).then_some(last);
+        let next_after = (page_len >= limit && last > after).then_some(last);
         Ok(EventsPage { events, next_after })
     }
 
@@ -331,25 +358,11 @@ impl RuntimeClient {
             .request(reqwest::Method::GET, &path, "", None, false)
             .await?;
         match status {
-            200 => body
-                .get("owner")
-                .and_then(Value::as_str)
-                .map(|owner| Some(owner.to_owned()))
-                .ok_or_else(|| RuntimeError::Invalid("expected {\"owner\": \"...\"}".to_owned())),
+            200 => serde_json::from_value::<SessionOwner>(body)
+                .map(|answer| Some(answer.owner))
+                .map_err(|_| RuntimeError::Invalid("expected {\"owner\": \"...\"}".to_owned())),
             404 => Ok(None),
             _ => Err(status_error(status, &body)),
-        }
-    }
-
-    /// `GET path` as `user_id`, which must answer 2xx with JSON.
-    pub async fn ok_json(&self, path: &str, user_id: &str) -> Result<Value, RuntimeError> {
-        let (status, body) = self
-            .request(reqwest::Method::GET, path, user_id, None, false)
-            .await?;
-        if (200..300).contains(&status) {
-            Ok(body)
-        } else {
-            Err(status_error(status, &body))
         }
     }
 
@@ -363,6 +376,23 @@ impl RuntimeClient {
         } else {
             Err(status_error(status, &body))
         }
+    }
+}
+
+/// The JSON of an answer (a 204 or an empty body is `Value::Null`; a non-JSON error body
+/// becomes `{"detail": "<text>"}`); non-JSON with a 2xx fails.
+fn json_answer(status: reqwest::StatusCode, bytes: &[u8]) -> Result<Value, RuntimeError> {
+    if status == reqwest::StatusCode::NO_CONTENT || bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(value) => Ok(value),
+        Err(_) if !status.is_success() => Ok(json!({
+            "detail": detail_of(&String::from_utf8_lossy(bytes))
+        })),
+        Err(error) => Err(RuntimeError::Invalid(format!(
+            "expected JSON with status {status}, got a body that is not ({error})"
+        ))),
     }
 }
 
@@ -511,43 +541,40 @@ pub struct SseOutput {
     pub done: bool,
 }
 
-/// An incremental SSE reader, as lenient as the original gateway's: `data:` lines (joined with
-/// newlines when a record has several), `event: done` and `data: [DONE]` end the stream,
-/// comments and unknown fields are ignored, unparsable JSON is logged and skipped.
-#[derive(Debug, Default)]
+/// An incremental reader of the runtime's SSE stream (framing by
+/// [`codelab_protocol::sse::SseParser`]), as lenient as the original gateway's: `event: done` and
+/// `data: [DONE]` end the stream, comments and unknown fields are ignored, unparsable JSON is
+/// logged and skipped.
+#[derive(Debug)]
 pub struct SseDecoder {
-    line: Vec<u8>,
-    data: Option<String>,
+    parser: SseParser,
     done: bool,
+}
+
+impl Default for SseDecoder {
+    fn default() -> Self {
+        Self {
+            parser: SseParser::with_max_line_bytes(MAX_RECORD_BYTES).keep_events_without_data(),
+            done: false,
+        }
+    }
 }
 
 impl SseDecoder {
     /// Feeds bytes; returns the events they complete.
     pub fn push(&mut self, chunk: &[u8]) -> Result<SseOutput, RuntimeError> {
         let mut output = SseOutput::default();
-        if self.done {
-            output.done = true;
-            return Ok(output);
-        }
-        let mut rest = chunk;
-        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
-            self.line.extend_from_slice(&rest[..end]);
-            rest = &rest[end + 1..];
-            let line = std::mem::take(&mut self.line);
-            self.line_done(&line, &mut output);
-            if self.done {
-                output.done = true;
-                return Ok(output);
+        if !self.done {
+            let events = self.parser.push(chunk);
+            self.read(events, &mut output);
+            if !self.done && self.parser.line_too_long().is_some() {
+                self.done = true;
+                return Err(RuntimeError::Invalid(format!(
+                    "an event larger than {MAX_RECORD_BYTES} bytes"
+                )));
             }
         }
-        self.line.extend_from_slice(rest);
-        let pending = self.line.len() + self.data.as_ref().map_or(0, String::len);
-        if pending > MAX_RECORD_BYTES {
-            self.done = true;
-            return Err(RuntimeError::Invalid(format!(
-                "an event larger than {MAX_RECORD_BYTES} bytes"
-            )));
-        }
+        output.done = self.done;
         Ok(output)
     }
 
@@ -555,64 +582,31 @@ impl SseDecoder {
     pub fn finish(&mut self) -> SseOutput {
         let mut output = SseOutput::default();
         if !self.done {
-            let line = std::mem::take(&mut self.line);
-            if !line.is_empty() {
-                self.line_done(&line, &mut output);
-            }
-            if !self.done {
-                self.dispatch(&mut output);
-            }
+            let events = self.parser.finish().into_iter().collect();
+            self.read(events, &mut output);
         }
         output.done = true;
         self.done = true;
         output
     }
 
-    fn line_done(&mut self, line: &[u8], output: &mut SseOutput) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            self.dispatch(output);
-            return;
-        }
-        if line.starts_with(b":") {
-            return;
-        }
-        let text = String::from_utf8_lossy(line);
-        let (field, value) = match text.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (text.as_ref(), ""),
-        };
-        match field {
-            "data" => match &mut self.data {
-                Some(data) => {
-                    data.push('\n');
-                    data.push_str(value);
+    fn read(&mut self, events: Vec<SseEvent>, output: &mut SseOutput) {
+        for event in events {
+            let data = event.data.trim();
+            if event.event.as_deref().map(str::trim) == Some("done") || data == "[DONE]" {
+                self.done = true;
+                return;
+            }
+            if data.is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<SequencedEvent>(data) {
+                Ok(event) => output.events.push(event),
+                // Contents are never logged above debug: they hold user code and text.
+                Err(error) => {
+                    tracing::warn!(%error, "skipping an agent runtime event that cannot be read");
+                    tracing::debug!(event = data, "unreadable agent runtime event");
                 }
-                None => self.data = Some(value.to_owned()),
-            },
-            "event" if value.trim() == "done" => self.done = true,
-            _ => {}
-        }
-    }
-
-    fn dispatch(&mut self, output: &mut SseOutput) {
-        let Some(data) = self.data.take() else {
-            return;
-        };
-        let data = data.trim();
-        if data == "[DONE]" {
-            self.done = true;
-            return;
-        }
-        if data.is_empty() {
-            return;
-        }
-        match serde_json::from_str::<SequencedEvent>(data) {
-            Ok(event) => output.events.push(event),
-            // Contents are never logged above debug: they hold user code and text.
-            Err(error) => {
-                tracing::warn!(%error, "skipping an agent runtime event that cannot be read");
-                tracing::debug!(event = data, "unreadable agent runtime event");
             }
         }
     }

@@ -5,14 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use codelab_core::config::{Environment, Secret};
+use codelab_core::service::{Listen, ServiceConfig};
 use serde::{Deserialize, Serialize};
-
-/// Default port of the proxy.
-pub const DEFAULT_PORT: u16 = 8002;
-/// Environment prefix of every setting.
-pub const ENV_PREFIX: &str = "LLM_PROXY";
-/// Section name in the TOML config file.
-pub const SECTION: &str = "llm_proxy";
 
 /// How model names are served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -93,7 +87,7 @@ impl Default for Config {
     }
 }
 
-/// A setting that cannot work.
+/// A setting that cannot work (reported as a [`codelab_core::ConfigProblem`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigProblem {
     #[error(
@@ -116,21 +110,37 @@ impl Config {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.request_timeout)
     }
+}
+
+impl ServiceConfig for Config {
+    const SECTION: &'static str = "llm_proxy";
+    const ENV_PREFIX: &'static str = "LLM_PROXY";
+    const DEFAULT_PORT: u16 = 8002;
 
     /// Refuses settings that cannot work, and default secrets outside development.
-    pub fn validate(&self, environment: Environment) -> Result<(), ConfigProblem> {
+    fn validate(&self, environment: Environment) -> Result<(), codelab_core::ConfigProblem> {
         if !(self.request_timeout.is_finite() && self.request_timeout > 0.0) {
-            return Err(ConfigProblem::BadTimeout);
+            return Err(problem(ConfigProblem::BadTimeout));
         }
         if self.max_concurrent_requests == 0 {
-            return Err(ConfigProblem::NoConcurrency);
+            return Err(problem(ConfigProblem::NoConcurrency));
         }
         if self.max_stream_line_bytes < MIN_STREAM_LINE_BYTES {
-            return Err(ConfigProblem::TinyStreamLineCap);
+            return Err(problem(ConfigProblem::TinyStreamLineCap));
         }
         if environment.is_hardened() && self.internal_api_key.is_weak() {
-            return Err(ConfigProblem::WeakInternalKey(environment.as_str()));
+            return Err(problem(ConfigProblem::WeakInternalKey(
+                environment.as_str(),
+            )));
         }
         Ok(())
     }
+
+    fn listen(&self) -> Listen<'_> {
+        Listen::new(&self.host, self.port, &self.log_level)
+    }
+}
+
+fn problem(problem: ConfigProblem) -> codelab_core::ConfigProblem {
+    codelab_core::ConfigProblem(problem.to_string())
 }

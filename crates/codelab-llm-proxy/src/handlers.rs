@@ -12,6 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use codelab_core::http::ApiError;
+use codelab_protocol::ide::json_kind;
 use codelab_protocol::openai::{ChatCompletionRequest, ModelInfo};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -107,7 +108,7 @@ fn parse_request(body: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
     })?;
     let Some(object) = value.as_object() else {
         return Err(unprocessable(
-            format!("expected a JSON object, got {}", json_type(&value)),
+            format!("expected a JSON object, got {}", json_kind(&value)),
             None,
         ));
     };
@@ -124,7 +125,7 @@ fn parse_request(body: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
                     || (field == "messages" && !v.is_array()) =>
             {
                 return Err(unprocessable(
-                    format!("field `{field}` must be {expected}, got {}", json_type(v)),
+                    format!("field `{field}` must be {expected}, got {}", json_kind(v)),
                     Some(field),
                 ));
             }
@@ -145,17 +146,6 @@ fn unprocessable(message: String, param: Option<&str>) -> ApiError {
         error = error.with_param(param);
     }
     error
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn body_rejection(rejection: BytesRejection) -> ApiError {

@@ -26,7 +26,7 @@ impl AnswerIdentity {
             .map(|d| d.as_secs())
             .unwrap_or_default();
         AnswerIdentity {
-            id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+            id: format!("chatcmpl-{}", codelab_core::ids::new_random_id().simple()),
             created,
             model: model.to_owned(),
         }

@@ -30,17 +30,13 @@ pub enum RoutingError {
     Invalid { path: String, message: String },
 }
 
-/// Environment lookups the table needs (`os.environ/NAME` keys, provider base URLs); captured
-/// once at start so resolution is pure and tests can inject their own.
+/// Environment lookups the table needs (`os.environ/NAME` keys, provider base URLs); taken
+/// once at start from the service's `SharedDeps::env`, so resolution is pure and tests can
+/// inject their own.
 #[derive(Debug, Clone, Default)]
 pub struct ProviderEnv(HashMap<String, String>);
 
 impl ProviderEnv {
-    /// Snapshot of the process environment (empty values count as unset).
-    pub fn from_process() -> Self {
-        ProviderEnv(std::env::vars().filter(|(_, v)| !v.is_empty()).collect())
-    }
-
     /// An explicit set of variables.
     pub fn from_pairs<K: Into<String>, V: Into<String>>(
         pairs: impl IntoIterator<Item = (K, V)>,

@@ -2,11 +2,15 @@
 //!
 //! `scripts/test` prepares a Python with the `openai` package and names it in
 //! `CODELAB_TEST_PYTHON`; run through `cargo test` alone, the test says what it needs.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
 use codelab_core::config::Secret;
+use codelab_core::service::{Service, SharedDeps};
+use codelab_llm_proxy::ProxyService;
 use codelab_llm_proxy::config::Config;
-use codelab_llm_proxy::{Deps, build, router};
 use codelab_testkit::ServerGuard;
 
 const KEY: &str = "sdk-test-internal-key-0123456789";
@@ -20,8 +24,10 @@ async fn the_openai_python_sdk_works_unchanged() {
         internal_api_key: Secret::new(KEY),
         ..Config::default()
     };
-    let state = build(config, Deps::default()).await.unwrap();
-    let server = ServerGuard::start(router(state)).await;
+    let state = ProxyService::build(config, SharedDeps::default())
+        .await
+        .unwrap();
+    let server = ServerGuard::start(ProxyService::router(state)).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_client.py");
     let base = format!("{}/v1", server.base_url());
     let output = tokio::process::Command::new(python)

@@ -1,12 +1,15 @@
 //! The LLM proxy over real HTTP, against fake providers that speak each wire format.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
 use std::time::Duration;
 
 use codelab_core::config::Secret;
+use codelab_core::service::{EnvVars, Service, SharedDeps};
+use codelab_llm_proxy::ProxyService;
 use codelab_llm_proxy::config::{Config, LlmMode};
-use codelab_llm_proxy::routing::ProviderEnv;
-use codelab_llm_proxy::{Deps, build, router};
 use codelab_testkit::{FakeFlavor, FakeLlm, FakeReply, FakeToolCall, ServerGuard};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -21,12 +24,12 @@ struct Proxy {
 
 impl Proxy {
     async fn start(table_yaml: Option<String>, tweak: impl FnOnce(&mut Config)) -> Proxy {
-        Self::start_with_env(table_yaml, ProviderEnv::default(), tweak).await
+        Self::start_with_env(table_yaml, EnvVars::default(), tweak).await
     }
 
     async fn start_with_env(
         table_yaml: Option<String>,
-        provider_env: ProviderEnv,
+        provider_env: EnvVars,
         tweak: impl FnOnce(&mut Config),
     ) -> Proxy {
         let table = table_yaml.map(|yaml| {
@@ -42,16 +45,10 @@ impl Proxy {
             ..Config::default()
         };
         tweak(&mut config);
-        let state = build(
-            config,
-            Deps {
-                provider_env,
-                ..Deps::default()
-            },
-        )
-        .await
-        .unwrap();
-        let server = ServerGuard::start(router(state)).await;
+        let state = ProxyService::build(config, SharedDeps::default().with_env(provider_env))
+            .await
+            .unwrap();
+        let server = ServerGuard::start(ProxyService::router(state)).await;
         Proxy {
             server,
             http: reqwest::Client::new(),
@@ -71,6 +68,33 @@ impl Proxy {
             .send()
             .await
             .unwrap()
+    }
+
+    /// `chat`'s answer as JSON.
+    async fn chat_json(&self, body: Value) -> Value {
+        self.chat(body).await.json().await.unwrap()
+    }
+
+    /// A raw JSON body to the chat endpoint, with the key.
+    async fn post_raw(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        let request = self.http.post(self.url("/v1/chat/completions"));
+        let request = request.header("X-Internal-Auth", KEY);
+        let request = request.header("content-type", "application/json");
+        request.body(body).send().await.unwrap()
+    }
+
+    /// `GET path`, with the internal key when `key` is given.
+    async fn get(&self, path: &str, key: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(self.url(path));
+        if let Some(key) = key {
+            request = request.header("X-Internal-Auth", key);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// `GET path` as JSON.
+    async fn get_json(&self, path: &str, key: Option<&str>) -> Value {
+        self.get(path, key).await.json().await.unwrap()
     }
 
     /// Streams a request and returns every `data:` payload (the `[DONE]` marker included).
@@ -98,6 +122,16 @@ fn json_chunks(payloads: &[String]) -> Vec<Value> {
         .filter(|p| *p != "[DONE]")
         .map(|p| serde_json::from_str(p).unwrap())
         .collect()
+}
+
+/// A request for `model` with one user message.
+fn ask(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": user(text)})
+}
+
+/// [`ask`], streamed.
+fn ask_streamed(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": user(text), "stream": true})
 }
 
 fn user(text: &str) -> Value {
@@ -148,20 +182,12 @@ fn collect_stream(chunks: &[Value]) -> (String, Vec<(String, String, String)>, O
     (text, calls, finish)
 }
 
-// ---- acceptance checklist of the original (spec §17) ----
+// ---- acceptance checklist of the original ----
 
 #[tokio::test]
 async fn health_answers_in_the_original_shape() {
     let proxy = Proxy::start(None, |_| {}).await;
-    let body: Value = proxy
-        .http
-        .get(proxy.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = proxy.get_json("/health", None).await;
     assert_eq!(body["status"], "healthy");
     assert_eq!(body["service"], "llm-proxy");
     assert!(body["version"].is_string());
@@ -170,23 +196,9 @@ async fn health_answers_in_the_original_shape() {
 #[tokio::test]
 async fn models_list_needs_the_key_except_on_the_original_open_path() {
     let proxy = Proxy::start(None, |_| {}).await;
-    let denied = proxy
-        .http
-        .get(proxy.url("/v1/llm/models"))
-        .send()
-        .await
-        .unwrap();
+    let denied = proxy.get("/v1/llm/models", None).await;
     assert_eq!(denied.status(), 401);
-    let models: Value = proxy
-        .http
-        .get(proxy.url("/v1/llm/models"))
-        .header("X-Internal-Auth", KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = proxy.get_json("/v1/llm/models", Some(KEY)).await;
     let mock = models
         .as_array()
         .unwrap()
@@ -197,23 +209,9 @@ async fn models_list_needs_the_key_except_on_the_original_open_path() {
         mock,
         &json!({"id":"mock-llm","name":"FakeLLM Echo","provider":"Fake","context_length":4096,"is_available":true})
     );
-    let open = proxy
-        .http
-        .get(proxy.url("/llm/models"))
-        .send()
-        .await
-        .unwrap();
+    let open = proxy.get("/llm/models", None).await;
     assert_eq!(open.status(), 200);
-    let openai: Value = proxy
-        .http
-        .get(proxy.url("/v1/models"))
-        .header("X-Internal-Auth", KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openai: Value = proxy.get_json("/v1/models", Some(KEY)).await;
     assert_eq!(openai["object"], "list");
 }
 
@@ -252,11 +250,8 @@ async fn a_body_without_model_or_messages_is_422() {
 async fn mock_non_stream_answers_the_static_text_with_usage() {
     let proxy = Proxy::start(None, |_| {}).await;
     let body: Value = proxy
-        .chat(json!({"model": "fake-llm", "messages": user("hello"), "stream": false}))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .chat_json(json!({"model": "fake-llm", "messages": user("hello"), "stream": false}))
+        .await;
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], "fake-llm");
     assert_eq!(
@@ -296,12 +291,7 @@ async fn mock_stream_has_role_tokens_finish_and_done() {
 async fn mock_tool_directives_become_tool_calls_with_unique_ids() {
     let proxy = Proxy::start(None, |_| {}).await;
     let text = "list then read\n::tool list_files {\"path\": \".\"}\n::tool read_file {\"path\": \"a.py\"}";
-    let body: Value = proxy
-        .chat(json!({"model": "mock-llm", "messages": user(text)}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: Value = proxy.chat_json(ask("mock-llm", text)).await;
     let calls = body["choices"][0]["message"]["tool_calls"]
         .as_array()
         .unwrap();
@@ -324,14 +314,10 @@ async fn mock_tool_directives_become_tool_calls_with_unique_ids() {
 #[tokio::test]
 async fn mock_error_directive_is_final_and_mapped() {
     let proxy = Proxy::start(None, |c| c.max_retries = 3).await;
-    let response = proxy
-        .chat(json!({"model": "mock-llm", "messages": user("::error 429")}))
-        .await;
+    let response = proxy.chat(ask("mock-llm", "::error 429")).await;
     assert_eq!(response.status(), 429);
     assert!(response.headers().get("retry-after").is_some());
-    let response = proxy
-        .chat(json!({"model": "mock-llm", "messages": user("::error 500")}))
-        .await;
+    let response = proxy.chat(ask("mock-llm", "::error 500")).await;
     assert_eq!(response.status(), 502);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "500");
@@ -340,12 +326,7 @@ async fn mock_error_directive_is_final_and_mapped() {
 #[tokio::test]
 async fn mock_mode_serves_every_model_name() {
     let proxy = Proxy::start(None, |c| c.llm_mode = LlmMode::Mock).await;
-    let body: Value = proxy
-        .chat(json!({"model": "Qwen/Qwen3-0.6B", "messages": user("hi")}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: Value = proxy.chat_json(ask("Qwen/Qwen3-0.6B", "hi")).await;
     assert_eq!(
         body["choices"][0]["message"]["content"],
         "Mock LLM response (static)"
@@ -391,7 +372,7 @@ async fn tool_calls_translate_for_every_provider_stream_and_not() {
         fake.push_reply(two_tool_calls());
         let request = json!({"model": "m", "messages": user("read"), "tools": [{"type":"function","function":{"name":"read_file","parameters":{"type":"object"}}}]});
 
-        let body: Value = proxy.chat(request.clone()).await.json().await.unwrap();
+        let body: Value = proxy.chat_json(request.clone()).await;
         let message = &body["choices"][0]["message"];
         assert_eq!(message["content"], "Let me look.", "{flavor:?}");
         let calls = message["tool_calls"].as_array().unwrap();
@@ -440,8 +421,8 @@ async fn tool_calls_translate_for_every_provider_stream_and_not() {
 
 #[tokio::test]
 async fn agent_runtime_request_shapes_round_trip() {
-    // The runtime's main path (spec §8.1): history with an agent-named assistant tool call,
-    // a tool result, tools, stream false; and the classifier (§8.2) with temperature.
+    // The runtime's main path: history with an agent-named assistant tool call,
+    // a tool result, tools, stream false; and the routing classifier with temperature.
     let (fake, proxy) = provider_proxy(FakeFlavor::OpenAi).await;
     fake.push_reply(FakeReply::text(&["done"]));
     let history = json!([
@@ -451,11 +432,7 @@ async fn agent_runtime_request_shapes_round_trip() {
         {"role": "tool", "content": "print(1)", "tool_call_id": "call_1"}
     ]);
     let body: Value = proxy
-        .chat(json!({"model": "m", "messages": history, "stream": false, "tools": [{"type":"function","function":{"name":"read_file","description":"Read","parameters":{"type":"object","properties":{"path":{"type":"string"}}}}}]}))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .chat_json(json!({"model": "m", "messages": history, "stream": false, "tools": [{"type":"function","function":{"name":"read_file","description":"Read","parameters":{"type":"object","properties":{"path":{"type":"string"}}}}}]})).await;
     assert_eq!(body["choices"][0]["message"]["content"], "done");
     let sent = fake.last_request().unwrap();
     assert_eq!(sent.body["model"], "gpt-4o");
@@ -465,7 +442,7 @@ async fn agent_runtime_request_shapes_round_trip() {
 
     fake.push_reply(FakeReply::text(&["{\"agent\":\"architect\"}"]));
     let classifier = json!({"model": "m", "messages": [{"role":"system","content":"You are a task classifier. Respond only with JSON."},{"role":"user","content":"design"}], "stream": false, "temperature": 0.3});
-    let body: Value = proxy.chat(classifier).await.json().await.unwrap();
+    let body: Value = proxy.chat_json(classifier).await;
     assert_eq!(
         body["choices"][0]["message"]["content"],
         "{\"agent\":\"architect\"}"
@@ -491,12 +468,7 @@ async fn unknown_request_fields_pass_through_to_openai_upstreams() {
 async fn reasoning_is_passed_on_as_reasoning_content() {
     let (fake, proxy) = provider_proxy(FakeFlavor::Anthropic).await;
     fake.push_reply(FakeReply::text(&["42"]).with_reasoning(&["thinking ", "hard"]));
-    let body: Value = proxy
-        .chat(json!({"model": "m", "messages": user("q")}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: Value = proxy.chat_json(ask("m", "q")).await;
     assert_eq!(
         body["choices"][0]["message"]["reasoning_content"],
         "thinking hard"
@@ -509,9 +481,7 @@ async fn reasoning_is_passed_on_as_reasoning_content() {
 #[tokio::test]
 async fn unknown_model_is_400_model_not_found() {
     let proxy = Proxy::start(None, |_| {}).await;
-    let response = proxy
-        .chat(json!({"model": "no-such-model", "messages": user("x")}))
-        .await;
+    let response = proxy.chat(ask("no-such-model", "x")).await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["type"], "invalid_request_error");
@@ -522,14 +492,9 @@ async fn unknown_model_is_400_model_not_found() {
 async fn provider_prefixes_route_names_missing_from_the_table() {
     let fake = FakeLlm::start(FakeFlavor::Ollama).await;
     fake.push_reply(FakeReply::text(&["from ollama"]));
-    let env = ProviderEnv::from_pairs([("OLLAMA_API_BASE", fake.base_url())]);
+    let env = EnvVars::from_pairs([("OLLAMA_API_BASE", fake.base_url())]);
     let proxy = Proxy::start_with_env(None, env, |_| {}).await;
-    let body: Value = proxy
-        .chat(json!({"model": "ollama/llama3.2:1b", "messages": user("x")}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: Value = proxy.chat_json(ask("ollama/llama3.2:1b", "x")).await;
     assert_eq!(body["choices"][0]["message"]["content"], "from ollama");
     assert_eq!(fake.last_request().unwrap().body["model"], "llama3.2:1b");
 }
@@ -540,12 +505,7 @@ async fn external_litellm_receives_names_nothing_else_matched() {
     fake.push_reply(FakeReply::text(&["via litellm"]));
     let base = fake.base_url();
     let proxy = Proxy::start(None, move |c| c.litellm_proxy_url = Some(base)).await;
-    let body: Value = proxy
-        .chat(json!({"model": "qwen3", "messages": user("x")}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: Value = proxy.chat_json(ask("qwen3", "x")).await;
     assert_eq!(body["choices"][0]["message"]["content"], "via litellm");
     let sent = fake.last_request().unwrap();
     assert_eq!(sent.body["model"], "qwen3");
@@ -565,13 +525,7 @@ async fn repeated_names_are_load_balanced() {
     )
     .await;
     for _ in 0..4 {
-        assert_eq!(
-            proxy
-                .chat(json!({"model": "m", "messages": user("x")}))
-                .await
-                .status(),
-            200
-        );
+        assert_eq!(proxy.chat(ask("m", "x")).await.status(), 200);
     }
     assert_eq!((a.request_count(), b.request_count()), (2, 2));
 }
@@ -590,9 +544,7 @@ async fn fallback_happens_before_the_first_byte() {
     ]);
     yaml.push_str("router_settings:\n  num_retries: 1\n  fallbacks: [{\"main\": [\"backup\"]}]\n");
     let proxy = Proxy::start(Some(yaml), |_| {}).await;
-    let payloads = proxy
-        .chat_stream(json!({"model": "main", "messages": user("x"), "stream": true}))
-        .await;
+    let payloads = proxy.chat_stream(ask_streamed("main", "x")).await;
     let (text, _, _) = collect_stream(&json_chunks(&payloads));
     assert_eq!(text, "rescued");
     assert_eq!(
@@ -616,9 +568,7 @@ async fn no_fallback_after_the_first_byte_but_an_error_event_and_done() {
     ]);
     yaml.push_str("router_settings:\n  fallbacks: [{\"main\": [\"backup\"]}]\n");
     let proxy = Proxy::start(Some(yaml), |_| {}).await;
-    let payloads = proxy
-        .chat_stream(json!({"model": "main", "messages": user("x"), "stream": true}))
-        .await;
+    let payloads = proxy.chat_stream(ask_streamed("main", "x")).await;
     assert_eq!(payloads.last().unwrap(), "[DONE]");
     let chunks = json_chunks(&payloads);
     let error = chunks
@@ -638,9 +588,7 @@ async fn no_fallback_after_the_first_byte_but_an_error_event_and_done() {
 async fn mid_stream_provider_error_events_are_relayed_as_errors() {
     let (fake, proxy) = provider_proxy(FakeFlavor::Anthropic).await;
     fake.push_reply(FakeReply::text(&["a", "b"]).with_stream_error("Overloaded"));
-    let payloads = proxy
-        .chat_stream(json!({"model": "m", "messages": user("x"), "stream": true}))
-        .await;
+    let payloads = proxy.chat_stream(ask_streamed("m", "x")).await;
     assert_eq!(payloads.last().unwrap(), "[DONE]");
     let chunks = json_chunks(&payloads);
     let error = chunks.iter().find(|c| c.get("error").is_some()).unwrap();
@@ -656,9 +604,7 @@ async fn mid_stream_provider_error_events_are_relayed_as_errors() {
 async fn exhausted_429_stays_429_with_retry_after() {
     let (fake, proxy) = provider_proxy(FakeFlavor::OpenAi).await;
     fake.set_default_reply(FakeReply::status(429).with_retry_after(1));
-    let response = proxy
-        .chat(json!({"model": "m", "messages": user("x")}))
-        .await;
+    let response = proxy.chat(ask("m", "x")).await;
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "1");
     let body: Value = response.json().await.unwrap();
@@ -670,21 +616,13 @@ async fn exhausted_429_stays_429_with_retry_after() {
 async fn server_errors_and_refused_connections_are_502_and_timeouts_504() {
     let (fake, proxy) = provider_proxy(FakeFlavor::Ollama).await;
     fake.set_default_reply(FakeReply::status(500));
-    assert_eq!(
-        proxy
-            .chat(json!({"model": "m", "messages": user("x")}))
-            .await
-            .status(),
-        502
-    );
+    assert_eq!(proxy.chat(ask("m", "x")).await.status(), 502);
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("http://{}/v1", closed.local_addr().unwrap());
     drop(closed);
     let proxy = Proxy::start(Some(table(&[("m", "openai/x", &dead)])), |_| {}).await;
-    let response = proxy
-        .chat(json!({"model": "m", "messages": user("x")}))
-        .await;
+    let response = proxy.chat(ask("m", "x")).await;
     assert_eq!(response.status(), 502);
 
     let slow = FakeLlm::start(FakeFlavor::OpenAi).await;
@@ -699,9 +637,7 @@ async fn server_errors_and_refused_connections_are_502_and_timeouts_504() {
         },
     )
     .await;
-    let response = proxy
-        .chat(json!({"model": "m", "messages": user("x")}))
-        .await;
+    let response = proxy.chat(ask("m", "x")).await;
     assert_eq!(response.status(), 504);
 }
 
@@ -711,9 +647,7 @@ async fn client_disconnect_cancels_the_upstream_request() {
     let chunks: Vec<String> = (0..200).map(|i| format!("t{i} ")).collect();
     let chunk_refs: Vec<&str> = chunks.iter().map(String::as_str).collect();
     fake.push_reply(FakeReply::text(&chunk_refs).with_chunk_delay(Duration::from_millis(20)));
-    let response = proxy
-        .chat(json!({"model": "m", "messages": user("x"), "stream": true}))
-        .await;
+    let response = proxy.chat(ask_streamed("m", "x")).await;
     let mut body = response.bytes_stream();
     let first = body.next().await.unwrap().unwrap();
     assert!(!first.is_empty());
@@ -728,25 +662,15 @@ async fn client_disconnect_cancels_the_upstream_request() {
 #[tokio::test]
 async fn the_concurrency_limit_answers_429_with_retry_after() {
     let proxy = Proxy::start(None, |c| c.max_concurrent_requests = 1).await;
-    let slow = proxy
-        .chat(json!({"model": "mock-llm", "messages": user("::slow 200"), "stream": true}))
-        .await;
+    let slow = proxy.chat(ask_streamed("mock-llm", "::slow 200")).await;
     assert_eq!(slow.status(), 200);
-    let refused = proxy
-        .chat(json!({"model": "mock-llm", "messages": user("x")}))
-        .await;
+    let refused = proxy.chat(ask("mock-llm", "x")).await;
     assert_eq!(refused.status(), 429);
     assert_eq!(refused.headers()["retry-after"], "1");
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "concurrency_limit");
     drop(slow.text().await);
-    assert_eq!(
-        proxy
-            .chat(json!({"model": "mock-llm", "messages": user("x")}))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(proxy.chat(ask("mock-llm", "x")).await.status(), 200);
 }
 
 // ---- bad input ----
@@ -754,15 +678,7 @@ async fn the_concurrency_limit_answers_429_with_retry_after() {
 #[tokio::test]
 async fn bad_json_wrong_types_and_oversized_bodies_get_clear_4xx() {
     let proxy = Proxy::start(None, |c| c.max_body_bytes = 1024).await;
-    let bad = proxy
-        .http
-        .post(proxy.url("/v1/chat/completions"))
-        .header("X-Internal-Auth", KEY)
-        .header("content-type", "application/json")
-        .body("{\"model\": ")
-        .send()
-        .await
-        .unwrap();
+    let bad = proxy.post_raw("{\"model\": ").await;
     assert_eq!(bad.status(), 400);
     let body: Value = bad.json().await.unwrap();
     assert!(
@@ -787,10 +703,19 @@ async fn bad_json_wrong_types_and_oversized_bodies_get_clear_4xx() {
         .await;
     assert_eq!(wrong_temperature.status(), 422);
 
-    let huge = proxy
-        .chat(json!({"model": "mock-llm", "messages": user(&"x".repeat(4096))}))
-        .await;
+    let huge = proxy.chat(ask("mock-llm", &"x".repeat(4096))).await;
     assert_eq!(huge.status(), 413);
     let body: Value = huge.json().await.unwrap();
     assert!(body["error"]["message"].is_string());
+}
+
+#[tokio::test]
+async fn a_body_over_the_listener_limit_is_refused_in_the_openai_shape() {
+    let proxy = Proxy::start(None, |config| config.max_body_bytes = 1024).await;
+    let response = proxy.post_raw("x".repeat(4096)).await;
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
 }

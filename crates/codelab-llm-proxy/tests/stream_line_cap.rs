@@ -1,13 +1,17 @@
 //! An upstream that streams a line longer than `LLM_PROXY__MAX_STREAM_LINE_BYTES` (default
 //! 1 MiB) fails the reply the way other mid-stream failures do (an error event, then
 //! `[DONE]`), for every streaming wire format (OpenAI SSE, Anthropic SSE, Ollama NDJSON).
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
 use std::time::Duration;
 
 use codelab_core::config::Secret;
+use codelab_core::service::{Service, ServiceConfig, SharedDeps};
+use codelab_llm_proxy::ProxyService;
 use codelab_llm_proxy::config::Config;
-use codelab_llm_proxy::{Deps, build, router};
 use codelab_testkit::{FakeFlavor, FakeLlm, FakeReply, ServerGuard};
 use serde_json::{Value, json};
 
@@ -40,8 +44,10 @@ async fn proxy_of(fake: &FakeLlm, flavor: FakeFlavor, max_line: Option<usize>) -
         config.max_stream_line_bytes = max_line;
     }
     // The table is read by `build`; the file may go afterwards.
-    let state = build(config, Deps::default()).await.unwrap();
-    ServerGuard::start(router(state)).await
+    let state = ProxyService::build(config, SharedDeps::default())
+        .await
+        .unwrap();
+    ServerGuard::start(ProxyService::router(state)).await
 }
 
 /// Streams a chat request and returns the raw SSE body.

@@ -28,6 +28,12 @@ impl Decision {
     }
 }
 
+impl PartialEq<&str> for Decision {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// A frame sent by the IDE.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -73,8 +79,57 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
-    /// Opt in to a protocol version (`{"type":"hello","protocol":2}`).
-    Hello { protocol: u32 },
+    /// Opt in to a protocol version (`{"type":"hello","protocol":2,"last_seq":S}`); a
+    /// protocol-2 client names the last event it saw to get what it missed.
+    Hello {
+        protocol: u32,
+        /// Read leniently, as before it was typed: anything but a non-negative integer counts
+        /// as absent.
+        #[serde(
+            default,
+            deserialize_with = "lenient_u64",
+            skip_serializing_if = "Option::is_none"
+        )]
+        last_seq: Option<u64>,
+    },
+}
+
+impl ClientFrame {
+    /// The wire name of the frame's type.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::UserMessage { .. } => "user_message",
+            ClientFrame::ToolResult { .. } => "tool_result",
+            ClientFrame::SwitchAgent { .. } => "switch_agent",
+            ClientFrame::HitlDecision { .. } => "hitl_decision",
+            ClientFrame::CancelTurn { .. } => "cancel_turn",
+            ClientFrame::Hello { .. } => "hello",
+        }
+    }
+
+    /// Reads a frame from JSON already parsed (one parse per hop: the gateway reads the
+    /// socket's text, the runtime its request body). `null` values are dropped first (the
+    /// Flutter IDE's way of saying "absent"), then the `type` is checked, then the fields.
+    pub fn from_value(value: Value) -> Result<ClientFrame, FrameError> {
+        let Value::Object(mut object) = value else {
+            return Err(FrameError::NotAnObject(json_kind(&value)));
+        };
+        object.retain(|_, v| !v.is_null());
+        let kind = match object.get("type") {
+            None => return Err(FrameError::MissingType),
+            Some(Value::String(kind)) => kind.clone(),
+            Some(other) => return Err(FrameError::UnknownType(other.to_string())),
+        };
+        if !CLIENT_FRAME_TYPES.contains(&kind.as_str()) {
+            return Err(FrameError::UnknownType(kind));
+        }
+        serde_json::from_value(Value::Object(object))
+            .map_err(|e| FrameError::Invalid(format!("{kind}: {e}")))
+    }
+}
+
+fn lenient_u64<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    Ok(Value::deserialize(deserializer)?.as_u64())
 }
 
 /// Why a frame was refused; the text is what the IDE shows.
@@ -103,6 +158,17 @@ impl FrameError {
     }
 }
 
+/// The tools an IDE executes (the runtime offers them, the IDE runs them), in the order the
+/// runtime offers them.
+pub const IDE_TOOLS: [&str; 6] = [
+    "read_file",
+    "write_file",
+    "list_files",
+    "create_directory",
+    "execute_command",
+    "search_in_code",
+];
+
 /// The frame types the gateway accepts.
 pub const CLIENT_FRAME_TYPES: [&str; 6] = [
     "user_message",
@@ -113,29 +179,16 @@ pub const CLIENT_FRAME_TYPES: [&str; 6] = [
     "hello",
 ];
 
-/// Parses one text frame: JSON object, known `type`, fields of the right types. `null` values
-/// are dropped first (the Flutter IDE's way of saying "absent").
-pub fn parse_client_frame(text: &str) -> Result<(ClientFrame, Map<String, Value>), FrameError> {
+/// Parses one text frame: JSON object, known `type`, fields of the right types (see
+/// [`ClientFrame::from_value`]).
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| FrameError::InvalidJson(e.to_string()))?;
-    let Value::Object(mut object) = value else {
-        return Err(FrameError::NotAnObject(json_kind(&value)));
-    };
-    object.retain(|_, v| !v.is_null());
-    let kind = match object.get("type") {
-        None => return Err(FrameError::MissingType),
-        Some(Value::String(kind)) => kind.clone(),
-        Some(other) => return Err(FrameError::UnknownType(other.to_string())),
-    };
-    if !CLIENT_FRAME_TYPES.contains(&kind.as_str()) {
-        return Err(FrameError::UnknownType(kind));
-    }
-    let frame = serde_json::from_value(Value::Object(object.clone()))
-        .map_err(|e| FrameError::Invalid(format!("{kind}: {e}")))?;
-    Ok((frame, object))
+    ClientFrame::from_value(value)
 }
 
-fn json_kind(value: &Value) -> &'static str {
+/// How an error message names the type of a JSON value ("a string", "an object", ...).
+pub fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -146,59 +199,215 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
+/// The type of a [`ServerFrame`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerFrameType {
+    /// Assistant text: a whole message (`is_final: true`) or, for protocol 2, a delta.
+    AssistantMessage,
+    /// A tool for the IDE to run.
+    ToolCall,
+    /// The session's agent changed.
+    AgentSwitched,
+    /// Something failed.
+    Error,
+    /// A tool call waits for a human decision (protocol 2).
+    ApprovalRequired,
+    /// The turn ended or paused (protocol 2).
+    TurnFinished,
+    /// The session and its agent (protocol 2).
+    SessionInfo,
+}
+
+impl ServerFrameType {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerFrameType::AssistantMessage => "assistant_message",
+            ServerFrameType::ToolCall => "tool_call",
+            ServerFrameType::AgentSwitched => "agent_switched",
+            ServerFrameType::Error => "error",
+            ServerFrameType::ApprovalRequired => "approval_required",
+            ServerFrameType::TurnFinished => "turn_finished",
+            ServerFrameType::SessionInfo => "session_info",
+        }
+    }
+}
+
 /// A frame sent to the IDE. Only the keys that apply are set; `None` keys are not written.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Fields are declared in alphabetical order on purpose: frames used to be `serde_json` maps,
+/// which write their keys sorted, and the Flutter IDE replica tests hold the gateway to the
+/// same bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerFrame {
-    #[serde(rename = "type")]
-    pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub is_final: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub call_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_name: Option<String>,
+    pub agent_type: Option<String>,
+    /// Tool arguments, passed on as the model wrote them (a `null` inside may mean something
+    /// to the tool).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arguments: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requires_approval: Option<bool>,
+    pub call_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub confidence: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_agent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to_agent: Option<String>,
+    pub is_final: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<FrameMetadata>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires_approval: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Value>,
+    pub to_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_name: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: ServerFrameType,
+}
+
+/// `metadata` of a [`ServerFrame`]; alphabetical like the frame, `None` keys not written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameMetadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The stored event's number, for a protocol-2 client to resume after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_agent: Option<String>,
 }
 
 impl ServerFrame {
+    /// A frame of `kind` with no other key.
+    pub fn new(kind: ServerFrameType) -> Self {
+        ServerFrame {
+            agent_type: None,
+            arguments: None,
+            call_id: None,
+            confidence: None,
+            content: None,
+            error: None,
+            error_code: None,
+            from_agent: None,
+            is_final: None,
+            metadata: None,
+            reason: None,
+            requires_approval: None,
+            result: None,
+            session_id: None,
+            to_agent: None,
+            token: None,
+            tool_name: None,
+            kind,
+        }
+    }
+
     /// An error frame with the text in both `content` (the gateway's field) and `error` (the
     /// runtime's field): every client reads one of them.
     pub fn error(text: impl Into<String>, code: Option<&str>) -> Self {
         let text = text.into();
         ServerFrame {
-            kind: "error".to_owned(),
             content: Some(text.clone()),
             error: Some(text),
             error_code: code.map(str::to_owned),
             is_final: Some(true),
-            ..ServerFrame::default()
+            ..ServerFrame::new(ServerFrameType::Error)
         }
     }
+
+    /// Assistant text in `content` and `token` (clients read either).
+    pub fn assistant_message(text: &str, is_final: bool) -> Self {
+        ServerFrame {
+            content: Some(text.to_owned()),
+            token: Some(text.to_owned()),
+            is_final: Some(is_final),
+            ..ServerFrame::new(ServerFrameType::AssistantMessage)
+        }
+    }
+
+    /// A tool call for the IDE; `reason` says why it needs approval.
+    pub fn tool_call(
+        call_id: &str,
+        tool_name: &str,
+        arguments: &Value,
+        requires_approval: bool,
+        reason: Option<&str>,
+    ) -> Self {
+        ServerFrame {
+            call_id: Some(call_id.to_owned()),
+            tool_name: Some(tool_name.to_owned()),
+            arguments: present(arguments),
+            requires_approval: Some(requires_approval),
+            reason: reason.map(str::to_owned),
+            is_final: Some(true),
+            ..ServerFrame::new(ServerFrameType::ToolCall)
+        }
+    }
+
+    /// A tool call waiting for a human decision (protocol 2).
+    pub fn approval_required(
+        call_id: &str,
+        tool_name: &str,
+        arguments: &Value,
+        reason: &str,
+    ) -> Self {
+        ServerFrame {
+            call_id: Some(call_id.to_owned()),
+            tool_name: Some(tool_name.to_owned()),
+            arguments: present(arguments),
+            reason: Some(reason.to_owned()),
+            ..ServerFrame::new(ServerFrameType::ApprovalRequired)
+        }
+    }
+
+    /// The session and its agent, when known (protocol 2).
+    pub fn session_info(session_id: &str, agent: Option<&str>) -> Self {
+        ServerFrame {
+            session_id: Some(session_id.to_owned()),
+            agent_type: agent.map(str::to_owned),
+            ..ServerFrame::new(ServerFrameType::SessionInfo)
+        }
+    }
+
+    /// Sets `metadata.seq` (adding `metadata` when there is none); `0`, an event that was not
+    /// stored, changes nothing.
+    pub fn with_seq(mut self, seq: u64) -> Self {
+        if seq > 0 {
+            self.metadata.get_or_insert_with(FrameMetadata::default).seq = Some(seq);
+        }
+        self
+    }
+}
+
+/// `None` for a JSON `null`: a frame never carries a `null` key.
+fn present(value: &Value) -> Option<Value> {
+    (!value.is_null()).then(|| value.clone())
 }
 
 #[cfg(test)]
@@ -209,7 +418,7 @@ mod tests {
 
     #[test]
     fn flutter_frames_with_fifteen_keys_and_nulls_parse() {
-        let (frame, _) = parse_client_frame(FLUTTER_TOOL_RESULT).unwrap();
+        let frame = parse_client_frame(FLUTTER_TOOL_RESULT).unwrap();
         assert_eq!(
             frame,
             ClientFrame::ToolResult {
@@ -219,7 +428,7 @@ mod tests {
                 error: Some("Операция отклонена: write_file".into()),
             }
         );
-        let (frame, _) = parse_client_frame(
+        let frame = parse_client_frame(
             r#"{"type":"user_message","content":"hi","role":"user","call_id":null}"#,
         )
         .unwrap();
@@ -264,7 +473,68 @@ mod tests {
         let text = serde_json::to_string(&frame).unwrap();
         assert_eq!(
             text,
-            r#"{"type":"error","content":"boom","is_final":true,"error":"boom","error_code":"INVALID_TYPE"}"#
+            // Keys sorted, as the gateway's frames always were on the wire (they were maps).
+            r#"{"content":"boom","error":"boom","error_code":"INVALID_TYPE","is_final":true,"type":"error"}"#
         );
+    }
+
+    #[test]
+    fn server_frames_write_their_keys_sorted_as_the_maps_did() {
+        let every_key = ServerFrame {
+            agent_type: Some("a".into()),
+            arguments: Some(serde_json::json!({"b": null, "a": 1})),
+            call_id: Some("c".into()),
+            confidence: Some("high".into()),
+            content: Some("x".into()),
+            error: Some("e".into()),
+            error_code: Some("E".into()),
+            from_agent: Some("f".into()),
+            is_final: Some(true),
+            metadata: Some(FrameMetadata {
+                agent: Some("a".into()),
+                confidence: Some("c".into()),
+                from_agent: Some("f".into()),
+                message_id: Some("m".into()),
+                outcome: Some("o".into()),
+                reason: Some("r".into()),
+                seq: Some(3),
+                to_agent: Some("t".into()),
+            }),
+            reason: Some("r".into()),
+            requires_approval: Some(false),
+            result: Some(serde_json::json!("done")),
+            session_id: Some("s".into()),
+            to_agent: Some("t".into()),
+            token: Some("x".into()),
+            tool_name: Some("read_file".into()),
+            kind: ServerFrameType::ToolCall,
+        };
+        let typed = serde_json::to_string(&every_key).unwrap();
+        let as_map = serde_json::to_value(&every_key).unwrap().to_string();
+        assert_eq!(typed, as_map);
+        assert!(
+            !serde_json::to_string(&ServerFrame::tool_call("c", "t", &Value::Null, false, None))
+                .unwrap()
+                .contains("arguments")
+        );
+    }
+
+    #[test]
+    fn hello_reads_last_seq_leniently() {
+        for (text, last_seq) in [
+            (r#"{"type":"hello","protocol":2,"last_seq":7}"#, Some(7)),
+            (r#"{"type":"hello","protocol":2,"last_seq":"7"}"#, None),
+            (r#"{"type":"hello","protocol":2,"last_seq":-1}"#, None),
+            (r#"{"type":"hello","protocol":2}"#, None),
+        ] {
+            assert_eq!(
+                parse_client_frame(text).unwrap(),
+                ClientFrame::Hello {
+                    protocol: 2,
+                    last_seq
+                },
+                "{text}"
+            );
+        }
     }
 }

@@ -4,5 +4,7 @@
 //! servers, the terminal client and tests all speak through the same definitions.
 
 pub mod ide;
+pub mod internal;
 pub mod openai;
 pub mod runtime;
+pub mod sse;

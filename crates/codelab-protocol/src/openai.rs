@@ -207,17 +207,21 @@ impl Usage {
     }
 }
 
-/// Non-streamed answer.
+/// A chat completion answer: whole ([`ChatCompletionResponse`]) or one SSE chunk of a streamed
+/// one ([`ChatCompletionChunk`]); only the choices differ.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatCompletionResponse {
+pub struct Completion<C> {
     pub id: String,
     pub object: String,
     pub created: u64,
     pub model: String,
-    pub choices: Vec<Choice>,
+    pub choices: Vec<C>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
 }
+
+/// Non-streamed answer.
+pub type ChatCompletionResponse = Completion<Choice>;
 
 /// One choice of a non-streamed answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -240,16 +244,7 @@ pub struct AssistantMessage {
 }
 
 /// One SSE chunk of a streamed answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatCompletionChunk {
-    pub id: String,
-    pub object: String,
-    pub created: u64,
-    pub model: String,
-    pub choices: Vec<ChunkChoice>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Usage>,
-}
+pub type ChatCompletionChunk = Completion<ChunkChoice>;
 
 /// One choice of a streamed chunk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -23,6 +23,19 @@ pub enum TurnOutcome {
     Failed,
 }
 
+impl TurnOutcome {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnOutcome::Completed => "completed",
+            TurnOutcome::AwaitingTools => "awaiting_tools",
+            TurnOutcome::Cancelled => "cancelled",
+            TurnOutcome::StepLimit => "step_limit",
+            TurnOutcome::Failed => "failed",
+        }
+    }
+}
+
 /// One event of a runtime stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -133,6 +133,88 @@ impl Drop for TempPostgres {
     }
 }
 
+/// An empty database for one test, on either engine: a SQLite file in a temp dir (deleted
+/// with the guard) or a fresh PostgreSQL database ([`TempPostgres`], dropped with the guard).
+#[derive(Debug)]
+pub struct TempDatabase {
+    /// Connection URL of the database.
+    pub url: String,
+    guard: DatabaseGuard,
+}
+
+#[derive(Debug)]
+enum DatabaseGuard {
+    Sqlite(
+        #[expect(dead_code, reason = "held only for what dropping it deletes")] tempfile::TempDir,
+    ),
+    Postgres(TempPostgres),
+}
+
+impl TempDatabase {
+    /// A new SQLite file `file_name` in a temp dir of its own.
+    pub fn sqlite(file_name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir for the test database");
+        TempDatabase {
+            url: format!("sqlite:///{}", dir.path().join(file_name).display()),
+            guard: DatabaseGuard::Sqlite(dir),
+        }
+    }
+
+    /// A fresh database on the test PostgreSQL server, named for `purpose`.
+    pub fn postgres(purpose: &str) -> Self {
+        // The guard exists before the database does, so a failure after CREATE drops it.
+        let database = TempPostgres::new(purpose);
+        TempDatabase {
+            url: database.url.clone(),
+            guard: DatabaseGuard::Postgres(database),
+        }
+    }
+
+    /// A pool on the database (created on first connect); panics with what the test needs
+    /// when it cannot be opened.
+    pub async fn connect(&self) -> codelab_core::db::DbPool {
+        let options = codelab_core::db::DbOptions::default();
+        match codelab_core::db::connect_database(&self.url, &options).await {
+            Ok(pool) => pool,
+            Err(error) => match &self.guard {
+                DatabaseGuard::Postgres(database) => panic!("{}", database.unavailable(&error)),
+                DatabaseGuard::Sqlite(_) => panic!(
+                    "the test cannot create and open its SQLite database {} ({error})",
+                    self.url
+                ),
+            },
+        }
+    }
+}
+
+/// Turns each `async fn check(store)` named into a `sqlite::check` and a `postgres::check`
+/// test, each on the store of a database of its own: `$sqlite` and `$postgres` are async
+/// functions (paths seen from inside those modules, e.g. `super::sqlite_db`) returning a
+/// value with a `store` field.
+#[macro_export]
+macro_rules! store_conformance {
+    (sqlite: $sqlite:path, postgres: $postgres:path; $($check:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let db = $sqlite().await;
+                    super::$check(db.store.clone()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let db = $postgres().await;
+                    super::$check(db.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

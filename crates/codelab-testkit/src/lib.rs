@@ -3,13 +3,19 @@
 //! that speak the OpenAI, Anthropic and Ollama wire formats over real HTTP, and IDE clients (a
 //! replica of the Flutter IDE and a protocol-2 client) for the gateway. Never used by
 //! production code — depend on it only from `[dev-dependencies]`, tests and benchmarks.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests own their clock, ids and tasks"
+)]
 
 pub mod databases;
 pub mod fake_llm;
 pub mod ide_clients;
+pub mod metrics;
+pub mod runtime_history;
 pub mod server;
 
-pub use databases::TempPostgres;
+pub use databases::{TempDatabase, TempPostgres};
 pub use fake_llm::{FakeFlavor, FakeLlm, FakeReply, FakeStatus, FakeToolCall, RecordedRequest};
 pub use ide_clients::{
     Bubble, CloseInfo, ConnectError, FlutterReplicaClient, FlutterSocket, MessageModel, P2Frame,

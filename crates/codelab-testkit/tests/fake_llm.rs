@@ -81,6 +81,26 @@ async fn post_text(
     (status, headers, resp.text().await.expect("body"))
 }
 
+fn openai_url(fake: &FakeLlm) -> String {
+    format!("{}/chat/completions", fake.openai_base())
+}
+
+fn ollama_url(fake: &FakeLlm) -> String {
+    format!("{}/api/chat", fake.base_url())
+}
+
+async fn get_json(url: String) -> Value {
+    let response = client().get(url).send().await.expect("request succeeds");
+    response.json().await.expect("body is JSON")
+}
+
+/// Reads the first chunk of a streamed body, then hangs up.
+async fn drop_after_first_chunk(resp: reqwest::Response) {
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.expect("a first chunk");
+    first.expect("the first chunk arrives");
+}
+
 /// Reads a body until it ends or breaks; returns what arrived and whether it broke.
 async fn read_until_break(resp: reqwest::Response) -> (String, bool) {
     let mut stream = resp.bytes_stream();
@@ -101,7 +121,7 @@ async fn openai_non_stream_text() {
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
     fake.push_reply(FakeReply::text(&["Hel", "lo"]).with_usage(7, 2));
     let (status, headers, body) = post_text(
-        format!("{}/chat/completions", fake.openai_base()),
+        openai_url(&fake),
         json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
     )
     .await;
@@ -131,7 +151,7 @@ async fn openai_stream_text_with_usage() {
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
     fake.push_reply(FakeReply::text(&["Hel", "lo"]).with_usage(5, 2));
     let (status, headers, body) = post_text(
-        format!("{}/chat/completions", fake.openai_base()),
+        openai_url(&fake),
         json!({"model": "m1", "messages": [], "stream": true,
                "stream_options": {"include_usage": true}}),
     )
@@ -180,7 +200,7 @@ async fn openai_stream_text_with_usage() {
 async fn openai_stream_without_include_usage_has_no_usage_chunk() {
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
     let (_, _, body) = post_text(
-        format!("{}/chat/completions", fake.openai_base()),
+        openai_url(&fake),
         json!({"model": "m", "messages": [], "stream": true}),
     )
     .await;
@@ -198,7 +218,7 @@ async fn openai_stream_without_include_usage_has_no_usage_chunk() {
     assert_eq!(text, "Hello from fake", "initial default reply");
 }
 
-/// The exact §12.2 example (envelope keys trimmed, `logprobs` dropped for comparison).
+/// The exact example of OpenAI's streaming format (envelope keys trimmed, `logprobs` dropped for comparison).
 #[tokio::test]
 async fn openai_stream_tool_calls_match_spec_example() {
     const SPEC: &str = r#"data: {"choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_A","type":"function","function":{"name":"read_file","arguments":""}}]},"finish_reason":null}]}
@@ -218,7 +238,7 @@ data: [DONE]"#;
         .with_usage(82, 31),
     );
     let (_, _, body) = post_text(
-        format!("{}/chat/completions", fake.openai_base()),
+        openai_url(&fake),
         json!({"model": "gpt-4o", "messages": [], "stream": true,
                "stream_options": {"include_usage": true}}),
     )
@@ -256,7 +276,7 @@ async fn openai_stream_text_then_tool_call_and_default_split() {
         )]),
     );
     let (_, _, body) = post_text(
-        format!("{}/chat/completions", fake.openai_base()),
+        openai_url(&fake),
         json!({"model": "m", "messages": [], "stream": true}),
     )
     .await;
@@ -300,7 +320,7 @@ async fn openai_non_stream_tool_calls() {
         .with_usage(20, 10),
     );
     let resp = post(
-        format!("{}/chat/completions", fake.openai_base()),
+        openai_url(&fake),
         json!({"model": "m", "messages": [], "stream": false}),
     )
     .await;
@@ -322,7 +342,7 @@ async fn openai_status_replies() {
     fake.push_reply(FakeReply::status(429).with_retry_after(2));
     fake.push_reply(FakeReply::status(500));
     fake.push_reply(FakeReply::status(401).with_error_message("bad key"));
-    let url = format!("{}/chat/completions", fake.openai_base());
+    let url = openai_url(&fake);
     let req = json!({"model": "m", "messages": [], "stream": true});
 
     let (status, headers, body) = post_text(url.clone(), req.clone()).await;
@@ -358,7 +378,7 @@ async fn openai_disconnect_after_truncates_body() {
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
     fake.push_reply(FakeReply::text(&["a", "b", "c", "d", "e"]).disconnect_after(3));
     let resp = post(
-        format!("{}/chat/completions", fake.openai_base()),
+        openai_url(&fake),
         json!({"model": "m", "messages": [], "stream": true}),
     )
     .await;
@@ -378,11 +398,7 @@ async fn openai_disconnect_after_truncates_body() {
 async fn openai_non_stream_disconnect_truncates_json() {
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
     fake.push_reply(FakeReply::text(&["hello"]).disconnect_after(1));
-    let resp = post(
-        format!("{}/chat/completions", fake.openai_base()),
-        json!({"model": "m", "messages": []}),
-    )
-    .await;
+    let resp = post(openai_url(&fake), json!({"model": "m", "messages": []})).await;
     assert_eq!(resp.status(), 200);
     let (got, broke) = read_until_break(resp).await;
     assert!(broke);
@@ -399,7 +415,7 @@ async fn openai_client_drop_counts_cancelled_stream() {
     let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
     fake.push_reply(FakeReply::text(&pieces).with_chunk_delay(Duration::from_millis(20)));
     let resp = post(
-        format!("{}/chat/completions", fake.openai_base()),
+        openai_url(&fake),
         json!({"model": "m", "messages": [], "stream": true}),
     )
     .await;
@@ -422,7 +438,7 @@ async fn stream_client_leaving_during_first_byte_delay_counts_cancelled() {
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
     fake.push_reply(FakeReply::text(&["late"]).with_first_byte_delay(Duration::from_secs(30)));
     let req = client()
-        .post(format!("{}/chat/completions", fake.openai_base()))
+        .post(openai_url(&fake))
         .json(&json!({"model": "m", "messages": [], "stream": true}))
         .timeout(Duration::from_millis(200))
         .send();
@@ -441,7 +457,7 @@ async fn chunk_and_first_byte_delays_are_real() {
     );
     let start = Instant::now();
     let resp = post(
-        format!("{}/chat/completions", fake.openai_base()),
+        openai_url(&fake),
         json!({"model": "m", "messages": [], "stream": true}),
     )
     .await;
@@ -462,7 +478,7 @@ async fn requests_are_recorded_and_replies_are_fifo() {
     fake.push_reply(FakeReply::text(&["second"]));
     fake.set_default_reply(FakeReply::text(&["default"]));
     assert_eq!(fake.pending_replies(), 2);
-    let url = format!("{}/chat/completions", fake.openai_base());
+    let url = openai_url(&fake);
     let mut contents = Vec::new();
     for i in 0..3 {
         let v: Value = post(url.clone(), json!({"model": "m", "messages": [], "n": i}))
@@ -479,14 +495,7 @@ async fn requests_are_recorded_and_replies_are_fifo() {
     }
     assert_eq!(contents, ["first", "second", "default"]);
 
-    let models: Value = client()
-        .get(format!("{}/models", fake.openai_base()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = get_json(format!("{}/models", fake.openai_base())).await;
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "gpt-4o-mini");
 
@@ -523,7 +532,7 @@ async fn openai_mid_stream_error_event() {
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
     fake.push_reply(FakeReply::text(&["par"]).with_stream_error("upstream exploded"));
     let (status, _, body) = post_text(
-        format!("{}/chat/completions", fake.openai_base()),
+        openai_url(&fake),
         json!({"model": "m", "messages": [], "stream": true}),
     )
     .await;
@@ -541,7 +550,7 @@ async fn dropping_the_fake_cuts_in_flight_streams() {
         FakeReply::text(&["a", "b", "c", "d"]).with_chunk_delay(Duration::from_secs(30)),
     );
     let resp = post(
-        format!("{}/chat/completions", fake.openai_base()),
+        openai_url(&fake),
         json!({"model": "m", "messages": [], "stream": true}),
     )
     .await;
@@ -822,9 +831,7 @@ async fn anthropic_client_drop_counts_cancelled_stream() {
         json!({"model": "c", "max_tokens": 1, "messages": [], "stream": true}),
     )
     .await;
-    let mut stream = resp.bytes_stream();
-    stream.next().await.unwrap().unwrap();
-    drop(stream);
+    drop_after_first_chunk(resp).await;
     assert!(fake.wait_for_cancelled(1, WAIT).await);
     assert_eq!(fake.completed_streams(), 0);
 }
@@ -840,7 +847,7 @@ async fn ollama_streams_ndjson_by_default() {
             .with_usage(26, 2),
     );
     let resp = post(
-        format!("{}/api/chat", fake.base_url()),
+        ollama_url(&fake),
         json!({"model": "qwen3:0.6b", "messages": [{"role": "user", "content": "hi"}]}),
     )
     .await;
@@ -886,7 +893,7 @@ async fn ollama_non_stream_and_tool_calls() {
     fake.push_reply(FakeReply::text(&["plain"]).with_usage(3, 1));
     fake.push_reply(FakeReply::tool_calls(calls.clone()));
     fake.push_reply(FakeReply::tool_calls(calls));
-    let url = format!("{}/api/chat", fake.base_url());
+    let url = ollama_url(&fake);
 
     let v: Value = post(
         url.clone(),
@@ -947,7 +954,7 @@ async fn ollama_errors_tags_and_disconnect() {
     );
     fake.push_reply(FakeReply::text(&["a", "b", "c"]).disconnect_after(1));
     fake.push_reply(FakeReply::text(&["a"]).with_stream_error("boom"));
-    let url = format!("{}/api/chat", fake.base_url());
+    let url = ollama_url(&fake);
     let req = json!({"model": "nope:1b", "messages": []});
 
     let (status, _, body) = post_text(url.clone(), req.clone()).await;
@@ -970,24 +977,10 @@ async fn ollama_errors_tags_and_disconnect() {
     let lines = ndjson(&post(url, req).await.text().await.unwrap());
     assert_eq!(lines.last().unwrap(), &json!({"error": "boom"}));
 
-    let tags: Value = client()
-        .get(format!("{}/api/tags", fake.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags: Value = get_json(format!("{}/api/tags", fake.base_url())).await;
     assert_eq!(tags["models"][0]["name"], "qwen3:0.6b");
     fake.set_models(&["llama3.2:1b"]);
-    let tags: Value = client()
-        .get(format!("{}/api/tags", fake.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags: Value = get_json(format!("{}/api/tags", fake.base_url())).await;
     assert_eq!(tags["models"][0]["model"], "llama3.2:1b");
 }
 
@@ -996,14 +989,8 @@ async fn ollama_client_drop_counts_cancelled_stream() {
     let fake = FakeLlm::start(FakeFlavor::Ollama).await;
     let pieces = vec!["tok"; 300];
     fake.push_reply(FakeReply::text(&pieces).with_chunk_delay(Duration::from_millis(10)));
-    let resp = post(
-        format!("{}/api/chat", fake.base_url()),
-        json!({"model": "q", "messages": []}),
-    )
-    .await;
-    let mut stream = resp.bytes_stream();
-    stream.next().await.unwrap().unwrap();
-    drop(stream);
+    let resp = post(ollama_url(&fake), json!({"model": "q", "messages": []})).await;
+    drop_after_first_chunk(resp).await;
     assert!(fake.wait_for_cancelled(1, WAIT).await);
     assert!(fake.wait_for_idle(WAIT).await);
 }

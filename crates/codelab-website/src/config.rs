@@ -5,15 +5,10 @@
 //! `auth_public_url`, `gateway_public_url`), which default to the public URL because nginx
 //! (and `codelab up`) serve everything from one origin.
 
-use codelab_core::config::Secret;
+use codelab_core::config::{Environment, Secret};
+use codelab_core::service::{ConfigProblem, Listen, ServiceConfig};
 use serde::{Deserialize, Serialize};
 
-/// Default port of the website.
-pub const DEFAULT_PORT: u16 = 3000;
-/// Environment prefix of every setting.
-pub const ENV_PREFIX: &str = "WEBSITE";
-/// Section name in the TOML config file.
-pub const SECTION: &str = "website";
 /// The OAuth client the console signs in with (seeded by the auth service).
 pub const WEB_CLIENT_ID: &str = "codelab-web";
 
@@ -129,6 +124,90 @@ impl Config {
     pub fn console_enabled(&self) -> bool {
         base_url(self.auth_url.as_deref()).is_some()
             && base_url(self.gateway_url.as_deref()).is_some()
+    }
+}
+
+impl ServiceConfig for Config {
+    const SECTION: &'static str = "website";
+    const ENV_PREFIX: &'static str = "WEBSITE";
+    const DEFAULT_PORT: u16 = 3000;
+
+    /// Refuses settings that cannot work, and those production must never run with.
+    fn validate(&self, environment: Environment) -> Result<(), ConfigProblem> {
+        check_url("public_url (WEBSITE__PUBLIC_URL)", &self.public_base())?;
+        for (name, url) in [
+            ("auth_url (WEBSITE__AUTH_URL)", &self.auth_url),
+            (
+                "auth_public_url (WEBSITE__AUTH_PUBLIC_URL)",
+                &self.auth_public_url,
+            ),
+            ("gateway_url (WEBSITE__GATEWAY_URL)", &self.gateway_url),
+            (
+                "gateway_public_url (WEBSITE__GATEWAY_PUBLIC_URL)",
+                &self.gateway_public_url,
+            ),
+            (
+                "agent_runtime_url (WEBSITE__AGENT_RUNTIME_URL)",
+                &self.agent_runtime_url,
+            ),
+            (
+                "llm_proxy_url (WEBSITE__LLM_PROXY_URL)",
+                &self.llm_proxy_url,
+            ),
+        ] {
+            if let Some(url) = base_url(url.as_deref()) {
+                check_url(name, &url)?;
+            }
+        }
+        if self.client_id.trim().is_empty() {
+            return Err(ConfigProblem(
+                "client_id (WEBSITE__CLIENT_ID) must not be empty".to_owned(),
+            ));
+        }
+        if self.session_idle_timeout == 0 || self.session_max_age == 0 {
+            return Err(ConfigProblem(
+                "session_idle_timeout and session_max_age must be at least 1 second".to_owned(),
+            ));
+        }
+        if !(self.request_timeout.is_finite() && self.request_timeout > 0.0) {
+            return Err(ConfigProblem(format!(
+                "request_timeout must be a positive number of seconds, got {}",
+                self.request_timeout
+            )));
+        }
+        if environment.is_hardened() && self.console_enabled() {
+            if self.session_key.is_weak() {
+                return Err(ConfigProblem(
+                    "session_key (WEBSITE__SESSION_KEY) is missing, shorter than 16 characters or a \
+                     published placeholder; production needs a strong key to sign console cookies"
+                        .to_owned(),
+                ));
+            }
+            if !self.is_https() {
+                tracing::warn!(
+                    public_url = %self.public_url,
+                    "the website is not served over https: the session cookie is not Secure"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn listen(&self) -> Listen<'_> {
+        Listen::new(&self.host, self.port, &self.log_level)
+    }
+}
+
+fn check_url(name: &str, url: &str) -> Result<(), ConfigProblem> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && !url.contains(['?', '#', ' '])
+        && url.len() > "https://".len();
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigProblem(format!(
+            "{name} must be an absolute http(s) URL without query or fragment, got {url:?}"
+        )))
     }
 }
 

@@ -125,20 +125,7 @@ fn lang(name: &str) -> Option<Lang> {
 }
 
 /// Escapes text for HTML element content and quoted attributes.
-pub fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + text.len() / 8);
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#x27;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use codelab_core::html::escape_html;
 
 fn span(out: &mut String, class: &str, text: &str) {
     out.push_str("<span class=\"hl-");

@@ -533,31 +533,20 @@ weird{a="q\"uote,d",b="x"} 3
     fn rates_need_two_samples_and_survive_counter_resets() {
         let clock = ManualClock::starting_now();
         let board = StatusBoard::new(Vec::new(), Arc::new(clock.clone()));
-        let at = |clock: &ManualClock| Some(clock.now());
-        let first = board.figures(
-            Sample {
-                at: at(&clock),
-                turns: Some(10.0),
-                requests: 10.0,
-                errors: 1.0,
-                ..Sample::default()
-            },
-            Some(3.0),
-        );
+        // A sample taken now with these turn, request and error counters.
+        let sample = |clock: &ManualClock, turns: f64, requests: f64, errors: f64| Sample {
+            at: Some(clock.now()),
+            turns: Some(turns),
+            requests,
+            errors,
+            ..Sample::default()
+        };
+        let first = board.figures(sample(&clock, 10.0, 10.0, 1.0), Some(3.0));
         assert_eq!(first.turns_per_minute, None);
         assert_eq!(first.error_rate, Some(0.1));
         assert_eq!(first.active_sockets, Some(3.0));
         clock.advance(Duration::from_secs(30));
-        let second = board.figures(
-            Sample {
-                at: at(&clock),
-                turns: Some(25.0),
-                requests: 30.0,
-                errors: 3.0,
-                ..Sample::default()
-            },
-            None,
-        );
+        let second = board.figures(sample(&clock, 25.0, 30.0, 3.0), None);
         assert_eq!(second.turns_per_minute, Some(30.0));
         assert_eq!(second.error_rate, Some(0.1));
         assert_eq!(second.window_seconds, 30.0);

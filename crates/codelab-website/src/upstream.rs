@@ -450,40 +450,11 @@ pub fn path_segment(text: &str) -> String {
     out
 }
 
-/// A session in the gateway's list.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SessionSummary {
-    /// The session id.
-    pub id: String,
-    /// Its title, if any.
-    #[serde(default)]
-    pub title: Option<String>,
-    /// Messages stored.
-    #[serde(default)]
-    pub message_count: i64,
-    /// RFC 3339.
-    #[serde(default)]
-    pub created_at: Option<String>,
-    /// RFC 3339.
-    #[serde(default)]
-    pub last_activity: Option<String>,
-    /// The agent now in charge.
-    #[serde(default)]
-    pub current_agent: Option<String>,
-    /// Whether the session is open.
-    #[serde(default)]
-    pub is_active: bool,
-}
-
-/// One page of `GET /sessions`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SessionPage {
-    /// The sessions on the page.
-    pub sessions: Vec<SessionSummary>,
-    /// How many match in all.
-    #[serde(default)]
-    pub total: i64,
-}
+/// A session in the gateway's list, and one page of `GET /sessions` (the runtime's shapes, which
+/// the gateway passes on).
+pub use codelab_protocol::internal::{
+    PendingApprovals, SessionHistory, SessionPage, SessionResource, SessionSummary,
+};
 
 /// The gateway's REST API, acting as the signed-in user.
 #[derive(Debug, Clone)]
@@ -530,25 +501,13 @@ impl GatewayClient {
             .await
     }
 
-    /// `GET /api/v1/sessions/{id}`.
-    pub async fn get_session(
+    /// `GET /api/v1/sessions/{id}`, `/history` or `/pending-approvals`, by the answer's type.
+    pub async fn session_part<T: SessionResource>(
         &self,
         token: &str,
         id: &str,
-    ) -> Result<SessionSummary, UpstreamError> {
-        let path = format!("/api/v1/sessions/{}", path_segment(id));
-        self.upstream.call(Method::GET, &path, token, None).await
-    }
-
-    /// `GET /api/v1/sessions/{id}/history`.
-    pub async fn history(&self, token: &str, id: &str) -> Result<Value, UpstreamError> {
-        let path = format!("/api/v1/sessions/{}/history", path_segment(id));
-        self.upstream.call(Method::GET, &path, token, None).await
-    }
-
-    /// `GET /api/v1/sessions/{id}/pending-approvals`.
-    pub async fn pending_approvals(&self, token: &str, id: &str) -> Result<Value, UpstreamError> {
-        let path = format!("/api/v1/sessions/{}/pending-approvals", path_segment(id));
+    ) -> Result<T, UpstreamError> {
+        let path = format!("/api/v1/sessions/{}{}", path_segment(id), T::SUFFIX);
         self.upstream.call(Method::GET, &path, token, None).await
     }
 

@@ -10,6 +10,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use codelab_core::http::log_error;
 
 use crate::AppState;
 use crate::session::{ConsoleSession, Flash};
@@ -201,12 +202,13 @@ impl PageError {
             );
             return Redirect::to(&target).into_response();
         }
-        if let Self::Internal(detail) = &self {
-            tracing::error!(%detail, "page failed");
-        } else if let Self::Upstream(error) = &self {
-            tracing::warn!(%error, "a call to another service failed");
-        }
         let (status, heading, message) = self.parts();
+        let detail = match &self {
+            Self::Internal(detail) => Some(detail.clone()),
+            Self::Upstream(error) => Some(error.to_string()),
+            _ => None,
+        };
+        log_error(status, "page_error", heading, detail.as_deref());
         let page = ErrorPage {
             layout: Layout::new(state, heading, "error", session),
             status: status.as_u16(),

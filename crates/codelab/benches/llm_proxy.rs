@@ -7,6 +7,10 @@
 //! requests/s and the proxy's RSS.
 //!
 //! Run: `cargo bench -p codelab --bench llm_proxy` (`BENCH_SECONDS` sets each round's length).
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests own their clock, ids and tasks"
+)]
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

@@ -1,49 +1,30 @@
 //! `codelab admin` as operators run it: the real binary against a temp data directory.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a failed unwrap is the test's report; tests own their clock, ids and tasks"
+)]
 
-use std::io::Write;
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
-use codelab_auth::model::RefreshTokenRecord;
+use codelab_auth::model::{AuditRecord, RefreshTokenRecord};
 use codelab_auth::passwords::{ClientSecretCheck, verify_client_secret, verify_password};
 use codelab_auth::store::{AuthStore, open_store};
 use codelab_core::db::{DbOptions, connect_database};
-
-const BIN: &str = env!("CARGO_BIN_EXE_codelab");
+use common::cli::{codelab_with, run_with_stdin};
 
 /// `codelab admin <args>` in `dir`, with `stdin` piped in, and no auth settings inherited.
 fn codelab_admin(dir: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(BIN);
-    command
-        .arg("admin")
-        .args(args)
-        .current_dir(dir)
-        .env_remove("CODELAB_CONFIG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, _) in std::env::vars() {
-        if name.starts_with("AUTH_SERVICE__") {
-            command.env_remove(name);
-        }
-    }
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let mut child = command.spawn().unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    if let Some(input) = stdin {
-        // A command that refuses its arguments exits without reading stdin: the pipe may be
-        // closed before the write, which is not the test's failure.
-        if let Err(error) = pipe.write_all(input.as_bytes()) {
-            assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe, "{error}");
-        }
-    }
-    drop(pipe);
-    child.wait_with_output().unwrap()
+    let mut all = vec!["admin"];
+    all.extend_from_slice(args);
+    let mut command = codelab_with(&all, env);
+    command.current_dir(dir);
+    run_with_stdin(command, stdin)
 }
 
 /// `codelab admin --data-dir <dir>/data <args>`.
@@ -52,6 +33,14 @@ fn admin(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut all = vec!["--data-dir", data.to_str().unwrap()];
     all.extend_from_slice(args);
     codelab_admin(dir, &all, stdin, &[])
+}
+
+/// `codelab admin user add --username <username> <extra> --password-stdin`.
+fn user_add(dir: &Path, username: &str, extra: &[&str], password: Option<&str>) -> Output {
+    let mut args = vec!["user", "add", "--username", username];
+    args.extend_from_slice(extra);
+    args.push("--password-stdin");
+    admin(dir, &args, password)
 }
 
 fn stdout(output: &Output) -> String {
@@ -91,31 +80,36 @@ fn users_json(dir: &Path) -> Vec<serde_json::Value> {
     serde_json::from_str(&stdout(&output)).unwrap()
 }
 
+/// The event types of an audit log listed newest first, oldest first.
+fn event_types(audit: &[AuditRecord]) -> Vec<&str> {
+    audit
+        .iter()
+        .rev()
+        .map(|r| r.event.event_type.as_str())
+        .collect()
+}
+
 async fn store_at(db_file: &Path) -> Arc<dyn AuthStore> {
     let url = format!("sqlite:///{}", db_file.display());
     let options = DbOptions {
         create_if_missing: false,
         ..DbOptions::default()
     };
-    open_store(connect_database(&url, &options).await.unwrap())
-        .await
-        .unwrap()
+    open_store(
+        connect_database(&url, &options).await.unwrap(),
+        Arc::new(codelab_core::clock::SystemClock),
+    )
+    .await
+    .unwrap()
 }
 
 #[test]
 fn user_add_reads_the_password_from_stdin_creates_the_database_and_list_shows_the_user() {
     let dir = tempfile::tempdir().unwrap();
-    let added = admin(
+    let added = user_add(
         dir.path(),
-        &[
-            "user",
-            "add",
-            "--username",
-            "alice",
-            "--email",
-            "Alice@Example.com",
-            "--password-stdin",
-        ],
+        "alice",
+        &["--email", "Alice@Example.com"],
         Some("correct horse battery\n"),
     );
     assert_ok(&added);
@@ -153,16 +147,10 @@ fn user_add_reads_the_password_from_stdin_creates_the_database_and_list_shows_th
 #[test]
 fn admin_flag_is_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let added = admin(
+    let added = user_add(
         dir.path(),
-        &[
-            "user",
-            "add",
-            "--username",
-            "root",
-            "--admin",
-            "--password-stdin",
-        ],
+        "root",
+        &["--admin"],
         Some("a long enough password\r\n"),
     );
     assert_ok(&added);
@@ -173,9 +161,8 @@ fn admin_flag_is_stored() {
 #[test]
 fn a_username_taken_in_another_case_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let args = |name: &'static str| ["user", "add", "--username", name, "--password-stdin"];
-    assert_ok(&admin(dir.path(), &args("bob"), Some("password-one\n")));
-    let again = admin(dir.path(), &args("BOB"), Some("password-two\n"));
+    assert_ok(&user_add(dir.path(), "bob", &[], Some("password-one\n")));
+    let again = user_add(dir.path(), "BOB", &[], Some("password-two\n"));
     assert_refused(&again, r#"username "BOB" is already taken"#);
     assert_eq!(users_json(dir.path()).len(), 1);
 }
@@ -183,37 +170,29 @@ fn a_username_taken_in_another_case_is_refused() {
 #[test]
 fn a_short_password_a_bad_username_or_no_password_is_refused_and_nothing_is_created() {
     let dir = tempfile::tempdir().unwrap();
-    let add = |name: &'static str| ["user", "add", "--username", name, "--password-stdin"];
     assert_refused(
-        &admin(dir.path(), &add("carol"), Some("short\n")),
+        &user_add(dir.path(), "carol", &[], Some("short\n")),
         "at least 8 characters",
     );
     // Characters are counted, not bytes: seven two-byte letters are still too short.
     assert_refused(
-        &admin(dir.path(), &add("carol"), Some("ééééééé\n")),
+        &user_add(dir.path(), "carol", &[], Some("ééééééé\n")),
         "at least 8 characters",
     );
     assert_refused(
-        &admin(dir.path(), &add("carol smith"), Some("long enough\n")),
+        &user_add(dir.path(), "carol smith", &[], Some("long enough\n")),
         "username must be",
     );
-    assert_refused(&admin(dir.path(), &add("carol"), None), "password");
-    let bad_email = admin(
+    assert_refused(&user_add(dir.path(), "carol", &[], None), "password");
+    let bad_email = user_add(
         dir.path(),
-        &[
-            "user",
-            "add",
-            "--username",
-            "carol",
-            "--email",
-            "carol.example.com",
-            "--password-stdin",
-        ],
+        "carol",
+        &["--email", "carol.example.com"],
         Some("long enough\n"),
     );
     assert_refused(&bad_email, "email must contain one \"@\"");
     assert!(users_json(dir.path()).is_empty());
-    assert_ok(&admin(dir.path(), &add("carol"), Some("éééééééé\n")));
+    assert_ok(&user_add(dir.path(), "carol", &[], Some("éééééééé\n")));
 }
 
 #[test]
@@ -244,11 +223,7 @@ fn a_password_is_never_taken_as_an_argument() {
 async fn disable_revokes_sessions_enable_restores_and_passwd_replaces_the_password() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    assert_ok(&admin(
-        d,
-        &["user", "add", "--username", "erin", "--password-stdin"],
-        Some("first password\n"),
-    ));
+    assert_ok(&user_add(d, "erin", &[], Some("first password\n")));
 
     // A session to end: a refresh token as the token endpoint would store it.
     let store = store_at(&d.join("data/auth.db")).await;
@@ -357,13 +332,8 @@ async fn disable_revokes_sessions_enable_restores_and_passwd_replaces_the_passwo
     );
 
     let audit = store.list_audit(20).await.unwrap();
-    let events: Vec<&str> = audit
-        .iter()
-        .rev()
-        .map(|r| r.event.event_type.as_str())
-        .collect();
     assert_eq!(
-        events,
+        event_types(&audit),
         [
             "admin_user_add",
             "admin_user_disable",
@@ -519,13 +489,8 @@ async fn client_add_prints_a_confidential_clients_secret_once_and_list_and_disab
             .is_active
     );
     let audit = store.list_audit(20).await.unwrap();
-    let events: Vec<&str> = audit
-        .iter()
-        .rev()
-        .map(|r| r.event.event_type.as_str())
-        .collect();
     assert_eq!(
-        events,
+        event_types(&audit),
         [
             "admin_client_add",
             "admin_client_add",

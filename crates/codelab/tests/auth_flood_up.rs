@@ -4,13 +4,18 @@
 //! or 429, or 404 where the route is not public), the process's memory grows by less than
 //! 100 MiB (peak RSS from /proc), and a password login from the same address during the flood
 //! answers 200 within 2 s.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a failed unwrap is the test's report; tests own their clock, ids and tasks"
+)]
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::cli::{Running, serve_auth};
 use common::processes::{codelab, free_port};
 use reqwest::StatusCode;
 
@@ -18,39 +23,6 @@ const ADMIN_PASSWORD: &str = "flood-admin-password-1";
 const INTERNAL_SECRET: &str = "flood-internal-secret-0123456789abcdef";
 const FLOOD: usize = 500;
 const MIB: u64 = 1024 * 1024;
-
-/// A child killed and reaped when the test ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Running {
-    /// A value in kB of /proc/<pid>/status (`VmRSS`, `VmHWM`), in bytes.
-    fn memory(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(&format!("{field}:")))
-            .unwrap_or_else(|| panic!("no {field} in /proc status"));
-        let kb: u64 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse().ok())
-            .unwrap();
-        kb * 1024
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.0.try_wait().unwrap() {
-            panic!("the process exited with {status}");
-        }
-    }
-}
 
 /// Polls `url` until it answers 200 (bounded), failing if the process exits first.
 async fn wait_until_up(url: &str, process: &mut Running) {
@@ -181,22 +153,38 @@ fn check(
     );
 }
 
-#[tokio::test]
-async fn a_wrong_secret_introspection_flood_against_auth_stays_cheap() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port().to_string();
-    let base = format!("http://127.0.0.1:{port}");
-    let db = format!("sqlite:///{}", dir.path().join("auth.db").display());
-    let mut command = codelab(&["serve", "auth", "--port", &port, "--host", "127.0.0.1"]);
+/// Floods `path` of `base`, then checks the answers, a login during the flood and how much the
+/// memory of `process` grew over `baseline`.
+async fn flood_and_check(
+    label: &str,
+    base: &str,
+    path: &str,
+    allowed: &[StatusCode],
+    process: &Running,
+    baseline: u64,
+) {
+    let (statuses, login, took) = flood(base, path).await;
+    let grew = process.memory("VmHWM").saturating_sub(baseline);
+    check(label, &statuses, allowed, (login, took), grew);
+}
+
+/// Starts `command` with no input and its output dropped.
+fn spawn_quiet(mut command: std::process::Command) -> Running {
     command
-        .env("AUTH_SERVICE__DB_URL", &db)
-        .env("AUTH_SERVICE__PUBLIC_URL", &base)
-        .env("AUTH_SERVICE__MASTER_KEY", ADMIN_PASSWORD)
-        .env("AUTH_SERVICE__INTERNAL_CLIENT_SECRET", INTERNAL_SECRET)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut auth = Running(command.spawn().unwrap());
+    Running::spawn(&mut command)
+}
+
+#[tokio::test]
+async fn a_wrong_secret_introspection_flood_against_auth_stays_cheap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut command, base) = serve_auth(dir.path());
+    command
+        .env("AUTH_SERVICE__MASTER_KEY", ADMIN_PASSWORD)
+        .env("AUTH_SERVICE__INTERNAL_CLIENT_SECRET", INTERNAL_SECRET);
+    let mut auth = spawn_quiet(command);
     wait_until_up(&format!("{base}/health"), &mut auth).await;
     // Warm up: one login and one introspection, so allocations made once are in the baseline.
     assert_eq!(timed_login(&http(), &base).await.0, StatusCode::OK);
@@ -212,15 +200,15 @@ async fn a_wrong_secret_introspection_flood_against_auth_stays_cheap() {
     );
     let baseline = auth.memory("VmRSS");
 
-    let (statuses, login, took) = flood(&base, "/oauth/introspect").await;
-    let grew = auth.memory("VmHWM").saturating_sub(baseline);
-    check(
+    flood_and_check(
         "serve auth, introspect",
-        &statuses,
+        &base,
+        "/oauth/introspect",
         &[StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS],
-        (login, took),
-        grew,
-    );
+        &auth,
+        baseline,
+    )
+    .await;
     // The internal client still authenticates.
     assert_eq!(post(&http(), &introspect, right).await, StatusCode::OK);
 }
@@ -230,7 +218,7 @@ async fn wrong_secret_floods_through_the_up_public_listener_stay_cheap() {
     let dir = tempfile::tempdir().unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
     let base = format!("http://{listen}");
-    let mut command = codelab(&[
+    let command = codelab(&[
         "up",
         "--listen",
         &listen,
@@ -240,38 +228,23 @@ async fn wrong_secret_floods_through_the_up_public_listener_stay_cheap() {
         "--admin-password",
         ADMIN_PASSWORD,
     ]);
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut up = Running(command.spawn().unwrap());
+    let mut up = spawn_quiet(command);
     wait_until_up(&format!("{base}/auth-health"), &mut up).await;
     assert_eq!(timed_login(&http(), &base).await.0, StatusCode::OK);
     let baseline = up.memory("VmRSS");
 
-    // Introspection is for services inside the deployment and may not be routed publicly at
-    // all: 404 is then the answer.
-    let (statuses, login, took) = flood(&base, "/oauth/introspect").await;
-    let grew = up.memory("VmHWM").saturating_sub(baseline);
-    check(
-        "up, introspect",
-        &statuses,
-        &[
-            StatusCode::UNAUTHORIZED,
-            StatusCode::TOO_MANY_REQUESTS,
-            StatusCode::NOT_FOUND,
-        ],
-        (login, took),
-        grew,
-    );
-    // Revocation stays public (the IDE signs out with it).
-    let (statuses, login, took) = flood(&base, "/oauth/revoke").await;
-    let grew = up.memory("VmHWM").saturating_sub(baseline);
-    check(
-        "up, revoke",
-        &statuses,
-        &[StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS],
-        (login, took),
-        grew,
-    );
+    let refused = [StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS];
+    for (label, path, allowed) in [
+        // Introspection is for services inside the deployment and may not be routed publicly
+        // at all: 404 is then the answer.
+        (
+            "up, introspect",
+            "/oauth/introspect",
+            &[refused[0], refused[1], StatusCode::NOT_FOUND][..],
+        ),
+        // Revocation stays public (the IDE signs out with it).
+        ("up, revoke", "/oauth/revoke", &refused[..]),
+    ] {
+        flood_and_check(label, &base, path, allowed, &up, baseline).await;
+    }
 }

@@ -2,126 +2,41 @@
 //! `codelab up` (auth, gateway, runtime and the mock model) started as a child process, in
 //! temporary workspaces and config folders. The mock's `::tool NAME JSON` directives make the
 //! agent call the IDE tools; `::slow` keeps a turn running while the server is restarted.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::Receiver;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::cli::{Up, codelab_with, lines_of, write_stdin};
+use common::processes::exit_within;
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_codelab");
 const ADMIN_PASSWORD: &str = "chat-cli-admin-pw";
 /// Bound of every wait for a child process.
 const WAIT: Duration = Duration::from_secs(90);
 
-/// Environment that would change what the children do (a real provider, another server).
-const SCRUBBED: &[&str] = &[
-    "PORT",
-    "ENVIRONMENT",
-    "CODELAB_CONFIG",
-    "CODELAB_SERVER",
-    "CODELAB_USERNAME",
-    "CODELAB_PASSWORD",
-    "OPENAI_API_KEY",
-    "ANTHROPIC_API_KEY",
-    "OLLAMA_BASE_URL",
-    "EDITOR",
-    "VISUAL",
-];
-
-fn codelab(args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
-    command.args(args);
-    for name in SCRUBBED {
-        command.env_remove(name);
-    }
-    command
+/// `codelab up` on a fresh data dir inside `dir` with an ephemeral public port.
+fn start_up(dir: &Path, env: &[(&str, &str)]) -> Up {
+    start_up_on(&dir.join("data"), "127.0.0.1:0", env)
 }
 
-/// `codelab up` as a child process, killed when dropped.
-struct Up {
-    child: Option<Child>,
-    url: String,
-    data: PathBuf,
-    _lines: Receiver<String>,
+/// `codelab up` on a fresh data dir inside `dir`, and a user logged in as the admin.
+fn logged_in_user(dir: &Path, env: &[(&str, &str)]) -> (Up, User) {
+    let up = start_up(dir, env);
+    let user = User::new(&up.url);
+    assert_eq!(user.login(ADMIN_PASSWORD).code(), 0);
+    (up, user)
 }
 
-impl Up {
-    /// Starts on a fresh data dir inside `dir` with an ephemeral public port.
-    fn start(dir: &Path, env: &[(&str, &str)]) -> Up {
-        Up::start_on(&dir.join("data"), "127.0.0.1:0", env)
-    }
-
-    fn start_on(data: &Path, listen: &str, env: &[(&str, &str)]) -> Up {
-        let mut command = codelab(&[
-            "up",
-            "--listen",
-            listen,
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--ephemeral-ports",
-            "--admin-password",
-            ADMIN_PASSWORD,
-        ]);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let url = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("`codelab up` printed no public address");
-            if let Some(start) = line.find("http://").filter(|_| line.contains("public")) {
-                break line[start..].split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        // Serving starts before the summary is printed; wait for its last line.
-        while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
-            if line.contains("Press Ctrl-C") {
-                break;
-            }
-        }
-        Up {
-            child: Some(child),
-            url,
-            data: data.to_path_buf(),
-            _lines: rx,
-        }
-    }
-
-    /// `host:port` of the public listener.
-    fn listen(&self) -> String {
-        self.url.trim_start_matches("http://").to_owned()
-    }
-
-    /// Kills the process at once (a crash: no drain).
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        self.kill();
-    }
+fn start_up_on(data: &Path, listen: &str, env: &[(&str, &str)]) -> Up {
+    Up::start(data, listen, &["--admin-password", ADMIN_PASSWORD], env)
 }
 
 /// A user of `codelab chat`: a config folder (the token store) and a workspace.
@@ -197,17 +112,8 @@ fn wait_with_output(mut child: Child) -> Run {
         }
         text
     });
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("codelab did not finish within {WAIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_within(&mut child, WAIT)
+        .unwrap_or_else(|| panic!("codelab did not finish within {WAIT:?}"));
     Run {
         status,
         stdout: out.join().unwrap(),
@@ -245,11 +151,8 @@ impl User {
     }
 
     fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
-        let mut command = codelab(args);
+        let mut command = codelab_with(args, env);
         command.env("XDG_CONFIG_HOME", &self.config);
-        for (k, v) in env {
-            command.env(k, v);
-        }
         command
     }
 
@@ -261,13 +164,7 @@ impl User {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        // A run that fails early (unreachable server, refused flags) may exit before reading
-        // stdin; a closed pipe is not the test's failure.
-        if let Err(error) = input.write_all(stdin.as_bytes()) {
-            assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe, "{error}");
-        }
-        drop(input);
+        write_stdin(&mut child, stdin);
         wait_with_output(child)
     }
 
@@ -288,27 +185,45 @@ impl User {
 
     /// `codelab chat -m MESSAGE --json --agent coder --workspace W` plus `extra`.
     fn chat(&self, message: &str, extra: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
-        let workspace = self.workspace.to_str().unwrap().to_owned();
+        let mut args = vec!["--agent", "coder", "-m", message];
+        args.extend_from_slice(extra);
+        self.run(&self.chat_args(&args), stdin, env)
+    }
+
+    /// `chat` with `--yes --json`, which must exit 0: its JSON lines.
+    fn chat_approving(&self, message: &str) -> Vec<Value> {
+        let run = self.chat(message, &["--yes", "--json"], "", &[]);
+        assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+        run.lines()
+    }
+
+    /// `chat --server S --workspace W` plus `extra`.
+    fn chat_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
         let mut args = vec![
             "chat",
             "--server",
             &self.server,
             "--workspace",
-            &workspace,
-            "--agent",
-            "coder",
-            "-m",
-            message,
+            self.workspace.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        self.run(&args, stdin, env)
+        args
     }
+}
+
+/// The session the frames of a `--json` run belong to.
+fn session_of(lines: &[Value]) -> String {
+    frames_in(lines)
+        .into_iter()
+        .find_map(|f| f["session_id"].as_str())
+        .unwrap()
+        .to_owned()
 }
 
 #[test]
 fn a_turn_runs_the_workspace_tools_and_refuses_escapes() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(dir.path(), &[]);
+    let up = start_up(dir.path(), &[]);
     let user = User::new(&up.url);
 
     let login = user.login(ADMIN_PASSWORD);
@@ -321,14 +236,9 @@ fn a_turn_runs_the_workspace_tools_and_refuses_escapes() {
     // List and read: the calls arrive as frames, the results go out in the Flutter shapes,
     // and the mock summarises what it got.
     std::fs::write(user.workspace.join("a.txt"), "alpha\nbeta\n").unwrap();
-    let run = user.chat(
+    let lines = user.chat_approving(
         "::tool list_files {\"path\":\".\"}\n::tool read_file {\"path\":\"a.txt\"}",
-        &["--yes", "--json"],
-        "",
-        &[],
     );
-    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
-    let lines = run.lines();
     let calls: Vec<&str> = frames_in(&lines)
         .into_iter()
         .filter(|f| f["type"] == "tool_call")
@@ -367,14 +277,9 @@ fn a_turn_runs_the_workspace_tools_and_refuses_escapes() {
     // A write needs approval: `--yes` approves it with `hitl_decision`, the runtime sends the
     // call again and the file is written; the second write backs up the first content.
     for (content, backup_expected) in [("hi", false), ("hello", true)] {
-        let run = user.chat(
-            &format!("::tool write_file {{\"path\":\"b.txt\",\"content\":\"{content}\"}}"),
-            &["--yes", "--json"],
-            "",
-            &[],
-        );
-        assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
-        let lines = run.lines();
+        let lines = user.chat_approving(&format!(
+            "::tool write_file {{\"path\":\"b.txt\",\"content\":\"{content}\"}}"
+        ));
         assert!(
             frames_in(&lines)
                 .iter()
@@ -406,19 +311,14 @@ fn a_turn_runs_the_workspace_tools_and_refuses_escapes() {
     let outside = user.outside().join("secret.txt");
     std::fs::write(&outside, "top secret").unwrap();
     std::os::unix::fs::symlink(&outside, user.workspace.join("link.txt")).unwrap();
-    let run = user.chat(
+    let lines = user.chat_approving(
         "::tool read_file {\"path\":\"../secret.txt\"}\n\
          ::tool read_file {\"path\":\"/etc/passwd\"}\n\
          ::tool read_file {\"path\":\"link.txt\"}\n\
          ::tool write_file {\"path\":\"link.txt\",\"content\":\"pwned\"}\n\
          ::tool write_file {\"path\":\"../new.txt\",\"content\":\"pwned\"}\n\
          ::tool create_directory {\"path\":\"../newdir\"}",
-        &["--yes", "--json"],
-        "",
-        &[],
     );
-    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
-    let lines = run.lines();
     let results = results_out(&lines);
     assert_eq!(results.len(), 6, "{lines:?}");
     for result in &results {
@@ -435,16 +335,11 @@ fn a_turn_runs_the_workspace_tools_and_refuses_escapes() {
     assert!(!final_text(&lines).contains("root:"));
 
     // The other tools, end to end.
-    let run = user.chat(
+    let lines = user.chat_approving(
         "::tool create_directory {\"path\":\"src/deep\"}\n\
          ::tool search_in_code {\"query\":\"BETA\",\"file_pattern\":\"*.txt\"}\n\
          ::tool execute_command {\"command\":\"echo 'from the command'\"}",
-        &["--yes", "--json"],
-        "",
-        &[],
     );
-    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
-    let lines = run.lines();
     let by_tool = |name: &str| {
         results_out(&lines)
             .into_iter()
@@ -487,9 +382,7 @@ fn a_turn_runs_the_workspace_tools_and_refuses_escapes() {
 #[test]
 fn approvals_can_be_rejected_edited_put_off_and_resumed() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(dir.path(), &[]);
-    let user = User::new(&up.url);
-    assert_eq!(user.login(ADMIN_PASSWORD).code(), 0);
+    let (_up, user) = logged_in_user(dir.path(), &[]);
     let write = "::tool write_file {\"path\":\"c.txt\",\"content\":\"draft\"}";
 
     // `--reject` with feedback.
@@ -552,23 +445,10 @@ fn approvals_can_be_rejected_edited_put_off_and_resumed() {
     let run = user.chat(write, &["--json"], "l\n", &[]);
     assert_eq!(run.code(), 1, "{}\n{}", run.stdout, run.stderr);
     let lines = run.lines();
-    let session = frames_in(&lines)
-        .into_iter()
-        .find_map(|f| f["session_id"].as_str())
-        .unwrap()
-        .to_owned();
+    let session = session_of(&lines);
     assert!(!user.workspace.join("c.txt").exists());
-    let workspace = user.workspace.to_str().unwrap().to_owned();
     let run = user.run(
-        &[
-            "chat",
-            "--server",
-            &up.url,
-            "--workspace",
-            &workspace,
-            "--session",
-            &session,
-        ],
+        &user.chat_args(&["--session", &session]),
         "a\n/history\n/quit\n",
         &[],
     );
@@ -599,25 +479,16 @@ fn approvals_can_be_rejected_edited_put_off_and_resumed() {
     let later = "::tool write_file {\"path\":\"later.txt\",\"content\":\"late\"}";
     let run = user.chat(later, &["--json"], "l\n", &[]);
     assert_eq!(run.code(), 1, "{}\n{}", run.stdout, run.stderr);
-    let session = frames_in(&run.lines())
-        .into_iter()
-        .find_map(|f| f["session_id"].as_str())
-        .unwrap()
-        .to_owned();
+    let session = session_of(&run.lines());
     let run = user.run(
-        &[
-            "chat",
-            "--server",
-            &up.url,
-            "--workspace",
-            &workspace,
+        &user.chat_args(&[
             "--session",
             &session,
             "--yes",
             "--json",
             "-m",
             "::reply and now the message",
-        ],
+        ]),
         "",
         &[],
     );
@@ -638,7 +509,7 @@ fn approvals_can_be_rejected_edited_put_off_and_resumed() {
 
     // The interactive slash commands.
     let run = user.run(
-        &["chat", "--server", &up.url, "--workspace", &workspace],
+        &user.chat_args(&[]),
         "/agents\n/agent debug\n/sessions\n::reply streamed answer\n/nope\n/quit\n",
         &[],
     );
@@ -656,9 +527,7 @@ fn approvals_can_be_rejected_edited_put_off_and_resumed() {
 #[test]
 fn terminal_escapes_from_the_model_are_shown_not_obeyed() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(dir.path(), &[]);
-    let user = User::new(&up.url);
-    assert_eq!(user.login(ADMIN_PASSWORD).code(), 0);
+    let (_up, user) = logged_in_user(dir.path(), &[]);
     let live = |text: &str| text.contains(['\x1b', '\x07', '\r', '\u{202e}', '\u{9b}']);
 
     // A command hidden behind an erase-line sequence and a carriage return: on a terminal the
@@ -739,7 +608,7 @@ fn terminal_escapes_from_the_model_are_shown_not_obeyed() {
 #[test]
 fn login_failures_exit_two_and_explain_lockouts() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(dir.path(), &[]);
+    let up = start_up(dir.path(), &[]);
     let user = User::new(&up.url);
 
     let wrong = user.login("not the password");
@@ -811,9 +680,7 @@ fn an_unreachable_server_is_reported() {
 fn tokens_are_refreshed_before_expiry_and_after_a_rejection() {
     let dir = tempfile::tempdir().unwrap();
     // Two-second access tokens for the seeded clients (read at the first start).
-    let up = Up::start(dir.path(), &[("AUTH_SERVICE__ACCESS_TOKEN_LIFETIME", "2")]);
-    let user = User::new(&up.url);
-    assert_eq!(user.login(ADMIN_PASSWORD).code(), 0);
+    let (up, user) = logged_in_user(dir.path(), &[("AUTH_SERVICE__ACCESS_TOKEN_LIFETIME", "2")]);
     let first = user.stored();
     assert_eq!(first["expires_in"], 2);
 
@@ -843,24 +710,16 @@ fn tokens_are_refreshed_before_expiry_and_after_a_rejection() {
 #[test]
 fn chat_reconnects_and_resumes_after_the_server_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let mut up = Up::start(dir.path(), &[]);
-    let user = User::new(&up.url);
-    assert_eq!(user.login(ADMIN_PASSWORD).code(), 0);
-    let workspace = user.workspace.to_str().unwrap().to_owned();
+    let (mut up, user) = logged_in_user(dir.path(), &[]);
     let mut child = user
         .command(
-            &[
-                "chat",
-                "--server",
-                &up.url,
-                "--workspace",
-                &workspace,
+            &user.chat_args(&[
                 "--agent",
                 "coder",
                 "--json",
                 "-m",
                 "::slow 250\n::reply one two three four five six seven eight nine ten",
-            ],
+            ]),
             &[],
         )
         .stdin(Stdio::null())
@@ -869,13 +728,7 @@ fn chat_reconnects_and_resumes_after_the_server_restarts() {
         .spawn()
         .unwrap();
     // Wait until the turn is under way, then crash the server mid-turn.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines_of(child.stdout.take().unwrap());
     let mut seen = Vec::new();
     loop {
         let line = rx
@@ -887,11 +740,10 @@ fn chat_reconnects_and_resumes_after_the_server_restarts() {
             break;
         }
     }
-    let listen = up.listen();
-    let data = up.data.clone();
-    up.kill();
+    let listen = up.url.trim_start_matches("http://").to_owned();
+    up.process.kill();
     // The same data dir and public address: the runtime resumes the interrupted turn.
-    let _restarted = Up::start_on(&data, &listen, &[]);
+    let _restarted = start_up_on(&dir.path().join("data"), &listen, &[]);
     let rest = wait_with_output(child);
     seen.extend(rx.iter());
     let stdout = seen.join("\n");

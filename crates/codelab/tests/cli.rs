@@ -1,82 +1,18 @@
 //! The `codelab` binary as users run it: `serve`, `up`, `config show`, `healthcheck`.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_codelab");
+use common::cli::{Running, Up, codelab_with, run, wait_healthy};
+use common::processes::free_port;
+
 const KEY: &str = "cli-test-internal-key-0123456789";
-
-/// A child process that is killed if the test ends early.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Running {
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the process did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn codelab(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .args(args)
-        .env_remove("PORT")
-        .env_remove("ENVIRONMENT")
-        .env_remove("CODELAB_CONFIG");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command
-}
-
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    codelab(args, env).stdin(Stdio::null()).output().unwrap()
-}
-
-async fn wait_healthy(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if reqwest::get(url)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{url} never became healthy");
-}
 
 fn serve_proxy(env: &[(&str, &str)]) -> Running {
     let mut all = vec![
@@ -84,12 +20,25 @@ fn serve_proxy(env: &[(&str, &str)]) -> Running {
         ("LLM_PROXY__HOST", "127.0.0.1"),
     ];
     all.extend_from_slice(env);
-    Running(
-        codelab(&["serve", "llm-proxy"], &all)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    Running::spawn(codelab_with(&["serve", "llm-proxy"], &all).stdout(Stdio::null()))
+}
+
+/// `codelab <args>` with `env`, which must succeed: its stdout.
+fn run_ok(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = run(args, env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `codelab serve llm-proxy` with `env`, which must refuse to start (exit 1): its stderr.
+fn proxy_refuses(env: &[(&str, &str)]) -> String {
+    let out = run(&["serve", "llm-proxy"], env);
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[tokio::test]
@@ -130,12 +79,7 @@ fn healthcheck_fails_on_a_dead_url() {
 
 #[test]
 fn a_bad_setting_is_named_with_its_source() {
-    let out = run(
-        &["serve", "llm-proxy"],
-        &[("LLM_PROXY__MAX_CONCURRENT_REQUESTS", "lots")],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = proxy_refuses(&[("LLM_PROXY__MAX_CONCURRENT_REQUESTS", "lots")]);
     assert!(
         stderr.contains("LLM_PROXY__MAX_CONCURRENT_REQUESTS"),
         "{stderr}"
@@ -163,7 +107,7 @@ fn config_show_layers_sources_and_redacts_secrets() {
         "[llm_proxy]\nmax_retries = 7\nmax_concurrent_requests = 5\n",
     )
     .unwrap();
-    let out = run(
+    let stdout = run_ok(
         &["--config", file.to_str().unwrap(), "config", "show"],
         &[
             (
@@ -173,12 +117,6 @@ fn config_show_layers_sources_and_redacts_secrets() {
             ("LLM_PROXY__MAX_RETRIES", "3"),
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("do-not-print-this-secret-value"));
     assert!(
         stdout.contains("internal_api_key = \"[redacted]\""),
@@ -198,7 +136,7 @@ fn config_show_layers_sources_and_redacts_secrets() {
 #[tokio::test]
 async fn development_logs_into_a_pipe_carry_no_colour_codes() {
     let port = free_port();
-    let mut child = codelab(
+    let mut child = codelab_with(
         &["serve", "llm-proxy"],
         &[
             ("LLM_PROXY__INTERNAL_API_KEY", KEY),
@@ -264,21 +202,16 @@ async fn serve_cuts_a_slow_header_client_after_the_configured_timeout() {
 
 #[test]
 fn a_bad_listener_limit_is_named() {
-    let out = run(
-        &["serve", "llm-proxy"],
-        &[
-            ("HTTP__MAX_CONNECTIONS", "0"),
-            ("LLM_PROXY__PORT", &free_port().to_string()),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = proxy_refuses(&[
+        ("HTTP__MAX_CONNECTIONS", "0"),
+        ("LLM_PROXY__PORT", &free_port().to_string()),
+    ]);
     assert!(stderr.contains("HTTP__MAX_CONNECTIONS"), "{stderr}");
 }
 
 #[test]
 fn config_show_redacts_passwords_inside_database_and_redis_urls() {
-    let out = run(
+    let stdout = run_ok(
         &["config", "show"],
         &[
             (
@@ -299,12 +232,6 @@ fn config_show_redacts_passwords_inside_database_and_redis_urls() {
             ),
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
     for password in [
         "db-pass-auth-1",
         "redis-pass-2",
@@ -329,15 +256,11 @@ fn config_show_redacts_passwords_inside_database_and_redis_urls() {
 
 #[test]
 fn production_refuses_the_default_internal_key() {
-    let out = run(
-        &["serve", "llm-proxy"],
-        &[
-            ("ENVIRONMENT", "production"),
-            ("LLM_PROXY__PORT", &free_port().to_string()),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("LLM_PROXY__INTERNAL_API_KEY"));
+    let stderr = proxy_refuses(&[
+        ("ENVIRONMENT", "production"),
+        ("LLM_PROXY__PORT", &free_port().to_string()),
+    ]);
+    assert!(stderr.contains("LLM_PROXY__INTERNAL_API_KEY"));
 }
 
 #[tokio::test]
@@ -370,37 +293,12 @@ async fn sigterm_lets_an_in_flight_stream_finish() {
 #[tokio::test]
 async fn up_serves_the_public_listener_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = codelab(
-        &[
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--ephemeral-ports",
-        ],
-        &[],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let up = Running(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let public = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("`codelab up` printed no public address");
-        if let Some(start) = line.find("http://").filter(|_| line.contains("public")) {
-            break line[start..].split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let Up {
+        process: up,
+        url: public,
+        lines: rx,
+        ..
+    } = Up::start(dir.path(), "127.0.0.1:0", &[], &[]);
     let health = reqwest::get(format!("{public}/nginx-health"))
         .await
         .unwrap();

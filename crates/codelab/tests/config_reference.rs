@@ -2,7 +2,10 @@
 //! key of each `Config::default()` appears as `<PREFIX>__<KEY>` in its service's table and every
 //! row is such a key, with the default the code has. On a mismatch the test prints the rows to
 //! add, so the table is easy to keep up.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
 mod common;
 

@@ -3,7 +3,10 @@
 //! `Config::default()`), every other name one of the plain ones (ENVIRONMENT, PORT, RUST_LOG,
 //! provider credentials). The schema, interpolation and start order are checked by
 //! deploy/tests/validate_deploy.py (deploy_validation.rs).
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
 mod common;
 

@@ -1,33 +1,34 @@
 //! deploy/grafana/codelab-dashboard.json and deploy/prometheus/alerts.yaml use only metrics the
-//! services really export. The services run in process (auth, LLM proxy with its mock model,
-//! agent runtime, gateway, website, each on SQLite or nothing), get a little real traffic
-//! (logins, a refresh-token reuse, a lockout, a WebSocket turn with an approval and a tool
-//! result), and their `/metrics` are scraped; every metric name of every dashboard query and
-//! alert expression must be in some scrape.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+//! services really export. The services run in process (the stack `codelab up` builds: auth,
+//! LLM proxy with its mock model, agent runtime, gateway, website, on SQLite), get a little
+//! real traffic (logins, a refresh-token reuse, a lockout, a WebSocket turn with an approval
+//! and a tool result), and their `/metrics` are scraped; every metric name of every dashboard
+//! query and alert expression must be in some scrape.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use codelab_core::config::{Environment, Secret};
+use codelab_core::config::Secret;
+use codelab_testkit::ide_clients::steps::{p2_approve, p2_ask_write};
 use codelab_testkit::{P2Frame, Protocol2Client, Protocol2Options};
+use common::cli::fetch_json;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 const ADMIN_PASSWORD: &str = "admin-password-123";
-const RUNTIME_KEY: &str = "metrics-runtime-key-0123456789abcdef";
-const PROXY_KEY: &str = "metrics-proxy-key-0123456789abcdef";
 
 /// Series Prometheus writes itself for every target (never in a /metrics answer).
 const PROMETHEUS_SERIES: &[&str] = &["up"];
 
 // ------------------------------------------------------------------------------ PromQL names
 
-/// Aggregations, set operators and modifiers: words of PromQL that are not metric names.
+/// Aggregations, set operators and modifiers: words of PromQL that are not metric names (with
+/// [`LABEL_LIST_MODIFIERS`]).
 const KEYWORDS: &[&str] = &[
     "sum",
     "avg",
@@ -43,18 +44,22 @@ const KEYWORDS: &[&str] = &[
     "group",
     "limitk",
     "limit_ratio",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
     "and",
     "or",
     "unless",
     "bool",
     "offset",
     "atan2",
+];
+
+/// Modifiers followed by a list of label names (`by (job)`), which are not metric names either.
+const LABEL_LIST_MODIFIERS: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
 ];
 
 /// The metric names of a PromQL expression (Grafana's `$variables` allowed): every identifier
@@ -123,19 +128,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             }
             let word: String = chars[start..i].iter().collect();
             let (after, next) = next_non_space(i);
-            if [
-                "by",
-                "without",
-                "on",
-                "ignoring",
-                "group_left",
-                "group_right",
-            ]
-            .contains(&word.as_str())
-                && next == Some('(')
-            {
+            let modifier = LABEL_LIST_MODIFIERS.contains(&word.as_str());
+            if modifier && next == Some('(') {
                 i = skip_until(after + 1, ')');
-            } else if next == Some('(') || KEYWORDS.contains(&word.as_str()) {
+            } else if next == Some('(') || modifier || KEYWORDS.contains(&word.as_str()) {
                 // A function or an aggregation.
             } else {
                 names.insert(word);
@@ -223,148 +219,40 @@ fn the_promql_name_extraction_understands_the_queries() {
 
 // ------------------------------------------------------------------------------------ stack
 
-async fn listener() -> (TcpListener, SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    (listener, addr)
-}
-
-fn serve(listener: TcpListener, router: axum::Router, shutdown: &CancellationToken) {
-    tokio::spawn(codelab_core::http::serve(
-        listener,
-        router,
-        shutdown.clone(),
-        Duration::from_secs(1),
-    ));
-}
-
+/// The whole stack in process (codelab_stack, as `codelab up` builds it) and the addresses
+/// the traffic goes to.
 struct Stack {
     urls: Vec<(&'static str, String)>,
     auth_url: String,
     gateway_url: String,
     http: reqwest::Client,
-    shutdown: CancellationToken,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    _stack: codelab_stack::Stack,
 }
 
 async fn start_stack() -> Stack {
-    let shutdown = CancellationToken::new();
-    let auth_dir = tempfile::tempdir().unwrap();
-    let (auth_listener, auth_addr) = listener().await;
-    let auth_config = codelab_auth::Config {
-        db_url: format!("sqlite:///{}", auth_dir.path().join("auth.db").display()),
-        public_url: format!("http://{auth_addr}"),
-        master_key: Secret::new(ADMIN_PASSWORD),
-        enable_rate_limiting: Some(false),
-        trusted_proxies: Vec::new(),
-        ..codelab_auth::Config::default()
+    let stack = codelab_stack::Stack::builder()
+        .auth_config(|c| {
+            c.master_key = Secret::new(ADMIN_PASSWORD);
+            c.enable_rate_limiting = Some(false);
+        })
+        .start()
+        .await
+        .unwrap();
+    let urls: Vec<(&'static str, String)> = stack
+        .services()
+        .into_iter()
+        .map(|(name, address)| (name, format!("http://{address}")))
+        .collect();
+    let url_of = |service: &str| {
+        let (_, url) = urls.iter().find(|(name, _)| *name == service).unwrap();
+        url.clone()
     };
-    let issuer = auth_config.issuer();
-    let auth = codelab_auth::build(
-        auth_config,
-        codelab_auth::Deps::new(Environment::Development),
-    )
-    .await
-    .unwrap();
-    serve(auth_listener, codelab_auth::router(auth), &shutdown);
-
-    let proxy = codelab_llm_proxy::build(
-        codelab_llm_proxy::Config {
-            internal_api_key: Secret::new(PROXY_KEY),
-            ..codelab_llm_proxy::Config::default()
-        },
-        codelab_llm_proxy::Deps::default(),
-    )
-    .await
-    .unwrap();
-    let (proxy_listener, proxy_addr) = listener().await;
-    serve(proxy_listener, codelab_llm_proxy::router(proxy), &shutdown);
-
-    let runtime_dir = tempfile::tempdir().unwrap();
-    let runtime = codelab_agent_runtime::build(
-        codelab_agent_runtime::Config {
-            internal_api_key: Secret::new(RUNTIME_KEY),
-            llm_proxy_url: format!("http://{proxy_addr}"),
-            llm_proxy_api_key: Secret::new(PROXY_KEY),
-            llm_model: "mock-llm".to_owned(),
-            db_url: format!(
-                "sqlite:///{}",
-                runtime_dir.path().join("agent_runtime.db").display()
-            ),
-            ..codelab_agent_runtime::Config::default()
-        },
-        codelab_agent_runtime::Deps::default(),
-    )
-    .await
-    .unwrap();
-    let (runtime_listener, runtime_addr) = listener().await;
-    serve(
-        runtime_listener,
-        codelab_agent_runtime::router(runtime),
-        &shutdown,
-    );
-
-    let gateway = codelab_gateway::build(
-        codelab_gateway::Config {
-            agent_url: format!("http://{runtime_addr}"),
-            internal_api_key: Secret::new(RUNTIME_KEY),
-            auth_service_url: format!("http://{auth_addr}"),
-            jwt_issuer: issuer,
-            ..codelab_gateway::Config::default()
-        },
-        codelab_gateway::Deps {
-            shutdown: shutdown.clone(),
-            ..codelab_gateway::Deps::new(Environment::Development)
-        },
-    )
-    .await
-    .unwrap();
-    let (gateway_listener, gateway_addr) = listener().await;
-    serve(
-        gateway_listener,
-        codelab_gateway::router(gateway),
-        &shutdown,
-    );
-
-    let (website_listener, website_addr) = listener().await;
-    let website = codelab_website::build(
-        codelab_website::Config {
-            public_url: format!("http://{website_addr}"),
-            auth_url: Some(format!("http://{auth_addr}")),
-            gateway_url: Some(format!("http://{gateway_addr}")),
-            agent_runtime_url: Some(format!("http://{runtime_addr}")),
-            llm_proxy_url: Some(format!("http://{proxy_addr}")),
-            ..codelab_website::Config::default()
-        },
-        codelab_website::Deps::new(Environment::Development),
-    )
-    .await
-    .unwrap();
-    serve(
-        website_listener,
-        codelab_website::router(website),
-        &shutdown,
-    );
-
     Stack {
-        urls: vec![
-            ("auth", format!("http://{auth_addr}")),
-            ("llm-proxy", format!("http://{proxy_addr}")),
-            ("agent-runtime", format!("http://{runtime_addr}")),
-            ("gateway", format!("http://{gateway_addr}")),
-            ("website", format!("http://{website_addr}")),
-        ],
-        auth_url: format!("http://{auth_addr}"),
-        gateway_url: format!("http://{gateway_addr}"),
+        auth_url: url_of("auth"),
+        gateway_url: url_of("gateway"),
+        urls,
         http: reqwest::Client::new(),
-        shutdown,
-        _dirs: vec![auth_dir, runtime_dir],
+        _stack: stack,
     }
 }
 
@@ -434,16 +322,13 @@ async fn exercise(stack: &Stack) {
         .unwrap();
     assert_eq!(refused.status(), 401);
 
-    let session: Value = stack
-        .http
-        .post(format!("{}/api/v1/sessions", stack.gateway_url))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let session = fetch_json(
+        stack
+            .http
+            .post(format!("{}/api/v1/sessions", stack.gateway_url))
+            .bearer_auth(&access),
+    )
+    .await;
     let session = session["id"].as_str().unwrap().to_owned();
     let options = Protocol2Options {
         timeout: Duration::from_secs(20),
@@ -454,21 +339,10 @@ async fn exercise(stack: &Stack) {
         .await
         .unwrap();
     socket.wait_for_type("session_info").await.unwrap();
-    socket
-        .send_json(&json!({
-            "type": "user_message", "role": "user", "agent_type": "coder",
-            "content": r#"::tool write_file {"path":"a.md","content":"x"}"#,
-        }))
-        .await
-        .unwrap();
-    let call = socket.wait_for_type("tool_call").await.unwrap();
+    let call = p2_ask_write(&mut socket, "a.md").await;
     assert!(call.requires_approval(), "{call:?}");
     let call_id = call.call_id().unwrap().to_owned();
-    socket
-        .send_hitl_decision(&call_id, "approve", None, None)
-        .await
-        .unwrap();
-    socket.wait_for_type("tool_call").await.unwrap();
+    p2_approve(&mut socket, &call_id).await;
     socket
         .send_tool_result(&call_id, "write_file", json!({"success": true}))
         .await

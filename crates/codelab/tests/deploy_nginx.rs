@@ -14,7 +14,10 @@
 //!
 //! Needs nginx (`CODELAB_TEST_NGINX`, else /usr/sbin/nginx; scripts/test installs it from Debian
 //! packages) and the openssl command for the TLS case.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
 mod common;
 
@@ -30,7 +33,9 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::nginx::{Prefix, public_https_url, upstreams_conf};
+use codelab_testkit::ServerGuard;
+use common::cli::{fetch_json, send};
+use common::nginx::{Nginx, Prefix, public_https_url, upstreams_conf};
 
 /// Answers any request with what it received.
 async fn echo(
@@ -94,7 +99,7 @@ async fn slow_stream() -> Response {
         .into_response()
 }
 
-async fn upstream(name: &'static str) -> (SocketAddr, codelab_testkit::ServerGuard) {
+async fn upstream(name: &'static str) -> (SocketAddr, ServerGuard) {
     let mut router = Router::new();
     if name == "gateway" {
         router = router
@@ -102,8 +107,33 @@ async fn upstream(name: &'static str) -> (SocketAddr, codelab_testkit::ServerGua
             .route("/api/v1/stream", get(slow_stream));
     }
     let router = router.fallback(any(echo)).with_state(name);
-    let server = codelab_testkit::ServerGuard::start(router).await;
+    let server = ServerGuard::start(router).await;
     (server.addr(), server)
+}
+
+/// Echo upstreams for auth, gateway and website behind an nginx from deploy/nginx/nginx.conf
+/// (with tls.conf when `tls`). Fields drop in order: nginx stops before its upstreams.
+struct EchoFront {
+    _nginx: Nginx,
+    prefix: Prefix,
+    website: ServerGuard,
+    _auth_and_gateway: [ServerGuard; 2],
+}
+
+async fn echo_front(tls: bool) -> EchoFront {
+    let (auth_addr, auth) = upstream("auth").await;
+    let (gateway_addr, gateway) = upstream("gateway").await;
+    let (website_addr, website) = upstream("website").await;
+    let prefix = Prefix::new(
+        &upstreams_conf(&[auth_addr], &[gateway_addr], &[website_addr]),
+        tls,
+    );
+    EchoFront {
+        _nginx: prefix.start().await,
+        prefix,
+        website,
+        _auth_and_gateway: [auth, gateway],
+    }
 }
 
 async fn get_json(client: &reqwest::Client, url: &str) -> Value {
@@ -156,84 +186,53 @@ fn the_config_keeps_the_originals_limits_and_timeouts() {
 
 #[tokio::test]
 async fn nginx_routes_like_the_original_table_corrected() {
-    let (auth_addr, _auth) = upstream("auth").await;
-    let (gateway_addr, _gateway) = upstream("gateway").await;
-    let (website_addr, website) = upstream("website").await;
-    let prefix = Prefix::new(
-        &upstreams_conf(&[auth_addr], &[gateway_addr], &[website_addr]),
-        false,
-    );
-    let _nginx = prefix.start().await;
+    let front = echo_front(false).await;
+    let prefix = &front.prefix;
     let base = format!("http://127.0.0.1:{}", prefix.port);
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
 
-    // path -> (upstream, URI it receives)
-    let table = [
-        (
-            "/oauth/token?grant_type=password",
-            "auth",
-            "/oauth/token?grant_type=password",
-        ),
-        (
-            "/oauth/authorize?client_id=x&state=y",
-            "auth",
-            "/oauth/authorize?client_id=x&state=y",
-        ),
-        ("/.well-known/jwks.json", "auth", "/.well-known/jwks.json"),
-        (
-            "/.well-known/oauth-authorization-server",
-            "auth",
-            "/.well-known/oauth-authorization-server",
-        ),
-        ("/auth-health", "auth", "/health"),
-        ("/api/v1/health", "gateway", "/api/v1/health"),
-        (
-            "/api/v1/sessions?limit=5&offset=10",
-            "gateway",
-            "/api/v1/sessions?limit=5&offset=10",
-        ),
-        (
-            "/api/v1/events/metrics/session/abc",
-            "gateway",
-            "/api/v1/events/metrics/session/abc",
-        ),
-        ("/gateway-health", "gateway", "/health"),
-        ("/", "website", "/"),
-        (
-            "/docs/deployment?lang=ru",
-            "website",
-            "/docs/deployment?lang=ru",
-        ),
+    // path -> (upstream, URI it receives): the same URI, query string included, except the
+    // health checks.
+    let same_uri = [
+        ("/oauth/token?grant_type=password", "auth"),
+        ("/oauth/authorize?client_id=x&state=y", "auth"),
+        ("/.well-known/jwks.json", "auth"),
+        ("/.well-known/oauth-authorization-server", "auth"),
+        ("/api/v1/health", "gateway"),
+        ("/api/v1/sessions?limit=5&offset=10", "gateway"),
+        ("/api/v1/events/metrics/session/abc", "gateway"),
+        ("/", "website"),
+        ("/docs/deployment?lang=ru", "website"),
     ];
+    let table = same_uri
+        .into_iter()
+        .map(|(path, upstream)| (path, upstream, path))
+        .chain([
+            ("/auth-health", "auth", "/health"),
+            ("/gateway-health", "gateway", "/health"),
+        ]);
     for (path, expected_upstream, expected_uri) in table {
         let seen = get_json(&client, &format!("{base}{path}")).await;
         assert_eq!(seen["upstream"], expected_upstream, "{path}: {seen}");
         assert_eq!(seen["uri"], expected_uri, "{path}: {seen}");
     }
 
-    let health = client
-        .get(format!("{base}/nginx-health"))
-        .send()
-        .await
-        .unwrap();
+    let health = send(client.get(format!("{base}/nginx-health"))).await;
     assert_eq!(health.status(), 200);
     assert_eq!(health.text().await.unwrap(), "healthy\n");
 
     // Forwarding headers: the client's address appended to its own X-Forwarded-For, the
     // scheme, the host without the port, a request id (the client's when it sent one).
-    let seen: Value = client
-        .get(format!("{base}/api/v1/sessions"))
-        .header("x-forwarded-for", "203.0.113.9")
-        .header("x-request-id", "req-abc-123")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen = fetch_json(
+        client
+            .get(format!("{base}/api/v1/sessions"))
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-request-id", "req-abc-123"),
+    )
+    .await;
     assert_eq!(seen["x_forwarded_for"], "203.0.113.9, 127.0.0.1", "{seen}");
     assert_eq!(seen["x_real_ip"], "127.0.0.1");
     assert_eq!(seen["x_forwarded_proto"], "http");
@@ -247,15 +246,7 @@ async fn nginx_routes_like_the_original_table_corrected() {
 
     // Bodies up to 50 MB pass (nginx's default is 1 MB); larger ones are refused by nginx.
     let body = vec![b'x'; 2 * 1024 * 1024];
-    let seen: Value = client
-        .post(format!("{base}/api/v1/files"))
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen = fetch_json(client.post(format!("{base}/api/v1/files")).body(body)).await;
     assert_eq!(seen["body_len"], 2 * 1024 * 1024);
     let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", prefix.port))
         .await
@@ -325,7 +316,7 @@ async fn nginx_routes_like_the_original_table_corrected() {
     assert!(String::from_utf8_lossy(&rest).contains("second"));
 
     // The website down: `/` answers 503 with the endpoint list; the API is unaffected.
-    website.abort();
+    front.website.abort();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let down = client.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(down.status(), 503);
@@ -340,15 +331,9 @@ async fn nginx_routes_like_the_original_table_corrected() {
 
 #[tokio::test]
 async fn with_tls_conf_nginx_serves_https_with_hsts_and_redirects_http() {
-    let (auth_addr, _auth) = upstream("auth").await;
-    let (gateway_addr, _gateway) = upstream("gateway").await;
-    let (website_addr, _website) = upstream("website").await;
-    let prefix = Prefix::new(
-        &upstreams_conf(&[auth_addr], &[gateway_addr], &[website_addr]),
-        true,
-    );
+    let front = echo_front(true).await;
+    let prefix = &front.prefix;
     let tls_port = prefix.tls_port.unwrap();
-    let _nginx = prefix.start().await;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .danger_accept_invalid_certs(true)
@@ -376,19 +361,11 @@ async fn with_tls_conf_nginx_serves_https_with_hsts_and_redirects_http() {
         );
     }
     // ...except the container health check.
-    let health = client
-        .get(format!("http://127.0.0.1:{}/nginx-health", prefix.port))
-        .send()
-        .await
-        .unwrap();
+    let health = send(client.get(format!("http://127.0.0.1:{}/nginx-health", prefix.port))).await;
     assert_eq!(health.status(), 200);
 
     // HTTPS routes the same table, says so upstream, and sends HSTS.
-    let response = client
-        .get(format!("https://127.0.0.1:{tls_port}/oauth/token?x=1"))
-        .send()
-        .await
-        .unwrap();
+    let response = send(client.get(format!("https://127.0.0.1:{tls_port}/oauth/token?x=1"))).await;
     assert_eq!(response.status(), 200);
     let hsts = response.headers()["strict-transport-security"]
         .to_str()
@@ -444,14 +421,8 @@ async fn open_and_close_socket(port: u16, path: &str) {
 
 #[tokio::test]
 async fn nginx_keeps_internal_routes_headers_and_credentials_from_the_internet() {
-    let (auth_addr, _auth) = upstream("auth").await;
-    let (gateway_addr, _gateway) = upstream("gateway").await;
-    let (website_addr, _website) = upstream("website").await;
-    let prefix = Prefix::new(
-        &upstreams_conf(&[auth_addr], &[gateway_addr], &[website_addr]),
-        false,
-    );
-    let _nginx = prefix.start().await;
+    let front = echo_front(false).await;
+    let prefix = &front.prefix;
     let base = prefix.url();
     let client = reqwest::Client::new();
 
@@ -465,13 +436,13 @@ async fn nginx_keeps_internal_routes_headers_and_credentials_from_the_internet()
         "/oauth/./introspect",
         "/oauth/x/../introspect",
     ] {
-        let response = client
-            .post(format!("{base}{path}"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body("token=x&client_id=codelab-internal&client_secret=wrong")
-            .send()
-            .await
-            .unwrap();
+        let response = send(
+            client
+                .post(format!("{base}{path}"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("token=x&client_id=codelab-internal&client_secret=wrong"),
+        )
+        .await;
         assert_eq!(response.status(), 404, "{path}");
         let body = response.text().await.unwrap();
         assert!(
@@ -504,16 +475,13 @@ async fn nginx_keeps_internal_routes_headers_and_credentials_from_the_internet()
             ("x-internal-auth", "x-codelab-user-id"),
             ("X-INTERNAL-AUTH", "X-CODELAB-USER-ID"),
         ] {
-            let seen: Value = client
-                .get(format!("{base}{path}"))
-                .header(auth_name, "the-runtime-key-the-attacker-guessed")
-                .header(user_name, "victim")
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let seen = fetch_json(
+                client
+                    .get(format!("{base}{path}"))
+                    .header(auth_name, "the-runtime-key-the-attacker-guessed")
+                    .header(user_name, "victim"),
+            )
+            .await;
             assert!(seen["upstream"].is_string(), "{path}: {seen}");
             assert_eq!(seen["x_internal_auth"], Value::Null, "{path}: {seen}");
             assert_eq!(seen["x_codelab_user_id"], Value::Null, "{path}: {seen}");
@@ -551,15 +519,11 @@ async fn nginx_keeps_internal_routes_headers_and_credentials_from_the_internet()
         format!("/console/callback?code={code}&state=s"),
         format!("/oauth/authorize?client_id=x&code_challenge={code}"),
     ] {
-        let response = client
-            .get(format!("{base}{path}"))
-            .header(
-                "referer",
-                format!("{base}/console/chat/{session}?t={token}"),
-            )
-            .send()
-            .await
-            .unwrap();
+        let response = send(client.get(format!("{base}{path}")).header(
+            "referer",
+            format!("{base}/console/chat/{session}?t={token}"),
+        ))
+        .await;
         assert_eq!(response.status(), 200, "{path}");
     }
     // nginx writes a WebSocket's line when the connection ends: wait (bounded) for all of them.

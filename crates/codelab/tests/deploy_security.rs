@@ -14,7 +14,11 @@
 //!
 //! Needs the test PostgreSQL (`CODELAB_TEST_DATABASE_URL`) with the psql client, and nginx
 //! (`CODELAB_TEST_NGINX`, else /usr/sbin/nginx); scripts/test provides both.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    clippy::disallowed_methods,
+    reason = "a failed unwrap is the test's report; tests own their clock, ids and tasks"
+)]
 
 mod common;
 
@@ -24,8 +28,9 @@ use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cli::send;
 use common::nginx::{Prefix, upstreams_conf};
-use common::processes::{Process, codelab, free_port, wait_for_status};
+use common::processes::{Process, codelab, exit_within, free_port, wait_for_status};
 use futures_util::future::join_all;
 use serde_json::Value;
 use sqlx::Connection;
@@ -164,21 +169,12 @@ fn run_to_exit(mut command: Command, within: Duration, log: &Path) -> (ExitStatu
         .stderr(file)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + within;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "still running after {within:?}:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = exit_within(&mut child, within).unwrap_or_else(|| {
+        panic!(
+            "still running after {within:?}:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        )
+    });
     (status, std::fs::read_to_string(log).unwrap_or_default())
 }
 
@@ -233,26 +229,24 @@ async fn the_runtime_role_cannot_read_auths_tables() {
     );
 
     // The runtime's role cannot even connect to auth's database, nor auth's to the runtime's.
-    let refused = query_error(
-        &databases.runtime_url(&databases.auth_db),
-        "SELECT * FROM users",
-    )
-    .await
-    .expect("the runtime's role read auth's users");
-    assert!(
-        refused.contains("permission denied for database"),
-        "{refused}"
-    );
-    let refused = query_error(
-        &databases.auth_url(&databases.runtime_db),
-        "SELECT count(*) FROM _sqlx_migrations",
-    )
-    .await
-    .expect("auth's role read the runtime's database");
-    assert!(
-        refused.contains("permission denied for database"),
-        "{refused}"
-    );
+    for (url, sql, why) in [
+        (
+            databases.runtime_url(&databases.auth_db),
+            "SELECT * FROM users",
+            "the runtime's role read auth's users",
+        ),
+        (
+            databases.auth_url(&databases.runtime_db),
+            "SELECT count(*) FROM _sqlx_migrations",
+            "auth's role read the runtime's database",
+        ),
+    ] {
+        let refused = query_error(&url, sql).await.expect(why);
+        assert!(
+            refused.contains("permission denied for database"),
+            "{refused}"
+        );
+    }
 
     // Defence in depth: allowed to connect (an operator's mistake), it still reads nothing,
     // because every table belongs to auth's role and nothing is granted to others.
@@ -293,16 +287,24 @@ async fn the_runtime_role_cannot_read_auths_tables() {
 fn up_exits_with(env: &[(&str, &str)], data_dir: &Path) -> (ExitStatus, String) {
     let log = data_dir.with_extension("log");
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut command = codelab(&[
+    let command = up_command(&listen, data_dir, &[], env);
+    run_to_exit(command, Duration::from_secs(30), &log)
+}
+
+/// `codelab up --listen <listen> --ephemeral-ports --data-dir <data_dir> <extra>` with `env`.
+fn up_command(listen: &str, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut args = vec![
         "up",
         "--listen",
-        &listen,
+        listen,
         "--ephemeral-ports",
         "--data-dir",
         data_dir.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let mut command = codelab(&args);
     command.envs(env.iter().copied());
-    run_to_exit(command, Duration::from_secs(30), &log)
+    command
 }
 
 #[test]
@@ -366,17 +368,7 @@ impl Up {
         let data = dir.path().join("data");
         let log = dir.path().join("up.log");
         let listen = format!("127.0.0.1:{}", free_port());
-        let mut command = codelab(&[
-            "up",
-            "--listen",
-            &listen,
-            "--ephemeral-ports",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--admin-password",
-            ADMIN_PASSWORD,
-        ]);
-        command.envs(env.iter().copied());
+        let command = up_command(&listen, &data, &["--admin-password", ADMIN_PASSWORD], env);
         let mut process = Process::spawn("codelab up", command, &log);
         let url = format!("http://{listen}");
         wait_for_status(&format!("{url}/gateway-health"), 200, &mut process, START).await;
@@ -460,15 +452,14 @@ async fn assert_front_door_holds(
         "/oauth/introspect/",
         "/oauth//introspect",
     ] {
-        let response = http
-            .post(format!("{front}{path}"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!(
-                "token={token}&client_id=codelab-internal&client_secret=wrong"
-            ))
-            .send()
-            .await
-            .unwrap();
+        let response = send(
+            http.post(format!("{front}{path}"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!(
+                    "token={token}&client_id=codelab-internal&client_secret=wrong"
+                )),
+        )
+        .await;
         assert_eq!(response.status(), 404, "{front}{path}");
     }
     for path in ["/metrics", "/ready", "/api/v1/metrics", "/oauth/metrics"] {

@@ -8,7 +8,10 @@
 //!
 //! Needs the Python of `CODELAB_TEST_PYTHON` with the validators installed (scripts/test
 //! prepares target/test-python); run through `cargo test` alone, the test says what it needs.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
 mod common;
 

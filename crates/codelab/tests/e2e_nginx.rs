@@ -31,19 +31,26 @@
 //! waits for a signal; nothing sleeps for a fixed time. Every child process is killed when the
 //! test ends, temp dirs and databases are removed. When a test fails, the end of every
 //! process's log is printed.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use codelab_testkit::TempPostgres;
+use codelab_testkit::ide_clients::steps::{
+    self, approve_over_rest, assert_no_null_keys, assert_the_ide_understood_everything,
+    delivered_twice, is_tool_call, object, p2_approve, p2_ask_write, ran, report_ran, tool_call_of,
+    user_message_to,
+};
 use codelab_testkit::ide_clients::{
-    Bubble, FlutterReplicaClient, FlutterSocket, LoginError, P2Frame, Protocol2Client,
-    Protocol2Options, ReceivedFrame, Role, TokenPlacement, ToolCallRequest, ToolDecision,
+    Bubble, FlutterReplicaClient, LoginError, P2Frame, Protocol2Client, Protocol2Options, Role,
+    TokenPlacement, ToolDecision,
 };
 use common::nginx::{Nginx, Prefix, upstreams_conf};
 use common::processes::{Process, RedisServer, codelab, free_port, wait_for_status};
@@ -347,18 +354,6 @@ impl Drop for Stack {
 // Client flows
 // ---------------------------------------------------------------------------------------------
 
-fn object(value: Value) -> Map<String, Value> {
-    match value {
-        Value::Object(map) => map,
-        other => panic!("not an object: {other}"),
-    }
-}
-
-/// What the IDE reports after running a tool successfully.
-fn ran(content: &str) -> Map<String, Value> {
-    object(json!({"success": true, "content": content}))
-}
-
 fn flutter(base: &str) -> FlutterReplicaClient {
     FlutterReplicaClient::new(base).with_timeout(WAIT)
 }
@@ -370,45 +365,31 @@ async fn logged_in(base: &str) -> FlutterReplicaClient {
     client
 }
 
-fn tool_call_of(frame: &ReceivedFrame) -> ToolCallRequest {
-    match &frame.bubble {
-        Some(Bubble::ToolCall(call)) => call.clone(),
-        other => panic!("not a tool call: {other:?} ({})", frame.raw),
-    }
+/// The admin logged in through `base` with a new session: the client, its access token and
+/// the session's id.
+async fn new_session(base: &str) -> (FlutterReplicaClient, String, String) {
+    let client = logged_in(base).await;
+    let token = client.access_token().unwrap().to_owned();
+    let session = client.create_session().await.unwrap().id;
+    (client, token, session)
 }
 
-fn is_tool_call(frame: &ReceivedFrame) -> bool {
-    matches!(frame.bubble, Some(Bubble::ToolCall(_)))
-}
-
-/// Everything the Flutter IDE received parsed, and was of a type it knows.
-fn assert_the_ide_understood_everything(socket: &FlutterSocket) {
-    assert_eq!(socket.parse_errors(), Vec::<(&str, &str)>::new());
-    assert_eq!(socket.unknown_types(), Vec::<&str>::new());
-    assert_eq!(socket.bubbles().len(), socket.frames().len());
-}
-
-fn p2_options(token: &str) -> Protocol2Options {
-    Protocol2Options {
-        timeout: WAIT,
-        ..Protocol2Options::default()
-    }
-    .with_token(token, TokenPlacement::Query)
+/// A Flutter replica on `base` that already holds `token` (an IDE restarted with it).
+fn flutter_with(base: &str, token: &str) -> FlutterReplicaClient {
+    let mut client = flutter(base);
+    client.set_access_token(token);
+    client
 }
 
 /// A protocol-2 socket (token in the query string, which nginx must pass on) whose
 /// `session_info` arrived: its resumption ran and its fan-out subscription is live.
 async fn p2_ready(base: &str, session: &str, token: &str) -> Protocol2Client {
-    let mut client = Protocol2Client::connect(base, session, p2_options(token))
-        .await
-        .unwrap();
-    let info = client.wait_for_type("session_info").await.unwrap();
-    assert_eq!(info.str("session_id"), Some(session), "{info:?}");
-    client
-}
-
-fn user_message_to(agent: &str, text: &str) -> Value {
-    json!({"type": "user_message", "content": text, "role": "user", "agent_type": agent})
+    let options = Protocol2Options {
+        timeout: WAIT,
+        ..Protocol2Options::default()
+    }
+    .with_token(token, TokenPlacement::Query);
+    steps::p2_ready(base, session, options).await
 }
 
 /// What a Flutter flow left behind.
@@ -467,14 +448,7 @@ async fn flutter_flow(base: &str) -> FlutterOutcome {
     let pending = client.pending_approvals(&session.id).await.unwrap();
     assert_eq!(pending.count, 1, "{pending:?}");
     assert_eq!(pending.pending_approvals[0].call_id, call.call_id);
-    socket
-        .send_tool_result(&call.call_id, "write_file", ran("wrote a.md"))
-        .await
-        .unwrap();
-    let turn = socket
-        .continue_turn(|call| panic!("no second call expected: {call:?}"))
-        .await
-        .unwrap();
+    let turn = report_ran(&mut socket, &call.call_id, "write_file", "wrote a.md").await;
     assert!(
         turn.assistant_texts()[0].contains("Tool write_file returned"),
         "{turn:?}"
@@ -535,9 +509,7 @@ async fn flutter_flow(base: &str) -> FlutterOutcome {
 
 /// Protocol 2 through `base`: token deltas then the whole text, an approval on the socket.
 async fn protocol2_flow(base: &str) {
-    let client = logged_in(base).await;
-    let token = client.access_token().unwrap().to_owned();
-    let session = client.create_session().await.unwrap().id;
+    let (_client, token, session) = new_session(base).await;
     let mut v2 = p2_ready(base, &session, &token).await;
 
     v2.send_user_message("::slow 20\n::reply alpha beta gamma delta epsilon")
@@ -556,21 +528,12 @@ async fn protocol2_flow(base: &str) {
     let done = v2.wait_for_type("turn_finished").await.unwrap();
     assert_eq!(done.outcome(), Some("completed"));
 
-    v2.send_json(&user_message_to(
-        "coder",
-        r#"::tool write_file {"path":"p2.md","content":"x"}"#,
-    ))
-    .await
-    .unwrap();
-    let call = v2.wait_for_type("tool_call").await.unwrap();
+    let call = p2_ask_write(&mut v2, "p2.md").await;
     assert!(call.requires_approval(), "{call:?}");
     let call_id = call.call_id().unwrap().to_owned();
     let paused = v2.wait_for_type("turn_finished").await.unwrap();
     assert_eq!(paused.outcome(), Some("awaiting_tools"));
-    v2.send_hitl_decision(&call_id, "approve", None, None)
-        .await
-        .unwrap();
-    let again = v2.wait_for_type("tool_call").await.unwrap();
+    let again = p2_approve(&mut v2, &call_id).await;
     assert_eq!(again.call_id(), Some(call_id.as_str()));
     assert!(!again.requires_approval(), "{again:?}");
     v2.send_tool_result(&call_id, "write_file", json!({"success": true}))
@@ -586,11 +549,7 @@ async fn protocol2_flow(base: &str) {
     );
     let done = v2.wait_for_type("turn_finished").await.unwrap();
     assert_eq!(done.outcome(), Some("completed"));
-    for frame in v2.frames() {
-        if let Value::Object(map) = &frame.0 {
-            assert!(map.values().all(|v| !v.is_null()), "null key in {frame:?}");
-        }
-    }
+    assert_no_null_keys(v2.frames());
 }
 
 /// `codelab chat -m "::tool list_files ..." --yes --json --server <base>`, logging in with
@@ -711,9 +670,7 @@ async fn get(base: &str, path: &str) -> (u16, String) {
 
 /// An approval through REST on gateway 2 settles a tool call whose socket is on gateway 1.
 async fn approval_on_the_other_gateway(a: &str, b: &str) {
-    let client = logged_in(a).await;
-    let token = client.access_token().unwrap().to_owned();
-    let session = client.create_session().await.unwrap().id;
+    let (client, token, session) = new_session(a).await;
     let mut ide = client.connect(&session).await.unwrap();
     // Its session_info means gateway 1's Redis subscription to the session is live.
     let mut observer = p2_ready(a, &session, &token).await;
@@ -723,16 +680,7 @@ async fn approval_on_the_other_gateway(a: &str, b: &str) {
         .unwrap();
     let call = tool_call_of(&ide.wait_for("the tool call", is_tool_call).await.unwrap());
     assert!(call.requires_approval);
-    let response = reqwest::Client::new()
-        .post(format!(
-            "{b}/api/v1/sessions/{session}/approvals/{}",
-            call.call_id
-        ))
-        .bearer_auth(&token)
-        .json(&json!({"decision": "approve"}))
-        .send()
-        .await
-        .unwrap();
+    let response = approve_over_rest(b, &session, &call.call_id, &token).await;
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
 
     let resent = tool_call_of(
@@ -742,18 +690,14 @@ async fn approval_on_the_other_gateway(a: &str, b: &str) {
     );
     assert_eq!(resent.call_id, call.call_id);
     assert!(!resent.requires_approval, "the IDE runs it without asking");
-    ide.send_tool_result(&call.call_id, "write_file", ran("wrote x.md"))
-        .await
-        .unwrap();
-    let turn = ide.continue_turn(|c| panic!("{c:?}")).await.unwrap();
+    let turn = report_ran(&mut ide, &call.call_id, "write_file", "wrote x.md").await;
     assert!(turn.assistant_texts()[0].contains("write_file"), "{turn:?}");
     observer
         .wait_for("the turn's end", |f| f.is_turn_finished("completed"))
         .await
         .unwrap();
     assert_the_ide_understood_everything(&ide);
-    let mut on_b = flutter(b);
-    on_b.set_access_token(&token);
+    let on_b = flutter_with(b, &token);
     assert_eq!(on_b.pending_approvals(&session).await.unwrap().count, 0);
     ide.close().await;
 }
@@ -761,9 +705,7 @@ async fn approval_on_the_other_gateway(a: &str, b: &str) {
 /// The Flutter IDE loses its socket on gateway 1 with an approval open, comes back through
 /// gateway 2, restores the approval over REST and finishes the turn there.
 async fn flutter_finishes_the_turn_on_the_other_gateway(a: &str, b: &str) {
-    let client = logged_in(a).await;
-    let token = client.access_token().unwrap().to_owned();
-    let session = client.create_session().await.unwrap().id;
+    let (client, token, session) = new_session(a).await;
     let mut observer = p2_ready(b, &session, &token).await;
     let mut socket = client.connect(&session).await.unwrap();
     socket
@@ -779,17 +721,12 @@ async fn flutter_finishes_the_turn_on_the_other_gateway(a: &str, b: &str) {
     assert!(call.requires_approval);
     socket.abort();
 
-    let mut restarted = flutter(b);
-    restarted.set_access_token(&token);
+    let restarted = flutter_with(b, &token);
     let pending = restarted.pending_approvals(&session).await.unwrap();
     assert_eq!(pending.count, 1, "{pending:?}");
     assert_eq!(pending.pending_approvals[0].call_id, call.call_id);
     let mut socket = restarted.connect(&session).await.unwrap();
-    socket
-        .send_tool_result(&call.call_id, "write_file", ran("wrote c.md"))
-        .await
-        .unwrap();
-    let turn = socket.continue_turn(|c| panic!("{c:?}")).await.unwrap();
+    let turn = report_ran(&mut socket, &call.call_id, "write_file", "wrote c.md").await;
     assert!(turn.assistant_texts()[0].contains("write_file"), "{turn:?}");
     observer
         .wait_for("the turn's end", |f| f.is_turn_finished("completed"))
@@ -807,9 +744,7 @@ async fn flutter_finishes_the_turn_on_the_other_gateway(a: &str, b: &str) {
 /// by `last_seq`: gateway 1 keeps relaying the turn, its events reach gateway 2 through Redis,
 /// nothing is lost or repeated.
 async fn protocol2_resumes_on_the_other_gateway(a: &str, b: &str) {
-    let client = logged_in(a).await;
-    let token = client.access_token().unwrap().to_owned();
-    let session = client.create_session().await.unwrap().id;
+    let (_client, token, session) = new_session(a).await;
     let mut first = p2_ready(a, &session, &token).await;
     let words: Vec<String> = (1..=15).map(|i| format!("word{i}")).collect();
     let text = words.join(" ");
@@ -830,13 +765,7 @@ async fn protocol2_resumes_on_the_other_gateway(a: &str, b: &str) {
         .await
         .unwrap();
 
-    let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
-    for frame in point.frames.iter().chain(second.frames()) {
-        if let Some(seq) = frame.seq() {
-            *seen.entry(seq).or_default() += 1;
-        }
-    }
-    let duplicates: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    let duplicates = delivered_twice(point.frames.iter().chain(second.frames()));
     assert!(duplicates.is_empty(), "delivered twice: {duplicates:?}");
     let finals: Vec<&P2Frame> = point
         .frames
@@ -983,12 +912,11 @@ async fn every_service_behind_nginx_on_postgres_and_redis() {
         gateway.ready_is(200).await;
     }
     eprintln!("ready again in {:?}", phase.elapsed());
-    client = logged_in(&a).await;
-    let token = client.access_token().unwrap().to_owned();
-    let session = client.create_session().await.unwrap().id;
+    let token;
+    let session;
+    (client, token, session) = new_session(&a).await;
     let mut observer = p2_ready(&a, &session, &token).await;
-    let mut on_b = flutter(&b);
-    on_b.set_access_token(&token);
+    let on_b = flutter_with(&b, &token);
     let mut socket = on_b.connect(&session).await.unwrap();
     socket
         .run_turn("::reply across gateways again", |c| panic!("{c:?}"))
@@ -1122,8 +1050,7 @@ async fn up_keeps_users_sessions_and_keys_across_a_restart() {
     );
     assert_eq!(jwks_kids(&url).await, kids, "the signing key changed");
     // A token issued before the restart is still valid.
-    let mut before = flutter(&url);
-    before.set_access_token(&old_token);
+    let before = flutter_with(&url, &old_token);
     before.list_sessions().await.unwrap();
     assert!(up.terminate(Duration::from_secs(30)).success());
     eprintln!("up restart test in {:?}", started.elapsed());

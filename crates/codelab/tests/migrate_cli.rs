@@ -1,32 +1,30 @@
 //! `codelab migrate`: creates each service's database when missing, applies its migrations once,
 //! says what it did, and exits 1 with a clear message (never a password) when it cannot.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
+
+mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use codelab_testkit::TempPostgres;
+use common::cli::codelab_with;
 use sqlx::Connection;
-
-const BIN: &str = env!("CARGO_BIN_EXE_codelab");
 
 /// `codelab migrate ARGS` in `dir`, with only the given service settings (nothing inherited
 /// from the test's own environment can point it elsewhere).
 fn migrate(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(BIN);
-    command.current_dir(dir).arg("migrate").args(args);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("AUTH_SERVICE__")
-            || name.starts_with("AGENT_RUNTIME__")
-            || ["ENVIRONMENT", "CODELAB_CONFIG", "PORT"].contains(&name.as_str())
-        {
-            command.env_remove(name);
-        }
-    }
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.stdin(Stdio::null()).output().unwrap()
+    let mut all = vec!["migrate"];
+    all.extend_from_slice(args);
+    let mut command = codelab_with(&all, env);
+    command
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 fn text(output: &Output) -> (String, String) {

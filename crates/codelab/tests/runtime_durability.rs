@@ -4,15 +4,23 @@
 //! turn completes with every message stored exactly once. Two runtime processes share one
 //! PostgreSQL database, and a cancel stops a streaming turn and the proxy's upstream stream.
 //! The LLM proxy runs as its own process (`codelab serve llm-proxy`, the mock model).
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
+
+mod common;
 
 use std::collections::VecDeque;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use codelab_testkit::metrics::{metric_sum, scrape};
+use codelab_testkit::runtime_history::messages;
+use common::cli::{Running, codelab_with};
+use common::processes::free_port;
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_codelab");
 const PROXY_KEY: &str = "durability-proxy-key-0123456789abcdef";
 const RUNTIME_KEY: &str = "durability-runtime-key-0123456789abcdef";
 /// A bound for things that happen promptly.
@@ -22,71 +30,26 @@ const PROMPTLY: Duration = Duration::from_secs(20);
 // Processes
 // ---------------------------------------------------------------------------------------------
 
-/// A child process, killed if the test ends early.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Process {
-    /// SIGKILL: no shutdown, no drain, no unlock — a crash.
-    fn kill9(mut self) {
-        let status = Command::new("kill")
-            .args(["-KILL", &self.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(args: &[&str], env: &[(&str, String)]) -> Process {
-    let mut command = Command::new(BIN);
+/// `codelab serve <service>` with `env`; its logs only when asked for (they would interleave
+/// with the test output).
+fn spawn(args: &[&str], env: &[(&str, String)]) -> Running {
+    let mut command = codelab_with(args, &[]);
     command
-        .args(args)
-        .env_remove("PORT")
-        .env_remove("ENVIRONMENT")
-        .env_remove("CODELAB_CONFIG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null());
-    // Logs only when asked for (they would interleave with the test output).
     if std::env::var_os("CODELAB_TEST_LOGS").is_none() {
         command.stderr(Stdio::null());
     }
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    Process(command.spawn().unwrap())
+    Running::spawn(&mut command)
 }
 
 async fn wait_healthy(base: &str) {
-    let deadline = Instant::now() + PROMPTLY;
-    while Instant::now() < deadline {
-        if reqwest::get(format!("{base}/health"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{base} never became healthy");
+    common::cli::wait_healthy(&format!("{base}/health")).await;
 }
 
 /// `codelab serve llm-proxy` on a free port (the mock model serves `mock-llm`).
-async fn start_proxy() -> (Process, String) {
+async fn start_proxy() -> (Running, String) {
     let port = free_port();
     let process = spawn(
         &["serve", "llm-proxy"],
@@ -102,7 +65,7 @@ async fn start_proxy() -> (Process, String) {
 }
 
 /// `codelab serve agent-runtime` on `db_url`, in front of the proxy at `proxy`.
-async fn start_runtime(db_url: &str, proxy: &str, extra: &[(&str, &str)]) -> (Process, Client) {
+async fn start_runtime(db_url: &str, proxy: &str, extra: &[(&str, &str)]) -> (Running, Client) {
     let port = free_port();
     let mut env = vec![
         ("AGENT_RUNTIME__PORT", port.to_string()),
@@ -207,6 +170,20 @@ impl Client {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// A turn whose reply is `count` words, one every `pause_ms`, once its first delta arrived.
+    async fn streaming_words(&self, session: &str, count: usize, pause_ms: u32) -> Events {
+        let words: Vec<String> = (0..count).map(|i| format!("w{i}")).collect();
+        let reply = format!("::slow {pause_ms}\n::reply {}", words.join(" "));
+        let mut streaming = self
+            .open(
+                session,
+                json!({"type": "user_message", "agent_type": "coder", "content": reply}),
+            )
+            .await;
+        streaming.until("assistant_delta").await;
+        streaming
     }
 
     async fn open(&self, session: &str, frame: Value) -> Events {
@@ -334,19 +311,11 @@ fn text(events: &[Value]) -> String {
         .join("\n")
 }
 
-/// `(role, content)` of every stored message.
-fn messages(history: &Value) -> Vec<(String, String)> {
-    history["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["role"].as_str().unwrap().to_owned(),
-                m["content"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
+/// Sends `cancel` through `client` while `streaming` runs: both end `cancelled`.
+async fn cancel_while_streaming(client: &Client, session: &str, cancel: Value, streaming: Events) {
+    let cancelled = client.send(session, cancel).await;
+    assert_eq!(outcome(&cancelled), "cancelled");
+    assert_eq!(outcome(&streaming.rest().await), "cancelled");
 }
 
 /// The stored events of a session have the seqs 1..=n, each once.
@@ -363,6 +332,16 @@ async fn assert_event_log_is_whole(client: &Client, session: &str) {
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
 }
 
+/// One test per backend (and variant) of a scenario; the names say which.
+macro_rules! durability_tests {
+    ($($name:ident => $scenario:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $scenario.await;
+        }
+    )*};
+}
+
 // ---------------------------------------------------------------------------------------------
 // SIGKILL between a tool call and its result
 // ---------------------------------------------------------------------------------------------
@@ -370,7 +349,7 @@ async fn assert_event_log_is_whole(client: &Client, session: &str) {
 async fn killed_between_tool_call_and_result(backend: Backend) {
     let (_proxy, proxy_url) = start_proxy().await;
     let (_db, db_url) = Database::new(backend);
-    let (runtime, client) = start_runtime(&db_url, &proxy_url, &[]).await;
+    let (mut runtime, client) = start_runtime(&db_url, &proxy_url, &[]).await;
     let s = client.new_session().await;
     let start = client
         .say(
@@ -385,7 +364,8 @@ async fn killed_between_tool_call_and_result(backend: Backend) {
     let write = calls[1]["call_id"].as_str().unwrap().to_owned();
     assert_eq!(calls[1]["requires_approval"], true);
 
-    runtime.kill9();
+    // SIGKILL: no shutdown, no drain, no unlock — a crash.
+    runtime.kill();
     let (_runtime, client) = start_runtime(&db_url, &proxy_url, &[]).await;
 
     // The restarted process shows exactly what is awaited.
@@ -431,14 +411,11 @@ async fn killed_between_tool_call_and_result(backend: Backend) {
     assert_event_log_is_whole(&client, &s).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_turn_survives_sigkill_between_tool_call_and_result() {
-    killed_between_tool_call_and_result(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_turn_survives_sigkill_between_tool_call_and_result() {
-    killed_between_tool_call_and_result(Backend::Postgres).await;
+durability_tests! {
+    sqlite_a_turn_survives_sigkill_between_tool_call_and_result =>
+        killed_between_tool_call_and_result(Backend::Sqlite);
+    postgres_a_turn_survives_sigkill_between_tool_call_and_result =>
+        killed_between_tool_call_and_result(Backend::Postgres);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -452,7 +429,7 @@ async fn killed_during_a_step(backend: Backend, sweep: bool) {
     let (_db, db_url) = Database::new(backend);
     let recovery = if sweep { "60" } else { "0" };
     let extra = [("AGENT_RUNTIME__RECOVERY_INTERVAL", recovery)];
-    let (runtime, client) = start_runtime(&db_url, &proxy_url, &extra).await;
+    let (mut runtime, client) = start_runtime(&db_url, &proxy_url, &extra).await;
     let s = client.new_session().await;
     let mut streaming = client
         .open(
@@ -462,7 +439,8 @@ async fn killed_during_a_step(backend: Backend, sweep: bool) {
         )
         .await;
     streaming.until("assistant_delta").await;
-    runtime.kill9();
+    // SIGKILL: no shutdown, no drain, no unlock — a crash.
+    runtime.kill();
     drop(streaming);
 
     let (_runtime, client) = start_runtime(&db_url, &proxy_url, &extra).await;
@@ -520,24 +498,15 @@ async fn killed_during_a_step(backend: Backend, sweep: bool) {
     assert_event_log_is_whole(&client, &s).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_step_cut_by_sigkill_is_resumed_by_the_next_frame() {
-    killed_during_a_step(Backend::Sqlite, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_step_cut_by_sigkill_is_resumed_at_start() {
-    killed_during_a_step(Backend::Sqlite, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_step_cut_by_sigkill_is_resumed_by_the_next_frame() {
-    killed_during_a_step(Backend::Postgres, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_step_cut_by_sigkill_is_resumed_at_start() {
-    killed_during_a_step(Backend::Postgres, true).await;
+durability_tests! {
+    sqlite_a_step_cut_by_sigkill_is_resumed_by_the_next_frame =>
+        killed_during_a_step(Backend::Sqlite, false);
+    sqlite_a_step_cut_by_sigkill_is_resumed_at_start =>
+        killed_during_a_step(Backend::Sqlite, true);
+    postgres_a_step_cut_by_sigkill_is_resumed_by_the_next_frame =>
+        killed_during_a_step(Backend::Postgres, false);
+    postgres_a_step_cut_by_sigkill_is_resumed_at_start =>
+        killed_during_a_step(Backend::Postgres, true);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -564,19 +533,9 @@ async fn two_runtime_processes_on_one_postgres_database() {
     assert_eq!(messages(&a.history(&s).await).len(), 4);
 
     // A streams a turn; a cancel sent to B stops it through the database.
-    let words: Vec<String> = (0..30).map(|i| format!("w{i}")).collect();
-    let mut streaming = a
-        .open(
-            &s,
-            json!({"type": "user_message", "agent_type": "coder",
-                "content": format!("::slow 100\n::reply {}", words.join(" "))}),
-        )
-        .await;
-    streaming.until("assistant_delta").await;
+    let streaming = a.streaming_words(&s, 30, 100).await;
     let asked = Instant::now();
-    let cancel = b.send(&s, json!({"type": "cancel_turn"})).await;
-    assert_eq!(outcome(&cancel), "cancelled");
-    assert_eq!(outcome(&streaming.rest().await), "cancelled");
+    cancel_while_streaming(&b, &s, json!({"type": "cancel_turn"}), streaming).await;
     assert!(
         asked.elapsed() < Duration::from_secs(3),
         "{:?}",
@@ -593,15 +552,8 @@ async fn two_runtime_processes_on_one_postgres_database() {
 
 /// The proxy's `codelab_llm_proxy_inflight_streams` gauge.
 async fn inflight_streams(proxy: &str) -> f64 {
-    let text = reqwest::get(format!("{proxy}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix("codelab_llm_proxy_inflight_streams "))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    let text = scrape(&reqwest::Client::new(), proxy).await;
+    metric_sum(&text, "codelab_llm_proxy_inflight_streams")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,24 +562,12 @@ async fn cancelling_mid_stream_cancels_the_proxys_stream() {
     let (_db, db_url) = Database::new(Backend::Sqlite);
     let (_runtime, client) = start_runtime(&db_url, &proxy_url, &[]).await;
     let s = client.new_session().await;
-    let words: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
     let started = Instant::now();
-    let mut streaming = client
-        .open(
-            &s,
-            json!({"type": "user_message", "agent_type": "coder",
-                "content": format!("::slow 200\n::reply {}", words.join(" "))}),
-        )
-        .await;
-    streaming.until("assistant_delta").await;
+    let streaming = client.streaming_words(&s, 40, 200).await;
     assert_eq!(inflight_streams(&proxy_url).await, 1.0);
 
-    let cancel = client
-        .send(&s, json!({"type": "cancel_turn", "reason": "stop"}))
-        .await;
-    assert_eq!(outcome(&cancel), "cancelled");
-    let tail = streaming.rest().await;
-    assert_eq!(outcome(&tail), "cancelled");
+    let cancel = json!({"type": "cancel_turn", "reason": "stop"});
+    cancel_while_streaming(&client, &s, cancel, streaming).await;
     // The whole answer takes 8 s.
     assert!(
         started.elapsed() < Duration::from_secs(4),

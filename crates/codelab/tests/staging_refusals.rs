@@ -3,7 +3,10 @@
 //! the insecure modes production refuses, naming the setting to change; with strong secrets it
 //! starts. Each refusal is a real process of the binary that must exit with status 1; one that
 //! starts serving instead fails the test.
-#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed: the panic is the report
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test that cannot unwrap has failed: the panic is the report"
+)]
 
 mod common;
 

@@ -61,66 +61,77 @@ pub(crate) enum Verdict {
     },
 }
 
-/// Checks call number `index` (0-based) of a reply by `agent`: the per-reply cap, the agent's
-/// tool list and file rule, then the tool's schema; then where it runs and whether it needs
-/// approval (`exemptions_allowed`: the user chose `agent`, so its policy exemptions apply).
-#[allow(clippy::too_many_arguments)] // each is one independent input of the check
-pub(crate) fn check_call(
-    registry: &AgentRegistry,
-    hitl: &HitlPolicy,
-    agent: AgentKind,
-    exemptions_allowed: bool,
-    index: usize,
-    cap: usize,
-    name: &str,
-    raw_arguments: &str,
-) -> Verdict {
-    // What the model sent, as close as JSON allows, for the records and the history page.
-    let lenient: Value = serde_json::from_str(raw_arguments.trim()).unwrap_or_else(|_| {
-        if raw_arguments.trim().is_empty() {
-            json!({})
-        } else {
-            Value::String(raw_arguments.to_owned())
-        }
-    });
-    let invalid = |error: String| Verdict::Invalid {
-        arguments: lenient.clone(),
-        error,
-    };
-    if index >= cap {
-        return invalid(format!(
-            "too many tool calls in one reply (limit {cap}); call this tool again in your next \
+/// What every call of one reply is checked against.
+pub(crate) struct CallCheck<'a> {
+    pub(crate) registry: &'a AgentRegistry,
+    pub(crate) hitl: &'a HitlPolicy,
+    /// The agent that made the reply.
+    pub(crate) agent: AgentKind,
+    /// The user chose `agent`, so its policy exemptions apply.
+    pub(crate) exemptions_allowed: bool,
+    /// Calls of one reply that are considered; the rest are refused.
+    pub(crate) cap: usize,
+}
+
+impl CallCheck<'_> {
+    /// Checks call number `index` (0-based) of the reply: the per-reply cap, the agent's tool
+    /// list and file rule, then the tool's schema; then where it runs and whether it needs
+    /// approval.
+    pub(crate) fn verdict(&self, index: usize, name: &str, raw_arguments: &str) -> Verdict {
+        let CallCheck {
+            registry,
+            hitl,
+            agent,
+            exemptions_allowed,
+            cap,
+        } = *self;
+        // What the model sent, as close as JSON allows, for the records and the history page.
+        let lenient: Value = serde_json::from_str(raw_arguments.trim()).unwrap_or_else(|_| {
+            if raw_arguments.trim().is_empty() {
+                json!({})
+            } else {
+                Value::String(raw_arguments.to_owned())
+            }
+        });
+        let invalid = |error: String| Verdict::Invalid {
+            arguments: lenient.clone(),
+            error,
+        };
+        if index >= cap {
+            return invalid(format!(
+                "too many tool calls in one reply (limit {cap}); call this tool again in your next \
              reply"
-        ));
-    }
-    if name.is_empty() {
-        return invalid("the tool call has no tool name".to_owned());
-    }
-    let as_object = if lenient.is_object() {
-        lenient.clone()
-    } else {
-        json!({})
-    };
-    if let Err(error) = registry.check_tool_allowed(agent, name, &as_object) {
-        return invalid(error);
-    }
-    let arguments = match tools::validate_arguments(name, raw_arguments) {
-        Ok(arguments) => arguments,
-        Err(error) => return invalid(error),
-    };
-    if tools::is_server_side(name) {
-        return Verdict::Server { arguments };
-    }
-    let verdict = hitl.evaluate_in_session(agent, name, exemptions_allowed);
-    let reason = verdict.reason.or_else(|| {
-        verdict
-            .requires_approval
-            .then(|| format!("{name} requires user approval"))
-    });
-    Verdict::Ide {
-        arguments,
-        requires_approval: verdict.requires_approval,
-        reason,
+            ));
+        }
+        if name.is_empty() {
+            return invalid("the tool call has no tool name".to_owned());
+        }
+        let as_object = if lenient.is_object() {
+            lenient.clone()
+        } else {
+            json!({})
+        };
+        if let Err(error) = registry.check_tool_allowed(agent, name, &as_object) {
+            return invalid(error);
+        }
+        let arguments = match tools::validate_arguments(name, raw_arguments) {
+            Ok(arguments) => arguments,
+            Err(error) => return invalid(error),
+        };
+        if tools::is_server_side(name) {
+            return Verdict::Server { arguments };
+        }
+        let verdict = hitl.evaluate_in_session(agent, name, exemptions_allowed);
+        let reason = verdict.reason.or_else(|| {
+            verdict
+                .requires_approval
+                .then(|| format!("{name} requires user approval"))
+        });
+        Verdict::Ide {
+            arguments,
+            requires_approval: verdict.requires_approval,
+            reason,
+        }
     }
 }
 
@@ -139,7 +150,7 @@ pub(crate) fn wire_name(name: &str) -> &str {
     if name.is_empty() { UNNAMED_TOOL } else { name }
 }
 
-/// The tool message for an IDE result (spec §5.5): `Error: <error>` when the IDE reported
+/// The tool message for an IDE result: `Error: <error>` when the IDE reported
 /// one, a string result verbatim, any other result as compact JSON (UTF-8 kept), or a
 /// success note when there is none. An edited call says so first, since the model's own
 /// arguments are not what ran.
@@ -238,6 +249,10 @@ pub(crate) fn to_chat_messages(history: &[Message]) -> Vec<ChatMessage> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::disallowed_methods,
+        reason = "tests own their clock, ids and tasks"
+    )]
     use std::collections::HashSet;
 
     use chrono::Utc;
@@ -249,16 +264,19 @@ mod tests {
     }
 
     fn check(agent: AgentKind, index: usize, name: &str, raw: &str) -> Verdict {
-        check_call(
-            &registry(),
-            &HitlPolicy::default(),
+        check_capped(10, agent, index, name, raw)
+    }
+
+    /// The verdict on a call when a reply may hold `cap` calls.
+    fn check_capped(cap: usize, agent: AgentKind, index: usize, name: &str, raw: &str) -> Verdict {
+        let check = CallCheck {
+            registry: &registry(),
+            hitl: &HitlPolicy::default(),
             agent,
-            true,
-            index,
-            10,
-            name,
-            raw,
-        )
+            exemptions_allowed: true,
+            cap,
+        };
+        check.verdict(index, name, raw)
     }
 
     fn record(tool: &str, arguments: Value) -> ToolCallRecord {
@@ -330,16 +348,7 @@ mod tests {
 
     #[test]
     fn calls_beyond_the_cap_are_refused() {
-        let verdict = check_call(
-            &registry(),
-            &HitlPolicy::default(),
-            AgentKind::Coder,
-            true,
-            3,
-            3,
-            "read_file",
-            r#"{"path":"a"}"#,
-        );
+        let verdict = check_capped(3, AgentKind::Coder, 3, "read_file", r#"{"path":"a"}"#);
         let Verdict::Invalid { error, .. } = verdict else {
             panic!("{verdict:?}")
         };

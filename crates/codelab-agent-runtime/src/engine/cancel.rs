@@ -41,7 +41,10 @@ impl RunningTurns {
         let token = CancellationToken::new();
         self.map()
             .insert(session_id.to_owned(), (turn_id.to_owned(), token.clone()));
-        let watcher = tokio::spawn(watch(store, turn_id.to_owned(), token.clone()));
+        let watcher = codelab_core::tasks::spawn(
+            "turn-cancel-watcher",
+            watch(store, turn_id.to_owned(), token.clone()),
+        );
         RunningGuard {
             turns: Arc::clone(self),
             session_id: session_id.to_owned(),

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::calls::result_message;
 use super::cancel::CANCEL_WAIT;
+use super::turn::TurnLoop;
 use super::{Cx, Engine, EngineError, settled_event};
 use crate::agents::AgentKind;
 use crate::metrics;
@@ -23,6 +24,22 @@ const CANCELLED_BY_USER: &str = "Cancelled: the user cancelled the turn";
 /// How many times a settlement re-reads a call that changed under it before giving up.
 const SETTLE_ATTEMPTS: usize = 3;
 
+/// The IDE's outcome for a tool call (`tool_result`): a result, or the error it reported.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ToolOutcome {
+    pub(crate) result: Option<Value>,
+    pub(crate) error: Option<String>,
+}
+
+/// A person's decision on a call that waits for approval (`hitl_decision`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HumanDecision {
+    pub(crate) decision: Decision,
+    /// The arguments to run the call with instead (an `edit`).
+    pub(crate) modified_arguments: Option<Map<String, Value>>,
+    pub(crate) feedback: Option<String>,
+}
+
 impl Engine {
     // ---- tool_result ----
 
@@ -33,9 +50,9 @@ impl Engine {
         &self,
         cx: &Cx<'_>,
         call_id: &str,
-        result: Option<Value>,
-        error: Option<String>,
+        outcome: ToolOutcome,
     ) -> Result<(), EngineError> {
+        let ToolOutcome { result, error } = outcome;
         let mut attempt = 0;
         let settled = loop {
             let Some(call) = self.store.get_tool_call(cx.session_id, call_id).await? else {
@@ -71,14 +88,13 @@ impl Engine {
                 ..call.clone()
             };
             let update = ToolCallUpdate {
-                status,
                 decision: decision.map(str::to_owned),
                 feedback,
-                modified_arguments: None,
                 result: outcome_result.cloned(),
                 error: error.clone(),
                 settle: true,
                 tool_message: Some(result_message(&decided, outcome_result, outcome_error)),
+                ..ToolCallUpdate::to(status)
             };
             match self
                 .store
@@ -113,10 +129,13 @@ impl Engine {
         &self,
         cx: &Cx<'_>,
         call_id: &str,
-        decision: Decision,
-        modified_arguments: Option<Map<String, Value>>,
-        feedback: Option<String>,
+        human: HumanDecision,
     ) -> Result<(), EngineError> {
+        let HumanDecision {
+            decision,
+            modified_arguments,
+            feedback,
+        } = human;
         let Some(call) = self.store.get_tool_call(cx.session_id, call_id).await? else {
             return self.unknown_call(cx, call_id).await;
         };
@@ -155,28 +174,13 @@ impl Engine {
                     None
                 };
                 let update = ToolCallUpdate {
-                    status: ToolCallStatus::AwaitingResult,
                     decision: Some(decision.as_str().to_owned()),
                     feedback: feedback.clone(),
                     modified_arguments: edited.clone(),
-                    result: None,
-                    error: None,
-                    settle: false,
-                    tool_message: None,
+                    ..ToolCallUpdate::to(ToolCallStatus::AwaitingResult)
                 };
-                let call = match self
-                    .store
-                    .update_tool_call(
-                        cx.session_id,
-                        call_id,
-                        &[ToolCallStatus::PendingApproval],
-                        update,
-                    )
-                    .await?
-                {
-                    UpdateOutcome::Updated(call) => call,
-                    UpdateOutcome::Unchanged(current) => return self.conflict(cx, &current).await,
-                    UpdateOutcome::NotFound => return self.unknown_call(cx, call_id).await,
+                let Some(call) = self.apply_decision(cx, call_id, update).await? else {
+                    return Ok(());
                 };
                 metrics::approval(decision.as_str());
                 cx.out
@@ -189,20 +193,7 @@ impl Engine {
                         agent: call.agent.clone(),
                     })
                     .await?;
-                let open = self
-                    .store
-                    .list_step_calls(&call.turn_id, call.step)
-                    .await?
-                    .iter()
-                    .filter(|c| c.status.is_open())
-                    .count();
-                cx.out
-                    .emit(RuntimeEvent::StepFinished {
-                        step: u32::try_from(call.step).unwrap_or(0),
-                        pending_calls: u32::try_from(open).unwrap_or(u32::MAX),
-                    })
-                    .await?;
-                Ok(())
+                self.report_open_calls(cx, &call.turn_id, call.step).await
             }
             Decision::Reject => {
                 let mut text = "The user rejected this call.".to_owned();
@@ -211,34 +202,44 @@ impl Engine {
                     text.push_str(feedback);
                 }
                 let update = ToolCallUpdate {
-                    status: ToolCallStatus::Rejected,
                     decision: Some("reject".to_owned()),
                     feedback: feedback.clone(),
-                    modified_arguments: None,
-                    result: None,
-                    error: None,
                     settle: true,
                     tool_message: Some(text),
+                    ..ToolCallUpdate::to(ToolCallStatus::Rejected)
                 };
-                let call = match self
-                    .store
-                    .update_tool_call(
-                        cx.session_id,
-                        call_id,
-                        &[ToolCallStatus::PendingApproval],
-                        update,
-                    )
-                    .await?
-                {
-                    UpdateOutcome::Updated(call) => call,
-                    UpdateOutcome::Unchanged(current) => return self.conflict(cx, &current).await,
-                    UpdateOutcome::NotFound => return self.unknown_call(cx, call_id).await,
+                let Some(call) = self.apply_decision(cx, call_id, update).await? else {
+                    return Ok(());
                 };
                 metrics::approval("reject");
                 metrics::tool_call_settled(&call.tool_name, "rejected");
                 cx.out.emit(settled_event(&call, feedback)).await?;
                 self.after_settlement(cx, &call).await
             }
+        }
+    }
+
+    /// Applies a person's decision to a call still waiting for approval; `None` when it was
+    /// not (it moved on, or is gone), after telling the client so.
+    async fn apply_decision(
+        &self,
+        cx: &Cx<'_>,
+        call_id: &str,
+        update: ToolCallUpdate,
+    ) -> Result<Option<ToolCallRecord>, EngineError> {
+        let outcome = self
+            .store
+            .update_tool_call(
+                cx.session_id,
+                call_id,
+                &[ToolCallStatus::PendingApproval],
+                update,
+            )
+            .await?;
+        match outcome {
+            UpdateOutcome::Updated(call) => Ok(Some(call)),
+            UpdateOutcome::Unchanged(current) => self.conflict(cx, &current).await.map(|()| None),
+            UpdateOutcome::NotFound => self.unknown_call(cx, call_id).await.map(|()| None),
         }
     }
 
@@ -296,15 +297,7 @@ impl Engine {
         let had_turn = self.store.active_turn(cx.session_id).await?.is_some();
         let cancelled = self.cancel_open_work(cx, &text).await?;
         if had_turn || !cancelled.is_empty() {
-            for call in &cancelled {
-                cx.out.emit(settled_event(call, None)).await?;
-            }
-            cx.out
-                .emit(RuntimeEvent::TurnFinished {
-                    outcome: TurnOutcome::Cancelled,
-                })
-                .await?;
-            return Ok(());
+            return announce_cancelled(cx, &cancelled).await;
         }
         // Nothing is open any more: the running turn stopped itself (or ended first).
         if let Some(turn) = requested
@@ -345,15 +338,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let cancelled = self.cancel_open_work(cx, CANCELLED_BY_USER).await?;
         turn.status = TurnStatus::Cancelled;
-        for call in &cancelled {
-            cx.out.emit(settled_event(call, None)).await?;
-        }
-        cx.out
-            .emit(RuntimeEvent::TurnFinished {
-                outcome: TurnOutcome::Cancelled,
-            })
-            .await?;
-        Ok(())
+        announce_cancelled(cx, &cancelled).await
     }
 
     /// Cancels every open call of the session (each answered by a tool message `text`) and
@@ -366,14 +351,10 @@ impl Engine {
         let mut cancelled = Vec::new();
         for call in self.store.list_open_calls(cx.session_id).await? {
             let update = ToolCallUpdate {
-                status: ToolCallStatus::Cancelled,
-                decision: None,
-                feedback: None,
-                modified_arguments: None,
-                result: None,
                 error: Some(text.to_owned()),
                 settle: true,
                 tool_message: Some(text.to_owned()),
+                ..ToolCallUpdate::to(ToolCallStatus::Cancelled)
             };
             let outcome = self
                 .store
@@ -418,24 +399,35 @@ impl Engine {
         };
         if turn.status.is_finished() {
             // Open calls of a finished turn are not expected; settle without continuing.
-            let open = self
-                .store
-                .list_step_calls(&turn.id, call.step)
-                .await?
-                .iter()
-                .filter(|c| c.status.is_open())
-                .count();
-            cx.out
-                .emit(RuntimeEvent::StepFinished {
-                    step: u32::try_from(call.step).unwrap_or(0),
-                    pending_calls: u32::try_from(open).unwrap_or(u32::MAX),
-                })
-                .await?;
-            return Ok(());
+            return self.report_open_calls(cx, &turn.id, call.step).await;
         }
         let calls = self.store.list_step_calls(&turn.id, call.step).await?;
-        self.continue_after_step(cx, &mut turn, call.step, calls)
+        TurnLoop::new(self, *cx, &mut turn)
+            .continue_after(call.step, calls)
             .await
+    }
+
+    /// Tells the client how many calls of the step are still open (a `step_finished`).
+    async fn report_open_calls(
+        &self,
+        cx: &Cx<'_>,
+        turn_id: &str,
+        step: i32,
+    ) -> Result<(), EngineError> {
+        let open = self
+            .store
+            .list_step_calls(turn_id, step)
+            .await?
+            .iter()
+            .filter(|c| c.status.is_open())
+            .count();
+        cx.out
+            .emit(RuntimeEvent::StepFinished {
+                step: u32::try_from(step).unwrap_or(0),
+                pending_calls: u32::try_from(open).unwrap_or(u32::MAX),
+            })
+            .await?;
+        Ok(())
     }
 
     async fn unknown_call(&self, cx: &Cx<'_>, call_id: &str) -> Result<(), EngineError> {
@@ -485,4 +477,17 @@ impl Engine {
             .await?;
         Ok(())
     }
+}
+
+/// Tells the client about the calls a cancellation settled, then that the turn is cancelled.
+async fn announce_cancelled(cx: &Cx<'_>, cancelled: &[ToolCallRecord]) -> Result<(), EngineError> {
+    for call in cancelled {
+        cx.out.emit(settled_event(call, None)).await?;
+    }
+    cx.out
+        .emit(RuntimeEvent::TurnFinished {
+            outcome: TurnOutcome::Cancelled,
+        })
+        .await?;
+    Ok(())
 }

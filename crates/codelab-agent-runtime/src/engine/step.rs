@@ -1,32 +1,29 @@
-//! One turn's steps: routing to a specialist when needed, the streamed LLM call, committing
-//! the reply with its tool calls in one transaction, and deciding what comes after a step.
+//! One LLM step of a turn: the request built from the stored history, the answer streamed
+//! to the client as it comes, and the reply committed with its tool calls in one transaction.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Utc;
 use codelab_protocol::openai::{ChatCompletionRequest, ChatMessage};
 use codelab_protocol::runtime::{RuntimeEvent, TurnOutcome};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::EngineError;
 use super::calls::{
-    Verdict, check_call, choose_call_id, completion_text, ends_turn, is_usable_id,
-    to_chat_messages, wire_arguments, wire_name,
+    CallCheck, Verdict, choose_call_id, completion_text, ends_turn, is_usable_id, to_chat_messages,
+    wire_arguments, wire_name,
 };
-use super::{Cx, Engine, EngineError, switched_event};
-use crate::agents::AgentKind;
+use super::switch::Switch;
+use super::turn::TurnLoop;
+use crate::agents::{AgentKind, AgentRegistry};
 use crate::context;
 use crate::hitl;
 use crate::llm::{CompletedToolCall, LlmDelta, LlmError};
 use crate::metrics;
-use crate::model::{
-    NewMessage, Role, StepCommit, ToolCallRecord, ToolCallStatus, Turn, TurnStatus, TurnUpdate,
-};
+use crate::model::{NewMessage, Role, StepCommit, ToolCallRecord, ToolCallStatus, TurnStatus};
 use crate::prompts::PromptContext;
-use crate::routing;
 use crate::tools;
 
 /// What follows a step.
@@ -40,7 +37,7 @@ pub(crate) enum StepEnd {
 
 /// How an LLM step ended.
 #[derive(Debug, Clone, PartialEq)]
-enum StepResult {
+pub(super) enum StepResult {
     /// Committed; what follows.
     Done(StepEnd),
     /// The call failed, with the `error` event to send (nothing of the answer is stored).
@@ -81,7 +78,7 @@ impl StepState {
     }
 
     /// The turn's status once the step is in this state.
-    fn turn_status(&self) -> TurnStatus {
+    pub(super) fn turn_status(&self) -> TurnStatus {
         match self {
             StepState::Waiting(_) => TurnStatus::AwaitingTools,
             StepState::Complete(_) => TurnStatus::Completed,
@@ -90,19 +87,15 @@ impl StepState {
     }
 
     /// The assistant messages showing the completion texts.
-    fn completion_messages(&self, session_id: &str) -> Vec<NewMessage> {
+    pub(super) fn completion_messages(&self, session_id: &str) -> Vec<NewMessage> {
         let StepState::Complete(texts) = self else {
             return Vec::new();
         };
         texts
             .iter()
             .map(|(agent, text)| NewMessage {
-                session_id: session_id.to_owned(),
-                role: Role::Assistant,
-                content: Some(text.clone()),
                 agent: Some(agent.clone()),
-                tool_calls: None,
-                tool_call_id: None,
+                ..NewMessage::text(session_id, Role::Assistant, text)
             })
             .collect()
     }
@@ -115,165 +108,50 @@ struct Answer {
     calls: Vec<CompletedToolCall>,
 }
 
+/// The reply of one step: its id in the stream (its deltas and the `assistant_message`
+/// closing it), the agent answering, and when the LLM call began.
+struct Reply {
+    id: String,
+    agent: AgentKind,
+    started: Instant,
+}
+
 /// One call of a reply, ready to store.
 struct Planned {
     record: ToolCallRecord,
     /// The tool message stored at once (refused and server-side calls).
     tool_message: Option<String>,
-    /// A `switch_mode` that changes the agent: (from, to, reason).
-    switch: Option<(AgentKind, AgentKind, String)>,
+    /// A `switch_mode` that changes the agent.
+    switch: Option<Switch>,
 }
 
-impl Engine {
-    /// Runs steps until the turn ends, waits for the IDE, or is cancelled.
-    pub(crate) async fn run_turn(&self, cx: &Cx<'_>, turn: &mut Turn) -> Result<(), EngineError> {
-        self.run_steps(cx, turn, false, Vec::new()).await
-    }
+/// The calls of a reply, ready to store.
+#[derive(Default)]
+struct PlannedCalls {
+    planned: Vec<Planned>,
+    /// The calls as the stored assistant message lists them (OpenAI's wire shape).
+    wire: Vec<Value>,
+}
 
-    /// Runs steps until the turn ends, waits for the IDE, or is cancelled. While it runs, the
-    /// turn is registered for `cancel_turn` (locally and through the database).
-    ///
-    /// `started`: the next step is already recorded (a new turn is created at step 1), so it
-    /// is not written again. `pending`: events stored with the next step's start (one commit
-    /// instead of two), or with the turn's end when no step starts.
-    pub(crate) async fn run_steps(
-        &self,
-        cx: &Cx<'_>,
-        turn: &mut Turn,
-        mut started: bool,
-        mut pending: Vec<RuntimeEvent>,
-    ) -> Result<(), EngineError> {
-        let running = self
-            .running
-            .start(Arc::clone(&self.store), cx.session_id, &turn.id);
-        if turn.cancel_requested_at.is_some() {
-            running.token().cancel();
-        }
-        loop {
-            if running.token().is_cancelled() {
-                for event in std::mem::take(&mut pending) {
-                    cx.out.emit(event).await?;
-                }
-                return self.stop_cancelled(cx, turn).await;
-            }
-            if !started {
-                let limit = self.limits.max_steps_per_turn;
-                if u32::try_from(turn.steps).unwrap_or(u32::MAX) >= limit {
-                    pending.push(RuntimeEvent::Error {
-                        message: format!("step limit reached ({limit} steps)"),
-                        code: Some("step_limit".to_owned()),
-                    });
-                    return self
-                        .finish_turn(cx, turn, TurnStatus::StepLimit, pending)
-                        .await;
-                }
-                // The step is recorded as running before anything of it happens: a process
-                // that finds it so after a crash runs it again.
-                turn.steps += 1;
-                turn.status = TurnStatus::Running;
-                let committed = self
-                    .store
-                    .commit_step(StepCommit {
-                        session_id: cx.session_id.to_owned(),
-                        turn: Some(TurnUpdate {
-                            turn_id: turn.id.clone(),
-                            status: TurnStatus::Running,
-                            steps: turn.steps,
-                            agent: turn.agent.clone(),
-                            expect: None,
-                        }),
-                        events: std::mem::take(&mut pending),
-                        ..StepCommit::default()
-                    })
-                    .await?;
-                cx.out.send_all(committed.events).await;
-            }
-            started = false;
-            let agent = self.specialist(cx).await?;
-            turn.agent = agent.as_str().to_owned();
-            metrics::counter_step();
-            match self.llm_step(cx, turn, agent, running.token()).await? {
-                StepResult::Done(StepEnd::Continue) => {}
-                StepResult::Done(StepEnd::Stop) => return Ok(()),
-                StepResult::Failed(error) => {
-                    return self
-                        .finish_turn(cx, turn, TurnStatus::Failed, vec![error])
-                        .await;
-                }
-                StepResult::Cancelled => return self.stop_cancelled(cx, turn).await,
-            }
-        }
-    }
-
-    /// The agent that takes the next step. A session on the orchestrator (new, or handed back
-    /// with `switch_mode`) is routed first: its latest user message is classified, the switch
-    /// recorded and announced.
-    async fn specialist(&self, cx: &Cx<'_>) -> Result<AgentKind, EngineError> {
-        let session = self.session(cx).await?;
-        let current =
-            AgentKind::parse(&session.current_agent).filter(|k| self.registry.is_registered(*k));
-        if let Some(agent) = current.filter(|k| *k != AgentKind::Orchestrator) {
-            return Ok(agent);
-        }
-        let history = self.store.list_messages(cx.session_id).await?;
-        let text = history
-            .iter()
-            .rev()
-            .find(|m| m.role == Role::User)
-            .and_then(|m| m.content.clone())
-            .unwrap_or_default();
-        let decision = routing::classify(
-            &self.llm,
-            self.registry.model_for(AgentKind::Orchestrator),
-            &text,
-            self.registry.multi_agent(),
-            self.limits.routing_timeout,
-        )
-        .await;
-        // The classifier only names agents of this mode; the guard keeps a bad answer from
-        // parking the session on an agent that does not exist here.
-        let agent = Some(decision.agent)
-            .filter(|k| self.registry.is_registered(*k) && *k != AgentKind::Orchestrator)
-            .or_else(|| {
-                self.registry
-                    .specs()
-                    .iter()
-                    .map(|s| s.kind)
-                    .find(|k| *k != AgentKind::Orchestrator)
-            })
-            .unwrap_or(AgentKind::Coder);
-        self.record_switch(
-            cx,
-            &session.current_agent,
-            agent,
-            decision.reason.clone(),
-            Some(decision.confidence.clone()),
-            decision.method.as_str(),
-            Vec::new(),
-        )
-        .await?;
-        Ok(agent)
-    }
-
+impl TurnLoop<'_> {
     /// One LLM call by `agent`, its text streamed as it comes, the reply and its tool calls
     /// committed and announced. A failed or cancelled call stores nothing of its answer.
-    async fn llm_step(
-        &self,
-        cx: &Cx<'_>,
-        turn: &mut Turn,
+    pub(super) async fn llm_step(
+        &mut self,
         agent: AgentKind,
         cancel: &CancellationToken,
     ) -> Result<StepResult, EngineError> {
-        let history = self.store.list_messages(cx.session_id).await?;
-        let system = self.prompts.render(
+        let engine = self.engine;
+        let history = engine.store.list_messages(self.cx.session_id).await?;
+        let system = engine.prompts.render(
             agent,
-            &PromptContext::for_agent(agent, self.registry.multi_agent()),
+            &PromptContext::for_agent(agent, engine.registry.multi_agent()),
         )?;
         // Every step is fitted to the budget: the history grows within a turn too.
         let messages = match context::fit_to_budget(
             ChatMessage::text("system", system),
             to_chat_messages(&history),
-            self.limits.context_tokens,
+            engine.limits.context_tokens,
         ) {
             Ok(messages) => messages,
             Err(error) => {
@@ -285,37 +163,34 @@ impl Engine {
         };
         let tools = tools::definitions_for(agent);
         let request = ChatCompletionRequest {
-            model: self.registry.model_for(agent).to_owned(),
+            model: engine.registry.model_for(agent).to_owned(),
             messages,
             tools: (!tools.is_empty()).then_some(tools),
             ..ChatCompletionRequest::default()
         };
-        // Identifies this reply in the stream: its deltas and the assistant_message closing it.
-        let reply_id = codelab_core::new_id().to_string();
-        let started = Instant::now();
-        let answer = match self
-            .stream_answer(cx, request, &reply_id, agent, started, cancel)
-            .await
-        {
+        let reply = Reply {
+            id: codelab_core::new_id().to_string(),
+            agent,
+            started: Instant::now(),
+        };
+        let answer = match self.stream_answer(request, &reply, cancel).await {
             Ok(answer) => answer,
             Err(LlmError::Cancelled) => {
-                metrics::llm_request(started.elapsed(), false);
-                tracing::info!(session = %codelab_core::ids::log_reference(cx.session_id), "turn cancelled mid-step");
+                metrics::llm_request(reply.started.elapsed(), false);
+                tracing::info!(session = %codelab_core::ids::log_reference(self.cx.session_id), "turn cancelled mid-step");
                 return Ok(StepResult::Cancelled);
             }
             Err(error) => {
-                metrics::llm_request(started.elapsed(), false);
-                tracing::warn!(session = %codelab_core::ids::log_reference(cx.session_id), agent = agent.as_str(), %error, "LLM step failed");
+                metrics::llm_request(reply.started.elapsed(), false);
+                tracing::warn!(session = %codelab_core::ids::log_reference(self.cx.session_id), agent = agent.as_str(), %error, "LLM step failed");
                 return Ok(StepResult::Failed(RuntimeEvent::Error {
                     message: error.to_string(),
                     code: Some("llm_error".to_owned()),
                 }));
             }
         };
-        metrics::llm_request(started.elapsed(), true);
-        let end = self
-            .commit_reply(cx, turn, agent, &reply_id, answer)
-            .await?;
+        metrics::llm_request(reply.started.elapsed(), true);
+        let end = self.commit_reply(&reply, answer).await?;
         Ok(StepResult::Done(end))
     }
 
@@ -323,32 +198,30 @@ impl Engine {
     /// text is, as the `assistant_message` that follows).
     async fn stream_answer(
         &self,
-        cx: &Cx<'_>,
         request: ChatCompletionRequest,
-        reply_id: &str,
-        agent: AgentKind,
-        started: Instant,
+        reply: &Reply,
         cancel: &CancellationToken,
     ) -> Result<Answer, LlmError> {
         // Only `cancel_turn` cancels: a client leaving must not lose the answer. Dropping the
         // stream closes the connection, which cancels the upstream request.
-        let mut stream = self.llm.stream(request, cancel.clone()).await?;
+        let mut stream = self.engine.llm.stream(request, cancel.clone()).await?;
         let mut answer = Answer::default();
         let mut calls: BTreeMap<u32, CompletedToolCall> = BTreeMap::new();
         let mut first = true;
         while let Some(delta) = stream.next().await {
             let delta = delta?;
             if first && matches!(delta, LlmDelta::Text(_) | LlmDelta::ToolCallStart { .. }) {
-                metrics::llm_ttft(started.elapsed());
+                metrics::llm_ttft(reply.started.elapsed());
                 first = false;
             }
             match delta {
                 LlmDelta::Text(text) => {
                     answer.content.push_str(&text);
-                    cx.out
+                    self.cx
+                        .out
                         .send_unstored(RuntimeEvent::AssistantDelta {
-                            message_id: reply_id.to_owned(),
-                            agent: agent.as_str().to_owned(),
+                            message_id: reply.id.clone(),
+                            agent: reply.agent.as_str().to_owned(),
                             delta: text,
                         })
                         .await;
@@ -387,28 +260,113 @@ impl Engine {
     /// their verdicts, the results of refused and server-side calls, agent switches, the
     /// completion text when the turn ends, and the turn's new status — then announces it.
     async fn commit_reply(
-        &self,
-        cx: &Cx<'_>,
-        turn: &mut Turn,
-        agent: AgentKind,
-        reply_id: &str,
+        &mut self,
+        reply: &Reply,
         answer: Answer,
     ) -> Result<StepEnd, EngineError> {
-        let now = Utc::now();
-        let cap = usize::try_from(self.limits.max_tool_calls_per_step).unwrap_or(usize::MAX);
+        let session_id = self.cx.session_id;
+        let agent = reply.agent;
+        let PlannedCalls { planned, wire } = self.plan_calls(agent, &answer).await?;
+        let records: Vec<ToolCallRecord> = planned.iter().map(|p| p.record.clone()).collect();
+        let state = StepState::of(&records);
+        let mut messages = vec![NewMessage {
+            session_id: session_id.to_owned(),
+            role: Role::Assistant,
+            content: (!answer.content.is_empty()).then(|| answer.content.clone()),
+            agent: Some(agent.as_str().to_owned()),
+            tool_calls: (!wire.is_empty()).then_some(Value::Array(wire)),
+            tool_call_id: None,
+        }];
+        messages.extend(planned.iter().filter_map(|plan| {
+            plan.tool_message
+                .as_ref()
+                .map(|text| NewMessage::tool_result(session_id, &plan.record.call_id, text))
+        }));
+        messages.extend(state.completion_messages(session_id));
+        let now = self.engine.now();
+        let switches = planned
+            .iter()
+            .filter_map(|plan| plan.switch.as_ref())
+            .map(|switch| switch.record(session_id, now))
+            .collect();
+        let mut events = Vec::new();
+        if !answer.content.is_empty() {
+            events.push(RuntimeEvent::AssistantMessage {
+                message_id: reply.id.clone(),
+                agent: agent.as_str().to_owned(),
+                content: answer.content,
+            });
+        }
+        for plan in &planned {
+            events.extend(call_events(&plan.record, plan.switch.as_ref()));
+        }
+        events.extend(step_end_events(self.turn.steps, &state, true));
+        let status = state.turn_status();
+        let committed = self
+            .engine
+            .store
+            .commit_step(StepCommit {
+                session_id: session_id.to_owned(),
+                new_turn: None,
+                title: None,
+                messages,
+                calls: records,
+                switches,
+                turn: Some(
+                    self.turn
+                        .update_to(status, Some((TurnStatus::Running, self.turn.steps))),
+                ),
+                events,
+            })
+            .await?;
+        self.turn.status = status;
+        for plan in &planned {
+            if let Some(switch) = &plan.switch {
+                metrics::routing_decision(switch.to.as_str(), switch.method);
+            }
+            if !plan.record.status.is_open() {
+                metrics::tool_call_settled(&plan.record.tool_name, plan.record.status.as_str());
+            }
+        }
+        count_step_end(&state, true);
+        self.cx.out.send_all(committed.events).await;
+        Ok(match state {
+            StepState::Continue => StepEnd::Continue,
+            _ => StepEnd::Stop,
+        })
+    }
+
+    /// The reply's calls with the ids the IDE will see, checked, and settled at once when
+    /// refused or server-side (a `switch_mode` changes the agent for the calls after it).
+    async fn plan_calls(
+        &self,
+        agent: AgentKind,
+        answer: &Answer,
+    ) -> Result<PlannedCalls, EngineError> {
+        let engine = self.engine;
+        let session_id = self.cx.session_id;
+        let now = engine.now();
+        let check = CallCheck {
+            registry: &engine.registry,
+            hitl: &engine.hitl,
+            agent,
+            exemptions_allowed: self.exemptions_allowed(agent, answer).await?,
+            cap: usize::try_from(engine.limits.max_tool_calls_per_step).unwrap_or(usize::MAX),
+        };
         let mut taken_in_reply: HashSet<String> = HashSet::new();
         let mut current = agent;
-        let mut planned: Vec<Planned> = Vec::with_capacity(answer.calls.len());
-        let mut wire_calls: Vec<Value> = Vec::with_capacity(answer.calls.len());
-        let exemptions_allowed = self.exemptions_allowed(cx, agent, &answer).await?;
+        let mut calls = PlannedCalls {
+            planned: Vec::with_capacity(answer.calls.len()),
+            wire: Vec::with_capacity(answer.calls.len()),
+        };
         for (index, call) in answer.calls.iter().enumerate() {
-            let in_session = is_usable_id(&call.id)
-                && self.store.call_id_exists(cx.session_id, &call.id).await?;
+            let in_session =
+                is_usable_id(&call.id) && engine.store.call_id_exists(session_id, &call.id).await?;
             let call_id = choose_call_id(&call.id, |id| {
                 taken_in_reply.contains(id) || (in_session && id == call.id)
             });
             taken_in_reply.insert(call_id.clone());
-            wire_calls.push(json!({
+            calls.wire.push(json!({
                 "id": call_id,
                 "type": "function",
                 "function": {
@@ -418,9 +376,9 @@ impl Engine {
             }));
             let mut record = ToolCallRecord {
                 call_id: call_id.clone(),
-                session_id: cx.session_id.to_owned(),
-                turn_id: turn.id.clone(),
-                step: turn.steps,
+                session_id: session_id.to_owned(),
+                turn_id: self.turn.id.clone(),
+                step: self.turn.steps,
                 provider_call_id: (!call.id.is_empty() && call.id != call_id)
                     .then(|| call.id.clone()),
                 tool_name: call.name.clone(),
@@ -439,17 +397,7 @@ impl Engine {
             };
             let mut tool_message = None;
             let mut switch = None;
-            let verdict = check_call(
-                &self.registry,
-                &self.hitl,
-                agent,
-                exemptions_allowed,
-                index,
-                cap,
-                &call.name,
-                &call.arguments,
-            );
-            match verdict {
+            match check.verdict(index, &call.name, &call.arguments) {
                 Verdict::Invalid { arguments, error } => {
                     record.arguments = arguments;
                     record.status = ToolCallStatus::Invalid;
@@ -458,10 +406,16 @@ impl Engine {
                     record.error = Some(error);
                 }
                 Verdict::Server { arguments } => {
-                    match self.server_tool(&call.name, &arguments, current) {
+                    match server_tool(&engine.registry, &call.name, &arguments, current) {
                         Ok((message, to)) => {
                             if let Some((to, reason)) = to {
-                                switch = Some((current, to, reason));
+                                switch = Some(Switch {
+                                    from: current.as_str().to_owned(),
+                                    to,
+                                    reason,
+                                    confidence: None,
+                                    method: "tool",
+                                });
                                 current = to;
                             }
                             record.status = ToolCallStatus::Executed;
@@ -492,90 +446,13 @@ impl Engine {
                     };
                 }
             }
-            planned.push(Planned {
+            calls.planned.push(Planned {
                 record,
                 tool_message,
                 switch,
             });
         }
-
-        // The reply, its calls, their results, the switches, the turn's new state and the
-        // events telling about them: one transaction, then sent.
-        let records: Vec<ToolCallRecord> = planned.iter().map(|p| p.record.clone()).collect();
-        let state = StepState::of(&records);
-        let mut messages = vec![NewMessage {
-            session_id: cx.session_id.to_owned(),
-            role: Role::Assistant,
-            content: (!answer.content.is_empty()).then(|| answer.content.clone()),
-            agent: Some(agent.as_str().to_owned()),
-            tool_calls: (!wire_calls.is_empty()).then_some(Value::Array(wire_calls)),
-            tool_call_id: None,
-        }];
-        messages.extend(planned.iter().filter_map(|plan| {
-            plan.tool_message.as_ref().map(|text| NewMessage {
-                session_id: cx.session_id.to_owned(),
-                role: Role::Tool,
-                content: Some(text.clone()),
-                agent: None,
-                tool_calls: None,
-                tool_call_id: Some(plan.record.call_id.clone()),
-            })
-        }));
-        messages.extend(state.completion_messages(cx.session_id));
-        let switches = planned
-            .iter()
-            .filter_map(|plan| plan.switch.as_ref())
-            .map(|(from, to, reason)| {
-                self.switch_record(cx, from.as_str(), *to, reason.clone(), None, "tool")
-            })
-            .collect();
-        let mut events = Vec::new();
-        if !answer.content.is_empty() {
-            events.push(RuntimeEvent::AssistantMessage {
-                message_id: reply_id.to_owned(),
-                agent: agent.as_str().to_owned(),
-                content: answer.content,
-            });
-        }
-        for plan in &planned {
-            events.extend(call_events(&plan.record, plan.switch.as_ref()));
-        }
-        events.extend(step_end_events(turn.steps, &state, true));
-        let status = state.turn_status();
-        let committed = self
-            .store
-            .commit_step(StepCommit {
-                session_id: cx.session_id.to_owned(),
-                new_turn: None,
-                title: None,
-                messages,
-                calls: records,
-                switches,
-                turn: Some(TurnUpdate {
-                    turn_id: turn.id.clone(),
-                    status,
-                    steps: turn.steps,
-                    agent: turn.agent.clone(),
-                    expect: Some((TurnStatus::Running, turn.steps)),
-                }),
-                events,
-            })
-            .await?;
-        turn.status = status;
-        for plan in &planned {
-            if let Some((_, to, _)) = &plan.switch {
-                metrics::routing_decision(to.as_str(), "tool");
-            }
-            if !plan.record.status.is_open() {
-                metrics::tool_call_settled(&plan.record.tool_name, plan.record.status.as_str());
-            }
-        }
-        count_step_end(&state, true);
-        cx.out.send_all(committed.events).await;
-        Ok(match state {
-            StepState::Continue => StepEnd::Continue,
-            _ => StepEnd::Stop,
-        })
+        Ok(calls)
     }
 
     /// Whether `agent`'s HITL exemptions apply to this reply's calls: only when the user chose
@@ -583,114 +460,60 @@ impl Engine {
     /// "HITL policy file"). The switches are read only when it can matter.
     async fn exemptions_allowed(
         &self,
-        cx: &Cx<'_>,
         agent: AgentKind,
         answer: &Answer,
     ) -> Result<bool, EngineError> {
-        if answer.calls.is_empty() || self.hitl.exemptions(agent).is_empty() {
+        let engine = self.engine;
+        if answer.calls.is_empty() || engine.hitl.exemptions(agent).is_empty() {
             return Ok(true);
         }
-        let switches = self.store.list_switches(cx.session_id).await?;
+        let switches = engine.store.list_switches(self.cx.session_id).await?;
         Ok(hitl::agents_chosen_by_user(&switches).contains(&agent))
     }
+}
 
-    /// Runs a server-side tool: its tool message, and the agent to switch to (with the
-    /// reason) for a `switch_mode` that changes it. `current` is the agent at this point of
-    /// the reply (an earlier call of the same reply may have switched already).
-    fn server_tool(
-        &self,
-        name: &str,
-        arguments: &Value,
-        current: AgentKind,
-    ) -> Result<(String, Option<(AgentKind, String)>), String> {
-        match name {
-            "switch_mode" => {
-                let mode = arguments.get("mode").and_then(Value::as_str).unwrap_or("");
-                let Some(to) = AgentKind::parse(mode).filter(|k| self.registry.is_registered(*k))
-                else {
-                    return Err(format!("the agent \"{mode}\" is not available"));
-                };
-                if to == current {
-                    return Ok((
-                        format!("You are already the {to} agent; go on with the task"),
-                        None,
-                    ));
-                }
-                let reason = arguments
-                    .get("reason")
-                    .and_then(Value::as_str)
-                    .filter(|r| !r.trim().is_empty())
-                    .unwrap_or("Agent requested switch")
-                    .to_owned();
-                Ok((format!("Switched to {to} agent"), Some((to, reason))))
+/// Runs a server-side tool: its tool message, and the agent to switch to (with the
+/// reason) for a `switch_mode` that changes it. `current` is the agent at this point of
+/// the reply (an earlier call of the same reply may have switched already).
+fn server_tool(
+    registry: &AgentRegistry,
+    name: &str,
+    arguments: &Value,
+    current: AgentKind,
+) -> Result<(String, Option<(AgentKind, String)>), String> {
+    match name {
+        "switch_mode" => {
+            let mode = arguments.get("mode").and_then(Value::as_str).unwrap_or("");
+            let Some(to) = AgentKind::parse(mode).filter(|k| registry.is_registered(*k)) else {
+                return Err(format!("the agent \"{mode}\" is not available"));
+            };
+            if to == current {
+                return Ok((
+                    format!("You are already the {to} agent; go on with the task"),
+                    None,
+                ));
             }
-            "attempt_completion" => Ok(("completed".to_owned(), None)),
-            "ask_followup_question" => Ok((
-                "The question was shown to the user; their answer will come as the next user \
-                 message"
-                    .to_owned(),
-                None,
-            )),
-            other => Err(format!("{other} is not a server-side tool")),
+            let reason = arguments
+                .get("reason")
+                .and_then(Value::as_str)
+                .filter(|r| !r.trim().is_empty())
+                .unwrap_or("Agent requested switch")
+                .to_owned();
+            Ok((format!("Switched to {to} agent"), Some((to, reason))))
         }
-    }
-
-    /// What follows step `step` once its calls are settled (or some still wait), decided
-    /// from its stored calls: the end of the turn is committed with its completion text, and
-    /// the next step runs when the agent goes on. Used after a settlement and by recovery.
-    pub(crate) async fn continue_after_step(
-        &self,
-        cx: &Cx<'_>,
-        turn: &mut Turn,
-        step: i32,
-        calls: Vec<ToolCallRecord>,
-    ) -> Result<(), EngineError> {
-        let state = StepState::of(&calls);
-        match &state {
-            StepState::Complete(_) => {
-                // The completion text, the turn's end and their events in one transaction:
-                // after a crash the text is never stored twice, nor the turn left open.
-                let committed = self
-                    .store
-                    .commit_step(StepCommit {
-                        session_id: cx.session_id.to_owned(),
-                        messages: state.completion_messages(cx.session_id),
-                        turn: Some(TurnUpdate {
-                            turn_id: turn.id.clone(),
-                            status: TurnStatus::Completed,
-                            steps: turn.steps,
-                            agent: turn.agent.clone(),
-                            expect: Some((turn.status, turn.steps)),
-                        }),
-                        events: step_end_events(step, &state, false),
-                        ..StepCommit::default()
-                    })
-                    .await?;
-                turn.status = TurnStatus::Completed;
-                count_step_end(&state, false);
-                cx.out.send_all(committed.events).await;
-                Ok(())
-            }
-            StepState::Waiting(_) => {
-                for event in step_end_events(step, &state, false) {
-                    cx.out.emit(event).await?;
-                }
-                Ok(())
-            }
-            StepState::Continue => {
-                // `step_finished` is stored with the next step's start.
-                self.run_steps(cx, turn, false, step_end_events(step, &state, false))
-                    .await
-            }
-        }
+        "attempt_completion" => Ok(("completed".to_owned(), None)),
+        "ask_followup_question" => Ok((
+            "The question was shown to the user; their answer will come as the next user \
+             message"
+                .to_owned(),
+            None,
+        )),
+        other => Err(format!("{other} is not a server-side tool")),
     }
 }
 
 /// The events announcing one call of a fresh reply.
-fn call_events(
-    call: &ToolCallRecord,
-    switch: Option<&(AgentKind, AgentKind, String)>,
-) -> Vec<RuntimeEvent> {
+fn call_events(call: &ToolCallRecord, switch: Option<&Switch>) -> Vec<RuntimeEvent> {
     let tool_call = |requires_approval: bool| RuntimeEvent::ToolCall {
         call_id: call.call_id.clone(),
         tool_name: call.tool_name.clone(),
@@ -713,17 +536,14 @@ fn call_events(
             },
         ],
         ToolCallStatus::AwaitingResult => vec![tool_call(false)],
-        _ => switch
-            .map(|(from, to, reason)| switched_event(from.as_str(), *to, reason, None))
-            .into_iter()
-            .collect(),
+        _ => switch.map(Switch::event).into_iter().collect(),
     }
 }
 
 /// The events ending step `step`: `step_finished`; the completion texts and
 /// `turn_finished{completed}` when the turn ended; `turn_finished{awaiting_tools}` when the
 /// step just ran (`fresh`) and waits for the IDE.
-fn step_end_events(step: i32, state: &StepState, fresh: bool) -> Vec<RuntimeEvent> {
+pub(super) fn step_end_events(step: i32, state: &StepState, fresh: bool) -> Vec<RuntimeEvent> {
     let step = u32::try_from(step).unwrap_or(0);
     let finished = |pending: usize| RuntimeEvent::StepFinished {
         step,
@@ -759,7 +579,7 @@ fn step_end_events(step: i32, state: &StepState, fresh: bool) -> Vec<RuntimeEven
 }
 
 /// Counts the turn outcome a step end announced.
-fn count_step_end(state: &StepState, fresh: bool) {
+pub(super) fn count_step_end(state: &StepState, fresh: bool) {
     match state {
         StepState::Waiting(_) if fresh => metrics::turn(TurnStatus::AwaitingTools.as_str()),
         StepState::Complete(_) => metrics::turn(TurnStatus::Completed.as_str()),

@@ -1,4 +1,5 @@
-//! Agents (spec §2.3): the registered agents, and a session's agent context.
+//! Agents (`docs/agent-runtime.md`, "Internal API"): the registered agents, and a session's
+//! agent context.
 
 use std::sync::Arc;
 

@@ -17,21 +17,19 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
+use codelab_protocol::internal::SessionSummary;
 use serde_json::json;
 
 use crate::AppState;
 use crate::model::Session;
 use crate::store::StoreError;
 
-/// The header naming the user a request acts for.
-pub const USER_HEADER: &str = "x-codelab-user-id";
-/// The header the gateway sets in its development mode (`GATEWAY__SESSION_MODE=off`): a
-/// client-chosen session id may then create a session.
-pub const DEV_SESSIONS_HEADER: &str = "x-codelab-dev-sessions";
+use codelab_protocol::internal::is_bounded_id;
+/// The headers naming the user a request acts for, and the gateway's development mode
+/// (`GATEWAY__SESSION_MODE=off`: a client-chosen session id may then create a session).
+pub use codelab_protocol::internal::{DEV_SESSIONS_HEADER, USER_HEADER, is_valid_user_id};
 /// The owner of requests without [`USER_HEADER`] (single-user development setups).
 pub const DEV_USER: &str = "dev";
-/// Longest user id.
-const MAX_USER_ID_LEN: usize = 128;
 /// Longest client-chosen session id.
 const MAX_SESSION_ID_LEN: usize = 64;
 
@@ -99,16 +97,12 @@ impl From<StoreError> for HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!(
-                status = self.status.as_u16(),
-                cause = self.cause.as_deref().unwrap_or(""),
-                "{}",
-                self.detail
-            );
-        } else {
-            tracing::debug!(status = self.status.as_u16(), "{}", self.detail);
-        }
+        codelab_core::http::log_error(
+            self.status,
+            "http_error",
+            &self.detail,
+            self.cause.as_deref(),
+        );
         (self.status, Json(json!({ "detail": self.detail }))).into_response()
     }
 }
@@ -122,23 +116,9 @@ pub async fn not_found() -> HttpError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner(pub String);
 
-/// Whether `id` is a usable user id: 1 to 128 of `A-Z a-z 0-9 _ . - @ : |` (subjects such
-/// as UUIDs, `auth0|abc` or e-mail addresses pass; spaces and control characters do not).
-pub fn is_valid_user_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_USER_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-@:|".contains(&b))
-}
-
 /// Whether `id` may name a session a client chose: 1 to 64 of `A-Z a-z 0-9 _ . -`.
 pub fn is_valid_session_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_SESSION_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    is_bounded_id(id, MAX_SESSION_ID_LEN, b"_.-")
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Owner {
@@ -183,16 +163,21 @@ pub fn time(at: DateTime<Utc>) -> String {
 }
 
 /// A session as `GET /sessions/{id}` and the list show it (flat, as the Flutter IDE reads it).
-pub fn session_json(session: &Session) -> serde_json::Value {
-    json!({
-        "id": session.id,
-        "title": session.title,
-        "message_count": session.message_count,
-        "created_at": time(session.created_at),
-        "last_activity": time(session.last_activity),
-        "is_active": true,
-        "current_agent": session.current_agent,
-    })
+pub fn session_summary(session: &Session) -> SessionSummary {
+    SessionSummary {
+        created_at: Some(time(session.created_at)),
+        current_agent: Some(session.current_agent.clone()),
+        id: session.id.clone(),
+        is_active: true,
+        last_activity: Some(time(session.last_activity)),
+        message_count: count(session.message_count),
+        title: session.title.clone(),
+    }
+}
+
+/// A stored count as the API shows it (never negative).
+pub fn count(stored: i64) -> u64 {
+    u64::try_from(stored).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Sessions (spec §2.2, with the original's quirks fixed): create, list with a real total,
-//! read, rename, delete, history with the agent context, stored events, pending approvals.
+//! Sessions (`docs/agent-runtime.md`, "Internal API"; the original's quirks fixed): create,
+//! list with a real total, read, rename, delete, history with the agent context, stored
+//! events, pending approvals.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,13 +11,19 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use codelab_protocol::internal::{
+    ActiveTurn, ApprovalDetails, HistoryAgentSwitch, HistoryMessage, HistoryToolCall, OpenCall,
+    PendingApproval, PendingApprovals, SessionHistory, SessionOwner, SessionPage, SessionSummary,
+    StoredEvents,
+};
 use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent, TurnOutcome};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 use super::stream::create;
 use super::{
-    HttpError, Owner, dev_sessions, is_valid_session_id, owned_session, session_json, time,
+    HttpError, Owner, count, dev_sessions, is_valid_session_id, owned_session, session_summary,
+    time,
 };
 use crate::AppState;
 use crate::engine::{MAX_TITLE_CHARS, Work};
@@ -75,6 +82,12 @@ fn object_body(body: &Bytes, empty_ok: bool) -> Result<Map<String, Value>, HttpE
     }
 }
 
+/// The `limit` parameter: 1 to [`MAX_LIMIT`], `default` when absent.
+fn limit(params: &HashMap<String, String>, default: u32) -> Result<u32, HttpError> {
+    let limit = number(params, "limit", u64::from(default), 1, u64::from(MAX_LIMIT))?;
+    Ok(u32::try_from(limit).unwrap_or(MAX_LIMIT))
+}
+
 /// `POST /sessions`: a new session with a random UUID v4 id (the gateway hands it to the IDE
 /// as a capability). `{"session_id"}` chooses the id, in the development mode only.
 pub async fn create_session(
@@ -90,7 +103,7 @@ pub async fn create_session(
         Some(_) => return Err(HttpError::bad_request("session_id must be a string")),
     };
     let id = match requested {
-        None => uuid::Uuid::new_v4().to_string(),
+        None => codelab_core::ids::new_random_id().to_string(),
         Some(_) if !dev_sessions(&headers) => {
             return Err(HttpError::bad_request(
                 "a client-chosen session_id is only accepted in the development session mode \
@@ -105,14 +118,15 @@ pub async fn create_session(
         Some(id) => id,
     };
     let session = create(&state, &owner, id).await?;
-    let body = json!({
-        "id": session.id,
-        "message_count": 0,
-        "created_at": time(session.created_at),
-        "is_active": true,
-        "current_agent": session.current_agent,
-        "title": null,
-    });
+    let body = SessionSummary {
+        created_at: Some(time(session.created_at)),
+        current_agent: Some(session.current_agent),
+        id: session.id,
+        is_active: true,
+        last_activity: None,
+        message_count: 0,
+        title: None,
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -122,20 +136,11 @@ pub async fn list_sessions(
     State(state): State<Arc<AppState>>,
     owner: Owner,
     query: Params,
-) -> Result<Json<Value>, HttpError> {
+) -> Result<Json<SessionPage>, HttpError> {
     let params = params(query)?;
-    let limit = number(
-        &params,
-        "limit",
-        u64::from(DEFAULT_LIMIT),
-        1,
-        u64::from(MAX_LIMIT),
-    )?;
+    let limit = limit(&params, DEFAULT_LIMIT)?;
     let offset = number(&params, "offset", 0, 0, u64::from(u32::MAX))?;
-    let (limit, offset) = (
-        u32::try_from(limit).unwrap_or(MAX_LIMIT),
-        u32::try_from(offset).unwrap_or(u32::MAX),
-    );
+    let offset = u32::try_from(offset).unwrap_or(u32::MAX);
     let search = params
         .get("search")
         .map(|s| s.trim().to_owned())
@@ -149,12 +154,12 @@ pub async fn list_sessions(
             offset,
         })
         .await?;
-    Ok(Json(json!({
-        "sessions": sessions.iter().map(session_json).collect::<Vec<_>>(),
-        "total": total,
-        "limit": limit,
-        "offset": offset,
-    })))
+    Ok(Json(SessionPage {
+        limit,
+        offset,
+        sessions: sessions.iter().map(session_summary).collect(),
+        total,
+    }))
 }
 
 /// `GET /sessions/{id}`: the flat session object.
@@ -162,9 +167,9 @@ pub async fn get_session(
     State(state): State<Arc<AppState>>,
     owner: Owner,
     Path(session_id): Path<String>,
-) -> Result<Json<Value>, HttpError> {
+) -> Result<Json<SessionSummary>, HttpError> {
     let session = owned_session(&state, &owner, &session_id).await?;
-    Ok(Json(session_json(&session)))
+    Ok(Json(session_summary(&session)))
 }
 
 /// `GET /internal/sessions/{id}/owner`: `{"owner": "<user id>"}` of a live session, 404
@@ -174,9 +179,11 @@ pub async fn get_session(
 pub async fn session_owner(
     State(state): State<Arc<AppState>>,
     Path(session_id): Path<String>,
-) -> Result<Json<Value>, HttpError> {
+) -> Result<Json<SessionOwner>, HttpError> {
     match state.store.get_session(&session_id).await? {
-        Some(session) => Ok(Json(json!({ "owner": session.owner }))),
+        Some(session) => Ok(Json(SessionOwner {
+            owner: session.owner,
+        })),
         None => Err(HttpError::session_not_found(&session_id)),
     }
 }
@@ -187,7 +194,7 @@ pub async fn update_session(
     owner: Owner,
     Path(session_id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, HttpError> {
+) -> Result<Json<SessionSummary>, HttpError> {
     owned_session(&state, &owner, &session_id).await?;
     let body = object_body(&body, false)?;
     let title = match body.get("title") {
@@ -206,7 +213,7 @@ pub async fn update_session(
     }
     state.store.set_title(&session_id, &title).await?;
     let session = owned_session(&state, &owner, &session_id).await?;
-    Ok(Json(session_json(&session)))
+    Ok(Json(session_summary(&session)))
 }
 
 /// `DELETE /sessions/{id}`: 204, after which the session is gone for every read.
@@ -226,26 +233,18 @@ pub async fn delete_session(
 }
 
 /// One message of the history page: OpenAI style, null keys left out.
-fn message_json(message: &Message) -> Value {
-    let mut out = Map::new();
-    out.insert("role".into(), json!(message.role.as_str()));
-    // The original wrote `""` for an assistant message that only calls tools.
-    out.insert(
-        "content".into(),
-        json!(message.content.clone().unwrap_or_default()),
-    );
-    if message.role == Role::Assistant
-        && let Some(agent) = &message.agent
-    {
-        out.insert("name".into(), json!(agent));
+fn history_message(message: &Message) -> HistoryMessage {
+    HistoryMessage {
+        // The original wrote `""` for an assistant message that only calls tools.
+        content: message.content.clone().unwrap_or_default(),
+        name: message
+            .agent
+            .clone()
+            .filter(|_| message.role == Role::Assistant),
+        role: message.role.as_str().to_owned(),
+        tool_call_id: message.tool_call_id.clone(),
+        tool_calls: message.tool_calls.clone().filter(|c| !c.is_null()),
     }
-    if let Some(id) = &message.tool_call_id {
-        out.insert("tool_call_id".into(), json!(id));
-    }
-    if let Some(calls) = message.tool_calls.as_ref().filter(|c| !c.is_null()) {
-        out.insert("tool_calls".into(), calls.clone());
-    }
-    Value::Object(out)
 }
 
 /// `GET /sessions/{id}/history`: messages, the agent context and every tool call's state.
@@ -253,54 +252,65 @@ pub async fn session_history(
     State(state): State<Arc<AppState>>,
     owner: Owner,
     Path(session_id): Path<String>,
-) -> Result<Json<Value>, HttpError> {
+) -> Result<Json<SessionHistory>, HttpError> {
     let session = owned_session(&state, &owner, &session_id).await?;
     let messages = state.store.list_messages(&session_id).await?;
     let switches = state.store.list_switches(&session_id).await?;
     let calls = state.store.list_session_calls(&session_id).await?;
     // What the session waits for right now (after a restart too): the unfinished turn and
     // its open calls.
-    let active_turn = state.store.active_turn(&session_id).await?.map(|turn| {
-        json!({
-            "id": turn.id,
-            "status": turn.status.as_str(),
-            "step": turn.steps,
-            "agent": turn.agent,
-            "cancel_requested": turn.cancel_requested_at.is_some(),
-            "open_calls": calls
+    let active_turn = state
+        .store
+        .active_turn(&session_id)
+        .await?
+        .map(|turn| ActiveTurn {
+            open_calls: calls
                 .iter()
                 .filter(|c| c.turn_id == turn.id && c.status.is_open())
-                .map(|c| json!({"call_id": c.call_id, "tool_name": c.tool_name,
-                    "status": c.status.as_str()}))
-                .collect::<Vec<_>>(),
-        })
-    });
-    Ok(Json(json!({
-        "session_id": session.id,
-        "messages": messages.iter().map(message_json).collect::<Vec<_>>(),
-        "message_count": session.message_count,
-        "last_activity": time(session.last_activity),
-        "current_agent": session.current_agent,
-        "agent_history": switches.iter().map(|s| json!({
-            "from": s.from_agent,
-            "to": s.to_agent,
-            "reason": s.reason,
-            "timestamp": time(s.created_at),
-            "confidence": s.confidence,
-            "method": s.method,
-        })).collect::<Vec<_>>(),
-        "tool_calls": calls.iter().map(|c| json!({
-            "call_id": c.call_id,
-            "tool_name": c.tool_name,
-            "arguments": c.arguments,
-            "status": c.status.as_str(),
-            "requires_approval": c.requires_approval,
-            "decision": c.decision,
-            "result": c.result,
-            "error": c.error,
-        })).collect::<Vec<_>>(),
-        "active_turn": active_turn,
-    })))
+                .map(|c| OpenCall {
+                    call_id: c.call_id.clone(),
+                    status: c.status.as_str().to_owned(),
+                    tool_name: c.tool_name.clone(),
+                })
+                .collect(),
+            agent: turn.agent,
+            cancel_requested: turn.cancel_requested_at.is_some(),
+            id: turn.id,
+            status: turn.status.as_str().to_owned(),
+            step: u32::try_from(turn.steps).unwrap_or_default(),
+        });
+    Ok(Json(SessionHistory {
+        active_turn,
+        agent_history: switches
+            .into_iter()
+            .map(|s| HistoryAgentSwitch {
+                confidence: s.confidence,
+                from: s.from_agent,
+                method: s.method,
+                reason: s.reason,
+                timestamp: time(s.created_at),
+                to: s.to_agent,
+            })
+            .collect(),
+        current_agent: session.current_agent,
+        last_activity: time(session.last_activity),
+        message_count: count(session.message_count),
+        messages: messages.iter().map(history_message).collect(),
+        session_id: session.id,
+        tool_calls: calls
+            .into_iter()
+            .map(|c| HistoryToolCall {
+                arguments: c.arguments,
+                call_id: c.call_id,
+                decision: c.decision,
+                error: c.error,
+                requires_approval: c.requires_approval,
+                result: c.result,
+                status: c.status.as_str().to_owned(),
+                tool_name: c.tool_name,
+            })
+            .collect(),
+    }))
 }
 
 /// `POST /sessions/{id}/cancel`: the REST form of a `cancel_turn` frame (body empty or
@@ -354,26 +364,13 @@ pub async fn session_events(
     owner: Owner,
     Path(session_id): Path<String>,
     query: Params,
-) -> Result<Json<Value>, HttpError> {
+) -> Result<Json<StoredEvents>, HttpError> {
     owned_session(&state, &owner, &session_id).await?;
     let params = params(query)?;
     let after = number(&params, "after", 0, 0, i64::MAX.unsigned_abs())?;
-    let limit = number(
-        &params,
-        "limit",
-        u64::from(DEFAULT_EVENTS_LIMIT),
-        1,
-        u64::from(MAX_LIMIT),
-    )?;
-    let events = state
-        .store
-        .list_events(
-            &session_id,
-            after,
-            u32::try_from(limit).unwrap_or(MAX_LIMIT),
-        )
-        .await?;
-    Ok(Json(json!({ "events": events })))
+    let limit = limit(&params, DEFAULT_EVENTS_LIMIT)?;
+    let events = state.store.list_events(&session_id, after, limit).await?;
+    Ok(Json(StoredEvents { events }))
 }
 
 /// `GET /sessions/{id}/pending-approvals`: calls waiting for a person, oldest first, in the
@@ -382,31 +379,31 @@ pub async fn pending_approvals(
     State(state): State<Arc<AppState>>,
     owner: Owner,
     Path(session_id): Path<String>,
-) -> Result<Json<Value>, HttpError> {
+) -> Result<Json<PendingApprovals>, HttpError> {
     owned_session(&state, &owner, &session_id).await?;
-    let pending: Vec<Value> = state
+    let pending: Vec<PendingApproval> = state
         .store
         .list_open_calls(&session_id)
         .await?
         .into_iter()
         .filter(|c| c.status == ToolCallStatus::PendingApproval)
-        .map(|c| {
-            json!({
-                "request_id": c.call_id,
-                "request_type": "tool",
-                "subject": c.tool_name,
-                "details": {"arguments": c.arguments},
-                "reason": c.approval_reason,
-                "created_at": time(c.created_at),
-                "call_id": c.call_id,
-                "tool_name": c.tool_name,
-                "arguments": c.arguments,
-            })
+        .map(|c| PendingApproval {
+            details: ApprovalDetails {
+                arguments: c.arguments.clone(),
+            },
+            arguments: c.arguments,
+            request_id: c.call_id.clone(),
+            call_id: c.call_id,
+            created_at: time(c.created_at),
+            reason: c.approval_reason,
+            request_type: "tool".to_owned(),
+            subject: c.tool_name.clone(),
+            tool_name: c.tool_name,
         })
         .collect();
-    Ok(Json(json!({
-        "session_id": session_id,
-        "count": pending.len(),
-        "pending_approvals": pending,
-    })))
+    Ok(Json(PendingApprovals {
+        count: pending.len(),
+        pending_approvals: pending,
+        session_id,
+    }))
 }

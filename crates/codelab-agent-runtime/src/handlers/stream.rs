@@ -1,8 +1,9 @@
 //! `POST /agent/message/stream`: one client frame in, a stream of our events out.
 //!
-//! Body `{"session_id": "...", "message": {<client frame>}}`. Everything that can be refused
-//! without touching the session's state is refused here with a 400 (malformed frame, unknown
-//! agent) or 404 (unknown or foreign session), before any stream starts. The work itself
+//! Body: a [`StreamRequest`], `{"session_id": "...", "message": {<client frame>}}`, decoded
+//! once from the request's bytes. Everything that can be refused without touching the
+//! session's state is refused here with a 400 (malformed frame or session id, unknown agent)
+//! or 404 (unknown or foreign session), before any stream starts. The work itself
 //! runs in a tracked task under the session lock; the response relays what it emits as
 //! `data: <SequencedEvent JSON>\n\n` records and ends when the work is done. A client that
 //! goes away does not stop the work.
@@ -14,9 +15,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use codelab_protocol::ide::parse_client_frame;
+use codelab_protocol::internal::StreamRequest;
 use codelab_protocol::runtime::SequencedEvent;
-use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::{HttpError, Owner, dev_sessions, is_valid_session_id};
@@ -36,40 +36,23 @@ pub async fn stream_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|e| HttpError::bad_request(format!("invalid JSON in request body: {e}")))?;
-    let Value::Object(body) = body else {
-        return Err(HttpError::bad_request(
-            "expected a JSON object with \"session_id\" and \"message\"",
-        ));
-    };
-    let message = match body.get("message") {
-        None | Some(Value::Null) => {
-            return Err(HttpError::bad_request(
-                "\"message\" is required: the client frame to process",
-            ));
-        }
-        Some(message) => message.to_string(),
-    };
-    let (frame, _) =
-        parse_client_frame(&message).map_err(|e| HttpError::bad_request(e.to_string()))?;
-    let work = Work::from_frame(frame, state.engine.registry())
+    let StreamRequest {
+        message,
+        session_id,
+    } = StreamRequest::from_json(&body).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let work = Work::from_frame(message, state.engine.registry())
         .map_err(|e| HttpError::bad_request(e.0))?;
-    let session_id = match body.get("session_id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(id)) if !id.trim().is_empty() => Some(id.clone()),
-        Some(_) => {
-            return Err(HttpError::bad_request(
-                "session_id must be a non-empty string",
-            ));
-        }
-    };
     let session = match session_id {
         Some(id) => resolve_session(&state, &owner, &id, dev_sessions(&headers)).await?,
         // The gateway's auto-session mode sends no id with a first user message: a new
         // session is made, and the stream's `session_info` tells its id.
         None if matches!(work, Work::UserMessage { .. }) => {
-            create(&state, &owner, uuid::Uuid::new_v4().to_string()).await?
+            create(
+                &state,
+                &owner,
+                codelab_core::ids::new_random_id().to_string(),
+            )
+            .await?
         }
         None => {
             return Err(HttpError::bad_request(

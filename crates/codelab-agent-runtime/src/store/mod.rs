@@ -1,5 +1,6 @@
-//! Storage of the agent runtime: one trait, implemented for PostgreSQL and SQLite, each with its
-//! own migrations, and one conformance suite run against both (`tests/store_conformance.rs`).
+//! Storage of the agent runtime: one trait, implemented once for PostgreSQL and SQLite
+//! ([`sql_store::SqlStore`]; `postgres.rs` and `sqlite.rs` keep only the migrations and the
+//! session lock), and one conformance suite run against both (`tests/store_conformance.rs`).
 //!
 //! Everything stored is stored before it is emitted; every state change that must not race
 //! (settling a tool call) or must not be seen half done after a crash (a step's outcome, see
@@ -7,49 +8,27 @@
 
 pub mod postgres;
 mod rows;
+pub mod sql_store;
 pub mod sqlite;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use codelab_core::clock::SharedClock;
 use codelab_core::db::DbPool;
 use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
+
+pub use sql_store::SqlStore;
 
 use crate::model::{
     AgentSwitch, Committed, Message, NewMessage, NewSession, Session, SessionQuery, StepCommit,
     ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
 };
 
-/// A storage failure.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The id is taken.
-    #[error("{0} already exists")]
-    Conflict(String),
-    #[error("{0} not found")]
-    NotFound(String),
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("migration failed: {0}")]
-    Migration(String),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-    /// A conditional write found the row in another state than expected (someone else
-    /// changed it meanwhile); nothing was written.
-    #[error("{0}")]
-    Stale(String),
-}
-
-/// A cell that could not be read is a driver error or corrupt data.
-impl From<codelab_core::db::cells::CellError> for StoreError {
-    fn from(error: codelab_core::db::cells::CellError) -> Self {
-        match error {
-            codelab_core::db::cells::CellError::Database(error) => Self::Database(error),
-            codelab_core::db::cells::CellError::Corrupt(message) => Self::Corrupt(message),
-        }
-    }
-}
+/// A storage failure (shared by every service store; `Stale` is the runtime's conditional
+/// writes).
+pub use codelab_core::db::StoreError;
 
 /// Held while a session's turn is processed; dropping it releases the session for others
 /// (PostgreSQL: an advisory lock on a dedicated connection; SQLite: a process-wide mutex).
@@ -177,10 +156,14 @@ pub trait RuntimeStore: Send + Sync + 'static {
     ) -> Result<Vec<SequencedEvent>, StoreError>;
 }
 
-/// Opens the store for a connected pool and runs its migrations.
-pub async fn open_store(pool: DbPool) -> Result<Arc<dyn RuntimeStore>, StoreError> {
-    match pool {
-        DbPool::Postgres(pool) => Ok(Arc::new(postgres::PostgresStore::open(pool).await?)),
-        DbPool::Sqlite(pool) => Ok(Arc::new(sqlite::SqliteStore::open(pool).await?)),
-    }
+/// Opens the store for a connected pool and runs its migrations; `clock` dates what the store
+/// stamps itself (activity, deletion, settling, cancel requests).
+pub async fn open_store(
+    pool: DbPool,
+    clock: SharedClock,
+) -> Result<Arc<dyn RuntimeStore>, StoreError> {
+    Ok(match pool {
+        DbPool::Postgres(pool) => Arc::new(SqlStore::open(pool, clock).await?),
+        DbPool::Sqlite(pool) => Arc::new(SqlStore::open(pool, clock).await?),
+    })
 }

@@ -1,20 +1,21 @@
 //! What both backends share: SQL text ([`sql`]), row mapping and value encoding, so a record
 //! reads the same way from PostgreSQL and SQLite (cells are read through
-//! `codelab_core::db::cells`). Each backend only says how to bind a timestamp.
+//! `codelab_core::db::cells`).
 //!
 //! Stored forms: timestamps are `TIMESTAMPTZ` on PostgreSQL and fixed-width RFC 3339 UTC text
-//! on SQLite (`2024-01-02T03:04:05.123456Z`), so text order is time order in SQL comparisons;
+//! on SQLite (`2024-01-02T03:04:05.123456Z`), so text order is time order in SQL comparisons
+//! (`codelab_core::db::DbTime` binds either form, so bind it, never a bare `DateTime`);
 //! JSON is `JSONB` on PostgreSQL and JSON text on SQLite (sqlx's `Json` binds either).
 
-pub(super) use codelab_core::db::cells::{Cells, now, sqlite_time};
+use codelab_core::db::cells::Cells;
 use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 use serde_json::Value;
 use sqlx::types::Json;
 
 use super::StoreError;
 use crate::model::{
-    AgentSwitch, Message, NewMessage, Role, Session, ToolCallRecord, ToolCallStatus, Turn,
-    TurnStatus, TurnUpdate,
+    AgentSwitch, Message, Role, Session, ToolCallRecord, ToolCallStatus, Turn, TurnStatus,
+    TurnUpdate,
 };
 
 /// A JSON value to bind (JSONB on PostgreSQL, text on SQLite).
@@ -60,36 +61,6 @@ pub(super) fn clamp_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// Maps a constraint violation to the error callers expect: `Conflict(what)` for a taken key,
-/// `NotFound(missing)` for a missing parent row.
-pub(super) fn classify(
-    err: sqlx::Error,
-    what: impl FnOnce() -> String,
-    missing: &str,
-) -> StoreError {
-    if let sqlx::Error::Database(db) = &err {
-        if db.is_unique_violation() {
-            return StoreError::Conflict(what());
-        }
-        if db.is_foreign_key_violation() {
-            return StoreError::NotFound(missing.to_owned());
-        }
-    }
-    StoreError::Database(err)
-}
-
-/// The `tool` message answering `call_id`.
-pub(super) fn tool_message(session_id: &str, call_id: &str, text: &str) -> NewMessage {
-    NewMessage {
-        session_id: session_id.to_owned(),
-        role: Role::Tool,
-        content: Some(text.to_owned()),
-        agent: None,
-        tool_calls: None,
-        tool_call_id: Some(call_id.to_owned()),
-    }
-}
-
 /// The error of a turn update that touched no row: `Stale` when it was conditional (the turn
 /// moved on, or is gone), `NotFound` otherwise.
 pub(super) fn turn_not_updated(update: &TurnUpdate) -> StoreError {
@@ -110,14 +81,6 @@ pub(super) fn session_name(session_id: &str) -> String {
 
 // ---- records ----
 
-/// Maps every row with `map`.
-pub(super) fn all<R, T>(
-    rows: &[R],
-    map: impl Fn(&R) -> Result<T, StoreError>,
-) -> Result<Vec<T>, StoreError> {
-    rows.iter().map(map).collect()
-}
-
 /// A row of [`sql::SESSION_COLUMNS`].
 pub(super) fn session(row: &impl Cells) -> Result<Session, StoreError> {
     Ok(Session {
@@ -133,12 +96,16 @@ pub(super) fn session(row: &impl Cells) -> Result<Session, StoreError> {
 
 /// A row of the message columns (the id read as text).
 pub(super) fn message(row: &impl Cells) -> Result<Message, StoreError> {
-    let role = row.text("role")?;
     Ok(Message {
         id: row.text("id")?,
         session_id: row.text("session_id")?,
         seq: row.int("seq")?,
-        role: parse_role(&role)?,
+        role: named(
+            row,
+            "role",
+            Role::parse,
+            "a message role (user, assistant, system, tool)",
+        )?,
         content: row.opt_text("content")?,
         agent: row.opt_text("agent")?,
         tool_calls: row.opt_json("tool_calls")?,
@@ -147,18 +114,15 @@ pub(super) fn message(row: &impl Cells) -> Result<Message, StoreError> {
     })
 }
 
-fn parse_role(role: &str) -> Result<Role, StoreError> {
-    Ok(match role {
-        "user" => Role::User,
-        "assistant" => Role::Assistant,
-        "system" => Role::System,
-        "tool" => Role::Tool,
-        other => {
-            return Err(StoreError::Corrupt(format!(
-                "expected a message role (user, assistant, system, tool), got {other:?}"
-            )));
-        }
-    })
+/// A column holding one of a fixed set of names, read with `parse`; `Corrupt` otherwise.
+fn named<T>(
+    row: &impl Cells,
+    column: &str,
+    parse: fn(&str) -> Option<T>,
+    expected: &str,
+) -> Result<T, StoreError> {
+    let name = row.text(column)?;
+    parse(&name).ok_or_else(|| StoreError::Corrupt(format!("expected {expected}, got {name:?}")))
 }
 
 /// A row of [`sql::SWITCH_COLUMNS`].
@@ -176,7 +140,6 @@ pub(super) fn switch(row: &impl Cells) -> Result<AgentSwitch, StoreError> {
 
 /// A row of [`sql::CALL_COLUMNS`].
 pub(super) fn tool_call(row: &impl Cells) -> Result<ToolCallRecord, StoreError> {
-    let status = row.text("status")?;
     Ok(ToolCallRecord {
         call_id: row.text("call_id")?,
         session_id: row.text("session_id")?,
@@ -188,9 +151,7 @@ pub(super) fn tool_call(row: &impl Cells) -> Result<ToolCallRecord, StoreError> 
         requires_approval: row.flag("requires_approval")?,
         approval_reason: row.opt_text("approval_reason")?,
         agent: row.text("agent")?,
-        status: ToolCallStatus::parse(&status).ok_or_else(|| {
-            StoreError::Corrupt(format!("expected a tool call status, got {status:?}"))
-        })?,
+        status: named(row, "status", ToolCallStatus::parse, "a tool call status")?,
         decision: row.opt_text("decision")?,
         feedback: row.opt_text("feedback")?,
         modified_arguments: row.opt_json("modified_arguments")?,
@@ -203,13 +164,10 @@ pub(super) fn tool_call(row: &impl Cells) -> Result<ToolCallRecord, StoreError> 
 
 /// A row of [`sql::TURN_COLUMNS`].
 pub(super) fn turn(row: &impl Cells) -> Result<Turn, StoreError> {
-    let status = row.text("status")?;
     Ok(Turn {
         id: row.text("id")?,
         session_id: row.text("session_id")?,
-        status: TurnStatus::parse(&status).ok_or_else(|| {
-            StoreError::Corrupt(format!("expected a turn status, got {status:?}"))
-        })?,
+        status: named(row, "status", TurnStatus::parse, "a turn status")?,
         steps: row.int32("steps")?,
         agent: row.text("agent")?,
         created_at: row.time("created_at")?,
@@ -234,9 +192,11 @@ pub(super) fn event_seq(seq: i64) -> Result<u64, StoreError> {
 
 /// SQL text shared by both backends: PostgreSQL and SQLite (≥ 3.35, for `RETURNING`) agree on
 /// every statement here, and sqlx binds `$n` placeholders on both. What differs is only the
-/// type of bound timestamps (see the module docs) and the message id (`UUID` on PostgreSQL,
-/// so its statements live in the backend files).
+/// type of bound timestamps (`DbTime` binds each database's form, see the module docs) and
+/// the bound message id ([`insert_message`]).
 pub(super) mod sql {
+    use codelab_core::db::DbKind;
+
     /// Restricts a statement whose `$1` is a session id to live (not deleted) sessions:
     /// soft-deleted sessions are invisible to every read.
     macro_rules! live_session {
@@ -286,7 +246,27 @@ pub(super) mod sql {
         };
     }
 
-    pub(in crate::store) use live_session;
+    /// The message id is a `UUID` column on PostgreSQL and text on SQLite; sqlx here has no
+    /// `uuid` type support, so it is read as text on both (a no-op cast on SQLite).
+    macro_rules! message_columns {
+        () => {
+            "CAST(id AS TEXT) AS id, session_id, seq, role, content, agent, tool_calls, \
+             tool_call_id, created_at"
+        };
+    }
+
+    /// Inserts a message and returns it, with `$1` (the id, bound as text) spelled `id`.
+    macro_rules! insert_message {
+        ($id:literal) => {
+            concat!(
+                "INSERT INTO messages (id, session_id, seq, role, content, agent, tool_calls, \
+                 tool_call_id, created_at) VALUES (",
+                $id,
+                ", $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
+                message_columns!()
+            )
+        };
+    }
 
     pub(in crate::store) const PING: &str = "SELECT 1";
 
@@ -317,8 +297,8 @@ pub(super) mod sql {
          ORDER BY last_activity DESC, id LIMIT $3 OFFSET $4"
     );
 
-    /// $1 owner, $2 pattern or NULL (as [`LIST_SESSIONS`]).
-    pub(in crate::store) const COUNT_SESSIONS: &str = "SELECT COUNT(*) FROM sessions \
+    /// $1 owner, $2 pattern or NULL (as [`LIST_SESSIONS`]); the count is `total`.
+    pub(in crate::store) const COUNT_SESSIONS: &str = "SELECT COUNT(*) AS total FROM sessions \
          WHERE owner = $1 AND deleted_at IS NULL \
          AND ($2 IS NULL OR title_folded LIKE $2 ESCAPE '\\')";
 
@@ -343,6 +323,26 @@ pub(super) mod sql {
     /// CASCADE`.
     pub(in crate::store) const PURGE_SESSIONS: &str = "DELETE FROM sessions WHERE id IN \
          (SELECT id FROM sessions WHERE last_activity < $1 ORDER BY last_activity LIMIT $2)";
+
+    // ---- messages ----
+
+    /// $1 id, $2 session, $3 seq, $4 role, $5 content, $6 agent, $7 tool calls, $8 tool call
+    /// id, $9 now; the id is cast to `UUID` on PostgreSQL.
+    pub(in crate::store) fn insert_message(kind: DbKind) -> &'static str {
+        match kind {
+            DbKind::Postgres => insert_message!("CAST($1 AS UUID)"),
+            DbKind::Sqlite => insert_message!("$1"),
+        }
+    }
+
+    /// $1 session.
+    pub(in crate::store) const LIST_MESSAGES: &str = concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages WHERE session_id = $1 AND ",
+        live_session!(),
+        " ORDER BY seq"
+    );
 
     // ---- sequence numbers ----
 
@@ -420,11 +420,11 @@ pub(super) mod sql {
         " ORDER BY id"
     );
 
-    /// No parameters. Calls waiting for a human decision in every live session (all replicas
+    /// No parameters; the count is `total`. Calls waiting for a human decision in every live session (all replicas
     /// share the database, so this is the deployment's number). The open-call predicate is
     /// repeated so SQLite may use the partial index `ix_tool_calls_open`.
     pub(in crate::store) const COUNT_PENDING_APPROVALS: &str = concat!(
-        "SELECT COUNT(*) FROM tool_calls c WHERE c.",
+        "SELECT COUNT(*) AS total FROM tool_calls c WHERE c.",
         open_statuses!(),
         " AND c.status = 'pending_approval' AND EXISTS (SELECT 1 FROM sessions s \
          WHERE s.id = c.session_id AND s.deleted_at IS NULL)"

@@ -76,11 +76,18 @@ async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<User, OA
     }
 }
 
-/// The audit actor of an admin API call: the administrator and the client's IP bucket (the
-/// same resolution through trusted proxies as the limits use).
-fn acting_admin(state: &AppState, admin: &User, caller: Caller, headers: &HeaderMap) -> Actor {
+/// The administrator making a changing call ([`require_admin`]) and its audit actor: the
+/// administrator and the client's IP bucket (the same resolution through trusted proxies as
+/// the limits use).
+async fn acting_admin(
+    state: &AppState,
+    caller: Caller,
+    headers: &HeaderMap,
+) -> Result<(User, Actor), OAuthError> {
+    let admin = require_admin(state, headers).await?;
     let context = RequestContext::new(state, caller, headers);
-    Actor::admin_api(admin.id.clone(), context.ip, context.user_agent)
+    let actor = Actor::admin_api(admin.id.clone(), context.ip, context.user_agent);
+    Ok((admin, actor))
 }
 
 fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, OAuthError> {
@@ -147,17 +154,26 @@ fn check_password_length(password: &str) -> Result<(), OAuthError> {
 
 /// `GET /admin/users`: every user, by username.
 pub async fn list_users(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    answer(
-        async {
-            require_admin(&state, &headers).await?;
-            let users = admin::list_users(state.store.as_ref())
-                .await
-                .map_err(admin_error)?;
-            let users: Vec<Value> = users.iter().map(user_json).collect();
-            Ok((StatusCode::OK, json!({ "users": users })))
-        }
-        .await,
-    )
+    let store = state.store.as_ref();
+    let list = async {
+        let users = admin::list_users(store).await.map_err(admin_error)?;
+        let users: Vec<Value> = users.iter().map(user_json).collect();
+        Ok(json!({ "users": users }))
+    };
+    admin_read(&state, &headers, list).await
+}
+
+/// Answers a reading call with `read`'s JSON once the caller is an administrator.
+async fn admin_read(
+    state: &AppState,
+    headers: &HeaderMap,
+    read: impl Future<Output = Result<Value, OAuthError>>,
+) -> Response {
+    let result = match require_admin(state, headers).await {
+        Ok(_) => read.await.map(|body| (StatusCode::OK, body)),
+        Err(error) => Err(error),
+    };
+    answer(result)
 }
 
 /// `POST /admin/users` `{"username","password","email"?,"admin"?}`: 201 with the user.
@@ -169,8 +185,7 @@ pub async fn create_user(
 ) -> Response {
     answer(
         async {
-            let actor = require_admin(&state, &headers).await?;
-            let audit_actor = acting_admin(&state, &actor, caller, &headers);
+            let (actor, audit_actor) = acting_admin(&state, caller, &headers).await?;
             let body: NewUserBody = parse_body(&body)?;
             check_password_length(&body.password)?;
             let email = body.email.as_deref().map(str::trim).filter(|e| !e.is_empty());
@@ -201,8 +216,7 @@ pub async fn change_user(
 ) -> Response {
     answer(
         async {
-            let actor = require_admin(&state, &headers).await?;
-            let audit_actor = acting_admin(&state, &actor, caller, &headers);
+            let (actor, audit_actor) = acting_admin(&state, caller, &headers).await?;
             let store = state.store.as_ref();
             let update = match action.as_str() {
                 "disable" => {
@@ -238,14 +252,10 @@ pub async fn change_user(
 
 /// `GET /admin/clients`: every OAuth client (never a secret or its hash).
 pub async fn list_clients(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    answer(
-        async {
-            require_admin(&state, &headers).await?;
-            let clients = admin::list_clients(state.store.as_ref())
-                .await
-                .map_err(admin_error)?;
-            Ok((StatusCode::OK, json!({ "clients": clients })))
-        }
-        .await,
-    )
+    let store = state.store.as_ref();
+    let list = async {
+        let clients = admin::list_clients(store).await.map_err(admin_error)?;
+        Ok(json!({ "clients": clients }))
+    };
+    admin_read(&state, &headers, list).await
 }

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::TimeDelta;
+use codelab_core::html::escape_html;
 use sha2::{Digest, Sha256};
 
 use super::form::{FormParams, parse_form_body, parse_pairs};
@@ -57,28 +58,12 @@ static CONTENT_SECURITY_POLICY: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Escapes text for HTML element content and quoted attributes.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#x27;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 fn page(title: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <title>{title}</title><style>{STYLE}</style></head><body><main>{body}</main></body></html>\n",
-        title = escape(title),
+        title = escape_html(title),
     )
 }
 
@@ -110,7 +95,7 @@ fn html(status: StatusCode, body: String) -> Response {
 fn error_page(status: StatusCode, message: &str) -> Response {
     let body = format!(
         "<h1>Sign-in request refused</h1><p class=\"error\">{}</p>",
-        escape(message)
+        escape_html(message)
     );
     html(status, page("Sign-in error", &body))
 }
@@ -287,19 +272,19 @@ fn login_form(
         if !value.is_empty() {
             fields.push_str(&format!(
                 "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
-                escape(value)
+                escape_html(value)
             ));
         }
     }
     let error = error
-        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape_html(e)))
         .unwrap_or_default();
     let scope = if request.scope.is_empty() {
         String::new()
     } else {
         format!(
             "<p class=\"scope\">Requested access: {}</p>",
-            escape(&request.scope)
+            escape_html(&request.scope)
         )
     };
     let body = format!(
@@ -311,8 +296,8 @@ fn login_form(
 <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
 <div class=\"actions\"><button type=\"submit\" name=\"action\" value=\"login\">Sign in</button>\
 <button type=\"submit\" name=\"action\" value=\"cancel\" formnovalidate>Cancel</button></div></form>",
-        client = escape(&target.client.name),
-        username = escape(username),
+        client = escape_html(&target.client.name),
+        username = escape_html(username),
     );
     page("Sign in to CodeLab", &body)
 }
@@ -599,7 +584,7 @@ mod tests {
     #[test]
     fn escaping_covers_attribute_breakouts() {
         assert_eq!(
-            escape("\"><script>alert('x')</script>&"),
+            escape_html("\"><script>alert('x')</script>&"),
             "&quot;&gt;&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&amp;"
         );
     }

@@ -188,22 +188,13 @@ pub fn no_store_headers() -> HeaderMap {
 
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            // Logged once, here, inside the request span (which carries the request id).
-            tracing::error!(
-                status = self.status.as_u16(),
-                detail = self.detail.as_deref().unwrap_or(""),
-                "{}",
-                self.description
-            );
-        } else {
-            tracing::debug!(
-                status = self.status.as_u16(),
-                error = self.error,
-                "{}",
-                self.description
-            );
-        }
+        // Logged once, here, inside the request span (which carries the request id).
+        codelab_core::http::log_error(
+            self.status,
+            self.error,
+            &self.description,
+            self.detail.as_deref(),
+        );
         let body = serde_json::json!({
             "error": self.error,
             "error_description": self.description,

@@ -4,7 +4,7 @@
 //! JWTs that live at most their (short) lifetime: revoking one is accepted and answered 200
 //! but changes nothing, which RFC 7009 §2 allows ("the authorization server MAY ... not
 //! support the revocation of access tokens"); the family of the refresh token behind them is
-//! what ends a session. Unknown, invalid or expired tokens are answered 200 too (§2.2).
+//! what ends a session. Unknown, invalid or expired tokens are answered 200 too (RFC 7009 §2.2).
 
 use std::sync::Arc;
 
@@ -51,12 +51,12 @@ async fn revoke(
     let token = form.require("token")?;
     // RFC 7009 §2.1: confidential clients authenticate; public ones identify with client_id.
     let client = authenticate_client(state, &client_credentials(headers, &form)?, "revoke").await?;
-    // The hint only orders lookups; an unknown hint is ignored (§2.1), and since we can tell
-    // the types apart by their `type` claim, there is nothing to order.
+    // The hint only orders lookups; an unknown hint is ignored (RFC 7009 §2.1), and since we
+    // can tell the types apart by their `type` claim, there is nothing to order.
     let Ok(claims) = state.tokens.verify(token, TokenType::Refresh).await else {
         return Ok(());
     };
-    // §2.1: a client may only revoke its own tokens.
+    // RFC 7009 §2.1: a client may only revoke its own tokens.
     if claims.client_id != client.client_id {
         return Err(OAuthError::unauthorized_client(
             "The token was not issued to this client",

@@ -1,5 +1,6 @@
-//! Storage of the auth service: one trait, implemented for PostgreSQL and SQLite, each with its
-//! own migrations, and one conformance suite run against both (`tests/store_conformance.rs`).
+//! Storage of the auth service: one trait, implemented once for PostgreSQL and SQLite
+//! ([`SqlStore`], generic over `codelab_core::db::Backend`), each engine with its own
+//! migrations, and one conformance suite run against both (`tests/store_conformance.rs`).
 //!
 //! Handlers never branch on the database type; everything that must be atomic (refresh-token
 //! rotation, code redemption) is one call here.
@@ -7,43 +8,23 @@
 pub mod postgres;
 mod rows;
 mod sql;
+mod sql_store;
 pub mod sqlite;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use codelab_core::clock::SharedClock;
 use codelab_core::db::DbPool;
+
+pub use codelab_core::db::StoreError;
+pub use sql_store::SqlStore;
 
 use crate::model::{
     AuditEvent, AuditRecord, AuthorizationCode, Client, NewClient, NewUser, RefreshTokenRecord,
     RotateOutcome, SigningKeyRecord, User,
 };
-
-/// A storage failure.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// A unique value (username, email, client id, kid) is already taken.
-    #[error("{0} already exists")]
-    Conflict(String),
-    /// The record to change does not exist.
-    #[error("{0} not found")]
-    NotFound(String),
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("migration failed: {0}")]
-    Migration(String),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-}
-
-/// A cell that could not be read is a driver error or corrupt data.
-impl From<codelab_core::db::cells::CellError> for StoreError {
-    fn from(error: codelab_core::db::cells::CellError) -> Self {
-        match error {
-            codelab_core::db::cells::CellError::Database(error) => Self::Database(error),
-            codelab_core::db::cells::CellError::Corrupt(message) => Self::Corrupt(message),
-        }
-    }
-}
 
 /// Everything the auth service stores.
 #[async_trait]
@@ -161,14 +142,16 @@ pub trait AuthStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 }
 
-/// Opens the store for a connected pool and runs its migrations.
-pub async fn open_store(pool: DbPool) -> Result<std::sync::Arc<dyn AuthStore>, StoreError> {
-    match pool {
-        DbPool::Postgres(pool) => Ok(std::sync::Arc::new(
-            postgres::PostgresStore::open(pool).await?,
-        )),
-        DbPool::Sqlite(pool) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open(pool).await?)),
-    }
+/// Opens the store for a connected pool and runs its migrations; the times it stamps on rows
+/// (`created_at`, `updated_at`) come from `clock`.
+pub async fn open_store(
+    pool: DbPool,
+    clock: SharedClock,
+) -> Result<Arc<dyn AuthStore>, StoreError> {
+    Ok(match pool {
+        DbPool::Postgres(pool) => Arc::new(SqlStore::open(pool, &postgres::MIGRATOR, clock).await?),
+        DbPool::Sqlite(pool) => Arc::new(SqlStore::open(pool, &sqlite::MIGRATOR, clock).await?),
+    })
 }
 
 /// What a rotation that revoked nothing found: the row as it is now, if any.

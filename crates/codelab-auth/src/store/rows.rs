@@ -1,26 +1,20 @@
-//! Row mapping and value encoding shared by both backends, so a record reads the same way from
-//! PostgreSQL and SQLite (cells are read through `codelab_core::db::cells`).
+//! Row mapping and value encoding for both engines (cells are read through
+//! `codelab_core::db::cells`).
 //!
 //! Stored forms (the original's where it had the column): `allowed_scopes` space-separated,
 //! `allowed_grant_types` and `redirect_uris` JSON array text, `event_data` JSON. Timestamps
-//! are `TIMESTAMPTZ` on PostgreSQL and fixed-width RFC 3339 UTC text on SQLite
-//! (`2024-01-02T03:04:05.123456Z`), so that text order is time order in SQL comparisons.
+//! are `codelab_core::db::DbTime`.
 
-use chrono::{DateTime, Utc};
-pub(super) use codelab_core::db::cells::{Cells, now, sqlite_time};
+use codelab_core::db::cells::Cells;
 
 use super::StoreError;
 use crate::model::{
     AuditEvent, AuditRecord, AuthorizationCode, Client, RefreshTokenRecord, SigningKeyRecord, User,
 };
 
-/// Optional [`sqlite_time`].
-pub(super) fn sqlite_opt_time(at: Option<DateTime<Utc>>) -> Option<String> {
-    at.map(sqlite_time)
-}
-
-/// A token lifetime for the original's INTEGER columns; beyond 68 years is clamped rather
-/// than refused, as it means "practically forever" either way.
+/// A token lifetime for the original's INTEGER columns (int4 on PostgreSQL, read back as
+/// `i32` on both); beyond 68 years is clamped rather than refused, as it means "practically
+/// forever" either way.
 pub(super) fn lifetime_i32(seconds: i64) -> i32 {
     i32::try_from(seconds).unwrap_or(if seconds < 0 { i32::MIN } else { i32::MAX })
 }
@@ -41,11 +35,6 @@ fn parse_json_list(column: &str, text: &str) -> Result<Vec<String>, StoreError> 
             "{column}: expected a JSON array of strings, got {text:?}: {e}"
         ))
     })
-}
-
-/// `event_data` as stored (JSON text).
-pub(super) fn json_text(value: Option<&serde_json::Value>) -> Option<String> {
-    value.map(serde_json::Value::to_string)
 }
 
 /// A user row (columns of `sql::user_columns!`).
@@ -157,34 +146,6 @@ pub(super) fn signing_key(row: &impl Cells) -> Result<SigningKeyRecord, StoreErr
         retired_at: row.opt_time("retired_at")?,
         publish_until: row.opt_time("publish_until")?,
     })
-}
-
-/// Maps every row with `map`.
-pub(super) fn all<R, T>(
-    rows: &[R],
-    map: impl Fn(&R) -> Result<T, StoreError>,
-) -> Result<Vec<T>, StoreError> {
-    rows.iter().map(map).collect()
-}
-
-/// Turns a unique violation into `Conflict(what(hint))`, where `hint` names the violated
-/// index (PostgreSQL) or the failing columns (SQLite's message); a foreign-key violation into
-/// `NotFound(missing)`; anything else stays a database error.
-pub(super) fn classify(
-    err: sqlx::Error,
-    what: impl FnOnce(&str) -> String,
-    missing: &str,
-) -> StoreError {
-    if let sqlx::Error::Database(db) = &err {
-        if db.is_unique_violation() {
-            let hint = db.constraint().unwrap_or_else(|| db.message());
-            return StoreError::Conflict(what(hint));
-        }
-        if db.is_foreign_key_violation() {
-            return StoreError::NotFound(missing.to_owned());
-        }
-    }
-    StoreError::Database(err)
 }
 
 /// The `Conflict` text for a new user: which of username and email is taken.

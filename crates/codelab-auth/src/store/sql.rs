@@ -1,7 +1,7 @@
-//! SQL text shared by both backends: PostgreSQL and SQLite (≥ 3.35, for `RETURNING`) agree on
-//! every statement here, and sqlx binds `$n` placeholders on both. Only the bound values
-//! differ (timestamps are `TIMESTAMPTZ` on PostgreSQL, fixed-width RFC 3339 text on SQLite;
-//! see `rows.rs`). The few statements that must differ live in the backend's own file.
+//! The auth store's SQL, one text for both engines: PostgreSQL and SQLite (≥ 3.35, for
+//! `RETURNING`) agree on every statement here, and sqlx binds `$n` placeholders on both.
+//! Timestamps bind as `codelab_core::db::DbTime` and JSON as `JsonText`, which take each
+//! engine's column form.
 
 macro_rules! user_columns {
     () => {
@@ -175,6 +175,12 @@ pub(super) const DELETE_EXPIRED_CODES: &str =
     "DELETE FROM authorization_codes WHERE expires_at < $1";
 
 // ---- audit ----
+
+/// $1 id, $2 user_id, $3 client_id, $4 event_type, $5 event_data (`JsonText`: the original's
+/// `JSON` column on PostgreSQL), $6 ip, $7 user agent, $8 success, $9 error, $10 now.
+pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit_logs (id, user_id, client_id, \
+     event_type, event_data, ip_address, user_agent, success, error_message, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 /// $1 limit. Ties on the timestamp fall back to the id (UUID v7, time-ordered).
 pub(super) const LIST_AUDIT: &str = "SELECT id, created_at, user_id, client_id, event_type, \

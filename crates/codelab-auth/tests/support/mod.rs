@@ -1,16 +1,23 @@
-//! Shared test harness: the auth service built with `build` + `router` and served over real
-//! HTTP on `127.0.0.1:0` through core's `serve` (so handlers see the peer address), on a
-//! SQLite temp file or a fresh PostgreSQL database, with a manual clock.
-#![allow(dead_code)] // each test binary uses a different part of these helpers
+//! Shared test harness: the auth service built with `Service::build` + `router` and served
+//! over real HTTP on `127.0.0.1:0` through core's `serve` (so handlers see the peer address),
+//! on a SQLite temp file or a fresh PostgreSQL database, with a manual clock; and the HTTP
+//! steps the tests share (forms, the login page, password grants).
+#![allow(
+    dead_code,
+    clippy::disallowed_methods,
+    reason = "each test binary uses a different part of these helpers; tests and test support may read the clock, make ids and start tasks directly"
+)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use codelab_auth::{AppState, Config, Deps, build, router};
+use codelab_auth::tokens::TokenType;
+use codelab_auth::{AppState, AuthService, Config};
 use codelab_core::cache::Cache;
 use codelab_core::clock::ManualClock;
 use codelab_core::config::{Environment, Secret};
+use codelab_core::service::{Service, SharedDeps};
 use codelab_testkit::TempPostgres;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
@@ -47,6 +54,12 @@ impl Options {
         }
     }
 
+    /// The service's counters in `cache` instead of a memory cache of its own.
+    pub fn cache(mut self, cache: Cache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
     pub fn tweak(mut self, tweak: impl FnOnce(&mut Config) + Send + 'static) -> Self {
         self.tweak = Box::new(tweak);
         self
@@ -66,8 +79,10 @@ pub struct Auth {
 }
 
 enum DbGuard {
-    Sqlite(#[allow(dead_code)] tempfile::TempDir),
-    Postgres(#[allow(dead_code)] TempPostgres),
+    Sqlite(tempfile::TempDir),
+    Postgres(TempPostgres),
+    /// The caller's database, left as it is (tests that restart the service on it).
+    Caller,
 }
 
 /// A successful token answer.
@@ -97,6 +112,22 @@ impl Auth {
         Self::start_on(options, db_url, guard).await
     }
 
+    /// The service on `config` exactly (its database is the caller's to delete), with only
+    /// `public_url` set to where it listens.
+    pub async fn start_configured(config: Config, environment: Environment) -> Self {
+        let db_url = config.db_url.clone();
+        let options = Options {
+            environment,
+            ..Options::new(Backend::Sqlite)
+        }
+        .tweak(move |current| {
+            let public_url = std::mem::take(&mut current.public_url);
+            *current = config;
+            current.public_url = public_url;
+        });
+        Self::start_on(options, db_url, DbGuard::Caller).await
+    }
+
     async fn start_on(options: Options, db_url: String, guard: DbGuard) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -113,16 +144,14 @@ impl Auth {
         };
         (options.tweak)(&mut config);
         let clock = ManualClock::starting_now();
-        let deps = Deps {
-            environment: options.environment,
-            clock: Arc::new(clock.clone()),
-            cache: options.cache,
-        };
-        let state = build(config, deps).await.unwrap();
+        let mut deps =
+            SharedDeps::isolated(options.environment).with_clock(Arc::new(clock.clone()));
+        deps.cache = options.cache;
+        let state = AuthService::build(config, deps).await.unwrap();
         let shutdown = CancellationToken::new();
         tokio::spawn(codelab_core::http::serve(
             listener,
-            router(Arc::clone(&state)),
+            AuthService::router(Arc::clone(&state)),
             shutdown.clone(),
             Duration::from_secs(1),
         ));
@@ -152,36 +181,93 @@ impl Auth {
         form: &[(&str, &str)],
         headers: &[(&str, &str)],
     ) -> (StatusCode, HeaderMap, Value) {
-        let mut request = self
-            .http
-            .post(self.url(path))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(encode_form(form));
+        let mut request = self.form_request(path, form);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        (status, headers, body)
+        let (status, headers, text) = parts(request.send().await.unwrap()).await;
+        (
+            status,
+            headers,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+        )
+    }
+
+    /// A form POST to `path`, ready to send.
+    pub fn form_request<K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        path: &str,
+        form: &[(K, V)],
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(encode_form(form))
+    }
+
+    /// Posts `form` to `path` on a task of its own (for floods of concurrent requests).
+    pub fn spawn_form(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> tokio::task::JoinHandle<reqwest::Response> {
+        let request = self.form_request(path, form);
+        tokio::spawn(async move { request.send().await.unwrap() })
+    }
+
+    /// GETs `path` (with its query); returns status, headers and the body text.
+    pub async fn get_text(&self, path: &str) -> (StatusCode, HeaderMap, String) {
+        parts(self.http.get(self.url(path)).send().await.unwrap()).await
+    }
+
+    /// The login page of the authorization request `query` (already encoded).
+    pub async fn authorize_page(&self, query: &str) -> (StatusCode, HeaderMap, String) {
+        self.get_text(&format!("/oauth/authorize?{query}")).await
+    }
+
+    /// Posts the login `form` to `/oauth/authorize` with `cookies` as the `Cookie` header.
+    pub async fn post_authorize(
+        &self,
+        cookies: &str,
+        form: &[(String, String)],
+    ) -> (StatusCode, HeaderMap, String) {
+        let request = self
+            .form_request("/oauth/authorize", form)
+            .header("cookie", cookies);
+        parts(request.send().await.unwrap()).await
     }
 
     pub async fn token(&self, form: &[(&str, &str)]) -> (StatusCode, HeaderMap, Value) {
         self.post_form("/oauth/token", form, &[]).await
     }
 
+    pub async fn revoke(&self, form: &[(&str, &str)]) -> (StatusCode, HeaderMap, Value) {
+        self.post_form("/oauth/revoke", form, &[]).await
+    }
+
+    /// A password grant for the Flutter client, optionally as a client behind a trusted proxy.
+    pub async fn password_grant(
+        &self,
+        username: &str,
+        password: &str,
+        forwarded_for: Option<&str>,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let headers: Vec<(&str, &str)> = forwarded_for
+            .map(|ip| ("x-forwarded-for", ip))
+            .into_iter()
+            .collect();
+        let form = [
+            ("grant_type", "password"),
+            ("client_id", FLUTTER),
+            ("username", username),
+            ("password", password),
+        ];
+        self.post_form("/oauth/token", &form, &headers).await
+    }
+
     /// A password grant for the Flutter client that must succeed.
     pub async fn login(&self, username: &str, password: &str) -> Tokens {
-        let (status, _, body) = self
-            .token(&[
-                ("grant_type", "password"),
-                ("client_id", FLUTTER),
-                ("username", username),
-                ("password", password),
-            ])
-            .await;
+        let (status, _, body) = self.password_grant(username, password, None).await;
         assert_eq!(status, StatusCode::OK, "login failed: {body}");
         tokens_of(body)
     }
@@ -240,6 +326,35 @@ impl Auth {
             .unwrap()
     }
 
+    /// The stored user `login` (username or email), which must exist.
+    pub async fn user(&self, login: &str) -> codelab_auth::model::User {
+        self.state
+            .store
+            .find_user_by_login(login)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// The stored client `client_id`, which must exist.
+    pub async fn client(&self, client_id: &str) -> codelab_auth::model::Client {
+        self.state
+            .store
+            .get_client(client_id)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// A token of `kind` signed by the service, valid for 15 minutes.
+    pub fn issue(&self, kind: TokenType, user_id: &str, client_id: &str, scope: &str) -> String {
+        self.state
+            .tokens
+            .issue(kind, user_id, client_id, scope, 900)
+            .unwrap()
+            .token
+    }
+
     /// Audit rows, newest first, as JSON text (to look for leaked secrets).
     pub async fn audit_rows(&self) -> Vec<codelab_auth::model::AuditRecord> {
         self.state.store.list_audit(100).await.unwrap()
@@ -250,6 +365,37 @@ impl Drop for Auth {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A response's status, headers and body text.
+pub async fn parts(response: reqwest::Response) -> (StatusCode, HeaderMap, String) {
+    let status = response.status();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap())
+}
+
+/// The login form rendered in `html`: its hidden fields and `action=login`, then `overrides`
+/// (each replacing a field of its name).
+pub fn login_form(html: &str, overrides: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut form: Vec<(String, String)> = [
+        "csrf_token",
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "state",
+        "scope",
+        "code_challenge",
+        "code_challenge_method",
+    ]
+    .iter()
+    .filter_map(|name| hidden_field(html, name).map(|v| ((*name).to_owned(), v)))
+    .collect();
+    form.push(("action".into(), "login".into()));
+    for (name, value) in overrides {
+        form.retain(|(n, _)| n != name);
+        form.push(((*name).to_owned(), (*value).to_owned()));
+    }
+    form
 }
 
 /// `a=1&b=2` (reqwest's `form` feature is not enabled in the workspace).

@@ -219,13 +219,13 @@ async fn run(
     );
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    let out = tokio::spawn(async move {
+    let out = crate::spawn(async move {
         match stdout {
             Some(s) => read_capped(s, cap).await,
             None => (Vec::new(), 0),
         }
     });
-    let err = tokio::spawn(async move {
+    let err = crate::spawn(async move {
         match stderr {
             Some(s) => read_capped(s, cap).await,
             None => (Vec::new(), 0),

@@ -187,7 +187,7 @@ fn create_new() -> OpenOptions {
 /// `.codelab-backup/<UTC time>/<rel>`, never over an existing file.
 fn make_backup(ws: &Workspace, rel: &Path, parent: &Dir, name: &OsStr) -> io::Result<PathBuf> {
     let mut source = parent.open(name)?;
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    let stamp = crate::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
     for attempt in 1..=MAX_NAME_ATTEMPTS {
         let folder = if attempt == 1 {
             stamp.clone()

@@ -20,14 +20,7 @@ pub use workspace::{PathError, Workspace};
 pub const SKIPPED_DIRS: [&str; 3] = [".git", "target", "node_modules"];
 
 /// The tools this IDE executes.
-pub const IDE_TOOLS: [&str; 6] = [
-    "read_file",
-    "write_file",
-    "list_files",
-    "create_directory",
-    "execute_command",
-    "search_in_code",
-];
+pub use codelab_protocol::ide::IDE_TOOLS;
 
 /// Size limits of the tools.
 #[derive(Debug, Clone)]

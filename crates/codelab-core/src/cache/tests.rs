@@ -214,7 +214,7 @@ async fn concurrent_redis_increments_are_atomic() {
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let cache = cache.clone();
-            tokio::spawn(async move {
+            crate::tasks::spawn("cache-test-client", async move {
                 cache
                     .incr_ex("hits", Duration::from_secs(30))
                     .await
@@ -245,14 +245,14 @@ impl SwitchableRelay {
         let address = listener.local_addr().unwrap();
         let (up, _) = tokio::sync::watch::channel(true);
         let watch = up.clone();
-        tokio::spawn(async move {
+        crate::tasks::spawn("test-proxy-accept", async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if !*watch.borrow() {
                     continue; // dropped: closed at once
                 }
                 let mut down = watch.subscribe();
                 let upstream = upstream.clone();
-                tokio::spawn(async move {
+                crate::tasks::spawn("test-proxy-pipe", async move {
                     let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
                     };

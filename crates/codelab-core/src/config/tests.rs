@@ -75,7 +75,17 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 fn load(pairs: &[(&str, &str)]) -> Result<Sample, ConfigError> {
-    ConfigLoader::new(None).load_with_env("llm_proxy", "LLM_PROXY", &(), env(pairs))
+    load_with_flags(&(), pairs)
+}
+
+/// `[llm_proxy]` from the TOML file at `path` alone.
+fn load_file(path: impl Into<std::path::PathBuf>) -> Result<Sample, ConfigError> {
+    ConfigLoader::new(Some(path.into())).load_with_env("llm_proxy", "LLM_PROXY", &(), env(&[]))
+}
+
+/// `[llm_proxy]` from `LLM_PROXY__*` `pairs` and command-line `flags`, without a file.
+fn load_with_flags(flags: &impl Serialize, pairs: &[(&str, &str)]) -> Result<Sample, ConfigError> {
+    ConfigLoader::new(None).load_with_env("llm_proxy", "LLM_PROXY", flags, env(pairs))
 }
 
 fn toml_file(text: &str) -> tempfile::NamedTempFile {
@@ -280,17 +290,14 @@ fn null_flags_are_ignored_even_without_skip_serializing_if() {
         name: Option<String>,
         port: Option<u16>,
     }
-    let config: Sample = ConfigLoader::new(None)
-        .load_with_env(
-            "llm_proxy",
-            "LLM_PROXY",
-            &LooseFlags {
-                name: None,
-                port: Some(1),
-            },
-            env(&[("LLM_PROXY__NAME", "env")]),
-        )
-        .unwrap();
+    let config: Sample = load_with_flags(
+        &LooseFlags {
+            name: None,
+            port: Some(1),
+        },
+        &[("LLM_PROXY__NAME", "env")],
+    )
+    .unwrap();
     assert_eq!(config.name, "env");
     assert_eq!(config.port, Some(1));
 }
@@ -301,32 +308,26 @@ fn redacted_secrets_in_flags_are_refused() {
     struct SecretFlags {
         api_key: Secret,
     }
-    let err = ConfigLoader::new(None)
-        .load_with_env::<Sample, _>(
-            "llm_proxy",
-            "LLM_PROXY",
-            &SecretFlags {
-                api_key: Secret::new("real"),
-            },
-            env(&[]),
-        )
-        .unwrap_err();
+    let err = load_with_flags(
+        &SecretFlags {
+            api_key: Secret::new("real"),
+        },
+        &[],
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("api_key"), "{err}");
 
     #[derive(Serialize)]
     struct PlainFlags {
         api_key: String,
     }
-    let config: Sample = ConfigLoader::new(None)
-        .load_with_env(
-            "llm_proxy",
-            "LLM_PROXY",
-            &PlainFlags {
-                api_key: "generated-key-0123456789".into(),
-            },
-            env(&[]),
-        )
-        .unwrap();
+    let config: Sample = load_with_flags(
+        &PlainFlags {
+            api_key: "generated-key-0123456789".into(),
+        },
+        &[],
+    )
+    .unwrap();
     assert_eq!(config.api_key.expose(), "generated-key-0123456789");
 }
 
@@ -336,16 +337,13 @@ fn bad_flag_value_names_the_flag() {
     struct BadFlags {
         max_concurrent_requests: String,
     }
-    let err = ConfigLoader::new(None)
-        .load_with_env::<Sample, _>(
-            "llm_proxy",
-            "LLM_PROXY",
-            &BadFlags {
-                max_concurrent_requests: "lots".into(),
-            },
-            env(&[]),
-        )
-        .unwrap_err();
+    let err = load_with_flags(
+        &BadFlags {
+            max_concurrent_requests: "lots".into(),
+        },
+        &[],
+    )
+    .unwrap_err();
     assert_eq!(
         err.to_string(),
         r#"invalid value for --max-concurrent-requests (command-line flag): expected u64, found "lots""#
@@ -355,9 +353,7 @@ fn bad_flag_value_names_the_flag() {
 #[test]
 fn bad_file_value_names_the_key_and_the_file() {
     let file = toml_file("[llm_proxy]\nmax_concurrent_requests = \"abc\"\n");
-    let err = ConfigLoader::new(Some(file.path().to_owned()))
-        .load_with_env::<Sample, _>("llm_proxy", "LLM_PROXY", &(), env(&[]))
-        .unwrap_err();
+    let err = load_file(file.path()).unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -370,9 +366,7 @@ fn bad_file_value_names_the_key_and_the_file() {
 #[test]
 fn unreadable_or_malformed_files_are_clear_errors() {
     let missing = std::path::PathBuf::from("/nonexistent/codelab.toml");
-    let err = ConfigLoader::new(Some(missing))
-        .load_with_env::<Sample, _>("llm_proxy", "LLM_PROXY", &(), env(&[]))
-        .unwrap_err();
+    let err = load_file(missing).unwrap_err();
     assert!(matches!(err, ConfigError::ReadFile { .. }));
     assert!(
         err.to_string()
@@ -380,9 +374,7 @@ fn unreadable_or_malformed_files_are_clear_errors() {
     );
 
     let file = toml_file("[llm_proxy]\nname = \"unterminated\n");
-    let err = ConfigLoader::new(Some(file.path().to_owned()))
-        .load_with_env::<Sample, _>("llm_proxy", "LLM_PROXY", &(), env(&[]))
-        .unwrap_err();
+    let err = load_file(file.path()).unwrap_err();
     let text = err.to_string();
     assert!(
         text.starts_with(&format!(
@@ -394,9 +386,7 @@ fn unreadable_or_malformed_files_are_clear_errors() {
     assert!(!text.contains('\n'), "one line: {text}");
 
     let file = toml_file("llm_proxy = 5\n");
-    let err = ConfigLoader::new(Some(file.path().to_owned()))
-        .load_with_env::<Sample, _>("llm_proxy", "LLM_PROXY", &(), env(&[]))
-        .unwrap_err();
+    let err = load_file(file.path()).unwrap_err();
     assert!(
         err.to_string().contains("[llm_proxy] must be a table"),
         "{err}"
@@ -406,9 +396,7 @@ fn unreadable_or_malformed_files_are_clear_errors() {
 #[test]
 fn a_file_without_the_section_keeps_defaults() {
     let file = toml_file("[gateway]\nname = \"x\"\n");
-    let config: Sample = ConfigLoader::new(Some(file.path().to_owned()))
-        .load_with_env("llm_proxy", "LLM_PROXY", &(), env(&[]))
-        .unwrap();
+    let config: Sample = load_file(file.path()).unwrap();
     assert_eq!(config.name, "proxy");
 }
 

@@ -6,7 +6,7 @@
 //! (`2024-01-02T03:04:05.123456Z`, [`sqlite_time`]), so that text order is time order in SQL
 //! comparisons. JSON is `JSON`/`JSONB` on PostgreSQL and JSON text on SQLite.
 
-use chrono::{DateTime, NaiveDateTime, SecondsFormat, SubsecRound, Utc};
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -55,22 +55,29 @@ pub trait Cells {
     }
 }
 
+/// The cells both engines decode the same way (sqlx's own types).
+macro_rules! plain_cells {
+    () => {
+        fn text(&self, column: &str) -> Result<String, CellError> {
+            Ok(self.try_get(column)?)
+        }
+        fn opt_text(&self, column: &str) -> Result<Option<String>, CellError> {
+            Ok(self.try_get(column)?)
+        }
+        fn flag(&self, column: &str) -> Result<bool, CellError> {
+            Ok(self.try_get(column)?)
+        }
+        fn int(&self, column: &str) -> Result<i64, CellError> {
+            Ok(self.try_get(column)?)
+        }
+        fn int32(&self, column: &str) -> Result<i32, CellError> {
+            Ok(self.try_get(column)?)
+        }
+    };
+}
+
 impl Cells for PgRow {
-    fn text(&self, column: &str) -> Result<String, CellError> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_text(&self, column: &str) -> Result<Option<String>, CellError> {
-        Ok(self.try_get(column)?)
-    }
-    fn flag(&self, column: &str) -> Result<bool, CellError> {
-        Ok(self.try_get(column)?)
-    }
-    fn int(&self, column: &str) -> Result<i64, CellError> {
-        Ok(self.try_get(column)?)
-    }
-    fn int32(&self, column: &str) -> Result<i32, CellError> {
-        Ok(self.try_get(column)?)
-    }
+    plain_cells!();
     fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, CellError> {
         Ok(self.try_get(column)?)
     }
@@ -80,21 +87,7 @@ impl Cells for PgRow {
 }
 
 impl Cells for SqliteRow {
-    fn text(&self, column: &str) -> Result<String, CellError> {
-        Ok(self.try_get(column)?)
-    }
-    fn opt_text(&self, column: &str) -> Result<Option<String>, CellError> {
-        Ok(self.try_get(column)?)
-    }
-    fn flag(&self, column: &str) -> Result<bool, CellError> {
-        Ok(self.try_get(column)?)
-    }
-    fn int(&self, column: &str) -> Result<i64, CellError> {
-        Ok(self.try_get(column)?)
-    }
-    fn int32(&self, column: &str) -> Result<i32, CellError> {
-        Ok(self.try_get(column)?)
-    }
+    plain_cells!();
     fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, CellError> {
         self.try_get::<Option<String>, _>(column)?
             .map(|text| parse_sqlite_time(column, &text))
@@ -109,12 +102,6 @@ impl Cells for SqliteRow {
             })
             .transpose()
     }
-}
-
-/// The current time at the precision both databases keep (microseconds), so a record read
-/// back equals the one returned when it was written.
-pub fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
 }
 
 /// A timestamp as SQLite stores it: RFC 3339 UTC, always six fractional digits, so that text
@@ -151,7 +138,10 @@ mod tests {
         let at = Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap();
         let text = sqlite_time(at);
         assert_eq!(text, "2024-01-02T03:04:05.000000Z");
-        assert_eq!(sqlite_time(now()).len(), text.len());
+        assert_eq!(
+            sqlite_time(crate::db::now_from(&crate::clock::SystemClock)).len(),
+            text.len()
+        );
         assert_eq!(parse_sqlite_time("x", &text).unwrap(), at);
         assert_eq!(
             parse_sqlite_time("x", "2024-01-02 03:04:05.000000").unwrap(),

@@ -50,6 +50,39 @@ fn write_migrations(dir: &Path) {
     .unwrap();
 }
 
+/// The SQLite pool inside `pool`, which must be one.
+fn sqlite_pool(pool: &DbPool) -> &sqlx::SqlitePool {
+    let DbPool::Sqlite(sqlite) = pool else {
+        unreachable!("a SQLite URL opens a SQLite pool")
+    };
+    sqlite
+}
+
+/// The one value `sql` selects.
+async fn select_one<'e, DB, T>(on: impl sqlx::Executor<'e, Database = DB>, sql: &'e str) -> T
+where
+    DB: sqlx::Database,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    T: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB> + Send + Unpin,
+    (T,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    sqlx::query_scalar(sql).fetch_one(on).await.unwrap()
+}
+
+/// Runs one statement on `sqlite`.
+async fn execute(sqlite: &sqlx::SqlitePool, sql: &str) {
+    sqlx::query(sql).execute(sqlite).await.unwrap();
+}
+
+/// The error of connecting to `url` with `create_if_missing` off.
+async fn connect_without_creating(url: &str) -> DbError {
+    let options = DbOptions {
+        create_if_missing: false,
+        ..DbOptions::default()
+    };
+    connect_database(url, &options).await.unwrap_err()
+}
+
 #[test]
 fn sqlite_urls_follow_sqlalchemy() {
     let cases = [
@@ -145,23 +178,12 @@ async fn sqlite_database_is_created_with_wal_and_foreign_keys() {
     pool.ping().await.unwrap();
     assert!(file.exists());
 
-    let DbPool::Sqlite(sqlite) = &pool else {
-        unreachable!()
-    };
-    let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
-        .fetch_one(sqlite)
-        .await
-        .unwrap();
+    let sqlite = sqlite_pool(&pool);
+    let mode: String = select_one(sqlite, "PRAGMA journal_mode").await;
     assert_eq!(mode, "wal");
-    let (fk,): (i64,) = sqlx::query_as("PRAGMA foreign_keys")
-        .fetch_one(sqlite)
-        .await
-        .unwrap();
+    let fk: i64 = select_one(sqlite, "PRAGMA foreign_keys").await;
     assert_eq!(fk, 1);
-    let (busy,): (i64,) = sqlx::query_as("PRAGMA busy_timeout")
-        .fetch_one(sqlite)
-        .await
-        .unwrap();
+    let busy: i64 = select_one(sqlite, "PRAGMA busy_timeout").await;
     assert_eq!(busy, 5000);
 
     let (idle, in_use, max) = pool.connection_counts();
@@ -174,11 +196,7 @@ async fn sqlite_database_is_created_with_wal_and_foreign_keys() {
 async fn sqlite_without_create_if_missing_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:///{}", dir.path().join("absent.db").display());
-    let options = DbOptions {
-        create_if_missing: false,
-        ..DbOptions::default()
-    };
-    let err = connect_database(&url, &options).await.unwrap_err();
+    let err = connect_without_creating(&url).await;
     assert!(
         err.to_string()
             .starts_with("cannot connect to sqlite database"),
@@ -191,27 +209,13 @@ async fn in_memory_sqlite_keeps_its_data_across_connections() {
     let pool = connect_database("sqlite::memory:", &DbOptions::default())
         .await
         .unwrap();
-    let DbPool::Sqlite(sqlite) = &pool else {
-        unreachable!()
-    };
-    sqlx::query("CREATE TABLE t (x INTEGER)")
-        .execute(sqlite)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO t VALUES (1)")
-        .execute(sqlite)
-        .await
-        .unwrap();
+    let sqlite = sqlite_pool(&pool);
+    execute(sqlite, "CREATE TABLE t (x INTEGER)").await;
+    execute(sqlite, "INSERT INTO t VALUES (1)").await;
     let mut a = sqlite.acquire().await.unwrap();
     let mut b = sqlite.acquire().await.unwrap();
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
-        .fetch_one(&mut *a)
-        .await
-        .unwrap();
-    let (m,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
-        .fetch_one(&mut *b)
-        .await
-        .unwrap();
+    let n: i64 = select_one(&mut *a, "SELECT COUNT(*) FROM t").await;
+    let m: i64 = select_one(&mut *b, "SELECT COUNT(*) FROM t").await;
     assert_eq!((n, m), (1, 1));
 }
 
@@ -231,13 +235,8 @@ async fn migrations_run_on_sqlite_and_pool_metrics_are_published() {
     run_migrations(&pool, &postgres_migrator, &sqlite_migrator)
         .await
         .unwrap();
-    let DbPool::Sqlite(sqlite) = &pool else {
-        unreachable!()
-    };
-    sqlx::query("INSERT INTO notes (id, body) VALUES (1, 'x')")
-        .execute(sqlite)
-        .await
-        .unwrap();
+    let sqlite = sqlite_pool(&pool);
+    execute(sqlite, "INSERT INTO notes (id, body) VALUES (1, 'x')").await;
 
     let info = ServiceInfo::new("db-metrics-test", "1");
     register_pool_metrics(&info, pool.clone());
@@ -285,10 +284,7 @@ async fn postgres_database_is_created_when_missing_then_dropped() {
         let DbPool::Postgres(pg) = &pool else {
             unreachable!()
         };
-        let (db,): (String,) = sqlx::query_as("SELECT current_database()")
-            .fetch_one(pg)
-            .await
-            .unwrap();
+        let db: String = select_one(pg, "SELECT current_database()").await;
         assert_eq!(db, name);
         pool.close().await;
 
@@ -297,7 +293,7 @@ async fn postgres_database_is_created_when_missing_then_dropped() {
         again.ping().await.unwrap();
         again.close().await;
     };
-    let result = tokio::spawn(outcome).await;
+    let result = crate::tasks::spawn("postgres-create-test", outcome).await;
 
     sqlx::query(&format!(
         "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -317,11 +313,7 @@ async fn postgres_without_create_if_missing_reports_the_missing_database() {
     let base = postgres_base_url();
     let _reachable = maintenance_connection().await;
     let url = with_database(&base, &name);
-    let options = DbOptions {
-        create_if_missing: false,
-        ..DbOptions::default()
-    };
-    let err = connect_database(&url, &options).await.unwrap_err();
+    let err = connect_without_creating(&url).await;
     assert!(
         err.to_string()
             .starts_with("cannot connect to postgres database"),

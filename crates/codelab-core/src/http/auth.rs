@@ -13,8 +13,8 @@ use tower::{Layer, Service};
 
 use crate::config::Secret;
 
-/// The header carrying the internal key.
-pub const INTERNAL_AUTH_HEADER: &str = "x-internal-auth";
+/// The header carrying the internal key (defined with the rest of the internal contract).
+pub use codelab_protocol::internal::INTERNAL_AUTH_HEADER;
 
 /// Exactly the original's body for a missing or wrong key.
 const UNAUTHORIZED_BODY: &str = r#"{"detail":"unauthorized"}"#;

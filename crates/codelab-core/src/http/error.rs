@@ -9,6 +9,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
+use super::log_error;
+
 /// An HTTP error rendered as the OpenAI-style envelope; 5xx are logged once when rendered.
 #[derive(Debug, Clone)]
 pub struct ApiError(Box<ErrorParts>);
@@ -160,18 +162,13 @@ impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.0.status.is_server_error() {
-            // Logged here, once, inside the request span (which carries the request id).
-            tracing::error!(
-                status = self.0.status.as_u16(),
-                error.kind = %self.0.kind,
-                error.detail = self.0.detail.as_deref().unwrap_or(""),
-                "{}",
-                self.0.message
-            );
-        } else {
-            tracing::debug!(status = self.0.status.as_u16(), error.kind = %self.0.kind, "{}", self.0.message);
-        }
+        // Logged here, once, inside the request span (which carries the request id).
+        log_error(
+            self.0.status,
+            &self.0.kind,
+            &self.0.message,
+            self.0.detail.as_deref(),
+        );
         let mut response = (self.0.status, Json(self.to_json())).into_response();
         if let Some(secs) = self.0.retry_after {
             response

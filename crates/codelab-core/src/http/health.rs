@@ -1,6 +1,7 @@
 //! `/health`, `/ready` and `/metrics`.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
+use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, join_all};
 
 use super::ServiceInfo;
@@ -55,6 +57,22 @@ impl Readiness {
     {
         self.checks.push((name.into(), Arc::new(check)));
         self
+    }
+
+    /// Adds a check of `target` (a store, a cache, a client): each run calls `probe` with a
+    /// clone of it; an error fails the check with its text.
+    #[must_use]
+    pub fn with_probe<T, P, F, E>(self, name: impl Into<String>, target: T, probe: P) -> Self
+    where
+        T: Clone + Send + Sync + 'static,
+        P: Fn(T) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        self.with_check(name, move || {
+            let probed = probe(target.clone());
+            async move { probed.await.map_err(|e| e.to_string()) }.boxed()
+        })
     }
 
     /// Runs every check concurrently, each bounded by [`READY_CHECK_TIMEOUT`].

@@ -7,14 +7,14 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, Method, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use tower_http::LatencyUnit;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use super::{ApiError, ServiceInfo};
+use super::{ErrorEnvelope, ErrorShape, ServiceErrorShape, ServiceInfo};
 use crate::telemetry::metrics_handle;
 
 /// The request id header, generated when absent and echoed on the response.
@@ -59,7 +59,7 @@ pub fn with_standard_layers(router: Router, info: &ServiceInfo, body_limit_bytes
         .layer(RequestBodyLimitLayer::new(body_limit_bytes))
         .layer(DefaultBodyLimit::max(body_limit_bytes))
         .layer(middleware::from_fn_with_state(
-            body_limit_bytes,
+            (body_limit_bytes, info.error_shape),
             payload_too_large_envelope,
         ))
         .layer(middleware::from_fn_with_state(names, record_http_metrics))
@@ -137,26 +137,32 @@ async fn record_http_metrics(
     response
 }
 
-/// Turns the body-limit layers' plain-text 413 into our envelope.
+/// Turns the body-limit layers' plain-text 413 into the service's envelope, and stamps every
+/// response with the service's error shape so the listener's 408 can use it too.
 async fn payload_too_large_envelope(
-    State(limit): State<usize>,
+    State((limit, shape)): State<(usize, ErrorShape)>,
     req: Request,
     next: Next,
 ) -> Response {
-    let response = next.run(req).await;
+    let mut response = next.run(req).await;
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
-        ApiError::payload_too_large(format!(
-            "request body is larger than the {limit} byte limit"
-        ))
-        .into_response()
-    } else {
-        response
+        let message = format!("request body is larger than the {limit} byte limit");
+        response = ErrorEnvelope {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind: "invalid_request_error",
+            code: Some("payload_too_large"),
+            message: &message,
+            detail: None,
+        }
+        .render(shape);
     }
+    response.extensions_mut().insert(ServiceErrorShape(shape));
+    response
 }
 
 /// A bounded method label: the standard methods, or `other`.

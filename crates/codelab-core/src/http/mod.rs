@@ -4,6 +4,8 @@
 
 mod auth;
 mod cookies;
+mod cors;
+mod envelope;
 mod error;
 mod health;
 mod layers;
@@ -17,6 +19,8 @@ pub use auth::{
     require_internal_auth,
 };
 pub use cookies::cookie_value;
+pub use cors::{cors_layer, with_cors};
+pub use envelope::{ErrorEnvelope, ErrorShape, ServiceErrorShape, log_error};
 pub use error::{ApiError, ApiJson, json_rejection_to_api_error};
 pub use health::{READY_CHECK_TIMEOUT, Readiness, ReadinessReport, common_routes};
 pub use layers::{REQUEST_ID_HEADER, with_standard_layers};
@@ -32,6 +36,8 @@ pub struct ServiceInfo {
     pub version: String,
     /// When the service started (for the uptime gauge).
     pub started_at: Instant,
+    /// The wire shape of the service's errors, used by the shared layers' 413 and 408.
+    pub error_shape: ErrorShape,
 }
 
 impl ServiceInfo {
@@ -41,7 +47,15 @@ impl ServiceInfo {
             name,
             version: version.into(),
             started_at: Instant::now(),
+            error_shape: ErrorShape::default(),
         }
+    }
+
+    /// Answers the shared layers' errors (413, 408) in `shape`.
+    #[must_use]
+    pub fn with_error_shape(mut self, shape: ErrorShape) -> Self {
+        self.error_shape = shape;
+        self
     }
 
     /// The metric name prefix, `codelab_<name>` with dashes as underscores (`codelab_llm_proxy`).

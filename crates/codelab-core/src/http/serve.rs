@@ -16,7 +16,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, Request, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use super::{ApiError, ListenerLimits};
+use super::{ErrorEnvelope, ErrorShape, ListenerLimits, ServiceErrorShape};
 
 /// Pause after an accept error that is not about one connection (out of file descriptors):
 /// retrying at once would spin.
@@ -224,15 +224,23 @@ async fn handle_request(
     if expired.load(Ordering::Acquire) {
         // Whatever the handler made of the failed read (often a 400), the cause is the client's
         // slowness; the connection is closed since the rest of the body was never read.
-        let mut response = ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!(
-                "the request body did not arrive within {} seconds",
-                body_read_timeout.as_secs_f64()
-            ),
-        )
-        .into_response();
+        // In the service's own shape, which its standard layers stamped on the response.
+        let shape = response
+            .extensions()
+            .get::<ServiceErrorShape>()
+            .map_or_else(ErrorShape::default, |stamp| stamp.0);
+        let message = format!(
+            "the request body did not arrive within {} seconds",
+            body_read_timeout.as_secs_f64()
+        );
+        let mut response = ErrorEnvelope {
+            status: StatusCode::REQUEST_TIMEOUT,
+            kind: "request_timeout",
+            code: None,
+            message: &message,
+            detail: None,
+        }
+        .render(shape);
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -340,7 +348,7 @@ impl AsyncWrite for SlottedStream {
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
-    tokio::spawn(async move {
+    crate::tasks::spawn("shutdown-signals", async move {
         wait_for_signal().await;
         cancel.cancel();
     });

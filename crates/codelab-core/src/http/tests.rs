@@ -34,7 +34,10 @@ async fn start_with_drain(router: Router, drain: Duration) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(serve(listener, router, shutdown.clone(), drain));
+    let task = crate::tasks::spawn(
+        "test-server",
+        serve(listener, router, shutdown.clone(), drain),
+    );
     TestServer {
         base,
         shutdown,
@@ -45,6 +48,11 @@ async fn start_with_drain(router: Router, drain: Duration) -> TestServer {
 impl TestServer {
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// `GET path`, answered.
+    async fn get(&self, path: &str) -> reqwest::Response {
+        client().get(self.url(path)).send().await.unwrap()
     }
 
     async fn stop(self) {
@@ -64,7 +72,7 @@ fn client() -> reqwest::Client {
 #[derive(Deserialize)]
 struct Item {
     name: String,
-    #[allow(dead_code)]
+    #[expect(dead_code, reason = "parsed to check the body's shape, never read")]
     count: u32,
 }
 
@@ -100,7 +108,7 @@ fn app(info: &ServiceInfo, readiness: Readiness, limit: usize) -> Router {
 async fn health_has_the_original_shape() {
     let info = ServiceInfo::new("http-health", "1.2.3");
     let server = start(app(&info, Readiness::new(), 1024)).await;
-    let resp = client().get(server.url("/health")).send().await.unwrap();
+    let resp = server.get("/health").await;
     assert_eq!(resp.status(), StatusCode::OK);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -117,7 +125,7 @@ async fn ready_reports_each_check() {
         .with_check("database", || async { Ok(()) }.boxed())
         .with_check("cache", || async { Ok(()) }.boxed());
     let server = start(app(&info, ok, 1024)).await;
-    let resp = client().get(server.url("/ready")).send().await.unwrap();
+    let resp = server.get("/ready").await;
     assert_eq!(resp.status(), StatusCode::OK);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -132,7 +140,7 @@ async fn ready_reports_each_check() {
             async { Err("connection refused".to_owned()) }.boxed()
         });
     let server = start(app(&info, failing, 1024)).await;
-    let resp = client().get(server.url("/ready")).send().await.unwrap();
+    let resp = server.get("/ready").await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -161,33 +169,14 @@ async fn a_hanging_check_times_out_and_others_still_run() {
 async fn metrics_show_request_series_with_route_templates() {
     let info = ServiceInfo::new("http-metrics", "4.5.6");
     let server = start(app(&info, Readiness::new(), 1024)).await;
-    let http = client();
+    assert_eq!(server.get("/items/42").await.status(), StatusCode::OK);
+    assert_eq!(server.get("/items/0").await.status(), StatusCode::NOT_FOUND);
     assert_eq!(
-        http.get(server.url("/items/42"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        http.get(server.url("/items/0"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        http.get(server.url("/nope/123"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        server.get("/nope/123").await.status(),
         StatusCode::NOT_FOUND
     );
 
-    let resp = http.get(server.url("/metrics")).send().await.unwrap();
+    let resp = server.get("/metrics").await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(
         resp.headers()["content-type"].to_str().unwrap(),
@@ -238,9 +227,8 @@ async fn metrics_show_request_series_with_route_templates() {
 async fn errors_use_one_envelope() {
     let info = ServiceInfo::new("http-errors", "1");
     let server = start(app(&info, Readiness::new(), 1024)).await;
-    let http = client();
 
-    let resp = http.get(server.url("/items/0")).send().await.unwrap();
+    let resp = server.get("/items/0").await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -248,7 +236,7 @@ async fn errors_use_one_envelope() {
         json!({"error": {"message": "no such item", "type": "not_found_error", "param": null, "code": null}})
     );
 
-    let resp = http.get(server.url("/items/13")).send().await.unwrap();
+    let resp = server.get("/items/13").await;
     assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let text = resp.text().await.unwrap();
     assert!(
@@ -259,7 +247,7 @@ async fn errors_use_one_envelope() {
     assert_eq!(body["error"]["type"], "internal_error");
     assert_eq!(body["error"]["message"], "internal server error");
 
-    let resp = http.get(server.url("/items/14")).send().await.unwrap();
+    let resp = server.get("/items/14").await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(resp.headers()["retry-after"], "7");
     let body: Value = resp.json().await.unwrap();
@@ -390,11 +378,11 @@ async fn request_ids_are_echoed_or_generated() {
         .unwrap();
     assert_eq!(resp.headers()["x-request-id"], "abc-123");
 
-    let resp = http.get(server.url("/health")).send().await.unwrap();
+    let resp = server.get("/health").await;
     let generated = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
 
-    let resp = http.get(server.url("/nope")).send().await.unwrap();
+    let resp = server.get("/nope").await;
     assert!(
         resp.headers().contains_key("x-request-id"),
         "also on unmatched routes"
@@ -459,7 +447,7 @@ async fn internal_auth_guards_everything_but_exempt_paths() {
     assert_eq!(resp.text().await.unwrap(), "classified");
 
     for path in EXEMPT {
-        let resp = http.get(server.url(path)).send().await.unwrap();
+        let resp = server.get(path).await;
         assert_eq!(resp.status(), StatusCode::OK, "{path}");
     }
     server.stop().await;
@@ -477,14 +465,7 @@ async fn connect_info_is_available_to_handlers() {
             ),
         );
     let server = start(router).await;
-    let text = client()
-        .get(server.url("/peer"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.get("/peer").await.text().await.unwrap();
     assert_eq!(text, "127.0.0.1");
     server.stop().await;
 }
@@ -518,7 +499,7 @@ async fn graceful_shutdown_lets_an_in_flight_stream_finish() {
     let (router, tx) = streaming_router();
     let server = start(router).await;
     tx.send("first;").unwrap();
-    let mut resp = client().get(server.url("/stream")).send().await.unwrap();
+    let mut resp = server.get("/stream").await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.chunk().await.unwrap().unwrap(), "first;");
 
@@ -547,7 +528,7 @@ async fn drain_timeout_bounds_a_stream_that_never_ends() {
     let (router, tx) = streaming_router();
     let server = start_with_drain(router, Duration::from_millis(200)).await;
     tx.send("forever").unwrap();
-    let mut resp = client().get(server.url("/stream")).send().await.unwrap();
+    let mut resp = server.get("/stream").await;
     assert_eq!(resp.chunk().await.unwrap().unwrap(), "forever");
     server.shutdown.cancel();
     let result = tokio::time::timeout(Duration::from_secs(5), server.task).await;

@@ -346,6 +346,10 @@ fn parse_jwks(body: &[u8]) -> Result<Vec<Key>, String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::disallowed_methods,
+        reason = "tests own their clock, ids and tasks"
+    )]
     use super::*;
 
     #[test]

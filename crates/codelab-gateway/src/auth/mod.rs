@@ -3,11 +3,12 @@
 //! caller may do (scopes: `api:read` to read, `api:write` to act).
 //!
 //! Token checks follow RFC 7519 §7.2 and RFC 8725: the algorithm is pinned to RS256 before
-//! any key is touched (§3.1: no `none`, no HS256 signed with the RSA public key), the key is
-//! chosen by `kid` from the cached JWKS, and `exp`/`nbf`/`iat` (with `jwt_leeway`, against
-//! the injected clock), `iss`, `aud` and `type == "access"` are all required to match —
-//! refresh tokens share `iss`/`aud` with access tokens (auth spec §3), so `type` is what
-//! keeps one from acting as the other (§3.11). Failures answer RFC 6750 §3 errors.
+//! any key is touched (RFC 8725 §3.1: no `none`, no HS256 signed with the RSA public key),
+//! the key is chosen by `kid` from the cached JWKS, and `exp`/`nbf`/`iat` (with `jwt_leeway`,
+//! against the injected clock), `iss`, `aud` and `type == "access"` are all required to
+//! match — refresh tokens share `iss`/`aud` with access tokens (`docs/auth.md`), so `type` is
+//! what keeps one from acting as the other (RFC 8725 §3.11). Failures answer RFC 6750 §3
+//! errors.
 
 pub mod jwks;
 
@@ -20,7 +21,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use codelab_core::clock::SharedClock;
 use codelab_core::config::Secret;
-use codelab_core::http::INTERNAL_AUTH_HEADER;
+use codelab_core::http::{ErrorEnvelope, ErrorShape, INTERNAL_AUTH_HEADER};
+pub use codelab_protocol::internal::is_valid_user_id;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -30,7 +32,7 @@ use crate::config::Config;
 use jwks::JwksCache;
 
 /// The header naming the user an internal-key caller acts for (as on the runtime's API).
-pub const USER_HEADER: &str = "x-codelab-user-id";
+pub use codelab_protocol::internal::USER_HEADER;
 /// The scope a token needs to read sessions, history, approvals and agents.
 pub const READ_SCOPE: &str = "api:read";
 /// The scope a token needs to act: send messages, decide approvals, create or delete sessions.
@@ -43,8 +45,6 @@ pub const DEV_USER: &str = "dev";
 const ALG: &str = "RS256";
 /// Longest token considered at all (a real one is about 1 KiB).
 const MAX_TOKEN_LEN: usize = 8 * 1024;
-/// Longest user id (the runtime's limit on `X-Codelab-User-Id`).
-const MAX_USER_ID_LEN: usize = 128;
 
 /// How a caller authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,8 +219,14 @@ impl AuthError {
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
         let description = self.to_string();
-        let body = json!({ "error": self.error_code(), "error_description": description });
-        let mut response = (self.status(), Json(body)).into_response();
+        let mut response = ErrorEnvelope {
+            status: self.status(),
+            kind: self.error_code(),
+            code: None,
+            message: &description,
+            detail: None,
+        }
+        .render(ErrorShape::OAuth);
         let challenge = if self.is_token_error() {
             // RFC 6750 §3: the error and its description in the challenge.
             format!("Bearer error=\"invalid_token\", error_description=\"{description}\"")
@@ -260,6 +266,7 @@ pub fn credentials_required() -> Response {
 }
 
 /// Verifies Bearer JWTs against the auth service's JWKS and recognises the service key.
+#[derive(Debug)]
 pub struct Authenticator {
     jwks: JwksCache,
     issuer: String,
@@ -269,17 +276,6 @@ pub struct Authenticator {
     /// service callers are not accepted.
     service_key: Secret,
     clock: SharedClock,
-}
-
-impl std::fmt::Debug for Authenticator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator")
-            .field("jwks", &self.jwks)
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
-            .field("leeway_secs", &self.leeway_secs)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The header fields read before choosing a key; anything else is ignored.
@@ -424,7 +420,6 @@ impl Authenticator {
     /// RFC 7519 §4.1 claim checks against the injected clock.
     fn check_claims(&self, claims: Claims) -> Result<Principal, AuthError> {
         let now = self.now_secs();
-        #[allow(clippy::cast_precision_loss)] // leeway is seconds, at most minutes
         let leeway = self.leeway_secs as f64;
         // An access token without `exp` would never expire (RFC 8725 §3.10 asks for limits).
         let exp = claims
@@ -553,16 +548,6 @@ fn verify_signature(token: &str, keys: &[DecodingKey]) -> Result<Claims, AuthErr
         }
     }
     Err(last)
-}
-
-/// Whether `id` is a usable user id: 1 to 128 of `A-Z a-z 0-9 _ . - @ : |` (the runtime's
-/// rule for `X-Codelab-User-Id`; UUIDs, `auth0|abc` and e-mail addresses pass).
-pub fn is_valid_user_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_USER_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-@:|".contains(&b))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use reqwest::Method;
 use serde_json::Value;
 
-use super::{ReadCaller, call_runtime, error, proxy, segment, session_not_found, usable_id};
+use super::{ReadCaller, call_runtime, error, proxy, proxy_session};
 use crate::AppState;
 
 /// `GET /api/v1/agents`: `{"agents": [{"type", "name", "description", "allowed_tools",
@@ -60,9 +60,6 @@ pub async fn current_agent(
     ReadCaller(caller): ReadCaller,
     Path(session_id): Path<String>,
 ) -> Response {
-    if !usable_id(&session_id) {
-        return session_not_found(&session_id);
-    }
-    let path = format!("/agents/{}/current", segment(&session_id));
-    proxy(&state, &caller, Method::GET, &path, None).await
+    let path = ("/agents", session_id.as_str(), "/current");
+    proxy_session(&state, &caller, Method::GET, path, None).await
 }

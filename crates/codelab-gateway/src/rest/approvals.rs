@@ -13,20 +13,19 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use codelab_protocol::ide::{self, ClientFrame};
+use codelab_protocol::internal::{PendingApprovals, SessionHistory};
 use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 use futures_util::StreamExt;
-use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::{
-    WriteCaller, call_runtime, error, gateway_failure, segment, session_not_found, usable_id,
-};
+use super::{WriteCaller, error, gateway_failure, session_not_found, usable_id};
 use crate::AppState;
 use crate::auth::Principal;
 
 /// A validated decision body.
 struct Decision {
-    decision: &'static str,
+    decision: ide::Decision,
     modified_arguments: Option<Map<String, Value>>,
     feedback: Option<String>,
 }
@@ -40,9 +39,9 @@ fn parse_decision(body: &[u8]) -> Result<Decision, String> {
         return Err("expected a JSON object with \"decision\"".to_owned());
     };
     let decision = match map.get("decision") {
-        Some(Value::String(d)) if d == "approve" => "approve",
-        Some(Value::String(d)) if d == "edit" => "edit",
-        Some(Value::String(d)) if d == "reject" => "reject",
+        Some(Value::String(d)) if d == "approve" => ide::Decision::Approve,
+        Some(Value::String(d)) if d == "edit" => ide::Decision::Edit,
+        Some(Value::String(d)) if d == "reject" => ide::Decision::Reject,
         None | Some(Value::Null) => return Err("\"decision\" is required".to_owned()),
         Some(other) => {
             return Err(format!(
@@ -55,7 +54,7 @@ fn parse_decision(body: &[u8]) -> Result<Decision, String> {
         Some(Value::Object(args)) => Some(args.clone()),
         Some(_) => return Err("modified_arguments must be a JSON object".to_owned()),
     };
-    if decision == "edit" && modified_arguments.is_none() {
+    if decision == ide::Decision::Edit && modified_arguments.is_none() {
         return Err("an edit needs modified_arguments (a JSON object)".to_owned());
     }
     let feedback = match map.get("feedback") {
@@ -68,13 +67,6 @@ fn parse_decision(body: &[u8]) -> Result<Decision, String> {
         modified_arguments,
         feedback,
     })
-}
-
-/// Whether `list` (an array of objects) holds an entry with `call_id`.
-fn find_call<'a>(list: Option<&'a Value>, call_id: &str) -> Option<&'a Value> {
-    list.and_then(Value::as_array)?
-        .iter()
-        .find(|c| c.get("call_id").and_then(Value::as_str) == Some(call_id))
 }
 
 /// `POST /api/v1/sessions/{id}/approvals/{call_id}`: decides a call that waits for approval.
@@ -99,25 +91,35 @@ pub async fn decide_approval(
 
     // Look the call up first, so the usual answers need no stream: the pending list is
     // small; the history tells an unknown call from a decided one.
-    let pending_path = format!("/sessions/{}/pending-approvals", segment(&session_id));
-    let pending = match call_runtime(&state, &caller, Method::GET, &pending_path, None).await {
-        Ok((_, body)) => body,
-        Err(response) => return response,
+    let runtime = &state.runtime;
+    let pending = match runtime
+        .session_part::<PendingApprovals>(&session_id, &caller.user_id)
+        .await
+    {
+        Ok(pending) => pending,
+        Err(failure) => return gateway_failure(&failure),
     };
-    if find_call(pending.get("pending_approvals"), &call_id).is_none() {
-        let history_path = format!("/sessions/{}/history", segment(&session_id));
-        let history = match call_runtime(&state, &caller, Method::GET, &history_path, None).await {
-            Ok((_, body)) => body,
-            Err(response) => return response,
+    if !pending
+        .pending_approvals
+        .iter()
+        .any(|approval| approval.call_id == call_id)
+    {
+        let history = match runtime
+            .session_part::<SessionHistory>(&session_id, &caller.user_id)
+            .await
+        {
+            Ok(history) => history,
+            Err(failure) => return gateway_failure(&failure),
         };
-        return match find_call(history.get("tool_calls"), &call_id) {
+        return match history
+            .tool_calls
+            .iter()
+            .find(|call| call.call_id == call_id)
+        {
             None => call_not_found(&session_id, &call_id),
             Some(call) => {
-                let undecided = call.get("decision").is_none_or(Value::is_null);
-                let needs_approval = call
-                    .get("requires_approval")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
+                let undecided = call.decision.is_none();
+                let needs_approval = call.requires_approval;
                 let detail = if undecided && !needs_approval {
                     format!("call {call_id} does not wait for approval")
                 } else {
@@ -128,17 +130,12 @@ pub async fn decide_approval(
         };
     }
 
-    let mut frame = json!({
-        "type": "hitl_decision",
-        "call_id": call_id,
-        "decision": decision.decision,
-    });
-    if let Some(args) = decision.modified_arguments {
-        frame["modified_arguments"] = Value::Object(args);
-    }
-    if let Some(feedback) = decision.feedback {
-        frame["feedback"] = Value::String(feedback);
-    }
+    let frame = ClientFrame::HitlDecision {
+        call_id: call_id.clone(),
+        decision: decision.decision,
+        modified_arguments: decision.modified_arguments,
+        feedback: decision.feedback,
+    };
     let events = match relay(&state, &caller, &session_id, frame).await {
         Ok(events) => events,
         Err(response) => return response,
@@ -167,7 +164,7 @@ pub async fn decide_approval(
         StatusCode::OK,
         Json(json!({
             "call_id": call_id,
-            "decision": decision.decision,
+            "decision": decision.decision.as_str(),
             "status": "accepted",
         })),
     )
@@ -184,7 +181,7 @@ pub async fn cancel_turn(
     if !usable_id(&session_id) {
         return session_not_found(&session_id);
     }
-    let frame = json!({ "type": "cancel_turn" });
+    let frame = ClientFrame::CancelTurn { reason: None };
     let events = match relay(&state, &caller, &session_id, frame).await {
         Ok(events) => events,
         Err(response) => return response,
@@ -219,7 +216,7 @@ async fn relay(
     state: &Arc<AppState>,
     caller: &Principal,
     session_id: &str,
-    frame: Value,
+    frame: ClientFrame,
 ) -> Result<Vec<SequencedEvent>, Response> {
     let task_state = Arc::clone(state);
     let user_id = caller.user_id.clone();

@@ -1,6 +1,6 @@
 //! The REST half of `/api/v1`: sessions, approvals, agents and the OpenAPI document, proxied
 //! to the agent runtime for the authenticated user, in the shapes the Flutter IDE parses
-//! (gateway spec §9).
+//! (`docs/gateway.md`, "REST endpoints").
 //!
 //! Every call acts for the caller's user (`X-Codelab-User-Id` on the runtime link), so another
 //! user's session answers 404 exactly like a missing one. Runtime errors keep their status as
@@ -22,6 +22,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use codelab_core::http::log_error;
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -167,18 +168,27 @@ fn usable_id(id: &str) -> bool {
         && !id.chars().any(char::is_control)
 }
 
-/// `id` as one encoded path segment of a runtime URL.
-fn segment(id: &str) -> String {
-    encode_segment(id)
+/// Relays a call about one session to the runtime path `{prefix}/{id}{suffix}`; an id the
+/// gateway will not forward answers as an unknown session.
+async fn proxy_session(
+    state: &AppState,
+    caller: &Principal,
+    method: reqwest::Method,
+    (prefix, id, suffix): (&str, &str, &str),
+    body: Option<Value>,
+) -> Response {
+    if !usable_id(id) {
+        return session_not_found(id);
+    }
+    let path = format!("{prefix}/{}{suffix}", encode_segment(id));
+    proxy(state, caller, method, &path, body).await
 }
 
 /// A gateway-made error: `{"error": <code>, "detail": <text>}`.
 fn error(status: StatusCode, code: &str, detail: impl Into<Value>) -> Response {
-    (
-        status,
-        Json(json!({ "error": code, "detail": detail.into() })),
-    )
-        .into_response()
+    let detail = detail.into();
+    log_error(status, "gateway_error", code, Some(&detail.to_string()));
+    (status, Json(json!({ "error": code, "detail": detail }))).into_response()
 }
 
 /// 404 for an id the gateway will not forward (the same answer as an unknown session).
@@ -191,7 +201,8 @@ fn session_not_found(id: &str) -> Response {
     )
 }
 
-/// A runtime answer that is not 2xx, its status preserved (spec §9, branch shape).
+/// A runtime answer that is not 2xx, its status preserved, in the shape of the endpoint's
+/// branch (`docs/gateway.md`, "Errors").
 fn runtime_failure(status: u16, body: &Value) -> Response {
     let detail = match body.get("detail") {
         Some(detail) => detail.clone(),
@@ -212,22 +223,16 @@ fn gateway_failure(failure: &RuntimeError) -> Response {
         RuntimeError::Status { status, detail } => {
             runtime_failure(*status, &json!({ "detail": detail }))
         }
-        RuntimeError::Timeout(_) => {
-            tracing::warn!(error = %failure, "agent runtime timed out");
-            error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "Gateway error",
-                failure.to_string(),
-            )
-        }
-        _ => {
-            tracing::warn!(error = %failure, "agent runtime unreachable");
-            error(
-                StatusCode::BAD_GATEWAY,
-                "Gateway error",
-                failure.to_string(),
-            )
-        }
+        RuntimeError::Timeout(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Gateway error",
+            failure.to_string(),
+        ),
+        _ => error(
+            StatusCode::BAD_GATEWAY,
+            "Gateway error",
+            failure.to_string(),
+        ),
     }
 }
 

@@ -9,7 +9,7 @@ use axum::response::Response;
 use reqwest::Method;
 use serde_json::Value;
 
-use super::{ReadCaller, WriteCaller, error, proxy, segment, session_not_found, usable_id};
+use super::{ReadCaller, WriteCaller, error, proxy, proxy_session, session_not_found, usable_id};
 use crate::AppState;
 
 /// Query parameters of `GET /sessions` passed on to the runtime; others are dropped (the
@@ -63,11 +63,8 @@ pub async fn get_session(
     ReadCaller(caller): ReadCaller,
     Path(id): Path<String>,
 ) -> Response {
-    if !usable_id(&id) {
-        return session_not_found(&id);
-    }
-    let path = format!("/sessions/{}", segment(&id));
-    proxy(&state, &caller, Method::GET, &path, None).await
+    let path = ("/sessions", id.as_str(), "");
+    proxy_session(&state, &caller, Method::GET, path, None).await
 }
 
 /// `PATCH /api/v1/sessions/{id}` `{"title": "..."}`: renames the session.
@@ -97,8 +94,8 @@ pub async fn update_session(
             );
         }
     };
-    let path = format!("/sessions/{}", segment(&id));
-    proxy(&state, &caller, Method::PATCH, &path, Some(body)).await
+    let path = ("/sessions", id.as_str(), "");
+    proxy_session(&state, &caller, Method::PATCH, path, Some(body)).await
 }
 
 /// `DELETE /api/v1/sessions/{id}`: 204.
@@ -107,11 +104,8 @@ pub async fn delete_session(
     WriteCaller(caller): WriteCaller,
     Path(id): Path<String>,
 ) -> Response {
-    if !usable_id(&id) {
-        return session_not_found(&id);
-    }
-    let path = format!("/sessions/{}", segment(&id));
-    proxy(&state, &caller, Method::DELETE, &path, None).await
+    let path = ("/sessions", id.as_str(), "");
+    proxy_session(&state, &caller, Method::DELETE, path, None).await
 }
 
 /// `GET /api/v1/sessions/{id}/history`: passthrough (`session_id`, `messages`,
@@ -121,11 +115,8 @@ pub async fn session_history(
     ReadCaller(caller): ReadCaller,
     Path(id): Path<String>,
 ) -> Response {
-    if !usable_id(&id) {
-        return session_not_found(&id);
-    }
-    let path = format!("/sessions/{}/history", segment(&id));
-    proxy(&state, &caller, Method::GET, &path, None).await
+    let path = ("/sessions", id.as_str(), "/history");
+    proxy_session(&state, &caller, Method::GET, path, None).await
 }
 
 /// `GET /api/v1/sessions/{id}/pending-approvals`: passthrough (`session_id`, `count`,
@@ -135,11 +126,8 @@ pub async fn pending_approvals(
     ReadCaller(caller): ReadCaller,
     Path(id): Path<String>,
 ) -> Response {
-    if !usable_id(&id) {
-        return session_not_found(&id);
-    }
-    let path = format!("/sessions/{}/pending-approvals", segment(&id));
-    proxy(&state, &caller, Method::GET, &path, None).await
+    let path = ("/sessions", id.as_str(), "/pending-approvals");
+    proxy_session(&state, &caller, Method::GET, path, None).await
 }
 
 #[cfg(test)]

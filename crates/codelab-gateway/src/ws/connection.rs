@@ -18,24 +18,23 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use codelab_protocol::ide::{ClientFrame, parse_client_frame};
+use codelab_protocol::ide::{ClientFrame, ServerFrame, parse_client_frame};
+use codelab_protocol::internal::{
+    HistoryToolCall, PendingApprovals, SessionHistory, SessionSummary,
+};
 use codelab_protocol::runtime::SequencedEvent;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Map, Value};
 use tokio::sync::{Notify, oneshot};
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use super::Access;
-use super::render::{
-    Frame, Profile, approval_frame, error_frame, frame_error, frame_type, render,
-    session_info_frame, tool_call_frame,
-};
+use super::render::{Frame, Profile, frame_error, frame_type, render};
 use crate::AppState;
 use crate::fanout::{Delivery, FanoutSubscription, QueueLimits, SocketClaim};
 use crate::metrics;
-use crate::runtime_client::{RuntimeError, encode_segment};
+use crate::runtime_client::RuntimeError;
 
 /// Close codes (RFC 6455 §7.4.1).
 pub mod close_code {
@@ -73,8 +72,9 @@ const MAX_LINGER: Duration = Duration::from_secs(5);
 
 /// What the writer is asked to do.
 enum Command {
-    /// A frame for this socket only.
-    Frame(Frame),
+    /// A frame for this socket only (boxed: a typed frame is large, and the queue holds
+    /// mostly small commands).
+    Frame(Box<Frame>),
     /// The client switched profile (`hello`).
     Profile(Profile),
     /// Fetch what the client needs to resume; live events wait meanwhile.
@@ -134,7 +134,7 @@ impl Conn {
     /// Queues a frame for this socket only (nothing happens if it is gone).
     fn direct(&self, frame: Frame) {
         let bytes = crate::fanout::encoded_len(&frame);
-        self.queue(Command::Frame(frame), bytes);
+        self.queue(Command::Frame(Box::new(frame)), bytes);
     }
 
     /// Queues a command within the socket's limits; past them the socket is a slow consumer.
@@ -280,7 +280,7 @@ pub(super) async fn run(
         closed: closed.clone(),
         close_timeout,
     };
-    let writer = tokio::spawn(writer.run(subscription));
+    let writer = codelab_core::tasks::spawn("socket-writer", writer.run(subscription));
     let mut reader = Reader {
         conn: Arc::clone(&conn),
         closed: closed.clone(),
@@ -417,7 +417,7 @@ impl Reader {
                             Ok(text) => self.on_text(text),
                             Err(_) => {
                                 metrics::frame("in", "invalid");
-                                self.conn.direct(error_frame(
+                                self.conn.direct(ServerFrame::error(
                                     "Invalid JSON message: a binary frame that is not UTF-8 text",
                                     Some("INVALID_FORMAT"),
                                 ));
@@ -446,8 +446,10 @@ impl Reader {
         if !self.bucket.take(Instant::now()) {
             self.violations += 1;
             metrics::frame("in", "invalid");
-            self.conn
-                .direct(error_frame("rate limit exceeded", Some("RATE_LIMITED")));
+            self.conn.direct(ServerFrame::error(
+                "rate limit exceeded",
+                Some("RATE_LIMITED"),
+            ));
             if self.violations >= MAX_RATE_VIOLATIONS {
                 return Some(End::Close {
                     code: close_code::POLICY,
@@ -464,19 +466,19 @@ impl Reader {
                 tracing::debug!(code = error.code(), "refused a WebSocket frame");
                 self.conn.direct(frame_error(&error));
             }
-            Ok((frame, raw)) => {
-                let kind = raw.get("type").and_then(Value::as_str).unwrap_or_default();
+            Ok(frame) => {
+                let kind = frame.kind();
                 metrics::frame("in", kind);
                 if !self.permitted(kind) {
                     return None;
                 }
                 match frame {
-                    ClientFrame::Hello { protocol } => self.hello(protocol, &raw),
+                    ClientFrame::Hello { protocol, last_seq } => self.hello(protocol, last_seq),
                     ClientFrame::UserMessage { .. } => {
                         self.conn.queue(Command::TurnStarted(Instant::now()), 0);
-                        self.dispatch(raw);
+                        self.dispatch(frame);
                     }
-                    _ => self.dispatch(raw),
+                    _ => self.dispatch(frame),
                 }
             }
         }
@@ -499,10 +501,10 @@ impl Reader {
 
     /// `{"type":"hello","protocol":N,"last_seq"?:S}`: switches the profile; protocol 2 gets
     /// its resumption.
-    fn hello(&mut self, protocol: u32, raw: &Map<String, Value>) {
+    fn hello(&mut self, protocol: u32, last_seq: Option<u64>) {
         let Some(profile) = Profile::from_number(u64::from(protocol)) else {
-            self.conn.direct(error_frame(
-                &format!("unsupported protocol {protocol}: this gateway speaks 1 and 2"),
+            self.conn.direct(ServerFrame::error(
+                format!("unsupported protocol {protocol}: this gateway speaks 1 and 2"),
                 Some("INVALID_FORMAT"),
             ));
             return;
@@ -510,14 +512,13 @@ impl Reader {
         self.active.set_profile(profile.label());
         self.conn.queue(Command::Profile(profile), 0);
         if profile == Profile::V2 {
-            let last_seq = raw.get("last_seq").and_then(Value::as_u64);
             // The writer merges it into the resumption in flight, if any (`Writer::sync`).
             self.conn.queue(Command::Sync(Sync::Resume { last_seq }), 0);
         }
     }
 
     /// Relays a frame in its own task, after the previous frame's request was sent.
-    fn dispatch(&mut self, frame: Map<String, Value>) {
+    fn dispatch(&mut self, frame: ClientFrame) {
         let (done, next) = oneshot::channel();
         let previous = self.previous.replace(next);
         // Tracked by the state: a stream whose socket has gone still runs to its end, so its
@@ -568,7 +569,7 @@ fn read_error(error: axum::Error) -> End {
 /// Failures of this frame go to this socket only.
 async fn relay(
     conn: Arc<Conn>,
-    frame: Map<String, Value>,
+    frame: ClientFrame,
     previous: Option<oneshot::Receiver<()>>,
     done: oneshot::Sender<()>,
 ) {
@@ -583,7 +584,7 @@ async fn relay(
         .stream_frame(
             &access.session_id,
             &access.user_id,
-            Value::Object(frame),
+            &frame,
             access.dev_sessions,
         )
         .await;
@@ -605,18 +606,15 @@ fn report(conn: &Conn, error: &RuntimeError) {
     metrics::runtime_stream_error(error.kind());
     let frame = match error {
         RuntimeError::Status { status, detail } if detail.is_empty() => {
-            error_frame(&format!("Agent error: {status}"), Some("AGENT_ERROR"))
+            ServerFrame::error(format!("Agent error: {status}"), Some("AGENT_ERROR"))
         }
-        RuntimeError::Status { status, detail } => error_frame(
-            &format!("Agent error: {status}: {detail}"),
+        RuntimeError::Status { status, detail } => ServerFrame::error(
+            format!("Agent error: {status}: {detail}"),
             Some("AGENT_ERROR"),
         ),
         other => {
             tracing::warn!(error = %other, "an agent runtime stream failed");
-            error_frame(
-                &format!("Streaming error: {other}"),
-                Some("STREAMING_ERROR"),
-            )
+            ServerFrame::error(format!("Streaming error: {other}"), Some("STREAMING_ERROR"))
         }
     };
     conn.direct(frame);
@@ -695,7 +693,7 @@ impl Writer {
     /// Handles a command; `false` stops the writer.
     async fn command(&mut self, command: Command, subscription: &mut FanoutSubscription) -> bool {
         match command {
-            Command::Frame(frame) => self.send(frame).await,
+            Command::Frame(frame) => self.send(*frame).await,
             Command::Profile(profile) => {
                 self.profile = profile;
                 true
@@ -890,21 +888,16 @@ async fn resume(conn: &Conn, last_seq: Option<u64>) -> Replay {
     let runtime = &conn.state.runtime;
     let access = &conn.access;
     let mut replay = Replay::default();
-    let path = format!("/sessions/{}", encode_segment(&access.session_id));
     // A session that does not exist yet (`off` mode) has no agent to tell.
     let agent = runtime
-        .ok_json(&path, &access.user_id)
+        .session_part::<SessionSummary>(&access.session_id, &access.user_id)
         .await
         .ok()
-        .and_then(|session| {
-            session
-                .get("current_agent")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        });
-    replay
-        .before
-        .push(session_info_frame(&access.session_id, agent.as_deref()));
+        .and_then(|session| session.current_agent);
+    replay.before.push(ServerFrame::session_info(
+        &access.session_id,
+        agent.as_deref(),
+    ));
     match last_seq {
         Some(after) => match runtime
             .events_page(&access.session_id, &access.user_id, after, REPLAY_PAGE)
@@ -915,15 +908,15 @@ async fn resume(conn: &Conn, last_seq: Option<u64>) -> Replay {
                 replay.next_page = page.next_after;
             }
             Err(RuntimeError::Status { status: 404, .. }) => {}
-            Err(error) => replay.after.push(error_frame(
-                &format!("cannot replay missed events: {error}"),
+            Err(error) => replay.after.push(ServerFrame::error(
+                format!("cannot replay missed events: {error}"),
                 Some("REPLAY_FAILED"),
             )),
         },
         None => match open_calls(conn).await {
             Ok(frames) => replay.after = frames,
-            Err(error) => replay.after.push(error_frame(
-                &format!("cannot restore open tool calls: {error}"),
+            Err(error) => replay.after.push(ServerFrame::error(
+                format!("cannot restore open tool calls: {error}"),
                 Some("REPLAY_FAILED"),
             )),
         },
@@ -947,8 +940,8 @@ async fn catch_up(conn: &Conn, after: u64) -> Replay {
         }
         Err(error) => {
             tracing::warn!(%error, "cannot replay events a WebSocket missed");
-            replay.after.push(error_frame(
-                &format!("some events could not be delivered; reload the session: {error}"),
+            replay.after.push(ServerFrame::error(
+                format!("some events could not be delivered; reload the session: {error}"),
                 Some("REPLAY_FAILED"),
             ));
         }
@@ -961,77 +954,49 @@ async fn catch_up(conn: &Conn, after: u64) -> Replay {
 async fn open_calls(conn: &Conn) -> Result<Vec<Frame>, RuntimeError> {
     let runtime = &conn.state.runtime;
     let access = &conn.access;
-    let session = encode_segment(&access.session_id);
     let history = match runtime
-        .ok_json(&format!("/sessions/{session}/history"), &access.user_id)
+        .session_part::<SessionHistory>(&access.session_id, &access.user_id)
         .await
     {
         Ok(history) => history,
         Err(RuntimeError::Status { status: 404, .. }) => return Ok(Vec::new()),
         Err(error) => return Err(error),
     };
-    let open: Vec<&Value> = history
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .map(|calls| {
-            calls
-                .iter()
-                .filter(|call| {
-                    matches!(
-                        call.get("status").and_then(Value::as_str),
-                        Some("pending_approval" | "awaiting_result")
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let open: Vec<HistoryToolCall> = history
+        .tool_calls
+        .into_iter()
+        .filter(HistoryToolCall::is_open)
+        .collect();
     if open.is_empty() {
         return Ok(Vec::new());
     }
     let mut reasons = HashMap::new();
-    if open
-        .iter()
-        .any(|call| call.get("status").and_then(Value::as_str) == Some("pending_approval"))
-    {
+    if open.iter().any(HistoryToolCall::is_pending_approval) {
         let pending = runtime
-            .ok_json(
-                &format!("/sessions/{session}/pending-approvals"),
-                &access.user_id,
-            )
+            .session_part::<PendingApprovals>(&access.session_id, &access.user_id)
             .await?;
-        for approval in pending
-            .get("pending_approvals")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let (Some(call_id), Some(reason)) = (
-                approval.get("call_id").and_then(Value::as_str),
-                approval.get("reason").and_then(Value::as_str),
-            ) {
-                reasons.insert(call_id.to_owned(), reason.to_owned());
+        for approval in pending.pending_approvals {
+            if let Some(reason) = approval.reason {
+                reasons.insert(approval.call_id, reason);
             }
         }
     }
     let mut frames = Vec::new();
     for call in open {
-        let (Some(call_id), Some(tool_name)) = (
-            call.get("call_id").and_then(Value::as_str),
-            call.get("tool_name").and_then(Value::as_str),
-        ) else {
-            continue;
-        };
-        let arguments = call.get("arguments").cloned().unwrap_or(Value::Null);
-        let pending = call.get("status").and_then(Value::as_str) == Some("pending_approval");
-        let reason = reasons.get(call_id).map(String::as_str);
-        frames.push(tool_call_frame(
-            call_id, tool_name, &arguments, pending, reason,
+        let pending = call.is_pending_approval();
+        let reason = reasons.get(&call.call_id).map(String::as_str);
+        frames.push(ServerFrame::tool_call(
+            &call.call_id,
+            &call.tool_name,
+            &call.arguments,
+            pending,
+            reason,
         ));
         if pending {
-            frames.push(approval_frame(
-                call_id,
-                tool_name,
-                &arguments,
+            frames.push(ServerFrame::approval_required(
+                &call.call_id,
+                &call.tool_name,
+                &call.arguments,
                 reason.unwrap_or("this tool call needs approval"),
             ));
         }
@@ -1077,6 +1042,10 @@ impl TokenBucket {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::disallowed_methods,
+        reason = "tests own their clock, ids and tasks"
+    )]
     use super::*;
 
     #[test]

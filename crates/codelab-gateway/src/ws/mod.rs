@@ -291,25 +291,18 @@ async fn decide_access(
             HINTED.call_once(|| tracing::warn!("{TOKEN_REQUIRED}"));
             Err(Refusal::Unauthenticated)
         }
-        (None, WsAuthMode::Session) => {
-            match runtime
+        (None, WsAuthMode::Session | WsAuthMode::Off) => {
+            let owner = runtime
                 .session_owner(session_id)
                 .await
-                .map_err(Refusal::Runtime)?
-            {
+                .map_err(Refusal::Runtime)?;
+            let development = mode == WsAuthMode::Off;
+            match owner {
                 // Knowing the unguessable id is the capability: act as its owner.
-                Some(owner) => Ok(access(owner, false)),
-                None => Err(Refusal::Forbidden),
-            }
-        }
-        (None, WsAuthMode::Off) => {
-            match runtime
-                .session_owner(session_id)
-                .await
-                .map_err(Refusal::Runtime)?
-            {
-                Some(owner) => Ok(access(owner, true)),
-                None if creatable_session_id(session_id) => Ok(access(DEV_USER.to_owned(), true)),
+                Some(owner) => Ok(access(owner, development)),
+                None if development && creatable_session_id(session_id) => {
+                    Ok(access(DEV_USER.to_owned(), true))
+                }
                 None => Err(Refusal::Forbidden),
             }
         }

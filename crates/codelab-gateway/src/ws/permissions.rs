@@ -8,7 +8,9 @@
 //! without `api:write` may watch a session but not act in it. See
 //! docs/websocket-protocol.md, "What a socket may send".
 
-use super::render::{Frame, error_frame};
+use codelab_protocol::ide::ServerFrame;
+
+use super::render::Frame;
 use crate::auth::{Principal, WRITE_SCOPE};
 
 /// The frame types the Flutter IDE sends, allowed on a tokenless `session`-mode socket. An
@@ -38,7 +40,7 @@ pub struct FrameRefusal {
 impl FrameRefusal {
     /// The `error` frame, in the wire format of every other refused frame.
     pub fn frame(&self) -> Frame {
-        error_frame(&self.message, Some(self.code))
+        ServerFrame::error(self.message.as_str(), Some(self.code))
     }
 }
 

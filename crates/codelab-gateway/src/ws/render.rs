@@ -6,9 +6,8 @@
 //! deltas, approvals, turn ends and session info, each stored event with its `seq` so they can
 //! resume. No frame ever carries a `null` key.
 
-use codelab_protocol::ide::FrameError;
-use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent, TurnOutcome};
-use serde_json::{Map, Value, json};
+use codelab_protocol::ide::{FrameError, FrameMetadata, ServerFrame, ServerFrameType};
+use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 
 /// How a socket's client reads frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,94 +37,26 @@ impl Profile {
     }
 }
 
-/// A frame for the socket: a JSON object without `null` values.
-pub type Frame = Map<String, Value>;
+/// A frame for the socket.
+pub type Frame = ServerFrame;
 
 /// The frame type of `frame` (for metrics).
-pub fn frame_type(frame: &Frame) -> &str {
-    frame.get("type").and_then(Value::as_str).unwrap_or("")
-}
-
-/// Builds a frame from pairs, leaving out `null` values. Payloads such as `arguments` are
-/// passed on as they are (a `null` inside them may mean something to the tool).
-fn object(pairs: Vec<(&str, Value)>) -> Frame {
-    pairs
-        .into_iter()
-        .filter(|(_, value)| !value.is_null())
-        .map(|(key, value)| (key.to_owned(), value))
-        .collect()
-}
-
-/// A `metadata` object from pairs, leaving out `null` values.
-fn metadata(pairs: Vec<(&str, Value)>) -> Value {
-    Value::Object(object(pairs))
-}
-
-/// The wire name of an outcome.
-pub fn outcome_name(outcome: TurnOutcome) -> &'static str {
-    match outcome {
-        TurnOutcome::Completed => "completed",
-        TurnOutcome::AwaitingTools => "awaiting_tools",
-        TurnOutcome::Cancelled => "cancelled",
-        TurnOutcome::StepLimit => "step_limit",
-        TurnOutcome::Failed => "failed",
-    }
-}
-
-/// An `error` frame: the text in `content` (the gateway's field) and `error` (the runtime's),
-/// plus a stable `error_code` when there is one.
-pub fn error_frame(text: &str, code: Option<&str>) -> Frame {
-    object(vec![
-        ("type", json!("error")),
-        ("content", json!(text)),
-        ("error", json!(text)),
-        ("error_code", code.map_or(Value::Null, |c| json!(c))),
-        ("is_final", json!(true)),
-    ])
+pub fn frame_type(frame: &Frame) -> &'static str {
+    frame.kind.as_str()
 }
 
 /// The `error` frame for a refused client frame.
 pub fn frame_error(error: &FrameError) -> Frame {
-    error_frame(&error.to_string(), Some(error.code()))
+    ServerFrame::error(error.to_string(), Some(error.code()))
 }
 
-/// A `tool_call` frame.
-pub fn tool_call_frame(
-    call_id: &str,
-    tool_name: &str,
-    arguments: &Value,
-    requires_approval: bool,
-    reason: Option<&str>,
-) -> Frame {
-    object(vec![
-        ("type", json!("tool_call")),
-        ("call_id", json!(call_id)),
-        ("tool_name", json!(tool_name)),
-        ("arguments", arguments.clone()),
-        ("requires_approval", json!(requires_approval)),
-        ("reason", reason.map_or(Value::Null, |r| json!(r))),
-        ("is_final", json!(true)),
-    ])
-}
-
-/// An `approval_required` frame (protocol 2).
-pub fn approval_frame(call_id: &str, tool_name: &str, arguments: &Value, reason: &str) -> Frame {
-    object(vec![
-        ("type", json!("approval_required")),
-        ("call_id", json!(call_id)),
-        ("tool_name", json!(tool_name)),
-        ("arguments", arguments.clone()),
-        ("reason", json!(reason)),
-    ])
-}
-
-/// A `session_info` frame (protocol 2).
-pub fn session_info_frame(session_id: &str, agent: Option<&str>) -> Frame {
-    object(vec![
-        ("type", json!("session_info")),
-        ("session_id", json!(session_id)),
-        ("agent_type", agent.map_or(Value::Null, |a| json!(a))),
-    ])
+/// `metadata` naming an assistant message and its agent (protocol 2).
+fn message_metadata(message_id: &str, agent: &str) -> Option<FrameMetadata> {
+    Some(FrameMetadata {
+        agent: Some(agent.to_owned()),
+        message_id: Some(message_id.to_owned()),
+        ..FrameMetadata::default()
+    })
 }
 
 /// The frame a client of `profile` gets for `event`, if any.
@@ -140,16 +71,10 @@ pub fn render(profile: Profile, event: &SequencedEvent) -> Option<Frame> {
                 delta,
             },
             Profile::V2,
-        ) => object(vec![
-            ("type", json!("assistant_message")),
-            ("content", json!(delta)),
-            ("token", json!(delta)),
-            ("is_final", json!(false)),
-            (
-                "metadata",
-                json!({"message_id": message_id, "agent": agent}),
-            ),
-        ]),
+        ) => ServerFrame {
+            metadata: message_metadata(message_id, agent),
+            ..ServerFrame::assistant_message(delta, false)
+        },
         (
             RuntimeEvent::AssistantMessage {
                 message_id,
@@ -157,21 +82,13 @@ pub fn render(profile: Profile, event: &SequencedEvent) -> Option<Frame> {
                 content,
             },
             _,
-        ) => {
-            let mut frame = object(vec![
-                ("type", json!("assistant_message")),
-                ("content", json!(content)),
-                ("token", json!(content)),
-                ("is_final", json!(true)),
-            ]);
-            if profile == Profile::V2 {
-                frame.insert(
-                    "metadata".into(),
-                    json!({"message_id": message_id, "agent": agent}),
-                );
-            }
-            frame
-        }
+        ) => ServerFrame {
+            metadata: match profile {
+                Profile::V2 => message_metadata(message_id, agent),
+                Profile::Flutter => None,
+            },
+            ..ServerFrame::assistant_message(content, true)
+        },
         (
             RuntimeEvent::ToolCall {
                 call_id,
@@ -182,7 +99,7 @@ pub fn render(profile: Profile, event: &SequencedEvent) -> Option<Frame> {
                 ..
             },
             _,
-        ) => tool_call_frame(
+        ) => ServerFrame::tool_call(
             call_id,
             tool_name,
             arguments,
@@ -200,28 +117,26 @@ pub fn render(profile: Profile, event: &SequencedEvent) -> Option<Frame> {
         ) => {
             // The Flutter IDE reads the top-level fields first, then `metadata` (what the
             // original runtime sent): both are filled.
-            let from = from_agent.as_deref().map_or(Value::Null, |f| json!(f));
-            let confidence = confidence.as_deref().map_or(Value::Null, |c| json!(c));
-            object(vec![
-                ("type", json!("agent_switched")),
-                ("content", json!(format!("Switched to {to_agent} agent"))),
-                ("from_agent", from.clone()),
-                ("to_agent", json!(to_agent)),
-                ("reason", json!(reason)),
-                ("confidence", confidence.clone()),
-                (
-                    "metadata",
-                    metadata(vec![
-                        ("from_agent", from),
-                        ("to_agent", json!(to_agent)),
-                        ("reason", json!(reason)),
-                        ("confidence", confidence),
-                    ]),
-                ),
-                ("is_final", json!(false)),
-            ])
+            ServerFrame {
+                content: Some(format!("Switched to {to_agent} agent")),
+                from_agent: from_agent.clone(),
+                to_agent: Some(to_agent.clone()),
+                reason: Some(reason.clone()),
+                confidence: confidence.clone(),
+                metadata: Some(FrameMetadata {
+                    from_agent: from_agent.clone(),
+                    to_agent: Some(to_agent.clone()),
+                    reason: Some(reason.clone()),
+                    confidence: confidence.clone(),
+                    ..FrameMetadata::default()
+                }),
+                is_final: Some(false),
+                ..ServerFrame::new(ServerFrameType::AgentSwitched)
+            }
         }
-        (RuntimeEvent::Error { message, code }, _) => error_frame(message, code.as_deref()),
+        (RuntimeEvent::Error { message, code }, _) => {
+            ServerFrame::error(message.as_str(), code.as_deref())
+        }
         (
             RuntimeEvent::ApprovalRequired {
                 call_id,
@@ -230,14 +145,17 @@ pub fn render(profile: Profile, event: &SequencedEvent) -> Option<Frame> {
                 reason,
             },
             Profile::V2,
-        ) => approval_frame(call_id, tool_name, arguments, reason),
+        ) => ServerFrame::approval_required(call_id, tool_name, arguments, reason),
         (RuntimeEvent::TurnFinished { outcome }, Profile::V2) => {
-            let outcome = outcome_name(*outcome);
-            object(vec![
-                ("type", json!("turn_finished")),
-                ("content", json!(outcome)),
-                ("metadata", json!({"outcome": outcome})),
-            ])
+            let outcome = outcome.as_str();
+            ServerFrame {
+                content: Some(outcome.to_owned()),
+                metadata: Some(FrameMetadata {
+                    outcome: Some(outcome.to_owned()),
+                    ..FrameMetadata::default()
+                }),
+                ..ServerFrame::new(ServerFrameType::TurnFinished)
+            }
         }
         (
             RuntimeEvent::SessionInfo {
@@ -245,34 +163,34 @@ pub fn render(profile: Profile, event: &SequencedEvent) -> Option<Frame> {
                 current_agent,
             },
             Profile::V2,
-        ) => session_info_frame(session_id, Some(current_agent)),
+        ) => ServerFrame::session_info(session_id, Some(current_agent)),
         _ => return None,
     };
     Some(match profile {
-        Profile::V2 => with_seq(frame, event.seq),
+        // Merges `"metadata": {"seq": N}` into a protocol-2 frame of a stored event.
+        Profile::V2 => frame.with_seq(event.seq),
         Profile::Flutter => frame,
     })
-}
-
-/// Merges `"metadata": {"seq": N}` into a protocol-2 frame of a stored event (`seq > 0`).
-fn with_seq(mut frame: Frame, seq: u64) -> Frame {
-    if seq == 0 {
-        return frame;
-    }
-    match frame.get_mut("metadata") {
-        Some(Value::Object(metadata)) => {
-            metadata.insert("seq".into(), json!(seq));
-        }
-        _ => {
-            frame.insert("metadata".into(), json!({ "seq": seq }));
-        }
-    }
-    frame
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use codelab_protocol::runtime::TurnOutcome;
+    use serde_json::{Map, Value, json};
+
+    /// The frame as JSON, to compare with `json!`.
+    fn json_of(frame: Frame) -> Value {
+        serde_json::to_value(frame).unwrap()
+    }
+
+    /// The frame's keys and values.
+    fn map_of(frame: Frame) -> Map<String, Value> {
+        match json_of(frame) {
+            Value::Object(map) => map,
+            other => panic!("a frame that is not an object: {other}"),
+        }
+    }
 
     fn seq(seq: u64, event: RuntimeEvent) -> SequencedEvent {
         SequencedEvent { seq, event }
@@ -360,12 +278,12 @@ mod tests {
         );
         let flutter = render(Profile::Flutter, &event).unwrap();
         assert_eq!(
-            Value::Object(flutter),
+            json_of(flutter),
             json!({"type": "tool_call", "call_id": "call_1", "tool_name": "write_file",
                    "arguments": {"path": "a.py", "content": null}, "requires_approval": true,
                    "reason": "writes a file", "is_final": true})
         );
-        let v2 = render(Profile::V2, &event).unwrap();
+        let v2 = json_of(render(Profile::V2, &event).unwrap());
         assert_eq!(v2["metadata"], json!({"seq": 7}));
         let plain = seq(
             8,
@@ -378,7 +296,7 @@ mod tests {
                 agent: "coder".into(),
             },
         );
-        let flutter = render(Profile::Flutter, &plain).unwrap();
+        let flutter = map_of(render(Profile::Flutter, &plain).unwrap());
         assert_eq!(flutter["requires_approval"], json!(false));
         assert!(!flutter.contains_key("reason"));
     }
@@ -395,7 +313,7 @@ mod tests {
             },
         );
         assert_eq!(
-            Value::Object(render(Profile::Flutter, &event).unwrap()),
+            json_of(render(Profile::Flutter, &event).unwrap()),
             json!({"type": "agent_switched", "content": "Switched to coder agent",
                    "from_agent": "orchestrator", "to_agent": "coder", "reason": "coding task",
                    "confidence": "high",
@@ -412,7 +330,7 @@ mod tests {
                 confidence: None,
             },
         );
-        let frame = render(Profile::V2, &first).unwrap();
+        let frame = map_of(render(Profile::V2, &first).unwrap());
         assert!(!frame.contains_key("from_agent"));
         assert!(!frame.contains_key("confidence"));
         assert_eq!(
@@ -430,13 +348,13 @@ mod tests {
                 code: Some("llm_error".into()),
             },
         );
-        let frame = render(Profile::Flutter, &event).unwrap();
+        let frame = map_of(render(Profile::Flutter, &event).unwrap());
         assert_eq!(frame["content"], "the model is unavailable");
         assert_eq!(frame["error"], "the model is unavailable");
         assert_eq!(frame["is_final"], true);
         let frame = frame_error(&FrameError::UnknownType("ping".into()));
         assert_eq!(
-            Value::Object(frame),
+            json_of(frame),
             json!({"type": "error", "content": "Unknown message type: ping",
                    "error": "Unknown message type: ping", "error_code": "INVALID_TYPE",
                    "is_final": true})
@@ -454,7 +372,7 @@ mod tests {
             },
         );
         assert_eq!(
-            Value::Object(render(Profile::V2, &delta).unwrap()),
+            json_of(render(Profile::V2, &delta).unwrap()),
             json!({"type": "assistant_message", "content": "Hel", "token": "Hel",
                    "is_final": false, "metadata": {"message_id": "m1", "agent": "coder"}})
         );
@@ -467,7 +385,7 @@ mod tests {
             },
         );
         assert_eq!(
-            Value::Object(render(Profile::V2, &full).unwrap()),
+            json_of(render(Profile::V2, &full).unwrap()),
             json!({"type": "assistant_message", "content": "Hello", "token": "Hello",
                    "is_final": true,
                    "metadata": {"message_id": "m1", "agent": "coder", "seq": 5}})
@@ -486,7 +404,7 @@ mod tests {
             },
         );
         assert_eq!(
-            Value::Object(render(Profile::V2, &approval).unwrap()),
+            json_of(render(Profile::V2, &approval).unwrap()),
             json!({"type": "approval_required", "call_id": "c", "tool_name": "execute_command",
                    "arguments": {"command": "rm -rf build"}, "reason": "runs a command",
                    "metadata": {"seq": 6}})
@@ -498,7 +416,7 @@ mod tests {
             },
         );
         assert_eq!(
-            Value::Object(render(Profile::V2, &finished).unwrap()),
+            json_of(render(Profile::V2, &finished).unwrap()),
             json!({"type": "turn_finished", "content": "awaiting_tools",
                    "metadata": {"outcome": "awaiting_tools", "seq": 10}})
         );
@@ -510,7 +428,7 @@ mod tests {
             },
         );
         assert_eq!(
-            Value::Object(render(Profile::V2, &info).unwrap()),
+            json_of(render(Profile::V2, &info).unwrap()),
             json!({"type": "session_info", "session_id": "s1", "agent_type": "orchestrator",
                    "metadata": {"seq": 1}})
         );
@@ -529,7 +447,7 @@ mod tests {
     #[test]
     fn no_frame_carries_a_null_key() {
         // Top level and metadata; tool arguments are the model's and pass unchanged.
-        fn has_null(frame: &Frame) -> bool {
+        fn has_null(frame: &Map<String, Value>) -> bool {
             frame.values().any(Value::is_null)
                 || frame
                     .get("metadata")
@@ -558,7 +476,7 @@ mod tests {
         ];
         for profile in [Profile::Flutter, Profile::V2] {
             for event in &events {
-                let frame = render(profile, &seq(1, event.clone())).unwrap();
+                let frame = map_of(render(profile, &seq(1, event.clone())).unwrap());
                 assert!(!has_null(&frame), "{frame:?}");
             }
         }

@@ -1,15 +1,14 @@
-//! Anthropic Messages API upstream (§13): translates the OpenAI-shaped request (§13.1) and
-//! parses the named-event SSE stream (§13.3) into [`LlmEvent`]s.
+//! Anthropic Messages API upstream: translates the OpenAI-shaped request and
+//! parses the named-event SSE stream into [`LlmEvent`]s.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use codelab_protocol::openai::{ChatCompletionRequest, ChatMessage, MessageContent, Usage};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
 
-use super::Deployment;
 use super::wire::{self, EventResult, FrameDecoder, SseEvent, SseParser};
+use super::{Deployment, Transport};
 use crate::events::{EventStream, FinishReason, LlmEvent, UpstreamError};
 
 /// The `anthropic-version` header value the translation targets.
@@ -22,16 +21,15 @@ pub const PLACEHOLDER_USER_TEXT: &str = "(conversation continues)";
 /// answered with a success status. `default_max_tokens` is sent when the request has none (the
 /// field is required by Anthropic).
 pub async fn open(
-    http: &reqwest::Client,
+    transport: &Transport<'_>,
     deployment: &Deployment,
     request: &ChatCompletionRequest,
-    timeout: Duration,
     default_max_tokens: u64,
-    max_line_bytes: usize,
 ) -> Result<EventStream, UpstreamError> {
     let url = wire::endpoint_url(&deployment.api_base, Some("/v1"), &["v1", "messages"])?;
     let body = build_body(deployment, request, default_max_tokens);
-    let mut builder = http
+    let mut builder = transport
+        .http
         .post(url)
         .header("anthropic-version", ANTHROPIC_VERSION)
         .header(reqwest::header::ACCEPT, "text/event-stream")
@@ -40,30 +38,24 @@ pub async fn open(
         builder = builder.header("x-api-key", key.expose_secret());
     }
     tracing::debug!(model = %deployment.upstream_model, "sending messages request to anthropic");
-    let response = wire::send(builder, deployment.timeout.unwrap_or(timeout)).await?;
-    Ok(parse_stream(wire::response_bytes(response), max_line_bytes))
-}
-
-/// Parses an Anthropic Messages SSE body into events.
-/// A line (or SSE event) longer than `max_line_bytes` ends the stream with an error.
-pub fn parse_stream(
-    bytes: impl futures_util::Stream<Item = Result<bytes::Bytes, UpstreamError>> + Send + 'static,
-    max_line_bytes: usize,
-) -> EventStream {
-    wire::decode_stream(
-        bytes,
-        SseParser::with_max_line_bytes(max_line_bytes),
+    let framing = SseParser::with_max_line_bytes(transport.max_line_bytes);
+    wire::open_stream(
+        transport,
+        deployment,
+        builder,
+        framing,
         AnthropicDecoder::new(),
     )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
-// Request translation (§13.1)
+// Request translation
 // ---------------------------------------------------------------------------------------------
 
 /// The Messages API request body for `request` (always streamed). Fields Anthropic does not
 /// know (`presence_penalty`, `frequency_penalty`, `n`, `logit_bias`, `seed`, other extras) are
-/// dropped, as LiteLLM's `drop_params` did (§11).
+/// dropped, as LiteLLM's `drop_params` did.
 pub fn build_body(
     deployment: &Deployment,
     request: &ChatCompletionRequest,
@@ -248,7 +240,7 @@ fn part_block(part: &Value) -> Option<Value> {
 fn assistant_blocks(message: &ChatMessage) -> Vec<Value> {
     let mut blocks = content_blocks(message.content.as_ref());
     for call in message.tool_calls.iter().flatten() {
-        // Arguments are a JSON string; the API wants an object (unparseable → `{}`, §13.1).
+        // Arguments are a JSON string; the API wants an object (unparseable → `{}`).
         let input = match serde_json::from_str::<Value>(&call.function.arguments) {
             Ok(input @ Value::Object(_)) => input,
             _ => json!({}),
@@ -288,7 +280,7 @@ fn tool_id(id: &str) -> String {
         .collect()
 }
 
-/// OpenAI `tool_choice` (+ `parallel_tool_calls`) → Anthropic `tool_choice` (§13.1).
+/// OpenAI `tool_choice` (+ `parallel_tool_calls`) → Anthropic `tool_choice`.
 fn tool_choice(choice: Option<&Value>, parallel: Option<bool>) -> Option<Value> {
     let mut mapped = match choice {
         None => None,
@@ -316,7 +308,7 @@ fn tool_choice(choice: Option<&Value>, parallel: Option<bool>) -> Option<Value> 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Stream parsing (§13.3)
+// Stream parsing
 // ---------------------------------------------------------------------------------------------
 
 /// A tool_use content block in progress.
@@ -329,7 +321,7 @@ struct ToolBlock {
     initial_input: Option<String>,
 }
 
-/// State machine from Anthropic SSE events to [`LlmEvent`]s (§13.3).
+/// State machine from Anthropic SSE events to [`LlmEvent`]s.
 #[derive(Debug, Default)]
 pub struct AnthropicDecoder {
     started: bool,
@@ -368,7 +360,7 @@ impl AnthropicDecoder {
     }
 
     fn usage(&self) -> Usage {
-        // §10: prompt tokens include cached ones.
+        // Prompt tokens include cached ones.
         Usage::new(
             self.input_tokens + self.cache_creation_tokens + self.cache_read_tokens,
             self.output_tokens,
@@ -393,7 +385,7 @@ impl AnthropicDecoder {
         }));
     }
 
-    /// Closes a tool block: one that got no input deltas still needs arguments (§13.3).
+    /// Closes a tool block: one that got no input deltas still needs arguments.
     fn close_tool(block: &ToolBlock, out: &mut Vec<EventResult>) {
         if !block.got_args {
             let fragment = block
@@ -565,7 +557,7 @@ fn non_empty_str(value: &Value, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Anthropic `stop_reason` → OpenAI `finish_reason` (§13.3).
+/// Anthropic `stop_reason` → OpenAI `finish_reason`.
 pub fn map_stop_reason(reason: &str) -> FinishReason {
     match reason {
         "max_tokens" | "model_context_window_exceeded" => FinishReason::Length,
@@ -576,7 +568,7 @@ pub fn map_stop_reason(reason: &str) -> FinishReason {
     }
 }
 
-/// The HTTP status Anthropic uses for an error type (§13.4), so a mid-stream `error` event is
+/// The HTTP status Anthropic uses for an error type, so a mid-stream `error` event is
 /// classified like the same error answered as a status (e.g. `overloaded_error` → 529,
 /// retryable).
 fn status_for_error_type(error_type: &str) -> Option<u16> {
@@ -640,20 +632,20 @@ impl FrameDecoder for AnthropicDecoder {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::events::UpstreamErrorKind;
     use crate::providers::ProviderKind;
     use futures_util::StreamExt;
 
     fn deployment() -> Deployment {
-        Deployment {
-            provider: ProviderKind::Anthropic,
-            upstream_model: "claude-sonnet-4-5".to_owned(),
-            api_base: "https://api.anthropic.com".to_owned(),
-            api_key: Some("sk-ant-test".to_owned().into()),
-            api_version: None,
-            timeout: None,
-        }
+        wire::test_server::deployment(
+            ProviderKind::Anthropic,
+            "claude-sonnet-4-5",
+            "https://api.anthropic.com",
+            Some("sk-ant-test"),
+        )
     }
 
     fn request() -> ChatCompletionRequest {
@@ -796,7 +788,7 @@ mod tests {
         );
     }
 
-    /// The spec's stream (§13.3): text, a tool_use whose input arrives split, message_delta,
+    /// Anthropic's documented stream: text, a tool_use whose input arrives split, message_delta,
     /// message_stop — with a ping, an unknown event and cache tokens.
     const STREAM: &str = concat!(
         "event: message_start\n",
@@ -881,17 +873,8 @@ mod tests {
 
     #[tokio::test]
     async fn parse_stream_over_byte_chunks() {
-        let chunks: Vec<Result<bytes::Bytes, UpstreamError>> = STREAM
-            .as_bytes()
-            .chunks(11)
-            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
-            .collect();
-        let got: Vec<_> = parse_stream(
-            futures_util::stream::iter(chunks),
-            wire::DEFAULT_MAX_LINE_BYTES,
-        )
-        .collect()
-        .await;
+        let decoder = AnthropicDecoder::new();
+        let got = wire::test_server::decode_in_chunks(STREAM, 11, SseParser::new(), decoder).await;
         assert_eq!(got, stream_events());
     }
 
@@ -967,24 +950,17 @@ mod tests {
 
     #[tokio::test]
     async fn sends_headers_and_maps_529() {
-        let (addr, seen) = wire::test_server::serve_once(
+        let (d, seen) = wire::test_server::serve_once_for(
+            deployment(),
+            "/v1/",
             "HTTP/1.1 529 Site Overloaded\r\ncontent-type: application/json\r\nretry-after: 2\r\n",
             r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
         )
         .await;
-        let mut d = deployment();
-        d.api_base = format!("http://{addr}/v1/");
-        let err = open(
-            &reqwest::Client::new(),
-            &d,
-            &request(),
-            Duration::from_secs(5),
-            4096,
-            super::wire::DEFAULT_MAX_LINE_BYTES,
-        )
-        .await
-        .err()
-        .unwrap();
+        let err = open(&wire::test_server::transport(), &d, &request(), 4096)
+            .await
+            .err()
+            .unwrap();
         assert_eq!(err.kind, UpstreamErrorKind::Status(529));
         assert!(err.is_retryable());
         assert_eq!(err.message, "Overloaded");
@@ -1001,23 +977,16 @@ mod tests {
 
     #[tokio::test]
     async fn streams_a_reply_from_a_local_server() {
-        let (addr, _seen) = wire::test_server::serve_once(
+        let (d, _seen) = wire::test_server::serve_once_for(
+            deployment(),
+            "",
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n",
             STREAM,
         )
         .await;
-        let mut d = deployment();
-        d.api_base = format!("http://{addr}");
-        let stream = open(
-            &reqwest::Client::new(),
-            &d,
-            &request(),
-            Duration::from_secs(5),
-            4096,
-            super::wire::DEFAULT_MAX_LINE_BYTES,
-        )
-        .await
-        .unwrap();
+        let stream = open(&wire::test_server::transport(), &d, &request(), 4096)
+            .await
+            .unwrap();
         let got: Vec<_> = stream.collect().await;
         assert_eq!(got, stream_events());
     }

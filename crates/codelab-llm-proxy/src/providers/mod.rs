@@ -73,6 +73,18 @@ pub struct Providers {
     pub max_stream_line_bytes: usize,
 }
 
+/// How one upstream request is sent: what every provider client needs besides the
+/// deployment and the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Transport<'a> {
+    /// The pooled HTTP client.
+    pub http: &'a reqwest::Client,
+    /// Bounds the wait for the answer's headers (a deployment's own `timeout` wins).
+    pub timeout: Duration,
+    /// Longest line (or SSE event) accepted from the stream; past it the reply fails.
+    pub max_line_bytes: usize,
+}
+
 impl Providers {
     /// Sends `request` to `deployment` and returns its event stream once the upstream has
     /// accepted it. `timeout` bounds the wait for the answer's headers.
@@ -82,38 +94,25 @@ impl Providers {
         request: &ChatCompletionRequest,
         timeout: Duration,
     ) -> Result<EventStream, UpstreamError> {
+        let transport = Transport {
+            http: &self.http,
+            timeout,
+            max_line_bytes: self.max_stream_line_bytes,
+        };
         match deployment.provider {
             ProviderKind::OpenAi | ProviderKind::Azure => {
-                openai::open(
-                    &self.http,
-                    deployment,
-                    request,
-                    timeout,
-                    self.max_stream_line_bytes,
-                )
-                .await
+                openai::open(&transport, deployment, request).await
             }
             ProviderKind::Anthropic => {
                 anthropic::open(
-                    &self.http,
+                    &transport,
                     deployment,
                     request,
-                    timeout,
                     self.anthropic_default_max_tokens,
-                    self.max_stream_line_bytes,
                 )
                 .await
             }
-            ProviderKind::Ollama => {
-                ollama::open(
-                    &self.http,
-                    deployment,
-                    request,
-                    timeout,
-                    self.max_stream_line_bytes,
-                )
-                .await
-            }
+            ProviderKind::Ollama => ollama::open(&transport, deployment, request).await,
             ProviderKind::Mock => self.mock.open(request),
         }
     }

@@ -1,53 +1,44 @@
-//! Ollama native `/api/chat` upstream (§14): NDJSON streaming, tool-call arguments as objects,
+//! Ollama native `/api/chat` upstream: NDJSON streaming, tool-call arguments as objects,
 //! no tool-call ids (synthesized), usage from `prompt_eval_count` / `eval_count`.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use codelab_protocol::openai::{ChatCompletionRequest, ChatMessage, MessageContent, Usage};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
 
-use super::Deployment;
 use super::wire::{self, EventResult, FrameDecoder, NdjsonSplitter};
+use super::{Deployment, Transport};
 use crate::events::{EventStream, FinishReason, LlmEvent, UpstreamError};
 
 /// Sends `request` to an Ollama deployment and returns its event stream once the upstream
 /// answered with a success status.
 pub async fn open(
-    http: &reqwest::Client,
+    transport: &Transport<'_>,
     deployment: &Deployment,
     request: &ChatCompletionRequest,
-    timeout: Duration,
-    max_line_bytes: usize,
 ) -> Result<EventStream, UpstreamError> {
     let url = wire::endpoint_url(&deployment.api_base, Some("/v1"), &["api", "chat"])?;
     let body = build_body(deployment, request);
-    let mut builder = http.post(url).json(&body);
+    let mut builder = transport.http.post(url).json(&body);
     // Ollama itself has no auth; a key is for a reverse proxy in front of it.
     if let Some(key) = &deployment.api_key {
         builder = builder.bearer_auth(key.expose_secret());
     }
     tracing::debug!(model = %deployment.upstream_model, "sending chat request to ollama");
-    let response = wire::send(builder, deployment.timeout.unwrap_or(timeout)).await?;
-    Ok(parse_stream(wire::response_bytes(response), max_line_bytes))
-}
-
-/// Parses an Ollama `/api/chat` NDJSON body into events.
-/// A line (or SSE event) longer than `max_line_bytes` ends the stream with an error.
-pub fn parse_stream(
-    bytes: impl futures_util::Stream<Item = Result<bytes::Bytes, UpstreamError>> + Send + 'static,
-    max_line_bytes: usize,
-) -> EventStream {
-    wire::decode_stream(
-        bytes,
-        NdjsonSplitter::with_max_line_bytes(max_line_bytes),
+    let framing = NdjsonSplitter::with_max_line_bytes(transport.max_line_bytes);
+    wire::open_stream(
+        transport,
+        deployment,
+        builder,
+        framing,
         OllamaDecoder::new(),
     )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
-// Request translation (§14)
+// Request translation
 // ---------------------------------------------------------------------------------------------
 
 /// The `/api/chat` request body for `request` (always streamed).
@@ -123,7 +114,7 @@ fn message_json(message: &ChatMessage, tool_names: &HashMap<&str, &str>) -> Valu
     };
     let mut m = Map::new();
     m.insert("role".to_owned(), json!(role));
-    // Ollama's content is a plain string: text parts are flattened (§5.3).
+    // Ollama's content is a plain string: text parts are flattened.
     m.insert("content".to_owned(), json!(message.text_content()));
     let images = images(message.content.as_ref());
     if !images.is_empty() {
@@ -133,7 +124,7 @@ fn message_json(message: &ChatMessage, tool_names: &HashMap<&str, &str>) -> Valu
         let calls: Vec<Value> = calls
             .iter()
             .map(|call| {
-                // History arguments must be an object (§14); unparseable → {}.
+                // History arguments must be an object; unparseable → {}.
                 let arguments = match serde_json::from_str::<Value>(&call.function.arguments) {
                     Ok(args @ Value::Object(_)) => args,
                     _ => json!({}),
@@ -189,7 +180,7 @@ fn response_format(format: Option<&Value>) -> Option<Value> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Stream parsing (§14)
+// Stream parsing
 // ---------------------------------------------------------------------------------------------
 
 /// State machine from Ollama NDJSON lines to [`LlmEvent`]s.
@@ -248,7 +239,7 @@ impl OllamaDecoder {
             }
         }
         if line.get("done").and_then(Value::as_bool) == Some(true) {
-            // Ollama says `done_reason:"stop"` even after tool calls (§14).
+            // Ollama says `done_reason:"stop"` even after tool calls.
             let reason = if self.tool_count > 0 {
                 FinishReason::ToolCalls
             } else if line.get("done_reason").and_then(Value::as_str) == Some("length") {
@@ -324,14 +315,12 @@ mod tests {
     use futures_util::StreamExt;
 
     fn deployment() -> Deployment {
-        Deployment {
-            provider: ProviderKind::Ollama,
-            upstream_model: "qwen3:0.6b".to_owned(),
-            api_base: "http://ollama:11434/v1".to_owned(),
-            api_key: None,
-            api_version: None,
-            timeout: None,
-        }
+        wire::test_server::deployment(
+            ProviderKind::Ollama,
+            "qwen3:0.6b",
+            "http://ollama:11434/v1",
+            None,
+        )
     }
 
     fn request() -> ChatCompletionRequest {
@@ -450,17 +439,9 @@ mod tests {
 
     #[tokio::test]
     async fn parse_stream_over_byte_chunks() {
-        let chunks: Vec<Result<bytes::Bytes, UpstreamError>> = STREAM
-            .as_bytes()
-            .chunks(5)
-            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
-            .collect();
-        let got: Vec<_> = parse_stream(
-            futures_util::stream::iter(chunks),
-            wire::DEFAULT_MAX_LINE_BYTES,
-        )
-        .collect()
-        .await;
+        let decoder = OllamaDecoder::new();
+        let got =
+            wire::test_server::decode_in_chunks(STREAM, 5, NdjsonSplitter::new(), decoder).await;
         check_stream(&got);
     }
 
@@ -527,23 +508,17 @@ mod tests {
 
     #[tokio::test]
     async fn maps_404_model_not_pulled() {
-        let (addr, seen) = wire::test_server::serve_once(
+        let (d, seen) = wire::test_server::serve_once_for(
+            deployment(),
+            "/v1/",
             "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n",
             r#"{"error":"model \"qwen3:0.6b\" not found, try pulling it first"}"#,
         )
         .await;
-        let mut d = deployment();
-        d.api_base = format!("http://{addr}/v1/");
-        let err = open(
-            &reqwest::Client::new(),
-            &d,
-            &request(),
-            Duration::from_secs(5),
-            super::wire::DEFAULT_MAX_LINE_BYTES,
-        )
-        .await
-        .err()
-        .unwrap();
+        let err = open(&wire::test_server::transport(), &d, &request())
+            .await
+            .err()
+            .unwrap();
         assert_eq!(err.kind, UpstreamErrorKind::Status(404));
         assert_eq!(
             err.message,
@@ -557,22 +532,16 @@ mod tests {
 
     #[tokio::test]
     async fn streams_a_reply_from_a_local_server() {
-        let (addr, _seen) = wire::test_server::serve_once(
+        let (d, _seen) = wire::test_server::serve_once_for(
+            deployment(),
+            "",
             "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n",
             STREAM,
         )
         .await;
-        let mut d = deployment();
-        d.api_base = format!("http://{addr}");
-        let stream = open(
-            &reqwest::Client::new(),
-            &d,
-            &request(),
-            Duration::from_secs(5),
-            super::wire::DEFAULT_MAX_LINE_BYTES,
-        )
-        .await
-        .unwrap();
+        let stream = open(&wire::test_server::transport(), &d, &request())
+            .await
+            .unwrap();
         let got: Vec<_> = stream.collect().await;
         check_stream(&got);
     }

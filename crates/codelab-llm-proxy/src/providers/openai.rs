@@ -1,18 +1,17 @@
-//! OpenAI Chat Completions upstreams (§12): OpenAI, OpenRouter, vLLM, LM Studio, LiteLLM,
-//! Ollama `/v1`, and Azure OpenAI (§12.4).
+//! OpenAI Chat Completions upstreams: OpenAI, OpenRouter, vLLM, LM Studio, LiteLLM,
+//! Ollama `/v1`, and Azure OpenAI.
 //!
-//! The client's request is forwarded nearly verbatim (unknown fields included, §16 "forward
+//! The client's request is forwarded nearly verbatim (unknown fields included: "forward
 //! where supported"); the reply is always streamed upstream and parsed into [`LlmEvent`]s.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use codelab_protocol::openai::{ChatCompletionRequest, Usage};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
 
 use super::wire::{self, EventResult, FrameDecoder, SseEvent, SseParser};
-use super::{Deployment, ProviderKind};
+use super::{Deployment, ProviderKind, Transport};
 use crate::events::{EventStream, FinishReason, LlmEvent, UpstreamError};
 
 /// Azure `api-version` used when the deployment configures none.
@@ -21,11 +20,9 @@ pub const DEFAULT_AZURE_API_VERSION: &str = "2024-02-15-preview";
 /// Sends `request` to an OpenAI-compatible (or Azure) deployment and returns its event stream
 /// once the upstream answered with a success status.
 pub async fn open(
-    http: &reqwest::Client,
+    transport: &Transport<'_>,
     deployment: &Deployment,
     request: &ChatCompletionRequest,
-    timeout: Duration,
-    max_line_bytes: usize,
 ) -> Result<EventStream, UpstreamError> {
     let azure = deployment.provider == ProviderKind::Azure;
     let body = build_body(deployment, request)?;
@@ -46,14 +43,14 @@ pub async fn open(
             .as_deref()
             .unwrap_or(DEFAULT_AZURE_API_VERSION);
         url.query_pairs_mut().append_pair("api-version", version);
-        let builder = http.post(url);
+        let builder = transport.http.post(url);
         match &deployment.api_key {
             Some(key) => builder.header("api-key", key.expose_secret()),
             None => builder,
         }
     } else {
         let url = wire::endpoint_url(&deployment.api_base, None, &["chat", "completions"])?;
-        let builder = http.post(url);
+        let builder = transport.http.post(url);
         match &deployment.api_key {
             Some(key) => builder.bearer_auth(key.expose_secret()),
             None => builder,
@@ -67,25 +64,19 @@ pub async fn open(
         model = %deployment.upstream_model,
         "sending chat completion upstream"
     );
-    let response = wire::send(builder, deployment.timeout.unwrap_or(timeout)).await?;
-    Ok(parse_stream(wire::response_bytes(response), max_line_bytes))
-}
-
-/// Parses an OpenAI Chat Completions SSE body into events.
-/// A line (or SSE event) longer than `max_line_bytes` ends the stream with an error.
-pub fn parse_stream(
-    bytes: impl futures_util::Stream<Item = Result<bytes::Bytes, UpstreamError>> + Send + 'static,
-    max_line_bytes: usize,
-) -> EventStream {
-    wire::decode_stream(
-        bytes,
-        SseParser::with_max_line_bytes(max_line_bytes),
+    let framing = SseParser::with_max_line_bytes(transport.max_line_bytes);
+    wire::open_stream(
+        transport,
+        deployment,
+        builder,
+        framing,
         OpenAiDecoder::new(),
     )
+    .await
 }
 
 /// The upstream request body: the client's request with the deployment's model, `stream: true`,
-/// usage requested (§10), and every field the proxy does not know passed through (§5.3).
+/// usage requested, and every field the proxy does not know passed through.
 pub fn build_body(
     deployment: &Deployment,
     request: &ChatCompletionRequest,
@@ -97,7 +88,7 @@ pub fn build_body(
             "request did not encode to a JSON object",
         ));
     };
-    // Null-valued keys are dropped when forwarding (§5.3): strict servers reject e.g.
+    // Null-valued keys are dropped when forwarding: strict servers reject e.g.
     // `"function_call": null` on messages.
     body.retain(|_, v| !v.is_null());
     if let Some(Value::Array(messages)) = body.get_mut("messages") {
@@ -113,7 +104,7 @@ pub fn build_body(
     );
     body.insert("stream".to_owned(), Value::Bool(true));
     let azure = deployment.provider == ProviderKind::Azure;
-    // Older Azure api-versions reject `stream_options` (§12.4): only forward the client's own.
+    // Older Azure api-versions reject `stream_options`: only forward the client's own.
     if !azure {
         let mut options = match body.remove("stream_options") {
             Some(Value::Object(options)) => options,
@@ -122,7 +113,7 @@ pub fn build_body(
         options.insert("include_usage".to_owned(), Value::Bool(true));
         body.insert("stream_options".to_owned(), Value::Object(options));
     }
-    // o-series reasoning models reject `max_tokens` and want `max_completion_tokens` (§12.1).
+    // o-series reasoning models reject `max_tokens` and want `max_completion_tokens`.
     // Only recognisable by name on OpenAI-kind deployments (Azure names are deployment names).
     if !azure
         && is_reasoning_model(&deployment.upstream_model)
@@ -151,7 +142,7 @@ struct ToolState {
     pending_args: String,
 }
 
-/// State machine from OpenAI SSE events to [`LlmEvent`]s (§12.2).
+/// State machine from OpenAI SSE events to [`LlmEvent`]s.
 #[derive(Debug, Default)]
 pub struct OpenAiDecoder {
     started: bool,
@@ -193,7 +184,7 @@ impl OpenAiDecoder {
 
     fn chunk(&mut self, chunk: &Value, out: &mut Vec<EventResult>) {
         if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
-            // OpenRouter and vLLM report failures mid-stream as a data event (§12.3); a numeric
+            // OpenRouter and vLLM report failures mid-stream as a data event; a numeric
             // code is the HTTP status they would have answered.
             let status = error
                 .get("code")
@@ -208,7 +199,7 @@ impl OpenAiDecoder {
             return;
         }
         let choices = chunk.get("choices").and_then(Value::as_array);
-        // Azure's prompt-filter chunk has empty `choices` and empty id/model (§12.4): wait for a
+        // Azure's prompt-filter chunk has empty `choices` and empty id/model: wait for a
         // real chunk to take them from.
         if choices.is_some_and(|c| !c.is_empty()) {
             self.start(chunk, out);
@@ -435,20 +426,20 @@ impl FrameDecoder for OpenAiDecoder {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::events::UpstreamErrorKind;
     use futures_util::StreamExt;
     use serde_json::json;
 
     fn deployment(provider: ProviderKind) -> Deployment {
-        Deployment {
+        wire::test_server::deployment(
             provider,
-            upstream_model: "gpt-4o".to_owned(),
-            api_base: "https://api.openai.com/v1/".to_owned(),
-            api_key: Some("sk-test".to_owned().into()),
-            api_version: None,
-            timeout: None,
-        }
+            "gpt-4o",
+            "https://api.openai.com/v1/",
+            Some("sk-test"),
+        )
     }
 
     fn request() -> ChatCompletionRequest {
@@ -604,17 +595,8 @@ mod tests {
 
     #[tokio::test]
     async fn parse_stream_over_byte_chunks() {
-        let chunks: Vec<Result<bytes::Bytes, UpstreamError>> = PARALLEL
-            .as_bytes()
-            .chunks(7)
-            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
-            .collect();
-        let got: Vec<_> = parse_stream(
-            futures_util::stream::iter(chunks),
-            wire::DEFAULT_MAX_LINE_BYTES,
-        )
-        .collect()
-        .await;
+        let decoder = OpenAiDecoder::new();
+        let got = wire::test_server::decode_in_chunks(PARALLEL, 7, SseParser::new(), decoder).await;
         assert_eq!(got, parallel_events());
     }
 
@@ -625,7 +607,7 @@ mod tests {
             "data: {\"id\":\"c2\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
             "data: {\"id\":\"c2\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"think\"}}]}\n\n",
             "data: {\"id\":\"c2\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning\":\"more\"}}]}\n\n",
-            // sse-starlette framing (§5.3): a JSON split over two data lines plus an empty one.
+            // sse-starlette framing: a JSON split over two data lines plus an empty one.
             "data: {\"id\":\"c2\",\"choices\":[{\"index\":0,\r\ndata: \"delta\":{\"content\":\"Hel\"}}]}\r\ndata: \r\n\r\n",
             "event: chunk\nid: 4\ndata: {\"id\":\"c2\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"}}]}\n\n",
             // A second choice (n>1) is not relayed.
@@ -859,16 +841,10 @@ mod tests {
         drop(listener);
         let mut d = deployment(ProviderKind::OpenAi);
         d.api_base = format!("http://{addr}/v1");
-        let err = open(
-            &reqwest::Client::new(),
-            &d,
-            &request(),
-            Duration::from_secs(5),
-            super::wire::DEFAULT_MAX_LINE_BYTES,
-        )
-        .await
-        .err()
-        .unwrap();
+        let err = open(&wire::test_server::transport(), &d, &request())
+            .await
+            .err()
+            .unwrap();
         assert_eq!(err.kind, UpstreamErrorKind::Connect);
         assert!(err.is_retryable());
         assert!(!err.message.contains("sk-test"));
@@ -876,23 +852,17 @@ mod tests {
 
     #[tokio::test]
     async fn sends_bearer_request_and_maps_status_errors() {
-        let (addr, seen) = wire::test_server::serve_once(
+        let (d, seen) = wire::test_server::serve_once_for(
+            deployment(ProviderKind::OpenAi),
+            "/v1/",
             "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 3\r\n",
             r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
         )
         .await;
-        let mut d = deployment(ProviderKind::OpenAi);
-        d.api_base = format!("http://{addr}/v1/");
-        let err = open(
-            &reqwest::Client::new(),
-            &d,
-            &request(),
-            Duration::from_secs(5),
-            super::wire::DEFAULT_MAX_LINE_BYTES,
-        )
-        .await
-        .err()
-        .unwrap();
+        let err = open(&wire::test_server::transport(), &d, &request())
+            .await
+            .err()
+            .unwrap();
         assert_eq!(err.kind, UpstreamErrorKind::Status(429));
         assert_eq!(err.message, "Rate limit reached");
         assert_eq!(err.error_type.as_deref(), Some("requests"));
@@ -905,23 +875,17 @@ mod tests {
 
     #[tokio::test]
     async fn azure_url_and_api_key_and_a_streamed_reply() {
-        let (addr, seen) = wire::test_server::serve_once(
+        let (mut d, seen) = wire::test_server::serve_once_for(
+            deployment(ProviderKind::Azure),
+            "/",
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n",
             PARALLEL,
         )
         .await;
-        let mut d = deployment(ProviderKind::Azure);
-        d.api_base = format!("http://{addr}/");
         d.upstream_model = "my-gpt4".to_owned();
-        let stream = open(
-            &reqwest::Client::new(),
-            &d,
-            &request(),
-            Duration::from_secs(5),
-            super::wire::DEFAULT_MAX_LINE_BYTES,
-        )
-        .await
-        .unwrap();
+        let stream = open(&wire::test_server::transport(), &d, &request())
+            .await
+            .unwrap();
         let got: Vec<_> = stream.collect().await;
         assert_eq!(got, parallel_events());
         let seen = seen.await.unwrap();

@@ -1,7 +1,8 @@
-//! Byte-level plumbing shared by the real provider clients: an incremental SSE parser
-//! (OpenAI-compatible and Anthropic, §12.2 / §13.3), an NDJSON line splitter (Ollama, §14),
+//! Byte-level plumbing shared by the real provider clients: the framing of upstream bodies (SSE
+//! for OpenAI-compatible and Anthropic through the shared [`codelab_protocol::sse`] parser, an
+//! NDJSON line splitter for Ollama),
 //! the driver that turns an upstream body into an [`EventStream`], and the HTTP helpers every
-//! provider uses to send a request and map an error status (§12.3, §13.4, §14).
+//! provider uses to send a request and map an error status.
 //!
 //! The parsers are pure (fed byte chunks, no I/O) so they can be tested with input split at
 //! every byte boundary; the driver only pulls chunks when the consumer polls it, so dropping the
@@ -13,15 +14,17 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
+pub use codelab_protocol::sse::{SseEvent, SseParser};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
+use super::{Deployment, Transport};
 use crate::events::{EventStream, LlmEvent, UpstreamError, UpstreamErrorKind};
 
 /// One decoded item of an upstream reply, or the error that ends it.
 pub type EventResult = Result<LlmEvent, UpstreamError>;
 
-/// A new OpenAI-style tool-call id: `call_` and 24 random lowercase hex digits (§6: ids are
+/// A new OpenAI-style tool-call id: `call_` and 24 random lowercase hex digits (ids are
 /// synthesized when a provider sends none, e.g. Ollama).
 pub fn new_tool_call_id() -> String {
     let bytes: [u8; 12] = rand::random();
@@ -41,7 +44,7 @@ pub fn new_tool_call_id() -> String {
 /// Longest line (and SSE event) an upstream stream may send by default: far above any real
 /// chunk, yet a bound on what one misbehaving upstream can make the proxy buffer
 /// (`LLM_PROXY__MAX_STREAM_LINE_BYTES`).
-pub const DEFAULT_MAX_LINE_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_LINE_BYTES: usize = codelab_protocol::sse::DEFAULT_MAX_LINE_BYTES;
 
 /// Splits a byte stream into frames; fed chunks cut anywhere, including inside a line ending
 /// or a multi-byte UTF-8 character.
@@ -66,115 +69,6 @@ fn line_too_long_error(limit: usize) -> UpstreamError {
              (LLM_PROXY__MAX_STREAM_LINE_BYTES)"
         ),
     )
-}
-
-/// One server-sent event: its `event:` name (if any) and its `data:` lines joined with `\n`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SseEvent {
-    /// The `event:` field (Anthropic's event type); `None` for OpenAI's unnamed events.
-    pub event: Option<String>,
-    /// The `data:` lines joined with `\n`.
-    pub data: String,
-}
-
-/// Incremental SSE parser (WHATWG event-stream rules): lines end with CRLF, LF or CR; a blank
-/// line dispatches the event; `data:` lines are joined with `\n`; `:` lines are comments
-/// (OpenRouter's `: OPENROUTER PROCESSING` keep-alives); `id:`, `retry:` and unknown fields
-/// are ignored. Events without data are not dispatched. A line or an event's data longer than
-/// the cap stops the parser (see [`Framing::line_too_long`]).
-#[derive(Debug, Default)]
-pub struct SseParser {
-    lines: LineBuffer,
-    event: Option<String>,
-    data: String,
-    has_data: bool,
-    /// The event's data went past the cap (many short `data:` lines).
-    data_too_long: bool,
-}
-
-impl SseParser {
-    /// An empty parser with the default line cap ([`DEFAULT_MAX_LINE_BYTES`]).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// An empty parser whose lines, and events' data, may be at most `max_line_bytes` long.
-    pub fn with_max_line_bytes(max_line_bytes: usize) -> Self {
-        Self {
-            lines: LineBuffer::with_max_line_bytes(max_line_bytes),
-            ..Self::default()
-        }
-    }
-
-    /// Consumes a chunk and returns the events it completed.
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
-        let mut out = Vec::new();
-        if self.data_too_long {
-            return out;
-        }
-        for line in self.lines.push(chunk) {
-            self.line(&line, &mut out);
-            if self.data_too_long {
-                break;
-            }
-        }
-        out
-    }
-
-    /// The cap, once a line or an event's data went past it.
-    pub fn line_too_long(&self) -> Option<usize> {
-        (self.lines.overflowed || self.data_too_long).then_some(self.lines.max_line_bytes)
-    }
-
-    /// The body ended: dispatches an event whose terminating blank line never came (servers
-    /// that close right after `data: [DONE]`).
-    pub fn finish(&mut self) -> Option<SseEvent> {
-        let mut out = Vec::new();
-        if self.line_too_long().is_some() {
-            return None;
-        }
-        if let Some(line) = self.lines.finish() {
-            self.line(&line, &mut out);
-        }
-        self.line("", &mut out);
-        out.pop()
-    }
-
-    fn line(&mut self, line: &str, out: &mut Vec<SseEvent>) {
-        if line.is_empty() {
-            let event = self.event.take();
-            if self.has_data {
-                self.has_data = false;
-                let mut data = std::mem::take(&mut self.data);
-                // Each data line appended a `\n`; the spec drops the last one.
-                data.pop();
-                out.push(SseEvent { event, data });
-            }
-            return;
-        }
-        if line.starts_with(':') {
-            return;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (line, ""),
-        };
-        match field {
-            "data" => {
-                if self.data.len() + value.len() + 1 > self.lines.max_line_bytes {
-                    // Drop what was gathered: nothing of this event is dispatched.
-                    self.data = String::new();
-                    self.data_too_long = true;
-                    return;
-                }
-                self.data.push_str(value);
-                self.data.push('\n');
-                self.has_data = true;
-            }
-            "event" => self.event = Some(value.to_owned()),
-            _ => {}
-        }
-    }
 }
 
 impl Framing for SseParser {
@@ -293,96 +187,6 @@ impl Framing for NdjsonSplitter {
 
     fn line_too_long(&self) -> Option<usize> {
         NdjsonSplitter::line_too_long(self)
-    }
-}
-
-/// Splits bytes into lines ending in CRLF, LF or CR, holding back a CR at the end of a chunk
-/// until the next byte shows whether an LF follows. Never holds more than the cap of an
-/// unfinished line: past it, it stops (`overflowed`) and drops what it held.
-#[derive(Debug)]
-struct LineBuffer {
-    buf: Vec<u8>,
-    /// Whether a UTF-8 byte-order mark may still open the stream (it is skipped).
-    bom_checked: bool,
-    max_line_bytes: usize,
-    overflowed: bool,
-}
-
-impl Default for LineBuffer {
-    fn default() -> Self {
-        Self::with_max_line_bytes(DEFAULT_MAX_LINE_BYTES)
-    }
-}
-
-impl LineBuffer {
-    fn with_max_line_bytes(max_line_bytes: usize) -> Self {
-        Self {
-            buf: Vec::new(),
-            bom_checked: false,
-            max_line_bytes,
-            overflowed: false,
-        }
-    }
-
-    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
-        if self.overflowed {
-            return Vec::new();
-        }
-        self.buf.extend_from_slice(chunk);
-        if !self.bom_checked {
-            const BOM: &[u8] = b"\xEF\xBB\xBF";
-            if self.buf.len() < BOM.len() && BOM.starts_with(&self.buf) {
-                return Vec::new();
-            }
-            if self.buf.starts_with(BOM) {
-                self.buf.drain(..BOM.len());
-            }
-            self.bom_checked = true;
-        }
-        let mut lines = Vec::new();
-        let mut start = 0;
-        let mut i = 0;
-        while i < self.buf.len() {
-            if i - start > self.max_line_bytes {
-                self.overflowed = true;
-                self.buf = Vec::new();
-                return lines;
-            }
-            match self.buf[i] {
-                b'\n' => {
-                    lines.push(String::from_utf8_lossy(&self.buf[start..i]).into_owned());
-                    i += 1;
-                    start = i;
-                }
-                b'\r' => {
-                    if i + 1 == self.buf.len() {
-                        // Could be the first half of a CRLF split across chunks.
-                        break;
-                    }
-                    lines.push(String::from_utf8_lossy(&self.buf[start..i]).into_owned());
-                    i += if self.buf[i + 1] == b'\n' { 2 } else { 1 };
-                    start = i;
-                }
-                _ => i += 1,
-            }
-        }
-        self.buf.drain(..start);
-        if self.buf.len() > self.max_line_bytes {
-            self.overflowed = true;
-            self.buf = Vec::new();
-        }
-        lines
-    }
-
-    fn finish(&mut self) -> Option<String> {
-        if self.overflowed {
-            return None;
-        }
-        let mut line = std::mem::take(&mut self.buf);
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        (!line.is_empty()).then(|| String::from_utf8_lossy(&line).into_owned())
     }
 }
 
@@ -635,6 +439,24 @@ pub fn error_from_body(status: Option<u16>, body: &Value, fallback: &str) -> Ups
     err
 }
 
+/// Sends `request` to `deployment` (waiting for the answer's headers at most the deployment's
+/// own timeout, else the transport's) and decodes the accepted answer's body with `framing` and
+/// `decoder`.
+pub async fn open_stream<F, D>(
+    transport: &Transport<'_>,
+    deployment: &Deployment,
+    request: reqwest::RequestBuilder,
+    framing: F,
+    decoder: D,
+) -> Result<EventStream, UpstreamError>
+where
+    F: Framing,
+    D: FrameDecoder<Frame = F::Frame>,
+{
+    let response = send(request, deployment.timeout.unwrap_or(transport.timeout)).await?;
+    Ok(decode_stream(response_bytes(response), framing, decoder))
+}
+
 /// Sends `request`, waiting at most `timeout` for the answer's headers, and maps an error
 /// status to an [`UpstreamError`] carrying the upstream's message, type and `Retry-After`.
 pub async fn send(
@@ -740,11 +562,68 @@ pub fn parse_data_url(url: &str) -> Option<(&str, &str)> {
 
 /// A one-shot local HTTP server for the provider tests (no network: loopback only).
 #[cfg(test)]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "a test's one-shot servers run on tasks of their own"
+)]
 pub(crate) mod test_server {
     use std::net::SocketAddr;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::task::JoinHandle;
+
+    use futures_util::StreamExt;
+
+    use super::{EventResult, FrameDecoder, Framing, decode_stream};
+    use crate::events::UpstreamError;
+
+    /// How the provider tests send: a client of their own (leaked: a test's life is short), a
+    /// 5 s wait for the headers and the default line cap.
+    pub(crate) fn transport() -> super::super::Transport<'static> {
+        super::super::Transport {
+            http: Box::leak(Box::new(reqwest::Client::new())),
+            timeout: std::time::Duration::from_secs(5),
+            max_line_bytes: super::DEFAULT_MAX_LINE_BYTES,
+        }
+    }
+
+    /// A deployment of `provider` for `model` at `api_base`, with `key` if any.
+    pub(crate) fn deployment(
+        provider: super::super::ProviderKind,
+        model: &str,
+        api_base: &str,
+        key: Option<&str>,
+    ) -> super::super::Deployment {
+        super::super::Deployment {
+            provider,
+            upstream_model: model.to_owned(),
+            api_base: api_base.to_owned(),
+            api_key: key.map(|key| key.to_owned().into()),
+            api_version: None,
+            timeout: None,
+        }
+    }
+
+    /// Everything `framing` and `decoder` make of `body` arriving in chunks of `size` bytes.
+    pub(crate) async fn decode_in_chunks<F, D>(
+        body: &str,
+        size: usize,
+        framing: F,
+        decoder: D,
+    ) -> Vec<EventResult>
+    where
+        F: Framing,
+        D: FrameDecoder<Frame = F::Frame>,
+    {
+        let chunks: Vec<Result<bytes::Bytes, UpstreamError>> = body
+            .as_bytes()
+            .chunks(size)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        decode_stream(futures_util::stream::iter(chunks), framing, decoder)
+            .collect()
+            .await
+    }
 
     /// The request the server received.
     pub(crate) struct Seen {
@@ -794,6 +673,18 @@ pub(crate) mod test_server {
             }
         });
         (addr, handle)
+    }
+
+    /// `deployment` pointed at a one-shot server (see [`serve_once`]) under `path`.
+    pub(crate) async fn serve_once_for(
+        mut deployment: super::super::Deployment,
+        path: &str,
+        head: &str,
+        body: &str,
+    ) -> (super::super::Deployment, JoinHandle<Seen>) {
+        let (addr, seen) = serve_once(head, body).await;
+        deployment.api_base = format!("http://{addr}{path}");
+        (deployment, seen)
     }
 
     /// Accepts one connection, reads one request and answers `head` (status line and headers,
@@ -849,63 +740,6 @@ pub(crate) mod test_server {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sse_all_splits(input: &[u8]) -> Vec<Vec<SseEvent>> {
-        let mut results = Vec::new();
-        for i in 0..=input.len() {
-            for j in i..=input.len() {
-                let mut p = SseParser::new();
-                let mut out = p.push(&input[..i]);
-                out.extend(p.push(&input[i..j]));
-                out.extend(p.push(&input[j..]));
-                out.extend(p.finish());
-                results.push(out);
-            }
-        }
-        results
-    }
-
-    fn ev(event: Option<&str>, data: &str) -> SseEvent {
-        SseEvent {
-            event: event.map(str::to_owned),
-            data: data.to_owned(),
-        }
-    }
-
-    #[test]
-    fn sse_parses_lf_crlf_cr_comments_multiline_at_every_split() {
-        let input = "\u{feff}: OPENROUTER PROCESSING\n\n\
-            data: {\"a\":1}\n\n\
-            event: message_start\r\ndata: {\"b\":\"é\"}\r\n\r\n\
-            id: 7\rretry: 10\rdata:x\rdata:  y\r\r\
-            data: {\"json\":1}\r\ndata: \r\n\r\n\
-            event: ping\n\n\
-            data\n\n\
-            data: [DONE]";
-        let expected = vec![
-            ev(None, "{\"a\":1}"),
-            ev(Some("message_start"), "{\"b\":\"é\"}"),
-            ev(None, "x\n y"),
-            ev(None, "{\"json\":1}\n"),
-            ev(None, ""),
-            ev(None, "[DONE]"),
-        ];
-        for (n, got) in sse_all_splits(input.as_bytes()).into_iter().enumerate() {
-            assert_eq!(got, expected, "split case {n}");
-        }
-    }
-
-    #[test]
-    fn sse_byte_by_byte() {
-        let input = b"event: a\r\ndata: 1\r\n\r\nevent: b\ndata: 2\n\n";
-        let mut p = SseParser::new();
-        let mut out = Vec::new();
-        for b in input {
-            out.extend(p.push(std::slice::from_ref(b)));
-        }
-        assert_eq!(p.finish(), None);
-        assert_eq!(out, vec![ev(Some("a"), "1"), ev(Some("b"), "2")]);
-    }
 
     #[test]
     fn ndjson_splits_at_every_boundary() {
@@ -1157,25 +991,9 @@ mod tests {
     const HUGE: usize = 2 * 1024 * 1024;
 
     #[test]
-    fn sse_and_ndjson_stop_at_a_line_past_the_cap_without_buffering_it() {
+    fn ndjson_stops_at_a_line_past_the_cap_without_buffering_it() {
+        // The SSE half of this test lives with the parser, in `codelab_protocol::sse`.
         let piece = vec![b'x'; 64 * 1024];
-        // SSE: one event, then a line that never ends.
-        let mut sse = SseParser::new();
-        assert_eq!(sse.push(b"data: first\n\n"), vec![ev(None, "first")]);
-        let mut fed = 0;
-        while sse.line_too_long().is_none() {
-            assert!(sse.push(&piece).is_empty());
-            fed += piece.len();
-            assert!(fed <= HUGE, "the SSE parser kept buffering past the cap");
-        }
-        assert_eq!(sse.line_too_long(), Some(DEFAULT_MAX_LINE_BYTES));
-        assert!(
-            sse.lines.buf.is_empty(),
-            "the SSE parser still holds the line"
-        );
-        assert!(sse.push(b"\n\ndata: late\n\n").is_empty());
-        assert_eq!(sse.finish(), None);
-
         // NDJSON likewise.
         let mut ndjson = NdjsonSplitter::new();
         assert_eq!(ndjson.push(b"{\"a\":1}\n"), vec!["{\"a\":1}".to_owned()]);
@@ -1193,14 +1011,6 @@ mod tests {
             "the NDJSON splitter still holds the line"
         );
         assert_eq!(ndjson.finish(), None);
-
-        // Many short `data:` lines of one SSE event count together.
-        let mut sse = SseParser::with_max_line_bytes(1024);
-        let line = format!("data: {}\n", "y".repeat(100));
-        for _ in 0..20 {
-            assert!(sse.push(line.as_bytes()).is_empty());
-        }
-        assert_eq!(sse.line_too_long(), Some(1024));
 
         // A line of exactly the cap is fine.
         let mut exact = NdjsonSplitter::with_max_line_bytes(1024);

@@ -1,4 +1,4 @@
-//! Anthropic Messages API wire format (§13): `message` objects with content blocks,
+//! Anthropic Messages API wire format: `message` objects with content blocks,
 //! named-event SSE (`event: <type>` + `data: <json>`, no `[DONE]`), and error bodies.
 
 use axum::body::Bytes;
@@ -58,67 +58,50 @@ pub(super) fn stream_events(reply: &FakeReply, ctx: &ReplyCtx) -> Vec<Bytes> {
         })),
         event(&json!({"type": "ping"})),
     ];
-    let mut index = 0_usize;
+    // Content blocks are numbered in the order they are sent.
+    let mut blocks: Vec<(Value, Vec<Value>)> = Vec::new();
     if !reply.reasoning_chunks.is_empty() {
-        out.push(event(&json!({
-            "type": "content_block_start",
-            "index": index,
-            "content_block": {"type": "thinking", "thinking": ""},
-        })));
-        for piece in &reply.reasoning_chunks {
-            out.push(event(&json!({
-                "type": "content_block_delta",
-                "index": index,
-                "delta": {"type": "thinking_delta", "thinking": piece},
-            })));
-        }
-        out.push(event(&json!({
-            "type": "content_block_delta",
-            "index": index,
-            "delta": {"type": "signature_delta", "signature": SIGNATURE},
-        })));
-        out.push(event(
-            &json!({"type": "content_block_stop", "index": index}),
-        ));
-        index += 1;
+        let thinking = reply
+            .reasoning_chunks
+            .iter()
+            .map(|piece| json!({"type": "thinking_delta", "thinking": piece}));
+        let signature = json!({"type": "signature_delta", "signature": SIGNATURE});
+        let deltas = thinking.chain(std::iter::once(signature)).collect();
+        blocks.push((json!({"type": "thinking", "thinking": ""}), deltas));
     }
     if has_text_block(reply) {
-        out.push(event(&json!({
-            "type": "content_block_start",
-            "index": index,
-            "content_block": {"type": "text", "text": ""},
-        })));
-        for piece in &reply.text_chunks {
-            out.push(event(&json!({
-                "type": "content_block_delta",
-                "index": index,
-                "delta": {"type": "text_delta", "text": piece},
-            })));
-        }
-        out.push(event(
-            &json!({"type": "content_block_stop", "index": index}),
-        ));
-        index += 1;
+        let deltas = reply
+            .text_chunks
+            .iter()
+            .map(|piece| json!({"type": "text_delta", "text": piece}))
+            .collect();
+        blocks.push((json!({"type": "text", "text": ""}), deltas));
     }
     for call in &reply.tool_calls {
+        let start = json!({"type": "tool_use", "id": call.id, "name": call.name, "input": {}});
+        // Real Anthropic opens every tool input with an empty partial_json.
+        let deltas = std::iter::once(String::new())
+            .chain(call.fragments())
+            .map(|fragment| json!({"type": "input_json_delta", "partial_json": fragment}))
+            .collect();
+        blocks.push((start, deltas));
+    }
+    for (index, (block, deltas)) in blocks.into_iter().enumerate() {
         out.push(event(&json!({
             "type": "content_block_start",
             "index": index,
-            "content_block": {"type": "tool_use", "id": call.id, "name": call.name, "input": {}},
+            "content_block": block,
         })));
-        // Real Anthropic opens every tool input with an empty partial_json.
-        let fragments = std::iter::once(String::new()).chain(call.fragments());
-        for fragment in fragments {
+        for delta in deltas {
             out.push(event(&json!({
                 "type": "content_block_delta",
                 "index": index,
-                "delta": {"type": "input_json_delta", "partial_json": fragment},
+                "delta": delta,
             })));
         }
         out.push(event(
             &json!({"type": "content_block_stop", "index": index}),
         ));
-        index += 1;
     }
     if let Some(message) = &reply.stream_error {
         out.push(event(&json!({

@@ -1,6 +1,6 @@
 //! Fake upstream LLM providers speaking the exact wire formats of OpenAI Chat Completions
 //! (`data:` SSE ending in `[DONE]`), the Anthropic Messages API (named-event SSE) and
-//! Ollama's native `/api/chat` (NDJSON) — see `llm-proxy.md` §12–§14.
+//! Ollama's native `/api/chat` (NDJSON).
 //!
 //! A [`FakeLlm`] listens on `127.0.0.1:0`, records every request, answers with scripted
 //! [`FakeReply`]s (FIFO queue, then a default reply) and counts how streams ended
@@ -49,11 +49,11 @@ use crate::server::ServerGuard;
 /// Which provider wire format a [`FakeLlm`] speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FakeFlavor {
-    /// OpenAI Chat Completions: `POST /v1/chat/completions`, `GET /v1/models` (§12).
+    /// OpenAI Chat Completions: `POST /v1/chat/completions`, `GET /v1/models`.
     OpenAi,
-    /// Anthropic Messages API: `POST /v1/messages`, `GET /v1/models` (§13).
+    /// Anthropic Messages API: `POST /v1/messages`, `GET /v1/models`.
     Anthropic,
-    /// Ollama native API: `POST /api/chat`, `GET /api/tags`, `GET /api/version` (§14).
+    /// Ollama native API: `POST /api/chat`, `GET /api/tags`, `GET /api/version`.
     Ollama,
 }
 
@@ -624,7 +624,7 @@ fn unix_now() -> Duration {
 }
 
 fn new_uid() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    codelab_core::ids::new_random_id().simple().to_string()
 }
 
 /// Sleeps `delay` unless the fake shuts down first; `false` on shutdown.

@@ -1,4 +1,4 @@
-//! Ollama native `/api/chat` wire format (§14): NDJSON lines while streaming, one object
+//! Ollama native `/api/chat` wire format: NDJSON lines while streaming, one object
 //! with `done: true` otherwise, and `{"error":"…"}` bodies.
 
 use axum::body::Bytes;

@@ -1,4 +1,4 @@
-//! OpenAI Chat Completions wire format (§12): `chat.completion` objects, `data:` SSE
+//! OpenAI Chat Completions wire format: `chat.completion` objects, `data:` SSE
 //! chunks ending in `data: [DONE]`, and `{"error":{…}}` bodies.
 
 use axum::body::Bytes;
@@ -58,7 +58,7 @@ fn finish_reason(reply: &FakeReply) -> &'static str {
 /// The SSE events of a streamed reply, one body chunk each.
 pub(super) fn stream_events(reply: &FakeReply, ctx: &ReplyCtx) -> Vec<Bytes> {
     let mut out = Vec::new();
-    // Tool-call-only replies carry the role in the first tool-call chunk (as in §12.2).
+    // Tool-call-only replies carry the role in the first tool-call chunk.
     let role_chunk = !reply.text_chunks.is_empty()
         || !reply.reasoning_chunks.is_empty()
         || reply.tool_calls.is_empty();

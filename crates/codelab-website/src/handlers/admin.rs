@@ -4,20 +4,16 @@
 //! again.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{Form, Path, State};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::extract::{Form, Path};
+use axum::response::Response;
 use serde_json::json;
 
-use super::sessions::with_session;
-use super::{access_token, check_csrf, console_clients, short_time, upstream_failed};
-use crate::AppState;
-use crate::session::{ConsoleSession, Flash};
-use crate::upstream::{AdminClient, path_segment};
-use crate::web::{ForwardedFor, Layout, PageError, render};
+use super::{Console, ConsoleRequest, short_time};
+use crate::session::ConsoleSession;
+use crate::upstream::{AdminClient, AuthClient, path_segment};
+use crate::web::{Layout, PageError, render};
 
 /// A user row.
 #[derive(Debug, Clone)]
@@ -52,35 +48,30 @@ fn require_admin(session: &ConsoleSession) -> Result<(), PageError> {
     }
 }
 
+/// For administrators only: the auth service's client and the user's access token.
+async fn admin_auth(console: &Console) -> Result<(&AuthClient, String), PageError> {
+    require_admin(&console.session)?;
+    let (auth, _, token) = console.clients_and_token().await?;
+    Ok((auth, token))
+}
+
 /// The admin page's address.
 const ADMIN_PAGE: &str = "/console/admin";
 
 /// `GET /console/admin`.
-pub async fn show_admin(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    ForwardedFor(forwarded): ForwardedFor,
-) -> Response {
-    let return_to = "/console/admin".to_owned();
-    with_session(
-        state,
-        &headers,
-        &return_to.clone(),
-        |state, session| async move {
-            require_admin(&session)?;
-            let (auth, _) = console_clients(&state)?;
-            let token = access_token(&state, &session, forwarded.as_deref(), &return_to).await?;
-            let failed = |e| upstream_failed(&state, &session, e, &return_to);
+pub async fn show_admin(console: ConsoleRequest) -> Response {
+    console
+        .page_returning_to(ADMIN_PAGE.to_owned(), |c| async move {
+            let (auth, token) = admin_auth(&c).await?;
             let (users, clients) = tokio::join!(auth.list_users(&token), auth.list_clients(&token));
-            let users = users.map_err(failed)?;
-            let clients = clients.map_err(failed)?;
-            let layout = Layout::new(&state, "Administration", "admin", Some(&session));
+            let users = users.map_err(|e| c.failed(e))?;
+            let clients = clients.map_err(|e| c.failed(e))?;
             Ok(render(&AdminPage {
-                layout,
+                layout: c.layout("Administration", "admin"),
                 users: users
                     .into_iter()
                     .map(|u| UserRow {
-                        is_self: u.id == session.user.user_id,
+                        is_self: u.id == c.session.user.user_id,
                         path: path_segment(&u.username),
                         email: u.email.unwrap_or_default(),
                         created_at: short_time(u.created_at.as_deref()),
@@ -92,28 +83,18 @@ pub async fn show_admin(
                     .collect(),
                 clients,
             }))
-        },
-    )
-    .await
+        })
+        .await
 }
 
 /// `POST /console/admin/users`: creates a user.
 pub async fn create_user(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    ForwardedFor(forwarded): ForwardedFor,
+    console: ConsoleRequest,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let return_to = "/console/admin".to_owned();
-    with_session(
-        state,
-        &headers,
-        &return_to.clone(),
-        |state, session| async move {
-            check_csrf(&session, form.get("csrf_token").map(String::as_str))?;
-            require_admin(&session)?;
-            let (auth, _) = console_clients(&state)?;
-            let token = access_token(&state, &session, forwarded.as_deref(), &return_to).await?;
+    console
+        .action(ADMIN_PAGE.to_owned(), form, |c, form| async move {
+            let (auth, token) = admin_auth(&c).await?;
             let field = |name: &str| {
                 form.get(name)
                     .map(|v| v.trim().to_owned())
@@ -126,38 +107,27 @@ pub async fn create_user(
                 "password": form.get("password").cloned().unwrap_or_default(),
                 "admin": form.get("admin").is_some_and(|v| v == "true" || v == "on"),
             });
-            match auth.create_user(&token, &body).await {
-                Ok(_) => session.set_flash(Flash::Notice("The user was created.".to_owned())),
-                Err(error) if matches!(error.status(), Some(400 | 409 | 422)) => {
-                    session.set_flash(Flash::Error(error.message()));
-                }
-                Err(error) => return Err(upstream_failed(&state, &session, error, &return_to)),
-            }
-            Ok(Redirect::to(ADMIN_PAGE).into_response())
-        },
-    )
-    .await
+            let outcome = auth.create_user(&token, &body).await;
+            c.after_action(
+                outcome,
+                "The user was created.",
+                &[400, 409, 422],
+                ADMIN_PAGE,
+            )
+        })
+        .await
 }
 
 /// `POST /console/admin/users/{username}/{disable|enable|password}`.
 pub async fn change_user(
-    State(state): State<Arc<AppState>>,
+    console: ConsoleRequest,
     Path((username, action)): Path<(String, String)>,
-    headers: HeaderMap,
-    ForwardedFor(forwarded): ForwardedFor,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let return_to = "/console/admin".to_owned();
-    with_session(
-        state,
-        &headers,
-        &return_to.clone(),
-        |state, session| async move {
-            check_csrf(&session, form.get("csrf_token").map(String::as_str))?;
-            require_admin(&session)?;
-            let (auth, _) = console_clients(&state)?;
-            let token = access_token(&state, &session, forwarded.as_deref(), &return_to).await?;
-            let (result, notice) = match action.as_str() {
+    console
+        .action(ADMIN_PAGE.to_owned(), form, |c, form| async move {
+            let (auth, token) = admin_auth(&c).await?;
+            let (outcome, notice) = match action.as_str() {
                 "disable" => (
                     auth.set_user_enabled(&token, &username, false).await,
                     "The user was disabled and signed out everywhere.",
@@ -175,15 +145,7 @@ pub async fn change_user(
                 }
                 _ => return Err(PageError::NotFound),
             };
-            match result {
-                Ok(_) => session.set_flash(Flash::Notice(notice.to_owned())),
-                Err(error) if matches!(error.status(), Some(400 | 404 | 409 | 422)) => {
-                    session.set_flash(Flash::Error(error.message()));
-                }
-                Err(error) => return Err(upstream_failed(&state, &session, error, &return_to)),
-            }
-            Ok(Redirect::to(ADMIN_PAGE).into_response())
-        },
-    )
-    .await
+            c.after_action(outcome, notice, &[400, 404, 409, 422], ADMIN_PAGE)
+        })
+        .await
 }

@@ -278,7 +278,6 @@ fn uptime_text(seconds: Option<f64>) -> String {
         return "—".to_owned();
     };
     // Whole seconds are all a person reads here.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let total = seconds as u64;
     let (days, hours, minutes, secs) = (
         total / 86_400,

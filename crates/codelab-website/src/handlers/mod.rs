@@ -6,15 +6,22 @@ pub mod console;
 pub mod docs;
 pub mod sessions;
 
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use axum::extract::{FromRequestParts, OriginalUri};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Redirect, Response};
 use codelab_core::config::Secret;
 
 use crate::AppState;
-use crate::session::ConsoleSession;
+use crate::session::{ConsoleSession, Flash};
 use crate::upstream::{AuthClient, GatewayClient, UpstreamError, is_unauthorized};
-use crate::web::PageError;
+use crate::web::{ForwardedFor, Layout, PageError, PageResult};
 
 /// An access token this close to expiry is refreshed before use.
 const REFRESH_MARGIN: Duration = Duration::from_secs(30);
@@ -33,6 +40,152 @@ pub(crate) fn console_clients(
     match (&state.auth, &state.gateway) {
         (Some(auth), Some(gateway)) => Ok((auth, gateway)),
         _ => Err(PageError::ConsoleDisabled),
+    }
+}
+
+/// A console request of a signed-in user: what its page needs to call the auth service and the
+/// gateway as that user, and where to send them back after signing in again.
+pub struct Console {
+    pub state: Arc<AppState>,
+    pub session: Arc<ConsoleSession>,
+    return_to: String,
+    forwarded_for: Option<String>,
+}
+
+impl Console {
+    /// Refuses a form whose CSRF token is missing or not the session's.
+    pub fn check_csrf(&self, form: &HashMap<String, String>) -> Result<(), PageError> {
+        check_csrf(&self.session, form.get("csrf_token").map(String::as_str))
+    }
+
+    /// The auth service and gateway clients, and the user's access token (refreshed first
+    /// when it is about to expire).
+    pub async fn clients_and_token(
+        &self,
+    ) -> Result<(&AuthClient, &GatewayClient, String), PageError> {
+        let (auth, gateway) = console_clients(&self.state)?;
+        let forwarded_for = self.forwarded_for.as_deref();
+        let token = access_token(&self.state, &self.session, forwarded_for, &self.return_to);
+        Ok((auth, gateway, token.await?))
+    }
+
+    /// A failed call for the user (see [`upstream_failed`]).
+    pub fn failed(&self, error: UpstreamError) -> PageError {
+        upstream_failed(&self.state, &self.session, error, &self.return_to)
+    }
+
+    /// The page frame, with the user signed in.
+    pub fn layout(&self, title: impl Into<String>, section: &'static str) -> Layout {
+        Layout::new(&self.state, title, section, Some(&self.session))
+    }
+
+    /// Redirects to `page` after an action: a flash says `notice` when it succeeded, the
+    /// upstream's message when it refused with one of `shown` statuses; other failures are
+    /// an error page.
+    pub fn after_action<T>(
+        &self,
+        outcome: Result<T, UpstreamError>,
+        notice: &str,
+        shown: &[u16],
+        page: &str,
+    ) -> PageResult {
+        match outcome {
+            Ok(_) => self.session.set_flash(Flash::Notice(notice.to_owned())),
+            Err(error) if error.status().is_some_and(|status| shown.contains(&status)) => {
+                self.session.set_flash(Flash::Error(error.message()));
+            }
+            Err(error) => return Err(self.failed(error)),
+        }
+        Ok(Redirect::to(page).into_response())
+    }
+}
+
+/// What a console handler takes from its request: the state, the headers (the session
+/// cookie), the client's address and the page's own path.
+pub struct ConsoleRequest {
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    forwarded_for: Option<String>,
+    path_and_query: String,
+}
+
+impl FromRequestParts<Arc<AppState>> for ConsoleRequest {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let ForwardedFor(forwarded_for) = ForwardedFor::from_request_parts(parts, state).await?;
+        let uri = match parts.extensions.get::<OriginalUri>() {
+            Some(OriginalUri(uri)) => uri,
+            None => &parts.uri,
+        };
+        let path_and_query = uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+        Ok(Self {
+            state: Arc::clone(state),
+            headers: parts.headers.clone(),
+            forwarded_for,
+            path_and_query,
+        })
+    }
+}
+
+impl ConsoleRequest {
+    /// Runs a form's `action` for the signed-in user once the form's CSRF token checks out;
+    /// the user comes back to `return_to` after signing in.
+    pub async fn action<F, Fut>(
+        self,
+        return_to: String,
+        form: HashMap<String, String>,
+        action: F,
+    ) -> Response
+    where
+        F: FnOnce(Console, HashMap<String, String>) -> Fut,
+        Fut: Future<Output = PageResult>,
+    {
+        self.page_returning_to(return_to, |console| async move {
+            console.check_csrf(&form)?;
+            action(console, form).await
+        })
+        .await
+    }
+
+    /// Runs `page` for the signed-in user, who comes back to this page after signing in.
+    pub async fn page<F, Fut>(self, page: F) -> Response
+    where
+        F: FnOnce(Console) -> Fut,
+        Fut: Future<Output = PageResult>,
+    {
+        let return_to = self.path_and_query.clone();
+        self.page_returning_to(return_to, page).await
+    }
+
+    /// Runs `page` for the signed-in user, who comes back to `return_to` after signing in;
+    /// errors become error pages.
+    pub async fn page_returning_to<F, Fut>(self, return_to: String, page: F) -> Response
+    where
+        F: FnOnce(Console) -> Fut,
+        Fut: Future<Output = PageResult>,
+    {
+        let state = self.state;
+        let found = state.sessions.lookup(&self.headers);
+        let session = match require_session(&state, found.as_ref(), &return_to) {
+            Ok(session) => session,
+            Err(error) => return error.into_page(&state, None),
+        };
+        let console = Console {
+            state: Arc::clone(&state),
+            session: Arc::clone(&session),
+            return_to,
+            forwarded_for: self.forwarded_for,
+        };
+        match page(console).await {
+            Ok(response) => response,
+            Err(error) => error.into_page(&state, Some(&session)),
+        }
     }
 }
 
@@ -77,8 +230,7 @@ pub(crate) async fn access_token(
         return Ok(tokens.access.expose().to_owned());
     }
     let Some(refresh) = tokens.refresh.clone() else {
-        state.sessions.remove(&session.id);
-        return Err(PageError::LoginRequired(return_to.to_owned()));
+        return Err(sign_in_again(state, session, return_to));
     };
     match auth.refresh(refresh.expose(), None, forwarded_for).await {
         Ok(answer) => {
@@ -91,8 +243,7 @@ pub(crate) async fn access_token(
             Ok(tokens.access.expose().to_owned())
         }
         Err(UpstreamError::Status { status, .. }) if (400..500).contains(&status) => {
-            state.sessions.remove(&session.id);
-            Err(PageError::LoginRequired(return_to.to_owned()))
+            Err(sign_in_again(state, session, return_to))
         }
         Err(other) => Err(other.into()),
     }
@@ -128,8 +279,7 @@ pub(crate) async fn socket_token(
     let answer = {
         let mut tokens = session.tokens.lock().await;
         let Some(refresh) = tokens.refresh.clone() else {
-            state.sessions.remove(&session.id);
-            return Err(PageError::LoginRequired(return_to.to_owned()));
+            return Err(sign_in_again(state, session, return_to));
         };
         let answer = match auth
             .refresh(refresh.expose(), Some(SOCKET_TOKEN_SCOPE), forwarded_for)
@@ -137,8 +287,7 @@ pub(crate) async fn socket_token(
         {
             Ok(answer) => answer,
             Err(UpstreamError::Status { status, .. }) if (400..500).contains(&status) => {
-                state.sessions.remove(&session.id);
-                return Err(PageError::LoginRequired(return_to.to_owned()));
+                return Err(sign_in_again(state, session, return_to));
             }
             Err(other) => return Err(other.into()),
         };
@@ -192,6 +341,12 @@ fn check_socket_token(token: &str) -> Result<u64, PageError> {
     Ok(lifetime)
 }
 
+/// Ends the session: the user signs in again and comes back to `return_to`.
+fn sign_in_again(state: &AppState, session: &ConsoleSession, return_to: &str) -> PageError {
+    state.sessions.remove(&session.id);
+    PageError::LoginRequired(return_to.to_owned())
+}
+
 /// A failed call for the user: a refused token ends the session (sign in again); anything
 /// else is shown.
 pub(crate) fn upstream_failed(
@@ -201,8 +356,7 @@ pub(crate) fn upstream_failed(
     return_to: &str,
 ) -> PageError {
     if is_unauthorized(&error) {
-        state.sessions.remove(&session.id);
-        PageError::LoginRequired(return_to.to_owned())
+        sign_in_again(state, session, return_to)
     } else {
         PageError::Upstream(error)
     }
@@ -220,29 +374,10 @@ pub(crate) fn short_time(text: Option<&str>) -> String {
     }
 }
 
-/// Seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+/// A moment as `YYYY-MM-DD HH:MM:SS UTC`.
 pub(crate) fn format_epoch(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let time = chrono::DateTime::<chrono::Utc>::from(time);
+    time.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
 /// A path on this site to come back to after signing in: `/…`, never `//host` or a URL.

@@ -1,22 +1,19 @@
 //! `/console/sessions`: the user's sessions, one session's whole conversation, and the
 //! decisions on its pending tool calls (which the gateway relays to the IDE).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 
 use askama::Template;
-use axum::extract::{Form, OriginalUri, Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Form, Path, Query};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::{Value, json};
 
-use super::{
-    access_token, check_csrf, console_clients, require_session, short_time, upstream_failed,
-};
-use crate::AppState;
-use crate::session::{ConsoleSession, Flash};
-use crate::upstream::SessionSummary;
-use crate::web::{ForwardedFor, Layout, PageError, PageResult, render};
+use codelab_protocol::internal::HistoryToolCall;
+
+use super::{ConsoleRequest, short_time};
+use crate::session::Flash;
+use crate::upstream::{PendingApprovals, SessionHistory, SessionSummary, path_segment};
+use crate::web::{Layout, PageError, render};
 
 /// Sessions per page of the list.
 pub const PAGE_SIZE: u32 = 20;
@@ -31,7 +28,7 @@ pub struct SessionRow {
     /// The current agent.
     pub agent: String,
     /// Messages.
-    pub message_count: i64,
+    pub message_count: u64,
     /// When it was last used.
     pub last_activity: String,
     /// When it was created.
@@ -129,7 +126,7 @@ struct SessionPage {
     session_id: String,
     title: String,
     agent: String,
-    message_count: i64,
+    message_count: u64,
     last_activity: String,
     tool_call_count: usize,
     has_active_turn: bool,
@@ -162,59 +159,56 @@ pub fn pretty(value: Option<&Value>) -> String {
 
 /// The conversation of a `/history` answer: messages in order, each assistant message with
 /// its tool calls and their states, decisions, results and errors.
-pub fn conversation(history: &Value) -> Vec<EntryView> {
-    let calls: HashMap<String, &Value> = history
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .map(|calls| calls.iter().map(|c| (text(c, "call_id"), c)).collect())
-        .unwrap_or_default();
-    let mut shown = std::collections::HashSet::new();
+pub fn conversation(history: &SessionHistory) -> Vec<EntryView> {
+    let calls: HashMap<&str, &HistoryToolCall> = history
+        .tool_calls
+        .iter()
+        .map(|call| (call.call_id.as_str(), call))
+        .collect();
+    let mut shown = HashSet::new();
     let mut entries = Vec::new();
-    for message in history
-        .get("messages")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let role = text(message, "role");
+    for message in &history.messages {
+        let role = message.role.as_str();
         // A tool message repeats its call's result, which is shown with the call.
-        if role == "tool" && calls.contains_key(&text(message, "tool_call_id")) {
+        if role == "tool" && calls.contains_key(message.tool_call_id.as_deref().unwrap_or_default())
+        {
             continue;
         }
         let mut entry = EntryView {
-            role_label: match role.as_str() {
+            role_label: match role {
                 "user" => "You".to_owned(),
                 "assistant" => "Assistant".to_owned(),
                 "tool" => "Tool result".to_owned(),
                 other => other.to_owned(),
             },
-            role: if ["user", "assistant", "tool", "system"].contains(&role.as_str()) {
-                role.clone()
+            role: if ["user", "assistant", "tool", "system"].contains(&role) {
+                role.to_owned()
             } else {
                 "other".to_owned()
             },
-            agent: text(message, "name"),
-            content: text(message, "content"),
+            agent: message.name.clone().unwrap_or_default(),
+            content: message.content.clone(),
             calls: Vec::new(),
         };
         for requested in message
-            .get("tool_calls")
+            .tool_calls
+            .as_ref()
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
         {
             let call_id = text(requested, "id");
             let function = requested.get("function").cloned().unwrap_or(Value::Null);
-            let stored = calls.get(&call_id).copied();
-            shown.insert(call_id.clone());
+            let stored = calls.get(call_id.as_str()).copied();
             entry.calls.push(call_view(&call_id, &function, stored));
+            shown.insert(call_id);
         }
         entries.push(entry);
     }
     // Calls no stored message mentions (a turn cut short) are still worth seeing.
     let mut orphans: Vec<CallView> = calls
         .iter()
-        .filter(|(id, _)| !shown.contains(*id))
+        .filter(|(id, _)| !shown.contains(**id))
         .map(|(id, stored)| call_view(id, &Value::Null, Some(stored)))
         .collect();
     if !orphans.is_empty() {
@@ -229,27 +223,15 @@ pub fn conversation(history: &Value) -> Vec<EntryView> {
     entries
 }
 
-fn call_view(call_id: &str, function: &Value, stored: Option<&Value>) -> CallView {
+fn call_view(call_id: &str, function: &Value, stored: Option<&HistoryToolCall>) -> CallView {
     let tool_name = stored
-        .map(|s| text(s, "tool_name"))
+        .map(|s| s.tool_name.clone())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| text(function, "name"));
     let arguments = stored
-        .and_then(|s| s.get("arguments"))
+        .map(|s| &s.arguments)
         .or_else(|| function.get("arguments"));
-    let status = stored.map(|s| text(s, "status")).unwrap_or_default();
-    let decision = stored
-        .and_then(|s| s.get("decision"))
-        .map(|d| match d {
-            Value::Object(map) => map
-                .get("decision")
-                .and_then(Value::as_str)
-                .map_or_else(|| d.to_string(), str::to_owned),
-            Value::String(s) => s.clone(),
-            Value::Null => String::new(),
-            other => other.to_string(),
-        })
-        .unwrap_or_default();
+    let status = stored.map(|s| s.status.clone()).unwrap_or_default();
     CallView {
         call_id: call_id.to_owned(),
         tool_name,
@@ -263,92 +245,54 @@ fn call_view(call_id: &str, function: &Value, stored: Option<&Value>) -> CallVie
         } else {
             status.replace('_', " ")
         },
-        decision,
-        result: pretty(stored.and_then(|s| s.get("result"))),
-        error: stored.map(|s| text(s, "error")).unwrap_or_default(),
+        decision: stored.and_then(|s| s.decision.clone()).unwrap_or_default(),
+        result: pretty(stored.and_then(|s| s.result.as_ref())),
+        error: stored.and_then(|s| s.error.clone()).unwrap_or_default(),
     }
 }
 
-fn switches(history: &Value) -> Vec<SwitchView> {
+fn switches(history: &SessionHistory) -> Vec<SwitchView> {
     history
-        .get("agent_history")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+        .agent_history
+        .iter()
         .map(|s| SwitchView {
-            when: short_time(s.get("timestamp").and_then(Value::as_str)),
-            from: Some(text(s, "from"))
+            when: short_time(Some(&s.timestamp)),
+            from: s
+                .from
+                .clone()
                 .filter(|t| !t.is_empty())
                 .unwrap_or_else(|| "—".into()),
-            to: text(s, "to"),
-            reason: text(s, "reason"),
-            method: text(s, "method"),
+            to: s.to.clone(),
+            reason: s.reason.clone(),
+            method: s.method.clone(),
         })
         .collect()
 }
 
-fn pending_calls(answer: &Value) -> Vec<PendingView> {
+fn pending_calls(answer: &PendingApprovals) -> Vec<PendingView> {
     answer
-        .get("pending_approvals")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+        .pending_approvals
+        .iter()
         .map(|p| {
-            let arguments = pretty(p.get("arguments"));
+            let arguments = pretty(Some(&p.arguments));
             PendingView {
-                call_id: text(p, "call_id"),
-                tool_name: text(p, "tool_name"),
+                call_id: p.call_id.clone(),
+                tool_name: p.tool_name.clone(),
                 rows: arguments.lines().count().clamp(3, 16),
                 arguments,
-                reason: text(p, "reason"),
+                reason: p.reason.clone().unwrap_or_default(),
             }
         })
         .collect()
 }
 
-/// Runs `page` for the signed-in user; errors become error pages.
-pub(crate) async fn with_session<F, Fut>(
-    state: Arc<AppState>,
-    headers: &HeaderMap,
-    return_to: &str,
-    page: F,
-) -> Response
-where
-    F: FnOnce(Arc<AppState>, Arc<ConsoleSession>) -> Fut,
-    Fut: std::future::Future<Output = PageResult>,
-{
-    let found = state.sessions.lookup(headers);
-    let session = match require_session(&state, found.as_ref(), return_to) {
-        Ok(session) => session,
-        Err(error) => return error.into_page(&state, None),
-    };
-    match page(Arc::clone(&state), Arc::clone(&session)).await {
-        Ok(response) => response,
-        Err(error) => error.into_page(&state, Some(&session)),
-    }
-}
-
-pub(crate) fn return_path(uri: &OriginalUri) -> String {
-    uri.0
-        .path_and_query()
-        .map_or_else(|| uri.0.path().to_owned(), |pq| pq.as_str().to_owned())
-}
-
 /// `GET /console/sessions?q=&page=`.
 pub async fn list_sessions(
-    State(state): State<Arc<AppState>>,
+    console: ConsoleRequest,
     Query(params): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    uri: OriginalUri,
-    ForwardedFor(forwarded): ForwardedFor,
 ) -> Response {
-    let return_to = return_path(&uri);
-    with_session(
-        state,
-        &headers,
-        &return_to.clone(),
-        |state, session| async move {
-            let (_, gateway) = console_clients(&state)?;
+    console
+        .page(|c| async move {
             let query: String = params
                 .get("q")
                 .map(|q| q.trim().chars().take(200).collect())
@@ -358,12 +302,12 @@ pub async fn list_sessions(
                 .and_then(|p| p.parse().ok())
                 .filter(|p| *p >= 1)
                 .unwrap_or(1);
-            let token = access_token(&state, &session, forwarded.as_deref(), &return_to).await?;
+            let (_, gateway, token) = c.clients_and_token().await?;
             let offset = (page - 1) * u64::from(PAGE_SIZE);
             let answer = gateway
                 .list_sessions(&token, PAGE_SIZE, offset, &query)
                 .await
-                .map_err(|e| upstream_failed(&state, &session, e, &return_to))?;
+                .map_err(|e| c.failed(e))?;
             let link = |page: u64| {
                 let mut q = form_urlencoded::Serializer::new(String::new());
                 if !query.is_empty() {
@@ -372,7 +316,7 @@ pub async fn list_sessions(
                 q.append_pair("page", &page.to_string());
                 format!("/console/sessions?{}", q.finish())
             };
-            let total = u64::try_from(answer.total).unwrap_or(0);
+            let total = answer.total;
             let shown = answer.sessions.len() as u64;
             let range_text = if shown == 0 {
                 String::new()
@@ -380,52 +324,35 @@ pub async fn list_sessions(
                 format!("{}–{} of {total}", offset + 1, offset + shown)
             };
             Ok(render(&SessionsPage {
-                layout: Layout::new(&state, "Sessions", "sessions", Some(&session)),
+                layout: c.layout("Sessions", "sessions"),
                 sessions: answer.sessions.iter().map(SessionRow::from).collect(),
                 previous_url: (page > 1).then(|| link(page - 1)),
                 next_url: (offset + shown < total).then(|| link(page + 1)),
                 range_text,
                 query,
             }))
-        },
-    )
-    .await
+        })
+        .await
 }
 
 /// `GET /console/sessions/{id}`.
-pub async fn show_session(
-    State(state): State<Arc<AppState>>,
-    Path(session_id): Path<String>,
-    headers: HeaderMap,
-    uri: OriginalUri,
-    ForwardedFor(forwarded): ForwardedFor,
-) -> Response {
-    let return_to = return_path(&uri);
-    with_session(
-        state,
-        &headers,
-        &return_to.clone(),
-        |state, session| async move {
-            let (_, gateway) = console_clients(&state)?;
-            let token = access_token(&state, &session, forwarded.as_deref(), &return_to).await?;
-            let failed = |e| upstream_failed(&state, &session, e, &return_to);
+pub async fn show_session(console: ConsoleRequest, Path(session_id): Path<String>) -> Response {
+    console
+        .page(|c| async move {
+            let (_, gateway, token) = c.clients_and_token().await?;
             let (summary, history, pending) = tokio::join!(
-                gateway.get_session(&token, &session_id),
-                gateway.history(&token, &session_id),
-                gateway.pending_approvals(&token, &session_id),
+                gateway.session_part::<SessionSummary>(&token, &session_id),
+                gateway.session_part::<SessionHistory>(&token, &session_id),
+                gateway.session_part::<PendingApprovals>(&token, &session_id),
             );
-            let summary = summary.map_err(failed)?;
-            let history = history.map_err(failed)?;
-            let pending = pending.map_err(failed)?;
+            let summary = summary.map_err(|e| c.failed(e))?;
+            let history = history.map_err(|e| c.failed(e))?;
+            let pending = pending.map_err(|e| c.failed(e))?;
             let row = SessionRow::from(&summary);
-            let layout = Layout::new(&state, row.title.clone(), "sessions", Some(&session));
             Ok(render(&SessionPage {
-                layout,
-                tool_call_count: history
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .map_or(0, Vec::len),
-                has_active_turn: history.get("active_turn").is_some_and(|t| !t.is_null()),
+                layout: c.layout(row.title.clone(), "sessions"),
+                tool_call_count: history.tool_calls.len(),
+                has_active_turn: history.active_turn.is_some(),
                 pending: pending_calls(&pending),
                 entries: conversation(&history),
                 switches: switches(&history),
@@ -435,17 +362,13 @@ pub async fn show_session(
                 message_count: row.message_count,
                 last_activity: row.last_activity,
             }))
-        },
-    )
-    .await
+        })
+        .await
 }
 
 /// The session page's address.
 fn session_url(session_id: &str) -> String {
-    format!(
-        "/console/sessions/{}",
-        crate::upstream::path_segment(session_id)
-    )
+    format!("/console/sessions/{}", path_segment(session_id))
 }
 
 /// What the page says after a decision.
@@ -457,91 +380,70 @@ fn decided(decision: &str) -> &'static str {
     }
 }
 
+/// The gateway's body for a decision form, or why there is none.
+fn decision_body(form: &HashMap<String, String>) -> Result<Option<Value>, PageError> {
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
+    Ok(Some(match field("decision") {
+        "approve" => json!({ "decision": "approve" }),
+        "reject" => {
+            let feedback = Some(field("feedback").trim()).filter(|f| !f.is_empty());
+            json!({ "decision": "reject", "feedback": feedback.unwrap_or("rejected in the console") })
+        }
+        "edit" => match serde_json::from_str::<Value>(field("modified_arguments")) {
+            Ok(arguments @ Value::Object(_)) => {
+                json!({ "decision": "edit", "modified_arguments": arguments })
+            }
+            _ => return Ok(None),
+        },
+        other => {
+            return Err(PageError::BadRequest(format!(
+                "expected a decision of approve, edit or reject, got {other:?}"
+            )));
+        }
+    }))
+}
+
 /// `POST /console/sessions/{id}/approvals/{call_id}`: approve, approve with edited
 /// arguments, or reject a pending call. The gateway relays the outcome to the IDE's socket.
 pub async fn decide_approval(
-    State(state): State<Arc<AppState>>,
+    console: ConsoleRequest,
     Path((session_id, call_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    ForwardedFor(forwarded): ForwardedFor,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let return_to = format!(
-        "/console/sessions/{}",
-        crate::upstream::path_segment(&session_id)
-    );
-    with_session(state, &headers, &return_to.clone(), |state, session| async move {
-        check_csrf(&session, form.get("csrf_token").map(String::as_str))?;
-        let (_, gateway) = console_clients(&state)?;
-        let decision = form.get("decision").map(String::as_str).unwrap_or_default();
-        let body = match decision {
-            "approve" => json!({ "decision": "approve" }),
-            "reject" => {
-                let feedback = form.get("feedback").map(|f| f.trim()).filter(|f| !f.is_empty());
-                json!({ "decision": "reject", "feedback": feedback.unwrap_or("rejected in the console") })
-            }
-            "edit" => {
-                let raw = form.get("modified_arguments").map(String::as_str).unwrap_or_default();
-                match serde_json::from_str::<Value>(raw) {
-                    Ok(arguments @ Value::Object(_)) => {
-                        json!({ "decision": "edit", "modified_arguments": arguments })
-                    }
-                    _ => {
-                        session.set_flash(Flash::Error(
-                            "The edited arguments must be a JSON object.".to_owned(),
-                        ));
-                        return Ok(Redirect::to(&session_url(&session_id)).into_response());
-                    }
-                }
-            }
-            other => {
-                return Err(PageError::BadRequest(format!(
-                    "expected a decision of approve, edit or reject, got {other:?}"
-                )));
-            }
-        };
-        let token = access_token(&state, &session, forwarded.as_deref(), &return_to).await?;
-        match gateway.decide(&token, &session_id, &call_id, &body).await {
-            Ok(_) => session.set_flash(Flash::Notice(decided(decision).to_owned())),
-            Err(error) if matches!(error.status(), Some(400 | 404 | 409 | 422)) => {
-                session.set_flash(Flash::Error(error.message()));
-            }
-            Err(error) => return Err(upstream_failed(&state, &session, error, &return_to)),
-        }
-        Ok(Redirect::to(&session_url(&session_id)).into_response())
-    })
-    .await
+    let page = session_url(&session_id);
+    console
+        .action(page.clone(), form, |c, form| async move {
+            let Some(body) = decision_body(&form)? else {
+                c.session.set_flash(Flash::Error(
+                    "The edited arguments must be a JSON object.".to_owned(),
+                ));
+                return Ok(Redirect::to(&page).into_response());
+            };
+            let (_, gateway, token) = c.clients_and_token().await?;
+            let outcome = gateway.decide(&token, &session_id, &call_id, &body).await;
+            let notice = decided(form.get("decision").map(String::as_str).unwrap_or_default());
+            c.after_action(outcome, notice, &[400, 404, 409, 422], &page)
+        })
+        .await
 }
 
 /// `POST /console/sessions/{id}/cancel`: cancels the running turn.
 pub async fn cancel_turn(
-    State(state): State<Arc<AppState>>,
+    console: ConsoleRequest,
     Path(session_id): Path<String>,
-    headers: HeaderMap,
-    ForwardedFor(forwarded): ForwardedFor,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let return_to = format!(
-        "/console/sessions/{}",
-        crate::upstream::path_segment(&session_id)
-    );
-    with_session(
-        state,
-        &headers,
-        &return_to.clone(),
-        |state, session| async move {
-            check_csrf(&session, form.get("csrf_token").map(String::as_str))?;
-            let (_, gateway) = console_clients(&state)?;
-            let token = access_token(&state, &session, forwarded.as_deref(), &return_to).await?;
-            gateway
-                .cancel(&token, &session_id)
-                .await
-                .map_err(|e| upstream_failed(&state, &session, e, &return_to))?;
-            session.set_flash(Flash::Notice("The running turn was cancelled.".to_owned()));
-            Ok(Redirect::to(&session_url(&session_id)).into_response())
-        },
-    )
-    .await
+    let page = session_url(&session_id);
+    console
+        .action(page.clone(), form, |c, _| async move {
+            let (_, gateway, token) = c.clients_and_token().await?;
+            let cancelled = gateway.cancel(&token, &session_id).await;
+            cancelled.map_err(|e| c.failed(e))?;
+            c.session
+                .set_flash(Flash::Notice("The running turn was cancelled.".to_owned()));
+            Ok(Redirect::to(&page).into_response())
+        })
+        .await
 }
 
 #[cfg(test)]
@@ -550,7 +452,7 @@ mod tests {
 
     #[test]
     fn the_conversation_pairs_calls_with_their_state() {
-        let history = json!({
+        let history: SessionHistory = serde_json::from_value(json!({
             "messages": [
                 {"role": "user", "content": "Add a test"},
                 {"role": "assistant", "content": "", "name": "coder", "tool_calls": [
@@ -562,11 +464,12 @@ mod tests {
             "tool_calls": [
                 {"call_id": "call_1", "tool_name": "write_file", "arguments": {"path": "t.rs"},
                  "status": "completed", "requires_approval": true,
-                 "decision": {"decision": "approve"}, "result": {"success": true}, "error": null},
+                 "decision": "approve", "result": {"success": true}, "error": null},
                 {"call_id": "call_2", "tool_name": "read_file", "arguments": {"path": "x"},
                  "status": "pending", "decision": null, "result": null, "error": null}
             ]
-        });
+        }))
+        .unwrap();
         let entries = conversation(&history);
         assert_eq!(entries.len(), 4, "{entries:?}");
         assert_eq!(entries[0].role_label, "You");

@@ -10,11 +10,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use codelab_auth::AuthService;
 use codelab_auth::admin::{self, ClientSpec};
 use codelab_auth::model::{Client, User};
 use codelab_auth::store::{AuthStore, open_store};
-use codelab_core::config::ConfigLoader;
 use codelab_core::db::{DbOptions, DbPool, connect_database, redact_database_url};
+
+use super::services::load_section;
 
 /// The data directory of `codelab up` when none is given.
 const DEFAULT_DATA_DIR: &str = "./.codelab";
@@ -149,13 +151,7 @@ struct ClientIdArgs {
 
 /// Runs a `codelab admin` subcommand.
 pub async fn run(config_file: Option<PathBuf>, args: AdminArgs) -> anyhow::Result<ExitCode> {
-    let config: codelab_auth::Config = ConfigLoader::from_env_or(config_file)
-        .load(
-            codelab_auth::config::SECTION,
-            codelab_auth::config::ENV_PREFIX,
-            &(),
-        )
-        .context("invalid auth service configuration")?;
+    let config = load_section::<AuthService>(config_file, &())?;
     // Read the password before touching the database, so a missing one changes nothing.
     let password = match &args.command {
         AdminCommand::User {
@@ -186,9 +182,12 @@ async fn execute(
     password: Option<String>,
     config: &codelab_auth::Config,
 ) -> anyhow::Result<()> {
-    let store = open_store(pool.clone())
-        .await
-        .context("cannot prepare the auth database")?;
+    let store = open_store(
+        pool.clone(),
+        std::sync::Arc::new(codelab_core::clock::SystemClock),
+    )
+    .await
+    .context("cannot prepare the auth database")?;
     let store: &dyn AuthStore = &*store;
     let password = password.unwrap_or_default();
     match command {
@@ -306,24 +305,22 @@ fn read_password() -> anyhow::Result<String> {
 }
 
 fn print_users(users: &[User], json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(users)?);
-        return Ok(());
-    }
-    let rows = users.iter().map(|u| {
-        vec![
-            u.username.clone(),
-            u.email.clone().unwrap_or_else(|| "-".into()),
-            yes_no(u.is_active),
-            yes_no(u.is_admin),
-            u.created_at.format("%Y-%m-%d %H:%M").to_string(),
-            u.last_login_at.map_or_else(
-                || "never".into(),
-                |t| t.format("%Y-%m-%d %H:%M").to_string(),
-            ),
-        ]
-    });
-    print_table(
+    print_list(
+        users,
+        json,
+        |u| {
+            vec![
+                u.username.clone(),
+                u.email.clone().unwrap_or_else(|| "-".into()),
+                yes_no(u.is_active),
+                yes_no(u.is_admin),
+                u.created_at.format("%Y-%m-%d %H:%M").to_string(),
+                u.last_login_at.map_or_else(
+                    || "never".into(),
+                    |t| t.format("%Y-%m-%d %H:%M").to_string(),
+                ),
+            ]
+        },
         &[
             "USERNAME",
             "EMAIL",
@@ -332,37 +329,33 @@ fn print_users(users: &[User], json: bool) -> anyhow::Result<()> {
             "CREATED (UTC)",
             "LAST LOGIN (UTC)",
         ],
-        rows,
-    );
-    Ok(())
+    )
 }
 
 fn print_clients(clients: &[Client], json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(clients)?);
-        return Ok(());
-    }
-    let rows = clients.iter().map(|c| {
-        vec![
-            c.client_id.clone(),
-            c.name.clone(),
-            if c.is_confidential {
-                "confidential"
-            } else {
-                "public"
-            }
-            .to_owned(),
-            yes_no(c.is_active),
-            c.allowed_grant_types.join(","),
-            c.allowed_scopes.join(" "),
-            if c.redirect_uris.is_empty() {
-                "-".to_owned()
-            } else {
-                c.redirect_uris.join(" ")
-            },
-        ]
-    });
-    print_table(
+    print_list(
+        clients,
+        json,
+        |c| {
+            vec![
+                c.client_id.clone(),
+                c.name.clone(),
+                if c.is_confidential {
+                    "confidential"
+                } else {
+                    "public"
+                }
+                .to_owned(),
+                yes_no(c.is_active),
+                c.allowed_grant_types.join(","),
+                c.allowed_scopes.join(" "),
+                if c.redirect_uris.is_empty() {
+                    "-".to_owned()
+                } else {
+                    c.redirect_uris.join(" ")
+                },
+            ]
+        },
         &[
             "CLIENT ID",
             "NAME",
@@ -372,8 +365,21 @@ fn print_clients(clients: &[Client], json: bool) -> anyhow::Result<()> {
             "SCOPES",
             "REDIRECT URIS",
         ],
-        rows,
-    );
+    )
+}
+
+/// `items` as pretty JSON, or as a table with one `row` each under `header`.
+fn print_list<T: serde::Serialize>(
+    items: &[T],
+    json: bool,
+    row: impl Fn(&T) -> Vec<String>,
+    header: &[&str],
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(items)?);
+    } else {
+        print_table(header, items.iter().map(row));
+    }
     Ok(())
 }
 

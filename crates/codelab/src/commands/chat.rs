@@ -12,13 +12,14 @@ use std::sync::Arc;
 use clap::Args;
 use codelab_client::api::GatewayApi;
 use codelab_client::auth::{AuthClient, AuthError, http_client};
-use codelab_client::chat::{
-    ApprovalMode, Chat, ChatError, ChatOptions, ReconnectPolicy, SessionChoice, TurnEnd,
-};
+use codelab_client::chat::Chat;
 use codelab_client::credentials::TokenStore;
 use codelab_client::input::LineReader;
 use codelab_client::login::{self, LogoutOutcome};
 use codelab_client::render::{Output, OutputMode};
+use codelab_client::session::{
+    ApprovalMode, ChatError, ChatOptions, ReconnectPolicy, SessionChoice, TurnEnd,
+};
 use codelab_client::tools::{Limits, ToolExecutor};
 
 /// Exit code of a failed login.

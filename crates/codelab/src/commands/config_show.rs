@@ -10,10 +10,13 @@ use codelab_core::config::{ConfigLoader, REDACTED};
 use codelab_core::http::ListenerLimits;
 use serde::Serialize;
 
-use super::services::{
-    ListenOverrides, agent_runtime_config, auth_config, gateway_config, llm_proxy_config,
-    website_config,
-};
+use codelab_agent_runtime::RuntimeService;
+use codelab_auth::AuthService;
+use codelab_gateway::GatewayService;
+use codelab_llm_proxy::ProxyService;
+use codelab_website::WebsiteService;
+
+use super::services::{ListenOverrides, load_config};
 
 /// `codelab config ...`
 #[derive(Debug, Subcommand)]
@@ -39,13 +42,12 @@ struct Effective {
 pub fn run(file: Option<PathBuf>, command: ConfigCommand) -> anyhow::Result<ExitCode> {
     match command {
         ConfigCommand::Show => {
-            let (llm_proxy, environment) =
-                llm_proxy_config(file.clone(), &ListenOverrides::default())?;
-            let (auth_service, _) = auth_config(file.clone(), &ListenOverrides::default())?;
-            let (agent_runtime, _) =
-                agent_runtime_config(file.clone(), &ListenOverrides::default())?;
-            let (gateway, _) = gateway_config(file.clone(), &ListenOverrides::default())?;
-            let (website, _) = website_config(file.clone(), &ListenOverrides::default())?;
+            let none = ListenOverrides::default();
+            let (llm_proxy, environment) = load_config::<ProxyService>(file.clone(), &none)?;
+            let (auth_service, _) = load_config::<AuthService>(file.clone(), &none)?;
+            let (agent_runtime, _) = load_config::<RuntimeService>(file.clone(), &none)?;
+            let (gateway, _) = load_config::<GatewayService>(file.clone(), &none)?;
+            let (website, _) = load_config::<WebsiteService>(file.clone(), &none)?;
             let http = ListenerLimits::load(&ConfigLoader::from_env_or(file))
                 .context("invalid listener limits")?;
             let effective = Effective {

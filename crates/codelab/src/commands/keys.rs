@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use codelab_auth::AuthService;
 use codelab_auth::keys::{
     DATA_DIR_KEY_ENCRYPTION_FILE, KeyEncryption, KeyManager, RELOAD_INTERVAL,
     thumbprint_of_private_pem,
 };
 use codelab_core::clock::{Clock, SystemClock};
-use codelab_core::config::ConfigLoader;
 use codelab_core::db::{DbOptions, connect_database, redact_database_url};
+
+use super::services::load_section;
 
 /// File name of the private key (the original's `private_key.pem`).
 const PRIVATE_KEY_FILE: &str = "private_key.pem";
@@ -131,13 +133,7 @@ fn write_key_file(path: &Path, contents: &str, mode: u32, overwrite: bool) -> an
 }
 
 async fn rotate(config: Option<PathBuf>, args: RotateArgs) -> anyhow::Result<ExitCode> {
-    let config: codelab_auth::Config = ConfigLoader::from_env_or(config)
-        .load(
-            codelab_auth::config::SECTION,
-            codelab_auth::config::ENV_PREFIX,
-            &(),
-        )
-        .context("invalid auth service configuration")?;
+    let config = load_section::<AuthService>(config, &())?;
     let db_url = match &args.data_dir {
         Some(dir) => {
             let path = std::path::absolute(dir.join(AUTH_DB_FILE))
@@ -240,7 +236,7 @@ async fn rotate_in(
     config: &codelab_auth::Config,
     encryption: &KeyEncryption,
 ) -> anyhow::Result<Rotated> {
-    let store = codelab_auth::store::open_store(pool)
+    let store = codelab_auth::store::open_store(pool, std::sync::Arc::new(SystemClock))
         .await
         .context("cannot open the auth store")?;
     let retired: Vec<String> = store

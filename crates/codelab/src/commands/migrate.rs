@@ -9,14 +9,16 @@ use std::fmt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use codelab_core::clock::{SharedClock, SystemClock};
 use codelab_core::db::{DbOptions, DbPool, connect_database, redact_database_url};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgConnectOptions;
 
-use super::services::{ListenOverrides, agent_runtime_config, auth_config};
+use super::services::{ListenOverrides, load_config};
 
 /// The services that own a database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -96,8 +98,16 @@ pub async fn run(file: Option<PathBuf>, args: MigrateArgs) -> anyhow::Result<Exi
 async fn migrate(file: Option<PathBuf>, service: MigrateService) -> anyhow::Result<()> {
     let overrides = ListenOverrides::default();
     let url = match service {
-        MigrateService::Auth => auth_config(file, &overrides)?.0.db_url,
-        MigrateService::AgentRuntime => agent_runtime_config(file, &overrides)?.0.db_url,
+        MigrateService::Auth => {
+            load_config::<codelab_auth::AuthService>(file, &overrides)?
+                .0
+                .db_url
+        }
+        MigrateService::AgentRuntime => {
+            load_config::<codelab_agent_runtime::RuntimeService>(file, &overrides)?
+                .0
+                .db_url
+        }
     };
     let shown = redact_database_url(&url);
     println!("{service}: database {shown} ({})", service.url_variable());
@@ -144,16 +154,15 @@ async fn migrate(file: Option<PathBuf>, service: MigrateService) -> anyhow::Resu
 /// and returns the versions this run applied.
 async fn apply(service: MigrateService, pool: &DbPool) -> anyhow::Result<BTreeSet<i64>> {
     let before = applied_versions(pool).await?;
+    let clock: SharedClock = Arc::new(SystemClock);
     match service {
         MigrateService::Auth => {
-            codelab_auth::store::open_store(pool.clone())
-                .await
-                .context("migrating the auth database")?;
+            let migrated = codelab_auth::store::open_store(pool.clone(), clock).await;
+            migrated.context("migrating the auth database")?;
         }
         MigrateService::AgentRuntime => {
-            codelab_agent_runtime::store::open_store(pool.clone())
-                .await
-                .context("migrating the agent-runtime database")?;
+            let migrated = codelab_agent_runtime::store::open_store(pool.clone(), clock).await;
+            migrated.context("migrating the agent-runtime database")?;
         }
     }
     let after = applied_versions(pool).await?;
@@ -162,33 +171,24 @@ async fn apply(service: MigrateService, pool: &DbPool) -> anyhow::Result<BTreeSe
 
 /// The versions recorded in sqlx's `_sqlx_migrations` table (none before the first run).
 async fn applied_versions(pool: &DbPool) -> anyhow::Result<BTreeSet<i64>> {
-    let versions: Vec<i64> = match pool {
+    const POSTGRES_HAS_TABLE: &str = "SELECT to_regclass('_sqlx_migrations') IS NOT NULL";
+    const SQLITE_HAS_TABLE: &str = "SELECT EXISTS (SELECT 1 FROM sqlite_master \
+                                    WHERE type = 'table' AND name = '_sqlx_migrations')";
+    const APPLIED: &str = "SELECT version FROM _sqlx_migrations WHERE success";
+    let has_table: bool = match pool {
         DbPool::Postgres(pool) => {
-            let exists: bool =
-                sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-                    .fetch_one(pool)
-                    .await?;
-            if !exists {
-                return Ok(BTreeSet::new());
-            }
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                .fetch_all(pool)
+            sqlx::query_scalar(POSTGRES_HAS_TABLE)
+                .fetch_one(pool)
                 .await?
         }
-        DbPool::Sqlite(pool) => {
-            let exists: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master \
-                 WHERE type = 'table' AND name = '_sqlx_migrations')",
-            )
-            .fetch_one(pool)
-            .await?;
-            if !exists {
-                return Ok(BTreeSet::new());
-            }
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                .fetch_all(pool)
-                .await?
-        }
+        DbPool::Sqlite(pool) => sqlx::query_scalar(SQLITE_HAS_TABLE).fetch_one(pool).await?,
+    };
+    if !has_table {
+        return Ok(BTreeSet::new());
+    }
+    let versions: Vec<i64> = match pool {
+        DbPool::Postgres(pool) => sqlx::query_scalar(APPLIED).fetch_all(pool).await?,
+        DbPool::Sqlite(pool) => sqlx::query_scalar(APPLIED).fetch_all(pool).await?,
     };
     Ok(versions.into_iter().collect())
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use codelab_core::config::{ConfigLoader, Environment};
+use codelab_core::service::Service;
 use serde::Serialize;
 
 /// Flags that override a service's file and environment settings.
@@ -15,69 +16,23 @@ pub struct ListenOverrides {
     pub host: Option<String>,
 }
 
-/// The LLM proxy's settings and environment.
-pub fn llm_proxy_config(
+/// Service `S`'s settings (defaults < file < `<PREFIX>__*` < `overrides`) and environment.
+pub fn load_config<S: Service>(
     file: Option<PathBuf>,
     overrides: &impl Serialize,
-) -> anyhow::Result<(codelab_llm_proxy::Config, Environment)> {
-    use codelab_llm_proxy::config::{ENV_PREFIX, SECTION};
-    let environment = codelab_core::config::environment(ENV_PREFIX)?;
-    let config = ConfigLoader::from_env_or(file)
-        .load(SECTION, ENV_PREFIX, overrides)
-        .context("invalid llm-proxy configuration")?;
-    Ok((config, environment))
+) -> anyhow::Result<(S::Config, Environment)> {
+    let environment = codelab_core::config::environment(S::ENV_PREFIX)?;
+    Ok((load_section::<S>(file, overrides)?, environment))
 }
 
-/// The auth service's settings and environment.
-pub fn auth_config(
+/// Service `S`'s settings (defaults < file < `<PREFIX>__*` < `overrides`).
+pub fn load_section<S: Service>(
     file: Option<PathBuf>,
     overrides: &impl Serialize,
-) -> anyhow::Result<(codelab_auth::Config, Environment)> {
-    use codelab_auth::config::{ENV_PREFIX, SECTION};
-    let environment = codelab_core::config::environment(ENV_PREFIX)?;
-    let config = ConfigLoader::from_env_or(file)
-        .load(SECTION, ENV_PREFIX, overrides)
-        .context("invalid auth configuration")?;
-    Ok((config, environment))
-}
-
-/// The agent runtime's settings and environment.
-pub fn agent_runtime_config(
-    file: Option<PathBuf>,
-    overrides: &impl Serialize,
-) -> anyhow::Result<(codelab_agent_runtime::Config, Environment)> {
-    use codelab_agent_runtime::config::{ENV_PREFIX, SECTION};
-    let environment = codelab_core::config::environment(ENV_PREFIX)?;
-    let config = ConfigLoader::from_env_or(file)
-        .load(SECTION, ENV_PREFIX, overrides)
-        .context("invalid agent-runtime configuration")?;
-    Ok((config, environment))
-}
-
-/// The gateway's settings and environment.
-pub fn gateway_config(
-    file: Option<PathBuf>,
-    overrides: &impl Serialize,
-) -> anyhow::Result<(codelab_gateway::Config, Environment)> {
-    use codelab_gateway::config::{ENV_PREFIX, SECTION};
-    let environment = codelab_core::config::environment(ENV_PREFIX)?;
-    let config = ConfigLoader::from_env_or(file)
-        .load(SECTION, ENV_PREFIX, overrides)
-        .context("invalid gateway configuration")?;
-    Ok((config, environment))
-}
-
-/// The website's settings and environment.
-pub fn website_config(
-    file: Option<PathBuf>,
-    overrides: &impl Serialize,
-) -> anyhow::Result<(codelab_website::Config, Environment)> {
-    use codelab_website::config::{ENV_PREFIX, SECTION};
-    let environment = codelab_core::config::environment(ENV_PREFIX)?;
-    let config = ConfigLoader::from_env_or(file)
-        .load(SECTION, ENV_PREFIX, overrides)
-        .context("invalid website configuration")?;
-    Ok((config, environment))
+) -> anyhow::Result<S::Config> {
+    ConfigLoader::from_env_or(file)
+        .load(S::SECTION, S::ENV_PREFIX, overrides)
+        .with_context(|| format!("invalid {} configuration", S::NAME))
 }
 
 /// Prints credentials generated while seeding, once, to stdout (never through tracing, which

@@ -3,12 +3,16 @@
 //! Helm and the configuration reference are checked against the code, not against a list;
 //! a real nginx in front of test upstreams ([`nginx`]); real processes of the binary and a
 //! private Redis ([`processes`]).
-// Each test binary uses a different part of this module.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of these helpers"
+)]
 
+pub mod cli;
 pub mod nginx;
 pub mod processes;
 
+use codelab_core::service::Service as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
@@ -42,23 +46,23 @@ pub fn defaults_of(config: impl Serialize) -> BTreeMap<String, serde_json::Value
 pub fn services() -> BTreeMap<&'static str, BTreeMap<String, serde_json::Value>> {
     BTreeMap::from([
         (
-            codelab_llm_proxy::config::ENV_PREFIX,
+            codelab_llm_proxy::ProxyService::ENV_PREFIX,
             defaults_of(codelab_llm_proxy::Config::default()),
         ),
         (
-            codelab_auth::config::ENV_PREFIX,
+            codelab_auth::AuthService::ENV_PREFIX,
             defaults_of(codelab_auth::Config::default()),
         ),
         (
-            codelab_agent_runtime::config::ENV_PREFIX,
+            codelab_agent_runtime::RuntimeService::ENV_PREFIX,
             defaults_of(codelab_agent_runtime::Config::default()),
         ),
         (
-            codelab_gateway::config::ENV_PREFIX,
+            codelab_gateway::GatewayService::ENV_PREFIX,
             defaults_of(codelab_gateway::Config::default()),
         ),
         (
-            codelab_website::config::ENV_PREFIX,
+            codelab_website::WebsiteService::ENV_PREFIX,
             defaults_of(codelab_website::Config::default()),
         ),
     ])

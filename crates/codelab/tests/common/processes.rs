@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_codelab");
 
 /// Environment that would change what a child does: another profile, port, config file or
-/// server, credentials, real LLM providers.
+/// server, credentials, real LLM providers, an editor for approvals.
 pub const SCRUBBED: &[&str] = &[
     "PORT",
     "ENVIRONMENT",
@@ -28,6 +28,8 @@ pub const SCRUBBED: &[&str] = &[
     "OPENROUTER_API_KEY",
     "OLLAMA_API_BASE",
     "OLLAMA_BASE_URL",
+    "EDITOR",
+    "VISUAL",
 ];
 
 /// A port nobody listens on right now (the usual small race: the caller binds it soon).
@@ -39,15 +41,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `codelab <args>` with the environment scrubbed and `ENVIRONMENT=development`.
+/// `codelab <args>` with the environment scrubbed (see [`super::cli::codelab_with`]) and
+/// `ENVIRONMENT=development`.
 pub fn codelab(args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
-    command.args(args);
-    for name in SCRUBBED {
-        command.env_remove(name);
+    super::cli::codelab_with(args, &[("ENVIRONMENT", "development")])
+}
+
+/// Waits (polling every 10 ms) for `child` to exit within `within`; kills and reaps it and
+/// returns `None` when it does not.
+pub fn exit_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
-    command.env("ENVIRONMENT", "development");
-    command
 }
 
 /// A child process with its output in `log`; killed (SIGKILL) and reaped when dropped.
@@ -124,22 +138,13 @@ impl Process {
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
         self.signal("TERM");
         let mut child = self.child.take().expect("the process was already stopped");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{} did not stop within {within:?} of SIGTERM; its log ends with:\n{}",
-                    self.name,
-                    self.tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        exit_within(&mut child, within).unwrap_or_else(|| {
+            panic!(
+                "{} did not stop within {within:?} of SIGTERM; its log ends with:\n{}",
+                self.name,
+                self.tail()
+            )
+        })
     }
 
     /// SIGKILL and reap.

@@ -1,0 +1,291 @@
+//! The turn loop: one turn's steps, from the first LLM call to the end of the turn or a wait
+//! for the IDE. Each step routes to a specialist when the session is on the orchestrator,
+//! calls the model, and commits the reply with its tool calls in one transaction
+//! (`step.rs`); what follows a step is decided from its stored calls alone, so a settlement
+//! or a recovery continues a turn exactly as its runner would have.
+
+use std::sync::Arc;
+
+use codelab_protocol::runtime::{RuntimeEvent, TurnOutcome};
+
+use super::step::{StepEnd, StepResult, StepState, count_step_end, step_end_events};
+use super::switch::Switch;
+use super::{Cx, Engine, EngineError};
+use crate::agents::AgentKind;
+use crate::metrics;
+use crate::model::{Role, StepCommit, ToolCallRecord, Turn, TurnStatus};
+use crate::routing;
+
+/// One turn as it runs: the engine's parts, the session's event sink and the turn itself,
+/// which is everything each step needs.
+pub(crate) struct TurnLoop<'a> {
+    pub(super) engine: &'a Engine,
+    pub(super) cx: Cx<'a>,
+    pub(super) turn: &'a mut Turn,
+}
+
+impl<'a> TurnLoop<'a> {
+    pub(crate) fn new(engine: &'a Engine, cx: Cx<'a>, turn: &'a mut Turn) -> TurnLoop<'a> {
+        TurnLoop { engine, cx, turn }
+    }
+
+    /// Runs steps until the turn ends, waits for the IDE, or is cancelled. While it runs, the
+    /// turn is registered for `cancel_turn` (locally and through the database).
+    ///
+    /// `started`: the next step is already recorded (a new turn is created at step 1), so it
+    /// is not written again. `pending`: events stored with the next step's start (one commit
+    /// instead of two), or with the turn's end when no step starts.
+    pub(crate) async fn run(
+        &mut self,
+        mut started: bool,
+        mut pending: Vec<RuntimeEvent>,
+    ) -> Result<(), EngineError> {
+        let engine = self.engine;
+        let running =
+            engine
+                .running
+                .start(Arc::clone(&engine.store), self.cx.session_id, &self.turn.id);
+        if self.turn.cancel_requested_at.is_some() {
+            running.token().cancel();
+        }
+        loop {
+            if running.token().is_cancelled() {
+                for event in std::mem::take(&mut pending) {
+                    self.cx.out.emit(event).await?;
+                }
+                return self.stop_cancelled().await;
+            }
+            if !started {
+                let limit = engine.limits.max_steps_per_turn;
+                if u32::try_from(self.turn.steps).unwrap_or(u32::MAX) >= limit {
+                    pending.push(RuntimeEvent::Error {
+                        message: format!("step limit reached ({limit} steps)"),
+                        code: Some("step_limit".to_owned()),
+                    });
+                    return self.finish(TurnStatus::StepLimit, pending).await;
+                }
+                self.start_step(std::mem::take(&mut pending)).await?;
+            }
+            started = false;
+            let agent = self.specialist().await?;
+            self.turn.agent = agent.as_str().to_owned();
+            metrics::counter_step();
+            match self.llm_step(agent, running.token()).await? {
+                StepResult::Done(StepEnd::Continue) => {}
+                StepResult::Done(StepEnd::Stop) => return Ok(()),
+                StepResult::Failed(error) => {
+                    return self.finish(TurnStatus::Failed, vec![error]).await;
+                }
+                StepResult::Cancelled => return self.stop_cancelled().await,
+            }
+        }
+    }
+
+    /// Records the next step as running, with `pending`, before anything of it happens: a
+    /// process that finds it so after a crash runs it again.
+    async fn start_step(&mut self, pending: Vec<RuntimeEvent>) -> Result<(), EngineError> {
+        self.turn.steps += 1;
+        self.turn.status = TurnStatus::Running;
+        let committed = self
+            .engine
+            .store
+            .commit_step(StepCommit {
+                session_id: self.cx.session_id.to_owned(),
+                turn: Some(self.turn.update_to(TurnStatus::Running, None)),
+                events: pending,
+                ..StepCommit::default()
+            })
+            .await?;
+        self.cx.out.send_all(committed.events).await;
+        Ok(())
+    }
+
+    /// The agent that takes the next step. A session on the orchestrator (new, or handed back
+    /// with `switch_mode`) is routed first: its latest user message is classified, the switch
+    /// recorded and announced.
+    async fn specialist(&self) -> Result<AgentKind, EngineError> {
+        let engine = self.engine;
+        let session = engine.session(&self.cx).await?;
+        let current =
+            AgentKind::parse(&session.current_agent).filter(|k| engine.registry.is_registered(*k));
+        if let Some(agent) = current.filter(|k| *k != AgentKind::Orchestrator) {
+            return Ok(agent);
+        }
+        let history = engine.store.list_messages(self.cx.session_id).await?;
+        let text = history
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .and_then(|m| m.content.clone())
+            .unwrap_or_default();
+        let decision = routing::classify(
+            &engine.llm,
+            engine.registry.model_for(AgentKind::Orchestrator),
+            &text,
+            engine.registry.multi_agent(),
+            engine.limits.routing_timeout,
+        )
+        .await;
+        // The classifier only names agents of this mode; the guard keeps a bad answer from
+        // parking the session on an agent that does not exist here.
+        let agent = Some(decision.agent)
+            .filter(|k| engine.registry.is_registered(*k) && *k != AgentKind::Orchestrator)
+            .or_else(|| {
+                engine
+                    .registry
+                    .specs()
+                    .iter()
+                    .map(|s| s.kind)
+                    .find(|k| *k != AgentKind::Orchestrator)
+            })
+            .unwrap_or(AgentKind::Coder);
+        let switch = Switch {
+            from: session.current_agent,
+            to: agent,
+            reason: decision.reason.clone(),
+            confidence: Some(decision.confidence.clone()),
+            method: decision.method.as_str(),
+        };
+        engine.record_switch(&self.cx, switch, Vec::new()).await?;
+        Ok(agent)
+    }
+
+    /// What follows step `step` once its calls are settled (or some still wait), decided
+    /// from its stored calls: the end of the turn is committed with its completion text, and
+    /// the next step runs when the agent goes on. Used after a settlement and by recovery.
+    pub(crate) async fn continue_after(
+        &mut self,
+        step: i32,
+        calls: Vec<ToolCallRecord>,
+    ) -> Result<(), EngineError> {
+        let state = StepState::of(&calls);
+        match &state {
+            StepState::Complete(_) => {
+                // The completion text, the turn's end and their events in one transaction:
+                // after a crash the text is never stored twice, nor the turn left open.
+                let committed = self
+                    .engine
+                    .store
+                    .commit_step(StepCommit {
+                        session_id: self.cx.session_id.to_owned(),
+                        messages: state.completion_messages(self.cx.session_id),
+                        turn: Some(self.turn.update_to(
+                            TurnStatus::Completed,
+                            Some((self.turn.status, self.turn.steps)),
+                        )),
+                        events: step_end_events(step, &state, false),
+                        ..StepCommit::default()
+                    })
+                    .await?;
+                self.turn.status = TurnStatus::Completed;
+                count_step_end(&state, false);
+                self.cx.out.send_all(committed.events).await;
+                Ok(())
+            }
+            StepState::Waiting(_) => {
+                for event in step_end_events(step, &state, false) {
+                    self.cx.out.emit(event).await?;
+                }
+                Ok(())
+            }
+            StepState::Continue => {
+                // `step_finished` is stored with the next step's start.
+                self.run(false, step_end_events(step, &state, false)).await
+            }
+        }
+    }
+
+    /// Ends the turn with `status`: the turn, the events `before` (an error) and its
+    /// `turn_finished` in one transaction, then sent.
+    pub(crate) async fn finish(
+        &mut self,
+        status: TurnStatus,
+        before: Vec<RuntimeEvent>,
+    ) -> Result<(), EngineError> {
+        let outcome = match status {
+            TurnStatus::AwaitingTools => TurnOutcome::AwaitingTools,
+            TurnStatus::Cancelled => TurnOutcome::Cancelled,
+            TurnStatus::StepLimit => TurnOutcome::StepLimit,
+            TurnStatus::Failed => TurnOutcome::Failed,
+            TurnStatus::Completed | TurnStatus::Running => TurnOutcome::Completed,
+        };
+        let mut events = before;
+        events.push(RuntimeEvent::TurnFinished { outcome });
+        let committed = self
+            .engine
+            .store
+            .commit_step(StepCommit {
+                session_id: self.cx.session_id.to_owned(),
+                turn: Some(self.turn.update_to(status, None)),
+                events,
+                ..StepCommit::default()
+            })
+            .await?;
+        self.turn.status = status;
+        metrics::turn(status.as_str());
+        self.cx.out.send_all(committed.events).await;
+        Ok(())
+    }
+
+    /// Ends the turn someone cancelled while it ran (see [`Engine::stop_cancelled`]).
+    pub(crate) async fn stop_cancelled(&mut self) -> Result<(), EngineError> {
+        self.engine.stop_cancelled(&self.cx, self.turn).await
+    }
+}
+
+impl Engine {
+    /// Resumes the session's turn when its runner died: it is `running` although the caller
+    /// holds the lock, or it waits on a step whose calls are all settled. A step whose outcome
+    /// was never committed runs again (nothing of it was stored); a settled step goes on to
+    /// the next one. A turn asked to stop is cancelled instead. `false` when nothing needed
+    /// resuming. Must be called under the session lock.
+    pub(crate) async fn recover(&self, cx: &Cx<'_>) -> Result<bool, EngineError> {
+        let Some(mut turn) = self.store.active_turn(cx.session_id).await? else {
+            return Ok(false);
+        };
+        let calls = if turn.steps > 0 {
+            self.store.list_step_calls(&turn.id, turn.steps).await?
+        } else {
+            Vec::new()
+        };
+        let stalled = match turn.status {
+            TurnStatus::Running => true,
+            TurnStatus::AwaitingTools => {
+                !calls.is_empty() && calls.iter().all(|c| !c.status.is_open())
+            }
+            _ => false,
+        };
+        if !stalled {
+            return Ok(false);
+        }
+        tracing::warn!(
+            session = %codelab_core::ids::log_reference(cx.session_id),
+            turn_id = %turn.id,
+            step = turn.steps,
+            status = turn.status.as_str(),
+            "resuming a turn whose runner stopped"
+        );
+        metrics::turn_recovered();
+        cx.out
+            .emit(RuntimeEvent::Notice {
+                message: format!(
+                    "resuming the turn that was interrupted at step {}",
+                    turn.steps
+                ),
+            })
+            .await?;
+        let rerun = turn.status == TurnStatus::Running && calls.is_empty();
+        let step = turn.steps;
+        let mut turn_loop = TurnLoop::new(self, *cx, &mut turn);
+        if turn_loop.turn.cancel_requested_at.is_some() {
+            turn_loop.stop_cancelled().await?;
+        } else if rerun {
+            // The step's outcome was never committed: run it again, as the same step.
+            turn_loop.turn.steps = (step - 1).max(0);
+            turn_loop.run(false, Vec::new()).await?;
+        } else {
+            turn_loop.continue_after(step, calls).await?;
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,720 @@
+//! Starting a stack and the running stack: each service's address and state, replicas, stop.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use codelab_agent_runtime::RuntimeService;
+use codelab_auth::AuthService;
+use codelab_core::clock::SharedClock;
+use codelab_core::config::{ConfigLoader, Environment, Secret};
+use codelab_core::http::{serve, serve_with_limits};
+use codelab_core::service::{EnvVars, Service, SharedDeps};
+use codelab_gateway::GatewayService;
+use codelab_gateway::config::WsAuthMode;
+use codelab_llm_proxy::ProxyService;
+use codelab_website::WebsiteService;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::builder::{Database, GatewayAuth, InternalKeys, Llm, Ports, ServiceId, Tweak};
+use crate::{StackBuilder, StackError, front_door_router, postgres_database_url};
+
+/// A service running in the stack.
+pub struct Running<S> {
+    /// Its name (`auth`, `gateway`, ...).
+    pub name: &'static str,
+    /// Its own listener, on 127.0.0.1.
+    pub address: SocketAddr,
+    /// `http://` + [`Running::address`].
+    pub url: String,
+    pub state: Arc<S>,
+}
+
+impl<S> Running<S> {
+    fn name_and_address(&self) -> (&'static str, SocketAddr) {
+        (self.name, self.address)
+    }
+}
+
+/// A service of the stack stopped (with an error, or it panicked).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ServiceStopped(String);
+
+/// The services, running until [`Stack::stop`], the shutdown token or the stack's drop. A
+/// service is `None` when [`StackBuilder::only`] left it out.
+pub struct Stack {
+    pub proxy: Option<Running<codelab_llm_proxy::AppState>>,
+    pub runtime: Option<Running<codelab_agent_runtime::AppState>>,
+    pub auth: Option<Running<codelab_auth::AppState>>,
+    pub gateway: Option<Running<codelab_gateway::AppState>>,
+    pub website: Option<Running<codelab_website::AppState>>,
+    /// The front door's address, when the stack has one.
+    pub front_door: Option<SocketAddr>,
+    /// What browsers use for the website: the front door, else the website's own URL (empty
+    /// without either).
+    pub public_url: String,
+    /// The issuer of the auth service's tokens (what the gateway expects; empty without the
+    /// auth service).
+    pub issuer: String,
+    pub keys: InternalKeys,
+    /// Where the SQLite files (and in `up` the key-encryption key) are.
+    pub data_dir: PathBuf,
+    /// The gateway's effective settings (the base of [`Stack::start_gateway_replica`]).
+    pub gateway_config: codelab_gateway::Config,
+    /// The runtime's effective settings (the base of [`Stack::start_runtime_replica`]).
+    pub runtime_config: codelab_agent_runtime::Config,
+    services: Services,
+    tasks: JoinSet<std::io::Result<()>>,
+    _temp_dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.services.shutdown.cancel();
+    }
+}
+
+impl Stack {
+    /// A stack with the test defaults (see [`StackBuilder`]).
+    pub fn builder() -> StackBuilder {
+        StackBuilder::default()
+    }
+
+    /// Each running service's name and own address, in start order.
+    pub fn services(&self) -> Vec<(&'static str, SocketAddr)> {
+        [
+            self.proxy.as_ref().map(Running::name_and_address),
+            self.runtime.as_ref().map(Running::name_and_address),
+            self.auth.as_ref().map(Running::name_and_address),
+            self.gateway.as_ref().map(Running::name_and_address),
+            self.website.as_ref().map(Running::name_and_address),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// Cancelled when the stack stops; cancel it to stop the stack.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.services.shutdown.clone()
+    }
+
+    /// Waits for the next service to stop: `None` once all have. Whatever ends one stops the
+    /// others (the shutdown token is cancelled).
+    pub async fn join_next(&mut self) -> Option<Result<(), ServiceStopped>> {
+        let result = self.tasks.join_next().await?;
+        self.services.shutdown.cancel();
+        Some(match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(ServiceStopped(error.to_string())),
+            Err(error) => Err(ServiceStopped(error.to_string())),
+        })
+    }
+
+    /// Stops every service and waits until they have drained.
+    pub async fn stop(mut self) {
+        self.services.shutdown.cancel();
+        while self.join_next().await.is_some() {}
+    }
+
+    /// Another gateway in front of the same runtime and auth service, with the first one's
+    /// settings changed by `tweak` (e.g. both on one Redis to test the fan-out across
+    /// replicas); it stops with the stack.
+    pub async fn start_gateway_replica(
+        &self,
+        tweak: impl FnOnce(&mut codelab_gateway::Config),
+    ) -> Result<Running<codelab_gateway::AppState>, StackError> {
+        let mut config = self.gateway_config.clone();
+        tweak(&mut config);
+        self.start_replica::<GatewayService>(ServiceId::Gateway, self.gateway.is_some(), config)
+            .await
+    }
+
+    /// Another runtime on the same database and proxy (own pool, own process state), with
+    /// the first one's settings changed by `tweak`; it stops with the stack.
+    pub async fn start_runtime_replica(
+        &self,
+        tweak: impl FnOnce(&mut codelab_agent_runtime::Config),
+    ) -> Result<Running<codelab_agent_runtime::AppState>, StackError> {
+        let mut config = self.runtime_config.clone();
+        tweak(&mut config);
+        let started = self.runtime.is_some();
+        self.start_replica::<RuntimeService>(ServiceId::AgentRuntime, started, config)
+            .await
+    }
+
+    /// Another `S` with `config` on an ephemeral port, when the stack runs the first one.
+    async fn start_replica<S: Service>(
+        &self,
+        service: ServiceId,
+        started: bool,
+        config: S::Config,
+    ) -> Result<Running<S>, StackError> {
+        if !started {
+            return Err(StackError::NotStarted(service.name()));
+        }
+        let listener = bind(0, Ports::Ephemeral).await?;
+        let (running, served) = self.services.start::<S>(service, listener, config).await?;
+        codelab_core::tasks::spawn(service.name(), served);
+        Ok(running)
+    }
+}
+
+/// What every service of a stack shares: its profile and clock, the proxy's environment, the
+/// shutdown token and the drain timeout.
+struct Services {
+    environments: [Environment; 5],
+    clocks: [SharedClock; 5],
+    env: EnvVars,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+}
+
+impl Services {
+    fn deps(&self, service: ServiceId) -> SharedDeps {
+        SharedDeps::isolated(self.environments[service.index()])
+            .with_clock(Arc::clone(&self.clocks[service.index()]))
+            .with_shutdown(self.shutdown.clone())
+            .with_env(self.env.clone())
+    }
+
+    /// [`Services::start`] when the stack runs `S` (it has a listener), served among `tasks`.
+    async fn spawn<S: Service>(
+        &self,
+        tasks: &mut JoinSet<std::io::Result<()>>,
+        service: ServiceId,
+        listener: Option<TcpListener>,
+        config: S::Config,
+    ) -> Result<Option<Running<S>>, StackError> {
+        let Some(listener) = listener else {
+            return Ok(None);
+        };
+        let (running, served) = self.start::<S>(service, listener, config).await?;
+        tasks.spawn(served);
+        Ok(Some(running))
+    }
+
+    /// Builds `S` and returns it with the future that serves it on `listener` until the
+    /// shutdown token, then lets it drain (the runtime's turns whose client left store their
+    /// results; what does not finish is resumed at the next start).
+    async fn start<S: Service>(
+        &self,
+        service: ServiceId,
+        listener: TcpListener,
+        config: S::Config,
+    ) -> Result<
+        (
+            Running<S>,
+            impl Future<Output = std::io::Result<()>> + Send + 'static,
+        ),
+        StackError,
+    > {
+        let state = S::build(config, self.deps(service))
+            .await
+            .map_err(StackError::build)?;
+        let running = running(service, &listener, state)?;
+        let router = S::router(Arc::clone(&running.state));
+        let state = Arc::clone(&running.state);
+        let shutdown = self.shutdown.clone();
+        let drain_timeout = self.drain_timeout;
+        let served = async move {
+            let served = serve(listener, router, shutdown, drain_timeout).await;
+            if !state.drain(drain_timeout).await {
+                tracing::warn!(
+                    service = S::NAME,
+                    "work still running after the drain timeout; stopping anyway"
+                );
+            }
+            served
+        };
+        Ok((running, served))
+    }
+}
+
+/// The five services' settings as read, before the stack's wiring.
+struct Settings {
+    proxy: codelab_llm_proxy::Config,
+    runtime: codelab_agent_runtime::Config,
+    auth: codelab_auth::Config,
+    gateway: codelab_gateway::Config,
+    website: codelab_website::Config,
+}
+
+impl Settings {
+    fn load(loader: Option<&ConfigLoader>) -> Result<Self, StackError> {
+        Ok(Self {
+            proxy: load::<ProxyService>(loader)?,
+            runtime: load::<RuntimeService>(loader)?,
+            auth: load::<AuthService>(loader)?,
+            gateway: load::<GatewayService>(loader)?,
+            website: load::<WebsiteService>(loader)?,
+        })
+    }
+}
+
+/// A service's settings: its defaults, or through `loader` its file section and variables.
+fn load<S: Service>(loader: Option<&ConfigLoader>) -> Result<S::Config, StackError> {
+    match loader {
+        None => Ok(S::Config::default()),
+        Some(loader) => loader
+            .load(S::SECTION, S::ENV_PREFIX, &())
+            .map_err(|source| StackError::Config {
+                service: S::NAME,
+                source,
+            }),
+    }
+}
+
+fn apply<C>(config: &mut C, tweaks: Vec<Tweak<C>>) {
+    for tweak in tweaks {
+        tweak(config);
+    }
+}
+
+const LOCALHOST: &str = "127.0.0.1";
+
+impl StackBuilder {
+    /// Starts the services (all five unless [`StackBuilder::only`] says otherwise): the proxy,
+    /// the runtime, the auth service, the gateway, the website, then the front door.
+    pub async fn start(self) -> Result<Stack, StackError> {
+        let StackBuilder {
+            data_dir,
+            services: asked,
+            database,
+            llm,
+            model,
+            ports,
+            front_door,
+            front_door_limits,
+            loader,
+            environments,
+            clocks,
+            redis_url,
+            gateway_auth,
+            admin_password,
+            keys,
+            env,
+            drain_timeout,
+            shutdown,
+            proxy_tweaks,
+            runtime_tweaks,
+            auth_tweaks,
+            gateway_tweaks,
+            website_tweaks,
+        } = self;
+        let wanted = with_dependencies(asked, front_door.is_some());
+        let services = Services {
+            environments,
+            clocks,
+            env,
+            shutdown,
+            drain_timeout,
+        };
+        let (data_dir, temp_dir, keep_key_in_data_dir) = match data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    StackError::io(format!("cannot create the data dir {}", dir.display()), e)
+                })?;
+                (dir, None, true)
+            }
+            None => {
+                let temp = tempfile::tempdir()
+                    .map_err(|e| StackError::io("cannot create a temp data dir", e))?;
+                (temp.path().to_owned(), Some(temp), false)
+            }
+        };
+        let database_url = |service: &str| match &database {
+            Database::Postgres(server) => postgres_database_url(server, service),
+            Database::Sqlite => Ok(format!(
+                "sqlite:///{}",
+                data_dir.join(format!("{service}.db")).display()
+            )),
+        };
+        let Settings {
+            proxy: mut proxy_config,
+            runtime: mut runtime_config,
+            auth: mut auth_config,
+            gateway: mut gateway_config,
+            website: mut website_config,
+        } = Settings::load(loader.as_ref())?;
+        let redis_url = redis_url.unwrap_or_default();
+        let mut tasks = JoinSet::new();
+
+        // Listeners first: each service's wiring names the others' addresses.
+        let wants = |service: ServiceId| wanted[service.index()];
+        let proxy_listener =
+            bind_service::<ProxyService>(wants(ServiceId::LlmProxy), proxy_config.port, ports)
+                .await?;
+        let runtime_listener = bind_service::<RuntimeService>(
+            wants(ServiceId::AgentRuntime),
+            runtime_config.port,
+            ports,
+        )
+        .await?;
+        let auth_listener =
+            bind_service::<AuthService>(wants(ServiceId::Auth), auth_config.port, ports).await?;
+        let gateway_listener =
+            bind_service::<GatewayService>(wants(ServiceId::Gateway), gateway_config.port, ports)
+                .await?;
+        let website_listener =
+            bind_service::<WebsiteService>(wants(ServiceId::Website), website_config.port, ports)
+                .await?;
+        let front_door_address = front_door.as_ref().map(local_address).transpose()?;
+        // Browsers see the front door for everything, or else each service's own address.
+        let public_url_or_own = |listener: &Option<TcpListener>| match front_door_address {
+            Some(address) => Ok(public_url_of(address)),
+            None => Ok(match listener {
+                Some(listener) => public_url_of(local_address(listener)?),
+                None => String::new(),
+            }),
+        };
+        let public_url = public_url_or_own(&website_listener)?;
+        let auth_public_url = public_url_or_own(&auth_listener)?;
+        let gateway_public_url = public_url_or_own(&gateway_listener)?;
+
+        // The LLM proxy.
+        proxy_config.host = LOCALHOST.into();
+        proxy_config.internal_api_key = keys.proxy.clone();
+        if let Some(model) = &model {
+            proxy_config.default_model = model.clone();
+        }
+        let mut runtime_model = model;
+        if let Llm::Upstream {
+            model,
+            api_base,
+            api_key,
+        } = &llm
+        {
+            if proxy_listener.is_some() {
+                proxy_config.config_file =
+                    Some(write_model_table(&data_dir, model, api_base, api_key)?);
+            }
+            runtime_model.get_or_insert_with(|| model.clone());
+        }
+        apply(&mut proxy_config, proxy_tweaks);
+        let proxy = services
+            .spawn::<ProxyService>(
+                &mut tasks,
+                ServiceId::LlmProxy,
+                proxy_listener,
+                proxy_config,
+            )
+            .await?;
+
+        // The agent runtime, calling the proxy.
+        runtime_config.host = LOCALHOST.into();
+        runtime_config.db_url = database_url("agent_runtime")?;
+        runtime_config.llm_proxy_api_key = keys.proxy.clone();
+        runtime_config.internal_api_key = keys.runtime.clone();
+        if let Some(proxy) = &proxy {
+            runtime_config.llm_proxy_url = proxy.url.clone();
+        }
+        if let Some(model) = runtime_model {
+            runtime_config.llm_model = model;
+        }
+        apply(&mut runtime_config, runtime_tweaks);
+        let runtime = services
+            .spawn::<RuntimeService>(
+                &mut tasks,
+                ServiceId::AgentRuntime,
+                runtime_listener,
+                runtime_config.clone(),
+            )
+            .await?;
+
+        // The auth service, its issuer and metadata on the public address.
+        let auth = match auth_listener {
+            Some(listener) => {
+                auth_config.host = LOCALHOST.into();
+                auth_config.db_url = database_url("auth")?;
+                auth_config.public_url = auth_public_url.clone();
+                auth_config.redis_url = Some(redis_url.clone());
+                // Nothing stands between the front door and the client, and the in-process hop
+                // to the auth router is not a proxy, so no forwarding header is believed.
+                auth_config.trusted_proxies = Vec::new();
+                if let Some(password) = &admin_password {
+                    auth_config.master_key = Secret::new(password.clone());
+                }
+                apply(&mut auth_config, auth_tweaks);
+                if keep_key_in_data_dir && auth_config.key_encryption_key.is_empty() {
+                    // Signing keys are encrypted at rest here too, with a key kept next to them
+                    // (the data dir is the development profile's only secret store;
+                    // docs/operations.md).
+                    auth_config.key_encryption_key = data_dir_key_encryption_key(&data_dir)?;
+                }
+                // The console signs in through the public address, whatever port it got.
+                let console_callback = format!("{public_url}/console/callback");
+                if !public_url.is_empty()
+                    && !auth_config.web_redirect_uris.contains(&console_callback)
+                {
+                    auth_config.web_redirect_uris.push(console_callback);
+                }
+                let (auth, served) = services
+                    .start::<AuthService>(ServiceId::Auth, listener, auth_config)
+                    .await?;
+                if let Some(password) = &admin_password {
+                    // The admin may exist from an earlier start: make this password the one in
+                    // force.
+                    codelab_auth::seed::set_admin_password(&auth.state.store, password)
+                        .await
+                        .map_err(StackError::AdminPassword)?;
+                }
+                tasks.spawn(served);
+                Some(auth)
+            }
+            None => None,
+        };
+        let issuer = auth
+            .as_ref()
+            .map(|auth| auth.state.config.issuer())
+            .unwrap_or_default();
+
+        // The gateway, in front of the runtime, verifying the auth service's tokens.
+        gateway_config.host = LOCALHOST.into();
+        gateway_config.internal_api_key = keys.runtime.clone();
+        gateway_config.jwt_issuer = issuer.clone();
+        if let Some(runtime) = &runtime {
+            gateway_config.agent_url = runtime.url.clone();
+        }
+        if let Some(auth) = &auth {
+            gateway_config.auth_service_url = auth.url.clone();
+        }
+        match gateway_auth {
+            GatewayAuth::Configured => {}
+            GatewayAuth::Session => {
+                gateway_config.use_jwt_auth = true;
+                gateway_config.ws_auth = Some(WsAuthMode::Session);
+            }
+            GatewayAuth::Off => {
+                gateway_config.use_jwt_auth = false;
+                gateway_config.ws_auth = Some(WsAuthMode::Off);
+            }
+        }
+        gateway_config.redis_url = Some(redis_url);
+        apply(&mut gateway_config, gateway_tweaks);
+        let gateway = services
+            .spawn::<GatewayService>(
+                &mut tasks,
+                ServiceId::Gateway,
+                gateway_listener,
+                gateway_config.clone(),
+            )
+            .await?;
+
+        // The website: server-side calls to each service's own address, the browser's
+        // addresses public.
+        website_config.host = LOCALHOST.into();
+        website_config.public_url = public_url.clone();
+        website_config.auth_public_url = Some(auth_public_url);
+        website_config.gateway_public_url = Some(gateway_public_url);
+        website_config.auth_url = auth.as_ref().map(|auth| auth.url.clone());
+        website_config.gateway_url = gateway.as_ref().map(|gateway| gateway.url.clone());
+        website_config.agent_runtime_url = runtime.as_ref().map(|runtime| runtime.url.clone());
+        website_config.llm_proxy_url = proxy.as_ref().map(|proxy| proxy.url.clone());
+        apply(&mut website_config, website_tweaks);
+        let website = services
+            .spawn::<WebsiteService>(
+                &mut tasks,
+                ServiceId::Website,
+                website_listener,
+                website_config,
+            )
+            .await?;
+
+        // The front door brought auth, the gateway and the website with it.
+        if let (Some(listener), Some(auth), Some(gateway), Some(website)) =
+            (front_door, &auth, &gateway, &website)
+        {
+            let router = front_door_router(&auth.state, &gateway.state, &website.state);
+            let shutdown = services.shutdown.clone();
+            tasks.spawn(async move {
+                serve_with_limits(
+                    listener,
+                    router,
+                    shutdown,
+                    drain_timeout,
+                    &front_door_limits,
+                )
+                .await
+            });
+        }
+
+        Ok(Stack {
+            proxy,
+            runtime,
+            auth,
+            gateway,
+            website,
+            front_door: front_door_address,
+            public_url,
+            issuer,
+            keys,
+            data_dir,
+            gateway_config,
+            runtime_config,
+            services,
+            tasks,
+            _temp_dir: temp_dir,
+        })
+    }
+}
+
+/// The services asked for, the services they call and, with a front door, those it routes to.
+fn with_dependencies(asked: [bool; 5], front_door: bool) -> [bool; 5] {
+    let mut wanted = asked;
+    if front_door {
+        for service in [ServiceId::Auth, ServiceId::Gateway, ServiceId::Website] {
+            wanted[service.index()] = true;
+        }
+    }
+    // Needs come earlier in start order: one pass from the last service settles them all.
+    for service in ServiceId::ALL.into_iter().rev() {
+        if wanted[service.index()] {
+            for needed in service.needs() {
+                wanted[needed.index()] = true;
+            }
+        }
+    }
+    wanted
+}
+
+/// The listener of `S` when the stack runs it: its configured or default port with
+/// [`Ports::Usual`].
+async fn bind_service<S: Service>(
+    wanted: bool,
+    configured: Option<u16>,
+    ports: Ports,
+) -> Result<Option<TcpListener>, StackError> {
+    if !wanted {
+        return Ok(None);
+    }
+    bind(configured.unwrap_or(S::DEFAULT_PORT), ports)
+        .await
+        .map(Some)
+}
+
+/// A listener on 127.0.0.1: `port` with [`Ports::Usual`] (an ephemeral one when it is
+/// taken), else an ephemeral one.
+async fn bind(port: u16, ports: Ports) -> Result<TcpListener, StackError> {
+    if ports == Ports::Usual {
+        if let Ok(listener) = TcpListener::bind((LOCALHOST, port)).await {
+            return Ok(listener);
+        }
+        tracing::warn!(port, "usual port is taken; using an ephemeral one");
+    }
+    TcpListener::bind((LOCALHOST, 0))
+        .await
+        .map_err(|e| StackError::io("cannot bind an internal port", e))
+}
+
+fn local_address(listener: &TcpListener) -> Result<SocketAddr, StackError> {
+    listener
+        .local_addr()
+        .map_err(|e| StackError::io("cannot read a listener's address", e))
+}
+
+/// The URL clients use for `address` (a wildcard bind is reached on loopback).
+pub(crate) fn public_url_of(address: SocketAddr) -> String {
+    let ip = if address.ip().is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        address.ip()
+    };
+    format!("http://{}", SocketAddr::new(ip, address.port()))
+}
+
+fn running<S>(
+    service: ServiceId,
+    listener: &TcpListener,
+    state: Arc<S>,
+) -> Result<Running<S>, StackError> {
+    let address = local_address(listener)?;
+    Ok(Running {
+        name: service.name(),
+        address,
+        url: format!("http://{address}"),
+        state,
+    })
+}
+
+/// The proxy's model table for [`Llm::Upstream`]: one model, an OpenAI-compatible server.
+fn write_model_table(
+    data_dir: &Path,
+    model: &str,
+    api_base: &str,
+    api_key: &str,
+) -> Result<PathBuf, StackError> {
+    let path = data_dir.join("llm-models.yaml");
+    let table = format!(
+        "model_list:\n  - model_name: {model}\n    litellm_params:\n      model: openai/gpt-4o\n      \
+         api_base: {api_base}\n      api_key: {api_key}\n"
+    );
+    std::fs::write(&path, table)
+        .map_err(|e| StackError::io(format!("cannot write {}", path.display()), e))?;
+    Ok(path)
+}
+
+/// The key-encryption key in the data dir (`codelab keys rotate --data-dir` reads the same
+/// file), created with mode 0600 on first start.
+fn data_dir_key_encryption_key(data_dir: &Path) -> Result<Secret, StackError> {
+    use std::io::Write;
+    let path = data_dir.join(codelab_auth::keys::DATA_DIR_KEY_ENCRYPTION_FILE);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(&path) {
+        Ok(mut created) => {
+            let key =
+                codelab_auth::keys::generate_key_encryption_key().map_err(StackError::build)?;
+            created
+                .write_all(format!("{key}\n").as_bytes())
+                .map_err(|e| StackError::io(format!("cannot write {}", path.display()), e))?;
+            Ok(Secret::new(key))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            let key = std::fs::read_to_string(&path)
+                .map_err(|e| StackError::io(format!("cannot read {}", path.display()), e))?;
+            Ok(Secret::new(key.trim().to_owned()))
+        }
+        Err(error) => Err(StackError::io(
+            format!("cannot create {}", path.display()),
+            error,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(asked: &[ServiceId], front_door: bool) -> Vec<ServiceId> {
+        let mut wanted = [false; 5];
+        for service in asked {
+            wanted[service.index()] = true;
+        }
+        let wanted = with_dependencies(wanted, front_door);
+        ServiceId::ALL
+            .into_iter()
+            .filter(|service| wanted[service.index()])
+            .collect()
+    }
+
+    #[test]
+    fn a_service_brings_what_it_calls_and_nothing_else() {
+        use ServiceId::*;
+        assert_eq!(started(&[LlmProxy], false), [LlmProxy]);
+        assert_eq!(started(&[AgentRuntime], false), [LlmProxy, AgentRuntime]);
+        assert_eq!(started(&[Auth], false), [Auth]);
+        assert_eq!(
+            started(&[Gateway], false),
+            [LlmProxy, AgentRuntime, Auth, Gateway]
+        );
+        assert_eq!(started(&[Website], false), ServiceId::ALL);
+        assert_eq!(started(&[Auth], true), ServiceId::ALL);
+    }
+}

@@ -1,0 +1,508 @@
+//! The REST API against the real auth service, runtime and proxy: the shapes the Flutter IDE
+//! parses, users kept apart, approvals and cancellation through REST, health, readiness,
+//! OpenAPI, CORS and runtime failures.
+
+use std::time::Duration;
+
+use crate::common::{
+    ALLOWED_ORIGIN, Stack, StackOptions, closed_url, start_stack, start_stack_with,
+};
+use codelab_gateway::fanout::Delivery;
+use codelab_protocol::runtime::RuntimeEvent;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// A bound for things that happen promptly.
+const PROMPTLY: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_password_grant_token_drives_every_session_route_in_the_flutter_shapes() {
+    let stack = start_stack().await;
+    let token = stack.admin_token().await;
+    let t = Some(token.as_str());
+
+    // POST with an empty body: 200 (not the runtime's 201) with id and message_count.
+    let (status, _, created) = stack
+        .send(stack.request(Method::POST, "/api/v1/sessions", t))
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["message_count"], 0);
+    assert_eq!(created["current_agent"], "orchestrator");
+    // A body is ignored, as the original did.
+    let (status, _) = stack
+        .call(
+            Method::POST,
+            "/api/v1/sessions",
+            t,
+            Some(json!({"system_prompt": "x"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let (status, list) = stack.call(Method::GET, "/api/v1/sessions", t, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["total"], 2);
+    assert_eq!(list["limit"], 100);
+    assert_eq!(list["offset"], 0);
+    for session in list["sessions"].as_array().unwrap() {
+        assert!(session["id"].is_string());
+        assert!(session["message_count"].is_i64());
+    }
+    // Paging reaches the runtime; unknown parameters do not.
+    let (status, page) = stack
+        .call(
+            Method::GET,
+            "/api/v1/sessions?limit=1&offset=1&bogus=1",
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(page["limit"], 1);
+    assert_eq!(page["sessions"].as_array().unwrap().len(), 1);
+    let (status, bad) = stack
+        .call(Method::GET, "/api/v1/sessions?limit=0", t, None)
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(bad["error"], "Agent Runtime error: 400");
+
+    // GET one: flat, with id and message_count.
+    let path = format!("/api/v1/sessions/{id}");
+    let (status, flat) = stack.call(Method::GET, &path, t, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(flat["id"], id.as_str());
+    assert_eq!(flat["message_count"], 0);
+    assert!(flat.get("session").is_none(), "flat, not wrapped: {flat}");
+
+    let (status, renamed) = stack
+        .call(
+            Method::PATCH,
+            &path,
+            t,
+            Some(json!({"title": "Refactor parser"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{renamed}");
+    assert_eq!(renamed["title"], "Refactor parser");
+    let (status, bad) = stack
+        .call(Method::PATCH, &path, t, Some(json!({"title": ""})))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(bad["error"], "Agent Runtime error: 400");
+    assert!(bad["detail"].as_str().unwrap().contains("title"));
+    let (status, _, bad) = stack
+        .send(stack.request(Method::PATCH, &path, t).body("not json"))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(bad["error"], "invalid_request");
+
+    let (status, history) = stack
+        .call(Method::GET, &format!("{path}/history"), t, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(history["session_id"], id.as_str());
+    assert!(history["messages"].as_array().unwrap().is_empty());
+    assert_eq!(history["message_count"], 0);
+
+    let (status, pending) = stack
+        .call(Method::GET, &format!("{path}/pending-approvals"), t, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(pending["session_id"], id.as_str());
+    assert_eq!(pending["count"], 0);
+    assert!(pending["pending_approvals"].as_array().unwrap().is_empty());
+
+    let (status, context) = stack
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{id}/current"),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(context["context"]["session_id"], id.as_str());
+    assert_eq!(context["context"]["current_agent"], "orchestrator");
+
+    let (status, _, body) = stack.send(stack.request(Method::DELETE, &path, t)).await;
+    assert_eq!(status, 204);
+    assert_eq!(body, Value::Null);
+    let (status, gone) = stack.call(Method::GET, &path, t, None).await;
+    assert_eq!(status, 404);
+    assert_eq!(gone["error"], "Agent Runtime error: 404");
+    assert_eq!(gone["detail"], format!("session {id} not found"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_are_listed_and_found_by_type() {
+    let stack = start_stack().await;
+    let token = stack.admin_token().await;
+    let t = Some(token.as_str());
+    let (status, list) = stack.call(Method::GET, "/api/v1/agents", t, None).await;
+    assert_eq!(status, 200);
+    let agents = list["agents"].as_array().unwrap();
+    assert_eq!(list["total"], agents.len());
+    for agent in agents {
+        for field in ["type", "name", "description"] {
+            assert!(agent[field].is_string(), "{field} in {agent}");
+        }
+        assert!(agent["allowed_tools"].is_array());
+        assert!(agent["has_file_restrictions"].is_boolean());
+    }
+    let (status, coder) = stack
+        .call(Method::GET, "/api/v1/agents/coder", t, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(coder["type"], "coder");
+    let (status, missing) = stack
+        .call(Method::GET, "/api/v1/agents/wizard", t, None)
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(missing["error"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_users_session_is_404_on_every_route() {
+    let stack = start_stack().await;
+    let (alice_id, alice) = stack.user("alice").await;
+    let (_, bob) = stack.user("bob").await;
+    let session = stack.new_session(&alice).await;
+    let call_id = stack.pending_write(&alice_id, &session, "a.txt").await;
+
+    let at = |tail: &str| format!("/api/v1/sessions/{session}{tail}");
+    let approval = at(&format!("/approvals/{call_id}"));
+    let routes: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, at(""), None),
+        (Method::PATCH, at(""), Some(json!({"title": "mine now"}))),
+        (Method::DELETE, at(""), None),
+        (Method::GET, at("/history"), None),
+        (Method::GET, at("/pending-approvals"), None),
+        (Method::POST, approval, Some(json!({"decision": "approve"}))),
+        (Method::POST, at("/cancel"), None),
+        (
+            Method::GET,
+            format!("/api/v1/agents/{session}/current"),
+            None,
+        ),
+    ];
+    for (method, path, body) in routes {
+        let (status, answer) = stack.call(method.clone(), &path, Some(&bob), body).await;
+        assert_eq!(status, 404, "{method} {path}: {answer}");
+    }
+    let (_, list) = stack
+        .call(Method::GET, "/api/v1/sessions", Some(&bob), None)
+        .await;
+    assert_eq!(list["total"], 0);
+
+    // Nothing of Bob's attempts reached Alice's session.
+    let (status, pending) = stack
+        .call(
+            Method::GET,
+            &format!("/api/v1/sessions/{session}/pending-approvals"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(pending["count"], 1);
+    assert_eq!(pending["pending_approvals"][0]["call_id"], call_id.as_str());
+    assert_eq!(pending["pending_approvals"][0]["tool_name"], "write_file");
+    assert!(pending["pending_approvals"][0]["arguments"].is_object());
+    assert!(pending["pending_approvals"][0]["created_at"].is_string());
+}
+
+/// The next event the fan-out delivers for a session.
+async fn next_event(
+    subscription: &mut codelab_gateway::fanout::FanoutSubscription,
+) -> RuntimeEvent {
+    loop {
+        let delivery = tokio::time::timeout(PROMPTLY, subscription.recv())
+            .await
+            .expect("an event is published promptly")
+            .expect("the subscription stays open");
+        if let Delivery::Event(event) = delivery {
+            return event.event.clone();
+        }
+    }
+}
+
+/// Decides `call_id` through REST: status and body.
+async fn decide(
+    stack: &Stack,
+    token: &str,
+    session: &str,
+    call_id: &str,
+    body: Value,
+) -> (u16, Value) {
+    stack
+        .call(
+            Method::POST,
+            &format!("/api/v1/sessions/{session}/approvals/{call_id}"),
+            Some(token),
+            Some(body),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_approval_through_rest_resends_the_call_to_the_sockets_and_settles_once() {
+    let stack = start_stack().await;
+    let (alice_id, alice) = stack.user("alice").await;
+    let (session, call_id, mut subscription) =
+        stack.session_with_a_waiting_write(&alice_id, &alice).await;
+
+    let (status, body) = decide(
+        &stack,
+        &alice,
+        &session,
+        &call_id,
+        json!({"decision": "approve"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"call_id": call_id, "decision": "approve", "status": "accepted"})
+    );
+    // The IDE socket gets the call again, now without the approval flag, so it runs it.
+    match next_event(&mut subscription).await {
+        RuntimeEvent::ToolCall {
+            call_id: id,
+            requires_approval,
+            tool_name,
+            ..
+        } => {
+            assert_eq!(id, call_id);
+            assert_eq!(tool_name, "write_file");
+            assert!(!requires_approval);
+        }
+        other => panic!("expected the tool_call again, got {other:?}"),
+    }
+
+    // Deciding again is a conflict; a call that never existed is 404.
+    let (status, body) = decide(
+        &stack,
+        &alice,
+        &session,
+        &call_id,
+        json!({"decision": "reject"}),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "conflict");
+    assert_eq!(
+        body["detail"],
+        format!("call {call_id} was already decided")
+    );
+    let (status, body) = decide(
+        &stack,
+        &alice,
+        &session,
+        "call_nope",
+        json!({"decision": "approve"}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+
+    // Bad bodies are refused before anything is sent.
+    for bad in [
+        json!({"decision": "APPROVE"}),
+        json!({"decision": "edit"}),
+        json!({"decision": "edit", "modified_arguments": "x"}),
+        json!({}),
+    ] {
+        let (status, body) = decide(&stack, &alice, &session, &call_id, bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn edit_and_reject_decisions_reach_the_runtime() {
+    let stack = start_stack().await;
+    let (alice_id, alice) = stack.user("alice").await;
+
+    // Edit: the call goes to the IDE with the edited arguments.
+    let (session, call_id, mut subscription) =
+        stack.session_with_a_waiting_write(&alice_id, &alice).await;
+    let edited = json!({"path": "b.txt", "content": "edited"});
+    let (status, body) = decide(
+        &stack,
+        &alice,
+        &session,
+        &call_id,
+        json!({"decision": "edit", "modified_arguments": edited}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["decision"], "edit");
+    match next_event(&mut subscription).await {
+        RuntimeEvent::ToolCall { arguments, .. } => assert_eq!(arguments, edited),
+        other => panic!("expected the edited tool_call, got {other:?}"),
+    }
+
+    // Reject with feedback: the call is settled and the turn goes on.
+    let session = stack.new_session(&alice).await;
+    let call_id = stack.pending_write(&alice_id, &session, "c.txt").await;
+    let (status, body) = decide(
+        &stack,
+        &alice,
+        &session,
+        &call_id,
+        json!({"decision": "reject", "feedback": "not that file"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, history) = stack
+        .call(
+            Method::GET,
+            &format!("/api/v1/sessions/{session}/history"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    let call = history["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["call_id"] == call_id.as_str())
+        .unwrap();
+    assert_eq!(call["status"], "rejected");
+    assert_eq!(call["decision"], "reject");
+    let (status, body) = decide(
+        &stack,
+        &alice,
+        &session,
+        &call_id,
+        json!({"decision": "reject"}),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_settles_the_open_calls_and_tells_the_sockets() {
+    let stack = start_stack().await;
+    let (alice_id, alice) = stack.user("alice").await;
+    let (session, call_id, mut subscription) =
+        stack.session_with_a_waiting_write(&alice_id, &alice).await;
+
+    let path = format!("/api/v1/sessions/{session}/cancel");
+    let (status, body) = stack.call(Method::POST, &path, Some(&alice), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"status": "cancelled", "cancelled_calls": 1}));
+    match next_event(&mut subscription).await {
+        RuntimeEvent::ToolSettled {
+            call_id: id,
+            outcome,
+            ..
+        } => {
+            assert_eq!(id, call_id);
+            assert_eq!(outcome, "cancelled");
+        }
+        other => panic!("expected tool_settled, got {other:?}"),
+    }
+    // Nothing left to cancel is still 200, and a cancelled call cannot be approved.
+    let (status, body) = stack.call(Method::POST, &path, Some(&alice), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["cancelled_calls"], 0);
+    let (status, _) = decide(
+        &stack,
+        &alice,
+        &session,
+        &call_id,
+        json!({"decision": "approve"}),
+    )
+    .await;
+    assert_eq!(status, 409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_readiness_openapi_and_unknown_paths() {
+    let stack = start_stack().await;
+    for path in ["/health", "/api/v1/health"] {
+        let (status, body) = stack.call(Method::GET, path, None, None).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["status"], "healthy");
+        assert_eq!(body["service"], "gateway");
+        assert!(body["version"].is_string());
+    }
+    let (status, ready) = stack.call(Method::GET, "/ready", None, None).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["checks"]["agent_runtime"], "ok");
+    assert_eq!(ready["checks"]["jwks"], "ok");
+
+    for path in ["/api/v1/openapi.json", "/openapi.json"] {
+        let (status, doc) = stack.call(Method::GET, path, None, None).await;
+        assert_eq!(status, 200);
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().unwrap();
+        for route in [
+            "/api/v1/sessions",
+            "/api/v1/sessions/{session_id}",
+            "/api/v1/sessions/{session_id}/history",
+            "/api/v1/sessions/{session_id}/pending-approvals",
+            "/api/v1/sessions/{session_id}/approvals/{call_id}",
+            "/api/v1/sessions/{session_id}/cancel",
+            "/api/v1/agents",
+            "/api/v1/agents/{agent_id}",
+            "/api/v1/agents/{session_id}/current",
+        ] {
+            assert!(paths.contains_key(route), "{route} is described");
+        }
+    }
+    let token = stack.admin_token().await;
+    let (status, body) = stack
+        .call(Method::GET, "/api/v1/events/metrics", Some(&token), None)
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(body, json!({"detail": "Not Found"}));
+
+    // REST latency by route template, never by id.
+    stack.new_session(&token).await;
+    let metrics = stack.metrics().await;
+    assert!(
+        metrics.contains("codelab_gateway_http_requests_total{method=\"POST\",route=\"/api/v1/sessions\",status=\"200\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cors_allows_only_the_listed_origins() {
+    let stack = start_stack().await;
+    let preflight = |origin: &'static str| {
+        stack
+            .http
+            .request(Method::OPTIONS, stack.url("/api/v1/sessions"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "authorization")
+    };
+    let (_, headers, _) = stack.send(preflight(ALLOWED_ORIGIN)).await;
+    assert_eq!(
+        headers["access-control-allow-origin"], ALLOWED_ORIGIN,
+        "{headers:?}"
+    );
+    let (_, headers, _) = stack.send(preflight("http://evil.example")).await;
+    assert!(headers.get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_runtime_is_a_gateway_error() {
+    // A port nothing listens on.
+    let closed = closed_url();
+    let stack = start_stack_with(StackOptions::gateway(move |config| {
+        config.agent_url = closed;
+    }))
+    .await;
+    let token = stack.admin_token().await;
+    let (status, body) = stack
+        .call(Method::GET, "/api/v1/sessions", Some(&token), None)
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"], "Gateway error");
+    assert!(body["detail"].is_string());
+    let (status, ready) = stack.call(Method::GET, "/ready", None, None).await;
+    assert_eq!(status, 503);
+    assert_ne!(ready["checks"]["agent_runtime"], "ok");
+}
