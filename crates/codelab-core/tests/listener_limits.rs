@@ -35,6 +35,10 @@ struct Server {
 
 impl Server {
     async fn start(limits: Option<ListenerLimits>) -> Self {
+        Self::serving(app(), limits).await
+    }
+
+    async fn serving(router: Router, limits: Option<ListenerLimits>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -42,9 +46,9 @@ impl Server {
         let task = match limits {
             Some(limits) => tokio::spawn({
                 let shutdown = shutdown.clone();
-                async move { serve_with_limits(listener, app(), shutdown, drain, &limits).await }
+                async move { serve_with_limits(listener, router, shutdown, drain, &limits).await }
             }),
-            None => tokio::spawn(serve(listener, app(), shutdown.clone(), drain)),
+            None => tokio::spawn(serve(listener, router, shutdown.clone(), drain)),
         };
         Self {
             addr,
@@ -171,12 +175,19 @@ async fn read_head(stream: &mut TcpStream, wait: Duration) -> Option<String> {
     Some(String::from_utf8_lossy(&head).into_owned())
 }
 
+/// A GET of `/`, answered `ok`.
+const GET_ROOT: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// Connects to `addr` and sends [`GET_ROOT`]: the connection, to read the answer from.
+async fn ask_root(addr: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(GET_ROOT).await.unwrap();
+    stream
+}
+
 /// Sends a GET of `/` and returns the response's status line and body (`ok`).
 async fn get_root(stream: &mut TcpStream, wait: Duration) -> Option<String> {
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .ok()?;
+    stream.write_all(GET_ROOT).await.ok()?;
     let head = read_head(stream, wait).await?;
     let mut body = [0u8; 2];
     tokio::time::timeout(wait, stream.read_exact(&mut body))
@@ -188,6 +199,28 @@ async fn get_root(stream: &mut TcpStream, wait: Duration) -> Option<String> {
         head.lines().next().unwrap_or_default(),
         String::from_utf8_lossy(&body)
     ))
+}
+
+/// Posts a 100-byte body to `/upload` one byte every 200 ms (20 s in all, far past a 1 s body
+/// timeout) until the server answers; the connection and the answer's head.
+async fn trickle_body(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = None;
+    for _ in 0..100 {
+        if stream.write_all(b"x").await.is_err() {
+            break;
+        }
+        if let Some(found) = read_head(&mut stream, Duration::from_millis(200)).await {
+            head = Some(found);
+            break;
+        }
+    }
+    let head = head.expect("no answer while the body trickled in");
+    (stream, head)
 }
 
 #[tokio::test]
@@ -240,24 +273,8 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
 #[tokio::test]
 async fn a_body_trickled_past_the_body_timeout_is_answered_408_and_closed() {
     let server = Server::start(Some(limits(10.0, 1.0, 100))).await;
-    let mut stream = TcpStream::connect(server.addr).await.unwrap();
-    stream
-        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
-        .await
-        .unwrap();
     let started = Instant::now();
-    let mut head = None;
-    // One body byte every 200 ms: 100 bytes would take 20 s, far past the 1 s timeout.
-    for _ in 0..100 {
-        if stream.write_all(b"x").await.is_err() {
-            break;
-        }
-        if let Some(found) = read_head(&mut stream, Duration::from_millis(200)).await {
-            head = Some(found);
-            break;
-        }
-    }
-    let head = head.expect("no answer while the body trickled in");
+    let (mut stream, head) = trickle_body(server.addr).await;
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
     assert!(
         head.to_ascii_lowercase().contains("connection: close"),
@@ -301,11 +318,7 @@ async fn connections_beyond_the_cap_wait_in_the_backlog_and_are_served_when_one_
     );
 
     // The third connection is not refused (the kernel completes it) but not served either.
-    let mut third = TcpStream::connect(server.addr).await.unwrap();
-    third
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut third = ask_root(server.addr).await;
     assert!(
         read_head(&mut third, Duration::from_millis(500))
             .await
@@ -329,11 +342,7 @@ async fn an_open_websocket_holds_a_connection_slot() {
     let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
         .await
         .unwrap();
-    let mut waiting = TcpStream::connect(server.addr).await.unwrap();
-    waiting
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut waiting = ask_root(server.addr).await;
     assert!(
         read_head(&mut waiting, Duration::from_millis(500))
             .await
@@ -438,34 +447,10 @@ async fn limits_load_from_the_http_section_and_environment_and_bad_ones_are_refu
 
 #[tokio::test]
 async fn the_408_takes_the_shape_of_the_service_that_was_reading() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
     let info = ServiceInfo::new("shaped", "0").with_error_shape(ErrorShape::Detail);
     let router = with_standard_layers(app(), &info, 1 << 20);
-    let limits = limits(10.0, 1.0, 100);
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            serve_with_limits(listener, router, shutdown, Duration::from_secs(5), &limits).await
-        }
-    });
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = None;
-    for _ in 0..100 {
-        if stream.write_all(b"x").await.is_err() {
-            break;
-        }
-        if let Some(found) = read_head(&mut stream, Duration::from_millis(200)).await {
-            head = Some(found);
-            break;
-        }
-    }
-    let head = head.expect("no answer while the body trickled in");
+    let server = Server::serving(router, Some(limits(10.0, 1.0, 100))).await;
+    let (mut stream, head) = trickle_body(server.addr).await;
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
     let mut body = Vec::new();
     tokio::time::timeout(GRACE, stream.read_to_end(&mut body))
@@ -474,10 +459,5 @@ async fn the_408_takes_the_shape_of_the_service_that_was_reading() {
         .unwrap();
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert!(body["detail"].is_string(), "{body}");
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    server.stop().await;
 }

@@ -4,7 +4,7 @@
 use axum::http::Method;
 use codelab_core::config::{Environment, Secret};
 use codelab_core::http::cors_layer;
-use codelab_core::service::{ConfigProblem, Listen, ServiceConfig};
+use codelab_core::service::{ConfigProblem, ServiceConfig};
 use serde::{Deserialize, Serialize};
 
 /// How WebSocket connections authenticate (`GATEWAY__WS_AUTH`).
@@ -35,103 +35,64 @@ impl WsAuthMode {
     }
 }
 
-/// `[gateway]` / `GATEWAY__*`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Config {
-    pub port: Option<u16>,
-    pub host: String,
-    /// Base URL of the agent runtime.
-    pub agent_url: String,
-    /// Sent to the runtime as `X-Internal-Auth` (the runtime's key; never accepted here).
-    pub internal_api_key: Secret,
-    /// Accepted from service callers as `X-Internal-Auth` (with `X-Codelab-User-Id`); empty:
-    /// no service callers at all. Its own key, so the runtime's key opens nothing here.
-    pub service_api_key: Secret,
-    /// Base URL of the auth service (JWKS at `<url>/.well-known/jwks.json`).
-    pub auth_service_url: String,
-    /// `true`: REST calls need a Bearer JWT (or the internal key); `false` (development only):
-    /// calls without a token act as the development user.
-    pub use_jwt_auth: bool,
-    /// Expected `iss` of tokens.
-    pub jwt_issuer: String,
-    /// Expected `aud` of tokens.
-    pub jwt_audience: String,
-    /// Seconds of clock skew accepted.
-    pub jwt_leeway: u64,
-    /// Seconds the JWKS is cached.
-    pub jwks_cache_ttl: u64,
-    /// `None`: [`WsAuthMode::default_for`] the environment, resolved by `build`; read it
-    /// through [`Config::ws_auth_mode`].
-    pub ws_auth: Option<WsAuthMode>,
-    /// Browser origins (besides the gateway's own and `cors_origins`) allowed to open a
-    /// WebSocket; an upgrade without `Origin` (native clients) is always allowed.
-    pub ws_allowed_origins: Vec<String>,
-    /// Seconds between protocol pings; a peer that misses two is closed.
-    pub ws_heartbeat_interval: u64,
-    /// Seconds to wait for the close handshake.
-    pub ws_close_timeout: u64,
-    /// Largest accepted WebSocket message (the Flutter IDE sends whole files).
-    pub ws_max_frame_bytes: usize,
-    /// Messages per second one socket may send (burst of the same size).
-    pub ws_max_messages_per_second: u32,
-    /// Frames waiting to be written to one socket (its events and its own frames) before it
-    /// counts as a slow consumer and is closed with 1013; without a bound a client that stops
-    /// reading would make the gateway buffer its session's whole stream.
-    pub ws_max_queued_frames: usize,
-    /// Bytes waiting to be written to one socket before it is closed with 1013 (see
-    /// `ws_max_queued_frames`).
-    pub ws_max_queued_bytes: usize,
-    /// Open WebSockets one user may hold on this gateway process; more are refused with 429
-    /// (0: no cap).
-    pub ws_max_sockets_per_user: usize,
-    /// Seconds of silence allowed between two events of a runtime stream.
-    pub agent_stream_timeout: f64,
-    /// Seconds allowed for a REST call to the runtime.
-    pub request_timeout: f64,
-    /// Redis for fan-out of events to the replica holding a session's socket.
-    pub redis_url: Option<String>,
-    /// Prefix of the fan-out's Redis channels: deployments sharing one Redis keep apart.
-    pub redis_prefix: String,
-    /// Browser origins allowed by CORS.
-    pub cors_origins: Vec<String>,
-    pub max_body_bytes: usize,
-    pub log_level: String,
-    pub version: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            port: None,
-            host: "0.0.0.0".to_owned(),
-            agent_url: "http://localhost:8001".to_owned(),
-            internal_api_key: Secret::new("change-me-internal-key"),
-            service_api_key: Secret::default(),
-            auth_service_url: "http://auth-service:8003".to_owned(),
-            use_jwt_auth: true,
-            jwt_issuer: "https://auth.codelab.local".to_owned(),
-            jwt_audience: "codelab-api".to_owned(),
-            jwt_leeway: 30,
-            jwks_cache_ttl: 3600,
-            ws_auth: None,
-            ws_allowed_origins: Vec::new(),
-            ws_heartbeat_interval: 30,
-            ws_close_timeout: 10,
-            ws_max_frame_bytes: 16 * 1024 * 1024,
-            ws_max_messages_per_second: 20,
-            ws_max_queued_frames: 1024,
-            ws_max_queued_bytes: 8 * 1024 * 1024,
-            ws_max_sockets_per_user: 256,
-            agent_stream_timeout: 300.0,
-            request_timeout: 30.0,
-            redis_url: None,
-            redis_prefix: "codelab:gateway:".to_owned(),
-            cors_origins: Vec::new(),
-            max_body_bytes: 1024 * 1024,
-            log_level: "INFO".to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-        }
+codelab_core::service_config! {
+    /// `[gateway]` / `GATEWAY__*`.
+    pub struct Config {
+        /// Base URL of the agent runtime.
+        pub agent_url: String = "http://localhost:8001".to_owned(),
+        /// Sent to the runtime as `X-Internal-Auth` (the runtime's key; never accepted here).
+        pub internal_api_key: Secret = Secret::new("change-me-internal-key"),
+        /// Accepted from service callers as `X-Internal-Auth` (with `X-Codelab-User-Id`); empty:
+        /// no service callers at all. Its own key, so the runtime's key opens nothing here.
+        pub service_api_key: Secret = Secret::default(),
+        /// Base URL of the auth service (JWKS at `<url>/.well-known/jwks.json`).
+        pub auth_service_url: String = "http://auth-service:8003".to_owned(),
+        /// `true`: REST calls need a Bearer JWT (or the internal key); `false` (development only):
+        /// calls without a token act as the development user.
+        pub use_jwt_auth: bool = true,
+        /// Expected `iss` of tokens.
+        pub jwt_issuer: String = "https://auth.codelab.local".to_owned(),
+        /// Expected `aud` of tokens.
+        pub jwt_audience: String = "codelab-api".to_owned(),
+        /// Seconds of clock skew accepted.
+        pub jwt_leeway: u64 = 30,
+        /// Seconds the JWKS is cached.
+        pub jwks_cache_ttl: u64 = 3600,
+        /// `None`: [`WsAuthMode::default_for`] the environment, resolved by `build`; read it
+        /// through [`Config::ws_auth_mode`].
+        pub ws_auth: Option<WsAuthMode> = None,
+        /// Browser origins (besides the gateway's own and `cors_origins`) allowed to open a
+        /// WebSocket; an upgrade without `Origin` (native clients) is always allowed.
+        pub ws_allowed_origins: Vec<String> = Vec::new(),
+        /// Seconds between protocol pings; a peer that misses two is closed.
+        pub ws_heartbeat_interval: u64 = 30,
+        /// Seconds to wait for the close handshake.
+        pub ws_close_timeout: u64 = 10,
+        /// Largest accepted WebSocket message (the Flutter IDE sends whole files).
+        pub ws_max_frame_bytes: usize = 16 * 1024 * 1024,
+        /// Messages per second one socket may send (burst of the same size).
+        pub ws_max_messages_per_second: u32 = 20,
+        /// Frames waiting to be written to one socket (its events and its own frames) before it
+        /// counts as a slow consumer and is closed with 1013; without a bound a client that stops
+        /// reading would make the gateway buffer its session's whole stream.
+        pub ws_max_queued_frames: usize = 1024,
+        /// Bytes waiting to be written to one socket before it is closed with 1013 (see
+        /// `ws_max_queued_frames`).
+        pub ws_max_queued_bytes: usize = 8 * 1024 * 1024,
+        /// Open WebSockets one user may hold on this gateway process; more are refused with 429
+        /// (0: no cap).
+        pub ws_max_sockets_per_user: usize = 256,
+        /// Seconds of silence allowed between two events of a runtime stream.
+        pub agent_stream_timeout: f64 = 300.0,
+        /// Seconds allowed for a REST call to the runtime.
+        pub request_timeout: f64 = 30.0,
+        /// Redis for fan-out of events to the replica holding a session's socket.
+        pub redis_url: Option<String> = None,
+        /// Prefix of the fan-out's Redis channels: deployments sharing one Redis keep apart.
+        pub redis_prefix: String = "codelab:gateway:".to_owned(),
+        /// Browser origins allowed by CORS.
+        pub cors_origins: Vec<String> = Vec::new(),
+        pub max_body_bytes: usize = 1024 * 1024,
     }
 }
 
@@ -226,9 +187,5 @@ impl ServiceConfig for Config {
         // Checked here so a bad origin stops startup rather than the first request.
         cors_layer(&self.cors_origins, CORS_METHODS, environment)?;
         Ok(())
-    }
-
-    fn listen(&self) -> Listen<'_> {
-        Listen::new(&self.host, self.port, &self.log_level)
     }
 }

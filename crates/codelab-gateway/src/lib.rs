@@ -298,5 +298,13 @@ mod tests {
         let body: serde_json::Value = response.json().await.unwrap();
         assert!(body["detail"].is_string(), "{body}");
         assert!(body.get("error_description").is_none(), "{body}");
+        // Exactly what the OpenAPI document promises for a 413.
+        let doc = crate::openapi::document("test");
+        let promised = &doc["components"]["schemas"]["Detail"]["properties"];
+        let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+        assert!(
+            keys.iter().all(|key| promised.get(key.as_str()).is_some()),
+            "{body}"
+        );
     }
 }

@@ -6,6 +6,38 @@ use serde_json::{Value, json};
 
 /// The OpenAPI document for gateway `version`.
 pub fn document(version: &str) -> Value {
+    let mut doc = operations_and_schemas(version);
+    add_listener_refusals(&mut doc);
+    doc
+}
+
+/// Every route sits behind the shared listener layers (docs/architecture.md), which answer a
+/// too-large body with 413 and a request that arrives too slowly with 408, in the gateway's
+/// `{"detail": ...}` shape: so every operation lists both.
+fn add_listener_refusals(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for operation in paths.values_mut().filter_map(Value::as_object_mut) {
+        for (method, body) in operation.iter_mut() {
+            if method == "parameters" {
+                continue;
+            }
+            if let Some(responses) = body.get_mut("responses").and_then(Value::as_object_mut) {
+                responses.insert(
+                    "408".into(),
+                    json!({ "$ref": "#/components/responses/RequestTimeout" }),
+                );
+                responses.insert(
+                    "413".into(),
+                    json!({ "$ref": "#/components/responses/PayloadTooLarge" }),
+                );
+            }
+        }
+    }
+}
+
+fn operations_and_schemas(version: &str) -> Value {
     let session_id = path_param(
         "session_id",
         "A session id (a UUID handed out by POST /sessions).",
@@ -200,6 +232,15 @@ pub fn document(version: &str) -> Value {
                 "Unavailable": {
                     "description": "The runtime is unavailable, or token keys cannot be fetched.",
                     "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+                },
+                "PayloadTooLarge": {
+                    "description": "The body is larger than GATEWAY__MAX_BODY_BYTES.",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Detail" },
+                        "example": { "detail": "request body larger than 1048576 bytes" } } }
+                },
+                "RequestTimeout": {
+                    "description": "The request body did not arrive in time.",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Detail" } } }
                 }
             },
             "schemas": schemas()
@@ -237,6 +278,8 @@ fn schemas() -> Value {
             "service": { "type": "string" }, "version": { "type": "string" } } },
         "Error": { "type": "object", "required": ["error"], "properties": {
             "error": { "type": "string" }, "detail": {} } },
+        "Detail": { "type": "object", "required": ["detail"], "additionalProperties": false,
+            "properties": { "detail": { "type": "string" } } },
         "AuthError": { "type": "object", "required": ["error", "error_description"], "properties": {
             "error": { "type": "string", "enum": ["invalid_token", "unauthorized", "invalid_request", "temporarily_unavailable"] },
             "error_description": { "type": "string" } } },
@@ -318,5 +361,26 @@ mod tests {
         }
         assert_eq!(doc["openapi"], "3.1.0");
         assert_eq!(doc["info"]["version"], "1.2.3");
+    }
+
+    #[test]
+    fn every_operation_lists_the_listener_refusals() {
+        let doc = document("1.2.3");
+        let mut operations = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                if method == "parameters" {
+                    continue;
+                }
+                operations += 1;
+                for status in ["408", "413"] {
+                    assert!(
+                        operation["responses"].get(status).is_some(),
+                        "{method} {path} does not list {status}"
+                    );
+                }
+            }
+        }
+        assert!(operations >= 14, "{operations}");
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use codelab_core::config::{Environment, Secret};
-use codelab_core::service::{Listen, ServiceConfig};
+use codelab_core::service::ServiceConfig;
 use serde::{Deserialize, Serialize};
 
 /// How model names are served.
@@ -19,71 +19,40 @@ pub enum LlmMode {
     Litellm,
 }
 
-/// `[llm_proxy]` / `LLM_PROXY__*`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Config {
-    /// `LLM_PROXY__PORT`; wins over plain `PORT`.
-    pub port: Option<u16>,
-    /// Address to bind (`0.0.0.0` in containers).
-    pub host: String,
-    /// Shared secret expected in `X-Internal-Auth`.
-    pub internal_api_key: Secret,
-    pub llm_mode: LlmMode,
-    /// One more OpenAI-compatible upstream (an external LiteLLM) for names nothing else matched.
-    pub litellm_proxy_url: Option<String>,
-    /// Bearer key for `litellm_proxy_url` (the original sends `dummy-key` when empty).
-    pub litellm_api_key: Secret,
-    /// Used when a request's `model` is an empty string.
-    pub default_model: String,
-    /// Model table in the `litellm_config.yaml` format.
-    pub config_file: Option<PathBuf>,
-    pub log_level: String,
-    pub version: String,
-    /// Requests served at once; beyond it the proxy answers 429 with `Retry-After`.
-    pub max_concurrent_requests: usize,
-    /// Seconds to wait for an upstream's answer to start, and between two streamed pieces.
-    pub request_timeout: f64,
-    /// Extra attempts per deployment on connect errors, 429 and 5xx before the first byte.
-    pub max_retries: u32,
-    /// Base of the exponential retry backoff, in milliseconds (jitter is added).
-    pub retry_backoff_ms: u64,
-    /// Pause before each streamed piece of the mock model.
-    pub mock_token_delay_ms: u64,
-    /// Largest accepted request body.
-    pub max_body_bytes: usize,
-    /// Seconds between SSE keep-alive comments.
-    pub keepalive_interval: u64,
-    /// `max_tokens` sent to Anthropic when a request has none (required there).
-    pub anthropic_max_tokens: u64,
-    /// Longest line (or SSE event) accepted from an upstream's stream; past it the reply ends
-    /// with an error event, so one upstream cannot make the proxy buffer without bound.
-    pub max_stream_line_bytes: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            port: None,
-            host: "0.0.0.0".to_owned(),
-            internal_api_key: Secret::new("change-me-internal-key"),
-            llm_mode: LlmMode::Litellm,
-            litellm_proxy_url: None,
-            litellm_api_key: Secret::default(),
-            default_model: "gpt-3.5-turbo".to_owned(),
-            config_file: None,
-            log_level: "INFO".to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            max_concurrent_requests: 100,
-            request_timeout: 120.0,
-            max_retries: 2,
-            retry_backoff_ms: 250,
-            mock_token_delay_ms: 0,
-            max_body_bytes: 32 * 1024 * 1024,
-            keepalive_interval: 15,
-            anthropic_max_tokens: 4096,
-            max_stream_line_bytes: crate::providers::wire::DEFAULT_MAX_LINE_BYTES,
-        }
+codelab_core::service_config! {
+    /// `[llm_proxy]` / `LLM_PROXY__*`.
+    pub struct Config {
+        /// Shared secret expected in `X-Internal-Auth`.
+        pub internal_api_key: Secret = Secret::new("change-me-internal-key"),
+        pub llm_mode: LlmMode = LlmMode::Litellm,
+        /// One more OpenAI-compatible upstream (an external LiteLLM) for names nothing else
+        /// matched.
+        pub litellm_proxy_url: Option<String> = None,
+        /// Bearer key for `litellm_proxy_url` (the original sends `dummy-key` when empty).
+        pub litellm_api_key: Secret = Secret::default(),
+        /// Used when a request's `model` is an empty string.
+        pub default_model: String = "gpt-3.5-turbo".to_owned(),
+        /// Model table in the `litellm_config.yaml` format.
+        pub config_file: Option<PathBuf> = None,
+        /// Requests served at once; beyond it the proxy answers 429 with `Retry-After`.
+        pub max_concurrent_requests: usize = 100,
+        /// Seconds to wait for an upstream's answer to start, and between two streamed pieces.
+        pub request_timeout: f64 = 120.0,
+        /// Extra attempts per deployment on connect errors, 429 and 5xx before the first byte.
+        pub max_retries: u32 = 2,
+        /// Base of the exponential retry backoff, in milliseconds (jitter is added).
+        pub retry_backoff_ms: u64 = 250,
+        /// Pause before each streamed piece of the mock model.
+        pub mock_token_delay_ms: u64 = 0,
+        /// Largest accepted request body.
+        pub max_body_bytes: usize = 32 * 1024 * 1024,
+        /// Seconds between SSE keep-alive comments.
+        pub keepalive_interval: u64 = 15,
+        /// `max_tokens` sent to Anthropic when a request has none (required there).
+        pub anthropic_max_tokens: u64 = 4096,
+        /// Longest line (or SSE event) accepted from an upstream's stream; past it the reply ends
+        /// with an error event, so one upstream cannot make the proxy buffer without bound.
+        pub max_stream_line_bytes: usize = crate::providers::wire::DEFAULT_MAX_LINE_BYTES,
     }
 }
 
@@ -134,10 +103,6 @@ impl ServiceConfig for Config {
             )));
         }
         Ok(())
-    }
-
-    fn listen(&self) -> Listen<'_> {
-        Listen::new(&self.host, self.port, &self.log_level)
     }
 }
 

@@ -8,11 +8,14 @@
     reason = "tests own their clock, ids and tasks"
 )]
 
+pub mod chat;
 pub mod databases;
 pub mod fake_llm;
 pub mod ide_clients;
+pub mod isolation;
 pub mod metrics;
 pub mod runtime_history;
+pub mod scenarios;
 pub mod server;
 
 pub use databases::{TempDatabase, TempPostgres};

@@ -54,6 +54,16 @@ fn openai_chunks(body: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A streamed OpenAI request for model `m`.
+fn openai_stream() -> Value {
+    json!({"model": "m", "messages": [], "stream": true})
+}
+
+/// A streamed Anthropic request for model `c`.
+fn anthropic_stream() -> Value {
+    json!({"model": "c", "max_tokens": 1, "messages": [], "stream": true})
+}
+
 fn ndjson(body: &str) -> Vec<Value> {
     assert!(body.ends_with('\n'));
     body.lines()
@@ -69,6 +79,10 @@ async fn post(url: String, body: Value) -> reqwest::Response {
         .send()
         .await
         .expect("request succeeds")
+}
+
+async fn post_json(url: String, body: Value) -> Value {
+    post(url, body).await.json().await.expect("body is JSON")
 }
 
 async fn post_text(
@@ -199,11 +213,7 @@ async fn openai_stream_text_with_usage() {
 #[tokio::test]
 async fn openai_stream_without_include_usage_has_no_usage_chunk() {
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
-    let (_, _, body) = post_text(
-        openai_url(&fake),
-        json!({"model": "m", "messages": [], "stream": true}),
-    )
-    .await;
+    let (_, _, body) = post_text(openai_url(&fake), openai_stream()).await;
     let chunks = openai_chunks(&body);
     assert!(
         chunks
@@ -275,11 +285,7 @@ async fn openai_stream_text_then_tool_call_and_default_split() {
             r#"{"dir":"src/"}"#,
         )]),
     );
-    let (_, _, body) = post_text(
-        openai_url(&fake),
-        json!({"model": "m", "messages": [], "stream": true}),
-    )
-    .await;
+    let (_, _, body) = post_text(openai_url(&fake), openai_stream()).await;
     let deltas: Vec<Value> = openai_chunks(&body)
         .iter()
         .map(|c| c["choices"][0]["delta"].clone())
@@ -343,7 +349,7 @@ async fn openai_status_replies() {
     fake.push_reply(FakeReply::status(500));
     fake.push_reply(FakeReply::status(401).with_error_message("bad key"));
     let url = openai_url(&fake);
-    let req = json!({"model": "m", "messages": [], "stream": true});
+    let req = openai_stream();
 
     let (status, headers, body) = post_text(url.clone(), req.clone()).await;
     assert_eq!(status, 429);
@@ -377,11 +383,7 @@ async fn openai_status_replies() {
 async fn openai_disconnect_after_truncates_body() {
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
     fake.push_reply(FakeReply::text(&["a", "b", "c", "d", "e"]).disconnect_after(3));
-    let resp = post(
-        openai_url(&fake),
-        json!({"model": "m", "messages": [], "stream": true}),
-    )
-    .await;
+    let resp = post(openai_url(&fake), openai_stream()).await;
     assert_eq!(resp.status(), 200);
     let (got, broke) = read_until_break(resp).await;
     assert!(broke, "body must end with an error, got {got:?}");
@@ -414,11 +416,7 @@ async fn openai_client_drop_counts_cancelled_stream() {
     let pieces: Vec<String> = (0..200).map(|i| format!("w{i} ")).collect();
     let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
     fake.push_reply(FakeReply::text(&pieces).with_chunk_delay(Duration::from_millis(20)));
-    let resp = post(
-        openai_url(&fake),
-        json!({"model": "m", "messages": [], "stream": true}),
-    )
-    .await;
+    let resp = post(openai_url(&fake), openai_stream()).await;
     let mut stream = resp.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: "));
@@ -439,7 +437,7 @@ async fn stream_client_leaving_during_first_byte_delay_counts_cancelled() {
     fake.push_reply(FakeReply::text(&["late"]).with_first_byte_delay(Duration::from_secs(30)));
     let req = client()
         .post(openai_url(&fake))
-        .json(&json!({"model": "m", "messages": [], "stream": true}))
+        .json(&openai_stream())
         .timeout(Duration::from_millis(200))
         .send();
     assert!(req.await.is_err(), "client times out first");
@@ -456,11 +454,7 @@ async fn chunk_and_first_byte_delays_are_real() {
             .with_chunk_delay(Duration::from_millis(50)),
     );
     let start = Instant::now();
-    let resp = post(
-        openai_url(&fake),
-        json!({"model": "m", "messages": [], "stream": true}),
-    )
-    .await;
+    let resp = post(openai_url(&fake), openai_stream()).await;
     assert!(
         start.elapsed() >= Duration::from_millis(150),
         "headers wait for first_byte_delay"
@@ -481,11 +475,7 @@ async fn requests_are_recorded_and_replies_are_fifo() {
     let url = openai_url(&fake);
     let mut contents = Vec::new();
     for i in 0..3 {
-        let v: Value = post(url.clone(), json!({"model": "m", "messages": [], "n": i}))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let v = post_json(url.clone(), json!({"model": "m", "messages": [], "n": i})).await;
         contents.push(
             v["choices"][0]["message"]["content"]
                 .as_str()
@@ -531,11 +521,7 @@ async fn unknown_route_is_404_in_provider_shape() {
 async fn openai_mid_stream_error_event() {
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
     fake.push_reply(FakeReply::text(&["par"]).with_stream_error("upstream exploded"));
-    let (status, _, body) = post_text(
-        openai_url(&fake),
-        json!({"model": "m", "messages": [], "stream": true}),
-    )
-    .await;
+    let (status, _, body) = post_text(openai_url(&fake), openai_stream()).await;
     assert_eq!(status, 200);
     let events = sse_events(&body);
     let last: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
@@ -549,11 +535,7 @@ async fn dropping_the_fake_cuts_in_flight_streams() {
     fake.push_reply(
         FakeReply::text(&["a", "b", "c", "d"]).with_chunk_delay(Duration::from_secs(30)),
     );
-    let resp = post(
-        openai_url(&fake),
-        json!({"model": "m", "messages": [], "stream": true}),
-    )
-    .await;
+    let resp = post(openai_url(&fake), openai_stream()).await;
     let base = fake.base_url();
     drop(fake);
     let reading = tokio::time::timeout(WAIT, read_until_break(resp)).await;
@@ -764,7 +746,7 @@ async fn anthropic_error_statuses() {
     fake.push_reply(FakeReply::status(529).with_retry_after(3));
     fake.push_reply(FakeReply::status(429).with_retry_after(1));
     fake.push_reply(FakeReply::status(500));
-    let req = json!({"model": "c", "max_tokens": 1, "messages": [], "stream": true});
+    let req = anthropic_stream();
     for (code, kind, retry) in [
         (529, "overloaded_error", Some("3")),
         (429, "rate_limit_error", Some("1")),
@@ -790,7 +772,7 @@ async fn anthropic_mid_stream_error_and_disconnect() {
     let fake = FakeLlm::start(FakeFlavor::Anthropic).await;
     fake.push_reply(FakeReply::text(&["x"]).with_stream_error("Overloaded"));
     fake.push_reply(FakeReply::text(&["a", "b", "c"]).disconnect_after(4));
-    let req = json!({"model": "c", "max_tokens": 1, "messages": [], "stream": true});
+    let req = anthropic_stream();
 
     let body = anthropic_post(&fake, req.clone())
         .await
@@ -826,11 +808,7 @@ async fn anthropic_client_drop_counts_cancelled_stream() {
     let fake = FakeLlm::start(FakeFlavor::Anthropic).await;
     let pieces = vec!["tok"; 300];
     fake.set_default_reply(FakeReply::text(&pieces).with_chunk_delay(Duration::from_millis(10)));
-    let resp = anthropic_post(
-        &fake,
-        json!({"model": "c", "max_tokens": 1, "messages": [], "stream": true}),
-    )
-    .await;
+    let resp = anthropic_post(&fake, anthropic_stream()).await;
     drop_after_first_chunk(resp).await;
     assert!(fake.wait_for_cancelled(1, WAIT).await);
     assert_eq!(fake.completed_streams(), 0);
@@ -895,14 +873,11 @@ async fn ollama_non_stream_and_tool_calls() {
     fake.push_reply(FakeReply::tool_calls(calls));
     let url = ollama_url(&fake);
 
-    let v: Value = post(
+    let v = post_json(
         url.clone(),
         json!({"model": "q", "messages": [], "stream": false}),
     )
-    .await
-    .json()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         v["message"],
         json!({"role": "assistant", "content": "plain"})
@@ -935,11 +910,7 @@ async fn ollama_non_stream_and_tool_calls() {
     assert_eq!(lines[1]["done"], true);
     assert_eq!(lines[1]["done_reason"], "stop");
 
-    let v: Value = post(url, json!({"model": "q", "messages": [], "stream": false}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v = post_json(url, json!({"model": "q", "messages": [], "stream": false})).await;
     assert_eq!(v["message"]["tool_calls"], expected_calls);
 }
 

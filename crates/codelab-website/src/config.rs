@@ -6,77 +6,46 @@
 //! (and `codelab up`) serve everything from one origin.
 
 use codelab_core::config::{Environment, Secret};
-use codelab_core::service::{ConfigProblem, Listen, ServiceConfig};
-use serde::{Deserialize, Serialize};
+use codelab_core::service::{ConfigProblem, ServiceConfig, check_http_url};
 
 /// The OAuth client the console signs in with (seeded by the auth service).
 pub const WEB_CLIENT_ID: &str = "codelab-web";
 
-/// `[website]` / `WEBSITE__*`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Config {
-    /// `WEBSITE__PORT`; wins over plain `PORT`.
-    pub port: Option<u16>,
-    pub host: String,
-    /// The address browsers use for the website (through nginx: the site's origin). The
-    /// console's redirect URI is `<public_url>/console/callback`; an `https` URL makes the
-    /// session cookie `Secure`.
-    pub public_url: String,
-    /// The auth service as the website calls it (token exchange, revocation, user admin).
-    /// Unset: the console is off and only the docs are served.
-    pub auth_url: Option<String>,
-    /// The auth service as browsers reach it (the login page); defaults to `public_url`.
-    pub auth_public_url: Option<String>,
-    /// The gateway as the website calls it (REST `/api/v1`). Unset: the console is off.
-    pub gateway_url: Option<String>,
-    /// The gateway as browsers reach it (the chat's WebSocket); defaults to `public_url`.
-    pub gateway_public_url: Option<String>,
-    /// The agent runtime, for the status page only (`/health`, `/ready`, `/metrics`).
-    pub agent_runtime_url: Option<String>,
-    /// The LLM proxy, for the status page only.
-    pub llm_proxy_url: Option<String>,
-    /// Key that signs the session cookie (HMAC-SHA256). Empty: a random key per start
-    /// (sessions end with the process); production requires a strong one, shared by replicas.
-    pub session_key: Secret,
-    /// Seconds a console login lasts without use.
-    pub session_idle_timeout: u64,
-    /// Seconds a console login lasts at most.
-    pub session_max_age: u64,
-    /// The OAuth client of the console.
-    pub client_id: String,
-    /// Seconds allowed for a call to another service.
-    pub request_timeout: f64,
-    /// Seconds between two refreshes of the live status figures in the browser.
-    pub status_refresh_interval: u64,
-    /// Largest accepted request body.
-    pub max_body_bytes: usize,
-    pub log_level: String,
-    pub version: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            port: None,
-            host: "0.0.0.0".to_owned(),
-            public_url: "http://localhost:3000".to_owned(),
-            auth_url: None,
-            auth_public_url: None,
-            gateway_url: None,
-            gateway_public_url: None,
-            agent_runtime_url: None,
-            llm_proxy_url: None,
-            session_key: Secret::default(),
-            session_idle_timeout: 2 * 3600,
-            session_max_age: 12 * 3600,
-            client_id: WEB_CLIENT_ID.to_owned(),
-            request_timeout: 10.0,
-            status_refresh_interval: 5,
-            max_body_bytes: 64 * 1024,
-            log_level: "INFO".to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-        }
+codelab_core::service_config! {
+    /// `[website]` / `WEBSITE__*`.
+    pub struct Config {
+        /// The address browsers use for the website (through nginx: the site's origin). The
+        /// console's redirect URI is `<public_url>/console/callback`; an `https` URL makes the
+        /// session cookie `Secure`.
+        pub public_url: String = "http://localhost:3000".to_owned(),
+        /// The auth service as the website calls it (token exchange, revocation, user admin).
+        /// Unset: the console is off and only the docs are served.
+        pub auth_url: Option<String> = None,
+        /// The auth service as browsers reach it (the login page); defaults to `public_url`.
+        pub auth_public_url: Option<String> = None,
+        /// The gateway as the website calls it (REST `/api/v1`). Unset: the console is off.
+        pub gateway_url: Option<String> = None,
+        /// The gateway as browsers reach it (the chat's WebSocket); defaults to `public_url`.
+        pub gateway_public_url: Option<String> = None,
+        /// The agent runtime, for the status page only (`/health`, `/ready`, `/metrics`).
+        pub agent_runtime_url: Option<String> = None,
+        /// The LLM proxy, for the status page only.
+        pub llm_proxy_url: Option<String> = None,
+        /// Key that signs the session cookie (HMAC-SHA256). Empty: a random key per start
+        /// (sessions end with the process); production requires a strong one, shared by replicas.
+        pub session_key: Secret = Secret::default(),
+        /// Seconds a console login lasts without use.
+        pub session_idle_timeout: u64 = 2 * 3600,
+        /// Seconds a console login lasts at most.
+        pub session_max_age: u64 = 12 * 3600,
+        /// The OAuth client of the console.
+        pub client_id: String = WEB_CLIENT_ID.to_owned(),
+        /// Seconds allowed for a call to another service.
+        pub request_timeout: f64 = 10.0,
+        /// Seconds between two refreshes of the live status figures in the browser.
+        pub status_refresh_interval: u64 = 5,
+        /// Largest accepted request body.
+        pub max_body_bytes: usize = 64 * 1024,
     }
 }
 
@@ -192,23 +161,10 @@ impl ServiceConfig for Config {
         }
         Ok(())
     }
-
-    fn listen(&self) -> Listen<'_> {
-        Listen::new(&self.host, self.port, &self.log_level)
-    }
 }
 
 fn check_url(name: &str, url: &str) -> Result<(), ConfigProblem> {
-    let ok = (url.starts_with("http://") || url.starts_with("https://"))
-        && !url.contains(['?', '#', ' '])
-        && url.len() > "https://".len();
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigProblem(format!(
-            "{name} must be an absolute http(s) URL without query or fragment, got {url:?}"
-        )))
-    }
+    check_http_url(name, url, &['?', '#', ' '])
 }
 
 #[cfg(test)]

@@ -351,24 +351,13 @@ fn render_page(slug: String, markdown: &str, slugs: &[String]) -> DocPage {
 }
 
 /// Rewrites links between docs to the site's addresses.
-fn rewrite_event<'a>(event: Event<'a>, slugs: &[String]) -> Event<'a> {
-    match event {
-        Event::Start(Tag::Link {
-            link_type,
-            dest_url,
-            title,
-            id,
-        }) => {
-            let dest_url = rewrite_link(&dest_url, slugs).map_or(dest_url, CowStr::from);
-            Event::Start(Tag::Link {
-                link_type,
-                dest_url,
-                title,
-                id,
-            })
-        }
-        other => other,
+fn rewrite_event<'a>(mut event: Event<'a>, slugs: &[String]) -> Event<'a> {
+    if let Event::Start(Tag::Link { dest_url, .. }) = &mut event
+        && let Some(rewritten) = rewrite_link(dest_url, slugs)
+    {
+        *dest_url = CowStr::from(rewritten);
     }
+    event
 }
 
 #[cfg(test)]

@@ -367,9 +367,12 @@ mod tests {
 
     use super::*;
 
-    fn store(clock: &ManualClock) -> SessionStore {
+    const KEY: &str = "a-test-key-of-enough-length";
+
+    /// A store signing with `key`: a minute's idle timeout, ten minutes' maximum age, TLS.
+    fn store(clock: &ManualClock, key: &str) -> SessionStore {
         SessionStore::new(
-            Secret::new("a-test-key-of-enough-length"),
+            Secret::new(key),
             Arc::new(clock.clone()),
             Duration::from_secs(60),
             Duration::from_secs(600),
@@ -409,7 +412,7 @@ mod tests {
     #[test]
     fn session_cookies_are_signed_httponly_lax_and_secure_on_tls() {
         let clock = ManualClock::starting_now();
-        let store = store(&clock);
+        let store = store(&clock, KEY);
         let (session, cookie) = store.create(user(), tokens());
         let text = cookie.to_str().unwrap();
         assert!(text.contains("HttpOnly") && text.contains("SameSite=Lax"));
@@ -419,13 +422,7 @@ mod tests {
         // The bare id, a forged signature, another key: no session.
         let forged = HeaderValue::from_str(&format!("{SESSION_COOKIE}={}.AAAA", session.id));
         assert!(store.lookup(&headers_with(&forged.unwrap())).is_none());
-        let other = SessionStore::new(
-            Secret::new("another-key-of-enough-length"),
-            Arc::new(clock.clone()),
-            Duration::from_secs(60),
-            Duration::from_secs(600),
-            true,
-        );
+        let other = self::store(&clock, "another-key-of-enough-length");
         assert!(other.lookup(&headers_with(&cookie)).is_none());
         assert!(!user().is_admin());
     }
@@ -433,7 +430,7 @@ mod tests {
     #[test]
     fn sessions_end_when_idle_or_too_old() {
         let clock = ManualClock::starting_now();
-        let store = store(&clock);
+        let store = store(&clock, KEY);
         let (_, cookie) = store.create(user(), tokens());
         let headers = headers_with(&cookie);
         for _ in 0..12 {
@@ -450,7 +447,7 @@ mod tests {
     #[test]
     fn a_login_finishes_once_and_only_in_the_browser_that_started_it() {
         let clock = ManualClock::starting_now();
-        let store = store(&clock);
+        let store = store(&clock, KEY);
         let (state, challenge, cookie) = store.start_login("/console/sessions");
         let headers = headers_with(&cookie);
         assert!(store.finish_login(&HeaderMap::new(), &state).is_none());

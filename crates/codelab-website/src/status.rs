@@ -369,8 +369,6 @@ impl StatusBoard {
 
     async fn fetch(&self, now: SystemTime) -> Snapshot {
         let probes = join_all(self.targets.iter().map(probe)).await;
-        let all: Vec<&MetricLine> = probes.iter().flat_map(|p| p.metrics.iter()).collect();
-        let lines: Vec<MetricLine> = all.into_iter().cloned().collect();
         let by_service = |name: &str| {
             probes
                 .iter()
@@ -397,7 +395,7 @@ impl StatusBoard {
                 .or_else(|| counted("llm-proxy", "codelab_llm_proxy_tokens_total")),
             ..Sample::default()
         };
-        for line in &lines {
+        for line in probes.iter().flat_map(|p| &p.metrics) {
             if line.name.ends_with("_http_requests_total") {
                 sample.requests += line.value;
                 if line.label("status").is_some_and(|s| s.starts_with('5')) {
@@ -407,11 +405,8 @@ impl StatusBoard {
             if line.name == "codelab_gateway_ttft_seconds_bucket"
                 && let Some(le) = line.label("le")
             {
-                let bound = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().unwrap_or(f64::INFINITY)
-                };
+                // `+Inf` parses as infinity too (`f64::from_str` reads any case of `inf`).
+                let bound = le.parse().unwrap_or(f64::INFINITY);
                 *sample.ttft_buckets.entry(OrderedBound(bound)).or_default() += line.value;
             }
         }

@@ -5,45 +5,33 @@
 use std::time::Duration;
 
 use codelab_core::config::Secret;
-use codelab_protocol::openai::{ChatCompletionRequest, ChatMessage};
+use codelab_testkit::chat::{PROXY_KEY, chat_request as request};
 use codelab_testkit::{FakeFlavor, FakeLlm, FakeReply, FakeToolCall};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
 
-pub(crate) const PROXY_KEY: &str = "test-internal-key-0123456789";
-
 /// A client of `base` with fast retries.
-pub(crate) fn client(base: &str) -> LlmClient {
+fn client(base: &str) -> LlmClient {
     LlmClient::new(base, &Secret::new(PROXY_KEY), Duration::from_secs(5))
         .unwrap()
         .with_retries(DEFAULT_MAX_RETRIES, Duration::from_millis(1))
 }
 
-fn request(user: &str) -> ChatCompletionRequest {
-    ChatCompletionRequest {
-        model: "mock-llm".into(),
-        messages: vec![
-            ChatMessage::text("system", "You are a test."),
-            ChatMessage::text("user", user),
-        ],
-        ..ChatCompletionRequest::default()
-    }
-}
-
-async fn collect(stream: LlmStream) -> Vec<Result<LlmDelta, LlmError>> {
-    stream.collect().await
+/// `llm`'s stream for `request("hi")`.
+async fn open(llm: &LlmClient) -> Result<LlmStream, LlmError> {
+    llm.stream(request("hi"), CancellationToken::new()).await
 }
 
 /// Everything `llm` streams for `request("hi")`.
 async fn stream_all(llm: &LlmClient) -> Vec<Result<LlmDelta, LlmError>> {
-    collect(
-        llm.stream(request("hi"), CancellationToken::new())
-            .await
-            .unwrap(),
-    )
-    .await
+    open(llm).await.unwrap().collect().await
+}
+
+/// `request("hi")` answered through a client of `fake`.
+async fn complete(fake: &FakeLlm) -> Result<Completion, LlmError> {
+    client(&fake.base_url()).complete(request("hi")).await
 }
 
 // ---- chunk decoding (pure; the SSE framing is tested in codelab_protocol::sse) ----
@@ -178,10 +166,7 @@ async fn busy_answers_are_retried_before_the_first_byte() {
     fake.push_reply(FakeReply::status(503));
     fake.push_reply(FakeReply::status(429));
     fake.push_reply(FakeReply::text(&["ok"]));
-    let completion = client(&fake.base_url())
-        .complete(request("hi"))
-        .await
-        .unwrap();
+    let completion = complete(&fake).await.unwrap();
     assert_eq!(completion.content, "ok");
     assert_eq!(fake.request_count(), 3);
     let sent = fake.last_request().unwrap();
@@ -194,10 +179,7 @@ async fn busy_answers_are_retried_before_the_first_byte() {
 async fn retries_stop_after_two() {
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
     fake.set_default_reply(FakeReply::status(502).with_error_message("upstream down"));
-    let err = client(&fake.base_url())
-        .complete(request("hi"))
-        .await
-        .unwrap_err();
+    let err = complete(&fake).await.unwrap_err();
     assert!(
         matches!(&err, LlmError::Status { status: 502, message, .. } if message == "upstream down"),
         "{err:?}"
@@ -209,18 +191,12 @@ async fn retries_stop_after_two() {
 async fn client_errors_and_long_retry_after_are_not_retried() {
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
     fake.push_reply(FakeReply::status(400));
-    let err = client(&fake.base_url())
-        .complete(request("hi"))
-        .await
-        .unwrap_err();
+    let err = complete(&fake).await.unwrap_err();
     assert!(matches!(err, LlmError::Status { status: 400, .. }));
     assert_eq!(fake.request_count(), 1);
 
     fake.push_reply(FakeReply::status(429).with_retry_after(60));
-    let err = client(&fake.base_url())
-        .complete(request("hi"))
-        .await
-        .unwrap_err();
+    let err = complete(&fake).await.unwrap_err();
     assert!(
         matches!(err, LlmError::Status { status: 429, retry_after: Some(d), .. } if d == Duration::from_secs(60))
     );
@@ -279,10 +255,7 @@ async fn streamed_tool_call_fragments_are_reassembled() {
         )
         .with_split(5),
     ]));
-    let completion = client(&fake.base_url())
-        .complete(request("hi"))
-        .await
-        .unwrap();
+    let completion = complete(&fake).await.unwrap();
     assert_eq!(completion.tool_calls.len(), 1);
     assert_eq!(completion.tool_calls[0].id, "call_A");
     assert_eq!(
@@ -301,10 +274,7 @@ async fn silence_between_pieces_times_out() {
     assert_eq!(items.last(), Some(&Err(LlmError::Timeout)));
 
     fake.push_reply(FakeReply::text(&["a"]).with_first_byte_delay(Duration::from_secs(5)));
-    let err = llm
-        .stream(request("hi"), CancellationToken::new())
-        .await
-        .unwrap_err();
+    let err = open(&llm).await.unwrap_err();
     assert_eq!(err, LlmError::Timeout);
 }
 
@@ -312,10 +282,7 @@ async fn silence_between_pieces_times_out() {
 async fn dropping_the_stream_cancels_the_upstream_request() {
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
     fake.push_reply(FakeReply::text(&["a", "b", "c"]).with_chunk_delay(Duration::from_secs(2)));
-    let mut stream = client(&fake.base_url())
-        .stream(request("hi"), CancellationToken::new())
-        .await
-        .unwrap();
+    let mut stream = open(&client(&fake.base_url())).await.unwrap();
     assert_eq!(stream.next().await, Some(Ok(LlmDelta::Text("a".into()))));
     drop(stream);
     assert!(fake.wait_for_cancelled(1, Duration::from_secs(5)).await);
@@ -331,11 +298,8 @@ async fn a_stream_line_past_the_cap_fails_the_answer_with_a_clear_error() {
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
     let huge = "x".repeat(HUGE);
     fake.push_reply(FakeReply::text(&["hello ", &huge]));
-    let stream = client(&fake.base_url())
-        .stream(request("hi"), CancellationToken::new())
-        .await
-        .unwrap();
-    let items = tokio::time::timeout(Duration::from_secs(10), collect(stream))
+    let stream = open(&client(&fake.base_url())).await.unwrap();
+    let items: Vec<_> = tokio::time::timeout(Duration::from_secs(10), stream.collect())
         .await
         .expect("the stream did not end");
     assert_eq!(items.first(), Some(&Ok(LlmDelta::Text("hello ".into()))));

@@ -1,6 +1,7 @@
 //! Storage of the agent runtime: one trait, implemented once for PostgreSQL and SQLite
 //! ([`sql_store::SqlStore`]; `postgres.rs` and `sqlite.rs` keep only the migrations and the
-//! session lock), and one conformance suite run against both (`tests/store_conformance.rs`).
+//! session lock), and one conformance suite run against both
+//! (`tests/runtime/store_conformance.rs`).
 //!
 //! Everything stored is stored before it is emitted; every state change that must not race
 //! (settling a tool call) or must not be seen half done after a crash (a step's outcome, see

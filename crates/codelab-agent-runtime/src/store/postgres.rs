@@ -55,17 +55,23 @@ pub struct AdvisoryLocks {
     connections: PgPool,
 }
 
+impl AdvisoryLocks {
+    /// A lock connection, owned by a not-yet-locked guard before any lock request is sent on
+    /// it, so a cancelled or failed request closes the connection instead of returning it to
+    /// the pool.
+    async fn guard(&self, session_id: &str) -> Result<PgSessionLock, StoreError> {
+        Ok(PgSessionLock {
+            conn: Some(self.connections.acquire().await?),
+            session_id: session_id.to_owned(),
+            locked: false,
+        })
+    }
+}
+
 #[async_trait]
 impl SessionLocking for AdvisoryLocks {
     async fn lock(&self, session_id: &str) -> Result<Box<dyn SessionLock>, StoreError> {
-        let conn = self.connections.acquire().await?;
-        // The guard exists before the lock request is sent, so a cancelled or failed wait
-        // closes the connection instead of returning it to the pool.
-        let mut guard = PgSessionLock {
-            conn: Some(conn),
-            session_id: session_id.to_owned(),
-            locked: false,
-        };
+        let mut guard = self.guard(session_id).await?;
         if let Some(conn) = guard.conn.as_mut() {
             sqlx::query(LOCK)
                 .bind(&guard.session_id)
@@ -77,13 +83,7 @@ impl SessionLocking for AdvisoryLocks {
     }
 
     async fn try_lock(&self, session_id: &str) -> Result<Option<Box<dyn SessionLock>>, StoreError> {
-        let conn = self.connections.acquire().await?;
-        // As in `lock`: the guard owns the connection before the request is sent.
-        let mut guard = PgSessionLock {
-            conn: Some(conn),
-            session_id: session_id.to_owned(),
-            locked: false,
-        };
+        let mut guard = self.guard(session_id).await?;
         let Some(conn) = guard.conn.as_mut() else {
             return Ok(None);
         };

@@ -8,6 +8,7 @@
 //! JSON is `JSONB` on PostgreSQL and JSON text on SQLite (sqlx's `Json` binds either).
 
 use codelab_core::db::cells::Cells;
+use codelab_core::from_row;
 use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 use serde_json::Value;
 use sqlx::types::Json;
@@ -81,37 +82,22 @@ pub(super) fn session_name(session_id: &str) -> String {
 
 // ---- records ----
 
-/// A row of [`sql::SESSION_COLUMNS`].
+/// A row of the session columns (`part!(session_columns)` in [`sql`]).
 pub(super) fn session(row: &impl Cells) -> Result<Session, StoreError> {
-    Ok(Session {
-        id: row.text("id")?,
-        owner: row.text("owner")?,
-        title: row.opt_text("title")?,
-        current_agent: row.text("current_agent")?,
-        message_count: row.int("message_count")?,
-        created_at: row.time("created_at")?,
-        last_activity: row.time("last_activity")?,
-    })
+    Ok(from_row!(row => Session {
+        id: text, owner: text, title: opt_text, current_agent: text, message_count: int,
+        created_at: time, last_activity: time,
+    }))
 }
 
 /// A row of the message columns (the id read as text).
 pub(super) fn message(row: &impl Cells) -> Result<Message, StoreError> {
-    Ok(Message {
-        id: row.text("id")?,
-        session_id: row.text("session_id")?,
-        seq: row.int("seq")?,
-        role: named(
-            row,
-            "role",
-            Role::parse,
-            "a message role (user, assistant, system, tool)",
-        )?,
-        content: row.opt_text("content")?,
-        agent: row.opt_text("agent")?,
-        tool_calls: row.opt_json("tool_calls")?,
-        tool_call_id: row.opt_text("tool_call_id")?,
-        created_at: row.time("created_at")?,
-    })
+    Ok(from_row!(row => Message {
+        id: text, session_id: text, seq: int,
+        role = named(row, "role", Role::parse, "a message role (user, assistant, system, tool)")?,
+        content: opt_text, agent: opt_text, tool_calls: opt_json, tool_call_id: opt_text,
+        created_at: time,
+    }))
 }
 
 /// A column holding one of a fixed set of names, read with `parse`; `Corrupt` otherwise.
@@ -125,55 +111,33 @@ fn named<T>(
     parse(&name).ok_or_else(|| StoreError::Corrupt(format!("expected {expected}, got {name:?}")))
 }
 
-/// A row of [`sql::SWITCH_COLUMNS`].
+/// A row of the agent-switch columns (`part!(switch_columns)` in [`sql`]).
 pub(super) fn switch(row: &impl Cells) -> Result<AgentSwitch, StoreError> {
-    Ok(AgentSwitch {
-        session_id: row.text("session_id")?,
-        from_agent: row.opt_text("from_agent")?,
-        to_agent: row.text("to_agent")?,
-        reason: row.text("reason")?,
-        confidence: row.opt_text("confidence")?,
-        method: row.text("method")?,
-        created_at: row.time("created_at")?,
-    })
+    Ok(from_row!(row => AgentSwitch {
+        session_id: text, from_agent: opt_text, to_agent: text, reason: text,
+        confidence: opt_text, method: text, created_at: time,
+    }))
 }
 
-/// A row of [`sql::CALL_COLUMNS`].
+/// A row of the tool-call columns (`part!(call_columns)` in [`sql`]).
 pub(super) fn tool_call(row: &impl Cells) -> Result<ToolCallRecord, StoreError> {
-    Ok(ToolCallRecord {
-        call_id: row.text("call_id")?,
-        session_id: row.text("session_id")?,
-        turn_id: row.text("turn_id")?,
-        step: row.int32("step")?,
-        provider_call_id: row.opt_text("provider_call_id")?,
-        tool_name: row.text("tool_name")?,
-        arguments: row.json("arguments")?,
-        requires_approval: row.flag("requires_approval")?,
-        approval_reason: row.opt_text("approval_reason")?,
-        agent: row.text("agent")?,
-        status: named(row, "status", ToolCallStatus::parse, "a tool call status")?,
-        decision: row.opt_text("decision")?,
-        feedback: row.opt_text("feedback")?,
-        modified_arguments: row.opt_json("modified_arguments")?,
-        result: row.opt_json("result")?,
-        error: row.opt_text("error")?,
-        created_at: row.time("created_at")?,
-        settled_at: row.opt_time("settled_at")?,
-    })
+    Ok(from_row!(row => ToolCallRecord {
+        call_id: text, session_id: text, turn_id: text, step: int32, provider_call_id: opt_text,
+        tool_name: text, arguments: json, requires_approval: flag, approval_reason: opt_text,
+        agent: text, status = named(row, "status", ToolCallStatus::parse, "a tool call status")?,
+        decision: opt_text, feedback: opt_text, modified_arguments: opt_json, result: opt_json,
+        error: opt_text, created_at: time, settled_at: opt_time,
+    }))
 }
 
-/// A row of [`sql::TURN_COLUMNS`].
+/// A row of the turn columns (`part!(turn_columns)` in [`sql`]).
 pub(super) fn turn(row: &impl Cells) -> Result<Turn, StoreError> {
-    Ok(Turn {
-        id: row.text("id")?,
-        session_id: row.text("session_id")?,
-        status: named(row, "status", TurnStatus::parse, "a turn status")?,
-        steps: row.int32("steps")?,
-        agent: row.text("agent")?,
-        created_at: row.time("created_at")?,
-        updated_at: row.time("updated_at")?,
-        cancel_requested_at: row.opt_time("cancel_requested_at")?,
-    })
+    Ok(from_row!(row => Turn {
+        id: text, session_id: text,
+        status = named(row, "status", TurnStatus::parse, "a turn status")?,
+        steps: int32, agent: text, created_at: time, updated_at: time,
+        cancel_requested_at: opt_time,
+    }))
 }
 
 /// A row of [`sql::LIST_EVENTS`].
@@ -197,59 +161,39 @@ pub(super) fn event_seq(seq: i64) -> Result<u64, StoreError> {
 pub(super) mod sql {
     use codelab_core::db::DbKind;
 
-    /// Restricts a statement whose `$1` is a session id to live (not deleted) sessions:
-    /// soft-deleted sessions are invisible to every read.
-    macro_rules! live_session {
-        () => {
+    /// Fragments of the statements below, spelled once (`concat!` takes only literals).
+    macro_rules! part {
+        // Restricts a statement whose `$1` is a session id to live (not deleted) sessions:
+        // soft-deleted sessions are invisible to every read.
+        (live_session) => {
             "EXISTS (SELECT 1 FROM sessions s WHERE s.id = $1 AND s.deleted_at IS NULL)"
         };
-    }
-
-    macro_rules! session_columns {
-        () => {
+        (session_columns) => {
             "id, owner, title, current_agent, message_count, created_at, last_activity"
         };
-    }
-
-    macro_rules! switch_columns {
-        () => {
+        (switch_columns) => {
             "session_id, from_agent, to_agent, reason, confidence, method, created_at"
         };
-    }
-
-    macro_rules! call_columns {
-        () => {
+        (call_columns) => {
             "call_id, session_id, turn_id, step, provider_call_id, tool_name, arguments, \
              requires_approval, approval_reason, agent, status, decision, feedback, \
              modified_arguments, result, error, created_at, settled_at"
         };
-    }
-
-    macro_rules! turn_columns {
-        () => {
+        (turn_columns) => {
             "id, session_id, status, steps, agent, created_at, updated_at, cancel_requested_at"
         };
-    }
-
-    /// The statuses of an open call; spelled as in the partial index `ix_tool_calls_open`, which
-    /// SQLite only uses when the query repeats its predicate.
-    macro_rules! open_statuses {
-        () => {
+        // The statuses of an open call; spelled as in the partial index `ix_tool_calls_open`,
+        // which SQLite only uses when the query repeats its predicate.
+        (open_statuses) => {
             "status IN ('pending_approval', 'awaiting_result')"
         };
-    }
-
-    /// The statuses of an unfinished turn, as in the partial index `ix_turns_active`.
-    macro_rules! active_statuses {
-        () => {
+        // The statuses of an unfinished turn, as in the partial index `ix_turns_active`.
+        (active_statuses) => {
             "status IN ('running', 'awaiting_tools')"
         };
-    }
-
-    /// The message id is a `UUID` column on PostgreSQL and text on SQLite; sqlx here has no
-    /// `uuid` type support, so it is read as text on both (a no-op cast on SQLite).
-    macro_rules! message_columns {
-        () => {
+        // The message id is a `UUID` column on PostgreSQL and text on SQLite; sqlx here has no
+        // `uuid` type support, so it is read as text on both (a no-op cast on SQLite).
+        (message_columns) => {
             "CAST(id AS TEXT) AS id, session_id, seq, role, content, agent, tool_calls, \
              tool_call_id, created_at"
         };
@@ -263,7 +207,7 @@ pub(super) mod sql {
                  tool_call_id, created_at) VALUES (",
                 $id,
                 ", $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
-                message_columns!()
+                part!(message_columns)
             )
         };
     }
@@ -277,13 +221,13 @@ pub(super) mod sql {
         "INSERT INTO sessions (id, owner, title, title_folded, current_agent, message_count, \
          last_event_seq, created_at, last_activity, deleted_at) \
          VALUES ($1, $2, NULL, NULL, $3, 0, 0, $4, $4, NULL) RETURNING ",
-        session_columns!()
+        part!(session_columns)
     );
 
     /// $1 id.
     pub(in crate::store) const GET_SESSION: &str = concat!(
         "SELECT ",
-        session_columns!(),
+        part!(session_columns),
         " FROM sessions WHERE id = $1 AND deleted_at IS NULL"
     );
 
@@ -291,7 +235,7 @@ pub(super) mod sql {
     /// breaks ties so pages never overlap.
     pub(in crate::store) const LIST_SESSIONS: &str = concat!(
         "SELECT ",
-        session_columns!(),
+        part!(session_columns),
         " FROM sessions WHERE owner = $1 AND deleted_at IS NULL \
          AND ($2 IS NULL OR title_folded LIKE $2 ESCAPE '\\') \
          ORDER BY last_activity DESC, id LIMIT $3 OFFSET $4"
@@ -338,9 +282,9 @@ pub(super) mod sql {
     /// $1 session.
     pub(in crate::store) const LIST_MESSAGES: &str = concat!(
         "SELECT ",
-        message_columns!(),
+        part!(message_columns),
         " FROM messages WHERE session_id = $1 AND ",
-        live_session!(),
+        part!(live_session),
         " ORDER BY seq"
     );
 
@@ -363,17 +307,17 @@ pub(super) mod sql {
     /// nothing for a missing or deleted session.
     pub(in crate::store) const INSERT_SWITCH: &str = concat!(
         "INSERT INTO agent_switches (",
-        switch_columns!(),
+        part!(switch_columns),
         ") SELECT $1, $2, $3, $4, $5, $6, $7 WHERE ",
-        live_session!()
+        part!(live_session)
     );
 
     /// $1 session.
     pub(in crate::store) const LIST_SWITCHES: &str = concat!(
         "SELECT ",
-        switch_columns!(),
+        part!(switch_columns),
         " FROM agent_switches WHERE session_id = $1 AND ",
-        live_session!(),
+        part!(live_session),
         " ORDER BY id"
     );
 
@@ -386,7 +330,7 @@ pub(super) mod sql {
     /// Every column of [`CALL_COLUMNS`] in order, $1..$18.
     pub(in crate::store) const INSERT_CALL: &str = concat!(
         "INSERT INTO tool_calls (",
-        call_columns!(),
+        part!(call_columns),
         ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
          $18)"
     );
@@ -394,7 +338,7 @@ pub(super) mod sql {
     /// $1 session, $2 call id.
     pub(in crate::store) const GET_CALL: &str = concat!(
         "SELECT ",
-        call_columns!(),
+        part!(call_columns),
         " FROM tool_calls WHERE session_id = $1 AND call_id = $2"
     );
 
@@ -405,27 +349,27 @@ pub(super) mod sql {
     /// $1 turn, $2 step. `id` is the insertion order, i.e. the order of the model's reply.
     pub(in crate::store) const LIST_STEP_CALLS: &str = concat!(
         "SELECT ",
-        call_columns!(),
+        part!(call_columns),
         " FROM tool_calls WHERE turn_id = $1 AND step = $2 ORDER BY id"
     );
 
     /// $1 session.
     pub(in crate::store) const LIST_OPEN_CALLS: &str = concat!(
         "SELECT ",
-        call_columns!(),
+        part!(call_columns),
         " FROM tool_calls WHERE session_id = $1 AND ",
-        open_statuses!(),
+        part!(open_statuses),
         " AND ",
-        live_session!(),
+        part!(live_session),
         " ORDER BY id"
     );
 
-    /// No parameters; the count is `total`. Calls waiting for a human decision in every live session (all replicas
-    /// share the database, so this is the deployment's number). The open-call predicate is
-    /// repeated so SQLite may use the partial index `ix_tool_calls_open`.
+    /// No parameters; the count is `total`. Calls waiting for a human decision in every live
+    /// session (all replicas share the database, so this is the deployment's number). The
+    /// open-call predicate is repeated so SQLite may use the partial index `ix_tool_calls_open`.
     pub(in crate::store) const COUNT_PENDING_APPROVALS: &str = concat!(
         "SELECT COUNT(*) AS total FROM tool_calls c WHERE c.",
-        open_statuses!(),
+        part!(open_statuses),
         " AND c.status = 'pending_approval' AND EXISTS (SELECT 1 FROM sessions s \
          WHERE s.id = c.session_id AND s.deleted_at IS NULL)"
     );
@@ -433,9 +377,9 @@ pub(super) mod sql {
     /// $1 session.
     pub(in crate::store) const LIST_SESSION_CALLS: &str = concat!(
         "SELECT ",
-        call_columns!(),
+        part!(call_columns),
         " FROM tool_calls WHERE session_id = $1 AND ",
-        live_session!(),
+        part!(live_session),
         " ORDER BY id"
     );
 
@@ -456,7 +400,7 @@ pub(super) mod sql {
              settled_at = COALESCE($9, settled_at) \
              WHERE session_id = $1 AND call_id = $2 AND status IN ({placeholders}) \
              RETURNING {}",
-            call_columns!()
+            part!(call_columns)
         )
     }
 
@@ -467,23 +411,23 @@ pub(super) mod sql {
     pub(in crate::store) const INSERT_TURN: &str = concat!(
         "INSERT INTO turns (session_id, id, status, steps, agent, created_at, updated_at) \
          SELECT $1, $2, $3, $4, $5, $6, $7 WHERE ",
-        live_session!()
+        part!(live_session)
     );
 
     /// $1 session.
     pub(in crate::store) const ACTIVE_TURN: &str = concat!(
         "SELECT ",
-        turn_columns!(),
+        part!(turn_columns),
         " FROM turns WHERE session_id = $1 AND ",
-        active_statuses!(),
+        part!(active_statuses),
         " AND ",
-        live_session!(),
+        part!(live_session),
         " ORDER BY created_at DESC, id DESC LIMIT 1"
     );
 
     /// $1 id.
     pub(in crate::store) const GET_TURN: &str =
-        concat!("SELECT ", turn_columns!(), " FROM turns WHERE id = $1");
+        concat!("SELECT ", part!(turn_columns), " FROM turns WHERE id = $1");
 
     /// $1 id, $2 status, $3 steps, $4 agent, $5 now.
     pub(in crate::store) const UPDATE_TURN: &str = "UPDATE turns \
@@ -499,23 +443,23 @@ pub(super) mod sql {
     pub(in crate::store) const REQUEST_CANCEL: &str = concat!(
         "UPDATE turns SET cancel_requested_at = COALESCE(cancel_requested_at, $2) \
          WHERE id = (SELECT id FROM turns WHERE session_id = $1 AND ",
-        active_statuses!(),
+        part!(active_statuses),
         " AND ",
-        live_session!(),
+        part!(live_session),
         " ORDER BY created_at DESC, id DESC LIMIT 1) RETURNING ",
-        turn_columns!()
+        part!(turn_columns)
     );
 
     /// $1 limit. Unfinished turns of live sessions that no step is visibly waiting on:
     /// `running` ones, and `awaiting_tools` ones without an open call. Oldest change first.
     pub(in crate::store) const LIST_STALLED_TURNS: &str = concat!(
         "SELECT ",
-        turn_columns!(),
+        part!(turn_columns),
         " FROM turns t WHERE t.",
-        active_statuses!(),
+        part!(active_statuses),
         " AND (t.status = 'running' OR NOT EXISTS (SELECT 1 FROM tool_calls c \
          WHERE c.turn_id = t.id AND c.",
-        open_statuses!(),
+        part!(open_statuses),
         ")) AND EXISTS (SELECT 1 FROM sessions s WHERE s.id = t.session_id \
          AND s.deleted_at IS NULL) ORDER BY t.updated_at LIMIT $1"
     );
@@ -529,7 +473,7 @@ pub(super) mod sql {
     /// $1 session, $2 after, $3 limit.
     pub(in crate::store) const LIST_EVENTS: &str = concat!(
         "SELECT seq, event FROM events WHERE session_id = $1 AND seq > $2 AND ",
-        live_session!(),
+        part!(live_session),
         " ORDER BY seq LIMIT $3"
     );
 }

@@ -391,18 +391,14 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
         steps: i32,
         agent: &str,
     ) -> Result<(), StoreError> {
-        let done = query(sql::UPDATE_TURN)
-            .bind(turn_id)
-            .bind(status.as_str())
-            .bind(steps)
-            .bind(agent)
-            .bind(DbTime(self.now()))
-            .execute(&self.pool)
-            .await?;
-        if done == 0 {
-            return Err(StoreError::NotFound(format!("turn {turn_id:?}")));
-        }
-        Ok(())
+        let update = TurnUpdate {
+            turn_id: turn_id.to_owned(),
+            status,
+            steps,
+            agent: agent.to_owned(),
+            expect: None,
+        };
+        update_turn_in(On::from(&self.pool), &update, self.now()).await
     }
 
     async fn request_cancel(&self, session_id: &str) -> Result<Option<Turn>, StoreError> {
@@ -532,16 +528,11 @@ async fn insert_call<'e, B: Backend>(
         .execute(on)
         .await
         .map_err(|e| {
-            StoreError::of_write(
-                e,
-                |_| {
-                    format!(
-                        "tool call {:?} in session {:?}",
-                        call.call_id, call.session_id
-                    )
-                },
-                "session",
-            )
+            let what = format!(
+                "tool call {:?} in session {:?}",
+                call.call_id, call.session_id
+            );
+            StoreError::of_write(e, |_| what, "session")
         })?;
     Ok(())
 }
@@ -585,22 +576,18 @@ async fn update_turn_in<'e, B: Backend>(
     update: &'e TurnUpdate,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let statement = match update.expect {
-        Some((status, steps)) => query(sql::UPDATE_TURN_IF)
-            .bind(&update.turn_id)
-            .bind(update.status.as_str())
-            .bind(update.steps)
-            .bind(&update.agent)
-            .bind(DbTime(now))
-            .bind(status.as_str())
-            .bind(steps),
-        None => query(sql::UPDATE_TURN)
-            .bind(&update.turn_id)
-            .bind(update.status.as_str())
-            .bind(update.steps)
-            .bind(&update.agent)
-            .bind(DbTime(now)),
-    };
+    let mut statement = query(match update.expect {
+        Some(_) => sql::UPDATE_TURN_IF,
+        None => sql::UPDATE_TURN,
+    })
+    .bind(&update.turn_id)
+    .bind(update.status.as_str())
+    .bind(update.steps)
+    .bind(&update.agent)
+    .bind(DbTime(now));
+    if let Some((status, steps)) = update.expect {
+        statement = statement.bind(status.as_str()).bind(steps);
+    }
     if statement.execute(on).await? == 0 {
         return Err(rows::turn_not_updated(update));
     }

@@ -1,6 +1,6 @@
 //! Storage of the auth service: one trait, implemented once for PostgreSQL and SQLite
 //! ([`SqlStore`], generic over `codelab_core::db::Backend`), each engine with its own
-//! migrations, and one conformance suite run against both (`tests/store_conformance.rs`).
+//! migrations, and one conformance suite run against both (`tests/auth/store_conformance.rs`).
 //!
 //! Handlers never branch on the database type; everything that must be atomic (refresh-token
 //! rotation, code redemption) is one call here.

@@ -6,6 +6,7 @@
 //! are `codelab_core::db::DbTime`.
 
 use codelab_core::db::cells::Cells;
+use codelab_core::from_row;
 
 use super::StoreError;
 use crate::model::{
@@ -39,75 +40,45 @@ fn parse_json_list(column: &str, text: &str) -> Result<Vec<String>, StoreError> 
 
 /// A user row (columns of `sql::user_columns!`).
 pub(super) fn user(row: &impl Cells) -> Result<User, StoreError> {
-    Ok(User {
-        id: row.text("id")?,
-        username: row.text("username")?,
-        email: row.opt_text("email")?,
-        password_hash: row.text("password_hash")?,
-        is_active: row.flag("is_active")?,
-        is_admin: row.flag("is_admin")?,
-        is_verified: row.flag("is_verified")?,
-        created_at: row.time("created_at")?,
-        updated_at: row.time("updated_at")?,
-        last_login_at: row.opt_time("last_login_at")?,
-    })
+    Ok(from_row!(row => User {
+        id: text, username: text, email: opt_text, password_hash: text, is_active: flag,
+        is_admin: flag, is_verified: flag, created_at: time, updated_at: time,
+        last_login_at: opt_time,
+    }))
 }
 
 /// A client row (columns of `sql::client_columns!`).
 pub(super) fn client(row: &impl Cells) -> Result<Client, StoreError> {
-    Ok(Client {
-        client_id: row.text("client_id")?,
-        secret_hash: row.opt_text("client_secret_hash")?,
-        name: row.text("name")?,
-        description: row.opt_text("description")?,
-        is_confidential: row.flag("is_confidential")?,
-        allowed_scopes: row
-            .text("allowed_scopes")?
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect(),
-        allowed_grant_types: parse_json_list(
-            "allowed_grant_types",
-            &row.text("allowed_grant_types")?,
-        )?,
-        redirect_uris: parse_json_list("redirect_uris", &row.text("redirect_uris")?)?,
+    Ok(from_row!(row => Client {
+        client_id: text, secret_hash = row.opt_text("client_secret_hash")?, name: text,
+        description: opt_text, is_confidential: flag,
+        allowed_scopes =
+            row.text("allowed_scopes")?.split_whitespace().map(str::to_owned).collect(),
+        allowed_grant_types =
+            parse_json_list("allowed_grant_types", &row.text("allowed_grant_types")?)?,
+        redirect_uris = parse_json_list("redirect_uris", &row.text("redirect_uris")?)?,
         // The original's lifetime columns are INTEGER (int4 on PostgreSQL).
-        access_token_lifetime: i64::from(row.int32("access_token_lifetime")?),
-        refresh_token_lifetime: i64::from(row.int32("refresh_token_lifetime")?),
-        is_active: row.flag("is_active")?,
-        created_at: row.time("created_at")?,
-        updated_at: row.time("updated_at")?,
-    })
+        access_token_lifetime = i64::from(row.int32("access_token_lifetime")?),
+        refresh_token_lifetime = i64::from(row.int32("refresh_token_lifetime")?),
+        is_active: flag, created_at: time, updated_at: time,
+    }))
 }
 
 /// A refresh-token row (columns of `sql::refresh_columns!`).
 pub(super) fn refresh_token(row: &impl Cells) -> Result<RefreshTokenRecord, StoreError> {
-    Ok(RefreshTokenRecord {
-        jti_hash: row.text("jti_hash")?,
-        family_id: row.text("family_id")?,
-        user_id: row.text("user_id")?,
-        client_id: row.text("client_id")?,
-        scope: row.text("scope")?,
-        expires_at: row.time("expires_at")?,
-        revoked: row.flag("revoked")?,
-        revoked_at: row.opt_time("revoked_at")?,
-        parent_jti_hash: row.opt_text("parent_jti_hash")?,
-        created_at: row.time("created_at")?,
-    })
+    Ok(from_row!(row => RefreshTokenRecord {
+        jti_hash: text, family_id: text, user_id: text, client_id: text, scope: text,
+        expires_at: time, revoked: flag, revoked_at: opt_time, parent_jti_hash: opt_text,
+        created_at: time,
+    }))
 }
 
 /// An authorization-code row (columns of `sql::code_columns!`).
 pub(super) fn authorization_code(row: &impl Cells) -> Result<AuthorizationCode, StoreError> {
-    Ok(AuthorizationCode {
-        code_hash: row.text("code_hash")?,
-        client_id: row.text("client_id")?,
-        user_id: row.text("user_id")?,
-        redirect_uri: row.text("redirect_uri")?,
-        scope: row.text("scope")?,
-        code_challenge: row.text("code_challenge")?,
-        expires_at: row.time("expires_at")?,
-        created_at: row.time("created_at")?,
-    })
+    Ok(from_row!(row => AuthorizationCode {
+        code_hash: text, client_id: text, user_id: text, redirect_uri: text, scope: text,
+        code_challenge: text, expires_at: time, created_at: time,
+    }))
 }
 
 /// An audit row (columns of `sql::LIST_AUDIT`).
@@ -120,32 +91,21 @@ pub(super) fn audit_record(row: &impl Cells) -> Result<AuditRecord, StoreError> 
             })
         })
         .transpose()?;
-    Ok(AuditRecord {
-        id: row.text("id")?,
-        created_at: row.time("created_at")?,
-        event: AuditEvent {
-            user_id: row.opt_text("user_id")?,
-            client_id: row.opt_text("client_id")?,
-            event_type: row.text("event_type")?,
-            event_data,
-            ip_address: row.opt_text("ip_address")?,
-            user_agent: row.opt_text("user_agent")?,
-            success: row.flag("success")?,
-            error_message: row.opt_text("error_message")?,
-        },
-    })
+    Ok(from_row!(row => AuditRecord {
+        id: text, created_at: time,
+        event = from_row!(row => AuditEvent {
+            user_id: opt_text, client_id: opt_text, event_type: text, event_data = event_data,
+            ip_address: opt_text, user_agent: opt_text, success: flag, error_message: opt_text,
+        }),
+    }))
 }
 
 /// A signing-key row (columns of `sql::key_columns!`).
 pub(super) fn signing_key(row: &impl Cells) -> Result<SigningKeyRecord, StoreError> {
-    Ok(SigningKeyRecord {
-        kid: row.text("kid")?,
-        private_key_pem: row.text("private_key_pem")?,
-        public_key_pem: row.text("public_key_pem")?,
-        created_at: row.time("created_at")?,
-        retired_at: row.opt_time("retired_at")?,
-        publish_until: row.opt_time("publish_until")?,
-    })
+    Ok(from_row!(row => SigningKeyRecord {
+        kid: text, private_key_pem: text, public_key_pem: text, created_at: time,
+        retired_at: opt_time, publish_until: opt_time,
+    }))
 }
 
 /// The `Conflict` text for a new user: which of username and email is taken.

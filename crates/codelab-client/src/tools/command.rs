@@ -276,6 +276,7 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::workspace::tests::workspace as ws;
 
     #[test]
     fn words_split_like_a_shell() {
@@ -321,12 +322,6 @@ mod tests {
         );
     }
 
-    fn ws() -> (tempfile::TempDir, Workspace) {
-        let dir = tempfile::tempdir().unwrap();
-        let ws = Workspace::open(dir.path()).unwrap();
-        (dir, ws)
-    }
-
     async fn exec(ws: &Workspace, value: Value, limits: &Limits) -> Result<Value, String> {
         let empty = serde_json::Map::new();
         execute_command(ws, Args::new(&value, &empty).unwrap(), limits).await
@@ -336,8 +331,9 @@ mod tests {
     async fn commands_run_in_the_workspace_with_their_exit_code() {
         let (_d, ws) = ws();
         let limits = Limits::default();
+        let run = |value| exec(&ws, value, &limits);
         std::fs::create_dir(ws.root().join("sub")).unwrap();
-        let ok = exec(&ws, json!({"command": "pwd"}), &limits).await.unwrap();
+        let ok = run(json!({"command": "pwd"})).await.unwrap();
         assert_eq!(ok["success"], true);
         assert_eq!(ok["exit_code"], 0);
         assert_eq!(ok["timed_out"], false);
@@ -345,31 +341,23 @@ mod tests {
             ok["stdout"].as_str().unwrap().trim(),
             ws.root().to_str().unwrap()
         );
-        let sub = exec(&ws, json!({"command": "pwd", "cwd": "sub"}), &limits)
+        let sub = run(json!({"command": "pwd", "cwd": "sub"})).await.unwrap();
+        assert!(sub["stdout"].as_str().unwrap().trim().ends_with("/sub"));
+        let failed = run(json!({"command": "echo out; echo err >&2; exit 3", "shell": true}))
             .await
             .unwrap();
-        assert!(sub["stdout"].as_str().unwrap().trim().ends_with("/sub"));
-        let failed = exec(
-            &ws,
-            json!({"command": "echo out; echo err >&2; exit 3", "shell": true}),
-            &limits,
-        )
-        .await
-        .unwrap();
         assert_eq!(failed["success"], false);
         assert_eq!(failed["exit_code"], 3);
         assert_eq!(failed["stdout"], "out\n");
         assert_eq!(failed["stderr"], "err\n");
         // Without the shell, `;` is an argument.
-        let literal = exec(&ws, json!({"command": "echo a; echo b"}), &limits)
-            .await
-            .unwrap();
+        let literal = run(json!({"command": "echo a; echo b"})).await.unwrap();
         assert_eq!(literal["stdout"], "a; echo b\n");
-        let err = exec(&ws, json!({"command": "pwd", "cwd": "../"}), &limits)
+        let err = run(json!({"command": "pwd", "cwd": "../"}))
             .await
             .unwrap_err();
         assert!(err.contains("leaves the workspace"), "{err}");
-        let err = exec(&ws, json!({"command": "no-such-program-xyz"}), &limits)
+        let err = run(json!({"command": "no-such-program-xyz"}))
             .await
             .unwrap_err();
         assert!(err.contains("cannot run"), "{err}");

@@ -397,13 +397,7 @@ mod tests {
     use std::fs;
 
     use super::*;
-
-    fn setup() -> (tempfile::TempDir, Workspace) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("ws")).unwrap();
-        let ws = Workspace::open(&dir.path().join("ws")).unwrap();
-        (dir, ws)
-    }
+    use crate::tools::workspace::tests::workspace as setup;
 
     fn call<T>(f: impl Fn(Args<'_>) -> T, value: Value) -> T {
         let empty = serde_json::Map::new();
@@ -414,27 +408,24 @@ mod tests {
     fn read_file_returns_content_and_lines_read() {
         let (_d, ws) = setup();
         let limits = Limits::default();
+        let read = |value| call(|a| read_file(&ws, a, &limits), value);
         fs::write(ws.root().join("a.txt"), "one\ntwo\nthree\n").unwrap();
-        let whole = call(|a| read_file(&ws, a, &limits), json!({"path": "a.txt"})).unwrap();
+        let whole = read(json!({"path": "a.txt"})).unwrap();
         assert_eq!(
             whole,
             json!({"success": true, "content": "one\ntwo\nthree\n", "lines_read": 3})
         );
-        let range = call(
-            |a| read_file(&ws, a, &limits),
-            json!({"path": "a.txt", "start_line": 2, "end_line": 9}),
-        )
-        .unwrap();
+        let range = read(json!({"path": "a.txt", "start_line": 2, "end_line": 9})).unwrap();
         assert_eq!(range["content"], "two\nthree\n");
         assert_eq!(range["lines_read"], 2);
-        let err = call(|a| read_file(&ws, a, &limits), json!({"path": "nope"})).unwrap_err();
+        let err = read(json!({"path": "nope"})).unwrap_err();
         assert!(err.contains("no such file"), "{err}");
-        let err = call(|a| read_file(&ws, a, &limits), json!({"path": "../x"})).unwrap_err();
+        let err = read(json!({"path": "../x"})).unwrap_err();
         assert!(err.contains("leaves the workspace"), "{err}");
-        let err = call(|a| read_file(&ws, a, &limits), json!({})).unwrap_err();
+        let err = read(json!({})).unwrap_err();
         assert_eq!(err, "missing required argument \"path\"");
         fs::write(ws.root().join("bin"), [0xff, 0xfe]).unwrap();
-        let err = call(|a| read_file(&ws, a, &limits), json!({"path": "bin"})).unwrap_err();
+        let err = read(json!({"path": "bin"})).unwrap_err();
         assert!(err.contains("not utf-8"), "{err}");
     }
 
@@ -453,62 +444,41 @@ mod tests {
     #[test]
     fn write_file_backs_up_the_old_content() {
         let (_d, ws) = setup();
-        let first = call(
-            |a| write_file(&ws, a),
-            json!({"path": "b.txt", "content": "old"}),
-        )
-        .unwrap();
+        let write = |value| call(|a| write_file(&ws, a), value);
+        let first = write(json!({"path": "b.txt", "content": "old"})).unwrap();
         assert_eq!(
             first,
             json!({"success": true, "bytes_written": 3, "backup_path": null})
         );
-        let second = call(
-            |a| write_file(&ws, a),
-            json!({"path": "b.txt", "content": "new!"}),
-        )
-        .unwrap();
+        let second = write(json!({"path": "b.txt", "content": "new!"})).unwrap();
         assert_eq!(second["bytes_written"], 4);
         let backup = second["backup_path"].as_str().unwrap();
         assert!(backup.starts_with(".codelab-backup/"), "{backup}");
         assert!(backup.ends_with("/b.txt"), "{backup}");
         assert_eq!(fs::read_to_string(ws.root().join(backup)).unwrap(), "old");
         assert_eq!(fs::read_to_string(ws.root().join("b.txt")).unwrap(), "new!");
-        let no_backup = call(
-            |a| write_file(&ws, a),
-            json!({"path": "b.txt", "content": "x", "backup": false}),
-        )
-        .unwrap();
+        let no_backup = write(json!({"path": "b.txt", "content": "x", "backup": false})).unwrap();
         assert_eq!(no_backup["backup_path"], Value::Null);
     }
 
     #[test]
     fn write_file_needs_create_dirs_for_missing_parents() {
         let (_d, ws) = setup();
-        let err = call(
-            |a| write_file(&ws, a),
-            json!({"path": "d/e/f.txt", "content": "x"}),
-        )
-        .unwrap_err();
+        let write = |value| call(|a| write_file(&ws, a), value);
+        let err = write(json!({"path": "d/e/f.txt", "content": "x"})).unwrap_err();
         assert!(err.contains("set create_dirs"), "{err}");
-        call(
-            |a| write_file(&ws, a),
-            json!({"path": "d/e/f.txt", "content": "x", "create_dirs": true}),
-        )
-        .unwrap();
+        write(json!({"path": "d/e/f.txt", "content": "x", "create_dirs": true})).unwrap();
         assert!(ws.root().join("d/e/f.txt").is_file());
     }
 
     #[test]
     fn write_file_never_touches_outside() {
         let (dir, ws) = setup();
+        let write = |value| call(|a| write_file(&ws, a), value);
         fs::write(dir.path().join("outside.txt"), "keep").unwrap();
         std::os::unix::fs::symlink(dir.path().join("outside.txt"), ws.root().join("link")).unwrap();
         for path in ["../outside.txt", "link", "/tmp/codelab-never-written"] {
-            let err = call(
-                |a| write_file(&ws, a),
-                json!({"path": path, "content": "pwned"}),
-            )
-            .unwrap_err();
+            let err = write(json!({"path": path, "content": "pwned"})).unwrap_err();
             assert!(err.contains("leaves the workspace"), "{path}: {err}");
         }
         assert_eq!(
@@ -522,13 +492,14 @@ mod tests {
     fn list_files_has_the_flutter_shape() {
         let (_d, ws) = setup();
         let limits = Limits::default();
+        let list = |value| call(|a| list_files(&ws, a, &limits), value);
         fs::write(ws.root().join("a.py"), "x").unwrap();
         fs::write(ws.root().join(".hidden"), "x").unwrap();
         fs::create_dir_all(ws.root().join("src/deep")).unwrap();
         fs::write(ws.root().join("src/deep/b.py"), "xy").unwrap();
         fs::create_dir_all(ws.root().join("target/debug")).unwrap();
         fs::write(ws.root().join("target/debug/c.py"), "x").unwrap();
-        let flat = call(|a| list_files(&ws, a, &limits), json!({"path": "."})).unwrap();
+        let flat = list(json!({"path": "."})).unwrap();
         assert_eq!(flat["success"], true);
         assert_eq!(flat["path"], ".");
         assert_eq!(flat["total_count"], 3);
@@ -537,11 +508,7 @@ mod tests {
             json!({"name": "a.py", "path": "a.py", "type": "file", "size": 1})
         );
         assert_eq!(flat["items"][1]["type"], "directory");
-        let deep = call(
-            |a| list_files(&ws, a, &limits),
-            json!({"path": ".", "recursive": true, "pattern": "*.py"}),
-        )
-        .unwrap();
+        let deep = list(json!({"path": ".", "recursive": true, "pattern": "*.py"})).unwrap();
         let paths: Vec<&str> = deep["items"]
             .as_array()
             .unwrap()
@@ -549,50 +516,34 @@ mod tests {
             .map(|i| i["path"].as_str().unwrap())
             .collect();
         assert_eq!(paths, ["a.py", "src/deep/b.py"]);
-        let hidden = call(
-            |a| list_files(&ws, a, &limits),
-            json!({"path": ".", "include_hidden": true}),
-        )
-        .unwrap();
+        let hidden = list(json!({"path": ".", "include_hidden": true})).unwrap();
         assert_eq!(hidden["total_count"], 4);
-        let capped = call(
-            |a| {
-                list_files(
-                    &ws,
-                    a,
-                    &Limits {
-                        max_list_items: 1,
-                        ..Limits::default()
-                    },
-                )
-            },
-            json!({"path": "."}),
-        )
-        .unwrap();
+        let one = Limits {
+            max_list_items: 1,
+            ..Limits::default()
+        };
+        let capped = call(|a| list_files(&ws, a, &one), json!({"path": "."})).unwrap();
         assert_eq!(capped["items"].as_array().unwrap().len(), 1);
         assert_eq!(capped["total_count"], 3);
-        let err = call(|a| list_files(&ws, a, &limits), json!({"path": "a.py"})).unwrap_err();
+        let err = list(json!({"path": "a.py"})).unwrap_err();
         assert!(err.contains("not a directory"), "{err}");
     }
 
     #[test]
     fn create_directory_reports_what_it_did() {
         let (_d, ws) = setup();
-        let made = call(|a| create_directory(&ws, a), json!({"path": "x/y"})).unwrap();
+        let create = |value| call(|a| create_directory(&ws, a), value);
+        let made = create(json!({"path": "x/y"})).unwrap();
         assert_eq!(
             made,
             json!({"success": true, "path": "x/y", "created": true, "already_exists": false})
         );
-        let again = call(|a| create_directory(&ws, a), json!({"path": "x/y"})).unwrap();
+        let again = create(json!({"path": "x/y"})).unwrap();
         assert_eq!(again["created"], false);
         assert_eq!(again["already_exists"], true);
-        let err = call(
-            |a| create_directory(&ws, a),
-            json!({"path": "p/q", "recursive": false}),
-        )
-        .unwrap_err();
+        let err = create(json!({"path": "p/q", "recursive": false})).unwrap_err();
         assert!(err.contains("parent does not exist"), "{err}");
-        let err = call(|a| create_directory(&ws, a), json!({"path": "../up"})).unwrap_err();
+        let err = create(json!({"path": "../up"})).unwrap_err();
         assert!(err.contains("leaves the workspace"), "{err}");
     }
 }

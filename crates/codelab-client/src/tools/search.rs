@@ -167,9 +167,7 @@ mod tests {
     use super::*;
 
     fn setup() -> (tempfile::TempDir, Workspace) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("ws")).unwrap();
-        let ws = Workspace::open(&dir.path().join("ws")).unwrap();
+        let (dir, ws) = crate::tools::workspace::tests::workspace();
         let root = ws.root();
         fs::create_dir_all(root.join("src")).unwrap();
         fs::write(

@@ -279,10 +279,11 @@ fn normalize_absolute(path: &Path) -> Option<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn workspace() -> (tempfile::TempDir, Workspace) {
+    /// An empty workspace, `ws` in a temporary directory that lives as long as the guard.
+    pub(in crate::tools) fn workspace() -> (tempfile::TempDir, Workspace) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("ws")).unwrap();
         let ws = Workspace::open(&dir.path().join("ws")).unwrap();

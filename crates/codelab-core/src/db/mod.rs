@@ -11,6 +11,7 @@ use sqlx::{Connection, PgPool, SqlitePool};
 
 pub mod backend;
 pub mod cells;
+mod from_row;
 mod store_error;
 pub mod values;
 

@@ -104,10 +104,15 @@ fn app(info: &ServiceInfo, readiness: Readiness, limit: usize) -> Router {
     with_standard_layers(routes, info, limit)
 }
 
+/// [`app`] for the service `name` with no readiness checks and a 1 KiB body limit, started.
+async fn start_app(name: &'static str, version: &'static str) -> TestServer {
+    let info = ServiceInfo::new(name, version);
+    start(app(&info, Readiness::new(), 1024)).await
+}
+
 #[tokio::test]
 async fn health_has_the_original_shape() {
-    let info = ServiceInfo::new("http-health", "1.2.3");
-    let server = start(app(&info, Readiness::new(), 1024)).await;
+    let server = start_app("http-health", "1.2.3").await;
     let resp = server.get("/health").await;
     assert_eq!(resp.status(), StatusCode::OK);
     let body: Value = resp.json().await.unwrap();
@@ -167,8 +172,7 @@ async fn a_hanging_check_times_out_and_others_still_run() {
 
 #[tokio::test]
 async fn metrics_show_request_series_with_route_templates() {
-    let info = ServiceInfo::new("http-metrics", "4.5.6");
-    let server = start(app(&info, Readiness::new(), 1024)).await;
+    let server = start_app("http-metrics", "4.5.6").await;
     assert_eq!(server.get("/items/42").await.status(), StatusCode::OK);
     assert_eq!(server.get("/items/0").await.status(), StatusCode::NOT_FOUND);
     assert_eq!(
@@ -225,8 +229,7 @@ async fn metrics_show_request_series_with_route_templates() {
 
 #[tokio::test]
 async fn errors_use_one_envelope() {
-    let info = ServiceInfo::new("http-errors", "1");
-    let server = start(app(&info, Readiness::new(), 1024)).await;
+    let server = start_app("http-errors", "1").await;
 
     let resp = server.get("/items/0").await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
@@ -258,8 +261,7 @@ async fn errors_use_one_envelope() {
 
 #[tokio::test]
 async fn json_bodies_get_clear_4xx() {
-    let info = ServiceInfo::new("http-json", "1");
-    let server = start(app(&info, Readiness::new(), 1024)).await;
+    let server = start_app("http-json", "1").await;
     let http = client();
     let post = |body: &'static str, content_type: Option<&'static str>| {
         let mut request = http.post(server.url("/items")).body(body);
@@ -313,8 +315,7 @@ async fn json_bodies_get_clear_4xx() {
 
 #[tokio::test]
 async fn oversize_bodies_get_413_in_our_envelope() {
-    let info = ServiceInfo::new("http-limit", "1");
-    let server = start(app(&info, Readiness::new(), 1024)).await;
+    let server = start_app("http-limit", "1").await;
     let http = client();
     let big = format!(r#"{{"name":"{}","count":1}}"#, "x".repeat(4096));
 
@@ -366,16 +367,15 @@ async fn oversize_bodies_get_413_in_our_envelope() {
 
 #[tokio::test]
 async fn request_ids_are_echoed_or_generated() {
-    let info = ServiceInfo::new("http-request-id", "1");
-    let server = start(app(&info, Readiness::new(), 1024)).await;
+    let server = start_app("http-request-id", "1").await;
     let http = client();
+    let with_id = |id: String| {
+        http.get(server.url("/health"))
+            .header("x-request-id", id)
+            .send()
+    };
 
-    let resp = http
-        .get(server.url("/health"))
-        .header("x-request-id", "abc-123")
-        .send()
-        .await
-        .unwrap();
+    let resp = with_id("abc-123".to_owned()).await.unwrap();
     assert_eq!(resp.headers()["x-request-id"], "abc-123");
 
     let resp = server.get("/health").await;
@@ -388,12 +388,7 @@ async fn request_ids_are_echoed_or_generated() {
         "also on unmatched routes"
     );
 
-    let resp = http
-        .get(server.url("/health"))
-        .header("x-request-id", "x".repeat(500))
-        .send()
-        .await
-        .unwrap();
+    let resp = with_id("x".repeat(500)).await.unwrap();
     let replaced = resp.headers()["x-request-id"].to_str().unwrap();
     assert!(
         uuid::Uuid::parse_str(replaced).is_ok(),

@@ -371,13 +371,16 @@ mod tests {
         assert_eq!(select(&keys, None).map(|k| k.len()), Some(2));
     }
 
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use codelab_core::clock::ManualClock;
 
-    /// A JWKS endpoint on 127.0.0.1 counting its hits, with the kids in `kids`; the server
-    /// stops when the returned handle is aborted.
-    async fn jwks_server(kids: &[&str]) -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    /// A JWKS endpoint on 127.0.0.1 counting its hits, with the kids in `kids`, that answers
+    /// 503 while `up` is false; the server stops when the returned handle is aborted.
+    async fn jwks_server(
+        kids: &[&str],
+        up: Arc<AtomicBool>,
+    ) -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
         let keys: Vec<serde_json::Value> = kids
             .iter()
             .map(|kid| serde_json::json!({"kty": "RSA", "kid": kid, "n": "sXch", "e": "AQAB"}))
@@ -389,8 +392,11 @@ mod tests {
             JWKS_PATH,
             axum::routing::get(move || {
                 counter.fetch_add(1, Ordering::SeqCst);
-                let body = body.clone();
-                async move { axum::Json(body) }
+                let answer = up
+                    .load(Ordering::SeqCst)
+                    .then(|| axum::Json(body.clone()))
+                    .ok_or(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+                async move { answer }
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -403,7 +409,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_cache_refetches_for_unknown_kids_rate_limited_and_outlives_the_auth_service() {
-        let (url, hits, server) = jwks_server(&["a"]).await;
+        let (url, hits, server) = jwks_server(&["a"], Arc::new(AtomicBool::new(true))).await;
         let clock = ManualClock::starting_now();
         let cache =
             JwksCache::new(&url, Duration::from_secs(3600), Arc::new(clock.clone())).unwrap();
@@ -441,7 +447,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_any_keys_verification_is_unavailable() {
-        let (url, _, server) = jwks_server(&["a"]).await;
+        let (url, _, server) = jwks_server(&["a"], Arc::new(AtomicBool::new(true))).await;
         server.abort();
         let _ = server.await;
         let cache = JwksCache::new(
@@ -459,28 +465,8 @@ mod tests {
 
     #[tokio::test]
     async fn without_keys_the_retries_start_after_a_second_and_double_up_to_the_backoff() {
-        use std::sync::atomic::AtomicBool;
         let up = Arc::new(AtomicBool::new(false));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (serving, counter) = (Arc::clone(&up), Arc::clone(&hits));
-        let body =
-            serde_json::json!({"keys": [{"kty": "RSA", "kid": "a", "n": "sXch", "e": "AQAB"}]});
-        let app = axum::Router::new().route(
-            JWKS_PATH,
-            axum::routing::get(move || {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let answer = serving
-                    .load(Ordering::SeqCst)
-                    .then(|| axum::Json(body.clone()))
-                    .ok_or(axum::http::StatusCode::SERVICE_UNAVAILABLE);
-                async move { answer }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (url, hits, server) = jwks_server(&["a"], Arc::clone(&up)).await;
         let clock = ManualClock::starting_now();
         let cache =
             JwksCache::new(&url, Duration::from_secs(3600), Arc::new(clock.clone())).unwrap();

@@ -101,15 +101,7 @@ pub fn build_body(
 
     let mut body = Map::new();
     body.insert("model".to_owned(), json!(deployment.upstream_model));
-    let max_tokens = request
-        .max_tokens
-        .or_else(|| {
-            request
-                .extra
-                .get("max_completion_tokens")
-                .and_then(Value::as_u64)
-        })
-        .unwrap_or(default_max_tokens);
+    let max_tokens = wire::max_tokens(request).unwrap_or(default_max_tokens);
     body.insert("max_tokens".to_owned(), json!(max_tokens));
     body.insert("messages".to_owned(), Value::Array(messages));
     if !system.is_empty() {
@@ -219,11 +211,7 @@ fn part_block(part: &Value) -> Option<Value> {
             Some(text_block(text))
         }
         "image_url" => {
-            let image = part.get("image_url")?;
-            let url = image
-                .get("url")
-                .and_then(Value::as_str)
-                .or_else(|| image.as_str())?;
+            let url = wire::image_url(part)?;
             if let Some((media_type, data)) = wire::parse_data_url(url) {
                 Some(json!({"type": "image", "source":
                     {"type": "base64", "media_type": media_type, "data": data}}))
@@ -240,16 +228,11 @@ fn part_block(part: &Value) -> Option<Value> {
 fn assistant_blocks(message: &ChatMessage) -> Vec<Value> {
     let mut blocks = content_blocks(message.content.as_ref());
     for call in message.tool_calls.iter().flatten() {
-        // Arguments are a JSON string; the API wants an object (unparseable → `{}`).
-        let input = match serde_json::from_str::<Value>(&call.function.arguments) {
-            Ok(input @ Value::Object(_)) => input,
-            _ => json!({}),
-        };
         blocks.push(json!({
             "type": "tool_use",
             "id": tool_id(&call.id),
             "name": call.function.name,
-            "input": input,
+            "input": wire::arguments_object(&call.function.arguments),
         }));
     }
     blocks
@@ -372,17 +355,7 @@ impl AnthropicDecoder {
             return;
         }
         self.started = true;
-        let field = |name: &str| {
-            message
-                .and_then(|m| m.get(name))
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-        };
-        out.push(Ok(LlmEvent::Start {
-            id: field("id"),
-            model: field("model"),
-        }));
+        out.push(wire::start_event(message));
     }
 
     /// Closes a tool block: one that got no input deltas still needs arguments.
@@ -458,12 +431,12 @@ impl AnthropicDecoder {
                         );
                     }
                     Some("text") => {
-                        if let Some(text) = non_empty_str(block, "text") {
+                        if let Some(text) = wire::non_empty_str(block, "text") {
                             out.push(Ok(LlmEvent::Text(text)));
                         }
                     }
                     Some("thinking") => {
-                        if let Some(text) = non_empty_str(block, "thinking") {
+                        if let Some(text) = wire::non_empty_str(block, "thinking") {
                             out.push(Ok(LlmEvent::Reasoning(text)));
                         }
                     }
@@ -478,13 +451,13 @@ impl AnthropicDecoder {
                 };
                 match delta.get("type").and_then(Value::as_str) {
                     Some("text_delta") => {
-                        if let Some(text) = non_empty_str(delta, "text") {
+                        if let Some(text) = wire::non_empty_str(delta, "text") {
                             out.push(Ok(LlmEvent::Text(text)));
                         }
                     }
                     Some("input_json_delta") => {
                         // The first piece is often empty.
-                        let Some(fragment) = non_empty_str(delta, "partial_json") else {
+                        let Some(fragment) = wire::non_empty_str(delta, "partial_json") else {
                             return;
                         };
                         if let Some(block) = self.tools.get_mut(&index) {
@@ -496,7 +469,7 @@ impl AnthropicDecoder {
                         }
                     }
                     Some("thinking_delta") => {
-                        if let Some(text) = non_empty_str(delta, "thinking") {
+                        if let Some(text) = wire::non_empty_str(delta, "thinking") {
                             out.push(Ok(LlmEvent::Reasoning(text)));
                         }
                     }
@@ -549,14 +522,6 @@ impl AnthropicDecoder {
     }
 }
 
-fn non_empty_str(value: &Value, name: &str) -> Option<String> {
-    value
-        .get(name)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-}
-
 /// Anthropic `stop_reason` → OpenAI `finish_reason`.
 pub fn map_stop_reason(reason: &str) -> FinishReason {
     match reason {
@@ -593,12 +558,10 @@ impl FrameDecoder for AnthropicDecoder {
         if frame.data.trim().is_empty() {
             return out;
         }
-        let data = match serde_json::from_str::<Value>(&frame.data) {
+        let data = match wire::parse_json(&frame.data, "") {
             Ok(data) => data,
             Err(err) => {
-                out.push(Err(UpstreamError::protocol(format!(
-                    "invalid JSON in upstream stream: {err}"
-                ))));
+                out.push(Err(err));
                 return out;
             }
         };
@@ -637,7 +600,7 @@ mod tests {
     use super::*;
     use crate::events::UpstreamErrorKind;
     use crate::providers::ProviderKind;
-    use futures_util::StreamExt;
+    use wire::test_server::{read_file_call, read_file_tool};
 
     fn deployment() -> Deployment {
         wire::test_server::deployment(
@@ -656,8 +619,7 @@ mod tests {
                 {"role": "system", "content": [{"type": "text", "text": "Use tools."}]},
                 {"role": "user", "content": "Read a.py and say hi"},
                 {"role": "assistant", "content": "Sure.", "name": "agent", "tool_calls": [
-                    {"id": "call_A", "type": "function",
-                     "function": {"name": "read_file", "arguments": "{\"path\":\"a.py\"}"}},
+                    read_file_call(),
                     {"id": "functions.echo:1", "type": "function",
                      "function": {"name": "echo", "arguments": "not json"}}]},
                 {"role": "tool", "tool_call_id": "call_A", "content": "print(1)"},
@@ -669,8 +631,7 @@ mod tests {
                 {"role": "user", "content": "Thanks"}
             ],
             "tools": [
-                {"type": "function", "function": {"name": "read_file", "description": "Read a file",
-                    "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}},
+                read_file_tool(),
                 {"type": "function", "function": {"name": "echo"}}
             ],
             "tool_choice": {"type": "function", "function": {"name": "read_file"}},
@@ -950,23 +911,20 @@ mod tests {
 
     #[tokio::test]
     async fn sends_headers_and_maps_529() {
-        let (d, seen) = wire::test_server::serve_once_for(
+        let (reply, seen) = wire::test_server::open_once(
             deployment(),
             "/v1/",
             "HTTP/1.1 529 Site Overloaded\r\ncontent-type: application/json\r\nretry-after: 2\r\n",
             r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            async |t, d| open(t, d, &request(), 4096).await,
         )
         .await;
-        let err = open(&wire::test_server::transport(), &d, &request(), 4096)
-            .await
-            .err()
-            .unwrap();
+        let err = reply.err().unwrap();
         assert_eq!(err.kind, UpstreamErrorKind::Status(529));
         assert!(err.is_retryable());
         assert_eq!(err.message, "Overloaded");
         assert_eq!(err.error_type.as_deref(), Some("overloaded_error"));
         assert_eq!(err.retry_after, Some(Duration::from_secs(2)));
-        let seen = seen.await.unwrap();
         assert_eq!(seen.request_line, "POST /v1/messages HTTP/1.1");
         assert_eq!(seen.header("x-api-key"), Some("sk-ant-test"));
         assert_eq!(seen.header("anthropic-version"), Some("2023-06-01"));
@@ -977,17 +935,14 @@ mod tests {
 
     #[tokio::test]
     async fn streams_a_reply_from_a_local_server() {
-        let (d, _seen) = wire::test_server::serve_once_for(
+        let (reply, _seen) = wire::test_server::open_once(
             deployment(),
             "",
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n",
             STREAM,
+            async |t, d| open(t, d, &request(), 4096).await,
         )
         .await;
-        let stream = open(&wire::test_server::transport(), &d, &request(), 4096)
-            .await
-            .unwrap();
-        let got: Vec<_> = stream.collect().await;
-        assert_eq!(got, stream_events());
+        assert_eq!(reply.unwrap(), stream_events());
     }
 }

@@ -80,13 +80,7 @@ pub fn build_body(deployment: &Deployment, request: &ChatCompletionRequest) -> V
     if let Some(k) = request.extra.get("top_k").and_then(Value::as_u64) {
         options.insert("top_k".to_owned(), json!(k));
     }
-    let max_tokens = request.max_tokens.or_else(|| {
-        request
-            .extra
-            .get("max_completion_tokens")
-            .and_then(Value::as_u64)
-    });
-    if let Some(n) = max_tokens {
+    if let Some(n) = wire::max_tokens(request) {
         options.insert("num_predict".to_owned(), json!(n));
     }
     if let Some(stop) = &request.stop {
@@ -124,11 +118,7 @@ fn message_json(message: &ChatMessage, tool_names: &HashMap<&str, &str>) -> Valu
         let calls: Vec<Value> = calls
             .iter()
             .map(|call| {
-                // History arguments must be an object; unparseable → {}.
-                let arguments = match serde_json::from_str::<Value>(&call.function.arguments) {
-                    Ok(args @ Value::Object(_)) => args,
-                    _ => json!({}),
-                };
+                let arguments = wire::arguments_object(&call.function.arguments);
                 json!({"function": {"name": call.function.name, "arguments": arguments}})
             })
             .collect();
@@ -155,14 +145,7 @@ fn images(content: Option<&MessageContent>) -> Vec<String> {
     parts
         .iter()
         .filter(|p| p.get("type").and_then(Value::as_str) == Some("image_url"))
-        .filter_map(|p| {
-            let image = p.get("image_url")?;
-            let url = image
-                .get("url")
-                .and_then(Value::as_str)
-                .or_else(|| image.as_str())?;
-            wire::parse_data_url(url).map(|(_, data)| data.to_owned())
-        })
+        .filter_map(|p| wire::parse_data_url(wire::image_url(p)?).map(|(_, data)| data.to_owned()))
         .collect()
 }
 
@@ -207,27 +190,17 @@ impl OllamaDecoder {
         }
         if !self.started {
             self.started = true;
-            let model = line
-                .get("model")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty());
             out.push(Ok(LlmEvent::Start {
                 id: None,
-                model: model.map(str::to_owned),
+                model: wire::non_empty_str(line, "model"),
             }));
         }
         if let Some(message) = line.get("message") {
-            let text = |name: &str| {
-                message
-                    .get(name)
-                    .and_then(Value::as_str)
-                    .filter(|s| !s.is_empty())
-            };
-            if let Some(thinking) = text("thinking") {
-                out.push(Ok(LlmEvent::Reasoning(thinking.to_owned())));
+            if let Some(thinking) = wire::non_empty_str(message, "thinking") {
+                out.push(Ok(LlmEvent::Reasoning(thinking)));
             }
-            if let Some(content) = text("content") {
-                out.push(Ok(LlmEvent::Text(content.to_owned())));
+            if let Some(content) = wire::non_empty_str(message, "content") {
+                out.push(Ok(LlmEvent::Text(content)));
             }
             for call in message
                 .get("tool_calls")
@@ -267,11 +240,7 @@ impl OllamaDecoder {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        let id = call
-            .get("id")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map_or_else(wire::new_tool_call_id, str::to_owned);
+        let id = wire::non_empty_str(call, "id").unwrap_or_else(wire::new_tool_call_id);
         let fragment = match function.and_then(|f| f.get("arguments")) {
             Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
             Some(args @ Value::Object(_)) => args.to_string(),
@@ -289,11 +258,9 @@ impl FrameDecoder for OllamaDecoder {
 
     fn frame(&mut self, frame: String) -> Vec<EventResult> {
         let mut out = Vec::new();
-        match serde_json::from_str::<Value>(&frame) {
+        match wire::parse_json(&frame, " line") {
             Ok(line) => self.line(&line, &mut out),
-            Err(err) => out.push(Err(UpstreamError::protocol(format!(
-                "invalid JSON line in upstream stream: {err}"
-            )))),
+            Err(err) => out.push(Err(err)),
         }
         out
     }
@@ -312,7 +279,7 @@ mod tests {
     use super::*;
     use crate::events::UpstreamErrorKind;
     use crate::providers::ProviderKind;
-    use futures_util::StreamExt;
+    use wire::test_server::{read_file_call, read_file_tool};
 
     fn deployment() -> Deployment {
         wire::test_server::deployment(
@@ -332,15 +299,11 @@ mod tests {
                     {"type": "text", "text": "Read a.py"},
                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR"}},
                     {"type": "text", "text": "please"}]},
-                {"role": "assistant", "content": null, "tool_calls": [
-                    {"id": "call_A", "type": "function",
-                     "function": {"name": "read_file", "arguments": "{\"path\":\"a.py\"}"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [read_file_call()]},
                 {"role": "tool", "tool_call_id": "call_A", "content": "print(1)"},
                 {"role": "tool", "tool_call_id": "unknown", "name": "echo", "content": "x"}
             ],
-            "tools": [{"type": "function", "function": {"name": "read_file",
-                "description": "Read a file",
-                "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}}],
+            "tools": [read_file_tool()],
             "tool_choice": "auto",
             "temperature": 0.2,
             "top_p": 0.9,
@@ -367,9 +330,7 @@ mod tests {
                     {"role": "tool", "content": "print(1)", "tool_name": "read_file"},
                     {"role": "tool", "content": "x", "tool_name": "echo"}
                 ],
-                "tools": [{"type": "function", "function": {"name": "read_file",
-                    "description": "Read a file",
-                    "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}}],
+                "tools": [read_file_tool()],
                 "stream": true,
                 "format": "json",
                 "options": {"temperature": 0.2, "top_p": 0.9, "num_predict": 64,
@@ -508,41 +469,35 @@ mod tests {
 
     #[tokio::test]
     async fn maps_404_model_not_pulled() {
-        let (d, seen) = wire::test_server::serve_once_for(
+        let (reply, seen) = wire::test_server::open_once(
             deployment(),
             "/v1/",
             "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n",
             r#"{"error":"model \"qwen3:0.6b\" not found, try pulling it first"}"#,
+            async |t, d| open(t, d, &request()).await,
         )
         .await;
-        let err = open(&wire::test_server::transport(), &d, &request())
-            .await
-            .err()
-            .unwrap();
+        let err = reply.err().unwrap();
         assert_eq!(err.kind, UpstreamErrorKind::Status(404));
         assert_eq!(
             err.message,
             "model \"qwen3:0.6b\" not found, try pulling it first"
         );
         assert!(!err.is_retryable());
-        let seen = seen.await.unwrap();
         assert_eq!(seen.request_line, "POST /api/chat HTTP/1.1");
         assert_eq!(seen.json(), build_body(&deployment(), &request()));
     }
 
     #[tokio::test]
     async fn streams_a_reply_from_a_local_server() {
-        let (d, _seen) = wire::test_server::serve_once_for(
+        let (reply, _seen) = wire::test_server::open_once(
             deployment(),
             "",
             "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n",
             STREAM,
+            async |t, d| open(t, d, &request()).await,
         )
         .await;
-        let stream = open(&wire::test_server::transport(), &d, &request())
-            .await
-            .unwrap();
-        let got: Vec<_> = stream.collect().await;
-        check_stream(&got);
+        check_stream(&reply.unwrap());
     }
 }

@@ -169,17 +169,7 @@ impl OpenAiDecoder {
             return;
         }
         self.started = true;
-        let field = |name: &str| {
-            chunk
-                .get(name)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-        };
-        out.push(Ok(LlmEvent::Start {
-            id: field("id"),
-            model: field("model"),
-        }));
+        out.push(wire::start_event(Some(chunk)));
     }
 
     fn chunk(&mut self, chunk: &Value, out: &mut Vec<EventResult>) {
@@ -241,21 +231,13 @@ impl OpenAiDecoder {
 
     fn delta(&mut self, delta: &Value, out: &mut Vec<EventResult>) {
         for name in ["reasoning_content", "reasoning"] {
-            if let Some(text) = delta
-                .get(name)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-            {
-                out.push(Ok(LlmEvent::Reasoning(text.to_owned())));
+            if let Some(text) = wire::non_empty_str(delta, name) {
+                out.push(Ok(LlmEvent::Reasoning(text)));
                 break;
             }
         }
-        if let Some(text) = delta
-            .get("content")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-        {
-            out.push(Ok(LlmEvent::Text(text.to_owned())));
+        if let Some(text) = wire::non_empty_str(delta, "content") {
+            out.push(Ok(LlmEvent::Text(text)));
         }
         if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
             for call in calls {
@@ -265,14 +247,9 @@ impl OpenAiDecoder {
     }
 
     fn tool_fragment(&mut self, call: &Value, out: &mut Vec<EventResult>) {
-        let non_empty = |v: Option<&Value>| {
-            v.and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-        };
-        let id = non_empty(call.get("id"));
+        let id = wire::non_empty_str(call, "id");
         let function = call.get("function");
-        let name = non_empty(function.and_then(|f| f.get("name")));
+        let name = function.and_then(|f| wire::non_empty_str(f, "name"));
         let args = function.and_then(|f| f.get("arguments"));
         // Arguments are a string in OpenAI's format; a few servers send an object.
         let args = match args {
@@ -399,11 +376,9 @@ impl FrameDecoder for OpenAiDecoder {
             self.finish_reply(&mut out);
             return out;
         }
-        match serde_json::from_str::<Value>(data) {
+        match wire::parse_json(data, "") {
             Ok(chunk) => self.chunk(&chunk, &mut out),
-            Err(err) => out.push(Err(UpstreamError::protocol(format!(
-                "invalid JSON in upstream stream: {err}"
-            )))),
+            Err(err) => out.push(Err(err)),
         }
         out
     }
@@ -430,8 +405,8 @@ mod tests {
 
     use super::*;
     use crate::events::UpstreamErrorKind;
-    use futures_util::StreamExt;
     use serde_json::json;
+    use wire::test_server::{read_file_call, read_file_tool};
 
     fn deployment(provider: ProviderKind) -> Deployment {
         wire::test_server::deployment(
@@ -448,15 +423,11 @@ mod tests {
             "messages": [
                 {"role": "system", "content": "Be brief."},
                 {"role": "user", "content": "Read a.py"},
-                {"role": "assistant", "content": null, "function_call": null, "tool_calls": [
-                    {"id": "call_A", "type": "function",
-                     "function": {"name": "read_file", "arguments": "{\"path\":\"a.py\"}"}}]},
+                {"role": "assistant", "content": null, "function_call": null, "tool_calls": [read_file_call()]},
                 {"role": "tool", "tool_call_id": "call_A", "content": "print(1)"}
             ],
             "logprobs": null,
-            "tools": [{"type": "function", "function": {"name": "read_file",
-                "description": "Read a file",
-                "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}}],
+            "tools": [read_file_tool()],
             "tool_choice": "auto",
             "temperature": 0.2,
             "max_tokens": 100,
@@ -472,9 +443,7 @@ mod tests {
         json!([
             {"role": "system", "content": "Be brief."},
             {"role": "user", "content": "Read a.py"},
-            {"role": "assistant", "tool_calls": [
-                {"id": "call_A", "type": "function",
-                 "function": {"name": "read_file", "arguments": "{\"path\":\"a.py\"}"}}]},
+            {"role": "assistant", "tool_calls": [read_file_call()]},
             {"role": "tool", "tool_call_id": "call_A", "content": "print(1)"}
         ])
     }
@@ -487,9 +456,7 @@ mod tests {
             json!({
                 "model": "gpt-4o",
                 "messages": expected_messages(),
-                "tools": [{"type": "function", "function": {"name": "read_file",
-                    "description": "Read a file",
-                    "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}}],
+                "tools": [read_file_tool()],
                 "tool_choice": "auto",
                 "temperature": 0.2,
                 "max_tokens": 100,
@@ -852,22 +819,19 @@ mod tests {
 
     #[tokio::test]
     async fn sends_bearer_request_and_maps_status_errors() {
-        let (d, seen) = wire::test_server::serve_once_for(
+        let (reply, seen) = wire::test_server::open_once(
             deployment(ProviderKind::OpenAi),
             "/v1/",
             "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 3\r\n",
             r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+            async |t, d| open(t, d, &request()).await,
         )
         .await;
-        let err = open(&wire::test_server::transport(), &d, &request())
-            .await
-            .err()
-            .unwrap();
+        let err = reply.err().unwrap();
         assert_eq!(err.kind, UpstreamErrorKind::Status(429));
         assert_eq!(err.message, "Rate limit reached");
         assert_eq!(err.error_type.as_deref(), Some("requests"));
         assert_eq!(err.retry_after, Some(Duration::from_secs(3)));
-        let seen = seen.await.unwrap();
         assert_eq!(seen.request_line, "POST /v1/chat/completions HTTP/1.1");
         assert_eq!(seen.header("authorization"), Some("Bearer sk-test"));
         assert_eq!(seen.json()["stream"], true);
@@ -875,20 +839,17 @@ mod tests {
 
     #[tokio::test]
     async fn azure_url_and_api_key_and_a_streamed_reply() {
-        let (mut d, seen) = wire::test_server::serve_once_for(
-            deployment(ProviderKind::Azure),
+        let mut d = deployment(ProviderKind::Azure);
+        d.upstream_model = "my-gpt4".to_owned();
+        let (reply, seen) = wire::test_server::open_once(
+            d,
             "/",
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n",
             PARALLEL,
+            async |t, d| open(t, d, &request()).await,
         )
         .await;
-        d.upstream_model = "my-gpt4".to_owned();
-        let stream = open(&wire::test_server::transport(), &d, &request())
-            .await
-            .unwrap();
-        let got: Vec<_> = stream.collect().await;
-        assert_eq!(got, parallel_events());
-        let seen = seen.await.unwrap();
+        assert_eq!(reply.unwrap(), parallel_events());
         assert_eq!(
             seen.request_line,
             "POST /openai/deployments/my-gpt4/chat/completions?api-version=2024-02-15-preview HTTP/1.1"

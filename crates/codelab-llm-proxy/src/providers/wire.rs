@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
+use codelab_protocol::openai::ChatCompletionRequest;
 pub use codelab_protocol::sse::{SseEvent, SseParser};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
@@ -118,36 +119,6 @@ impl NdjsonSplitter {
         }
     }
 
-    /// Consumes a chunk and returns the lines it completed.
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.overflowed {
-            return out;
-        }
-        let mut rest = chunk;
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
-            if self.buf.len() + pos > self.max_line_bytes {
-                self.overflow();
-                return out;
-            }
-            self.buf.extend_from_slice(&rest[..pos]);
-            rest = &rest[pos + 1..];
-            let line = std::mem::take(&mut self.buf);
-            push_trimmed(&line, &mut out);
-        }
-        if self.buf.len() + rest.len() > self.max_line_bytes {
-            self.overflow();
-            return out;
-        }
-        self.buf.extend_from_slice(rest);
-        out
-    }
-
-    /// The cap, once a line went past it.
-    pub fn line_too_long(&self) -> Option<usize> {
-        self.overflowed.then_some(self.max_line_bytes)
-    }
-
     fn overflow(&mut self) {
         self.overflowed = true;
         self.buf = Vec::new();
@@ -178,7 +149,27 @@ impl Framing for NdjsonSplitter {
     type Frame = String;
 
     fn push(&mut self, chunk: &[u8]) -> Vec<String> {
-        NdjsonSplitter::push(self, chunk)
+        let mut out = Vec::new();
+        if self.overflowed {
+            return out;
+        }
+        let mut rest = chunk;
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            if self.buf.len() + pos > self.max_line_bytes {
+                self.overflow();
+                return out;
+            }
+            self.buf.extend_from_slice(&rest[..pos]);
+            rest = &rest[pos + 1..];
+            let line = std::mem::take(&mut self.buf);
+            push_trimmed(&line, &mut out);
+        }
+        if self.buf.len() + rest.len() > self.max_line_bytes {
+            self.overflow();
+            return out;
+        }
+        self.buf.extend_from_slice(rest);
+        out
     }
 
     fn finish(&mut self) -> Vec<String> {
@@ -186,7 +177,7 @@ impl Framing for NdjsonSplitter {
     }
 
     fn line_too_long(&self) -> Option<usize> {
-        NdjsonSplitter::line_too_long(self)
+        self.overflowed.then_some(self.max_line_bytes)
     }
 }
 
@@ -552,6 +543,59 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .or_else(|| header("retry-after-ms").map(|ms| Duration::from_secs_f64(ms / 1000.0)))
 }
 
+/// `value[name]` when it is a non-empty string.
+pub fn non_empty_str(value: &Value, name: &str) -> Option<String> {
+    value
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// The `Start` event of a reply, with the non-empty `id` and `model` of `source`.
+pub fn start_event(source: Option<&Value>) -> EventResult {
+    let field = |name: &str| source.and_then(|s| non_empty_str(s, name));
+    Ok(LlmEvent::Start {
+        id: field("id"),
+        model: field("model"),
+    })
+}
+
+/// A JSON payload of an upstream stream, or the protocol error that ends the stream.
+pub fn parse_json(data: &str, what: &str) -> Result<Value, UpstreamError> {
+    serde_json::from_str(data).map_err(|err| {
+        UpstreamError::protocol(format!("invalid JSON{what} in upstream stream: {err}"))
+    })
+}
+
+/// The URL of an OpenAI `image_url` part (`{"url": ...}` or a bare string).
+pub fn image_url(part: &Value) -> Option<&str> {
+    let image = part.get("image_url")?;
+    image
+        .get("url")
+        .and_then(Value::as_str)
+        .or_else(|| image.as_str())
+}
+
+/// History tool-call arguments as the object providers want (a JSON string in OpenAI's
+/// format; unparseable or not an object → `{}`).
+pub fn arguments_object(arguments: &str) -> Value {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(input @ Value::Object(_)) => input,
+        _ => Value::Object(serde_json::Map::new()),
+    }
+}
+
+/// The request's `max_tokens`, or its `max_completion_tokens` (the newer OpenAI name).
+pub fn max_tokens(request: &ChatCompletionRequest) -> Option<u64> {
+    request.max_tokens.or_else(|| {
+        request
+            .extra
+            .get("max_completion_tokens")
+            .and_then(Value::as_u64)
+    })
+}
+
 /// Splits a base64 `data:` URL (an OpenAI `image_url` part) into `(media type, data)`.
 pub fn parse_data_url(url: &str) -> Option<(&str, &str)> {
     let rest = url.strip_prefix("data:")?;
@@ -574,13 +618,16 @@ pub(crate) mod test_server {
 
     use futures_util::StreamExt;
 
+    use serde_json::{Value, json};
+
+    use super::super::{Deployment, ProviderKind, Transport};
     use super::{EventResult, FrameDecoder, Framing, decode_stream};
-    use crate::events::UpstreamError;
+    use crate::events::{EventStream, UpstreamError};
 
     /// How the provider tests send: a client of their own (leaked: a test's life is short), a
     /// 5 s wait for the headers and the default line cap.
-    pub(crate) fn transport() -> super::super::Transport<'static> {
-        super::super::Transport {
+    pub(crate) fn transport() -> Transport<'static> {
+        Transport {
             http: Box::leak(Box::new(reqwest::Client::new())),
             timeout: std::time::Duration::from_secs(5),
             max_line_bytes: super::DEFAULT_MAX_LINE_BYTES,
@@ -589,12 +636,12 @@ pub(crate) mod test_server {
 
     /// A deployment of `provider` for `model` at `api_base`, with `key` if any.
     pub(crate) fn deployment(
-        provider: super::super::ProviderKind,
+        provider: ProviderKind,
         model: &str,
         api_base: &str,
         key: Option<&str>,
-    ) -> super::super::Deployment {
-        super::super::Deployment {
+    ) -> Deployment {
+        Deployment {
             provider,
             upstream_model: model.to_owned(),
             api_base: api_base.to_owned(),
@@ -675,16 +722,35 @@ pub(crate) mod test_server {
         (addr, handle)
     }
 
-    /// `deployment` pointed at a one-shot server (see [`serve_once`]) under `path`.
-    pub(crate) async fn serve_once_for(
-        mut deployment: super::super::Deployment,
+    /// What `open` makes of `deployment` pointed under `path` at a one-shot server (see
+    /// [`serve_once`]): the whole reply or the error; and the request the server saw.
+    pub(crate) async fn open_once(
+        mut deployment: Deployment,
         path: &str,
         head: &str,
         body: &str,
-    ) -> (super::super::Deployment, JoinHandle<Seen>) {
+        open: impl AsyncFnOnce(&Transport<'static>, &Deployment) -> Result<EventStream, UpstreamError>,
+    ) -> (Result<Vec<EventResult>, UpstreamError>, Seen) {
         let (addr, seen) = serve_once(head, body).await;
         deployment.api_base = format!("http://{addr}{path}");
-        (deployment, seen)
+        let reply = match open(&transport(), &deployment).await {
+            Ok(stream) => Ok(stream.collect().await),
+            Err(err) => Err(err),
+        };
+        (reply, seen.await.unwrap())
+    }
+
+    /// The `read_file` tool of the provider tests' requests, in OpenAI's format.
+    pub(crate) fn read_file_tool() -> Value {
+        json!({"type": "function", "function": {"name": "read_file",
+            "description": "Read a file",
+            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}})
+    }
+
+    /// An assistant's call of [`read_file_tool`] (id `call_A`), in OpenAI's format.
+    pub(crate) fn read_file_call() -> Value {
+        json!({"id": "call_A", "type": "function",
+            "function": {"name": "read_file", "arguments": "{\"path\":\"a.py\"}"}})
     }
 
     /// Accepts one connection, reads one request and answers `head` (status line and headers,

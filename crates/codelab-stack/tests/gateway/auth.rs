@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{
-    RUNTIME_KEY, SERVICE_KEY, Stack, StackOptions, auth_failure_metric, build_error, closed_url,
-    forge, jwt_claims, jwt_header, start_stack, start_stack_with,
+    RUNTIME_KEY, SERVICE_KEY, Stack, access_token, auth_failure_metric, build_error, closed_url,
+    forge, jwt_claims, jwt_header, start_stack, start_stack_tweaked, strong_config,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use codelab_auth::tokens::{TokenService, TokenType};
+use codelab_auth::tokens::TokenService;
 use codelab_core::clock::{Clock, ManualClock};
-use codelab_core::config::{Environment, Secret};
+use codelab_core::config::Environment;
+use codelab_gateway::config::WsAuthMode;
 use jsonwebtoken::{EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -60,14 +61,9 @@ async fn tokens_of_the_password_grant_are_accepted_and_nothing_else() {
     let (status, _, body) = list_with(&stack, &tokens.access).await;
     assert_eq!(status, 200, "{body}");
     // The scheme is case-insensitive (RFC 7235 §2.1).
-    let (status, _, _) = stack
-        .send(
-            stack
-                .http
-                .get(stack.url("/api/v1/sessions"))
-                .header("Authorization", format!("bearer {}", tokens.access)),
-        )
-        .await;
+    let lowercase = format!("bearer {}", tokens.access);
+    let request = stack.request(Method::GET, "/api/v1/sessions", None);
+    let (status, _, _) = stack.send(request.header("Authorization", lowercase)).await;
     assert_eq!(status, 200);
 
     // No credentials: 401 with a bare Bearer challenge (RFC 6750 §3.1).
@@ -86,28 +82,18 @@ async fn tokens_of_the_password_grant_are_accepted_and_nothing_else() {
 
     let claims = jwt_claims(&tokens.access);
     let sub = claims["sub"].as_str().unwrap();
-    let wrong_aud = stack
-        .signer(&stack.issuer, "someone-else")
-        .issue(
-            TokenType::Access,
-            sub,
-            "codelab-flutter-app",
-            "api:read",
-            900,
-        )
-        .unwrap();
-    assert_refused(&stack, &wrong_aud.token, "wrong_audience", "audience").await;
-    let wrong_iss = stack
-        .signer("https://evil.example", "codelab-api")
-        .issue(
-            TokenType::Access,
-            sub,
-            "codelab-flutter-app",
-            "api:read",
-            900,
-        )
-        .unwrap();
-    assert_refused(&stack, &wrong_iss.token, "wrong_issuer", "issuer").await;
+    let wrong_aud = access_token(
+        &stack.signer(&stack.issuer, "someone-else"),
+        sub,
+        "api:read",
+    );
+    assert_refused(&stack, &wrong_aud, "wrong_audience", "audience").await;
+    let wrong_iss = access_token(
+        &stack.signer("https://evil.example", "codelab-api"),
+        sub,
+        "api:read",
+    );
+    assert_refused(&stack, &wrong_iss, "wrong_issuer", "issuer").await;
 
     // `alg: none` with valid claims and no signature.
     let none = forge(&json!({"alg": "none", "typ": "JWT"}), &claims, b"");
@@ -144,12 +130,9 @@ async fn tokens_of_the_password_grant_are_accepted_and_nothing_else() {
     assert_refused(&stack, "not-a-jwt", "malformed", "malformed").await;
 
     // A bad token is not rescued by a valid service key (the original's rule).
+    let request = stack.request(Method::GET, "/api/v1/sessions", Some("not-a-jwt"));
     let (status, _, _) = stack
-        .send(
-            stack
-                .request(Method::GET, "/api/v1/sessions", Some("not-a-jwt"))
-                .header("X-Internal-Auth", SERVICE_KEY),
-        )
+        .send(request.header("X-Internal-Auth", SERVICE_KEY))
         .await;
     assert_eq!(status, 401);
 }
@@ -176,22 +159,16 @@ async fn a_token_from_beyond_the_leeway_in_the_future_is_not_valid_yet() {
     let claims = jwt_claims(&stack.admin_token().await);
     let sub = claims["sub"].as_str().unwrap();
     let ahead = ManualClock::new(stack.clock.now() + Duration::from_secs(120));
-    let future = TokenService::new(
-        Arc::clone(&stack.auth.keys),
+    let keys = Arc::clone(&stack.auth.keys);
+    let signer = TokenService::new(
+        keys,
         stack.issuer.clone(),
         "codelab-api",
         30,
         Arc::new(ahead),
-    )
-    .issue(
-        TokenType::Access,
-        sub,
-        "codelab-flutter-app",
-        "api:read",
-        900,
-    )
-    .unwrap();
-    assert_refused(&stack, &future.token, "not_yet_valid", "not valid yet").await;
+    );
+    let future = access_token(&signer, sub, "api:read");
+    assert_refused(&stack, &future, "not_yet_valid", "not valid yet").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -214,10 +191,7 @@ async fn a_rotated_key_is_fetched_when_its_kid_first_appears() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_jwt_auth_tokenless_calls_act_as_the_development_user() {
-    let stack = start_stack_with(StackOptions::gateway(|config| {
-        config.use_jwt_auth = false;
-    }))
-    .await;
+    let stack = start_stack_tweaked(|config| config.use_jwt_auth = false).await;
     let (status, created) = stack
         .call(Method::POST, "/api/v1/sessions", None, None)
         .await;
@@ -233,9 +207,7 @@ async fn without_jwt_auth_tokenless_calls_act_as_the_development_user() {
         .await
         .unwrap();
     assert_eq!(owned.status().as_u16(), 200);
-    let (status, list) = stack
-        .call(Method::GET, "/api/v1/sessions", None, None)
-        .await;
+    let (status, list) = stack.get("/api/v1/sessions", None).await;
     assert_eq!(status, 200);
     assert_eq!(list["total"], 1);
 
@@ -257,14 +229,7 @@ async fn service_callers_use_the_service_key_and_name_the_user() {
     let (alice_id, _, session) = stack.user_with_session("alice").await;
 
     let as_service = |user: Option<&str>, key: &str| {
-        let mut request = stack
-            .http
-            .get(stack.url("/api/v1/sessions"))
-            .header("X-Internal-Auth", key);
-        if let Some(user) = user {
-            request = request.header("X-Codelab-User-Id", user);
-        }
-        request
+        stack.as_service(Method::GET, "/api/v1/sessions", key, user)
     };
     let (status, _, list) = stack.send(as_service(Some(&alice_id), SERVICE_KEY)).await;
     assert_eq!(status, 200, "{list}");
@@ -287,20 +252,11 @@ async fn service_callers_use_the_service_key_and_name_the_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn production_refuses_the_development_settings() {
-    let strong = "0123456789abcdef0123456789abcdef";
-    let dev_user = codelab_gateway::Config {
-        use_jwt_auth: false,
-        internal_api_key: Secret::new(strong),
-        ..codelab_gateway::Config::default()
-    };
+    let dev_user = strong_config(|config| config.use_jwt_auth = false);
     let error = build_error(dev_user, Environment::Production).await;
     assert!(error.to_string().contains("use_jwt_auth"), "{error}");
 
-    let open_sockets = codelab_gateway::Config {
-        ws_auth: Some(codelab_gateway::config::WsAuthMode::Off),
-        internal_api_key: Secret::new(strong),
-        ..codelab_gateway::Config::default()
-    };
+    let open_sockets = strong_config(|config| config.ws_auth = Some(WsAuthMode::Off));
     let error = build_error(open_sockets, Environment::Production).await;
     assert!(error.to_string().contains("ws_auth"), "{error}");
 
@@ -308,11 +264,7 @@ async fn production_refuses_the_development_settings() {
     let error = build_error(weak_key, Environment::Production).await;
     assert!(error.to_string().contains("internal_api_key"), "{error}");
 
-    let star = codelab_gateway::Config {
-        cors_origins: vec!["*".to_owned()],
-        internal_api_key: Secret::new(strong),
-        ..codelab_gateway::Config::default()
-    };
+    let star = strong_config(|config| config.cors_origins = vec!["*".to_owned()]);
     assert!(
         codelab_gateway::GatewayService::build(
             star,
@@ -323,14 +275,12 @@ async fn production_refuses_the_development_settings() {
     );
 
     // The same settings start in development.
-    let stack = start_stack_with(StackOptions::gateway(|config| {
+    let stack = start_stack_tweaked(|config| {
         config.use_jwt_auth = false;
-        config.ws_auth = Some(codelab_gateway::config::WsAuthMode::Off);
-    }))
+        config.ws_auth = Some(WsAuthMode::Off);
+    })
     .await;
-    let (status, _) = stack
-        .call(Method::GET, "/api/v1/sessions", None, None)
-        .await;
+    let (status, _) = stack.get("/api/v1/sessions", None).await;
     assert_eq!(status, 200);
 }
 
@@ -338,10 +288,7 @@ async fn production_refuses_the_development_settings() {
 async fn without_any_jwks_tokens_cannot_be_verified_yet_are_not_accepted() {
     // An auth service URL where nothing listens: no keys were ever fetched.
     let closed = closed_url();
-    let stack = start_stack_with(StackOptions::gateway(move |config| {
-        config.auth_service_url = closed;
-    }))
-    .await;
+    let stack = start_stack_tweaked(move |config| config.auth_service_url = closed).await;
     let token = stack.admin_token().await;
     let (status, headers, body) = stack
         .send(stack.request(Method::GET, "/api/v1/sessions", Some(&token)))
@@ -349,7 +296,7 @@ async fn without_any_jwks_tokens_cannot_be_verified_yet_are_not_accepted() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "temporarily_unavailable");
     assert!(headers.get("retry-after").is_some());
-    let (status, ready) = stack.call(Method::GET, "/ready", None, None).await;
+    let (status, ready) = stack.get("/ready", None).await;
     assert_eq!(status, 503);
     assert_ne!(ready["checks"]["jwks"], "ok");
 }

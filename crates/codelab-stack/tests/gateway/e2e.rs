@@ -12,7 +12,7 @@
 //! Every wait is bounded and returns when its condition holds; nothing sleeps.
 
 use codelab_core::service::Service as _;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,13 +25,14 @@ use codelab_gateway::config::WsAuthMode;
 use codelab_protocol::runtime::RuntimeEvent;
 use codelab_testkit::ServerGuard;
 use codelab_testkit::ide_clients::steps::{
-    self, assert_the_ide_understood_everything, is_tool_call, object, p2_ask_write, p2_ready,
-    report_ran, tool_call_of, user_message_to,
+    assert_no_null_keys, assert_the_ide_understood_everything, is_tool_call, object, p2_ask_write,
+    p2_ready, report_ran, tool_call_of, user_message_to,
 };
 use codelab_testkit::ide_clients::{
-    Bubble, ConnectError, FlutterReplicaClient, FlutterSocket, LoginError, P2Frame,
-    Protocol2Client, Protocol2Options, Role, TokenPlacement, ToolDecision,
+    Bubble, ConnectError, FlutterReplicaClient, FlutterSocket, P2Frame, Protocol2Client,
+    Protocol2Options, Role, TokenPlacement, ToolDecision,
 };
+use codelab_testkit::scenarios::{self, FirstTurn};
 use jsonwebtoken::{EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -39,11 +40,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Bound of every wait (generous: two cores are shared with other builds).
 const WAIT: Duration = Duration::from_secs(30);
-
-/// What the IDE reports after running a tool successfully.
-fn ran(content: &str) -> ToolDecision {
-    ToolDecision::Result(steps::ran(content))
-}
 
 fn flutter(stack: &Stack) -> FlutterReplicaClient {
     FlutterReplicaClient::new(&stack.gateway_url).with_timeout(WAIT)
@@ -75,14 +71,6 @@ fn p2(token: Option<&str>) -> Protocol2Options {
     match token {
         Some(token) => options.with_token(token, TokenPlacement::Query),
         None => options,
-    }
-}
-
-fn assert_no_null_keys(frames: &[P2Frame]) {
-    for frame in frames {
-        if let Value::Object(map) = &frame.0 {
-            assert!(map.values().all(|v| !v.is_null()), "null key in {frame:?}");
-        }
     }
 }
 
@@ -124,68 +112,34 @@ fn user_of(token: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_flutter_ide_works_unchanged_from_login_to_history() {
     let stack = start_stack().await;
-
-    let mut stranger = flutter(&stack);
-    let refused = stranger
-        .login(&stack.auth_url, stack.admin_username, "wrong-password")
-        .await;
-    assert!(
-        matches!(refused, Err(LoginError::InvalidCredentials)),
-        "{refused:?}"
-    );
-
-    let mut client = flutter(&stack);
-    let tokens = client
-        .login(&stack.auth_url, stack.admin_username, stack.admin_password)
-        .await
-        .unwrap();
-    assert_eq!(tokens.token_type.to_lowercase(), "bearer");
+    let FirstTurn {
+        client,
+        tokens,
+        session,
+        mut socket,
+        turn,
+    } = scenarios::flutter_first_turn(
+        || flutter(&stack),
+        &stack.auth_url,
+        stack.admin_username,
+        stack.admin_password,
+        "Hello from the replica IDE, in one piece",
+    )
+    .await;
     assert!(tokens.expires_in > 0);
-
-    let session = client.create_session().await.unwrap();
-    assert_eq!(session.message_count, 0);
-    let listed = client.list_sessions().await.unwrap();
-    assert!(listed.iter().any(|s| s.id == session.id), "{listed:?}");
-
-    // The IDE connects without any credentials.
-    let mut socket = client.connect(&session.id).await.unwrap();
-
-    // A plain answer: exactly one assistant bubble holding the whole text.
-    let turn = socket
-        .run_turn("::reply Hello from the replica IDE, in one piece", |call| {
-            panic!("no tool call expected: {call:?}")
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        turn.assistant_texts(),
-        vec!["Hello from the replica IDE, in one piece"]
-    );
     assert!(turn.tool_calls.is_empty());
 
     // A tool call the IDE runs at once, then the answer.
-    let turn = socket
-        .run_turn(r#"::tool read_file {"path":"a.py"}"#, |call| {
-            assert_eq!(call.tool_name, "read_file");
-            assert!(!call.requires_approval);
-            assert_eq!(call.arguments, object(json!({"path": "a.py"})));
-            ran("x = 1\n")
-        })
-        .await
-        .unwrap();
+    let turn = scenarios::flutter_read_file_turn(&mut socket, |call| {
+        assert_eq!(call.arguments, object(json!({"path": "a.py"})));
+    })
+    .await;
     assert_eq!(turn.tool_calls.len(), 1);
-    let [answer] = turn.assistant_texts()[..] else {
-        panic!("one answer expected: {turn:?}")
-    };
-    assert!(answer.contains("Tool read_file returned"), "{answer}");
+    let answer = turn.assistant_texts()[0];
     assert!(answer.contains("x = 1"), "{answer}");
 
     // A call that needs approval: the IDE asks the user, then runs it and reports the result.
-    socket
-        .send_user_message(r#"::tool write_file {"path":"a.md","content":"x"}"#)
-        .await
-        .unwrap();
-    let call = tool_call_of(&socket.wait_for("write_file", is_tool_call).await.unwrap());
+    let call = scenarios::flutter_ask_write(&mut socket).await;
     assert_eq!(call.tool_name, "write_file");
     assert!(call.requires_approval);
     assert_eq!(
@@ -199,27 +153,10 @@ async fn the_flutter_ide_works_unchanged_from_login_to_history() {
     assert_eq!(pending.pending_approvals[0].call_id, call.call_id);
     assert_eq!(pending.pending_approvals[0].tool_name, "write_file");
     assert_eq!(pending.pending_approvals[0].arguments, call.arguments);
-    let turn = report_ran(&mut socket, &call.call_id, "write_file", "wrote a.md").await;
-    assert!(
-        turn.assistant_texts()[0].contains("Tool write_file returned"),
-        "{turn:?}"
-    );
-    assert_eq!(
-        client.pending_approvals(&session.id).await.unwrap().count,
-        0
-    );
+    scenarios::flutter_report_write(&client, &mut socket, &session.id, &call.call_id).await;
 
     // The user refuses: the IDE reports `Операция отклонена: write_file`.
-    let turn = socket
-        .run_turn(
-            r#"::tool write_file {"path":"b.md","content":"y"}"#,
-            |call| {
-                assert!(call.requires_approval);
-                ToolDecision::Refuse
-            },
-        )
-        .await
-        .unwrap();
+    let turn = scenarios::flutter_refuse_write(&mut socket).await;
     let text = turn.assistant_texts()[0];
     assert!(text.contains("Операция отклонена: write_file"), "{text}");
     let pending = client.pending_approvals(&session.id).await.unwrap();
@@ -243,21 +180,12 @@ async fn the_flutter_ide_works_unchanged_from_login_to_history() {
     );
 
     // The history the IDE loads when it reopens the session.
-    let history = client.history(&session.id).await.unwrap();
-    assert_eq!(history.session_id, session.id);
-    assert!(history.message_count >= 8, "{history:?}");
-    let bubbles: Vec<Bubble> = history.bubbles().into_iter().map(|b| b.unwrap()).collect();
+    let (history, bubbles) = scenarios::flutter_history(&client, &session.id).await;
     assert!(bubbles.contains(&Bubble::Text {
         role: Role::Assistant,
         text: "Hello from the replica IDE, in one piece".into(),
         is_final: true,
     }));
-    assert!(
-        bubbles
-            .iter()
-            .any(|b| matches!(b, Bubble::ToolCall(c) if c.tool_name == "write_file" && c.arguments["path"] == "b.md")),
-        "{bubbles:?}"
-    );
     assert!(
         history.messages.iter().any(|m| m
             .content
@@ -274,14 +202,7 @@ async fn the_flutter_ide_works_unchanged_from_login_to_history() {
     let fetched = client.get_session(&session.id).await.unwrap();
     assert_eq!(fetched.id, session.id);
     assert_eq!(fetched.message_count, history.message_count);
-    let renamed = client
-        .rename_session(&session.id, "Replica chat")
-        .await
-        .unwrap();
-    assert_eq!(renamed.title.as_deref(), Some("Replica chat"));
-
-    assert_the_ide_understood_everything(&socket);
-    socket.close().await;
+    scenarios::flutter_rename_and_close(&client, socket, &session.id, "Replica chat").await;
     client.delete_session(&session.id).await.unwrap();
     assert_eq!(
         client.history(&session.id).await.unwrap_err().status(),
@@ -301,14 +222,7 @@ async fn protocol_two_streams_tokens_then_the_whole_text() {
     let session = stack.new_session(&token).await;
     let mut client = p2_ready(&stack.gateway_url, &session, p2(Some(&token))).await;
 
-    client
-        .send_user_message("::slow 20\n::reply alpha beta gamma delta epsilon")
-        .await
-        .unwrap();
-    let frames = client
-        .collect_until("the final text", P2Frame::is_final_text)
-        .await
-        .unwrap();
+    let frames = scenarios::p2_streamed_reply(&mut client).await;
     let deltas: Vec<&P2Frame> = frames.iter().filter(|f| f.is_delta()).collect();
     assert!(deltas.len() >= 3, "several token chunks: {frames:?}");
     assert!(
@@ -339,27 +253,7 @@ async fn protocol_two_approves_on_the_socket_and_over_rest() {
     let approval = v2.wait_for_type("approval_required").await.unwrap();
     assert_eq!(approval.call_id(), Some(call_id.as_str()));
     assert_eq!(approval.str("tool_name"), Some("write_file"));
-    let paused = v2.wait_for_type("turn_finished").await.unwrap();
-    assert_eq!(paused.outcome(), Some("awaiting_tools"));
-    v2.send_hitl_decision(&call_id, "approve", None, None)
-        .await
-        .unwrap();
-    let again = v2.wait_for_type("tool_call").await.unwrap();
-    assert_eq!(again.call_id(), Some(call_id.as_str()));
-    assert!(!again.requires_approval(), "{again:?}");
-    v2.send_tool_result(&call_id, "write_file", json!({"success": true}))
-        .await
-        .unwrap();
-    let answer = v2
-        .wait_for("the answer", P2Frame::is_final_text)
-        .await
-        .unwrap();
-    assert!(
-        answer.content().unwrap().contains("write_file"),
-        "{answer:?}"
-    );
-    let done = v2.wait_for_type("turn_finished").await.unwrap();
-    assert_eq!(done.outcome(), Some("completed"));
+    scenarios::p2_approve_and_finish(&mut v2, &call_id).await;
 
     // Over REST, with the Flutter IDE attached to the same session as well.
     let mut ide = client.connect(&session).await.unwrap();
@@ -434,35 +328,7 @@ async fn a_reconnect_with_last_seq_loses_nothing_and_repeats_nothing() {
     let user = user_of(&token);
     let session = stack.new_session(&token).await;
     let first = p2_ready(&stack.gateway_url, &session, p2(Some(&token))).await;
-    let mut first = first;
-    let words: Vec<String> = (1..=15).map(|i| format!("word{i}")).collect();
-    let text = words.join(" ");
-    first
-        .send_json(&user_message_to(
-            "coder",
-            &format!("::slow 40\n::reply {text}"),
-        ))
-        .await
-        .unwrap();
-    // Drop the connection mid-turn, after the first stored events and a token.
-    first.wait_for("a token", P2Frame::is_delta).await.unwrap();
-    let point = first.abort();
-    assert!(point.last_seq > 0, "{:?}", point.frames);
-
-    let mut second = point.resume().await.unwrap();
-    second
-        .wait_for("the turn's end", |f| f.is_turn_finished("completed"))
-        .await
-        .unwrap();
-
-    let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
-    for frame in point.frames.iter().chain(second.frames()) {
-        if let Some(seq) = frame.seq() {
-            *seen.entry(seq).or_default() += 1;
-        }
-    }
-    let duplicates: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(duplicates.is_empty(), "delivered twice: {duplicates:?}");
+    let frames = scenarios::p2_drop_and_resume(first, 40, None).await;
     // Every stored event a protocol-2 client is shown arrived exactly once.
     let stored = stack.stored_events(&session, &user).await;
     let shown: Vec<u64> = stored
@@ -481,16 +347,9 @@ async fn a_reconnect_with_last_seq_loses_nothing_and_repeats_nothing() {
         })
         .map(|e| e.seq)
         .collect();
-    let received: Vec<u64> = seen.keys().copied().collect();
+    let received: BTreeSet<u64> = frames.iter().filter_map(P2Frame::seq).collect();
+    let received: Vec<u64> = received.into_iter().collect();
     assert_eq!(received, shown, "stored: {stored:?}");
-    let finals: Vec<&P2Frame> = point
-        .frames
-        .iter()
-        .chain(second.frames())
-        .filter(|f| f.is_final_text())
-        .collect();
-    assert_eq!(finals.len(), 1, "{finals:?}");
-    assert_eq!(finals[0].content(), Some(text.as_str()));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -904,37 +763,15 @@ async fn an_approval_on_gateway_b_reaches_the_socket_on_gateway_a() {
     // Its session_info means gateway A's Redis subscription to this session is live.
     let mut v2 = p2_ready(&gateway_a.base_url(), &session, p2(Some(&token))).await;
 
-    ide.send_user_message(r#"::tool write_file {"path":"a.md","content":"x"}"#)
-        .await
-        .unwrap();
-    let call = tool_call_of(&ide.wait_for("the tool call", is_tool_call).await.unwrap());
-    assert!(call.requires_approval);
-
     // The approval arrives on the other replica.
-    let response = reqwest::Client::new()
-        .post(format!(
-            "{}/api/v1/sessions/{session}/approvals/{}",
-            gateway_b.base_url(),
-            call.call_id
-        ))
-        .bearer_auth(&token)
-        .json(&json!({"decision": "approve"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status().as_u16(),
-        200,
-        "{:?}",
-        response.text().await
-    );
-
-    let resent = tool_call_of(
-        &ide.wait_for("the re-sent call", is_tool_call)
-            .await
-            .unwrap(),
-    );
-    assert_eq!(resent.call_id, call.call_id);
+    let (call, resent) = scenarios::approve_on_another_gateway(
+        &mut ide,
+        "a.md",
+        &gateway_b.base_url(),
+        &session,
+        &token,
+    )
+    .await;
     assert!(!resent.requires_approval);
     let again = v2
         .wait_for("the re-sent call", |f| {

@@ -2,18 +2,13 @@
 //! parses, users kept apart, approvals and cancellation through REST, health, readiness,
 //! OpenAPI, CORS and runtime failures.
 
-use std::time::Duration;
-
 use crate::common::{
-    ALLOWED_ORIGIN, Stack, StackOptions, closed_url, start_stack, start_stack_with,
+    ALLOWED_ORIGIN, PROMPTLY, Stack, closed_url, start_stack, start_stack_tweaked,
 };
 use codelab_gateway::fanout::Delivery;
 use codelab_protocol::runtime::RuntimeEvent;
 use reqwest::Method;
 use serde_json::{Value, json};
-
-/// A bound for things that happen promptly.
-const PROMPTLY: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_password_grant_token_drives_every_session_route_in_the_flutter_shapes() {
@@ -30,17 +25,11 @@ async fn a_password_grant_token_drives_every_session_route_in_the_flutter_shapes
     assert_eq!(created["message_count"], 0);
     assert_eq!(created["current_agent"], "orchestrator");
     // A body is ignored, as the original did.
-    let (status, _) = stack
-        .call(
-            Method::POST,
-            "/api/v1/sessions",
-            t,
-            Some(json!({"system_prompt": "x"})),
-        )
-        .await;
+    let body = Some(json!({"system_prompt": "x"}));
+    let (status, _) = stack.call(Method::POST, "/api/v1/sessions", t, body).await;
     assert_eq!(status, 200);
 
-    let (status, list) = stack.call(Method::GET, "/api/v1/sessions", t, None).await;
+    let (status, list) = stack.get("/api/v1/sessions", t).await;
     assert_eq!(status, 200);
     assert_eq!(list["total"], 2);
     assert_eq!(list["limit"], 100);
@@ -51,38 +40,25 @@ async fn a_password_grant_token_drives_every_session_route_in_the_flutter_shapes
     }
     // Paging reaches the runtime; unknown parameters do not.
     let (status, page) = stack
-        .call(
-            Method::GET,
-            "/api/v1/sessions?limit=1&offset=1&bogus=1",
-            t,
-            None,
-        )
+        .get("/api/v1/sessions?limit=1&offset=1&bogus=1", t)
         .await;
     assert_eq!(status, 200);
     assert_eq!(page["limit"], 1);
     assert_eq!(page["sessions"].as_array().unwrap().len(), 1);
-    let (status, bad) = stack
-        .call(Method::GET, "/api/v1/sessions?limit=0", t, None)
-        .await;
+    let (status, bad) = stack.get("/api/v1/sessions?limit=0", t).await;
     assert_eq!(status, 400);
     assert_eq!(bad["error"], "Agent Runtime error: 400");
 
     // GET one: flat, with id and message_count.
     let path = format!("/api/v1/sessions/{id}");
-    let (status, flat) = stack.call(Method::GET, &path, t, None).await;
+    let (status, flat) = stack.get(&path, t).await;
     assert_eq!(status, 200);
     assert_eq!(flat["id"], id.as_str());
     assert_eq!(flat["message_count"], 0);
     assert!(flat.get("session").is_none(), "flat, not wrapped: {flat}");
 
-    let (status, renamed) = stack
-        .call(
-            Method::PATCH,
-            &path,
-            t,
-            Some(json!({"title": "Refactor parser"})),
-        )
-        .await;
+    let title = Some(json!({"title": "Refactor parser"}));
+    let (status, renamed) = stack.call(Method::PATCH, &path, t, title).await;
     assert_eq!(status, 200, "{renamed}");
     assert_eq!(renamed["title"], "Refactor parser");
     let (status, bad) = stack
@@ -97,30 +73,19 @@ async fn a_password_grant_token_drives_every_session_route_in_the_flutter_shapes
     assert_eq!(status, 400);
     assert_eq!(bad["error"], "invalid_request");
 
-    let (status, history) = stack
-        .call(Method::GET, &format!("{path}/history"), t, None)
-        .await;
+    let (status, history) = stack.get(&format!("{path}/history"), t).await;
     assert_eq!(status, 200);
     assert_eq!(history["session_id"], id.as_str());
     assert!(history["messages"].as_array().unwrap().is_empty());
     assert_eq!(history["message_count"], 0);
 
-    let (status, pending) = stack
-        .call(Method::GET, &format!("{path}/pending-approvals"), t, None)
-        .await;
+    let (status, pending) = stack.get(&format!("{path}/pending-approvals"), t).await;
     assert_eq!(status, 200);
     assert_eq!(pending["session_id"], id.as_str());
     assert_eq!(pending["count"], 0);
     assert!(pending["pending_approvals"].as_array().unwrap().is_empty());
 
-    let (status, context) = stack
-        .call(
-            Method::GET,
-            &format!("/api/v1/agents/{id}/current"),
-            t,
-            None,
-        )
-        .await;
+    let (status, context) = stack.get(&format!("/api/v1/agents/{id}/current"), t).await;
     assert_eq!(status, 200);
     assert_eq!(context["context"]["session_id"], id.as_str());
     assert_eq!(context["context"]["current_agent"], "orchestrator");
@@ -128,7 +93,7 @@ async fn a_password_grant_token_drives_every_session_route_in_the_flutter_shapes
     let (status, _, body) = stack.send(stack.request(Method::DELETE, &path, t)).await;
     assert_eq!(status, 204);
     assert_eq!(body, Value::Null);
-    let (status, gone) = stack.call(Method::GET, &path, t, None).await;
+    let (status, gone) = stack.get(&path, t).await;
     assert_eq!(status, 404);
     assert_eq!(gone["error"], "Agent Runtime error: 404");
     assert_eq!(gone["detail"], format!("session {id} not found"));
@@ -139,7 +104,7 @@ async fn agents_are_listed_and_found_by_type() {
     let stack = start_stack().await;
     let token = stack.admin_token().await;
     let t = Some(token.as_str());
-    let (status, list) = stack.call(Method::GET, "/api/v1/agents", t, None).await;
+    let (status, list) = stack.get("/api/v1/agents", t).await;
     assert_eq!(status, 200);
     let agents = list["agents"].as_array().unwrap();
     assert_eq!(list["total"], agents.len());
@@ -150,14 +115,10 @@ async fn agents_are_listed_and_found_by_type() {
         assert!(agent["allowed_tools"].is_array());
         assert!(agent["has_file_restrictions"].is_boolean());
     }
-    let (status, coder) = stack
-        .call(Method::GET, "/api/v1/agents/coder", t, None)
-        .await;
+    let (status, coder) = stack.get("/api/v1/agents/coder", t).await;
     assert_eq!(status, 200);
     assert_eq!(coder["type"], "coder");
-    let (status, missing) = stack
-        .call(Method::GET, "/api/v1/agents/wizard", t, None)
-        .await;
+    let (status, missing) = stack.get("/api/v1/agents/wizard", t).await;
     assert_eq!(status, 404);
     assert_eq!(missing["error"], "not_found");
 }
@@ -172,6 +133,7 @@ async fn another_users_session_is_404_on_every_route() {
 
     let at = |tail: &str| format!("/api/v1/sessions/{session}{tail}");
     let approval = at(&format!("/approvals/{call_id}"));
+    let current = format!("/api/v1/agents/{session}/current");
     let routes: Vec<(Method, String, Option<Value>)> = vec![
         (Method::GET, at(""), None),
         (Method::PATCH, at(""), Some(json!({"title": "mine now"}))),
@@ -180,30 +142,17 @@ async fn another_users_session_is_404_on_every_route() {
         (Method::GET, at("/pending-approvals"), None),
         (Method::POST, approval, Some(json!({"decision": "approve"}))),
         (Method::POST, at("/cancel"), None),
-        (
-            Method::GET,
-            format!("/api/v1/agents/{session}/current"),
-            None,
-        ),
+        (Method::GET, current, None),
     ];
     for (method, path, body) in routes {
         let (status, answer) = stack.call(method.clone(), &path, Some(&bob), body).await;
         assert_eq!(status, 404, "{method} {path}: {answer}");
     }
-    let (_, list) = stack
-        .call(Method::GET, "/api/v1/sessions", Some(&bob), None)
-        .await;
+    let (_, list) = stack.get("/api/v1/sessions", Some(&bob)).await;
     assert_eq!(list["total"], 0);
 
     // Nothing of Bob's attempts reached Alice's session.
-    let (status, pending) = stack
-        .call(
-            Method::GET,
-            &format!("/api/v1/sessions/{session}/pending-approvals"),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let (status, pending) = stack.get(&at("/pending-approvals"), Some(&alice)).await;
     assert_eq!(status, 200);
     assert_eq!(pending["count"], 1);
     assert_eq!(pending["pending_approvals"][0]["call_id"], call_id.as_str());
@@ -227,22 +176,18 @@ async fn next_event(
     }
 }
 
-/// Decides `call_id` through REST: status and body.
-async fn decide(
-    stack: &Stack,
-    token: &str,
-    session: &str,
-    call_id: &str,
-    body: Value,
-) -> (u16, Value) {
-    stack
-        .call(
-            Method::POST,
-            &format!("/api/v1/sessions/{session}/approvals/{call_id}"),
-            Some(token),
-            Some(body),
-        )
-        .await
+/// The approvals of one session through REST: the stack, the owner's token and the session.
+struct Approvals<'a>(&'a Stack, &'a str, &'a str);
+
+impl Approvals<'_> {
+    /// Decides `call_id`: status and body.
+    async fn decide(&self, call_id: &str, body: Value) -> (u16, Value) {
+        let Self(stack, token, session) = self;
+        let path = format!("/api/v1/sessions/{session}/approvals/{call_id}");
+        stack
+            .call(Method::POST, &path, Some(token), Some(body))
+            .await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -251,15 +196,9 @@ async fn an_approval_through_rest_resends_the_call_to_the_sockets_and_settles_on
     let (alice_id, alice) = stack.user("alice").await;
     let (session, call_id, mut subscription) =
         stack.session_with_a_waiting_write(&alice_id, &alice).await;
+    let rest = Approvals(&stack, &alice, &session);
 
-    let (status, body) = decide(
-        &stack,
-        &alice,
-        &session,
-        &call_id,
-        json!({"decision": "approve"}),
-    )
-    .await;
+    let (status, body) = rest.decide(&call_id, json!({"decision": "approve"})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
@@ -281,28 +220,16 @@ async fn an_approval_through_rest_resends_the_call_to_the_sockets_and_settles_on
     }
 
     // Deciding again is a conflict; a call that never existed is 404.
-    let (status, body) = decide(
-        &stack,
-        &alice,
-        &session,
-        &call_id,
-        json!({"decision": "reject"}),
-    )
-    .await;
+    let (status, body) = rest.decide(&call_id, json!({"decision": "reject"})).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"], "conflict");
     assert_eq!(
         body["detail"],
         format!("call {call_id} was already decided")
     );
-    let (status, body) = decide(
-        &stack,
-        &alice,
-        &session,
-        "call_nope",
-        json!({"decision": "approve"}),
-    )
-    .await;
+    let (status, body) = rest
+        .decide("call_nope", json!({"decision": "approve"}))
+        .await;
     assert_eq!(status, 404, "{body}");
 
     // Bad bodies are refused before anything is sent.
@@ -312,7 +239,7 @@ async fn an_approval_through_rest_resends_the_call_to_the_sockets_and_settles_on
         json!({"decision": "edit", "modified_arguments": "x"}),
         json!({}),
     ] {
-        let (status, body) = decide(&stack, &alice, &session, &call_id, bad.clone()).await;
+        let (status, body) = rest.decide(&call_id, bad.clone()).await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
 }
@@ -325,15 +252,10 @@ async fn edit_and_reject_decisions_reach_the_runtime() {
     // Edit: the call goes to the IDE with the edited arguments.
     let (session, call_id, mut subscription) =
         stack.session_with_a_waiting_write(&alice_id, &alice).await;
+    let rest = Approvals(&stack, &alice, &session);
     let edited = json!({"path": "b.txt", "content": "edited"});
-    let (status, body) = decide(
-        &stack,
-        &alice,
-        &session,
-        &call_id,
-        json!({"decision": "edit", "modified_arguments": edited}),
-    )
-    .await;
+    let edit = json!({"decision": "edit", "modified_arguments": edited});
+    let (status, body) = rest.decide(&call_id, edit).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["decision"], "edit");
     match next_event(&mut subscription).await {
@@ -344,22 +266,12 @@ async fn edit_and_reject_decisions_reach_the_runtime() {
     // Reject with feedback: the call is settled and the turn goes on.
     let session = stack.new_session(&alice).await;
     let call_id = stack.pending_write(&alice_id, &session, "c.txt").await;
-    let (status, body) = decide(
-        &stack,
-        &alice,
-        &session,
-        &call_id,
-        json!({"decision": "reject", "feedback": "not that file"}),
-    )
-    .await;
+    let rest = Approvals(&stack, &alice, &session);
+    let reject = json!({"decision": "reject", "feedback": "not that file"});
+    let (status, body) = rest.decide(&call_id, reject).await;
     assert_eq!(status, 200, "{body}");
     let (_, history) = stack
-        .call(
-            Method::GET,
-            &format!("/api/v1/sessions/{session}/history"),
-            Some(&alice),
-            None,
-        )
+        .get(&format!("/api/v1/sessions/{session}/history"), Some(&alice))
         .await;
     let call = history["tool_calls"]
         .as_array()
@@ -369,14 +281,7 @@ async fn edit_and_reject_decisions_reach_the_runtime() {
         .unwrap();
     assert_eq!(call["status"], "rejected");
     assert_eq!(call["decision"], "reject");
-    let (status, body) = decide(
-        &stack,
-        &alice,
-        &session,
-        &call_id,
-        json!({"decision": "reject"}),
-    )
-    .await;
+    let (status, body) = rest.decide(&call_id, json!({"decision": "reject"})).await;
     assert_eq!(status, 409, "{body}");
 }
 
@@ -386,6 +291,7 @@ async fn cancel_settles_the_open_calls_and_tells_the_sockets() {
     let (alice_id, alice) = stack.user("alice").await;
     let (session, call_id, mut subscription) =
         stack.session_with_a_waiting_write(&alice_id, &alice).await;
+    let rest = Approvals(&stack, &alice, &session);
 
     let path = format!("/api/v1/sessions/{session}/cancel");
     let (status, body) = stack.call(Method::POST, &path, Some(&alice), None).await;
@@ -406,14 +312,7 @@ async fn cancel_settles_the_open_calls_and_tells_the_sockets() {
     let (status, body) = stack.call(Method::POST, &path, Some(&alice), None).await;
     assert_eq!(status, 200);
     assert_eq!(body["cancelled_calls"], 0);
-    let (status, _) = decide(
-        &stack,
-        &alice,
-        &session,
-        &call_id,
-        json!({"decision": "approve"}),
-    )
-    .await;
+    let (status, _) = rest.decide(&call_id, json!({"decision": "approve"})).await;
     assert_eq!(status, 409);
 }
 
@@ -421,19 +320,19 @@ async fn cancel_settles_the_open_calls_and_tells_the_sockets() {
 async fn health_readiness_openapi_and_unknown_paths() {
     let stack = start_stack().await;
     for path in ["/health", "/api/v1/health"] {
-        let (status, body) = stack.call(Method::GET, path, None, None).await;
+        let (status, body) = stack.get(path, None).await;
         assert_eq!(status, 200);
         assert_eq!(body["status"], "healthy");
         assert_eq!(body["service"], "gateway");
         assert!(body["version"].is_string());
     }
-    let (status, ready) = stack.call(Method::GET, "/ready", None, None).await;
+    let (status, ready) = stack.get("/ready", None).await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["checks"]["agent_runtime"], "ok");
     assert_eq!(ready["checks"]["jwks"], "ok");
 
     for path in ["/api/v1/openapi.json", "/openapi.json"] {
-        let (status, doc) = stack.call(Method::GET, path, None, None).await;
+        let (status, doc) = stack.get(path, None).await;
         assert_eq!(status, 200);
         assert_eq!(doc["openapi"], "3.1.0");
         let paths = doc["paths"].as_object().unwrap();
@@ -452,9 +351,7 @@ async fn health_readiness_openapi_and_unknown_paths() {
         }
     }
     let token = stack.admin_token().await;
-    let (status, body) = stack
-        .call(Method::GET, "/api/v1/events/metrics", Some(&token), None)
-        .await;
+    let (status, body) = stack.get("/api/v1/events/metrics", Some(&token)).await;
     assert_eq!(status, 404);
     assert_eq!(body, json!({"detail": "Not Found"}));
 
@@ -491,18 +388,13 @@ async fn cors_allows_only_the_listed_origins() {
 async fn an_unreachable_runtime_is_a_gateway_error() {
     // A port nothing listens on.
     let closed = closed_url();
-    let stack = start_stack_with(StackOptions::gateway(move |config| {
-        config.agent_url = closed;
-    }))
-    .await;
+    let stack = start_stack_tweaked(move |config| config.agent_url = closed).await;
     let token = stack.admin_token().await;
-    let (status, body) = stack
-        .call(Method::GET, "/api/v1/sessions", Some(&token), None)
-        .await;
+    let (status, body) = stack.get("/api/v1/sessions", Some(&token)).await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"], "Gateway error");
     assert!(body["detail"].is_string());
-    let (status, ready) = stack.call(Method::GET, "/ready", None, None).await;
+    let (status, ready) = stack.get("/ready", None).await;
     assert_eq!(status, 503);
     assert_ne!(ready["checks"]["agent_runtime"], "ok");
 }

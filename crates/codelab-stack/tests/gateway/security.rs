@@ -7,38 +7,20 @@
 use codelab_core::service::Service as _;
 
 use crate::common::{
-    ALLOWED_ORIGIN, FLUTTER_CLIENT, PROMPTLY, RUNTIME_KEY, SERVICE_KEY, Socket, Stack,
-    StackOptions, USER_PASSWORD, auth_failure_metric, build_error, jwt_claims, next_frame, open,
-    send, start_stack, start_stack_with,
+    ALLOWED_ORIGIN, PROMPTLY, RUNTIME_KEY, SERVICE_KEY, STRONG_KEY, Socket, Stack, StackOptions,
+    USER_PASSWORD, access_token, auth_failure_metric, build_error, jwt_claims, next_frame, open,
+    refusal, send, start_stack, start_stack_tweaked, start_stack_with, strong_config,
 };
-use codelab_auth::tokens::TokenType;
 use codelab_core::config::{Environment, Secret};
 use codelab_gateway::config::WsAuthMode;
 use codelab_testkit::ide_clients::{FlutterReplicaClient, ToolDecision};
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite;
 
 /// An origin no setting allows.
 const EVIL_ORIGIN: &str = "https://evil.example";
 /// An IDE origin allowed by `GATEWAY__WS_ALLOWED_ORIGINS` in [`origin_stack`].
 const IDE_ORIGIN: &str = "https://ide.example.test";
-
-/// The HTTP status and JSON body of a refused upgrade.
-async fn refusal(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
-    match open(url, headers).await {
-        Err(tungstenite::Error::Http(response)) => {
-            let body = response
-                .body()
-                .as_deref()
-                .and_then(|b| serde_json::from_slice(b).ok())
-                .unwrap_or(Value::Null);
-            (response.status().as_u16(), body)
-        }
-        Err(other) => panic!("expected an HTTP refusal, got {other}"),
-        Ok(_) => panic!("the upgrade of {url} was accepted"),
-    }
-}
 
 /// Frames until one satisfies `done` (returned).
 async fn frame_where(socket: &mut Socket, done: impl Fn(&Value) -> bool) -> Value {
@@ -52,14 +34,8 @@ async fn frame_where(socket: &mut Socket, done: impl Fn(&Value) -> bool) -> Valu
 
 /// The call ids of the session's pending approvals, read over REST with `token`.
 async fn pending_calls(stack: &Stack, token: &str, session: &str) -> Vec<String> {
-    let (status, body) = stack
-        .call(
-            Method::GET,
-            &format!("/api/v1/sessions/{session}/pending-approvals"),
-            Some(token),
-            None,
-        )
-        .await;
+    let path = format!("/api/v1/sessions/{session}/pending-approvals");
+    let (status, body) = stack.get(&path, Some(token)).await;
     assert_eq!(status, 200, "{body}");
     body["pending_approvals"]
         .as_array()
@@ -81,14 +57,13 @@ async fn token_with_scope(stack: &Stack, username: &str, scope: &str) -> String 
     body["access_token"].as_str().unwrap().to_owned()
 }
 
-/// A valid access token of `sub` signed by the auth service's key with `scope` (the auth
-/// service grants none without a scope, so this one is made directly).
-fn signed_token(stack: &Stack, sub: &str, scope: &str) -> String {
-    stack
-        .signer(&stack.issuer, "codelab-api")
-        .issue(TokenType::Access, sub, FLUTTER_CLIENT, scope, 900)
-        .unwrap()
-        .token
+/// The stack in `environment` with the explicit `session` opt-in for the Flutter IDE's sockets.
+async fn session_opt_in(environment: Environment) -> Stack {
+    start_stack_with(StackOptions {
+        environment,
+        gateway: Box::new(|c| c.ws_auth = Some(WsAuthMode::Session)),
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -122,16 +97,10 @@ async fn outside_development_a_tokenless_socket_is_refused_with_the_setting_to_c
         (Environment::Development, WsAuthMode::Session),
         (Environment::Production, WsAuthMode::Required),
     ] {
-        let config = codelab_gateway::Config {
-            internal_api_key: Secret::new(RUNTIME_KEY),
-            ..codelab_gateway::Config::default()
-        };
-        let state = codelab_gateway::GatewayService::build(
-            config,
-            codelab_core::service::SharedDeps::isolated(environment),
-        )
-        .await
-        .unwrap();
+        let deps = codelab_core::service::SharedDeps::isolated(environment);
+        let state = codelab_gateway::GatewayService::build(strong_config(|_| {}), deps)
+            .await
+            .unwrap();
         assert_eq!(state.config.ws_auth, Some(expected), "{environment}");
     }
 }
@@ -139,11 +108,7 @@ async fn outside_development_a_tokenless_socket_is_refused_with_the_setting_to_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tokenless_socket_cannot_decide_an_approval_while_a_token_socket_can() {
     // `session` is the explicit opt-in for the Flutter IDE in a hardened environment.
-    let stack = start_stack_with(StackOptions {
-        environment: Environment::Staging,
-        gateway: Box::new(|c| c.ws_auth = Some(WsAuthMode::Session)),
-    })
-    .await;
+    let stack = session_opt_in(Environment::Staging).await;
     let (alice_id, token, session) = stack.user_with_session("alice").await;
     let call_id = stack.pending_write(&alice_id, &session, "notes.txt").await;
     let url = stack.ws_url(&session);
@@ -193,11 +158,7 @@ async fn a_tokenless_socket_cannot_decide_an_approval_while_a_token_socket_can()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_flutter_ide_replica_works_in_a_hardened_gateway_with_the_session_opt_in() {
-    let stack = start_stack_with(StackOptions {
-        environment: Environment::Production,
-        gateway: Box::new(|c| c.ws_auth = Some(WsAuthMode::Session)),
-    })
-    .await;
+    let stack = session_opt_in(Environment::Production).await;
     let mut client = FlutterReplicaClient::new(&stack.gateway_url).with_timeout(PROMPTLY);
     client
         .login(&stack.auth_url, stack.admin_username, stack.admin_password)
@@ -244,11 +205,8 @@ async fn the_runtime_key_does_not_let_a_caller_act_as_another_user() {
     let call_id = stack.pending_write(&alice_id, &session, "a.txt").await;
 
     // What an attacker who learned the runtime's key (the gateway→runtime link) would send.
-    let as_alice = |method: Method, path: &str| {
-        stack
-            .request(method, path, None)
-            .header("X-Internal-Auth", RUNTIME_KEY)
-            .header("X-Codelab-User-Id", &alice_id)
+    let as_alice = |method: Method, path: &str, key: &str| {
+        stack.as_service(method, path, key, Some(&alice_id))
     };
     let attempts = [
         (Method::GET, "/api/v1/sessions".to_owned()),
@@ -256,15 +214,15 @@ async fn the_runtime_key_does_not_let_a_caller_act_as_another_user() {
         (Method::DELETE, format!("/api/v1/sessions/{session}")),
     ];
     for (method, path) in attempts {
-        let (status, _, body) = stack.send(as_alice(method.clone(), &path)).await;
+        let (status, _, body) = stack
+            .send(as_alice(method.clone(), &path, RUNTIME_KEY))
+            .await;
         assert_eq!(status, 401, "{method} {path}: {body}");
         assert_eq!(body["error"], "unauthorized");
     }
-    let approve = as_alice(
-        Method::POST,
-        &format!("/api/v1/sessions/{session}/approvals/{call_id}"),
-    )
-    .json(&json!({"decision": "approve"}));
+    let approval = format!("/api/v1/sessions/{session}/approvals/{call_id}");
+    let approve = as_alice(Method::POST, &approval, RUNTIME_KEY);
+    let approve = approve.json(&json!({"decision": "approve"}));
     let (status, _, _) = stack.send(approve).await;
     assert_eq!(status, 401);
     let (status, _) = refusal(
@@ -280,36 +238,21 @@ async fn the_runtime_key_does_not_let_a_caller_act_as_another_user() {
     assert_eq!(pending_calls(&stack, &alice, &session).await, vec![call_id]);
 
     // The gateway's own service key is what service callers use.
-    let (status, _, list) = stack
-        .send(
-            stack
-                .request(Method::GET, "/api/v1/sessions", None)
-                .header("X-Internal-Auth", SERVICE_KEY)
-                .header("X-Codelab-User-Id", &alice_id),
-        )
-        .await;
+    let as_service = as_alice(Method::GET, "/api/v1/sessions", SERVICE_KEY);
+    let (status, _, list) = stack.send(as_service).await;
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["total"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_a_service_key_internal_headers_are_refused() {
-    let stack = start_stack_with(StackOptions::gateway(|c| {
-        c.service_api_key = Secret::default();
-    }))
-    .await;
+    let stack = start_stack_tweaked(|c| c.service_api_key = Secret::default()).await;
     let (alice_id, alice) = stack.user("alice").await;
     let (bob_id, bob) = stack.user("bob").await;
     stack.new_session(&alice).await;
     for key in [RUNTIME_KEY, SERVICE_KEY, ""] {
-        let (status, _, body) = stack
-            .send(
-                stack
-                    .request(Method::GET, "/api/v1/sessions", None)
-                    .header("X-Internal-Auth", key)
-                    .header("X-Codelab-User-Id", &alice_id),
-            )
-            .await;
+        let request = stack.as_service(Method::GET, "/api/v1/sessions", key, Some(&alice_id));
+        let (status, _, body) = stack.send(request).await;
         assert_eq!(status, 401, "{key:?}: {body}");
         assert!(
             body["error_description"]
@@ -320,12 +263,9 @@ async fn without_a_service_key_internal_headers_are_refused() {
         );
     }
     // With a token, a user header is not believed: bob stays bob.
+    let request = stack.request(Method::GET, "/api/v1/sessions", Some(&bob));
     let (status, _, list) = stack
-        .send(
-            stack
-                .request(Method::GET, "/api/v1/sessions", Some(&bob))
-                .header("X-Codelab-User-Id", &alice_id),
-        )
+        .send(request.header("X-Codelab-User-Id", &alice_id))
         .await;
     assert_eq!(status, 200);
     assert_eq!(list["total"], 0, "bob ({bob_id}) saw alice's sessions");
@@ -335,22 +275,13 @@ async fn without_a_service_key_internal_headers_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_weak_or_shared_service_key_is_refused_at_startup() {
-    let strong = "0123456789abcdef0123456789abcdef";
-    let weak = codelab_gateway::Config {
-        internal_api_key: Secret::new(strong),
-        service_api_key: Secret::new("change-me"),
-        ..codelab_gateway::Config::default()
-    };
+    let weak = strong_config(|c| c.service_api_key = Secret::new("change-me"));
     let error = build_error(weak, Environment::Staging).await;
     assert!(
         error.to_string().contains("GATEWAY__SERVICE_API_KEY"),
         "{error}"
     );
-    let shared = codelab_gateway::Config {
-        internal_api_key: Secret::new(strong),
-        service_api_key: Secret::new(strong),
-        ..codelab_gateway::Config::default()
-    };
+    let shared = strong_config(|c| c.service_api_key = Secret::new(STRONG_KEY));
     let error = codelab_gateway::GatewayService::build(
         shared,
         codelab_core::service::SharedDeps::default(),
@@ -439,7 +370,12 @@ async fn a_read_only_token_reads_but_cannot_act() {
 async fn a_token_with_neither_scope_is_refused() {
     let stack = start_stack().await;
     let (alice_id, _, session) = stack.user_with_session("alice").await;
-    let scopeless = signed_token(&stack, &alice_id, "profile");
+    // The auth service grants no token without a scope, so this one is made directly.
+    let scopeless = access_token(
+        &stack.signer(&stack.issuer, "codelab-api"),
+        &alice_id,
+        "profile",
+    );
     let (status, headers, body) = stack
         .send(stack.request(Method::GET, "/api/v1/sessions", Some(&scopeless)))
         .await;
@@ -468,10 +404,7 @@ async fn a_token_with_neither_scope_is_refused() {
 
 /// The default stack with [`IDE_ORIGIN`] allowed for sockets.
 async fn origin_stack() -> Stack {
-    start_stack_with(StackOptions::gateway(|c| {
-        c.ws_allowed_origins = vec![IDE_ORIGIN.to_owned()];
-    }))
-    .await
+    start_stack_tweaked(|c| c.ws_allowed_origins = vec![IDE_ORIGIN.to_owned()]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -8,23 +8,19 @@ use codelab_core::service::Service as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{StackOptions, next_frame as frame, open, start_stack, start_stack_with};
+use crate::common::{
+    PROMPTLY, Socket, close_frame, closed_url, next_frame as frame, open, refusal, start_stack,
+    start_stack_tweaked, ws_url,
+};
 use codelab_gateway::config::WsAuthMode;
 use codelab_gateway::fanout::{Delivery, Fanout};
 use codelab_gateway::runtime_client::{RuntimeClient, RuntimeError};
 use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-/// A bound for things that happen promptly.
-const PROMPTLY: Duration = Duration::from_secs(20);
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 fn notice(seq: u64, text: &str) -> SequencedEvent {
     SequencedEvent {
@@ -161,14 +157,16 @@ async fn redis_fanout_carries_events_between_replicas() {
 // Runtime client
 // ---------------------------------------------------------------------------------------------
 
+/// The events of `frame` sent by `user` (`dev`: in the development mode).
 async fn events_of(
     client: &RuntimeClient,
     session: &str,
     user: &str,
     frame: Value,
+    dev: bool,
 ) -> Vec<SequencedEvent> {
     let mut stream = client
-        .stream_frame(session, user, frame, false)
+        .stream_frame(session, user, frame, dev)
         .await
         .unwrap();
     let mut events = Vec::new();
@@ -190,13 +188,9 @@ async fn the_runtime_client_streams_replays_and_reports_the_runtimes_errors() {
     assert_eq!(status, 201);
     let session = created["id"].as_str().unwrap().to_owned();
 
-    let events = events_of(
-        &client,
-        &session,
-        "alice",
-        json!({"type": "user_message", "content": "hi", "role": "user", "agent_type": "coder"}),
-    )
-    .await;
+    let hi =
+        json!({"type": "user_message", "content": "hi", "role": "user", "agent_type": "coder"});
+    let events = events_of(&client, &session, "alice", hi, false).await;
     assert!(matches!(events[0].event, RuntimeEvent::SessionInfo { .. }));
     assert!(matches!(
         events.last().unwrap().event,
@@ -225,13 +219,9 @@ async fn the_runtime_client_streams_replays_and_reports_the_runtimes_errors() {
     assert_eq!(client.session_owner("missing").await.unwrap(), None);
 
     // Refusals carry the runtime's status and detail.
+    let x = json!({"type": "user_message", "content": "x"});
     let refused = client
-        .stream_frame(
-            &session,
-            "bob",
-            json!({"type": "user_message", "content": "x"}),
-            false,
-        )
+        .stream_frame(&session, "bob", x, false)
         .await
         .unwrap_err();
     assert_eq!(
@@ -241,13 +231,9 @@ async fn the_runtime_client_streams_replays_and_reports_the_runtimes_errors() {
             detail: format!("session {session} not found")
         }
     );
+    let no_call = json!({"type": "tool_result", "call_id": ""});
     match client
-        .stream_frame(
-            &session,
-            "alice",
-            json!({"type": "tool_result", "call_id": ""}),
-            false,
-        )
+        .stream_frame(&session, "alice", no_call, false)
         .await
         .unwrap_err()
     {
@@ -258,7 +244,8 @@ async fn the_runtime_client_streams_replays_and_reports_the_runtimes_errors() {
         other => panic!("expected a 400, got {other:?}"),
     }
     // The development mode creates a missing session with the chosen id.
-    let events = events_of_dev(&client, "chosen-id-1").await;
+    let hello = json!({"type": "user_message", "content": "hello"});
+    let events = events_of(&client, "chosen-id-1", "dev", hello, true).await;
     assert!(matches!(
         events.last().unwrap().event,
         RuntimeEvent::TurnFinished { .. }
@@ -279,31 +266,10 @@ async fn the_runtime_client_streams_replays_and_reports_the_runtimes_errors() {
     assert_eq!(body["detail"], format!("session {session} not found"));
 }
 
-async fn events_of_dev(client: &RuntimeClient, session: &str) -> Vec<SequencedEvent> {
-    let mut stream = client
-        .stream_frame(
-            session,
-            "dev",
-            json!({"type": "user_message", "content": "hello"}),
-            true,
-        )
-        .await
-        .unwrap();
-    let mut events = Vec::new();
-    while let Some(event) = stream.next().await {
-        events.push(event.unwrap());
-    }
-    events
-}
-
 #[tokio::test]
 async fn an_unreachable_runtime_is_reported_without_its_address() {
-    // A port that was just free: nothing listens there.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
     let config = codelab_gateway::Config {
-        agent_url: format!("http://127.0.0.1:{port}/"),
+        agent_url: format!("{}/", closed_url()),
         request_timeout: 2.0,
         agent_stream_timeout: 2.0,
         ..codelab_gateway::Config::default()
@@ -350,11 +316,7 @@ async fn connect(url: &str) -> Socket {
 
 /// The HTTP status of a refused upgrade.
 async fn refused(url: &str, headers: &[(&str, &str)]) -> u16 {
-    match open(url, headers).await {
-        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
-        Err(other) => panic!("expected an HTTP refusal, got {other}"),
-        Ok(_) => panic!("the upgrade of {url} was accepted"),
-    }
+    refusal(url, headers).await.0
 }
 
 async fn send(socket: &mut Socket, text: &str) {
@@ -374,6 +336,12 @@ async fn frames_until(socket: &mut Socket, kind: &str) -> Vec<Value> {
     }
 }
 
+/// The Flutter IDE's `hi` to the session's agent.
+async fn say_hi(socket: &mut Socket) {
+    let hi = json!({"type": "user_message", "content": "hi", "role": "user"});
+    send(socket, &flutter_frame(hi)).await;
+}
+
 /// A frame arriving within `wait`, if any.
 async fn quiet(socket: &mut Socket, wait: Duration) -> Option<Value> {
     loop {
@@ -391,18 +359,7 @@ async fn quiet(socket: &mut Socket, wait: Duration) -> Option<Value> {
 
 /// The close code the server sends (after any frames before it).
 async fn close_code(socket: &mut Socket) -> u16 {
-    loop {
-        match tokio::time::timeout(PROMPTLY, socket.next())
-            .await
-            .expect("no close in time")
-        {
-            Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
-            Some(Ok(Message::Close(None))) => return 1005,
-            Some(Ok(_)) => {}
-            Some(Err(error)) => panic!("the socket failed before a close frame: {error}"),
-            None => panic!("the socket ended without a close frame"),
-        }
-    }
+    close_frame(socket).await.0
 }
 
 fn assert_no_null_keys(frame: &Value) {
@@ -417,11 +374,7 @@ async fn the_flutter_profile_gets_each_assistant_message_whole() {
     let (_, _, session) = stack.user_with_session("alice").await;
     // As the Flutter IDE connects: no credentials, the session's id is the capability.
     let mut socket = connect(&stack.ws_url(&session)).await;
-    send(
-        &mut socket,
-        &flutter_frame(json!({"type": "user_message", "content": "hi", "role": "user"})),
-    )
-    .await;
+    say_hi(&mut socket).await;
     let frames = frames_until(&mut socket, "assistant_message").await;
     for frame in &frames {
         assert!(
@@ -450,11 +403,8 @@ async fn the_flutter_profile_gets_each_assistant_message_whole() {
         "nothing else (no deltas, no turn_finished) for the Flutter IDE"
     );
     // Still usable.
-    send(
-        &mut socket,
-        &flutter_frame(json!({"type": "switch_agent", "agent_type": "debug", "content": "x"})),
-    )
-    .await;
+    let switch = json!({"type": "switch_agent", "agent_type": "debug", "content": "x"});
+    send(&mut socket, &flutter_frame(switch)).await;
     let switched = frames_until(&mut socket, "agent_switched").await;
     assert_eq!(switched.last().unwrap()["to_agent"], "debug");
 }
@@ -472,12 +422,9 @@ async fn protocol_two_streams_deltas_and_reports_turn_ends() {
         info,
         json!({"type": "session_info", "session_id": session, "agent_type": "orchestrator"})
     );
-    send(
-        &mut socket,
-        &json!({"type": "user_message", "content": "::reply Hello streaming world", "agent_type": "coder"})
-            .to_string(),
-    )
-    .await;
+    let reply = json!({"type": "user_message", "content": "::reply Hello streaming world",
+                       "agent_type": "coder"});
+    send(&mut socket, &reply.to_string()).await;
     let frames = frames_until(&mut socket, "turn_finished").await;
     let deltas: Vec<&Value> = frames
         .iter()
@@ -514,13 +461,7 @@ async fn protocol_two_streams_deltas_and_reports_turn_ends() {
 async fn hello_opts_in_to_protocol_two_and_resumes_after_last_seq() {
     let stack = start_stack().await;
     let (user, _, session) = stack.user_with_session("alice").await;
-    stack
-        .runtime_frame(
-            &user,
-            &session,
-            json!({"type": "user_message", "content": "one", "agent_type": "coder"}),
-        )
-        .await;
+    stack.coder_turn(&user, &session, "one").await;
     let events = stack
         .runtime_frame(
             &user,
@@ -534,11 +475,8 @@ async fn hello_opts_in_to_protocol_two_and_resumes_after_last_seq() {
         .unwrap();
 
     let mut socket = connect(&stack.ws_url(&session)).await;
-    send(
-        &mut socket,
-        &json!({"type": "hello", "protocol": 2, "last_seq": first_of_second - 1}).to_string(),
-    )
-    .await;
+    let hello = json!({"type": "hello", "protocol": 2, "last_seq": first_of_second - 1});
+    send(&mut socket, &hello.to_string()).await;
     let info = frame(&mut socket).await;
     assert_eq!(info["type"], "session_info");
     assert_eq!(info["agent_type"], "coder");
@@ -622,11 +560,8 @@ async fn malformed_frames_get_error_frames_and_the_socket_stays_open() {
         assert_eq!(error["error"], error["content"]);
     }
     // The runtime's own refusal: `Agent error: <status>: <detail>`.
-    send(
-        &mut socket,
-        r#"{"type":"switch_agent","agent_type":"nobody"}"#,
-    )
-    .await;
+    let nobody = r#"{"type":"switch_agent","agent_type":"nobody"}"#;
+    send(&mut socket, nobody).await;
     let error = frame(&mut socket).await;
     assert!(
         error["content"]
@@ -635,11 +570,8 @@ async fn malformed_frames_get_error_frames_and_the_socket_stays_open() {
             .starts_with("Agent error: 400: "),
         "{error}"
     );
-    send(
-        &mut socket,
-        &flutter_frame(json!({"type": "user_message", "content": "still there?", "role": "user"})),
-    )
-    .await;
+    let still = json!({"type": "user_message", "content": "still there?", "role": "user"});
+    send(&mut socket, &flutter_frame(still)).await;
     frames_until(&mut socket, "assistant_message").await;
     let metrics = stack.metrics().await;
     assert!(
@@ -650,7 +582,7 @@ async fn malformed_frames_get_error_frames_and_the_socket_stays_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_oversized_message_closes_the_socket_with_1009() {
-    let stack = start_stack_with(StackOptions::gateway(|c| c.ws_max_frame_bytes = 64 * 1024)).await;
+    let stack = start_stack_tweaked(|c| c.ws_max_frame_bytes = 64 * 1024).await;
     let (_, _, session) = stack.user_with_session("alice").await;
     let mut socket = connect(&stack.ws_url(&session)).await;
     let big = json!({"type": "user_message", "content": "x".repeat(100 * 1024)}).to_string();
@@ -660,7 +592,7 @@ async fn an_oversized_message_closes_the_socket_with_1009() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_gets_rate_limit_errors_then_a_1008_close() {
-    let stack = start_stack_with(StackOptions::gateway(|c| c.ws_max_messages_per_second = 5)).await;
+    let stack = start_stack_tweaked(|c| c.ws_max_messages_per_second = 5).await;
     let (_, _, session) = stack.user_with_session("alice").await;
     let mut socket = connect(&stack.ws_url(&session)).await;
     for _ in 0..20 {
@@ -704,13 +636,9 @@ async fn a_tool_result_does_not_wait_behind_a_streaming_turn() {
     let url = format!("{}?protocol=2&access_token={token}", stack.ws_url(&session));
     let mut socket = connect(&url).await;
     assert_eq!(frame(&mut socket).await["type"], "session_info");
-    send(
-        &mut socket,
-        &json!({"type": "user_message", "agent_type": "coder",
-                "content": "::slow 150\n::reply one two three four five six seven eight nine ten"})
-        .to_string(),
-    )
-    .await;
+    let slow = json!({"type": "user_message", "agent_type": "coder",
+        "content": "::slow 150\n::reply one two three four five six seven eight nine ten"});
+    send(&mut socket, &slow.to_string()).await;
     // Streaming has begun.
     loop {
         let next = frame(&mut socket).await;
@@ -719,14 +647,9 @@ async fn a_tool_result_does_not_wait_behind_a_streaming_turn() {
         }
     }
     // The runtime refuses this at once; its answer must not wait for the turn to end.
-    send(
-        &mut socket,
-        &flutter_frame(
-            json!({"type": "tool_result", "call_id": "", "tool_name": "read_file",
-                              "result": {"success": true}}),
-        ),
-    )
-    .await;
+    let result = json!({"type": "tool_result", "call_id": "", "tool_name": "read_file",
+                        "result": {"success": true}});
+    send(&mut socket, &flutter_frame(result)).await;
     let mut saw_error_before_the_end = false;
     loop {
         let next = frame(&mut socket).await;
@@ -788,12 +711,8 @@ async fn session_mode_checks_tokens_and_accepts_a_known_session_id_without_one()
     let (_, response) = tokio_tungstenite::connect_async(request).await.unwrap();
     assert_eq!(response.headers()["sec-websocket-protocol"], "bearer");
     // Also at the alias path.
-    connect(
-        &stack
-            .url(&format!("/ws/{session}"))
-            .replacen("http://", "ws://", 1),
-    )
-    .await;
+    let alias = stack.url(&format!("/ws/{session}"));
+    connect(&alias.replacen("http://", "ws://", 1)).await;
     let metrics = stack.metrics().await;
     assert!(
         metrics.contains("codelab_gateway_auth_failures_total"),
@@ -807,10 +726,7 @@ async fn session_mode_checks_tokens_and_accepts_a_known_session_id_without_one()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn required_mode_refuses_sockets_without_a_token() {
-    let stack = start_stack_with(StackOptions::gateway(|c| {
-        c.ws_auth = Some(WsAuthMode::Required)
-    }))
-    .await;
+    let stack = start_stack_tweaked(|c| c.ws_auth = Some(WsAuthMode::Required)).await;
     let (_, token, session) = stack.user_with_session("alice").await;
     assert_eq!(refused(&stack.ws_url(&session), &[]).await, 401);
     connect(&format!("{}?access_token={token}", stack.ws_url(&session))).await;
@@ -818,14 +734,9 @@ async fn required_mode_refuses_sockets_without_a_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn off_mode_creates_sessions_on_first_use() {
-    let stack =
-        start_stack_with(StackOptions::gateway(|c| c.ws_auth = Some(WsAuthMode::Off))).await;
+    let stack = start_stack_tweaked(|c| c.ws_auth = Some(WsAuthMode::Off)).await;
     let mut socket = connect(&stack.ws_url("my-dev-session")).await;
-    send(
-        &mut socket,
-        &flutter_frame(json!({"type": "user_message", "content": "hi", "role": "user"})),
-    )
-    .await;
+    say_hi(&mut socket).await;
     let frames = frames_until(&mut socket, "assistant_message").await;
     assert_eq!(
         frames.last().unwrap()["content"],
@@ -856,11 +767,7 @@ async fn two_sockets_on_one_session_both_see_the_turn() {
     let (_, _, session) = stack.user_with_session("alice").await;
     let mut first = connect(&stack.ws_url(&session)).await;
     let mut second = connect(&stack.ws_url(&session)).await;
-    send(
-        &mut first,
-        &flutter_frame(json!({"type": "user_message", "content": "hi", "role": "user"})),
-    )
-    .await;
+    say_hi(&mut first).await;
     let a = frames_until(&mut first, "assistant_message").await;
     let b = frames_until(&mut second, "assistant_message").await;
     assert_eq!(a.last(), b.last());
@@ -873,7 +780,7 @@ async fn two_sockets_on_one_session_both_see_the_turn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_gateways_on_one_redis_share_a_sessions_events() {
     let url = redis_url();
-    let stack = start_stack_with(StackOptions::gateway(move |c| c.redis_url = Some(url))).await;
+    let stack = start_stack_tweaked(move |c| c.redis_url = Some(url)).await;
     // A second replica: the same settings, its own process state and port.
     let replica = codelab_gateway::GatewayService::build(
         (*stack.gateway.config).clone(),
@@ -886,23 +793,13 @@ async fn two_gateways_on_one_redis_share_a_sessions_events() {
         Arc::clone(&replica),
     ))
     .await;
-    let replica_ws = |session: &str| {
-        format!(
-            "{}/api/v1/ws/{session}",
-            server.base_url().replacen("http://", "ws://", 1)
-        )
-    };
 
     let (_, _, session) = stack.user_with_session("alice").await;
     let mut on_a = connect(&stack.ws_url(&session)).await;
-    let mut on_b = connect(&replica_ws(&session)).await;
+    let mut on_b = connect(&ws_url(&server.base_url(), &session)).await;
     // Let both subscriptions reach Redis before anything is published.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    send(
-        &mut on_b,
-        &flutter_frame(json!({"type": "user_message", "content": "hi", "role": "user"})),
-    )
-    .await;
+    say_hi(&mut on_b).await;
     let from_b = frames_until(&mut on_b, "assistant_message").await;
     let on_other_replica = frames_until(&mut on_a, "assistant_message").await;
     assert_eq!(from_b.last(), on_other_replica.last());

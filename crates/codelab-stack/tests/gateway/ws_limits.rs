@@ -13,63 +13,28 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::common::{
-    PROMPTLY, Socket, Stack, StackOptions, next_frame, send, start_stack, start_stack_with,
+    PROMPTLY, Socket, close_frame, next_frame, open, refusal, send, start_stack,
+    start_stack_tweaked,
 };
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
+use codelab_testkit::metrics::{metric_sum as metric, scrape};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 async fn connect(url: &str) -> Result<Socket, tungstenite::Error> {
-    let (socket, _) = tokio_tungstenite::connect_async(url).await?;
-    Ok(socket)
+    open(url, &[]).await
 }
 
 /// The HTTP status of a refused upgrade.
 async fn refused(url: &str) -> u16 {
-    match connect(url).await {
-        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
-        Err(other) => panic!("expected an HTTP refusal, got {other}"),
-        Ok(_) => panic!("the upgrade of {url} was accepted"),
-    }
-}
-
-/// The close frame the server sends, after any frames before it: (code, reason).
-async fn close_frame(socket: &mut Socket) -> (u16, String) {
-    loop {
-        match tokio::time::timeout(PROMPTLY, socket.next())
-            .await
-            .expect("no close in time")
-        {
-            Some(Ok(Message::Close(Some(frame)))) => {
-                return (u16::from(frame.code), frame.reason.to_string());
-            }
-            Some(Ok(Message::Close(None))) => return (1005, String::new()),
-            Some(Ok(_)) => {}
-            Some(Err(error)) => panic!("the socket failed before a close frame: {error}"),
-            None => panic!("the socket ended without a close frame"),
-        }
-    }
-}
-
-/// The value of the Prometheus series starting with `series` (0 when absent).
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|line| line.starts_with(series))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// The Prometheus text of the gateway at `base_url`.
-async fn metrics_of(stack: &Stack, base_url: &str) -> String {
-    let response = stack.http.get(format!("{base_url}/metrics")).send();
-    response.await.unwrap().text().await.unwrap()
+    refusal(url, &[]).await.0
 }
 
 /// `VmRSS` or `VmHWM` of this process, in bytes.
@@ -110,13 +75,11 @@ impl CountingRelay {
             peak: AtomicUsize::new(0),
             gate: watch::Sender::new(true),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let app = axum::Router::new()
             .fallback(relay_request)
             .with_state(Arc::clone(&relay));
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (relay, url)
+        let (address, _) = codelab_testkit::spawn_router(app).await;
+        (relay, format!("http://{address}"))
     }
 }
 
@@ -167,26 +130,18 @@ async fn relay_request(State(relay): State<Arc<CountingRelay>>, request: Request
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hello_flood_fetches_the_history_once_at_a_time() {
     // No message rate limit: the flood arrives as fast as the client can write it.
-    let stack = start_stack_with(StackOptions::gateway(|c| c.ws_max_messages_per_second = 0)).await;
+    let stack = start_stack_tweaked(|c| c.ws_max_messages_per_second = 0).await;
     let (user, token, session) = stack.user_with_session("alice").await;
     // A long history: two turns with 256 KiB replies (each stored with its user message).
     for turn in 0..2 {
         let text = format!("turn{turn} ").repeat(256 * 1024 / 6);
         stack
-            .runtime_frame(
-                &user,
-                &session,
-                json!({"type": "user_message", "content": format!("::reply {text}"),
-                       "agent_type": "coder"}),
-            )
+            .coder_turn(&user, &session, &format!("::reply {text}"))
             .await;
     }
     let (relay, relay_url) = CountingRelay::start(&stack.runtime_url).await;
     let replica = stack.start_replica(|c| c.agent_url = relay_url).await;
-    let url = format!(
-        "{}/api/v1/ws/{session}?access_token={token}",
-        replica.url.replacen("http://", "ws://", 1)
-    );
+    let url = format!("{}?access_token={token}", replica.ws_url(&session));
     let mut socket = connect(&url).await.unwrap();
 
     // Peak memory from here on, against what the process holds now.
@@ -241,7 +196,7 @@ async fn a_hello_flood_fetches_the_history_once_at_a_time() {
         "the flood grew the process by {} MiB",
         peak_growth / (1024 * 1024)
     );
-    let replica_metrics = metrics_of(&stack, &replica.url).await;
+    let replica_metrics = scrape(&stack.http, &replica.url).await;
     assert!(
         metric(
             &replica_metrics,
@@ -300,14 +255,8 @@ async fn a_client_that_stops_reading_is_closed_with_1013() {
         1.0
     );
     // The turn itself went on: the reply is stored whole.
-    let (status, history) = stack
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/v1/sessions/{session}/history"),
-            Some(&token),
-            None,
-        )
-        .await;
+    let history_path = format!("/api/v1/sessions/{session}/history");
+    let (status, history) = stack.get(&history_path, Some(&token)).await;
     assert_eq!(status, 200, "{history}");
     assert!(history.to_string().contains("w19999"));
 }
@@ -367,7 +316,7 @@ async fn the_257th_socket_of_one_user_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_peer_that_sends_but_never_answers_pings_is_closed() {
-    let stack = start_stack_with(StackOptions::gateway(|c| c.ws_heartbeat_interval = 1)).await;
+    let stack = start_stack_tweaked(|c| c.ws_heartbeat_interval = 1).await;
     let (_, token, session) = stack.user_with_session("alice").await;
     let url = format!("{}?access_token={token}", stack.ws_url(&session));
     // A well-behaved socket: it reads, so its library answers every ping.
@@ -415,12 +364,7 @@ async fn a_long_replay_is_fetched_page_by_page_and_arrives_whole_in_order() {
     let (user, token, session) = stack.user_with_session("alice").await;
     for turn in 0..70 {
         stack
-            .runtime_frame(
-                &user,
-                &session,
-                json!({"type": "user_message", "content": format!("::reply r{turn}"),
-                       "agent_type": "coder"}),
-            )
+            .coder_turn(&user, &session, &format!("::reply r{turn}"))
             .await;
     }
     let stored = stack.stored_events(&session, &user).await;
@@ -428,10 +372,8 @@ async fn a_long_replay_is_fetched_page_by_page_and_arrives_whole_in_order() {
     assert!(stored.len() > 200, "{} stored events", stored.len());
     let (relay, relay_url) = CountingRelay::start(&stack.runtime_url).await;
     let replica = stack.start_replica(|c| c.agent_url = relay_url).await;
-    let url = format!(
-        "{}/api/v1/ws/{session}?protocol=2&last_seq=0&access_token={token}",
-        replica.url.replacen("http://", "ws://", 1)
-    );
+    let query = format!("?protocol=2&last_seq=0&access_token={token}");
+    let url = format!("{}{query}", replica.ws_url(&session));
     let mut socket = connect(&url).await.unwrap();
     assert_eq!(next_frame(&mut socket).await["type"], "session_info");
     let mut seqs = Vec::new();

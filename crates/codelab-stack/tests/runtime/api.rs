@@ -4,13 +4,25 @@
     clippy::disallowed_methods,
     reason = "tests own their clock, ids and tasks"
 )]
-use crate::common::{self, Backend, RUNTIME_KEY, Runtime, first, kinds};
+use crate::common::{self, Backend, RUNTIME_KEY, Runtime, Text, first, kinds, strings};
 use codelab_agent_runtime::model::NewSession;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 async fn runtime() -> Runtime {
     Runtime::start(Backend::Sqlite).await
+}
+
+const STREAM: &str = "/agent/message/stream";
+
+/// `POST path` as `user` in the development mode, where a client may choose session ids.
+async fn dev_mode_post(rt: &Runtime, path: &str, user: &str, body: Value) -> reqwest::Response {
+    rt.request(Method::POST, path, user)
+        .header("X-Codelab-Dev-Sessions", "true")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// Posts a stream body and expects a refusal: status and `detail`.
@@ -26,14 +38,9 @@ async fn refused(rt: &Runtime, user: &str, body: Value) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sessions_are_created_listed_read_renamed_and_deleted() {
     let rt = runtime().await;
-    let response = rt
-        .request(Method::POST, "/sessions", "alice")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 201);
-    let created: Value = response.json().await.unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, created) = rt.call(Method::POST, "/sessions", "alice", None).await;
+    assert_eq!(status, 201);
+    let id = created["id"].text().to_owned();
     let uuid = uuid::Uuid::parse_str(&id).unwrap();
     assert_eq!(
         uuid.get_version_num(),
@@ -44,30 +51,23 @@ async fn sessions_are_created_listed_read_renamed_and_deleted() {
     assert_eq!(created["is_active"], true);
     assert_eq!(created["current_agent"], "orchestrator");
     assert_eq!(created["title"], Value::Null);
-    assert!(created["created_at"].as_str().unwrap().ends_with('Z'));
+    assert!(created["created_at"].text().ends_with('Z'));
 
     // An empty JSON body works as well.
-    let response = rt
-        .request(Method::POST, "/sessions", "alice")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 201);
+    let (status, _) = rt
+        .call(Method::POST, "/sessions", "alice", Some(json!({})))
+        .await;
+    assert_eq!(status, 201);
 
     let list = rt.get_ok("/sessions?limit=1&offset=0", "alice").await;
     assert_eq!(list["total"], 2, "the real total, not the page length");
     assert_eq!(list["limit"], 1);
     assert_eq!(list["sessions"].as_array().unwrap().len(), 1);
 
-    let renamed = rt
-        .request(Method::PATCH, &format!("/sessions/{id}"), "alice")
-        .json(&json!({"title": "  Storage work  "}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(renamed.status().as_u16(), 200);
-    let renamed: Value = renamed.json().await.unwrap();
+    let path = format!("/sessions/{id}");
+    let title = json!({"title": "  Storage work  "});
+    let (status, renamed) = rt.call(Method::PATCH, &path, "alice", Some(title)).await;
+    assert_eq!(status, 200);
     assert_eq!(renamed["title"], "Storage work");
     assert_eq!(renamed["id"], id.as_str());
 
@@ -81,12 +81,8 @@ async fn sessions_are_created_listed_read_renamed_and_deleted() {
     assert_eq!(found["total"], 1);
     assert_eq!(found["sessions"][0]["id"], id.as_str());
 
-    let deleted = rt
-        .request(Method::DELETE, &format!("/sessions/{id}"), "alice")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status().as_u16(), 204);
+    let (status, _) = rt.call(Method::DELETE, &path, "alice", None).await;
+    assert_eq!(status, 204);
     let (status, body) = rt.get(&format!("/sessions/{id}"), "alice").await;
     assert_eq!(status, 404);
     assert_eq!(body["detail"], format!("session {id} not found"));
@@ -100,31 +96,22 @@ async fn bad_paging_and_bodies_are_refused_with_a_reason() {
     for query in ["limit=0", "limit=1001", "limit=x", "offset=-1"] {
         let (status, body) = rt.get(&format!("/sessions?{query}"), "dev").await;
         assert_eq!(status, 400, "{query}");
-        let detail = body["detail"].as_str().unwrap();
+        let detail = body["detail"].text();
         assert!(
             detail.contains("must be an integer from"),
             "{query}: {detail}"
         );
     }
-    let id = rt.new_session("dev").await;
+    let path = format!("/sessions/{}", rt.new_session("dev").await);
     for (body, expected) in [
         (json!({"title": ""}), "title must not be empty"),
         (json!({"title": 5}), "title must be a string"),
         (json!({}), "\"title\" is required"),
         (json!({"title": "x".repeat(501)}), "at most 500 characters"),
     ] {
-        let response = rt
-            .request(Method::PATCH, &format!("/sessions/{id}"), "dev")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 400);
-        let body: Value = response.json().await.unwrap();
-        assert!(
-            body["detail"].as_str().unwrap().contains(expected),
-            "{body}"
-        );
+        let (status, body) = rt.call(Method::PATCH, &path, "dev", Some(body)).await;
+        assert_eq!(status, 400);
+        assert!(body["detail"].text().contains(expected), "{body}");
     }
     // An unknown path is FastAPI's 404.
     let (status, body) = rt.get("/nope", "dev").await;
@@ -135,33 +122,18 @@ async fn bad_paging_and_bodies_are_refused_with_a_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn client_chosen_session_ids_need_the_development_mode() {
     let rt = runtime().await;
-    let response = rt
-        .request(Method::POST, "/sessions", "dev")
-        .json(&json!({"session_id": "mine"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 400);
-    let body: Value = response.json().await.unwrap();
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("X-Codelab-Dev-Sessions")
-    );
+    let mine = json!({"session_id": "mine"});
+    let (status, body) = rt.call(Method::POST, "/sessions", "dev", Some(mine)).await;
+    assert_eq!(status, 400);
+    assert!(body["detail"].text().contains("X-Codelab-Dev-Sessions"));
 
-    let dev_post = |body: Value| {
-        rt.request(Method::POST, "/sessions", "dev")
-            .header("X-Codelab-Dev-Sessions", "true")
-            .json(&body)
-            .send()
-    };
-    let created = dev_post(json!({"session_id": "mine"})).await.unwrap();
+    let dev_post = |body: Value| dev_mode_post(&rt, "/sessions", "dev", body);
+    let created = dev_post(json!({"session_id": "mine"})).await;
     assert_eq!(created.status().as_u16(), 201);
     assert_eq!(created.json::<Value>().await.unwrap()["id"], "mine");
-    let again = dev_post(json!({"session_id": "mine"})).await.unwrap();
+    let again = dev_post(json!({"session_id": "mine"})).await;
     assert_eq!(again.status().as_u16(), 409);
-    let bad = dev_post(json!({"session_id": "a/b"})).await.unwrap();
+    let bad = dev_post(json!({"session_id": "a/b"})).await;
     assert_eq!(bad.status().as_u16(), 400);
 
     // The stream endpoint creates a missing session on first use in that mode only.
@@ -170,43 +142,28 @@ async fn client_chosen_session_ids_need_the_development_mode() {
         refused(&rt, "dev", json!({"session_id": "ws-1", "message": frame})).await;
     assert_eq!(status, 404);
     assert_eq!(detail, "session ws-1 not found");
-    let response = rt
-        .request(Method::POST, "/agent/message/stream", "dev")
-        .header("X-Codelab-Dev-Sessions", "true")
-        .json(&json!({"session_id": "ws-1", "message": frame}))
-        .send()
-        .await
-        .unwrap();
+    let body = json!({"session_id": "ws-1", "message": frame});
+    let response = dev_mode_post(&rt, STREAM, "dev", body).await;
     assert_eq!(response.status().as_u16(), 200);
     let events = common::parse_sse(&response.text().await.unwrap());
     assert_eq!(first(&events, "session_info")["session_id"], "ws-1");
     let flat = rt.get_ok("/sessions/ws-1", "dev").await;
     assert_eq!(flat["message_count"], 2);
     // Unsafe characters are never created.
-    let response = rt
-        .request(Method::POST, "/agent/message/stream", "dev")
-        .header("X-Codelab-Dev-Sessions", "true")
-        .json(&json!({"session_id": "bad id!", "message": frame}))
-        .send()
-        .await
-        .unwrap();
+    let body = json!({"session_id": "bad id!", "message": frame});
+    let response = dev_mode_post(&rt, STREAM, "dev", body).await;
     assert_eq!(response.status().as_u16(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_first_message_without_a_session_id_starts_a_new_session() {
     let rt = runtime().await;
-    let (status, response) = rt
-        .post_stream(
-            "alice",
-            &json!({"message": {"type": "user_message", "content": "hi", "agent_type": "ask"}}),
-        )
-        .await;
+    let hi = json!({"message": {"type": "user_message", "content": "hi", "agent_type": "ask"}});
+    let (status, response) = rt.post_stream("alice", &hi).await;
     assert_eq!(status, 200);
     let events = common::parse_sse(&response.text().await.unwrap());
     let id = first(&events, "session_info")["session_id"]
-        .as_str()
-        .unwrap()
+        .text()
         .to_owned();
     assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
     assert_eq!(
@@ -222,13 +179,8 @@ async fn a_first_message_without_a_session_id_starts_a_new_session() {
 async fn one_user_never_sees_another_users_sessions() {
     let rt = runtime().await;
     let id = rt.new_session("alice").await;
-    let events = rt
-        .send_as(
-            "alice",
-            &id,
-            json!({"type": "user_message", "content": "secret plan", "agent_type": "coder"}),
-        )
-        .await;
+    let plan = json!({"type": "user_message", "content": "secret plan", "agent_type": "coder"});
+    let events = rt.send_as("alice", &id, plan).await;
     assert_eq!(kinds(&events).last().unwrap(), "turn_finished");
 
     for path in [
@@ -244,30 +196,17 @@ async fn one_user_never_sees_another_users_sessions() {
         let (status, _) = rt.get(&path, "alice").await;
         assert_eq!(status, 200, "{path}");
     }
-    let (status, _) = refused(
-        &rt,
-        "bob",
-        json!({"session_id": id, "message": {"type": "user_message", "content": "hi"}}),
-    )
-    .await;
+    let hi = json!({"session_id": id, "message": {"type": "user_message", "content": "hi"}});
+    let (status, _) = refused(&rt, "bob", hi.clone()).await;
     assert_eq!(status, 404);
     // Not even in the development mode, where a missing id would be created.
-    let response = rt
-        .request(Method::POST, "/agent/message/stream", "bob")
-        .header("X-Codelab-Dev-Sessions", "true")
-        .json(&json!({"session_id": id, "message": {"type": "user_message", "content": "hi"}}))
-        .send()
-        .await
-        .unwrap();
+    let response = dev_mode_post(&rt, STREAM, "bob", hi).await;
     assert_eq!(response.status().as_u16(), 404);
     for method in [Method::DELETE, Method::PATCH] {
-        let response = rt
-            .request(method.clone(), &format!("/sessions/{id}"), "bob")
-            .json(&json!({"title": "mine now"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 404, "{method}");
+        let path = format!("/sessions/{id}");
+        let title = json!({"title": "mine now"});
+        let (status, _) = rt.call(method.clone(), &path, "bob", Some(title)).await;
+        assert_eq!(status, 404, "{method}");
     }
     assert_eq!(rt.get_ok("/sessions", "bob").await["total"], 0);
     assert_eq!(rt.get_ok("/sessions", "alice").await["total"], 1);
@@ -282,12 +221,7 @@ async fn one_user_never_sees_another_users_sessions() {
     assert_eq!(response.status().as_u16(), 404);
     let (status, body) = rt.get("/sessions", "bad user").await;
     assert_eq!(status, 400);
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap()
-            .starts_with("X-Codelab-User-Id")
-    );
+    assert!(body["detail"].text().starts_with("X-Codelab-User-Id"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -339,7 +273,7 @@ async fn malformed_frames_are_refused_before_any_stream() {
         assert!(detail.contains(expected), "{body}: {detail}");
     }
     let response = rt
-        .request(Method::POST, "/agent/message/stream", "dev")
+        .request(Method::POST, STREAM, "dev")
         .header("content-type", "application/json")
         .body("{not json")
         .send()
@@ -349,8 +283,7 @@ async fn malformed_frames_are_refused_before_any_stream() {
     let body: Value = response.json().await.unwrap();
     assert!(
         body["detail"]
-            .as_str()
-            .unwrap()
+            .text()
             .starts_with("invalid JSON in request body")
     );
     // Nothing was stored for the refused frames.
@@ -413,8 +346,7 @@ async fn readiness_fails_without_the_proxy() {
     assert_eq!(ready["checks"]["database"], "ok");
     assert!(
         ready["checks"]["llm_proxy"]
-            .as_str()
-            .unwrap()
+            .text()
             .starts_with("cannot reach the LLM proxy")
     );
 }
@@ -422,17 +354,9 @@ async fn readiness_fails_without_the_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_count_turns_steps_calls_approvals_routing_and_tokens() {
     let (rt, s) = Runtime::with_session(Backend::Sqlite).await;
-    let events = rt
-        .say(
-            &s,
-            "Please fix it\n::tool write_file {\"path\":\"a\",\"content\":\"b\"}",
-            None,
-        )
-        .await;
-    let call_id = first(&events, "tool_call")["call_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let script = "Please fix it\n::tool write_file {\"path\":\"a\",\"content\":\"b\"}";
+    let events = rt.say(&s, script).await;
+    let call_id = first(&events, "tool_call")["call_id"].text().to_owned();
     rt.send(&s, json!({"type": "tool_result", "call_id": call_id, "error": "Операция отклонена: write_file"}))
         .await;
     let text = rt.metrics_text().await;
@@ -458,12 +382,7 @@ async fn agents_are_listed_and_a_sessions_context_is_shown() {
     let rt = runtime().await;
     let agents = rt.get_ok("/agents", "dev").await;
     assert_eq!(agents["total"], 5);
-    let names: Vec<&str> = agents["agents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["type"].as_str().unwrap())
-        .collect();
+    let names = strings(&agents["agents"], "type");
     assert_eq!(
         names,
         ["orchestrator", "coder", "architect", "debug", "ask"]
@@ -513,30 +432,25 @@ async fn the_purge_removes_idle_sessions_in_batches() {
 async fn the_gateway_can_look_up_a_sessions_owner_with_the_internal_key() {
     let rt = runtime().await;
     let id = rt.new_session("alice").await;
+    let owner = format!("/internal/sessions/{id}/owner");
     // Any acting user gets the same answer: the gateway asks before it knows who the socket is.
     for user in ["bob", "dev"] {
-        let (status, body) = rt
-            .get(&format!("/internal/sessions/{id}/owner"), user)
-            .await;
+        let (status, body) = rt.get(&owner, user).await;
         assert_eq!(status, 200);
         assert_eq!(body, json!({"owner": "alice"}));
     }
     let (status, body) = rt.get("/internal/sessions/nope/owner", "alice").await;
     assert_eq!(status, 404);
     assert_eq!(body["detail"], "session nope not found");
-    let response = rt
-        .request(Method::DELETE, &format!("/sessions/{id}"), "alice")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 204);
     let (status, _) = rt
-        .get(&format!("/internal/sessions/{id}/owner"), "alice")
+        .call(Method::DELETE, &format!("/sessions/{id}"), "alice", None)
         .await;
+    assert_eq!(status, 204);
+    let (status, _) = rt.get(&owner, "alice").await;
     assert_eq!(status, 404, "a deleted session has no owner");
     let response = rt
         .http
-        .get(format!("{}/internal/sessions/{id}/owner", rt.base))
+        .get(format!("{}{owner}", rt.base))
         .send()
         .await
         .unwrap();

@@ -1,7 +1,7 @@
 //! Part 2 of the turn loop, in-process: human decisions and their idempotency, limits, LLM
 //! failures, cancelling a running turn (here and from another replica), the context budget,
 //! turns resumed after their runner died, and two runtimes sharing one PostgreSQL database.
-//! Killing the real binary is in `crates/codelab/tests/runtime_durability.rs`.
+//! Killing the real binary is in `crates/codelab/tests/cli/runtime_durability.rs`.
 //!
 //! Replies come from the real proxy's mock model (its `::` directives script them) or, where a
 //! test must see what the model was sent or count cancelled upstream streams, from an
@@ -16,7 +16,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Backend, PROMPTLY, Runtime, all, assistant_text, call_ids, decision, first, kinds, outcome,
+    Backend, PROMPTLY, Runtime, Text, all, assistant_text, call_ids, decision, first, kinds,
+    outcome,
 };
 use chrono::Utc;
 use codelab_agent_runtime::agents::AgentKind;
@@ -29,6 +30,7 @@ use codelab_protocol::openai::ChatMessage;
 use codelab_protocol::runtime::SequencedEvent;
 use codelab_testkit::runtime_history::messages;
 use codelab_testkit::{FakeFlavor, FakeLlm, FakeReply, FakeToolCall};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 /// Runs `async fn check(Backend)` as a `sqlite::check` and a `postgres::check` test.
@@ -62,9 +64,7 @@ on_both_backends!(
     a_cancel_asked_before_a_crash_is_honoured_on_resume,
 );
 
-// ---------------------------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------------------------
+// ---- Helpers ----
 
 /// How many tool messages answer `call_id`.
 fn results_for(history: &Value, call_id: &str) -> usize {
@@ -106,14 +106,7 @@ async fn crash_mid_step(rt: &Runtime, session: &str, text: &str) -> String {
         .commit_step(StepCommit {
             session_id: session.to_owned(),
             new_turn: Some(turn.clone()),
-            messages: vec![NewMessage {
-                session_id: session.to_owned(),
-                role: Role::User,
-                content: Some(text.to_owned()),
-                agent: None,
-                tool_calls: None,
-                tool_call_id: None,
-            }],
+            messages: vec![NewMessage::text(session, Role::User, text)],
             switches: vec![AgentSwitch {
                 session_id: session.to_owned(),
                 from_agent: Some("orchestrator".into()),
@@ -134,20 +127,13 @@ async fn crash_mid_step(rt: &Runtime, session: &str, text: &str) -> String {
     turn.id
 }
 
-// ---------------------------------------------------------------------------------------------
-// Human decisions
-// ---------------------------------------------------------------------------------------------
+// ---- Human decisions ----
 
 async fn approve_edit_and_reject_through_hitl_decision(backend: Backend) {
-    let (rt, s) = Runtime::with_session(backend).await;
-    let start = rt
-        .to_coder(
-            &s,
-            "::tool write_file {\"path\":\"a.txt\",\"content\":\"a\"}\n\
-             ::tool write_file {\"path\":\"b.txt\",\"content\":\"b\"}\n\
-             ::tool execute_command {\"command\":\"make deploy\"}",
-        )
-        .await;
+    let script = "::tool write_file {\"path\":\"a.txt\",\"content\":\"a\"}\n\
+        ::tool write_file {\"path\":\"b.txt\",\"content\":\"b\"}\n\
+        ::tool execute_command {\"command\":\"make deploy\"}";
+    let (rt, s, start) = Runtime::with_turn(backend, "coder", script).await;
     let ids = call_ids(&start);
     let [a, b, c] = [ids[0].clone(), ids[1].clone(), ids[2].clone()];
     assert_eq!(all(&start, "approval_required").len(), 3);
@@ -177,13 +163,9 @@ async fn approve_edit_and_reject_through_hitl_decision(backend: Backend) {
     let edit_events = rt.send(&s, edit.clone()).await;
     assert_eq!(first(&edit_events, "tool_call")["arguments"], edited);
     assert_eq!(kinds(&rt.send(&s, edit).await), ["notice"]);
-    let other_edit = rt
-        .send(
-            &s,
-            json!({"type": "hitl_decision", "call_id": b, "decision": "edit",
-                "modified_arguments": {"path": "c.txt", "content": "x"}}),
-        )
-        .await;
+    let other_edit = json!({"type": "hitl_decision", "call_id": b, "decision": "edit",
+        "modified_arguments": {"path": "c.txt", "content": "x"}});
+    let other_edit = rt.send(&s, other_edit).await;
     assert_eq!(first(&other_edit, "error")["code"], "conflict");
     assert_eq!(
         first(&rt.send(&s, decision(&b, "reject")).await, "error")["code"],
@@ -204,10 +186,7 @@ async fn approve_edit_and_reject_through_hitl_decision(backend: Backend) {
     let error = first(&conflicting, "error");
     assert_eq!(error["code"], "conflict");
     assert!(
-        error["message"]
-            .as_str()
-            .unwrap()
-            .contains("already decided (reject"),
+        error["message"].text().contains("already decided (reject"),
         "{error}"
     );
     let unknown = rt.send(&s, decision("call_missing", "approve")).await;
@@ -265,17 +244,13 @@ async fn approve_edit_and_reject_through_hitl_decision(backend: Backend) {
     );
 }
 
-// ---------------------------------------------------------------------------------------------
-// Limits
-// ---------------------------------------------------------------------------------------------
+// ---- Limits ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_step_cap_stops_a_turn_that_keeps_calling_tools() {
     let rt = Runtime::start_with(Backend::Sqlite, |c| c.max_steps_per_turn = 3).await;
-    let s = rt.new_session("dev").await;
-    let mut events = rt
-        .to_coder(&s, "::step * ::tool list_files {\"path\":\".\"}")
-        .await;
+    let script = "::step * ::tool list_files {\"path\":\".\"}";
+    let (s, mut events) = rt.new_turn("coder", script).await;
     for step in 1..=3 {
         let ids = call_ids(&events);
         assert_eq!(ids.len(), 1, "step {step}: {:?}", kinds(&events));
@@ -292,7 +267,7 @@ async fn the_step_cap_stops_a_turn_that_keeps_calling_tools() {
     assert_eq!(history["tool_calls"].as_array().unwrap().len(), 3);
     assert_eq!(history["active_turn"], Value::Null);
 
-    let next = rt.say(&s, "::reply still here", None).await;
+    let next = rt.say(&s, "::reply still here").await;
     assert_eq!(assistant_text(&next), "still here");
     assert_eq!(outcome(&next), "completed");
 }
@@ -300,21 +275,15 @@ async fn the_step_cap_stops_a_turn_that_keeps_calling_tools() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn calls_beyond_the_per_step_cap_go_back_to_the_model_as_errors() {
     let rt = Runtime::start_with(Backend::Sqlite, |c| c.max_tool_calls_per_step = 2).await;
-    let s = rt.new_session("dev").await;
-    let start = rt
-        .to_coder(
-            &s,
-            "::tool read_file {\"path\":\"a\"}\n::tool read_file {\"path\":\"b\"}\n\
-             ::tool read_file {\"path\":\"c\"}",
-        )
-        .await;
+    let script = "::tool read_file {\"path\":\"a\"}\n::tool read_file {\"path\":\"b\"}\n\
+        ::tool read_file {\"path\":\"c\"}";
+    let (s, start) = rt.new_turn("coder", script).await;
     assert_eq!(call_ids(&start).len(), 2, "only two reach the IDE");
     let refused = first(&start, "tool_settled");
     assert_eq!(refused["outcome"], "invalid");
     assert!(
         refused["summary"]
-            .as_str()
-            .unwrap()
+            .text()
             .starts_with("too many tool calls in one reply (limit 2)"),
         "{refused}"
     );
@@ -330,19 +299,11 @@ async fn calls_beyond_the_per_step_cap_go_back_to_the_model_as_errors() {
     assert_eq!(outcome(&done), "completed");
 }
 
-// ---------------------------------------------------------------------------------------------
-// Failures
-// ---------------------------------------------------------------------------------------------
+// ---- Failures ----
 
 async fn an_llm_failure_mid_turn_fails_the_turn_and_keeps_the_session(backend: Backend) {
-    let (rt, s) = Runtime::with_session(backend).await;
-    let start = rt
-        .to_coder(
-            &s,
-            "::tool read_file {\"path\":\"a.py\"}\n::step 2 ::error 500",
-        )
-        .await;
-    let call_id = call_ids(&start)[0].clone();
+    let script = "::tool read_file {\"path\":\"a.py\"}\n::step 2 ::error 500";
+    let (rt, s, _, call_id) = Runtime::with_call(backend, script).await;
     let failed = rt.result(&s, &call_id, json!("print(1)")).await;
     assert_eq!(
         kinds(&failed),
@@ -350,10 +311,7 @@ async fn an_llm_failure_mid_turn_fails_the_turn_and_keeps_the_session(backend: B
     );
     let error = first(&failed, "error");
     assert_eq!(error["code"], "llm_error");
-    assert!(
-        error["message"].as_str().unwrap().contains("500"),
-        "{error}"
-    );
+    assert!(error["message"].text().contains("500"), "{error}");
     assert_eq!(outcome(&failed), "failed");
     let history = rt.history(&s).await;
     let roles: Vec<String> = messages(&history).into_iter().map(|(r, _)| r).collect();
@@ -364,7 +322,7 @@ async fn an_llm_failure_mid_turn_fails_the_turn_and_keeps_the_session(backend: B
     );
     assert_eq!(history["active_turn"], Value::Null);
 
-    let next = rt.say(&s, "::reply recovered fine", None).await;
+    let next = rt.say(&s, "::reply recovered fine").await;
     assert_eq!(assistant_text(&next), "recovered fine");
     assert_eq!(outcome(&next), "completed");
 }
@@ -401,8 +359,7 @@ async fn a_connect_error_before_the_first_token_is_retried() {
     let (front, accepted, target) = flaky_front().await;
     let rt = Runtime::start_with(Backend::Sqlite, |c| c.llm_proxy_url = front).await;
     target.set(rt.proxy_address()).unwrap();
-    let s = rt.new_session("dev").await;
-    let events = rt.to_coder(&s, "hello").await;
+    let (_, events) = rt.new_turn("coder", "hello").await;
     assert_eq!(assistant_text(&events), "Mock LLM response (static)");
     assert_eq!(outcome(&events), "completed");
     assert_eq!(
@@ -412,9 +369,7 @@ async fn a_connect_error_before_the_first_token_is_retried() {
     );
 }
 
-// ---------------------------------------------------------------------------------------------
-// Cancellation
-// ---------------------------------------------------------------------------------------------
+// ---- Cancellation ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_turn_stops_a_streaming_turn_and_its_upstream_request() {
@@ -426,18 +381,13 @@ async fn cancel_turn_stops_a_streaming_turn_and_its_upstream_request() {
     let rt = Runtime::start_with_fake(Backend::Sqlite, &fake, |_| {}).await;
     let s = rt.new_session("dev").await;
     let started = Instant::now();
-    let mut running = rt
-        .open(
-            &s,
-            json!({"type": "user_message", "content": "a long story", "agent_type": "coder"}),
-        )
-        .await;
+    let story = json!({"type": "user_message", "content": "a long story", "agent_type": "coder"});
+    let mut running = rt.open(&s, story).await;
     running.until("assistant_delta").await;
 
     // The cancel does not wait behind the running turn's lock.
-    let cancel = rt
-        .send(&s, json!({"type": "cancel_turn", "reason": "enough"}))
-        .await;
+    let enough = json!({"type": "cancel_turn", "reason": "enough"});
+    let cancel = rt.send(&s, enough).await;
     assert_eq!(outcome(&cancel), "cancelled");
     let tail = running.rest().await;
     assert_eq!(outcome(&tail), "cancelled");
@@ -466,7 +416,7 @@ async fn cancel_turn_stops_a_streaming_turn_and_its_upstream_request() {
 
     // The session is usable at once.
     fake.push_reply(FakeReply::text(&["short ", "answer"]));
-    let next = rt.say(&s, "in short?", None).await;
+    let next = rt.say(&s, "in short?").await;
     assert_eq!(assistant_text(&next), "short answer");
     assert_eq!(outcome(&next), "completed");
     // Nothing to cancel now.
@@ -482,13 +432,9 @@ async fn a_cancel_sent_to_another_replica_stops_the_running_turn() {
     let b = a.replica(|_| {}).await;
     let s = a.new_session("dev").await;
     let words: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
-    let mut running = a
-        .open(
-            &s,
-            json!({"type": "user_message", "agent_type": "coder",
-                "content": format!("::slow 100\n::reply {}", words.join(" "))}),
-        )
-        .await;
+    let story = json!({"type": "user_message", "agent_type": "coder",
+        "content": format!("::slow 100\n::reply {}", words.join(" "))});
+    let mut running = a.open(&s, story).await;
     running.until("assistant_delta").await;
     let asked = Instant::now();
     // B has no local token for A's turn: the request travels through the database.
@@ -504,52 +450,32 @@ async fn a_cancel_sent_to_another_replica_stops_the_running_turn() {
     let history = b.history(&s).await;
     assert_eq!(messages(&history).len(), 1);
     assert_eq!(history["active_turn"], Value::Null);
-    let next = b.say(&s, "::reply on b", None).await;
+    let next = b.say(&s, "::reply on b").await;
     assert_eq!(assistant_text(&next), "on b");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_rest_form_of_cancel_stops_the_turn() {
-    let rt = Runtime::start(Backend::Sqlite).await;
-    let s = rt.new_session("dev").await;
-    let start = rt.to_coder(&s, "::tool read_file {\"path\":\"a\"}").await;
-    let call_id = call_ids(&start)[0].clone();
-    let cancel = |body: Value| {
-        rt.request(
-            reqwest::Method::POST,
-            &format!("/sessions/{s}/cancel"),
-            "dev",
-        )
-        .json(&body)
-        .send()
-    };
-    let response = cancel(json!({"reason": "wrong file"})).await.unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
+    let (rt, s, _, call_id) =
+        Runtime::with_call(Backend::Sqlite, "::tool read_file {\"path\":\"a\"}").await;
+    let path = &format!("/sessions/{s}/cancel");
+    let cancel = |user: &'static str, body| rt.call(Method::POST, path, user, body);
+    let (status, body) = cancel("dev", Some(json!({"reason": "wrong file"}))).await;
+    assert_eq!(status, 200);
     assert_eq!(body["cancelled"], true);
     let events: Vec<SequencedEvent> = serde_json::from_value(body["events"].clone()).unwrap();
     assert_eq!(kinds(&events), ["tool_settled", "turn_finished"]);
     let history = rt.history(&s).await;
     assert_eq!(call_record(&history, &call_id)["status"], "cancelled");
     assert!(messages(&history).contains(&("tool".to_owned(), "Cancelled: wrong file".to_owned())));
-    let again: Value = cancel(json!({})).await.unwrap().json().await.unwrap();
+    let (_, again) = cancel("dev", Some(json!({}))).await;
     assert_eq!(again["cancelled"], false);
     // Another user's session, or none: 404.
-    let foreign = rt
-        .request(
-            reqwest::Method::POST,
-            &format!("/sessions/{s}/cancel"),
-            "mallory",
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(foreign.status(), 404);
+    let (status, _) = cancel("mallory", None).await;
+    assert_eq!(status, 404);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Context budget
-// ---------------------------------------------------------------------------------------------
+// ---- Context budget ----
 
 /// Whether every tool message of a request follows an assistant message calling it, and
 /// every call is answered.
@@ -562,11 +488,11 @@ fn pairs_are_intact(messages: &[Value]) -> bool {
                     return false;
                 }
                 for call in message["tool_calls"].as_array().into_iter().flatten() {
-                    open.push(call["id"].as_str().unwrap().to_owned());
+                    open.push(call["id"].text().to_owned());
                 }
             }
             Some("tool") => {
-                let id = message["tool_call_id"].as_str().unwrap();
+                let id = message["tool_call_id"].text();
                 let Some(at) = open.iter().position(|o| o == id) else {
                     return false;
                 };
@@ -607,26 +533,21 @@ async fn the_context_budget_drops_the_oldest_exchanges_whole() {
     fake.push_reply(FakeReply::text(&["fine"]));
     let rt =
         Runtime::start_with_fake(Backend::Sqlite, &fake, move |c| c.context_tokens = budget).await;
-    let s = rt.new_session("dev").await;
 
     // Exchange 1 (~1500 tokens): a message, a call and a large result.
-    let one = rt
-        .to_coder(&s, &format!("first {}", "a".repeat(2000)))
+    let (s, one) = rt
+        .new_turn("coder", &format!("first {}", "a".repeat(2000)))
         .await;
     let done = rt
         .result(&s, &call_ids(&one)[0], json!("x".repeat(4000)))
         .await;
     assert_eq!(outcome(&done), "completed");
     // Exchange 2 (~530 tokens), with a call of its own.
-    let two = rt
-        .say(&s, &format!("second {}", "b".repeat(2000)), None)
-        .await;
+    let two = rt.say(&s, &format!("second {}", "b".repeat(2000))).await;
     let done = rt.result(&s, &call_ids(&two)[0], json!("a.py")).await;
     assert_eq!(assistant_text(&done), "ok two");
     // Exchange 3: all three no longer fit.
-    let three = rt
-        .say(&s, &format!("third {}", "c".repeat(2000)), None)
-        .await;
+    let three = rt.say(&s, &format!("third {}", "c".repeat(2000))).await;
     assert_eq!(assistant_text(&three), "ok three");
 
     let sent: Vec<Vec<Value>> = fake
@@ -670,27 +591,24 @@ async fn the_context_budget_drops_the_oldest_exchanges_whole() {
     assert!(starts_with(last, "user", "third "));
 
     // One message alone larger than the budget: a clear error, nothing sent to the model.
-    let huge = rt.say(&s, &"z".repeat(4 * 4000), None).await;
+    let huge = rt.say(&s, &"z".repeat(4 * 4000)).await;
     let error = first(&huge, "error");
     assert_eq!(error["code"], "context_too_large");
     assert!(
         error["message"]
-            .as_str()
-            .unwrap()
+            .text()
             .contains(&format!("context budget of {budget} tokens")),
         "{error}"
     );
     assert_eq!(outcome(&huge), "failed");
     assert_eq!(fake.request_count(), 5);
     // The session goes on: the huge message is the oldest exchange now and is dropped.
-    let after = rt.say(&s, "after", None).await;
+    let after = rt.say(&s, "after").await;
     assert_eq!(assistant_text(&after), "fine");
     assert_eq!(outcome(&after), "completed");
 }
 
-// ---------------------------------------------------------------------------------------------
-// Resuming turns whose runner died (the crash states, written directly)
-// ---------------------------------------------------------------------------------------------
+// ---- Resuming turns whose runner died (the crash states, written directly) ----
 
 async fn a_step_that_never_committed_runs_again_when_the_turn_is_resumed(backend: Backend) {
     let (rt, s) = Runtime::with_session(backend).await;
@@ -729,7 +647,7 @@ async fn a_step_that_never_committed_runs_again_when_the_turn_is_resumed(backend
 async fn a_turn_resumed_by_the_next_frame_keeps_every_message_once(backend: Backend) {
     let (rt, s) = Runtime::with_session(backend).await;
     crash_mid_step(&rt, &s, "::reply recovered").await;
-    let events = rt.say(&s, "::reply next", None).await;
+    let events = rt.say(&s, "::reply next").await;
     let kinds = kinds(&events);
     assert_eq!(kinds[0], "notice", "{kinds:?}");
     let session_info = kinds.iter().position(|k| k == "session_info").unwrap();
@@ -752,11 +670,8 @@ async fn a_turn_resumed_by_the_next_frame_keeps_every_message_once(backend: Back
 }
 
 async fn a_settled_step_whose_next_step_never_ran_goes_on(backend: Backend) {
-    let (rt, s) = Runtime::with_session(backend).await;
-    let start = rt
-        .to_coder(&s, "::tool read_file {\"path\":\"a.py\"}")
-        .await;
-    let call_id = call_ids(&start)[0].clone();
+    let (rt, s, _, call_id) =
+        Runtime::with_call(backend, "::tool read_file {\"path\":\"a.py\"}").await;
     // A crash right after the result was committed: the next step never ran.
     rt.state
         .store
@@ -765,14 +680,10 @@ async fn a_settled_step_whose_next_step_never_ran_goes_on(backend: Backend) {
             &call_id,
             &[ToolCallStatus::AwaitingResult],
             ToolCallUpdate {
-                status: ToolCallStatus::Succeeded,
-                decision: None,
-                feedback: None,
-                modified_arguments: None,
                 result: Some(json!("print(1)")),
-                error: None,
                 settle: true,
                 tool_message: Some("print(1)".into()),
+                ..ToolCallUpdate::to(ToolCallStatus::Succeeded)
             },
         )
         .await
@@ -816,9 +727,7 @@ async fn a_cancel_asked_before_a_crash_is_honoured_on_resume(backend: Backend) {
     assert_eq!(outcome(&rt.stored_events(&s).await), "cancelled");
 }
 
-// ---------------------------------------------------------------------------------------------
-// Replicas
-// ---------------------------------------------------------------------------------------------
+// ---- Replicas ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_runtimes_on_one_postgres_database_share_a_turn() {

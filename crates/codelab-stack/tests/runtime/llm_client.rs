@@ -5,19 +5,18 @@
 use codelab_core::service::Service as _;
 use std::time::Duration;
 
-use codelab_agent_runtime::llm::{DEFAULT_MAX_RETRIES, LlmClient, LlmDelta, LlmError, LlmStream};
+use codelab_agent_runtime::llm::{DEFAULT_MAX_RETRIES, LlmClient, LlmDelta, LlmError};
 use codelab_core::config::Secret;
 use codelab_core::service::SharedDeps;
-use codelab_protocol::openai::{ChatCompletionRequest, ChatMessage};
 use codelab_testkit::ServerGuard;
+use codelab_testkit::chat::{PROXY_KEY, chat_request as request};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-const PROXY_KEY: &str = "test-internal-key-0123456789";
-
-/// The LLM proxy on 127.0.0.1:0 with its built-in table (`mock-llm` is the mock model).
-pub(crate) async fn start_proxy() -> ServerGuard {
+/// The LLM proxy on 127.0.0.1:0 with its built-in table (`mock-llm` is the mock model), and a
+/// client of it.
+pub(crate) async fn mock_model() -> (ServerGuard, LlmClient) {
     let config = codelab_llm_proxy::Config {
         internal_api_key: Secret::new(PROXY_KEY),
         retry_backoff_ms: 1,
@@ -27,7 +26,9 @@ pub(crate) async fn start_proxy() -> ServerGuard {
     let state = codelab_llm_proxy::ProxyService::build(config, SharedDeps::default())
         .await
         .unwrap();
-    ServerGuard::start(codelab_llm_proxy::ProxyService::router(state)).await
+    let proxy = ServerGuard::start(codelab_llm_proxy::ProxyService::router(state)).await;
+    let llm = client(&proxy.base_url());
+    (proxy, llm)
 }
 
 /// A client of `base` with fast retries.
@@ -37,34 +38,11 @@ pub(crate) fn client(base: &str) -> LlmClient {
         .with_retries(DEFAULT_MAX_RETRIES, Duration::from_millis(1))
 }
 
-fn request(user: &str) -> ChatCompletionRequest {
-    ChatCompletionRequest {
-        model: "mock-llm".into(),
-        messages: vec![
-            ChatMessage::text("system", "You are a test."),
-            ChatMessage::text("user", user),
-        ],
-        ..ChatCompletionRequest::default()
-    }
-}
-
-async fn collect(stream: LlmStream) -> Vec<Result<LlmDelta, LlmError>> {
-    stream.collect().await
-}
-
 #[tokio::test]
 async fn text_streams_piece_by_piece_with_finish_and_usage() {
-    let proxy = start_proxy().await;
-    let llm = client(&proxy.base_url());
-    let stream = llm
-        .stream(request("hello"), CancellationToken::new())
-        .await
-        .unwrap();
-    let items: Vec<LlmDelta> = collect(stream)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let (_proxy, llm) = mock_model().await;
+    let stream = llm.stream(request("hello"), CancellationToken::new());
+    let items: Vec<LlmDelta> = stream.await.unwrap().map(Result::unwrap).collect().await;
     let texts: Vec<&str> = items
         .iter()
         .filter_map(|d| match d {
@@ -85,14 +63,9 @@ async fn text_streams_piece_by_piece_with_finish_and_usage() {
 
 #[tokio::test]
 async fn tool_calls_are_relayed_with_their_exact_arguments() {
-    let proxy = start_proxy().await;
-    let llm = client(&proxy.base_url());
-    let completion = llm
-        .complete(request(
-            "::tool read_file {\"path\": \"src/a.py\", \"start_line\": 2}\n::tool list_files {\"path\": \".\"}",
-        ))
-        .await
-        .unwrap();
+    let (_proxy, llm) = mock_model().await;
+    let script = "::tool read_file {\"path\": \"src/a.py\", \"start_line\": 2}\n::tool list_files {\"path\": \".\"}";
+    let completion = llm.complete(request(script)).await.unwrap();
     assert_eq!(completion.finish_reason.as_deref(), Some("tool_calls"));
     assert_eq!(completion.tool_calls.len(), 2);
     let first = &completion.tool_calls[0];
@@ -108,22 +81,17 @@ async fn tool_calls_are_relayed_with_their_exact_arguments() {
 
 #[tokio::test]
 async fn reply_directives_come_back_verbatim() {
-    let proxy = start_proxy().await;
-    let completion = client(&proxy.base_url())
-        .complete(request("::reply {\"agent\":\"debug\"}"))
-        .await
-        .unwrap();
+    let (_proxy, llm) = mock_model().await;
+    let reply = request("::reply {\"agent\":\"debug\"}");
+    let completion = llm.complete(reply).await.unwrap();
     assert_eq!(completion.content, "{\"agent\":\"debug\"}");
     assert_eq!(completion.finish_reason.as_deref(), Some("stop"));
 }
 
 #[tokio::test]
 async fn error_statuses_carry_the_proxys_message() {
-    let proxy = start_proxy().await;
-    let err = client(&proxy.base_url())
-        .complete(request("::error 400"))
-        .await
-        .unwrap_err();
+    let (proxy, llm) = mock_model().await;
+    let err = llm.complete(request("::error 400")).await.unwrap_err();
     let LlmError::Status {
         status, message, ..
     } = err
@@ -152,16 +120,10 @@ async fn error_statuses_carry_the_proxys_message() {
 
 #[tokio::test]
 async fn cancelling_stops_the_stream() {
-    let proxy = start_proxy().await;
-    let llm = client(&proxy.base_url());
+    let (_proxy, llm) = mock_model().await;
     let cancel = CancellationToken::new();
-    let mut stream = llm
-        .stream(
-            request("::slow 200\n::reply one two three four five"),
-            cancel.clone(),
-        )
-        .await
-        .unwrap();
+    let slow = request("::slow 200\n::reply one two three four five");
+    let mut stream = llm.stream(slow, cancel.clone()).await.unwrap();
     cancel.cancel();
     assert_eq!(stream.next().await, Some(Err(LlmError::Cancelled)));
     assert_eq!(stream.next().await, None);

@@ -1,19 +1,15 @@
 //! The main flows on PostgreSQL (a fresh database on `CODELAB_TEST_DATABASE_URL`, dropped
 //! afterwards): a routed turn, and a tool round trip with a Flutter-style approval.
-use crate::common::{self, Backend, Runtime, assistant_text, first, kinds, stored};
+use crate::common::{self, Backend, Runtime, Text, assistant_text, first, kinds, stored};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_routed_turn_completes_and_is_stored() {
     let rt = Runtime::start(Backend::Postgres).await;
     let s = rt.new_session("alice").await;
-    let events = rt
-        .send_as(
-            "alice",
-            &s,
-            json!({"type": "user_message", "content": "Explain the cache\n::reply It is an LRU."}),
-        )
-        .await;
+    let question = "Explain the cache\n::reply It is an LRU.";
+    let frame = json!({"type": "user_message", "content": question});
+    let events = rt.send_as("alice", &s, frame).await;
     assert_eq!(first(&events, "agent_switched")["to_agent"], "ask");
     assert_eq!(assistant_text(&events), "It is an LRU.");
     assert_eq!(kinds(&events).last().unwrap(), "turn_finished");
@@ -35,8 +31,8 @@ async fn a_tool_round_trip_with_an_approval() {
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[1]["requires_approval"], true);
     let (read, write) = (
-        calls[0]["call_id"].as_str().unwrap().to_owned(),
-        calls[1]["call_id"].as_str().unwrap().to_owned(),
+        calls[0]["call_id"].text().to_owned(),
+        calls[1]["call_id"].text().to_owned(),
     );
     let pending = rt.pending_approvals(&s).await;
     assert_eq!(pending["count"], 1);

@@ -5,19 +5,29 @@
 use std::time::Duration;
 
 use codelab_agent_runtime::agents::AgentKind;
+use codelab_agent_runtime::llm::LlmClient;
 use codelab_agent_runtime::routing::{RoutingDecision, RoutingMethod, classify};
 use codelab_testkit::{FakeFlavor, FakeLlm, FakeReply};
 
-use crate::llm_client::{client, start_proxy};
+use crate::llm_client::{client, mock_model};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The decision for `message` of a multi-agent classifier asking `llm`'s mock model.
+async fn mock_decision(llm: &LlmClient, message: &str) -> RoutingDecision {
+    classify(llm, "mock-llm", message, true, TIMEOUT).await
+}
+
+/// The decision for `message` of a classifier asking `fake`'s model `model`.
+async fn fake_decision(fake: &FakeLlm, model: &str, message: &str, multi: bool) -> RoutingDecision {
+    classify(&client(&fake.base_url()), model, message, multi, TIMEOUT).await
+}
+
 #[tokio::test]
 async fn the_models_json_answer_decides() {
-    let proxy = start_proxy().await;
-    let llm = client(&proxy.base_url());
+    let (_proxy, llm) = mock_model().await;
     let message = "Let us sketch the system\n::reply {\"agent\":\"architect\",\"confidence\":\"high\",\"reasoning\":\"design\"}";
-    let decision = classify(&llm, "mock-llm", message, true, TIMEOUT).await;
+    let decision = mock_decision(&llm, message).await;
     assert_eq!(
         decision,
         RoutingDecision {
@@ -32,10 +42,9 @@ async fn the_models_json_answer_decides() {
 
 #[tokio::test]
 async fn a_fenced_answer_and_universal_are_understood() {
-    let proxy = start_proxy().await;
-    let llm = client(&proxy.base_url());
+    let (_proxy, llm) = mock_model().await;
     let message = "::reply ```json {\"agent\":\"debug\",\"reasoning\":\"trace\"} ```";
-    let decision = classify(&llm, "mock-llm", message, true, TIMEOUT).await;
+    let decision = mock_decision(&llm, message).await;
     assert_eq!(
         (decision.agent, decision.method),
         (AgentKind::Debug, RoutingMethod::Llm)
@@ -43,7 +52,7 @@ async fn a_fenced_answer_and_universal_are_understood() {
     assert_eq!(decision.confidence, "medium");
 
     let message = "::reply {\"agent\":\"universal\",\"confidence\":\"low\"}";
-    let decision = classify(&llm, "mock-llm", message, true, TIMEOUT).await;
+    let decision = mock_decision(&llm, message).await;
     assert_eq!(
         (decision.agent, decision.method),
         (AgentKind::Coder, RoutingMethod::Llm)
@@ -52,10 +61,9 @@ async fn a_fenced_answer_and_universal_are_understood() {
 
 #[tokio::test]
 async fn garbage_falls_back_to_keywords() {
-    let proxy = start_proxy().await;
-    let llm = client(&proxy.base_url());
+    let (_proxy, llm) = mock_model().await;
     let message = "::reply I would pick the coder\nplease investigate this crash";
-    let decision = classify(&llm, "mock-llm", message, true, TIMEOUT).await;
+    let decision = mock_decision(&llm, message).await;
     assert_eq!(decision.agent, AgentKind::Debug);
     assert_eq!(decision.method, RoutingMethod::Fallback);
     assert_eq!(decision.confidence, "low");
@@ -67,7 +75,7 @@ async fn garbage_falls_back_to_keywords() {
     assert!(decision.error.is_some());
 
     let message = "::reply {\"agent\":\"wizard\"}\nexplain closures";
-    let decision = classify(&llm, "mock-llm", message, true, TIMEOUT).await;
+    let decision = mock_decision(&llm, message).await;
     assert_eq!(
         (decision.agent, decision.method),
         (AgentKind::Ask, RoutingMethod::Fallback)
@@ -76,11 +84,10 @@ async fn garbage_falls_back_to_keywords() {
 
 #[tokio::test]
 async fn a_message_of_directives_only_goes_to_the_coder() {
-    let proxy = start_proxy().await;
-    let llm = client(&proxy.base_url());
+    let (_proxy, llm) = mock_model().await;
     // The mock answers the classifier with a tool call: no JSON, so the fallback decides.
     let message = "::tool read_file {\"path\": \"explain.md\"}\n::step 2 ::reply debug this";
-    let decision = classify(&llm, "mock-llm", message, true, TIMEOUT).await;
+    let decision = mock_decision(&llm, message).await;
     assert_eq!(
         (decision.agent, decision.method),
         (AgentKind::Coder, RoutingMethod::Fallback)
@@ -89,9 +96,8 @@ async fn a_message_of_directives_only_goes_to_the_coder() {
 
 #[tokio::test]
 async fn proxy_errors_fall_back_after_one_retry() {
-    let proxy = start_proxy().await;
-    let llm = client(&proxy.base_url());
-    let decision = classify(&llm, "mock-llm", "::error 500\nwhat is rust", true, TIMEOUT).await;
+    let (_proxy, llm) = mock_model().await;
+    let decision = mock_decision(&llm, "::error 500\nwhat is rust").await;
     assert_eq!(
         (decision.agent, decision.method),
         (AgentKind::Ask, RoutingMethod::Fallback)
@@ -103,7 +109,7 @@ async fn proxy_errors_fall_back_after_one_retry() {
 
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
     fake.set_default_reply(FakeReply::status(503));
-    let decision = classify(&client(&fake.base_url()), "m", "design it", true, TIMEOUT).await;
+    let decision = fake_decision(&fake, "m", "design it", true).await;
     assert_eq!(
         (decision.agent, decision.method),
         (AgentKind::Architect, RoutingMethod::Fallback)
@@ -112,7 +118,7 @@ async fn proxy_errors_fall_back_after_one_retry() {
 
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
     fake.set_default_reply(FakeReply::status(400));
-    classify(&client(&fake.base_url()), "m", "design it", true, TIMEOUT).await;
+    fake_decision(&fake, "m", "design it", true).await;
     assert_eq!(fake.request_count(), 1, "a client error is not retried");
 }
 
@@ -122,14 +128,8 @@ async fn a_slow_classifier_times_out_into_the_fallback() {
     fake.set_default_reply(
         FakeReply::text(&[r#"{"agent":"ask"}"#]).with_first_byte_delay(Duration::from_secs(5)),
     );
-    let decision = classify(
-        &client(&fake.base_url()),
-        "m",
-        "refactor this",
-        true,
-        Duration::from_millis(100),
-    )
-    .await;
+    let llm = client(&fake.base_url());
+    let decision = classify(&llm, "m", "refactor this", true, Duration::from_millis(100)).await;
     assert_eq!(
         (decision.agent, decision.method),
         (AgentKind::Coder, RoutingMethod::Fallback)
@@ -147,14 +147,7 @@ async fn the_request_is_a_classifier_prompt_and_the_message_last() {
     fake.set_default_reply(FakeReply::text(&[
         r#"{"agent":"ask","confidence":"high","reasoning":"q"}"#,
     ]));
-    let decision = classify(
-        &client(&fake.base_url()),
-        "router-model",
-        "hi there",
-        true,
-        TIMEOUT,
-    )
-    .await;
+    let decision = fake_decision(&fake, "router-model", "hi there", true).await;
     assert_eq!(decision.agent, AgentKind::Ask);
     let body = fake.last_request().unwrap().body;
     assert_eq!(body["model"], "router-model");
@@ -172,14 +165,7 @@ async fn the_request_is_a_classifier_prompt_and_the_message_last() {
 #[tokio::test]
 async fn single_agent_mode_never_asks_the_model() {
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
-    let decision = classify(
-        &client(&fake.base_url()),
-        "m",
-        "design a system",
-        false,
-        TIMEOUT,
-    )
-    .await;
+    let decision = fake_decision(&fake, "m", "design a system", false).await;
     assert_eq!(decision.agent, AgentKind::Universal);
     assert_eq!(decision.method, RoutingMethod::SingleAgent);
     assert_eq!(decision.confidence, "high");

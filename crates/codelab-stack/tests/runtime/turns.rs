@@ -3,8 +3,8 @@
 //! assistant messages after the last user message, so the routing classification and the
 //! chosen agent's first step are both its step 1 and see the same directives.
 use crate::common::{
-    self, Backend, Runtime, all, assistant_text, call_ids, decision, first, kinds, outcome,
-    parse_sse, stored,
+    self, Backend, Runtime, Text, all, assistant_text, call_ids, decision, first, kinds, last,
+    outcome, parse_sse, stored, strings,
 };
 use codelab_core::service::Service as _;
 use codelab_protocol::runtime::SequencedEvent;
@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 async fn runtime() -> Runtime {
     Runtime::start(Backend::Sqlite).await
 }
+
+const WRITE_A: &str = r#"::tool write_file {"path":"a.txt","content":"x"}"#;
 
 /// Asserts the session's stored events are exactly the stored events of `streams`, in order:
 /// everything emitted was stored first, nothing stored went unsent.
@@ -28,11 +30,7 @@ async fn the_model_routes_a_new_session_to_the_agent_it_classifies() {
     let (rt, s) = Runtime::with_session(Backend::Sqlite).await;
     let answer = r#"{"agent":"architect","confidence":"high","reasoning":"design"}"#;
     let events = rt
-        .say(
-            &s,
-            &format!("  Design the storage layer\n::reply {answer}"),
-            None,
-        )
+        .say(&s, &format!("  Design the storage layer\n::reply {answer}"))
         .await;
 
     let kinds = kinds(&events);
@@ -59,10 +57,7 @@ async fn the_model_routes_a_new_session_to_the_agent_it_classifies() {
             .iter()
             .all(|d| d["seq"] == 0 && d["message_id"] == message["message_id"])
     );
-    let streamed: String = deltas
-        .iter()
-        .map(|d| d["delta"].as_str().unwrap())
-        .collect();
+    let streamed: String = deltas.iter().map(|d| d["delta"].text()).collect();
     assert_eq!(streamed, answer);
     assert_eq!(outcome(&events), "completed");
 
@@ -74,8 +69,7 @@ async fn the_model_routes_a_new_session_to_the_agent_it_classifies() {
     let session = rt.get_ok(&format!("/sessions/{s}"), "dev").await;
     assert!(
         session["title"]
-            .as_str()
-            .unwrap()
+            .text()
             .starts_with("Design the storage layer\n::reply")
     );
     assert_eq!(session["message_count"], 2);
@@ -86,11 +80,7 @@ async fn the_model_routes_a_new_session_to_the_agent_it_classifies() {
 async fn keywords_route_when_the_classifier_answers_garbage() {
     let (rt, s) = Runtime::with_session(Backend::Sqlite).await;
     let events = rt
-        .say(
-            &s,
-            "Why does the build crash?\n::reply this is not JSON",
-            None,
-        )
+        .say(&s, "Why does the build crash?\n::reply this is not JSON")
         .await;
     let switched = first(&events, "agent_switched");
     assert_eq!(switched["to_agent"], "debug");
@@ -101,7 +91,7 @@ async fn keywords_route_when_the_classifier_answers_garbage() {
     assert_eq!(history["agent_history"][0]["method"], "fallback");
 
     // Once routed, later messages stay with the specialist: no second classification.
-    let later = rt.say(&s, "And now?", None).await;
+    let later = rt.say(&s, "And now?").await;
     assert!(all(&later, "agent_switched").is_empty());
     assert_eq!(first(&later, "assistant_message")["agent"], "debug");
 }
@@ -110,22 +100,15 @@ async fn keywords_route_when_the_classifier_answers_garbage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_architect_writes_markdown_only() {
-    let (rt, s) = Runtime::with_session(Backend::Sqlite).await;
-    let events = rt
-        .say(
-            &s,
-            r#"::tool write_file {"path":"a.rs","content":"fn main() {}"}"#,
-            Some("architect"),
-        )
-        .await;
+    let script = r#"::tool write_file {"path":"a.rs","content":"fn main() {}"}"#;
+    let (rt, s, events) = Runtime::with_turn(Backend::Sqlite, "architect", script).await;
     // Refused before reaching the IDE; the error goes back to the model, which answers next.
     assert!(all(&events, "tool_call").is_empty());
     let settled = first(&events, "tool_settled");
     assert_eq!(settled["outcome"], "invalid");
     assert!(
         settled["summary"]
-            .as_str()
-            .unwrap()
+            .text()
             .contains("may only write Markdown files")
     );
     let steps: Vec<Value> = all(&events, "step_finished");
@@ -144,14 +127,8 @@ async fn the_architect_writes_markdown_only() {
     assert_eq!(history["tool_calls"][0]["status"], "invalid");
 
     // A Markdown file is fine, and waits for approval like any write.
-    let s = rt.new_session("dev").await;
-    let events = rt
-        .say(
-            &s,
-            r##"::tool write_file {"path":"docs/plan.md","content":"# Plan"}"##,
-            Some("architect"),
-        )
-        .await;
+    let plan = r##"::tool write_file {"path":"docs/plan.md","content":"# Plan"}"##;
+    let (_, events) = rt.new_turn("architect", plan).await;
     let call = first(&events, "tool_call");
     assert_eq!(call["tool_name"], "write_file");
     assert_eq!(call["requires_approval"], true);
@@ -174,19 +151,10 @@ async fn debug_and_ask_cannot_write_and_ask_cannot_run_commands() {
         }
     }
     for agent in ["debug", "ask"] {
-        let s = rt.new_session("dev").await;
-        let events = rt
-            .say(
-                &s,
-                r#"::tool write_file {"path":"a.md","content":"x"}"#,
-                Some(agent),
-            )
-            .await;
+        let write = r#"::tool write_file {"path":"a.md","content":"x"}"#;
+        let (_, events) = rt.new_turn(agent, write).await;
         assert!(all(&events, "tool_call").is_empty(), "{agent}");
-        let summary = first(&events, "tool_settled")["summary"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let summary = first(&events, "tool_settled")["summary"].text().to_owned();
         assert!(
             summary.contains("never modifies files"),
             "{agent}: {summary}"
@@ -196,29 +164,17 @@ async fn debug_and_ask_cannot_write_and_ask_cannot_run_commands() {
             "{agent}"
         );
     }
-    let s = rt.new_session("dev").await;
-    let events = rt
-        .say(
-            &s,
-            r#"::tool execute_command {"command":"ls"}"#,
-            Some("ask"),
-        )
+    let (_, events) = rt
+        .new_turn("ask", r#"::tool execute_command {"command":"ls"}"#)
         .await;
     assert!(
         first(&events, "tool_settled")["summary"]
-            .as_str()
-            .unwrap()
+            .text()
             .contains("does not run commands")
     );
     // Debug may run commands (after approval).
-    let s = rt.new_session("dev").await;
-    let events = rt
-        .say(
-            &s,
-            r#"::tool execute_command {"command":"cargo test"}"#,
-            Some("debug"),
-        )
-        .await;
+    let command = r#"::tool execute_command {"command":"cargo test"}"#;
+    let (_, events) = rt.new_turn("debug", command).await;
     assert_eq!(
         first(&events, "approval_required")["reason"],
         "Command execution requires user approval"
@@ -229,12 +185,11 @@ async fn debug_and_ask_cannot_write_and_ask_cannot_run_commands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_calls_of_one_reply_settle_in_any_order_and_the_next_step_waits_for_all() {
-    let (rt, s) = Runtime::with_session(Backend::Sqlite).await;
     let script = "Look around\n\
         ::tool read_file {\"path\":\"a.txt\"}\n\
         ::tool read_file {\"path\":\"b.txt\"}\n\
         ::tool list_files {\"path\":\".\"}";
-    let start = rt.to_coder(&s, script).await;
+    let (rt, s, start) = Runtime::with_turn(Backend::Sqlite, "coder", script).await;
     let ids = call_ids(&start);
     assert_eq!(ids.len(), 3);
     assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
@@ -249,13 +204,8 @@ async fn three_calls_of_one_reply_settle_in_any_order_and_the_next_step_waits_fo
     );
     assert_eq!(outcome(&start), "awaiting_tools");
 
-    let third = rt
-        .result(
-            &s,
-            &ids[2],
-            json!({"success": true, "content": "a.txt b.txt"}),
-        )
-        .await;
+    let listed = json!({"success": true, "content": "a.txt b.txt"});
+    let third = rt.result(&s, &ids[2], listed).await;
     assert_eq!(kinds(&third), ["tool_settled", "step_finished"]);
     assert_eq!(first(&third, "tool_settled")["outcome"], "succeeded");
     assert_eq!(first(&third, "step_finished")["pending_calls"], 2);
@@ -280,10 +230,7 @@ async fn three_calls_of_one_reply_settle_in_any_order_and_the_next_step_waits_fo
 
     let history = rt.history(&s).await;
     let messages = history["messages"].as_array().unwrap();
-    let roles: Vec<&str> = messages
-        .iter()
-        .map(|m| m["role"].as_str().unwrap())
-        .collect();
+    let roles = strings(&history["messages"], "role");
     assert_eq!(
         roles,
         ["user", "assistant", "tool", "tool", "tool", "assistant"]
@@ -298,26 +245,16 @@ async fn three_calls_of_one_reply_settle_in_any_order_and_the_next_step_waits_fo
     assert_eq!(messages[1]["content"], "");
     assert_eq!(messages[2]["tool_call_id"], ids[2].as_str());
     assert!(messages[2].get("name").is_none());
-    let statuses: Vec<&str> = history["tool_calls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["status"].as_str().unwrap())
-        .collect();
+    let statuses = strings(&history["tool_calls"], "status");
     assert_eq!(statuses, ["succeeded", "succeeded", "succeeded"]);
     assert_replay_matches(&rt, &s, &[&start, &third, &one, &two]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invalid_arguments_go_back_to_the_model() {
-    let (rt, s) = Runtime::with_session(Backend::Sqlite).await;
-    let events = rt
-        .to_coder(&s, r#"::tool read_file {"start_line": 0}"#)
-        .await;
-    let summary = first(&events, "tool_settled")["summary"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let script = r#"::tool read_file {"start_line": 0}"#;
+    let (rt, s, events) = Runtime::with_turn(Backend::Sqlite, "coder", script).await;
+    let summary = first(&events, "tool_settled")["summary"].text().to_owned();
     assert!(
         summary.contains("missing required property \"path\""),
         "{summary}"
@@ -346,13 +283,8 @@ async fn invalid_arguments_go_back_to_the_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flutter_style_refusal_rejects_the_call() {
-    let (rt, s) = Runtime::with_session(Backend::Sqlite).await;
-    let start = rt
-        .to_coder(
-            &s,
-            r#"::tool write_file {"path":"notes.txt","content":"hi"}"#,
-        )
-        .await;
+    let script = r#"::tool write_file {"path":"notes.txt","content":"hi"}"#;
+    let (rt, s, start) = Runtime::with_turn(Backend::Sqlite, "coder", script).await;
     let call = first(&start, "tool_call");
     assert_eq!(call["requires_approval"], true);
     assert_eq!(
@@ -361,7 +293,7 @@ async fn a_flutter_style_refusal_rejects_the_call() {
     );
     let approval = first(&start, "approval_required");
     assert_eq!(approval["call_id"], call["call_id"]);
-    let call_id = call["call_id"].as_str().unwrap().to_owned();
+    let call_id = call["call_id"].text().to_owned();
 
     // What was emitted is what the IDE finds after a restart.
     let pending = rt.pending_approvals(&s).await;
@@ -406,11 +338,7 @@ async fn a_flutter_style_refusal_rejects_the_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_approved_call_goes_to_the_ide_and_its_result_continues_the_turn() {
-    let (rt, s) = Runtime::with_session(Backend::Sqlite).await;
-    let start = rt
-        .to_coder(&s, r#"::tool write_file {"path":"a.txt","content":"x"}"#)
-        .await;
-    let call_id = call_ids(&start)[0].clone();
+    let (rt, s, start, call_id) = Runtime::with_call(Backend::Sqlite, WRITE_A).await;
     let approve = decision(&call_id, "approve");
     let approved = rt.send(&s, approve.clone()).await;
     assert_eq!(kinds(&approved), ["tool_call", "step_finished"]);
@@ -428,12 +356,7 @@ async fn an_approved_call_goes_to_the_ide_and_its_result_continues_the_turn() {
     let reject = rt.send(&s, decision(&call_id, "reject")).await;
     let error = first(&reject, "error");
     assert_eq!(error["code"], "conflict");
-    assert!(
-        error["message"]
-            .as_str()
-            .unwrap()
-            .contains("already decided")
-    );
+    assert!(error["message"].text().contains("already decided"));
 
     let done = rt.result(&s, &call_id, json!({"success": true})).await;
     assert_eq!(first(&done, "tool_settled")["outcome"], "succeeded");
@@ -451,8 +374,7 @@ async fn an_approved_call_goes_to_the_ide_and_its_result_continues_the_turn() {
     assert_eq!(kinds(&duplicate), ["notice"]);
     assert!(
         first(&duplicate, "notice")["message"]
-            .as_str()
-            .unwrap()
+            .text()
             .contains("already settled")
     );
     assert_replay_matches(
@@ -465,32 +387,21 @@ async fn an_approved_call_goes_to_the_ide_and_its_result_continues_the_turn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_edit_is_checked_and_the_edited_arguments_run() {
-    let (rt, s) = Runtime::with_session(Backend::Sqlite).await;
-    let start = rt
-        .to_coder(&s, r#"::tool write_file {"path":"a.txt","content":"x"}"#)
-        .await;
-    let call_id = call_ids(&start)[0].clone();
-
-    let bad = rt
-        .send(
-            &s,
-            json!({"type": "hitl_decision", "call_id": call_id, "decision": "edit",
-            "modified_arguments": {"path": 5}}),
-        )
-        .await;
+    let (rt, s, _, call_id) = Runtime::with_call(Backend::Sqlite, WRITE_A).await;
+    let bad = json!({"type": "hitl_decision", "call_id": call_id, "decision": "edit",
+        "modified_arguments": {"path": 5}});
+    let bad = rt.send(&s, bad).await;
     let error = first(&bad, "error");
     assert_eq!(error["code"], "invalid_arguments");
     assert!(
         error["message"]
-            .as_str()
-            .unwrap()
+            .text()
             .contains("\"path\" must be of type string")
     );
     let missing = rt.send(&s, decision(&call_id, "edit")).await;
     assert!(
         first(&missing, "error")["message"]
-            .as_str()
-            .unwrap()
+            .text()
             .contains("modified_arguments")
     );
     let pending = rt.pending_approvals(&s).await;
@@ -500,13 +411,9 @@ async fn an_edit_is_checked_and_the_edited_arguments_run() {
     );
 
     let edited = json!({"path": "b.txt", "content": "edited"});
-    let edit = rt
-        .send(
-            &s,
-            json!({"type": "hitl_decision", "call_id": call_id, "decision": "edit",
-            "modified_arguments": edited}),
-        )
-        .await;
+    let edit = json!({"type": "hitl_decision", "call_id": call_id, "decision": "edit",
+        "modified_arguments": edited});
+    let edit = rt.send(&s, edit).await;
     let call = first(&edit, "tool_call");
     assert_eq!(call["arguments"], edited);
     assert_eq!(call["requires_approval"], false);
@@ -526,18 +433,11 @@ async fn an_edit_is_checked_and_the_edited_arguments_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rejection_with_feedback_goes_back_to_the_model() {
-    let (rt, s) = Runtime::with_session(Backend::Sqlite).await;
-    let start = rt
-        .to_coder(&s, r#"::tool execute_command {"command":"rm -rf build"}"#)
-        .await;
-    let call_id = call_ids(&start)[0].clone();
-    let rejected = rt
-        .send(
-            &s,
-            json!({"type": "hitl_decision", "call_id": call_id, "decision": "reject",
-            "feedback": "use cargo clean"}),
-        )
-        .await;
+    let script = r#"::tool execute_command {"command":"rm -rf build"}"#;
+    let (rt, s, _, call_id) = Runtime::with_call(Backend::Sqlite, script).await;
+    let reject = json!({"type": "hitl_decision", "call_id": call_id, "decision": "reject",
+        "feedback": "use cargo clean"});
+    let rejected = rt.send(&s, reject).await;
     let settled = first(&rejected, "tool_settled");
     assert_eq!(settled["outcome"], "rejected");
     assert_eq!(settled["summary"], "use cargo clean");
@@ -560,7 +460,7 @@ async fn unknown_call_ids_get_an_error_event() {
     assert_eq!(kinds(&events), ["error"]);
     let error = first(&events, "error");
     assert_eq!(error["code"], "unknown_call");
-    assert!(error["message"].as_str().unwrap().contains("call_nope"));
+    assert!(error["message"].text().contains("call_nope"));
     let events = rt.send(&s, decision("call_nope", "approve")).await;
     assert_eq!(first(&events, "error")["code"], "unknown_call");
 
@@ -572,8 +472,7 @@ async fn unknown_call_ids_get_an_error_event() {
     assert_eq!(error["code"], "conflict");
     assert!(
         error["message"]
-            .as_str()
-            .unwrap()
+            .text()
             .contains("does not wait for approval")
     );
 }
@@ -583,12 +482,8 @@ async fn unknown_call_ids_get_an_error_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn switch_agent_changes_the_agent_without_a_model_call() {
     let (rt, s) = Runtime::with_session(Backend::Sqlite).await;
-    let events = rt
-        .send(
-            &s,
-            json!({"type": "switch_agent", "agent_type": "debug", "content": "Why?"}),
-        )
-        .await;
+    let switch = json!({"type": "switch_agent", "agent_type": "debug", "content": "Why?"});
+    let events = rt.send(&s, switch).await;
     assert_eq!(kinds(&events), ["agent_switched", "turn_finished"]);
     let switched = first(&events, "agent_switched");
     assert_eq!(switched["from_agent"], "orchestrator");
@@ -611,7 +506,7 @@ async fn switch_agent_changes_the_agent_without_a_model_call() {
     assert_eq!(kinds(&again), ["notice"]);
 
     // The next message goes to the chosen agent without routing.
-    let next = rt.say(&s, "hello", None).await;
+    let next = rt.say(&s, "hello").await;
     assert!(all(&next, "agent_switched").is_empty());
     assert_eq!(first(&next, "assistant_message")["agent"], "debug");
     assert_eq!(assistant_text(&next), "Mock LLM response (static)");
@@ -619,14 +514,8 @@ async fn switch_agent_changes_the_agent_without_a_model_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn switch_mode_hands_the_turn_to_another_agent() {
-    let (rt, s) = Runtime::with_session(Backend::Sqlite).await;
-    let events = rt
-        .say(
-            &s,
-            r#"::tool switch_mode {"mode":"coder","reason":"needs code"}"#,
-            Some("architect"),
-        )
-        .await;
+    let script = r#"::tool switch_mode {"mode":"coder","reason":"needs code"}"#;
+    let (rt, s, events) = Runtime::with_turn(Backend::Sqlite, "architect", script).await;
     let switches = all(&events, "agent_switched");
     let handover = switches.last().unwrap();
     assert_eq!(handover["from_agent"], "architect");
@@ -641,40 +530,25 @@ async fn switch_mode_hands_the_turn_to_another_agent() {
     assert_eq!(outcome(&events), "completed");
     let history = rt.history(&s).await;
     assert_eq!(history["current_agent"], "coder");
-    let methods: Vec<&str> = history["agent_history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["method"].as_str().unwrap())
-        .collect();
+    let methods = strings(&history["agent_history"], "method");
     assert_eq!(methods, ["explicit", "tool"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn completion_tools_end_the_turn_with_their_text() {
-    let (rt, s) = Runtime::with_session(Backend::Sqlite).await;
-    let events = rt
-        .to_coder(
-            &s,
-            r#"::tool attempt_completion {"result":"All done: tests pass"}"#,
-        )
-        .await;
+    let script = r#"::tool attempt_completion {"result":"All done: tests pass"}"#;
+    let (rt, s, events) = Runtime::with_turn(Backend::Sqlite, "coder", script).await;
     assert_eq!(assistant_text(&events), "All done: tests pass");
     assert_eq!(outcome(&events), "completed");
     let history = rt.history(&s).await;
-    let last = history["messages"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
+    let last = last(&history["messages"]);
     assert_eq!(last["role"], "assistant");
     assert_eq!(last["content"], "All done: tests pass");
     assert_eq!(history["tool_calls"][0]["status"], "executed");
 
-    let events = rt.say(&s, r#"::tool ask_followup_question {"question":"Which database?","suggestions":["SQLite","PostgreSQL"]}"#,
-            None,
-        )
+    let question = r#"{"question":"Which database?","suggestions":["SQLite","PostgreSQL"]}"#;
+    let events = rt
+        .say(&s, &format!("::tool ask_followup_question {question}"))
         .await;
     assert_eq!(
         assistant_text(&events),
@@ -688,8 +562,7 @@ async fn completion_tools_end_the_turn_with_their_text() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_step_limit_stops_a_runaway_turn() {
     let rt = Runtime::start_with(Backend::Sqlite, |c| c.max_steps_per_turn = 3).await;
-    let s = rt.new_session("dev").await;
-    let events = rt.to_coder(&s, "::step * ::tool read_file {}").await;
+    let (_, events) = rt.new_turn("coder", "::step * ::tool read_file {}").await;
     assert_eq!(all(&events, "tool_settled").len(), 3);
     let error = first(&events, "error");
     assert_eq!(error["code"], "step_limit");
@@ -699,35 +572,25 @@ async fn the_step_limit_stops_a_runaway_turn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_llm_failure_fails_the_turn_but_not_the_session() {
-    let (rt, s) = Runtime::with_session(Backend::Sqlite).await;
-    let events = rt.to_coder(&s, "::error 500").await;
+    let (rt, s, events) = Runtime::with_turn(Backend::Sqlite, "coder", "::error 500").await;
     let error = first(&events, "error");
     assert_eq!(error["code"], "llm_error");
-    assert!(
-        error["message"].as_str().unwrap().contains("500"),
-        "{error}"
-    );
+    assert!(error["message"].text().contains("500"), "{error}");
     assert_eq!(outcome(&events), "failed");
     let history = rt.history(&s).await;
-    let roles: Vec<&str> = history["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["role"].as_str().unwrap())
-        .collect();
+    let roles = strings(&history["messages"], "role");
     assert_eq!(roles, ["user"], "nothing of the failed answer is stored");
 
-    let next = rt.say(&s, "hello again", None).await;
+    let next = rt.say(&s, "hello again").await;
     assert_eq!(assistant_text(&next), "Mock LLM response (static)");
     assert_eq!(outcome(&next), "completed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_message_cancels_the_calls_still_open() {
-    let (rt, s) = Runtime::with_session(Backend::Sqlite).await;
-    let start = rt.to_coder(&s, r#"::tool read_file {"path":"a"}"#).await;
-    let call_id = call_ids(&start)[0].clone();
-    let next = rt.say(&s, "never mind", None).await;
+    let (rt, s, _, call_id) =
+        Runtime::with_call(Backend::Sqlite, r#"::tool read_file {"path":"a"}"#).await;
+    let next = rt.say(&s, "never mind").await;
     assert_eq!(kinds(&next)[0], "session_info");
     let cancelled = first(&next, "tool_settled");
     assert_eq!(cancelled["call_id"], call_id.as_str());
@@ -752,11 +615,8 @@ async fn a_new_message_cancels_the_calls_still_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_turn_cancels_the_open_calls() {
-    let (rt, s) = Runtime::with_session(Backend::Sqlite).await;
-    let start = rt
-        .to_coder(&s, r#"::tool write_file {"path":"a","content":"b"}"#)
-        .await;
-    let call_id = call_ids(&start)[0].clone();
+    let script = r#"::tool write_file {"path":"a","content":"b"}"#;
+    let (rt, s, _, call_id) = Runtime::with_call(Backend::Sqlite, script).await;
     let cancel = rt.send(&s, json!({"type": "cancel_turn"})).await;
     assert_eq!(kinds(&cancel), ["tool_settled", "turn_finished"]);
     assert_eq!(first(&cancel, "tool_settled")["call_id"], call_id.as_str());
@@ -783,12 +643,7 @@ async fn a_client_that_leaves_does_not_stop_the_turn() {
     assert!(rt.state.drain(common::PROMPTLY).await, "the turn finished");
     rt.state.tasks.reopen();
     let history = rt.history(&s).await;
-    let last = history["messages"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
+    let last = last(&history["messages"]);
     assert_eq!(last["content"], "one two three four five six");
     let replay = rt.stored_events(&s).await;
     let last = serde_json::to_value(replay.last().unwrap()).unwrap();
@@ -798,10 +653,9 @@ async fn a_client_that_leaves_does_not_stop_the_turn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replay_after_a_seq_returns_only_what_came_later() {
-    let (rt, s) = Runtime::with_session(Backend::Sqlite).await;
-    let first_turn = rt.to_coder(&s, "hello").await;
+    let (rt, s, first_turn) = Runtime::with_turn(Backend::Sqlite, "coder", "hello").await;
     let last_seen = stored(&first_turn).last().unwrap().seq;
-    let second_turn = rt.say(&s, "again", None).await;
+    let second_turn = rt.say(&s, "again").await;
     let body = rt
         .get_ok(&format!("/sessions/{s}/events?after={last_seen}"), "dev")
         .await;

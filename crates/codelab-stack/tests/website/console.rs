@@ -2,9 +2,12 @@
 //! through the auth service's real login form (authorization code + PKCE), the session list
 //! and page of a session the Flutter IDE replica made, an approval in the console reaching
 //! the IDE's socket, CSRF refusals, the status page, the admin pages and signing out.
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{self, ADMIN_PASSWORD, Browser, Layout, USER_PASSWORD, json, start_site};
+use crate::common::{
+    self, ADMIN_PASSWORD, Browser, Layout, USER_PASSWORD, json, start_site, start_site_with,
+};
 use codelab_testkit::ide_clients::steps::{is_tool_call, report_ran, tool_call_of};
 use reqwest::{Method, StatusCode};
 
@@ -30,7 +33,7 @@ async fn docs_pages_search_assets_and_error_pages_carry_the_security_headers() {
         "/docs/websocket-protocol",
         "/console",
     ] {
-        let page = browser.get(&format!("{}{path}", site.url)).await;
+        let page = browser.get(&site.at(path)).await;
         assert_eq!(page.status, StatusCode::OK, "{path}");
         assert!(
             page.header("content-type").starts_with("text/html"),
@@ -45,7 +48,7 @@ async fn docs_pages_search_assets_and_error_pages_carry_the_security_headers() {
         assert_eq!(page.header("referrer-policy"), "same-origin");
         assert_no_inline_script(&page.body);
     }
-    let page = browser.get(&format!("{}/docs/gateway", site.url)).await;
+    let page = browser.get(&site.at("/docs/gateway")).await;
     assert!(page.body.contains("<h2 id=\"rest-endpoints\">"), "anchors");
     assert!(
         page.body.contains("href=\"/docs/auth\""),
@@ -57,13 +60,11 @@ async fn docs_pages_search_assets_and_error_pages_carry_the_security_headers() {
     );
     assert!(page.body.contains("On this page"));
     // The repository's file names work too.
-    let moved = browser.peek(&format!("{}/docs/gateway.md", site.url)).await;
+    let moved = browser.peek(&site.at("/docs/gateway.md")).await;
     assert_eq!(moved.status, StatusCode::PERMANENT_REDIRECT);
     assert_eq!(moved.header("location"), "/docs/gateway");
 
-    let hits = browser
-        .get(&format!("{}/docs/search?q=reconnect", site.url))
-        .await;
+    let hits = browser.get(&site.at("/docs/search?q=reconnect")).await;
     assert!(
         hits.body
             .contains("href=\"/docs/websocket-protocol#reconnecting\""),
@@ -71,12 +72,12 @@ async fn docs_pages_search_assets_and_error_pages_carry_the_security_headers() {
         hits.body
     );
     let none = browser
-        .get(&format!("{}/docs/search?q=%3Cscript%3Ezzz", site.url))
+        .get(&site.at("/docs/search?q=%3Cscript%3Ezzz"))
         .await;
     assert!(none.body.contains("No title or heading contains"));
     assert!(!none.body.contains("<script>zzz"), "the query is escaped");
 
-    let missing = browser.get(&format!("{}/docs/nope", site.url)).await;
+    let missing = browser.get(&site.at("/docs/nope")).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert!(missing.body.contains("Page not found"));
     assert!(
@@ -84,18 +85,18 @@ async fn docs_pages_search_assets_and_error_pages_carry_the_security_headers() {
             .header("content-security-policy")
             .contains("default-src 'none'")
     );
-    let missing = browser.get(&format!("{}/no/such/page", site.url)).await;
+    let missing = browser.get(&site.at("/no/such/page")).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert!(missing.body.contains("<!DOCTYPE html>"));
 
-    let css = browser.get(&format!("{}/assets/style.css", site.url)).await;
+    let css = browser.get(&site.at("/assets/style.css")).await;
     assert_eq!(css.status, StatusCode::OK);
     assert!(css.header("content-type").starts_with("text/css"));
     let etag = css.header("etag").to_owned();
     let cached = browser
         .send(
             Method::GET,
-            &format!("{}/assets/style.css", site.url),
+            &site.at("/assets/style.css"),
             None,
             &[("if-none-match", &etag)],
         )
@@ -103,18 +104,20 @@ async fn docs_pages_search_assets_and_error_pages_carry_the_security_headers() {
     assert_eq!(cached.status, StatusCode::NOT_MODIFIED);
 
     // Console pages ask for a login (and never show data to a stranger).
-    let anonymous = browser
-        .peek(&format!("{}/console/sessions", site.url))
-        .await;
+    let anonymous = browser.peek(&site.at("/console/sessions")).await;
     assert_eq!(anonymous.status, StatusCode::SEE_OTHER);
     assert_eq!(
         anonymous.header("location"),
         "/console/login?next=%2Fconsole%2Fsessions"
     );
-    let status = browser
-        .peek(&format!("{}/console/status.json", site.url))
-        .await;
+    let status = browser.peek(&site.at("/console/status.json")).await;
     assert_eq!(status.status, StatusCode::UNAUTHORIZED);
+}
+
+/// Posts `decision` to the console's approval form at `url` with the `csrf` token.
+async fn decide(browser: &mut Browser, url: &str, decision: &str, csrf: &str) -> common::Page {
+    let form = [("decision", decision), ("csrf_token", csrf)];
+    browser.post(url, &form).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -139,13 +142,10 @@ async fn an_approval_in_the_console_reaches_the_ide_and_the_session_page_shows_t
     assert!(!landed.body.contains("eyJ"), "no token in pages");
     assert!(browser.cookie("codelab_console").is_some());
 
-    let list = browser.get(&format!("{}/console/sessions", site.url)).await;
+    let list = browser.get(&site.at("/console/sessions")).await;
     assert!(list.body.contains(&session), "{}", list.body);
     let searched = browser
-        .get(&format!(
-            "{}/console/sessions?q=zzz-no-such-title",
-            site.url
-        ))
+        .get(&site.at("/console/sessions?q=zzz-no-such-title"))
         .await;
     assert!(!searched.body.contains(&session));
 
@@ -157,30 +157,17 @@ async fn an_approval_in_the_console_reaches_the_ide_and_the_session_page_shows_t
     assert!(page.body.contains("&#34;path&#34;: &#34;a.md&#34;") || page.body.contains("a.md"));
     assert!(!page.body.contains("eyJ"), "no token in pages");
     let csrf = page.hidden("csrf_token").unwrap();
-    let approve_url = format!(
-        "{}/console/sessions/{session}/approvals/{}",
-        site.url, call.call_id
-    );
+    let approve_url = format!("{page_url}/approvals/{}", call.call_id);
 
     // Without the CSRF token, or with another, the decision is refused.
     let refused = browser.post(&approve_url, &[("decision", "approve")]).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert!(refused.body.contains("CSRF"));
-    let refused = browser
-        .post(
-            &approve_url,
-            &[("decision", "approve"), ("csrf_token", "forged")],
-        )
-        .await;
+    let refused = decide(&mut browser, &approve_url, "approve", "forged").await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
 
     // Approved in the console: the IDE gets the call again, without approval, and runs it.
-    let answer = browser
-        .post(
-            &approve_url,
-            &[("decision", "approve"), ("csrf_token", &csrf)],
-        )
-        .await;
+    let answer = decide(&mut browser, &approve_url, "approve", &csrf).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert!(answer.body.contains("Approved"), "{}", answer.body);
     let again = tool_call_of(
@@ -200,12 +187,7 @@ async fn an_approval_in_the_console_reaches_the_ide_and_the_session_page_shows_t
     assert!(page.body.contains("wrote a.md"), "{}", page.body);
 
     // Deciding it again is refused by the gateway and shown, not a crash.
-    let again = browser
-        .post(
-            &approve_url,
-            &[("decision", "reject"), ("csrf_token", &csrf)],
-        )
-        .await;
+    let again = decide(&mut browser, &approve_url, "reject", &csrf).await;
     assert_eq!(again.status, StatusCode::OK);
     assert!(again.body.contains("flash-error"), "{}", again.body);
     // Messages come from the server's session, never from the address.
@@ -216,12 +198,12 @@ async fn an_approval_in_the_console_reaches_the_ide_and_the_session_page_shows_t
 
     // Somebody else's (or no) session is a 404 page.
     let missing = browser
-        .get(&format!("{}/console/sessions/no-such-session", site.url))
+        .get(&site.at("/console/sessions/no-such-session"))
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 
     // The socket token: only with the CSRF header.
-    let token_url = format!("{}/console/token", site.url);
+    let token_url = site.at("/console/token");
     let refused = browser.send(Method::POST, &token_url, None, &[]).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     let token = browser.chat_token(&site, &csrf).await;
@@ -237,15 +219,10 @@ async fn an_approval_in_the_console_reaches_the_ide_and_the_session_page_shows_t
     );
 
     // Signing out: CSRF-checked, the cookie goes, the console asks for a login again.
-    let refused = browser
-        .post(&format!("{}/console/logout", site.url), &[])
-        .await;
+    let refused = browser.post(&site.at("/console/logout"), &[]).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     let out = browser
-        .post(
-            &format!("{}/console/logout", site.url),
-            &[("csrf_token", &csrf)],
-        )
+        .post(&site.at("/console/logout"), &[("csrf_token", &csrf)])
         .await;
     assert_eq!(out.status, StatusCode::OK);
     assert!(out.url.ends_with(&format!("{}/", site.url)) || out.url == format!("{}/", site.url));
@@ -261,7 +238,7 @@ async fn the_status_page_shows_every_service_and_its_figures() {
     let site = start_site(Layout::SingleOrigin).await;
     let mut browser = Browser::new();
     browser.sign_in(&site, "bob", USER_PASSWORD).await;
-    let page = browser.get(&format!("{}/console/status", site.url)).await;
+    let page = browser.get(&site.at("/console/status")).await;
     assert_eq!(page.status, StatusCode::OK);
     for service in ["auth", "gateway", "agent-runtime", "llm-proxy"] {
         assert!(
@@ -282,11 +259,7 @@ async fn the_status_page_shows_every_service_and_its_figures() {
             "{figure}"
         );
     }
-    let data = json(
-        &browser
-            .get(&format!("{}/console/status.json", site.url))
-            .await,
-    );
+    let data = json(&browser.get(&site.at("/console/status.json")).await);
     let services = data["services"].as_array().unwrap();
     assert_eq!(services.len(), 4);
     for service in services {
@@ -306,12 +279,12 @@ async fn only_administrators_reach_the_admin_pages_and_their_actions_work() {
         !landed.body.contains("href=\"/console/admin\""),
         "no Admin link"
     );
-    let refused = bob.get(&format!("{}/console/admin", site.url)).await;
+    let refused = bob.get(&site.at("/console/admin")).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     let csrf = landed.hidden("csrf_token").unwrap();
     let refused = bob
         .post(
-            &format!("{}/console/admin/users", site.url),
+            &site.at("/console/admin/users"),
             &[
                 ("csrf_token", &csrf),
                 ("username", "mallory"),
@@ -325,7 +298,7 @@ async fn only_administrators_reach_the_admin_pages_and_their_actions_work() {
     let mut admin = Browser::new();
     let landed = admin.sign_in(&site, "admin", ADMIN_PASSWORD).await;
     assert!(landed.body.contains("href=\"/console/admin\""));
-    let page = admin.get(&format!("{}/console/admin", site.url)).await;
+    let page = admin.get(&site.at("/console/admin")).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     assert!(page.body.contains("data-username=\"bob\""));
     assert!(page.body.contains("codelab-web"), "clients are listed");
@@ -333,7 +306,7 @@ async fn only_administrators_reach_the_admin_pages_and_their_actions_work() {
 
     let created = admin
         .post(
-            &format!("{}/console/admin/users", site.url),
+            &site.at("/console/admin/users"),
             &[
                 ("csrf_token", &csrf),
                 ("username", "carol"),
@@ -350,7 +323,7 @@ async fn only_administrators_reach_the_admin_pages_and_their_actions_work() {
     assert!(created.body.contains("data-username=\"carol\""));
     let short = admin
         .post(
-            &format!("{}/console/admin/users", site.url),
+            &site.at("/console/admin/users"),
             &[
                 ("csrf_token", &csrf),
                 ("username", "dave"),
@@ -363,33 +336,20 @@ async fn only_administrators_reach_the_admin_pages_and_their_actions_work() {
     // Disabling bob ends his console session at its next use of a refresh, and his login.
     let disabled = admin
         .post(
-            &format!("{}/console/admin/users/bob/disable", site.url),
+            &site.at("/console/admin/users/bob/disable"),
             &[("csrf_token", &csrf)],
         )
         .await;
     assert!(disabled.body.contains("disabled"), "{}", disabled.body);
     let mut again = Browser::new();
-    let form = again.get(&format!("{}/console/login", site.url)).await;
-    let mut fields = form.hidden_fields();
-    fields.extend([
-        ("username".to_owned(), "bob".to_owned()),
-        ("password".to_owned(), USER_PASSWORD.to_owned()),
-        ("action".to_owned(), "login".to_owned()),
-    ]);
-    let refused = again
-        .send(
-            Method::POST,
-            &common::resolve(&form.url, "authorize"),
-            Some(&fields),
-            &[],
-        )
-        .await;
+    let form = again.get(&site.at("/console/login")).await;
+    let refused = again.log_in(&form, "bob", USER_PASSWORD).await;
     assert_eq!(refused.status, StatusCode::OK, "the form again");
     assert!(refused.body.contains("Invalid username or password"));
 
     let reset = admin
         .post(
-            &format!("{}/console/admin/users/carol/password", site.url),
+            &site.at("/console/admin/users/carol/password"),
             &[("csrf_token", &csrf), ("password", "carol-new-password")],
         )
         .await;
@@ -406,9 +366,7 @@ async fn only_administrators_reach_the_admin_pages_and_their_actions_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_expiring_access_token_is_refreshed_once_and_a_revoked_login_signs_out() {
     let clock = codelab_core::clock::ManualClock::starting_now();
-    let site =
-        common::start_site_with_clock(Layout::SingleOrigin, std::sync::Arc::new(clock.clone()))
-            .await;
+    let site = start_site_with(Layout::SingleOrigin, Arc::new(clock.clone()), None).await;
     let (mut browser, csrf) = common::signed_in(&site, "bob", USER_PASSWORD).await;
     let token_of = |page: &common::Page| json(page)["access_token"].as_str().unwrap().to_owned();
     let first = token_of(&browser.chat_token(&site, &csrf).await);
@@ -416,7 +374,7 @@ async fn an_expiring_access_token_is_refreshed_once_and_a_revoked_login_signs_ou
     // Past the access token's 15 minutes (by the website's clock): several pages at once
     // share one refresh (the auth service would revoke the login on a reused refresh token).
     clock.advance(Duration::from_secs(16 * 60));
-    let sessions_url = format!("{}/console/sessions", site.url);
+    let sessions_url = site.at("/console/sessions");
     let mut pages = Vec::new();
     for _ in 0..3 {
         let mut other = Browser::new();
@@ -436,9 +394,7 @@ async fn an_expiring_access_token_is_refreshed_once_and_a_revoked_login_signs_ou
         .await
         .unwrap();
     clock.advance(Duration::from_secs(16 * 60));
-    let page = browser
-        .peek(&format!("{}/console/sessions", site.url))
-        .await;
+    let page = browser.peek(&site.at("/console/sessions")).await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
     assert!(page.header("location").starts_with("/console/login"));
     assert!(site.website.sessions.is_empty(), "the session is gone");

@@ -3,7 +3,7 @@
 //! `crates/codelab-website/tests/hardening.rs`.
 use std::sync::Arc;
 
-use crate::common::{self, ADMIN_PASSWORD, Layout, json, start_site_with};
+use crate::common::{self, ADMIN_PASSWORD, Layout, json, start_site, start_site_with};
 use base64::Engine;
 use codelab_core::clock::SystemClock;
 use reqwest::StatusCode;
@@ -20,7 +20,7 @@ fn claims(token: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_chat_token_of_an_administrator_cannot_administer_and_lives_at_most_five_minutes() {
-    let site = start_site_with(Layout::SingleOrigin, Arc::new(SystemClock), None).await;
+    let site = start_site(Layout::SingleOrigin).await;
     let (mut browser, csrf) = common::signed_in(&site, "admin", ADMIN_PASSWORD).await;
     let answer = browser.chat_token(&site, &csrf).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
@@ -41,7 +41,7 @@ async fn the_chat_token_of_an_administrator_cannot_administer_and_lives_at_most_
         .unwrap();
     assert_eq!(admin_api.status(), StatusCode::FORBIDDEN);
     // ...while the administrator's console keeps its own rights.
-    let admin_page = browser.get(&format!("{}/console/admin", site.url)).await;
+    let admin_page = browser.get(&site.at("/console/admin")).await;
     assert_eq!(admin_page.status, StatusCode::OK, "{}", admin_page.body);
     assert!(admin_page.url.ends_with("/console/admin"));
 }
@@ -59,7 +59,7 @@ async fn an_administrators_console_keeps_its_rights_after_handing_out_chat_token
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     }
     clock.advance(std::time::Duration::from_secs(6 * 60));
-    let admin_page = browser.get(&format!("{}/console/admin", site.url)).await;
+    let admin_page = browser.get(&site.at("/console/admin")).await;
     assert_eq!(admin_page.status, StatusCode::OK, "{}", admin_page.body);
     assert!(
         admin_page.body.contains("bob"),

@@ -36,26 +36,9 @@ fn has_text_block(reply: &FakeReply) -> bool {
 
 /// The SSE events of a streamed reply, one body chunk each.
 pub(super) fn stream_events(reply: &FakeReply, ctx: &ReplyCtx) -> Vec<Bytes> {
-    let (input_tokens, output_tokens) = reply.usage;
+    let start = message_object(reply, ctx, json!([]), Value::Null, 1);
     let mut out = vec![
-        event(&json!({
-            "type": "message_start",
-            "message": {
-                "id": id(ctx),
-                "type": "message",
-                "role": "assistant",
-                "model": ctx.model,
-                "content": [],
-                "stop_reason": null,
-                "stop_sequence": null,
-                "usage": {
-                    "input_tokens": input_tokens,
-                    "cache_creation_input_tokens": 0,
-                    "cache_read_input_tokens": 0,
-                    "output_tokens": 1,
-                },
-            },
-        })),
+        event(&json!({"type": "message_start", "message": start})),
         event(&json!({"type": "ping"})),
     ];
     // Content blocks are numbered in the order they are sent.
@@ -113,7 +96,7 @@ pub(super) fn stream_events(reply: &FakeReply, ctx: &ReplyCtx) -> Vec<Bytes> {
     out.push(event(&json!({
         "type": "message_delta",
         "delta": {"stop_reason": stop_reason(reply), "stop_sequence": null},
-        "usage": {"output_tokens": output_tokens},
+        "usage": {"output_tokens": reply.usage.1},
     })));
     out.push(event(&json!({"type": "message_stop"})));
     out
@@ -140,17 +123,28 @@ pub(super) fn message(reply: &FakeReply, ctx: &ReplyCtx) -> Value {
             "input": call.arguments_object(),
         }));
     }
-    let (input_tokens, output_tokens) = reply.usage;
+    let stop_reason = json!(stop_reason(reply));
+    message_object(reply, ctx, json!(content), stop_reason, reply.usage.1)
+}
+
+/// A `message` object: the whole reply, or (in `message_start`) its empty beginning.
+fn message_object(
+    reply: &FakeReply,
+    ctx: &ReplyCtx,
+    content: Value,
+    stop_reason: Value,
+    output_tokens: u64,
+) -> Value {
     json!({
         "id": id(ctx),
         "type": "message",
         "role": "assistant",
         "model": ctx.model,
         "content": content,
-        "stop_reason": stop_reason(reply),
+        "stop_reason": stop_reason,
         "stop_sequence": null,
         "usage": {
-            "input_tokens": input_tokens,
+            "input_tokens": reply.usage.0,
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
             "output_tokens": output_tokens,

@@ -200,19 +200,13 @@ impl FakeReply {
     /// A text reply streamed as the given pieces.
     #[must_use]
     pub fn text(chunks: &[&str]) -> Self {
-        Self {
-            text_chunks: chunks.iter().map(|c| (*c).to_owned()).collect(),
-            ..Self::default()
-        }
+        Self::default().with_text(chunks)
     }
 
     /// A reply consisting of tool calls only.
     #[must_use]
     pub fn tool_calls(calls: Vec<FakeToolCall>) -> Self {
-        Self {
-            tool_calls: calls,
-            ..Self::default()
-        }
+        Self::default().with_tool_calls(calls)
     }
 
     /// An error reply with the given HTTP status and the provider's error body.
@@ -745,17 +739,7 @@ async fn chat(shared: Arc<Shared>, request: Value) -> Response {
         if !sleep_or_shutdown(&mut shutdown, reply.first_byte_delay).await {
             return broken_response();
         }
-        let (chunks, content_type) = match flavor {
-            FakeFlavor::OpenAi => (
-                openai::stream_events(&reply, &ctx),
-                "text/event-stream; charset=utf-8",
-            ),
-            FakeFlavor::Anthropic => (
-                anthropic::stream_events(&reply, &ctx),
-                "text/event-stream; charset=utf-8",
-            ),
-            FakeFlavor::Ollama => (ollama::stream_lines(&reply, &ctx), "application/x-ndjson"),
-        };
+        let (chunks, content_type) = streamed(flavor, &reply, &ctx);
         let body = chunked_body(
             chunks,
             reply.chunk_delay,
@@ -772,20 +756,12 @@ async fn chat(shared: Arc<Shared>, request: Value) -> Response {
     }
 
     // Non-stream: take as long as the stream would have, then answer in one piece.
-    let (value, simulated_chunks) = match flavor {
-        FakeFlavor::OpenAi => (
-            openai::completion(&reply, &ctx),
-            openai::stream_events(&reply, &ctx).len(),
-        ),
-        FakeFlavor::Anthropic => (
-            anthropic::message(&reply, &ctx),
-            anthropic::stream_events(&reply, &ctx).len(),
-        ),
-        FakeFlavor::Ollama => (
-            ollama::response(&reply, &ctx),
-            ollama::stream_lines(&reply, &ctx).len(),
-        ),
+    let value = match flavor {
+        FakeFlavor::OpenAi => openai::completion(&reply, &ctx),
+        FakeFlavor::Anthropic => anthropic::message(&reply, &ctx),
+        FakeFlavor::Ollama => ollama::response(&reply, &ctx),
     };
+    let simulated_chunks = streamed(flavor, &reply, &ctx).0.len();
     let generation = reply
         .chunk_delay
         .saturating_mul(u32::try_from(simulated_chunks.saturating_sub(1)).unwrap_or(u32::MAX));
@@ -820,6 +796,16 @@ async fn chat(shared: Arc<Shared>, request: Value) -> Response {
     response
 }
 
+/// The body chunks of a streamed reply and their content type.
+fn streamed(flavor: FakeFlavor, reply: &FakeReply, ctx: &ReplyCtx) -> (Vec<Bytes>, &'static str) {
+    const SSE: &str = "text/event-stream; charset=utf-8";
+    match flavor {
+        FakeFlavor::OpenAi => (openai::stream_events(reply, ctx), SSE),
+        FakeFlavor::Anthropic => (anthropic::stream_events(reply, ctx), SSE),
+        FakeFlavor::Ollama => (ollama::stream_lines(reply, ctx), "application/x-ndjson"),
+    }
+}
+
 fn insert_request_id(flavor: FakeFlavor, headers: &mut HeaderMap, ctx: &ReplyCtx) {
     let (name, prefix) = match flavor {
         FakeFlavor::OpenAi => ("x-request-id", "req_"),
@@ -842,27 +828,19 @@ fn json_response(status: StatusCode, value: &Value) -> Response {
 
 fn error_response(flavor: FakeFlavor, status: &FakeStatus, ctx: &ReplyCtx) -> Response {
     let code = StatusCode::from_u16(status.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = match flavor {
-        FakeFlavor::OpenAi => json_response(
-            code,
-            &openai::error_body(status.code, status.message.as_deref(), &ctx.model),
-        ),
-        FakeFlavor::Anthropic => json_response(
-            code,
-            &anthropic::error_body(status.code, status.message.as_deref()),
-        ),
-        FakeFlavor::Ollama => {
-            let mut r = json_response(
-                code,
-                &ollama::error_body(status.code, status.message.as_deref(), &ctx.model),
-            );
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/json; charset=utf-8"),
-            );
-            r
-        }
+    let message = status.message.as_deref();
+    let body = match flavor {
+        FakeFlavor::OpenAi => openai::error_body(status.code, message, &ctx.model),
+        FakeFlavor::Anthropic => anthropic::error_body(status.code, message),
+        FakeFlavor::Ollama => ollama::error_body(status.code, message, &ctx.model),
     };
+    let mut response = json_response(code, &body);
+    if flavor == FakeFlavor::Ollama {
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+    }
     if let Some(secs) = status.retry_after {
         response
             .headers_mut()

@@ -18,13 +18,18 @@ fn tool_calls(reply: &FakeReply) -> Value {
         .collect()
 }
 
-/// The final-line statistics (`done_reason`, token counts, durations in ns).
-fn add_stats(target: &mut Value, reply: &FakeReply) {
+/// The last object of a reply: `message`, `done: true` and the statistics (`done_reason`, token
+/// counts, durations in ns).
+fn done_object(reply: &FakeReply, ctx: &ReplyCtx, message: Value) -> Value {
     let (prompt, completion) = reply.usage;
     let load = 1_000_000_u64;
     let prompt_eval = prompt.saturating_mul(100_000);
     let eval = completion.saturating_mul(1_000_000);
-    let stats = json!({
+    json!({
+        "model": ctx.model,
+        "created_at": rfc3339_now(),
+        "message": message,
+        "done": true,
         "done_reason": "stop",
         "total_duration": load + prompt_eval + eval,
         "load_duration": load,
@@ -32,10 +37,7 @@ fn add_stats(target: &mut Value, reply: &FakeReply) {
         "prompt_eval_duration": prompt_eval,
         "eval_count": completion,
         "eval_duration": eval,
-    });
-    if let (Some(target), Value::Object(stats)) = (target.as_object_mut(), stats) {
-        target.extend(stats);
-    }
+    })
 }
 
 /// The NDJSON lines of a streamed reply, one body chunk each.
@@ -68,14 +70,8 @@ pub(super) fn stream_lines(reply: &FakeReply, ctx: &ReplyCtx) -> Vec<Bytes> {
         out.push(line(&json!({"error": message})));
         return out;
     }
-    let mut last = json!({
-        "model": ctx.model,
-        "created_at": rfc3339_now(),
-        "message": {"role": "assistant", "content": ""},
-        "done": true,
-    });
-    add_stats(&mut last, reply);
-    out.push(line(&last));
+    let message = json!({"role": "assistant", "content": ""});
+    out.push(line(&done_object(reply, ctx, message)));
     out
 }
 
@@ -88,14 +84,7 @@ pub(super) fn response(reply: &FakeReply, ctx: &ReplyCtx) -> Value {
     if !reply.tool_calls.is_empty() {
         message["tool_calls"] = tool_calls(reply);
     }
-    let mut value = json!({
-        "model": ctx.model,
-        "created_at": rfc3339_now(),
-        "message": message,
-        "done": true,
-    });
-    add_stats(&mut value, reply);
-    value
+    done_object(reply, ctx, message)
 }
 
 /// `{"error":"…"}` for an HTTP error status.

@@ -15,20 +15,24 @@ fn id(ctx: &ReplyCtx) -> String {
     format!("chatcmpl-{}", ctx.uid)
 }
 
-fn chunk(ctx: &ReplyCtx, delta: Value, finish_reason: Option<&str>) -> Value {
-    let mut chunk = json!({
+/// A `chat.completion` or `chat.completion.chunk` (the `object`) with `choices`.
+fn envelope(ctx: &ReplyCtx, object: &str, choices: Value) -> Value {
+    json!({
         "id": id(ctx),
-        "object": "chat.completion.chunk",
+        "object": object,
         "created": ctx.created,
         "model": ctx.model,
         "system_fingerprint": null,
-        "choices": [{
-            "index": 0,
-            "delta": delta,
-            "logprobs": null,
-            "finish_reason": finish_reason,
-        }],
-    });
+        "choices": choices,
+    })
+}
+
+fn chunk(ctx: &ReplyCtx, delta: Value, finish_reason: Option<&str>) -> Value {
+    let mut chunk = envelope(
+        ctx,
+        "chat.completion.chunk",
+        json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}]),
+    );
     // Real OpenAI sends `"usage": null` on every chunk only when usage was requested.
     if ctx.include_usage {
         chunk["usage"] = Value::Null;
@@ -105,15 +109,9 @@ pub(super) fn stream_events(reply: &FakeReply, ctx: &ReplyCtx) -> Vec<Bytes> {
     }
     out.push(sse(&chunk(ctx, json!({}), Some(finish_reason(reply)))));
     if ctx.include_usage {
-        out.push(sse(&json!({
-            "id": id(ctx),
-            "object": "chat.completion.chunk",
-            "created": ctx.created,
-            "model": ctx.model,
-            "system_fingerprint": null,
-            "choices": [],
-            "usage": usage(reply),
-        })));
+        let mut last = envelope(ctx, "chat.completion.chunk", json!([]));
+        last["usage"] = usage(reply);
+        out.push(sse(&last));
     }
     out.push(Bytes::from_static(b"data: [DONE]\n\n"));
     out
@@ -144,21 +142,16 @@ pub(super) fn completion(reply: &FakeReply, ctx: &ReplyCtx) -> Value {
             })
             .collect();
     }
-    json!({
-        "id": id(ctx),
-        "object": "chat.completion",
-        "created": ctx.created,
-        "model": ctx.model,
-        "system_fingerprint": null,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish_reason(reply),
-        }],
-        "usage": usage(reply),
-        "service_tier": "default",
-    })
+    let choice = json!({
+        "index": 0,
+        "message": message,
+        "logprobs": null,
+        "finish_reason": finish_reason(reply),
+    });
+    let mut completion = envelope(ctx, "chat.completion", json!([choice]));
+    completion["usage"] = usage(reply);
+    completion["service_tier"] = json!("default");
+    completion
 }
 
 /// `{"error":{"message","type","param","code"}}` for an HTTP error status.

@@ -1017,13 +1017,8 @@ impl FlutterSocket {
         tool_name: &str,
         result: Map<String, Value>,
     ) -> Result<(), SocketError> {
-        self.send(&MessageModel::tool_result(
-            call_id,
-            tool_name,
-            Some(result),
-            None,
-        ))
-        .await
+        let message = MessageModel::tool_result(call_id, tool_name, Some(result), None);
+        self.send(&message).await
     }
 
     /// Sends a failed `tool_result`.
@@ -1033,13 +1028,8 @@ impl FlutterSocket {
         tool_name: &str,
         error: &str,
     ) -> Result<(), SocketError> {
-        self.send(&MessageModel::tool_result(
-            call_id,
-            tool_name,
-            None,
-            Some(error.to_owned()),
-        ))
-        .await
+        let message = MessageModel::tool_result(call_id, tool_name, None, Some(error.to_owned()));
+        self.send(&message).await
     }
 
     /// Sends the refusal of a call that needed approval.

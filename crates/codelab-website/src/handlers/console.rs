@@ -322,33 +322,22 @@ fn figure_rows(figures: &Figures) -> Vec<FigureRow> {
             }
         },
     );
-    vec![
-        FigureRow {
-            key: "active_sockets",
-            label: "Active sockets",
-            value: number_text(figures.active_sockets),
-        },
-        FigureRow {
-            key: "turns_per_minute",
-            label: "Turns / min",
-            value: number_text(figures.turns_per_minute),
-        },
-        FigureRow {
-            key: "tokens_per_minute",
-            label: "Tokens / min",
-            value: number_text(figures.tokens_per_minute),
-        },
-        FigureRow {
-            key: "error_rate",
-            label: "Error rate (5xx)",
-            value: percent,
-        },
-        FigureRow {
-            key: "p95_ttft",
-            label: "p95 time to first token",
-            value: ttft,
-        },
+    let [sockets, turns, tokens] = [
+        figures.active_sockets,
+        figures.turns_per_minute,
+        figures.tokens_per_minute,
     ]
+    .map(number_text);
+    [
+        ("active_sockets", "Active sockets", sockets),
+        ("turns_per_minute", "Turns / min", turns),
+        ("tokens_per_minute", "Tokens / min", tokens),
+        ("error_rate", "Error rate (5xx)", percent),
+        ("p95_ttft", "p95 time to first token", ttft),
+    ]
+    .into_iter()
+    .map(|(key, label, value)| FigureRow { key, label, value })
+    .collect()
 }
 
 fn service_rows(snapshot: &Snapshot) -> Vec<ServiceRow> {

@@ -11,7 +11,7 @@ use codelab_agent_runtime::RuntimeService;
 use codelab_auth::AuthService;
 use codelab_core::config::{ConfigLoader, resolve_port};
 use codelab_core::http::{ListenerLimits, serve_with_limits, shutdown_on_signals};
-use codelab_core::service::{Service, ServiceConfig, SharedDeps};
+use codelab_core::service::{Listens, Service, SharedDeps};
 use codelab_core::telemetry::init_tracing;
 use codelab_gateway::GatewayService;
 use codelab_llm_proxy::ProxyService;
@@ -80,9 +80,9 @@ async fn serve<S: Service>(
     let limits = ListenerLimits::load(&ConfigLoader::from_env_or(file.clone()))
         .context("invalid listener limits")?;
     let (config, environment) = load_config::<S>(file, overrides)?;
-    init_tracing(environment, config.log_level());
-    let port = resolve_port(config.port(), S::DEFAULT_PORT, true)?;
-    let host = config.host().to_owned();
+    init_tracing(environment, config.listen().log_level);
+    let port = resolve_port(config.listen().port, S::DEFAULT_PORT, true)?;
+    let host = config.listen().host.to_owned();
     // The gateway closes its sockets on this token; the listener stops on it too.
     let shutdown = shutdown_on_signals();
     let deps = SharedDeps::new(environment).with_shutdown(shutdown.clone());

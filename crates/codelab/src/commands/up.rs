@@ -20,7 +20,7 @@ use codelab_agent_runtime::RuntimeService;
 use codelab_auth::AuthService;
 use codelab_core::config::{ConfigLoader, Environment};
 use codelab_core::http::{ListenerLimits, shutdown_on_signals};
-use codelab_core::service::{EnvVars, Service, ServiceConfig};
+use codelab_core::service::{EnvVars, Service};
 use codelab_core::telemetry::init_tracing;
 use codelab_gateway::GatewayService;
 use codelab_llm_proxy::ProxyService;
@@ -96,7 +96,7 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
     let proxy_config: <ProxyService as Service>::Config = loader
         .load(ProxyService::SECTION, ProxyService::ENV_PREFIX, &())
         .context("invalid llm-proxy configuration")?;
-    init_tracing(Environment::Development, proxy_config.log_level());
+    init_tracing(Environment::Development, &proxy_config.log_level);
 
     // Bound before the auth service is built: its issuer and metadata URLs name this address.
     let public = TcpListener::bind(args.listen).await.with_context(|| {

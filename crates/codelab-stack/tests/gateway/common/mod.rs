@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use codelab_auth::tokens::TokenService;
+use codelab_auth::tokens::{TokenService, TokenType};
 use codelab_core::clock::ManualClock;
 use codelab_core::config::{Environment, Secret};
 use codelab_core::service::SharedDeps;
@@ -41,6 +41,8 @@ pub const RUNTIME_KEY: &str = "test-runtime-key-0123456789abcdef";
 pub const SERVICE_KEY: &str = "test-gateway-service-key-0123456789";
 /// Key of the runtime→proxy link.
 pub const PROXY_KEY: &str = "test-proxy-key-0123456789abcdef";
+/// A key strong enough for the gateway outside development.
+pub const STRONG_KEY: &str = "0123456789abcdef0123456789abcdef";
 /// An origin the gateway's CORS allowlist contains in the default stack.
 pub const ALLOWED_ORIGIN: &str = "http://ide.example.test";
 
@@ -105,6 +107,13 @@ pub async fn start_stack() -> Stack {
     start_stack_with(StackOptions::default()).await
 }
 
+/// The whole stack with `tweak` applied to the gateway's settings.
+pub async fn start_stack_tweaked(
+    tweak: impl FnOnce(&mut codelab_gateway::Config) + Send + 'static,
+) -> Stack {
+    start_stack_with(StackOptions::gateway(tweak)).await
+}
+
 /// The whole stack with `options`.
 pub async fn start_stack_with(options: StackOptions) -> Stack {
     let clock = ManualClock::starting_now();
@@ -158,6 +167,21 @@ pub struct Replica {
     pub url: String,
 }
 
+impl Replica {
+    /// The IDE's WebSocket URL of `session_id` on this replica.
+    pub fn ws_url(&self, session_id: &str) -> String {
+        ws_url(&self.url, session_id)
+    }
+}
+
+/// The IDE's WebSocket URL of `session_id` on the gateway at `base_url`.
+pub fn ws_url(base_url: &str, session_id: &str) -> String {
+    format!(
+        "{}/api/v1/ws/{session_id}",
+        base_url.replacen("http://", "ws://", 1)
+    )
+}
+
 impl Stack {
     /// Starts another gateway with the first one's settings changed by `tweak` (e.g. both
     /// pointed at one Redis to test the fan-out across replicas); it stops with the stack.
@@ -173,10 +197,7 @@ impl Stack {
 
     /// The IDE's WebSocket URL of `session_id` on the gateway.
     pub fn ws_url(&self, session_id: &str) -> String {
-        format!(
-            "{}/api/v1/ws/{session_id}",
-            self.gateway_url.replacen("http://", "ws://", 1)
-        )
+        ws_url(&self.gateway_url, session_id)
     }
 
     /// The password grant of the Flutter client, with `extra` form fields (e.g. a `scope`).
@@ -304,6 +325,24 @@ impl Stack {
         )
     }
 
+    /// A request to the gateway as a service caller: `key` as `X-Internal-Auth`, and `user`
+    /// (when given) as `X-Codelab-User-Id`.
+    pub fn as_service(
+        &self,
+        method: Method,
+        path: &str,
+        key: &str,
+        user: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let request = self
+            .request(method, path, None)
+            .header("X-Internal-Auth", key);
+        match user {
+            Some(user) => request.header("X-Codelab-User-Id", user),
+            None => request,
+        }
+    }
+
     /// `method path` on the gateway with `token`: status and JSON body.
     pub async fn call(
         &self,
@@ -318,6 +357,11 @@ impl Stack {
         }
         let (status, _, body) = self.send(request).await;
         (status, body)
+    }
+
+    /// `GET path` on the gateway with `token`: status and JSON body.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.call(Method::GET, path, token, None).await
     }
 
     /// A new session through `POST /api/v1/sessions`; returns its id.
@@ -353,17 +397,20 @@ impl Stack {
             .collect()
     }
 
+    /// A user message to the coder agent of `session_id`, straight to the runtime as `user_id`:
+    /// the events of the answer.
+    pub async fn coder_turn(&self, user_id: &str, session_id: &str, content: &str) -> Vec<Value> {
+        let frame = json!({"type": "user_message", "content": content, "agent_type": "coder"});
+        self.runtime_frame(user_id, session_id, frame).await
+    }
+
     /// Makes the coder agent of `session_id` call `write_file` (which waits for approval)
     /// through the mock model's `::tool` directive; returns the call id.
     pub async fn pending_write(&self, user_id: &str, session_id: &str, path: &str) -> String {
         let text = format!("::tool write_file {{\"path\":\"{path}\",\"content\":\"x\"}}");
-        let events = self
-            .runtime_frame(
-                user_id,
-                session_id,
-                json!({"type": "user_message", "content": text, "role": "user", "agent_type": "coder"}),
-            )
-            .await;
+        let frame = json!({"type": "user_message", "content": text, "role": "user",
+                           "agent_type": "coder"});
+        let events = self.runtime_frame(user_id, session_id, frame).await;
         let call = events
             .iter()
             .find(|e| e["type"] == "tool_call")
@@ -397,14 +444,7 @@ impl Stack {
 
     /// The gateway's Prometheus text.
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        codelab_testkit::metrics::scrape(&self.http, &self.gateway_url).await
     }
 
     /// Rotates the auth service's signing key and makes it sign with the new one at once
@@ -427,6 +467,14 @@ pub fn auth_failure_metric(reason: &str) -> String {
     format!("codelab_gateway_auth_failures_total{{reason=\"{reason}\"}}")
 }
 
+/// An access token of `sub` for the Flutter client with `scope`, issued by `signer`.
+pub fn access_token(signer: &TokenService, sub: &str, scope: &str) -> String {
+    signer
+        .issue(TokenType::Access, sub, FLUTTER_CLIENT, scope, 900)
+        .unwrap()
+        .token
+}
+
 /// The URL of a port nothing listens on.
 pub fn closed_url() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -435,13 +483,16 @@ pub fn closed_url() -> String {
 
 /// The decoded JOSE header of a compact JWS.
 pub fn jwt_header(token: &str) -> Value {
-    let part = token.split('.').next().unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    jwt_part(token, 0)
 }
 
 /// The decoded claims of a compact JWS (not verified).
 pub fn jwt_claims(token: &str) -> Value {
-    let part = token.split('.').nth(1).unwrap();
+    jwt_part(token, 1)
+}
+
+fn jwt_part(token: &str, index: usize) -> Value {
+    let part = token.split('.').nth(index).unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
 }
 
@@ -453,6 +504,16 @@ pub fn forge(header: &Value, claims: &Value, signature: &[u8]) -> String {
         URL_SAFE_NO_PAD.encode(claims.to_string()),
         URL_SAFE_NO_PAD.encode(signature)
     )
+}
+
+/// Gateway settings with a strong internal key, changed by `tweak`.
+pub fn strong_config(tweak: impl FnOnce(&mut codelab_gateway::Config)) -> codelab_gateway::Config {
+    let mut config = codelab_gateway::Config {
+        internal_api_key: Secret::new(STRONG_KEY),
+        ..codelab_gateway::Config::default()
+    };
+    tweak(&mut config);
+    config
 }
 
 /// Why the gateway refuses to build with `config` in `environment`.
@@ -474,6 +535,42 @@ pub async fn open(url: &str, headers: &[(&str, &str)]) -> Result<Socket, tungste
     }
     let (socket, _) = tokio_tungstenite::connect_async(request).await?;
     Ok(socket)
+}
+
+/// The HTTP status and JSON body of a refused upgrade.
+pub async fn refusal(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    match open(url, headers).await {
+        Err(tungstenite::Error::Http(response)) => {
+            let body = response
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            (response.status().as_u16(), body)
+        }
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("the upgrade of {url} was accepted"),
+    }
+}
+
+/// The close frame the server sends, after any frames before it: (code, reason).
+pub async fn close_frame(socket: &mut Socket) -> (u16, String) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(PROMPTLY, socket.next())
+            .await
+            .expect("no close in time")
+        {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (u16::from(frame.code), frame.reason.to_string());
+            }
+            Some(Ok(Message::Close(None))) => return (1005, String::new()),
+            Some(Ok(_)) => {}
+            Some(Err(error)) => panic!("the socket failed before a close frame: {error}"),
+            None => panic!("the socket ended without a close frame"),
+        }
+    }
 }
 
 /// A client WebSocket of the tests.

@@ -51,6 +51,29 @@ impl Runtime {
         (rt, session)
     }
 
+    /// The runtime with a new session whose first message, `text`, went to `agent`: the
+    /// session and the turn's events.
+    pub async fn with_turn(
+        backend: Backend,
+        agent: &str,
+        text: &str,
+    ) -> (Runtime, String, Vec<SequencedEvent>) {
+        let rt = Runtime::start(backend).await;
+        let (session, events) = rt.new_turn(agent, text).await;
+        (rt, session, events)
+    }
+
+    /// The runtime with a new session whose coder was asked for `script`, which calls tools:
+    /// the session, the turn's events and the first call's id.
+    pub async fn with_call(
+        backend: Backend,
+        script: &str,
+    ) -> (Runtime, String, Vec<SequencedEvent>, String) {
+        let (rt, session, events) = Runtime::with_turn(backend, "coder", script).await;
+        let call_id = call_ids(&events)[0].clone();
+        (rt, session, events, call_id)
+    }
+
     /// The runtime with settings changed by `configure`.
     pub async fn start_with(
         backend: Backend,
@@ -159,15 +182,27 @@ impl Runtime {
             .header("X-Codelab-User-Id", user)
     }
 
-    /// `GET path` as `user`: status and JSON body (`null` when the body is not JSON).
-    pub async fn get(&self, path: &str, user: &str) -> (u16, Value) {
-        let response = self
-            .request(reqwest::Method::GET, path, user)
-            .send()
-            .await
-            .unwrap();
+    /// `method path` as `user`, with `body` as JSON when given: status and JSON body (`null`
+    /// when the body is not JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        user: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.request(method, path, user);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET path` as `user`: status and JSON body (`null` when the body is not JSON).
+    pub async fn get(&self, path: &str, user: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, user, None).await
     }
 
     /// `GET path` as `user`, which must answer 200.
@@ -179,14 +214,11 @@ impl Runtime {
 
     /// A new session of `user` (through `POST /sessions`).
     pub async fn new_session(&self, user: &str) -> String {
-        let response = self
-            .request(reqwest::Method::POST, "/sessions", user)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 201);
-        let body: Value = response.json().await.unwrap();
-        body["id"].as_str().unwrap().to_owned()
+        let (status, body) = self
+            .call(reqwest::Method::POST, "/sessions", user, None)
+            .await;
+        assert_eq!(status, 201);
+        body["id"].text().to_owned()
     }
 
     /// Posts `body` to the streaming endpoint as `user`: status and the raw body text.
@@ -221,27 +253,36 @@ impl Runtime {
         self.send_as("dev", session, frame).await
     }
 
-    /// A user message, optionally aimed at an agent.
-    pub async fn say(&self, session: &str, text: &str, agent: Option<&str>) -> Vec<SequencedEvent> {
-        let mut frame = json!({"type": "user_message", "content": text, "role": "user"});
-        if let Some(agent) = agent {
-            frame["agent_type"] = json!(agent);
-        }
+    /// A user message, to the session's agent (or the router's choice).
+    pub async fn say(&self, session: &str, text: &str) -> Vec<SequencedEvent> {
+        let frame = json!({"type": "user_message", "content": text, "role": "user"});
         self.send(session, frame).await
+    }
+
+    /// A user message to `agent`.
+    pub async fn to_agent(&self, agent: &str, session: &str, text: &str) -> Vec<SequencedEvent> {
+        let frame =
+            json!({"type": "user_message", "content": text, "role": "user", "agent_type": agent});
+        self.send(session, frame).await
+    }
+
+    /// A new session of the development user whose first message, `text`, went to `agent`:
+    /// the session and the turn's events.
+    pub async fn new_turn(&self, agent: &str, text: &str) -> (String, Vec<SequencedEvent>) {
+        let session = self.new_session("dev").await;
+        let events = self.to_agent(agent, &session, text).await;
+        (session, events)
     }
 
     /// A user message to the coder agent (the one that writes and runs tools).
     pub async fn to_coder(&self, session: &str, text: &str) -> Vec<SequencedEvent> {
-        self.say(session, text, Some("coder")).await
+        self.to_agent("coder", session, text).await
     }
 
     /// A `tool_result` with a result.
     pub async fn result(&self, session: &str, call_id: &str, result: Value) -> Vec<SequencedEvent> {
-        self.send(
-            session,
-            json!({"type": "tool_result", "call_id": call_id, "result": result}),
-        )
-        .await
+        let frame = json!({"type": "tool_result", "call_id": call_id, "result": result});
+        self.send(session, frame).await
     }
 
     /// The session's stored events (the replay a reconnecting gateway gets).
@@ -317,7 +358,7 @@ fn decode(event: &SseEvent) -> SequencedEvent {
 pub fn call_ids(events: &[SequencedEvent]) -> Vec<String> {
     all(events, "tool_call")
         .iter()
-        .map(|e| e["call_id"].as_str().unwrap().to_owned())
+        .map(|e| e["call_id"].text().to_owned())
         .collect()
 }
 
@@ -325,7 +366,7 @@ pub fn call_ids(events: &[SequencedEvent]) -> Vec<String> {
 pub fn outcome(events: &[SequencedEvent]) -> String {
     let last = serde_json::to_value(events.last().unwrap()).unwrap();
     assert_eq!(last["type"], "turn_finished", "{:?}", kinds(events));
-    last["outcome"].as_str().unwrap().to_owned()
+    last["outcome"].text().to_owned()
 }
 
 /// A `hitl_decision` frame without edits or feedback.
@@ -369,11 +410,36 @@ pub fn all(events: &[SequencedEvent], kind_name: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The text of a JSON string.
+pub trait Text {
+    fn text(&self) -> &str;
+}
+
+impl Text for Value {
+    fn text(&self) -> &str {
+        self.as_str().unwrap()
+    }
+}
+
+/// The string at `key` of every element of the JSON array `list`.
+pub fn strings<'a>(list: &'a Value, key: &str) -> Vec<&'a str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item[key].text())
+        .collect()
+}
+
+/// The last element of the JSON array `list`.
+pub fn last(list: &Value) -> &Value {
+    list.as_array().unwrap().last().unwrap()
+}
+
 /// The concatenated text of the `assistant_message` events.
 pub fn assistant_text(events: &[SequencedEvent]) -> String {
     all(events, "assistant_message")
         .iter()
-        .map(|e| e["content"].as_str().unwrap().to_owned())
+        .map(|e| e["content"].text().to_owned())
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -49,26 +49,19 @@ pub struct Site {
 /// Starts every service; the seeded `admin` has [`ADMIN_PASSWORD`] and `bob` (not an admin)
 /// [`USER_PASSWORD`].
 pub async fn start_site(layout: Layout) -> Site {
-    start_site_with_clock(layout, Arc::new(codelab_core::clock::SystemClock)).await
+    start_site_with(layout, Arc::new(codelab_core::clock::SystemClock), None).await
 }
 
 /// Seconds the auth service's access tokens live in these tests: the website hands the chat
 /// page only tokens of at most 5 minutes (`docs/website.md`, "Chat").
 pub const ACCESS_TOKEN_LIFETIME: i64 = 300;
 
-/// As [`start_site`], the website running on `clock` (the other services on real time).
-pub async fn start_site_with_clock(
-    layout: Layout,
-    clock: codelab_core::clock::SharedClock,
-) -> Site {
-    start_site_with(layout, clock, None).await
-}
-
 /// The website's OAuth client when a test gives it its own access-token lifetime.
 pub const CUSTOM_WEB_CLIENT_ID: &str = "codelab-web-custom";
 
-/// As [`start_site_with_clock`]; with `web_token_lifetime`, the website signs in through its
-/// own client (a copy of the seeded `codelab-web`) whose access tokens live that many seconds.
+/// As [`start_site`], the website running on `clock` (the other services on real time); with
+/// `web_token_lifetime`, the website signs in through its own client (a copy of the seeded
+/// `codelab-web`) whose access tokens live that many seconds.
 pub async fn start_site_with(
     layout: Layout,
     clock: codelab_core::clock::SharedClock,
@@ -137,6 +130,13 @@ pub async fn start_site_with(
         auth,
         website: Arc::clone(&stack.website.as_ref().unwrap().state),
         _stack: stack,
+    }
+}
+
+impl Site {
+    /// The URL of `path` on the website.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
     }
 }
 
@@ -307,7 +307,7 @@ impl Browser {
 
     /// The console's chat token (`POST /console/token` with the page's CSRF token).
     pub async fn chat_token(&mut self, site: &Site, csrf: &str) -> Page {
-        let url = format!("{}/console/token", site.url);
+        let url = site.at("/console/token");
         self.send(reqwest::Method::POST, &url, None, &[("x-csrf-token", csrf)])
             .await
     }
@@ -332,19 +332,23 @@ impl Browser {
     /// Signs in through the console: the login redirect, the auth service's form, the
     /// callback. Returns the page the console lands on.
     pub async fn sign_in(&mut self, site: &Site, username: &str, password: &str) -> Page {
-        let form = self.get(&format!("{}/console/login", site.url)).await;
+        let form = self.get(&site.at("/console/login")).await;
         assert_eq!(form.status, StatusCode::OK, "{}", form.body);
         assert!(form.body.contains("Sign in to CodeLab"), "{}", form.body);
+        let answer = self.log_in(&form, username, password).await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+        self.follow(answer).await
+    }
+
+    /// Submits the auth service's login `form` as `username`: the answer, not followed.
+    pub async fn log_in(&mut self, form: &Page, username: &str, password: &str) -> Page {
         let mut fields = form.hidden_fields();
         fields.push(("username".into(), username.into()));
         fields.push(("password".into(), password.into()));
         fields.push(("action".into(), "login".into()));
         let action = resolve(&form.url, "authorize");
-        let answer = self
-            .send(reqwest::Method::POST, &action, Some(&fields), &[])
-            .await;
-        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
-        self.follow(answer).await
+        self.send(reqwest::Method::POST, &action, Some(&fields), &[])
+            .await
     }
 }
 
