@@ -1,10 +1,19 @@
-//! Throughput of the auth service on one core, side by side: the password and refresh grants
-//! end to end over HTTP (SQLite store), argon2id hashing and verification at our parameters,
-//! bcrypt verification at the original's cost 12 (what every login paid before the rehash), and
-//! RS256 JWT issuing and verification.
+//! Throughput and CPU cost of the auth service (docs/benchmarks.md).
 //!
-//! Run with `cargo bench -p codelab-auth --bench auth`. Everything runs sequentially on one
-//! thread, so the numbers are per core.
+//! 1. On one core, sequentially: argon2id hashing and verification at our parameters, bcrypt
+//!    verification at the original's cost 12 (what every login paid before the rehash), and
+//!    RS256 JWT issuing and verification.
+//! 2. The token endpoint over HTTP on 127.0.0.1, SQLite and PostgreSQL side by side: password
+//!    grants one at a time, refresh grants (each rotating its token) one at a time and 32 in
+//!    flight: grants/s, p50/p99, and the server's CPU per grant. The service runs on a
+//!    multi-thread tokio runtime of its own and the load generator on a current-thread runtime
+//!    on the main thread; the server's CPU is the process's user + system time over the run
+//!    minus the load generator thread's (`/proc/thread-self/stat`). PostgreSQL runs on
+//!    `CODELAB_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) in a
+//!    temporary database; its server processes' CPU is printed apart.
+//!
+//! Run with `cargo bench -p codelab-auth --bench auth` (`BENCH_SECONDS`, default 2: the least
+//! time per measurement).
 #![allow(
     clippy::disallowed_methods,
     reason = "tests own their clock, ids and tasks"
@@ -23,9 +32,18 @@ use codelab_auth::passwords::{
 use codelab_auth::tokens::{TokenService, TokenType};
 use codelab_core::clock::{SharedClock, SystemClock};
 use codelab_core::db::{DbOptions, connect_database};
+use codelab_testkit::TempPostgres;
+use codelab_testkit::bench::{
+    Latencies, SplitCpu, Table, cpu_per_unit, env_f64, machine_summary, ms, per_second,
+    server_and_client_runtimes,
+};
 
-/// Minimum wall time per measurement (after one warm-up call).
-const MIN_TIME: Duration = Duration::from_secs(2);
+/// Minimum wall time per measurement (after one warm-up call), `BENCH_SECONDS`.
+fn min_time() -> Duration {
+    Duration::from_secs_f64(env_f64("BENCH_SECONDS", 2.0))
+}
+/// Refresh grants in flight in the concurrent run.
+const IN_FLIGHT: usize = 32;
 /// Minimum iterations per measurement, for the slow password hashes.
 const MIN_ITERS: u32 = 5;
 
@@ -48,17 +66,18 @@ impl Row {
     }
 }
 
-/// Calls `f` once to warm up, then repeatedly for at least [`MIN_TIME`] and [`MIN_ITERS`].
+/// Calls `f` once to warm up, then repeatedly for at least [`min_time`] and [`MIN_ITERS`].
 fn measure(runtime: &tokio::runtime::Runtime, mut f: impl FnMut()) -> (u32, Duration) {
     f();
     runtime.block_on(measure_async(async || f()))
 }
 
-/// Awaits `f` repeatedly (no warm-up) for at least [`MIN_TIME`] and [`MIN_ITERS`].
+/// Awaits `f` repeatedly (no warm-up) for at least [`min_time`] and [`MIN_ITERS`].
 async fn measure_async(mut f: impl AsyncFnMut()) -> (u32, Duration) {
     let start = Instant::now();
+    let min_time = min_time();
     let mut iters = 0;
-    while iters < MIN_ITERS || start.elapsed() < MIN_TIME {
+    while iters < MIN_ITERS || start.elapsed() < min_time {
         f().await;
         iters += 1;
     }
@@ -154,10 +173,9 @@ fn main() {
     }));
     rows.push(Row::new("JWT verify", "RS256, RSA-2048", verify));
 
-    rows.extend(runtime.block_on(grants_over_http()));
-
     println!();
-    println!("codelab-auth, one core (sequential)");
+    println!("codelab-auth on {}", machine_summary());
+    println!("one core (sequential)");
     println!(
         "{:<26} {:<26} {:>12} {:>12} {:>8}",
         "operation", "parameters", "ops/s", "ms/op", "iters"
@@ -173,103 +191,241 @@ fn main() {
         );
     }
     println!();
+    grants_report();
 }
 
-/// The token endpoint as a client sees it: one request at a time against the real router on
-/// 127.0.0.1 (client and server share this one thread, so this is per core).
-async fn grants_over_http() -> Vec<Row> {
+/// One cell of a [`Load`] in the report.
+type LoadCell = dyn Fn(&mut Load) -> String;
+
+/// What one grant run did.
+#[derive(Default)]
+struct Load {
+    grants: usize,
+    elapsed: Duration,
+    latencies: Latencies,
+    server_cpu: Option<Duration>,
+    database_cpu: Duration,
+}
+
+/// The token endpoint of a running auth service, as a client sees it.
+#[derive(Clone)]
+struct Endpoint {
+    client: reqwest::Client,
+    url: String,
+}
+
+const PASSWORD_FORM: [(&str, &str); 4] = [
+    ("grant_type", "password"),
+    ("client_id", "codelab-flutter-app"),
+    ("username", "bench"),
+    ("password", "correct horse battery staple"),
+];
+
+impl Endpoint {
+    /// One grant; the refresh token it returned.
+    async fn grant(&self, form: &[(&str, &str)]) -> String {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form.iter().copied())
+            .finish();
+        let response = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .expect("token request");
+        assert!(
+            response.status().is_success(),
+            "grant failed: {}",
+            response.status()
+        );
+        let body: serde_json::Value = response.json().await.expect("json");
+        body["refresh_token"]
+            .as_str()
+            .expect("a refresh token")
+            .to_owned()
+    }
+
+    /// Rotates `refresh`: the next request uses the token this one returned.
+    async fn refresh(&self, refresh: &str) -> String {
+        self.grant(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", "codelab-flutter-app"),
+            ("refresh_token", refresh),
+        ])
+        .await
+    }
+}
+
+/// Grants from one worker per refresh token for [`min_time`] (password grants when `None`), on
+/// the current-thread runtime this is called from.
+async fn load(endpoint: &Endpoint, tokens: Vec<Option<String>>) -> Load {
+    let cpu = SplitCpu::start();
+    let started = Instant::now();
+    let deadline = started + min_time();
+    let workers: Vec<_> = tokens
+        .into_iter()
+        .map(|mut token| {
+            let endpoint = endpoint.clone();
+            tokio::spawn(async move {
+                let mut latencies = Latencies::default();
+                while Instant::now() < deadline {
+                    let one = Instant::now();
+                    match &mut token {
+                        Some(token) => *token = endpoint.refresh(token).await,
+                        None => {
+                            endpoint.grant(&PASSWORD_FORM).await;
+                        }
+                    }
+                    latencies.push(one.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut load = Load::default();
+    for worker in workers {
+        let latencies = worker.await.expect("a worker");
+        load.grants += latencies.len();
+        load.latencies.extend(latencies);
+    }
+    load.elapsed = started.elapsed();
+    let shares = cpu.stop();
+    load.server_cpu = shares.server;
+    load.database_cpu = shares.database;
+    load
+}
+
+/// Starts the auth service on `db_url` on the `server` runtime; its token endpoint.
+fn serve(server: &tokio::runtime::Runtime, db_url: String) -> Result<Endpoint, String> {
     use codelab_core::config::Environment;
-    let dir = tempfile::tempdir().expect("temp dir");
     let config = codelab_auth::Config {
-        db_url: format!("sqlite:///{}", dir.path().join("auth.db").display()),
+        db_url,
         ..codelab_auth::Config::default()
     };
-    let state = codelab_auth::AuthService::build(
-        config,
-        codelab_core::service::SharedDeps::isolated(Environment::Development),
-    )
-    .await
-    .expect("the auth service builds");
-    codelab_auth::admin::add_user(
-        state.store.as_ref(),
-        "bench",
-        "correct horse battery staple",
-        None,
-        false,
-    )
-    .await
-    .expect("the bench user is created");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let url = server.block_on(async {
+        let state = codelab_auth::AuthService::build(
+            config,
+            codelab_core::service::SharedDeps::isolated(Environment::Development),
+        )
         .await
-        .expect("bind");
-    let url = format!(
-        "http://{}/oauth/token",
-        listener.local_addr().expect("addr")
-    );
-    let app = codelab_auth::AuthService::router(state)
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let client = reqwest::Client::new();
-    let password_form = [
-        ("grant_type", "password"),
-        ("client_id", "codelab-flutter-app"),
-        ("username", "bench"),
-        ("password", "correct horse battery staple"),
-    ];
-    let grant = |form: Vec<(&'static str, String)>| {
-        let client = client.clone();
-        let url = url.clone();
-        async move {
-            let response = client
-                .post(&url)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(
-                    form_urlencoded::Serializer::new(String::new())
-                        .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
-                        .finish(),
-                )
-                .send()
-                .await
-                .expect("token request");
-            assert!(
-                response.status().is_success(),
-                "grant failed: {}",
-                response.status()
-            );
-            let body: serde_json::Value = response.json().await.expect("json");
-            body["refresh_token"]
-                .as_str()
-                .expect("a refresh token")
-                .to_owned()
-        }
-    };
-    let owned = |form: &[(&'static str, &str)]| {
-        form.iter()
-            .map(|(k, v)| (*k, (*v).to_owned()))
-            .collect::<Vec<_>>()
-    };
+        .map_err(|e| format!("the auth service does not build: {e}"))?;
+        codelab_auth::admin::add_user(
+            state.store.as_ref(),
+            "bench",
+            "correct horse battery staple",
+            None,
+            false,
+        )
+        .await
+        .map_err(|e| format!("the bench user is not created: {e}"))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let url = format!(
+            "http://{}/oauth/token",
+            listener.local_addr().map_err(|e| e.to_string())?
+        );
+        let app = codelab_auth::AuthService::router(state)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok::<_, String>(url)
+    })?;
+    Ok(Endpoint {
+        client: reqwest::Client::new(),
+        url,
+    })
+}
 
-    let mut refresh = grant(owned(&password_form)).await;
-    let password = measure_async(async || {
-        refresh = grant(owned(&password_form)).await;
-    })
-    .await;
-    // Each refresh rotates: the next request uses the token this one returned.
-    let rotate = measure_async(async || {
-        refresh = grant(vec![
-            ("grant_type", "refresh_token".to_owned()),
-            ("client_id", "codelab-flutter-app".to_owned()),
-            ("refresh_token", refresh.clone()),
-        ])
-        .await;
-    })
-    .await;
-    vec![
-        Row::new(
-            "password grant (HTTP)",
-            "argon2id + RS256, SQLite",
-            password,
+/// Password grants, refresh grants one at a time and [`IN_FLIGHT`] at once, on `endpoint`.
+async fn grant_loads(endpoint: Endpoint) -> Vec<Load> {
+    let first = endpoint.grant(&PASSWORD_FORM).await;
+    let password = load(&endpoint, vec![None]).await;
+    let one = load(&endpoint, vec![Some(first)]).await;
+    let mut families = Vec::with_capacity(IN_FLIGHT);
+    for _ in 0..IN_FLIGHT {
+        families.push(Some(endpoint.grant(&PASSWORD_FORM).await));
+    }
+    let many = load(&endpoint, families).await;
+    vec![password, one, many]
+}
+
+/// The token endpoint on SQLite and PostgreSQL side by side.
+fn grants_report() {
+    let (server, client) = server_and_client_runtimes();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let postgres = TempPostgres::new("auth_bench");
+    let backends = [
+        (
+            "sqlite",
+            format!("sqlite:///{}", dir.path().join("auth.db").display()),
         ),
-        Row::new("refresh grant (HTTP)", "rotate + RS256, SQLite", rotate),
-    ]
+        ("postgres", postgres.url.clone()),
+    ];
+    let mut columns: Vec<(&str, Result<Vec<Load>, String>)> = Vec::new();
+    for (name, db_url) in backends {
+        eprintln!("measuring grants on {name} ...");
+        let mut loads =
+            serve(&server, db_url).map(|endpoint| client.block_on(grant_loads(endpoint)));
+        if let (Ok(loads), "sqlite") = (&mut loads, name) {
+            // Other programs' PostgreSQL work is no part of a SQLite grant.
+            for load in loads {
+                load.database_cpu = Duration::ZERO;
+            }
+        }
+        columns.push((name, loads));
+    }
+    // The service's tasks end with its runtime, before the database is dropped.
+    drop(server);
+    drop(postgres);
+
+    println!("token endpoint over HTTP (service on its own runtime, load generator apart)");
+    let mut table = Table::new(std::iter::once("").chain(columns.iter().map(|(n, _)| *n)));
+    let runs = [
+        "password grant, 1 at a time",
+        "refresh grant, 1 at a time",
+        "refresh grant, 32 in flight",
+    ];
+    for (i, run) in runs.iter().enumerate() {
+        let rows: [(String, &LoadCell); 4] = [
+            (format!("{run}: grants/s"), &|l| {
+                per_second(l.grants, l.elapsed)
+            }),
+            ("  p50 / p99".to_owned(), &|l| {
+                format!(
+                    "{} / {}",
+                    ms(l.latencies.percentile(50.0)),
+                    ms(l.latencies.percentile(99.0))
+                )
+            }),
+            ("  server CPU per grant".to_owned(), &|l| {
+                cpu_per_unit(l.server_cpu, l.grants)
+            }),
+            ("  PostgreSQL server CPU per grant".to_owned(), &|l| {
+                if l.database_cpu.is_zero() {
+                    "—".to_owned()
+                } else {
+                    cpu_per_unit(Some(l.database_cpu), l.grants)
+                }
+            }),
+        ];
+        for (label, value) in rows {
+            let cells: Vec<String> = columns
+                .iter_mut()
+                .map(|(_, loads)| match loads {
+                    Ok(loads) => loads.get_mut(i).map_or_else(|| "n/a".to_owned(), value),
+                    Err(_) => "n/a".to_owned(),
+                })
+                .collect();
+            table.row(&label, cells);
+        }
+    }
+    table.print();
+    for (name, loads) in &columns {
+        if let Err(error) = loads {
+            println!("{name}: not measured: {error}");
+        }
+    }
+    println!();
 }

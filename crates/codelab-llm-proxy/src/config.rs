@@ -53,6 +53,10 @@ codelab_core::service_config! {
         /// Longest line (or SSE event) accepted from an upstream's stream; past it the reply ends
         /// with an error event, so one upstream cannot make the proxy buffer without bound.
         pub max_stream_line_bytes: usize = crate::providers::wire::DEFAULT_MAX_LINE_BYTES,
+        /// Largest non-streamed answer body accepted from an upstream (a non-streamed client
+        /// request is sent upstream non-streamed); past it the request fails with 502 and
+        /// nothing more of the body is read.
+        pub max_response_bytes: usize = DEFAULT_MAX_RESPONSE_BYTES,
     }
 }
 
@@ -69,10 +73,19 @@ pub enum ConfigProblem {
     NoConcurrency,
     #[error("LLM_PROXY__MAX_STREAM_LINE_BYTES must be at least {MIN_STREAM_LINE_BYTES}")]
     TinyStreamLineCap,
+    #[error("LLM_PROXY__MAX_RESPONSE_BYTES must be at least {MIN_RESPONSE_BYTES}")]
+    TinyResponseCap,
 }
 
 /// Smallest accepted stream line cap: below it ordinary chunks of a reply would not fit.
 pub const MIN_STREAM_LINE_BYTES: usize = 1024;
+
+/// Default cap on a non-streamed upstream answer: far above any real completion (the default
+/// stream line cap times 16), yet a bound on what one upstream can make the proxy hold.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * crate::providers::wire::DEFAULT_MAX_LINE_BYTES;
+
+/// Smallest accepted answer cap: below it an ordinary completion would not fit.
+pub const MIN_RESPONSE_BYTES: usize = 1024;
 
 impl Config {
     /// The per-request timeout as a duration.
@@ -96,6 +109,9 @@ impl ServiceConfig for Config {
         }
         if self.max_stream_line_bytes < MIN_STREAM_LINE_BYTES {
             return Err(problem(ConfigProblem::TinyStreamLineCap));
+        }
+        if self.max_response_bytes < MIN_RESPONSE_BYTES {
+            return Err(problem(ConfigProblem::TinyResponseCap));
         }
         if environment.is_hardened() && self.internal_api_key.is_weak() {
             return Err(problem(ConfigProblem::WeakInternalKey(

@@ -84,6 +84,7 @@ impl Service for AppState {
             },
             anthropic_default_max_tokens: config.anthropic_max_tokens,
             max_stream_line_bytes: config.max_stream_line_bytes,
+            max_response_bytes: config.max_response_bytes,
         };
         let info = ServiceInfo::new(SERVICE_NAME, config.version.clone())
             .with_error_shape(ErrorShape::OpenAi);

@@ -194,6 +194,16 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Prompt tokens served from the provider's cache, when it reported a cache hit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// `usage.prompt_tokens_details` of OpenAI's answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    #[serde(default)]
+    pub cached_tokens: u64,
 }
 
 impl Usage {
@@ -203,7 +213,16 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: None,
         }
+    }
+
+    /// The same counters with `cached_tokens` of the prompt served from a cache (none when 0).
+    #[must_use]
+    pub fn with_cached_tokens(mut self, cached_tokens: u64) -> Self {
+        self.prompt_tokens_details =
+            (cached_tokens > 0).then_some(PromptTokensDetails { cached_tokens });
+        self
     }
 }
 

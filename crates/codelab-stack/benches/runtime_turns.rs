@@ -1,19 +1,26 @@
-//! Full turns per second and the runtime's added latency per step, on SQLite and PostgreSQL
-//! side by side in one run, and the peak memory of 1,000 open sessions.
+//! Full turns through the agent runtime, on SQLite and PostgreSQL side by side in one run:
+//! turns/s, p50/p99 per turn and the server's CPU per turn, with 1 and 50 sessions; the
+//! runtime's added latency per step; and the peak memory of 1,000 open sessions
+//! (docs/benchmarks.md).
 //!
 //! The stack builder serves only the real LLM proxy (its mock model, no token delay) and the
 //! runtime in-process on 127.0.0.1, the runtime on a temp SQLite file
 //! and on a temp PostgreSQL database (on `CODELAB_TEST_DATABASE_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`, dropped afterwards). Measured:
-//! - turns/s of a plain turn (`user_message` → `assistant_message`, one step) and of a tool
-//!   turn (`user_message` with `::tool` → `tool_call` → `tool_result` → answer, two steps), at
-//!   concurrency 1 and 8 (each worker on its own sessions, a new one every 10 turns);
+//! - a plain turn (`user_message` → `assistant_message`, one step) and a tool turn
+//!   (`user_message` with `::tool` → `tool_call` → `tool_result` → answer, two steps), with 1
+//!   and 50 sessions sending turns back to back (each worker on its own session, a new one every
+//!   10 turns): turns/s, p50/p99 of a whole turn, and the server's CPU per turn;
 //! - added latency per step: a turn's time through the runtime minus the proxy's own time for
 //!   the same LLM requests, sent directly with the runtime's LLM client (p50/p99 of the
 //!   per-sample differences);
 //! - VmHWM of the process (peak reset first) while 1,000 sessions each await a tool result.
 //!
-//! Client, services and (for SQLite) the database share this process and its cores.
+//! The services run on a multi-thread tokio runtime of their own; the load generator runs on a
+//! current-thread runtime on the main thread. The server's CPU is the process's user + system
+//! time over a run minus the load generator thread's own (`/proc/thread-self/stat`), divided by
+//! the turns; the client's share is printed beside it. It includes the session created every
+//! 10 turns. On PostgreSQL the database server's processes are measured separately.
 //!
 //! Run: `cargo bench -p codelab-stack --bench runtime_turns` (`BENCH_SECONDS` sets each
 //! throughput run, default 3; `BENCH_SAMPLES` the latency samples, default 200).
@@ -33,48 +40,21 @@ use codelab_protocol::openai::{ChatCompletionRequest, ChatMessage, ToolCall};
 use codelab_protocol::sse::SseParser;
 use codelab_stack::{Database, InternalKeys, ServiceId, Stack};
 use codelab_testkit::TempPostgres;
+use codelab_testkit::bench::{
+    Latencies, SplitCpu, Table, cpu_per_unit, env_f64, env_u64, machine_summary, mib, ms,
+    per_second, reset_peak_rss, server_and_client_runtimes, status_kib,
+};
 use serde_json::{Value, json};
 
 const PROXY_KEY: &str = "bench-proxy-key-0123456789abcdef";
 const RUNTIME_KEY: &str = "bench-runtime-key-0123456789abcdef";
 const TURNS_PER_SESSION: usize = 10;
 const OPEN_SESSIONS: usize = 1000;
+/// Concurrent sessions of the throughput runs.
+const SESSIONS: [usize; 2] = [1, 50];
 const PLAIN: &str = "Say hello";
 const TOOL: &str = "::tool read_file {\"path\":\"a.py\"}";
 const TOOL_RESULT: &str = "print('hello')";
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(values: &mut [Duration], p: f64) -> Duration {
-    if values.is_empty() {
-        return Duration::ZERO;
-    }
-    values.sort_unstable();
-    let rank = ((p / 100.0) * (values.len() - 1) as f64).round() as usize;
-    values[rank.min(values.len() - 1)]
-}
-
-/// A field of `/proc/self/status` in KiB (`VmHWM`, `VmRSS`).
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-/// Resets VmHWM to the current RSS (Linux ≥ 4.0), so the next reading is this phase's peak.
-fn reset_peak() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
 
 // ---------------------------------------------------------------------------------------------
 // Setup
@@ -220,35 +200,63 @@ enum Kind {
     Tool,
 }
 
-/// Turns per second of `kind` with `concurrency` workers for `seconds`.
-async fn throughput(rt: &Arc<Runtime>, kind: Kind, concurrency: usize, seconds: u64) -> f64 {
+/// One cell of a [`Load`] in the report.
+type LoadCell = dyn Fn(&mut Load) -> String;
+
+/// What a throughput run did.
+#[derive(Default)]
+struct Load {
+    turns: usize,
+    elapsed: Duration,
+    latencies: Latencies,
+    /// The services' CPU: the process's minus the load generator's.
+    server_cpu: Option<Duration>,
+    /// The load generator's CPU (this thread).
+    client_cpu: Option<Duration>,
+    /// The PostgreSQL server's processes' CPU (zero on SQLite).
+    database_cpu: Duration,
+}
+
+/// Turns of `kind` from `concurrency` workers for `seconds`, on this (current-thread) runtime.
+async fn throughput(rt: &Arc<Runtime>, kind: Kind, concurrency: usize, seconds: f64) -> Load {
+    let cpu = SplitCpu::start();
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
+    let deadline = started + Duration::from_secs_f64(seconds);
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
             let rt = Arc::clone(rt);
             tokio::spawn(async move {
                 let mut turns = 0usize;
+                let mut latencies = Latencies::default();
                 let mut session = String::new();
                 while Instant::now() < deadline {
                     if turns.is_multiple_of(TURNS_PER_SESSION) {
                         session = rt.new_session().await;
                     }
+                    let turn = Instant::now();
                     match kind {
                         Kind::Plain => rt.plain_turn(&session).await,
                         Kind::Tool => rt.tool_turn(&session).await,
                     }
+                    latencies.push(turn.elapsed());
                     turns += 1;
                 }
-                turns
+                (turns, latencies)
             })
         })
         .collect();
-    let mut turns = 0;
+    let mut load = Load::default();
     for worker in workers {
-        turns += worker.await.expect("a worker");
+        let (turns, latencies) = worker.await.expect("a worker");
+        load.turns += turns;
+        load.latencies.extend(latencies);
     }
-    turns as f64 / started.elapsed().as_secs_f64()
+    load.elapsed = started.elapsed();
+    let shares = cpu.stop();
+    load.server_cpu = shares.server;
+    load.client_cpu = shares.client;
+    load.database_cpu = shares.database;
+    load
 }
 
 /// The LLM requests of the turns, as the runtime sends them for the coder agent.
@@ -339,8 +347,9 @@ async fn added_per_step(
 
 /// Opens `OPEN_SESSIONS` sessions, each awaiting a tool result; (peak KiB, RSS before, after).
 async fn open_sessions(rt: &Arc<Runtime>) -> (u64, u64, u64, bool) {
-    let reset = reset_peak();
-    let before = status_kib("VmRSS:");
+    let pid = std::process::id();
+    let reset = reset_peak_rss(pid);
+    let before = status_kib(pid, "VmRSS:").unwrap_or(0);
     let per_worker = OPEN_SESSIONS / 8;
     let workers: Vec<_> = (0..8)
         .map(|_| {
@@ -356,7 +365,12 @@ async fn open_sessions(rt: &Arc<Runtime>) -> (u64, u64, u64, bool) {
     for worker in workers {
         worker.await.expect("a worker");
     }
-    (status_kib("VmHWM:"), before, status_kib("VmRSS:"), reset)
+    (
+        status_kib(pid, "VmHWM:").unwrap_or(0),
+        before,
+        status_kib(pid, "VmRSS:").unwrap_or(0),
+        reset,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -366,7 +380,7 @@ async fn open_sessions(rt: &Arc<Runtime>) -> (u64, u64, u64, bool) {
 #[derive(Default)]
 struct Column {
     error: Option<String>,
-    rates: Vec<f64>,
+    loads: Vec<Load>,
     plain_added: Vec<Duration>,
     plain_direct: Vec<Duration>,
     tool_added: Vec<Duration>,
@@ -377,16 +391,8 @@ struct Column {
     peak_reset: bool,
 }
 
-async fn measure(backend: &str, seconds: u64, samples: usize) -> Column {
-    let rt = match start_runtime(backend).await {
-        Ok(rt) => Arc::new(rt),
-        Err(error) => {
-            return Column {
-                error: Some(error),
-                ..Column::default()
-            };
-        }
-    };
+async fn measure(rt: Runtime, seconds: f64, samples: usize) -> (Column, Runtime) {
+    let rt = Arc::new(rt);
     let llm = LlmClient::new(&rt.proxy, &Secret::new(PROXY_KEY), Duration::from_secs(30))
         .expect("an LLM client");
     let requests = Requests::new();
@@ -397,15 +403,12 @@ async fn measure(backend: &str, seconds: u64, samples: usize) -> Column {
         timed_complete(&llm, &requests.plain).await;
     }
     let mut column = Column::default();
-    for (kind, concurrency) in [
-        (Kind::Plain, 1),
-        (Kind::Plain, 8),
-        (Kind::Tool, 1),
-        (Kind::Tool, 8),
-    ] {
-        column
-            .rates
-            .push(throughput(&rt, kind, concurrency, seconds).await);
+    for kind in [Kind::Plain, Kind::Tool] {
+        for concurrency in SESSIONS {
+            column
+                .loads
+                .push(throughput(&rt, kind, concurrency, seconds).await);
+        }
     }
     (column.plain_added, column.plain_direct) =
         added_per_step(&rt, &llm, &requests, Kind::Plain, samples).await;
@@ -417,72 +420,118 @@ async fn measure(backend: &str, seconds: u64, samples: usize) -> Column {
         column.rss_after,
         column.peak_reset,
     ) = open_sessions(&rt).await;
-    column
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
+    drop(llm);
+    let rt = Arc::into_inner(rt).expect("every worker has ended");
+    (column, rt)
 }
 
 fn main() {
-    let seconds = env_number("BENCH_SECONDS", 3);
-    let samples = usize::try_from(env_number("BENCH_SAMPLES", 200)).unwrap_or(200);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    runtime.block_on(async move {
-        let mut columns = Vec::new();
-        for backend in ["sqlite", "postgres"] {
-            eprintln!("measuring {backend} ...");
-            columns.push((backend, measure(backend, seconds, samples).await));
-        }
-        report(&columns, seconds, samples);
-    });
+    let seconds = env_f64("BENCH_SECONDS", 3.0);
+    let samples = usize::try_from(env_u64("BENCH_SAMPLES", 200)).unwrap_or(200);
+    let (server, client) = server_and_client_runtimes();
+    let mut columns = Vec::new();
+    for backend in ["sqlite", "postgres"] {
+        eprintln!("measuring {backend} ...");
+        // The stack's tasks live on the server runtime's workers; the client only sends.
+        let column = match server.block_on(start_runtime(backend)) {
+            Ok(rt) => {
+                let (mut column, rt) = client.block_on(measure(rt, seconds, samples));
+                if backend == "sqlite" {
+                    // Other programs' PostgreSQL work is no part of a SQLite turn.
+                    for load in &mut column.loads {
+                        load.database_cpu = Duration::ZERO;
+                    }
+                }
+                let _inside = server.enter();
+                drop(rt);
+                column
+            }
+            Err(error) => Column {
+                error: Some(error),
+                ..Column::default()
+            },
+        };
+        columns.push((backend, column));
+    }
+    report(&mut columns, seconds, samples);
 }
 
-fn report(columns: &[(&str, Column)], seconds: u64, samples: usize) {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+fn report(columns: &mut [(&str, Column)], seconds: f64, samples: usize) {
     println!();
     println!(
-        "agent-runtime turns — mock model (no token delay), the stack + client in one process, \
-         {cores} cores; {seconds} s per throughput run, {samples} latency samples"
+        "agent-runtime turns on {} — mock model (no token delay), services and load generator \
+         in one process; {seconds} s per throughput run, {samples} latency samples",
+        machine_summary()
     );
-    let header: Vec<String> = columns.iter().map(|(b, _)| format!("{b:>16}")).collect();
-    println!("{:<44}{}", "", header.join(""));
-    let row = |label: &str, cell: &dyn Fn(&Column) -> String| {
-        let cells: Vec<String> = columns
-            .iter()
-            .map(|(_, c)| {
-                let text = if c.error.is_some() {
-                    "n/a".to_owned()
-                } else {
-                    cell(c)
-                };
-                format!("{text:>16}")
-            })
-            .collect();
-        println!("{label:<44}{}", cells.join(""));
+    let mut table = Table::new(
+        std::iter::once(String::new()).chain(columns.iter().map(|(b, _)| (*b).to_owned())),
+    );
+    let cell = |c: &Column, text: &dyn Fn(&Column) -> String| {
+        if c.error.is_some() {
+            "n/a".to_owned()
+        } else {
+            text(c)
+        }
     };
-    let labels = [
-        "plain turns/s, concurrency 1",
-        "plain turns/s, concurrency 8",
-        "tool turns/s (2 steps), concurrency 1",
-        "tool turns/s (2 steps), concurrency 8",
-    ];
-    for (i, label) in labels.iter().enumerate() {
-        row(label, &|c| format!("{:.0}", c.rates[i]));
+    let mut i = 0;
+    for kind in ["plain turn", "tool turn (2 steps)"] {
+        for sessions in SESSIONS {
+            let label = format!(
+                "{kind}, {sessions} session{}",
+                if sessions == 1 { "" } else { "s" }
+            );
+            let at = i;
+            let rows: [(&str, &LoadCell); 6] = [
+                ("turns/s", &|l| per_second(l.turns, l.elapsed)),
+                ("  p50 / p99 per turn", &|l| {
+                    format!(
+                        "{} / {}",
+                        ms(l.latencies.percentile(50.0)),
+                        ms(l.latencies.percentile(99.0))
+                    )
+                }),
+                ("  server CPU per turn", &|l| {
+                    cpu_per_unit(l.server_cpu, l.turns)
+                }),
+                ("  load generator CPU per turn", &|l| {
+                    cpu_per_unit(l.client_cpu, l.turns)
+                }),
+                ("  PostgreSQL server CPU per turn", &|l| {
+                    if l.database_cpu.is_zero() {
+                        "—".to_owned()
+                    } else {
+                        cpu_per_unit(Some(l.database_cpu), l.turns)
+                    }
+                }),
+                ("  turns", &|l| l.turns.to_string()),
+            ];
+            for (n, (name, value)) in rows.iter().enumerate() {
+                let name = if n == 0 {
+                    format!("{label}: {name}")
+                } else {
+                    (*name).to_owned()
+                };
+                let cells: Vec<String> = columns
+                    .iter_mut()
+                    .map(|(_, c)| {
+                        if c.error.is_some() {
+                            "n/a".to_owned()
+                        } else {
+                            c.loads.get_mut(at).map_or_else(|| "n/a".to_owned(), value)
+                        }
+                    })
+                    .collect();
+                table.row(&name, cells);
+            }
+            i += 1;
+        }
     }
     let pct = |values: &[Duration], p: f64| {
         let mut values = values.to_vec();
-        ms(percentile(&mut values, p))
+        ms(codelab_testkit::bench::percentile(&mut values, p))
     };
-    type Latencies = fn(&Column) -> &[Duration];
-    let latencies: [(&str, Latencies, f64); 6] = [
+    type Series = fn(&Column) -> &[Duration];
+    let latencies: [(&str, Series, f64); 6] = [
         (
             "proxy alone per step, p50 (plain)",
             |c| &c.plain_direct,
@@ -495,21 +544,37 @@ fn report(columns: &[(&str, Column)], seconds: u64, samples: usize) {
         ("added per step, p99 (tool turn)", |c| &c.tool_added, 99.0),
     ];
     for (label, values, p) in latencies {
-        row(label, &|c| pct(values(c), p));
+        table.row(
+            label,
+            columns.iter().map(|(_, c)| cell(c, &|c| pct(values(c), p))),
+        );
     }
-    row(
+    table.row(
         &format!("VmHWM with {OPEN_SESSIONS} sessions awaiting a tool"),
-        &|c| {
-            if c.peak_reset {
-                mib(c.peak_kib)
-            } else {
-                format!("{} (no reset)", mib(c.peak_kib))
-            }
-        },
+        columns.iter().map(|(_, c)| {
+            cell(c, &|c| {
+                if c.peak_reset {
+                    mib(Some(c.peak_kib))
+                } else {
+                    format!("{} (no reset)", mib(Some(c.peak_kib)))
+                }
+            })
+        }),
     );
-    row("VmRSS before opening them", &|c| mib(c.rss_before));
-    row("VmRSS after opening them", &|c| mib(c.rss_after));
-    for (backend, column) in columns {
+    table.row(
+        "VmRSS before opening them",
+        columns
+            .iter()
+            .map(|(_, c)| cell(c, &|c| mib(Some(c.rss_before)))),
+    );
+    table.row(
+        "VmRSS after opening them",
+        columns
+            .iter()
+            .map(|(_, c)| cell(c, &|c| mib(Some(c.rss_after)))),
+    );
+    table.print();
+    for (backend, column) in columns.iter() {
         if let Some(error) = &column.error {
             println!("{backend}: not measured: {error}");
         }

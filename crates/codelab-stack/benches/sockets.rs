@@ -13,7 +13,8 @@
 //!    idle sockets, each on its own session as IDEs are: RSS per socket;
 //! 2. frames per second relayed to `BENCH_RATE_SOCKETS` (32) protocol-2 sockets, each running
 //!    `BENCH_ROUNDS` (3) turns whose mock reply streams `BENCH_WORDS` (2,000) tokens without
-//!    delay.
+//!    delay, and the child's user + system CPU per relayed frame over those rounds
+//!    (`/proc/<pid>/stat`; the whole turn's work: runtime, mock model and gateway).
 //!
 //! Every socket costs a file descriptor in each process, so the soft limit must exceed the
 //! socket count (the command above raises it for both, the child inherits it).
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codelab_gateway::config::WsAuthMode;
+use codelab_testkit::bench::{CpuMeter, cpu_per_unit, env_u64, machine_summary, status_kib};
 use codelab_testkit::ide_clients::{P2Frame, Protocol2Client, Protocol2Options};
 use futures_util::StreamExt;
 use serde_json::json;
@@ -44,13 +46,6 @@ const FD_HEADROOM: u64 = 256;
 const CONNECT_CONCURRENCY: usize = 64;
 /// Bound of every wait of the benchmark.
 const PATIENCE: Duration = Duration::from_secs(120);
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     if std::env::var(ROLE_ENV).as_deref() == Ok("server") {
@@ -110,23 +105,17 @@ fn open_files_limit() -> Option<u64> {
 
 /// `VmRSS` and `VmHWM` of a process, in KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (
+        status_kib(pid, "VmRSS:").unwrap(),
+        status_kib(pid, "VmHWM:").unwrap(),
+    )
 }
 
 fn client() {
-    let mut sockets = env_number("BENCH_SOCKETS", 10_000);
-    let rate_sockets = env_number("BENCH_RATE_SOCKETS", 32);
-    let words = env_number("BENCH_WORDS", 2_000);
-    let rounds = env_number("BENCH_ROUNDS", 3);
+    let mut sockets = env_u64("BENCH_SOCKETS", 10_000);
+    let rate_sockets = env_u64("BENCH_RATE_SOCKETS", 32);
+    let words = env_u64("BENCH_WORDS", 2_000);
+    let rounds = env_u64("BENCH_ROUNDS", 3);
 
     match open_files_limit() {
         Some(limit) if limit < sockets + rate_sockets + FD_HEADROOM => {
@@ -314,6 +303,7 @@ async fn measure(
     let mut frames = 0usize;
     let mut elapsed = Duration::ZERO;
     let mut round_rates = Vec::new();
+    let cpu = CpuMeter::start(pid);
     for _ in 0..rounds {
         let started = Instant::now();
         let mut turns = JoinSet::new();
@@ -331,6 +321,7 @@ async fn measure(
         frames += round_frames;
         elapsed += took;
     }
+    let relay_cpu = cpu.stop();
     let (_, hwm_end) = memory_kib(pid);
 
     let mib = |kib: u64| kib as f64 / 1024.0;
@@ -345,10 +336,11 @@ async fn measure(
         .collect::<Vec<_>>()
         .join(", ");
     let mut out = String::new();
-    out.push_str(
-        "\nGateway WebSocket benchmark (server child: auth + llm-proxy mock + agent-runtime \
-         SQLite + gateway, ws_auth=off)\n",
-    );
+    out.push_str(&format!(
+        "\nGateway WebSocket benchmark on {} (server child: auth + llm-proxy mock + \
+         agent-runtime SQLite + gateway, ws_auth=off)\n",
+        machine_summary()
+    ));
     let rows = [
         ("idle sockets", format!("{sockets}")),
         (
@@ -384,6 +376,13 @@ async fn measure(
             format!(
                 "{:.0} (per round: {rates})",
                 frames as f64 / elapsed.as_secs_f64().max(1e-9)
+            ),
+        ),
+        (
+            "server CPU per frame",
+            format!(
+                "{} (whole turns: runtime, mock model and gateway)",
+                cpu_per_unit(relay_cpu, frames)
             ),
         ),
     ];

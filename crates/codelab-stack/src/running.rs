@@ -182,20 +182,23 @@ impl Services {
             .with_env(self.env.clone())
     }
 
-    /// [`Services::start`] when the stack runs `S` (it has a listener), served among `tasks`.
-    async fn spawn<S: Service>(
+    /// [`Services::start`] when the stack runs `S` (it has a listener).
+    async fn start_if<S: Service>(
         &self,
-        tasks: &mut JoinSet<std::io::Result<()>>,
         service: ServiceId,
         listener: Option<TcpListener>,
         config: S::Config,
-    ) -> Result<Option<Running<S>>, StackError> {
-        let Some(listener) = listener else {
-            return Ok(None);
-        };
-        let (running, served) = self.start::<S>(service, listener, config).await?;
-        tasks.spawn(served);
-        Ok(Some(running))
+    ) -> Result<
+        Option<(
+            Running<S>,
+            impl Future<Output = std::io::Result<()>> + Send + 'static,
+        )>,
+        StackError,
+    > {
+        match listener {
+            Some(listener) => self.start::<S>(service, listener, config).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Builds `S` and returns it with the future that serves it on `listener` until the
@@ -376,6 +379,21 @@ impl StackBuilder {
         let auth_public_url = public_url_or_own(&auth_listener)?;
         let gateway_public_url = public_url_or_own(&gateway_listener)?;
 
+        // Every service's wiring names only the others' addresses (known from the listeners),
+        // so all five are configured first and then built at once: their start-up work
+        // (migrations, the auth service's key and password hashing, the website's docs) runs
+        // side by side instead of one after the other.
+        let url_of = |listener: &Option<TcpListener>| {
+            listener
+                .as_ref()
+                .map(|listener| local_address(listener).map(|address| format!("http://{address}")))
+                .transpose()
+        };
+        let proxy_url = url_of(&proxy_listener)?;
+        let runtime_url = url_of(&runtime_listener)?;
+        let auth_url = url_of(&auth_listener)?;
+        let gateway_url = url_of(&gateway_listener)?;
+
         // The LLM proxy.
         proxy_config.host = LOCALHOST.into();
         proxy_config.internal_api_key = keys.proxy.clone();
@@ -396,92 +414,62 @@ impl StackBuilder {
             runtime_model.get_or_insert_with(|| model.clone());
         }
         apply(&mut proxy_config, proxy_tweaks);
-        let proxy = services
-            .spawn::<ProxyService>(
-                &mut tasks,
-                ServiceId::LlmProxy,
-                proxy_listener,
-                proxy_config,
-            )
-            .await?;
 
         // The agent runtime, calling the proxy.
         runtime_config.host = LOCALHOST.into();
         runtime_config.db_url = database_url("agent_runtime")?;
         runtime_config.llm_proxy_api_key = keys.proxy.clone();
         runtime_config.internal_api_key = keys.runtime.clone();
-        if let Some(proxy) = &proxy {
-            runtime_config.llm_proxy_url = proxy.url.clone();
+        if let Some(url) = &proxy_url {
+            runtime_config.llm_proxy_url = url.clone();
         }
         if let Some(model) = runtime_model {
             runtime_config.llm_model = model;
         }
         apply(&mut runtime_config, runtime_tweaks);
-        let runtime = services
-            .spawn::<RuntimeService>(
-                &mut tasks,
-                ServiceId::AgentRuntime,
-                runtime_listener,
-                runtime_config.clone(),
-            )
-            .await?;
 
         // The auth service, its issuer and metadata on the public address.
-        let auth = match auth_listener {
-            Some(listener) => {
-                auth_config.host = LOCALHOST.into();
-                auth_config.db_url = database_url("auth")?;
-                auth_config.public_url = auth_public_url.clone();
-                auth_config.redis_url = Some(redis_url.clone());
-                // Nothing stands between the front door and the client, and the in-process hop
-                // to the auth router is not a proxy, so no forwarding header is believed.
-                auth_config.trusted_proxies = Vec::new();
-                if let Some(password) = &admin_password {
-                    auth_config.master_key = Secret::new(password.clone());
-                }
-                apply(&mut auth_config, auth_tweaks);
-                if keep_key_in_data_dir && auth_config.key_encryption_key.is_empty() {
-                    // Signing keys are encrypted at rest here too, with a key kept next to them
-                    // (the data dir is the development profile's only secret store;
-                    // docs/operations.md).
-                    auth_config.key_encryption_key = data_dir_key_encryption_key(&data_dir)?;
-                }
-                // The console signs in through the public address, whatever port it got.
-                let console_callback = format!("{public_url}/console/callback");
-                if !public_url.is_empty()
-                    && !auth_config.web_redirect_uris.contains(&console_callback)
-                {
-                    auth_config.web_redirect_uris.push(console_callback);
-                }
-                let (auth, served) = services
-                    .start::<AuthService>(ServiceId::Auth, listener, auth_config)
-                    .await?;
-                if let Some(password) = &admin_password {
-                    // The admin may exist from an earlier start: make this password the one in
-                    // force.
-                    codelab_auth::seed::set_admin_password(&auth.state.store, password)
-                        .await
-                        .map_err(StackError::AdminPassword)?;
-                }
-                tasks.spawn(served);
-                Some(auth)
+        if auth_listener.is_some() {
+            auth_config.host = LOCALHOST.into();
+            auth_config.db_url = database_url("auth")?;
+            auth_config.public_url = auth_public_url.clone();
+            auth_config.redis_url = Some(redis_url.clone());
+            // Nothing stands between the front door and the client, and the in-process hop
+            // to the auth router is not a proxy, so no forwarding header is believed.
+            auth_config.trusted_proxies = Vec::new();
+            if let Some(password) = &admin_password {
+                auth_config.master_key = Secret::new(password.clone());
             }
-            None => None,
+            apply(&mut auth_config, auth_tweaks);
+            if keep_key_in_data_dir && auth_config.key_encryption_key.is_empty() {
+                // Signing keys are encrypted at rest here too, with a key kept next to them
+                // (the data dir is the development profile's only secret store;
+                // docs/operations.md).
+                auth_config.key_encryption_key = data_dir_key_encryption_key(&data_dir)?;
+            }
+            // The console signs in through the public address, whatever port it got.
+            let console_callback = format!("{public_url}/console/callback");
+            if !public_url.is_empty() && !auth_config.web_redirect_uris.contains(&console_callback)
+            {
+                auth_config.web_redirect_uris.push(console_callback);
+            }
+        }
+        // The auth service keeps its settings as given, so its issuer is known before it starts.
+        let issuer = if auth_listener.is_some() {
+            auth_config.issuer()
+        } else {
+            String::new()
         };
-        let issuer = auth
-            .as_ref()
-            .map(|auth| auth.state.config.issuer())
-            .unwrap_or_default();
 
         // The gateway, in front of the runtime, verifying the auth service's tokens.
         gateway_config.host = LOCALHOST.into();
         gateway_config.internal_api_key = keys.runtime.clone();
         gateway_config.jwt_issuer = issuer.clone();
-        if let Some(runtime) = &runtime {
-            gateway_config.agent_url = runtime.url.clone();
+        if let Some(url) = &runtime_url {
+            gateway_config.agent_url = url.clone();
         }
-        if let Some(auth) = &auth {
-            gateway_config.auth_service_url = auth.url.clone();
+        if let Some(url) = &auth_url {
+            gateway_config.auth_service_url = url.clone();
         }
         match gateway_auth {
             GatewayAuth::Configured => {}
@@ -496,14 +484,6 @@ impl StackBuilder {
         }
         gateway_config.redis_url = Some(redis_url);
         apply(&mut gateway_config, gateway_tweaks);
-        let gateway = services
-            .spawn::<GatewayService>(
-                &mut tasks,
-                ServiceId::Gateway,
-                gateway_listener,
-                gateway_config.clone(),
-            )
-            .await?;
 
         // The website: server-side calls to each service's own address, the browser's
         // addresses public.
@@ -511,19 +491,54 @@ impl StackBuilder {
         website_config.public_url = public_url.clone();
         website_config.auth_public_url = Some(auth_public_url);
         website_config.gateway_public_url = Some(gateway_public_url);
-        website_config.auth_url = auth.as_ref().map(|auth| auth.url.clone());
-        website_config.gateway_url = gateway.as_ref().map(|gateway| gateway.url.clone());
-        website_config.agent_runtime_url = runtime.as_ref().map(|runtime| runtime.url.clone());
-        website_config.llm_proxy_url = proxy.as_ref().map(|proxy| proxy.url.clone());
+        website_config.auth_url = auth_url;
+        website_config.gateway_url = gateway_url;
+        website_config.agent_runtime_url = runtime_url;
+        website_config.llm_proxy_url = proxy_url;
         apply(&mut website_config, website_tweaks);
-        let website = services
-            .spawn::<WebsiteService>(
-                &mut tasks,
+
+        // No service calls another while it starts, and a call made early waits in the
+        // listener's backlog until that service serves: they can all start together.
+        let auth = async {
+            let Some(listener) = auth_listener else {
+                return Ok(None);
+            };
+            let started = services
+                .start::<AuthService>(ServiceId::Auth, listener, auth_config)
+                .await?;
+            if let Some(password) = &admin_password {
+                // The admin may exist from an earlier start: make this password the one in
+                // force.
+                codelab_auth::seed::set_admin_password(&started.0.state.store, password)
+                    .await
+                    .map_err(StackError::AdminPassword)?;
+            }
+            Ok::<_, StackError>(Some(started))
+        };
+        let (proxy, runtime, auth, gateway, website) = tokio::try_join!(
+            services.start_if::<ProxyService>(ServiceId::LlmProxy, proxy_listener, proxy_config),
+            services.start_if::<RuntimeService>(
+                ServiceId::AgentRuntime,
+                runtime_listener,
+                runtime_config.clone(),
+            ),
+            auth,
+            services.start_if::<GatewayService>(
+                ServiceId::Gateway,
+                gateway_listener,
+                gateway_config.clone(),
+            ),
+            services.start_if::<WebsiteService>(
                 ServiceId::Website,
                 website_listener,
                 website_config,
-            )
-            .await?;
+            ),
+        )?;
+        let proxy = serve_in(&mut tasks, proxy);
+        let runtime = serve_in(&mut tasks, runtime);
+        let auth = serve_in(&mut tasks, auth);
+        let gateway = serve_in(&mut tasks, gateway);
+        let website = serve_in(&mut tasks, website);
 
         // The front door brought auth, the gateway and the website with it.
         if let (Some(listener), Some(auth), Some(gateway), Some(website)) =
@@ -561,6 +576,19 @@ impl StackBuilder {
             _temp_dir: temp_dir,
         })
     }
+}
+
+/// A started service, its serving future spawned among `tasks`.
+fn serve_in<S>(
+    tasks: &mut JoinSet<std::io::Result<()>>,
+    started: Option<(
+        Running<S>,
+        impl Future<Output = std::io::Result<()>> + Send + 'static,
+    )>,
+) -> Option<Running<S>> {
+    let (running, served) = started?;
+    tasks.spawn(served);
+    Some(running)
 }
 
 /// The services asked for, the services they call and, with a front door, those it routes to.
@@ -702,6 +730,49 @@ mod tests {
             .into_iter()
             .filter(|service| wanted[service.index()])
             .collect()
+    }
+
+    #[tokio::test]
+    async fn every_service_answers_ready_as_soon_as_start_returns() {
+        // The services start side by side: `start` must still return only once each is built
+        // and served, with the wiring (issuer, addresses) as when they started in turn.
+        let front_door = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
+        let stack = StackBuilder::default()
+            .front_door(front_door)
+            .start()
+            .await
+            .expect("the stack starts");
+        let client = reqwest::Client::new();
+        for (name, address) in stack.services() {
+            let status = client
+                .get(format!("http://{address}/ready"))
+                .send()
+                .await
+                .expect("the service answers")
+                .status();
+            assert_eq!(status, reqwest::StatusCode::OK, "{name} is not ready");
+        }
+        let front_door = stack.front_door.expect("a front door");
+        assert_eq!(stack.public_url, public_url_of(front_door));
+        let auth = stack.auth.as_ref().expect("auth");
+        assert_eq!(stack.issuer, auth.state.config.issuer());
+        assert_eq!(stack.gateway_config.jwt_issuer, stack.issuer);
+        assert_eq!(stack.gateway_config.auth_service_url, auth.url);
+        let runtime = stack.runtime.as_ref().expect("runtime");
+        assert_eq!(stack.gateway_config.agent_url, runtime.url);
+        let proxy = stack.proxy.as_ref().expect("proxy");
+        assert_eq!(stack.runtime_config.llm_proxy_url, proxy.url);
+        stack.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_service_that_cannot_start_fails_the_whole_start() {
+        let failed = StackBuilder::default()
+            .only([ServiceId::Auth])
+            .auth_config(|config| config.trusted_proxies = vec!["not an address".to_owned()])
+            .start()
+            .await;
+        assert!(matches!(failed, Err(StackError::Build(_))));
     }
 
     #[test]

@@ -8,6 +8,7 @@
     reason = "tests own their clock, ids and tasks"
 )]
 
+pub mod bench;
 pub mod chat;
 pub mod databases;
 pub mod fake_llm;

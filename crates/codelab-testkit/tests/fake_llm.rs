@@ -228,6 +228,50 @@ async fn openai_stream_without_include_usage_has_no_usage_chunk() {
     assert_eq!(text, "Hello from fake", "initial default reply");
 }
 
+/// Like vLLM or LM Studio: `include_usage` is ignored when streaming, while a non-streamed
+/// answer still carries its usage; each recorded request says whether it asked for a stream.
+#[tokio::test]
+async fn openai_can_omit_the_stream_usage_chunk_and_records_the_stream_flag() {
+    let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
+    assert!(!fake.omits_stream_usage());
+    fake.set_omit_stream_usage(true);
+    assert!(fake.omits_stream_usage());
+    fake.push_reply(FakeReply::text(&["Hel", "lo"]).with_usage(5, 2));
+    let (_, _, body) = post_text(
+        openai_url(&fake),
+        json!({"model": "m", "messages": [], "stream": true,
+               "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    let chunks = openai_chunks(&body);
+    assert_eq!(chunks.len(), 4, "role, 2 text, finish and no usage: {body}");
+    assert!(chunks.iter().all(|c| c.get("usage").is_none()), "{body}");
+
+    fake.push_reply(FakeReply::text(&["Hel", "lo"]).with_usage(5, 2));
+    let v = post_json(
+        openai_url(&fake),
+        json!({"model": "m", "messages": [], "stream": false}),
+    )
+    .await;
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello");
+    assert_eq!(v["usage"]["prompt_tokens"], 5);
+    assert_eq!(v["usage"]["total_tokens"], 7);
+
+    post_json(openai_url(&fake), json!({"model": "m", "messages": []})).await;
+    let asked: Vec<Option<bool>> = fake.requests().iter().map(|r| r.asked_stream()).collect();
+    assert_eq!(asked, [Some(true), Some(false), None]);
+
+    // Switched back, the usage chunk returns when asked for.
+    fake.set_omit_stream_usage(false);
+    let (_, _, body) = post_text(
+        openai_url(&fake),
+        json!({"model": "m", "messages": [], "stream": true,
+               "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert!(openai_chunks(&body).last().unwrap()["usage"].is_object());
+}
+
 /// The exact example of OpenAI's streaming format (envelope keys trimmed, `logprobs` dropped for comparison).
 #[tokio::test]
 async fn openai_stream_tool_calls_match_spec_example() {

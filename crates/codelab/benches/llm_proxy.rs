@@ -1,55 +1,92 @@
-//! Added latency and throughput of the LLM proxy, measured side by side in one run.
+//! The LLM proxy's cost, measured side by side in one run (docs/benchmarks.md).
 //!
-//! A fake OpenAI upstream streams a 32-token answer with no delay. The same streaming request is
-//! sent directly to it and through `codelab serve llm-proxy` (a separate process, so its RSS is
-//! its own), at concurrency 1 and 64, in alternating rounds so machine noise hits both sides.
-//! Reports time to first token and whole-stream latency (p50/p99), the proxy's added latency,
-//! requests/s and the proxy's RSS.
+//! A fake OpenAI upstream answers with no delay: non-streamed requests with one JSON body,
+//! streamed ones with a 20-chunk answer. The same load is sent directly to it, through
+//! `codelab serve llm-proxy` (a separate process routing through a model table, so its CPU and
+//! RSS are its own) and, when `BENCH_COMPARE_URL` is set, through another OpenAI-compatible
+//! proxy pointed at the same fake (a LiteLLM the user started, say). Each side gets the same
+//! alternating rounds at concurrency 1 and 64, so machine noise hits all of them.
 //!
-//! Run: `cargo bench -p codelab --bench llm_proxy` (`BENCH_SECONDS` sets each round's length).
+//! Printed per scenario: p50/p99 latency of the whole answer, what each proxy adds to the
+//! direct p50/p99, requests/s, errors, and the proxy process's user + system CPU per request
+//! (`/proc/<pid>/stat` over its rounds) and RSS.
+//!
+//! Run: `cargo bench -p codelab --bench llm_proxy`. Settings (environment):
+//! - `BENCH_SECONDS` (3): seconds of load per side and scenario, split into 3 rounds;
+//! - `BENCH_UPSTREAM_PORT`: serve the fake upstream on this fixed port of 127.0.0.1 (through a
+//!   TCP relay, for every side alike), so another proxy can be configured before the run;
+//! - `BENCH_COMPARE_URL` (`http://127.0.0.1:4000/v1`), `BENCH_COMPARE_MODEL` (`bench`),
+//!   `BENCH_COMPARE_KEY` (sent as a bearer token), `BENCH_COMPARE_PID` (its CPU and RSS),
+//!   `BENCH_COMPARE_NAME` (`compare`), `BENCH_COMPARE_WAIT` (60 s to wait for its first answer).
 #![allow(
     clippy::disallowed_methods,
     reason = "tests own their clock, ids and tasks"
 )]
 
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use codelab_testkit::bench::{
+    CpuMeter, Latencies, Table, added_ms, cpu_per_unit, env_f64, env_u64, machine_summary, mib, ms,
+    per_second, status_kib,
+};
 use codelab_testkit::{FakeFlavor, FakeLlm, FakeReply};
 use futures_util::StreamExt;
 use serde_json::json;
 
 const KEY: &str = "bench-internal-key-0123456789";
-const TOKENS: usize = 32;
-const ROUNDS: usize = 3;
+const CHUNKS: usize = 20;
+const ROUNDS: u32 = 3;
+const CONCURRENCY: [usize; 2] = [1, 64];
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    NonStreamed,
+    Streamed,
+}
+
+impl Mode {
+    fn describe(self) -> String {
+        match self {
+            Mode::NonStreamed => "non-streamed requests".to_owned(),
+            Mode::Streamed => format!("{CHUNKS}-chunk streams"),
+        }
+    }
+}
+
+/// One side of the comparison: where requests go and how they are authenticated.
+struct Target {
+    name: String,
+    url: String,
+    model: String,
+    header: Option<(&'static str, String)>,
+    /// The process serving it, for its CPU and RSS.
+    pid: Option<u32>,
+}
+
+/// What one side did over its rounds of a scenario.
 #[derive(Default)]
-struct Samples {
-    ttft: Vec<Duration>,
-    total: Vec<Duration>,
+struct Run {
+    latencies: Latencies,
     requests: usize,
-    elapsed: Duration,
     errors: usize,
+    elapsed: Duration,
+    cpu: Option<Duration>,
 }
 
-impl Samples {
-    fn merge(&mut self, other: Samples) {
-        self.ttft.extend(other.ttft);
-        self.total.extend(other.total);
+impl Run {
+    fn merge(&mut self, other: Run) {
+        self.latencies.extend(other.latencies);
         self.requests += other.requests;
-        self.elapsed += other.elapsed;
         self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.cpu = match (self.cpu, other.cpu) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
     }
-}
-
-fn percentile(values: &mut [Duration], p: f64) -> Duration {
-    if values.is_empty() {
-        return Duration::ZERO;
-    }
-    values.sort_unstable();
-    let rank = ((p / 100.0) * (values.len() - 1) as f64).round() as usize;
-    values[rank.min(values.len() - 1)]
 }
 
 struct ProxyProcess {
@@ -62,17 +99,6 @@ impl Drop for ProxyProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 async fn start_proxy(upstream: &str, port: u16) -> ProxyProcess {
@@ -114,97 +140,141 @@ async fn start_proxy(upstream: &str, port: u16) -> ProxyProcess {
     panic!("the proxy did not become healthy");
 }
 
-async fn one_request(
-    client: &reqwest::Client,
-    url: &str,
-    key: Option<&str>,
-    model: &str,
-) -> Option<(Duration, Duration)> {
+/// Serves `port` on 127.0.0.1 by relaying every connection to `to` (the fake upstream).
+async fn relay(port: u16, to: SocketAddr) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = inbound.set_nodelay(true);
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = outbound.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// One request; its whole-answer latency, `None` when it failed.
+async fn one_request(client: &reqwest::Client, target: &Target, mode: Mode) -> Option<Duration> {
     let started = Instant::now();
-    let mut request = client.post(url).json(&json!({
-        "model": model,
-        "stream": true,
+    let mut request = client.post(&target.url).json(&json!({
+        "model": target.model,
+        "stream": mode == Mode::Streamed,
         "messages": [{"role": "user", "content": "benchmark"}]
     }));
-    if let Some(key) = key {
-        request = request.header("X-Internal-Auth", key);
+    if let Some((name, value)) = &target.header {
+        request = request.header(*name, value);
     }
     let response = request.send().await.ok()?;
     if !response.status().is_success() {
         return None;
     }
-    let mut body = response.bytes_stream();
-    let mut seen = Vec::new();
-    let mut ttft = None;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.ok()?;
-        seen.extend_from_slice(&chunk);
-        if ttft.is_none() && seen.windows(4).any(|w| w == b"tok0") {
-            ttft = Some(started.elapsed());
+    match mode {
+        Mode::NonStreamed => {
+            let body = response.bytes().await.ok()?;
+            let answer: serde_json::Value = serde_json::from_slice(&body).ok()?;
+            answer["choices"][0]["message"]["content"].as_str()?;
+        }
+        Mode::Streamed => {
+            let mut body = response.bytes_stream();
+            let mut tail = Vec::new();
+            while let Some(chunk) = body.next().await {
+                // Only the end matters: keep the last bytes, not the whole stream.
+                tail.extend_from_slice(&chunk.ok()?);
+                let keep = tail.len().saturating_sub(64);
+                tail.drain(..keep);
+            }
+            if !tail.ends_with(b"data: [DONE]\n\n") {
+                return None;
+            }
         }
     }
-    if !seen.ends_with(b"data: [DONE]\n\n") {
-        return None;
-    }
-    Some((ttft?, started.elapsed()))
+    Some(started.elapsed())
 }
 
 async fn run_round(
     client: &reqwest::Client,
-    url: &str,
-    key: Option<&'static str>,
-    model: &'static str,
+    target: &Arc<Target>,
+    mode: Mode,
     concurrency: usize,
     length: Duration,
-) -> Samples {
-    let url = Arc::new(url.to_owned());
+) -> Run {
+    let cpu = target.pid.map(CpuMeter::start);
     let started = Instant::now();
     let deadline = started + length;
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let client = client.clone();
-        let url = url.clone();
-        workers.push(tokio::spawn(async move {
-            let mut samples = Samples::default();
-            while Instant::now() < deadline {
-                match one_request(&client, &url, key, model).await {
-                    Some((ttft, total)) => {
-                        samples.ttft.push(ttft);
-                        samples.total.push(total);
-                        samples.requests += 1;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let client = client.clone();
+            let target = Arc::clone(target);
+            tokio::spawn(async move {
+                let mut run = Run::default();
+                while Instant::now() < deadline {
+                    match one_request(&client, &target, mode).await {
+                        Some(latency) => {
+                            run.latencies.push(latency);
+                            run.requests += 1;
+                        }
+                        None => run.errors += 1,
                     }
-                    None => samples.errors += 1,
                 }
-            }
-            samples
-        }));
-    }
-    let mut all = Samples::default();
+                run
+            })
+        })
+        .collect();
+    let mut all = Run::default();
     for worker in workers {
-        all.merge(worker.await.expect("worker"));
+        all.merge(worker.await.expect("a worker"));
     }
     all.elapsed = started.elapsed();
+    all.cpu = cpu.and_then(|meter| meter.stop());
     all
 }
 
-/// CPU time (user + system) the process has used, from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> f64 {
-    let ticks_per_second = 100.0; // USER_HZ on Linux
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-            let rest = s.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks_per_second)
-        })
-        .unwrap_or(0.0)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+/// The compare target from the environment, once it answers; `None` when unset or silent.
+async fn compare_target(client: &reqwest::Client, upstream: &str) -> Option<Target> {
+    let base = std::env::var("BENCH_COMPARE_URL").ok()?;
+    let target = Target {
+        name: std::env::var("BENCH_COMPARE_NAME").unwrap_or_else(|_| "compare".to_owned()),
+        url: format!("{}/chat/completions", base.trim_end_matches('/')),
+        model: std::env::var("BENCH_COMPARE_MODEL").unwrap_or_else(|_| "bench".to_owned()),
+        header: std::env::var("BENCH_COMPARE_KEY")
+            .ok()
+            .map(|key| ("Authorization", format!("Bearer {key}"))),
+        pid: std::env::var("BENCH_COMPARE_PID")
+            .ok()
+            .and_then(|p| p.trim().parse().ok()),
+    };
+    let wait = Duration::from_secs_f64(env_f64("BENCH_COMPARE_WAIT", 60.0));
+    println!(
+        "compare: {} at {} (model {}); its upstream must be {upstream} (openai/gpt-4o)",
+        target.name, target.url, target.model
+    );
+    let deadline = Instant::now() + wait;
+    loop {
+        let ok = one_request(client, &target, Mode::NonStreamed)
+            .await
+            .is_some()
+            && one_request(client, &target, Mode::Streamed).await.is_some();
+        if ok {
+            return Some(target);
+        }
+        if Instant::now() >= deadline {
+            println!(
+                "compare: {} did not answer both a non-streamed and a streamed request within \
+                 {:.0} s; measuring without it",
+                target.url,
+                wait.as_secs_f64()
+            );
+            return None;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 #[tokio::main]
@@ -213,119 +283,162 @@ async fn main() {
         println!("llm_proxy: benchmark");
         return;
     }
-    let seconds: f64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
-    let length = Duration::from_secs_f64(seconds);
+    let seconds = env_f64("BENCH_SECONDS", 3.0);
+    let round = Duration::from_secs_f64(seconds / f64::from(ROUNDS));
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
-    let tokens: Vec<String> = (0..TOKENS).map(|i| format!("tok{i} ")).collect();
-    let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
-    fake.set_default_reply(FakeReply::text(&refs).with_usage(20, TOKENS as u64));
+    let chunks: Vec<String> = (0..CHUNKS).map(|i| format!("tok{i} ")).collect();
+    let refs: Vec<&str> = chunks.iter().map(String::as_str).collect();
+    fake.set_default_reply(FakeReply::text(&refs).with_usage(20, CHUNKS as u64));
 
+    let upstream = match u16::try_from(env_u64("BENCH_UPSTREAM_PORT", 0)) {
+        Ok(port) if port != 0 => {
+            relay(port, fake.addr())
+                .await
+                .expect("BENCH_UPSTREAM_PORT is free on 127.0.0.1");
+            format!("http://127.0.0.1:{port}/v1")
+        }
+        _ => fake.openai_base(),
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port")
         .port();
-    let proxy = start_proxy(&fake.openai_base(), port).await;
-    let pid = proxy.child.id();
+    let proxy = start_proxy(&upstream, port).await;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
         .build()
         .expect("client");
-    let direct_url = format!("{}/chat/completions", fake.openai_base());
-    let proxy_url = format!("http://127.0.0.1:{port}/v1/chat/completions");
 
-    // Warm both paths (connection pools, allocator).
-    run_round(
-        &client,
-        &direct_url,
-        None,
-        "gpt-4o",
-        4,
-        Duration::from_millis(500),
-    )
-    .await;
-    run_round(
-        &client,
-        &proxy_url,
-        Some(KEY),
-        "bench",
-        4,
-        Duration::from_millis(500),
-    )
-    .await;
-    let idle_rss = rss_kib(pid, "VmRSS:");
-
-    println!(
-        "LLM proxy benchmark: {TOKENS}-token streamed answers, {ROUNDS} alternating rounds of {seconds}s per side"
-    );
-    println!(
-        "proxy RSS idle after warm-up: {:.1} MiB",
-        idle_rss as f64 / 1024.0
-    );
-    for concurrency in [1usize, 64] {
-        let mut direct = Samples::default();
-        let mut proxied = Samples::default();
-        let mut proxy_cpu = 0.0;
-        for _ in 0..ROUNDS {
-            direct
-                .merge(run_round(&client, &direct_url, None, "gpt-4o", concurrency, length).await);
-            let before = cpu_seconds(pid);
-            proxied.merge(
-                run_round(&client, &proxy_url, Some(KEY), "bench", concurrency, length).await,
-            );
-            proxy_cpu += cpu_seconds(pid) - before;
-        }
-        let rss = rss_kib(pid, "VmRSS:");
-        println!();
-        println!("concurrency {concurrency}");
-        println!(
-            "  {:<8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7}",
-            "path", "ttft p50", "ttft p99", "full p50", "full p99", "req/s", "errors"
-        );
-        let mut rows = Vec::new();
-        for (name, samples) in [("direct", &mut direct), ("proxy", &mut proxied)] {
-            let row = (
-                percentile(&mut samples.ttft, 50.0),
-                percentile(&mut samples.ttft, 99.0),
-                percentile(&mut samples.total, 50.0),
-                percentile(&mut samples.total, 99.0),
-                samples.requests as f64 / samples.elapsed.as_secs_f64(),
-            );
-            println!(
-                "  {:<8} {:>7.3}ms {:>7.3}ms {:>7.3}ms {:>7.3}ms {:>10.0} {:>7}",
-                name,
-                ms(row.0),
-                ms(row.1),
-                ms(row.2),
-                ms(row.3),
-                row.4,
-                samples.errors
-            );
-            rows.push(row);
-        }
-        let (d, p) = (rows[0], rows[1]);
-        println!(
-            "  added by the proxy: ttft p50 {:+.3}ms p99 {:+.3}ms, full stream p50 {:+.3}ms p99 {:+.3}ms; throughput ratio proxy/direct {:.2}",
-            ms(p.0) - ms(d.0),
-            ms(p.1) - ms(d.1),
-            ms(p.2) - ms(d.2),
-            ms(p.3) - ms(d.3),
-            p.4 / d.4
-        );
-        let cpu_per_request = proxy_cpu / proxied.requests.max(1) as f64;
-        println!(
-            "  proxy CPU {:.0}us per streamed request (one proxy core relays {:.0} req/s); it used {:.0}% of a core here",
-            cpu_per_request * 1e6,
-            1.0 / cpu_per_request.max(1e-9),
-            100.0 * proxy_cpu / proxied.elapsed.as_secs_f64().max(1e-9)
-        );
-        println!(
-            "  proxy RSS {:.1} MiB (peak {:.1} MiB)",
-            rss as f64 / 1024.0,
-            rss_kib(pid, "VmHWM:") as f64 / 1024.0
-        );
+    println!();
+    println!("LLM proxy benchmark on {}", machine_summary());
+    println!("fake OpenAI upstream: {upstream}");
+    let mut targets = vec![
+        Arc::new(Target {
+            name: "direct".to_owned(),
+            url: format!("{upstream}/chat/completions"),
+            model: "gpt-4o".to_owned(),
+            header: None,
+            pid: None,
+        }),
+        Arc::new(Target {
+            name: "codelab".to_owned(),
+            url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
+            model: "bench".to_owned(),
+            header: Some(("X-Internal-Auth", KEY.to_owned())),
+            pid: Some(proxy.child.id()),
+        }),
+    ];
+    if let Some(compare) = compare_target(&client, &upstream).await {
+        targets.push(Arc::new(compare));
     }
+    // Warm every path (connection pools, allocators) in both modes.
+    for target in &targets {
+        for mode in [Mode::NonStreamed, Mode::Streamed] {
+            run_round(&client, target, mode, 4, Duration::from_millis(300)).await;
+        }
+    }
+    let idle: Vec<String> = targets
+        .iter()
+        .map(|t| match t.pid {
+            Some(pid) => mib(status_kib(pid, "VmRSS:")),
+            None => "—".to_owned(),
+        })
+        .collect();
+    println!(
+        "{seconds} s of load per side and scenario in {ROUNDS} alternating rounds; \
+         RSS after warm-up: {}",
+        targets
+            .iter()
+            .zip(&idle)
+            .skip(1)
+            .map(|(t, rss)| format!("{} {rss}", t.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    for mode in [Mode::NonStreamed, Mode::Streamed] {
+        for concurrency in CONCURRENCY {
+            let mut runs: Vec<Run> = targets.iter().map(|_| Run::default()).collect();
+            for _ in 0..ROUNDS {
+                for (target, run) in targets.iter().zip(&mut runs) {
+                    run.merge(run_round(&client, target, mode, concurrency, round).await);
+                }
+            }
+            println!();
+            println!("{}, concurrency {concurrency}", mode.describe());
+            report(&targets, &mut runs);
+        }
+    }
+    drop(proxy);
+}
+
+fn report(targets: &[Arc<Target>], runs: &mut [Run]) {
+    let p50: Vec<Duration> = runs
+        .iter_mut()
+        .map(|r| r.latencies.percentile(50.0))
+        .collect();
+    let p99: Vec<Duration> = runs
+        .iter_mut()
+        .map(|r| r.latencies.percentile(99.0))
+        .collect();
+    let mut table =
+        Table::new(std::iter::once(String::new()).chain(targets.iter().map(|t| t.name.clone())));
+    let side = |i: usize, f: &dyn Fn(usize) -> String| if i == 0 { "—".to_owned() } else { f(i) };
+    let columns = 0..targets.len();
+    table.row("p50", p50.iter().map(|d| ms(*d)));
+    table.row("p99", p99.iter().map(|d| ms(*d)));
+    table.row(
+        "added p50 (vs direct)",
+        columns
+            .clone()
+            .map(|i| side(i, &|i| added_ms(p50[i], p50[0]))),
+    );
+    table.row(
+        "added p99 (vs direct)",
+        columns
+            .clone()
+            .map(|i| side(i, &|i| added_ms(p99[i], p99[0]))),
+    );
+    table.row(
+        "requests/s",
+        runs.iter().map(|r| per_second(r.requests, r.elapsed)),
+    );
+    table.row(
+        "errors / requests",
+        runs.iter()
+            .map(|r| format!("{} / {}", r.errors, r.requests)),
+    );
+    table.row(
+        "proxy CPU per request (user+sys)",
+        columns
+            .clone()
+            .map(|i| side(i, &|i| cpu_per_unit(runs[i].cpu, runs[i].requests))),
+    );
+    table.row(
+        "proxy CPU, % of one core",
+        columns.clone().map(|i| {
+            side(i, &|i| match runs[i].cpu {
+                Some(cpu) if !runs[i].elapsed.is_zero() => {
+                    format!(
+                        "{:.0}%",
+                        100.0 * cpu.as_secs_f64() / runs[i].elapsed.as_secs_f64()
+                    )
+                }
+                _ => "n/a".to_owned(),
+            })
+        }),
+    );
+    table.row(
+        "proxy RSS now (peak)",
+        targets.iter().map(|t| match t.pid {
+            Some(pid) => format!(
+                "{} ({})",
+                mib(status_kib(pid, "VmRSS:")),
+                mib(status_kib(pid, "VmHWM:"))
+            ),
+            None => "—".to_owned(),
+        }),
+    );
+    table.print();
 }

@@ -196,7 +196,10 @@ async fn refresh_grant(
         .await
         .map_err(|_| OAuthError::invalid_grant("Invalid or expired refresh token"))?;
     let old_hash = tokens::jti_hash(&claims.jti);
-    let Some(old) = state.store.find_refresh_token(&old_hash).await? else {
+    // The token and its user in one read: a grant's database work is this statement and the
+    // rotation's single transaction (docs/auth.md, "Tokens and keys").
+    let Some((old, owner_active)) = state.store.find_refresh_token_with_owner(&old_hash).await?
+    else {
         return Err(OAuthError::invalid_grant("Refresh token not found"));
     };
     if old.revoked {
@@ -210,10 +213,9 @@ async fn refresh_grant(
     if claims.client_id != client.client_id || old.client_id != client.client_id {
         return Err(OAuthError::invalid_grant("Invalid refresh token"));
     }
-    let user = match state.store.get_user(&old.user_id).await? {
-        Some(user) if user.is_active => user,
-        _ => return Err(OAuthError::invalid_grant("Invalid refresh token")),
-    };
+    if !owner_active {
+        return Err(OAuthError::invalid_grant("Invalid refresh token"));
+    }
     let scope = narrow_scope(form.get("scope"), &old.scope)?;
     let family = Family::Rotated {
         family_id: old.family_id.clone(),
@@ -223,17 +225,23 @@ async fn refresh_grant(
     let Issued {
         response,
         refresh_record,
-    } = issue_tokens(state, &user.id, &client, &scope, Some(family))?;
+    } = issue_tokens(state, &old.user_id, &client, &scope, Some(family))?;
     let Some(new_record) = refresh_record else {
         return Err(OAuthError::server_error(
             "refresh grant issued no refresh token",
         ));
     };
+    // Committed with the rotation: one commit per grant, and no rotation without its row.
+    let event = AuditEvent {
+        user_id: Some(old.user_id.clone()),
+        client_id: Some(client.client_id.clone()),
+        ..ctx.event("token_refresh", true)
+    };
     // One atomic check-and-revoke: of two concurrent refreshes with the same token, exactly
     // one finds it active; the other sees it revoked and is treated as reuse.
     match state
         .store
-        .rotate_refresh_token(&old_hash, new_record, now)
+        .rotate_refresh_token(&old_hash, new_record, Some(event), now)
         .await?
     {
         RotateOutcome::Rotated { .. } => {}
@@ -250,12 +258,6 @@ async fn refresh_grant(
         }
     }
     metrics::counter_refresh_rotation();
-    let event = AuditEvent {
-        user_id: Some(user.id.clone()),
-        client_id: Some(client.client_id.clone()),
-        ..ctx.event("token_refresh", true)
-    };
-    audit(state, event).await;
     Ok(response)
 }
 

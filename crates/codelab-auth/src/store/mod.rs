@@ -70,13 +70,20 @@ pub trait AuthStore: Send + Sync + 'static {
         &self,
         jti_hash: &str,
     ) -> Result<Option<RefreshTokenRecord>, StoreError>;
+    /// [`Self::find_refresh_token`] and whether the token's user exists and is active, in one
+    /// statement (the refresh grant's only read before it signs).
+    async fn find_refresh_token_with_owner(
+        &self,
+        jti_hash: &str,
+    ) -> Result<Option<(RefreshTokenRecord, bool)>, StoreError>;
     /// In one transaction: revoke `old_jti_hash` only if it is active and unexpired at `now`
     /// (an atomic check-and-revoke, so two concurrent rotations cannot both succeed) and, if
-    /// it was, insert `new_token`.
+    /// it was, insert `new_token` and the `audit` row, so a rotation costs one commit.
     async fn rotate_refresh_token(
         &self,
         old_jti_hash: &str,
         new_token: RefreshTokenRecord,
+        audit: Option<AuditEvent>,
         now: DateTime<Utc>,
     ) -> Result<RotateOutcome, StoreError>;
     /// Revokes every active token of a rotation family; returns how many were revoked.

@@ -73,6 +73,13 @@ pub(super) fn refresh_token(row: &impl Cells) -> Result<RefreshTokenRecord, Stor
     }))
 }
 
+/// A refresh-token row and its `owner_active` flag (`sql::FIND_REFRESH_WITH_OWNER`).
+pub(super) fn refresh_token_with_owner(
+    row: &impl Cells,
+) -> Result<(RefreshTokenRecord, bool), StoreError> {
+    Ok((refresh_token(row)?, row.flag("owner_active")?))
+}
+
 /// An authorization-code row (columns of `sql::code_columns!`).
 pub(super) fn authorization_code(row: &impl Cells) -> Result<AuthorizationCode, StoreError> {
     Ok(from_row!(row => AuthorizationCode {

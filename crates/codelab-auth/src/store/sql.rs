@@ -137,6 +137,14 @@ pub(super) const FIND_REFRESH: &str = concat!(
     " FROM refresh_tokens WHERE jti_hash = $1"
 );
 
+/// $1 jti_hash: the token and whether its user exists and is active (`owner_active`).
+pub(super) const FIND_REFRESH_WITH_OWNER: &str = concat!(
+    "SELECT ",
+    refresh_columns!(),
+    ", EXISTS (SELECT 1 FROM users WHERE users.id = refresh_tokens.user_id \
+     AND users.is_active = true) AS owner_active FROM refresh_tokens WHERE jti_hash = $1"
+);
+
 /// $1 jti_hash, $2 now. The check and the revocation are one statement, so of two concurrent
 /// rotations only one can see `revoked = false`.
 pub(super) const REVOKE_IF_ACTIVE: &str = concat!(

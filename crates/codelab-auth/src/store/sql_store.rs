@@ -241,10 +241,20 @@ impl<B: Backend> AuthStore for SqlStore<B> {
             .await
     }
 
+    async fn find_refresh_token_with_owner(
+        &self,
+        jti_hash: &str,
+    ) -> Result<Option<(RefreshTokenRecord, bool)>, StoreError> {
+        let select = query(sql::FIND_REFRESH_WITH_OWNER).bind(jti_hash);
+        self.fetch_maybe(select, rows::refresh_token_with_owner)
+            .await
+    }
+
     async fn rotate_refresh_token(
         &self,
         old_jti_hash: &str,
         new_token: RefreshTokenRecord,
+        audit: Option<AuditEvent>,
         now: DateTime<Utc>,
     ) -> Result<RotateOutcome, StoreError> {
         // The check and the revocation are one guarded UPDATE, so of two concurrent rotations
@@ -268,6 +278,9 @@ impl<B: Backend> AuthStore for SqlStore<B> {
         };
         let old = rows::refresh_token(&revoked)?;
         insert_refresh((&mut tx).into(), &new_token).await?;
+        if let Some(event) = &audit {
+            insert_audit((&mut tx).into(), event, self.now()).await?;
+        }
         tx.commit().await?;
         Ok(RotateOutcome::Rotated { old })
     }
@@ -330,21 +343,7 @@ impl<B: Backend> AuthStore for SqlStore<B> {
     }
 
     async fn insert_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
-        query(sql::INSERT_AUDIT)
-            .bind(codelab_core::new_id().to_string())
-            .bind(&event.user_id)
-            .bind(&event.client_id)
-            .bind(&event.event_type)
-            .bind(event.event_data.as_ref().map(JsonText::of))
-            .bind(&event.ip_address)
-            .bind(&event.user_agent)
-            .bind(event.success)
-            .bind(&event.error_message)
-            .bind(self.now())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| StoreError::of_write(e, |_| "audit row".to_owned(), "user"))?;
-        Ok(())
+        insert_audit((&self.pool).into(), &event, self.now()).await
     }
 
     async fn list_audit(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
@@ -436,5 +435,27 @@ async fn insert_refresh<'e, B: Backend>(
         .execute(on)
         .await
         .map_err(|e| StoreError::of_write(e, |_| "refresh token".to_owned(), "user or client"))?;
+    Ok(())
+}
+
+async fn insert_audit<'e, B: Backend>(
+    on: On<'e, B>,
+    event: &'e AuditEvent,
+    now: DbTime,
+) -> Result<(), StoreError> {
+    query(sql::INSERT_AUDIT)
+        .bind(codelab_core::new_id().to_string())
+        .bind(&event.user_id)
+        .bind(&event.client_id)
+        .bind(&event.event_type)
+        .bind(event.event_data.as_ref().map(JsonText::of))
+        .bind(&event.ip_address)
+        .bind(&event.user_agent)
+        .bind(event.success)
+        .bind(&event.error_message)
+        .bind(now)
+        .execute(on)
+        .await
+        .map_err(|e| StoreError::of_write(e, |_| "audit row".to_owned(), "user"))?;
     Ok(())
 }

@@ -70,6 +70,8 @@ codelab_testkit::store_conformance!(sqlite: super::sqlite_db, postgres: super::p
     stores_and_finds_a_refresh_token_by_hash,
     refuses_a_duplicate_refresh_token_or_one_for_an_unknown_user,
     rotation_revokes_the_old_token_and_stores_the_new_one,
+    rotation_commits_its_audit_row_only_when_it_rotates,
+    finds_a_refresh_token_with_whether_its_user_is_active,
     rotation_reports_unknown_reused_and_expired_tokens_and_changes_nothing,
     of_twenty_concurrent_rotations_of_one_token_exactly_one_wins,
     revoking_a_family_leaves_other_families_alone,
@@ -499,6 +501,84 @@ async fn refuses_a_duplicate_refresh_token_or_one_for_an_unknown_user(store: Arc
     );
 }
 
+async fn rotation_commits_its_audit_row_only_when_it_rotates(store: Arc<dyn AuthStore>) {
+    let alice = user_and_client(&*store).await;
+    let now = t0();
+    insert_token(&*store, token("r1", "fam", &alice, "app", now)).await;
+    let event = |kind: &str| AuditEvent {
+        user_id: Some(alice.id.clone()),
+        client_id: Some("app".into()),
+        event_type: kind.to_owned(),
+        event_data: None,
+        ip_address: Some("127.0.0.1".into()),
+        user_agent: None,
+        success: true,
+        error_message: None,
+    };
+    let outcome = store
+        .rotate_refresh_token(
+            "r1",
+            token("r2", "fam", &alice, "app", now),
+            Some(event("token_refresh")),
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, RotateOutcome::Rotated { .. }));
+    // A reused token rotates nothing, so its audit row is not written either.
+    let again = store
+        .rotate_refresh_token(
+            "r1",
+            token("r3", "fam", &alice, "app", now),
+            Some(event("must_not_be_written")),
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(again, RotateOutcome::AlreadyRevoked { .. }));
+    let rows = store.list_audit(10).await.unwrap();
+    let types: Vec<&str> = rows.iter().map(|r| r.event.event_type.as_str()).collect();
+    assert_eq!(types, ["token_refresh"]);
+    assert_eq!(rows[0].event, event("token_refresh"));
+    // An audit row that cannot be written (unknown user) rolls the rotation back.
+    let mut orphan = event("token_refresh");
+    orphan.user_id = Some("no-such-user".into());
+    let failed = store
+        .rotate_refresh_token(
+            "r2",
+            token("r4", "fam", &alice, "app", now),
+            Some(orphan),
+            now,
+        )
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert!(!stored_token(&*store, "r2").await.revoked);
+    assert_eq!(store.find_refresh_token("r4").await.unwrap(), None);
+}
+
+async fn finds_a_refresh_token_with_whether_its_user_is_active(store: Arc<dyn AuthStore>) {
+    let alice = user_and_client(&*store).await;
+    let now = t0();
+    let record = token("w1", "fam", &alice, "app", now);
+    insert_token(&*store, record.clone()).await;
+    assert_eq!(
+        store.find_refresh_token_with_owner("w1").await.unwrap(),
+        Some((record.clone(), true))
+    );
+    store.set_user_active("alice", false).await.unwrap();
+    assert_eq!(
+        store.find_refresh_token_with_owner("w1").await.unwrap(),
+        Some((record, false))
+    );
+    assert_eq!(
+        store
+            .find_refresh_token_with_owner("unknown")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
 async fn rotation_revokes_the_old_token_and_stores_the_new_one(store: Arc<dyn AuthStore>) {
     let alice = user_and_client(&*store).await;
     let now = t0();
@@ -508,7 +588,7 @@ async fn rotation_revokes_the_old_token_and_stores_the_new_one(store: Arc<dyn Au
     new.parent_jti_hash = Some("old".into());
 
     let outcome = store
-        .rotate_refresh_token("old", new.clone(), now)
+        .rotate_refresh_token("old", new.clone(), None, now)
         .await
         .unwrap();
     let revoked_old = RefreshTokenRecord {
@@ -536,7 +616,7 @@ async fn rotation_reports_unknown_reused_and_expired_tokens_and_changes_nothing(
     let now = t0();
     assert_eq!(
         store
-            .rotate_refresh_token("unknown", token("n0", "f", &alice, "app", now), now)
+            .rotate_refresh_token("unknown", token("n0", "f", &alice, "app", now), None, now)
             .await
             .unwrap(),
         RotateOutcome::NotFound
@@ -545,7 +625,7 @@ async fn rotation_reports_unknown_reused_and_expired_tokens_and_changes_nothing(
 
     insert_token(&*store, token("t1", "f", &alice, "app", now)).await;
     let first = store
-        .rotate_refresh_token("t1", token("t2", "f", &alice, "app", now), now)
+        .rotate_refresh_token("t1", token("t2", "f", &alice, "app", now), None, now)
         .await
         .unwrap();
     assert!(matches!(first, RotateOutcome::Rotated { .. }));
@@ -553,6 +633,7 @@ async fn rotation_reports_unknown_reused_and_expired_tokens_and_changes_nothing(
         .rotate_refresh_token(
             "t1",
             token("t3", "f", &alice, "app", now),
+            None,
             now + Duration::seconds(1),
         )
         .await
@@ -579,7 +660,7 @@ async fn rotation_reports_unknown_reused_and_expired_tokens_and_changes_nothing(
     insert_token(&*store, expiring.clone()).await;
     // `expires_at` itself is already too late.
     let outcome = store
-        .rotate_refresh_token("e1", token("e2", "g", &alice, "app", now), now)
+        .rotate_refresh_token("e1", token("e2", "g", &alice, "app", now), None, now)
         .await
         .unwrap();
     assert_eq!(
@@ -612,7 +693,7 @@ async fn of_twenty_concurrent_rotations_of_one_token_exactly_one_wins(store: Arc
             (
                 i,
                 store
-                    .rotate_refresh_token("contested", new, now)
+                    .rotate_refresh_token("contested", new, None, now)
                     .await
                     .unwrap(),
             )
@@ -649,7 +730,7 @@ async fn revoking_a_family_leaves_other_families_alone(store: Arc<dyn AuthStore>
     }
     // An already revoked member is not counted again.
     store
-        .rotate_refresh_token("a1", token("a3", "A", &alice, "app", now), now)
+        .rotate_refresh_token("a1", token("a3", "A", &alice, "app", now), None, now)
         .await
         .unwrap();
     let later = now + Duration::seconds(10);
@@ -985,7 +1066,7 @@ async fn check_adopted(store: Arc<dyn AuthStore>) {
     let next = token("grandchild", "root", &admin, "codelab-flutter-app", now);
     assert!(matches!(
         store
-            .rotate_refresh_token("child", next, now)
+            .rotate_refresh_token("child", next, None, now)
             .await
             .unwrap(),
         RotateOutcome::Rotated { .. }

@@ -169,7 +169,7 @@ fn passwords_are_redacted_and_identifiers_quoted() {
 }
 
 #[tokio::test]
-async fn sqlite_database_is_created_with_wal_and_foreign_keys() {
+async fn sqlite_database_is_created_with_wal_normal_sync_and_foreign_keys() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("nested/deeper/app.db");
     let url = format!("sqlite:///{}", file.display()); // four slashes: absolute
@@ -181,6 +181,15 @@ async fn sqlite_database_is_created_with_wal_and_foreign_keys() {
     let sqlite = sqlite_pool(&pool);
     let mode: String = select_one(sqlite, "PRAGMA journal_mode").await;
     assert_eq!(mode, "wal");
+    // 1 = NORMAL (sqlx's default is 2 = FULL, an fsync per commit), on every connection:
+    // the second one held at once is a new one.
+    let mut first = sqlite.acquire().await.unwrap();
+    let mut second = sqlite.acquire().await.unwrap();
+    let synchronous: i64 = select_one(&mut *first, "PRAGMA synchronous").await;
+    assert_eq!(synchronous, 1);
+    let synchronous: i64 = select_one(&mut *second, "PRAGMA synchronous").await;
+    assert_eq!(synchronous, 1);
+    drop((first, second));
     let fk: i64 = select_one(sqlite, "PRAGMA foreign_keys").await;
     assert_eq!(fk, 1);
     let busy: i64 = select_one(sqlite, "PRAGMA busy_timeout").await;

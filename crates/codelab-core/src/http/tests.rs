@@ -699,3 +699,83 @@ async fn request_logs_carry_route_templates_never_session_ids_or_tokens() {
         "a query string was logged:\n{logs}"
     );
 }
+
+/// Sends `GET path` through the standard layers to routes answering 200, 404 (no route) and
+/// 500, under a plain-text subscriber at `level` (as development logs to a file), and returns
+/// what that request alone made the subscriber write.
+async fn request_log_at(level: tracing::Level, path: &str) -> String {
+    let capture = LogCapture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(level)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let info = ServiceInfo::new("log-level-test", "1");
+    let router = Router::new()
+        .route("/ok", get(|| async { "ok" }))
+        .route("/boom", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }));
+    let server = start(with_standard_layers(router, &info, 1024)).await;
+    let before = capture.text().len();
+    let line = raw_request(
+        &server.base,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(line.starts_with("HTTP/1.1 "), "{path}: {line}");
+    // The line is written before the response head is sent, so it is in by now.
+    let logged = capture.text().split_off(before);
+    server.stop().await;
+    logged
+}
+
+// Current-thread runtime: the server's tasks run under the test's subscriber.
+#[tokio::test(flavor = "current_thread")]
+async fn a_successful_request_writes_nothing_at_the_default_level() {
+    let logged = request_log_at(tracing::Level::INFO, "/ok").await;
+    assert!(
+        logged.is_empty(),
+        "a 2xx request logged at INFO ({} bytes):\n{logged}",
+        logged.len()
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn failed_requests_stay_visible_at_the_default_level() {
+    let client_error = request_log_at(tracing::Level::INFO, "/nowhere").await;
+    assert!(
+        client_error.contains(" INFO ") && client_error.contains("status=404"),
+        "{client_error}"
+    );
+    let server_error = request_log_at(tracing::Level::INFO, "/boom").await;
+    assert!(
+        server_error.contains(" WARN ")
+            && server_error.contains("status=500")
+            && server_error.contains("route=\"/boom\""),
+        "{server_error}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn at_debug_a_request_is_one_compact_line_with_its_route() {
+    let logged = request_log_at(tracing::Level::DEBUG, "/ok").await;
+    let lines: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("codelab_core::http::layers"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line per request:\n{logged}");
+    let line = lines[0];
+    assert!(line.contains(" DEBUG "), "{line}");
+    assert!(
+        line.contains("route=\"/ok\"") && line.contains("request_id="),
+        "{line}"
+    );
+    assert!(line.contains("response status=200 latency_us="), "{line}");
+    assert!(
+        !line.contains('\u{1b}'),
+        "no colour codes in a file: {line}"
+    );
+    assert!(line.len() < 240, "{} bytes: {line}", line.len());
+}

@@ -71,6 +71,9 @@ pub struct Providers {
     /// Longest line (or SSE event) accepted from an upstream stream
     /// (`LLM_PROXY__MAX_STREAM_LINE_BYTES`); past it the reply fails.
     pub max_stream_line_bytes: usize,
+    /// Largest non-streamed answer body accepted from an upstream
+    /// (`LLM_PROXY__MAX_RESPONSE_BYTES`); past it the request fails.
+    pub max_response_bytes: usize,
 }
 
 /// How one upstream request is sent: what every provider client needs besides the
@@ -83,6 +86,8 @@ pub struct Transport<'a> {
     pub timeout: Duration,
     /// Longest line (or SSE event) accepted from the stream; past it the reply fails.
     pub max_line_bytes: usize,
+    /// Largest non-streamed answer body accepted; past it the request fails unread.
+    pub max_response_bytes: usize,
 }
 
 impl Providers {
@@ -98,6 +103,7 @@ impl Providers {
             http: &self.http,
             timeout,
             max_line_bytes: self.max_stream_line_bytes,
+            max_response_bytes: self.max_response_bytes,
         };
         match deployment.provider {
             ProviderKind::OpenAi | ProviderKind::Azure => {

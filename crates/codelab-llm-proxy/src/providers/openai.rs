@@ -2,7 +2,10 @@
 //! Ollama `/v1`, and Azure OpenAI.
 //!
 //! The client's request is forwarded nearly verbatim (unknown fields included: "forward
-//! where supported"); the reply is always streamed upstream and parsed into [`LlmEvent`]s.
+//! where supported"). A streamed request is streamed upstream; a non-streamed one is sent
+//! non-streamed, so the upstream's JSON answer carries its real `usage` even where a server
+//! ignores `stream_options.include_usage` (vLLM, LM Studio, older Azure api-versions). Both
+//! are parsed into [`LlmEvent`]s.
 
 use std::collections::BTreeMap;
 
@@ -56,14 +59,36 @@ pub async fn open(
             None => builder,
         }
     };
-    builder = builder
-        .header(reqwest::header::ACCEPT, "text/event-stream")
-        .json(&body);
+    let stream = request.is_stream();
+    let accept = if stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    builder = builder.header(reqwest::header::ACCEPT, accept).json(&body);
     tracing::debug!(
         provider = deployment.provider.label(),
         model = %deployment.upstream_model,
+        stream,
         "sending chat completion upstream"
     );
+    if !stream {
+        let response = wire::send(builder, deployment.timeout.unwrap_or(transport.timeout)).await?;
+        if is_event_stream(&response) {
+            // A server that streams regardless of `stream: false`: read it as a stream.
+            let framing = SseParser::with_max_line_bytes(transport.max_line_bytes);
+            return Ok(wire::decode_stream(
+                wire::response_bytes(response),
+                framing,
+                OpenAiDecoder::new(),
+            ));
+        }
+        let body = wire::read_body_capped(response, transport.max_response_bytes).await?;
+        let events = completion_events(&body)?;
+        return Ok(Box::pin(futures_util::stream::iter(
+            events.into_iter().map(Ok),
+        )));
+    }
     let framing = SseParser::with_max_line_bytes(transport.max_line_bytes);
     wire::open_stream(
         transport,
@@ -75,8 +100,17 @@ pub async fn open(
     .await
 }
 
-/// The upstream request body: the client's request with the deployment's model, `stream: true`,
-/// usage requested, and every field the proxy does not know passed through.
+fn is_event_stream(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
+/// The upstream request body: the client's request with the deployment's model and every field
+/// the proxy does not know passed through; when streamed, `stream: true` with usage requested,
+/// else `stream: false` without `stream_options` (which servers reject on non-streamed calls).
 pub fn build_body(
     deployment: &Deployment,
     request: &ChatCompletionRequest,
@@ -102,10 +136,13 @@ pub fn build_body(
         "model".to_owned(),
         Value::String(deployment.upstream_model.clone()),
     );
-    body.insert("stream".to_owned(), Value::Bool(true));
+    let stream = request.is_stream();
+    body.insert("stream".to_owned(), Value::Bool(stream));
     let azure = deployment.provider == ProviderKind::Azure;
-    // Older Azure api-versions reject `stream_options`: only forward the client's own.
-    if !azure {
+    if !stream {
+        body.remove("stream_options");
+    } else if !azure {
+        // Older Azure api-versions reject `stream_options`: only forward the client's own.
         let mut options = match body.remove("stream_options") {
             Some(Value::Object(options)) => options,
             _ => Map::new(),
@@ -122,6 +159,36 @@ pub fn build_body(
         body.entry("max_completion_tokens").or_insert(max);
     }
     Ok(Value::Object(body))
+}
+
+/// The events of a non-streamed `chat.completion` answer: its `message` is read as one delta of
+/// a stream (so tool calls, reasoning and finish reasons are translated in one place), then the
+/// reply is finished with the answer's own `usage`.
+pub fn completion_events(body: &[u8]) -> Result<Vec<LlmEvent>, UpstreamError> {
+    let mut answer: Value = serde_json::from_slice(body).map_err(|err| {
+        UpstreamError::protocol(format!("upstream answer is not valid JSON: {err}"))
+    })?;
+    let has_choices = answer
+        .get("choices")
+        .and_then(Value::as_array)
+        .is_some_and(|choices| !choices.is_empty());
+    if !has_choices && answer.get("error").is_none_or(Value::is_null) {
+        return Err(UpstreamError::protocol("upstream answer has no choices"));
+    }
+    if let Some(Value::Array(choices)) = answer.get_mut("choices") {
+        for choice in choices {
+            if let Some(choice) = choice.as_object_mut()
+                && let Some(message) = choice.remove("message")
+            {
+                choice.insert("delta".to_owned(), message);
+            }
+        }
+    }
+    let mut decoder = OpenAiDecoder::new();
+    let mut out = Vec::new();
+    decoder.chunk(&answer, &mut out);
+    decoder.finish_reply(&mut out);
+    out.into_iter().collect()
 }
 
 /// Whether `model` (optionally `vendor/`-prefixed, as on OpenRouter) is an OpenAI o-series model.
@@ -224,8 +291,12 @@ impl OpenAiDecoder {
         if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
             let count = |name: &str| usage.get(name).and_then(Value::as_u64).unwrap_or(0);
             let (prompt, completion) = (count("prompt_tokens"), count("completion_tokens"));
+            let cached = usage
+                .pointer("/prompt_tokens_details/cached_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
             // Some servers repeat usage in several chunks: keep the last, emit it once at the end.
-            self.usage = Some(Usage::new(prompt, completion));
+            self.usage = Some(Usage::new(prompt, completion).with_cached_tokens(cached));
         }
     }
 
@@ -439,6 +510,13 @@ mod tests {
         .unwrap()
     }
 
+    /// [`request`], streamed.
+    fn streamed() -> ChatCompletionRequest {
+        let mut request = request();
+        request.stream = Some(true);
+        request
+    }
+
     fn expected_messages() -> Value {
         json!([
             {"role": "system", "content": "Be brief."},
@@ -450,7 +528,7 @@ mod tests {
 
     #[test]
     fn body_forwards_everything_with_model_stream_and_usage() {
-        let body = build_body(&deployment(ProviderKind::OpenAi), &request()).unwrap();
+        let body = build_body(&deployment(ProviderKind::OpenAi), &streamed()).unwrap();
         assert_eq!(
             body,
             json!({
@@ -470,8 +548,137 @@ mod tests {
     }
 
     #[test]
+    fn a_non_streamed_request_goes_upstream_non_streamed_without_stream_options() {
+        for provider in [ProviderKind::OpenAi, ProviderKind::Azure] {
+            let mut req = request();
+            req.stream_options =
+                Some(serde_json::from_value(json!({"include_usage": true})).unwrap());
+            let body = build_body(&deployment(provider), &req).unwrap();
+            assert_eq!(body["stream"], false, "{provider:?}");
+            assert!(body.get("stream_options").is_none(), "{provider:?}");
+            assert_eq!(body["max_tokens"], 100);
+        }
+    }
+
+    #[test]
+    fn a_completion_becomes_the_events_of_a_stream_with_its_usage() {
+        let answer = json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": "Reading.", "reasoning_content": "think",
+                "tool_calls": [read_file_call(),
+                    {"id": "call_B", "type": "function", "function": {"name": "list_files", "arguments": "{}"}}]}}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19,
+                      "prompt_tokens_details": {"cached_tokens": 4}}
+        });
+        let events = completion_events(answer.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            events,
+            vec![
+                LlmEvent::Start {
+                    id: Some("chatcmpl-1".into()),
+                    model: Some("gpt-4o".into())
+                },
+                LlmEvent::Reasoning("think".into()),
+                LlmEvent::Text("Reading.".into()),
+                LlmEvent::ToolStart {
+                    index: 0,
+                    id: "call_A".into(),
+                    name: "read_file".into()
+                },
+                LlmEvent::ToolArgs {
+                    index: 0,
+                    fragment: "{\"path\":\"a.py\"}".into()
+                },
+                LlmEvent::ToolStart {
+                    index: 1,
+                    id: "call_B".into(),
+                    name: "list_files".into()
+                },
+                LlmEvent::ToolArgs {
+                    index: 1,
+                    fragment: "{}".into()
+                },
+                LlmEvent::Finish {
+                    reason: FinishReason::ToolCalls
+                },
+                LlmEvent::Usage(Usage::new(12, 7).with_cached_tokens(4)),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_completions_are_errors() {
+        let not_json = completion_events(b"{\"choices\": [").unwrap_err();
+        assert_eq!(not_json.kind, UpstreamErrorKind::Protocol);
+        let no_choices = completion_events(br#"{"id":"x","choices":[]}"#).unwrap_err();
+        assert_eq!(no_choices.message, "upstream answer has no choices");
+        let error =
+            completion_events(br#"{"error":{"message":"overloaded","code":503}}"#).unwrap_err();
+        assert_eq!(error.kind, UpstreamErrorKind::Status(503));
+        assert_eq!(error.message, "overloaded");
+    }
+
+    #[tokio::test]
+    async fn a_non_streamed_reply_is_read_whole_and_an_oversized_one_refused() {
+        let answer = json!({"id": "chatcmpl-2", "model": "gpt-4o",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+        .to_string();
+        let (reply, seen) = wire::test_server::open_once(
+            deployment(ProviderKind::OpenAi),
+            "/v1",
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n",
+            &answer,
+            async |t, d| open(t, d, &request()).await,
+        )
+        .await;
+        let events: Vec<LlmEvent> = reply.unwrap().into_iter().map(Result::unwrap).collect();
+        assert_eq!(events[1], LlmEvent::Text("hi".into()));
+        assert_eq!(events.last(), Some(&LlmEvent::Usage(Usage::new(3, 1))));
+        assert_eq!(seen.header("accept"), Some("application/json"));
+        assert_eq!(seen.json()["stream"], false);
+
+        let big = format!(
+            r#"{{"choices":[{{"message":{{"content":"{}"}}}}]}}"#,
+            "x".repeat(4096)
+        );
+        let (reply, _) = wire::test_server::open_once(
+            deployment(ProviderKind::OpenAi),
+            "/v1",
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n",
+            &big,
+            async |t, d| {
+                let capped = Transport {
+                    max_response_bytes: 1024,
+                    ..*t
+                };
+                open(&capped, d, &request()).await
+            },
+        )
+        .await;
+        let err = reply.err().unwrap();
+        assert_eq!(err.kind, UpstreamErrorKind::Protocol);
+        assert!(err.message.contains("1024 byte limit"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_streams_despite_stream_false_is_read_as_a_stream() {
+        let (reply, seen) = wire::test_server::open_once(
+            deployment(ProviderKind::OpenAi),
+            "/v1",
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n",
+            PARALLEL,
+            async |t, d| open(t, d, &request()).await,
+        )
+        .await;
+        assert_eq!(reply.unwrap(), parallel_events());
+        assert_eq!(seen.json()["stream"], false);
+    }
+
+    #[test]
     fn azure_body_keeps_only_the_clients_stream_options() {
-        let mut req = request();
+        let mut req = streamed();
         let body = build_body(&deployment(ProviderKind::Azure), &req).unwrap();
         assert!(body.get("stream_options").is_none());
         req.stream_options = Some(serde_json::from_value(json!({"include_usage": true})).unwrap());
@@ -834,7 +1041,7 @@ mod tests {
         assert_eq!(err.retry_after, Some(Duration::from_secs(3)));
         assert_eq!(seen.request_line, "POST /v1/chat/completions HTTP/1.1");
         assert_eq!(seen.header("authorization"), Some("Bearer sk-test"));
-        assert_eq!(seen.json()["stream"], true);
+        assert_eq!(seen.json()["stream"], false);
     }
 
     #[tokio::test]
@@ -846,7 +1053,7 @@ mod tests {
             "/",
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n",
             PARALLEL,
-            async |t, d| open(t, d, &request()).await,
+            async |t, d| open(t, d, &streamed()).await,
         )
         .await;
         assert_eq!(reply.unwrap(), parallel_events());

@@ -475,6 +475,42 @@ pub async fn send(
     Err(status_error(response, timeout).await)
 }
 
+/// Reads a whole (non-streamed) answer body, refusing it as soon as it is known to exceed
+/// `max_bytes`: from `Content-Length` before anything is read, else when the next piece would
+/// pass the cap. Nothing past the cap is buffered; the connection is dropped, not drained.
+pub async fn read_body_capped(
+    mut response: reqwest::Response,
+    max_bytes: usize,
+) -> Result<Bytes, UpstreamError> {
+    let too_large = || {
+        UpstreamError::protocol(format!(
+            "upstream answer is larger than the {max_bytes} byte limit (LLM_PROXY__MAX_RESPONSE_BYTES)"
+        ))
+    };
+    let announced = response.content_length();
+    if announced.is_some_and(|length| length > max_bytes as u64) {
+        return Err(too_large());
+    }
+    let capacity = announced.map_or(0, |length| usize::try_from(length).unwrap_or(max_bytes));
+    let mut body = Vec::with_capacity(capacity);
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > max_bytes {
+                    return Err(too_large());
+                }
+                if body.is_empty() && announced == Some(chunk.len() as u64) {
+                    // The usual case: the whole body in one piece, kept without a copy.
+                    return Ok(chunk);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(Bytes::from(body)),
+            Err(err) => return Err(UpstreamError::from_transport(&err)),
+        }
+    }
+}
+
 /// How much of an error body is read: error bodies are small, an HTML error page need not be
 /// read whole.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -631,6 +667,7 @@ pub(crate) mod test_server {
             http: Box::leak(Box::new(reqwest::Client::new())),
             timeout: std::time::Duration::from_secs(5),
             max_line_bytes: super::DEFAULT_MAX_LINE_BYTES,
+            max_response_bytes: 16 * super::DEFAULT_MAX_LINE_BYTES,
         }
     }
 
@@ -1043,6 +1080,54 @@ mod tests {
                 .unwrap()
                 .unwrap()
         );
+    }
+
+    #[tokio::test]
+    async fn a_capped_body_read_stops_at_the_cap_and_closes_the_connection() {
+        // Chunked, no length announced, never finished: 3 × 600 bytes against a 1024 byte cap.
+        let piece = "x".repeat(600);
+        let response: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{0}\r\n{1}\r\n{0}\r\n{1}\r\n{0}\r\n{1}\r\n",
+                format!("{:x}", piece.len()),
+                piece
+            )
+            .into_boxed_str(),
+        );
+        let (addr, closed) = test_server::serve_and_wait_for_close(Some(response)).await;
+        let request = reqwest::Client::new()
+            .post(format!("http://{addr}/"))
+            .body("{}");
+        let response = send(request, Duration::from_secs(5)).await.unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(5), read_body_capped(response, 1024))
+            .await
+            .expect("the read waited for the rest of the body")
+            .unwrap_err();
+        assert_eq!(err.kind, UpstreamErrorKind::Protocol);
+        assert!(
+            err.message.contains("1024 byte limit")
+                && err.message.contains("LLM_PROXY__MAX_RESPONSE_BYTES"),
+            "{err}"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), closed)
+                .await
+                .unwrap()
+                .unwrap()
+        );
+
+        // A body of exactly the cap is read whole.
+        let (addr, seen) = test_server::serve_once(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n",
+            &"y".repeat(1024),
+        )
+        .await;
+        let request = reqwest::Client::new()
+            .post(format!("http://{addr}/"))
+            .body("{}");
+        let response = send(request, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(read_body_capped(response, 1024).await.unwrap().len(), 1024);
+        seen.await.unwrap();
     }
 
     #[test]

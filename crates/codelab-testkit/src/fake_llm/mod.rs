@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -163,6 +163,9 @@ pub struct FakeReply {
     pub tool_calls: Vec<FakeToolCall>,
     /// `(prompt, completion)` token counts reported in the usage.
     pub usage: (u64, u64),
+    /// Prompt tokens reported as served from a cache (OpenAI
+    /// `usage.prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: u64,
     /// Delay between consecutive body chunks of a stream. A non-stream reply waits this
     /// long per chunk it would have streamed (minus one) before answering.
     pub chunk_delay: Duration,
@@ -187,6 +190,7 @@ impl Default for FakeReply {
             reasoning_chunks: Vec::new(),
             tool_calls: Vec::new(),
             usage: (10, 5),
+            cached_tokens: 0,
             chunk_delay: Duration::ZERO,
             disconnect_after_chunks: None,
             status: None,
@@ -271,6 +275,13 @@ impl FakeReply {
         self
     }
 
+    /// Sets the prompt tokens reported as cached (OpenAI flavour).
+    #[must_use]
+    pub fn with_cached_tokens(mut self, cached: u64) -> Self {
+        self.cached_tokens = cached;
+        self
+    }
+
     /// Waits `delay` between stream chunks.
     #[must_use]
     pub fn with_chunk_delay(mut self, delay: Duration) -> Self {
@@ -337,6 +348,13 @@ impl RecordedRequest {
             .get(&name.to_ascii_lowercase())
             .map(String::as_str)
     }
+
+    /// The body's `stream` flag: `Some(true)` / `Some(false)` when the request said so, `None`
+    /// when it did not (or the body is not a JSON object).
+    #[must_use]
+    pub fn asked_stream(&self) -> Option<bool> {
+        self.body.get("stream").and_then(Value::as_bool)
+    }
 }
 
 /// Per-reply rendering context shared by the provider renderers.
@@ -345,7 +363,7 @@ pub(crate) struct ReplyCtx {
     pub model: String,
     /// Unix seconds.
     pub created: u64,
-    /// `stream_options.include_usage` (OpenAI only).
+    /// `stream_options.include_usage` (OpenAI only), unless the fake omits stream usage.
     pub include_usage: bool,
     /// Random hex for response ids.
     pub uid: String,
@@ -362,6 +380,8 @@ struct Inner {
 struct Shared {
     flavor: FakeFlavor,
     state: Mutex<Inner>,
+    /// OpenAI: stream no usage chunk even when `stream_options.include_usage` asks for one.
+    omit_stream_usage: AtomicBool,
     active: AtomicUsize,
     completed: AtomicUsize,
     cancelled: AtomicUsize,
@@ -467,6 +487,7 @@ impl FakeLlm {
                 requests: Vec::new(),
                 models: flavor.default_models(),
             }),
+            omit_stream_usage: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             completed: AtomicUsize::new(0),
             cancelled: AtomicUsize::new(0),
@@ -521,6 +542,21 @@ impl FakeLlm {
     #[must_use]
     pub fn pending_replies(&self) -> usize {
         self.shared.lock().queue.len()
+    }
+
+    /// OpenAI flavour: when `omit`, streamed replies carry no usage chunk even when the request
+    /// asks for one with `stream_options.include_usage`, as vLLM, LM Studio and older Azure
+    /// api-versions do; non-streamed replies still carry `usage` in their JSON body.
+    pub fn set_omit_stream_usage(&self, omit: bool) {
+        self.shared.omit_stream_usage.store(omit, Ordering::SeqCst);
+        self.shared.bump();
+    }
+
+    /// Whether the OpenAI flavour withholds the streamed usage chunk
+    /// (see [`Self::set_omit_stream_usage`]).
+    #[must_use]
+    pub fn omits_stream_usage(&self) -> bool {
+        self.shared.omit_stream_usage.load(Ordering::SeqCst)
     }
 
     /// Replaces the model ids listed by `GET /v1/models` / `GET /api/tags`.
@@ -717,7 +753,8 @@ async fn chat(shared: Arc<Shared>, request: Value) -> Response {
         include_usage: request
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
-            .unwrap_or(false),
+            .unwrap_or(false)
+            && !shared.omit_stream_usage.load(Ordering::SeqCst),
         uid: new_uid(),
     };
     let streaming = request
