@@ -118,17 +118,9 @@ impl Running {
 
     /// A value in kB of /proc/<pid>/status (`VmRSS`, `VmHWM`), in bytes.
     pub fn memory(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(&format!("{field}:")))
-            .unwrap_or_else(|| panic!("no {field} in /proc status"));
-        let kb: u64 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse().ok())
-            .unwrap();
-        kb * 1024
+        codelab_testkit::bench::status_kib(self.0.id(), &format!("{field}:"))
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+            * 1024
     }
 
     /// Fails the test when the process has exited.
