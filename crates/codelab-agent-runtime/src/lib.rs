@@ -129,7 +129,8 @@ impl Service for AppState {
         let registry = agents::AgentRegistry::from_config(&config)?;
         let prompts = prompts::Prompts::load(config.prompts_dir.as_deref())?;
         let hitl = hitl::HitlPolicy::load(config.hitl_policy_file.as_deref())?;
-        let llm = llm::LlmClient::from_config(&config)?;
+        let llm = llm::LlmClient::from_config(&config)?
+            .with_local_route(deps.local_routes.route(&config.llm_proxy_url));
         metrics::describe();
         let info = ServiceInfo::new(SERVICE_NAME, config.version.clone())
             .with_error_shape(ErrorShape::Detail);

@@ -351,7 +351,8 @@ pub struct StepCommit {
     pub new_turn: Option<Turn>,
     /// The session's title, set only if it has none (a session is named by its first message).
     pub title: Option<String>,
-    /// Messages to append, in this order.
+    /// Messages to append to the session, in this order (stored as the session's: their own
+    /// `session_id` is expected to be the same).
     pub messages: Vec<NewMessage>,
     /// Tool calls to store; `Conflict` (and nothing stored) when a `call_id` is taken.
     pub calls: Vec<ToolCallRecord>,
@@ -361,6 +362,20 @@ pub struct StepCommit {
     pub turn: Option<TurnUpdate>,
     /// Events stored last, with the session's next seqs.
     pub events: Vec<RuntimeEvent>,
+}
+
+/// What processing a frame reads first, under the session lock
+/// ([`crate::store::RuntimeStore::session_state`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionState {
+    pub session: Session,
+    /// The session's newest unfinished turn.
+    pub active_turn: Option<Turn>,
+    /// The calls of the active turn's latest step, in the order the model made them (none
+    /// before its first step, or without an active turn).
+    pub step_calls: Vec<ToolCallRecord>,
+    /// Calls still open in the session, oldest first; read only when asked for.
+    pub open_calls: Vec<ToolCallRecord>,
 }
 
 /// What a [`StepCommit`] stored.

@@ -8,12 +8,15 @@
 //!    flight: grants/s, p50/p99, and the server's CPU per grant. The service runs on a
 //!    multi-thread tokio runtime of its own and the load generator on a current-thread runtime
 //!    on the main thread; the server's CPU is the process's user + system time over the run
-//!    minus the load generator thread's (`/proc/thread-self/stat`). PostgreSQL runs on
-//!    `CODELAB_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) in a
-//!    temporary database; its server processes' CPU is printed apart.
+//!    minus the load generator thread's (`/proc/thread-self/stat`), which is printed apart.
+//!    PostgreSQL runs on `CODELAB_TEST_DATABASE_URL` (default
+//!    `postgres://postgres@127.0.0.1:5432/postgres`) in a temporary database; the CPU of the
+//!    backends serving that database is printed apart, and so is every `postgres` process's
+//!    (which also counts the server's background writers and other programs' work on a shared
+//!    server).
 //!
 //! Run with `cargo bench -p codelab-auth --bench auth` (`BENCH_SECONDS`, default 2: the least
-//! time per measurement).
+//! time per measurement; `BENCH_DB_CONNECTIONS`, default the service's, its pool size).
 #![allow(
     clippy::disallowed_methods,
     reason = "tests own their clock, ids and tasks"
@@ -35,13 +38,21 @@ use codelab_core::db::{DbOptions, connect_database};
 use codelab_testkit::TempPostgres;
 use codelab_testkit::bench::{
     Latencies, SplitCpu, Table, cpu_per_unit, env_f64, machine_summary, ms, per_second,
-    server_and_client_runtimes,
+    process_cpu, server_and_client_runtimes,
 };
 
 /// Minimum wall time per measurement (after one warm-up call), `BENCH_SECONDS`.
 fn min_time() -> Duration {
     Duration::from_secs_f64(env_f64("BENCH_SECONDS", 2.0))
 }
+/// An integer setting from the environment, else `default`.
+fn env_u32(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Refresh grants in flight in the concurrent run.
 const IN_FLIGHT: usize = 32;
 /// Minimum iterations per measurement, for the slow password hashes.
@@ -204,7 +215,9 @@ struct Load {
     elapsed: Duration,
     latencies: Latencies,
     server_cpu: Option<Duration>,
+    client_cpu: Option<Duration>,
     database_cpu: Duration,
+    backends_cpu: Duration,
 }
 
 /// The token endpoint of a running auth service, as a client sees it.
@@ -220,6 +233,12 @@ const PASSWORD_FORM: [(&str, &str); 4] = [
     ("username", "bench"),
     ("password", "correct horse battery staple"),
 ];
+
+/// What the load generator reads of a token response (the rest is skipped unparsed).
+#[derive(serde::Deserialize)]
+struct Granted {
+    refresh_token: String,
+}
 
 impl Endpoint {
     /// One grant; the refresh token it returned.
@@ -240,11 +259,9 @@ impl Endpoint {
             "grant failed: {}",
             response.status()
         );
-        let body: serde_json::Value = response.json().await.expect("json");
-        body["refresh_token"]
-            .as_str()
-            .expect("a refresh token")
-            .to_owned()
+        let body = response.bytes().await.expect("a token response body");
+        let granted: Granted = serde_json::from_slice(&body).expect("a refresh token");
+        granted.refresh_token
     }
 
     /// Rotates `refresh`: the next request uses the token this one returned.
@@ -258,9 +275,40 @@ impl Endpoint {
     }
 }
 
+/// The user + system CPU of the PostgreSQL backends serving `database` (their process title
+/// names it: `postgres: <cluster>: <user> <database> <client> <state>`), summed. Backends that
+/// exited are not counted; the pool keeps its connections open through a run.
+fn backends_cpu(database: Option<&str>) -> Duration {
+    let Some(database) = database else {
+        return Duration::ZERO;
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|title| {
+                let title = String::from_utf8_lossy(&title);
+                title.starts_with("postgres:") && title.split_whitespace().any(|w| w == database)
+            })
+        })
+        .filter_map(process_cpu)
+        .sum()
+}
+
+/// The database named by a PostgreSQL URL (its path, without parameters).
+fn database_name(url: &str) -> Option<&str> {
+    let (_, path) = url.split_once("://")?.1.split_once('/')?;
+    path.split('?').next().filter(|name| !name.is_empty())
+}
+
 /// Grants from one worker per refresh token for [`min_time`] (password grants when `None`), on
-/// the current-thread runtime this is called from.
-async fn load(endpoint: &Endpoint, tokens: Vec<Option<String>>) -> Load {
+/// the current-thread runtime this is called from; `database` names the PostgreSQL database
+/// whose backends' CPU is counted.
+async fn load(endpoint: &Endpoint, tokens: Vec<Option<String>>, database: Option<&str>) -> Load {
+    let backends_before = backends_cpu(database);
     let cpu = SplitCpu::start();
     let started = Instant::now();
     let deadline = started + min_time();
@@ -293,16 +341,20 @@ async fn load(endpoint: &Endpoint, tokens: Vec<Option<String>>) -> Load {
     load.elapsed = started.elapsed();
     let shares = cpu.stop();
     load.server_cpu = shares.server;
+    load.client_cpu = shares.client;
     load.database_cpu = shares.database;
+    load.backends_cpu = backends_cpu(database).saturating_sub(backends_before);
     load
 }
 
 /// Starts the auth service on `db_url` on the `server` runtime; its token endpoint.
 fn serve(server: &tokio::runtime::Runtime, db_url: String) -> Result<Endpoint, String> {
     use codelab_core::config::Environment;
+    let defaults = codelab_auth::Config::default();
     let config = codelab_auth::Config {
         db_url,
-        ..codelab_auth::Config::default()
+        db_max_connections: env_u32("BENCH_DB_CONNECTIONS", defaults.db_max_connections),
+        ..defaults
     };
     let url = server.block_on(async {
         let state = codelab_auth::AuthService::build(
@@ -339,15 +391,15 @@ fn serve(server: &tokio::runtime::Runtime, db_url: String) -> Result<Endpoint, S
 }
 
 /// Password grants, refresh grants one at a time and [`IN_FLIGHT`] at once, on `endpoint`.
-async fn grant_loads(endpoint: Endpoint) -> Vec<Load> {
+async fn grant_loads(endpoint: Endpoint, database: Option<&str>) -> Vec<Load> {
     let first = endpoint.grant(&PASSWORD_FORM).await;
-    let password = load(&endpoint, vec![None]).await;
-    let one = load(&endpoint, vec![Some(first)]).await;
+    let password = load(&endpoint, vec![None], database).await;
+    let one = load(&endpoint, vec![Some(first)], database).await;
     let mut families = Vec::with_capacity(IN_FLIGHT);
     for _ in 0..IN_FLIGHT {
         families.push(Some(endpoint.grant(&PASSWORD_FORM).await));
     }
-    let many = load(&endpoint, families).await;
+    let many = load(&endpoint, families, database).await;
     vec![password, one, many]
 }
 
@@ -366,8 +418,12 @@ fn grants_report() {
     let mut columns: Vec<(&str, Result<Vec<Load>, String>)> = Vec::new();
     for (name, db_url) in backends {
         eprintln!("measuring grants on {name} ...");
-        let mut loads =
-            serve(&server, db_url).map(|endpoint| client.block_on(grant_loads(endpoint)));
+        let database = (name == "postgres")
+            .then(|| database_name(&db_url))
+            .flatten();
+        let database = database.map(str::to_owned);
+        let mut loads = serve(&server, db_url)
+            .map(|endpoint| client.block_on(grant_loads(endpoint, database.as_deref())));
         if let (Ok(loads), "sqlite") = (&mut loads, name) {
             // Other programs' PostgreSQL work is no part of a SQLite grant.
             for load in loads {
@@ -388,7 +444,7 @@ fn grants_report() {
         "refresh grant, 32 in flight",
     ];
     for (i, run) in runs.iter().enumerate() {
-        let rows: [(String, &LoadCell); 4] = [
+        let rows: [(String, &LoadCell); 6] = [
             (format!("{run}: grants/s"), &|l| {
                 per_second(l.grants, l.elapsed)
             }),
@@ -402,13 +458,26 @@ fn grants_report() {
             ("  server CPU per grant".to_owned(), &|l| {
                 cpu_per_unit(l.server_cpu, l.grants)
             }),
-            ("  PostgreSQL server CPU per grant".to_owned(), &|l| {
-                if l.database_cpu.is_zero() {
+            ("  load generator CPU per grant".to_owned(), &|l| {
+                cpu_per_unit(l.client_cpu, l.grants)
+            }),
+            ("  PostgreSQL backends' CPU per grant".to_owned(), &|l| {
+                if l.backends_cpu.is_zero() {
                     "—".to_owned()
                 } else {
-                    cpu_per_unit(Some(l.database_cpu), l.grants)
+                    cpu_per_unit(Some(l.backends_cpu), l.grants)
                 }
             }),
+            (
+                "  every postgres process's CPU per grant".to_owned(),
+                &|l| {
+                    if l.database_cpu.is_zero() {
+                        "—".to_owned()
+                    } else {
+                        cpu_per_unit(Some(l.database_cpu), l.grants)
+                    }
+                },
+            ),
         ];
         for (label, value) in rows {
             let cells: Vec<String> = columns

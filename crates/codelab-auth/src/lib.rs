@@ -111,6 +111,17 @@ impl AppState {
         DateTime::<Utc>::from(self.clock.now())
     }
 
+    /// Whether this start created the `admin` user with `password` (the master key), so
+    /// `codelab up --admin-password` need not set (and hash) it a second time.
+    pub fn seeded_admin_with(&self, password: &str) -> bool {
+        self.seed_report
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|report| report.admin_password.as_ref())
+            .is_some_and(|seeded| seeded.expose() == password)
+    }
+
     /// The credentials generated at startup (admin password, internal client secret), once:
     /// later calls return `None`, so they are printed a single time.
     pub fn take_seed_report(&self) -> Option<SeedReport> {
@@ -168,17 +179,22 @@ impl Service for AppState {
             deps.environment,
         )
         .map_err(|e| BuildError::Keys(e.to_string()))?;
-        let keys = KeyManager::load_or_init_with(
-            Arc::clone(&store),
-            config.private_key_path.as_deref(),
-            &config.key_id,
-            deps.clock.clone(),
-            allow_generate,
-            encryption,
-        )
-        .await
-        .map_err(|e| BuildError::Keys(e.to_string()))?;
-        let keys = Arc::new(keys);
+        // The two slow steps of a first start, side by side on blocking threads: generating
+        // the signing key and hashing the new admin's password. Seeding writes only after the
+        // key set loaded, so a start that fails on its keys creates no admin whose password
+        // nobody was shown.
+        let (keys, pending_admin) = tokio::join!(
+            KeyManager::load_or_init_with(
+                Arc::clone(&store),
+                config.private_key_path.as_deref(),
+                &config.key_id,
+                deps.clock.clone(),
+                allow_generate,
+                encryption,
+            ),
+            seed::prepare_admin(&store, &config, deps.environment),
+        );
+        let keys = Arc::new(keys.map_err(|e| BuildError::Keys(e.to_string()))?);
         let tokens = TokenService::new(
             Arc::clone(&keys),
             config.issuer(),
@@ -187,7 +203,7 @@ impl Service for AppState {
             deps.clock.clone(),
         );
 
-        let report = seed::seed(&store, &config, deps.environment).await?;
+        let report = seed::seed_with(&store, &config, deps.environment, pending_admin?).await?;
 
         let rate_limit = config.rate_limiting_enabled(deps.environment).then(|| {
             (

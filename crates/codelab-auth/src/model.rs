@@ -98,6 +98,26 @@ pub struct RefreshTokenRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// A refresh-token rotation as a verified refresh JWT asks for it: the stored token of
+/// `old_jti_hash` is replaced by its child only while the row agrees with what the JWT claims
+/// (user, client, scope), so the grant can sign before it touches the database and then write
+/// once (docs/auth.md, "Tokens and keys").
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rotation {
+    /// sha256 hex of the presented token's `jti`.
+    pub old_jti_hash: String,
+    /// The presented token's `sub`.
+    pub user_id: String,
+    /// The presented token's `client_id` (already checked against the calling client).
+    pub client_id: String,
+    /// The presented token's `scope`, which the child keeps (RFC 6749 §6).
+    pub scope: String,
+    /// sha256 hex of the child's `jti`.
+    pub new_jti_hash: String,
+    /// The child's `exp`.
+    pub new_expires_at: DateTime<Utc>,
+}
+
 /// Result of an atomic refresh-token rotation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RotateOutcome {
@@ -109,6 +129,9 @@ pub enum RotateOutcome {
     AlreadyRevoked { old: RefreshTokenRecord },
     /// The token is past `expires_at`; nothing changed.
     Expired { old: RefreshTokenRecord },
+    /// The token is active but belongs to another user, client or scope than the rotation
+    /// says, or its user is disabled or gone; nothing changed.
+    Mismatch { old: RefreshTokenRecord },
 }
 
 /// A pending authorization code (RFC 6749 §4.1, PKCE RFC 7636): only its hash is stored.

@@ -190,12 +190,73 @@ fn strings(values: &[&str]) -> Vec<String> {
     values.iter().map(|v| (*v).to_owned()).collect()
 }
 
+/// The `admin` user to create because it is missing: its password (generated, or the master
+/// key) and that password's argon2id hash, computed before anything is written.
+pub struct PendingAdmin {
+    password: Secret,
+    generated: bool,
+    password_hash: String,
+}
+
+impl std::fmt::Debug for PendingAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingAdmin")
+            .field("generated", &self.generated)
+            .finish_non_exhaustive()
+    }
+}
+
+/// When the `admin` user is missing, chooses its password (the master key, checked against the
+/// policy, or a generated one) and hashes it; `None` when it exists. Writes nothing: the
+/// service runs this, the slow part of seeding, beside loading (or generating) its signing
+/// key, and [`seed_with`] writes only once the key set is usable.
+pub async fn prepare_admin(
+    store: &Arc<dyn AuthStore>,
+    config: &Config,
+    environment: Environment,
+) -> Result<Option<PendingAdmin>, SeedError> {
+    if admin_exists(store).await? {
+        return Ok(None);
+    }
+    let (password, generated) = if config.master_key.is_empty() {
+        (Secret::new(generate_password()), true)
+    } else {
+        let key = config.master_key.clone();
+        passwords::check_password_policy(key.expose())
+            .map_err(|e| SeedError::MasterKey(e.to_string()))?;
+        // Production never starts with a published placeholder as the admin password.
+        if environment.is_hardened() && key.is_weak() {
+            return Err(SeedError::MasterKey(
+                "it is a known placeholder or shorter than 16 characters".to_owned(),
+            ));
+        }
+        (key, false)
+    };
+    let password_hash = passwords::hash_password(password.expose()).await?;
+    Ok(Some(PendingAdmin {
+        password,
+        generated,
+        password_hash,
+    }))
+}
+
 /// Creates the seeded clients and the `admin` user when they are missing; changes nothing
 /// that exists, except the website client's redirect URIs, which follow the configuration.
 pub async fn seed(
     store: &Arc<dyn AuthStore>,
     config: &Config,
     environment: Environment,
+) -> Result<SeedReport, SeedError> {
+    let admin = prepare_admin(store, config, environment).await?;
+    seed_with(store, config, environment, admin).await
+}
+
+/// [`seed`] with the admin prepared by [`prepare_admin`].
+pub async fn seed_with(
+    store: &Arc<dyn AuthStore>,
+    config: &Config,
+    environment: Environment,
+    admin: Option<PendingAdmin>,
 ) -> Result<SeedReport, SeedError> {
     let configured_internal = &config.internal_client_secret;
     if environment.is_hardened() && !configured_internal.is_empty() && configured_internal.is_weak()
@@ -284,33 +345,19 @@ pub async fn seed(
         }
     }
 
-    if !admin_exists(store).await? {
-        let (password, generated) = if config.master_key.is_empty() {
-            (Secret::new(generate_password()), true)
-        } else {
-            let key = config.master_key.clone();
-            passwords::check_password_policy(key.expose())
-                .map_err(|e| SeedError::MasterKey(e.to_string()))?;
-            // Production never starts with a published placeholder as the admin password.
-            if environment.is_hardened() && key.is_weak() {
-                return Err(SeedError::MasterKey(
-                    "it is a known placeholder or shorter than 16 characters".to_owned(),
-                ));
-            }
-            (key, false)
-        };
+    if let Some(admin) = admin {
         let user = NewUser {
             username: ADMIN_USERNAME.to_owned(),
             email: Some(ADMIN_EMAIL.to_owned()),
-            password_hash: passwords::hash_password(password.expose()).await?,
+            password_hash: admin.password_hash,
             is_admin: true,
         };
         match store.create_user(user).await {
             Ok(_) => {
-                report.admin_password = Some(password);
-                report.admin_password_generated = generated;
+                report.admin_password = Some(admin.password);
+                report.admin_password_generated = admin.generated;
             }
-            // Another replica seeded it first.
+            // Another replica (or an earlier start) seeded it first.
             Err(StoreError::Conflict(_)) => {}
             Err(error) => return Err(error.into()),
         }

@@ -18,7 +18,7 @@ use crate::cache::Cache;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Environment;
 use crate::db::{DbError, DbOptions, DbPool, connect_database, register_pool_metrics};
-use crate::http::ServiceInfo;
+use crate::http::{LocalRoutes, ServiceInfo};
 use crate::telemetry::metrics_handle;
 
 /// A setting a service refuses to start with; the text names the setting (and its variable).
@@ -251,6 +251,9 @@ pub struct SharedDeps {
     pub cache: Option<Cache>,
     /// Environment variables the service may read (the proxy's provider keys).
     pub env: EnvVars,
+    /// The routers of the other services of this process (`codelab up`, the test stack): a
+    /// service calls one of them in process instead of over HTTP. Empty for `codelab serve`.
+    pub local_routes: LocalRoutes,
 }
 
 impl SharedDeps {
@@ -263,6 +266,7 @@ impl SharedDeps {
             shutdown: CancellationToken::new(),
             cache: None,
             env: EnvVars::from_process(),
+            local_routes: LocalRoutes::default(),
         }
     }
 
@@ -293,6 +297,13 @@ impl SharedDeps {
     #[must_use]
     pub fn with_cache(mut self, cache: Cache) -> Self {
         self.cache = Some(cache);
+        self
+    }
+
+    /// Calls the services `routes` serves in process.
+    #[must_use]
+    pub fn with_local_routes(mut self, routes: LocalRoutes) -> Self {
+        self.local_routes = routes;
         self
     }
 

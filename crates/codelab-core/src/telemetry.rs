@@ -89,7 +89,29 @@ fn install_recorder() -> PrometheusHandle {
         tracing::warn!(%err, "a global metrics recorder was already installed");
     }
     describe_process_metrics();
+    spawn_upkeep(handle.clone());
     handle
+}
+
+/// How often histogram samples are folded into their buckets between scrapes.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The recorder keeps every histogram sample until it is folded into the buckets, which only a
+/// render or an upkeep does: without a Prometheus scraping `/metrics` (`codelab up`, a
+/// deployment without monitoring) memory would grow with every request. A thread of its own,
+/// so it runs whatever async runtime the process has, or none.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new()
+        .name("metrics-upkeep".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(error) = started {
+        tracing::warn!(%error, "cannot start the metrics upkeep thread; histograms are folded only when /metrics is read");
+    }
 }
 
 static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();

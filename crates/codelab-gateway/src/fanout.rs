@@ -18,7 +18,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -26,7 +26,7 @@ use std::time::Duration;
 use codelab_protocol::runtime::SequencedEvent;
 use futures_util::{Stream, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -130,8 +130,38 @@ struct Registry {
 
 struct Channel {
     subscribers: Vec<Subscriber>,
-    /// `true` while the channel's Redis subscription is confirmed (always, in process).
-    ready: watch::Sender<bool>,
+    /// Whether the channel's Redis subscription is confirmed; `None` in process, where a
+    /// channel is always live (no allocation for the sessions of a replica without Redis).
+    ready: Option<Arc<Readiness>>,
+}
+
+/// A flag with a wake-up for its waiters: a few dozen bytes per session, where a
+/// `tokio::sync::watch` channel takes about 400 (docs/gateway.md#benchmark).
+#[derive(Default)]
+struct Readiness {
+    live: AtomicBool,
+    changed: Notify,
+}
+
+impl Readiness {
+    fn set(&self, live: bool) {
+        self.live.store(live, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until the flag is set.
+    async fn wait(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check: a `set` between the check and the wait wakes it.
+            changed.as_mut().enable();
+            if self.live.load(Ordering::Acquire) {
+                return;
+            }
+            changed.await;
+        }
+    }
 }
 
 /// A queued delivery: an event and its encoded size, or `None` for "events may have been
@@ -283,14 +313,14 @@ impl Registry {
     }
 
     fn set_ready(&self, session_id: &str, ready: bool) {
-        if let Some(channel) = self.lock().get(session_id) {
-            channel.ready.send_replace(ready);
+        if let Some(readiness) = self.lock().get(session_id).and_then(|c| c.ready.as_ref()) {
+            readiness.set(ready);
         }
     }
 
     fn set_all_ready(&self, ready: bool) {
-        for channel in self.lock().values() {
-            channel.ready.send_replace(ready);
+        for readiness in self.lock().values().filter_map(|c| c.ready.as_ref()) {
+            readiness.set(ready);
         }
     }
 
@@ -432,20 +462,21 @@ impl Fanout {
         let ready = {
             let mut channels = registry.lock();
             let channel = channels.entry(session_id.to_owned()).or_insert_with(|| {
-                let in_process = registry.commands.is_none();
-                if let Some(commands) = &registry.commands {
+                let ready = registry.commands.as_ref().map(|commands| {
                     let _ = commands.send(Command::Subscribe(session_id.to_owned()));
-                }
+                    Arc::new(Readiness::default())
+                });
                 Channel {
-                    subscribers: Vec::new(),
-                    ready: watch::Sender::new(in_process),
+                    // Most sessions have one socket.
+                    subscribers: Vec::with_capacity(1),
+                    ready,
                 }
             });
             channel.subscribers.push(Subscriber {
                 id,
                 queue: Arc::clone(&queue),
             });
-            channel.ready.subscribe()
+            channel.ready.clone()
         };
         FanoutSubscription {
             registry,
@@ -545,7 +576,8 @@ pub struct FanoutSubscription {
     session_id: String,
     id: u64,
     queue: Arc<SubscriberQueue>,
-    ready: watch::Receiver<bool>,
+    /// `None` in process: always live.
+    ready: Option<Arc<Readiness>>,
     /// The wait of the `Stream` implementation (made only when it is used as one).
     pending: Option<Pin<Box<dyn Future<Output = Delivery> + Send>>>,
 }
@@ -567,10 +599,12 @@ impl FanoutSubscription {
     /// Waits until events published from now on are delivered (with Redis: the subscription
     /// is confirmed), at most `timeout`; `false` if it was not in time.
     pub async fn ready(&mut self, timeout: Duration) -> bool {
-        matches!(
-            tokio::time::timeout(timeout, self.ready.wait_for(|ready| *ready)).await,
-            Ok(Ok(_))
-        )
+        match &self.ready {
+            None => true,
+            Some(readiness) => tokio::time::timeout(timeout, readiness.wait())
+                .await
+                .is_ok(),
+        }
     }
 
     /// The next delivery. Never `None` today (the fan-out outlives its subscriptions); the

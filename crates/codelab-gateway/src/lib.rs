@@ -89,7 +89,10 @@ impl Service for AppState {
             .ws_auth
             .unwrap_or_else(|| WsAuthMode::default_for(deps.environment));
         config.ws_auth = Some(ws_auth);
-        let runtime = runtime_client::RuntimeClient::new(&config)?;
+        let runtime = runtime_client::RuntimeClient::new(
+            &config,
+            Some(deps.local_routes.route(&config.agent_url)),
+        )?;
         let auth = auth::Authenticator::new(&config, deps.clock.clone())
             .map_err(|e| BuildError::HttpClient(e.to_string()))?;
         let fanout =

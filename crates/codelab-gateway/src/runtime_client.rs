@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use codelab_core::http::{LocalRoute, ServiceClient};
 use codelab_protocol::internal::{
     DEV_SESSIONS_HEADER, INTERNAL_AUTH_HEADER, SessionOwner, SessionResource, StoredEvents,
     StreamRequest, USER_HEADER,
@@ -83,10 +84,11 @@ impl RuntimeError {
     }
 }
 
-/// Client of the agent runtime, cheap to clone (one connection pool).
+/// Client of the agent runtime (over HTTP, or its router when the runtime runs in this
+/// process), cheap to clone (one connection pool).
 #[derive(Clone)]
 pub struct RuntimeClient {
-    http: reqwest::Client,
+    http: ServiceClient,
     base: Arc<str>,
     key: HeaderValue,
     stream_idle: Duration,
@@ -113,8 +115,9 @@ fn seconds(value: f64, default: f64) -> Duration {
 }
 
 impl RuntimeClient {
-    /// A client for `config.agent_url` with `config.internal_api_key`.
-    pub fn new(config: &Config) -> Result<Self, RuntimeError> {
+    /// A client for `config.agent_url` with `config.internal_api_key`; through `local` when
+    /// the runtime runs in this process (`codelab up`).
+    pub fn new(config: &Config, local: Option<LocalRoute>) -> Result<Self, RuntimeError> {
         let base = config.agent_url.trim().trim_end_matches('/');
         let url = reqwest::Url::parse(base)
             .map_err(|e| RuntimeError::Config(format!("agent_url {base:?}: {e}")))?;
@@ -135,7 +138,7 @@ impl RuntimeClient {
             .build()
             .map_err(|e| RuntimeError::Config(format!("cannot create the HTTP client: {e}")))?;
         Ok(RuntimeClient {
-            http,
+            http: ServiceClient::new(http).with_local_route(local),
             base: Arc::from(base),
             key,
             stream_idle: seconds(config.agent_stream_timeout, 300.0),
@@ -152,7 +155,7 @@ impl RuntimeClient {
     ) -> reqwest::RequestBuilder {
         let mut request = self
             .http
-            .request(method, format!("{}{path_and_query}", self.base))
+            .request(method, &format!("{}{path_and_query}", self.base))
             .header(INTERNAL_AUTH_HEADER, self.key.clone());
         // No header means the runtime's development user; every real caller names a user.
         if !user_id.is_empty() {
@@ -189,7 +192,7 @@ impl RuntimeClient {
             .header(ACCEPT, "text/event-stream")
             .json(&body);
         let idle = self.stream_idle;
-        let response = match tokio::time::timeout(idle, request.send()).await {
+        let response = match tokio::time::timeout(idle, self.http.send(request)).await {
             Err(_) => return Err(RuntimeError::Timeout(idle.as_secs_f64())),
             Ok(Err(error)) => return Err(transport_error(error)),
             Ok(Ok(response)) => response,
@@ -251,17 +254,24 @@ impl RuntimeClient {
         if let Some(body) = body {
             request = request.json(&body);
         }
+        let timeout = RuntimeError::Timeout(self.request_timeout.as_secs_f64());
         let failed = |e: reqwest::Error| {
             if e.is_timeout() {
-                RuntimeError::Timeout(self.request_timeout.as_secs_f64())
+                timeout.clone()
             } else {
                 transport_error(e)
             }
         };
-        let response = request.send().await.map_err(failed)?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(failed)?;
-        Ok((status, bytes))
+        // The deadline covers the head and the body, in process as on the wire.
+        let exchange = async {
+            let response = self.http.send(request).await.map_err(failed)?;
+            let status = response.status();
+            let bytes = response.bytes().await.map_err(failed)?;
+            Ok((status, bytes))
+        };
+        tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err(timeout.clone()))
     }
 
     /// `GET path` as `user_id`, which must answer 2xx with a `T` (read straight from the body).
@@ -621,6 +631,67 @@ mod tests {
         format!(
             r#"{{"seq":{seq},"type":"assistant_delta","message_id":"m","agent":"coder","delta":"{text}"}}"#
         )
+    }
+
+    /// A client of a runtime served in process by `router`.
+    fn in_process_client(router: axum::Router) -> RuntimeClient {
+        let routes = codelab_core::http::LocalRoutes::default();
+        routes.serve("http://127.0.0.1:9", router);
+        let config = Config {
+            agent_url: "http://127.0.0.1:9".to_owned(),
+            request_timeout: 0.2,
+            agent_stream_timeout: 0.2,
+            ..Config::default()
+        };
+        RuntimeClient::new(&config, Some(routes.route(&config.agent_url))).expect("client")
+    }
+
+    #[tokio::test]
+    async fn in_process_calls_keep_the_timeouts_of_the_wire() {
+        // Port 9 has no listener: every answer below comes from the router.
+        let slow = || async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "late"
+        };
+        let client = in_process_client(
+            axum::Router::new()
+                .route(
+                    "/health",
+                    axum::routing::get(|| async { axum::Json(json!({"status": "healthy"})) }),
+                )
+                .route("/slow", axum::routing::get(slow))
+                .route("/agent/message/stream", axum::routing::post(slow)),
+        );
+        client.health().await.expect("served in process");
+        let error = client
+            .request(reqwest::Method::GET, "/slow", "u", None, false)
+            .await
+            .expect_err("slower than request_timeout");
+        assert_eq!(error, RuntimeError::Timeout(0.2));
+        let error = client
+            .stream_frame("s", "u", json!({"type": "cancel_turn"}), false)
+            .await
+            .expect_err("slower than agent_stream_timeout");
+        assert_eq!(error, RuntimeError::Timeout(0.2));
+    }
+
+    #[tokio::test]
+    async fn in_process_streams_relay_the_runtimes_events() {
+        let client = in_process_client(axum::Router::new().route(
+            "/agent/message/stream",
+            axum::routing::post(|| async {
+                format!("data: {}\n\ndata: [DONE]\n\n", event(1, "hi"))
+            }),
+        ));
+        let events: Vec<_> = client
+            .stream_frame("s", "u", json!({"type": "cancel_turn"}), false)
+            .await
+            .expect("stream")
+            .collect()
+            .await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        let first = events[0].as_ref().expect("an event");
+        assert_eq!(first.seq, 1);
     }
 
     #[test]

@@ -12,8 +12,9 @@ use secrecy::SecretString;
 
 use crate::config::{Config, LlmMode};
 use crate::events::{EventStream, LlmEvent, UpstreamError, UpstreamErrorKind};
-use crate::metrics as m;
+use crate::metrics::{self as m, ProviderSeries};
 use crate::providers::{Deployment, ProviderKind, Providers};
+use crate::relay::IdleTimeout;
 use crate::routing::{self, ModelTable, ProviderEnv, Route};
 
 /// Longest `Retry-After` the proxy waits for itself before trying another deployment instead.
@@ -182,7 +183,8 @@ impl Dispatcher {
                 ));
             }
         };
-        metrics::histogram!(m::UPSTREAM_LATENCY, "provider" => deployment.provider.label())
+        ProviderSeries::of(deployment.provider)
+            .upstream_latency()
             .record(started_at.elapsed().as_secs_f64());
         let events: EventStream =
             Box::pin(futures_util::stream::once(async { Ok(first) }).chain(events));
@@ -206,17 +208,9 @@ fn timeout_error(timeout: Duration) -> UpstreamError {
 
 /// Ends the stream with a timeout error when the upstream stays silent longer than `timeout`.
 fn with_idle_timeout(events: EventStream, timeout: Duration) -> EventStream {
-    Box::pin(futures_util::stream::unfold(
-        Some(events),
-        move |state| async move {
-            let mut events = state?;
-            match tokio::time::timeout(timeout, events.next()).await {
-                Ok(Some(item)) => Some((item, Some(events))),
-                Ok(None) => None,
-                Err(_) => Some((Err(timeout_error(timeout)), None)),
-            }
-        },
-    ))
+    Box::pin(IdleTimeout::new(events, timeout, move || {
+        Err(timeout_error(timeout))
+    }))
 }
 
 /// Whether an event counts as the first token for time-to-first-token.

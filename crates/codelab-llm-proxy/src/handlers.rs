@@ -1,30 +1,33 @@
 //! HTTP handlers: `/v1/chat/completions`, the model lists.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
 use codelab_core::http::ApiError;
 use codelab_protocol::ide::json_kind;
 use codelab_protocol::openai::{ChatCompletionRequest, ModelInfo};
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::AppState;
 use crate::dispatch::{OpenStream, is_token};
 use crate::events::{LlmEvent, UpstreamError};
-use crate::metrics::{self as m, InflightGuard};
+use crate::metrics::{self as m, InflightGuard, Outcome, ProviderSeries};
 use crate::providers::ProviderKind;
+use crate::relay::WaitTimer;
 use crate::render::{
-    Accumulator, AnswerIdentity, ChunkRenderer, client_status, upstream_error_body,
+    Accumulator, AnswerIdentity, ChunkRenderer, client_status, upstream_error_body, write_sse_data,
 };
 
 /// `POST /v1/chat/completions`.
@@ -80,7 +83,8 @@ pub async fn create_chat_completion(
     let opened = match opened {
         Ok(opened) => opened,
         Err(error) => {
-            metrics::counter!(m::REQUESTS, "provider" => provider.label(), "outcome" => "error")
+            ProviderSeries::of(provider)
+                .requests(Outcome::Error)
                 .increment(1);
             return upstream_failure(&error);
         }
@@ -103,6 +107,11 @@ pub async fn create_chat_completion(
 /// Checks the body the way clients need to hear about it: bad JSON is 400, a body without
 /// `model` or `messages` (or with wrong types) is 422, each with the reason.
 fn parse_request(body: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
+    // A valid body reads straight into the request; only a body that does not is read again as
+    // a tree, to say precisely what is wrong with it.
+    if let Ok(request) = serde_json::from_slice(body) {
+        return Ok(request);
+    }
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!("the body is not valid JSON: {e}")).with_code("invalid_json")
     })?;
@@ -182,22 +191,22 @@ impl Accounting {
     fn observe(&mut self, event: &LlmEvent) {
         if !self.first_token_seen && is_token(event) {
             self.first_token_seen = true;
-            metrics::histogram!(m::TTFT, "provider" => self.provider.label())
+            ProviderSeries::of(self.provider)
+                .ttft()
                 .record(self.received_at.elapsed().as_secs_f64());
         }
         if let LlmEvent::Usage(usage) = event {
-            let label = self.provider.label();
-            metrics::counter!(m::TOKENS, "provider" => label, "direction" => "in")
-                .increment(usage.prompt_tokens);
-            metrics::counter!(m::TOKENS, "provider" => label, "direction" => "out")
-                .increment(usage.completion_tokens);
+            let series = ProviderSeries::of(self.provider);
+            series.tokens_in().increment(usage.prompt_tokens);
+            series.tokens_out().increment(usage.completion_tokens);
         }
     }
 
-    fn finish(&self, outcome: &'static str) {
-        let label = self.provider.label();
-        metrics::counter!(m::REQUESTS, "provider" => label, "outcome" => outcome).increment(1);
-        metrics::histogram!(m::REQUEST_DURATION, "provider" => label)
+    fn finish(&self, outcome: Outcome) {
+        let series = ProviderSeries::of(self.provider);
+        series.requests(outcome).increment(1);
+        series
+            .duration()
             .record(self.received_at.elapsed().as_secs_f64());
     }
 }
@@ -221,12 +230,12 @@ async fn json_answer(
                 accumulator.push(event);
             }
             Err(error) => {
-                accounting.finish("error");
+                accounting.finish(Outcome::Error);
                 return upstream_failure(&error);
             }
         }
     }
-    accounting.finish("ok");
+    accounting.finish(Outcome::Ok);
     Json(accumulator.into_response(identity)).into_response()
 }
 
@@ -238,73 +247,106 @@ fn stream_answer(
     permit: OwnedSemaphorePermit,
     state: &AppState,
 ) -> Response {
-    struct Relay {
-        events: crate::events::EventStream,
-        renderer: ChunkRenderer,
-        accounting: Accounting,
-        pending: std::collections::VecDeque<String>,
-        done: bool,
-        _permit: OwnedSemaphorePermit,
-        _inflight: InflightGuard,
-    }
+    let keepalive = Duration::from_secs(state.dispatcher.config.keepalive_interval.max(1));
     let relay = Relay {
-        events: opened.events,
+        events: Some(opened.events),
         renderer: ChunkRenderer::new(identity, include_usage),
         accounting: Accounting {
             provider: opened.provider,
             received_at,
             first_token_seen: false,
         },
-        pending: Default::default(),
-        done: false,
+        out: BytesMut::new(),
+        keepalive: WaitTimer::new(keepalive),
         _permit: permit,
         _inflight: InflightGuard::new(),
     };
     // The permit and the upstream stream live inside the body: when the client goes away,
     // hyper drops the body, which drops the upstream response and cancels the request.
-    let body = futures_util::stream::unfold(relay, |mut relay| async move {
-        loop {
-            if let Some(payload) = relay.pending.pop_front() {
-                return Some((
-                    Ok::<Event, Infallible>(Event::default().data(payload)),
-                    relay,
-                ));
-            }
-            if relay.done {
-                return None;
-            }
-            match relay.events.next().await {
-                Some(Ok(event)) => {
-                    relay.accounting.observe(&event);
-                    relay.pending.extend(relay.renderer.render(&event));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // nginx must not buffer a token stream.
+            (HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(relay),
+    )
+        .into_response()
+}
+
+/// Pieces of the body handed to hyper at once: the events that are ready, up to about this size.
+const RELAY_FRAME_BYTES: usize = 16 * 1024;
+
+/// The SSE comment sent when nothing else was sent for a keep-alive interval.
+const KEEPALIVE_COMMENT: &[u8] = b": ping\n\n";
+
+/// The body of a streamed answer: upstream events rendered as SSE chunks, every event that is
+/// ready written into one piece, then `data: [DONE]`; a keep-alive comment while the upstream
+/// is silent.
+struct Relay {
+    /// `None` once the answer is complete.
+    events: Option<crate::events::EventStream>,
+    renderer: ChunkRenderer,
+    accounting: Accounting,
+    /// Rendered bytes not yet handed to hyper.
+    out: BytesMut,
+    keepalive: WaitTimer,
+    _permit: OwnedSemaphorePermit,
+    _inflight: InflightGuard,
+}
+
+impl Relay {
+    /// Renders what the upstream has ready now, until it has nothing ready or the piece is full.
+    fn pull(&mut self, cx: &mut Context<'_>) {
+        while self.out.len() < RELAY_FRAME_BYTES {
+            let Some(events) = self.events.as_mut() else {
+                return;
+            };
+            match events.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(event))) => {
+                    self.accounting.observe(&event);
+                    self.renderer.render(&event, &mut self.out);
                 }
-                Some(Err(error)) => {
-                    tracing::warn!(provider = relay.accounting.provider.label(), error = %error.message, "upstream failed mid-stream");
-                    relay.accounting.finish("error");
-                    relay
-                        .pending
-                        .extend(serde_json::to_string(&upstream_error_body(&error)).ok());
-                    relay.pending.push_back("[DONE]".to_owned());
-                    relay.done = true;
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::warn!(provider = self.accounting.provider.label(), error = %error.message, "upstream failed mid-stream");
+                    self.accounting.finish(Outcome::Error);
+                    if let Ok(body) = serde_json::to_vec(&upstream_error_body(&error)) {
+                        write_sse_data(&mut self.out, &body);
+                    }
+                    write_sse_data(&mut self.out, b"[DONE]");
+                    self.events = None;
                 }
-                None => {
-                    relay.accounting.finish("ok");
-                    relay.pending.extend(relay.renderer.finish());
-                    relay.pending.push_back("[DONE]".to_owned());
-                    relay.done = true;
+                Poll::Ready(None) => {
+                    self.accounting.finish(Outcome::Ok);
+                    self.renderer.finish(&mut self.out);
+                    write_sse_data(&mut self.out, b"[DONE]");
+                    self.events = None;
                 }
+                Poll::Pending => return,
             }
         }
-    });
-    let keepalive = Duration::from_secs(state.dispatcher.config.keepalive_interval.max(1));
-    let mut response = Sse::new(body)
-        .keep_alive(KeepAlive::new().interval(keepalive).text("ping"))
-        .into_response();
-    // nginx must not buffer a token stream.
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    }
+}
+
+impl Stream for Relay {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        this.pull(cx);
+        if !this.out.is_empty() {
+            this.keepalive.reset();
+            return Poll::Ready(Some(Ok(this.out.split().freeze())));
+        }
+        if this.events.is_none() {
+            return Poll::Ready(None);
+        }
+        match this.keepalive.poll_expired(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Ok(Bytes::from_static(KEEPALIVE_COMMENT)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// `GET /v1/llm/models` (and the original's unauthenticated `/llm/models`): a bare array.

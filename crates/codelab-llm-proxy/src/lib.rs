@@ -10,6 +10,7 @@ pub mod events;
 pub mod handlers;
 pub mod metrics;
 pub mod providers;
+pub mod relay;
 pub mod render;
 pub mod routing;
 

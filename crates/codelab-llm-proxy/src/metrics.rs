@@ -1,6 +1,11 @@
 //! Metric names of the proxy (`codelab_llm_proxy_*`); labels are bounded: provider and status.
 
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge, Histogram};
+
 use crate::events::{UpstreamError, UpstreamErrorKind};
+use crate::providers::ProviderKind;
 
 /// Chat completion requests by provider and outcome (`ok`, `error`, `rejected`).
 pub const REQUESTS: &str = "codelab_llm_proxy_requests_total";
@@ -35,6 +40,138 @@ pub fn status_label(error: &UpstreamError) -> &'static str {
     }
 }
 
+/// The series every served request records, by provider: handles kept once made, so a request
+/// does not build label sets and look them up in the recorder's registry each time.
+///
+/// Each handle is made on its first use, so `/metrics` lists the same series as when they were
+/// looked up every time (none for what never happened).
+#[derive(Debug)]
+pub struct ProviderSeries {
+    provider: ProviderKind,
+    requests_ok: OnceLock<Counter>,
+    requests_error: OnceLock<Counter>,
+    duration: OnceLock<Histogram>,
+    ttft: OnceLock<Histogram>,
+    upstream_latency: OnceLock<Histogram>,
+    tokens_in: OnceLock<Counter>,
+    tokens_out: OnceLock<Counter>,
+}
+
+/// Request outcomes recorded per provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Error,
+}
+
+impl ProviderSeries {
+    const fn new(provider: ProviderKind) -> Self {
+        ProviderSeries {
+            provider,
+            requests_ok: OnceLock::new(),
+            requests_error: OnceLock::new(),
+            duration: OnceLock::new(),
+            ttft: OnceLock::new(),
+            upstream_latency: OnceLock::new(),
+            tokens_in: OnceLock::new(),
+            tokens_out: OnceLock::new(),
+        }
+    }
+
+    /// The series of `provider`.
+    pub fn of(provider: ProviderKind) -> &'static ProviderSeries {
+        static SERIES: [ProviderSeries; 5] = [
+            ProviderSeries::new(ProviderKind::OpenAi),
+            ProviderSeries::new(ProviderKind::Azure),
+            ProviderSeries::new(ProviderKind::Anthropic),
+            ProviderSeries::new(ProviderKind::Ollama),
+            ProviderSeries::new(ProviderKind::Mock),
+        ];
+        let index = match provider {
+            ProviderKind::OpenAi => 0,
+            ProviderKind::Azure => 1,
+            ProviderKind::Anthropic => 2,
+            ProviderKind::Ollama => 3,
+            ProviderKind::Mock => 4,
+        };
+        &SERIES[index]
+    }
+
+    /// `codelab_llm_proxy_requests_total{provider, outcome}`.
+    pub fn requests(&self, outcome: Outcome) -> &Counter {
+        let label = self.provider.label();
+        match outcome {
+            Outcome::Ok => handle(
+                &self.requests_ok,
+                || metrics::counter!(REQUESTS, "provider" => label, "outcome" => "ok"),
+            ),
+            Outcome::Error => handle(
+                &self.requests_error,
+                || metrics::counter!(REQUESTS, "provider" => label, "outcome" => "error"),
+            ),
+        }
+    }
+
+    /// `codelab_llm_proxy_request_duration_seconds{provider}`.
+    pub fn duration(&self) -> &Histogram {
+        let label = self.provider.label();
+        handle(
+            &self.duration,
+            || metrics::histogram!(REQUEST_DURATION, "provider" => label),
+        )
+    }
+
+    /// `codelab_llm_proxy_ttft_seconds{provider}`.
+    pub fn ttft(&self) -> &Histogram {
+        let label = self.provider.label();
+        handle(
+            &self.ttft,
+            || metrics::histogram!(TTFT, "provider" => label),
+        )
+    }
+
+    /// `codelab_llm_proxy_upstream_latency_seconds{provider}`.
+    pub fn upstream_latency(&self) -> &Histogram {
+        let label = self.provider.label();
+        handle(
+            &self.upstream_latency,
+            || metrics::histogram!(UPSTREAM_LATENCY, "provider" => label),
+        )
+    }
+
+    /// `codelab_llm_proxy_tokens_total{provider, direction="in"}` (prompt tokens).
+    pub fn tokens_in(&self) -> &Counter {
+        let label = self.provider.label();
+        handle(
+            &self.tokens_in,
+            || metrics::counter!(TOKENS, "provider" => label, "direction" => "in"),
+        )
+    }
+
+    /// `codelab_llm_proxy_tokens_total{provider, direction="out"}` (completion tokens).
+    pub fn tokens_out(&self) -> &Counter {
+        let label = self.provider.label();
+        handle(
+            &self.tokens_out,
+            || metrics::counter!(TOKENS, "provider" => label, "direction" => "out"),
+        )
+    }
+}
+
+/// The handle in `cell`, made by `make` the first time. The process's recorder is installed
+/// first: a handle made before it exists would record nothing, for good.
+fn handle<T>(cell: &OnceLock<T>, make: impl FnOnce() -> T) -> &T {
+    cell.get_or_init(|| {
+        let _ = codelab_core::telemetry::metrics_handle();
+        make()
+    })
+}
+
+fn inflight_streams() -> &'static Gauge {
+    static GAUGE: OnceLock<Gauge> = OnceLock::new();
+    handle(&GAUGE, || metrics::gauge!(INFLIGHT_STREAMS))
+}
+
 /// Keeps the in-flight gauge right however a stream ends (finished, failed or dropped).
 #[derive(Debug)]
 pub struct InflightGuard;
@@ -42,7 +179,7 @@ pub struct InflightGuard;
 impl InflightGuard {
     /// Counts one more stream in flight.
     pub fn new() -> Self {
-        metrics::gauge!(INFLIGHT_STREAMS).increment(1.0);
+        inflight_streams().increment(1.0);
         InflightGuard
     }
 }
@@ -55,6 +192,6 @@ impl Default for InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        metrics::gauge!(INFLIGHT_STREAMS).decrement(1.0);
+        inflight_streams().decrement(1.0);
     }
 }

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use bytes::{BufMut, BytesMut};
 use codelab_protocol::openai::{
-    AssistantMessage, ChatCompletionChunk, ChatCompletionResponse, Choice, ChunkChoice, Delta,
-    ErrorBody, ErrorDetail, FunctionCallDelta, ToolCall, ToolCallDelta, Usage,
+    AssistantMessage, ChatCompletionResponse, Choice, Delta, ErrorBody, ErrorDetail,
+    FunctionCallDelta, ToolCall, ToolCallDelta, Usage,
 };
 
 use crate::events::{FinishReason, LlmEvent, UpstreamError, UpstreamErrorKind};
@@ -26,81 +27,70 @@ impl AnswerIdentity {
             .map(|d| d.as_secs())
             .unwrap_or_default();
         AnswerIdentity {
-            id: format!("chatcmpl-{}", codelab_core::ids::new_random_id().simple()),
+            // 128 random bits from the thread's CSPRNG, as many as a UUID's hex form shows,
+            // without a system call per answer.
+            id: format!("chatcmpl-{}", codelab_core::ids::random_hex(16)),
             created,
             model: model.to_owned(),
         }
     }
-
-    fn chunk(&self, delta: Delta, finish_reason: Option<&str>) -> ChatCompletionChunk {
-        ChatCompletionChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".to_owned(),
-            created: self.created,
-            model: self.model.clone(),
-            choices: vec![ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason: finish_reason.map(str::to_owned),
-            }],
-            usage: None,
-        }
-    }
 }
 
-/// Turns events into SSE `data:` payloads, one chunk per event.
+/// Turns events into SSE events (`data: {chunk}` and a blank line), one chunk per event, written
+/// straight into the response buffer.
+///
+/// The bytes are those of serialising a `ChatCompletionChunk` with serde: the envelope
+/// (`id`, `object`, `created`, `model`, `choices`) is the same in every chunk of an answer, so
+/// it is serialised once, and each chunk only adds its delta and finish reason.
 #[derive(Debug)]
 pub struct ChunkRenderer {
-    identity: AnswerIdentity,
+    /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[`
+    head: Vec<u8>,
     include_usage: bool,
     role_sent: bool,
     usage: Option<Usage>,
 }
 
+/// The delta of the first chunk of every answer.
+const ROLE_DELTA: &[u8] = br#"{"role":"assistant","content":""}"#;
+
 impl ChunkRenderer {
     /// A renderer for one answer; `include_usage` adds the final usage chunk.
     pub fn new(identity: AnswerIdentity, include_usage: bool) -> Self {
+        let mut head = Vec::with_capacity(96 + identity.id.len() + identity.model.len());
+        head.extend_from_slice(b"data: {\"id\":");
+        write_json_str(&mut head, &identity.id);
+        head.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        head.extend_from_slice(identity.created.to_string().as_bytes());
+        head.extend_from_slice(b",\"model\":");
+        write_json_str(&mut head, &identity.model);
+        head.extend_from_slice(b",\"choices\":[");
         ChunkRenderer {
-            identity,
+            head,
             include_usage,
             role_sent: false,
             usage: None,
         }
     }
 
-    /// The JSON payloads for one event (zero, one or two chunks).
-    pub fn render(&mut self, event: &LlmEvent) -> Vec<String> {
-        let mut out = Vec::new();
+    /// Writes the SSE events for one event (zero, one or two chunks) to `out`.
+    pub fn render(&mut self, event: &LlmEvent, out: &mut BytesMut) {
         if !self.role_sent {
             self.role_sent = true;
-            let role = Delta {
-                role: Some("assistant".into()),
-                content: Some(String::new()),
-                ..Delta::default()
-            };
-            out.push(self.identity.chunk(role, None));
+            self.chunk(out, ROLE_DELTA, None);
         }
         match event {
             LlmEvent::Start { .. } => {}
             LlmEvent::Text(text) if !text.is_empty() => {
-                out.push(self.identity.chunk(
-                    Delta {
-                        content: Some(text.clone()),
-                        ..Delta::default()
-                    },
-                    None,
-                ));
+                self.text_chunk(out, b"{\"content\":", text);
             }
             LlmEvent::Text(_) => {}
-            LlmEvent::Reasoning(text) => out.push(self.identity.chunk(
-                Delta {
-                    reasoning_content: Some(text.clone()),
-                    ..Delta::default()
-                },
-                None,
-            )),
-            LlmEvent::ToolStart { index, id, name } => out.push(self.identity.chunk(
-                tool_delta(ToolCallDelta {
+            LlmEvent::Reasoning(text) => {
+                self.text_chunk(out, b"{\"reasoning_content\":", text);
+            }
+            LlmEvent::ToolStart { index, id, name } => self.delta_chunk(
+                out,
+                &tool_delta(ToolCallDelta {
                     index: *index,
                     id: Some(id.clone()),
                     kind: Some("function".into()),
@@ -109,10 +99,10 @@ impl ChunkRenderer {
                         arguments: Some(String::new()),
                     }),
                 }),
-                None,
-            )),
-            LlmEvent::ToolArgs { index, fragment } => out.push(self.identity.chunk(
-                tool_delta(ToolCallDelta {
+            ),
+            LlmEvent::ToolArgs { index, fragment } => self.delta_chunk(
+                out,
+                &tool_delta(ToolCallDelta {
                     index: *index,
                     function: Some(FunctionCallDelta {
                         name: None,
@@ -120,34 +110,80 @@ impl ChunkRenderer {
                     }),
                     ..ToolCallDelta::default()
                 }),
-                None,
-            )),
-            LlmEvent::Finish { reason } => {
-                out.push(self.identity.chunk(Delta::default(), Some(reason.as_str())))
-            }
+            ),
+            LlmEvent::Finish { reason } => self.chunk(out, b"{}", Some(reason.as_str())),
             LlmEvent::Usage(usage) => self.usage = Some(*usage),
         }
-        out.into_iter()
-            .filter_map(|c| serde_json::to_string(&c).ok())
-            .collect()
     }
 
-    /// The payloads that close a successful stream: the usage chunk when asked for.
-    pub fn finish(&mut self) -> Vec<String> {
-        let mut out = Vec::new();
+    /// Writes the events that close a successful stream: the usage chunk when asked for.
+    pub fn finish(&mut self, out: &mut BytesMut) {
         if self.include_usage {
-            let chunk = ChatCompletionChunk {
-                id: self.identity.id.clone(),
-                object: "chat.completion.chunk".to_owned(),
-                created: self.identity.created,
-                model: self.identity.model.clone(),
-                choices: Vec::new(),
-                usage: Some(self.usage.unwrap_or_default()),
-            };
-            out.extend(serde_json::to_string(&chunk).ok());
+            let mut json = Vec::with_capacity(128);
+            // Serialising plain counters cannot fail.
+            if serde_json::to_writer(&mut json, &self.usage.unwrap_or_default()).is_ok() {
+                out.extend_from_slice(&self.head);
+                out.extend_from_slice(b"],\"usage\":");
+                out.extend_from_slice(&json);
+                out.extend_from_slice(b"}\n\n");
+            }
         }
-        out
     }
+
+    /// A chunk whose delta is one string member, `key` being `{"member":`.
+    fn text_chunk(&self, out: &mut BytesMut, key: &[u8], text: &str) {
+        out.reserve(self.head.len() + key.len() + text.len() + 64);
+        self.open_chunk(out);
+        out.extend_from_slice(key);
+        write_json_str(out, text);
+        out.extend_from_slice(b"}");
+        close_chunk(out, None);
+    }
+
+    fn delta_chunk(&self, out: &mut BytesMut, delta: &Delta) {
+        if let Ok(json) = serde_json::to_vec(delta) {
+            self.chunk(out, &json, None);
+        }
+    }
+
+    /// `head`, the one choice with `delta` (serialised JSON) and `finish_reason`, the blank line.
+    fn chunk(&self, out: &mut BytesMut, delta: &[u8], finish_reason: Option<&str>) {
+        out.reserve(self.head.len() + delta.len() + 64);
+        self.open_chunk(out);
+        out.extend_from_slice(delta);
+        close_chunk(out, finish_reason);
+    }
+
+    /// Everything of a chunk before its delta.
+    fn open_chunk(&self, out: &mut BytesMut) {
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(b"{\"index\":0,\"delta\":");
+    }
+}
+
+/// Everything of a chunk after its delta.
+fn close_chunk(out: &mut BytesMut, finish_reason: Option<&str>) {
+    out.extend_from_slice(b",\"finish_reason\":");
+    match finish_reason {
+        Some(reason) => write_json_str(out, reason),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b"}]}\n\n");
+}
+
+/// Writes one SSE event whose data is `payload` (a line without line breaks, such as
+/// serialised JSON or `[DONE]`).
+pub fn write_sse_data(out: &mut BytesMut, payload: &[u8]) {
+    out.reserve(payload.len() + 8);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// `text` as a JSON string, escaped exactly as serde_json escapes a `String` field.
+fn write_json_str(out: &mut impl BufMut, text: &str) {
+    // Writing a string into memory cannot fail.
+    let _ = serde_json::to_writer(BufMut::writer(out), text);
 }
 
 fn tool_delta(call: ToolCallDelta) -> Delta {
@@ -274,34 +310,174 @@ mod tests {
         }
     }
 
+    /// The SSE events `render` and `finish` wrote, one JSON payload each.
+    fn payloads(out: &BytesMut) -> Vec<String> {
+        let text = std::str::from_utf8(out).unwrap();
+        assert!(text.is_empty() || text.ends_with("\n\n"), "{text}");
+        text.split_terminator("\n\n")
+            .map(|event| event.strip_prefix("data: ").unwrap().to_owned())
+            .collect()
+    }
+
+    fn render_all(renderer: &mut ChunkRenderer, events: &[LlmEvent]) -> Vec<String> {
+        let mut out = BytesMut::new();
+        for event in events {
+            renderer.render(event, &mut out);
+        }
+        renderer.finish(&mut out);
+        payloads(&out)
+    }
+
     #[test]
     fn stream_starts_with_role_and_carries_tool_deltas() {
         let mut r = ChunkRenderer::new(identity(), true);
-        let first = r.render(&LlmEvent::Start {
-            id: None,
-            model: None,
-        });
-        assert_eq!(first.len(), 1);
+        let first = render_all(
+            &mut r,
+            &[LlmEvent::Start {
+                id: None,
+                model: None,
+            }],
+        );
+        assert_eq!(first.len(), 2, "the role chunk and the (empty) usage chunk");
         let role: serde_json::Value = serde_json::from_str(&first[0]).unwrap();
         assert_eq!(
             role["choices"][0]["delta"],
             serde_json::json!({"role":"assistant","content":""})
         );
-        let start = r.render(&LlmEvent::ToolStart {
-            index: 1,
-            id: "call_1".into(),
-            name: "read_file".into(),
-        });
-        let v: serde_json::Value = serde_json::from_str(&start[0]).unwrap();
+        let mut r = ChunkRenderer::new(identity(), true);
+        let all = render_all(
+            &mut r,
+            &[
+                LlmEvent::ToolStart {
+                    index: 1,
+                    id: "call_1".into(),
+                    name: "read_file".into(),
+                },
+                LlmEvent::Usage(Usage::new(3, 4)),
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&all[1]).unwrap();
         assert_eq!(
             v["choices"][0]["delta"]["tool_calls"][0],
             serde_json::json!({"index":1,"id":"call_1","type":"function","function":{"name":"read_file","arguments":""}})
         );
-        r.render(&LlmEvent::Usage(Usage::new(3, 4)));
-        let end = r.finish();
-        let usage: serde_json::Value = serde_json::from_str(&end[0]).unwrap();
+        let usage: serde_json::Value = serde_json::from_str(&all[2]).unwrap();
         assert_eq!(usage["choices"], serde_json::json!([]));
         assert_eq!(usage["usage"]["total_tokens"], 7);
+    }
+
+    /// What the chunks were before they were written directly: a `ChatCompletionChunk` per
+    /// event, serialised by serde.
+    fn serde_chunk(
+        identity: &AnswerIdentity,
+        delta: Option<Delta>,
+        finish_reason: Option<&str>,
+        usage: Option<Usage>,
+    ) -> String {
+        let chunk = codelab_protocol::openai::ChatCompletionChunk {
+            id: identity.id.clone(),
+            object: "chat.completion.chunk".to_owned(),
+            created: identity.created,
+            model: identity.model.clone(),
+            choices: delta
+                .map(|delta| codelab_protocol::openai::ChunkChoice {
+                    index: 0,
+                    delta,
+                    finish_reason: finish_reason.map(str::to_owned),
+                })
+                .into_iter()
+                .collect(),
+            usage,
+        };
+        serde_json::to_string(&chunk).unwrap()
+    }
+
+    #[test]
+    fn chunks_are_byte_for_byte_what_serde_writes() {
+        let identity = AnswerIdentity {
+            id: "chatcmpl-abc".into(),
+            created: 1_700_000_000,
+            model: "team/\"quoted\" \\ modèle 🦀\u{1}".into(),
+        };
+        let texts = [
+            "plain",
+            "line\nbreak and \"quotes\" and \\ and \t tab",
+            "é ü 日本語 🦀",
+            "\u{0}\u{1f}\u{7f}</script>",
+        ];
+        let mut events = vec![LlmEvent::Start {
+            id: Some("up".into()),
+            model: Some("up-model".into()),
+        }];
+        let mut expected = vec![serde_chunk(
+            &identity,
+            Some(Delta {
+                role: Some("assistant".into()),
+                content: Some(String::new()),
+                ..Delta::default()
+            }),
+            None,
+            None,
+        )];
+        for text in texts {
+            events.push(LlmEvent::Text(text.into()));
+            expected.push(serde_chunk(
+                &identity,
+                Some(Delta {
+                    content: Some(text.into()),
+                    ..Delta::default()
+                }),
+                None,
+                None,
+            ));
+            events.push(LlmEvent::Reasoning(text.into()));
+            expected.push(serde_chunk(
+                &identity,
+                Some(Delta {
+                    reasoning_content: Some(text.into()),
+                    ..Delta::default()
+                }),
+                None,
+                None,
+            ));
+        }
+        events.push(LlmEvent::Text(String::new()));
+        events.push(LlmEvent::ToolArgs {
+            index: 0,
+            fragment: "{\"a\":1}".into(),
+        });
+        expected.push(serde_chunk(
+            &identity,
+            Some(tool_delta(ToolCallDelta {
+                index: 0,
+                function: Some(FunctionCallDelta {
+                    name: None,
+                    arguments: Some("{\"a\":1}".into()),
+                }),
+                ..ToolCallDelta::default()
+            })),
+            None,
+            None,
+        ));
+        for reason in [FinishReason::Length, FinishReason::ToolCalls] {
+            events.push(LlmEvent::Finish { reason });
+            expected.push(serde_chunk(
+                &identity,
+                Some(Delta::default()),
+                Some(reason.as_str()),
+                None,
+            ));
+        }
+        let usage = Usage::new(5, 6).with_cached_tokens(2);
+        events.push(LlmEvent::Usage(usage));
+        expected.push(serde_chunk(&identity, None, None, Some(usage)));
+
+        let mut renderer = ChunkRenderer::new(identity.clone(), true);
+        assert_eq!(render_all(&mut renderer, &events), expected);
+        // Without `include_usage`, no usage chunk.
+        let mut renderer = ChunkRenderer::new(identity, false);
+        expected.pop();
+        assert_eq!(render_all(&mut renderer, &events), expected);
     }
 
     #[test]

@@ -117,6 +117,18 @@ pub enum GatewayAuth {
     Off,
 }
 
+/// How the services of the stack call each other (the gateway the runtime, the runtime the
+/// proxy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum InternalCalls {
+    /// The caller hands each request to the callee's router in this process: the same API
+    /// and the same client code, without two loopback HTTP hops per step (`codelab up`).
+    #[default]
+    InProcess,
+    /// Over HTTP on the services' listeners, as the split deployment does.
+    Http,
+}
+
 /// The keys of the internal links, generated unless given.
 #[derive(Clone)]
 pub struct InternalKeys {
@@ -162,6 +174,7 @@ pub struct StackBuilder {
     pub(crate) llm: Llm,
     pub(crate) model: Option<String>,
     pub(crate) ports: Ports,
+    pub(crate) internal_calls: InternalCalls,
     pub(crate) front_door: Option<TcpListener>,
     pub(crate) front_door_limits: ListenerLimits,
     pub(crate) loader: Option<ConfigLoader>,
@@ -191,6 +204,7 @@ impl Default for StackBuilder {
             llm: Llm::default(),
             model: None,
             ports: Ports::default(),
+            internal_calls: InternalCalls::default(),
             front_door: None,
             front_door_limits: ListenerLimits::default(),
             loader: None,
@@ -250,6 +264,13 @@ impl StackBuilder {
 
     pub fn ports(mut self, ports: Ports) -> Self {
         self.ports = ports;
+        self
+    }
+
+    /// How the services call each other: in process (the default, as `codelab up`) or over
+    /// HTTP, as in the split deployment.
+    pub fn internal_calls(mut self, calls: InternalCalls) -> Self {
+        self.internal_calls = calls;
         self
     }
 

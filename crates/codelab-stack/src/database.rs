@@ -6,6 +6,11 @@ use crate::StackError;
 /// `server` (any form `AUTH_SERVICE__DB_URL` accepts) with its database replaced by the
 /// service's own: `codelab_<service>`, or `<name>_<service>` when the URL names a database
 /// `<name>` other than the maintenance database `postgres`. Query parameters are kept.
+///
+/// A loopback server without an `sslmode` gets `sslmode=disable`: the driver's default
+/// (`prefer`) does not verify the server, so on loopback TLS would only encrypt bytes that
+/// never leave the host, at a measurable CPU cost on both ends (docs/benchmarks.md). An
+/// explicit `sslmode` always wins.
 pub fn postgres_database_url(server: &str, service: &str) -> Result<String, StackError> {
     let normalized = codelab_core::db::normalize_database_url(server)
         .map_err(|e| StackError::PostgresUrl(format!("invalid --postgres-url: {e}")))?;
@@ -22,5 +27,20 @@ pub fn postgres_database_url(server: &str, service: &str) -> Result<String, Stac
         name => name.to_owned(),
     };
     url.set_path(&format!("/{prefix}_{service}"));
+    let has_sslmode = url.query_pairs().any(|(name, _)| name == "sslmode");
+    if !has_sslmode && is_loopback(url.host_str()) {
+        url.query_pairs_mut().append_pair("sslmode", "disable");
+    }
     Ok(url.to_string())
+}
+
+fn is_loopback(host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
 }

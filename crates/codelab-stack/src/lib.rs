@@ -22,7 +22,9 @@ mod database;
 mod front_door;
 mod running;
 
-pub use builder::{Database, GatewayAuth, InternalKeys, Llm, Ports, ServiceId, StackBuilder};
+pub use builder::{
+    Database, GatewayAuth, InternalCalls, InternalKeys, Llm, Ports, ServiceId, StackBuilder,
+};
 pub use database::postgres_database_url;
 pub use front_door::{front_door_router, strip_internal_headers};
 pub use running::{Running, ServiceStopped, Stack};

@@ -9,7 +9,7 @@ use codelab_agent_runtime::RuntimeService;
 use codelab_auth::AuthService;
 use codelab_core::clock::SharedClock;
 use codelab_core::config::{ConfigLoader, Environment, Secret};
-use codelab_core::http::{serve, serve_with_limits};
+use codelab_core::http::{LocalRoutes, serve, serve_with_limits};
 use codelab_core::service::{EnvVars, Service, SharedDeps};
 use codelab_gateway::GatewayService;
 use codelab_gateway::config::WsAuthMode;
@@ -19,7 +19,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::builder::{Database, GatewayAuth, InternalKeys, Llm, Ports, ServiceId, Tweak};
+use crate::builder::{
+    Database, GatewayAuth, InternalCalls, InternalKeys, Llm, Ports, ServiceId, Tweak,
+};
 use crate::{StackBuilder, StackError, front_door_router, postgres_database_url};
 
 /// A service running in the stack.
@@ -165,13 +167,15 @@ impl Stack {
 }
 
 /// What every service of a stack shares: its profile and clock, the proxy's environment, the
-/// shutdown token and the drain timeout.
+/// shutdown token, the drain timeout and, when they call each other in process, the routes.
 struct Services {
     environments: [Environment; 5],
     clocks: [SharedClock; 5],
     env: EnvVars,
     shutdown: CancellationToken,
     drain_timeout: Duration,
+    /// `None` when the services call each other over HTTP.
+    local_routes: Option<LocalRoutes>,
 }
 
 impl Services {
@@ -180,6 +184,7 @@ impl Services {
             .with_clock(Arc::clone(&self.clocks[service.index()]))
             .with_shutdown(self.shutdown.clone())
             .with_env(self.env.clone())
+            .with_local_routes(self.local_routes.clone().unwrap_or_default())
     }
 
     /// [`Services::start`] when the stack runs `S` (it has a listener).
@@ -221,6 +226,9 @@ impl Services {
             .map_err(StackError::build)?;
         let running = running(service, &listener, state)?;
         let router = S::router(Arc::clone(&running.state));
+        if let Some(routes) = &self.local_routes {
+            routes.serve(&running.url, router.clone());
+        }
         let state = Arc::clone(&running.state);
         let shutdown = self.shutdown.clone();
         let drain_timeout = self.drain_timeout;
@@ -291,6 +299,7 @@ impl StackBuilder {
             llm,
             model,
             ports,
+            internal_calls,
             front_door,
             front_door_limits,
             loader,
@@ -316,6 +325,7 @@ impl StackBuilder {
             env,
             shutdown,
             drain_timeout,
+            local_routes: (internal_calls == InternalCalls::InProcess).then(LocalRoutes::default),
         };
         let (data_dir, temp_dir, keep_key_in_data_dir) = match data_dir {
             Some(dir) => {
@@ -506,9 +516,11 @@ impl StackBuilder {
             let started = services
                 .start::<AuthService>(ServiceId::Auth, listener, auth_config)
                 .await?;
-            if let Some(password) = &admin_password {
+            if let Some(password) = &admin_password
+                && !started.0.state.seeded_admin_with(password)
+            {
                 // The admin may exist from an earlier start: make this password the one in
-                // force.
+                // force (a fresh start created it with this password already).
                 codelab_auth::seed::set_admin_password(&started.0.state.store, password)
                     .await
                     .map_err(StackError::AdminPassword)?;

@@ -17,7 +17,12 @@
 //!   TCP relay, for every side alike), so another proxy can be configured before the run;
 //! - `BENCH_COMPARE_URL` (`http://127.0.0.1:4000/v1`), `BENCH_COMPARE_MODEL` (`bench`),
 //!   `BENCH_COMPARE_KEY` (sent as a bearer token), `BENCH_COMPARE_PID` (its CPU and RSS),
-//!   `BENCH_COMPARE_NAME` (`compare`), `BENCH_COMPARE_WAIT` (60 s to wait for its first answer).
+//!   `BENCH_COMPARE_NAME` (`compare`), `BENCH_COMPARE_WAIT` (60 s to wait for its first answer);
+//! - `BENCH_ONLY` (`json` or `stream`) and `BENCH_CONCURRENCY` (`1` or `64`, with `BENCH_ONLY`):
+//!   measure one scenario only (to profile it);
+//! - `BENCH_PROXY_WORKERS`: the proxy's tokio worker threads (`TOKIO_WORKER_THREADS`);
+//! - `BENCH_PROXY_BIN`: run this `codelab` binary as the proxy instead of the one just built
+//!   (a copy of an earlier build, to compare before and after in one run).
 #![allow(
     clippy::disallowed_methods,
     reason = "tests own their clock, ids and tasks"
@@ -48,6 +53,14 @@ enum Mode {
 }
 
 impl Mode {
+    /// The name `BENCH_ONLY` selects the mode by.
+    fn key(self) -> &'static str {
+        match self {
+            Mode::NonStreamed => "json",
+            Mode::Streamed => "stream",
+        }
+    }
+
     fn describe(self) -> String {
         match self {
             Mode::NonStreamed => "non-streamed requests".to_owned(),
@@ -109,7 +122,17 @@ async fn start_proxy(upstream: &str, port: u16) -> ProxyProcess {
         format!("model_list:\n  - model_name: bench\n    litellm_params:\n      model: openai/gpt-4o\n      api_base: {upstream}\n      api_key: sk-bench\n"),
     )
     .expect("write table");
-    let child = Command::new(env!("CARGO_BIN_EXE_codelab"))
+    // Another build of the binary (a baseline kept aside) may be measured instead.
+    let binary = std::env::var("BENCH_PROXY_BIN")
+        .ok()
+        .filter(|path| !path.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_codelab").to_owned());
+    let mut command = Command::new(binary);
+    // Tokio reads its worker count from `TOKIO_WORKER_THREADS`; given to the proxy only.
+    if let Ok(workers) = std::env::var("BENCH_PROXY_WORKERS") {
+        command.env("TOKIO_WORKER_THREADS", workers);
+    }
+    let child = command
         .args([
             "serve",
             "llm-proxy",
@@ -357,8 +380,15 @@ async fn main() {
             .join(", ")
     );
 
-    for mode in [Mode::NonStreamed, Mode::Streamed] {
-        for concurrency in CONCURRENCY {
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let modes = [Mode::NonStreamed, Mode::Streamed]
+        .into_iter()
+        .filter(|mode| only.is_empty() || only == mode.key());
+    let concurrencies = CONCURRENCY.into_iter().filter(|c| {
+        only.is_empty() || std::env::var("BENCH_CONCURRENCY").map_or(true, |v| v == c.to_string())
+    });
+    for mode in modes {
+        for concurrency in concurrencies.clone() {
             let mut runs: Vec<Run> = targets.iter().map(|_| Run::default()).collect();
             for _ in 0..ROUNDS {
                 for (target, run) in targets.iter().zip(&mut runs) {

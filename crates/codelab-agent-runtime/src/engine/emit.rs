@@ -16,6 +16,9 @@ pub(crate) struct Emitter {
     tx: mpsc::Sender<SequencedEvent>,
     /// The client went away: stop trying to send (storing goes on).
     gone: AtomicBool,
+    /// The frame asked for or settled an approval: the pending-approvals gauge is recounted
+    /// when it ends (and only then: the count is a query of every session).
+    approvals_changed: AtomicBool,
 }
 
 impl Emitter {
@@ -29,7 +32,18 @@ impl Emitter {
             session_id,
             tx,
             gone: AtomicBool::new(false),
+            approvals_changed: AtomicBool::new(false),
         }
+    }
+
+    /// Notes that the number of calls waiting for approval may have changed.
+    pub(crate) fn note_approvals_changed(&self) {
+        self.approvals_changed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Emitter::note_approvals_changed`] was called.
+    pub(super) fn approvals_changed(&self) -> bool {
+        self.approvals_changed.load(Ordering::Relaxed)
     }
 
     /// Stores `event` with the session's next `seq`, then sends it.

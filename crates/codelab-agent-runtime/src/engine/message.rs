@@ -3,12 +3,13 @@
 
 use codelab_protocol::runtime::{RuntimeEvent, TurnOutcome};
 
+use super::settle::OpenWork;
 use super::switch::Switch;
-use super::turn::TurnLoop;
+use super::turn::{FrameStart, TurnLoop};
 use super::{Cx, Engine, EngineError, settled_event};
 use crate::agents::AgentKind;
 use crate::metrics;
-use crate::model::{NewMessage, Role, StepCommit, Turn, TurnStatus};
+use crate::model::{NewMessage, Role, Session, StepCommit, Turn, TurnStatus};
 
 /// Longest stored title (the original's column size).
 pub const MAX_TITLE_CHARS: usize = 500;
@@ -20,20 +21,40 @@ pub fn title_of(content: &str) -> String {
 
 impl Engine {
     /// A user message: open calls of an earlier turn are cancelled, the message and the turn
-    /// answering it are stored together, then the turn runs.
+    /// answering it are stored together, then the turn runs. `known`: the session's state
+    /// when already read under the lock.
     pub(crate) async fn user_message(
         &self,
         cx: &Cx<'_>,
         content: String,
         agent: Option<AgentKind>,
+        known: Option<FrameStart>,
     ) -> Result<(), EngineError> {
+        let (session, open) = match known {
+            Some(FrameStart {
+                session,
+                active,
+                open_calls,
+            }) => (
+                Some(session),
+                Some(OpenWork {
+                    active: active.map(|active| active.turn),
+                    calls: open_calls,
+                }),
+            ),
+            None => (None, None),
+        };
         // Calls still open from an earlier turn are answered first, so the stored history
         // keeps every assistant tool call directly followed by its results (providers reject
         // anything else).
         let cancelled = self
-            .cancel_open_work(cx, "Cancelled: the user sent a new message")
+            .cancel_open_work(cx, "Cancelled: the user sent a new message", open)
             .await?;
-        let session = self.session(cx).await?;
+        // Settling calls changes neither the agent nor the title, which are all used here.
+        let session = match session {
+            Some(session) => session,
+            None => self.session(cx).await?,
+        };
         let now = self.now();
         // Created at step 1, running: the first step starts with the turn (one commit less).
         let mut turn = Turn {
@@ -60,6 +81,10 @@ impl Engine {
             switches.push(switch.record(cx.session_id, now));
             turn.agent = switch.to.as_str().to_owned();
         }
+        let session_agent = explicit.as_ref().map_or_else(
+            || session.current_agent.clone(),
+            |s| s.to.as_str().to_owned(),
+        );
         let mut events = vec![RuntimeEvent::SessionInfo {
             session_id: cx.session_id.to_owned(),
             current_agent: session.current_agent.clone(),
@@ -87,18 +112,24 @@ impl Engine {
         }
         cx.out.send_all(committed.events).await;
         TurnLoop::new(self, *cx, &mut turn)
+            .with_session_agent(session_agent)
             .run(true, Vec::new())
             .await
     }
 
-    /// A change of agent the user asked for, recorded and announced; no LLM call.
+    /// A change of agent the user asked for, recorded and announced; no LLM call. `known`:
+    /// the session as already read under the lock.
     pub(crate) async fn switch_agent(
         &self,
         cx: &Cx<'_>,
         agent: AgentKind,
         reason: Option<String>,
+        known: Option<Session>,
     ) -> Result<(), EngineError> {
-        let session = self.session(cx).await?;
+        let session = match known {
+            Some(session) => session,
+            None => self.session(cx).await?,
+        };
         if session.current_agent == agent.as_str() && !self.confirms_exemptions(cx, agent).await? {
             cx.out
                 .emit(RuntimeEvent::Notice {

@@ -1,9 +1,10 @@
 //! The turn engine: what each client frame does to a session, as a state machine kept in the
 //! store (`docs/agent-runtime.md`, "Durability").
 //!
-//! The engine holds no per-session state in memory: every decision reads the store (the
-//! session's agent, the turn's step count, the step's tool calls), so any process holding the
-//! session's lock can continue a session that another one started. Everything is stored
+//! The engine holds no per-session state in memory between frames: every decision reads the
+//! store (the session's agent, the turn's step count, the step's tool calls), so any process
+//! holding the session's lock can continue a session that another one started. Within a frame,
+//! under the lock, what it read or wrote itself is reused instead of read again. Everything is stored
 //! before the event that tells about it is emitted, and every event except the streamed text
 //! deltas is stored too (with its `seq`), so a reconnecting client can replay what it missed.
 //!
@@ -53,6 +54,7 @@ use crate::store::{RuntimeStore, StoreError};
 use cancel::RunningTurns;
 pub(crate) use emit::{Cx, Emitter};
 use settle::{HumanDecision, ToolOutcome};
+use turn::{ActiveTurn, FrameStart, Recovery};
 
 /// Stalled turns resumed per sweep.
 pub const RECOVERY_BATCH: u32 = 100;
@@ -163,10 +165,13 @@ impl Engine {
             out: &out,
         };
         self.process_frame(&cx, work).await;
-        // Nearly every frame can ask for or settle an approval. Recounted after the session
-        // lock is released but before the stream ends (`out` holds its sender), so a client
-        // that reads `/metrics` after its frame's answer sees the new number.
-        metrics::refresh_pending_approvals(self.store.as_ref()).await;
+        // Recounted when the frame asked for or settled an approval, after the session lock is
+        // released but before the stream ends (`out` holds its sender), so a client that reads
+        // `/metrics` after its frame's answer sees the new number. Other replicas' changes
+        // arrive with the periodic recount.
+        if out.approvals_changed() {
+            metrics::refresh_pending_approvals(self.store.as_ref()).await;
+        }
     }
 
     async fn process_frame(&self, cx: &Cx<'_>, work: Work) {
@@ -186,27 +191,63 @@ impl Engine {
                 return;
             }
         };
-        let result = match self.recover(cx).await {
-            Ok(_) => self.dispatch(cx, work).await,
-            Err(error) => Err(error),
-        };
+        let result = self.start_frame(cx, work).await;
         if let Err(error) = result {
             self.fail(cx, error).await;
         }
     }
 
-    async fn dispatch(&self, cx: &Cx<'_>, work: Work) -> Result<(), EngineError> {
+    /// Under the session lock: reads the session's state once, resumes a turn left behind
+    /// (see [`Engine::recover`]), then does the frame's work with what was read when it is
+    /// still current.
+    async fn start_frame(&self, cx: &Cx<'_>, work: Work) -> Result<(), EngineError> {
+        let with_open_calls = matches!(work, Work::UserMessage { .. });
+        let Some(state) = self
+            .store
+            .session_state(cx.session_id, with_open_calls)
+            .await?
+        else {
+            // Gone meanwhile: the work finds (and reports) that itself.
+            return self.dispatch(cx, work, None).await;
+        };
+        let active = state.active_turn.map(|turn| ActiveTurn {
+            turn,
+            step_calls: state.step_calls,
+        });
+        let known = match self.recover_from(cx, active).await? {
+            Recovery::Idle(active) => Some(FrameStart {
+                session: state.session,
+                active,
+                open_calls: state.open_calls,
+            }),
+            Recovery::Resumed => None,
+        };
+        self.dispatch(cx, work, known).await
+    }
+
+    /// Does the frame's work; `known`: what the frame read before, when still current.
+    async fn dispatch(
+        &self,
+        cx: &Cx<'_>,
+        work: Work,
+        known: Option<FrameStart>,
+    ) -> Result<(), EngineError> {
         match work {
-            Work::UserMessage { content, agent } => self.user_message(cx, content, agent).await,
+            Work::UserMessage { content, agent } => {
+                self.user_message(cx, content, agent, known).await
+            }
             Work::ToolResult {
                 call_id,
                 result,
                 error,
             } => {
-                self.tool_result(cx, &call_id, ToolOutcome { result, error })
-                    .await
+                let outcome = ToolOutcome { result, error };
+                self.tool_result(cx, &call_id, outcome, known).await
             }
-            Work::SwitchAgent { agent, reason } => self.switch_agent(cx, agent, reason).await,
+            Work::SwitchAgent { agent, reason } => {
+                let session = known.map(|known| known.session);
+                self.switch_agent(cx, agent, reason, session).await
+            }
             Work::HitlDecision {
                 call_id,
                 decision,
@@ -243,8 +284,8 @@ impl Engine {
                 out: &out,
             };
             match self.recover(&cx).await {
-                Ok(true) => resumed += 1,
-                Ok(false) => {}
+                Ok(Recovery::Resumed) => resumed += 1,
+                Ok(Recovery::Idle(_)) => {}
                 Err(error) => self.fail(&cx, error).await,
             }
         }

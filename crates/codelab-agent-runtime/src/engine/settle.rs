@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::calls::result_message;
 use super::cancel::CANCEL_WAIT;
-use super::turn::TurnLoop;
+use super::turn::{ActiveTurn, FrameStart, TurnLoop};
 use super::{Cx, Engine, EngineError, settled_event};
 use crate::agents::AgentKind;
 use crate::metrics;
@@ -45,21 +45,39 @@ impl Engine {
 
     /// The IDE's outcome for a call. For a call waiting for approval it is also the decision
     /// (the Flutter IDE asks the user itself): an error means refused, a result approved and
-    /// run.
+    /// run. `known`: the session's state when already read under the lock (the call is
+    /// usually one of its active turn's step calls).
     pub(crate) async fn tool_result(
         &self,
         cx: &Cx<'_>,
         call_id: &str,
         outcome: ToolOutcome,
+        known: Option<FrameStart>,
     ) -> Result<(), EngineError> {
         let ToolOutcome { result, error } = outcome;
+        // Settling a call does not change the session's agent.
+        let session_agent = known
+            .as_ref()
+            .map(|known| known.session.current_agent.clone());
+        let mut active = known.and_then(|known| known.active);
         let mut attempt = 0;
+        let mut known_call = active
+            .as_ref()
+            .and_then(|active| active.step_calls.iter().find(|c| c.call_id == call_id))
+            .cloned();
         let settled = loop {
-            let Some(call) = self.store.get_tool_call(cx.session_id, call_id).await? else {
-                return self.unknown_call(cx, call_id).await;
+            let call = match known_call.take() {
+                Some(call) => call,
+                None => match self.store.get_tool_call(cx.session_id, call_id).await? {
+                    Some(call) => call,
+                    None => return self.unknown_call(cx, call_id).await,
+                },
             };
             if !call.status.is_open() {
                 return self.already_settled(cx, &call).await;
+            }
+            if call.status == ToolCallStatus::PendingApproval {
+                cx.out.note_approvals_changed();
             }
             let (status, decision, feedback) = match (call.status, &error) {
                 (ToolCallStatus::PendingApproval, Some(error)) => (
@@ -109,6 +127,8 @@ impl Engine {
                 }
                 UpdateOutcome::NotFound => return self.unknown_call(cx, call_id).await,
                 UpdateOutcome::Unchanged(current) => {
+                    // Someone else changed the call: what was read before is stale.
+                    active = None;
                     attempt += 1;
                     if !current.status.is_open() || attempt >= SETTLE_ATTEMPTS {
                         return self.already_settled(cx, &current).await;
@@ -118,7 +138,8 @@ impl Engine {
         };
         metrics::tool_call_settled(&settled.tool_name, settled.status.as_str());
         cx.out.emit(settled_event(&settled, error)).await?;
-        self.after_settlement(cx, &settled).await
+        self.after_settlement(cx, &settled, active, session_agent)
+            .await
     }
 
     // ---- hitl_decision ----
@@ -214,7 +235,7 @@ impl Engine {
                 metrics::approval("reject");
                 metrics::tool_call_settled(&call.tool_name, "rejected");
                 cx.out.emit(settled_event(&call, feedback)).await?;
-                self.after_settlement(cx, &call).await
+                self.after_settlement(cx, &call, None, None).await
             }
         }
     }
@@ -227,6 +248,7 @@ impl Engine {
         call_id: &str,
         update: ToolCallUpdate,
     ) -> Result<Option<ToolCallRecord>, EngineError> {
+        cx.out.note_approvals_changed();
         let outcome = self
             .store
             .update_tool_call(
@@ -295,7 +317,7 @@ impl Engine {
             reason.as_deref().unwrap_or("the user cancelled the turn")
         );
         let had_turn = self.store.active_turn(cx.session_id).await?.is_some();
-        let cancelled = self.cancel_open_work(cx, &text).await?;
+        let cancelled = self.cancel_open_work(cx, &text, None).await?;
         if had_turn || !cancelled.is_empty() {
             return announce_cancelled(cx, &cancelled).await;
         }
@@ -336,20 +358,29 @@ impl Engine {
         cx: &Cx<'_>,
         turn: &mut Turn,
     ) -> Result<(), EngineError> {
-        let cancelled = self.cancel_open_work(cx, CANCELLED_BY_USER).await?;
+        let cancelled = self.cancel_open_work(cx, CANCELLED_BY_USER, None).await?;
         turn.status = TurnStatus::Cancelled;
         announce_cancelled(cx, &cancelled).await
     }
 
     /// Cancels every open call of the session (each answered by a tool message `text`) and
-    /// the active turn; returns the calls it cancelled. Emits nothing.
+    /// the active turn; returns the calls it cancelled. Emits nothing. `known`: the open work
+    /// when already read under the lock (settling calls does not change the turn).
     pub(crate) async fn cancel_open_work(
         &self,
         cx: &Cx<'_>,
         text: &str,
+        known: Option<OpenWork>,
     ) -> Result<Vec<ToolCallRecord>, EngineError> {
+        let (active, open_calls) = match known {
+            Some(OpenWork { active, calls }) => (Some(active), calls),
+            None => (None, self.store.list_open_calls(cx.session_id).await?),
+        };
         let mut cancelled = Vec::new();
-        for call in self.store.list_open_calls(cx.session_id).await? {
+        for call in open_calls {
+            if call.status == ToolCallStatus::PendingApproval {
+                cx.out.note_approvals_changed();
+            }
             let update = ToolCallUpdate {
                 error: Some(text.to_owned()),
                 settle: true,
@@ -373,7 +404,11 @@ impl Engine {
                 cancelled.push(call);
             }
         }
-        if let Some(turn) = self.store.active_turn(cx.session_id).await? {
+        let active = match active {
+            Some(known) => known,
+            None => self.store.active_turn(cx.session_id).await?,
+        };
+        if let Some(turn) = active {
             self.store
                 .update_turn(&turn.id, TurnStatus::Cancelled, turn.steps, &turn.agent)
                 .await?;
@@ -385,26 +420,45 @@ impl Engine {
     // ---- shared ----
 
     /// After a call settled: the next step when it was the step's last open call, else a
-    /// `step_finished` saying how many remain.
+    /// `step_finished` saying how many remain. `active`: the session's active turn and its
+    /// step's calls as read before `call` settled, when nothing else changed since;
+    /// `session_agent`: the session's current agent, when known.
     async fn after_settlement(
         &self,
         cx: &Cx<'_>,
         call: &ToolCallRecord,
+        active: Option<ActiveTurn>,
+        session_agent: Option<String>,
     ) -> Result<(), EngineError> {
-        let Some(mut turn) = self.store.get_turn(&call.turn_id).await? else {
-            return Err(EngineError::Inconsistent(format!(
-                "call {} names turn {}, which does not exist",
-                call.call_id, call.turn_id
-            )));
+        let known = active.filter(|active| active.turn.id == call.turn_id);
+        let (mut turn, known_calls) = match known {
+            Some(ActiveTurn { turn, step_calls }) => {
+                let same_step = turn.steps == call.step;
+                (turn, same_step.then_some(step_calls))
+            }
+            None => match self.store.get_turn(&call.turn_id).await? {
+                Some(turn) => (turn, None),
+                None => {
+                    return Err(EngineError::Inconsistent(format!(
+                        "call {} names turn {}, which does not exist",
+                        call.call_id, call.turn_id
+                    )));
+                }
+            },
         };
         if turn.status.is_finished() {
             // Open calls of a finished turn are not expected; settle without continuing.
             return self.report_open_calls(cx, &turn.id, call.step).await;
         }
-        let calls = self.store.list_step_calls(&turn.id, call.step).await?;
-        TurnLoop::new(self, *cx, &mut turn)
-            .continue_after(call.step, calls)
-            .await
+        // The step's calls as read before, with this one as it is now; read again when it
+        // was not among them.
+        let calls = match known_calls.map(|calls| with_settled(calls, call)) {
+            Some(Some(calls)) => calls,
+            _ => self.store.list_step_calls(&turn.id, call.step).await?,
+        };
+        let mut turn_loop = TurnLoop::new(self, *cx, &mut turn);
+        turn_loop.session_agent = session_agent;
+        turn_loop.continue_after(call.step, calls).await
     }
 
     /// Tells the client how many calls of the step are still open (a `step_finished`).
@@ -477,6 +531,24 @@ impl Engine {
             .await?;
         Ok(())
     }
+}
+
+/// A session's open work as read under its lock: the active turn and the open calls.
+pub(crate) struct OpenWork {
+    pub(crate) active: Option<Turn>,
+    pub(crate) calls: Vec<ToolCallRecord>,
+}
+
+/// `calls` with `settled` in place of the call of the same id; `None` when none has it.
+fn with_settled(
+    mut calls: Vec<ToolCallRecord>,
+    settled: &ToolCallRecord,
+) -> Option<Vec<ToolCallRecord>> {
+    let slot = calls
+        .iter_mut()
+        .find(|call| call.call_id == settled.call_id)?;
+    *slot = settled.clone();
+    Some(calls)
 }
 
 /// Tells the client about the calls a cancellation settled, then that the turn is cancelled.

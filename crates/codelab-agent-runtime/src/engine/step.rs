@@ -268,6 +268,12 @@ impl TurnLoop<'_> {
         let agent = reply.agent;
         let PlannedCalls { planned, wire } = self.plan_calls(agent, &answer).await?;
         let records: Vec<ToolCallRecord> = planned.iter().map(|p| p.record.clone()).collect();
+        if records
+            .iter()
+            .any(|call| call.status == ToolCallStatus::PendingApproval)
+        {
+            self.cx.out.note_approvals_changed();
+        }
         let state = StepState::of(&records);
         let mut messages = vec![NewMessage {
             session_id: session_id.to_owned(),
@@ -320,6 +326,9 @@ impl TurnLoop<'_> {
             })
             .await?;
         self.turn.status = status;
+        if let Some(last) = planned.iter().rev().find_map(|plan| plan.switch.as_ref()) {
+            self.session_agent = Some(last.to.as_str().to_owned());
+        }
         for plan in &planned {
             if let Some(switch) = &plan.switch {
                 metrics::routing_decision(switch.to.as_str(), switch.method);

@@ -13,7 +13,7 @@ use super::switch::Switch;
 use super::{Cx, Engine, EngineError};
 use crate::agents::AgentKind;
 use crate::metrics;
-use crate::model::{Role, StepCommit, ToolCallRecord, Turn, TurnStatus};
+use crate::model::{Role, Session, StepCommit, ToolCallRecord, Turn, TurnStatus};
 use crate::routing;
 
 /// One turn as it runs: the engine's parts, the session's event sink and the turn itself,
@@ -22,11 +22,26 @@ pub(crate) struct TurnLoop<'a> {
     pub(super) engine: &'a Engine,
     pub(super) cx: Cx<'a>,
     pub(super) turn: &'a mut Turn,
+    /// The session's current agent when this frame knows it: it read the session or changed
+    /// the agent itself, under the session lock (which every change of agent takes), so the
+    /// session need not be read again before each step.
+    pub(super) session_agent: Option<String>,
 }
 
 impl<'a> TurnLoop<'a> {
     pub(crate) fn new(engine: &'a Engine, cx: Cx<'a>, turn: &'a mut Turn) -> TurnLoop<'a> {
-        TurnLoop { engine, cx, turn }
+        TurnLoop {
+            engine,
+            cx,
+            turn,
+            session_agent: None,
+        }
+    }
+
+    /// This loop, knowing that the session is on `agent` (see `session_agent`).
+    pub(crate) fn with_session_agent(mut self, agent: String) -> TurnLoop<'a> {
+        self.session_agent = Some(agent);
+        self
     }
 
     /// Runs steps until the turn ends, waits for the IDE, or is cancelled. While it runs, the
@@ -103,12 +118,16 @@ impl<'a> TurnLoop<'a> {
     /// The agent that takes the next step. A session on the orchestrator (new, or handed back
     /// with `switch_mode`) is routed first: its latest user message is classified, the switch
     /// recorded and announced.
-    async fn specialist(&self) -> Result<AgentKind, EngineError> {
+    async fn specialist(&mut self) -> Result<AgentKind, EngineError> {
         let engine = self.engine;
-        let session = engine.session(&self.cx).await?;
+        let session_agent = match self.session_agent.take() {
+            Some(agent) => agent,
+            None => engine.session(&self.cx).await?.current_agent,
+        };
         let current =
-            AgentKind::parse(&session.current_agent).filter(|k| engine.registry.is_registered(*k));
+            AgentKind::parse(&session_agent).filter(|k| engine.registry.is_registered(*k));
         if let Some(agent) = current.filter(|k| *k != AgentKind::Orchestrator) {
+            self.session_agent = Some(session_agent);
             return Ok(agent);
         }
         let history = engine.store.list_messages(self.cx.session_id).await?;
@@ -140,13 +159,14 @@ impl<'a> TurnLoop<'a> {
             })
             .unwrap_or(AgentKind::Coder);
         let switch = Switch {
-            from: session.current_agent,
+            from: session_agent,
             to: agent,
             reason: decision.reason.clone(),
             confidence: Some(decision.confidence.clone()),
             method: decision.method.as_str(),
         };
         engine.record_switch(&self.cx, switch, Vec::new()).await?;
+        self.session_agent = Some(agent.as_str().to_owned());
         Ok(agent)
     }
 
@@ -237,16 +257,34 @@ impl Engine {
     /// Resumes the session's turn when its runner died: it is `running` although the caller
     /// holds the lock, or it waits on a step whose calls are all settled. A step whose outcome
     /// was never committed runs again (nothing of it was stored); a settled step goes on to
-    /// the next one. A turn asked to stop is cancelled instead. `false` when nothing needed
-    /// resuming. Must be called under the session lock.
-    pub(crate) async fn recover(&self, cx: &Cx<'_>) -> Result<bool, EngineError> {
-        let Some(mut turn) = self.store.active_turn(cx.session_id).await? else {
-            return Ok(false);
+    /// the next one. A turn asked to stop is cancelled instead. [`Recovery::Idle`] when
+    /// nothing needed resuming, with what was read. Must be called under the session lock.
+    pub(crate) async fn recover(&self, cx: &Cx<'_>) -> Result<Recovery, EngineError> {
+        let Some(turn) = self.store.active_turn(cx.session_id).await? else {
+            return Ok(Recovery::Idle(None));
         };
-        let calls = if turn.steps > 0 {
+        let step_calls = if turn.steps > 0 {
             self.store.list_step_calls(&turn.id, turn.steps).await?
         } else {
             Vec::new()
+        };
+        self.recover_from(cx, Some(ActiveTurn { turn, step_calls }))
+            .await
+    }
+
+    /// [`Engine::recover`] from the session's active turn and its step's calls as just read
+    /// under the lock.
+    pub(crate) async fn recover_from(
+        &self,
+        cx: &Cx<'_>,
+        active: Option<ActiveTurn>,
+    ) -> Result<Recovery, EngineError> {
+        let Some(ActiveTurn {
+            mut turn,
+            step_calls: calls,
+        }) = active
+        else {
+            return Ok(Recovery::Idle(None));
         };
         let stalled = match turn.status {
             TurnStatus::Running => true,
@@ -256,7 +294,10 @@ impl Engine {
             _ => false,
         };
         if !stalled {
-            return Ok(false);
+            return Ok(Recovery::Idle(Some(ActiveTurn {
+                turn,
+                step_calls: calls,
+            })));
         }
         tracing::warn!(
             session = %codelab_core::ids::log_reference(cx.session_id),
@@ -286,6 +327,32 @@ impl Engine {
         } else {
             turn_loop.continue_after(step, calls).await?;
         }
-        Ok(true)
+        Ok(Recovery::Resumed)
     }
+}
+
+/// What [`Engine::recover`] did.
+pub(crate) enum Recovery {
+    /// It resumed the session's turn; what it read is stale now.
+    Resumed,
+    /// Nothing needed resuming: the session's active turn as read under the lock (none when
+    /// there is none), still current for the frame's own work, which may use it instead of
+    /// reading it again.
+    Idle(Option<ActiveTurn>),
+}
+
+/// A session's active turn and the calls of its latest step (none before its first step), in
+/// the order the model made them.
+pub(crate) struct ActiveTurn {
+    pub(crate) turn: Turn,
+    pub(crate) step_calls: Vec<ToolCallRecord>,
+}
+
+/// What a frame read under the session lock before its work, still current when recovery
+/// resumed nothing: the work uses it instead of reading it again.
+pub(crate) struct FrameStart {
+    pub(crate) session: Session,
+    pub(crate) active: Option<ActiveTurn>,
+    /// The session's open calls (read for user messages only, which cancel them).
+    pub(crate) open_calls: Vec<ToolCallRecord>,
 }

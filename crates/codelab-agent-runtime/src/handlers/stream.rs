@@ -28,6 +28,8 @@ use crate::store::StoreError;
 
 /// Events buffered between the work and a slow reader.
 const EVENT_BUFFER: usize = 64;
+/// Size past which no more waiting events are added to a chunk of the response.
+const CHUNK_BYTES: usize = 64 * 1024;
 
 /// Processes one client frame and streams the events it produces.
 pub async fn stream_message(
@@ -68,14 +70,16 @@ pub async fn stream_message(
     });
     let records = futures_util::stream::unfold(rx, |mut rx| async move {
         let event = rx.recv().await?;
-        let record = match serde_json::to_string(&event) {
-            Ok(json) => format!("data: {json}\n\n"),
-            Err(error) => {
-                tracing::error!(%error, "cannot encode an event");
-                String::new()
-            }
-        };
-        Some((Ok::<_, Infallible>(Bytes::from(record)), rx))
+        let mut records = Vec::new();
+        push_record(&mut records, &event);
+        // The events of one commit are sent together: those already waiting go out in the
+        // same chunk (one write, one wake-up of the reader) instead of one each.
+        while records.len() < CHUNK_BYTES
+            && let Ok(event) = rx.try_recv()
+        {
+            push_record(&mut records, &event);
+        }
+        Some((Ok::<_, Infallible>(Bytes::from(records)), rx))
     });
     let mut response = Response::new(Body::from_stream(records));
     *response.status_mut() = StatusCode::OK;
@@ -88,6 +92,19 @@ pub async fn stream_message(
     // nginx must pass events on at once, not buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// Appends the `data: <json>\n\n` record of `event` (nothing when it cannot be encoded).
+fn push_record(records: &mut Vec<u8>, event: &SequencedEvent) {
+    let start = records.len();
+    records.extend_from_slice(b"data: ");
+    match serde_json::to_writer(&mut *records, event) {
+        Ok(()) => records.extend_from_slice(b"\n\n"),
+        Err(error) => {
+            tracing::error!(%error, "cannot encode an event");
+            records.truncate(start);
+        }
+    }
 }
 
 /// The session the frame is for: the owner's existing session, or — in the gateway's

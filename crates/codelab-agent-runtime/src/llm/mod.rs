@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use codelab_core::config::Secret;
+use codelab_core::http::{LocalRoute, ServiceClient};
 use codelab_protocol::openai::{ChatCompletionRequest, Delta, Usage};
 use codelab_protocol::sse::SseParser;
 use futures_util::{Stream, StreamExt};
@@ -139,10 +140,11 @@ pub struct Completion {
     pub finish_reason: Option<String>,
 }
 
-/// Pooled HTTP client of the LLM proxy; cheap to clone.
+/// Pooled HTTP client of the LLM proxy (or its router, when the proxy runs in this process);
+/// cheap to clone.
 #[derive(Clone)]
 pub struct LlmClient {
-    http: reqwest::Client,
+    http: ServiceClient,
     url: String,
     auth: HeaderValue,
     idle_timeout: Duration,
@@ -187,7 +189,7 @@ impl LlmClient {
             .build()
             .map_err(|e| LlmError::Config(format!("cannot create the HTTP client: {e}")))?;
         Ok(LlmClient {
-            http,
+            http: ServiceClient::new(http),
             url: format!("{base}/v1/chat/completions"),
             auth,
             idle_timeout,
@@ -216,6 +218,14 @@ impl LlmClient {
             })?;
         Ok(LlmClient::new(&config.llm_proxy_url, key, idle)?
             .with_max_stream_line_bytes(config.max_stream_line_bytes))
+    }
+
+    /// The same client, calling the proxy's router in process once `route` is served (inside
+    /// `codelab up` and the test stack).
+    #[must_use]
+    pub fn with_local_route(mut self, route: LocalRoute) -> LlmClient {
+        self.http = self.http.with_local_route(Some(route));
+        self
     }
 
     /// The same client with another retry policy (`max_retries` 0 disables retries).
@@ -299,17 +309,17 @@ impl LlmClient {
         body: Bytes,
         cancel: &CancellationToken,
     ) -> Result<reqwest::Response, LlmError> {
-        let send = self
+        let request = self
             .http
-            .post(&self.url)
+            .request(reqwest::Method::POST, &self.url)
             .header(
                 codelab_protocol::internal::INTERNAL_AUTH_HEADER,
                 self.auth.clone(),
             )
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "text/event-stream")
-            .body(body)
-            .send();
+            .body(body);
+        let send = self.http.send(request);
         let response = tokio::select! {
             biased;
             () = cancel.cancelled() => return Err(LlmError::Cancelled),

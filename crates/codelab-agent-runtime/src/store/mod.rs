@@ -23,8 +23,8 @@ use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 pub use sql_store::SqlStore;
 
 use crate::model::{
-    AgentSwitch, Committed, Message, NewMessage, NewSession, Session, SessionQuery, StepCommit,
-    ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
+    AgentSwitch, Committed, Message, NewMessage, NewSession, Session, SessionQuery, SessionState,
+    StepCommit, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
 };
 
 /// A storage failure (shared by every service store; `Stale` is the runtime's conditional
@@ -60,6 +60,16 @@ pub trait RuntimeStore: Send + Sync + 'static {
     async fn create_session(&self, session: NewSession) -> Result<Session, StoreError>;
     /// A live (not deleted) session.
     async fn get_session(&self, session_id: &str) -> Result<Option<Session>, StoreError>;
+    /// A live session with its active turn, that turn's latest step's calls and, when
+    /// `with_open_calls`, the session's open calls: what [`RuntimeStore::get_session`],
+    /// [`RuntimeStore::active_turn`], [`RuntimeStore::list_step_calls`] and
+    /// [`RuntimeStore::list_open_calls`] read, on one connection (each checkout of a pooled
+    /// connection costs a round trip of its own). `None` for a missing or deleted session.
+    async fn session_state(
+        &self,
+        session_id: &str,
+        with_open_calls: bool,
+    ) -> Result<Option<SessionState>, StoreError>;
     /// An owner's live sessions, most recently active first, and the total that match.
     async fn list_sessions(&self, query: &SessionQuery) -> Result<(Vec<Session>, u64), StoreError>;
     /// Sets the title (also used once from the first user message).

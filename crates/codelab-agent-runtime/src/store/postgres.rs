@@ -42,6 +42,11 @@ impl StoreBackend for Postgres {
             .connect_lazy_with(pool.connect_options().as_ref().clone());
         AdvisoryLocks { connections }
     }
+
+    /// The store's own pool: PostgreSQL's row locks serialise concurrent writers.
+    fn writer_pool(pool: &PgPool) -> PgPool {
+        pool.clone()
+    }
 }
 
 /// Session locks as advisory locks, each held by a connection of its own.

@@ -157,8 +157,10 @@ pub(super) fn event_seq(seq: i64) -> Result<u64, StoreError> {
 /// SQL text shared by both backends: PostgreSQL and SQLite (≥ 3.35, for `RETURNING`) agree on
 /// every statement here, and sqlx binds `$n` placeholders on both. What differs is only the
 /// type of bound timestamps (`DbTime` binds each database's form, see the module docs) and
-/// the bound message id ([`insert_message`]).
+/// the bound message id ([`insert_messages`]).
 pub(super) mod sql {
+    use std::sync::LazyLock;
+
     use codelab_core::db::DbKind;
 
     /// Fragments of the statements below, spelled once (`concat!` takes only literals).
@@ -196,19 +198,6 @@ pub(super) mod sql {
         (message_columns) => {
             "CAST(id AS TEXT) AS id, session_id, seq, role, content, agent, tool_calls, \
              tool_call_id, created_at"
-        };
-    }
-
-    /// Inserts a message and returns it, with `$1` (the id, bound as text) spelled `id`.
-    macro_rules! insert_message {
-        ($id:literal) => {
-            concat!(
-                "INSERT INTO messages (id, session_id, seq, role, content, agent, tool_calls, \
-                 tool_call_id, created_at) VALUES (",
-                $id,
-                ", $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
-                part!(message_columns)
-            )
         };
     }
 
@@ -270,15 +259,6 @@ pub(super) mod sql {
 
     // ---- messages ----
 
-    /// $1 id, $2 session, $3 seq, $4 role, $5 content, $6 agent, $7 tool calls, $8 tool call
-    /// id, $9 now; the id is cast to `UUID` on PostgreSQL.
-    pub(in crate::store) fn insert_message(kind: DbKind) -> &'static str {
-        match kind {
-            DbKind::Postgres => insert_message!("CAST($1 AS UUID)"),
-            DbKind::Sqlite => insert_message!("$1"),
-        }
-    }
-
     /// $1 session.
     pub(in crate::store) const LIST_MESSAGES: &str = concat!(
         "SELECT ",
@@ -290,16 +270,78 @@ pub(super) mod sql {
 
     // ---- sequence numbers ----
 
-    /// $1 id, $2 now. Takes the session row's write lock until the transaction ends, so the
-    /// returned count is the new message's seq and no other append can get it.
-    pub(in crate::store) const NEXT_MESSAGE_SEQ: &str = "UPDATE sessions \
-         SET message_count = message_count + 1, last_activity = $2 \
-         WHERE id = $1 AND deleted_at IS NULL RETURNING message_count";
+    /// $1 id, $2 messages, $3 events, $4 now. Reserves the seqs of `$2` messages and `$3`
+    /// events to append in the same transaction, and bumps the activity when there are any;
+    /// returns the newest reserved seqs (`message_count`, `last_event_seq`), no row for a
+    /// missing or deleted session. Takes the session row's write lock until the transaction
+    /// ends, so no other append can get the same seqs. One statement instead of one per
+    /// message and event plus a liveness check: every statement is a round trip to the
+    /// database (docs/benchmarks.md, "Agent runtime turns").
+    pub(in crate::store) const RESERVE_SEQS: &str = "UPDATE sessions \
+         SET message_count = message_count + $2, last_event_seq = last_event_seq + $3, \
+         last_activity = CASE WHEN $2 + $3 > 0 THEN $4 ELSE last_activity END \
+         WHERE id = $1 AND deleted_at IS NULL RETURNING message_count, last_event_seq";
 
-    /// $1 id, $2 now; as [`NEXT_MESSAGE_SEQ`] for events.
-    pub(in crate::store) const NEXT_EVENT_SEQ: &str = "UPDATE sessions \
-         SET last_event_seq = last_event_seq + 1, last_activity = $2 \
-         WHERE id = $1 AND deleted_at IS NULL RETURNING last_event_seq";
+    /// Most rows one multi-row `INSERT` carries: bounds the distinct statement texts (each is
+    /// prepared and cached per connection) and the bound parameters; longer lists take several.
+    pub(in crate::store) const MAX_ROWS_PER_INSERT: usize = 8;
+
+    /// `(...), (...)` of `rows` groups of `columns` consecutive placeholders from `$1`;
+    /// `first` spells a group's first placeholder (a cast).
+    fn value_groups(rows: usize, columns: usize, first: fn(usize) -> String) -> String {
+        (0..rows)
+            .map(|row| {
+                let base = row * columns;
+                let rest = (2..=columns).map(|column| format!(", ${}", base + column));
+                format!("({}{})", first(base + 1), rest.collect::<String>())
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The statement texts for 1..=[`MAX_ROWS_PER_INSERT`] rows, made once.
+    fn by_rows(make: fn(usize) -> String) -> Vec<String> {
+        (1..=MAX_ROWS_PER_INSERT).map(make).collect()
+    }
+
+    static MESSAGE_INSERTS_POSTGRES: LazyLock<Vec<String>> = LazyLock::new(|| {
+        by_rows(|rows| insert_messages_text(rows, |n| format!("CAST(${n} AS UUID)")))
+    });
+    static MESSAGE_INSERTS_SQLITE: LazyLock<Vec<String>> =
+        LazyLock::new(|| by_rows(|rows| insert_messages_text(rows, |n| format!("${n}"))));
+    static EVENT_INSERTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+        by_rows(|rows| {
+            format!(
+                "INSERT INTO events (session_id, seq, event, created_at) VALUES {}",
+                value_groups(rows, 4, |n| format!("${n}"))
+            )
+        })
+    });
+
+    fn insert_messages_text(rows: usize, id: fn(usize) -> String) -> String {
+        format!(
+            "INSERT INTO messages (id, session_id, seq, role, content, agent, tool_calls, \
+             tool_call_id, created_at) VALUES {}",
+            value_groups(rows, 9, id)
+        )
+    }
+
+    /// Inserts `rows` (1..=[`MAX_ROWS_PER_INSERT`]) messages, 9 parameters each: id, session,
+    /// seq, role, content, agent, tool calls, tool call id, now; the id is cast to `UUID` on
+    /// PostgreSQL.
+    pub(in crate::store) fn insert_messages(kind: DbKind, rows: usize) -> &'static str {
+        let texts = match kind {
+            DbKind::Postgres => &MESSAGE_INSERTS_POSTGRES,
+            DbKind::Sqlite => &MESSAGE_INSERTS_SQLITE,
+        };
+        &texts[rows.clamp(1, MAX_ROWS_PER_INSERT) - 1]
+    }
+
+    /// Inserts `rows` (1..=[`MAX_ROWS_PER_INSERT`]) events, 4 parameters each: session, seq,
+    /// event, now.
+    pub(in crate::store) fn insert_events(rows: usize) -> &'static str {
+        &EVENT_INSERTS[rows.clamp(1, MAX_ROWS_PER_INSERT) - 1]
+    }
 
     // ---- agent switches ----
 
@@ -466,10 +508,6 @@ pub(super) mod sql {
 
     // ---- events ----
 
-    /// $1 session, $2 seq, $3 event, $4 now.
-    pub(in crate::store) const INSERT_EVENT: &str =
-        "INSERT INTO events (session_id, seq, event, created_at) VALUES ($1, $2, $3, $4)";
-
     /// $1 session, $2 after, $3 limit.
     pub(in crate::store) const LIST_EVENTS: &str = concat!(
         "SELECT seq, event FROM events WHERE session_id = $1 AND seq > $2 AND ",
@@ -490,6 +528,30 @@ mod tests {
             search_pattern(Some(r"50%_a\b")).as_deref(),
             Some(r"%50\%\_a\\b%")
         );
+    }
+
+    #[test]
+    fn multi_row_inserts_number_their_placeholders_row_after_row() {
+        use codelab_core::db::DbKind;
+        assert_eq!(
+            sql::insert_events(2),
+            "INSERT INTO events (session_id, seq, event, created_at) \
+             VALUES ($1, $2, $3, $4), ($5, $6, $7, $8)"
+        );
+        let messages = sql::insert_messages(DbKind::Postgres, 2);
+        assert!(
+            messages.ends_with(
+                "VALUES (CAST($1 AS UUID), $2, $3, $4, $5, $6, $7, $8, $9), \
+                 (CAST($10 AS UUID), $11, $12, $13, $14, $15, $16, $17, $18)"
+            ),
+            "{messages}"
+        );
+        assert!(
+            sql::insert_messages(DbKind::Sqlite, 1)
+                .ends_with("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+        );
+        let longest = sql::insert_events(sql::MAX_ROWS_PER_INSERT);
+        assert!(longest.contains(&format!("${}", 4 * sql::MAX_ROWS_PER_INSERT)));
     }
 
     #[test]

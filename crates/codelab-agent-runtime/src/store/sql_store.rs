@@ -15,8 +15,9 @@ use sqlx::{Pool, Transaction};
 use super::rows::{self, sql};
 use super::{RuntimeStore, SessionLock, StoreError};
 use crate::model::{
-    AgentSwitch, Committed, Message, NewMessage, NewSession, Session, SessionQuery, StepCommit,
-    ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate, UpdateOutcome,
+    AgentSwitch, Committed, Message, NewMessage, NewSession, Session, SessionQuery, SessionState,
+    StepCommit, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate,
+    UpdateOutcome,
 };
 
 /// What the runtime store does differently on a database beyond [`Backend`].
@@ -27,6 +28,8 @@ pub trait StoreBackend: Backend {
     fn migrator() -> &'static Migrator;
     /// Sets up the session locks of a store on `pool`.
     fn session_locks(pool: &Pool<Self>) -> Self::Locks;
+    /// The pool the store's writes go through (see [`SqlStore`]'s `writer`).
+    fn writer_pool(pool: &Pool<Self>) -> Pool<Self>;
 }
 
 /// How a backend serialises work on one session (see [`RuntimeStore::lock_session`]).
@@ -39,7 +42,12 @@ pub trait SessionLocking: Send + Sync + 'static {
 
 /// The agent runtime's store on a pool of either database.
 pub struct SqlStore<B: StoreBackend> {
+    /// Reads.
     pool: Pool<B>,
+    /// Writes: on SQLite one connection of its own, so writers queue here in order instead of
+    /// retrying on SQLite's busy lock with growing sleeps (the database takes one writer at a
+    /// time anyway); on PostgreSQL the same pool as reads (its row locks serialise writers).
+    writer: Pool<B>,
     locks: B::Locks,
     clock: SharedClock,
 }
@@ -57,7 +65,13 @@ impl<B: StoreBackend> SqlStore<B> {
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;
         let locks = B::session_locks(&pool);
-        Ok(Self { pool, locks, clock })
+        let writer = B::writer_pool(&pool);
+        Ok(Self {
+            pool,
+            writer,
+            locks,
+            clock,
+        })
     }
 
     /// The injected clock's time at the precision both databases keep (microseconds), so a
@@ -87,8 +101,16 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
 
     async fn commit_step(&self, commit: StepCommit) -> Result<Committed, StoreError> {
         let now = self.now();
-        let mut tx = B::begin_write(&self.pool).await?;
-        require_live(On::from(&mut tx), &commit.session_id).await?;
+        let mut tx = B::begin_write(&self.writer).await?;
+        // Also the liveness check: `NotFound` before anything is written.
+        let seqs = reserve_seqs(
+            &mut tx,
+            &commit.session_id,
+            commit.messages.len(),
+            commit.events.len(),
+            now,
+        )
+        .await?;
         if let Some(turn) = &commit.new_turn {
             insert_turn(On::from(&mut tx), turn).await?;
         }
@@ -100,10 +122,14 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
                 .execute(&mut tx)
                 .await?;
         }
-        let mut stored = Vec::with_capacity(commit.messages.len());
-        for message in &commit.messages {
-            stored.push(append_message_in(&mut tx, message, now).await?);
-        }
+        let stored = insert_messages(
+            &mut tx,
+            &commit.session_id,
+            &commit.messages,
+            seqs.first_message,
+            now,
+        )
+        .await?;
         for call in &commit.calls {
             insert_call(On::from(&mut tx), call).await?;
         }
@@ -121,10 +147,14 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
         if let Some(update) = &commit.turn {
             update_turn_in(On::from(&mut tx), update, now).await?;
         }
-        let mut events = Vec::with_capacity(commit.events.len());
-        for event in &commit.events {
-            events.push(append_event_in(&mut tx, &commit.session_id, event, now).await?);
-        }
+        let events = insert_events(
+            &mut tx,
+            &commit.session_id,
+            &commit.events,
+            seqs.first_event,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Committed {
             messages: stored,
@@ -140,7 +170,7 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
             .bind(&session.owner)
             .bind(&session.current_agent)
             .bind(DbTime(self.now()))
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await
             .map_err(|e| StoreError::of_write(e, |_| rows::session_name(&session.id), "session"))?;
         rows::session(&row)
@@ -151,6 +181,49 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
             .bind(session_id)
             .fetch_optional_as(&self.pool, rows::session)
             .await
+    }
+
+    async fn session_state(
+        &self,
+        session_id: &str,
+        with_open_calls: bool,
+    ) -> Result<Option<SessionState>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let session = query(sql::GET_SESSION)
+            .bind(session_id)
+            .fetch_optional_as(&mut conn, rows::session)
+            .await?;
+        let Some(session) = session else {
+            return Ok(None);
+        };
+        let active_turn = query(sql::ACTIVE_TURN)
+            .bind(session_id)
+            .fetch_optional_as(&mut conn, rows::turn)
+            .await?;
+        let step_calls = match &active_turn {
+            Some(turn) if turn.steps > 0 => {
+                query(sql::LIST_STEP_CALLS)
+                    .bind(&turn.id)
+                    .bind(turn.steps)
+                    .fetch_all_as(&mut conn, rows::tool_call)
+                    .await?
+            }
+            _ => Vec::new(),
+        };
+        let open_calls = if with_open_calls {
+            query(sql::LIST_OPEN_CALLS)
+                .bind(session_id)
+                .fetch_all_as(&mut conn, rows::tool_call)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(Some(SessionState {
+            session,
+            active_turn,
+            step_calls,
+            open_calls,
+        }))
     }
 
     async fn list_sessions(
@@ -182,7 +255,7 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
             .bind(session_id)
             .bind(title)
             .bind(rows::fold_title(title))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         require_session(done, session_id)
     }
@@ -191,7 +264,7 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
         let done = query(sql::SET_CURRENT_AGENT)
             .bind(session_id)
             .bind(agent)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         require_session(done, session_id)
     }
@@ -200,7 +273,7 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
         let done = query(sql::DELETE_SESSION)
             .bind(session_id)
             .bind(DbTime(self.now()))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done > 0)
     }
@@ -213,7 +286,7 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
         let done = query(sql::PURGE_SESSIONS)
             .bind(DbTime(cutoff))
             .bind(i64::from(batch))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done)
     }
@@ -221,7 +294,7 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
     // ---- messages ----
 
     async fn append_message(&self, message: NewMessage) -> Result<Message, StoreError> {
-        let mut tx = B::begin_write(&self.pool).await?;
+        let mut tx = B::begin_write(&self.writer).await?;
         let stored = append_message_in(&mut tx, &message, self.now()).await?;
         tx.commit().await?;
         Ok(stored)
@@ -237,7 +310,7 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
     // ---- agent switches ----
 
     async fn record_switch(&self, switch: AgentSwitch) -> Result<(), StoreError> {
-        insert_switch(On::from(&self.pool), &switch).await
+        insert_switch(On::from(&self.writer), &switch).await
     }
 
     async fn list_switches(&self, session_id: &str) -> Result<Vec<AgentSwitch>, StoreError> {
@@ -254,7 +327,7 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
             return Ok(());
         }
         // One transaction: the calls of a reply are stored together or not at all.
-        let mut tx = B::begin_write(&self.pool).await?;
+        let mut tx = B::begin_write(&self.writer).await?;
         let mut checked: Vec<&str> = Vec::new();
         for call in &calls {
             if !checked.contains(&call.session_id.as_str()) {
@@ -297,7 +370,7 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
     ) -> Result<UpdateOutcome, StoreError> {
         if !from.is_empty() {
             let text = sql::update_call(from.len());
-            let mut tx = B::begin_write(&self.pool).await?;
+            let mut tx = B::begin_write(&self.writer).await?;
             let mut statement = query(&text)
                 .bind(session_id)
                 .bind(call_id)
@@ -367,7 +440,7 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
     // ---- turns ----
 
     async fn create_turn(&self, turn: Turn) -> Result<(), StoreError> {
-        insert_turn(On::from(&self.pool), &turn).await
+        insert_turn(On::from(&self.writer), &turn).await
     }
 
     async fn active_turn(&self, session_id: &str) -> Result<Option<Turn>, StoreError> {
@@ -398,14 +471,14 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
             agent: agent.to_owned(),
             expect: None,
         };
-        update_turn_in(On::from(&self.pool), &update, self.now()).await
+        update_turn_in(On::from(&self.writer), &update, self.now()).await
     }
 
     async fn request_cancel(&self, session_id: &str) -> Result<Option<Turn>, StoreError> {
         query(sql::REQUEST_CANCEL)
             .bind(session_id)
             .bind(DbTime(self.now()))
-            .fetch_optional_as(&self.pool, rows::turn)
+            .fetch_optional_as(&self.writer, rows::turn)
             .await
     }
 
@@ -423,10 +496,21 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
         session_id: &str,
         event: &RuntimeEvent,
     ) -> Result<SequencedEvent, StoreError> {
-        let mut tx = B::begin_write(&self.pool).await?;
-        let stored = append_event_in(&mut tx, session_id, event, self.now()).await?;
+        let now = self.now();
+        let mut tx = B::begin_write(&self.writer).await?;
+        let seqs = reserve_seqs(&mut tx, session_id, 0, 1, now).await?;
+        let mut stored = insert_events(
+            &mut tx,
+            session_id,
+            std::slice::from_ref(event),
+            seqs.first_event,
+            now,
+        )
+        .await?;
         tx.commit().await?;
-        Ok(stored)
+        stored
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("an appended event was not returned".to_owned()))
     }
 
     async fn list_events(
@@ -469,37 +553,143 @@ async fn require_live<'e, B: Backend>(
     }
 }
 
-/// Appends a message with the session's next seq inside a write transaction: the seq
-/// UPDATE holds the session row (PostgreSQL) or the database (SQLite) until it ends, so
-/// concurrent appends queue there.
+/// Appends a message with the session's next seq inside a write transaction (see
+/// [`reserve_seqs`]).
 async fn append_message_in<B: StoreBackend>(
     tx: &mut Transaction<'static, B>,
     message: &NewMessage,
     now: DateTime<Utc>,
 ) -> Result<Message, StoreError> {
-    let seq = query(sql::NEXT_MESSAGE_SEQ)
-        .bind(&message.session_id)
+    let seqs = reserve_seqs(tx, &message.session_id, 1, 0, now).await?;
+    let mut stored = insert_messages(
+        tx,
+        &message.session_id,
+        std::slice::from_ref(message),
+        seqs.first_message,
+        now,
+    )
+    .await?;
+    stored
+        .pop()
+        .ok_or_else(|| StoreError::Corrupt("an appended message was not returned".to_owned()))
+}
+
+/// The first seqs [`reserve_seqs`] reserved.
+struct ReservedSeqs {
+    first_message: i64,
+    first_event: i64,
+}
+
+/// Reserves the session's next `messages` message seqs and `events` event seqs inside a write
+/// transaction, in one statement that also checks the session is live (`NotFound`) and bumps
+/// its activity when anything is appended. The UPDATE holds the session row (PostgreSQL) or
+/// the database (SQLite) until the transaction ends, so concurrent appends queue there.
+async fn reserve_seqs<B: StoreBackend>(
+    tx: &mut Transaction<'static, B>,
+    session_id: &str,
+    messages: usize,
+    events: usize,
+    now: DateTime<Utc>,
+) -> Result<ReservedSeqs, StoreError> {
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let row = query(sql::RESERVE_SEQS)
+        .bind(session_id)
+        .bind(count(messages))
+        .bind(count(events))
         .bind(DbTime(now))
         .fetch_optional(&mut *tx)
         .await?;
-    let Some(seq) = seq.map(|row| row.int("message_count")).transpose()? else {
-        return Err(StoreError::NotFound(rows::session_name(
-            &message.session_id,
-        )));
+    let Some(row) = row else {
+        return Err(StoreError::NotFound(rows::session_name(session_id)));
     };
-    let row = query(sql::insert_message(B::KIND))
-        .bind(codelab_core::new_id().to_string())
-        .bind(&message.session_id)
-        .bind(seq)
-        .bind(message.role.as_str())
-        .bind(&message.content)
-        .bind(&message.agent)
-        .bind(rows::opt_json(message.tool_calls.as_ref()))
-        .bind(&message.tool_call_id)
-        .bind(DbTime(now))
-        .fetch_one(&mut *tx)
-        .await?;
-    rows::message(&row)
+    Ok(ReservedSeqs {
+        first_message: row.int("message_count")? - count(messages) + 1,
+        first_event: row.int("last_event_seq")? - count(events) + 1,
+    })
+}
+
+/// Inserts `messages` of `session_id` with the seqs from `first_seq` (reserved by
+/// [`reserve_seqs`]), [`sql::MAX_ROWS_PER_INSERT`] rows per statement; returns them as stored.
+async fn insert_messages<B: StoreBackend>(
+    tx: &mut Transaction<'static, B>,
+    session_id: &str,
+    messages: &[NewMessage],
+    first_seq: i64,
+    now: DateTime<Utc>,
+) -> Result<Vec<Message>, StoreError> {
+    let stored: Vec<Message> = messages
+        .iter()
+        .zip(first_seq..)
+        .map(|(message, seq)| Message {
+            id: codelab_core::new_id().to_string(),
+            session_id: session_id.to_owned(),
+            seq,
+            role: message.role,
+            content: message.content.clone(),
+            agent: message.agent.clone(),
+            tool_calls: message.tool_calls.clone(),
+            tool_call_id: message.tool_call_id.clone(),
+            created_at: now,
+        })
+        .collect();
+    for chunk in stored.chunks(sql::MAX_ROWS_PER_INSERT) {
+        let mut statement = query(sql::insert_messages(B::KIND, chunk.len()));
+        for message in chunk {
+            statement = statement
+                .bind(&message.id)
+                .bind(&message.session_id)
+                .bind(message.seq)
+                .bind(message.role.as_str())
+                .bind(&message.content)
+                .bind(&message.agent)
+                .bind(rows::opt_json(message.tool_calls.as_ref()))
+                .bind(&message.tool_call_id)
+                .bind(DbTime(now));
+        }
+        statement.execute(&mut *tx).await?;
+    }
+    Ok(stored)
+}
+
+/// Inserts `events` of `session_id` with the seqs from `first_seq` (reserved by
+/// [`reserve_seqs`]), [`sql::MAX_ROWS_PER_INSERT`] rows per statement; returns them with
+/// their seqs.
+async fn insert_events<B: StoreBackend>(
+    tx: &mut Transaction<'static, B>,
+    session_id: &str,
+    events: &[RuntimeEvent],
+    first_seq: i64,
+    now: DateTime<Utc>,
+) -> Result<Vec<SequencedEvent>, StoreError> {
+    let json = events
+        .iter()
+        .map(rows::event_json)
+        .collect::<Result<Vec<_>, _>>()?;
+    let seqs: Vec<i64> = (first_seq..).take(events.len()).collect();
+    for (chunk, (json, seqs)) in events.chunks(sql::MAX_ROWS_PER_INSERT).zip(
+        json.chunks(sql::MAX_ROWS_PER_INSERT)
+            .zip(seqs.chunks(sql::MAX_ROWS_PER_INSERT)),
+    ) {
+        let mut statement = query(sql::insert_events(chunk.len()));
+        for (json, seq) in json.iter().zip(seqs) {
+            statement = statement
+                .bind(session_id)
+                .bind(*seq)
+                .bind(rows::json(json))
+                .bind(DbTime(now));
+        }
+        statement.execute(&mut *tx).await?;
+    }
+    events
+        .iter()
+        .zip(seqs)
+        .map(|(event, seq)| {
+            Ok(SequencedEvent {
+                seq: rows::event_seq(seq)?,
+                event: event.clone(),
+            })
+        })
+        .collect()
 }
 
 async fn insert_call<'e, B: Backend>(
@@ -592,34 +782,4 @@ async fn update_turn_in<'e, B: Backend>(
         return Err(rows::turn_not_updated(update));
     }
     Ok(())
-}
-
-/// Appends an event with the session's next seq (the seq UPDATE holds the session until
-/// the transaction ends).
-async fn append_event_in<B: Backend>(
-    tx: &mut Transaction<'static, B>,
-    session_id: &str,
-    event: &RuntimeEvent,
-    now: DateTime<Utc>,
-) -> Result<SequencedEvent, StoreError> {
-    let json = rows::event_json(event)?;
-    let seq = query(sql::NEXT_EVENT_SEQ)
-        .bind(session_id)
-        .bind(DbTime(now))
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some(seq) = seq.map(|row| row.int("last_event_seq")).transpose()? else {
-        return Err(StoreError::NotFound(rows::session_name(session_id)));
-    };
-    query(sql::INSERT_EVENT)
-        .bind(session_id)
-        .bind(seq)
-        .bind(rows::json(&json))
-        .bind(DbTime(now))
-        .execute(&mut *tx)
-        .await?;
-    Ok(SequencedEvent {
-        seq: rows::event_seq(seq)?,
-        event: event.clone(),
-    })
 }

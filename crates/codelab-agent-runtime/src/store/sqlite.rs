@@ -9,6 +9,7 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
+use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{Sqlite, SqlitePool};
 use tokio::sync::OwnedMutexGuard;
 
@@ -32,6 +33,23 @@ impl StoreBackend for Sqlite {
         ProcessLocks {
             scope: Arc::from(file.to_string_lossy().as_ref()),
         }
+    }
+
+    /// One connection of its own on the same file, opened lazily with the pool's settings
+    /// (WAL, busy timeout, foreign keys). The same pool for an in-memory database (a second
+    /// pool would open another database) or a pool of one connection already.
+    fn writer_pool(pool: &SqlitePool) -> SqlitePool {
+        let options = pool.connect_options();
+        let on_disk = std::fs::metadata(options.get_filename()).is_ok_and(|file| file.is_file());
+        if !on_disk || pool.options().get_max_connections() <= 1 {
+            return pool.clone();
+        }
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(pool.options().get_acquire_timeout())
+            // Local and owned by this process: nothing to test before handing it out.
+            .test_before_acquire(false)
+            .connect_lazy_with(options.as_ref().clone())
     }
 }
 

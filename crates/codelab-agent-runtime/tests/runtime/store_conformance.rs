@@ -61,6 +61,8 @@ codelab_testkit::store_conformance!(
     a_session_can_be_locked_and_released_many_times,
     try_lock_answers_none_while_the_session_is_held,
     commits_a_steps_outcome_in_one_transaction,
+    a_commit_of_many_messages_and_events_keeps_their_order_and_seqs,
+    reads_a_sessions_state_as_the_single_reads_do,
     a_commit_can_start_a_turn_with_its_user_message,
     a_failing_commit_stores_nothing_of_the_step,
     a_commit_against_a_turn_that_moved_on_is_stale_and_stores_nothing,
@@ -1301,6 +1303,87 @@ fn step_update(status: TurnStatus, steps: i32, expect: Option<(TurnStatus, i32)>
         agent: "architect".into(),
         expect,
     }
+}
+
+/// More rows than one multi-row insert takes (the store splits them).
+async fn a_commit_of_many_messages_and_events_keeps_their_order_and_seqs(
+    store: Arc<dyn RuntimeStore>,
+) {
+    running_turn(&store).await;
+    let texts: Vec<String> = (0..21).map(|i| format!("part {i}")).collect();
+    let commit = StepCommit {
+        messages: texts
+            .iter()
+            .map(|text| message("s1", Role::Assistant, text))
+            .collect(),
+        events: texts.iter().map(|text| notice(text)).collect(),
+        ..step("s1")
+    };
+    let committed = store.commit_step(commit).await.unwrap();
+    let seqs: Vec<i64> = committed.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (2..=22).collect::<Vec<_>>(), "after the user message");
+    let messages = store.list_messages("s1").await.unwrap();
+    assert_eq!(messages[1..], committed.messages[..]);
+    let contents: Vec<&str> = messages[1..]
+        .iter()
+        .filter_map(|m| m.content.as_deref())
+        .collect();
+    assert_eq!(contents, texts);
+    let event_seqs: Vec<u64> = committed.events.iter().map(|e| e.seq).collect();
+    assert_eq!(event_seqs, (2..=22).collect::<Vec<_>>());
+    assert_eq!(
+        store.list_events("s1", 1, 100).await.unwrap(),
+        committed.events
+    );
+    let session = live_session(&store, "s1").await;
+    assert_eq!(session.message_count, 22);
+    // The next append goes on from there.
+    let next = append(&store, message("s1", Role::User, "next")).await;
+    assert_eq!(next.seq, 23);
+    assert_eq!(append_event(&store, "s1", &notice("next")).await.seq, 23);
+}
+
+async fn reads_a_sessions_state_as_the_single_reads_do(store: Arc<dyn RuntimeStore>) {
+    assert_eq!(store.session_state("s0", true).await.unwrap(), None);
+    create(&store, "s0", "alice").await;
+    let state = store.session_state("s0", true).await.unwrap().unwrap();
+    assert_eq!(state.session, live_session(&store, "s0").await);
+    assert_eq!(state.active_turn, None);
+    assert!(state.step_calls.is_empty() && state.open_calls.is_empty());
+
+    // A turn at step 0 has no step calls yet.
+    running_turn(&store).await;
+    update_turn(&store, "t1", TurnStatus::Running, 0, "coder").await;
+    let state = store.session_state("s1", true).await.unwrap().unwrap();
+    assert_eq!(state.active_turn, store.active_turn("s1").await.unwrap());
+    assert!(state.step_calls.is_empty());
+
+    // Step 2 waits on calls; an open call of step 1 stays open too.
+    update_turn(&store, "t1", TurnStatus::AwaitingTools, 2, "coder").await;
+    insert_call(&store, "s1", "t1", 1, "call_1", AwaitingResult).await;
+    insert_call(&store, "s1", "t1", 2, "call_2", PendingApproval).await;
+    insert_call(&store, "s1", "t1", 2, "call_3", Succeeded).await;
+    let state = store.session_state("s1", true).await.unwrap().unwrap();
+    assert_eq!(state.session, live_session(&store, "s1").await);
+    assert_eq!(state.active_turn, store.active_turn("s1").await.unwrap());
+    assert_eq!(
+        state.step_calls,
+        store.list_step_calls("t1", 2).await.unwrap()
+    );
+    assert_eq!(ids(&state.step_calls), ["call_2", "call_3"]);
+    assert_eq!(state.open_calls, store.list_open_calls("s1").await.unwrap());
+    assert_eq!(ids(&state.open_calls), ["call_1", "call_2"]);
+    // Open calls only when asked for.
+    let state = store.session_state("s1", false).await.unwrap().unwrap();
+    assert!(state.open_calls.is_empty());
+    assert_eq!(state.step_calls.len(), 2);
+
+    // A finished turn is not active; a deleted session has no state.
+    update_turn(&store, "t1", TurnStatus::Completed, 2, "coder").await;
+    let state = store.session_state("s1", false).await.unwrap().unwrap();
+    assert_eq!((state.active_turn, state.step_calls.len()), (None, 0));
+    assert!(store.delete_session("s1").await.unwrap());
+    assert_eq!(store.session_state("s1", true).await.unwrap(), None);
 }
 
 async fn commits_a_steps_outcome_in_one_transaction(store: Arc<dyn RuntimeStore>) {

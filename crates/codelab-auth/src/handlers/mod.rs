@@ -19,7 +19,6 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::AppState;
@@ -407,35 +406,52 @@ pub struct TokenResponse {
 pub struct Issued {
     /// What the token endpoint answers.
     pub response: TokenResponse,
-    /// The refresh token's row (family and parent filled in by the caller's choice).
+    /// The refresh token's row: it starts a family of its own.
     pub refresh_record: Option<RefreshTokenRecord>,
 }
 
-/// Where a new refresh token sits in its rotation chain.
-pub enum Family {
-    /// A fresh login: the token starts its own family.
-    New,
-    /// A rotation: the family and the parent's `jti` hash.
-    Rotated {
-        /// The family id inherited from the parent.
-        family_id: String,
-        /// The parent's `jti` hash.
-        parent_jti_hash: String,
-        /// The parent's scope, which the new refresh token keeps even when the access token
-        /// was narrowed (RFC 6749 §6: a rotated refresh token's scope is identical to the old).
-        scope: String,
-    },
-}
-
-/// Issues an access token (and a refresh token when `family` is given) with the client's
-/// lifetimes.
+/// Issues an access token (and, when `new_family`, a refresh token starting its own rotation
+/// family) with the client's lifetimes.
 pub fn issue_tokens(
     state: &AppState,
     subject: &str,
     client: &Client,
     scope: &str,
-    family: Option<Family>,
+    new_family: bool,
 ) -> Result<Issued, OAuthError> {
+    let (response, refresh) =
+        sign_tokens(state, subject, client, scope, new_family.then_some(scope))?;
+    let refresh_record = refresh.map(|refresh| {
+        let jti_hash = tokens::jti_hash(&refresh.jti);
+        RefreshTokenRecord {
+            family_id: jti_hash.clone(),
+            jti_hash,
+            user_id: subject.to_owned(),
+            client_id: client.client_id.clone(),
+            scope: scope.to_owned(),
+            expires_at: refresh.expires_at,
+            revoked: false,
+            revoked_at: None,
+            parent_jti_hash: None,
+            created_at: state.now(),
+        }
+    });
+    Ok(Issued {
+        response,
+        refresh_record,
+    })
+}
+
+/// Signs an access token for `scope` and, when `refresh_scope` is given, a refresh token for
+/// it (a rotated refresh token keeps its parent's scope even when the access token was
+/// narrowed, RFC 6749 §6), with the client's lifetimes: the answer, and the refresh token.
+pub fn sign_tokens(
+    state: &AppState,
+    subject: &str,
+    client: &Client,
+    scope: &str,
+    refresh_scope: Option<&str>,
+) -> Result<(TokenResponse, Option<IssuedToken>), OAuthError> {
     let access = state
         .tokens
         .issue(
@@ -446,70 +462,24 @@ pub fn issue_tokens(
             client.access_token_lifetime,
         )
         .map_err(OAuthError::server_error)?;
-    let (refresh_token, refresh_record) = match family {
-        None => (None, None),
-        Some(family) => {
-            let refresh_scope = match &family {
-                Family::New => scope.to_owned(),
-                Family::Rotated { scope, .. } => scope.clone(),
-            };
-            let refresh = state
-                .tokens
-                .issue(
-                    TokenType::Refresh,
-                    subject,
-                    &client.client_id,
-                    &refresh_scope,
-                    client.refresh_token_lifetime,
-                )
-                .map_err(OAuthError::server_error)?;
-            let record = refresh_row(state, &refresh, subject, client, &refresh_scope, family);
-            (Some(refresh.token), Some(record))
-        }
-    };
-    Ok(Issued {
-        response: TokenResponse {
-            access_token: access.token,
-            refresh_token,
-            token_type: "bearer",
-            expires_in: client.access_token_lifetime,
-            scope: scope.to_owned(),
-        },
-        refresh_record,
-    })
-}
-
-fn refresh_row(
-    state: &AppState,
-    refresh: &IssuedToken,
-    subject: &str,
-    client: &Client,
-    scope: &str,
-    family: Family,
-) -> RefreshTokenRecord {
-    let jti_hash = tokens::jti_hash(&refresh.jti);
-    let (family_id, parent_jti_hash) = match family {
-        Family::New => (jti_hash.clone(), None),
-        Family::Rotated {
-            family_id,
-            parent_jti_hash,
-            ..
-        } => (family_id, Some(parent_jti_hash)),
-    };
-    RefreshTokenRecord {
-        jti_hash,
-        family_id,
-        user_id: subject.to_owned(),
-        client_id: client.client_id.clone(),
+    let refresh = refresh_scope
+        .map(|refresh_scope| {
+            state.tokens.issue(
+                TokenType::Refresh,
+                subject,
+                &client.client_id,
+                refresh_scope,
+                client.refresh_token_lifetime,
+            )
+        })
+        .transpose()
+        .map_err(OAuthError::server_error)?;
+    let response = TokenResponse {
+        access_token: access.token,
+        refresh_token: refresh.as_ref().map(|refresh| refresh.token.clone()),
+        token_type: "bearer",
+        expires_in: client.access_token_lifetime,
         scope: scope.to_owned(),
-        expires_at: expires_at(refresh),
-        revoked: false,
-        revoked_at: None,
-        parent_jti_hash,
-        created_at: state.now(),
-    }
-}
-
-fn expires_at(token: &IssuedToken) -> DateTime<Utc> {
-    token.expires_at
+    };
+    Ok((response, refresh))
 }

@@ -10,17 +10,18 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 
 use super::error::{OAuthError, no_store_headers};
 use super::form::{FormParams, client_credentials, parse_form_body};
 use super::{
-    Caller, Family, Issued, RequestContext, SignIn, SignInChannel, audit, authenticate_client,
-    grant_scope, issue_tokens, narrow_scope, sign_in,
+    Caller, Issued, RequestContext, SignIn, SignInChannel, audit, authenticate_client, grant_scope,
+    issue_tokens, narrow_scope, sign_in, sign_tokens,
 };
 use crate::AppState;
 use crate::limits::RateDecision;
 use crate::metrics;
-use crate::model::{AuditEvent, Client, RotateOutcome};
+use crate::model::{AuditEvent, Client, RotateOutcome, Rotation};
 use crate::tokens::{self, TokenType};
 
 /// Longest accepted username (the original's validator allows 255).
@@ -163,7 +164,7 @@ async fn password_grant(
     let Issued {
         response,
         refresh_record,
-    } = issue_tokens(state, &user.id, &client, &scope, Some(Family::New))?;
+    } = issue_tokens(state, &user.id, &client, &scope, true)?;
     if let Some(record) = refresh_record {
         state.store.insert_refresh_token(record).await?;
     }
@@ -196,44 +197,36 @@ async fn refresh_grant(
         .await
         .map_err(|_| OAuthError::invalid_grant("Invalid or expired refresh token"))?;
     let old_hash = tokens::jti_hash(&claims.jti);
-    // The token and its user in one read: a grant's database work is this statement and the
-    // rotation's single transaction (docs/auth.md, "Tokens and keys").
-    let Some((old, owner_active)) = state.store.find_refresh_token_with_owner(&old_hash).await?
-    else {
-        return Err(OAuthError::invalid_grant("Refresh token not found"));
-    };
-    if old.revoked {
-        return Err(reuse_detected(state, ctx, &old.family_id, &old.user_id, &old.client_id).await);
-    }
     let now = state.now();
-    if old.expires_at <= now {
-        return Err(OAuthError::invalid_grant("Refresh token has expired"));
-    }
+    // The verified token names its user, client and scope, and the rotation commits only
+    // while the stored row agrees (and is active, unexpired, its user enabled): so the grant
+    // signs first and then writes once, with no read before (docs/auth.md, "Tokens and
+    // keys"). A request that cannot succeed that way is answered from the stored row.
     // RFC 6749 §6 / §10.4: a refresh token is bound to the client it was issued to.
-    if claims.client_id != client.client_id || old.client_id != client.client_id {
-        return Err(OAuthError::invalid_grant("Invalid refresh token"));
-    }
-    if !owner_active {
-        return Err(OAuthError::invalid_grant("Invalid refresh token"));
-    }
-    let scope = narrow_scope(form.get("scope"), &old.scope)?;
-    let family = Family::Rotated {
-        family_id: old.family_id.clone(),
-        parent_jti_hash: old_hash.clone(),
-        scope: old.scope.clone(),
+    let narrowed = narrow_scope(form.get("scope"), &claims.scope);
+    let (Ok(scope), true) = (narrowed, claims.client_id == client.client_id) else {
+        return Err(refusal(state, ctx, form, &client, &claims.client_id, &old_hash, now).await);
     };
-    let Issued {
-        response,
-        refresh_record,
-    } = issue_tokens(state, &old.user_id, &client, &scope, Some(family))?;
-    let Some(new_record) = refresh_record else {
+    // The new refresh token keeps the old one's scope, even when the access token was narrowed
+    // (RFC 6749 §6: a rotated refresh token's scope is identical to the old).
+    let (response, refresh) =
+        sign_tokens(state, &claims.sub, &client, &scope, Some(&claims.scope))?;
+    let Some(refresh) = refresh else {
         return Err(OAuthError::server_error(
             "refresh grant issued no refresh token",
         ));
     };
+    let rotation = Rotation {
+        old_jti_hash: old_hash,
+        user_id: claims.sub,
+        client_id: claims.client_id,
+        scope: claims.scope,
+        new_jti_hash: tokens::jti_hash(&refresh.jti),
+        new_expires_at: refresh.expires_at,
+    };
     // Committed with the rotation: one commit per grant, and no rotation without its row.
     let event = AuditEvent {
-        user_id: Some(old.user_id.clone()),
+        user_id: Some(rotation.user_id.clone()),
         client_id: Some(client.client_id.clone()),
         ..ctx.event("token_refresh", true)
     };
@@ -241,7 +234,7 @@ async fn refresh_grant(
     // one finds it active; the other sees it revoked and is treated as reuse.
     match state
         .store
-        .rotate_refresh_token(&old_hash, new_record, Some(event), now)
+        .rotate_refresh_token(&rotation, &event, now)
         .await?
     {
         RotateOutcome::Rotated { .. } => {}
@@ -256,9 +249,47 @@ async fn refresh_grant(
                 reuse_detected(state, ctx, &old.family_id, &old.user_id, &old.client_id).await,
             );
         }
+        // Another client's, another user's or scope, or a disabled user's token.
+        RotateOutcome::Mismatch { .. } => {
+            return Err(OAuthError::invalid_grant("Invalid refresh token"));
+        }
     }
     metrics::counter_refresh_rotation();
     Ok(response)
+}
+
+/// Why a verified refresh token that names another client, or a request for a scope beyond
+/// its grant, is refused: from the stored row, checked in the grant's order (unknown,
+/// revoked, expired, client, user, scope), so a copy of a rotated token is reuse whatever
+/// else is wrong with the request.
+async fn refusal(
+    state: &AppState,
+    ctx: &RequestContext,
+    form: &FormParams,
+    client: &Client,
+    claimed_client_id: &str,
+    old_hash: &str,
+    now: DateTime<Utc>,
+) -> OAuthError {
+    let (old, owner_active) = match state.store.find_refresh_token_with_owner(old_hash).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return OAuthError::invalid_grant("Refresh token not found"),
+        Err(error) => return error.into(),
+    };
+    if old.revoked {
+        return reuse_detected(state, ctx, &old.family_id, &old.user_id, &old.client_id).await;
+    }
+    if old.expires_at <= now {
+        return OAuthError::invalid_grant("Refresh token has expired");
+    }
+    if claimed_client_id != client.client_id || old.client_id != client.client_id || !owner_active {
+        return OAuthError::invalid_grant("Invalid refresh token");
+    }
+    match narrow_scope(form.get("scope"), &old.scope) {
+        Err(error) => error,
+        // Not reached while the row matches the token; refuse rather than guess.
+        Ok(_) => OAuthError::invalid_grant("Invalid refresh token"),
+    }
 }
 
 /// A rotated (or revoked) refresh token came back: someone holds a copy. RFC 9700 §4.14.2:
@@ -308,7 +339,7 @@ async fn client_credentials_grant(
     require_grant(&client, "client_credentials")?;
     // A service acting for itself: every scope it is registered for may be granted.
     let scope = grant_scope(form.get("scope"), &client.allowed_scopes, true)?;
-    let Issued { response, .. } = issue_tokens(state, &client.client_id, &client, &scope, None)?;
+    let Issued { response, .. } = issue_tokens(state, &client.client_id, &client, &scope, false)?;
     let event = AuditEvent {
         client_id: Some(client.client_id.clone()),
         event_data: Some(serde_json::json!({ "scope": scope })),
@@ -376,11 +407,11 @@ async fn authorization_code_grant(
             ));
         }
     };
-    let family = client.allows_grant("refresh_token").then_some(Family::New);
+    let new_family = client.allows_grant("refresh_token");
     let Issued {
         response,
         refresh_record,
-    } = issue_tokens(state, &user.id, &client, &grant.scope, family)?;
+    } = issue_tokens(state, &user.id, &client, &grant.scope, new_family)?;
     if let Some(record) = refresh_record {
         state.store.insert_refresh_token(record).await?;
     }

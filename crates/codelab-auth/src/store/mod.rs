@@ -23,7 +23,7 @@ pub use sql_store::SqlStore;
 
 use crate::model::{
     AuditEvent, AuditRecord, AuthorizationCode, Client, NewClient, NewUser, RefreshTokenRecord,
-    RotateOutcome, SigningKeyRecord, User,
+    RotateOutcome, Rotation, SigningKeyRecord, User,
 };
 
 /// Everything the auth service stores.
@@ -71,19 +71,21 @@ pub trait AuthStore: Send + Sync + 'static {
         jti_hash: &str,
     ) -> Result<Option<RefreshTokenRecord>, StoreError>;
     /// [`Self::find_refresh_token`] and whether the token's user exists and is active, in one
-    /// statement (the refresh grant's only read before it signs).
+    /// statement (what the refresh grant reads when it cannot rotate at once).
     async fn find_refresh_token_with_owner(
         &self,
         jti_hash: &str,
     ) -> Result<Option<(RefreshTokenRecord, bool)>, StoreError>;
-    /// In one transaction: revoke `old_jti_hash` only if it is active and unexpired at `now`
-    /// (an atomic check-and-revoke, so two concurrent rotations cannot both succeed) and, if
-    /// it was, insert `new_token` and the `audit` row, so a rotation costs one commit.
+    /// In one atomic step: revoke the token `rotation.old_jti_hash` only if it is active,
+    /// unexpired at `now`, held by `rotation.user_id` through `rotation.client_id` with
+    /// `rotation.scope`, and its user is active (an atomic check-and-revoke, so two concurrent
+    /// rotations cannot both succeed); and if it was, store its child (same family, user,
+    /// client and scope, the old token as parent) and the `audit` row. One round trip and one
+    /// commit; a refusal reads the row once more to say why.
     async fn rotate_refresh_token(
         &self,
-        old_jti_hash: &str,
-        new_token: RefreshTokenRecord,
-        audit: Option<AuditEvent>,
+        rotation: &Rotation,
+        audit: &AuditEvent,
         now: DateTime<Utc>,
     ) -> Result<RotateOutcome, StoreError>;
     /// Revokes every active token of a rotation family; returns how many were revoked.
@@ -161,12 +163,15 @@ pub async fn open_store(
     })
 }
 
-/// What a rotation that revoked nothing found: the row as it is now, if any.
-fn not_rotated(current: Option<RefreshTokenRecord>) -> RotateOutcome {
+/// Why a rotation revoked nothing, from the row as it is now, in the order the refresh grant
+/// answers: unknown, revoked, expired, then whatever else the guard checks.
+fn not_rotated(current: Option<RefreshTokenRecord>, now: DateTime<Utc>) -> RotateOutcome {
     match current {
         None => RotateOutcome::NotFound,
         Some(old) if old.revoked => RotateOutcome::AlreadyRevoked { old },
-        // Not revoked, yet the guarded UPDATE skipped it: it is past `expires_at`.
-        Some(old) => RotateOutcome::Expired { old },
+        Some(old) if old.expires_at <= now => RotateOutcome::Expired { old },
+        // Active and unexpired, so the guard refused its user, client or scope, or its user
+        // is disabled.
+        Some(old) => RotateOutcome::Mismatch { old },
     }
 }

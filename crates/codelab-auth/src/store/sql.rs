@@ -145,12 +145,70 @@ pub(super) const FIND_REFRESH_WITH_OWNER: &str = concat!(
      AND users.is_active = true) AS owner_active FROM refresh_tokens WHERE jti_hash = $1"
 );
 
-/// $1 jti_hash, $2 now. The check and the revocation are one statement, so of two concurrent
-/// rotations only one can see `revoked = false`.
-pub(super) const REVOKE_IF_ACTIVE: &str = concat!(
-    "UPDATE refresh_tokens SET revoked = true, revoked_at = $2 \
-     WHERE jti_hash = $1 AND revoked = false AND expires_at > $2 RETURNING ",
-    refresh_columns!()
+/// The guarded revocation of a rotation: $1 old jti_hash, $2 now, $3 user_id, $4 client_id,
+/// $5 scope. The check and the revocation are one statement, so of two concurrent rotations
+/// only one can see `revoked = false`.
+macro_rules! revoke_for_rotation {
+    () => {
+        concat!(
+            "UPDATE refresh_tokens SET revoked = true, revoked_at = $2 \
+             WHERE jti_hash = $1 AND revoked = false AND expires_at > $2 \
+             AND user_id = $3 AND client_id = $4 AND scope = $5 \
+             AND EXISTS (SELECT 1 FROM users WHERE users.id = refresh_tokens.user_id \
+             AND users.is_active = true) RETURNING ",
+            refresh_columns!()
+        )
+    };
+}
+
+/// The child of a rotation, its family, user, client and scope copied from the parent:
+/// $6 row id, $7 jti_hash, $8 expires_at (and $2 now as `created_at`).
+macro_rules! insert_child_columns {
+    () => {
+        "INSERT INTO refresh_tokens (id, jti_hash, family_id, user_id, client_id, scope, \
+         expires_at, revoked, revoked_at, parent_jti_hash, created_at) \
+         SELECT $6, $7, family_id, user_id, client_id, scope, $8, false, NULL, jti_hash, $2"
+    };
+}
+
+/// The rotation's audit row: $9 id, $10 user_id, $11 client_id, $12 event_type, $13 event_data,
+/// $14 ip, $15 user agent, $16 success, $17 error, $18 now.
+macro_rules! insert_rotation_audit_columns {
+    () => {
+        "INSERT INTO audit_logs (id, user_id, client_id, event_type, event_data, ip_address, \
+         user_agent, success, error_message, created_at) \
+         SELECT $9, $10, $11, $12, $13, $14, $15, $16, $17, $18"
+    };
+}
+
+/// A whole rotation in one PostgreSQL statement (one round trip, atomic without `BEGIN`):
+/// the guarded revocation, then, only for the row it returned, the child and the audit row.
+/// Data-modifying `WITH` parts run to completion whether or not the final `SELECT` reads them
+/// (PostgreSQL manual, "WITH Queries", "Data-Modifying Statements in WITH").
+pub(super) const ROTATE_POSTGRES: &str = concat!(
+    "WITH old AS (",
+    revoke_for_rotation!(),
+    "), child AS (",
+    insert_child_columns!(),
+    " FROM old), audit AS (",
+    insert_rotation_audit_columns!(),
+    " FROM old) SELECT ",
+    refresh_columns!(),
+    " FROM old"
+);
+
+/// SQLite has no data-modifying `WITH`: the same three steps as one script, run inside a
+/// `BEGIN IMMEDIATE` transaction in one call to the driver's worker thread (sqlx binds `$n` by
+/// number in every statement of a script). `changes()` is the row count of the previous
+/// statement (SQLite manual, "Built-In Scalar SQL Functions"), so the child is inserted only
+/// when the revocation matched and the audit row only when the child was inserted.
+pub(super) const ROTATE_SQLITE: &str = concat!(
+    revoke_for_rotation!(),
+    "; ",
+    insert_child_columns!(),
+    " FROM refresh_tokens WHERE jti_hash = $1 AND changes() = 1; ",
+    insert_rotation_audit_columns!(),
+    " WHERE changes() = 1"
 );
 
 /// $1 family_id, $2 now.

@@ -4,14 +4,14 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use codelab_core::clock::SharedClock;
-use codelab_core::db::{Backend, DbTime, JsonText, On, Query, map_rows, query};
+use codelab_core::db::{Backend, DbKind, DbTime, JsonText, On, Query, map_rows, query};
 use sqlx::Pool;
 use sqlx::migrate::Migrator;
 
 use super::{AuthStore, StoreError, not_rotated, rows, sql};
 use crate::model::{
     AuditEvent, AuditRecord, AuthorizationCode, Client, NewClient, NewUser, RefreshTokenRecord,
-    RotateOutcome, SigningKeyRecord, User,
+    RotateOutcome, Rotation, SigningKeyRecord, User,
 };
 
 /// The auth store on a pool of either engine; `updated_at`, `created_at` of new rows and the
@@ -252,37 +252,65 @@ impl<B: Backend> AuthStore for SqlStore<B> {
 
     async fn rotate_refresh_token(
         &self,
-        old_jti_hash: &str,
-        new_token: RefreshTokenRecord,
-        audit: Option<AuditEvent>,
+        rotation: &Rotation,
+        audit: &AuditEvent,
         now: DateTime<Utc>,
     ) -> Result<RotateOutcome, StoreError> {
-        // The check and the revocation are one guarded UPDATE, so of two concurrent rotations
-        // only one matches (see `Backend::BEGIN_WRITE` for how each engine makes the other wait).
-        let mut tx = B::begin_write(&self.pool).await?;
-        let revoked = query(sql::REVOKE_IF_ACTIVE)
-            .bind(old_jti_hash)
-            .bind(DbTime(now))
-            .fetch_optional(&mut tx)
-            .await?;
-        let Some(revoked) = revoked else {
-            let current = query(sql::FIND_REFRESH)
-                .bind(old_jti_hash)
-                .fetch_optional(&mut tx)
-                .await?
-                .as_ref()
-                .map(rows::refresh_token)
-                .transpose()?;
-            tx.rollback().await?;
-            return Ok(not_rotated(current));
+        // The whole rotation is one call to the database: one statement on PostgreSQL, one
+        // script inside a write transaction on SQLite (see `sql::ROTATE_*`). Only a refusal
+        // reads the row again, to say why.
+        let rotate = |sql| {
+            query(sql)
+                .bind(&rotation.old_jti_hash)
+                .bind(DbTime(now))
+                .bind(&rotation.user_id)
+                .bind(&rotation.client_id)
+                .bind(&rotation.scope)
+                .bind(codelab_core::new_id().to_string())
+                .bind(&rotation.new_jti_hash)
+                .bind(DbTime(rotation.new_expires_at))
+                .bind(codelab_core::new_id().to_string())
+                .bind(&audit.user_id)
+                .bind(&audit.client_id)
+                .bind(&audit.event_type)
+                .bind(audit.event_data.as_ref().map(JsonText::of))
+                .bind(&audit.ip_address)
+                .bind(&audit.user_agent)
+                .bind(audit.success)
+                .bind(&audit.error_message)
+                .bind(self.now())
         };
-        let old = rows::refresh_token(&revoked)?;
-        insert_refresh((&mut tx).into(), &new_token).await?;
-        if let Some(event) = &audit {
-            insert_audit((&mut tx).into(), event, self.now()).await?;
+        let write_error =
+            |e| StoreError::of_write(e, |_| "refresh token".to_owned(), "user or client");
+        let revoked = match B::KIND {
+            DbKind::Postgres => rotate(sql::ROTATE_POSTGRES)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(write_error)?,
+            DbKind::Sqlite => {
+                let mut tx = B::begin_write(&self.pool).await?;
+                let mut rows = rotate(sql::ROTATE_SQLITE)
+                    .fetch_all(&mut tx)
+                    .await
+                    .map_err(write_error)?;
+                let revoked = rows.pop();
+                if revoked.is_some() {
+                    tx.commit().await?;
+                } else {
+                    tx.rollback().await?;
+                }
+                revoked
+            }
+        };
+        match revoked {
+            Some(row) => Ok(RotateOutcome::Rotated {
+                old: rows::refresh_token(&row)?,
+            }),
+            None => {
+                let current = self.find_refresh_token(&rotation.old_jti_hash).await?;
+                Ok(not_rotated(current, now))
+            }
         }
-        tx.commit().await?;
-        Ok(RotateOutcome::Rotated { old })
     }
 
     async fn revoke_family(&self, family_id: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {

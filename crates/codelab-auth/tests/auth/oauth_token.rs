@@ -566,3 +566,81 @@ async fn a_body_over_the_limit_is_refused_in_the_rfc_6749_shape() {
     assert!(body["error_description"].is_string(), "{body}");
     assert!(body.get("detail").is_none(), "{body}");
 }
+
+#[tokio::test]
+async fn a_rotated_token_is_reuse_even_with_a_bad_scope_or_another_client() {
+    let auth = Auth::start(Backend::Sqlite).await;
+    let old = auth.login("admin", ADMIN_PASSWORD).await.refresh.unwrap();
+    let (status, body) = auth.refresh(&old).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rotated = tokens_of(body).refresh.unwrap();
+    // The copy comes back asking for more than its grant, and through another client: the
+    // reuse is what is answered, and the family dies.
+    for (client, extra) in [
+        (FLUTTER, &[("scope", "api:read api:admin")][..]),
+        ("codelab-cli", &[][..]),
+    ] {
+        let (status, _, body) = auth.refresh_grant(client, &old, extra).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(
+            body["error_description"],
+            "Refresh token has been revoked (reuse detected)"
+        );
+    }
+    let (status, _) = auth.refresh(&rotated).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the family was revoked");
+}
+
+#[tokio::test]
+async fn a_disabled_users_refresh_token_does_not_rotate_until_they_are_enabled() {
+    let auth = Auth::start(Backend::Sqlite).await;
+    auth.add_user("carol", "carol-password-1").await;
+    let refresh = auth
+        .login("carol", "carol-password-1")
+        .await
+        .refresh
+        .unwrap();
+    // Disabled without revoking the tokens: the rotation itself refuses, and consumes nothing.
+    auth.state
+        .store
+        .set_user_active("carol", false)
+        .await
+        .unwrap();
+    let (status, body) = auth.refresh(&refresh).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error_description"], "Invalid refresh token");
+    auth.state
+        .store
+        .set_user_active("carol", true)
+        .await
+        .unwrap();
+    let (status, body) = auth.refresh(&refresh).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn a_fresh_start_tells_which_admin_password_it_seeded() {
+    let (_dir, _, url) = sqlite_file();
+    let master = "seeded-admin-password-1";
+    let config = || codelab_auth::Config {
+        db_url: url.clone(),
+        master_key: codelab_core::config::Secret::new(master),
+        ..codelab_auth::Config::default()
+    };
+    let first =
+        codelab_auth::AuthService::build(config(), codelab_core::service::SharedDeps::default())
+            .await
+            .unwrap();
+    // `codelab up --admin-password` skips setting (and hashing) it again on such a start.
+    assert!(first.seeded_admin_with(master));
+    assert!(!first.seeded_admin_with("another-password-1"));
+    drop(first);
+    let second =
+        codelab_auth::AuthService::build(config(), codelab_core::service::SharedDeps::default())
+            .await
+            .unwrap();
+    assert!(
+        !second.seeded_admin_with(master),
+        "the admin existed: nothing was seeded"
+    );
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use codelab_auth::model::{
     AuditEvent, AuthorizationCode, Client, NewClient, NewUser, RefreshTokenRecord, RotateOutcome,
-    SigningKeyRecord, User,
+    Rotation, SigningKeyRecord, User,
 };
 use codelab_auth::store::{AuthStore, StoreError, open_store};
 use codelab_core::db::DbPool;
@@ -73,6 +73,7 @@ codelab_testkit::store_conformance!(sqlite: super::sqlite_db, postgres: super::p
     rotation_commits_its_audit_row_only_when_it_rotates,
     finds_a_refresh_token_with_whether_its_user_is_active,
     rotation_reports_unknown_reused_and_expired_tokens_and_changes_nothing,
+    rotation_refuses_another_user_client_or_scope_and_a_disabled_user,
     of_twenty_concurrent_rotations_of_one_token_exactly_one_wins,
     revoking_a_family_leaves_other_families_alone,
     revoking_a_users_tokens_leaves_other_users_alone,
@@ -138,6 +139,32 @@ fn token(
         revoked_at: None,
         parent_jti_hash: None,
         created_at: now,
+    }
+}
+
+/// The rotation of the token `old` (as stored) into a child `new_jti_hash` expiring in an hour.
+fn rotation_of(old: &RefreshTokenRecord, new_jti_hash: &str, now: DateTime<Utc>) -> Rotation {
+    Rotation {
+        old_jti_hash: old.jti_hash.clone(),
+        user_id: old.user_id.clone(),
+        client_id: old.client_id.clone(),
+        scope: old.scope.clone(),
+        new_jti_hash: new_jti_hash.to_owned(),
+        new_expires_at: now + Duration::hours(1),
+    }
+}
+
+/// The audit row of a rotation by `user` on `app`.
+fn refresh_event(user: &User) -> AuditEvent {
+    AuditEvent {
+        user_id: Some(user.id.clone()),
+        client_id: Some("app".into()),
+        event_type: "token_refresh".to_owned(),
+        event_data: None,
+        ip_address: Some("127.0.0.1".into()),
+        user_agent: None,
+        success: true,
+        error_message: None,
     }
 }
 
@@ -504,7 +531,8 @@ async fn refuses_a_duplicate_refresh_token_or_one_for_an_unknown_user(store: Arc
 async fn rotation_commits_its_audit_row_only_when_it_rotates(store: Arc<dyn AuthStore>) {
     let alice = user_and_client(&*store).await;
     let now = t0();
-    insert_token(&*store, token("r1", "fam", &alice, "app", now)).await;
+    let r1 = token("r1", "fam", &alice, "app", now);
+    insert_token(&*store, r1.clone()).await;
     let event = |kind: &str| AuditEvent {
         user_id: Some(alice.id.clone()),
         client_id: Some("app".into()),
@@ -516,21 +544,15 @@ async fn rotation_commits_its_audit_row_only_when_it_rotates(store: Arc<dyn Auth
         error_message: None,
     };
     let outcome = store
-        .rotate_refresh_token(
-            "r1",
-            token("r2", "fam", &alice, "app", now),
-            Some(event("token_refresh")),
-            now,
-        )
+        .rotate_refresh_token(&rotation_of(&r1, "r2", now), &event("token_refresh"), now)
         .await
         .unwrap();
     assert!(matches!(outcome, RotateOutcome::Rotated { .. }));
     // A reused token rotates nothing, so its audit row is not written either.
     let again = store
         .rotate_refresh_token(
-            "r1",
-            token("r3", "fam", &alice, "app", now),
-            Some(event("must_not_be_written")),
+            &rotation_of(&r1, "r3", now),
+            &event("must_not_be_written"),
             now,
         )
         .await
@@ -545,9 +567,8 @@ async fn rotation_commits_its_audit_row_only_when_it_rotates(store: Arc<dyn Auth
     orphan.user_id = Some("no-such-user".into());
     let failed = store
         .rotate_refresh_token(
-            "r2",
-            token("r4", "fam", &alice, "app", now),
-            Some(orphan),
+            &rotation_of(&token("r2", "fam", &alice, "app", now), "r4", now),
+            &orphan,
             now,
         )
         .await;
@@ -588,7 +609,7 @@ async fn rotation_revokes_the_old_token_and_stores_the_new_one(store: Arc<dyn Au
     new.parent_jti_hash = Some("old".into());
 
     let outcome = store
-        .rotate_refresh_token("old", new.clone(), None, now)
+        .rotate_refresh_token(&rotation_of(&old, "new", now), &refresh_event(&alice), now)
         .await
         .unwrap();
     let revoked_old = RefreshTokenRecord {
@@ -616,24 +637,28 @@ async fn rotation_reports_unknown_reused_and_expired_tokens_and_changes_nothing(
     let now = t0();
     assert_eq!(
         store
-            .rotate_refresh_token("unknown", token("n0", "f", &alice, "app", now), None, now)
+            .rotate_refresh_token(
+                &rotation_of(&token("unknown", "f", &alice, "app", now), "n0", now),
+                &refresh_event(&alice),
+                now
+            )
             .await
             .unwrap(),
         RotateOutcome::NotFound
     );
     assert_eq!(store.find_refresh_token("n0").await.unwrap(), None);
 
-    insert_token(&*store, token("t1", "f", &alice, "app", now)).await;
+    let t1 = token("t1", "f", &alice, "app", now);
+    insert_token(&*store, t1.clone()).await;
     let first = store
-        .rotate_refresh_token("t1", token("t2", "f", &alice, "app", now), None, now)
+        .rotate_refresh_token(&rotation_of(&t1, "t2", now), &refresh_event(&alice), now)
         .await
         .unwrap();
     assert!(matches!(first, RotateOutcome::Rotated { .. }));
     let again = store
         .rotate_refresh_token(
-            "t1",
-            token("t3", "f", &alice, "app", now),
-            None,
+            &rotation_of(&t1, "t3", now),
+            &refresh_event(&alice),
             now + Duration::seconds(1),
         )
         .await
@@ -660,7 +685,11 @@ async fn rotation_reports_unknown_reused_and_expired_tokens_and_changes_nothing(
     insert_token(&*store, expiring.clone()).await;
     // `expires_at` itself is already too late.
     let outcome = store
-        .rotate_refresh_token("e1", token("e2", "g", &alice, "app", now), None, now)
+        .rotate_refresh_token(
+            &rotation_of(&expiring, "e2", now),
+            &refresh_event(&alice),
+            now,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -677,23 +706,77 @@ async fn rotation_reports_unknown_reused_and_expired_tokens_and_changes_nothing(
     assert_eq!(store.find_refresh_token("e2").await.unwrap(), None);
 }
 
+async fn rotation_refuses_another_user_client_or_scope_and_a_disabled_user(
+    store: Arc<dyn AuthStore>,
+) {
+    let alice = user_and_client(&*store).await;
+    let bob = store.create_user(new_user("bob", None)).await.unwrap();
+    store.create_client(new_client("other")).await.unwrap();
+    let now = t0();
+    let held = token("held", "fam", &alice, "app", now);
+    insert_token(&*store, held.clone()).await;
+    let exact = rotation_of(&held, "child", now);
+    let mismatched = [
+        Rotation {
+            user_id: bob.id.clone(),
+            ..exact.clone()
+        },
+        Rotation {
+            client_id: "other".into(),
+            ..exact.clone()
+        },
+        Rotation {
+            scope: "api:read".into(),
+            ..exact.clone()
+        },
+    ];
+    let refused = RotateOutcome::Mismatch { old: held.clone() };
+    for rotation in mismatched {
+        let outcome = store
+            .rotate_refresh_token(&rotation, &refresh_event(&alice), now)
+            .await
+            .unwrap();
+        assert_eq!(outcome, refused, "{rotation:?}");
+    }
+    store.set_user_active("alice", false).await.unwrap();
+    let outcome = store
+        .rotate_refresh_token(&exact, &refresh_event(&alice), now)
+        .await
+        .unwrap();
+    assert_eq!(outcome, refused, "a disabled user's token");
+    // Nothing was written: no child, no audit row, the token still active.
+    assert_eq!(store.find_refresh_token("child").await.unwrap(), None);
+    assert!(store.list_audit(10).await.unwrap().is_empty());
+    assert_eq!(stored_token(&*store, "held").await, held);
+    store.set_user_active("alice", true).await.unwrap();
+    let outcome = store
+        .rotate_refresh_token(&exact, &refresh_event(&alice), now)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, RotateOutcome::Rotated { .. }),
+        "{outcome:?}"
+    );
+}
+
 async fn of_twenty_concurrent_rotations_of_one_token_exactly_one_wins(store: Arc<dyn AuthStore>) {
     let alice = user_and_client(&*store).await;
     let now = t0();
-    insert_token(&*store, token("contested", "fam", &alice, "app", now)).await;
+    let contested = token("contested", "fam", &alice, "app", now);
+    insert_token(&*store, contested.clone()).await;
     let barrier = Arc::new(tokio::sync::Barrier::new(20));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..20 {
         let store = store.clone();
         let barrier = barrier.clone();
-        let mut new = token(&format!("child-{i}"), "fam", &alice, "app", now);
-        new.parent_jti_hash = Some("contested".into());
+        let rotation = rotation_of(&contested, &format!("child-{i}"), now);
+        let event = refresh_event(&alice);
         tasks.spawn(async move {
             barrier.wait().await;
             (
                 i,
                 store
-                    .rotate_refresh_token("contested", new, None, now)
+                    .rotate_refresh_token(&rotation, &event, now)
                     .await
                     .unwrap(),
             )
@@ -730,7 +813,11 @@ async fn revoking_a_family_leaves_other_families_alone(store: Arc<dyn AuthStore>
     }
     // An already revoked member is not counted again.
     store
-        .rotate_refresh_token("a1", token("a3", "A", &alice, "app", now), None, now)
+        .rotate_refresh_token(
+            &rotation_of(&token("a1", "A", &alice, "app", now), "a3", now),
+            &refresh_event(&alice),
+            now,
+        )
         .await
         .unwrap();
     let later = now + Duration::seconds(10);
@@ -1061,20 +1148,32 @@ async fn check_adopted(store: Arc<dyn AuthStore>) {
         child.family_id, "root",
         "families follow the original's parent links"
     );
-    // An adopted token still rotates (the original's own SQLite mode could not refresh at all).
-    let now = Utc::now();
-    let next = token("grandchild", "root", &admin, "codelab-flutter-app", now);
-    assert!(matches!(
-        store
-            .rotate_refresh_token("child", next, None, now)
-            .await
-            .unwrap(),
-        RotateOutcome::Rotated { .. }
-    ));
     let audit = store.list_audit(5).await.unwrap();
     assert_eq!(
         audit[0].event.event_data,
         Some(json!({"scope": "api:read"}))
+    );
+    // An adopted token still rotates (the original's own SQLite mode could not refresh at all).
+    let now = Utc::now();
+    let event = AuditEvent {
+        user_id: Some(admin.id.clone()),
+        client_id: Some("codelab-flutter-app".into()),
+        ..refresh_event(&admin)
+    };
+    assert!(matches!(
+        store
+            .rotate_refresh_token(&rotation_of(&child, "grandchild", now), &event, now)
+            .await
+            .unwrap(),
+        RotateOutcome::Rotated { .. }
+    ));
+    let grandchild = stored_token(&*store, "grandchild").await;
+    assert_eq!(
+        (
+            grandchild.family_id.as_str(),
+            grandchild.parent_jti_hash.as_deref()
+        ),
+        ("root", Some("child"))
     );
 }
 

@@ -314,7 +314,11 @@ async fn connect_sqlite(url: &str, options: &DbOptions) -> Result<SqlitePool, Db
     }
     let mut pool = SqlitePoolOptions::new()
         .max_connections(options.max_connections.max(1))
-        .acquire_timeout(options.acquire_timeout);
+        .acquire_timeout(options.acquire_timeout)
+        // A SQLite connection is a file handle of this process, not a socket that can drop
+        // while idle: the ping sqlx sends before handing one out (a round trip to the
+        // connection's worker thread per statement run on the pool) finds nothing to test.
+        .test_before_acquire(false);
     if in_memory {
         // An in-memory database lives only while a connection is open: keep one forever.
         pool = pool

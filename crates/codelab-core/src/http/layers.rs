@@ -1,15 +1,19 @@
 //! The standard middleware stack: request ids, a tracing span, HTTP metrics and body limits.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderName, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use metrics::{Counter, Histogram};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::{DefaultOnFailure, OnResponse, TraceLayer};
 use tracing::{Level, Span};
 
@@ -25,10 +29,65 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// Route label for requests that matched no route (bounded, never the raw path).
 const UNMATCHED: &str = "unmatched";
 
-/// Metric names for one service, computed once.
+/// Metric names for one service, computed once, and the handles of the series seen so far.
 struct HttpMetricNames {
     requests: String,
     duration: String,
+    /// By route: the (method, status) series of that route. A request finds its handles with
+    /// a read lock instead of building owned label sets and looking them up in the recorder's
+    /// registry. Bounded like the labels themselves: routes are templates, methods and
+    /// statuses few.
+    series: RwLock<HashMap<String, Vec<RouteSeries>>>,
+}
+
+/// The handles of one (route, method, status) combination.
+struct RouteSeries {
+    method: &'static str,
+    status: u16,
+    requests: Counter,
+    duration: Histogram,
+}
+
+impl HttpMetricNames {
+    /// Counts one request and records its duration.
+    fn record(&self, method: &'static str, route: &str, status: StatusCode, seconds: f64) {
+        let code = status.as_u16();
+        let record = |all: &HashMap<String, Vec<RouteSeries>>| {
+            let series = all
+                .get(route)?
+                .iter()
+                .find(|s| s.method == method && s.status == code)?;
+            series.requests.increment(1);
+            series.duration.record(seconds);
+            Some(())
+        };
+        if record(&self.series.read().unwrap_or_else(PoisonError::into_inner)).is_some() {
+            return;
+        }
+        let mut all = self.series.write().unwrap_or_else(PoisonError::into_inner);
+        if record(&all).is_some() {
+            return;
+        }
+        let made = RouteSeries {
+            method,
+            status: code,
+            requests: metrics::counter!(
+                self.requests.clone(),
+                "method" => method,
+                "route" => route.to_owned(),
+                "status" => code.to_string()
+            ),
+            duration: metrics::histogram!(
+                self.duration.clone(),
+                "method" => method,
+                "route" => route.to_owned(),
+                "status_class" => status_class(status)
+            ),
+        };
+        made.requests.increment(1);
+        made.duration.record(seconds);
+        all.entry(route.to_owned()).or_default().push(made);
+    }
 }
 
 /// Wraps every route of `router` (and its fallback) with: request id (`x-request-id`, a UUID
@@ -41,6 +100,7 @@ pub fn with_standard_layers(router: Router, info: &ServiceInfo, body_limit_bytes
     let names = Arc::new(HttpMetricNames {
         requests: info.metric_name("http_requests_total"),
         duration: info.metric_name("http_request_duration_seconds"),
+        series: RwLock::default(),
     });
     metrics::describe_counter!(
         names.requests.clone(),
@@ -85,8 +145,24 @@ pub fn with_standard_layers(router: Router, info: &ServiceInfo, body_limit_bytes
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(request_id, MakeRandomRequestId))
         .layer(middleware::map_request(drop_unusable_request_id))
+}
+
+/// Makes a random (v4) UUID request id from the thread's CSPRNG (the one `ids::random_hex`
+/// uses): `Uuid::new_v4` asks the kernel for every id, a system call per request.
+#[derive(Clone, Copy, Debug)]
+struct MakeRandomRequestId;
+
+impl MakeRequestId for MakeRandomRequestId {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        let mut bytes = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+        let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
+        let mut text = uuid::Uuid::encode_buffer();
+        let text = uuid.hyphenated().encode_lower(&mut text);
+        HeaderValue::from_str(text).ok().map(RequestId::new)
+    }
 }
 
 /// The one line logged per request, inside the request span (method, route, request id):
@@ -142,26 +218,15 @@ async fn record_http_metrics(
 ) -> Response {
     let started = Instant::now();
     let method = method_label(req.method());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| UNMATCHED.to_owned(), |p| p.as_str().to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let response = next.run(req).await;
-    let status = response.status();
-    metrics::counter!(
-        names.requests.clone(),
-        "method" => method,
-        "route" => route.clone(),
-        "status" => status.as_u16().to_string()
-    )
-    .increment(1);
-    metrics::histogram!(
-        names.duration.clone(),
-        "method" => method,
-        "route" => route,
-        "status_class" => status_class(status)
-    )
-    .record(started.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+    names.record(
+        method,
+        route,
+        response.status(),
+        started.elapsed().as_secs_f64(),
+    );
     response
 }
 

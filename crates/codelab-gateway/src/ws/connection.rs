@@ -233,16 +233,22 @@ impl<T> Mailbox<T> {
     }
 }
 
-/// Serves one upgraded socket until it closes.
-pub(super) async fn run(
+/// Serves one upgraded socket until it closes, in two tasks of its own (the reader, the
+/// writer) started here. The upgrade's task ends at once.
+///
+/// Memory: a gateway holds up to 100,000 idle sockets (docs/gateway.md#benchmark), so what an
+/// idle socket keeps is small: each task's future is boxed before `tasks::spawn` wraps it
+/// (a wrapping async block stores the future it awaits twice), and the work of a wake-up is
+/// boxed only while it runs (`Writer::run`). One task driving both halves was measured too:
+/// its future is as large as the two tasks together.
+pub(super) fn run(
     socket: WebSocket,
     state: Arc<AppState>,
     access: Access,
     profile: Profile,
     last_seq: Option<u64>,
-    // Held while the socket lives: it counts against its user's socket cap.
-    _claim: SocketClaim,
-) {
+    claim: SocketClaim,
+) -> std::future::Ready<()> {
     let heartbeat = Duration::from_secs(state.config.ws_heartbeat_interval);
     let close_timeout = Duration::from_secs(state.config.ws_close_timeout.max(1));
     let rate = state.config.ws_max_messages_per_second;
@@ -250,7 +256,7 @@ pub(super) async fn run(
         events: state.config.ws_max_queued_frames.max(1),
         bytes: state.config.ws_max_queued_bytes,
     };
-    let (sink, mut stream) = socket.split();
+    let (sink, stream) = socket.split();
     let closed = CancellationToken::new();
     let slow = CancellationToken::new();
     let subscription = state
@@ -280,8 +286,8 @@ pub(super) async fn run(
         closed: closed.clone(),
         close_timeout,
     };
-    let writer = codelab_core::tasks::spawn("socket-writer", writer.run(subscription));
-    let mut reader = Reader {
+    let writer = codelab_core::tasks::spawn("socket-writer", Box::pin(writer.run(subscription)));
+    let reader = Reader {
         conn: Arc::clone(&conn),
         closed: closed.clone(),
         active: metrics::ActiveSocket::new(profile.label()),
@@ -290,49 +296,87 @@ pub(super) async fn run(
         last_pong: Instant::now(),
         previous: None,
     };
-    let end = reader.run(&mut stream, heartbeat).await;
-    drop(reader);
-    match end {
-        End::PeerClosed(code) => {
-            metrics::close(code);
-            conn.commands.push(Command::Finish);
-        }
-        End::Gone => {
-            metrics::close(close_code::ABNORMAL);
-            closed.cancel();
-        }
-        End::Close {
-            code,
-            reason,
-            readable,
-        } => {
-            metrics::close(code);
-            if code == close_code::TRY_AGAIN_LATER {
-                metrics::slow_consumer();
+    let reading = read(
+        stream,
+        reader,
+        conn,
+        closed,
+        writer,
+        heartbeat,
+        close_timeout,
+        claim,
+    );
+    codelab_core::tasks::spawn("socket-reader", Box::pin(reading));
+    std::future::ready(())
+}
+
+/// The reader's task: reads until the socket ends, then closes it (see [`End`]) and waits
+/// for the writer.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the parts of one socket, moved into its task"
+)]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn's future keeps its arguments twice; an async block's does not"
+)]
+fn read(
+    mut stream: SplitStream<WebSocket>,
+    mut reader: Reader,
+    conn: Arc<Conn>,
+    closed: CancellationToken,
+    writer: tokio::task::JoinHandle<()>,
+    heartbeat: Duration,
+    close_timeout: Duration,
+    claim: SocketClaim,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        // Held while the socket lives: it counts against its user's socket cap.
+        let _claim = claim;
+        let end = reader.run(&mut stream, heartbeat).await;
+        drop(reader);
+        match end {
+            End::PeerClosed(code) => {
+                metrics::close(code);
+                conn.commands.push(Command::Finish);
             }
-            tracing::debug!(code, reason, "closing a WebSocket");
-            conn.commands.push(Command::Close(code, reason));
-            if readable {
-                // The close handshake: read (and ignore) until the peer's close arrives.
-                let _ = tokio::time::timeout(close_timeout, async {
-                    while let Some(Ok(_)) = stream.next().await {}
-                })
-                .await;
-            } else {
-                // Nothing more can be read; give the peer time to read the close frame
-                // before the connection is dropped (unread input would reset it).
-                tokio::time::sleep(close_timeout.min(MAX_LINGER)).await;
+            End::Gone => {
+                metrics::close(close_code::ABNORMAL);
+                closed.cancel();
+            }
+            End::Close {
+                code,
+                reason,
+                readable,
+            } => {
+                metrics::close(code);
+                if code == close_code::TRY_AGAIN_LATER {
+                    metrics::slow_consumer();
+                }
+                tracing::debug!(code, reason, "closing a WebSocket");
+                conn.commands.push(Command::Close(code, reason));
+                if readable {
+                    // The close handshake: read (and ignore) until the peer's close arrives.
+                    let _ = tokio::time::timeout(close_timeout, async {
+                        while let Some(Ok(_)) = stream.next().await {}
+                    })
+                    .await;
+                } else {
+                    // Nothing more can be read; give the peer time to read the close frame
+                    // before the connection is dropped (unread input would reset it).
+                    tokio::time::sleep(close_timeout.min(MAX_LINGER)).await;
+                }
             }
         }
+        let mut writer = writer;
+        if tokio::time::timeout(close_timeout, &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+        closed.cancel();
     }
-    let mut writer = writer;
-    if tokio::time::timeout(close_timeout, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
-    }
-    closed.cancel();
 }
 
 /// How the reader loop ended.
@@ -660,16 +704,21 @@ impl Writer {
                 command = conn.commands.pop() => Wake::Command(command),
                 delivery = subscription.recv(), if !self.fetching => Wake::Delivery(delivery),
             };
+            // The work of a wake-up is boxed: rendering, writing and replaying make a future
+            // of kilobytes, which an idle socket (most of them) would otherwise carry in its
+            // task all the time (docs/gateway.md#benchmark).
             let go_on = match wake {
                 Wake::Stop | Wake::Slow => false,
-                Wake::Command(command) => self.command(command, &mut subscription).await,
+                Wake::Command(command) => Box::pin(self.command(command, &mut subscription)).await,
                 Wake::Delivery(None) => {
                     tracing::warn!("the fan-out ended under a WebSocket");
-                    self.write(close_message(close_code::INTERNAL, "fan-out ended"))
+                    Box::pin(self.write(close_message(close_code::INTERNAL, "fan-out ended")))
                         .await;
                     false
                 }
-                Wake::Delivery(Some(delivery)) => self.delivery(delivery, &mut subscription).await,
+                Wake::Delivery(Some(delivery)) => {
+                    Box::pin(self.delivery(delivery, &mut subscription)).await
+                }
             };
             if !go_on {
                 break;
@@ -683,7 +732,11 @@ impl Writer {
             // Whatever write was stuck is abandoned; the close frame goes out once the peer
             // reads again, or the connection is dropped after the close timeout.
             let close = close_message(close_code::TRY_AGAIN_LATER, SLOW_CONSUMER_REASON);
-            let _ = tokio::time::timeout(self.close_timeout, self.sink.send(close)).await;
+            let _ = Box::pin(tokio::time::timeout(
+                self.close_timeout,
+                self.sink.send(close),
+            ))
+            .await;
         }
         // A writer that stops ends the socket (the reader watches this token); frames for it
         // that come later are dropped.
@@ -1096,6 +1149,29 @@ mod tests {
         mailbox.push(99);
         assert_eq!(mailbox.lock().items.len(), 4);
         assert_eq!(mailbox.lock().bytes, 30);
+    }
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size2<A, B, F: Future>(_: impl Fn(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn future_size8<A, B, C, D, E, G, H, I, F: Future>(
+        _: impl Fn(A, B, C, D, E, G, H, I) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// What an idle socket's tasks hold: a gateway keeps 100,000 of them within 400 MiB
+    /// (docs/gateway.md#benchmark). Before the work of a wake-up was boxed the writer's
+    /// future alone took 3.2 KiB.
+    #[test]
+    fn an_idle_sockets_futures_stay_small() {
+        let reader = future_size8(read);
+        let writer = future_size2(Writer::run);
+        eprintln!("an idle socket's futures: reader {reader} bytes, writer {writer}");
+        assert!(reader <= 1024, "the reader's future takes {reader} bytes");
+        assert!(writer <= 1024, "the writer's future takes {writer} bytes");
     }
 
     #[test]

@@ -47,10 +47,11 @@ pub const BEARER_SUBPROTOCOL: &str = "bearer";
 const MAX_SESSION_ID_LEN: usize = 128;
 /// Longest id a client may choose in `off` mode (the runtime's rule).
 const MAX_CHOSEN_ID_LEN: usize = 64;
-/// Read buffer of a socket. tungstenite allocates and zero-fills it up front, so it is most
-/// of an idle socket's memory (4 KiB would be 40 MB for 10,000 sockets); a larger message
-/// still arrives whole, read 1 KiB per system call.
-const READ_BUFFER_BYTES: usize = 1024;
+/// Read buffer of a socket. tungstenite allocates and zero-fills it up front and keeps it
+/// while the socket lives, so it is a large part of an idle socket's memory (1 KiB would be
+/// 100 MB for 100,000 sockets, docs/gateway.md#benchmark); a larger message still arrives
+/// whole, read 512 bytes per system call (IDE frames are mostly far smaller).
+const READ_BUFFER_BYTES: usize = 512;
 
 /// The WebSocket routes.
 pub fn routes() -> Router<Arc<AppState>> {

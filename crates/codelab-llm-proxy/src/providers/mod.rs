@@ -6,6 +6,7 @@
 //! stream.
 
 pub mod anthropic;
+pub mod fast_chunk;
 pub mod mock;
 pub mod ollama;
 pub mod openai;

@@ -13,6 +13,7 @@ use codelab_protocol::openai::{ChatCompletionRequest, Usage};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
 
+use super::fast_chunk::{FastChunk, JsonStr, Shape};
 use super::wire::{self, EventResult, FrameDecoder, SseEvent, SseParser};
 use super::{Deployment, ProviderKind, Transport};
 use crate::events::{EventStream, FinishReason, LlmEvent, UpstreamError};
@@ -165,6 +166,17 @@ pub fn build_body(
 /// a stream (so tool calls, reasoning and finish reasons are translated in one place), then the
 /// reply is finished with the answer's own `usage`.
 pub fn completion_events(body: &[u8]) -> Result<Vec<LlmEvent>, UpstreamError> {
+    if let Some(answer) = std::str::from_utf8(body)
+        .ok()
+        .and_then(|text| FastChunk::parse(text, Shape::Completion))
+        .filter(FastChunk::has_choices)
+    {
+        let mut decoder = OpenAiDecoder::new();
+        let mut out = Vec::new();
+        decoder.fast_chunk(&answer, &mut out);
+        decoder.finish_reply(&mut out);
+        return out.into_iter().collect();
+    }
     let mut answer: Value = serde_json::from_slice(body).map_err(|err| {
         UpstreamError::protocol(format!("upstream answer is not valid JSON: {err}"))
     })?;
@@ -270,22 +282,10 @@ impl OpenAiDecoder {
             if let Some(delta) = choice.get("delta") {
                 self.delta(delta, out);
             }
-            if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-                if reason == "error" {
-                    // OpenRouter: `finish_reason:"error"` (normally with an `error` object,
-                    // handled above).
-                    out.push(Err(UpstreamError::protocol(
-                        "upstream finished with an error",
-                    )));
-                    return;
-                }
-                if !self.finished {
-                    self.flush_tools(out);
-                    self.finished = true;
-                    out.push(Ok(LlmEvent::Finish {
-                        reason: FinishReason::from_openai(reason),
-                    }));
-                }
+            if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str)
+                && !self.finish_reason(reason, out)
+            {
+                return;
             }
         }
         if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
@@ -297,6 +297,65 @@ impl OpenAiDecoder {
                 .unwrap_or(0);
             // Some servers repeat usage in several chunks: keep the last, emit it once at the end.
             self.usage = Some(Usage::new(prompt, completion).with_cached_tokens(cached));
+        }
+    }
+
+    /// A choice's `finish_reason`: the answer finishes once; `false` when it is OpenRouter's
+    /// `"error"` (normally with an `error` object, handled before), which ends it as an error.
+    fn finish_reason(&mut self, reason: &str, out: &mut Vec<EventResult>) -> bool {
+        if reason == "error" {
+            out.push(Err(UpstreamError::protocol(
+                "upstream finished with an error",
+            )));
+            return false;
+        }
+        if !self.finished {
+            self.flush_tools(out);
+            self.finished = true;
+            out.push(Ok(LlmEvent::Finish {
+                reason: FinishReason::from_openai(reason),
+            }));
+        }
+        true
+    }
+
+    /// [`Self::chunk`] for a chunk of the simple shape (see [`FastChunk`]): the same events.
+    fn fast_chunk(&mut self, chunk: &FastChunk<'_>, out: &mut Vec<EventResult>) {
+        if chunk.has_choices() && !self.started {
+            self.started = true;
+            out.push(Ok(LlmEvent::Start {
+                id: chunk.id.as_ref().and_then(JsonStr::non_empty),
+                model: chunk.model.as_ref().and_then(JsonStr::non_empty),
+            }));
+        }
+        if let Some(choice) = chunk.choice_zero() {
+            if let Some(delta) = choice.text() {
+                if let Some(text) = delta.reasoning_text() {
+                    out.push(Ok(LlmEvent::Reasoning(text)));
+                }
+                if let Some(text) = delta.content.as_ref().and_then(JsonStr::non_empty) {
+                    out.push(Ok(LlmEvent::Text(text)));
+                }
+            }
+            if let Some(reason) = &choice.finish_reason
+                && !self.finish_reason(&reason.0, out)
+            {
+                return;
+            }
+        }
+        if let Some(usage) = &chunk.usage {
+            let cached = usage
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|details| details.cached_tokens)
+                .unwrap_or(0);
+            self.usage = Some(
+                Usage::new(
+                    usage.prompt_tokens.unwrap_or(0),
+                    usage.completion_tokens.unwrap_or(0),
+                )
+                .with_cached_tokens(cached),
+            );
         }
     }
 
@@ -445,6 +504,10 @@ impl FrameDecoder for OpenAiDecoder {
         if data == "[DONE]" {
             self.done = true;
             self.finish_reply(&mut out);
+            return out;
+        }
+        if let Some(chunk) = FastChunk::parse(data, Shape::Chunk) {
+            self.fast_chunk(&chunk, &mut out);
             return out;
         }
         match wire::parse_json(data, "") {
@@ -999,6 +1062,127 @@ mod tests {
                 })
             ]
         );
+    }
+
+    /// The events of `payloads` read the general way only (a `Value` tree per chunk), as the
+    /// decoder read every chunk before the shortcut existed.
+    fn decode_general(payloads: &[&str]) -> Vec<EventResult> {
+        let mut decoder = OpenAiDecoder::new();
+        let mut out = Vec::new();
+        for data in payloads {
+            match serde_json::from_str::<Value>(data) {
+                Ok(chunk) => decoder.chunk(&chunk, &mut out),
+                Err(err) => out.push(Err(UpstreamError::protocol(err.to_string()))),
+            }
+        }
+        decoder.finish_reply(&mut out);
+        out
+    }
+
+    /// The same payloads through `frame`, which takes the shortcut where it can.
+    fn decode_frames(payloads: &[&str]) -> Vec<EventResult> {
+        let mut decoder = OpenAiDecoder::new();
+        let mut out = Vec::new();
+        for data in payloads {
+            out.extend(decoder.frame(SseEvent {
+                event: None,
+                data: (*data).to_owned(),
+            }));
+        }
+        decoder.finish_reply(&mut out);
+        out
+    }
+
+    #[test]
+    fn the_shortcut_reads_every_chunk_as_the_general_reading_does() {
+        let streams: &[&[&str]] = &[
+            // The usual shape, keys in any order, with the fields real servers add.
+            &[
+                r#"{"choices":[{"delta":{"content":"","refusal":null,"role":"assistant"},"finish_reason":null,"index":0,"logprobs":null}],"created":1,"id":"chatcmpl-1","model":"gpt-4o","object":"chat.completion.chunk","system_fingerprint":null,"usage":null}"#,
+                r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"content":"tok0 "},"logprobs":null,"finish_reason":null}]}"#,
+                r#"{"id":"chatcmpl-1","choices":[{"index":0,"delta":{"content":"caf\u00e9 \"quoted\"\n🦀 日本"}}]}"#,
+                r#"{"id":"chatcmpl-1","choices":[{"index":0,"delta":{"reasoning_content":"","reasoning":"think"}}]}"#,
+                r#"{"id":"chatcmpl-1","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#,
+                r#"{"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":20,"completion_tokens":3,"total_tokens":23,"prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0}}}"#,
+            ],
+            // Empty id and model, escaped model names, a second choice, repeated finishes.
+            &[
+                r#"{"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results":[]}"#,
+                r#"{"id":"","model":"team/\"odd\" name","choices":[{"index":1,"delta":{"content":"other"}},{"delta":{"content":"mine"}}]}"#,
+                r#"{"choices":[{"index":0,"delta":null,"finish_reason":"stop"}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"content":"late"},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":null}}"#,
+            ],
+            // Shapes the shortcut leaves to the general reading, mixed with ones it takes.
+            &[
+                r#"{"id":"c","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_A","type":"function","function":{"name":"read_file","arguments":""}}]}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"content":"between"}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{}"}}]}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"content":7}}]}"#,
+                r#"{"choices":[{"index":0.0,"delta":{"content":"float index"}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"content":"a"}}],"choices":[{"index":0,"delta":{"content":"b"}}]}"#,
+                r#"{"choices":[{"index":0,"message":{"content":"not a delta"}}]}"#,
+                r#"{"usage":{"prompt_tokens":1.5,"completion_tokens":2}}"#,
+                r#"{"usage":{"prompt_tokens":18446744073709551616}}"#,
+                r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":2,"completion_tokens":1,"prompt_tokens_details":null}}"#,
+            ],
+            &[
+                r#"{"id":"c","choices":[{"index":0,"delta":{"content":"Hi"}}]}"#,
+                r#"{"error":{"message":"Provider overloaded","code":502},"choices":[{"index":0,"delta":{},"finish_reason":"error"}]}"#,
+            ],
+            &[
+                r#"{"id":"c","choices":[{"index":0,"delta":{"content":"Hi"}}]}"#,
+                r#"{"error":null,"choices":[{"index":0,"delta":{},"finish_reason":"error"}]}"#,
+            ],
+            &[r#"[1,2]"#, r#""text""#, r#"{"choices":"none","usage":3}"#],
+        ];
+        for payloads in streams {
+            assert_eq!(
+                decode_frames(payloads),
+                decode_general(payloads),
+                "{payloads:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_shortcut_reads_completions_as_the_general_reading_does() {
+        for answer in [
+            r#"{"id":"chatcmpl-2","object":"chat.completion","created":1,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"hi \"there\"\n","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4,"prompt_tokens_details":{"cached_tokens":0}},"system_fingerprint":null}"#,
+            r#"{"model":"m","choices":[{"message":{"content":"","reasoning_content":"why"},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"message":null,"delta":{"content":"ignored"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a delta in a completion"}}]}"#,
+            r#"{"choices":[{"index":0,"message":{"content":null,"tool_calls":[{"id":"call_A","type":"function","function":{"name":"read_file","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}"#,
+            r#"{"choices":[{"index":0,"message":{"content":"x"},"finish_reason":"error"}]}"#,
+            r#"{"choices":[],"error":{"message":"overloaded","code":503}}"#,
+            r#"{"choices":[]}"#,
+            r#"{"choices":[{"index":0,"message":{"content":"x"}}],"error":{"message":"both"}}"#,
+        ] {
+            let general = (|| {
+                let mut value: Value = serde_json::from_str(answer).map_err(|e| e.to_string())?;
+                let has_choices = value["choices"].as_array().is_some_and(|c| !c.is_empty());
+                if !has_choices && value.get("error").is_none_or(Value::is_null) {
+                    return Err("no choices".to_owned());
+                }
+                for choice in value["choices"].as_array_mut().into_iter().flatten() {
+                    if let Some(message) = choice.as_object_mut().and_then(|c| c.remove("message"))
+                    {
+                        choice["delta"] = message;
+                    }
+                }
+                let mut decoder = OpenAiDecoder::new();
+                let mut out = Vec::new();
+                decoder.chunk(&value, &mut out);
+                decoder.finish_reply(&mut out);
+                out.into_iter()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.message)
+            })();
+            let fast = completion_events(answer.as_bytes()).map_err(|e| e.message);
+            match (&fast, &general) {
+                (Err(_), Err(general)) if general == "no choices" => {}
+                _ => assert_eq!(fast, general, "{answer}"),
+            }
+        }
     }
 
     #[test]

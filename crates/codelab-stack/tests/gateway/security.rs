@@ -62,6 +62,7 @@ async fn session_opt_in(environment: Environment) -> Stack {
     start_stack_with(StackOptions {
         environment,
         gateway: Box::new(|c| c.ws_auth = Some(WsAuthMode::Session)),
+        ..StackOptions::default()
     })
     .await
 }

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{
-    PROMPTLY, Socket, close_frame, closed_url, next_frame as frame, open, refusal, start_stack,
-    start_stack_tweaked, ws_url,
+    PROMPTLY, Socket, StackOptions, close_frame, closed_url, next_frame as frame, open, refusal,
+    start_stack, start_stack_tweaked, start_stack_with, ws_url,
 };
 use codelab_gateway::config::WsAuthMode;
 use codelab_gateway::fanout::{Delivery, Fanout};
 use codelab_gateway::runtime_client::{RuntimeClient, RuntimeError};
 use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
+use codelab_stack::InternalCalls;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -274,7 +275,7 @@ async fn an_unreachable_runtime_is_reported_without_its_address() {
         agent_stream_timeout: 2.0,
         ..codelab_gateway::Config::default()
     };
-    let client = RuntimeClient::new(&config).unwrap();
+    let client = RuntimeClient::new(&config, None).unwrap();
     let error = client
         .stream_frame("s", "u", json!({"type": "cancel_turn"}), false)
         .await
@@ -287,7 +288,7 @@ async fn an_unreachable_runtime_is_reported_without_its_address() {
         ..codelab_gateway::Config::default()
     };
     assert!(matches!(
-        RuntimeClient::new(&bad),
+        RuntimeClient::new(&bad, None),
         Err(RuntimeError::Config(_))
     ));
 }
@@ -370,7 +371,22 @@ fn assert_no_null_keys(frame: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_flutter_profile_gets_each_assistant_message_whole() {
-    let stack = start_stack().await;
+    flutter_profile_turn(InternalCalls::InProcess).await;
+}
+
+/// The split deployment's path: the gateway calls the runtime, and the runtime the proxy, over
+/// HTTP on their listeners; the IDE sees the same frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_flutter_profile_gets_the_same_turn_when_services_call_each_other_over_http() {
+    flutter_profile_turn(InternalCalls::Http).await;
+}
+
+async fn flutter_profile_turn(internal_calls: InternalCalls) {
+    let stack = start_stack_with(StackOptions {
+        internal_calls,
+        ..StackOptions::default()
+    })
+    .await;
     let (_, _, session) = stack.user_with_session("alice").await;
     // As the Flutter IDE connects: no credentials, the session's id is the capability.
     let mut socket = connect(&stack.ws_url(&session)).await;

@@ -419,6 +419,24 @@ mod tests {
             "postgres://u@db/codelab_auth?sslmode=disable"
         );
         assert_eq!(url("postgresql://db/ci_42"), "postgres://db/ci_42_auth");
+        // Loopback: no TLS unless asked for (it would verify nothing and only cost CPU).
+        assert_eq!(
+            url("postgres://postgres@127.0.0.1:5432/postgres"),
+            "postgres://postgres@127.0.0.1:5432/codelab_auth?sslmode=disable"
+        );
+        assert_eq!(
+            url("postgres://localhost/x?application_name=a"),
+            "postgres://localhost/x_auth?application_name=a&sslmode=disable"
+        );
+        assert_eq!(
+            url("postgres://[::1]/x"),
+            "postgres://[::1]/x_auth?sslmode=disable"
+        );
+        assert_eq!(
+            url("postgres://127.0.0.1/x?sslmode=require"),
+            "postgres://127.0.0.1/x_auth?sslmode=require"
+        );
+        assert_eq!(url("postgres://10.0.0.1/x"), "postgres://10.0.0.1/x_auth");
         assert_eq!(
             url("postgresql+asyncpg://u:p@db:5432/"),
             "postgres://u:p@db:5432/codelab_auth"

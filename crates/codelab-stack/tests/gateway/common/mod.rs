@@ -20,7 +20,7 @@ use codelab_core::service::SharedDeps;
 use codelab_gateway::fanout::FanoutSubscription;
 use codelab_protocol::runtime::SequencedEvent;
 use codelab_protocol::sse::SseParser;
-use codelab_stack::{InternalKeys, ServiceId};
+use codelab_stack::{InternalCalls, InternalKeys, ServiceId};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;
@@ -52,6 +52,8 @@ pub struct StackOptions {
     pub environment: Environment,
     /// Changes to the gateway's settings (after the stack's own wiring).
     pub gateway: Box<dyn FnOnce(&mut codelab_gateway::Config) + Send>,
+    /// How the services call each other (in process unless a test asks for HTTP).
+    pub internal_calls: InternalCalls,
 }
 
 impl Default for StackOptions {
@@ -59,6 +61,7 @@ impl Default for StackOptions {
         Self {
             environment: Environment::Development,
             gateway: Box::new(|_| {}),
+            internal_calls: InternalCalls::default(),
         }
     }
 }
@@ -135,6 +138,7 @@ pub async fn start_stack_with(options: StackOptions) -> Stack {
             config.agent_stream_timeout = 20.0;
         })
         .gateway_config(options.gateway)
+        .internal_calls(options.internal_calls)
         .start()
         .await
         .unwrap();
