@@ -237,8 +237,8 @@ impl<T> Mailbox<T> {
 /// writer) started here. The upgrade's task ends at once.
 ///
 /// Memory: a gateway holds up to 100,000 idle sockets (docs/gateway.md#benchmark), so what an
-/// idle socket keeps is small: each task's future is boxed before `tasks::spawn` wraps it
-/// (a wrapping async block stores the future it awaits twice), and the work of a wake-up is
+/// idle socket keeps is small: each task's future is boxed (its size is checked by
+/// `an_idle_sockets_futures_stay_small`), and the work of a wake-up is
 /// boxed only while it runs (`Writer::run`). One task driving both halves was measured too:
 /// its future is as large as the two tasks together.
 pub(super) fn run(
