@@ -37,7 +37,7 @@ use codelab_core::clock::{SharedClock, SystemClock};
 use codelab_core::db::{DbOptions, connect_database};
 use codelab_testkit::TempPostgres;
 use codelab_testkit::bench::{
-    Latencies, SplitCpu, Table, cpu_per_unit, env_f64, machine_summary, ms, per_second,
+    CpuShares, Latencies, SplitCpu, Table, cpu_per_unit, env_f64, machine_summary, ms, per_second,
     process_cpu, server_and_client_runtimes,
 };
 
@@ -214,9 +214,9 @@ struct Load {
     grants: usize,
     elapsed: Duration,
     latencies: Latencies,
-    server_cpu: Option<Duration>,
-    client_cpu: Option<Duration>,
-    database_cpu: Duration,
+    /// The services', the load generator's and every PostgreSQL process's CPU.
+    cpu: CpuShares,
+    /// The CPU of the PostgreSQL backends serving this bench's database.
     backends_cpu: Duration,
 }
 
@@ -339,10 +339,7 @@ async fn load(endpoint: &Endpoint, tokens: Vec<Option<String>>, database: Option
         load.latencies.extend(latencies);
     }
     load.elapsed = started.elapsed();
-    let shares = cpu.stop();
-    load.server_cpu = shares.server;
-    load.client_cpu = shares.client;
-    load.database_cpu = shares.database;
+    load.cpu = cpu.stop();
     load.backends_cpu = backends_cpu(database).saturating_sub(backends_before);
     load
 }
@@ -427,7 +424,7 @@ fn grants_report() {
         if let (Ok(loads), "sqlite") = (&mut loads, name) {
             // Other programs' PostgreSQL work is no part of a SQLite grant.
             for load in loads {
-                load.database_cpu = Duration::ZERO;
+                load.cpu.database = Duration::ZERO;
             }
         }
         columns.push((name, loads));
@@ -456,10 +453,10 @@ fn grants_report() {
                 )
             }),
             ("  server CPU per grant".to_owned(), &|l| {
-                cpu_per_unit(l.server_cpu, l.grants)
+                cpu_per_unit(l.cpu.server, l.grants)
             }),
             ("  load generator CPU per grant".to_owned(), &|l| {
-                cpu_per_unit(l.client_cpu, l.grants)
+                cpu_per_unit(l.cpu.client, l.grants)
             }),
             ("  PostgreSQL backends' CPU per grant".to_owned(), &|l| {
                 if l.backends_cpu.is_zero() {
@@ -471,10 +468,10 @@ fn grants_report() {
             (
                 "  every postgres process's CPU per grant".to_owned(),
                 &|l| {
-                    if l.database_cpu.is_zero() {
+                    if l.cpu.database.is_zero() {
                         "—".to_owned()
                     } else {
-                        cpu_per_unit(Some(l.database_cpu), l.grants)
+                        cpu_per_unit(Some(l.cpu.database), l.grants)
                     }
                 },
             ),

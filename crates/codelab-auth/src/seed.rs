@@ -157,10 +157,7 @@ fn is_loopback_uri(uri: &str) -> bool {
         Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
         None => host.split(':').next().unwrap_or_default(),
     };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    codelab_core::http::is_loopback_host(host)
 }
 
 /// Credentials generated while seeding, to be shown to the operator exactly once.

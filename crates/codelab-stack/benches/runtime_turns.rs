@@ -41,8 +41,8 @@ use codelab_protocol::sse::SseParser;
 use codelab_stack::{Database, InternalKeys, ServiceId, Stack};
 use codelab_testkit::TempPostgres;
 use codelab_testkit::bench::{
-    Latencies, SplitCpu, Table, cpu_per_unit, env_f64, env_u64, machine_summary, mib, ms,
-    per_second, reset_peak_rss, server_and_client_runtimes, status_kib,
+    CpuShares, Latencies, SplitCpu, Table, cpu_per_unit, env_f64, env_u64, machine_summary, mib,
+    ms, per_second, reset_peak_rss, server_and_client_runtimes, status_kib,
 };
 use serde_json::{Value, json};
 
@@ -209,12 +209,8 @@ struct Load {
     turns: usize,
     elapsed: Duration,
     latencies: Latencies,
-    /// The services' CPU: the process's minus the load generator's.
-    server_cpu: Option<Duration>,
-    /// The load generator's CPU (this thread).
-    client_cpu: Option<Duration>,
-    /// The PostgreSQL server's processes' CPU (zero on SQLite).
-    database_cpu: Duration,
+    /// The services', the load generator's and the PostgreSQL server's CPU.
+    cpu: CpuShares,
 }
 
 /// Turns of `kind` from `concurrency` workers for `seconds`, on this (current-thread) runtime.
@@ -252,10 +248,7 @@ async fn throughput(rt: &Arc<Runtime>, kind: Kind, concurrency: usize, seconds: 
         load.latencies.extend(latencies);
     }
     load.elapsed = started.elapsed();
-    let shares = cpu.stop();
-    load.server_cpu = shares.server;
-    load.client_cpu = shares.client;
-    load.database_cpu = shares.database;
+    load.cpu = cpu.stop();
     load
 }
 
@@ -439,7 +432,7 @@ fn main() {
                 if backend == "sqlite" {
                     // Other programs' PostgreSQL work is no part of a SQLite turn.
                     for load in &mut column.loads {
-                        load.database_cpu = Duration::ZERO;
+                        load.cpu.database = Duration::ZERO;
                     }
                 }
                 let _inside = server.enter();
@@ -491,16 +484,16 @@ fn report(columns: &mut [(&str, Column)], seconds: f64, samples: usize) {
                     )
                 }),
                 ("  server CPU per turn", &|l| {
-                    cpu_per_unit(l.server_cpu, l.turns)
+                    cpu_per_unit(l.cpu.server, l.turns)
                 }),
                 ("  load generator CPU per turn", &|l| {
-                    cpu_per_unit(l.client_cpu, l.turns)
+                    cpu_per_unit(l.cpu.client, l.turns)
                 }),
                 ("  PostgreSQL server CPU per turn", &|l| {
-                    if l.database_cpu.is_zero() {
+                    if l.cpu.database.is_zero() {
                         "—".to_owned()
                     } else {
-                        cpu_per_unit(Some(l.database_cpu), l.turns)
+                        cpu_per_unit(Some(l.cpu.database), l.turns)
                     }
                 }),
                 ("  turns", &|l| l.turns.to_string()),

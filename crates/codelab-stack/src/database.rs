@@ -28,19 +28,12 @@ pub fn postgres_database_url(server: &str, service: &str) -> Result<String, Stac
     };
     url.set_path(&format!("/{prefix}_{service}"));
     let has_sslmode = url.query_pairs().any(|(name, _)| name == "sslmode");
-    if !has_sslmode && is_loopback(url.host_str()) {
+    if !has_sslmode
+        && url
+            .host_str()
+            .is_some_and(codelab_core::http::is_loopback_host)
+    {
         url.query_pairs_mut().append_pair("sslmode", "disable");
     }
     Ok(url.to_string())
-}
-
-fn is_loopback(host: Option<&str>) -> bool {
-    let Some(host) = host else {
-        return false;
-    };
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || bare
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|address| address.is_loopback())
 }

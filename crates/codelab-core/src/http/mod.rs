@@ -29,6 +29,19 @@ pub use layers::{REQUEST_ID_HEADER, with_standard_layers};
 pub use limits::{LISTENER_LIMITS_ENV_PREFIX, LISTENER_LIMITS_SECTION, ListenerLimits};
 pub use serve::{serve, serve_with_limits, shutdown_on_signals};
 
+/// Whether `host` (a URL's host: a name, an IPv4 address, or an IPv6 address with or without
+/// brackets) is this machine's loopback: `localhost`, `127.0.0.0/8` or `::1`.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
+}
+
 /// Who is answering: the service's name (as in `codelab serve <name>`), version and start time.
 #[derive(Debug, Clone)]
 pub struct ServiceInfo {
