@@ -290,7 +290,8 @@ def compose_structure():
            after("agent-runtime"))
     expect(after("gateway") == {"agent-runtime": "service_healthy", "auth": "service_healthy", "redis": "service_healthy"},
            after("gateway"))
-    expect(after("website") == {"auth": "service_healthy", "gateway": "service_healthy"}, after("website"))
+    expect(after("website") == {"auth": "service_healthy", "gateway": "service_healthy", "redis": "service_healthy"},
+           after("website"))
     expect(after("nginx") == {"auth": "service_healthy", "gateway": "service_healthy", "website": "service_healthy"},
            after("nginx"))
     for name in ("postgres", "redis", "nginx"):
@@ -328,6 +329,7 @@ def compose_structure():
     expect("REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"]), "the health check authenticates")
     expect(env["auth"]["AUTH_SERVICE__REDIS_URL"] == f"redis://:{FILLED['REDIS_PASSWORD']}@redis:6379/1", "auth's Redis URL")
     expect(env["gateway"]["GATEWAY__REDIS_URL"] == f"redis://:{FILLED['REDIS_PASSWORD']}@redis:6379/2", "gateway's Redis URL")
+    expect(env["website"]["WEBSITE__REDIS_URL"] == f"redis://:{FILLED['REDIS_PASSWORD']}@redis:6379/3", "the console's Redis URL")
     expect(env["auth"]["AUTH_SERVICE__KEY_ENCRYPTION_KEY"] == FILLED["KEY_ENCRYPTION_KEY"], "signing keys encrypted at rest")
     expect(env["auth"]["AUTH_SERVICE__INTERNAL_CLIENT_SECRET"] == FILLED["INTERNAL_CLIENT_SECRET"], "internal client secret given")
     expect(env["gateway"]["GATEWAY__WS_AUTH"] == "required", "WebSockets need a token unless the operator opts in")
@@ -541,9 +543,17 @@ def assert_common(env, docs):
     expect(sources("codelab-auth") == ["ingress-nginx", "gateway", "website"], f"{env}: auth ingress {sources('codelab-auth')}")
     expect(sources("codelab-website") == ["ingress-nginx"], f"{env}: website ingress {sources('codelab-website')}")
     website_egress = json.dumps(policies["codelab-website"]["spec"]["egress"])
+    redis_cidr = json.dumps({"cidr": values_of(env).get("networkPolicy", {}).get("externalRedisCIDR", "-")})
     expect('"gateway"' in website_egress and '"auth"' in website_egress and '"agent-runtime"' not in website_egress
-           and '"llm-proxy"' not in website_egress and "ipBlock" not in website_egress,
-           f"{env}: the website reaches auth and the gateway only")
+           and '"llm-proxy"' not in website_egress
+           and "ipBlock" not in website_egress.replace(f'"ipBlock": {redis_cidr}', ""),
+           f"{env}: the website reaches auth, the gateway and (when there is one) Redis only")
+
+    def redis_egress(name):
+        return [r for r in policies[name]["spec"]["egress"] if r.get("ports") == [{"port": 6379, "protocol": "TCP"}]]
+
+    expect(redis_egress("codelab-website") == redis_egress("codelab-gateway"),
+           f"{env}: the website reaches the Redis the gateway does (console logins)")
     expect(sources("codelab-agent-runtime") == ["gateway"], f"{env}: runtime ingress")
     expect(sources("codelab-llm-proxy") == ["agent-runtime"], f"{env}: proxy ingress")
     proxy_egress = policies["codelab-llm-proxy"]["spec"]["egress"]
@@ -586,9 +596,10 @@ def assert_common(env, docs):
                ("/assets", "Prefix", "codelab-website"), ("/console", "Prefix", "codelab-website")],
            "the website's pages only (not its /metrics or /ready)")
     website_annotations = website["metadata"]["annotations"]
-    expect(website_annotations["nginx.ingress.kubernetes.io/affinity"] == "cookie"
-           and website_annotations["nginx.ingress.kubernetes.io/session-cookie-max-age"] == "43200",
-           f"{env}: a browser stays on the website replica holding its console login")
+    expect(not any(name.startswith(("nginx.ingress.kubernetes.io/affinity",
+                                    "nginx.ingress.kubernetes.io/session-cookie"))
+                   for name in website_annotations),
+           f"{env}: no affinity: console logins are in Redis, any website replica serves any browser")
     expect(website.get("spec", {}).get("tls") == ingress["spec"].get("tls"), f"{env}: the website's TLS")
     health = objects(docs, "Ingress")["codelab-health"]
     expect(health["metadata"]["annotations"]["nginx.ingress.kubernetes.io/rewrite-target"] == "/health", "health rewrite")
@@ -655,6 +666,12 @@ def helm_staging():
     expect(names.index("CODELAB_REDIS_PASSWORD") < names.index("AUTH_SERVICE__REDIS_URL"), "Redis password declared before its use")
     gateway_env = env_of(app["codelab-gateway"]["spec"]["template"]["spec"]["containers"][0])
     expect(gateway_env["GATEWAY__REDIS_URL"]["value"] == "redis://:$(CODELAB_REDIS_PASSWORD)@codelab-redis:6379/2", "gateway fan-out")
+    website_env = env_of(app["codelab-website"]["spec"]["template"]["spec"]["containers"][0])
+    expect(website_env["WEBSITE__REDIS_URL"]["value"] == "redis://:$(CODELAB_REDIS_PASSWORD)@codelab-redis:6379/3"
+           and "CODELAB_REDIS_PASSWORD" in website_env, "console logins in Redis")
+    redis_sources = [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                     for p in objects(docs, "NetworkPolicy")["codelab-redis"]["spec"]["ingress"][0]["from"]]
+    expect(redis_sources == ["auth", "gateway", "website"], f"Redis admits {redis_sources}")
     redis = objects(docs, "Deployment")["codelab-redis"]["spec"]["template"]["spec"]["containers"][0]
     redis_command = " ".join(redis["command"] + redis["args"])
     for needle in ('--requirepass "$REDIS_PASSWORD"', "--maxmemory 256mb", "--maxmemory-policy noeviction"):

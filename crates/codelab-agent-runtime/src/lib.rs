@@ -14,6 +14,7 @@ pub mod hitl;
 pub mod llm;
 pub mod metrics;
 pub mod model;
+pub mod openapi;
 pub mod prompts;
 pub mod routing;
 pub mod store;
@@ -225,6 +226,7 @@ impl Service for AppState {
                 get(sessions::session_owner),
             )
             .route("/agents", get(agent_routes::list_agents))
+            .route("/openapi.json", get(show_openapi))
             .route(
                 "/agents/{session_id}/current",
                 get(agent_routes::current_agent),
@@ -244,6 +246,15 @@ impl Service for AppState {
     async fn drain(&self, timeout: Duration) -> bool {
         drain_tasks(&self.tasks, timeout).await
     }
+}
+
+/// `GET /openapi.json`: the description of this API ([`openapi::document`]).
+async fn show_openapi(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> axum::Json<serde_json::Value> {
+    let specs = state.engine.registry().specs();
+    let agents: Vec<&str> = specs.iter().map(|spec| spec.kind.as_str()).collect();
+    axum::Json(openapi::document(&state.info.version, &agents))
 }
 
 fn store_kind(url: &str) -> &'static str {

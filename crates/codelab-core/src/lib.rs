@@ -14,6 +14,7 @@ pub mod db;
 pub mod html;
 pub mod http;
 pub mod ids;
+pub mod memory;
 pub mod service;
 pub mod tasks;
 pub mod telemetry;

@@ -247,7 +247,7 @@ pub struct SharedDeps {
     /// Cancelled when the process shuts down (the gateway closes its sockets on it).
     pub shutdown: CancellationToken,
     /// A ready cache to use instead of connecting to the service's `redis_url` (tests,
-    /// embedding); only the auth service uses it today.
+    /// embedding); the auth service and the website use it.
     pub cache: Option<Cache>,
     /// Environment variables the service may read (the proxy's provider keys).
     pub env: EnvVars,

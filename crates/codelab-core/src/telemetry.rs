@@ -99,7 +99,8 @@ const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// The recorder keeps every histogram sample until it is folded into the buckets, which only a
 /// render or an upkeep does: without a Prometheus scraping `/metrics` (`codelab up`, a
 /// deployment without monitoring) memory would grow with every request. A thread of its own,
-/// so it runs whatever async runtime the process has, or none.
+/// so it runs whatever async runtime the process has, or none. It also hands the memory the
+/// process freed back to the system ([`crate::memory`]), so RSS comes back after a load.
 fn spawn_upkeep(handle: PrometheusHandle) {
     let started = std::thread::Builder::new()
         .name("metrics-upkeep".to_owned())
@@ -107,6 +108,7 @@ fn spawn_upkeep(handle: PrometheusHandle) {
             loop {
                 std::thread::sleep(UPKEEP_INTERVAL);
                 handle.run_upkeep();
+                crate::memory::release_free_memory();
             }
         });
     if let Err(error) = started {

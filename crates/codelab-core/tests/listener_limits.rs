@@ -461,3 +461,43 @@ async fn the_408_takes_the_shape_of_the_service_that_was_reading() {
     assert!(body["detail"].is_string(), "{body}");
     server.stop().await;
 }
+
+/// A body over the limit is answered 413 on its declared length without being read; the server
+/// then discards the rest (bounded) instead of closing on unread bytes, whose reset could destroy
+/// the 413 before the client reads it. Found by crates/codelab/tests/schema (hostile bodies):
+/// clients saw "connection reset" instead of the 413.
+#[tokio::test]
+async fn an_oversized_body_gets_its_413_and_the_connection_stays_usable() {
+    let info = ServiceInfo::new("drained", "0").with_error_shape(ErrorShape::Detail);
+    let router = with_standard_layers(app(), &info, 1 << 20);
+    let server = Server::serving(router, Some(limits(10.0, 10.0, 100))).await;
+    let (mut read, mut write) = TcpStream::connect(server.addr).await.unwrap().into_split();
+    let size = 8 << 20;
+    let writer = tokio::spawn(async move {
+        let head = format!("POST /upload HTTP/1.1\r\nhost: t\r\ncontent-length: {size}\r\n\r\n");
+        write.write_all(head.as_bytes()).await?;
+        write.write_all(&vec![b'a'; size]).await?;
+        write
+            .write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await?;
+        Ok::<_, std::io::Error>(write)
+    });
+    let mut seen = String::new();
+    let mut buffer = vec![0_u8; 64 * 1024];
+    let deadline = Instant::now() + GRACE * 2;
+    while !(seen.contains("HTTP/1.1 413") && seen.contains("HTTP/1.1 200")) {
+        assert!(Instant::now() < deadline, "answers so far: {seen}");
+        match tokio::time::timeout(GRACE, read.read(&mut buffer)).await {
+            Ok(Ok(0)) => panic!("closed after: {seen}"),
+            Ok(Ok(n)) => seen.push_str(&String::from_utf8_lossy(&buffer[..n])),
+            Ok(Err(error)) => panic!("{error} after: {seen}"),
+            Err(_) => panic!("no answer within {GRACE:?} after: {seen}"),
+        }
+    }
+    assert!(
+        seen.find("HTTP/1.1 413") < seen.find("HTTP/1.1 200"),
+        "{seen}"
+    );
+    let _write = writer.await.unwrap().unwrap();
+    server.stop().await;
+}

@@ -9,13 +9,22 @@
 //! subscriber is told it may have missed events (it then replays them from the runtime,
 //! which stores every event).
 //!
+//! A publish that fails (Redis down, or silently unreachable: then only after the command
+//! timeout) opens an outage: until a probe's `PING` answers again, publishes deliver locally
+//! at once instead of each waiting for the timeout, and the sessions published meanwhile are
+//! remembered. When Redis answers, a gap marker is published on each of those sessions'
+//! channels, so the sockets of other replicas, which missed those events, replay them from
+//! the runtime (docs/reliability.md, "Several hosts"). The publish that failed by timing out
+//! may still reach Redis when the link heals; the subscriber skips it once, since this
+//! replica's sockets already had it.
+//!
 //! Every subscriber's queue is bounded (frames and bytes): a subscriber that falls further
 //! behind is told it overflowed and gets nothing more, so a client that stops reading never
 //! makes this process buffer its session's stream. The fan-out also counts each user's
 //! sockets on this process (the per-user cap of `GATEWAY__WS_MAX_SOCKETS_PER_USER`): the
 //! subscriptions are this replica's registry of local sockets.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +51,11 @@ pub const DEFAULT_QUEUED_BYTES: usize = 8 * 1024 * 1024;
 /// Waits between attempts to reconnect the subscriber connection.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Wait between probes of Redis while publishes deliver locally.
+const OUTAGE_PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// What is published on a session's channel after an outage: not an event (those are JSON
+/// objects); every replica's sockets of the session replay what they missed.
+const GAP_MARKER: &[u8] = b"gap";
 
 /// A fan-out failure.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +123,59 @@ struct Inner {
 struct RedisSide {
     publisher: ConnectionManager,
     task: JoinHandle<()>,
+    outage: Arc<Outage>,
+}
+
+/// Publishing while Redis does not answer: see the module's documentation.
+#[derive(Default)]
+struct Outage {
+    /// Fast path: whether an outage is open (the state under the lock is authoritative).
+    open: AtomicBool,
+    state: Mutex<OutageState>,
+}
+
+#[derive(Default)]
+struct OutageState {
+    open: bool,
+    /// Sessions whose events were delivered only on this replica since the outage opened.
+    missed: HashSet<String>,
+}
+
+impl Outage {
+    fn lock(&self) -> MutexGuard<'_, OutageState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether an outage is open; if so, `session_id` is remembered as having missed events.
+    fn note_if_open(&self, session_id: &str) -> bool {
+        if !self.open.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut state = self.lock();
+        if state.open && !state.missed.contains(session_id) {
+            state.missed.insert(session_id.to_owned());
+        }
+        state.open
+    }
+
+    /// Opens an outage that `session_id` missed; `true` when it was not open yet (the caller
+    /// starts the probe).
+    fn open(&self, session_id: &str) -> bool {
+        let mut state = self.lock();
+        state.missed.insert(session_id.to_owned());
+        let opened = !state.open;
+        state.open = true;
+        self.open.store(true, Ordering::Release);
+        opened
+    }
+
+    /// Closes the outage; returns the sessions that missed events.
+    fn close(&self) -> HashSet<String> {
+        let mut state = self.lock();
+        state.open = false;
+        self.open.store(false, Ordering::Release);
+        std::mem::take(&mut state.missed)
+    }
 }
 
 impl Drop for RedisSide {
@@ -126,6 +193,54 @@ struct Registry {
     commands: Option<mpsc::UnboundedSender<Command>>,
     /// Open sockets by user on this process.
     sockets_by_user: Mutex<HashMap<String, usize>>,
+    /// Events whose publish failed and were delivered locally instead: the publish may still
+    /// reach Redis (a timed-out command stays in the socket's buffer and TCP delivers it when
+    /// the link heals), and then it must not reach the local sockets a second time.
+    unsure: UnsurePublishes,
+}
+
+/// The (session, seq) of the last [`UNSURE_KEPT`] events that were delivered locally after
+/// their publish failed; the subscriber skips each of them once if Redis delivers it after all.
+#[derive(Default)]
+struct UnsurePublishes {
+    /// Fast path: how many are kept (none, nearly always).
+    count: AtomicU64,
+    events: Mutex<VecDeque<(String, u64)>>,
+}
+
+/// At most one event per stream that was publishing when an outage began can be unsure.
+const UNSURE_KEPT: usize = 64;
+
+impl UnsurePublishes {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<(String, u64)>> {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn remember(&self, session_id: &str, seq: u64) {
+        let mut events = self.lock();
+        if events.len() == UNSURE_KEPT {
+            events.pop_front();
+        }
+        events.push_back((session_id.to_owned(), seq));
+        self.count.store(events.len() as u64, Ordering::Release);
+    }
+
+    /// Whether `seq` of `session_id` was delivered locally already (forgotten then).
+    fn take(&self, session_id: &str, seq: u64) -> bool {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let mut events = self.lock();
+        let Some(index) = events
+            .iter()
+            .position(|(session, kept)| *kept == seq && session == session_id)
+        else {
+            return false;
+        };
+        events.remove(index);
+        self.count.store(events.len() as u64, Ordering::Release);
+        true
+    }
 }
 
 struct Channel {
@@ -303,6 +418,15 @@ impl Registry {
         }
     }
 
+    /// Tells the local subscribers of `session_id` that they may have missed events.
+    fn mark_lagged(&self, session_id: &str) {
+        if let Some(channel) = self.lock().get(session_id) {
+            for subscriber in &channel.subscribers {
+                subscriber.queue.push_gap();
+            }
+        }
+    }
+
     /// Tells every local subscriber that it may have missed events.
     fn mark_all_lagged(&self) {
         for channel in self.lock().values() {
@@ -357,6 +481,7 @@ impl Fanout {
                         next_id: AtomicU64::new(1),
                         commands: None,
                         sockets_by_user: Mutex::default(),
+                        unsure: UnsurePublishes::default(),
                     }),
                     redis: None,
                 }),
@@ -390,6 +515,7 @@ impl Fanout {
             next_id: AtomicU64::new(1),
             commands: Some(commands),
             sockets_by_user: Mutex::default(),
+            unsure: UnsurePublishes::default(),
         });
         let task = codelab_core::tasks::spawn(
             "fanout-subscriber",
@@ -398,7 +524,11 @@ impl Fanout {
         Ok(Fanout {
             inner: Arc::new(Inner {
                 registry,
-                redis: Some(RedisSide { publisher, task }),
+                redis: Some(RedisSide {
+                    publisher,
+                    task,
+                    outage: Arc::default(),
+                }),
             }),
         })
     }
@@ -417,6 +547,11 @@ impl Fanout {
             registry.dispatch(session_id, Arc::new(event.clone()), encoded_len(event));
             return;
         };
+        if redis.outage.note_if_open(session_id) {
+            metrics::fanout_published("local");
+            registry.dispatch(session_id, Arc::new(event.clone()), encoded_len(event));
+            return;
+        }
         let payload = match serde_json::to_string(event) {
             Ok(payload) => payload,
             Err(error) => {
@@ -435,7 +570,23 @@ impl Fanout {
             Ok(_) => metrics::fanout_published("redis"),
             Err(error) => {
                 metrics::fanout_error("publish");
-                tracing::warn!(%error, "publishing an event to Redis failed; delivering locally");
+                if redis.outage.open(session_id) {
+                    tracing::warn!(
+                        %error,
+                        "publishing an event to Redis failed; delivering locally until Redis answers"
+                    );
+                    codelab_core::tasks::spawn(
+                        "fanout-outage-probe",
+                        probe_until_redis_answers(
+                            redis.publisher.clone(),
+                            Arc::clone(&redis.outage),
+                            Arc::clone(registry),
+                        ),
+                    );
+                }
+                if event.seq > 0 {
+                    registry.unsure.remember(session_id, event.seq);
+                }
                 let bytes = payload.len();
                 registry.dispatch(session_id, Arc::new(event.clone()), bytes);
             }
@@ -648,6 +799,45 @@ impl Drop for FanoutSubscription {
     }
 }
 
+/// Pings Redis until it answers, then closes the outage and publishes a gap marker on the
+/// channel of every session that missed events, so other replicas' sockets replay them.
+async fn probe_until_redis_answers(
+    mut publisher: ConnectionManager,
+    outage: Arc<Outage>,
+    registry: Arc<Registry>,
+) {
+    loop {
+        tokio::time::sleep(OUTAGE_PROBE_INTERVAL).await;
+        let ping = tokio::time::timeout(
+            REDIS_TIMEOUT,
+            redis::cmd("PING").query_async::<String>(&mut publisher),
+        )
+        .await;
+        if matches!(ping, Ok(Ok(_))) {
+            break;
+        }
+    }
+    let missed = outage.close();
+    tracing::info!(
+        sessions = missed.len(),
+        "Redis answers again; publishing through it, other replicas replay what they missed"
+    );
+    for session_id in missed {
+        let marked: Result<i64, _> = redis::cmd("PUBLISH")
+            .arg(registry.channel_name(&session_id))
+            .arg(GAP_MARKER)
+            .query_async(&mut publisher)
+            .await;
+        if let Err(error) = marked {
+            // The next publish fails too and opens a new outage, which remembers the session
+            // again only if it publishes again; this one's sockets elsewhere catch up at their
+            // next resumption.
+            metrics::fanout_error("publish");
+            tracing::warn!(%error, "cannot publish a gap marker after a Redis outage");
+        }
+    }
+}
+
 /// The subscriber connection: applies (un)subscriptions in order, dispatches messages, and
 /// reconnects (subscribing again to every channel with local subscribers) when Redis goes away.
 async fn subscriber_loop(
@@ -732,7 +922,14 @@ async fn subscriber_loop(
                         continue;
                     };
                     let payload = message.get_payload_bytes();
+                    if payload == GAP_MARKER {
+                        registry.mark_lagged(session_id);
+                        continue;
+                    }
                     match serde_json::from_slice::<SequencedEvent>(payload) {
+                        Ok(event) if registry.unsure.take(session_id, event.seq) => {
+                            tracing::debug!("skipping an event delivered locally during an outage");
+                        }
                         Ok(event) => registry.dispatch(session_id, Arc::new(event), payload.len()),
                         Err(error) => {
                             metrics::fanout_error("decode");

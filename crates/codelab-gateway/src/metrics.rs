@@ -27,7 +27,8 @@ pub const AUTH_FAILURES: &str = "codelab_gateway_auth_failures_total";
 pub const TTFT: &str = "codelab_gateway_ttft_seconds";
 /// Runtime streams that failed, by `kind` (`status`, `unreachable`, `timeout`, `invalid`).
 pub const RUNTIME_STREAM_ERRORS: &str = "codelab_gateway_runtime_stream_errors_total";
-/// Events published to the fan-out, by `transport` (`memory`, `redis`).
+/// Events published to the fan-out, by `transport` (`memory`, `redis`, and `local`: delivered
+/// on this replica only during a Redis outage).
 pub const FANOUT_PUBLISHED: &str = "codelab_gateway_fanout_published_total";
 /// Fan-out failures by `kind` (`publish`, `subscribe`, `reconnect`, `decode`, `overflow`).
 pub const FANOUT_ERRORS: &str = "codelab_gateway_fanout_errors_total";

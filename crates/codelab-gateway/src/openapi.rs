@@ -100,8 +100,8 @@ fn operations_and_schemas(version: &str) -> Value {
                     "operationId": "listSessions",
                     "summary": "The caller's sessions, most recently active first",
                     "parameters": [
-                        query_param("limit", "integer", "Page size, 1 to 1000 (default 100)."),
-                        query_param("offset", "integer", "Sessions to skip (default 0)."),
+                        bounded_query_param("limit", 1, 1000, "Page size, 1 to 1000 (default 100)."),
+                        bounded_query_param("offset", 0, u64::from(u32::MAX), "Sessions to skip (default 0)."),
                         query_param("search", "string", "Case-insensitive substring of the title.")
                     ],
                     "responses": with(("200", json_ok("A page of sessions.", "SessionList")), &["400", "401", "403", "502", "503"])
@@ -264,6 +264,12 @@ fn path_param(name: &str, description: &str) -> Value {
         "schema": { "type": "string" } })
 }
 
+/// An integer query parameter the runtime accepts from `minimum` to `maximum` (else 400).
+fn bounded_query_param(name: &str, minimum: u64, maximum: u64, description: &str) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "description": description,
+        "schema": { "type": "integer", "minimum": minimum, "maximum": maximum } })
+}
+
 fn query_param(name: &str, kind: &str, description: &str) -> Value {
     json!({ "name": name, "in": "query", "required": false, "description": description,
         "schema": { "type": kind } })
@@ -315,10 +321,15 @@ fn schemas() -> Value {
                 "arguments": { "type": "object" }, "created_at": time, "reason": nullable_string,
                 "request_id": { "type": "string" }, "request_type": { "type": "string" },
                 "subject": { "type": "string" }, "details": { "type": "object" } } } } } },
+        // An edit without modified_arguments is refused with 400, so the schema says so.
         "ApprovalDecision": { "type": "object", "required": ["decision"], "properties": {
             "decision": { "type": "string", "enum": ["approve", "edit", "reject"] },
-            "modified_arguments": { "type": "object", "description": "Required for edit." },
-            "feedback": { "type": "string", "description": "Passed to the model with a rejection." } } },
+            "modified_arguments": { "type": ["object", "null"], "description": "Required for edit." },
+            "feedback": { "type": ["string", "null"], "description": "Passed to the model with a rejection." } },
+            "anyOf": [
+                { "properties": { "decision": { "enum": ["approve", "reject"] } } },
+                { "required": ["modified_arguments"], "properties": { "modified_arguments": { "type": "object" } } }
+            ] },
         "ApprovalAccepted": { "type": "object", "required": ["call_id", "decision", "status"], "properties": {
             "call_id": { "type": "string" }, "decision": { "type": "string" },
             "status": { "type": "string", "const": "accepted" } } },
@@ -361,6 +372,29 @@ mod tests {
         }
         assert_eq!(doc["openapi"], "3.1.0");
         assert_eq!(doc["info"]["version"], "1.2.3");
+    }
+
+    /// schemathesis found both (crates/codelab/tests/schema): `limit=0` and an edit without
+    /// modified_arguments were valid by the description and refused with 400.
+    #[test]
+    fn the_description_bounds_what_the_code_refuses() {
+        let doc = document("1.2.3");
+        let params = doc["paths"]["/api/v1/sessions"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let limit = params.iter().find(|p| p["name"] == "limit").unwrap();
+        assert_eq!(limit["schema"]["minimum"], 1);
+        assert_eq!(limit["schema"]["maximum"], 1000);
+        let offset = params.iter().find(|p| p["name"] == "offset").unwrap();
+        assert_eq!(offset["schema"]["minimum"], 0);
+        let decision = &doc["components"]["schemas"]["ApprovalDecision"];
+        let edit_branch = decision["anyOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|branch| branch.get("required").is_some())
+            .unwrap();
+        assert_eq!(edit_branch["required"][0], "modified_arguments");
     }
 
     #[test]

@@ -105,9 +105,10 @@ impl fmt::Debug for RuntimeClient {
     }
 }
 
-/// Seconds from a setting; anything not positive and finite falls back to `default`.
+/// Seconds from a setting; anything not a valid timeout (not positive, not finite, beyond a day)
+/// falls back to `default`.
 fn seconds(value: f64, default: f64) -> Duration {
-    if value.is_finite() && value > 0.0 {
+    if codelab_core::http::is_valid_timeout(value) {
         Duration::from_secs_f64(value)
     } else {
         Duration::from_secs_f64(default)

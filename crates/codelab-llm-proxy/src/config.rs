@@ -67,7 +67,9 @@ pub enum ConfigProblem {
         "LLM_PROXY__INTERNAL_API_KEY must be set to a strong secret (16+ characters, not a default) in {0}"
     )]
     WeakInternalKey(&'static str),
-    #[error("LLM_PROXY__REQUEST_TIMEOUT must be a positive number of seconds")]
+    #[error(
+        "LLM_PROXY__REQUEST_TIMEOUT must be a number of seconds above 0 and at most a day (86400)"
+    )]
     BadTimeout,
     #[error("LLM_PROXY__MAX_CONCURRENT_REQUESTS must be at least 1")]
     NoConcurrency,
@@ -101,7 +103,7 @@ impl ServiceConfig for Config {
 
     /// Refuses settings that cannot work, and default secrets outside development.
     fn validate(&self, environment: Environment) -> Result<(), codelab_core::ConfigProblem> {
-        if !(self.request_timeout.is_finite() && self.request_timeout > 0.0) {
+        if !codelab_core::http::is_valid_timeout(self.request_timeout) {
             return Err(problem(ConfigProblem::BadTimeout));
         }
         if self.max_concurrent_requests == 0 {

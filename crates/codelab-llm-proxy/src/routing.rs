@@ -177,12 +177,17 @@ impl ModelTable {
                     Some(resolve_env_ref(&version, env, position, "api_version")?);
             }
             if let Some(secs) = params.timeout {
-                if !(secs.is_finite() && secs > 0.0) {
+                // `try_`: a number too large for a `Duration` (fuzz/seeds/model_table/huge_timeout.yaml) is
+                // refused like a negative one instead of panicking.
+                let timeout = Duration::try_from_secs_f64(secs)
+                    .ok()
+                    .filter(|t| !t.is_zero());
+                let Some(timeout) = timeout else {
                     return Err(format!(
                         "model_list[{position}]: timeout must be a positive number of seconds"
                     ));
-                }
-                deployment.timeout = Some(Duration::from_secs_f64(secs));
+                };
+                deployment.timeout = Some(timeout);
             }
             if deployment.api_base.is_empty() {
                 return Err(format!(
@@ -457,6 +462,22 @@ litellm_settings:
         )
         .unwrap_err();
         assert!(err.contains("model_list[0] (x)"), "{err}");
+    }
+
+    /// fuzz/seeds/model_table/huge_timeout.yaml: a timeout past `Duration`'s range panicked.
+    #[test]
+    fn timeouts_out_of_range_are_refused_not_a_panic() {
+        for timeout in ["1e300", "-1", "0", ".nan", ".inf", "1e-10"] {
+            let text = format!(
+                "model_list:\n  - model_name: slow\n    litellm_params:\n      \
+                 model: anthropic/claude\n      timeout: {timeout}\n"
+            );
+            let err = ModelTable::parse(&text, &env()).unwrap_err();
+            assert!(
+                err.contains("timeout must be a positive number"),
+                "{timeout}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -320,8 +320,9 @@ impl StackBuilder {
         self
     }
 
-    /// Redis for the auth service's rate limits and lockouts and the gateway's fan-out;
-    /// without it both keep them in memory (whatever their settings say).
+    /// Redis for the auth service's rate limits and lockouts, the gateway's fan-out and the
+    /// website's console logins; without it all keep them in memory (whatever their settings
+    /// say).
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
         self

@@ -492,7 +492,7 @@ impl StackBuilder {
                 gateway_config.ws_auth = Some(WsAuthMode::Off);
             }
         }
-        gateway_config.redis_url = Some(redis_url);
+        gateway_config.redis_url = Some(redis_url.clone());
         apply(&mut gateway_config, gateway_tweaks);
 
         // The website: server-side calls to each service's own address, the browser's
@@ -505,6 +505,9 @@ impl StackBuilder {
         website_config.gateway_url = gateway_url;
         website_config.agent_runtime_url = runtime_url;
         website_config.llm_proxy_url = proxy_url;
+        // Console logins: in memory like the other caches of this one process unless the
+        // stack was given Redis (docs/website.md, "Sessions").
+        website_config.redis_url = Some(redis_url);
         apply(&mut website_config, website_tweaks);
 
         // No service calls another while it starts, and a call made early waits in the

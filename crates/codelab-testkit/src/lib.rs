@@ -15,6 +15,7 @@ pub mod fake_llm;
 pub mod ide_clients;
 pub mod isolation;
 pub mod metrics;
+pub mod relay;
 pub mod runtime_history;
 pub mod scenarios;
 pub mod server;

@@ -1009,3 +1009,20 @@ async fn ollama_client_drop_counts_cancelled_stream() {
     assert!(fake.wait_for_cancelled(1, WAIT).await);
     assert!(fake.wait_for_idle(WAIT).await);
 }
+
+#[tokio::test]
+async fn openai_malformed_chunk_is_sent_verbatim_where_asked() {
+    let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
+    let broken = "data: {\"choices\":[{\"delta\":{\"content\":\n\n";
+    fake.push_reply(FakeReply::text(&["a", "b"]).with_malformed_chunk(2, broken));
+    let (status, _, body) = post_text(openai_url(&fake), openai_stream()).await;
+    assert_eq!(status, 200);
+    let events = sse_events(&body);
+    // role, "a", the broken event, "b", finish, [DONE]
+    assert_eq!(
+        events[2].1, "{\"choices\":[{\"delta\":{\"content\":",
+        "{body}"
+    );
+    assert!(serde_json::from_str::<Value>(&events[2].1).is_err());
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+}

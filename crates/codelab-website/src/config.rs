@@ -31,13 +31,19 @@ codelab_core::service_config! {
         pub agent_runtime_url: Option<String> = None,
         /// The LLM proxy, for the status page only.
         pub llm_proxy_url: Option<String> = None,
-        /// Key that signs the session cookie (HMAC-SHA256). Empty: a random key per start
-        /// (sessions end with the process); production requires a strong one, shared by replicas.
+        /// Key that signs the session cookie (HMAC-SHA256) and from which the keys sealing
+        /// and naming the session records derive. Empty: a random key per start (sessions end
+        /// with the process); production requires a strong one, shared by replicas.
         pub session_key: Secret = Secret::default(),
         /// Seconds a console login lasts without use.
         pub session_idle_timeout: u64 = 2 * 3600,
         /// Seconds a console login lasts at most.
         pub session_max_age: u64 = 12 * 3600,
+        /// Redis keeping console logins, shared by the replicas (so a restart or a rollout
+        /// signs nobody out). Unset: this process's memory.
+        pub redis_url: Option<String> = None,
+        /// Prefix of the website's keys in Redis.
+        pub redis_prefix: String = "codelab:website:".to_owned(),
         /// The OAuth client of the console.
         pub client_id: String = WEB_CLIENT_ID.to_owned(),
         /// Seconds allowed for a call to another service.
@@ -138,9 +144,10 @@ impl ServiceConfig for Config {
                 "session_idle_timeout and session_max_age must be at least 1 second".to_owned(),
             ));
         }
-        if !(self.request_timeout.is_finite() && self.request_timeout > 0.0) {
+        if !codelab_core::http::is_valid_timeout(self.request_timeout) {
             return Err(ConfigProblem(format!(
-                "request_timeout must be a positive number of seconds, got {}",
+                "request_timeout must be a number of seconds above 0 and at most {}, got {}",
+                codelab_core::http::MAX_TIMEOUT_SECS,
                 self.request_timeout
             )));
         }
@@ -151,6 +158,12 @@ impl ServiceConfig for Config {
                      published placeholder; production needs a strong key to sign console cookies"
                         .to_owned(),
                 ));
+            }
+            if base_url(self.redis_url.as_deref()).is_none() {
+                tracing::warn!(
+                    "no WEBSITE__REDIS_URL: console logins are kept in this process, so a \
+                     restart signs everyone out and replicas do not share them"
+                );
             }
             if !self.is_https() {
                 tracing::warn!(
@@ -170,6 +183,24 @@ fn check_url(name: &str, url: &str) -> Result<(), ConfigProblem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 17's fuzzing): a huge timeout would make `Duration::from_secs_f64`
+    /// panic at start; it is refused with the setting's name instead.
+    #[test]
+    fn a_request_timeout_beyond_a_day_is_refused() {
+        for value in [1e300, 86_401.0, 0.0, f64::NAN] {
+            let config = Config {
+                request_timeout: value,
+                ..Config::default()
+            };
+            let refused = config.validate(Environment::Development).unwrap_err();
+            assert!(
+                refused.0.contains("request_timeout"),
+                "{value}: {}",
+                refused.0
+            );
+        }
+    }
 
     #[test]
     fn browser_addresses_default_to_the_public_url() {

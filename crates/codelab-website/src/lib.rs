@@ -3,10 +3,10 @@
 //! server-rendered with askama, its files embedded in the binary.
 //!
 //! It owns page rendering, console logins (authorization code + PKCE with the `codelab-web`
-//! client) and their in-memory sessions. It stores nothing durable and acts only as the
-//! signed-in user, with that user's token, against the auth service and the gateway. It must
-//! never put a token or secret into a page, run an inline script, or trust a form without its
-//! CSRF token.
+//! client) and their sessions, kept sealed in codelab-core's cache (Redis shared by the
+//! replicas, or memory). It stores nothing else and acts only as the signed-in user, with
+//! that user's token, against the auth service and the gateway. It must never put a token or
+//! secret into a page, run an inline script, or trust a form without its CSRF token.
 
 pub mod assets;
 pub mod config;
@@ -30,10 +30,11 @@ use codelab_core::config::{Environment, Secret};
 use codelab_core::http::{ErrorShape, Readiness, ServiceInfo, common_routes, with_standard_layers};
 use codelab_core::service::{ConfigProblem, Service, SharedDeps, fmt_state};
 
+use codelab_core::cache::{Cache, CacheError, connect_cache};
 pub use config::Config;
 use config::base_url;
 use docs::DocsIndex;
-use session::SessionStore;
+use session::{SessionLimits, SessionStore};
 use status::{StatusBoard, Target};
 use upstream::{AuthClient, GatewayClient, Upstream};
 
@@ -51,7 +52,16 @@ pub enum BuildError {
     /// The HTTP client for the other services cannot be made.
     #[error("cannot create the HTTP client: {0}")]
     HttpClient(String),
+    /// Redis (`WEBSITE__REDIS_URL`) cannot be reached at start.
+    #[error("cannot connect to Redis for console sessions: {0}")]
+    Cache(#[from] CacheError),
+    /// The session store's keys cannot be derived.
+    #[error("cannot prepare console sessions: {0}")]
+    Sessions(session::SessionError),
 }
+
+/// How much longer than a call to the auth service a session's refresh lock lives.
+const REFRESH_LOCK_SLACK: Duration = Duration::from_secs(5);
 
 /// Shared state of the website's handlers.
 pub struct AppState {
@@ -133,13 +143,26 @@ impl Service for AppState {
         } else {
             Secret::new(config.session_key.expose())
         };
+        let cache = match deps.cache.clone() {
+            Some(cache) => cache,
+            None => match base_url(config.redis_url.as_deref()) {
+                Some(_) => connect_cache(config.redis_url.as_deref(), &config.redis_prefix).await?,
+                None => Cache::memory_with_clock(deps.clock.clone()),
+            },
+        };
         let sessions = SessionStore::new(
             key,
+            cache,
             deps.clock.clone(),
-            Duration::from_secs(config.session_idle_timeout),
-            Duration::from_secs(config.session_max_age),
-            config.is_https(),
-        );
+            SessionLimits {
+                idle_timeout: Duration::from_secs(config.session_idle_timeout),
+                max_age: Duration::from_secs(config.session_max_age),
+                // A refresh is one call to the auth service, bounded by the request timeout.
+                refresh_lock_ttl: timeout + REFRESH_LOCK_SLACK,
+                secure: config.is_https(),
+            },
+        )
+        .map_err(BuildError::Sessions)?;
         let docs = tokio::task::spawn_blocking(DocsIndex::load)
             .await
             .map_err(|e| {

@@ -138,6 +138,9 @@ pub enum PageError {
     /// A bug or an outage of our own; the text is logged, never shown.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Busy for a moment (another request holds what this one needs); the text is logged.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl PageError {
@@ -190,6 +193,11 @@ impl PageError {
                 "Something went wrong",
                 "The page could not be shown. Try again in a moment.".to_owned(),
             ),
+            Self::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Busy",
+                "The page could not be shown just now. Try again in a moment.".to_owned(),
+            ),
         }
     }
 
@@ -204,7 +212,7 @@ impl PageError {
         }
         let (status, heading, message) = self.parts();
         let detail = match &self {
-            Self::Internal(detail) => Some(detail.clone()),
+            Self::Internal(detail) | Self::Unavailable(detail) => Some(detail.clone()),
             Self::Upstream(error) => Some(error.to_string()),
             _ => None,
         };
@@ -226,7 +234,7 @@ pub type PageResult = Result<Response, PageError>;
 
 /// `GET` of an unknown path: the 404 page.
 pub async fn not_found(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let session = state.sessions.lookup(&headers);
+    let session = state.sessions.lookup(&headers).await;
     PageError::NotFound.into_page(&state, session.as_deref())
 }
 

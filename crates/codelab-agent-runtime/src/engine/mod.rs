@@ -300,8 +300,9 @@ impl Engine {
     /// the client is told. A turn another runner moved on (`Stale`) is left to it.
     async fn fail(&self, cx: &Cx<'_>, error: EngineError) {
         tracing::error!(session = %codelab_core::ids::log_reference(cx.session_id), %error, "processing a frame failed");
+        let told = failure_event(&error);
         if matches!(error, EngineError::Store(StoreError::Stale(_))) {
-            cx.out.emit_best_effort(internal_error()).await;
+            cx.out.emit_best_effort(told).await;
             return;
         }
         if let Ok(Some(turn)) = self.store.active_turn(cx.session_id).await {
@@ -310,7 +311,7 @@ impl Engine {
                 .update_turn(&turn.id, TurnStatus::Failed, turn.steps, &turn.agent)
                 .await;
         }
-        cx.out.emit_best_effort(internal_error()).await;
+        cx.out.emit_best_effort(told).await;
         metrics::turn("failed");
         cx.out
             .emit_best_effort(RuntimeEvent::TurnFinished {
@@ -327,6 +328,23 @@ impl Engine {
             .ok_or_else(|| StoreError::NotFound(format!("session {:?}", cx.session_id)).into())
     }
 }
+
+/// What the client is told about `error`: a full database disk by name (the user or the
+/// operator can act on it), anything else as an internal error.
+fn failure_event(error: &EngineError) -> RuntimeEvent {
+    match error {
+        EngineError::Store(store) if store.is_disk_full() => RuntimeEvent::Error {
+            message: DATABASE_DISK_FULL.to_owned(),
+            code: Some("storage_full".to_owned()),
+        },
+        _ => internal_error(),
+    }
+}
+
+/// What a client is told when the database refused a write for lack of space.
+pub const DATABASE_DISK_FULL: &str = "the runtime's database disk is full: this message could not \
+                                      be processed; try again once space is freed (the session \
+                                      stays usable)";
 
 /// The `error` event of an unexpected failure (details go to the log, not the client).
 fn internal_error() -> RuntimeEvent {

@@ -89,8 +89,28 @@ impl HttpError {
     }
 }
 
+/// What a client is told when the database does not answer (the cause is logged).
+pub const DATABASE_UNAVAILABLE: &str = "the database is unavailable; try again shortly";
+
 impl From<StoreError> for HttpError {
+    /// A database that does not answer is a 503 the user can act on (try again), not an
+    /// internal error (docs/reliability.md, "Several hosts").
     fn from(error: StoreError) -> HttpError {
+        if error.is_unavailable() {
+            return HttpError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                detail: DATABASE_UNAVAILABLE.to_owned(),
+                cause: Some(error.to_string()),
+            };
+        }
+        // A full disk: 507 naming it (docs/reliability.md, "Faults").
+        if error.is_disk_full() {
+            return HttpError {
+                status: StatusCode::INSUFFICIENT_STORAGE,
+                detail: crate::engine::DATABASE_DISK_FULL.to_owned(),
+                cause: Some(error.to_string()),
+            };
+        }
         HttpError::internal(error)
     }
 }
@@ -197,6 +217,51 @@ mod tests {
         for bad in ["", "a b", "é", "a\n", &"x".repeat(129)] {
             assert!(!is_valid_user_id(bad), "{bad:?}");
         }
+    }
+
+    /// Regression (several hosts: a runtime cut from PostgreSQL answered "500: internal
+    /// server error"): a database that does not answer is a 503 saying so; other store errors
+    /// stay internal.
+    #[test]
+    fn an_unreachable_database_is_a_503_that_says_so() {
+        for unreachable in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        ] {
+            let error = HttpError::from(StoreError::Database(unreachable));
+            assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(error.detail(), DATABASE_UNAVAILABLE);
+        }
+        let error = HttpError::from(StoreError::Database(sqlx::Error::RowNotFound));
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let error = HttpError::from(StoreError::Corrupt("x".into()));
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    /// A write refused for lack of space (SQLITE_FULL, here from a database that may not
+    /// grow) is a 507 naming the full disk, not an internal error (docs/reliability.md,
+    /// "Faults").
+    #[tokio::test]
+    async fn a_full_database_disk_is_a_507_that_says_so() {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (v BLOB)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("PRAGMA max_page_count = 4")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let full = sqlx::query("INSERT INTO t VALUES (zeroblob(100000))")
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        let error = HttpError::from(StoreError::Database(full));
+        assert_eq!(error.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(error.detail(), crate::engine::DATABASE_DISK_FULL);
     }
 
     #[test]

@@ -33,12 +33,15 @@ impl StoreBackend for Postgres {
         &MIGRATOR
     }
 
-    /// Lock connections are opened lazily, with the pool's connect options and size.
+    /// Lock connections are opened lazily, with the pool's connect options, size and idle
+    /// timeout (without it, every lock connection a burst of turns opened stayed open for
+    /// sqlx's default ten minutes: the soak, docs/reliability.md).
     fn session_locks(pool: &PgPool) -> AdvisoryLocks {
         let options = pool.options();
         let connections = PgPoolOptions::new()
             .max_connections(options.get_max_connections())
             .acquire_timeout(options.get_acquire_timeout())
+            .idle_timeout(options.get_idle_timeout())
             .connect_lazy_with(pool.connect_options().as_ref().clone());
         AdvisoryLocks { connections }
     }
@@ -160,5 +163,26 @@ async fn unlock(mut conn: PoolConnection<Postgres>, session_id: String) {
             );
             drop(conn.detach());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Regression (the soak): lock connections are closed when idle, like the store's.
+    #[tokio::test]
+    async fn lock_connections_close_when_idle_like_the_store_pool() {
+        let pool = PgPoolOptions::new()
+            .max_connections(3)
+            .idle_timeout(Duration::from_secs(7))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/never_connected")
+            .expect("a valid URL");
+        let locks = <Postgres as StoreBackend>::session_locks(&pool);
+        let options = locks.connections.options();
+        assert_eq!(options.get_idle_timeout(), Some(Duration::from_secs(7)));
+        assert_eq!(options.get_max_connections(), 3);
     }
 }

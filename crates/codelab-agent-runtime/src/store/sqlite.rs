@@ -49,6 +49,9 @@ impl StoreBackend for Sqlite {
             .acquire_timeout(pool.options().get_acquire_timeout())
             // Local and owned by this process: nothing to test before handing it out.
             .test_before_acquire(false)
+            // Never reuse a connection SQLite left in a transaction sqlx still counts open
+            // (after SQLITE_FULL): every later write would fail until a restart.
+            .before_acquire(codelab_core::db::sqlite_connection_reusable)
             .connect_lazy_with(options.as_ref().clone())
     }
 }

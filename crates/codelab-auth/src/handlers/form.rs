@@ -75,6 +75,15 @@ pub fn parse_pairs(raw: &[u8]) -> Result<FormParams, OAuthError> {
         if name.len() > 64 {
             return Err(OAuthError::invalid_request("Parameter name is too long"));
         }
+        // The form is UTF-8 (RFC 6749 Appendix B); the parser replaces what is not with
+        // U+FFFD, which would turn two different broken names into one "repeated" name and a
+        // broken password into a costly hash of something nobody typed.
+        if name.contains(char::REPLACEMENT_CHARACTER) || value.contains(char::REPLACEMENT_CHARACTER)
+        {
+            return Err(OAuthError::invalid_request(
+                "Parameters must be UTF-8 (raw or percent-encoded)",
+            ));
+        }
         if value.len() > MAX_FIELD_BYTES {
             return Err(OAuthError::invalid_request(format!(
                 "Parameter {name} is too long (at most {MAX_FIELD_BYTES} bytes)"
@@ -214,6 +223,22 @@ mod tests {
         let err = parse_form_body(&h, b"{}").expect_err("json");
         assert!(err.description().contains("form-encoded"));
         assert!(parse_form_body(&HeaderMap::new(), b"a=1").is_err());
+    }
+
+    /// Found by crates/codelab/tests/schema (hostile bodies): invalid UTF-8 was decoded
+    /// lossily and a login with it went on to a password hash.
+    #[test]
+    fn invalid_utf8_is_refused_raw_or_percent_encoded() {
+        for body in [
+            &b"grant_type=password&username=\xff\xfe&password=x"[..],
+            b"grant_type=password&username=admin&password=%C3%28",
+            b"%FF=1",
+        ] {
+            let err = parse_pairs(body).expect_err("invalid UTF-8");
+            assert_eq!(err.code(), "invalid_request");
+            assert!(err.description().contains("UTF-8"));
+        }
+        assert!(parse_pairs("username=j%C3%B6rg&password=\u{e9}".as_bytes()).is_ok());
     }
 
     #[test]

@@ -45,6 +45,18 @@ async fn introspect(
 ) -> Result<Value, OAuthError> {
     let form = parse_form_body(headers, body)?;
     let credentials = client_credentials(headers, &form)?;
+    // RFC 7662 §2.1 and RFC 6749 §5.2: a call without client authentication is refused as
+    // invalid_client (401 with the Basic challenge), not as a malformed request.
+    if credentials
+        .client_id
+        .as_deref()
+        .is_none_or(|id| id.trim().is_empty())
+    {
+        return Err(OAuthError::invalid_client(
+            "Client authentication is required (HTTP Basic)",
+            true,
+        ));
+    }
     let client = authenticate_client(state, &credentials, "introspect").await?;
     // RFC 7662 §2.1: the endpoint requires authorization; here, a confidential client.
     if !client.is_confidential {

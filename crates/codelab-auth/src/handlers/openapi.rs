@@ -30,6 +30,40 @@ fn json_ok(description: &str, schema: Value) -> Value {
 
 /// The OpenAPI document for this deployment (its server URL is `public_url`).
 pub fn document(state: &AppState) -> Value {
+    let mut doc = operations_and_schemas(state);
+    add_listener_refusals(&mut doc);
+    doc
+}
+
+/// Every route sits behind the shared listener layers (docs/architecture.md), which answer a
+/// body over AUTH_SERVICE__MAX_BODY_BYTES with 413 and a body that arrives too slowly with
+/// 408, both as an OAuth error: so every operation lists both.
+fn add_listener_refusals(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for item in paths.values_mut().filter_map(Value::as_object_mut) {
+        for operation in item.values_mut() {
+            if let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+            {
+                responses.insert(
+                    "408".into(),
+                    error_response("request_timeout: the body did not arrive in time (HTTP__BODY_READ_TIMEOUT)"),
+                );
+                responses.insert(
+                    "413".into(),
+                    error_response(
+                        "payload_too_large: the body is larger than AUTH_SERVICE__MAX_BODY_BYTES",
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn operations_and_schemas(state: &AppState) -> Value {
     let string = json!({ "type": "string" });
     json!({
         "openapi": "3.1.0",
@@ -160,7 +194,7 @@ pub fn document(state: &AppState) -> Value {
                     "refresh_token": string, "code": string, "redirect_uri": string, "code_verifier": string
                 } },
                 "TokenActionRequest": { "type": "object", "required": ["token"], "properties": {
-                    "token": string,
+                    "token": { "type": "string", "minLength": 1 },
                     "token_type_hint": { "enum": ["access_token", "refresh_token"] },
                     "client_id": string, "client_secret": string
                 } },

@@ -162,6 +162,18 @@ async fn introspection_reports_active_tokens_and_nothing_about_the_rest() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"], "invalid_client");
+
+    // No client authentication at all (schemathesis found it answered 400 invalid_request):
+    // invalid_client with the Basic challenge, as the description says.
+    for form in [
+        &[("token", "x")][..],
+        &[("token", "x"), ("client_id", " ")][..],
+    ] {
+        let (status, headers, body) = auth.post_form("/oauth/introspect", form, &[]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{form:?}");
+        assert_eq!(body["error"], "invalid_client");
+        assert!(headers.contains_key("www-authenticate"));
+    }
 }
 
 #[tokio::test]
@@ -304,6 +316,25 @@ async fn discovery_metadata_matches_what_is_served() {
         "/.well-known/jwks.json",
     ] {
         assert!(openapi["paths"].get(path).is_some(), "{path}");
+    }
+    // Every operation lists the listener's refusals (crates/codelab/tests/schema sends bodies
+    // over the limit to each) and the token routes their 429.
+    for (path, item) in openapi["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for status in ["408", "413"] {
+                assert!(
+                    operation["responses"].get(status).is_some(),
+                    "{method} {path} does not list {status}"
+                );
+            }
+        }
+    }
+    for path in ["/oauth/token", "/oauth/revoke", "/oauth/introspect"] {
+        assert!(
+            openapi["paths"][path]["post"]["responses"]
+                .get("429")
+                .is_some()
+        );
     }
 }
 

@@ -16,7 +16,7 @@ mod store_error;
 pub mod values;
 
 pub use backend::{Backend, On, Query, query};
-pub use store_error::{StoreError, map_rows};
+pub use store_error::{StoreError, database_unavailable, map_rows};
 pub use values::{DbTime, JsonText, now_from};
 
 use crate::http::ServiceInfo;
@@ -150,6 +150,10 @@ pub struct DbOptions {
     pub create_if_missing: bool,
     /// How long to wait for a free connection (and for the first connect).
     pub acquire_timeout: Duration,
+    /// How long a PostgreSQL connection may stay idle in the pool before it is closed; checked
+    /// every `idle_timeout`, so connections a burst opened are gone within twice this after
+    /// it (docs/reliability.md, "Soak").
+    pub idle_timeout: Duration,
 }
 
 impl Default for DbOptions {
@@ -158,6 +162,9 @@ impl Default for DbOptions {
             max_connections: 10,
             create_if_missing: true,
             acquire_timeout: Duration::from_secs(5),
+            // sqlx's default (10 minutes, checked every 10 minutes) kept every connection of a
+            // burst open long after it; a new one costs a few milliseconds.
+            idle_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -319,6 +326,9 @@ async fn connect_sqlite(url: &str, options: &DbOptions) -> Result<SqlitePool, Db
         // while idle: the ping sqlx sends before handing one out (a round trip to the
         // connection's worker thread per statement run on the pool) finds nothing to test.
         .test_before_acquire(false);
+    if !in_memory {
+        pool = pool.before_acquire(sqlite_connection_reusable);
+    }
     if in_memory {
         // An in-memory database lives only while a connection is open: keep one forever.
         pool = pool
@@ -327,6 +337,21 @@ async fn connect_sqlite(url: &str, options: &DbOptions) -> Result<SqlitePool, Db
             .max_lifetime(None);
     }
     pool.connect_with(connect).await.map_err(connect_error)
+}
+
+/// `before_acquire` hook of every SQLite pool on a file: whether the connection may be handed
+/// out. A transaction SQLite ended by itself (it rolls back on SQLITE_FULL, e.g. a full disk)
+/// leaves sqlx counting it as open: its ROLLBACK fails and every later BEGIN on that
+/// connection fails ("non-zero transaction depth") until the process restarts. Such a
+/// connection is closed instead (docs/reliability.md, "Faults": SQLite on a full disk). One
+/// whose rollback is merely still queued may be closed too; reopening a file is cheap.
+pub fn sqlite_connection_reusable(
+    conn: &mut sqlx::SqliteConnection,
+    _: sqlx::pool::PoolConnectionMetadata,
+) -> futures_util::future::BoxFuture<'_, Result<bool, sqlx::Error>> {
+    use sqlx::TransactionManager;
+    let open = sqlx::sqlite::SqliteTransactionManager::get_transaction_depth(conn) > 0;
+    Box::pin(std::future::ready(Ok(!open)))
 }
 
 async fn create_dir(dir: &Path) -> Result<(), DbError> {
@@ -350,6 +375,7 @@ async fn connect_postgres(url: &str, options: &DbOptions) -> Result<PgPool, DbEr
         PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
+            .idle_timeout(Some(options.idle_timeout))
     };
     match pool().connect_with(connect.clone()).await {
         Ok(pool) => Ok(pool),

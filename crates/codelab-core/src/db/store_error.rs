@@ -3,6 +3,19 @@
 
 use super::cells::CellError;
 
+/// Whether the driver's `error` is a database that did not answer rather than one that refused
+/// the statement (see [`StoreError::is_unavailable`]); also what a service waits out at start.
+pub fn database_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("57P")),
+        _ => false,
+    }
+}
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -38,6 +51,37 @@ impl From<CellError> for StoreError {
 }
 
 impl StoreError {
+    /// Whether the database did not answer, rather than refused the statement: no connection
+    /// within the pool's timeout (a server that is down, restarting or cut off by the
+    /// network), an I/O or TLS failure on the connection, or PostgreSQL refusing connections
+    /// while it starts, recovers or shuts down (SQLSTATE class 57P). Worth trying again later;
+    /// the agent runtime answers 503 for it.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(error) => database_unavailable(error),
+            _ => false,
+        }
+    }
+
+    /// Whether the database refused a write for lack of space: SQLite's `SQLITE_FULL` (the
+    /// disk, or `max_page_count`) or PostgreSQL's `disk_full` (SQLSTATE 53100). Nothing of the
+    /// statement was written; it works again once space returns (docs/reliability.md, "Faults").
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                // SQLite reports the primary result code 13 (or an extended code whose low
+                // byte is 13).
+                let code = db.code();
+                code.as_deref() == Some("53100")
+                    || code
+                        .as_deref()
+                        .and_then(|c| c.parse::<i32>().ok())
+                        .is_some_and(|c| c & 0xff == 13)
+            }
+            _ => false,
+        }
+    }
+
     /// The error of a failed write: a unique violation is `Conflict(what(hint))`, where `hint`
     /// names the violated index (PostgreSQL) or the failing columns (SQLite's message); a
     /// foreign-key violation is `NotFound(missing)`; anything else stays a database error.
@@ -61,4 +105,38 @@ pub fn map_rows<R, T>(
     map: impl Fn(&R) -> Result<T, StoreError>,
 ) -> Result<Vec<T>, StoreError> {
     rows.iter().map(map).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    /// A SQLite database that may not grow (`max_page_count`) fails a write the way a full
+    /// disk does (SQLITE_FULL); other errors are not "disk full".
+    #[tokio::test]
+    async fn sqlite_full_is_recognised_as_a_full_disk() {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (v BLOB)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("PRAGMA max_page_count = 4")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let error = sqlx::query("INSERT INTO t VALUES (zeroblob(100000))")
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(StoreError::Database(error).is_disk_full());
+        let other = sqlx::query("INSERT INTO missing VALUES (1)")
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(!StoreError::Database(other).is_disk_full());
+        assert!(!StoreError::Database(sqlx::Error::PoolTimedOut).is_disk_full());
+    }
 }

@@ -329,3 +329,96 @@ async fn postgres_without_create_if_missing_reports_the_missing_database() {
         "{err}"
     );
 }
+
+/// Regression (the soak, docs/reliability.md): connections a burst opened are closed once
+/// idle past `idle_timeout`, so PostgreSQL's connection count comes back after the load.
+#[tokio::test]
+async fn postgres_pool_closes_connections_left_idle_after_a_burst() {
+    let name = format!("codelab_core_idle_{}", crate::ids::random_hex(4));
+    let url = with_database(&postgres_base_url(), &name);
+    let mut admin = maintenance_connection().await;
+
+    let url_in_task = url.clone();
+    let outcome = async move {
+        let options = DbOptions {
+            max_connections: 4,
+            idle_timeout: Duration::from_millis(300),
+            ..DbOptions::default()
+        };
+        let pool = connect_database(&url_in_task, &options).await.unwrap();
+        let DbPool::Postgres(pg) = &pool else {
+            unreachable!()
+        };
+        let burst = futures_util::future::try_join_all((0..4).map(|_| pg.acquire()))
+            .await
+            .unwrap();
+        assert_eq!(pg.size(), 4);
+        drop(burst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while pg.size() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} connections still open",
+                pg.size()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        pool.close().await;
+    };
+    let result = crate::tasks::spawn("postgres-idle-test", outcome).await;
+
+    sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        quote_identifier(&name)
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}
+
+/// Regression (issue 17, SQLite on a full disk): SQLite rolls a transaction back by itself on
+/// SQLITE_FULL, sqlx's own ROLLBACK then fails and the connection kept counting a transaction,
+/// so every later write on the pool failed ("non-zero transaction depth") until a restart.
+/// Such a connection is closed now; the next write works.
+#[tokio::test]
+async fn a_sqlite_connection_left_in_a_transaction_by_sqlite_full_is_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:///{}", dir.path().join("full.db").display());
+    let options = DbOptions {
+        max_connections: 1,
+        ..DbOptions::default()
+    };
+    let pool = connect_database(&url, &options).await.unwrap();
+    let sqlite = sqlite_pool(&pool);
+    sqlx::query("CREATE TABLE t (v BLOB)")
+        .execute(sqlite)
+        .await
+        .unwrap();
+    let mut failures = 0;
+    for _ in 0..3 {
+        let mut tx = sqlite.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        // The only connection may not grow the file: the insert fails as on a full disk.
+        sqlx::query("PRAGMA max_page_count = 2")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let error = sqlx::query("INSERT INTO t VALUES (zeroblob(1000000))")
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+        assert!(StoreError::Database(error).is_disk_full());
+        failures += 1;
+        drop(tx);
+    }
+    assert_eq!(failures, 3);
+    // A fresh connection (no page limit) takes the write.
+    let mut tx = sqlite.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    sqlx::query("INSERT INTO t VALUES (zeroblob(1000000))")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}

@@ -14,7 +14,13 @@ pub const LISTENER_LIMITS_ENV_PREFIX: &str = "HTTP";
 
 /// Longest accepted timeout: a day is far beyond any honest client and keeps `Duration`
 /// arithmetic far from overflow.
-const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+
+/// Whether `secs` is a usable timeout setting: finite, above 0 and at most
+/// [`MAX_TIMEOUT_SECS`] (`Duration::from_secs_f64` panics on a huge one).
+pub fn is_valid_timeout(secs: f64) -> bool {
+    secs.is_finite() && secs > 0.0 && secs <= MAX_TIMEOUT_SECS
+}
 
 /// How long a client may take to send a request, and how many connections are served at once.
 ///
@@ -57,7 +63,7 @@ impl ListenerLimits {
             ("HTTP__HEADER_READ_TIMEOUT", self.header_read_timeout),
             ("HTTP__BODY_READ_TIMEOUT", self.body_read_timeout),
         ] {
-            if !(value.is_finite() && value > 0.0 && value <= MAX_TIMEOUT_SECS) {
+            if !is_valid_timeout(value) {
                 return Err(ConfigError::InvalidValue {
                     key: key.to_owned(),
                     origin: "configuration".to_owned(),
@@ -98,7 +104,7 @@ impl ListenerLimits {
 
 /// `secs` as a duration when it is a valid timeout, else `fallback` seconds.
 fn seconds_or(secs: f64, fallback: f64) -> Duration {
-    if secs.is_finite() && secs > 0.0 && secs <= MAX_TIMEOUT_SECS {
+    if is_valid_timeout(secs) {
         Duration::from_secs_f64(secs)
     } else {
         Duration::from_secs_f64(fallback)

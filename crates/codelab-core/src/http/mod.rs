@@ -26,7 +26,10 @@ pub use error::{ApiError, ApiJson, json_rejection_to_api_error};
 pub use health::{READY_CHECK_TIMEOUT, Readiness, ReadinessReport, common_routes};
 pub use in_process::{LocalRoute, LocalRoutes, ServiceClient};
 pub use layers::{REQUEST_ID_HEADER, with_standard_layers};
-pub use limits::{LISTENER_LIMITS_ENV_PREFIX, LISTENER_LIMITS_SECTION, ListenerLimits};
+pub use limits::{
+    LISTENER_LIMITS_ENV_PREFIX, LISTENER_LIMITS_SECTION, ListenerLimits, MAX_TIMEOUT_SECS,
+    is_valid_timeout,
+};
 pub use serve::{serve, serve_with_limits, shutdown_on_signals};
 
 /// Whether `host` (a URL's host: a name, an IPv4 address, or an IPv6 address with or without

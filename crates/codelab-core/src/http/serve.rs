@@ -34,6 +34,8 @@ use super::{ErrorEnvelope, ErrorShape, ListenerLimits, ServiceErrorShape};
 /// Pause after an accept error that is not about one connection (out of file descriptors):
 /// retrying at once would spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// Most bytes of an unread request body discarded after its answer (see [`drain_unread_body`]).
+const MAX_DRAINED_BODY_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Serves `router` on `listener` with the default [`ListenerLimits`] until `shutdown` is
 /// cancelled; see [`serve_with_limits`].
@@ -212,15 +214,21 @@ async fn handle_request(
 ) -> Result<Response, std::convert::Infallible> {
     request.extensions_mut().insert(ConnectInfo(peer));
     let expired = Arc::new(AtomicBool::new(false));
+    let (unread_tx, mut unread_rx) = tokio::sync::oneshot::channel();
+    let deadline = Instant::now() + body_read_timeout;
     let request = request.map(|body| {
         Body::new(DeadlineBody {
-            inner: body,
-            deadline: Instant::now() + body_read_timeout,
+            inner: Some(body),
+            deadline,
             sleep: None,
             expired: Arc::clone(&expired),
+            unread: Some(unread_tx),
         })
     });
     let response = router.oneshot(request).await?;
+    if let Ok(unread) = unread_rx.try_recv() {
+        crate::tasks::spawn("drain-request-body", drain_unread_body(unread, deadline));
+    }
     if expired.load(Ordering::Acquire) {
         // Whatever the handler made of the failed read (often a 400), the cause is the client's
         // slowness; the connection is closed since the rest of the body was never read.
@@ -249,6 +257,27 @@ async fn handle_request(
     Ok(response)
 }
 
+/// Reads and discards what is left of a request body answered without reading it (a 413 on
+/// its declared length, a 401 before the body, a route that ignores bodies), up to
+/// [`MAX_DRAINED_BODY_BYTES`] and the body's deadline. Without it the connection would close
+/// with the client's bytes unread, and the kernel answers those with a reset that can destroy
+/// the answer before the client reads it: the client sees "connection reset" instead of the
+/// 413 (what nginx's `lingering_close` prevents). Drained to its end, the connection also stays
+/// usable for the next request.
+async fn drain_unread_body(mut body: Incoming, deadline: Instant) {
+    let mut drained: u64 = 0;
+    while drained <= MAX_DRAINED_BODY_BYTES {
+        let frame = std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut body), cx));
+        match tokio::time::timeout_at(deadline, frame).await {
+            Ok(Some(Ok(frame))) => {
+                drained += frame.data_ref().map_or(0, |data| data.len() as u64);
+            }
+            // The end, a broken connection or the deadline: hyper closes what must be closed.
+            _ => return,
+        }
+    }
+}
+
 /// The body of a request was not received before its deadline.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body was not received in time")]
@@ -259,10 +288,24 @@ struct BodyReadTimeout;
 /// The timer is created only when a read has to wait, so bodies already received (and requests
 /// without a body) cost no timer.
 struct DeadlineBody {
-    inner: Incoming,
+    /// `None` only while being dropped.
+    inner: Option<Incoming>,
     deadline: Instant,
     sleep: Option<Pin<Box<Sleep>>>,
     expired: Arc<AtomicBool>,
+    /// Gets the rest of the body when it is dropped unread (see [`drain_unread_body`]).
+    unread: Option<tokio::sync::oneshot::Sender<Incoming>>,
+}
+
+impl Drop for DeadlineBody {
+    fn drop(&mut self) {
+        if let (Some(inner), Some(unread)) = (self.inner.take(), self.unread.take())
+            && !http_body::Body::is_end_stream(&inner)
+            && !self.expired.load(Ordering::Acquire)
+        {
+            let _ = unread.send(inner);
+        }
+    }
 }
 
 impl http_body::Body for DeadlineBody {
@@ -274,7 +317,10 @@ impl http_body::Body for DeadlineBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
-        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(frame) = Pin::new(inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|result| result.map_err(Into::into)));
         }
         let deadline = this.deadline;
@@ -289,11 +335,15 @@ impl http_body::Body for DeadlineBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), http_body::Body::size_hint)
     }
 }
 

@@ -567,16 +567,16 @@ fn truncate(text: &str, max_chars: usize) -> String {
 /// `Retry-After` in seconds (OpenAI, Anthropic), or OpenAI's `retry-after-ms` when that is all
 /// there is. HTTP-date values are ignored.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let header = |name: &str| {
+    // `try_`: an upstream's number too large for a `Duration` (`1e300`) is ignored like any
+    // other unusable value instead of panicking.
+    let header = |name: &str, unit: f64| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|v| v.is_finite() && *v >= 0.0)
+            .and_then(|v| Duration::try_from_secs_f64(v / unit).ok())
     };
-    header("retry-after")
-        .map(Duration::from_secs_f64)
-        .or_else(|| header("retry-after-ms").map(|ms| Duration::from_secs_f64(ms / 1000.0)))
+    header("retry-after", 1.0).or_else(|| header("retry-after-ms", 1000.0))
 }
 
 /// `value[name]` when it is a non-empty string.
@@ -942,6 +942,13 @@ mod tests {
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
         assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
+        // Hostile values: ignored, never a panic (fuzz/seeds/upstream_sse/retry_after_huge.txt).
+        for value in ["1e300", "-1", "NaN", "inf"] {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert("retry-after", value.parse().unwrap());
+            h.insert("retry-after-ms", value.parse().unwrap());
+            assert_eq!(retry_after(&h), None, "{value}");
+        }
     }
 
     #[test]

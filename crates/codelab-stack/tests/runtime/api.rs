@@ -301,6 +301,7 @@ async fn every_route_but_the_probes_needs_the_internal_key() {
         (None, "/sessions"),
         (Some("wrong"), "/agents"),
         (None, "/nope"),
+        (None, "/openapi.json"),
     ] {
         let mut request = rt.http.get(format!("{}{path}", rt.base));
         if let Some(key) = key {
@@ -321,6 +322,10 @@ async fn every_route_but_the_probes_needs_the_internal_key() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 401);
+    // The description is served behind the key like the routes it describes.
+    let description = rt.get_ok("/openapi.json", "dev").await;
+    assert_eq!(description["openapi"], "3.1.0");
+    assert!(description["paths"].get("/agent/message/stream").is_some());
 
     let health: Value = rt.get_public("/health").await.json().await.unwrap();
     assert_eq!(health["status"], "healthy");

@@ -12,3 +12,4 @@ mod common;
 mod browser;
 mod console;
 mod hardening;
+mod replicas;

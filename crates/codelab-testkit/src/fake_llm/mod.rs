@@ -180,6 +180,10 @@ pub struct FakeReply {
     /// with this message instead of the finish events (OpenAI `data: {"error":…}`,
     /// Anthropic `event: error` with `overloaded_error`, Ollama `{"error":…}` line).
     pub stream_error: Option<String>,
+    /// Stream only: `(position, text)` sends `text` verbatim as one more body chunk before the
+    /// chunk at `position` (clamped to the end): a malformed event such as broken JSON after
+    /// `data:`, which a client must reject instead of skipping.
+    pub malformed_chunk: Option<(usize, String)>,
 }
 
 impl Default for FakeReply {
@@ -196,6 +200,7 @@ impl Default for FakeReply {
             status: None,
             first_byte_delay: Duration::ZERO,
             stream_error: None,
+            malformed_chunk: None,
         }
     }
 }
@@ -307,6 +312,14 @@ impl FakeReply {
     #[must_use]
     pub fn with_stream_error(mut self, message: impl Into<String>) -> Self {
         self.stream_error = Some(message.into());
+        self
+    }
+
+    /// Sends `text` verbatim as a body chunk before stream chunk `position` (see
+    /// [`Self::malformed_chunk`]).
+    #[must_use]
+    pub fn with_malformed_chunk(mut self, position: usize, text: impl Into<String>) -> Self {
+        self.malformed_chunk = Some((position, text.into()));
         self
     }
 
@@ -836,11 +849,15 @@ async fn chat(shared: Arc<Shared>, request: Value) -> Response {
 /// The body chunks of a streamed reply and their content type.
 fn streamed(flavor: FakeFlavor, reply: &FakeReply, ctx: &ReplyCtx) -> (Vec<Bytes>, &'static str) {
     const SSE: &str = "text/event-stream; charset=utf-8";
-    match flavor {
+    let (mut chunks, content_type) = match flavor {
         FakeFlavor::OpenAi => (openai::stream_events(reply, ctx), SSE),
         FakeFlavor::Anthropic => (anthropic::stream_events(reply, ctx), SSE),
         FakeFlavor::Ollama => (ollama::stream_lines(reply, ctx), "application/x-ndjson"),
+    };
+    if let Some((position, text)) = &reply.malformed_chunk {
+        chunks.insert((*position).min(chunks.len()), Bytes::from(text.clone()));
     }
+    (chunks, content_type)
 }
 
 fn insert_request_id(flavor: FakeFlavor, headers: &mut HeaderMap, ctx: &ReplyCtx) {

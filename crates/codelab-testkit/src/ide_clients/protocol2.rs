@@ -186,27 +186,31 @@ impl Protocol2Client {
         session_id: &str,
         options: Protocol2Options,
     ) -> Result<Self, ConnectError> {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        if matches!(options.hello, HelloMode::Query | HelloMode::Both) {
-            query.append_pair("protocol", "2");
-        }
+        // A block: the serializer is not `Send` and must be gone before the await, so that a
+        // connecting client can be spawned on a multi-threaded runtime.
         let mut headers = Vec::new();
-        if let Some(token) = &options.access_token {
-            match options.token_placement {
-                TokenPlacement::Query => {
-                    query.append_pair("access_token", token);
-                }
-                TokenPlacement::Header => {
-                    headers.push(("authorization", format!("Bearer {token}")))
+        let query = {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            if matches!(options.hello, HelloMode::Query | HelloMode::Both) {
+                query.append_pair("protocol", "2");
+            }
+            if let Some(token) = &options.access_token {
+                match options.token_placement {
+                    TokenPlacement::Query => {
+                        query.append_pair("access_token", token);
+                    }
+                    TokenPlacement::Header => {
+                        headers.push(("authorization", format!("Bearer {token}")))
+                    }
                 }
             }
-        }
-        if let Some(seq) = options.last_seq
-            && matches!(options.resume, HelloMode::Query | HelloMode::Both)
-        {
-            query.append_pair("last_seq", &seq.to_string());
-        }
-        let query = query.finish();
+            if let Some(seq) = options.last_seq
+                && matches!(options.resume, HelloMode::Query | HelloMode::Both)
+            {
+                query.append_pair("last_seq", &seq.to_string());
+            }
+            query.finish()
+        };
         let mut url = session_ws_url(base_url, session_id);
         if !query.is_empty() {
             url = format!("{url}?{query}");
@@ -409,6 +413,11 @@ impl Protocol2Client {
             .filter(|f| f.is_delta())
             .filter_map(P2Frame::content)
             .collect()
+    }
+
+    /// Closes normally (a close frame, then the server's answer within the timeout).
+    pub async fn close(mut self) {
+        self.conn.close().await;
     }
 
     /// Closes normally and opens a new connection that resumes after [`last_seq`](Self::last_seq).

@@ -114,6 +114,7 @@ pub async fn create_user(
                 &[400, 409, 422],
                 ADMIN_PAGE,
             )
+            .await
         })
         .await
 }
@@ -146,6 +147,7 @@ pub async fn change_user(
                 _ => return Err(PageError::NotFound),
             };
             c.after_action(outcome, notice, &[400, 404, 409, 422], ADMIN_PAGE)
+                .await
         })
         .await
 }

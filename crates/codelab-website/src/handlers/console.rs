@@ -30,7 +30,7 @@ struct SignInPage {
 
 /// `GET /console`: the status page when signed in, else a page with the Sign in button.
 pub async fn show_console(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if state.sessions.lookup(&headers).is_some() {
+    if state.sessions.lookup(&headers).await.is_some() {
         return Redirect::to("/console/status").into_response();
     }
     render(&SignInPage {
@@ -49,10 +49,13 @@ pub async fn start_login(
         return PageError::ConsoleDisabled.into_page(&state, None);
     }
     let next = safe_return_path(params.get("next").map(String::as_str));
-    if state.sessions.lookup(&headers).is_some() {
+    if state.sessions.lookup(&headers).await.is_some() {
         return Redirect::to(&next).into_response();
     }
-    let (oauth_state, challenge, cookie) = state.sessions.start_login(&next);
+    let (oauth_state, challenge, cookie) = match state.sessions.start_login(&next) {
+        Ok(started) => started,
+        Err(error) => return PageError::Internal(error.to_string()).into_page(&state, None),
+    };
     let mut query = form_urlencoded::Serializer::new(String::new());
     query
         .append_pair("response_type", "code")
@@ -146,7 +149,11 @@ async fn callback(
         refresh: answer.refresh_token.map(Secret::new),
     };
     tracing::info!(user = %user.user_id, admin = user.is_admin(), "console sign-in");
-    let (_, cookie) = state.sessions.create(user, tokens);
+    let (_, cookie) = state
+        .sessions
+        .create(user, tokens)
+        .await
+        .map_err(|e| PageError::Internal(e.to_string()))?;
     let mut response = Redirect::to(&login.return_to).into_response();
     let headers = response.headers_mut();
     headers.append(header::SET_COOKIE, cookie);
@@ -164,20 +171,20 @@ pub async fn logout(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let Some(session) = state.sessions.lookup(&headers) else {
+    let Some(session) = state.sessions.lookup(&headers).await else {
         return Redirect::to("/").into_response();
     };
     if let Err(error) = check_csrf(&session, form.get("csrf_token").map(String::as_str)) {
         return error.into_page(&state, Some(&session));
     }
-    let refresh = session.tokens.lock().await.refresh.clone();
+    let refresh = session.tokens().refresh;
     if let (Some(refresh), Some(auth)) = (refresh, &state.auth)
         && let Err(error) = auth.revoke(refresh.expose()).await
     {
         // The session ends here anyway; the refresh token runs out on its own.
         tracing::warn!(%error, "cannot revoke the console's refresh token");
     }
-    state.sessions.remove(&session.id);
+    state.sessions.remove(&session).await;
     let mut response = Redirect::to("/").into_response();
     response.headers_mut().append(
         header::SET_COOKIE,
@@ -201,7 +208,7 @@ pub async fn issue_socket_token(
     headers: HeaderMap,
     ForwardedFor(forwarded): ForwardedFor,
 ) -> Response {
-    let Some(session) = state.sessions.lookup(&headers) else {
+    let Some(session) = state.sessions.lookup(&headers).await else {
         return json_error(StatusCode::UNAUTHORIZED, "unauthorized", "sign in first");
     };
     let presented = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
@@ -226,8 +233,14 @@ pub async fn issue_socket_token(
             response
         }
         Err(PageError::LoginRequired(_)) => {
+            state.sessions.remove(&session).await;
             json_error(StatusCode::UNAUTHORIZED, "unauthorized", "sign in again")
         }
+        Err(PageError::Unavailable(_)) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "another request is refreshing this login; try again",
+        ),
         Err(PageError::Internal(reason)) => {
             // The operator's problem, told in the log; the page only learns the chat is off.
             tracing::error!(%reason, "refused to hand a chat token to the browser");
@@ -368,7 +381,7 @@ fn updated_text(snapshot: &Snapshot) -> String {
 /// `GET /console/status`: the services and key figures as of now (the page's script keeps
 /// them fresh).
 pub async fn show_status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let session = state.sessions.lookup(&headers);
+    let session = state.sessions.lookup(&headers).await;
     let session = match super::require_session(&state, session.as_ref(), "/console/status") {
         Ok(session) => session,
         Err(error) => return error.into_page(&state, None),
@@ -385,7 +398,7 @@ pub async fn show_status(State(state): State<Arc<AppState>>, headers: HeaderMap)
 
 /// `GET /console/status.json`: the same data for the page's script.
 pub async fn status_json(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if state.sessions.lookup(&headers).is_none() {
+    if state.sessions.lookup(&headers).await.is_none() {
         return json_error(StatusCode::UNAUTHORIZED, "unauthorized", "sign in first");
     }
     let snapshot = state.status.snapshot().await;

@@ -51,7 +51,7 @@ struct SearchPage<'a> {
 
 /// `GET /`.
 pub async fn show_home(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let session = state.sessions.lookup(&headers);
+    let session = state.sessions.lookup(&headers).await;
     render(&HomePage {
         layout: Layout::new(&state, "Home", "home", session.as_deref()),
         pages: state.docs.pages(),
@@ -60,7 +60,7 @@ pub async fn show_home(State(state): State<Arc<AppState>>, headers: HeaderMap) -
 
 /// `GET /docs`.
 pub async fn show_docs_index(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let session = state.sessions.lookup(&headers);
+    let session = state.sessions.lookup(&headers).await;
     render(&DocsIndexPage {
         layout: Layout::new(&state, "Documentation", "docs", session.as_deref()),
         pages: state.docs.pages(),
@@ -75,7 +75,7 @@ pub async fn show_doc(
     Path(slug): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let session = state.sessions.lookup(&headers);
+    let session = state.sessions.lookup(&headers).await;
     if let Some(plain) = slug.strip_suffix(".md")
         && state.docs.page(plain).is_some()
     {
@@ -104,7 +104,7 @@ pub async fn search_docs(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let session = state.sessions.lookup(&headers);
+    let session = state.sessions.lookup(&headers).await;
     let query: String = params
         .get("q")
         .map(|q| q.trim().chars().take(200).collect())

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use codelab_core::config::Secret;
 
 use crate::AppState;
-use crate::session::{ConsoleSession, Flash};
+use crate::session::{ConsoleSession, Flash, MAX_RETURN_TO_CHARS, SessionError, TokenLock, Tokens};
 use crate::upstream::{AuthClient, GatewayClient, UpstreamError, is_unauthorized};
 use crate::web::{ForwardedFor, Layout, PageError, PageResult};
 
@@ -69,9 +69,14 @@ impl Console {
         Ok((auth, gateway, token.await?))
     }
 
+    /// Leaves `flash` for the next page this session sees.
+    pub async fn flash(&self, flash: Flash) {
+        self.state.sessions.set_flash(&self.session, &flash).await;
+    }
+
     /// A failed call for the user (see [`upstream_failed`]).
     pub fn failed(&self, error: UpstreamError) -> PageError {
-        upstream_failed(&self.state, &self.session, error, &self.return_to)
+        upstream_failed(error, &self.return_to)
     }
 
     /// The page frame, with the user signed in.
@@ -82,7 +87,7 @@ impl Console {
     /// Redirects to `page` after an action: a flash says `notice` when it succeeded, the
     /// upstream's message when it refused with one of `shown` statuses; other failures are
     /// an error page.
-    pub fn after_action<T>(
+    pub async fn after_action<T>(
         &self,
         outcome: Result<T, UpstreamError>,
         notice: &str,
@@ -90,9 +95,9 @@ impl Console {
         page: &str,
     ) -> PageResult {
         match outcome {
-            Ok(_) => self.session.set_flash(Flash::Notice(notice.to_owned())),
+            Ok(_) => self.flash(Flash::Notice(notice.to_owned())).await,
             Err(error) if error.status().is_some_and(|status| shown.contains(&status)) => {
-                self.session.set_flash(Flash::Error(error.message()));
+                self.flash(Flash::Error(error.message())).await;
             }
             Err(error) => return Err(self.failed(error)),
         }
@@ -171,7 +176,7 @@ impl ConsoleRequest {
         Fut: Future<Output = PageResult>,
     {
         let state = self.state;
-        let found = state.sessions.lookup(&self.headers);
+        let found = state.sessions.lookup(&self.headers).await;
         let session = match require_session(&state, found.as_ref(), &return_to) {
             Ok(session) => session,
             Err(error) => return error.into_page(&state, None),
@@ -184,6 +189,11 @@ impl ConsoleRequest {
         };
         match page(console).await {
             Ok(response) => response,
+            Err(error @ PageError::LoginRequired(_)) => {
+                // The login's tokens were refused: the session is over on every replica.
+                state.sessions.remove(&session).await;
+                error.into_page(&state, None)
+            }
             Err(error) => error.into_page(&state, Some(&session)),
         }
     }
@@ -216,7 +226,8 @@ pub(crate) fn check_csrf(
 }
 
 /// The session's access token, refreshed first when it is about to expire. A refused
-/// refresh ends the session (sign in again).
+/// refresh ends the session (sign in again). The refresh runs under the session's refresh
+/// lock, shared by the replicas; a request that waited for another's refresh uses its token.
 pub(crate) async fn access_token(
     state: &AppState,
     session: &ConsoleSession,
@@ -224,28 +235,74 @@ pub(crate) async fn access_token(
     return_to: &str,
 ) -> Result<String, PageError> {
     let (auth, _) = console_clients(state)?;
-    let mut tokens = session.tokens.lock().await;
-    let now = state.clock.now();
-    if now + REFRESH_MARGIN < tokens.access_expires_at {
-        return Ok(tokens.access.expose().to_owned());
+    let current = session.tokens();
+    if state.clock.now() + REFRESH_MARGIN < current.access_expires_at {
+        return Ok(current.access.expose().to_owned());
     }
-    let Some(refresh) = tokens.refresh.clone() else {
-        return Err(sign_in_again(state, session, return_to));
-    };
-    match auth.refresh(refresh.expose(), None, forwarded_for).await {
-        Ok(answer) => {
-            tokens.access = Secret::new(answer.access_token);
-            if let Some(refresh) = answer.refresh_token {
-                tokens.refresh = Some(Secret::new(refresh));
+    let lock = state
+        .sessions
+        .lock_tokens(session)
+        .await
+        .map_err(|e| session_failed(e, return_to))?;
+    let refreshed = async {
+        let latest = &lock.latest;
+        if latest.access.expose() != current.access.expose()
+            && state.clock.now() < latest.access_expires_at
+        {
+            return Ok(latest.access.expose().to_owned());
+        }
+        let Some(refresh) = latest.refresh.clone() else {
+            return Err(sign_in_again(return_to));
+        };
+        match auth.refresh(refresh.expose(), None, forwarded_for).await {
+            Ok(answer) => {
+                let tokens = Tokens {
+                    access_expires_at: state.clock.now()
+                        + Duration::from_secs(answer.expires_in.unwrap_or(300)),
+                    access: Secret::new(answer.access_token),
+                    refresh: answer.refresh_token.map(Secret::new).or(Some(refresh)),
+                };
+                let access = tokens.access.expose().to_owned();
+                save_rotated(state, &lock, session, tokens, return_to).await?;
+                Ok(access)
             }
-            tokens.access_expires_at =
-                state.clock.now() + Duration::from_secs(answer.expires_in.unwrap_or(300));
-            Ok(tokens.access.expose().to_owned())
+            Err(UpstreamError::Status { status, .. }) if (400..500).contains(&status) => {
+                Err(sign_in_again(return_to))
+            }
+            Err(other) => Err(other.into()),
         }
-        Err(UpstreamError::Status { status, .. }) if (400..500).contains(&status) => {
-            Err(sign_in_again(state, session, return_to))
-        }
-        Err(other) => Err(other.into()),
+    }
+    .await;
+    state.sessions.unlock(lock).await;
+    refreshed
+}
+
+/// Stores tokens the auth service just rotated. Should that fail, the stored refresh token
+/// is the spent one, and using it again would make the auth service revoke the login: the
+/// request fails and the log says so.
+async fn save_rotated(
+    state: &AppState,
+    lock: &TokenLock,
+    session: &ConsoleSession,
+    tokens: Tokens,
+    return_to: &str,
+) -> Result<(), PageError> {
+    state
+        .sessions
+        .save_tokens(lock, session, tokens)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "cannot store a console login's rotated tokens");
+            session_failed(error, return_to)
+        })
+}
+
+/// A failure of the session store as a page.
+fn session_failed(error: SessionError, return_to: &str) -> PageError {
+    match error {
+        SessionError::Ended => sign_in_again(return_to),
+        SessionError::RefreshBusy => PageError::Unavailable(error.to_string()),
+        other => PageError::Internal(other.to_string()),
     }
 }
 
@@ -276,10 +333,14 @@ pub(crate) async fn socket_token(
     return_to: &str,
 ) -> Result<SocketToken, PageError> {
     let (auth, _) = console_clients(state)?;
-    let answer = {
-        let mut tokens = session.tokens.lock().await;
-        let Some(refresh) = tokens.refresh.clone() else {
-            return Err(sign_in_again(state, session, return_to));
+    let lock = state
+        .sessions
+        .lock_tokens(session)
+        .await
+        .map_err(|e| session_failed(e, return_to))?;
+    let answer = async {
+        let Some(refresh) = lock.latest.refresh.clone() else {
+            return Err(sign_in_again(return_to));
         };
         let answer = match auth
             .refresh(refresh.expose(), Some(SOCKET_TOKEN_SCOPE), forwarded_for)
@@ -287,15 +348,22 @@ pub(crate) async fn socket_token(
         {
             Ok(answer) => answer,
             Err(UpstreamError::Status { status, .. }) if (400..500).contains(&status) => {
-                return Err(sign_in_again(state, session, return_to));
+                return Err(sign_in_again(return_to));
             }
             Err(other) => return Err(other.into()),
         };
         if let Some(rotated) = &answer.refresh_token {
-            tokens.refresh = Some(Secret::new(rotated.clone()));
+            let tokens = Tokens {
+                refresh: Some(Secret::new(rotated.clone())),
+                ..lock.latest.clone()
+            };
+            save_rotated(state, &lock, session, tokens, return_to).await?;
         }
-        answer
-    };
+        Ok(answer)
+    }
+    .await;
+    state.sessions.unlock(lock).await;
+    let answer = answer?;
     let lifetime = check_socket_token(&answer.access_token)?;
     Ok(SocketToken {
         token: Secret::new(answer.access_token),
@@ -341,22 +409,17 @@ fn check_socket_token(token: &str) -> Result<u64, PageError> {
     Ok(lifetime)
 }
 
-/// Ends the session: the user signs in again and comes back to `return_to`.
-fn sign_in_again(state: &AppState, session: &ConsoleSession, return_to: &str) -> PageError {
-    state.sessions.remove(&session.id);
+/// The user signs in again and comes back to `return_to` (whoever handles the error forgets
+/// the session: [`ConsoleRequest::page_returning_to`], `POST /console/token`).
+fn sign_in_again(return_to: &str) -> PageError {
     PageError::LoginRequired(return_to.to_owned())
 }
 
 /// A failed call for the user: a refused token ends the session (sign in again); anything
 /// else is shown.
-pub(crate) fn upstream_failed(
-    state: &AppState,
-    session: &ConsoleSession,
-    error: UpstreamError,
-    return_to: &str,
-) -> PageError {
+pub(crate) fn upstream_failed(error: UpstreamError, return_to: &str) -> PageError {
     if is_unauthorized(&error) {
-        sign_in_again(state, session, return_to)
+        sign_in_again(return_to)
     } else {
         PageError::Upstream(error)
     }
@@ -380,11 +443,13 @@ pub(crate) fn format_epoch(time: SystemTime) -> String {
     time.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-/// A path on this site to come back to after signing in: `/…`, never `//host` or a URL.
+/// A path on this site to come back to after signing in: `/…`, never `//host` or a URL, and
+/// short enough for the login cookie that carries it.
 pub(crate) fn safe_return_path(next: Option<&str>) -> String {
     match next {
         Some(path)
-            if path.starts_with('/')
+            if path.len() <= MAX_RETURN_TO_CHARS
+                && path.starts_with('/')
                 && !path.starts_with("//")
                 && !path.contains('\\')
                 && !path.chars().any(char::is_control) =>
@@ -463,5 +528,10 @@ mod tests {
             assert_eq!(safe_return_path(Some(bad)), "/console/status", "{bad}");
         }
         assert_eq!(safe_return_path(None), "/console/status");
+        // Too long for the login cookie: the default instead.
+        let longest = format!("/{}", "a".repeat(MAX_RETURN_TO_CHARS - 1));
+        assert_eq!(safe_return_path(Some(&longest)), longest);
+        let longer = format!("{longest}a");
+        assert_eq!(safe_return_path(Some(&longer)), "/console/status");
     }
 }

@@ -414,15 +414,17 @@ pub async fn decide_approval(
     console
         .action(page.clone(), form, |c, form| async move {
             let Some(body) = decision_body(&form)? else {
-                c.session.set_flash(Flash::Error(
+                c.flash(Flash::Error(
                     "The edited arguments must be a JSON object.".to_owned(),
-                ));
+                ))
+                .await;
                 return Ok(Redirect::to(&page).into_response());
             };
             let (_, gateway, token) = c.clients_and_token().await?;
             let outcome = gateway.decide(&token, &session_id, &call_id, &body).await;
             let notice = decided(form.get("decision").map(String::as_str).unwrap_or_default());
             c.after_action(outcome, notice, &[400, 404, 409, 422], &page)
+                .await
         })
         .await
 }
@@ -439,8 +441,8 @@ pub async fn cancel_turn(
             let (_, gateway, token) = c.clients_and_token().await?;
             let cancelled = gateway.cancel(&token, &session_id).await;
             cancelled.map_err(|e| c.failed(e))?;
-            c.session
-                .set_flash(Flash::Notice("The running turn was cancelled.".to_owned()));
+            c.flash(Flash::Notice("The running turn was cancelled.".to_owned()))
+                .await;
             Ok(Redirect::to(&page).into_response())
         })
         .await

@@ -57,8 +57,9 @@ pub struct UpArgs {
     /// if missing.
     #[arg(long, value_name = "URL")]
     postgres_url: Option<String>,
-    /// Redis instead of memory for the auth service's rate limits and lockouts and the
-    /// gateway's event fan-out.
+    /// Redis instead of memory for the auth service's rate limits and lockouts, the
+    /// gateway's event fan-out and the console's logins (which then outlive a restart when
+    /// `WEBSITE__SESSION_KEY` is set).
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
     /// The model every agent uses and the proxy's default (else `AGENT_RUNTIME__LLM_MODEL`,
@@ -286,10 +287,13 @@ fn backends(args: &UpArgs) -> anyhow::Result<Vec<String>> {
     }
     lines.push(match &args.redis_url {
         Some(url) => format!(
-            "  redis            {} (rate limits, lockouts, event fan-out)",
+            "  redis            {} (rate limits, lockouts, event fan-out, console logins)",
             redact_url(url)
         ),
-        None => "  redis            none (rate limits, lockouts and fan-out in memory)".to_owned(),
+        None => {
+            "  redis            none (rate limits, lockouts, fan-out and console logins in memory)"
+                .to_owned()
+        }
     });
     lines.push(
         match chosen_model(args.model.as_deref(), |name| {

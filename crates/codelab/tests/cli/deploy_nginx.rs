@@ -169,7 +169,8 @@ fn the_config_keeps_the_originals_limits_and_timeouts() {
         "proxy_read_timeout 3600s;",
         "proxy_http_version 1.1;",
         "proxy_buffering off;",
-        "worker_connections 1024;",
+        // Raised from the original's 1024: 1,000 IDE sockets need 2,000 (the soak).
+        "worker_connections 4096;",
         "keepalive_timeout 65;",
         "proxy_set_header Upgrade $http_upgrade;",
         "proxy_set_header Connection $connection_upgrade;",

@@ -92,6 +92,19 @@ fn a_bad_setting_is_named_with_its_source() {
     );
 }
 
+/// Regression (issue 17's fuzzing): a huge timeout made `Duration::from_secs_f64` panic when a
+/// request used it; now it is refused at start with the setting's name.
+#[test]
+fn a_timeout_beyond_a_day_is_refused_at_start_not_a_panic_later() {
+    for value in ["1e300", "86401", "0"] {
+        let stderr = proxy_refuses(&[("LLM_PROXY__REQUEST_TIMEOUT", value)]);
+        assert!(
+            stderr.contains("LLM_PROXY__REQUEST_TIMEOUT") && !stderr.contains("panicked"),
+            "{value}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn config_show_layers_sources_and_redacts_secrets() {
     let dir = tempfile::tempdir().unwrap();

@@ -313,6 +313,11 @@ website: {component: website, prefix: WEBSITE}
     secretKeyRef:
       name: {{ include "codelab.secretName" .root }}
       key: website-session-key
+{{- with include "codelab.redisBase" .root }}
+{{- include "codelab.redisPasswordEnv" $.root }}
+- name: WEBSITE__REDIS_URL
+  value: {{ printf "%s/3" . | quote }}
+{{- end }}
 {{- end }}
 
 {{/* Whether a service keeps files under /app/data (SQLite). */}}

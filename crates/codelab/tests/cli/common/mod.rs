@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod nginx;
+pub mod private_postgres;
 pub mod processes;
 
 use codelab_core::service::Service as _;

@@ -96,6 +96,11 @@ impl Process {
         &self.name
     }
 
+    /// Its process id while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Everything the process wrote so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -133,12 +138,12 @@ impl Process {
         }
     }
 
-    /// Sends `signal` (`TERM`, `KILL`, ...) with kill(1).
-    fn signal(&self, signal: &str) {
-        if let Some(child) = &self.child {
+    /// Sends `signal` (`TERM`, `KILL`, `QUIT`, `STOP`, ...) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.id() {
             let status = Command::new("kill")
                 .arg(format!("-{signal}"))
-                .arg(child.id().to_string())
+                .arg(pid.to_string())
                 .status()
                 .unwrap();
             assert!(status.success(), "kill -{signal} {}", self.name);
@@ -152,6 +157,19 @@ impl Process {
         exit_within(&mut child, within).unwrap_or_else(|| {
             panic!(
                 "{} did not stop within {within:?} of SIGTERM; its log ends with:\n{}",
+                self.name,
+                self.tail()
+            )
+        })
+    }
+
+    /// Waits (bounded) for the process to exit by itself and reaps it; fails the test with
+    /// the end of its log when it is still running after `within` (it is killed then).
+    pub fn wait_for_exit(&mut self, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("the process was already stopped");
+        exit_within(&mut child, within).unwrap_or_else(|| {
+            panic!(
+                "{} did not exit within {within:?}; its log ends with:\n{}",
                 self.name,
                 self.tail()
             )
