@@ -18,33 +18,20 @@ pub fn document(version: &str, agents: &[&str]) -> Value {
 /// a too-large body with 413 and a body that arrives too slowly with 408 (docs/architecture.md);
 /// every route reads the database, which may not answer (503) or have a full disk (507).
 fn add_common_refusals(doc: &mut Value) {
-    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
-        return;
-    };
-    for item in paths.values_mut().filter_map(Value::as_object_mut) {
-        for (method, operation) in item.iter_mut() {
-            if method == "parameters" {
-                continue;
-            }
-            if let Some(responses) = operation
-                .get_mut("responses")
-                .and_then(Value::as_object_mut)
-            {
-                for (status, name) in [
-                    ("401", "Unauthorized"),
-                    ("408", "RequestTimeout"),
-                    ("413", "PayloadTooLarge"),
-                    ("503", "DatabaseUnavailable"),
-                    ("507", "DiskFull"),
-                ] {
-                    responses.insert(
-                        status.into(),
-                        json!({ "$ref": format!("#/components/responses/{name}") }),
-                    );
-                }
-            }
-        }
-    }
+    let refusals: Vec<(&str, Value)> = [
+        ("401", "Unauthorized"),
+        ("408", "RequestTimeout"),
+        ("413", "PayloadTooLarge"),
+        ("503", "DatabaseUnavailable"),
+        ("507", "DiskFull"),
+    ]
+    .into_iter()
+    .map(|(status, name)| {
+        let response = json!({ "$ref": format!("#/components/responses/{name}") });
+        (status, response)
+    })
+    .collect();
+    codelab_core::http::openapi::add_to_every_operation(doc, &refusals);
 }
 
 /// `ok` plus the listed error statuses (`400`, `404`, `500`), each `{"detail": ...}`.

@@ -15,26 +15,19 @@ pub fn document(version: &str) -> Value {
 /// too-large body with 413 and a request that arrives too slowly with 408, in the gateway's
 /// `{"detail": ...}` shape: so every operation lists both.
 fn add_listener_refusals(doc: &mut Value) {
-    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
-        return;
-    };
-    for operation in paths.values_mut().filter_map(Value::as_object_mut) {
-        for (method, body) in operation.iter_mut() {
-            if method == "parameters" {
-                continue;
-            }
-            if let Some(responses) = body.get_mut("responses").and_then(Value::as_object_mut) {
-                responses.insert(
-                    "408".into(),
-                    json!({ "$ref": "#/components/responses/RequestTimeout" }),
-                );
-                responses.insert(
-                    "413".into(),
-                    json!({ "$ref": "#/components/responses/PayloadTooLarge" }),
-                );
-            }
-        }
-    }
+    codelab_core::http::openapi::add_to_every_operation(
+        doc,
+        &[
+            (
+                "408",
+                json!({ "$ref": "#/components/responses/RequestTimeout" }),
+            ),
+            (
+                "413",
+                json!({ "$ref": "#/components/responses/PayloadTooLarge" }),
+            ),
+        ],
+    );
 }
 
 fn operations_and_schemas(version: &str) -> Value {

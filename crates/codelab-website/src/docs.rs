@@ -25,6 +25,8 @@ const NAV_ORDER: &[&str] = &[
     "agent-runtime",
     "llm-proxy",
     "website",
+    "benchmarks",
+    "reliability",
 ];
 
 /// Most results a search returns.

@@ -2,11 +2,16 @@
 //! across replicas with a session-level advisory lock. Everything else is
 //! [`super::sql_store`].
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Postgres};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::sql_store::{SessionLocking, StoreBackend};
 use super::{SessionLock, StoreError};
@@ -17,14 +22,21 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 /// The advisory lock key of a session: a 64-bit hash computed by the server
 /// (`hashtextextended` is stable across versions, as hash partitioning depends on it), so
 /// every replica agrees. The prefix keeps our keys apart from other users of advisory locks
-/// in the same database.
-const LOCK: &str =
-    "SELECT pg_advisory_lock(hashtextextended('codelab-agent-runtime/session/' || $1, 0))";
-const UNLOCK: &str =
-    "SELECT pg_advisory_unlock(hashtextextended('codelab-agent-runtime/session/' || $1, 0))";
-/// [`LOCK`] without waiting: `false` when another connection holds it.
+/// in the same database. `false` when another connection holds it.
 const TRY_LOCK: &str =
     "SELECT pg_try_advisory_lock(hashtextextended('codelab-agent-runtime/session/' || $1, 0))";
+const UNLOCK: &str =
+    "SELECT pg_advisory_unlock(hashtextextended('codelab-agent-runtime/session/' || $1, 0))";
+
+/// How long `lock` first waits before asking the server again while another replica holds
+/// the session, and the most it waits between two asks (doubling in between): short against
+/// a turn's length, few round trips for a long one.
+const FIRST_RETRY: Duration = Duration::from_millis(5);
+const LONGEST_RETRY: Duration = Duration::from_millis(100);
+/// After a failed connect, locks fail at once for this long instead of each trying again: the
+/// holder runs one statement at a time, so a queue of locks behind a connect that hangs until
+/// its timeout (a server cut off by the network) would otherwise wait that timeout each.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 impl StoreBackend for Postgres {
     type Locks = AdvisoryLocks;
@@ -33,17 +45,14 @@ impl StoreBackend for Postgres {
         &MIGRATOR
     }
 
-    /// Lock connections are opened lazily, with the pool's connect options, size and idle
-    /// timeout (without it, every lock connection a burst of turns opened stayed open for
-    /// sqlx's default ten minutes: the soak, docs/reliability.md).
+    /// One holder connection, opened lazily with the pool's connect options; connecting is
+    /// bounded by the pool's acquire timeout, and the connection is closed when no lock has
+    /// been held for the pool's idle timeout (before, every lock connection a burst of turns
+    /// opened stayed open for sqlx's default ten minutes: the soak, docs/reliability.md).
+    /// Must be called within a tokio runtime (the store is opened in one): it starts the
+    /// holder's task.
     fn session_locks(pool: &PgPool) -> AdvisoryLocks {
-        let options = pool.options();
-        let connections = PgPoolOptions::new()
-            .max_connections(options.get_max_connections())
-            .acquire_timeout(options.get_acquire_timeout())
-            .idle_timeout(options.get_idle_timeout())
-            .connect_lazy_with(pool.connect_options().as_ref().clone());
-        AdvisoryLocks { connections }
+        AdvisoryLocks::start(Holder::for_pool(pool))
     }
 
     /// The store's own pool: PostgreSQL's row locks serialise concurrent writers.
@@ -52,137 +61,462 @@ impl StoreBackend for Postgres {
     }
 }
 
-/// Session locks as advisory locks, each held by a connection of its own.
+/// Session locks as advisory locks, all of this store's held by one dedicated connection.
+///
+/// Session-level advisory locks belong to a connection, and one connection may hold any
+/// number of them, so a single holder connection serves every session this store locks: the
+/// sessions locked at once are not capped by a pool's size (they were, with one pooled
+/// connection per lock, and a burst of turns beyond it failed after the acquire timeout: the
+/// soak, docs/reliability.md). The holder is separate from the store's pool because its locks
+/// live as long as turns, and its statements never wait on the server (`pg_try_advisory_lock`
+/// only), so one connection is not a queue behind a held lock.
+///
+/// Advisory locks are re-entrant on their connection, so the server cannot tell two tasks of
+/// this process apart: a process-local registry of the sessions held excludes them first, and
+/// only its winner asks the server, which then excludes the other replicas.
 #[derive(Debug)]
 pub struct AdvisoryLocks {
-    /// Connections that hold session locks. Separate from the store's pool because a lock is
-    /// held for a whole turn: were locks taken from that pool, as many concurrent turns as it
-    /// has connections would leave none for the turns' own queries, and they would all stall.
-    /// Its size (the main pool's) caps the sessions one replica holds locked at once; further
-    /// `lock_session` calls wait for a connection up to the pool's acquire timeout.
-    connections: PgPool,
+    local: Arc<LocalSessions>,
+    /// The holder task's queue.
+    commands: mpsc::UnboundedSender<Command>,
 }
 
 impl AdvisoryLocks {
-    /// A lock connection, owned by a not-yet-locked guard before any lock request is sent on
-    /// it, so a cancelled or failed request closes the connection instead of returning it to
-    /// the pool.
-    async fn guard(&self, session_id: &str) -> Result<PgSessionLock, StoreError> {
-        Ok(PgSessionLock {
-            conn: Some(self.connections.acquire().await?),
-            session_id: session_id.to_owned(),
-            locked: false,
-        })
+    fn start(holder: Holder) -> Self {
+        let (commands, queue) = mpsc::unbounded_channel();
+        // The task ends when the store and all its guards are gone (every sender dropped).
+        codelab_core::tasks::spawn("session lock holder", holder.run(queue));
+        Self {
+            local: Arc::default(),
+            commands,
+        }
     }
+
+    /// Asks the server for `session_id`'s lock on the holder connection, once.
+    async fn try_on_server(&self, session_id: &str) -> Result<Option<ServerLock>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::TryLock {
+            session_id: session_id.to_owned(),
+            reply,
+            commands: self.commands.clone(),
+        };
+        if self.commands.send(command).is_err() {
+            return Err(holder_gone());
+        }
+        // Cancel-safe: if this future is dropped, a lock granted meanwhile is dropped with the
+        // reply (in the channel, or handed back by a failed send), and its drop queues the
+        // unlock. No lock request waits on the server (try-lock only), so nothing can be
+        // granted later to nobody.
+        answer.await.map_err(|_| holder_gone())?
+    }
+}
+
+/// The holder task stopped: only when the runtime that ran it shut down.
+fn holder_gone() -> StoreError {
+    StoreError::Database(sqlx::Error::WorkerCrashed)
 }
 
 #[async_trait]
 impl SessionLocking for AdvisoryLocks {
     async fn lock(&self, session_id: &str) -> Result<Box<dyn SessionLock>, StoreError> {
-        let mut guard = self.guard(session_id).await?;
-        if let Some(conn) = guard.conn.as_mut() {
-            sqlx::query(LOCK)
-                .bind(&guard.session_id)
-                .execute(&mut **conn)
-                .await?;
-            guard.locked = true;
+        let local = LocalClaim::wait(&self.local, session_id).await;
+        let mut retry = FIRST_RETRY;
+        loop {
+            if let Some(server) = self.try_on_server(session_id).await? {
+                return Ok(Box::new(PgSessionLock {
+                    _server: server,
+                    _local: local,
+                }));
+            }
+            // Another replica holds it. Local waiters queue behind our claim meanwhile.
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(LONGEST_RETRY);
         }
-        Ok(Box::new(guard))
     }
 
     async fn try_lock(&self, session_id: &str) -> Result<Option<Box<dyn SessionLock>>, StoreError> {
-        let mut guard = self.guard(session_id).await?;
-        let Some(conn) = guard.conn.as_mut() else {
+        let Some(local) = LocalClaim::try_claim(&self.local, session_id) else {
             return Ok(None);
         };
-        let granted: bool = sqlx::query_scalar(TRY_LOCK)
-            .bind(&guard.session_id)
-            .fetch_one(&mut **conn)
-            .await?;
-        if !granted {
-            // Not granted, nothing queued: the connection may go back to the pool as is.
-            guard.conn = None;
-            return Ok(None);
-        }
-        guard.locked = true;
-        Ok(Some(Box::new(guard)))
+        Ok(self
+            .try_on_server(session_id)
+            .await?
+            .map(|server| -> Box<dyn SessionLock> {
+                Box::new(PgSessionLock {
+                    _server: server,
+                    _local: local,
+                })
+            }))
     }
 }
 
-/// A held advisory lock and the connection that holds it.
+/// A held session lock: on the server, and in this process.
 ///
-/// Session-level advisory locks belong to a connection, so the connection must never go back
-/// to the pool while it holds (or may still be granted) the lock: dropping the guard unlocks
-/// on a spawned task before the connection is returned, and every path that cannot unlock
-/// cleanly closes the connection instead, which makes the server release the lock.
+/// Fields drop in order: the server unlock is queued before the local claim is released, so
+/// the holder connection sees unlocks and try-locks of one session in the order the claims
+/// passed between tasks, and each granted try-lock is matched by exactly one unlock.
 struct PgSessionLock {
-    conn: Option<PoolConnection<Postgres>>,
-    session_id: String,
-    /// Whether `pg_advisory_lock` returned. Until then the request may still be queued on the
-    /// server (the acquiring future was cancelled mid-wait), and would be granted later to
-    /// whoever reused the connection.
-    locked: bool,
+    _server: ServerLock,
+    _local: LocalClaim,
 }
 
 impl SessionLock for PgSessionLock {}
 
-impl Drop for PgSessionLock {
-    fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else {
-            return;
-        };
-        let runtime = tokio::runtime::Handle::try_current();
-        match runtime {
-            // Not tracked for shutdown on purpose: if the runtime drops the task, the
-            // connection is closed with it, which releases the lock just the same.
-            Ok(runtime) if self.locked => {
-                let session_id = std::mem::take(&mut self.session_id);
-                runtime.spawn(unlock(conn, session_id));
+// ---------------------------------------------------------------------------------------------
+// This process's sessions
+// ---------------------------------------------------------------------------------------------
+
+/// The sessions a task of this process holds (or is acquiring on the server), each with what
+/// wakes the tasks waiting for it.
+#[derive(Debug, Default)]
+struct LocalSessions {
+    held: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl LocalSessions {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        // The map is consistent after every statement: a panic elsewhere cannot corrupt it.
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One task's hold of a session in this process; dropping it lets the next local waiter in.
+struct LocalClaim {
+    sessions: Arc<LocalSessions>,
+    session_id: String,
+}
+
+impl LocalClaim {
+    fn try_claim(sessions: &Arc<LocalSessions>, session_id: &str) -> Option<Self> {
+        match sessions.held().entry(session_id.to_owned()) {
+            Entry::Occupied(_) => None,
+            Entry::Vacant(free) => {
+                free.insert(Arc::default());
+                Some(Self {
+                    sessions: sessions.clone(),
+                    session_id: session_id.to_owned(),
+                })
             }
-            // Detaching drops the socket without a task: the server ends the backend and
-            // with it the lock (or the queued lock request).
-            _ => drop(conn.detach()),
+        }
+    }
+
+    /// Waits until no other task of this process holds the session. Cancel-safe: a waiter
+    /// holds nothing.
+    async fn wait(sessions: &Arc<LocalSessions>, session_id: &str) -> Self {
+        loop {
+            let released = sessions.held().get(session_id).cloned();
+            let Some(released) = released else {
+                if let Some(claim) = Self::try_claim(sessions, session_id) {
+                    return claim;
+                }
+                continue;
+            };
+            let notified = released.notified();
+            tokio::pin!(notified);
+            // Registered before the check below, so a release after it wakes us; a release
+            // before it shows as the entry being gone or another holder's.
+            notified.as_mut().enable();
+            let still_held = sessions
+                .held()
+                .get(session_id)
+                .is_some_and(|current| Arc::ptr_eq(current, &released));
+            if still_held {
+                notified.await;
+            }
         }
     }
 }
 
-/// Releases the lock, then lets the connection return to the pool; closes it if the unlock
-/// cannot be confirmed.
-async fn unlock(mut conn: PoolConnection<Postgres>, session_id: String) {
-    let released = sqlx::query_scalar::<_, bool>(UNLOCK)
-        .bind(&session_id)
-        .fetch_one(&mut *conn)
-        .await;
-    match released {
-        Ok(true) => {}
-        outcome => {
-            tracing::warn!(
+impl Drop for LocalClaim {
+    fn drop(&mut self) {
+        let released = self.sessions.held().remove(&self.session_id);
+        if let Some(released) = released {
+            released.notify_waiters();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The holder connection
+// ---------------------------------------------------------------------------------------------
+
+enum Command {
+    TryLock {
+        session_id: String,
+        reply: oneshot::Sender<Result<Option<ServerLock>, StoreError>>,
+        /// For the granted lock's drop to queue its unlock.
+        commands: mpsc::UnboundedSender<Command>,
+    },
+    Unlock {
+        session_id: String,
+        /// Of the connection that was granted the lock.
+        connection: u64,
+    },
+}
+
+/// A lock the holder connection was granted; dropping it queues the unlock (no runtime
+/// needed: the queue is a channel). If the holder task is gone, so is its connection, and
+/// with it the lock.
+struct ServerLock {
+    session_id: String,
+    connection: u64,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for ServerLock {
+    fn drop(&mut self) {
+        let unlock = Command::Unlock {
+            session_id: std::mem::take(&mut self.session_id),
+            connection: self.connection,
+        };
+        // An error means the holder task and its connection are gone: nothing to release.
+        let _ = self.commands.send(unlock);
+    }
+}
+
+/// The task that owns the holder connection and runs its statements one at a time, in the
+/// order they were queued.
+struct Holder {
+    options: PgConnectOptions,
+    connect_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    connection: Option<PgConnection>,
+    /// Numbers the connections opened, so an unlock is sent only to the connection that
+    /// holds the lock (after a reconnect, the old locks are gone with the old connection).
+    generation: u64,
+    /// Locks granted on the current connection and not yet released.
+    held: usize,
+    /// When connecting last failed (see [`RECONNECT_PAUSE`]).
+    connect_failed_at: Option<tokio::time::Instant>,
+}
+
+impl Holder {
+    fn for_pool(pool: &PgPool) -> Self {
+        let options = pool.options();
+        Self {
+            options: pool.connect_options().as_ref().clone(),
+            connect_timeout: options.get_acquire_timeout(),
+            idle_timeout: options.get_idle_timeout(),
+            connection: None,
+            generation: 0,
+            held: 0,
+            connect_failed_at: None,
+        }
+    }
+
+    async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let idle = match (self.idle_timeout, &self.connection) {
+                (Some(idle), Some(_)) if self.held == 0 => Some(idle),
+                _ => None,
+            };
+            let next = match idle {
+                Some(idle) => match tokio::time::timeout(idle, queue.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        self.close().await;
+                        continue;
+                    }
+                },
+                None => queue.recv().await,
+            };
+            let Some(command) = next else { break };
+            match command {
+                Command::TryLock {
+                    session_id,
+                    reply,
+                    commands,
+                } => {
+                    let outcome = self.try_lock(&session_id).await.map(|granted| {
+                        granted.then(|| ServerLock {
+                            session_id,
+                            connection: self.generation,
+                            commands,
+                        })
+                    });
+                    // A failed send drops the lock, which queues its unlock: the asker gave up.
+                    let _ = reply.send(outcome);
+                }
+                Command::Unlock {
+                    session_id,
+                    connection,
+                } => self.unlock(&session_id, connection).await,
+            }
+        }
+        self.close().await;
+    }
+
+    async fn try_lock(&mut self, session_id: &str) -> Result<bool, StoreError> {
+        // A connection that broke since its last statement is found out here: one retry on
+        // a fresh one.
+        let mut retried = false;
+        loop {
+            let fresh = self.connection.is_none();
+            let connection = self.connection().await?;
+            let outcome = sqlx::query_scalar::<_, bool>(TRY_LOCK)
+                .bind(session_id)
+                .fetch_one(connection)
+                .await;
+            match outcome {
+                Ok(granted) => {
+                    self.held += usize::from(granted);
+                    return Ok(granted);
+                }
+                Err(error) if connection_lost(&error) => {
+                    self.lost(&error);
+                    if fresh || retried {
+                        return Err(error.into());
+                    }
+                    retried = true;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Failures count as released: a lost connection took its locks with it. Never reconnects.
+    async fn unlock(&mut self, session_id: &str, generation: u64) {
+        if generation != self.generation {
+            return;
+        }
+        let Some(connection) = self.connection.as_mut() else {
+            return;
+        };
+        self.held = self.held.saturating_sub(1);
+        let outcome = sqlx::query_scalar::<_, bool>(UNLOCK)
+            .bind(session_id)
+            .fetch_one(connection)
+            .await;
+        match outcome {
+            Ok(true) => {}
+            Err(error) if connection_lost(&error) => self.lost(&error),
+            // The server refused the statement on a live connection: the lock stays with this
+            // connection (only other replicas are kept out; it is re-entrant here) until it
+            // is closed.
+            outcome => tracing::warn!(
                 session_id,
                 ?outcome,
-                "could not release a session lock; closing its connection"
-            );
-            drop(conn.detach());
+                "could not release a session lock on the holder connection"
+            ),
         }
+    }
+
+    async fn connection(&mut self) -> Result<&mut PgConnection, StoreError> {
+        if self.connection.is_none() {
+            if self
+                .connect_failed_at
+                .is_some_and(|failed| failed.elapsed() < RECONNECT_PAUSE)
+            {
+                return Err(StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "connecting the session lock connection failed less than a second ago",
+                ))));
+            }
+            let connect = self.options.connect();
+            let connected = tokio::time::timeout(self.connect_timeout, connect)
+                .await
+                .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+            let connection = match connected {
+                Ok(connection) => connection,
+                Err(error) => {
+                    self.connect_failed_at = Some(tokio::time::Instant::now());
+                    return Err(error.into());
+                }
+            };
+            self.connect_failed_at = None;
+            self.generation += 1;
+            self.held = 0;
+            self.connection = Some(connection);
+        }
+        self.connection
+            .as_mut()
+            .ok_or(StoreError::Database(sqlx::Error::PoolClosed))
+    }
+
+    /// Forgets a broken connection; its locks are gone on the server. The same guarantee as
+    /// with a connection per lock: a lock's connection breaking released it then too. The
+    /// guards still held keep excluding this process's tasks; other replicas may take those
+    /// sessions.
+    fn lost(&mut self, error: &sqlx::Error) {
+        if self.connection.take().is_some() {
+            tracing::warn!(
+                %error,
+                locks = self.held,
+                "lost the session lock connection; its locks are released, reconnecting on the next lock"
+            );
+        }
+        self.held = 0;
+    }
+
+    async fn close(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            // Politely (the server logs no broken connection); dropping would release too.
+            let _ = connection.close().await;
+        }
+        self.held = 0;
+    }
+}
+
+/// Whether the connection is unusable after `error`: anything but the server refusing one
+/// statement, or the server ending the session (SQLSTATE classes 08 connection exception and
+/// 57 operator intervention, e.g. an administrator's shutdown).
+fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(error) => error
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+        _ => true,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use sqlx::postgres::PgPoolOptions;
 
     use super::*;
 
-    /// Regression (the soak): lock connections are closed when idle, like the store's.
+    /// Regression (the soak): the lock connection is closed when idle, like the store's, and
+    /// connecting is bounded like acquiring from the pool.
     #[tokio::test]
-    async fn lock_connections_close_when_idle_like_the_store_pool() {
+    async fn the_lock_connection_closes_when_idle_like_the_store_pool() {
         let pool = PgPoolOptions::new()
             .max_connections(3)
             .idle_timeout(Duration::from_secs(7))
+            .acquire_timeout(Duration::from_secs(4))
             .connect_lazy("postgres://nobody@127.0.0.1:1/never_connected")
             .expect("a valid URL");
-        let locks = <Postgres as StoreBackend>::session_locks(&pool);
-        let options = locks.connections.options();
-        assert_eq!(options.get_idle_timeout(), Some(Duration::from_secs(7)));
-        assert_eq!(options.get_max_connections(), 3);
+        let holder = Holder::for_pool(&pool);
+        assert_eq!(holder.idle_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(holder.connect_timeout, Duration::from_secs(4));
+    }
+
+    /// A server that cannot be reached fails the queued locks at once, not a connect
+    /// timeout each (the holder runs one statement at a time).
+    #[tokio::test]
+    async fn locks_fail_at_once_for_a_moment_after_a_failed_connect() {
+        let pool = PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/never_connected")
+            .expect("a valid URL");
+        let mut holder = Holder::for_pool(&pool);
+        let first = holder.try_lock("s1").await;
+        assert!(
+            matches!(&first, Err(StoreError::Database(sqlx::Error::Io(e))) if e.kind() != std::io::ErrorKind::NotConnected),
+            "{first:?}"
+        );
+        let second = holder.try_lock("s1").await;
+        assert!(
+            matches!(&second, Err(StoreError::Database(sqlx::Error::Io(e))) if e.kind() == std::io::ErrorKind::NotConnected),
+            "{second:?}"
+        );
+        assert!(second.is_err_and(|error| error.is_unavailable()));
+        assert!(holder.connection.is_none());
+    }
+
+    #[test]
+    fn io_and_pool_failures_count_as_a_lost_connection() {
+        assert!(connection_lost(&sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::UnexpectedEof
+        ))));
+        assert!(connection_lost(&sqlx::Error::PoolTimedOut));
     }
 }

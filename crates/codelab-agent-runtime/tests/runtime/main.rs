@@ -9,5 +9,6 @@
 
 mod common;
 
+mod pg_session_locks;
 mod retention;
 mod store_conformance;

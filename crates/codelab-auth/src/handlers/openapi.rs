@@ -39,28 +39,23 @@ pub fn document(state: &AppState) -> Value {
 /// body over AUTH_SERVICE__MAX_BODY_BYTES with 413 and a body that arrives too slowly with
 /// 408, both as an OAuth error: so every operation lists both.
 fn add_listener_refusals(doc: &mut Value) {
-    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
-        return;
-    };
-    for item in paths.values_mut().filter_map(Value::as_object_mut) {
-        for operation in item.values_mut() {
-            if let Some(responses) = operation
-                .get_mut("responses")
-                .and_then(Value::as_object_mut)
-            {
-                responses.insert(
-                    "408".into(),
-                    error_response("request_timeout: the body did not arrive in time (HTTP__BODY_READ_TIMEOUT)"),
-                );
-                responses.insert(
-                    "413".into(),
-                    error_response(
-                        "payload_too_large: the body is larger than AUTH_SERVICE__MAX_BODY_BYTES",
-                    ),
-                );
-            }
-        }
-    }
+    codelab_core::http::openapi::add_to_every_operation(
+        doc,
+        &[
+            (
+                "408",
+                error_response(
+                    "request_timeout: the body did not arrive in time (HTTP__BODY_READ_TIMEOUT)",
+                ),
+            ),
+            (
+                "413",
+                error_response(
+                    "payload_too_large: the body is larger than AUTH_SERVICE__MAX_BODY_BYTES",
+                ),
+            ),
+        ],
+    );
 }
 
 fn operations_and_schemas(state: &AppState) -> Value {

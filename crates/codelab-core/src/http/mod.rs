@@ -11,6 +11,7 @@ mod health;
 mod in_process;
 mod layers;
 mod limits;
+pub mod openapi;
 mod serve;
 
 use std::time::Instant;
