@@ -81,7 +81,7 @@ fn operations_and_schemas(version: &str, agents: &[&str]) -> Value {
             "/agent/message/stream": { "post": {
                 "operationId": "streamMessage",
                 "summary": "Processes one client frame and streams the events it produces (SSE)",
-                                "requestBody": { "required": true, "content": { "application/json": {
+                "requestBody": { "required": true, "content": { "application/json": {
                     "schema": { "$ref": "#/components/schemas/StreamRequest" } } } },
                 "responses": responses(("200", json!({ "description": "`data: <event JSON>` records until the work is done.",
                     "content": { "text/event-stream": { "schema": { "$ref": "#/components/schemas/StreamEvent" } } } })), &read)
@@ -99,7 +99,7 @@ fn operations_and_schemas(version: &str, agents: &[&str]) -> Value {
                 "post": {
                     "operationId": "createSession",
                     "summary": "Creates a session with a random id (a chosen id only in the gateway's development session mode)",
-                                        "requestBody": optional_object_body("SessionCreate"),
+                    "requestBody": optional_object_body("SessionCreate"),
                     "responses": responses(("201", json_ok("The new session.", "Session")), &["400", "500"])
                 }
             },
@@ -107,25 +107,25 @@ fn operations_and_schemas(version: &str, agents: &[&str]) -> Value {
                 "parameters": [session_id],
                 "get": {
                     "operationId": "getSession",
-                                        "responses": responses(("200", json_ok("The session.", "Session")), &read)
+                    "responses": responses(("200", json_ok("The session.", "Session")), &read)
                 },
                 "patch": {
                     "operationId": "updateSession",
                     "summary": "Renames a session",
-                                        "requestBody": { "required": true, "content": { "application/json": {
+                    "requestBody": { "required": true, "content": { "application/json": {
                         "schema": { "$ref": "#/components/schemas/SessionUpdate" } } } },
                     "responses": responses(("200", json_ok("The renamed session.", "Session")), &read)
                 },
                 "delete": {
                     "operationId": "deleteSession",
-                                        "responses": responses(("204", json!({ "description": "Deleted." })), &read)
+                    "responses": responses(("204", json!({ "description": "Deleted." })), &read)
                 }
             },
             "/sessions/{session_id}/history": {
                 "parameters": [session_id],
                 "get": {
                     "operationId": "getSessionHistory",
-                                        "responses": responses(("200", json_ok("Messages, agent changes and tool calls.", "History")), &read)
+                    "responses": responses(("200", json_ok("Messages, agent changes and tool calls.", "History")), &read)
                 }
             },
             "/sessions/{session_id}/events": {
@@ -143,7 +143,7 @@ fn operations_and_schemas(version: &str, agents: &[&str]) -> Value {
                 "parameters": [session_id],
                 "get": {
                     "operationId": "listPendingApprovals",
-                                        "responses": responses(("200", json_ok("Calls waiting for a person, oldest first.", "PendingApprovals")), &read)
+                    "responses": responses(("200", json_ok("Calls waiting for a person, oldest first.", "PendingApprovals")), &read)
                 }
             },
             "/sessions/{session_id}/cancel": {
@@ -151,7 +151,7 @@ fn operations_and_schemas(version: &str, agents: &[&str]) -> Value {
                 "post": {
                     "operationId": "cancelTurn",
                     "summary": "Cancels the running turn; answers when it has stopped",
-                                        "requestBody": optional_object_body("CancelRequest"),
+                    "requestBody": optional_object_body("CancelRequest"),
                     "responses": responses(("200", json_ok("What the cancellation produced.", "Cancelled")), &read)
                 }
             },
@@ -171,7 +171,7 @@ fn operations_and_schemas(version: &str, agents: &[&str]) -> Value {
                 "parameters": [session_id],
                 "get": {
                     "operationId": "getCurrentAgent",
-                                        "responses": responses(("200", json_ok("The session's agent context.", "AgentContext")), &read)
+                    "responses": responses(("200", json_ok("The session's agent context.", "AgentContext")), &read)
                 }
             },
             "/openapi.json": { "get": {

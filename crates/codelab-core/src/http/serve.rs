@@ -214,7 +214,14 @@ async fn handle_request(
 ) -> Result<Response, std::convert::Infallible> {
     request.extensions_mut().insert(ConnectInfo(peer));
     let expired = Arc::new(AtomicBool::new(false));
-    let (unread_tx, mut unread_rx) = tokio::sync::oneshot::channel();
+    // Only a body still to come can be left unread: requests without one (most GETs) skip
+    // the channel that hands it back.
+    let (unread_tx, unread_rx) = if http_body::Body::is_end_stream(request.body()) {
+        (None, None)
+    } else {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Some(tx), Some(rx))
+    };
     let deadline = Instant::now() + body_read_timeout;
     let request = request.map(|body| {
         Body::new(DeadlineBody {
@@ -222,11 +229,11 @@ async fn handle_request(
             deadline,
             sleep: None,
             expired: Arc::clone(&expired),
-            unread: Some(unread_tx),
+            unread: unread_tx,
         })
     });
     let response = router.oneshot(request).await?;
-    if let Ok(unread) = unread_rx.try_recv() {
+    if let Some(Ok(unread)) = unread_rx.map(|mut rx| rx.try_recv()) {
         crate::tasks::spawn("drain-request-body", drain_unread_body(unread, deadline));
     }
     if expired.load(Ordering::Acquire) {
