@@ -595,9 +595,12 @@ async fn a_flood_of_started_logins_stores_nothing_and_a_callback_needs_its_own_s
     // Refused before the code is spent (each answers 400 and sets no session): the state of
     // another login, an altered cookie, no cookie, and a session cookie in its place.
     let (_, other_cookie) = sign_in_elsewhere(&a).await;
+    // The last character changed to one it is not (a fixed "x" would leave one state in 64
+    // unchanged and let the genuine callback through).
+    let last = if state.ends_with('x') { 'y' } else { 'x' };
     let wrong_state = callback.replacen(
         &format!("state={state}"),
-        &format!("state={}x", &state[..state.len() - 1]),
+        &format!("state={}{last}", &state[..state.len() - 1]),
         1,
     );
     let mut altered = login_cookie.clone().into_bytes();
