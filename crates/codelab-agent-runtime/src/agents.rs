@@ -157,6 +157,7 @@ pub fn tools_of(kind: AgentKind) -> &'static [&'static str] {
             "list_files",
             "search_in_code",
             "switch_mode",
+            "create_plan",
             "attempt_completion",
             "ask_followup_question",
         ],

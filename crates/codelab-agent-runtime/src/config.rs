@@ -2,9 +2,12 @@
 //! limits and files our turn loop needs.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use codelab_core::config::{Environment, Secret};
 use codelab_core::service::{ConfigProblem, ServiceConfig};
+
+use crate::store::{DEFAULT_SESSION_LOCK_STATEMENT_TIMEOUT, StoreSettings};
 
 codelab_core::service_config! {
     /// `[agent_runtime]` / `AGENT_RUNTIME__*`.
@@ -35,6 +38,10 @@ codelab_core::service_config! {
         pub max_stream_line_bytes: usize = crate::llm::DEFAULT_MAX_STREAM_LINE_BYTES,
         pub max_steps_per_turn: u32 = 25,
         pub max_tool_calls_per_step: u32 = 10,
+        /// Most subtasks a plan may have (`create_plan` refuses more).
+        pub max_plan_subtasks: u32 = 20,
+        /// `true`: a plan runs without waiting for a person's approval (trusted deployments).
+        pub plan_auto_approve: bool = false,
         /// Token budget of the context sent to the model (0: no trimming).
         pub context_tokens: u64 = 0,
         pub session_retention_days: u32 = 30,
@@ -44,6 +51,9 @@ codelab_core::service_config! {
         /// `sqlite:///data/agent_runtime.db` or `postgres://...`.
         pub db_url: String = "sqlite:///data/agent_runtime.db".to_owned(),
         pub db_max_connections: u32 = 10,
+        /// Seconds a statement of the PostgreSQL session lock connection may go unanswered
+        /// before that connection counts as lost (its locks released) and the lock fails.
+        pub session_lock_statement_timeout: f64 = 5.0,
         pub max_body_bytes: usize = 32 * 1024 * 1024,
     }
 }
@@ -61,6 +71,23 @@ impl ServiceConfig for Config {
 }
 
 impl Config {
+    /// What the store takes from these settings (defaults where one is invalid; `validate`
+    /// refuses those before the service starts).
+    pub fn store_settings(&self) -> StoreSettings {
+        StoreSettings {
+            session_lock_statement_timeout: self
+                .session_lock_statement()
+                .unwrap_or(DEFAULT_SESSION_LOCK_STATEMENT_TIMEOUT),
+        }
+    }
+
+    /// `session_lock_statement_timeout` as a duration, `None` unless positive and finite.
+    fn session_lock_statement(&self) -> Option<Duration> {
+        Duration::try_from_secs_f64(self.session_lock_statement_timeout)
+            .ok()
+            .filter(|bound| !bound.is_zero())
+    }
+
     fn settings_problem(&self, environment: Environment) -> Result<(), String> {
         if !(self.routing_timeout.is_finite() && self.routing_timeout > 0.0) {
             return Err(format!(
@@ -75,6 +102,13 @@ impl Config {
                 self.recovery_interval
             ));
         }
+        if self.session_lock_statement().is_none() {
+            return Err(format!(
+                "AGENT_RUNTIME__SESSION_LOCK_STATEMENT_TIMEOUT must be a positive number of \
+                 seconds, got {}",
+                self.session_lock_statement_timeout
+            ));
+        }
         if self.max_steps_per_turn == 0 {
             return Err("AGENT_RUNTIME__MAX_STEPS_PER_TURN must be at least 1".to_owned());
         }
@@ -87,6 +121,13 @@ impl Config {
         }
         if self.max_tool_calls_per_step == 0 {
             return Err("AGENT_RUNTIME__MAX_TOOL_CALLS_PER_STEP must be at least 1".to_owned());
+        }
+        if !(1..=crate::planning::MAX_PLAN_SUBTASKS_CAP).contains(&self.max_plan_subtasks) {
+            return Err(format!(
+                "AGENT_RUNTIME__MAX_PLAN_SUBTASKS must be between 1 and {}, got {}",
+                crate::planning::MAX_PLAN_SUBTASKS_CAP,
+                self.max_plan_subtasks
+            ));
         }
         if environment.is_hardened() {
             if self.internal_api_key.is_weak() {
@@ -137,5 +178,34 @@ mod tests {
             ..Config::default()
         };
         assert!(bad_timeout.validate(Environment::Development).is_err());
+    }
+
+    #[test]
+    fn the_session_lock_statement_timeout_must_be_a_positive_number_of_seconds() {
+        for bad in [0.0, -1.0, 1e-12, f64::NAN, f64::INFINITY, 1e30] {
+            let config = Config {
+                session_lock_statement_timeout: bad,
+                ..Config::default()
+            };
+            let err = config.validate(Environment::Development).unwrap_err();
+            assert!(
+                err.starts_with("AGENT_RUNTIME__SESSION_LOCK_STATEMENT_TIMEOUT"),
+                "{bad}: {err}"
+            );
+        }
+        let default = Config::default();
+        assert_eq!(
+            default.store_settings().session_lock_statement_timeout,
+            Duration::from_secs(5)
+        );
+        let short = Config {
+            session_lock_statement_timeout: 0.25,
+            ..Config::default()
+        };
+        assert!(short.validate(Environment::Development).is_ok());
+        assert_eq!(
+            short.store_settings().session_lock_statement_timeout,
+            Duration::from_millis(250)
+        );
     }
 }

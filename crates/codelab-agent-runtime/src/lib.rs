@@ -15,6 +15,7 @@ pub mod llm;
 pub mod metrics;
 pub mod model;
 pub mod openapi;
+pub mod planning;
 pub mod prompts;
 pub mod routing;
 pub mod store;
@@ -137,7 +138,8 @@ impl Service for AppState {
             .with_error_shape(ErrorShape::Detail);
         let pool =
             connect_service_database(&info, &config.db_url, config.db_max_connections).await?;
-        let store = store::open_store(pool, deps.clock.clone()).await?;
+        let store =
+            store::open_store_with(pool, deps.clock.clone(), config.store_settings()).await?;
         let readiness = readiness(Arc::clone(&store), &config.llm_proxy_url)?;
         // Counted before the first request, so the gauge is in the first scrape and right.
         metrics::refresh_pending_approvals(store.as_ref()).await;
@@ -195,7 +197,7 @@ impl Service for AppState {
 
     /// All routes of the runtime, with internal auth, limits and telemetry applied.
     fn router(state: Arc<AppState>) -> Router {
-        use handlers::{agents as agent_routes, sessions, stream};
+        use handlers::{agents as agent_routes, plans, sessions, stream};
         let api = Router::new()
             .route("/agent/message/stream", post(stream::stream_message))
             .route(
@@ -221,6 +223,8 @@ impl Service for AppState {
                 get(sessions::pending_approvals),
             )
             .route("/sessions/{session_id}/cancel", post(sessions::cancel_turn))
+            .route("/sessions/{session_id}/plans", get(plans::session_plans))
+            .route("/plans/{plan_id}", get(plans::get_plan))
             .route(
                 "/internal/sessions/{session_id}/owner",
                 get(sessions::session_owner),

@@ -220,6 +220,9 @@ pub struct ToolCallUpdate {
     /// The `tool` message answering the call, appended in the same transaction when the
     /// update applies (so a settled call always has its result in the history, exactly once).
     pub tool_message: Option<String>,
+    /// Plan changes stored in the same transaction when the call is updated (a decision on
+    /// a plan settles its `create_plan` call).
+    pub plans: Vec<PlanWrite>,
 }
 
 impl ToolCallUpdate {
@@ -234,6 +237,7 @@ impl ToolCallUpdate {
             error: None,
             settle: false,
             tool_message: None,
+            plans: Vec::new(),
         }
     }
 }
@@ -306,6 +310,8 @@ pub struct Turn {
     /// When a `cancel_turn` asked for this turn to stop (set without the session lock; the
     /// process running the turn polls it).
     pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// The plan this turn runs, once a plan was approved in it (or resumed by a decision).
+    pub plan_id: Option<String>,
 }
 
 impl Turn {
@@ -317,6 +323,7 @@ impl Turn {
             status,
             steps: self.steps,
             agent: self.agent.clone(),
+            plan_id: self.plan_id.clone(),
             expect,
         }
     }
@@ -329,6 +336,8 @@ pub struct TurnUpdate {
     pub status: TurnStatus,
     pub steps: i32,
     pub agent: String,
+    /// The plan the turn runs (kept when `None`: a turn never leaves its plan).
+    pub plan_id: Option<String>,
     /// Apply only if the turn is still in this state (status, steps); otherwise the whole
     /// commit is refused with `Conflict` and nothing of it is stored. Guards against a second
     /// runner of the same step (e.g. a lock lost with its connection).
@@ -360,6 +369,8 @@ pub struct StepCommit {
     pub switches: Vec<AgentSwitch>,
     /// The turn's new state.
     pub turn: Option<TurnUpdate>,
+    /// Plans written, changed or advanced by the step, in order.
+    pub plans: Vec<PlanWrite>,
     /// Events stored last, with the session's next seqs.
     pub events: Vec<RuntimeEvent>,
 }
@@ -385,4 +396,118 @@ pub struct Committed {
     pub messages: Vec<Message>,
     /// The events with their seqs, in order.
     pub events: Vec<SequencedEvent>,
+}
+
+pub use codelab_protocol::plans::{PlanStatus, SubtaskStatus};
+
+/// A plan of subtasks written by the architect's `create_plan` (`docs/agent-runtime.md`,
+/// "Planning"), with its subtasks in order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub id: String,
+    pub session_id: String,
+    /// 1, then one more per revision a `modify` asked for.
+    pub version: i32,
+    pub title: String,
+    pub description: String,
+    pub status: PlanStatus,
+    /// The `create_plan` call of the current version: its approval is the plan's.
+    pub call_id: String,
+    /// The turn that wrote it, then the turn that runs it.
+    pub turn_id: String,
+    /// The feedback of the latest `modify`.
+    pub feedback: Option<String>,
+    /// The final summary, once its run ended.
+    pub summary: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub subtasks: Vec<Subtask>,
+}
+
+/// One subtask of a [`Plan`]; `position` (0-based) is its id within the plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Subtask {
+    pub position: i32,
+    pub title: String,
+    pub description: String,
+    /// `coder`, `debug` or `ask`.
+    pub agent: String,
+    pub estimated_minutes: i32,
+    /// Positions of the subtasks that must be done first.
+    pub dependencies: Vec<i32>,
+    pub status: SubtaskStatus,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    /// The seq of the session's last message before the subtask started: its own context is
+    /// what came after (set when it starts, reset by a retry).
+    pub context_from: Option<i64>,
+    /// The turn's step count when the subtask started (its step cap counts from there).
+    pub first_step: Option<i32>,
+}
+
+/// A version of a plan as proposed (kept when a `modify` replaces it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlanVersion {
+    pub plan_id: String,
+    pub version: i32,
+    pub title: String,
+    pub description: String,
+    /// The subtasks as proposed (`create_plan`'s shape).
+    pub subtasks: Value,
+    /// The feedback that asked for the next version, if one followed.
+    pub feedback: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A change to a plan, stored with a step ([`StepCommit::plans`]) or a call's settlement
+/// ([`ToolCallUpdate::plans`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlanWrite {
+    /// A new plan (version 1) or a new version of an existing one: the plan's row is written
+    /// (inserted, or updated to this version with its subtasks replaced) and the version kept.
+    Propose(Plan),
+    /// The plan's status changes; `Some` fields change too.
+    Status {
+        plan_id: String,
+        status: PlanStatus,
+        turn_id: Option<String>,
+        feedback: Option<String>,
+        summary: Option<String>,
+    },
+    /// A subtask's state changes (the whole state is written).
+    Subtask {
+        plan_id: String,
+        position: i32,
+        status: SubtaskStatus,
+        result: Option<String>,
+        error: Option<String>,
+        context_from: Option<i64>,
+        first_step: Option<i32>,
+    },
+}
+
+impl PlanWrite {
+    /// `plan_id` moving to `status`, nothing else changed.
+    pub fn status(plan_id: &str, status: PlanStatus) -> PlanWrite {
+        PlanWrite::Status {
+            plan_id: plan_id.to_owned(),
+            status,
+            turn_id: None,
+            feedback: None,
+            summary: None,
+        }
+    }
+
+    /// `subtask` of `plan_id` as it is now.
+    pub fn subtask(plan_id: &str, subtask: &Subtask) -> PlanWrite {
+        PlanWrite::Subtask {
+            plan_id: plan_id.to_owned(),
+            position: subtask.position,
+            status: subtask.status,
+            result: subtask.result.clone(),
+            error: subtask.error.clone(),
+            context_from: subtask.context_from,
+            first_step: subtask.first_step,
+        }
+    }
 }

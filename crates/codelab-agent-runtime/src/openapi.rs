@@ -155,6 +155,23 @@ fn operations_and_schemas(version: &str, agents: &[&str]) -> Value {
                     "responses": responses(("200", json_ok("What the cancellation produced.", "Cancelled")), &read)
                 }
             },
+            "/sessions/{session_id}/plans": {
+                "parameters": [session_id],
+                "get": {
+                    "operationId": "listSessionPlans",
+                    "summary": "The session's plans, oldest first, with their subtasks and states",
+                    "responses": responses(("200", json_ok("The plans.", "SessionPlans")), &read)
+                }
+            },
+            "/plans/{plan_id}": {
+                "parameters": [{ "name": "plan_id", "in": "path", "required": true,
+                    "description": "A plan id.", "schema": { "type": "string" } }],
+                "get": {
+                    "operationId": "getPlan",
+                    "summary": "One plan (404 unless the caller owns its session)",
+                    "responses": responses(("200", json_ok("The plan.", "Plan")), &read)
+                }
+            },
             "/internal/sessions/{session_id}/owner": {
                 "parameters": [session_id],
                 "get": {
@@ -209,7 +226,7 @@ fn schemas(agents: &[&str]) -> Value {
     let string = json!({ "type": "string" });
     let nullable_string = json!({ "type": ["string", "null"] });
     let count = json!({ "type": "integer", "minimum": 0 });
-    json!({
+    let mut schemas = json!({
         "Detail": { "type": "object", "required": ["detail"], "properties": { "detail": string } },
         // Only a user_message may leave session_id out (it starts a new session); anything else
         // without one is refused with 400.
@@ -247,6 +264,14 @@ fn schemas(agents: &[&str]) -> Value {
                 { "properties": { "decision": { "enum": ["approve", "reject"] } } },
                 { "required": ["modified_arguments"] }
               ] },
+            { "type": "object", "required": ["type", "decision"], "properties": {
+                "type": { "const": "plan_decision" },
+                "plan_id": { "type": "string", "pattern": "\\S" },
+                "approval_request_id": { "type": "string", "pattern": "\\S" },
+                "decision": { "enum": ["approve", "approved", "reject", "rejected", "modify",
+                    "modified", "retry", "skip", "cancel", "cancelled"] },
+                "feedback": string },
+              "anyOf": [{ "required": ["plan_id"] }, { "required": ["approval_request_id"] }] },
             { "type": "object", "required": ["type"], "properties": {
                 "type": { "const": "cancel_turn" }, "reason": string } }
         ] },
@@ -288,6 +313,41 @@ fn schemas(agents: &[&str]) -> Value {
             "agents": { "type": "array", "items": { "type": "object" } }, "total": count } },
         "AgentContext": { "type": "object", "required": ["context"], "properties": {
             "context": { "type": "object", "required": ["session_id", "current_agent", "switch_count"] } } }
+    });
+    if let (Value::Object(all), Value::Object(plans)) = (&mut schemas, plan_schemas()) {
+        all.extend(plans);
+    }
+    schemas
+}
+
+/// The plan schemas (apart: one `json!` of everything would pass the macro's recursion limit).
+fn plan_schemas() -> Value {
+    let string = json!({ "type": "string" });
+    let count = json!({ "type": "integer", "minimum": 0 });
+    json!({
+        "SessionPlans": { "type": "object", "required": ["plans"], "properties": {
+            "plans": { "type": "array", "items": { "$ref": "#/components/schemas/Plan" } } } },
+        "Plan": { "type": "object",
+            "required": ["id", "session_id", "version", "title", "description", "status",
+                "approval_request_id", "created_at", "updated_at", "subtasks"],
+            "properties": {
+                "id": string, "session_id": string, "version": { "type": "integer", "minimum": 1 },
+                "title": string, "description": string,
+                "status": { "enum": ["awaiting_approval", "approved", "in_progress", "completed",
+                    "rejected", "failed", "cancelled"] },
+                "approval_request_id": string, "created_at": string, "updated_at": string,
+                "feedback": string, "summary": string,
+                "subtasks": { "type": "array", "items": { "type": "object",
+                    "required": ["id", "title", "description", "agent", "estimated_time_minutes",
+                        "dependencies", "status"],
+                    "properties": {
+                        "id": count, "title": string, "description": string,
+                        "agent": { "enum": ["coder", "debug", "ask"] },
+                        "estimated_time_minutes": { "type": "integer", "minimum": 1 },
+                        "dependencies": { "type": "array", "items": count },
+                        "status": { "enum": ["pending", "in_progress", "completed", "failed",
+                            "skipped", "cancelled"] },
+                        "result": string, "error": string } } } } }
     })
 }
 
@@ -322,7 +382,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(operations, 14);
+        assert_eq!(operations, 16);
     }
 
     /// schemathesis found these (crates/codelab/tests/schema): a `user_message` without

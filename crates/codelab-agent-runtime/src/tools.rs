@@ -58,7 +58,12 @@ pub const READ_ONLY_IDE_TOOLS: [&str; 4] =
     ["read_file", "list_files", "search_in_code", "search_files"];
 
 /// Names of the tools the runtime handles itself.
-pub const SERVER_TOOLS: [&str; 3] = ["switch_mode", "attempt_completion", "ask_followup_question"];
+pub const SERVER_TOOLS: [&str; 4] = [
+    "switch_mode",
+    "attempt_completion",
+    "ask_followup_question",
+    "create_plan",
+];
 
 static REGISTRY: LazyLock<Vec<ToolSpec>> = LazyLock::new(build_registry);
 
@@ -444,6 +449,46 @@ fn build_registry() -> Vec<ToolSpec> {
                     }
                 },
                 "required": ["question"]
+            }),
+        },
+        ToolSpec {
+            name: "create_plan",
+            description: "Break a complex task into an ordered plan of subtasks for the user to \
+                approve. Each subtask is done by one agent (coder, debug or ask) with a focused \
+                context: the plan, its own description and the results of the subtasks it \
+                depends on. Write each description so that it can be done on its own.",
+            location: ToolLocation::Server,
+            parameters: json!({
+                "type": "object",
+                "properties": {
+                    "title": {"type": "string", "minLength": 1, "description": "A short name for the plan."},
+                    "description": property("string", "The goal of the plan and how it gets there."),
+                    "subtasks": {
+                        "type": "array",
+                        "description": "The subtasks in the order they should run.",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "title": {"type": "string", "minLength": 1},
+                                "description": {
+                                    "type": "string",
+                                    "minLength": 1,
+                                    "description": "What to do, in enough detail to do it without the conversation."
+                                },
+                                "agent": {"type": "string", "enum": ["coder", "debug", "ask"]},
+                                "estimated_time_minutes": {"type": "integer", "minimum": 1},
+                                "dependencies": {
+                                    "type": "array",
+                                    "description": "0-based indices of the subtasks that must be done first.",
+                                    "items": {"type": "integer", "minimum": 0}
+                                }
+                            },
+                            "required": ["title", "description", "agent", "estimated_time_minutes"]
+                        }
+                    }
+                },
+                "required": ["title", "description", "subtasks"]
             }),
         },
     ]

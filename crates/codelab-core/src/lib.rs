@@ -16,6 +16,7 @@ pub mod http;
 pub mod ids;
 pub mod memory;
 pub mod service;
+pub mod starting;
 pub mod tasks;
 pub mod telemetry;
 

@@ -35,7 +35,7 @@ pub const FANOUT_ERRORS: &str = "codelab_gateway_fanout_errors_total";
 
 /// Frame types counted by name besides the client's ([`CLIENT_FRAME_TYPES`]); any other is
 /// counted as `other`.
-const OTHER_FRAME_TYPES: [&str; 8] = [
+const OTHER_FRAME_TYPES: [&str; 12] = [
     "invalid",
     "assistant_message",
     "tool_call",
@@ -44,6 +44,10 @@ const OTHER_FRAME_TYPES: [&str; 8] = [
     "approval_required",
     "turn_finished",
     "session_info",
+    "plan_approval_required",
+    "plan_update",
+    "plan_progress",
+    "execution_completed",
 ];
 
 /// Close codes counted by number; any other is counted as `other`.
@@ -199,6 +203,15 @@ mod tests {
     fn labels_are_bounded() {
         assert_eq!(frame_type_label("tool_result"), "tool_result");
         assert_eq!(frame_type_label("session-1234"), "other");
+        assert_eq!(frame_type_label("plan_decision"), "plan_decision");
+        for kind in [
+            "plan_approval_required",
+            "plan_update",
+            "plan_progress",
+            "execution_completed",
+        ] {
+            assert_eq!(frame_type_label(kind), kind);
+        }
         assert_eq!(close_code_label(1009), "1009");
         assert_eq!(close_code_label(4321), "other");
     }

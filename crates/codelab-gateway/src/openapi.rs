@@ -69,6 +69,17 @@ fn operations_and_schemas(version: &str) -> Value {
     };
     let common = ["401", "403", "502", "503"];
     let with_404 = ["401", "403", "404", "502", "503"];
+    let plan_id = path_param(
+        "plan_id",
+        "A plan id (from a plan event or GET /sessions/{session_id}/plans).",
+    );
+    let mut plan_decision_responses = with(
+        ("200", json_ok("The decision was accepted.", "PlanAccepted")),
+        &["400", "401", "403", "404", "409", "502", "503"],
+    );
+    plan_decision_responses["409"] = json!({ "description": "The plan does not wait for this decision.",
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" },
+        "example": { "error": "conflict", "detail": "plan p1 is in_progress: it does not wait for a decision (approve refused)" } } } });
 
     json!({
         "openapi": "3.1.0",
@@ -162,6 +173,34 @@ fn operations_and_schemas(version: &str) -> Value {
                     "responses": with(("200", json_ok("Cancelled (or nothing was running).", "Cancelled")), &with_404)
                 }
             },
+            "/api/v1/sessions/{session_id}/plans": {
+                "parameters": [session_id],
+                "get": {
+                    "operationId": "listSessionPlans",
+                    "summary": "The plans of a session, oldest first",
+                    "responses": with(("200", json_ok("The plans.", "PlanList")), &with_404)
+                }
+            },
+            "/api/v1/plans/{plan_id}": {
+                "parameters": [plan_id],
+                "get": {
+                    "operationId": "getPlan",
+                    "summary": "One plan with its subtasks (another user's plan answers 404)",
+                    "responses": with(("200", json_ok("The plan.", "Plan")), &with_404)
+                }
+            },
+            "/api/v1/plans/{plan_id}/decision": {
+                "parameters": [plan_id],
+                "post": {
+                    "operationId": "decidePlan",
+                    "summary": "Approves, rejects or modifies a plan that waits for approval; retries, skips or cancels one stopped at a failed subtask",
+                    "description": "The runtime's events for the decision (for approve: the plan's progress as its subtasks run) are delivered to the session's WebSocket. approved, rejected, modified and cancelled are read as approve, reject, modify and cancel.",
+                    "requestBody": { "required": true, "content": { "application/json": {
+                        "schema": { "$ref": "#/components/schemas/PlanDecision" },
+                        "example": { "decision": "modify", "feedback": "Write the tests first." } } } },
+                    "responses": plan_decision_responses
+                }
+            },
             "/api/v1/agents": {
                 "get": {
                     "operationId": "listAgents",
@@ -214,7 +253,7 @@ fn operations_and_schemas(version: &str) -> Value {
                         "example": { "error": "insufficient_scope", "error_description": "this call needs the api:write scope" } } }
                 },
                 "NotFound": {
-                    "description": "Unknown (or another user's) session, agent or call.",
+                    "description": "Unknown (or another user's) session, agent, call or plan.",
                     "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
                 },
                 "GatewayError": {
@@ -326,6 +365,41 @@ fn schemas() -> Value {
         "ApprovalAccepted": { "type": "object", "required": ["call_id", "decision", "status"], "properties": {
             "call_id": { "type": "string" }, "decision": { "type": "string" },
             "status": { "type": "string", "const": "accepted" } } },
+        "Subtask": { "type": "object",
+            "required": ["id", "title", "description", "agent", "estimated_time_minutes", "dependencies", "status"],
+            "properties": {
+                "id": { "type": "integer", "minimum": 0, "description": "Its 0-based position in the plan." },
+                "title": { "type": "string" }, "description": { "type": "string" },
+                "agent": { "type": "string" }, "estimated_time_minutes": { "type": "integer", "minimum": 0 },
+                "dependencies": { "type": "array", "items": { "type": "integer", "minimum": 0 } },
+                "status": { "type": "string", "enum": ["pending", "in_progress", "completed", "failed", "skipped", "cancelled"] },
+                "result": { "type": "string" }, "error": { "type": "string" } } },
+        "Plan": { "type": "object",
+            "required": ["id", "session_id", "version", "title", "description", "status", "approval_request_id", "created_at", "updated_at", "subtasks"],
+            "properties": {
+                "id": { "type": "string" }, "session_id": { "type": "string" },
+                "version": { "type": "integer", "minimum": 1 },
+                "title": { "type": "string" }, "description": { "type": "string" },
+                "status": { "type": "string", "enum": ["awaiting_approval", "approved", "in_progress", "completed", "rejected", "failed", "cancelled"] },
+                "approval_request_id": { "type": "string" },
+                "created_at": time, "updated_at": time,
+                "feedback": { "type": "string" }, "summary": { "type": "string" },
+                "subtasks": { "type": "array", "items": { "$ref": "#/components/schemas/Subtask" } } } },
+        "PlanList": { "type": "object", "required": ["plans"], "properties": {
+            "plans": { "type": "array", "items": { "$ref": "#/components/schemas/Plan" } } } },
+        // A modify without feedback (or with blank feedback) is refused with 400, so the
+        // schema says so.
+        "PlanDecision": { "type": "object", "required": ["decision"], "properties": {
+            "decision": { "type": "string", "enum": ["approve", "approved", "reject", "rejected", "modify", "modified", "retry", "skip", "cancel", "cancelled"] },
+            "feedback": { "type": ["string", "null"], "description": "Required for modify: what should change." } },
+            "anyOf": [
+                { "properties": { "decision": { "enum": ["approve", "approved", "reject", "rejected", "retry", "skip", "cancel", "cancelled"] } } },
+                { "required": ["feedback"], "properties": { "feedback": { "type": "string", "pattern": "\\S" } } }
+            ] },
+        "PlanAccepted": { "type": "object", "required": ["plan_id", "decision", "status"], "properties": {
+            "plan_id": { "type": "string" },
+            "decision": { "type": "string", "enum": ["approve", "reject", "modify", "retry", "skip", "cancel"] },
+            "status": { "type": "string", "const": "accepted" } } },
         "Cancelled": { "type": "object", "required": ["status"], "properties": {
             "status": { "type": "string", "const": "cancelled" },
             "cancelled_calls": { "type": "integer" } } },
@@ -388,6 +462,40 @@ mod tests {
             .find(|branch| branch.get("required").is_some())
             .unwrap();
         assert_eq!(edit_branch["required"][0], "modified_arguments");
+        let decision = &doc["components"]["schemas"]["PlanDecision"];
+        let modify_branch = decision["anyOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|branch| branch.get("required").is_some())
+            .unwrap();
+        assert_eq!(modify_branch["required"][0], "feedback");
+        assert_eq!(modify_branch["properties"]["feedback"]["pattern"], "\\S");
+    }
+
+    /// The plan routes list every status their handlers answer (`rest::plans`).
+    #[test]
+    fn the_plan_routes_list_their_answers() {
+        let doc = document("1.2.3");
+        let statuses = |path: &str, method: &str| -> Vec<String> {
+            let mut codes: Vec<String> = doc["paths"][path][method]["responses"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{method} {path} is not described"))
+                .keys()
+                .cloned()
+                .collect();
+            codes.sort();
+            codes
+        };
+        let read = ["200", "401", "403", "404", "408", "413", "502", "503"];
+        assert_eq!(statuses("/api/v1/sessions/{session_id}/plans", "get"), read);
+        assert_eq!(statuses("/api/v1/plans/{plan_id}", "get"), read);
+        assert_eq!(
+            statuses("/api/v1/plans/{plan_id}/decision", "post"),
+            [
+                "200", "400", "401", "403", "404", "408", "409", "413", "502", "503"
+            ]
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use codelab_protocol::internal::{
     DEV_SESSIONS_HEADER, INTERNAL_AUTH_HEADER, SessionOwner, SessionResource, StoredEvents,
     StreamRequest, USER_HEADER,
 };
+use codelab_protocol::plans::PlanView;
 use codelab_protocol::runtime::SequencedEvent;
 use codelab_protocol::sse::{SseEvent, SseParser};
 use futures_util::{Stream, StreamExt};
@@ -296,6 +297,13 @@ impl RuntimeClient {
         user_id: &str,
     ) -> Result<T, RuntimeError> {
         let path = format!("/sessions/{}{}", encode_segment(session_id), T::SUFFIX);
+        self.get(&path, user_id).await
+    }
+
+    /// `GET /plans/{id}` as `user_id`: the plan, or a 404 status unless the user owns its
+    /// session.
+    pub async fn plan(&self, plan_id: &str, user_id: &str) -> Result<PlanView, RuntimeError> {
+        let path = format!("/plans/{}", encode_segment(plan_id));
         self.get(&path, user_id).await
     }
 

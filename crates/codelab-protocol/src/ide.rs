@@ -8,6 +8,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::plans::{PlanSummary, PlanView};
+
 /// A human decision on a tool call that requires approval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,6 +76,17 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         feedback: Option<String>,
     },
+    /// A decision on a plan: `plan_id` or `approval_request_id` names it (either is accepted,
+    /// as the original's backend and IDE branches disagree on which).
+    PlanDecision {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        plan_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval_request_id: Option<String>,
+        decision: crate::plans::PlanDecision,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        feedback: Option<String>,
+    },
     /// Stop the running turn.
     CancelTurn {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,6 +104,10 @@ pub enum ClientFrame {
             skip_serializing_if = "Option::is_none"
         )]
         last_seq: Option<u64>,
+        /// Optional features the client renders (`plans`: the plan frames in the Flutter
+        /// profile too).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        capabilities: Vec<String>,
     },
 }
 
@@ -102,6 +119,7 @@ impl ClientFrame {
             ClientFrame::ToolResult { .. } => "tool_result",
             ClientFrame::SwitchAgent { .. } => "switch_agent",
             ClientFrame::HitlDecision { .. } => "hitl_decision",
+            ClientFrame::PlanDecision { .. } => "plan_decision",
             ClientFrame::CancelTurn { .. } => "cancel_turn",
             ClientFrame::Hello { .. } => "hello",
         }
@@ -170,11 +188,12 @@ pub const IDE_TOOLS: [&str; 6] = [
 ];
 
 /// The frame types the gateway accepts.
-pub const CLIENT_FRAME_TYPES: [&str; 6] = [
+pub const CLIENT_FRAME_TYPES: [&str; 7] = [
     "user_message",
     "tool_result",
     "switch_agent",
     "hitl_decision",
+    "plan_decision",
     "cancel_turn",
     "hello",
 ];
@@ -217,6 +236,14 @@ pub enum ServerFrameType {
     TurnFinished,
     /// The session and its agent (protocol 2).
     SessionInfo,
+    /// A plan waits for a person's decision (protocol 2, or the `plans` capability).
+    PlanApprovalRequired,
+    /// The whole plan after a change (protocol 2, or the `plans` capability).
+    PlanUpdate,
+    /// A subtask's status changed (protocol 2, or the `plans` capability).
+    PlanProgress,
+    /// A plan's run ended (protocol 2, or the `plans` capability).
+    ExecutionCompleted,
 }
 
 impl ServerFrameType {
@@ -230,6 +257,10 @@ impl ServerFrameType {
             ServerFrameType::ApprovalRequired => "approval_required",
             ServerFrameType::TurnFinished => "turn_finished",
             ServerFrameType::SessionInfo => "session_info",
+            ServerFrameType::PlanApprovalRequired => "plan_approval_required",
+            ServerFrameType::PlanUpdate => "plan_update",
+            ServerFrameType::PlanProgress => "plan_progress",
+            ServerFrameType::ExecutionCompleted => "execution_completed",
         }
     }
 }
@@ -243,6 +274,9 @@ impl ServerFrameType {
 pub struct ServerFrame {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_type: Option<String>,
+    /// The `create_plan` call that also names a plan in a `plan_decision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_request_id: Option<String>,
     /// Tool arguments, passed on as the model wrote them (a `null` inside may mean something
     /// to the tool).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -263,6 +297,13 @@ pub struct ServerFrame {
     pub is_final: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<FrameMetadata>,
+    /// The whole plan (boxed: most frames carry none, and a plan is large).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Box<PlanView>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_summary: Option<PlanSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -271,6 +312,14 @@ pub struct ServerFrame {
     pub result: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// A subtask's status (`plan_progress`) or how a plan's run ended (`execution_completed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtask_id: Option<u32>,
+    /// A plan run's final summary (`execution_completed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_agent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -308,6 +357,7 @@ impl ServerFrame {
     pub fn new(kind: ServerFrameType) -> Self {
         ServerFrame {
             agent_type: None,
+            approval_request_id: None,
             arguments: None,
             call_id: None,
             confidence: None,
@@ -317,10 +367,16 @@ impl ServerFrame {
             from_agent: None,
             is_final: None,
             metadata: None,
+            plan: None,
+            plan_id: None,
+            plan_summary: None,
             reason: None,
             requires_approval: None,
             result: None,
             session_id: None,
+            status: None,
+            subtask_id: None,
+            summary: None,
             to_agent: None,
             token: None,
             tool_name: None,
@@ -482,6 +538,7 @@ mod tests {
     fn server_frames_write_their_keys_sorted_as_the_maps_did() {
         let every_key = ServerFrame {
             agent_type: Some("a".into()),
+            approval_request_id: Some("call_p".into()),
             arguments: Some(serde_json::json!({"b": null, "a": 1})),
             call_id: Some("c".into()),
             confidence: Some("high".into()),
@@ -500,10 +557,19 @@ mod tests {
                 seq: Some(3),
                 to_agent: Some("t".into()),
             }),
+            // A plan's and its summary's own keys are not sorted (no replica compares plan
+            // frames), so the byte comparison leaves them out; the top-level order is checked
+            // below with both.
+            plan: None,
+            plan_id: Some("p".into()),
+            plan_summary: None,
             reason: Some("r".into()),
             requires_approval: Some(false),
             result: Some(serde_json::json!("done")),
             session_id: Some("s".into()),
+            status: Some("completed".into()),
+            subtask_id: Some(0),
+            summary: Some("done".into()),
             to_agent: Some("t".into()),
             token: Some("x".into()),
             tool_name: Some("read_file".into()),
@@ -512,11 +578,68 @@ mod tests {
         let typed = serde_json::to_string(&every_key).unwrap();
         let as_map = serde_json::to_value(&every_key).unwrap().to_string();
         assert_eq!(typed, as_map);
+        let plan = sample_plan();
+        let with_plan = ServerFrame {
+            plan_summary: Some(plan.summary_view()),
+            plan: Some(Box::new(plan)),
+            ..every_key
+        };
+        let keys = top_level_keys(&serde_json::to_string(&with_plan).unwrap());
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(keys.len(), 25, "every key: {keys:?}");
         assert!(
             !serde_json::to_string(&ServerFrame::tool_call("c", "t", &Value::Null, false, None))
                 .unwrap()
                 .contains("arguments")
         );
+    }
+
+    /// The keys of a JSON object in the order the text has them.
+    fn top_level_keys(text: &str) -> Vec<String> {
+        struct Keys(Vec<String>);
+        impl<'de> Deserialize<'de> for Keys {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Visitor;
+                impl<'de> serde::de::Visitor<'de> for Visitor {
+                    type Value = Keys;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("an object")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<Keys, A::Error> {
+                        let mut keys = Vec::new();
+                        while let Some(key) = map.next_key::<String>()? {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            keys.push(key);
+                        }
+                        Ok(Keys(keys))
+                    }
+                }
+                deserializer.deserialize_map(Visitor)
+            }
+        }
+        serde_json::from_str::<Keys>(text).unwrap().0
+    }
+
+    fn sample_plan() -> PlanView {
+        PlanView {
+            id: "p".into(),
+            session_id: "s".into(),
+            version: 1,
+            title: "t".into(),
+            description: "d".into(),
+            status: crate::plans::PlanStatus::AwaitingApproval,
+            approval_request_id: "call_p".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            feedback: None,
+            summary: None,
+            subtasks: Vec::new(),
+        }
     }
 
     #[test]
@@ -531,10 +654,20 @@ mod tests {
                 parse_client_frame(text).unwrap(),
                 ClientFrame::Hello {
                     protocol: 2,
-                    last_seq
+                    last_seq,
+                    capabilities: Vec::new(),
                 },
                 "{text}"
             );
         }
+        assert_eq!(
+            parse_client_frame(r#"{"type":"hello","protocol":1,"capabilities":["plans","x"]}"#)
+                .unwrap(),
+            ClientFrame::Hello {
+                protocol: 1,
+                last_seq: None,
+                capabilities: vec!["plans".into(), "x".into()],
+            }
+        );
     }
 }

@@ -6,5 +6,6 @@
 pub mod ide;
 pub mod internal;
 pub mod openai;
+pub mod plans;
 pub mod runtime;
 pub mod sse;

@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::plans::{PlanSummary, PlanView, SubtaskStatus};
+
 /// How a turn ended (or paused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -96,6 +98,35 @@ pub enum RuntimeEvent {
     StepFinished { step: u32, pending_calls: u32 },
     /// The turn ended or paused.
     TurnFinished { outcome: TurnOutcome },
+    /// A plan waits for a person's decision (`plan_decision`, or REST).
+    PlanApprovalRequired {
+        plan_id: String,
+        /// Also names the plan in a `plan_decision`.
+        approval_request_id: String,
+        plan_summary: PlanSummary,
+        /// Boxed: every event would otherwise be the size of a whole plan.
+        plan: Box<PlanView>,
+    },
+    /// The whole plan, after anything in it changed but a subtask's status.
+    PlanUpdate {
+        plan_id: String,
+        plan: Box<PlanView>,
+    },
+    /// A subtask's status changed; `result` once it finished (or why it failed).
+    PlanProgress {
+        plan_id: String,
+        subtask_id: u32,
+        status: SubtaskStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<String>,
+    },
+    /// The plan's run ended (`completed`, `failed`, `cancelled`); `summary` is also stored as
+    /// the assistant message that closes it.
+    ExecutionCompleted {
+        plan_id: String,
+        status: String,
+        summary: String,
+    },
     /// Information that is not an error (e.g. a repeated decision changed nothing).
     Notice { message: String },
     /// Something failed; the session stays usable.

@@ -164,6 +164,11 @@ impl std::fmt::Debug for InternalKeys {
 
 pub(crate) type Tweak<C> = Box<dyn FnOnce(&mut C) + Send>;
 
+/// Hears, each time a service of the stack finds its database not answering, which service
+/// and why (the driver's error, its URL's password redacted); see
+/// [`StackBuilder::wait_for_database`].
+pub type DatabaseWait = Arc<dyn Fn(ServiceId, &str) + Send + Sync>;
+
 /// Describes a stack; [`StackBuilder::start`] starts it. Every setting has a default that suits
 /// tests: all five services, SQLite in a temp dir, the mock model, ephemeral ports, default settings (no file, no
 /// environment variables), development profile, system clock, no front door.
@@ -187,6 +192,7 @@ pub struct StackBuilder {
     pub(crate) env: EnvVars,
     pub(crate) drain_timeout: Duration,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) database_wait: Option<DatabaseWait>,
     pub(crate) proxy_tweaks: Vec<Tweak<codelab_llm_proxy::Config>>,
     pub(crate) runtime_tweaks: Vec<Tweak<codelab_agent_runtime::Config>>,
     pub(crate) auth_tweaks: Vec<Tweak<codelab_auth::Config>>,
@@ -217,6 +223,7 @@ impl Default for StackBuilder {
             env: EnvVars::default(),
             drain_timeout: Duration::from_secs(1),
             shutdown: CancellationToken::new(),
+            database_wait: None,
             proxy_tweaks: Vec::new(),
             runtime_tweaks: Vec::new(),
             auth_tweaks: Vec::new(),
@@ -362,6 +369,20 @@ impl StackBuilder {
     /// Cancelling `token` stops the stack (e.g. `codelab_core::http::shutdown_on_signals()`).
     pub fn shutdown(mut self, token: CancellationToken) -> Self {
         self.shutdown = token;
+        self
+    }
+
+    /// Waits for a database that does not answer (refused, timed out, starting up) instead of
+    /// failing: the service is built again with a bounded backoff, its own listener answers
+    /// `/health` 200 and `/ready` 503 meanwhile, and the front door answers 503 in each routed
+    /// service's error shape. `waiting` hears every failed attempt. A database that answers and
+    /// refuses (wrong password) still fails the start, and the shutdown token ends the wait
+    /// with [`crate::StackError::Stopped`].
+    pub fn wait_for_database(
+        mut self,
+        waiting: impl Fn(ServiceId, &str) + Send + Sync + 'static,
+    ) -> Self {
+        self.database_wait = Some(Arc::new(waiting));
         self
     }
 

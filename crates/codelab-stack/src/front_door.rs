@@ -76,6 +76,69 @@ pub fn front_door_router(
         .layer(axum::middleware::map_request(strip_internal_headers))
 }
 
+/// The front door while the services wait for their database
+/// ([`crate::StackBuilder::wait_for_database`]): not ready on its health routes, and 503 with
+/// `Retry-After` in each routed service's own error shape elsewhere, so a client sees why
+/// instead of a refused or hanging connection. The database's error stays in the operator's
+/// output: clients only learn that the system is starting.
+pub(crate) fn front_door_while_waiting() -> Router {
+    use axum::http::header::RETRY_AFTER;
+    use axum::response::IntoResponse;
+    use codelab_core::starting::RETRY_AFTER_SECONDS;
+    const WHY: &str = "CodeLab is starting: its database does not answer yet";
+    let plain = || async {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(RETRY_AFTER, RETRY_AFTER_SECONDS)],
+            format!("{WHY}\n"),
+        )
+            .into_response()
+    };
+    let service_health = || async {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(RETRY_AFTER, RETRY_AFTER_SECONDS)],
+            axum::Json(serde_json::json!({"status": "starting", "detail": WHY})),
+        )
+            .into_response()
+    };
+    // The gateway's envelope (`{"detail": ...}`) and auth's (RFC 6749 §5.2 shape, with the
+    // `temporarily_unavailable` code of §4.1.2.1).
+    let gateway = || async {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(RETRY_AFTER, RETRY_AFTER_SECONDS)],
+            axum::Json(serde_json::json!({"detail": WHY})),
+        )
+            .into_response()
+    };
+    let auth = || async {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(RETRY_AFTER, RETRY_AFTER_SECONDS)],
+            axum::Json(serde_json::json!({
+                "error": "temporarily_unavailable",
+                "error_description": WHY,
+            })),
+        )
+            .into_response()
+    };
+    Router::new()
+        // `up`'s readiness for the user: 503 until every service serves.
+        .route("/nginx-health", any(plain))
+        .route("/oauth/introspect", any(not_routed))
+        .route("/oauth/introspect/{*rest}", any(not_routed))
+        .route("/metrics", any(not_routed))
+        .route("/ready", any(not_routed))
+        .route("/api/v1", any(gateway))
+        .route("/api/v1/{*rest}", any(gateway))
+        .route("/gateway-health", any(service_health))
+        .route("/auth-health", any(service_health))
+        .route("/oauth/{*path}", any(auth))
+        .route("/.well-known/{*path}", any(auth))
+        .fallback(plain)
+}
+
 /// What nginx answers for a path it does not route.
 async fn not_routed() -> StatusCode {
     StatusCode::NOT_FOUND

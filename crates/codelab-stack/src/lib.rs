@@ -23,7 +23,8 @@ mod front_door;
 mod running;
 
 pub use builder::{
-    Database, GatewayAuth, InternalCalls, InternalKeys, Llm, Ports, ServiceId, StackBuilder,
+    Database, DatabaseWait, GatewayAuth, InternalCalls, InternalKeys, Llm, Ports, ServiceId,
+    StackBuilder,
 };
 pub use database::postgres_database_url;
 pub use front_door::{front_door_router, strip_internal_headers};
@@ -55,6 +56,10 @@ pub enum StackError {
     /// A replica of a service the stack did not start ([`StackBuilder::only`]).
     #[error("the stack runs no {0} to replicate")]
     NotStarted(&'static str),
+    /// The shutdown token fired while a service waited for its database
+    /// ([`StackBuilder::wait_for_database`]): nothing was started.
+    #[error("stopped while waiting for the database")]
+    Stopped,
     /// The admin password (`--admin-password`) could not be set.
     #[error("cannot set the admin password")]
     AdminPassword(#[source] codelab_auth::seed::SeedError),

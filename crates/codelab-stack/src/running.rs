@@ -11,17 +11,19 @@ use codelab_core::clock::SharedClock;
 use codelab_core::config::{ConfigLoader, Environment, Secret};
 use codelab_core::http::{LocalRoutes, serve, serve_with_limits};
 use codelab_core::service::{EnvVars, Service, SharedDeps};
+use codelab_core::starting::{Starting, build_when_database_answers, database_unreachable};
 use codelab_gateway::GatewayService;
 use codelab_gateway::config::WsAuthMode;
 use codelab_llm_proxy::ProxyService;
 use codelab_website::WebsiteService;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::builder::{
-    Database, GatewayAuth, InternalCalls, InternalKeys, Llm, Ports, ServiceId, Tweak,
+    Database, DatabaseWait, GatewayAuth, InternalCalls, InternalKeys, Llm, Ports, ServiceId, Tweak,
 };
+use crate::front_door::front_door_while_waiting;
 use crate::{StackBuilder, StackError, front_door_router, postgres_database_url};
 
 /// A service running in the stack.
@@ -176,6 +178,11 @@ struct Services {
     drain_timeout: Duration,
     /// `None` when the services call each other over HTTP.
     local_routes: Option<LocalRoutes>,
+    /// Set by [`StackBuilder::wait_for_database`].
+    database_wait: Option<DatabaseWait>,
+    /// Stops the listeners that answered while their service waited for its database: with
+    /// the stack, or at once when the start fails (a child of `shutdown`).
+    waiting_shutdown: CancellationToken,
 }
 
 impl Services {
@@ -221,10 +228,57 @@ impl Services {
         ),
         StackError,
     > {
-        let state = S::build(config, self.deps(service))
-            .await
-            .map_err(StackError::build)?;
-        let running = running(service, &listener, state)?;
+        let deps = self.deps(service);
+        let address = local_address(&listener)?;
+        let built = tokio::select! {
+            // Ctrl-C during a first attempt that waits for the pool's connect timeout.
+            () = self.shutdown.cancelled(), if self.database_wait.is_some() => {
+                return Err(StackError::Stopped);
+            }
+            built = S::build(config.clone(), deps.clone()) => built,
+        };
+        let (state, listening) = match built {
+            Ok(state) => (state, Listening::Idle(listener)),
+            Err(error) => {
+                let Some(wait) = self
+                    .database_wait
+                    .clone()
+                    .filter(|_| database_unreachable(&error))
+                else {
+                    return Err(StackError::build(error));
+                };
+                // As `codelab serve` does: the listener answers while the database is waited
+                // for, and the service's router takes over once it is built.
+                let starting = Starting::default();
+                starting.not_ready(format!("unreachable: {error}"));
+                let serving = codelab_core::tasks::spawn(
+                    service.name(),
+                    serve(
+                        listener,
+                        starting.router(),
+                        self.waiting_shutdown.clone(),
+                        self.drain_timeout,
+                    ),
+                );
+                let built =
+                    build_when_database_answers::<S>(&config, &deps, error.to_string(), |why| {
+                        starting.not_ready(format!("unreachable: {why}"));
+                        wait(service, why);
+                    })
+                    .await
+                    .map_err(StackError::build)?;
+                let Some(state) = built else {
+                    return Err(StackError::Stopped);
+                };
+                (state, Listening::Started(starting, serving))
+            }
+        };
+        let running = Running {
+            name: service.name(),
+            address,
+            url: format!("http://{address}"),
+            state,
+        };
         let router = S::router(Arc::clone(&running.state));
         if let Some(routes) = &self.local_routes {
             routes.serve(&running.url, router.clone());
@@ -232,8 +286,16 @@ impl Services {
         let state = Arc::clone(&running.state);
         let shutdown = self.shutdown.clone();
         let drain_timeout = self.drain_timeout;
+        if let Listening::Started(starting, _) = &listening {
+            starting.serve(router.clone());
+        }
         let served = async move {
-            let served = serve(listener, router, shutdown, drain_timeout).await;
+            let served = match listening {
+                Listening::Idle(listener) => serve(listener, router, shutdown, drain_timeout).await,
+                Listening::Started(_, serving) => serving
+                    .await
+                    .unwrap_or_else(|failed| Err(std::io::Error::other(failed))),
+            };
             if !state.drain(drain_timeout).await {
                 tracing::warn!(
                     service = S::NAME,
@@ -244,6 +306,13 @@ impl Services {
         };
         Ok((running, served))
     }
+}
+
+/// A service's listener once it is built: not served yet, or already serving (it answered
+/// while the service waited for its database).
+enum Listening {
+    Idle(TcpListener),
+    Started(Starting, JoinHandle<std::io::Result<()>>),
 }
 
 /// The five services' settings as read, before the stack's wiring.
@@ -312,6 +381,7 @@ impl StackBuilder {
             env,
             drain_timeout,
             shutdown,
+            database_wait,
             proxy_tweaks,
             runtime_tweaks,
             auth_tweaks,
@@ -319,6 +389,9 @@ impl StackBuilder {
             website_tweaks,
         } = self;
         let wanted = with_dependencies(asked, front_door.is_some());
+        let waiting_shutdown = shutdown.child_token();
+        // Until the start succeeds, a failure stops what answered meanwhile.
+        let stop_waiting_on_failure = waiting_shutdown.clone().drop_guard();
         let services = Services {
             environments,
             clocks,
@@ -326,6 +399,8 @@ impl StackBuilder {
             shutdown,
             drain_timeout,
             local_routes: (internal_calls == InternalCalls::InProcess).then(LocalRoutes::default),
+            database_wait,
+            waiting_shutdown,
         };
         let (data_dir, temp_dir, keep_key_in_data_dir) = match data_dir {
             Some(dir) => {
@@ -377,6 +452,21 @@ impl StackBuilder {
             bind_service::<WebsiteService>(wants(ServiceId::Website), website_config.port, ports)
                 .await?;
         let front_door_address = front_door.as_ref().map(local_address).transpose()?;
+        // Waiting for the database, the front door answers at once (503 until every service
+        // is built, then the routes below); otherwise it serves once they are.
+        let (front_door, front_door_starting) = match front_door {
+            Some(listener) if services.database_wait.is_some() => {
+                let starting = Starting::default();
+                let router = starting.router_answering(front_door_while_waiting());
+                let shutdown = services.shutdown.clone();
+                let limits = front_door_limits.clone();
+                tasks.spawn(async move {
+                    serve_with_limits(listener, router, shutdown, drain_timeout, &limits).await
+                });
+                (None, Some(starting))
+            }
+            other => (other, None),
+        };
         // Browsers see the front door for everything, or else each service's own address.
         let public_url_or_own = |listener: &Option<TcpListener>| match front_door_address {
             Some(address) => Ok(public_url_of(address)),
@@ -556,6 +646,15 @@ impl StackBuilder {
         let website = serve_in(&mut tasks, website);
 
         // The front door brought auth, the gateway and the website with it.
+        if let (Some(starting), Some(auth), Some(gateway), Some(website)) =
+            (&front_door_starting, &auth, &gateway, &website)
+        {
+            starting.serve(front_door_router(
+                &auth.state,
+                &gateway.state,
+                &website.state,
+            ));
+        }
         if let (Some(listener), Some(auth), Some(gateway), Some(website)) =
             (front_door, &auth, &gateway, &website)
         {
@@ -573,6 +672,7 @@ impl StackBuilder {
             });
         }
 
+        stop_waiting_on_failure.disarm();
         Ok(Stack {
             proxy,
             runtime,
@@ -668,20 +768,6 @@ pub(crate) fn public_url_of(address: SocketAddr) -> String {
         address.ip()
     };
     format!("http://{}", SocketAddr::new(ip, address.port()))
-}
-
-fn running<S>(
-    service: ServiceId,
-    listener: &TcpListener,
-    state: Arc<S>,
-) -> Result<Running<S>, StackError> {
-    let address = local_address(listener)?;
-    Ok(Running {
-        name: service.name(),
-        address,
-        url: format!("http://{address}"),
-        state,
-    })
 }
 
 /// The proxy's model table for [`Llm::Upstream`]: one model, an OpenAI-compatible server.

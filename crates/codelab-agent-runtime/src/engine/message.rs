@@ -66,6 +66,7 @@ impl Engine {
             created_at: now,
             updated_at: now,
             cancel_requested_at: None,
+            plan_id: None,
         };
         let explicit = agent
             .filter(|a| a.as_str() != session.current_agent)

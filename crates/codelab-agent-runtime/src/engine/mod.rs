@@ -23,6 +23,7 @@ mod calls;
 mod cancel;
 mod emit;
 mod message;
+mod plans;
 mod settle;
 mod step;
 mod switch;
@@ -41,7 +42,7 @@ use tokio::sync::mpsc;
 pub use calls::{choose_call_id, fresh_call_id};
 pub use cancel::{CANCEL_POLL, CANCEL_WAIT};
 pub use message::{MAX_TITLE_CHARS, title_of};
-pub use work::{Work, WorkError};
+pub use work::{PlanRef, Work, WorkError};
 
 use crate::agents::AgentRegistry;
 use crate::config::Config;
@@ -70,6 +71,10 @@ pub struct Limits {
     pub context_tokens: u64,
     /// Bound of one routing classification attempt.
     pub routing_timeout: Duration,
+    /// Most subtasks of one plan.
+    pub max_plan_subtasks: usize,
+    /// Plans run without waiting for a person's approval.
+    pub plan_auto_approve: bool,
 }
 
 impl Limits {
@@ -81,6 +86,8 @@ impl Limits {
             context_tokens: config.context_tokens,
             routing_timeout: Duration::try_from_secs_f64(config.routing_timeout)
                 .unwrap_or(Duration::from_secs(5)),
+            max_plan_subtasks: usize::try_from(config.max_plan_subtasks).unwrap_or(usize::MAX),
+            plan_auto_approve: config.plan_auto_approve,
         }
     }
 }
@@ -183,6 +190,16 @@ impl Engine {
             }
             return;
         }
+        if let Work::PlanDecision {
+            plan,
+            decision: codelab_protocol::plans::PlanDecision::Cancel,
+            ..
+        } = &work
+        {
+            // A plan's run holds the session lock for as long as it runs: it is asked to stop
+            // first, as `cancel_turn` does, and ends the plan as it stops.
+            self.request_plan_stop(session_id, plan).await;
+        }
         let _lock = match self.store.lock_session(session_id).await {
             Ok(lock) => lock,
             Err(error) => {
@@ -261,6 +278,11 @@ impl Engine {
                 };
                 self.hitl_decision(cx, &call_id, human).await
             }
+            Work::PlanDecision {
+                plan,
+                decision,
+                feedback,
+            } => self.plan_decision(cx, plan, decision, feedback).await,
             Work::CancelTurn { reason } => self.cancel_turn(cx, reason).await,
         }
     }

@@ -4,13 +4,14 @@
 //! nothing and gets a `notice`, and a crash never leaves a settled call without its result.
 
 use codelab_protocol::ide::Decision;
+use codelab_protocol::plans::PlanDecision;
 use codelab_protocol::runtime::{RuntimeEvent, TurnOutcome};
 use serde_json::{Map, Value};
 
 use super::calls::result_message;
 use super::cancel::CANCEL_WAIT;
 use super::turn::{ActiveTurn, FrameStart, TurnLoop};
-use super::{Cx, Engine, EngineError, settled_event};
+use super::{Cx, Engine, EngineError, PlanRef, settled_event};
 use crate::agents::AgentKind;
 use crate::metrics;
 use crate::model::{
@@ -75,6 +76,18 @@ impl Engine {
             };
             if !call.status.is_open() {
                 return self.already_settled(cx, &call).await;
+            }
+            if call.tool_name == "create_plan" {
+                cx.out
+                    .emit(RuntimeEvent::Error {
+                        message: format!(
+                            "call {call_id} proposes a plan: decide it with plan_decision (or \
+                             POST /api/v1/plans/{{id}}/decision), not with a tool result"
+                        ),
+                        code: Some("conflict".to_owned()),
+                    })
+                    .await?;
+                return Ok(());
             }
             if call.status == ToolCallStatus::PendingApproval {
                 cx.out.note_approvals_changed();
@@ -160,6 +173,25 @@ impl Engine {
         let Some(call) = self.store.get_tool_call(cx.session_id, call_id).await? else {
             return self.unknown_call(cx, call_id).await;
         };
+        if call.tool_name == "create_plan" {
+            // Approving or rejecting a plan's call decides the plan.
+            let plan_decision = match decision {
+                Decision::Approve => PlanDecision::Approve,
+                Decision::Reject => PlanDecision::Reject,
+                Decision::Edit => {
+                    cx.out
+                        .emit(RuntimeEvent::Error {
+                            message: "a plan is not edited: decide it with modify and feedback"
+                                .to_owned(),
+                            code: Some("invalid_request".to_owned()),
+                        })
+                        .await?;
+                    return Ok(());
+                }
+            };
+            let plan = PlanRef::ApprovalRequest(call_id.to_owned());
+            return Box::pin(self.plan_decision(cx, plan, plan_decision, feedback)).await;
+        }
         let modified = modified_arguments.map(Value::Object);
         let same_edit = decision != Decision::Edit || call.modified_arguments == modified;
         if call.decision.as_deref() == Some(decision.as_str()) && same_edit {
@@ -364,7 +396,8 @@ impl Engine {
     }
 
     /// Cancels every open call of the session (each answered by a tool message `text`) and
-    /// the active turn; returns the calls it cancelled. Emits nothing. `known`: the open work
+    /// the active turn; returns the calls it cancelled. Emits nothing about them; the plans
+    /// they belonged to end too, with their events. `known`: the open work
     /// when already read under the lock (settling calls does not change the turn).
     pub(crate) async fn cancel_open_work(
         &self,
@@ -408,12 +441,14 @@ impl Engine {
             Some(known) => known,
             None => self.store.active_turn(cx.session_id).await?,
         };
-        if let Some(turn) = active {
+        if let Some(turn) = &active {
             self.store
                 .update_turn(&turn.id, TurnStatus::Cancelled, turn.steps, &turn.agent)
                 .await?;
             metrics::turn("cancelled");
         }
+        self.cancel_plans_of(cx, &cancelled, active.as_ref())
+            .await?;
         Ok(cancelled)
     }
 

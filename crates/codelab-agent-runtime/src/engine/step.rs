@@ -15,6 +15,7 @@ use super::calls::{
     CallCheck, Verdict, choose_call_id, completion_text, ends_turn, is_usable_id, to_chat_messages,
     wire_arguments, wire_name,
 };
+use super::plans::{AUTO_APPROVED, PLAN_APPROVAL_REASON, subtask_result};
 use super::switch::Switch;
 use super::turn::TurnLoop;
 use crate::agents::{AgentKind, AgentRegistry};
@@ -22,7 +23,11 @@ use crate::context;
 use crate::hitl;
 use crate::llm::{CompletedToolCall, LlmDelta, LlmError};
 use crate::metrics;
-use crate::model::{NewMessage, Role, StepCommit, ToolCallRecord, ToolCallStatus, TurnStatus};
+use crate::model::{
+    NewMessage, Plan, PlanStatus, PlanWrite, Role, StepCommit, SubtaskStatus, ToolCallRecord,
+    ToolCallStatus, TurnStatus,
+};
+use crate::planning;
 use crate::prompts::PromptContext;
 use crate::tools;
 
@@ -123,6 +128,8 @@ struct Planned {
     tool_message: Option<String>,
     /// A `switch_mode` that changes the agent.
     switch: Option<Switch>,
+    /// The plan a valid `create_plan` proposes.
+    plan: Option<Plan>,
 }
 
 /// The calls of a reply, ready to store.
@@ -147,10 +154,26 @@ impl TurnLoop<'_> {
             agent,
             &PromptContext::for_agent(agent, engine.registry.multi_agent()),
         )?;
+        // A subtask of a plan sees its own focused context: the plan, its task and its
+        // dependencies' results, then only what it did itself (`planning::subtask_prompt`).
+        let conversation = match &self.subtask {
+            Some(run) => {
+                let subtask = run.subtask();
+                let from = subtask.context_from.unwrap_or(i64::MAX);
+                let mut messages = vec![ChatMessage::text(
+                    "user",
+                    planning::subtask_prompt(&run.plan, subtask),
+                )];
+                let own: Vec<_> = history.into_iter().filter(|m| m.seq > from).collect();
+                messages.extend(to_chat_messages(&own));
+                messages
+            }
+            None => to_chat_messages(&history),
+        };
         // Every step is fitted to the budget: the history grows within a turn too.
         let messages = match context::fit_to_budget(
             ChatMessage::text("system", system),
-            to_chat_messages(&history),
+            conversation,
             engine.limits.context_tokens,
         ) {
             Ok(messages) => messages,
@@ -161,7 +184,11 @@ impl TurnLoop<'_> {
                 }));
             }
         };
-        let tools = tools::definitions_for(agent);
+        let mut tools = tools::definitions_for(agent);
+        if self.subtask.is_some() {
+            // A subtask's agent is the plan's choice: it does not hand the work to another.
+            tools.retain(|tool| tool.function.name != "switch_mode");
+        }
         let request = ChatCompletionRequest {
             model: engine.registry.model_for(agent).to_owned(),
             messages,
@@ -275,6 +302,38 @@ impl TurnLoop<'_> {
             self.cx.out.note_approvals_changed();
         }
         let state = StepState::of(&records);
+        // A plan proposed in this reply; auto-approved, it becomes the turn's to run.
+        let proposed: Option<&Plan> = planned.iter().find_map(|p| p.plan.as_ref());
+        let mut plan_writes: Vec<PlanWrite> = Vec::new();
+        let mut plan_events: Vec<RuntimeEvent> = Vec::new();
+        if let Some(plan) = proposed {
+            let mut plan = plan.clone();
+            if self.engine.limits.plan_auto_approve {
+                plan.status = PlanStatus::Approved;
+                self.turn.plan_id = Some(plan.id.clone());
+                plan_events.push(RuntimeEvent::PlanUpdate {
+                    plan_id: plan.id.clone(),
+                    plan: Box::new(planning::view(&plan)),
+                });
+            } else {
+                let view = planning::view(&plan);
+                plan_events.push(RuntimeEvent::PlanApprovalRequired {
+                    plan_id: plan.id.clone(),
+                    approval_request_id: plan.call_id.clone(),
+                    plan_summary: view.summary_view(),
+                    plan: Box::new(view),
+                });
+            }
+            plan_writes.push(PlanWrite::Propose(plan));
+        }
+        // A subtask whose agent finished: recorded, and the plan goes on within this turn.
+        let finished_subtask = match (&state, &self.subtask) {
+            (StepState::Complete(texts), Some(run)) => {
+                let result = subtask_result(texts, &answer.content);
+                Some(run.finish(SubtaskStatus::Completed, Some(result), None))
+            }
+            _ => None,
+        };
         let mut messages = vec![NewMessage {
             session_id: session_id.to_owned(),
             role: Role::Assistant,
@@ -306,8 +365,19 @@ impl TurnLoop<'_> {
         for plan in &planned {
             events.extend(call_events(&plan.record, plan.switch.as_ref()));
         }
-        events.extend(step_end_events(self.turn.steps, &state, true));
-        let status = state.turn_status();
+        events.extend(plan_events);
+        let status = match &finished_subtask {
+            Some((write, event)) => {
+                plan_writes.push(write.clone());
+                events.push(event.clone());
+                events.extend(step_end_events(self.turn.steps, &StepState::Continue, true));
+                TurnStatus::Running
+            }
+            None => {
+                events.extend(step_end_events(self.turn.steps, &state, true));
+                state.turn_status()
+            }
+        };
         let committed = self
             .engine
             .store
@@ -322,10 +392,15 @@ impl TurnLoop<'_> {
                     self.turn
                         .update_to(status, Some((TurnStatus::Running, self.turn.steps))),
                 ),
+                plans: plan_writes,
                 events,
             })
             .await?;
         self.turn.status = status;
+        if finished_subtask.is_some() {
+            // The next iteration of the plan's loop reads the plan again.
+            self.subtask = None;
+        }
         if let Some(last) = planned.iter().rev().find_map(|plan| plan.switch.as_ref()) {
             self.session_agent = Some(last.to.as_str().to_owned());
         }
@@ -337,10 +412,13 @@ impl TurnLoop<'_> {
                 metrics::tool_call_settled(&plan.record.tool_name, plan.record.status.as_str());
             }
         }
-        count_step_end(&state, true);
+        if finished_subtask.is_none() {
+            count_step_end(&state, true);
+        }
         self.cx.out.send_all(committed.events).await;
         Ok(match state {
             StepState::Continue => StepEnd::Continue,
+            StepState::Complete(_) if finished_subtask.is_some() => StepEnd::Continue,
             _ => StepEnd::Stop,
         })
     }
@@ -406,6 +484,7 @@ impl TurnLoop<'_> {
             };
             let mut tool_message = None;
             let mut switch = None;
+            let mut plan = None;
             match check.verdict(index, &call.name, &call.arguments) {
                 Verdict::Invalid { arguments, error } => {
                     record.arguments = arguments;
@@ -414,8 +493,49 @@ impl TurnLoop<'_> {
                     tool_message = Some(format!("Error: {error}"));
                     record.error = Some(error);
                 }
+                Verdict::Server { arguments } if call.name == "create_plan" => {
+                    let proposal = if calls.planned.iter().any(|p| p.plan.is_some()) {
+                        Err("one plan per reply: this plan was not made".to_owned())
+                    } else {
+                        self.propose_plan(&arguments, &call_id).await?
+                    };
+                    match proposal {
+                        Ok(proposed) => {
+                            if engine.limits.plan_auto_approve {
+                                record.status = ToolCallStatus::Executed;
+                                record.decision = Some("approve".to_owned());
+                                record.settled_at = Some(now);
+                                let message = AUTO_APPROVED.to_owned();
+                                record.result = Some(Value::String(message.clone()));
+                                tool_message = Some(message);
+                            } else {
+                                record.status = ToolCallStatus::PendingApproval;
+                                record.requires_approval = true;
+                                record.approval_reason = Some(PLAN_APPROVAL_REASON.to_owned());
+                            }
+                            plan = Some(proposed);
+                        }
+                        Err(error) => {
+                            record.status = ToolCallStatus::Invalid;
+                            record.settled_at = Some(now);
+                            tool_message = Some(format!("Error: {error}"));
+                            record.error = Some(error);
+                        }
+                    }
+                    record.arguments = arguments;
+                }
                 Verdict::Server { arguments } => {
-                    match server_tool(&engine.registry, &call.name, &arguments, current) {
+                    let in_subtask = self.subtask.is_some();
+                    match server_tool(&engine.registry, &call.name, &arguments, current).and_then(
+                        |done| match done {
+                            (_, Some(_)) if in_subtask => Err(
+                                "switch_mode is not available inside a plan's subtask: finish it \
+                                 with attempt_completion"
+                                    .to_owned(),
+                            ),
+                            done => Ok(done),
+                        },
+                    ) {
                         Ok((message, to)) => {
                             if let Some((to, reason)) = to {
                                 switch = Some(Switch {
@@ -459,6 +579,7 @@ impl TurnLoop<'_> {
                 record,
                 tool_message,
                 switch,
+                plan,
             });
         }
         Ok(calls)
@@ -523,6 +644,10 @@ fn server_tool(
 
 /// The events announcing one call of a fresh reply.
 fn call_events(call: &ToolCallRecord, switch: Option<&Switch>) -> Vec<RuntimeEvent> {
+    if call.tool_name == "create_plan" && call.status != ToolCallStatus::Invalid {
+        // Told by the plan's own events: no client runs or approves this call as a tool.
+        return Vec::new();
+    }
     let tool_call = |requires_approval: bool| RuntimeEvent::ToolCall {
         call_id: call.call_id.clone(),
         tool_name: call.tool_name.clone(),

@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use codelab_protocol::runtime::{RuntimeEvent, TurnOutcome};
 
+use super::plans::SubtaskRun;
 use super::step::{StepEnd, StepResult, StepState, count_step_end, step_end_events};
 use super::switch::Switch;
 use super::{Cx, Engine, EngineError};
 use crate::agents::AgentKind;
 use crate::metrics;
-use crate::model::{Role, Session, StepCommit, ToolCallRecord, Turn, TurnStatus};
+use crate::model::{PlanWrite, Role, Session, StepCommit, ToolCallRecord, Turn, TurnStatus};
 use crate::routing;
 
 /// One turn as it runs: the engine's parts, the session's event sink and the turn itself,
@@ -26,6 +27,8 @@ pub(crate) struct TurnLoop<'a> {
     /// the agent itself, under the session lock (which every change of agent takes), so the
     /// session need not be read again before each step.
     pub(super) session_agent: Option<String>,
+    /// The plan's subtask the next step works on, in a turn that runs a plan.
+    pub(super) subtask: Option<SubtaskRun>,
 }
 
 impl<'a> TurnLoop<'a> {
@@ -35,6 +38,7 @@ impl<'a> TurnLoop<'a> {
             cx,
             turn,
             session_agent: None,
+            subtask: None,
         }
     }
 
@@ -55,6 +59,9 @@ impl<'a> TurnLoop<'a> {
         mut started: bool,
         mut pending: Vec<RuntimeEvent>,
     ) -> Result<(), EngineError> {
+        if let Some(plan_id) = self.turn.plan_id.clone() {
+            return Box::pin(self.run_plan(plan_id, started, pending)).await;
+        }
         let engine = self.engine;
         let running =
             engine
@@ -86,7 +93,13 @@ impl<'a> TurnLoop<'a> {
             self.turn.agent = agent.as_str().to_owned();
             metrics::counter_step();
             match self.llm_step(agent, running.token()).await? {
-                StepResult::Done(StepEnd::Continue) => {}
+                StepResult::Done(StepEnd::Continue) => {
+                    if let Some(plan_id) = self.turn.plan_id.clone() {
+                        // An auto-approved plan: this turn runs it from here.
+                        drop(running);
+                        return Box::pin(self.run_plan(plan_id, false, Vec::new())).await;
+                    }
+                }
                 StepResult::Done(StepEnd::Stop) => return Ok(()),
                 StepResult::Failed(error) => {
                     return self.finish(TurnStatus::Failed, vec![error]).await;
@@ -99,6 +112,16 @@ impl<'a> TurnLoop<'a> {
     /// Records the next step as running, with `pending`, before anything of it happens: a
     /// process that finds it so after a crash runs it again.
     async fn start_step(&mut self, pending: Vec<RuntimeEvent>) -> Result<(), EngineError> {
+        self.start_step_with(pending, Vec::new()).await
+    }
+
+    /// [`TurnLoop::start_step`] with plan changes stored in the same commit (a subtask that
+    /// starts with its first step).
+    pub(super) async fn start_step_with(
+        &mut self,
+        pending: Vec<RuntimeEvent>,
+        plans: Vec<PlanWrite>,
+    ) -> Result<(), EngineError> {
         self.turn.steps += 1;
         self.turn.status = TurnStatus::Running;
         let committed = self
@@ -107,6 +130,7 @@ impl<'a> TurnLoop<'a> {
             .commit_step(StepCommit {
                 session_id: self.cx.session_id.to_owned(),
                 turn: Some(self.turn.update_to(TurnStatus::Running, None)),
+                plans,
                 events: pending,
                 ..StepCommit::default()
             })
@@ -178,6 +202,9 @@ impl<'a> TurnLoop<'a> {
         step: i32,
         calls: Vec<ToolCallRecord>,
     ) -> Result<(), EngineError> {
+        if let Some(plan_id) = self.turn.plan_id.clone() {
+            return Box::pin(self.continue_plan_after(plan_id, step, calls)).await;
+        }
         let state = StepState::of(&calls);
         match &state {
             StepState::Complete(_) => {

@@ -1,6 +1,7 @@
 //! The client frames the engine takes, checked before any processing.
 
 use codelab_protocol::ide::{ClientFrame, Decision};
+use codelab_protocol::plans::PlanDecision;
 use serde_json::{Map, Value};
 
 use crate::agents::{AgentKind, AgentRegistry};
@@ -31,8 +32,23 @@ pub enum Work {
         modified_arguments: Option<Map<String, Value>>,
         feedback: Option<String>,
     },
+    /// A person's decision on a plan, named by its id or its approval request id.
+    PlanDecision {
+        plan: PlanRef,
+        decision: PlanDecision,
+        feedback: Option<String>,
+    },
     /// Stop the turn in progress.
     CancelTurn { reason: Option<String> },
+}
+
+/// How a `plan_decision` names its plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanRef {
+    /// The plan's id.
+    Plan(String),
+    /// The `approval_request_id` of `plan_approval_required` (its `create_plan` call).
+    ApprovalRequest(String),
 }
 
 /// A frame the runtime refuses before any processing (the handler answers 400).
@@ -87,6 +103,28 @@ impl Work {
                 modified_arguments,
                 feedback: feedback.filter(|f| !f.trim().is_empty()),
             }),
+            ClientFrame::PlanDecision {
+                plan_id,
+                approval_request_id,
+                decision,
+                feedback,
+            } => {
+                let named = |id: Option<String>| id.filter(|id| !id.trim().is_empty());
+                let plan = match (named(plan_id), named(approval_request_id)) {
+                    (Some(id), _) => PlanRef::Plan(id),
+                    (None, Some(id)) => PlanRef::ApprovalRequest(id),
+                    (None, None) => {
+                        return Err(WorkError(
+                            "plan_decision: plan_id or approval_request_id is required".to_owned(),
+                        ));
+                    }
+                };
+                Ok(Work::PlanDecision {
+                    plan,
+                    decision,
+                    feedback: feedback.filter(|f| !f.trim().is_empty()),
+                })
+            }
             ClientFrame::CancelTurn { reason } => Ok(Work::CancelTurn {
                 reason: reason.filter(|r| !r.trim().is_empty()),
             }),
@@ -171,6 +209,7 @@ mod tests {
         let hello = ClientFrame::Hello {
             protocol: 2,
             last_seq: None,
+            capabilities: Vec::new(),
         };
         let err = Work::from_frame(hello, &multi).unwrap_err().0;
         assert!(err.contains("gateway"), "{err}");

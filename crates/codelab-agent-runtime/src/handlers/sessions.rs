@@ -396,7 +396,13 @@ pub async fn pending_approvals(
             call_id: c.call_id,
             created_at: time(c.created_at),
             reason: c.approval_reason,
-            request_type: "tool".to_owned(),
+            // A plan's approval is its `create_plan` call's.
+            request_type: if c.tool_name == "create_plan" {
+                "plan"
+            } else {
+                "tool"
+            }
+            .to_owned(),
             subject: c.tool_name.clone(),
             tool_name: c.tool_name,
         })

@@ -13,6 +13,7 @@ pub mod sql_store;
 pub mod sqlite;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -23,8 +24,9 @@ use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 pub use sql_store::SqlStore;
 
 use crate::model::{
-    AgentSwitch, Committed, Message, NewMessage, NewSession, Session, SessionQuery, SessionState,
-    StepCommit, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
+    AgentSwitch, Committed, Message, NewMessage, NewSession, Plan, PlanVersion, Session,
+    SessionQuery, SessionState, StepCommit, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn,
+    TurnStatus, UpdateOutcome,
 };
 
 /// A storage failure (shared by every service store; `Stale` is the runtime's conditional
@@ -151,6 +153,20 @@ pub trait RuntimeStore: Send + Sync + 'static {
     /// runner died unless it still holds the session lock.
     async fn list_stalled_turns(&self, limit: u32) -> Result<Vec<Turn>, StoreError>;
 
+    // ---- plans ----
+    /// A plan with its subtasks in order, by id (of any session: callers check it is theirs).
+    async fn get_plan(&self, plan_id: &str) -> Result<Option<Plan>, StoreError>;
+    /// The plan of the session whose current version's `create_plan` call is `call_id`.
+    async fn plan_of_call(
+        &self,
+        session_id: &str,
+        call_id: &str,
+    ) -> Result<Option<Plan>, StoreError>;
+    /// Every plan of a session with its subtasks, oldest first.
+    async fn list_plans(&self, session_id: &str) -> Result<Vec<Plan>, StoreError>;
+    /// Every version of a plan, oldest first.
+    async fn list_plan_versions(&self, plan_id: &str) -> Result<Vec<PlanVersion>, StoreError>;
+
     // ---- events (for reconnect replay) ----
     /// Stores an event with the session's next `seq`.
     async fn append_event(
@@ -167,14 +183,43 @@ pub trait RuntimeStore: Send + Sync + 'static {
     ) -> Result<Vec<SequencedEvent>, StoreError>;
 }
 
+/// What a store takes beyond its pool and clock (from the runtime's settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// The longest a statement of PostgreSQL's session lock connection may go unanswered
+    /// before that connection counts as lost (`AGENT_RUNTIME__SESSION_LOCK_STATEMENT_TIMEOUT`).
+    pub session_lock_statement_timeout: Duration,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            session_lock_statement_timeout: DEFAULT_SESSION_LOCK_STATEMENT_TIMEOUT,
+        }
+    }
+}
+
+/// The default of [`StoreSettings::session_lock_statement_timeout`]: each lock statement is
+/// one round trip, so this is many times a slow one, yet far below TCP's own timeouts.
+pub const DEFAULT_SESSION_LOCK_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Opens the store for a connected pool and runs its migrations; `clock` dates what the store
 /// stamps itself (activity, deletion, settling, cancel requests).
 pub async fn open_store(
     pool: DbPool,
     clock: SharedClock,
 ) -> Result<Arc<dyn RuntimeStore>, StoreError> {
+    open_store_with(pool, clock, StoreSettings::default()).await
+}
+
+/// [`open_store`] with `settings` instead of the defaults.
+pub async fn open_store_with(
+    pool: DbPool,
+    clock: SharedClock,
+    settings: StoreSettings,
+) -> Result<Arc<dyn RuntimeStore>, StoreError> {
     Ok(match pool {
-        DbPool::Postgres(pool) => Arc::new(SqlStore::open(pool, clock).await?),
-        DbPool::Sqlite(pool) => Arc::new(SqlStore::open(pool, clock).await?),
+        DbPool::Postgres(pool) => Arc::new(SqlStore::open(pool, clock, &settings).await?),
+        DbPool::Sqlite(pool) => Arc::new(SqlStore::open(pool, clock, &settings).await?),
     })
 }

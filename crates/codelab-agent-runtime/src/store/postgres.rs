@@ -14,7 +14,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::sql_store::{SessionLocking, StoreBackend};
-use super::{SessionLock, StoreError};
+use super::{SessionLock, StoreError, StoreSettings};
 
 /// The PostgreSQL migrations, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -37,6 +37,17 @@ const LONGEST_RETRY: Duration = Duration::from_millis(100);
 /// holder runs one statement at a time, so a queue of locks behind a connect that hangs until
 /// its timeout (a server cut off by the network) would otherwise wait that timeout each.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+/// Which server session a connection is: its process id and its start in microseconds (a
+/// process id alone may be reused by a later session).
+const IDENTIFY: &str = "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::int8 \
+     FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+/// Ends the server sessions of holder connections given up on (see [`Holder::abandoned`]),
+/// one row per session still there.
+const END_ABANDONED: &str = "SELECT pg_terminate_backend(activity.pid) \
+     FROM pg_stat_activity AS activity \
+     JOIN unnest($1::int4[], $2::int8[]) AS abandoned(pid, started) \
+     ON activity.pid = abandoned.pid \
+     AND (extract(epoch FROM activity.backend_start) * 1000000)::int8 = abandoned.started";
 
 impl StoreBackend for Postgres {
     type Locks = AdvisoryLocks;
@@ -46,13 +57,17 @@ impl StoreBackend for Postgres {
     }
 
     /// One holder connection, opened lazily with the pool's connect options; connecting is
-    /// bounded by the pool's acquire timeout, and the connection is closed when no lock has
+    /// bounded by the pool's acquire timeout, each statement by the settings'
+    /// `session_lock_statement_timeout`, and the connection is closed when no lock has
     /// been held for the pool's idle timeout (before, every lock connection a burst of turns
     /// opened stayed open for sqlx's default ten minutes: the soak, docs/reliability.md).
     /// Must be called within a tokio runtime (the store is opened in one): it starts the
     /// holder's task.
-    fn session_locks(pool: &PgPool) -> AdvisoryLocks {
-        AdvisoryLocks::start(Holder::for_pool(pool))
+    fn session_locks(pool: &PgPool, settings: &StoreSettings) -> AdvisoryLocks {
+        AdvisoryLocks::start(Holder::for_pool(
+            pool,
+            settings.session_lock_statement_timeout,
+        ))
     }
 
     /// The store's own pool: PostgreSQL's row locks serialise concurrent writers.
@@ -276,11 +291,24 @@ impl Drop for ServerLock {
 
 /// The task that owns the holder connection and runs its statements one at a time, in the
 /// order they were queued.
+///
+/// Every statement is bounded on the client (a server-side `statement_timeout` cannot fire
+/// when the network is gone): without the bound, a statement whose packets are dropped waits
+/// for TCP's own timeouts, many minutes, and every lock of the process queues behind it. A
+/// statement past the bound loses the connection as a broken one does.
 struct Holder {
     options: PgConnectOptions,
     connect_timeout: Duration,
+    statement_timeout: Duration,
     idle_timeout: Option<Duration>,
     connection: Option<PgConnection>,
+    /// The server session of `connection`.
+    backend: Option<Backend>,
+    /// Server sessions of connections this holder dropped as lost. When the network, not the
+    /// server, failed, the server may not know yet (until its TCP keepalive, two hours by
+    /// default) and keeps their locks from every replica, this one's new connection included;
+    /// the next connection ends them.
+    abandoned: Vec<Backend>,
     /// Numbers the connections opened, so an unlock is sent only to the connection that
     /// holds the lock (after a reconnect, the old locks are gone with the old connection).
     generation: u64,
@@ -290,14 +318,24 @@ struct Holder {
     connect_failed_at: Option<tokio::time::Instant>,
 }
 
+/// A server session: its process id and start (microseconds since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Backend {
+    pid: i32,
+    started: i64,
+}
+
 impl Holder {
-    fn for_pool(pool: &PgPool) -> Self {
+    fn for_pool(pool: &PgPool, statement_timeout: Duration) -> Self {
         let options = pool.options();
         Self {
             options: pool.connect_options().as_ref().clone(),
             connect_timeout: options.get_acquire_timeout(),
+            statement_timeout,
             idle_timeout: options.get_idle_timeout(),
             connection: None,
+            backend: None,
+            abandoned: Vec::new(),
             generation: 0,
             held: 0,
             connect_failed_at: None,
@@ -352,11 +390,15 @@ impl Holder {
         let mut retried = false;
         loop {
             let fresh = self.connection.is_none();
+            let bound = self.statement_timeout;
             let connection = self.connection().await?;
-            let outcome = sqlx::query_scalar::<_, bool>(TRY_LOCK)
-                .bind(session_id)
-                .fetch_one(connection)
-                .await;
+            let outcome = within(
+                bound,
+                sqlx::query_scalar::<_, bool>(TRY_LOCK)
+                    .bind(session_id)
+                    .fetch_one(connection),
+            )
+            .await;
             match outcome {
                 Ok(granted) => {
                     self.held += usize::from(granted);
@@ -364,7 +406,9 @@ impl Holder {
                 }
                 Err(error) if connection_lost(&error) => {
                     self.lost(&error);
-                    if fresh || retried {
+                    // Past the bound, a second try would wait as long again (or a connect
+                    // timeout) with every lock queued behind it: the caller decides.
+                    if fresh || retried || timed_out(&error) {
                         return Err(error.into());
                     }
                     retried = true;
@@ -383,10 +427,13 @@ impl Holder {
             return;
         };
         self.held = self.held.saturating_sub(1);
-        let outcome = sqlx::query_scalar::<_, bool>(UNLOCK)
-            .bind(session_id)
-            .fetch_one(connection)
-            .await;
+        let outcome = within(
+            self.statement_timeout,
+            sqlx::query_scalar::<_, bool>(UNLOCK)
+                .bind(session_id)
+                .fetch_one(connection),
+        )
+        .await;
         match outcome {
             Ok(true) => {}
             Err(error) if connection_lost(&error) => self.lost(&error),
@@ -412,12 +459,19 @@ impl Holder {
                     "connecting the session lock connection failed less than a second ago",
                 ))));
             }
-            let connect = self.options.connect();
+            let options = &self.options;
+            let connect = async {
+                let mut connection = options.connect().await?;
+                let (pid, started) = sqlx::query_as::<_, (i32, i64)>(IDENTIFY)
+                    .fetch_one(&mut connection)
+                    .await?;
+                Ok((connection, Backend { pid, started }))
+            };
             let connected = tokio::time::timeout(self.connect_timeout, connect)
                 .await
                 .unwrap_or(Err(sqlx::Error::PoolTimedOut));
-            let connection = match connected {
-                Ok(connection) => connection,
+            let (connection, backend) = match connected {
+                Ok(connected) => connected,
                 Err(error) => {
                     self.connect_failed_at = Some(tokio::time::Instant::now());
                     return Err(error.into());
@@ -427,16 +481,69 @@ impl Holder {
             self.generation += 1;
             self.held = 0;
             self.connection = Some(connection);
+            self.backend = Some(backend);
+            self.end_abandoned().await?;
         }
         self.connection
             .as_mut()
             .ok_or(StoreError::Database(sqlx::Error::PoolClosed))
     }
 
+    /// Ends the server sessions of the connections given up on, so their locks are free
+    /// now rather than when the server notices (see [`Holder::abandoned`]). A refusal (a
+    /// role that may not end them) is logged and not retried; losing this connection too is
+    /// the lock's error, and they are ended by the next one.
+    async fn end_abandoned(&mut self) -> Result<(), StoreError> {
+        if self.abandoned.is_empty() {
+            return Ok(());
+        }
+        let Some(connection) = self.connection.as_mut() else {
+            return Ok(());
+        };
+        let (pids, starts): (Vec<i32>, Vec<i64>) = self
+            .abandoned
+            .iter()
+            .map(|backend| (backend.pid, backend.started))
+            .unzip();
+        let outcome = within(
+            self.statement_timeout,
+            sqlx::query_scalar::<_, bool>(END_ABANDONED)
+                .bind(pids)
+                .bind(starts)
+                .fetch_all(connection),
+        )
+        .await;
+        match outcome {
+            Ok(ended) => {
+                let ended = ended.into_iter().filter(|ended| *ended).count();
+                if ended > 0 {
+                    tracing::warn!(
+                        ended,
+                        "ended the server sessions of lost session lock connections, releasing their locks"
+                    );
+                }
+            }
+            Err(error) if connection_lost(&error) => {
+                self.lost(&error);
+                return Err(error.into());
+            }
+            Err(error) => tracing::warn!(
+                %error,
+                "could not end the server sessions of lost session lock connections; their \
+                 locks stay until the server notices"
+            ),
+        }
+        self.abandoned.clear();
+        Ok(())
+    }
+
     /// Forgets a broken connection; its locks are gone on the server. The same guarantee as
     /// with a connection per lock: a lock's connection breaking released it then too. The
     /// guards still held keep excluding this process's tasks; other replicas may take those
     /// sessions.
+    ///
+    /// The connection is dropped, not closed: closing talks to the server, which may be
+    /// unreachable. Its server session is remembered for the next connection to end.
     fn lost(&mut self, error: &sqlx::Error) {
         if self.connection.take().is_some() {
             tracing::warn!(
@@ -445,16 +552,44 @@ impl Holder {
                 "lost the session lock connection; its locks are released, reconnecting on the next lock"
             );
         }
+        self.abandoned.extend(self.backend.take());
         self.held = 0;
     }
 
     async fn close(&mut self) {
         if let Some(connection) = self.connection.take() {
-            // Politely (the server logs no broken connection); dropping would release too.
-            let _ = connection.close().await;
+            // Politely (the server logs no broken connection); dropping would release too,
+            // which is what happens past the bound.
+            let _ = tokio::time::timeout(self.statement_timeout, connection.close()).await;
         }
+        self.backend = None;
         self.held = 0;
     }
+}
+
+/// Runs one statement of the holder connection, failing it with a timed-out I/O error (as
+/// the OS reports a dead peer, so it counts as unavailable: 503) past `bound`. The statement's
+/// future is dropped then, mid-way: its connection must not be used again.
+async fn within<T>(
+    bound: Duration,
+    statement: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(bound, statement)
+        .await
+        .unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the session lock connection did not answer within {bound:?} \
+                     (AGENT_RUNTIME__SESSION_LOCK_STATEMENT_TIMEOUT)"
+                ),
+            )))
+        })
+}
+
+/// Whether `error` is a statement (or the OS) giving up on an unanswering connection.
+fn timed_out(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Io(error) if error.kind() == std::io::ErrorKind::TimedOut)
 }
 
 /// Whether the connection is unusable after `error`: anything but the server refusing one
@@ -485,9 +620,10 @@ mod tests {
             .acquire_timeout(Duration::from_secs(4))
             .connect_lazy("postgres://nobody@127.0.0.1:1/never_connected")
             .expect("a valid URL");
-        let holder = Holder::for_pool(&pool);
+        let holder = Holder::for_pool(&pool, Duration::from_secs(3));
         assert_eq!(holder.idle_timeout, Some(Duration::from_secs(7)));
         assert_eq!(holder.connect_timeout, Duration::from_secs(4));
+        assert_eq!(holder.statement_timeout, Duration::from_secs(3));
     }
 
     /// A server that cannot be reached fails the queued locks at once, not a connect
@@ -497,7 +633,7 @@ mod tests {
         let pool = PgPoolOptions::new()
             .connect_lazy("postgres://nobody@127.0.0.1:1/never_connected")
             .expect("a valid URL");
-        let mut holder = Holder::for_pool(&pool);
+        let mut holder = Holder::for_pool(&pool, Duration::from_secs(5));
         let first = holder.try_lock("s1").await;
         assert!(
             matches!(&first, Err(StoreError::Database(sqlx::Error::Io(e))) if e.kind() != std::io::ErrorKind::NotConnected),
@@ -518,5 +654,20 @@ mod tests {
             std::io::ErrorKind::UnexpectedEof
         ))));
         assert!(connection_lost(&sqlx::Error::PoolTimedOut));
+    }
+
+    /// A statement past the bound is a lost connection (dropped, not retried), and callers
+    /// see an unavailable database (503), not a hang.
+    #[tokio::test]
+    async fn a_statement_past_the_bound_fails_as_an_unavailable_connection() {
+        let outcome = within(
+            Duration::from_millis(10),
+            std::future::pending::<Result<bool, sqlx::Error>>(),
+        )
+        .await;
+        let error = outcome.expect_err("a statement that never answers fails");
+        assert!(timed_out(&error), "{error}");
+        assert!(connection_lost(&error));
+        assert!(StoreError::Database(error).is_unavailable());
     }
 }

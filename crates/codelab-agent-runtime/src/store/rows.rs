@@ -15,8 +15,8 @@ use sqlx::types::Json;
 
 use super::StoreError;
 use crate::model::{
-    AgentSwitch, Message, Role, Session, ToolCallRecord, ToolCallStatus, Turn, TurnStatus,
-    TurnUpdate,
+    AgentSwitch, Message, Plan, PlanStatus, PlanVersion, Role, Session, Subtask, SubtaskStatus,
+    ToolCallRecord, ToolCallStatus, Turn, TurnStatus, TurnUpdate,
 };
 
 /// A JSON value to bind (JSONB on PostgreSQL, text on SQLite).
@@ -80,6 +80,35 @@ pub(super) fn session_name(session_id: &str) -> String {
     format!("session {session_id:?}")
 }
 
+/// The `NotFound` text of a plan.
+pub(super) fn plan_name(plan_id: &str) -> String {
+    format!("plan {plan_id:?}")
+}
+
+/// A subtask's dependencies as stored (a JSON array of positions).
+pub(super) fn dependencies_json(dependencies: &[i32]) -> Value {
+    Value::from(dependencies.to_vec())
+}
+
+/// A version's subtasks as stored in `plan_versions`: `create_plan`'s argument shape, so a
+/// kept version reads as the architect proposed it.
+pub(super) fn proposed_subtasks(subtasks: &[Subtask]) -> Value {
+    Value::Array(
+        subtasks
+            .iter()
+            .map(|subtask| {
+                serde_json::json!({
+                    "title": subtask.title,
+                    "description": subtask.description,
+                    "agent": subtask.agent,
+                    "estimated_time_minutes": subtask.estimated_minutes,
+                    "dependencies": subtask.dependencies,
+                })
+            })
+            .collect(),
+    )
+}
+
 // ---- records ----
 
 /// A row of the session columns (`part!(session_columns)` in [`sql`]).
@@ -136,7 +165,91 @@ pub(super) fn turn(row: &impl Cells) -> Result<Turn, StoreError> {
         id: text, session_id: text,
         status = named(row, "status", TurnStatus::parse, "a turn status")?,
         steps: int32, agent: text, created_at: time, updated_at: time,
-        cancel_requested_at: opt_time,
+        cancel_requested_at: opt_time, plan_id: opt_text,
+    }))
+}
+
+/// The rows of a plan query ([`sql::GET_PLAN`], [`sql::PLAN_OF_CALL`], [`sql::LIST_PLANS`]):
+/// one per subtask, a plan's rows consecutive and in position order (a plan without subtasks
+/// has one row whose subtask columns are NULL); the plans in row order.
+pub(super) fn plans<R: Cells>(rows: &[R]) -> Result<Vec<Plan>, StoreError> {
+    let mut plans: Vec<Plan> = Vec::new();
+    for row in rows {
+        let id = row.text("id")?;
+        if plans.last().map(|plan| plan.id.as_str()) != Some(id.as_str()) {
+            plans.push(plan(row)?);
+        }
+        if let (Some(subtask), Some(plan)) = (subtask(row)?, plans.last_mut()) {
+            plan.subtasks.push(subtask);
+        }
+    }
+    Ok(plans)
+}
+
+/// The plan columns of a plan query's row (`part!(plan_columns)` in [`sql`]), without its
+/// subtasks.
+fn plan(row: &impl Cells) -> Result<Plan, StoreError> {
+    Ok(from_row!(row => Plan {
+        id: text, session_id: text, version: int32, title: text, description: text,
+        status = named(row, "status", PlanStatus::parse, "a plan status")?,
+        call_id: text, turn_id: text, feedback: opt_text, summary: opt_text,
+        created_at: time, updated_at: time, subtasks = Vec::new(),
+    }))
+}
+
+/// The subtask columns of a plan query's row (`part!(subtask_columns)` in [`sql`]); `None`
+/// for the row of a plan without subtasks.
+fn subtask(row: &impl Cells) -> Result<Option<Subtask>, StoreError> {
+    // `title` is NOT NULL in the table: NULL here is the LEFT JOIN finding no subtask.
+    let Some(title) = row.opt_text("subtask_title")? else {
+        return Ok(None);
+    };
+    let position = row.int32("subtask_position")?;
+    let dependencies = serde_json::from_value(row.json("subtask_dependencies")?).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "expected the dependencies of subtask {position} as an array of positions: {e}"
+        ))
+    })?;
+    Ok(Some(Subtask {
+        position,
+        title,
+        description: row.text("subtask_description")?,
+        agent: row.text("subtask_agent")?,
+        estimated_minutes: row.int32("subtask_estimated_minutes")?,
+        dependencies,
+        status: named(
+            row,
+            "subtask_status",
+            SubtaskStatus::parse,
+            "a subtask status",
+        )?,
+        result: row.opt_text("subtask_result")?,
+        error: row.opt_text("subtask_error")?,
+        context_from: opt_int_text(row, "subtask_context_from")?,
+        first_step: opt_int_text(row, "subtask_first_step")?,
+    }))
+}
+
+/// A nullable integer column selected as text (`CAST(.. AS TEXT)`): `Cells` reads integers
+/// only when they are not NULL.
+fn opt_int_text<T: std::str::FromStr>(
+    row: &impl Cells,
+    column: &str,
+) -> Result<Option<T>, StoreError> {
+    row.opt_text(column)?
+        .map(|text| {
+            text.parse().map_err(|_| {
+                StoreError::Corrupt(format!("{column}: expected an integer, got {text:?}"))
+            })
+        })
+        .transpose()
+}
+
+/// A row of [`sql::LIST_PLAN_VERSIONS`].
+pub(super) fn plan_version(row: &impl Cells) -> Result<PlanVersion, StoreError> {
+    Ok(from_row!(row => PlanVersion {
+        plan_id: text, version: int32, title: text, description: text, subtasks: json,
+        feedback: opt_text, created_at: time,
     }))
 }
 
@@ -182,7 +295,30 @@ pub(super) mod sql {
              modified_arguments, result, error, created_at, settled_at"
         };
         (turn_columns) => {
-            "id, session_id, status, steps, agent, created_at, updated_at, cancel_requested_at"
+            "id, session_id, status, steps, agent, created_at, updated_at, cancel_requested_at, \
+             plan_id"
+        };
+        // A plan query selects `plans p LEFT JOIN plan_subtasks st`, aliasing every column:
+        // SQLite leaves the name of an unaliased `p.id` unspecified, and the two tables share
+        // names.
+        (plan_columns) => {
+            "p.id AS id, p.session_id AS session_id, p.version AS version, p.title AS title, \
+             p.description AS description, p.status AS status, p.call_id AS call_id, \
+             p.turn_id AS turn_id, p.feedback AS feedback, p.summary AS summary, \
+             p.created_at AS created_at, p.updated_at AS updated_at"
+        };
+        // The nullable integers are read as text: `Cells` has no optional integer.
+        (subtask_columns) => {
+            "st.position AS subtask_position, st.title AS subtask_title, \
+             st.description AS subtask_description, st.agent AS subtask_agent, \
+             st.estimated_minutes AS subtask_estimated_minutes, \
+             st.dependencies AS subtask_dependencies, st.status AS subtask_status, \
+             st.result AS subtask_result, st.error AS subtask_error, \
+             CAST(st.context_from AS TEXT) AS subtask_context_from, \
+             CAST(st.first_step AS TEXT) AS subtask_first_step"
+        };
+        (plans_with_subtasks) => {
+            " FROM plans p LEFT JOIN plan_subtasks st ON st.plan_id = p.id"
         };
         // The statuses of an open call; spelled as in the partial index `ix_tool_calls_open`,
         // which SQLite only uses when the query repeats its predicate.
@@ -309,6 +445,16 @@ pub(super) mod sql {
     });
     static MESSAGE_INSERTS_SQLITE: LazyLock<Vec<String>> =
         LazyLock::new(|| by_rows(|rows| insert_messages_text(rows, |n| format!("${n}"))));
+    static SUBTASK_INSERTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+        by_rows(|rows| {
+            format!(
+                "INSERT INTO plan_subtasks (plan_id, position, title, description, agent, \
+                 estimated_minutes, dependencies, status, result, error, context_from, \
+                 first_step) VALUES {}",
+                value_groups(rows, 12, |n| format!("${n}"))
+            )
+        })
+    });
     static EVENT_INSERTS: LazyLock<Vec<String>> = LazyLock::new(|| {
         by_rows(|rows| {
             format!(
@@ -341,6 +487,13 @@ pub(super) mod sql {
     /// event, now.
     pub(in crate::store) fn insert_events(rows: usize) -> &'static str {
         &EVENT_INSERTS[rows.clamp(1, MAX_ROWS_PER_INSERT) - 1]
+    }
+
+    /// Inserts `rows` (1..=[`MAX_ROWS_PER_INSERT`]) subtasks, 12 parameters each: plan,
+    /// position, title, description, agent, estimated minutes, dependencies, status, result,
+    /// error, context from, first step.
+    pub(in crate::store) fn insert_subtasks(rows: usize) -> &'static str {
+        &SUBTASK_INSERTS[rows.clamp(1, MAX_ROWS_PER_INSERT) - 1]
     }
 
     // ---- agent switches ----
@@ -448,11 +601,11 @@ pub(super) mod sql {
 
     // ---- turns ----
 
-    /// $1 session, $2 id, $3 status, $4 steps, $5 agent, $6 created, $7 updated. Inserts
-    /// nothing for a missing or deleted session.
+    /// $1 session, $2 id, $3 status, $4 steps, $5 agent, $6 created, $7 updated, $8 plan.
+    /// Inserts nothing for a missing or deleted session.
     pub(in crate::store) const INSERT_TURN: &str = concat!(
-        "INSERT INTO turns (session_id, id, status, steps, agent, created_at, updated_at) \
-         SELECT $1, $2, $3, $4, $5, $6, $7 WHERE ",
+        "INSERT INTO turns (session_id, id, status, steps, agent, created_at, updated_at, \
+         plan_id) SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE ",
         part!(live_session)
     );
 
@@ -471,14 +624,16 @@ pub(super) mod sql {
     pub(in crate::store) const GET_TURN: &str =
         concat!("SELECT ", part!(turn_columns), " FROM turns WHERE id = $1");
 
-    /// $1 id, $2 status, $3 steps, $4 agent, $5 now.
+    /// $1 id, $2 status, $3 steps, $4 agent, $5 now, $6 plan or NULL (a turn never leaves its
+    /// plan, so NULL keeps the stored one).
     pub(in crate::store) const UPDATE_TURN: &str = "UPDATE turns \
-         SET status = $2, steps = $3, agent = $4, updated_at = $5 WHERE id = $1";
+         SET status = $2, steps = $3, agent = $4, updated_at = $5, \
+         plan_id = COALESCE($6, plan_id) WHERE id = $1";
 
-    /// As [`UPDATE_TURN`], only while the turn is still in state ($6 status, $7 steps).
+    /// As [`UPDATE_TURN`], only while the turn is still in state ($7 status, $8 steps).
     pub(in crate::store) const UPDATE_TURN_IF: &str = "UPDATE turns \
-         SET status = $2, steps = $3, agent = $4, updated_at = $5 \
-         WHERE id = $1 AND status = $6 AND steps = $7";
+         SET status = $2, steps = $3, agent = $4, updated_at = $5, \
+         plan_id = COALESCE($6, plan_id) WHERE id = $1 AND status = $7 AND steps = $8";
 
     /// $1 session, $2 now. Marks the newest unfinished turn as cancel-requested, keeping the
     /// time of an earlier request; returns it.
@@ -505,6 +660,91 @@ pub(super) mod sql {
         ")) AND EXISTS (SELECT 1 FROM sessions s WHERE s.id = t.session_id \
          AND s.deleted_at IS NULL) ORDER BY t.updated_at LIMIT $1"
     );
+
+    // ---- plans ----
+
+    /// $1 id, $2 session, $3 version, $4 title, $5 description, $6 status, $7 call id, $8 turn
+    /// id, $9 feedback, $10 summary, $11 created, $12 updated.
+    pub(in crate::store) const INSERT_PLAN: &str = "INSERT INTO plans (id, session_id, version, \
+         title, description, status, call_id, turn_id, feedback, summary, created_at, \
+         updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+    /// $1 id: what a new version of the plan replaces.
+    pub(in crate::store) const PLAN_BEFORE_REVISION: &str =
+        "SELECT session_id, version, feedback FROM plans WHERE id = $1";
+
+    /// $1 id, $2 version, $3 title, $4 description, $5 status, $6 call id, $7 turn id, $8
+    /// updated. The feedback that asked for this version moves to the previous version's row.
+    pub(in crate::store) const REVISE_PLAN: &str = "UPDATE plans SET version = $2, title = $3, \
+         description = $4, status = $5, call_id = $6, turn_id = $7, feedback = NULL, \
+         updated_at = $8 WHERE id = $1";
+
+    /// $1 plan.
+    pub(in crate::store) const DELETE_SUBTASKS: &str =
+        "DELETE FROM plan_subtasks WHERE plan_id = $1";
+
+    /// $1 plan, $2 version, $3 title, $4 description, $5 subtasks, $6 created.
+    pub(in crate::store) const INSERT_PLAN_VERSION: &str = "INSERT INTO plan_versions \
+         (plan_id, version, title, description, subtasks, feedback, created_at) \
+         VALUES ($1, $2, $3, $4, $5, NULL, $6)";
+
+    /// $1 plan, $2 version, $3 the feedback that asked for the next version.
+    pub(in crate::store) const SET_VERSION_FEEDBACK: &str =
+        "UPDATE plan_versions SET feedback = $3 WHERE plan_id = $1 AND version = $2";
+
+    /// $1 id, $2 session, $3 status, $4 turn id, $5 feedback, $6 summary (NULL keeps the stored
+    /// value), $7 now.
+    pub(in crate::store) const UPDATE_PLAN_STATUS: &str = "UPDATE plans SET status = $3, \
+         turn_id = COALESCE($4, turn_id), feedback = COALESCE($5, feedback), \
+         summary = COALESCE($6, summary), updated_at = $7 WHERE id = $1 AND session_id = $2";
+
+    /// $1 plan, $2 position, $3 status, $4 result, $5 error, $6 context from, $7 first step
+    /// (all written as given), $8 the plan's session.
+    pub(in crate::store) const UPDATE_SUBTASK: &str = "UPDATE plan_subtasks SET status = $3, \
+         result = $4, error = $5, context_from = $6, first_step = $7 \
+         WHERE plan_id = $1 AND position = $2 \
+         AND EXISTS (SELECT 1 FROM plans p WHERE p.id = $1 AND p.session_id = $8)";
+
+    /// $1 id. Rows as [`super::plans`] reads them.
+    pub(in crate::store) const GET_PLAN: &str = concat!(
+        "SELECT ",
+        part!(plan_columns),
+        ", ",
+        part!(subtask_columns),
+        part!(plans_with_subtasks),
+        " WHERE p.id = $1 AND EXISTS (SELECT 1 FROM sessions s WHERE s.id = p.session_id \
+         AND s.deleted_at IS NULL) ORDER BY st.position"
+    );
+
+    /// $1 session, $2 call id. Rows as [`super::plans`] reads them.
+    pub(in crate::store) const PLAN_OF_CALL: &str = concat!(
+        "SELECT ",
+        part!(plan_columns),
+        ", ",
+        part!(subtask_columns),
+        part!(plans_with_subtasks),
+        " WHERE p.session_id = $1 AND p.call_id = $2 AND ",
+        part!(live_session),
+        " ORDER BY p.created_at, p.id, st.position"
+    );
+
+    /// $1 session. Rows as [`super::plans`] reads them, oldest plan first.
+    pub(in crate::store) const LIST_PLANS: &str = concat!(
+        "SELECT ",
+        part!(plan_columns),
+        ", ",
+        part!(subtask_columns),
+        part!(plans_with_subtasks),
+        " WHERE p.session_id = $1 AND ",
+        part!(live_session),
+        " ORDER BY p.created_at, p.id, st.position"
+    );
+
+    /// $1 plan.
+    pub(in crate::store) const LIST_PLAN_VERSIONS: &str = "SELECT plan_id, version, title, \
+         description, subtasks, feedback, created_at FROM plan_versions \
+         WHERE plan_id = $1 AND EXISTS (SELECT 1 FROM plans p JOIN sessions s \
+         ON s.id = p.session_id WHERE p.id = $1 AND s.deleted_at IS NULL) ORDER BY version";
 
     // ---- events ----
 

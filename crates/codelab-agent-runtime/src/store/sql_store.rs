@@ -13,11 +13,11 @@ use sqlx::migrate::Migrator;
 use sqlx::{Pool, Transaction};
 
 use super::rows::{self, sql};
-use super::{RuntimeStore, SessionLock, StoreError};
+use super::{RuntimeStore, SessionLock, StoreError, StoreSettings};
 use crate::model::{
-    AgentSwitch, Committed, Message, NewMessage, NewSession, Session, SessionQuery, SessionState,
-    StepCommit, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate,
-    UpdateOutcome,
+    AgentSwitch, Committed, Message, NewMessage, NewSession, Plan, PlanVersion, PlanWrite, Session,
+    SessionQuery, SessionState, StepCommit, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn,
+    TurnStatus, TurnUpdate, UpdateOutcome,
 };
 
 /// What the runtime store does differently on a database beyond [`Backend`].
@@ -27,7 +27,7 @@ pub trait StoreBackend: Backend {
     /// The runtime's migrations for this database.
     fn migrator() -> &'static Migrator;
     /// Sets up the session locks of a store on `pool`.
-    fn session_locks(pool: &Pool<Self>) -> Self::Locks;
+    fn session_locks(pool: &Pool<Self>, settings: &StoreSettings) -> Self::Locks;
     /// The pool the store's writes go through (see [`SqlStore`]'s `writer`).
     fn writer_pool(pool: &Pool<Self>) -> Pool<Self>;
 }
@@ -60,11 +60,15 @@ impl<B: StoreBackend> std::fmt::Debug for SqlStore<B> {
 
 impl<B: StoreBackend> SqlStore<B> {
     /// Runs the migrations and wraps the pool; `clock` dates every record the store stamps.
-    pub async fn open(pool: Pool<B>, clock: SharedClock) -> Result<Self, StoreError> {
+    pub async fn open(
+        pool: Pool<B>,
+        clock: SharedClock,
+        settings: &StoreSettings,
+    ) -> Result<Self, StoreError> {
         B::run_migrations(B::migrator(), &pool)
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;
-        let locks = B::session_locks(&pool);
+        let locks = B::session_locks(&pool, settings);
         let writer = B::writer_pool(&pool);
         Ok(Self {
             pool,
@@ -144,6 +148,7 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
                 .await?;
             require_session(done, &commit.session_id)?;
         }
+        apply_plan_writes(&mut tx, &commit.session_id, &commit.plans, now).await?;
         if let Some(update) = &commit.turn {
             update_turn_in(On::from(&mut tx), update, now).await?;
         }
@@ -390,6 +395,7 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
                     let message = NewMessage::tool_result(session_id, call_id, text);
                     append_message_in(&mut tx, &message, self.now()).await?;
                 }
+                apply_plan_writes(&mut tx, session_id, &update.plans, self.now()).await?;
                 tx.commit().await?;
                 return Ok(UpdateOutcome::Updated(updated));
             }
@@ -469,6 +475,7 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
             status,
             steps,
             agent: agent.to_owned(),
+            plan_id: None,
             expect: None,
         };
         update_turn_in(On::from(&self.writer), &update, self.now()).await
@@ -486,6 +493,44 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
         query(sql::LIST_STALLED_TURNS)
             .bind(i64::from(limit))
             .fetch_all_as(&self.pool, rows::turn)
+            .await
+    }
+
+    // ---- plans ----
+
+    async fn get_plan(&self, plan_id: &str) -> Result<Option<Plan>, StoreError> {
+        let found = query(sql::GET_PLAN)
+            .bind(plan_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows::plans(&found)?.into_iter().next())
+    }
+
+    async fn plan_of_call(
+        &self,
+        session_id: &str,
+        call_id: &str,
+    ) -> Result<Option<Plan>, StoreError> {
+        let found = query(sql::PLAN_OF_CALL)
+            .bind(session_id)
+            .bind(call_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows::plans(&found)?.into_iter().next())
+    }
+
+    async fn list_plans(&self, session_id: &str) -> Result<Vec<Plan>, StoreError> {
+        let found = query(sql::LIST_PLANS)
+            .bind(session_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows::plans(&found)
+    }
+
+    async fn list_plan_versions(&self, plan_id: &str) -> Result<Vec<PlanVersion>, StoreError> {
+        query(sql::LIST_PLAN_VERSIONS)
+            .bind(plan_id)
+            .fetch_all_as(&self.pool, rows::plan_version)
             .await
     }
 
@@ -754,6 +799,7 @@ async fn insert_turn<'e, B: Backend>(on: On<'e, B>, turn: &'e Turn) -> Result<()
         .bind(&turn.agent)
         .bind(DbTime(turn.created_at))
         .bind(DbTime(turn.updated_at))
+        .bind(&turn.plan_id)
         .execute(on)
         .await
         .map_err(|e| StoreError::of_write(e, |_| format!("turn {:?}", turn.id), "session"))?;
@@ -774,12 +820,211 @@ async fn update_turn_in<'e, B: Backend>(
     .bind(update.status.as_str())
     .bind(update.steps)
     .bind(&update.agent)
-    .bind(DbTime(now));
+    .bind(DbTime(now))
+    .bind(&update.plan_id);
     if let Some((status, steps)) = update.expect {
         statement = statement.bind(status.as_str()).bind(steps);
     }
     if statement.execute(on).await? == 0 {
         return Err(rows::turn_not_updated(update));
+    }
+    Ok(())
+}
+
+/// Applies a step's or a settlement's plan writes in order inside its write transaction, all
+/// in `session_id`: a plan of another session is not found (Status, Subtask) or taken
+/// (Propose), so a write never reaches into another session's plans. Any failure fails the
+/// whole transaction.
+async fn apply_plan_writes<B: StoreBackend>(
+    tx: &mut Transaction<'static, B>,
+    session_id: &str,
+    writes: &[PlanWrite],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    for write in writes {
+        match write {
+            PlanWrite::Propose(plan) => propose_plan(tx, session_id, plan).await?,
+            PlanWrite::Status {
+                plan_id,
+                status,
+                turn_id,
+                feedback,
+                summary,
+            } => {
+                let done = query(sql::UPDATE_PLAN_STATUS)
+                    .bind(plan_id)
+                    .bind(session_id)
+                    .bind(status.as_str())
+                    .bind(turn_id)
+                    .bind(feedback)
+                    .bind(summary)
+                    .bind(DbTime(now))
+                    .execute(&mut *tx)
+                    .await?;
+                if done == 0 {
+                    return Err(StoreError::NotFound(rows::plan_name(plan_id)));
+                }
+            }
+            PlanWrite::Subtask {
+                plan_id,
+                position,
+                status,
+                result,
+                error,
+                context_from,
+                first_step,
+            } => {
+                let done = query(sql::UPDATE_SUBTASK)
+                    .bind(plan_id)
+                    .bind(*position)
+                    .bind(status.as_str())
+                    .bind(result)
+                    .bind(error)
+                    .bind(*context_from)
+                    .bind(*first_step)
+                    .bind(session_id)
+                    .execute(&mut *tx)
+                    .await?;
+                if done == 0 {
+                    return Err(StoreError::NotFound(format!(
+                        "subtask {position} of {}",
+                        rows::plan_name(plan_id)
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stores `plan` as proposed: a new plan (its row, subtasks and first version), or a new
+/// version of a plan of `session_id` (its row updated to this version, its subtasks replaced,
+/// the feedback that asked for it kept on the previous version, the version kept). The
+/// plan's own times are stored as given, as a new turn's are.
+async fn propose_plan<B: StoreBackend>(
+    tx: &mut Transaction<'static, B>,
+    session_id: &str,
+    plan: &Plan,
+) -> Result<(), StoreError> {
+    let taken =
+        || StoreError::Conflict(format!("{} of another session", rows::plan_name(&plan.id)));
+    if plan.session_id != session_id {
+        return Err(taken());
+    }
+    let before = query(sql::PLAN_BEFORE_REVISION)
+        .bind(&plan.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let subtasks_proposed = rows::proposed_subtasks(&plan.subtasks);
+    match before {
+        None => {
+            query(sql::INSERT_PLAN)
+                .bind(&plan.id)
+                .bind(&plan.session_id)
+                .bind(plan.version)
+                .bind(&plan.title)
+                .bind(&plan.description)
+                .bind(plan.status.as_str())
+                .bind(&plan.call_id)
+                .bind(&plan.turn_id)
+                .bind(&plan.feedback)
+                .bind(&plan.summary)
+                .bind(DbTime(plan.created_at))
+                .bind(DbTime(plan.updated_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| {
+                    StoreError::of_write(
+                        e,
+                        |_| rows::plan_name(&plan.id),
+                        &rows::session_name(session_id),
+                    )
+                })?;
+        }
+        Some(row) => {
+            if row.text("session_id")? != session_id {
+                return Err(taken());
+            }
+            let previous = row.int32("version")?;
+            let feedback = row.opt_text("feedback")?;
+            query(sql::REVISE_PLAN)
+                .bind(&plan.id)
+                .bind(plan.version)
+                .bind(&plan.title)
+                .bind(&plan.description)
+                .bind(plan.status.as_str())
+                .bind(&plan.call_id)
+                .bind(&plan.turn_id)
+                .bind(DbTime(plan.updated_at))
+                .execute(&mut *tx)
+                .await?;
+            query(sql::DELETE_SUBTASKS)
+                .bind(&plan.id)
+                .execute(&mut *tx)
+                .await?;
+            query(sql::SET_VERSION_FEEDBACK)
+                .bind(&plan.id)
+                .bind(previous)
+                .bind(feedback)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    insert_subtasks(tx, plan).await?;
+    query(sql::INSERT_PLAN_VERSION)
+        .bind(&plan.id)
+        .bind(plan.version)
+        .bind(&plan.title)
+        .bind(&plan.description)
+        .bind(rows::json(&subtasks_proposed))
+        .bind(DbTime(plan.updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            let what = format!("version {} of {}", plan.version, rows::plan_name(&plan.id));
+            StoreError::of_write(e, |_| what, &rows::plan_name(&plan.id))
+        })?;
+    Ok(())
+}
+
+/// Inserts the subtasks of `plan`, [`sql::MAX_ROWS_PER_INSERT`] rows per statement.
+async fn insert_subtasks<B: StoreBackend>(
+    tx: &mut Transaction<'static, B>,
+    plan: &Plan,
+) -> Result<(), StoreError> {
+    let dependencies: Vec<_> = plan
+        .subtasks
+        .iter()
+        .map(|subtask| rows::dependencies_json(&subtask.dependencies))
+        .collect();
+    for (chunk, dependencies) in plan
+        .subtasks
+        .chunks(sql::MAX_ROWS_PER_INSERT)
+        .zip(dependencies.chunks(sql::MAX_ROWS_PER_INSERT))
+    {
+        let mut statement = query(sql::insert_subtasks(chunk.len()));
+        for (subtask, dependencies) in chunk.iter().zip(dependencies) {
+            statement = statement
+                .bind(&plan.id)
+                .bind(subtask.position)
+                .bind(&subtask.title)
+                .bind(&subtask.description)
+                .bind(&subtask.agent)
+                .bind(subtask.estimated_minutes)
+                .bind(rows::json(dependencies))
+                .bind(subtask.status.as_str())
+                .bind(&subtask.result)
+                .bind(&subtask.error)
+                .bind(subtask.context_from)
+                .bind(subtask.first_step);
+        }
+        statement.execute(&mut *tx).await.map_err(|e| {
+            StoreError::of_write(
+                e,
+                |_| format!("a subtask position of {}", rows::plan_name(&plan.id)),
+                &rows::plan_name(&plan.id),
+            )
+        })?;
     }
     Ok(())
 }

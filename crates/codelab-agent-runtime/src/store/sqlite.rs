@@ -14,7 +14,7 @@ use sqlx::{Sqlite, SqlitePool};
 use tokio::sync::OwnedMutexGuard;
 
 use super::sql_store::{SessionLocking, StoreBackend};
-use super::{SessionLock, StoreError};
+use super::{SessionLock, StoreError, StoreSettings};
 
 /// The SQLite migrations, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -26,7 +26,8 @@ impl StoreBackend for Sqlite {
         &MIGRATOR
     }
 
-    fn session_locks(pool: &SqlitePool) -> ProcessLocks {
+    /// No settings apply: the locks are in this process.
+    fn session_locks(pool: &SqlitePool, _settings: &StoreSettings) -> ProcessLocks {
         let file = pool.connect_options().get_filename().to_owned();
         // The same file reached by another path should share locks too.
         let file = std::fs::canonicalize(&file).unwrap_or(file);

@@ -14,9 +14,9 @@ use ToolCallStatus::{
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use codelab_agent_runtime::model::{
-    AgentSwitch, Committed, Message, NewMessage, NewSession, Role, Session, SessionQuery,
-    StepCommit, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate,
-    UpdateOutcome,
+    AgentSwitch, Committed, Message, NewMessage, NewSession, Plan, PlanStatus, PlanVersion,
+    PlanWrite, Role, Session, SessionQuery, StepCommit, Subtask, SubtaskStatus, ToolCallRecord,
+    ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate, UpdateOutcome,
 };
 use codelab_agent_runtime::store::{RuntimeStore, StoreError, open_store};
 use codelab_core::clock::SystemClock;
@@ -69,6 +69,14 @@ codelab_testkit::store_conformance!(
     settling_a_call_appends_its_tool_message_exactly_once,
     a_cancel_request_marks_the_active_turn_once,
     lists_the_turns_that_lost_their_runner,
+    proposes_a_plan_and_reads_it_back,
+    a_new_version_replaces_the_subtasks_and_keeps_the_previous_with_its_feedback,
+    plan_and_subtask_states_change_with_a_step,
+    plan_writes_apply_with_a_call_update_only_when_the_call_is_updated,
+    a_plan_write_that_fails_stores_nothing_of_the_commit,
+    a_plan_write_never_reaches_another_sessions_plan,
+    a_turn_keeps_its_plan_once_it_has_one,
+    plans_go_with_their_session,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -241,6 +249,7 @@ pub(crate) fn turn(id: &str, session_id: &str, status: TurnStatus, at: DateTime<
         created_at: at,
         updated_at: at,
         cancel_requested_at: None,
+        plan_id: None,
     }
 }
 
@@ -1301,6 +1310,7 @@ fn step_update(status: TurnStatus, steps: i32, expect: Option<(TurnStatus, i32)>
         status,
         steps,
         agent: "architect".into(),
+        plan_id: None,
         expect,
     }
 }
@@ -1662,6 +1672,520 @@ async fn lists_the_turns_that_lost_their_runner(store: Arc<dyn RuntimeStore>) {
     found.sort_unstable();
     assert_eq!(found, ["t1", "t3"]);
     assert_eq!(store.list_stalled_turns(1).await.unwrap().len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plans
+// ---------------------------------------------------------------------------------------------
+
+/// A pending subtask at `position`, done by `agent` after `dependencies`.
+fn subtask(position: i32, agent: &str, dependencies: &[i32]) -> Subtask {
+    Subtask {
+        position,
+        title: format!("Subtask {position}"),
+        description: format!("Do part {position} of the login page"),
+        agent: agent.to_owned(),
+        estimated_minutes: 5 + position,
+        dependencies: dependencies.to_vec(),
+        status: SubtaskStatus::Pending,
+        result: None,
+        error: None,
+        context_from: None,
+        first_step: None,
+    }
+}
+
+/// Version `version` of plan `id` in `session_id`, proposed by `call_id` in turn `t1` at `at`,
+/// awaiting approval, with three subtasks (the third after the first two).
+fn plan(id: &str, session_id: &str, version: i32, call_id: &str, at: DateTime<Utc>) -> Plan {
+    Plan {
+        id: id.to_owned(),
+        session_id: session_id.to_owned(),
+        version,
+        title: format!("Add a login page (version {version})"),
+        description: "A form, its handler and a test".to_owned(),
+        status: PlanStatus::AwaitingApproval,
+        call_id: call_id.to_owned(),
+        turn_id: "t1".to_owned(),
+        feedback: None,
+        summary: None,
+        created_at: at,
+        updated_at: at,
+        subtasks: vec![
+            subtask(0, "coder", &[]),
+            subtask(1, "debug", &[]),
+            subtask(2, "ask", &[0, 1]),
+        ],
+    }
+}
+
+/// Commits `writes` to `session_id` as a step of nothing else.
+async fn write_plans(
+    store: &Arc<dyn RuntimeStore>,
+    session_id: &str,
+    writes: Vec<PlanWrite>,
+) -> Result<Committed, StoreError> {
+    let commit = StepCommit {
+        plans: writes,
+        ..step(session_id)
+    };
+    store.commit_step(commit).await
+}
+
+async fn propose(store: &Arc<dyn RuntimeStore>, plan: &Plan) {
+    let proposed = vec![PlanWrite::Propose(plan.clone())];
+    write_plans(store, &plan.session_id, proposed)
+        .await
+        .unwrap();
+}
+
+async fn stored_plan(store: &Arc<dyn RuntimeStore>, plan_id: &str) -> Plan {
+    store
+        .get_plan(plan_id)
+        .await
+        .unwrap()
+        .expect("the plan is stored")
+}
+
+/// The subtasks of `plan` as `create_plan` proposes them.
+fn proposed_subtasks(plan: &Plan) -> serde_json::Value {
+    json!(
+        plan.subtasks
+            .iter()
+            .map(|s| json!({
+                "title": s.title, "description": s.description, "agent": s.agent,
+                "estimated_time_minutes": s.estimated_minutes, "dependencies": s.dependencies,
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// What `list_plan_versions` holds for `plan` as proposed, with `feedback`.
+fn version_of(plan: &Plan, feedback: Option<&str>) -> PlanVersion {
+    PlanVersion {
+        plan_id: plan.id.clone(),
+        version: plan.version,
+        title: plan.title.clone(),
+        description: plan.description.clone(),
+        subtasks: proposed_subtasks(plan),
+        feedback: feedback.map(str::to_owned),
+        created_at: plan.updated_at,
+    }
+}
+
+async fn proposes_a_plan_and_reads_it_back(store: Arc<dyn RuntimeStore>) {
+    running_turn(&store).await;
+    create(&store, "s2", "alice").await;
+    assert_eq!(store.get_plan("p1").await.unwrap(), None);
+    assert!(store.list_plans("s1").await.unwrap().is_empty());
+
+    let first = plan("p1", "s1", 1, "call_plan", t0());
+    // A later plan of the same session, with more subtasks than one insert statement takes
+    // and a started subtask (its nullable numbers set).
+    let mut second = plan(
+        "p2",
+        "s1",
+        1,
+        "call_other",
+        t0() + chrono::Duration::seconds(1),
+    );
+    second.subtasks = (0..11).map(|i| subtask(i, "coder", &[])).collect();
+    second.subtasks[0].status = SubtaskStatus::InProgress;
+    second.subtasks[0].context_from = Some(5_000_000_000);
+    second.subtasks[0].first_step = Some(3);
+    propose(&store, &second).await;
+    propose(&store, &first).await;
+
+    assert_eq!(stored_plan(&store, "p1").await, first);
+    assert_eq!(stored_plan(&store, "p2").await, second);
+    assert_eq!(
+        store.list_plans("s1").await.unwrap(),
+        [first.clone(), second.clone()],
+        "oldest first, subtasks in order"
+    );
+    assert_eq!(
+        store.plan_of_call("s1", "call_plan").await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(store.plan_of_call("s1", "call_1").await.unwrap(), None);
+    assert_eq!(store.plan_of_call("s2", "call_plan").await.unwrap(), None);
+    assert!(store.list_plans("s2").await.unwrap().is_empty());
+    assert_eq!(
+        store.list_plan_versions("p1").await.unwrap(),
+        [version_of(&first, None)]
+    );
+    assert!(store.list_plan_versions("nope").await.unwrap().is_empty());
+}
+
+async fn a_new_version_replaces_the_subtasks_and_keeps_the_previous_with_its_feedback(
+    store: Arc<dyn RuntimeStore>,
+) {
+    running_turn(&store).await;
+    let first = plan("p1", "s1", 1, "call_plan_1", t0());
+    propose(&store, &first).await;
+    // A person asks for changes: the plan holds the feedback until the next version.
+    let modify = PlanWrite::Status {
+        plan_id: "p1".into(),
+        status: PlanStatus::AwaitingApproval,
+        turn_id: None,
+        feedback: Some("split the handler from the form".into()),
+        summary: None,
+    };
+    write_plans(&store, "s1", vec![modify]).await.unwrap();
+    assert_eq!(
+        stored_plan(&store, "p1").await.feedback.as_deref(),
+        Some("split the handler from the form")
+    );
+
+    let mut second = plan(
+        "p1",
+        "s1",
+        2,
+        "call_plan_2",
+        t0() + chrono::Duration::seconds(5),
+    );
+    second.subtasks = vec![subtask(0, "coder", &[]), subtask(1, "ask", &[0])];
+    second.turn_id = "t2".into();
+    propose(&store, &second).await;
+
+    let stored = stored_plan(&store, "p1").await;
+    assert_eq!(
+        stored,
+        Plan {
+            created_at: first.created_at,
+            ..second.clone()
+        },
+        "the new version, its subtasks only, no feedback, created when the plan was"
+    );
+    assert_eq!(store.plan_of_call("s1", "call_plan_1").await.unwrap(), None);
+    assert_eq!(
+        store.plan_of_call("s1", "call_plan_2").await.unwrap(),
+        Some(stored.clone())
+    );
+    assert_eq!(
+        store.list_plan_versions("p1").await.unwrap(),
+        [
+            version_of(&first, Some("split the handler from the form")),
+            version_of(&second, None),
+        ]
+    );
+    assert_eq!(
+        store.list_plans("s1").await.unwrap(),
+        std::slice::from_ref(&stored)
+    );
+
+    // The same version again is refused, and nothing of that commit is stored.
+    let mut again = second.clone();
+    again.title = "never stored".into();
+    let commit = StepCommit {
+        messages: vec![message("s1", Role::Assistant, "never stored")],
+        plans: vec![PlanWrite::Propose(again)],
+        ..step("s1")
+    };
+    let refused = store.commit_step(commit).await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "{refused:?}"
+    );
+    assert_eq!(stored_plan(&store, "p1").await, stored);
+    assert_eq!(store.list_plan_versions("p1").await.unwrap().len(), 2);
+    assert_eq!(store.list_messages("s1").await.unwrap().len(), 1);
+}
+
+async fn plan_and_subtask_states_change_with_a_step(store: Arc<dyn RuntimeStore>) {
+    running_turn(&store).await;
+    let proposed = plan("p1", "s1", 1, "call_plan", t0());
+    propose(&store, &proposed).await;
+
+    let started = Subtask {
+        status: SubtaskStatus::InProgress,
+        context_from: Some(1),
+        first_step: Some(1),
+        ..subtask(0, "coder", &[])
+    };
+    let commit = StepCommit {
+        plans: vec![
+            PlanWrite::status("p1", PlanStatus::Approved),
+            PlanWrite::Status {
+                plan_id: "p1".into(),
+                status: PlanStatus::InProgress,
+                turn_id: Some("t1b".into()),
+                feedback: None,
+                summary: None,
+            },
+            PlanWrite::subtask("p1", &started),
+        ],
+        turn: Some(step_update(
+            TurnStatus::Running,
+            2,
+            Some((TurnStatus::Running, 1)),
+        )),
+        events: vec![notice("subtask 0 started")],
+        ..step("s1")
+    };
+    store.commit_step(commit).await.unwrap();
+    let stored = stored_plan(&store, "p1").await;
+    assert_eq!(
+        stored.status,
+        PlanStatus::InProgress,
+        "the writes apply in order"
+    );
+    assert_eq!(stored.turn_id, "t1b");
+    assert!(stored.updated_at >= proposed.updated_at);
+    assert_eq!(stored.subtasks[0], started);
+    assert_eq!(stored.subtasks[1..], proposed.subtasks[1..]);
+
+    // A subtask's state is written whole: a retry clears what the failure had set.
+    let failed = Subtask {
+        status: SubtaskStatus::Failed,
+        error: Some("the build broke".into()),
+        result: Some("half done".into()),
+        ..started.clone()
+    };
+    write_plans(&store, "s1", vec![PlanWrite::subtask("p1", &failed)])
+        .await
+        .unwrap();
+    assert_eq!(stored_plan(&store, "p1").await.subtasks[0], failed);
+    let retried = subtask(0, "coder", &[]);
+    write_plans(&store, "s1", vec![PlanWrite::subtask("p1", &retried)])
+        .await
+        .unwrap();
+    assert_eq!(stored_plan(&store, "p1").await.subtasks[0], retried);
+
+    // The run ends with a summary; `None` fields keep what is stored.
+    let finished = PlanWrite::Status {
+        plan_id: "p1".into(),
+        status: PlanStatus::Completed,
+        turn_id: None,
+        feedback: None,
+        summary: Some("Login page added".into()),
+    };
+    write_plans(&store, "s1", vec![finished]).await.unwrap();
+    let done = stored_plan(&store, "p1").await;
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(done.summary.as_deref(), Some("Login page added"));
+    assert_eq!((done.turn_id.as_str(), done.feedback), ("t1b", None));
+}
+
+async fn plan_writes_apply_with_a_call_update_only_when_the_call_is_updated(
+    store: Arc<dyn RuntimeStore>,
+) {
+    running_turn(&store).await;
+    insert_call(&store, "s1", "t1", 1, "call_plan", PendingApproval).await;
+    propose(&store, &plan("p1", "s1", 1, "call_plan", t0())).await;
+
+    let approve = ToolCallUpdate {
+        decision: Some("approve".into()),
+        settle: true,
+        tool_message: Some("Plan approved".into()),
+        plans: vec![PlanWrite::status("p1", PlanStatus::Approved)],
+        ..update(Succeeded)
+    };
+    let first = update_call(&store, "s1", "call_plan", &[PendingApproval], approve).await;
+    assert!(matches!(first, UpdateOutcome::Updated(_)), "{first:?}");
+    assert_eq!(stored_plan(&store, "p1").await.status, PlanStatus::Approved);
+
+    // A second decision finds the call no longer pending: its plan write is not applied.
+    let reject = ToolCallUpdate {
+        decision: Some("reject".into()),
+        settle: true,
+        plans: vec![PlanWrite::status("p1", PlanStatus::Rejected)],
+        ..update(Rejected)
+    };
+    let late = update_call(&store, "s1", "call_plan", &[PendingApproval], reject).await;
+    assert!(matches!(late, UpdateOutcome::Unchanged(_)), "{late:?}");
+    assert_eq!(stored_plan(&store, "p1").await.status, PlanStatus::Approved);
+
+    // A plan write that fails undoes the call's update and its tool message.
+    insert_call(&store, "s1", "t1", 1, "call_2", PendingApproval).await;
+    let broken = ToolCallUpdate {
+        settle: true,
+        tool_message: Some("never stored".into()),
+        plans: vec![
+            PlanWrite::status("p1", PlanStatus::Cancelled),
+            PlanWrite::status("nope", PlanStatus::Cancelled),
+        ],
+        ..update(Succeeded)
+    };
+    let failed = store
+        .update_tool_call("s1", "call_2", &[PendingApproval], broken)
+        .await;
+    assert!(matches!(failed, Err(StoreError::NotFound(_))), "{failed:?}");
+    let call = store.get_tool_call("s1", "call_2").await.unwrap().unwrap();
+    assert_eq!((call.status, call.settled_at), (PendingApproval, None));
+    assert_eq!(stored_plan(&store, "p1").await.status, PlanStatus::Approved);
+    let messages = store.list_messages("s1").await.unwrap();
+    assert_eq!(
+        messages.iter().filter(|m| m.role == Role::Tool).count(),
+        1,
+        "only the approval's tool message"
+    );
+}
+
+async fn a_plan_write_that_fails_stores_nothing_of_the_commit(store: Arc<dyn RuntimeStore>) {
+    running_turn(&store).await;
+    let before = store.get_turn("t1").await.unwrap().unwrap();
+    let cases = [
+        PlanWrite::status("nope", PlanStatus::Approved),
+        PlanWrite::subtask("p1", &subtask(7, "coder", &[])),
+    ];
+    for unknown in cases {
+        let commit = StepCommit {
+            messages: vec![message("s1", Role::Assistant, "never stored")],
+            calls: vec![call("s1", "t1", 1, "call_new", AwaitingResult)],
+            plans: vec![
+                PlanWrite::Propose(plan("p1", "s1", 1, "call_plan", t0())),
+                unknown,
+            ],
+            turn: Some(TurnUpdate {
+                plan_id: Some("p1".into()),
+                ..step_update(TurnStatus::AwaitingTools, 1, None)
+            }),
+            events: vec![notice("never told")],
+            ..step("s1")
+        };
+        let failed = store.commit_step(commit).await;
+        assert!(matches!(failed, Err(StoreError::NotFound(_))), "{failed:?}");
+        assert_eq!(store.get_plan("p1").await.unwrap(), None);
+        assert!(store.list_plans("s1").await.unwrap().is_empty());
+        assert!(store.list_plan_versions("p1").await.unwrap().is_empty());
+        assert_eq!(store.list_messages("s1").await.unwrap().len(), 1);
+        assert_eq!(store.list_events("s1", 0, 10).await.unwrap().len(), 1);
+        assert_eq!(store.get_tool_call("s1", "call_new").await.unwrap(), None);
+        assert_eq!(store.get_turn("t1").await.unwrap().unwrap(), before);
+        assert_eq!(live_session(&store, "s1").await.message_count, 1);
+    }
+}
+
+/// Writes name a plan by id only; the store keeps them inside the committing session.
+async fn a_plan_write_never_reaches_another_sessions_plan(store: Arc<dyn RuntimeStore>) {
+    running_turn(&store).await;
+    create(&store, "s2", "mallory").await;
+    let victim = plan("p1", "s1", 1, "call_plan", t0());
+    propose(&store, &victim).await;
+
+    let approve = PlanWrite::status("p1", PlanStatus::Approved);
+    let started = PlanWrite::subtask(
+        "p1",
+        &Subtask {
+            status: SubtaskStatus::InProgress,
+            ..subtask(0, "coder", &[])
+        },
+    );
+    for write in [approve, started] {
+        let refused = write_plans(&store, "s2", vec![write]).await;
+        assert!(
+            matches!(refused, Err(StoreError::NotFound(_))),
+            "{refused:?}"
+        );
+    }
+    // The same id proposed in another session, or a plan of another session proposed here.
+    let mut hijack = plan("p1", "s2", 2, "call_evil", t0());
+    hijack.title = "hijacked".into();
+    let refused = write_plans(&store, "s2", vec![PlanWrite::Propose(hijack.clone())]).await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "{refused:?}"
+    );
+    let refused = write_plans(&store, "s1", vec![PlanWrite::Propose(hijack)]).await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "{refused:?}"
+    );
+    // Also through a call's settlement in the other session.
+    insert_call(&store, "s2", "t9", 1, "call_s2", PendingApproval).await;
+    let settle = ToolCallUpdate {
+        plans: vec![PlanWrite::status("p1", PlanStatus::Rejected)],
+        ..update(Succeeded)
+    };
+    let refused = store
+        .update_tool_call("s2", "call_s2", &[PendingApproval], settle)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::NotFound(_))),
+        "{refused:?}"
+    );
+
+    assert_eq!(stored_plan(&store, "p1").await, victim);
+    assert_eq!(
+        store.list_plan_versions("p1").await.unwrap(),
+        [version_of(&victim, None)]
+    );
+    assert!(store.list_plans("s2").await.unwrap().is_empty());
+}
+
+async fn a_turn_keeps_its_plan_once_it_has_one(store: Arc<dyn RuntimeStore>) {
+    running_turn(&store).await;
+    // A turn may start with its plan (a decision resuming it) ...
+    let resumed = Turn {
+        plan_id: Some("p0".into()),
+        ..turn("t0", "s1", TurnStatus::Completed, t0())
+    };
+    start_turn(&store, resumed.clone()).await;
+    assert_eq!(store.get_turn("t0").await.unwrap(), Some(resumed));
+
+    // ... or get it from a step, which keeps it through later steps that name none.
+    assert_eq!(store.get_turn("t1").await.unwrap().unwrap().plan_id, None);
+    let commit = StepCommit {
+        plans: vec![PlanWrite::Propose(plan("p1", "s1", 1, "call_plan", t0()))],
+        turn: Some(TurnUpdate {
+            plan_id: Some("p1".into()),
+            ..step_update(TurnStatus::Running, 2, Some((TurnStatus::Running, 1)))
+        }),
+        ..step("s1")
+    };
+    store.commit_step(commit).await.unwrap();
+    let commit = StepCommit {
+        turn: Some(step_update(
+            TurnStatus::AwaitingTools,
+            3,
+            Some((TurnStatus::Running, 2)),
+        )),
+        ..step("s1")
+    };
+    store.commit_step(commit).await.unwrap();
+    update_turn(&store, "t1", TurnStatus::Running, 3, "coder").await;
+    let active = store.active_turn("s1").await.unwrap().unwrap();
+    assert_eq!((active.id.as_str(), active.steps), ("t1", 3));
+    assert_eq!(active.plan_id.as_deref(), Some("p1"));
+    let cancelled = store.request_cancel("s1").await.unwrap().unwrap();
+    assert_eq!(cancelled.plan_id.as_deref(), Some("p1"));
+    let state = store.session_state("s1", false).await.unwrap().unwrap();
+    assert_eq!(state.active_turn.unwrap().plan_id.as_deref(), Some("p1"));
+}
+
+async fn plans_go_with_their_session(store: Arc<dyn RuntimeStore>) {
+    running_turn(&store).await;
+    let first = plan("p1", "s1", 1, "call_plan_1", t0());
+    propose(&store, &first).await;
+    propose(&store, &plan("p1", "s1", 2, "call_plan_2", t0())).await;
+    // Proposing is no activity (only messages and events are): s1 is idle from here.
+    let cutoff = instant_after(live_session(&store, "s1").await.last_activity);
+    create(&store, "s2", "alice").await;
+    let kept = plan("p2", "s2", 1, "call_plan", t0());
+    propose(&store, &kept).await;
+
+    // A deleted session's plans are hidden from every read ...
+    assert!(store.delete_session("s1").await.unwrap());
+    assert_eq!(store.get_plan("p1").await.unwrap(), None);
+    assert!(store.list_plans("s1").await.unwrap().is_empty());
+    assert_eq!(store.plan_of_call("s1", "call_plan_2").await.unwrap(), None);
+    assert!(store.list_plan_versions("p1").await.unwrap().is_empty());
+
+    // ... and purged with it, versions and subtasks included: the ids are free again.
+    assert_eq!(store.purge_idle_sessions(cutoff, 100).await.unwrap(), 1);
+    create(&store, "s1", "alice").await;
+    propose(&store, &first).await;
+    assert_eq!(stored_plan(&store, "p1").await, first);
+    assert_eq!(
+        store.list_plan_versions("p1").await.unwrap(),
+        [version_of(&first, None)]
+    );
+    assert_eq!(
+        stored_plan(&store, "p2").await,
+        kept,
+        "another session's plan stays"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -18,10 +18,12 @@ use codelab_protocol::internal::{PendingApprovals, SessionHistory};
 use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
 
 use super::{WriteCaller, error, gateway_failure, session_not_found, usable_id};
 use crate::AppState;
 use crate::auth::Principal;
+use crate::runtime_client::RuntimeError;
 
 /// A validated decision body.
 struct Decision {
@@ -218,32 +220,73 @@ async fn relay(
     session_id: &str,
     frame: ClientFrame,
 ) -> Result<Vec<SequencedEvent>, Response> {
-    let task_state = Arc::clone(state);
-    let user_id = caller.user_id.clone();
-    let session = session_id.to_owned();
-    let handle = state.tasks.spawn(async move {
-        let mut stream = task_state
-            .runtime
-            .stream_frame(&session, &user_id, frame, false)
-            .await?;
-        let mut events = Vec::new();
-        while let Some(item) = stream.next().await {
-            let event = item?;
-            task_state.fanout.publish(&session, &event).await;
-            events.push(event);
+    let mut relay = Relay::start(state, caller, session_id, frame);
+    let mut events = Vec::new();
+    while let Some(event) = relay.next().await? {
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// A frame relayed to the runtime in a tracked task that publishes every event of the answer
+/// to the session's fan-out; the request reads the events as they come, as far as it needs
+/// (the task goes on to the end without it).
+pub(super) struct Relay {
+    events: mpsc::UnboundedReceiver<SequencedEvent>,
+    task: Option<tokio::task::JoinHandle<Result<(), RuntimeError>>>,
+}
+
+impl Relay {
+    /// Sends `frame` for `session_id` as `caller`.
+    pub(super) fn start(
+        state: &Arc<AppState>,
+        caller: &Principal,
+        session_id: &str,
+        frame: ClientFrame,
+    ) -> Relay {
+        let task_state = Arc::clone(state);
+        let user_id = caller.user_id.clone();
+        let session = session_id.to_owned();
+        let (sender, events) = mpsc::unbounded_channel();
+        let task = state.tasks.spawn(async move {
+            let mut stream = task_state
+                .runtime
+                .stream_frame(&session, &user_id, frame, false)
+                .await?;
+            while let Some(item) = stream.next().await {
+                let event = item?;
+                task_state.fanout.publish(&session, &event).await;
+                // The request may have stopped reading; the sockets still get the event.
+                let _ = sender.send(event);
+            }
+            Ok(())
+        });
+        Relay {
+            events,
+            task: Some(task),
         }
-        Ok(events)
-    });
-    match handle.await {
-        Ok(Ok(events)) => Ok(events),
-        Ok(Err(failure)) => Err(gateway_failure(&failure)),
-        Err(join) => {
-            tracing::error!(error = %join, "the relay task failed");
-            Err(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "internal server error",
-            ))
+    }
+
+    /// The next event; `Ok(None)` once the answer ended; the error response when the runtime
+    /// call failed (the events before it were published).
+    pub(super) async fn next(&mut self) -> Result<Option<SequencedEvent>, Response> {
+        if let Some(event) = self.events.recv().await {
+            return Ok(Some(event));
+        }
+        let Some(task) = self.task.take() else {
+            return Ok(None);
+        };
+        match task.await {
+            Ok(Ok(())) => Ok(None),
+            Ok(Err(failure)) => Err(gateway_failure(&failure)),
+            Err(join) => {
+                tracing::error!(error = %join, "the relay task failed");
+                Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "internal server error",
+                ))
+            }
         }
     }
 }

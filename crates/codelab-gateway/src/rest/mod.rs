@@ -1,4 +1,4 @@
-//! The REST half of `/api/v1`: sessions, approvals, agents and the OpenAPI document, proxied
+//! The REST half of `/api/v1`: sessions, approvals, plans, agents and the OpenAPI document, proxied
 //! to the agent runtime for the authenticated user, in the shapes the Flutter IDE parses
 //! (`docs/gateway.md`, "REST endpoints").
 //!
@@ -11,6 +11,7 @@
 
 mod agents;
 mod approvals;
+mod plans;
 mod sessions;
 
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use crate::runtime_client::{RuntimeError, encode_segment};
 /// Longest id accepted in a path (session, call or agent); the runtime's are shorter.
 const MAX_ID_LEN: usize = 128;
 
-/// The REST routes (health, sessions, approvals, agents, OpenAPI), without layers.
+/// The REST routes (health, sessions, approvals, plans, agents, OpenAPI), without layers.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/v1/health", get(show_health))
@@ -61,6 +62,9 @@ pub fn routes() -> Router<Arc<AppState>> {
             post(approvals::decide_approval),
         )
         .route("/api/v1/sessions/{id}/cancel", post(approvals::cancel_turn))
+        .route("/api/v1/sessions/{id}/plans", get(plans::session_plans))
+        .route("/api/v1/plans/{id}", get(plans::get_plan))
+        .route("/api/v1/plans/{id}/decision", post(plans::decide_plan))
         .route("/api/v1/agents", get(agents::list_agents))
         .route("/api/v1/agents/{id}", get(agents::get_agent))
         .route("/api/v1/agents/{id}/current", get(agents::current_agent))

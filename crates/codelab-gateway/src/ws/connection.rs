@@ -22,7 +22,8 @@ use codelab_protocol::ide::{ClientFrame, ServerFrame, parse_client_frame};
 use codelab_protocol::internal::{
     HistoryToolCall, PendingApprovals, SessionHistory, SessionSummary,
 };
-use codelab_protocol::runtime::SequencedEvent;
+use codelab_protocol::plans::{PlanStatus, SessionPlans};
+use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{Notify, oneshot};
@@ -517,7 +518,11 @@ impl Reader {
                     return None;
                 }
                 match frame {
-                    ClientFrame::Hello { protocol, last_seq } => self.hello(protocol, last_seq),
+                    ClientFrame::Hello {
+                        protocol,
+                        last_seq,
+                        capabilities,
+                    } => self.hello(protocol, last_seq, &capabilities),
                     ClientFrame::UserMessage { .. } => {
                         self.conn.queue(Command::TurnStarted(Instant::now()), 0);
                         self.dispatch(frame);
@@ -543,10 +548,11 @@ impl Reader {
         }
     }
 
-    /// `{"type":"hello","protocol":N,"last_seq"?:S}`: switches the profile; protocol 2 gets
+    /// `{"type":"hello","protocol":N,"last_seq"?:S,"capabilities"?:[...]}`: switches the
+    /// profile (protocol 1 with the `plans` capability gets the plan frames); protocol 2 gets
     /// its resumption.
-    fn hello(&mut self, protocol: u32, last_seq: Option<u64>) {
-        let Some(profile) = Profile::from_number(u64::from(protocol)) else {
+    fn hello(&mut self, protocol: u32, last_seq: Option<u64>, capabilities: &[String]) {
+        let Some(profile) = Profile::from_hello(u64::from(protocol), capabilities) else {
             self.conn.direct(ServerFrame::error(
                 format!("unsupported protocol {protocol}: this gateway speaks 1 and 2"),
                 Some("INVALID_FORMAT"),
@@ -1003,7 +1009,9 @@ async fn catch_up(conn: &Conn, after: u64) -> Replay {
 }
 
 /// The session's open tool calls as frames: each `tool_call` again (the IDE has not answered
-/// it), with `approval_required` after those still waiting for a person.
+/// it), with `approval_required` after those still waiting for a person. A plan's
+/// `create_plan` call is no tool for the IDE: a plan waiting for approval comes back as its
+/// `plan_approval_required` instead.
 async fn open_calls(conn: &Conn) -> Result<Vec<Frame>, RuntimeError> {
     let runtime = &conn.state.runtime;
     let access = &conn.access;
@@ -1015,13 +1023,14 @@ async fn open_calls(conn: &Conn) -> Result<Vec<Frame>, RuntimeError> {
         Err(RuntimeError::Status { status: 404, .. }) => return Ok(Vec::new()),
         Err(error) => return Err(error),
     };
-    let open: Vec<HistoryToolCall> = history
+    let (plan_calls, open): (Vec<HistoryToolCall>, Vec<HistoryToolCall>) = history
         .tool_calls
         .into_iter()
         .filter(HistoryToolCall::is_open)
-        .collect();
+        .partition(|call| call.tool_name == CREATE_PLAN_TOOL);
+    let mut frames = waiting_plans(conn, &plan_calls).await?;
     if open.is_empty() {
-        return Ok(Vec::new());
+        return Ok(frames);
     }
     let mut reasons = HashMap::new();
     if open.iter().any(HistoryToolCall::is_pending_approval) {
@@ -1034,7 +1043,6 @@ async fn open_calls(conn: &Conn) -> Result<Vec<Frame>, RuntimeError> {
             }
         }
     }
-    let mut frames = Vec::new();
     for call in open {
         let pending = call.is_pending_approval();
         let reason = reasons.get(&call.call_id).map(String::as_str);
@@ -1054,6 +1062,46 @@ async fn open_calls(conn: &Conn) -> Result<Vec<Frame>, RuntimeError> {
             ));
         }
     }
+    Ok(frames)
+}
+
+/// The runtime's tool that proposes a plan (docs/agent-runtime.md, "Planning").
+const CREATE_PLAN_TOOL: &str = "create_plan";
+
+/// `plan_approval_required` (protocol 2) for each plan whose open `create_plan` call is among
+/// `plan_calls`.
+async fn waiting_plans(
+    conn: &Conn,
+    plan_calls: &[HistoryToolCall],
+) -> Result<Vec<Frame>, RuntimeError> {
+    if plan_calls.is_empty() {
+        return Ok(Vec::new());
+    }
+    let access = &conn.access;
+    let plans = conn
+        .state
+        .runtime
+        .session_part::<SessionPlans>(&access.session_id, &access.user_id)
+        .await?;
+    let frames = plans
+        .plans
+        .into_iter()
+        .filter(|plan| plan.status == PlanStatus::AwaitingApproval)
+        .filter(|plan| {
+            plan_calls
+                .iter()
+                .any(|call| call.call_id == plan.approval_request_id)
+        })
+        .filter_map(|plan| {
+            let event = RuntimeEvent::PlanApprovalRequired {
+                plan_id: plan.id.clone(),
+                approval_request_id: plan.approval_request_id.clone(),
+                plan_summary: plan.summary_view(),
+                plan: Box::new(plan),
+            };
+            render(Profile::V2, &SequencedEvent { seq: 0, event })
+        })
+        .collect();
     Ok(frames)
 }
 

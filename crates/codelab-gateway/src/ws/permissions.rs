@@ -4,8 +4,8 @@
 //! A socket without a token (`session` mode) proves only that it knows a session id, so it
 //! gets what the Flutter IDE needs and nothing more: a `tool_result` stays the IDE's answer to
 //! a call it ran, or refused, after asking its user, but a server-side decision
-//! (`hitl_decision`, `cancel_turn`, and any frame type added later) needs a token. A token
-//! without `api:write` may watch a session but not act in it. See
+//! (`hitl_decision`, `plan_decision`, `cancel_turn`, and any frame type added later) needs a
+//! token. A token without `api:write` may watch a session but not act in it. See
 //! docs/websocket-protocol.md, "What a socket may send".
 
 use codelab_protocol::ide::ServerFrame;
@@ -65,8 +65,8 @@ impl FramePermissions {
                 message: format!(
                     "{kind} is not accepted from a socket without a token: connect with a \
                      token, or use the REST API (approvals: POST \
-                     /api/v1/sessions/{{id}}/approvals/{{call_id}}, cancel: POST \
-                     /api/v1/sessions/{{id}}/cancel)"
+                     /api/v1/sessions/{{id}}/approvals/{{call_id}}, plans: POST \
+                     /api/v1/plans/{{id}}/decision, cancel: POST /api/v1/sessions/{{id}}/cancel)"
                 ),
                 code: "FORBIDDEN",
             }),
@@ -113,10 +113,12 @@ mod tests {
         assert!(writer.check("hitl_decision").is_ok());
         let reader = FramePermissions::for_socket(Some(&principal(&["api:read"])), false);
         assert!(reader.check("hello").is_ok());
+        assert!(writer.check("plan_decision").is_ok());
         for kind in [
             "user_message",
             "tool_result",
             "hitl_decision",
+            "plan_decision",
             "cancel_turn",
         ] {
             assert_eq!(reader.check(kind).unwrap_err().code, "INSUFFICIENT_SCOPE");

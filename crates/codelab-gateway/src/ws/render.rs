@@ -2,19 +2,30 @@
 //!
 //! The Flutter IDE appends every frame it receives as its own chat bubble and renders any type
 //! it does not know as an (empty) assistant bubble, so it gets only the four types it knows,
-//! each assistant message whole. Protocol-2 clients (`codelab chat`, the website) get token
-//! deltas, approvals, turn ends and session info, each stored event with its `seq` so they can
-//! resume. No frame ever carries a `null` key.
+//! each assistant message whole; a plan waiting for approval reaches it as one assistant
+//! message. Protocol-2 clients (`codelab chat`, the website) get token deltas, approvals, turn
+//! ends, session info and the plan frames, each stored event with its `seq` so they can resume;
+//! a Flutter-profile client that declared the `plans` capability gets the plan frames too
+//! (docs/websocket-protocol.md). No frame ever carries a `null` key.
 
 use codelab_protocol::ide::{FrameError, FrameMetadata, ServerFrame, ServerFrameType};
+use codelab_protocol::plans::PlanView;
 use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
+use serde_json::Value;
+
+/// The capability a `hello` declares to get the plan frames in the Flutter profile.
+pub const PLANS_CAPABILITY: &str = "plans";
 
 /// How a socket's client reads frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
     /// The Flutter IDE (the default): whole messages, four frame types.
     Flutter,
-    /// Protocol 2: deltas plus `approval_required`, `turn_finished`, `session_info`.
+    /// The Flutter profile plus the four plan frames: a client that declared the `plans`
+    /// capability in `hello`.
+    FlutterWithPlans,
+    /// Protocol 2: deltas plus `approval_required`, `turn_finished`, `session_info` and the
+    /// plan frames.
     V2,
 }
 
@@ -22,7 +33,7 @@ impl Profile {
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
-            Profile::Flutter => "flutter",
+            Profile::Flutter | Profile::FlutterWithPlans => "flutter",
             Profile::V2 => "protocol2",
         }
     }
@@ -34,6 +45,22 @@ impl Profile {
             2 => Some(Profile::V2),
             _ => None,
         }
+    }
+
+    /// The profile a `hello` asks for: its protocol number, and for protocol 1 whether it
+    /// declared the `plans` capability (other capabilities are ignored).
+    pub fn from_hello(protocol: u64, capabilities: &[String]) -> Option<Profile> {
+        match Profile::from_number(protocol)? {
+            Profile::Flutter if capabilities.iter().any(|c| c == PLANS_CAPABILITY) => {
+                Some(Profile::FlutterWithPlans)
+            }
+            profile => Some(profile),
+        }
+    }
+
+    /// Whether the client reads the plan frames.
+    fn shows_plans(self) -> bool {
+        matches!(self, Profile::FlutterWithPlans | Profile::V2)
     }
 }
 
@@ -63,7 +90,6 @@ fn message_metadata(message_id: &str, agent: &str) -> Option<FrameMetadata> {
 pub fn render(profile: Profile, event: &SequencedEvent) -> Option<Frame> {
     let frame = match (&event.event, profile) {
         // The Flutter IDE would show each delta as its own bubble: it gets the whole message.
-        (RuntimeEvent::AssistantDelta { .. }, Profile::Flutter) => return None,
         (
             RuntimeEvent::AssistantDelta {
                 message_id,
@@ -85,7 +111,7 @@ pub fn render(profile: Profile, event: &SequencedEvent) -> Option<Frame> {
         ) => ServerFrame {
             metadata: match profile {
                 Profile::V2 => message_metadata(message_id, agent),
-                Profile::Flutter => None,
+                Profile::Flutter | Profile::FlutterWithPlans => None,
             },
             ..ServerFrame::assistant_message(content, true)
         },
@@ -164,18 +190,82 @@ pub fn render(profile: Profile, event: &SequencedEvent) -> Option<Frame> {
             },
             Profile::V2,
         ) => ServerFrame::session_info(session_id, Some(current_agent)),
+        (RuntimeEvent::PlanApprovalRequired { plan, .. }, Profile::Flutter) => {
+            ServerFrame::assistant_message(&plan_as_message(plan), true)
+        }
+        (event, profile) if profile.shows_plans() => plan_frame(event)?,
         _ => return None,
     };
     Some(match profile {
         // Merges `"metadata": {"seq": N}` into a protocol-2 frame of a stored event.
         Profile::V2 => frame.with_seq(event.seq),
-        Profile::Flutter => frame,
+        Profile::Flutter | Profile::FlutterWithPlans => frame,
     })
+}
+
+/// The frame of a plan event, for a client that reads plan frames; `None` for other events.
+fn plan_frame(event: &RuntimeEvent) -> Option<Frame> {
+    Some(match event {
+        RuntimeEvent::PlanApprovalRequired {
+            plan_id,
+            approval_request_id,
+            plan_summary,
+            plan,
+        } => ServerFrame {
+            plan_id: Some(plan_id.clone()),
+            approval_request_id: Some(approval_request_id.clone()),
+            plan_summary: Some(plan_summary.clone()),
+            plan: Some(plan.clone()),
+            ..ServerFrame::new(ServerFrameType::PlanApprovalRequired)
+        },
+        RuntimeEvent::PlanUpdate { plan_id, plan } => ServerFrame {
+            plan_id: Some(plan_id.clone()),
+            plan: Some(plan.clone()),
+            ..ServerFrame::new(ServerFrameType::PlanUpdate)
+        },
+        RuntimeEvent::PlanProgress {
+            plan_id,
+            subtask_id,
+            status,
+            result,
+        } => ServerFrame {
+            plan_id: Some(plan_id.clone()),
+            subtask_id: Some(*subtask_id),
+            status: Some(status.as_str().to_owned()),
+            result: result.clone().map(Value::String),
+            ..ServerFrame::new(ServerFrameType::PlanProgress)
+        },
+        RuntimeEvent::ExecutionCompleted {
+            plan_id,
+            status,
+            summary,
+        } => ServerFrame {
+            plan_id: Some(plan_id.clone()),
+            status: Some(status.clone()),
+            summary: Some(summary.clone()),
+            ..ServerFrame::new(ServerFrameType::ExecutionCompleted)
+        },
+        _ => return None,
+    })
+}
+
+/// A plan waiting for approval as one assistant message, for a Flutter IDE that renders no
+/// plan frames (and, without a token, may not send `plan_decision`): the checklist, then the
+/// ways it can be decided.
+pub fn plan_as_message(plan: &PlanView) -> String {
+    format!(
+        "{}\nThis plan waits for your decision: approve, reject or modify it on this session's \
+         page in the console, or with POST /api/v1/plans/{}/decision \
+         {{\"decision\": \"approve\"}} (\"reject\", or \"modify\" with \"feedback\").",
+        plan.as_text(),
+        plan.id
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use codelab_protocol::plans::{PlanStatus, SubtaskStatus, SubtaskView};
     use codelab_protocol::runtime::TurnOutcome;
     use serde_json::{Map, Value, json};
 
@@ -254,6 +344,9 @@ mod tests {
             RuntimeEvent::Notice {
                 message: "nothing to cancel".into(),
             },
+            plan_update(),
+            plan_progress(),
+            execution_completed(),
         ] {
             assert_eq!(
                 render(Profile::Flutter, &seq(3, event.clone())),
@@ -261,6 +354,245 @@ mod tests {
                 "{event:?}"
             );
         }
+    }
+
+    fn plan() -> PlanView {
+        PlanView {
+            id: "plan_1".into(),
+            session_id: "s".into(),
+            version: 1,
+            title: "Add login".into(),
+            description: "Forms and routes".into(),
+            status: PlanStatus::AwaitingApproval,
+            approval_request_id: "call_p".into(),
+            created_at: "2026-12-07T11:00:00Z".into(),
+            updated_at: "2026-12-07T11:00:00Z".into(),
+            feedback: None,
+            summary: None,
+            subtasks: vec![SubtaskView {
+                id: 0,
+                title: "form".into(),
+                description: "write the form".into(),
+                agent: "coder".into(),
+                estimated_time_minutes: 5,
+                dependencies: Vec::new(),
+                status: SubtaskStatus::Pending,
+                result: None,
+                error: None,
+            }],
+        }
+    }
+
+    fn plan_approval_required() -> RuntimeEvent {
+        let plan = plan();
+        RuntimeEvent::PlanApprovalRequired {
+            plan_id: plan.id.clone(),
+            approval_request_id: plan.approval_request_id.clone(),
+            plan_summary: plan.summary_view(),
+            plan: Box::new(plan),
+        }
+    }
+
+    fn plan_update() -> RuntimeEvent {
+        RuntimeEvent::PlanUpdate {
+            plan_id: "plan_1".into(),
+            plan: Box::new(PlanView {
+                status: PlanStatus::Approved,
+                ..plan()
+            }),
+        }
+    }
+
+    fn plan_progress() -> RuntimeEvent {
+        RuntimeEvent::PlanProgress {
+            plan_id: "plan_1".into(),
+            subtask_id: 0,
+            status: SubtaskStatus::Completed,
+            result: Some("form written".into()),
+        }
+    }
+
+    fn execution_completed() -> RuntimeEvent {
+        RuntimeEvent::ExecutionCompleted {
+            plan_id: "plan_1".into(),
+            status: "completed".into(),
+            summary: "1 of 1 subtasks completed".into(),
+        }
+    }
+
+    /// The four plan events with the frames a client that reads plan frames gets (without
+    /// `metadata`).
+    fn plan_events_and_frames() -> Vec<(RuntimeEvent, Value)> {
+        let plan_json = serde_json::to_value(plan()).unwrap();
+        let approved_json = serde_json::to_value(PlanView {
+            status: PlanStatus::Approved,
+            ..plan()
+        })
+        .unwrap();
+        vec![
+            (
+                plan_approval_required(),
+                json!({"type": "plan_approval_required", "plan_id": "plan_1",
+                       "approval_request_id": "call_p",
+                       "plan_summary": {"title": "Add login", "description": "Forms and routes",
+                                        "subtasks_count": 1, "total_estimated_time_minutes": 5},
+                       "plan": plan_json}),
+            ),
+            (
+                plan_update(),
+                json!({"type": "plan_update", "plan_id": "plan_1", "plan": approved_json}),
+            ),
+            (
+                plan_progress(),
+                json!({"type": "plan_progress", "plan_id": "plan_1", "subtask_id": 0,
+                       "status": "completed", "result": "form written"}),
+            ),
+            (
+                execution_completed(),
+                json!({"type": "execution_completed", "plan_id": "plan_1",
+                       "status": "completed", "summary": "1 of 1 subtasks completed"}),
+            ),
+        ]
+    }
+
+    #[test]
+    fn protocol_two_gets_the_plan_frames_with_seq() {
+        for (at, (event, expected)) in (20..).zip(plan_events_and_frames()) {
+            let mut expected = expected;
+            expected["metadata"] = json!({"seq": at});
+            assert_eq!(
+                json_of(render(Profile::V2, &seq(at, event.clone())).unwrap()),
+                expected,
+                "{event:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_plans_capability_gives_the_flutter_profile_the_plan_frames() {
+        for (event, expected) in plan_events_and_frames() {
+            assert_eq!(
+                json_of(render(Profile::FlutterWithPlans, &seq(20, event.clone())).unwrap()),
+                expected,
+                "{event:?}"
+            );
+        }
+        // Otherwise it stays the Flutter profile: whole messages, no protocol-2 types.
+        let delta = RuntimeEvent::AssistantDelta {
+            message_id: "m".into(),
+            agent: "coder".into(),
+            delta: "Hel".into(),
+        };
+        let turn_end = RuntimeEvent::TurnFinished {
+            outcome: TurnOutcome::Completed,
+        };
+        for event in [delta, turn_end] {
+            assert_eq!(render(Profile::FlutterWithPlans, &seq(0, event)), None);
+        }
+        let message = seq(
+            4,
+            RuntimeEvent::AssistantMessage {
+                message_id: "m".into(),
+                agent: "coder".into(),
+                content: "Hello!".into(),
+            },
+        );
+        assert_eq!(
+            render(Profile::FlutterWithPlans, &message),
+            render(Profile::Flutter, &message)
+        );
+    }
+
+    #[test]
+    fn without_the_capability_a_plan_is_one_assistant_message() {
+        let frame = render(Profile::Flutter, &seq(20, plan_approval_required())).unwrap();
+        assert_eq!(frame.kind, ServerFrameType::AssistantMessage);
+        let content = frame.content.clone().unwrap();
+        assert!(content.starts_with(&plan().as_text()), "{content}");
+        assert!(
+            content.contains("POST /api/v1/plans/plan_1/decision"),
+            "{content}"
+        );
+        assert!(content.contains("console"), "{content}");
+        assert_eq!(
+            map_of(frame).keys().collect::<Vec<_>>(),
+            ["content", "is_final", "token", "type"]
+        );
+        for event in [plan_update(), plan_progress(), execution_completed()] {
+            assert_eq!(
+                render(Profile::Flutter, &seq(21, event.clone())),
+                None,
+                "{event:?}"
+            );
+        }
+    }
+
+    /// Every event the runtime sends, rendered for the Flutter IDE without the capability, is
+    /// one of the four types it renders (issue 18: it never gets an unknown type).
+    #[test]
+    fn the_flutter_profile_gets_only_the_types_it_renders() {
+        let mut events = vec![
+            RuntimeEvent::AssistantDelta {
+                message_id: "m".into(),
+                agent: "coder".into(),
+                delta: "d".into(),
+            },
+            RuntimeEvent::AssistantMessage {
+                message_id: "m".into(),
+                agent: "coder".into(),
+                content: "c".into(),
+            },
+            RuntimeEvent::ApprovalRequired {
+                call_id: "c".into(),
+                tool_name: "write_file".into(),
+                arguments: json!({}),
+                reason: "writes".into(),
+            },
+            RuntimeEvent::TurnFinished {
+                outcome: TurnOutcome::Completed,
+            },
+            RuntimeEvent::SessionInfo {
+                session_id: "s".into(),
+                current_agent: "coder".into(),
+            },
+            RuntimeEvent::Error {
+                message: "m".into(),
+                code: None,
+            },
+        ];
+        events.extend(plan_events_and_frames().into_iter().map(|(event, _)| event));
+        for event in events {
+            if let Some(frame) = render(Profile::Flutter, &seq(1, event.clone())) {
+                assert!(
+                    ["assistant_message", "tool_call", "agent_switched", "error"]
+                        .contains(&frame_type(&frame)),
+                    "{event:?} became {}",
+                    frame_type(&frame)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn hello_picks_the_profile_and_ignores_unknown_capabilities() {
+        let caps = |names: &[&str]| -> Vec<String> { names.iter().map(|n| (*n).into()).collect() };
+        assert_eq!(
+            Profile::from_hello(1, &caps(&["plans"])),
+            Some(Profile::FlutterWithPlans)
+        );
+        assert_eq!(
+            Profile::from_hello(1, &caps(&["telepathy", "plans"])),
+            Some(Profile::FlutterWithPlans)
+        );
+        assert_eq!(
+            Profile::from_hello(1, &caps(&["telepathy"])),
+            Some(Profile::Flutter)
+        );
+        assert_eq!(Profile::from_hello(1, &[]), Some(Profile::Flutter));
+        assert_eq!(Profile::from_hello(2, &[]), Some(Profile::V2));
+        assert_eq!(Profile::from_hello(2, &caps(&["plans"])), Some(Profile::V2));
+        assert_eq!(Profile::from_hello(3, &caps(&["plans"])), None);
+        assert_eq!(Profile::FlutterWithPlans.label(), "flutter");
     }
 
     #[test]
@@ -473,12 +805,23 @@ mod tests {
                 approval_reason: None,
                 agent: "coder".into(),
             },
+            plan_approval_required(),
+            plan_update(),
+            plan_progress(),
+            execution_completed(),
         ];
-        for profile in [Profile::Flutter, Profile::V2] {
+        let mut checked = 0;
+        for profile in [Profile::Flutter, Profile::FlutterWithPlans, Profile::V2] {
             for event in &events {
-                let frame = map_of(render(profile, &seq(1, event.clone())).unwrap());
+                // The Flutter profile gets no frame for three of the plan events.
+                let Some(frame) = render(profile, &seq(1, event.clone())) else {
+                    continue;
+                };
+                checked += 1;
+                let frame = map_of(frame);
                 assert!(!has_null(&frame), "{frame:?}");
             }
         }
+        assert_eq!(checked, 4 + 7 + 7);
     }
 }

@@ -9,6 +9,7 @@ mod common;
 
 mod auth;
 mod e2e;
+mod plans;
 mod rest;
 mod security;
 mod ws;

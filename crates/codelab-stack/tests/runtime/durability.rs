@@ -101,6 +101,7 @@ async fn crash_mid_step(rt: &Runtime, session: &str, text: &str) -> String {
         created_at: now,
         updated_at: now,
         cancel_requested_at: None,
+        plan_id: None,
     };
     store
         .commit_step(StepCommit {

@@ -15,6 +15,7 @@ mod durability;
 mod hitl_policy;
 mod llm_client;
 mod metrics;
+mod plans;
 mod postgres;
 mod routing;
 mod turns;

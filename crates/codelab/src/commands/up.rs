@@ -18,13 +18,15 @@ use anyhow::Context;
 use clap::Args;
 use codelab_agent_runtime::RuntimeService;
 use codelab_auth::AuthService;
-use codelab_core::config::{ConfigLoader, Environment};
+use codelab_core::config::{ConfigLoader, Environment, Secret};
 use codelab_core::http::{ListenerLimits, shutdown_on_signals};
 use codelab_core::service::{EnvVars, Service};
 use codelab_core::telemetry::init_tracing;
 use codelab_gateway::GatewayService;
 use codelab_llm_proxy::ProxyService;
-use codelab_stack::{Database, GatewayAuth, Ports, Stack, postgres_database_url};
+use codelab_stack::{
+    Database, GatewayAuth, InternalKeys, Ports, ServiceId, Stack, StackError, postgres_database_url,
+};
 use codelab_website::WebsiteService;
 use tokio::net::TcpListener;
 
@@ -98,6 +100,7 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
         .load(ProxyService::SECTION, ProxyService::ENV_PREFIX, &())
         .context("invalid llm-proxy configuration")?;
     init_tracing(Environment::Development, &proxy_config.log_level);
+    let runtime_key = operator_runtime_key(&loader)?;
 
     // Bound before the auth service is built: its issuer and metadata URLs name this address.
     let public = TcpListener::bind(args.listen).await.with_context(|| {
@@ -109,7 +112,7 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
     let public_address = public.local_addr()?;
 
     // Internal keys are per link and only live as long as this process (the stack generates
-    // them): nothing outside it needs them. Every service's own settings (file,
+    // them): nothing outside it needs them, unless the operator sets the runtime's. Every service's own settings (file,
     // `<PREFIX>__*`) are read; the stack's wiring, `--model` and the flags go over them.
     let mut stack = Stack::builder()
         .data_dir(&data_dir)
@@ -134,6 +137,14 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
         .env(EnvVars::from_process())
         .drain_timeout(DRAIN_TIMEOUT)
         .shutdown(shutdown_on_signals());
+    if let Some(runtime) = &runtime_key {
+        // The operator's key guards the runtime, so its API can be called from outside (the
+        // schema tests do); the proxy's key stays generated.
+        stack = stack.keys(InternalKeys {
+            proxy: Secret::generate(),
+            runtime: runtime.clone(),
+        });
+    }
     if let Some((model, _)) = chosen_model(args.model.as_deref(), |name| {
         std::env::var(name).ok().filter(|v| !v.is_empty())
     }) {
@@ -145,7 +156,18 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
     if let Some(password) = &args.admin_password {
         stack = stack.admin_password(password.clone());
     }
-    let mut stack = stack.start().await?;
+    if let Some(server) = &args.postgres_url {
+        stack = stack.wait_for_database(waiting_notice(server, public_address));
+    }
+    let mut stack = match stack.start().await {
+        Ok(stack) => stack,
+        // Ctrl-C while PostgreSQL did not answer: nothing started, nothing to drain.
+        Err(StackError::Stopped) => {
+            println!("CodeLab stopped.");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(error) => return Err(error.into()),
+    };
 
     let backends = backends(&args)?;
     print_summary(
@@ -155,6 +177,7 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
         &stack.services(),
         &backends,
         args.no_auth,
+        runtime_key.is_some(),
     );
     let seed_report = stack
         .auth
@@ -187,6 +210,20 @@ pub async fn run(file: Option<PathBuf>, args: UpArgs) -> anyhow::Result<ExitCode
     })
 }
 
+/// The runtime's key setting (also `internal_api_key` in the file's `[agent_runtime]`).
+const RUNTIME_KEY_VARIABLE: &str = "AGENT_RUNTIME__INTERNAL_API_KEY";
+
+/// The gateway→runtime key the operator set (`AGENT_RUNTIME__INTERNAL_API_KEY`, or the file's
+/// runtime section), or `None` to generate one: unset, empty or the shipped placeholder.
+fn operator_runtime_key(loader: &ConfigLoader) -> anyhow::Result<Option<Secret>> {
+    let config: <RuntimeService as Service>::Config = loader
+        .load(RuntimeService::SECTION, RuntimeService::ENV_PREFIX, &())
+        .context("invalid agent-runtime configuration")?;
+    let placeholder = <RuntimeService as Service>::Config::default().internal_api_key;
+    let key = config.internal_api_key;
+    Ok((!key.is_empty() && key.expose() != placeholder.expose()).then_some(key))
+}
+
 /// The environment variables naming a profile for one of `up`'s services, in the order they
 /// are reported: each service's own `<PREFIX>__ENVIRONMENT`, then plain `ENVIRONMENT`.
 const ENVIRONMENT_PREFIXES: [&str; 5] = [
@@ -215,6 +252,32 @@ fn hardened_environment(
         }
     }
     Ok(None)
+}
+
+/// What `up` prints while PostgreSQL does not answer: once, when the first service finds it
+/// down (its URL redacted, as in the summary); the stack logs every retry. A server that
+/// answers and refuses (wrong password, no `pg_hba.conf` entry) is not waited for: `up` stops
+/// with the driver's error, since retrying cannot fix a setting.
+fn waiting_notice(
+    server: &str,
+    public: SocketAddr,
+) -> impl Fn(ServiceId, &str) + Send + Sync + use<> {
+    let server = codelab_core::db::redact_database_url(server);
+    let printed = std::sync::atomic::AtomicBool::new(false);
+    move |service, error| {
+        if printed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        println!();
+        println!(
+            "Waiting for PostgreSQL at {server} (the {} service: {error}).",
+            service.name()
+        );
+        println!(
+            "  public address   http://{public} (answers 503 until PostgreSQL answers; retrying \
+             every few seconds, Ctrl-C stops)"
+        );
+    }
 }
 
 /// `url` with its password hidden, for the summary.
@@ -250,6 +313,7 @@ fn print_summary(
     running: &[(&'static str, SocketAddr)],
     backends: &[String],
     no_auth: bool,
+    runtime_key_set: bool,
 ) {
     println!();
     println!("CodeLab is up.");
@@ -258,7 +322,14 @@ fn print_summary(
     println!("  oauth            http://{public}/oauth/token");
     println!("  website          http://{public}/ (docs at /docs, console at /console)");
     for (name, address) in running {
-        println!("  {name:<16} http://{address} (internal)");
+        if runtime_key_set && *name == ServiceId::AgentRuntime.name() {
+            println!(
+                "  {name:<16} http://{address} (internal; X-Internal-Auth: the key in \
+                 {RUNTIME_KEY_VARIABLE})"
+            );
+        } else {
+            println!("  {name:<16} http://{address} (internal)");
+        }
     }
     println!("  data dir         {}", data_dir.display());
     for line in backends {

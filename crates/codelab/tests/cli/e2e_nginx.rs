@@ -32,26 +32,25 @@
 //! test ends, temp dirs and databases are removed. When a test fails, the end of every
 //! process's log is printed.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::common::cli::get_text;
-use crate::common::nginx::{Nginx, Prefix, upstreams_conf};
+use crate::common::nginx::Prefix;
 use crate::common::processes::{Process, RedisServer, codelab, free_port, wait_for_status};
+use crate::common::topology::{ADMIN, Front, TempDatabases, Topology};
 use codelab_testkit::TempPostgres;
 use codelab_testkit::ide_clients::steps::{
-    self, assert_no_null_keys, assert_the_ide_understood_everything, is_tool_call, object,
-    p2_ask_write, report_ran, tool_call_of,
+    self, assert_no_null_keys, assert_the_ide_understood_everything, is_tool_call, p2_ask_write,
+    report_ran, tool_call_of,
 };
 use codelab_testkit::ide_clients::{
     Bubble, FlutterReplicaClient, P2Frame, Protocol2Client, Protocol2Options, Role, TokenPlacement,
 };
 use codelab_testkit::scenarios::{self, FirstTurn};
 use futures_util::future::join_all;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-const ADMIN: &str = "admin";
 const ADMIN_PASSWORD: &str = "e2e-nginx-admin-password";
 /// Bound of every wait of a client (two cores are shared with other builds).
 const WAIT: Duration = Duration::from_secs(30);
@@ -62,285 +61,26 @@ const START: Duration = Duration::from_secs(60);
 // The stack: every service as its own process behind nginx
 // ---------------------------------------------------------------------------------------------
 
-/// A `codelab serve <service>` process and its address.
-struct Service {
-    process: Process,
-    url: String,
-    /// `serve`'s argument, the environment and the log: what a restart needs.
-    service: String,
-    env: Vec<(String, String)>,
-    log: PathBuf,
-}
-
-impl Service {
-    /// `codelab serve <service>` on `port` (127.0.0.1) with `env`, its output in `logs`.
-    fn spawn(service: &str, prefix: &str, port: u16, env: &[(&str, String)], logs: &Path) -> Self {
-        let mut env: Vec<(String, String)> = env
-            .iter()
-            .map(|(name, value)| ((*name).to_owned(), value.clone()))
-            .collect();
-        env.push((format!("{prefix}__PORT"), port.to_string()));
-        env.push((format!("{prefix}__HOST"), "127.0.0.1".to_owned()));
-        let log = logs.join(format!("{service}-{port}.log"));
-        let process = Self::process(service, port, &env, &log);
-        Service {
-            process,
-            url: format!("http://127.0.0.1:{port}"),
-            service: service.to_owned(),
-            env,
-            log,
-        }
-    }
-
-    fn process(service: &str, port: u16, env: &[(String, String)], log: &Path) -> Process {
-        let mut command = codelab(&["serve", service]);
-        command.envs(env.iter().map(|(name, value)| (name, value)));
-        Process::spawn(&format!("{service}:{port}"), command, log)
-    }
-
-    /// Kills it (a crash, or its node gone).
-    fn stop(&mut self) {
-        self.process.kill();
-    }
-
-    /// Starts it again with the same settings on the same port.
-    fn restart(&mut self) {
-        let port = self.address().port();
-        self.process = Self::process(&self.service, port, &self.env, &self.log);
-    }
-
-    fn address(&self) -> SocketAddr {
-        self.url.trim_start_matches("http://").parse().unwrap()
-    }
-
-    /// Waits until `/ready` answers `status`; returns its checks.
-    async fn ready_is(&mut self, status: u16) -> Map<String, Value> {
-        let url = format!("{}/ready", self.url);
-        let body = wait_for_status(&url, status, &mut self.process, START).await;
-        let body: Value = serde_json::from_str(&body).unwrap();
-        object(body["checks"].clone())
-    }
-}
-
-/// An nginx from deploy/nginx/nginx.conf with its prefix (the process goes first).
-struct Front {
-    _nginx: Nginx,
-    prefix: Prefix,
-}
-
-impl Front {
-    async fn start(prefix: Prefix) -> Front {
-        Front {
-            _nginx: prefix.start().await,
-            prefix,
-        }
-    }
-
-    fn url(&self) -> String {
-        self.prefix.url()
-    }
-}
-
-/// Everything of items 1–3. Fields drop in order: nginx and the services are killed before
-/// the databases are dropped and the logs removed.
+/// Everything of items 1–3: the loopback topology and one more nginx per gateway. Fields drop
+/// in order: the pinned nginxes first.
 struct Stack {
-    /// nginx with both gateways in `codelab_gateway` (round robin).
-    front: Front,
-    /// One nginx per gateway (`pinned[i]` reaches `gateways[i]` only).
+    /// One nginx per gateway (`pinned[i]` reaches `topology.gateways[i]` only).
     pinned: Vec<Front>,
-    gateways: Vec<Service>,
-    runtimes: Vec<Service>,
-    website: Service,
-    auth: Service,
-    proxy: Service,
-    redis: RedisServer,
-    _auth_db: TempPostgres,
-    _runtime_db: TempPostgres,
-    logs: tempfile::TempDir,
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
+    topology: Topology<TempDatabases>,
 }
 
 impl Stack {
-    /// Starts every process at once, then waits until each `/ready` is 200.
+    /// Starts every process, waits until each `/ready` is 200, then starts the pinned nginxes.
     async fn start() -> Stack {
-        let logs = tempfile::tempdir().unwrap();
-        let auth_db = TempPostgres::new("e2e_auth");
-        let runtime_db = TempPostgres::new("e2e_runtime");
-        let redis = RedisServer::start().await;
-        let [proxy_port, auth_port, website_port] = [free_port(), free_port(), free_port()];
-        let runtime_ports = [free_port(), free_port()];
-        let gateway_ports = [free_port(), free_port()];
-
-        let gateway_addresses: Vec<SocketAddr> = gateway_ports.map(loopback).to_vec();
-        let front = Prefix::new(
-            &upstreams_conf(
-                &[loopback(auth_port)],
-                &gateway_addresses,
-                &[loopback(website_port)],
-            ),
-            false,
-        );
-        let pinned: Vec<Prefix> = gateway_addresses
-            .iter()
-            .map(|gateway| {
-                let upstreams = upstreams_conf(
-                    &[loopback(auth_port)],
-                    &[*gateway],
-                    &[loopback(website_port)],
-                );
-                Prefix::new(&upstreams, false)
-            })
-            .collect();
-        // What clients use: the issuer and every metadata URL name it.
-        let public = front.url();
-
-        // One strong key per link: runtime→proxy, and each gateway→its runtime.
-        let proxy_key = codelab_core::random_hex(32);
-        let runtime_keys = [codelab_core::random_hex(32), codelab_core::random_hex(32)];
-        let logs_dir = logs.path();
-        let proxy = Service::spawn(
-            "llm-proxy",
-            "LLM_PROXY",
-            proxy_port,
-            &[("LLM_PROXY__INTERNAL_API_KEY", proxy_key.clone())],
-            logs_dir,
-        );
-        let auth_url = format!("http://127.0.0.1:{auth_port}");
-        let auth = Service::spawn(
-            "auth",
-            "AUTH_SERVICE",
-            auth_port,
-            &[
-                ("AUTH_SERVICE__DB_URL", auth_db.url.clone()),
-                ("AUTH_SERVICE__PUBLIC_URL", public.clone()),
-                ("AUTH_SERVICE__TRUSTED_PROXIES", "127.0.0.1/32".into()),
-                ("AUTH_SERVICE__MASTER_KEY", ADMIN_PASSWORD.into()),
-                ("AUTH_SERVICE__REDIS_URL", redis.url()),
-                (
-                    "AUTH_SERVICE__WEB_REDIRECT_URIS",
-                    format!("{public}/console/callback"),
-                ),
-            ],
-            logs_dir,
-        );
-        let runtimes: Vec<Service> = runtime_ports
-            .iter()
-            .zip(&runtime_keys)
-            .map(|(port, key)| {
-                Service::spawn(
-                    "agent-runtime",
-                    "AGENT_RUNTIME",
-                    *port,
-                    &[
-                        ("AGENT_RUNTIME__DB_URL", runtime_db.url.clone()),
-                        (
-                            "AGENT_RUNTIME__LLM_PROXY_URL",
-                            format!("http://127.0.0.1:{proxy_port}"),
-                        ),
-                        ("AGENT_RUNTIME__LLM_PROXY_API_KEY", proxy_key.clone()),
-                        ("AGENT_RUNTIME__INTERNAL_API_KEY", key.clone()),
-                    ],
-                    logs_dir,
-                )
-            })
-            .collect();
-        let website = Service::spawn(
-            "website",
-            "WEBSITE",
-            website_port,
-            &[
-                ("WEBSITE__PUBLIC_URL", public.clone()),
-                ("WEBSITE__AUTH_URL", auth_url.clone()),
-                (
-                    "WEBSITE__GATEWAY_URL",
-                    format!("http://127.0.0.1:{}", gateway_ports[0]),
-                ),
-                ("WEBSITE__AGENT_RUNTIME_URL", runtimes[0].url.clone()),
-                ("WEBSITE__LLM_PROXY_URL", proxy.url.clone()),
-            ],
-            logs_dir,
-        );
-        // The gateways start at the same time as auth, in no order, as Kubernetes starts pods:
-        // a gateway whose JWKS fetch fails retries after 1 s, 2 s, ... and becomes ready soon
-        // after auth serves its keys. Gateway i talks to runtime i; both runtimes share the
-        // database.
-        let gateways: Vec<Service> = gateway_ports
-            .iter()
-            .zip(runtimes.iter().zip(&runtime_keys))
-            .map(|(port, (runtime, key))| {
-                Service::spawn(
-                    "gateway",
-                    "GATEWAY",
-                    *port,
-                    &[
-                        ("GATEWAY__AGENT_URL", runtime.url.clone()),
-                        ("GATEWAY__INTERNAL_API_KEY", key.clone()),
-                        ("GATEWAY__AUTH_SERVICE_URL", auth_url.clone()),
-                        ("GATEWAY__JWT_ISSUER", public.clone()),
-                        ("GATEWAY__REDIS_URL", redis.url()),
-                    ],
-                    logs_dir,
-                )
-            })
-            .collect();
-        let (front, pinned) = tokio::join!(
-            Front::start(front),
-            join_all(pinned.into_iter().map(Front::start))
-        );
-        let mut stack = Stack {
-            front,
-            pinned,
-            gateways,
-            runtimes,
-            website,
-            auth,
-            proxy,
-            redis,
-            _auth_db: auth_db,
-            _runtime_db: runtime_db,
-            logs,
-        };
-        let started = Instant::now();
-        let ready = join_all(stack.services().into_iter().map(|service| async move {
-            service.ready_is(200).await;
-            format!("{} {:?}", service.process.name(), started.elapsed())
+        let databases = TempDatabases::new("e2e");
+        let plan = databases.plan(ADMIN_PASSWORD.to_owned());
+        let topology = Topology::start_on(databases, plan).await;
+        let pinned = join_all(topology.gateways.iter().map(|gateway| {
+            let upstreams = topology.upstreams_with(&[gateway.address()]);
+            Front::start(Prefix::new(&upstreams, false))
         }))
         .await;
-        eprintln!("ready: {ready:?}");
-        stack
-    }
-
-    fn services(&mut self) -> Vec<&mut Service> {
-        let mut all: Vec<&mut Service> = vec![&mut self.proxy, &mut self.auth, &mut self.website];
-        all.extend(self.runtimes.iter_mut());
-        all.extend(self.gateways.iter_mut());
-        all
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for service in self.services() {
-            eprintln!(
-                "--- end of the log of {} ---\n{}",
-                service.process.name(),
-                service.process.tail()
-            );
-        }
-        for (i, front) in std::iter::once(&self.front).chain(&self.pinned).enumerate() {
-            let errors = std::fs::read_to_string(front.prefix.path().join("error.log"));
-            eprintln!(
-                "--- nginx {i} error log ---\n{}",
-                errors.unwrap_or_default()
-            );
-        }
-        eprintln!("(logs were in {})", self.logs.path().display());
+        Stack { pinned, topology }
     }
 }
 
@@ -646,7 +386,7 @@ async fn every_service_behind_nginx_on_postgres_and_redis() {
     let started = Instant::now();
     let mut stack = Stack::start().await;
     eprintln!("stack ready in {:?}", started.elapsed());
-    let public = stack.front.url();
+    let public = stack.topology.front.url();
 
     // nginx's routes reach the real services.
     for (path, needle) in [
@@ -670,8 +410,8 @@ async fn every_service_behind_nginx_on_postgres_and_redis() {
         chat_cli_flow(&public)
     );
     eprintln!("clients done in {:?}", phase.elapsed());
-    let log = stack.front.prefix.access_log();
-    for gateway in &stack.gateways {
+    let log = stack.topology.front.prefix.access_log();
+    for gateway in &stack.topology.gateways {
         let upstream = format!("upstream={}", gateway.address());
         assert!(
             log.contains(&upstream),
@@ -691,12 +431,12 @@ async fn every_service_behind_nginx_on_postgres_and_redis() {
 
     // 3. Redis goes away.
     let phase = Instant::now();
-    stack.redis.stop();
-    let auth_checks = stack.auth.ready_is(503).await;
+    stack.topology.redis.stop();
+    let auth_checks = stack.topology.auth.ready_is(503).await;
     assert_eq!(auth_checks["database"], "ok", "{auth_checks:?}");
     let cache = auth_checks["cache"].as_str().unwrap();
     assert!(cache.contains("redis"), "{auth_checks:?}");
-    for gateway in &mut stack.gateways {
+    for gateway in &mut stack.topology.gateways {
         let checks = gateway.ready_is(503).await;
         assert!(
             checks["redis"].as_str().unwrap().contains("Redis"),
@@ -706,7 +446,12 @@ async fn every_service_behind_nginx_on_postgres_and_redis() {
         assert_eq!(checks["jwks"], "ok", "{checks:?}");
     }
     // Services that do not use Redis stay ready.
-    for service in stack.runtimes.iter_mut().chain([&mut stack.proxy]) {
+    for service in stack
+        .topology
+        .runtimes
+        .iter_mut()
+        .chain([&mut stack.topology.proxy])
+    {
         service.ready_is(200).await;
     }
     eprintln!(
@@ -731,7 +476,7 @@ async fn every_service_behind_nginx_on_postgres_and_redis() {
             .as_deref()
             .is_some_and(|s| s.parse::<u64>().is_ok())
     );
-    let (_, metrics) = get(&stack.auth.url, "/metrics").await;
+    let (_, metrics) = get(&stack.topology.auth.url, "/metrics").await;
     assert!(
         metrics
             .lines()
@@ -759,16 +504,16 @@ async fn every_service_behind_nginx_on_postgres_and_redis() {
 
     // Redis is back on the same port: everything is ready again, and events cross gateways.
     let phase = Instant::now();
-    stack.redis.resume().await;
-    stack.auth.ready_is(200).await;
-    let (_, metrics) = get(&stack.auth.url, "/metrics").await;
+    stack.topology.redis.resume().await;
+    stack.topology.auth.ready_is(200).await;
+    let (_, metrics) = get(&stack.topology.auth.url, "/metrics").await;
     assert!(
         metrics
             .lines()
             .any(|l| l == "codelab_auth_cache_degraded 0"),
         "{metrics}"
     );
-    for gateway in &mut stack.gateways {
+    for gateway in &mut stack.topology.gateways {
         gateway.ready_is(200).await;
     }
     eprintln!("ready again in {:?}", phase.elapsed());
@@ -791,35 +536,35 @@ async fn every_service_behind_nginx_on_postgres_and_redis() {
 
     // The other dependencies: each /ready names the one that is down, and comes back with it.
     let phase = Instant::now();
-    stack.proxy.stop();
-    for runtime in &mut stack.runtimes {
+    stack.topology.proxy.stop();
+    for runtime in &mut stack.topology.runtimes {
         let checks = runtime.ready_is(503).await;
         assert_ne!(checks["llm_proxy"], "ok", "{checks:?}");
         assert_eq!(checks["database"], "ok", "{checks:?}");
     }
-    stack.proxy.restart();
-    for runtime in &mut stack.runtimes {
+    stack.topology.proxy.restart();
+    for runtime in &mut stack.topology.runtimes {
         runtime.ready_is(200).await;
     }
-    stack.runtimes[1].stop();
-    let checks = stack.gateways[1].ready_is(503).await;
+    stack.topology.runtimes[1].stop();
+    let checks = stack.topology.gateways[1].ready_is(503).await;
     assert_ne!(checks["agent_runtime"], "ok", "{checks:?}");
-    stack.gateways[0].ready_is(200).await;
-    stack.runtimes[1].restart();
-    stack.runtimes[1].ready_is(200).await;
-    stack.gateways[1].ready_is(200).await;
+    stack.topology.gateways[0].ready_is(200).await;
+    stack.topology.runtimes[1].restart();
+    stack.topology.runtimes[1].ready_is(200).await;
+    stack.topology.gateways[1].ready_is(200).await;
     // Auth down: the gateways keep verifying tokens with the keys they cached, so they stay
     // ready and serve; only logins and /auth-health fail.
-    stack.auth.stop();
-    for gateway in &mut stack.gateways {
+    stack.topology.auth.stop();
+    for gateway in &mut stack.topology.gateways {
         gateway.ready_is(200).await;
     }
     let sessions = client.list_sessions().await.unwrap();
     assert!(sessions.iter().any(|s| s.id == session), "{sessions:?}");
     let (status, _) = get(&public, "/auth-health").await;
     assert_eq!(status, 502);
-    stack.auth.restart();
-    stack.auth.ready_is(200).await;
+    stack.topology.auth.restart();
+    stack.topology.auth.ready_is(200).await;
     logged_in(&public).await;
     eprintln!("dependency checks done in {:?}", phase.elapsed());
     eprintln!("whole test in {:?}", started.elapsed());

@@ -24,4 +24,5 @@ mod migrate_cli;
 mod runtime_durability;
 mod serve_cli;
 mod staging_refusals;
+mod up_runtime_key;
 mod website_cli;

@@ -17,3 +17,4 @@ mod load;
 mod private_postgres;
 mod replica;
 mod stack;
+mod up_waits;

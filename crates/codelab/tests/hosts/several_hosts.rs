@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::nginx::{Prefix, upstreams_conf};
 use crate::common::private_postgres::PrivatePostgres;
-use crate::common::processes::{Process, codelab, redis_server_binary, wait_for_status};
+use crate::common::processes::{Process, redis_server_binary, wait_for_status};
+use crate::common::services::{self, Kind, Service, Wiring};
 use crate::network::{Host, Network, Unsupported};
 use codelab_testkit::ide_clients::steps::{
     assert_the_ide_understood_everything, is_tool_call, object, ran, report_ran, tool_call_of,
@@ -35,8 +36,7 @@ use codelab_testkit::ide_clients::{
     Bubble, FlutterReplicaClient, FlutterSocket, P2Frame, Protocol2Client, Protocol2Options,
     TokenPlacement, ToolDecision,
 };
-use futures_util::future::join_all;
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
 const ADMIN: &str = "admin";
 const ADMIN_PASSWORD: &str = "several-hosts-admin-password";
@@ -57,42 +57,8 @@ fn on(host: &Host, port: u16) -> SocketAddr {
     SocketAddr::from((host.address, port))
 }
 
-/// A `codelab serve <service>` process on its host.
-struct Service {
-    process: Process,
-    url: String,
-}
-
-impl Service {
-    fn spawn(
-        host: &Host,
-        service: &str,
-        prefix: &str,
-        env: &[(&str, String)],
-        logs: &Path,
-    ) -> Self {
-        let mut command = codelab(&["serve", service]);
-        command
-            .envs(env.iter().map(|(name, value)| (*name, value)))
-            .env(format!("{prefix}__HOST"), host.address.to_string())
-            .env(format!("{prefix}__PORT"), SERVICE_PORT.to_string());
-        let log = logs.join(format!("{}.log", host.name));
-        Service {
-            process: Process::spawn(host.name, host.command(&command), &log),
-            url: format!("http://{}", on(host, SERVICE_PORT)),
-        }
-    }
-
-    /// Waits until `/ready` answers `status`; returns its checks.
-    async fn ready_is(&mut self, status: u16) -> Map<String, Value> {
-        let url = format!("{}/ready", self.url);
-        let body = wait_for_status(&url, status, &mut self.process, START).await;
-        let body: Value = serde_json::from_str(&body).unwrap();
-        object(body["checks"].clone())
-    }
-}
-
-/// An nginx from deploy/nginx/nginx.conf listening on the nginx host's address.
+/// An nginx from deploy/nginx/nginx.conf listening on the nginx host's address; prints its log
+/// when it drops during a panic.
 struct Front {
     _process: Process,
     prefix: Prefix,
@@ -132,6 +98,14 @@ impl Front {
     /// Access and error lines (nginx.conf logs both to the process's output).
     fn log(&self) -> String {
         std::fs::read_to_string(self.prefix.path().join("nginx.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- nginx {} ---\n{}", self.url, self.log());
+        }
     }
 }
 
@@ -234,7 +208,7 @@ struct Stack {
     redis: Redis,
     postgres: PrivatePostgres,
     postgres_password: String,
-    logs: tempfile::TempDir,
+    _logs: tempfile::TempDir,
 }
 
 impl Stack {
@@ -250,7 +224,6 @@ impl Stack {
             |url: String| url.replacen("postgres@", &format!("postgres:{postgres_password}@"), 1);
         let auth_db = with_password(postgres.create_database("auth"));
         let runtime_db = with_password(postgres.create_database("agent_runtime"));
-        let redis_url = redis.url.clone();
 
         let auth_address = on(host("auth"), SERVICE_PORT);
         let gateway_addresses = [
@@ -271,68 +244,35 @@ impl Stack {
             Front::start(host("nginx"), &only1),
             Front::start(host("nginx"), &only2),
         );
-        let public = front.url.clone();
-
-        // One strong key per link, as a deployment has.
-        let proxy_key = codelab_core::random_hex(32);
+        let wiring = Wiring {
+            public_url: front.url.clone(),
+            auth_url: format!("http://{auth_address}"),
+            proxy_url: format!("http://{}", on(host("proxy"), SERVICE_PORT)),
+            // One strong key per link, as a deployment has.
+            proxy_key: codelab_core::random_hex(32),
+            redis_url: redis.url.clone(),
+            auth_db,
+            runtime_db,
+            admin_password: ADMIN_PASSWORD.to_owned(),
+            // Client addresses are taken from nginx's X-Forwarded-For, and only nginx's.
+            trusted_proxies: format!("{}/32", host("nginx").address),
+        };
         let runtime_keys = [codelab_core::random_hex(32), codelab_core::random_hex(32)];
-        let dir = logs.path();
-        let proxy = Service::spawn(
-            host("proxy"),
-            "llm-proxy",
-            "LLM_PROXY",
-            &[("LLM_PROXY__INTERNAL_API_KEY", proxy_key.clone())],
-            dir,
-        );
-        let auth = Service::spawn(
-            host("auth"),
-            "auth",
-            "AUTH_SERVICE",
-            &[
-                ("AUTH_SERVICE__DB_URL", auth_db),
-                ("AUTH_SERVICE__PUBLIC_URL", public.clone()),
-                // Client addresses are taken from nginx's X-Forwarded-For, and only nginx's.
-                (
-                    "AUTH_SERVICE__TRUSTED_PROXIES",
-                    format!("{}/32", host("nginx").address),
-                ),
-                ("AUTH_SERVICE__MASTER_KEY", ADMIN_PASSWORD.into()),
-                ("AUTH_SERVICE__REDIS_URL", redis_url.clone()),
-            ],
-            dir,
-        );
-        let proxy_url = proxy.url.clone();
-        let runtimes = ["runtime1", "runtime2"].map(|name| {
-            let key = &runtime_keys[usize::from(name == "runtime2")];
-            Service::spawn(
-                host(name),
-                "agent-runtime",
-                "AGENT_RUNTIME",
-                &[
-                    ("AGENT_RUNTIME__DB_URL", runtime_db.clone()),
-                    ("AGENT_RUNTIME__LLM_PROXY_URL", proxy_url.clone()),
-                    ("AGENT_RUNTIME__LLM_PROXY_API_KEY", proxy_key.clone()),
-                    ("AGENT_RUNTIME__INTERNAL_API_KEY", key.clone()),
-                ],
-                dir,
-            )
+        let spawn = |name: &'static str, kind, env| {
+            let on_host = host(name);
+            let address = on(on_host, SERVICE_PORT);
+            Service::behind(&on_host.prefix(), name, kind, address, env, logs.path())
+        };
+        let proxy = spawn("proxy", Kind::LlmProxy, wiring.proxy());
+        let auth = spawn("auth", Kind::Auth, wiring.auth());
+        let runtimes = [0, 1].map(|i| {
+            let env = wiring.runtime(&runtime_keys[i]);
+            spawn(["runtime1", "runtime2"][i], Kind::AgentRuntime, env)
         });
-        let auth_url = auth.url.clone();
         // Gateway i talks to runtime i; both runtimes share the database.
         let gateways = [0, 1].map(|i| {
-            Service::spawn(
-                host(["gateway1", "gateway2"][i]),
-                "gateway",
-                "GATEWAY",
-                &[
-                    ("GATEWAY__AGENT_URL", runtimes[i].url.clone()),
-                    ("GATEWAY__INTERNAL_API_KEY", runtime_keys[i].clone()),
-                    ("GATEWAY__AUTH_SERVICE_URL", auth_url.clone()),
-                    ("GATEWAY__JWT_ISSUER", public.clone()),
-                    ("GATEWAY__REDIS_URL", redis_url.clone()),
-                ],
-                dir,
-            )
+            let env = wiring.gateway(&runtimes[i].url, &runtime_keys[i]);
+            spawn(["gateway1", "gateway2"][i], Kind::Gateway, env)
         });
         let mut stack = Stack {
             front,
@@ -344,9 +284,9 @@ impl Stack {
             redis,
             postgres,
             postgres_password,
-            logs,
+            _logs: logs,
         };
-        join_all(stack.services().into_iter().map(|s| s.ready_is(200))).await;
+        services::all_ready(stack.services()).await;
         stack
     }
 
@@ -360,18 +300,10 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
+        // Each nginx prints its own log when it drops, after this.
+        if std::thread::panicking() {
+            services::print_log_ends(self.services());
         }
-        for service in self.services() {
-            eprintln!(
-                "--- end of the log of {} ---\n{}",
-                service.process.name(),
-                service.process.tail()
-            );
-        }
-        eprintln!("--- nginx ---\n{}", self.front.log());
-        eprintln!("(logs were in {})", self.logs.path().display());
     }
 }
 

@@ -33,12 +33,9 @@
 #[path = "../cli/common/mod.rs"]
 #[expect(
     dead_code,
-    reason = "the soak uses only the process, nginx and Redis helpers"
+    reason = "the soak uses only the topology and the process helpers"
 )]
 mod common;
-#[path = "../cli/common/topology.rs"]
-#[expect(dead_code, reason = "restarting a service is for the fault tests")]
-mod topology;
 
 mod chat;
 mod observe;
@@ -54,8 +51,8 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use chat::{Plan, Record, Seen};
+use common::topology::{ADMIN, Plan as TopologyPlan, TempDatabases, Topology};
 use observe::{Watched, mib};
-use topology::{ADMIN, Topology};
 
 /// Bound of every wait of a client: generous, the 2 cores are saturated on purpose.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -120,7 +117,12 @@ async fn soak(settings: Settings) {
     // One user drives every session (as one person with many IDE windows): the per-user socket
     // cap is raised above the session count.
     let sockets = (settings.sessions * 2 + 64).to_string();
-    let topology = Topology::start("soak", &[("GATEWAY__WS_MAX_SOCKETS_PER_USER", sockets)]).await;
+    let databases = TempDatabases::new("soak");
+    let plan = TopologyPlan {
+        gateway_env: vec![("GATEWAY__WS_MAX_SOCKETS_PER_USER", sockets)],
+        ..databases.plan(codelab_core::random_hex(16))
+    };
+    let topology = Topology::start_on(databases, plan).await;
     let base = topology.url();
     let mut admin = FlutterReplicaClient::new(&base).with_timeout(CLIENT_TIMEOUT);
     admin
@@ -133,7 +135,10 @@ async fn soak(settings: Settings) {
     let watched = observe::children();
     let names: Vec<&str> = watched.iter().map(|w| w.name.as_str()).collect();
     assert!(names.len() >= 9, "the topology's processes: {names:?}");
-    let databases = [topology.auth_db.name(), topology.runtime_db.name()];
+    let databases = [
+        topology.postgres.auth.name(),
+        topology.postgres.runtime.name(),
+    ];
     let rss_before = observe::sample(&watched, observe::rss_kib);
     let fds_before = observe::sample(&watched, |pid| observe::fds(pid).map(|n| n as u64));
     let pg_before = observe::pg_connections(&databases).await;

@@ -13,7 +13,20 @@ use super::processes::{BIN, SCRUBBED, exit_within};
 /// `codelab <args>` with the environment scrubbed (no profile, port, config file, server,
 /// credentials, editor, provider, auth or runtime setting inherited), then `env` set.
 pub fn codelab_with(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(BIN);
+    codelab_behind_with(&[], args, env)
+}
+
+/// [`codelab_with`] run behind `prefix` (for example `["ip", "netns", "exec", "<namespace>"]`,
+/// which execs the binary with the environment it was given).
+pub fn codelab_behind_with(prefix: &[&str], args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = match prefix.split_first() {
+        Some((program, prefix_args)) => {
+            let mut command = Command::new(program);
+            command.args(prefix_args).arg(BIN);
+            command
+        }
+        None => Command::new(BIN),
+    };
     command.args(args);
     for name in SCRUBBED {
         command.env_remove(name);

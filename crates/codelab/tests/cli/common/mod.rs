@@ -2,12 +2,15 @@
 //! from the configuration structs themselves (`Config::default()` serialised), so Compose,
 //! Helm and the configuration reference are checked against the code, not against a list;
 //! a real nginx in front of test upstreams ([`nginx`]); real processes of the binary and a
-//! private Redis ([`processes`]).
+//! private Redis ([`processes`]); the services as `codelab serve` processes wired to each other
+//! ([`services`]) and the whole production topology on loopback ([`topology`]).
 
 pub mod cli;
 pub mod nginx;
 pub mod private_postgres;
 pub mod processes;
+pub mod services;
+pub mod topology;
 
 use codelab_core::service::Service as _;
 use std::collections::{BTreeMap, BTreeSet};

@@ -44,7 +44,12 @@ pub fn free_port() -> u16 {
 /// `codelab <args>` with the environment scrubbed (see [`super::cli::codelab_with`]) and
 /// `ENVIRONMENT=development`.
 pub fn codelab(args: &[&str]) -> Command {
-    super::cli::codelab_with(args, &[("ENVIRONMENT", "development")])
+    codelab_behind(&[], args)
+}
+
+/// [`codelab`] run behind `prefix` (see [`super::cli::codelab_behind_with`]).
+pub fn codelab_behind(prefix: &[&str], args: &[&str]) -> Command {
+    super::cli::codelab_behind_with(prefix, args, &[("ENVIRONMENT", "development")])
 }
 
 /// Waits (polling every 10 ms) for `child` to exit within `within`; kills and reaps it and

@@ -1,118 +1,140 @@
 //! The production topology as real processes on loopback, for tests that need all of it at
-//! once (the soak, fault injection): nginx from deploy/nginx/nginx.conf balancing two
-//! gateways, each gateway talking to its own agent runtime (both runtimes share one
-//! PostgreSQL database), auth on its own PostgreSQL database, the LLM proxy answering with the
-//! mock model, the website, and a private `redis-server`. The same wiring as
-//! crates/codelab/tests/cli/e2e_nginx.rs, without its per-gateway nginxes.
-//!
-//! Not listed in `common/mod.rs` (the `cli` test binary does not use it); a test target
-//! includes it next to `common` with `#[path = "../cli/common/topology.rs"] mod topology;`.
-//! Everything is killed when the [`Topology`] drops; the databases are dropped after the
-//! processes; on a panic the end of every log is printed.
+//! once (crates/codelab/tests/cli/e2e_nginx.rs, the soak, the fault tests): nginx from
+//! deploy/nginx/nginx.conf balancing two gateways, each gateway talking to its own agent
+//! runtime (both runtimes share one database), auth on its own database, the LLM proxy
+//! answering with the mock model, the website (unless a [`Plan`] leaves it out), and a
+//! private `redis-server`, on the caller's PostgreSQL (test databases or a private cluster),
+//! which the [`Topology`] holds until its processes are gone. Everything is killed when the
+//! [`Topology`] drops; on a panic the end of every log is printed.
+#![allow(
+    dead_code,
+    reason = "shared by several test binaries, each using part of it"
+)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::common::nginx::{Nginx, Prefix, upstreams_conf};
-use crate::common::processes::{Process, RedisServer, codelab, free_port, wait_for_status};
+use super::nginx::{Nginx, Prefix, upstreams_conf};
+use super::processes::{RedisServer, free_port};
+use super::services::{self, Kind, Service, Wiring, plus};
 use codelab_testkit::TempPostgres;
-use futures_util::future::join_all;
-use serde_json::{Map, Value};
 
-/// The admin's name; its password is [`Topology::admin_password`].
+/// The admin's name; its password is [`Plan::admin_password`].
 pub const ADMIN: &str = "admin";
-/// Bound of a process's start (migrations on a cold database included).
-pub const START: Duration = Duration::from_secs(60);
 
-/// A `codelab serve <service>` process and its address.
-pub struct Service {
-    pub process: Process,
-    pub url: String,
-    /// `serve`'s argument, the environment and the log: what a restart needs.
-    service: String,
-    env: Vec<(String, String)>,
-    log: PathBuf,
+/// What differs between the tests that run the [`Topology`].
+pub struct Plan {
+    /// Auth's database URL.
+    pub auth_db: String,
+    /// The runtimes' database URL (both share it).
+    pub runtime_db: String,
+    /// Auth's master key: the admin's password.
+    pub admin_password: String,
+    /// Whether the website runs (its console registered with auth). Without it nginx's
+    /// website upstream names a port nothing listens on.
+    pub website: bool,
+    /// Added to the proxy's environment (provider addresses, timeouts, retries).
+    pub proxy_env: Vec<(&'static str, String)>,
+    /// Added to each runtime's environment (the model).
+    pub runtime_env: Vec<(&'static str, String)>,
+    /// Added to each gateway's environment.
+    pub gateway_env: Vec<(&'static str, String)>,
+    /// Bound of each service's start.
+    pub start: Duration,
 }
 
-impl Service {
-    /// `codelab serve <service>` on `port` (127.0.0.1) with `env`, its output in `logs`.
-    fn spawn(service: &str, prefix: &str, port: u16, env: &[(&str, String)], logs: &Path) -> Self {
-        let mut env: Vec<(String, String)> = env
-            .iter()
-            .map(|(name, value)| ((*name).to_owned(), value.clone()))
-            .collect();
-        env.push((format!("{prefix}__PORT"), port.to_string()));
-        env.push((format!("{prefix}__HOST"), "127.0.0.1".to_owned()));
-        let log = logs.join(format!("{service}-{port}.log"));
-        let process = Self::process(service, port, &env, &log);
-        Service {
-            process,
-            url: format!("http://127.0.0.1:{port}"),
-            service: service.to_owned(),
-            env,
-            log,
-        }
-    }
-
-    fn process(service: &str, port: u16, env: &[(String, String)], log: &Path) -> Process {
-        let mut command = codelab(&["serve", service]);
-        command.envs(env.iter().map(|(name, value)| (name, value)));
-        Process::spawn(&format!("{service}:{port}"), command, log)
-    }
-
-    /// `<service>:<port>`, as the process is named.
-    pub fn name(&self) -> &str {
-        self.process.name()
-    }
-
-    /// Kills it (a crash, or its node gone).
-    pub fn stop(&mut self) {
-        self.process.kill();
-    }
-
-    /// Starts it again with the same settings on the same port.
-    pub fn restart(&mut self) {
-        let port = self.address().port();
-        self.process = Self::process(&self.service, port, &self.env, &self.log);
-    }
-
-    pub fn address(&self) -> SocketAddr {
-        self.url
-            .trim_start_matches("http://")
-            .parse()
-            .expect("a service URL is http://127.0.0.1:<port>")
-    }
-
-    /// Waits until `/ready` answers `status`; returns its checks.
-    pub async fn ready_is(&mut self, status: u16) -> Map<String, Value> {
-        let url = format!("{}/ready", self.url);
-        let body = wait_for_status(&url, status, &mut self.process, START).await;
-        match serde_json::from_str(&body) {
-            Ok(Value::Object(mut body)) => match body.remove("checks") {
-                Some(Value::Object(checks)) => checks,
-                _ => Map::new(),
-            },
-            _ => panic!("/ready of {} is not a JSON object: {body}", self.name()),
+impl Plan {
+    /// Everything, the website included, on these databases, with nothing added.
+    pub fn new(auth_db: String, runtime_db: String, admin_password: String) -> Plan {
+        Plan {
+            auth_db,
+            runtime_db,
+            admin_password,
+            website: true,
+            proxy_env: Vec::new(),
+            runtime_env: Vec::new(),
+            gateway_env: Vec::new(),
+            start: services::START,
         }
     }
 }
 
-/// Everything. Fields drop in order: nginx and the services are killed before the databases
-/// are dropped and the logs removed.
-pub struct Topology {
-    /// nginx with both gateways in `codelab_gateway` (round robin).
+/// A database for auth and one for the runtimes on the test PostgreSQL.
+pub struct TempDatabases {
+    pub auth: TempPostgres,
+    pub runtime: TempPostgres,
+}
+
+impl TempDatabases {
+    /// `<purpose>_auth` and `<purpose>_runtime`.
+    pub fn new(purpose: &str) -> TempDatabases {
+        TempDatabases {
+            auth: TempPostgres::new(&format!("{purpose}_auth")),
+            runtime: TempPostgres::new(&format!("{purpose}_runtime")),
+        }
+    }
+
+    /// A [`Plan`] on these databases.
+    pub fn plan(&self, admin_password: String) -> Plan {
+        Plan::new(
+            self.auth.url.clone(),
+            self.runtime.url.clone(),
+            admin_password,
+        )
+    }
+}
+
+/// An nginx from deploy/nginx/nginx.conf with its prefix (the process goes first); prints its
+/// error log when it drops during a panic.
+pub struct Front {
     _nginx: Nginx,
-    pub front: Prefix,
+    pub prefix: Prefix,
+}
+
+impl Front {
+    /// Starts nginx on `prefix` and waits until it answers.
+    pub async fn start(prefix: Prefix) -> Front {
+        Front {
+            _nginx: prefix.start().await,
+            prefix,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.prefix.url()
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let errors = std::fs::read_to_string(self.prefix.path().join("error.log"));
+            let url = self.url();
+            eprintln!(
+                "--- error log of nginx {url} ---\n{}",
+                errors.unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Everything, on `postgres` (what holds the databases). Fields drop in order: nginx and the
+/// services are killed before Redis and PostgreSQL go and the logs are removed.
+pub struct Topology<Postgres> {
+    /// nginx with both gateways in `codelab_gateway` (round robin).
+    pub front: Front,
     pub gateways: Vec<Service>,
     pub runtimes: Vec<Service>,
-    pub website: Service,
+    /// `X-Internal-Auth` key of each runtime (its gateway's; to read its API directly).
+    pub runtime_keys: Vec<String>,
+    pub website: Option<Service>,
     pub auth: Service,
     pub proxy: Service,
     pub redis: RedisServer,
-    pub auth_db: TempPostgres,
-    pub runtime_db: TempPostgres,
+    pub postgres: Postgres,
     pub logs: tempfile::TempDir,
+    /// nginx's website upstream (the website's address, or a port nothing listens on).
+    website_upstream: SocketAddr,
     admin_password: String,
 }
 
@@ -145,137 +167,104 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-impl Topology {
-    /// Starts every process at once, then waits until each `/ready` is 200. `purpose` names
-    /// the temp databases; `gateway_env` is added to both gateways' environment.
-    pub async fn start(purpose: &str, gateway_env: &[(&str, String)]) -> Topology {
+impl<Postgres> Topology<Postgres> {
+    /// Starts every process at once on `postgres` and the databases `plan` names there, and
+    /// returns without waiting for readiness (the server may not be up yet; see
+    /// [`Topology::all_ready`]).
+    pub async fn spawn_on(postgres: Postgres, plan: Plan) -> Topology<Postgres> {
         let logs = tempfile::tempdir().expect("a temp dir for the logs");
-        let auth_db = TempPostgres::new(&format!("{purpose}_auth"));
-        let runtime_db = TempPostgres::new(&format!("{purpose}_runtime"));
         let redis = RedisServer::start().await;
-        let admin_password = codelab_core::random_hex(16);
         let [proxy_port, auth_port, website_port] = [free_port(), free_port(), free_port()];
         let runtime_ports = [free_port(), free_port()];
         let gateway_ports = [free_port(), free_port()];
+        let website_upstream = loopback(website_port);
 
         let front = Prefix::new(
             &upstreams_conf(
                 &[loopback(auth_port)],
                 &gateway_ports.map(loopback),
-                &[loopback(website_port)],
+                &[website_upstream],
             ),
             false,
         );
         worker_connections_per_core(&front);
-        // What clients use: the issuer and every metadata URL name it.
-        let public = front.url();
+        let wiring = Wiring {
+            public_url: front.url(),
+            auth_url: format!("http://{}", loopback(auth_port)),
+            proxy_url: format!("http://{}", loopback(proxy_port)),
+            // One strong key per link: runtime→proxy, and each gateway→its runtime.
+            proxy_key: codelab_core::random_hex(32),
+            redis_url: redis.url(),
+            auth_db: plan.auth_db,
+            runtime_db: plan.runtime_db,
+            admin_password: plan.admin_password,
+            trusted_proxies: "127.0.0.1/32".to_owned(),
+        };
+        let runtime_keys = vec![codelab_core::random_hex(32), codelab_core::random_hex(32)];
+        let dir = logs.path();
+        let spawn =
+            |kind, port, env| Service::on_loopback(kind, port, env, dir).bounded(plan.start);
 
-        // One strong key per link: runtime→proxy, and each gateway→its runtime.
-        let proxy_key = codelab_core::random_hex(32);
-        let runtime_keys = [codelab_core::random_hex(32), codelab_core::random_hex(32)];
-        let logs_dir = logs.path();
-        let proxy = Service::spawn(
-            "llm-proxy",
-            "LLM_PROXY",
+        let proxy = spawn(
+            Kind::LlmProxy,
             proxy_port,
-            &[("LLM_PROXY__INTERNAL_API_KEY", proxy_key.clone())],
-            logs_dir,
+            plus(wiring.proxy(), &plan.proxy_env),
         );
-        let auth_url = format!("http://127.0.0.1:{auth_port}");
-        let auth = Service::spawn(
-            "auth",
-            "AUTH_SERVICE",
-            auth_port,
-            &[
-                ("AUTH_SERVICE__DB_URL", auth_db.url.clone()),
-                ("AUTH_SERVICE__PUBLIC_URL", public.clone()),
-                ("AUTH_SERVICE__TRUSTED_PROXIES", "127.0.0.1/32".into()),
-                ("AUTH_SERVICE__MASTER_KEY", admin_password.clone()),
-                ("AUTH_SERVICE__REDIS_URL", redis.url()),
-                (
-                    "AUTH_SERVICE__WEB_REDIRECT_URIS",
-                    format!("{public}/console/callback"),
-                ),
-            ],
-            logs_dir,
-        );
+        let mut auth_env = wiring.auth();
+        if plan.website {
+            auth_env = plus(auth_env, &[wiring.console_redirect()]);
+        }
+        let auth = spawn(Kind::Auth, auth_port, auth_env);
         let runtimes: Vec<Service> = runtime_ports
             .iter()
             .zip(&runtime_keys)
             .map(|(port, key)| {
-                Service::spawn(
-                    "agent-runtime",
-                    "AGENT_RUNTIME",
-                    *port,
-                    &[
-                        ("AGENT_RUNTIME__DB_URL", runtime_db.url.clone()),
-                        (
-                            "AGENT_RUNTIME__LLM_PROXY_URL",
-                            format!("http://127.0.0.1:{proxy_port}"),
-                        ),
-                        ("AGENT_RUNTIME__LLM_PROXY_API_KEY", proxy_key.clone()),
-                        ("AGENT_RUNTIME__INTERNAL_API_KEY", key.clone()),
-                    ],
-                    logs_dir,
-                )
+                let env = plus(wiring.runtime(key), &plan.runtime_env);
+                spawn(Kind::AgentRuntime, *port, env)
             })
             .collect();
-        let website = Service::spawn(
-            "website",
-            "WEBSITE",
-            website_port,
-            &[
-                ("WEBSITE__PUBLIC_URL", public.clone()),
-                ("WEBSITE__AUTH_URL", auth_url.clone()),
-                (
-                    "WEBSITE__GATEWAY_URL",
-                    format!("http://127.0.0.1:{}", gateway_ports[0]),
-                ),
-                ("WEBSITE__AGENT_RUNTIME_URL", runtimes[0].url.clone()),
-                ("WEBSITE__LLM_PROXY_URL", proxy.url.clone()),
-            ],
-            logs_dir,
-        );
+        let website = plan.website.then(|| {
+            let gateway_url = format!("http://{}", loopback(gateway_ports[0]));
+            let env = wiring.website(&gateway_url, &runtimes[0].url);
+            spawn(Kind::Website, website_port, env)
+        });
         // Gateway i talks to runtime i; both runtimes share the database. The gateways start
-        // with auth, in no order: a failed JWKS fetch is retried.
+        // with auth, in no order, as Kubernetes starts pods: a gateway whose JWKS fetch fails
+        // retries and becomes ready soon after auth serves its keys.
         let gateways: Vec<Service> = gateway_ports
             .iter()
             .zip(runtimes.iter().zip(&runtime_keys))
             .map(|(port, (runtime, key))| {
-                let mut env = vec![
-                    ("GATEWAY__AGENT_URL", runtime.url.clone()),
-                    ("GATEWAY__INTERNAL_API_KEY", key.clone()),
-                    ("GATEWAY__AUTH_SERVICE_URL", auth_url.clone()),
-                    ("GATEWAY__JWT_ISSUER", public.clone()),
-                    ("GATEWAY__REDIS_URL", redis.url()),
-                ];
-                env.extend(gateway_env.iter().cloned());
-                Service::spawn("gateway", "GATEWAY", *port, &env, logs_dir)
+                let env = plus(wiring.gateway(&runtime.url, key), &plan.gateway_env);
+                spawn(Kind::Gateway, *port, env)
             })
             .collect();
-        let nginx = front.start().await;
-        let mut topology = Topology {
-            _nginx: nginx,
-            front,
+        Topology {
+            front: Front::start(front).await,
             gateways,
             runtimes,
+            runtime_keys,
             website,
             auth,
             proxy,
             redis,
-            auth_db,
-            runtime_db,
+            postgres,
             logs,
-            admin_password,
-        };
-        let started = Instant::now();
-        let ready = join_all(topology.services().into_iter().map(|service| async move {
-            service.ready_is(200).await;
-            format!("{} {:?}", service.name(), started.elapsed())
-        }))
-        .await;
-        eprintln!("ready: {ready:?}");
+            website_upstream,
+            admin_password: wiring.admin_password,
+        }
+    }
+
+    /// [`Topology::spawn_on`], then waits until every `/ready` is 200.
+    pub async fn start_on(postgres: Postgres, plan: Plan) -> Topology<Postgres> {
+        let mut topology = Topology::spawn_on(postgres, plan).await;
+        topology.all_ready().await;
         topology
+    }
+
+    /// Waits until every service's `/ready` answers 200; prints how long each took.
+    pub async fn all_ready(&mut self) -> Duration {
+        services::all_ready(self.services()).await
     }
 
     /// The public address (nginx).
@@ -283,34 +272,39 @@ impl Topology {
         self.front.url()
     }
 
-    /// The admin's password (auth's master key, random per topology).
+    /// The admin's password (auth's master key).
     pub fn admin_password(&self) -> &str {
         &self.admin_password
     }
 
+    /// An upstreams.conf with this topology's auth and website and `gateways`: another nginx
+    /// on the same services (one reaching a single gateway, say).
+    pub fn upstreams_with(&self, gateways: &[SocketAddr]) -> String {
+        upstreams_conf(&[self.auth.address()], gateways, &[self.website_upstream])
+    }
+
     /// Every `codelab serve` process.
     pub fn services(&mut self) -> Vec<&mut Service> {
-        let mut all: Vec<&mut Service> = vec![&mut self.proxy, &mut self.auth, &mut self.website];
+        let mut all: Vec<&mut Service> = vec![&mut self.proxy, &mut self.auth];
+        all.extend(self.website.as_mut());
         all.extend(self.runtimes.iter_mut());
         all.extend(self.gateways.iter_mut());
         all
     }
+
+    /// Fails the test when a service process exited (they must survive every fault).
+    pub fn assert_all_running(&mut self) {
+        for service in self.services() {
+            service.process.assert_running();
+        }
+    }
 }
 
-impl Drop for Topology {
+impl<Postgres> Drop for Topology<Postgres> {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
+        // nginx prints its own log when it drops, after this.
+        if std::thread::panicking() {
+            services::print_log_ends(self.services());
         }
-        for service in self.services() {
-            eprintln!(
-                "--- end of the log of {} ---\n{}",
-                service.name(),
-                service.process.tail()
-            );
-        }
-        let errors = std::fs::read_to_string(self.front.path().join("error.log"));
-        eprintln!("--- nginx error log ---\n{}", errors.unwrap_or_default());
-        eprintln!("(logs were in {})", self.logs.path().display());
     }
 }
