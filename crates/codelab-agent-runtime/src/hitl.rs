@@ -550,6 +550,7 @@ rules:
             confidence: None,
             method: method.into(),
             created_at: chrono::Utc::now(),
+            complexity: None,
         }
     }
 

@@ -45,7 +45,28 @@ pub struct Session {
     pub message_count: i64,
     pub created_at: DateTime<Utc>,
     pub last_activity: DateTime<Utc>,
+    /// Whether the session's requests become plans (`docs/agent-runtime.md`, "Planning").
+    pub planning: PlanningMode,
 }
+
+/// A session's planning setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanningMode {
+    /// The router's verdict (or the user's request) decides.
+    #[default]
+    Auto,
+    /// Every routed request is planned.
+    Always,
+    /// Nothing is planned: the router's verdict is ignored and `create_plan` is refused.
+    Never,
+}
+
+stored_names!(PlanningMode {
+    Auto => "auto",
+    Always => "always",
+    Never => "never",
+});
 
 /// What is needed to create a session.
 #[derive(Debug, Clone, PartialEq)]
@@ -264,6 +285,9 @@ pub struct AgentSwitch {
     /// `llm`, `fallback`, `explicit`, `tool`, `single_agent`.
     pub method: String,
     pub created_at: DateTime<Utc>,
+    /// The router's verdict on the request it routed (`atomic`, `complex`); `None` for other
+    /// changes of agent.
+    pub complexity: Option<String>,
 }
 
 /// Where a turn stands.
@@ -312,6 +336,9 @@ pub struct Turn {
     pub cancel_requested_at: Option<DateTime<Utc>>,
     /// The plan this turn runs, once a plan was approved in it (or resumed by a decision).
     pub plan_id: Option<String>,
+    /// The turn must produce a plan (its request was classified complex, the session always
+    /// plans, or the user asked for one): the architect is told so.
+    pub plan_required: bool,
 }
 
 impl Turn {
@@ -324,6 +351,7 @@ impl Turn {
             steps: self.steps,
             agent: self.agent.clone(),
             plan_id: self.plan_id.clone(),
+            plan_required: self.plan_required,
             expect,
         }
     }
@@ -338,6 +366,8 @@ pub struct TurnUpdate {
     pub agent: String,
     /// The plan the turn runs (kept when `None`: a turn never leaves its plan).
     pub plan_id: Option<String>,
+    /// Set once, never cleared.
+    pub plan_required: bool,
     /// Apply only if the turn is still in this state (status, steps); otherwise the whole
     /// commit is refused with `Conflict` and nothing of it is stored. Guards against a second
     /// runner of the same step (e.g. a lock lost with its connection).

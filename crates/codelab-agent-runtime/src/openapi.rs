@@ -111,7 +111,7 @@ fn operations_and_schemas(version: &str, agents: &[&str]) -> Value {
                 },
                 "patch": {
                     "operationId": "updateSession",
-                    "summary": "Renames a session",
+                    "summary": "Renames a session or changes its planning setting",
                     "requestBody": { "required": true, "content": { "application/json": {
                         "schema": { "$ref": "#/components/schemas/SessionUpdate" } } } },
                     "responses": responses(("200", json_ok("The renamed session.", "Session")), &read)
@@ -279,13 +279,16 @@ fn schemas(agents: &[&str]) -> Value {
             "session_id": { "type": "null",
                 "description": "A chosen id is accepted only with X-Codelab-Dev-Sessions: true \
                     (the gateway's development session mode); else 400." } } },
-        "SessionUpdate": { "type": "object", "required": ["title"], "properties": {
-            "title": { "type": "string", "minLength": 1, "maxLength": 500, "pattern": "\\S" } } },
+        "SessionUpdate": { "type": "object", "properties": {
+            "title": { "type": "string", "minLength": 1, "maxLength": 500, "pattern": "\\S" },
+            "planning": { "enum": ["auto", "always", "never"] } },
+            "anyOf": [{ "required": ["title"] }, { "required": ["planning"] }] },
         "CancelRequest": { "type": "object", "properties": { "reason": nullable_string } },
         "Session": { "type": "object", "required": ["id", "message_count", "is_active"], "properties": {
             "id": string, "title": nullable_string, "message_count": count,
             "created_at": nullable_string, "last_activity": string,
-            "is_active": { "type": "boolean" }, "current_agent": nullable_string } },
+            "is_active": { "type": "boolean" }, "current_agent": nullable_string,
+            "planning": { "enum": ["auto", "always", "never"] } } },
         "SessionPage": { "type": "object", "required": ["sessions", "total", "limit", "offset"], "properties": {
             "sessions": { "type": "array", "items": { "$ref": "#/components/schemas/Session" } },
             "total": count, "limit": count, "offset": count } },

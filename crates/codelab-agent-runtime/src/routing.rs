@@ -24,8 +24,40 @@ user's request and choose the one agent that should handle it:
 - architect: designing systems, planning features, writing specifications, architecture or other documentation.
 - debug: investigating errors, bugs, crashes, failing tests or unexpected behaviour.
 - ask: explaining code or concepts, answering questions, helping the user understand.
+Also judge the request's size: \"complex\" when it needs several pieces of work that build on \
+each other (a new application or feature across several files, a system design, a migration), \
+\"atomic\" when one agent can do it in one go (a fix, an explanation, one change).
 Respond with JSON only, no other text:
-{\"agent\": \"coder|architect|debug|ask\", \"confidence\": \"high|medium|low\", \"reasoning\": \"one short sentence\"}";
+{\"agent\": \"coder|architect|debug|ask\", \"complexity\": \"atomic|complex\", \"confidence\": \"high|medium|low\", \"reasoning\": \"one short sentence\"}";
+
+/// The original planning branch's keywords for a complex request (`docs/agent-runtime.md`,
+/// "Planning"), English and Russian; checked after the atomic ones.
+const COMPLEX_KEYWORDS: [&str; 14] = [
+    "create app",
+    "create an app",
+    "build system",
+    "build a system",
+    "architecture",
+    "multiple files",
+    "several files",
+    "from scratch",
+    "end to end",
+    "создай приложение",
+    "создать приложение",
+    "архитектур",
+    "несколько файлов",
+    "с нуля",
+];
+
+/// Keywords of a request one agent does in one go; they win over the complex ones.
+const ATOMIC_KEYWORDS: [&str; 6] = [
+    "fix bug in",
+    "explain",
+    "what is",
+    "исправь ошибку",
+    "объясни",
+    "что такое",
+];
 
 /// The original's keyword table (`docs/agent-runtime.md`, "Routing"), checked in this order;
 /// the first hit wins.
@@ -95,6 +127,8 @@ pub struct RoutingDecision {
     pub confidence: String,
     pub reason: String,
     pub method: RoutingMethod,
+    /// The request needs a plan (the model's verdict, else the keyword table's).
+    pub complex: bool,
     /// Why the model's answer was not used (fallback only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -104,6 +138,9 @@ pub struct RoutingDecision {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Classification {
     pub agent: String,
+    /// `atomic` or `complex`; absent or anything else: the keyword table decides.
+    #[serde(default)]
+    pub complexity: Option<String>,
     #[serde(default)]
     pub confidence: Option<String>,
     #[serde(default)]
@@ -127,6 +164,7 @@ pub async fn classify(
             confidence: "high".to_owned(),
             reason: "single-agent mode: the universal agent handles every task".to_owned(),
             method: RoutingMethod::SingleAgent,
+            complex: false,
             error: None,
         };
     }
@@ -144,6 +182,11 @@ pub async fn classify(
                         .filter(|r| !r.trim().is_empty())
                         .unwrap_or_else(|| "classified by the model".to_owned()),
                     method: RoutingMethod::Llm,
+                    complex: match answer.complexity.as_deref().map(str::trim) {
+                        Some("complex") => true,
+                        Some("atomic") => false,
+                        _ => keyword_complexity(message),
+                    },
                     error: None,
                 },
                 None => fallback(
@@ -223,20 +266,61 @@ fn fallback(message: &str, error: String) -> RoutingDecision {
         confidence: "low".to_owned(),
         reason: format!("keyword fallback ({why}) because the LLM classification was unusable"),
         method: RoutingMethod::Fallback,
+        complex: keyword_complexity(message),
         error: Some(error),
     }
+}
+
+/// The message's lines that do not start with `::` (mock directives), lower-cased.
+fn classified_text(message: &str) -> String {
+    message
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("::"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .to_lowercase()
+}
+
+/// The keyword verdict on a request's size: an atomic keyword wins, then a complex one; a
+/// request without either is atomic (a plan costs the user a decision, so it is never the
+/// guess).
+pub fn keyword_complexity(message: &str) -> bool {
+    let text = classified_text(message);
+    if ATOMIC_KEYWORDS.iter().any(|w| text.contains(w)) {
+        return false;
+    }
+    COMPLEX_KEYWORDS.iter().any(|w| text.contains(w))
+}
+
+/// Whether the user asked for a plan in so many words: the first line that is not a `::`
+/// directive starts with `plan this`, `plan:`, `/plan`, `make a plan`, `create a plan` or
+/// `write a plan` (or `составь план`, `спланируй`), in any case.
+pub fn asks_for_plan(message: &str) -> bool {
+    let text = classified_text(message);
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    [
+        "plan this",
+        "plan:",
+        "/plan",
+        "make a plan",
+        "create a plan",
+        "write a plan",
+        "составь план",
+        "спланируй",
+    ]
+    .iter()
+    .any(|start| first.starts_with(start))
 }
 
 /// The keyword table on the message's lines that do not start with `::` (mock
 /// directives), lower-cased, substring match, first hit in agent order; none → coder. Returns
 /// the keyword that decided, if any.
 pub fn keyword_route(message: &str) -> (AgentKind, Option<&'static str>) {
-    let text = message
-        .lines()
-        .filter(|line| !line.trim_start().starts_with("::"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .to_lowercase();
+    let text = classified_text(message);
     for (agent, words) in KEYWORDS {
         if let Some(word) = words.iter().find(|w| text.contains(*w)) {
             return (agent, Some(word));
@@ -293,6 +377,7 @@ mod tests {
     fn classifications_are_read_raw_fenced_or_embedded() {
         let want = Some(Classification {
             agent: "debug".into(),
+            complexity: None,
             confidence: Some("high".into()),
             reasoning: Some("crash".into()),
         });

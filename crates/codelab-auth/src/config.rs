@@ -22,6 +22,9 @@ pub const DEVELOPMENT_WEB_REDIRECT_URIS: &[&str] = &[
     "http://localhost:3000/console/callback",
 ];
 
+/// The longest clock skew `AUTH_SERVICE__TOKEN_LEEWAY` may accept, in seconds.
+pub const MAX_TOKEN_LEEWAY: u64 = 60;
+
 codelab_core::service_config! {
     /// `[auth_service]` / `AUTH_SERVICE__*`.
     pub struct Config {
@@ -137,6 +140,14 @@ impl ServiceConfig for Config {
         check_http_url("public_url", &self.public_url, &['?', '#'])?;
         cors_layer(&self.cors_origins, CORS_METHODS, environment)?;
         TrustedProxies::parse(&self.trusted_proxies).map_err(|e| ConfigProblem(e.to_string()))?;
+        // A long leeway would keep expired (and revoked-by-expiry) tokens alive: bounded as
+        // the gateway's `GATEWAY__JWT_LEEWAY` is.
+        if self.token_leeway > MAX_TOKEN_LEEWAY {
+            return Err(ConfigProblem(format!(
+                "AUTH_SERVICE__TOKEN_LEEWAY must be at most {MAX_TOKEN_LEEWAY} seconds, got {}",
+                self.token_leeway
+            )));
+        }
         Ok(())
     }
 }
@@ -144,6 +155,21 @@ impl ServiceConfig for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_leeway_past_a_minute_is_refused() {
+        let within = Config {
+            token_leeway: MAX_TOKEN_LEEWAY,
+            ..Config::default()
+        };
+        assert!(within.validate(Environment::Development).is_ok());
+        let beyond = Config {
+            token_leeway: MAX_TOKEN_LEEWAY + 1,
+            ..Config::default()
+        };
+        let problem = beyond.validate(Environment::Development).unwrap_err().0;
+        assert!(problem.contains("AUTH_SERVICE__TOKEN_LEEWAY"), "{problem}");
+    }
 
     #[test]
     fn the_default_web_redirect_uris_are_local_in_development_only() {

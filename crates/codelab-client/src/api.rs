@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use codelab_protocol::internal::{PendingApprovals, SessionPage};
+use codelab_protocol::plans::{PlanView, SessionPlans};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -196,6 +197,13 @@ impl GatewayApi {
         let path = format!("/sessions/{}/pending-approvals", segment(id));
         let value = self.call(reqwest::Method::GET, &path).await?;
         Ok(Self::decode::<PendingApprovals>(&path, value)?.pending_approvals)
+    }
+
+    /// `GET /sessions/{id}/plans`: the session's plans, oldest first.
+    pub async fn session_plans(&self, id: &str) -> Result<Vec<PlanView>, ApiError> {
+        let path = format!("/sessions/{}/plans", segment(id));
+        let value = self.call(reqwest::Method::GET, &path).await?;
+        Ok(Self::decode::<SessionPlans>(&path, value)?.plans)
     }
 
     /// `GET /agents`.

@@ -5,16 +5,19 @@
 use serde_json::Value;
 
 use crate::api::GatewayApi;
-use crate::input::{LineReader, edit_json};
+use codelab_protocol::plans::PlanView;
+
+use crate::input::{LineReader, edit_json, edit_text};
 use crate::render::{Output, OutputMode, approval_prompt, summarize_args};
 use crate::sanitize::{Shape, for_terminal};
 use crate::session::{
-    Approval, Approver, ChatError, ChatOptions, Choice, Session, SessionChoice, TurnEnd, str_of,
+    Approval, Approver, ChatError, ChatOptions, Choice, PlanChoice, RecoveryChoice, Session,
+    SessionChoice, TurnEnd, str_of,
 };
 use crate::tools::ToolExecutor;
 
-/// Asks a person: on the terminal, or one stdin line per answer. Without lines every call is
-/// rejected (after showing what it was).
+/// Asks a person: on the terminal, or one stdin line per answer. Without lines every call and
+/// plan is rejected (after showing what it was), and a failed plan is left as it is.
 struct Terminal<'a> {
     lines: Option<&'a mut LineReader>,
 }
@@ -82,6 +85,102 @@ impl Approver for Terminal<'_> {
             }
         }
     }
+
+    async fn decide_plan(&mut self, session: &mut Session, plan: &PlanView) -> PlanChoice {
+        session.output().plan_for_decision(plan);
+        let Some(lines) = self.lines.as_deref_mut() else {
+            return PlanChoice::Reject(Some("no one could be asked".to_owned()));
+        };
+        loop {
+            session
+                .output()
+                .prompt("[a]pprove, [r]eject, [m]odify the plan, or [l]ater? ");
+            let Some(answer) = session.listen_while(lines.read_line()).await else {
+                return PlanChoice::Reject(Some("no answer: the input ended".to_owned()));
+            };
+            match answer.trim().to_ascii_lowercase().as_str() {
+                "a" | "approve" | "y" | "yes" => return PlanChoice::Approve,
+                "r" | "reject" | "n" | "no" => {
+                    session
+                        .output()
+                        .prompt("feedback for the architect (optional): ");
+                    let feedback = session
+                        .listen_while(lines.read_line())
+                        .await
+                        .unwrap_or_default();
+                    let feedback = feedback.trim();
+                    return PlanChoice::Reject((!feedback.is_empty()).then(|| feedback.to_owned()));
+                }
+                "m" | "modify" => {
+                    session.output().prompt(
+                        "what should change? (one line; an empty line opens $VISUAL / $EDITOR): ",
+                    );
+                    let Some(line) = session.listen_while(lines.read_line()).await else {
+                        return PlanChoice::Reject(Some("no answer: the input ended".to_owned()));
+                    };
+                    let feedback = if line.trim().is_empty() {
+                        let edited = edit_text(&feedback_template(plan)).await;
+                        session.forget_interrupts();
+                        match edited {
+                            Ok(text) => text,
+                            Err(e) => {
+                                session.output().error(&e.to_string());
+                                continue;
+                            }
+                        }
+                    } else {
+                        line.trim().to_owned()
+                    };
+                    if feedback.is_empty() {
+                        session
+                            .output()
+                            .notice("modify needs feedback: say what should change");
+                        continue;
+                    }
+                    return PlanChoice::Modify(feedback);
+                }
+                "l" | "later" => return PlanChoice::Later,
+                _ => session.output().notice("answer a, r, m or l"),
+            }
+        }
+    }
+
+    async fn recover_plan(
+        &mut self,
+        session: &mut Session,
+        _plan_id: &str,
+        _summary: &str,
+    ) -> RecoveryChoice {
+        // The summary was shown with `execution_completed`.
+        let Some(lines) = self.lines.as_deref_mut() else {
+            return RecoveryChoice::Leave;
+        };
+        loop {
+            session
+                .output()
+                .prompt("the plan stopped at a failed subtask: [r]etry, [s]kip, [c]ancel? ");
+            let Some(answer) = session.listen_while(lines.read_line()).await else {
+                return RecoveryChoice::Leave;
+            };
+            match answer.trim().to_ascii_lowercase().as_str() {
+                "r" | "retry" => return RecoveryChoice::Retry,
+                "s" | "skip" => return RecoveryChoice::Skip,
+                "c" | "cancel" => return RecoveryChoice::Cancel,
+                _ => session.output().notice("answer r, s or c"),
+            }
+        }
+    }
+}
+
+/// What the editor opens with when a plan's feedback is written there: the plan, commented.
+fn feedback_template(plan: &PlanView) -> String {
+    let mut text = String::from(
+        "\n# Say what should change in this plan; lines starting with # are ignored.\n",
+    );
+    for line in crate::render::plan_checklist(plan).lines() {
+        text.push_str(&format!("# {line}\n"));
+    }
+    text
 }
 
 /// One chat on the terminal: a [`Session`] and the person in front of it.
@@ -369,6 +468,6 @@ const HELP: &str = "Commands:
   /resume ID      continue another session (shows its history, re-offers approvals)
   /new            start a new session
   /history        show this session's history
-  /approvals      decide the approvals that are pending
+  /approvals      decide the approvals (and plans) that are pending
   /quit           leave (also Ctrl-D)
 Anything else is sent to the agent. Ctrl-C cancels a running turn.";

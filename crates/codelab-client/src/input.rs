@@ -150,6 +150,27 @@ pub enum EditError {
 pub async fn edit_json(arguments: &Value) -> Result<Value, EditError> {
     let text =
         serde_json::to_string_pretty(arguments).map_err(|e| EditError::Editor(e.to_string()))?;
+    let edited = edit_in_editor(format!("{text}\n"), "json").await?;
+    match serde_json::from_str::<Value>(&edited) {
+        Ok(value @ Value::Object(_)) => Ok(value),
+        Ok(other) => Err(EditError::NotAnObject(format!("got {other}"))),
+        Err(e) => Err(EditError::NotAnObject(e.to_string())),
+    }
+}
+
+/// Opens the editor (as [`edit_json`]) on `text` and returns what was saved, without the
+/// lines that start with `#` (the instructions) and trimmed (feedback on a plan).
+pub async fn edit_text(text: &str) -> Result<String, EditError> {
+    let edited = edit_in_editor(text.to_owned(), "txt").await?;
+    let kept: Vec<&str> = edited
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .collect();
+    Ok(kept.join("\n").trim().to_owned())
+}
+
+/// Writes `text` to a private temporary file, runs the editor on it, returns the file's text.
+async fn edit_in_editor(text: String, extension: &'static str) -> Result<String, EditError> {
     tokio::task::spawn_blocking(move || {
         let editor = std::env::var("VISUAL")
             .ok()
@@ -160,13 +181,13 @@ pub async fn edit_json(arguments: &Value) -> Result<Value, EditError> {
                     .filter(|v| !v.trim().is_empty())
             })
             .unwrap_or_else(|| "vi".to_owned());
-        let path = temp_path();
+        let path = temp_path(extension);
         let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&path)
-            .and_then(|mut f| f.write_all(format!("{text}\n").as_bytes()));
+            .and_then(|mut f| f.write_all(text.as_bytes()));
         if let Err(e) = written {
             return Err(EditError::Editor(format!(
                 "cannot write {}: {e}",
@@ -186,24 +207,19 @@ pub async fn edit_json(arguments: &Value) -> Result<Value, EditError> {
             Ok(s) => return Err(EditError::Editor(format!("{editor} exited with {s}"))),
             Err(e) => return Err(EditError::Editor(format!("cannot start {editor}: {e}"))),
         }
-        let edited = edited.map_err(|e| EditError::Editor(e.to_string()))?;
-        match serde_json::from_str::<Value>(&edited) {
-            Ok(value @ Value::Object(_)) => Ok(value),
-            Ok(other) => Err(EditError::NotAnObject(format!("got {other}"))),
-            Err(e) => Err(EditError::NotAnObject(e.to_string())),
-        }
+        edited.map_err(|e| EditError::Editor(e.to_string()))
     })
     .await
     .map_err(|e| EditError::Editor(e.to_string()))?
 }
 
-fn temp_path() -> PathBuf {
+fn temp_path(extension: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
     std::env::temp_dir().join(format!(
-        "codelab-arguments-{}-{nanos}.json",
+        "codelab-edit-{}-{nanos}.{extension}",
         std::process::id()
     ))
 }

@@ -9,7 +9,7 @@
 //! It never prints text from the model or the workspace with its control characters live
 //! (escape sequences, `\r`, bidi overrides are shown escaped), never logs or prints a token or
 //! password, never stores tokens readable by other users, and never runs a call that requires
-//! approval without a person's (or `--yes`'s) decision. It shares nothing
+//! approval, or approves a plan, without a person's (or `--yes`'s) decision. It shares nothing
 //! with the test clients of `codelab-testkit` except the wire types of `codelab-protocol`.
 
 pub mod api;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use codelab_protocol::plans::{PlanStatus, PlanView, SubtaskStatus};
 use serde_json::{Value, json};
 
 use crate::sanitize::{Shape, for_terminal, has_hidden_characters, json_for_terminal};
@@ -37,6 +38,14 @@ pub struct Output {
     mid_line: bool,
     spinner: Option<Spinner>,
     spinner_enabled: bool,
+    /// stdout is a terminal: a plan checklist that is still the last thing on the screen is
+    /// redrawn in place.
+    redraw: bool,
+    /// The checklist last drawn, when nothing was written after it: its plan and line count.
+    checklist: Option<(String, usize)>,
+    /// The text of the last whole assistant message (a plan's summary arrives twice: as a
+    /// message and in `execution_completed`).
+    last_message: String,
 }
 
 impl std::fmt::Debug for Output {
@@ -61,6 +70,7 @@ impl Output {
             && std::io::stdout().is_terminal()
             && std::env::var_os("NO_COLOR").is_none();
         let spinner_enabled = mode == OutputMode::Human && std::io::stderr().is_terminal();
+        let redraw = mode == OutputMode::Human && std::io::stdout().is_terminal();
         Output {
             mode,
             out: Box::new(std::io::stdout()),
@@ -70,6 +80,9 @@ impl Output {
             mid_line: false,
             spinner: None,
             spinner_enabled,
+            redraw,
+            checklist: None,
+            last_message: String::new(),
         }
     }
 
@@ -88,6 +101,9 @@ impl Output {
             mid_line: false,
             spinner: None,
             spinner_enabled: false,
+            redraw: false,
+            checklist: None,
+            last_message: String::new(),
         }
     }
 
@@ -121,6 +137,7 @@ impl Output {
     fn line(&mut self, text: &str) {
         self.stop_spinner();
         self.break_line();
+        self.checklist = None;
         let _ = writeln!(self.out, "{text}");
         let _ = self.out.flush();
     }
@@ -138,6 +155,8 @@ impl Output {
     /// A `local` JSON line `{kind: text}`, or `text` after `label` on stderr in colour `sgr`.
     fn local(&mut self, kind: &str, text: &str, sgr: &str, label: &str) {
         self.stop_spinner();
+        // stderr shares the screen with stdout: the checklist is no longer the last thing.
+        self.checklist = None;
         match self.mode {
             OutputMode::Json => self.json_line(json!({"direction": "local", kind: text})),
             OutputMode::Human => {
@@ -161,6 +180,7 @@ impl Output {
     /// A prompt on stderr (both modes: JSON mode keeps stdout machine-readable).
     pub fn prompt(&mut self, text: &str) {
         self.stop_spinner();
+        self.checklist = None;
         self.break_line();
         let _ = self.out.flush();
         let _ = write!(self.err, "{}", for_terminal(text, Shape::Prose));
@@ -170,6 +190,7 @@ impl Output {
     /// Text shown before an approval decision (the call, its diff) on stderr.
     pub fn approval_text(&mut self, text: &str) {
         self.stop_spinner();
+        self.checklist = None;
         self.break_line();
         let _ = self.out.flush();
         let text = for_terminal(text, Shape::Block);
@@ -233,11 +254,15 @@ impl Output {
                     .map(str::to_owned);
                 let content = for_terminal(text("content"), Shape::Prose);
                 self.stop_spinner();
+                if final_ {
+                    self.last_message = text("content").to_owned();
+                }
                 if !final_ {
                     if self.streaming.is_none() {
                         self.break_line();
                     }
                     self.streaming = message_id.or_else(|| Some(String::new()));
+                    self.checklist = None;
                     let _ = write!(self.out, "{content}");
                     let _ = self.out.flush();
                     self.mid_line = !content.ends_with('\n');
@@ -311,8 +336,14 @@ impl Output {
                     }
                 }
             }
-            // Shown by the caller when it matters (connect, resume); approval prompts too.
-            "session_info" | "approval_required" => {}
+            // Shown by the caller when it matters (connect, resume); approval prompts too, and
+            // plans (the session keeps their state: see the `plan_*` methods).
+            "session_info"
+            | "approval_required"
+            | "plan_approval_required"
+            | "plan_update"
+            | "plan_progress"
+            | "execution_completed" => {}
             _ => {
                 let content = for_terminal(text("content"), Shape::Prose);
                 if !content.is_empty() {
@@ -352,6 +383,206 @@ impl Output {
             }
         }
     }
+
+    /// A `plan_decision` this client sent.
+    pub fn plan_decision_out(&mut self, frame: &Value) {
+        match self.mode {
+            OutputMode::Json => self.json_line(json!({"direction": "out", "plan_decision": frame})),
+            OutputMode::Human => {
+                let decision = frame.get("decision").and_then(Value::as_str).unwrap_or("");
+                let decision = for_terminal(decision, Shape::Line);
+                let line = self.paint("2", &format!("  plan decision: {decision}"));
+                self.line(&line);
+            }
+        }
+    }
+
+    /// A plan as a checklist on stdout (people only; JSON mode has the frame).
+    pub fn plan_checklist(&mut self, plan: &PlanView) {
+        if self.mode != OutputMode::Human {
+            return;
+        }
+        let text = self.fit_to_width(&plan_checklist(plan));
+        self.line(text.trim_end_matches('\n'));
+        self.checklist = Some((plan.id.clone(), text.lines().count()));
+    }
+
+    /// The plan shown before a decision where stdout is not for people (JSON mode: on
+    /// stderr, like an approval's diff); in human mode the checklist is already on stdout.
+    pub fn plan_for_decision(&mut self, plan: &PlanView) {
+        if self.mode == OutputMode::Json {
+            self.approval_text(&plan_checklist(plan));
+        }
+    }
+
+    /// A subtask of `plan` changed: the checklist redrawn in place when it is still the last
+    /// thing on a terminal, else one line for the subtask.
+    pub fn plan_progress(&mut self, plan: &PlanView, subtask_id: u32) {
+        if self.mode != OutputMode::Human {
+            return;
+        }
+        if self.redraw_checklist(plan) {
+            return;
+        }
+        if let Some(subtask) = plan.subtasks.iter().find(|s| s.id == subtask_id) {
+            let line = subtask_line(subtask);
+            let line = match subtask.status {
+                SubtaskStatus::Completed => self.paint("32", &line),
+                SubtaskStatus::Failed => self.paint("31", &line),
+                _ => line,
+            };
+            self.line(&line);
+        }
+    }
+
+    /// `plan` changed as a whole (`plan_update`): redrawn in place when it can be; otherwise a
+    /// line when a person's decision took effect (approved, rejected). The end of a run is
+    /// told by [`Output::execution_completed`].
+    pub fn plan_changed(&mut self, plan: &PlanView, previous: Option<PlanStatus>) {
+        if self.mode != OutputMode::Human || previous == Some(plan.status) {
+            return;
+        }
+        if self.redraw_checklist(plan) {
+            return;
+        }
+        if matches!(plan.status, PlanStatus::Approved | PlanStatus::Rejected) {
+            let line = format!(
+                "Plan \"{}\" (version {}): {}",
+                for_terminal(&plan.title, Shape::Line),
+                plan.version,
+                plan.status.as_str()
+            );
+            let line = self.paint("36", &line);
+            self.line(&line);
+        }
+    }
+
+    /// A plan's run ended: its status, and its summary unless the assistant message just
+    /// before said the same.
+    pub fn execution_completed(&mut self, status: &str, summary: &str) {
+        if self.mode != OutputMode::Human {
+            return;
+        }
+        let (mark, sgr) = match status {
+            "completed" => ("✓", "32"),
+            "failed" => ("✗", "31"),
+            _ => ("·", "2"),
+        };
+        let line = format!("{mark} plan {}", for_terminal(status, Shape::Line));
+        let line = self.paint(sgr, &line);
+        self.line(&line);
+        if summary.trim() != self.last_message.trim() && !summary.trim().is_empty() {
+            let summary = for_terminal(summary.trim_end(), Shape::Prose).into_owned();
+            self.line(&summary);
+        }
+    }
+
+    /// Redraws the checklist of `plan` in place when it is the last thing drawn; whether it
+    /// did.
+    fn redraw_checklist(&mut self, plan: &PlanView) -> bool {
+        let Some((id, lines)) = self.checklist.clone() else {
+            return false;
+        };
+        if !self.redraw || id != plan.id || self.mid_line {
+            return false;
+        }
+        self.stop_spinner();
+        // Up to the checklist's first line, erase to the end of the screen, draw again.
+        let _ = write!(self.out, "\x1b[{lines}A\r\x1b[J");
+        self.plan_checklist(plan);
+        true
+    }
+
+    /// On a terminal, each line cut to the terminal's width, so a redraw moves up exactly as
+    /// many lines as were drawn.
+    fn fit_to_width(&self, text: &str) -> String {
+        let width = if self.redraw {
+            rustix::termios::tcgetwinsize(std::io::stdout())
+                .ok()
+                .map(|size| usize::from(size.ws_col))
+                .filter(|w| *w > 1)
+        } else {
+            None
+        };
+        let Some(width) = width else {
+            return text.to_owned();
+        };
+        text.lines()
+            .map(|line| {
+                if line.chars().count() >= width {
+                    format!("{}…\n", line.chars().take(width - 2).collect::<String>())
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect()
+    }
+}
+
+/// The mark of a subtask's state: `[x]` done, `[>]` running, `[!]` failed, `[-]` skipped,
+/// `[ ]` pending, `[~]` cancelled.
+pub fn subtask_mark(status: SubtaskStatus) -> &'static str {
+    match status {
+        SubtaskStatus::Completed => "[x]",
+        SubtaskStatus::InProgress => "[>]",
+        SubtaskStatus::Failed => "[!]",
+        SubtaskStatus::Skipped => "[-]",
+        SubtaskStatus::Pending => "[ ]",
+        SubtaskStatus::Cancelled => "[~]",
+    }
+}
+
+/// One subtask on one line: `[x] 2. title (coder, ~5 min, after 1)`, escaped for the terminal
+/// (a title cannot add a line of its own).
+pub fn subtask_line(subtask: &codelab_protocol::plans::SubtaskView) -> String {
+    let mut line = format!(
+        "  {} {}. {} ({}, ~{} min",
+        subtask_mark(subtask.status),
+        u64::from(subtask.id) + 1,
+        for_terminal(&subtask.title, Shape::Line),
+        for_terminal(&subtask.agent, Shape::Line),
+        subtask.estimated_time_minutes
+    );
+    if !subtask.dependencies.is_empty() {
+        let after: Vec<String> = subtask
+            .dependencies
+            .iter()
+            .map(|d| (u64::from(*d) + 1).to_string())
+            .collect();
+        line.push_str(&format!(", after {}", after.join(", ")));
+    }
+    line.push(')');
+    if let Some(error) = subtask.error.as_deref().filter(|e| !e.is_empty()) {
+        line.push_str(&format!(
+            ": {}",
+            short(&for_terminal(error, Shape::Line), 120)
+        ));
+    }
+    line
+}
+
+/// A plan as a numbered checklist: its title, version, state, size and total estimate, its
+/// description, then one line per subtask ([`subtask_line`]). Everything from the model is
+/// escaped.
+pub fn plan_checklist(plan: &PlanView) -> String {
+    let summary = plan.summary_view();
+    let mut text = format!(
+        "Plan: {} (version {}, {}; {} subtask{}, ~{} min)\n",
+        for_terminal(&plan.title, Shape::Line),
+        plan.version,
+        plan.status.as_str(),
+        summary.subtasks_count,
+        if summary.subtasks_count == 1 { "" } else { "s" },
+        summary.total_estimated_time_minutes
+    );
+    for line in plan.description.trim().lines() {
+        text.push_str(&format!("  {}\n", for_terminal(line, Shape::Line)));
+    }
+    for subtask in &plan.subtasks {
+        text.push_str(&subtask_line(subtask));
+        text.push('\n');
+    }
+    text
 }
 
 fn short(text: &str, max: usize) -> String {
@@ -657,6 +888,160 @@ mod tests {
         assert!(!text.contains(['\u{9b}', '\u{202e}', '\u{7f}']), "{text:?}");
         let line: Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(line["frame"], frame);
+    }
+
+    fn plan(statuses: [SubtaskStatus; 2]) -> PlanView {
+        let subtask =
+            |id: u32, status, dependencies: Vec<u32>| codelab_protocol::plans::SubtaskView {
+                id,
+                title: ["write the form", "check it"][id as usize].into(),
+                description: String::new(),
+                agent: ["coder", "debug"][id as usize].into(),
+                estimated_time_minutes: id + 1,
+                dependencies,
+                status,
+                result: None,
+                error: None,
+            };
+        PlanView {
+            id: "plan_1".into(),
+            session_id: "s".into(),
+            version: 1,
+            title: "Login".into(),
+            description: "Forms\nand routes".into(),
+            status: PlanStatus::AwaitingApproval,
+            approval_request_id: "call_1".into(),
+            created_at: String::new(),
+            updated_at: String::new(),
+            feedback: None,
+            summary: None,
+            subtasks: vec![
+                subtask(0, statuses[0], vec![]),
+                subtask(1, statuses[1], vec![0]),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_plan_is_a_numbered_checklist_with_agents_estimates_and_dependencies() {
+        let mut plan = plan([SubtaskStatus::Pending, SubtaskStatus::Pending]);
+        assert_eq!(
+            plan_checklist(&plan),
+            "Plan: Login (version 1, awaiting_approval; 2 subtasks, ~3 min)\n  Forms\n  and routes\n\
+             \x20 [ ] 1. write the form (coder, ~1 min)\n  [ ] 2. check it (debug, ~2 min, after 1)\n"
+        );
+        let marks: Vec<&str> = [
+            SubtaskStatus::Completed,
+            SubtaskStatus::InProgress,
+            SubtaskStatus::Failed,
+            SubtaskStatus::Skipped,
+            SubtaskStatus::Cancelled,
+        ]
+        .into_iter()
+        .map(subtask_mark)
+        .collect();
+        assert_eq!(marks, ["[x]", "[>]", "[!]", "[-]", "[~]"]);
+        // A title cannot draw a line of its own (a fake "done" subtask) or colour anything.
+        plan.subtasks[0].title = "a\n  [x] 3. fake \x1b[32mdone".into();
+        let text = plan_checklist(&plan);
+        assert_eq!(text.lines().count(), 5, "{text}");
+        assert!(!text.contains('\x1b'), "{text:?}");
+        assert!(text.contains(r"a\n  [x] 3. fake \x1b[32mdone"), "{text}");
+    }
+
+    #[test]
+    fn progress_is_a_line_per_change_off_a_terminal() {
+        let (mut o, out, _) = output(OutputMode::Human);
+        let waiting = plan([SubtaskStatus::Pending, SubtaskStatus::Pending]);
+        o.plan_checklist(&waiting);
+        let mut approved = waiting.clone();
+        approved.status = PlanStatus::Approved;
+        o.plan_changed(&approved, Some(PlanStatus::AwaitingApproval));
+        // The same state again says nothing.
+        o.plan_changed(&approved, Some(PlanStatus::Approved));
+        o.plan_progress(
+            &plan([SubtaskStatus::InProgress, SubtaskStatus::Pending]),
+            0,
+        );
+        o.plan_progress(&plan([SubtaskStatus::Completed, SubtaskStatus::Pending]), 0);
+        o.plan_progress(&plan([SubtaskStatus::Completed, SubtaskStatus::Failed]), 1);
+        let text = out.text();
+        assert!(!text.contains('\x1b'), "{text:?}");
+        assert!(
+            text.ends_with(
+                "Plan \"Login\" (version 1): approved\n  [>] 1. write the form (coder, ~1 min)\n\
+                 \x20 [x] 1. write the form (coder, ~1 min)\n  [!] 2. check it (debug, ~2 min, after 1)\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn on_a_terminal_the_last_checklist_is_redrawn_in_place() {
+        let (mut o, out, _) = output(OutputMode::Human);
+        o.redraw = true;
+        o.plan_checklist(&plan([SubtaskStatus::Pending, SubtaskStatus::Pending]));
+        let drawn = out.text();
+        o.plan_progress(
+            &plan([SubtaskStatus::InProgress, SubtaskStatus::Pending]),
+            0,
+        );
+        let text = out.text();
+        let redrawn = &text[drawn.len()..];
+        // Up the checklist's five lines, erase, draw the new state.
+        assert!(redrawn.starts_with("\x1b[5A\r\x1b[J"), "{redrawn:?}");
+        assert!(
+            redrawn.contains("[>] 1. write the form") && redrawn.contains("[ ] 2. check it"),
+            "{redrawn}"
+        );
+        // Once something else was printed, a change is a line of its own again.
+        o.frame_in(&json!({"type":"assistant_message","content":"working","is_final":true}));
+        let before = out.text().len();
+        o.plan_progress(&plan([SubtaskStatus::Completed, SubtaskStatus::Pending]), 0);
+        assert_eq!(
+            &out.text()[before..],
+            "  [x] 1. write the form (coder, ~1 min)\n"
+        );
+    }
+
+    #[test]
+    fn a_finished_run_shows_its_status_and_the_summary_once() {
+        let (mut o, out, _) = output(OutputMode::Human);
+        let summary = "Plan \"Login\" completed.\n1. write the form (coder) done: ok\n";
+        o.frame_in(&json!({"type":"assistant_message","content":summary,"is_final":true}));
+        o.execution_completed("completed", summary);
+        assert_eq!(
+            out.text(),
+            format!("{}\n✓ plan completed\n", summary.trim_end())
+        );
+        let (mut o, out, _) = output(OutputMode::Human);
+        o.execution_completed("failed", "Plan \"Login\" stopped: subtask 1 failed");
+        assert_eq!(
+            out.text(),
+            "✗ plan failed\nPlan \"Login\" stopped: subtask 1 failed\n"
+        );
+    }
+
+    #[test]
+    fn json_mode_reports_plan_decisions_and_keeps_checklists_off_stdout() {
+        let (mut o, out, err) = output(OutputMode::Json);
+        let waiting = plan([SubtaskStatus::Pending, SubtaskStatus::Pending]);
+        o.plan_checklist(&waiting);
+        o.plan_progress(&waiting, 0);
+        o.execution_completed("completed", "done");
+        o.plan_for_decision(&waiting);
+        o.plan_decision_out(
+            &json!({"type":"plan_decision","plan_id":"plan_1","decision":"approve"}),
+        );
+        let lines: Vec<Value> = out
+            .text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["direction"], "out");
+        assert_eq!(lines[0]["plan_decision"]["decision"], "approve");
+        assert!(err.text().contains("[ ] 2. check it"), "{}", err.text());
     }
 
     #[test]

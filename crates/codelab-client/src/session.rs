@@ -1,13 +1,15 @@
 //! The chat session driver, usable without a terminal: one session's socket, the turn loop
-//! (stream text, run tool calls, have approvals decided, answer with `tool_result` /
-//! `hitl_decision`), reconnection with backoff and resumption by `seq`. Who decides an
-//! approval is the caller's [`Approver`]; the interactive shell is in [`crate::chat`].
+//! (stream text, run tool calls, have approvals and plans decided, answer with `tool_result` /
+//! `hitl_decision` / `plan_decision`), reconnection with backoff and resumption by `seq`. Who
+//! decides an approval or a plan is the caller's [`Approver`]; the interactive shell is in
+//! [`crate::chat`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
 use codelab_protocol::ide::{ClientFrame, Decision};
+use codelab_protocol::plans::{PlanDecision, PlanStatus, PlanView, SubtaskStatus};
 use futures_util::FutureExt;
 use serde_json::{Map, Value, json};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -165,9 +167,35 @@ pub enum Choice {
     Later,
 }
 
-/// Decides the approvals of [`ApprovalMode::Ask`]. It may use the session meanwhile: its
-/// output, its executor's previews, and [`Session::listen_while`] to keep the socket read
-/// while a person thinks.
+/// What the person decided about a plan that waits for approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanChoice {
+    /// Run it.
+    Approve,
+    /// Do not run it (the feedback is kept with the plan).
+    Reject(Option<String>),
+    /// Have the architect write it again, changed as the feedback says.
+    Modify(String),
+    /// Decide later (`/approvals`, or resuming the session, offers it again).
+    Later,
+}
+
+/// What the person decided about a plan stopped at a failed subtask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryChoice {
+    /// Run the failed subtask again.
+    Retry,
+    /// Skip it and run the rest.
+    Skip,
+    /// End the plan.
+    Cancel,
+    /// Decide nothing: the plan stays failed (the turn ends failed).
+    Leave,
+}
+
+/// Decides the approvals and plans of [`ApprovalMode::Ask`]. It may use the session
+/// meanwhile: its output, its executor's previews, and [`Session::listen_while`] to keep the
+/// socket read while a person thinks.
 pub trait Approver {
     /// Decides one approval.
     fn decide(
@@ -175,7 +203,25 @@ pub trait Approver {
         session: &mut Session,
         approval: &Approval,
     ) -> impl Future<Output = Choice>;
+
+    /// Decides a plan that waits for approval (already drawn by the session's output).
+    fn decide_plan(
+        &mut self,
+        session: &mut Session,
+        plan: &PlanView,
+    ) -> impl Future<Output = PlanChoice>;
+
+    /// Decides what happens to a plan stopped at a failed subtask (`summary` says which).
+    fn recover_plan(
+        &mut self,
+        session: &mut Session,
+        plan_id: &str,
+        summary: &str,
+    ) -> impl Future<Output = RecoveryChoice>;
 }
+
+/// Error codes with which the runtime refuses a plan decision (nothing follows them).
+const PLAN_REFUSAL_CODES: [&str; 3] = ["conflict", "unknown_plan", "invalid_request"];
 
 /// Error codes of frames the gateway refused (no turn follows them).
 const REFUSAL_CODES: [&str; 7] = [
@@ -226,6 +272,18 @@ pub struct Session {
     last_edit: Option<String>,
     running: JoinSet<(String, String, ToolOutcome)>,
     running_ids: HashSet<String>,
+    /// The session's plans seen so far, by id, kept up to date by the plan frames.
+    plans: HashMap<String, PlanView>,
+    /// A plan stopped at a failed subtask in this turn: its id and summary, to ask about once
+    /// the turn has ended (`turn_finished{failed}` follows `execution_completed{failed}`).
+    failed_plan: Option<(String, String)>,
+    /// A plan decision was sent and nothing has answered it yet: a refusal ends the wait.
+    plan_decision_open: bool,
+    /// A plan decision was sent in this turn (its run may be quiet for a while).
+    plan_decision_sent: bool,
+    /// `cancel` was sent for this failed plan: its `execution_completed{cancelled}` ends the
+    /// turn (no turn runs it, so no `turn_finished` comes).
+    cancelling_plan: Option<String>,
 }
 
 impl std::fmt::Debug for Session {
@@ -319,6 +377,11 @@ impl Session {
             last_edit: None,
             running: JoinSet::new(),
             running_ids: HashSet::new(),
+            plans: HashMap::new(),
+            failed_plan: None,
+            plan_decision_open: false,
+            plan_decision_sent: false,
+            cancelling_plan: None,
         };
         chat.connect(None).await?;
         Ok(chat)
@@ -523,6 +586,10 @@ impl Session {
         self.decided.clear();
         self.deferred.clear();
         self.last_edit = None;
+        self.failed_plan = None;
+        self.plan_decision_open = false;
+        self.plan_decision_sent = false;
+        self.cancelling_plan = None;
     }
 
     /// Sends `text` as a user message and follows the turn to its end.
@@ -628,7 +695,26 @@ impl Session {
             return Ok(None);
         }
         self.reset_turn();
-        for approval in pending {
+        // A plan's approval is its `create_plan` call's: offered as the plan it proposes.
+        let (plans, tools): (Vec<_>, Vec<_>) = pending
+            .into_iter()
+            .partition(|approval| approval.tool_name == "create_plan");
+        if !plans.is_empty() {
+            for plan in self.api.session_plans(&self.session_id).await? {
+                if plan.status == PlanStatus::AwaitingApproval
+                    && plans.iter().any(|p| p.call_id == plan.approval_request_id)
+                {
+                    self.inbox.push_back(json!({
+                        "type": "plan_approval_required",
+                        "plan_id": plan.id,
+                        "approval_request_id": plan.approval_request_id,
+                        "plan_summary": plan.summary_view(),
+                        "plan": plan,
+                    }));
+                }
+            }
+        }
+        for approval in tools {
             self.inbox.push_back(json!({
                 "type": "approval_required",
                 "call_id": approval.call_id,
@@ -749,7 +835,7 @@ impl Session {
                 Event::Idle => {
                     if resumed && !reconnected && self.running.is_empty() {
                         // Nothing was re-offered and nothing runs: nothing to wait for.
-                        if !answered_in_drive {
+                        if !answered_in_drive && !self.plan_decision_sent {
                             self.out.stop_spinner();
                             return Ok(if self.deferred.is_empty() {
                                 TurnEnd::Completed
@@ -787,7 +873,10 @@ impl Session {
         if let Some(seq) = seq_of(&frame) {
             // Already seen (a replay overlapping what arrived live). Calls re-offered on
             // connect keep their old numbers and are guarded by their call id instead.
-            let reoffer = matches!(str_of(&frame, "type"), "tool_call" | "approval_required");
+            let reoffer = matches!(
+                str_of(&frame, "type"),
+                "tool_call" | "approval_required" | "plan_approval_required"
+            );
             if seq <= self.last_seq && !reoffer {
                 return Ok(None);
             }
@@ -846,7 +935,72 @@ impl Session {
                     self.decide_and_send(&approval, approver).await?;
                 }
             }
+            "plan_approval_required" => return self.plan_approval_required(&frame, approver).await,
+            "plan_update" => {
+                self.plan_decision_open = false;
+                if let Some(plan) = frame
+                    .get("plan")
+                    .and_then(|p| serde_json::from_value::<PlanView>(p.clone()).ok())
+                {
+                    let previous = self.plans.get(&plan.id).map(|p| p.status);
+                    self.out.plan_changed(&plan, previous);
+                    self.plans.insert(plan.id.clone(), plan);
+                }
+            }
+            "plan_progress" => {
+                self.plan_decision_open = false;
+                let plan_id = str_of(&frame, "plan_id");
+                let status = SubtaskStatus::parse(str_of(&frame, "status"));
+                let subtask_id = frame
+                    .get("subtask_id")
+                    .and_then(Value::as_u64)
+                    .and_then(|id| u32::try_from(id).ok());
+                if let (Some(plan), Some(status), Some(subtask_id)) =
+                    (self.plans.get_mut(plan_id), status, subtask_id)
+                {
+                    if let Some(subtask) = plan.subtasks.iter_mut().find(|s| s.id == subtask_id) {
+                        subtask.status = status;
+                        if let Some(result) = frame.get("result").and_then(Value::as_str) {
+                            subtask.result = Some(result.to_owned());
+                        }
+                    }
+                    if status == SubtaskStatus::InProgress {
+                        plan.status = PlanStatus::InProgress;
+                    }
+                    let plan = plan.clone();
+                    self.out.plan_progress(&plan, subtask_id);
+                }
+            }
+            "execution_completed" => {
+                self.plan_decision_open = false;
+                let plan_id = str_of(&frame, "plan_id").to_owned();
+                let status = str_of(&frame, "status").to_owned();
+                let summary = str_of(&frame, "summary").to_owned();
+                self.out.execution_completed(&status, &summary);
+                if let Some(plan) = self.plans.get_mut(&plan_id)
+                    && let Some(parsed) = PlanStatus::parse(&status)
+                {
+                    plan.status = parsed;
+                }
+                if status == "failed" {
+                    self.failed_plan = Some((plan_id, summary));
+                } else if status == "cancelled"
+                    && self.cancelling_plan.as_deref() == Some(plan_id.as_str())
+                {
+                    self.cancelling_plan = None;
+                    return Ok(Some(TurnEnd::Failed));
+                }
+            }
             "turn_finished" => {
+                if str_of(&frame, "content") == "failed"
+                    && let Some((plan_id, summary)) = self.failed_plan.take()
+                    && self
+                        .recover_failed_plan(&plan_id, &summary, approver)
+                        .await?
+                {
+                    // The decision's own turn follows (or, for cancel, the plan's end).
+                    return Ok(None);
+                }
                 return Ok(match str_of(&frame, "content") {
                     "completed" => Some(TurnEnd::Completed),
                     "cancelled" => Some(TurnEnd::Cancelled),
@@ -867,6 +1021,11 @@ impl Session {
                         self.decide_and_send(&approval, approver).await?;
                     }
                 } else if REFUSAL_CODES.contains(&code) && self.running.is_empty() {
+                    return Ok(Some(TurnEnd::Failed));
+                } else if self.plan_decision_open && PLAN_REFUSAL_CODES.contains(&code) {
+                    // The plan decision was refused: nothing more comes for it.
+                    self.plan_decision_open = false;
+                    self.cancelling_plan = None;
                     return Ok(Some(TurnEnd::Failed));
                 }
             }
@@ -913,6 +1072,120 @@ impl Session {
         self.send(&frame).await
     }
 
+    /// A plan waits for approval: drawn, decided (by the mode or the [`Approver`]), answered
+    /// with `plan_decision`. A plan re-offered after a reconnect is decided once.
+    async fn plan_approval_required(
+        &mut self,
+        frame: &Value,
+        approver: &mut impl Approver,
+    ) -> Result<Option<TurnEnd>, ChatError> {
+        let plan = match frame
+            .get("plan")
+            .map(|p| serde_json::from_value::<PlanView>(p.clone()))
+        {
+            Some(Ok(plan)) => plan,
+            Some(Err(e)) => {
+                self.out.error(&format!(
+                    "the plan could not be read, so it was not decided: {e}"
+                ));
+                return Ok(Some(TurnEnd::Failed));
+            }
+            None => {
+                self.out
+                    .error("a plan waits for approval but the frame carries no plan");
+                return Ok(Some(TurnEnd::Failed));
+            }
+        };
+        let request_id = match str_of(frame, "approval_request_id") {
+            "" => plan.approval_request_id.clone(),
+            id => id.to_owned(),
+        };
+        self.plans.insert(plan.id.clone(), plan.clone());
+        if self.decided.contains(&request_id) {
+            return Ok(None);
+        }
+        self.out.plan_checklist(&plan);
+        let choice = match self.options.approval.clone() {
+            ApprovalMode::Approve => PlanChoice::Approve,
+            ApprovalMode::Reject(feedback) => PlanChoice::Reject(feedback),
+            ApprovalMode::Ask => approver.decide_plan(self, &plan).await,
+        };
+        let (decision, feedback) = match choice {
+            PlanChoice::Later => {
+                self.deferred.push(request_id);
+                self.out
+                    .notice("the plan was put off; /approvals offers it again");
+                return Ok(None);
+            }
+            PlanChoice::Approve => (PlanDecision::Approve, None),
+            PlanChoice::Reject(feedback) => (PlanDecision::Reject, feedback),
+            PlanChoice::Modify(feedback) => (PlanDecision::Modify, Some(feedback)),
+        };
+        self.decided.insert(request_id.clone());
+        let frame = ClientFrame::PlanDecision {
+            plan_id: Some(plan.id.clone()),
+            approval_request_id: None,
+            decision,
+            feedback,
+        };
+        // Kept with the `create_plan` call's id: resent after a reconnect while it is open.
+        self.answers.insert(request_id, frame.clone());
+        self.send_plan_decision(&frame).await?;
+        Ok(None)
+    }
+
+    /// After a plan's run stopped at a failed subtask: asks retry / skip / cancel and sends
+    /// it; whether a decision was sent (then its turn, or the plan's end, follows).
+    async fn recover_failed_plan(
+        &mut self,
+        plan_id: &str,
+        summary: &str,
+        approver: &mut impl Approver,
+    ) -> Result<bool, ChatError> {
+        let choice = match self.options.approval {
+            // Nobody to ask, and retrying unasked could repeat the failure forever.
+            ApprovalMode::Approve | ApprovalMode::Reject(_) => RecoveryChoice::Leave,
+            ApprovalMode::Ask => approver.recover_plan(self, plan_id, summary).await,
+        };
+        let decision = match choice {
+            RecoveryChoice::Retry => PlanDecision::Retry,
+            RecoveryChoice::Skip => PlanDecision::Skip,
+            RecoveryChoice::Cancel => PlanDecision::Cancel,
+            RecoveryChoice::Leave => {
+                self.out.notice(&format!(
+                    "the plan stays stopped at its failed subtask; decide it with POST \
+                     /api/v1/plans/{plan_id}/decision (retry, skip or cancel)"
+                ));
+                return Ok(false);
+            }
+        };
+        if decision == PlanDecision::Cancel {
+            self.cancelling_plan = Some(plan_id.to_owned());
+        }
+        let frame = ClientFrame::PlanDecision {
+            plan_id: Some(plan_id.to_owned()),
+            approval_request_id: None,
+            decision,
+            feedback: None,
+        };
+        self.send_plan_decision(&frame).await?;
+        Ok(true)
+    }
+
+    async fn send_plan_decision(&mut self, frame: &ClientFrame) -> Result<(), ChatError> {
+        self.out.plan_decision_out(&frame_json(frame));
+        self.plan_decision_open = true;
+        self.plan_decision_sent = true;
+        self.send(frame).await?;
+        self.out.start_spinner();
+        Ok(())
+    }
+
+    /// The session's plans seen so far (their latest state).
+    pub fn plans(&self) -> impl Iterator<Item = &PlanView> {
+        self.plans.values()
+    }
+
     /// Switches to another session (`/resume`, `/new`): closes the socket, opens the other.
     pub async fn switch_session(&mut self, choice: SessionChoice) -> Result<(), ChatError> {
         let (id, agent) = find_or_create(&self.api, choice).await?;
@@ -922,6 +1195,7 @@ impl Session {
         self.last_seq = 0;
         self.inbox.clear();
         self.first_message_sent = false;
+        self.plans.clear();
         self.reset_turn();
         self.connect(None).await
     }

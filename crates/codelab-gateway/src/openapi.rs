@@ -325,12 +325,15 @@ fn schemas() -> Value {
             "id": { "type": "string" }, "title": nullable_string,
             "message_count": { "type": "integer" }, "created_at": time,
             "last_activity": time, "is_active": { "type": "boolean" },
-            "current_agent": { "type": "string" } } },
+            "current_agent": { "type": "string" },
+            "planning": { "enum": ["auto", "always", "never"] } } },
         "SessionList": { "type": "object", "required": ["sessions", "total", "limit", "offset"], "properties": {
             "sessions": { "type": "array", "items": { "$ref": "#/components/schemas/Session" } },
             "total": { "type": "integer" }, "limit": { "type": "integer" }, "offset": { "type": "integer" } } },
-        "SessionUpdate": { "type": "object", "required": ["title"], "properties": {
-            "title": { "type": "string", "minLength": 1, "maxLength": 500 } } },
+        "SessionUpdate": { "type": "object", "properties": {
+            "title": { "type": "string", "minLength": 1, "maxLength": 500 },
+            "planning": { "enum": ["auto", "always", "never"] } },
+            "anyOf": [{ "required": ["title"] }, { "required": ["planning"] }] },
         "History": { "type": "object", "required": ["session_id", "messages", "message_count"], "properties": {
             "session_id": { "type": "string" },
             "messages": { "type": "array", "items": { "type": "object", "required": ["role"], "properties": {

@@ -114,6 +114,9 @@ pub struct SessionSummary {
     /// Messages stored.
     #[serde(default)]
     pub message_count: u64,
+    /// Whether its requests become plans: `auto`, `always` or `never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planning: Option<String>,
     /// Its title, once set.
     #[serde(default)]
     pub title: Option<String>,
@@ -203,6 +206,9 @@ pub struct HistoryMessage {
 /// One agent switch of a history.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryAgentSwitch {
+    /// The router's verdict on the request it routed: `atomic` or `complex` (a plan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complexity: Option<String>,
     #[serde(default)]
     pub confidence: Option<String>,
     /// The agent before (`None` for the first switch).
@@ -375,6 +381,7 @@ mod tests {
             is_active: true,
             last_activity: Some("t".into()),
             message_count: 2,
+            planning: Some("auto".into()),
             title: None,
         };
         assert_sorted(&summary);

@@ -2,6 +2,8 @@
 // The access token comes from POST /console/token (same origin, CSRF header) and travels as
 // the `bearer` subprotocol, never in a URL or the page. Tools that need a workspace cannot
 // run in a browser: each tool_call of a turn started here is answered with an error.
+// Plans (docs/agent-runtime.md, "Planning") show as checklists that plan_update,
+// plan_progress and execution_completed keep current; their buttons send plan_decision.
 "use strict";
 (function () {
   const root = document.getElementById("chat");
@@ -46,6 +48,152 @@
   }
   const textOf = (item) => item.querySelector(".bubble-text");
 
+  // Plans: plan_id -> { plan (the PlanView), item (its bubble), sent (a decision in flight) }.
+  const plans = new Map();
+  const MARKERS = { pending: "○", in_progress: "▶", completed: "✔", failed: "✖", skipped: "↷", cancelled: "⊘" };
+  const FINAL = ["completed", "rejected", "cancelled"];
+  const words = (status) => String(status || "").replace(/_/g, " ");
+  function element(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+  function decide(planId, decision, feedback) {
+    const entry = plans.get(planId);
+    if (!entry || !socket || socket.readyState !== WebSocket.OPEN) return;
+    const frame = { type: "plan_decision", plan_id: planId, decision: decision };
+    if (feedback) frame.feedback = feedback;
+    sentHere = true;  // the plan's subtasks run in the turn this decision starts
+    socket.send(JSON.stringify(frame));
+    entry.sent = decision;
+    renderPlan(entry);
+  }
+  function button(planId, decision, label, className) {
+    const node = element("button", "button button-small " + className + " plan-" + decision, label);
+    node.type = "button";
+    node.dataset.decision = decision;
+    node.addEventListener("click", () => decide(planId, decision));
+    return node;
+  }
+  function renderPlan(entry) {
+    const plan = entry.plan;
+    const previous = entry.item.querySelector(".plan-feedback");
+    const typed = previous ? previous.value : "";
+    const card = element("article", "plan plan-" + plan.status);
+    card.dataset.planId = plan.id;
+    card.dataset.status = plan.status;
+    const head = element("header", "plan-head");
+    head.appendChild(element("h3", "", plan.title));
+    head.appendChild(element("span", "pill plan-status plan-status-" + plan.status, words(plan.status)));
+    head.appendChild(element("span", "badge", "version " + plan.version));
+    const minutes = (plan.subtasks || []).reduce((sum, s) => sum + (s.estimated_time_minutes || 0), 0);
+    head.appendChild(element("span", "muted small", "~" + minutes + " min"));
+    card.appendChild(head);
+    if (plan.description) card.appendChild(element("p", "plan-description", plan.description));
+    const steps = element("ol", "plan-steps");
+    for (const subtask of plan.subtasks || []) {
+      const step = element("li", "plan-step step-" + subtask.status);
+      step.dataset.subtask = String(subtask.id);
+      step.dataset.status = subtask.status;
+      const mark = element("span", "step-marker", MARKERS[subtask.status] || "○");
+      mark.setAttribute("aria-hidden", "true");
+      step.appendChild(mark);
+      const body = element("div", "step-body");
+      const line = element("div", "step-head");
+      line.appendChild(element("span", "step-title", (subtask.id + 1) + ". " + subtask.title));
+      line.appendChild(document.createTextNode(" "));
+      line.appendChild(element("span", "badge", subtask.agent));
+      line.appendChild(element("span", "muted small", " ~" + subtask.estimated_time_minutes + " min "));
+      line.appendChild(element("span", "pill step-status", words(subtask.status)));
+      body.appendChild(line);
+      if (subtask.result) body.appendChild(element("p", "step-result", subtask.result));
+      if (subtask.error) body.appendChild(element("p", "step-error tool-error", subtask.error));
+      step.appendChild(body);
+      steps.appendChild(step);
+    }
+    card.appendChild(steps);
+    if (plan.summary) card.appendChild(element("p", "plan-outcome", plan.summary));
+    if (entry.sent) {
+      card.appendChild(element("p", "plan-sent muted small", "Sent: " + entry.sent + "…"));
+    } else if (!FINAL.includes(plan.status)) {
+      const actions = element("div", "plan-decide");
+      if (plan.status === "awaiting_approval") {
+        actions.appendChild(button(plan.id, "approve", "Approve", "approve"));
+        actions.appendChild(button(plan.id, "reject", "Reject", "button-danger reject"));
+        const modify = element("button", "button button-small button-secondary modify plan-modify-toggle", "Modify…");
+        modify.type = "button";
+        actions.appendChild(modify);
+        const box = element("div", "plan-modify");
+        box.hidden = !typed;
+        const feedback = element("textarea", "plan-feedback");
+        feedback.rows = 2;
+        feedback.required = true;
+        feedback.placeholder = "What should change in the plan?";
+        feedback.setAttribute("aria-label", "What should change in the plan");
+        feedback.value = typed;
+        const sendChanges = element("button", "button button-small plan-modify-send", "Send changes");
+        sendChanges.type = "button";
+        sendChanges.addEventListener("click", () => {
+          const text = feedback.value.trim();
+          if (!text) { feedback.reportValidity(); feedback.focus(); return; }
+          decide(plan.id, "modify", text);
+        });
+        modify.addEventListener("click", () => { box.hidden = false; feedback.focus(); });
+        box.appendChild(feedback);
+        box.appendChild(sendChanges);
+        card.appendChild(actions);
+        card.appendChild(box);
+      } else {
+        if (plan.status === "failed") {
+          actions.appendChild(button(plan.id, "retry", "Retry", "retry"));
+          actions.appendChild(button(plan.id, "skip", "Skip", "button-secondary skip"));
+        }
+        card.appendChild(actions);
+      }
+      actions.appendChild(button(plan.id, "cancel", "Cancel", "button-danger cancel"));
+    }
+    entry.item.replaceChildren(card);
+    scroll();
+  }
+  // The whole plan (plan_approval_required, plan_update): a new checklist or a fresh one.
+  function showPlan(plan) {
+    if (!plan || !plan.id) return;
+    let entry = plans.get(plan.id);
+    if (!entry) {
+      entry = { plan: plan, item: element("li", "bubble bubble-plan"), sent: null };
+      entry.item.id = "plan-" + plan.id;
+      log.appendChild(entry.item);
+      plans.set(plan.id, entry);
+    }
+    entry.plan = plan;
+    entry.sent = null;
+    renderPlan(entry);
+  }
+  function planProgress(frame) {
+    const entry = plans.get(frame.plan_id);
+    if (!entry) return;
+    const subtask = (entry.plan.subtasks || []).find((s) => s.id === frame.subtask_id);
+    if (!subtask) return;
+    subtask.status = frame.status;
+    if (typeof frame.result === "string") subtask.result = frame.result;
+    if (["approved", "awaiting_approval", "failed"].includes(entry.plan.status) && frame.status === "in_progress") {
+      entry.plan.status = "in_progress";
+    }
+    entry.sent = null;
+    renderPlan(entry);
+  }
+  function executionCompleted(frame) {
+    const entry = plans.get(frame.plan_id);
+    if (entry) {
+      entry.plan.status = frame.status || entry.plan.status;
+      if (frame.summary) entry.plan.summary = frame.summary;
+      entry.sent = null;
+      renderPlan(entry);
+    }
+    bubble("notice", "Plan " + words(frame.status || "ended"));
+  }
+
   function onFrame(frame) {
     const meta = frame.metadata || {};
     if (typeof meta.seq === "number" && meta.seq > lastSeq) lastSeq = meta.seq;
@@ -83,6 +231,16 @@
         break;
       case "approval_required":
         break;
+      case "plan_approval_required":
+      case "plan_update":
+        showPlan(frame.plan);
+        break;
+      case "plan_progress":
+        planProgress(frame);
+        break;
+      case "execution_completed":
+        executionCompleted(frame);
+        break;
       case "turn_finished":
         if (frame.content && frame.content !== "completed" && frame.content !== "awaiting_tools") {
           bubble("notice", "Turn " + frame.content);
@@ -91,6 +249,10 @@
         break;
       case "error":
         bubble("error", frame.content || frame.error || "error");
+        // A refused decision (the plan no longer waits for it): offer the buttons again.
+        for (const entry of plans.values()) {
+          if (entry.sent) { entry.sent = null; renderPlan(entry); }
+        }
         break;
       default:
         break;

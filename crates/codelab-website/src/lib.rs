@@ -200,7 +200,7 @@ impl Service for AppState {
     /// Every route of the website (pages, assets, `/health` `/ready` `/metrics`) with the
     /// security headers, limits and telemetry applied.
     fn router(state: Arc<AppState>) -> Router {
-        use handlers::{admin, chat, console, docs as doc_pages, sessions};
+        use handlers::{admin, chat, console, docs as doc_pages, plans, sessions};
         let pages = Router::new()
             .route("/", get(doc_pages::show_home))
             .route("/docs", get(doc_pages::show_docs_index))
@@ -219,6 +219,10 @@ impl Service for AppState {
             .route(
                 "/console/sessions/{id}/approvals/{call_id}",
                 post(sessions::decide_approval),
+            )
+            .route(
+                "/console/sessions/{id}/plans/{plan_id}",
+                post(plans::decide_plan),
             )
             .route("/console/sessions/{id}/cancel", post(sessions::cancel_turn))
             .route(

@@ -455,6 +455,8 @@ pub fn path_segment(text: &str) -> String {
 pub use codelab_protocol::internal::{
     PendingApprovals, SessionHistory, SessionPage, SessionResource, SessionSummary,
 };
+/// A session's plans (`GET /api/v1/sessions/{id}/plans`, oldest first) and one plan.
+pub use codelab_protocol::plans::{PlanView, SessionPlans};
 
 /// The gateway's REST API, acting as the signed-in user.
 #[derive(Debug, Clone)]
@@ -501,7 +503,8 @@ impl GatewayClient {
             .await
     }
 
-    /// `GET /api/v1/sessions/{id}`, `/history` or `/pending-approvals`, by the answer's type.
+    /// `GET /api/v1/sessions/{id}`, `/history`, `/pending-approvals` or `/plans`, by the
+    /// answer's type.
     pub async fn session_part<T: SessionResource>(
         &self,
         token: &str,
@@ -524,6 +527,20 @@ impl GatewayClient {
             path_segment(id),
             path_segment(call_id)
         );
+        self.upstream
+            .call(Method::POST, &path, token, Some(decision))
+            .await
+    }
+
+    /// `POST /api/v1/plans/{id}/decision`: the gateway relays the plan's run
+    /// to the session's sockets.
+    pub async fn decide_plan(
+        &self,
+        token: &str,
+        plan_id: &str,
+        decision: &Value,
+    ) -> Result<Value, UpstreamError> {
+        let path = format!("/api/v1/plans/{}/decision", path_segment(plan_id));
         self.upstream
             .call(Method::POST, &path, token, Some(decision))
             .await

@@ -68,3 +68,15 @@ CREATE TABLE plan_versions (
 -- The plan a turn runs, once one was approved in it; never cleared (a turn never leaves its
 -- plan). No foreign key: both go with their session.
 ALTER TABLE turns ADD COLUMN plan_id TEXT;
+
+-- Whether the turn must produce a plan: the router classified its request as complex, the
+-- session always plans, or the user asked for a plan. Never cleared within a turn.
+ALTER TABLE turns ADD COLUMN plan_required BOOLEAN NOT NULL DEFAULT FALSE;
+
+-- The router's verdict on the request it routed (`atomic` or `complex`); NULL for a change
+-- of agent that was not a routing decision.
+ALTER TABLE agent_switches ADD COLUMN complexity TEXT;
+
+-- A session's planning setting: `auto` (the router decides), `always` or `never`.
+ALTER TABLE sessions ADD COLUMN planning TEXT NOT NULL DEFAULT 'auto'
+    CHECK (planning IN ('auto', 'always', 'never'));

@@ -9,7 +9,7 @@ use super::turn::{FrameStart, TurnLoop};
 use super::{Cx, Engine, EngineError, settled_event};
 use crate::agents::AgentKind;
 use crate::metrics;
-use crate::model::{NewMessage, Role, Session, StepCommit, Turn, TurnStatus};
+use crate::model::{NewMessage, PlanningMode, Role, Session, StepCommit, Turn, TurnStatus};
 
 /// Longest stored title (the original's column size).
 pub const MAX_TITLE_CHARS: usize = 500;
@@ -67,6 +67,7 @@ impl Engine {
             updated_at: now,
             cancel_requested_at: None,
             plan_id: None,
+            plan_required: false,
         };
         let explicit = agent
             .filter(|a| a.as_str() != session.current_agent)
@@ -76,12 +77,18 @@ impl Engine {
                 reason: "User requested".to_owned(),
                 confidence: Some("high".to_owned()),
                 method: "explicit",
+                complexity: None,
             });
         let mut switches = Vec::new();
         if let Some(switch) = &explicit {
             switches.push(switch.record(cx.session_id, now));
             turn.agent = switch.to.as_str().to_owned();
         }
+        // A plan asked for in so many words, of the architect chosen by the user (routing
+        // decides it otherwise, see `TurnLoop::specialist`).
+        turn.plan_required = turn.agent == AgentKind::Architect.as_str()
+            && session.planning != PlanningMode::Never
+            && crate::routing::asks_for_plan(&content);
         let session_agent = explicit.as_ref().map_or_else(
             || session.current_agent.clone(),
             |s| s.to.as_str().to_owned(),
@@ -145,6 +152,7 @@ impl Engine {
             reason: reason.unwrap_or_else(|| "User requested agent switch".to_owned()),
             confidence: Some("high".to_owned()),
             method: "explicit",
+            complexity: None,
         };
         self.record_switch(
             cx,
@@ -152,6 +160,7 @@ impl Engine {
             vec![RuntimeEvent::TurnFinished {
                 outcome: TurnOutcome::Completed,
             }],
+            None,
         )
         .await
     }

@@ -18,8 +18,8 @@ use super::{Cx, Engine, EngineError, PlanRef};
 use crate::agents::AgentKind;
 use crate::metrics;
 use crate::model::{
-    NewMessage, Plan, PlanStatus, PlanWrite, Role, StepCommit, Subtask, SubtaskStatus,
-    ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
+    NewMessage, Plan, PlanStatus, PlanWrite, PlanningMode, Role, StepCommit, Subtask,
+    SubtaskStatus, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
 };
 use crate::planning;
 
@@ -97,6 +97,13 @@ impl TurnLoop<'_> {
         call_id: &str,
     ) -> Result<Result<Plan, String>, EngineError> {
         let engine = self.engine;
+        if engine.session(&self.cx).await?.planning == PlanningMode::Never {
+            return Ok(Err(
+                "planning is off in this session (its planning setting is \
+                           \"never\"): do the task without a plan"
+                    .to_owned(),
+            ));
+        }
         let proposed = match planning::read_plan(arguments, engine.limits.max_plan_subtasks) {
             Ok(proposed) => proposed,
             Err(error) => return Ok(Err(error)),
@@ -618,7 +625,9 @@ impl Engine {
             plans: vec![PlanWrite::Status {
                 plan_id: plan.id.clone(),
                 status: plan_status,
-                turn_id: None,
+                // Approved: the turn that waited runs it, stored with the decision so a
+                // restart resumes the plan rather than the architect.
+                turn_id: (decision == PlanDecision::Approve).then(|| plan.turn_id.clone()),
                 feedback: feedback
                     .clone()
                     .filter(|_| decision == PlanDecision::Modify),
@@ -760,6 +769,7 @@ impl Engine {
             updated_at: now,
             cancel_requested_at: None,
             plan_id: Some(plan.id.clone()),
+            plan_required: false,
         };
         let mut resumed = plan.clone();
         resumed.status = PlanStatus::InProgress;

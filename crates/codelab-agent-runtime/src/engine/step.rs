@@ -152,7 +152,10 @@ impl TurnLoop<'_> {
         let history = engine.store.list_messages(self.cx.session_id).await?;
         let system = engine.prompts.render(
             agent,
-            &PromptContext::for_agent(agent, engine.registry.multi_agent()),
+            &PromptContext {
+                plan_required: self.turn.plan_required && self.subtask.is_none(),
+                ..PromptContext::for_agent(agent, engine.registry.multi_agent())
+            },
         )?;
         // A subtask of a plan sees its own focused context: the plan, its task and its
         // dependencies' results, then only what it did itself (`planning::subtask_prompt`).
@@ -544,6 +547,7 @@ impl TurnLoop<'_> {
                                     reason,
                                     confidence: None,
                                     method: "tool",
+                                    complexity: None,
                                 });
                                 current = to;
                             }

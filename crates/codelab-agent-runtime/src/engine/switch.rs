@@ -7,7 +7,7 @@ use codelab_protocol::runtime::RuntimeEvent;
 use super::{Cx, Engine, EngineError};
 use crate::agents::AgentKind;
 use crate::metrics;
-use crate::model::{AgentSwitch, StepCommit};
+use crate::model::{AgentSwitch, StepCommit, TurnUpdate};
 
 /// One change of agent: by the user (`explicit`), the router, or the model's `switch_mode`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,8 @@ pub(crate) struct Switch {
     pub(crate) confidence: Option<String>,
     /// How it was decided (`explicit`, `tool`, or the router's method), as stored and counted.
     pub(crate) method: &'static str,
+    /// The router's verdict on the request (`atomic`, `complex`), for a routing decision.
+    pub(crate) complexity: Option<&'static str>,
 }
 
 impl Switch {
@@ -31,6 +33,7 @@ impl Switch {
             confidence: self.confidence.clone(),
             method: self.method.to_owned(),
             created_at: at,
+            complexity: self.complexity.map(str::to_owned),
         }
     }
 
@@ -46,13 +49,14 @@ impl Switch {
 }
 
 impl Engine {
-    /// Stores a change of agent, the session's new agent, its `agent_switched` event and
-    /// `then` together, then sends the events.
+    /// Stores a change of agent, the session's new agent, its `agent_switched` event, `then`
+    /// and `turn` (what routing changed in the turn) together, then sends the events.
     pub(crate) async fn record_switch(
         &self,
         cx: &Cx<'_>,
         switch: Switch,
         then: Vec<RuntimeEvent>,
+        turn: Option<TurnUpdate>,
     ) -> Result<(), EngineError> {
         let mut events = vec![switch.event()];
         events.extend(then);
@@ -61,6 +65,7 @@ impl Engine {
             .commit_step(StepCommit {
                 session_id: cx.session_id.to_owned(),
                 switches: vec![switch.record(cx.session_id, self.now())],
+                turn,
                 events,
                 ..StepCommit::default()
             })

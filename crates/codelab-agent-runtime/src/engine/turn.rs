@@ -14,7 +14,9 @@ use super::switch::Switch;
 use super::{Cx, Engine, EngineError};
 use crate::agents::AgentKind;
 use crate::metrics;
-use crate::model::{PlanWrite, Role, Session, StepCommit, ToolCallRecord, Turn, TurnStatus};
+use crate::model::{
+    PlanWrite, PlanningMode, Role, Session, StepCommit, ToolCallRecord, Turn, TurnStatus,
+};
 use crate::routing;
 
 /// One turn as it runs: the engine's parts, the session's event sink and the turn itself,
@@ -171,7 +173,7 @@ impl<'a> TurnLoop<'a> {
         .await;
         // The classifier only names agents of this mode; the guard keeps a bad answer from
         // parking the session on an agent that does not exist here.
-        let agent = Some(decision.agent)
+        let mut agent = Some(decision.agent)
             .filter(|k| engine.registry.is_registered(*k) && *k != AgentKind::Orchestrator)
             .or_else(|| {
                 engine
@@ -182,14 +184,42 @@ impl<'a> TurnLoop<'a> {
                     .find(|k| *k != AgentKind::Orchestrator)
             })
             .unwrap_or(AgentKind::Coder);
+        // Planning is decided in the same classification (no extra LLM call): a complex
+        // request, one the user asked to plan, or any request of a session that always plans
+        // goes to the architect, told to write a plan.
+        let planning = engine.session(&self.cx).await?.planning;
+        let wants_plan = match planning {
+            PlanningMode::Never => false,
+            PlanningMode::Always => true,
+            PlanningMode::Auto => decision.complex || routing::asks_for_plan(&text),
+        };
+        let mut reason = decision.reason.clone();
+        if wants_plan && engine.registry.is_registered(AgentKind::Architect) {
+            if agent != AgentKind::Architect {
+                reason = format!("{reason} (a plan is needed first)");
+            }
+            agent = AgentKind::Architect;
+            self.turn.plan_required = true;
+        }
         let switch = Switch {
             from: session_agent,
             to: agent,
-            reason: decision.reason.clone(),
+            reason,
             confidence: Some(decision.confidence.clone()),
             method: decision.method.as_str(),
+            complexity: Some(if decision.complex {
+                "complex"
+            } else {
+                "atomic"
+            }),
         };
-        engine.record_switch(&self.cx, switch, Vec::new()).await?;
+        let turn = self
+            .turn
+            .plan_required
+            .then(|| self.turn.update_to(self.turn.status, None));
+        engine
+            .record_switch(&self.cx, switch, Vec::new(), turn)
+            .await?;
         self.session_agent = Some(agent.as_str().to_owned());
         Ok(agent)
     }

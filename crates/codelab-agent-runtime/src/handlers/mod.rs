@@ -192,6 +192,7 @@ pub fn session_summary(session: &Session) -> SessionSummary {
         is_active: true,
         last_activity: Some(time(session.last_activity)),
         message_count: count(session.message_count),
+        planning: Some(session.planning.as_str().to_owned()),
         title: session.title.clone(),
     }
 }

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::AppState;
 use crate::engine::{MAX_TITLE_CHARS, Work};
-use crate::model::{Message, Role, SessionQuery, ToolCallStatus};
+use crate::model::{Message, PlanningMode, Role, SessionQuery, ToolCallStatus};
 
 /// Default and largest page of `GET /sessions`.
 const DEFAULT_LIMIT: u32 = 100;
@@ -125,6 +125,7 @@ pub async fn create_session(
         is_active: true,
         last_activity: None,
         message_count: 0,
+        planning: Some(session.planning.as_str().to_owned()),
         title: None,
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -188,7 +189,8 @@ pub async fn session_owner(
     }
 }
 
-/// `PATCH /sessions/{id}` `{"title": "..."}`: renames the session.
+/// `PATCH /sessions/{id}` `{"title": "...", "planning": "auto|always|never"}` (either or both):
+/// renames the session, or changes its planning setting.
 pub async fn update_session(
     State(state): State<Arc<AppState>>,
     owner: Owner,
@@ -198,20 +200,45 @@ pub async fn update_session(
     owned_session(&state, &owner, &session_id).await?;
     let body = object_body(&body, false)?;
     let title = match body.get("title") {
-        Some(Value::String(title)) => title.trim().to_owned(),
-        None => return Err(HttpError::bad_request("\"title\" is required")),
+        None => None,
+        Some(Value::String(title)) => Some(title.trim().to_owned()),
         Some(_) => return Err(HttpError::bad_request("title must be a string")),
     };
-    if title.is_empty() {
-        return Err(HttpError::bad_request("title must not be empty"));
+    let planning = match body.get("planning") {
+        None => None,
+        Some(Value::String(mode)) => Some(PlanningMode::parse(mode).ok_or_else(|| {
+            HttpError::bad_request(format!(
+                "planning must be \"auto\", \"always\" or \"never\", got {mode:?}"
+            ))
+        })?),
+        Some(_) => {
+            return Err(HttpError::bad_request(
+                "planning must be \"auto\", \"always\" or \"never\"",
+            ));
+        }
+    };
+    if title.is_none() && planning.is_none() {
+        return Err(HttpError::bad_request(
+            "\"title\" or \"planning\" is required",
+        ));
     }
-    let chars = title.chars().count();
-    if chars > MAX_TITLE_CHARS {
-        return Err(HttpError::bad_request(format!(
-            "title must be at most {MAX_TITLE_CHARS} characters, got {chars}"
-        )));
+    if let Some(title) = &title {
+        if title.is_empty() {
+            return Err(HttpError::bad_request("title must not be empty"));
+        }
+        let chars = title.chars().count();
+        if chars > MAX_TITLE_CHARS {
+            return Err(HttpError::bad_request(format!(
+                "title must be at most {MAX_TITLE_CHARS} characters, got {chars}"
+            )));
+        }
     }
-    state.store.set_title(&session_id, &title).await?;
+    if let Some(mode) = planning {
+        state.store.set_planning(&session_id, mode).await?;
+    }
+    if let Some(title) = &title {
+        state.store.set_title(&session_id, title).await?;
+    }
     let session = owned_session(&state, &owner, &session_id).await?;
     Ok(Json(session_summary(&session)))
 }
@@ -284,6 +311,7 @@ pub async fn session_history(
         agent_history: switches
             .into_iter()
             .map(|s| HistoryAgentSwitch {
+                complexity: s.complexity,
                 confidence: s.confidence,
                 from: s.from_agent,
                 method: s.method,

@@ -2,8 +2,10 @@
 //! `stream: true`, `X-Internal-Auth`, and the answer decoded into [`LlmDelta`]s as they
 //! arrive (`docs/llm-proxy.md`, "Answers").
 //!
-//! Resilience: connect errors and 502/503/429 answers are retried before the first byte with
-//! backoff (nothing has reached the user yet, so a retry is invisible); once the stream has
+//! Resilience: connect errors and 502/503 answers are retried before the first byte with
+//! backoff (nothing has reached the user yet, so a retry is invisible). A 429 is not: the
+//! proxy already retried the provider by its own policy (`docs/llm-proxy.md`), and retrying
+//! here again multiplied the requests a rate-limited provider got. Once the stream has
 //! started, a failure is reported, never retried. Each wait (for the answer's headers, then
 //! between body chunks) is bounded by the idle timeout. Dropping an [`LlmStream`] or
 //! cancelling its token closes the connection, which cancels the upstream request.
@@ -82,11 +84,12 @@ pub enum LlmError {
 }
 
 impl LlmError {
-    /// Worth retrying before anything was streamed: connect errors, 502, 503, 429.
+    /// Worth retrying before anything was streamed: connect errors, 502, 503 (the proxy or
+    /// what is in front of it being briefly away). Not 429: the proxy's own retries answered it.
     pub fn is_retryable_before_first_byte(&self) -> bool {
         match self {
             LlmError::Connect(_) => true,
-            LlmError::Status { status, .. } => matches!(status, 429 | 502 | 503),
+            LlmError::Status { status, .. } => matches!(status, 502 | 503),
             _ => false,
         }
     }

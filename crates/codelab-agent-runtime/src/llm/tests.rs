@@ -164,7 +164,7 @@ fn the_key_falls_back_to_the_internal_key() {
 async fn busy_answers_are_retried_before_the_first_byte() {
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
     fake.push_reply(FakeReply::status(503));
-    fake.push_reply(FakeReply::status(429));
+    fake.push_reply(FakeReply::status(502));
     fake.push_reply(FakeReply::text(&["ok"]));
     let completion = complete(&fake).await.unwrap();
     assert_eq!(completion.content, "ok");
@@ -173,6 +173,21 @@ async fn busy_answers_are_retried_before_the_first_byte() {
     assert_eq!(sent.header("x-internal-auth"), Some(PROXY_KEY));
     assert_eq!(sent.body["stream"], true);
     assert_eq!(sent.body["stream_options"]["include_usage"], true);
+}
+
+/// The proxy retried the provider before answering 429: one more round here would multiply
+/// what a rate-limited provider gets.
+#[tokio::test]
+async fn a_rate_limit_from_the_proxy_is_reported_not_retried() {
+    let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
+    fake.push_reply(FakeReply::status(429).with_retry_after(1));
+    fake.push_reply(FakeReply::text(&["never asked for"]));
+    let err = complete(&fake).await.unwrap_err();
+    assert!(
+        matches!(err, LlmError::Status { status: 429, .. }),
+        "{err:?}"
+    );
+    assert_eq!(fake.request_count(), 1);
 }
 
 #[tokio::test]

@@ -4,7 +4,8 @@
 //! Templates are compiled and test-rendered at startup, so a broken override stops the
 //! service with the file named instead of failing a user's turn later. Variables available:
 //! `agent` (wire name), `agent_name` ("Coder Agent"), `tools` (list of tool names offered),
-//! `multi_agent_mode` (bool), `workspace` (free text about the workspace, or none).
+//! `multi_agent_mode` (bool), `workspace` (free text about the workspace, or none),
+//! `plan_required` (bool: the request must become a plan first).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ pub struct PromptContext {
     pub multi_agent_mode: bool,
     /// Free text about the workspace (project name, OS, open file...), if the IDE gave any.
     pub workspace: Option<String>,
+    /// The request must become a plan (`create_plan`) before anything else.
+    pub plan_required: bool,
 }
 
 impl PromptContext {
@@ -41,6 +44,7 @@ impl PromptContext {
             tools: tools_of(kind).iter().map(|t| (*t).to_owned()).collect(),
             multi_agent_mode,
             workspace: None,
+            plan_required: false,
         }
     }
 }
@@ -144,6 +148,7 @@ impl Prompts {
                 tools => ctx.tools.clone(),
                 multi_agent_mode => ctx.multi_agent_mode,
                 workspace => workspace,
+                plan_required => ctx.plan_required,
             })
             .map_err(|e| render_error(e.to_string()))?;
         Ok(rendered.trim().to_owned())

@@ -24,9 +24,9 @@ use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 pub use sql_store::SqlStore;
 
 use crate::model::{
-    AgentSwitch, Committed, Message, NewMessage, NewSession, Plan, PlanVersion, Session,
-    SessionQuery, SessionState, StepCommit, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn,
-    TurnStatus, UpdateOutcome,
+    AgentSwitch, Committed, Message, NewMessage, NewSession, Plan, PlanVersion, PlanningMode,
+    Session, SessionQuery, SessionState, StepCommit, ToolCallRecord, ToolCallStatus,
+    ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
 };
 
 /// A storage failure (shared by every service store; `Stale` is the runtime's conditional
@@ -76,6 +76,8 @@ pub trait RuntimeStore: Send + Sync + 'static {
     async fn list_sessions(&self, query: &SessionQuery) -> Result<(Vec<Session>, u64), StoreError>;
     /// Sets the title (also used once from the first user message).
     async fn set_title(&self, session_id: &str, title: &str) -> Result<(), StoreError>;
+    /// Sets the session's planning setting.
+    async fn set_planning(&self, session_id: &str, mode: PlanningMode) -> Result<(), StoreError>;
     async fn set_current_agent(&self, session_id: &str, agent: &str) -> Result<(), StoreError>;
     /// Soft-deletes a session; `false` when there was no live session with that id.
     async fn delete_session(&self, session_id: &str) -> Result<bool, StoreError>;

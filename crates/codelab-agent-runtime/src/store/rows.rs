@@ -15,8 +15,8 @@ use sqlx::types::Json;
 
 use super::StoreError;
 use crate::model::{
-    AgentSwitch, Message, Plan, PlanStatus, PlanVersion, Role, Session, Subtask, SubtaskStatus,
-    ToolCallRecord, ToolCallStatus, Turn, TurnStatus, TurnUpdate,
+    AgentSwitch, Message, Plan, PlanStatus, PlanVersion, PlanningMode, Role, Session, Subtask,
+    SubtaskStatus, ToolCallRecord, ToolCallStatus, Turn, TurnStatus, TurnUpdate,
 };
 
 /// A JSON value to bind (JSONB on PostgreSQL, text on SQLite).
@@ -116,6 +116,7 @@ pub(super) fn session(row: &impl Cells) -> Result<Session, StoreError> {
     Ok(from_row!(row => Session {
         id: text, owner: text, title: opt_text, current_agent: text, message_count: int,
         created_at: time, last_activity: time,
+        planning = named(row, "planning", PlanningMode::parse, "a planning setting")?,
     }))
 }
 
@@ -144,7 +145,7 @@ fn named<T>(
 pub(super) fn switch(row: &impl Cells) -> Result<AgentSwitch, StoreError> {
     Ok(from_row!(row => AgentSwitch {
         session_id: text, from_agent: opt_text, to_agent: text, reason: text,
-        confidence: opt_text, method: text, created_at: time,
+        confidence: opt_text, method: text, created_at: time, complexity: opt_text,
     }))
 }
 
@@ -165,7 +166,7 @@ pub(super) fn turn(row: &impl Cells) -> Result<Turn, StoreError> {
         id: text, session_id: text,
         status = named(row, "status", TurnStatus::parse, "a turn status")?,
         steps: int32, agent: text, created_at: time, updated_at: time,
-        cancel_requested_at: opt_time, plan_id: opt_text,
+        cancel_requested_at: opt_time, plan_id: opt_text, plan_required: flag,
     }))
 }
 
@@ -284,10 +285,10 @@ pub(super) mod sql {
             "EXISTS (SELECT 1 FROM sessions s WHERE s.id = $1 AND s.deleted_at IS NULL)"
         };
         (session_columns) => {
-            "id, owner, title, current_agent, message_count, created_at, last_activity"
+            "id, owner, title, current_agent, message_count, created_at, last_activity, planning"
         };
         (switch_columns) => {
-            "session_id, from_agent, to_agent, reason, confidence, method, created_at"
+            "session_id, from_agent, to_agent, reason, confidence, method, created_at, complexity"
         };
         (call_columns) => {
             "call_id, session_id, turn_id, step, provider_call_id, tool_name, arguments, \
@@ -296,7 +297,7 @@ pub(super) mod sql {
         };
         (turn_columns) => {
             "id, session_id, status, steps, agent, created_at, updated_at, cancel_requested_at, \
-             plan_id"
+             plan_id, plan_required"
         };
         // A plan query selects `plans p LEFT JOIN plan_subtasks st`, aliasing every column:
         // SQLite leaves the name of an unaliased `p.id` unspecified, and the two tables share
@@ -498,12 +499,13 @@ pub(super) mod sql {
 
     // ---- agent switches ----
 
-    /// $1 session, $2 from, $3 to, $4 reason, $5 confidence, $6 method, $7 at. Inserts
+    /// $1 session, $2 from, $3 to, $4 reason, $5 confidence, $6 method, $7 at, $8 complexity.
+    /// Inserts
     /// nothing for a missing or deleted session.
     pub(in crate::store) const INSERT_SWITCH: &str = concat!(
         "INSERT INTO agent_switches (",
         part!(switch_columns),
-        ") SELECT $1, $2, $3, $4, $5, $6, $7 WHERE ",
+        ") SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE ",
         part!(live_session)
     );
 
@@ -605,7 +607,7 @@ pub(super) mod sql {
     /// Inserts nothing for a missing or deleted session.
     pub(in crate::store) const INSERT_TURN: &str = concat!(
         "INSERT INTO turns (session_id, id, status, steps, agent, created_at, updated_at, \
-         plan_id) SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE ",
+         plan_id, plan_required) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE ",
         part!(live_session)
     );
 
@@ -625,15 +627,20 @@ pub(super) mod sql {
         concat!("SELECT ", part!(turn_columns), " FROM turns WHERE id = $1");
 
     /// $1 id, $2 status, $3 steps, $4 agent, $5 now, $6 plan or NULL (a turn never leaves its
-    /// plan, so NULL keeps the stored one).
+    /// plan, so NULL keeps the stored one), $7 plan required (once required, it stays).
     pub(in crate::store) const UPDATE_TURN: &str = "UPDATE turns \
          SET status = $2, steps = $3, agent = $4, updated_at = $5, \
-         plan_id = COALESCE($6, plan_id) WHERE id = $1";
+         plan_id = COALESCE($6, plan_id), plan_required = (plan_required OR $7) WHERE id = $1";
 
-    /// As [`UPDATE_TURN`], only while the turn is still in state ($7 status, $8 steps).
+    /// As [`UPDATE_TURN`], only while the turn is still in state ($8 status, $9 steps).
     pub(in crate::store) const UPDATE_TURN_IF: &str = "UPDATE turns \
          SET status = $2, steps = $3, agent = $4, updated_at = $5, \
-         plan_id = COALESCE($6, plan_id) WHERE id = $1 AND status = $7 AND steps = $8";
+         plan_id = COALESCE($6, plan_id), plan_required = (plan_required OR $7) \
+         WHERE id = $1 AND status = $8 AND steps = $9";
+
+    /// $1 session, $2 planning setting.
+    pub(in crate::store) const SET_PLANNING: &str =
+        "UPDATE sessions SET planning = $2 WHERE id = $1 AND deleted_at IS NULL";
 
     /// $1 session, $2 now. Marks the newest unfinished turn as cancel-requested, keeping the
     /// time of an earlier request; returns it.
@@ -696,7 +703,13 @@ pub(super) mod sql {
     /// value), $7 now.
     pub(in crate::store) const UPDATE_PLAN_STATUS: &str = "UPDATE plans SET status = $3, \
          turn_id = COALESCE($4, turn_id), feedback = COALESCE($5, feedback), \
-         summary = COALESCE($6, summary), updated_at = $7 WHERE id = $1 AND session_id = $2";
+         summary = CASE WHEN $3 = 'in_progress' THEN $6 ELSE COALESCE($6, summary) END, \
+         updated_at = $7 WHERE id = $1 AND session_id = $2";
+
+    /// $1 plan, $2 turn, $3 session: the turn runs the plan (with the plan's status write that
+    /// names the turn, so a decision and the turn that acts on it are stored together).
+    pub(in crate::store) const SET_TURN_PLAN: &str =
+        "UPDATE turns SET plan_id = $1 WHERE id = $2 AND session_id = $3";
 
     /// $1 plan, $2 position, $3 status, $4 result, $5 error, $6 context from, $7 first step
     /// (all written as given), $8 the plan's session.

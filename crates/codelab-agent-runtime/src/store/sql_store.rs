@@ -15,9 +15,9 @@ use sqlx::{Pool, Transaction};
 use super::rows::{self, sql};
 use super::{RuntimeStore, SessionLock, StoreError, StoreSettings};
 use crate::model::{
-    AgentSwitch, Committed, Message, NewMessage, NewSession, Plan, PlanVersion, PlanWrite, Session,
-    SessionQuery, SessionState, StepCommit, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn,
-    TurnStatus, TurnUpdate, UpdateOutcome,
+    AgentSwitch, Committed, Message, NewMessage, NewSession, Plan, PlanVersion, PlanWrite,
+    PlanningMode, Session, SessionQuery, SessionState, StepCommit, ToolCallRecord, ToolCallStatus,
+    ToolCallUpdate, Turn, TurnStatus, TurnUpdate, UpdateOutcome,
 };
 
 /// What the runtime store does differently on a database beyond [`Backend`].
@@ -265,6 +265,15 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
         require_session(done, session_id)
     }
 
+    async fn set_planning(&self, session_id: &str, mode: PlanningMode) -> Result<(), StoreError> {
+        let done = query(sql::SET_PLANNING)
+            .bind(session_id)
+            .bind(mode.as_str())
+            .execute(&self.writer)
+            .await?;
+        require_session(done, session_id)
+    }
+
     async fn set_current_agent(&self, session_id: &str, agent: &str) -> Result<(), StoreError> {
         let done = query(sql::SET_CURRENT_AGENT)
             .bind(session_id)
@@ -476,6 +485,7 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
             steps,
             agent: agent.to_owned(),
             plan_id: None,
+            plan_required: false,
             expect: None,
         };
         update_turn_in(On::from(&self.writer), &update, self.now()).await
@@ -784,6 +794,7 @@ async fn insert_switch<'e, B: Backend>(
         .bind(&switch.confidence)
         .bind(&switch.method)
         .bind(DbTime(switch.created_at))
+        .bind(&switch.complexity)
         .execute(on)
         .await
         .map_err(|e| StoreError::of_write(e, |_| "agent switch".to_owned(), "session"))?;
@@ -800,6 +811,7 @@ async fn insert_turn<'e, B: Backend>(on: On<'e, B>, turn: &'e Turn) -> Result<()
         .bind(DbTime(turn.created_at))
         .bind(DbTime(turn.updated_at))
         .bind(&turn.plan_id)
+        .bind(turn.plan_required)
         .execute(on)
         .await
         .map_err(|e| StoreError::of_write(e, |_| format!("turn {:?}", turn.id), "session"))?;
@@ -821,7 +833,8 @@ async fn update_turn_in<'e, B: Backend>(
     .bind(update.steps)
     .bind(&update.agent)
     .bind(DbTime(now))
-    .bind(&update.plan_id);
+    .bind(&update.plan_id)
+    .bind(update.plan_required);
     if let Some((status, steps)) = update.expect {
         statement = statement.bind(status.as_str()).bind(steps);
     }
@@ -863,6 +876,14 @@ async fn apply_plan_writes<B: StoreBackend>(
                     .await?;
                 if done == 0 {
                     return Err(StoreError::NotFound(rows::plan_name(plan_id)));
+                }
+                if let Some(turn_id) = turn_id {
+                    query(sql::SET_TURN_PLAN)
+                        .bind(plan_id)
+                        .bind(turn_id)
+                        .bind(session_id)
+                        .execute(&mut *tx)
+                        .await?;
                 }
             }
             PlanWrite::Subtask {

@@ -15,8 +15,8 @@ use ToolCallStatus::{
 use chrono::{DateTime, SubsecRound, Utc};
 use codelab_agent_runtime::model::{
     AgentSwitch, Committed, Message, NewMessage, NewSession, Plan, PlanStatus, PlanVersion,
-    PlanWrite, Role, Session, SessionQuery, StepCommit, Subtask, SubtaskStatus, ToolCallRecord,
-    ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate, UpdateOutcome,
+    PlanWrite, PlanningMode, Role, Session, SessionQuery, StepCommit, Subtask, SubtaskStatus,
+    ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate, UpdateOutcome,
 };
 use codelab_agent_runtime::store::{RuntimeStore, StoreError, open_store};
 use codelab_core::clock::SystemClock;
@@ -35,6 +35,7 @@ codelab_testkit::store_conformance!(
     lists_an_owners_sessions_most_recently_active_first_with_paging_and_a_total,
     searches_titles_ignoring_case_and_matches_wildcards_literally,
     sets_the_title_and_the_current_agent_of_live_sessions_only,
+    keeps_a_sessions_planning_setting_a_routing_verdict_and_a_turns_plan_requirement,
     deleting_a_session_hides_it_and_everything_in_it,
     purges_sessions_idle_before_the_cutoff_in_batches_with_everything_in_them,
     appends_messages_in_order_with_consecutive_seqs_and_counts_them,
@@ -250,6 +251,7 @@ pub(crate) fn turn(id: &str, session_id: &str, status: TurnStatus, at: DateTime<
         updated_at: at,
         cancel_requested_at: None,
         plan_id: None,
+        plan_required: false,
     }
 }
 
@@ -262,6 +264,7 @@ fn switch(session_id: &str, from: Option<&str>, to: &str, confidence: Option<&st
         confidence: confidence.map(str::to_owned),
         method: "llm".to_owned(),
         created_at: t0(),
+        complexity: None,
     }
 }
 
@@ -436,6 +439,57 @@ async fn sets_the_title_and_the_current_agent_of_live_sessions_only(store: Arc<d
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+}
+
+async fn keeps_a_sessions_planning_setting_a_routing_verdict_and_a_turns_plan_requirement(
+    store: Arc<dyn RuntimeStore>,
+) {
+    create(&store, "s1", "alice").await;
+    assert_eq!(
+        live_session(&store, "s1").await.planning,
+        PlanningMode::Auto
+    );
+    store.set_planning("s1", PlanningMode::Never).await.unwrap();
+    assert_eq!(
+        live_session(&store, "s1").await.planning,
+        PlanningMode::Never
+    );
+    let err = store
+        .set_planning("nope", PlanningMode::Always)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+
+    record(
+        &store,
+        AgentSwitch {
+            complexity: Some("complex".to_owned()),
+            ..switch("s1", Some("orchestrator"), "architect", Some("high"))
+        },
+    )
+    .await;
+    let switches = store.list_switches("s1").await.unwrap();
+    assert_eq!(switches[0].complexity.as_deref(), Some("complex"));
+
+    // Set once, a turn's plan requirement stays: a later update without it keeps it.
+    start_turn(
+        &store,
+        Turn {
+            plan_required: true,
+            ..turn("t1", "s1", TurnStatus::Running, t0())
+        },
+    )
+    .await;
+    let commit = StepCommit {
+        turn: Some(step_update(TurnStatus::AwaitingTools, 1, None)),
+        ..step("s1")
+    };
+    store.commit_step(commit).await.unwrap();
+    let stored = store.get_turn("t1").await.unwrap().unwrap();
+    assert!(stored.plan_required);
+    assert_eq!(stored.status, TurnStatus::AwaitingTools);
+    start_turn(&store, turn("t2", "s1", TurnStatus::Running, t0())).await;
+    assert!(!store.get_turn("t2").await.unwrap().unwrap().plan_required);
 }
 
 async fn deleting_a_session_hides_it_and_everything_in_it(store: Arc<dyn RuntimeStore>) {
@@ -1311,6 +1365,7 @@ fn step_update(status: TurnStatus, steps: i32, expect: Option<(TurnStatus, i32)>
         steps,
         agent: "architect".into(),
         plan_id: None,
+        plan_required: false,
         expect,
     }
 }

@@ -646,9 +646,25 @@ async fn relay(
     while let Some(item) = events.next().await {
         match item {
             Ok(event) => conn.state.fanout.publish(&access.session_id, &event).await,
-            Err(error) => return report(&conn, &error),
+            Err(error) => return report_cut(&conn, &error),
         }
     }
+}
+
+/// The `error` frame for a runtime stream that broke after it began (a runtime that died or
+/// a link cut mid-turn): the turn is not lost — everything it did is stored and a runtime
+/// resumes it from there — so the client is told how to see the rest.
+fn report_cut(conn: &Conn, error: &RuntimeError) {
+    metrics::runtime_stream_error(error.kind());
+    tracing::warn!(error = %error, "an agent runtime stream broke mid-turn");
+    conn.direct(ServerFrame::error(
+        format!(
+            "Streaming error: the connection to the agent runtime broke during the turn \
+             ({error}); the turn is kept and resumes from what was stored: reload the \
+             session (or send hello with last_seq) to see how it ends"
+        ),
+        Some("STREAMING_ERROR"),
+    ));
 }
 
 /// The `error` frame for a failed runtime call, as the original worded it.

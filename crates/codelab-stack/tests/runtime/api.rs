@@ -106,7 +106,7 @@ async fn bad_paging_and_bodies_are_refused_with_a_reason() {
     for (body, expected) in [
         (json!({"title": ""}), "title must not be empty"),
         (json!({"title": 5}), "title must be a string"),
-        (json!({}), "\"title\" is required"),
+        (json!({}), "\"title\" or \"planning\" is required"),
         (json!({"title": "x".repeat(501)}), "at most 500 characters"),
     ] {
         let (status, body) = rt.call(Method::PATCH, &path, "dev", Some(body)).await;

@@ -102,6 +102,7 @@ async fn crash_mid_step(rt: &Runtime, session: &str, text: &str) -> String {
         updated_at: now,
         cancel_requested_at: None,
         plan_id: None,
+        plan_required: false,
     };
     store
         .commit_step(StepCommit {
@@ -116,6 +117,7 @@ async fn crash_mid_step(rt: &Runtime, session: &str, text: &str) -> String {
                 confidence: Some("high".into()),
                 method: "explicit".into(),
                 created_at: now,
+                complexity: None,
             }],
             ..StepCommit::default()
         })

@@ -452,3 +452,276 @@ async fn another_replica_resumes_a_plan_from_the_store_alone() {
     let plan = rt.get_ok(&format!("/plans/{plan_id}"), "dev").await;
     assert_eq!(statuses(&plan), ["completed", "completed", "completed"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_postgres_an_approved_plan_runs_to_completion_and_is_stored() {
+    let rt = Runtime::start(Backend::Postgres).await;
+    let (session, plan_id, events) = proposed(&rt, &three_subtasks()).await;
+    assert_eq!(outcome(&events), "awaiting_tools");
+    assert_eq!(rt.pending_approvals(&session).await["count"], 1);
+
+    let events = rt.send(&session, plan_decision(&plan_id, "approve")).await;
+    let progress: Vec<(u64, String)> = all(&events, "plan_progress")
+        .iter()
+        .map(|p| {
+            (
+                p["subtask_id"].as_u64().unwrap(),
+                p["status"].text().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        progress,
+        [
+            (0, "in_progress".to_owned()),
+            (0, "completed".to_owned()),
+            (1, "in_progress".to_owned()),
+            (1, "completed".to_owned()),
+            (2, "in_progress".to_owned()),
+        ]
+    );
+    let calls = call_ids(&events);
+    assert_eq!(calls.len(), 1, "{:?}", kinds(&events));
+    assert_eq!(outcome(&events), "awaiting_tools");
+    let plan = rt.get_ok(&format!("/plans/{plan_id}"), "dev").await;
+    assert_eq!(plan["status"], "in_progress");
+    assert_eq!(statuses(&plan), ["completed", "completed", "in_progress"]);
+
+    let events = rt.result(&session, &calls[0], json!("the notes")).await;
+    let done = first(&events, "execution_completed");
+    assert_eq!(done["status"], "completed");
+    assert_eq!(outcome(&events), "completed");
+    let plan = rt.get_ok(&format!("/plans/{plan_id}"), "dev").await;
+    assert_eq!(plan["status"], "completed");
+    assert_eq!(statuses(&plan), ["completed", "completed", "completed"]);
+    assert_eq!(plan["subtasks"][0]["result"], "wrote the code");
+    assert_eq!(plan["subtasks"][1]["result"], "checked it");
+    assert_eq!(rt.pending_approvals(&session).await["count"], 0);
+    let history = rt.history(&session).await;
+    let last = history["messages"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["content"], done["summary"]);
+    // What the client saw last is the tail of the stored log, in the same order.
+    let seen = stored(&events);
+    let log = rt.stored_events_of("dev", &session).await;
+    assert!(!seen.is_empty());
+    assert_eq!(log[log.len() - seen.len()..], seen[..]);
+}
+
+// ---- deciding to plan ----
+
+/// The classifier's answer for the mock (the routing call and the chosen agent's first step
+/// both read it: the agent's reply is this text, plus any `::tool` line).
+fn verdict(agent: &str, complexity: &str) -> String {
+    format!(
+        "::reply {{\"agent\":\"{agent}\",\"complexity\":\"{complexity}\",\"confidence\":\"high\",\
+         \"reasoning\":\"sized\"}}"
+    )
+}
+
+async fn routed(rt: &Runtime, session: &str) -> Value {
+    let history = rt.history(session).await;
+    history["agent_history"].as_array().unwrap()[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_complex_request_goes_to_the_architect_for_a_plan_in_the_same_classification() {
+    let rt = Runtime::start(Backend::Sqlite).await;
+    let session = rt.new_session("dev").await;
+    let plan = create_plan("Billing", &[("a", "coder", "::reply a", &[])]);
+    let text = format!(
+        "Add billing to the shop\n{}\n{plan}",
+        verdict("coder", "complex")
+    );
+    let events = rt.say(&session, &text).await;
+    let switched = first(&events, "agent_switched");
+    assert_eq!(switched["to_agent"], "architect");
+    assert!(
+        switched["reason"].text().contains("a plan is needed first"),
+        "{switched}"
+    );
+    assert_eq!(
+        first(&events, "plan_approval_required")["plan"]["title"],
+        "Billing"
+    );
+    let decision = routed(&rt, &session).await;
+    assert_eq!(decision["complexity"], "complex");
+    assert_eq!(decision["confidence"], "high");
+
+    // An atomic verdict routes as before and records the verdict.
+    let session = rt.new_session("dev").await;
+    let text = format!("Fix the typo\n{}", verdict("coder", "atomic"));
+    let events = rt.say(&session, &text).await;
+    assert_eq!(first(&events, "agent_switched")["to_agent"], "coder");
+    assert!(all(&events, "plan_approval_required").is_empty());
+    assert_eq!(routed(&rt, &session).await["complexity"], "atomic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_usable_verdict_the_keywords_decide_and_directive_lines_are_ignored() {
+    let rt = Runtime::start(Backend::Sqlite).await;
+    for (text, complexity, agent) in [
+        (
+            "Create an app for notes from scratch\n::reply not json",
+            "complex",
+            "architect",
+        ),
+        (
+            "Explain the architecture of the parser\n::reply not json",
+            "atomic",
+            "architect",
+        ),
+        // The keyword sits on a directive line only: not read.
+        ("Rename a variable\n::reply create app", "atomic", "coder"),
+    ] {
+        let session = rt.new_session("dev").await;
+        let events = rt.say(&session, text).await;
+        assert_eq!(
+            first(&events, "agent_switched")["to_agent"],
+            agent,
+            "{text}"
+        );
+        assert_eq!(
+            routed(&rt, &session).await["complexity"],
+            complexity,
+            "{text}"
+        );
+    }
+}
+
+/// `PATCH /sessions/{id}` with `body`: status and JSON answer.
+async fn patch(rt: &Runtime, session: &str, body: Value) -> (u16, Value) {
+    let response = rt
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/sessions/{session}"),
+            "dev",
+        )
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json::<Value>().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sessions_planning_setting_forces_or_disables_planning() {
+    let rt = Runtime::start(Backend::Sqlite).await;
+    let never = rt.new_session("dev").await;
+    let (status, body) = patch(&rt, &never, json!({"planning": "never"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["planning"], "never");
+    let plan = create_plan("Nope", &[("a", "coder", "::reply a", &[])]);
+    let text = format!("Build it all\n{}", verdict("architect", "complex"));
+    let events = rt.say(&never, &format!("{text}\n{plan}")).await;
+    let settled = first(&events, "tool_settled");
+    assert_eq!(settled["outcome"], "invalid");
+    assert!(
+        settled["summary"].text().contains("planning is off"),
+        "{settled}"
+    );
+    assert!(all(&events, "plan_approval_required").is_empty());
+
+    let always = rt.new_session("dev").await;
+    patch(&rt, &always, json!({"planning": "always"})).await;
+    let events = rt
+        .say(
+            &always,
+            &format!("Fix the typo\n{}", verdict("coder", "atomic")),
+        )
+        .await;
+    assert_eq!(first(&events, "agent_switched")["to_agent"], "architect");
+
+    for bad in [
+        json!({"planning": "sometimes"}),
+        json!({"planning": 1}),
+        json!({}),
+    ] {
+        let (status, body) = patch(&rt, &always, bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_architect_is_told_to_plan_when_the_user_asks_for_a_plan() {
+    let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
+    fake.set_default_reply(FakeReply::text(&["ok"]));
+    let rt = Runtime::start_with_fake(Backend::Sqlite, &fake, |_| {}).await;
+    let (_, events) = rt
+        .new_turn("architect", "Plan this: move the shop to PostgreSQL")
+        .await;
+    assert_eq!(outcome(&events), "completed");
+    let (_, events) = rt
+        .new_turn("architect", "Describe the shop's storage")
+        .await;
+    assert_eq!(outcome(&events), "completed");
+    let systems: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/chat/completions"))
+        .map(|r| {
+            r.body["messages"][0]["content"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(systems.len(), 2);
+    assert!(
+        systems[0].contains("This request needs a plan"),
+        "{}",
+        systems[0]
+    );
+    assert!(
+        !systems[1].contains("This request needs a plan"),
+        "{}",
+        systems[1]
+    );
+    assert!(
+        systems[1].contains("create_plan"),
+        "the tool is described anyway"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_approval_stored_just_before_a_crash_resumes_the_plan_not_the_architect() {
+    use codelab_agent_runtime::model::{
+        PlanStatus, PlanWrite, ToolCallStatus, ToolCallUpdate, UpdateOutcome,
+    };
+    let rt = Runtime::start(Backend::Sqlite).await;
+    let (session, plan_id, _) = proposed(&rt, &three_subtasks()).await;
+    let store = &rt.state.store;
+    let plan = store.get_plan(&plan_id).await.unwrap().unwrap();
+    // What the approval stores, and nothing after it: the process died right there.
+    let update = ToolCallUpdate {
+        decision: Some("approve".to_owned()),
+        settle: true,
+        tool_message: Some("approved".to_owned()),
+        plans: vec![PlanWrite::Status {
+            plan_id: plan_id.clone(),
+            status: PlanStatus::Approved,
+            turn_id: Some(plan.turn_id.clone()),
+            feedback: None,
+            summary: None,
+        }],
+        ..ToolCallUpdate::to(ToolCallStatus::Executed)
+    };
+    let outcome = store
+        .update_tool_call(
+            &session,
+            &plan.call_id,
+            &[ToolCallStatus::PendingApproval],
+            update,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, UpdateOutcome::Updated(_)));
+
+    assert_eq!(rt.state.engine.recover_stalled_turns().await.unwrap(), 1);
+    let plan = rt.get_ok(&format!("/plans/{plan_id}"), "dev").await;
+    assert_eq!(plan["status"], "in_progress");
+    assert_eq!(statuses(&plan), ["completed", "completed", "in_progress"]);
+    let replayed = rt.stored_events(&session).await;
+    assert_eq!(all(&replayed, "plan_progress").len(), 5);
+    assert_eq!(first(&replayed, "tool_call")["agent"], "ask");
+}

@@ -35,6 +35,8 @@ async fn the_models_json_answer_decides() {
             confidence: "high".into(),
             reason: "design".into(),
             method: RoutingMethod::Llm,
+            // No verdict in the answer: the keyword table's (no complex keyword).
+            complex: false,
             error: None,
         }
     );

@@ -9,7 +9,7 @@
 //!
 //! Needs Chromium (`CODELAB_TEST_CHROMIUM`, else /usr/bin/chromium) and Node with
 //! playwright-core (`CODELAB_TEST_NODE_PROJECT`, else target/test-node): scripts/test installs
-//! both.
+//! both. The helpers that start a walk serve `browser_plans.rs` too.
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -27,8 +27,16 @@ fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_person_uses_the_console_in_chromium() {
+/// Chromium and Node with playwright-core, as scripts/test installs them, and the folder the
+/// screenshots go to.
+pub(crate) struct BrowserTools {
+    chromium: PathBuf,
+    node_project: PathBuf,
+    artifacts: PathBuf,
+}
+
+/// The tools a browser walk needs, or a panic that says how to get them.
+pub(crate) fn browser_tools() -> BrowserTools {
     let chromium = std::env::var_os("CODELAB_TEST_CHROMIUM")
         .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
     assert!(
@@ -47,7 +55,90 @@ async fn a_person_uses_the_console_in_chromium() {
     );
     let artifacts = workspace_root().join("target/artifacts/website");
     std::fs::create_dir_all(&artifacts).unwrap();
+    BrowserTools {
+        chromium,
+        node_project,
+        artifacts,
+    }
+}
 
+/// Starts the walk `script` (in `tests/website/browser/`) with the tools' variables
+/// (`CHROMIUM`, `ARTIFACTS`, `NODE_PROJECT`) and `vars`.
+pub(crate) fn start_walk(
+    tools: &BrowserTools,
+    script: &str,
+    vars: &[(&str, &str)],
+) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg(
+            workspace_root()
+                .join("crates/codelab-stack/tests/website/browser")
+                .join(script),
+        )
+        .env("CHROMIUM", &tools.chromium)
+        .env("ARTIFACTS", &tools.artifacts)
+        .env("NODE_PROJECT", &tools.node_project)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    command
+        .spawn()
+        .expect("node must be installed (Debian: apt-get install -y nodejs)")
+}
+
+/// How a walk ended: its exit status, the JSON lines it printed (one per step, echoed to
+/// the test's output) and its standard error.
+pub(crate) async fn finish_walk(
+    mut child: tokio::process::Child,
+) -> (std::process::ExitStatus, Vec<Value>, String) {
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut steps = Vec::new();
+    let mut lines = BufReader::new(stdout).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        eprintln!("browser: {line}");
+        if let Ok(step) = serde_json::from_str::<Value>(&line) {
+            steps.push(step);
+        }
+    }
+    let mut errors = String::new();
+    let mut err_lines = BufReader::new(stderr).lines();
+    while let Some(line) = err_lines.next_line().await.unwrap() {
+        errors.push_str(&line);
+        errors.push('\n');
+    }
+    let status = child.wait().await.unwrap();
+    (status, steps, errors)
+}
+
+/// The steps a walk reported as passed.
+pub(crate) fn passed(steps: &[Value]) -> Vec<&str> {
+    steps
+        .iter()
+        .filter(|s| s["ok"] == true)
+        .filter_map(|s| s["step"].as_str())
+        .collect()
+}
+
+/// Whether the walk saved the screenshot `name` (not an empty file).
+pub(crate) fn assert_screenshots(tools: &BrowserTools, names: &[&str]) {
+    for shot in names {
+        let path = tools.artifacts.join(format!("{shot}.png"));
+        assert!(
+            std::fs::metadata(&path).is_ok_and(|m| m.len() > 1000),
+            "{} was not saved",
+            path.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_person_uses_the_console_in_chromium() {
+    let tools = browser_tools();
     let site = start_site(Layout::SingleOrigin).await;
 
     // The Flutter IDE, through the same front door: a write waiting for approval.
@@ -55,41 +146,18 @@ async fn a_person_uses_the_console_in_chromium() {
         common::ide_with_a_waiting_write(&site.url, &site.url, BROWSER_TIMEOUT).await;
     assert!(call.requires_approval);
 
-    let mut child = tokio::process::Command::new("node")
-        .arg(workspace_root().join("crates/codelab-stack/tests/website/browser/console.mjs"))
-        .env("SITE_URL", &site.url)
-        .env("SESSION_ID", &session)
-        .env("CALL_ID", &call.call_id)
-        .env("ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("USER_PASSWORD", USER_PASSWORD)
-        .env("CHROMIUM", &chromium)
-        .env("ARTIFACTS", &artifacts)
-        .env("NODE_PROJECT", &node_project)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node must be installed (Debian: apt-get install -y nodejs)");
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let browser = async {
-        let mut steps = Vec::new();
-        let mut lines = BufReader::new(stdout).lines();
-        while let Some(line) = lines.next_line().await.unwrap() {
-            eprintln!("browser: {line}");
-            if let Ok(step) = serde_json::from_str::<Value>(&line) {
-                steps.push(step);
-            }
-        }
-        let mut errors = String::new();
-        let mut err_lines = BufReader::new(stderr).lines();
-        while let Some(line) = err_lines.next_line().await.unwrap() {
-            errors.push_str(&line);
-            errors.push('\n');
-        }
-        let status = child.wait().await.unwrap();
-        (status, steps, errors)
-    };
+    let child = start_walk(
+        &tools,
+        "console.mjs",
+        &[
+            ("SITE_URL", &site.url),
+            ("SESSION_ID", &session),
+            ("CALL_ID", &call.call_id),
+            ("ADMIN_PASSWORD", ADMIN_PASSWORD),
+            ("USER_PASSWORD", USER_PASSWORD),
+        ],
+    );
+    let browser = finish_walk(child);
     // Meanwhile the IDE waits for the approval the browser gives.
     let watch_ide = async {
         let frame = ide.wait_for("the re-sent call", is_tool_call).await;
@@ -122,11 +190,7 @@ async fn a_person_uses_the_console_in_chromium() {
         "the IDE runs the approved call without asking"
     );
 
-    let done: Vec<&str> = steps
-        .iter()
-        .filter(|s| s["ok"] == true)
-        .filter_map(|s| s["step"].as_str())
-        .collect();
+    let done = passed(&steps);
     for step in [
         "signed_in",
         "status",
@@ -144,18 +208,14 @@ async fn a_person_uses_the_console_in_chromium() {
     ] {
         assert!(done.contains(&step), "step {step} missing: {steps:?}");
     }
-    for shot in [
-        "01-login",
-        "02-status",
-        "04-session-pending",
-        "07-chat",
-        "10-forbidden",
-    ] {
-        let path = artifacts.join(format!("{shot}.png"));
-        assert!(
-            std::fs::metadata(&path).is_ok_and(|m| m.len() > 1000),
-            "{} was not saved",
-            path.display()
-        );
-    }
+    assert_screenshots(
+        &tools,
+        &[
+            "01-login",
+            "02-status",
+            "04-session-pending",
+            "07-chat",
+            "10-forbidden",
+        ],
+    );
 }

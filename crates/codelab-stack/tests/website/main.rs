@@ -10,6 +10,8 @@
 mod common;
 
 mod browser;
+mod browser_plans;
 mod console;
 mod hardening;
+mod plans;
 mod replicas;

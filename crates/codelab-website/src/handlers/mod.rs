@@ -4,6 +4,7 @@ pub mod admin;
 pub mod chat;
 pub mod console;
 pub mod docs;
+pub mod plans;
 pub mod sessions;
 
 use std::collections::HashMap;

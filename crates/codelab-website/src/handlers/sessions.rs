@@ -1,5 +1,5 @@
-//! `/console/sessions`: the user's sessions, one session's whole conversation, and the
-//! decisions on its pending tool calls (which the gateway relays to the IDE).
+//! `/console/sessions`: the user's sessions, one session's whole conversation and plans, and
+//! the decisions on its pending tool calls (which the gateway relays to the IDE).
 
 use std::collections::{HashMap, HashSet};
 
@@ -9,10 +9,14 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::{Value, json};
 
 use codelab_protocol::internal::HistoryToolCall;
+use codelab_protocol::plans::PlanStatus;
 
+use super::plans::{PlanCard, plan_cards};
 use super::{ConsoleRequest, short_time};
 use crate::session::Flash;
-use crate::upstream::{PendingApprovals, SessionHistory, SessionSummary, path_segment};
+use crate::upstream::{
+    PendingApprovals, SessionHistory, SessionPlans, SessionSummary, path_segment,
+};
 use crate::web::{Layout, PageError, render};
 
 /// Sessions per page of the list.
@@ -131,6 +135,7 @@ struct SessionPage {
     tool_call_count: usize,
     has_active_turn: bool,
     pending: Vec<PendingView>,
+    plans: Vec<PlanCard>,
     entries: Vec<EntryView>,
     switches: Vec<SwitchView>,
 }
@@ -269,10 +274,20 @@ fn switches(history: &SessionHistory) -> Vec<SwitchView> {
         .collect()
 }
 
-fn pending_calls(answer: &PendingApprovals) -> Vec<PendingView> {
+/// The calls waiting for a person, but the `create_plan` calls of plans awaiting approval: the
+/// plan's own Approve / Reject / Modify decide those (editing a plan's arguments is no
+/// decision a plan takes, docs/agent-runtime.md "Planning").
+fn pending_calls(answer: &PendingApprovals, plans: &SessionPlans) -> Vec<PendingView> {
+    let plan_calls: HashSet<&str> = plans
+        .plans
+        .iter()
+        .filter(|plan| plan.status == PlanStatus::AwaitingApproval)
+        .map(|plan| plan.approval_request_id.as_str())
+        .collect();
     answer
         .pending_approvals
         .iter()
+        .filter(|p| !plan_calls.contains(p.call_id.as_str()))
         .map(|p| {
             let arguments = pretty(Some(&p.arguments));
             PendingView {
@@ -340,20 +355,23 @@ pub async fn show_session(console: ConsoleRequest, Path(session_id): Path<String
     console
         .page(|c| async move {
             let (_, gateway, token) = c.clients_and_token().await?;
-            let (summary, history, pending) = tokio::join!(
+            let (summary, history, pending, plans) = tokio::join!(
                 gateway.session_part::<SessionSummary>(&token, &session_id),
                 gateway.session_part::<SessionHistory>(&token, &session_id),
                 gateway.session_part::<PendingApprovals>(&token, &session_id),
+                gateway.session_part::<SessionPlans>(&token, &session_id),
             );
             let summary = summary.map_err(|e| c.failed(e))?;
             let history = history.map_err(|e| c.failed(e))?;
             let pending = pending.map_err(|e| c.failed(e))?;
+            let plans = plans.map_err(|e| c.failed(e))?;
             let row = SessionRow::from(&summary);
             Ok(render(&SessionPage {
                 layout: c.layout(row.title.clone(), "sessions"),
                 tool_call_count: history.tool_calls.len(),
                 has_active_turn: history.active_turn.is_some(),
-                pending: pending_calls(&pending),
+                pending: pending_calls(&pending, &plans),
+                plans: plan_cards(&plans),
                 entries: conversation(&history),
                 switches: switches(&history),
                 session_id: summary.id,
@@ -367,7 +385,7 @@ pub async fn show_session(console: ConsoleRequest, Path(session_id): Path<String
 }
 
 /// The session page's address.
-fn session_url(session_id: &str) -> String {
+pub(crate) fn session_url(session_id: &str) -> String {
     format!("/console/sessions/{}", path_segment(session_id))
 }
 
@@ -483,6 +501,31 @@ mod tests {
         assert!(call.result.contains("\"success\": true"));
         assert_eq!(entries[2].content, "Done.");
         assert_eq!(entries[3].calls[0].call_id, "call_2");
+    }
+
+    #[test]
+    fn a_waiting_plans_call_is_decided_with_the_plan_not_as_a_call() {
+        let pending: PendingApprovals = serde_json::from_value(json!({"pending_approvals": [
+            {"call_id": "call_plan", "tool_name": "create_plan", "arguments": {}},
+            {"call_id": "call_write", "tool_name": "write_file", "arguments": {"path": "a"}}
+        ]}))
+        .unwrap();
+        let plan = |status: &str| {
+            json!({"id": "p", "session_id": "s", "version": 1, "title": "T", "description": "",
+                   "status": status, "approval_request_id": "call_plan", "created_at": "",
+                   "updated_at": "", "subtasks": []})
+        };
+        let waiting: SessionPlans =
+            serde_json::from_value(json!({"plans": [plan("awaiting_approval")]})).unwrap();
+        let shown: Vec<String> = pending_calls(&pending, &waiting)
+            .into_iter()
+            .map(|p| p.call_id)
+            .collect();
+        assert_eq!(shown, ["call_write"]);
+        // A call whose plan no longer waits is an ordinary call again.
+        let decided: SessionPlans =
+            serde_json::from_value(json!({"plans": [plan("approved")]})).unwrap();
+        assert_eq!(pending_calls(&pending, &decided).len(), 2);
     }
 
     #[test]

@@ -730,3 +730,328 @@ fn chat_reconnects_and_resumes_after_the_server_restarts() {
     assert_eq!(last["type"], "turn_finished");
     assert_eq!(last["content"], "completed");
 }
+
+/// `create_plan` arguments for the mock: `subtasks` as (title, description, minutes,
+/// dependencies), every subtask for the coder.
+fn create_plan(title: &str, subtasks: &[(&str, &str, u32, &[u32])]) -> String {
+    let subtasks: Vec<Value> = subtasks
+        .iter()
+        .map(|(title, description, minutes, dependencies)| {
+            json!({"title": title, "description": description, "agent": "coder",
+                   "estimated_time_minutes": minutes, "dependencies": dependencies})
+        })
+        .collect();
+    let arguments = json!({"title": title, "description": "D", "subtasks": subtasks});
+    format!("::tool create_plan {arguments}")
+}
+
+/// The plan of issue 18's example: `a`, then `b` after it.
+fn two_step_plan() -> String {
+    create_plan(
+        "T",
+        &[
+            ("a", "::reply did a", 1, &[]),
+            ("b", "::reply did b", 2, &[0]),
+        ],
+    )
+}
+
+impl User {
+    /// `codelab chat --agent architect -m MESSAGE` plus `extra`, answering with `stdin`.
+    fn plan_chat(&self, message: &str, extra: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
+        let mut args = vec!["--agent", "architect", "-m", message];
+        args.extend_from_slice(extra);
+        self.run(&self.chat_args(&args), stdin, env)
+    }
+}
+
+/// The `plan_decision` frames a `--json` run sent.
+fn plan_decisions(lines: &[Value]) -> Vec<&Value> {
+    lines
+        .iter()
+        .filter(|l| l["direction"] == "out")
+        .filter_map(|l| l.get("plan_decision"))
+        .collect()
+}
+
+fn frames_of<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    frames_in(lines)
+        .into_iter()
+        .filter(|f| f["type"] == kind)
+        .collect()
+}
+
+#[test]
+fn a_plan_is_shown_as_a_checklist_approved_and_followed_to_its_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, user) = logged_in_user(dir.path(), &[]);
+
+    let run = user.plan_chat(&two_step_plan(), &[], "a\n", &[]);
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    // The checklist, the question, then each subtask's progress and the summary.
+    run.stdout_has(
+        "Plan: T (version 1, awaiting_approval; 2 subtasks, ~3 min)\n  D\n\
+         \x20 [ ] 1. a (coder, ~1 min)\n  [ ] 2. b (coder, ~2 min, after 1)\n",
+    );
+    run.stderr_has("[a]pprove, [r]eject, [m]odify the plan, or [l]ater? ");
+    run.stdout_has("Plan \"T\" (version 1): approved");
+    for line in [
+        "[>] 1. a (coder, ~1 min)",
+        "[x] 1. a (coder, ~1 min)",
+        "[>] 2. b (coder, ~2 min, after 1)",
+        "[x] 2. b (coder, ~2 min, after 1)",
+        "✓ plan completed",
+        "Plan \"T\" completed.",
+    ] {
+        run.stdout_has(line);
+    }
+    let done = run.stdout.find("[x] 2. b").unwrap();
+    let summary = run.stdout.find("Plan \"T\" completed.").unwrap();
+    assert!(done < summary, "{}", run.stdout);
+    run.stdout_has("did a");
+    run.stdout_has("did b");
+
+    // `--yes` approves plans too, and the JSON lines show the decision sent.
+    let run = user.plan_chat(&two_step_plan(), &["--yes", "--json"], "", &[]);
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    let lines = run.lines();
+    let required = frames_of(&lines, "plan_approval_required");
+    assert_eq!(required.len(), 1, "{lines:?}");
+    let decisions = plan_decisions(&lines);
+    assert_eq!(decisions.len(), 1, "{lines:?}");
+    assert_eq!(decisions[0]["decision"], "approve");
+    assert_eq!(decisions[0]["plan_id"], required[0]["plan_id"]);
+    let progress: Vec<(u64, &str)> = frames_of(&lines, "plan_progress")
+        .into_iter()
+        .map(|f| {
+            (
+                f["subtask_id"].as_u64().unwrap(),
+                f["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        progress,
+        [
+            (0, "in_progress"),
+            (0, "completed"),
+            (1, "in_progress"),
+            (1, "completed")
+        ]
+    );
+    assert_eq!(
+        frames_of(&lines, "execution_completed")[0]["status"],
+        "completed"
+    );
+}
+
+#[test]
+fn modify_sends_the_feedback_and_the_revised_plan_is_asked_about_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, user) = logged_in_user(dir.path(), &[]);
+    let revised = create_plan("T2", &[("only", "::reply did it all", 3, &[])]);
+    let script = format!("{}\n::step 2 {revised}", two_step_plan());
+
+    // Feedback on the line after `m`; version 2 is shown and approved.
+    let run = user.plan_chat(&script, &["--json"], "m\none step is enough\na\n", &[]);
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    let lines = run.lines();
+    let required = frames_of(&lines, "plan_approval_required");
+    assert_eq!(required.len(), 2, "{lines:?}");
+    assert_eq!(required[0]["plan"]["version"], 1);
+    assert_eq!(required[1]["plan"]["version"], 2);
+    assert_eq!(required[1]["plan"]["title"], "T2");
+    assert_eq!(required[1]["plan_id"], required[0]["plan_id"]);
+    let decisions = plan_decisions(&lines);
+    let decided: Vec<(&str, Option<&str>)> = decisions
+        .iter()
+        .map(|d| (d["decision"].as_str().unwrap(), d["feedback"].as_str()))
+        .collect();
+    assert_eq!(
+        decided,
+        [("modify", Some("one step is enough")), ("approve", None)]
+    );
+    // In JSON mode the checklists go to stderr, for the person answering.
+    run.stderr_has("Plan: T (version 1, awaiting_approval; 2 subtasks, ~3 min)");
+    run.stderr_has("Plan: T2 (version 2, awaiting_approval; 1 subtask, ~3 min)");
+    let completed = frames_of(&lines, "execution_completed");
+    assert_eq!(completed[0]["status"], "completed");
+    assert!(
+        completed[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("did it all"),
+        "{completed:?}"
+    );
+
+    // An empty feedback line opens $EDITOR on the plan; its text (without the `#` lines)
+    // is the feedback.
+    let editor = user.outside().join("feedback.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\ngrep -q '^# .*2. b (coder' \"$1\" || exit 3\n\
+         printf 'merge a and b\\n# not sent\\n' > \"$1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&editor, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = user.plan_chat(
+        &script,
+        &["--json"],
+        "m\n\nr\n\n",
+        &[("EDITOR", editor.to_str().unwrap())],
+    );
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    let lines = run.lines();
+    let decisions = plan_decisions(&lines);
+    assert_eq!(decisions[0]["decision"], "modify");
+    assert_eq!(decisions[0]["feedback"], "merge a and b");
+    assert_eq!(decisions[1]["decision"], "reject");
+    assert!(frames_of(&lines, "plan_progress").is_empty(), "{lines:?}");
+}
+
+#[test]
+fn a_rejected_plan_never_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, user) = logged_in_user(dir.path(), &[]);
+    let plan = create_plan(
+        "Touchy",
+        &[(
+            "write",
+            "::tool write_file {\"path\":\"never.txt\",\"content\":\"x\"}",
+            1,
+            &[],
+        )],
+    );
+    let run = user.plan_chat(&plan, &["--json"], "r\nnot this way\n", &[]);
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    let lines = run.lines();
+    let decisions = plan_decisions(&lines);
+    assert_eq!(decisions.len(), 1, "{lines:?}");
+    assert_eq!(decisions[0]["decision"], "reject");
+    assert_eq!(decisions[0]["feedback"], "not this way");
+    assert!(frames_of(&lines, "plan_progress").is_empty(), "{lines:?}");
+    assert!(frames_of(&lines, "tool_call").is_empty(), "{lines:?}");
+    assert_eq!(frames_in(&lines).last().unwrap()["content"], "completed");
+    assert!(!user.workspace.join("never.txt").exists());
+
+    // `--reject` rejects plans too; stdin ending before an answer rejects as well.
+    for (flags, stdin, feedback) in [
+        (
+            &["--json", "--reject", "--feedback", "no plans"][..],
+            "",
+            "no plans",
+        ),
+        (&["--json"][..], "", "no answer: the input ended"),
+    ] {
+        let run = user.plan_chat(&plan, flags, stdin, &[]);
+        assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+        let lines = run.lines();
+        let decisions = plan_decisions(&lines);
+        assert_eq!(decisions[0]["decision"], "reject", "{flags:?}");
+        assert_eq!(decisions[0]["feedback"], feedback, "{flags:?}");
+        assert!(frames_of(&lines, "plan_progress").is_empty(), "{lines:?}");
+    }
+    assert!(!user.workspace.join("never.txt").exists());
+
+    // A title that would erase its line and draw a "done" subtask under it is shown escaped,
+    // on the checklist's first line.
+    let sneaky = create_plan(
+        "Fine\u{1b}[2K\r\n  [x] 2. deploy",
+        &[("ok\u{202e}txt", "::reply x", 1, &[])],
+    );
+    let run = user.plan_chat(&sneaky, &[], "r\n\n", &[]);
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    run.stdout_has(r"Plan: Fine\x1b[2K\r\n  [x] 2. deploy (version 1");
+    run.stdout_has(r"[ ] 1. ok\u{202e}txt (coder");
+    for text in [&run.stdout, &run.stderr] {
+        assert!(!text.contains(['\x1b', '\r', '\u{202e}']), "{text:?}");
+    }
+}
+
+#[test]
+fn a_failed_subtask_is_skipped_cancelled_or_left_as_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, user) = logged_in_user(dir.path(), &[]);
+    let plan = create_plan(
+        "Fragile",
+        &[
+            ("breaks", "::error 500", 1, &[]),
+            ("after", "::reply after ran", 1, &[0]),
+        ],
+    );
+
+    // Skip: the dependent subtask runs and the plan completes.
+    let run = user.plan_chat(&plan, &[], "a\ns\n", &[]);
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    run.stdout_has("[!] 1. breaks (coder, ~1 min");
+    run.stdout_has("✗ plan failed");
+    run.stderr_has("[r]etry, [s]kip, [c]ancel? ");
+    run.stdout_has("[-] 1. breaks");
+    run.stdout_has("[x] 2. after (coder, ~1 min, after 1)");
+    run.stdout_has("✓ plan completed");
+
+    // Retry (it fails again), then cancel: the plan ends, the chat exits 1.
+    let run = user.plan_chat(&plan, &["--json"], "a\nr\nc\n", &[]);
+    assert_eq!(run.code(), 1, "{}\n{}", run.stdout, run.stderr);
+    let lines = run.lines();
+    let decided: Vec<&str> = plan_decisions(&lines)
+        .iter()
+        .map(|d| d["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(decided, ["approve", "retry", "cancel"]);
+    let ends: Vec<&str> = frames_of(&lines, "execution_completed")
+        .iter()
+        .map(|f| f["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(ends, ["failed", "failed", "cancelled"]);
+
+    // `--yes` approves but does not decide a failure: the plan is left stopped, exit 1.
+    let run = user.plan_chat(&plan, &["--yes", "--json"], "", &[]);
+    assert_eq!(run.code(), 1, "{}\n{}", run.stdout, run.stderr);
+    let lines = run.lines();
+    let decided: Vec<&str> = plan_decisions(&lines)
+        .iter()
+        .map(|d| d["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(decided, ["approve"]);
+    assert!(
+        lines.iter().any(|l| l["notice"]
+            .as_str()
+            .is_some_and(|n| n.contains("stays stopped at its failed subtask"))),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn a_plan_put_off_is_offered_again_on_resume_and_by_approvals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, user) = logged_in_user(dir.path(), &[]);
+
+    // `l`: the turn waits for the plan (exit 1), nothing runs.
+    let run = user.plan_chat(&two_step_plan(), &["--json"], "l\n", &[]);
+    assert_eq!(run.code(), 1, "{}\n{}", run.stdout, run.stderr);
+    let lines = run.lines();
+    assert!(plan_decisions(&lines).is_empty(), "{lines:?}");
+    assert!(frames_of(&lines, "plan_progress").is_empty(), "{lines:?}");
+    let session = session_of(&lines);
+
+    // Resuming offers it again; put off once more, `/approvals` offers it from the REST
+    // list, and approving it runs it.
+    let run = user.run(
+        &user.chat_args(&["--session", &session]),
+        "l\n/approvals\na\n/quit\n",
+        &[],
+    );
+    assert_eq!(run.code(), 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.stdout
+            .matches("Plan: T (version 1, awaiting_approval")
+            .count(),
+        2,
+        "{}",
+        run.stdout
+    );
+    run.stderr_has("the turn waits for approvals you put off: /approvals");
+    run.stdout_has("[x] 2. b (coder, ~2 min, after 1)");
+    run.stdout_has("✓ plan completed");
+}

@@ -1,7 +1,9 @@
 //! The agent runtime's durability with the real binary: `codelab serve agent-runtime` is
 //! killed with SIGKILL between a `tool_call` and its `tool_result`, and in the middle of a
 //! step, then started again on the same database (SQLite file, PostgreSQL database), and the
-//! turn completes with every message stored exactly once. Two runtime processes share one
+//! turn completes with every message stored exactly once; the same for an approved plan, killed
+//! while a subtask waits for the IDE and while a subtask's step streams (issue 18, "restart
+//! mid-plan"). Two runtime processes share one
 //! PostgreSQL database, and a cancel stops a streaming turn and the proxy's upstream stream.
 //! The LLM proxy runs as its own process (`codelab serve llm-proxy`, the mock model).
 
@@ -501,6 +503,271 @@ durability_tests! {
         killed_during_a_step(Backend::Postgres, false);
     postgres_a_step_cut_by_sigkill_is_resumed_at_start =>
         killed_during_a_step(Backend::Postgres, true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIGKILL in the middle of a plan (issue 18, "restart mid-plan")
+// ---------------------------------------------------------------------------------------------
+
+/// The architect's `create_plan` line for subtasks run in order (title, agent, description;
+/// each depends on the one before): a subtask's description carries its mock directives
+/// (docs/agent-runtime.md, "Planning").
+fn create_plan_line(title: &str, subtasks: &[(&str, &str, &str)]) -> String {
+    let subtasks: Vec<Value> = subtasks
+        .iter()
+        .enumerate()
+        .map(|(index, (title, agent, description))| {
+            let dependencies: Vec<usize> = index.checked_sub(1).into_iter().collect();
+            json!({"title": title, "description": description, "agent": agent,
+                "estimated_time_minutes": 1, "dependencies": dependencies})
+        })
+        .collect();
+    let arguments = json!({"title": title, "description": "the goal", "subtasks": subtasks});
+    format!("::tool create_plan {arguments}")
+}
+
+/// The architect proposes `script`'s plan in `session`: the plan's id.
+async fn propose_plan(client: &Client, session: &str, script: &str) -> String {
+    let events = client
+        .send(
+            session,
+            json!({"type": "user_message", "agent_type": "architect", "content": script}),
+        )
+        .await;
+    assert_eq!(outcome(&events), "awaiting_tools", "{:?}", kinds(&events));
+    of_kind(&events, "plan_approval_required")[0]["plan_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn approve(plan_id: &str) -> Value {
+    json!({"type": "plan_decision", "plan_id": plan_id, "decision": "approve"})
+}
+
+fn subtask_statuses(plan: &Value) -> Vec<&str> {
+    plan["subtasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect()
+}
+
+/// Each message with text is stored once (a step that ran again after the crash would repeat
+/// its messages; messages that only call tools have no text).
+fn assert_no_message_twice(history: &Value) {
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for message in messages(history) {
+        if message.1.is_empty() {
+            continue;
+        }
+        assert!(!seen.contains(&message), "stored twice: {message:?}");
+        seen.push(message);
+    }
+}
+
+/// The `execution_completed` event of `plan_id` in the session's stored events, once it is
+/// there (polled: a recovered run has no client to tell).
+async fn execution_completed(client: &Client, session: &str, plan_id: &str) -> Vec<Value> {
+    let deadline = Instant::now() + PROMPTLY;
+    loop {
+        let events = client
+            .get(&format!("/sessions/{session}/events?after=0&limit=1000"))
+            .await;
+        let done: Vec<Value> = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "execution_completed" && e["plan_id"] == plan_id)
+            .cloned()
+            .collect();
+        if !done.is_empty() {
+            return done;
+        }
+        assert!(Instant::now() < deadline, "the plan never ended: {events}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Kills the runtime once subtask 1's IDE tool call arrived; the restarted process takes the
+/// result and runs the plan to its end.
+async fn plan_killed_while_a_subtask_waits_for_a_tool(backend: Backend) {
+    let (_proxy, proxy_url) = start_proxy().await;
+    let (_db, db_url) = Database::new(backend);
+    let (mut runtime, client) = start_runtime(&db_url, &proxy_url, &[]).await;
+    let s = client.new_session().await;
+    let script = create_plan_line(
+        "Read then reply",
+        &[
+            ("read", "coder", r#"::tool read_file {"path": "a.txt"}"#),
+            ("reply", "ask", "::reply second done"),
+        ],
+    );
+    let plan_id = propose_plan(&client, &s, &script).await;
+    let mut approved = client.open(&s, approve(&plan_id)).await;
+    let seen = approved.until("tool_call").await;
+    let call = seen.last().unwrap();
+    assert_eq!(call["tool_name"], "read_file");
+    let call_id = call["call_id"].as_str().unwrap().to_owned();
+    // SIGKILL: no shutdown, no drain, no unlock — a crash.
+    runtime.kill();
+    drop(approved);
+
+    let (_runtime, client) = start_runtime(&db_url, &proxy_url, &[]).await;
+    let history = client.history(&s).await;
+    assert_eq!(history["active_turn"]["status"], "awaiting_tools");
+    assert_eq!(
+        history["active_turn"]["open_calls"][0]["call_id"],
+        call_id.as_str()
+    );
+    let plan = client.get(&format!("/plans/{plan_id}")).await;
+    assert_eq!(plan["status"], "in_progress");
+    assert_eq!(subtask_statuses(&plan), ["in_progress", "pending"]);
+
+    let done = client.result(&s, &call_id, json!("hello from a.txt")).await;
+    let completed = of_kind(&done, "execution_completed");
+    assert_eq!(completed.len(), 1, "{:?}", kinds(&done));
+    assert_eq!(completed[0]["status"], "completed");
+    assert_eq!(outcome(&done), "completed");
+
+    let plan = client.get(&format!("/plans/{plan_id}")).await;
+    assert_eq!(plan["status"], "completed");
+    assert_eq!(subtask_statuses(&plan), ["completed", "completed"]);
+    assert_eq!(plan["subtasks"][1]["result"], "second done");
+    let history = client.history(&s).await;
+    assert_eq!(history["active_turn"], Value::Null);
+    let stored = messages(&history);
+    let tool_results = stored
+        .iter()
+        .filter(|(role, content)| role == "tool" && content.contains("hello from a.txt"))
+        .count();
+    assert_eq!(tool_results, 1, "{stored:?}");
+    assert_eq!(
+        stored.last().unwrap(),
+        &(
+            "assistant".to_owned(),
+            completed[0]["summary"].as_str().unwrap().to_owned()
+        )
+    );
+    // The proposal, its approval, subtask 1's call, result and answer, subtask 2's answer, the
+    // summary: each once.
+    let roles: Vec<&str> = stored.iter().map(|(role, _)| role.as_str()).collect();
+    assert_eq!(
+        roles,
+        [
+            "user",
+            "assistant",
+            "tool",
+            "assistant",
+            "tool",
+            "assistant",
+            "assistant",
+            "assistant"
+        ]
+    );
+    assert_no_message_twice(&history);
+    assert_event_log_is_whole(&client, &s).await;
+}
+
+/// Kills the runtime while subtask 1's step streams; the restarted process finishes the plan:
+/// by itself at start (`sweep` on), or on the session's next frame (`sweep` off).
+async fn plan_killed_during_a_subtask_step(backend: Backend, sweep: bool) {
+    let (_proxy, proxy_url) = start_proxy().await;
+    let (_db, db_url) = Database::new(backend);
+    let recovery = if sweep { "60" } else { "0" };
+    let extra = [("AGENT_RUNTIME__RECOVERY_INTERVAL", recovery)];
+    let (mut runtime, client) = start_runtime(&db_url, &proxy_url, &extra).await;
+    let s = client.new_session().await;
+    let script = create_plan_line(
+        "Slow then quick",
+        &[
+            (
+                "slow",
+                "coder",
+                "::slow 200\n::reply one two three four five six",
+            ),
+            ("quick", "ask", "::reply second done"),
+        ],
+    );
+    let plan_id = propose_plan(&client, &s, &script).await;
+    let mut approved = client.open(&s, approve(&plan_id)).await;
+    approved.until("assistant_delta").await;
+    // SIGKILL: no shutdown, no drain, no unlock — a crash.
+    runtime.kill();
+    drop(approved);
+
+    let (_runtime, client) = start_runtime(&db_url, &proxy_url, &extra).await;
+    if !sweep {
+        let history = client.history(&s).await;
+        assert_eq!(history["active_turn"]["status"], "running");
+        let plan = client.get(&format!("/plans/{plan_id}")).await;
+        assert_eq!(subtask_statuses(&plan), ["in_progress", "pending"]);
+        // The next frame: the interrupted turn (and with it the plan) completes first.
+        let next = client.say(&s, "::reply next").await;
+        assert_eq!(outcome(&next), "completed");
+    }
+    let completed = execution_completed(&client, &s, &plan_id).await;
+    assert_eq!(completed.len(), 1, "{completed:?}");
+    assert_eq!(completed[0]["status"], "completed");
+    let history = client
+        .history_until(&s, |h| h["active_turn"].is_null())
+        .await;
+    let plan = client.get(&format!("/plans/{plan_id}")).await;
+    assert_eq!(plan["status"], "completed");
+    assert_eq!(subtask_statuses(&plan), ["completed", "completed"]);
+    assert_eq!(plan["subtasks"][0]["result"], "one two three four five six");
+    assert_eq!(plan["subtasks"][1]["result"], "second done");
+    let stored = messages(&history);
+    let answers = stored
+        .iter()
+        .filter(|m| {
+            **m == (
+                "assistant".to_owned(),
+                "one two three four five six".to_owned(),
+            )
+        })
+        .count();
+    assert_eq!(answers, 1, "the cut step is stored once: {stored:?}");
+    assert!(
+        stored.contains(&(
+            "assistant".to_owned(),
+            completed[0]["summary"].as_str().unwrap().to_owned()
+        )),
+        "{stored:?}"
+    );
+    // The proposal, its approval, the two subtasks' answers, the summary (then the next
+    // frame's exchange): each once.
+    let roles: Vec<&str> = stored.iter().map(|(role, _)| role.as_str()).collect();
+    let plan_roles = [
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "assistant",
+        "assistant",
+    ];
+    if sweep {
+        assert_eq!(roles, plan_roles);
+    } else {
+        assert_eq!(roles[..plan_roles.len()], plan_roles);
+        assert_eq!(roles[plan_roles.len()..], ["user", "assistant"]);
+    }
+    assert_no_message_twice(&history);
+    assert_event_log_is_whole(&client, &s).await;
+}
+
+durability_tests! {
+    sqlite_a_plan_survives_sigkill_while_a_subtask_waits_for_a_tool =>
+        plan_killed_while_a_subtask_waits_for_a_tool(Backend::Sqlite);
+    postgres_a_plan_survives_sigkill_while_a_subtask_waits_for_a_tool =>
+        plan_killed_while_a_subtask_waits_for_a_tool(Backend::Postgres);
+    sqlite_a_plan_cut_by_sigkill_mid_step_is_finished_at_start =>
+        plan_killed_during_a_subtask_step(Backend::Sqlite, true);
+    sqlite_a_plan_cut_by_sigkill_mid_step_is_finished_by_the_next_frame =>
+        plan_killed_during_a_subtask_step(Backend::Sqlite, false);
+    postgres_a_plan_cut_by_sigkill_mid_step_is_finished_at_start =>
+        plan_killed_during_a_subtask_step(Backend::Postgres, true);
 }
 
 // ---------------------------------------------------------------------------------------------
