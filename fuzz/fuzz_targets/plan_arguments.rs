@@ -11,8 +11,7 @@
 //! dependencies (the dependencies are acyclic, so the order is total).
 #![no_main]
 
-use codelab_agent_runtime::model::Subtask;
-use codelab_agent_runtime::planning::{next_subtask, read_plan};
+use codelab_agent_runtime::planning::{next_subtask, pending_subtasks, read_plan};
 use codelab_agent_runtime::tools::validate_arguments;
 use codelab_protocol::plans::SubtaskStatus;
 use libfuzzer_sys::fuzz_target;
@@ -51,28 +50,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // The plan as the engine stores it when approved: every subtask pending.
-    let mut stored: Vec<Subtask> = plan
-        .subtasks
-        .iter()
-        .enumerate()
-        .map(|(index, proposed)| Subtask {
-            position: i32::try_from(index).expect("at most MAX_SUBTASKS"),
-            title: proposed.title.clone(),
-            description: proposed.description.clone(),
-            agent: proposed.agent.to_string(),
-            estimated_minutes: i32::try_from(proposed.estimated_minutes).unwrap_or(i32::MAX),
-            dependencies: proposed
-                .dependencies
-                .iter()
-                .map(|d| i32::try_from(*d).expect("a small index"))
-                .collect(),
-            status: SubtaskStatus::Pending,
-            result: None,
-            error: None,
-            context_from: None,
-            first_step: None,
-        })
-        .collect();
+    let mut stored = pending_subtasks(plan.subtasks);
     assert!(
         next_subtask(&stored).is_some(),
         "an acyclic plan cannot start"

@@ -10,26 +10,8 @@ use serde_json::Value;
 
 /// `as_str` (the stored name; for [`Role`] also the OpenAI role name) and `parse` from one
 /// table, so the two directions cannot drift apart.
-macro_rules! stored_names {
-    ($kind:ident { $($variant:ident => $name:literal),* $(,)? }) => {
-        impl $kind {
-            /// The stored name.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($kind::$variant => $name,)*
-                }
-            }
-
-            /// Parses a stored name.
-            pub fn parse(value: &str) -> Option<Self> {
-                match value {
-                    $($name => Some($kind::$variant),)*
-                    _ => None,
-                }
-            }
-        }
-    };
-}
+// `as_str` / `parse` of the stored names, the same macro as the wire types'.
+use codelab_protocol::wire_names as stored_names;
 
 /// A conversation.
 #[derive(Debug, Clone, PartialEq, Serialize)]

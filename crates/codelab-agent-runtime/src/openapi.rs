@@ -350,7 +350,13 @@ fn plan_schemas() -> Value {
                         "dependencies": { "type": "array", "items": count },
                         "status": { "enum": ["pending", "in_progress", "completed", "failed",
                             "skipped", "cancelled"] },
-                        "result": string, "error": string } } } } }
+                        "result": string, "error": string } } },
+                "versions": { "type": "array", "items": { "type": "object",
+                    "required": ["version", "title", "description", "subtasks", "created_at"],
+                    "properties": { "version": { "type": "integer", "minimum": 1 },
+                        "title": string, "description": string,
+                        "subtasks": { "type": "array" }, "feedback": string,
+                        "created_at": string } } } } }
     })
 }
 

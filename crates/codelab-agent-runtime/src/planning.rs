@@ -4,11 +4,11 @@
 //! no cycle, a bounded size), choosing the next subtask to run, the focused context a subtask's
 //! agent gets, and the texts that close a plan's run.
 
-use codelab_protocol::plans::{PlanView, SubtaskStatus, SubtaskView};
+use codelab_protocol::plans::{PlanVersionView, PlanView, SubtaskStatus, SubtaskView};
 use serde_json::Value;
 
 use crate::agents::AgentKind;
-use crate::model::{Plan, Subtask};
+use crate::model::{Plan, PlanVersion, Subtask};
 
 /// The highest `AGENT_RUNTIME__MAX_PLAN_SUBTASKS` accepted.
 pub const MAX_PLAN_SUBTASKS_CAP: u32 = 100;
@@ -183,6 +183,32 @@ fn find_cycle(subtasks: &[ProposedSubtask]) -> Option<Vec<usize>> {
     None
 }
 
+/// A proposed plan's subtasks as stored before anything ran: pending, in order, their
+/// positions their indices.
+pub fn pending_subtasks(proposed: Vec<ProposedSubtask>) -> Vec<Subtask> {
+    proposed
+        .into_iter()
+        .enumerate()
+        .map(|(position, subtask)| Subtask {
+            position: i32::try_from(position).unwrap_or(i32::MAX),
+            title: subtask.title,
+            description: subtask.description,
+            agent: subtask.agent.as_str().to_owned(),
+            estimated_minutes: i32::try_from(subtask.estimated_minutes).unwrap_or(i32::MAX),
+            dependencies: subtask
+                .dependencies
+                .into_iter()
+                .filter_map(|d| i32::try_from(d).ok())
+                .collect(),
+            status: SubtaskStatus::Pending,
+            result: None,
+            error: None,
+            context_from: None,
+            first_step: None,
+        })
+        .collect()
+}
+
 /// The subtask to run next: the one in progress, else the first pending one (in list order)
 /// whose dependencies are all done. `None` when nothing can run.
 pub fn next_subtask(subtasks: &[Subtask]) -> Option<usize> {
@@ -329,7 +355,23 @@ pub fn view(plan: &Plan) -> PlanView {
                 error: subtask.error.clone(),
             })
             .collect(),
+        versions: Vec::new(),
     }
+}
+
+/// The versions of a plan as clients see them.
+pub fn version_views(versions: &[PlanVersion]) -> Vec<PlanVersionView> {
+    versions
+        .iter()
+        .map(|version| PlanVersionView {
+            version: u32::try_from(version.version).unwrap_or(1),
+            title: version.title.clone(),
+            description: version.description.clone(),
+            subtasks: version.subtasks.clone(),
+            feedback: version.feedback.clone(),
+            created_at: crate::handlers::time(version.created_at),
+        })
+        .collect()
 }
 
 /// `text` on one line (newlines as spaces), for lists.

@@ -919,6 +919,7 @@ mod tests {
                 subtask(0, statuses[0], vec![]),
                 subtask(1, statuses[1], vec![0]),
             ],
+            versions: Vec::new(),
         }
     }
 

@@ -309,6 +309,13 @@ fn query_param(name: &str, kind: &str, description: &str) -> Value {
 
 fn schemas() -> Value {
     let time = json!({ "type": "string", "format": "date-time" });
+    // Apart: inline, the one `json!` below would pass the macro's recursion limit.
+    let plan_version = json!({ "type": "object",
+        "required": ["version", "title", "description", "subtasks", "created_at"],
+        "properties": { "version": { "type": "integer", "minimum": 1 },
+            "title": { "type": "string" }, "description": { "type": "string" },
+            "subtasks": { "type": "array" }, "feedback": { "type": "string" },
+            "created_at": time } });
     let nullable_string = json!({ "type": ["string", "null"] });
     json!({
         "Health": { "type": "object", "required": ["status", "service", "version"], "properties": {
@@ -387,7 +394,8 @@ fn schemas() -> Value {
                 "approval_request_id": { "type": "string" },
                 "created_at": time, "updated_at": time,
                 "feedback": { "type": "string" }, "summary": { "type": "string" },
-                "subtasks": { "type": "array", "items": { "$ref": "#/components/schemas/Subtask" } } } },
+                "subtasks": { "type": "array", "items": { "$ref": "#/components/schemas/Subtask" } },
+                "versions": { "type": "array", "items": plan_version } } },
         "PlanList": { "type": "object", "required": ["plans"], "properties": {
             "plans": { "type": "array", "items": { "$ref": "#/components/schemas/Plan" } } } },
         // A modify without feedback (or with blank feedback) is refused with 400, so the

@@ -639,6 +639,7 @@ mod tests {
             feedback: None,
             summary: None,
             subtasks: Vec::new(),
+            versions: Vec::new(),
         }
     }
 

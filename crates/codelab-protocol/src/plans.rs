@@ -35,6 +35,9 @@ pub enum SubtaskStatus {
     Cancelled,
 }
 
+/// `as_str` and `parse` for an enum of fixed wire (or stored) names; also used by the runtime's
+/// stored records.
+#[macro_export]
 macro_rules! wire_names {
     ($kind:ident { $($variant:ident => $name:literal),* $(,)? }) => {
         impl $kind {
@@ -137,6 +140,25 @@ pub struct PlanView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
     pub subtasks: Vec<SubtaskView>,
+    /// Every version as proposed, oldest first, with the feedback that asked for the next
+    /// (`GET /plans/{id}` only; empty elsewhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<PlanVersionView>,
+}
+
+/// One version of a plan as the architect proposed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanVersionView {
+    pub version: u32,
+    pub title: String,
+    pub description: String,
+    /// The subtasks in `create_plan`'s argument shape.
+    pub subtasks: serde_json::Value,
+    /// What a person asked to change in it (the `modify` that led to the next version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<String>,
+    /// RFC 3339 UTC.
+    pub created_at: String,
 }
 
 impl PlanView {
@@ -317,6 +339,7 @@ mod tests {
                 subtask(0, SubtaskStatus::Completed, vec![]),
                 subtask(1, SubtaskStatus::InProgress, vec![0]),
             ],
+            versions: Vec::new(),
         };
         assert_eq!(
             plan.as_text(),

@@ -12,7 +12,7 @@ use codelab_protocol::plans::PlanDecision;
 use codelab_protocol::runtime::{RuntimeEvent, TurnOutcome};
 use serde_json::Value;
 
-use super::step::{StepEnd, StepResult, StepState, step_end_events};
+use super::step::{StepEnd, StepResult, StepState, completion_events, step_end_events};
 use super::turn::TurnLoop;
 use super::{Cx, Engine, EngineError, PlanRef};
 use crate::agents::AgentKind;
@@ -137,28 +137,7 @@ impl TurnLoop<'_> {
             summary: None,
             created_at,
             updated_at: now,
-            subtasks: proposed
-                .subtasks
-                .into_iter()
-                .enumerate()
-                .map(|(position, subtask)| Subtask {
-                    position: i32::try_from(position).unwrap_or(i32::MAX),
-                    title: subtask.title,
-                    description: subtask.description,
-                    agent: subtask.agent.as_str().to_owned(),
-                    estimated_minutes: i32::try_from(subtask.estimated_minutes).unwrap_or(i32::MAX),
-                    dependencies: subtask
-                        .dependencies
-                        .into_iter()
-                        .filter_map(|d| i32::try_from(d).ok())
-                        .collect(),
-                    status: SubtaskStatus::Pending,
-                    result: None,
-                    error: None,
-                    context_from: None,
-                    first_step: None,
-                })
-                .collect(),
+            subtasks: planning::pending_subtasks(proposed.subtasks),
         }))
     }
 
@@ -366,33 +345,14 @@ impl TurnLoop<'_> {
         status: TurnStatus,
         writes: Vec<PlanWrite>,
         summary: String,
-        mut events: Vec<RuntimeEvent>,
+        events: Vec<RuntimeEvent>,
     ) -> Result<(), EngineError> {
-        let outcome = if status == TurnStatus::Failed {
-            TurnOutcome::Failed
-        } else {
-            TurnOutcome::Completed
+        let message = NewMessage {
+            agent: Some(PLAN_AGENT.to_owned()),
+            ..NewMessage::text(self.cx.session_id, Role::Assistant, &summary)
         };
-        events.push(RuntimeEvent::TurnFinished { outcome });
-        let committed = self
-            .engine
-            .store
-            .commit_step(StepCommit {
-                session_id: self.cx.session_id.to_owned(),
-                messages: vec![NewMessage {
-                    agent: Some(PLAN_AGENT.to_owned()),
-                    ..NewMessage::text(self.cx.session_id, Role::Assistant, &summary)
-                }],
-                turn: Some(self.turn.update_to(status, None)),
-                plans: writes,
-                events,
-                ..StepCommit::default()
-            })
-            .await?;
-        self.turn.status = status;
-        metrics::turn(status.as_str());
-        self.cx.out.send_all(committed.events).await;
-        Ok(())
+        self.finish_with(status, vec![message], writes, events)
+            .await
     }
 
     /// [`TurnLoop::continue_after`] in a turn that runs a plan: a subtask whose last calls
@@ -432,14 +392,7 @@ impl TurnLoop<'_> {
                         None,
                     );
                     let completions = state.completion_messages(self.cx.session_id);
-                    let mut events: Vec<RuntimeEvent> = texts
-                        .iter()
-                        .map(|(agent, text)| RuntimeEvent::AssistantMessage {
-                            message_id: codelab_core::new_id().to_string(),
-                            agent: agent.clone(),
-                            content: text.clone(),
-                        })
-                        .collect();
+                    let mut events = completion_events(texts);
                     events.push(progress);
                     let committed = self
                         .engine

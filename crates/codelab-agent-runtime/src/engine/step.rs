@@ -698,14 +698,7 @@ pub(super) fn step_end_events(step: i32, state: &StepState, fresh: bool) -> Vec<
             events
         }
         StepState::Complete(texts) => {
-            let mut events: Vec<RuntimeEvent> = texts
-                .iter()
-                .map(|(agent, text)| RuntimeEvent::AssistantMessage {
-                    message_id: codelab_core::new_id().to_string(),
-                    agent: agent.clone(),
-                    content: text.clone(),
-                })
-                .collect();
+            let mut events = completion_events(texts);
             events.push(finished(0));
             events.push(RuntimeEvent::TurnFinished {
                 outcome: TurnOutcome::Completed,
@@ -714,6 +707,18 @@ pub(super) fn step_end_events(step: i32, state: &StepState, fresh: bool) -> Vec<
         }
         StepState::Continue => vec![finished(0)],
     }
+}
+
+/// The `assistant_message`s showing completion texts (agent, text).
+pub(super) fn completion_events(texts: &[(String, String)]) -> Vec<RuntimeEvent> {
+    texts
+        .iter()
+        .map(|(agent, text)| RuntimeEvent::AssistantMessage {
+            message_id: codelab_core::new_id().to_string(),
+            agent: agent.clone(),
+            content: text.clone(),
+        })
+        .collect()
 }
 
 /// Counts the turn outcome a step end announced.

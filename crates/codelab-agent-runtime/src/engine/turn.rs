@@ -15,7 +15,8 @@ use super::{Cx, Engine, EngineError};
 use crate::agents::AgentKind;
 use crate::metrics;
 use crate::model::{
-    PlanWrite, PlanningMode, Role, Session, StepCommit, ToolCallRecord, Turn, TurnStatus,
+    NewMessage, PlanWrite, PlanningMode, Role, Session, StepCommit, ToolCallRecord, Turn,
+    TurnStatus,
 };
 use crate::routing;
 
@@ -279,6 +280,18 @@ impl<'a> TurnLoop<'a> {
         status: TurnStatus,
         before: Vec<RuntimeEvent>,
     ) -> Result<(), EngineError> {
+        self.finish_with(status, Vec::new(), Vec::new(), before)
+            .await
+    }
+
+    /// [`TurnLoop::finish`] with `messages` and plan `writes` in the same transaction.
+    pub(super) async fn finish_with(
+        &mut self,
+        status: TurnStatus,
+        messages: Vec<NewMessage>,
+        writes: Vec<PlanWrite>,
+        before: Vec<RuntimeEvent>,
+    ) -> Result<(), EngineError> {
         let outcome = match status {
             TurnStatus::AwaitingTools => TurnOutcome::AwaitingTools,
             TurnStatus::Cancelled => TurnOutcome::Cancelled,
@@ -293,7 +306,9 @@ impl<'a> TurnLoop<'a> {
             .store
             .commit_step(StepCommit {
                 session_id: self.cx.session_id.to_owned(),
+                messages,
                 turn: Some(self.turn.update_to(status, None)),
+                plans: writes,
                 events,
                 ..StepCommit::default()
             })

@@ -25,8 +25,8 @@ pub async fn session_plans(
     }))
 }
 
-/// `GET /plans/{id}`: one plan; 404 unless the caller owns its session (another user's plan
-/// is as unknown as a missing one).
+/// `GET /plans/{id}`: one plan with its versions; 404 unless the caller owns its session
+/// (another user's plan is as unknown as a missing one).
 pub async fn get_plan(
     State(state): State<Arc<AppState>>,
     owner: Owner,
@@ -42,5 +42,7 @@ pub async fn get_plan(
     owned_session(&state, &owner, &plan.session_id)
         .await
         .map_err(|_| not_found())?;
-    Ok(Json(planning::view(&plan)))
+    let mut view = planning::view(&plan);
+    view.versions = planning::version_views(&state.store.list_plan_versions(&plan.id).await?);
+    Ok(Json(view))
 }

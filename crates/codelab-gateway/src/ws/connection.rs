@@ -93,11 +93,16 @@ enum Command {
 }
 
 /// What a resumption fetches.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Sync {
     /// Protocol 2 on connect or `hello`: `session_info`, then the stored events after
-    /// `last_seq`, or (without it) the open tool calls again.
-    Resume { last_seq: Option<u64> },
+    /// `last_seq`, or (without it) the open tool calls again. `read` is dropped once the
+    /// session's state has been read: the socket's next frames wait for it (see
+    /// [`Reader::previous`]), so what they cause is delivered live, never also as "open".
+    Resume {
+        last_seq: Option<u64>,
+        read: Option<oneshot::Sender<()>>,
+    },
     /// The subscription lost events: the stored events after `after`.
     CatchUp { after: u64 },
     /// The next page of a replay: the stored events after `after`.
@@ -270,9 +275,19 @@ pub(super) fn run(
         limits,
         slow,
     });
+    // The client's first frames wait until the resumption has read the session.
+    let mut resumption_read = None;
     if profile == Profile::V2 {
         // Queued before the writer starts, so no live event can overtake the resumption.
-        conn.queue(Command::Sync(Sync::Resume { last_seq }), 0);
+        let (read, barrier) = oneshot::channel();
+        resumption_read = Some(barrier);
+        conn.queue(
+            Command::Sync(Sync::Resume {
+                last_seq,
+                read: Some(read),
+            }),
+            0,
+        );
     }
     let writer = Writer {
         sink,
@@ -295,7 +310,7 @@ pub(super) fn run(
         bucket: TokenBucket::new(rate, Instant::now()),
         violations: 0,
         last_pong: Instant::now(),
-        previous: None,
+        previous: resumption_read,
     };
     let reading = read(
         stream,
@@ -404,7 +419,8 @@ struct Reader {
     /// When the peer last answered a ping (or connected). Only a pong counts: a peer that
     /// sends frames but never reads is not alive for us.
     last_pong: Instant,
-    /// Completes when the previous frame's request has reached the runtime.
+    /// Completes when the previous frame's request has reached the runtime, or a resumption
+    /// this socket asked for has read the session.
     previous: Option<oneshot::Receiver<()>>,
 }
 
@@ -563,7 +579,24 @@ impl Reader {
         self.conn.queue(Command::Profile(profile), 0);
         if profile == Profile::V2 {
             // The writer merges it into the resumption in flight, if any (`Writer::sync`).
-            self.conn.queue(Command::Sync(Sync::Resume { last_seq }), 0);
+            let (read, barrier) = oneshot::channel();
+            self.conn.queue(
+                Command::Sync(Sync::Resume {
+                    last_seq,
+                    read: Some(read),
+                }),
+                0,
+            );
+            // Frames after the `hello` wait for the frames before it and for that read.
+            let (done, next) = oneshot::channel();
+            let previous = self.previous.replace(next);
+            self.conn.state.tasks.spawn(async move {
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
+                let _ = barrier.await;
+                drop(done);
+            });
         }
     }
 
@@ -692,8 +725,9 @@ struct Writer {
     profile: Profile,
     /// A resumption is being fetched; live events wait meanwhile.
     fetching: bool,
-    /// A `hello` resumption asked for while one was being fetched (the latest wins).
-    next_resume: Option<Option<u64>>,
+    /// A `hello` resumption asked for while one was being fetched (the latest wins), and the
+    /// barriers of every one merged into it (released when it has read the session).
+    next_resume: Option<(Option<u64>, Vec<oneshot::Sender<()>>)>,
     /// A fan-out gap reported while a resumption was being fetched.
     next_catch_up: bool,
     /// Live stored events up to here were delivered by a replay.
@@ -836,7 +870,15 @@ impl Writer {
         }
         metrics::replay("coalesced");
         match sync {
-            Sync::Resume { last_seq } => self.next_resume = Some(last_seq),
+            Sync::Resume { last_seq, read } => {
+                let mut waiting = self
+                    .next_resume
+                    .take()
+                    .map(|(_, waiting)| waiting)
+                    .unwrap_or_default();
+                waiting.extend(read);
+                self.next_resume = Some((last_seq, waiting));
+            }
             Sync::CatchUp { .. } | Sync::NextPage { .. } => self.next_catch_up = true,
         }
     }
@@ -870,9 +912,22 @@ impl Writer {
         }
         // What was asked for meanwhile, once: a catch-up covers what this socket missed live,
         // computed from what it has seen by now.
-        if let Some(last_seq) = self.next_resume.take() {
-            self.start_sync(Sync::Resume { last_seq }, subscription)
-                .await;
+        if let Some((last_seq, waiting)) = self.next_resume.take() {
+            let conn = Arc::clone(&self.conn);
+            // One barrier for the merged requests: released when this resumption has read.
+            let (read, barrier) = oneshot::channel::<()>();
+            conn.state.tasks.spawn(async move {
+                let _ = barrier.await;
+                drop(waiting);
+            });
+            self.start_sync(
+                Sync::Resume {
+                    last_seq,
+                    read: Some(read),
+                },
+                subscription,
+            )
+            .await;
         } else if std::mem::take(&mut self.next_catch_up) && self.max_seen > 0 {
             let after = self.max_seen;
             self.start_sync(Sync::CatchUp { after }, subscription).await;
@@ -952,7 +1007,12 @@ fn close_message(code: u16, reason: &'static str) -> Message {
 /// Fetches a resumption and hands it to the writer.
 async fn fetch(conn: Arc<Conn>, sync: Sync) {
     let replay = match sync {
-        Sync::Resume { last_seq } => resume(&conn, last_seq).await,
+        Sync::Resume { last_seq, read } => {
+            let replay = resume(&conn, last_seq).await;
+            // The session is read: the frames the client sent meanwhile may go on.
+            drop(read);
+            replay
+        }
         Sync::CatchUp { after } | Sync::NextPage { after } => catch_up(&conn, after).await,
     };
     // One replay at a time per socket (`Writer::sync`), so it is not counted as queued bytes.

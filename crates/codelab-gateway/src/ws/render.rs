@@ -380,6 +380,7 @@ mod tests {
                 result: None,
                 error: None,
             }],
+            versions: Vec::new(),
         }
     }
 

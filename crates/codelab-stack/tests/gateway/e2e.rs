@@ -790,3 +790,43 @@ async fn an_approval_on_gateway_b_reaches_the_socket_on_gateway_a() {
     drop(v2);
     assert_eq!(clean_redis(&prefix).await, 0, "pub/sub leaves no keys");
 }
+
+/// A protocol-2 client that sends `hello` and its first message as soon as it is connected:
+/// the resumptions read the session before that message is relayed, so its tool
+/// calls arrive once (live, with their `seq`), never also as "still open" from the
+/// resumption. Repeated, as the race needs the runtime to be quick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_sent_at_connect_is_not_also_replayed_as_open() {
+    let stack = start_stack().await;
+    let client = logged_in(&stack, stack.admin_username, stack.admin_password).await;
+    let token = client.access_token().unwrap().to_owned();
+    for attempt in 0..20 {
+        let session = client.create_session().await.unwrap().id;
+        let mut socket = Protocol2Client::connect(&stack.gateway_url, &session, p2(Some(&token)))
+            .await
+            .unwrap();
+        // As `codelab chat` does: `hello`, then the message at once.
+        socket
+            .send_json(&json!({"type": "hello", "protocol": 2}))
+            .await
+            .unwrap();
+        socket
+            .send_json(&user_message_to(
+                "coder",
+                "::tool list_files {\"path\":\".\"}\n::tool read_file {\"path\":\"a\"}",
+            ))
+            .await
+            .unwrap();
+        socket
+            .wait_for("the turn's pause", |f| f.is_turn_finished("awaiting_tools"))
+            .await
+            .unwrap();
+        let calls: Vec<&str> = socket
+            .frames()
+            .iter()
+            .filter(|f| f.kind() == "tool_call")
+            .filter_map(P2Frame::call_id)
+            .collect();
+        assert_eq!(calls.len(), 2, "attempt {attempt}: {calls:?}");
+    }
+}

@@ -295,6 +295,14 @@ async fn modify_makes_the_architect_write_version_two() {
     let plan = rt.get_ok(&format!("/plans/{plan_id}"), "dev").await;
     assert_eq!(plan["version"], 2);
     assert_eq!(statuses(&plan), ["completed", "completed"]);
+    // Both versions are kept, the first with the feedback that replaced it.
+    let versions = plan["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{plan}");
+    assert_eq!(versions[0]["title"], "V1");
+    assert_eq!(versions[0]["feedback"], "split it in two");
+    assert_eq!(versions[1]["title"], "V2");
+    assert!(versions[1].get("feedback").is_none(), "{plan}");
+    assert_eq!(versions[1]["subtasks"].as_array().unwrap().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

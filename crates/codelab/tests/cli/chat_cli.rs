@@ -244,7 +244,7 @@ fn a_turn_runs_the_workspace_tools_and_refuses_escapes() {
         .filter(|f| f["type"] == "tool_call")
         .map(|f| f["tool_name"].as_str().unwrap())
         .collect();
-    assert_eq!(calls, ["list_files", "read_file"]);
+    assert_eq!(calls, ["list_files", "read_file"], "{lines:#?}");
     let results = results_out(&lines);
     let list = results
         .iter()
