@@ -47,7 +47,7 @@ codelab_core::service_config! {
         pub session_retention_days: u32 = 30,
         /// Seconds between sweeps for turns whose runner died (also one at start); 0 turns the
         /// sweep off, and such a turn is resumed by the next frame of its session only.
-        pub recovery_interval: f64 = 10.0,
+        pub recovery_interval: f64 = 60.0,
         /// `sqlite:///data/agent_runtime.db` or `postgres://...`.
         pub db_url: String = "sqlite:///data/agent_runtime.db".to_owned(),
         pub db_max_connections: u32 = 10,
