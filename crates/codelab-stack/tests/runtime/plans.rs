@@ -733,3 +733,39 @@ async fn an_approval_stored_just_before_a_crash_resumes_the_plan_not_the_archite
     assert_eq!(all(&replayed, "plan_progress").len(), 5);
     assert_eq!(first(&replayed, "tool_call")["agent"], "ask");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_stops_a_running_plan_without_waiting_for_its_turn() {
+    let rt = Runtime::start(Backend::Sqlite).await;
+    let words = "w ".repeat(40);
+    let slow = format!("::slow 100\n::reply {words}");
+    let plan = create_plan(
+        "Slow",
+        &[
+            ("long", "coder", &slow, &[]),
+            ("after", "coder", "::reply b", &[0]),
+        ],
+    );
+    let (session, plan_id, _) = proposed(&rt, &plan).await;
+    // The plan runs; its first subtask streams for seconds.
+    let mut running = rt.open(&session, plan_decision(&plan_id, "approve")).await;
+    running.until("assistant_delta").await;
+
+    let cancelled = rt.send(&session, plan_decision(&plan_id, "cancel")).await;
+    let tail = running.rest().await;
+    let all_events: Vec<SequencedEvent> = tail.iter().chain(&cancelled).cloned().collect();
+    assert_eq!(
+        first(&all_events, "execution_completed")["status"],
+        "cancelled"
+    );
+    assert_eq!(outcome(&tail), "cancelled");
+    let plan = rt.get_ok(&format!("/plans/{plan_id}"), "dev").await;
+    assert_eq!(plan["status"], "cancelled");
+    assert_eq!(statuses(&plan), ["cancelled", "cancelled"]);
+    // Nothing of the cut answer completed the subtask.
+    assert!(
+        all(&all_events, "plan_progress")
+            .iter()
+            .all(|p| p["status"] != "completed")
+    );
+}
