@@ -4,6 +4,7 @@
 //! decides an approval or a plan is the caller's [`Approver`]; the interactive shell is in
 //! [`crate::chat`].
 
+use codelab_protocol::plans::CREATE_PLAN_TOOL;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::time::Duration;
@@ -698,7 +699,7 @@ impl Session {
         // A plan's approval is its `create_plan` call's: offered as the plan it proposes.
         let (plans, tools): (Vec<_>, Vec<_>) = pending
             .into_iter()
-            .partition(|approval| approval.tool_name == "create_plan");
+            .partition(|approval| approval.tool_name == CREATE_PLAN_TOOL);
         if !plans.is_empty() {
             for plan in self.api.session_plans(&self.session_id).await? {
                 if plan.status == PlanStatus::AwaitingApproval

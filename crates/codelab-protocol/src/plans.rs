@@ -3,6 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The architect's tool that proposes a plan. Its call is the plan's approval request: no
+/// client runs it as a tool.
+pub const CREATE_PLAN_TOOL: &str = "create_plan";
+
 /// Where a plan is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

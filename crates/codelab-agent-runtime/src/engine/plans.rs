@@ -8,6 +8,7 @@
 //! to, and what happens next is decided from the stored plan: a restarted runtime resumes a
 //! plan's run exactly like any turn (the turn knows its plan).
 
+use codelab_protocol::plans::CREATE_PLAN_TOOL;
 use codelab_protocol::plans::PlanDecision;
 use codelab_protocol::runtime::{RuntimeEvent, TurnOutcome};
 use serde_json::Value;
@@ -799,7 +800,7 @@ impl Engine {
         }
         if owns_turn {
             for call in &cancelled {
-                if call.tool_name != "create_plan" {
+                if call.tool_name != CREATE_PLAN_TOOL {
                     cx.out.emit(super::settled_event(call, None)).await?;
                 }
             }
@@ -858,7 +859,7 @@ impl Engine {
         let mut ended: Vec<String> = Vec::new();
         for call in cancelled_calls
             .iter()
-            .filter(|call| call.tool_name == "create_plan")
+            .filter(|call| call.tool_name == CREATE_PLAN_TOOL)
         {
             if let Some(plan) = self
                 .store

@@ -4,6 +4,7 @@
 //! nothing and gets a `notice`, and a crash never leaves a settled call without its result.
 
 use codelab_protocol::ide::Decision;
+use codelab_protocol::plans::CREATE_PLAN_TOOL;
 use codelab_protocol::plans::PlanDecision;
 use codelab_protocol::runtime::{RuntimeEvent, TurnOutcome};
 use serde_json::{Map, Value};
@@ -77,7 +78,7 @@ impl Engine {
             if !call.status.is_open() {
                 return self.already_settled(cx, &call).await;
             }
-            if call.tool_name == "create_plan" {
+            if call.tool_name == CREATE_PLAN_TOOL {
                 cx.out
                     .emit(RuntimeEvent::Error {
                         message: format!(
@@ -173,7 +174,7 @@ impl Engine {
         let Some(call) = self.store.get_tool_call(cx.session_id, call_id).await? else {
             return self.unknown_call(cx, call_id).await;
         };
-        if call.tool_name == "create_plan" {
+        if call.tool_name == CREATE_PLAN_TOOL {
             // Approving or rejecting a plan's call decides the plan.
             let plan_decision = match decision {
                 Decision::Approve => PlanDecision::Approve,

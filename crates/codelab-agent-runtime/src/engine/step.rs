@@ -1,6 +1,7 @@
 //! One LLM step of a turn: the request built from the stored history, the answer streamed
 //! to the client as it comes, and the reply committed with its tool calls in one transaction.
 
+use codelab_protocol::plans::CREATE_PLAN_TOOL;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
@@ -496,7 +497,7 @@ impl TurnLoop<'_> {
                     tool_message = Some(format!("Error: {error}"));
                     record.error = Some(error);
                 }
-                Verdict::Server { arguments } if call.name == "create_plan" => {
+                Verdict::Server { arguments } if call.name == CREATE_PLAN_TOOL => {
                     let proposal = if calls.planned.iter().any(|p| p.plan.is_some()) {
                         Err("one plan per reply: this plan was not made".to_owned())
                     } else {
@@ -648,7 +649,7 @@ fn server_tool(
 
 /// The events announcing one call of a fresh reply.
 fn call_events(call: &ToolCallRecord, switch: Option<&Switch>) -> Vec<RuntimeEvent> {
-    if call.tool_name == "create_plan" && call.status != ToolCallStatus::Invalid {
+    if call.tool_name == CREATE_PLAN_TOOL && call.status != ToolCallStatus::Invalid {
         // Told by the plan's own events: no client runs or approves this call as a tool.
         return Vec::new();
     }

@@ -2,6 +2,7 @@
 //! list with a real total, read, rename, delete, history with the agent context, stored
 //! events, pending approvals.
 
+use codelab_protocol::plans::CREATE_PLAN_TOOL;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -425,7 +426,7 @@ pub async fn pending_approvals(
             created_at: time(c.created_at),
             reason: c.approval_reason,
             // A plan's approval is its `create_plan` call's.
-            request_type: if c.tool_name == "create_plan" {
+            request_type: if c.tool_name == CREATE_PLAN_TOOL {
                 "plan"
             } else {
                 "tool"

@@ -22,7 +22,7 @@ use codelab_protocol::ide::{ClientFrame, ServerFrame, parse_client_frame};
 use codelab_protocol::internal::{
     HistoryToolCall, PendingApprovals, SessionHistory, SessionSummary,
 };
-use codelab_protocol::plans::{PlanStatus, SessionPlans};
+use codelab_protocol::plans::{CREATE_PLAN_TOOL, PlanStatus, SessionPlans};
 use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -1140,9 +1140,6 @@ async fn open_calls(conn: &Conn) -> Result<Vec<Frame>, RuntimeError> {
     }
     Ok(frames)
 }
-
-/// The runtime's tool that proposes a plan (docs/agent-runtime.md, "Planning").
-const CREATE_PLAN_TOOL: &str = "create_plan";
 
 /// `plan_approval_required` (protocol 2) for each plan whose open `create_plan` call is among
 /// `plan_calls`.
