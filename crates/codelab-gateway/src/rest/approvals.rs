@@ -32,14 +32,29 @@ struct Decision {
     feedback: Option<String>,
 }
 
-/// Reads `{"decision": "approve|edit|reject", "modified_arguments": {...}, "feedback": "..."}`
-/// (lowercase decisions only, as the original; `null` counts as absent).
-fn parse_decision(body: &[u8]) -> Result<Decision, String> {
+/// The JSON object of a decision's body (an approval's or a plan's).
+pub(super) fn decision_object(body: &[u8]) -> Result<Map<String, Value>, String> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| format!("invalid JSON in request body: {e}"))?;
     let Value::Object(map) = value else {
         return Err("expected a JSON object with \"decision\"".to_owned());
     };
+    Ok(map)
+}
+
+/// A decision's optional `feedback` (`null` counts as absent).
+pub(super) fn feedback_of(map: &Map<String, Value>) -> Result<Option<String>, String> {
+    match map.get("feedback") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(_) => Err("feedback must be a string".to_owned()),
+    }
+}
+
+/// Reads `{"decision": "approve|edit|reject", "modified_arguments": {...}, "feedback": "..."}`
+/// (lowercase decisions only, as the original; `null` counts as absent).
+fn parse_decision(body: &[u8]) -> Result<Decision, String> {
+    let map = decision_object(body)?;
     let decision = match map.get("decision") {
         Some(Value::String(d)) if d == "approve" => ide::Decision::Approve,
         Some(Value::String(d)) if d == "edit" => ide::Decision::Edit,
@@ -59,11 +74,7 @@ fn parse_decision(body: &[u8]) -> Result<Decision, String> {
     if decision == ide::Decision::Edit && modified_arguments.is_none() {
         return Err("an edit needs modified_arguments (a JSON object)".to_owned());
     }
-    let feedback = match map.get("feedback") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(text.clone()),
-        Some(_) => return Err("feedback must be a string".to_owned()),
-    };
+    let feedback = feedback_of(&map)?;
     Ok(Decision {
         decision,
         modified_arguments,

@@ -19,7 +19,7 @@ use codelab_protocol::plans::{PlanDecision, SessionPlans};
 use codelab_protocol::runtime::RuntimeEvent;
 use serde_json::{Value, json};
 
-use super::approvals::Relay;
+use super::approvals::{Relay, decision_object, feedback_of};
 use super::{
     MAX_ID_LEN, ReadCaller, WriteCaller, error, gateway_failure, session_not_found, usable_id,
 };
@@ -38,11 +38,7 @@ struct Decision {
 /// the synonyms `approved`, `rejected`, `modified`, `cancelled`; `null` counts as absent); a
 /// `modify` needs feedback that is not blank.
 fn parse_decision(body: &[u8]) -> Result<Decision, String> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("invalid JSON in request body: {e}"))?;
-    let Value::Object(map) = value else {
-        return Err("expected a JSON object with \"decision\"".to_owned());
-    };
+    let map = decision_object(body)?;
     let decision = match map.get("decision") {
         None | Some(Value::Null) => return Err("\"decision\" is required".to_owned()),
         Some(Value::String(text)) => PlanDecision::read(text),
@@ -57,11 +53,7 @@ fn parse_decision(body: &[u8]) -> Result<Decision, String> {
                 .unwrap_or_default()
         ));
     };
-    let feedback = match map.get("feedback") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(text.clone()),
-        Some(_) => return Err("feedback must be a string".to_owned()),
-    };
+    let feedback = feedback_of(&map)?;
     if decision == PlanDecision::Modify && feedback.as_deref().is_none_or(|f| f.trim().is_empty()) {
         return Err("modify needs feedback: what should change in the plan".to_owned());
     }
