@@ -6,12 +6,14 @@
 //!
 //! Invariants: no panic (hostile numbers included); a loaded table lists each name once, always
 //! the mock names, every listed name routes to at least one deployment with a base URL and a
-//! positive timeout if any, and round-robin returns the same deployments in every rotation.
+//! positive timeout if any, prices (`model_info`) that are finite and not negative and give a
+//! finite, non-negative cost, and round-robin returns the same deployments in every rotation.
 #![no_main]
 
 use std::collections::HashSet;
 
 use codelab_llm_proxy::routing::{MOCK_MODEL_NAMES, ModelTable, ProviderEnv, Route};
+use codelab_protocol::openai::Usage;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -43,6 +45,16 @@ fuzz_target!(|data: &[u8]| {
             );
             if let Some(timeout) = deployment.timeout {
                 assert!(!timeout.is_zero());
+            }
+            if let Some(prices) = deployment.prices {
+                let all = [prices.input, prices.output, prices.cache_read.unwrap_or(0.0)];
+                assert!(
+                    all.iter().all(|price| price.is_finite() && *price >= 0.0),
+                    "{prices:?}"
+                );
+                let usage = Usage::new(1_000_000, 1_000_000).with_cached_tokens(500_000);
+                let cost = prices.cost(&usage);
+                assert!(cost.is_finite() && cost >= 0.0, "{prices:?}: {cost}");
             }
         }
         let second = table.exact(&model.name).expect("a listed name routes");

@@ -1,9 +1,11 @@
 //! Metric names of the agent runtime (`codelab_agent_runtime_*`). Labels are bounded sets: tool
 //! names of the registry (anything else is `other`), call outcomes, decisions, agent kinds,
-//! routing methods, token directions. Never a session, user or call id.
+//! routing methods, token directions, the models the runtime is configured with. Never a
+//! session, user or call id.
 
 use std::time::Duration;
 
+use crate::model::LlmUsage;
 use crate::store::RuntimeStore;
 use crate::tools;
 
@@ -23,8 +25,12 @@ pub const ROUTING_DECISIONS: &str = "codelab_agent_runtime_routing_decisions_tot
 pub const LLM_REQUEST_DURATION: &str = "codelab_agent_runtime_llm_request_duration_seconds";
 /// Time from the LLM request to its first piece of text or tool call.
 pub const LLM_TTFT: &str = "codelab_agent_runtime_llm_ttft_seconds";
-/// Tokens by `direction` (`in` = prompt, `out` = completion) as the proxy reported them.
+/// Tokens by `direction` (`in` = prompt, `out` = completion), requested `model` and `agent`, as
+/// the proxy reported them.
 pub const LLM_TOKENS: &str = "codelab_agent_runtime_llm_tokens_total";
+/// Cost of the LLM calls in millionths of a USD, by requested `model` and `agent` (calls of a
+/// model without a price add nothing).
+pub const LLM_COST: &str = "codelab_agent_runtime_llm_cost_micro_usd_total";
 /// Frames being processed right now (each holds its session's lock).
 pub const ACTIVE_TURNS: &str = "codelab_agent_runtime_active_turns";
 /// Idle sessions removed by the retention task.
@@ -36,7 +42,7 @@ pub const TURNS_RECOVERED: &str = "codelab_agent_runtime_turns_recovered_total";
 pub const PENDING_APPROVALS: &str = "codelab_agent_runtime_pending_approvals";
 
 /// Help texts of the counters.
-const COUNTERS: [(&str, &str); 8] = [
+const COUNTERS: [(&str, &str); 9] = [
     (TURNS, "Turns ended or paused, by outcome"),
     (STEPS, "LLM steps started"),
     (TOOL_CALLS, "Tool calls settled, by tool and outcome"),
@@ -45,7 +51,11 @@ const COUNTERS: [(&str, &str); 8] = [
         ROUTING_DECISIONS,
         "Agent changes by target agent and method",
     ),
-    (LLM_TOKENS, "LLM tokens by direction"),
+    (LLM_TOKENS, "LLM tokens by direction, model and agent"),
+    (
+        LLM_COST,
+        "LLM cost in millionths of a USD, by model and agent",
+    ),
     (SESSIONS_PURGED, "Idle sessions removed by retention"),
     (
         TURNS_RECOVERED,
@@ -121,9 +131,24 @@ pub fn llm_ttft(elapsed: Duration) {
 }
 
 /// Adds the token counts of one answer.
-pub fn llm_tokens(prompt: u64, completion: u64) {
-    metrics::counter!(LLM_TOKENS, "direction" => "in").increment(prompt);
-    metrics::counter!(LLM_TOKENS, "direction" => "out").increment(completion);
+/// Counts one LLM call's tokens and cost. The model label is the requested one: the runtime's
+/// configured models, a bounded set (the answering model comes from the proxy).
+pub fn llm_usage(usage: &LlmUsage) {
+    let model = usage.requested_model.clone();
+    let agent = usage.agent.clone();
+    metrics::counter!(LLM_TOKENS, "direction" => "in", "model" => model.clone(), "agent" => agent.clone())
+        .increment(usage.prompt_tokens);
+    metrics::counter!(LLM_TOKENS, "direction" => "out", "model" => model.clone(), "agent" => agent.clone())
+        .increment(usage.completion_tokens);
+    if let Some(cost) = usage.cost {
+        // Rounded per call: a call cheaper than half a millionth of a USD adds nothing.
+        let micro_usd = (cost * 1e6).round();
+        if micro_usd >= 1.0 {
+            // In range: a finite, non-negative cost far below 2^64 millionths.
+            metrics::counter!(LLM_COST, "model" => model, "agent" => agent)
+                .increment(micro_usd as u64);
+        }
+    }
 }
 
 /// Sets the pending-approvals gauge from the database. On a database error it logs a warning

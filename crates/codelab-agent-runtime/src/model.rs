@@ -385,6 +385,71 @@ pub struct StepCommit {
     pub plans: Vec<PlanWrite>,
     /// Events stored last, with the session's next seqs.
     pub events: Vec<RuntimeEvent>,
+    /// The LLM calls the step made (docs/usage.md): counted with the step, so a step stored
+    /// is counted once and a step lost is not counted.
+    pub usage: Vec<LlmUsage>,
+}
+
+/// Why the runtime called the LLM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsagePurpose {
+    /// An agent's answer in a step.
+    Step,
+    /// The orchestrator's classification of the user's message.
+    Routing,
+}
+
+/// How an LLM call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageOutcome {
+    Ok,
+    Error,
+    Cancelled,
+}
+
+stored_names!(UsagePurpose {
+    Step => "step",
+    Routing => "routing",
+});
+
+stored_names!(UsageOutcome {
+    Ok => "ok",
+    Error => "error",
+    Cancelled => "cancelled",
+});
+
+/// One LLM call the runtime made (a row of `llm_usage`, docs/usage.md). The user is the
+/// session's owner, read by the insert itself.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LlmUsage {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    /// Filled in when read; the insert takes the session's owner.
+    pub user_id: String,
+    pub session_id: String,
+    pub turn_id: Option<String>,
+    /// The turn's step (0: routing before the first step).
+    pub step: i32,
+    pub agent: String,
+    pub purpose: UsagePurpose,
+    pub requested_model: String,
+    /// The deployment that answered, as the proxy named it.
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub cached_tokens: u64,
+    /// USD; `None` when the model has no price.
+    pub cost: Option<f64>,
+    pub latency_ms: u64,
+    /// `None` when no token arrived.
+    pub ttft_ms: Option<u64>,
+    pub outcome: UsageOutcome,
+    /// For [`UsageOutcome::Error`]: what failed.
+    pub error_kind: Option<String>,
 }
 
 /// What processing a frame reads first, under the session lock

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::agents::AgentKind;
-use crate::llm::{LlmClient, LlmError};
+use crate::llm::{CallMeter, LlmClient, LlmError, Meter};
 
 /// Temperature of the classification call (the original's).
 pub const CLASSIFICATION_TEMPERATURE: f64 = 0.3;
@@ -158,8 +158,22 @@ pub async fn classify(
     multi_agent: bool,
     timeout: Duration,
 ) -> RoutingDecision {
+    classify_metered(llm, model, message, multi_agent, timeout)
+        .await
+        .0
+}
+
+/// [`classify`], with the classification calls it made (none in single-agent mode, two when
+/// it retried) for the usage records.
+pub async fn classify_metered(
+    llm: &LlmClient,
+    model: &str,
+    message: &str,
+    multi_agent: bool,
+    timeout: Duration,
+) -> (RoutingDecision, Vec<CallMeter>) {
     if !multi_agent {
-        return RoutingDecision {
+        let decision = RoutingDecision {
             agent: AgentKind::Universal,
             confidence: "high".to_owned(),
             reason: "single-agent mode: the universal agent handles every task".to_owned(),
@@ -167,8 +181,10 @@ pub async fn classify(
             complex: false,
             error: None,
         };
+        return (decision, Vec::new());
     }
-    let decision = match ask_model(llm, model, message, timeout).await {
+    let mut calls = Vec::new();
+    let decision = match ask_model(llm, model, message, timeout, &mut calls).await {
         Ok(content) => match parse_classification(&content) {
             Some(answer) => match agent_from_answer(&answer.agent) {
                 Some(agent) => RoutingDecision {
@@ -207,7 +223,7 @@ pub async fn classify(
         error = decision.error.as_deref().unwrap_or(""),
         "routed a new task"
     );
-    decision
+    (decision, calls)
 }
 
 /// The classification call: at most two attempts, each within `timeout`.
@@ -216,6 +232,7 @@ async fn ask_model(
     model: &str,
     message: &str,
     timeout: Duration,
+    calls: &mut Vec<CallMeter>,
 ) -> Result<String, LlmError> {
     // Our own single retry replaces the client's, so a failing proxy costs two calls, not six.
     let llm = llm.clone().with_retries(0, Duration::ZERO);
@@ -230,9 +247,12 @@ async fn ask_model(
     };
     let mut attempt = 0;
     loop {
-        let result = tokio::time::timeout(timeout, llm.complete(request.clone()))
-            .await
-            .unwrap_or(Err(LlmError::Timeout));
+        let mut meter = Meter::start(model);
+        let result =
+            tokio::time::timeout(timeout, llm.complete_metered(request.clone(), &mut meter))
+                .await
+                .unwrap_or(Err(LlmError::Timeout));
+        calls.push(meter.finish(&result));
         match result {
             Ok(completion) => return Ok(completion.content),
             Err(error) if attempt == 0 && error.is_transient() => {

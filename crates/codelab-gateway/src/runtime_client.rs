@@ -224,6 +224,31 @@ impl RuntimeClient {
         })
     }
 
+    /// [`Self::stream_frame`] for a frame the runtime takes twice without effect (it answers a
+    /// repeated tool result, decision or cancel with a notice): sent once more when the first
+    /// request got no answer at all. A pooled keep-alive connection the runtime closed just as
+    /// the request went out ends in "connection reset" (docs/reliability.md, the long soak);
+    /// the second attempt goes out on a new connection.
+    pub async fn stream_repeatable_frame<M: Serialize>(
+        &self,
+        session_id: &str,
+        user_id: &str,
+        frame: M,
+        dev_sessions: bool,
+    ) -> Result<EventStream, RuntimeError> {
+        match self
+            .stream_frame(session_id, user_id, &frame, dev_sessions)
+            .await
+        {
+            Err(RuntimeError::Unreachable(error)) => {
+                tracing::debug!(%error, "the agent runtime did not answer a frame; sending it again");
+                self.stream_frame(session_id, user_id, &frame, dev_sessions)
+                    .await
+            }
+            other => other,
+        }
+    }
+
     /// A REST call for `rest/`: the status and JSON body of any HTTP answer (a 204 or an empty
     /// body is `Value::Null`; a non-JSON error body becomes `{"detail": "<text>"}`). Fails when
     /// the runtime cannot be reached within `request_timeout` or sends non-JSON with a 2xx.
@@ -633,6 +658,10 @@ impl SseDecoder {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::disallowed_methods,
+        reason = "tests start their own throwaway servers"
+    )]
     use super::*;
     use codelab_protocol::runtime::RuntimeEvent;
 
@@ -701,6 +730,109 @@ mod tests {
         assert_eq!(events.len(), 1, "{events:?}");
         let first = events[0].as_ref().expect("an event");
         assert_eq!(first.seq, 1);
+    }
+
+    /// Reads one HTTP request (head and `content-length` body) from `socket`.
+    async fn read_request(socket: &mut tokio::net::TcpStream) {
+        use tokio::io::AsyncReadExt;
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let read = socket.read(&mut chunk).await.expect("read");
+            assert!(read > 0, "the request ended early");
+            received.extend_from_slice(&chunk[..read]);
+            let Some(head_end) = received.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&received[..head_end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map_or(0, |value| value.trim().parse().expect("length"));
+            if received.len() >= head_end + 4 + length {
+                return;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repeatable_frame_is_sent_again_when_its_request_is_reset() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncWriteExt;
+        // The first two connections read the request and are reset (as a runtime closing a
+        // pooled connection does); the others answer one event.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                read_request(&mut socket).await;
+                if counted.fetch_add(1, Ordering::SeqCst) < 2 {
+                    socket.set_zero_linger().expect("linger");
+                    continue;
+                }
+                let body = format!("data: {}\n\ndata: [DONE]\n\n", event(1, "hi"));
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                socket.write_all(answer.as_bytes()).await.expect("write");
+            }
+        });
+        let config = Config {
+            agent_url: url,
+            ..Config::default()
+        };
+        let client = RuntimeClient::new(&config, None).expect("client");
+        let frame = json!({"type": "tool_result", "call_id": "c1", "result": "ok"});
+
+        // Sent once: the reset is the caller's error.
+        let Err(error) = client.stream_frame("s", "u", &frame, false).await else {
+            panic!("the only request was reset");
+        };
+        assert!(matches!(error, RuntimeError::Unreachable(_)), "{error:?}");
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+
+        // Repeatable: the reset request is sent again and answered.
+        let events: Vec<_> = client
+            .stream_repeatable_frame("s", "u", &frame, false)
+            .await
+            .expect("answered on the second attempt")
+            .collect()
+            .await;
+        assert_eq!(requests.load(Ordering::SeqCst), 3);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].as_ref().expect("an event").seq, 1);
+    }
+
+    #[tokio::test]
+    async fn a_repeatable_frame_is_not_sent_again_after_an_answer() {
+        let client = in_process_client(axum::Router::new().route(
+            "/agent/message/stream",
+            axum::routing::post(|| async {
+                (
+                    axum::http::StatusCode::CONFLICT,
+                    axum::Json(json!({"detail": "busy"})),
+                )
+            }),
+        ));
+        let Err(error) = client
+            .stream_repeatable_frame("s", "u", json!({"type": "cancel_turn"}), false)
+            .await
+        else {
+            panic!("a refusal");
+        };
+        assert_eq!(
+            error,
+            RuntimeError::Status {
+                status: 409,
+                detail: "busy".to_owned()
+            }
+        );
     }
 
     #[test]

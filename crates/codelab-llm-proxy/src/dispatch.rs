@@ -13,6 +13,7 @@ use secrecy::SecretString;
 use crate::config::{Config, LlmMode};
 use crate::events::{EventStream, LlmEvent, UpstreamError, UpstreamErrorKind};
 use crate::metrics::{self as m, ProviderSeries};
+use crate::pricing::Prices;
 use crate::providers::{Deployment, ProviderKind, Providers};
 use crate::relay::IdleTimeout;
 use crate::routing::{self, ModelTable, ProviderEnv, Route};
@@ -29,6 +30,10 @@ pub struct UnknownModel(pub String);
 /// An upstream stream that has produced its first event, ready to be sent to the client.
 pub struct OpenStream {
     pub provider: ProviderKind,
+    /// The model name the answering deployment was sent (after routing and fallbacks).
+    pub upstream_model: String,
+    /// Its prices, to put the answer's cost in its usage.
+    pub prices: Option<Prices>,
     /// Events: the first one already pulled (so failures before it could fall back).
     pub events: EventStream,
     pub started_at: Instant,
@@ -87,6 +92,7 @@ impl Dispatcher {
                 api_key: Some(SecretString::from(key.to_owned())),
                 api_version: None,
                 timeout: None,
+                prices: None,
             }],
         })
     }
@@ -190,6 +196,8 @@ impl Dispatcher {
             Box::pin(futures_util::stream::once(async { Ok(first) }).chain(events));
         Ok(OpenStream {
             provider: deployment.provider,
+            upstream_model: deployment.upstream_model.clone(),
+            prices: deployment.prices,
             events,
             started_at,
         })

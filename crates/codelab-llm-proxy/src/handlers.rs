@@ -10,12 +10,14 @@ use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use codelab_core::http::ApiError;
 use codelab_protocol::ide::json_kind;
-use codelab_protocol::openai::{ChatCompletionRequest, ModelInfo};
+use codelab_protocol::openai::{
+    ANSWERED_BY_MODEL_HEADER, ANSWERED_BY_PROVIDER_HEADER, ChatCompletionRequest, ModelInfo,
+};
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::OwnedSemaphorePermit;
@@ -24,6 +26,7 @@ use crate::AppState;
 use crate::dispatch::{OpenStream, is_token};
 use crate::events::{LlmEvent, UpstreamError};
 use crate::metrics::{self as m, InflightGuard, Outcome, ProviderSeries};
+use crate::pricing::Prices;
 use crate::providers::ProviderKind;
 use crate::relay::WaitTimer;
 use crate::render::{
@@ -180,15 +183,26 @@ fn upstream_failure(error: &UpstreamError) -> Response {
     response
 }
 
-/// Token and time accounting shared by both answer forms.
+/// Token, cost and time accounting shared by both answer forms.
 struct Accounting {
     provider: ProviderKind,
+    prices: Option<Prices>,
     received_at: Instant,
     first_token_seen: bool,
 }
 
 impl Accounting {
-    fn observe(&mut self, event: &LlmEvent) {
+    fn new(opened: &OpenStream, received_at: Instant) -> Self {
+        Accounting {
+            provider: opened.provider,
+            prices: opened.prices,
+            received_at,
+            first_token_seen: false,
+        }
+    }
+
+    /// Counts the event and prices its usage (the answering deployment's cost).
+    fn observe(&mut self, event: &mut LlmEvent) {
         if !self.first_token_seen && is_token(event) {
             self.first_token_seen = true;
             ProviderSeries::of(self.provider)
@@ -196,6 +210,7 @@ impl Accounting {
                 .record(self.received_at.elapsed().as_secs_f64());
         }
         if let LlmEvent::Usage(usage) = event {
+            usage.cost = self.prices.map(|prices| prices.cost(usage));
             let series = ProviderSeries::of(self.provider);
             series.tokens_in().increment(usage.prompt_tokens);
             series.tokens_out().increment(usage.completion_tokens);
@@ -216,17 +231,14 @@ async fn json_answer(
     identity: AnswerIdentity,
     received_at: Instant,
 ) -> Response {
-    let mut accounting = Accounting {
-        provider: opened.provider,
-        received_at,
-        first_token_seen: false,
-    };
+    let mut accounting = Accounting::new(&opened, received_at);
+    let answered_by = answered_by(&opened);
     let mut accumulator = Accumulator::default();
     let mut events = opened.events;
     while let Some(item) = events.next().await {
         match item {
-            Ok(event) => {
-                accounting.observe(&event);
+            Ok(mut event) => {
+                accounting.observe(&mut event);
                 accumulator.push(event);
             }
             Err(error) => {
@@ -236,7 +248,21 @@ async fn json_answer(
         }
     }
     accounting.finish(Outcome::Ok);
-    Json(accumulator.into_response(identity)).into_response()
+    (answered_by, Json(accumulator.into_response(identity))).into_response()
+}
+
+/// The headers naming the deployment that answered (`codelab_protocol::openai`): its provider
+/// and the model it was sent; a model name no header can carry is left out.
+fn answered_by(opened: &OpenStream) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(2);
+    headers.insert(
+        HeaderName::from_static(ANSWERED_BY_PROVIDER_HEADER),
+        HeaderValue::from_static(opened.provider.label()),
+    );
+    if let Ok(model) = HeaderValue::from_str(&opened.upstream_model) {
+        headers.insert(HeaderName::from_static(ANSWERED_BY_MODEL_HEADER), model);
+    }
+    headers
 }
 
 fn stream_answer(
@@ -248,14 +274,12 @@ fn stream_answer(
     state: &AppState,
 ) -> Response {
     let keepalive = Duration::from_secs(state.dispatcher.config.keepalive_interval.max(1));
+    let answered_by = answered_by(&opened);
+    let accounting = Accounting::new(&opened, received_at);
     let relay = Relay {
         events: Some(opened.events),
         renderer: ChunkRenderer::new(identity, include_usage),
-        accounting: Accounting {
-            provider: opened.provider,
-            received_at,
-            first_token_seen: false,
-        },
+        accounting,
         out: BytesMut::new(),
         keepalive: WaitTimer::new(keepalive),
         _permit: permit,
@@ -264,6 +288,7 @@ fn stream_answer(
     // The permit and the upstream stream live inside the body: when the client goes away,
     // hyper drops the body, which drops the upstream response and cancels the request.
     (
+        answered_by,
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
@@ -304,8 +329,8 @@ impl Relay {
                 return;
             };
             match events.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(event))) => {
-                    self.accounting.observe(&event);
+                Poll::Ready(Some(Ok(mut event))) => {
+                    self.accounting.observe(&mut event);
                     self.renderer.render(&event, &mut self.out);
                 }
                 Poll::Ready(Some(Err(error))) => {

@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod events;
 pub mod handlers;
 pub mod metrics;
+pub mod pricing;
 pub mod providers;
 pub mod relay;
 pub mod render;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::pricing::Prices;
 use crate::providers::{Deployment, ProviderKind};
 
 /// Names of the built-in mock model: the original runtime's default is `fake-llm`.
@@ -195,6 +196,11 @@ impl ModelTable {
                     model.model_name, params.model
                 ));
             }
+            if let Some(info) = &model.model_info {
+                deployment.prices = Prices::from_model_info(info).map_err(|message| {
+                    format!("model_list[{position}] ({}): {message}", model.model_name)
+                })?;
+            }
             let context_length = model.model_info.as_ref().and_then(|info| {
                 ["context_length", "max_input_tokens", "max_tokens"]
                     .iter()
@@ -289,6 +295,7 @@ pub fn mock_deployment(name: &str) -> Deployment {
         api_key: None,
         api_version: None,
         timeout: None,
+        prices: None,
     }
 }
 
@@ -377,6 +384,7 @@ pub fn deployment_for(name: &str, env: &ProviderEnv) -> Option<Deployment> {
         api_key,
         api_version,
         timeout: None,
+        prices: None,
     })
 }
 

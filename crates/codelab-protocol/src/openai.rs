@@ -6,6 +6,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// Response header of CodeLab's proxy: the provider of the deployment that answered (after
+/// routing, retries and fallbacks), e.g. `openai`, `anthropic`, `ollama`, `mock`.
+pub const ANSWERED_BY_PROVIDER_HEADER: &str = "x-codelab-provider";
+/// Response header of CodeLab's proxy: the model name the answering deployment was sent.
+pub const ANSWERED_BY_MODEL_HEADER: &str = "x-codelab-model";
+
 /// `POST /v1/chat/completions` request body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatCompletionRequest {
@@ -189,7 +195,7 @@ pub struct FunctionCall {
 }
 
 /// Token counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -197,6 +203,10 @@ pub struct Usage {
     /// Prompt tokens served from the provider's cache, when it reported a cache hit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_tokens_details: Option<PromptTokensDetails>,
+    /// What the answer cost in USD, by the prices of the deployment that answered (CodeLab's
+    /// proxy adds it, under OpenRouter's name); absent when that deployment has no price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
 }
 
 /// `usage.prompt_tokens_details` of OpenAI's answers.
@@ -214,6 +224,7 @@ impl Usage {
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
             prompt_tokens_details: None,
+            cost: None,
         }
     }
 

@@ -161,6 +161,7 @@ impl Engine {
                 outcome: TurnOutcome::Completed,
             }],
             None,
+            Vec::new(),
         )
         .await
     }

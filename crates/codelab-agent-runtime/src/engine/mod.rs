@@ -28,6 +28,7 @@ mod settle;
 mod step;
 mod switch;
 mod turn;
+mod usage;
 mod work;
 
 use std::sync::Arc;

@@ -259,9 +259,7 @@ impl TurnLoop<'_> {
         events: Vec<RuntimeEvent>,
     ) -> Result<(), EngineError> {
         let committed = self
-            .engine
-            .store
-            .commit_step(StepCommit {
+            .commit(StepCommit {
                 session_id: self.cx.session_id.to_owned(),
                 plans: writes,
                 events,
@@ -396,9 +394,7 @@ impl TurnLoop<'_> {
                     let mut events = completion_events(texts);
                     events.push(progress);
                     let committed = self
-                        .engine
-                        .store
-                        .commit_step(StepCommit {
+                        .commit(StepCommit {
                             session_id: self.cx.session_id.to_owned(),
                             messages: completions,
                             plans: vec![write],

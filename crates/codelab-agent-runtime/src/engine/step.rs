@@ -22,11 +22,11 @@ use super::turn::TurnLoop;
 use crate::agents::{AgentKind, AgentRegistry};
 use crate::context;
 use crate::hitl;
-use crate::llm::{CompletedToolCall, LlmDelta, LlmError};
+use crate::llm::{CompletedToolCall, LlmDelta, LlmError, Meter};
 use crate::metrics;
 use crate::model::{
     NewMessage, Plan, PlanStatus, PlanWrite, Role, StepCommit, SubtaskStatus, ToolCallRecord,
-    ToolCallStatus, TurnStatus,
+    ToolCallStatus, TurnStatus, UsagePurpose,
 };
 use crate::planning;
 use crate::prompts::PromptContext;
@@ -199,12 +199,17 @@ impl TurnLoop<'_> {
             tools: (!tools.is_empty()).then_some(tools),
             ..ChatCompletionRequest::default()
         };
+        let mut meter = Meter::start(&request.model);
         let reply = Reply {
             id: codelab_core::new_id().to_string(),
             agent,
-            started: Instant::now(),
+            started: meter.started(),
         };
-        let answer = match self.stream_answer(request, &reply, cancel).await {
+        let result = self
+            .stream_answer(request, &reply, cancel, &mut meter)
+            .await;
+        self.meter(meter.finish(&result), agent, UsagePurpose::Step);
+        let answer = match result {
             Ok(answer) => answer,
             Err(LlmError::Cancelled) => {
                 metrics::llm_request(reply.started.elapsed(), false);
@@ -232,18 +237,18 @@ impl TurnLoop<'_> {
         request: ChatCompletionRequest,
         reply: &Reply,
         cancel: &CancellationToken,
+        meter: &mut Meter,
     ) -> Result<Answer, LlmError> {
         // Only `cancel_turn` cancels: a client leaving must not lose the answer. Dropping the
         // stream closes the connection, which cancels the upstream request.
         let mut stream = self.engine.llm.stream(request, cancel.clone()).await?;
+        meter.opened(&stream);
         let mut answer = Answer::default();
         let mut calls: BTreeMap<u32, CompletedToolCall> = BTreeMap::new();
-        let mut first = true;
         while let Some(delta) = stream.next().await {
             let delta = delta?;
-            if first && matches!(delta, LlmDelta::Text(_) | LlmDelta::ToolCallStart { .. }) {
+            if meter.saw(&delta) {
                 metrics::llm_ttft(reply.started.elapsed());
-                first = false;
             }
             match delta {
                 LlmDelta::Text(text) => {
@@ -279,8 +284,8 @@ impl TurnLoop<'_> {
                         .arguments
                         .push_str(&fragment);
                 }
-                LlmDelta::Usage { prompt, completion } => metrics::llm_tokens(prompt, completion),
-                LlmDelta::Finish { .. } => {}
+                // Counted with the call's usage record.
+                LlmDelta::Usage(_) | LlmDelta::Finish { .. } => {}
             }
         }
         answer.calls = calls.into_values().collect();
@@ -383,9 +388,7 @@ impl TurnLoop<'_> {
             }
         };
         let committed = self
-            .engine
-            .store
-            .commit_step(StepCommit {
+            .commit(StepCommit {
                 session_id: session_id.to_owned(),
                 new_turn: None,
                 title: None,
@@ -398,6 +401,8 @@ impl TurnLoop<'_> {
                 ),
                 plans: plan_writes,
                 events,
+                // The call that made this reply, added by `commit`.
+                usage: Vec::new(),
             })
             .await?;
         self.turn.status = status;

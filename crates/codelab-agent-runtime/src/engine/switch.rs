@@ -7,7 +7,7 @@ use codelab_protocol::runtime::RuntimeEvent;
 use super::{Cx, Engine, EngineError};
 use crate::agents::AgentKind;
 use crate::metrics;
-use crate::model::{AgentSwitch, StepCommit, TurnUpdate};
+use crate::model::{AgentSwitch, LlmUsage, StepCommit, TurnUpdate};
 
 /// One change of agent: by the user (`explicit`), the router, or the model's `switch_mode`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +57,7 @@ impl Engine {
         switch: Switch,
         then: Vec<RuntimeEvent>,
         turn: Option<TurnUpdate>,
+        usage: Vec<LlmUsage>,
     ) -> Result<(), EngineError> {
         let mut events = vec![switch.event()];
         events.extend(then);
@@ -67,6 +68,7 @@ impl Engine {
                 switches: vec![switch.record(cx.session_id, self.now())],
                 turn,
                 events,
+                usage,
                 ..StepCommit::default()
             })
             .await?;

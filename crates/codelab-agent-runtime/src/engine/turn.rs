@@ -11,12 +11,14 @@ use codelab_protocol::runtime::{RuntimeEvent, TurnOutcome};
 use super::plans::SubtaskRun;
 use super::step::{StepEnd, StepResult, StepState, count_step_end, step_end_events};
 use super::switch::Switch;
+use super::usage::{UsagePlace, usage_row};
 use super::{Cx, Engine, EngineError};
 use crate::agents::AgentKind;
+use crate::llm::CallMeter;
 use crate::metrics;
 use crate::model::{
-    NewMessage, PlanWrite, PlanningMode, Role, Session, StepCommit, ToolCallRecord, Turn,
-    TurnStatus,
+    Committed, LlmUsage, NewMessage, PlanWrite, PlanningMode, Role, Session, StepCommit,
+    ToolCallRecord, Turn, TurnStatus, UsagePurpose,
 };
 use crate::routing;
 
@@ -32,6 +34,9 @@ pub(crate) struct TurnLoop<'a> {
     pub(super) session_agent: Option<String>,
     /// The plan's subtask the next step works on, in a turn that runs a plan.
     pub(super) subtask: Option<SubtaskRun>,
+    /// LLM calls made and not yet stored: they go with the turn's next commit, so a call is
+    /// counted once, with the step it belongs to (docs/usage.md).
+    pub(super) usage: Vec<LlmUsage>,
 }
 
 impl<'a> TurnLoop<'a> {
@@ -42,7 +47,25 @@ impl<'a> TurnLoop<'a> {
             turn,
             session_agent: None,
             subtask: None,
+            usage: Vec::new(),
         }
+    }
+
+    /// Keeps `call` (made by `agent` for `purpose`) for the turn's next commit, and counts it.
+    pub(super) fn meter(&mut self, call: CallMeter, agent: AgentKind, purpose: UsagePurpose) {
+        let usage = usage_row(
+            call,
+            UsagePlace {
+                session_id: self.cx.session_id,
+                turn_id: &self.turn.id,
+                step: self.turn.steps,
+                agent: agent.as_str(),
+                purpose,
+            },
+            self.engine.now(),
+        );
+        metrics::llm_usage(&usage);
+        self.usage.push(usage);
     }
 
     /// This loop, knowing that the session is on `agent` (see `session_agent`).
@@ -128,9 +151,7 @@ impl<'a> TurnLoop<'a> {
         self.turn.steps += 1;
         self.turn.status = TurnStatus::Running;
         let committed = self
-            .engine
-            .store
-            .commit_step(StepCommit {
+            .commit(StepCommit {
                 session_id: self.cx.session_id.to_owned(),
                 turn: Some(self.turn.update_to(TurnStatus::Running, None)),
                 plans,
@@ -164,7 +185,7 @@ impl<'a> TurnLoop<'a> {
             .find(|m| m.role == Role::User)
             .and_then(|m| m.content.clone())
             .unwrap_or_default();
-        let decision = routing::classify(
+        let (decision, calls) = routing::classify_metered(
             &engine.llm,
             engine.registry.model_for(AgentKind::Orchestrator),
             &text,
@@ -172,6 +193,9 @@ impl<'a> TurnLoop<'a> {
             engine.limits.routing_timeout,
         )
         .await;
+        for call in calls {
+            self.meter(call, AgentKind::Orchestrator, UsagePurpose::Routing);
+        }
         // The classifier only names agents of this mode; the guard keeps a bad answer from
         // parking the session on an agent that does not exist here.
         let mut agent = Some(decision.agent)
@@ -218,8 +242,9 @@ impl<'a> TurnLoop<'a> {
             .turn
             .plan_required
             .then(|| self.turn.update_to(self.turn.status, None));
+        let usage = std::mem::take(&mut self.usage);
         engine
-            .record_switch(&self.cx, switch, Vec::new(), turn)
+            .record_switch(&self.cx, switch, Vec::new(), turn, usage)
             .await?;
         self.session_agent = Some(agent.as_str().to_owned());
         Ok(agent)
@@ -242,9 +267,7 @@ impl<'a> TurnLoop<'a> {
                 // The completion text, the turn's end and their events in one transaction:
                 // after a crash the text is never stored twice, nor the turn left open.
                 let committed = self
-                    .engine
-                    .store
-                    .commit_step(StepCommit {
+                    .commit(StepCommit {
                         session_id: self.cx.session_id.to_owned(),
                         messages: state.completion_messages(self.cx.session_id),
                         turn: Some(self.turn.update_to(
@@ -302,9 +325,7 @@ impl<'a> TurnLoop<'a> {
         let mut events = before;
         events.push(RuntimeEvent::TurnFinished { outcome });
         let committed = self
-            .engine
-            .store
-            .commit_step(StepCommit {
+            .commit(StepCommit {
                 session_id: self.cx.session_id.to_owned(),
                 messages,
                 turn: Some(self.turn.update_to(status, None)),
@@ -321,7 +342,26 @@ impl<'a> TurnLoop<'a> {
 
     /// Ends the turn someone cancelled while it ran (see [`Engine::stop_cancelled`]).
     pub(crate) async fn stop_cancelled(&mut self) -> Result<(), EngineError> {
+        // A call cancelled mid-answer stores nothing of it but what it used: on its own, as
+        // cancelling goes on through the session's open work.
+        if !self.usage.is_empty() {
+            self.commit(StepCommit {
+                session_id: self.cx.session_id.to_owned(),
+                ..StepCommit::default()
+            })
+            .await?;
+        }
         self.engine.stop_cancelled(&self.cx, self.turn).await
+    }
+
+    /// Stores `commit` with the LLM calls made since the turn's last commit: a call is counted
+    /// with the step it belongs to, and not at all when that is not stored (docs/usage.md).
+    pub(super) async fn commit(
+        &mut self,
+        mut commit: StepCommit,
+    ) -> Result<Committed, EngineError> {
+        commit.usage.append(&mut self.usage);
+        Ok(self.engine.store.commit_step(commit).await?)
     }
 }
 

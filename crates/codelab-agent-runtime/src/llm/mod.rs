@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use codelab_core::config::Secret;
@@ -84,6 +84,20 @@ pub enum LlmError {
 }
 
 impl LlmError {
+    /// A bounded label of what failed, stored with the call's usage (docs/usage.md).
+    pub fn kind(&self) -> String {
+        match self {
+            LlmError::Config(_) => "config".to_owned(),
+            LlmError::Connect(_) => "connect".to_owned(),
+            LlmError::Timeout => "timeout".to_owned(),
+            LlmError::Status { status, .. } => format!("status_{status}"),
+            LlmError::Upstream { .. } => "upstream".to_owned(),
+            LlmError::Stream(_) => "stream".to_owned(),
+            LlmError::LineTooLong { .. } => "line_too_long".to_owned(),
+            LlmError::Cancelled => "cancelled".to_owned(),
+        }
+    }
+
     /// Worth retrying before anything was streamed: connect errors, 502, 503 (the proxy or
     /// what is in front of it being briefly away). Not 429: the proxy's own retries answered it.
     pub fn is_retryable_before_first_byte(&self) -> bool {
@@ -105,7 +119,7 @@ impl LlmError {
 }
 
 /// One piece of a streamed answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum LlmDelta {
     /// Assistant text, as it arrives.
     Text(String),
@@ -119,8 +133,83 @@ pub enum LlmDelta {
     ToolCallArgs { index: u32, fragment: String },
     /// The model's `finish_reason` (`stop`, `tool_calls`, `length`, ...).
     Finish { reason: String },
-    /// Token counts (the final chunk, thanks to `stream_options.include_usage`).
-    Usage { prompt: u64, completion: u64 },
+    /// Token counts and, from CodeLab's proxy, the cost (the final chunk, thanks to
+    /// `stream_options.include_usage`).
+    Usage(Usage),
+}
+
+/// One LLM call as its usage record sees it (docs/usage.md): who answered, the tokens and
+/// cost the proxy reported, how long it took, how it ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallMeter {
+    pub requested_model: String,
+    pub answered_by: AnsweredBy,
+    /// `None` when no usage arrived (a call that failed or was cancelled early).
+    pub usage: Option<Usage>,
+    /// From the request to the end of the answer (or the failure).
+    pub latency: Duration,
+    /// From the request to the first token; `None` when none arrived.
+    pub ttft: Option<Duration>,
+    /// `None` when the call succeeded.
+    pub failure: Option<LlmError>,
+}
+
+/// Measures one call while it streams: [`Meter::opened`] once the answer began,
+/// [`Meter::saw`] for every delta, then [`Meter::finish`].
+#[derive(Debug)]
+pub struct Meter {
+    started: Instant,
+    meter: CallMeter,
+}
+
+impl Meter {
+    /// A call of `model`, starting now.
+    pub fn start(model: &str) -> Meter {
+        Meter {
+            started: Instant::now(),
+            meter: CallMeter {
+                requested_model: model.to_owned(),
+                answered_by: AnsweredBy::default(),
+                usage: None,
+                latency: Duration::ZERO,
+                ttft: None,
+                failure: None,
+            },
+        }
+    }
+
+    /// When the call began.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The answer's headers arrived.
+    pub fn opened(&mut self, stream: &LlmStream) {
+        self.meter.answered_by = stream.answered_by().clone();
+    }
+
+    /// A piece of the answer: the first token's time, the usage. Returns whether this was the
+    /// first token.
+    pub fn saw(&mut self, delta: &LlmDelta) -> bool {
+        match delta {
+            LlmDelta::Text(_) | LlmDelta::ToolCallStart { .. } if self.meter.ttft.is_none() => {
+                self.meter.ttft = Some(self.started.elapsed());
+                true
+            }
+            LlmDelta::Usage(usage) => {
+                self.meter.usage = Some(*usage);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// The record of the call, ended with `result`.
+    pub fn finish<T>(mut self, result: &Result<T, LlmError>) -> CallMeter {
+        self.meter.latency = self.started.elapsed();
+        self.meter.failure = result.as_ref().err().cloned();
+        self.meter
+    }
 }
 
 /// A tool call of a [`Completion`].
@@ -134,7 +223,7 @@ pub struct CompletedToolCall {
 }
 
 /// A whole answer, accumulated from the stream.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Completion {
     pub content: String,
     /// In index order.
@@ -360,11 +449,24 @@ impl LlmClient {
     /// Streams `request` and accumulates the whole answer (used where nothing is relayed
     /// token by token, e.g. routing).
     pub async fn complete(&self, request: ChatCompletionRequest) -> Result<Completion, LlmError> {
+        let mut meter = Meter::start(&request.model);
+        self.complete_metered(request, &mut meter).await
+    }
+
+    /// [`LlmClient::complete`], measured by `meter`.
+    pub async fn complete_metered(
+        &self,
+        request: ChatCompletionRequest,
+        meter: &mut Meter,
+    ) -> Result<Completion, LlmError> {
         let mut stream = self.stream(request, CancellationToken::new()).await?;
+        meter.opened(&stream);
         let mut completion = Completion::default();
         let mut calls: BTreeMap<u32, CompletedToolCall> = BTreeMap::new();
         while let Some(delta) = stream.next().await {
-            match delta? {
+            let delta = delta?;
+            meter.saw(&delta);
+            match delta {
                 LlmDelta::Text(text) => completion.content.push_str(&text),
                 LlmDelta::ToolCallStart { index, id, name } => {
                     calls.insert(
@@ -383,10 +485,7 @@ impl LlmClient {
                     }
                 }
                 LlmDelta::Finish { reason } => completion.finish_reason = Some(reason),
-                LlmDelta::Usage {
-                    prompt,
-                    completion: c,
-                } => completion.usage = Usage::new(prompt, c),
+                LlmDelta::Usage(usage) => completion.usage = usage,
             }
         }
         completion.tool_calls = calls.into_values().collect();
@@ -443,11 +542,42 @@ fn error_message(body: &[u8]) -> Option<String> {
 /// A streamed answer: [`LlmDelta`]s, then the end (or one final `Err`).
 pub struct LlmStream {
     inner: Pin<Box<dyn Stream<Item = Result<LlmDelta, LlmError>> + Send>>,
+    answered_by: AnsweredBy,
 }
 
 impl std::fmt::Debug for LlmStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LlmStream").finish_non_exhaustive()
+        f.debug_struct("LlmStream")
+            .field("answered_by", &self.answered_by)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Longest provider or model name taken from the proxy's headers.
+const MAX_ANSWERED_BY_CHARS: usize = 200;
+
+/// The deployment that answered, as the proxy's headers name it (after its routing and
+/// fallbacks; `codelab_protocol::openai::ANSWERED_BY_*`): unknown behind another proxy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnsweredBy {
+    pub provider: Option<String>,
+    pub model: Option<String>,
+}
+
+impl AnsweredBy {
+    fn of(headers: &reqwest::header::HeaderMap) -> AnsweredBy {
+        let read = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::trim)
+                .filter(|value| !value.is_empty())
+                .map(|value| value.chars().take(MAX_ANSWERED_BY_CHARS).collect())
+        };
+        AnsweredBy {
+            provider: read(codelab_protocol::openai::ANSWERED_BY_PROVIDER_HEADER),
+            model: read(codelab_protocol::openai::ANSWERED_BY_MODEL_HEADER),
+        }
     }
 }
 
@@ -460,12 +590,18 @@ impl Stream for LlmStream {
 }
 
 impl LlmStream {
+    /// The deployment that answered.
+    pub fn answered_by(&self) -> &AnsweredBy {
+        &self.answered_by
+    }
+
     fn new(
         response: reqwest::Response,
         cancel: CancellationToken,
         idle: Duration,
         max_line_bytes: usize,
     ) -> LlmStream {
+        let answered_by = AnsweredBy::of(response.headers());
         let state = StreamState {
             body: Box::pin(response.bytes_stream()),
             lines: SseParser::with_max_line_bytes(max_line_bytes),
@@ -530,6 +666,7 @@ impl LlmStream {
         });
         LlmStream {
             inner: Box::pin(inner),
+            answered_by,
         }
     }
 }
@@ -589,6 +726,33 @@ struct WireUsage {
     prompt_tokens: Option<u64>,
     #[serde(default)]
     completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<WireTokenDetails>,
+    /// USD, from CodeLab's proxy when the answering deployment has a price.
+    #[serde(default)]
+    cost: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireTokenDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    /// The counters as reported; a cost that is not a finite, non-negative number is dropped
+    /// (it would poison every sum it enters).
+    fn usage(self) -> Usage {
+        let prompt = self.prompt_tokens.unwrap_or(0);
+        let cached = self
+            .prompt_tokens_details
+            .and_then(|details| details.cached_tokens)
+            .unwrap_or(0);
+        let mut usage = Usage::new(prompt, self.completion_tokens.unwrap_or(0))
+            .with_cached_tokens(cached.min(prompt));
+        usage.cost = self.cost.filter(|cost| cost.is_finite() && *cost >= 0.0);
+        usage
+    }
 }
 
 /// Turns chunk payloads into deltas, remembering which tool calls have started.
@@ -640,10 +804,7 @@ impl DeltaDecoder {
             }
         }
         if let Some(usage) = chunk.usage {
-            out.push(LlmDelta::Usage {
-                prompt: usage.prompt_tokens.unwrap_or(0),
-                completion: usage.completion_tokens.unwrap_or(0),
-            });
+            out.push(LlmDelta::Usage(usage.usage()));
         }
         Ok(out)
     }

@@ -78,12 +78,25 @@ fn chunks_decode_into_deltas() {
             r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#,
         )
         .unwrap();
+    assert_eq!(deltas, [LlmDelta::Usage(Usage::new(7, 3))]);
+    // CodeLab's proxy adds cached tokens and the cost; a cost that is no price is dropped,
+    // and cached tokens never exceed the prompt.
+    let deltas = decoder
+        .decode(
+            r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10,"prompt_tokens_details":{"cached_tokens":4},"cost":0.0021}}"#,
+        )
+        .unwrap();
+    let mut expected = Usage::new(7, 3).with_cached_tokens(4);
+    expected.cost = Some(0.0021);
+    assert_eq!(deltas, [LlmDelta::Usage(expected)]);
+    let deltas = decoder
+        .decode(
+            r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":70},"cost":-1}}"#,
+        )
+        .unwrap();
     assert_eq!(
         deltas,
-        [LlmDelta::Usage {
-            prompt: 7,
-            completion: 3
-        }]
+        [LlmDelta::Usage(Usage::new(7, 3).with_cached_tokens(7))]
     );
     let err = decoder
         .decode(r#"{"error":{"message":"overloaded","type":"server_error"}}"#)

@@ -24,8 +24,8 @@ use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 pub use sql_store::SqlStore;
 
 use crate::model::{
-    AgentSwitch, Committed, Message, NewMessage, NewSession, Plan, PlanVersion, PlanningMode,
-    Session, SessionQuery, SessionState, StepCommit, ToolCallRecord, ToolCallStatus,
+    AgentSwitch, Committed, LlmUsage, Message, NewMessage, NewSession, Plan, PlanVersion,
+    PlanningMode, Session, SessionQuery, SessionState, StepCommit, ToolCallRecord, ToolCallStatus,
     ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
 };
 
@@ -99,6 +99,10 @@ pub trait RuntimeStore: Send + Sync + 'static {
     async fn record_switch(&self, switch: AgentSwitch) -> Result<(), StoreError>;
     /// A session's switches, oldest first.
     async fn list_switches(&self, session_id: &str) -> Result<Vec<AgentSwitch>, StoreError>;
+
+    // ---- usage ----
+    /// A session's LLM calls (docs/usage.md), oldest first; those of a deleted session too.
+    async fn session_usage(&self, session_id: &str) -> Result<Vec<LlmUsage>, StoreError>;
 
     // ---- tool calls ----
     /// Stores the calls of one reply; `Conflict` if a `call_id` is taken in the session.

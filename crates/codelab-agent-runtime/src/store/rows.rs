@@ -15,8 +15,9 @@ use sqlx::types::Json;
 
 use super::StoreError;
 use crate::model::{
-    AgentSwitch, Message, Plan, PlanStatus, PlanVersion, PlanningMode, Role, Session, Subtask,
-    SubtaskStatus, ToolCallRecord, ToolCallStatus, Turn, TurnStatus, TurnUpdate,
+    AgentSwitch, LlmUsage, Message, Plan, PlanStatus, PlanVersion, PlanningMode, Role, Session,
+    Subtask, SubtaskStatus, ToolCallRecord, ToolCallStatus, Turn, TurnStatus, TurnUpdate,
+    UsageOutcome, UsagePurpose,
 };
 
 /// A JSON value to bind (JSONB on PostgreSQL, text on SQLite).
@@ -146,6 +147,40 @@ pub(super) fn switch(row: &impl Cells) -> Result<AgentSwitch, StoreError> {
     Ok(from_row!(row => AgentSwitch {
         session_id: text, from_agent: opt_text, to_agent: text, reason: text,
         confidence: opt_text, method: text, created_at: time, complexity: opt_text,
+    }))
+}
+
+/// A count stored signed (`BIGINT`/`INTEGER`) read back as unsigned.
+fn count(row: &impl Cells, column: &str) -> Result<u64, StoreError> {
+    let value = row.int(column)?;
+    u64::try_from(value)
+        .map_err(|_| StoreError::Corrupt(format!("{column}: expected a count, got {value}")))
+}
+
+/// A count to bind (`BIGINT`/`INTEGER`): past `i64::MAX` it is capped, never wrapped.
+pub(super) fn signed(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// A row of the usage columns (`part!(usage_columns)` in [`sql`]).
+pub(super) fn usage(row: &impl Cells) -> Result<LlmUsage, StoreError> {
+    let ttft_ms = row
+        .opt_int("ttft_ms")?
+        .map(|ms| u64::try_from(ms).unwrap_or(0));
+    Ok(from_row!(row => LlmUsage {
+        id: text, created_at: time, user_id: text, session_id: text, turn_id: opt_text,
+        step: int32, agent: text,
+        purpose = named(row, "purpose", UsagePurpose::parse, "a usage purpose")?,
+        requested_model: text, provider: opt_text, model: opt_text,
+        prompt_tokens = count(row, "prompt_tokens")?,
+        completion_tokens = count(row, "completion_tokens")?,
+        total_tokens = count(row, "total_tokens")?,
+        cached_tokens = count(row, "cached_tokens")?,
+        cost: opt_float,
+        latency_ms = count(row, "latency_ms")?,
+        ttft_ms = ttft_ms,
+        outcome = named(row, "outcome", UsageOutcome::parse, "a usage outcome")?,
+        error_kind: opt_text,
     }))
 }
 
@@ -286,6 +321,11 @@ pub(super) mod sql {
         };
         (session_columns) => {
             "id, owner, title, current_agent, message_count, created_at, last_activity, planning"
+        };
+        (usage_columns) => {
+            "id, created_at, user_id, session_id, turn_id, step, agent, purpose, \
+             requested_model, provider, model, prompt_tokens, completion_tokens, total_tokens, \
+             cached_tokens, cost, latency_ms, ttft_ms, outcome, error_kind"
         };
         (switch_columns) => {
             "session_id, from_agent, to_agent, reason, confidence, method, created_at, complexity"
@@ -654,18 +694,46 @@ pub(super) mod sql {
         part!(turn_columns)
     );
 
-    /// $1 limit. Unfinished turns of live sessions that no step is visibly waiting on:
-    /// `running` ones, and `awaiting_tools` ones without an open call. Oldest change first.
+    /// $1 limit. Unfinished turns of live sessions that no step is visibly waiting on, as
+    /// `Engine::recover` judges them, so that no listed turn is passed over by every sweep:
+    /// `running` ones, and `awaiting_tools` ones whose latest step made calls and has none
+    /// open; only a session's newest unfinished turn (the one `recover` reads). Oldest change
+    /// first.
     pub(in crate::store) const LIST_STALLED_TURNS: &str = concat!(
         "SELECT ",
         part!(turn_columns),
         " FROM turns t WHERE t.",
         part!(active_statuses),
-        " AND (t.status = 'running' OR NOT EXISTS (SELECT 1 FROM tool_calls c \
+        " AND (t.status = 'running' OR (EXISTS (SELECT 1 FROM tool_calls c \
+         WHERE c.turn_id = t.id AND c.step = t.steps) AND NOT EXISTS (SELECT 1 FROM tool_calls c \
          WHERE c.turn_id = t.id AND c.",
         part!(open_statuses),
-        ")) AND EXISTS (SELECT 1 FROM sessions s WHERE s.id = t.session_id \
+        "))) AND NOT EXISTS (SELECT 1 FROM turns n WHERE n.session_id = t.session_id AND n.",
+        part!(active_statuses),
+        " AND (n.created_at > t.created_at OR (n.created_at = t.created_at AND n.id > t.id))) \
+         AND EXISTS (SELECT 1 FROM sessions s WHERE s.id = t.session_id \
          AND s.deleted_at IS NULL) ORDER BY t.updated_at LIMIT $1"
+    );
+
+    // ---- usage ----
+
+    /// $1 session, $2 id, $3 created, $4 turn, $5 step, $6 agent, $7 purpose, $8 requested
+    /// model, $9 provider, $10 model, $11 prompt, $12 completion, $13 total, $14 cached tokens,
+    /// $15 cost, $16 latency, $17 ttft, $18 outcome, $19 error kind. The user is the session's
+    /// owner; nothing is inserted for a missing session.
+    pub(in crate::store) const INSERT_USAGE: &str = concat!(
+        "INSERT INTO llm_usage (",
+        part!(usage_columns),
+        ") SELECT $2, $3, s.owner, $1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+         $16, $17, $18, $19 FROM sessions s WHERE s.id = $1"
+    );
+
+    /// $1 session: its LLM calls, oldest first (deleted sessions included: usage outlives
+    /// them).
+    pub(in crate::store) const SESSION_USAGE: &str = concat!(
+        "SELECT ",
+        part!(usage_columns),
+        " FROM llm_usage WHERE session_id = $1 ORDER BY created_at, id"
     );
 
     // ---- plans ----

@@ -15,9 +15,9 @@ use sqlx::{Pool, Transaction};
 use super::rows::{self, sql};
 use super::{RuntimeStore, SessionLock, StoreError, StoreSettings};
 use crate::model::{
-    AgentSwitch, Committed, Message, NewMessage, NewSession, Plan, PlanVersion, PlanWrite,
-    PlanningMode, Session, SessionQuery, SessionState, StepCommit, ToolCallRecord, ToolCallStatus,
-    ToolCallUpdate, Turn, TurnStatus, TurnUpdate, UpdateOutcome,
+    AgentSwitch, Committed, LlmUsage, Message, NewMessage, NewSession, Plan, PlanVersion,
+    PlanWrite, PlanningMode, Session, SessionQuery, SessionState, StepCommit, ToolCallRecord,
+    ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate, UpdateOutcome,
 };
 
 /// What the runtime store does differently on a database beyond [`Backend`].
@@ -149,6 +149,9 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
             require_session(done, &commit.session_id)?;
         }
         apply_plan_writes(&mut tx, &commit.session_id, &commit.plans, now).await?;
+        for usage in &commit.usage {
+            insert_usage(On::from(&mut tx), usage).await?;
+        }
         if let Some(update) = &commit.turn {
             update_turn_in(On::from(&mut tx), update, now).await?;
         }
@@ -331,6 +334,15 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
         query(sql::LIST_SWITCHES)
             .bind(session_id)
             .fetch_all_as(&self.pool, rows::switch)
+            .await
+    }
+
+    // ---- usage ----
+
+    async fn session_usage(&self, session_id: &str) -> Result<Vec<LlmUsage>, StoreError> {
+        query(sql::SESSION_USAGE)
+            .bind(session_id)
+            .fetch_all_as(&self.pool, rows::usage)
             .await
     }
 
@@ -799,6 +811,36 @@ async fn insert_switch<'e, B: Backend>(
         .await
         .map_err(|e| StoreError::of_write(e, |_| "agent switch".to_owned(), "session"))?;
     require_session(done, &switch.session_id)
+}
+
+async fn insert_usage<'e, B: Backend>(
+    on: On<'e, B>,
+    usage: &'e LlmUsage,
+) -> Result<(), StoreError> {
+    let done = query(sql::INSERT_USAGE)
+        .bind(&usage.session_id)
+        .bind(&usage.id)
+        .bind(DbTime(usage.created_at))
+        .bind(&usage.turn_id)
+        .bind(usage.step)
+        .bind(&usage.agent)
+        .bind(usage.purpose.as_str())
+        .bind(&usage.requested_model)
+        .bind(&usage.provider)
+        .bind(&usage.model)
+        .bind(rows::signed(usage.prompt_tokens))
+        .bind(rows::signed(usage.completion_tokens))
+        .bind(rows::signed(usage.total_tokens))
+        .bind(rows::signed(usage.cached_tokens))
+        .bind(usage.cost)
+        .bind(rows::signed(usage.latency_ms))
+        .bind(usage.ttft_ms.map(rows::signed))
+        .bind(usage.outcome.as_str())
+        .bind(&usage.error_kind)
+        .execute(on)
+        .await
+        .map_err(|e| StoreError::of_write(e, |_| format!("usage {}", usage.id), "session"))?;
+    require_session(done, &usage.session_id)
 }
 
 async fn insert_turn<'e, B: Backend>(on: On<'e, B>, turn: &'e Turn) -> Result<(), StoreError> {

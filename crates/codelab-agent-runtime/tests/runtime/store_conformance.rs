@@ -14,9 +14,10 @@ use ToolCallStatus::{
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use codelab_agent_runtime::model::{
-    AgentSwitch, Committed, Message, NewMessage, NewSession, Plan, PlanStatus, PlanVersion,
-    PlanWrite, PlanningMode, Role, Session, SessionQuery, StepCommit, Subtask, SubtaskStatus,
-    ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate, UpdateOutcome,
+    AgentSwitch, Committed, LlmUsage, Message, NewMessage, NewSession, Plan, PlanStatus,
+    PlanVersion, PlanWrite, PlanningMode, Role, Session, SessionQuery, StepCommit, Subtask,
+    SubtaskStatus, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate,
+    UpdateOutcome, UsageOutcome, UsagePurpose,
 };
 use codelab_agent_runtime::store::{RuntimeStore, StoreError, open_store};
 use codelab_core::clock::SystemClock;
@@ -70,6 +71,7 @@ codelab_testkit::store_conformance!(
     settling_a_call_appends_its_tool_message_exactly_once,
     a_cancel_request_marks_the_active_turn_once,
     lists_the_turns_that_lost_their_runner,
+    counts_each_llm_call_with_its_step_and_keeps_it_after_the_session,
     proposes_a_plan_and_reads_it_back,
     a_new_version_replaces_the_subtasks_and_keeps_the_previous_with_its_feedback,
     plan_and_subtask_states_change_with_a_step,
@@ -1697,8 +1699,10 @@ async fn a_cancel_request_marks_the_active_turn_once(store: Arc<dyn RuntimeStore
 async fn lists_the_turns_that_lost_their_runner(store: Arc<dyn RuntimeStore>) {
     // s1: running (its runner may have died). s2: waits on an open call (not stalled).
     // s3: waits, but every call of its step is settled (stalled). s4: completed. s5: running,
-    // in a deleted session.
-    for id in ["s1", "s2", "s3", "s4", "s5"] {
+    // in a deleted session. s6: waits without a call at its step (`recover` leaves it, so it
+    // is not listed sweep after sweep). s7: an older running turn behind a newer waiting one
+    // (`recover` reads only the newest).
+    for id in ["s1", "s2", "s3", "s4", "s5", "s6", "s7"] {
         create(&store, id, "alice").await;
     }
     let turns = [
@@ -1707,6 +1711,9 @@ async fn lists_the_turns_that_lost_their_runner(store: Arc<dyn RuntimeStore>) {
         ("t3", "s3", TurnStatus::AwaitingTools),
         ("t4", "s4", TurnStatus::Completed),
         ("t5", "s5", TurnStatus::Running),
+        ("t6", "s6", TurnStatus::AwaitingTools),
+        ("t7a", "s7", TurnStatus::Running),
+        ("t7b", "s7", TurnStatus::AwaitingTools),
     ];
     for (id, session, status) in turns {
         start_turn(&store, turn(id, session, status, t0())).await;
@@ -1721,12 +1728,111 @@ async fn lists_the_turns_that_lost_their_runner(store: Arc<dyn RuntimeStore>) {
     )
     .await;
     insert_call(&store, "s3", "t3", 1, "c3", Succeeded).await;
+    insert_call(&store, "s7", "t7b", 1, "c7", AwaitingResult).await;
     store.delete_session("s5").await.unwrap();
     let stalled = store.list_stalled_turns(10).await.unwrap();
     let mut found: Vec<&str> = stalled.iter().map(|t| t.id.as_str()).collect();
     found.sort_unstable();
     assert_eq!(found, ["t1", "t3"]);
     assert_eq!(store.list_stalled_turns(1).await.unwrap().len(), 1);
+}
+
+/// A priced step call of turn `t1` in `s1`, made at `at`.
+fn usage(id: &str, at: DateTime<Utc>) -> LlmUsage {
+    LlmUsage {
+        id: id.to_owned(),
+        created_at: at,
+        user_id: String::new(),
+        session_id: "s1".to_owned(),
+        turn_id: Some("t1".to_owned()),
+        step: 1,
+        agent: "coder".to_owned(),
+        purpose: UsagePurpose::Step,
+        requested_model: "gpt-4o".to_owned(),
+        provider: Some("openai".to_owned()),
+        model: Some("gpt-4o-2024-08-06".to_owned()),
+        prompt_tokens: 1200,
+        completion_tokens: 80,
+        total_tokens: 1280,
+        cached_tokens: 1024,
+        cost: Some(0.001_234_5),
+        latency_ms: 950,
+        ttft_ms: Some(210),
+        outcome: UsageOutcome::Ok,
+        error_kind: None,
+    }
+}
+
+async fn counts_each_llm_call_with_its_step_and_keeps_it_after_the_session(
+    store: Arc<dyn RuntimeStore>,
+) {
+    running_turn(&store).await;
+    let routing = LlmUsage {
+        step: 0,
+        agent: "orchestrator".to_owned(),
+        purpose: UsagePurpose::Routing,
+        provider: None,
+        model: None,
+        cost: None,
+        ttft_ms: None,
+        outcome: UsageOutcome::Error,
+        error_kind: Some("status_503".to_owned()),
+        ..usage("u0", t0())
+    };
+    let answer = usage("u1", t0() + chrono::Duration::seconds(1));
+    let commit = StepCommit {
+        messages: vec![message("s1", Role::Assistant, "done")],
+        usage: vec![routing.clone(), answer.clone()],
+        ..step("s1")
+    };
+    store.commit_step(commit).await.unwrap();
+    let stored = store.session_usage("s1").await.unwrap();
+    let owned = |row: &LlmUsage| LlmUsage {
+        user_id: "alice".to_owned(),
+        ..row.clone()
+    };
+    assert_eq!(
+        stored,
+        [owned(&routing), owned(&answer)],
+        "the owner is the user"
+    );
+
+    // A step that is not stored is not counted.
+    update_turn(&store, "t1", TurnStatus::Completed, 1, "coder").await;
+    let commit = StepCommit {
+        turn: Some(step_update(
+            TurnStatus::Completed,
+            1,
+            Some((TurnStatus::Running, 1)),
+        )),
+        usage: vec![usage("u2", t0())],
+        ..step("s1")
+    };
+    assert!(matches!(
+        store.commit_step(commit).await,
+        Err(StoreError::Stale(_))
+    ));
+    // Nor is a call of a session that does not exist.
+    let commit = StepCommit {
+        usage: vec![LlmUsage {
+            session_id: "nope".to_owned(),
+            ..usage("u3", t0())
+        }],
+        ..step("nope")
+    };
+    assert!(matches!(
+        store.commit_step(commit).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.session_usage("s1").await.unwrap().len(), 2);
+
+    // What was spent stays spent: deleted, even purged, the session's calls remain.
+    assert!(store.delete_session("s1").await.unwrap());
+    assert_eq!(store.session_usage("s1").await.unwrap().len(), 2);
+    let cutoff = Utc::now() + chrono::Duration::days(1);
+    store.purge_idle_sessions(cutoff, 100).await.unwrap();
+    assert!(store.get_session("s1").await.unwrap().is_none());
+    assert_eq!(store.session_usage("s1").await.unwrap().len(), 2);
 }
 
 // ---------------------------------------------------------------------------------------------

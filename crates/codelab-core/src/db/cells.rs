@@ -37,6 +37,10 @@ pub trait Cells {
     fn int(&self, column: &str) -> Result<i64, CellError>;
     /// An `INTEGER` (int4, PostgreSQL) or `INTEGER` (SQLite): sqlx will not widen implicitly.
     fn int32(&self, column: &str) -> Result<i32, CellError>;
+    /// A `BIGINT` (PostgreSQL) or `INTEGER` (SQLite) or NULL.
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, CellError>;
+    /// A `DOUBLE PRECISION` (PostgreSQL) or `REAL` (SQLite) or NULL.
+    fn opt_float(&self, column: &str) -> Result<Option<f64>, CellError>;
     /// A timestamp (`TIMESTAMPTZ`, or [`sqlite_time`] text) or NULL.
     fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, CellError>;
     /// A JSON value (`JSON`/`JSONB`, or JSON text) or NULL.
@@ -71,6 +75,12 @@ macro_rules! plain_cells {
             Ok(self.try_get(column)?)
         }
         fn int32(&self, column: &str) -> Result<i32, CellError> {
+            Ok(self.try_get(column)?)
+        }
+        fn opt_int(&self, column: &str) -> Result<Option<i64>, CellError> {
+            Ok(self.try_get(column)?)
+        }
+        fn opt_float(&self, column: &str) -> Result<Option<f64>, CellError> {
             Ok(self.try_get(column)?)
         }
     };

@@ -663,14 +663,25 @@ async fn relay(
     }
     let access = &conn.access;
     let runtime = &conn.state.runtime;
-    let started = runtime
-        .stream_frame(
-            &access.session_id,
-            &access.user_id,
-            &frame,
-            access.dev_sessions,
-        )
-        .await;
+    let started = if repeatable(&frame) {
+        runtime
+            .stream_repeatable_frame(
+                &access.session_id,
+                &access.user_id,
+                &frame,
+                access.dev_sessions,
+            )
+            .await
+    } else {
+        runtime
+            .stream_frame(
+                &access.session_id,
+                &access.user_id,
+                &frame,
+                access.dev_sessions,
+            )
+            .await
+    };
     drop(done);
     let mut events = match started {
         Ok(events) => events,
@@ -682,6 +693,18 @@ async fn relay(
             Err(error) => return report_cut(&conn, &error),
         }
     }
+}
+
+/// Frames the runtime answers with a notice when they arrive twice, so a request lost on the
+/// way is sent again; a message or an agent switch would start a second turn, and a plan
+/// decision to modify a second revision.
+fn repeatable(frame: &ClientFrame) -> bool {
+    matches!(
+        frame,
+        ClientFrame::ToolResult { .. }
+            | ClientFrame::HitlDecision { .. }
+            | ClientFrame::CancelTurn { .. }
+    )
 }
 
 /// The `error` frame for a runtime stream that broke after it began (a runtime that died or
@@ -1234,6 +1257,31 @@ mod tests {
         let later = start + Duration::from_secs(60);
         assert!((0..5).all(|_| bucket.take(later)));
         assert!(!bucket.take(later));
+    }
+
+    #[test]
+    fn only_frames_the_runtime_takes_twice_are_sent_again() {
+        let frames = [
+            (
+                r#"{"type":"tool_result","call_id":"c","result":"ok"}"#,
+                true,
+            ),
+            (
+                r#"{"type":"hitl_decision","call_id":"c","decision":"approve"}"#,
+                true,
+            ),
+            (r#"{"type":"cancel_turn"}"#, true),
+            (r#"{"type":"user_message","content":"hi"}"#, false),
+            (r#"{"type":"switch_agent","agent_type":"coder"}"#, false),
+            (
+                r#"{"type":"plan_decision","plan_id":"p","decision":"modify"}"#,
+                false,
+            ),
+        ];
+        for (text, expected) in frames {
+            let frame: ClientFrame = serde_json::from_str(text).expect(text);
+            assert_eq!(repeatable(&frame), expected, "{text}");
+        }
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ use codelab_protocol::openai::ChatCompletionRequest;
 use secrecy::SecretString;
 
 use crate::events::{EventStream, UpstreamError};
+use crate::pricing::Prices;
 
 /// The wire format a deployment speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,6 +61,8 @@ pub struct Deployment {
     pub api_version: Option<String>,
     /// Per-deployment timeout overriding the proxy's request timeout.
     pub timeout: Option<Duration>,
+    /// USD per token, from the model table (none: answers report no cost).
+    pub prices: Option<Prices>,
 }
 
 /// Shared, pooled HTTP client used by every provider.

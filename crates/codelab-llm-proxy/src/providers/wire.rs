@@ -685,6 +685,7 @@ pub(crate) mod test_server {
             api_key: key.map(|key| key.to_owned().into()),
             api_version: None,
             timeout: None,
+            prices: None,
         }
     }
 

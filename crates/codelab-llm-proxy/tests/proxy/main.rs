@@ -6,6 +6,7 @@
 )]
 
 mod api;
+mod cost;
 mod non_stream;
 mod openai_sdk;
 mod stream_line_cap;

@@ -374,7 +374,8 @@ async fn metrics_count_turns_steps_calls_approvals_routing_and_tokens() {
         "codelab_agent_runtime_routing_decisions_total{agent=\"coder\",method=\"fallback\"}",
         "codelab_agent_runtime_llm_request_duration_seconds",
         "codelab_agent_runtime_llm_ttft_seconds",
-        "codelab_agent_runtime_llm_tokens_total{direction=\"in\"}",
+        "codelab_agent_runtime_llm_tokens_total{direction=\"in\",model=\"mock-llm\",agent=\"coder\"}",
+        "codelab_agent_runtime_llm_tokens_total{direction=\"out\",model=\"mock-llm\",agent=\"orchestrator\"}",
         "codelab_agent_runtime_active_turns",
         "codelab_agent_runtime_http_requests_total",
     ] {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{
     Backend, PROMPTLY, Runtime, Text, all, assistant_text, call_ids, decision, first, kinds,
-    outcome,
+    outcome, slow_reply,
 };
 use chrono::Utc;
 use codelab_agent_runtime::agents::AgentKind;
@@ -377,10 +377,7 @@ async fn a_connect_error_before_the_first_token_is_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_turn_stops_a_streaming_turn_and_its_upstream_request() {
     let fake = FakeLlm::start(FakeFlavor::OpenAi).await;
-    let words: Vec<String> = (0..40).map(|i| format!("word{i} ")).collect();
-    let pieces: Vec<&str> = words.iter().map(String::as_str).collect();
-    // Four seconds of answer.
-    fake.push_reply(FakeReply::text(&pieces).with_chunk_delay(Duration::from_millis(100)));
+    fake.push_reply(slow_reply());
     let rt = Runtime::start_with_fake(Backend::Sqlite, &fake, |_| {}).await;
     let s = rt.new_session("dev").await;
     let started = Instant::now();

@@ -57,7 +57,7 @@ async fn text_streams_piece_by_piece_with_finish_and_usage() {
     assert!(
         items
             .iter()
-            .any(|d| matches!(d, LlmDelta::Usage { prompt, completion: 4 } if *prompt > 0))
+            .any(|d| matches!(d, LlmDelta::Usage(usage) if usage.completion_tokens == 4 && usage.prompt_tokens > 0))
     );
 }
 

@@ -19,3 +19,4 @@ mod plans;
 mod postgres;
 mod routing;
 mod turns;
+mod usage;

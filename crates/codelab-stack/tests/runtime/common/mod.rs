@@ -13,6 +13,13 @@ use codelab_stack::{Database, InternalKeys, Llm, ServiceId, Stack, StackBuilder}
 use codelab_testkit::TempPostgres;
 use serde_json::{Value, json};
 
+/// A reply of 40 words streamed 100 ms apart (four seconds): long enough to cancel mid-answer.
+pub fn slow_reply() -> codelab_testkit::FakeReply {
+    let words: Vec<String> = (0..40).map(|i| format!("word{i} ")).collect();
+    let pieces: Vec<&str> = words.iter().map(String::as_str).collect();
+    codelab_testkit::FakeReply::text(&pieces).with_chunk_delay(Duration::from_millis(100))
+}
+
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
