@@ -197,7 +197,7 @@ impl Service for AppState {
 
     /// All routes of the runtime, with internal auth, limits and telemetry applied.
     fn router(state: Arc<AppState>) -> Router {
-        use handlers::{agents as agent_routes, plans, sessions, stream};
+        use handlers::{agents as agent_routes, plans, sessions, stream, usage};
         let api = Router::new()
             .route("/agent/message/stream", post(stream::stream_message))
             .route(
@@ -224,6 +224,7 @@ impl Service for AppState {
             )
             .route("/sessions/{session_id}/cancel", post(sessions::cancel_turn))
             .route("/sessions/{session_id}/plans", get(plans::session_plans))
+            .route("/sessions/{session_id}/usage", get(usage::session_usage))
             .route("/plans/{plan_id}", get(plans::get_plan))
             .route(
                 "/internal/sessions/{session_id}/owner",

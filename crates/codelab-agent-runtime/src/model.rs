@@ -430,7 +430,7 @@ pub struct LlmUsage {
     pub user_id: String,
     pub session_id: String,
     pub turn_id: Option<String>,
-    /// The turn's step (0: routing before the first step).
+    /// The turn's step (a routing call has the step it routed).
     pub step: i32,
     pub agent: String,
     pub purpose: UsagePurpose,

@@ -163,6 +163,14 @@ fn operations_and_schemas(version: &str, agents: &[&str]) -> Value {
                     "responses": responses(("200", json_ok("The plans.", "SessionPlans")), &read)
                 }
             },
+            "/sessions/{session_id}/usage": {
+                "parameters": [session_id],
+                "get": {
+                    "operationId": "getSessionUsage",
+                    "summary": "The session's LLM calls per turn and step: tokens, cost, latency",
+                    "responses": responses(("200", json_ok("The usage.", "SessionUsage")), &read)
+                }
+            },
             "/plans/{plan_id}": {
                 "parameters": [{ "name": "plan_id", "in": "path", "required": true,
                     "description": "A plan id.", "schema": { "type": "string" } }],
@@ -320,6 +328,11 @@ fn schemas(agents: &[&str]) -> Value {
     if let (Value::Object(all), Value::Object(plans)) = (&mut schemas, plan_schemas()) {
         all.extend(plans);
     }
+    if let (Value::Object(all), Value::Object(usage)) =
+        (&mut schemas, codelab_protocol::usage::openapi_schemas())
+    {
+        all.extend(usage);
+    }
     schemas
 }
 
@@ -391,7 +404,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(operations, 16);
+        assert_eq!(operations, 17);
     }
 
     /// schemathesis found these (crates/codelab/tests/schema): a `user_message` without

@@ -181,6 +181,14 @@ fn operations_and_schemas(version: &str) -> Value {
                     "responses": with(("200", json_ok("The plans.", "PlanList")), &with_404)
                 }
             },
+            "/api/v1/sessions/{session_id}/usage": {
+                "parameters": [session_id],
+                "get": {
+                    "operationId": "getSessionUsage",
+                    "summary": "The session's LLM calls per turn and step: tokens, cost, latency (docs/usage.md)",
+                    "responses": with(("200", json_ok("The usage.", "SessionUsage")), &with_404)
+                }
+            },
             "/api/v1/plans/{plan_id}": {
                 "parameters": [plan_id],
                 "get": {
@@ -317,7 +325,7 @@ fn schemas() -> Value {
             "subtasks": { "type": "array" }, "feedback": { "type": "string" },
             "created_at": time } });
     let nullable_string = json!({ "type": ["string", "null"] });
-    json!({
+    let mut schemas = json!({
         "Health": { "type": "object", "required": ["status", "service", "version"], "properties": {
             "status": { "type": "string", "const": "healthy" },
             "service": { "type": "string" }, "version": { "type": "string" } } },
@@ -429,7 +437,13 @@ fn schemas() -> Value {
                 "switch_history": { "type": "array", "items": { "type": "object" } },
                 "last_switch_at": { "type": ["string", "null"], "format": "date-time" },
                 "created_at": time } } } }
-    })
+    });
+    if let (Value::Object(all), Value::Object(usage)) =
+        (&mut schemas, codelab_protocol::usage::openapi_schemas())
+    {
+        all.extend(usage);
+    }
+    schemas
 }
 
 #[cfg(test)]

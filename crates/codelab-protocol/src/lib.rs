@@ -9,3 +9,4 @@ pub mod openai;
 pub mod plans;
 pub mod runtime;
 pub mod sse;
+pub mod usage;

@@ -10,7 +10,7 @@ CREATE TABLE llm_usage (
     user_id TEXT NOT NULL,
     session_id TEXT NOT NULL,
     turn_id TEXT,
-    -- The turn's step the call belongs to (0: the routing call before the first step).
+    -- The turn's step the call belongs to (a routing call: the step it routed).
     step INTEGER NOT NULL,
     agent TEXT NOT NULL,
     -- `step`: an agent's answer; `routing`: the orchestrator's classification.

@@ -9,6 +9,7 @@ pub mod agents;
 pub mod plans;
 pub mod sessions;
 pub mod stream;
+pub mod usage;
 
 use std::fmt;
 

@@ -18,12 +18,16 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use codelab_core::http::log_error;
+use codelab_protocol::internal::SessionResource;
+use codelab_protocol::plans::SessionPlans;
+use codelab_protocol::usage::SessionUsage;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -62,7 +66,14 @@ pub fn routes() -> Router<Arc<AppState>> {
             post(approvals::decide_approval),
         )
         .route("/api/v1/sessions/{id}/cancel", post(approvals::cancel_turn))
-        .route("/api/v1/sessions/{id}/plans", get(plans::session_plans))
+        .route(
+            "/api/v1/sessions/{id}/plans",
+            get(session_resource::<SessionPlans>),
+        )
+        .route(
+            "/api/v1/sessions/{id}/usage",
+            get(session_resource::<SessionUsage>),
+        )
         .route("/api/v1/plans/{id}", get(plans::get_plan))
         .route("/api/v1/plans/{id}/decision", post(plans::decide_plan))
         .route("/api/v1/agents", get(agents::list_agents))
@@ -165,6 +176,27 @@ impl FromRequestParts<Arc<AppState>> for WriteCaller {
 
 /// A path id the gateway forwards: 1 to 128 characters, no control characters, and not a dot
 /// segment (which URL normalisation would turn into another path on the runtime).
+/// `GET /api/v1/sessions/{id}/plans` (`{"plans": [...]}`, oldest first) and `/usage` (the LLM
+/// calls per turn and step, docs/usage.md): the runtime's answer for the caller's session, as
+/// it is.
+async fn session_resource<T: SessionResource + Serialize>(
+    State(state): State<Arc<AppState>>,
+    ReadCaller(caller): ReadCaller,
+    Path(session_id): Path<String>,
+) -> Response {
+    if !usable_id(&session_id) {
+        return session_not_found(&session_id);
+    }
+    match state
+        .runtime
+        .session_part::<T>(&session_id, &caller.user_id)
+        .await
+    {
+        Ok(answer) => (StatusCode::OK, Json(answer)).into_response(),
+        Err(failure) => gateway_failure(&failure),
+    }
+}
+
 fn usable_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_ID_LEN

@@ -15,14 +15,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use codelab_protocol::ide::ClientFrame;
-use codelab_protocol::plans::{PlanDecision, SessionPlans};
+use codelab_protocol::plans::PlanDecision;
 use codelab_protocol::runtime::RuntimeEvent;
 use serde_json::{Value, json};
 
 use super::approvals::{Relay, decision_object, feedback_of};
-use super::{
-    MAX_ID_LEN, ReadCaller, WriteCaller, error, gateway_failure, session_not_found, usable_id,
-};
+use super::{MAX_ID_LEN, ReadCaller, WriteCaller, error, gateway_failure, usable_id};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::runtime_client::RuntimeError;
@@ -58,26 +56,6 @@ fn parse_decision(body: &[u8]) -> Result<Decision, String> {
         return Err("modify needs feedback: what should change in the plan".to_owned());
     }
     Ok(Decision { decision, feedback })
-}
-
-/// `GET /api/v1/sessions/{id}/plans`: `{"plans": [...]}`, every plan of the session, oldest
-/// first.
-pub async fn session_plans(
-    State(state): State<Arc<AppState>>,
-    ReadCaller(caller): ReadCaller,
-    Path(session_id): Path<String>,
-) -> Response {
-    if !usable_id(&session_id) {
-        return session_not_found(&session_id);
-    }
-    match state
-        .runtime
-        .session_part::<SessionPlans>(&session_id, &caller.user_id)
-        .await
-    {
-        Ok(plans) => (StatusCode::OK, Json(plans)).into_response(),
-        Err(failure) => gateway_failure(&failure),
-    }
 }
 
 /// `GET /api/v1/plans/{id}`: one plan with its subtasks; 404 for an unknown plan and for

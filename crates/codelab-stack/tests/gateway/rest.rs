@@ -398,3 +398,53 @@ async fn an_unreachable_runtime_is_a_gateway_error() {
     assert_eq!(status, 503);
     assert_ne!(ready["checks"]["agent_runtime"], "ok");
 }
+
+/// docs/usage.md: a session's LLM calls per turn and step, for its owner only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sessions_usage_is_read_per_turn_and_step_by_its_owner_only() {
+    let stack = start_stack().await;
+    let (alice_id, alice, session) = stack.user_with_session("alice").await;
+    let (_, bob) = stack.user("bob").await;
+    let path = format!("/api/v1/sessions/{session}/usage");
+    let (status, empty) = stack.get(&path, Some(&alice)).await;
+    assert_eq!(status, 200, "{empty}");
+    assert_eq!(empty["totals"]["requests"], 0);
+    assert_eq!(empty["totals"]["cost"], Value::Null);
+    assert_eq!(empty["turns"], json!([]));
+
+    stack.coder_turn(&alice_id, &session, "hello there").await;
+    stack.coder_turn(&alice_id, &session, "and again").await;
+    let (status, usage) = stack.get(&path, Some(&alice)).await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(usage["session_id"], session.as_str());
+    assert_eq!(usage["totals"]["requests"], 2);
+    assert_eq!(
+        usage["totals"]["unpriced_requests"], 2,
+        "the mock has no price"
+    );
+    let turns = usage["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 2);
+    let call = &turns[0]["steps"][0]["calls"][0];
+    assert_eq!(turns[0]["steps"][0]["step"], 1);
+    assert_eq!(call["agent"], "coder");
+    assert_eq!(call["purpose"], "step");
+    assert_eq!(call["provider"], "mock");
+    assert_eq!(call["outcome"], "ok");
+    assert_eq!(
+        call["completion_tokens"], 4,
+        "the mock's static reply is four words"
+    );
+    let total: u64 = turns
+        .iter()
+        .map(|turn| turn["totals"]["total_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(usage["totals"]["total_tokens"].as_u64(), Some(total));
+
+    // Another user's session and a missing one answer alike.
+    let (status, _) = stack.get(&path, Some(&bob)).await;
+    assert_eq!(status, 404);
+    let (status, _) = stack.get("/api/v1/sessions/nope/usage", Some(&alice)).await;
+    assert_eq!(status, 404);
+    let (status, _) = stack.get(&path, None).await;
+    assert_eq!(status, 401);
+}

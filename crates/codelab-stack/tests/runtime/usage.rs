@@ -124,3 +124,29 @@ async fn a_call_cancelled_mid_answer_is_counted_as_cancelled() {
     assert_eq!(rows[0].outcome, UsageOutcome::Cancelled);
     assert!(rows[0].ttft_ms.is_some(), "a token had arrived");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_usage_route_groups_calls_by_turn_and_step_for_the_owner() {
+    let rt = Runtime::start(Backend::Sqlite).await;
+    let session = rt.new_session("alice").await;
+    let frame = json!({"type": "user_message", "content": "hello there"});
+    rt.send_as("alice", &session, frame).await;
+    let usage = rt
+        .get_ok(&format!("/sessions/{session}/usage"), "alice")
+        .await;
+    assert_eq!(
+        usage["totals"]["requests"], 2,
+        "routing and one step: {usage}"
+    );
+    let steps = &usage["turns"][0]["steps"];
+    assert_eq!(steps.as_array().map(Vec::len), Some(1), "{usage}");
+    let purposes: Vec<&str> = steps[0]["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|call| call["purpose"].as_str().unwrap())
+        .collect();
+    assert_eq!(purposes, ["routing", "step"]);
+    let (status, _) = rt.get(&format!("/sessions/{session}/usage"), "bob").await;
+    assert_eq!(status, 404);
+}
