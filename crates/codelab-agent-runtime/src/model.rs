@@ -447,6 +447,8 @@ pub struct LlmUsage {
     pub latency_ms: u64,
     /// `None` when no token arrived.
     pub ttft_ms: Option<u64>,
+    /// Tool calls the answer made.
+    pub tool_calls: u32,
     pub outcome: UsageOutcome,
     /// For [`UsageOutcome::Error`]: what failed.
     pub error_kind: Option<String>,

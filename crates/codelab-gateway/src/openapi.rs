@@ -189,6 +189,14 @@ fn operations_and_schemas(version: &str) -> Value {
                     "responses": with(("200", json_ok("The usage.", "SessionUsage")), &with_404)
                 }
             },
+            "/api/v1/events/metrics/session/{session_id}": {
+                "parameters": [session_id],
+                "get": {
+                    "operationId": "getSessionMetrics",
+                    "summary": "The original's per-session LLM metrics, from the usage records (404 when the session made no call)",
+                    "responses": with(("200", json_ok("The metrics.", "SessionMetrics")), &with_404)
+                }
+            },
             "/api/v1/plans/{plan_id}": {
                 "parameters": [plan_id],
                 "get": {
@@ -331,6 +339,16 @@ fn schemas() -> Value {
             "service": { "type": "string" }, "version": { "type": "string" } } },
         "Error": { "type": "object", "required": ["error"], "properties": {
             "error": { "type": "string" }, "detail": {} } },
+        "SessionMetrics": { "type": "object",
+            "required": ["session_id", "total_requests", "successful_requests", "failed_requests",
+                "total_duration_ms", "average_duration_ms", "total_prompt_tokens",
+                "total_completion_tokens", "total_tokens", "average_tokens_per_request",
+                "requests_with_tools", "requests"],
+            "properties": { "session_id": { "type": "string" },
+                "total_requests": { "type": "integer", "minimum": 1 },
+                "requests": { "type": "array", "items": { "type": "object",
+                    "required": ["timestamp", "model", "duration_ms", "prompt_tokens",
+                        "completion_tokens", "total_tokens", "has_tool_calls", "success", "error"] } } } },
         "Detail": { "type": "object", "required": ["detail"], "additionalProperties": false,
             "properties": { "detail": { "type": "string" } } },
         "AuthError": { "type": "object", "required": ["error", "error_description"], "properties": {

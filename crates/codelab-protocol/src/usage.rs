@@ -53,6 +53,8 @@ pub struct UsageCall {
     pub cost: Option<f64>,
     pub latency_ms: u64,
     pub ttft_ms: Option<u64>,
+    /// Tool calls the answer made.
+    pub tool_calls: u32,
     /// `ok`, `error` or `cancelled`.
     pub outcome: String,
     pub error_kind: Option<String>,
@@ -150,13 +152,14 @@ pub fn openapi_schemas() -> serde_json::Value {
         "UsageCall": { "type": "object",
             "required": ["id", "created_at", "agent", "purpose", "requested_model", "provider",
                 "model", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
-                "cost", "latency_ms", "ttft_ms", "outcome", "error_kind"],
+                "cost", "latency_ms", "ttft_ms", "tool_calls", "outcome", "error_kind"],
             "properties": { "id": text, "created_at": { "type": "string", "format": "date-time" },
                 "agent": text, "purpose": { "enum": ["step", "routing"] },
                 "requested_model": text, "provider": optional_text, "model": optional_text,
                 "prompt_tokens": count, "completion_tokens": count, "total_tokens": count,
                 "cached_tokens": count, "cost": cost, "latency_ms": count,
                 "ttft_ms": { "type": ["integer", "null"], "minimum": 0 },
+                "tool_calls": count,
                 "outcome": { "enum": ["ok", "error", "cancelled"] },
                 "error_kind": optional_text } },
         "StepUsage": { "type": "object", "required": ["step", "totals", "calls"],
@@ -192,6 +195,7 @@ mod tests {
             cost,
             latency_ms: 5,
             ttft_ms: None,
+            tool_calls: 0,
             outcome: "ok".to_owned(),
             error_kind: None,
         }

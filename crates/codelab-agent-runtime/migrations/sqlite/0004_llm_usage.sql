@@ -28,6 +28,8 @@ CREATE TABLE llm_usage (
     latency_ms INTEGER NOT NULL,
     -- NULL when no token arrived.
     ttft_ms INTEGER,
+    -- Tool calls the answer made.
+    tool_calls INTEGER NOT NULL,
     outcome TEXT NOT NULL CHECK (outcome IN ('ok', 'error', 'cancelled')),
     -- For `error`: what failed (`timeout`, `connect`, `status_429`, `stream`, ...).
     error_kind TEXT

@@ -45,6 +45,7 @@ pub(super) fn usage_row(call: CallMeter, place: UsagePlace<'_>, now: DateTime<Ut
         cost: usage.cost,
         latency_ms: millis(call.latency),
         ttft_ms: call.ttft.map(millis),
+        tool_calls: call.tool_calls,
         outcome,
         error_kind,
     }

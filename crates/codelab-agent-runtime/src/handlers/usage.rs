@@ -43,6 +43,7 @@ pub fn usage_call(row: LlmUsage) -> UsageCall {
         cost: row.cost,
         latency_ms: row.latency_ms,
         ttft_ms: row.ttft_ms,
+        tool_calls: row.tool_calls,
         outcome: row.outcome.as_str().to_owned(),
         error_kind: row.error_kind,
     }

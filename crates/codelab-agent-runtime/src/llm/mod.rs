@@ -150,6 +150,8 @@ pub struct CallMeter {
     pub latency: Duration,
     /// From the request to the first token; `None` when none arrived.
     pub ttft: Option<Duration>,
+    /// Tool calls the answer made.
+    pub tool_calls: u32,
     /// `None` when the call succeeded.
     pub failure: Option<LlmError>,
 }
@@ -173,6 +175,7 @@ impl Meter {
                 usage: None,
                 latency: Duration::ZERO,
                 ttft: None,
+                tool_calls: 0,
                 failure: None,
             },
         }
@@ -191,6 +194,9 @@ impl Meter {
     /// A piece of the answer: the first token's time, the usage. Returns whether this was the
     /// first token.
     pub fn saw(&mut self, delta: &LlmDelta) -> bool {
+        if matches!(delta, LlmDelta::ToolCallStart { .. }) {
+            self.meter.tool_calls = self.meter.tool_calls.saturating_add(1);
+        }
         match delta {
             LlmDelta::Text(_) | LlmDelta::ToolCallStart { .. } if self.meter.ttft.is_none() => {
                 self.meter.ttft = Some(self.started.elapsed());

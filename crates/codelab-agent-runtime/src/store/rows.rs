@@ -179,6 +179,7 @@ pub(super) fn usage(row: &impl Cells) -> Result<LlmUsage, StoreError> {
         cost: opt_float,
         latency_ms = count(row, "latency_ms")?,
         ttft_ms = ttft_ms,
+        tool_calls = u32::try_from(row.int32("tool_calls")?).unwrap_or(0),
         outcome = named(row, "outcome", UsageOutcome::parse, "a usage outcome")?,
         error_kind: opt_text,
     }))
@@ -325,7 +326,7 @@ pub(super) mod sql {
         (usage_columns) => {
             "id, created_at, user_id, session_id, turn_id, step, agent, purpose, \
              requested_model, provider, model, prompt_tokens, completion_tokens, total_tokens, \
-             cached_tokens, cost, latency_ms, ttft_ms, outcome, error_kind"
+             cached_tokens, cost, latency_ms, ttft_ms, tool_calls, outcome, error_kind"
         };
         (switch_columns) => {
             "session_id, from_agent, to_agent, reason, confidence, method, created_at, complexity"
@@ -719,13 +720,13 @@ pub(super) mod sql {
 
     /// $1 session, $2 id, $3 created, $4 turn, $5 step, $6 agent, $7 purpose, $8 requested
     /// model, $9 provider, $10 model, $11 prompt, $12 completion, $13 total, $14 cached tokens,
-    /// $15 cost, $16 latency, $17 ttft, $18 outcome, $19 error kind. The user is the session's
-    /// owner; nothing is inserted for a missing session.
+    /// $15 cost, $16 latency, $17 ttft, $18 tool calls, $19 outcome, $20 error kind. The user is
+    /// the session's owner; nothing is inserted for a missing session.
     pub(in crate::store) const INSERT_USAGE: &str = concat!(
         "INSERT INTO llm_usage (",
         part!(usage_columns),
         ") SELECT $2, $3, s.owner, $1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-         $16, $17, $18, $19 FROM sessions s WHERE s.id = $1"
+         $16, $17, $18, $19, $20 FROM sessions s WHERE s.id = $1"
     );
 
     /// $1 session: its LLM calls, oldest first (deleted sessions included: usage outlives

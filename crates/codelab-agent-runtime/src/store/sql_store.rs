@@ -835,6 +835,7 @@ async fn insert_usage<'e, B: Backend>(
         .bind(usage.cost)
         .bind(rows::signed(usage.latency_ms))
         .bind(usage.ttft_ms.map(rows::signed))
+        .bind(i32::try_from(usage.tool_calls).unwrap_or(i32::MAX))
         .bind(usage.outcome.as_str())
         .bind(&usage.error_kind)
         .execute(on)

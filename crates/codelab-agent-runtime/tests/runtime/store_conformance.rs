@@ -1758,6 +1758,7 @@ fn usage(id: &str, at: DateTime<Utc>) -> LlmUsage {
         cost: Some(0.001_234_5),
         latency_ms: 950,
         ttft_ms: Some(210),
+        tool_calls: 2,
         outcome: UsageOutcome::Ok,
         error_kind: None,
     }

@@ -6,13 +6,15 @@
 //! user's session answers 404 exactly like a missing one. Runtime errors keep their status as
 //! `{"error": "Agent Runtime error: <status>", "detail": <runtime detail>}`; an unreachable
 //! runtime is 502 `{"error": "Gateway error", "detail": ...}`. The original's
-//! `GET /events/metrics...`, `/events/audit-log` and `/events/stats` passthroughs are gone:
-//! the runtime no longer serves them (its metrics are Prometheus series at `/metrics`).
+//! `GET /events/metrics`, `/events/metrics/sessions`, `/events/audit-log` and `/events/stats`
+//! passthroughs are gone (the runtime's metrics are Prometheus series at `/metrics`);
+//! `/events/metrics/session/{id}` is answered from the usage records (`usage`).
 
 mod agents;
 mod approvals;
 mod plans;
 mod sessions;
+mod usage;
 
 use std::sync::Arc;
 
@@ -73,6 +75,10 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route(
             "/api/v1/sessions/{id}/usage",
             get(session_resource::<SessionUsage>),
+        )
+        .route(
+            "/api/v1/events/metrics/session/{id}",
+            get(usage::session_metrics),
         )
         .route("/api/v1/plans/{id}", get(plans::get_plan))
         .route("/api/v1/plans/{id}/decision", post(plans::decide_plan))

@@ -448,3 +448,47 @@ async fn a_sessions_usage_is_read_per_turn_and_step_by_its_owner_only() {
     let (status, _) = stack.get(&path, None).await;
     assert_eq!(status, 401);
 }
+
+/// The original's `GET /api/v1/events/metrics/session/{id}` (../shared/spec/deployment.md
+/// §7.1), answered from the usage records in its shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_originals_session_metrics_are_answered_from_the_usage_records() {
+    let stack = start_stack().await;
+    let (alice_id, alice, session) = stack.user_with_session("alice").await;
+    let (_, bob) = stack.user("bob").await;
+    let path = format!("/api/v1/events/metrics/session/{session}");
+    let none = json!({"error": format!("No metrics found for session {session}")});
+    assert_eq!(stack.get(&path, Some(&alice)).await, (404, none.clone()));
+
+    stack.coder_turn(&alice_id, &session, "hello there").await;
+    stack
+        .coder_turn(&alice_id, &session, "::tool read_file {\"path\":\"a.py\"}")
+        .await;
+    let (status, metrics) = stack.get(&path, Some(&alice)).await;
+    assert_eq!(status, 200, "{metrics}");
+    assert_eq!(metrics["session_id"], session.as_str());
+    assert_eq!(metrics["total_requests"], 2);
+    assert_eq!(metrics["successful_requests"], 2);
+    assert_eq!(metrics["failed_requests"], 0);
+    assert_eq!(metrics["requests_with_tools"], 1);
+    let requests = metrics["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0]["model"], "mock-llm");
+    assert_eq!(requests[0]["has_tool_calls"], false);
+    assert_eq!(requests[1]["has_tool_calls"], true);
+    assert_eq!(requests[0]["success"], true);
+    assert_eq!(requests[0]["error"], Value::Null);
+    let tokens: u64 = requests
+        .iter()
+        .map(|r| r["total_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(metrics["total_tokens"].as_u64(), Some(tokens));
+    assert_eq!(
+        metrics["average_tokens_per_request"].as_f64(),
+        Some(tokens as f64 / 2.0)
+    );
+
+    // Another user's session is one without metrics.
+    let mine_only = json!({"error": format!("No metrics found for session {session}")});
+    assert_eq!(stack.get(&path, Some(&bob)).await, (404, mine_only));
+}
