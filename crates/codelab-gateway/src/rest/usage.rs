@@ -1,6 +1,6 @@
-//! The original's `GET /api/v1/events/metrics/session/{id}` (../shared/spec/deployment.md §7.1,
-//! which its benchmark scripts read), answered from the runtime's usage records
-//! (docs/usage.md) in the original's shape. `GET /api/v1/sessions/{id}/usage`, the full
+//! The original's `GET /api/v1/events/metrics/session/{id}` (which its benchmark scripts read),
+//! answered from the runtime's usage records in the original's shape (docs/usage.md, "Reading
+//! it"). `GET /api/v1/sessions/{id}/usage`, the full
 //! answer, is `super::session_resource`.
 
 use std::sync::Arc;

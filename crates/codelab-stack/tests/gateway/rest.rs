@@ -449,8 +449,8 @@ async fn a_sessions_usage_is_read_per_turn_and_step_by_its_owner_only() {
     assert_eq!(status, 401);
 }
 
-/// The original's `GET /api/v1/events/metrics/session/{id}` (../shared/spec/deployment.md
-/// §7.1), answered from the usage records in its shape.
+/// The original's `GET /api/v1/events/metrics/session/{id}`, answered from the usage records in
+/// its shape (docs/usage.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_originals_session_metrics_are_answered_from_the_usage_records() {
     let stack = start_stack().await;
