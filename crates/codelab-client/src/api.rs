@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use codelab_protocol::internal::{PendingApprovals, SessionPage};
 use codelab_protocol::plans::{PlanView, SessionPlans};
+use codelab_protocol::usage::SessionUsage;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -204,6 +205,13 @@ impl GatewayApi {
         let path = format!("/sessions/{}/plans", segment(id));
         let value = self.call(reqwest::Method::GET, &path).await?;
         Ok(Self::decode::<SessionPlans>(&path, value)?.plans)
+    }
+
+    /// `GET /sessions/{id}/usage`: the session's LLM calls per turn and step (docs/usage.md).
+    pub async fn session_usage(&self, id: &str) -> Result<SessionUsage, ApiError> {
+        let path = format!("/sessions/{}/usage", segment(id));
+        let value = self.call(reqwest::Method::GET, &path).await?;
+        Self::decode(&path, value)
     }
 
     /// `GET /agents`.

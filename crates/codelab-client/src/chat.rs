@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::api::GatewayApi;
 use codelab_protocol::plans::PlanView;
+use codelab_protocol::usage::UsageTotals;
 
 use crate::input::{LineReader, edit_json, edit_text};
 use crate::render::{Output, OutputMode, approval_prompt, summarize_args};
@@ -374,6 +375,7 @@ impl Chat {
                     Err(e) => Err(e),
                 },
                 "/history" => self.show_history().await,
+                "/usage" => self.show_usage().await,
                 "/approvals" => {
                     let end = self
                         .session
@@ -389,6 +391,9 @@ impl Chat {
                 }
                 _ => {
                     let end = self.run_turn(line, Some(lines)).await;
+                    if let Ok(end) = &end {
+                        self.show_turn_usage(*end).await;
+                    }
                     end.map(|end| self.report(Some(end)))
                 }
             };
@@ -401,6 +406,46 @@ impl Chat {
             }
         }
         self.session.close_socket().await;
+        Ok(())
+    }
+
+    /// After a turn that ended: its tokens and cost, and the session's so far (docs/usage.md).
+    /// Nothing when the usage cannot be read: the turn is no worse for it.
+    pub async fn show_turn_usage(&mut self, end: TurnEnd) {
+        if matches!(end, TurnEnd::AwaitingApprovals | TurnEnd::Interrupted) {
+            return;
+        }
+        let id = self.session.session_id().to_owned();
+        let Ok(usage) = self.session.api().session_usage(&id).await else {
+            return;
+        };
+        if let Some(turn) = usage.turns.last() {
+            let text = format!(
+                "{} · session: {}",
+                usage_line(&turn.totals),
+                usage_line(&usage.totals)
+            );
+            self.session.output().notice(&text);
+        }
+    }
+
+    /// `/usage`: the session's tokens and cost, then each turn's.
+    async fn show_usage(&mut self) -> Result<(), ChatError> {
+        let id = self.session.session_id().to_owned();
+        let usage = self.session.api().session_usage(&id).await?;
+        let out = self.session.output();
+        if usage.turns.is_empty() {
+            out.info("(no LLM calls yet)");
+            return Ok(());
+        }
+        out.info(&format!("session: {}", usage_line(&usage.totals)));
+        for (number, turn) in usage.turns.iter().enumerate() {
+            out.info(&format!(
+                "  turn {}: {}",
+                number + 1,
+                usage_line(&turn.totals)
+            ));
+        }
         Ok(())
     }
 
@@ -469,5 +514,79 @@ const HELP: &str = "Commands:
   /new            start a new session
   /history        show this session's history
   /approvals      decide the approvals (and plans) that are pending
+  /usage          tokens and cost of this session, per turn
   /quit           leave (also Ctrl-D)
 Anything else is sent to the agent. Ctrl-C cancels a running turn.";
+
+/// `1,310 tokens in (1,024 cached), 60 out, $0.000231 (2 calls)`; `no price` when no call had
+/// one, and how many had none when some did.
+pub fn usage_line(totals: &UsageTotals) -> String {
+    let cached = if totals.cached_tokens > 0 {
+        format!(" ({} cached)", thousands(totals.cached_tokens))
+    } else {
+        String::new()
+    };
+    let cost = match (totals.cost, totals.unpriced_requests) {
+        (None, _) => "no price".to_owned(),
+        (Some(cost), 0) => format!("${cost:.6}"),
+        (Some(cost), unpriced) => format!("${cost:.6} + {unpriced} calls without a price"),
+    };
+    let calls = if totals.requests == 1 {
+        "call"
+    } else {
+        "calls"
+    };
+    format!(
+        "{} tokens in{cached}, {} out, {cost} ({} {calls})",
+        thousands(totals.prompt_tokens),
+        thousands(totals.completion_tokens),
+        totals.requests
+    )
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn usage_lines_say_tokens_cached_cost_and_unpriced_calls() {
+        let mut totals = UsageTotals {
+            requests: 1,
+            prompt_tokens: 1_234_567,
+            completion_tokens: 56,
+            total_tokens: 1_234_623,
+            cached_tokens: 1_000,
+            cost: None,
+            unpriced_requests: 1,
+        };
+        assert_eq!(
+            usage_line(&totals),
+            "1,234,567 tokens in (1,000 cached), 56 out, no price (1 call)"
+        );
+        totals.requests = 3;
+        totals.cached_tokens = 0;
+        totals.cost = Some(0.001_25);
+        assert_eq!(
+            usage_line(&totals),
+            "1,234,567 tokens in, 56 out, $0.001250 + 1 calls without a price (3 calls)"
+        );
+        totals.unpriced_requests = 0;
+        assert!(usage_line(&totals).ends_with(", $0.001250 (3 calls)"));
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+    }
+}

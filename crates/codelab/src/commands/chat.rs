@@ -269,7 +269,9 @@ async fn run_message(
     {
         return Ok(end);
     }
-    chat.run_turn(message, Some(lines)).await
+    let end = chat.run_turn(message, Some(lines)).await?;
+    chat.show_turn_usage(end).await;
+    Ok(end)
 }
 
 fn report_end(end: TurnEnd) {

@@ -245,6 +245,15 @@ fn a_turn_runs_the_workspace_tools_and_refuses_escapes() {
         .map(|f| f["tool_name"].as_str().unwrap())
         .collect();
     assert_eq!(calls, ["list_files", "read_file"], "{lines:#?}");
+    // After the turn: its tokens and cost, then the session's (docs/usage.md).
+    let usage = lines
+        .iter()
+        .find_map(|l| l["notice"].as_str().filter(|n| n.contains("tokens in")))
+        .unwrap_or_else(|| panic!("no usage line: {lines:#?}"));
+    assert!(
+        usage.contains("no price (2 calls) · session:"),
+        "the mock has no price; the turn made two calls: {usage}"
+    );
     let results = results_out(&lines);
     let list = results
         .iter()
