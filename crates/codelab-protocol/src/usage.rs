@@ -94,7 +94,8 @@ impl SessionUsage {
         };
         for (turn_id, step, call) in calls {
             usage.totals.add(&call);
-            let turn = match usage.turns.iter_mut().position(|t| t.turn_id == turn_id) {
+            // From the end: calls come in time order, so a call's turn is nearly always the last.
+            let turn = match usage.turns.iter().rposition(|t| t.turn_id == turn_id) {
                 Some(index) => &mut usage.turns[index],
                 None => {
                     usage.turns.push(TurnUsage {
