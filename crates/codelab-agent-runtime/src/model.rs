@@ -390,6 +390,35 @@ pub struct StepCommit {
     pub usage: Vec<LlmUsage>,
 }
 
+/// The subject of the default budget: everyone without one of their own.
+pub const DEFAULT_BUDGET: &str = "*";
+
+/// A user's limits, or everyone's default (docs/usage.md, "Budgets"); `None` is no limit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Budget {
+    /// A user's id, or [`DEFAULT_BUDGET`].
+    pub subject: String,
+    /// Tokens per UTC calendar day and month.
+    pub daily_tokens: Option<u64>,
+    pub monthly_tokens: Option<u64>,
+    /// USD per UTC calendar day and month.
+    pub daily_cost: Option<f64>,
+    pub monthly_cost: Option<f64>,
+    /// LLM calls and tokens in the last 60 seconds.
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a user's LLM calls used since some time (from `llm_usage`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Spend {
+    pub requests: u64,
+    pub tokens: u64,
+    /// USD of the calls that had a price.
+    pub cost: f64,
+}
+
 /// Why the runtime called the LLM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -24,9 +24,9 @@ use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 pub use sql_store::SqlStore;
 
 use crate::model::{
-    AgentSwitch, Committed, LlmUsage, Message, NewMessage, NewSession, Plan, PlanVersion,
-    PlanningMode, Session, SessionQuery, SessionState, StepCommit, ToolCallRecord, ToolCallStatus,
-    ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
+    AgentSwitch, Budget, Committed, LlmUsage, Message, NewMessage, NewSession, Plan, PlanVersion,
+    PlanningMode, Session, SessionQuery, SessionState, Spend, StepCommit, ToolCallRecord,
+    ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
 };
 
 /// A storage failure (shared by every service store; `Stale` is the runtime's conditional
@@ -103,6 +103,21 @@ pub trait RuntimeStore: Send + Sync + 'static {
     // ---- usage ----
     /// A session's LLM calls (docs/usage.md), oldest first; those of a deleted session too.
     async fn session_usage(&self, session_id: &str) -> Result<Vec<LlmUsage>, StoreError>;
+    /// What `user_id`'s calls used from `since` on.
+    async fn spend_since(&self, user_id: &str, since: DateTime<Utc>) -> Result<Spend, StoreError>;
+
+    // ---- budgets ----
+    /// Sets a budget, replacing the subject's previous one.
+    async fn set_budget(&self, budget: &Budget) -> Result<(), StoreError>;
+    /// `user_id`'s own budget and the default (`model::DEFAULT_BUDGET`), in one read.
+    async fn budgets_of(
+        &self,
+        user_id: &str,
+    ) -> Result<(Option<Budget>, Option<Budget>), StoreError>;
+    /// Every budget, the default first, then by subject.
+    async fn list_budgets(&self) -> Result<Vec<Budget>, StoreError>;
+    /// Removes a budget; `false` when there was none.
+    async fn clear_budget(&self, subject: &str) -> Result<bool, StoreError>;
 
     // ---- tool calls ----
     /// Stores the calls of one reply; `Conflict` if a `call_id` is taken in the session.

@@ -15,9 +15,9 @@ use sqlx::types::Json;
 
 use super::StoreError;
 use crate::model::{
-    AgentSwitch, LlmUsage, Message, Plan, PlanStatus, PlanVersion, PlanningMode, Role, Session,
-    Subtask, SubtaskStatus, ToolCallRecord, ToolCallStatus, Turn, TurnStatus, TurnUpdate,
-    UsageOutcome, UsagePurpose,
+    AgentSwitch, Budget, LlmUsage, Message, Plan, PlanStatus, PlanVersion, PlanningMode, Role,
+    Session, Spend, Subtask, SubtaskStatus, ToolCallRecord, ToolCallStatus, Turn, TurnStatus,
+    TurnUpdate, UsageOutcome, UsagePurpose,
 };
 
 /// A JSON value to bind (JSONB on PostgreSQL, text on SQLite).
@@ -160,6 +160,40 @@ fn count(row: &impl Cells, column: &str) -> Result<u64, StoreError> {
 /// A count to bind (`BIGINT`/`INTEGER`): past `i64::MAX` it is capped, never wrapped.
 pub(super) fn signed(count: u64) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// An optional count stored signed, read back as unsigned (a negative one is corrupt).
+fn opt_count(row: &impl Cells, column: &str) -> Result<Option<u64>, StoreError> {
+    row.opt_int(column)?
+        .map(|value| {
+            u64::try_from(value).map_err(|_| {
+                StoreError::Corrupt(format!("{column}: expected a count, got {value}"))
+            })
+        })
+        .transpose()
+}
+
+/// A row of the budget columns (`part!(budget_columns)` in [`sql`]).
+pub(super) fn budget(row: &impl Cells) -> Result<Budget, StoreError> {
+    Ok(from_row!(row => Budget {
+        subject: text,
+        daily_tokens = opt_count(row, "daily_tokens")?,
+        monthly_tokens = opt_count(row, "monthly_tokens")?,
+        daily_cost: opt_float,
+        monthly_cost: opt_float,
+        requests_per_minute = opt_count(row, "requests_per_minute")?,
+        tokens_per_minute = opt_count(row, "tokens_per_minute")?,
+        updated_at: time,
+    }))
+}
+
+/// The row of [`sql::SPEND_SINCE`].
+pub(super) fn spend(row: &impl Cells) -> Result<Spend, StoreError> {
+    Ok(Spend {
+        requests: count(row, "requests")?,
+        tokens: opt_count(row, "tokens")?.unwrap_or(0),
+        cost: row.opt_float("cost")?.unwrap_or(0.0),
+    })
 }
 
 /// A row of the usage columns (`part!(usage_columns)` in [`sql`]).
@@ -322,6 +356,10 @@ pub(super) mod sql {
         };
         (session_columns) => {
             "id, owner, title, current_agent, message_count, created_at, last_activity, planning"
+        };
+        (budget_columns) => {
+            "subject, daily_tokens, monthly_tokens, daily_cost, monthly_cost, \
+             requests_per_minute, tokens_per_minute, updated_at"
         };
         (usage_columns) => {
             "id, created_at, user_id, session_id, turn_id, step, agent, purpose, \
@@ -728,6 +766,39 @@ pub(super) mod sql {
         ") SELECT $2, $3, s.owner, $1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
          $16, $17, $18, $19, $20 FROM sessions s WHERE s.id = $1"
     );
+
+    /// $1 user, $2 since: the user's calls from then on, summed.
+    pub(in crate::store) const SPEND_SINCE: &str = "SELECT COUNT(*) AS requests, \
+         CAST(SUM(total_tokens) AS BIGINT) AS tokens, SUM(cost) AS cost FROM llm_usage \
+         WHERE user_id = $1 AND created_at >= $2";
+
+    /// $1 subject, ..., $8 updated: sets (or replaces) a budget.
+    pub(in crate::store) const SET_BUDGET: &str = concat!(
+        "INSERT INTO budgets (",
+        part!(budget_columns),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (subject) DO UPDATE SET \
+         daily_tokens = excluded.daily_tokens, monthly_tokens = excluded.monthly_tokens, \
+         daily_cost = excluded.daily_cost, monthly_cost = excluded.monthly_cost, \
+         requests_per_minute = excluded.requests_per_minute, \
+         tokens_per_minute = excluded.tokens_per_minute, updated_at = excluded.updated_at"
+    );
+
+    /// $1 user: the user's own budget and the default, in one read.
+    pub(in crate::store) const BUDGETS_OF: &str = concat!(
+        "SELECT ",
+        part!(budget_columns),
+        " FROM budgets WHERE subject IN ($1, '*')"
+    );
+
+    /// Every budget, the default first.
+    pub(in crate::store) const LIST_BUDGETS: &str = concat!(
+        "SELECT ",
+        part!(budget_columns),
+        " FROM budgets ORDER BY subject <> '*', subject"
+    );
+
+    /// $1 subject.
+    pub(in crate::store) const CLEAR_BUDGET: &str = "DELETE FROM budgets WHERE subject = $1";
 
     /// $1 session: its LLM calls, oldest first (deleted sessions included: usage outlives
     /// them).

@@ -15,9 +15,10 @@ use sqlx::{Pool, Transaction};
 use super::rows::{self, sql};
 use super::{RuntimeStore, SessionLock, StoreError, StoreSettings};
 use crate::model::{
-    AgentSwitch, Committed, LlmUsage, Message, NewMessage, NewSession, Plan, PlanVersion,
-    PlanWrite, PlanningMode, Session, SessionQuery, SessionState, StepCommit, ToolCallRecord,
-    ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate, UpdateOutcome,
+    AgentSwitch, Budget, Committed, DEFAULT_BUDGET, LlmUsage, Message, NewMessage, NewSession,
+    Plan, PlanVersion, PlanWrite, PlanningMode, Session, SessionQuery, SessionState, Spend,
+    StepCommit, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate,
+    UpdateOutcome,
 };
 
 /// What the runtime store does differently on a database beyond [`Backend`].
@@ -344,6 +345,60 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
             .bind(session_id)
             .fetch_all_as(&self.pool, rows::usage)
             .await
+    }
+
+    async fn spend_since(&self, user_id: &str, since: DateTime<Utc>) -> Result<Spend, StoreError> {
+        let row = query(sql::SPEND_SINCE)
+            .bind(user_id)
+            .bind(DbTime(since))
+            .fetch_one(&self.pool)
+            .await?;
+        rows::spend(&row)
+    }
+
+    // ---- budgets ----
+
+    async fn set_budget(&self, budget: &Budget) -> Result<(), StoreError> {
+        query(sql::SET_BUDGET)
+            .bind(&budget.subject)
+            .bind(budget.daily_tokens.map(rows::signed))
+            .bind(budget.monthly_tokens.map(rows::signed))
+            .bind(budget.daily_cost)
+            .bind(budget.monthly_cost)
+            .bind(budget.requests_per_minute.map(rows::signed))
+            .bind(budget.tokens_per_minute.map(rows::signed))
+            .bind(DbTime(budget.updated_at))
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn budgets_of(
+        &self,
+        user_id: &str,
+    ) -> Result<(Option<Budget>, Option<Budget>), StoreError> {
+        let found = query(sql::BUDGETS_OF)
+            .bind(user_id)
+            .fetch_all_as(&self.pool, rows::budget)
+            .await?;
+        let (default, own): (Vec<Budget>, Vec<Budget>) = found
+            .into_iter()
+            .partition(|budget| budget.subject == DEFAULT_BUDGET);
+        Ok((own.into_iter().next(), default.into_iter().next()))
+    }
+
+    async fn list_budgets(&self) -> Result<Vec<Budget>, StoreError> {
+        query(sql::LIST_BUDGETS)
+            .fetch_all_as(&self.pool, rows::budget)
+            .await
+    }
+
+    async fn clear_budget(&self, subject: &str) -> Result<bool, StoreError> {
+        let done = query(sql::CLEAR_BUDGET)
+            .bind(subject)
+            .execute(&self.writer)
+            .await?;
+        Ok(done > 0)
     }
 
     // ---- tool calls ----

@@ -14,10 +14,10 @@ use ToolCallStatus::{
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use codelab_agent_runtime::model::{
-    AgentSwitch, Committed, LlmUsage, Message, NewMessage, NewSession, Plan, PlanStatus,
-    PlanVersion, PlanWrite, PlanningMode, Role, Session, SessionQuery, StepCommit, Subtask,
-    SubtaskStatus, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate,
-    UpdateOutcome, UsageOutcome, UsagePurpose,
+    AgentSwitch, Budget, Committed, DEFAULT_BUDGET, LlmUsage, Message, NewMessage, NewSession,
+    Plan, PlanStatus, PlanVersion, PlanWrite, PlanningMode, Role, Session, SessionQuery, Spend,
+    StepCommit, Subtask, SubtaskStatus, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn,
+    TurnStatus, TurnUpdate, UpdateOutcome, UsageOutcome, UsagePurpose,
 };
 use codelab_agent_runtime::store::{RuntimeStore, StoreError, open_store};
 use codelab_core::clock::SystemClock;
@@ -72,6 +72,8 @@ codelab_testkit::store_conformance!(
     a_cancel_request_marks_the_active_turn_once,
     lists_the_turns_that_lost_their_runner,
     counts_each_llm_call_with_its_step_and_keeps_it_after_the_session,
+    sums_a_users_spend_from_a_time_on,
+    sets_replaces_lists_and_clears_budgets_with_a_default,
     proposes_a_plan_and_reads_it_back,
     a_new_version_replaces_the_subtasks_and_keeps_the_previous_with_its_feedback,
     plan_and_subtask_states_change_with_a_step,
@@ -1834,6 +1836,105 @@ async fn counts_each_llm_call_with_its_step_and_keeps_it_after_the_session(
     store.purge_idle_sessions(cutoff, 100).await.unwrap();
     assert!(store.get_session("s1").await.unwrap().is_none());
     assert_eq!(store.session_usage("s1").await.unwrap().len(), 2);
+}
+
+async fn sums_a_users_spend_from_a_time_on(store: Arc<dyn RuntimeStore>) {
+    running_turn(&store).await;
+    create(&store, "s2", "bob").await;
+    let at = t0();
+    let calls = vec![
+        usage("u1", at),
+        LlmUsage {
+            cost: None,
+            ..usage("u2", at + chrono::Duration::seconds(10))
+        },
+        usage("u3", at + chrono::Duration::seconds(20)),
+    ];
+    let commit = StepCommit {
+        usage: calls,
+        ..step("s1")
+    };
+    store.commit_step(commit).await.unwrap();
+    let bobs = StepCommit {
+        usage: vec![LlmUsage {
+            session_id: "s2".to_owned(),
+            ..usage("u4", at)
+        }],
+        ..step("s2")
+    };
+    store.commit_step(bobs).await.unwrap();
+
+    let all = store.spend_since("alice", at).await.unwrap();
+    assert_eq!(all.requests, 3);
+    assert_eq!(all.tokens, 3 * 1280);
+    assert!((all.cost - 2.0 * 0.001_234_5).abs() < 1e-12, "{all:?}");
+    let later = store
+        .spend_since("alice", at + chrono::Duration::seconds(10))
+        .await
+        .unwrap();
+    assert_eq!((later.requests, later.tokens), (2, 2 * 1280));
+    assert_eq!(
+        store
+            .spend_since("alice", at + chrono::Duration::seconds(21))
+            .await
+            .unwrap(),
+        Spend::default(),
+        "nothing since: zeros, not an error"
+    );
+    assert_eq!(store.spend_since("bob", at).await.unwrap().requests, 1);
+}
+
+fn budget(subject: &str) -> Budget {
+    Budget {
+        subject: subject.to_owned(),
+        daily_tokens: Some(100_000),
+        monthly_tokens: None,
+        daily_cost: Some(2.5),
+        monthly_cost: Some(40.0),
+        requests_per_minute: Some(30),
+        tokens_per_minute: None,
+        updated_at: t0(),
+    }
+}
+
+async fn sets_replaces_lists_and_clears_budgets_with_a_default(store: Arc<dyn RuntimeStore>) {
+    assert_eq!(store.budgets_of("alice").await.unwrap(), (None, None));
+    assert!(store.list_budgets().await.unwrap().is_empty());
+    store.set_budget(&budget("alice")).await.unwrap();
+    store.set_budget(&budget(DEFAULT_BUDGET)).await.unwrap();
+    store.set_budget(&budget("bob")).await.unwrap();
+    let (own, default) = store.budgets_of("alice").await.unwrap();
+    assert_eq!(own, Some(budget("alice")));
+    assert_eq!(default, Some(budget(DEFAULT_BUDGET)));
+    assert_eq!(
+        store.budgets_of("carol").await.unwrap(),
+        (None, Some(budget(DEFAULT_BUDGET))),
+        "no budget of her own: the default"
+    );
+    // Setting again replaces every limit, unset ones included.
+    let replaced = Budget {
+        daily_tokens: None,
+        tokens_per_minute: Some(9_000),
+        updated_at: t0() + chrono::Duration::seconds(1),
+        ..budget("alice")
+    };
+    store.set_budget(&replaced).await.unwrap();
+    assert_eq!(store.budgets_of("alice").await.unwrap().0, Some(replaced));
+    let subjects: Vec<String> = store
+        .list_budgets()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.subject)
+        .collect();
+    assert_eq!(
+        subjects,
+        [DEFAULT_BUDGET, "alice", "bob"],
+        "the default first"
+    );
+    assert!(store.clear_budget("alice").await.unwrap());
+    assert!(!store.clear_budget("alice").await.unwrap(), "already gone");
+    assert_eq!(store.budgets_of("alice").await.unwrap().0, None);
 }
 
 // ---------------------------------------------------------------------------------------------
