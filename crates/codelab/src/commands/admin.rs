@@ -16,18 +16,19 @@ use codelab_auth::model::{Client, User};
 use codelab_auth::store::{AuthStore, open_store};
 use codelab_core::db::{DbOptions, DbPool, connect_database, redact_database_url};
 
+use super::budget::{self, BudgetCommand};
 use super::services::load_section;
 
 /// The data directory of `codelab up` when none is given.
-const DEFAULT_DATA_DIR: &str = "./.codelab";
+pub const DEFAULT_DATA_DIR: &str = "./.codelab";
 /// The auth database's file inside a data directory (as `codelab up` lays it out).
 const AUTH_DB_FILE: &str = "auth.db";
 
 /// Arguments of `codelab admin`.
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// Data directory holding auth.db (as for `codelab up`). Without it: the configured
-    /// AUTH_SERVICE__DB_URL when set, else ./.codelab.
+    /// Data directory holding auth.db and agent_runtime.db (as for `codelab up`). Without it:
+    /// the configured AUTH_SERVICE__DB_URL / AGENT_RUNTIME__DB_URL when set, else ./.codelab.
     #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -45,6 +46,11 @@ enum AdminCommand {
     Client {
         #[command(subcommand)]
         command: ClientCommand,
+    },
+    /// Manage token and cost budgets (docs/usage.md).
+    Budget {
+        #[command(subcommand)]
+        command: BudgetCommand,
     },
 }
 
@@ -151,7 +157,7 @@ struct ClientIdArgs {
 
 /// Runs a `codelab admin` subcommand.
 pub async fn run(config_file: Option<PathBuf>, args: AdminArgs) -> anyhow::Result<ExitCode> {
-    let config = load_section::<AuthService>(config_file, &())?;
+    let config = load_section::<AuthService>(config_file.clone(), &())?;
     // Read the password before touching the database, so a missing one changes nothing.
     let password = match &args.command {
         AdminCommand::User {
@@ -171,7 +177,14 @@ pub async fn run(config_file: Option<PathBuf>, args: AdminArgs) -> anyhow::Resul
             redact_database_url(&db_url)
         )
     })?;
-    let result = execute(&pool, args.command, password, &config).await;
+    let result = execute(
+        &pool,
+        args.command,
+        password,
+        &config,
+        (config_file, args.data_dir.as_deref()),
+    )
+    .await;
     pool.close().await;
     result.map(|()| ExitCode::SUCCESS)
 }
@@ -181,6 +194,7 @@ async fn execute(
     command: AdminCommand,
     password: Option<String>,
     config: &codelab_auth::Config,
+    (config_file, data_dir): (Option<PathBuf>, Option<&Path>),
 ) -> anyhow::Result<()> {
     let store = open_store(
         pool.clone(),
@@ -264,6 +278,9 @@ async fn execute(
                 println!("enabled client {:?}", client.client_id);
             }
         },
+        AdminCommand::Budget { command } => {
+            budget::run(config_file, data_dir, store, command).await?;
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod admin;
+pub mod budget;
 pub mod chat;
 pub mod config_show;
 pub mod healthcheck;

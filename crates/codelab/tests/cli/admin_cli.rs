@@ -518,3 +518,113 @@ fn without_data_dir_the_configured_database_url_is_used() {
     assert!(!stdout(&listed).contains("frank"));
     assert!(dir.path().join(".codelab/auth.db").is_file());
 }
+
+/// docs/usage.md, "Budgets": set, show and clear per user and for everyone, in the runtime's
+/// database next to the auth one.
+#[test]
+fn budgets_are_set_shown_and_cleared_per_user_and_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_ok(&user_add(
+        dir.path(),
+        "alice",
+        &[],
+        Some("correct horse battery"),
+    ));
+    let set = admin(
+        dir.path(),
+        &[
+            "budget",
+            "set",
+            "--user",
+            "ALICE",
+            "--daily-tokens",
+            "1000",
+            "--daily-cost",
+            "2.5",
+        ],
+        None,
+    );
+    assert_ok(&set);
+    assert_eq!(
+        stdout(&set).trim(),
+        "set the budget of user \"alice\": 1000 tokens a day, $2.5 a day"
+    );
+    assert!(dir.path().join("data/agent_runtime.db").exists());
+    assert_ok(&admin(
+        dir.path(),
+        &[
+            "budget",
+            "set",
+            "--default",
+            "--monthly-cost",
+            "40",
+            "--requests-per-minute",
+            "30",
+        ],
+        None,
+    ));
+    let shown = admin(dir.path(), &["budget", "show", "--json"], None);
+    assert_ok(&shown);
+    let budgets: Vec<serde_json::Value> = serde_json::from_str(&stdout(&shown)).unwrap();
+    assert_eq!(budgets.len(), 2, "{budgets:?}");
+    assert_eq!(budgets[0]["subject"], "*");
+    assert_eq!(budgets[0]["name"], "the default");
+    assert_eq!(budgets[0]["monthly_cost"], 40.0);
+    assert_eq!(budgets[0]["requests_per_minute"], 30);
+    assert_eq!(budgets[1]["name"], "alice");
+    assert_eq!(budgets[1]["daily_tokens"], 1000);
+    assert_eq!(budgets[1]["monthly_tokens"], serde_json::Value::Null);
+    let one = admin(dir.path(), &["budget", "show", "--user", "alice"], None);
+    assert_eq!(stdout(&one).trim(), "alice: 1000 tokens a day, $2.5 a day");
+
+    // Refusals: an unknown user, no limit, a bad amount, both subjects.
+    assert_refused(
+        &admin(
+            dir.path(),
+            &["budget", "set", "--user", "nobody", "--daily-tokens", "1"],
+            None,
+        ),
+        "no user \"nobody\"",
+    );
+    assert_refused(
+        &admin(dir.path(), &["budget", "set", "--user", "alice"], None),
+        "give at least one limit",
+    );
+    for bad in [
+        vec!["budget", "set", "--default", "--daily-cost", "-1"],
+        vec!["budget", "set", "--default", "--daily-tokens", "0"],
+        vec![
+            "budget",
+            "set",
+            "--default",
+            "--user",
+            "alice",
+            "--daily-tokens",
+            "5",
+        ],
+        vec!["budget", "clear"],
+    ] {
+        let refused = admin(dir.path(), &bad, None);
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            stderr(&refused)
+        );
+    }
+
+    assert_ok(&admin(
+        dir.path(),
+        &["budget", "clear", "--user", "alice"],
+        None,
+    ));
+    assert_refused(
+        &admin(dir.path(), &["budget", "clear", "--user", "alice"], None),
+        "user \"alice\" has no budget",
+    );
+    let left = admin(dir.path(), &["budget", "show"], None);
+    assert_eq!(
+        stdout(&left).trim(),
+        "the default: 30 calls a minute, $40 a month"
+    );
+}
