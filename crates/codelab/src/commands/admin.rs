@@ -20,7 +20,7 @@ use super::budget::{self, BudgetCommand};
 use super::services::load_section;
 
 /// The data directory of `codelab up` when none is given.
-pub const DEFAULT_DATA_DIR: &str = "./.codelab";
+const DEFAULT_DATA_DIR: &str = "./.codelab";
 /// The auth database's file inside a data directory (as `codelab up` lays it out).
 const AUTH_DB_FILE: &str = "auth.db";
 
@@ -285,17 +285,32 @@ async fn execute(
     Ok(())
 }
 
-/// `DIR/auth.db` for `--data-dir`; else the configured URL when the environment or config
-/// file set one; else `./.codelab/auth.db` (where `codelab up` keeps it).
+/// The auth database ([`database_in`]).
 fn database_url(data_dir: Option<&Path>, config: &codelab_auth::Config) -> anyhow::Result<String> {
-    let configured = std::env::var("AUTH_SERVICE__DB_URL").is_ok_and(|v| !v.trim().is_empty())
-        || config.db_url != codelab_auth::Config::default().db_url;
+    database_in(
+        data_dir,
+        AUTH_DB_FILE,
+        ("AUTH_SERVICE__DB_URL", &config.db_url),
+        &codelab_auth::Config::default().db_url,
+    )
+}
+
+/// `DIR/<file>` for `--data-dir`; else the configured URL (`configured`: the variable and the
+/// value read) when the environment or the config file set one (it is not `default`); else
+/// `./.codelab/<file>` (where `codelab up` keeps it).
+pub fn database_in(
+    data_dir: Option<&Path>,
+    file: &str,
+    (variable, configured): (&str, &str),
+    default: &str,
+) -> anyhow::Result<String> {
+    let set = std::env::var(variable).is_ok_and(|v| !v.trim().is_empty()) || configured != default;
     let dir = match data_dir {
         Some(dir) => dir,
-        None if configured => return Ok(config.db_url.clone()),
+        None if set => return Ok(configured.to_owned()),
         None => Path::new(DEFAULT_DATA_DIR),
     };
-    let path = std::path::absolute(dir.join(AUTH_DB_FILE))
+    let path = std::path::absolute(dir.join(file))
         .with_context(|| format!("cannot resolve {}", dir.display()))?;
     let path = path
         .to_str()

@@ -248,23 +248,15 @@ fn limits(budget: &Budget) -> Vec<String> {
     out
 }
 
-/// `DIR/agent_runtime.db` for `--data-dir`; else the configured URL when the environment or
-/// config file set one; else `./.codelab/agent_runtime.db` (where `codelab up` keeps it).
+/// The runtime's database (`super::admin::database_in`).
 fn runtime_database_url(
     data_dir: Option<&Path>,
     config: &codelab_agent_runtime::Config,
 ) -> anyhow::Result<String> {
-    let configured = std::env::var("AGENT_RUNTIME__DB_URL").is_ok_and(|v| !v.trim().is_empty())
-        || config.db_url != codelab_agent_runtime::Config::default().db_url;
-    let dir = match data_dir {
-        Some(dir) => dir,
-        None if configured => return Ok(config.db_url.clone()),
-        None => Path::new(super::admin::DEFAULT_DATA_DIR),
-    };
-    let path = std::path::absolute(dir.join(RUNTIME_DB_FILE))
-        .with_context(|| format!("cannot resolve {}", dir.display()))?;
-    let path = path
-        .to_str()
-        .with_context(|| format!("{} is not valid UTF-8", path.display()))?;
-    Ok(format!("sqlite:///{path}"))
+    super::admin::database_in(
+        data_dir,
+        RUNTIME_DB_FILE,
+        ("AGENT_RUNTIME__DB_URL", &config.db_url),
+        &codelab_agent_runtime::Config::default().db_url,
+    )
 }
