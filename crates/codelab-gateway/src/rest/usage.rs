@@ -1,7 +1,6 @@
 //! The original's `GET /api/v1/events/metrics/session/{id}` (which its benchmark scripts read),
 //! answered from the runtime's usage records in the original's shape (docs/usage.md, "Reading
-//! it"). `GET /api/v1/sessions/{id}/usage`, the full
-//! answer, is `super::session_resource`.
+//! it"). `GET /api/v1/sessions/{id}/usage`, the full answer, is `super::session_resource`.
 
 use std::sync::Arc;
 

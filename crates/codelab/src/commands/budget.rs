@@ -145,21 +145,26 @@ async fn execute(
             println!("set the budget of {name}: {}", limits(&budget).join(", "));
         }
         BudgetCommand::Show(args) => {
-            let budgets = if args.user.is_some() || args.default {
+            // What to say when there is nothing to show.
+            let (budgets, none) = if args.user.is_none() && !args.default {
+                (
+                    store.list_budgets().await?,
+                    "no budget is set: nothing is limited".to_owned(),
+                )
+            } else {
                 let subject = SubjectArgs {
                     user: args.user,
                     default: args.default,
                 };
-                let (subject, _) = subject_of(auth, &subject).await?;
+                let (subject, name) = subject_of(auth, &subject).await?;
                 let (own, default) = store.budgets_of(&subject).await?;
-                let found = if subject == DEFAULT_BUDGET {
-                    default
+                if subject == DEFAULT_BUDGET {
+                    let none = "no default budget: users without their own are not limited";
+                    (default.into_iter().collect(), none.to_owned())
                 } else {
-                    own
-                };
-                found.into_iter().collect()
-            } else {
-                store.list_budgets().await?
+                    let none = format!("{name} has no budget of their own: the default applies");
+                    (own.into_iter().collect(), none)
+                }
             };
             let names = usernames(auth).await?;
             let name = |subject: &str| {
@@ -183,7 +188,7 @@ async fn execute(
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&shown)?);
             } else if budgets.is_empty() {
-                println!("no budget is set: nothing is limited");
+                println!("{none}");
             } else {
                 for budget in &budgets {
                     println!("{}: {}", name(&budget.subject), limits(budget).join(", "));

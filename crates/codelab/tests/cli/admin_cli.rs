@@ -627,4 +627,12 @@ fn budgets_are_set_shown_and_cleared_per_user_and_by_default() {
         stdout(&left).trim(),
         "the default: 30 calls a minute, $40 a month"
     );
+    let own = admin(dir.path(), &["budget", "show", "--user", "alice"], None);
+    assert_eq!(
+        stdout(&own).trim(),
+        "user \"alice\" has no budget of their own: the default applies"
+    );
+    assert_ok(&admin(dir.path(), &["budget", "clear", "--default"], None));
+    let none = admin(dir.path(), &["budget", "show"], None);
+    assert_eq!(stdout(&none).trim(), "no budget is set: nothing is limited");
 }
