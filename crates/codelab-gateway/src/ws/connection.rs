@@ -851,6 +851,15 @@ impl Writer {
         }
     }
 
+    /// Whether missed events can be caught up from the store: after the last one this socket
+    /// saw, or, on a protocol-2 socket that saw none yet, from the session's start (its client
+    /// ignores what it has by `seq`; a subscription that went live late, as after a Redis
+    /// restart, otherwise loses the first turn's events). A Flutter socket that saw nothing
+    /// would be sent the whole session again as new messages, so it is not caught up.
+    fn can_catch_up(&self) -> bool {
+        self.max_seen > 0 || self.profile == Profile::V2
+    }
+
     async fn delivery(
         &mut self,
         delivery: Delivery,
@@ -867,7 +876,7 @@ impl Writer {
                     None => true,
                 }
             }
-            Delivery::Lagged if self.max_seen > 0 => {
+            Delivery::Lagged if self.can_catch_up() => {
                 let after = self.max_seen;
                 self.sync(Sync::CatchUp { after }, subscription).await;
                 true
@@ -951,7 +960,7 @@ impl Writer {
                 subscription,
             )
             .await;
-        } else if std::mem::take(&mut self.next_catch_up) && self.max_seen > 0 {
+        } else if std::mem::take(&mut self.next_catch_up) && self.can_catch_up() {
             let after = self.max_seen;
             self.start_sync(Sync::CatchUp { after }, subscription).await;
         }
