@@ -166,17 +166,7 @@ pub async fn run(config_file: Option<PathBuf>, args: AdminArgs) -> anyhow::Resul
         _ => None,
     };
     let db_url = database_url(args.data_dir.as_deref(), &config)?;
-    let options = DbOptions {
-        // One command at a time; leave the server its connections.
-        max_connections: 2,
-        ..DbOptions::default()
-    };
-    let pool = connect_database(&db_url, &options).await.with_context(|| {
-        format!(
-            "cannot open the auth database {}",
-            redact_database_url(&db_url)
-        )
-    })?;
+    let pool = open_database(&db_url, "auth").await?;
     let result = execute(
         &pool,
         args.command,
@@ -283,6 +273,21 @@ async fn execute(
         }
     }
     Ok(())
+}
+
+/// A small pool on the `service`'s database at `url`: one command at a time, leaving the
+/// server its connections.
+pub async fn open_database(url: &str, service: &str) -> anyhow::Result<DbPool> {
+    let options = DbOptions {
+        max_connections: 2,
+        ..DbOptions::default()
+    };
+    connect_database(url, &options).await.with_context(|| {
+        format!(
+            "cannot open the {service} database {}",
+            redact_database_url(url)
+        )
+    })
 }
 
 /// The auth database ([`database_in`]).

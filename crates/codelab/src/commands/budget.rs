@@ -12,7 +12,7 @@ use codelab_agent_runtime::model::{Budget, DEFAULT_BUDGET};
 use codelab_agent_runtime::store::RuntimeStore;
 use codelab_auth::store::AuthStore;
 use codelab_core::clock::{Clock, SystemClock};
-use codelab_core::db::{DbOptions, DbPool, connect_database, redact_database_url};
+use codelab_core::db::DbPool;
 
 use super::services::load_section;
 
@@ -97,16 +97,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let config = load_section::<RuntimeService>(config_file, &())?;
     let url = runtime_database_url(data_dir, &config)?;
-    let options = DbOptions {
-        max_connections: 2,
-        ..DbOptions::default()
-    };
-    let pool = connect_database(&url, &options).await.with_context(|| {
-        format!(
-            "cannot open the agent runtime database {}",
-            redact_database_url(&url)
-        )
-    })?;
+    let pool = super::admin::open_database(&url, "agent runtime").await?;
     let result = execute(&pool, auth, command).await;
     pool.close().await;
     result
