@@ -6,6 +6,7 @@
 //! logs message contents above debug level.
 
 pub mod agents;
+pub mod budgets;
 pub mod config;
 pub mod context;
 pub mod engine;
@@ -197,7 +198,7 @@ impl Service for AppState {
 
     /// All routes of the runtime, with internal auth, limits and telemetry applied.
     fn router(state: Arc<AppState>) -> Router {
-        use handlers::{agents as agent_routes, plans, sessions, stream, usage};
+        use handlers::{agents as agent_routes, budgets, plans, sessions, stream, usage};
         let api = Router::new()
             .route("/agent/message/stream", post(stream::stream_message))
             .route(
@@ -225,6 +226,13 @@ impl Service for AppState {
             .route("/sessions/{session_id}/cancel", post(sessions::cancel_turn))
             .route("/sessions/{session_id}/plans", get(plans::session_plans))
             .route("/sessions/{session_id}/usage", get(usage::session_usage))
+            .route("/usage", get(usage::my_usage))
+            .route("/admin/usage", get(usage::admin_usage))
+            .route("/admin/budgets", get(budgets::list_budgets))
+            .route(
+                "/admin/budgets/{subject}",
+                axum::routing::put(budgets::set_budget).delete(budgets::clear_budget),
+            )
             .route("/plans/{plan_id}", get(plans::get_plan))
             .route(
                 "/internal/sessions/{session_id}/owner",

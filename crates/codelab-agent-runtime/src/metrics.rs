@@ -31,6 +31,10 @@ pub const LLM_TOKENS: &str = "codelab_agent_runtime_llm_tokens_total";
 /// Cost of the LLM calls in millionths of a USD, by requested `model` and `agent` (calls of a
 /// model without a price add nothing).
 pub const LLM_COST: &str = "codelab_agent_runtime_llm_cost_micro_usd_total";
+/// Steps refused because a budget was used up, by `limit` (docs/usage.md, "Budgets").
+pub const BUDGET_REFUSALS: &str = "codelab_agent_runtime_budget_refusals_total";
+/// Budget warnings sent (80% of a day's or month's budget), by `limit`.
+pub const BUDGET_WARNINGS: &str = "codelab_agent_runtime_budget_warnings_total";
 /// Frames being processed right now (each holds its session's lock).
 pub const ACTIVE_TURNS: &str = "codelab_agent_runtime_active_turns";
 /// Idle sessions removed by the retention task.
@@ -42,7 +46,7 @@ pub const TURNS_RECOVERED: &str = "codelab_agent_runtime_turns_recovered_total";
 pub const PENDING_APPROVALS: &str = "codelab_agent_runtime_pending_approvals";
 
 /// Help texts of the counters.
-const COUNTERS: [(&str, &str); 9] = [
+const COUNTERS: [(&str, &str); 11] = [
     (TURNS, "Turns ended or paused, by outcome"),
     (STEPS, "LLM steps started"),
     (TOOL_CALLS, "Tool calls settled, by tool and outcome"),
@@ -55,6 +59,14 @@ const COUNTERS: [(&str, &str); 9] = [
     (
         LLM_COST,
         "LLM cost in millionths of a USD, by model and agent",
+    ),
+    (
+        BUDGET_REFUSALS,
+        "LLM steps refused because a budget was used up, by limit",
+    ),
+    (
+        BUDGET_WARNINGS,
+        "Budget warnings sent (80% of a day's or month's budget), by limit",
     ),
     (SESSIONS_PURGED, "Idle sessions removed by retention"),
     (
@@ -149,6 +161,16 @@ pub fn llm_usage(usage: &LlmUsage) {
                 .increment(micro_usd as u64);
         }
     }
+}
+
+/// Counts a step refused over `limit` (a [`crate::budgets::Limit`] name: six values).
+pub fn budget_refusal(limit: &'static str) {
+    metrics::counter!(BUDGET_REFUSALS, "limit" => limit).increment(1);
+}
+
+/// Counts a budget warning about `limit`.
+pub fn budget_warning(limit: &'static str) {
+    metrics::counter!(BUDGET_WARNINGS, "limit" => limit).increment(1);
 }
 
 /// Sets the pending-approvals gauge from the database. On a database error it logs a warning

@@ -419,6 +419,73 @@ pub struct Spend {
     pub cost: f64,
 }
 
+/// The starts of the windows a budget check sums a user's calls over (`budgets::windows`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpendWindows {
+    pub minute: DateTime<Utc>,
+    pub day: DateTime<Utc>,
+    pub month: DateTime<Utc>,
+}
+
+/// What a user's calls used in each of [`SpendWindows`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct WindowSpend {
+    pub minute: Spend,
+    pub day: Spend,
+    pub month: Spend,
+}
+
+/// Which LLM calls a usage report sums: from `from` (inclusive) to `to` (exclusive), of one
+/// user or everyone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageQuery {
+    pub user_id: Option<String>,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+/// What a usage report groups calls by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGroup {
+    /// The session's owner.
+    User,
+    /// The model that answered, else the one asked for.
+    Model,
+    Agent,
+    /// The UTC day, `YYYY-MM-DD`.
+    Day,
+    Session,
+}
+
+stored_names!(UsageGroup {
+    User => "user",
+    Model => "model",
+    Agent => "agent",
+    Day => "day",
+    Session => "session",
+});
+
+/// The sums of one group of a usage report; `keys` in the order the report grouped by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageGroupTotals {
+    pub keys: Vec<String>,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub cached_tokens: u64,
+    /// USD of the calls that had a price; `None` when none had.
+    pub cost: Option<f64>,
+    pub unpriced_requests: u64,
+}
+
+/// The budget that applies to a session's owner: their own, else the default, else none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnerBudget {
+    pub owner: String,
+    pub budget: Option<Budget>,
+}
+
 /// Why the runtime called the LLM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -52,6 +52,12 @@ fn responses(ok: (&str, Value), errors: &[&str]) -> Value {
     Value::Object(map)
 }
 
+/// A `from`/`to` query parameter of a usage report.
+fn range_param(name: &str, description: &str) -> Value {
+    json!({ "name": name, "in": "query", "description": description,
+        "schema": codelab_protocol::usage::range_schema() })
+}
+
 fn json_ok(description: &str, schema: &str) -> Value {
     json!({ "description": description, "content": { "application/json": {
         "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
@@ -169,6 +175,53 @@ fn operations_and_schemas(version: &str, agents: &[&str]) -> Value {
                     "operationId": "getSessionUsage",
                     "summary": "The session's LLM calls per turn and step: tokens, cost, latency",
                     "responses": responses(("200", json_ok("The usage.", "SessionUsage")), &read)
+                }
+            },
+            "/usage": {
+                "get": {
+                    "operationId": "getMyUsage",
+                    "summary": "The user's LLM calls in a range: totals, per day, model and agent, top sessions",
+                    "parameters": [range_param("from", "Start (inclusive): RFC 3339 or YYYY-MM-DD; default the start of this UTC month."),
+                        range_param("to", "End (exclusive): RFC 3339 or YYYY-MM-DD; default now. At most 400 days after from.")],
+                    "responses": responses(("200", json_ok("The usage.", "MyUsage")), &["400", "500"])
+                }
+            },
+            "/admin/budgets": {
+                "get": {
+                    "operationId": "listBudgets",
+                    "summary": "Every budget, the default (subject *) first (the gateway admits admins only)",
+                    "responses": responses(("200", json_ok("The budgets.", "BudgetList")), &["500"])
+                }
+            },
+            "/admin/budgets/{subject}": {
+                "parameters": [{ "name": "subject", "in": "path", "required": true,
+                    "description": "A user id, or `default`.",
+                    "schema": codelab_protocol::usage::subject_schema() }],
+                "put": {
+                    "operationId": "setBudget",
+                    "summary": "Sets a budget, replacing the previous one",
+                    "requestBody": { "required": true, "content": { "application/json": {
+                        "schema": { "$ref": "#/components/schemas/BudgetLimits" } } } },
+                    "responses": responses(("200", json_ok("The budget.", "Budget")), &["400", "500"])
+                },
+                "delete": {
+                    "operationId": "clearBudget",
+                    "summary": "Removes a budget",
+                    "responses": responses(("204", json!({ "description": "Removed." })), &["400", "404", "500"])
+                }
+            },
+            "/admin/usage": {
+                "get": {
+                    "operationId": "getUsageReport",
+                    "summary": "Everyone's LLM calls (or one user's) grouped by up to two of user, model, agent, day (the gateway admits admins only)",
+                    "parameters": [
+                        { "name": "group_by", "in": "query", "description": "Comma-separated, default user.",
+                          "schema": { "type": "string", "pattern": "^(user|model|agent|day)(,(user|model|agent|day))?$" } },
+                        range_param("from", "Start (inclusive): RFC 3339 or YYYY-MM-DD; default the start of this UTC month."),
+                        range_param("to", "End (exclusive): RFC 3339 or YYYY-MM-DD; default now. At most 400 days after from."),
+                        { "name": "user", "in": "query", "description": "Only this user's calls (their id).",
+                          "schema": codelab_protocol::usage::subject_schema() }],
+                    "responses": responses(("200", json_ok("The report.", "UsageReport")), &["400", "500"])
                 }
             },
             "/plans/{plan_id}": {
@@ -404,7 +457,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(operations, 17);
+        assert_eq!(operations, 22);
     }
 
     /// schemathesis found these (crates/codelab/tests/schema): a `user_message` without

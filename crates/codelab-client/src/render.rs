@@ -322,6 +322,11 @@ impl Output {
                 let line = self.paint("31", &format!("✗ {message}"));
                 self.line(&line);
             }
+            "warning" => {
+                let message = for_terminal(text("content"), Shape::Block);
+                let line = self.paint("33", &format!("⚠ {message}"));
+                self.line(&line);
+            }
             "turn_finished" => {
                 let outcome = text("content");
                 self.streaming = None;
@@ -764,9 +769,10 @@ mod tests {
         o.frame_in(&json!({"type":"assistant_message","content":"Replayed","is_final":true,"metadata":{"message_id":"m2"}}));
         o.frame_in(&json!({"type":"agent_switched","to_agent":"coder","reason":"coding"}));
         o.frame_in(&json!({"type":"tool_call","tool_name":"read_file","arguments":{"path":"a.txt"},"requires_approval":false}));
+        o.frame_in(&json!({"type":"warning","content":"Budget warning: 80% used","metadata":{"code":"budget_warning"}}));
         assert_eq!(
             out.text(),
-            "Hello\nReplayed\n→ coder agent (coding)\n⚙ read_file a.txt\n"
+            "Hello\nReplayed\n→ coder agent (coding)\n⚙ read_file a.txt\n⚠ Budget warning: 80% used\n"
         );
     }
 

@@ -35,7 +35,7 @@ pub const FANOUT_ERRORS: &str = "codelab_gateway_fanout_errors_total";
 
 /// Frame types counted by name besides the client's ([`CLIENT_FRAME_TYPES`]); any other is
 /// counted as `other`.
-const OTHER_FRAME_TYPES: [&str; 12] = [
+const OTHER_FRAME_TYPES: [&str; 13] = [
     "invalid",
     "assistant_message",
     "tool_call",
@@ -48,6 +48,7 @@ const OTHER_FRAME_TYPES: [&str; 12] = [
     "plan_update",
     "plan_progress",
     "execution_completed",
+    "warning",
 ];
 
 /// Close codes counted by number; any other is counted as `other`.

@@ -197,6 +197,57 @@ fn operations_and_schemas(version: &str) -> Value {
                     "responses": with(("200", json_ok("The metrics.", "SessionMetrics")), &with_404)
                 }
             },
+            "/api/v1/usage": {
+                "get": {
+                    "operationId": "getMyUsage",
+                    "summary": "The caller's LLM calls in a range: totals, per day, model and agent, top sessions (docs/usage.md)",
+                    "parameters": [range_param("from", "Start (inclusive): RFC 3339 or YYYY-MM-DD; default the start of this UTC month."),
+                        range_param("to", "End (exclusive): RFC 3339 or YYYY-MM-DD; default now. At most 400 days after from.")],
+                    "responses": with(("200", json_ok("The usage.", "MyUsage")), &["400", "401", "403", "502", "503"])
+                }
+            },
+            "/api/v1/admin/budgets": {
+                "get": {
+                    "operationId": "listBudgets",
+                    "summary": "Every budget, the default (subject *) first. Needs api:admin",
+                    "responses": with(("200", json_ok("The budgets.", "BudgetList")), &common)
+                }
+            },
+            "/api/v1/admin/budgets/{subject}": {
+                "parameters": [{ "name": "subject", "in": "path", "required": true,
+                    "description": "A user id (the tokens' sub), or `default` for everyone without their own.",
+                    "schema": codelab_protocol::usage::subject_schema() }],
+                "put": {
+                    "operationId": "setBudget",
+                    "summary": "Sets a budget, replacing the previous one (docs/usage.md). Needs api:admin",
+                    "requestBody": { "required": true, "content": { "application/json": {
+                        "schema": { "$ref": "#/components/schemas/BudgetLimits" } } } },
+                    "responses": with(("200", json_ok("The budget.", "Budget")), &["400", "401", "403", "502", "503"])
+                },
+                "delete": {
+                    "operationId": "clearBudget",
+                    "summary": "Removes a budget. Needs api:admin",
+                    "responses": with(("204", json!({ "description": "Removed." })), &["400", "401", "403", "404", "502", "503"])
+                }
+            },
+            "/api/v1/admin/usage": {
+                "get": {
+                    "operationId": "getUsageReport",
+                    "summary": "Everyone's LLM calls (or one user's) grouped by up to two of user, model, agent, day; JSON or CSV. Needs api:admin",
+                    "parameters": [
+                        { "name": "group_by", "in": "query", "required": false, "description": "Comma-separated, default user.",
+                          "schema": { "type": "string", "pattern": "^(user|model|agent|day)(,(user|model|agent|day))?$" } },
+                        range_param("from", "Start (inclusive): RFC 3339 or YYYY-MM-DD; default the start of this UTC month."),
+                        range_param("to", "End (exclusive): RFC 3339 or YYYY-MM-DD; default now. At most 400 days after from."),
+                        { "name": "user", "in": "query", "required": false, "description": "Only this user's calls (their id).",
+                          "schema": { "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_.@:|-]+$" } },
+                        { "name": "format", "in": "query", "required": false, "description": "json (default) or csv.",
+                          "schema": { "enum": ["json", "csv"] } }],
+                    "responses": with(("200", json!({ "description": "The report.", "content": {
+                        "application/json": { "schema": { "$ref": "#/components/schemas/UsageReport" } },
+                        "text/csv": { "schema": { "type": "string" } } } })), &["400", "401", "403", "502", "503"])
+                }
+            },
             "/api/v1/plans/{plan_id}": {
                 "parameters": [plan_id],
                 "get": {
@@ -318,6 +369,12 @@ fn bounded_query_param(name: &str, minimum: u64, maximum: u64, description: &str
         "schema": { "type": "integer", "minimum": minimum, "maximum": maximum } })
 }
 
+/// A `from`/`to` query parameter of a usage report.
+fn range_param(name: &str, description: &str) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "description": description,
+        "schema": codelab_protocol::usage::range_schema() })
+}
+
 fn query_param(name: &str, kind: &str, description: &str) -> Value {
     json!({ "name": name, "in": "query", "required": false, "description": description,
         "schema": { "type": kind } })
@@ -352,7 +409,7 @@ fn schemas() -> Value {
         "Detail": { "type": "object", "required": ["detail"], "additionalProperties": false,
             "properties": { "detail": { "type": "string" } } },
         "AuthError": { "type": "object", "required": ["error", "error_description"], "properties": {
-            "error": { "type": "string", "enum": ["invalid_token", "unauthorized", "invalid_request", "temporarily_unavailable"] },
+            "error": { "type": "string", "enum": ["invalid_token", "unauthorized", "invalid_request", "insufficient_scope", "temporarily_unavailable"] },
             "error_description": { "type": "string" } } },
         "Session": { "type": "object", "required": ["id", "message_count"], "properties": {
             "id": { "type": "string" }, "title": nullable_string,

@@ -244,6 +244,8 @@ pub enum ServerFrameType {
     PlanProgress,
     /// A plan's run ended (protocol 2, or the `plans` capability).
     ExecutionCompleted,
+    /// Something the user should act on, e.g. a budget nearly used up (protocol 2).
+    Warning,
 }
 
 impl ServerFrameType {
@@ -261,6 +263,7 @@ impl ServerFrameType {
             ServerFrameType::PlanUpdate => "plan_update",
             ServerFrameType::PlanProgress => "plan_progress",
             ServerFrameType::ExecutionCompleted => "execution_completed",
+            ServerFrameType::Warning => "warning",
         }
     }
 }
@@ -335,6 +338,9 @@ pub struct ServerFrame {
 pub struct FrameMetadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// What a `warning` is about (`budget_warning`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidence: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -549,6 +555,7 @@ mod tests {
             is_final: Some(true),
             metadata: Some(FrameMetadata {
                 agent: Some("a".into()),
+                code: Some("k".into()),
                 confidence: Some("c".into()),
                 from_agent: Some("f".into()),
                 message_id: Some("m".into()),

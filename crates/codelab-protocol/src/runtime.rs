@@ -129,6 +129,9 @@ pub enum RuntimeEvent {
     },
     /// Information that is not an error (e.g. a repeated decision changed nothing).
     Notice { message: String },
+    /// Something the user should act on that stopped nothing yet; `code` names what
+    /// (`budget_warning`: a day's or a month's budget is 80% used, docs/usage.md).
+    Warning { message: String, code: String },
     /// Something failed; the session stays usable.
     Error {
         message: String,

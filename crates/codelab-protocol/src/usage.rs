@@ -134,6 +134,153 @@ impl crate::internal::SessionResource for SessionUsage {
     const SUFFIX: &'static str = "/usage";
 }
 
+/// One group of a usage report: the values it is grouped by (only those), and its sums.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageRow {
+    /// The UTC day, `YYYY-MM-DD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<String>,
+    /// The user's id (the tokens' `sub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The model that answered, else the one asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(flatten)]
+    pub totals: UsageTotals,
+}
+
+/// `GET /api/v1/usage`: the caller's LLM calls in a time range, in total and per day, model
+/// and agent, with the sessions that used the most.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MyUsage {
+    /// The range: from (inclusive) to (exclusive), RFC 3339 UTC.
+    pub from: String,
+    pub to: String,
+    pub totals: UsageTotals,
+    pub by_day: Vec<UsageRow>,
+    pub by_model: Vec<UsageRow>,
+    pub by_agent: Vec<UsageRow>,
+    /// Per day and model, for a chart stacked by model.
+    pub by_day_and_model: Vec<UsageRow>,
+    /// The ten sessions that used the most tokens.
+    pub top_sessions: Vec<UsageRow>,
+}
+
+/// `GET /api/v1/admin/usage`: everyone's LLM calls in a time range, grouped as asked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// What the rows are grouped by, in order (`user`, `model`, `agent`, `day`).
+    pub group_by: Vec<String>,
+    pub from: String,
+    pub to: String,
+    pub totals: UsageTotals,
+    pub rows: Vec<UsageRow>,
+    /// More groups than the answer holds: the largest (or the earliest days) are shown.
+    pub truncated: bool,
+}
+
+/// A budget as the admin API answers it (docs/usage.md, "Budgets"); `None` is no limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetView {
+    /// A user's id, or `*` for the default.
+    pub subject: String,
+    pub daily_tokens: Option<u64>,
+    pub monthly_tokens: Option<u64>,
+    pub daily_cost: Option<f64>,
+    pub monthly_cost: Option<f64>,
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub updated_at: String,
+}
+
+/// `GET /api/v1/admin/budgets`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BudgetList {
+    pub budgets: Vec<BudgetView>,
+}
+
+impl UsageReport {
+    /// The report as CSV (RFC 4180): a header, then one line per row: the grouped values in
+    /// `group_by` order, then the sums. A text cell that a spreadsheet would run as a formula
+    /// (starting with `=`, `+`, `-`, `@`, a tab or a carriage return) is prefixed with `'`.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::new();
+        let mut header: Vec<&str> = self.group_by.iter().map(String::as_str).collect();
+        header.extend([
+            "requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "cached_tokens",
+            "cost",
+            "unpriced_requests",
+        ]);
+        out.push_str(&header.join(","));
+        out.push_str("\r\n");
+        for row in &self.rows {
+            let mut cells: Vec<String> = self
+                .group_by
+                .iter()
+                .map(|by| {
+                    let value = match by.as_str() {
+                        "day" => &row.day,
+                        "user" => &row.user,
+                        "model" => &row.model,
+                        "agent" => &row.agent,
+                        _ => &row.session_id,
+                    };
+                    csv_text(value.as_deref().unwrap_or(""))
+                })
+                .collect();
+            let totals = &row.totals;
+            cells.extend([
+                totals.requests.to_string(),
+                totals.prompt_tokens.to_string(),
+                totals.completion_tokens.to_string(),
+                totals.total_tokens.to_string(),
+                totals.cached_tokens.to_string(),
+                totals.cost.map(|cost| cost.to_string()).unwrap_or_default(),
+                totals.unpriced_requests.to_string(),
+            ]);
+            out.push_str(&cells.join(","));
+            out.push_str("\r\n");
+        }
+        out
+    }
+}
+
+/// A text cell: defused if a spreadsheet would read it as a formula, quoted if needed.
+fn csv_text(value: &str) -> String {
+    let defused = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{value}")
+    } else {
+        value.to_owned()
+    };
+    if defused.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", defused.replace('"', "\"\""))
+    } else {
+        defused
+    }
+}
+
+/// The schema of a report's `from`/`to`: a `YYYY-MM-DD` date or an RFC 3339 time.
+pub fn range_schema() -> serde_json::Value {
+    serde_json::json!({ "anyOf": [
+        { "type": "string", "format": "date" },
+        { "type": "string", "format": "date-time" } ] })
+}
+
+/// The schema of a budget's subject or a report's user: a user id (`default` names the default
+/// budget), as `internal::is_valid_user_id` admits.
+pub fn subject_schema() -> serde_json::Value {
+    serde_json::json!({ "type": "string", "pattern": "^[A-Za-z0-9_.@:|-]{1,128}$" })
+}
+
 /// The OpenAPI schemas of these answers (`components.schemas` entries), one text for the
 /// runtime's and the gateway's descriptions.
 pub fn openapi_schemas() -> serde_json::Value {
@@ -143,6 +290,28 @@ pub fn openapi_schemas() -> serde_json::Value {
     let cost = serde_json::json!({ "type": ["number", "null"], "minimum": 0,
         "description": "USD; null when no call had a price" });
     let schema = |name: &str| serde_json::json!({ "$ref": format!("#/components/schemas/{name}") });
+    let time = serde_json::json!({ "type": "string", "format": "date-time" });
+    let rows = serde_json::json!({ "type": "array", "items": schema("UsageRow") });
+    // Some limit is set (not null): one branch per limit.
+    let at_least_one_limit: Vec<serde_json::Value> = [
+        ("daily_tokens", "integer"),
+        ("monthly_tokens", "integer"),
+        ("requests_per_minute", "integer"),
+        ("tokens_per_minute", "integer"),
+        ("daily_cost", "number"),
+        ("monthly_cost", "number"),
+    ]
+    .iter()
+    .map(|(name, kind)| {
+        let mut properties = serde_json::Map::new();
+        properties.insert((*name).to_owned(), serde_json::json!({ "type": kind }));
+        serde_json::json!({ "required": [name], "properties": properties })
+    })
+    .collect();
+    let limit_count =
+        serde_json::json!({ "type": ["integer", "null"], "minimum": 1, "maximum": i64::MAX });
+    let limit_cost =
+        serde_json::json!({ "type": ["number", "null"], "minimum": 0, "maximum": 1e9 });
     serde_json::json!({
         "UsageTotals": { "type": "object",
             "required": ["requests", "prompt_tokens", "completion_tokens", "total_tokens",
@@ -173,6 +342,45 @@ pub fn openapi_schemas() -> serde_json::Value {
         "SessionUsage": { "type": "object", "required": ["session_id", "totals", "turns"],
             "properties": { "session_id": text, "totals": schema("UsageTotals"),
                 "turns": { "type": "array", "items": schema("TurnUsage") } } },
+        "BudgetLimits": { "type": "object", "additionalProperties": false,
+            "description": "A budget's limits; absent or null is no limit, at least one is set",
+            "anyOf": at_least_one_limit,
+            "properties": {
+                "daily_tokens": limit_count, "monthly_tokens": limit_count,
+                "daily_cost": limit_cost, "monthly_cost": limit_cost,
+                "requests_per_minute": limit_count, "tokens_per_minute": limit_count } },
+        "Budget": { "type": "object",
+            "required": ["subject", "daily_tokens", "monthly_tokens", "daily_cost",
+                "monthly_cost", "requests_per_minute", "tokens_per_minute", "updated_at"],
+            "properties": {
+                "subject": { "type": "string", "description": "A user id, or * for the default" },
+                "daily_tokens": limit_count, "monthly_tokens": limit_count,
+                "daily_cost": limit_cost, "monthly_cost": limit_cost,
+                "requests_per_minute": limit_count, "tokens_per_minute": limit_count,
+                "updated_at": time } },
+        "BudgetList": { "type": "object", "required": ["budgets"],
+            "properties": { "budgets": { "type": "array", "items": schema("Budget") } } },
+        "UsageRow": { "type": "object",
+            "required": ["requests", "prompt_tokens", "completion_tokens", "total_tokens",
+                "cached_tokens", "cost", "unpriced_requests"],
+            "properties": { "day": { "type": "string", "format": "date" }, "user": text,
+                "model": text, "agent": text, "session_id": text,
+                "requests": count, "prompt_tokens": count,
+                "completion_tokens": count, "total_tokens": count, "cached_tokens": count,
+                "cost": cost, "unpriced_requests": count } },
+        "MyUsage": { "type": "object",
+            "required": ["from", "to", "totals", "by_day", "by_model", "by_agent",
+                "by_day_and_model", "top_sessions"],
+            "properties": { "from": time, "to": time, "totals": schema("UsageTotals"),
+                "by_day": rows, "by_model": rows, "by_agent": rows,
+                "by_day_and_model": rows, "top_sessions": rows } },
+        "UsageReport": { "type": "object",
+            "required": ["group_by", "from", "to", "totals", "rows", "truncated"],
+            "properties": {
+                "group_by": { "type": "array",
+                    "items": { "enum": ["user", "model", "agent", "day"] } },
+                "from": time, "to": time, "totals": schema("UsageTotals"), "rows": rows,
+                "truncated": { "type": "boolean" } } },
     })
 }
 
@@ -200,6 +408,40 @@ mod tests {
             outcome: "ok".to_owned(),
             error_kind: None,
         }
+    }
+
+    #[test]
+    fn a_report_is_csv_with_formulas_defused_and_cells_quoted() {
+        let totals = |requests, cost| UsageTotals {
+            requests,
+            total_tokens: requests * 10,
+            cost,
+            ..UsageTotals::default()
+        };
+        let report = UsageReport {
+            group_by: vec!["user".into(), "model".into()],
+            rows: vec![
+                UsageRow {
+                    user: Some("alice".into()),
+                    model: Some("gpt-4o".into()),
+                    totals: totals(2, Some(0.25)),
+                    ..UsageRow::default()
+                },
+                UsageRow {
+                    user: Some("=HYPERLINK(\"x\")".into()),
+                    model: Some("a,b".into()),
+                    totals: totals(1, None),
+                    ..UsageRow::default()
+                },
+            ],
+            ..UsageReport::default()
+        };
+        assert_eq!(
+            report.to_csv(),
+            "user,model,requests,prompt_tokens,completion_tokens,total_tokens,cached_tokens,cost,unpriced_requests\r\n\
+             alice,gpt-4o,2,0,0,20,0,0.25,0\r\n\
+             \"'=HYPERLINK(\"\"x\"\")\",\"a,b\",1,0,0,10,0,,0\r\n"
+        );
     }
 
     #[test]

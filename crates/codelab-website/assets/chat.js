@@ -247,6 +247,9 @@
         }
         send.disabled = false;
         break;
+      case "warning":
+        bubble("notice", frame.content || "");
+        break;
       case "error":
         bubble("error", frame.content || frame.error || "error");
         // A refused decision (the plan no longer waits for it): offer the buttons again.

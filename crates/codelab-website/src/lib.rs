@@ -200,7 +200,7 @@ impl Service for AppState {
     /// Every route of the website (pages, assets, `/health` `/ready` `/metrics`) with the
     /// security headers, limits and telemetry applied.
     fn router(state: Arc<AppState>) -> Router {
-        use handlers::{admin, chat, console, docs as doc_pages, plans, sessions};
+        use handlers::{admin, chat, console, docs as doc_pages, plans, sessions, usage};
         let pages = Router::new()
             .route("/", get(doc_pages::show_home))
             .route("/docs", get(doc_pages::show_docs_index))
@@ -230,6 +230,7 @@ impl Service for AppState {
                 get(chat::show_chat_index).post(chat::start_chat),
             )
             .route("/console/chat/{id}", get(chat::show_chat))
+            .route("/console/usage", get(usage::show_usage))
             .route("/console/admin", get(admin::show_admin))
             .route("/console/admin/users", post(admin::create_user))
             .route(

@@ -457,6 +457,8 @@ pub use codelab_protocol::internal::{
 };
 /// A session's plans (`GET /api/v1/sessions/{id}/plans`, oldest first) and one plan.
 pub use codelab_protocol::plans::{PlanView, SessionPlans};
+/// Usage answers and budgets (docs/usage.md).
+pub use codelab_protocol::usage::{BudgetList, BudgetView, MyUsage, UsageReport, UsageRow};
 
 /// The gateway's REST API, acting as the signed-in user.
 #[derive(Debug, Clone)]
@@ -543,6 +545,32 @@ impl GatewayClient {
         let path = format!("/api/v1/plans/{}/decision", path_segment(plan_id));
         self.upstream
             .call(Method::POST, &path, token, Some(decision))
+            .await
+    }
+
+    /// `GET /api/v1/usage?from=`: the user's LLM calls from `from` (a `YYYY-MM-DD` day) on.
+    pub async fn my_usage(&self, token: &str, from: &str) -> Result<MyUsage, UpstreamError> {
+        let path = format!("/api/v1/usage?from={}", path_segment(from));
+        self.upstream.call(Method::GET, &path, token, None).await
+    }
+
+    /// `GET /api/v1/admin/usage?group_by=user&from=` (administrators).
+    pub async fn usage_by_user(
+        &self,
+        token: &str,
+        from: &str,
+    ) -> Result<UsageReport, UpstreamError> {
+        let path = format!(
+            "/api/v1/admin/usage?group_by=user&from={}",
+            path_segment(from)
+        );
+        self.upstream.call(Method::GET, &path, token, None).await
+    }
+
+    /// `GET /api/v1/admin/budgets` (administrators).
+    pub async fn budgets(&self, token: &str) -> Result<BudgetList, UpstreamError> {
+        self.upstream
+            .call(Method::GET, "/api/v1/admin/budgets", token, None)
             .await
     }
 

@@ -19,6 +19,7 @@
 //! lock was free) or waiting on a step whose calls are all settled resumes it ([`Engine::recover`]):
 //! an uncommitted step runs again, a settled step goes on to the next one.
 
+mod budget;
 mod calls;
 mod cancel;
 mod emit;
@@ -40,6 +41,7 @@ use codelab_core::db::now_from;
 use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent, TurnOutcome};
 use tokio::sync::mpsc;
 
+pub use budget::{BUDGET_EXCEEDED, BUDGET_WARNING};
 pub use calls::{choose_call_id, fresh_call_id};
 pub use cancel::{CANCEL_POLL, CANCEL_WAIT};
 pub use message::{MAX_TITLE_CHARS, title_of};

@@ -13,6 +13,7 @@ use codelab_protocol::plans::PlanDecision;
 use codelab_protocol::runtime::{RuntimeEvent, TurnOutcome};
 use serde_json::Value;
 
+use super::budget::budget_exceeded;
 use super::step::{StepEnd, StepResult, StepState, completion_events, step_end_events};
 use super::turn::TurnLoop;
 use super::{Cx, Engine, EngineError, PlanRef};
@@ -218,6 +219,10 @@ impl TurnLoop<'_> {
             };
             if let Some(error) = refusal {
                 return self.fail_subtask(run, writes, pending, error).await;
+            }
+            if let Some(refusal) = self.budget_refusal(&mut pending).await? {
+                pending.push(budget_exceeded(refusal.clone()));
+                return self.fail_subtask(run, writes, pending, refusal).await;
             }
             let agent = agent.unwrap_or(AgentKind::Coder);
             if !started {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use codelab_protocol::runtime::{RuntimeEvent, TurnOutcome};
 
+use super::budget::budget_exceeded;
 use super::plans::SubtaskRun;
 use super::step::{StepEnd, StepResult, StepState, count_step_end, step_end_events};
 use super::switch::Switch;
@@ -112,7 +113,18 @@ impl<'a> TurnLoop<'a> {
                     });
                     return self.finish(TurnStatus::StepLimit, pending).await;
                 }
+            }
+            if let Some(refusal) = self.budget_refusal(&mut pending).await? {
+                pending.push(budget_exceeded(refusal));
+                return self.finish(TurnStatus::Failed, pending).await;
+            }
+            if !started {
                 self.start_step(std::mem::take(&mut pending)).await?;
+            } else {
+                // The step was stored with the turn: a warning goes out on its own.
+                for event in std::mem::take(&mut pending) {
+                    self.cx.out.emit(event).await?;
+                }
             }
             started = false;
             let agent = self.specialist().await?;

@@ -6,6 +6,7 @@
 //! header is absent. A session of another user answers 404, exactly like a missing one.
 
 pub mod agents;
+pub mod budgets;
 pub mod plans;
 pub mod sessions;
 pub mod stream;

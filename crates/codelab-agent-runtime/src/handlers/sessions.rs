@@ -36,10 +36,10 @@ const MAX_LIMIT: u32 = 1000;
 /// Default page of `GET /sessions/{id}/events`.
 const DEFAULT_EVENTS_LIMIT: u32 = 500;
 
-type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+pub(super) type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
 /// The query parameters, or a 400 naming the problem.
-fn params(query: Params) -> Result<HashMap<String, String>, HttpError> {
+pub(super) fn params(query: Params) -> Result<HashMap<String, String>, HttpError> {
     query
         .map(|Query(map)| map)
         .map_err(|e| HttpError::bad_request(format!("invalid query string: {e}")))

@@ -24,9 +24,10 @@ use codelab_protocol::runtime::{RuntimeEvent, SequencedEvent};
 pub use sql_store::SqlStore;
 
 use crate::model::{
-    AgentSwitch, Budget, Committed, LlmUsage, Message, NewMessage, NewSession, Plan, PlanVersion,
-    PlanningMode, Session, SessionQuery, SessionState, Spend, StepCommit, ToolCallRecord,
-    ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, UpdateOutcome,
+    AgentSwitch, Budget, Committed, LlmUsage, Message, NewMessage, NewSession, OwnerBudget, Plan,
+    PlanVersion, PlanningMode, Session, SessionQuery, SessionState, SpendWindows, StepCommit,
+    ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, UpdateOutcome, UsageGroup,
+    UsageGroupTotals, UsageQuery, WindowSpend,
 };
 
 /// A storage failure (shared by every service store; `Stale` is the runtime's conditional
@@ -103,8 +104,23 @@ pub trait RuntimeStore: Send + Sync + 'static {
     // ---- usage ----
     /// A session's LLM calls (docs/usage.md), oldest first; those of a deleted session too.
     async fn session_usage(&self, session_id: &str) -> Result<Vec<LlmUsage>, StoreError>;
-    /// What `user_id`'s calls used from `since` on.
-    async fn spend_since(&self, user_id: &str, since: DateTime<Utc>) -> Result<Spend, StoreError>;
+    /// What `user_id`'s calls used in each window, in one read of the rows from the earliest
+    /// window's start on.
+    async fn spend_in(
+        &self,
+        user_id: &str,
+        windows: &SpendWindows,
+    ) -> Result<WindowSpend, StoreError>;
+
+    /// The calls `query` selects, summed per group of `group_by` (none: one row of totals,
+    /// with no keys), at most `limit` groups: by day first in order of their keys, else the
+    /// largest first.
+    async fn usage_report(
+        &self,
+        query: &UsageQuery,
+        group_by: &[UsageGroup],
+        limit: u32,
+    ) -> Result<Vec<UsageGroupTotals>, StoreError>;
 
     // ---- budgets ----
     /// Sets a budget, replacing the subject's previous one.
@@ -114,6 +130,18 @@ pub trait RuntimeStore: Send + Sync + 'static {
         &self,
         user_id: &str,
     ) -> Result<(Option<Budget>, Option<Budget>), StoreError>;
+    /// The session's owner and the budget that applies to them (their own, else the
+    /// default), in one read; `None` when the session does not exist.
+    async fn owner_budget(&self, session_id: &str) -> Result<Option<OwnerBudget>, StoreError>;
+    /// Records that `user_id` was warned about `limit` in the window starting at
+    /// `window_start`: `true` the first time (send the warning), `false` after. Forgets the
+    /// user's earlier windows of that limit.
+    async fn note_budget_warning(
+        &self,
+        user_id: &str,
+        limit: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     /// Every budget, the default first, then by subject.
     async fn list_budgets(&self) -> Result<Vec<Budget>, StoreError>;
     /// Removes a budget; `false` when there was none.

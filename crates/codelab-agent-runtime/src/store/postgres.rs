@@ -56,6 +56,10 @@ impl StoreBackend for Postgres {
         &MIGRATOR
     }
 
+    fn usage_day() -> &'static str {
+        "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+    }
+
     /// One holder connection, opened lazily with the pool's connect options; connecting is
     /// bounded by the pool's acquire timeout, each statement by the settings'
     /// `session_lock_statement_timeout`, and the connection is closed when no lock has

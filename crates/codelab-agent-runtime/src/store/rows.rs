@@ -15,9 +15,10 @@ use sqlx::types::Json;
 
 use super::StoreError;
 use crate::model::{
-    AgentSwitch, Budget, LlmUsage, Message, Plan, PlanStatus, PlanVersion, PlanningMode, Role,
-    Session, Spend, Subtask, SubtaskStatus, ToolCallRecord, ToolCallStatus, Turn, TurnStatus,
-    TurnUpdate, UsageOutcome, UsagePurpose,
+    AgentSwitch, Budget, DEFAULT_BUDGET, LlmUsage, Message, OwnerBudget, Plan, PlanStatus,
+    PlanVersion, PlanningMode, Role, Session, Spend, Subtask, SubtaskStatus, ToolCallRecord,
+    ToolCallStatus, Turn, TurnStatus, TurnUpdate, UsageGroupTotals, UsageOutcome, UsagePurpose,
+    WindowSpend,
 };
 
 /// A JSON value to bind (JSONB on PostgreSQL, text on SQLite).
@@ -187,13 +188,61 @@ pub(super) fn budget(row: &impl Cells) -> Result<Budget, StoreError> {
     }))
 }
 
-/// The row of [`sql::SPEND_SINCE`].
-pub(super) fn spend(row: &impl Cells) -> Result<Spend, StoreError> {
-    Ok(Spend {
-        requests: count(row, "requests")?,
-        tokens: opt_count(row, "tokens")?.unwrap_or(0),
-        cost: row.opt_float("cost")?.unwrap_or(0.0),
+/// The row of [`sql::SPEND_IN`].
+pub(super) fn window_spend(row: &impl Cells) -> Result<WindowSpend, StoreError> {
+    let spend = |window: &str| -> Result<Spend, StoreError> {
+        Ok(Spend {
+            requests: count(row, &format!("{window}_requests"))?,
+            tokens: count(row, &format!("{window}_tokens"))?,
+            cost: row.opt_float(&format!("{window}_cost"))?.unwrap_or(0.0),
+        })
+    };
+    Ok(WindowSpend {
+        minute: spend("minute")?,
+        day: spend("day")?,
+        month: spend("month")?,
     })
+}
+
+/// A row of [`sql::usage_report`] grouped by `keys` columns.
+pub(super) fn usage_group(row: &impl Cells, keys: usize) -> Result<UsageGroupTotals, StoreError> {
+    Ok(UsageGroupTotals {
+        keys: (0..keys)
+            .map(|i| Ok(row.opt_text(&format!("key{i}"))?.unwrap_or_default()))
+            .collect::<Result<_, StoreError>>()?,
+        requests: count(row, "requests")?,
+        prompt_tokens: count(row, "prompt_tokens")?,
+        completion_tokens: count(row, "completion_tokens")?,
+        total_tokens: count(row, "total_tokens")?,
+        cached_tokens: count(row, "cached_tokens")?,
+        cost: row.opt_float("cost")?,
+        unpriced_requests: count(row, "unpriced_requests")?,
+    })
+}
+
+/// The rows of [`sql::OWNER_BUDGET`]: the owner, and their own budget before the default.
+pub(super) fn owner_budget(rows: &[impl Cells]) -> Result<Option<OwnerBudget>, StoreError> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let owner = first.text("owner")?;
+    let mut own = None;
+    let mut default = None;
+    for row in rows {
+        if row.opt_text("subject")?.is_none() {
+            continue;
+        }
+        let found = budget(row)?;
+        if found.subject == DEFAULT_BUDGET {
+            default = Some(found);
+        } else {
+            own = Some(found);
+        }
+    }
+    Ok(Some(OwnerBudget {
+        owner,
+        budget: own.or(default),
+    }))
 }
 
 /// A row of the usage columns (`part!(usage_columns)` in [`sql`]).
@@ -767,10 +816,26 @@ pub(super) mod sql {
          $16, $17, $18, $19, $20 FROM sessions s WHERE s.id = $1"
     );
 
-    /// $1 user, $2 since: the user's calls from then on, summed.
-    pub(in crate::store) const SPEND_SINCE: &str = "SELECT COUNT(*) AS requests, \
-         CAST(SUM(total_tokens) AS BIGINT) AS tokens, SUM(cost) AS cost FROM llm_usage \
-         WHERE user_id = $1 AND created_at >= $2";
+    /// $1 user, $2 minute, $3 day, $4 month window starts, $5 the earliest of them: the
+    /// user's calls in each window, summed in one pass over the rows from $5 on (the index of
+    /// user and time).
+    pub(in crate::store) const SPEND_IN: &str = "SELECT \
+         CAST(COALESCE(SUM(CASE WHEN created_at >= $2 THEN 1 ELSE 0 END), 0) AS BIGINT) \
+             AS minute_requests, \
+         CAST(COALESCE(SUM(CASE WHEN created_at >= $2 THEN total_tokens ELSE 0 END), 0) \
+             AS BIGINT) AS minute_tokens, \
+         SUM(CASE WHEN created_at >= $2 THEN cost END) AS minute_cost, \
+         CAST(COALESCE(SUM(CASE WHEN created_at >= $3 THEN 1 ELSE 0 END), 0) AS BIGINT) \
+             AS day_requests, \
+         CAST(COALESCE(SUM(CASE WHEN created_at >= $3 THEN total_tokens ELSE 0 END), 0) \
+             AS BIGINT) AS day_tokens, \
+         SUM(CASE WHEN created_at >= $3 THEN cost END) AS day_cost, \
+         CAST(COALESCE(SUM(CASE WHEN created_at >= $4 THEN 1 ELSE 0 END), 0) AS BIGINT) \
+             AS month_requests, \
+         CAST(COALESCE(SUM(CASE WHEN created_at >= $4 THEN total_tokens ELSE 0 END), 0) \
+             AS BIGINT) AS month_tokens, \
+         SUM(CASE WHEN created_at >= $4 THEN cost END) AS month_cost \
+         FROM llm_usage WHERE user_id = $1 AND created_at >= $5";
 
     /// $1 subject, ..., $8 updated: sets (or replaces) a budget.
     pub(in crate::store) const SET_BUDGET: &str = concat!(
@@ -789,6 +854,71 @@ pub(super) mod sql {
         part!(budget_columns),
         " FROM budgets WHERE subject IN ($1, '*')"
     );
+
+    /// A usage report grouped by `group_by` (see `RuntimeStore::usage_report`): $1 from, $2 to,
+    /// $3 the user or NULL for everyone, $4 the most groups. `day` is the backend's SQL of a
+    /// row's UTC day. Built from fixed pieces only: nothing a caller sent is in the text.
+    pub(in crate::store) fn usage_report(
+        group_by: &[crate::model::UsageGroup],
+        day: &str,
+    ) -> String {
+        use crate::model::UsageGroup;
+        let keys: Vec<String> = group_by
+            .iter()
+            .enumerate()
+            .map(|(i, group)| {
+                let column = match group {
+                    UsageGroup::User => "user_id",
+                    UsageGroup::Model => "COALESCE(model, requested_model)",
+                    UsageGroup::Agent => "agent",
+                    UsageGroup::Day => day,
+                    UsageGroup::Session => "session_id",
+                };
+                format!("{column} AS key{i}, ")
+            })
+            .collect();
+        let positions: Vec<String> = (1..=group_by.len()).map(|i| i.to_string()).collect();
+        let (group, order) = if positions.is_empty() {
+            (String::new(), String::new())
+        } else if group_by.first() == Some(&UsageGroup::Day) {
+            let by = positions.join(", ");
+            (format!(" GROUP BY {by}"), format!(" ORDER BY {by}"))
+        } else {
+            let by = positions.join(", ");
+            (
+                format!(" GROUP BY {by}"),
+                format!(" ORDER BY total_tokens DESC, {by}"),
+            )
+        };
+        format!(
+            "SELECT {keys}COUNT(*) AS requests, \
+             CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt_tokens, \
+             CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion_tokens, \
+             CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT) AS total_tokens, \
+             CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT) AS cached_tokens, \
+             SUM(cost) AS cost, \
+             CAST(COALESCE(SUM(CASE WHEN cost IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT) \
+                 AS unpriced_requests \
+             FROM llm_usage WHERE created_at >= $1 AND created_at < $2 \
+             AND ($3 IS NULL OR user_id = $3){group}{order} LIMIT $4",
+            keys = keys.concat(),
+        )
+    }
+
+    /// $1 session: its owner, with the owner's budget and the default when they exist (one
+    /// row with NULL budget columns when neither does; none when the session does not).
+    pub(in crate::store) const OWNER_BUDGET: &str = "SELECT s.owner AS owner, b.* \
+         FROM sessions s LEFT JOIN budgets b ON b.subject = s.owner OR b.subject = '*' \
+         WHERE s.id = $1";
+
+    /// $1 user, $2 limit, $3 window start: forgets the user's warnings of that limit in earlier
+    /// windows.
+    pub(in crate::store) const FORGET_BUDGET_WARNINGS: &str = "DELETE FROM budget_warnings WHERE user_id = $1 AND budget_limit = $2 \
+         AND window_start < $3";
+
+    /// $1 user, $2 limit, $3 window start: one row the first time, none after.
+    pub(in crate::store) const NOTE_BUDGET_WARNING: &str = "INSERT INTO budget_warnings (user_id, budget_limit, window_start) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING";
 
     /// Every budget, the default first.
     pub(in crate::store) const LIST_BUDGETS: &str = concat!(

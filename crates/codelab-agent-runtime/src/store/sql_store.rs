@@ -16,9 +16,9 @@ use super::rows::{self, sql};
 use super::{RuntimeStore, SessionLock, StoreError, StoreSettings};
 use crate::model::{
     AgentSwitch, Budget, Committed, DEFAULT_BUDGET, LlmUsage, Message, NewMessage, NewSession,
-    Plan, PlanVersion, PlanWrite, PlanningMode, Session, SessionQuery, SessionState, Spend,
-    StepCommit, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate,
-    UpdateOutcome,
+    OwnerBudget, Plan, PlanVersion, PlanWrite, PlanningMode, Session, SessionQuery, SessionState,
+    SpendWindows, StepCommit, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn, TurnStatus,
+    TurnUpdate, UpdateOutcome, UsageGroup, UsageGroupTotals, UsageQuery, WindowSpend,
 };
 
 /// What the runtime store does differently on a database beyond [`Backend`].
@@ -31,6 +31,8 @@ pub trait StoreBackend: Backend {
     fn session_locks(pool: &Pool<Self>, settings: &StoreSettings) -> Self::Locks;
     /// The pool the store's writes go through (see [`SqlStore`]'s `writer`).
     fn writer_pool(pool: &Pool<Self>) -> Pool<Self>;
+    /// The SQL of a usage row's UTC day as `YYYY-MM-DD` (times are stored differently).
+    fn usage_day() -> &'static str;
 }
 
 /// How a backend serialises work on one session (see [`RuntimeStore::lock_session`]).
@@ -347,13 +349,41 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
             .await
     }
 
-    async fn spend_since(&self, user_id: &str, since: DateTime<Utc>) -> Result<Spend, StoreError> {
-        let row = query(sql::SPEND_SINCE)
+    async fn spend_in(
+        &self,
+        user_id: &str,
+        windows: &SpendWindows,
+    ) -> Result<WindowSpend, StoreError> {
+        let earliest = windows.minute.min(windows.day).min(windows.month);
+        let row = query(sql::SPEND_IN)
             .bind(user_id)
-            .bind(DbTime(since))
+            .bind(DbTime(windows.minute))
+            .bind(DbTime(windows.day))
+            .bind(DbTime(windows.month))
+            .bind(DbTime(earliest))
             .fetch_one(&self.pool)
             .await?;
-        rows::spend(&row)
+        rows::window_spend(&row)
+    }
+
+    async fn usage_report(
+        &self,
+        usage: &UsageQuery,
+        group_by: &[UsageGroup],
+        limit: u32,
+    ) -> Result<Vec<UsageGroupTotals>, StoreError> {
+        let sql = sql::usage_report(group_by, B::usage_day());
+        let found = query(&sql)
+            .bind(DbTime(usage.from))
+            .bind(DbTime(usage.to))
+            .bind(usage.user_id.clone())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        found
+            .iter()
+            .map(|row| rows::usage_group(row, group_by.len()))
+            .collect()
     }
 
     // ---- budgets ----
@@ -385,6 +415,35 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
             .into_iter()
             .partition(|budget| budget.subject == DEFAULT_BUDGET);
         Ok((own.into_iter().next(), default.into_iter().next()))
+    }
+
+    async fn owner_budget(&self, session_id: &str) -> Result<Option<OwnerBudget>, StoreError> {
+        let found = query(sql::OWNER_BUDGET)
+            .bind(session_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows::owner_budget(&found)
+    }
+
+    async fn note_budget_warning(
+        &self,
+        user_id: &str,
+        limit: &str,
+        window_start: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        query(sql::FORGET_BUDGET_WARNINGS)
+            .bind(user_id)
+            .bind(limit)
+            .bind(DbTime(window_start))
+            .execute(&self.writer)
+            .await?;
+        let noted = query(sql::NOTE_BUDGET_WARNING)
+            .bind(user_id)
+            .bind(limit)
+            .bind(DbTime(window_start))
+            .execute(&self.writer)
+            .await?;
+        Ok(noted > 0)
     }
 
     async fn list_budgets(&self) -> Result<Vec<Budget>, StoreError> {

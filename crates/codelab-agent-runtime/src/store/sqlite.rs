@@ -26,6 +26,11 @@ impl StoreBackend for Sqlite {
         &MIGRATOR
     }
 
+    /// Times are fixed-width RFC 3339 UTC text: the day is its first ten characters.
+    fn usage_day() -> &'static str {
+        "substr(created_at, 1, 10)"
+    }
+
     /// No settings apply: the locks are in this process.
     fn session_locks(pool: &SqlitePool, _settings: &StoreSettings) -> ProcessLocks {
         let file = pool.connect_options().get_filename().to_owned();

@@ -15,9 +15,10 @@ use ToolCallStatus::{
 use chrono::{DateTime, SubsecRound, Utc};
 use codelab_agent_runtime::model::{
     AgentSwitch, Budget, Committed, DEFAULT_BUDGET, LlmUsage, Message, NewMessage, NewSession,
-    Plan, PlanStatus, PlanVersion, PlanWrite, PlanningMode, Role, Session, SessionQuery, Spend,
-    StepCommit, Subtask, SubtaskStatus, ToolCallRecord, ToolCallStatus, ToolCallUpdate, Turn,
-    TurnStatus, TurnUpdate, UpdateOutcome, UsageOutcome, UsagePurpose,
+    OwnerBudget, Plan, PlanStatus, PlanVersion, PlanWrite, PlanningMode, Role, Session,
+    SessionQuery, Spend, SpendWindows, StepCommit, Subtask, SubtaskStatus, ToolCallRecord,
+    ToolCallStatus, ToolCallUpdate, Turn, TurnStatus, TurnUpdate, UpdateOutcome, UsageGroup,
+    UsageOutcome, UsagePurpose, UsageQuery, WindowSpend,
 };
 use codelab_agent_runtime::store::{RuntimeStore, StoreError, open_store};
 use codelab_core::clock::SystemClock;
@@ -72,8 +73,11 @@ codelab_testkit::store_conformance!(
     a_cancel_request_marks_the_active_turn_once,
     lists_the_turns_that_lost_their_runner,
     counts_each_llm_call_with_its_step_and_keeps_it_after_the_session,
-    sums_a_users_spend_from_a_time_on,
+    sums_a_users_spend_in_each_window,
     sets_replaces_lists_and_clears_budgets_with_a_default,
+    reads_the_budget_of_a_sessions_owner_their_own_before_the_default,
+    notes_a_budget_warning_once_per_limit_and_window,
+    reports_usage_grouped_by_day_model_agent_and_user,
     proposes_a_plan_and_reads_it_back,
     a_new_version_replaces_the_subtasks_and_keeps_the_previous_with_its_feedback,
     plan_and_subtask_states_change_with_a_step,
@@ -1838,7 +1842,7 @@ async fn counts_each_llm_call_with_its_step_and_keeps_it_after_the_session(
     assert_eq!(store.session_usage("s1").await.unwrap().len(), 2);
 }
 
-async fn sums_a_users_spend_from_a_time_on(store: Arc<dyn RuntimeStore>) {
+async fn sums_a_users_spend_in_each_window(store: Arc<dyn RuntimeStore>) {
     running_turn(&store).await;
     create(&store, "s2", "bob").await;
     let at = t0();
@@ -1864,24 +1868,51 @@ async fn sums_a_users_spend_from_a_time_on(store: Arc<dyn RuntimeStore>) {
     };
     store.commit_step(bobs).await.unwrap();
 
-    let all = store.spend_since("alice", at).await.unwrap();
-    assert_eq!(all.requests, 3);
-    assert_eq!(all.tokens, 3 * 1280);
-    assert!((all.cost - 2.0 * 0.001_234_5).abs() < 1e-12, "{all:?}");
-    let later = store
-        .spend_since("alice", at + chrono::Duration::seconds(10))
-        .await
-        .unwrap();
-    assert_eq!((later.requests, later.tokens), (2, 2 * 1280));
+    let windows = |minute: i64, day: i64, month: i64| SpendWindows {
+        minute: at + chrono::Duration::seconds(minute),
+        day: at + chrono::Duration::seconds(day),
+        month: at + chrono::Duration::seconds(month),
+    };
+    let spent = store.spend_in("alice", &windows(21, 10, 0)).await.unwrap();
+    assert_eq!(spent.month.requests, 3);
+    assert_eq!(spent.month.tokens, 3 * 1280);
+    assert!(
+        (spent.month.cost - 2.0 * 0.001_234_5).abs() < 1e-12,
+        "{spent:?}"
+    );
+    assert_eq!((spent.day.requests, spent.day.tokens), (2, 2 * 1280));
+    assert!(
+        (spent.day.cost - 0.001_234_5).abs() < 1e-12,
+        "u2 has no price"
+    );
     assert_eq!(
-        store
-            .spend_since("alice", at + chrono::Duration::seconds(21))
-            .await
-            .unwrap(),
+        spent.minute,
         Spend::default(),
         "nothing since: zeros, not an error"
     );
-    assert_eq!(store.spend_since("bob", at).await.unwrap().requests, 1);
+    // Each window is summed on its own, whichever starts first.
+    let spent = store.spend_in("alice", &windows(0, 21, 10)).await.unwrap();
+    assert_eq!(
+        (
+            spent.minute.requests,
+            spent.day.requests,
+            spent.month.requests
+        ),
+        (3, 0, 2)
+    );
+    assert_eq!(
+        store
+            .spend_in("bob", &windows(0, 0, 0))
+            .await
+            .unwrap()
+            .day
+            .requests,
+        1
+    );
+    assert_eq!(
+        store.spend_in("carol", &windows(0, 0, 0)).await.unwrap(),
+        WindowSpend::default()
+    );
 }
 
 fn budget(subject: &str) -> Budget {
@@ -1935,6 +1966,185 @@ async fn sets_replaces_lists_and_clears_budgets_with_a_default(store: Arc<dyn Ru
     assert!(store.clear_budget("alice").await.unwrap());
     assert!(!store.clear_budget("alice").await.unwrap(), "already gone");
     assert_eq!(store.budgets_of("alice").await.unwrap().0, None);
+}
+
+async fn reports_usage_grouped_by_day_model_agent_and_user(store: Arc<dyn RuntimeStore>) {
+    running_turn(&store).await;
+    create(&store, "s2", "bob").await;
+    let day = |text: &str| -> DateTime<Utc> { text.parse().unwrap() };
+    let alices = vec![
+        usage("u1", day("2026-12-06T23:59:59Z")),
+        LlmUsage {
+            agent: "orchestrator".to_owned(),
+            model: None,
+            cost: None,
+            ..usage("u2", day("2026-12-07T00:00:00Z"))
+        },
+        usage("u3", day("2026-12-07T12:00:00Z")),
+    ];
+    store
+        .commit_step(StepCommit {
+            usage: alices,
+            ..step("s1")
+        })
+        .await
+        .unwrap();
+    store
+        .commit_step(StepCommit {
+            usage: vec![LlmUsage {
+                session_id: "s2".to_owned(),
+                ..usage("u4", day("2026-12-07T08:00:00Z"))
+            }],
+            ..step("s2")
+        })
+        .await
+        .unwrap();
+    let everyone = UsageQuery {
+        user_id: None,
+        from: day("2026-12-01T00:00:00Z"),
+        to: day("2026-12-08T00:00:00Z"),
+    };
+    let report = |query: UsageQuery, group_by: Vec<UsageGroup>, limit: u32| {
+        let store = Arc::clone(&store);
+        async move { store.usage_report(&query, &group_by, limit).await.unwrap() }
+    };
+    let totals = report(everyone.clone(), vec![], 10).await;
+    assert_eq!(totals.len(), 1);
+    assert!(totals[0].keys.is_empty());
+    assert_eq!(
+        (
+            totals[0].requests,
+            totals[0].total_tokens,
+            totals[0].cached_tokens
+        ),
+        (4, 4 * 1280, 4 * 1024)
+    );
+    assert!((totals[0].cost.unwrap() - 3.0 * 0.001_234_5).abs() < 1e-12);
+    assert_eq!(totals[0].unpriced_requests, 1);
+    // UTC days, in order.
+    let days = report(everyone.clone(), vec![UsageGroup::Day], 10).await;
+    let by_day: Vec<(&str, u64)> = days
+        .iter()
+        .map(|g| (g.keys[0].as_str(), g.requests))
+        .collect();
+    assert_eq!(by_day, [("2026-12-06", 1), ("2026-12-07", 3)]);
+    // The model that answered, else the one asked for; the largest first.
+    let models = report(everyone.clone(), vec![UsageGroup::Model], 10).await;
+    let by_model: Vec<(&str, u64)> = models
+        .iter()
+        .map(|g| (g.keys[0].as_str(), g.requests))
+        .collect();
+    assert_eq!(by_model, [("gpt-4o-2024-08-06", 3), ("gpt-4o", 1)]);
+    assert_eq!(models[1].cost, None, "no call of it had a price");
+    let users = report(
+        everyone.clone(),
+        vec![UsageGroup::User, UsageGroup::Agent],
+        10,
+    )
+    .await;
+    let by_user: Vec<(&str, &str, u64)> = users
+        .iter()
+        .map(|g| (g.keys[0].as_str(), g.keys[1].as_str(), g.requests))
+        .collect();
+    assert_eq!(
+        by_user,
+        [
+            ("alice", "coder", 2),
+            ("alice", "orchestrator", 1),
+            ("bob", "coder", 1)
+        ]
+    );
+    // One user's, in a range: `to` is exclusive.
+    let alice_on_the_7th = UsageQuery {
+        user_id: Some("alice".to_owned()),
+        from: day("2026-12-07T00:00:00Z"),
+        to: day("2026-12-07T12:00:00Z"),
+    };
+    let found = report(alice_on_the_7th, vec![UsageGroup::Session], 10).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!((found[0].keys[0].as_str(), found[0].requests), ("s1", 1));
+    // At most `limit` groups.
+    assert_eq!(report(everyone, vec![UsageGroup::Day], 1).await.len(), 1);
+}
+
+async fn reads_the_budget_of_a_sessions_owner_their_own_before_the_default(
+    store: Arc<dyn RuntimeStore>,
+) {
+    create(&store, "s1", "alice").await;
+    create(&store, "s2", "bob").await;
+    let of = |found: Option<OwnerBudget>| found.map(|f| (f.owner, f.budget.map(|b| b.subject)));
+    assert_eq!(
+        of(store.owner_budget("s1").await.unwrap()),
+        Some(("alice".to_owned(), None)),
+        "no budget anywhere: the owner, and none"
+    );
+    assert_eq!(of(store.owner_budget("nope").await.unwrap()), None);
+    store.set_budget(&budget(DEFAULT_BUDGET)).await.unwrap();
+    assert_eq!(
+        of(store.owner_budget("s1").await.unwrap()),
+        Some(("alice".to_owned(), Some(DEFAULT_BUDGET.to_owned())))
+    );
+    store.set_budget(&budget("alice")).await.unwrap();
+    let found = store.owner_budget("s1").await.unwrap().unwrap();
+    assert_eq!(found.budget, Some(budget("alice")), "her own wins");
+    assert_eq!(
+        of(store.owner_budget("s2").await.unwrap()),
+        Some(("bob".to_owned(), Some(DEFAULT_BUDGET.to_owned())))
+    );
+}
+
+async fn notes_a_budget_warning_once_per_limit_and_window(store: Arc<dyn RuntimeStore>) {
+    let day = t0();
+    let next = day + chrono::Duration::days(1);
+    assert!(
+        store
+            .note_budget_warning("alice", "daily_tokens", day)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .note_budget_warning("alice", "daily_tokens", day)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .note_budget_warning("alice", "daily_cost", day)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .note_budget_warning("bob", "daily_tokens", day)
+            .await
+            .unwrap()
+    );
+    // Concurrent turns of one user: exactly one of them warns.
+    let tries = (0..10).map(|_| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .note_budget_warning("carol", "monthly_cost", day)
+                .await
+                .unwrap()
+        }
+    });
+    let firsts = futures_util::future::join_all(tries).await;
+    assert_eq!(firsts.iter().filter(|first| **first).count(), 1);
+    // The next window warns again.
+    assert!(
+        store
+            .note_budget_warning("alice", "daily_tokens", next)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .note_budget_warning("alice", "daily_tokens", next)
+            .await
+            .unwrap()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

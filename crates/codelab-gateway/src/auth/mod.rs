@@ -37,6 +37,9 @@ pub use codelab_protocol::internal::USER_HEADER;
 pub const READ_SCOPE: &str = "api:read";
 /// The scope a token needs to act: send messages, decide approvals, create or delete sessions.
 pub const WRITE_SCOPE: &str = "api:write";
+/// The scope a token needs for the admin routes (everyone's usage): the auth service grants it
+/// to admin users only.
+pub const ADMIN_SCOPE: &str = "api:admin";
 /// The user of internal-key callers that name none (the original's `system`).
 pub const SYSTEM_USER: &str = "system";
 /// The user of unauthenticated REST calls when `use_jwt_auth = false` (development only).
@@ -100,7 +103,7 @@ impl Principal {
         self.has_scope(WRITE_SCOPE)
     }
 
-    /// `Ok` when the caller holds `scope` (one of [`READ_SCOPE`], [`WRITE_SCOPE`]), else the
+    /// `Ok` when the caller holds `scope` (one of [`READ_SCOPE`], [`WRITE_SCOPE`], [`ADMIN_SCOPE`]), else the
     /// `insufficient_scope` refusal (RFC 6750 §3.1).
     pub fn require(&self, scope: &'static str) -> Result<(), AuthError> {
         if self.has_scope(scope) {

@@ -33,7 +33,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::auth::{Principal, READ_SCOPE, WRITE_SCOPE, credentials_required};
+use crate::auth::{ADMIN_SCOPE, Principal, READ_SCOPE, WRITE_SCOPE, credentials_required};
 use crate::runtime_client::{RuntimeError, encode_segment};
 
 /// Longest id accepted in a path (session, call or agent); the runtime's are shorter.
@@ -79,6 +79,13 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route(
             "/api/v1/events/metrics/session/{id}",
             get(usage::session_metrics),
+        )
+        .route("/api/v1/usage", get(usage::my_usage))
+        .route("/api/v1/admin/usage", get(usage::admin_usage))
+        .route("/api/v1/admin/budgets", get(usage::list_budgets))
+        .route(
+            "/api/v1/admin/budgets/{subject}",
+            axum::routing::put(usage::set_budget).delete(usage::clear_budget),
         )
         .route("/api/v1/plans/{id}", get(plans::get_plan))
         .route("/api/v1/plans/{id}/decision", post(plans::decide_plan))
@@ -180,6 +187,22 @@ impl FromRequestParts<Arc<AppState>> for WriteCaller {
     }
 }
 
+/// A caller that may use the admin routes (`api:admin`; service callers and the development
+/// user always may).
+#[derive(Debug, Clone)]
+pub struct AdminCaller(pub Principal);
+
+impl FromRequestParts<Arc<AppState>> for AdminCaller {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        caller_with_scope(parts, state, ADMIN_SCOPE).await.map(Self)
+    }
+}
+
 /// A path id the gateway forwards: 1 to 128 characters, no control characters, and not a dot
 /// segment (which URL normalisation would turn into another path on the runtime).
 /// `GET /api/v1/sessions/{id}/plans` (`{"plans": [...]}`, oldest first) and `/usage` (the LLM
@@ -224,6 +247,24 @@ async fn proxy_session(
     }
     let path = format!("{prefix}/{}{suffix}", encode_segment(id));
     proxy(state, caller, method, &path, body).await
+}
+
+/// A request body that must be a JSON object (`example` shows one), or the 400 refusing it
+/// (boxed: a response is large next to the value).
+fn json_object(body: &[u8], example: &str) -> Result<Value, Box<Response>> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(body @ Value::Object(_)) => Ok(body),
+        Ok(_) => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("expected a JSON object such as {example}"),
+        ))),
+        Err(e) => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("invalid JSON in request body: {e}"),
+        ))),
+    }
 }
 
 /// A gateway-made error: `{"error": <code>, "detail": <text>}`.

@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use reqwest::Method;
-use serde_json::Value;
 
-use super::{ReadCaller, WriteCaller, error, proxy, proxy_session, session_not_found, usable_id};
+use super::{
+    ReadCaller, WriteCaller, json_object, proxy, proxy_session, session_not_found, usable_id,
+};
 use crate::AppState;
 
 /// Query parameters of `GET /sessions` passed on to the runtime; others are dropped (the
@@ -77,22 +77,9 @@ pub async fn update_session(
     if !usable_id(&id) {
         return session_not_found(&id);
     }
-    let body = match serde_json::from_slice::<Value>(&body) {
-        Ok(body @ Value::Object(_)) => body,
-        Ok(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "expected a JSON object such as {\"title\": \"...\"}",
-            );
-        }
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!("invalid JSON in request body: {e}"),
-            );
-        }
+    let body = match json_object(&body, "{\"title\": \"...\"}") {
+        Ok(body) => body,
+        Err(refused) => return *refused,
     };
     let path = ("/sessions", id.as_str(), "");
     proxy_session(&state, &caller, Method::PATCH, path, Some(body)).await

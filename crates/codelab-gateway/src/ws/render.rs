@@ -2,8 +2,8 @@
 //!
 //! The Flutter IDE appends every frame it receives as its own chat bubble and renders any type
 //! it does not know as an (empty) assistant bubble, so it gets only the four types it knows,
-//! each assistant message whole; a plan waiting for approval reaches it as one assistant
-//! message. Protocol-2 clients (`codelab chat`, the website) get token deltas, approvals, turn
+//! each assistant message whole; a plan waiting for approval and a warning reach it as
+//! assistant messages. Protocol-2 clients (`codelab chat`, the website) get token deltas, approvals, turn
 //! ends, session info and the plan frames, each stored event with its `seq` so they can resume;
 //! a Flutter-profile client that declared the `plans` capability gets the plan frames too
 //! (docs/websocket-protocol.md). No frame ever carries a `null` key.
@@ -163,6 +163,17 @@ pub fn render(profile: Profile, event: &SequencedEvent) -> Option<Frame> {
         (RuntimeEvent::Error { message, code }, _) => {
             ServerFrame::error(message.as_str(), code.as_deref())
         }
+        (RuntimeEvent::Warning { message, code }, Profile::V2) => ServerFrame {
+            content: Some(message.clone()),
+            metadata: Some(FrameMetadata {
+                code: Some(code.clone()),
+                ..FrameMetadata::default()
+            }),
+            ..ServerFrame::new(ServerFrameType::Warning)
+        },
+        // The Flutter IDE shows an unknown type as an empty bubble: it reads the warning as
+        // an assistant message (docs/websocket-protocol.md).
+        (RuntimeEvent::Warning { message, .. }, _) => ServerFrame::assistant_message(message, true),
         (
             RuntimeEvent::ApprovalRequired {
                 call_id,
@@ -313,6 +324,28 @@ mod tests {
             text(&render(Profile::Flutter, &message).unwrap()),
             r#"{"content":"Hello!","is_final":true,"token":"Hello!","type":"assistant_message"}"#
         );
+    }
+
+    #[test]
+    fn a_warning_is_a_warning_frame_in_protocol_two_and_an_assistant_message_for_flutter() {
+        let warning = seq(
+            7,
+            RuntimeEvent::Warning {
+                message: "Budget warning: 80% used".into(),
+                code: "budget_warning".into(),
+            },
+        );
+        assert_eq!(
+            json_of(render(Profile::V2, &warning).unwrap()),
+            json!({"type": "warning", "content": "Budget warning: 80% used",
+                   "metadata": {"code": "budget_warning", "seq": 7}})
+        );
+        for profile in [Profile::Flutter, Profile::FlutterWithPlans] {
+            assert_eq!(
+                text(&render(profile, &warning).unwrap()),
+                r#"{"content":"Budget warning: 80% used","is_final":true,"token":"Budget warning: 80% used","type":"assistant_message"}"#
+            );
+        }
     }
 
     #[test]

@@ -449,6 +449,170 @@ async fn a_sessions_usage_is_read_per_turn_and_step_by_its_owner_only() {
     assert_eq!(status, 401);
 }
 
+/// docs/usage.md: a user's own usage per day, model and agent; everyone's, grouped and as CSV,
+/// for admins only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn usage_reports_show_a_user_their_own_and_an_admin_everyones() {
+    let stack = start_stack().await;
+    let (alice_id, alice, session) = stack.user_with_session("alice").await;
+    let (bob_id, _, bobs) = stack.user_with_session("bob").await;
+    stack.coder_turn(&alice_id, &session, "hello there").await;
+    stack.coder_turn(&alice_id, &session, "and again").await;
+    stack.coder_turn(&bob_id, &bobs, "hi").await;
+
+    let (status, mine) = stack.get("/api/v1/usage", Some(&alice)).await;
+    assert_eq!(status, 200, "{mine}");
+    assert_eq!(mine["totals"]["requests"], 2, "hers only: {mine}");
+    let today = codelab_core::db::now_from(&stack.clock)
+        .format("%Y-%m-%d")
+        .to_string();
+    assert_eq!(mine["by_day"][0]["day"], today.as_str());
+    assert_eq!(mine["by_model"][0]["model"], "mock-llm");
+    assert_eq!(mine["by_agent"][0]["agent"], "coder");
+    assert_eq!(mine["by_day_and_model"][0]["model"], "mock-llm");
+    assert_eq!(mine["top_sessions"][0]["session_id"], session.as_str());
+    assert_eq!(
+        mine["by_day"][0]["total_tokens"], mine["totals"]["total_tokens"],
+        "one day holds it all"
+    );
+    let (status, refused) = stack
+        .get("/api/v1/usage?from=2026-13-01", Some(&alice))
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused.to_string().contains("YYYY-MM-DD"), "{refused}");
+    let (status, _) = stack
+        .get("/api/v1/usage?from=2026-12-02&to=2026-12-01", Some(&alice))
+        .await;
+    assert_eq!(status, 400);
+    let long = format!("/api/v1/usage?from={}", "1".repeat(2000));
+    assert_eq!(stack.get(&long, Some(&alice)).await.0, 400);
+
+    // Everyone's needs api:admin.
+    let (status, _) = stack.get("/api/v1/admin/usage", Some(&alice)).await;
+    assert_eq!(status, 403);
+    let admin = stack.admin_scope_token().await;
+    let (status, report) = stack
+        .get("/api/v1/admin/usage?group_by=user,model", Some(&admin))
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["group_by"], json!(["user", "model"]));
+    assert_eq!(report["totals"]["requests"], 3);
+    assert_eq!(report["truncated"], false);
+    let users: Vec<&str> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        users,
+        [alice_id.as_str(), bob_id.as_str()],
+        "the largest first"
+    );
+    let (status, _) = stack
+        .get("/api/v1/admin/usage?group_by=password", Some(&admin))
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = stack
+        .get("/api/v1/admin/usage?format=xml", Some(&admin))
+        .await;
+    assert_eq!(status, 400);
+
+    let response = stack
+        .request(
+            Method::GET,
+            &format!("/api/v1/admin/usage?group_by=day&user={bob_id}&format=csv"),
+            Some(&admin),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/csv; charset=utf-8"
+    );
+    let csv = response.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "day,requests,prompt_tokens,completion_tokens,total_tokens,cached_tokens,cost,unpriced_requests"
+    );
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[1].starts_with(&format!("{today},1,")), "{csv}");
+    assert!(lines[1].ends_with(",,1"), "no price: an empty cost: {csv}");
+}
+
+/// docs/usage.md: budgets set, listed and cleared through the admin API, applied from the next
+/// step; users without `api:admin` are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admins_set_list_and_clear_budgets_that_apply_from_the_next_step() {
+    let stack = start_stack().await;
+    let (alice_id, alice, session) = stack.user_with_session("alice").await;
+    let admin = stack.admin_scope_token().await;
+    let path = format!("/api/v1/admin/budgets/{alice_id}");
+    // A whole number written with a fraction is that number, as JSON Schema reads it.
+    let limits = json!({"daily_tokens": 1.0});
+    let (status, _) = stack
+        .call(Method::PUT, &path, Some(&alice), Some(limits.clone()))
+        .await;
+    assert_eq!(status, 403, "not an admin");
+    for bad in [
+        json!({}),
+        json!({"daily_tokens": 0}),
+        json!({"daily_cost": -1}),
+        json!({"daily_tokens": 5, "weekly_tokens": 5}),
+        json!({"daily_tokens": 1.5}),
+        json!({"daily_tokens": 9_223_372_036_854_775_808_u64}),
+        json!([1]),
+    ] {
+        let (status, body) = stack
+            .call(Method::PUT, &path, Some(&admin), Some(bad.clone()))
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, set) = stack
+        .call(Method::PUT, &path, Some(&admin), Some(limits))
+        .await;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(set["subject"], alice_id.as_str());
+    assert_eq!(set["daily_tokens"], 1);
+    assert_eq!(set["monthly_cost"], Value::Null);
+    let default = json!({"monthly_cost": 25.5, "requests_per_minute": 60});
+    let (status, _) = stack
+        .call(
+            Method::PUT,
+            "/api/v1/admin/budgets/default",
+            Some(&admin),
+            Some(default),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, list) = stack.get("/api/v1/admin/budgets", Some(&admin)).await;
+    assert_eq!(status, 200, "{list}");
+    let subjects: Vec<&str> = list["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, ["*", alice_id.as_str()]);
+
+    // The first turn has no spend to count; the next is refused.
+    stack.coder_turn(&alice_id, &session, "hello").await;
+    let refused = stack.coder_turn(&alice_id, &session, "again").await;
+    let error = refused.iter().find(|e| e["type"] == "error").unwrap();
+    assert_eq!(error["code"], "budget_exceeded", "{refused:?}");
+
+    let (status, _) = stack.call(Method::DELETE, &path, Some(&admin), None).await;
+    assert_eq!(status, 204);
+    let (status, _) = stack.call(Method::DELETE, &path, Some(&admin), None).await;
+    assert_eq!(status, 404, "already gone");
+    // Her own budget gone, the default (60 calls a minute) lets her go on.
+    let events = stack.coder_turn(&alice_id, &session, "once more").await;
+    assert_eq!(events.last().unwrap()["outcome"], "completed", "{events:?}");
+}
+
 /// The original's `GET /api/v1/events/metrics/session/{id}`, answered from the usage records in
 /// its shape (docs/usage.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

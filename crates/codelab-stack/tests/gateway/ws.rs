@@ -901,6 +901,62 @@ async fn two_sockets_on_one_session_both_see_the_turn() {
     assert_eq!(quiet(&mut first, Duration::from_millis(300)).await, None);
 }
 
+/// docs/usage.md: the Flutter IDE gets a budget warning as an assistant message and a refusal
+/// as an `error` with `error_code: budget_exceeded`, types it knows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budget_frames_reach_the_flutter_ide_as_types_it_knows() {
+    let stack = start_stack().await;
+    let (alice_id, alice, session) = stack.user_with_session("alice").await;
+    let mut socket = connect(&stack.ws_url(&session)).await;
+    say_hi(&mut socket).await;
+    frames_until(&mut socket, "assistant_message").await;
+    let (_, mine) = stack.get("/api/v1/usage", Some(&alice)).await;
+    let used = mine["totals"]["total_tokens"].as_u64().unwrap();
+    // `used` is 85% of the limit: the next turn warns, then runs past it.
+    let admin = stack.admin_scope_token().await;
+    let limits = json!({"monthly_tokens": used * 100 / 85});
+    let path = format!("/api/v1/admin/budgets/{alice_id}");
+    let (status, _) = stack
+        .call(reqwest::Method::PUT, &path, Some(&admin), Some(limits))
+        .await;
+    assert_eq!(status, 200);
+    say_hi(&mut socket).await;
+    let warned = frames_until(&mut socket, "assistant_message").await;
+    let warning = warned.last().unwrap();
+    assert!(
+        warning["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Budget warning: 8"),
+        "{warned:?}"
+    );
+    assert_eq!(warning["is_final"], true);
+    let answer = frames_until(&mut socket, "assistant_message").await;
+    assert!(
+        !answer.last().unwrap()["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Budget")
+    );
+    say_hi(&mut socket).await;
+    let refused = frames_until(&mut socket, "error").await;
+    let error = refused.last().unwrap();
+    assert_eq!(error["error_code"], "budget_exceeded", "{refused:?}");
+    assert!(
+        error["content"]
+            .as_str()
+            .unwrap()
+            .contains("monthly token budget")
+    );
+    for frame in warned.iter().chain(&answer).chain(&refused) {
+        let kind = frame["type"].as_str().unwrap();
+        assert!(
+            ["assistant_message", "tool_call", "agent_switched", "error"].contains(&kind),
+            "a type the Flutter IDE does not know: {frame}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_gateways_on_one_redis_share_a_sessions_events() {
     let url = redis_url();

@@ -11,6 +11,7 @@
 mod common;
 
 mod api;
+mod budgets;
 mod durability;
 mod hitl_policy;
 mod llm_client;

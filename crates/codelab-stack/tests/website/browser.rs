@@ -141,6 +141,18 @@ async fn a_person_uses_the_console_in_chromium() {
     let tools = browser_tools();
     let site = start_site(Layout::SingleOrigin).await;
 
+    // Everyone's default budget, for the usage page's bars.
+    site.set_budget(&codelab_agent_runtime::model::Budget {
+        subject: codelab_agent_runtime::model::DEFAULT_BUDGET.to_owned(),
+        daily_tokens: Some(1_000_000),
+        monthly_tokens: None,
+        daily_cost: None,
+        monthly_cost: Some(50.0),
+        requests_per_minute: None,
+        tokens_per_minute: None,
+        updated_at: codelab_core::db::now_from(&codelab_core::clock::SystemClock),
+    })
+    .await;
     // The Flutter IDE, through the same front door: a write waiting for approval.
     let (session, mut ide, call) =
         common::ide_with_a_waiting_write(&site.url, &site.url, BROWSER_TIMEOUT).await;
@@ -200,6 +212,7 @@ async fn a_person_uses_the_console_in_chromium() {
         "chat_reply",
         "chat_tool_unavailable",
         "docs",
+        "usage",
         "admin",
         "logged_out",
         "non_admin_forbidden",
@@ -215,6 +228,7 @@ async fn a_person_uses_the_console_in_chromium() {
             "02-status",
             "04-session-pending",
             "07-chat",
+            "12-usage",
             "10-forbidden",
         ],
     );

@@ -6,6 +6,7 @@ pub mod console;
 pub mod docs;
 pub mod plans;
 pub mod sessions;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

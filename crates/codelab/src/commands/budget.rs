@@ -132,6 +132,9 @@ async fn execute(
                      budget: codelab admin budget clear"
                 );
             }
+            if let Some(refusal) = codelab_agent_runtime::budgets::refusal(&budget) {
+                anyhow::bail!("{refusal}");
+            }
             store.set_budget(&budget).await?;
             println!("set the budget of {name}: {}", limits(&budget).join(", "));
         }

@@ -277,6 +277,20 @@ impl Stack {
         self.login(ADMIN_USERNAME, ADMIN_PASSWORD).await.access
     }
 
+    /// An access token of the seeded admin holding `api:admin`, as the console's client
+    /// (`codelab-web`, authorization code with PKCE) grants it.
+    pub async fn admin_scope_token(&self) -> String {
+        let sub = jwt_claims(&self.admin_token().await)["sub"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        access_token(
+            &self.signer(&self.issuer, "codelab-api"),
+            &sub,
+            "api:read api:write api:admin",
+        )
+    }
+
     /// Creates a user with [`USER_PASSWORD`]; returns its id (the tokens' `sub`).
     pub async fn add_user(&self, username: &str) -> String {
         codelab_auth::admin::add_user(&*self.auth.store, username, USER_PASSWORD, None, false)

@@ -89,6 +89,14 @@ impl Runtime {
         Runtime::start_from(Stack::builder(), backend, configure).await
     }
 
+    /// The runtime with the test defaults on `clock` (every record it makes is stamped by it).
+    pub async fn start_with_clock(
+        backend: Backend,
+        clock: codelab_core::clock::SharedClock,
+    ) -> Runtime {
+        Runtime::start_from(Stack::builder().clock(clock), backend, |_| {}).await
+    }
+
     /// The runtime in front of a proxy whose one model, `fake`, is `fake` (an OpenAI-style
     /// [`codelab_testkit::FakeLlm`]), so a test scripts every reply and sees every request.
     pub async fn start_with_fake(

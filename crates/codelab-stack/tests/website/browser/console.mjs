@@ -1,7 +1,7 @@
 // Drives headless Chromium through the website like a person: sign in through the auth
 // service's form, the status page (live figures), the session the Flutter IDE replica made
 // and its tool call, approving it, chatting with the ask agent (a tool answered as unavailable
-// in the browser), the docs, signing out; then a non-admin meets 403 on the admin pages and
+// in the browser), the docs, the usage page (chart and budgets), signing out; then a non-admin meets 403 on the admin pages and
 // a form posted without its CSRF token is refused.
 //
 // Run by tests/browser.rs with: SITE_URL, SESSION_ID, CALL_ID, ADMIN_PASSWORD, USER_PASSWORD,
@@ -130,6 +130,22 @@ try {
   await page.goto(`${site}/docs/gateway`);
   await shot(page, "08-docs");
   report("docs");
+
+  // Usage: the chat's calls in the totals, the chart drawn by the server (the page's HTML holds
+  // its bars: no script needed), and for an administrator everyone against their budget.
+  await page.goto(`${site}/console/usage`);
+  const counted = Number((await page.textContent("#usage-requests")).trim());
+  expect("usage", counted >= 2, `the chat's calls are counted: ${counted}`);
+  const served = await (await page.request.get(`${site}/console/usage`)).text();
+  expect("usage", served.includes('class="usage-segment"'), "the chart's bars are in the served HTML");
+  expect("usage", (await page.locator("#usage-chart rect.usage-segment").count()) >= 1, "no bar drawn");
+  expect("usage", (await page.textContent("#usage-by-agent")).includes("ask"), "the ask agent's use is listed");
+  const admin_row = page.locator('#usage-users tr[data-user="admin"]');
+  expect("usage", (await admin_row.count()) === 1, "the admin's row is missing");
+  expect("usage", (await admin_row.locator("svg.budget-bar").count()) === 2, "the default budget's two bars");
+  expect("usage", (await admin_row.textContent()).includes("daily tokens"), "the daily limit is named");
+  await shot(page, "12-usage");
+  report("usage");
 
   // The admin pages (as admin).
   await page.goto(`${site}/console/admin`);

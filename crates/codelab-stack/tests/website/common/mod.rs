@@ -138,6 +138,12 @@ impl Site {
     pub fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)
     }
+
+    /// Sets a budget in the runtime's database, as `codelab admin budget set` does.
+    pub async fn set_budget(&self, budget: &codelab_agent_runtime::model::Budget) {
+        let runtime = self._stack.runtime.as_ref().unwrap();
+        runtime.state.store.set_budget(budget).await.unwrap();
+    }
 }
 
 /// An answer as the browser saw it.
