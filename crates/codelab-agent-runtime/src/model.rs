@@ -394,7 +394,7 @@ pub struct StepCommit {
 pub const DEFAULT_BUDGET: &str = "*";
 
 /// A user's limits, or everyone's default (docs/usage.md, "Budgets"); `None` is no limit.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Budget {
     /// A user's id, or [`DEFAULT_BUDGET`].
     pub subject: String,
@@ -410,8 +410,26 @@ pub struct Budget {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Budget {
+    /// The budget as the admin API and `codelab admin budget show --json` answer it.
+    pub fn view(&self) -> codelab_protocol::usage::BudgetView {
+        codelab_protocol::usage::BudgetView {
+            subject: self.subject.clone(),
+            daily_tokens: self.daily_tokens,
+            monthly_tokens: self.monthly_tokens,
+            daily_cost: self.daily_cost,
+            monthly_cost: self.monthly_cost,
+            requests_per_minute: self.requests_per_minute,
+            tokens_per_minute: self.tokens_per_minute,
+            updated_at: self
+                .updated_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        }
+    }
+}
+
 /// What a user's LLM calls used since some time (from `llm_usage`).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Spend {
     pub requests: u64,
     pub tokens: u64,
@@ -469,14 +487,7 @@ stored_names!(UsageGroup {
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageGroupTotals {
     pub keys: Vec<String>,
-    pub requests: u64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub total_tokens: u64,
-    pub cached_tokens: u64,
-    /// USD of the calls that had a price; `None` when none had.
-    pub cost: Option<f64>,
-    pub unpriced_requests: u64,
+    pub totals: codelab_protocol::usage::UsageTotals,
 }
 
 /// The budget that applies to a session's owner: their own, else the default, else none.

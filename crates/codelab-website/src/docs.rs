@@ -24,6 +24,7 @@ const NAV_ORDER: &[&str] = &[
     "websocket-protocol",
     "agent-runtime",
     "llm-proxy",
+    "usage",
     "website",
     "benchmarks",
     "reliability",

@@ -9,8 +9,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use codelab_core::db::now_from;
+use codelab_protocol::usage::{BudgetList, BudgetView};
 use serde::Deserialize;
-use serde_json::{Number, Value, json};
+use serde_json::Number;
 
 use super::{HttpError, is_valid_user_id};
 use crate::AppState;
@@ -66,9 +67,13 @@ fn subject(raw: &str) -> Result<String, HttpError> {
 }
 
 /// `GET /admin/budgets`: `{"budgets": [...]}`, the default first.
-pub async fn list_budgets(State(state): State<Arc<AppState>>) -> Result<Json<Value>, HttpError> {
+pub async fn list_budgets(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<BudgetList>, HttpError> {
     let budgets = state.store.list_budgets().await?;
-    Ok(Json(json!({ "budgets": budgets })))
+    Ok(Json(BudgetList {
+        budgets: budgets.iter().map(Budget::view).collect(),
+    }))
 }
 
 /// `PUT /admin/budgets/{subject}`: sets the budget, replacing the previous one (a limit not
@@ -77,7 +82,7 @@ pub async fn set_budget(
     State(state): State<Arc<AppState>>,
     Path(raw): Path<String>,
     body: Bytes,
-) -> Result<Json<Budget>, HttpError> {
+) -> Result<Json<BudgetView>, HttpError> {
     let subject = subject(&raw)?;
     let limits: Limits = serde_json::from_slice(&body)
         .map_err(|error| HttpError::bad_request(format!("invalid budget: {error}")))?;
@@ -95,7 +100,7 @@ pub async fn set_budget(
         return Err(HttpError::bad_request(refusal));
     }
     state.store.set_budget(&budget).await?;
-    Ok(Json(budget))
+    Ok(Json(budget.view()))
 }
 
 /// `DELETE /admin/budgets/{subject}`: 204, or 404 when there was none.

@@ -116,15 +116,7 @@ fn only(params: &HashMap<String, String>, known: &[&str]) -> Result<(), HttpErro
 /// A store group as an answer's row: each key under the name of what it groups by.
 fn usage_row(group_by: &[UsageGroup], group: UsageGroupTotals) -> UsageRow {
     let mut row = UsageRow {
-        totals: UsageTotals {
-            requests: group.requests,
-            prompt_tokens: group.prompt_tokens,
-            completion_tokens: group.completion_tokens,
-            total_tokens: group.total_tokens,
-            cached_tokens: group.cached_tokens,
-            cost: group.cost,
-            unpriced_requests: group.unpriced_requests,
-        },
+        totals: group.totals,
         ..UsageRow::default()
     };
     for (by, key) in group_by.iter().zip(group.keys) {

@@ -20,6 +20,7 @@ use crate::model::{
     ToolCallStatus, Turn, TurnStatus, TurnUpdate, UsageGroupTotals, UsageOutcome, UsagePurpose,
     WindowSpend,
 };
+use codelab_protocol::usage::UsageTotals;
 
 /// A JSON value to bind (JSONB on PostgreSQL, text on SQLite).
 pub(super) fn json(value: &Value) -> Json<&Value> {
@@ -210,13 +211,15 @@ pub(super) fn usage_group(row: &impl Cells, keys: usize) -> Result<UsageGroupTot
         keys: (0..keys)
             .map(|i| Ok(row.opt_text(&format!("key{i}"))?.unwrap_or_default()))
             .collect::<Result<_, StoreError>>()?,
-        requests: count(row, "requests")?,
-        prompt_tokens: count(row, "prompt_tokens")?,
-        completion_tokens: count(row, "completion_tokens")?,
-        total_tokens: count(row, "total_tokens")?,
-        cached_tokens: count(row, "cached_tokens")?,
-        cost: row.opt_float("cost")?,
-        unpriced_requests: count(row, "unpriced_requests")?,
+        totals: UsageTotals {
+            requests: count(row, "requests")?,
+            prompt_tokens: count(row, "prompt_tokens")?,
+            completion_tokens: count(row, "completion_tokens")?,
+            total_tokens: count(row, "total_tokens")?,
+            cached_tokens: count(row, "cached_tokens")?,
+            cost: row.opt_float("cost")?,
+            unpriced_requests: count(row, "unpriced_requests")?,
+        },
     })
 }
 

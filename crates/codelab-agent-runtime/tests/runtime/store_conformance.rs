@@ -2013,29 +2013,29 @@ async fn reports_usage_grouped_by_day_model_agent_and_user(store: Arc<dyn Runtim
     assert!(totals[0].keys.is_empty());
     assert_eq!(
         (
-            totals[0].requests,
-            totals[0].total_tokens,
-            totals[0].cached_tokens
+            totals[0].totals.requests,
+            totals[0].totals.total_tokens,
+            totals[0].totals.cached_tokens
         ),
         (4, 4 * 1280, 4 * 1024)
     );
-    assert!((totals[0].cost.unwrap() - 3.0 * 0.001_234_5).abs() < 1e-12);
-    assert_eq!(totals[0].unpriced_requests, 1);
+    assert!((totals[0].totals.cost.unwrap() - 3.0 * 0.001_234_5).abs() < 1e-12);
+    assert_eq!(totals[0].totals.unpriced_requests, 1);
     // UTC days, in order.
     let days = report(everyone.clone(), vec![UsageGroup::Day], 10).await;
     let by_day: Vec<(&str, u64)> = days
         .iter()
-        .map(|g| (g.keys[0].as_str(), g.requests))
+        .map(|g| (g.keys[0].as_str(), g.totals.requests))
         .collect();
     assert_eq!(by_day, [("2026-12-06", 1), ("2026-12-07", 3)]);
     // The model that answered, else the one asked for; the largest first.
     let models = report(everyone.clone(), vec![UsageGroup::Model], 10).await;
     let by_model: Vec<(&str, u64)> = models
         .iter()
-        .map(|g| (g.keys[0].as_str(), g.requests))
+        .map(|g| (g.keys[0].as_str(), g.totals.requests))
         .collect();
     assert_eq!(by_model, [("gpt-4o-2024-08-06", 3), ("gpt-4o", 1)]);
-    assert_eq!(models[1].cost, None, "no call of it had a price");
+    assert_eq!(models[1].totals.cost, None, "no call of it had a price");
     let users = report(
         everyone.clone(),
         vec![UsageGroup::User, UsageGroup::Agent],
@@ -2044,7 +2044,7 @@ async fn reports_usage_grouped_by_day_model_agent_and_user(store: Arc<dyn Runtim
     .await;
     let by_user: Vec<(&str, &str, u64)> = users
         .iter()
-        .map(|g| (g.keys[0].as_str(), g.keys[1].as_str(), g.requests))
+        .map(|g| (g.keys[0].as_str(), g.keys[1].as_str(), g.totals.requests))
         .collect();
     assert_eq!(
         by_user,
@@ -2062,7 +2062,10 @@ async fn reports_usage_grouped_by_day_model_agent_and_user(store: Arc<dyn Runtim
     };
     let found = report(alice_on_the_7th, vec![UsageGroup::Session], 10).await;
     assert_eq!(found.len(), 1);
-    assert_eq!((found[0].keys[0].as_str(), found[0].requests), ("s1", 1));
+    assert_eq!(
+        (found[0].keys[0].as_str(), found[0].totals.requests),
+        ("s1", 1)
+    );
     // At most `limit` groups.
     assert_eq!(report(everyone, vec![UsageGroup::Day], 1).await.len(), 1);
 }

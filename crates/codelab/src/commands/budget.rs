@@ -175,7 +175,7 @@ async fn execute(
                 let shown: Vec<serde_json::Value> = budgets
                     .iter()
                     .map(|budget| {
-                        let mut value = serde_json::to_value(budget).unwrap_or_default();
+                        let mut value = serde_json::to_value(budget.view()).unwrap_or_default();
                         value["name"] = serde_json::Value::String(name(&budget.subject));
                         value
                     })
