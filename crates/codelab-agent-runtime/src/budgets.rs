@@ -282,7 +282,8 @@ fn next_month_start(now: DateTime<Utc>) -> DateTime<Utc> {
         .map_or_else(|| day_start(now) + Duration::days(31), midnight)
 }
 
-fn midnight(date: NaiveDate) -> DateTime<Utc> {
+/// Midnight UTC of `date`.
+pub fn midnight(date: NaiveDate) -> DateTime<Utc> {
     Utc.from_utc_datetime(&date.and_time(chrono::NaiveTime::MIN))
 }
 

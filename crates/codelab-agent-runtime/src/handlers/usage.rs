@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use chrono::{DateTime, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use codelab_core::db::now_from;
 use codelab_protocol::usage::{
     MyUsage, SessionUsage, UsageCall, UsageReport, UsageRow, UsageTotals,
@@ -79,7 +79,7 @@ fn range(
             return Ok(Some(at.with_timezone(&Utc)));
         }
         NaiveDate::parse_from_str(raw, "%Y-%m-%d")
-            .map(|day| Some(Utc.from_utc_datetime(&day.and_time(NaiveTime::MIN))))
+            .map(|day| Some(budgets::midnight(day)))
             .map_err(|_| {
                 HttpError::bad_request(format!(
                     "{name} must be an RFC 3339 time or a YYYY-MM-DD date"

@@ -431,18 +431,22 @@ impl<B: StoreBackend> RuntimeStore for SqlStore<B> {
         limit: &str,
         window_start: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        query(sql::FORGET_BUDGET_WARNINGS)
-            .bind(user_id)
-            .bind(limit)
-            .bind(DbTime(window_start))
-            .execute(&self.writer)
-            .await?;
         let noted = query(sql::NOTE_BUDGET_WARNING)
             .bind(user_id)
             .bind(limit)
             .bind(DbTime(window_start))
             .execute(&self.writer)
             .await?;
+        // A step in the warned band repeats the insert alone; earlier windows are forgotten
+        // once, when a new one is noted.
+        if noted > 0 {
+            query(sql::FORGET_BUDGET_WARNINGS)
+                .bind(user_id)
+                .bind(limit)
+                .bind(DbTime(window_start))
+                .execute(&self.writer)
+                .await?;
+        }
         Ok(noted > 0)
     }
 
